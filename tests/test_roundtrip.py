@@ -1,0 +1,49 @@
+import filecmp
+import hashlib
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.dtypes import DTYPES
+
+from .conftest import random_storage, write_safetensors
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_folder_round_trip_is_bit_exact(tiny_model, tmp_path):
+    report = zoo.compress(tiny_model, tmp_path / "m.zoo", threads=2)
+    assert report.original_bytes == sum(p.stat().st_size for p in tiny_model.rglob("*") if p.is_file())
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out", threads=2)
+    for path in tiny_model.rglob("*"):
+        if path.is_file():
+            assert sha(path) == sha(tmp_path / "out" / path.relative_to(tiny_model))
+    assert zoo.verify(tmp_path / "m.zoo") == []
+
+
+@pytest.mark.parametrize("dtype", sorted(d for d in DTYPES if DTYPES[d].storage))
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (3, 5), (1025, 3)])
+def test_every_dtype_and_shape(dtype, shape, tmp_path):
+    raw = random_storage(dtype, shape, seed=len(shape))
+    source = write_safetensors(tmp_path / "t.safetensors", {"x": (dtype, raw)})
+    zoo.compress(source, tmp_path / "t.zoo", chunk_bytes=64)
+    with zoo.open(tmp_path / "t.zoo") as archive:
+        got = archive.read_tensor("x")
+    assert got.dtype == dtype and got.shape == shape
+    assert got.data.tobytes() == raw.tobytes()
+    zoo.decompress(tmp_path / "t.zoo", tmp_path / "out")
+    assert filecmp.cmp(source, tmp_path / "out" / "t.safetensors", shallow=False)
+
+
+def test_get_tensor_matches_safetensors(minilm, tmp_path):
+    from safetensors.numpy import load_file
+
+    zoo.compress(minilm / "model.safetensors", tmp_path / "m.zoo")
+    expected = load_file(minilm / "model.safetensors")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert sorted(archive.keys()) == sorted(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(archive.get_tensor(name), value)

@@ -1,0 +1,30 @@
+"""torch conversions, imported only by callers that asked for torch tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .codecs.base import TypedArray
+
+_TORCH_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64",
+}
+
+
+def to_torch(array: TypedArray, device: str | None = None) -> Any:
+    import torch
+
+    name = _TORCH_DTYPES.get(array.dtype)
+    if name is None:
+        raise TypeError(f"dtype {array.dtype} has no torch equivalent")
+    dtype = getattr(torch, name)
+    raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
+    # torch.frombuffer warns on read-only buffers; a copy makes the tensor own writable memory.
+    tensor = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8) if raw.size else torch.empty(0, dtype=torch.uint8)
+    tensor = tensor.view(dtype).reshape(array.shape)
+    return tensor.to(device) if device else tensor

@@ -1,0 +1,300 @@
+"""Reading an archive: tensors one at a time, files as byte streams, and full verification."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._parallel import ordered_map
+from .codecs.base import TypedArray
+from .dtypes import DTYPES, storage_dtype, to_float32
+from .errors import FormatError, ZooError
+from .format import ArchiveFile
+from .pipeline import Pipeline
+from .sources import check_relpath
+
+
+def _fail(archive: ArchiveFile, message: str) -> FormatError:
+    return FormatError(f"{archive.path}: {message}")
+
+
+def leaf_bytes(leaf: dict[str, Any]) -> int:
+    return math.prod(leaf["shape"]) * DTYPES[leaf["dtype"]].bits // 8
+
+
+class Archive:
+    """An open .zoo archive. Tensors and files are decoded on demand; nothing else is read."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._file = ArchiveFile(path)
+        self.path = self._file.path
+        self._pipelines: dict[str, Pipeline] = {}
+        try:
+            self._check_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    # -- header -----------------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        header = self._file.header
+        files, tensors = header.get("files"), header.get("tensors")
+        if header.get("format") != "zoo" or not isinstance(files, list) or not isinstance(tensors, dict):
+            raise _fail(self._file, "archive header lacks its files or tensors")
+        self._files: dict[str, dict[str, Any]] = {}
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("segments"), list):
+                raise _fail(self._file, "archive header has a malformed file entry")
+            try:
+                path = check_relpath(entry.get("path"))
+            except ZooError as error:
+                raise _fail(self._file, f"archive holds a file it may not write: {error}") from None
+            if path in self._files:
+                raise _fail(self._file, f"archive holds {path!r} twice")
+            total = 0
+            for segment in entry["segments"]:
+                if isinstance(segment, dict) and isinstance(segment.get("tensor"), str):
+                    tensor = tensors.get(segment["tensor"])
+                    if not isinstance(tensor, dict):
+                        raise _fail(self._file, f"{path} names tensor {segment['tensor']!r}, which the archive lacks")
+                    self._check_leaf_shape(tensor, f"tensor {segment['tensor']!r}")
+                    total += leaf_bytes(tensor)
+                elif isinstance(segment, dict) and isinstance(segment.get("blob"), dict) and isinstance(segment["blob"].get("leaf"), dict):
+                    self._check_leaf_shape(segment["blob"]["leaf"], f"a part of {path}")
+                    total += leaf_bytes(segment["blob"]["leaf"])
+                else:
+                    raise _fail(self._file, f"{path} has a malformed segment")
+            if total != entry.get("size"):
+                raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
+            self._files[path] = entry
+
+    def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
+        shape = leaf.get("shape")
+        if leaf.get("dtype") not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _fail(self._file, f"{what} has a bad dtype or shape")
+
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._file.header.get("metadata") or {})
+
+    def keys(self) -> list[str]:
+        return list(self._file.header["tensors"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file.header["tensors"]
+
+    def files(self) -> list[dict[str, Any]]:
+        return [{k: entry[k] for k in ("path", "size", "sha256", "lossless", "kind") if k in entry} for entry in self._files.values()]
+
+    def file_entry(self, path: str) -> dict[str, Any]:
+        try:
+            return self._files[path]
+        except KeyError:
+            raise FormatError(f"{self.path}: archive holds no file {path!r}") from None
+
+    def tensor_info(self, name: str) -> dict[str, Any]:
+        try:
+            return self._file.header["tensors"][name]
+        except KeyError:
+            raise FormatError(f"{self.path}: archive holds no tensor {name!r}") from None
+
+    def pipeline_of(self, configs: list[dict[str, Any]]) -> Pipeline:
+        key = repr(configs)
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline.from_configs(configs)
+        return self._pipelines[key]
+
+    # -- leaves -----------------------------------------------------------------------------
+
+    def _chunks(self, leaf: dict[str, Any], what: str) -> tuple[list[tuple[int, int, int]], int, int]:
+        n_elements = math.prod(leaf["shape"])
+        chunk_elements = leaf.get("chunk_elements")
+        if not isinstance(chunk_elements, int) or chunk_elements <= 0:
+            raise _fail(self._file, f"{what} has a bad chunk size")
+        index = self._file.read_index(leaf, what)
+        if len(index) != -(-n_elements // chunk_elements):
+            raise _fail(self._file, f"{what} has {len(index)} chunks for {n_elements} elements")
+        return index, n_elements, chunk_elements
+
+    def _leaf_chunks(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, first_chunk: int = 0, threads: int = 1) -> Iterator[np.ndarray]:
+        """Decoded raw bytes of a leaf, chunk by chunk."""
+        index, n_elements, chunk_elements = self._chunks(leaf, what)
+        itemsize_bits = DTYPES[leaf["dtype"]].bits
+
+        def decode(number: int) -> np.ndarray:
+            count = min(chunk_elements, n_elements - number * chunk_elements)
+            label = f"{what}, chunk {number}"
+            payload = self._file.read_chunk(index[number], label)
+            try:
+                out = pipeline.decode_chunk(payload, leaf["dtype"], count)
+            except FormatError as error:
+                raise FormatError(f"{self.path}: {label} is damaged: {error}") from None
+            if out.nbytes != count * itemsize_bits // 8:
+                raise _fail(self._file, f"{label} decodes to {out.nbytes} bytes, expected {count * itemsize_bits // 8}")
+            return out
+
+        yield from ordered_map(decode, range(first_chunk, len(index)), threads)
+
+    def read_leaf(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> TypedArray:
+        raw = np.empty(leaf_bytes(leaf), dtype=np.uint8)
+        position = 0
+        for chunk in self._leaf_chunks(leaf, pipeline, what, threads=threads):
+            raw[position:position + chunk.nbytes] = chunk
+            position += chunk.nbytes
+        data = raw.view(storage_dtype(leaf["dtype"])) if DTYPES[leaf["dtype"]].storage else raw
+        return TypedArray(data.reshape(leaf["shape"]) if DTYPES[leaf["dtype"]].storage else data, leaf["dtype"])
+
+    # -- tensors ----------------------------------------------------------------------------
+
+    def read_tensor(self, name: str, threads: int = 1) -> TypedArray:
+        """A tensor's raw storage, through every stage of its pipeline."""
+        info = self.tensor_info(name)
+        pipeline = self.pipeline_of(info.get("pipeline"))
+        root = info.get("root")
+        if not isinstance(root, dict):
+            raise _fail(self._file, f"tensor {name!r} has no encoding")
+
+        def read_leaf(leaf: dict[str, Any]) -> TypedArray:
+            self._check_leaf_shape(leaf, f"tensor {name!r}")
+            return self.read_leaf(leaf, pipeline, f"tensor {name!r}", threads)
+
+        result = pipeline.untransform(root, read_leaf)
+        if result.dtype != info["dtype"] or list(result.shape) != list(info["shape"]):
+            raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {info['dtype']}{info['shape']}")
+        return result
+
+    def get_tensor(self, name: str, framework: str = "np") -> Any:
+        """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
+        array = self.read_tensor(name)
+        if framework in ("pt", "torch"):
+            from ._torch import to_torch
+
+            return to_torch(array)
+        if framework not in ("np", "numpy"):
+            raise ZooError(f"unknown framework {framework!r}: use 'np' or 'pt'")
+        if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+            return to_float32(array.data, array.dtype)
+        if array.dtype == "BOOL":
+            return array.data.view(np.bool_)
+        return array.data
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _segment_size(self, segment: dict[str, Any]) -> int:
+        if "tensor" in segment:
+            return leaf_bytes(self.tensor_info(segment["tensor"]))
+        return leaf_bytes(segment["blob"]["leaf"])
+
+    def iter_file(self, path: str, start: int = 0, end: int | None = None, threads: int = 1) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive)."""
+        entry = self.file_entry(path)
+        end = entry["size"] if end is None else min(end, entry["size"])
+        position = 0
+        for segment in entry["segments"]:
+            size = self._segment_size(segment)
+            if position + size <= start:
+                position += size
+                continue
+            if position >= end:
+                break
+            for piece_start, piece in self._segment_pieces(segment, path, max(0, start - position), threads):
+                piece_position = position + piece_start
+                low, high = max(start, piece_position), min(end, piece_position + len(piece))
+                if low < high:
+                    yield memoryview(piece)[low - piece_position:high - piece_position]
+                if piece_position + len(piece) >= end:
+                    break
+            position += size
+
+    def _segment_pieces(self, segment: dict[str, Any], path: str, skip: int, threads: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset within the segment, bytes) pieces of a segment, skipping whole chunks before `skip`."""
+        if "tensor" in segment:
+            name = segment["tensor"]
+            info = self.tensor_info(name)
+            pipeline = self.pipeline_of(info.get("pipeline"))
+            root = info["root"]
+            if "leaf" not in root:  # transformed: the whole tensor is decoded at once
+                yield 0, self.read_tensor(name, threads).data.reshape(-1).view(np.uint8)
+                return
+            leaf, what = root["leaf"], f"tensor {name!r}"
+        else:
+            pipeline = self.pipeline_of(segment["blob"].get("pipeline"))
+            leaf, what = segment["blob"]["leaf"], f"file {path!r}"
+        self._check_leaf_shape(leaf, what)
+        chunk_bytes = leaf.get("chunk_elements", 1) * DTYPES[leaf["dtype"]].bits // 8
+        first = skip // chunk_bytes if chunk_bytes else 0
+        offset = first * chunk_bytes
+        for chunk in self._leaf_chunks(leaf, pipeline, what, first, threads):
+            yield offset, chunk.view(np.uint8)
+            offset += chunk.nbytes
+
+    def read_file(self, path: str, threads: int = 1) -> bytes:
+        return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
+
+    def _leaves(self) -> Iterator[tuple[dict[str, Any], str]]:
+        def walk(node: Any, what: str) -> Iterator[tuple[dict[str, Any], str]]:
+            if isinstance(node, dict) and "leaf" in node:
+                yield node["leaf"], what
+            elif isinstance(node, dict):
+                for part, child in (node.get("parts") or {}).items():
+                    yield from walk(child, f"{what} part {part!r}")
+
+        for name, info in self._file.header["tensors"].items():
+            yield from walk(info.get("root"), f"tensor {name!r}")
+        for path, entry in self._files.items():
+            for segment in entry["segments"]:
+                if "blob" in segment:
+                    yield segment["blob"]["leaf"], f"file {path!r}"
+
+    def layout_problems(self) -> list[str]:
+        """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps."""
+        extents = []
+        for leaf, what in self._leaves():
+            try:
+                index, _, _ = self._chunks(leaf, what)
+            except ZooError as error:
+                return [str(error)]
+            offset, count = leaf["index"]
+            extents.append((offset, count * 16, f"chunk index of {what}"))
+            extents.extend((chunk[0], chunk[1], f"{what}, chunk {number}") for number, chunk in enumerate(index))
+        extents.sort()
+        position = 0
+        for offset, length, what in extents:
+            if offset < position:
+                return [f"{what} overlaps other stored data"]
+            if offset > position:
+                return [f"{offset - position} stored bytes before {what} belong to nothing"]
+            position = offset + length
+        if position != self._file.payload_size:
+            return [f"{self._file.payload_size - position} stored bytes at the end belong to nothing"]
+        return []
+
+    def verify(self, threads: int = 1) -> list[str]:
+        """Decode everything; return what is damaged (empty when the archive is sound)."""
+        problems = self.layout_problems()
+        for path, entry in self._files.items():
+            digest = hashlib.sha256()
+            try:
+                for piece in self.iter_file(path, threads=threads):
+                    digest.update(piece)
+            except ZooError as error:
+                problems.append(f"{path}: {error}")
+                continue
+            if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
+                problems.append(f"{path}: decoded bytes do not match the recorded sha256")
+        return problems
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,22 @@
+"""The `zoo` command. typer lives in this package and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    from ..errors import ZooError
+    from .app import app
+
+    try:
+        app()
+    except ZooError as error:
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

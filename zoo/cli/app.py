@@ -1,0 +1,19 @@
+"""Assembles the app from one module per command group; each command is thin over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from . import archive_commands
+
+app = typer.Typer(
+    name="zoo",
+    help="A model zoo and checkpoint compressor.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+for module in (archive_commands,):
+    module.register(app)

@@ -1,0 +1,122 @@
+"""compress, decompress, info, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import ArchiveArg, Force, Json, Output, Threads
+from .output import human_bytes, print_json, progress_bar, stderr, stdout
+
+
+def _codec_help() -> str:
+    # Read at --help time only: the codec list is built from the registry, so it never drifts.
+    import inspect
+
+    from ..codecs.registry import CODECS
+    from ..pipeline import ALIASES
+
+    lines = ["Codec ids (SPEC stages are 'id' or 'id:key=value,...', joined by '|'):", ""]
+    for alias, expansion in ALIASES.items():
+        lines.append(f"  {alias}: {expansion}")
+    for cls in CODECS:
+        parameters = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        lines.append(f"  {cls.codec_id}: {', '.join(parameters) or '(no parameters)'}")
+    return "\n\n".join(lines)
+
+
+def _total_size(source: Path) -> int:
+    if source.is_file():
+        return source.stat().st_size
+    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+
+
+def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a zoo.api.Report
+    if as_json:
+        print_json(report.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("tensor", "dtype", "shape", "original", "stored", "ratio", "bits/weight", "pipeline"):
+        table.add_column(column, justify="right" if column in ("original", "stored", "ratio", "bits/weight") else "left")
+    for tensor in report.tensors:
+        table.add_row(tensor.name, tensor.dtype, "×".join(map(str, tensor.shape)) or "scalar", human_bytes(tensor.original_bytes),
+                      human_bytes(tensor.compressed_bytes), f"{tensor.ratio:.3f}", f"{tensor.bits_per_weight:.2f}", tensor.pipeline)
+    if report.tensors:
+        stdout.print(table)
+    stdout.print(
+        f"{len(report.files)} files, {len(report.tensors)} tensors: {human_bytes(report.original_bytes)} -> "
+        f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)"
+    )
+
+
+def compress(
+    source: Annotated[Path, typer.Argument(help="A model folder or a .safetensors/.bin/.pt file.", show_default=False)],
+    output: Output = None,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
+    threads: Threads = None,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Compress a model into one .zoo archive."""
+    from .. import api
+
+    destination = output or Path(source.name.removesuffix(".safetensors") + ".zoo")
+    with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
+        report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance)
+    print_report(report, as_json, f"{destination}")
+
+
+def decompress(
+    archive: ArchiveArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the model into.")],
+    threads: Threads = None,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Write the model folder back out, checking every file's sha256."""
+    from .. import api
+
+    total = api.report_of(archive).original_bytes
+    with progress_bar(total, "decompressing", not as_json) as advance:
+        report = api.decompress(archive, output, threads=threads, force=force, progress=advance)
+    if as_json:
+        print_json({"output": str(output), "files": report.files, "original_bytes": report.original_bytes, "seconds": report.seconds})
+    else:
+        stdout.print(f"{output}: {len(report.files)} files, {human_bytes(report.original_bytes)}, every lossless file matches its sha256")
+
+
+def info(archive: ArchiveArg, as_json: Json = False) -> None:
+    """Sizes per tensor and in total."""
+    from .. import api
+
+    print_report(api.report_of(archive), as_json, str(archive))
+
+
+def verify(archive: ArchiveArg, threads: Threads = None, as_json: Json = False) -> None:
+    """Check every checksum and every file's sha256; exit 1 if anything is damaged."""
+    from .. import api
+
+    problems = api.verify(archive, threads=threads)
+    if as_json:
+        print_json({"archive": str(archive), "ok": not problems, "problems": problems})
+    elif problems:
+        for problem in problems:
+            stderr.print(f"damaged: {problem}", markup=False, highlight=False)
+    else:
+        stdout.print(f"{archive}: ok")
+    if problems:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    import sys
+
+    epilog = _codec_help() if "compress" in sys.argv and ("--help" in sys.argv or "-h" in sys.argv) else None
+    app.command(epilog=epilog)(compress)
+    app.command()(decompress)
+    app.command()(info)
+    app.command()(verify)

@@ -1,0 +1,14 @@
+"""Options used by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: up to 8, one per core).")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.")]
+ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive.", show_default=False)]

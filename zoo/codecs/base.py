@@ -1,0 +1,128 @@
+"""The codec protocol.
+
+A pipeline is a list of stages in three kinds, after Zarr v3:
+
+* ``ArrayCodec`` (array -> array): lossy transforms that work on a whole tensor and return
+  one or more *parts* (low-rank factors, codebook indices, ...). Later array stages apply to
+  each part they select; the parts then go through the leaf stages.
+* ``GroupingCodec`` (array -> streams): splits one chunk of raw storage into byte streams
+  (exponent plane, mantissa planes). Exactly one per pipeline.
+* ``BytesCodec`` (bytes -> bytes): entropy coders, applied to each stream. A stream that
+  does not shrink is stored raw by the pipeline, so no codec has to handle that case.
+
+A codec's constructor only stores its arguments; its config is exactly
+``{"id": codec_id, **arguments}`` and holds JSON values only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..dtypes import FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class TypedArray:
+    """A tensor's raw storage (see zoo.dtypes) and its dtype name."""
+
+    data: np.ndarray
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass
+class Transformed:
+    """What an ArrayCodec makes of one tensor.
+
+    ``parts`` are stored (each through the rest of the pipeline); ``meta`` is small JSON kept
+    in the archive header; parts named in ``final`` skip the later array stages.
+    """
+
+    parts: dict[str, TypedArray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    final: frozenset[str] = frozenset()
+
+
+class Codec:
+    codec_id: ClassVar[str]
+    lossless: ClassVar[bool] = True
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"id": self.codec_id}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name != "self":
+                config[name] = getattr(self, name)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Codec:
+        arguments = {k: v for k, v in config.items() if k != "id"}
+        return cls(**arguments)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
+        return f"{type(self).__name__}({arguments})"
+
+
+class ArrayCodec(Codec):
+    """array -> array. Lossy codecs set ``lossless = False`` and declare ``tolerance``:
+    the relative RMS error the shared round-trip test allows on a Gaussian matrix."""
+
+    lossless: ClassVar[bool] = False
+    tolerance: ClassVar[float] = 0.0
+
+    def selects(self, name: str, array: TypedArray) -> bool:
+        """Whether this stage transforms this tensor; the default takes float matrices and up,
+        and leaves vectors (norms, biases) and scalars alone."""
+        return array.dtype in FLOAT_DTYPES and array.data.ndim >= 2 and array.data.size > 0
+
+    def encode(self, array: TypedArray) -> Transformed:
+        raise NotImplementedError
+
+    def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
+        """Rebuild the tensor (as `dtype` storage of `shape`) from decoded parts."""
+        raise NotImplementedError
+
+
+class GroupingCodec(Codec):
+    """array -> streams, on one chunk of raw storage bytes."""
+
+    def encode(self, chunk: np.ndarray, dtype: str) -> list[np.ndarray | bytes]:
+        raise NotImplementedError
+
+    def decode(self, streams: list[bytes], dtype: str, n_elements: int) -> np.ndarray:
+        """Raw storage bytes (uint8) of the chunk, ``n_elements`` elements long."""
+        raise NotImplementedError
+
+    def stream_sizes(self, dtype: str, n_elements: int) -> list[int] | None:
+        """Decoded size of each stream when known from the chunk alone (used to bound decoders)."""
+        return None
+
+
+class BytesCodec(Codec):
+    """bytes -> bytes, on one stream."""
+
+    def encode(self, data: bytes | np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, data: bytes, decoded_size: int) -> bytes:
+        """Inverse of encode; must raise (never return short or long data) on a bad stream."""
+        raise NotImplementedError
+
+
+def element_count(shape: tuple[int, ...] | list[int]) -> int:
+    return math.prod(shape)

@@ -1,0 +1,125 @@
+"""The element types zoo knows, named as safetensors names them.
+
+Every tensor travels through zoo as its raw storage: a numpy array of an unsigned or plain
+numpy type (BF16 as uint16, the F8 types as uint8) plus the dtype name. Lossy codecs work in
+float32 and hand back float32; `to_float32` and `from_float32` are the only conversions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+    bits: int
+    storage: str | None  # numpy dtype of the raw storage; None: opaque bytes only
+    is_float: bool = False
+    exponent_bits: int = 0
+
+    @property
+    def itemsize(self) -> int:
+        return max(1, self.bits // 8)
+
+
+_TABLE = [
+    DType("F64", 64, "<f8", True, 11),
+    DType("F32", 32, "<f4", True, 8),
+    DType("F16", 16, "<f2", True, 5),
+    DType("BF16", 16, "<u2", True, 8),
+    DType("F8_E4M3", 8, "u1", True, 4),
+    DType("F8_E5M2", 8, "u1", True, 5),
+    DType("I64", 64, "<i8"),
+    DType("I32", 32, "<i4"),
+    DType("I16", 16, "<i2"),
+    DType("I8", 8, "i1"),
+    DType("U64", 64, "<u8"),
+    DType("U32", 32, "<u4"),
+    DType("U16", 16, "<u2"),
+    DType("U8", 8, "u1"),
+    DType("BOOL", 8, "u1"),
+    # Known to safetensors but with no byte-aligned numpy storage here: kept as opaque bytes.
+    DType("C64", 64, None),
+    DType("F8_E8M0", 8, "u1"),
+]
+DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
+FLOAT_DTYPES = frozenset(d.name for d in _TABLE if d.is_float)
+
+
+def get_dtype(name: str) -> DType:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InputError(f"unknown dtype {name!r}") from None
+
+
+def storage_dtype(name: str) -> np.dtype:
+    dtype = get_dtype(name)
+    return np.dtype(dtype.storage or "u1")
+
+
+def _f8_table(exponent_bits: int) -> np.ndarray:
+    """float32 value of each of the 256 codes of an fp8 format (E4M3 has no infinities: 0x7f/0xff are NaN)."""
+    mantissa_bits = 7 - exponent_bits
+    bias = (1 << (exponent_bits - 1)) - 1
+    codes = np.arange(256, dtype=np.int64)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    normal = (1.0 + mantissa / (1 << mantissa_bits)) * np.exp2(exponent.astype(np.float64) - bias)
+    subnormal = (mantissa / (1 << mantissa_bits)) * np.exp2(1.0 - bias)
+    values = sign * np.where(exponent == 0, subnormal, normal)
+    if exponent_bits == 4:
+        values[(codes & 0x7F) == 0x7F] = np.nan
+    else:
+        top = exponent == (1 << exponent_bits) - 1
+        values[top & (mantissa == 0)] = sign[top & (mantissa == 0)] * np.inf
+        values[top & (mantissa != 0)] = np.nan
+    return values.astype(np.float32)
+
+
+_F8_VALUES = {"F8_E4M3": _f8_table(4), "F8_E5M2": _f8_table(5)}
+
+
+def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """The float32 values of a raw float storage array (exact for every float type but F64)."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype in _F8_VALUES:
+        return _F8_VALUES[dtype][raw]
+    if dtype in ("F16", "F32", "F64"):
+        return raw.astype(np.float32)
+    raise InputError(f"dtype {dtype} is not a float type")
+
+
+def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw storage of `dtype` nearest to float32 `values` (round to nearest, ties to even)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "BF16":
+        bits = values.view(np.uint32)
+        rounding = ((bits >> 16) & 1) + 0x7FFF
+        rounded = ((bits + rounding) >> 16).astype(np.uint16)
+        nan = np.isnan(values)
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # keep NaN a NaN
+        return rounded
+    if dtype in _F8_VALUES:
+        table = _F8_VALUES[dtype]
+        finite = np.where(np.isfinite(table), table, np.inf)
+        order = np.argsort(finite, kind="stable")
+        ordered = finite[order]
+        position = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
+        lower, upper = ordered[position - 1], ordered[position]
+        nearest = np.where(np.abs(values - lower) <= np.abs(upper - values), position - 1, position)
+        return order[nearest].astype(np.uint8)
+    if dtype == "F16":
+        return values.astype("<f2")
+    if dtype == "F32":
+        return values
+    if dtype == "F64":
+        return values.astype("<f8")
+    raise InputError(f"dtype {dtype} is not a float type")

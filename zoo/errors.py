@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI turns each into one line and exit code 1."""
+
+
+class ZooError(Exception):
+    """Base of every error zoo reports to a user. The message is the whole report."""
+
+
+class InputError(ZooError):
+    """A source model, file or argument that zoo cannot read as given."""
+
+
+class FormatError(ZooError):
+    """An archive that is damaged, truncated or not a zoo archive."""
+
+
+class ChecksumError(FormatError):
+    """Stored bytes do not match their checksum: the archive is damaged."""
+
+
+class PipelineError(ZooError):
+    """A pipeline spec that names an unknown codec or gives it bad parameters."""
+
+
+class OutputExistsError(ZooError):
+    """An output path exists and --force was not given."""
