@@ -1,9 +1,32 @@
-"""zoo: a model zoo and checkpoint compressor."""
+"""zoo: a model zoo and checkpoint compressor.
+
+The names below load on first use, so that `zoo --help` does not pay for numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .api import Report, compress, decompress, report_of, verify  # noqa: E402
-from .api import open_archive as open  # noqa: E402  (zoo.open, after safetensors' safe_open)
-from .errors import ZooError  # noqa: E402
+_EXPORTS = {
+    "compress": ("api", "compress"),
+    "decompress": ("api", "decompress"),
+    "open": ("api", "open_archive"),  # zoo.open, after safetensors' safe_open
+    "verify": ("api", "verify"),
+    "report_of": ("api", "report_of"),
+    "Report": ("api", "Report"),
+    "ZooError": ("errors", "ZooError"),
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["Report", "ZooError", "compress", "decompress", "open", "report_of", "verify", "__version__"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    from importlib import import_module
+
+    module, attribute = _EXPORTS[name]
+    value = getattr(import_module(f".{module}", __name__), attribute)
+    globals()[name] = value
+    return value

@@ -108,7 +108,16 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     if not parent.is_dir():
         raise InputError(f"{parent}: output folder does not exist")
     prefix = f".{final.name}.zoo-tmp-"
-    temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=parent)) if is_dir else Path(tempfile.mkstemp(prefix=prefix, dir=parent)[1])
+    if is_dir:
+        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=parent)
+        os.close(handle)
+        temporary = Path(name)
+    # mkdtemp/mkstemp make private (0700/0600) paths; give the output the modes the umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
     try:
         yield temporary
         if final.is_dir() and not final.is_symlink():
@@ -268,7 +277,6 @@ def compress(
         payload.flush()
         payload.close()
         assemble(temporary, header, payload_path)
-        os.chmod(temporary, 0o644)
 
     report = report_of(destination)
     report.seconds = time.perf_counter() - started

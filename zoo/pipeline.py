@@ -161,7 +161,11 @@ class Pipeline:
         parts = {}
         for part_name, child in (node.get("parts") or {}).items():
             parts[part_name] = self.untransform(child, read_leaf)
-        result = stage.decode(parts, node.get("meta", {}), dtype, tuple(shape))
+        try:
+            result = stage.decode(parts, node.get("meta") or {}, dtype, tuple(shape))
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            # A damaged or hostile header reaches codec code as missing parts or odd meta values.
+            raise FormatError(f"stage {stage.codec_id!r} cannot decode this tensor: {error}") from None
         if result.dtype != dtype or tuple(result.shape) != tuple(shape):
             raise FormatError(f"stage {stage.codec_id!r} decoded {result.dtype}{list(result.shape)}, expected {dtype}{list(shape)}")
         return result

@@ -12,6 +12,8 @@ from rich.console import Console
 
 stdout = Console()
 stderr = Console(stderr=True)
+if not stdout.is_terminal:
+    stdout.width = 240  # piped output: long tensor names stay whole instead of folding at 80 columns
 
 
 def human_bytes(count: float) -> str:
