@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 
 def zoo_cli(*args, cwd=None, env=None):
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import math
-import mmap
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from . import __version__
-from ._parallel import ordered_map, resolve_threads
+from ._parallel import resolve_threads
 from .archive import Archive, leaf_bytes
-from .codecs.base import TypedArray
-from .dtypes import DTYPES, storage_dtype
+from .dtypes import DTYPES
+from .build import Builder
 from .errors import ChecksumError, InputError, OutputExistsError, ZooError
-from .format import PayloadWriter, assemble
-from .pipeline import BLOB_SPEC, DEFAULT_SPEC, Pipeline
-from .sources import SourceFile, check_relpath, scan
+from .format import assemble
+from .pipeline import DEFAULT_SPEC, Pipeline
+from .sources import check_relpath, scan
 
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
 Progress = Callable[[int], None]
@@ -138,29 +136,6 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
 # -- compress --------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _map_file(source: SourceFile) -> mmap.mmap | bytes:
-    """The file mapped read-only; it is unmapped when the last array viewing it is gone."""
-    if source.size == 0:
-        return b""
-    with open(source.path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if len(mapped) != source.size:
-        raise InputError(f"{source.path}: file changed while being read")
-    return mapped
-
-
-def _chunk_elements(dtype: str, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes * 8 // DTYPES[dtype].bits)
-
-
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -175,109 +150,16 @@ def compress(
     """Compress a model folder or file into one archive at `destination`."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
-    blob_pipeline = Pipeline.parse(BLOB_SPEC)
     sources = scan(source)
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
-    workers = resolve_threads(threads)
-    header: dict[str, Any] = {
-        "format": "zoo",
-        "created_by": f"zoo {__version__}",
-        "metadata": {"pipeline": chosen.spec(), **(metadata or {})},
-        "files": [],
-        "tensors": {},
-    }
-    sizes: dict[int, int] = {}  # id(leaf) -> stored bytes
-    leaf_owner: dict[int, str] = {}
-
-    with ExitStack() as stack, _atomic_output(destination, force, is_dir=False) as temporary:
-        payload_path = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-"))) / "payload"
-        payload = stack.enter_context(open(payload_path, "wb"))
-        writer = PayloadWriter(payload)
-        hashes = {s.relpath: _sha256_file for s in sources}
-        from concurrent.futures import ThreadPoolExecutor
-
-        hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha"))
-        digests = {s.relpath: hasher.submit(hashes[s.relpath], s.path) for s in sources}
-        leaves: list[tuple[dict[str, Any], TypedArray, Pipeline, str]] = []
-        used_names: set[str] = set()
-
-        def plan() -> Iterator[tuple[dict[str, Any], Pipeline, np.ndarray, str, int]]:
-            """Chunks to encode, in archive order, as (leaf, pipeline, raw bytes, dtype, count)."""
-            for source_file in sources:
-                data = _map_file(source_file)
-                entry: dict[str, Any] = {"path": source_file.relpath, "size": source_file.size, "kind": source_file.kind, "segments": []}
-                header["files"].append(entry)
-                file_lossless = True
-                for segment in source_file.segments:
-                    raw = np.frombuffer(data, dtype=np.uint8, count=segment.size, offset=segment.offset) if segment.size else np.empty(0, np.uint8)
-                    if segment.tensor is None:
-                        leaf = {"dtype": "U8", "shape": [segment.size]}
-                        entry["segments"].append({"blob": {"pipeline": blob_pipeline.configs(), "leaf": leaf}})
-                        yield from _chunks(leaf, blob_pipeline, TypedArray(raw, "U8"))
-                        continue
-                    key = segment.tensor if segment.tensor not in used_names else f"{source_file.relpath}::{segment.tensor}"
-                    used_names.add(key)
-                    entry["segments"].append({"tensor": key})
-                    dtype = DTYPES[segment.dtype]
-                    array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape) if dtype.storage else raw, segment.dtype)
-                    root, tensor_leaves = chosen.transform(key, array) if dtype.storage else ({"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}, [])
-                    if not dtype.storage:
-                        tensor_leaves = [(root["leaf"], array)]
-                    used = chosen if "leaf" not in root else Pipeline(tuple(), chosen.grouping, chosen.bytes_stages)
-                    file_lossless &= used.lossless
-                    header["tensors"][key] = {
-                        "name": segment.tensor, "file": source_file.relpath, "dtype": segment.dtype,
-                        "shape": list(segment.shape), "pipeline": used.configs(), "root": root,
-                    }
-                    for leaf, part in tensor_leaves:
-                        leaf_owner[id(leaf)] = key
-                        yield from _chunks(leaf, used, part)
-                entry["lossless"] = file_lossless
-
-        def _chunks(leaf: dict[str, Any], leaf_pipeline: Pipeline, part: TypedArray) -> Iterator[tuple[dict[str, Any], Pipeline, np.ndarray, str, int]]:
-            elements = _chunk_elements(leaf["dtype"], chunk_bytes)
-            leaf["chunk_elements"] = elements
-            leaf["_chunks"] = []
-            raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
-            count = math.prod(leaf["shape"])
-            bits = DTYPES[leaf["dtype"]].bits
-            if count == 0:
-                yield leaf, leaf_pipeline, raw[:0], leaf["dtype"], 0
-            for first in range(0, count, elements):
-                n = min(elements, count - first)
-                yield leaf, leaf_pipeline, raw[first * bits // 8:(first + n) * bits // 8], leaf["dtype"], n
-
-        def encode(job: tuple[dict[str, Any], Pipeline, np.ndarray, str, int]) -> tuple[dict[str, Any], bytes | None, int]:
-            leaf, leaf_pipeline, raw, dtype, n = job
-            return leaf, (leaf_pipeline.encode_chunk(raw, dtype) if n else None), raw.nbytes
-
-        current: dict[str, Any] | None = None
-
-        def close_leaf(leaf: dict[str, Any]) -> None:
-            chunks = leaf.pop("_chunks")
-            leaf.update(writer.write_index(chunks))
-            sizes[id(leaf)] = sum(c[1] for c in chunks) + 16 * len(chunks)
-
-        from .format import crc32
-
-        for leaf, encoded, raw_bytes in ordered_map(encode, plan(), workers):
-            if current is not None and leaf is not current:
-                close_leaf(current)
-            current = leaf
-            if encoded is not None:
-                leaf["_chunks"].append((writer.write(encoded), len(encoded), crc32(encoded)))
-            if progress and raw_bytes:
-                progress(raw_bytes)
-        if current is not None:
-            close_leaf(current)
-        for entry in header["files"]:
-            entry["sha256"] = digests[entry["path"]].result()
-        payload.flush()
-        payload.close()
-        assemble(temporary, header, payload_path)
-
+    with _atomic_output(destination, force, is_dir=False) as temporary:
+        with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
+            payload_path = Path(scratch) / "payload"
+            with builtins.open(payload_path, "wb") as payload:
+                header = Builder(chosen, chunk_bytes, metadata).build(sources, payload, resolve_threads(threads), progress)
+            assemble(temporary, header, payload_path)
     report = report_of(destination)
     report.seconds = time.perf_counter() - started
     return report

@@ -1,0 +1,165 @@
+"""Building an archive: source segments -> array stages -> chunks encoded in parallel -> payload.
+
+Memory stays bounded: sources are memory-mapped, chunks are encoded by a bounded window of
+workers (zoo._parallel.ordered_map), and the pages of each chunk are released from this
+process as soon as it is encoded, so the resident set does not grow with the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import mmap
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import __version__
+from ._parallel import ordered_map
+from .codecs.base import TypedArray
+from .dtypes import DTYPES, storage_dtype
+from .errors import InputError
+from .format import PayloadWriter, crc32
+from .pipeline import BLOB_SPEC, Pipeline
+from .sources import Segment, SourceFile
+
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass
+class _Job:
+    """One chunk to encode: its leaf, the raw bytes, and the file range to release afterwards."""
+
+    leaf: dict[str, Any]
+    pipeline: Pipeline
+    raw: np.ndarray
+    count: int
+    mapped: mmap.mmap | None = None
+    file_offset: int = 0
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _map(source: SourceFile) -> mmap.mmap | None:
+    """The file mapped read-only; unmapped when the last array viewing it is gone."""
+    if source.size == 0:
+        return None
+    with open(source.path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(mapped) != source.size:
+        raise InputError(f"{source.path}: file changed while being read")
+    return mapped
+
+
+class Builder:
+    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None) -> None:
+        self.pipeline = pipeline
+        self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
+        self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
+        self.chunk_bytes = chunk_bytes
+        self.header: dict[str, Any] = {
+            "format": "zoo",
+            "created_by": f"zoo {__version__}",
+            "metadata": {"pipeline": pipeline.spec(), **(metadata or {})},
+            "files": [],
+            "tensors": {},
+        }
+
+    def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None) -> dict[str, Any]:
+        """Encode every source into `payload`; returns the archive header."""
+        writer = PayloadWriter(payload)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
+            digests = {s.relpath: hasher.submit(_sha256_file, s.path) for s in sources}
+            current: dict[str, Any] | None = None
+            chunks: list[tuple[int, int, int]] = []
+            for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):
+                if job.leaf is not current:
+                    if current is not None:
+                        current.update(writer.write_index(chunks))
+                    current, chunks = job.leaf, []
+                if encoded is not None:
+                    chunks.append((writer.write(encoded), len(encoded), crc32(encoded)))
+                if progress and job.raw.nbytes:
+                    progress(job.raw.nbytes)
+            if current is not None:
+                current.update(writer.write_index(chunks))
+            self._record_digests(digests)
+        return self.header
+
+    def _record_digests(self, digests: dict[str, Future[str]]) -> None:
+        for entry in self.header["files"]:
+            entry["sha256"] = digests[entry["path"]].result()
+
+    @staticmethod
+    def _encode(job: _Job) -> tuple[_Job, bytes | None]:
+        if not job.count:
+            return job, None
+        encoded = job.pipeline.encode_chunk(job.raw, job.leaf["dtype"])
+        if job.mapped is not None:
+            # Drop this chunk's pages from our resident set; they stay in the page cache.
+            start = job.file_offset // _PAGE * _PAGE
+            end = job.file_offset + job.raw.nbytes
+            job.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return job, encoded
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
+        used_keys: set[str] = set()
+        for source in sources:
+            mapped = _map(source)
+            entry: dict[str, Any] = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
+            self.header["files"].append(entry)
+            for segment in source.segments:
+                raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
+                if segment.tensor is None:
+                    leaf = {"dtype": "U8", "shape": [segment.size]}
+                    entry["segments"].append({"blob": {"pipeline": self.blob_pipeline.configs(), "leaf": leaf}})
+                    yield from self._chunk_jobs(leaf, self.blob_pipeline, raw, mapped, segment.offset)
+                    continue
+                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
+                used_keys.add(key)
+                entry["segments"].append({"tensor": key})
+                lossless = yield from self._tensor_jobs(key, source, segment, raw, mapped)
+                entry["lossless"] &= lossless
+
+    def _tensor_jobs(self, key: str, source: SourceFile, segment: Segment, raw: np.ndarray, mapped: mmap.mmap | None) -> Iterator[_Job]:
+        dtype = DTYPES[segment.dtype]
+        record = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
+        self.header["tensors"][key] = record
+        if dtype.storage:
+            array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+            root, leaves = self.pipeline.transform(key, array)
+        else:  # opaque dtypes go through the leaf stages as bytes
+            root = {"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}
+            leaves = [(root["leaf"], TypedArray(raw, segment.dtype))]
+        transformed = "leaf" not in root
+        used = self.pipeline if transformed else self.leaf_pipeline
+        record.update(pipeline=used.configs(), root=root)
+        for leaf, part in leaves:
+            part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
+            # Untransformed tensors are views of the mapped file: their pages can be released.
+            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed else mapped, segment.offset)
+        return used.lossless
+
+    def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int) -> Iterator[_Job]:
+        bits = DTYPES[leaf["dtype"]].bits
+        elements = max(1, self.chunk_bytes * 8 // bits)
+        leaf["chunk_elements"] = elements
+        count = math.prod(leaf["shape"])
+        if count == 0:
+            yield _Job(leaf, pipeline, raw[:0], 0)
+        for first in range(0, count, elements):
+            n = min(elements, count - first)
+            begin, end = first * bits // 8, (first + n) * bits // 8
+            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin)
