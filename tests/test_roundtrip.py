@@ -47,3 +47,15 @@ def test_get_tensor_matches_safetensors(minilm, tmp_path):
         assert sorted(archive.keys()) == sorted(expected)
         for name, value in expected.items():
             np.testing.assert_array_equal(archive.get_tensor(name), value)
+
+
+def test_iter_file_ranges_decode_only_what_is_asked(tiny_model, tmp_path):
+    zoo.compress(tiny_model, tmp_path / "m.zoo", chunk_bytes=256)
+    original = (tiny_model / "model.safetensors").read_bytes()
+    rng = np.random.default_rng(0)
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert archive.read_file("model.safetensors", threads=2) == original
+        for _ in range(50):
+            start, end = sorted(int(v) for v in rng.integers(0, len(original) + 1, size=2))
+            assert b"".join(archive.iter_file("model.safetensors", start, end, threads=2)) == original[start:end]
+        assert b"".join(archive.iter_file("model.safetensors", len(original), None)) == b""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -121,10 +122,10 @@ class Archive:
             raise _fail(self._file, f"{what} has {len(index)} chunks for {n_elements} elements")
         return index, n_elements, chunk_elements
 
-    def _leaf_chunks(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, first_chunk: int = 0, threads: int = 1) -> Iterator[np.ndarray]:
-        """Decoded raw bytes of a leaf, chunk by chunk."""
+    def _chunk_decoder(self, leaf: dict[str, Any], pipeline: Pipeline, what: str) -> tuple[int, int, Callable[[int], np.ndarray]]:
+        """(chunk count, bytes per full chunk, decode(number) -> raw bytes of that chunk) of a leaf."""
         index, n_elements, chunk_elements = self._chunks(leaf, what)
-        itemsize_bits = DTYPES[leaf["dtype"]].bits
+        bits = DTYPES[leaf["dtype"]].bits
 
         def decode(number: int) -> np.ndarray:
             count = min(chunk_elements, n_elements - number * chunk_elements)
@@ -134,16 +135,21 @@ class Archive:
                 out = pipeline.decode_chunk(payload, leaf["dtype"], count)
             except FormatError as error:
                 raise FormatError(f"{self.path}: {label} is damaged: {error}") from None
-            if out.nbytes != count * itemsize_bits // 8:
-                raise _fail(self._file, f"{label} decodes to {out.nbytes} bytes, expected {count * itemsize_bits // 8}")
-            return out
+            if out.nbytes != count * bits // 8:
+                raise _fail(self._file, f"{label} decodes to {out.nbytes} bytes, expected {count * bits // 8}")
+            return out.view(np.uint8)
 
-        yield from ordered_map(decode, range(first_chunk, len(index)), threads)
+        return len(index), chunk_elements * bits // 8, decode
+
+    def _leaf_chunks(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> Iterator[np.ndarray]:
+        """Decoded raw bytes of a leaf, chunk by chunk."""
+        count, _, decode = self._chunk_decoder(leaf, pipeline, what)
+        yield from ordered_map(decode, range(count), threads)
 
     def read_leaf(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> TypedArray:
         raw = np.empty(leaf_bytes(leaf), dtype=np.uint8)
         position = 0
-        for chunk in self._leaf_chunks(leaf, pipeline, what, threads=threads):
+        for chunk in self._leaf_chunks(leaf, pipeline, what, threads):
             raw[position:position + chunk.nbytes] = chunk
             position += chunk.nbytes
         data = raw.view(storage_dtype(leaf["dtype"])) if DTYPES[leaf["dtype"]].storage else raw
@@ -191,47 +197,44 @@ class Archive:
         return leaf_bytes(segment["blob"]["leaf"])
 
     def iter_file(self, path: str, start: int = 0, end: int | None = None, threads: int = 1) -> Iterator[bytes | memoryview]:
-        """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive)."""
+        """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive). Only the
+        chunks that overlap the range are decoded; `threads` workers decode them in order."""
         entry = self.file_entry(path)
         end = entry["size"] if end is None else min(end, entry["size"])
+        for position, piece in ordered_map(lambda task: (task[0], task[1]()), self._file_tasks(entry, start, end), threads):
+            low, high = max(start, position), min(end, position + len(piece))
+            if low < high:
+                yield memoryview(piece)[low - position:high - position]
+
+    def _file_tasks(self, entry: dict[str, Any], start: int, end: int) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """(file offset, decode) for each piece of the file that overlaps [start, end)."""
         position = 0
         for segment in entry["segments"]:
-            size = self._segment_size(segment)
-            if position + size <= start:
-                position += size
-                continue
             if position >= end:
-                break
-            for piece_start, piece in self._segment_pieces(segment, path, max(0, start - position), threads):
-                piece_position = position + piece_start
-                low, high = max(start, piece_position), min(end, piece_position + len(piece))
-                if low < high:
-                    yield memoryview(piece)[low - piece_position:high - piece_position]
-                if piece_position + len(piece) >= end:
-                    break
+                return
+            size = self._segment_size(segment)
+            if position + size > start:
+                yield from self._segment_tasks(segment, entry["path"], position, start, end)
             position += size
 
-    def _segment_pieces(self, segment: dict[str, Any], path: str, skip: int, threads: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(offset within the segment, bytes) pieces of a segment, skipping whole chunks before `skip`."""
+    def _segment_tasks(self, segment: dict[str, Any], path: str, position: int, start: int, end: int) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
         if "tensor" in segment:
             name = segment["tensor"]
             info = self.tensor_info(name)
-            pipeline = self.pipeline_of(info.get("pipeline"))
-            root = info["root"]
-            if "leaf" not in root:  # transformed: the whole tensor is decoded at once
-                yield 0, self.read_tensor(name, threads).data.reshape(-1).view(np.uint8)
+            if "leaf" not in info["root"]:  # transformed by array stages: decoded whole
+                yield position, lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
                 return
-            leaf, what = root["leaf"], f"tensor {name!r}"
+            leaf, pipeline, what = info["root"]["leaf"], self.pipeline_of(info.get("pipeline")), f"tensor {name!r}"
         else:
-            pipeline = self.pipeline_of(segment["blob"].get("pipeline"))
-            leaf, what = segment["blob"]["leaf"], f"file {path!r}"
+            leaf, pipeline, what = segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")), f"file {path!r}"
         self._check_leaf_shape(leaf, what)
-        chunk_bytes = leaf.get("chunk_elements", 1) * DTYPES[leaf["dtype"]].bits // 8
-        first = skip // chunk_bytes if chunk_bytes else 0
-        offset = first * chunk_bytes
-        for chunk in self._leaf_chunks(leaf, pipeline, what, first, threads):
-            yield offset, chunk.view(np.uint8)
-            offset += chunk.nbytes
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        first = max(0, start - position) // chunk_bytes
+        for number in range(first, count):
+            offset = position + number * chunk_bytes
+            if offset >= end:
+                return
+            yield offset, partial(decode, number)
 
     def read_file(self, path: str, threads: int = 1) -> bytes:
         return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
