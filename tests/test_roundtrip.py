@@ -59,3 +59,17 @@ def test_iter_file_ranges_decode_only_what_is_asked(tiny_model, tmp_path):
             start, end = sorted(int(v) for v in rng.integers(0, len(original) + 1, size=2))
             assert b"".join(archive.iter_file("model.safetensors", start, end, threads=2)) == original[start:end]
         assert b"".join(archive.iter_file("model.safetensors", len(original), None)) == b""
+
+
+def test_torch_checkpoint_storages_are_grouped_and_exact(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.randn(256, 64).to(torch.bfloat16), "b": torch.zeros(3), "h": torch.randn(100).half(), "ids": torch.arange(5)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    zoo.compress(tmp_path / "pytorch_model.bin", tmp_path / "m.zoo")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        segments = archive.file_entry("pytorch_model.bin")["segments"]
+        assert {s["blob"]["leaf"]["dtype"] for s in segments} == {"U8", "BF16", "F32", "F16", "I64"}
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "pytorch_model.bin").read_bytes() == (tmp_path / "pytorch_model.bin").read_bytes()
+    loaded = torch.load(tmp_path / "out" / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -16,6 +16,14 @@ _TORCH_DTYPES = {
 }
 
 
+_NAMES = {torch_name: name for name, torch_name in _TORCH_DTYPES.items()}
+
+
+def dtype_name(dtype: Any) -> str:
+    """zoo's name of a torch dtype; U8 (opaque bytes) for those it has no name for."""
+    return _NAMES.get(str(dtype).removeprefix("torch."), "U8")
+
+
 def to_torch(array: TypedArray, device: str | None = None) -> Any:
     import torch
 

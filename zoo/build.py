@@ -123,9 +123,11 @@ class Builder:
             for segment in source.segments:
                 raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
                 if segment.tensor is None:
-                    leaf = {"dtype": "U8", "shape": [segment.size]}
-                    entry["segments"].append({"blob": {"pipeline": self.blob_pipeline.configs(), "leaf": leaf}})
-                    yield from self._chunk_jobs(leaf, self.blob_pipeline, raw, mapped, segment.offset)
+                    # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
+                    pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
+                    leaf = {"dtype": segment.dtype, "shape": [segment.size * 8 // DTYPES[segment.dtype].bits]}
+                    entry["segments"].append({"blob": {"pipeline": pipeline.configs(), "leaf": leaf}})
+                    yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset)
                     continue
                 key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
                 used_keys.add(key)

@@ -106,18 +106,95 @@ def parse_safetensors(path: Path, size: int) -> list[Segment]:
     return [Segment(0, data_start), *tensors]
 
 
-def check_torch_pickle(path: Path) -> None:
+def torch_segments(path: Path, size: int) -> list[Segment]:
+    """Segments of a PyTorch checkpoint, after checking it loads with weights_only=True.
+
+    A zip checkpoint stores each storage uncompressed as its own member; those become typed
+    segments (so floats get their byte planes grouped) and everything else stays a blob, which
+    keeps the file byte-exact. Any other layout is one blob."""
+    import zipfile
+
+    storage_dtypes = _check_torch_pickle(path)
+    if not storage_dtypes:
+        return [Segment(0, size)]
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        typed = []
+        for member in archive.infolist():
+            folder, _, key = member.filename.rpartition("/")
+            dtype = storage_dtypes.get(key)
+            if not folder.endswith("data") or dtype is None or member.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(member.header_offset + 26)
+            name_length, extra_length = struct.unpack("<HH", f.read(4))
+            start = member.header_offset + 30 + name_length + extra_length
+            itemsize = DTYPES[dtype].itemsize
+            if member.file_size % itemsize == 0 and start + member.file_size <= size:
+                typed.append(Segment(start, member.file_size, None, dtype, (member.file_size // itemsize,)))
+    segments, position = [], 0
+    for segment in sorted(typed, key=lambda s: s.offset):
+        if segment.offset < position:
+            return [Segment(0, size)]  # overlapping members: keep the file whole
+        if segment.offset > position:
+            segments.append(Segment(position, segment.offset - position))
+        segments.append(segment)
+        position = segment.offset + segment.size
+    if position < size:
+        segments.append(Segment(position, size - position))
+    return segments
+
+
+def _check_torch_pickle(path: Path) -> dict[str, str]:
+    """Check the checkpoint with torch's weights_only unpickler; returns the dtype name of each
+    storage key of a zip checkpoint (empty for the legacy layout)."""
     import pickle
+    import zipfile
 
     import torch  # only a torch checkpoint pays for importing torch
 
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        if not zipfile.is_zipfile(path):
+            torch.load(path, map_location="cpu", weights_only=True)
+            return {}
+        return _zip_storage_dtypes(path)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         raise InputError(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a readable PyTorch checkpoint: {type(error).__name__}") from None
+        raise InputError(f"{path}: not a readable PyTorch checkpoint: {type(error).__name__}: {error}") from None
+
+
+def _zip_storage_dtypes(path: Path) -> dict[str, str]:
+    """Run torch's weights_only unpickler over data.pkl, recording each storage's key and dtype
+    instead of reading it: the allowlist is enforced without loading the weights."""
+    import io
+    import zipfile
+
+    import torch
+    from torch._weights_only_unpickler import Unpickler
+
+    from ._torch import dtype_name
+
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError("expected one data.pkl")
+        data = archive.read(pickles[0])
+    dtypes: dict[str, str] = {}
+
+    def persistent_load(saved_id: tuple) -> object:
+        if not isinstance(saved_id, tuple) or len(saved_id) != 5:
+            raise ValueError("unexpected storage reference")
+        _, storage_type, key, _, numel = saved_id
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        dtypes[str(key)] = dtype_name(dtype)
+        # Unbacked until touched: rebuilding tensors over it costs no memory.
+        untyped = torch.UntypedStorage(int(numel) * torch._utils._element_size(dtype))
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+    unpickler = Unpickler(io.BytesIO(data), encoding="utf-8")
+    unpickler.persistent_load = persistent_load
+    unpickler.load()
+    return dtypes
 
 
 def _source_file(path: Path, relpath: str) -> SourceFile:
@@ -125,8 +202,7 @@ def _source_file(path: Path, relpath: str) -> SourceFile:
     if path.suffix == ".safetensors":
         return SourceFile(relpath, path, size, "safetensors", parse_safetensors(path, size))
     if path.suffix in TORCH_SUFFIXES:
-        check_torch_pickle(path)
-        return SourceFile(relpath, path, size, "torch", [Segment(0, size)])
+        return SourceFile(relpath, path, size, "torch", torch_segments(path, size))
     return SourceFile(relpath, path, size, "blob", [Segment(0, size)])
 
 
