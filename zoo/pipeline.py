@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -123,9 +124,14 @@ class Pipeline:
 
     # -- array stages: whole tensors ------------------------------------------------------
 
-    def transform(self, name: str, array: TypedArray) -> tuple[dict[str, Any], list[tuple[dict[str, Any], TypedArray]]]:
+    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> list[Any]:
+        """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order."""
+        return [stage.survey(tensors, calibration) for stage in self.array_stages]
+
+    def transform(self, name: str, array: TypedArray, plans: list[Any] | None = None) -> tuple[dict[str, Any], list[tuple[dict[str, Any], TypedArray]]]:
         """Run the array stages. Returns the node tree for the header and its leaves, each a
-        header dict (to be filled with its chunk index) paired with the array to store."""
+        header dict (to be filled with its chunk index) paired with the array to store.
+        `plans` are what survey returned, when it was run."""
         leaves: list[tuple[dict[str, Any], TypedArray]] = []
 
         def visit(item: TypedArray, first_stage: int, label: str) -> dict[str, Any]:
@@ -133,7 +139,7 @@ class Pipeline:
                 stage = self.array_stages[index]
                 if not stage.selects(label, item):
                     continue
-                result = stage.encode(item)
+                result = stage.encode_tensor(label, item, plans[index] if plans else None)
                 parts = {}
                 for part_name, part in result.parts.items():
                     after = len(self.array_stages) if part_name in result.final else index + 1

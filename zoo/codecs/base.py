@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..dtypes import FLOAT_DTYPES
+from .selection import selected
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,22 @@ class ArrayCodec(Codec):
     tolerance: ClassVar[float] = 0.0
 
     def selects(self, name: str, array: TypedArray) -> bool:
-        """Whether this stage transforms this tensor; the default takes float matrices and up,
-        and leaves vectors (norms, biases) and scalars alone."""
-        return array.dtype in FLOAT_DTYPES and array.data.ndim >= 2 and array.data.size > 0
+        """Whether this stage transforms this tensor: float matrices and up, minus what
+        zoo.codecs.selection always keeps lossless (norms, biases, position ids), filtered by the
+        codec's ``include``/``exclude`` patterns when its constructor takes them."""
+        include, exclude = getattr(self, "include", None), getattr(self, "exclude", None)
+        return selected(name, array.dtype, array.data.ndim, array.data.size, include, exclude)
+
+    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> Any:
+        """A pass over the whole model before any tensor is encoded, for codecs that need one
+        (a size budget shared across layers, activation statistics). `tensors` yields every
+        tensor by name each time it is called; `calibration` is a zoo.calibration.Statistics
+        or None. What it returns comes back to encode_tensor as `plan`."""
+        return None
+
+    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+        """What the pipeline calls: codecs that need the name or the survey override this."""
+        return self.encode(array)
 
     def encode(self, array: TypedArray) -> Transformed:
         raise NotImplementedError

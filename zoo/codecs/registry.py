@@ -7,12 +7,16 @@ from typing import Any
 from ..errors import PipelineError
 from .base import Codec
 from .bytegroup import ByteGroup
+from .codebook import Codebook
+from .truncate import Truncate
 from .zstd import Zstd
 
 # One explicit list: tests/test_codecs.py fails when a Codec class in the package is missing here.
 CODECS: list[type[Codec]] = [
     ByteGroup,
     Zstd,
+    Truncate,
+    Codebook,
 ]
 _BY_ID = {cls.codec_id: cls for cls in CODECS}
 

@@ -1,0 +1,52 @@
+"""Which tensors a lossy stage touches, after llama-quantize's ``--tensor-type``.
+
+A stage takes ``include`` and ``exclude``: glob patterns (``fnmatch``, case-insensitive)
+separated by ``;``, matched against the tensor name (a part of an earlier stage is named
+``tensor.part``, e.g. ``encoder.layer.0.attention.self.query.weight.left``). Some tensors are
+never touched, whatever the patterns say: vectors and scalars, integer tensors, and names of
+norms, biases and position ids, whose few bytes matter far more to quality than to size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from functools import lru_cache
+
+from ..dtypes import FLOAT_DTYPES
+from ..errors import PipelineError
+
+ALWAYS_LOSSLESS = ("*norm*", "*.bias", "*_bias", "*position_ids*", "*.ln_*", "*ln_f.*")
+
+
+@lru_cache(maxsize=256)
+def _compile(patterns: str | None) -> re.Pattern[str] | None:
+    if patterns is None:
+        return None
+    if not isinstance(patterns, str):
+        raise PipelineError(f"tensor patterns must be text such as '*attn*;*mlp*', not {patterns!r}")
+    globs = [p.strip() for p in patterns.split(";") if p.strip()]
+    if not globs:
+        raise PipelineError("empty tensor pattern")
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs), re.IGNORECASE)
+
+
+_ALWAYS = _compile(";".join(ALWAYS_LOSSLESS))
+
+
+def check_patterns(include: str | None, exclude: str | None) -> None:
+    """Raise PipelineError now (at spec parsing) rather than at the first tensor."""
+    _compile(include)
+    _compile(exclude)
+
+
+def selected(name: str, dtype: str, ndim: int, size: int, include: str | None = None, exclude: str | None = None) -> bool:
+    if dtype not in FLOAT_DTYPES or ndim < 2 or size == 0:
+        return False
+    if _ALWAYS is not None and _ALWAYS.match(name):
+        return False
+    wanted = _compile(include)
+    if wanted is not None and not wanted.match(name):
+        return False
+    unwanted = _compile(exclude)
+    return unwanted is None or not unwanted.match(name)
