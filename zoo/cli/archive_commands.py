@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -54,17 +54,22 @@ def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a
 
 
 def compress(
-    source: Annotated[Path, typer.Argument(help="A model folder or a .safetensors/.bin/.pt file.", show_default=False)],
-    output: Output = None,
+    source: Annotated[Path, typer.Argument(help="A model folder, a .safetensors/.bin/.pt file, or a hub id ORG/NAME[@REVISION].",
+                                           show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Compress a model into one .zoo archive."""
+    """Compress a model into the zoo, or with -o into one .zoo archive."""
     from .. import api
+    from .zoo_commands import compress_elsewhere
 
-    destination = output or Path(source.name.removesuffix(".safetensors") + ".zoo")
+    if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json):
+        return
+    destination = output
     with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
         report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance)
     print_report(report, as_json, f"{destination}")
@@ -90,10 +95,12 @@ def decompress(
 
 
 def info(archive: ArchiveArg, as_json: Json = False) -> None:
-    """Sizes per tensor and in total."""
+    """Sizes per tensor and in total, of an archive or of a model in the zoo."""
     from .. import api
+    from ..store import resolve_archive
 
-    print_report(api.report_of(archive), as_json, str(archive))
+    stored = None if archive.exists() else resolve_archive(str(archive))
+    print_report(api.report_of(stored or archive), as_json, str(archive))
 
 
 def verify(archive: ArchiveArg, threads: Threads = None, as_json: Json = False) -> None:

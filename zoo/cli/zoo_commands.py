@@ -1,0 +1,186 @@
+"""pull, ls, rm, export, serve: the zoo under ZOO_HOME."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Force, Json, Threads
+from .output import human_bytes, print_json, progress_bar, stderr, stdout
+
+NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
+Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
+
+
+def print_entry(entry, as_json: bool, verb: str) -> None:  # noqa: ANN001 - a zoo.store.Entry
+    if as_json:
+        print_json(entry.to_dict())
+    else:
+        stdout.print(f"{verb} {entry.ref}: {human_bytes(entry.original_bytes)} -> {human_bytes(entry.stored_bytes)} "
+                     f"(ratio {entry.ratio:.3f})", markup=False, highlight=False)
+
+
+def pull(
+    repo: Annotated[str, typer.Argument(help="REPO_ID[@REVISION] on the hub (HF_ENDPOINT, default huggingface.co).", show_default=False)],
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files matching this glob (repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip files matching this glob (repeatable).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the repo id).")] = None,
+    pipeline: Pipeline = None,
+    threads: Threads = None,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Download a model from the hub, check it against the hub's sha256, store it compressed."""
+    from ..hub import pull as pull_model
+
+    entry, new = pull_model(repo, name=name, pipeline=pipeline, include=include, exclude=exclude, threads=threads, force=force,
+                            progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json)
+    print_entry(entry, as_json, "stored" if new else "already in the zoo:")
+
+
+def ls(as_json: Json = False) -> None:
+    """Every model in the zoo, with sizes and quality when known."""
+    from ..store import Store, quality_label
+
+    store = Store()
+    entries = store.entries()
+    if as_json:
+        print_json({"zoo": str(store.home), "models": [{**e.to_dict(), "quality_label": quality_label(e)} for e in entries]})
+        return
+    if not entries:
+        stderr.print(f"the zoo at {store.home} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table(title=str(store.home), title_justify="left")
+    for column in ("name", "revision", "variant", "original", "stored", "ratio", "quality"):
+        table.add_column(column, justify="right" if column in ("original", "stored", "ratio") else "left")
+    for e in entries:
+        table.add_row(e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes), f"{e.ratio:.3f}",
+                      quality_label(e))
+    stdout.print(table)
+
+
+def rm(
+    ref: NameArg,
+    every: Annotated[bool, typer.Option("--all", help="Remove every entry the name matches (all revisions and variants).")] = False,
+    as_json: Json = False,
+) -> None:
+    """Remove a model from the zoo."""
+    from ..store import Store
+
+    removed = Store().remove(ref, every)
+    if as_json:
+        print_json({"removed": [e.to_dict() for e in removed]})
+    else:
+        for entry in removed:
+            stdout.print(f"removed {entry.ref}", markup=False, highlight=False)
+
+
+def export(
+    ref: NameArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the plain Hugging Face model into.")],
+    threads: Threads = None,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
+    from .. import api
+    from ..store import Store
+
+    entry = Store().resolve(ref)
+    with progress_bar(entry.original_bytes, "exporting", not as_json) as advance:
+        report = api.decompress(entry.archive, output, threads=threads, force=force, progress=advance)
+    if as_json:
+        print_json({"name": entry.ref, "output": str(output), "files": report.files, "original_bytes": report.original_bytes})
+    else:
+        stdout.print(f"{output}: {entry.ref}, {len(report.files)} files, {human_bytes(report.original_bytes)}", markup=False, highlight=False)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    token: Annotated[Optional[str], typer.Option("--token", help="Require this bearer token (clients set HF_TOKEN); "
+                                                 "default ZOO_SERVE_TOKEN.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
+) -> None:
+    """Serve every model in the zoo over the Hugging Face Hub API: HF_ENDPOINT=http://HOST:PORT."""
+    from ..serve import is_loopback, make_server
+    from ..store import Store
+
+    token = token or os.environ.get("ZOO_SERVE_TOKEN") or None
+    store = Store()
+    server = make_server(store, host, port, token, quiet)
+    if not is_loopback(host) and token is None:
+        stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
+    names = sorted({e.name for e in store.entries()})
+    stderr.print(f"serving {len(names)} models from {store.home} at {server.url}  (HF_ENDPOINT={server.url})", markup=False,
+                 highlight=False)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(pull)
+    app.command(name="ls")(ls)
+    app.command(name="rm")(rm)
+    app.command()(export)
+    app.command()(serve)
+
+
+def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
+                       as_json: bool) -> bool:
+    """The parts of `zoo compress` that involve the zoo: no -o stores the result in the zoo, and a
+    SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job."""
+    from .. import hub
+    from ..store import Store, check_name
+
+    local = Path(source)
+    if local.exists() and output is not None:
+        return False
+    if not local.exists():
+        try:
+            return _compress_from_hub(source, output, name, pipeline, threads, force, as_json)
+        except hub.PullError as error:
+            raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
+    default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
+    with progress_bar(_folder_bytes(local), "compressing", not as_json) as advance:
+        entry = Store().compress(local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()), force=force,
+                                 threads=threads, progress=advance)
+    print_entry(entry, as_json, "stored")
+    return True
+
+
+def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
+                       as_json: bool) -> bool:
+    from .. import api, hub
+    from .archive_commands import print_report
+
+    if output is None:
+        entry, new = hub.pull(source, name=name, pipeline=pipeline, threads=threads, force=force,
+                              progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json)
+        print_entry(entry, as_json, "stored" if new else "already in the zoo:")
+        return True
+    repo_id, revision = hub.parse_repo_ref(source)
+    pulled = hub.download(repo_id, revision, progress_bars=not as_json)
+    with progress_bar(_folder_bytes(pulled.folder), "compressing", not as_json) as advance:
+        report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
+                              metadata={"source": f"hub:{repo_id}@{pulled.commit}"})
+    try:
+        hub.check_lfs(output, pulled, repo_id)
+    except Exception:
+        output.unlink(missing_ok=True)  # a faithful archive of a bad download is still bad
+        raise
+    print_report(report, as_json, str(output))
+    return True
+
+
+def _folder_bytes(source: Path) -> int:
+    if source.is_file():
+        return source.stat().st_size
+    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
