@@ -234,3 +234,27 @@ def test_unsafe_pickle_is_refused(tmp_path):
     zoo.compress(tmp_path / "ok.pt", tmp_path / "ok.zoo")
     zoo.decompress(tmp_path / "ok.zoo", tmp_path / "out")
     assert (tmp_path / "out" / "ok.pt").read_bytes() == (tmp_path / "ok.pt").read_bytes()
+
+
+def test_force_replaces_a_file_with_a_folder(tiny_model, tmp_path):
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    target = tmp_path / "out"
+    target.write_text("a file where the folder goes")
+    zoo.decompress(tmp_path / "m.zoo", target, force=True)
+    assert (target / "config.json").exists()
+
+
+def test_unwritable_output_is_one_line(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    if os.geteuid() == 0:
+        # root writes anywhere; a path under a regular file fails for everyone.
+        target = tmp_path / "file" / "m.zoo"
+        (tmp_path / "file").write_text("x")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "m.zoo"
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(tiny_model), "-o", str(target)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr

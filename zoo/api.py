@@ -118,11 +118,15 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
     try:
         yield temporary
-        if final.is_dir() and not final.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.zoo-old-", dir=parent))
-            os.replace(final, old / final.name)
-            os.replace(temporary, final)
-            shutil.rmtree(old, ignore_errors=True)
+        if final.exists() or final.is_symlink():  # --force: move the old one aside, then swap
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.zoo-old-", dir=parent))
+            os.replace(final, aside / final.name)
+            try:
+                os.replace(temporary, final)
+            except BaseException:
+                os.replace(aside / final.name, final)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(temporary, final)
     except BaseException:
