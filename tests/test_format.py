@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,10 +18,11 @@ from .conftest import random_storage, write_safetensors
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def test_golden_v1_decodes_bit_exact(tmp_path):
-    zoo.decompress(GOLDEN / "v1" / "lossless.zoo", tmp_path / "out")
-    expected = json.loads((GOLDEN / "v1" / "lossless.sha256.json").read_text())
-    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "out").iterdir()}
+@pytest.mark.parametrize("archive", sorted(GOLDEN.glob("v*/*.zoo")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden_archives_decode_bit_exact(archive, tmp_path):
+    zoo.decompress(archive, tmp_path / "out")
+    expected = json.loads(archive.with_suffix(".sha256.json").read_text())
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert got == expected
 
 

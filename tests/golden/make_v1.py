@@ -5,6 +5,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +24,47 @@ def ramp(count: int) -> np.ndarray:
     return (np.arange(count, dtype=np.float32) - count / 2) / 7
 
 
-def main() -> None:
-    if any(HERE.glob("*.zoo")):
-        raise SystemExit(f"{HERE} already holds golden archives; they are never regenerated")
+def write_once(name: str, make: Callable[[Path], Path]) -> None:
+    """Write golden archive `name` and its sha256 manifest, unless it exists: never regenerated."""
+    if (HERE / f"{name}.zoo").exists():
+        print(f"{name}.zoo exists; left as it is")
+        return
     with tempfile.TemporaryDirectory() as scratch:
-        model = Path(scratch) / "model"
-        model.mkdir()
-        write_safetensors(model / "model.safetensors", {
-            "ramp.bf16": ("BF16", from_float32(ramp(96), "BF16").reshape(8, 12)),
-            "ramp.f32": ("F32", ramp(300).reshape(3, 100)),
-            "ramp.f16": ("F16", from_float32(ramp(33), "F16")),
-            "ramp.f8": ("F8_E4M3", from_float32(ramp(20) / 10, "F8_E4M3")),
-            "ids": ("I64", np.arange(10, dtype=np.int64)),
-            "mask": ("BOOL", (np.arange(7) % 2).astype(np.uint8)),
-            "scalar": ("F32", np.array(3.5, dtype=np.float32)),
-            "empty": ("F32", np.zeros((0, 4), dtype=np.float32)),
-        }, metadata={"format": "pt"})
-        (model / "config.json").write_text(json.dumps({"model_type": "golden", "hidden_size": 12}, indent=2))
-        zoo.compress(model, HERE / "lossless.zoo", chunk_bytes=128)
-        expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
-        (HERE / "lossless.sha256.json").write_text(json.dumps(expected, indent=2) + "\n")
+        source = make(Path(scratch))
+        zoo.compress(source, HERE / f"{name}.zoo", chunk_bytes=128)
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        (HERE / f"{name}.sha256.json").write_text(json.dumps(expected, indent=2) + "\n")
+
+
+def lossless_folder(scratch: Path) -> Path:
+    model = scratch / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {
+        "ramp.bf16": ("BF16", from_float32(ramp(96), "BF16").reshape(8, 12)),
+        "ramp.f32": ("F32", ramp(300).reshape(3, 100)),
+        "ramp.f16": ("F16", from_float32(ramp(33), "F16")),
+        "ramp.f8": ("F8_E4M3", from_float32(ramp(20) / 10, "F8_E4M3")),
+        "ids": ("I64", np.arange(10, dtype=np.int64)),
+        "mask": ("BOOL", (np.arange(7) % 2).astype(np.uint8)),
+        "scalar": ("F32", np.array(3.5, dtype=np.float32)),
+        "empty": ("F32", np.zeros((0, 4), dtype=np.float32)),
+    }, metadata={"format": "pt"})
+    (model / "config.json").write_text(json.dumps({"model_type": "golden", "hidden_size": 12}, indent=2))
+    return model
+
+
+def torch_checkpoint(scratch: Path) -> Path:
+    import torch
+
+    state = {"ramp.bf16": torch.from_numpy(ramp(96)).to(torch.bfloat16).reshape(8, 12), "ramp.f32": torch.from_numpy(ramp(40)), "ids": torch.arange(6)}
+    torch.save(state, scratch / "pytorch_model.bin")
+    return scratch / "pytorch_model.bin"
+
+
+def main() -> None:
+    write_once("lossless", lossless_folder)
+    write_once("torch", torch_checkpoint)
 
 
 if __name__ == "__main__":
