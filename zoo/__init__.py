@@ -13,6 +13,7 @@ _EXPORTS = {
     "compress": ("api", "compress"),
     "decompress": ("api", "decompress"),
     "open": ("api", "open_archive"),  # zoo.open, after safetensors' safe_open
+    "load_state_dict": ("api", "load_state_dict"),
     "verify": ("api", "verify"),
     "report_of": ("api", "report_of"),
     "Report": ("api", "Report"),

@@ -172,9 +172,27 @@ def compress(
 # -- reading ---------------------------------------------------------------------------------
 
 
+def _archive_path(source: str | os.PathLike[str]) -> Path:
+    """An archive path, or the archive of a model in the zoo (NAME[@REVISION][:VARIANT])."""
+    path = Path(source)
+    if path.exists():
+        return path
+    from .store import resolve_archive
+
+    return resolve_archive(str(source)) or path  # when neither, opening the path says so
+
+
 def open_archive(archive: str | os.PathLike[str]) -> Archive:
-    """Open an archive for lazy, per-tensor reads (exported as zoo.open)."""
-    return Archive(archive)
+    """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open)."""
+    return Archive(_archive_path(archive))
+
+
+def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name."""
+    from ._torch import to_torch
+
+    with Archive(_archive_path(source)) as opened:
+        return {key: to_torch(opened.read_tensor(key, resolve_threads(threads)), device) for key in opened.keys()}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
@@ -251,4 +269,4 @@ def decompress(
     return report
 
 
-__all__ = ["Report", "TensorReport", "compress", "decompress", "open_archive", "report_of", "verify", "ZooError"]
+__all__ = ["Report", "TensorReport", "compress", "decompress", "load_state_dict", "open_archive", "report_of", "verify", "ZooError"]

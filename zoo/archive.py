@@ -176,18 +176,37 @@ class Archive:
 
     def get_tensor(self, name: str, framework: str = "np") -> Any:
         """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
-        array = self.read_tensor(name)
-        if framework in ("pt", "torch"):
-            from ._torch import to_torch
+        return _as_framework(self.read_tensor(name), framework)
 
-            return to_torch(array)
-        if framework not in ("np", "numpy"):
-            raise ZooError(f"unknown framework {framework!r}: use 'np' or 'pt'")
-        if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
-            return to_float32(array.data, array.dtype)
-        if array.dtype == "BOOL":
-            return array.data.view(np.bool_)
-        return array.data
+    def get_slice(self, name: str, framework: str = "np") -> TensorSlice:
+        """A tensor to index like safetensors' get_slice: `archive.get_slice(name)[10:20]` decodes
+        only the chunks holding rows 10 to 19 (the whole tensor when array stages encoded it)."""
+        self.tensor_info(name)
+        return TensorSlice(self, name, framework)
+
+    def read_rows(self, name: str, first: int, stop: int) -> TypedArray:
+        """Rows first..stop-1 (along the first axis) of a tensor's raw storage."""
+        info = self.tensor_info(name)
+        dtype, shape, root = info["dtype"], list(info["shape"]), info.get("root")
+        what = f"tensor {name!r}"
+        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None:
+            whole = self.read_tensor(name)
+            return TypedArray(whole.data[first:stop], dtype)
+        leaf = root["leaf"]
+        self._check_leaf_shape(leaf, what)
+        if leaf["dtype"] != dtype or list(leaf["shape"]) != shape:
+            raise _fail(self._file, f"{what} is stored as {leaf['dtype']}{leaf['shape']}, expected {dtype}{shape}")
+        row, itemsize = math.prod(shape[1:]), DTYPES[dtype].bits // 8
+        low, high = first * row, stop * row
+        raw = np.empty((high - low) * itemsize, dtype=np.uint8)
+        if high > low:
+            _, _, decode = self._chunk_decoder(leaf, self.pipeline_of(info.get("pipeline")), what)
+            per_chunk = leaf["chunk_elements"]
+            for number in range(low // per_chunk, -(-high // per_chunk)):
+                chunk, begin = decode(number), number * per_chunk
+                a, b = max(low, begin), min(high, begin + chunk.nbytes // itemsize)
+                raw[(a - low) * itemsize:(b - low) * itemsize] = chunk[(a - begin) * itemsize:(b - begin) * itemsize]
+        return TypedArray(raw.view(storage_dtype(dtype)).reshape([stop - first, *shape[1:]]), dtype)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -301,3 +320,67 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _as_framework(array: TypedArray, framework: str) -> Any:
+    if framework in ("pt", "torch"):
+        from ._torch import to_torch
+
+        return to_torch(array)
+    if framework not in ("np", "numpy"):
+        raise ZooError(f"unknown framework {framework!r}: use 'np' or 'pt'")
+    if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+        return to_float32(array.data, array.dtype)
+    if array.dtype == "BOOL":
+        return array.data.view(np.bool_)
+    return array.data
+
+
+class TensorSlice:
+    """What Archive.get_slice returns: shape and dtype without decoding, and indexing by ints,
+    slices and Ellipsis, which decodes only the rows the first index touches."""
+
+    def __init__(self, archive: Archive, name: str, framework: str) -> None:
+        self._archive, self._name, self._framework = archive, name, framework
+        info = archive.tensor_info(name)
+        self._shape, self._dtype = list(info["shape"]), info["dtype"]
+
+    def get_shape(self) -> list[int]:
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        return self._dtype
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a scalar tensor")
+        return self._shape[0]
+
+    def __getitem__(self, index: Any) -> Any:
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(not isinstance(item, (int, np.integer, slice)) and item is not Ellipsis for item in items):
+            raise ZooError("a tensor slice takes ints, slices and '...' only")
+        if items.count(Ellipsis) > 1:
+            raise ZooError("a tensor slice takes at most one '...'")
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at:at + 1] = [slice(None)] * (len(self._shape) - len(items) + 1)
+        if len(items) > len(self._shape):
+            raise ZooError(f"{len(items)} indices for a tensor of {len(self._shape)} dimensions")
+        if not self._shape:
+            return _as_framework(self._archive.read_tensor(self._name), self._framework)
+        rows = self._shape[0]
+        first = items[0] if items else slice(None)
+        if isinstance(first, slice):
+            span = range(*first.indices(rows))
+            low, high = (min(span), max(span) + 1) if span else (0, 0)
+            stop = span.stop - low
+            local: int | slice = slice(span.start - low, stop if stop >= 0 else None, span.step) if span else slice(0, 0)
+        else:
+            position = int(first) + rows if int(first) < 0 else int(first)
+            if not 0 <= position < rows:
+                raise IndexError(f"index {int(first)} is out of bounds for a first axis of {rows}")
+            low, high, local = position, position + 1, 0
+        part = self._archive.read_rows(self._name, low, high)
+        selected = np.ascontiguousarray(part.data[(local, *items[1:])])
+        return _as_framework(TypedArray(selected, part.dtype), self._framework)

@@ -90,9 +90,20 @@ def check_revision(revision: str) -> str:
 
 
 def variant_of(pipeline_spec: str) -> str:
+    """A short label for a pipeline: 'lossless' for the default, else its stages without unset
+    parameters and without the default leaf stages ('truncate:bits=6')."""
     from .pipeline import DEFAULT_SPEC, Pipeline
 
-    return LOSSLESS if pipeline_spec == Pipeline.parse(DEFAULT_SPEC).spec() else pipeline_spec
+    pipeline, default = Pipeline.parse(pipeline_spec), Pipeline.parse(DEFAULT_SPEC)
+    if pipeline == default:
+        return LOSSLESS
+    leaf_stages = (pipeline.grouping, *pipeline.bytes_stages)
+    stages = pipeline.array_stages + (() if leaf_stages == (default.grouping, *default.bytes_stages) else leaf_stages)
+    parts = []
+    for config in (stage.get_config() for stage in stages):
+        arguments = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in config.items() if k != "id" and v is not None)
+        parts.append(config["id"] + (f":{arguments}" if arguments else ""))
+    return "|".join(parts)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -409,7 +420,9 @@ def quality_label(entry: Entry) -> str:
     'bit-exact' for a lossless variant (every file is checked against its sha256), else ''."""
     quality = entry.quality or {}
     figures = [f"{key} {value:.4g}" for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
-    if quality.get("kind") in ("bit-exact", "lossless") or (not figures and entry.variant == LOSSLESS and all(f.lossless for f in entry.files)):
+    if isinstance(quality.get("summary"), str):  # zoo.evaluate writes one line meant for listings
+        label = quality["summary"]
+    elif not quality and entry.variant == LOSSLESS and all(f.lossless for f in entry.files):
         label = "bit-exact"
     else:
         label = " ".join(figures) or str(quality.get("kind", ""))

@@ -1,0 +1,160 @@
+"""Pulling from a hub: `zoo pull` and transformers in subprocesses with HF_ENDPOINT pointing at a
+real `zoo serve` on 127.0.0.1 (huggingface_hub reads its environment at import, hence the
+subprocesses), served from a first zoo and pulled into a second one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.store import Store
+
+from .test_serve import running_server
+
+INFER = """
+import sys, torch
+from transformers import AutoModel
+served = AutoModel.from_pretrained(sys.argv[1]).eval()
+original = AutoModel.from_pretrained(sys.argv[2]).eval()
+ids = torch.arange(24).reshape(2, 12) % 99
+with torch.no_grad():
+    same = torch.equal(served(ids).last_hidden_state, original(ids).last_hidden_state)
+print("equal" if same else "different")
+"""
+
+
+def zoo_cli(*args, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env={**os.environ, **env},
+                          cwd=cwd, timeout=300)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A real transformers model, tiny and randomly initialised, saved as a Hugging Face folder."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                     max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    transformers.BertModel(config).save_pretrained(folder)
+    (folder / "README.md").write_text("a tiny model\n")
+    return folder
+
+
+@pytest.fixture
+def hub(tiny_bert, tmp_path):
+    """A first zoo holding the model as 'org/tiny-bert', served; the environment of a client."""
+    upstream = Store(tmp_path / "upstream")
+    upstream.compress(tiny_bert, "org/tiny-bert")
+    with running_server(upstream) as url:
+        yield url, upstream, {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "second"),
+                              "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@pytest.mark.slow
+def test_store_serve_pull_export_is_bit_exact(hub, tiny_bert, tmp_path):
+    url, upstream, env = hub
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "stored org/tiny-bert@main:lossless" in done.stdout
+    second = Store(tmp_path / "second")
+    entry = second.resolve("org/tiny-bert", with_files=True)
+    assert entry.commit == upstream.resolve("org/tiny-bert").commit  # lossless: the upstream commit is kept
+    assert {f.path: f.sha256 for f in entry.files} == hashes(tiny_bert)
+    assert zoo_cli("export", "org/tiny-bert", "-o", tmp_path / "exported", env=env).returncode == 0
+    assert hashes(tmp_path / "exported") == hashes(tiny_bert)
+
+    again = zoo_cli("pull", "org/tiny-bert", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["commit"] == entry.commit
+    assert "already in the zoo" not in again.stdout  # --json prints only the document
+
+    listed = json.loads(zoo_cli("ls", "--json", env=env).stdout)["models"]
+    assert [(m["name"], m["revision"], m["variant"], m["quality_label"]) for m in listed] == [("org/tiny-bert", "main", "lossless", "bit-exact")]
+
+
+@pytest.mark.slow
+def test_from_pretrained_through_hf_endpoint_matches_the_original(hub, tiny_bert, tmp_path):
+    _, _, env = hub
+    done = subprocess.run([sys.executable, "-c", INFER, "org/tiny-bert", str(tiny_bert)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "equal"
+
+
+def test_pull_with_filters_and_revision(hub, tmp_path):
+    _, _, env = hub
+    done = zoo_cli("pull", "org/tiny-bert@main", "--include", "*.json", "--include", "*.md", "--exclude", "README*", "--name", "just-config",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    entry = Store(tmp_path / "second").resolve("just-config", with_files=True)
+    assert [f.path for f in entry.files] == ["config.json"]
+
+
+def test_pull_errors_are_one_line(hub, tmp_path):
+    _, _, env = hub
+    for args, words in ((["nobody/nothing"], "RepositoryNotFound"), (["org/tiny-bert@v9"], "RevisionNotFound"),
+                        (["not a repo!"], "neither a local file")):
+        done = zoo_cli("pull", *args, env=env)
+        assert done.returncode == 1 and words in done.stderr, done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.strip().count("\n") == 0
+    assert Store(tmp_path / "second").entries() == []
+
+
+def test_pull_refuses_a_file_whose_sha256_is_not_the_hubs(hub, tmp_path):
+    """A hub that announces one sha256 and sends other bytes: nothing enters the zoo, and the bad
+    copy leaves the Hugging Face cache so that the next pull fetches it again."""
+    _, upstream, env = hub
+    with sqlite3.connect(upstream.catalogue) as connection:
+        connection.execute("UPDATE files SET served_sha256 = ? WHERE path = 'model.safetensors'", ("ab" * 32,))
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 1 and "model.safetensors arrived with sha256" in done.stderr, done.stderr
+    assert Store(tmp_path / "second").entries() == []
+    cached = list((tmp_path / "hf").rglob("model.safetensors"))
+    assert all(not path.exists() for path in cached)
+
+
+def test_offline_pull_uses_the_cache(hub, tmp_path):
+    _, _, env = hub
+    assert zoo_cli("pull", "org/tiny-bert", "--include", "config.json", env=env).returncode == 0
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    done = zoo_cli("pull", "org/tiny-bert", "--include", "config.json", "--name", "offline-copy", env=offline)
+    assert done.returncode == 0, done.stderr
+    done = zoo_cli("pull", "org/other", "--name", "never", env=offline)
+    assert done.returncode == 1 and "cannot pull org/other@main" in done.stderr
+
+
+def test_hf_token_reaches_a_guarded_server(tiny_bert, tmp_path):
+    upstream = Store(tmp_path / "upstream")
+    upstream.compress(tiny_bert, "org/tiny-bert")
+    with running_server(upstream, token="hf_s3cret") as url:
+        env = {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "second")}
+        denied = zoo_cli("pull", "org/tiny-bert", env=env)
+        assert denied.returncode == 1 and denied.stderr.startswith("error: cannot pull")
+        allowed = zoo_cli("pull", "org/tiny-bert", env={**env, "HF_TOKEN": "hf_s3cret"})
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_compress_accepts_a_hub_id(hub, tiny_bert, tmp_path):
+    _, _, env = hub
+    work = tmp_path / "work"
+    work.mkdir()
+    done = zoo_cli("compress", "org/tiny-bert", "-o", work / "bert.zoo", "--json", env=env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metadata"]["source"].startswith("hub:org/tiny-bert@")
+    done = zoo_cli("compress", "org/tiny-bert", "--pipeline", "truncate:bits=6", env=env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert [e.variant for e in Store(tmp_path / "second").entries()] == ["truncate:bits=6"]
+    done = zoo_cli("compress", "no-such-thing", env=env, cwd=work)
+    assert done.returncode == 1 and "nor is there a local file or folder" in done.stderr
