@@ -8,6 +8,9 @@ from ..errors import PipelineError
 from .base import Codec
 from .bytegroup import ByteGroup
 from .codebook import Codebook
+from .l2 import L2
+from .lowrank import LowRank
+from .pranc import Pranc
 from .truncate import Truncate
 from .zstd import Zstd
 
@@ -17,6 +20,9 @@ CODECS: list[type[Codec]] = [
     Zstd,
     Truncate,
     Codebook,
+    LowRank,
+    L2,
+    Pranc,
 ]
 _BY_ID = {cls.codec_id: cls for cls in CODECS}
 

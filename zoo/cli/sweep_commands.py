@@ -1,0 +1,66 @@
+"""sweep: several pipelines on one model, a rate-distortion table and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Force, Json, Threads
+from .output import human_bytes, print_json, stderr, stdout
+
+
+def _figure(value: object, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def sweep(
+    model: Annotated[Path, typer.Argument(help="A model folder or weights file.", show_default=False)],
+    pipeline: Annotated[list[str], typer.Option("--pipeline", "-p", help="A pipeline SPEC to try; give it once per pipeline.")],
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the rate-distortion plot here (PNG).")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for the stages that use one.")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Evaluation text (default: the text shipped with zoo).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=16, help="Evaluate on at most this many tokens.")] = None,
+    threads: Threads = None,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Compress MODEL with each pipeline, evaluate each against MODEL, and print the table."""
+    from .. import sweep as library
+    from ..errors import InputError
+
+    if plot is not None and plot.exists() and not force:
+        raise InputError(f"{plot} exists; pass --force to replace it")
+    evaluation_text = None
+    if text is not None:
+        try:
+            evaluation_text = text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{text}: cannot read evaluation text ({type(error).__name__})") from None
+    say = None if as_json else (lambda line: stderr.print(line, markup=False, highlight=False))
+    points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads, progress=say)
+    if plot is not None:
+        library.plot(points, plot, title=f"{model.name}: rate and distortion")
+    if as_json:
+        print_json({"model": str(model), "plot": str(plot) if plot else None, "points": [p.to_dict() for p in points]})
+        return
+    from rich.table import Table
+
+    kind = points[0].kind
+    figures = {"causal-lm": ("kl_mean", "ppl_ratio", "top1_agreement"), "classifier": ("kl_mean", "label_agreement"),
+               "encoder": ("cosine_mean", "cosine_min")}.get(kind, ("weight_sqnr_db", "weight_cosine"))
+    table = Table(title=f"{model} ({kind})", title_justify="left")
+    for column in ("pipeline", "size", "bits/weight", "× vs fp32", *figures, "encode s", "decode s", "frontier"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
+    for point in points:
+        table.add_row(point.pipeline, human_bytes(point.archive_bytes), f"{point.bits_per_weight:.3f}", f"{point.ratio_fp32:.2f}",
+                      *(_figure(point.metrics.get(name)) for name in figures),
+                      f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else "")
+    stdout.print(table)
+    if plot is not None:
+        stdout.print(f"plot: {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sweep)

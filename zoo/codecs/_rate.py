@@ -1,0 +1,160 @@
+"""l2's survey: spend a whole-model size budget across tensors.
+
+1. Every tensor the stage selects gets a rate-distortion curve: for a grid of steps and dead
+   zones, the entropy of its symbols (the rate) and the squared error it causes, weighted per
+   weight by the teacher's sensitivity (an estimate of the output KL) or by 1 (weight MSE).
+2. One slope lambda for all tensors: each takes the point minimising distortion + lambda * rate,
+   and lambda is bisected until the rates add up to the budget (equal slopes are what an optimal
+   split of a fixed budget looks like).
+3. The entropy coder is not an ideal one: every tensor's symbols are coded by the real leaf
+   stages, the curves are corrected by the ratio of coded to estimated size, the split is made
+   again, and a last common scale of all steps lands the coded total on the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import DTYPES, to_float32
+from . import _teacher
+from .base import TypedArray
+
+SAMPLE = 1 << 16  # weights per tensor the curves are measured on
+STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
+DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
+HEADER_BYTES_PER_TENSOR = 450  # a tensor's entry in the archive header, near enough for a budget
+CHUNK_BYTES = 4 << 20
+
+
+def stored_bytes(array: TypedArray) -> int:
+    """What the default leaf stages store for an array, chunk index included."""
+    from ..pipeline import DEFAULT_SPEC, Pipeline  # the pipeline module imports the registry, which imports us
+
+    leaf = Pipeline.parse(DEFAULT_SPEC)
+    raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
+    item = max(1, DTYPES[array.dtype].bits // 8)
+    step = max(item, CHUNK_BYTES // item * item)
+    total = 0
+    for first in range(0, raw.size, step):
+        piece = raw[first:first + step]
+        total += len(leaf.encode_chunk(piece, array.dtype)) + 16
+    return total
+
+
+class Curve:
+    """Rate (bits, whole tensor) and distortion of each grid point of one tensor."""
+
+    def __init__(self, values: np.ndarray, sensitivity: np.ndarray | None, rng: np.random.Generator) -> None:
+        from .l2 import dequantize, entropy_bits, quantize
+
+        flat = values.reshape(-1)
+        self.count = flat.size
+        take = rng.choice(flat.size, SAMPLE, replace=False) if flat.size > SAMPLE else np.arange(flat.size)
+        sample = flat[take].astype(np.float64)
+        weight = sensitivity.reshape(-1)[take] if sensitivity is not None else np.ones_like(sample)
+        scale = self.count / len(sample)
+        rms = float(np.sqrt(np.mean(sample**2))) or 1e-12
+        points = []
+        for exponent in STEP_EXPONENTS:
+            step = rms * 2.0**exponent
+            for fraction in DEAD_ZONES:
+                symbols = quantize(sample, step, fraction * step)
+                error = dequantize(symbols, step, fraction * step) - sample
+                points.append((step, fraction * step, entropy_bits(symbols) * self.count, float((weight * error**2).sum()) * scale))
+        self.steps = np.array([p[0] for p in points])
+        self.dead_zones = np.array([p[1] for p in points])
+        self.rates = np.array([p[2] for p in points])
+        self.distortions = np.array([p[3] for p in points])
+
+    def choose(self, slope: float, correction: float = 1.0) -> int:
+        return int(np.argmin(self.distortions + slope * self.rates * correction))
+
+
+def split_budget(curves: dict[str, Curve], budget_bits: float, corrections: dict[str, float]) -> tuple[dict[str, int], float]:
+    """The grid point of each tensor at the largest common slope whose rates fit the budget."""
+
+    def total(slope: float) -> float:
+        return sum(c.rates[c.choose(slope, corrections[n])] * corrections[n] for n, c in curves.items())
+
+    low, high = -60.0, 60.0  # natural log of the slope: distortion per bit
+    if total(math.exp(high)) > budget_bits:
+        return {n: c.choose(math.exp(high), corrections[n]) for n, c in curves.items()}, math.exp(high)
+    for _ in range(80):
+        middle = (low + high) / 2
+        if total(math.exp(middle)) > budget_bits:
+            low = middle
+        else:
+            high = middle
+    slope = math.exp(high)
+    return {n: c.choose(slope, corrections[n]) for n, c in curves.items()}, slope
+
+
+def _coded_bits(values: dict[str, np.ndarray], plan: dict[str, tuple[float, float]], scale: float = 1.0) -> dict[str, float]:
+    from .l2 import quantize, symbols_array
+
+    return {n: 8.0 * stored_bytes(symbols_array(quantize(v, plan[n][0] * scale, plan[n][1] * scale))) for n, v in values.items()}
+
+
+def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> dict[str, tuple[float, float]]:
+    """(step, dead zone) for every tensor `codec` selects, the coded total on its budget."""
+    values: dict[str, np.ndarray] = {}
+    parameters, others, count = 0, 0, 0
+    for name, array in tensors():
+        count += 1
+        if DTYPES[array.dtype].is_float:
+            parameters += array.data.size
+        if codec.selects(name, array):
+            values[name] = to_float32(array.data, array.dtype)
+        else:
+            others += stored_bytes(array)
+    if not values:
+        return {}
+    budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + HEADER_BYTES_PER_TENSOR * count)
+    floor = 0.05 * sum(v.size for v in values.values())
+    if budget < floor:
+        # The tensors the stage leaves alone already take the whole budget: give the selected ones
+        # next to nothing rather than fail, and let the report show the size reached.
+        budget = floor
+    teacher = _teacher.load_teacher(calibration)
+    sensitivities = teacher.sensitivities(list(values)) if teacher is not None else {}
+    rng = np.random.default_rng(0)
+    curves = {n: Curve(v, sensitivities.get(n), rng) for n, v in values.items()}
+    corrections = {n: 1.0 for n in curves}
+    choice, slope = split_budget(curves, budget, corrections)
+    plan = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
+    coded = _coded_bits(values, plan)
+    estimated = {n: max(1.0, _estimate(values[n], *plan[n])) for n in values}
+    corrections = {n: coded[n] / estimated[n] for n in values}
+    choice, slope = split_budget(curves, budget, corrections)
+    plan = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
+    return _land_on_budget(values, plan, budget)
+
+
+def _estimate(values: np.ndarray, step: float, dead_zone: float) -> float:
+    from .l2 import entropy_bits, quantize
+
+    return entropy_bits(quantize(values, step, dead_zone)) * values.size
+
+
+def _land_on_budget(values: dict[str, np.ndarray], plan: dict[str, tuple[float, float]], budget: float) -> dict[str, tuple[float, float]]:
+    """Scale every step and dead zone by one factor so the coded total meets the budget (a larger
+    step never codes larger in practice; bisection stops within 0.2 %)."""
+    low, high = -3.0, 3.0  # log2 of the factor
+    if sum(_coded_bits(values, plan, 2.0**high).values()) > budget:
+        return {n: (s * 2.0**high, d * 2.0**high) for n, (s, d) in plan.items()}  # as close as it gets; the report says how close
+    for _ in range(30):
+        middle = (low + high) / 2
+        total = sum(_coded_bits(values, plan, 2.0**middle).values())
+        if total > budget:
+            low = middle
+        else:
+            high = middle
+        if 0.998 * budget <= total <= budget:
+            high = middle
+            break
+    factor = 2.0**high
+    return {n: (s * factor, d * factor) for n, (s, d) in plan.items()}
