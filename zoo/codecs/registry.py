@@ -9,7 +9,6 @@ from .base import Codec
 from .bytegroup import ByteGroup
 from .codebook import Codebook
 from .l2 import L2
-from .lowrank import LowRank
 from .pranc import Pranc
 from .truncate import Truncate
 from .zstd import Zstd
@@ -20,7 +19,6 @@ CODECS: list[type[Codec]] = [
     Zstd,
     Truncate,
     Codebook,
-    LowRank,
     L2,
     Pranc,
 ]
