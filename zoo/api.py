@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from .archive import Archive, leaf_bytes
 from .dtypes import DTYPES
 from .build import Builder
 from .errors import ChecksumError, InputError, OutputExistsError, ZooError
-from .format import assemble
+from .format import ArchiveFile, assemble
 from .pipeline import DEFAULT_SPEC, Pipeline
 from .sources import check_relpath, scan
 
@@ -150,8 +151,11 @@ def compress(
     metadata: dict[str, Any] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
+    check: Callable[[Path], Any] | None = None,
 ) -> Report:
-    """Compress a model folder or file into one archive at `destination`."""
+    """Compress a model folder or file into one archive at `destination`.
+    `check(path)` sees the finished archive under its temporary name before it is put in place
+    (check_quality is one); when it raises, nothing is left at `destination`."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     sources = scan(source)
@@ -164,9 +168,44 @@ def compress(
             with builtins.open(payload_path, "wb") as payload:
                 header = Builder(chosen, chunk_bytes, metadata).build(sources, payload, resolve_threads(threads), progress)
             assemble(temporary, header, payload_path)
+        if check is not None:
+            check(temporary)
     report = report_of(destination)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) -> None:
+    """Merge `updates` into an archive's metadata (a None value removes its key). The payload is
+    copied unchanged under the new header into a temporary file that then replaces the archive."""
+    path = Path(archive)
+    opened = ArchiveFile(path)
+    try:
+        header = dict(opened.header)
+        metadata = {**(header.get("metadata") or {}), **updates}
+        header["metadata"] = {key: value for key, value in metadata.items() if value is not None}
+        mode = stat.S_IMODE(os.fstat(opened._file.fileno()).st_mode)
+        with _atomic_output(path, force=True, is_dir=False) as temporary:
+            assemble(temporary, header, path, opened.payload_start)
+            os.chmod(temporary, mode)
+    finally:
+        opened.close()
+
+
+def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str], gates: Any = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> Any:
+    """The step behind `zoo compress --verify`: evaluate `archive` against the `source` it was
+    made from (bit for bit when every file is lossless, else as a model; see zoo.evaluate), store
+    the figures under metadata["verify"], and raise QualityGateError when a zoo.evaluate.Gates
+    trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult."""
+    from .evaluate import QualityGateError, verify_archive
+
+    result = verify_archive(archive, source, gates=gates, progress=progress)
+    if not result.passed:
+        raise QualityGateError(f"{source}: the compressed model fails its quality check: {'; '.join(result.failures)}; "
+                               "no archive was kept", result)
+    update_metadata(archive, {"verify": result.record()})
+    return result
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -48,14 +48,16 @@ def encode_header(header: dict[str, Any]) -> bytes:
     return body
 
 
-def assemble(destination: Path, header: dict[str, Any], payload_path: Path) -> None:
-    """Write preamble, header and payload into `destination` (a temporary name)."""
+def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0) -> None:
+    """Write preamble, header and payload into `destination` (a temporary name). The payload is
+    `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes."""
     body = encode_header(header)
     with open(destination, "wb") as out, open(payload_path, "rb") as payload:
         out.write(PREAMBLE.pack(MAGIC, VERSION, crc32(body), len(body)))
         out.write(body)
         out.flush()
-        remaining = os.fstat(payload.fileno()).st_size
+        payload.seek(payload_offset)
+        remaining = os.fstat(payload.fileno()).st_size - payload_offset
         while remaining:
             try:
                 sent = os.copy_file_range(payload.fileno(), out.fileno(), remaining)

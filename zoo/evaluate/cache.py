@@ -1,0 +1,85 @@
+"""The reference's outputs, kept so that scoring many candidates against one reference runs the
+reference once. Entries live in memory for the process and on disk as safetensors files named by
+a hash of everything they depend on (the reference's fingerprint, the tokens, the settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+MEMORY_ENTRIES = 4
+
+
+def cache_dir() -> Path:
+    """$ZOO_EVAL_CACHE, else $XDG_CACHE_HOME/zoo/eval, else ~/.cache/zoo/eval."""
+    if os.environ.get("ZOO_EVAL_CACHE"):
+        return Path(os.environ["ZOO_EVAL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zoo" / "eval"
+
+
+def cache_key(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+class ReferenceCache:
+    def __init__(self, folder: Path | None = None, disk: bool = True) -> None:
+        self.folder = folder
+        self.disk = disk
+        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _path(self, key: str) -> Path:
+        return (self.folder or cache_dir()) / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        if not self.disk:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            entry = load_file(self._path(key))
+        except (OSError, SafetensorError):  # absent, or damaged: computing it again is the cure
+            return None
+        self._remember(key, entry)
+        return entry
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        self._remember(key, entry)
+        if not self.disk:
+            return
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(handle)
+            try:
+                save_file({name: tensor.contiguous() for name, tensor in entry.items()}, temporary)
+                os.replace(temporary, path)
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only or full cache folder only costs the next run some time
+
+    def _remember(self, key: str, entry: dict[str, Any]) -> None:
+        self._memory[key] = entry
+        self._memory.move_to_end(key)
+        while len(self._memory) > MEMORY_ENTRIES:
+            self._memory.popitem(last=False)
+
+
+SHARED = ReferenceCache()

@@ -1,0 +1,135 @@
+"""evaluate() and verify_archive(): pick the figures that fit the model, run them, judge them."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from importlib import resources
+from typing import Any, Callable
+
+from ..errors import InputError
+from .result import EvalResult, Gates
+
+DEFAULT_MAX_TOKENS = 4096
+FUNCTIONAL_KINDS = ("causal-lm", "encoder", "classifier")
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def default_text() -> str:
+    """The English prose shipped with zoo, scored by causal LMs when no text is given."""
+    return resources.files("zoo").joinpath("data/eval_text.txt").read_text(encoding="utf-8")
+
+
+def default_sentences() -> list[str]:
+    """The sentences shipped with zoo, embedded or classified when none are given."""
+    return _lines(resources.files("zoo").joinpath("data/eval_sentences.txt").read_text(encoding="utf-8"))
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def evaluate(
+    candidate: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    kind: str | None = None,
+    gates: Gates | None = None,
+    weights: bool = True,
+    cache: Any = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Figures of `candidate` against `reference` (each a zoo name, archive, folder or weights
+    file). See the package docstring for what each kind measures."""
+    from .cache import SHARED
+    from .models import Model
+
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be at least 1, not {max_tokens}")
+    if kind is not None and kind not in ("weights", *FUNCTIONAL_KINDS):
+        raise InputError(f"unknown kind {kind!r}: use one of weights, {', '.join(FUNCTIONAL_KINDS)}")
+    started = time.perf_counter()
+    gates = gates or Gates()
+    cache = SHARED if cache is None else cache
+    notes: list[str] = []
+    with ExitStack() as stack:
+        mine = stack.enter_context(Model(candidate))
+        base = stack.enter_context(Model(reference)) if reference is not None else None
+        chosen = kind
+        if chosen is None:
+            chosen, note = mine.kind()
+            notes += [note] if note else []
+            if base is not None and chosen != "weights":
+                theirs, note = base.kind()
+                if theirs == "weights":
+                    chosen = "weights"
+                    notes += [note] if note else []
+                elif theirs != chosen:
+                    raise InputError(f"{candidate} is evaluated as a {chosen} but its reference {reference} as a {theirs}")
+        if base is None and chosen == "weights":
+            raise InputError(f"{candidate}: weight-space figures need a reference to compare against")
+        figures = _functional(chosen, mine, base, text, max_tokens, cache, progress) if chosen in FUNCTIONAL_KINDS else {}
+        per_tensor, totals = [], None
+        if base is not None and (weights or chosen == "weights"):
+            from .weights import compare_weights
+
+            per_tensor, totals, weight_notes = compare_weights(mine, base, progress)
+            notes += weight_notes
+    result = EvalResult(chosen, str(candidate), None if reference is None else str(reference), figures, totals, per_tensor,
+                        notes, gates.given(), seconds=time.perf_counter() - started)
+    result.failures = gates.judge(result)
+    return result
+
+
+def _functional(kind: str, mine: Any, base: Any, text: str | None, max_tokens: int, cache: Any, progress: Progress | None) -> dict[str, Any]:
+    if kind == "causal-lm":
+        from .causal import evaluate_causal_lm
+
+        return evaluate_causal_lm(mine, base, default_text() if text is None else text, max_tokens, cache, progress)
+    from .sentences import evaluate_sentences, split_labels
+
+    labels = None
+    if text is None:
+        sentences = default_sentences()
+    else:
+        sentences, labels = split_labels(_lines(text), (mine.config() or {}).get("id2label"))
+        if labels is not None and kind != "classifier":
+            raise InputError("labelled sentences (LABEL<TAB>sentence) only make sense for a classifier")
+    if base is None and not (kind == "classifier" and labels) and not (kind == "encoder" and mine.has_masked_lm_head()):
+        what = "labelled sentences or a reference" if kind == "classifier" else "a reference"
+        raise InputError(f"{mine.label}: an {kind} without a masked-LM head has nothing to measure without {what}"
+                         if kind == "encoder" else f"{mine.label}: a classifier needs {what} to be measured")
+    return evaluate_sentences(kind, mine, base, sentences, labels, max_tokens, cache, progress)
+
+
+def verify_archive(
+    archive: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    *,
+    gates: Gates | None = None,
+    text: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """What `zoo compress --verify` runs: an archive whose every file is lossless is decoded and
+    compared bit for bit with `source`; any other is evaluated as a model against `source`."""
+    from ..api import open_archive
+
+    gates = gates or Gates()
+    with open_archive(archive) as opened:
+        lossless = all(entry.get("lossless") for entry in opened.files())
+    if not lossless:
+        return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress)
+    from .weights import verify_lossless
+
+    started = time.perf_counter()
+    figures = verify_lossless(archive, source, progress)
+    result = EvalResult("lossless", str(archive), str(source), figures, gates=gates.given(), seconds=time.perf_counter() - started)
+    problems = [f"{len(figures[key])} {label}: {', '.join(figures[key][:3])}" for key, label in
+                (("mismatched", "files decode to other bytes than the source's"), ("missing", "source files are missing"),
+                 ("extra", "files are not in the source")) if figures[key]]
+    result.failures = problems
+    return result

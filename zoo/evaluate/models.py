@@ -1,0 +1,242 @@
+"""Finding, unpacking and loading the models that are compared.
+
+A model is given as a zoo name, a .zoo archive, a model folder or a single weights file. An
+archive is decompressed into a temporary folder the first time something needs its files, so
+the rest of the evaluator only ever sees folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import suppress
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..format import MAGIC
+
+KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
+
+
+def is_archive(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def _store_lookup(name: str) -> Path | None:
+    try:
+        from ..store import resolve_archive
+    except ImportError:  # no local zoo in this installation
+        return None
+    return resolve_archive(name)
+
+
+class Model:
+    """One side of a comparison. Use as a context manager: it owns the temporary unpacked copy."""
+
+    def __init__(self, given: str | os.PathLike[str]) -> None:
+        self.label = str(given)
+        path = Path(given)
+        if not path.exists():
+            found = _store_lookup(str(given))
+            if found is None:
+                raise InputError(f"{given}: no such file, folder or zoo name")
+            path = Path(found)
+        self.path = path
+        self.archive = is_archive(path)
+        self._unpacked: tempfile.TemporaryDirectory[str] | None = None
+        self._names: list[str] | None = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._unpacked is not None:
+            self._unpacked.cleanup()
+            self._unpacked = None
+
+    # -- files ------------------------------------------------------------------------------
+
+    def folder(self) -> Path:
+        """A folder holding the model's files (the archive decoded on first call)."""
+        if not self.archive:
+            return self.path if self.path.is_dir() else self.path.parent
+        if self._unpacked is None:
+            from ..api import decompress
+
+            self._unpacked = tempfile.TemporaryDirectory(prefix="zoo-eval-")
+            target = Path(self._unpacked.name) / "model"
+            decompress(self.path, target)
+        return Path(self._unpacked.name) / "model"
+
+    def file_names(self) -> list[str]:
+        """The model's files as relative paths; an archive is not decoded for this."""
+        if self._names is None:
+            if self.archive:
+                from ..api import open_archive
+
+                with open_archive(self.path) as opened:
+                    self._names = [entry["path"] for entry in opened.files()]
+            elif self.path.is_file():
+                self._names = [self.path.name]
+            else:
+                self._names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+        return self._names
+
+    def read_text(self, relpath: str) -> str | None:
+        """One small file's text (None when the model has no such file), read without decoding a
+        whole archive."""
+        if relpath not in self.file_names():
+            return None
+        try:
+            if self.archive and self._unpacked is None:
+                from ..api import open_archive
+
+                with open_archive(self.path) as opened:
+                    return opened.read_file(relpath).decode()
+            return (self.folder() / relpath).read_text()
+        except (UnicodeDecodeError, OSError):
+            raise InputError(f"{self.label}: {relpath} is not readable text") from None
+
+    def weight_files(self) -> list[Path]:
+        """The files that hold tensors, in the order zoo.sources lists them."""
+        if not self.archive and self.path.is_file():
+            return [self.path]
+        from ..sources import scan
+
+        return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
+
+    def fingerprint(self) -> str:
+        """Changes whenever the model does. For an archive, its header: it holds the CRC-32 of every
+        chunk index, which holds the CRC-32 of every chunk (the recorded sha256 of the files would
+        not do: a lossy archive records the sha256 of the files it was made from). For anything
+        else, each file's size and modification time, as make and pip's caches trust them."""
+        digest = hashlib.sha256()
+        if self.archive:
+            from ..format import ArchiveFile
+
+            opened = ArchiveFile(self.path)
+            try:
+                digest.update(json.dumps(opened.header, sort_keys=True).encode())
+            finally:
+                opened.close()
+        else:
+            digest.update(f"{self.path.resolve()}\0".encode())
+            paths = [self.path] if self.path.is_file() else sorted(p for p in self.path.rglob("*") if p.is_file())
+            for path in paths:
+                stat = path.stat()
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        return digest.hexdigest()
+
+    # -- what it is -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any] | None:
+        text = self.read_text("config.json")
+        if text is None:
+            return None
+        try:
+            config = json.loads(text)
+        except ValueError:
+            raise InputError(f"{self.label}: config.json is not valid JSON") from None
+        return config if isinstance(config, dict) else None
+
+    def has_tokenizer(self) -> bool:
+        return any(name in self.file_names() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model"))
+
+    def kind(self) -> tuple[str, str | None]:
+        """The kind of evaluation the model supports, and why it fell back to weights if it did."""
+        config = self.config()
+        if config is None:
+            return "weights", f"{self.label} has no config.json: weight-space figures only"
+        listed = config.get("architectures")
+        architectures = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
+        if config.get("is_encoder_decoder"):
+            return "weights", f"{self.label} is an encoder-decoder model: weight-space figures only"
+        if any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures):
+            kind = "causal-lm"
+        elif any(a.endswith("ForSequenceClassification") for a in architectures):
+            kind = "classifier"
+        elif any(a.endswith(("Model", *_MASKED_LM_SUFFIXES)) for a in architectures):
+            kind = "encoder"
+        else:
+            return "weights", f"{self.label}: no evaluation for architecture {', '.join(architectures) or '(none given)'}: weight-space figures only"
+        if not self.has_tokenizer():
+            return "weights", f"{self.label} has no tokenizer: weight-space figures only"
+        return kind, None
+
+    def has_masked_lm_head(self) -> bool:
+        listed = (self.config() or {}).get("architectures")
+        return isinstance(listed, list) and any(isinstance(a, str) and a.endswith(_MASKED_LM_SUFFIXES) for a in listed)
+
+    def pooling(self) -> str:
+        """How sentence-transformers pools this model (mean unless its Pooling config says CLS or max)."""
+        for relpath in self.file_names():
+            if not fnmatch(relpath, "*Pooling*/config.json"):
+                continue
+            with suppress(ValueError, InputError):
+                settings = json.loads(self.read_text(relpath) or "{}")
+                if settings.get("pooling_mode_cls_token"):
+                    return "cls"
+                if settings.get("pooling_mode_max_tokens"):
+                    return "max"
+        return "mean"
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        try:
+            return AutoTokenizer.from_pretrained(self.folder(), local_files_only=True)
+        except Exception as error:  # transformers raises many types for an unreadable tokenizer
+            raise InputError(f"{self.label}: cannot load its tokenizer: {first_line(error)}") from None
+
+    def load(self, kind: str, masked_lm: bool = False) -> Any:
+        """The model in float32 on CPU, in eval mode. Refuses one whose weights do not all load."""
+        import torch
+        import transformers
+
+        quiet_transformers()
+        classes = {
+            "causal-lm": transformers.AutoModelForCausalLM,
+            "classifier": transformers.AutoModelForSequenceClassification,
+            "encoder": transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel,
+        }
+        major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+        dtype_argument = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+        try:
+            model, info = classes[kind].from_pretrained(
+                self.folder(), local_files_only=True, output_loading_info=True, **{dtype_argument: torch.float32}
+            )
+        except Exception as error:
+            raise InputError(f"{self.label}: transformers cannot load it as a {kind}: {first_line(error)}") from None
+        missing = [key for key in info.get("missing_keys", []) if not key.endswith("position_ids")]
+        if missing:
+            shown = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
+            raise InputError(f"{self.label}: {len(missing)} weights the {kind} needs are missing from its files ({shown})")
+        return model.eval()
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' info logs and download bars off stderr, where zoo's own progress goes."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,157 @@
+"""What an evaluation returns, and the gates that judge it. No torch here: the CLI and the
+catalogue read these without paying for the import."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError, ZooError
+
+
+class QualityGateError(ZooError):
+    """A compressed model is worse than a gate allows. Carries the result so it can be shown."""
+
+    def __init__(self, message: str, result: EvalResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class EvalResult:
+    """Figures of one candidate against one reference (or alone, where that means something).
+
+    metrics: the figures of the kind (see zoo.evaluate); weights: size-weighted totals of the
+    weight-space figures, tensors: the same per tensor; failures: the gates that tripped."""
+
+    kind: str
+    candidate: str
+    reference: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] | None = None
+    tensors: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    gates: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        """One line for listings such as `zoo ls`."""
+        m = self.metrics
+        if self.kind == "lossless":
+            return f"bit-exact ({m['files']} files)" if m.get("bit_exact") else f"NOT bit-exact: {len(m.get('mismatched', []))} of {m['files']} files differ"
+        parts = []
+        if self.kind == "causal-lm":
+            if m.get("kl_mean") is not None:
+                parts += [f"KLD {m['kl_mean']:.3g}", f"top-1 {100 * m['top1_agreement']:.1f}%", f"PPL x{m['ppl_ratio']:.4f}"]
+            else:
+                parts.append(f"PPL {m['ppl']:.4g}")
+        elif self.kind == "encoder":
+            if m.get("cosine_mean") is not None:
+                parts.append(f"cosine {m['cosine_mean']:.5f} (min {m['cosine_min']:.5f})")
+            if m.get("mlm_loss") is not None:
+                parts.append(f"MLM loss {m['mlm_loss']:.4g}")
+        elif self.kind == "classifier":
+            if m.get("label_agreement") is not None:
+                parts += [f"agreement {100 * m['label_agreement']:.1f}%", f"KLD {m['kl_mean']:.3g}"]
+            if m.get("accuracy") is not None:
+                parts.append(f"accuracy {100 * m['accuracy']:.1f}%")
+        if self.weights and self.weights.get("cosine") is not None:
+            sqnr = self.weights["sqnr_db"]
+            parts.append(f"weights SQNR {'inf' if sqnr is None else f'{sqnr:.1f}'} dB")
+        return ", ".join(parts) or self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "metrics": self.metrics,
+            "weights": self.weights,
+            "gates": self.gates,
+            "failures": self.failures,
+            "notes": self.notes,
+            "seconds": self.seconds,
+            "tensors": self.tensors,
+        }
+
+    def headline(self) -> dict[str, float]:
+        """The two or three figures that say most about this kind."""
+        names = {"causal-lm": ("kl_mean", "top1_agreement", "ppl_ratio"), "encoder": ("cosine_mean", "cosine_min"),
+                 "classifier": ("label_agreement", "kl_mean", "accuracy")}.get(self.kind, ())
+        figures = {name: self.metrics[name] for name in names if self.metrics.get(name) is not None}
+        if not figures and self.kind == "weights" and self.weights:
+            figures = {f"weight_{name}": self.weights[name] for name in ("sqnr_db", "cosine") if self.weights.get(name) is not None}
+        return figures
+
+    def record(self) -> dict[str, Any]:
+        """What `zoo compress --verify` stores under metadata["verify"]: the headline figures at
+        the top (the zoo catalogue lists every number found there), every figure under "metrics"
+        and "weights". Left out: the per-tensor list, which would grow the header with the model,
+        the candidate's name (the archive itself, under a temporary name at the time) and the time."""
+        record = self.to_dict()
+        for name in ("tensors", "candidate", "seconds"):
+            del record[name]
+        return {**self.headline(), **record}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Thresholds a candidate must meet. Which figure each one reads depends on the kind:
+
+    max_kl: mean KL divergence per token (causal LM) or per sentence (classifier).
+    min_cosine: mean cosine of pooled embeddings (encoder); for every other kind, the size-weighted
+        cosine of the weights.
+    max_ppl_ratio: PPL(candidate) / PPL(reference) (causal LM).
+    A bit-exact (lossless) result passes every gate."""
+
+    max_kl: float | None = None
+    min_cosine: float | None = None
+    max_ppl_ratio: float | None = None
+
+    def given(self) -> dict[str, float]:
+        return {name: value for name, value in (("max_kl", self.max_kl), ("min_cosine", self.min_cosine),
+                                                ("max_ppl_ratio", self.max_ppl_ratio)) if value is not None}
+
+    def judge(self, result: EvalResult) -> list[str]:
+        """Failures of `result` (empty when it passes). A gate that cannot apply is an error."""
+        failures = []
+        for name, limit in self.given().items():
+            flag = "--" + name.replace("_", "-")
+            figure, label = _figure(result, name, flag)
+            if figure is None:
+                continue
+            worse = figure < limit if name.startswith("min") else figure > limit
+            if worse or math.isnan(figure):
+                failures.append(f"{label} {figure:.6g} {'<' if name.startswith('min') else '>'} {flag} {limit:g}")
+        return failures
+
+
+def _figure(result: EvalResult, gate: str, flag: str) -> tuple[float | None, str]:
+    m = result.metrics
+    if result.kind == "lossless":
+        return None, ""  # bit-exact passes every gate; a mismatch fails on its own
+    if gate == "max_kl" and result.kind in ("causal-lm", "classifier"):
+        value, label = m.get("kl_mean"), "mean KL divergence"
+    elif gate == "max_ppl_ratio" and result.kind == "causal-lm":
+        value, label = m.get("ppl_ratio"), "PPL ratio"
+    elif gate == "min_cosine" and result.kind == "encoder":
+        value, label = m.get("cosine_mean"), "mean embedding cosine"
+    elif gate == "min_cosine":
+        value, label = (result.weights or {}).get("cosine"), "weight cosine"
+    else:
+        raise InputError(f"{flag} does not apply to {result.candidate}, which was evaluated as {_article(result.kind)}")
+    if value is None:
+        raise InputError(f"{flag} needs a reference to compare {result.candidate} against")
+    return float(value), label
+
+
+def _article(kind: str) -> str:
+    return {"causal-lm": "a causal LM", "encoder": "an encoder", "classifier": "a classifier", "weights": "weights only"}.get(kind, kind)

@@ -1,0 +1,151 @@
+"""Encoders and classifiers, scored on a set of sentences.
+
+Encoder: the pooled sentence embedding (pooled as the model's sentence-transformers config says,
+mean by default) is compared with the reference's by cosine; a model with a masked-LM head also
+gets its masked-LM loss on a fixed 15% of the tokens. Classifier: predicted labels are compared
+with the reference's, and with the true labels where the sentences carry them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from . import metrics
+from .cache import ReferenceCache, cache_key
+from .models import Model
+
+BATCH = 16
+MAX_LENGTH = 256  # tokens per sentence; longer ones are cut
+MASK_SHARE = 0.15  # of the tokens hidden for the masked-LM loss, as in BERT's training
+Progress = Callable[[str, int, int], None]
+
+
+def batches(model: Model, sentences: list[str], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """Tokenized batches of the sentences that fit in `max_tokens` (at least one sentence)."""
+    tokenizer = model.tokenizer()
+    config = model.config() or {}
+    length = min(MAX_LENGTH, config.get("max_position_embeddings") or MAX_LENGTH)
+    counts = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=length)["input_ids"]]
+    kept, total = 0, 0
+    while kept < len(sentences) and (kept == 0 or total + counts[kept] <= max_tokens):
+        total += counts[kept]
+        kept += 1
+    result = []
+    for start in range(0, kept, BATCH):
+        encoded = tokenizer(sentences[start:min(start + BATCH, kept)], padding=True, truncation=True, max_length=length,
+                            return_tensors="pt", return_special_tokens_mask=True)
+        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if tokenizer.mask_token_id is not None:
+            # The same positions for every model: drawn from a generator seeded by the batch number.
+            draw = torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(start))
+            hidden = (draw < MASK_SHARE) & batch["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()
+            batch["masked_input_ids"] = batch["input_ids"].masked_fill(hidden, tokenizer.mask_token_id)
+            batch["mlm_labels"] = batch["input_ids"].masked_fill(~hidden, -100)
+        result.append(batch)
+    return result
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(mask == 0, float("-inf")).max(1).values
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def _outputs(model: Model, kind: str, pieces: list[dict[str, torch.Tensor]], settings: dict[str, Any],
+             stage: str, progress: Progress | None) -> dict[str, torch.Tensor]:
+    """Per sentence: the pooled embedding (encoder) or the class logits (classifier); plus the
+    masked-LM negative log-likelihood of every hidden token when the model has the head."""
+    masked_lm = settings["masked_lm"]
+    network = model.load(kind, masked_lm=masked_lm)
+    rows, losses = [], []
+    total, done = sum(len(b["input_ids"]) for b in pieces), 0
+    with torch.inference_mode():
+        for batch in pieces:
+            if kind == "classifier":
+                rows.append(network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
+            else:
+                output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+                rows.append(pool(output.hidden_states[-1], batch["attention_mask"], settings["pooling"]).float())
+                if masked_lm and "mlm_labels" in batch:
+                    logits = network(input_ids=batch["masked_input_ids"], attention_mask=batch["attention_mask"]).logits
+                    chosen = batch["mlm_labels"] != -100
+                    logprobs = metrics.log_softmax(logits[chosen])
+                    losses.append(-logprobs.gather(-1, batch["mlm_labels"][chosen].unsqueeze(-1)).squeeze(-1))
+            done += len(batch["input_ids"])
+            if progress:
+                progress(stage, done, total)
+    entry = {"rows": torch.cat(rows)}
+    if losses:
+        entry["mlm_nll"] = torch.cat(losses)
+    return entry
+
+
+def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sentences: list[str], labels: list[int] | None,
+                       max_tokens: int, cache: ReferenceCache, progress: Progress | None) -> dict[str, Any]:
+    if not sentences:
+        raise InputError("no sentences to score: the text has no non-empty lines")
+    pieces = batches(candidate, sentences, max_tokens)
+    settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling()}
+    mine = _outputs(candidate, kind, pieces, settings, "candidate", progress)
+    base = None
+    if reference is not None:
+        inputs = b"".join(b["input_ids"].numpy().tobytes() + b["attention_mask"].numpy().tobytes() + b"|" for b in pieces)
+        key = cache_key(kind, reference.fingerprint(), repr(sorted(settings.items())), inputs)
+        base = cache.get(key)
+        if base is None:
+            base = _outputs(reference, kind, pieces, settings, "reference", progress)
+            cache.put(key, base)
+        if base["rows"].shape != mine["rows"].shape:
+            raise InputError(f"{candidate.label} gives outputs of shape {list(mine['rows'].shape)}, its reference "
+                             f"{list(base['rows'].shape)}: they cannot be compared")
+    count = len(mine["rows"])
+    figures: dict[str, Any] = {"sentences": count, "tokens": int(sum(b["attention_mask"].sum() for b in pieces))}
+    if kind == "encoder":
+        if base is not None:
+            cosine = metrics.row_cosine(base["rows"], mine["rows"])
+            figures.update({"cosine_mean": cosine.mean().item(), "cosine_min": cosine.min().item()})
+        if "mlm_nll" in mine:
+            figures["mlm_loss"] = mine["mlm_nll"].double().mean().item()
+            if base is not None and "mlm_nll" in base:
+                figures["mlm_loss_reference"] = base["mlm_nll"].double().mean().item()
+        return figures
+    if base is not None:
+        figures["label_agreement"] = metrics.top1_agreement(base["rows"].argmax(-1), mine["rows"])
+        kl = metrics.kl_divergence(metrics.log_softmax(base["rows"]), metrics.log_softmax(mine["rows"]))
+        figures.update({"kl_mean": kl.mean().item(), "kl_max": kl.max().item()})
+    if labels is not None:
+        truth = torch.tensor(labels[:count])
+        classes = mine["rows"].shape[-1]
+        if truth.numel() and not (0 <= int(truth.min()) and int(truth.max()) < classes):
+            raise InputError(f"a label lies outside the {classes} classes of {candidate.label} (numbered from 0)")
+        figures["accuracy"] = (mine["rows"].argmax(-1) == truth).double().mean().item()
+        if base is not None:
+            figures["accuracy_reference"] = (base["rows"].argmax(-1) == truth).double().mean().item()
+    return figures
+
+
+def split_labels(lines: list[str], id2label: dict[str, str] | None) -> tuple[list[str], list[int] | None]:
+    """Sentences, and their labels when every line is `LABEL<TAB>sentence` (LABEL a class number
+    or one of the model's label names)."""
+    if not lines or not all("\t" in line for line in lines):
+        return lines, None
+    by_name = {str(name).lower(): int(number) for number, name in (id2label or {}).items()}
+    sentences, labels = [], []
+    for number, line in enumerate(lines, 1):
+        label, _, sentence = line.partition("\t")
+        label = label.strip()
+        if label.lstrip("-").isdigit():
+            labels.append(int(label))
+        elif label.lower() in by_name:
+            labels.append(by_name[label.lower()])
+        else:
+            raise InputError(f"line {number}: label {label!r} is neither a class number nor one of {sorted(by_name) or 'the model labels'}")
+        sentences.append(sentence.strip())
+    return sentences, labels

@@ -1,0 +1,158 @@
+"""Figures that need no model code: weight-space error per tensor, and bit-exactness of a
+lossless archive against the files it was made from."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .models import Model, first_line
+
+Progress = Callable[[str, int, int], None]
+
+
+class TensorIndex:
+    """Random access to a model's tensors by the key a zoo archive gives them: the tensor's own
+    name, or `file::name` when an earlier file already used that name."""
+
+    def __init__(self, model: Model, stack: ExitStack) -> None:
+        self._where: dict[str, tuple[Path, str]] = {}
+        self._stack = stack
+        self._opened: dict[Path, Any] = {}
+        base = model.folder()
+        for path in model.weight_files():
+            relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+            for name in self._open(path).keys():
+                key = name if name not in self._where else f"{relpath}::{name}"
+                self._where[key] = (path, name)
+
+    def _open(self, path: Path) -> Any:
+        if path not in self._opened:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                self._opened[path] = self._stack.enter_context(safe_open(path, framework="pt"))
+            else:
+                self._opened[path] = _TorchFile(path)
+        return self._opened[path]
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, key: str) -> Any:
+        path, name = self._where[key]
+        return self._open(path).get_tensor(name)
+
+
+class _TorchFile:
+    """A PyTorch checkpoint's tensors, flattened to dotted names; memory-mapped, not read."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # torch raises many types for a file that is not a checkpoint
+            raise InputError(f"{path}: not a readable PyTorch checkpoint: {first_line(error)}") from None
+        self._tensors: dict[str, Any] = {}
+        self._flatten(state, "", torch)
+
+    def _flatten(self, value: Any, prefix: str, torch: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            self._tensors[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self._flatten(item, f"{prefix}.{key}" if prefix else str(key), torch)
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def get_tensor(self, name: str) -> Any:
+        return self._tensors[name]
+
+
+def compare_weights(candidate: Model, reference: Model, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has."""
+    from . import metrics
+
+    with ExitStack() as stack:
+        mine, theirs = TensorIndex(candidate, stack), TensorIndex(reference, stack)
+        shared = [key for key in theirs.keys() if key in set(mine.keys())]
+        if not shared:
+            raise InputError(f"{candidate.label} and {reference.label} have no tensor name in common")
+        notes = []
+        for side, keys in ((f"{reference.label} only", set(theirs.keys()) - set(shared)), (f"{candidate.label} only", set(mine.keys()) - set(shared))):
+            if keys:
+                notes.append(f"{len(keys)} tensors in {side}: {', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''}")
+        per_tensor = []
+        differing_integers = []
+        for number, key in enumerate(shared, 1):
+            ours, base = mine.get(key), theirs.get(key)
+            if tuple(ours.shape) != tuple(base.shape):
+                raise InputError(f"tensor {key!r} has shape {list(ours.shape)} in {candidate.label}, {list(base.shape)} in {reference.label}")
+            if ours.is_floating_point() or base.is_floating_point():
+                figures = metrics.weight_figures(metrics.weight_sums(base, ours))
+                per_tensor.append({"name": key, "dtype": str(ours.dtype).removeprefix("torch."), "shape": list(ours.shape),
+                                   "elements": math.prod(ours.shape), **figures})
+            elif not bool((ours == base).all()):
+                differing_integers.append(key)
+            if progress:
+                progress("weights", number, len(shared))
+        if differing_integers:
+            notes.append(f"{len(differing_integers)} integer tensors differ: {', '.join(differing_integers[:3])}")
+        return per_tensor, metrics.weight_totals(per_tensor), notes
+
+
+def _sha256(path: Path, progress: Callable[[int], None]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+            progress(len(block))
+    return digest.hexdigest()
+
+
+def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[str], progress: Progress | None) -> dict[str, Any]:
+    """Decode every file of `archive` and compare its sha256 with the file in `source` on disk
+    (read again now, not the sha256 the archive recorded)."""
+    from ..api import open_archive
+    from ..sources import scan
+
+    originals = {entry.relpath: entry for entry in scan(source)}
+    mismatched, extra = [], []
+    with open_archive(archive) as opened:
+        entries = opened.files()
+        total = 2 * sum(entry["size"] for entry in entries)
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress:
+                progress("verifying", done, total)
+
+        for entry in entries:
+            original = originals.get(entry["path"])
+            digest = hashlib.sha256()
+            for piece in opened.iter_file(entry["path"]):
+                digest.update(piece)
+                advance(len(piece))
+            if original is None:
+                extra.append(entry["path"])
+            elif _sha256(original.path, advance) != digest.hexdigest():
+                mismatched.append(entry["path"])
+    missing = sorted(set(originals) - {entry["path"] for entry in entries})
+    return {
+        "files": len(entries),
+        "bytes": total // 2,
+        "bit_exact": not (mismatched or missing or extra),
+        "mismatched": mismatched,
+        "missing": missing,
+        "extra": extra,
+    }
