@@ -7,6 +7,7 @@ import zoo
 from zoo.codecs import _refine
 from zoo.codecs.base import TypedArray
 from zoo.codecs.codebook import Codebook
+from zoo.codecs.lowrank import LowRank
 from zoo.codecs.selection import selected
 from zoo.codecs.truncate import Truncate
 from zoo.dtypes import from_float32, to_float32
@@ -166,3 +167,49 @@ def test_non_finite_weights_are_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="bad.weight"):
         zoo.compress(source, tmp_path / "m.zoo", "codebook")
     assert not (tmp_path / "m.zoo").exists()
+
+
+def _low_rank_matrix(rows, cols, rank, noise, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols)) / np.sqrt(rank) + noise * rng.normal(size=(rows, cols))).astype(np.float32)
+
+
+def test_lowrank_energy_finds_the_rank_and_leaves_full_rank_alone():
+    weights = _low_rank_matrix(120, 90, 12, 0.01, 0)
+    codec = LowRank(energy=0.99)
+    result = codec.encode(TypedArray(weights, "F32"))
+    assert result.meta["rank"] == 12 and result.parts["left"].shape == (120, 12) and result.parts["right"].shape == (12, 90)
+    decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+    assert np.sqrt(np.mean((decoded - weights) ** 2) / np.mean(weights**2)) < 0.02
+    noise = np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32)
+    dense = codec.encode(TypedArray(noise, "F32"))
+    assert set(dense.parts) == {"dense"} and codec.decode(dense.parts, dense.meta, "F32", noise.shape).data is noise
+
+
+def test_lowrank_ratio_spreads_one_budget_to_minimise_the_largest_error(tmp_path):
+    layers = {"easy.weight": _low_rank_matrix(96, 64, 4, 0.02, 2), "hard.weight": _low_rank_matrix(96, 64, 24, 0.02, 3)}
+    source = write_safetensors(tmp_path / "m.safetensors", {name: ("F32", value) for name, value in layers.items()})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:ratio=0.5|lossless")
+    stored, errors = 0, []
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        for name, value in layers.items():
+            root = archive.tensor_info(name)["root"]
+            stored += sum(np.prod(child["leaf"]["shape"]) for child in root["parts"].values())
+            got = archive.read_tensor(name).data
+            errors.append(float(np.linalg.norm(got - value) / np.linalg.norm(value)))
+    assert stored <= 0.5 * sum(value.size for value in layers.values())
+    # One error bound for both layers: the errors end up close (the largest is minimised), where
+    # equal ranks would leave the rank-24 layer far worse than the rank-4 one.
+    assert max(errors) < 0.2 and max(errors) / max(min(errors), 1e-9) < 3
+
+
+def test_lowrank_factors_go_on_to_codebook(tmp_path):
+    weights = _low_rank_matrix(128, 96, 8, 0.0, 4)
+    source = write_safetensors(tmp_path / "m.safetensors", {"layer.weight": ("BF16", from_float32(weights, "BF16"))})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:energy=0.999|codebook:bits=6|lossless")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        root = archive.tensor_info("layer.weight")["root"]
+        assert root["meta"]["rank"] == 8
+        assert set(root["parts"]["left"]["parts"]) == {"indices", "codebooks", "groups", "scales"}
+        got = to_float32(archive.read_tensor("layer.weight").data, "BF16")
+    assert np.sqrt(np.mean((got - weights) ** 2) / np.mean(weights**2)) < 0.05

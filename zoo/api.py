@@ -151,9 +151,11 @@ def compress(
     metadata: dict[str, Any] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Progress | None = None,
+    calibration: str | os.PathLike[str] | None = None,
     check: Callable[[Path], Any] | None = None,
 ) -> Report:
-    """Compress a model folder or file into one archive at `destination`.
+    """Compress a model folder or file into one archive at `destination`. `calibration` is a
+    text file whose activations guide the lossy stages that use them (see zoo.calibration).
     `check(path)` sees the finished archive under its temporary name before it is put in place
     (check_quality is one); when it raises, nothing is left at `destination`."""
     started = time.perf_counter()
@@ -162,11 +164,17 @@ def compress(
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
+    plans = None
+    if chosen.array_stages:
+        from .calibration import collect
+
+        statistics = collect(source, calibration) if calibration is not None else None
+        plans = chosen.survey(lambda: Builder.tensors(sources), statistics)
     with _atomic_output(destination, force, is_dir=False) as temporary:
         with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
             payload_path = Path(scratch) / "payload"
             with builtins.open(payload_path, "wb") as payload:
-                header = Builder(chosen, chunk_bytes, metadata).build(sources, payload, resolve_threads(threads), progress)
+                header = Builder(chosen, chunk_bytes, metadata, plans).build(sources, payload, resolve_threads(threads), progress)
             assemble(temporary, header, payload_path)
         if check is not None:
             check(temporary)

@@ -62,8 +62,9 @@ def _map(source: SourceFile) -> mmap.mmap | None:
 
 
 class Builder:
-    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None) -> None:
+    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None) -> None:
         self.pipeline = pipeline
+        self.plans = plans  # what pipeline.survey() returned, when it was run
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
         self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
         self.chunk_bytes = chunk_bytes
@@ -114,6 +115,21 @@ class Builder:
 
     # -- planning ---------------------------------------------------------------------------
 
+    @staticmethod
+    def tensors(sources: list[SourceFile]) -> Iterator[tuple[str, TypedArray]]:
+        """Every typed tensor by the key _jobs gives it, for a survey before the build."""
+        used_keys: set[str] = set()
+        for source in sources:
+            mapped = _map(source)
+            for segment in source.segments:
+                if segment.tensor is None:
+                    continue
+                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
+                used_keys.add(key)
+                if DTYPES[segment.dtype].storage and segment.size:
+                    raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset)
+                    yield key, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         used_keys: set[str] = set()
         for source in sources:
@@ -141,7 +157,7 @@ class Builder:
         self.header["tensors"][key] = record
         if dtype.storage:
             array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
-            root, leaves = self.pipeline.transform(key, array)
+            root, leaves = self.pipeline.transform(key, array, self.plans)
         else:  # opaque dtypes go through the leaf stages as bytes
             root = {"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}
             leaves = [(root["leaf"], TypedArray(raw, segment.dtype))]

@@ -59,19 +59,24 @@ def compress(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook.",
+                                                  show_default=False)] = None,
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
     """Compress a model into the zoo, or with -o into one .zoo archive."""
     from .. import api
+    from ..errors import InputError
     from .zoo_commands import compress_elsewhere
 
+    if calib is not None and output is None:
+        raise InputError("--calib works only with -o OUT.zoo for now")
     if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json):
         return
     destination = output
     with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
-        report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance)
+        report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, calibration=calib)
     print_report(report, as_json, f"{destination}")
 
 
