@@ -24,11 +24,14 @@ MAX_INPUTS = 8192  # wider inputs than this keep no statistics: H would take too
 
 
 class Statistics:
-    """H per weight name (the tensor names of the model's files)."""
+    """H per weight name (the tensor names of the model's files). `source` (the model folder) and
+    `text` are kept for stages that run the whole model themselves (l2, pranc: zoo.codecs._teacher)."""
 
-    def __init__(self, matrices: dict[str, np.ndarray], tokens: int) -> None:
+    def __init__(self, matrices: dict[str, np.ndarray], tokens: int, source: Path | None = None, text: str | None = None) -> None:
         self.matrices = matrices
         self.tokens = tokens
+        self.source = source
+        self.text = text
 
     def hessian(self, name: str, cols: int) -> np.ndarray | None:
         matrix = self.matrices.get(name)
@@ -114,4 +117,4 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
         for name in names:
             if known and name not in matrices:
                 matrices[name] = matrices[known[0]]
-    return Statistics(matrices, tokens)
+    return Statistics(matrices, tokens, _model_folder(source), text)

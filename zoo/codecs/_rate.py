@@ -2,7 +2,8 @@
 
 1. Every tensor the stage selects gets a rate-distortion curve: for a grid of steps and dead
    zones, the entropy of its symbols (the rate) and the squared error it causes, weighted per
-   weight by the teacher's sensitivity (an estimate of the output KL) or by 1 (weight MSE).
+   weight by the teacher's sensitivity (an estimate of the output KL), by the diagonal of the
+   layer's input statistics (zoo.calibration: the layer's output error) or by 1 (weight MSE).
 2. One slope lambda for all tensors: each takes the point minimising distortion + lambda * rate,
    and lambda is bisected until the rates add up to the budget (equal slopes are what an optimal
    split of a fixed budget looks like).
@@ -120,7 +121,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         # next to nothing rather than fail, and let the report show the size reached.
         budget = floor
     teacher = _teacher.load_teacher(calibration)
-    sensitivities = teacher.sensitivities(list(values)) if teacher is not None else {}
+    sensitivities = teacher.sensitivities(list(values)) if teacher is not None else _activation_weights(values, calibration)
     rng = np.random.default_rng(0)
     curves = {n: Curve(v, sensitivities.get(n), rng) for n, v in values.items()}
     corrections = {n: 1.0 for n in curves}
@@ -132,6 +133,23 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     choice, slope = split_budget(curves, budget, corrections)
     plan = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
     return _land_on_budget(values, plan, budget)
+
+
+def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict[str, np.ndarray]:
+    """Per-weight sensitivities from zoo.calibration statistics: a linear layer's output error is
+    (W - W') H (W - W')^T with H the mean of x x^T over its inputs, whose diagonal weighs each
+    input column. A tensor with no statistics gets the median weight of those that have them."""
+    if calibration is None or not hasattr(calibration, "hessian"):
+        return {}
+    weights: dict[str, np.ndarray] = {}
+    for name, v in values.items():
+        matrix = calibration.hessian(name, v.shape[-1]) if v.ndim == 2 else None
+        if matrix is not None:
+            weights[name] = np.broadcast_to(np.clip(np.diag(matrix), 0, None)[None, :], v.shape)
+    if not weights:
+        return {}
+    median = float(np.median(np.concatenate([w[0] for w in weights.values()])))
+    return {name: weights.get(name, np.full(v.shape, median)) for name, v in values.items()}
 
 
 def _estimate(values: np.ndarray, step: float, dead_zone: float) -> float:
