@@ -204,6 +204,10 @@ def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):
         assert status == 200 and body == decoded and headers["etag"] == f'"{sha256(decoded)}"'
         status, headers, body = request(url, f"/org/tiny/resolve/{lossy.commit}/model.safetensors", headers={"Range": "bytes=10-"})
         assert status == 206 and body == decoded[10:]
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download("org/tiny", "model.safetensors", revision=f"main:{lossy.variant}", endpoint=url, cache_dir=tmp_path / "hf")
+        assert Path(path).read_bytes() == decoded
 
 
 @pytest.mark.slow
@@ -242,7 +246,7 @@ def test_streaming_memory_stays_bounded(tmp_path):
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (1536, 4096), 3))})  # 24 MiB
     store = Store(tmp_path / "zoo")
-    store.compress(folder, "big", chunk_bytes=256 << 10)
+    store.compress(folder, "big", chunk_bytes=128 << 10)
     size = (folder / "model.safetensors").stat().st_size
     digest = hashlib.sha256()
     with running_server(store) as url:
@@ -259,7 +263,7 @@ def test_streaming_memory_stays_bounded(tmp_path):
         finally:
             tracemalloc.stop()
     assert digest.hexdigest() == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    assert peak < size / 8, f"peak {peak} bytes while streaming {size}"
+    assert peak < size / 6, f"peak {peak} bytes while streaming {size}"
 
 
 def test_serve_command_answers_huggingface_hub(tiny_model, tmp_path):

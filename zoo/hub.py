@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ChecksumError, InputError, ZooError
 from .store import DEFAULT_REVISION, Entry, Store, check_name
@@ -107,10 +108,11 @@ def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
 def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipeline: str | None = None,
          include: list[str] | None = None, exclude: list[str] | None = None, threads: int | None = None, force: bool = False,
          progress: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None,
-         progress_bars: bool = True) -> tuple[Entry, bool]:
+         progress_bars: bool = True, **options: Any) -> tuple[Entry, bool]:
     """Download REPO_ID[@REVISION] and store it compressed. Returns the entry and whether it is
     new (False when the zoo already held this commit in this variant). `progress(total)` gives
-    the compression step's progress callback; the download shows huggingface_hub's own bars."""
+    the compression step's progress callback; the download shows huggingface_hub's own bars.
+    `options` go to zoo.compress."""
     from .pipeline import DEFAULT_SPEC, Pipeline
     from .store import variant_of
 
@@ -127,5 +129,5 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     total = sum(path.stat().st_size for path in pulled.folder.rglob("*") if path.is_file())
     with progress(total) if progress else nullcontext(None) as advance:
         entry = store.compress(pulled.folder, name, revision, pipeline, commit=pulled.commit, source_label=source, force=True,
-                               threads=threads, progress=advance, check=lambda path: check_lfs(path, pulled, repo_id))
+                               threads=threads, progress=advance, check=lambda path: check_lfs(path, pulled, repo_id), **options)
     return entry, True

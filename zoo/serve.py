@@ -47,8 +47,9 @@ class ZooServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], store: Store, token: str | None = None, quiet: bool = False) -> None:
-        self.store, self.token, self.quiet = store, token, quiet
+    def __init__(self, address: tuple[str, int], store: Store, token: str | None = None, quiet: bool = False,
+                 decode_threads: int = 2) -> None:
+        self.store, self.token, self.quiet, self.decode_threads = store, token, quiet, decode_threads
         self._archives: dict[Path, Archive] = {}
         self._archives_lock = threading.Lock()
         super().__init__(address, ZooHandler)
@@ -259,7 +260,7 @@ class ZooHandler(BaseHTTPRequestHandler):
         if not body or start == end:
             return
         try:
-            for piece in archive.iter_file(stored.path, start, end):
+            for piece in archive.iter_file(stored.path, start, end, threads=self.server.decode_threads):
                 self.wfile.write(piece)
         except ZooError as error:
             # Headers are gone: all that is left is to cut the connection short, which every
@@ -304,9 +305,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False) -> ZooServer:
-    """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url)."""
+def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False,
+                decode_threads: int = 2) -> ZooServer:
+    """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
+    Each download decodes on `decode_threads` threads, a few chunks ahead of the socket."""
     try:
-        return ZooServer((host, port), store, token or None, quiet)
+        return ZooServer((host, port), store, token or None, quiet, decode_threads)
     except OSError as error:
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None

@@ -305,9 +305,9 @@ class Store:
 
     def compress(self, source: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION, pipeline: str | None = None, *,
                  commit: str | None = None, source_label: str | None = None, force: bool = False, threads: int | None = None,
-                 progress: Any = None, check: Any = None, chunk_bytes: int | None = None) -> Entry:
+                 progress: Any = None, check: Any = None, **options: Any) -> Entry:
         """Compress a model folder or file straight into the zoo. `check(archive_path)` may
-        inspect the archive (and raise) before it enters."""
+        inspect the archive (and raise) before it enters; `options` go to zoo.compress."""
         from . import api
         from .pipeline import DEFAULT_SPEC, Pipeline
 
@@ -319,7 +319,6 @@ class Store:
         with self.workspace() as folder:
             destination = folder / "model.zoo"
             metadata = {"source": source_label} if source_label else None
-            options = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
             api.compress(source, destination, pipeline or DEFAULT_SPEC, threads=threads, progress=progress, metadata=metadata, **options)
             if check is not None:
                 check(destination)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -105,6 +105,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
     token: Annotated[Optional[str], typer.Option("--token", help="Require this bearer token (clients set HF_TOKEN); "
                                                  "default ZOO_SERVE_TOKEN.")] = None,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Decode threads per download.")] = 2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
 ) -> None:
     """Serve every model in the zoo over the Hugging Face Hub API: HF_ENDPOINT=http://HOST:PORT."""
@@ -113,7 +114,7 @@ def serve(
 
     token = token or os.environ.get("ZOO_SERVE_TOKEN") or None
     store = Store()
-    server = make_server(store, host, port, token, quiet)
+    server = make_server(store, host, port, token, quiet, threads)
     if not is_loopback(host) and token is None:
         stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
     names = sorted({e.name for e in store.entries()})
@@ -134,9 +135,10 @@ def register(app: typer.Typer) -> None:
 
 
 def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                       as_json: bool) -> bool:
+                       as_json: bool, **options: Any) -> bool:
     """The parts of `zoo compress` that involve the zoo: no -o stores the result in the zoo, and a
-    SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job."""
+    SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job.
+    `options` (calibration=, check=, ...) go to zoo.compress."""
     from .. import hub
     from ..store import Store, check_name
 
@@ -145,32 +147,32 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
         return False
     if not local.exists():
         try:
-            return _compress_from_hub(source, output, name, pipeline, threads, force, as_json)
+            return _compress_from_hub(source, output, name, pipeline, threads, force, as_json, **options)
         except hub.PullError as error:
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
     default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
     with progress_bar(_folder_bytes(local), "compressing", not as_json) as advance:
         entry = Store().compress(local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()), force=force,
-                                 threads=threads, progress=advance)
+                                 threads=threads, progress=advance, **options)
     print_entry(entry, as_json, "stored")
     return True
 
 
 def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                       as_json: bool) -> bool:
+                       as_json: bool, **options: Any) -> bool:
     from .. import api, hub
     from .archive_commands import print_report
 
     if output is None:
         entry, new = hub.pull(source, name=name, pipeline=pipeline, threads=threads, force=force,
-                              progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json)
+                              progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json, **options)
         print_entry(entry, as_json, "stored" if new else "already in the zoo:")
         return True
     repo_id, revision = hub.parse_repo_ref(source)
     pulled = hub.download(repo_id, revision, progress_bars=not as_json)
     with progress_bar(_folder_bytes(pulled.folder), "compressing", not as_json) as advance:
         report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
-                              metadata={"source": f"hub:{repo_id}@{pulled.commit}"})
+                              metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, **options)
     try:
         hub.check_lfs(output, pulled, repo_id)
     except Exception:
