@@ -123,10 +123,8 @@ def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 # -- codebook dequantization ----------------------------------------------------------------
 
 
-def dequantize(packed: np.ndarray, bits: int, rows: int, cols: int, row_codebook: np.ndarray,
-               codebooks: np.ndarray, dtype: str) -> np.ndarray:
-    """out[r, c] = codebooks[row_codebook[r], index[r*cols + c]] as `dtype` raw storage (rows, cols),
-    rounded to nearest even exactly as zoo.dtypes.from_float32."""
+def check_dequantize(packed, bits, rows, cols, row_codebook, codebooks, dtype):  # noqa: ANN001, ANN201 - see dequantize
+    """The arguments of dequantize, checked (ValueError) and normalised; shared with the native path."""
     bits = _check_bits(bits)
     for name, value in (("rows", rows), ("cols", cols)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -134,6 +132,7 @@ def dequantize(packed: np.ndarray, bits: int, rows: int, cols: int, row_codebook
     rows, cols = int(rows), int(cols)
     if dtype not in DEQUANTIZE_DTYPES:
         raise ValueError(f"dequantize makes {', '.join(DEQUANTIZE_DTYPES)}, not {dtype!r}")
+    packed = _as_bytes(packed, "packed")
     row_codebook = np.asarray(row_codebook)
     codebooks = np.asarray(codebooks)
     if row_codebook.dtype != np.int32 or row_codebook.shape != (rows,):
@@ -142,6 +141,16 @@ def dequantize(packed: np.ndarray, bits: int, rows: int, cols: int, row_codebook
         raise ValueError(f"codebooks must be float32 of shape (n, {1 << bits}), got {codebooks.dtype}{list(codebooks.shape)}")
     if rows and (int(row_codebook.min()) < 0 or int(row_codebook.max()) >= codebooks.shape[0]):
         raise ValueError(f"row_codebook names a codebook outside 0..{codebooks.shape[0] - 1}")
+    if len(packed) < packed_size(rows * cols, bits):
+        raise ValueError(f"{rows * cols} indices of {bits} bits need {packed_size(rows * cols, bits)} bytes, got {len(packed)}")
+    return packed, bits, rows, cols, np.ascontiguousarray(row_codebook), np.ascontiguousarray(codebooks)
+
+
+def dequantize(packed: np.ndarray, bits: int, rows: int, cols: int, row_codebook: np.ndarray,
+               codebooks: np.ndarray, dtype: str) -> np.ndarray:
+    """out[r, c] = codebooks[row_codebook[r], index[r*cols + c]] as `dtype` raw storage (rows, cols),
+    rounded to nearest even exactly as zoo.dtypes.from_float32."""
+    packed, bits, rows, cols, row_codebook, codebooks = check_dequantize(packed, bits, rows, cols, row_codebook, codebooks, dtype)
     indices = unpack_indices(packed, bits, rows * cols).reshape(rows, cols)
     values = codebooks[row_codebook[:, None], indices]
     with np.errstate(over="ignore"):  # beyond the fp16 range is inf, as the cast intends
@@ -179,16 +188,21 @@ def _check_u64(name: str, value: int) -> int:
 _PHILOX_BLOCK = 1 << 18  # counters per step, to bound memory
 
 
-def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.ndarray:
-    """`count` float32 in [-1, 1): element j is word (offset+j) % 4 of Philox4x32-10 at block
-    (offset+j) // 4, key (seed lo, seed hi), counter (block lo, block hi, stream lo, stream hi),
-    mapped to (word >> 8) * 2**-23 - 1 (exact in float32)."""
+def check_philox(seed: int, stream: int, count: int, offset: int) -> tuple[int, int, int, int]:
     seed, stream, offset = _check_u64("seed", seed), _check_u64("stream", stream), _check_u64("offset", offset)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
     count = int(count)
     if offset + count > 1 << 64:
         raise ValueError("offset + count passes 2**64")
+    return seed, stream, count, offset
+
+
+def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.ndarray:
+    """`count` float32 in [-1, 1): element j is word (offset+j) % 4 of Philox4x32-10 at block
+    (offset+j) // 4, key (seed lo, seed hi), counter (block lo, block hi, stream lo, stream hi),
+    mapped to (word >> 8) * 2**-23 - 1 (exact in float32)."""
+    seed, stream, count, offset = check_philox(seed, stream, count, offset)
     out = np.empty(count, dtype=np.float32)
     key = (seed & _MASK32, seed >> 32)
     first_block, skip = offset // 4, offset % 4

@@ -6,6 +6,9 @@ Contract (every path gives bit-identical results; zoo/_fallback.py is the refere
 - pack_indices(indices uint8|uint16, bits) -> uint8, LSB-first; unpack_indices(packed, bits, count).
 - dequantize(packed, bits, rows, cols, row_codebook int32, codebooks float32, dtype) -> storage (rows, cols).
 - philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
+- encode_section(words uint8, word_bytes, is_float, symbol_bits) -> bytes and
+  decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
+  the entropy coder of the fprans and rans codecs (zoo/_fallback_coder.py, docs/FORMAT.md).
 
 ZOO_KERNELS=numpy|scalar|avx2|avx512 forces a path; unset or `auto` takes the best the CPU has.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _fallback
+from . import _fallback, _fallback_coder
 from .errors import ZooError
 
 PATHS = ("auto", "numpy", "scalar", "avx2", "avx512")
@@ -48,13 +51,26 @@ def _load_native(requested: str) -> tuple[Any, str, str]:
 
 _native_module, PATH, _REASON = _load_native(_requested())
 
-# The native extension lands in a later commit; until then every path is the numpy reference.
-split_planes = _fallback.split_planes
-merge_planes = _fallback.merge_planes
-pack_indices = _fallback.pack_indices
-unpack_indices = _fallback.unpack_indices
-dequantize = _fallback.dequantize
-philox_uniform = _fallback.philox_uniform
+if _native_module is None:
+    split_planes = _fallback.split_planes
+    merge_planes = _fallback.merge_planes
+    pack_indices = _fallback.pack_indices
+    unpack_indices = _fallback.unpack_indices
+    dequantize = _fallback.dequantize
+    philox_uniform = _fallback.philox_uniform
+    encode_section = _fallback_coder.encode_section
+    decode_section = _fallback_coder.decode_section
+else:
+    from ._native_calls import (  # noqa: F401 - re-exported
+        decode_section,
+        dequantize,
+        encode_section,
+        merge_planes,
+        pack_indices,
+        philox_uniform,
+        split_planes,
+        unpack_indices,
+    )
 
 
 def info() -> dict[str, Any]:

@@ -8,14 +8,18 @@ from ..errors import PipelineError
 from .base import Codec
 from .bytegroup import ByteGroup
 from .codebook import Codebook
+from .fprans import FpRans
 from .l2 import L2
 from .pranc import Pranc
+from .rans import Rans
 from .truncate import Truncate
 from .zstd import Zstd
 
 # One explicit list: tests/test_codecs.py fails when a Codec class in the package is missing here.
 CODECS: list[type[Codec]] = [
     ByteGroup,
+    FpRans,
+    Rans,
     Zstd,
     Truncate,
     Codebook,

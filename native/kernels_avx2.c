@@ -1,0 +1,217 @@
+/* AVX2 kernels (with BMI2 and F16C). This file alone is compiled with those flags; the
+ * dispatcher calls it only on a CPU that has them. Tails go to the scalar reference. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Permutation that moves word k (of those loaded) to the k-th lane set in `mask` (8 lanes). */
+static inline __m256i expand_indices(unsigned mask) {
+    uint64_t lane_nibbles = _pdep_u64(mask, 0x1111111111111111ull) * 0xf;
+    uint64_t ranks = _pdep_u64(0x76543210ull, lane_nibbles);
+    uint64_t bytes = _pdep_u64(ranks, 0x0f0f0f0f0f0f0f0full);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes));
+}
+
+/* One rANS step of 8 lanes: their ranks to out, the 16-bit refills read in lane order. */
+static inline int decode_8(__m256i *lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end, uint8_t *out) {
+    const __m256i mask12 = _mm256_set1_epi32(0xfff), zero = _mm256_setzero_si256();
+    const __m256i pick_ranks = _mm256_setr_epi8(3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i x = *lanes;
+    __m256i entry = _mm256_i32gather_epi32((const int *)table, _mm256_and_si256(x, mask12), 4);
+    __m256i ranks = _mm256_shuffle_epi8(entry, pick_ranks);
+    uint32_t low_ranks = (uint32_t)_mm256_extract_epi32(ranks, 0), high_ranks = (uint32_t)_mm256_extract_epi32(ranks, 4);
+    memcpy(out, &low_ranks, 4);
+    memcpy(out + 4, &high_ranks, 4);
+    __m256i freq = _mm256_and_si256(entry, mask12), bias = _mm256_and_si256(_mm256_srli_epi32(entry, 12), mask12);
+    x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, RANS_PROB_BITS)), bias);
+    __m256i refill_lanes = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), zero); /* x < 2^16 */
+    unsigned refill = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(refill_lanes));
+    unsigned n = (unsigned)__builtin_popcount(refill);
+    const uint8_t *p = *cursor;
+    if ((size_t)(end - p) < 2 * (size_t)n) return -1;
+    __m128i packed;
+    if (end - p >= 16) {
+        packed = _mm_loadu_si128((const __m128i *)p);
+    } else { /* near the end: read only the words that exist */
+        uint8_t last[16] = {0};
+        memcpy(last, p, 2 * (size_t)n);
+        packed = _mm_loadu_si128((const __m128i *)last);
+    }
+    __m256i words = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(packed), expand_indices(refill));
+    *lanes = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), words), refill_lanes);
+    *cursor = p + 2 * n;
+    return 0;
+}
+
+static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
+                             uint8_t *out, size_t steps) {
+    const uint8_t *p = *cursor;
+    for (size_t step = 0; step < steps; step++, out += lanes)
+        for (size_t lane = 0; lane < lanes; lane += 8) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(states + lane));
+            if (decode_8(&x, table, &p, end, out + lane)) return -1;
+            _mm256_storeu_si256((__m256i *)(states + lane), x);
+        }
+    *cursor = p;
+    return 0;
+}
+
+static void split_planes(const uint8_t *in, size_t count, int word_bytes, int rotate, uint8_t *const *planes) {
+    size_t i = 0;
+    if (word_bytes == 2) {
+        /* per 128-bit lane: the 8 high bytes, then the 8 low bytes */
+        const __m256i order = _mm256_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14,
+                                               1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14);
+        for (; i + 16 <= count; i += 16) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(in + 2 * i));
+            if (rotate) x = _mm256_or_si256(_mm256_slli_epi16(x, 1), _mm256_srli_epi16(x, 15));
+            x = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(x, order), _MM_SHUFFLE(3, 1, 2, 0));
+            _mm_storeu_si128((__m128i *)(planes[0] + i), _mm256_castsi256_si128(x));
+            _mm_storeu_si128((__m128i *)(planes[1] + i), _mm256_extracti128_si256(x, 1));
+        }
+    } else if (word_bytes == 4) {
+        /* per 128-bit lane: byte 3 of each word, then byte 2, 1, 0 */
+        const __m256i order = _mm256_setr_epi8(3, 7, 11, 15, 2, 6, 10, 14, 1, 5, 9, 13, 0, 4, 8, 12,
+                                               3, 7, 11, 15, 2, 6, 10, 14, 1, 5, 9, 13, 0, 4, 8, 12);
+        const __m256i gather = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (; i + 8 <= count; i += 8) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(in + 4 * i));
+            if (rotate) x = _mm256_or_si256(_mm256_slli_epi32(x, 1), _mm256_srli_epi32(x, 31));
+            x = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x, order), gather);
+            uint64_t plane_bytes[4];
+            _mm256_storeu_si256((__m256i *)plane_bytes, x);
+            for (int plane = 0; plane < 4; plane++) memcpy(planes[plane] + i, &plane_bytes[plane], 8);
+        }
+    }
+    if (i < count) {
+        uint8_t *rest[8];
+        for (int plane = 0; plane < word_bytes; plane++) rest[plane] = planes[plane] + i;
+        zoo_split_planes_scalar(in + i * (size_t)word_bytes, count - i, word_bytes, rotate, rest);
+    }
+}
+
+static void merge_planes(const uint8_t *const *planes, size_t count, int word_bytes, int rotate, uint8_t *out) {
+    size_t i = 0;
+    if (word_bytes == 2) {
+        for (; i + 16 <= count; i += 16) {
+            __m256i high = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(planes[0] + i)));
+            __m256i low = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(planes[1] + i)));
+            __m256i x = _mm256_or_si256(_mm256_slli_epi16(high, 8), low);
+            if (rotate) x = _mm256_or_si256(_mm256_srli_epi16(x, 1), _mm256_slli_epi16(x, 15));
+            _mm256_storeu_si256((__m256i *)(out + 2 * i), x);
+        }
+    } else if (word_bytes == 4) {
+        for (; i + 8 <= count; i += 8) {
+            __m256i x = _mm256_setzero_si256();
+            for (int plane = 0; plane < 4; plane++) {
+                uint64_t bytes;
+                memcpy(&bytes, planes[plane] + i, 8);
+                x = _mm256_or_si256(x, _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes)), 8 * (3 - plane)));
+            }
+            if (rotate) x = _mm256_or_si256(_mm256_srli_epi32(x, 1), _mm256_slli_epi32(x, 31));
+            _mm256_storeu_si256((__m256i *)(out + 4 * i), x);
+        }
+    }
+    if (i < count) {
+        const uint8_t *rest[8];
+        for (int plane = 0; plane < word_bytes; plane++) rest[plane] = planes[plane] + i;
+        zoo_merge_planes_scalar(rest, count - i, word_bytes, rotate, out + i * (size_t)word_bytes);
+    }
+}
+
+static inline void multiply_wide(__m256i a, uint32_t b, __m256i *high, __m256i *low) {
+    const __m256i factor = _mm256_set1_epi64x(b);
+    __m256i even = _mm256_mul_epu32(a, factor), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), factor);
+    *low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xaa);
+    *high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xaa);
+}
+
+static void philox_uniform(uint64_t seed, uint64_t stream, uint64_t offset, size_t count, float *out) {
+    size_t head = (size_t)((4 - (offset & 3)) & 3);
+    if (head > count) head = count;
+    zoo_philox_uniform_scalar(seed, stream, offset, head, out);
+    size_t done = head;
+    const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+    const __m256 scale = _mm256_set1_ps(1.0f / 8388608.0f), one = _mm256_set1_ps(1.0f);
+    for (; done + 32 <= count; done += 32) {
+        uint64_t block = (offset + done) >> 2;
+        __m256i base = _mm256_set1_epi32((int)(uint32_t)block);
+        __m256i c0 = _mm256_add_epi32(base, lane_index);
+        /* unsigned c0 < base: the low word wrapped, so the high word carries one */
+        __m256i carried = _mm256_cmpgt_epi32(_mm256_xor_si256(base, sign), _mm256_xor_si256(c0, sign));
+        __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(block >> 32)), carried);
+        __m256i c2 = _mm256_set1_epi32((int)(uint32_t)stream), c3 = _mm256_set1_epi32((int)(uint32_t)(stream >> 32));
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int round = 0; round < 10; round++) {
+            if (round) {
+                k0 += 0x9E3779B9u;
+                k1 += 0xBB67AE85u;
+            }
+            __m256i high0, low0, high1, low1;
+            multiply_wide(c0, 0xD2511F53u, &high0, &low0);
+            multiply_wide(c2, 0xCD9E8D57u, &high1, &low1);
+            c0 = _mm256_xor_si256(_mm256_xor_si256(high1, c1), _mm256_set1_epi32((int)k0));
+            c2 = _mm256_xor_si256(_mm256_xor_si256(high0, c3), _mm256_set1_epi32((int)k1));
+            c1 = low1;
+            c3 = low0;
+        }
+        __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+        __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+        /* per 128-bit lane: blocks (0,4) in u0, (1,5) in u1, (2,6) in u2, (3,7) in u3 */
+        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i ordered[4] = {_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u2, u3, 0x20),
+                              _mm256_permute2x128_si256(u0, u1, 0x31), _mm256_permute2x128_si256(u2, u3, 0x31)};
+        for (int k = 0; k < 4; k++) {
+            __m256 value = _mm256_cvtepi32_ps(_mm256_srli_epi32(ordered[k], 8));
+            _mm256_storeu_ps(out + done + 8 * k, _mm256_sub_ps(_mm256_mul_ps(value, scale), one));
+        }
+    }
+    zoo_philox_uniform_scalar(seed, stream, offset + done, count - done, out + done);
+}
+
+static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
+                            const float *codebooks, size_t codebook_size, int kind, void *out) {
+    const __m256i ones = _mm256_set1_epi32(1);
+    for (size_t r = 0; r < rows; r++) {
+        const float *book = codebooks + (size_t)row_codebook[r] * codebook_size;
+        const uint16_t *index = indices + r * cols;
+        size_t c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            __m256i position = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(index + c)));
+            __m256 value = _mm256_i32gather_ps(book, position, 4);
+            if (kind == 0) {
+                _mm256_storeu_ps((float *)out + r * cols + c, value);
+                continue;
+            }
+            __m256i bits = _mm256_castps_si256(value);
+            __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(value, value, _CMP_UNORD_Q));
+            __m256i result;
+            if (kind == 2) {
+                __m256i rounded = _mm256_srli_epi32(
+                    _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(bits, 16), ones))), 16);
+                __m256i nan_bf16 = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+                result = _mm256_blendv_epi8(rounded, nan_bf16, nan);
+            } else {
+                result = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(value, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                __m256i payload = _mm256_and_si256(_mm256_srli_epi32(bits, 13), _mm256_set1_epi32(0x3ff));
+                payload = _mm256_blendv_epi8(payload, ones, _mm256_cmpeq_epi32(payload, _mm256_setzero_si256()));
+                __m256i nan_half = _mm256_or_si256(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x8000)),
+                                                                   _mm256_set1_epi32(0x7c00)), payload);
+                result = _mm256_blendv_epi8(result, nan_half, nan);
+            }
+            /* 32-bit lanes to 16 bits, in order */
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(result, result), _MM_SHUFFLE(3, 1, 2, 0));
+            _mm_storeu_si128((__m128i *)((uint16_t *)out + r * cols + c), _mm256_castsi256_si128(packed));
+        }
+        if (c < cols) {
+            void *rest = kind == 0 ? (void *)((float *)out + r * cols + c) : (void *)((uint16_t *)out + r * cols + c);
+            zoo_dequantize_rows_scalar(index + c, 1, cols - c, row_codebook + r, codebooks, codebook_size, kind, rest);
+        }
+    }
+}
+
+const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, zoo_merge_words_scalar, split_planes, merge_planes, philox_uniform, dequantize_rows};

@@ -1,0 +1,260 @@
+/* AVX-512 kernels (F, BW, VL, DQ, VBMI). This file alone is compiled with those flags; the
+ * dispatcher calls it only on a CPU that has them. Tails go to the scalar reference. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* One rANS step of 16 lanes: their ranks to out, the 16-bit refills read in lane order. */
+static inline int decode_16(__m512i *lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end, uint8_t *out,
+                            __m512i mask12, __m512i low) {
+    __m512i x = *lanes;
+    __m512i entry = _mm512_i32gather_epi32(_mm512_and_si512(x, mask12), (const void *)table, 4);
+    _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(_mm512_srli_epi32(entry, 24)));
+    __m512i freq = _mm512_and_si512(entry, mask12), bias = _mm512_and_si512(_mm512_srli_epi32(entry, 12), mask12);
+    x = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, RANS_PROB_BITS)), bias);
+    __mmask16 refill = _mm512_cmplt_epu32_mask(x, low);
+    unsigned n = (unsigned)__builtin_popcount(refill);
+    if ((size_t)(end - *cursor) < 2 * (size_t)n) return -1;
+    /* the masked load touches only the n words that exist */
+    __m512i words = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), *cursor));
+    *lanes = _mm512_mask_or_epi32(x, refill, _mm512_slli_epi32(x, 16), _mm512_maskz_expand_epi32(refill, words));
+    *cursor += 2 * n;
+    return 0;
+}
+
+static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
+                             uint8_t *out, size_t steps) {
+    const __m512i mask12 = _mm512_set1_epi32(0xfff), low = _mm512_set1_epi32((int)RANS_LOW);
+    const uint8_t *p = *cursor;
+    if (lanes == RANS_MIN_LANES) { /* the states stay in registers */
+        __m512i x0 = _mm512_loadu_si512(states), x1 = _mm512_loadu_si512(states + 16);
+        for (size_t step = 0; step < steps; step++, out += RANS_MIN_LANES) {
+            if (decode_16(&x0, table, &p, end, out, mask12, low) || decode_16(&x1, table, &p, end, out + 16, mask12, low)) return -1;
+        }
+        _mm512_storeu_si512(states, x0);
+        _mm512_storeu_si512(states + 16, x1);
+    } else {
+        for (size_t step = 0; step < steps; step++, out += lanes)
+            for (size_t lane = 0; lane < lanes; lane += 16) {
+                __m512i x = _mm512_loadu_si512(states + lane);
+                if (decode_16(&x, table, &p, end, out + lane, mask12, low)) return -1;
+                _mm512_storeu_si512(states + lane, x);
+            }
+    }
+    *cursor = p;
+    return 0;
+}
+
+/* symbol_of_rank[rank] for 32 ranks in 16-bit lanes: four two-register table lookups */
+static inline __m512i lookup_symbols(__m512i rank, const __m512i table[8]) {
+    __m512i q0 = _mm512_permutex2var_epi16(table[0], rank, table[1]), q1 = _mm512_permutex2var_epi16(table[2], rank, table[3]);
+    __m512i q2 = _mm512_permutex2var_epi16(table[4], rank, table[5]), q3 = _mm512_permutex2var_epi16(table[6], rank, table[7]);
+    __mmask32 second = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(64)), upper = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(128));
+    return _mm512_mask_mov_epi16(_mm512_mask_mov_epi16(q0, second, q1), upper, _mm512_mask_mov_epi16(q2, second, q3));
+}
+
+static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
+                        int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out) {
+    size_t i = 0;
+    if ((word_bytes == 2 && width <= 9) || (word_bytes == 4 && width <= 25)) {
+        __m512i table[8];
+        for (int k = 0; k < 8; k++) table[k] = _mm512_loadu_si512(symbol_of_rank + 32 * k);
+        /* where each lane's bits start: byte index into the group's bytes, and bit shift */
+        uint8_t byte_index[64];
+        uint16_t shift16[32];
+        uint32_t shift32[16];
+        int lanes = word_bytes == 2 ? 32 : 16;
+        for (int j = 0; j < lanes; j++) {
+            int position = j * width;
+            for (int b = 0; b < word_bytes; b++) byte_index[word_bytes * j + b] = (uint8_t)((position >> 3) + b);
+            if (word_bytes == 2) shift16[j] = (uint16_t)(position & 7);
+            else shift32[j] = (uint32_t)(position & 7);
+        }
+        const __m512i gather_bytes = _mm512_loadu_si512(byte_index);
+        const __m128i keep_low = _mm_cvtsi32_si128(zeros + 1), put_back = _mm_cvtsi32_si128(zeros);
+        const __m128i symbol_shift = _mm_cvtsi32_si128(remainder_bits);
+        /* a group's bits never reach past its own bytes (lanes * width is a multiple of 8), so the
+         * masked load reads exactly those: zeros stand in for the rest */
+        size_t group_bytes = (size_t)(lanes * width) / 8;
+        if (word_bytes == 2) {
+            const __m512i shifts = _mm512_loadu_si512(shift16);
+            const __m512i width_mask = _mm512_set1_epi16((short)((1u << width) - 1)), one = _mm512_set1_epi16(1);
+            const __m512i remainder_mask = _mm512_set1_epi16((short)((1u << remainder_bits) - 1));
+            for (; i + 32 <= count; i += 32, bits += group_bytes) {
+                __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
+                __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
+                __m512i rest = is_float ? _mm512_or_si512(_mm512_sll_epi16(_mm512_srli_epi16(value, 1), keep_low), _mm512_and_si512(value, one))
+                                        : _mm512_sll_epi16(value, put_back);
+                __m512i symbol = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table);
+                __m512i key = _mm512_or_si512(_mm512_sll_epi16(symbol, symbol_shift), _mm512_and_si512(rest, remainder_mask));
+                if (is_float) key = _mm512_or_si512(_mm512_srli_epi16(key, 1), _mm512_slli_epi16(key, 15));
+                _mm512_storeu_si512(out + 2 * i, key);
+            }
+        } else {
+            const __m512i shifts = _mm512_loadu_si512(shift32);
+            const __m512i width_mask = _mm512_set1_epi32((int)((1u << width) - 1)), one = _mm512_set1_epi32(1);
+            const __m512i remainder_mask = _mm512_set1_epi32((int)((1u << remainder_bits) - 1));
+            for (; i + 32 <= count; i += 32) {
+                __m512i symbols = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table);
+                for (int half = 0; half < 2; half++, bits += group_bytes) {
+                    __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
+                    __m512i value = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
+                    __m512i rest = is_float ? _mm512_or_si512(_mm512_sll_epi32(_mm512_srli_epi32(value, 1), keep_low), _mm512_and_si512(value, one))
+                                            : _mm512_sll_epi32(value, put_back);
+                    __m512i symbol = _mm512_cvtepu16_epi32(half ? _mm512_extracti64x4_epi64(symbols, 1) : _mm512_castsi512_si256(symbols));
+                    __m512i key = _mm512_or_si512(_mm512_sll_epi32(symbol, symbol_shift), _mm512_and_si512(rest, remainder_mask));
+                    if (is_float) key = _mm512_ror_epi32(key, 1);
+                    _mm512_storeu_si512(out + 4 * (i + 16 * (size_t)half), key);
+                }
+            }
+        }
+    }
+    if (i < count) zoo_merge_words_scalar(ranks + i, symbol_of_rank, bits, count - i, width, zeros, remainder_bits, word_bytes, is_float, out + i * (size_t)word_bytes);
+}
+
+static void split_planes(const uint8_t *in, size_t count, int word_bytes, int rotate, uint8_t *const *planes) {
+    size_t i = 0;
+    if (word_bytes == 2) {
+        for (; i + 32 <= count; i += 32) {
+            __m512i x = _mm512_loadu_si512(in + 2 * i);
+            if (rotate) x = _mm512_or_si512(_mm512_slli_epi16(x, 1), _mm512_srli_epi16(x, 15));
+            _mm256_storeu_si256((__m256i *)(planes[0] + i), _mm512_cvtepi16_epi8(_mm512_srli_epi16(x, 8)));
+            _mm256_storeu_si256((__m256i *)(planes[1] + i), _mm512_cvtepi16_epi8(x));
+        }
+    } else if (word_bytes == 4) {
+        for (; i + 16 <= count; i += 16) {
+            __m512i x = _mm512_loadu_si512(in + 4 * i);
+            if (rotate) x = _mm512_rol_epi32(x, 1);
+            for (int plane = 0; plane < 4; plane++)
+                _mm_storeu_si128((__m128i *)(planes[plane] + i), _mm512_cvtepi32_epi8(_mm512_srli_epi32(x, 8 * (3 - plane))));
+        }
+    }
+    if (i < count) {
+        uint8_t *rest[8];
+        for (int plane = 0; plane < word_bytes; plane++) rest[plane] = planes[plane] + i;
+        zoo_split_planes_scalar(in + i * (size_t)word_bytes, count - i, word_bytes, rotate, rest);
+    }
+}
+
+static void merge_planes(const uint8_t *const *planes, size_t count, int word_bytes, int rotate, uint8_t *out) {
+    size_t i = 0;
+    if (word_bytes == 2) {
+        for (; i + 32 <= count; i += 32) {
+            __m512i high = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(planes[0] + i)));
+            __m512i low = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(planes[1] + i)));
+            __m512i x = _mm512_or_si512(_mm512_slli_epi16(high, 8), low);
+            if (rotate) x = _mm512_or_si512(_mm512_srli_epi16(x, 1), _mm512_slli_epi16(x, 15));
+            _mm512_storeu_si512(out + 2 * i, x);
+        }
+    } else if (word_bytes == 4) {
+        for (; i + 16 <= count; i += 16) {
+            __m512i x = _mm512_setzero_si512();
+            for (int plane = 0; plane < 4; plane++)
+                x = _mm512_or_si512(x, _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(planes[plane] + i))),
+                                                         8 * (3 - plane)));
+            if (rotate) x = _mm512_ror_epi32(x, 1);
+            _mm512_storeu_si512(out + 4 * i, x);
+        }
+    }
+    if (i < count) {
+        const uint8_t *rest[8];
+        for (int plane = 0; plane < word_bytes; plane++) rest[plane] = planes[plane] + i;
+        zoo_merge_planes_scalar(rest, count - i, word_bytes, rotate, out + i * (size_t)word_bytes);
+    }
+}
+
+/* high and low 32 bits of a * b for 16 lanes */
+static inline void multiply_wide(__m512i a, uint32_t b, __m512i *high, __m512i *low) {
+    const __m512i factor = _mm512_set1_epi64(b);
+    __m512i even = _mm512_mul_epu32(a, factor), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), factor);
+    *low = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64(odd, 32));
+    *high = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(even, 32), odd);
+}
+
+static void philox_uniform(uint64_t seed, uint64_t stream, uint64_t offset, size_t count, float *out) {
+    size_t done = 0;
+    size_t head = (size_t)((4 - (offset & 3)) & 3);
+    if (head > count) head = count;
+    zoo_philox_uniform_scalar(seed, stream, offset, head, out);
+    done = head;
+    const __m512i lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 scale = _mm512_set1_ps(1.0f / 8388608.0f), one = _mm512_set1_ps(1.0f);
+    for (; done + 64 <= count; done += 64) {
+        uint64_t block = (offset + done) >> 2;
+        /* 16 consecutive blocks; the 64-bit block number may carry into its high word */
+        __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)block), lane_index);
+        __mmask16 carried = _mm512_cmplt_epu32_mask(c0, _mm512_set1_epi32((int)(uint32_t)block));
+        __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32((int)(uint32_t)(block >> 32)), carried,
+                                           _mm512_set1_epi32((int)(uint32_t)(block >> 32)), _mm512_set1_epi32(1));
+        __m512i c2 = _mm512_set1_epi32((int)(uint32_t)stream), c3 = _mm512_set1_epi32((int)(uint32_t)(stream >> 32));
+        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        for (int round = 0; round < 10; round++) {
+            if (round) {
+                k0 += 0x9E3779B9u;
+                k1 += 0xBB67AE85u;
+            }
+            __m512i high0, low0, high1, low1;
+            multiply_wide(c0, 0xD2511F53u, &high0, &low0);
+            multiply_wide(c2, 0xCD9E8D57u, &high1, &low1);
+            c0 = _mm512_xor_si512(_mm512_xor_si512(high1, c1), _mm512_set1_epi32((int)k0));
+            c2 = _mm512_xor_si512(_mm512_xor_si512(high0, c3), _mm512_set1_epi32((int)k1));
+            c1 = low1;
+            c3 = low0;
+        }
+        /* transpose: block b's four words are outputs 4b .. 4b+3 */
+        __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
+        __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
+        __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+        __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+        __m512i w0 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)), w1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
+        __m512i w2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)), w3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
+        __m512i ordered[4] = {_mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)), _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 1, 3, 1))};
+        for (int k = 0; k < 4; k++) {
+            __m512 value = _mm512_cvtepi32_ps(_mm512_srli_epi32(ordered[k], 8));
+            _mm512_storeu_ps(out + done + 16 * k, _mm512_sub_ps(_mm512_mul_ps(value, scale), one));
+        }
+    }
+    zoo_philox_uniform_scalar(seed, stream, offset + done, count - done, out + done);
+}
+
+static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
+                            const float *codebooks, size_t codebook_size, int kind, void *out) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *book = codebooks + (size_t)row_codebook[r] * codebook_size;
+        const uint16_t *index = indices + r * cols;
+        size_t c = 0;
+        for (; c + 16 <= cols; c += 16) {
+            __m512i position = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(index + c)));
+            __m512 value = _mm512_i32gather_ps(position, book, 4);
+            if (kind == 0) {
+                _mm512_storeu_ps((float *)out + r * cols + c, value);
+                continue;
+            }
+            __m512i bits = _mm512_castps_si512(value);
+            __mmask16 nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+            __m512i result;
+            if (kind == 2) {
+                __m512i rounded = _mm512_srli_epi32(
+                    _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)))), 16);
+                result = _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+            } else {
+                /* the hardware rounds to nearest even like numpy; NaNs keep numpy's payload rule */
+                result = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(value, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                __m512i payload = _mm512_and_si512(_mm512_srli_epi32(bits, 13), _mm512_set1_epi32(0x3ff));
+                payload = _mm512_mask_mov_epi32(payload, _mm512_cmpeq_epi32_mask(payload, _mm512_setzero_si512()), _mm512_set1_epi32(1));
+                __m512i nan_half = _mm512_or_si512(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x8000)),
+                                                                   _mm512_set1_epi32(0x7c00)), payload);
+                result = _mm512_mask_mov_epi32(result, nan, nan_half);
+            }
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + r * cols + c), _mm512_cvtepi32_epi16(result));
+        }
+        if (c < cols) {
+            void *rest = kind == 0 ? (void *)((float *)out + r * cols + c) : (void *)((uint16_t *)out + r * cols + c);
+            zoo_dequantize_rows_scalar(index + c, 1, cols - c, row_codebook + r, codebooks, codebook_size, kind, rest);
+        }
+    }
+}
+
+const zoo_kernels zoo_kernels_avx512 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows};

@@ -1,0 +1,404 @@
+/* zoo._native: the Python face of the kernels. Arguments are checked here (the Python wrappers in
+ * zoo/_kernels.py check them too, with the same messages as zoo/_fallback.py); the heavy loops run
+ * with the GIL released so zoo's thread pool scales over chunks. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coder.h"
+#include "dispatch.h"
+
+static const zoo_kernels *active = &zoo_kernels_scalar;
+static const char *active_name = "scalar";
+static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
+
+static PyObject *available_isas(PyObject *self, PyObject *unused) {
+    PyObject *names = PyList_New(0);
+    for (size_t i = 0; names && i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
+        if (zoo_kernels_for(ISAS[i])) {
+            PyObject *name = PyUnicode_FromString(ISAS[i]);
+            if (!name || PyList_Append(names, name)) {
+                Py_XDECREF(name);
+                Py_DECREF(names);
+                return NULL;
+            }
+            Py_DECREF(name);
+        }
+    return names;
+}
+
+static PyObject *select_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (size_t i = 0; i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
+        if (!strcmp(name, ISAS[i])) {
+            const zoo_kernels *table = zoo_kernels_for(ISAS[i]);
+            if (!table) break;
+            active = table;
+            active_name = ISAS[i];
+            return PyUnicode_FromString(active_name);
+        }
+    return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", name);
+}
+
+static PyObject *current_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(active_name); }
+
+static PyObject *cpu_features(PyObject *self, PyObject *unused) {
+    const char *names[32];
+    size_t n = zoo_cpu_features(names, 32);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) PyList_SET_ITEM(list, (Py_ssize_t)i, PyUnicode_FromString(names[i]));
+    return list;
+}
+
+static PyObject *new_bytearray(size_t size, char **data) {
+    if (size > PY_SSIZE_T_MAX) return PyErr_NoMemory();
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out) *data = PyByteArray_AS_STRING(out);
+    return out;
+}
+
+static int check_word_bytes(int word_bytes) {
+    if (word_bytes == 1 || word_bytes == 2 || word_bytes == 4 || word_bytes == 8) return 1;
+    PyErr_Format(PyExc_ValueError, "word size %d is not 1, 2, 4 or 8 bytes", word_bytes);
+    return 0;
+}
+
+/* -- byte planes --------------------------------------------------------------------------- */
+
+static PyObject *split_planes(PyObject *self, PyObject *args) {
+    Py_buffer chunk;
+    int word_bytes, rotate;
+    if (!PyArg_ParseTuple(args, "y*ip", &chunk, &word_bytes, &rotate)) return NULL;
+    PyObject *result = NULL;
+    if (!check_word_bytes(word_bytes)) goto done;
+    if (chunk.len % word_bytes) {
+        PyErr_Format(PyExc_ValueError, "chunk of %zd bytes is not whole words of %d bytes", chunk.len, word_bytes);
+        goto done;
+    }
+    size_t count = (size_t)chunk.len / (size_t)word_bytes;
+    uint8_t *planes[8];
+    result = PyList_New(word_bytes);
+    for (int p = 0; result && p < word_bytes; p++) {
+        char *data;
+        PyObject *plane = new_bytearray(count, &data);
+        if (!plane) {
+            Py_CLEAR(result);
+            break;
+        }
+        planes[p] = (uint8_t *)data;
+        PyList_SET_ITEM(result, p, plane);
+    }
+    if (result) {
+        Py_BEGIN_ALLOW_THREADS active->split_planes((const uint8_t *)chunk.buf, count, word_bytes, rotate, planes);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    PyBuffer_Release(&chunk);
+    return result;
+}
+
+static PyObject *merge_planes(PyObject *self, PyObject *args) {
+    PyObject *sequence;
+    int word_bytes, rotate;
+    if (!PyArg_ParseTuple(args, "Oip", &sequence, &word_bytes, &rotate)) return NULL;
+    if (!check_word_bytes(word_bytes)) return NULL;
+    PyObject *items = PySequence_Fast(sequence, "planes must be a sequence");
+    if (!items) return NULL;
+    Py_buffer views[8];
+    int held = 0;
+    PyObject *result = NULL;
+    if (PySequence_Fast_GET_SIZE(items) != word_bytes) {
+        PyErr_Format(PyExc_ValueError, "%d-byte words take %d planes, got %zd", word_bytes, word_bytes, PySequence_Fast_GET_SIZE(items));
+        goto done;
+    }
+    for (; held < word_bytes; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(items, held), &views[held], PyBUF_SIMPLE)) goto done;
+        if (views[held].len != views[0].len) {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "planes differ in length");
+            goto done;
+        }
+    }
+    const uint8_t *planes[8];
+    for (int p = 0; p < word_bytes; p++) planes[p] = (const uint8_t *)views[p].buf;
+    size_t count = (size_t)views[0].len;
+    char *data = NULL;
+    result = new_bytearray(count * (size_t)word_bytes, &data);
+    if (result) {
+        Py_BEGIN_ALLOW_THREADS active->merge_planes(planes, count, word_bytes, rotate, (uint8_t *)data);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    for (int p = 0; p < held; p++) PyBuffer_Release(&views[p]);
+    Py_DECREF(items);
+    return result;
+}
+
+/* -- bit packing --------------------------------------------------------------------------- */
+
+static size_t packed_size(size_t count, int bits) { return (count / 8) * (size_t)bits + ((count % 8) * (size_t)bits + 7) / 8; }
+
+static void unpack_range(const uint8_t *packed, int bits, size_t first, size_t count, uint16_t *out) {
+    uint64_t bit = (uint64_t)first * (uint64_t)bits;
+    uint32_t mask = (1u << bits) - 1;
+    for (size_t i = 0; i < count; i++, bit += (uint64_t)bits) {
+        size_t byte = (size_t)(bit >> 3);
+        int shift = (int)(bit & 7);
+        /* an index spans at most 3 bytes (16 bits + 7 of offset); read only the bytes it uses */
+        int needed = (shift + bits + 7) >> 3;
+        uint32_t window = 0;
+        for (int k = 0; k < needed; k++) window |= (uint32_t)packed[byte + (size_t)k] << (8 * k);
+        out[i] = (uint16_t)((window >> shift) & mask);
+    }
+}
+
+static PyObject *pack_indices(PyObject *self, PyObject *args) {
+    Py_buffer indices;
+    int item_bytes, bits;
+    if (!PyArg_ParseTuple(args, "y*ii", &indices, &item_bytes, &bits)) return NULL;
+    PyObject *result = NULL;
+    if ((item_bytes != 1 && item_bytes != 2) || bits < 1 || bits > 16 || indices.len % item_bytes) {
+        PyErr_SetString(PyExc_ValueError, "pack_indices takes uint8 or uint16 indices and 1..16 bits");
+        goto done;
+    }
+    size_t count = (size_t)indices.len / (size_t)item_bytes;
+    char *data = NULL;
+    result = new_bytearray(packed_size(count, bits), &data);
+    if (!result) goto done;
+    int too_big = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    uint8_t *out = (uint8_t *)data;
+    uint64_t accumulator = 0;
+    int filled = 0;
+    size_t written = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t value = item_bytes == 1 ? ((const uint8_t *)indices.buf)[i] : ((const uint16_t *)indices.buf)[i];
+        too_big |= (value >> bits) != 0;
+        accumulator |= (uint64_t)value << filled;
+        filled += bits;
+        while (filled >= 8) {
+            out[written++] = (uint8_t)accumulator;
+            accumulator >>= 8;
+            filled -= 8;
+        }
+    }
+    if (filled) out[written++] = (uint8_t)accumulator;
+    Py_END_ALLOW_THREADS;
+    if (too_big) {
+        Py_CLEAR(result);
+        PyErr_Format(PyExc_ValueError, "an index does not fit in %d bits", bits);
+    }
+done:
+    PyBuffer_Release(&indices);
+    return result;
+}
+
+static PyObject *unpack_indices(PyObject *self, PyObject *args) {
+    Py_buffer packed;
+    int bits;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "y*in", &packed, &bits, &count)) return NULL;
+    PyObject *result = NULL;
+    if (bits < 1 || bits > 16 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "unpack_indices takes 1..16 bits and a count of at least 0");
+        goto done;
+    }
+    if ((size_t)count > SIZE_MAX / 16 || (size_t)packed.len < packed_size((size_t)count, bits)) {
+        PyErr_Format(PyExc_ValueError, "%zd indices of %d bits need more than %zd bytes", count, bits, packed.len);
+        goto done;
+    }
+    int item_bytes = bits <= 8 ? 1 : 2;
+    char *data = NULL;
+    result = new_bytearray((size_t)count * (size_t)item_bytes, &data);
+    if (!result) goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    if (item_bytes == 2) {
+        uint16_t *out = malloc(2 * (size_t)count + 2);
+        if (out) {
+            unpack_range((const uint8_t *)packed.buf, bits, 0, (size_t)count, out);
+            memcpy(data, out, 2 * (size_t)count);
+            free(out);
+        }
+    } else {
+        uint16_t batch[4096];
+        for (size_t first = 0; first < (size_t)count; first += 4096) {
+            size_t n = (size_t)count - first < 4096 ? (size_t)count - first : 4096;
+            unpack_range((const uint8_t *)packed.buf, bits, first, n, batch);
+            for (size_t i = 0; i < n; i++) data[first + i] = (char)batch[i];
+        }
+    }
+    Py_END_ALLOW_THREADS;
+done:
+    PyBuffer_Release(&packed);
+    return result;
+}
+
+/* -- dequantize ---------------------------------------------------------------------------- */
+
+static PyObject *dequantize(PyObject *self, PyObject *args) {
+    Py_buffer packed, row_codebook, codebooks;
+    int bits, kind;
+    Py_ssize_t rows, cols, n_codebooks;
+    if (!PyArg_ParseTuple(args, "y*inny*y*ni", &packed, &bits, &rows, &cols, &row_codebook, &codebooks, &n_codebooks, &kind))
+        return NULL;
+    PyObject *result = NULL;
+    const char *problem = NULL;
+    size_t count = 0, book = (size_t)1 << (bits >= 1 && bits <= 16 ? bits : 1);
+    if (bits < 1 || bits > 16 || rows < 0 || cols < 0 || n_codebooks < 0 || kind < 0 || kind > 2)
+        problem = "dequantize takes 1..16 bits, sizes of at least 0 and kind 0..2";
+    else if (cols && (size_t)rows > SIZE_MAX / 16 / (size_t)cols)
+        problem = "dequantize sizes overflow";
+    else if ((count = (size_t)rows * (size_t)cols, (size_t)packed.len < packed_size(count, bits)))
+        problem = "packed indices are shorter than rows x cols";
+    else if ((size_t)row_codebook.len != 4 * (size_t)rows)
+        problem = "row_codebook must hold one int32 per row";
+    else if ((size_t)n_codebooks > SIZE_MAX / 4 / book || (size_t)codebooks.len != 4 * book * (size_t)n_codebooks)
+        problem = "codebooks must hold n_codebooks x 2**bits float32";
+    else
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            int32_t which;
+            memcpy(&which, (const char *)row_codebook.buf + 4 * r, 4);
+            if (which < 0 || which >= n_codebooks) {
+                problem = "row_codebook names a codebook that does not exist";
+                break;
+            }
+        }
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        goto done;
+    }
+    char *data = NULL;
+    result = new_bytearray(count * (kind == 0 ? 4 : 2), &data);
+    if (!result) goto done;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    /* rows in batches of about 64 Ki indices, unpacked to 16 bits, so the batch stays in cache */
+    size_t batch_rows = cols ? 65536 / (size_t)cols : (size_t)rows;
+    if (batch_rows == 0) batch_rows = 1;
+    uint16_t *indices = malloc(2 * batch_rows * (size_t)(cols ? cols : 1));
+    int32_t *books = malloc(4 * batch_rows);
+    if (!indices || !books) failed = 1;
+    for (size_t first = 0; !failed && first < (size_t)rows; first += batch_rows) {
+        size_t n = (size_t)rows - first < batch_rows ? (size_t)rows - first : batch_rows;
+        unpack_range((const uint8_t *)packed.buf, bits, first * (size_t)cols, n * (size_t)cols, indices);
+        memcpy(books, (const char *)row_codebook.buf + 4 * first, 4 * n);
+        active->dequantize_rows(indices, n, (size_t)cols, books, (const float *)codebooks.buf, book, kind,
+                                data + first * (size_t)cols * (kind == 0 ? 4 : 2));
+    }
+    free(indices);
+    free(books);
+    Py_END_ALLOW_THREADS;
+    if (failed) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+    }
+done:
+    PyBuffer_Release(&packed);
+    PyBuffer_Release(&row_codebook);
+    PyBuffer_Release(&codebooks);
+    return result;
+}
+
+/* -- Philox -------------------------------------------------------------------------------- */
+
+static PyObject *philox_uniform(PyObject *self, PyObject *args) {
+    unsigned long long seed, stream, offset;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "KKnK", &seed, &stream, &count, &offset)) return NULL;
+    if (count < 0 || (unsigned long long)count > ~offset) {
+        PyErr_SetString(PyExc_ValueError, "count must be at least 0 and offset + count at most 2**64");
+        return NULL;
+    }
+    char *data = NULL;
+    PyObject *result = new_bytearray(4 * (size_t)count, &data);
+    if (!result) return NULL;
+    Py_BEGIN_ALLOW_THREADS active->philox_uniform(seed, stream, offset, (size_t)count, (float *)data);
+    Py_END_ALLOW_THREADS return result;
+}
+
+/* -- the section coder --------------------------------------------------------------------- */
+
+static PyObject *encode_section(PyObject *self, PyObject *args) {
+    Py_buffer words;
+    int word_bytes, is_float, symbol_bits;
+    if (!PyArg_ParseTuple(args, "y*ipi", &words, &word_bytes, &is_float, &symbol_bits)) return NULL;
+    PyObject *result = NULL;
+    if (word_bytes != 1 && word_bytes != 2 && word_bytes != 4) {
+        PyErr_SetString(PyExc_ValueError, "sections hold 1-, 2- or 4-byte words");
+        goto done;
+    }
+    if (words.len % word_bytes) {
+        PyErr_SetString(PyExc_ValueError, "section input is not whole words");
+        goto done;
+    }
+    size_t count = (size_t)words.len / (size_t)word_bytes, capacity = zoo_section_bound(count, word_bytes), used = 0;
+    uint8_t *scratch = malloc(capacity);
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, scratch, capacity);
+    Py_END_ALLOW_THREADS if (used) result = PyBytes_FromStringAndSize((const char *)scratch, (Py_ssize_t)used);
+    else PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
+    free(scratch);
+done:
+    PyBuffer_Release(&words);
+    return result;
+}
+
+static PyObject *decode_section(PyObject *self, PyObject *args) {
+    Py_buffer payload;
+    Py_ssize_t offset, count;
+    int word_bytes, is_float;
+    if (!PyArg_ParseTuple(args, "y*nnip", &payload, &offset, &count, &word_bytes, &is_float)) return NULL;
+    PyObject *result = NULL, *out = NULL;
+    if ((word_bytes != 1 && word_bytes != 2 && word_bytes != 4) || count < 0 || offset < 0 || offset > payload.len) {
+        PyErr_SetString(PyExc_ValueError, "bad section arguments");
+        goto done;
+    }
+    if ((size_t)count > SIZE_MAX / 4) {
+        PyErr_SetString(PyExc_ValueError, "section is too large");
+        goto done;
+    }
+    char *data = NULL;
+    out = new_bytearray((size_t)count * (size_t)word_bytes, &data);
+    if (!out) goto done;
+    const uint8_t *cursor = (const uint8_t *)payload.buf + offset, *end = (const uint8_t *)payload.buf + payload.len;
+    const char *error;
+    Py_BEGIN_ALLOW_THREADS error = zoo_decode_section(&cursor, end, (uint8_t *)data, (size_t)count, word_bytes, is_float, active);
+    Py_END_ALLOW_THREADS if (error) PyErr_SetString(PyExc_ValueError, error);
+    else result = Py_BuildValue("On", out, (Py_ssize_t)(cursor - (const uint8_t *)payload.buf));
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyMethodDef METHODS[] = {
+    {"available_isas", available_isas, METH_NOARGS, "Kernel tables this CPU can run, slowest first."},
+    {"select_isa", select_isa, METH_VARARGS, "select_isa(name): use that kernel table from now on."},
+    {"isa", current_isa, METH_NOARGS, "The kernel table in use."},
+    {"cpu_features", cpu_features, METH_NOARGS, "CPU features seen at run time."},
+    {"split_planes", split_planes, METH_VARARGS, "split_planes(chunk, word_bytes, rotate) -> list of bytearray."},
+    {"merge_planes", merge_planes, METH_VARARGS, "merge_planes(planes, word_bytes, rotate) -> bytearray."},
+    {"pack_indices", pack_indices, METH_VARARGS, "pack_indices(indices, item_bytes, bits) -> bytearray."},
+    {"unpack_indices", unpack_indices, METH_VARARGS, "unpack_indices(packed, bits, count) -> bytearray."},
+    {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
+    {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
+    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits) -> bytes."},
+    {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "zoo._native", "zoo's native kernels and entropy coder.", -1, METHODS};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    const char *best = "scalar";
+    for (size_t i = 0; i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
+        if (zoo_kernels_for(ISAS[i])) best = ISAS[i];
+    active = zoo_kernels_for(best);
+    active_name = best;
+    return PyModule_Create(&MODULE);
+}
