@@ -56,7 +56,8 @@ def train_causal_lm(folder: Path, steps: int = 80) -> list[float]:
     from zoo.evaluate import default_text
 
     torch.manual_seed(0)
-    data = torch.tensor(list(default_text().encode()), dtype=torch.long)
+    tokenizer = byte_tokenizer(for_encoder=False)
+    data = torch.tensor(tokenizer(default_text())["input_ids"], dtype=torch.long)
     config = GPT2Config(vocab_size=VOCABULARY, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=4,
                         pad_token_id=256, bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(config)
@@ -69,7 +70,7 @@ def train_causal_lm(folder: Path, steps: int = 80) -> list[float]:
 
     losses = _train(model, batch, steps)
     model.save_pretrained(folder)
-    byte_tokenizer(for_encoder=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return losses
 
 
@@ -122,7 +123,7 @@ def labelled_sentences(count: int, seed: int) -> list[tuple[int, str]]:
     return rows
 
 
-def train_classifier(folder: Path, steps: int = 120) -> list[float]:
+def train_classifier(folder: Path, steps: int = 60) -> list[float]:
     """A two-layer BERT that tells the synthetic positive sentences from the negative ones."""
     from transformers import BertForSequenceClassification
 

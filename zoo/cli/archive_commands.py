@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..evaluate.result import QualityGateError
+from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
 from .options import ArchiveArg, Force, Json, Output, Threads
 from .output import human_bytes, print_json, progress_bar, stderr, stdout
 
@@ -51,6 +53,8 @@ def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a
         f"{len(report.files)} files, {len(report.tensors)} tensors: {human_bytes(report.original_bytes)} -> "
         f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)"
     )
+    if isinstance(report.metadata.get("verify"), dict):
+        print_quality(report.metadata["verify"], f"quality, against {report.metadata['verify'].get('reference')}")
 
 
 def compress(
@@ -63,20 +67,37 @@ def compress(
                                                   show_default=False)] = None,
     threads: Threads = None,
     force: Force = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the result against the source (bit for bit when lossless, else "
+                                                          "with zoo eval's figures) and store the figures in the archive.")] = False,
+    max_kl: MaxKl = None,
+    min_cosine: MinCosine = None,
+    max_ppl_ratio: MaxPplRatio = None,
     as_json: Json = False,
 ) -> None:
-    """Compress a model into the zoo, or with -o into one .zoo archive."""
+    """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
+    --verify; when it trips, exit 1 and keep no archive."""
     from .. import api
     from ..errors import InputError
     from .zoo_commands import compress_elsewhere
 
     if calib is not None and output is None:
         raise InputError("--calib works only with -o OUT.zoo for now")
-    if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json):
-        return
-    destination = output
-    with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
-        report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, calibration=calib)
+    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio)
+    try:
+        if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **({"check": check} if check else {})):
+            if check is not None and not as_json:
+                print_quality(check.result.to_dict(), f"quality, against {source}")
+            return
+        destination = output
+        with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
+            report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, calibration=calib,
+                                  check=check)
+    except QualityGateError as error:
+        if as_json:
+            print_json(error.result.to_dict())
+        else:
+            print_quality(error.result.to_dict(), f"quality, against {source}")
+        raise
     print_report(report, as_json, f"{destination}")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import Json
+from .options import Json, Threads
 from .output import human_bytes, print_json, stderr, stdout
 
 MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, help="Fail (exit 1) when the mean KL divergence is above this.")]
@@ -157,6 +157,7 @@ def eval_command(
     max_kl: MaxKl = None,
     min_cosine: MinCosine = None,
     max_ppl_ratio: MaxPplRatio = None,
+    threads: Threads = None,
     as_json: Json = False,
 ) -> None:
     """Measure a model against a reference: KL divergence and perplexity (causal LMs), embedding
@@ -171,7 +172,7 @@ def eval_command(
             raise InputError(f"{text}: cannot read it as UTF-8 text ({getattr(error, 'strerror', None) or error.__class__.__name__})") from None
     with quality_progress(not as_json) as progress:
         result = evaluate(candidate, reference, text=content if text is not None else None, max_tokens=max_tokens, kind=kind,
-                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), progress=progress)
+                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), threads=threads, progress=progress)
     if as_json:
         print_json(result.to_dict())
     else:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 from .result import EvalResult, Gates
@@ -40,10 +41,12 @@ def evaluate(
     gates: Gates | None = None,
     weights: bool = True,
     cache: Any = None,
+    threads: int | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Figures of `candidate` against `reference` (each a zoo name, archive, folder or weights
-    file). See the package docstring for what each kind measures."""
+    file). See the package docstring for what each kind measures. `threads` sets torch's thread
+    count for the run (default: torch's own)."""
     from .cache import SHARED
     from .models import Model
 
@@ -56,6 +59,8 @@ def evaluate(
     cache = SHARED if cache is None else cache
     notes: list[str] = []
     with ExitStack() as stack:
+        if threads is not None:
+            stack.enter_context(_torch_threads(threads))
         mine = stack.enter_context(Model(candidate))
         base = stack.enter_context(Model(reference)) if reference is not None else None
         chosen = kind
@@ -82,6 +87,18 @@ def evaluate(
                         notes, gates.given(), seconds=time.perf_counter() - started)
     result.failures = gates.judge(result)
     return result
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _functional(kind: str, mine: Any, base: Any, text: str | None, max_tokens: int, cache: Any, progress: Progress | None) -> dict[str, Any]:
