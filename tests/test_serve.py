@@ -123,6 +123,9 @@ def test_ranges(served, header, expected):
     ("/org/tiny/resolve/main/sub%5c..%5cx", 400, None),
     ("/org/tiny/resolve/main/a%00b", 400, None),
     ("/..", 400, None),
+    ("/org@main/tiny/resolve/main/config.json", 404, "RepoNotFound"),
+    ("/org/tiny/resolve/main/%0d%0aX-Injected:%20yes", 404, "EntryNotFound"),
+    ("/org/tiny/resolve/main/caf%C3%A9.bin", 404, "EntryNotFound"),
     ("/favicon.ico", 404, None),
 ])
 def test_bad_paths_get_clear_errors(served, path, status, code):
@@ -130,7 +133,7 @@ def test_bad_paths_get_clear_errors(served, path, status, code):
     got, headers, body = request(url, path)
     assert got == status, body
     assert headers.get("x-error-code") == code
-    assert json.loads(body)["error"] and headers["x-error-message"]
+    assert json.loads(body)["error"] and headers["x-error-message"] and "x-injected" not in headers
     if code == "EntryNotFound" and "resolve" in path:
         assert len(headers["x-repo-commit"]) == 40  # lets huggingface_hub cache the miss
     # and the server goes on serving
@@ -171,7 +174,7 @@ def test_damaged_archive_fails_alone(served):
     raw = bytearray(second.archive.read_bytes())
     raw[30] ^= 0xFF  # inside the JSON header: the archive cannot be opened at all
     second.archive.write_bytes(bytes(raw))
-    status, headers, body = request(url, "/broken/resolve/main/config.json")
+    status, _, body = request(url, "/broken/resolve/main/config.json")
     assert status == 500 and "damaged" in json.loads(body)["error"]
     assert request(url, f"/org/tiny/resolve/{entry.commit}/config.json")[0] == 200
 

@@ -24,7 +24,7 @@ from .conftest import random_storage, write_safetensors
 
 
 def zoo_cli(*args, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, check=False,
                           env={**os.environ, "ZOO_HOME": str(home)}, cwd=cwd, timeout=300)
 
 
@@ -180,7 +180,7 @@ def test_a_kill_between_rename_and_commit_leaves_only_debris(tiny_model, tmp_pat
         "    os.replace(folder / 'm.zoo', store.archives / 'ghost.zoo')\n"
         "    os.kill(os.getpid(), 9)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(home), str(tiny_model)], capture_output=True)
+    done = subprocess.run([sys.executable, "-c", script, str(home), str(tiny_model)], capture_output=True, check=False)
     assert done.returncode == -9
     store = Store(home)
     assert [e.name for e in store.entries()] == ["kept"]

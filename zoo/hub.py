@@ -78,7 +78,7 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
             expected = {item.path: item.lfs.sha256 for item in listing if getattr(item, "lfs", None) is not None}
     except ZooError:
         raise
-    except Exception as error:  # huggingface_hub raises HTTP, OS and validation errors of many types
+    except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
         raise PullError(f"cannot pull {repo_id}@{revision}: {_first_line(error)}") from None
     return Download(folder, commit, expected)
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .archive import Archive
 from .errors import ZooError
-from .store import DEFAULT_REVISION, Entry, Store, StoredFile
+from .store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _SOCKET_TIMEOUT = 120  # seconds a silent client may hold a connection thread
@@ -111,13 +111,13 @@ class ZooHandler(BaseHTTPRequestHandler):
     server_version = "zoo"
     timeout = _SOCKET_TIMEOUT
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._answer(body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._answer(body=False)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:
         if not self.server.quiet:
             sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
@@ -150,7 +150,7 @@ class ZooHandler(BaseHTTPRequestHandler):
 
     def _entry(self, repo: str, revision: str) -> Entry:
         store = self.server.store
-        if not store.matches(repo):
+        if not NAME_PATTERN.fullmatch(repo) or not store.matches(repo):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
         found = store.matches(f"{repo}@{revision}", with_files=True)
         if not found:
@@ -163,7 +163,7 @@ class ZooHandler(BaseHTTPRequestHandler):
         readings = [(n, segments[n]) for n in (2, 1) if len(segments) > n and segments[n] in keywords]
         for length, keyword in readings:
             repo = "/".join(segments[:length])
-            if self.server.store.matches(repo):
+            if NAME_PATTERN.fullmatch(repo) and self.server.store.matches(repo):
                 return repo, keyword, segments[length + 1:]
         if readings:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
@@ -246,7 +246,6 @@ class ZooHandler(BaseHTTPRequestHandler):
         headers = {
             "X-Repo-Commit": entry.commit, "ETag": f'"{stored.served_sha256}"', "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f"attachment; filename=\"{Path(stored.path).name}\"",
         }
         if self.headers.get("Range") and body:
             start, end = parse_range(self.headers["Range"], stored.size)
@@ -286,7 +285,8 @@ class ZooHandler(BaseHTTPRequestHandler):
         self.send_response(error.status)
         if error.code:
             self.send_header("X-Error-Code", error.code)
-        self.send_header("X-Error-Message", str(error).encode("ascii", "replace").decode())
+        # A header carries latin-1 on one line: anything else in the message becomes '?'.
+        self.send_header("X-Error-Message", re.sub(r"[^\x20-\x7e]", "?", str(error)))
         for key, value in error.headers.items():
             self.send_header(key, value)
         self.send_header("Content-Type", "application/json")

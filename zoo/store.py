@@ -36,7 +36,7 @@ DEFAULT_REVISION = "main"
 LFS_MIN_BYTES = 10 << 20  # the Hub keeps files this large in LFS whatever their type
 SCHEMA_VERSION = 1
 # The Hub's own rule for repo ids, so that every stored name can also be served.
-_NAME = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?", re.ASCII)
+NAME_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?", re.ASCII)
 _REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
 
 _SCHEMA = """
@@ -78,7 +78,7 @@ def zoo_home() -> Path:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
         raise InputError(f"{name!r} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
     return name
 
@@ -290,7 +290,7 @@ class Store:
             pass  # creates the store on first use
         folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.work))
         # Locked under another name, then renamed: a sweeper never sees an unlocked `.lock`.
-        lock = open(folder / ".lock-pending", "w")
+        lock = open(folder / ".lock-pending", "w")  # noqa: SIM115 - held for as long as the folder is in use
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             os.replace(folder / ".lock-pending", folder / ".lock")
@@ -350,31 +350,30 @@ class Store:
                quality: dict[str, Any] | None, files: list[StoredFile], force: bool) -> None:
         final = self.archives / f"{name.replace('/', '--')}-{os.urandom(6).hex()}.zoo"
         replaced = None
-        with closing(self._connect()) as connection:
-            with self._transaction(connection):
-                old = connection.execute("SELECT id, archive FROM models WHERE name = ? AND revision = ? AND variant = ?",
-                                         (name, revision, variant)).fetchone()
-                if old is not None and not force:
-                    raise OutputExistsError(f"{name}@{revision}:{variant} is already in the zoo; pass --force to replace it")
-                self._sweep(connection)
-                os.replace(archive, final)
-                try:
-                    if old is not None:
-                        connection.execute("DELETE FROM models WHERE id = ?", (old["id"],))
-                        replaced = self.archives / old["archive"]
-                    cursor = connection.execute(
-                        "INSERT INTO models (name, revision, variant, commit_sha, archive, pipeline, source, original_bytes,"
-                        " stored_bytes, created, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (name, revision, variant, commit, final.name, pipeline, source, sum(f.size for f in files),
-                         final.stat().st_size, time.time(), json.dumps(quality) if quality else None),
-                    )
-                    connection.executemany(
-                        "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(cursor.lastrowid, f.path, f.size, f.sha256, f.served_sha256, f.git_oid, f.lfs, f.lossless) for f in files],
-                    )
-                except BaseException:
-                    final.unlink(missing_ok=True)
-                    raise
+        with closing(self._connect()) as connection, self._transaction(connection):
+            old = connection.execute("SELECT id, archive FROM models WHERE name = ? AND revision = ? AND variant = ?",
+                                     (name, revision, variant)).fetchone()
+            if old is not None and not force:
+                raise OutputExistsError(f"{name}@{revision}:{variant} is already in the zoo; pass --force to replace it")
+            self._sweep(connection)
+            os.replace(archive, final)
+            try:
+                if old is not None:
+                    connection.execute("DELETE FROM models WHERE id = ?", (old["id"],))
+                    replaced = self.archives / old["archive"]
+                cursor = connection.execute(
+                    "INSERT INTO models (name, revision, variant, commit_sha, archive, pipeline, source, original_bytes,"
+                    " stored_bytes, created, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, revision, variant, commit, final.name, pipeline, source, sum(f.size for f in files),
+                     final.stat().st_size, time.time(), json.dumps(quality) if quality else None),
+                )
+                connection.executemany(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(cursor.lastrowid, f.path, f.size, f.sha256, f.served_sha256, f.git_oid, f.lfs, f.lossless) for f in files],
+                )
+            except BaseException:
+                final.unlink(missing_ok=True)
+                raise
         if replaced is not None:
             replaced.unlink(missing_ok=True)  # readers that still hold it open keep reading it
 
@@ -386,10 +385,9 @@ class Store:
             names = ", ".join(e.ref for e in found)
             raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
         chosen = found if every else found[:1]
-        with closing(self._connect()) as connection:
-            with self._transaction(connection):
-                for entry in chosen:
-                    connection.execute("DELETE FROM models WHERE archive = ?", (entry.archive.name,))
+        with closing(self._connect()) as connection, self._transaction(connection):
+            for entry in chosen:
+                connection.execute("DELETE FROM models WHERE archive = ?", (entry.archive.name,))
         for entry in chosen:
             entry.archive.unlink(missing_ok=True)
         return chosen

@@ -15,7 +15,7 @@ NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIA
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
 
 
-def print_entry(entry, as_json: bool, verb: str) -> None:  # noqa: ANN001 - a zoo.store.Entry
+def print_entry(entry, as_json: bool, verb: str) -> None:
     if as_json:
         print_json(entry.to_dict())
     else:
