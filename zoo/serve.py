@@ -86,6 +86,10 @@ def _segments(raw_path: str) -> list[str]:
     return segments
 
 
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, ["false"])[-1].lower() in ("1", "true")
+
+
 def parse_range(header: str, size: int) -> tuple[int, int]:
     """One byte range as [start, end) within `size`. Malformed: 400; unsatisfiable: 416."""
     match = _RANGE.fullmatch(header.strip())
@@ -124,6 +128,7 @@ class ZooHandler(BaseHTTPRequestHandler):
     # -- dispatch ---------------------------------------------------------------------------
 
     def _answer(self, body: bool) -> None:
+        self._streaming = False
         try:
             self._check_token()
             url = urlsplit(self.path)
@@ -140,6 +145,11 @@ class ZooHandler(BaseHTTPRequestHandler):
             # A damaged archive or catalogue: this request fails, the server goes on.
             self.log_error("%s", error)
             self._error(HubError(500, str(error)), body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # noqa: BLE001 - one request's bug must not reach the others
+            self.log_error("internal error on %s: %r", self.path, error)
+            self._error(HubError(500, f"internal error: {type(error).__name__}"), body)
 
     def _check_token(self) -> None:
         if self.server.token is None:
@@ -177,14 +187,13 @@ class ZooHandler(BaseHTTPRequestHandler):
         repo, keyword, rest = self._split_repo(segments, ("revision", "tree"))
         if keyword == "":
             entry = self._entry(repo, DEFAULT_REVISION)
-            self._json(self._model_info(entry, "blobs" in query), body)
+            self._json(self._model_info(entry, _flag(query, "blobs")), body)
         elif keyword == "revision" and len(rest) == 1:
             entry = self._entry(repo, rest[0])
-            self._json(self._model_info(entry, query.get("blobs", [""])[0].lower() == "true"), body)
+            self._json(self._model_info(entry, _flag(query, "blobs")), body)
         elif keyword == "tree" and rest:
             entry = self._entry(repo, rest[0])
-            recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
-            self._json(self._tree(entry, "/".join(rest[1:]), recursive), body)
+            self._json(self._tree(entry, "/".join(rest[1:]), _flag(query, "recursive")), body)
         else:
             raise HubError(404, "no such route")
 
@@ -256,18 +265,11 @@ class ZooHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
+        self._streaming = True
         if not body or start == end:
             return
-        try:
-            for piece in archive.iter_file(stored.path, start, end, threads=self.server.decode_threads):
-                self.wfile.write(piece)
-        except ZooError as error:
-            # Headers are gone: all that is left is to cut the connection short, which every
-            # client reads as a failed download (the length it was promised never arrives).
-            self.log_error("%s: %s", entry.ref, error)
-            self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        for piece in archive.iter_file(stored.path, start, end, threads=self.server.decode_threads):
+            self.wfile.write(piece)
 
     # -- answers ----------------------------------------------------------------------------
 
@@ -281,6 +283,11 @@ class ZooHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _error(self, error: HubError, body: bool) -> None:
+        if self._streaming:
+            # Too late for a status: cutting the connection short is what every client reads as a
+            # failed download (the length it was promised never arrives).
+            self.close_connection = True
+            return
         data = json.dumps({"error": str(error)}).encode()
         self.send_response(error.status)
         if error.code:
