@@ -127,7 +127,14 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
         return held, False
     # A newer commit of the same revision replaces the old one: that is what pulling means.
     total = sum(path.stat().st_size for path in pulled.folder.rglob("*") if path.is_file())
+    their_check = options.pop("check", None)
+
+    def check(path: Path) -> None:
+        check_lfs(path, pulled, repo_id)
+        if their_check is not None:
+            their_check(path)
+
     with progress(total) if progress else nullcontext(None) as advance:
         entry = store.compress(pulled.folder, name, revision, pipeline, commit=pulled.commit, source_label=source, force=True,
-                               threads=threads, progress=advance, check=lambda path: check_lfs(path, pulled, repo_id), **options)
+                               threads=threads, progress=advance, check=check, **options)
     return entry, True
