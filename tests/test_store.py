@@ -236,3 +236,11 @@ def test_get_slice_matches_numpy_and_decodes_only_what_it_needs(dtype, tmp_path)
         for bad in (np.s_[100], np.s_[[1, 2]], np.s_[..., ...], np.s_[1, 2, 3, 4]):
             with pytest.raises((IndexError, zoo.ZooError)):
                 view[bad]
+
+
+def test_compress_verify_into_the_zoo_records_the_quality(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    done = zoo_cli("compress", tiny_model, "--verify", "--name", "checked", home=home)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(zoo_cli("ls", "--json", home=home).stdout)["models"]
+    assert row["quality"]["passed"] is True and row["quality_label"].startswith("bit-exact")
