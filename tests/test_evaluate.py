@@ -268,3 +268,33 @@ def test_eval_imports_nothing_heavy_at_start_up():
 
     code = "import sys, zoo.cli.app, zoo.evaluate; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "[]"
+
+
+def test_update_metadata_rewrites_only_the_header(tiny_model, tmp_path):
+    (tmp_path / "out").mkdir()
+    archive = tmp_path / "out" / "m.zoo"
+    zoo.compress(tiny_model, archive)
+    archive.chmod(0o640)
+    with zoo.open(archive) as opened:
+        before = {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()}
+    api.update_metadata(archive, {"verify": {"kind": "lossless", "passed": True}, "pipeline": None})
+    assert zoo.verify(archive) == []
+    with zoo.open(archive) as opened:
+        assert opened.metadata() == {"verify": {"kind": "lossless", "passed": True}}
+        assert {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()} == before
+    assert archive.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.zoo"]
+
+
+@pytest.mark.slow
+def test_minilm_against_itself_and_a_perturbed_copy(minilm, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", minilm, "-r", minilm, "--json")
+    same = json.loads(out)
+    assert code == 0 and same["kind"] == "encoder" and same["metrics"]["sentences"] == 52
+    assert same["metrics"]["cosine_mean"] == pytest.approx(1, abs=1e-6) and same["weights"]["sqnr_db"] is None
+    perturbed_copy(minilm, tmp_path / "noisy", 0.01)
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", tmp_path / "noisy", "-r", minilm)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
+    assert 0.99 < float(rows["Mean cosine"]) < 1 and float(rows["Minimum cosine"]) <= float(rows["Mean cosine"])
+    assert rows["weights: SQNR"] == "40.00 dB"  # noise of 1% of the RMS is -40 dB by construction

@@ -316,4 +316,5 @@ def decompress(
     return report
 
 
-__all__ = ["Report", "TensorReport", "compress", "decompress", "load_state_dict", "open_archive", "report_of", "verify", "ZooError"]
+__all__ = ["Report", "TensorReport", "check_quality", "compress", "decompress", "load_state_dict", "open_archive", "report_of",
+           "update_metadata", "verify", "ZooError"]

@@ -91,7 +91,7 @@ class Model:
             elif self.path.is_file():
                 self._names = [self.path.name]
             else:
-                self._names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+                self._names = sorted(p.relative_to(self.path).as_posix() for p in _files_under(self.path))
         return self._names
 
     def read_text(self, relpath: str) -> str | None:
@@ -133,7 +133,7 @@ class Model:
                 opened.close()
         else:
             digest.update(f"{self.path.resolve()}\0".encode())
-            paths = [self.path] if self.path.is_file() else sorted(p for p in self.path.rglob("*") if p.is_file())
+            paths = [self.path] if self.path.is_file() else sorted(_files_under(self.path))
             for path in paths:
                 stat = path.stat()
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
@@ -227,6 +227,13 @@ class Model:
             shown = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
             raise InputError(f"{self.label}: {len(missing)} weights the {kind} needs are missing from its files ({shown})")
         return model.eval()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files a model folder holds, skipping the folders zoo.sources skips (.git, caches)."""
+    from ..sources import SKIPPED_FOLDERS
+
+    return [p for p in folder.rglob("*") if p.is_file() and not SKIPPED_FOLDERS.intersection(p.relative_to(folder).parts[:-1])]
 
 
 def quiet_transformers() -> None:

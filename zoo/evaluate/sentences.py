@@ -29,14 +29,20 @@ def batches(model: Model, sentences: list[str], max_tokens: int) -> list[dict[st
     tokenizer = model.tokenizer()
     config = model.config() or {}
     length = min(MAX_LENGTH, config.get("max_position_embeddings") or MAX_LENGTH)
+    batch_size = BATCH
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # the attention mask hides it either way
+        else:
+            batch_size = 1  # nothing to pad with: one sentence at a time
     counts = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=length)["input_ids"]]
     kept, total = 0, 0
     while kept < len(sentences) and (kept == 0 or total + counts[kept] <= max_tokens):
         total += counts[kept]
         kept += 1
     result = []
-    for start in range(0, kept, BATCH):
-        encoded = tokenizer(sentences[start:min(start + BATCH, kept)], padding=True, truncation=True, max_length=length,
+    for start in range(0, kept, batch_size):
+        encoded = tokenizer(sentences[start:min(start + batch_size, kept)], padding=batch_size > 1, truncation=True, max_length=length,
                             return_tensors="pt", return_special_tokens_mask=True)
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if tokenizer.mask_token_id is not None:
