@@ -20,7 +20,7 @@ MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, 
 # Figure name -> (label, format). Labels follow llama.cpp's perplexity --kl-divergence where it has one.
 _LABELS: dict[str, tuple[str, str]] = {
     "files": ("files", "count"), "bytes": ("bytes compared", "bytes"), "bit_exact": ("bit-exact", "yes/no"),
-    "tokens": ("tokens scored", "count"), "windows": ("windows", "count"), "sentences": ("sentences", "count"),
+    "sentences": ("sentences", "count"), "tokens": ("tokens scored", "count"), "windows": ("windows", "count"),
     "ppl": ("PPL(Q)", "value"), "ppl_reference": ("PPL(base)", "value"), "ln_ppl_ratio": ("ln(PPL(Q)/PPL(base))", "value"),
     "ppl_ratio": ("PPL(Q)/PPL(base)", "value"), "kl_mean": ("Mean KLD", "value"), "kl_median": ("Median KLD", "value"),
     "kl_p99": ("99.0% KLD", "value"), "kl_max": ("Maximum KLD", "value"), "top1_agreement": ("Same top p", "percent"),
@@ -48,11 +48,13 @@ def _format(value: Any, style: str) -> str:
     return f"{value:.6g}"
 
 
-def print_quality(record: dict[str, Any], title: str) -> None:
+def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
     """The figures of an EvalResult.to_dict() or of a stored metadata["verify"], as one table."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    if heading:
+        stdout.print(heading, markup=False, highlight=False)
+    table = Table(title=f"quality ({record.get('kind')})", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
     metrics = record.get("metrics") or {}
@@ -181,7 +183,7 @@ def eval_command(
         stdout.print(f"candidate: {candidate}", markup=False, highlight=False)
         if reference:
             stdout.print(f"reference: {reference}", markup=False, highlight=False)
-        print_quality(result.to_dict(), result.kind)
+        print_quality(result.to_dict())
     if not result.passed:
         raise ZooError(f"{candidate} fails its quality gates: {'; '.join(result.failures)}")
 
