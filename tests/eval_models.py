@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 SPECIAL = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
@@ -144,22 +143,3 @@ def train_classifier(folder: Path, steps: int = 60) -> list[float]:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return losses
-
-
-def perturbed_copy(source: Path, destination: Path, relative_noise: float, seed: int = 0) -> Path:
-    """A copy of a model folder with Gaussian noise of `relative_noise` times each float tensor's
-    RMS added to it: a stand-in for a lossy codec whose error we choose."""
-    import shutil
-
-    from safetensors.numpy import load_file, save_file
-
-    shutil.copytree(source, destination)
-    rng = np.random.default_rng(seed)
-    for path in destination.rglob("*.safetensors"):
-        tensors = load_file(path)
-        for name, value in tensors.items():
-            if value.dtype.kind == "f" and value.size > 1:
-                rms = float(np.sqrt(np.mean(value.astype(np.float64) ** 2)))
-                tensors[name] = (value + rng.normal(0, relative_noise * rms, value.shape)).astype(value.dtype)
-        save_file(tensors, path, metadata={"format": "pt"})
-    return destination

@@ -15,7 +15,9 @@ from zoo.errors import InputError  # noqa: E402
 from zoo.evaluate import Gates, QualityGateError, evaluate, verify_archive  # noqa: E402
 from zoo.evaluate import models as eval_models_module  # noqa: E402
 
-from .eval_models import labelled_sentences, perturbed_copy, train_causal_lm, train_classifier, train_encoder  # noqa: E402
+from zoo.evaluate.noise import noisy_copy  # noqa: E402
+
+from .eval_models import labelled_sentences, train_causal_lm, train_classifier, train_encoder  # noqa: E402
 
 NOISE = (0.02, 0.1, 0.4)  # relative to each tensor's RMS
 TOKENS = 384  # six windows of the tiny LM's 64-token context
@@ -46,7 +48,7 @@ def trained(tmp_path_factory):
         folders[kind] = root / kind
         train(folders[kind])
         for noise in NOISE:
-            perturbed_copy(folders[kind], root / f"{kind}-{noise}", noise, seed=1)
+            noisy_copy(folders[kind], root / f"{kind}-{noise}", noise, seed=1)
     torch.set_num_threads(before)
     return root
 
@@ -287,12 +289,12 @@ def test_update_metadata_rewrites_only_the_header(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_against_itself_and_a_perturbed_copy(minilm, tmp_path, monkeypatch, capsys):
+def test_minilm_against_itself_and_a_noisy_copy(minilm, tmp_path, monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "eval", minilm, "-r", minilm, "--json")
     same = json.loads(out)
     assert code == 0 and same["kind"] == "encoder" and same["metrics"]["sentences"] == 52
     assert same["metrics"]["cosine_mean"] == pytest.approx(1, abs=1e-6) and same["weights"]["sqnr_db"] is None
-    perturbed_copy(minilm, tmp_path / "noisy", 0.01)
+    noisy_copy(minilm, tmp_path / "noisy", 0.01)
     code, out, _ = run_cli(monkeypatch, capsys, "eval", tmp_path / "noisy", "-r", minilm)
     assert code == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}

@@ -37,6 +37,9 @@ kind is read from config.json (transformers loads the model from it, in float32 
 The reference's outputs are cached (in memory, and on disk under $ZOO_EVAL_CACHE or
 ~/.cache/zoo/eval) by its fingerprint and the tokens, so many candidates cost one reference run.
 
+noise.noisy_copy(folder, destination, relative_noise) writes a yardstick: the model with white
+noise at a known SQNR on every weight.
+
 Lower-level figures on torch tensors, for benchmarks: metrics.kl_divergence,
 metrics.top_k_kl_divergence, metrics.distribution_stats, metrics.perplexity, metrics.top1_agreement,
 metrics.delta_p, metrics.row_cosine, metrics.weight_sums + metrics.weight_figures, metrics.weight_totals.
