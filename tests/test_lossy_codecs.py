@@ -213,3 +213,14 @@ def test_lowrank_factors_go_on_to_codebook(tmp_path):
         assert set(root["parts"]["left"]["parts"]) == {"indices", "codebooks", "groups", "scales"}
         got = to_float32(archive.read_tensor("layer.weight").data, "BF16")
     assert np.sqrt(np.mean((got - weights) ** 2) / np.mean(weights**2)) < 0.05
+
+
+@pytest.mark.parametrize("rows, per_group", [(5, 1), (300, 1), (70000, 1)])
+def test_codebook_row_maps_pack_or_fall_back(rows, per_group):
+    weights = _matrix(rows, 2, seed=rows)
+    codec = Codebook(bits=1, rows=per_group)
+    result = codec.encode(TypedArray(weights, "F32"))
+    groups = result.parts["groups"]
+    assert groups.dtype == ("U32" if rows > 1 << 16 else "U8")
+    decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+    assert np.sqrt(np.mean((decoded - weights) ** 2) / np.mean(weights**2)) < 0.05  # 2 values, 2 centres per row

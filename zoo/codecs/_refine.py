@@ -84,15 +84,21 @@ def output_error(weights: np.ndarray, approximation: np.ndarray, hessian: np.nda
     return float(np.sum((error @ hessian) * error))
 
 
-def assign_with_feedback(weights: np.ndarray, scales: np.ndarray, row_codebooks: np.ndarray, hessian: np.ndarray) -> np.ndarray:
-    """Assignments column by column, each column's rounding error fed forward (GPTQ-style)."""
-    n_rows, n_cols = weights.shape
-    work = weights.astype(np.float64).copy()
+def inverse_factor(hessian: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of the (damped) inverse of H: row i spreads column i's error."""
+    n_cols = hessian.shape[0]
     diagonal = np.diag(hessian).copy()
     damped = hessian + np.eye(n_cols) * _DAMPING * max(float(np.mean(diagonal)), 1e-12)
     dead = diagonal <= 0  # inputs that never fire: their weights cannot matter
     damped[dead, dead] = 1.0
-    upper = np.linalg.cholesky(np.linalg.inv(damped)).T
+    return np.linalg.cholesky(np.linalg.inv(damped)).T
+
+
+def assign_with_feedback(weights: np.ndarray, scales: np.ndarray, row_codebooks: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Assignments column by column, each column's rounding error fed forward (GPTQ-style)
+    through `upper`, the inverse_factor of H."""
+    n_rows, n_cols = weights.shape
+    work = weights.astype(np.float64).copy()
     safe_scales = np.where(scales > 0, scales, 1.0).astype(np.float64)
     order = np.argsort(row_codebooks, axis=1, kind="stable")
     ordered = np.take_along_axis(row_codebooks, order, axis=1).astype(np.float64)
@@ -146,8 +152,9 @@ def refine(weights: np.ndarray, scales: np.ndarray, groups: np.ndarray, codebook
     candidates = []
     indices = nearest(weights / safe, codebooks[groups])
     candidates.append((output_error(weights, _reconstruct(scales, codebooks[groups], indices), hessian), indices, codebooks))
+    upper = inverse_factor(hessian)
     for _ in range(_ROUNDS):
-        indices = assign_with_feedback(weights, scales, codebooks[groups], hessian)
+        indices = assign_with_feedback(weights, scales, codebooks[groups], upper)
         candidates.append((output_error(weights, _reconstruct(scales, codebooks[groups], indices), hessian), indices, codebooks))
         codebooks = update_codebooks(weights, scales, groups, codebooks, indices, hessian).astype(np.float16).astype(np.float32)
         if not np.isfinite(codebooks).all():

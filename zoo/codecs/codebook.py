@@ -10,7 +10,7 @@ calibration inputs (zoo.codecs._refine).
 
 Parts: ``indices`` (bit-packed, or one byte each when ``pack`` is false so that an entropy
 coder can take their skewed distribution), ``codebooks`` (F16, groups x 2**bits), ``groups``
-(row -> codebook) and ``scales`` (per row, F16 or F32 where F16 cannot hold them). Every part
+(row -> codebook, bit-packed) and ``scales`` (per row, F16 or F32 where F16 cannot hold them). Every part
 is final: a later codebook stage must not quantize this one's codebooks.
 """
 
@@ -53,12 +53,10 @@ def _group_rows(normalized: np.ndarray, rows_per_group: int) -> np.ndarray:
     return groups
 
 
-def _index_dtype(count: int) -> tuple[np.dtype, str]:
-    if count <= 1 << 8:
-        return np.dtype(np.uint8), "U8"
-    if count <= 1 << 16:
-        return np.dtype("<u2"), "U16"
-    return np.dtype("<u4"), "U32"
+def group_bits(n_groups: int) -> int:
+    """Bits per row of the packed row -> group map (0: too many groups to pack, stored as U32)."""
+    bits = max(1, int(n_groups - 1).bit_length())
+    return bits if bits <= 16 else 0
 
 
 class Codebook(ArrayCodec):
@@ -113,29 +111,39 @@ class Codebook(ArrayCodec):
     def _parts(self, indices: np.ndarray, codebooks: np.ndarray, groups: np.ndarray, scales: np.ndarray) -> Transformed:
         n_rows = indices.shape[0]
         index_part = TypedArray(_kernels.pack_indices(indices, self.bits), "U8") if self.pack else TypedArray(indices, "U8")
-        group_storage, group_dtype = _index_dtype(codebooks.shape[0])
+        map_bits = group_bits(codebooks.shape[0])
+        if map_bits:
+            group_part = TypedArray(_kernels.pack_indices(groups.astype(np.uint8 if map_bits <= 8 else np.uint16), map_bits), "U8")
+        else:
+            group_part = TypedArray(groups.astype("<u4"), "U32")
         nonzero = scales[scales > 0]
         fits_f16 = nonzero.size == 0 or (nonzero.min() >= _F16_NORMAL[0] and nonzero.max() <= _F16_NORMAL[1])
         scale_dtype = "F16" if fits_f16 else "F32"
         parts = {
             "indices": index_part,
             "codebooks": TypedArray(codebooks.astype("<f2"), "F16"),
-            "groups": TypedArray(groups.astype(group_storage), group_dtype),
+            "groups": group_part,
             "scales": TypedArray(from_float32(scales, scale_dtype).reshape(n_rows), scale_dtype),
         }
-        return Transformed(parts, {"cols": int(indices.shape[1])}, final=frozenset(parts))
+        return Transformed(parts, {"cols": int(indices.shape[1]), "groups": int(codebooks.shape[0])}, final=frozenset(parts))
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         if dtype not in _OUTPUT_DTYPES or set(parts) != {"indices", "codebooks", "groups", "scales"} or len(shape) < 2:
             raise FormatError(f"codebook: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)}")
         n_rows = shape[0]
         n_cols = int(np.prod(shape[1:]))
+        n_groups = meta.get("groups")
         codebooks = to_float32(parts["codebooks"].data, parts["codebooks"].dtype).reshape(-1, 1 << self.bits)
         scales = to_float32(parts["scales"].data, parts["scales"].dtype).reshape(-1)
-        groups = parts["groups"].data.reshape(-1).astype(np.int64)
-        if scales.shape != (n_rows,) or groups.shape != (n_rows,) or meta.get("cols") != n_cols:
+        if meta.get("cols") != n_cols or not isinstance(n_groups, int) or codebooks.shape[0] != n_groups or scales.shape != (n_rows,):
             raise FormatError(f"codebook: parts do not fit a {n_rows} x {n_cols} tensor")
-        if n_rows and (groups.max() >= codebooks.shape[0]):
+        try:
+            map_bits = group_bits(n_groups)
+            groups = (_kernels.unpack_indices(parts["groups"].data.reshape(-1), map_bits, n_rows) if map_bits
+                      else parts["groups"].data.reshape(-1)).astype(np.int64)
+        except ValueError as error:
+            raise FormatError(f"codebook: {error}") from None
+        if groups.shape != (n_rows,) or (n_rows and groups.max() >= n_groups):
             raise FormatError("codebook: a row names a codebook the archive lacks")
         row_codebooks = scales[:, None] * codebooks[groups]
         indices, bits = parts["indices"].data.reshape(-1), self.bits
