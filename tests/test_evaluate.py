@@ -300,3 +300,11 @@ def test_minilm_against_itself_and_a_noisy_copy(minilm, tmp_path, monkeypatch, c
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
     assert 0.99 < float(rows["Mean cosine"]) < 1 and float(rows["Minimum cosine"]) <= float(rows["Mean cosine"])
     assert rows["weights: SQNR"] == "40.00 dB"  # noise of 1% of the RMS is -40 dB by construction
+
+
+def test_noisy_copy_refuses_to_overwrite_or_to_copy_a_file(trained, tmp_path):
+    with pytest.raises(InputError, match="exists"):
+        noisy_copy(trained / "encoder", trained / "encoder-0.1", 0.1)
+    with pytest.raises(InputError, match="not a model folder"):
+        noisy_copy(trained / "encoder" / "config.json", tmp_path / "x", 0.1)
+    assert list(tmp_path.iterdir()) == []

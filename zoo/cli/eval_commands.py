@@ -9,12 +9,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import Json, Threads
+from .options import Json
 from .output import human_bytes, print_json, stderr, stdout
 
 MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, help="Fail (exit 1) when the mean KL divergence is above this.")]
 MinCosine = Annotated[Optional[float], typer.Option(
     "--min-cosine", min=-1, max=1, help="Fail when the mean embedding cosine (encoders; else the weights' cosine) is below this.")]
+TorchThreads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="torch threads (default: torch's own choice).")]
 MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, help="Fail when PPL(candidate)/PPL(reference) is above this.")]
 
 # Figure name -> (label, format). Labels follow llama.cpp's perplexity --kl-divergence where it has one.
@@ -159,7 +160,7 @@ def eval_command(
     max_kl: MaxKl = None,
     min_cosine: MinCosine = None,
     max_ppl_ratio: MaxPplRatio = None,
-    threads: Threads = None,
+    threads: TorchThreads = None,
     as_json: Json = False,
 ) -> None:
     """Measure a model against a reference: KL divergence and perplexity (causal LMs), embedding
