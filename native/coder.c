@@ -458,7 +458,8 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
     /* the remainder: per-block trailing zeros, then the packed raw bits */
     size_t n_blocks = (count + (1u << BLOCK_LOG2) - 1) >> BLOCK_LOG2;
     uint8_t *block_zeros = calloc(n_blocks, 1);
-    const uint8_t *raw_bits = NULL;
+    static const uint8_t no_bits[1];
+    const uint8_t *raw_bits = no_bits; /* never NULL: kernels offset into it even when no bits exist */
     size_t raw_length = 0;
     const char *error = NULL;
     if (!block_zeros) error = "out of memory";

@@ -1,46 +1,67 @@
-/* Run-time CPU detection, once; the module then calls kernels through the chosen table only. */
+/* Run-time CPU detection, once; the module then calls kernels through the chosen table only.
+ * CPUID says what the CPU has, XGETBV whether the OS saves the wide registers it needs. */
 #include "dispatch.h"
 
 #include <string.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define ZOO_X86 1
-#endif
+#include <cpuid.h>
 
-int zoo_cpu_has(const char *feature) {
-#ifdef ZOO_X86
-    __builtin_cpu_init();
-    /* __builtin_cpu_supports also asks the OS (XGETBV) whether it saves the wide registers. */
-    if (!strcmp(feature, "avx2"))
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
-    if (!strcmp(feature, "avx512"))
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2");
-#endif
-    return !strcmp(feature, "scalar");
+typedef struct {
+    const char *name;
+    int leaf, subleaf, reg, bit; /* reg: 0 eax, 1 ebx, 2 ecx, 3 edx */
+} feature_bit;
+
+static const feature_bit FEATURES[] = {
+    {"sse4.2", 1, 0, 2, 20},     {"avx", 1, 0, 2, 28},         {"fma", 1, 0, 2, 12},         {"f16c", 1, 0, 2, 29},
+    {"avx2", 7, 0, 1, 5},        {"bmi2", 7, 0, 1, 8},         {"avx512f", 7, 0, 1, 16},     {"avx512dq", 7, 0, 1, 17},
+    {"avx512bw", 7, 0, 1, 30},   {"avx512vl", 7, 0, 1, 31},    {"avx512vbmi", 7, 0, 2, 1},   {"avx512vbmi2", 7, 0, 2, 6},
+    {"avx512fp16", 7, 0, 3, 23}, {"avx512bf16", 7, 1, 0, 5},
+};
+
+static int cpu_bit(const feature_bit *f) {
+    unsigned regs[4] = {0, 0, 0, 0};
+    if (!__get_cpuid_count((unsigned)f->leaf, (unsigned)f->subleaf, &regs[0], &regs[1], &regs[2], &regs[3])) return 0;
+    return (regs[f->reg] >> f->bit) & 1;
 }
 
-static const char *const FEATURES[] = {"sse4.2", "avx", "avx2", "bmi2", "fma", "f16c", "avx512f", "avx512bw",
-                                       "avx512vl", "avx512dq", "avx512vbmi", "avx512vbmi2", "avx512bf16", "avx512fp16"};
+static int has(const char *name) {
+    for (size_t i = 0; i < sizeof(FEATURES) / sizeof(FEATURES[0]); i++)
+        if (!strcmp(FEATURES[i].name, name)) return cpu_bit(&FEATURES[i]);
+    return 0;
+}
+
+/* Which register states the OS saves on a context switch (XCR0), or 0 without OSXSAVE. */
+static unsigned long long os_saved_state(void) {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return 0;
+    unsigned low, high;
+    __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
+    return ((unsigned long long)high << 32) | low;
+}
+#endif
+
+int zoo_cpu_has(const char *isa) {
+#ifdef ZOO_X86
+    unsigned long long state = os_saved_state();
+    int avx_state = (state & 0x6) == 0x6, avx512_state = avx_state && (state & 0xe0) == 0xe0;
+    if (!strcmp(isa, "avx2")) return avx_state && has("avx2") && has("bmi2") && has("f16c") && has("fma");
+    if (!strcmp(isa, "avx512"))
+        return avx512_state && has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq") && has("avx512vbmi") &&
+               has("bmi2") && has("f16c");
+#endif
+    return !strcmp(isa, "scalar");
+}
 
 size_t zoo_cpu_features(const char **names, size_t capacity) {
     size_t found = 0;
 #ifdef ZOO_X86
-    __builtin_cpu_init();
-    /* __builtin_cpu_supports needs a literal, hence the table of tests. */
-    int present[] = {
-        __builtin_cpu_supports("sse4.2"),   __builtin_cpu_supports("avx"),        __builtin_cpu_supports("avx2"),
-        __builtin_cpu_supports("bmi2"),     __builtin_cpu_supports("fma"),        __builtin_cpu_supports("f16c"),
-        __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),   __builtin_cpu_supports("avx512vl"),
-        __builtin_cpu_supports("avx512dq"), __builtin_cpu_supports("avx512vbmi"), __builtin_cpu_supports("avx512vbmi2"),
-        __builtin_cpu_supports("avx512bf16"), __builtin_cpu_supports("avx512fp16"),
-    };
-    for (size_t i = 0; i < sizeof(present) / sizeof(present[0]) && found < capacity; i++)
-        if (present[i]) names[found++] = FEATURES[i];
+    for (size_t i = 0; i < sizeof(FEATURES) / sizeof(FEATURES[0]) && found < capacity; i++)
+        if (cpu_bit(&FEATURES[i])) names[found++] = FEATURES[i].name;
 #else
     (void)names;
     (void)capacity;
-    (void)FEATURES;
 #endif
     return found;
 }

@@ -204,7 +204,7 @@ def test_hostile_file_names_are_refused(archive, tmp_path, hostile):
 
 def test_unknown_codec_in_archive(archive, tmp_path):
     def edit(header):
-        header["tensors"]["w1"]["pipeline"][1]["id"] = "os.system"
+        header["tensors"]["w1"]["pipeline"][-1]["id"] = "os.system"
 
     rewrite_header(archive, edit)
     with pytest.raises(FormatError, match="unknown codec"):

@@ -46,7 +46,7 @@ def test_exact_header_bytes(tmp_path):
     header = data[24:24 + length]
     assert header.startswith(b'{"created_by":"zoo ')
     assert b'"files":[{"kind":"safetensors","lossless":true,"path":"w.safetensors","segments":[{"blob":{"leaf":{"chunk_elements":4194304,' in header
-    assert b'"tensors":{"w":{"dtype":"F32","file":"w.safetensors","name":"w","pipeline":[{"id":"bytegroup"},{"id":"zstd","level":3}]' in header
+    assert b'"tensors":{"w":{"dtype":"F32","file":"w.safetensors","name":"w","pipeline":[{"id":"fprans"}]' in header
 
 
 storable = sorted(d for d in DTYPES if DTYPES[d].storage)

@@ -24,7 +24,7 @@ from .codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, TypedArra
 from .codecs.registry import codec_class, codec_from_config
 from .errors import FormatError, PipelineError
 
-ALIASES = {"lossless": "bytegroup|zstd:level=3"}
+ALIASES = {"lossless": "fprans"}  # was bytegroup|zstd:level=3; archives name their codecs, so old ones still decode
 DEFAULT_SPEC = "lossless"
 BLOB_SPEC = "bytegroup|zstd:level=9"
 MAX_STAGES = 16

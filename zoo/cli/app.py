@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import archive_commands, eval_commands, sweep_commands, zoo_commands
+from . import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
 
 app = typer.Typer(
     name="zoo",
@@ -15,5 +15,5 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-for module in (archive_commands, zoo_commands, sweep_commands, eval_commands):
+for module in (archive_commands, zoo_commands, sweep_commands, eval_commands, native_commands):
     module.register(app)

@@ -1,0 +1,32 @@
+/* libFuzzer target: any words through the section encoder and back, through every kernel table.
+ * Byte 0 picks the word size, float flag and symbol width; the rest are the words. The coded
+ * section must never be longer than the raw words and a kind byte, and must decode exactly. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coder.h"
+#include "dispatch.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    static const int WORD_BYTES[3] = {1, 2, 4};
+    int word_bytes = WORD_BYTES[data[0] % 3], is_float = (data[0] >> 2) & 1, symbol_bits = 8 + ((data[0] >> 3) & 7);
+    size_t count = (size - 1) / (size_t)word_bytes;
+    const uint8_t *words = data + 1;
+    size_t capacity = zoo_section_bound(count, word_bytes);
+    uint8_t *coded = malloc(capacity), *back = malloc(count * (size_t)word_bytes + 1);
+    size_t length = zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, coded, capacity);
+    if (length == 0 || length > capacity) abort();
+    static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        const zoo_kernels *kernels = zoo_kernels_for(ISAS[i]);
+        if (!kernels) continue;
+        const uint8_t *cursor = coded;
+        if (zoo_decode_section(&cursor, coded + length, back, count, word_bytes, is_float, kernels)) abort();
+        if (cursor != coded + length || memcmp(back, words, count * (size_t)word_bytes)) abort();
+    }
+    free(coded);
+    free(back);
+    return 0;
+}

@@ -1,0 +1,63 @@
+"""bench and env: the native coder's speed beside its anchors, and which kernels are in use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Json
+from .output import print_json, stdout
+
+
+def bench(
+    source: Annotated[Path, typer.Argument(help="A model folder or a .safetensors/.bin/.pt file.", show_default=False)],
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads for every coder.")] = 2,
+    dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="BF16, F16 or F32 (repeat for several; default all).")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Runs per figure; the best is kept.")] = 3,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="zoo's pipeline SPEC to measure.")] = "lossless",
+    as_json: Json = False,
+) -> None:
+    """Ratio and GB/s of zoo's lossless coder beside ZipNN, zstd and blosc2, per dtype."""
+    from .. import bench as library
+    from ..errors import InputError
+
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    dtypes = tuple(d.upper() for d in dtype) if dtype else library.BENCH_DTYPES
+    report = library.run(source, threads=threads, dtypes=dtypes, repeat=repeat, spec=pipeline)
+    if as_json:
+        print_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']}", title_justify="left")
+    for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s"):
+        table.add_column(column, justify="left" if column in ("dtype", "coder") else "right")
+    zipnn = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zipnn"}
+    for figure in report["figures"]:
+        anchor = zipnn.get(figure["dtype"])
+        table.add_row(figure["dtype"], figure["coder"], f"{figure['ratio']:.4f}",
+                      f"{figure['ratio'] / anchor['ratio']:.3f}" if anchor else "-",
+                      f"{figure['compress_gbps']:.2f}", f"{figure['decompress_gbps']:.2f}")
+    stdout.print(table)
+
+
+def env(as_json: Json = False) -> None:
+    """The kernels in use (ZOO_KERNELS forces numpy, scalar, avx2 or avx512) and the CPU features seen."""
+    from .. import _kernels
+
+    info = _kernels.info()
+    if as_json:
+        print_json(info)
+        return
+    stdout.print(f"kernels: {info['kernels']} ({info['reason']})", markup=False, highlight=False)
+    if "available" in info:
+        stdout.print(f"available: {', '.join(info['available'])}", markup=False, highlight=False)
+        stdout.print(f"cpu features: {' '.join(info['cpu_features']) or 'none of note'}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)
+    app.command()(env)
