@@ -3,7 +3,8 @@
 1. Every tensor the stage selects gets a rate-distortion curve: for a grid of steps and dead
    zones, the entropy of its symbols (the rate) and the squared error it causes, weighted per
    weight by the teacher's sensitivity (an estimate of the output KL), by the diagonal of the
-   layer's input statistics (zoo.calibration: the layer's output error) or by 1 (weight MSE).
+   layer's input statistics (zoo.calibration: the layer's output error) or, data-free, by one over
+   the tensor's mean square (relative weight MSE).
 2. One slope lambda for all tensors: each takes the point minimising distortion + lambda * rate,
    and lambda is bisected until the rates add up to the budget (equal slopes are what an optimal
    split of a fixed budget looks like).
@@ -56,7 +57,12 @@ class Curve:
         self.count = flat.size
         take = rng.choice(flat.size, SAMPLE, replace=False) if flat.size > SAMPLE else np.arange(flat.size)
         sample = flat[take].astype(np.float64)
-        weight = sensitivity.reshape(-1)[take] if sensitivity is not None else np.ones_like(sample)
+        if sensitivity is None:
+            weight = np.ones_like(sample)
+        elif sensitivity.size == 1:
+            weight = np.full_like(sample, float(sensitivity.reshape(-1)[0]))
+        else:
+            weight = sensitivity.reshape(-1)[take]
         scale = self.count / len(sample)
         rms = float(np.sqrt(np.mean(sample**2))) or 1e-12
         points = []
@@ -122,6 +128,10 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         budget = floor
     teacher = _teacher.load_teacher(calibration)
     sensitivities = teacher.sensitivities(list(values)) if teacher is not None else _activation_weights(values, calibration)
+    if not sensitivities:
+        # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
+        # moves with its relative error; plain MSE would starve the tensors with small weights.
+        sensitivities = {n: np.full(1, 1.0 / max(float(np.mean(v.astype(np.float64) ** 2)), 1e-30)) for n, v in values.items()}
     rng = np.random.default_rng(0)
     curves = {n: Curve(v, sensitivities.get(n), rng) for n, v in values.items()}
     corrections = {n: 1.0 for n in curves}
