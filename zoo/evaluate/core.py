@@ -76,6 +76,7 @@ def evaluate(
                     raise InputError(f"{candidate} is evaluated as a {chosen} but its reference {reference} as a {theirs}")
         if base is None and chosen == "weights":
             raise InputError(f"{candidate}: weight-space figures need a reference to compare against")
+        gates.check_applies(chosen, str(candidate), base is not None)
         figures = _functional(chosen, mine, base, text, max_tokens, cache, progress) if chosen in FUNCTIONAL_KINDS else {}
         per_tensor, totals = [], None
         if base is not None and (weights or chosen == "weights"):

@@ -120,6 +120,17 @@ class Gates:
         return {name: value for name, value in (("max_kl", self.max_kl), ("min_cosine", self.min_cosine),
                                                 ("max_ppl_ratio", self.max_ppl_ratio)) if value is not None}
 
+    def check_applies(self, kind: str, candidate: str, has_reference: bool) -> None:
+        """Refuse, before any work is done, a gate that cannot judge this kind of evaluation."""
+        if kind == "lossless":
+            return
+        for name in self.given():
+            flag = "--" + name.replace("_", "-")
+            if (name == "max_kl" and kind not in ("causal-lm", "classifier")) or (name == "max_ppl_ratio" and kind != "causal-lm"):
+                raise InputError(f"{flag} does not apply to {candidate}, which is evaluated as {_article(kind)}")
+            if not has_reference:
+                raise InputError(f"{flag} needs a reference to compare {candidate} against")
+
     def judge(self, result: EvalResult) -> list[str]:
         """Failures of `result` (empty when it passes). A gate that cannot apply is an error."""
         failures = []
