@@ -292,22 +292,46 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
             symbol_of_rank[rank] = (uint16_t)s;
             counts[rank++] = histogram[s];
         }
-    /* each word's rank, and per block the trailing zeros its low bits share */
+    /* One pass in blocks: each word's rank, the trailing zeros the block's low bits share, then
+     * the block's remainders packed LSB first without those zeros (64-bit stores; 8 spare bytes
+     * take the overshoot). The block's keys stay in L1 between the two loops. */
     int any_zeros = 0;
-    for (size_t block = 0; block < n_blocks; block++) {
+    uint8_t *packed = malloc((size_t)(((uint64_t)count * (uint64_t)remainder_bits + 7) / 8) + 8);
+    uint64_t accumulator = 0, total_bits = 0;
+    int filled = 0;
+    size_t written = 0;
+    uint32_t keys[1u << BLOCK_LOG2];
+    for (size_t block = 0; packed && block < n_blocks; block++) {
         size_t first = block << BLOCK_LOG2, last = first + ((size_t)1 << BLOCK_LOG2) < count ? first + ((size_t)1 << BLOCK_LOG2) : count;
         uint32_t seen = 0;
         for (size_t i = first; i < last; i++) {
             uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
             if (is_float) key = rotate_left1(key, bits);
+            keys[i - first] = key;
             ranks[i] = rank_of[key >> remainder_bits];
             seen |= (key & remainder_mask) >> (remainder_bits - low_bits);
         }
-        block_zeros[block] = (uint8_t)trailing_zeros(seen, low_bits);
-        any_zeros |= block_zeros[block];
+        int zeros = trailing_zeros(seen, low_bits), width = remainder_bits - zeros;
+        block_zeros[block] = (uint8_t)zeros;
+        any_zeros |= zeros;
+        total_bits += (uint64_t)(last - first) * (uint64_t)width;
+        if (!remainder_bits) continue;
+        for (size_t k = 0; k < last - first; k++) {
+            uint32_t rest = keys[k] & remainder_mask;
+            uint32_t value = is_float ? (((rest >> 1) >> zeros) << 1) | (rest & 1) : rest >> zeros;
+            accumulator |= (uint64_t)value << filled;
+            filled += width;
+            if (filled >= 32) {
+                memcpy(packed + written, &accumulator, 8);
+                written += 4;
+                accumulator >>= 32;
+                filled -= 32;
+            }
+        }
     }
+    if (packed) memcpy(packed + written, &accumulator, 8);
 
-    writer w = {out, 0, capacity < raw_size ? capacity : raw_size, 0};
+    writer w = {out, 0, capacity < raw_size ? capacity : raw_size, !packed};
     put_u8(&w, KIND_CODED);
     put_u8(&w, (unsigned)symbol_bits);
     put_u16(&w, (unsigned)n_used);
@@ -339,51 +363,17 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
             if (used) w.size += used;
             else w.full = 1;
         }
-        /* the raw bits: per word, the remainder without its block's shared zeros, LSB first */
-        uint64_t total_bits = 0;
-        for (size_t block = 0; block < n_blocks; block++) {
-            size_t first = block << BLOCK_LOG2, last = first + ((size_t)1 << BLOCK_LOG2) < count ? first + ((size_t)1 << BLOCK_LOG2) : count;
-            total_bits += (uint64_t)(last - first) * (uint64_t)(remainder_bits - block_zeros[block]);
-        }
+        /* the raw bits, packed above */
         size_t bit_bytes = (size_t)((total_bits + 7) / 8);
         put_u32(&w, (uint32_t)bit_bytes);
-        uint8_t *packed = !w.full && bit_bytes <= w.capacity - w.size ? malloc(bit_bytes + 8) : NULL;
-        if (packed) {
-            /* whole 64-bit stores; the 8 spare bytes take the overshoot */
-            uint64_t accumulator = 0;
-            int filled = 0;
-            size_t written = 0;
-            for (size_t block = 0; block < n_blocks; block++) {
-                size_t first = block << BLOCK_LOG2, last = first + ((size_t)1 << BLOCK_LOG2) < count ? first + ((size_t)1 << BLOCK_LOG2) : count;
-                int zeros = block_zeros[block], width = remainder_bits - zeros;
-                for (size_t i = first; i < last; i++) {
-                    uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
-                    if (is_float) key = rotate_left1(key, bits);
-                    uint32_t rest = key & remainder_mask;
-                    uint32_t value = is_float ? (((rest >> 1) >> zeros) << 1) | (rest & 1) : rest >> zeros;
-                    accumulator |= (uint64_t)value << filled;
-                    filled += width;
-                    if (filled >= 32) {
-                        memcpy(packed + written, &accumulator, 8);
-                        written += 4;
-                        accumulator >>= 32;
-                        filled -= 32;
-                    }
-                }
-            }
-            memcpy(packed + written, &accumulator, 8);
-            memcpy(w.data + w.size, packed, bit_bytes);
-            w.size += bit_bytes;
-            free(packed);
-        } else {
-            w.full = 1;
-        }
+        put_bytes(&w, packed, bit_bytes);
     }
 
     free(histogram);
     free(block_zeros);
     free(ranks);
     free(rank_of);
+    free(packed);
     if (w.full || w.size >= raw_size) return store_raw(words, count, word_bytes, out, capacity);
     return w.size;
 }
