@@ -195,10 +195,14 @@ static size_t store_raw(const uint8_t *words, size_t count, int word_bytes, uint
     return 1 + bytes;
 }
 
-/* rANS over ranks[count], into w: 32 lane states then the 16-bit renormalisation words in the
- * order the decoder reads them. Encodes backwards, so words are collected from the end. */
-static void rans_encode(writer *w, const uint8_t *ranks, size_t count, const encode_symbol *symbols, int lane_log2) {
+/* rANS over the words' symbols (their top bits), into w: the lane count, the final states, then
+ * the 16-bit refill words in the order the decoder reads them. Encodes backwards, so words are
+ * collected from the end. `by_symbol` is indexed by symbol, not rank: no rank pass is needed. */
+static inline __attribute__((always_inline)) void rans_encode(writer *w, const uint8_t *words, size_t count, const int word_bytes,
+                                                              const int is_float, int remainder_bits, const encode_symbol *by_symbol,
+                                                              int lane_log2) {
     size_t lanes = (size_t)1 << lane_log2;
+    int bits = 8 * word_bytes;
     uint16_t *stack = malloc((count + 2) * sizeof(uint16_t));
     if (!stack) {
         w->full = 1;
@@ -209,7 +213,9 @@ static void rans_encode(writer *w, const uint8_t *ranks, size_t count, const enc
     for (size_t lane = 0; lane < lanes; lane++) states[lane] = RANS_LOW;
     /* Branch-free: whether a lane emits a word is a coin toss, so a branch would mispredict. */
     for (size_t i = count; i-- > 0;) {
-        const encode_symbol *s = &symbols[ranks[i]];
+        uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
+        if (is_float) key = rotate_left1(key, bits);
+        const encode_symbol *s = &by_symbol[key >> remainder_bits];
         uint32_t x = states[i & (lanes - 1)];
         uint32_t emit = x >= (s->freq << (32 - RANS_PROB_BITS)); /* encoding would carry x past 2^32 */
         top[-1] = (uint16_t)x;
@@ -222,7 +228,7 @@ static void rans_encode(writer *w, const uint8_t *ranks, size_t count, const enc
     put_u8(w, (unsigned)lane_log2);
     put_u32(w, (uint32_t)(4 * lanes + 2 * n_words));
     for (size_t lane = 0; lane < lanes; lane++) put_u32(w, states[lane]);
-    for (size_t k = 0; k < n_words && !w->full; k++) put_u16(w, top[k]);
+    put_bytes(w, top, 2 * n_words); /* little-endian host: the words as stored */
     free(stack);
 }
 
@@ -275,24 +281,18 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     uint64_t counts[MAX_SYMBOLS];
     uint16_t symbol_of_rank[MAX_SYMBOLS];
     size_t n_blocks = (count + (1u << BLOCK_LOG2) - 1) >> BLOCK_LOG2;
-    uint8_t *rank_of = malloc((size_t)1 << symbol_bits);
     uint8_t *block_zeros = calloc(n_blocks, 1);
-    uint8_t *ranks = malloc(count);
-    if (!rank_of || !block_zeros || !ranks) {
+    if (!block_zeros) {
         free(histogram);
-        free(rank_of);
-        free(block_zeros);
-        free(ranks);
         return store_raw(words, count, word_bytes, out, capacity);
     }
     int rank = 0;
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++)
         if (histogram[s]) {
-            rank_of[s] = (uint8_t)rank;
             symbol_of_rank[rank] = (uint16_t)s;
             counts[rank++] = histogram[s];
         }
-    /* One pass in blocks: each word's rank, the trailing zeros the block's low bits share, then
+    /* One pass in blocks: the trailing zeros the block's low bits share, then
      * the block's remainders packed LSB first without those zeros (64-bit stores; 8 spare bytes
      * take the overshoot). The block's keys stay in L1 between the two loops. */
     int any_zeros = 0;
@@ -308,7 +308,6 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
             uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
             if (is_float) key = rotate_left1(key, bits);
             keys[i - first] = key;
-            ranks[i] = rank_of[key >> remainder_bits];
             seen |= (key & remainder_mask) >> (remainder_bits - low_bits);
         }
         int zeros = trailing_zeros(seen, low_bits), width = remainder_bits - zeros;
@@ -339,21 +338,26 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
         put_u16(&w, symbol_of_rank[0]);
     } else {
         uint32_t freqs[MAX_SYMBOLS];
-        encode_symbol symbols[MAX_SYMBOLS];
+        encode_symbol *by_symbol = calloc((size_t)1 << symbol_bits, sizeof(encode_symbol));
+        if (!by_symbol) w.full = 1;
         normalize(counts, n_used, freqs);
         uint32_t cum = 0;
         for (int r = 0; r < n_used; r++) {
             put_varint(&w, r ? (uint32_t)(symbol_of_rank[r] - symbol_of_rank[r - 1] - 1) : symbol_of_rank[0]);
             put_varint(&w, freqs[r] - 1);
-            symbols[r].freq = freqs[r];
-            symbols[r].cum = cum;
-            symbols[r].reciprocal = ((1ull << 44) + freqs[r] - 1) / freqs[r];
+            if (by_symbol) {
+                encode_symbol *entry = &by_symbol[symbol_of_rank[r]];
+                entry->freq = freqs[r];
+                entry->cum = cum;
+                entry->reciprocal = ((1ull << 44) + freqs[r] - 1) / freqs[r];
+            }
             cum += freqs[r];
         }
         /* 32 lanes, doubled for every doubling of the section past 64 Ki words, up to 512 */
         int lane_log2 = 5;
         while (lane_log2 < 9 && (count >> 16) >> (lane_log2 - 4)) lane_log2++;
-        if (!w.full) rans_encode(&w, ranks, count, symbols, lane_log2);
+        if (!w.full) rans_encode(&w, words, count, word_bytes, is_float, remainder_bits, by_symbol, lane_log2);
+        free(by_symbol);
     }
 
     if (remainder_bits && !w.full) {
@@ -371,8 +375,6 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
 
     free(histogram);
     free(block_zeros);
-    free(ranks);
-    free(rank_of);
     free(packed);
     if (w.full || w.size >= raw_size) return store_raw(words, count, word_bytes, out, capacity);
     return w.size;
