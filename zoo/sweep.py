@@ -161,6 +161,9 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     os.close(descriptor)
     try:
         figure.savefig(temporary, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
         os.replace(temporary, path)
     finally:
         plt.close(figure)
