@@ -4,7 +4,8 @@ and a synthetic multi-GB BF16 checkpoint (written to a temporary folder, deleted
     python benchmarks/bench_lossless.py [--threads 2] [--repeat 3] [--synthetic-gib 2] [--json out.json]
 
 Prints one table per source, with each coder's ratio, its ratio to ZipNN's and zstd's, and its
-compress and decompress GB/s (best of --repeat, wall clock, every coder on the same threads).
+compress and decompress speed (best of --repeat, every coder on the same threads) in GB/s by the
+wall clock and in GB per CPU-second of the process (steadier when other work shares the machine).
 The README's "Native coder and speed" table is this output.
 """
 
@@ -56,13 +57,15 @@ def write_synthetic_bf16(folder: Path, gib: float, seed: int = 0) -> Path:
 
 def print_table(title: str, report: dict) -> None:
     print(f"\n{title}: {report['threads']} threads, {report['machine']}, kernels {report['kernels']}")
-    print(f"{'dtype':6} {'coder':22} {'ratio':>7} {'/zipnn':>7} {'/zstd':>7} {'comp GB/s':>10} {'decomp GB/s':>12}")
+    print(f"{'dtype':6} {'coder':22} {'ratio':>7} {'/zipnn':>7} {'/zstd':>7} {'comp GB/s':>10} {'decomp GB/s':>12}"
+          f" {'comp GB/cpu-s':>14} {'decomp GB/cpu-s':>16}")
     by_coder = {(f["dtype"], f["coder"]): f for f in report["figures"]}
     for figure in report["figures"]:
         zipnn, zstd = by_coder.get((figure["dtype"], "zipnn")), by_coder.get((figure["dtype"], "zstd -3"))
         relative = lambda anchor: f"{figure['ratio'] / anchor['ratio']:.3f}" if anchor else "-"  # noqa: E731
         print(f"{figure['dtype']:6} {figure['coder']:22} {figure['ratio']:7.4f} {relative(zipnn):>7} {relative(zstd):>7} "
-              f"{figure['compress_gbps']:10.2f} {figure['decompress_gbps']:12.2f}")
+              f"{figure['compress_gbps']:10.2f} {figure['decompress_gbps']:12.2f}"
+              f" {figure['compress_gbps_per_cpu']:14.2f} {figure['decompress_gbps_per_cpu']:16.2f}")
     sys.stdout.flush()
 
 

@@ -42,14 +42,23 @@ static unsigned long long os_saved_state(void) {
 }
 #endif
 
+#ifdef ZOO_X86
+/* CPUID traps to the hypervisor in a VM, so each answer is worked out once. */
+static int detect_avx2(void) {
+    return (os_saved_state() & 0x6) == 0x6 && has("avx2") && has("bmi2") && has("f16c") && has("fma");
+}
+
+static int detect_avx512(void) {
+    return (os_saved_state() & 0xe6) == 0xe6 && has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq") &&
+           has("avx512vbmi") && has("bmi2") && has("f16c");
+}
+#endif
+
 int zoo_cpu_has(const char *isa) {
 #ifdef ZOO_X86
-    unsigned long long state = os_saved_state();
-    int avx_state = (state & 0x6) == 0x6, avx512_state = avx_state && (state & 0xe0) == 0xe0;
-    if (!strcmp(isa, "avx2")) return avx_state && has("avx2") && has("bmi2") && has("f16c") && has("fma");
-    if (!strcmp(isa, "avx512"))
-        return avx512_state && has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq") && has("avx512vbmi") &&
-               has("bmi2") && has("f16c");
+    static int avx2 = -1, avx512 = -1; /* racing first callers store the same answer */
+    if (!strcmp(isa, "avx2")) return avx2 >= 0 ? avx2 : (avx2 = detect_avx2());
+    if (!strcmp(isa, "avx512")) return avx512 >= 0 ? avx512 : (avx512 = detect_avx512());
 #endif
     return !strcmp(isa, "scalar");
 }

@@ -81,7 +81,7 @@ static PyObject *split_planes(PyObject *self, PyObject *args) {
     uint8_t *planes[8];
     result = PyList_New(word_bytes);
     for (int p = 0; result && p < word_bytes; p++) {
-        char *data;
+        char *data = NULL;
         PyObject *plane = new_bytearray(count, &data);
         if (!plane) {
             Py_CLEAR(result);
@@ -392,7 +392,7 @@ static PyMethodDef METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "zoo._native", "zoo's native kernels and entropy coder.", -1, METHODS};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "zoo._native", "zoo's native kernels and entropy coder.", -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
     const char *best = "scalar";

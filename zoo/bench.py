@@ -1,6 +1,7 @@
 """`zoo bench`: zoo's lossless coder beside zstd, ZipNN and blosc2 on the same tensors, in one
 process, with the same thread count. Every coder's output is decoded and compared before its
-figures count; speeds are the best of `repeat` runs, in GB/s of original bytes."""
+figures count. Speeds are the best of `repeat` runs in GB/s of original bytes: by the wall clock,
+and per CPU-second of the whole process (all its threads), which a busy machine disturbs less."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class Figure:
     compressed_bytes: int
     compress_seconds: float
     decompress_seconds: float
+    compress_cpu_seconds: float
+    decompress_cpu_seconds: float
 
     @property
     def ratio(self) -> float:
@@ -41,7 +44,8 @@ class Figure:
     def to_dict(self) -> dict[str, Any]:
         gbps = lambda seconds: self.original_bytes / seconds / 1e9 if seconds else None  # noqa: E731
         return {**asdict(self), "ratio": self.ratio, "compress_gbps": gbps(self.compress_seconds),
-                "decompress_gbps": gbps(self.decompress_seconds)}
+                "decompress_gbps": gbps(self.decompress_seconds), "compress_gbps_per_cpu": gbps(self.compress_cpu_seconds),
+                "decompress_gbps_per_cpu": gbps(self.decompress_cpu_seconds)}
 
 
 def load_float_tensors(source: str | os.PathLike[str]) -> list[tuple[np.ndarray, str]]:
@@ -77,23 +81,25 @@ def _chunks(tensors: list[np.ndarray], dtype: str) -> list[np.ndarray]:
     return [raw[first:first + step] for raw in tensors for first in range(0, len(raw), step)]
 
 
-def _best(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
+def _best(function: Callable[[], Any], repeat: int, prepare: Callable[[], Any] = lambda: None) -> tuple[float, float, Any]:
+    """(fewest wall seconds, fewest CPU seconds, result) over `repeat` runs of function(prepare())."""
+    wall, cpu, result = float("inf"), float("inf"), None
     for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        argument = prepare()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = function() if argument is None else function(argument)
+        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+    return wall, cpu, result
 
 
 def _chunked(name: str, dtype: str, chunks: list[np.ndarray], encode: Callable, decode: Callable, threads: int, repeat: int) -> Figure:
-    seconds_in, coded = _best(lambda: list(ordered_map(encode, chunks, threads)), repeat)
+    wall_in, cpu_in, coded = _best(lambda: list(ordered_map(encode, chunks, threads)), repeat)
     pairs = list(zip(coded, chunks))
-    seconds_out, decoded = _best(lambda: list(ordered_map(lambda pair: decode(*pair), pairs, threads)), repeat)
+    wall_out, cpu_out, decoded = _best(lambda: list(ordered_map(lambda pair: decode(*pair), pairs, threads)), repeat)
     for got, chunk in zip(decoded, chunks):
         if bytes(got) != chunk.tobytes():
             raise RuntimeError(f"{name} did not give {dtype} back bit for bit")
-    return Figure(name, dtype, sum(c.nbytes for c in chunks), sum(len(c) for c in coded), seconds_in, seconds_out)
+    return Figure(name, dtype, sum(c.nbytes for c in chunks), sum(len(c) for c in coded), wall_in, wall_out, cpu_in, cpu_out)
 
 
 def bench_zoo(dtype: str, chunks: list[np.ndarray], threads: int, repeat: int, spec: str = DEFAULT_SPEC) -> Figure:
@@ -132,16 +138,11 @@ def bench_zipnn(dtype: str, tensors: list[np.ndarray], threads: int, repeat: int
     blob = np.concatenate(tensors) if tensors else np.zeros(0, np.uint8)
     coder = zipnn.ZipNN(bytearray_dtype=_ZIPNN_DTYPES[dtype], threads=threads)
     # ZipNN rewrites its input buffer in place, so each run gets a fresh copy (not timed).
-    best_in, coded = float("inf"), b""
-    for _ in range(repeat):
-        copy = bytearray(blob.tobytes())
-        start = time.perf_counter()
-        coded = coder.compress(copy)
-        best_in = min(best_in, time.perf_counter() - start)
-    best_out, decoded = _best(lambda: coder.decompress(coded), repeat)
+    wall_in, cpu_in, coded = _best(coder.compress, repeat, prepare=lambda: bytearray(blob.tobytes()))
+    wall_out, cpu_out, decoded = _best(lambda: coder.decompress(coded), repeat)
     if bytes(decoded) != blob.tobytes():
         raise RuntimeError(f"ZipNN did not give {dtype} back bit for bit")
-    return Figure("zipnn", dtype, blob.nbytes, len(coded), best_in, best_out)
+    return Figure("zipnn", dtype, blob.nbytes, len(coded), wall_in, wall_out, cpu_in, cpu_out)
 
 
 def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[str, ...] = BENCH_DTYPES, repeat: int = 3,

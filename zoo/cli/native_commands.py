@@ -33,14 +33,15 @@ def bench(
     from rich.table import Table
 
     table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']}", title_justify="left")
-    for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s"):
+    for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"):
         table.add_column(column, justify="left" if column in ("dtype", "coder") else "right")
     zipnn = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zipnn"}
     for figure in report["figures"]:
         anchor = zipnn.get(figure["dtype"])
         table.add_row(figure["dtype"], figure["coder"], f"{figure['ratio']:.4f}",
                       f"{figure['ratio'] / anchor['ratio']:.3f}" if anchor else "-",
-                      f"{figure['compress_gbps']:.2f}", f"{figure['decompress_gbps']:.2f}")
+                      f"{figure['compress_gbps']:.2f}", f"{figure['decompress_gbps']:.2f}",
+                      f"{figure['compress_gbps_per_cpu']:.2f}", f"{figure['decompress_gbps_per_cpu']:.2f}")
     stdout.print(table)
 
 
