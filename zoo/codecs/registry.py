@@ -10,6 +10,7 @@ from .bytegroup import ByteGroup
 from .codebook import Codebook
 from .fprans import FpRans
 from .l2 import L2
+from .lowrank import LowRank
 from .pranc import Pranc
 from .rans import Rans
 from .truncate import Truncate
@@ -23,6 +24,7 @@ CODECS: list[type[Codec]] = [
     Zstd,
     Truncate,
     Codebook,
+    LowRank,
     L2,
     Pranc,
 ]
