@@ -61,6 +61,21 @@ def _map(source: SourceFile) -> mmap.mmap | None:
     return mapped
 
 
+def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]:
+    """(file, its mapping, segment, tensor key or None for a blob, raw bytes) in archive order.
+    A tensor's key is its name, or `path::name` when an earlier file already used the name."""
+    used_keys: set[str] = set()
+    for source in sources:
+        mapped = _map(source)
+        for segment in source.segments:
+            raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
+            key = None
+            if segment.tensor is not None:
+                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
+                used_keys.add(key)
+            yield source, mapped, segment, key, raw
+
+
 class Builder:
     def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None) -> None:
         self.pipeline = pipeline
@@ -117,36 +132,24 @@ class Builder:
 
     @staticmethod
     def tensors(sources: list[SourceFile]) -> Iterator[tuple[str, TypedArray]]:
-        """Every typed tensor by the key _jobs gives it, for a survey before the build."""
-        used_keys: set[str] = set()
-        for source in sources:
-            mapped = _map(source)
-            for segment in source.segments:
-                if segment.tensor is None:
-                    continue
-                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
-                used_keys.add(key)
-                if DTYPES[segment.dtype].storage and segment.size:
-                    raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset)
-                    yield key, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+        """Every typed tensor by the key the build gives it, for a survey before the build."""
+        for _, _, segment, key, raw in _walk(sources):
+            if key is not None and DTYPES[segment.dtype].storage and segment.size:
+                yield key, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
 
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
-        used_keys: set[str] = set()
-        for source in sources:
-            mapped = _map(source)
-            entry: dict[str, Any] = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
-            self.header["files"].append(entry)
-            for segment in source.segments:
-                raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
-                if segment.tensor is None:
-                    # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
-                    pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
-                    leaf = {"dtype": segment.dtype, "shape": [segment.size * 8 // DTYPES[segment.dtype].bits]}
-                    entry["segments"].append({"blob": {"pipeline": pipeline.configs(), "leaf": leaf}})
-                    yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset)
-                    continue
-                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
-                used_keys.add(key)
+        entry: dict[str, Any] = {}
+        for source, mapped, segment, key, raw in _walk(sources):
+            if entry.get("path") != source.relpath:
+                entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
+                self.header["files"].append(entry)
+            if key is None:
+                # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
+                pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
+                leaf = {"dtype": segment.dtype, "shape": [segment.size * 8 // DTYPES[segment.dtype].bits]}
+                entry["segments"].append({"blob": {"pipeline": pipeline.configs(), "leaf": leaf}})
+                yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset)
+            else:
                 entry["segments"].append({"tensor": key})
                 lossless = yield from self._tensor_jobs(key, source, segment, raw, mapped)
                 entry["lossless"] &= lossless
