@@ -73,3 +73,18 @@ def test_torch_checkpoint_storages_are_grouped_and_exact(tmp_path):
     assert (tmp_path / "out" / "pytorch_model.bin").read_bytes() == (tmp_path / "pytorch_model.bin").read_bytes()
     loaded = torch.load(tmp_path / "out" / "pytorch_model.bin", weights_only=True)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_a_name_used_by_two_files_gets_a_qualified_key(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    first = write_safetensors(folder / "a.safetensors", {"w": ("F32", random_storage("F32", (4, 4), 1))})
+    second = write_safetensors(folder / "b.safetensors", {"w": ("F32", random_storage("F32", (4, 4), 2))})
+    (folder / "empty.txt").write_bytes(b"")
+    zoo.compress(folder, tmp_path / "m.zoo")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert sorted(archive.keys()) == ["b.safetensors::w", "w"]
+        assert archive.read_tensor("b.safetensors::w").data.tobytes() == second.read_bytes()[-64:]
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "a.safetensors").read_bytes() == first.read_bytes()
+    assert (tmp_path / "out" / "empty.txt").read_bytes() == b""
