@@ -93,18 +93,31 @@ def _rans_encode(ranks: np.ndarray, freqs: np.ndarray, lane_log2: int) -> bytes:
     return struct.pack("<BI", lane_log2, 4 * lanes + 2 * len(words)) + states.astype("<u4").tobytes() + words.tobytes()
 
 
+_BITS_STEP = 8192  # values per step of the bit (un)packers: a multiple of 8, so each step is whole bytes
+
+
 def _pack_bits(values: np.ndarray, width: int) -> bytes:
     if width == 0 or len(values) == 0:
         return b""
-    bit_matrix = ((values[:, None] >> np.arange(width, dtype=np.int64)) & 1).astype(np.uint8)
-    return np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes()
+    shifts = np.arange(width, dtype=np.uint32)
+    pieces = []
+    for start in range(0, len(values), _BITS_STEP):
+        step = values[start:start + _BITS_STEP].astype(np.uint32)
+        pieces.append(np.packbits(((step[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1), bitorder="little").tobytes())
+    return b"".join(pieces)
 
 
 def _unpack_bits(data: np.ndarray, width: int, count: int) -> np.ndarray:
+    out = np.zeros(count, dtype=np.uint32)
     if width == 0:
-        return np.zeros(count, dtype=np.int64)
-    bits = np.unpackbits(data, bitorder="little")[:count * width].reshape(count, width).astype(np.int64)
-    return bits @ (np.int64(1) << np.arange(width, dtype=np.int64))
+        return out
+    weights = np.uint32(1) << np.arange(width, dtype=np.uint32)
+    for start in range(0, count, _BITS_STEP):
+        n = min(_BITS_STEP, count - start)
+        first = start * width // 8
+        bits = np.unpackbits(data[first:first + (n * width + 7) // 8], bitorder="little")[:n * width].reshape(n, width)
+        out[start:start + n] = (bits * weights).sum(axis=1, dtype=np.uint32)
+    return out
 
 
 def _runs(block_zeros: np.ndarray, count: int) -> list[tuple[int, int, int]]:
@@ -200,11 +213,11 @@ def _rans_decode(reader: _Reader, freqs: np.ndarray, count: int) -> np.ndarray:
     states = np.frombuffer(data[:4 * lanes], dtype="<u4").astype(np.int64)
     if (states < LOW).any():
         raise ValueError("section's rANS state is out of range")
-    stream = np.frombuffer(data[4 * lanes:], dtype="<u2").astype(np.int64)
+    stream = np.frombuffer(data[4 * lanes:], dtype="<u2")
     slot_rank = np.repeat(np.arange(len(freqs)), freqs)
     slot_freq = freqs[slot_rank]
     slot_bias = np.arange(TOTAL) - np.concatenate([[0], np.cumsum(freqs)[:-1]])[slot_rank]
-    ranks = np.empty(count, dtype=np.int64)
+    ranks = np.empty(count, dtype=np.uint8)  # at most 256 symbols
     position = 0
     for start in range(0, count, lanes):
         k = min(lanes, count - start)
@@ -216,7 +229,7 @@ def _rans_decode(reader: _Reader, freqs: np.ndarray, count: int) -> np.ndarray:
         n = int(np.count_nonzero(refill))
         if position + n > len(stream):
             raise ValueError("section's rANS stream is truncated")
-        x[refill] = (x[refill] << 16) | stream[position:position + n]
+        x[refill] = (x[refill] << 16) | stream[position:position + n].astype(np.int64)
         position += n
         states[:k] = x
     if (states != LOW).any():
@@ -247,10 +260,10 @@ def decode_section(payload: bytes | memoryview, offset: int, count: int, word_by
     remainder_bits = bits - symbol_bits
     low_bits = remainder_bits - 1 if is_float and remainder_bits else remainder_bits
     if n_used == 1:
-        symbols = np.array([reader.number("<H")], dtype=np.int64)
+        symbols = np.array([reader.number("<H")], dtype=np.uint32)
         if symbols[0] >> symbol_bits:
             raise ValueError("section's only symbol is out of range")
-        ranks = np.zeros(count, dtype=np.int64)
+        ranks = np.zeros(count, dtype=np.uint8)
     else:
         symbol, table = -1, []
         for _ in range(n_used):
@@ -261,12 +274,12 @@ def decode_section(payload: bytes | memoryview, offset: int, count: int, word_by
             if freq >= TOTAL:
                 raise ValueError("section's symbol table has a bad frequency")
             table.append((symbol, freq))
-        symbols = np.array([s for s, _ in table], dtype=np.int64)
+        symbols = np.array([s for s, _ in table], dtype=np.uint32)
         freqs = np.array([f for _, f in table], dtype=np.int64)
         if int(freqs.sum()) != TOTAL:
             raise ValueError("section's frequencies do not add up")
         ranks = _rans_decode(reader, freqs, count)
-    keys = symbols[ranks] << remainder_bits
+    keys = symbols[ranks] << np.uint32(remainder_bits)  # uint32 throughout: words are at most 32 bits
     if remainder_bits:
         n_blocks = (count + BLOCK - 1) // BLOCK
         zeros_kind = reader.number("<B")
@@ -289,8 +302,9 @@ def decode_section(payload: bytes | memoryview, offset: int, count: int, word_by
             width = remainder_bits - dropped
             values = _unpack_bits(raw_bits[byte:byte + (n * width + 7) // 8], width, n)
             byte += n * width // 8
-            rest = (((values >> 1) << (dropped + 1)) | (values & 1)) if is_float else values << dropped
-            keys[first:first + n] |= rest & ((1 << remainder_bits) - 1)
+            one, kept = np.uint32(1), np.uint32(dropped)
+            rest = (((values >> one) << (kept + one)) | (values & one)) if is_float else values << kept
+            keys[first:first + n] |= rest & np.uint32((1 << remainder_bits) - 1)
     if is_float:
-        keys = ((keys >> 1) | (keys << (bits - 1))) & ((1 << bits) - 1)
+        keys = (keys >> np.uint32(1)) | (keys << np.uint32(bits - 1))
     return keys.astype(_WORD[word_bytes]).view(np.uint8), reader.position
