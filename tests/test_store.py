@@ -52,6 +52,9 @@ def test_compress_ls_info_export_rm(tiny_model, tmp_path):
 
     assert zoo_cli("export", "tiny", "-o", tmp_path / "out", home=home).returncode == 0
     assert hashes(tmp_path / "out") == hashes(tiny_model)
+    assert zoo_cli("verify", "tiny", home=home).returncode == 0  # verify and decompress take zoo names too
+    assert zoo_cli("decompress", "tiny", "-o", tmp_path / "plain", home=home).returncode == 0
+    assert hashes(tmp_path / "plain") == hashes(tiny_model)
     again = zoo_cli("export", "tiny", "-o", tmp_path / "out", home=home)
     assert again.returncode == 1 and "--force" in again.stderr
 

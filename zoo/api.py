@@ -243,7 +243,8 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
-    """Sizes of an existing archive, from its header and chunk indexes."""
+    """Sizes of an existing archive (or zoo model), from its header and chunk indexes."""
+    archive = _archive_path(archive)
     with Archive(archive) as opened:
         tensors = []
         parameters = 0
@@ -281,7 +282,7 @@ def _tensor_leaves(info: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]
 
 def verify(archive: str | os.PathLike[str], threads: int | None = None) -> list[str]:
     """Check every checksum and every recorded sha256; returns the problems found."""
-    with Archive(archive) as opened:
+    with Archive(_archive_path(archive)) as opened:
         return opened.verify(resolve_threads(threads))
 
 
@@ -296,6 +297,7 @@ def decompress(
     """Write the model folder back out. Lossless files are checked against their sha256 before
     the folder appears; on any error nothing is left at `destination`."""
     started = time.perf_counter()
+    archive = _archive_path(archive)
     destination = Path(destination)
     workers = resolve_threads(threads)
     with Archive(archive) as opened, _atomic_output(destination, force, is_dir=True) as temporary:
