@@ -9,7 +9,7 @@ import typer
 
 from ..evaluate.result import QualityGateError
 from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
-from .options import ArchiveArg, Force, Json, Output, Threads
+from .options import ArchiveArg, Force, Json, Threads
 from .output import human_bytes, print_json, progress_bar, stderr, stdout
 
 
@@ -77,14 +77,12 @@ def compress(
     """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
     --verify; when it trips, exit 1 and keep no archive."""
     from .. import api
-    from ..errors import InputError
     from .zoo_commands import compress_elsewhere
 
-    if calib is not None and output is None:
-        raise InputError("--calib works only with -o OUT.zoo for now")
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio)
+    options = {key: value for key, value in (("check", check), ("calibration", calib)) if value is not None}
     try:
-        if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **({"check": check} if check else {})):
+        if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options):
             if check is not None and not as_json:
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
