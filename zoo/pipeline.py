@@ -211,7 +211,7 @@ class Pipeline:
                 raise FormatError(f"chunk stream {index} declares {decoded} bytes, expected {expected[index]}")
             if position + stored > len(view):
                 raise FormatError("chunk stream runs past the end of the chunk")
-            data = bytes(view[position:position + stored])
+            data = view[position:position + stored]  # a view: no copy of the stream
             position += stored
             if flags & _RAW:
                 if stored != decoded:
