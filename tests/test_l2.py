@@ -112,3 +112,24 @@ def test_bad_parameters_and_bad_archives_are_one_line_errors():
         L2().decode({"symbols": symbols}, {"step": 1.0, "dead_zone": 0.0}, "F32", (4,))
     with pytest.raises(PipelineError, match="NaN"):
         L2().encode(TypedArray(np.array([[np.nan, 1.0]], np.float32), "F32"))
+
+
+def test_weights_the_output_never_sees_still_get_a_sensitivity(tmp_path):
+    # An encoder's pooler does not touch the pooled embedding the teacher measures: the gradient
+    # is missing, which once crashed `zoo compress -p l2 --calib` on all-MiniLM-L6-v2.
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    from safetensors.numpy import load_file
+
+    from zoo.codecs._teacher import Teacher, default_text
+
+    teacher = Teacher(tmp_path, default_text(), sequence_length=32, max_sequences=2)
+    names = [n for n in load_file(tmp_path / "model.safetensors") if n.endswith(("pooler.dense.weight", "query.weight"))]
+    sensitivities = teacher.sensitivities(names)
+    pooler = next(n for n in names if "pooler" in n)
+    assert np.isfinite(sensitivities[pooler]).all() and sensitivities[pooler].min() > 0

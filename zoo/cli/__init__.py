@@ -26,3 +26,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -144,6 +144,7 @@ class Teacher:
         for name, parameter in self.parameter_names.items():
             parameter.requires_grad_(name in wanted)
         squares = {p: torch.zeros_like(self.parameter_names[p]) for p in wanted}
+        unused: set[str] = set()  # weights the output does not depend on (an encoder's pooler, say)
         positions = 0
         try:
             for index in range(self.batches):
@@ -155,9 +156,12 @@ class Teacher:
                     labels = torch.multinomial(output.detach().exp(), 1, generator=generator).squeeze(-1)
                     objective = output.gather(-1, labels[:, None]).sum()
                 positions += output.shape[0]
-                gradients = torch.autograd.grad(objective, [self.parameter_names[p] for p in wanted])
+                gradients = torch.autograd.grad(objective, [self.parameter_names[p] for p in wanted], allow_unused=True)
                 for p, gradient in zip(wanted, gradients):
-                    squares[p] += gradient.detach() ** 2
+                    if gradient is None:
+                        unused.add(p)
+                    else:
+                        squares[p] += gradient.detach() ** 2
         finally:
             for parameter in self.parameter_names.values():
                 parameter.requires_grad_(False)
@@ -166,7 +170,14 @@ class Teacher:
             scale *= 1.0 / positions * self.batches
         else:
             scale = 0.5 / positions
-        return {name: (squares[p] * scale).numpy().astype(np.float64) for name, p in mapped.items() if p}
+        result = {p: (squares[p] * scale).numpy().astype(np.float64) for p in wanted}
+        used = [result[p] for p in wanted if p not in unused]
+        # This output does not see them, but a user of the model may: weigh them like an average
+        # weight rather than let the allocation starve them.
+        typical = float(np.mean([values.mean() for values in used])) if used else 1.0
+        for p in unused:
+            result[p] = np.full(result[p].shape, typical)
+        return {name: result[p] for name, p in mapped.items() if p}
 
 
 def load_teacher(calibration: Any) -> Teacher | None:
