@@ -43,6 +43,9 @@ PIPELINES = [
     ("codebook:bits=3 +calib", "codebook:bits=3", True),
     ("lowrank:ratio=0.6|codebook:bits=4 +calib", "lowrank:ratio=0.6|codebook:bits=4", True),
     # L² (issue 7's rate-aware quantizer) at the same sizes, for the 4-bit comparison
+    ("l2:target_ratio=3.8 +calib", "l2:target_ratio=3.8", True),
+    ("l2:target_ratio=4", "l2:target_ratio=4", False),
+    ("l2:target_ratio=4 +calib", "l2:target_ratio=4", True),
     ("l2:target_ratio=8 +calib", "l2:target_ratio=8", True),
     ("l2:target_ratio=8.5 +calib", "l2:target_ratio=8.5", True),
 ]
