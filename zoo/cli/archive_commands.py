@@ -10,7 +10,7 @@ import typer
 from ..evaluate.result import QualityGateError
 from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
 from .options import ArchiveArg, Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, stderr, stdout
+from .output import human_bytes, print_json, progress_bar, source_bytes, stderr, stdout
 
 
 def _codec_help() -> str:
@@ -27,12 +27,6 @@ def _codec_help() -> str:
         parameters = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
         lines.append(f"  {cls.codec_id}: {', '.join(parameters) or '(no parameters)'}")
     return "\n\n".join(lines)
-
-
-def _total_size(source: Path) -> int:
-    if source.is_file():
-        return source.stat().st_size
-    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
 
 
 def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a zoo.api.Report
@@ -86,9 +80,8 @@ def compress(
             if check is not None and not as_json:
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
-        destination = output
-        with progress_bar(_total_size(source) if source.exists() else 0, "compressing", not as_json) as advance:
-            report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, calibration=calib,
+        with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
+            report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, calibration=calib,
                                   check=check)
     except QualityGateError as error:
         if as_json:
@@ -96,7 +89,7 @@ def compress(
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
-    print_report(report, as_json, f"{destination}")
+    print_report(report, as_json, str(output))
 
 
 def decompress(

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +23,13 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def source_bytes(source: Path) -> int:
+    """Bytes a compress will read: the total a progress bar counts to (0 when there is no such path)."""
+    if source.is_file():
+        return source.stat().st_size
+    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) if source.is_dir() else 0
 
 
 def print_json(document: Any) -> None:

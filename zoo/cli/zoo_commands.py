@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .options import Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, stderr, stdout
+from .output import human_bytes, print_json, progress_bar, source_bytes, stderr, stdout
 
 NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -151,7 +151,7 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
         except hub.PullError as error:
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
     default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
-    with progress_bar(_folder_bytes(local), "compressing", not as_json) as advance:
+    with progress_bar(source_bytes(local), "compressing", not as_json) as advance:
         entry = Store().compress(local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()), force=force,
                                  threads=threads, progress=advance, **options)
     print_entry(entry, as_json, "stored")
@@ -170,7 +170,7 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
         return True
     repo_id, revision = hub.parse_repo_ref(source)
     pulled = hub.download(repo_id, revision, progress_bars=not as_json)
-    with progress_bar(_folder_bytes(pulled.folder), "compressing", not as_json) as advance:
+    with progress_bar(source_bytes(pulled.folder), "compressing", not as_json) as advance:
         report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
                               metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, **options)
     try:
@@ -180,9 +180,3 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
         raise
     print_report(report, as_json, str(output))
     return True
-
-
-def _folder_bytes(source: Path) -> int:
-    if source.is_file():
-        return source.stat().st_size
-    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
