@@ -80,8 +80,8 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
-    """LSB-first bit packing: element i takes bits [i*bits, (i+1)*bits) of a little-endian stream."""
+def checked_indices(indices: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """The arguments of pack_indices, checked (both paths share this): flat indices and bits."""
     bits = _check_bits(bits)
     indices = np.asarray(indices)
     if indices.dtype not in (np.uint8, np.uint16):
@@ -89,6 +89,12 @@ def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
     indices = np.ascontiguousarray(indices).reshape(-1)
     if indices.size and int(indices.max()) >= 1 << bits:
         raise ValueError(f"an index is {int(indices.max())}, which does not fit in {bits} bits")
+    return indices, bits
+
+
+def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
+    """LSB-first bit packing: element i takes bits [i*bits, (i+1)*bits) of a little-endian stream."""
+    indices, bits = checked_indices(indices, bits)
     out = np.empty(packed_size(indices.size, bits), dtype=np.uint8)
     shifts = np.arange(bits, dtype=np.uint16)
     for start in range(0, indices.size, _PACK_BLOCK):

@@ -38,13 +38,7 @@ def merge_planes(planes: list[np.ndarray], dtype: str) -> np.ndarray:
 
 
 def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
-    bits = _fallback._check_bits(bits)
-    indices = np.asarray(indices)
-    if indices.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"indices must be uint8 or uint16, got {indices.dtype}")
-    indices = np.ascontiguousarray(indices).reshape(-1)
-    if indices.size and int(indices.max()) >= 1 << bits:
-        raise ValueError(f"an index is {int(indices.max())}, which does not fit in {bits} bits")
+    indices, bits = _fallback.checked_indices(indices, bits)
     return _bytes_of(_native.pack_indices(indices, indices.itemsize, bits))
 
 
