@@ -382,9 +382,15 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
 
 /* -- decoding ------------------------------------------------------------------------------ */
 
+static const char *decode_section(const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t count, int word_bytes,
+                                  int is_float, const zoo_kernels *kernels, int nested);
+
+/* `nested`: this section holds another section's block zeros. The encoder writes those with whole
+   bytes as symbols, so they never carry block zeros of their own; refusing that here bounds the
+   recursion a hostile payload could ask for. */
 static inline __attribute__((always_inline)) const char *decode_words(const uint8_t **cursor, const uint8_t *end, uint8_t *out,
                                                                        size_t count, const int word_bytes, const int is_float,
-                                                                       const zoo_kernels *kernels) {
+                                                                       const zoo_kernels *kernels, const int nested) {
     reader r = {*cursor, end, NULL};
     int bits = 8 * word_bytes;
     unsigned kind = get_u8(&r);
@@ -459,8 +465,9 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
         unsigned zeros_kind = get_u8(&r);
         if (r.error) error = r.error;
         else if (zeros_kind > 1) error = "section has an unknown zeros kind";
+        else if (zeros_kind == 1 && nested) error = "section's block zeros carry block zeros of their own";
         else if (zeros_kind == 1) {
-            error = zoo_decode_section(&r.p, r.end, block_zeros, n_blocks, 1, 0, kernels);
+            error = decode_section(&r.p, r.end, block_zeros, n_blocks, 1, 0, kernels, 1);
             for (size_t block = 0; !error && block < n_blocks; block++)
                 if (block_zeros[block] > low_bits) error = "section drops more bits than a word has";
         }
@@ -544,15 +551,20 @@ size_t zoo_encode_section(const uint8_t *words, size_t count, int word_bytes, in
     }
 }
 
-const char *zoo_decode_section(const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t count,
-                               int word_bytes, int is_float, const zoo_kernels *kernels) {
+static const char *decode_section(const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t count, int word_bytes,
+                                  int is_float, const zoo_kernels *kernels, int nested) {
     switch (word_bytes * 2 + (is_float != 0)) {
-    case 2: return decode_words(cursor, end, out, count, 1, 0, kernels);
-    case 3: return decode_words(cursor, end, out, count, 1, 1, kernels);
-    case 4: return decode_words(cursor, end, out, count, 2, 0, kernels);
-    case 5: return decode_words(cursor, end, out, count, 2, 1, kernels);
-    case 8: return decode_words(cursor, end, out, count, 4, 0, kernels);
-    case 9: return decode_words(cursor, end, out, count, 4, 1, kernels);
+    case 2: return decode_words(cursor, end, out, count, 1, 0, kernels, nested);
+    case 3: return decode_words(cursor, end, out, count, 1, 1, kernels, nested);
+    case 4: return decode_words(cursor, end, out, count, 2, 0, kernels, nested);
+    case 5: return decode_words(cursor, end, out, count, 2, 1, kernels, nested);
+    case 8: return decode_words(cursor, end, out, count, 4, 0, kernels, nested);
+    case 9: return decode_words(cursor, end, out, count, 4, 1, kernels, nested);
     default: return "section words must be 1, 2 or 4 bytes";
     }
+}
+
+const char *zoo_decode_section(const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t count,
+                               int word_bytes, int is_float, const zoo_kernels *kernels) {
+    return decode_section(cursor, end, out, count, word_bytes, is_float, kernels, 0);
 }

@@ -239,8 +239,11 @@ def _rans_decode(reader: _Reader, freqs: np.ndarray, count: int) -> np.ndarray:
     return ranks
 
 
-def decode_section(payload: bytes | memoryview, offset: int, count: int, word_bytes: int, is_float: bool) -> tuple[np.ndarray, int]:
-    """The `count` words (as bytes) of the section at payload[offset:], and where it ends."""
+def decode_section(payload: bytes | memoryview, offset: int, count: int, word_bytes: int, is_float: bool,
+                   nested: bool = False) -> tuple[np.ndarray, int]:
+    """The `count` words (as bytes) of the section at payload[offset:], and where it ends.
+    `nested`: this section holds another's block zeros, which never carry block zeros of their own
+    (the encoder writes them with whole bytes as symbols); refusing that bounds the recursion."""
     _check(word_bytes)
     reader = _Reader(memoryview(payload).cast("B"), offset)
     bits = 8 * word_bytes
@@ -286,8 +289,10 @@ def decode_section(payload: bytes | memoryview, offset: int, count: int, word_by
         if zeros_kind > 1:
             raise ValueError("section has an unknown zeros kind")
         block_zeros = np.zeros(n_blocks, dtype=np.int64)
+        if zeros_kind == 1 and nested:
+            raise ValueError("section's block zeros carry block zeros of their own")
         if zeros_kind == 1:
-            decoded, reader.position = decode_section(reader.payload, reader.position, n_blocks, 1, False)
+            decoded, reader.position = decode_section(reader.payload, reader.position, n_blocks, 1, False, nested=True)
             block_zeros = decoded.astype(np.int64)
             if (block_zeros > low_bits).any():
                 raise ValueError("section drops more bits than a word has")
