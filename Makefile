@@ -34,7 +34,9 @@ asan:
 	$(ASAN_RUN) $(PYTHON) -c 'import sys, zoo._native as n; sys.exit("not the ASan build: " + n.__file__) if not n.__file__.startswith("$(ASAN_DIR)") else None'
 	$(ASAN_RUN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_kernels.py tests/fuzz
 
-# libFuzzer over the decoder (clang), FUZZ_SECONDS per target; what it finds goes to tests/fuzz/found/.
+# libFuzzer over the decoder (clang), FUZZ_SECONDS per target, or FUZZ_RUNS inputs per target from
+# a fixed seed (repeatable); what it finds goes to tests/fuzz/found/.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
 fuzz:
-	$(MAKE) -C tests/fuzz run SECONDS=$(FUZZ_SECONDS)
+	$(MAKE) -C tests/fuzz run SECONDS=$(FUZZ_SECONDS) RUNS=$(FUZZ_RUNS)
