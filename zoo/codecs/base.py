@@ -140,3 +140,12 @@ class BytesCodec(Codec):
 
 def element_count(shape: tuple[int, ...] | list[int]) -> int:
     return math.prod(shape)
+
+
+def check_int(codec_id: str, name: str, value: Any, low: int, high: int) -> int:
+    """A codec argument that must be an integer in low..high (JSON true/false are not integers)."""
+    from ..errors import PipelineError
+
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{codec_id}: {name} must be an integer in {low}..{high}, got {value!r}")
+    return value

@@ -24,17 +24,11 @@ from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
 from . import _refine
-from .base import ArrayCodec, Transformed, TypedArray
+from .base import ArrayCodec, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 _OUTPUT_DTYPES = ("F32", "F16", "BF16")
 _F16_NORMAL = (6.2e-5, 6.5e4)
-
-
-def _int_arg(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PipelineError(f"codebook: {name} must be an integer in {low}..{high}, got {value!r}")
-    return value
 
 
 def as_matrix(array: TypedArray) -> np.ndarray:
@@ -65,9 +59,9 @@ class Codebook(ArrayCodec):
 
     def __init__(self, bits: int = 4, rows: int = 64, pack: bool = True, iterations: int = 100,
                  include: str | None = None, exclude: str | None = None) -> None:
-        _int_arg("bits", bits, 1, 8)
-        _int_arg("rows", rows, 1, 1 << 20)
-        _int_arg("iterations", iterations, 0, 1000)
+        check_int("codebook", "bits", bits, 1, 8)
+        check_int("codebook", "rows", rows, 1, 1 << 20)
+        check_int("codebook", "iterations", iterations, 0, 1000)
         if not isinstance(pack, bool):
             raise PipelineError(f"codebook: pack must be true or false, got {pack!r}")
         check_patterns(include, exclude)

@@ -25,7 +25,7 @@ import numpy as np
 from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
-from .base import ArrayCodec, Transformed, TypedArray
+from .base import ArrayCodec, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 MAX_BASIS_ELEMENTS = 1 << 26  # k * n floats held while fitting (256 MiB): PRANC is for small models
@@ -67,12 +67,10 @@ class Pranc(ArrayCodec):
     tolerance: ClassVar[float] = 1.0
 
     def __init__(self, k: int = 1000, seed: int = 0, steps: int = 300, include: str | None = None, exclude: str | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise PipelineError(f"pranc: k must be an integer in 1..{MAX_K}, got {k!r}")
+        check_int("pranc", "k", k, 1, MAX_K)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
             raise PipelineError(f"pranc: seed must be an unsigned 64-bit integer, got {seed!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 100000:
-            raise PipelineError(f"pranc: steps must be an integer in 0..100000, got {steps!r}")
+        check_int("pranc", "steps", steps, 0, 100000)
         check_patterns(include, exclude)
         self.k = k
         self.seed = seed

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import _kernels
-from ..errors import FormatError, PipelineError
-from .base import ArrayCodec, Transformed, TypedArray
+from ..errors import FormatError
+from .base import ArrayCodec, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 # dtype -> (storage word, exponent bits, mantissa bits)
@@ -30,8 +30,7 @@ class Truncate(ArrayCodec):
     tolerance: ClassVar[float] = 0.05  # bits=3: relative error at most 2**-4 per weight
 
     def __init__(self, bits: int = 3, include: str | None = None, exclude: str | None = None) -> None:
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-            raise PipelineError(f"truncate: bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+        check_int("truncate", "bits", bits, 1, MAX_BITS)
         check_patterns(include, exclude)
         self.bits = bits
         self.include = include
