@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from ..dtypes import FLOAT_DTYPES, get_dtype
+from ..dtypes import get_dtype
 from ..errors import FormatError
 from .base import GroupingCodec
 
