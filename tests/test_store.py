@@ -247,3 +247,20 @@ def test_compress_verify_into_the_zoo_records_the_quality(tiny_model, tmp_path):
     assert done.returncode == 0, done.stderr
     [row] = json.loads(zoo_cli("ls", "--json", home=home).stdout)["models"]
     assert row["quality"]["passed"] is True and row["quality_label"].startswith("bit-exact")
+
+
+def test_sweep_skips_a_job_folder_that_vanishes_while_it_looks(tmp_path):
+    # Another writer may finish and remove its job folder between the sweep's listing and its look
+    # at the folder: that once failed a concurrent compress with FileNotFoundError.
+    from zoo.store import Store
+
+    store = Store(tmp_path / "zoo")
+    with store._connect() as connection:
+        vanished = store.work / "job-gone"
+
+        class Listing:
+            def iterdir(self):
+                return iter([vanished])
+
+        store.work = Listing()
+        store._sweep(connection)  # must not raise

@@ -405,10 +405,16 @@ class Store:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its owner is alive
+            except FileNotFoundError:
+                # Its owner finished and removed it since iterdir(), or it was killed between
+                # creating the folder and its lock file: only an old folder without a lock is debris.
+                try:
+                    if time.time() - folder.stat().st_mtime < 3600:
+                        continue
+                except FileNotFoundError:
+                    continue  # gone already
             except OSError:
-                # No lock file: killed between creating the folder and locking it, or a stray.
-                if time.time() - folder.stat().st_mtime < 3600:
-                    continue
+                continue  # unreadable: not ours to judge
             shutil.rmtree(folder, ignore_errors=True)
 
 
