@@ -11,7 +11,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ._parallel import resolve_threads
 from .archive import Archive, leaf_bytes
 from .dtypes import DTYPES
 from .build import Builder
+from .delta import BaseModel, Deltas
 from .errors import ChecksumError, InputError, OutputExistsError, ZooError
 from .format import ArchiveFile, assemble
 from .pipeline import DEFAULT_SPEC, Pipeline
@@ -39,6 +40,7 @@ class TensorReport:
     original_bytes: int
     compressed_bytes: int
     pipeline: str
+    base: bool = False  # stored as its difference from the archive's base model
 
     @property
     def ratio(self) -> float:
@@ -65,6 +67,7 @@ class Report:
     files: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] | None = None  # {"hint", "tensors"} when tensors are stored against a base model
 
     @property
     def ratio(self) -> float:
@@ -85,6 +88,7 @@ class Report:
             "bits_per_weight": self.bits_per_weight,
             "seconds": self.seconds,
             "metadata": self.metadata,
+            "base": self.base,
             "files": self.files,
             "tensors": [t.to_dict() for t in self.tensors],
         }
@@ -153,31 +157,41 @@ def compress(
     progress: Progress | None = None,
     calibration: str | os.PathLike[str] | None = None,
     check: Callable[[Path], Any] | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.calibration).
     `check(path)` sees the finished archive under its temporary name before it is put in place
-    (check_quality is one); when it raises, nothing is left at `destination`."""
+    (check_quality is one); when it raises, nothing is left at `destination`. With `base` (the
+    model the source was fine-tuned from: safetensors file or folder, archive or zoo name), the
+    tensors a lossy stage selects are stored as their difference from it (see zoo.delta)."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     sources = scan(source)
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
-    plans = None
-    if chosen.array_stages:
-        from .calibration import collect
+    with ExitStack() as stack:
+        deltas = None
+        if base is not None and chosen.array_stages:
+            deltas = Deltas(stack.enter_context(BaseModel(base)), chosen, Builder.named_tensors(sources))
+        plans = None
+        if chosen.array_stages:
+            from .calibration import collect
 
-        statistics = collect(source, calibration) if calibration is not None else None
-        plans = chosen.survey(lambda: Builder.tensors(sources), statistics)
-    with _atomic_output(destination, force, is_dir=False) as temporary:
-        with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
-            payload_path = Path(scratch) / "payload"
-            with builtins.open(payload_path, "wb") as payload:
-                header = Builder(chosen, chunk_bytes, metadata, plans).build(sources, payload, resolve_threads(threads), progress)
-            assemble(temporary, header, payload_path)
-        if check is not None:
-            check(temporary)
+            statistics = collect(source, calibration) if calibration is not None else None
+            if statistics is not None and deltas is not None:
+                statistics.base = deltas  # the teacher then runs base + delta (zoo.codecs._teacher)
+            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics)
+        with _atomic_output(destination, force, is_dir=False) as temporary:
+            with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
+                payload_path = Path(scratch) / "payload"
+                with builtins.open(payload_path, "wb") as payload:
+                    builder = Builder(chosen, chunk_bytes, metadata, plans, deltas)
+                    header = builder.build(sources, payload, resolve_threads(threads), progress)
+                assemble(temporary, header, payload_path)
+            if check is not None:
+                check(temporary)
     report = report_of(destination)
     report.seconds = time.perf_counter() - started
     return report
@@ -229,16 +243,19 @@ def _archive_path(source: str | os.PathLike[str]) -> Path:
     return resolve_archive(str(source)) or path  # when neither, opening the path says so
 
 
-def open_archive(archive: str | os.PathLike[str]) -> Archive:
-    """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open)."""
-    return Archive(_archive_path(archive))
+def open_archive(archive: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Archive:
+    """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open).
+    `base` is the model that an archive made with `compress(base=...)` needs."""
+    return Archive(_archive_path(archive), base)
 
 
-def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None) -> dict[str, Any]:
+def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
+                    base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name."""
     from ._torch import to_torch
 
-    with Archive(_archive_path(source)) as opened:
+    with Archive(_archive_path(source), base) as opened:
+        opened.require_base()
         return {key: to_torch(opened.read_tensor(key, resolve_threads(threads)), device) for key in opened.keys()}
 
 
@@ -254,10 +271,12 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
                 index, _, _ = opened._chunks(leaf, what)
                 stored += sum(c[1] for c in index) + 16 * len(index)
             pipeline = opened.pipeline_of(info["pipeline"]).spec()
-            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), leaf_bytes(info), stored, pipeline))
+            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), leaf_bytes(info), stored, pipeline,
+                                        "base" in info))
             if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float:
                 parameters += math.prod(info["shape"])
         files = opened.files()
+        needed = opened.base_needed()
         return Report(
             archive=str(archive),
             original_bytes=sum(f["size"] for f in files),
@@ -266,6 +285,7 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
             tensors=tensors,
             files=files,
             metadata=opened.metadata(),
+            base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
         )
 
 
@@ -280,9 +300,10 @@ def _tensor_leaves(info: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]
     yield from walk(info["root"])
 
 
-def verify(archive: str | os.PathLike[str], threads: int | None = None) -> list[str]:
-    """Check every checksum and every recorded sha256; returns the problems found."""
-    with Archive(_archive_path(archive)) as opened:
+def verify(archive: str | os.PathLike[str], threads: int | None = None, base: str | os.PathLike[str] | None = None) -> list[str]:
+    """Check every checksum and every recorded sha256; returns the problems found. Tensors stored
+    against a base are rebuilt (and the base checked) only when `base` is given."""
+    with Archive(_archive_path(archive), base) as opened:
         return opened.verify(resolve_threads(threads))
 
 
@@ -293,26 +314,30 @@ def decompress(
     threads: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Write the model folder back out. Lossless files are checked against their sha256 before
-    the folder appears; on any error nothing is left at `destination`."""
+    the folder appears; on any error nothing is left at `destination`. `base` is the model that
+    an archive made with `compress(base=...)` needs."""
     started = time.perf_counter()
     archive = _archive_path(archive)
     destination = Path(destination)
     workers = resolve_threads(threads)
-    with Archive(archive) as opened, _atomic_output(destination, force, is_dir=True) as temporary:
-        for entry in opened.files():
-            path = temporary / check_relpath(entry["path"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            with path.open("wb") as out:
-                for piece in opened.iter_file(entry["path"], threads=workers):
-                    out.write(piece)
-                    digest.update(piece)
-                    if progress:
-                        progress(len(piece))
-            if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
-                raise ChecksumError(f"{archive}: {entry['path']} decodes to bytes whose sha256 does not match the original")
+    with Archive(archive, base) as opened:
+        opened.require_base()  # a missing or wrong base fails before the output folder appears
+        with _atomic_output(destination, force, is_dir=True) as temporary:
+            for entry in opened.files():
+                path = temporary / check_relpath(entry["path"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with path.open("wb") as out:
+                    for piece in opened.iter_file(entry["path"], threads=workers):
+                        out.write(piece)
+                        digest.update(piece)
+                        if progress:
+                            progress(len(piece))
+                if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
+                    raise ChecksumError(f"{archive}: {entry['path']} decodes to bytes whose sha256 does not match the original")
     report = report_of(archive)
     report.seconds = time.perf_counter() - started
     return report

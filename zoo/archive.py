@@ -13,8 +13,9 @@ import numpy as np
 
 from ._parallel import ordered_map
 from .codecs.base import TypedArray
+from .delta import BaseModel, check_record, rebuild
 from .dtypes import DTYPES, storage_dtype, to_float32
-from .errors import FormatError, ZooError
+from .errors import FormatError, InputError, ZooError
 from .format import ArchiveFile
 from .pipeline import Pipeline
 from .sources import check_relpath
@@ -29,16 +30,24 @@ def leaf_bytes(leaf: dict[str, Any]) -> int:
 
 
 class Archive:
-    """An open .zoo archive. Tensors and files are decoded on demand; nothing else is read."""
+    """An open .zoo archive. Tensors and files are decoded on demand; nothing else is read.
+    `base` (a path, a zoo name or a zoo.delta.BaseModel) is the model that tensors stored against
+    a base are added to; without it, reading one of them raises InputError naming the base."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> None:
         self._file = ArchiveFile(path)
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
+        self._base: BaseModel | None = None
+        self._owns_base = False
         try:
             self._check_header()
+            if base is not None:
+                self._owns_base = not isinstance(base, BaseModel)
+                self._base = BaseModel(base) if self._owns_base else base
+                self._check_base_shapes()
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     # -- header -----------------------------------------------------------------------------
@@ -74,6 +83,52 @@ class Archive:
             if total != entry.get("size"):
                 raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
             self._files[path] = entry
+        needed = header.get("base")
+        if needed is not None and not (isinstance(needed, dict) and isinstance(needed.get("hint"), str)):
+            raise _fail(self._file, "archive header has a malformed base record")
+        for name, info in tensors.items():
+            if isinstance(info, dict) and "base" in info:
+                if needed is None:
+                    raise _fail(self._file, f"tensor {name!r} is stored against a base, but the archive names none")
+                check_record(info["base"], f"{self.path}: tensor {name!r}")
+
+    # -- the base model ---------------------------------------------------------------------
+
+    def base_needed(self) -> dict[str, Any] | None:
+        """The header's base record ({"hint": ...}) when tensors are stored against a base."""
+        return self._file.header.get("base")
+
+    def base_tensors(self) -> list[str]:
+        """Keys of the tensors stored as their difference from the base."""
+        return [key for key, info in self._file.header["tensors"].items() if "base" in info]
+
+    def _missing_base(self, what: str) -> InputError:
+        hint = self.base_needed()["hint"]  # type: ignore[index]
+        return InputError(f"{self.path}: {what} stored as a difference from the base model {hint!r}; pass that base (--base BASE)")
+
+    def require_base(self) -> None:
+        """Raise InputError unless the base is given or not needed; check every base tensor's
+        sha256 now, so that a wrong base fails before anything is written."""
+        if self.base_needed() is None:
+            return
+        if self._base is None:
+            count = len(self.base_tensors())
+            raise self._missing_base(f"{count} tensor{'s are' if count != 1 else ' is'}")
+        for key in self.base_tensors():
+            self._base_tensor(key)
+
+    def _check_base_shapes(self) -> None:
+        for key in self.base_tensors():
+            info = self.tensor_info(key)
+            found = self._base.info(info["base"]["tensor"])  # type: ignore[union-attr]
+            if found is None or found != (info["dtype"], tuple(info["shape"])):
+                self._base_tensor(key)  # raises with the reason
+
+    def _base_tensor(self, key: str) -> TypedArray:
+        info = self.tensor_info(key)
+        if self._base is None:
+            raise self._missing_base(f"tensor {key!r} is")
+        return self._base.matching(info["base"]["tensor"], info["base"], info["dtype"], tuple(info["shape"]), self.base_needed()["hint"])
 
     def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
         shape = leaf.get("shape")
@@ -158,7 +213,16 @@ class Archive:
     # -- tensors ----------------------------------------------------------------------------
 
     def read_tensor(self, name: str, threads: int = 1) -> TypedArray:
-        """A tensor's raw storage, through every stage of its pipeline."""
+        """A tensor's raw storage, through every stage of its pipeline (plus its base tensor, when
+        it is stored against one)."""
+        info = self.tensor_info(name)
+        if "base" not in info:
+            return self.read_stored(name, threads)
+        base = self._base_tensor(name)
+        return rebuild(self.read_stored(name, threads), base, info["dtype"])
+
+    def read_stored(self, name: str, threads: int = 1) -> TypedArray:
+        """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
         info = self.tensor_info(name)
         pipeline = self.pipeline_of(info.get("pipeline"))
         root = info.get("root")
@@ -170,8 +234,9 @@ class Archive:
             return self.read_leaf(leaf, pipeline, f"tensor {name!r}", threads)
 
         result = pipeline.untransform(root, read_leaf)
-        if result.dtype != info["dtype"] or list(result.shape) != list(info["shape"]):
-            raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {info['dtype']}{info['shape']}")
+        dtype = "F32" if "base" in info else info["dtype"]
+        if result.dtype != dtype or list(result.shape) != list(info["shape"]):
+            raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {dtype}{info['shape']}")
         return result
 
     def get_tensor(self, name: str, framework: str = "np") -> Any:
@@ -189,7 +254,7 @@ class Archive:
         info = self.tensor_info(name)
         dtype, shape, root = info["dtype"], list(info["shape"]), info.get("root")
         what = f"tensor {name!r}"
-        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None:
+        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None or "base" in info:
             whole = self.read_tensor(name)
             return TypedArray(whole.data[first:stop], dtype)
         leaf = root["leaf"]
@@ -240,7 +305,7 @@ class Archive:
         if "tensor" in segment:
             name = segment["tensor"]
             info = self.tensor_info(name)
-            if "leaf" not in info["root"]:  # transformed by array stages: decoded whole
+            if "leaf" not in info["root"] or "base" in info:  # transformed by array stages: decoded whole
                 yield position, lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
                 return
             leaf, pipeline, what = info["root"]["leaf"], self.pipeline_of(info.get("pipeline")), f"tensor {name!r}"
@@ -297,9 +362,14 @@ class Archive:
         return []
 
     def verify(self, threads: int = 1) -> list[str]:
-        """Decode everything; return what is damaged (empty when the archive is sound)."""
+        """Decode everything; return what is damaged (empty when the archive is sound). Without
+        the base, tensors stored against it are checked as stored (every checksum, decoded
+        through their pipeline) but not rebuilt."""
         problems = self.layout_problems()
         for path, entry in self._files.items():
+            if self._base is None and any(self.tensor_info(s["tensor"]).get("base") for s in entry["segments"] if "tensor" in s):
+                problems.extend(f"{path}: {problem}" for problem in self._verify_stored(entry, threads))
+                continue
             digest = hashlib.sha256()
             try:
                 for piece in self.iter_file(path, threads=threads):
@@ -311,8 +381,23 @@ class Archive:
                 problems.append(f"{path}: decoded bytes do not match the recorded sha256")
         return problems
 
+    def _verify_stored(self, entry: dict[str, Any], threads: int) -> list[str]:
+        for segment in entry["segments"]:
+            try:
+                if "tensor" in segment:
+                    self.read_stored(segment["tensor"], threads)
+                else:
+                    for _ in self._leaf_chunks(segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")),
+                                               f"file {entry['path']!r}", threads):
+                        pass
+            except ZooError as error:
+                return [str(error)]
+        return []
+
     def close(self) -> None:
         self._file.close()
+        if self._owns_base and self._base is not None:
+            self._base.close()
 
     def __enter__(self) -> Archive:
         return self

@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__
 from ._parallel import ordered_map
 from .codecs.base import TypedArray
+from .delta import Deltas
 from .dtypes import DTYPES, storage_dtype
 from .errors import InputError
 from .format import PayloadWriter, crc32
@@ -77,9 +78,11 @@ def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | N
 
 
 class Builder:
-    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None,
+                 deltas: Deltas | None = None) -> None:
         self.pipeline = pipeline
         self.plans = plans  # what pipeline.survey() returned, when it was run
+        self.deltas = deltas  # tensors stored against a base model (zoo.delta), when one is given
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
         self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
         self.chunk_bytes = chunk_bytes
@@ -131,11 +134,19 @@ class Builder:
     # -- planning ---------------------------------------------------------------------------
 
     @staticmethod
-    def tensors(sources: list[SourceFile]) -> Iterator[tuple[str, TypedArray]]:
-        """Every typed tensor by the key the build gives it, for a survey before the build."""
+    def named_tensors(sources: list[SourceFile]) -> Iterator[tuple[str, str, TypedArray]]:
+        """(key the build gives it, name in its file, array) of every typed tensor."""
         for _, _, segment, key, raw in _walk(sources):
-            if key is not None and DTYPES[segment.dtype].storage and segment.size:
-                yield key, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+            if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size:
+                yield key, segment.tensor, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+
+    @staticmethod
+    def tensors(sources: list[SourceFile], deltas: Deltas | None = None) -> Iterator[tuple[str, TypedArray]]:
+        """Every typed tensor by its key, as the array stages will see it, for a survey before the
+        build: a tensor stored against a base is its float32 difference from the base."""
+        for key, _, array in Builder.named_tensors(sources):
+            delta = deltas.delta(key, array) if deltas is not None else None
+            yield key, array if delta is None else delta
 
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
@@ -158,9 +169,14 @@ class Builder:
         dtype = DTYPES[segment.dtype]
         record = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
         self.header["tensors"][key] = record
+        delta = None
         if dtype.storage:
             array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
-            root, leaves = self.pipeline.transform(key, array, self.plans)
+            delta = self.deltas.delta(key, array) if self.deltas is not None and segment.size else None
+            if delta is not None:
+                record["base"] = self.deltas.record(key)
+                self.header["base"] = {"hint": self.deltas.base.hint}
+            root, leaves = self.pipeline.transform(key, array if delta is None else delta, self.plans)
         else:  # opaque dtypes go through the leaf stages as bytes
             root = {"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}
             leaves = [(root["leaf"], TypedArray(raw, segment.dtype))]
@@ -170,8 +186,8 @@ class Builder:
         for leaf, part in leaves:
             part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
             # Untransformed tensors are views of the mapped file: their pages can be released.
-            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed else mapped, segment.offset)
-        return used.lossless
+            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset)
+        return used.lossless and delta is None  # base + delta is not promised to give the bytes back
 
     def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int) -> Iterator[_Job]:
         bits = DTYPES[leaf["dtype"]].bits

@@ -13,6 +13,10 @@ from .errors import ChecksumError, FormatError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
+# Version 1 plus tensors stored against a base model: written only when the header has a "base"
+# record, so that a version-1 reader refuses the archive instead of handing out the differences.
+BASE_VERSION = 2
+VERSIONS = (VERSION, BASE_VERSION)
 MAX_HEADER_BYTES = 64 << 20
 PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, crc32 of header, header length
 INDEX_RECORD = struct.Struct("<QII")  # chunk offset in the payload region, stored length, crc32
@@ -48,12 +52,16 @@ def encode_header(header: dict[str, Any]) -> bytes:
     return body
 
 
+def version_of(header: dict[str, Any]) -> int:
+    return BASE_VERSION if "base" in header else VERSION
+
+
 def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0) -> None:
     """Write preamble, header and payload into `destination` (a temporary name). The payload is
     `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes."""
     body = encode_header(header)
     with open(destination, "wb") as out, open(payload_path, "rb") as payload:
-        out.write(PREAMBLE.pack(MAGIC, VERSION, crc32(body), len(body)))
+        out.write(PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)))
         out.write(body)
         out.flush()
         payload.seek(payload_offset)
@@ -98,8 +106,8 @@ class ArchiveFile:
         if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
             raise FormatError(f"{self.path}: not a zoo archive")
         _, version, header_crc, length = PREAMBLE.unpack(preamble)
-        if version != VERSION:
-            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads version {VERSION}")
+        if version not in VERSIONS:
+            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} and {BASE_VERSION}")
         if length > MAX_HEADER_BYTES:
             raise FormatError(f"{self.path}: header length {length} is over the cap of {MAX_HEADER_BYTES}")
         if PREAMBLE.size + length > self.file_size:
@@ -113,6 +121,8 @@ class ArchiveFile:
             raise FormatError(f"{self.path}: archive header is not valid JSON") from None
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: archive header is not a JSON object")
+        if version != version_of(header):
+            raise FormatError(f"{self.path}: a version {version} archive {'with' if 'base' in header else 'without'} a base record")
         self.payload_start = PREAMBLE.size + length
         self.payload_size = self.file_size - self.payload_start
         return header

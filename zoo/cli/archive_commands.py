@@ -9,7 +9,7 @@ import typer
 
 from ..evaluate.result import QualityGateError
 from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
-from .options import ArchiveArg, Force, Json, Threads
+from .options import ArchiveArg, Base, Force, Json, Threads
 from .output import human_bytes, print_json, progress_bar, source_bytes, stderr, stdout
 
 
@@ -40,13 +40,17 @@ def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a
         table.add_column(column, justify="right" if column in ("original", "stored", "ratio", "bits/weight") else "left")
     for tensor in report.tensors:
         table.add_row(tensor.name, tensor.dtype, "×".join(map(str, tensor.shape)) or "scalar", human_bytes(tensor.original_bytes),
-                      human_bytes(tensor.compressed_bytes), f"{tensor.ratio:.3f}", f"{tensor.bits_per_weight:.2f}", tensor.pipeline)
+                      human_bytes(tensor.compressed_bytes), f"{tensor.ratio:.3f}", f"{tensor.bits_per_weight:.2f}",
+                      ("base + " if tensor.base else "") + tensor.pipeline)
     if report.tensors:
         stdout.print(table)
     stdout.print(
         f"{len(report.files)} files, {len(report.tensors)} tensors: {human_bytes(report.original_bytes)} -> "
         f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)"
     )
+    if report.base:
+        stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
+                     f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
     if isinstance(report.metadata.get("verify"), dict):
         print_quality(report.metadata["verify"], f"quality, against {report.metadata['verify'].get('reference')}")
 
@@ -59,6 +63,8 @@ def compress(
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook.",
                                                   show_default=False)] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="The model SOURCE was fine-tuned from: tensors the lossy stages select "
+                                                 "are stored as differences from it (needs -o).", show_default=False)] = None,
     threads: Threads = None,
     force: Force = False,
     verify: Annotated[bool, typer.Option("--verify", help="Check the result against the source (bit for bit when lossless, else "
@@ -73,8 +79,12 @@ def compress(
     from .. import api
     from .zoo_commands import compress_elsewhere
 
+    from ..errors import InputError
+
+    if base is not None and output is None:
+        raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio)
-    options = {key: value for key, value in (("check", check), ("calibration", calib)) if value is not None}
+    options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
         if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options):
             if check is not None and not as_json:
@@ -82,7 +92,7 @@ def compress(
             return
         with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
             report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, calibration=calib,
-                                  check=check)
+                                  check=check, base=base)
     except QualityGateError as error:
         if as_json:
             print_json(error.result.to_dict())
@@ -95,6 +105,7 @@ def compress(
 def decompress(
     archive: ArchiveArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the model into.")],
+    base: Base = None,
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
@@ -104,7 +115,7 @@ def decompress(
 
     total = api.report_of(archive).original_bytes
     with progress_bar(total, "decompressing", not as_json) as advance:
-        report = api.decompress(archive, output, threads=threads, force=force, progress=advance)
+        report = api.decompress(archive, output, threads=threads, force=force, progress=advance, base=base)
     if as_json:
         print_json({"output": str(output), "files": report.files, "original_bytes": report.original_bytes, "seconds": report.seconds})
     else:
@@ -120,18 +131,23 @@ def info(archive: ArchiveArg, as_json: Json = False) -> None:
     print_report(api.report_of(stored or archive), as_json, str(archive))
 
 
-def verify(archive: ArchiveArg, threads: Threads = None, as_json: Json = False) -> None:
+def verify(archive: ArchiveArg, base: Base = None, threads: Threads = None, as_json: Json = False) -> None:
     """Check every checksum and every file's sha256; exit 1 if anything is damaged."""
     from .. import api
 
-    problems = api.verify(archive, threads=threads)
+    problems = api.verify(archive, threads=threads, base=base)
+    needed = api.report_of(archive).base
+    # Without its base, an archive's differences are decoded and checked but not added to anything.
+    unrebuilt = None if needed is None or base is not None else (
+        f"{needed['tensors']} tensors stored as differences from {needed['hint']!r} were checked as stored, not rebuilt "
+        "(that needs --base)")
     if as_json:
-        print_json({"archive": str(archive), "ok": not problems, "problems": problems})
+        print_json({"archive": str(archive), "ok": not problems, "problems": problems, "not_rebuilt": unrebuilt})
     elif problems:
         for problem in problems:
             stderr.print(f"damaged: {problem}", markup=False, highlight=False)
     else:
-        stdout.print(f"{archive}: ok")
+        stdout.print(f"{archive}: ok" + (f"; {unrebuilt}" if unrebuilt else ""), markup=False, highlight=False)
     if problems:
         raise typer.Exit(1)
 

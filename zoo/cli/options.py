@@ -12,3 +12,5 @@ Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.")]
 ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive.", show_default=False)]
+Base = Annotated[Optional[Path], typer.Option("--base", help="The base model the archive's differences are added to (safetensors "
+                                                            "file or folder, .zoo archive or zoo name).", show_default=False)]

@@ -62,9 +62,13 @@ def _token_ids(folder: Path, text: str, vocab_size: int) -> list[int]:
 
 
 class Teacher:
-    """A model folder (config.json + weights) and its outputs on calibration text."""
+    """A model folder (config.json + weights) and its outputs on calibration text.
 
-    def __init__(self, folder: str | Path, text: str, sequence_length: int = SEQUENCE_LENGTH, max_sequences: int = MAX_SEQUENCES) -> None:
+    `base` (a zoo.delta.Deltas) names the tensors stored as their difference from a base model:
+    a candidate for one of them is a difference, and the student runs base + candidate."""
+
+    def __init__(self, folder: str | Path, text: str, sequence_length: int = SEQUENCE_LENGTH, max_sequences: int = MAX_SEQUENCES,
+                 base: Any = None) -> None:
         import torch
         import transformers
 
@@ -89,6 +93,8 @@ class Teacher:
         self.inputs = torch.tensor(ids[: count * length], dtype=torch.long).reshape(count, length)
         self.parameter_names = dict(self.model.named_parameters())
         self._prefix = getattr(self.model, "base_model_prefix", "") or ""
+        self._base = base
+        self._offsets: dict[str, Any] | None = None  # parameter name -> base values, read on first use
         with torch.no_grad():
             self.reference = [self._outputs(None, i) for i in range(count)]
 
@@ -115,9 +121,23 @@ class Teacher:
         logits = output.logits
         return torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
 
+    def _student(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Candidate parameters, with the base added to those stored as differences."""
+        import torch
+
+        if self._base is None or not overrides:
+            return overrides
+        if self._offsets is None:
+            self._offsets = {}
+            for key in self._base.keys():
+                parameter = self.parameter(key)
+                if parameter is not None:
+                    self._offsets[parameter] = torch.from_numpy(self._base.get(key)).reshape(self.parameter_names[parameter].shape)
+        return {name: value + self._offsets[name] if name in self._offsets else value for name, value in overrides.items()}
+
     def distortion(self, overrides: dict[str, Any], index: int) -> Any:
         """Differentiable distance of the candidate from the original on calibration sequence `index`."""
-        candidate = self._outputs(overrides, index)
+        candidate = self._outputs(self._student(overrides), index)
         reference = self.reference[index]
         if self.kind == "encoder":
             return ((candidate - reference) ** 2).sum(-1).mean() / (reference**2).sum(-1).mean()
@@ -182,14 +202,14 @@ class Teacher:
 
 def load_teacher(calibration: Any) -> Teacher | None:
     """The teacher a survey's calibration argument describes: anything with a `source` model
-    folder and optional `text` (or a Teacher already)."""
+    folder, optional `text` and optional `base` (see Teacher), or a Teacher already."""
     if calibration is None or isinstance(calibration, Teacher):
         return calibration
     source = getattr(calibration, "source", None)
     if source is None or not (Path(source) / "config.json").is_file():
         return None
     text = getattr(calibration, "text", None) or default_text()
-    return Teacher(Path(source), text)
+    return Teacher(Path(source), text, base=getattr(calibration, "base", None))
 
 
 __all__ = ["Teacher", "default_text", "load_teacher", "read_text"]
