@@ -14,7 +14,9 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c"]
 ISA_FLAGS = {
     "native/kernels_avx2.c": ["-mavx2", "-mbmi2", "-mf16c", "-mfma"],
-    "native/kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mbmi2", "-mf16c"],
+    "native/kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mbmi2", "-mf16c",
+                                "-mpclmul", "-mvpclmulqdq"],
+    "native/crc32_pclmul.c": ["-mpclmul", "-msse4.1"],
 }
 if X86:
     SOURCES += list(ISA_FLAGS)

@@ -17,7 +17,7 @@ static const feature_bit FEATURES[] = {
     {"sse4.2", 1, 0, 2, 20},     {"avx", 1, 0, 2, 28},         {"fma", 1, 0, 2, 12},         {"f16c", 1, 0, 2, 29},
     {"avx2", 7, 0, 1, 5},        {"bmi2", 7, 0, 1, 8},         {"avx512f", 7, 0, 1, 16},     {"avx512dq", 7, 0, 1, 17},
     {"avx512bw", 7, 0, 1, 30},   {"avx512vl", 7, 0, 1, 31},    {"avx512vbmi", 7, 0, 2, 1},   {"avx512vbmi2", 7, 0, 2, 6},
-    {"avx512fp16", 7, 0, 3, 23}, {"avx512bf16", 7, 1, 0, 5},
+    {"avx512fp16", 7, 0, 3, 23}, {"avx512bf16", 7, 1, 0, 5},   {"pclmulqdq", 1, 0, 2, 1},    {"vpclmulqdq", 7, 0, 2, 10},
 };
 
 static int cpu_bit(const feature_bit *f) {
@@ -45,12 +45,12 @@ static unsigned long long os_saved_state(void) {
 #ifdef ZOO_X86
 /* CPUID traps to the hypervisor in a VM, so each answer is worked out once. */
 static int detect_avx2(void) {
-    return (os_saved_state() & 0x6) == 0x6 && has("avx2") && has("bmi2") && has("f16c") && has("fma");
+    return (os_saved_state() & 0x6) == 0x6 && has("avx2") && has("bmi2") && has("f16c") && has("fma") && has("pclmulqdq");
 }
 
 static int detect_avx512(void) {
     return (os_saved_state() & 0xe6) == 0xe6 && has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq") &&
-           has("avx512vbmi") && has("bmi2") && has("f16c");
+           has("avx512vbmi") && has("bmi2") && has("f16c") && has("pclmulqdq") && has("vpclmulqdq");
 }
 #endif
 

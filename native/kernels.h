@@ -46,6 +46,8 @@ typedef struct {
      * 16-bit indices, converted to F32 (kind 0), F16 (1) or BF16 (2); inputs are validated. */
     void (*dequantize_rows)(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
                             const float *codebooks, size_t codebook_size, int kind, void *out);
+    /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
+    uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
 } zoo_kernels;
 
 extern const zoo_kernels zoo_kernels_scalar;
@@ -64,6 +66,11 @@ void zoo_merge_planes_scalar(const uint8_t *const *planes, size_t count, int wor
 void zoo_philox_uniform_scalar(uint64_t seed, uint64_t stream, uint64_t offset, size_t count, float *out);
 void zoo_dequantize_rows_scalar(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
                                 const float *codebooks, size_t codebook_size, int kind, void *out);
+uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size);
+#if defined(__x86_64__) || defined(_M_X64)
+/* carry-less multiplication folding (crc32_pclmul.c, compiled with -mpclmul -msse4.1) */
+uint32_t zoo_crc32_pclmul(uint32_t crc, const uint8_t *data, size_t size);
+#endif
 uint16_t zoo_float_to_half(float value);
 uint16_t zoo_float_to_bfloat(float value);
 

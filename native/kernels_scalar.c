@@ -185,7 +185,38 @@ void zoo_dequantize_rows_scalar(const uint16_t *indices, size_t rows, size_t col
     }
 }
 
+
+/* -- CRC-32 ------------------------------------------------------------------------------- */
+
+/* Slice-by-8 tables: crc_table[k][b] is byte b's CRC pushed through k more zero bytes, so eight
+ * input bytes cost eight independent lookups instead of a chain of eight. */
+static uint32_t crc_table[8][256];
+
+__attribute__((constructor)) static void build_crc_table(void) {
+    for (uint32_t byte = 0; byte < 256; byte++) {
+        uint32_t crc = byte;
+        for (int bit = 0; bit < 8; bit++) crc = crc & 1 ? (crc >> 1) ^ 0xedb88320u : crc >> 1;
+        crc_table[0][byte] = crc;
+    }
+    for (uint32_t byte = 0; byte < 256; byte++)
+        for (int k = 1; k < 8; k++) crc_table[k][byte] = (crc_table[k - 1][byte] >> 8) ^ crc_table[0][crc_table[k - 1][byte] & 0xff];
+}
+
+uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size) {
+    crc = ~crc;
+    for (; size >= 8; size -= 8, data += 8) {
+        uint64_t word;
+        memcpy(&word, data, 8); /* little-endian hosts only: see setup.py */
+        word ^= crc;
+        crc = crc_table[7][word & 0xff] ^ crc_table[6][(word >> 8) & 0xff] ^ crc_table[5][(word >> 16) & 0xff] ^
+              crc_table[4][(word >> 24) & 0xff] ^ crc_table[3][(word >> 32) & 0xff] ^ crc_table[2][(word >> 40) & 0xff] ^
+              crc_table[1][(word >> 48) & 0xff] ^ crc_table[0][word >> 56];
+    }
+    while (size--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *data++) & 0xff];
+    return ~crc;
+}
+
 const zoo_kernels zoo_kernels_scalar = {
     zoo_rans_decode_steps_scalar, zoo_merge_words_scalar,    zoo_split_planes_scalar, zoo_merge_planes_scalar,
-    zoo_philox_uniform_scalar,    zoo_dequantize_rows_scalar,
+    zoo_philox_uniform_scalar,    zoo_dequantize_rows_scalar, zoo_crc32_scalar,
 };

@@ -318,6 +318,23 @@ static PyObject *philox_uniform(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS return result;
 }
 
+/* -- checksums ----------------------------------------------------------------------------- */
+
+static PyObject *crc32(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    unsigned int value = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &data, &value)) return NULL;
+    uint32_t crc = (uint32_t)value;
+    if (data.len < 4096) { /* taking and giving back the GIL costs more than this */
+        crc = active->crc32(crc, (const uint8_t *)data.buf, (size_t)data.len);
+    } else {
+        Py_BEGIN_ALLOW_THREADS crc = active->crc32(crc, (const uint8_t *)data.buf, (size_t)data.len);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 /* -- the section coder --------------------------------------------------------------------- */
 
 static PyObject *encode_section(PyObject *self, PyObject *args) {
@@ -387,6 +404,7 @@ static PyMethodDef METHODS[] = {
     {"unpack_indices", unpack_indices, METH_VARARGS, "unpack_indices(packed, bits, count) -> bytearray."},
     {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
     {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
+    {"crc32", crc32, METH_VARARGS, "crc32(data, value=0) -> int: zlib.crc32's value, faster."},
     {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits) -> bytes."},
     {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},
     {NULL, NULL, 0, NULL},

@@ -3,6 +3,8 @@ independent plain-Python definitions; tests/test_native.py crosses the native va
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -182,6 +184,13 @@ def test_philox_rejects_bad_arguments():
     for arguments in ((-1, 0, 4), (2**64, 0, 4), (0, -1, 4), (0, 0, -1), (0, 0, 4, 2**64 - 2)):
         with pytest.raises(ValueError):
             _kernels.philox_uniform(*arguments)
+
+
+@pytest.mark.parametrize("size", [*SIZES, 4096, 65537])
+def test_crc32_is_zlibs(size):
+    data = np.random.default_rng(size).integers(0, 256, size + 3, dtype=np.uint8)[3:]
+    assert _kernels.crc32(data) == zlib.crc32(data)
+    assert _kernels.crc32(data, 0xFFFFFFFF) == zlib.crc32(data, 0xFFFFFFFF)
 
 
 def test_info_names_the_path():

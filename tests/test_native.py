@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -173,6 +174,28 @@ def test_damaged_sections_fail_cleanly_on_every_path(isa, case):
             except ValueError:
                 results.append("error")
         assert results[0] == results[1]  # the numpy twin accepts and rejects exactly the same payloads
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crc32_every_isa_matches_zlib(isa, seed):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    # every length up to a few fold widths, then random lengths and offsets (unaligned starts)
+    lengths = list(range(0, 600)) + [int(n) for n in rng.integers(600, 200_000, 40)]
+    for length in lengths:
+        offset = int(rng.integers(0, 64))
+        piece = data[offset:offset + length]
+        start = int(rng.integers(0, 2**32))
+        assert native.crc32(piece) == zlib.crc32(piece), (length, offset)
+        assert native.crc32(piece, start) == zlib.crc32(piece, start), (length, offset, start)
+
+
+def test_crc32_chains_and_takes_any_buffer(isa):
+    data = bytes(range(256)) * 40
+    assert native.crc32(data[5000:], native.crc32(data[:5000])) == zlib.crc32(data)
+    assert native.crc32(np.frombuffer(data, np.uint8)) == native.crc32(memoryview(data)) == zlib.crc32(data)
+    with pytest.raises(TypeError):
+        native.crc32("text")
 
 
 def test_decode_rejects_bad_arguments():

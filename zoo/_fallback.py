@@ -6,6 +6,8 @@ built or ZOO_KERNELS=numpy. Outputs are bit-identical to the native ones.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from .dtypes import FLOAT_DTYPES, from_float32, get_dtype
@@ -228,3 +230,11 @@ def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.nd
         out[done:done + len(words)] = ((words >> np.uint32(8)).astype(np.float64) * 2.0**-23 - 1.0).astype(np.float32)
         done += len(words)
     return out
+
+
+# -- checksums ------------------------------------------------------------------------------
+
+
+def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
+    """CRC-32 of the zlib polynomial, chained like zlib.crc32 (which it is)."""
+    return zlib.crc32(data, value) & 0xFFFFFFFF

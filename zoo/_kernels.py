@@ -6,6 +6,7 @@ Contract (every path gives bit-identical results; zoo/_fallback.py is the refere
 - pack_indices(indices uint8|uint16, bits) -> uint8, LSB-first; unpack_indices(packed, bits, count).
 - dequantize(packed, bits, rows, cols, row_codebook int32, codebooks float32, dtype) -> storage (rows, cols).
 - philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
+- crc32(data, value=0) -> int: exactly zlib.crc32 (the archive's chunk checksums).
 - encode_section(words uint8, word_bytes, is_float, symbol_bits) -> bytes and
   decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
   the entropy coder of the fprans and rans codecs (zoo/_fallback_coder.py, docs/FORMAT.md).
@@ -58,10 +59,12 @@ if _native_module is None:
     unpack_indices = _fallback.unpack_indices
     dequantize = _fallback.dequantize
     philox_uniform = _fallback.philox_uniform
+    crc32 = _fallback.crc32
     encode_section = _fallback_coder.encode_section
     decode_section = _fallback_coder.decode_section
 else:
     from ._native_calls import (  # noqa: F401 - re-exported
+        crc32,
         decode_section,
         dequantize,
         encode_section,

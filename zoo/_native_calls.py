@@ -65,6 +65,10 @@ def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.nd
     return np.frombuffer(_native.philox_uniform(seed, stream, count, offset), dtype=np.float32)
 
 
+def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
+    return _native.crc32(data, value)
+
+
 def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int) -> bytes:
     return _native.encode_section(words, word_bytes, is_float, symbol_bits)
 
