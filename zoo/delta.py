@@ -171,4 +171,4 @@ class Deltas:
         return to_float32(base.data, base.dtype)
 
 
-__all__ = ["BaseModel", "DELTA_DTYPES", "Deltas", "check_record", "digest", "rebuild"]
+__all__ = ["DELTA_DTYPES", "BaseModel", "Deltas", "check_record", "digest", "rebuild"]
