@@ -292,3 +292,29 @@ def test_digest_is_the_sha256_of_the_stored_bytes(tuned):
         array = base_model.read("classifier.weight")
     assert math.prod(array.shape) == 48
     assert hashlib.sha256(weights(base)["classifier.weight"].tobytes()).hexdigest() == digest(array)
+
+
+def _rewrite(source, destination, edit, version=2):
+    from zoo.format import MAGIC, PREAMBLE, crc32
+
+    data = source.read_bytes()
+    length = int.from_bytes(data[16:24], "little")
+    header = json.loads(data[24:24 + length])
+    edit(header)
+    body = json.dumps(header).encode()
+    destination.write_bytes(PREAMBLE.pack(MAGIC, version, crc32(body), len(body)) + body + data[24 + length:])
+    return destination
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h.update(base=5), "malformed base record"),
+    (lambda h: h["tensors"]["classifier.weight"]["base"].update(sha256="beef"), "malformed base entry"),
+    (lambda h: h["tensors"]["classifier.weight"].update(dtype="I32"), "cannot be stored against a base"),
+])
+def test_a_tampered_base_record_is_refused(delta_archive, tmp_path, edit, message):
+    archive, _ = delta_archive
+    with pytest.raises(FormatError, match=message):
+        zoo.open(_rewrite(archive, tmp_path / "bad.zoo", edit))
+    # A tensor that claims a base in an archive that names none (so version 1): refused, not read as is.
+    with pytest.raises(FormatError, match="names none"):
+        zoo.open(_rewrite(archive, tmp_path / "bad.zoo", lambda h: h.pop("base"), version=1))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._parallel import ordered_map
 from .codecs.base import TypedArray
-from .delta import BaseModel, check_record, rebuild
+from .delta import DELTA_DTYPES, BaseModel, check_record, rebuild
 from .dtypes import DTYPES, storage_dtype, to_float32
 from .errors import FormatError, InputError, ZooError
 from .format import ArchiveFile
@@ -91,6 +91,8 @@ class Archive:
                 if needed is None:
                     raise _fail(self._file, f"tensor {name!r} is stored against a base, but the archive names none")
                 check_record(info["base"], f"{self.path}: tensor {name!r}")
+                if info.get("dtype") not in DELTA_DTYPES:
+                    raise _fail(self._file, f"tensor {name!r} of {info.get('dtype')} cannot be stored against a base")
 
     # -- the base model ---------------------------------------------------------------------
 
