@@ -1,6 +1,5 @@
 """l2: the quantizer, the budget it is held to, and the calibrated survey."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -55,7 +54,7 @@ def test_whole_archive_lands_on_the_target(tmp_path, ratio):
 def test_data_free_allocation_gives_every_tensor_the_same_relative_step(tmp_path):
     _, tensors = _layers(tmp_path)
     arrays = {n: TypedArray(v, d) for n, (d, v) in tensors.items()}
-    plan = L2(target_ratio=10).survey(lambda: iter(arrays.items()))
+    plan = L2(target_ratio=10).survey(lambda: iter(arrays.items())).steps
     assert set(plan) == {n for n in arrays if not n.endswith("bias")}
     # Relative MSE summed over tensors of one shape and distribution: the optimum is one step per RMS.
     relative = [step / np.sqrt(np.mean(arrays[n].data ** 2)) for n, (step, _) in plan.items()]
@@ -84,8 +83,8 @@ def test_calibrated_survey_weighs_tensors_by_their_effect_on_the_output(tiny_lm)
     teacher = Teacher(tiny_lm, default_text(), sequence_length=64, max_sequences=4)
     arrays = {n: TypedArray(v, "F32") for n, v in load_file(tiny_lm / "model.safetensors").items()}
     codec = L2(target_ratio=8)
-    calibrated = codec.survey(lambda: iter(arrays.items()), teacher)
-    blind = codec.survey(lambda: iter(arrays.items()))
+    calibrated = codec.survey(lambda: iter(arrays.items()), teacher).steps
+    blind = codec.survey(lambda: iter(arrays.items())).steps
     assert set(calibrated) == set(blind)
 
     def kl(plan):
@@ -133,3 +132,18 @@ def test_weights_the_output_never_sees_still_get_a_sensitivity(tmp_path):
     sensitivities = teacher.sensitivities(names)
     pooler = next(n for n in names if "pooler" in n)
     assert np.isfinite(sensitivities[pooler]).all() and sensitivities[pooler].min() > 0
+
+
+def test_error_feedback_lowers_the_output_error_at_the_same_step():
+    from zoo.codecs import _refine
+    from zoo.codecs.l2 import quantize_with_feedback
+
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((48, 64)).astype(np.float32)
+    inputs = rng.standard_normal((512, 64)) @ rng.standard_normal((64, 64))  # correlated inputs, as a layer's are
+    hessian = inputs.T @ inputs / len(inputs)
+    step = 0.5
+    plain = dequantize(quantize(weights, step, 0.0), step, 0.0)
+    fed = dequantize(quantize_with_feedback(weights, step, 0.0, hessian), step, 0.0)
+    assert np.all(np.abs(fed / step - np.round(fed / step)) < 1e-4)  # still on the grid
+    assert _refine.output_error(weights, fed, hessian) < 0.7 * _refine.output_error(weights, plain, hessian)

@@ -45,7 +45,8 @@ def test_statistics_cover_every_linear_layer_and_tied_weights(tiny_llama):
     assert statistics.hessian("no.such.weight", 64) is None
 
 
-def test_compress_with_calibration_lowers_the_output_error(tiny_llama, tmp_path):
+@pytest.mark.parametrize("spec", ["codebook:bits=3,rows=16", "truncate:bits=2"])
+def test_compress_with_calibration_lowers_the_output_error(tiny_llama, tmp_path, spec):
     from safetensors.numpy import load_file
 
     statistics = collect(tiny_llama, tiny_llama / "calibration.txt")
@@ -53,7 +54,7 @@ def test_compress_with_calibration_lowers_the_output_error(tiny_llama, tmp_path)
     errors = {}
     for calibration in (None, tiny_llama / "calibration.txt"):
         archive = tmp_path / f"{calibration is None}.zoo"
-        zoo.compress(tiny_llama, archive, "codebook:bits=3,rows=16", calibration=calibration)
+        zoo.compress(tiny_llama, archive, spec, calibration=calibration)
         with zoo.open(archive) as opened:
             total = 0.0
             for name, value in original.items():
@@ -76,3 +77,42 @@ def test_calibration_needs_a_model_folder_and_readable_text(tiny_llama, tmp_path
     with pytest.raises(InputError, match="Hugging Face model folder"):
         zoo.compress(lone / "model.safetensors", tmp_path / "x.zoo", "codebook", calibration=tiny_llama / "calibration.txt")
     assert not (tmp_path / "x.zoo").exists()
+
+
+def test_calibration_inputs_carry_the_special_tokens_real_inputs_have(tiny_llama):
+    import transformers
+
+    from zoo.calibration import special_frame
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama)
+    assert special_frame(tokenizer) == ([], [])  # this toy tokenizer adds none
+    bert = transformers.BertTokenizerFast(vocab_file=_bert_vocab(tiny_llama))
+    assert special_frame(bert) == ([bert.cls_token_id], [bert.sep_token_id])
+
+
+def _bert_vocab(folder):
+    path = folder / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb")
+    return str(path)
+
+
+def test_an_encoder_is_calibrated_on_sentences_with_pooled_statistics(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    folder = tmp_path / "bert"
+    words = sorted(set(TEXT.replace(",", " ").replace(".", " ").lower().split()))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(folder)
+    (folder / "calibration.txt").write_text(TEXT)
+    statistics = collect(folder, folder / "calibration.txt")
+    pooled = statistics.hessian("encoder.layer.0.intermediate.dense.weight", 32)
+    assert pooled is not None and np.allclose(pooled, pooled.T)
+    # The mean input of each sentence dominates: one sentence repeated gives a nearly rank-one
+    # pooled part, so the largest eigenvalue holds most of the trace.
+    eigenvalues = np.linalg.eigvalsh(pooled)
+    assert eigenvalues[-1] > 0.5 * eigenvalues.sum()

@@ -4,13 +4,20 @@ For every linear layer y = W x of a Hugging Face model, `collect` runs the model
 and keeps H = mean of x x^T over the tokens: the output error of a changed weight is then
 (W - W_hat) H (W - W_hat)^T, so H tells a codec which input directions matter. A weight tied
 to a linear layer (an embedding table that doubles as the output head) gets that layer's H.
-torch and transformers are imported only when collect runs.
+
+Inputs look like real ones: each carries the special tokens its tokenizer adds. For a bare
+encoder (a sentence embedder, whose users mean-pool its output) the inputs are the text's
+sentences and H is mostly the pooled statistic, the mean over sentences of m m^T with m a
+sentence's mean input: the error that survives pooling. torch and transformers are imported
+only when collect runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,8 @@ from .errors import InputError
 
 DEFAULT_TOKENS = 8192
 WINDOW = 256
+MIN_WORDS = 6  # an encoder's calibration inputs are sentences of at least this many words
+TOKEN_SHARE = 0.05  # of the per-token H added to an encoder's pooled statistics
 MAX_INPUTS = 8192  # wider inputs than this keep no statistics: H would take too much memory
 
 
@@ -71,6 +80,56 @@ def _load(folder: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _windows(tokenizer: Any, ids: list[int], window: int) -> Iterator[Any]:
+    """The token ids cut into inputs of at most `window` tokens, each framed by the special tokens
+    the tokenizer adds to a real input ([CLS] ... [SEP], <s> ...). Those tokens carry activations
+    unlike any word's (attention sinks, outlier features), and every real input has them."""
+    import torch
+
+    prefix, suffix = special_frame(tokenizer)
+    step = max(1, window - len(prefix) - len(suffix))
+    for start in range(0, len(ids), step):
+        yield torch.tensor([prefix + ids[start:start + step] + suffix])
+
+
+def _mean_pooled(model: Any) -> bool:
+    """Whether the model is a bare encoder, whose output users pool into one vector per input
+    (sentence-transformers' mean pooling), rather than a model with a per-token or per-input head."""
+    from .codecs._teacher import _model_class
+
+    return _model_class(model.config)[1] == "encoder"
+
+
+def _sentences(tokenizer: Any, text: str, window: int, max_tokens: int) -> Iterator[Any]:
+    """An encoder's inputs: the text's sentences (joined until each has a few words), framed by the
+    special tokens as a real input is, at most `max_tokens` tokens in all."""
+    import torch
+
+    prefix, suffix = special_frame(tokenizer)
+    budget, current = max_tokens, ""
+    for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", text):
+        current = f"{current} {sentence.strip()}".strip()
+        if len(current.split()) < MIN_WORDS:
+            continue
+        ids = tokenizer(current, add_special_tokens=False)["input_ids"][: max(1, window - len(prefix) - len(suffix))]
+        current = ""
+        if budget <= 0:
+            return
+        budget -= len(ids)
+        yield torch.tensor([prefix + ids + suffix])
+
+
+def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text's own tokens (found by comparing one
+    word tokenized with and without them); ([], []) when it adds none."""
+    framed = list(tokenizer("a")["input_ids"])
+    bare = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for start in range(len(framed) - len(bare) + 1):
+        if framed[start:start + len(bare)] == bare:
+            return framed[:start], framed[start + len(bare):]
+    return [], []
+
+
 def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], max_tokens: int = DEFAULT_TOKENS) -> Statistics:
     """Run the model at `source` on the text in `text_path`; H for every linear layer."""
     import torch
@@ -85,7 +144,10 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
         raise InputError(f"{text_path}: calibration text gives only {len(ids)} tokens; give at least a paragraph")
     window = min(WINDOW, int(getattr(model.config, "max_position_embeddings", WINDOW) or WINDOW))
 
+    pooled = _mean_pooled(model)
+    inputs = _sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window)
     sums: dict[str, torch.Tensor] = {}
+    pooled_sums: dict[str, torch.Tensor] = {}
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features <= MAX_INPUTS}
 
     def hook(name: str) -> Any:
@@ -93,21 +155,32 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
             flat = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
             product = flat.T @ flat
             sums[name] = sums[name] + product if name in sums else product
+            if pooled:
+                mean = flat.mean(dim=0)
+                outer = torch.outer(mean, mean)
+                pooled_sums[name] = pooled_sums[name] + outer if name in pooled_sums else outer
 
         return accumulate
 
     handles = [module.register_forward_hook(hook(name)) for name, module in linears.items()]
+    tokens = pieces = 0
     try:
         with torch.no_grad():
-            for start in range(0, len(ids), window):
-                piece = torch.tensor([ids[start:start + window]])
+            for piece in inputs:
                 model(input_ids=piece, attention_mask=torch.ones_like(piece))
+                tokens += piece.shape[1]
+                pieces += 1
     finally:
         for handle in handles:
             handle.remove()
 
-    tokens = len(ids)
     matrices = {f"{name}.weight": (total / tokens).numpy() for name, total in sums.items()}
+    if pooled:
+        # What survives mean pooling is each input's mean activation: a weight error along it moves
+        # the sentence embedding, one that differs token to token mostly averages away. Rounding
+        # that lowers the per-token error alone barely moved MiniLM's embeddings; the small share
+        # of per-token H keeps the matrix well conditioned (72 calibration sentences give a rank-72 part).
+        matrices = {f"{name}.weight": (pooled_sums[name] / pieces).numpy() + TOKEN_SHARE * matrices[f"{name}.weight"] for name in sums}
     # Tied weights: the file stores one name (often the embedding); give it the head's H.
     by_storage: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):

@@ -24,12 +24,14 @@ import numpy as np
 from ..dtypes import DTYPES, to_float32
 from . import _teacher
 from .base import TypedArray
+from .l2 import Plan
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
 DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 HEADER_BYTES_PER_TENSOR = 450  # a tensor's entry in the archive header, near enough for a budget
 CHUNK_BYTES = 4 << 20
+FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
 
 
 def stored_bytes(array: TypedArray) -> int:
@@ -100,13 +102,23 @@ def split_budget(curves: dict[str, Curve], budget_bits: float, corrections: dict
     return {n: c.choose(slope, corrections[n]) for n, c in curves.items()}, slope
 
 
-def _coded_bits(values: dict[str, np.ndarray], plan: dict[str, tuple[float, float]], scale: float = 1.0) -> dict[str, float]:
-    from .l2 import quantize, symbols_array
+def _symbols(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> np.ndarray:
+    """The symbols l2 writes for a tensor under `plan` with every step times `scale` (with the
+    error feedback encode uses where `feedback` is set and the tensor has statistics)."""
+    from .l2 import quantize, quantize_with_feedback
 
-    return {n: 8.0 * stored_bytes(symbols_array(quantize(v, plan[n][0] * scale, plan[n][1] * scale))) for n, v in values.items()}
+    step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
+    hessian = plan.hessian(name, values) if feedback else None
+    return quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
 
 
-def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> dict[str, tuple[float, float]]:
+def _coded_bits(values: dict[str, np.ndarray], plan: Plan, scale: float = 1.0, feedback: bool = False) -> dict[str, float]:
+    from .l2 import symbols_array
+
+    return {n: 8.0 * stored_bytes(symbols_array(_symbols(v, plan, n, scale, feedback))) for n, v in values.items()}
+
+
+def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> Plan:
     """(step, dead zone) for every tensor `codec` selects, the coded total on its budget."""
     values: dict[str, np.ndarray] = {}
     parameters, others, count = 0, 0, 0
@@ -119,7 +131,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         else:
             others += stored_bytes(array)
     if not values:
-        return {}
+        return Plan({}, calibration)
     budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + HEADER_BYTES_PER_TENSOR * count)
     floor = 0.05 * sum(v.size for v in values.values())
     if budget < floor:
@@ -136,12 +148,12 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     curves = {n: Curve(v, sensitivities.get(n), rng) for n, v in values.items()}
     corrections = {n: 1.0 for n in curves}
     choice, slope = split_budget(curves, budget, corrections)
-    plan = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
+    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration)
     coded = _coded_bits(values, plan)
-    estimated = {n: max(1.0, _estimate(values[n], *plan[n])) for n in values}
+    estimated = {n: max(1.0, _estimate(values[n], plan, n)) for n in values}
     corrections = {n: coded[n] / estimated[n] for n in values}
     choice, slope = split_budget(curves, budget, corrections)
-    plan = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
+    plan.steps = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
     return _land_on_budget(values, plan, budget)
 
 
@@ -162,18 +174,20 @@ def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict
     return {name: weights.get(name, np.full(v.shape, median)) for name, v in values.items()}
 
 
-def _estimate(values: np.ndarray, step: float, dead_zone: float) -> float:
-    from .l2 import entropy_bits, quantize
+def _estimate(values: np.ndarray, plan: Plan, name: str) -> float:
+    from .l2 import entropy_bits
 
-    return entropy_bits(quantize(values, step, dead_zone)) * values.size
+    return entropy_bits(_symbols(values, plan, name)) * values.size
 
 
-def _land_on_budget(values: dict[str, np.ndarray], plan: dict[str, tuple[float, float]], budget: float) -> dict[str, tuple[float, float]]:
+def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float) -> Plan:
     """Scale every step and dead zone by one factor so the coded total meets the budget (a larger
-    step never codes larger in practice; bisection stops within 0.2 %)."""
+    step never codes larger in practice; bisection stops within 0.2 %). Error feedback, where
+    encode will use it, codes a little larger than plain rounding at the same step: the factor is
+    found with plain rounding, then corrected with a few measurements of what encode will write."""
     low, high = -3.0, 3.0  # log2 of the factor
     if sum(_coded_bits(values, plan, 2.0**high).values()) > budget:
-        return {n: (s * 2.0**high, d * 2.0**high) for n, (s, d) in plan.items()}  # as close as it gets; the report says how close
+        return _scaled(plan, 2.0**high)  # as close as it gets; the report says how close
     for _ in range(30):
         middle = (low + high) / 2
         total = sum(_coded_bits(values, plan, 2.0**middle).values())
@@ -185,4 +199,16 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: dict[str, tuple[float, 
             high = middle
             break
     factor = 2.0**high
-    return {n: (s * factor, d * factor) for n, (s, d) in plan.items()}
+    if not any(plan.hessian(n, v) is not None for n, v in values.items()):
+        return _scaled(plan, factor)
+    for _ in range(FEEDBACK_LANDINGS):
+        total = sum(_coded_bits(values, plan, factor, feedback=True).values())
+        if 0.99 * budget <= total <= budget:
+            break
+        # Rate falls by about one bit per weight per doubling of the step.
+        factor *= 2.0 ** ((total - budget) / sum(v.size for v in values.values()))
+    return _scaled(plan, factor)
+
+
+def _scaled(plan: Plan, factor: float) -> Plan:
+    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics)

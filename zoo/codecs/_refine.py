@@ -12,6 +12,8 @@ pair seen, so it never does worse than plain k-means on the calibration objectiv
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _BLOCK = 128  # columns per lazy update of the rest of the matrix
@@ -94,17 +96,18 @@ def inverse_factor(hessian: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(np.linalg.inv(damped)).T
 
 
-def assign_with_feedback(weights: np.ndarray, scales: np.ndarray, row_codebooks: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Assignments column by column, each column's rounding error fed forward (GPTQ-style)
-    through `upper`, the inverse_factor of H."""
-    n_rows, n_cols = weights.shape
-    work = weights.astype(np.float64).copy()
-    safe_scales = np.where(scales > 0, scales, 1.0).astype(np.float64)
-    order = np.argsort(row_codebooks, axis=1, kind="stable")
-    ordered = np.take_along_axis(row_codebooks, order, axis=1).astype(np.float64)
-    midpoints = (ordered[:, 1:] + ordered[:, :-1]) / 2
-    indices = np.empty((n_rows, n_cols), dtype=np.int64)
-    rows = np.arange(n_rows)
+def feedback(weights: np.ndarray, hessian: np.ndarray, round_column: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """GPTQ-style rounding: column by column, `round_column(j, values)` puts column j (float64,
+    one value per row) on the codec's grid, and the rounding error is pushed onto the columns not
+    yet rounded through the Cholesky factor of H^-1, so that they make up for it in the layer's
+    output. Columns go in order of falling H diagonal (GPTQ's act-order): the inputs that carry the
+    most energy are rounded first, while the most columns remain to absorb their error. Returns
+    the rounded matrix (float64)."""
+    order = np.argsort(-np.diag(hessian), kind="stable")
+    upper = inverse_factor(hessian[np.ix_(order, order)])
+    n_cols = weights.shape[1]
+    work = weights[:, order].astype(np.float64)
+    rounded = np.empty_like(work)
     for first in range(0, n_cols, _BLOCK):
         last = min(first + _BLOCK, n_cols)
         block = work[:, first:last].copy()
@@ -112,13 +115,33 @@ def assign_with_feedback(weights: np.ndarray, scales: np.ndarray, row_codebooks:
         factor = upper[first:last, first:last]
         for column in range(last - first):
             value = block[:, column]
-            rank = (value[:, None] / safe_scales[:, None] > midpoints).sum(axis=1)
-            indices[:, first + column] = order[rows, rank]
-            quantized = scales * ordered[rows, rank]
+            quantized = round_column(int(order[first + column]), value)
+            rounded[:, first + column] = quantized
             error = (value - quantized) / factor[column, column]
             block[:, column:] -= error[:, None] * factor[column, column:][None, :]
             errors[:, column] = error
         work[:, last:] -= errors @ upper[first:last, last:]
+    restored = np.empty_like(rounded)
+    restored[:, order] = rounded
+    return restored
+
+
+def assign_with_feedback(weights: np.ndarray, scales: np.ndarray, row_codebooks: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Codebook assignments by `feedback`, each value to the nearest entry of its row's codebook."""
+    n_rows, n_cols = weights.shape
+    safe_scales = np.where(scales > 0, scales, 1.0).astype(np.float64)
+    order = np.argsort(row_codebooks, axis=1, kind="stable")
+    ordered = np.take_along_axis(row_codebooks, order, axis=1).astype(np.float64)
+    midpoints = (ordered[:, 1:] + ordered[:, :-1]) / 2
+    indices = np.empty((n_rows, n_cols), dtype=np.int64)
+    rows = np.arange(n_rows)
+
+    def nearest_entry(column: int, value: np.ndarray) -> np.ndarray:
+        rank = (value[:, None] / safe_scales[:, None] > midpoints).sum(axis=1)
+        indices[:, column] = order[rows, rank]
+        return scales * ordered[rows, rank]
+
+    feedback(weights, hessian, nearest_entry)
     return indices
 
 
@@ -152,9 +175,8 @@ def refine(weights: np.ndarray, scales: np.ndarray, groups: np.ndarray, codebook
     candidates = []
     indices = nearest(weights / safe, codebooks[groups])
     candidates.append((output_error(weights, _reconstruct(scales, codebooks[groups], indices), hessian), indices, codebooks))
-    upper = inverse_factor(hessian)
     for _ in range(_ROUNDS):
-        indices = assign_with_feedback(weights, scales, codebooks[groups], upper)
+        indices = assign_with_feedback(weights, scales, codebooks[groups], hessian)
         candidates.append((output_error(weights, _reconstruct(scales, codebooks[groups], indices), hessian), indices, codebooks))
         codebooks = update_codebooks(weights, scales, groups, codebooks, indices, hessian).astype(np.float16).astype(np.float32)
         if not np.isfinite(codebooks).all():

@@ -17,12 +17,14 @@ each tensor gets 32/R bits by itself.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, PipelineError
+from . import _refine
 from .base import ArrayCodec, Transformed, TypedArray
 from .selection import check_patterns
 
@@ -40,6 +42,17 @@ def dequantize(symbols: np.ndarray, step: float, dead_zone: float) -> np.ndarray
     magnitude = np.abs(symbols).astype(np.float32)
     values = magnitude * np.float32(step) + np.where(magnitude > 0, np.float32(dead_zone), np.float32(0))
     return np.where(symbols < 0, -values, values).astype(np.float32)
+
+
+def quantize_with_feedback(values: np.ndarray, step: float, dead_zone: float, hessian: np.ndarray) -> np.ndarray:
+    """Symbols of a matrix rounded column by column with each column's error fed forward onto the
+    columns not yet rounded (zoo.codecs._refine.feedback): the layer's output error on the
+    calibration inputs, not each weight's, is what the rounding lowers."""
+    def grid(_: int, column: np.ndarray) -> np.ndarray:
+        return dequantize(quantize(column, step, dead_zone), step, dead_zone).astype(np.float64)
+
+    rounded = _refine.feedback(values.reshape(values.shape[0], -1), hessian, grid)
+    return quantize(rounded, step, dead_zone).reshape(values.shape)
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -76,6 +89,20 @@ def symbols_array(symbols: np.ndarray) -> TypedArray:
     raise PipelineError("l2: a step this small needs symbols wider than 32 bits")
 
 
+@dataclass
+class Plan:
+    """What the survey hands each tensor: its (step, dead zone), and the calibration statistics
+    whose H, where a matrix has one, guides the rounding."""
+
+    steps: dict[str, tuple[float, float]]
+    statistics: Any = None
+
+    def hessian(self, name: str, values: np.ndarray) -> np.ndarray | None:
+        if self.statistics is None or values.ndim != 2 or not hasattr(self.statistics, "hessian"):
+            return None
+        return self.statistics.hessian(name, values.shape[1])
+
+
 class L2(ArrayCodec):
     codec_id = "l2"
     # The contract test's model is one 64x96 matrix: at target_ratio=10 its header entries, the
@@ -91,7 +118,7 @@ class L2(ArrayCodec):
         self.include = include
         self.exclude = exclude
 
-    def survey(self, tensors: Any, calibration: Any = None) -> dict[str, tuple[float, float]]:
+    def survey(self, tensors: Any, calibration: Any = None) -> Plan:
         from ._rate import allocate  # torch too when calibrating: imported only when a model is surveyed
 
         return allocate(self, tensors, calibration)
@@ -100,18 +127,16 @@ class L2(ArrayCodec):
         values = to_float32(array.data, array.dtype)
         if not np.isfinite(values).all():
             raise PipelineError(f"l2: {name or 'a tensor'} holds NaN or infinity, which a uniform quantizer cannot store")
-        if plan and name in plan:
-            step, dead_zone = plan[name]
+        if plan is not None and name in plan.steps:
+            step, dead_zone = plan.steps[name]
         else:
             step, dead_zone = step_for_bits(values, 32.0 / self.target_ratio), 0.0
-        return self._encode(values, step, dead_zone)
+        hessian = plan.hessian(name, values) if plan is not None else None
+        symbols = quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
+        return Transformed({"symbols": symbols_array(symbols)}, {"step": float(step), "dead_zone": float(dead_zone)})
 
     def encode(self, array: TypedArray) -> Transformed:
         return self.encode_tensor("", array)
-
-    def _encode(self, values: np.ndarray, step: float, dead_zone: float) -> Transformed:
-        symbols = quantize(values, step, dead_zone)
-        return Transformed({"symbols": symbols_array(symbols)}, {"step": float(step), "dead_zone": float(dead_zone)})
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         symbols = parts.get("symbols")

@@ -11,12 +11,15 @@ near random, so later stages store it raw).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _kernels
+from ..dtypes import from_float32, to_float32
 from ..errors import FormatError
+from . import _refine
 from .base import ArrayCodec, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
@@ -40,11 +43,35 @@ class Truncate(ArrayCodec):
         # Where `bits` keeps the whole mantissa there is nothing to drop: the tensor stays as it is.
         return array.dtype in _LAYOUT and self.bits < _LAYOUT[array.dtype][2] and super().selects(name, array)
 
-    def encode(self, array: TypedArray) -> Transformed:
-        word, exponent_bits, mantissa_bits = _LAYOUT[array.dtype]
+    def survey(self, tensors: Any, calibration: Any = None) -> Any:
+        return calibration  # only looked up per tensor, by name
+
+    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+        """With calibration statistics, each matrix's values are first moved onto the kept-bits grid
+        column by column with the rounding error fed forward (zoo.codecs._refine.feedback): round
+        to nearest is the best choice per weight, not for the layer's output. The values are then
+        on the grid, so encode's own rounding leaves them as they are."""
+        hessian = plan.hessian(name, array.shape[-1]) if plan is not None and array.data.ndim == 2 else None
+        if hessian is not None:
+            values = to_float32(np.asarray(array.data), array.dtype)
+            if np.isfinite(values).all():
+                grid = functools.partial(self.round_values, dtype=array.dtype)
+                moved = _refine.feedback(values, hessian, lambda _, column: grid(column))
+                array = TypedArray(from_float32(moved.astype(np.float32), array.dtype).reshape(array.shape), array.dtype)
+        return self.encode(array)
+
+    def round_values(self, values: np.ndarray, dtype: str) -> np.ndarray:
+        """float64 `values` as they come back from a `dtype` tensor with `bits` mantissa bits kept."""
+        storage = from_float32(np.asarray(values, dtype=np.float32), dtype)
+        sign, kept = self._round(storage, dtype)
+        return to_float32(self._assemble(sign, kept, dtype), dtype).astype(np.float64)
+
+    def _round(self, storage: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sign, magnitude with `bits` mantissa bits) of each value's bit pattern, rounded to nearest even."""
+        word, exponent_bits, mantissa_bits = _LAYOUT[dtype]
         width = 8 * np.dtype(word).itemsize
         dropped = mantissa_bits - self.bits
-        bits = np.ascontiguousarray(array.data).view(word).reshape(-1).astype(np.uint32)
+        bits = np.ascontiguousarray(storage).view(word).reshape(-1).astype(np.uint32)
         sign = bits >> np.uint32(width - 1)
         magnitude = bits & np.uint32((1 << (width - 1)) - 1)
         all_ones = (1 << exponent_bits) - 1
@@ -55,8 +82,11 @@ class Truncate(ArrayCodec):
         kept = np.where(special | ((rounded >> np.uint32(self.bits)) == all_ones), magnitude >> np.uint32(dropped), rounded)
         mantissa_mask = np.uint32((1 << self.bits) - 1)
         lost_nan = special & ((magnitude & np.uint32((1 << mantissa_bits) - 1)) != 0) & ((kept & mantissa_mask) == 0)
-        kept = np.where(lost_nan, kept | np.uint32(1 << (self.bits - 1)), kept)
+        return sign, np.where(lost_nan, kept | np.uint32(1 << (self.bits - 1)), kept)
 
+    def encode(self, array: TypedArray) -> Transformed:
+        sign, kept = self._round(array.data, array.dtype)
+        mantissa_mask = np.uint32((1 << self.bits) - 1)
         exponent = (kept >> np.uint32(self.bits)).astype(np.uint8).reshape(array.shape)
         sign_mantissa = (sign << np.uint32(self.bits)) | (kept & mantissa_mask)
         packed = _kernels.pack_indices(sign_mantissa.astype(np.uint8 if self.bits < 8 else np.uint16), self.bits + 1)
@@ -66,8 +96,6 @@ class Truncate(ArrayCodec):
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         if dtype not in _LAYOUT or set(parts) != {"exponent", "sign_mantissa"}:
             raise FormatError(f"truncate: archive holds a {dtype} node with parts {sorted(parts)}")
-        word, _, mantissa_bits = _LAYOUT[dtype]
-        width = 8 * np.dtype(word).itemsize
         exponent = parts["exponent"].data.reshape(-1)
         count = exponent.size
         if tuple(parts["exponent"].shape) != tuple(shape):
@@ -77,11 +105,18 @@ class Truncate(ArrayCodec):
         except ValueError as error:
             raise FormatError(f"truncate: {error}") from None
         sign = sign_mantissa >> np.uint32(self.bits)
-        mantissa = sign_mantissa & np.uint32((1 << self.bits) - 1)
-        bits = (sign << np.uint32(width - 1)) | (exponent.astype(np.uint32) << np.uint32(mantissa_bits)) | (mantissa << np.uint32(mantissa_bits - self.bits))
+        kept = (exponent.astype(np.uint32) << np.uint32(self.bits)) | (sign_mantissa & np.uint32((1 << self.bits) - 1))
+        storage = self._assemble(sign, kept, dtype)
+        return TypedArray(storage.reshape(shape), dtype)
+
+    def _assemble(self, sign: np.ndarray, kept: np.ndarray, dtype: str) -> np.ndarray:
+        """Storage words (F16 and F32 as their float types) from sign and kept magnitude bits."""
+        word, _, mantissa_bits = _LAYOUT[dtype]
+        width = 8 * np.dtype(word).itemsize
+        bits = (sign << np.uint32(width - 1)) | (kept << np.uint32(mantissa_bits - self.bits))
         storage = bits.astype(word)
         if dtype == "F16":
-            storage = storage.view("<f2")
-        elif dtype == "F32":
-            storage = storage.view("<f4")
-        return TypedArray(storage.reshape(shape), dtype)
+            return storage.view("<f2")
+        if dtype == "F32":
+            return storage.view("<f4")
+        return storage
