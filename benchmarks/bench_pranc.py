@@ -28,30 +28,41 @@ def _windows(text: str, label: int, start: int, stride: int) -> list[tuple[list[
     return [(list(data[i:i + WINDOW]), label) for i in range(start, len(data) - WINDOW, stride)]
 
 
-def build(folder: Path) -> tuple[object, object]:
-    import torch
-    import transformers
-
+def task() -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]]]:
+    """(training, held-out) windows labelled by which piece of calibration.txt they come from."""
     from zoo.codecs._teacher import default_text
 
     pieces = [p for p in default_text().split("\n\n") if p]
     texts = ["\n".join(pieces[:14]), "\n".join(pieces[14:17]), "\n".join(pieces[17:])]
-    train = [w for label, t in enumerate(texts) for w in _windows(t, label, 0, 8) if (len(w[0]) and True)]
+    train = [w for label, t in enumerate(texts) for w in _windows(t, label, 0, 8)]
     held_out = [w for label, t in enumerate(texts) for w in _windows(t, label, 4, 97)]
-    train = [w for w in train if (w[0], w[1]) not in held_out]
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=WINDOW, num_labels=3)
-    model = transformers.BertForSequenceClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for step in range(400):
-        batch = [train[i] for i in torch.randint(len(train), (32,), generator=generator).tolist()]
+    return [w for w in train if w not in held_out], held_out
+
+
+def train(model: object, windows: list[tuple[list[int], int]], steps: int, learning_rate: float, seed: int = 0) -> None:
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = [windows[i] for i in torch.randint(len(windows), (32,), generator=generator).tolist()]
         ids, labels = torch.tensor([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def build(folder: Path) -> tuple[object, object]:
+    import torch
+    import transformers
+
+    training, held_out = task()
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=WINDOW, num_labels=3)
+    model = transformers.BertForSequenceClassification(config)
+    train(model, training, 400, 3e-3)
     model.eval().save_pretrained(folder)
     return torch.tensor([w[0] for w in held_out]), torch.tensor([w[1] for w in held_out])
 
