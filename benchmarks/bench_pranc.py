@@ -68,8 +68,9 @@ def build(folder: Path) -> tuple[object, object]:
 
 
 def distilled(folder: Path, spec: str) -> dict[str, object]:
-    """The tensors a distilled PRANC stage decodes to. Through the library: zoo.compress hands the
-    stage activation statistics, not the model, so it cannot distill yet (see the README)."""
+    """The tensors a distilled PRANC stage decodes to, with the teacher built here: `zoo compress
+    --calib` needs a tokenizer in the folder, and this classifier has none (bench_pranc_delta.py
+    saves one and distills through zoo.compress)."""
     import torch
     from safetensors.numpy import load_file
 

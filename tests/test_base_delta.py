@@ -318,3 +318,10 @@ def test_a_tampered_base_record_is_refused(delta_archive, tmp_path, edit, messag
     # A tensor that claims a base in an archive that names none (so version 1): refused, not read as is.
     with pytest.raises(FormatError, match="names none"):
         zoo.open(_rewrite(archive, tmp_path / "bad.zoo", lambda h: h.pop("base"), version=1))
+
+
+def test_verify_gates_refuse_a_base_up_front(tuned, tmp_path):
+    base, fine_tuned = tuned
+    done = zoo_cli("compress", fine_tuned, "-o", tmp_path / "d.zoo", "-p", SPEC, "--base", base, "--verify")
+    assert done.returncode == 1 and "--verify cannot yet" in done.stderr
+    assert not (tmp_path / "d.zoo").exists()

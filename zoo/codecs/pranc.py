@@ -11,7 +11,9 @@ for the whole model, shared out in proportion to tensor size. The survey fits th
 least-squares projection of each tensor onto its basis, then, when the model can be run on
 calibration text, distillation: Adam on all coefficients at once to minimise the output KL to
 the original. A trained network keeps little of itself in a few thousand numbers; PRANC is
-meant for small models and says how well it did (zoo evaluate, zoo sweep), never more.
+meant for small models and for a fine-tune's difference from its base (`zoo compress --base`:
+the stage then sees differences, and the teacher runs base + difference, see zoo.delta), and
+says how well it did (zoo evaluate, zoo sweep), never more.
 """
 
 from __future__ import annotations
