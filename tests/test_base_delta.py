@@ -325,3 +325,18 @@ def test_verify_gates_refuse_a_base_up_front(tuned, tmp_path):
     done = zoo_cli("compress", fine_tuned, "-o", tmp_path / "d.zoo", "-p", SPEC, "--base", base, "--verify")
     assert done.returncode == 1 and "--verify cannot yet" in done.stderr
     assert not (tmp_path / "d.zoo").exists()
+
+
+@pytest.mark.parametrize("spec", ["codebook:bits=2", "l2:target_ratio=16"])
+def test_other_lossy_pipelines_code_the_difference_too(tuned, tmp_path, spec):
+    base, fine_tuned = tuned
+    zoo.compress(fine_tuned, tmp_path / "delta.zoo", spec, base=base)
+    zoo.compress(fine_tuned, tmp_path / "plain.zoo", spec)
+    expected = weights(fine_tuned)
+    with zoo.open(tmp_path / "delta.zoo", base=base) as against_base, zoo.open(tmp_path / "plain.zoo") as alone:
+        names = against_base.base_tensors()
+        assert names and set(names) <= set(expected)
+        error = {which: sum(float(np.sum((opened.get_tensor(n) - expected[n]) ** 2)) for n in names)
+                 for which, opened in (("base", against_base), ("alone", alone))}
+    # The same bits spent on a small difference leave a smaller error than spent on the weights.
+    assert error["base"] < 0.5 * error["alone"]
