@@ -215,6 +215,8 @@ def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):
     # A lossless pipeline selects nothing: the archive needs no base and is plain version 1.
     plain = zoo.compress(fine_tuned, tmp_path / "plain.zoo", base=base)
     assert plain.base is None and (tmp_path / "plain.zoo").read_bytes()[8:12] == (1).to_bytes(4, "little")
+    done = zoo_cli("compress", fine_tuned, "-o", tmp_path / "plain.zoo", "--base", base, "--force")
+    assert done.returncode == 0 and "does not need it" in done.stderr
 
 
 def test_bad_bases_at_compress_leave_nothing(tuned, tmp_path):

@@ -102,6 +102,9 @@ def compress(
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
     print_report(report, as_json, str(output))
+    if base is not None and report.base is None:
+        stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
+                     "dtype and shape, so the archive does not need it", markup=False, highlight=False)
 
 
 def decompress(
