@@ -342,3 +342,15 @@ def test_other_lossy_pipelines_code_the_difference_too(tuned, tmp_path, spec):
                  for which, opened in (("base", against_base), ("alone", alone))}
     # The same bits spent on a small difference leave a smaller error than spent on the weights.
     assert error["base"] < 0.5 * error["alone"]
+
+
+def test_the_base_may_be_a_model_in_the_zoo(tuned, delta_archive, tmp_path, monkeypatch):
+    from zoo.store import Store
+
+    base, _ = tuned
+    archive, _ = delta_archive
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    Store().compress(base, "tiny-base")
+    expected = zoo.load_state_dict(archive, base=base)
+    got = zoo.load_state_dict(archive, base="tiny-base")
+    assert all(np.array_equal(got[name].numpy(), expected[name].numpy()) for name in expected)
