@@ -221,8 +221,9 @@ def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):
 
 def test_bad_bases_at_compress_leave_nothing(tuned, tmp_path):
     _, fine_tuned = tuned
-    with pytest.raises(InputError, match="no such file, folder or model"):
-        zoo.compress(fine_tuned, tmp_path / "d.zoo", SPEC, base=tmp_path / "nowhere")
+    for spec in (SPEC, "lossless"):  # a base is checked even when no stage will use it
+        with pytest.raises(InputError, match="no such file, folder or model"):
+            zoo.compress(fine_tuned, tmp_path / "d.zoo", spec, base=tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no weights")
     with pytest.raises(InputError, match="holds no safetensors tensors"):

@@ -172,9 +172,8 @@ def compress(
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
     with ExitStack() as stack:
-        deltas = None
-        if base is not None and chosen.array_stages:
-            deltas = Deltas(stack.enter_context(BaseModel(base)), chosen, Builder.named_tensors(sources))
+        base_model = stack.enter_context(BaseModel(base)) if base is not None else None
+        deltas = Deltas(base_model, chosen, Builder.named_tensors(sources)) if base_model is not None and chosen.array_stages else None
         plans = None
         if chosen.array_stages:
             from .calibration import collect
