@@ -1,16 +1,17 @@
-/* The section coder (see coder.h and docs/FORMAT.md). Encoding is scalar and the same on every
- * CPU; decoding runs its hot loop through the kernel table. Every length and value read from a
+/* The section coder (see coder.h and docs/FORMAT.md). The modelling is plain C; the hot loops
+ * of encoding (packing raw bits, rANS) and decoding run through the kernel table, and every
+ * table writes the same bytes. Every length and value read from a
  * payload is checked before use: a hostile payload gives an error message, never a crash. */
 #include "coder.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK_LOG2 7 /* trailing zeros are shared per block of 128 words */
 #define MAX_SYMBOLS 256
 #define MAX_SYMBOL_BITS 12
 #define KIND_RAW 0
 #define KIND_CODED 1
+#define ENCODE_SLICE 32768 /* words counted and packed together: a slice stays in L2 between the two */
 #define DECODE_BATCH 4096 /* words decoded per batch (a multiple of the lanes): ranks stay in L1 between the two passes */
 
 /* -- little helpers ------------------------------------------------------------------------ */
@@ -137,13 +138,38 @@ size_t zoo_section_bound(size_t count, int word_bytes) { return 1 + count * (siz
 /* -- the symbol model ---------------------------------------------------------------------- */
 
 /* Frequencies summing to RANS_TOTAL from counts, each used symbol at least 1; integer-only so
- * the numpy encoder (zoo/_fallback.py) reproduces it exactly. Largest remainders first take
- * the slots flooring leaves; slots given to rare symbols come back from the largest ones. */
+ * the numpy encoder (zoo/_fallback_coder.py) reproduces it exactly. Largest remainders first
+ * (the lower rank first among equals) take the slots flooring leaves; slots given to rare
+ * symbols come back one at a time from the then largest frequency (the lower rank first).
+ * Sorting and a heap do in n log n what one scan per slot did in n^2. */
+/* keys (remainder << 8 | 255 - rank), largest first: remainders are below 2^32 */
+static int descending(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+/* heap of ranks, largest frequency on top, the lower rank first among equals */
+static int heap_above(const uint32_t *freqs, uint8_t i, uint8_t j) { return freqs[i] > freqs[j] || (freqs[i] == freqs[j] && i < j); }
+
+static void heap_sift_down(uint8_t *heap, int size, int at, const uint32_t *freqs) {
+    for (;;) {
+        int left = 2 * at + 1, right = left + 1, top = at;
+        if (left < size && heap_above(freqs, heap[left], heap[top])) top = left;
+        if (right < size && heap_above(freqs, heap[right], heap[top])) top = right;
+        if (top == at) return;
+        uint8_t swap = heap[at];
+        heap[at] = heap[top];
+        heap[top] = swap;
+        at = top;
+    }
+}
+
 static void normalize(const uint64_t *counts, int n_used, uint32_t *freqs) {
     uint64_t total = 0;
     for (int i = 0; i < n_used; i++) total += counts[i];
     int64_t assigned = 0;
-    uint64_t remainders[MAX_SYMBOLS];
+    uint64_t remainders[MAX_SYMBOLS], order[MAX_SYMBOLS];
+    int n_remaining = 0;
     for (int i = 0; i < n_used; i++) {
         uint64_t scaled = counts[i] * RANS_TOTAL;
         freqs[i] = (uint32_t)(scaled / total);
@@ -152,40 +178,33 @@ static void normalize(const uint64_t *counts, int n_used, uint32_t *freqs) {
             freqs[i] = 1;
             remainders[i] = 0; /* already rounded up */
         }
+        if (remainders[i]) order[n_remaining++] = remainders[i] << 8 | (uint64_t)(255 - i);
         assigned += freqs[i];
     }
     int64_t missing = (int64_t)RANS_TOTAL - assigned;
-    while (missing > 0) { /* at most one pass per symbol: flooring lost less than one each */
-        int best = -1;
-        for (int i = 0; i < n_used; i++)
-            if (remainders[i] && (best < 0 || remainders[i] > remainders[best])) best = i;
-        if (best < 0) break;
-        freqs[best]++;
-        remainders[best] = 0;
-        missing--;
+    if (missing > 0) { /* at most one per symbol: flooring lost less than one each */
+        qsort(order, (size_t)n_remaining, sizeof(uint64_t), descending);
+        for (int k = 0; k < n_remaining && missing > 0; k++, missing--) freqs[255 - (order[k] & 0xff)]++;
     }
-    while (missing > 0) { /* every remainder used: the largest symbol takes the rest */
+    if (missing > 0) { /* every remainder used: the largest symbol takes the rest */
         int best = 0;
         for (int i = 1; i < n_used; i++)
             if (freqs[i] > freqs[best]) best = i;
         freqs[best] += (uint32_t)missing;
         missing = 0;
     }
-    while (missing < 0) { /* rare symbols took too many: take one back from the largest */
-        int best = 0;
-        for (int i = 1; i < n_used; i++)
-            if (freqs[i] > freqs[best]) best = i;
-        freqs[best]--;
-        missing++;
+    if (missing < 0) { /* rare symbols took too many: one back at a time from the largest */
+        uint8_t heap[MAX_SYMBOLS];
+        for (int i = 0; i < n_used; i++) heap[i] = (uint8_t)i;
+        for (int at = n_used / 2 - 1; at >= 0; at--) heap_sift_down(heap, n_used, at, freqs);
+        for (; missing < 0; missing++) {
+            freqs[heap[0]]--;
+            heap_sift_down(heap, n_used, 0, freqs);
+        }
     }
 }
 
 /* -- encoding ------------------------------------------------------------------------------ */
-
-typedef struct {
-    uint32_t freq, cum;
-    uint64_t reciprocal; /* ceil(2^44 / freq): x / freq == (x * reciprocal) >> 44 for x < 2^32 */
-} encode_symbol;
 
 static size_t store_raw(const uint8_t *words, size_t count, int word_bytes, uint8_t *out, size_t capacity) {
     size_t bytes = count * (size_t)word_bytes;
@@ -196,35 +215,22 @@ static size_t store_raw(const uint8_t *words, size_t count, int word_bytes, uint
 }
 
 /* rANS over the words' symbols (their top bits), into w: the lane count, the final states, then
- * the 16-bit refill words in the order the decoder reads them. Encodes backwards, so words are
- * collected from the end. `by_symbol` is indexed by symbol, not rank: no rank pass is needed. */
-static inline __attribute__((always_inline)) void rans_encode(writer *w, const uint8_t *words, size_t count, const int word_bytes,
-                                                              const int is_float, int remainder_bits, const encode_symbol *by_symbol,
-                                                              int lane_log2) {
+ * the 16-bit refill words in the order the decoder reads them. `by_symbol` is indexed by
+ * symbol, not rank: no rank pass is needed. */
+static void rans_encode(writer *w, const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
+                        const uint32_t *by_symbol, int lane_log2, const zoo_kernels *kernels) {
     size_t lanes = (size_t)1 << lane_log2;
-    int bits = 8 * word_bytes;
-    uint16_t *stack = malloc((count + 2) * sizeof(uint16_t));
+    /* at most one word per symbol, and scratch below the last for the kernels' vector stores */
+    uint16_t *stack = malloc((count + 64) * sizeof(uint16_t));
     if (!stack) {
         w->full = 1;
         return;
     }
-    uint16_t *top = stack + count + 2; /* one spare slot: a word is stored before it is kept */
+    uint16_t *top = stack + count + 64;
     uint32_t states[RANS_MAX_LANES];
     for (size_t lane = 0; lane < lanes; lane++) states[lane] = RANS_LOW;
-    /* Branch-free: whether a lane emits a word is a coin toss, so a branch would mispredict. */
-    for (size_t i = count; i-- > 0;) {
-        uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
-        if (is_float) key = rotate_left1(key, bits);
-        const encode_symbol *s = &by_symbol[key >> remainder_bits];
-        uint32_t x = states[i & (lanes - 1)];
-        uint32_t emit = x >= (s->freq << (32 - RANS_PROB_BITS)); /* encoding would carry x past 2^32 */
-        top[-1] = (uint16_t)x;
-        top -= emit;
-        x >>= 16 * emit;
-        uint32_t quotient = (uint32_t)(((unsigned __int128)x * s->reciprocal) >> 44);
-        states[i & (lanes - 1)] = (quotient << RANS_PROB_BITS) + (x - quotient * s->freq) + s->cum;
-    }
-    size_t n_words = (size_t)(stack + count + 2 - top);
+    kernels->rans_encode(states, lanes, by_symbol, words, count, word_bytes, is_float, remainder_bits, &top);
+    size_t n_words = (size_t)(stack + count + 64 - top);
     put_u8(w, (unsigned)lane_log2);
     put_u32(w, (uint32_t)(4 * lanes + 2 * n_words));
     for (size_t lane = 0; lane < lanes; lane++) put_u32(w, states[lane]);
@@ -232,40 +238,74 @@ static inline __attribute__((always_inline)) void rans_encode(writer *w, const u
     free(stack);
 }
 
+/* Adds the symbols (top `symbol_bits` of each rotated word) of `count` words to `tables`
+ * interleaved histograms: a run of one symbol would otherwise wait on its own stores. A float's
+ * symbol lies below its sign (rotated to bit 0) whenever bits remain, so it is a plain field. */
+static inline __attribute__((always_inline)) void count_symbols(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
+                                                                int symbol_bits, uint32_t *histograms, size_t tables) {
+    int bits = 8 * word_bytes;
+    size_t n_symbols = (size_t)1 << symbol_bits;
+    size_t i = 0;
+    if (!is_float || symbol_bits < bits) { /* from two 64-bit loads at a time */
+        int field = is_float ? bits - symbol_bits - 1 : bits - symbol_bits;
+        uint64_t symbol_mask = n_symbols - 1;
+        size_t per_load = 8 / (size_t)word_bytes;
+        for (; i + 2 * per_load <= count; i += 2 * per_load) {
+            uint64_t first, second;
+            memcpy(&first, words + i * (size_t)word_bytes, 8);
+            memcpy(&second, words + (i + per_load) * (size_t)word_bytes, 8);
+            for (size_t k = 0; k < per_load; k++) {
+                histograms[((2 * k) % tables) * n_symbols + ((first >> (bits * (int)k + field)) & symbol_mask)]++;
+                histograms[((2 * k + 1) % tables) * n_symbols + ((second >> (bits * (int)k + field)) & symbol_mask)]++;
+            }
+        }
+    }
+    for (; i < count; i++) {
+        uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
+        if (is_float) key = rotate_left1(key, bits);
+        histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
+    }
+}
+
 /* Inlined once per (word size, float) pair from zoo_encode_section, so loads and rotations are
  * constant-size instructions rather than calls. */
 static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *words, size_t count, const int word_bytes,
                                                                  const int is_float, int symbol_bits, uint8_t *out,
-                                                                 size_t capacity) {
+                                                                 size_t capacity, const zoo_kernels *kernels) {
     int bits = 8 * word_bytes;
     size_t raw_size = 1 + count * (size_t)word_bytes;
     if (count == 0 || count > 0xffffffffu || symbol_bits < 8 || symbol_bits > bits || symbol_bits > MAX_SYMBOL_BITS)
         return store_raw(words, count, word_bytes, out, capacity);
-    /* Histogram of the top bits; fewer of them until at most MAX_SYMBOLS are used (8 always are). */
     size_t n_symbols = (size_t)1 << symbol_bits;
-    /* four interleaved histograms: runs of one symbol would otherwise wait on their own stores */
-    uint32_t *histogram4 = calloc(4 * n_symbols, sizeof(uint32_t));
+    size_t tables = symbol_bits <= 10 ? 8 : 4;
+    uint32_t *histograms = calloc(tables * n_symbols, sizeof(uint32_t));
     uint64_t *histogram = calloc(n_symbols, sizeof(uint64_t));
-    if (!histogram || !histogram4) {
+    size_t n_blocks = (count + RANS_BLOCK - 1) >> RANS_BLOCK_LOG2;
+    uint8_t *block_zeros = calloc(n_blocks, 1);
+    /* room for the widest remainders merging symbols can leave (symbols keep at least 8 bits),
+     * and 64 bytes for the kernels' vector stores past the end */
+    uint8_t *packed = malloc((size_t)(((uint64_t)count * (uint64_t)(bits - 8) + 7) / 8) + 64);
+    if (!histogram || !histograms || !block_zeros || !packed) {
         free(histogram);
-        free(histogram4);
+        free(histograms);
+        free(block_zeros);
+        free(packed);
         return store_raw(words, count, word_bytes, out, capacity);
     }
-    size_t i4 = 0;
-    for (; i4 + 4 <= count; i4 += 4)
-        for (int k = 0; k < 4; k++) {
-            uint32_t key = load_word(words + (i4 + (size_t)k) * (size_t)word_bytes, word_bytes);
-            if (is_float) key = rotate_left1(key, bits);
-            histogram4[(size_t)k * n_symbols + (key >> (bits - symbol_bits))]++;
-        }
-    for (; i4 < count; i4++) {
-        uint32_t key = load_word(words + i4 * (size_t)word_bytes, word_bytes);
-        if (is_float) key = rotate_left1(key, bits);
-        histogram4[key >> (bits - symbol_bits)]++;
+    /* One pass over slices that stay in L2: count the symbols, pack the raw bits (assuming the
+     * symbols need not merge, which they rarely do). */
+    int remainder_bits = bits - symbol_bits;
+    uint64_t total_bits = 0;
+    for (size_t first = 0; first < count; first += ENCODE_SLICE) {
+        size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
+        const uint8_t *slice = words + first * (size_t)word_bytes;
+        count_symbols(slice, n, word_bytes, is_float, symbol_bits, histograms, tables);
+        total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
-    for (size_t s = 0; s < n_symbols; s++)
-        histogram[s] = (uint64_t)histogram4[s] + histogram4[n_symbols + s] + histogram4[2 * n_symbols + s] + histogram4[3 * n_symbols + s];
-    free(histogram4);
+    for (size_t table = 0; table < tables; table++)
+        for (size_t s = 0; s < n_symbols; s++) histogram[s] += histograms[table * n_symbols + s];
+    free(histograms);
+    /* fewer top bits until at most MAX_SYMBOLS are used (8 always are) */
     int n_used;
     for (;;) {
         n_used = 0;
@@ -274,63 +314,23 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
         for (size_t s = 0; s < ((size_t)1 << (symbol_bits - 1)); s++) histogram[s] = histogram[2 * s] + histogram[2 * s + 1];
         symbol_bits--;
     }
-    int remainder_bits = bits - symbol_bits;
-    int low_bits = is_float && remainder_bits ? remainder_bits - 1 : remainder_bits; /* float: the sign is bit 0 */
-    uint32_t remainder_mask = remainder_bits ? (1u << remainder_bits) - 1 : 0;
+    if (bits - symbol_bits != remainder_bits) {
+        remainder_bits = bits - symbol_bits;
+        total_bits = kernels->pack_remainders(words, count, word_bytes, is_float, remainder_bits, block_zeros, packed);
+    }
 
     uint64_t counts[MAX_SYMBOLS];
     uint16_t symbol_of_rank[MAX_SYMBOLS];
-    size_t n_blocks = (count + (1u << BLOCK_LOG2) - 1) >> BLOCK_LOG2;
-    uint8_t *block_zeros = calloc(n_blocks, 1);
-    if (!block_zeros) {
-        free(histogram);
-        return store_raw(words, count, word_bytes, out, capacity);
-    }
     int rank = 0;
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++)
         if (histogram[s]) {
             symbol_of_rank[rank] = (uint16_t)s;
             counts[rank++] = histogram[s];
         }
-    /* One pass in blocks: the trailing zeros the block's low bits share, then
-     * the block's remainders packed LSB first without those zeros (64-bit stores; 8 spare bytes
-     * take the overshoot). The block's keys stay in L1 between the two loops. */
     int any_zeros = 0;
-    uint8_t *packed = malloc((size_t)(((uint64_t)count * (uint64_t)remainder_bits + 7) / 8) + 8);
-    uint64_t accumulator = 0, total_bits = 0;
-    int filled = 0;
-    size_t written = 0;
-    uint32_t keys[1u << BLOCK_LOG2];
-    for (size_t block = 0; packed && block < n_blocks; block++) {
-        size_t first = block << BLOCK_LOG2, last = first + ((size_t)1 << BLOCK_LOG2) < count ? first + ((size_t)1 << BLOCK_LOG2) : count;
-        uint32_t seen = 0;
-        for (size_t i = first; i < last; i++) {
-            uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
-            if (is_float) key = rotate_left1(key, bits);
-            keys[i - first] = key;
-            seen |= (key & remainder_mask) >> (remainder_bits - low_bits);
-        }
-        int zeros = trailing_zeros(seen, low_bits), width = remainder_bits - zeros;
-        block_zeros[block] = (uint8_t)zeros;
-        any_zeros |= zeros;
-        total_bits += (uint64_t)(last - first) * (uint64_t)width;
-        if (!remainder_bits) continue;
-        for (size_t k = 0; k < last - first; k++) {
-            uint32_t rest = keys[k] & remainder_mask;
-            uint32_t value = is_float ? (((rest >> 1) >> zeros) << 1) | (rest & 1) : rest >> zeros;
-            accumulator |= (uint64_t)value << filled;
-            filled += width;
-            if (filled >= 32) {
-                memcpy(packed + written, &accumulator, 8);
-                written += 4;
-                accumulator >>= 32;
-                filled -= 32;
-            }
-        }
-    }
-    if (packed) memcpy(packed + written, &accumulator, 8);
+    for (size_t block = 0; block < n_blocks; block++) any_zeros |= block_zeros[block];
 
-    writer w = {out, 0, capacity < raw_size ? capacity : raw_size, !packed};
+    writer w = {out, 0, capacity < raw_size ? capacity : raw_size, 0};
     put_u8(&w, KIND_CODED);
     put_u8(&w, (unsigned)symbol_bits);
     put_u16(&w, (unsigned)n_used);
@@ -338,32 +338,27 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
         put_u16(&w, symbol_of_rank[0]);
     } else {
         uint32_t freqs[MAX_SYMBOLS];
-        encode_symbol *by_symbol = calloc((size_t)1 << symbol_bits, sizeof(encode_symbol));
+        uint32_t *by_symbol = calloc((size_t)1 << symbol_bits, sizeof(uint32_t));
         if (!by_symbol) w.full = 1;
         normalize(counts, n_used, freqs);
         uint32_t cum = 0;
         for (int r = 0; r < n_used; r++) {
             put_varint(&w, r ? (uint32_t)(symbol_of_rank[r] - symbol_of_rank[r - 1] - 1) : symbol_of_rank[0]);
             put_varint(&w, freqs[r] - 1);
-            if (by_symbol) {
-                encode_symbol *entry = &by_symbol[symbol_of_rank[r]];
-                entry->freq = freqs[r];
-                entry->cum = cum;
-                entry->reciprocal = ((1ull << 44) + freqs[r] - 1) / freqs[r];
-            }
+            if (by_symbol) by_symbol[symbol_of_rank[r]] = RANS_ENCODE_ENTRY(freqs[r], cum);
             cum += freqs[r];
         }
         /* 32 lanes, doubled for every doubling of the section past 64 Ki words, up to 512 */
         int lane_log2 = 5;
         while (lane_log2 < 9 && (count >> 16) >> (lane_log2 - 4)) lane_log2++;
-        if (!w.full) rans_encode(&w, words, count, word_bytes, is_float, remainder_bits, by_symbol, lane_log2);
+        if (!w.full) rans_encode(&w, words, count, word_bytes, is_float, remainder_bits, by_symbol, lane_log2, kernels);
         free(by_symbol);
     }
 
     if (remainder_bits && !w.full) {
         put_u8(&w, any_zeros ? 1 : 0);
         if (any_zeros && !w.full) {
-            size_t used = zoo_encode_section(block_zeros, n_blocks, 1, 0, 8, w.data + w.size, w.capacity - w.size);
+            size_t used = zoo_encode_section(block_zeros, n_blocks, 1, 0, 8, w.data + w.size, w.capacity - w.size, kernels);
             if (used) w.size += used;
             else w.full = 1;
         }
@@ -454,7 +449,7 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
     }
 
     /* the remainder: per-block trailing zeros, then the packed raw bits */
-    size_t n_blocks = (count + (1u << BLOCK_LOG2) - 1) >> BLOCK_LOG2;
+    size_t n_blocks = (count + (1u << RANS_BLOCK_LOG2) - 1) >> RANS_BLOCK_LOG2;
     uint8_t *block_zeros = calloc(n_blocks, 1);
     static const uint8_t no_bits[1];
     const uint8_t *raw_bits = no_bits; /* never NULL: kernels offset into it even when no bits exist */
@@ -474,7 +469,7 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
         if (!error) {
             uint64_t total_bits = 0;
             for (size_t block = 0; block < n_blocks; block++) {
-                size_t first = block << BLOCK_LOG2, last = first + ((size_t)1 << BLOCK_LOG2) < count ? first + ((size_t)1 << BLOCK_LOG2) : count;
+                size_t first = block << RANS_BLOCK_LOG2, last = first + ((size_t)1 << RANS_BLOCK_LOG2) < count ? first + ((size_t)1 << RANS_BLOCK_LOG2) : count;
                 total_bits += (uint64_t)(last - first) * (uint64_t)(remainder_bits - block_zeros[block]);
             }
             raw_length = get_u32(&r);
@@ -515,9 +510,9 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
         }
         /* runs of blocks that drop the same number of zero bits go to the kernel together */
         for (size_t start = first; start < first + n;) {
-            int zeros = block_zeros[start >> BLOCK_LOG2];
+            int zeros = block_zeros[start >> RANS_BLOCK_LOG2];
             size_t stop = start;
-            while (stop < first + n && block_zeros[stop >> BLOCK_LOG2] == zeros) stop = ((stop >> BLOCK_LOG2) + 1) << BLOCK_LOG2;
+            while (stop < first + n && block_zeros[stop >> RANS_BLOCK_LOG2] == zeros) stop = ((stop >> RANS_BLOCK_LOG2) + 1) << RANS_BLOCK_LOG2;
             if (stop > first + n) stop = first + n;
             int width = remainder_bits - zeros;
             kernels->merge_words(ranks + (start - first), symbol_of_rank, raw_bits + bits_offset, stop - start, width, zeros,
@@ -539,14 +534,14 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
 }
 
 size_t zoo_encode_section(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits,
-                          uint8_t *out, size_t capacity) {
+                          uint8_t *out, size_t capacity, const zoo_kernels *kernels) {
     switch (word_bytes * 2 + (is_float != 0)) {
-    case 2: return encode_words(words, count, 1, 0, symbol_bits, out, capacity);
-    case 3: return encode_words(words, count, 1, 1, symbol_bits, out, capacity);
-    case 4: return encode_words(words, count, 2, 0, symbol_bits, out, capacity);
-    case 5: return encode_words(words, count, 2, 1, symbol_bits, out, capacity);
-    case 8: return encode_words(words, count, 4, 0, symbol_bits, out, capacity);
-    case 9: return encode_words(words, count, 4, 1, symbol_bits, out, capacity);
+    case 2: return encode_words(words, count, 1, 0, symbol_bits, out, capacity, kernels);
+    case 3: return encode_words(words, count, 1, 1, symbol_bits, out, capacity, kernels);
+    case 4: return encode_words(words, count, 2, 0, symbol_bits, out, capacity, kernels);
+    case 5: return encode_words(words, count, 2, 1, symbol_bits, out, capacity, kernels);
+    case 8: return encode_words(words, count, 4, 0, symbol_bits, out, capacity, kernels);
+    case 9: return encode_words(words, count, 4, 1, symbol_bits, out, capacity, kernels);
     default: return 0;
     }
 }

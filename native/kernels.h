@@ -19,6 +19,12 @@
 #define RANS_MIN_LANES 32
 #define RANS_MAX_LANES 512
 
+/* One encoding-table entry per symbol: frequency (bits 0-11), cumulative frequency (bits 12-23). */
+#define RANS_ENCODE_ENTRY(freq, cum) ((uint32_t)(freq) | ((uint32_t)(cum) << 12))
+/* Trailing zeros of raw bits are shared per block of this many words. */
+#define RANS_BLOCK_LOG2 7
+#define RANS_BLOCK (1u << RANS_BLOCK_LOG2)
+
 /* One decoding-table entry per slot: frequency (bits 0-11), slot minus the symbol's cumulative
  * frequency (bits 12-23), the symbol's rank in the used alphabet (bits 24-31). */
 #define RANS_ENTRY(freq, bias, rank) ((uint32_t)(freq) | ((uint32_t)(bias) << 12) | ((uint32_t)(rank) << 24))
@@ -46,6 +52,21 @@ typedef struct {
      * 16-bit indices, converted to F32 (kind 0), F16 (1) or BF16 (2); inputs are validated. */
     void (*dequantize_rows)(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
                             const float *codebooks, size_t codebook_size, int kind, void *out);
+    /* rANS encoding of `count` words (element i in lane i % lanes), last element first, as rANS
+     * runs backwards. A word's symbol is its top bits above `remainder_bits` (floats rotated left
+     * one bit first); by_symbol[symbol] is RANS_ENCODE_ENTRY(freq, cum), 0 < freq < RANS_TOTAL, for
+     * every symbol present. A lane whose state would pass 2^32 first pushes its low 16 bits below
+     * *top (moving *top down), so the decoder reads them upward in its own order; at least 32
+     * bytes below the lowest word pushed must be writable scratch. */
+    void (*rans_encode)(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count,
+                        int word_bytes, int is_float, int remainder_bits, uint16_t **top);
+    /* The raw bits of a section's words (their low `remainder_bits`, floats rotated first): per
+     * block of RANS_BLOCK words, the trailing zero bits all its remainders share into zeros[block]
+     * (for floats those above bit 0, the sign, which stays), then each remainder without them, LSB
+     * first, into `packed` (room for the packed bits plus 64 bytes; the bytes after the last bit
+     * are scratch). Returns the number of bits packed. */
+    uint64_t (*pack_remainders)(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
+                                uint8_t *zeros, uint8_t *packed);
     /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
     uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
 } zoo_kernels;
@@ -66,6 +87,10 @@ void zoo_merge_planes_scalar(const uint8_t *const *planes, size_t count, int wor
 void zoo_philox_uniform_scalar(uint64_t seed, uint64_t stream, uint64_t offset, size_t count, float *out);
 void zoo_dequantize_rows_scalar(const uint16_t *indices, size_t rows, size_t cols, const int32_t *row_codebook,
                                 const float *codebooks, size_t codebook_size, int kind, void *out);
+void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count,
+                            int word_bytes, int is_float, int remainder_bits, uint16_t **top);
+uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
+                                    uint8_t *zeros, uint8_t *packed);
 uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size);
 #if defined(__x86_64__) || defined(_M_X64)
 /* carry-less multiplication folding (crc32_pclmul.c, compiled with -mpclmul -msse4.1) */

@@ -214,4 +214,5 @@ static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, c
     }
 }
 
-const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, zoo_merge_words_scalar, split_planes, merge_planes, philox_uniform, dequantize_rows, zoo_crc32_pclmul};
+const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, zoo_merge_words_scalar, split_planes, merge_planes, philox_uniform, dequantize_rows,
+                                       zoo_rans_encode_scalar, zoo_pack_remainders_scalar, zoo_crc32_pclmul};

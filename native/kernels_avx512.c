@@ -258,6 +258,148 @@ static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, c
 }
 
 
+/* -- rANS encoding ------------------------------------------------------------------------ */
+
+/* 16 words' keys in 32-bit lanes (floats rotated left one bit) */
+static inline __m512i load_keys(const uint8_t *p, int word_bytes, int is_float) {
+    if (word_bytes == 1) {
+        __m512i key = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+        return is_float ? _mm512_and_si512(_mm512_or_si512(_mm512_slli_epi32(key, 1), _mm512_srli_epi32(key, 7)), _mm512_set1_epi32(0xff)) : key;
+    }
+    if (word_bytes == 2) {
+        __m512i key = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+        return is_float ? _mm512_and_si512(_mm512_or_si512(_mm512_slli_epi32(key, 1), _mm512_srli_epi32(key, 15)), _mm512_set1_epi32(0xffff)) : key;
+    }
+    __m512i key = _mm512_loadu_si512(p);
+    return is_float ? _mm512_rol_epi32(key, 1) : key;
+}
+
+/* One encoding step of 16 lanes. The quotient x / freq comes from single precision: x and
+ * 1/freq each carry a relative error under 2^-23, so for x < freq * 2^20 (always so after
+ * renormalisation) the estimate is within 0.25 of x / freq and its floor is off by at most one,
+ * which the remainder's sign and size then correct exactly. */
+static inline __m512i encode_16(__m512i x, __m512i entry, uint16_t **top) {
+    const __m512i mask12 = _mm512_set1_epi32(RANS_TOTAL - 1);
+    __m512i freq = _mm512_and_si512(entry, mask12), cum = _mm512_srli_epi32(entry, RANS_PROB_BITS);
+    __mmask16 emit = _mm512_cmpge_epu32_mask(x, _mm512_slli_epi32(freq, 32 - RANS_PROB_BITS));
+    unsigned n = (unsigned)__builtin_popcount(emit);
+    /* the emitting lanes' low halves, in lane order, just below *top */
+    __m256i low_halves = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, x));
+    *top -= n;
+    _mm256_mask_storeu_epi16(*top, (__mmask16)((1u << n) - 1), low_halves);
+    x = _mm512_mask_srli_epi32(x, emit, x, 16);
+    __m512 frequency = _mm512_cvtepi32_ps(freq), reciprocal = _mm512_rcp14_ps(frequency);
+    reciprocal = _mm512_mul_ps(reciprocal, _mm512_fnmadd_ps(frequency, reciprocal, _mm512_set1_ps(2.0f))); /* one Newton step */
+    __m512i quotient = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), reciprocal));
+    __m512i remainder = _mm512_sub_epi32(x, _mm512_mullo_epi32(quotient, freq));
+    __mmask16 over = _mm512_cmplt_epi32_mask(remainder, _mm512_setzero_si512()); /* estimate one too high */
+    quotient = _mm512_mask_sub_epi32(quotient, over, quotient, _mm512_set1_epi32(1));
+    remainder = _mm512_mask_add_epi32(remainder, over, remainder, freq);
+    __mmask16 under = _mm512_cmpge_epi32_mask(remainder, freq); /* one too low */
+    quotient = _mm512_mask_add_epi32(quotient, under, quotient, _mm512_set1_epi32(1));
+    remainder = _mm512_mask_sub_epi32(remainder, under, remainder, freq);
+    return _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(quotient, RANS_PROB_BITS), remainder), cum);
+}
+
+static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count, int word_bytes,
+                        int is_float, int remainder_bits, uint16_t **top) {
+    size_t steps = count / lanes;
+    /* the last, partial step comes first */
+    zoo_rans_encode_scalar(states, lanes, by_symbol, words + steps * lanes * (size_t)word_bytes, count - steps * lanes, word_bytes, is_float,
+                           remainder_bits, top);
+    const __m128i shift = _mm_cvtsi32_si128(remainder_bits);
+    for (size_t step = steps; step-- > 0;)
+        for (size_t lane = lanes; lane > 0;) {
+            lane -= 16;
+            const uint8_t *p = words + (step * lanes + lane) * (size_t)word_bytes;
+            __m512i symbol = _mm512_srl_epi32(load_keys(p, word_bytes, is_float), shift);
+            __m512i entry = _mm512_i32gather_epi32(symbol, (const void *)by_symbol, 4);
+            _mm512_storeu_si512(states + lane, encode_16(_mm512_loadu_si512(states + lane), entry, top));
+        }
+}
+
+/* -- raw bits ----------------------------------------------------------------------------- */
+
+/* 32 values of `width` <= 8 bits (16-bit lanes) packed LSB first: pairs merge into 32-bit lanes,
+ * those into 64-bit lanes, then pairs of those into the even 64-bit lanes, which then hold eight
+ * values, `width` whole bytes each; `gather` moves those bytes together. Returns 4 * width bytes
+ * (in the low bytes). */
+static inline __m512i pack_32(__m512i values, __m128i width, __m128i width2, __m128i width4, __m512i gather) {
+    __m512i v = _mm512_or_si512(_mm512_and_si512(values, _mm512_set1_epi32(0xffff)), _mm512_sll_epi32(_mm512_srli_epi32(values, 16), width));
+    v = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi64(0xffffffff)), _mm512_sll_epi64(_mm512_srli_epi64(v, 32), width2));
+    v = _mm512_or_si512(v, _mm512_sll_epi64(_mm512_bsrli_epi128(v, 8), width4));
+    return _mm512_permutexvar_epi8(gather, v);
+}
+
+/* Whole blocks of 2- or 4-byte words whose packed width is at most 8 bits go through pack_32;
+ * other blocks and the partial last one go to the scalar code (whole blocks end on a byte). */
+static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits, uint8_t *zeros,
+                                uint8_t *packed) {
+    if (word_bytes == 1 || remainder_bits == 0) return zoo_pack_remainders_scalar(words, count, word_bytes, is_float, remainder_bits, zeros, packed);
+    int low_bits = is_float ? remainder_bits - 1 : remainder_bits;
+    __m512i gathers[9];
+    for (int width = 1; width <= 8; width++) {
+        uint8_t index[64] = {0};
+        for (int j = 0; j < 4 * width; j++) index[j] = (uint8_t)(16 * (j / width) + j % width);
+        gathers[width] = _mm512_loadu_si512(index);
+    }
+    uint64_t total_bits = 0;
+    size_t block = 0, blocks = count / RANS_BLOCK;
+    for (; block < blocks; block++) {
+        const uint8_t *p = words + block * RANS_BLOCK * (size_t)word_bytes;
+        __m512i rest[8]; /* the block's remainders: 4 registers of 16-bit lanes or 8 of 32-bit ones */
+        __m512i seen = _mm512_setzero_si512();
+        int registers = 2 * word_bytes;
+        for (int k = 0; k < registers; k++) {
+            __m512i key = _mm512_loadu_si512(p + 64 * k);
+            if (word_bytes == 2) {
+                if (is_float) key = _mm512_or_si512(_mm512_slli_epi16(key, 1), _mm512_srli_epi16(key, 15));
+                rest[k] = _mm512_and_si512(key, _mm512_set1_epi16((short)((1u << remainder_bits) - 1)));
+            } else {
+                if (is_float) key = _mm512_rol_epi32(key, 1);
+                rest[k] = _mm512_and_si512(key, _mm512_set1_epi32((int)((1ull << remainder_bits) - 1)));
+            }
+            seen = _mm512_or_si512(seen, rest[k]);
+        }
+        uint32_t any = (uint32_t)_mm512_reduce_or_epi32(seen);
+        if (word_bytes == 2) any = (any | (any >> 16)) & 0xffff;
+        any >>= is_float;
+        int shared = any ? __builtin_ctz(any) : low_bits;
+        if (shared > low_bits) shared = low_bits;
+        int width = remainder_bits - shared;
+        if (width > 8) {
+            total_bits += zoo_pack_remainders_scalar(p, RANS_BLOCK, word_bytes, is_float, remainder_bits, zeros + block, packed + total_bits / 8);
+            continue;
+        }
+        zeros[block] = (uint8_t)shared;
+        const __m128i drop = _mm_cvtsi32_si128(shared), w1 = _mm_cvtsi32_si128(width), w2 = _mm_cvtsi32_si128(2 * width), w4 = _mm_cvtsi32_si128(4 * width);
+        uint8_t *out = packed + total_bits / 8;
+        for (int k = 0; k < 4; k++) {
+            __m512i value;
+            if (word_bytes == 2) {
+                value = is_float ? _mm512_or_si512(_mm512_slli_epi16(_mm512_srl_epi16(_mm512_srli_epi16(rest[k], 1), drop), 1),
+                                                   _mm512_and_si512(rest[k], _mm512_set1_epi16(1)))
+                                 : _mm512_srl_epi16(rest[k], drop);
+            } else { /* the values fit 8 bits once the zeros are gone: narrow to 16-bit lanes then */
+                __m512i wide[2];
+                for (int half = 0; half < 2; half++) {
+                    __m512i r = rest[2 * k + half];
+                    wide[half] = is_float ? _mm512_or_si512(_mm512_slli_epi32(_mm512_srl_epi32(_mm512_srli_epi32(r, 1), drop), 1),
+                                                            _mm512_and_si512(r, _mm512_set1_epi32(1)))
+                                          : _mm512_srl_epi32(r, drop);
+                }
+                value = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(wide[0])), _mm512_cvtepi32_epi16(wide[1]), 1);
+            }
+            _mm512_storeu_si512(out + 4 * width * k, pack_32(value, w1, w2, w4, gathers[width]));
+        }
+        total_bits += (uint64_t)RANS_BLOCK * (uint64_t)width;
+    }
+    if (block * RANS_BLOCK < count)
+        total_bits += zoo_pack_remainders_scalar(words + block * RANS_BLOCK * (size_t)word_bytes, count - block * RANS_BLOCK, word_bytes, is_float,
+                                                 remainder_bits, zeros + block, packed + total_bits / 8);
+    return total_bits;
+}
+
 /* CRC-32 with VPCLMULQDQ: one 512-bit accumulator folds 64 bytes a step (four 128-bit lanes,
  * each 512 bits ahead: the constants of crc32_pclmul.c), then its lanes fold into one, and the
  * 128-bit code finishes. Below 256 bytes the 128-bit code alone is as fast. */
@@ -281,4 +423,5 @@ static uint32_t crc32(uint32_t crc, const uint8_t *data, size_t size) {
     return zoo_crc32_pclmul(zoo_crc32_scalar(0xffffffffu, folded, 16), data, size);
 }
 
-const zoo_kernels zoo_kernels_avx512 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows, crc32};
+const zoo_kernels zoo_kernels_avx512 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows,
+                                         rans_encode, pack_remainders, crc32};

@@ -186,6 +186,76 @@ void zoo_dequantize_rows_scalar(const uint16_t *indices, size_t rows, size_t col
 }
 
 
+/* -- rANS encoding ------------------------------------------------------------------------ */
+
+static inline uint32_t symbol_key(const uint8_t *p, int word_bytes, int is_float) {
+    uint32_t key = word_bytes == 1 ? p[0] : word_bytes == 2 ? load_le16(p) : (uint32_t)load_word(p, 4);
+    if (is_float) key = (uint32_t)rotate_left1(key, 8 * word_bytes);
+    return key;
+}
+
+void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count,
+                            int word_bytes, int is_float, int remainder_bits, uint16_t **top) {
+    if (!count) return;
+    /* x / freq as (x * ceil(2^44 / freq)) >> 44, exact for x < 2^32; one reciprocal per symbol used */
+    size_t n_symbols = (size_t)1 << (8 * word_bytes - remainder_bits);
+    uint64_t reciprocals[1u << 12];
+    for (size_t symbol = 0; symbol < n_symbols; symbol++) {
+        uint32_t freq = by_symbol[symbol] & (RANS_TOTAL - 1);
+        reciprocals[symbol] = freq ? ((1ull << 44) + freq - 1) / freq : 0;
+    }
+    uint16_t *stack = *top;
+    /* Branch-free: whether a lane emits a word is a coin toss, so a branch would mispredict. */
+    for (size_t i = count; i-- > 0;) {
+        uint32_t symbol = symbol_key(words + i * (size_t)word_bytes, word_bytes, is_float) >> remainder_bits;
+        uint32_t entry = by_symbol[symbol], freq = entry & (RANS_TOTAL - 1), cum = entry >> RANS_PROB_BITS;
+        uint32_t x = states[i & (lanes - 1)];
+        uint32_t emit = x >= (freq << (32 - RANS_PROB_BITS)); /* encoding would carry x past 2^32 */
+        stack[-1] = (uint16_t)x;
+        stack -= emit;
+        x >>= 16 * emit;
+        uint32_t quotient = (uint32_t)(((unsigned __int128)x * reciprocals[symbol]) >> 44);
+        states[i & (lanes - 1)] = (quotient << RANS_PROB_BITS) + (x - quotient * freq) + cum;
+    }
+    *top = stack;
+}
+
+/* Block by block: the shared trailing zeros, then the remainders packed through a 64-bit
+ * accumulator flushed 32 bits at a time. */
+uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
+                                    uint8_t *zeros, uint8_t *packed) {
+    int low_bits = is_float && remainder_bits ? remainder_bits - 1 : remainder_bits;
+    uint32_t remainder_mask = remainder_bits ? (uint32_t)((1ull << remainder_bits) - 1) : 0;
+    uint64_t accumulator = 0, total_bits = 0;
+    int filled = 0;
+    size_t written = 0;
+    for (size_t first = 0; first < count; first += RANS_BLOCK) {
+        size_t n = count - first < RANS_BLOCK ? count - first : RANS_BLOCK;
+        uint32_t seen = 0;
+        for (size_t k = 0; k < n; k++) seen |= (symbol_key(words + (first + k) * (size_t)word_bytes, word_bytes, is_float) & remainder_mask) >> (remainder_bits - low_bits);
+        int shared = seen ? __builtin_ctz(seen) : low_bits;
+        if (shared > low_bits) shared = low_bits;
+        int width = remainder_bits - shared;
+        zeros[first / RANS_BLOCK] = (uint8_t)shared;
+        total_bits += (uint64_t)n * (uint64_t)width;
+        if (!remainder_bits) continue;
+        for (size_t k = 0; k < n; k++) {
+            uint32_t rest = symbol_key(words + (first + k) * (size_t)word_bytes, word_bytes, is_float) & remainder_mask;
+            uint32_t value = is_float ? (((rest >> 1) >> shared) << 1) | (rest & 1) : rest >> shared;
+            accumulator |= (uint64_t)value << filled;
+            filled += width;
+            if (filled >= 32) {
+                memcpy(packed + written, &accumulator, 8);
+                written += 4;
+                accumulator >>= 32;
+                filled -= 32;
+            }
+        }
+    }
+    memcpy(packed + written, &accumulator, 8);
+    return total_bits;
+}
+
 /* -- CRC-32 ------------------------------------------------------------------------------- */
 
 /* Slice-by-8 tables: crc_table[k][b] is byte b's CRC pushed through k more zero bytes, so eight
@@ -218,5 +288,5 @@ uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size) {
 
 const zoo_kernels zoo_kernels_scalar = {
     zoo_rans_decode_steps_scalar, zoo_merge_words_scalar,    zoo_split_planes_scalar, zoo_merge_planes_scalar,
-    zoo_philox_uniform_scalar,    zoo_dequantize_rows_scalar, zoo_crc32_scalar,
+    zoo_philox_uniform_scalar,    zoo_dequantize_rows_scalar, zoo_rans_encode_scalar, zoo_pack_remainders_scalar, zoo_crc32_scalar,
 };

@@ -356,7 +356,7 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, scratch, capacity);
+    Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, scratch, capacity, active);
     Py_END_ALLOW_THREADS if (used) result = PyBytes_FromStringAndSize((const char *)scratch, (Py_ssize_t)used);
     else PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
     free(scratch);

@@ -87,15 +87,25 @@ SECTION_CASES = [  # (name, words, word bytes, float, symbol bits)
     ("fp16", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float16).view(np.uint8), 2, True, 8),
     ("fp32", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float32).view(np.uint8), 4, True, 10),
     ("bf16 in fp32", lambda n: (bf16_words(n).astype(np.uint32) << 16).view(np.uint8), 4, True, 10),
+    ("fp8", lambda n: random_storage("F8_E4M3", (n,), seed=n).view(np.uint8).reshape(-1), 1, True, 8),
     ("bytes", lambda n: np.random.default_rng(n).geometric(0.3, n).clip(0, 255).astype(np.uint8), 1, False, 8),
     ("one value", lambda n: np.full(n, 9, np.uint8), 1, False, 8),
     ("uniform", lambda n: np.random.default_rng(n).integers(0, 256, n).astype(np.uint8), 1, False, 8),
     ("wide alphabet", lambda n: np.random.default_rng(n).integers(0, 2**16, n).astype(np.uint16).view(np.uint8), 2, True, 12),
+    # blocks of 128 whose raw bits pack to 6 bits (bf16 origin) beside blocks that need 21
+    ("mixed widths", lambda n: mixed_fp32(n), 4, True, 10),
 ]
 
 
+def mixed_fp32(count):
+    values = np.random.default_rng(count).normal(0, 0.02, count).astype(np.float32).view(np.uint32)
+    rounded = (values >> 16) << 16
+    narrow = (np.arange(count) // 128) % 3 == 1
+    return np.where(narrow, rounded, values).astype("<u4").view(np.uint8)
+
+
 @pytest.mark.parametrize("case", SECTION_CASES, ids=[c[0] for c in SECTION_CASES])
-@pytest.mark.parametrize("count", [0, 1, 7, 31, 33, 127, 129, 255, 4095, 4097, 65537, 140001])
+@pytest.mark.parametrize("count", [0, 1, 7, 31, 33, 127, 129, 255, 4095, 4097, 32767, 32769, 65537, 140001])
 def test_sections_cross_native_numpy_and_isas(isa, case, count):
     _, make, word_bytes, is_float, symbol_bits = case
     words = make(count)
@@ -105,6 +115,25 @@ def test_sections_cross_native_numpy_and_isas(isa, case, count):
     for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
         out, end = decode(b"xx" + coded, 2, count, word_bytes, is_float)
         assert end == 2 + len(coded) and out.tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_frequency_rounding_matches_numpy(isa, trial):
+    """Rare symbols rounded up to one slot (which the largest then give back), equal remainders
+    (ties go to the lower rank), skewed counts: the table, hence the bytes, are numpy's."""
+    rng = np.random.default_rng(trial)
+    for kind in range(3):
+        n_symbols = int(rng.integers(2, 257))
+        if kind == 0:
+            counts = np.ones(n_symbols, np.int64)
+            counts[: rng.integers(1, 4)] = rng.integers(10_000, 100_000)
+        elif kind == 1:
+            counts = np.full(n_symbols, int(rng.integers(1, 50)), np.int64)
+        else:
+            counts = rng.geometric(0.05, n_symbols).astype(np.int64)
+        words = np.repeat(rng.permutation(256)[:n_symbols].astype(np.uint8), counts)
+        rng.shuffle(words)
+        assert _native_calls.encode_section(words, 1, False, 8) == _fallback_coder.encode_section(words, 1, False, 8)
 
 
 def test_bf16_origin_fp32_costs_what_bf16_costs():

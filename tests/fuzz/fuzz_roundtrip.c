@@ -1,6 +1,8 @@
 /* libFuzzer target: any words through the section encoder and back, through every kernel table.
  * Byte 0 picks the word size, float flag and symbol width; the rest are the words. The coded
- * section must never be longer than the raw words and a kind byte, and must decode exactly. */
+ * section must never be longer than the raw words and a kind byte, must be the same bytes from
+ * the scalar table and the best one this CPU has (encoding costs most here, so only those two;
+ * tests/test_native.py crosses every table), and must decode exactly through every table. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +17,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t count = (size - 1) / (size_t)word_bytes;
     const uint8_t *words = data + 1;
     size_t capacity = zoo_section_bound(count, word_bytes);
-    uint8_t *coded = malloc(capacity), *back = malloc(count * (size_t)word_bytes + 1);
-    size_t length = zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, coded, capacity);
+    uint8_t *coded = malloc(capacity), *again = malloc(capacity), *back = malloc(count * (size_t)word_bytes + 1);
+    size_t length = zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, coded, capacity, &zoo_kernels_scalar);
     if (length == 0 || length > capacity) abort();
     static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
+    const zoo_kernels *best = &zoo_kernels_scalar;
+    for (int i = 0; i < 3; i++)
+        if (zoo_kernels_for(ISAS[i])) best = zoo_kernels_for(ISAS[i]);
+    if (zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, again, capacity, best) != length || memcmp(again, coded, length))
+        abort();
     for (int i = 0; i < 3; i++) {
         const zoo_kernels *kernels = zoo_kernels_for(ISAS[i]);
         if (!kernels) continue;
@@ -27,6 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (cursor != coded + length || memcmp(back, words, count * (size_t)word_bytes)) abort();
     }
     free(coded);
+    free(again);
     free(back);
     return 0;
 }
