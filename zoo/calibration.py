@@ -36,11 +36,13 @@ class Statistics:
     """H per weight name (the tensor names of the model's files). `source` (the model folder) and
     `text` are kept for stages that run the whole model themselves (l2, pranc: zoo.codecs._teacher)."""
 
-    def __init__(self, matrices: dict[str, np.ndarray], tokens: int, source: Path | None = None, text: str | None = None) -> None:
+    def __init__(self, matrices: dict[str, np.ndarray], tokens: int, source: Path | None = None, text: str | None = None,
+                 base: Any = None) -> None:
         self.matrices = matrices
         self.tokens = tokens
         self.source = source
         self.text = text
+        self.base = base  # a zoo.delta base when the stages code differences from it: the teacher's student is base + candidate
 
     def hessian(self, name: str, cols: int) -> np.ndarray | None:
         matrix = self.matrices.get(name)
