@@ -39,7 +39,8 @@ typedef struct {
      * word = (symbol_of_rank[rank] << remainder_bits) | remainder, where the remainder is
      * `width` raw bits (LSB first, from `bits`, which holds at least ceil(count * width / 8)
      * bytes) with `zeros` zero bits put back below them (above bit 0, the sign, for floats,
-     * which are then rotated right one bit). symbol_of_rank has 256 entries. */
+     * which are then rotated right one bit). symbol_of_rank has 256 entries: a section's
+     * symbols, distinct and ascending, then zeros; every rank is below the section's alphabet size. */
     void (*merge_words)(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
                         int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out);
     /* Words of `word_bytes` (1, 2, 4, 8) <-> byte planes, most significant first;

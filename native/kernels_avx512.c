@@ -5,53 +5,83 @@
 
 #include "kernels.h"
 
-/* One rANS step of 16 lanes: their ranks to out, the 16-bit refills read in lane order. */
-static inline int decode_16(__m512i *lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end, uint8_t *out,
-                            __m512i mask12, __m512i low) {
-    __m512i x = *lanes;
+/* The first half of a rANS step of 16 lanes: their ranks to out, and the states before refills. */
+static inline __m512i decode_16(__m512i x, const uint32_t *table, uint8_t *out) {
+    const __m512i mask12 = _mm512_set1_epi32(RANS_TOTAL - 1);
     __m512i entry = _mm512_i32gather_epi32(_mm512_and_si512(x, mask12), (const void *)table, 4);
-    _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(_mm512_srli_epi32(entry, 24)));
+    /* the ranks (each entry's top byte) gathered into the low 16 bytes by one byte permute */
+    const __m512i top_bytes = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3f3b3733, 0x2f2b2723, 0x1f1b1713, 0x0f0b0703);
+    _mm_storeu_si128((__m128i *)out, _mm512_castsi512_si128(_mm512_permutexvar_epi8(top_bytes, entry)));
     __m512i freq = _mm512_and_si512(entry, mask12), bias = _mm512_and_si512(_mm512_srli_epi32(entry, 12), mask12);
-    x = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, RANS_PROB_BITS)), bias);
-    __mmask16 refill = _mm512_cmplt_epu32_mask(x, low);
+    return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, RANS_PROB_BITS)), bias);
+}
+
+/* The second half: lanes below RANS_LOW take the next 16-bit words, in lane order. */
+static inline int refill_16(__m512i *lanes, const uint8_t **cursor, const uint8_t *end) {
+    __m512i x = *lanes;
+    __mmask16 refill = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32((int)RANS_LOW));
     unsigned n = (unsigned)__builtin_popcount(refill);
     if ((size_t)(end - *cursor) < 2 * (size_t)n) return -1;
-    /* the masked load touches only the n words that exist */
-    __m512i words = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), *cursor));
+    /* far from the end a plain load (the expand uses only the first n words); near it a masked
+     * load that touches only the n words that exist */
+    __m256i packed = end - *cursor >= 32 ? _mm256_loadu_si256((const __m256i *)*cursor)
+                                         : _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), *cursor);
+    __m512i words = _mm512_cvtepu16_epi32(packed);
     *lanes = _mm512_mask_or_epi32(x, refill, _mm512_slli_epi32(x, 16), _mm512_maskz_expand_epi32(refill, words));
     *cursor += 2 * n;
     return 0;
 }
 
+/* A step's refills read the stream one group after another, so each group's refill waits for
+ * the one before; computing every group's table lookup first keeps those long-latency gathers
+ * off that chain and lets them overlap. */
 static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
                              uint8_t *out, size_t steps) {
-    const __m512i mask12 = _mm512_set1_epi32(0xfff), low = _mm512_set1_epi32((int)RANS_LOW);
     const uint8_t *p = *cursor;
     if (lanes == RANS_MIN_LANES) { /* the states stay in registers */
         __m512i x0 = _mm512_loadu_si512(states), x1 = _mm512_loadu_si512(states + 16);
         for (size_t step = 0; step < steps; step++, out += RANS_MIN_LANES) {
-            if (decode_16(&x0, table, &p, end, out, mask12, low) || decode_16(&x1, table, &p, end, out + 16, mask12, low)) return -1;
+            x0 = decode_16(x0, table, out);
+            x1 = decode_16(x1, table, out + 16);
+            if (refill_16(&x0, &p, end) || refill_16(&x1, &p, end)) return -1;
         }
         _mm512_storeu_si512(states, x0);
         _mm512_storeu_si512(states + 16, x1);
     } else {
-        for (size_t step = 0; step < steps; step++, out += lanes)
+        for (size_t step = 0; step < steps; step++, out += lanes) {
+            for (size_t lane = 0; lane < lanes; lane += 16)
+                _mm512_storeu_si512(states + lane, decode_16(_mm512_loadu_si512(states + lane), table, out + lane));
             for (size_t lane = 0; lane < lanes; lane += 16) {
                 __m512i x = _mm512_loadu_si512(states + lane);
-                if (decode_16(&x, table, &p, end, out + lane, mask12, low)) return -1;
+                if (refill_16(&x, &p, end)) return -1;
                 _mm512_storeu_si512(states + lane, x);
             }
+        }
     }
     *cursor = p;
     return 0;
 }
 
-/* symbol_of_rank[rank] for 32 ranks in 16-bit lanes: four two-register table lookups */
-static inline __m512i lookup_symbols(__m512i rank, const __m512i table[8]) {
-    __m512i q0 = _mm512_permutex2var_epi16(table[0], rank, table[1]), q1 = _mm512_permutex2var_epi16(table[2], rank, table[3]);
+/* table[rank] for 32 ranks in 16-bit lanes: one two-register lookup per 64 ranks in use
+ * (`quarters` of them; a section's ranks stay below its alphabet size) */
+static inline __m512i lookup_symbols(__m512i rank, const __m512i table[8], int quarters) {
+    __m512i q0 = _mm512_permutex2var_epi16(table[0], rank, table[1]);
+    if (quarters == 1) return q0;
+    __m512i q1 = _mm512_permutex2var_epi16(table[2], rank, table[3]);
+    __mmask32 second = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(64));
+    if (quarters == 2) return _mm512_mask_mov_epi16(q0, second, q1);
     __m512i q2 = _mm512_permutex2var_epi16(table[4], rank, table[5]), q3 = _mm512_permutex2var_epi16(table[6], rank, table[7]);
-    __mmask32 second = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(64)), upper = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(128));
+    __mmask32 upper = _mm512_test_epi16_mask(rank, _mm512_set1_epi16(128));
     return _mm512_mask_mov_epi16(_mm512_mask_mov_epi16(q0, second, q1), upper, _mm512_mask_mov_epi16(q2, second, q3));
+}
+
+/* How many 64-entry quarters of symbol_of_rank hold symbols: past the alphabet it is all zeros
+ * (and ranks 1 on are nonzero symbols, as symbols are distinct and ascending). */
+static inline int quarters_used(const uint16_t *symbol_of_rank) {
+    int quarters = 1;
+    for (int k = 2; k < 8; k++)
+        if (_mm512_test_epi16_mask(_mm512_loadu_si512(symbol_of_rank + 32 * k), _mm512_loadu_si512(symbol_of_rank + 32 * k))) quarters = k / 2 + 1;
+    return quarters == 3 ? 4 : quarters;
 }
 
 static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
@@ -77,18 +107,22 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
         /* a group's bits never reach past its own bytes (lanes * width is a multiple of 8), so the
          * masked load reads exactly those: zeros stand in for the rest */
         size_t group_bytes = (size_t)(lanes * width) / 8;
+        int quarters = quarters_used(symbol_of_rank);
         if (word_bytes == 2) {
+            /* Symbols come from the table already in place: shifted above the remainder and, for
+             * floats, rotated right one bit with the key (the sign, bit 0 of the remainder, goes
+             * to bit 15). */
+            __m512i placed[8];
+            for (int k = 0; k < 8; k++) placed[k] = _mm512_sll_epi16(table[k], _mm_cvtsi32_si128(remainder_bits - (is_float ? 1 : 0)));
             const __m512i shifts = _mm512_loadu_si512(shift16);
-            const __m512i width_mask = _mm512_set1_epi16((short)((1u << width) - 1)), one = _mm512_set1_epi16(1);
-            const __m512i remainder_mask = _mm512_set1_epi16((short)((1u << remainder_bits) - 1));
+            const __m512i width_mask = _mm512_set1_epi16((short)((1u << width) - 1));
             for (; i + 32 <= count; i += 32, bits += group_bytes) {
                 __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
                 __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
-                __m512i rest = is_float ? _mm512_or_si512(_mm512_sll_epi16(_mm512_srli_epi16(value, 1), keep_low), _mm512_and_si512(value, one))
-                                        : _mm512_sll_epi16(value, put_back);
-                __m512i symbol = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table);
-                __m512i key = _mm512_or_si512(_mm512_sll_epi16(symbol, symbol_shift), _mm512_and_si512(rest, remainder_mask));
-                if (is_float) key = _mm512_or_si512(_mm512_srli_epi16(key, 1), _mm512_slli_epi16(key, 15));
+                __m512i symbol = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), placed, quarters);
+                __m512i key = is_float ? _mm512_ternarylogic_epi32(symbol, _mm512_sll_epi16(_mm512_srli_epi16(value, 1), put_back),
+                                                                   _mm512_slli_epi16(value, 15), 0xfe) /* three-way OR */
+                                       : _mm512_or_si512(symbol, _mm512_sll_epi16(value, put_back));
                 _mm512_storeu_si512(out + 2 * i, key);
             }
         } else {
@@ -96,7 +130,7 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
             const __m512i width_mask = _mm512_set1_epi32((int)((1u << width) - 1)), one = _mm512_set1_epi32(1);
             const __m512i remainder_mask = _mm512_set1_epi32((int)((1u << remainder_bits) - 1));
             for (; i + 32 <= count; i += 32) {
-                __m512i symbols = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table);
+                __m512i symbols = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table, quarters);
                 for (int half = 0; half < 2; half++, bits += group_bytes) {
                     __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
                     __m512i value = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
