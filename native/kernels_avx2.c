@@ -13,20 +13,24 @@ static inline __m256i expand_indices(unsigned mask) {
     return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes));
 }
 
-/* One rANS step of 8 lanes: their ranks to out, the 16-bit refills read in lane order. */
-static inline int decode_8(__m256i *lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end, uint8_t *out) {
-    const __m256i mask12 = _mm256_set1_epi32(0xfff), zero = _mm256_setzero_si256();
+/* The first half of a rANS step of 8 lanes: their ranks to out, and the states before refills. */
+static inline __m256i decode_8(__m256i x, const uint32_t *table, uint8_t *out) {
+    const __m256i mask12 = _mm256_set1_epi32(RANS_TOTAL - 1);
     const __m256i pick_ranks = _mm256_setr_epi8(3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                 3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    __m256i x = *lanes;
     __m256i entry = _mm256_i32gather_epi32((const int *)table, _mm256_and_si256(x, mask12), 4);
     __m256i ranks = _mm256_shuffle_epi8(entry, pick_ranks);
     uint32_t low_ranks = (uint32_t)_mm256_extract_epi32(ranks, 0), high_ranks = (uint32_t)_mm256_extract_epi32(ranks, 4);
     memcpy(out, &low_ranks, 4);
     memcpy(out + 4, &high_ranks, 4);
     __m256i freq = _mm256_and_si256(entry, mask12), bias = _mm256_and_si256(_mm256_srli_epi32(entry, 12), mask12);
-    x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, RANS_PROB_BITS)), bias);
-    __m256i refill_lanes = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), zero); /* x < 2^16 */
+    return _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, RANS_PROB_BITS)), bias);
+}
+
+/* The second half: lanes below RANS_LOW take the next 16-bit words, in lane order. */
+static inline int refill_8(__m256i *lanes, const uint8_t **cursor, const uint8_t *end) {
+    __m256i x = *lanes;
+    __m256i refill_lanes = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), _mm256_setzero_si256()); /* x < 2^16 */
     unsigned refill = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(refill_lanes));
     unsigned n = (unsigned)__builtin_popcount(refill);
     const uint8_t *p = *cursor;
@@ -45,17 +49,191 @@ static inline int decode_8(__m256i *lanes, const uint32_t *table, const uint8_t 
     return 0;
 }
 
+/* Every group's table lookup first, then the refills, which read the stream one group after
+ * another: the gathers stay off that chain (see kernels_avx512.c). */
 static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
                              uint8_t *out, size_t steps) {
     const uint8_t *p = *cursor;
-    for (size_t step = 0; step < steps; step++, out += lanes)
+    for (size_t step = 0; step < steps; step++, out += lanes) {
+        for (size_t lane = 0; lane < lanes; lane += 8)
+            _mm256_storeu_si256((__m256i *)(states + lane), decode_8(_mm256_loadu_si256((const __m256i *)(states + lane)), table, out + lane));
         for (size_t lane = 0; lane < lanes; lane += 8) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(states + lane));
-            if (decode_8(&x, table, &p, end, out + lane)) return -1;
+            if (refill_8(&x, &p, end)) return -1;
             _mm256_storeu_si256((__m256i *)(states + lane), x);
         }
+    }
     *cursor = p;
     return 0;
+}
+
+/* -- rANS encoding ------------------------------------------------------------------------ */
+
+/* Permutation that moves the lanes set in `mask` (8 lanes), in order, to the top lanes. */
+static inline __m256i compress_to_top(unsigned mask) {
+    uint64_t lane_nibbles = _pdep_u64(mask, 0x1111111111111111ull) * 0xf;
+    uint64_t chosen = _pext_u64(0x76543210ull, lane_nibbles) << (4 * (8 - __builtin_popcount(mask)) & 63);
+    if (!mask) chosen = 0;
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)_pdep_u64(chosen, 0x0f0f0f0f0f0f0f0full)));
+}
+
+/* 8 words' keys in 32-bit lanes (floats rotated left one bit) */
+static inline __m256i load_keys(const uint8_t *p, int word_bytes, int is_float) {
+    __m256i key;
+    if (word_bytes == 1) {
+        uint64_t bytes;
+        memcpy(&bytes, p, 8);
+        key = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes));
+        return is_float ? _mm256_and_si256(_mm256_or_si256(_mm256_slli_epi32(key, 1), _mm256_srli_epi32(key, 7)), _mm256_set1_epi32(0xff)) : key;
+    }
+    if (word_bytes == 2) {
+        key = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+        return is_float ? _mm256_and_si256(_mm256_or_si256(_mm256_slli_epi32(key, 1), _mm256_srli_epi32(key, 15)), _mm256_set1_epi32(0xffff)) : key;
+    }
+    key = _mm256_loadu_si256((const __m256i *)p);
+    return is_float ? _mm256_or_si256(_mm256_slli_epi32(key, 1), _mm256_srli_epi32(key, 31)) : key;
+}
+
+/* One encoding step of 8 lanes; the quotient as in kernels_avx512.c, here from a correctly
+ * rounded single-precision division (x converted exactly rounded from its two halves). */
+static inline __m256i encode_8(__m256i x, __m256i entry, uint16_t **top) {
+    const __m256i mask12 = _mm256_set1_epi32(RANS_TOTAL - 1);
+    __m256i freq = _mm256_and_si256(entry, mask12), cum = _mm256_srli_epi32(entry, RANS_PROB_BITS);
+    __m256i bound = _mm256_slli_epi32(freq, 32 - RANS_PROB_BITS);
+    __m256i emit_lanes = _mm256_cmpeq_epi32(_mm256_max_epu32(x, bound), x); /* x >= bound */
+    unsigned emit = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(emit_lanes));
+    /* the emitting lanes' low halves, in lane order, end at *top; the lanes below them are scratch */
+    const __m256i low_halves = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i pushed = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(x, compress_to_top(emit)), low_halves);
+    pushed = _mm256_permute4x64_epi64(pushed, _MM_SHUFFLE(3, 1, 2, 0));
+    _mm_storeu_si128((__m128i *)(*top - 8), _mm256_castsi256_si128(pushed));
+    *top -= __builtin_popcount(emit);
+    x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), emit_lanes);
+    __m256 value = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), _mm256_set1_ps(65536.0f),
+                                   _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
+    __m256i quotient = _mm256_cvttps_epi32(_mm256_div_ps(value, _mm256_cvtepi32_ps(freq)));
+    __m256i remainder = _mm256_sub_epi32(x, _mm256_mullo_epi32(quotient, freq));
+    __m256i over = _mm256_cmpgt_epi32(_mm256_setzero_si256(), remainder); /* estimate one too high */
+    quotient = _mm256_add_epi32(quotient, over);
+    remainder = _mm256_add_epi32(remainder, _mm256_and_si256(over, freq));
+    __m256i under = _mm256_cmpgt_epi32(remainder, _mm256_sub_epi32(freq, _mm256_set1_epi32(1))); /* one too low */
+    quotient = _mm256_sub_epi32(quotient, under);
+    remainder = _mm256_sub_epi32(remainder, _mm256_and_si256(under, freq));
+    return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(quotient, RANS_PROB_BITS), remainder), cum);
+}
+
+static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count, int word_bytes,
+                        int is_float, int remainder_bits, uint16_t **top) {
+    size_t steps = count / lanes;
+    /* the last, partial step comes first */
+    zoo_rans_encode_scalar(states, lanes, by_symbol, words + steps * lanes * (size_t)word_bytes, count - steps * lanes, word_bytes, is_float,
+                           remainder_bits, top);
+    const __m128i shift = _mm_cvtsi32_si128(remainder_bits);
+    for (size_t step = steps; step-- > 0;)
+        for (size_t lane = lanes; lane > 0;) {
+            lane -= 8;
+            const uint8_t *p = words + (step * lanes + lane) * (size_t)word_bytes;
+            __m256i symbol = _mm256_srl_epi32(load_keys(p, word_bytes, is_float), shift);
+            __m256i entry = _mm256_i32gather_epi32((const int *)by_symbol, symbol, 4);
+            __m256i *state = (__m256i *)(states + lane);
+            _mm256_storeu_si256(state, encode_8(_mm256_loadu_si256(state), entry, top));
+        }
+}
+
+/* -- raw bits ----------------------------------------------------------------------------- */
+
+/* Whole blocks of 2-byte words whose packed width is at most 8 bits: 16 values of 16 bits
+ * merge pairwise into 32-, then 64-, then the low 64-bit half of each 128-bit lane, which then
+ * holds eight values in `width` whole bytes, stored one lane after the other. Other blocks and
+ * the partial last one go to the scalar code (whole blocks end on a byte). */
+static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits, uint8_t *zeros,
+                                uint8_t *packed) {
+    if (word_bytes != 2 || remainder_bits == 0) return zoo_pack_remainders_scalar(words, count, word_bytes, is_float, remainder_bits, zeros, packed);
+    int low_bits = is_float ? remainder_bits - 1 : remainder_bits;
+    const __m256i mask = _mm256_set1_epi16((short)((1u << remainder_bits) - 1));
+    uint64_t total_bits = 0;
+    size_t block = 0, blocks = count / RANS_BLOCK;
+    for (; block < blocks; block++) {
+        const uint8_t *p = words + block * RANS_BLOCK * 2;
+        __m256i rest[8], seen = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k++) {
+            __m256i key = _mm256_loadu_si256((const __m256i *)(p + 32 * k));
+            if (is_float) key = _mm256_or_si256(_mm256_slli_epi16(key, 1), _mm256_srli_epi16(key, 15));
+            rest[k] = _mm256_and_si256(key, mask);
+            seen = _mm256_or_si256(seen, rest[k]);
+        }
+        __m128i half = _mm_or_si128(_mm256_castsi256_si128(seen), _mm256_extracti128_si256(seen, 1));
+        half = _mm_or_si128(half, _mm_srli_si128(half, 8));
+        half = _mm_or_si128(half, _mm_srli_si128(half, 4));
+        half = _mm_or_si128(half, _mm_srli_si128(half, 2));
+        uint32_t any = ((uint32_t)_mm_cvtsi128_si32(half) & 0xffff) >> is_float;
+        int shared = any ? __builtin_ctz(any) : low_bits;
+        if (shared > low_bits) shared = low_bits;
+        int width = remainder_bits - shared;
+        if (width > 8) {
+            total_bits += zoo_pack_remainders_scalar(p, RANS_BLOCK, 2, is_float, remainder_bits, zeros + block, packed + total_bits / 8);
+            continue;
+        }
+        zeros[block] = (uint8_t)shared;
+        const __m128i drop = _mm_cvtsi32_si128(shared), w1 = _mm_cvtsi32_si128(width), w2 = _mm_cvtsi32_si128(2 * width), w4 = _mm_cvtsi32_si128(4 * width);
+        uint8_t *out = packed + total_bits / 8;
+        for (int k = 0; k < 8; k++, out += 2 * width) {
+            __m256i v = is_float ? _mm256_or_si256(_mm256_slli_epi16(_mm256_srl_epi16(_mm256_srli_epi16(rest[k], 1), drop), 1),
+                                                   _mm256_and_si256(rest[k], _mm256_set1_epi16(1)))
+                                 : _mm256_srl_epi16(rest[k], drop);
+            v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_sll_epi32(_mm256_srli_epi32(v, 16), w1));
+            v = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi64x(0xffffffff)), _mm256_sll_epi64(_mm256_srli_epi64(v, 32), w2));
+            v = _mm256_or_si256(v, _mm256_sll_epi64(_mm256_bsrli_epi128(v, 8), w4));
+            _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(v));
+            _mm_storeu_si128((__m128i *)(out + width), _mm256_extracti128_si256(v, 1));
+        }
+        total_bits += (uint64_t)RANS_BLOCK * (uint64_t)width;
+    }
+    if (block * RANS_BLOCK < count)
+        total_bits += zoo_pack_remainders_scalar(words + block * RANS_BLOCK * 2, count - block * RANS_BLOCK, 2, is_float, remainder_bits, zeros + block,
+                                                 packed + total_bits / 8);
+    return total_bits;
+}
+
+/* -- rebuilding words ---------------------------------------------------------------------- */
+
+/* 2-byte words from ranks and raw bits of `width` <= 9: 16 values a step, each half of the
+ * register taking its 8 values' bytes with one shuffle (8 values span `width` whole bytes, so both
+ * halves share the pattern); a multiply moves each field to the top, a shift down to bit 0.
+ * Symbols come from a table already shifted (and rotated) into place, by two gathers. */
+static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
+                        int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out) {
+    size_t i = 0;
+    if (word_bytes == 2 && width <= 9) {
+        uint32_t placed[256];
+        for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)(uint16_t)(symbol_of_rank[rank] << (remainder_bits - (is_float ? 1 : 0)));
+        uint8_t byte_index[32];
+        uint16_t to_top[16];
+        for (int j = 0; j < 8; j++) {
+            int position = j * width;
+            byte_index[2 * j] = byte_index[16 + 2 * j] = (uint8_t)(position >> 3);
+            byte_index[2 * j + 1] = byte_index[16 + 2 * j + 1] = (uint8_t)((position >> 3) + 1);
+            to_top[j] = to_top[8 + j] = (uint16_t)(1u << (16 - (position & 7) - width));
+        }
+        const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), multiplier = _mm256_loadu_si256((const __m256i *)to_top);
+        const __m128i down = _mm_cvtsi32_si128(16 - width), put_back = _mm_cvtsi32_si128(zeros);
+        size_t available = (count * (size_t)width + 7) / 8;
+        for (size_t offset = 0; i + 16 <= count && offset + (size_t)width + 16 <= available; i += 16, offset += 2 * (size_t)width) {
+            __m256i source = _mm256_loadu2_m128i((const __m128i *)(bits + offset + (size_t)width), (const __m128i *)(bits + offset));
+            __m256i value = _mm256_srl_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(source, gather_bytes), multiplier), down);
+            __m128i rank16 = _mm_loadu_si128((const __m128i *)(ranks + i));
+            __m256i low = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(rank16), 4);
+            __m256i high = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(_mm_srli_si128(rank16, 8)), 4);
+            __m256i symbol = _mm256_permute4x64_epi64(_mm256_packus_epi32(low, high), _MM_SHUFFLE(3, 1, 2, 0));
+            __m256i key = is_float ? _mm256_or_si256(_mm256_or_si256(symbol, _mm256_sll_epi16(_mm256_srli_epi16(value, 1), put_back)),
+                                                     _mm256_slli_epi16(value, 15))
+                                   : _mm256_or_si256(symbol, _mm256_sll_epi16(value, put_back));
+            _mm256_storeu_si256((__m256i *)(out + 2 * i), key);
+        }
+        bits += i * (size_t)width / 8;
+    }
+    if (i < count) zoo_merge_words_scalar(ranks + i, symbol_of_rank, bits, count - i, width, zeros, remainder_bits, word_bytes, is_float, out + i * (size_t)word_bytes);
 }
 
 static void split_planes(const uint8_t *in, size_t count, int word_bytes, int rotate, uint8_t *const *planes) {
@@ -214,5 +392,5 @@ static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, c
     }
 }
 
-const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, zoo_merge_words_scalar, split_planes, merge_planes, philox_uniform, dequantize_rows,
-                                       zoo_rans_encode_scalar, zoo_pack_remainders_scalar, zoo_crc32_pclmul};
+const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows,
+                                       rans_encode, pack_remainders, zoo_crc32_pclmul};
