@@ -337,10 +337,12 @@ static PyObject *crc32(PyObject *self, PyObject *args) {
 
 /* -- the section coder --------------------------------------------------------------------- */
 
+/* The section goes straight into the bytes object returned (after `prefix`, a codec's own
+ * header byte), which then shrinks to fit: no copy of the coded data. */
 static PyObject *encode_section(PyObject *self, PyObject *args) {
-    Py_buffer words;
+    Py_buffer words, prefix = {0};
     int word_bytes, is_float, symbol_bits;
-    if (!PyArg_ParseTuple(args, "y*ipi", &words, &word_bytes, &is_float, &symbol_bits)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*ipi|y*", &words, &word_bytes, &is_float, &symbol_bits, &prefix)) return NULL;
     PyObject *result = NULL;
     if (word_bytes != 1 && word_bytes != 2 && word_bytes != 4) {
         PyErr_SetString(PyExc_ValueError, "sections hold 1-, 2- or 4-byte words");
@@ -351,17 +353,25 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         goto done;
     }
     size_t count = (size_t)words.len / (size_t)word_bytes, capacity = zoo_section_bound(count, word_bytes), used = 0;
-    uint8_t *scratch = malloc(capacity);
-    if (!scratch) {
+    if (capacity > (size_t)(PY_SSIZE_T_MAX - prefix.len)) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, scratch, capacity, active);
-    Py_END_ALLOW_THREADS if (used) result = PyBytes_FromStringAndSize((const char *)scratch, (Py_ssize_t)used);
-    else PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
-    free(scratch);
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)prefix.len + capacity));
+    if (!result) goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    if (prefix.len) memcpy(out, prefix.buf, (size_t)prefix.len);
+    Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, out + prefix.len,
+                                                     capacity, active);
+    Py_END_ALLOW_THREADS if (!used) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
+        goto done;
+    }
+    _PyBytes_Resize(&result, (Py_ssize_t)((size_t)prefix.len + used)); /* sets an error and NULL when it fails */
 done:
     PyBuffer_Release(&words);
+    PyBuffer_Release(&prefix);
     return result;
 }
 
@@ -405,7 +415,7 @@ static PyMethodDef METHODS[] = {
     {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
     {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
     {"crc32", crc32, METH_VARARGS, "crc32(data, value=0) -> int: zlib.crc32's value, faster."},
-    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits) -> bytes."},
+    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'') -> prefix + the coded section."},
     {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},
     {NULL, NULL, 0, NULL},
 };

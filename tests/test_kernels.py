@@ -193,6 +193,14 @@ def test_crc32_is_zlibs(size):
     assert _kernels.crc32(data, 0xFFFFFFFF) == zlib.crc32(data, 0xFFFFFFFF)
 
 
+@pytest.mark.parametrize("size", [0, 7, 4097])
+def test_encode_section_writes_its_prefix_first(size):
+    words = np.random.default_rng(size).normal(0, 0.02, size).astype(np.float16).view(np.uint8)
+    plain = _kernels.encode_section(words, 2, True, 8)
+    assert _kernels.encode_section(words, 2, True, 8, prefix=b"\x00\x07") == b"\x00\x07" + plain
+    assert _kernels.decode_section(b"\x00\x07" + plain, 2, size, 2, True)[0].tobytes() == words.tobytes()
+
+
 def test_info_names_the_path():
     info = _kernels.info()
     assert info["kernels"] in ("numpy", "scalar", "avx2", "avx512")

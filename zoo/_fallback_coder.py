@@ -130,7 +130,12 @@ def _runs(block_zeros: np.ndarray, count: int) -> list[tuple[int, int, int]]:
     return [(int(a), int(b - a), int(block_zeros[a // BLOCK])) for a, b in zip(starts, stops)]
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int) -> bytes:
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"") -> bytes:
+    """`prefix` + the coded section (the native coder writes both into one buffer, without a copy)."""
+    return bytes(prefix) + _encode_section(words, word_bytes, is_float, symbol_bits)
+
+
+def _encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int) -> bytes:
     _check(word_bytes)
     words = np.frombuffer(words, dtype=np.uint8) if not isinstance(words, np.ndarray) else words.reshape(-1).view(np.uint8)
     if len(words) % word_bytes:
@@ -167,7 +172,7 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
         zeros = np.where(seen == 0, low_bits, np.minimum(np.log2(np.maximum(lowest, 1)).astype(np.int64), low_bits))
         parts.append(bytes([1 if zeros.any() else 0]))
         if zeros.any():
-            parts.append(encode_section(zeros.astype(np.uint8), 1, False, 8))
+            parts.append(_encode_section(zeros.astype(np.uint8), 1, False, 8))
         packed = []
         for first, n, dropped in _runs(zeros, count):
             rest = remainders[first:first + n]

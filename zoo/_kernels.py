@@ -7,7 +7,7 @@ Contract (every path gives bit-identical results; zoo/_fallback.py is the refere
 - dequantize(packed, bits, rows, cols, row_codebook int32, codebooks float32, dtype) -> storage (rows, cols).
 - philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
 - crc32(data, value=0) -> int: exactly zlib.crc32 (the archive's chunk checksums).
-- encode_section(words uint8, word_bytes, is_float, symbol_bits) -> bytes and
+- encode_section(words uint8, word_bytes, is_float, symbol_bits, prefix=b"") -> prefix + coded bytes and
   decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
   the entropy coder of the fprans and rans codecs (zoo/_fallback_coder.py, docs/FORMAT.md).
 

@@ -69,8 +69,8 @@ def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     return _native.crc32(data, value)
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int) -> bytes:
-    return _native.encode_section(words, word_bytes, is_float, symbol_bits)
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"") -> bytes:
+    return _native.encode_section(words, word_bytes, is_float, symbol_bits, prefix)
 
 
 def decode_section(payload: bytes | memoryview, offset: int, count: int, word_bytes: int, is_float: bool) -> tuple[np.ndarray, int]:

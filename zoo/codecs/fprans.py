@@ -39,7 +39,7 @@ class FpRans(GroupingCodec):
     def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes]:
         layout, word_bytes = _layout(dtype)
         if layout == WORDS:
-            return [bytes([WORDS]) + _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype])]
+            return [_kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=bytes([WORDS]))]
         planes = _kernels.split_planes(chunk, dtype)
         return [bytes([PLANES, len(planes)]) + b"".join(_kernels.encode_section(plane, 1, False, 8) for plane in planes)]
 
