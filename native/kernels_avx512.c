@@ -365,8 +365,36 @@ static inline __m512i pack_32(__m512i values, __m128i width, __m128i width2, __m
     return _mm512_permutexvar_epi8(gather, v);
 }
 
-/* Whole blocks of 2- or 4-byte words whose packed width is at most 8 bits go through pack_32;
- * other blocks and the partial last one go to the scalar code (whole blocks end on a byte). */
+/* 16 values of 9 to 24 bits (32-bit lanes) packed LSB first into 2 * width bytes: pairs merge
+ * into 64-bit lanes of 2 * width bits, each shifted left to its bit offset within its first
+ * output byte; the even lanes' bytes never share an output byte with each other (nor the odd
+ * ones'), so two masked byte permutes place them and an OR joins them. */
+static inline __m512i pack_16_wide(__m512i values, __m128i width, const __m512i gather[3], const __mmask64 keep[2]) {
+    __m512i v = _mm512_or_si512(_mm512_and_si512(values, _mm512_set1_epi64(0xffffffff)), _mm512_sll_epi64(_mm512_srli_epi64(values, 32), width));
+    v = _mm512_sllv_epi64(v, gather[2]);
+    return _mm512_or_si512(_mm512_maskz_permutexvar_epi8(keep[0], gather[0], v), _mm512_maskz_permutexvar_epi8(keep[1], gather[1], v));
+}
+
+static void wide_pack_tables(int width, __m512i gather[3], __mmask64 keep[2]) {
+    uint8_t index[2][64] = {{0}};
+    uint64_t shifts[8];
+    keep[0] = keep[1] = 0;
+    for (int lane = 0; lane < 8; lane++) {
+        int start = 2 * width * lane, first = start / 8, length = (start % 8 + 2 * width + 7) / 8;
+        shifts[lane] = (uint64_t)(start % 8);
+        for (int b = 0; b < length; b++) {
+            index[lane & 1][first + b] = (uint8_t)(8 * lane + b);
+            keep[lane & 1] |= 1ull << (first + b);
+        }
+    }
+    gather[0] = _mm512_loadu_si512(index[0]);
+    gather[1] = _mm512_loadu_si512(index[1]);
+    gather[2] = _mm512_loadu_si512(shifts);
+}
+
+/* Whole blocks of 2- or 4-byte words go through pack_32 when their packed width is at most 8
+ * bits, else (4-byte words) through pack_16_wide; the partial last block goes to the scalar code
+ * (whole blocks end on a byte). */
 static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits, uint8_t *zeros,
                                 uint8_t *packed) {
     if (word_bytes == 1 || remainder_bits == 0) return zoo_pack_remainders_scalar(words, count, word_bytes, is_float, remainder_bits, zeros, packed);
@@ -377,6 +405,9 @@ static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_byt
         for (int j = 0; j < 4 * width; j++) index[j] = (uint8_t)(16 * (j / width) + j % width);
         gathers[width] = _mm512_loadu_si512(index);
     }
+    __m512i wide_gather[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()}; /* even, odd lanes' bytes; shifts */
+    __mmask64 wide_keep[2] = {0, 0};
+    int wide_width = 0;
     uint64_t total_bits = 0;
     size_t block = 0, blocks = count / RANS_BLOCK;
     for (; block < blocks; block++) {
@@ -401,11 +432,28 @@ static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_byt
         int shared = any ? __builtin_ctz(any) : low_bits;
         if (shared > low_bits) shared = low_bits;
         int width = remainder_bits - shared;
-        if (width > 8) {
+        if (width > 8 && word_bytes == 2) { /* (2-byte words' remainders have at most 8 bits) */
             total_bits += zoo_pack_remainders_scalar(p, RANS_BLOCK, word_bytes, is_float, remainder_bits, zeros + block, packed + total_bits / 8);
             continue;
         }
         zeros[block] = (uint8_t)shared;
+        if (width > 8) {
+            if (width != wide_width) {
+                wide_width = width;
+                wide_pack_tables(width, wide_gather, wide_keep);
+            }
+            const __m128i drop = _mm_cvtsi32_si128(shared), w1 = _mm_cvtsi32_si128(width);
+            uint8_t *out = packed + total_bits / 8;
+            for (int k = 0; k < 8; k++) {
+                __m512i r = rest[k];
+                __m512i value = is_float ? _mm512_or_si512(_mm512_slli_epi32(_mm512_srl_epi32(_mm512_srli_epi32(r, 1), drop), 1),
+                                                           _mm512_and_si512(r, _mm512_set1_epi32(1)))
+                                         : _mm512_srl_epi32(r, drop);
+                _mm512_storeu_si512(out + 2 * width * k, pack_16_wide(value, w1, wide_gather, wide_keep));
+            }
+            total_bits += (uint64_t)RANS_BLOCK * (uint64_t)width;
+            continue;
+        }
         const __m128i drop = _mm_cvtsi32_si128(shared), w1 = _mm_cvtsi32_si128(width), w2 = _mm_cvtsi32_si128(2 * width), w4 = _mm_cvtsi32_si128(4 * width);
         uint8_t *out = packed + total_bits / 8;
         for (int k = 0; k < 4; k++) {
