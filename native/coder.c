@@ -251,6 +251,7 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
         uint64_t symbol_mask = n_symbols - 1;
         size_t per_load = 8 / (size_t)word_bytes;
         for (; i + 2 * per_load <= count; i += 2 * per_load) {
+            __builtin_prefetch(words + i * (size_t)word_bytes + 2048); /* the first pass over the chunk: it comes from memory */
             uint64_t first, second;
             memcpy(&first, words + i * (size_t)word_bytes, 8);
             memcpy(&second, words + (i + per_load) * (size_t)word_bytes, 8);

@@ -57,6 +57,8 @@ static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *tab
     for (size_t step = 0; step < steps; step++, out += lanes) {
         for (size_t lane = 0; lane < lanes; lane += 8)
             _mm256_storeu_si256((__m256i *)(states + lane), decode_8(_mm256_loadu_si256((const __m256i *)(states + lane)), table, out + lane));
+        _mm_prefetch((const char *)p + 2048, _MM_HINT_T0); /* a step reads up to 2 * lanes bytes of stream */
+        _mm_prefetch((const char *)p + 2048 + 64 * (lanes / 64), _MM_HINT_T0);
         for (size_t lane = 0; lane < lanes; lane += 8) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(states + lane));
             if (refill_8(&x, &p, end)) return -1;
@@ -134,6 +136,7 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
         for (size_t lane = lanes; lane > 0;) {
             lane -= 8;
             const uint8_t *p = words + (step * lanes + lane) * (size_t)word_bytes;
+            _mm_prefetch((const char *)p - 2048, _MM_HINT_T0); /* the words run backwards: help the prefetcher */
             __m256i symbol = _mm256_srl_epi32(load_keys(p, word_bytes, is_float), shift);
             __m256i entry = _mm256_i32gather_epi32((const int *)by_symbol, symbol, 4);
             __m256i *state = (__m256i *)(states + lane);
@@ -220,6 +223,7 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
         const __m128i down = _mm_cvtsi32_si128(16 - width), put_back = _mm_cvtsi32_si128(zeros);
         size_t available = (count * (size_t)width + 7) / 8;
         for (size_t offset = 0; i + 16 <= count && offset + (size_t)width + 16 <= available; i += 16, offset += 2 * (size_t)width) {
+            _mm_prefetch((const char *)bits + offset + 1024, _MM_HINT_T0);
             __m256i source = _mm256_loadu2_m128i((const __m128i *)(bits + offset + (size_t)width), (const __m128i *)(bits + offset));
             __m256i value = _mm256_srl_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(source, gather_bytes), multiplier), down);
             __m128i rank16 = _mm_loadu_si128((const __m128i *)(ranks + i));

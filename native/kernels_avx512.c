@@ -51,6 +51,8 @@ static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *tab
         for (size_t step = 0; step < steps; step++, out += lanes) {
             for (size_t lane = 0; lane < lanes; lane += 16)
                 _mm512_storeu_si512(states + lane, decode_16(_mm512_loadu_si512(states + lane), table, out + lane));
+            _mm_prefetch((const char *)p + 2048, _MM_HINT_T0); /* a step reads up to 2 * lanes bytes of stream */
+            _mm_prefetch((const char *)p + 2048 + 64 * (lanes / 64), _MM_HINT_T0);
             for (size_t lane = 0; lane < lanes; lane += 16) {
                 __m512i x = _mm512_loadu_si512(states + lane);
                 if (refill_16(&x, &p, end)) return -1;
@@ -117,6 +119,7 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
             const __m512i shifts = _mm512_loadu_si512(shift16);
             const __m512i width_mask = _mm512_set1_epi16((short)((1u << width) - 1));
             for (; i + 32 <= count; i += 32, bits += group_bytes) {
+                _mm_prefetch((const char *)bits + 1024, _MM_HINT_T0);
                 __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
                 __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
                 __m512i symbol = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), placed, quarters);
@@ -346,6 +349,7 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
         for (size_t lane = lanes; lane > 0;) {
             lane -= 16;
             const uint8_t *p = words + (step * lanes + lane) * (size_t)word_bytes;
+            _mm_prefetch((const char *)p - 2048, _MM_HINT_T0); /* the words run backwards: help the prefetcher */
             __m512i symbol = _mm512_srl_epi32(load_keys(p, word_bytes, is_float), shift);
             __m512i entry = _mm512_i32gather_epi32(symbol, (const void *)by_symbol, 4);
             _mm512_storeu_si512(states + lane, encode_16(_mm512_loadu_si512(states + lane), entry, top));
