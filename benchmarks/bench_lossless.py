@@ -6,6 +6,8 @@ and a synthetic multi-GB BF16 checkpoint (written to a temporary folder, deleted
 Prints one table per source, with each coder's ratio, its ratio to ZipNN's and zstd's, and its
 compress and decompress speed (best of --repeat, every coder on the same threads) in GB/s by the
 wall clock and in GB per CPU-second of the process (steadier when other work shares the machine).
+Then MiniLM cast to BF16 is written to a zoo archive and read back whole, one thread: what a
+user's load costs, chunk checksums and copies included, as GB/s of output.
 The README's "Native coder and speed" table is this output.
 """
 
@@ -17,6 +19,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,30 @@ def write_synthetic_bf16(folder: Path, gib: float, seed: int = 0) -> Path:
     return path
 
 
+def archive_read(source: Path, dtype: str = "BF16", threads: int = 1, repeat: int = 3) -> dict:
+    """Every tensor of `source` cast to `dtype`, compressed into a zoo archive, then read back
+    (best of `repeat`): GB/s of decoded output, checksums included."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import zoo
+    from zoo.archive import Archive
+
+    cast = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as folder:
+        model = Path(folder) / "model.safetensors"
+        save_file({name: tensor.to(cast).contiguous() for name, tensor in load_file(source / "model.safetensors").items()}, model)
+        archive_path = Path(folder) / "model.zoo"
+        zoo.compress(model, archive_path, threads=threads)
+        best, total = float("inf"), 0
+        with Archive(archive_path) as archive:
+            for _ in range(repeat):
+                start = time.perf_counter()
+                total = sum(archive.read_tensor(name, threads=threads).data.nbytes for name in archive.keys())
+                best = min(best, time.perf_counter() - start)
+    return {"dtype": dtype, "threads": threads, "bytes": total, "seconds": best, "gbps": total / best / 1e9}
+
+
 def print_table(title: str, report: dict) -> None:
     print(f"\n{title}: {report['threads']} threads, {report['machine']}, kernels {report['kernels']}")
     print(f"{'dtype':6} {'coder':22} {'ratio':>7} {'/zipnn':>7} {'/zstd':>7} {'comp GB/s':>10} {'decomp GB/s':>12}"
@@ -82,6 +109,8 @@ def main() -> None:
     one_thread = bench.run(minilm(), threads=1, dtypes=("BF16",), repeat=arguments.repeat, anchors=False)
     results["minilm_bf16_one_thread"] = one_thread
     print_table("all-MiniLM-L6-v2, one thread", one_thread)
+    results["archive_read"] = archive_read(minilm(), repeat=arguments.repeat)
+    print(f"\nall-MiniLM-L6-v2 BF16 read back from a zoo archive, one thread: {results['archive_read']['gbps']:.2f} GB/s of output")
     if arguments.synthetic_gib > 0:
         with tempfile.TemporaryDirectory(prefix="zoo-bench-") as folder:
             path = write_synthetic_bf16(Path(folder), arguments.synthetic_gib)

@@ -1,7 +1,7 @@
 /* The section coder (see coder.h and docs/FORMAT.md). The modelling is plain C; the hot loops
  * of encoding (packing raw bits, rANS) and decoding run through the kernel table, and every
- * table writes the same bytes. Every length and value read from a
- * payload is checked before use: a hostile payload gives an error message, never a crash. */
+ * table writes the same bytes. Every length and value read from a payload is checked before
+ * use: a hostile payload gives an error message, never a crash. */
 #include "coder.h"
 
 #include <stdlib.h>
@@ -108,40 +108,15 @@ static inline uint32_t load_word(const uint8_t *p, const int word_bytes) {
     return value;
 }
 
-static inline void store_word(uint8_t *p, uint32_t value, const int word_bytes) {
-    if (word_bytes == 1) {
-        p[0] = (uint8_t)value;
-    } else if (word_bytes == 2) {
-        uint16_t narrow = (uint16_t)value;
-        memcpy(p, &narrow, 2);
-    } else {
-        memcpy(p, &value, 4);
-    }
-}
-
 static inline uint32_t rotate_left1(uint32_t value, int bits) {
     uint32_t mask = bits == 32 ? 0xffffffffu : ((1u << bits) - 1);
     return ((value << 1) | (value >> (bits - 1))) & mask;
-}
-
-static inline uint32_t rotate_right1(uint32_t value, int bits) {
-    uint32_t mask = bits == 32 ? 0xffffffffu : ((1u << bits) - 1);
-    return ((value >> 1) | (value << (bits - 1))) & mask;
-}
-
-static inline int trailing_zeros(uint32_t value, int limit) {
-    return value ? (__builtin_ctz(value) < limit ? __builtin_ctz(value) : limit) : limit;
 }
 
 size_t zoo_section_bound(size_t count, int word_bytes) { return 1 + count * (size_t)word_bytes; }
 
 /* -- the symbol model ---------------------------------------------------------------------- */
 
-/* Frequencies summing to RANS_TOTAL from counts, each used symbol at least 1; integer-only so
- * the numpy encoder (zoo/_fallback_coder.py) reproduces it exactly. Largest remainders first
- * (the lower rank first among equals) take the slots flooring leaves; slots given to rare
- * symbols come back one at a time from the then largest frequency (the lower rank first).
- * Sorting and a heap do in n log n what one scan per slot did in n^2. */
 /* keys (remainder << 8 | 255 - rank), largest first: remainders are below 2^32 */
 static int descending(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -164,6 +139,11 @@ static void heap_sift_down(uint8_t *heap, int size, int at, const uint32_t *freq
     }
 }
 
+/* Frequencies summing to RANS_TOTAL from counts, each used symbol at least 1; integer-only so
+ * the numpy encoder (zoo/_fallback_coder.py) reproduces it exactly. Largest remainders first
+ * (the lower rank first among equals) take the slots flooring leaves; slots given to rare
+ * symbols come back one at a time from the then largest frequency (the lower rank first).
+ * Sorting and a heap do in n log n what one scan per slot did in n^2. */
 static void normalize(const uint64_t *counts, int n_used, uint32_t *freqs) {
     uint64_t total = 0;
     for (int i = 0; i < n_used; i++) total += counts[i];
