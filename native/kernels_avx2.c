@@ -236,6 +236,36 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
             _mm256_storeu_si256((__m256i *)(out + 2 * i), key);
         }
         bits += i * (size_t)width / 8;
+    } else if (word_bytes == 4 && width <= 25) {
+        /* 8 values a step: each half of the register loads 16 bytes from where its first value's
+         * byte is; a lane's 4 bytes then hold its value (at most 25 bits + 7 of offset), and a
+         * variable shift brings it to bit 0 */
+        uint32_t placed[256];
+        for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)symbol_of_rank[rank] << (remainder_bits - (is_float ? 1 : 0));
+        size_t half_bytes = (size_t)(4 * width) / 8;
+        uint8_t byte_index[32];
+        uint32_t shift[8];
+        for (int j = 0; j < 8; j++) {
+            int position = j * width - (j >= 4 ? 8 * (int)half_bytes : 0);
+            for (int b = 0; b < 4; b++) byte_index[4 * j + b] = (uint8_t)((position >> 3) + b);
+            shift[j] = (uint32_t)(position & 7);
+        }
+        const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), shifts = _mm256_loadu_si256((const __m256i *)shift);
+        const __m256i width_mask = _mm256_set1_epi32((int)((1u << width) - 1));
+        const __m128i put_back = _mm_cvtsi32_si128(zeros);
+        size_t available = (count * (size_t)width + 7) / 8;
+        for (size_t offset = 0; i + 8 <= count && offset + half_bytes + 16 <= available; i += 8, offset += (size_t)width) {
+            __m256i source = _mm256_loadu2_m128i((const __m128i *)(bits + offset + half_bytes), (const __m128i *)(bits + offset));
+            __m256i value = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(source, gather_bytes), shifts), width_mask);
+            uint64_t rank8;
+            memcpy(&rank8, ranks + i, 8);
+            __m256i symbol = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)rank8)), 4);
+            __m256i key = is_float ? _mm256_or_si256(_mm256_or_si256(symbol, _mm256_sll_epi32(_mm256_srli_epi32(value, 1), put_back)),
+                                                     _mm256_slli_epi32(value, 31))
+                                   : _mm256_or_si256(symbol, _mm256_sll_epi32(value, put_back));
+            _mm256_storeu_si256((__m256i *)(out + 4 * i), key);
+        }
+        bits += i * (size_t)width / 8;
     }
     if (i < count) zoo_merge_words_scalar(ranks + i, symbol_of_rank, bits, count - i, width, zeros, remainder_bits, word_bytes, is_float, out + i * (size_t)word_bytes);
 }
