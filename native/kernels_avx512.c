@@ -1,5 +1,5 @@
-/* AVX-512 kernels (F, BW, VL, DQ, VBMI, with VPCLMULQDQ). This file alone is compiled with those flags; the
- * dispatcher calls it only on a CPU that has them. Tails go to the scalar reference. */
+/* AVX-512 kernels (F, BW, VL, DQ, VBMI, with VPCLMULQDQ). This file alone is compiled with those
+ * flags; the dispatcher calls it only on a CPU that has them. Tails go to the scalar reference. */
 #include <immintrin.h>
 #include <string.h>
 

@@ -185,7 +185,6 @@ void zoo_dequantize_rows_scalar(const uint16_t *indices, size_t rows, size_t col
     }
 }
 
-
 /* -- rANS encoding ------------------------------------------------------------------------ */
 
 static inline uint32_t symbol_key(const uint8_t *p, int word_bytes, int is_float) {
