@@ -11,7 +11,6 @@ near random, so later stages store it raw).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,8 +54,7 @@ class Truncate(ArrayCodec):
         if hessian is not None:
             values = to_float32(np.asarray(array.data), array.dtype)
             if np.isfinite(values).all():
-                grid = functools.partial(self.round_values, dtype=array.dtype)
-                moved = _refine.feedback(values, hessian, lambda _, column: grid(column))
+                moved = _refine.feedback(values, hessian, lambda _, column: self.round_values(column, array.dtype))
                 array = TypedArray(from_float32(moved.astype(np.float32), array.dtype).reshape(array.shape), array.dtype)
         return self.encode(array)
 
