@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -200,15 +201,22 @@ class Archive:
 
     def _leaf_chunks(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> Iterator[np.ndarray]:
         """Decoded raw bytes of a leaf, chunk by chunk."""
-        count, _, decode = self._chunk_decoder(leaf, pipeline, what)
-        yield from ordered_map(decode, range(count), threads)
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        yield from ordered_map(decode, range(count), threads, size=lambda number: chunk_bytes)
 
     def read_leaf(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> TypedArray:
-        raw = np.empty(leaf_bytes(leaf), dtype=np.uint8)
-        position = 0
-        for chunk in self._leaf_chunks(leaf, pipeline, what, threads):
-            raw[position:position + chunk.nbytes] = chunk
-            position += chunk.nbytes
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        if count == 1:
+            raw = _owned(decode(0))  # the one chunk is the whole leaf: no copy
+        else:
+            raw = np.empty(leaf_bytes(leaf), dtype=np.uint8)
+
+            def place(number: int) -> None:
+                # The worker that decoded a chunk copies it into place: the copies run in
+                # parallel, and no decoded chunk waits for the consumer.
+                raw[number * chunk_bytes:(number + 1) * chunk_bytes] = decode(number)
+
+            deque(ordered_map(place, range(count), threads, size=lambda number: chunk_bytes), maxlen=0)
         data = raw.view(storage_dtype(leaf["dtype"])) if DTYPES[leaf["dtype"]].storage else raw
         return TypedArray(data.reshape(leaf["shape"]) if DTYPES[leaf["dtype"]].storage else data, leaf["dtype"])
 
@@ -287,13 +295,14 @@ class Archive:
         chunks that overlap the range are decoded; `threads` workers decode them in order."""
         entry = self.file_entry(path)
         end = entry["size"] if end is None else min(end, entry["size"])
-        for position, piece in ordered_map(lambda task: (task[0], task[1]()), self._file_tasks(entry, start, end), threads):
+        tasks = self._file_tasks(entry, start, end)
+        for position, piece in ordered_map(lambda task: (task[0], task[2]()), tasks, threads, size=lambda task: task[1]):
             low, high = max(start, position), min(end, position + len(piece))
             if low < high:
                 yield memoryview(piece)[low - position:high - position]
 
-    def _file_tasks(self, entry: dict[str, Any], start: int, end: int) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
-        """(file offset, decode) for each piece of the file that overlaps [start, end)."""
+    def _file_tasks(self, entry: dict[str, Any], start: int, end: int) -> Iterator[tuple[int, int, Callable[[], np.ndarray]]]:
+        """(file offset, size, decode) for each piece of the file that overlaps [start, end)."""
         position = 0
         for segment in entry["segments"]:
             if position >= end:
@@ -303,24 +312,24 @@ class Archive:
                 yield from self._segment_tasks(segment, entry["path"], position, start, end)
             position += size
 
-    def _segment_tasks(self, segment: dict[str, Any], path: str, position: int, start: int, end: int) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+    def _segment_tasks(self, segment: dict[str, Any], path: str, position: int, start: int, end: int) -> Iterator[tuple[int, int, Callable[[], np.ndarray]]]:
         if "tensor" in segment:
             name = segment["tensor"]
             info = self.tensor_info(name)
             if "leaf" not in info["root"] or "base" in info:  # transformed by array stages: decoded whole
-                yield position, lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
+                yield position, leaf_bytes(info), lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
                 return
             leaf, pipeline, what = info["root"]["leaf"], self.pipeline_of(info.get("pipeline")), f"tensor {name!r}"
         else:
             leaf, pipeline, what = segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")), f"file {path!r}"
         self._check_leaf_shape(leaf, what)
         count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
-        first = max(0, start - position) // chunk_bytes
+        first, stop = max(0, start - position) // chunk_bytes, position + leaf_bytes(leaf)
         for number in range(first, count):
             offset = position + number * chunk_bytes
             if offset >= end:
                 return
-            yield offset, partial(decode, number)
+            yield offset, min(chunk_bytes, stop - offset), partial(decode, number)
 
     def read_file(self, path: str, threads: int = 1) -> bytes:
         return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
@@ -407,6 +416,12 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _owned(chunk: np.ndarray) -> np.ndarray:
+    """A decoded chunk as an array of its own: read-only ones (views of a stored stream) are copied,
+    so every tensor read is writable as before."""
+    return chunk if chunk.flags.writeable and chunk.flags.c_contiguous else chunk.copy()
 
 
 def _as_framework(array: TypedArray, framework: str) -> Any:
