@@ -100,8 +100,12 @@ def _chunked(name: str, dtype: str, chunks: list[np.ndarray], encode: Callable, 
     pairs = list(zip(coded, chunks))
     # Decoded chunks are dropped as they come, as a reader copying each into its tensor drops
     # them: keeping a multi-GB model's worth would time the kernel handing out fresh pages,
-    # which on a VM costs more than decoding. They are checked in a pass of their own.
-    wall_out, cpu_out, _ = _best(lambda: deque(ordered_map(lambda pair: decode(*pair), pairs, threads), maxlen=0), repeat)
+    # which on a VM costs more than decoding. They are checked in a pass of their own. Sizes go
+    # to the scheduler as the archive reader gives them (encoding goes as zoo.compress sends it).
+    def decode_all() -> None:
+        deque(ordered_map(lambda pair: decode(*pair), pairs, threads, size=lambda pair: pair[1].nbytes), maxlen=0)
+
+    wall_out, cpu_out, _ = _best(decode_all, repeat)
     for payload, chunk in pairs:
         if bytes(decode(payload, chunk)) != chunk.tobytes():
             raise RuntimeError(f"{name} did not give {dtype} back bit for bit")
