@@ -29,7 +29,11 @@ from .l2 import Plan
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
 DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
-HEADER_BYTES_PER_TENSOR = 450  # a tensor's entry in the archive header, near enough for a budget
+# The archive header, which the budget counts: a tensor's entry names it three times (the entry's
+# key and name, the file's segment list) around ~400 bytes of JSON (l2's entry, the largest);
+# the rest (format, file entries, the safetensors header blob) is about a kilobyte.
+HEADER_BYTES_FIXED = 1024
+HEADER_BYTES_PER_TENSOR = 420
 CHUNK_BYTES = 4 << 20
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
 
@@ -121,9 +125,9 @@ def _coded_bits(values: dict[str, np.ndarray], plan: Plan, scale: float = 1.0, f
 def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> Plan:
     """(step, dead zone) for every tensor `codec` selects, the coded total on its budget."""
     values: dict[str, np.ndarray] = {}
-    parameters, others, count = 0, 0, 0
+    parameters, others, header = 0, 0, HEADER_BYTES_FIXED
     for name, array in tensors():
-        count += 1
+        header += HEADER_BYTES_PER_TENSOR + 3 * len(name.encode())
         if DTYPES[array.dtype].is_float:
             parameters += array.data.size
         if codec.selects(name, array):
@@ -132,7 +136,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             others += stored_bytes(array)
     if not values:
         return Plan({}, calibration)
-    budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + HEADER_BYTES_PER_TENSOR * count)
+    budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + header)
     floor = 0.05 * sum(v.size for v in values.values())
     if budget < floor:
         # The tensors the stage leaves alone already take the whole budget: give the selected ones
