@@ -323,13 +323,6 @@ def test_a_tampered_base_record_is_refused(delta_archive, tmp_path, edit, messag
         zoo.open(_rewrite(archive, tmp_path / "bad.zoo", lambda h: h.pop("base"), version=1))
 
 
-def test_verify_gates_refuse_a_base_up_front(tuned, tmp_path):
-    base, fine_tuned = tuned
-    done = zoo_cli("compress", fine_tuned, "-o", tmp_path / "d.zoo", "-p", SPEC, "--base", base, "--verify")
-    assert done.returncode == 1 and "--verify cannot yet" in done.stderr
-    assert not (tmp_path / "d.zoo").exists()
-
-
 @pytest.mark.parametrize("spec", ["codebook:bits=2", "l2:target_ratio=16"])
 def test_other_lossy_pipelines_code_the_difference_too(tuned, tmp_path, spec):
     base, fine_tuned = tuned

@@ -214,14 +214,16 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) ->
 
 
 def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str], gates: Any = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> Any:
+                  progress: Callable[[str, int, int], None] | None = None, base: str | os.PathLike[str] | None = None) -> Any:
     """The step behind `zoo compress --verify`: evaluate `archive` against the `source` it was
     made from (bit for bit when every file is lossless, else as a model; see zoo.evaluate), store
     the figures under metadata["verify"], and raise QualityGateError when a zoo.evaluate.Gates
-    trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult."""
+    trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult.
+    `base` is the base the archive was made against (compress(base=...)): the model evaluated is
+    that base plus the decoded differences."""
     from .evaluate import QualityGateError, verify_archive
 
-    result = verify_archive(archive, source, gates=gates, progress=progress)
+    result = verify_archive(archive, source, gates=gates, progress=progress, base=base)
     if not result.passed:
         raise QualityGateError(f"{source}: the compressed model fails its quality check: {'; '.join(result.failures)}; "
                                "no archive was kept", result)
@@ -242,7 +244,7 @@ def _archive_path(source: str | os.PathLike[str]) -> Path:
     return resolve_archive(str(source)) or path  # when neither, opening the path says so
 
 
-def open_archive(archive: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Archive:
+def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
     """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open).
     `base` is the model that an archive made with `compress(base=...)` needs."""
     return Archive(_archive_path(archive), base)
@@ -313,7 +315,7 @@ def decompress(
     threads: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
-    base: str | os.PathLike[str] | None = None,
+    base: BaseModel | str | os.PathLike[str] | None = None,
 ) -> Report:
     """Write the model folder back out. Lossless files are checked against their sha256 before
     the folder appears; on any error nothing is left at `destination`. `base` is the model that

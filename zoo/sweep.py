@@ -5,6 +5,10 @@ load), evaluate against the original with zoo.evaluate, and keep the size. The t
 per weight (whole archive over the float weights), the ratio to float32, the quality figures
 of the model's kind and both times; `plot` draws distortion against rate and marks the Pareto
 frontier: the points no other point beats on both size and quality.
+
+With a base (the model MODEL was fine-tuned from), each pipeline stores the tensors it selects as
+their differences from it (zoo.delta), and the model evaluated is the base plus the decoded
+differences; the decode time includes adding them back.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .delta import BaseModel
 from .errors import InputError
 from .pipeline import Pipeline
 
@@ -41,6 +47,7 @@ class SweepPoint:
     kind: str
     metrics: dict[str, Any] = field(default_factory=dict)
     pareto: bool = False
+    base_tensors: int = 0  # how many tensors were stored as differences from the base
 
     @property
     def bits_per_weight(self) -> float:
@@ -80,8 +87,10 @@ def sweep(
     threads: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> list[SweepPoint]:
-    """Compress `model` with each pipeline and evaluate each result against it."""
+    """Compress `model` with each pipeline and evaluate each result against it; with `base`, each
+    archive is made against that base and evaluated rebuilt on it (see compress(base=...))."""
     from . import api
     from .evaluate import evaluate
 
@@ -92,22 +101,26 @@ def sweep(
         raise InputError(f"{model}: no such file or folder")
     options: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     points = []
-    with tempfile.TemporaryDirectory(prefix="zoo-sweep-", dir=workdir) as scratch:
+    with ExitStack() as stack:
+        # Opened once, so that a base that is no model fails before the first pipeline runs.
+        base_model = stack.enter_context(BaseModel(base)) if base is not None else None
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-sweep-", dir=workdir))
         for number, (given, spec) in enumerate(zip(pipelines, specs)):
             if progress:
                 progress(f"[{number + 1}/{len(specs)}] {given}")
             archive = Path(scratch) / f"candidate-{number}.zoo"
             started = time.perf_counter()
-            report = api.compress(model, archive, spec, threads=threads, force=True, calibration=calibration)
+            report = api.compress(model, archive, spec, threads=threads, force=True, calibration=calibration, base=base)
             encode_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            with api.open_archive(archive) as opened:
+            with api.open_archive(archive, base_model) as opened:
                 for name in opened.keys():
                     opened.read_tensor(name)
             decode_seconds = time.perf_counter() - started
-            result = evaluate(archive, model, text=text, **options)
+            result = evaluate(archive, model, text=text, base=base if report.base else None, **options)
             points.append(SweepPoint(given, report.compressed_bytes, report.original_bytes, report.parameters,
-                                     encode_seconds, decode_seconds, result.kind, _headline(result)))
+                                     encode_seconds, decode_seconds, result.kind, _headline(result),
+                                     base_tensors=report.base["tensors"] if report.base else 0))
             archive.unlink()
     mark_pareto(points)
     return points

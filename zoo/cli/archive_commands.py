@@ -83,9 +83,7 @@ def compress(
 
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
-    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio)
-    if base is not None and check is not None:
-        raise InputError("--verify cannot yet evaluate an archive that needs a base: decompress it with --base, then zoo eval the folder")
+    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
         if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options):

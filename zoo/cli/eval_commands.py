@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import Json
+from .options import Base, Json
 from .output import human_bytes, print_json, stderr, stdout
 
 MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, help="Fail (exit 1) when the mean KL divergence is above this.")]
@@ -55,6 +55,9 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
 
     if heading:
         stdout.print(heading, markup=False, highlight=False)
+    if record.get("base"):
+        stdout.print(f"base: {record['base']} (the differences stored against it were added to it)", markup=False, highlight=False,
+                     soft_wrap=True)
     table = Table(title=f"quality ({record.get('kind')})", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -121,21 +124,24 @@ def quality_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] 
 
 class QualityCheck:
     """compress --verify as a `check` for zoo.compress: runs zoo.api.check_quality on the finished
-    archive and keeps the result to print."""
+    archive (rebuilt on `base` when it was made against one) and keeps the result to print."""
 
-    def __init__(self, source: Path, gates: Any) -> None:
+    def __init__(self, source: Path, gates: Any, base: Path | None = None) -> None:
         self.source = source
         self.gates = gates
+        self.base = base
         self.result: Any = None
 
     def __call__(self, archive: Path) -> None:
         from .. import api
 
-        stderr.print(f"verifying against {self.source}", markup=False, highlight=False)
-        self.result = api.check_quality(archive, self.source, self.gates)
+        stderr.print(f"verifying against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
+                     markup=False, highlight=False)
+        self.result = api.check_quality(archive, self.source, self.gates, base=self.base)
 
 
-def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None) -> QualityCheck | None:
+def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
+                  base: Path | None = None) -> QualityCheck | None:
     """The check for compress's --verify and gate flags (a gate implies --verify); None without them."""
     from ..errors import InputError
     from ..evaluate import Gates
@@ -145,7 +151,7 @@ def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: 
         return None
     if not source.exists():
         raise InputError(f"--verify compares the result with a local model folder or file, and {source} is not one")
-    return QualityCheck(source, gates)
+    return QualityCheck(source, gates, base)
 
 
 def eval_command(
@@ -160,11 +166,13 @@ def eval_command(
     max_kl: MaxKl = None,
     min_cosine: MinCosine = None,
     max_ppl_ratio: MaxPplRatio = None,
+    base: Base = None,
     threads: TorchThreads = None,
     as_json: Json = False,
 ) -> None:
     """Measure a model against a reference: KL divergence and perplexity (causal LMs), embedding
-    cosine (encoders), label agreement (classifiers), and weight-space error (any model)."""
+    cosine (encoders), label agreement (classifiers), and weight-space error (any model). An
+    archive made with `zoo compress --base` is evaluated as its base plus its differences."""
     from ..errors import InputError, ZooError
     from ..evaluate import Gates, evaluate
 
@@ -175,7 +183,7 @@ def eval_command(
             raise InputError(f"{text}: cannot read it as UTF-8 text ({getattr(error, 'strerror', None) or error.__class__.__name__})") from None
     with quality_progress(not as_json) as progress:
         result = evaluate(candidate, reference, text=content if text is not None else None, max_tokens=max_tokens, kind=kind,
-                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), threads=threads, progress=progress)
+                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), threads=threads, progress=progress, base=base)
     if as_json:
         print_json(result.to_dict())
     else:

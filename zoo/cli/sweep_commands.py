@@ -20,6 +20,8 @@ def sweep(
     pipeline: Annotated[list[str], typer.Option("--pipeline", "-p", help="A pipeline SPEC to try; give it once per pipeline.")],
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the rate-distortion plot here (PNG).")] = None,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for the stages that use one.")] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="The model MODEL was fine-tuned from: each pipeline stores the tensors it "
+                                                 "selects as differences from it, and is evaluated rebuilt on it.", show_default=False)] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Evaluation text (default: the text shipped with zoo).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=16, help="Evaluate on at most this many tokens.")] = None,
     threads: Threads = None,
@@ -39,23 +41,26 @@ def sweep(
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"{text}: cannot read evaluation text ({type(error).__name__})") from None
     say = None if as_json else (lambda line: stderr.print(line, markup=False, highlight=False))
-    points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads, progress=say)
+    points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads, progress=say,
+                           base=base)
     if plot is not None:
         library.plot(points, plot, title=f"{model.name}: rate and distortion")
     if as_json:
-        print_json({"model": str(model), "plot": str(plot) if plot else None, "points": [p.to_dict() for p in points]})
+        print_json({"model": str(model), "base": None if base is None else str(base), "plot": str(plot) if plot else None,
+                    "points": [p.to_dict() for p in points]})
         return
     from rich.table import Table
 
     kind = points[0].kind
     figures = {"causal-lm": ("kl_mean", "ppl_ratio", "top1_agreement"), "classifier": ("kl_mean", "label_agreement"),
                "encoder": ("cosine_mean", "cosine_min")}.get(kind, ("weight_sqnr_db", "weight_cosine"))
-    table = Table(title=f"{model} ({kind})", title_justify="left")
-    for column in ("pipeline", "size", "bits/weight", "× vs fp32", *figures, "encode s", "decode s", "frontier"):
+    table = Table(title=f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), title_justify="left")
+    against = ("on base",) if base is not None else ()  # tensors stored as differences from the base
+    for column in ("pipeline", "size", "bits/weight", "× vs fp32", *against, *figures, "encode s", "decode s", "frontier"):
         table.add_column(column, justify="left" if column == "pipeline" else "right")
     for point in points:
         table.add_row(point.pipeline, human_bytes(point.archive_bytes), f"{point.bits_per_weight:.3f}", f"{point.ratio_fp32:.2f}",
-                      *(_figure(point.metrics.get(name)) for name in figures),
+                      *([str(point.base_tensors)] if base is not None else []), *(_figure(point.metrics.get(name)) for name in figures),
                       f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else "")
     stdout.print(table)
     if plot is not None:

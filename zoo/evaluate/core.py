@@ -43,10 +43,14 @@ def evaluate(
     cache: Any = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Figures of `candidate` against `reference` (each a zoo name, archive, folder or weights
     file). See the package docstring for what each kind measures. `threads` sets torch's thread
-    count for the run (default: torch's own)."""
+    count for the run (default: torch's own). `base` is the model that an archive made with
+    `compress(base=...)` is rebuilt on, on either side; given where neither side needs it, it is
+    still checked to be a model, then left unused with a note saying so."""
+    from ..delta import BaseModel
     from .cache import SHARED
     from .models import Model
 
@@ -61,31 +65,36 @@ def evaluate(
     with ExitStack() as stack:
         if threads is not None:
             stack.enter_context(_torch_threads(threads))
-        mine = stack.enter_context(Model(candidate))
-        base = stack.enter_context(Model(reference)) if reference is not None else None
+        base_model = stack.enter_context(BaseModel(base)) if base is not None else None
+        mine = stack.enter_context(Model(candidate, base_model))
+        original = stack.enter_context(Model(reference, base_model)) if reference is not None else None
+        if base is not None and not (mine.needs_base or (original is not None and original.needs_base)):
+            # Named by role, not path: compress --verify sees the candidate under a temporary name.
+            notes.append(f"the base {base} was not used: " + ("the candidate is" if reference is None else
+                         "neither the candidate nor the reference is") + " stored against a base")
         chosen = kind
         if chosen is None:
             chosen, note = mine.kind()
             notes += [note] if note else []
-            if base is not None and chosen != "weights":
-                theirs, note = base.kind()
+            if original is not None and chosen != "weights":
+                theirs, note = original.kind()
                 if theirs == "weights":
                     chosen = "weights"
                     notes += [note] if note else []
                 elif theirs != chosen:
                     raise InputError(f"{candidate} is evaluated as a {chosen} but its reference {reference} as a {theirs}")
-        if base is None and chosen == "weights":
+        if original is None and chosen == "weights":
             raise InputError(f"{candidate}: weight-space figures need a reference to compare against")
-        gates.check_applies(chosen, str(candidate), base is not None)
-        figures = _functional(chosen, mine, base, text, max_tokens, cache, progress) if chosen in FUNCTIONAL_KINDS else {}
+        gates.check_applies(chosen, str(candidate), original is not None)
+        figures = _functional(chosen, mine, original, text, max_tokens, cache, progress) if chosen in FUNCTIONAL_KINDS else {}
         per_tensor, totals = [], None
-        if base is not None and (weights or chosen == "weights"):
+        if original is not None and (weights or chosen == "weights"):
             from .weights import compare_weights
 
-            per_tensor, totals, weight_notes = compare_weights(mine, base, progress)
+            per_tensor, totals, weight_notes = compare_weights(mine, original, progress)
             notes += weight_notes
     result = EvalResult(chosen, str(candidate), None if reference is None else str(reference), figures, totals, per_tensor,
-                        notes, gates.given(), seconds=time.perf_counter() - started)
+                        notes, gates.given(), seconds=time.perf_counter() - started, base=None if base is None else str(base))
     result.failures = gates.judge(result)
     return result
 
@@ -131,16 +140,18 @@ def verify_archive(
     text: str | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Progress | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """What `zoo compress --verify` runs: an archive whose every file is lossless is decoded and
-    compared bit for bit with `source`; any other is evaluated as a model against `source`."""
+    compared bit for bit with `source`; any other is evaluated as a model against `source`,
+    rebuilt on `base` when it was made against one (compress(base=...))."""
     from ..api import open_archive
 
     gates = gates or Gates()
     with open_archive(archive) as opened:
         lossless = all(entry.get("lossless") for entry in opened.files())
     if not lossless:
-        return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress)
+        return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress, base=base)
     from .weights import verify_lossless
 
     started = time.perf_counter()

@@ -40,9 +40,13 @@ def _store_lookup(name: str) -> Path | None:
 
 
 class Model:
-    """One side of a comparison. Use as a context manager: it owns the temporary unpacked copy."""
+    """One side of a comparison. Use as a context manager: it owns the temporary unpacked copy.
 
-    def __init__(self, given: str | os.PathLike[str]) -> None:
+    `base` (a zoo.delta.BaseModel, owned by the caller) is what an archive stored against a base
+    is rebuilt on. Such an archive is checked against it here, before any model runs, so that a
+    missing or wrong base fails in one line and not after the other side has been evaluated."""
+
+    def __init__(self, given: str | os.PathLike[str], base: Any = None) -> None:
         self.label = str(given)
         path = Path(given)
         if not path.exists():
@@ -52,8 +56,16 @@ class Model:
             path = Path(found)
         self.path = path
         self.archive = is_archive(path)
+        self.needs_base = False
+        self._base = base
         self._unpacked: tempfile.TemporaryDirectory[str] | None = None
         self._names: list[str] | None = None
+        if self.archive:
+            from ..api import open_archive
+
+            with open_archive(path, base) as opened:
+                self.needs_base = opened.base_needed() is not None
+                opened.require_base()
 
     def __enter__(self) -> Model:
         return self
@@ -77,7 +89,7 @@ class Model:
 
             self._unpacked = tempfile.TemporaryDirectory(prefix="zoo-eval-")
             target = Path(self._unpacked.name) / "model"
-            decompress(self.path, target)
+            decompress(self.path, target, base=self._base if self.needs_base else None)
         return Path(self._unpacked.name) / "model"
 
     def file_names(self) -> list[str]:

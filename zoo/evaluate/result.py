@@ -23,7 +23,8 @@ class EvalResult:
     """Figures of one candidate against one reference (or alone, where that means something).
 
     metrics: the figures of the kind (see zoo.evaluate); weights: size-weighted totals of the
-    weight-space figures, tensors: the same per tensor; failures: the gates that tripped."""
+    weight-space figures, tensors: the same per tensor; failures: the gates that tripped; base:
+    the base model an archive's stored differences were added to, when one was given."""
 
     kind: str
     candidate: str
@@ -35,6 +36,7 @@ class EvalResult:
     gates: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float | None = None
+    base: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -71,6 +73,7 @@ class EvalResult:
             "kind": self.kind,
             "candidate": self.candidate,
             "reference": self.reference,
+            "base": self.base,
             "passed": self.passed,
             "summary": self.summary(),
             "metrics": self.metrics,
