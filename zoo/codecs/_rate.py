@@ -31,8 +31,8 @@ STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to 
 DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 # The archive header, which the budget counts: a tensor's entry names it three times (the entry's
 # key and name, the file's segment list) around ~400 bytes of JSON (l2's entry, the largest);
-# the rest (format, file entries, the safetensors header blob) is about a kilobyte.
-HEADER_BYTES_FIXED = 1024
+# the rest (format, file entries, the safetensors header blob) is a few hundred bytes.
+HEADER_BYTES_FIXED = 512
 HEADER_BYTES_PER_TENSOR = 420
 CHUNK_BYTES = 4 << 20
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
