@@ -11,8 +11,7 @@ near random, so later stages store it raw).
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,45 +43,20 @@ class Truncate(ArrayCodec):
         return array.dtype in _LAYOUT and self.bits < _LAYOUT[array.dtype][2] and super().selects(name, array)
 
     def survey(self, tensors: Any, calibration: Any = None) -> Any:
-        """With calibration from a model folder, the whole model is rounded here, layer after layer
-        (zoo.calibration.sequential), each layer against inputs that carry the error of the layers
-        before it. A fine-tune's difference from a base keeps the one-pass statistics: the model
-        that runs is base + difference, which the sequential pass does not assemble."""
-        if getattr(calibration, "source", None) is None or getattr(calibration, "base", None) is not None:
-            return calibration
-        from ..calibration import sequential
-
-        chosen = {name: array for name, array in tensors() if self.selects(name, array)}
-        rounded: dict[str, tuple[bytes, TypedArray]] = {}
-
-        def round_tensor(name: str, hessian: np.ndarray | None) -> np.ndarray:
-            original = chosen.pop(name)
-            array = self._calibrated(original, hessian)
-            rounded[name] = (_fingerprint(original), array)
-            return self.round_values(to_float32(np.asarray(array.data), array.dtype), array.dtype).reshape(array.shape)
-
-        statistics = sequential(calibration, list(chosen), round_tensor)
-        return _Rounded(statistics, rounded)
+        return calibration  # only looked up per tensor, by name
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
-        if isinstance(plan, _Rounded):
-            fingerprint, done = plan.rounded.get(name, (b"", None))
-            if done is not None and fingerprint == _fingerprint(array):
-                return self.encode(done)
-            plan = plan.statistics  # an earlier stage changed the tensor: round it against its layer's H
+        """With calibration statistics, each matrix's values are first moved onto the kept-bits grid
+        column by column with the rounding error fed forward (zoo.codecs._refine.feedback): round
+        to nearest is the best choice per weight, not for the layer's output. The values are then
+        on the grid, so encode's own rounding leaves them as they are."""
         hessian = plan.hessian(name, array.shape[-1]) if plan is not None and array.data.ndim == 2 else None
-        return self.encode(self._calibrated(array, hessian))
-
-    def _calibrated(self, array: TypedArray, hessian: np.ndarray | None) -> TypedArray:
-        """With a layer's H, the array moved onto the kept-bits grid column by column with the
-        rounding error fed forward (zoo.codecs._refine.feedback): round to nearest is the best
-        choice per weight, not for the layer's output. encode's own rounding then leaves the
-        values as they are. Without H, the array as it is: encode rounds it to nearest."""
-        values = to_float32(np.asarray(array.data), array.dtype)
-        if hessian is None or array.data.ndim != 2 or hessian.shape != (array.shape[-1],) * 2 or not np.isfinite(values).all():
-            return array
-        moved = _refine.feedback(values, hessian, lambda _, column: self.round_values(column, array.dtype))
-        return TypedArray(from_float32(moved.astype(np.float32), array.dtype).reshape(array.shape), array.dtype)
+        if hessian is not None:
+            values = to_float32(np.asarray(array.data), array.dtype)
+            if np.isfinite(values).all():
+                moved = _refine.feedback(values, hessian, lambda _, column: self.round_values(column, array.dtype))
+                array = TypedArray(from_float32(moved.astype(np.float32), array.dtype).reshape(array.shape), array.dtype)
+        return self.encode(array)
 
     def round_values(self, values: np.ndarray, dtype: str) -> np.ndarray:
         """float64 `values` as they come back from a `dtype` tensor with `bits` mantissa bits kept."""
@@ -144,15 +118,3 @@ class Truncate(ArrayCodec):
         if dtype == "F32":
             return storage.view("<f4")
         return storage
-
-
-class _Rounded(NamedTuple):
-    """What a calibrated survey leaves for encode_tensor: each tensor already on the grid, keyed by
-    name with a fingerprint of the values it was rounded from, and the H each layer was rounded with."""
-
-    statistics: Any
-    rounded: dict[str, tuple[bytes, TypedArray]]
-
-
-def _fingerprint(array: TypedArray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(array.data).view(np.uint8), digest_size=16).digest()
