@@ -11,6 +11,8 @@
 3. The entropy coder is not an ideal one: every tensor's symbols are coded by the real leaf
    stages, the curves are corrected by the ratio of coded to estimated size, the split is made
    again, and a last common scale of all steps lands the coded total on the budget.
+4. With ``tune=N``, the roundings are trained against the teacher (zoo.codecs._tune) and the
+   plan carries the symbols encode writes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DTYPES, to_float32
-from . import _teacher
+from ..errors import PipelineError
+from . import _teacher, _tune
 from .base import TypedArray
 from .l2 import Plan
 
@@ -142,8 +145,12 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         # The tensors the stage leaves alone already take the whole budget: give the selected ones
         # next to nothing rather than fail, and let the report show the size reached.
         budget = floor
-    teacher = _teacher.load_teacher(calibration)
-    sensitivities = teacher.sensitivities(list(values)) if teacher is not None else _activation_weights(values, calibration)
+    teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES)
+    if codec.tune and teacher is None:
+        raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
+                            "and a model folder (config.json) that transformers loads")
+    sensitivities = (teacher.sensitivities(list(values), batches=_teacher.MAX_SEQUENCES) if teacher is not None
+                     else _activation_weights(values, calibration))
     if not sensitivities:
         # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
         # moves with its relative error; plain MSE would starve the tensors with small weights.
@@ -158,7 +165,12 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     corrections = {n: coded[n] / estimated[n] for n in values}
     choice, slope = split_budget(curves, budget, corrections)
     plan.steps = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
-    return _land_on_budget(values, plan, budget)
+    plan.slope = slope
+    plan = _land_on_budget(values, plan, budget)
+    if codec.tune:
+        start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}
+        plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope)
+    return plan
 
 
 def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict[str, np.ndarray]:
@@ -215,4 +227,4 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float) ->
 
 
 def _scaled(plan: Plan, factor: float) -> Plan:
-    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics)
+    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics, slope=plan.slope)

@@ -18,6 +18,7 @@ from ..errors import InputError
 
 SEQUENCE_LENGTH = 128
 MAX_SEQUENCES = 16
+REFERENCE_BYTES = 256 << 20  # the original's outputs kept in memory; further ones are recomputed when asked for
 
 
 def default_text() -> str:
@@ -95,8 +96,12 @@ class Teacher:
         self._prefix = getattr(self.model, "base_model_prefix", "") or ""
         self._base = base
         self._offsets: dict[str, Any] | None = None  # parameter name -> base values, read on first use
+        self.reference: list[Any] = []
         with torch.no_grad():
-            self.reference = [self._outputs(None, i) for i in range(count)]
+            for index in range(count):
+                self.reference.append(self._outputs(None, index))
+                if len(self.reference) * self.reference[0].numel() * self.reference[0].element_size() >= REFERENCE_BYTES:
+                    break
 
     @property
     def batches(self) -> int:
@@ -135,28 +140,41 @@ class Teacher:
                     self._offsets[parameter] = torch.from_numpy(self._base.get(key)).reshape(self.parameter_names[parameter].shape)
         return {name: value + self._offsets[name] if name in self._offsets else value for name, value in overrides.items()}
 
+    def reference_outputs(self, index: int) -> Any:
+        """The original's outputs on calibration sequence `index`."""
+        import torch
+
+        if index < len(self.reference):
+            return self.reference[index]
+        with torch.no_grad():
+            return self._outputs(None, index)
+
     def distortion(self, overrides: dict[str, Any], index: int) -> Any:
         """Differentiable distance of the candidate from the original on calibration sequence `index`."""
         candidate = self._outputs(self._student(overrides), index)
-        reference = self.reference[index]
+        reference = self.reference_outputs(index)
         if self.kind == "encoder":
             return ((candidate - reference) ** 2).sum(-1).mean() / (reference**2).sum(-1).mean()
         return (reference.exp() * (reference - candidate)).sum(-1).mean()
 
-    def mean_distortion(self, overrides: dict[str, Any]) -> float:
+    def mean_distortion(self, overrides: dict[str, Any], batches: int | None = None) -> float:
+        """Distortion averaged over the first `batches` calibration sequences (default: all)."""
         import torch
 
         with torch.no_grad():
-            return float(np.mean([float(self.distortion(overrides, i)) for i in range(self.batches)]))
+            return float(np.mean([float(self.distortion(overrides, i)) for i in range(min(self.batches, batches or self.batches))]))
 
-    def sensitivities(self, tensor_names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    def sensitivities(self, tensor_names: list[str], seed: int = 0, batches: int | None = None) -> dict[str, np.ndarray]:
         """Per weight, the curvature of the distortion: distortion ~ sum(s * (w' - w)**2).
 
         For KL it is half the diagonal Fisher, estimated with labels drawn from the model's own
         outputs (their gradients have mean zero, so the square of a sequence's summed gradient
         is an unbiased sum of per-position Fisher terms); for an encoder, the diagonal of J^T J
-        by random projections of the hidden state. Both averaged over positions."""
+        by random projections of the hidden state. Both averaged over the positions of the first
+        `batches` calibration sequences (default: all)."""
         import torch
+
+        count = min(self.batches, batches or self.batches)
 
         generator = torch.Generator().manual_seed(seed)
         mapped = {name: self.parameter(name) for name in tensor_names}
@@ -167,7 +185,7 @@ class Teacher:
         unused: set[str] = set()  # weights the output does not depend on (an encoder's pooler, say)
         positions = 0
         try:
-            for index in range(self.batches):
+            for index in range(count):
                 output = self._outputs(None, index)
                 if self.kind == "encoder":
                     projection = torch.randn(output.shape, generator=generator)
@@ -186,8 +204,9 @@ class Teacher:
             for parameter in self.parameter_names.values():
                 parameter.requires_grad_(False)
         if self.kind == "encoder":
-            scale = 1.0 / float(sum((r**2).sum(-1).mean() for r in self.reference))  # sum over batches of per-position means
-            scale *= 1.0 / positions * self.batches
+            # over batches, the sum of per-position means
+            scale = 1.0 / float(sum((self.reference_outputs(i) ** 2).sum(-1).mean() for i in range(count)))
+            scale *= 1.0 / positions * count
         else:
             scale = 0.5 / positions
         result = {p: (squares[p] * scale).numpy().astype(np.float64) for p in wanted}
@@ -200,7 +219,7 @@ class Teacher:
         return {name: result[p] for name, p in mapped.items() if p}
 
 
-def load_teacher(calibration: Any) -> Teacher | None:
+def load_teacher(calibration: Any, max_sequences: int = MAX_SEQUENCES) -> Teacher | None:
     """The teacher a survey's calibration argument describes: anything with a `source` model
     folder, optional `text` and optional `base` (see Teacher), or a Teacher already."""
     if calibration is None or isinstance(calibration, Teacher):
@@ -209,7 +228,7 @@ def load_teacher(calibration: Any) -> Teacher | None:
     if source is None or not (Path(source) / "config.json").is_file():
         return None
     text = getattr(calibration, "text", None) or default_text()
-    return Teacher(Path(source), text, base=getattr(calibration, "base", None))
+    return Teacher(Path(source), text, max_sequences=max_sequences, base=getattr(calibration, "base", None))
 
 
 __all__ = ["Teacher", "default_text", "load_teacher", "read_text"]

@@ -12,12 +12,15 @@ weight; tensors the stage leaves alone count too). The survey (a pass over the w
 before anything is written, see zoo.codecs.l2_fit) spends that budget where it hurts least:
 equal slope of distortion against rate in every tensor. Without a survey (one tensor alone)
 each tensor gets 32/R bits by itself.
+
+``tune=N`` (with calibration) then trains the roundings for N iterations against the original
+model's outputs (zoo.codecs._tune); steps, dead zones and the format stay as they were.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,11 +94,14 @@ def symbols_array(symbols: np.ndarray) -> TypedArray:
 
 @dataclass
 class Plan:
-    """What the survey hands each tensor: its (step, dead zone), and the calibration statistics
-    whose H, where a matrix has one, guides the rounding."""
+    """What the survey hands each tensor: its (step, dead zone), the calibration statistics
+    whose H, where a matrix has one, guides the rounding, and the symbols themselves where the
+    survey decided them (tuning). `slope` is the distortion per bit at which the budget was split."""
 
     steps: dict[str, tuple[float, float]]
     statistics: Any = None
+    symbols: dict[str, np.ndarray] = field(default_factory=dict)
+    slope: float = 0.0
 
     def hessian(self, name: str, values: np.ndarray) -> np.ndarray | None:
         if self.statistics is None or values.ndim != 2 or not hasattr(self.statistics, "hessian"):
@@ -110,11 +116,14 @@ class L2(ArrayCodec):
     # (tests/test_l2.py holds a real budget to a tight one).
     tolerance: ClassVar[float] = 0.75
 
-    def __init__(self, target_ratio: float = 10.0, include: str | None = None, exclude: str | None = None) -> None:
+    def __init__(self, target_ratio: float = 10.0, tune: int = 0, include: str | None = None, exclude: str | None = None) -> None:
         if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float)) or not 1.0 < target_ratio <= 320.0:
             raise PipelineError(f"l2: target_ratio must be a number above 1 and at most 320 (0.1 bits per weight), got {target_ratio!r}")
+        if isinstance(tune, bool) or not isinstance(tune, int) or not 0 <= tune <= 100_000:
+            raise PipelineError(f"l2: tune is a number of iterations from 0 to 100000, got {tune!r}")
         check_patterns(include, exclude)
         self.target_ratio = target_ratio
+        self.tune = tune
         self.include = include
         self.exclude = exclude
 
@@ -132,7 +141,12 @@ class L2(ArrayCodec):
         else:
             step, dead_zone = step_for_bits(values, 32.0 / self.target_ratio), 0.0
         hessian = plan.hessian(name, values) if plan is not None else None
-        symbols = quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
+        if plan is not None and name in plan.symbols:
+            symbols = plan.symbols[name]
+        elif hessian is None:
+            symbols = quantize(values, step, dead_zone)
+        else:
+            symbols = quantize_with_feedback(values, step, dead_zone, hessian)
         return Transformed({"symbols": symbols_array(symbols)}, {"step": float(step), "dead_zone": float(dead_zone)})
 
     def encode(self, array: TypedArray) -> Transformed:
