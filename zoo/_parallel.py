@@ -48,8 +48,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _forget_pools() -> None:
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()  # another thread may have held it at the fork
+
+
 # A forked child has none of the parent's threads: its pools would take work and never run it.
-os.register_at_fork(after_in_child=_pools.clear)
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _run_batch(function: Callable[[T], R], batch: list[T]) -> tuple[list[R], BaseException | None]:
