@@ -5,11 +5,13 @@ user sees all layers at once. Tuning starts from the symbols encode would write 
 latent value per weight, in units of its tensor's step, on the teacher's distortion (the KL to
 the original's outputs for an LM): the forward pass rounds the latents exactly as the quantizer
 does, at the tensor's own step and dead zone, and the gradient goes through the rounding as if it
-were not there (the straight-through estimator). The loss is L²'s: distortion plus `slope` times
-the rate, the slope at which the survey split the budget (distortion per bit). The rate is
-differentiable: each weight costs the code length of its symbol under its tensor's symbol
-frequencies, interpolated linearly between the integers on either side of its latent, so a
-rounding that saves distortion but costs bits is weighed as the survey weighed the steps. A
+were not there (the straight-through estimator). The loss is L²'s: distortion plus a price per
+bit times the rate. The rate is differentiable: each weight costs the code length of its symbol
+under its tensor's symbol frequencies, interpolated linearly between the integers on either side
+of its latent, so a rounding that saves distortion but costs bits is weighed against them. The
+price starts at the slope at which the survey split the budget (distortion per bit) and then
+follows the budget, a Lagrange multiplier: it rises while the symbols would code to more bits
+than they started with and falls while to fewer, so the size the survey landed stays. A
 weight the calibration text never exercises (the row of a token the text lacks) has no
 distortion to set against its bits and keeps its rounding: the rate alone would pull it to zero,
 and Adam, which scales every weight's steps alike, would let it.
@@ -29,6 +31,7 @@ import numpy as np
 SEQUENCES = 256  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
 BATCH = 4  # sequences per iteration
 LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero on a cosine
+PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
 
 
 def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
@@ -44,8 +47,9 @@ def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
 def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[float, float]], iterations: int,
          slope: float = 0.0) -> dict[str, np.ndarray]:
     """New symbols for the tensors in `symbols` (int arrays, the tensors' shapes), trained for
-    `iterations` steps on `teacher`'s distortion plus `slope` times the bits they code to;
-    tensors the teacher's model lacks keep theirs."""
+    `iterations` steps on `teacher`'s distortion plus a price (starting at `slope`) times the
+    bits they code to, at about the bits they started with; tensors the teacher's model lacks
+    keep theirs."""
     import torch
 
     latents: dict[str, Any] = {}
@@ -87,6 +91,15 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
         inside = (position >= 0) & (position < top)
         return torch.sign(latent) * (lengths[below + 1] - lengths[below]) * inside
 
+    def hard_bits() -> float:
+        total = 0.0
+        for name, latent in latents.items():
+            lengths, top = tables[name]
+            step, dead_zone = grids[name]
+            magnitude = torch.floor(torch.clamp(latent.detach().abs() - dead_zone / step, min=0.0) + 0.5)
+            total += float(lengths[torch.clamp(magnitude, max=float(top)).long()].sum())
+        return total
+
     def overrides() -> dict[str, Any]:
         out = {}
         for name in latents:
@@ -96,6 +109,7 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
 
     optimiser = torch.optim.Adam(list(latents.values()), lr=LEARNING_RATE)
     exercised = {name: torch.zeros_like(latent, dtype=torch.bool) for name, latent in latents.items()}
+    budget, price = hard_bits(), slope
     for iteration in range(iterations):
         for group in optimiser.param_groups:
             group["lr"] = LEARNING_RATE * 0.5 * (1.0 + math.cos(math.pi * iteration / iterations))
@@ -108,9 +122,11 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
             if latent.grad is None:
                 continue
             exercised[name] |= latent.grad != 0
-            if slope > 0:
-                latent.grad += slope * rate_gradient(name) * exercised[name]
+            if price > 0:
+                latent.grad += price * rate_gradient(name) * exercised[name]
         optimiser.step()
+        if price > 0:
+            price *= math.exp(PRICE_RESPONSE * (hard_bits() / budget - 1.0))
     with torch.no_grad():
         tuned = dict(symbols)
         for name in latents:
