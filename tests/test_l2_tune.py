@@ -64,8 +64,10 @@ def test_tuning_lowers_the_distortion_it_trains_on_at_the_same_size(tiny_llama):
     assert _distortion(teacher, arrays, tuned) < 0.9 * _distortion(teacher, arrays, plain)
     for name, symbols in tuned.symbols.items():
         assert symbols.shape == start[name].shape and symbols.dtype == np.int64
-        assert np.mean(symbols != start[name]) < 0.3  # a minority of roundings move, on the same grid...
-        assert entropy_bits(symbols) < 1.05 * entropy_bits(start[name])  # ...and the rate does not grow
+        assert np.mean(symbols != start[name]) < 0.3  # a minority of roundings move, on the same grid
+    # The rate is held as a whole (a tensor may spend what another saves); it may come out smaller.
+    bits = {which: sum(entropy_bits(s) * s.size for s in symbols.values()) for which, symbols in (("start", start), ("tuned", tuned.symbols))}
+    assert bits["tuned"] <= 1.02 * bits["start"]
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ SEQUENCES = 256  # calibration sequences the teacher reads when tuning (MAX_SEQU
 BATCH = 4  # sequences per iteration
 LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero on a cosine
 PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
+REFRESH = 25  # iterations between re-counts of the symbol frequencies the code lengths come from
 
 
 def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
@@ -92,12 +93,13 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
         return torch.sign(latent) * (lengths[below + 1] - lengths[below]) * inside
 
     def hard_bits() -> float:
+        """What the current symbols cost at their own frequencies (their empirical entropy)."""
         total = 0.0
-        for name, latent in latents.items():
-            lengths, top = tables[name]
-            step, dead_zone = grids[name]
-            magnitude = torch.floor(torch.clamp(latent.detach().abs() - dead_zone / step, min=0.0) + 0.5)
-            total += float(lengths[torch.clamp(magnitude, max=float(top)).long()].sum())
+        for name in latents:
+            k = rounded(name)[1].reshape(-1).long()
+            counts = torch.bincount(k - k.min()).double()
+            p = counts[counts > 0] / k.numel()
+            total += float(-(p * torch.log2(p)).sum()) * k.numel()
         return total
 
     def overrides() -> dict[str, Any]:
@@ -127,6 +129,10 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
         optimiser.step()
         if price > 0:
             price *= math.exp(PRICE_RESPONSE * (hard_bits() / budget - 1.0))
+            if (iteration + 1) % REFRESH == 0:
+                for name in latents:
+                    lengths, top = code_lengths(rounded(name)[1].numpy().astype(np.int64))
+                    tables[name] = (torch.tensor(lengths, dtype=torch.float32), top)
     with torch.no_grad():
         tuned = dict(symbols)
         for name in latents:
