@@ -3,8 +3,10 @@ from the compressed archive (the rest original), each evaluated against the orig
 
     python benchmarks/bench_groups.py tiny-lm "l2:target_ratio=10" --calib
     python benchmarks/bench_groups.py MiniLM "truncate:bits=3"
+    python benchmarks/bench_groups.py tiny-lm "l2:target_ratio=10,tune=2000" --calib --calibration train
 
-tiny-lm is benchmarks/tiny_lm.py in fp32 (KL on its held-out text, calibration on its own split);
+tiny-lm is benchmarks/tiny_lm.py in fp32 (KL on its held-out text, calibration on its own split
+or, with --calibration train, on its training text);
 MiniLM is all-MiniLM-L6-v2 converted to bf16, which is the reference (pooled-embedding cosine on
 zoo eval's sentences, calibration on zoo/data/calibration.txt). Prints one line per group.
 """
@@ -40,13 +42,15 @@ def main() -> None:
     parser.add_argument("model", choices=sorted(GROUPS))
     parser.add_argument("pipeline")
     parser.add_argument("--calib", action="store_true", help="compress with calibration text")
+    parser.add_argument("--calibration", choices=("split", "train"), default="split", help="tiny-lm's calibration text")
     arguments = parser.parse_args()
     from safetensors.torch import load_file, save_file  # torch: bf16 tensors
 
     with tempfile.TemporaryDirectory(prefix="zoo-groups-") as scratch:
         work = Path(scratch)
         if arguments.model == "tiny-lm":
-            _, calibration_text, text = tiny_lm.texts()
+            train_text, calibration_text, text = tiny_lm.texts()
+            calibration_text = train_text if arguments.calibration == "train" else calibration_text
             reference = tiny_lm.load_or_train(log=lambda line: print(line, file=sys.stderr))
             (work / "calibration.txt").write_text(calibration_text)
             calibration = work / "calibration.txt"
@@ -60,7 +64,8 @@ def main() -> None:
         original = load_file(reference / WEIGHTS)
         with zoo.open(archive) as opened:
             compressed = {name: opened.get_tensor(name, "pt") for name in original}
-        print(f"{arguments.model}, {arguments.pipeline}{' +calib' if arguments.calib else ''}: {report.bits_per_weight:.2f} bits per weight; "
+        calibrated = f" +calib ({arguments.calibration} text)" if arguments.calib and arguments.model == "tiny-lm" else " +calib" if arguments.calib else ""
+        print(f"{arguments.model}, {arguments.pipeline}{calibrated}: {report.bits_per_weight:.3f} bits per weight; "
               "machine: 2-core x86-64 VM")
         for group, pattern in GROUPS[arguments.model].items():
             folder = work / "mixed"

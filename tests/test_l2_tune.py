@@ -51,9 +51,8 @@ def _distortion(teacher, arrays, plan):
 
 @pytest.mark.slow
 def test_tuning_lowers_the_distortion_it_trains_on_at_the_same_size(tiny_llama):
-    from zoo.codecs._teacher import Teacher
-
     from zoo.codecs import _tune
+    from zoo.codecs._teacher import Teacher
 
     teacher = Teacher(tiny_llama, TEXT, sequence_length=32, max_sequences=24)
     arrays = _arrays(tiny_llama)

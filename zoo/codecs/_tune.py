@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-SEQUENCES = 256  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
+SEQUENCES = 512  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
 BATCH = 4  # sequences per iteration
 LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero on a cosine
 PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
+PRICE_RANGE = 1e6  # ... and kept within this factor of the slope either way (no underflow to a price that cannot rise)
 REFRESH = 25  # iterations between re-counts of the symbol frequencies the code lengths come from
 
 
@@ -124,11 +125,12 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
             if latent.grad is None:
                 continue
             exercised[name] |= latent.grad != 0
-            if price > 0:
+            if slope > 0:
                 latent.grad += price * rate_gradient(name) * exercised[name]
         optimiser.step()
-        if price > 0:
-            price *= math.exp(PRICE_RESPONSE * (hard_bits() / budget - 1.0))
+        if slope > 0:
+            excess = min(hard_bits() / budget - 1.0, 0.1)
+            price = min(max(price * math.exp(PRICE_RESPONSE * excess), slope / PRICE_RANGE), slope * PRICE_RANGE)
             if (iteration + 1) % REFRESH == 0:
                 for name in latents:
                     lengths, top = code_lengths(rounded(name)[1].numpy().astype(np.int64))
