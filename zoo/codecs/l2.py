@@ -9,7 +9,7 @@ I8 (or I16/I32 when they need it) so the lossless leaf stages entropy-code them;
 
 ``target_ratio=R`` asks for the model's tensors in 1/R of their float32 size (32/R bits per
 weight; tensors the stage leaves alone count too). The survey (a pass over the whole model
-before anything is written, see zoo.codecs.l2_fit) spends that budget where it hurts least:
+before anything is written, see zoo.codecs._rate) spends that budget where it hurts least:
 equal slope of distortion against rate in every tensor. Without a survey (one tensor alone)
 each tensor gets 32/R bits by itself.
 
