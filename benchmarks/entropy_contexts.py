@@ -275,23 +275,15 @@ def single(chunk: Chunk, data: Dataset) -> Contexts:
     return np.zeros(len(chunk.keys), np.int64), 1, 0.0
 
 
-def by_row(k: int, kind: str) -> Model:
+def by_scale(k: int, kind: str, scores: Callable[[Chunk, str], tuple[np.ndarray, np.ndarray]]) -> Model:
+    """k contexts by the scale of each element's row (scores=row_scores) or column (col_scores):
+    per element its row or column index, and each one's log scale."""
     def model(chunk: Chunk, data: Dataset) -> Contexts:
         if not chunk.row_length:
             return single(chunk, data)
-        rows, scores = row_scores(chunk, kind)
-        buckets, edge_bytes = quantile_buckets(scores, k)
-        return buckets[rows], k, edge_bytes + index_bytes(buckets, k) + 2  # + u16 row length
-    return model
-
-
-def by_col(k: int, kind: str) -> Model:
-    def model(chunk: Chunk, data: Dataset) -> Contexts:
-        if not chunk.row_length:
-            return single(chunk, data)
-        columns, scores = col_scores(chunk, kind)
-        buckets, edge_bytes = quantile_buckets(scores, k)
-        return buckets[columns], k, edge_bytes + index_bytes(buckets, k) + 2
+        index, score = scores(chunk, kind)
+        buckets, edge_bytes = quantile_buckets(score, k)
+        return buckets[index], k, edge_bytes + index_bytes(buckets, k) + 2  # + u16 row length
     return model
 
 
@@ -413,9 +405,9 @@ MODELS: list[tuple[str, Model, SymbolBits]] = [
     ("order-0, 1 more mantissa bit", single, more_mantissa(1)),
     ("order-0, 2 more mantissa bits", single, more_mantissa(2)),
     ("order-0, top 16 bits as the symbol", single, top_half),
-    *[(f"row RMS, {k} contexts", by_row(k, "rms"), today) for k in (4, 8, 16)],
-    ("row max, 8 contexts", by_row(8, "max"), today),
-    *[(f"col RMS, {k} contexts", by_col(k, "rms"), today) for k in (4, 8, 16)],
+    *[(f"row RMS, {k} contexts", by_scale(k, "rms", row_scores), today) for k in (4, 8, 16)],
+    ("row max, 8 contexts", by_scale(8, "max", row_scores), today),
+    *[(f"col RMS, {k} contexts", by_scale(k, "rms", col_scores), today) for k in (4, 8, 16)],
     ("row x col RMS, 4 x 4", by_row_and_col(4, 4), today),
     ("row x col RMS, 8 x 8", by_row_and_col(8, 8), today),
     *[(f"row + col RMS, {k} contexts", by_row_plus_col(k), today) for k in (8, 16)],
