@@ -40,6 +40,24 @@ def random_storage(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndar
     return rng.integers(-100 if dtype.startswith("I") else 0, 100, size=shape).astype(np.dtype(info.storage))
 
 
+def write_tiny_llama(folder: Path, text: str, **config: object) -> Path:
+    """A random Llama (torch seed 0) with a byte-level BPE tokenizer of 300 tokens trained on `text`,
+    saved as a Hugging Face folder with `text` as its calibration.txt. `config`: LlamaConfig fields."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"], show_progress=False,
+                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<s>").save_pretrained(folder)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, **config)).save_pretrained(folder, safe_serialization=True)
+    (folder / "calibration.txt").write_text(text)
+    return folder
+
+
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     """A Hugging Face-style folder with two weight dtypes, a config and a nested file."""

@@ -8,28 +8,19 @@ from zoo.codecs.base import TypedArray
 from zoo.codecs.l2 import L2, Plan, dequantize, entropy_bits, quantize
 from zoo.errors import PipelineError
 
+from .conftest import write_tiny_llama
+
 TEXT = " ".join(f"The {w} of line {i} reads {w[::-1]} and then {i * 7 % 13}." for i, w in
                 enumerate(["model", "weight", "zoo", "archive", "tensor", "step", "round", "layer"] * 40))
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    folder = tmp_path_factory.mktemp("llama")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"], show_progress=False,
-                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<s>").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, initializer_range=0.1)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    (folder / "calibration.txt").write_text(TEXT)
-    return folder
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return write_tiny_llama(tmp_path_factory.mktemp("llama"), TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+                            initializer_range=0.1)
 
 
 def _arrays(folder):

@@ -9,6 +9,8 @@ from zoo.calibration import collect
 from zoo.codecs import _refine
 from zoo.errors import InputError
 
+from .conftest import write_tiny_llama
+
 pytestmark = pytest.mark.slow  # imports transformers and runs a model
 
 TEXT = "The river was wide and slow, and the ferry crossed it eleven times a day in summer.\n" * 40
@@ -16,22 +18,10 @@ TEXT = "The river was wide and slow, and the ferry crossed it eleven times a day
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    folder = tmp_path_factory.mktemp("llama")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"], show_progress=False,
-                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<s>").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    (folder / "calibration.txt").write_text(TEXT)
-    return folder
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return write_tiny_llama(tmp_path_factory.mktemp("llama"), TEXT, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True)
 
 
 def test_statistics_cover_every_linear_layer_and_tied_weights(tiny_llama):
