@@ -22,7 +22,8 @@ demo: install
 
 # The native tests under AddressSanitizer and UBSan, run from a copy of the package and tests
 # whose extension is built instrumented.
-ASAN_DIR ?= /tmp/zoo-asan
+# one folder per checkout: two clones running `make asan` at once must not share it
+ASAN_DIR ?= /tmp/zoo-asan-$(shell printf '%s' '$(CURDIR)' | cksum | cut -d' ' -f1)
 ASAN_RUN = cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONPATH=$(ASAN_DIR)
 asan:
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
