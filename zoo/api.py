@@ -28,7 +28,19 @@ from .pipeline import DEFAULT_SPEC, Pipeline
 from .sources import check_relpath, scan
 
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
-Progress = Callable[[int], None]
+Progress = Callable[[int], None]  # bytes of the source done since the last call
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total), as zoo.evaluate reports its stages
+# The phases of a lossy compress that run before its first byte is written, and what their done and
+# total count. Each is reported at (0, total) when it starts and at done == total when it ends; a
+# stage that ends early ("fitting the budget" lands in fewer rounds) ends with a smaller total.
+COMPRESS_STAGES = {
+    "calibrating": "sequences",  # activation statistics over the calibration text (zoo.calibration)
+    "running the original model": "sequences",  # the teacher's reference outputs (zoo.codecs._teacher)
+    "measuring sensitivities": "sequences",  # the teacher's per-weight curvature
+    "surveying rates": "tensors",  # l2's rate-distortion curves (zoo.codecs._rate)
+    "fitting the budget": "rounds",  # l2's whole-model codings that land the size on the budget
+    "tuning roundings": "iterations",  # l2:tune (zoo.codecs._tune)
+}
 
 
 @dataclass
@@ -158,9 +170,13 @@ def compress(
     calibration: str | os.PathLike[str] | None = None,
     check: Callable[[Path], Any] | None = None,
     base: str | os.PathLike[str] | None = None,
+    stage_progress: StageProgress | None = None,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.calibration).
+    `progress(bytes)` counts the source bytes as they are written; `stage_progress(stage, done,
+    total)` follows the phases before that (COMPRESS_STAGES), which a lossy pipeline can spend
+    minutes in.
     `check(path)` sees the finished archive under its temporary name before it is put in place
     (check_quality is one); when it raises, nothing is left at `destination`. With `base` (the
     model the source was fine-tuned from: safetensors file or folder, archive or zoo name), the
@@ -178,10 +194,10 @@ def compress(
         if chosen.array_stages:
             from .calibration import collect
 
-            statistics = collect(source, calibration) if calibration is not None else None
+            statistics = collect(source, calibration, progress=stage_progress) if calibration is not None else None
             if statistics is not None and deltas is not None:
                 statistics.base = deltas  # the teacher then runs base + delta (zoo.codecs._teacher)
-            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics)
+            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics, stage_progress)
         with _atomic_output(destination, force, is_dir=False) as temporary:
             with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
                 payload_path = Path(scratch) / "payload"
@@ -344,5 +360,5 @@ def decompress(
     return report
 
 
-__all__ = ["Report", "TensorReport", "check_quality", "compress", "decompress", "load_state_dict", "open_archive", "report_of",
-           "update_metadata", "verify", "ZooError"]
+__all__ = ["COMPRESS_STAGES", "Report", "TensorReport", "check_quality", "compress", "decompress", "load_state_dict", "open_archive",
+           "report_of", "update_metadata", "verify", "ZooError"]

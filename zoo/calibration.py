@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .codecs.base import StageProgress
 from .errors import InputError
 
 DEFAULT_TOKENS = 8192
@@ -69,12 +70,15 @@ def _load(folder: Path) -> tuple[Any, Any]:
     import torch
     import transformers
 
+    from .codecs._teacher import quiet_transformers
+
     transformers.utils.logging.set_verbosity_error()
     try:
         config = json.loads((folder / "config.json").read_text())
         architecture = config["architectures"][0]
         model_class = getattr(transformers, architecture)
-        model = model_class.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32).eval()
+        with quiet_transformers():
+            model = model_class.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as error:  # transformers raises many types for a model it cannot load
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -132,8 +136,10 @@ def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], max_tokens: int = DEFAULT_TOKENS) -> Statistics:
-    """Run the model at `source` on the text in `text_path`; H for every linear layer."""
+def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], max_tokens: int = DEFAULT_TOKENS,
+            progress: StageProgress | None = None) -> Statistics:
+    """Run the model at `source` on the text in `text_path`; H for every linear layer.
+    `progress("calibrating", done, total)` counts the input sequences run."""
     import torch
 
     try:
@@ -147,7 +153,8 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     window = min(WINDOW, int(getattr(model.config, "max_position_embeddings", WINDOW) or WINDOW))
 
     pooled = _mean_pooled(model)
-    inputs = _sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window)
+    # A few thousand token ids at most: listing them first gives the progress its total.
+    inputs = list(_sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window))
     sums: dict[str, torch.Tensor] = {}
     pooled_sums: dict[str, torch.Tensor] = {}
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features <= MAX_INPUTS}
@@ -166,12 +173,16 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
 
     handles = [module.register_forward_hook(hook(name)) for name, module in linears.items()]
     tokens = pieces = 0
+    if progress:
+        progress("calibrating", 0, len(inputs))
     try:
         with torch.no_grad():
             for piece in inputs:
                 model(input_ids=piece, attention_mask=torch.ones_like(piece))
                 tokens += piece.shape[1]
                 pieces += 1
+                if progress:
+                    progress("calibrating", pieces, len(inputs))
     finally:
         for handle in handles:
             handle.remove()

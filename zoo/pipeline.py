@@ -12,6 +12,7 @@ Chunk payload (one per chunk of a leaf; see docs/FORMAT.md)::
 
 from __future__ import annotations
 
+import inspect
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, TypedArray
+from .codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, StageProgress, TypedArray
 from .codecs.registry import codec_class, codec_from_config
 from .errors import FormatError, PipelineError
 
@@ -124,9 +125,15 @@ class Pipeline:
 
     # -- array stages: whole tensors ------------------------------------------------------
 
-    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> list[Any]:
-        """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order."""
-        return [stage.survey(tensors, calibration) for stage in self.array_stages]
+    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
+               progress: StageProgress | None = None) -> list[Any]:
+        """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order. A survey
+        without a `progress` parameter runs silent: it is called without one."""
+        plans = []
+        for stage in self.array_stages:
+            reports = progress is not None and "progress" in inspect.signature(stage.survey).parameters
+            plans.append(stage.survey(tensors, calibration, progress=progress) if reports else stage.survey(tensors, calibration))
+        return plans
 
     def transform(self, name: str, array: TypedArray, plans: list[Any] | None = None) -> tuple[dict[str, Any], list[tuple[dict[str, Any], TypedArray]]]:
         """Run the array stages. Returns the node tree for the header and its leaves, each a

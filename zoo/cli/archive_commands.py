@@ -10,7 +10,7 @@ import typer
 from ..evaluate.result import QualityGateError
 from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
 from .options import ArchiveArg, Base, Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, source_bytes, stderr, stdout
+from .output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 
 
 def _codec_help() -> str:
@@ -86,13 +86,18 @@ def compress(
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
-        if compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options):
+        # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
+        with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
+            if stage_progress is not None:
+                options["stage_progress"] = stage_progress
+            elsewhere = compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options)
+            if not elsewhere:
+                with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
+                    report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, **options)
+        if elsewhere:
             if check is not None and not as_json:
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
-        with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
-            report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, calibration=calib,
-                                  check=check, base=base)
     except QualityGateError as error:
         if as_json:
             print_json(error.result.to_dict())

@@ -36,15 +36,93 @@ def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
+# The progress display on stderr, when one is shown. rich draws one live display at a time, so every
+# bar a command opens (the stages of a compress, then its bytes, perhaps in a helper's own
+# progress_bar) joins the one that is open.
+_live: list[Any] = []
+
+
+@contextmanager
+def _display(closes: bool = False) -> Iterator[Callable[[], Any]]:
+    """A function that gives the stderr display, started on its first call: a stage may report
+    after a download's own bars are done, and a command with nothing to report shows nothing.
+    The display stops at the end of the block that used it; with `closes`, at the end of this
+    block whoever opened it."""
+    used = False
+
+    def display() -> Any:
+        nonlocal used
+        used = True
+        if not _live:
+            from rich.progress import Progress
+
+            progress = Progress(*_columns(), console=stderr, transient=True)
+            progress.start()
+            _live.append(progress)
+        return _live[0]
+
+    try:
+        yield display
+    finally:
+        if _live and (used or closes):
+            _live.pop().stop()
+
+
+def _columns() -> list[Any]:
+    """Description, bar, done/total and time left; done/total in the task's unit (bytes in human
+    units with their speed, else a count such as "12/99 sequences")."""
+    from rich.progress import BarColumn, ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit", "")
+            if unit == "bytes":
+                speed = f" {human_bytes(task.speed)}/s" if task.speed else ""
+                return Text(f"{human_bytes(task.completed)} / {human_bytes(task.total or 0)}{speed}", style="progress.download",
+                            no_wrap=True, overflow="ellipsis")
+            return Text(f"{task.completed:.0f}/{task.total or 0:.0f} {unit}".rstrip(), style="progress.download", no_wrap=True,
+                        overflow="ellipsis")
+
+    return ["[progress.description]{task.description}", BarColumn(bar_width=30), Amount(), TimeRemainingColumn()]
+
+
 @contextmanager
 def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A byte-counting progress bar on stderr; yields the callback that advances it."""
+    """A byte-counting progress bar on stderr, shown from its first bytes; yields the callback
+    that advances it. The bytes are the last phase of what they count: the block's end closes the
+    display, stage bars opened around it included, so that what the command prints next (on
+    stdout, which a live display captures) is not drawn into it."""
     if not enabled or not stderr.is_terminal:
         yield lambda advance: None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    with _display(closes=True) as display:
+        tasks: dict[Any, Any] = {}  # display -> this bar's task in it
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=stderr, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda advance: progress.advance(task, advance)
+        def advance(count: int) -> None:
+            progress = display()
+            if progress not in tasks:
+                tasks[progress] = progress.add_task(description, total=total, unit="bytes")
+            progress.advance(tasks[progress], count)
+
+        yield advance
+
+
+@contextmanager
+def stage_bars(units: dict[str, str], enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A bar per stage on stderr, fed by a library's progress(stage, done, total) callback (None
+    when disabled); `units` names what each stage counts. A bytes bar opened inside joins them and
+    closes the display when it ends; a stage reported after that opens a new one."""
+    if not enabled or not stderr.is_terminal:
+        yield None
+        return
+    with _display() as display:
+        tasks: dict[tuple[Any, str], Any] = {}  # (display, stage) -> the stage's task in it
+
+        def update(stage: str, done: int, total: int) -> None:
+            progress = display()
+            if (progress, stage) not in tasks:
+                tasks[progress, stage] = progress.add_task(stage, total=total, unit=units.get(stage, ""))
+            progress.update(tasks[progress, stage], completed=done, total=total)
+
+        yield update

@@ -26,7 +26,7 @@ import numpy as np
 from ..dtypes import DTYPES, to_float32
 from ..errors import PipelineError
 from . import _teacher, _tune
-from .base import TypedArray
+from .base import StageProgress, TypedArray
 from .l2 import Plan
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
@@ -39,6 +39,10 @@ HEADER_BYTES_FIXED = 512
 HEADER_BYTES_PER_TENSOR = 420
 CHUNK_BYTES = 4 << 20
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
+LANDING_ROUNDS = 30  # bisection steps on the common scale of the steps, at most
+# "fitting the budget" counts rounds, each of which codes every selected tensor: the coded sizes that
+# correct the curves, the landing's first check, its bisection and its error-feedback corrections.
+FITTING_ROUNDS = 2 + LANDING_ROUNDS + FEEDBACK_LANDINGS
 
 
 def stored_bytes(array: TypedArray) -> int:
@@ -125,8 +129,30 @@ def _coded_bits(values: dict[str, np.ndarray], plan: Plan, scale: float = 1.0, f
     return {n: 8.0 * stored_bytes(symbols_array(_symbols(v, plan, n, scale, feedback))) for n, v in values.items()}
 
 
-def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> Plan:
-    """(step, dead zone) for every tensor `codec` selects, the coded total on its budget."""
+class _Rounds:
+    """The "fitting the budget" stage: a round counted after each whole-model coding; `finish`
+    closes the stage early when the bisection lands before its last round."""
+
+    def __init__(self, progress: StageProgress | None) -> None:
+        self.progress = progress
+        self.done = 0
+        if progress:
+            progress("fitting the budget", 0, FITTING_ROUNDS)
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress("fitting the budget", self.done, FITTING_ROUNDS)
+
+    def finish(self) -> None:
+        if self.progress and self.done < FITTING_ROUNDS:
+            self.progress("fitting the budget", self.done, self.done)
+
+
+def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
+             progress: StageProgress | None = None) -> Plan:
+    """(step, dead zone) for every tensor `codec` selects, the coded total on its budget.
+    `progress` hears of the long phases (see zoo.api.COMPRESS_STAGES)."""
     values: dict[str, np.ndarray] = {}
     parameters, others, header = 0, 0, HEADER_BYTES_FIXED
     for name, array in tensors():
@@ -145,31 +171,40 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         # The tensors the stage leaves alone already take the whole budget: give the selected ones
         # next to nothing rather than fail, and let the report show the size reached.
         budget = floor
-    teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES)
+    teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES, progress)
     if codec.tune and teacher is None:
         raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
                             "and a model folder (config.json) that transformers loads")
-    sensitivities = (teacher.sensitivities(list(values), batches=_teacher.MAX_SEQUENCES) if teacher is not None
+    sensitivities = (teacher.sensitivities(list(values), batches=_teacher.MAX_SEQUENCES, progress=progress) if teacher is not None
                      else _activation_weights(values, calibration))
     if not sensitivities:
         # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
         # moves with its relative error; plain MSE would starve the tensors with small weights.
         sensitivities = {n: np.full(1, 1.0 / max(float(np.mean(v.astype(np.float64) ** 2)), 1e-30)) for n, v in values.items()}
     rng = np.random.default_rng(0)
-    curves = {n: Curve(v, sensitivities.get(n), rng) for n, v in values.items()}
+    curves = {}
+    if progress:
+        progress("surveying rates", 0, len(values))
+    for name, v in values.items():
+        curves[name] = Curve(v, sensitivities.get(name), rng)
+        if progress:
+            progress("surveying rates", len(curves), len(values))
     corrections = {n: 1.0 for n in curves}
     choice, slope = split_budget(curves, budget, corrections)
     plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration)
+    rounds = _Rounds(progress)
     coded = _coded_bits(values, plan)
     estimated = {n: max(1.0, _estimate(values[n], plan, n)) for n in values}
     corrections = {n: coded[n] / estimated[n] for n in values}
+    rounds.tick()
     choice, slope = split_budget(curves, budget, corrections)
     plan.steps = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
     plan.slope = slope
-    plan = _land_on_budget(values, plan, budget)
+    plan = _land_on_budget(values, plan, budget, rounds)
+    rounds.finish()
     if codec.tune:
         start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}
-        plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope)
+        plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope, progress)
     return plan
 
 
@@ -196,17 +231,20 @@ def _estimate(values: np.ndarray, plan: Plan, name: str) -> float:
     return entropy_bits(_symbols(values, plan, name)) * values.size
 
 
-def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float) -> Plan:
+def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, rounds: _Rounds) -> Plan:
     """Scale every step and dead zone by one factor so the coded total meets the budget (a larger
     step never codes larger in practice; bisection stops within 0.2 %). Error feedback, where
     encode will use it, codes a little larger than plain rounding at the same step: the factor is
     found with plain rounding, then corrected with a few measurements of what encode will write."""
     low, high = -3.0, 3.0  # log2 of the factor
-    if sum(_coded_bits(values, plan, 2.0**high).values()) > budget:
+    largest = sum(_coded_bits(values, plan, 2.0**high).values())
+    rounds.tick()
+    if largest > budget:
         return _scaled(plan, 2.0**high)  # as close as it gets; the report says how close
-    for _ in range(30):
+    for _ in range(LANDING_ROUNDS):
         middle = (low + high) / 2
         total = sum(_coded_bits(values, plan, 2.0**middle).values())
+        rounds.tick()
         if total > budget:
             low = middle
         else:
@@ -219,6 +257,7 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float) ->
         return _scaled(plan, factor)
     for _ in range(FEEDBACK_LANDINGS):
         total = sum(_coded_bits(values, plan, factor, feedback=True).values())
+        rounds.tick()
         if 0.99 * budget <= total <= budget:
             break
         # Rate falls by about one bit per weight per doubling of the step.

@@ -9,12 +9,15 @@ What "how far" means depends on the head the checkpoint names in its config:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from .base import StageProgress
 
 SEQUENCE_LENGTH = 128
 MAX_SEQUENCES = 16
@@ -38,6 +41,21 @@ def read_text(calib: str | Path | None) -> str:
     if not text.strip():
         raise InputError(f"{path}: calibration text is empty")
     return text
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own loading bars off while zoo loads a model: zoo reports its stages itself, and
+    a command run with --json must leave stderr empty. The caller's setting comes back afterwards."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def _model_class(config: Any) -> tuple[Any, str]:
@@ -69,7 +87,7 @@ class Teacher:
     a candidate for one of them is a difference, and the student runs base + candidate."""
 
     def __init__(self, folder: str | Path, text: str, sequence_length: int = SEQUENCE_LENGTH, max_sequences: int = MAX_SEQUENCES,
-                 base: Any = None) -> None:
+                 base: Any = None, progress: StageProgress | None = None) -> None:
         import torch
         import transformers
 
@@ -79,7 +97,8 @@ class Teacher:
         try:
             config = transformers.AutoConfig.from_pretrained(folder)
             model_class, self.kind = _model_class(config)
-            self.model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
+            with quiet_transformers():
+                self.model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
         except (OSError, ValueError, KeyError) as error:
             raise InputError(f"{folder}: transformers cannot load this model: {str(error).splitlines()[0]}") from None
         for parameter in self.model.parameters():
@@ -97,11 +116,17 @@ class Teacher:
         self._base = base
         self._offsets: dict[str, Any] | None = None  # parameter name -> base values, read on first use
         self.reference: list[Any] = []
+        if progress:
+            progress("running the original model", 0, count)
         with torch.no_grad():
             for index in range(count):
                 self.reference.append(self._outputs(None, index))
+                if progress:
+                    progress("running the original model", index + 1, count)
                 if len(self.reference) * self.reference[0].numel() * self.reference[0].element_size() >= REFERENCE_BYTES:
                     break
+        if progress and len(self.reference) < count:  # the rest are run when asked for: this stage is over
+            progress("running the original model", len(self.reference), len(self.reference))
 
     @property
     def batches(self) -> int:
@@ -164,17 +189,21 @@ class Teacher:
         with torch.no_grad():
             return float(np.mean([float(self.distortion(overrides, i)) for i in range(min(self.batches, batches or self.batches))]))
 
-    def sensitivities(self, tensor_names: list[str], seed: int = 0, batches: int | None = None) -> dict[str, np.ndarray]:
+    def sensitivities(self, tensor_names: list[str], seed: int = 0, batches: int | None = None,
+                      progress: StageProgress | None = None) -> dict[str, np.ndarray]:
         """Per weight, the curvature of the distortion: distortion ~ sum(s * (w' - w)**2).
 
         For KL it is half the diagonal Fisher, estimated with labels drawn from the model's own
         outputs (their gradients have mean zero, so the square of a sequence's summed gradient
         is an unbiased sum of per-position Fisher terms); for an encoder, the diagonal of J^T J
         by random projections of the hidden state. Both averaged over the positions of the first
-        `batches` calibration sequences (default: all)."""
+        `batches` calibration sequences (default: all); `progress("measuring sensitivities", ...)`
+        counts them."""
         import torch
 
         count = min(self.batches, batches or self.batches)
+        if progress:
+            progress("measuring sensitivities", 0, count)
 
         generator = torch.Generator().manual_seed(seed)
         mapped = {name: self.parameter(name) for name in tensor_names}
@@ -200,6 +229,8 @@ class Teacher:
                         unused.add(p)
                     else:
                         squares[p] += gradient.detach() ** 2
+                if progress:
+                    progress("measuring sensitivities", index + 1, count)
         finally:
             for parameter in self.parameter_names.values():
                 parameter.requires_grad_(False)
@@ -219,7 +250,7 @@ class Teacher:
         return {name: result[p] for name, p in mapped.items() if p}
 
 
-def load_teacher(calibration: Any, max_sequences: int = MAX_SEQUENCES) -> Teacher | None:
+def load_teacher(calibration: Any, max_sequences: int = MAX_SEQUENCES, progress: StageProgress | None = None) -> Teacher | None:
     """The teacher a survey's calibration argument describes: anything with a `source` model
     folder, optional `text` and optional `base` (see Teacher), or a Teacher already."""
     if calibration is None or isinstance(calibration, Teacher):
@@ -228,7 +259,7 @@ def load_teacher(calibration: Any, max_sequences: int = MAX_SEQUENCES) -> Teache
     if source is None or not (Path(source) / "config.json").is_file():
         return None
     text = getattr(calibration, "text", None) or default_text()
-    return Teacher(Path(source), text, max_sequences=max_sequences, base=getattr(calibration, "base", None))
+    return Teacher(Path(source), text, max_sequences=max_sequences, base=getattr(calibration, "base", None), progress=progress)
 
 
 __all__ = ["Teacher", "default_text", "load_teacher", "read_text"]

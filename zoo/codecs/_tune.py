@@ -28,12 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from .base import StageProgress
+
 SEQUENCES = 512  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
 BATCH = 4  # sequences per iteration
 LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero on a cosine
 PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
 PRICE_RANGE = 1e6  # ... and kept within this factor of the slope either way (no underflow to a price that cannot rise)
 REFRESH = 25  # iterations between re-counts of the symbol frequencies the code lengths come from
+REPORTS = 200  # progress reports over a whole tuning, at most (a tiny model's iteration takes milliseconds)
 
 
 def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
@@ -47,11 +50,11 @@ def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[float, float]], iterations: int,
-         slope: float = 0.0) -> dict[str, np.ndarray]:
+         slope: float = 0.0, progress: StageProgress | None = None) -> dict[str, np.ndarray]:
     """New symbols for the tensors in `symbols` (int arrays, the tensors' shapes), trained for
     `iterations` steps on `teacher`'s distortion plus a price (starting at `slope`) times the
     bits they code to, at about the bits they started with; tensors the teacher's model lacks
-    keep theirs."""
+    keep theirs. `progress("tuning roundings", done, iterations)` follows the iterations."""
     import torch
 
     latents: dict[str, Any] = {}
@@ -113,6 +116,9 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
     optimiser = torch.optim.Adam(list(latents.values()), lr=LEARNING_RATE)
     exercised = {name: torch.zeros_like(latent, dtype=torch.bool) for name, latent in latents.items()}
     budget, price = hard_bits(), slope
+    every = max(1, iterations // REPORTS)
+    if progress:
+        progress("tuning roundings", 0, iterations)
     for iteration in range(iterations):
         for group in optimiser.param_groups:
             group["lr"] = LEARNING_RATE * 0.5 * (1.0 + math.cos(math.pi * iteration / iterations))
@@ -135,6 +141,8 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
                 for name in latents:
                     lengths, top = code_lengths(rounded(name)[1].numpy().astype(np.int64))
                     tables[name] = (torch.tensor(lengths, dtype=torch.float32), top)
+        if progress and ((iteration + 1) % every == 0 or iteration + 1 == iterations):
+            progress("tuning roundings", iteration + 1, iterations)
     with torch.no_grad():
         tuned = dict(symbols)
         for name in latents:

@@ -26,6 +26,10 @@ import numpy as np
 
 from .selection import selected
 
+# progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
+# stage is reported at (0, total) when it starts and at done == total when it ends.
+StageProgress = Callable[[str, int, int], None]
+
 
 @dataclass(frozen=True)
 class TypedArray:
@@ -93,11 +97,13 @@ class ArrayCodec(Codec):
         include, exclude = getattr(self, "include", None), getattr(self, "exclude", None)
         return selected(name, array.dtype, array.data.ndim, array.data.size, include, exclude)
 
-    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> Any:
+    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
+               progress: StageProgress | None = None) -> Any:
         """A pass over the whole model before any tensor is encoded, for codecs that need one
         (a size budget shared across layers, activation statistics). `tensors` yields every
         tensor by name each time it is called; `calibration` is a zoo.calibration.Statistics
-        or None. What it returns comes back to encode_tensor as `plan`."""
+        or None; `progress` hears of the survey's long phases (see StageProgress). What it
+        returns comes back to encode_tensor as `plan`."""
         return None
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:

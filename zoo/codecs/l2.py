@@ -28,7 +28,7 @@ import numpy as np
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, PipelineError
 from . import _refine
-from .base import ArrayCodec, Transformed, TypedArray
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray
 from .selection import check_patterns
 
 _SYMBOL_DTYPES = (("I8", np.int8), ("I16", np.int16), ("I32", np.int32))
@@ -127,10 +127,10 @@ class L2(ArrayCodec):
         self.include = include
         self.exclude = exclude
 
-    def survey(self, tensors: Any, calibration: Any = None) -> Plan:
+    def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None) -> Plan:
         from ._rate import allocate  # torch too when calibrating: imported only when a model is surveyed
 
-        return allocate(self, tensors, calibration)
+        return allocate(self, tensors, calibration, progress)
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
         values = to_float32(array.data, array.dtype)
