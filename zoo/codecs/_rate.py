@@ -203,6 +203,8 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     plan = _land_on_budget(values, plan, budget, rounds)
     rounds.finish()
     if codec.tune:
+        if progress:  # the error-feedback rounding tuning starts from is part of it (seconds on MiniLM)
+            progress("tuning roundings", 0, codec.tune)
         start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}
         plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope, progress)
     return plan
