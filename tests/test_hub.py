@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -100,6 +101,20 @@ def test_pull_with_filters_and_revision(hub, tmp_path):
     assert done.returncode == 0, done.stderr
     entry = Store(tmp_path / "second").resolve("just-config", with_files=True)
     assert [f.path for f in entry.files] == ["config.json"]
+
+
+@pytest.mark.slow
+def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
+    """l2's survey runs before the first byte: `zoo pull` shows it as `zoo compress` does, and
+    --json shows nothing on stderr."""
+    _, _, env = hub
+    terminal = {**env, "FORCE_COLOR": "1", "COLUMNS": "120"}  # stderr counts as a terminal
+    shown = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy", env=terminal)
+    assert shown.returncode == 0, shown.stderr
+    assert "surveying rates" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr)
+    quiet = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy-json", "--json", env=terminal)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "surveying" not in quiet.stderr and json.loads(quiet.stdout)["name"] == "lossy-json"
 
 
 def test_pull_errors_are_one_line(hub, tmp_path):

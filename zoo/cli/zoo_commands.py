@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .options import Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, source_bytes, stderr, stdout
+from .output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 
 NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -34,10 +34,15 @@ def pull(
     as_json: Json = False,
 ) -> None:
     """Download a model from the hub, check it against the hub's sha256, store it compressed."""
+    from .. import api
     from ..hub import pull as pull_model
 
-    entry, new = pull_model(repo, name=name, pipeline=pipeline, include=include, exclude=exclude, threads=threads, force=force,
-                            progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json)
+    # a lossy pipeline's survey runs before the first byte: its phases get bars of their own
+    with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
+        options = {} if stage_progress is None else {"stage_progress": stage_progress}
+        entry, new = pull_model(repo, name=name, pipeline=pipeline, include=include, exclude=exclude, threads=threads, force=force,
+                                progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json,
+                                **options)
     print_entry(entry, as_json, "stored" if new else "already in the zoo:")
 
 
