@@ -35,6 +35,57 @@ def test_statistics_cover_every_linear_layer_and_tied_weights(tiny_llama):
     assert statistics.hessian("no.such.weight", 64) is None
 
 
+def test_layers_reading_one_input_share_one_exact_matrix(tiny_llama):
+    """q, k and v read one tensor, so do gate and up: one H each group (half the memory on a
+    large model), equal to the bit to what each layer's own sum gives, and read-only."""
+    import torch
+
+    from zoo import calibration
+
+    statistics = collect(tiny_llama, tiny_llama / "calibration.txt")
+    layer = "model.layers.1."
+    q, k, v, o = (statistics.matrices[f"{layer}self_attn.{p}_proj.weight"] for p in "qkvo")
+    gate, up, down = (statistics.matrices[f"{layer}mlp.{p}_proj.weight"] for p in ("gate", "up", "down"))
+    assert q is k is v and gate is up and o is not q and down is not gate
+    with pytest.raises(ValueError):
+        q[0, 0] = 1.0
+
+    model, tokenizer = calibration._load(tiny_llama)
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    inputs = list(calibration._windows(tokenizer, ids, min(calibration.WINDOW, model.config.max_position_embeddings)))
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    alone, _, followers, tokens, _ = calibration._accumulate(model, inputs, linears, False, False, None)
+    assert followers == {} and tokens == statistics.tokens
+    for name in ("self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "self_attn.o_proj"):
+        assert np.array_equal(statistics.matrices[f"{layer}{name}.weight"], alone[f"{layer}{name}"].div_(tokens).numpy())
+
+
+def test_layers_grouped_differently_on_a_later_input_keep_their_own_sums():
+    torch = pytest.importorskip("torch")
+
+    from zoo import calibration
+
+    class Switching(torch.nn.Module):
+        """Two layers that read one tensor on the first input and a copy of it afterwards."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.calls = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2), 0
+
+        def forward(self, input_ids, attention_mask):
+            x = input_ids.to(torch.float32).reshape(-1, 4)
+            self.calls += 1
+            return self.a(x) + self.b(x if self.calls == 1 else x.clone())
+
+    model = Switching()
+    inputs = [torch.arange(8).reshape(1, 8), torch.arange(8, 16).reshape(1, 8)]
+    linears = {"a": model.a, "b": model.b}
+    with pytest.raises(calibration._Regrouped):
+        calibration._accumulate(model, inputs, linears, False, True, None)
+    sums, _, followers, _, _ = calibration._accumulate(model, inputs, linears, False, False, None)
+    assert followers == {} and torch.equal(sums["a"], sums["b"])
+
+
 @pytest.mark.parametrize("spec", ["codebook:bits=3,rows=16", "truncate:bits=2"])
 def test_compress_with_calibration_lowers_the_output_error(tiny_llama, tmp_path, spec):
     from safetensors.numpy import load_file

@@ -80,7 +80,7 @@ def _load(folder: Path) -> tuple[Any, Any]:
         with quiet_transformers():
             model = model_class.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # transformers raises many types for a model it cannot load
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for a model it cannot load
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{folder}: calibration cannot load the model with transformers: {message}") from None
     return model, tokenizer
@@ -136,6 +136,68 @@ def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
+class _Regrouped(Exception):
+    """Layers that read one tensor on the first input did not on a later one."""
+
+
+def _accumulate(model: Any, inputs: list[Any], linears: dict[str, Any], pooled: bool, share: bool,
+                progress: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], int, int]:
+    """Run the model on every input and sum x x^T (and, for a pooled encoder, m m^T) per linear
+    layer: (sums, pooled sums, followers, tokens, inputs). Layers that read the very same tensor
+    (q, k and v read one; so do a gated MLP's gate and up) have the same H, so with `share` the
+    first input finds them and they keep one sum: `followers` maps each such layer to the one whose
+    sum it shares. A later input that groups them otherwise raises _Regrouped."""
+    import torch
+
+    sums: dict[str, torch.Tensor] = {}
+    pooled_sums: dict[str, torch.Tensor] = {}
+    leaders: dict[str, str] = {}
+    # This forward's inputs by id, each held until the forward ends so that no id is reused in it.
+    read: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def hook(name: str) -> Any:
+        def accumulate(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            source = inputs[0]
+            first_reader = read.setdefault(id(source), (source, name))[1] if share else name
+            if leaders.setdefault(name, first_reader) != first_reader:
+                raise _Regrouped
+            if first_reader != name:
+                return
+            flat = source.detach().reshape(-1, source.shape[-1]).to(torch.float64)
+            product = flat.T @ flat
+            if name in sums:
+                sums[name].add_(product)
+            else:
+                sums[name] = product
+            if pooled:
+                mean = flat.mean(dim=0)
+                outer = torch.outer(mean, mean)
+                if name in pooled_sums:
+                    pooled_sums[name].add_(outer)
+                else:
+                    pooled_sums[name] = outer
+
+        return accumulate
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in linears.items()]
+    tokens = pieces = 0
+    if progress:
+        progress("calibrating", 0, len(inputs))
+    try:
+        with torch.no_grad():
+            for piece in inputs:
+                model(input_ids=piece, attention_mask=torch.ones_like(piece))
+                read.clear()
+                tokens += piece.shape[1]
+                pieces += 1
+                if progress:
+                    progress("calibrating", pieces, len(inputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sums, pooled_sums, {name: leader for name, leader in leaders.items() if leader != name}, tokens, pieces
+
+
 def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], max_tokens: int = DEFAULT_TOKENS,
             progress: StageProgress | None = None) -> Statistics:
     """Run the model at `source` on the text in `text_path`; H for every linear layer.
@@ -155,39 +217,13 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     pooled = _mean_pooled(model)
     # A few thousand token ids at most: listing them first gives the progress its total.
     inputs = list(_sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window))
-    sums: dict[str, torch.Tensor] = {}
-    pooled_sums: dict[str, torch.Tensor] = {}
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features <= MAX_INPUTS}
-
-    def hook(name: str) -> Any:
-        def accumulate(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            flat = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            product = flat.T @ flat
-            sums[name] = sums[name] + product if name in sums else product
-            if pooled:
-                mean = flat.mean(dim=0)
-                outer = torch.outer(mean, mean)
-                pooled_sums[name] = pooled_sums[name] + outer if name in pooled_sums else outer
-
-        return accumulate
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in linears.items()]
-    tokens = pieces = 0
-    if progress:
-        progress("calibrating", 0, len(inputs))
     try:
-        with torch.no_grad():
-            for piece in inputs:
-                model(input_ids=piece, attention_mask=torch.ones_like(piece))
-                tokens += piece.shape[1]
-                pieces += 1
-                if progress:
-                    progress("calibrating", pieces, len(inputs))
-    finally:
-        for handle in handles:
-            handle.remove()
+        sums, pooled_sums, followers, tokens, pieces = _accumulate(model, inputs, linears, pooled, True, progress)
+    except _Regrouped:  # a model whose layers share inputs differently from one input to the next
+        sums, pooled_sums, followers, tokens, pieces = _accumulate(model, inputs, linears, pooled, False, progress)
 
-    matrices = {f"{name}.weight": (total / tokens).numpy() for name, total in sums.items()}
+    matrices = {f"{name}.weight": total.div_(tokens).numpy() for name, total in sums.items()}
     if pooled:
         # What survives mean pooling is each input's mean activation: a weight error along it moves
         # the sentence embedding, one that differs token to token mostly averages away. Rounding
@@ -195,6 +231,10 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
         # of per-token H keeps the matrix well conditioned (n sentences give a rank-n part). Rounding
         # fits the sentences it is given: MiniLM needed the 180 of the shipped text, 69 were too few.
         matrices = {f"{name}.weight": (pooled_sums[name] / pieces).numpy() + TOKEN_SHARE * matrices[f"{name}.weight"] for name in sums}
+    for name, leader in followers.items():
+        matrices[f"{name}.weight"] = matrices[f"{leader}.weight"]
+    for matrix in matrices.values():
+        matrix.setflags(write=False)  # one array may be the H of several layers
     # Tied weights: the file stores one name (often the embedding); give it the head's H.
     by_storage: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
