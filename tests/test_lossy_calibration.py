@@ -7,7 +7,7 @@ import pytest
 import zoo
 from zoo.calibration import collect
 from zoo.codecs import _refine
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooWarning
 
 from .conftest import write_tiny_llama
 
@@ -137,23 +137,47 @@ def _bert_vocab(folder):
     return str(path)
 
 
-def test_an_encoder_is_calibrated_on_sentences_with_pooled_statistics(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
 
-    folder = tmp_path / "bert"
+    folder = tmp_path_factory.mktemp("bert")
     words = sorted(set(TEXT.replace(",", " ").replace(".", " ").lower().split()))
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(folder)
     (folder / "calibration.txt").write_text(TEXT)
-    statistics = collect(folder, folder / "calibration.txt")
+    return folder
+
+
+def test_an_encoder_is_calibrated_on_sentences_with_pooled_statistics(tiny_bert):
+    folder = tiny_bert
+    with pytest.warns(ZooWarning, match="40 sentences"):  # TEXT is one sentence 40 times
+        statistics = collect(folder, folder / "calibration.txt")
     pooled = statistics.hessian("encoder.layer.0.intermediate.dense.weight", 32)
     assert pooled is not None and np.allclose(pooled, pooled.T)
     # The mean input of each sentence dominates: one sentence repeated gives a nearly rank-one
     # pooled part, so the largest eigenvalue holds most of the trace.
     eigenvalues = np.linalg.eigvalsh(pooled)
     assert eigenvalues[-1] > 0.5 * eigenvalues.sum()
+
+
+def test_enough_sentences_give_no_warning_and_the_cli_shows_one_line(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    (tmp_path / "long.txt").write_text(TEXT * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZooWarning)
+        collect(tiny_bert, tmp_path / "long.txt")
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(tiny_bert), "-o", str(tmp_path / "b.zoo"), "-p", "truncate:bits=4",
+                           "--calib", str(tiny_bert / "calibration.txt"), "--json"], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "sentences" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "40 sentences" in lines[0]
+    assert "Traceback" not in done.stderr and "ZooWarning" not in done.stderr

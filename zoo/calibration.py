@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,16 @@ from typing import Any
 import numpy as np
 
 from .codecs.base import StageProgress
-from .errors import InputError
+from .errors import InputError, ZooWarning
 
 DEFAULT_TOKENS = 8192
 WINDOW = 256
 MIN_WORDS = 6  # an encoder's calibration inputs are sentences of at least this many words
 TOKEN_SHARE = 0.05  # of the per-token H added to an encoder's pooled statistics
 MAX_INPUTS = 8192  # wider inputs than this keep no statistics: H would take too much memory
+# An encoder's rounding fits the sentences it is calibrated on: MiniLM needed the 180 of the shipped
+# text (69 were too few), so a text with fewer than this gets a warning.
+FEW_SENTENCES = 150
 
 
 class Statistics:
@@ -217,6 +221,9 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     pooled = _mean_pooled(model)
     # A few thousand token ids at most: listing them first gives the progress its total.
     inputs = list(_sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window))
+    if pooled and len(inputs) < FEW_SENTENCES:
+        warnings.warn(f"{text_path}: {len(inputs)} sentences of {MIN_WORDS}+ words to calibrate an encoder on; its rounding fits "
+                      f"the sentences it sees, so give {FEW_SENTENCES} or more (the text zoo ships has 180)", ZooWarning, stacklevel=2)
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features <= MAX_INPUTS}
     try:
         sums, pooled_sums, followers, tokens, pieces = _accumulate(model, inputs, linears, pooled, True, progress)

@@ -1,6 +1,10 @@
 """Errors a user can act on. The CLI turns each into one line and exit code 1."""
 
 
+class ZooWarning(UserWarning):
+    """Something a user may want to change, though zoo can go on (the CLI prints one line)."""
+
+
 class ZooError(Exception):
     """Base of every error zoo reports to a user. The message is the whole report."""
 

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """zoo's warnings as one line on stderr; anyone else's as Python shows them."""
+    from ..errors import ZooWarning
+
+    if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def main() -> None:
     from ..errors import ZooError
     from .app import app
 
+    warnings.showwarning = _show_warning
     try:
         app()
     except ZooError as error:
