@@ -24,6 +24,14 @@ def dtype_name(dtype: Any) -> str:
     return _NAMES.get(str(dtype).removeprefix("torch."), "U8")
 
 
+def _whole(array: np.ndarray) -> bool:
+    """Whether `array` spans all of the numpy array that owns its memory."""
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return owner.nbytes == array.nbytes
+
+
 def to_torch(array: TypedArray, device: str | None = None) -> Any:
     import torch
 
@@ -32,7 +40,10 @@ def to_torch(array: TypedArray, device: str | None = None) -> Any:
         raise TypeError(f"dtype {array.dtype} has no torch equivalent")
     dtype = getattr(torch, name)
     raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
-    # torch.frombuffer warns on read-only buffers; a copy makes the tensor own writable memory.
-    tensor = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8) if raw.size else torch.empty(0, dtype=torch.uint8)
-    tensor = tensor.view(dtype).reshape(array.shape)
+    if not raw.flags.writeable or not _whole(raw):
+        # torch would share (and warn about) memory it may not write, or keep a larger decoded
+        # array alive for a slice of it: one copy the tensor owns
+        raw = raw.copy()
+    # Otherwise the tensor shares the freshly decoded buffer: no copy.
+    tensor = torch.from_numpy(raw).view(dtype).reshape(array.shape)
     return tensor.to(device) if device else tensor
