@@ -41,6 +41,31 @@ def test_every_tensor_reads_back_exact_and_writable(mixed_model, threads):
                 np.testing.assert_array_equal(archive.read_tensor(name, threads=threads).data, raw)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_many_tensors_read_together_come_back_exact_in_the_order_asked(mixed_model, threads):
+    path, expected = mixed_model
+    names = ["small.bias", "big.weight", "empty", "noise", "odd.weight", "short.noise"]
+    with zoo.open(path) as archive:
+        assert archive._chunk_count("big.weight") == 12 and archive._chunk_count("small.bias") == 1
+        together = archive.read_tensors(names, threads=threads)
+    assert list(together) == names
+    for name in names:
+        np.testing.assert_array_equal(together[name].data, expected[name])
+
+
+def test_reading_many_tensors_names_a_damaged_one(mixed_model):
+    path, _ = mixed_model
+    with zoo.open(path) as archive:
+        leaf = archive.tensor_info("odd.weight")["root"]["leaf"]
+        offset, length, _ = archive._file.read_index(leaf, "odd.weight")[0]
+        payload_start = archive._file.payload_start
+    data = bytearray(path.read_bytes())
+    data[payload_start + offset + length // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with zoo.open(path) as archive, pytest.raises(ChecksumError, match="odd.weight.*chunk 0 is damaged"):
+        archive.read_tensors(archive.keys(), threads=2)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_damaged_chunk_in_the_middle_is_named(mixed_model, threads):
     path, expected = mixed_model

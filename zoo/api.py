@@ -273,7 +273,7 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
 
     with Archive(_archive_path(source), base) as opened:
         opened.require_base()
-        return {key: to_torch(opened.read_tensor(key, resolve_threads(threads)), device) for key in opened.keys()}
+        return {key: to_torch(array, device) for key, array in opened.read_tensors(opened.keys(), resolve_threads(threads)).items()}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:

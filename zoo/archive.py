@@ -249,6 +249,32 @@ class Archive:
             raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {dtype}{info['shape']}")
         return result
 
+    def read_tensors(self, names: list[str], threads: int = 1) -> dict[str, TypedArray]:
+        """Several tensors, by name in the order given. A tensor of many chunks is decoded on
+        `threads` workers, chunk by chunk; those of a few chunks (biases, norms, the matrices of a
+        small model) go side by side, a worker each, which is the only way threads help them."""
+        many = {name for name in names if self._chunk_count(name) >= 2 * threads}
+        few = [name for name in names if name not in many]
+        decoded = dict(zip(few, ordered_map(lambda name: self.read_tensor(name), few, threads,
+                                            size=lambda name: self._chunk_count(name) + 1)))
+        decoded.update((name, self.read_tensor(name, threads)) for name in names if name in many)
+        return {name: decoded[name] for name in names}
+
+    def _chunk_count(self, name: str) -> int:
+        """How many chunks a tensor's leaves hold, as its header says (0 where it is malformed:
+        reading the tensor reports that)."""
+        def count(node: Any) -> int:
+            if not isinstance(node, dict):
+                return 0
+            leaf = node.get("leaf")
+            if isinstance(leaf, dict):
+                index = leaf.get("index")
+                return index[1] if isinstance(index, list) and len(index) == 2 and isinstance(index[1], int) else 0
+            parts = node.get("parts")
+            return sum(count(child) for child in parts.values()) if isinstance(parts, dict) else 0
+
+        return count(self.tensor_info(name).get("root"))
+
     def get_tensor(self, name: str, framework: str = "np") -> Any:
         """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
         return _as_framework(self.read_tensor(name), framework)
