@@ -10,7 +10,7 @@ import time
 import pytest
 
 from zoo import _parallel
-from zoo._parallel import ordered_map
+from zoo._parallel import for_each, ordered_map
 
 
 class Tracker:
@@ -163,3 +163,68 @@ def test_a_forked_child_gets_a_working_pool():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- for_each --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("count", [0, 1, 7, 50])
+def test_for_each_calls_every_item_once(threads, count):
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> None:
+        time.sleep(0.0005 * (item % 3))
+        with lock:
+            seen.append(item)
+
+    for_each(work, list(range(count)), threads)
+    assert sorted(seen) == list(range(count))
+
+
+def test_for_each_spreads_the_work_over_the_threads():
+    names: set[str] = set()
+    barrier = threading.Barrier(2, timeout=10)  # returns only once both workers hold an item
+
+    def work(item: int) -> None:
+        names.add(threading.current_thread().name)
+        if item < 2:
+            barrier.wait()
+
+    for_each(work, range(10), 2)
+    assert len(names) == 2
+
+
+def test_for_each_raises_the_earliest_failure_after_every_call_returned():
+    item_one_started, item_zero_failed = threading.Event(), threading.Event()
+    finished: list[int] = []
+
+    def work(item: int) -> None:
+        if item == 0:
+            assert item_one_started.wait(10)
+            item_zero_failed.set()
+            raise KeyError("item 0")
+        if item == 1:
+            item_one_started.set()
+            assert item_zero_failed.wait(10)
+            time.sleep(0.05)  # still running when item 0's failure is recorded
+            finished.append(item)
+            raise ValueError("item 1")
+        finished.append(item)
+
+    with pytest.raises(KeyError, match="item 0"):
+        for_each(work, range(100), 2)
+    assert finished == [1]  # item 1 returned before for_each raised; nothing was taken after the failure
+
+
+def test_for_each_inside_a_worker_runs_serially_without_deadlock():
+    results: dict[int, list[int]] = {}
+
+    def outer(x: int) -> None:
+        inner: list[int] = []
+        for_each(inner.append, list(range(5)), 2)
+        results[x] = inner
+
+    for_each(outer, list(range(20)), 2)
+    assert results == {x: list(range(5)) for x in range(20)}

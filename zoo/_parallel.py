@@ -1,12 +1,14 @@
-"""An ordered, bounded map over a shared thread pool: results in input order, a bounded amount
-of work in flight, small items handed out in batches."""
+"""Two ways to spread work over a shared thread pool: `ordered_map`, results in input order with a
+bounded amount of work in flight (small items handed out in batches), and `for_each`, for work
+whose results go somewhere themselves (a chunk decoded into its place in a tensor): each worker
+takes the next item as it finishes one, with no future or wake-up per item."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -124,3 +126,42 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], threads: int,
         for future, _ in pending:
             future.cancel()
         wait([future for future, _ in pending])
+
+
+def for_each(function: Callable[[T], object], items: Sequence[T], threads: int) -> None:
+    """Call `function` on every item, on `threads` workers; results are dropped. A worker takes
+    the next item when it is done with one: the per-item hand-off of ordered_map (a future, a
+    wake-up of the caller, its Python between chunks) cost MiniLM's two-thread decoding a
+    fifth of its speed (BF16: 6.9 GB/s against 8.9). Memory holds what `threads` calls hold at once. When calls raise, the
+    workers stop taking items and the error of the earliest item that failed is raised; every
+    call has returned by then. Called from inside a worker, it runs serially, as ordered_map does."""
+    if threads <= 1 or len(items) <= 1 or getattr(_in_worker, "active", False):
+        for item in items:
+            function(item)
+        return
+    pending = iter(enumerate(items))
+    lock = threading.Lock()
+    failures: list[tuple[int, BaseException]] = []
+    stopping = threading.Event()  # set on the first failure, or when the caller is interrupted
+
+    def work() -> None:
+        while not stopping.is_set():
+            with lock:
+                taken = next(pending, None)
+            if taken is None:
+                return
+            try:
+                function(taken[1])
+            except BaseException as error:  # noqa: BLE001 - raised by the caller, earliest item first
+                failures.append((taken[0], error))
+                stopping.set()
+
+    futures = [_pool(threads).submit(work) for _ in range(min(threads, len(items)))]
+    try:
+        wait(futures)
+    finally:
+        # Interrupted (Ctrl-C), the caller may free what the calls write to: none may still run.
+        stopping.set()
+        wait(futures)
+    if failures:
+        raise min(failures, key=lambda failure: failure[0])[1]

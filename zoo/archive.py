@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ._parallel import ordered_map
+from ._parallel import for_each, ordered_map
 from .codecs.base import TypedArray
 from .delta import DELTA_DTYPES, BaseModel, check_record, rebuild
 from .dtypes import DTYPES, storage_dtype, to_float32
@@ -216,7 +215,7 @@ class Archive:
                 # parallel, and no decoded chunk waits for the consumer.
                 raw[number * chunk_bytes:(number + 1) * chunk_bytes] = decode(number)
 
-            deque(ordered_map(place, range(count), threads, size=lambda number: chunk_bytes), maxlen=0)
+            for_each(place, range(count), threads)
         data = raw.view(storage_dtype(leaf["dtype"])) if DTYPES[leaf["dtype"]].storage else raw
         return TypedArray(data.reshape(leaf["shape"]) if DTYPES[leaf["dtype"]].storage else data, leaf["dtype"])
 
@@ -255,8 +254,8 @@ class Archive:
         small model) go side by side, a worker each, which is the only way threads help them."""
         many = {name for name in names if self._chunk_count(name) >= 2 * threads}
         few = [name for name in names if name not in many]
-        decoded = dict(zip(few, ordered_map(lambda name: self.read_tensor(name), few, threads,
-                                            size=lambda name: self._chunk_count(name) + 1)))
+        decoded: dict[str, TypedArray] = {}
+        for_each(lambda name: decoded.__setitem__(name, self.read_tensor(name)), few, threads)
         decoded.update((name, self.read_tensor(name, threads)) for name in names if name in many)
         return {name: decoded[name] for name in names}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
-from ._parallel import ordered_map, resolve_threads
+from ._parallel import for_each, ordered_map, resolve_threads
 from .dtypes import DTYPES, from_float32, storage_dtype, to_float32
 from .errors import InputError
 from .pipeline import DEFAULT_SPEC, Pipeline
@@ -100,10 +99,11 @@ def _chunked(name: str, dtype: str, chunks: list[np.ndarray], encode: Callable, 
     pairs = list(zip(coded, chunks))
     # Decoded chunks are dropped as they come, as a reader copying each into its tensor drops
     # them: keeping a multi-GB model's worth would time the kernel handing out fresh pages,
-    # which on a VM costs more than decoding. They are checked in a pass of their own. Sizes go
-    # to the scheduler as the archive reader gives them (encoding goes as zoo.compress sends it).
+    # which on a VM costs more than decoding. They are checked in a pass of their own. They go
+    # to the workers as the archive reader hands a tensor's chunks out (zoo._parallel.for_each;
+    # encoding goes as zoo.compress sends it).
     def decode_all() -> None:
-        deque(ordered_map(lambda pair: decode(*pair), pairs, threads, size=lambda pair: pair[1].nbytes), maxlen=0)
+        for_each(lambda pair: decode(*pair), pairs, threads)
 
     wall_out, cpu_out, _ = _best(decode_all, repeat)
     for payload, chunk in pairs:
