@@ -68,10 +68,11 @@ def normalize(counts: np.ndarray) -> np.ndarray:
 
 
 def _lane_log2(count: int) -> int:
+    """The writer's choice of lanes (the format lets it choose): as native/coder.c chooses."""
     lane_log2 = 5
     while lane_log2 < 9 and (count >> 16) >> (lane_log2 - 4):
         lane_log2 += 1
-    return lane_log2
+    return 7 if lane_log2 == 6 else lane_log2  # 64 lanes decode at a step's latency: 128 instead
 
 
 def _rans_encode(ranks: np.ndarray, freqs: np.ndarray, lane_log2: int) -> bytes:
