@@ -7,7 +7,7 @@ Prints one table per source, with each coder's ratio, its ratio to ZipNN's and z
 compress and decompress speed (best of --repeat, every coder on the same threads) in GB/s by the
 wall clock and in GB per CPU-second of the process (steadier when other work shares the machine).
 Then MiniLM cast to BF16 is written to a zoo archive and read back whole, on one thread and on
---threads, tensor by tensor and as its file streamed: what a user's load costs, chunk checksums
+--threads, by zoo.load_state_dict and as its file streamed: what a user's load costs, chunk checksums
 and copies included, as GB/s of output.
 The README's "Native coder and speed" table is this output.
 """
@@ -61,8 +61,8 @@ def write_synthetic_bf16(folder: Path, gib: float, seed: int = 0) -> Path:
 
 def archive_read(source: Path, dtype: str = "BF16", threads: tuple[int, ...] = (1, 2), repeat: int = 3) -> list[dict]:
     """Every tensor of `source` cast to `dtype`, compressed into a zoo archive, then read back
-    (best of `repeat`, GB/s of decoded output, checksums included) on each thread count: tensor by
-    tensor (what load_state_dict does), and as the safetensors file streamed (what decompress
+    (best of `repeat`, GB/s of decoded output, checksums included) on each thread count: as
+    torch tensors by zoo.load_state_dict, and as the safetensors file streamed (what decompress
     and the server do; the pieces are dropped as they come, as a file write would take them)."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -78,8 +78,8 @@ def archive_read(source: Path, dtype: str = "BF16", threads: tuple[int, ...] = (
         archive_path = Path(folder) / "model.zoo"
         zoo.compress(model, archive_path, threads=max(threads))
         with Archive(archive_path) as archive:
-            names = archive.keys()
-            ways = {"tensors": lambda count: sum(archive.read_tensor(name, threads=count).data.nbytes for name in names),
+            state_bytes = lambda state: sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+            ways = {"tensors": lambda count: state_bytes(zoo.load_state_dict(archive_path, threads=count)),
                     "file": lambda count: sum(len(piece) for piece in archive.iter_file("model.safetensors", threads=count))}
             for way, read in ways.items():
                 for count in threads:
@@ -122,7 +122,7 @@ def main() -> None:
     results["archive_read"] = archive_read(minilm(), threads=(1, arguments.threads), repeat=arguments.repeat)
     print("\nall-MiniLM-L6-v2 BF16 read back from a zoo archive (GB/s of output, checksums included):")
     for read in results["archive_read"]:
-        way = "tensor by tensor" if read["read"] == "tensors" else "the file streamed"
+        way = "load_state_dict" if read["read"] == "tensors" else "the file streamed"
         print(f"  {way:18} {read['threads']} thread{'s' if read['threads'] > 1 else ' '}  {read['gbps']:6.2f}")
     if arguments.synthetic_gib > 0:
         with tempfile.TemporaryDirectory(prefix="zoo-bench-") as folder:
