@@ -12,7 +12,6 @@ Chunk payload (one per chunk of a leaf; see docs/FORMAT.md)::
 
 from __future__ import annotations
 
-import inspect
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -127,13 +126,8 @@ class Pipeline:
 
     def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
                progress: StageProgress | None = None) -> list[Any]:
-        """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order. A survey
-        without a `progress` parameter runs silent: it is called without one."""
-        plans = []
-        for stage in self.array_stages:
-            reports = progress is not None and "progress" in inspect.signature(stage.survey).parameters
-            plans.append(stage.survey(tensors, calibration, progress=progress) if reports else stage.survey(tensors, calibration))
-        return plans
+        """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order."""
+        return [stage.survey(tensors, calibration, progress) for stage in self.array_stages]
 
     def transform(self, name: str, array: TypedArray, plans: list[Any] | None = None) -> tuple[dict[str, Any], list[tuple[dict[str, Any], TypedArray]]]:
         """Run the array stages. Returns the node tree for the header and its leaves, each a

@@ -24,7 +24,7 @@ from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
 from . import _refine
-from .base import ArrayCodec, Transformed, TypedArray, check_int
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 _OUTPUT_DTYPES = ("F32", "F16", "BF16")
@@ -72,7 +72,7 @@ class Codebook(ArrayCodec):
         self.include = include
         self.exclude = exclude
 
-    def survey(self, tensors: Any, calibration: Any = None) -> Any:
+    def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
 
     def encode(self, array: TypedArray) -> Transformed:

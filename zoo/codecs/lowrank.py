@@ -24,7 +24,7 @@ import numpy as np
 
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
-from .base import ArrayCodec, Transformed, TypedArray
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray
 from .selection import check_patterns
 
 _BISECTION_STEPS = 40
@@ -78,7 +78,7 @@ class LowRank(ArrayCodec):
         self.include = include
         self.exclude = exclude
 
-    def survey(self, tensors: Any, calibration: Any = None) -> float | None:
+    def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None) -> float | None:
         """The error bound that fits the ratio budget (None in energy mode)."""
         if self.ratio is None:
             return None

@@ -27,7 +27,7 @@ import numpy as np
 from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
-from .base import ArrayCodec, Transformed, TypedArray, check_int
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 MAX_BASIS_ELEMENTS = 1 << 26  # k * n floats held while fitting (256 MiB): PRANC is for small models
@@ -80,7 +80,8 @@ class Pranc(ArrayCodec):
         self.include = include
         self.exclude = exclude
 
-    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None) -> dict[str, tuple[int, np.ndarray]]:
+    def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
+               progress: StageProgress | None = None) -> dict[str, tuple[int, np.ndarray]]:
         from . import _teacher
 
         values = {name: to_float32(array.data, array.dtype) for name, array in tensors() if self.selects(name, array)}

@@ -19,7 +19,7 @@ from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError
 from . import _refine
-from .base import ArrayCodec, Transformed, TypedArray, check_int
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray, check_int
 from .selection import check_patterns
 
 # dtype -> (storage word, exponent bits, mantissa bits)
@@ -42,7 +42,7 @@ class Truncate(ArrayCodec):
         # Where `bits` keeps the whole mantissa there is nothing to drop: the tensor stays as it is.
         return array.dtype in _LAYOUT and self.bits < _LAYOUT[array.dtype][2] and super().selects(name, array)
 
-    def survey(self, tensors: Any, calibration: Any = None) -> Any:
+    def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
