@@ -21,6 +21,7 @@ from ._parallel import resolve_threads
 from .archive import Archive, leaf_bytes
 from .dtypes import DTYPES
 from .build import Builder
+from .codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
 from .delta import BaseModel, Deltas
 from .errors import ChecksumError, InputError, OutputExistsError, ZooError
 from .format import ArchiveFile, assemble
@@ -29,7 +30,6 @@ from .sources import check_relpath, scan
 
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
 Progress = Callable[[int], None]  # bytes of the source done since the last call
-StageProgress = Callable[[str, int, int], None]  # (stage, done, total), as zoo.evaluate reports its stages
 # The phases of a lossy compress that run before its first byte is written, and what their done and
 # total count. Each is reported at (0, total) when it starts and at done == total when it ends; a
 # stage that ends early ("fitting the budget" lands in fewer rounds) ends with a smaller total.
