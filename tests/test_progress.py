@@ -54,7 +54,7 @@ def test_a_tuned_compress_reports_every_stage_before_its_first_byte(tiny_llama, 
     report, events = _compress(tiny_llama, tmp_path / "tuned.zoo", "l2:target_ratio=8,tune=3|lossless",
                                calibration=tiny_llama / "calibration.txt")
     stages = _stages(events)
-    assert list(stages) == list(COMPRESS_STAGES)  # all of them, in the order they run
+    assert list(stages) == [s for s in COMPRESS_STAGES if s != "distilling coefficients"]  # all of l2's, in the order they run
     _check_each_starts_and_finishes(stages)
     first_byte = next(i for i, event in enumerate(events) if event[0] == "bytes")
     assert all(event[0] == "bytes" for event in events[first_byte:])
@@ -78,11 +78,19 @@ def test_a_data_free_survey_reports_its_own_stages_and_lossless_none(tiny_llama,
     assert events and all(event[0] == "bytes" for event in events)
 
 
-def test_a_survey_without_a_progress_parameter_still_runs(tiny_llama, tmp_path):
-    # lowrank's survey takes (tensors, calibration) only: the pipeline calls it so, and l2 after it still reports.
+def test_a_silent_survey_beside_a_reporting_one(tiny_llama, tmp_path):
+    # lowrank's survey has no long phase and reports nothing; l2 after it still reports.
     report, events = _compress(tiny_llama, tmp_path / "both.zoo", "lowrank:ratio=0.5,include=*mlp*|l2:target_ratio=6,exclude=*mlp*")
     assert list(_stages(events)) == ["surveying rates", "fitting the budget"]
     assert any(t.pipeline.startswith("lowrank") for t in report.tensors)
+
+
+def test_pranc_reports_its_distillation(tiny_llama, tmp_path):
+    _, events = _compress(tiny_llama, tmp_path / "pranc.zoo", "pranc:k=8,steps=5", calibration=tiny_llama / "calibration.txt")
+    stages = _stages(events)
+    assert list(stages) == ["calibrating", "running the original model", "distilling coefficients"]
+    _check_each_starts_and_finishes(stages)
+    assert stages["distilling coefficients"][-1] == (5, 5)
 
 
 def _visible(stream):

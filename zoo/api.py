@@ -40,6 +40,7 @@ COMPRESS_STAGES = {
     "surveying rates": "tensors",  # l2's rate-distortion curves (zoo.codecs._rate)
     "fitting the budget": "rounds",  # l2's whole-model codings that land the size on the budget
     "tuning roundings": "iterations",  # l2:tune (zoo.codecs._tune)
+    "distilling coefficients": "steps",  # pranc:steps=N (zoo.codecs.pranc), after the original model's run
 }
 
 

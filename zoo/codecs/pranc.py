@@ -92,25 +92,30 @@ class Pranc(ArrayCodec):
                              "use a smaller k or select fewer tensors (include=...), PRANC is for small models")
         bases = {name: basis(self.seed, stream, counts[name], v.size) for stream, (name, v) in enumerate(values.items())}
         plan = {name: (stream, project(v, bases[name])) for stream, (name, v) in enumerate(values.items())}
-        teacher = _teacher.load_teacher(calibration)
+        teacher = _teacher.load_teacher(calibration, progress=progress)
         if teacher is not None and self.steps:
-            plan = self._distill(teacher, values, bases, plan)
+            plan = self._distill(teacher, values, bases, plan, progress)
         return plan
 
     def _distill(self, teacher: Any, values: dict[str, np.ndarray], bases: dict[str, np.ndarray],
-                 plan: dict[str, tuple[int, np.ndarray]]) -> dict[str, tuple[int, np.ndarray]]:
+                 plan: dict[str, tuple[int, np.ndarray]], progress: StageProgress | None = None) -> dict[str, tuple[int, np.ndarray]]:
         import torch
 
         fitted = {name: p for name, p in plan.items() if teacher.parameter(name)}
         coefficients = {name: torch.tensor(c, requires_grad=True) for name, (_, c) in fitted.items()}
         bases = {name: torch.from_numpy(bases[name]) for name in fitted}
         optimizer = torch.optim.Adam(list(coefficients.values()), lr=_learning_rate(coefficients))
+        every = max(1, self.steps // 200)  # reports, at most; a tiny model's step takes milliseconds
+        if progress:
+            progress("distilling coefficients", 0, self.steps)
         for step in range(self.steps):
             overrides = {teacher.parameter(name): (coefficients[name] @ bases[name]).reshape(values[name].shape) for name in fitted}
             loss = teacher.distortion(overrides, step % teacher.batches)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if progress and ((step + 1) % every == 0 or step + 1 == self.steps):
+                progress("distilling coefficients", step + 1, self.steps)
         return {**plan, **{name: (fitted[name][0], coefficients[name].detach().numpy().copy()) for name in fitted}}
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
