@@ -83,13 +83,15 @@ def compress(
 
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
-    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base)
+    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
         with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
             if stage_progress is not None:
                 options["stage_progress"] = stage_progress
+                if check is not None:
+                    check.progress = stage_progress  # --verify's stages join the bars
             elsewhere = compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options)
             if not elsewhere:
                 with progress_bar(source_bytes(source), "compressing", not as_json) as advance:

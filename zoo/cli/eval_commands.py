@@ -126,22 +126,25 @@ class QualityCheck:
     """compress --verify as a `check` for zoo.compress: runs zoo.api.check_quality on the finished
     archive (rebuilt on `base` when it was made against one) and keeps the result to print."""
 
-    def __init__(self, source: Path, gates: Any, base: Path | None = None) -> None:
+    def __init__(self, source: Path, gates: Any, base: Path | None = None, quiet: bool = False) -> None:
         self.source = source
         self.gates = gates
         self.base = base
+        self.quiet = quiet  # --json: nothing on stderr
+        self.progress: Callable[[str, int, int], None] | None = None  # the command's stage bars, when shown
         self.result: Any = None
 
     def __call__(self, archive: Path) -> None:
         from .. import api
 
-        stderr.print(f"verifying against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
-                     markup=False, highlight=False)
-        self.result = api.check_quality(archive, self.source, self.gates, base=self.base)
+        if not self.quiet:
+            stderr.print(f"verifying against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
+                         markup=False, highlight=False)
+        self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base)
 
 
 def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
-                  base: Path | None = None) -> QualityCheck | None:
+                  base: Path | None = None, quiet: bool = False) -> QualityCheck | None:
     """The check for compress's --verify and gate flags (a gate implies --verify); None without them."""
     from ..errors import InputError
     from ..evaluate import Gates
@@ -151,7 +154,7 @@ def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: 
         return None
     if not source.exists():
         raise InputError(f"--verify compares the result with a local model folder or file, and {source} is not one")
-    return QualityCheck(source, gates, base)
+    return QualityCheck(source, gates, base, quiet)
 
 
 def eval_command(
