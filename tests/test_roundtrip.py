@@ -24,6 +24,34 @@ def test_folder_round_trip_is_bit_exact(tiny_model, tmp_path):
     assert zoo.verify(tmp_path / "m.zoo") == []
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_sharded_model_decompresses_side_by_side_exactly(tmp_path, monkeypatch, threads):
+    from zoo import api
+    from zoo.errors import ChecksumError
+
+    monkeypatch.setattr(api, "SHARD_BYTES", 4096)  # every shard below counts as one
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    for shard in range(3):
+        write_safetensors(folder / f"model-{shard}.safetensors", {f"layer{shard}.weight": ("BF16", random_storage("BF16", (64, 96), seed=shard))})
+    (folder / "config.json").write_text('{"shards": 3}')
+    zoo.compress(folder, tmp_path / "m.zoo", chunk_bytes=2048)
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out", threads=threads)
+    assert {p.name: sha(p) for p in (tmp_path / "out").iterdir()} == {p.name: sha(p) for p in folder.iterdir()}
+
+    # A damaged chunk in one shard: the error names it, and no folder is left behind.
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        leaf = archive.tensor_info("layer1.weight")["root"]["leaf"]
+        offset, length, _ = archive._file.read_index(leaf, "layer1.weight")[2]
+        start = archive._file.payload_start
+    data = bytearray((tmp_path / "m.zoo").read_bytes())
+    data[start + offset + length // 2] ^= 0x10
+    (tmp_path / "m.zoo").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="layer1.weight"):
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "again", threads=threads)
+    assert not (tmp_path / "again").exists()
+
+
 @pytest.mark.parametrize("dtype", sorted(d for d in DTYPES if DTYPES[d].storage))
 @pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (3, 5), (1025, 3)])
 def test_every_dtype_and_shape(dtype, shape, tmp_path):

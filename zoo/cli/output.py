@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,12 +99,14 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         return
     with _display(closes=True) as display:
         tasks: dict[Any, Any] = {}  # display -> this bar's task in it
+        lock = threading.Lock()  # decompress's workers advance it side by side
 
         def advance(count: int) -> None:
-            progress = display()
-            if progress not in tasks:
-                tasks[progress] = progress.add_task(description, total=total, unit="bytes")
-            progress.advance(tasks[progress], count)
+            with lock:
+                progress = display()
+                if progress not in tasks:
+                    tasks[progress] = progress.add_task(description, total=total, unit="bytes")
+                progress.advance(tasks[progress], count)
 
         yield advance
 
