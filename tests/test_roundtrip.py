@@ -26,10 +26,10 @@ def test_folder_round_trip_is_bit_exact(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_a_sharded_model_decompresses_side_by_side_exactly(tmp_path, monkeypatch, threads):
-    from zoo import api
+    from zoo import archive
     from zoo.errors import ChecksumError
 
-    monkeypatch.setattr(api, "SHARD_BYTES", 4096)  # every shard below counts as one
+    monkeypatch.setattr(archive, "SHARD_BYTES", 4096)  # every shard below counts as one
     folder = tmp_path / "sharded"
     folder.mkdir()
     for shard in range(3):
@@ -50,6 +50,8 @@ def test_a_sharded_model_decompresses_side_by_side_exactly(tmp_path, monkeypatch
     with pytest.raises(ChecksumError, match="layer1.weight"):
         zoo.decompress(tmp_path / "m.zoo", tmp_path / "again", threads=threads)
     assert not (tmp_path / "again").exists()
+    problems = zoo.verify(tmp_path / "m.zoo", threads=threads)  # verify checks shards side by side too
+    assert len(problems) == 1 and problems[0].startswith("model-1.safetensors: ") and "chunk 2" in problems[0]
 
 
 @pytest.mark.parametrize("dtype", sorted(d for d in DTYPES if DTYPES[d].storage))

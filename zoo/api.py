@@ -18,7 +18,7 @@ from typing import Any
 
 
 from ._parallel import for_each, resolve_threads
-from .archive import Archive, leaf_bytes
+from .archive import Archive, leaf_bytes, sharded
 from .dtypes import DTYPES
 from .build import Builder
 from .codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
@@ -29,7 +29,6 @@ from .pipeline import DEFAULT_SPEC, Pipeline
 from .sources import check_relpath, scan
 
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
-SHARD_BYTES = 16 << 20  # files this large are decompressed side by side when there are enough of them
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
 # total count. Each is reported at (0, total) when it starts and at done == total when it ends; a
@@ -360,15 +359,12 @@ def decompress(
                 if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
                     raise ChecksumError(f"{archive}: {entry['path']} decodes to bytes whose sha256 does not match the original")
 
-            # A file's sha256 runs on one thread (about 1.2 GB/s here, slower than decoding): a
-            # sharded model's files go side by side, each decoded, hashed and written by one
-            # worker; a model of one large file decodes it on every thread instead.
-            shards = sorted((entry for entry in files if entry["size"] >= SHARD_BYTES), key=lambda entry: -entry["size"])
-            if workers > 1 and len(shards) >= workers:
-                for_each(lambda entry: write(entry, 1), shards, workers)
-                files = [entry for entry in files if entry["size"] < SHARD_BYTES]
+            shards = sharded(files, workers)  # side by side, a worker each (see zoo.archive.SHARD_BYTES)
+            for_each(lambda entry: write(entry, 1), shards, workers)
+            done = {entry["path"] for entry in shards}
             for entry in files:
-                write(entry, workers)
+                if entry["path"] not in done:
+                    write(entry, workers)
     report = report_of(archive)
     report.seconds = time.perf_counter() - started
     return report
