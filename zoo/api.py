@@ -336,7 +336,8 @@ def decompress(
 ) -> Report:
     """Write the model folder back out. Lossless files are checked against their sha256 before
     the folder appears; on any error nothing is left at `destination`. `base` is the model that
-    an archive made with `compress(base=...)` needs."""
+    an archive made with `compress(base=...)` needs. `progress(bytes)` may be called from
+    several threads at once (a sharded model's files are written side by side)."""
     started = time.perf_counter()
     archive = _archive_path(archive)
     destination = Path(destination)
