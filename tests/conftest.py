@@ -40,6 +40,19 @@ def random_storage(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndar
     return rng.integers(-100 if dtype.startswith("I") else 0, 100, size=shape).astype(np.dtype(info.storage))
 
 
+def damage_chunk(archive: Path, tensor: str, number: int, mask: int = 0x40) -> None:
+    """Flip bits in the middle of chunk `number` of a tensor stored as one leaf, in place."""
+    import zoo
+
+    with zoo.open(archive) as opened:
+        leaf = opened.tensor_info(tensor)["root"]["leaf"]
+        offset, length, _ = opened._file.read_index(leaf, tensor)[number]
+        start = opened._file.payload_start
+    data = bytearray(archive.read_bytes())
+    data[start + offset + length // 2] ^= mask
+    archive.write_bytes(bytes(data))
+
+
 def write_tiny_llama(folder: Path, text: str, **config: object) -> Path:
     """A random Llama (torch seed 0) with a byte-level BPE tokenizer of 300 tokens trained on `text`,
     saved as a Hugging Face folder with `text` as its calibration.txt. `config`: LlamaConfig fields."""

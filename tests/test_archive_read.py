@@ -9,7 +9,7 @@ import pytest
 import zoo
 from zoo.errors import ChecksumError
 
-from .conftest import random_storage, write_safetensors
+from .conftest import damage_chunk, random_storage, write_safetensors
 
 
 @pytest.fixture
@@ -55,13 +55,7 @@ def test_many_tensors_read_together_come_back_exact_in_the_order_asked(mixed_mod
 
 def test_reading_many_tensors_names_a_damaged_one(mixed_model):
     path, _ = mixed_model
-    with zoo.open(path) as archive:
-        leaf = archive.tensor_info("odd.weight")["root"]["leaf"]
-        offset, length, _ = archive._file.read_index(leaf, "odd.weight")[0]
-        payload_start = archive._file.payload_start
-    data = bytearray(path.read_bytes())
-    data[payload_start + offset + length // 2] ^= 0x40
-    path.write_bytes(bytes(data))
+    damage_chunk(path, "odd.weight", 0)
     with zoo.open(path) as archive, pytest.raises(ChecksumError, match="odd.weight.*chunk 0 is damaged"):
         archive.read_tensors(archive.keys(), threads=2)
 
@@ -69,13 +63,7 @@ def test_reading_many_tensors_names_a_damaged_one(mixed_model):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_damaged_chunk_in_the_middle_is_named(mixed_model, threads):
     path, expected = mixed_model
-    with zoo.open(path) as archive:
-        leaf = archive.tensor_info("big.weight")["root"]["leaf"]
-        offset, length, _ = archive._file.read_index(leaf, "big.weight")[7]
-        payload_start = archive._file.payload_start
-    data = bytearray(path.read_bytes())
-    data[payload_start + offset + length // 2] ^= 0x40
-    path.write_bytes(bytes(data))
+    damage_chunk(path, "big.weight", 7)
     with zoo.open(path) as archive:
         with pytest.raises(ChecksumError, match="chunk 7 is damaged"):
             archive.read_tensor("big.weight", threads=threads)

@@ -7,7 +7,7 @@ import pytest
 import zoo
 from zoo.dtypes import DTYPES
 
-from .conftest import random_storage, write_safetensors
+from .conftest import damage_chunk, random_storage, write_safetensors
 
 
 def sha(path):
@@ -40,13 +40,7 @@ def test_a_sharded_model_decompresses_side_by_side_exactly(tmp_path, monkeypatch
     assert {p.name: sha(p) for p in (tmp_path / "out").iterdir()} == {p.name: sha(p) for p in folder.iterdir()}
 
     # A damaged chunk in one shard: the error names it, and no folder is left behind.
-    with zoo.open(tmp_path / "m.zoo") as archive:
-        leaf = archive.tensor_info("layer1.weight")["root"]["leaf"]
-        offset, length, _ = archive._file.read_index(leaf, "layer1.weight")[2]
-        start = archive._file.payload_start
-    data = bytearray((tmp_path / "m.zoo").read_bytes())
-    data[start + offset + length // 2] ^= 0x10
-    (tmp_path / "m.zoo").write_bytes(bytes(data))
+    damage_chunk(tmp_path / "m.zoo", "layer1.weight", 2, mask=0x10)
     with pytest.raises(ChecksumError, match="layer1.weight"):
         zoo.decompress(tmp_path / "m.zoo", tmp_path / "again", threads=threads)
     assert not (tmp_path / "again").exists()
