@@ -18,7 +18,7 @@ from typing import Any
 
 
 from ._parallel import for_each, resolve_threads
-from .archive import Archive, leaf_bytes, sharded
+from .archive import Archive, leaf_bytes, sharded, tensor_leaves
 from .dtypes import DTYPES
 from .build import Builder
 from .codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
@@ -285,7 +285,7 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
         parameters = 0
         for key, info in opened._file.header["tensors"].items():
             stored = 0
-            for leaf, what in _tensor_leaves(info):
+            for leaf, what in tensor_leaves(info["root"], f"tensor {info.get('name')!r}"):
                 index, _, _ = opened._chunks(leaf, what)
                 stored += sum(c[1] for c in index) + 16 * len(index)
             pipeline = opened.pipeline_of(info["pipeline"]).spec()
@@ -305,17 +305,6 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
             metadata=opened.metadata(),
             base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
         )
-
-
-def _tensor_leaves(info: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
-    def walk(node: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
-        if "leaf" in node:
-            yield node["leaf"], f"tensor {info.get('name')!r}"
-        else:
-            for child in node.get("parts", {}).values():
-                yield from walk(child)
-
-    yield from walk(info["root"])
 
 
 def verify(archive: str | os.PathLike[str], threads: int | None = None, base: str | os.PathLike[str] | None = None) -> list[str]:

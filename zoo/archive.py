@@ -35,6 +35,16 @@ def leaf_bytes(leaf: dict[str, Any]) -> int:
 SHARD_BYTES = 16 << 20
 
 
+def tensor_leaves(root: Any, what: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The leaves under a tensor's root node, each with what to call it in a message (`what`, plus
+    the part it stores); a node that is not a dict holds none."""
+    if isinstance(root, dict) and "leaf" in root:
+        yield root["leaf"], what
+    elif isinstance(root, dict):
+        for part, child in (root.get("parts") or {}).items():
+            yield from tensor_leaves(child, f"{what} part {part!r}")
+
+
 def sharded(files: list[dict[str, Any]], threads: int) -> list[dict[str, Any]]:
     """The file entries to go side by side (largest first), or none."""
     shards = sorted((entry for entry in files if entry["size"] >= SHARD_BYTES), key=lambda entry: -entry["size"])
@@ -274,17 +284,11 @@ class Archive:
     def _chunk_count(self, name: str) -> int:
         """How many chunks a tensor's leaves hold, as its header says (0 where it is malformed:
         reading the tensor reports that)."""
-        def count(node: Any) -> int:
-            if not isinstance(node, dict):
-                return 0
-            leaf = node.get("leaf")
-            if isinstance(leaf, dict):
-                index = leaf.get("index")
-                return index[1] if isinstance(index, list) and len(index) == 2 and isinstance(index[1], int) else 0
-            parts = node.get("parts")
-            return sum(count(child) for child in parts.values()) if isinstance(parts, dict) else 0
-
-        return count(self.tensor_info(name).get("root"))
+        total = 0
+        for leaf, _ in tensor_leaves(self.tensor_info(name).get("root"), name):
+            index = leaf.get("index") if isinstance(leaf, dict) else None
+            total += index[1] if isinstance(index, list) and len(index) == 2 and isinstance(index[1], int) else 0
+        return total
 
     def get_tensor(self, name: str, framework: str = "np") -> Any:
         """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
@@ -372,15 +376,8 @@ class Archive:
         return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
 
     def _leaves(self) -> Iterator[tuple[dict[str, Any], str]]:
-        def walk(node: Any, what: str) -> Iterator[tuple[dict[str, Any], str]]:
-            if isinstance(node, dict) and "leaf" in node:
-                yield node["leaf"], what
-            elif isinstance(node, dict):
-                for part, child in (node.get("parts") or {}).items():
-                    yield from walk(child, f"{what} part {part!r}")
-
         for name, info in self._file.header["tensors"].items():
-            yield from walk(info.get("root"), f"tensor {name!r}")
+            yield from tensor_leaves(info.get("root"), f"tensor {name!r}")
         for path, entry in self._files.items():
             for segment in entry["segments"]:
                 if "blob" in segment:
