@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import StageProgress
+from .base import StageProgress, step_reporter
 
 SEQUENCES = 512  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
 BATCH = 4  # sequences per iteration
@@ -36,7 +36,6 @@ LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero
 PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
 PRICE_RANGE = 1e6  # ... and kept within this factor of the slope either way (no underflow to a price that cannot rise)
 REFRESH = 25  # iterations between re-counts of the symbol frequencies the code lengths come from
-REPORTS = 200  # progress reports over a whole tuning, at most (a tiny model's iteration takes milliseconds)
 
 
 def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
@@ -116,9 +115,7 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
     optimiser = torch.optim.Adam(list(latents.values()), lr=LEARNING_RATE)
     exercised = {name: torch.zeros_like(latent, dtype=torch.bool) for name, latent in latents.items()}
     budget, price = hard_bits(), slope
-    every = max(1, iterations // REPORTS)
-    if progress:
-        progress("tuning roundings", 0, iterations)
+    report = step_reporter(progress, "tuning roundings", iterations)
     for iteration in range(iterations):
         for group in optimiser.param_groups:
             group["lr"] = LEARNING_RATE * 0.5 * (1.0 + math.cos(math.pi * iteration / iterations))
@@ -141,8 +138,7 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
                 for name in latents:
                     lengths, top = code_lengths(rounded(name)[1].numpy().astype(np.int64))
                     tables[name] = (torch.tensor(lengths, dtype=torch.float32), top)
-        if progress and ((iteration + 1) % every == 0 or iteration + 1 == iterations):
-            progress("tuning roundings", iteration + 1, iterations)
+        report(iteration + 1)
     with torch.no_grad():
         tuned = dict(symbols)
         for name in latents:

@@ -29,6 +29,21 @@ from .selection import selected
 # progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
 # stage is reported at (0, total) when it starts and at done == total when it ends.
 StageProgress = Callable[[str, int, int], None]
+REPORTS = 200  # reports over a stage of many quick steps, at most (a tiny model's training step takes milliseconds)
+
+
+def step_reporter(progress: StageProgress | None, stage: str, total: int) -> Callable[[int], None]:
+    """Reports `stage` at (0, total) now; the function returned takes the number of steps done
+    and reports at most REPORTS of them, the last one always."""
+    every = max(1, total // REPORTS)
+    if progress:
+        progress(stage, 0, total)
+
+    def done(count: int) -> None:
+        if progress and (count % every == 0 or count == total):
+            progress(stage, count, total)
+
+    return done
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from .. import _kernels
 from ..dtypes import from_float32, to_float32
 from ..errors import FormatError, InputError, PipelineError
-from .base import ArrayCodec, StageProgress, Transformed, TypedArray, check_int
+from .base import ArrayCodec, StageProgress, Transformed, TypedArray, check_int, step_reporter
 from .selection import check_patterns
 
 MAX_BASIS_ELEMENTS = 1 << 26  # k * n floats held while fitting (256 MiB): PRANC is for small models
@@ -105,17 +105,14 @@ class Pranc(ArrayCodec):
         coefficients = {name: torch.tensor(c, requires_grad=True) for name, (_, c) in fitted.items()}
         bases = {name: torch.from_numpy(bases[name]) for name in fitted}
         optimizer = torch.optim.Adam(list(coefficients.values()), lr=_learning_rate(coefficients))
-        every = max(1, self.steps // 200)  # reports, at most; a tiny model's step takes milliseconds
-        if progress:
-            progress("distilling coefficients", 0, self.steps)
+        report = step_reporter(progress, "distilling coefficients", self.steps)
         for step in range(self.steps):
             overrides = {teacher.parameter(name): (coefficients[name] @ bases[name]).reshape(values[name].shape) for name in fitted}
             loss = teacher.distortion(overrides, step % teacher.batches)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if progress and ((step + 1) % every == 0 or step + 1 == self.steps):
-                progress("distilling coefficients", step + 1, self.steps)
+            report(step + 1)
         return {**plan, **{name: (fitted[name][0], coefficients[name].detach().numpy().copy()) for name in fitted}}
 
     def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
