@@ -8,16 +8,30 @@
 #define ZOO_X86 1
 #include <cpuid.h>
 
+enum { EAX, EBX, ECX, EDX }; /* cpuid's output registers, in the order cpu_bit stores them */
+
 typedef struct {
     const char *name;
-    int leaf, subleaf, reg, bit; /* reg: 0 eax, 1 ebx, 2 ecx, 3 edx */
+    int leaf, subleaf, reg, bit;
 } feature_bit;
 
 static const feature_bit FEATURES[] = {
-    {"sse4.2", 1, 0, 2, 20},     {"avx", 1, 0, 2, 28},         {"fma", 1, 0, 2, 12},         {"f16c", 1, 0, 2, 29},
-    {"avx2", 7, 0, 1, 5},        {"bmi2", 7, 0, 1, 8},         {"avx512f", 7, 0, 1, 16},     {"avx512dq", 7, 0, 1, 17},
-    {"avx512bw", 7, 0, 1, 30},   {"avx512vl", 7, 0, 1, 31},    {"avx512vbmi", 7, 0, 2, 1},   {"avx512vbmi2", 7, 0, 2, 6},
-    {"avx512fp16", 7, 0, 3, 23}, {"avx512bf16", 7, 1, 0, 5},   {"pclmulqdq", 1, 0, 2, 1},    {"vpclmulqdq", 7, 0, 2, 10},
+    {.name = "sse4.2",      .leaf = 1, .subleaf = 0, .reg = ECX, .bit = 20},
+    {.name = "avx",         .leaf = 1, .subleaf = 0, .reg = ECX, .bit = 28},
+    {.name = "fma",         .leaf = 1, .subleaf = 0, .reg = ECX, .bit = 12},
+    {.name = "f16c",        .leaf = 1, .subleaf = 0, .reg = ECX, .bit = 29},
+    {.name = "avx2",        .leaf = 7, .subleaf = 0, .reg = EBX, .bit =  5},
+    {.name = "bmi2",        .leaf = 7, .subleaf = 0, .reg = EBX, .bit =  8},
+    {.name = "avx512f",     .leaf = 7, .subleaf = 0, .reg = EBX, .bit = 16},
+    {.name = "avx512dq",    .leaf = 7, .subleaf = 0, .reg = EBX, .bit = 17},
+    {.name = "avx512bw",    .leaf = 7, .subleaf = 0, .reg = EBX, .bit = 30},
+    {.name = "avx512vl",    .leaf = 7, .subleaf = 0, .reg = EBX, .bit = 31},
+    {.name = "avx512vbmi",  .leaf = 7, .subleaf = 0, .reg = ECX, .bit =  1},
+    {.name = "avx512vbmi2", .leaf = 7, .subleaf = 0, .reg = ECX, .bit =  6},
+    {.name = "avx512fp16",  .leaf = 7, .subleaf = 0, .reg = EDX, .bit = 23},
+    {.name = "avx512bf16",  .leaf = 7, .subleaf = 1, .reg = EAX, .bit =  5},
+    {.name = "pclmulqdq",   .leaf = 1, .subleaf = 0, .reg = ECX, .bit =  1},
+    {.name = "vpclmulqdq",  .leaf = 7, .subleaf = 0, .reg = ECX, .bit = 10},
 };
 
 static int cpu_bit(const feature_bit *f) {

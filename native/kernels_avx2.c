@@ -426,5 +426,14 @@ static void dequantize_rows(const uint16_t *indices, size_t rows, size_t cols, c
     }
 }
 
-const zoo_kernels zoo_kernels_avx2 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows,
-                                       rans_encode, pack_remainders, zoo_crc32_pclmul};
+const zoo_kernels zoo_kernels_avx2 = {
+    .rans_decode_steps = rans_decode_steps,
+    .merge_words = merge_words,
+    .split_planes = split_planes,
+    .merge_planes = merge_planes,
+    .philox_uniform = philox_uniform,
+    .dequantize_rows = dequantize_rows,
+    .rans_encode = rans_encode,
+    .pack_remainders = pack_remainders,
+    .crc32 = zoo_crc32_pclmul,
+};

@@ -563,5 +563,14 @@ static uint32_t crc32(uint32_t crc, const uint8_t *data, size_t size) {
     return zoo_crc32_pclmul(zoo_crc32_scalar(0xffffffffu, folded, 16), data, size);
 }
 
-const zoo_kernels zoo_kernels_avx512 = {rans_decode_steps, merge_words, split_planes, merge_planes, philox_uniform, dequantize_rows,
-                                         rans_encode, pack_remainders, crc32};
+const zoo_kernels zoo_kernels_avx512 = {
+    .rans_decode_steps = rans_decode_steps,
+    .merge_words = merge_words,
+    .split_planes = split_planes,
+    .merge_planes = merge_planes,
+    .philox_uniform = philox_uniform,
+    .dequantize_rows = dequantize_rows,
+    .rans_encode = rans_encode,
+    .pack_remainders = pack_remainders,
+    .crc32 = crc32,
+};

@@ -286,6 +286,13 @@ uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size) {
 }
 
 const zoo_kernels zoo_kernels_scalar = {
-    zoo_rans_decode_steps_scalar, zoo_merge_words_scalar,    zoo_split_planes_scalar, zoo_merge_planes_scalar,
-    zoo_philox_uniform_scalar,    zoo_dequantize_rows_scalar, zoo_rans_encode_scalar, zoo_pack_remainders_scalar, zoo_crc32_scalar,
+    .rans_decode_steps = zoo_rans_decode_steps_scalar,
+    .merge_words = zoo_merge_words_scalar,
+    .split_planes = zoo_split_planes_scalar,
+    .merge_planes = zoo_merge_planes_scalar,
+    .philox_uniform = zoo_philox_uniform_scalar,
+    .dequantize_rows = zoo_dequantize_rows_scalar,
+    .rans_encode = zoo_rans_encode_scalar,
+    .pack_remainders = zoo_pack_remainders_scalar,
+    .crc32 = zoo_crc32_scalar,
 };

@@ -420,7 +420,13 @@ static PyMethodDef METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "zoo._native", "zoo's native kernels and entropy coder.", -1, METHODS, NULL, NULL, NULL, NULL};
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "zoo._native",
+    .m_doc = "zoo's native kernels and entropy coder.",
+    .m_size = -1, /* the chosen kernel table is process-wide state */
+    .m_methods = METHODS,
+};
 
 PyMODINIT_FUNC PyInit__native(void) {
     const char *best = "scalar";
