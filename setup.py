@@ -11,7 +11,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
-SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c"]
+SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c", "native/bitpack.c"]
 ISA_FLAGS = {
     "native/kernels_avx2.c": ["-mavx2", "-mbmi2", "-mf16c", "-mfma"],
     "native/kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mbmi2", "-mf16c",
@@ -44,7 +44,7 @@ setup(
         Extension(
             "zoo._native",
             sources=SOURCES,
-            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h"],
+            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
         )
     ],

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitpack.h"
 #include "coder.h"
 #include "dispatch.h"
 
@@ -136,23 +137,7 @@ done:
     return result;
 }
 
-/* -- bit packing --------------------------------------------------------------------------- */
-
-static size_t packed_size(size_t count, int bits) { return (count / 8) * (size_t)bits + ((count % 8) * (size_t)bits + 7) / 8; }
-
-static void unpack_range(const uint8_t *packed, int bits, size_t first, size_t count, uint16_t *out) {
-    uint64_t bit = (uint64_t)first * (uint64_t)bits;
-    uint32_t mask = (1u << bits) - 1;
-    for (size_t i = 0; i < count; i++, bit += (uint64_t)bits) {
-        size_t byte = (size_t)(bit >> 3);
-        int shift = (int)(bit & 7);
-        /* an index spans at most 3 bytes (16 bits + 7 of offset); read only the bytes it uses */
-        int needed = (shift + bits + 7) >> 3;
-        uint32_t window = 0;
-        for (int k = 0; k < needed; k++) window |= (uint32_t)packed[byte + (size_t)k] << (8 * k);
-        out[i] = (uint16_t)((window >> shift) & mask);
-    }
-}
+/* -- bit packing (bitpack.c) --------------------------------------------------------------- */
 
 static PyObject *pack_indices(PyObject *self, PyObject *args) {
     Py_buffer indices;
@@ -165,26 +150,11 @@ static PyObject *pack_indices(PyObject *self, PyObject *args) {
     }
     size_t count = (size_t)indices.len / (size_t)item_bytes;
     char *data = NULL;
-    result = new_bytearray(packed_size(count, bits), &data);
+    result = new_bytearray(zoo_packed_size(count, bits), &data);
     if (!result) goto done;
-    int too_big = 0;
+    int too_big;
     Py_BEGIN_ALLOW_THREADS;
-    uint8_t *out = (uint8_t *)data;
-    uint64_t accumulator = 0;
-    int filled = 0;
-    size_t written = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t value = item_bytes == 1 ? ((const uint8_t *)indices.buf)[i] : ((const uint16_t *)indices.buf)[i];
-        too_big |= (value >> bits) != 0;
-        accumulator |= (uint64_t)value << filled;
-        filled += bits;
-        while (filled >= 8) {
-            out[written++] = (uint8_t)accumulator;
-            accumulator >>= 8;
-            filled -= 8;
-        }
-    }
-    if (filled) out[written++] = (uint8_t)accumulator;
+    too_big = zoo_pack_indices(indices.buf, count, item_bytes, bits, (uint8_t *)data);
     Py_END_ALLOW_THREADS;
     if (too_big) {
         Py_CLEAR(result);
@@ -205,30 +175,15 @@ static PyObject *unpack_indices(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unpack_indices takes 1..16 bits and a count of at least 0");
         goto done;
     }
-    if ((size_t)count > SIZE_MAX / 16 || (size_t)packed.len < packed_size((size_t)count, bits)) {
+    if ((size_t)count > SIZE_MAX / 16 || (size_t)packed.len < zoo_packed_size((size_t)count, bits)) {
         PyErr_Format(PyExc_ValueError, "%zd indices of %d bits need more than %zd bytes", count, bits, packed.len);
         goto done;
     }
-    int item_bytes = bits <= 8 ? 1 : 2;
     char *data = NULL;
-    result = new_bytearray((size_t)count * (size_t)item_bytes, &data);
+    result = new_bytearray((size_t)count * (bits <= 8 ? 1 : 2), &data);
     if (!result) goto done;
     Py_BEGIN_ALLOW_THREADS;
-    if (item_bytes == 2) {
-        uint16_t *out = malloc(2 * (size_t)count + 2);
-        if (out) {
-            unpack_range((const uint8_t *)packed.buf, bits, 0, (size_t)count, out);
-            memcpy(data, out, 2 * (size_t)count);
-            free(out);
-        }
-    } else {
-        uint16_t batch[4096];
-        for (size_t first = 0; first < (size_t)count; first += 4096) {
-            size_t n = (size_t)count - first < 4096 ? (size_t)count - first : 4096;
-            unpack_range((const uint8_t *)packed.buf, bits, first, n, batch);
-            for (size_t i = 0; i < n; i++) data[first + i] = (char)batch[i];
-        }
-    }
+    zoo_unpack_indices((const uint8_t *)packed.buf, bits, (size_t)count, data);
     Py_END_ALLOW_THREADS;
 done:
     PyBuffer_Release(&packed);
@@ -250,7 +205,7 @@ static PyObject *dequantize(PyObject *self, PyObject *args) {
         problem = "dequantize takes 1..16 bits, sizes of at least 0 and kind 0..2";
     else if (cols && (size_t)rows > SIZE_MAX / 16 / (size_t)cols)
         problem = "dequantize sizes overflow";
-    else if ((count = (size_t)rows * (size_t)cols, (size_t)packed.len < packed_size(count, bits)))
+    else if ((count = (size_t)rows * (size_t)cols, (size_t)packed.len < zoo_packed_size(count, bits)))
         problem = "packed indices are shorter than rows x cols";
     else if ((size_t)row_codebook.len != 4 * (size_t)rows)
         problem = "row_codebook must hold one int32 per row";
@@ -282,7 +237,7 @@ static PyObject *dequantize(PyObject *self, PyObject *args) {
     if (!indices || !books) failed = 1;
     for (size_t first = 0; !failed && first < (size_t)rows; first += batch_rows) {
         size_t n = (size_t)rows - first < batch_rows ? (size_t)rows - first : batch_rows;
-        unpack_range((const uint8_t *)packed.buf, bits, first * (size_t)cols, n * (size_t)cols, indices);
+        zoo_unpack_range((const uint8_t *)packed.buf, bits, first * (size_t)cols, n * (size_t)cols, indices);
         memcpy(books, (const char *)row_codebook.buf + 4 * first, 4 * n);
         active->dequantize_rows(indices, n, (size_t)cols, books, (const float *)codebooks.buf, book, kind,
                                 data + first * (size_t)cols * (kind == 0 ? 4 : 2));

@@ -1,5 +1,6 @@
-"""Writes the seed corpus: valid sections of each kind for fuzz_decode, raw words for fuzz_roundtrip.
-Run once; the files are kept in git (corpus/decode, corpus/roundtrip)."""
+"""Writes the seed corpus: valid sections of each kind for fuzz_decode, raw words for fuzz_roundtrip,
+packed index streams for fuzz_bitpack. Run once; the files are kept in git (corpus/decode,
+corpus/roundtrip, corpus/bitpack)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,19 @@ def cases():
     yield "wide", rng.integers(0, 2**16, 1000).astype(np.uint16).view(np.uint8), 2, True, 12
 
 
+def bitpack_cases():
+    """Packed indices at widths either side of a byte, of awkward counts; bytes 1 and 2 of the
+    header ask fuzz_bitpack to unpack a range from the middle of the stream as well."""
+    rng = np.random.default_rng(11)
+    for bits, count in ((1, 1001), (3, 127), (4, 64), (7, 333), (8, 255), (9, 129), (12, 77), (13, 1001), (16, 31)):
+        values = rng.integers(0, 1 << bits, count)
+        stream = np.packbits(((values[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+        header = bytes([(bits - 1) | (16 if bits > 8 else 0), 37, 200])  # two-byte indices above 8 bits
+        yield f"{bits}-bit", header + stream.tobytes()
+
+
 def main() -> None:
-    for folder in ("decode", "roundtrip"):
+    for folder in ("decode", "roundtrip", "bitpack"):
         (HERE / "corpus" / folder).mkdir(parents=True, exist_ok=True)
     for name, words, word_bytes, is_float, symbol_bits in cases():
         count = len(words) // word_bytes
@@ -38,6 +50,8 @@ def main() -> None:
         (HERE / "corpus" / "decode" / name).write_bytes(prefix + section)
         choice = WORD_CODE[word_bytes] | (4 if is_float else 0) | ((symbol_bits - 8) << 3)
         (HERE / "corpus" / "roundtrip" / name).write_bytes(bytes([choice]) + words.tobytes())
+    for name, data in bitpack_cases():
+        (HERE / "corpus" / "bitpack" / name).write_bytes(data)
 
 
 if __name__ == "__main__":
