@@ -1,23 +1,35 @@
 """Builds zoo._native from native/; metadata lives in pyproject.toml.
 
-Each instruction-set file is compiled with only its own flags (never a global -mavx2), so the
-extension runs on any x86-64 and picks its kernels at run time (native/dispatch.c).
+Each instruction-set file is compiled with only its own flags (native/isa_flags.mk, never a global
+-mavx2), so the extension runs on any x86-64 and picks its kernels at run time (native/dispatch.c).
 """
 
 import platform
+import re
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+
+def read_isa_flags(path: str = "native/isa_flags.mk") -> dict[str, list[str]]:
+    """{"native/file.c": flags} from the table that tests/fuzz/Makefile includes as Make."""
+    table = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, equals, flags = (part.strip() for part in line.partition("="))
+        if not equals or not re.fullmatch(r"[\w.]+\.c", name) or flags.endswith("\\"):
+            raise SystemExit(f"{path}:{number}: expected `file.c = flags`, got {line!r}")
+        table[f"native/{name}"] = flags.split()
+    return table
+
+
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c", "native/bitpack.c"]
-ISA_FLAGS = {
-    "native/kernels_avx2.c": ["-mavx2", "-mbmi2", "-mf16c", "-mfma"],
-    "native/kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mbmi2", "-mf16c",
-                                "-mpclmul", "-mvpclmulqdq"],
-    "native/crc32_pclmul.c": ["-mpclmul", "-msse4.1"],
-}
+ISA_FLAGS = read_isa_flags()
 if X86:
     SOURCES += list(ISA_FLAGS)
 
@@ -44,7 +56,7 @@ setup(
         Extension(
             "zoo._native",
             sources=SOURCES,
-            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h"],
+            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h", "native/isa_flags.mk"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
         )
     ],
