@@ -1,9 +1,9 @@
 """GB/s of output of the packed-weight loader: unpack B-bit indices and gather through per-row
-codebooks into F32/BF16 (zoo._kernels.dequantize, what the codebook codec calls when it decodes).
+codebooks into F32/BF16 (zoo.kernels.dequantize, what the codebook codec calls when it decodes).
 
     python benchmarks/bench_dequantize.py [--rows 4096] [--cols 4096]
 
-Each ISA of the native extension beside the numpy reference (zoo/_fallback.py), same inputs, one
+Each ISA of the native extension beside the numpy reference (zoo/kernels/fallback.py), same inputs, one
 thread, best of 5; every path's output is checked against the reference before it is timed.
 """
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from zoo import _fallback
+from zoo.kernels import fallback as _fallback
 
 
 def best_seconds(function, repeats: int = 5) -> float:  # noqa: ANN001 - a no-argument callable
@@ -36,7 +36,7 @@ def main() -> None:
         from zoo import _native
     except ImportError:
         _native = None
-    from zoo import _native_calls
+    from zoo.kernels import native as _native_calls
 
     rng = np.random.default_rng(0)
     isas = list(_native.available_isas()) if _native else []

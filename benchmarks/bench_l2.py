@@ -2,11 +2,11 @@
 
     python benchmarks/bench_l2.py [--plot docs/rd_tiny_lm.png] [--threads 2] [--calibration train]
 
-Every pipeline goes through zoo.sweep: compress, read every tensor back, evaluate against the
+Every pipeline goes through zoo.evaluate.sweep: compress, read every tensor back, evaluate against the
 original on the held-out evaluation text. The anchor is the lossless pipeline, measured in the
 same run. Calibration is the calibration split (13.6 k tokens) or, with --calibration train, the
 model's training text (what calibration usually is: text like the model's own; the evaluation
-text stays unseen either way). Prints the table as Markdown (what the README quotes) and JSON.
+text stays unseen either way). Prints the table as Markdown (what docs/lossy.md quotes) and JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.tiny_lm import load_or_train, texts  # noqa: E402
-from zoo.sweep import plot, sweep  # noqa: E402
+from zoo.evaluate.sweep import plot, sweep  # noqa: E402
 
 PIPELINES = [
     "lossless",

@@ -9,7 +9,7 @@ wall clock and in GB per CPU-second of the process (steadier when other work sha
 Then MiniLM cast to BF16 is written to a zoo archive and read back whole, on one thread and on
 --threads, by zoo.load_state_dict and as its file streamed: what a user's load costs, chunk checksums
 and copies included, as GB/s of output.
-The README's "Native coder and speed" table is this output.
+The coder table in docs/performance.md is this output.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import bench
+from zoo.evaluate import bench
 
 
 def minilm() -> Path:
@@ -68,7 +68,7 @@ def archive_read(source: Path, dtype: str = "BF16", threads: tuple[int, ...] = (
     from safetensors.torch import load_file, save_file
 
     import zoo
-    from zoo.archive import Archive
+    from zoo.container.reader import Archive
 
     cast = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
     figures = []

@@ -7,7 +7,7 @@ Models (both converted to bf16 first, as models usually ship, and that bf16 mode
 
 Bits per weight are whole-file: 8 x (bytes of the archive holding model.safetensors) / weights,
 codebooks, scales, maps, headers and the untouched tensors included; for a baseline the same file
-with the selected tensors at their exact quantized size. Prints a markdown table (what the README
+with the selected tensors at their exact quantized size. Prints a markdown table (what docs/lossy.md
 quotes) and the issue's targets, measured. Usage: python benchmarks/bench_lossy.py [--quick]
 """
 

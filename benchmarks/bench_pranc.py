@@ -31,7 +31,7 @@ def _windows(text: str, label: int, start: int, stride: int) -> list[tuple[list[
 
 def task() -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]]]:
     """(training, held-out) windows labelled by which piece of calibration.txt they come from."""
-    from zoo.codecs._teacher import default_text
+    from zoo.optimize.teacher import default_text
 
     pieces = [p for p in default_text().split("\n\n") if p]
     texts = ["\n".join(pieces[:14]), "\n".join(pieces[14:17]), "\n".join(pieces[17:18])]
@@ -75,9 +75,9 @@ def distilled(folder: Path, spec: str) -> dict[str, object]:
     import torch
     from safetensors.numpy import load_file
 
-    from zoo.codecs._teacher import Teacher, default_text
+    from zoo.optimize.teacher import Teacher, default_text
     from zoo.codecs.base import TypedArray
-    from zoo.pipeline import Pipeline
+    from zoo.codecs.pipeline import Pipeline
 
     stage = Pipeline.parse(spec).array_stages[0]
     arrays = {n: TypedArray(v, "F32") for n, v in load_file(folder / "model.safetensors").items()}

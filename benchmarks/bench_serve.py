@@ -84,7 +84,7 @@ def main() -> None:
     expected = hashlib.sha256(weights.read_bytes()).hexdigest()
 
     with tempfile.TemporaryDirectory() as home:
-        from zoo.store import Store
+        from zoo.hub.store import Store
 
         Store(home).compress(model, "bench/model")
         zoo_server, zoo_port = start([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], {"ZOO_HOME": home}, "serving")

@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import _fallback_coder as coder
-from zoo.bench import CHUNK_BYTES
+from zoo.kernels import fallback_coder as coder
+from zoo.evaluate.bench import CHUNK_BYTES
 from zoo.dtypes import from_float32, storage_dtype, to_float32
-from zoo.pipeline import DEFAULT_SPEC, Pipeline
-from zoo.sources import scan
+from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+from zoo.sources.folder import scan
 
 SYMBOL_BITS = {"BF16": 10, "F16": 8, "F32": 10}  # fprans's choice per dtype
 EXPONENT_BITS = {"BF16": 8, "F16": 5, "F32": 8}

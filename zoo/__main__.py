@@ -1,3 +1,3 @@
-from .cli import main
+from zoo.cli import main
 
 main()

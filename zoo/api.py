@@ -17,30 +17,32 @@ from pathlib import Path
 from typing import Any
 
 
-from ._parallel import for_each, resolve_threads
-from .archive import Archive, leaf_bytes, sharded, tensor_leaves
-from .dtypes import DTYPES
-from .build import Builder
-from .codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
-from .delta import BaseModel, Deltas
-from .errors import ChecksumError, InputError, OutputExistsError, ZooError
-from .format import ArchiveFile, assemble
-from .pipeline import DEFAULT_SPEC, Pipeline
-from .sources import check_relpath, scan
+from zoo.kernels.parallel import for_each, resolve_threads
+from zoo.container.reader import Archive, leaf_bytes, sharded, tensor_leaves
+from zoo.dtypes import DTYPES
+from zoo.container.writer import Builder
+from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
+from zoo.container.base_model import BaseModel
+from zoo.container.delta import Deltas
+from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
+from zoo.container.format import ArchiveFile, assemble
+from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
+from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
+from zoo.refs import archive_path, open_base
+from zoo.sources.folder import check_relpath, scan
 
-CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
 # total count. Each is reported at (0, total) when it starts and at done == total when it ends; a
 # stage that ends early ("fitting the budget" lands in fewer rounds) ends with a smaller total.
 COMPRESS_STAGES = {
-    "calibrating": "sequences",  # activation statistics over the calibration text (zoo.calibration)
-    "running the original model": "sequences",  # the teacher's reference outputs (zoo.codecs._teacher)
+    "calibrating": "sequences",  # activation statistics over the calibration text (zoo.optimize.calibration)
+    "running the original model": "sequences",  # the teacher's reference outputs (zoo.optimize.teacher)
     "measuring sensitivities": "sequences",  # the teacher's per-weight curvature
-    "surveying rates": "tensors",  # l2's rate-distortion curves (zoo.codecs._rate)
+    "surveying rates": "tensors",  # l2's rate-distortion curves (zoo.optimize.rate)
     "fitting the budget": "rounds",  # l2's whole-model codings that land the size on the budget
-    "tuning roundings": "iterations",  # l2:tune (zoo.codecs._tune)
-    "distilling coefficients": "steps",  # pranc:steps=N (zoo.codecs.pranc), after the original model's run
+    "tuning roundings": "iterations",  # l2:tune (zoo.optimize.tune)
+    "distilling coefficients": "steps",  # pranc:steps=N (zoo.codecs.lossy.pranc), after the original model's run
 }
 
 
@@ -174,14 +176,14 @@ def compress(
     stage_progress: StageProgress | None = None,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
-    text file whose activations guide the lossy stages that use them (see zoo.calibration).
+    text file whose activations guide the lossy stages that use them (see zoo.optimize.calibration).
     `progress(bytes)` counts the source bytes as they are written; `stage_progress(stage, done,
     total)` follows the phases before that (COMPRESS_STAGES), which a lossy pipeline can spend
     minutes in.
     `check(path)` sees the finished archive under its temporary name before it is put in place
     (check_quality is one); when it raises, nothing is left at `destination`. With `base` (the
     model the source was fine-tuned from: safetensors file or folder, archive or zoo name), the
-    tensors a lossy stage selects are stored as their difference from it (see zoo.delta)."""
+    tensors a lossy stage selects are stored as their difference from it (see zoo.container.delta)."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     sources = scan(source)
@@ -189,16 +191,18 @@ def compress(
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
     with ExitStack() as stack:
-        base_model = stack.enter_context(BaseModel(base)) if base is not None else None
+        base_model = open_base(base) if base is not None else None
+        if base_model is not None and base_model is not base:
+            stack.enter_context(base_model)
         deltas = Deltas(base_model, chosen, Builder.named_tensors(sources)) if base_model is not None and chosen.array_stages else None
         plans = None
         if chosen.array_stages:
-            from .calibration import collect
+            from zoo.optimize.calibration import collect
 
             statistics = collect(source, calibration, progress=stage_progress) if calibration is not None else None
             if statistics is not None and deltas is not None:
-                statistics.base = deltas  # the teacher then runs base + delta (zoo.codecs._teacher)
-            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics, stage_progress)
+                statistics.base = deltas  # the teacher then runs base + delta (zoo.optimize.teacher)
+            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics, stage_progress, chunk_bytes)
         with _atomic_output(destination, force, is_dir=False) as temporary:
             with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
                 payload_path = Path(scratch) / "payload"
@@ -222,7 +226,7 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) ->
         header = dict(opened.header)
         metadata = {**(header.get("metadata") or {}), **updates}
         header["metadata"] = {key: value for key, value in metadata.items() if value is not None}
-        mode = stat.S_IMODE(os.fstat(opened._file.fileno()).st_mode)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
         with _atomic_output(path, force=True, is_dir=False) as temporary:
             assemble(temporary, header, path, opened.payload_start)
             os.chmod(temporary, mode)
@@ -238,7 +242,7 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult.
     `base` is the base the archive was made against (compress(base=...)): the model evaluated is
     that base plus the decoded differences."""
-    from .evaluate import QualityGateError, verify_archive
+    from zoo.evaluate import QualityGateError, verify_archive
 
     result = verify_archive(archive, source, gates=gates, progress=progress, base=base)
     if not result.passed:
@@ -248,46 +252,61 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     return result
 
 
+def compress_into(store: Store, source: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION,
+                  pipeline: str | None = None, *, commit: str | None = None, source_label: str | None = None, force: bool = False,
+                  threads: int | None = None, progress: Progress | None = None, check: Callable[[Path], Any] | None = None,
+                  **options: Any) -> Entry:
+    """Compress a model folder or file straight into the zoo `store` as NAME@REVISION. `check(path)`
+    may inspect the archive (and raise) before it enters; `options` go to compress()."""
+    check_name(name)
+    check_revision(revision)
+    spec = Pipeline.parse(pipeline or DEFAULT_SPEC).spec()
+    if not force and store.exists_ref(name, revision, variant_of(spec)):
+        raise OutputExistsError(f"{name}@{revision}:{variant_of(spec)} is already in the zoo; pass --force to replace it")
+    with store.workspace() as folder:
+        destination = folder / "model.zoo"
+        metadata = {"source": source_label} if source_label else None
+        compress(source, destination, pipeline or DEFAULT_SPEC, threads=threads, progress=progress, metadata=metadata, **options)
+        if check is not None:
+            check(destination)
+        return store.add(destination, name, revision, commit=commit, source=source_label, force=force, move=True)
+
+
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _archive_path(source: str | os.PathLike[str]) -> Path:
-    """An archive path, or the archive of a model in the zoo (NAME[@REVISION][:VARIANT])."""
-    path = Path(source)
-    if path.exists():
-        return path
-    from .store import resolve_archive
-
-    return resolve_archive(str(source)) or path  # when neither, opening the path says so
+def _open(ref: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
+    """The archive `ref` names (a path or a zoo name), with the base it is read against, if any."""
+    path = archive_path(ref)
+    base_model = None if base is None else open_base(base)
+    return Archive(path, base_model, owns_base=base_model is not None and base_model is not base)
 
 
 def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
     """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open).
     `base` is the model that an archive made with `compress(base=...)` needs."""
-    return Archive(_archive_path(archive), base)
+    return _open(archive, base)
 
 
 def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name."""
-    from ._torch import to_torch
+    from zoo.torch_bridge import to_torch
 
-    with Archive(_archive_path(source), base) as opened:
+    with _open(source, base) as opened:
         opened.require_base()
         return {key: to_torch(array, device) for key, array in opened.read_tensors(opened.keys(), resolve_threads(threads)).items()}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
     """Sizes of an existing archive (or zoo model), from its header and chunk indexes."""
-    archive = _archive_path(archive)
+    archive = archive_path(archive)
     with Archive(archive) as opened:
         tensors = []
         parameters = 0
-        for key, info in opened._file.header["tensors"].items():
-            stored = 0
-            for leaf, what in tensor_leaves(info["root"], f"tensor {info.get('name')!r}"):
-                index, _, _ = opened._chunks(leaf, what)
-                stored += sum(c[1] for c in index) + 16 * len(index)
+        for key in opened.keys():
+            info = opened.tensor_info(key)
+            stored = opened.stored_bytes(key)
             pipeline = opened.pipeline_of(info["pipeline"]).spec()
             tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), leaf_bytes(info), stored, pipeline,
                                         "base" in info))
@@ -310,7 +329,7 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
 def verify(archive: str | os.PathLike[str], threads: int | None = None, base: str | os.PathLike[str] | None = None) -> list[str]:
     """Check every checksum and every recorded sha256; returns the problems found. Tensors stored
     against a base are rebuilt (and the base checked) only when `base` is given."""
-    with Archive(_archive_path(archive), base) as opened:
+    with _open(archive, base) as opened:
         return opened.verify(resolve_threads(threads))
 
 
@@ -328,10 +347,9 @@ def decompress(
     an archive made with `compress(base=...)` needs. `progress(bytes)` may be called from
     several threads at once (a sharded model's files are written side by side)."""
     started = time.perf_counter()
-    archive = _archive_path(archive)
     destination = Path(destination)
     workers = resolve_threads(threads)
-    with Archive(archive, base) as opened:
+    with _open(archive, base) as opened:
         opened.require_base()  # a missing or wrong base fails before the output folder appears
         with _atomic_output(destination, force, is_dir=True) as temporary:
             files = opened.files()
@@ -349,7 +367,7 @@ def decompress(
                 if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
                     raise ChecksumError(f"{archive}: {entry['path']} decodes to bytes whose sha256 does not match the original")
 
-            shards = sharded(files, workers)  # side by side, a worker each (see zoo.archive.SHARD_BYTES)
+            shards = sharded(files, workers)  # side by side, a worker each (see zoo.container.reader.SHARD_BYTES)
             for_each(lambda entry: write(entry, 1), shards, workers)
             done = {entry["path"] for entry in shards}
             for entry in files:
@@ -360,5 +378,5 @@ def decompress(
     return report
 
 
-__all__ = ["COMPRESS_STAGES", "Report", "TensorReport", "check_quality", "compress", "decompress", "load_state_dict", "open_archive",
+__all__ = ["COMPRESS_STAGES", "Report", "TensorReport", "check_quality", "compress", "compress_into", "decompress", "load_state_dict", "open_archive",
            "report_of", "update_metadata", "verify", "ZooError"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from zoo.errors import InputError
 
 
 @dataclass(frozen=True)

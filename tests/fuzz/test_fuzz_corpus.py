@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo import _fallback_coder
+from zoo.kernels import fallback_coder as _fallback_coder
 
 native = pytest.importorskip("zoo._native", reason="the native extension is not built")
 

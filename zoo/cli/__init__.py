@@ -9,7 +9,7 @@ import warnings
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """zoo's warnings as one line on stderr; anyone else's as Python shows them."""
-    from ..errors import ZooWarning
+    from zoo.errors import ZooWarning
 
     if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
         print(f"warning: {message}", file=sys.stderr)
@@ -19,10 +19,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 _python_show_warning = warnings.showwarning
 
+# Packages that only some commands need, and the extra that installs each (pyproject.toml).
+EXTRAS = {"torch": "torch", "transformers": "eval", "matplotlib": "plot"}
+
 
 def main() -> None:
-    from ..errors import ZooError
-    from .app import app
+    from zoo.errors import ZooError
+    from zoo.cli.app import app
 
     warnings.showwarning = _show_warning
     try:
@@ -37,6 +40,11 @@ def main() -> None:
             raise
         where = f": {error.filename}" if error.filename else ""
         print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(1)
+    except ModuleNotFoundError as error:
+        if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:
+            raise
+        print(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
+from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
 
 app = typer.Typer(
     name="zoo",

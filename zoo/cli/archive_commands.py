@@ -7,18 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..evaluate.result import QualityGateError
-from .eval_commands import MaxKl, MaxPplRatio, MinCosine, print_quality, quality_check
-from .options import ArchiveArg, Base, Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
+from zoo.evaluate.result import QualityGateError
+from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
+from zoo.cli.options import ArchiveArg, Base, Force, Json, Threads
+from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
+from zoo.cli.reports import print_quality, print_report
 
 
 def _codec_help() -> str:
     # Read at --help time only: the codec list is built from the registry, so it never drifts.
     import inspect
 
-    from ..codecs.registry import CODECS
-    from ..pipeline import ALIASES
+    from zoo.codecs.registry import CODECS
+    from zoo.codecs.pipeline import ALIASES
 
     lines = ["Codec ids (SPEC stages are 'id' or 'id:key=value,...', joined by '|'):", ""]
     for alias, expansion in ALIASES.items():
@@ -27,32 +28,6 @@ def _codec_help() -> str:
         parameters = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
         lines.append(f"  {cls.codec_id}: {', '.join(parameters) or '(no parameters)'}")
     return "\n\n".join(lines)
-
-
-def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a zoo.api.Report
-    if as_json:
-        print_json(report.to_dict())
-        return
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in ("tensor", "dtype", "shape", "original", "stored", "ratio", "bits/weight", "pipeline"):
-        table.add_column(column, justify="right" if column in ("original", "stored", "ratio", "bits/weight") else "left")
-    for tensor in report.tensors:
-        table.add_row(tensor.name, tensor.dtype, "×".join(map(str, tensor.shape)) or "scalar", human_bytes(tensor.original_bytes),
-                      human_bytes(tensor.compressed_bytes), f"{tensor.ratio:.3f}", f"{tensor.bits_per_weight:.2f}",
-                      ("base + " if tensor.base else "") + tensor.pipeline)
-    if report.tensors:
-        stdout.print(table)
-    stdout.print(
-        f"{len(report.files)} files, {len(report.tensors)} tensors: {human_bytes(report.original_bytes)} -> "
-        f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)"
-    )
-    if report.base:
-        stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
-                     f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
-    if isinstance(report.metadata.get("verify"), dict):
-        print_quality(report.metadata["verify"], f"quality, against {report.metadata['verify'].get('reference')}")
 
 
 def compress(
@@ -76,10 +51,10 @@ def compress(
 ) -> None:
     """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
     --verify; when it trips, exit 1 and keep no archive."""
-    from .. import api
-    from .zoo_commands import compress_elsewhere
+    from zoo import api
+    from zoo.cli.zoo_commands import compress_elsewhere
 
-    from ..errors import InputError
+    from zoo.errors import InputError
 
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
@@ -121,7 +96,7 @@ def decompress(
     as_json: Json = False,
 ) -> None:
     """Write the model folder back out, checking every file's sha256."""
-    from .. import api
+    from zoo import api
 
     total = api.report_of(archive).original_bytes
     with progress_bar(total, "decompressing", not as_json) as advance:
@@ -134,16 +109,13 @@ def decompress(
 
 def info(archive: ArchiveArg, as_json: Json = False) -> None:
     """Sizes per tensor and in total, of an archive or of a model in the zoo."""
-    from .. import api
-    from ..store import resolve_archive
-
-    stored = None if archive.exists() else resolve_archive(str(archive))
-    print_report(api.report_of(stored or archive), as_json, str(archive))
+    from zoo import api
+    print_report(api.report_of(archive), as_json, str(archive))
 
 
 def verify(archive: ArchiveArg, base: Base = None, threads: Threads = None, as_json: Json = False) -> None:
     """Check every checksum and every file's sha256; exit 1 if anything is damaged."""
-    from .. import api
+    from zoo import api
 
     problems = api.verify(archive, threads=threads, base=base)
     needed = api.report_of(archive).base

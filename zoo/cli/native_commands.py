@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Json
-from .output import print_json, stdout
+from zoo.cli.options import Json
+from zoo.cli.output import print_json, stdout
 
 
 def bench(
@@ -20,8 +20,8 @@ def bench(
     as_json: Json = False,
 ) -> None:
     """Ratio and GB/s of zoo's lossless coder beside ZipNN, zstd and blosc2, per dtype."""
-    from .. import bench as library
-    from ..errors import InputError
+    from zoo.evaluate import bench as library
+    from zoo.errors import InputError
 
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
@@ -47,7 +47,7 @@ def bench(
 
 def env(as_json: Json = False) -> None:
     """The kernels in use (ZOO_KERNELS forces numpy, scalar, avx2 or avx512) and the CPU features seen."""
-    from .. import _kernels
+    from zoo import kernels as _kernels
 
     info = _kernels.info()
     if as_json:

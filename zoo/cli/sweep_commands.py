@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Force, Json, Threads
-from .output import human_bytes, print_json, stderr, stdout
+from zoo.cli.options import Force, Json, Threads
+from zoo.cli.output import human_bytes, print_json, stderr, stdout
 
 
 def _figure(value: object, digits: int = 4) -> str:
@@ -29,8 +29,8 @@ def sweep(
     as_json: Json = False,
 ) -> None:
     """Compress MODEL with each pipeline, evaluate each against MODEL, and print the table."""
-    from .. import sweep as library
-    from ..errors import InputError
+    from zoo.evaluate import sweep as library
+    from zoo.errors import InputError
 
     if plot is not None and plot.exists() and not force:
         raise InputError(f"{plot} exists; pass --force to replace it")

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import Force, Json, Threads
-from .output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
+from zoo.cli.options import Force, Json, Threads
+from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
+from zoo.cli.reports import print_report
 
 NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -34,8 +35,8 @@ def pull(
     as_json: Json = False,
 ) -> None:
     """Download a model from the hub, check it against the hub's sha256, store it compressed."""
-    from .. import api
-    from ..hub import pull as pull_model
+    from zoo import api
+    from zoo.hub.pull import pull as pull_model
 
     # a lossy pipeline's survey runs before the first byte: its phases get bars of their own
     with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
@@ -48,7 +49,7 @@ def pull(
 
 def ls(as_json: Json = False) -> None:
     """Every model in the zoo, with sizes and quality when known."""
-    from ..store import Store, quality_label
+    from zoo.hub.store import Store, quality_label
 
     store = Store()
     entries = store.entries()
@@ -75,7 +76,7 @@ def rm(
     as_json: Json = False,
 ) -> None:
     """Remove a model from the zoo."""
-    from ..store import Store
+    from zoo.hub.store import Store
 
     removed = Store().remove(ref, every)
     if as_json:
@@ -93,8 +94,8 @@ def export(
     as_json: Json = False,
 ) -> None:
     """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
-    from .. import api
-    from ..store import Store
+    from zoo import api
+    from zoo.hub.store import Store
 
     entry = Store().resolve(ref)
     with progress_bar(entry.original_bytes, "exporting", not as_json) as advance:
@@ -114,8 +115,8 @@ def serve(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
 ) -> None:
     """Serve every model in the zoo over the Hugging Face Hub API: HF_ENDPOINT=http://HOST:PORT."""
-    from ..serve import is_loopback, make_server
-    from ..store import Store
+    from zoo.hub.serve import is_loopback, make_server
+    from zoo.hub.store import Store
 
     token = token or os.environ.get("ZOO_SERVE_TOKEN") or None
     store = Store()
@@ -144,8 +145,9 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
     """The parts of `zoo compress` that involve the zoo: no -o stores the result in the zoo, and a
     SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job.
     `options` (calibration=, check=, ...) go to zoo.compress."""
-    from .. import hub
-    from ..store import Store, check_name
+    from zoo import api
+    from zoo.hub import pull as hub
+    from zoo.hub.store import Store, check_name
 
     local = Path(source)
     if local.exists() and output is not None:
@@ -157,16 +159,16 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
     default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
     with progress_bar(source_bytes(local), "compressing", not as_json) as advance:
-        entry = Store().compress(local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()), force=force,
-                                 threads=threads, progress=advance, **options)
+        entry = api.compress_into(Store(), local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()),
+                                  force=force, threads=threads, progress=advance, **options)
     print_entry(entry, as_json, "stored")
     return True
 
 
 def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
                        as_json: bool, **options: Any) -> bool:
-    from .. import api, hub
-    from .archive_commands import print_report
+    from zoo import api
+    from zoo.hub import pull as hub
 
     if output is None:
         entry, new = hub.pull(source, name=name, pipeline=pipeline, threads=threads, force=force,
@@ -175,13 +177,17 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
         return True
     repo_id, revision = hub.parse_repo_ref(source)
     pulled = hub.download(repo_id, revision, progress_bars=not as_json)
+    their_check = options.pop("check", None)
+
+    def check(archive: Path) -> None:
+        # before the archive replaces `output`: a faithful archive of a bad download is still bad,
+        # and a failed check must leave the old output where it was
+        hub.check_lfs(archive, pulled, repo_id)
+        if their_check is not None:
+            their_check(archive)
+
     with progress_bar(source_bytes(pulled.folder), "compressing", not as_json) as advance:
         report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
-                              metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, **options)
-    try:
-        hub.check_lfs(output, pulled, repo_id)
-    except Exception:
-        output.unlink(missing_ok=True)  # a faithful archive of a bad download is still bad
-        raise
+                              metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, check=check, **options)
     print_report(report, as_json, str(output))
     return True

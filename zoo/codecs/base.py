@@ -24,11 +24,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .selection import selected
+from zoo.codecs.selection import selected
 
 # progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
 # stage is reported at (0, total) when it starts and at done == total when it ends.
 StageProgress = Callable[[str, int, int], None]
+# measure(array): the bytes the pipeline's own leaf stages store for `array` left as it is, at the
+# archive's chunk size, chunk index included; what a survey's size budget is counted in.
+Measure = Callable[["TypedArray"], int]
 REPORTS = 200  # reports over a stage of many quick steps, at most (a tiny model's training step takes milliseconds)
 
 
@@ -113,11 +116,12 @@ class ArrayCodec(Codec):
         return selected(name, array.dtype, array.data.ndim, array.data.size, include, exclude)
 
     def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
-               progress: StageProgress | None = None) -> Any:
+               progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         """A pass over the whole model before any tensor is encoded, for codecs that need one
         (a size budget shared across layers, activation statistics). `tensors` yields every
-        tensor by name each time it is called; `calibration` is a zoo.calibration.Statistics
-        or None; `progress` hears of the survey's long phases (see StageProgress). What it
+        tensor by name each time it is called; `calibration` is a zoo.optimize.calibration.Statistics
+        or None; `progress` hears of the survey's long phases (see StageProgress); `measure` counts
+        what the pipeline's later stages store (see Measure). What it
         returns comes back to encode_tensor as `plan`."""
         return None
 
@@ -165,7 +169,7 @@ def element_count(shape: tuple[int, ...] | list[int]) -> int:
 
 def check_int(codec_id: str, name: str, value: Any, low: int, high: int) -> int:
     """A codec argument that must be an integer in low..high (JSON true/false are not integers)."""
-    from ..errors import PipelineError
+    from zoo.errors import PipelineError
 
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise PipelineError(f"{codec_id}: {name} must be an integer in {low}..{high}, got {value!r}")

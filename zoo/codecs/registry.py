@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import PipelineError
-from .base import Codec
-from .bytegroup import ByteGroup
-from .codebook import Codebook
-from .fprans import FpRans
-from .l2 import L2
-from .lowrank import LowRank
-from .pranc import Pranc
-from .rans import Rans
-from .truncate import Truncate
-from .zstd import Zstd
+from zoo.errors import PipelineError
+from zoo.codecs.base import Codec
+from zoo.codecs.lossless.bytegroup import ByteGroup
+from zoo.codecs.lossy.codebook import Codebook
+from zoo.codecs.lossless.fprans import FpRans
+from zoo.codecs.lossy.l2 import L2
+from zoo.codecs.lossy.lowrank import LowRank
+from zoo.codecs.lossy.pranc import Pranc
+from zoo.codecs.lossless.rans import Rans
+from zoo.codecs.lossy.truncate import Truncate
+from zoo.codecs.lossless.zstd import Zstd
 
 # One explicit list: tests/test_codecs.py fails when a Codec class in the package is missing here.
 CODECS: list[type[Codec]] = [

@@ -13,8 +13,8 @@ import fnmatch
 import re
 from functools import lru_cache
 
-from ..dtypes import FLOAT_DTYPES
-from ..errors import PipelineError
+from zoo.dtypes import FLOAT_DTYPES
+from zoo.errors import PipelineError
 
 ALWAYS_LOSSLESS = ("*norm*", "*.bias", "*_bias", "*position_ids*", "*.ln_*", "*ln_f.*")
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .result import EvalResult, Gates, QualityGateError
+from zoo.evaluate.result import EvalResult, Gates, QualityGateError
 
 _LAZY = {"evaluate": "core", "verify_archive": "core", "default_text": "core", "default_sentences": "core",
          "DEFAULT_MAX_TOKENS": "core", "metrics": None}

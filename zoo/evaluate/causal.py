@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
-from . import metrics
-from .cache import ReferenceCache, cache_key
-from .models import Model
+from zoo.errors import InputError
+from zoo.evaluate import metrics
+from zoo.evaluate.cache import ReferenceCache, cache_key
+from zoo.evaluate.models import Model
 
 CONTEXT = 512  # tokens per window, as llama.cpp's default; shorter when the model allows less
 TOP_K = 256  # reference log-probs kept per token; see metrics.top_k_kl_divergence

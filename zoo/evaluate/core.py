@@ -9,8 +9,8 @@ from contextlib import ExitStack, contextmanager
 from importlib import resources
 from typing import Any
 
-from ..errors import InputError
-from .result import EvalResult, Gates
+from zoo.errors import InputError
+from zoo.evaluate.result import EvalResult, Gates
 
 DEFAULT_MAX_TOKENS = 4096
 FUNCTIONAL_KINDS = ("causal-lm", "encoder", "classifier")
@@ -50,9 +50,9 @@ def evaluate(
     count for the run (default: torch's own). `base` is the model that an archive made with
     `compress(base=...)` is rebuilt on, on either side; given where neither side needs it, it is
     still checked to be a model, then left unused with a note saying so."""
-    from ..delta import BaseModel
-    from .cache import SHARED
-    from .models import Model
+    from zoo.refs import open_base
+    from zoo.evaluate.cache import SHARED
+    from zoo.evaluate.models import Model
 
     if max_tokens < 1:
         raise InputError(f"max_tokens must be at least 1, not {max_tokens}")
@@ -65,7 +65,7 @@ def evaluate(
     with ExitStack() as stack:
         if threads is not None:
             stack.enter_context(_torch_threads(threads))
-        base_model = stack.enter_context(BaseModel(base)) if base is not None else None
+        base_model = stack.enter_context(open_base(base)) if base is not None else None
         mine = stack.enter_context(Model(candidate, base_model))
         original = stack.enter_context(Model(reference, base_model)) if reference is not None else None
         if base is not None and not (mine.needs_base or (original is not None and original.needs_base)):
@@ -89,7 +89,7 @@ def evaluate(
         figures = _functional(chosen, mine, original, text, max_tokens, cache, progress) if chosen in FUNCTIONAL_KINDS else {}
         per_tensor, totals = [], None
         if original is not None and (weights or chosen == "weights"):
-            from .weights import compare_weights
+            from zoo.evaluate.weights import compare_weights
 
             per_tensor, totals, weight_notes = compare_weights(mine, original, progress)
             notes += weight_notes
@@ -113,10 +113,10 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 def _functional(kind: str, mine: Any, base: Any, text: str | None, max_tokens: int, cache: Any, progress: Progress | None) -> dict[str, Any]:
     if kind == "causal-lm":
-        from .causal import evaluate_causal_lm
+        from zoo.evaluate.causal import evaluate_causal_lm
 
         return evaluate_causal_lm(mine, base, default_text() if text is None else text, max_tokens, cache, progress)
-    from .sentences import evaluate_sentences, split_labels
+    from zoo.evaluate.sentences import evaluate_sentences, split_labels
 
     labels = None
     if text is None:
@@ -145,14 +145,14 @@ def verify_archive(
     """What `zoo compress --verify` runs: an archive whose every file is lossless is decoded and
     compared bit for bit with `source`; any other is evaluated as a model against `source`,
     rebuilt on `base` when it was made against one (compress(base=...))."""
-    from ..api import open_archive
+    from zoo.api import open_archive
 
     gates = gates or Gates()
     with open_archive(archive) as opened:
         lossless = all(entry.get("lossless") for entry in opened.files())
     if not lossless:
         return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress, base=base)
-    from .weights import verify_lossless
+    from zoo.evaluate.weights import verify_lossless
 
     started = time.perf_counter()
     figures = verify_lossless(archive, source, progress)

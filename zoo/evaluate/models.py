@@ -16,44 +16,27 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..format import MAGIC
+from zoo.errors import InputError
+from zoo.container.format import is_archive
+from zoo.refs import find_archive, not_found
 
 KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 
 
-def is_archive(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
-
-
-def _store_lookup(name: str) -> Path | None:
-    try:
-        from ..store import resolve_archive
-    except ImportError:  # no local zoo in this installation
-        return None
-    return resolve_archive(name)
-
-
 class Model:
     """One side of a comparison. Use as a context manager: it owns the temporary unpacked copy.
 
-    `base` (a zoo.delta.BaseModel, owned by the caller) is what an archive stored against a base
+    `base` (a zoo.container.delta.BaseModel, owned by the caller) is what an archive stored against a base
     is rebuilt on. Such an archive is checked against it here, before any model runs, so that a
     missing or wrong base fails in one line and not after the other side has been evaluated."""
 
     def __init__(self, given: str | os.PathLike[str], base: Any = None) -> None:
         self.label = str(given)
-        path = Path(given)
-        if not path.exists():
-            found = _store_lookup(str(given))
-            if found is None:
-                raise InputError(f"{given}: no such file, folder or zoo name")
-            path = Path(found)
+        path = find_archive(given)
+        if path is None:
+            raise InputError(not_found(given))
         self.path = path
         self.archive = is_archive(path)
         self.needs_base = False
@@ -61,7 +44,7 @@ class Model:
         self._unpacked: tempfile.TemporaryDirectory[str] | None = None
         self._names: list[str] | None = None
         if self.archive:
-            from ..api import open_archive
+            from zoo.api import open_archive
 
             with open_archive(path, base) as opened:
                 self.needs_base = opened.base_needed() is not None
@@ -85,7 +68,7 @@ class Model:
         if not self.archive:
             return self.path if self.path.is_dir() else self.path.parent
         if self._unpacked is None:
-            from ..api import decompress
+            from zoo.api import decompress
 
             self._unpacked = tempfile.TemporaryDirectory(prefix="zoo-eval-")
             target = Path(self._unpacked.name) / "model"
@@ -96,7 +79,7 @@ class Model:
         """The model's files as relative paths; an archive is not decoded for this."""
         if self._names is None:
             if self.archive:
-                from ..api import open_archive
+                from zoo.api import open_archive
 
                 with open_archive(self.path) as opened:
                     self._names = [entry["path"] for entry in opened.files()]
@@ -113,7 +96,7 @@ class Model:
             return None
         try:
             if self.archive and self._unpacked is None:
-                from ..api import open_archive
+                from zoo.api import open_archive
 
                 with open_archive(self.path) as opened:
                     return opened.read_file(relpath).decode()
@@ -122,10 +105,10 @@ class Model:
             raise InputError(f"{self.label}: {relpath} is not readable text") from None
 
     def weight_files(self) -> list[Path]:
-        """The files that hold tensors, in the order zoo.sources lists them."""
+        """The files that hold tensors, in the order zoo.sources.folder lists them."""
         if not self.archive and self.path.is_file():
             return [self.path]
-        from ..sources import scan
+        from zoo.sources.folder import scan
 
         return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
 
@@ -136,7 +119,7 @@ class Model:
         else, each file's size and modification time, as make and pip's caches trust them."""
         digest = hashlib.sha256()
         if self.archive:
-            from ..format import ArchiveFile
+            from zoo.container.format import ArchiveFile
 
             opened = ArchiveFile(self.path)
             try:
@@ -242,8 +225,8 @@ class Model:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """The files a model folder holds, skipping the folders zoo.sources skips (.git, caches)."""
-    from ..sources import SKIPPED_FOLDERS
+    """The files a model folder holds, skipping the folders zoo.sources.folder skips (.git, caches)."""
+    from zoo.sources.folder import SKIPPED_FOLDERS
 
     return [p for p in folder.rglob("*") if p.is_file() and not SKIPPED_FOLDERS.intersection(p.relative_to(folder).parts[:-1])]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from zoo.errors import InputError
 
 
 def noisy_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str], relative_noise: float, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError, ZooError
+from zoo.errors import InputError, ZooError
 
 
 class QualityGateError(ZooError):

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
-from . import metrics
-from .cache import ReferenceCache, cache_key
-from .models import Model
+from zoo.errors import InputError
+from zoo.evaluate import metrics
+from zoo.evaluate.cache import ReferenceCache, cache_key
+from zoo.evaluate.models import Model
 
 BATCH = 16
 MAX_LENGTH = 256  # tokens per sentence; longer ones are cut

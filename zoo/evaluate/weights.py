@@ -11,8 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from .models import Model, first_line
+from zoo.errors import InputError
+from zoo.evaluate.models import Model, first_line
 
 Progress = Callable[[str, int, int], None]
 
@@ -79,7 +79,7 @@ class _TorchFile:
 
 def compare_weights(candidate: Model, reference: Model, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has."""
-    from . import metrics
+    from zoo.evaluate import metrics
 
     with ExitStack() as stack:
         mine, theirs = TensorIndex(candidate, stack), TensorIndex(reference, stack)
@@ -121,8 +121,8 @@ def _sha256(path: Path, progress: Callable[[int], None]) -> str:
 def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[str], progress: Progress | None) -> dict[str, Any]:
     """Decode every file of `archive` and compare its sha256 with the file in `source` on disk
     (read again now, not the sha256 the archive recorded)."""
-    from ..api import open_archive
-    from ..sources import scan
+    from zoo.api import open_archive
+    from zoo.sources.folder import scan
 
     originals = {entry.relpath: entry for entry in scan(source)}
     mismatched, extra = [], []

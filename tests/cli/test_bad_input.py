@@ -1,0 +1,276 @@
+"""Every bad input a user can meet: a clear ZooError naming the file, nothing lost or half-written."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.errors import ChecksumError, FormatError, InputError, OutputExistsError, PipelineError
+
+from tests.conftest import random_storage, write_safetensors
+
+
+def raw_safetensors(path, header, data=b""):
+    body = json.dumps(header).encode() if isinstance(header, dict) else header
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data)
+    return path
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "header, data, message",
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12), "overlaps"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8), "belong to no tensor"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8), "after the last tensor"),
+        ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, bytes(4), "unknown dtype"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8), "needs 12 bytes"),
+        ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4), "shape"),
+        ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8), "outside the data"),
+        (b"{not json", b"", "not valid JSON"),
+        (b"[1, 2]", b"", "not a JSON object"),
+    ],
+)
+def test_malformed_safetensors(tmp_path, header, data, message):
+    source = raw_safetensors(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(InputError, match=message) as caught:
+        zoo.compress(source, tmp_path / "out.zoo")
+    assert "bad.safetensors" in str(caught.value)
+    assert listing(tmp_path) == ["bad.safetensors"]
+
+
+def test_header_length_past_the_end(tmp_path):
+    source = tmp_path / "short.safetensors"
+    source.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(InputError, match="runs past the end"):
+        zoo.compress(source, tmp_path / "out.zoo")
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        zoo.compress(tmp_path / "nope", tmp_path / "out.zoo")
+
+
+def test_bad_pipeline(tiny_model, tmp_path):
+    with pytest.raises(PipelineError, match="unknown codec 'nosuch'"):
+        zoo.compress(tiny_model, tmp_path / "out.zoo", "nosuch")
+    with pytest.raises(PipelineError, match="bad parameters"):
+        zoo.compress(tiny_model, tmp_path / "out.zoo", "bytegroup|zstd:speed=3")
+    assert not (tmp_path / "out.zoo").exists()
+
+
+def test_existing_output_is_refused_then_replaced_with_force(tiny_model, tmp_path):
+    target = tmp_path / "m.zoo"
+    target.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError):
+        zoo.compress(tiny_model, target)
+    assert target.read_bytes() == b"precious"
+    zoo.compress(tiny_model, target, force=True)
+    assert zoo.verify(target) == []
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        zoo.decompress(target, out)
+    assert (out / "keep").read_text() == "mine"
+
+
+def test_interrupt_leaves_no_partial_output(tiny_model, tmp_path):
+    def interrupt(_advance):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoo.compress(tiny_model, tmp_path / "m.zoo", progress=interrupt)
+    assert listing(tmp_path) == ["tiny"]
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    with pytest.raises(KeyboardInterrupt):
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "out", progress=interrupt)
+    assert listing(tmp_path) == ["m.zoo", "tiny"]
+
+
+def test_input_is_not_modified(tiny_model, tmp_path):
+    before = {p: p.read_bytes() for p in tiny_model.rglob("*") if p.is_file()}
+    stamps = {p: p.stat().st_mtime_ns for p in before}
+    zoo.compress(tiny_model, tmp_path / "m.zoo", threads=2)
+    assert {p: p.read_bytes() for p in before} == before
+    assert {p: p.stat().st_mtime_ns for p in before} == stamps
+
+
+def test_in_memory_buffers_are_not_modified():
+    from zoo.codecs.pipeline import Pipeline
+
+    raw = random_storage("BF16", (4096,)).view(np.uint8)
+    raw.flags.writeable = False  # any write into the caller's buffer would raise
+    copy = raw.copy()
+    pipeline = Pipeline.parse("lossless")
+    payload = pipeline.encode_chunk(raw, "BF16")
+    assert np.array_equal(raw, copy)
+    assert np.array_equal(pipeline.decode_chunk(payload, "BF16", 4096), copy)
+
+
+# -- damaged archives ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def archive(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {
+        "w1": ("BF16", random_storage("BF16", (256, 64), 1)),
+        "w2": ("F32", random_storage("F32", (128, 32), 2)),
+    })
+    (folder / "config.json").write_text('{"model_type": "x"}' * 20)
+    path = tmp_path / "m.zoo"
+    zoo.compress(folder, path, chunk_bytes=4096)
+    return path
+
+
+def test_truncated_archive(archive, tmp_path):
+    data = archive.read_bytes()
+    for cut in (4, 20, len(data) // 2, len(data) - 1):
+        damaged = tmp_path / f"cut{cut}.zoo"
+        damaged.write_bytes(data[:cut])
+        with pytest.raises(FormatError):
+            zoo.decompress(damaged, tmp_path / f"out{cut}")
+        assert not (tmp_path / f"out{cut}").exists()
+
+
+def test_every_payload_bit_flip_is_caught(archive, tmp_path):
+    data = bytearray(archive.read_bytes())
+    header_end = 24 + struct.unpack_from("<Q", data, 16)[0]
+    rng = np.random.default_rng(0)
+    positions = [7, 13, 30, header_end - 2, *rng.integers(header_end, len(data), size=40)]
+    for position in positions:
+        damaged_bytes = bytearray(data)
+        damaged_bytes[position] ^= 1 << int(rng.integers(0, 8))
+        damaged = tmp_path / "flip.zoo"
+        damaged.write_bytes(damaged_bytes)
+        problems = None
+        try:
+            problems = zoo.verify(damaged)
+        except FormatError:
+            pass  # header damage: the whole archive is refused
+        assert problems is None or problems, f"flip at {position} went unnoticed"
+        with pytest.raises(FormatError):
+            zoo.decompress(damaged, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_damage_names_the_tensor(archive, tmp_path):
+    with zoo.open(archive) as opened:
+        leaf = opened.tensor_info("w2")["root"]["leaf"]
+        first_chunk = opened._file.read_index(leaf, "w2")[0]
+        start = opened._file.payload_start
+    data = bytearray(archive.read_bytes())
+    data[start + first_chunk[0] + 3] ^= 0x10
+    damaged = tmp_path / "d.zoo"
+    damaged.write_bytes(data)
+    problems = zoo.verify(damaged)
+    assert any("'w2'" in problem for problem in problems)
+    with zoo.open(damaged) as opened:
+        opened.get_tensor("w1")  # the others stay readable
+        with pytest.raises(ChecksumError, match="'w2'"):
+            opened.get_tensor("w2")
+
+
+def rewrite_header(path, edit):
+    data = path.read_bytes()
+    length = struct.unpack_from("<Q", data, 16)[0]
+    header = json.loads(data[24:24 + length])
+    edit(header)
+    from zoo.container.format import MAGIC, PREAMBLE, VERSION, crc32
+
+    body = json.dumps(header).encode()
+    # Payload offsets count from the end of the header, so a longer header keeps them valid.
+    path.write_bytes(PREAMBLE.pack(MAGIC, VERSION, crc32(body), len(body)) + body + data[24 + length:])
+
+
+@pytest.mark.parametrize("hostile", ["../escape.txt", "/etc/passwd", "a/../../b", "", "a\\b"])
+def test_hostile_file_names_are_refused(archive, tmp_path, hostile):
+    def edit(header):
+        header["files"][0]["path"] = hostile
+
+    rewrite_header(archive, edit)
+    with pytest.raises(FormatError, match="may not write"):
+        zoo.decompress(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_unknown_codec_in_archive(archive, tmp_path):
+    def edit(header):
+        header["tensors"]["w1"]["pipeline"][-1]["id"] = "os.system"
+
+    rewrite_header(archive, edit)
+    with pytest.raises(FormatError, match="unknown codec"):
+        zoo.decompress(archive, tmp_path / "out")
+
+
+def test_not_an_archive(tmp_path):
+    path = tmp_path / "x.zoo"
+    path.write_bytes(b"hello world, not an archive at all")
+    with pytest.raises(FormatError, match="not a zoo archive"):
+        zoo.open(path)
+    # one message for a ref that names nothing, whatever the command (zoo.refs.not_found)
+    with pytest.raises(InputError, match="missing.zoo: no such file, and no model of that name in the zoo at .*see `zoo ls`"):
+        zoo.open(tmp_path / "missing.zoo")
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"weight": torch.zeros(2), "evil": Payload()}, tmp_path / "evil.bin")
+    with pytest.raises(InputError, match="refusing a pickle"):
+        zoo.compress(tmp_path / "evil.bin", tmp_path / "e.zoo")
+    torch.save({"weight": torch.randn(8, 8)}, tmp_path / "ok.pt")
+    zoo.compress(tmp_path / "ok.pt", tmp_path / "ok.zoo")
+    zoo.decompress(tmp_path / "ok.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "ok.pt").read_bytes() == (tmp_path / "ok.pt").read_bytes()
+
+
+def test_force_replaces_a_file_with_a_folder(tiny_model, tmp_path):
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    target = tmp_path / "out"
+    target.write_text("a file where the folder goes")
+    zoo.decompress(tmp_path / "m.zoo", target, force=True)
+    assert (target / "config.json").exists()
+
+
+def test_unwritable_output_is_one_line(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    if os.geteuid() == 0:
+        # root writes anywhere; a path under a regular file fails for everyone.
+        target = tmp_path / "file" / "m.zoo"
+        (tmp_path / "file").write_text("x")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "m.zoo"
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(tiny_model), "-o", str(target)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_a_missing_extra_is_named_in_one_line(tmp_path):
+    """torch is an extra (zoo[torch]): a command that needs it, where it is not installed, says
+    which extra to install."""
+    (tmp_path / "model.bin").write_bytes(b"PK\x03\x04 not really")
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+              "from zoo.cli import main; sys.argv = ['zoo', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", script, "compress", str(tmp_path / "model.bin"), "-o", str(tmp_path / "m.zoo")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: this needs torch, which is not installed: pip install 'zoo[torch]'\n"
+    assert not (tmp_path / "m.zoo").exists()

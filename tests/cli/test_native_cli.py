@@ -1,0 +1,52 @@
+"""`zoo env` and `zoo bench`: thin commands over zoo.kernels.info() and zoo.evaluate.bench.run()."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import random_storage, write_safetensors
+
+
+def zoo(*arguments, env=None):
+    return subprocess.run([sys.executable, "-m", "zoo", *arguments], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_env_names_the_forced_path():
+    done = zoo("env", "--json", env={"ZOO_KERNELS": "numpy"})
+    assert done.returncode == 0 and json.loads(done.stdout)["kernels"] == "numpy"
+    done = zoo("env")
+    assert done.returncode == 0 and done.stdout.startswith("kernels: ")
+
+
+def test_env_rejects_an_unknown_path_in_one_line():
+    done = zoo("env", env={"ZOO_KERNELS": "mmx"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "ZOO_KERNELS" in done.stderr
+
+
+def test_bench_measures_every_coder_on_a_small_model(tmp_path):
+    pytest.importorskip("zipnn")
+    source = write_safetensors(tmp_path / "m.safetensors", {"a": ("F32", random_storage("F32", (300, 64))),
+                                                             "b": ("BF16", random_storage("BF16", (100, 32)))})
+    done = zoo("bench", str(source), "--dtype", "bf16", "--dtype", "F32", "--repeat", "1", "--threads", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    coders = {(f["dtype"], f["coder"]) for f in report["figures"]}
+    assert {("BF16", "zoo lossless"), ("BF16", "zipnn"), ("BF16", "zstd -3"), ("F32", "zoo lossless")} <= coders
+    ours = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zoo lossless"}
+    assert all(0 < f["ratio"] < 1 and f["compress_gbps"] > 0 and f["decompress_gbps"] > 0 for f in ours.values())
+    assert report["threads"] == 2
+
+
+def test_bench_bad_input_is_one_line(tmp_path):
+    done = zoo("bench", str(tmp_path / "missing"))
+    assert done.returncode == 1 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1
+    source = write_safetensors(tmp_path / "ints.safetensors", {"i": ("I32", random_storage("I32", (10,)))})
+    done = zoo("bench", str(source))
+    assert done.returncode == 1 and "no BF16, F16 or F32 tensors" in done.stderr
+    done = zoo("bench", str(source), "--dtype", "F64")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1

@@ -1,0 +1,161 @@
+"""l2: the quantizer, the budget it is held to, and the calibrated survey."""
+
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.codecs.pipeline import Pipeline
+from zoo.codecs.base import TypedArray
+from zoo.codecs.lossy.deadzone import dequantize, quantize, symbols_array
+from zoo.codecs.lossy.l2 import L2
+from zoo.errors import FormatError, PipelineError
+
+from tests.conftest import write_safetensors
+
+
+def test_dead_zone_zeroes_small_weights_and_keeps_bins_centred():
+    values = np.array([0.0, 0.05, -0.12, 0.3, -0.3, 0.95], dtype=np.float32)
+    symbols = quantize(values, 0.2, 0.1)
+    assert symbols.tolist() == [0, 0, 0, 1, -1, 4]
+    assert dequantize(symbols, 0.2, 0.1).tolist() == pytest.approx([0, 0, 0, 0.3, -0.3, 0.9])
+
+
+def test_symbols_take_the_narrowest_integer():
+    assert symbols_array(np.array([-128, 127])).dtype == "I8"
+    assert symbols_array(np.array([-129, 5])).dtype == "I16"
+    assert symbols_array(np.array([40000])).dtype == "I32"
+
+
+def _layers(tmp_path, count=4, shape=(192, 256)):
+    rng = np.random.default_rng(1)
+    tensors = {f"block.{i}.weight": ("F32", (rng.standard_normal(shape) * 0.02 * (i + 1)).astype(np.float32)) for i in range(count)}
+    tensors["block.0.bias"] = ("F32", rng.standard_normal(shape[1]).astype(np.float32))
+    return write_safetensors(tmp_path / "m.safetensors", tensors), tensors
+
+
+@pytest.mark.parametrize("ratio", [8, 16])
+def test_whole_archive_lands_on_the_target(tmp_path, ratio):
+    source, tensors = _layers(tmp_path)
+    report = zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={ratio}")
+    # The budget counts every tensor and an estimate of the header; the safetensors header comes on top.
+    assert report.bits_per_weight == pytest.approx(32 / ratio, rel=0.04)
+    squared_error = squared_size = 0.0
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        for name, (_, original) in tensors.items():
+            got = archive.get_tensor(name)
+            if name.endswith("bias"):
+                assert got.tobytes() == original.tobytes()
+            else:
+                squared_error += float(((got - original) ** 2).sum())
+                squared_size += float((original**2).sum())
+    # One step for all (the MSE optimum): the small tensors lose relatively more, the total little.
+    assert np.sqrt(squared_error / squared_size) < (0.1 if ratio == 8 else 0.4)
+
+
+@pytest.mark.parametrize(("coder", "chunk_bytes"), [("bytegroup|zstd:level=3", 4 << 20), ("lossless", 64 << 10), ("bytegroup|rans", 1 << 20)])
+def test_the_budget_is_counted_in_the_pipelines_own_coder_and_chunks(tmp_path, coder, chunk_bytes):
+    """The survey measures sizes with the stages and chunk size the archive is written with: a
+    budget of 4 bits per weight lands within 1% whatever follows l2 (it landed at 4.14 with zstd
+    when the survey measured with the default coder)."""
+    source, _ = _layers(tmp_path)
+    report = zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio=8|{coder}", chunk_bytes=chunk_bytes)
+    assert report.bits_per_weight == pytest.approx(4.0, rel=0.01)
+
+
+def test_data_free_allocation_gives_every_tensor_the_same_relative_step(tmp_path):
+    _, tensors = _layers(tmp_path)
+    arrays = {n: TypedArray(v, d) for n, (d, v) in tensors.items()}
+    plan = Pipeline.parse("l2:target_ratio=10").survey(lambda: iter(arrays.items()))[0].steps
+    assert set(plan) == {n for n in arrays if not n.endswith("bias")}
+    # Relative MSE summed over tensors of one shape and distribution: the optimum is one step per RMS.
+    relative = [step / np.sqrt(np.mean(arrays[n].data ** 2)) for n, (step, _) in plan.items()]
+    assert max(relative) / min(relative) < 1.3
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("lm")
+    config = transformers.GPT2Config(vocab_size=256, n_embd=32, n_layer=1, n_head=2, n_positions=64, initializer_range=0.2,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_calibrated_survey_weighs_tensors_by_their_effect_on_the_output(tiny_lm):
+    from safetensors.numpy import load_file
+
+    from zoo.optimize.teacher import Teacher, default_text
+
+    teacher = Teacher(tiny_lm, default_text(), sequence_length=64, max_sequences=4)
+    arrays = {n: TypedArray(v, "F32") for n, v in load_file(tiny_lm / "model.safetensors").items()}
+    pipeline = Pipeline.parse("l2:target_ratio=8")
+    calibrated = pipeline.survey(lambda: iter(arrays.items()), teacher)[0].steps
+    blind = pipeline.survey(lambda: iter(arrays.items()))[0].steps
+    assert set(calibrated) == set(blind)
+
+    def kl(plan):
+        import torch
+
+        overrides = {}
+        for name, (step, dead_zone) in plan.items():
+            values = dequantize(quantize(arrays[name].data, step, dead_zone), step, dead_zone)
+            overrides[teacher.parameter(name)] = torch.from_numpy(values)
+        return teacher.mean_distortion(overrides)
+
+    assert kl(calibrated) < kl(blind)
+
+
+def test_bad_parameters_and_bad_archives_are_one_line_errors():
+    with pytest.raises(PipelineError, match="target_ratio"):
+        L2(target_ratio=1)
+    with pytest.raises(PipelineError, match="target_ratio"):
+        zoo.codecs.pipeline.Pipeline.parse("l2:target_ratio=fast")
+    symbols = TypedArray(np.zeros((2, 2), np.int8), "I8")
+    with pytest.raises(FormatError, match="step"):
+        L2().decode({"symbols": symbols}, {"step": -1.0, "dead_zone": 0.0}, "F32", (2, 2))
+    with pytest.raises(FormatError, match="shape"):
+        L2().decode({"symbols": symbols}, {"step": 1.0, "dead_zone": 0.0}, "F32", (4,))
+    with pytest.raises(PipelineError, match="NaN"):
+        L2().encode(TypedArray(np.array([[np.nan, 1.0]], np.float32), "F32"))
+
+
+def test_weights_the_output_never_sees_still_get_a_sensitivity(tmp_path):
+    # An encoder's pooler does not touch the pooled embedding the teacher measures: the gradient
+    # is missing, which once crashed `zoo compress -p l2 --calib` on all-MiniLM-L6-v2.
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    from safetensors.numpy import load_file
+
+    from zoo.optimize.teacher import Teacher, default_text
+
+    teacher = Teacher(tmp_path, default_text(), sequence_length=32, max_sequences=2)
+    names = [n for n in load_file(tmp_path / "model.safetensors") if n.endswith(("pooler.dense.weight", "query.weight"))]
+    sensitivities = teacher.sensitivities(names)
+    pooler = next(n for n in names if "pooler" in n)
+    assert np.isfinite(sensitivities[pooler]).all() and sensitivities[pooler].min() > 0
+
+
+def test_error_feedback_lowers_the_output_error_at_the_same_step():
+    from zoo.optimize import refine as _refine
+    from zoo.codecs.lossy.deadzone import quantize_with_feedback
+
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((48, 64)).astype(np.float32)
+    inputs = rng.standard_normal((512, 64)) @ rng.standard_normal((64, 64))  # correlated inputs, as a layer's are
+    hessian = inputs.T @ inputs / len(inputs)
+    step = 0.5
+    plain = dequantize(quantize(weights, step, 0.0), step, 0.0)
+    fed = dequantize(quantize_with_feedback(weights, step, 0.0, hessian), step, 0.0)
+    assert np.all(np.abs(fed / step - np.round(fed / step)) < 1e-4)  # still on the grid
+    assert _refine.output_error(weights, fed, hessian) < 0.7 * _refine.output_error(weights, plain, hessian)

@@ -1,0 +1,100 @@
+"""l2:tune=N: roundings trained against the original model's outputs (zoo.optimize.tune)."""
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.codecs.pipeline import Pipeline
+from zoo.codecs.base import TypedArray
+from zoo.codecs.lossy.deadzone import Plan, dequantize, entropy_bits, quantize
+from zoo.codecs.lossy.l2 import L2
+from zoo.errors import PipelineError
+
+from tests.conftest import write_tiny_llama
+
+TEXT = " ".join(f"The {w} of line {i} reads {w[::-1]} and then {i * 7 % 13}." for i, w in
+                enumerate(["model", "weight", "zoo", "archive", "tensor", "step", "round", "layer"] * 40))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return write_tiny_llama(tmp_path_factory.mktemp("llama"), TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+                            initializer_range=0.1)
+
+
+def _arrays(folder):
+    from safetensors.numpy import load_file
+
+    return {n: TypedArray(v, "F32") for n, v in load_file(folder / "model.safetensors").items()}
+
+
+def _distortion(teacher, arrays, plan):
+    import torch
+
+    overrides = {}
+    for name, (step, dead_zone) in plan.steps.items():
+        symbols = plan.symbols.get(name)
+        symbols = quantize(arrays[name].data, step, dead_zone) if symbols is None else symbols
+        overrides[teacher.parameter(name)] = torch.from_numpy(dequantize(symbols, step, dead_zone).reshape(arrays[name].shape))
+    return teacher.mean_distortion(overrides)
+
+
+@pytest.mark.slow
+def test_tuning_lowers_the_distortion_it_trains_on_at_the_same_size(tiny_llama):
+    from zoo.optimize import tune as _tune
+    from zoo.optimize.teacher import Teacher
+
+    teacher = Teacher(tiny_llama, TEXT, sequence_length=32, max_sequences=24)
+    arrays = _arrays(tiny_llama)
+    plain = Pipeline.parse("l2:target_ratio=8").survey(lambda: iter(arrays.items()), teacher)[0]
+    start = {name: quantize(arrays[name].data, *plain.steps[name]) for name in plain.steps}
+    assert plain.slope > 0  # distortion per bit where the survey split the budget: the rate's price in the loss
+    tuned = Plan(plain.steps, symbols=_tune.tune(teacher, start, plain.steps, 120, plain.slope))
+    assert _distortion(teacher, arrays, tuned) < 0.9 * _distortion(teacher, arrays, plain)
+    for name, symbols in tuned.symbols.items():
+        assert symbols.shape == start[name].shape and symbols.dtype == np.int64
+        assert np.mean(symbols != start[name]) < 0.3  # a minority of roundings move, on the same grid
+    # The rate is held as a whole (a tensor may spend what another saves); it may come out smaller.
+    bits = {which: sum(entropy_bits(s) * s.size for s in symbols.values()) for which, symbols in (("start", start), ("tuned", tuned.symbols))}
+    assert bits["tuned"] <= 1.02 * bits["start"]
+
+
+@pytest.mark.slow
+def test_a_tuned_archive_holds_the_tuned_symbols(tiny_llama, tmp_path):
+    from zoo.optimize.teacher import Teacher
+
+    calibration = tiny_llama / "calibration.txt"
+    plain = zoo.compress(tiny_llama, tmp_path / "plain.zoo", "l2:target_ratio=8", calibration=calibration)
+    tuned = zoo.compress(tiny_llama, tmp_path / "tuned.zoo", "l2:target_ratio=8,tune=150", calibration=calibration)
+    assert tuned.compressed_bytes <= 1.03 * plain.compressed_bytes
+    teacher = Teacher(tiny_llama, TEXT)
+    distortion = {}
+    for which in ("plain", "tuned"):
+        with zoo.open(tmp_path / f"{which}.zoo") as archive:
+            distortion[which] = teacher.mean_distortion({teacher.parameter(n): archive.get_tensor(n, "pt") for n in archive.keys()
+                                                         if teacher.parameter(n)})
+    assert distortion["tuned"] < distortion["plain"]
+
+
+def test_tune_needs_a_model_to_train_against():
+    rng = np.random.default_rng(0)
+    arrays = {"w": TypedArray(rng.standard_normal((16, 16)).astype(np.float32), "F32")}
+    with pytest.raises(PipelineError, match="--calib"):
+        Pipeline.parse("l2:target_ratio=8,tune=5").survey(lambda: iter(arrays.items()))
+
+
+@pytest.mark.parametrize("tune", [-1, 1.5, True, 10**6])
+def test_bad_tune_values_are_one_line_errors(tune):
+    with pytest.raises(PipelineError, match="tune"):
+        L2(tune=tune)
+
+
+def test_old_archives_without_tune_still_decode():
+    # An l2 config written before tune existed has no such key: it must still build the codec.
+    from zoo.codecs.registry import codec_from_config
+
+    codec = codec_from_config({"id": "l2", "target_ratio": 10, "include": None, "exclude": None})
+    assert codec.tune == 0

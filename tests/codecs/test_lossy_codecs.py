@@ -1,0 +1,226 @@
+"""truncate, codebook and tensor selection: exact semantics, sizes, and the errors a user can meet."""
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.optimize import refine as _refine
+from zoo.codecs.base import TypedArray
+from zoo.codecs.lossy.codebook import Codebook
+from zoo.codecs.lossy.lowrank import LowRank
+from zoo.codecs.selection import selected
+from zoo.codecs.lossy.truncate import Truncate
+from zoo.dtypes import from_float32, to_float32
+from zoo.errors import InputError, PipelineError
+from zoo.codecs.pipeline import Pipeline
+
+from tests.conftest import write_safetensors
+
+
+def _round_mantissa(values: np.ndarray, bits: int, smallest_normal: float) -> np.ndarray:
+    """Reference: round each value to `bits` stored mantissa bits, ties to even, in float64.
+    Subnormals keep the top `bits` of their stored mantissa: a fixed grid below the normals."""
+    _, exponent = np.frexp(np.maximum(np.abs(values), smallest_normal))
+    step = np.ldexp(1.0, exponent - 1 - bits)
+    return np.round(values / step) * step
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("bits", [1, 3, 6])
+def test_truncate_rounds_to_nearest_even(dtype, bits):
+    rng = np.random.default_rng(bits)
+    values = np.concatenate([rng.normal(0, 1, 3997), [1.0 + 2.0**-bits * 1.5, 1.0 + 2.0**-(bits + 1), 3.0 * 2.0**-(bits + 1) + 1.0]])
+    raw = from_float32(values.astype(np.float32).reshape(40, -1), dtype)
+    exact = to_float32(raw, dtype).astype(np.float64)
+    codec = Truncate(bits=bits)
+    result = codec.encode(TypedArray(raw, dtype))
+    decoded = codec.decode(result.parts, result.meta, dtype, raw.shape)
+    assert decoded.dtype == dtype and decoded.shape == raw.shape
+    np.testing.assert_array_equal(to_float32(decoded.data, dtype).astype(np.float64), _round_mantissa(exact, bits, {'BF16': 2.0**-126, 'F16': 2.0**-14, 'F32': 2.0**-126}[dtype]))
+    assert result.parts["sign_mantissa"].data.nbytes == (exact.size * (bits + 1) + 7) // 8
+
+
+def test_truncate_keeps_specials_and_never_makes_infinity():
+    values = np.array([[np.inf, -np.inf, np.nan, 65504.0, -65504.0, 0.0, -0.0, 1.9999]], dtype=np.float32)
+    raw = from_float32(values, "F16")
+    codec = Truncate(bits=2)
+    result = codec.encode(TypedArray(raw, "F16"))
+    got = codec.decode(result.parts, result.meta, "F16", raw.shape).data.astype(np.float32)[0]
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+    assert np.isfinite(got[3:]).all() and got[3] > 40000 and got[4] < -40000
+    assert got[5] == 0 and np.signbit(got[6]) and got[7] == 2.0
+
+
+def test_truncate_leaves_what_it_cannot_shorten():
+    codec = Truncate(bits=7)
+    assert not codec.selects("w", TypedArray(np.zeros((4, 4), np.uint16), "BF16"))  # bf16 has 7 bits: nothing to drop
+    assert codec.selects("w", TypedArray(np.zeros((4, 4), np.float32), "F32"))
+    assert not codec.selects("w", TypedArray(np.zeros((4, 4), np.float64), "F64"))
+
+
+def _matrix(rows=96, cols=160, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_t(5, (rows, cols)) * 0.02 * rng.uniform(0.5, 2, (rows, 1))).astype(np.float32)
+
+
+def _relative_error(codec, weights, dtype="F32", shape=None):
+    raw = from_float32(weights, dtype)
+    shape = shape or weights.shape
+    raw = raw.reshape(shape)
+    result = codec.encode(TypedArray(raw, dtype))
+    decoded = codec.decode(result.parts, result.meta, dtype, shape)
+    assert decoded.dtype == dtype and decoded.shape == shape
+    got = to_float32(np.asarray(decoded.data), dtype).reshape(weights.shape)
+    return float(np.sqrt(np.mean((got - weights) ** 2) / np.mean(weights**2))), result
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_codebook_error_falls_with_bits(pack):
+    weights = _matrix()
+    errors = []
+    for bits in range(1, 9):
+        error, result = _relative_error(Codebook(bits=bits, rows=32, pack=pack), weights)
+        expected = (weights.size * bits + 7) // 8 if pack else weights.size
+        assert result.parts["indices"].data.nbytes == expected
+        assert result.parts["codebooks"].shape == (3, 1 << bits)
+        errors.append(error)
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:]))
+    assert errors[3] < 0.15 and errors[7] < 0.02
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_codebook_on_conv_kernels_and_half_types(dtype):
+    weights = _matrix(16, 3 * 3 * 8, seed=2)
+    error, _ = _relative_error(Codebook(bits=5), weights, dtype, shape=(16, 8, 3, 3))
+    assert error < 0.08
+
+
+def test_codebook_zero_rows_and_constant_tensors():
+    weights = _matrix(8, 40)
+    weights[3] = 0
+    error, _ = _relative_error(Codebook(bits=2), weights)
+    assert error < 0.5
+    constant = np.full((4, 9), 0.5, np.float32)
+    error, _ = _relative_error(Codebook(bits=3), constant)
+    assert error < 1e-3
+
+
+class _Statistics:
+    """Calibration statistics as zoo.optimize.calibration gives them, from correlated random inputs."""
+
+    def __init__(self, cols, seed=0):
+        rng = np.random.default_rng(seed)
+        mixing = rng.normal(size=(cols, cols)) * rng.gamma(0.5, 2, cols)
+        inputs = rng.normal(size=(2048, cols)) @ mixing / np.sqrt(cols)
+        self.matrix = inputs.T @ inputs / len(inputs)
+
+    def hessian(self, name, cols):
+        return self.matrix if cols == self.matrix.shape[0] else None
+
+
+def test_calibration_lowers_the_layer_output_error():
+    weights = _matrix(64, 96, seed=4)
+    statistics = _Statistics(96)
+    codec = Codebook(bits=3, rows=16)
+    errors = []
+    for plan in (None, statistics):
+        result = codec.encode_tensor("layer.weight", TypedArray(weights, "F32"), plan)
+        decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+        errors.append(_refine.output_error(weights.astype(np.float64), decoded.astype(np.float64), statistics.matrix))
+    assert errors[1] < 0.8 * errors[0]
+
+
+def test_selection_patterns():
+    assert selected("model.layers.0.mlp.up.weight", "BF16", 2, 10)
+    assert not selected("model.layers.0.input_layernorm.weight", "BF16", 2, 10)
+    assert not selected("encoder.layer.0.attention.output.dense.bias", "F32", 2, 10)
+    assert not selected("x.weight", "F32", 1, 10) and not selected("x.weight", "I64", 2, 10)
+    assert selected("a.attn.q.weight", "F32", 2, 10, include="*attn*;*mlp*")
+    assert not selected("a.embed.weight", "F32", 2, 10, include="*attn*;*mlp*")
+    assert not selected("a.Embed.weight", "F32", 2, 10, exclude="*embed*")
+
+
+def test_include_and_exclude_pick_tensors_in_an_archive(tmp_path):
+    weights = {name: ("F32", _matrix(32, 48, seed)) for seed, name in enumerate(["attn.weight", "mlp.weight", "embed.weight"])}
+    source = write_safetensors(tmp_path / "m.safetensors", weights)
+    zoo.compress(source, tmp_path / "m.zoo", "codebook:bits=2,exclude=embed*|truncate:bits=4,include=*mlp*|lossless")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert archive.read_tensor("embed.weight").data.tobytes() == weights["embed.weight"][1].tobytes()
+        roots = {name: archive.tensor_info(name)["root"] for name in weights}
+    assert roots["attn.weight"]["stage"] == 0 and roots["mlp.weight"]["stage"] == 0
+    assert set(roots["attn.weight"]["parts"]) == {"indices", "codebooks", "groups", "scales"}
+    assert all("leaf" in child for child in roots["mlp.weight"]["parts"].values())  # codebook parts are final
+
+
+@pytest.mark.parametrize("spec", ["codebook:bits=9", "codebook:bits=0", "codebook:rows=0", "codebook:pack=1",
+                                  "truncate:bits=0", "truncate:bits=16", "truncate:bits=2.5", "codebook:include=",
+                                  "truncate:exclude=5", "codebook:colour=red"])
+def test_bad_parameters_are_pipeline_errors(spec):
+    with pytest.raises(PipelineError):
+        Pipeline.parse(spec)
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+    weights = _matrix(8, 8)
+    weights[2, 2] = np.nan
+    source = write_safetensors(tmp_path / "m.safetensors", {"bad.weight": ("F32", weights)})
+    with pytest.raises(InputError, match="bad.weight"):
+        zoo.compress(source, tmp_path / "m.zoo", "codebook")
+    assert not (tmp_path / "m.zoo").exists()
+
+
+def _low_rank_matrix(rows, cols, rank, noise, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols)) / np.sqrt(rank) + noise * rng.normal(size=(rows, cols))).astype(np.float32)
+
+
+def test_lowrank_energy_finds_the_rank_and_leaves_full_rank_alone():
+    weights = _low_rank_matrix(120, 90, 12, 0.01, 0)
+    codec = LowRank(energy=0.99)
+    result = codec.encode(TypedArray(weights, "F32"))
+    assert result.meta["rank"] == 12 and result.parts["left"].shape == (120, 12) and result.parts["right"].shape == (12, 90)
+    decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+    assert np.sqrt(np.mean((decoded - weights) ** 2) / np.mean(weights**2)) < 0.02
+    noise = np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32)
+    dense = codec.encode(TypedArray(noise, "F32"))
+    assert set(dense.parts) == {"dense"} and codec.decode(dense.parts, dense.meta, "F32", noise.shape).data is noise
+
+
+def test_lowrank_ratio_spreads_one_budget_to_minimise_the_largest_error(tmp_path):
+    layers = {"easy.weight": _low_rank_matrix(96, 64, 4, 0.02, 2), "hard.weight": _low_rank_matrix(96, 64, 24, 0.02, 3)}
+    source = write_safetensors(tmp_path / "m.safetensors", {name: ("F32", value) for name, value in layers.items()})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:ratio=0.5|lossless")
+    stored, errors = 0, []
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        for name, value in layers.items():
+            root = archive.tensor_info(name)["root"]
+            stored += sum(np.prod(child["leaf"]["shape"]) for child in root["parts"].values())
+            got = archive.read_tensor(name).data
+            errors.append(float(np.linalg.norm(got - value) / np.linalg.norm(value)))
+    assert stored <= 0.5 * sum(value.size for value in layers.values())
+    # One error bound for both layers: the errors end up close (the largest is minimised), where
+    # equal ranks would leave the rank-24 layer far worse than the rank-4 one.
+    assert max(errors) < 0.2 and max(errors) / max(min(errors), 1e-9) < 3
+
+
+def test_lowrank_factors_go_on_to_codebook(tmp_path):
+    weights = _low_rank_matrix(128, 96, 8, 0.0, 4)
+    source = write_safetensors(tmp_path / "m.safetensors", {"layer.weight": ("BF16", from_float32(weights, "BF16"))})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:energy=0.999|codebook:bits=6|lossless")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        root = archive.tensor_info("layer.weight")["root"]
+        assert root["meta"]["rank"] == 8
+        assert set(root["parts"]["left"]["parts"]) == {"indices", "codebooks", "groups", "scales"}
+        got = to_float32(archive.read_tensor("layer.weight").data, "BF16")
+    assert np.sqrt(np.mean((got - weights) ** 2) / np.mean(weights**2)) < 0.05
+
+
+@pytest.mark.parametrize("rows, per_group", [(5, 1), (300, 1), (70000, 1)])
+def test_codebook_row_maps_pack_or_fall_back(rows, per_group):
+    weights = _matrix(rows, 2, seed=rows)
+    codec = Codebook(bits=1, rows=per_group)
+    result = codec.encode(TypedArray(weights, "F32"))
+    groups = result.parts["groups"]
+    assert groups.dtype == ("U32" if rows > 1 << 16 else "U8")
+    decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+    assert np.sqrt(np.mean((decoded - weights) ** 2) / np.mean(weights**2)) < 0.05  # 2 values, 2 centres per row

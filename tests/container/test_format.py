@@ -1,0 +1,93 @@
+"""The archive format: golden archives from every version, exact header bytes, property round trips."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zoo
+from zoo.dtypes import DTYPES, from_float32, to_float32
+from zoo.codecs.pipeline import Pipeline
+
+from tests.conftest import random_storage, write_safetensors
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+@pytest.mark.parametrize("archive", sorted(GOLDEN.glob("v*/*.zoo")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden_archives_decode_bit_exact(archive, tmp_path):
+    zoo.decompress(archive, tmp_path / "out")
+    expected = json.loads(archive.with_suffix(".sha256.json").read_text())
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert got == expected
+
+
+def test_golden_v1_tensors():
+    ramp = lambda count: (np.arange(count, dtype=np.float32) - count / 2) / 7  # noqa: E731 - as make_v1.py wrote it
+    with zoo.open(GOLDEN / "v1" / "lossless.zoo") as archive:
+        np.testing.assert_array_equal(archive.get_tensor("ramp.f32"), ramp(300).reshape(3, 100))
+        np.testing.assert_array_equal(archive.get_tensor("ramp.bf16"), to_float32(from_float32(ramp(96), "BF16"), "BF16").reshape(8, 12))
+        np.testing.assert_array_equal(archive.get_tensor("ids"), np.arange(10))
+        assert archive.get_tensor("scalar") == np.float32(3.5)
+        assert archive.get_tensor("empty").shape == (0, 4)
+        assert zoo.verify(GOLDEN / "v1" / "lossless.zoo") == []
+
+
+def test_exact_header_bytes(tmp_path):
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", np.zeros(2, dtype=np.float32))})
+    zoo.compress(source, tmp_path / "w.zoo")
+    data = (tmp_path / "w.zoo").read_bytes()
+    assert data[:16] == b"\x89ZOO\r\n\x1a\n" + (1).to_bytes(4, "little") + data[12:16]
+    length = int.from_bytes(data[16:24], "little")
+    header = data[24:24 + length]
+    assert header.startswith(b'{"created_by":"zoo ')
+    assert b'"files":[{"kind":"safetensors","lossless":true,"path":"w.safetensors","segments":[{"blob":{"leaf":{"chunk_elements":4194304,' in header
+    assert b'"tensors":{"w":{"dtype":"F32","file":"w.safetensors","name":"w","pipeline":[{"id":"fprans"}]' in header
+
+
+storable = sorted(d for d in DTYPES if DTYPES[d].storage)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(storable), count=st.integers(0, 3000), seed=st.integers(0, 2**16), chunk=st.sampled_from([1, 7, 64, 255, 4096]))
+def test_chunk_round_trip_property(dtype, count, seed, chunk):
+    raw = random_storage(dtype, (count,), seed).reshape(-1).view(np.uint8)
+    pipeline = Pipeline.parse("lossless")
+    itemsize = DTYPES[dtype].itemsize
+    elements = max(1, chunk // itemsize)
+    for first in range(0, count, elements):
+        piece = raw[first * itemsize:(first + min(elements, count - first)) * itemsize]
+        n = piece.size // itemsize
+        assert pipeline.decode_chunk(pipeline.encode_chunk(piece, dtype), dtype, n).tobytes() == piece.tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=3), min_size=1, max_size=4),
+    dtypes=st.lists(st.sampled_from(storable), min_size=4, max_size=4),
+    pad=st.sampled_from([1, 8, 64]),
+)
+def test_archive_round_trip_property(tmp_path_factory, shapes, dtypes, pad):
+    folder = tmp_path_factory.mktemp("prop")
+    tensors = {f"t{i}": (dtypes[i], random_storage(dtypes[i], tuple(shape), i)) for i, shape in enumerate(shapes)}
+    source = write_safetensors(folder / "m.safetensors", tensors, pad_to=pad)
+    zoo.compress(source, folder / "m.zoo", chunk_bytes=100)
+    zoo.decompress(folder / "m.zoo", folder / "out")
+    assert (folder / "out" / "m.safetensors").read_bytes() == source.read_bytes()
+
+
+def test_float_conversions_are_exact_and_round_to_nearest_even():
+    values = np.array([1.0, 1.00390625, 1.01171875, -2.5, 0.0, 65504.0, np.inf], dtype=np.float32)
+    assert np.array_equal(to_float32(from_float32(values, "BF16"), "BF16")[[0, 3, 4, 6]], values[[0, 3, 4, 6]])
+    # 1 + 2^-8 lies halfway between two bf16 values: it rounds to the even one, 1.0.
+    assert to_float32(from_float32(np.array([1.00390625], np.float32), "BF16"), "BF16")[0] == 1.0
+    codes = np.arange(256, dtype=np.uint8)
+    for dtype in ("F8_E4M3", "F8_E5M2"):
+        decoded = to_float32(codes, dtype)
+        finite = np.isfinite(decoded)
+        again = to_float32(from_float32(decoded[finite], dtype), dtype)
+        assert np.array_equal(again, decoded[finite])

@@ -1,0 +1,310 @@
+"""zoo eval and compress --verify on tiny models trained here: identical copies measure perfect,
+damaged ones measure worse the more they are damaged, and the gates trip when they should."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import zoo  # noqa: E402
+from zoo import api  # noqa: E402
+from zoo.errors import InputError  # noqa: E402
+from zoo.evaluate import Gates, QualityGateError, evaluate, verify_archive  # noqa: E402
+from zoo.evaluate import models as eval_models_module  # noqa: E402
+
+from zoo.evaluate.noise import noisy_copy  # noqa: E402
+
+from tests.eval_models import labelled_sentences, train_causal_lm, train_classifier, train_encoder  # noqa: E402
+
+NOISE = (0.02, 0.1, 0.4)  # relative to each tensor's RMS
+TOKENS = 384  # six windows of the tiny LM's 64-token context
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Models this small gain nothing from a second thread, and on a busy 2-core machine torch's
+    spinning worker threads make them ten times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The three tiny models, each with copies damaged by growing noise, trained once per session."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval-models")
+    folders = {}
+    for kind, train in (("causal-lm", train_causal_lm), ("encoder", train_encoder), ("classifier", train_classifier)):
+        folders[kind] = root / kind
+        train(folders[kind])
+        for noise in NOISE:
+            noisy_copy(folders[kind], root / f"{kind}-{noise}", noise, seed=1)
+    torch.set_num_threads(before)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ZOO_EVAL_CACHE", str(tmp_path_factory.getbasetemp() / "eval-cache"))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path_factory.getbasetemp() / "zoo-home"))
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """The zoo command in this process (its real entry point, minus the interpreter start-up)."""
+    from zoo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["zoo", *map(str, args)])
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- causal LM ---------------------------------------------------------------------------------
+
+
+def test_identical_causal_lm_measures_perfect(trained):
+    result = evaluate(trained / "causal-lm", trained / "causal-lm", max_tokens=TOKENS)
+    m = result.metrics
+    assert result.kind == "causal-lm" and result.passed
+    assert m["tokens"] == TOKENS - 6  # the first token of each window is not predicted
+    assert m["kl_mean"] == 0 and m["kl_max"] == 0
+    assert m["top1_agreement"] == 1 and m["delta_p_rms"] == 0
+    assert m["ppl_ratio"] == 1 and m["ppl"] == m["ppl_reference"]
+    assert m["ppl"] < 100  # trained: far better than the 260 of a uniform guess
+    assert result.weights["sqnr_db"] is None and result.weights["cosine"] == 1
+
+
+def test_causal_lm_figures_worsen_with_noise(trained):
+    results = [evaluate(trained / f"causal-lm-{noise}", trained / "causal-lm", max_tokens=TOKENS) for noise in NOISE]
+    kl = [r.metrics["kl_mean"] for r in results]
+    sqnr = [r.weights["sqnr_db"] for r in results]
+    assert 0 < kl[0] < kl[1] < kl[2]
+    assert sqnr[0] > sqnr[1] > sqnr[2]
+    assert sqnr[0] == pytest.approx(-20 * __import__("math").log10(NOISE[0]), abs=0.5)
+    assert results[2].metrics["top1_agreement"] <= results[0].metrics["top1_agreement"] <= 1
+    assert 0 < results[0].metrics["delta_p_rms"] < results[2].metrics["delta_p_rms"]
+    assert results[2].metrics["ppl_ratio"] > 1
+    for r in results:
+        assert r.metrics["kl_median"] <= r.metrics["kl_p99"] <= r.metrics["kl_max"]
+
+
+def test_reference_runs_once_for_many_candidates(trained, monkeypatch):
+    loads = []
+    real_load = eval_models_module.Model.load
+
+    def counting_load(self, kind, masked_lm=False):
+        loads.append(self.path.name)
+        return real_load(self, kind, masked_lm)
+
+    monkeypatch.setattr(eval_models_module.Model, "load", counting_load)
+    for noise in NOISE:
+        evaluate(trained / f"causal-lm-{noise}", trained / "causal-lm", max_tokens=200, weights=False)
+    assert loads.count("causal-lm") <= 1  # once at most: an earlier test may have filled the cache
+    assert len(loads) - loads.count("causal-lm") == len(NOISE)
+
+
+def test_archive_candidate_and_lossless_verification(trained, tmp_path):
+    zoo.compress(trained / "causal-lm", tmp_path / "lm.zoo")
+    result = evaluate(tmp_path / "lm.zoo", trained / "causal-lm", max_tokens=TOKENS)
+    assert result.metrics["kl_max"] == 0 and result.weights["sqnr_db"] is None
+    verified = verify_archive(tmp_path / "lm.zoo", trained / "causal-lm")
+    assert verified.kind == "lossless" and verified.passed and verified.metrics["bit_exact"]
+    assert verify_archive(tmp_path / "lm.zoo", trained / "causal-lm-0.02").failures  # same names, other bytes
+
+
+# -- encoder and classifier --------------------------------------------------------------------
+
+
+def test_encoder_cosine_is_one_for_itself_and_falls_with_noise(trained):
+    same = evaluate(trained / "encoder", trained / "encoder")
+    assert same.kind == "encoder" and same.metrics["sentences"] == 52
+    assert same.metrics["cosine_mean"] == pytest.approx(1, abs=1e-6) and same.metrics["cosine_min"] == pytest.approx(1, abs=1e-6)
+    assert same.metrics["mlm_loss"] == same.metrics["mlm_loss_reference"]
+    cosines = [evaluate(trained / f"encoder-{noise}", trained / "encoder").metrics["cosine_mean"] for noise in NOISE]
+    assert 1 > cosines[0] > cosines[1] > cosines[2]
+
+
+def test_classifier_agreement_and_accuracy(trained):
+    rows = labelled_sentences(64, seed=7)  # not the training draw
+    text = "\n".join(f"{'positive' if label else 'negative'}\t{sentence}" for label, sentence in rows)
+    same = evaluate(trained / "classifier", trained / "classifier", text=text)
+    assert same.kind == "classifier"
+    assert same.metrics["label_agreement"] == 1 and same.metrics["kl_max"] == pytest.approx(0, abs=1e-9)
+    assert same.metrics["accuracy"] >= 0.9 and same.metrics["accuracy"] == same.metrics["accuracy_reference"]
+    damaged = evaluate(trained / "classifier-0.4", trained / "classifier", text=text)
+    assert damaged.metrics["kl_mean"] > evaluate(trained / "classifier-0.02", trained / "classifier", text=text).metrics["kl_mean"]
+    alone = evaluate(trained / "classifier", text=text)  # labels alone are enough to measure
+    assert alone.metrics["accuracy"] == same.metrics["accuracy"] and "label_agreement" not in alone.metrics
+
+
+def test_weights_only_for_a_bare_safetensors_file(trained, tmp_path):
+    shutil.copy(trained / "causal-lm" / "model.safetensors", tmp_path / "reference.safetensors")
+    shutil.copy(trained / "causal-lm-0.1" / "model.safetensors", tmp_path / "candidate.safetensors")
+    result = evaluate(tmp_path / "candidate.safetensors", tmp_path / "reference.safetensors")
+    assert result.kind == "weights" and result.metrics == {}
+    assert result.weights["sqnr_db"] == pytest.approx(20, abs=0.5) and result.weights["tensors"] == len(result.tensors)
+    assert all(t["sqnr_db"] == pytest.approx(20, abs=1.5) for t in result.tensors if t["elements"] > 1000)
+
+
+# -- gates -------------------------------------------------------------------------------------
+
+
+def test_gates_pass_and_trip(trained):
+    damaged = evaluate(trained / "causal-lm-0.1", trained / "causal-lm", max_tokens=TOKENS,
+                       gates=Gates(max_kl=1e-6, max_ppl_ratio=10, min_cosine=0.5))
+    assert not damaged.passed and len(damaged.failures) == 1 and "--max-kl" in damaged.failures[0]
+    same = evaluate(trained / "causal-lm", trained / "causal-lm", max_tokens=TOKENS, gates=Gates(max_kl=0, max_ppl_ratio=1, min_cosine=1))
+    assert same.passed
+    with pytest.raises(InputError, match="--max-ppl-ratio does not apply"):
+        evaluate(trained / "encoder", trained / "encoder", gates=Gates(max_ppl_ratio=1.01))
+    with pytest.raises(InputError, match="needs a reference"):
+        evaluate(trained / "causal-lm", max_tokens=TOKENS, gates=Gates(max_kl=0.1))
+
+
+def test_check_quality_removes_nothing_it_should_keep(trained, tmp_path):
+    destination = tmp_path / "lm.zoo"
+    destination.write_bytes(b"the user's old file")
+    gates = Gates(max_kl=1e-9)
+    with pytest.raises(QualityGateError, match="--max-kl") as caught:
+        zoo.compress(trained / "causal-lm", destination, "truncate:bits=1", force=True,
+                     check=lambda path: api.check_quality(path, trained / "causal-lm", gates))
+    assert caught.value.result.kind == "causal-lm"
+    assert destination.read_bytes() == b"the user's old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.zoo"]
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_zoo_eval_table_json_and_gate(trained, monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", trained / "causal-lm-0.1", "-r", trained / "causal-lm", "--max-tokens", TOKENS)
+    assert code == 0
+    for label in ("PPL(Q)", "PPL(base)", "ln(PPL(Q)/PPL(base))", "Mean KLD", "99.0% KLD", "Same top p", "RMS Δp", "weights: SQNR"):
+        assert label in out
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", trained / "encoder", "-r", trained / "encoder", "--json")
+    document = json.loads(out)
+    assert code == 0 and document["kind"] == "encoder" and document["metrics"]["cosine_min"] == pytest.approx(1, abs=1e-6)
+    code, out, err = run_cli(monkeypatch, capsys, "eval", trained / "encoder-0.4", "-r", trained / "encoder", "--min-cosine", "0.9999")
+    assert code == 1 and "Mean cosine" in out
+    assert err.startswith("error: ") and "--min-cosine 0.9999" in err and err.count("\n") == 1
+
+
+def test_zoo_eval_bad_input_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    (tmp_path / "short.txt").write_text("x")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00")
+    cases = [
+        (("eval", tmp_path / "missing"), "no such file, and no model of that name in the zoo"),
+        (("eval", trained / "causal-lm", "-r", trained / "encoder"), "as a causal-lm but its reference"),
+        (("eval", trained / "causal-lm", "--text", tmp_path / "nope.txt"), "cannot read"),
+        (("eval", trained / "causal-lm", "--text", tmp_path / "binary.txt"), "UTF-8"),
+        (("eval", trained / "causal-lm", "--text", tmp_path / "short.txt"), "too short"),
+        (("eval", trained / "encoder", "-r", trained / "encoder", "--text", tmp_path / "blank.txt"), "no sentences"),
+        (("eval", trained / "causal-lm" / "model.safetensors"), "need a reference"),
+        (("eval", trained / "causal-lm", "--kind", "poem"), "unknown kind"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
+        assert message in err, (args, err)
+
+
+def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path, monkeypatch, capsys):
+    archive = tmp_path / "lm.zoo"
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", archive, "--verify")
+    assert code == 0, err
+    code, out, _ = run_cli(monkeypatch, capsys, "info", archive, "--json")
+    stored = json.loads(out)["metadata"]["verify"]
+    assert stored["kind"] == "lossless" and stored["passed"] and stored["metrics"]["bit_exact"]
+    assert stored["reference"] == str(trained / "causal-lm")
+    code, out, _ = run_cli(monkeypatch, capsys, "info", archive)
+    assert "bit-exact" in out
+
+    code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=2", "--name", "tiny-lm",
+                             "--max-kl", "10", "--json")
+    assert code == 0, err
+    code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm", "--json")
+    stored = json.loads(out)["metadata"]["verify"]
+    assert stored["kind"] == "causal-lm" and stored["passed"] and stored["gates"] == {"max_kl": 10}
+    assert 0 < stored["kl_mean"] == stored["metrics"]["kl_mean"] < 10
+    code, out, _ = run_cli(monkeypatch, capsys, "ls", "--json")
+    assert "kl_mean" in json.dumps(json.loads(out))
+    again = evaluate("tiny-lm", trained / "causal-lm")  # a zoo name, scored as compress --verify scored it
+    assert again.metrics["kl_mean"] == stored["kl_mean"]
+
+
+def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", tmp_path / "lm.zoo", "-p", "truncate:bits=1",
+                             "--max-kl", "1e-9")
+    assert code == 1 and "Mean KLD" in out and "no archive was kept" in err
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=1", "--name", "never",
+                           "--max-kl", "1e-9")
+    assert code == 1
+    code, out, _ = run_cli(monkeypatch, capsys, "ls", "--json")
+    assert "never" not in out
+
+
+def test_compress_verify_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "compress", "someone/some-model", "-o", tmp_path / "x.zoo", "--verify")
+    assert code == 1 and "--verify compares" in err
+
+
+def test_eval_imports_nothing_heavy_at_start_up():
+    import subprocess
+
+    code = "import sys, zoo.cli.app, zoo.evaluate; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "[]"
+
+
+def test_update_metadata_rewrites_only_the_header(tiny_model, tmp_path):
+    (tmp_path / "out").mkdir()
+    archive = tmp_path / "out" / "m.zoo"
+    zoo.compress(tiny_model, archive)
+    archive.chmod(0o640)
+    with zoo.open(archive) as opened:
+        before = {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()}
+    api.update_metadata(archive, {"verify": {"kind": "lossless", "passed": True}, "pipeline": None})
+    assert zoo.verify(archive) == []
+    with zoo.open(archive) as opened:
+        assert opened.metadata() == {"verify": {"kind": "lossless", "passed": True}}
+        assert {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()} == before
+    assert archive.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.zoo"]
+
+
+@pytest.mark.slow
+def test_minilm_against_itself_and_a_noisy_copy(minilm, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", minilm, "-r", minilm, "--json")
+    same = json.loads(out)
+    assert code == 0 and same["kind"] == "encoder" and same["metrics"]["sentences"] == 52
+    assert same["metrics"]["cosine_mean"] == pytest.approx(1, abs=1e-6) and same["weights"]["sqnr_db"] is None
+    noisy_copy(minilm, tmp_path / "noisy", 0.01)
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", tmp_path / "noisy", "-r", minilm)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
+    assert 0.99 < float(rows["Mean cosine"]) < 1 and float(rows["Minimum cosine"]) <= float(rows["Mean cosine"])
+    assert rows["weights: SQNR"] == "40.00 dB"  # noise of 1% of the RMS is -40 dB by construction
+
+
+def test_noisy_copy_refuses_to_overwrite_or_to_copy_a_file(trained, tmp_path):
+    with pytest.raises(InputError, match="exists"):
+        noisy_copy(trained / "encoder", trained / "encoder-0.1", 0.1)
+    with pytest.raises(InputError, match="not a model folder"):
+        noisy_copy(trained / "encoder" / "config.json", tmp_path / "x", 0.1)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,190 @@
+"""Pulling from a hub: `zoo pull` and transformers in subprocesses with HF_ENDPOINT pointing at a
+real `zoo serve` on 127.0.0.1 (huggingface_hub reads its environment at import, hence the
+subprocesses), served from a first zoo and pulled into a second one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.api import compress_into
+from zoo.hub.store import Store
+
+from tests.hub.test_serve import running_server
+
+INFER = """
+import sys, torch
+from transformers import AutoModel
+served = AutoModel.from_pretrained(sys.argv[1]).eval()
+original = AutoModel.from_pretrained(sys.argv[2]).eval()
+ids = torch.arange(24).reshape(2, 12) % 99
+with torch.no_grad():
+    same = torch.equal(served(ids).last_hidden_state, original(ids).last_hidden_state)
+print("equal" if same else "different")
+"""
+
+
+def zoo_cli(*args, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, check=False,
+                          env={**os.environ, **env}, cwd=cwd, timeout=300)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A real transformers model, tiny and randomly initialised, saved as a Hugging Face folder."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                     max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    transformers.BertModel(config).save_pretrained(folder)
+    (folder / "README.md").write_text("a tiny model\n")
+    return folder
+
+
+@pytest.fixture
+def hub(tiny_bert, tmp_path):
+    """A first zoo holding the model as 'org/tiny-bert', served; the environment of a client."""
+    upstream = Store(tmp_path / "upstream")
+    compress_into(upstream, tiny_bert, "org/tiny-bert")
+    with running_server(upstream) as url:
+        yield url, upstream, {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "second"),
+                              "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@pytest.mark.slow
+def test_store_serve_pull_export_is_bit_exact(hub, tiny_bert, tmp_path):
+    _, upstream, env = hub
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "stored org/tiny-bert@main:lossless" in done.stdout
+    second = Store(tmp_path / "second")
+    entry = second.resolve("org/tiny-bert", with_files=True)
+    assert entry.commit == upstream.resolve("org/tiny-bert").commit  # lossless: the upstream commit is kept
+    assert {f.path: f.sha256 for f in entry.files} == hashes(tiny_bert)
+    assert zoo_cli("export", "org/tiny-bert", "-o", tmp_path / "exported", env=env).returncode == 0
+    assert hashes(tmp_path / "exported") == hashes(tiny_bert)
+
+    again = zoo_cli("pull", "org/tiny-bert", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["commit"] == entry.commit
+    assert "already in the zoo" not in again.stdout  # --json prints only the document
+
+    listed = json.loads(zoo_cli("ls", "--json", env=env).stdout)["models"]
+    assert [(m["name"], m["revision"], m["variant"], m["quality_label"]) for m in listed] == [("org/tiny-bert", "main", "lossless", "bit-exact")]
+
+
+@pytest.mark.slow
+def test_from_pretrained_through_hf_endpoint_matches_the_original(hub, tiny_bert, tmp_path):
+    _, _, env = hub
+    done = subprocess.run([sys.executable, "-c", INFER, "org/tiny-bert", str(tiny_bert)], capture_output=True, text=True, check=False,
+                          env={**os.environ, **env}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "equal"
+
+
+def test_pull_with_filters_and_revision(hub, tmp_path):
+    _, _, env = hub
+    done = zoo_cli("pull", "org/tiny-bert@main", "--include", "*.json", "--include", "*.md", "--exclude", "README*", "--name", "just-config",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    entry = Store(tmp_path / "second").resolve("just-config", with_files=True)
+    assert [f.path for f in entry.files] == ["config.json"]
+
+
+@pytest.mark.slow
+def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
+    """l2's survey runs before the first byte: `zoo pull` shows it as `zoo compress` does, and
+    --json shows nothing on stderr."""
+    _, _, env = hub
+    terminal = {**env, "FORCE_COLOR": "1", "COLUMNS": "120"}  # stderr counts as a terminal
+    shown = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy", env=terminal)
+    assert shown.returncode == 0, shown.stderr
+    assert "surveying rates" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr)
+    quiet = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy-json", "--json", env=terminal)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "surveying" not in quiet.stderr and json.loads(quiet.stdout)["name"] == "lossy-json"
+
+
+def test_pull_errors_are_one_line(hub, tmp_path):
+    _, _, env = hub
+    for args, words in ((["nobody/nothing"], "RepositoryNotFound"), (["org/tiny-bert@v9"], "RevisionNotFound"),
+                        (["not a repo!"], "neither a local file")):
+        done = zoo_cli("pull", *args, env=env)
+        assert done.returncode == 1 and words in done.stderr, done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.strip().count("\n") == 0
+    assert Store(tmp_path / "second").entries() == []
+
+
+def test_pull_refuses_a_file_whose_sha256_is_not_the_hubs(hub, tmp_path):
+    """A hub that announces one sha256 and sends other bytes: nothing enters the zoo, and the bad
+    copy leaves the Hugging Face cache so that the next pull fetches it again."""
+    _, upstream, env = hub
+    with sqlite3.connect(upstream.catalogue) as connection:
+        connection.execute("UPDATE files SET served_sha256 = ? WHERE path = 'model.safetensors'", ("ab" * 32,))
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 1 and "model.safetensors arrived with sha256" in done.stderr, done.stderr
+    assert Store(tmp_path / "second").entries() == []
+    cached = list((tmp_path / "hf").rglob("model.safetensors"))
+    assert all(not path.exists() for path in cached)
+
+
+def test_a_failed_hub_check_keeps_the_old_output(hub, tmp_path):
+    """compress HUB_ID -o OUT --force checks the download before OUT is replaced: a failed check
+    leaves the archive that was there."""
+    _, upstream, env = hub
+    output = tmp_path / "bert.zoo"
+    output.write_bytes(b"the old archive")
+    with sqlite3.connect(upstream.catalogue) as connection:
+        connection.execute("UPDATE files SET served_sha256 = ? WHERE path = 'model.safetensors'", ("ab" * 32,))
+    done = zoo_cli("compress", "org/tiny-bert", "-o", output, "--force", env=env)
+    assert done.returncode == 1 and "model.safetensors arrived with sha256" in done.stderr, done.stderr
+    assert output.read_bytes() == b"the old archive"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bert")] == []
+
+
+def test_offline_pull_uses_the_cache(hub, tmp_path):
+    _, _, env = hub
+    assert zoo_cli("pull", "org/tiny-bert", "--include", "config.json", env=env).returncode == 0
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    done = zoo_cli("pull", "org/tiny-bert", "--include", "config.json", "--name", "offline-copy", env=offline)
+    assert done.returncode == 0, done.stderr
+    done = zoo_cli("pull", "org/other", "--name", "never", env=offline)
+    assert done.returncode == 1 and "cannot pull org/other@main" in done.stderr
+
+
+def test_hf_token_reaches_a_guarded_server(tiny_bert, tmp_path):
+    upstream = Store(tmp_path / "upstream")
+    compress_into(upstream, tiny_bert, "org/tiny-bert")
+    with running_server(upstream, token="hf_s3cret") as url:
+        env = {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "second")}
+        denied = zoo_cli("pull", "org/tiny-bert", env=env)
+        assert denied.returncode == 1 and denied.stderr.startswith("error: cannot pull")
+        allowed = zoo_cli("pull", "org/tiny-bert", env={**env, "HF_TOKEN": "hf_s3cret"})
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_compress_accepts_a_hub_id(hub, tiny_bert, tmp_path):
+    _, _, env = hub
+    work = tmp_path / "work"
+    work.mkdir()
+    done = zoo_cli("compress", "org/tiny-bert", "-o", work / "bert.zoo", "--json", env=env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metadata"]["source"].startswith("hub:org/tiny-bert@")
+    done = zoo_cli("compress", "org/tiny-bert", "--pipeline", "truncate:bits=6", env=env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert [e.variant for e in Store(tmp_path / "second").entries()] == ["truncate:bits=6"]
+    done = zoo_cli("compress", "no-such-thing", env=env, cwd=work)
+    assert done.returncode == 1 and "nor is there a local file or folder" in done.stderr

@@ -1,0 +1,289 @@
+"""zoo serve against real clients: http.client for the protocol's corners, huggingface_hub for
+what inference scripts really call. Every server here listens on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from zoo.hub.serve import make_server
+from zoo.hub.store import Store
+from zoo.api import compress_into
+
+from tests.conftest import random_storage, write_safetensors
+
+
+@contextmanager
+def running_server(store: Store, token: str | None = None):
+    """`zoo serve` in a thread of this process, on a free port; yields its URL."""
+    server = make_server(store, "127.0.0.1", 0, token, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def request(url: str, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        # skip_host etc. are not needed; putrequest keeps the path exactly as given (no re-encoding)
+        connection.putrequest(method, path)
+        for key, value in (headers or {}).items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def served(tiny_model, tmp_path):
+    """A store holding the tiny model (as 'org/tiny') and a second model; the server's URL."""
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_safetensors(other / "model.safetensors", {"w": ("F32", random_storage("F32", (300, 40), 7))})
+    compress_into(store, other, "other")
+    with running_server(store) as url:
+        yield url, store, tiny_model
+
+
+def test_model_info_tree_and_files(served):
+    url, store, source = served
+    entry = store.resolve("org/tiny", with_files=True)
+    status, _, body = request(url, "/api/models/org/tiny/revision/main")
+    info = json.loads(body)
+    assert status == 200 and info["id"] == "org/tiny" and len(info["sha"]) == 40 and info["sha"] == entry.commit
+    assert sorted(s["rfilename"] for s in info["siblings"]) == ["config.json", "model.safetensors", "sub/notes.txt"]
+
+    status, _, body = request(url, "/api/models/org/tiny/tree/main?recursive=true")
+    tree = {item["path"]: item for item in json.loads(body)}
+    weights = (source / "model.safetensors").read_bytes()
+    assert tree["model.safetensors"]["size"] == len(weights)
+    assert tree["model.safetensors"]["lfs"]["oid"] == sha256(weights)
+    assert "lfs" not in tree["config.json"]
+    # a small file's oid is git's blob id of its content
+    config = (source / "config.json").read_bytes()
+    assert tree["config.json"]["oid"] == hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
+    status, _, body = request(url, "/api/models/org/tiny/tree/main")
+    assert {(i["type"], i["path"]) for i in json.loads(body)} == {("file", "config.json"), ("file", "model.safetensors"), ("directory", "sub")}
+
+    for name in ("model.safetensors", "config.json", "sub/notes.txt"):
+        original = (source / name).read_bytes()
+        status, headers, body = request(url, f"/org/tiny/resolve/main/{name}")
+        assert status == 200 and body == original
+        assert headers["etag"] == f'"{sha256(original)}"' and headers["x-repo-commit"] == entry.commit
+        status, headers, body = request(url, f"/org/tiny/resolve/{entry.commit}/{name}", "HEAD")
+        assert status == 200 and body == b"" and int(headers["content-length"]) == len(original)
+        assert not any(key.startswith("x-xet") for key in headers)  # the client must not try Xet
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("bytes=0-0", slice(0, 1)), ("bytes=100-1123", slice(100, 1124)), ("bytes=5000-", slice(5000, None)),
+    ("bytes=-17", slice(-17, None)), ("bytes=0-99999999", slice(0, None)),
+])
+def test_ranges(served, header, expected):
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    status, headers, body = request(url, "/org/tiny/resolve/main/model.safetensors", headers={"Range": header})
+    assert status == 206 and body == original[expected]
+    first = range(len(original))[expected][0]
+    assert headers["content-range"] == f"bytes {first}-{first + len(body) - 1}/{len(original)}"
+
+
+@pytest.mark.parametrize("path, status, code", [
+    ("/nobody/nothing/resolve/main/config.json", 404, "RepoNotFound"),
+    ("/org/tiny/resolve/main/missing.bin", 404, "EntryNotFound"),
+    ("/org/tiny/resolve/v9/config.json", 404, "RevisionNotFound"),
+    ("/api/models/nobody/nothing/revision/main", 404, "RepoNotFound"),
+    ("/api/models/org/tiny/revision/v9", 404, "RevisionNotFound"),
+    ("/api/models/org/tiny/tree/main/nowhere", 404, "EntryNotFound"),
+    ("/org/tiny/resolve/main/../../../etc/passwd", 400, None),
+    ("/org/tiny/resolve/main/sub/..%2F..%2F..%2Fetc%2Fpasswd", 400, None),
+    ("/org/tiny/resolve/main/%2e%2e/%2e%2e/etc/passwd", 400, None),
+    ("/org/tiny/resolve/main/%252e%252e/etc/passwd", 400, None),
+    ("/org/tiny/resolve/main/sub%5c..%5cx", 400, None),
+    ("/org/tiny/resolve/main/a%00b", 400, None),
+    ("/..", 400, None),
+    ("/org@main/tiny/resolve/main/config.json", 404, "RepoNotFound"),
+    ("/org/tiny/resolve/main/%0d%0aX-Injected:%20yes", 404, "EntryNotFound"),
+    ("/org/tiny/resolve/main/caf%C3%A9.bin", 404, "EntryNotFound"),
+    ("/favicon.ico", 404, None),
+])
+def test_bad_paths_get_clear_errors(served, path, status, code):
+    url, _, _ = served
+    got, headers, body = request(url, path)
+    assert got == status, body
+    assert headers.get("x-error-code") == code
+    assert json.loads(body)["error"] and headers["x-error-message"] and "x-injected" not in headers
+    if code == "EntryNotFound" and "resolve" in path:
+        assert len(headers["x-repo-commit"]) == 40  # lets huggingface_hub cache the miss
+    # and the server goes on serving
+    assert request(url, "/org/tiny/resolve/main/config.json")[0] == 200
+
+
+@pytest.mark.parametrize("header, status", [
+    ("bytes=abc", 400), ("bytes=5-2", 400), ("items=0-1", 400), ("bytes=0-1,5-6", 400), ("bytes=-", 400),
+    ("bytes=99999999-", 416), ("bytes=-0", 416),
+])
+def test_bad_ranges(served, header, status):
+    url, _, source = served
+    got, headers, _ = request(url, "/org/tiny/resolve/main/model.safetensors", headers={"Range": header})
+    assert got == status
+    if status == 416:
+        assert headers["content-range"] == f"bytes */{(source / 'model.safetensors').stat().st_size}"
+
+
+def test_methods_other_than_get_and_head_are_refused(served):
+    url, _, _ = served
+    for method in ("POST", "PUT", "DELETE"):
+        assert request(url, "/org/tiny/resolve/main/config.json", method)[0] in (405, 501)
+
+
+def test_damaged_archive_fails_alone(served):
+    url, store, source = served
+    entry = store.resolve("org/tiny")
+    other = store.resolve("other")
+    # Damage the other archive's payload (its header stays readable), then its header.
+    data = bytearray(other.archive.read_bytes())
+    data[-200:-100] = bytes(100)
+    other.archive.write_bytes(bytes(data))
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        request(url, "/other/resolve/main/model.safetensors")
+    assert request(url, "/org/tiny/resolve/main/model.safetensors")[2] == (source / "model.safetensors").read_bytes()
+
+    second = compress_into(store, source / "config.json", "broken")
+    raw = bytearray(second.archive.read_bytes())
+    raw[30] ^= 0xFF  # inside the JSON header: the archive cannot be opened at all
+    second.archive.write_bytes(bytes(raw))
+    status, _, body = request(url, "/broken/resolve/main/config.json")
+    assert status == 500 and "damaged" in json.loads(body)["error"]
+    assert request(url, f"/org/tiny/resolve/{entry.commit}/config.json")[0] == 200
+
+
+def test_bearer_token(tiny_model, tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/tiny")
+    with running_server(store, token="s3cret") as url:
+        assert request(url, "/org/tiny/resolve/main/config.json")[0] == 401
+        assert request(url, "/org/tiny/resolve/main/config.json", headers={"Authorization": "Bearer wrong"})[0] == 401
+        status, _, body = request(url, "/org/tiny/resolve/main/config.json", headers={"Authorization": "Bearer s3cret"})
+        assert status == 200 and body == (tiny_model / "config.json").read_bytes()
+
+
+def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):
+    from zoo import open as open_archive
+
+    store = Store(tmp_path / "zoo")
+    lossless = compress_into(store, tiny_model, "org/tiny")
+    lossy = compress_into(store, tiny_model, "org/tiny", pipeline="truncate:bits=4")
+    assert lossy.variant != "lossless" and lossy.commit != lossless.commit
+    with open_archive(lossy.archive) as archive:
+        decoded = archive.read_file("model.safetensors")
+    assert decoded != (tiny_model / "model.safetensors").read_bytes()
+    with running_server(store) as url:
+        # without a variant the lossless one is served; REVISION:VARIANT picks another
+        assert request(url, "/org/tiny/resolve/main/model.safetensors")[2] == (tiny_model / "model.safetensors").read_bytes()
+        quoted = f"main%3A{lossy.variant.replace('|', '%7C').replace(':', '%3A').replace('=', '%3D')}"
+        status, headers, body = request(url, f"/org/tiny/resolve/{quoted}/model.safetensors")
+        assert status == 200 and body == decoded and headers["etag"] == f'"{sha256(decoded)}"'
+        status, headers, body = request(url, f"/org/tiny/resolve/{lossy.commit}/model.safetensors", headers={"Range": "bytes=10-"})
+        assert status == 206 and body == decoded[10:]
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download("org/tiny", "model.safetensors", revision=f"main:{lossy.variant}", endpoint=url, cache_dir=tmp_path / "hf")
+        assert Path(path).read_bytes() == decoded
+
+
+@pytest.mark.slow
+def test_hf_hub_download_thirty_two_at_once(served, tmp_path):
+    """A bounded load test: 32 concurrent downloads, of the same files and of different ones,
+    through the real huggingface_hub client, each into its own cache; all bit-exact."""
+    from huggingface_hub import hf_hub_download
+
+    url, store, source = served
+    other_weights = store.resolve("other").archive
+    from zoo import open as open_archive
+
+    with open_archive(other_weights) as archive:
+        other_bytes = archive.read_file("model.safetensors")
+    jobs = [("org/tiny", ["model.safetensors", "config.json", "sub/notes.txt"][i % 3]) for i in range(24)]
+    jobs += [("other", "model.safetensors")] * 8
+    expected = {("other", "model.safetensors"): other_bytes}
+    for name in ("model.safetensors", "config.json", "sub/notes.txt"):
+        expected[("org/tiny", name)] = (source / name).read_bytes()
+
+    def fetch(job: tuple[int, tuple[str, str]]) -> bool:
+        number, (repo, name) = job
+        path = hf_hub_download(repo, name, endpoint=url, cache_dir=tmp_path / f"cache{number}", etag_timeout=30)
+        return Path(path).read_bytes() == expected[(repo, name)]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(fetch, enumerate(jobs)))
+    assert len(results) == 32 and all(results)
+    assert time.monotonic() - started < 60
+
+
+def test_streaming_memory_stays_bounded(tmp_path):
+    """A file far bigger than a chunk streams with memory near a few chunks, not the file."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (1536, 4096), 3))})  # 24 MiB
+    store = Store(tmp_path / "zoo")
+    compress_into(store, folder, "big", chunk_bytes=128 << 10)
+    size = (folder / "model.safetensors").stat().st_size
+    digest = hashlib.sha256()
+    with running_server(store) as url:
+        host, port = url.removeprefix("http://").split(":")
+        tracemalloc.start()
+        try:
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("GET", "/big/resolve/main/model.safetensors")
+            response = connection.getresponse()
+            while block := response.read(64 << 10):
+                digest.update(block)
+            connection.close()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert digest.hexdigest() == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert peak < size / 6, f"peak {peak} bytes while streaming {size}"
+
+
+def test_serve_command_answers_huggingface_hub(tiny_model, tmp_path):
+    """The CLI itself: `zoo serve --port 0` in a subprocess, found through the URL it prints."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}
+    compress_into(Store(tmp_path / "zoo"), tiny_model, "org/tiny")
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        url = line.split(" at ")[1].split()[0]
+        status, _, body = request(url, "/org/tiny/resolve/main/config.json")
+        assert status == 200 and body == (tiny_model / "config.json").read_bytes()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,263 @@
+"""The native kernels, every instruction set crossed with the scalar reference and numpy, on awkward
+sizes; the entropy coder's sections and codecs; hostile payloads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from zoo.kernels import fallback as _fallback, fallback_coder as _fallback_coder
+
+from zoo import kernels as _kernels
+from zoo.codecs.lossless.fprans import SYMBOL_BITS, FpRans
+from zoo.codecs.lossless.rans import Rans
+from zoo.dtypes import DTYPES
+from zoo.errors import FormatError
+
+from tests.conftest import random_storage
+
+native = pytest.importorskip("zoo._native", reason="the native extension is not built")
+from zoo.kernels import native as _native_calls  # noqa: E402 - needs the extension
+
+ISAS = native.available_isas()
+# odd sizes, and both sides of every vector width and block the kernels use
+SIZES = [0, 1, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 4095, 4096, 4097, 65535, 65537]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    previous = native.isa()
+    native.select_isa(request.param)
+    yield request.param
+    native.select_isa(previous)
+
+
+def bf16_words(count, seed=0, scale=0.02):
+    values = np.random.default_rng(seed).normal(0, scale, count).astype(np.float32)
+    return ((values.view(np.uint32) + 0x8000) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64", "I64", "I32", "U8", "F8_E4M3"])
+@pytest.mark.parametrize("size", SIZES)
+def test_planes_every_isa_matches_numpy(isa, dtype, size):
+    chunk = random_storage(dtype, (size,), seed=size).view(np.uint8).reshape(-1)
+    planes = _native_calls.split_planes(chunk, dtype)
+    expected = _fallback.split_planes(chunk, dtype)
+    assert [p.tobytes() for p in planes] == [p.tobytes() for p in expected]
+    assert _native_calls.merge_planes(expected, dtype).tobytes() == chunk.tobytes()
+
+
+@pytest.mark.parametrize("bits", [1, 3, 6, 8, 9, 13, 16])
+@pytest.mark.parametrize("count", [0, 1, 7, 255, 4097])
+def test_packing_matches_numpy(bits, count):
+    indices = np.random.default_rng(count).integers(0, 1 << bits, count).astype(np.uint16 if bits > 8 else np.uint8)
+    packed = _native_calls.pack_indices(indices, bits)
+    assert packed.tobytes() == _fallback.pack_indices(indices, bits).tobytes()
+    np.testing.assert_array_equal(_native_calls.unpack_indices(packed, bits, count), indices)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+@pytest.mark.parametrize("rows,cols", [(0, 3), (1, 1), (3, 7), (2, 15), (3, 16), (5, 17), (4, 255)])
+def test_dequantize_every_isa_matches_numpy(isa, dtype, rows, cols):
+    rng = np.random.default_rng(rows * 100 + cols)
+    codebooks = rng.normal(0, 1, (3, 16)).astype(np.float32)
+    special = np.array([0x7F800001, 0xFFC00123, 0x7F800000, 0x00000001, 0x33000000, 0x477FF000, 0x3F808000, 0x38800000], np.uint32)
+    codebooks[0, :8] = special.view(np.float32)  # NaN payloads, infinity, subnormals, ties
+    indices = rng.integers(0, 16, rows * cols).astype(np.uint8)
+    packed = _fallback.pack_indices(indices, 4)
+    row_codebook = rng.integers(0, 3, rows).astype(np.int32)
+    got = _native_calls.dequantize(packed, 4, rows, cols, row_codebook, codebooks, dtype)
+    with np.errstate(invalid="ignore"):
+        expected = _fallback.dequantize(packed, 4, rows, cols, row_codebook, codebooks, dtype)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 4, 2**32 * 4 - 70, 2**64 - 200])
+@pytest.mark.parametrize("count", [0, 1, 7, 63, 64, 65, 129])
+def test_philox_every_isa_matches_numpy(isa, offset, count):
+    seed, stream = 0xDEADBEEF12345678, 99
+    np.testing.assert_array_equal(_native_calls.philox_uniform(seed, stream, count, offset), _fallback.philox_uniform(seed, stream, count, offset))
+
+
+SECTION_CASES = [  # (name, words, word bytes, float, symbol bits)
+    ("bf16", lambda n: bf16_words(n).view(np.uint8), 2, True, 10),
+    ("fp16", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float16).view(np.uint8), 2, True, 8),
+    ("fp32", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float32).view(np.uint8), 4, True, 10),
+    ("bf16 in fp32", lambda n: (bf16_words(n).astype(np.uint32) << 16).view(np.uint8), 4, True, 10),
+    ("fp8", lambda n: random_storage("F8_E4M3", (n,), seed=n).view(np.uint8).reshape(-1), 1, True, 8),
+    ("bytes", lambda n: np.random.default_rng(n).geometric(0.3, n).clip(0, 255).astype(np.uint8), 1, False, 8),
+    ("one value", lambda n: np.full(n, 9, np.uint8), 1, False, 8),
+    ("uniform", lambda n: np.random.default_rng(n).integers(0, 256, n).astype(np.uint8), 1, False, 8),
+    ("wide alphabet", lambda n: np.random.default_rng(n).integers(0, 2**16, n).astype(np.uint16).view(np.uint8), 2, True, 12),
+    # blocks of 128 whose raw bits pack to 6 bits (bf16 origin) beside blocks that need 21
+    ("mixed widths", lambda n: mixed_fp32(n), 4, True, 10),
+]
+
+
+def mixed_fp32(count):
+    values = np.random.default_rng(count).normal(0, 0.02, count).astype(np.float32).view(np.uint32)
+    rounded = (values >> 16) << 16
+    narrow = (np.arange(count) // 128) % 3 == 1
+    return np.where(narrow, rounded, values).astype("<u4").view(np.uint8)
+
+
+@pytest.mark.parametrize("case", SECTION_CASES, ids=[c[0] for c in SECTION_CASES])
+@pytest.mark.parametrize("count", [0, 1, 7, 31, 33, 127, 129, 255, 4095, 4097, 32767, 32769, 65537, 140001])
+def test_sections_cross_native_numpy_and_isas(isa, case, count):
+    _, make, word_bytes, is_float, symbol_bits = case
+    words = make(count)
+    coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
+    assert coded == _fallback_coder.encode_section(words, word_bytes, is_float, symbol_bits)  # identical archives
+    assert len(coded) <= 1 + len(words)  # never more than the raw words and a kind byte
+    for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+        out, end = decode(b"xx" + coded, 2, count, word_bytes, is_float)
+        assert end == 2 + len(coded) and out.tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_frequency_rounding_matches_numpy(isa, trial):
+    """Rare symbols rounded up to one slot (which the largest then give back), equal remainders
+    (ties go to the lower rank), skewed counts: the table, hence the bytes, are numpy's."""
+    rng = np.random.default_rng(trial)
+    for kind in range(3):
+        n_symbols = int(rng.integers(2, 257))
+        if kind == 0:
+            counts = np.ones(n_symbols, np.int64)
+            counts[: rng.integers(1, 4)] = rng.integers(10_000, 100_000)
+        elif kind == 1:
+            counts = np.full(n_symbols, int(rng.integers(1, 50)), np.int64)
+        else:
+            counts = rng.geometric(0.05, n_symbols).astype(np.int64)
+        words = np.repeat(rng.permutation(256)[:n_symbols].astype(np.uint8), counts)
+        rng.shuffle(words)
+        assert _native_calls.encode_section(words, 1, False, 8) == _fallback_coder.encode_section(words, 1, False, 8)
+
+
+def test_bf16_origin_fp32_costs_what_bf16_costs():
+    words = bf16_words(1 << 16, seed=3)
+    as_bf16 = _native_calls.encode_section(words.view(np.uint8), 2, True, 10)
+    as_fp32 = _native_calls.encode_section((words.astype(np.uint32) << 16).view(np.uint8), 4, True, 10)
+    assert len(as_fp32) < 1.01 * len(as_bf16)
+    assert len(as_fp32) / (4 * len(words)) < 0.36
+
+
+@pytest.mark.parametrize("dtype", sorted(d for d in DTYPES if DTYPES[d].storage))
+@pytest.mark.parametrize("size", [0, 1, 7, 255, 1000])
+def test_fprans_round_trips_every_dtype(dtype, size):
+    chunk = random_storage(dtype, (size,), seed=size).reshape(-1).view(np.uint8)
+    codec = FpRans()
+    streams = codec.encode(chunk, dtype)
+    assert codec.decode([bytes(s) for s in streams], dtype, size).tobytes() == chunk.tobytes()
+
+
+def test_fprans_beats_bytegroup_zstd_on_bf16():
+    from zoo.codecs.lossless.bytegroup import ByteGroup
+    from zoo.codecs.lossless.zstd import Zstd
+
+    chunk = bf16_words(1 << 18, seed=5).view(np.uint8)
+    ours = len(FpRans().encode(chunk, "BF16")[0])
+    theirs = sum(len(Zstd().encode(plane)) for plane in ByteGroup().encode(chunk, "BF16"))
+    assert ours < 0.95 * theirs
+
+
+def test_rans_codec_round_trips_and_rejects_damage():
+    data = np.random.default_rng(0).geometric(0.2, 5000).clip(0, 255).astype(np.uint8).tobytes()
+    codec = Rans()
+    coded = codec.encode(data)
+    assert len(coded) < len(data) and codec.decode(coded, len(data)) == data
+    with pytest.raises(FormatError):
+        codec.decode(coded[:-3], len(data))
+    with pytest.raises(FormatError):
+        codec.decode(coded + b"\0", len(data))
+
+
+def hostile_variants(payload: bytes, seed: int = 0):
+    """Truncations, single-bit flips and overwritten bytes of a payload."""
+    rng = np.random.default_rng(seed)
+    for cut in sorted({0, 1, 2, 3, 5, len(payload) // 2, len(payload) - 1}):
+        yield payload[:cut]
+    for _ in range(150):
+        damaged = bytearray(payload)
+        position = int(rng.integers(0, len(payload)))
+        if rng.random() < 0.5:
+            damaged[position] ^= 1 << int(rng.integers(0, 8))
+        else:
+            damaged[position] = int(rng.integers(0, 256))
+        yield bytes(damaged)
+
+
+@pytest.mark.parametrize("case", SECTION_CASES[:5], ids=[c[0] for c in SECTION_CASES[:5]])
+def test_damaged_sections_fail_cleanly_on_every_path(isa, case):
+    _, make, word_bytes, is_float, symbol_bits = case
+    words = make(3000)
+    coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
+    for damaged in hostile_variants(coded):
+        results = []
+        for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+            try:
+                out, end = decode(damaged, 0, 3000, word_bytes, is_float)
+                results.append((out.tobytes(), end))
+            except ValueError:
+                results.append("error")
+        assert results[0] == results[1]  # the numpy twin accepts and rejects exactly the same payloads
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crc32_every_isa_matches_zlib(isa, seed):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    # every length up to a few fold widths, then random lengths and offsets (unaligned starts)
+    lengths = list(range(0, 600)) + [int(n) for n in rng.integers(600, 200_000, 40)]
+    for length in lengths:
+        offset = int(rng.integers(0, 64))
+        piece = data[offset:offset + length]
+        start = int(rng.integers(0, 2**32))
+        assert native.crc32(piece) == zlib.crc32(piece), (length, offset)
+        assert native.crc32(piece, start) == zlib.crc32(piece, start), (length, offset, start)
+
+
+def test_crc32_chains_and_takes_any_buffer(isa):
+    data = bytes(range(256)) * 40
+    assert native.crc32(data[5000:], native.crc32(data[:5000])) == zlib.crc32(data)
+    assert native.crc32(np.frombuffer(data, np.uint8)) == native.crc32(memoryview(data)) == zlib.crc32(data)
+    with pytest.raises(TypeError):
+        native.crc32("text")
+
+
+def test_decode_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        native.decode_section(b"\0", 5, 1, 1, False)  # offset past the end
+    with pytest.raises(ValueError):
+        native.decode_section(b"\0", 0, 1, 3, False)  # no 3-byte words
+    with pytest.raises(ValueError):
+        native.encode_section(b"abc", 2, False, 8)  # not whole words
+
+
+def test_forced_paths_and_env_report():
+    script = "from zoo import kernels; print(kernels.PATH)"
+    for path in ("numpy", *ISAS):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**_env(), "ZOO_KERNELS": path})
+        assert done.stdout.strip() == path, done.stderr
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**_env(), "ZOO_KERNELS": "sse9"})
+    assert done.returncode != 0 and "ZOO_KERNELS" in done.stderr
+
+
+def _env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "ZOO_KERNELS"}
+
+
+def test_info_lists_cpu_features():
+    info = _kernels.info()
+    if info["kernels"] != "numpy":
+        assert "scalar" in info["available"] and isinstance(info["cpu_features"], list)
+
+
+def test_symbol_bits_cover_every_float_dtype_but_f64():
+    assert set(SYMBOL_BITS) == {d for d in DTYPES if DTYPES[d].is_float} - {"F64"}

@@ -1,0 +1,137 @@
+"""lowrank: truncated SVD of each weight matrix (conv kernels as out x rest).
+
+The rank comes from one of two rules:
+
+* ``energy=E``: the smallest rank keeping a fraction E of the squared singular values.
+* ``ratio=R``: a size budget over the whole model: the factors of all selected tensors may take
+  at most R times their original size. After "Compressing Neural Networks: Towards Determining
+  the Optimal Layer-wise Decomposition", the budget is spread so that the largest per-layer
+  relative error is as small as possible: survey() finds, by bisection over the singular values
+  of every layer, the smallest error bound whose ranks fit the budget; each layer then takes
+  the smallest rank within that bound.
+
+A layer whose factors would not be smaller than the matrix is left whole: one part ``dense``
+that later stages treat like the original. Otherwise the parts are ``left`` (rows x rank,
+U S^1/2) and ``right`` (rank x cols, S^1/2 V^T), in the tensor's dtype; neither is final, so
+``lowrank|codebook`` quantizes the factors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from zoo.dtypes import from_float32, to_float32
+from zoo.errors import FormatError, InputError, PipelineError
+from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray
+from zoo.codecs.selection import check_patterns
+
+_BISECTION_STEPS = 40
+
+
+def _fraction(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise PipelineError(f"lowrank: {name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _matrix(array: TypedArray) -> np.ndarray:
+    return to_float32(np.asarray(array.data), array.dtype).reshape(array.shape[0], -1)
+
+
+def relative_errors(singular_values: np.ndarray) -> np.ndarray:
+    """errors[r]: relative Frobenius error of the best rank-r approximation, r = 0..len."""
+    energy = singular_values.astype(np.float64) ** 2
+    total = energy.sum()
+    if total <= 0:
+        return np.zeros(len(energy) + 1)
+    tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
+    return np.sqrt(np.maximum(tail, 0) / total)
+
+
+def rank_within(errors: np.ndarray, bound: float) -> int:
+    """Smallest rank whose relative error is at most `bound`."""
+    return int(np.argmax(errors <= bound + 1e-12))
+
+
+def _stored_elements(rank: int, rows: int, cols: int) -> int:
+    factored = rank * (rows + cols)
+    return factored if factored < rows * cols else rows * cols
+
+
+class LowRank(ArrayCodec):
+    codec_id = "lowrank"
+    tolerance: ClassVar[float] = 0.12  # energy=0.99 leaves a relative error of at most 0.1
+
+    def __init__(self, energy: float | None = None, ratio: float | None = None,
+                 include: str | None = None, exclude: str | None = None) -> None:
+        if energy is not None and ratio is not None:
+            raise PipelineError("lowrank: give energy or ratio, not both")
+        _fraction("energy", energy)
+        _fraction("ratio", ratio)
+        check_patterns(include, exclude)
+        self.energy = energy
+        self.ratio = ratio
+        self.include = include
+        self.exclude = exclude
+
+    def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> float | None:
+        """The error bound that fits the ratio budget (None in energy mode)."""
+        if self.ratio is None:
+            return None
+        layers = []
+        for name, array in tensors():
+            if self.selects(name, array):
+                matrix = _matrix(array)
+                layers.append((relative_errors(np.linalg.svd(matrix, compute_uv=False)), *matrix.shape))
+        if not layers:
+            return None
+        budget = self.ratio * sum(rows * cols for _, rows, cols in layers)
+
+        def size(bound: float) -> int:
+            return sum(_stored_elements(rank_within(errors, bound), rows, cols) for errors, rows, cols in layers)
+
+        low, high = 0.0, 1.0  # at error 1 every rank is 0: the smallest size there is
+        for _ in range(_BISECTION_STEPS):
+            middle = (low + high) / 2
+            low, high = (low, middle) if size(middle) <= budget else (middle, high)
+        return high
+
+    def encode(self, array: TypedArray) -> Transformed:
+        return self.encode_tensor("", array)
+
+    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+        matrix = _matrix(array)
+        if not np.isfinite(matrix).all():
+            raise InputError(f"lowrank: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
+        rows, cols = matrix.shape
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        errors = relative_errors(s)
+        if self.ratio is None:
+            rank = rank_within(errors, float(np.sqrt(1 - (self.energy or 0.99))))
+        elif plan is not None:
+            rank = rank_within(errors, float(plan))
+        else:  # no survey (a single tensor): the budget applies to this tensor alone
+            rank = int(self.ratio * rows * cols // (rows + cols))
+        if _stored_elements(rank, rows, cols) == rows * cols:
+            return Transformed({"dense": array}, {"rank": None})
+        root = np.sqrt(s[:rank])
+        left = from_float32(u[:, :rank] * root[None, :], array.dtype)
+        right = from_float32(root[:, None] * vt[:rank], array.dtype)
+        return Transformed({"left": TypedArray(left, array.dtype), "right": TypedArray(right, array.dtype)}, {"rank": rank})
+
+    def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
+        rank = meta.get("rank")
+        if rank is None and set(parts) == {"dense"}:
+            return parts["dense"]
+        if set(parts) != {"left", "right"} or not isinstance(rank, int) or len(shape) < 2:
+            raise FormatError(f"lowrank: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)}")
+        rows, cols = shape[0], int(np.prod(shape[1:]))
+        left, right = parts["left"], parts["right"]
+        if left.data.size != rows * rank or right.data.size != rank * cols or left.dtype != dtype or right.dtype != dtype:
+            raise FormatError(f"lowrank: factors {list(left.shape)} and {list(right.shape)} do not make {dtype}{list(shape)}")
+        product = to_float32(left.data, dtype).reshape(rows, rank) @ to_float32(right.data, dtype).reshape(rank, cols)
+        return TypedArray(from_float32(product, dtype).reshape(shape), dtype)

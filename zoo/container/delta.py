@@ -1,0 +1,84 @@
+"""Tensors stored as their difference from a base model (`zoo compress --base`).
+
+A fine-tune differs from the model it was tuned from by far less than it weighs, so a lossy stage
+given the difference (fine-tune minus base, in float32) spends its bits on what the fine-tune
+changed. A tensor is stored that way when a lossy array stage of the pipeline selects it and the
+base holds a tensor of the same name, dtype and shape; every other tensor is stored as usual. At
+load the base tensor is added back after the pipeline has decoded the stored difference. The
+archive records the sha256 of each base tensor it used: a different base is refused by name,
+never silently added. Spec: docs/FORMAT.md, "Tensors stored against a base".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from zoo.codecs.base import TypedArray
+from zoo.dtypes import from_float32, to_float32
+from zoo.errors import FormatError
+
+DELTA_DTYPES = frozenset({"F32", "F16", "BF16"})  # float32 holds each of their values exactly
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def digest(array: TypedArray) -> str:
+    """sha256 of a tensor's raw little-endian storage, as a safetensors file holds it."""
+    return hashlib.sha256(np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def rebuild(delta: TypedArray, base: TypedArray, dtype: str) -> TypedArray:
+    """The tensor: float32 base plus float32 difference, rounded to `dtype` (ties to even)."""
+    total = to_float32(base.data, base.dtype).reshape(delta.shape) + delta.data.astype(np.float32, copy=False)
+    return TypedArray(from_float32(total, dtype).reshape(delta.shape), dtype)
+
+
+def check_record(record: Any, what: str) -> dict[str, str]:
+    """A tensor's `base` entry from an archive header: {"tensor": name, "sha256": hex}."""
+    if not (isinstance(record, dict) and isinstance(record.get("tensor"), str) and isinstance(record.get("sha256"), str)
+            and _SHA256.fullmatch(record["sha256"])):
+        raise FormatError(f"{what} has a malformed base entry")
+    return record
+
+
+class Deltas:
+    """Which tensors of a model are stored against `base`: decided once, before the survey and
+    the build, from the pipeline's selection. `tensors` gives (key, name, array) of the model."""
+
+    def __init__(self, base: Any, pipeline: Any, tensors: Iterable[tuple[str, str, TypedArray]]) -> None:
+        self.base = base
+        self.names: dict[str, str] = {}  # tensor key -> name in the base
+        for key, name, array in tensors:
+            if (array.dtype in DELTA_DTYPES and any(stage.selects(key, array) for stage in pipeline.array_stages)
+                    and base.info(name) == (array.dtype, array.shape)):
+                self.names[key] = name
+        self._digests: dict[str, str] = {}
+
+    def delta(self, key: str, array: TypedArray) -> TypedArray | None:
+        """The float32 difference to store for tensor `key`, or None when it is stored as itself."""
+        if key not in self.names:
+            return None
+        base = self.base.read(self.names[key])
+        self._digests.setdefault(key, digest(base))
+        return TypedArray(to_float32(array.data, array.dtype) - to_float32(base.data, base.dtype), "F32")
+
+    def record(self, key: str) -> dict[str, str]:
+        """What the header keeps of the base tensor under `key` (after `delta` was taken)."""
+        return {"tensor": self.names[key], "sha256": self._digests[key]}
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def get(self, key: str) -> np.ndarray | None:
+        """float32 values of the base tensor under `key`, for a teacher that runs base + delta."""
+        if key not in self.names:
+            return None
+        base = self.base.read(self.names[key])
+        return to_float32(base.data, base.dtype)
+
+
+__all__ = ["DELTA_DTYPES", "Deltas", "check_record", "digest", "rebuild"]

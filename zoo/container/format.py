@@ -1,0 +1,165 @@
+"""The .zoo archive: preamble, JSON header, payload region. Spec: docs/FORMAT.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zoo import kernels as _kernels
+from zoo.errors import ChecksumError, FormatError
+
+MAGIC = b"\x89ZOO\r\n\x1a\n"
+VERSION = 1
+# Version 1 plus tensors stored against a base model: written only when the header has a "base"
+# record, so that a version-1 reader refuses the archive instead of handing out the differences.
+BASE_VERSION = 2
+VERSIONS = (VERSION, BASE_VERSION)
+MAX_HEADER_BYTES = 64 << 20
+PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, crc32 of header, header length
+INDEX_RECORD = struct.Struct("<QII")  # chunk offset in the payload region, stored length, crc32
+
+
+def crc32(data: bytes | memoryview) -> int:
+    """zlib's CRC-32; the native kernel folds with carry-less multiplication (several times zlib's speed)."""
+    return _kernels.crc32(data)
+
+
+class PayloadWriter:
+    """Appends blobs to a payload file and hands back their offsets."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        offset = self.size
+        self.stream.write(data)
+        self.size += len(data)
+        return offset
+
+    def write_index(self, chunks: list[tuple[int, int, int]]) -> dict[str, Any]:
+        """Write a leaf's chunk index; returns what the header keeps of it."""
+        table = b"".join(INDEX_RECORD.pack(*chunk) for chunk in chunks)
+        return {"index": [self.write(table), len(chunks)], "index_crc32": crc32(table)}
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    body = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    if len(body) > MAX_HEADER_BYTES:
+        raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
+    return body
+
+
+def version_of(header: dict[str, Any]) -> int:
+    return BASE_VERSION if "base" in header else VERSION
+
+
+def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0) -> None:
+    """Write preamble, header and payload into `destination` (a temporary name). The payload is
+    `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes."""
+    body = encode_header(header)
+    with open(destination, "wb") as out, open(payload_path, "rb") as payload:
+        out.write(PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)))
+        out.write(body)
+        out.flush()
+        payload.seek(payload_offset)
+        remaining = os.fstat(payload.fileno()).st_size - payload_offset
+        while remaining:
+            try:
+                sent = os.copy_file_range(payload.fileno(), out.fileno(), remaining)
+            except OSError:
+                sent = 0
+            if sent == 0:  # not supported here: copy through user space
+                out.seek(0, os.SEEK_END)
+                while block := payload.read(8 << 20):
+                    out.write(block)
+                break
+            remaining -= sent
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class ArchiveFile:
+    """Random access to an archive's header and payload; safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no such archive") from None
+        except IsADirectoryError:
+            raise FormatError(f"{self.path}: is a folder, not a zoo archive") from None
+        except OSError as error:
+            raise FormatError(f"{self.path}: cannot open: {error.strerror}") from None
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> dict[str, Any]:
+        self.file_size = os.fstat(self._file.fileno()).st_size
+        preamble = os.pread(self._file.fileno(), PREAMBLE.size, 0)
+        if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
+            raise FormatError(f"{self.path}: not a zoo archive")
+        _, version, header_crc, length = PREAMBLE.unpack(preamble)
+        if version not in VERSIONS:
+            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} and {BASE_VERSION}")
+        if length > MAX_HEADER_BYTES:
+            raise FormatError(f"{self.path}: header length {length} is over the cap of {MAX_HEADER_BYTES}")
+        if PREAMBLE.size + length > self.file_size:
+            raise FormatError(f"{self.path}: truncated archive (header runs past the end)")
+        body = os.pread(self._file.fileno(), length, PREAMBLE.size)
+        if crc32(body) != header_crc:
+            raise ChecksumError(f"{self.path}: archive header is damaged (checksum mismatch)")
+        try:
+            header = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise FormatError(f"{self.path}: archive header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise FormatError(f"{self.path}: archive header is not a JSON object")
+        if version != version_of(header):
+            raise FormatError(f"{self.path}: a version {version} archive {'with' if 'base' in header else 'without'} a base record")
+        self.payload_start = PREAMBLE.size + length
+        self.payload_size = self.file_size - self.payload_start
+        return header
+
+    def read(self, offset: int, length: int, what: str) -> bytes:
+        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > self.payload_size:
+            raise FormatError(f"{self.path}: {what} lies outside the archive (truncated?)")
+        data = os.pread(self._file.fileno(), length, self.payload_start + offset)
+        if len(data) != length:
+            raise FormatError(f"{self.path}: {what} is truncated")
+        return data
+
+    def read_index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
+        try:
+            (offset, count), expected_crc = leaf["index"], leaf["index_crc32"]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{self.path}: {what} has no chunk index") from None
+        table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}")
+        if crc32(table) != expected_crc:
+            raise ChecksumError(f"{self.path}: chunk index of {what} is damaged (checksum mismatch)")
+        return [INDEX_RECORD.unpack_from(table, i * INDEX_RECORD.size) for i in range(count)]
+
+    def read_chunk(self, chunk: tuple[int, int, int], what: str) -> bytes:
+        offset, length, expected_crc = chunk
+        data = self.read(offset, length, what)
+        if crc32(data) != expected_crc:
+            raise ChecksumError(f"{self.path}: {what} is damaged (checksum mismatch)")
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def is_archive(path: Path) -> bool:
+    """Whether `path` is a file that starts as a .zoo archive does."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC

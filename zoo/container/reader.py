@@ -1,0 +1,545 @@
+"""Reading an archive: tensors one at a time, files as byte streams, and full verification."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from zoo.kernels.parallel import for_each, ordered_map
+from zoo.codecs.base import TypedArray
+from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
+from zoo.dtypes import DTYPES, storage_dtype, to_float32
+from zoo.errors import FormatError, InputError, ZooError
+from zoo.container.format import ArchiveFile
+from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
+from zoo.sources.folder import check_relpath
+
+if TYPE_CHECKING:  # base_model opens archives with this module
+    from zoo.container.base_model import BaseModel
+
+
+def _fail(archive: ArchiveFile, message: str) -> FormatError:
+    return FormatError(f"{archive.path}: {message}")
+
+
+def leaf_bytes(leaf: dict[str, Any]) -> int:
+    return math.prod(leaf["shape"]) * DTYPES[leaf["dtype"]].bits // 8
+
+
+# A file's sha256 runs on one thread (about 1.2 GB/s here, slower than decoding), so the files of a
+# sharded model are decoded and hashed side by side, a worker each, when there are at least as
+# many files this large as threads; a model of one large file is decoded on every thread instead.
+SHARD_BYTES = 16 << 20
+
+
+def tensor_leaves(root: Any, what: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The leaves under a tensor's root node, each with what to call it in a message (`what`, plus
+    the part it stores); a node that is not a dict holds none."""
+    if isinstance(root, dict) and "leaf" in root:
+        yield root["leaf"], what
+    elif isinstance(root, dict):
+        for part, child in (root.get("parts") or {}).items():
+            yield from tensor_leaves(child, f"{what} part {part!r}")
+
+
+def sharded(files: list[dict[str, Any]], threads: int) -> list[dict[str, Any]]:
+    """The file entries to go side by side (largest first), or none."""
+    shards = sorted((entry for entry in files if entry["size"] >= SHARD_BYTES), key=lambda entry: -entry["size"])
+    return shards if threads > 1 and len(shards) >= threads else []
+
+
+class Archive:
+    """An open .zoo archive. Tensors and files are decoded on demand; nothing else is read.
+    `base` (a zoo.container.base_model.BaseModel) is the model that tensors stored against
+    a base are added to; without it, reading one of them raises InputError naming the base."""
+
+    def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False) -> None:
+        self._file = ArchiveFile(path)
+        self.path = self._file.path
+        self._pipelines: dict[str, Pipeline] = {}
+        self._base = base
+        self._owns_base = owns_base  # then closed with the archive, on failure here too
+        try:
+            self._check_header()
+            if base is not None:
+                self._check_base_shapes()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- header -----------------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        header = self._file.header
+        files, tensors = header.get("files"), header.get("tensors")
+        if header.get("format") != "zoo" or not isinstance(files, list) or not isinstance(tensors, dict):
+            raise _fail(self._file, "archive header lacks its files or tensors")
+        self._files: dict[str, dict[str, Any]] = {}
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("segments"), list):
+                raise _fail(self._file, "archive header has a malformed file entry")
+            try:
+                path = check_relpath(entry.get("path"))
+            except ZooError as error:
+                raise _fail(self._file, f"archive holds a file it may not write: {error}") from None
+            if path in self._files:
+                raise _fail(self._file, f"archive holds {path!r} twice")
+            total = 0
+            for segment in entry["segments"]:
+                if isinstance(segment, dict) and isinstance(segment.get("tensor"), str):
+                    tensor = tensors.get(segment["tensor"])
+                    if not isinstance(tensor, dict):
+                        raise _fail(self._file, f"{path} names tensor {segment['tensor']!r}, which the archive lacks")
+                    self._check_leaf_shape(tensor, f"tensor {segment['tensor']!r}")
+                    total += leaf_bytes(tensor)
+                elif isinstance(segment, dict) and isinstance(segment.get("blob"), dict) and isinstance(segment["blob"].get("leaf"), dict):
+                    self._check_leaf_shape(segment["blob"]["leaf"], f"a part of {path}")
+                    total += leaf_bytes(segment["blob"]["leaf"])
+                else:
+                    raise _fail(self._file, f"{path} has a malformed segment")
+            if total != entry.get("size"):
+                raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
+            self._files[path] = entry
+        needed = header.get("base")
+        if needed is not None and not (isinstance(needed, dict) and isinstance(needed.get("hint"), str)):
+            raise _fail(self._file, "archive header has a malformed base record")
+        for name, info in tensors.items():
+            if isinstance(info, dict) and "base" in info:
+                if needed is None:
+                    raise _fail(self._file, f"tensor {name!r} is stored against a base, but the archive names none")
+                check_record(info["base"], f"{self.path}: tensor {name!r}")
+                if info.get("dtype") not in DELTA_DTYPES:
+                    raise _fail(self._file, f"tensor {name!r} of {info.get('dtype')} cannot be stored against a base")
+
+    # -- the base model ---------------------------------------------------------------------
+
+    def base_needed(self) -> dict[str, Any] | None:
+        """The header's base record ({"hint": ...}) when tensors are stored against a base."""
+        return self._file.header.get("base")
+
+    def base_tensors(self) -> list[str]:
+        """Keys of the tensors stored as their difference from the base."""
+        return [key for key, info in self._file.header["tensors"].items() if "base" in info]
+
+    def _missing_base(self, what: str) -> InputError:
+        hint = self.base_needed()["hint"]  # type: ignore[index]
+        return InputError(f"{self.path}: {what} stored as a difference from the base model {hint!r}; pass that base (--base BASE)")
+
+    def require_base(self) -> None:
+        """Raise InputError unless the base is given or not needed; check every base tensor's
+        sha256 now, so that a wrong base fails before anything is written."""
+        if self.base_needed() is None:
+            return
+        if self._base is None:
+            count = len(self.base_tensors())
+            raise self._missing_base(f"{count} tensor{'s are' if count != 1 else ' is'}")
+        for key in self.base_tensors():
+            self._base_tensor(key)
+
+    def _check_base_shapes(self) -> None:
+        for key in self.base_tensors():
+            info = self.tensor_info(key)
+            found = self._base.info(info["base"]["tensor"])  # type: ignore[union-attr]
+            if found is None or found != (info["dtype"], tuple(info["shape"])):
+                self._base_tensor(key)  # raises with the reason
+
+    def _base_tensor(self, key: str) -> TypedArray:
+        info = self.tensor_info(key)
+        if self._base is None:
+            raise self._missing_base(f"tensor {key!r} is")
+        return self._base.matching(info["base"]["tensor"], info["base"], info["dtype"], tuple(info["shape"]), self.base_needed()["hint"])
+
+    def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
+        shape = leaf.get("shape")
+        if leaf.get("dtype") not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _fail(self._file, f"{what} has a bad dtype or shape")
+
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._file.header.get("metadata") or {})
+
+    def keys(self) -> list[str]:
+        return list(self._file.header["tensors"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file.header["tensors"]
+
+    def files(self) -> list[dict[str, Any]]:
+        return [{k: entry[k] for k in ("path", "size", "sha256", "lossless", "kind") if k in entry} for entry in self._files.values()]
+
+    def file_entry(self, path: str) -> dict[str, Any]:
+        try:
+            return self._files[path]
+        except KeyError:
+            raise FormatError(f"{self.path}: archive holds no file {path!r}") from None
+
+    def stored_bytes(self, name: str) -> int:
+        """What tensor `name` takes in the payload, its chunk index records included."""
+        info = self.tensor_info(name)
+        total = 0
+        for leaf, what in tensor_leaves(info["root"], f"tensor {info.get('name')!r}"):
+            index, _, _ = self._chunks(leaf, what)
+            total += sum(record[1] for record in index) + CHUNK_RECORD_BYTES * len(index)
+        return total
+
+    def tensor_info(self, name: str) -> dict[str, Any]:
+        try:
+            return self._file.header["tensors"][name]
+        except KeyError:
+            raise FormatError(f"{self.path}: archive holds no tensor {name!r}") from None
+
+    def pipeline_of(self, configs: list[dict[str, Any]]) -> Pipeline:
+        key = repr(configs)
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline.from_configs(configs)
+        return self._pipelines[key]
+
+    # -- leaves -----------------------------------------------------------------------------
+
+    def _chunks(self, leaf: dict[str, Any], what: str) -> tuple[list[tuple[int, int, int]], int, int]:
+        n_elements = math.prod(leaf["shape"])
+        chunk_elements = leaf.get("chunk_elements")
+        if not isinstance(chunk_elements, int) or chunk_elements <= 0:
+            raise _fail(self._file, f"{what} has a bad chunk size")
+        index = self._file.read_index(leaf, what)
+        if len(index) != -(-n_elements // chunk_elements):
+            raise _fail(self._file, f"{what} has {len(index)} chunks for {n_elements} elements")
+        return index, n_elements, chunk_elements
+
+    def _chunk_decoder(self, leaf: dict[str, Any], pipeline: Pipeline, what: str) -> tuple[int, int, Callable[[int], np.ndarray]]:
+        """(chunk count, bytes per full chunk, decode(number) -> raw bytes of that chunk) of a leaf."""
+        index, n_elements, chunk_elements = self._chunks(leaf, what)
+        bits = DTYPES[leaf["dtype"]].bits
+
+        def decode(number: int) -> np.ndarray:
+            count = min(chunk_elements, n_elements - number * chunk_elements)
+            label = f"{what}, chunk {number}"
+            payload = self._file.read_chunk(index[number], label)
+            try:
+                out = pipeline.decode_chunk(payload, leaf["dtype"], count)
+            except FormatError as error:
+                raise FormatError(f"{self.path}: {label} is damaged: {error}") from None
+            if out.nbytes != count * bits // 8:
+                raise _fail(self._file, f"{label} decodes to {out.nbytes} bytes, expected {count * bits // 8}")
+            return out.view(np.uint8)
+
+        return len(index), chunk_elements * bits // 8, decode
+
+    def _leaf_chunks(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> Iterator[np.ndarray]:
+        """Decoded raw bytes of a leaf, chunk by chunk."""
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        yield from ordered_map(decode, range(count), threads, size=lambda number: chunk_bytes)
+
+    def read_leaf(self, leaf: dict[str, Any], pipeline: Pipeline, what: str, threads: int = 1) -> TypedArray:
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        if count == 1:
+            raw = _owned(decode(0))  # the one chunk is the whole leaf: no copy
+        else:
+            raw = np.empty(leaf_bytes(leaf), dtype=np.uint8)
+
+            def place(number: int) -> None:
+                # The worker that decoded a chunk copies it into place: the copies run in
+                # parallel, and no decoded chunk waits for the consumer.
+                raw[number * chunk_bytes:(number + 1) * chunk_bytes] = decode(number)
+
+            for_each(place, range(count), threads)
+        data = raw.view(storage_dtype(leaf["dtype"])) if DTYPES[leaf["dtype"]].storage else raw
+        return TypedArray(data.reshape(leaf["shape"]) if DTYPES[leaf["dtype"]].storage else data, leaf["dtype"])
+
+    # -- tensors ----------------------------------------------------------------------------
+
+    def read_tensor(self, name: str, threads: int = 1) -> TypedArray:
+        """A tensor's raw storage, through every stage of its pipeline (plus its base tensor, when
+        it is stored against one)."""
+        info = self.tensor_info(name)
+        if "base" not in info:
+            return self.read_stored(name, threads)
+        base = self._base_tensor(name)
+        return rebuild(self.read_stored(name, threads), base, info["dtype"])
+
+    def read_stored(self, name: str, threads: int = 1) -> TypedArray:
+        """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
+        info = self.tensor_info(name)
+        pipeline = self.pipeline_of(info.get("pipeline"))
+        root = info.get("root")
+        if not isinstance(root, dict):
+            raise _fail(self._file, f"tensor {name!r} has no encoding")
+
+        def read_leaf(leaf: dict[str, Any]) -> TypedArray:
+            self._check_leaf_shape(leaf, f"tensor {name!r}")
+            return self.read_leaf(leaf, pipeline, f"tensor {name!r}", threads)
+
+        result = pipeline.untransform(root, read_leaf)
+        dtype = "F32" if "base" in info else info["dtype"]
+        if result.dtype != dtype or list(result.shape) != list(info["shape"]):
+            raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {dtype}{info['shape']}")
+        return result
+
+    def read_tensors(self, names: list[str], threads: int = 1) -> dict[str, TypedArray]:
+        """Several tensors, by name in the order given. A tensor of many chunks is decoded on
+        `threads` workers, chunk by chunk; those of a few chunks (biases, norms, the matrices of a
+        small model) go side by side, a worker each, which is the only way threads help them."""
+        many = {name for name in names if self._chunk_count(name) >= 2 * threads}
+        few = [name for name in names if name not in many]
+        decoded: dict[str, TypedArray] = {}
+        for_each(lambda name: decoded.__setitem__(name, self.read_tensor(name)), few, threads)
+        decoded.update((name, self.read_tensor(name, threads)) for name in names if name in many)
+        return {name: decoded[name] for name in names}
+
+    def _chunk_count(self, name: str) -> int:
+        """How many chunks a tensor's leaves hold, as its header says (0 where it is malformed:
+        reading the tensor reports that)."""
+        total = 0
+        for leaf, _ in tensor_leaves(self.tensor_info(name).get("root"), name):
+            index = leaf.get("index") if isinstance(leaf, dict) else None
+            total += index[1] if isinstance(index, list) and len(index) == 2 and isinstance(index[1], int) else 0
+        return total
+
+    def get_tensor(self, name: str, framework: str = "np") -> Any:
+        """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
+        return _as_framework(self.read_tensor(name), framework)
+
+    def get_slice(self, name: str, framework: str = "np") -> TensorSlice:
+        """A tensor to index like safetensors' get_slice: `archive.get_slice(name)[10:20]` decodes
+        only the chunks holding rows 10 to 19 (the whole tensor when array stages encoded it)."""
+        self.tensor_info(name)
+        return TensorSlice(self, name, framework)
+
+    def read_rows(self, name: str, first: int, stop: int) -> TypedArray:
+        """Rows first..stop-1 (along the first axis) of a tensor's raw storage."""
+        info = self.tensor_info(name)
+        dtype, shape, root = info["dtype"], list(info["shape"]), info.get("root")
+        what = f"tensor {name!r}"
+        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None or "base" in info:
+            whole = self.read_tensor(name)
+            return TypedArray(whole.data[first:stop], dtype)
+        leaf = root["leaf"]
+        self._check_leaf_shape(leaf, what)
+        if leaf["dtype"] != dtype or list(leaf["shape"]) != shape:
+            raise _fail(self._file, f"{what} is stored as {leaf['dtype']}{leaf['shape']}, expected {dtype}{shape}")
+        row, itemsize = math.prod(shape[1:]), DTYPES[dtype].bits // 8
+        low, high = first * row, stop * row
+        raw = np.empty((high - low) * itemsize, dtype=np.uint8)
+        if high > low:
+            _, _, decode = self._chunk_decoder(leaf, self.pipeline_of(info.get("pipeline")), what)
+            per_chunk = leaf["chunk_elements"]
+            for number in range(low // per_chunk, -(-high // per_chunk)):
+                chunk, begin = decode(number), number * per_chunk
+                a, b = max(low, begin), min(high, begin + chunk.nbytes // itemsize)
+                raw[(a - low) * itemsize:(b - low) * itemsize] = chunk[(a - begin) * itemsize:(b - begin) * itemsize]
+        return TypedArray(raw.view(storage_dtype(dtype)).reshape([stop - first, *shape[1:]]), dtype)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _segment_size(self, segment: dict[str, Any]) -> int:
+        if "tensor" in segment:
+            return leaf_bytes(self.tensor_info(segment["tensor"]))
+        return leaf_bytes(segment["blob"]["leaf"])
+
+    def iter_file(self, path: str, start: int = 0, end: int | None = None, threads: int = 1) -> Iterator[bytes | memoryview]:
+        """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive). Only the
+        chunks that overlap the range are decoded; `threads` workers decode them in order."""
+        entry = self.file_entry(path)
+        end = entry["size"] if end is None else min(end, entry["size"])
+        tasks = self._file_tasks(entry, start, end)
+        for position, piece in ordered_map(lambda task: (task[0], task[2]()), tasks, threads, size=lambda task: task[1]):
+            low, high = max(start, position), min(end, position + len(piece))
+            if low < high:
+                yield memoryview(piece)[low - position:high - position]
+
+    def _file_tasks(self, entry: dict[str, Any], start: int, end: int) -> Iterator[tuple[int, int, Callable[[], np.ndarray]]]:
+        """(file offset, size, decode) for each piece of the file that overlaps [start, end)."""
+        position = 0
+        for segment in entry["segments"]:
+            if position >= end:
+                return
+            size = self._segment_size(segment)
+            if position + size > start:
+                yield from self._segment_tasks(segment, entry["path"], position, start, end)
+            position += size
+
+    def _segment_tasks(self, segment: dict[str, Any], path: str, position: int, start: int, end: int) -> Iterator[tuple[int, int, Callable[[], np.ndarray]]]:
+        if "tensor" in segment:
+            name = segment["tensor"]
+            info = self.tensor_info(name)
+            if "leaf" not in info["root"] or "base" in info:  # transformed by array stages: decoded whole
+                yield position, leaf_bytes(info), lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
+                return
+            leaf, pipeline, what = info["root"]["leaf"], self.pipeline_of(info.get("pipeline")), f"tensor {name!r}"
+        else:
+            leaf, pipeline, what = segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")), f"file {path!r}"
+        self._check_leaf_shape(leaf, what)
+        count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
+        first, stop = max(0, start - position) // chunk_bytes, position + leaf_bytes(leaf)
+        for number in range(first, count):
+            offset = position + number * chunk_bytes
+            if offset >= end:
+                return
+            yield offset, min(chunk_bytes, stop - offset), partial(decode, number)
+
+    def read_file(self, path: str, threads: int = 1) -> bytes:
+        return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
+
+    def _leaves(self) -> Iterator[tuple[dict[str, Any], str]]:
+        for name, info in self._file.header["tensors"].items():
+            yield from tensor_leaves(info.get("root"), f"tensor {name!r}")
+        for path, entry in self._files.items():
+            for segment in entry["segments"]:
+                if "blob" in segment:
+                    yield segment["blob"]["leaf"], f"file {path!r}"
+
+    def layout_problems(self) -> list[str]:
+        """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps."""
+        extents = []
+        for leaf, what in self._leaves():
+            try:
+                index, _, _ = self._chunks(leaf, what)
+            except ZooError as error:
+                return [str(error)]
+            offset, count = leaf["index"]
+            extents.append((offset, count * 16, f"chunk index of {what}"))
+            extents.extend((chunk[0], chunk[1], f"{what}, chunk {number}") for number, chunk in enumerate(index))
+        extents.sort()
+        position = 0
+        for offset, length, what in extents:
+            if offset < position:
+                return [f"{what} overlaps other stored data"]
+            if offset > position:
+                return [f"{offset - position} stored bytes before {what} belong to nothing"]
+            position = offset + length
+        if position != self._file.payload_size:
+            return [f"{self._file.payload_size - position} stored bytes at the end belong to nothing"]
+        return []
+
+    def verify(self, threads: int = 1) -> list[str]:
+        """Decode everything; return what is damaged (empty when the archive is sound). Without
+        the base, tensors stored against it are checked as stored (every checksum, decoded
+        through their pipeline) but not rebuilt."""
+        problems = self.layout_problems()
+        found: dict[str, list[str]] = {}
+
+        def check(entry: dict[str, Any], threads: int) -> None:
+            found[entry["path"]] = self._verify_file(entry, threads)
+
+        # As decompress does: a sharded model's files side by side (each sha256 runs on one thread).
+        shards = sharded(list(self._files.values()), threads)
+        for_each(lambda entry: check(entry, 1), shards, threads)
+        for entry in self._files.values():
+            if entry["path"] not in found:
+                check(entry, threads)
+        for path in self._files:
+            problems.extend(f"{path}: {problem}" for problem in found[path])
+        return problems
+
+    def _verify_file(self, entry: dict[str, Any], threads: int) -> list[str]:
+        if self._base is None and any(self.tensor_info(s["tensor"]).get("base") for s in entry["segments"] if "tensor" in s):
+            return self._verify_stored(entry, threads)
+        digest = hashlib.sha256()
+        try:
+            for piece in self.iter_file(entry["path"], threads=threads):
+                digest.update(piece)
+        except ZooError as error:
+            return [str(error)]
+        if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
+            return ["decoded bytes do not match the recorded sha256"]
+        return []
+
+    def _verify_stored(self, entry: dict[str, Any], threads: int) -> list[str]:
+        for segment in entry["segments"]:
+            try:
+                if "tensor" in segment:
+                    self.read_stored(segment["tensor"], threads)
+                else:
+                    for _ in self._leaf_chunks(segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")),
+                                               f"file {entry['path']!r}", threads):
+                        pass
+            except ZooError as error:
+                return [str(error)]
+        return []
+
+    def close(self) -> None:
+        self._file.close()
+        if self._owns_base and self._base is not None:
+            self._base.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+
+def _owned(chunk: np.ndarray) -> np.ndarray:
+    """A decoded chunk as an array of its own: read-only ones (views of a stored stream) are copied,
+    so every tensor read is writable as before."""
+    return chunk if chunk.flags.writeable and chunk.flags.c_contiguous else chunk.copy()
+
+
+def _as_framework(array: TypedArray, framework: str) -> Any:
+    if framework in ("pt", "torch"):
+        from zoo.torch_bridge import to_torch
+
+        return to_torch(array)
+    if framework not in ("np", "numpy"):
+        raise ZooError(f"unknown framework {framework!r}: use 'np' or 'pt'")
+    if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+        return to_float32(array.data, array.dtype)
+    if array.dtype == "BOOL":
+        return array.data.view(np.bool_)
+    return array.data
+
+
+class TensorSlice:
+    """What Archive.get_slice returns: shape and dtype without decoding, and indexing by ints,
+    slices and Ellipsis, which decodes only the rows the first index touches."""
+
+    def __init__(self, archive: Archive, name: str, framework: str) -> None:
+        self._archive, self._name, self._framework = archive, name, framework
+        info = archive.tensor_info(name)
+        self._shape, self._dtype = list(info["shape"]), info["dtype"]
+
+    def get_shape(self) -> list[int]:
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        return self._dtype
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a scalar tensor")
+        return self._shape[0]
+
+    def __getitem__(self, index: Any) -> Any:
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(not isinstance(item, (int, np.integer, slice)) and item is not Ellipsis for item in items):
+            raise ZooError("a tensor slice takes ints, slices and '...' only")
+        if items.count(Ellipsis) > 1:
+            raise ZooError("a tensor slice takes at most one '...'")
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at:at + 1] = [slice(None)] * (len(self._shape) - len(items) + 1)
+        if len(items) > len(self._shape):
+            raise ZooError(f"{len(items)} indices for a tensor of {len(self._shape)} dimensions")
+        if not self._shape:
+            return _as_framework(self._archive.read_tensor(self._name), self._framework)
+        rows = self._shape[0]
+        first = items[0] if items else slice(None)
+        if isinstance(first, slice):
+            span = range(*first.indices(rows))
+            low, high = (min(span), max(span) + 1) if span else (0, 0)
+            stop = span.stop - low
+            local: int | slice = slice(span.start - low, stop if stop >= 0 else None, span.step) if span else slice(0, 0)
+        else:
+            position = int(first) + rows if int(first) < 0 else int(first)
+            if not 0 <= position < rows:
+                raise IndexError(f"index {int(first)} is out of bounds for a first axis of {rows}")
+            low, high, local = position, position + 1, 0
+        part = self._archive.read_rows(self._name, low, high)
+        selected = np.ascontiguousarray(part.data[(local, *items[1:])])
+        return _as_framework(TypedArray(selected, part.dtype), self._framework)

@@ -1,0 +1,202 @@
+"""Building an archive: source segments -> array stages -> chunks encoded in parallel -> payload.
+
+Memory stays bounded: sources are memory-mapped, chunks are encoded by a bounded window of
+workers (zoo.kernels.parallel.ordered_map), and the pages of each chunk are released from this
+process as soon as it is encoded, so the resident set does not grow with the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import mmap
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from zoo import __version__
+from zoo.kernels.parallel import ordered_map
+from zoo.codecs.base import TypedArray
+from zoo.container.delta import Deltas
+from zoo.dtypes import DTYPES, storage_dtype
+from zoo.errors import InputError
+from zoo.container.format import PayloadWriter, crc32
+from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
+from zoo.sources.folder import Segment, SourceFile
+
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass
+class _Job:
+    """One chunk to encode: its leaf, the raw bytes, and the file range to release afterwards."""
+
+    leaf: dict[str, Any]
+    pipeline: Pipeline
+    raw: np.ndarray
+    count: int
+    mapped: mmap.mmap | None = None
+    file_offset: int = 0
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _map(source: SourceFile) -> mmap.mmap | None:
+    """The file mapped read-only; unmapped when the last array viewing it is gone."""
+    if source.size == 0:
+        return None
+    with open(source.path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(mapped) != source.size:
+        raise InputError(f"{source.path}: file changed while being read")
+    return mapped
+
+
+def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]:
+    """(file, its mapping, segment, tensor key or None for a blob, raw bytes) in archive order.
+    A tensor's key is its name, or `path::name` when an earlier file already used the name."""
+    used_keys: set[str] = set()
+    for source in sources:
+        mapped = _map(source)
+        for segment in source.segments:
+            raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
+            key = None
+            if segment.tensor is not None:
+                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
+                used_keys.add(key)
+            yield source, mapped, segment, key, raw
+
+
+class Builder:
+    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None,
+                 deltas: Deltas | None = None) -> None:
+        self.pipeline = pipeline
+        self.plans = plans  # what pipeline.survey() returned, when it was run
+        self.deltas = deltas  # tensors stored against a base model (zoo.container.delta), when one is given
+        self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
+        self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
+        self.chunk_bytes = chunk_bytes
+        self.header: dict[str, Any] = {
+            "format": "zoo",
+            "created_by": f"zoo {__version__}",
+            "metadata": {"pipeline": pipeline.spec(), **(metadata or {})},
+            "files": [],
+            "tensors": {},
+        }
+
+    def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None) -> dict[str, Any]:
+        """Encode every source into `payload`; returns the archive header."""
+        writer = PayloadWriter(payload)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
+            digests = {s.relpath: hasher.submit(_sha256_file, s.path) for s in sources}
+            current: dict[str, Any] | None = None
+            chunks: list[tuple[int, int, int]] = []
+            for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):
+                if job.leaf is not current:
+                    if current is not None:
+                        current.update(writer.write_index(chunks))
+                    current, chunks = job.leaf, []
+                if encoded is not None:
+                    chunks.append((writer.write(encoded), len(encoded), crc32(encoded)))
+                if progress and job.raw.nbytes:
+                    progress(job.raw.nbytes)
+            if current is not None:
+                current.update(writer.write_index(chunks))
+            self._record_digests(digests)
+        return self.header
+
+    def _record_digests(self, digests: dict[str, Future[str]]) -> None:
+        for entry in self.header["files"]:
+            entry["sha256"] = digests[entry["path"]].result()
+
+    @staticmethod
+    def _encode(job: _Job) -> tuple[_Job, bytes | None]:
+        if not job.count:
+            return job, None
+        encoded = job.pipeline.encode_chunk(job.raw, job.leaf["dtype"])
+        if job.mapped is not None:
+            # Drop this chunk's pages from our resident set; they stay in the page cache.
+            start = job.file_offset // _PAGE * _PAGE
+            end = job.file_offset + job.raw.nbytes
+            job.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return job, encoded
+
+    # -- planning ---------------------------------------------------------------------------
+
+    @staticmethod
+    def named_tensors(sources: list[SourceFile]) -> Iterator[tuple[str, str, TypedArray]]:
+        """(key the build gives it, name in its file, array) of every typed tensor."""
+        for _, _, segment, key, raw in _walk(sources):
+            if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size:
+                yield key, segment.tensor, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+
+    @staticmethod
+    def tensors(sources: list[SourceFile], deltas: Deltas | None = None) -> Iterator[tuple[str, TypedArray]]:
+        """Every typed tensor by its key, as the array stages will see it, for a survey before the
+        build: a tensor stored against a base is its float32 difference from the base."""
+        for key, _, array in Builder.named_tensors(sources):
+            delta = deltas.delta(key, array) if deltas is not None else None
+            yield key, array if delta is None else delta
+
+    def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
+        entry: dict[str, Any] = {}
+        for source, mapped, segment, key, raw in _walk(sources):
+            if entry.get("path") != source.relpath:
+                entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
+                self.header["files"].append(entry)
+            if key is None:
+                # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
+                pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
+                leaf = {"dtype": segment.dtype, "shape": [segment.size * 8 // DTYPES[segment.dtype].bits]}
+                entry["segments"].append({"blob": {"pipeline": pipeline.configs(), "leaf": leaf}})
+                yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset)
+            else:
+                entry["segments"].append({"tensor": key})
+                lossless = yield from self._tensor_jobs(key, source, segment, raw, mapped)
+                entry["lossless"] &= lossless
+
+    def _tensor_jobs(self, key: str, source: SourceFile, segment: Segment, raw: np.ndarray, mapped: mmap.mmap | None) -> Iterator[_Job]:
+        dtype = DTYPES[segment.dtype]
+        record = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
+        self.header["tensors"][key] = record
+        delta = None
+        if dtype.storage:
+            array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+            delta = self.deltas.delta(key, array) if self.deltas is not None and segment.size else None
+            if delta is not None:
+                record["base"] = self.deltas.record(key)
+                self.header["base"] = {"hint": self.deltas.base.hint}
+            root, leaves = self.pipeline.transform(key, array if delta is None else delta, self.plans)
+        else:  # opaque dtypes go through the leaf stages as bytes
+            root = {"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}
+            leaves = [(root["leaf"], TypedArray(raw, segment.dtype))]
+        transformed = "leaf" not in root
+        used = self.pipeline if transformed else self.leaf_pipeline
+        record.update(pipeline=used.configs(), root=root)
+        for leaf, part in leaves:
+            part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
+            # Untransformed tensors are views of the mapped file: their pages can be released.
+            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset)
+        return used.lossless and delta is None  # base + delta is not promised to give the bytes back
+
+    def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int) -> Iterator[_Job]:
+        bits = DTYPES[leaf["dtype"]].bits
+        elements = max(1, self.chunk_bytes * 8 // bits)
+        leaf["chunk_elements"] = elements
+        count = math.prod(leaf["shape"])
+        if count == 0:
+            yield _Job(leaf, pipeline, raw[:0], 0)
+        for first in range(0, count, elements):
+            n = min(elements, count - first)
+            begin, end = first * bits // 8, (first + n) * bits // 8
+            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin)

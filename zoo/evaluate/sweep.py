@@ -1,0 +1,184 @@
+"""The rate-distortion sweep: one model through several pipelines, each judged against the original.
+
+For each pipeline: compress (timed), read every tensor back (timed: the decode a user pays at
+load), evaluate against the original with zoo.evaluate, and keep the size. The table has bits
+per weight (whole archive over the float weights), the ratio to float32, the quality figures
+of the model's kind and both times; `plot` draws distortion against rate and marks the Pareto
+frontier: the points no other point beats on both size and quality.
+
+With a base (the model MODEL was fine-tuned from), each pipeline stores the tensors it selects as
+their differences from it (zoo.container.delta), and the model evaluated is the base plus the decoded
+differences; the decode time includes adding them back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.refs import open_base
+from zoo.errors import InputError
+from zoo.codecs.pipeline import Pipeline
+
+# Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
+DISTORTION = {
+    "causal-lm": ("kl_mean", "mean KL to the original (nats per token)"),
+    "classifier": ("kl_mean", "mean KL of the class distribution (nats)"),
+    "encoder": ("cosine_mean", "1 - mean cosine of the embeddings"),
+    "weights": ("weight_cosine", "1 - cosine of the weights"),
+}
+
+
+@dataclass
+class SweepPoint:
+    pipeline: str
+    archive_bytes: int
+    original_bytes: int
+    parameters: int
+    encode_seconds: float
+    decode_seconds: float
+    kind: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pareto: bool = False
+    base_tensors: int = 0  # how many tensors were stored as differences from the base
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.archive_bytes / self.parameters if self.parameters else math.nan
+
+    @property
+    def ratio_fp32(self) -> float:
+        """How many times smaller than the float weights stored as float32."""
+        return 4 * self.parameters / self.archive_bytes if self.archive_bytes else math.nan
+
+    @property
+    def distortion(self) -> float:
+        name = DISTORTION.get(self.kind, DISTORTION["weights"])[0]
+        value = self.metrics.get(name)
+        if value is None:
+            return math.nan
+        return 1.0 - value if "cosine" in name else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bits_per_weight": self.bits_per_weight, "ratio_fp32": self.ratio_fp32, "distortion": self.distortion}
+
+
+def _headline(result: Any) -> dict[str, Any]:
+    figures = dict(result.metrics)
+    if result.weights:
+        figures.update({f"weight_{k}": v for k, v in result.weights.items() if isinstance(v, (int, float)) or v is None})
+    return {k: v for k, v in figures.items() if isinstance(v, (int, float, bool)) or v is None}
+
+
+def sweep(
+    model: str | os.PathLike[str],
+    pipelines: list[str],
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    text: str | None = None,
+    max_tokens: int | None = None,
+    threads: int | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    base: str | os.PathLike[str] | None = None,
+) -> list[SweepPoint]:
+    """Compress `model` with each pipeline and evaluate each result against it; with `base`, each
+    archive is made against that base and evaluated rebuilt on it (see compress(base=...))."""
+    from zoo import api
+    from zoo.evaluate import evaluate
+
+    if not pipelines:
+        raise InputError("give at least one pipeline to sweep")
+    specs = [Pipeline.parse(spec).spec() for spec in pipelines]  # every spec checked before any work
+    if not Path(model).exists():
+        raise InputError(f"{model}: no such file or folder")
+    options: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+    points = []
+    with ExitStack() as stack:
+        # Opened once, so that a base that is no model fails before the first pipeline runs.
+        base_model = stack.enter_context(open_base(base)) if base is not None else None
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-sweep-", dir=workdir))
+        for number, (given, spec) in enumerate(zip(pipelines, specs)):
+            if progress:
+                progress(f"[{number + 1}/{len(specs)}] {given}")
+            archive = Path(scratch) / f"candidate-{number}.zoo"
+            started = time.perf_counter()
+            report = api.compress(model, archive, spec, threads=threads, force=True, calibration=calibration, base=base)
+            encode_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            with api.open_archive(archive, base_model) as opened:
+                for name in opened.keys():
+                    opened.read_tensor(name)
+            decode_seconds = time.perf_counter() - started
+            result = evaluate(archive, model, text=text, base=base if report.base else None, **options)
+            points.append(SweepPoint(given, report.compressed_bytes, report.original_bytes, report.parameters,
+                                     encode_seconds, decode_seconds, result.kind, _headline(result),
+                                     base_tensors=report.base["tensors"] if report.base else 0))
+            archive.unlink()
+    mark_pareto(points)
+    return points
+
+
+def mark_pareto(points: list[SweepPoint]) -> None:
+    """A point is on the frontier when no other is at least as small and as good, and better in one."""
+    for point in points:
+        point.pareto = not math.isnan(point.distortion) and not any(
+            other is not point and not math.isnan(other.distortion)
+            and other.archive_bytes <= point.archive_bytes and other.distortion <= point.distortion
+            and (other.archive_bytes < point.archive_bytes or other.distortion < point.distortion)
+            for other in points
+        )
+
+
+def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Distortion against bits per weight, log scale, frontier joined and ringed; written as PNG
+    to a temporary name, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and never pick one up from the environment
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    kind = points[0].kind if points else "weights"
+    label = DISTORTION.get(kind, DISTORTION["weights"])[1]
+    usable = [p for p in points if not math.isnan(p.distortion)]
+    figure, axes = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    floor = min([p.distortion for p in usable if p.distortion > 0] or [1e-9]) / 10
+    for point in usable:
+        y = max(point.distortion, floor)
+        axes.scatter(point.bits_per_weight, y, s=40, color="tab:blue" if point.pareto else "tab:gray", zorder=3)
+        axes.annotate(point.pipeline, (point.bits_per_weight, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    frontier = sorted((p for p in usable if p.pareto), key=lambda p: p.bits_per_weight)
+    if frontier:
+        axes.plot([p.bits_per_weight for p in frontier], [max(p.distortion, floor) for p in frontier],
+                  color="tab:blue", linewidth=1.2, label="Pareto frontier", zorder=2)
+        axes.scatter([p.bits_per_weight for p in frontier], [max(p.distortion, floor) for p in frontier],
+                     s=120, facecolors="none", edgecolors="tab:blue", zorder=4)
+        axes.legend(loc="upper right", fontsize=8)
+    axes.set_yscale("log")
+    axes.set_xlabel("bits per weight (whole archive)")
+    axes.set_ylabel(label + (" (0 drawn at the floor)" if any(p.distortion <= 0 for p in usable) else ""))
+    axes.set_title(title or "rate and distortion", fontsize=10)
+    axes.grid(True, which="both", linewidth=0.3)
+    figure.tight_layout()
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: output folder does not exist")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(descriptor)
+    try:
+        figure.savefig(temporary, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        Path(temporary).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,141 @@
+"""Pulling from a Hugging Face hub into the zoo.
+
+Downloads go through huggingface_hub's snapshot_download, so HF_ENDPOINT, HF_TOKEN,
+HF_HUB_OFFLINE and HF_HOME (its cache, resumable and shared with transformers) behave as they do
+for every other Hub client. Each LFS file's sha256 is checked against the oid the hub lists
+before the model enters the zoo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.api import compress_into
+from zoo.errors import ChecksumError, InputError, ZooError
+from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name
+
+_REPO_REF = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?(?:@[\w./-]+)?", re.ASCII)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def looks_like_repo_ref(text: str) -> bool:
+    """Whether `text` can be a REPO_ID[@REVISION] (the caller has already ruled out a local path)."""
+    return bool(_REPO_REF.fullmatch(text))
+
+
+def parse_repo_ref(text: str) -> tuple[str, str]:
+    repo_id, _, revision = text.partition("@")
+    if not looks_like_repo_ref(text):
+        raise InputError(f"{text!r} is neither a local file or folder nor a hub id (ORG/NAME[@REVISION])")
+    return check_name(repo_id), revision or DEFAULT_REVISION
+
+
+class PullError(ZooError):
+    """The hub could not be reached, or did not have what was asked for."""
+
+
+@dataclass
+class Download:
+    folder: Path
+    commit: str
+    lfs_sha256: dict[str, str] = field(default_factory=dict)  # what the hub says each LFS file hashes to
+
+
+def _environment() -> dict[str, str | None]:
+    """Read now rather than at import of huggingface_hub, so a caller that sets them is obeyed."""
+    home = os.environ.get("HF_HOME")
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.path.expanduser(home), "hub") if home else None)
+    return {"endpoint": os.environ.get("HF_ENDPOINT") or None, "cache_dir": cache}
+
+
+def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] | None = None, exclude: list[str] | None = None,
+             progress_bars: bool = True) -> Download:
+    import huggingface_hub
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    settings = _environment()
+    (enable_progress_bars if progress_bars else disable_progress_bars)()
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=include or None, ignore_patterns=exclude or None,
+                                        **settings))
+        commit = folder.name
+        if huggingface_hub.constants.is_offline_mode():
+            # No listing to ask: the cache names each LFS blob after the sha256 the hub announced.
+            expected = {}
+            for path in folder.rglob("*"):
+                blob = Path(os.path.realpath(path))
+                if path.is_file() and _SHA256.fullmatch(blob.name):
+                    expected[path.relative_to(folder).as_posix()] = blob.name
+        else:
+            api = HfApi(endpoint=settings["endpoint"])
+            listing = api.list_repo_tree(repo_id, revision=commit, recursive=True)
+            expected = {item.path: item.lfs.sha256 for item in listing if getattr(item, "lfs", None) is not None}
+    except ZooError:
+        raise
+    except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
+        raise PullError(f"cannot pull {repo_id}@{revision}: {_first_line(error)}") from None
+    return Download(folder, commit, expected)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no details'}" + (f" {lines[1]}" if len(lines) > 1 and len(lines[0]) < 40 else "")
+
+
+def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
+    """Compare the sha256 recorded while compressing each downloaded file with the hub's LFS oid.
+    A bad copy is dropped from the Hugging Face cache so that the next pull fetches it again."""
+    from zoo.container.reader import Archive
+
+    with Archive(archive_path) as archive:
+        recorded = {f["path"]: f["sha256"] for f in archive.files()}
+    for path, expected in pulled.lfs_sha256.items():
+        got = recorded.get(path)
+        if got is not None and got != expected:
+            local = pulled.folder / path
+            Path(os.path.realpath(local)).unlink(missing_ok=True)
+            local.unlink(missing_ok=True)
+            raise ChecksumError(f"{repo_id}: {path} arrived with sha256 {got[:12]}..., the hub lists {expected[:12]}...; "
+                                "the bad copy was removed from the Hugging Face cache, pull again")
+
+
+def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipeline: str | None = None,
+         include: list[str] | None = None, exclude: list[str] | None = None, threads: int | None = None, force: bool = False,
+         progress: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None,
+         progress_bars: bool = True, **options: Any) -> tuple[Entry, bool]:
+    """Download REPO_ID[@REVISION] and store it compressed. Returns the entry and whether it is
+    new (False when the zoo already held this commit in this variant). `progress(total)` gives
+    the compression step's progress callback; the download shows huggingface_hub's own bars.
+    `options` go to zoo.compress."""
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+    from zoo.hub.store import variant_of
+
+    repo_id, revision = parse_repo_ref(ref)
+    store = store or Store()
+    name = check_name(name or repo_id)
+    pulled = download(repo_id, revision, include, exclude, progress_bars)
+    variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
+    held = store.exists_ref(name, revision, variant)
+    source = f"hub:{repo_id}@{pulled.commit}"
+    if held is not None and held.source == source and not force:
+        return held, False
+    # A newer commit of the same revision replaces the old one: that is what pulling means.
+    total = sum(path.stat().st_size for path in pulled.folder.rglob("*") if path.is_file())
+    their_check = options.pop("check", None)
+
+    def check(path: Path) -> None:
+        check_lfs(path, pulled, repo_id)
+        if their_check is not None:
+            their_check(path)
+
+    with progress(total) if progress else nullcontext(None) as advance:
+        entry = compress_into(store, pulled.folder, name, revision, pipeline, commit=pulled.commit, source_label=source, force=True,
+                              threads=threads, progress=advance, check=check, **options)
+    return entry, True

@@ -1,0 +1,85 @@
+"""The kernels zoo calls, from the native extension when it is built and usable, else numpy.
+
+Contract (every path gives bit-identical results; zoo/kernels/fallback.py is the reference):
+
+- split_planes(chunk uint8, dtype) -> list of uint8 planes; merge_planes(planes, dtype) -> uint8.
+- pack_indices(indices uint8|uint16, bits) -> uint8, LSB-first; unpack_indices(packed, bits, count).
+- dequantize(packed, bits, rows, cols, row_codebook int32, codebooks float32, dtype) -> storage (rows, cols).
+- philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
+- crc32(data, value=0) -> int: exactly zlib.crc32 (the archive's chunk checksums).
+- encode_section(words uint8, word_bytes, is_float, symbol_bits, prefix=b"") -> prefix + coded bytes and
+  decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
+  the entropy coder of the fprans and rans codecs (zoo/kernels/fallback_coder.py, docs/FORMAT.md).
+
+ZOO_KERNELS=numpy|scalar|avx2|avx512 forces a path; unset or `auto` takes the best the CPU has.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from zoo.kernels import fallback as _fallback, fallback_coder as _fallback_coder
+from zoo.errors import ZooError
+
+PATHS = ("auto", "numpy", "scalar", "avx2", "avx512")
+
+
+def _requested() -> str:
+    requested = os.environ.get("ZOO_KERNELS", "").strip().lower() or "auto"
+    if requested not in PATHS:
+        raise ZooError(f"ZOO_KERNELS={requested!r} is not one of {', '.join(PATHS)}")
+    return requested
+
+
+def _load_native(requested: str) -> tuple[Any, str, str]:
+    """(module or None, path name, why this path)."""
+    if requested == "numpy":
+        return None, "numpy", "forced by ZOO_KERNELS"
+    try:
+        from zoo import _native  # type: ignore[attr-defined]
+    except ImportError as error:
+        if requested != "auto":
+            raise ZooError(f"ZOO_KERNELS={requested} needs the native extension, which is not built here ({error})") from None
+        return None, "numpy", f"native extension not built ({error})"
+    available = _native.available_isas()
+    if requested == "auto":
+        return _native, _native.select_isa(available[-1]), "best the CPU supports"
+    if requested not in available:
+        raise ZooError(f"ZOO_KERNELS={requested}: this CPU supports only {', '.join(available)}")
+    return _native, _native.select_isa(requested), "forced by ZOO_KERNELS"
+
+
+_native_module, PATH, _REASON = _load_native(_requested())
+
+if _native_module is None:
+    split_planes = _fallback.split_planes
+    merge_planes = _fallback.merge_planes
+    pack_indices = _fallback.pack_indices
+    unpack_indices = _fallback.unpack_indices
+    dequantize = _fallback.dequantize
+    philox_uniform = _fallback.philox_uniform
+    crc32 = _fallback.crc32
+    encode_section = _fallback_coder.encode_section
+    decode_section = _fallback_coder.decode_section
+else:
+    from zoo.kernels.native import (  # noqa: F401 - re-exported
+        crc32,
+        decode_section,
+        dequantize,
+        encode_section,
+        merge_planes,
+        pack_indices,
+        philox_uniform,
+        split_planes,
+        unpack_indices,
+    )
+
+
+def info() -> dict[str, Any]:
+    """What `zoo env` prints: the path in use, why, and what the CPU offers."""
+    document: dict[str, Any] = {"kernels": PATH, "reason": _REASON, "requested": _requested()}
+    if _native_module is not None:
+        document["cpu_features"] = _native_module.cpu_features()
+        document["available"] = list(_native_module.available_isas())
+    return document

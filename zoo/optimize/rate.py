@@ -1,0 +1,252 @@
+"""l2's survey: spend a whole-model size budget across tensors.
+
+1. Every tensor the stage selects gets a rate-distortion curve: for a grid of steps and dead
+   zones, the entropy of its symbols (the rate) and the squared error it causes, weighted per
+   weight by the teacher's sensitivity (an estimate of the output KL), by the diagonal of the
+   layer's input statistics (zoo.optimize.calibration: the layer's output error) or, data-free, by one over
+   the tensor's mean square (relative weight MSE).
+2. One slope lambda for all tensors: each takes the point minimising distortion + lambda * rate,
+   and lambda is bisected until the rates add up to the budget (equal slopes are what an optimal
+   split of a fixed budget looks like).
+3. The entropy coder is not an ideal one: every tensor's symbols are coded by the real leaf
+   stages, the curves are corrected by the ratio of coded to estimated size, the split is made
+   again, and a last common scale of all steps lands the coded total on the budget.
+4. With ``tune=N``, the roundings are trained against the teacher (zoo.optimize.tune) and the
+   plan carries the symbols encode writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from zoo.dtypes import DTYPES, to_float32
+from zoo.errors import PipelineError
+from zoo.optimize import teacher as _teacher, tune as _tune
+from zoo.codecs.base import Measure, StageProgress, TypedArray
+from zoo.codecs.lossy.deadzone import Plan, dequantize, entropy_bits, quantize, quantize_with_feedback, symbols_array
+
+SAMPLE = 1 << 16  # weights per tensor the curves are measured on
+STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
+DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
+# The archive header, which the budget counts: a tensor's entry names it three times (the entry's
+# key and name, the file's segment list) around ~400 bytes of JSON (l2's entry, the largest);
+# the rest (format, file entries, the safetensors header blob) is a few hundred bytes.
+HEADER_BYTES_FIXED = 512
+HEADER_BYTES_PER_TENSOR = 420
+FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
+LANDING_ROUNDS = 30  # bisection steps on the common scale of the steps, at most
+# "fitting the budget" counts rounds, each of which codes every selected tensor: the coded sizes that
+# correct the curves, the landing's first check, its bisection and its error-feedback corrections.
+FITTING_ROUNDS = 2 + LANDING_ROUNDS + FEEDBACK_LANDINGS
+
+
+class Curve:
+    """Rate (bits, whole tensor) and distortion of each grid point of one tensor."""
+
+    def __init__(self, values: np.ndarray, sensitivity: np.ndarray | None, rng: np.random.Generator) -> None:
+
+        flat = values.reshape(-1)
+        self.count = flat.size
+        take = rng.choice(flat.size, SAMPLE, replace=False) if flat.size > SAMPLE else np.arange(flat.size)
+        sample = flat[take].astype(np.float64)
+        if sensitivity is None:
+            weight = np.ones_like(sample)
+        elif sensitivity.size == 1:
+            weight = np.full_like(sample, float(sensitivity.reshape(-1)[0]))
+        else:
+            weight = sensitivity.reshape(-1)[take]
+        scale = self.count / len(sample)
+        rms = float(np.sqrt(np.mean(sample**2))) or 1e-12
+        points = []
+        for exponent in STEP_EXPONENTS:
+            step = rms * 2.0**exponent
+            for fraction in DEAD_ZONES:
+                symbols = quantize(sample, step, fraction * step)
+                error = dequantize(symbols, step, fraction * step) - sample
+                points.append((step, fraction * step, entropy_bits(symbols) * self.count, float((weight * error**2).sum()) * scale))
+        self.steps = np.array([p[0] for p in points])
+        self.dead_zones = np.array([p[1] for p in points])
+        self.rates = np.array([p[2] for p in points])
+        self.distortions = np.array([p[3] for p in points])
+
+    def choose(self, slope: float, correction: float = 1.0) -> int:
+        return int(np.argmin(self.distortions + slope * self.rates * correction))
+
+
+def split_budget(curves: dict[str, Curve], budget_bits: float, corrections: dict[str, float]) -> tuple[dict[str, int], float]:
+    """The grid point of each tensor at the largest common slope whose rates fit the budget."""
+
+    def total(slope: float) -> float:
+        return sum(c.rates[c.choose(slope, corrections[n])] * corrections[n] for n, c in curves.items())
+
+    low, high = -60.0, 60.0  # natural log of the slope: distortion per bit
+    if total(math.exp(high)) > budget_bits:
+        return {n: c.choose(math.exp(high), corrections[n]) for n, c in curves.items()}, math.exp(high)
+    for _ in range(80):
+        middle = (low + high) / 2
+        if total(math.exp(middle)) > budget_bits:
+            low = middle
+        else:
+            high = middle
+    slope = math.exp(high)
+    return {n: c.choose(slope, corrections[n]) for n, c in curves.items()}, slope
+
+
+def _symbols(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> np.ndarray:
+    """The symbols l2 writes for a tensor under `plan` with every step times `scale` (with the
+    error feedback encode uses where `feedback` is set and the tensor has statistics)."""
+
+    step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
+    hessian = plan.hessian(name, values) if feedback else None
+    return quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
+
+
+def _coded_bits(values: dict[str, np.ndarray], plan: Plan, measure: Measure, scale: float = 1.0, feedback: bool = False) -> dict[str, float]:
+
+    return {n: 8.0 * measure(symbols_array(_symbols(v, plan, n, scale, feedback))) for n, v in values.items()}
+
+
+class _Rounds:
+    """The "fitting the budget" stage: a round counted after each whole-model coding; `finish`
+    closes the stage early when the bisection lands before its last round."""
+
+    def __init__(self, progress: StageProgress | None) -> None:
+        self.progress = progress
+        self.done = 0
+        if progress:
+            progress("fitting the budget", 0, FITTING_ROUNDS)
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress("fitting the budget", self.done, FITTING_ROUNDS)
+
+    def finish(self) -> None:
+        if self.progress and self.done < FITTING_ROUNDS:
+            self.progress("fitting the budget", self.done, self.done)
+
+
+def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any,
+             progress: StageProgress | None, measure: Measure) -> Plan:
+    """(step, dead zone) for every tensor `codec` selects, the coded total on its budget, counted
+    by `measure` (the pipeline's own leaf stages, see zoo.codecs.base.Measure).
+    `progress` hears of the long phases (see zoo.api.COMPRESS_STAGES)."""
+    values: dict[str, np.ndarray] = {}
+    parameters, others, header = 0, 0, HEADER_BYTES_FIXED
+    for name, array in tensors():
+        header += HEADER_BYTES_PER_TENSOR + 3 * len(name.encode())
+        if DTYPES[array.dtype].is_float:
+            parameters += array.data.size
+        if codec.selects(name, array):
+            values[name] = to_float32(array.data, array.dtype)
+        else:
+            others += measure(array)
+    if not values:
+        return Plan({}, calibration)
+    budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + header)
+    floor = 0.05 * sum(v.size for v in values.values())
+    if budget < floor:
+        # The tensors the stage leaves alone already take the whole budget: give the selected ones
+        # next to nothing rather than fail, and let the report show the size reached.
+        budget = floor
+    teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES, progress)
+    if codec.tune and teacher is None:
+        raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
+                            "and a model folder (config.json) that transformers loads")
+    sensitivities = (teacher.sensitivities(list(values), batches=_teacher.MAX_SEQUENCES, progress=progress) if teacher is not None
+                     else _activation_weights(values, calibration))
+    if not sensitivities:
+        # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
+        # moves with its relative error; plain MSE would starve the tensors with small weights.
+        sensitivities = {n: np.full(1, 1.0 / max(float(np.mean(v.astype(np.float64) ** 2)), 1e-30)) for n, v in values.items()}
+    rng = np.random.default_rng(0)
+    curves = {}
+    if progress:
+        progress("surveying rates", 0, len(values))
+    for name, v in values.items():
+        curves[name] = Curve(v, sensitivities.get(name), rng)
+        if progress:
+            progress("surveying rates", len(curves), len(values))
+    corrections = {n: 1.0 for n in curves}
+    choice, slope = split_budget(curves, budget, corrections)
+    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration)
+    rounds = _Rounds(progress)
+    coded = _coded_bits(values, plan, measure)
+    estimated = {n: max(1.0, _estimate(values[n], plan, n)) for n in values}
+    corrections = {n: coded[n] / estimated[n] for n in values}
+    rounds.tick()
+    choice, slope = split_budget(curves, budget, corrections)
+    plan.steps = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
+    plan.slope = slope
+    plan = _land_on_budget(values, plan, budget, rounds, measure)
+    rounds.finish()
+    if codec.tune:
+        if progress:  # the error-feedback rounding tuning starts from is part of it (seconds on MiniLM)
+            progress("tuning roundings", 0, codec.tune)
+        start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}
+        plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope, progress)
+    return plan
+
+
+def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict[str, np.ndarray]:
+    """Per-weight sensitivities from zoo.optimize.calibration statistics: a linear layer's output error is
+    (W - W') H (W - W')^T with H the mean of x x^T over its inputs, whose diagonal weighs each
+    input column. A tensor with no statistics gets the median weight of those that have them."""
+    if calibration is None or not hasattr(calibration, "hessian"):
+        return {}
+    weights: dict[str, np.ndarray] = {}
+    for name, v in values.items():
+        matrix = calibration.hessian(name, v.shape[-1]) if v.ndim == 2 else None
+        if matrix is not None:
+            weights[name] = np.broadcast_to(np.clip(np.diag(matrix), 0, None)[None, :], v.shape)
+    if not weights:
+        return {}
+    median = float(np.median(np.concatenate([w[0] for w in weights.values()])))
+    return {name: weights.get(name, np.full(v.shape, median)) for name, v in values.items()}
+
+
+def _estimate(values: np.ndarray, plan: Plan, name: str) -> float:
+
+    return entropy_bits(_symbols(values, plan, name)) * values.size
+
+
+def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, rounds: _Rounds, measure: Measure) -> Plan:
+    """Scale every step and dead zone by one factor so the coded total meets the budget (a larger
+    step never codes larger in practice; bisection stops within 0.2 %). Error feedback, where
+    encode will use it, codes a little larger than plain rounding at the same step: the factor is
+    found with plain rounding, then corrected with a few measurements of what encode will write."""
+    low, high = -3.0, 3.0  # log2 of the factor
+    largest = sum(_coded_bits(values, plan, measure, 2.0**high).values())
+    rounds.tick()
+    if largest > budget:
+        return _scaled(plan, 2.0**high)  # as close as it gets; the report says how close
+    for _ in range(LANDING_ROUNDS):
+        middle = (low + high) / 2
+        total = sum(_coded_bits(values, plan, measure, 2.0**middle).values())
+        rounds.tick()
+        if total > budget:
+            low = middle
+        else:
+            high = middle
+        if 0.998 * budget <= total <= budget:
+            high = middle
+            break
+    factor = 2.0**high
+    if not any(plan.hessian(n, v) is not None for n, v in values.items()):
+        return _scaled(plan, factor)
+    for _ in range(FEEDBACK_LANDINGS):
+        total = sum(_coded_bits(values, plan, measure, factor, feedback=True).values())
+        rounds.tick()
+        if 0.99 * budget <= total <= budget:
+            break
+        # Rate falls by about one bit per weight per doubling of the step.
+        factor *= 2.0 ** ((total - budget) / sum(v.size for v in values.values()))
+    return _scaled(plan, factor)
+
+
+def _scaled(plan: Plan, factor: float) -> Plan:
+    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics, slope=plan.slope)

@@ -1,0 +1,60 @@
+"""The one place where what a user typed, a path or a zoo name (NAME[@REVISION][:VARIANT]), becomes
+a file. Entry points (zoo.api, zoo.evaluate, the CLI) call it; the archive reader and the codecs
+never consult the zoo."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from zoo.container.base_model import BaseModel
+from zoo.errors import InputError
+
+# A hub id: ORG/NAME, letters, digits and -_. only, optionally @REVISION; never a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether `text` can only be meant as a local path: it starts with `./`, `../`, `/` or `~`,
+    ends in a file suffix zoo reads, or has no hub-id shape (ORG/NAME[@REVISION])."""
+    if text.startswith(("./", "../", "/", "~")) or text in (".", ".."):
+        return True
+    if Path(text).suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".zoo", ".gguf", ".onnx"):
+        return True
+    return _HUB_ID.fullmatch(text) is None or text.count("/") > 1
+
+
+def find_archive(ref: str | os.PathLike[str]) -> Path | None:
+    """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    from zoo.hub.store import resolve_archive  # the catalogue only when the path does not exist
+
+    return resolve_archive(str(ref))
+
+
+def archive_path(ref: str | os.PathLike[str]) -> Path:
+    """Like find_archive, but a ref that names nothing is one clear error."""
+    found = find_archive(ref)
+    if found is None:
+        raise InputError(not_found(ref))
+    return found
+
+
+def not_found(ref: str | os.PathLike[str]) -> str:
+    """The message for a ref that names nothing, the same in every command."""
+    from zoo.hub.store import zoo_home
+
+    return f"{ref}: no such file, and no model of that name in the zoo at {zoo_home()} (see `zoo ls`)"
+
+
+def open_base(ref: BaseModel | str | os.PathLike[str]) -> BaseModel:
+    """The base model a `--base` names: a safetensors file or folder, an archive, or a zoo name."""
+    if isinstance(ref, BaseModel):
+        return ref
+    path = find_archive(ref)
+    if path is None:
+        raise InputError(f"base {ref}: no such file, folder or model in the zoo")
+    return BaseModel(path, hint=str(ref))

@@ -1,0 +1,49 @@
+"""torch conversions, imported only by callers that asked for torch tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from zoo.codecs.base import TypedArray
+
+_TORCH_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64",
+}
+
+
+_NAMES = {torch_name: name for name, torch_name in _TORCH_DTYPES.items()}
+
+
+def dtype_name(dtype: Any) -> str:
+    """zoo's name of a torch dtype; U8 (opaque bytes) for those it has no name for."""
+    return _NAMES.get(str(dtype).removeprefix("torch."), "U8")
+
+
+def _whole(array: np.ndarray) -> bool:
+    """Whether `array` spans all of the numpy array that owns its memory."""
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return owner.nbytes == array.nbytes
+
+
+def to_torch(array: TypedArray, device: str | None = None) -> Any:
+    import torch
+
+    name = _TORCH_DTYPES.get(array.dtype)
+    if name is None:
+        raise TypeError(f"dtype {array.dtype} has no torch equivalent")
+    dtype = getattr(torch, name)
+    raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
+    if not raw.flags.writeable or not _whole(raw):
+        # torch would share (and warn about) memory it may not write, or keep a larger decoded
+        # array alive for a slice of it: one copy the tensor owns
+        raw = raw.copy()
+    # Otherwise the tensor shares the freshly decoded buffer: no copy.
+    tensor = torch.from_numpy(raw).view(dtype).reshape(array.shape)
+    return tensor.to(device) if device else tensor
