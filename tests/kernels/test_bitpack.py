@@ -11,7 +11,7 @@ import pytest
 
 native = pytest.importorskip("zoo._native", reason="the native extension is not built")
 
-FUZZ = Path(__file__).parent / "fuzz"
+FUZZ = Path(__file__).parent.parent / "fuzz"
 
 
 def reference_pack(values: np.ndarray, bits: int) -> bytes:

@@ -23,7 +23,7 @@ import torch
 
 import zoo
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 # Every golden archive, listed so that one gone missing fails here instead of going untested.
 ARCHIVES = [
     "v1/lossless.zoo",  # bytegroup|zstd:level=3, the default before fprans
