@@ -79,6 +79,22 @@ def test_a_tuned_archive_holds_the_tuned_symbols(tiny_llama, tmp_path):
     assert distortion["tuned"] < distortion["plain"]
 
 
+def test_compress_with_calibration_loads_the_model_once(tiny_llama, tmp_path, monkeypatch):
+    """Calibration and the teacher that tuning trains against share one loaded model."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    loads = []
+    real = PreTrainedModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counted))
+    zoo.compress(tiny_llama, tmp_path / "tuned.zoo", "l2:target_ratio=8,tune=2", calibration=tiny_llama / "calibration.txt")
+    assert loads == ["LlamaForCausalLM"]
+
+
 def test_tune_needs_a_model_to_train_against():
     rng = np.random.default_rng(0)
     arrays = {"w": TypedArray(rng.standard_normal((16, 16)).astype(np.float32), "F32")}

@@ -50,7 +50,9 @@ def test_layers_reading_one_input_share_one_exact_matrix(tiny_llama):
     with pytest.raises(ValueError):
         q[0, 0] = 1.0
 
-    model, tokenizer = calibration._load(tiny_llama)
+    from zoo.optimize.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     inputs = list(calibration._windows(tokenizer, ids, min(calibration.WINDOW, model.config.max_position_embeddings)))
     linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -18,6 +18,7 @@ from typing import Any
 
 from zoo.errors import InputError
 from zoo.container.format import is_archive
+from zoo.optimize.models import first_line, load_model, load_tokenizer
 from zoo.refs import find_archive, not_found
 
 KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")
@@ -190,38 +191,11 @@ class Model:
     # -- loading ----------------------------------------------------------------------------
 
     def tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        quiet_transformers()
-        try:
-            return AutoTokenizer.from_pretrained(self.folder(), local_files_only=True)
-        except Exception as error:  # transformers raises many types for an unreadable tokenizer
-            raise InputError(f"{self.label}: cannot load its tokenizer: {first_line(error)}") from None
+        return load_tokenizer(self.folder(), self.label)
 
     def load(self, kind: str, masked_lm: bool = False) -> Any:
         """The model in float32 on CPU, in eval mode. Refuses one whose weights do not all load."""
-        import torch
-        import transformers
-
-        quiet_transformers()
-        classes = {
-            "causal-lm": transformers.AutoModelForCausalLM,
-            "classifier": transformers.AutoModelForSequenceClassification,
-            "encoder": transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel,
-        }
-        major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-        dtype_argument = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-        try:
-            model, info = classes[kind].from_pretrained(
-                self.folder(), local_files_only=True, output_loading_info=True, **{dtype_argument: torch.float32}
-            )
-        except Exception as error:
-            raise InputError(f"{self.label}: transformers cannot load it as a {kind}: {first_line(error)}") from None
-        missing = [key for key in info.get("missing_keys", []) if not key.endswith("position_ids")]
-        if missing:
-            shown = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
-            raise InputError(f"{self.label}: {len(missing)} weights the {kind} needs are missing from its files ({shown})")
-        return model.eval()
+        return load_model(self.folder(), kind, masked_lm=masked_lm, label=self.label, require_all_weights=True)
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -229,16 +203,3 @@ def _files_under(folder: Path) -> list[Path]:
     from zoo.sources.folder import SKIPPED_FOLDERS
 
     return [p for p in folder.rglob("*") if p.is_file() and not SKIPPED_FOLDERS.intersection(p.relative_to(folder).parts[:-1])]
-
-
-def quiet_transformers() -> None:
-    """Keep transformers' info logs and download bars off stderr, where zoo's own progress goes."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -14,7 +14,6 @@ only when collect runs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -26,6 +25,7 @@ import numpy as np
 
 from zoo.codecs.base import StageProgress
 from zoo.errors import InputError, ZooWarning
+from zoo.optimize.models import kind_of, load_model, load_tokenizer
 
 DEFAULT_TOKENS = 8192
 WINDOW = 256
@@ -42,8 +42,9 @@ class Statistics:
     `text` are kept for stages that run the whole model themselves (l2, pranc: zoo.optimize.teacher)."""
 
     def __init__(self, matrices: dict[str, np.ndarray], tokens: int, source: Path | None = None, text: str | None = None,
-                 base: Any = None) -> None:
+                 base: Any = None, model: Any = None) -> None:
         self.matrices = matrices
+        self.model = model  # the loaded model, so that a teacher runs it without loading it again
         self.tokens = tokens
         self.source = source
         self.text = text
@@ -70,26 +71,6 @@ def _model_folder(source: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _load(folder: Path) -> tuple[Any, Any]:
-    import torch
-    import transformers
-
-    from zoo.optimize.teacher import quiet_transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        architecture = config["architectures"][0]
-        model_class = getattr(transformers, architecture)
-        with quiet_transformers():
-            model = model_class.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # noqa: BLE001 - transformers raises many types for a model it cannot load
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{folder}: calibration cannot load the model with transformers: {message}") from None
-    return model, tokenizer
-
-
 def _windows(tokenizer: Any, ids: list[int], window: int) -> Iterator[Any]:
     """The token ids cut into inputs of at most `window` tokens, each framed by the special tokens
     the tokenizer adds to a real input ([CLS] ... [SEP], <s> ...). Those tokens carry activations
@@ -105,9 +86,7 @@ def _windows(tokenizer: Any, ids: list[int], window: int) -> Iterator[Any]:
 def _mean_pooled(model: Any) -> bool:
     """Whether the model is a bare encoder, whose output users pool into one vector per input
     (sentence-transformers' mean pooling), rather than a model with a per-token or per-input head."""
-    from zoo.optimize.teacher import model_class_of
-
-    return model_class_of(model.config)[1] == "encoder"
+    return kind_of(model.config) == "encoder"
 
 
 def _sentences(tokenizer: Any, text: str, window: int, max_tokens: int) -> Iterator[Any]:
@@ -212,7 +191,8 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
         text = Path(text_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{text_path}: cannot read calibration text ({error.__class__.__name__})") from None
-    model, tokenizer = _load(_model_folder(source))
+    folder = _model_folder(source)
+    model, tokenizer = load_model(folder, label=f"calibration: {folder}"), load_tokenizer(folder)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     if len(ids) < 16:
         raise InputError(f"{text_path}: calibration text gives only {len(ids)} tokens; give at least a paragraph")
@@ -251,4 +231,4 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
         for name in names:
             if known and name not in matrices:
                 matrices[name] = matrices[known[0]]
-    return Statistics(matrices, tokens, _model_folder(source), text)
+    return Statistics(matrices, tokens, folder, text, model=model)

@@ -9,15 +9,14 @@ What "how far" means depends on the head the checkpoint names in its config:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from zoo.errors import InputError
 from zoo.codecs.base import StageProgress
+from zoo.errors import InputError
+from zoo.optimize.models import kind_of, load_model, load_tokenizer
 
 SEQUENCE_LENGTH = 128
 MAX_SEQUENCES = 16
@@ -43,38 +42,10 @@ def read_text(calib: str | Path | None) -> str:
     return text
 
 
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' own loading bars off while zoo loads a model: zoo reports its stages itself, and
-    a command run with --json must leave stderr empty. The caller's setting comes back afterwards."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
-def model_class_of(config: Any) -> tuple[Any, str]:
-    import transformers
-
-    architecture = (getattr(config, "architectures", None) or [""])[0]
-    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-        return transformers.AutoModelForCausalLM, "causal"
-    if architecture.endswith("ForSequenceClassification"):
-        return transformers.AutoModelForSequenceClassification, "classifier"
-    return transformers.AutoModel, "encoder"
-
-
 def _token_ids(folder: Path, text: str, vocab_size: int) -> list[int]:
     has_tokenizer = any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json"))
     if has_tokenizer:
-        import transformers
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         return [i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i < vocab_size]
     # A model with no tokenizer (a byte-level toy): bytes are the tokens.
     return [b % vocab_size for b in text.encode("utf-8")]
@@ -87,20 +58,20 @@ class Teacher:
     a candidate for one of them is a difference, and the student runs base + candidate."""
 
     def __init__(self, folder: str | Path, text: str, sequence_length: int = SEQUENCE_LENGTH, max_sequences: int = MAX_SEQUENCES,
-                 base: Any = None, progress: StageProgress | None = None) -> None:
+                 base: Any = None, progress: StageProgress | None = None, model: Any = None) -> None:
+        """`model`, when given, is the folder's model as zoo.optimize.models.load_model(folder)
+        loaded it (calibration did): it is run, never changed, instead of loading it again."""
         import torch
-        import transformers
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise InputError(f"{folder}: calibration needs a model folder with a config.json that transformers can load")
-        try:
-            config = transformers.AutoConfig.from_pretrained(folder)
-            model_class, self.kind = model_class_of(config)
-            with quiet_transformers():
-                self.model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
-        except (OSError, ValueError, KeyError) as error:
-            raise InputError(f"{folder}: transformers cannot load this model: {str(error).splitlines()[0]}") from None
+        if model is None:
+            model = load_model(folder, label=f"calibration: {folder}")
+        config = model.config
+        self.kind = kind_of(config)
+        # an encoder's users take its bare model's hidden states, whatever head it was saved with
+        self.model = model.base_model if self.kind == "encoder" else model
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         vocab_size = int(getattr(config, "vocab_size", 256) or 256)
@@ -259,7 +230,8 @@ def load_teacher(calibration: Any, max_sequences: int = MAX_SEQUENCES, progress:
     if source is None or not (Path(source) / "config.json").is_file():
         return None
     text = getattr(calibration, "text", None) or default_text()
-    return Teacher(Path(source), text, max_sequences=max_sequences, base=getattr(calibration, "base", None), progress=progress)
+    return Teacher(Path(source), text, max_sequences=max_sequences, base=getattr(calibration, "base", None), progress=progress,
+                   model=getattr(calibration, "model", None))
 
 
 __all__ = ["Teacher", "default_text", "load_teacher", "read_text"]
