@@ -27,6 +27,7 @@ from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
 from zoo.container.format import ArchiveFile, assemble
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
+from zoo.hub import temporaries
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
 from zoo.refs import archive_path, open_base
 from zoo.sources.folder import check_relpath, scan
@@ -119,42 +120,22 @@ def _refuse_existing(path: Path, force: bool) -> None:
 
 @contextmanager
 def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
-    """A temporary path beside `final`, renamed over it only when the body completes.
-    On any error or Ctrl-C the temporary is removed and `final` is left as it was."""
+    """A temporary path beside `final`, put in its place only when the body completes.
+    On any error or Ctrl-C the temporary is removed and `final` is left as it was. The temporary
+    is locked and named after this process, so a later run removes it if this one is killed
+    (zoo.hub.temporaries), and `final` is always the old or the new complete output."""
     _refuse_existing(final, force)
     parent = final.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: output folder does not exist")
-    prefix = f".{final.name}.zoo-tmp-"
-    if is_dir:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=parent)
-        os.close(handle)
-        temporary = Path(name)
-    # mkdtemp/mkstemp make private (0700/0600) paths; give the output the modes the umask allows.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
-    try:
+    temporaries.sweep_beside(final)
+    with temporaries.locked_temporary(parent, temporaries.temporary_prefix(final), is_dir) as temporary:
+        # private (0700/0600) when made; give the output the modes the umask allows.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
         yield temporary
-        if final.exists() or final.is_symlink():  # --force: move the old one aside, then swap
-            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.zoo-old-", dir=parent))
-            os.replace(final, aside / final.name)
-            try:
-                os.replace(temporary, final)
-            except BaseException:
-                os.replace(aside / final.name, final)
-                raise
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(temporary, final)
-    except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
-        raise
+        temporaries.replace(temporary, final)
 
 
 # -- compress --------------------------------------------------------------------------------
@@ -204,7 +185,7 @@ def compress(
                 statistics.base = deltas  # the teacher then runs base + delta (zoo.optimize.teacher)
             plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics, stage_progress, chunk_bytes)
         with _atomic_output(destination, force, is_dir=False) as temporary:
-            with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".zoo-payload-") as scratch:
+            with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
                 payload_path = Path(scratch) / "payload"
                 with builtins.open(payload_path, "wb") as payload:
                     builder = Builder(chosen, chunk_bytes, metadata, plans, deltas)
@@ -265,7 +246,8 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         raise OutputExistsError(f"{name}@{revision}:{variant_of(spec)} is already in the zoo; pass --force to replace it")
     with store.workspace() as folder:
         destination = folder / "model.zoo"
-        metadata = {"source": source_label} if source_label else None
+        # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
+        metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
         compress(source, destination, pipeline or DEFAULT_SPEC, threads=threads, progress=progress, metadata=metadata, **options)
         if check is not None:
             check(destination)
@@ -343,7 +325,8 @@ def decompress(
     base: BaseModel | str | os.PathLike[str] | None = None,
 ) -> Report:
     """Write the model folder back out. Lossless files are checked against their sha256 before
-    the folder appears; on any error nothing is left at `destination`. `base` is the model that
+    any of them appears; on any error `destination` is left as it was. Into an existing folder,
+    the model's own files replace their namesakes (which needs `force`) and other files stay. `base` is the model that
     an archive made with `compress(base=...)` needs. `progress(bytes)` may be called from
     several threads at once (a sharded model's files are written side by side)."""
     started = time.perf_counter()
@@ -351,9 +334,9 @@ def decompress(
     workers = resolve_threads(threads)
     with _open(archive, base) as opened:
         opened.require_base()  # a missing or wrong base fails before the output folder appears
-        with _atomic_output(destination, force, is_dir=True) as temporary:
-            files = opened.files()
-
+        files = opened.files()
+        relpaths = [check_relpath(entry["path"]) for entry in files]
+        with _folder_output(destination, relpaths, force) as temporary:
             def write(entry: dict[str, Any], threads: int) -> None:
                 path = temporary / check_relpath(entry["path"])
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,9 +78,12 @@ def test_existing_output_is_refused_then_replaced_with_force(tiny_model, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep").write_text("mine")
-    with pytest.raises(OutputExistsError):
+    (out / "config.json").write_text("mine too")
+    with pytest.raises(OutputExistsError, match="config.json"):
         zoo.decompress(target, out)
-    assert (out / "keep").read_text() == "mine"
+    assert (out / "keep").read_text() == "mine" and (out / "config.json").read_text() == "mine too"
+    zoo.decompress(target, out, force=True)  # the model's own files replaced, every other file kept
+    assert (out / "keep").read_text() == "mine" and (out / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
 
 
 def test_interrupt_leaves_no_partial_output(tiny_model, tmp_path):
