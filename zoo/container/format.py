@@ -18,6 +18,10 @@ VERSION = 1
 BASE_VERSION = 2
 VERSIONS = (VERSION, BASE_VERSION)
 MAX_HEADER_BYTES = 64 << 20
+# A chunk's decoded size, checked before anything is allocated: the writer's default is 4 MiB, and
+# whatever a header claims, decoding a chunk never takes more memory than this (plus its stored bytes).
+MAX_CHUNK_BYTES = 64 << 20
+MAX_DIMENSIONS = 64  # numpy's own limit on an array's dimensions
 PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, crc32 of header, header length
 INDEX_RECORD = struct.Struct("<QII")  # chunk offset in the payload region, stored length, crc32
 
@@ -120,6 +124,8 @@ class ArchiveFile:
             header = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise FormatError(f"{self.path}: archive header is not valid JSON") from None
+        except RecursionError:  # zoo writes a few levels; thousands are an attack or damage
+            raise FormatError(f"{self.path}: archive header nests too deep to be a zoo header") from None
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: archive header is not a JSON object")
         if version != version_of(header):

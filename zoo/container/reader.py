@@ -16,7 +16,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, ZooError
-from zoo.container.format import ArchiveFile
+from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 
@@ -63,6 +63,7 @@ class Archive:
         self._file = ArchiveFile(path)
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
+        self._layout_checked = False
         self._base = base
         self._owns_base = owns_base  # then closed with the archive, on failure here too
         try:
@@ -159,6 +160,8 @@ class Archive:
         shape = leaf.get("shape")
         if leaf.get("dtype") not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise _fail(self._file, f"{what} has a bad dtype or shape")
+        if len(shape) > MAX_DIMENSIONS:
+            raise _fail(self._file, f"{what} has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
 
     def metadata(self) -> dict[str, Any]:
         return dict(self._file.header.get("metadata") or {})
@@ -206,6 +209,8 @@ class Archive:
         chunk_elements = leaf.get("chunk_elements")
         if not isinstance(chunk_elements, int) or chunk_elements <= 0:
             raise _fail(self._file, f"{what} has a bad chunk size")
+        if chunk_elements * DTYPES[leaf["dtype"]].bits // 8 > MAX_CHUNK_BYTES:
+            raise _fail(self._file, f"{what} declares chunks of {chunk_elements} elements, over the cap of {MAX_CHUNK_BYTES >> 20} MiB a chunk")
         index = self._file.read_index(leaf, what)
         if len(index) != -(-n_elements // chunk_elements):
             raise _fail(self._file, f"{what} has {len(index)} chunks for {n_elements} elements")
@@ -345,6 +350,7 @@ class Archive:
         """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive). Only the
         chunks that overlap the range are decoded; `threads` workers decode them in order."""
         entry = self.file_entry(path)
+        self.require_sound_layout()
         end = entry["size"] if end is None else min(end, entry["size"])
         tasks = self._file_tasks(entry, start, end)
         for position, piece in ordered_map(lambda task: (task[0], task[2]()), tasks, threads, size=lambda task: task[1]):
@@ -392,6 +398,17 @@ class Archive:
             for segment in entry["segments"]:
                 if "blob" in segment:
                     yield segment["blob"]["leaf"], f"file {path!r}"
+
+    def require_sound_layout(self) -> None:
+        """Refuse an archive whose chunks overlap or leave holes before streaming any of it: index
+        records that all point at one chunk would otherwise decode it over and over, without end.
+        Checked once per open archive (it reads the chunk indexes, a few bytes per chunk)."""
+        if self._layout_checked:
+            return
+        problems = self.layout_problems()
+        if problems:
+            raise _fail(self._file, f"{problems[0]} (the archive is damaged or was not written by zoo)")
+        self._layout_checked = True
 
     def layout_problems(self) -> list[str]:
         """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps."""

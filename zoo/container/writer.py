@@ -24,9 +24,10 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import Deltas
 from zoo.dtypes import DTYPES, storage_dtype
 from zoo.errors import InputError
-from zoo.container.format import PayloadWriter, crc32
+from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, crc32
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
-from zoo.sources.folder import Segment, SourceFile
+from zoo.codecs.selection import selected
+from zoo.sources.segments import Segment, SourceFile
 
 _PAGE = mmap.PAGESIZE
 
@@ -62,19 +63,50 @@ def _map(source: SourceFile) -> mmap.mmap | None:
     return mapped
 
 
-def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]:
-    """(file, its mapping, segment, tensor key or None for a blob, raw bytes) in archive order.
-    A tensor's key is its name, or `path::name` when an earlier file already used the name."""
-    used_keys: set[str] = set()
+def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
+    """The archive key of every tensor and view, by (file, name in the file): its name, or
+    `path::name` when an earlier one already took the name, or `path::name#N` after that. Unique by
+    construction, whatever the names hold."""
+    keys: dict[tuple[str, str], str] = {}
+    used: set[str] = set()
     for source in sources:
+        names = [segment.tensor for segment in source.segments if segment.tensor is not None]
+        for name in [*names, *(view["name"] for view in source.views)]:
+            key, number = name, 1
+            if key in used:
+                key = f"{source.relpath}::{name}"
+            while key in used:
+                number += 1
+                key = f"{source.relpath}::{name}#{number}"
+            used.add(key)
+            keys[(source.relpath, name)] = key
+    return keys
+
+
+def stored_files(sources: list[SourceFile]) -> list[SourceFile]:
+    """The sources that hold bytes (links and empty folders are recorded apart)."""
+    return [source for source in sources if source.kind not in ("link", "folder")]
+
+
+def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]:
+    """(file, its mapping, segment, tensor key or None for a blob, raw bytes) in archive order."""
+    keys = tensor_keys(sources)
+    for source in stored_files(sources):
         mapped = _map(source)
         for segment in source.segments:
             raw = np.frombuffer(mapped, np.uint8, segment.size, segment.offset) if segment.size else np.empty(0, np.uint8)
-            key = None
-            if segment.tensor is not None:
-                key = segment.tensor if segment.tensor not in used_keys else f"{source.relpath}::{segment.tensor}"
-                used_keys.add(key)
+            key = keys[(source.relpath, segment.tensor)] if segment.tensor is not None else None
             yield source, mapped, segment, key, raw
+
+
+def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
+    """Whether lossy stages may see a tensor: model weights, and other tensors (optimizer moments)
+    only where a stage's own include pattern names them."""
+    if segment.weight:
+        return True
+    return pipeline is not None and any(
+        getattr(stage, "include", None) and selected(key, segment.dtype, len(segment.shape), math.prod(segment.shape), stage.include, None)
+        for stage in pipeline.array_stages)
 
 
 class Builder:
@@ -85,6 +117,8 @@ class Builder:
         self.deltas = deltas  # tensors stored against a base model (zoo.container.delta), when one is given
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
         self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
+        if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise InputError(f"chunk_bytes must be from 1 to {MAX_CHUNK_BYTES} (64 MiB), not {chunk_bytes!r}")
         self.chunk_bytes = chunk_bytes
         self.header: dict[str, Any] = {
             "format": "zoo",
@@ -98,7 +132,7 @@ class Builder:
         """Encode every source into `payload`; returns the archive header."""
         writer = PayloadWriter(payload)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
-            digests = {s.relpath: hasher.submit(_sha256_file, s.path) for s in sources}
+            digests = {s.relpath: hasher.submit(_sha256_file, s.path) for s in stored_files(sources)}
             current: dict[str, Any] | None = None
             chunks: list[tuple[int, int, int]] = []
             for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):
@@ -113,7 +147,23 @@ class Builder:
             if current is not None:
                 current.update(writer.write_index(chunks))
             self._record_digests(digests)
+        self._record_rest(sources)
         return self.header
+
+    def _record_rest(self, sources: list[SourceFile]) -> None:
+        """Views, links and empty folders: header records with no payload of their own."""
+        keys = tensor_keys(sources)
+        for source in sources:
+            for view in source.views:
+                self.header["tensors"][keys[(source.relpath, view["name"])]] = {
+                    "name": view["name"], "file": source.relpath, "dtype": view["dtype"], "shape": view["shape"],
+                    "view": {"of": keys[(source.relpath, view["of"])], "offset": view["offset"], "stride": view["stride"]}}
+        links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
+        folders = [s.relpath for s in sources if s.kind == "folder"]
+        if links:
+            self.header["links"] = links
+        if folders:
+            self.header["folders"] = folders
 
     def _record_digests(self, digests: dict[str, Future[str]]) -> None:
         for entry in self.header["files"]:
@@ -134,17 +184,19 @@ class Builder:
     # -- planning ---------------------------------------------------------------------------
 
     @staticmethod
-    def named_tensors(sources: list[SourceFile]) -> Iterator[tuple[str, str, TypedArray]]:
-        """(key the build gives it, name in its file, array) of every typed tensor."""
+    def named_tensors(sources: list[SourceFile], pipeline: Pipeline | None = None) -> Iterator[tuple[str, str, TypedArray]]:
+        """(key the build gives it, name in its file, array) of every typed tensor the lossy stages
+        of `pipeline` may see (model weights only without it)."""
         for _, _, segment, key, raw in _walk(sources):
-            if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size:
+            if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size \
+                    and selectable(segment, key, pipeline):
                 yield key, segment.tensor, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
 
     @staticmethod
-    def tensors(sources: list[SourceFile], deltas: Deltas | None = None) -> Iterator[tuple[str, TypedArray]]:
+    def tensors(sources: list[SourceFile], deltas: Deltas | None = None, pipeline: Pipeline | None = None) -> Iterator[tuple[str, TypedArray]]:
         """Every typed tensor by its key, as the array stages will see it, for a survey before the
         build: a tensor stored against a base is its float32 difference from the base."""
-        for key, _, array in Builder.named_tensors(sources):
+        for key, _, array in Builder.named_tensors(sources, pipeline):
             delta = deltas.delta(key, array) if deltas is not None else None
             yield key, array if delta is None else delta
 
@@ -153,6 +205,8 @@ class Builder:
         for source, mapped, segment, key, raw in _walk(sources):
             if entry.get("path") != source.relpath:
                 entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
+                if source.reason is not None:
+                    entry["opaque"] = source.reason
                 self.header["files"].append(entry)
             if key is None:
                 # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
@@ -170,14 +224,17 @@ class Builder:
         record = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
         self.header["tensors"][key] = record
         delta = None
-        if dtype.storage:
+        if dtype.storage and selectable(segment, key, self.pipeline):
             array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
             delta = self.deltas.delta(key, array) if self.deltas is not None and segment.size else None
             if delta is not None:
                 record["base"] = self.deltas.record(key)
                 self.header["base"] = {"hint": self.deltas.base.hint}
             root, leaves = self.pipeline.transform(key, array if delta is None else delta, self.plans)
-        else:  # opaque dtypes go through the leaf stages as bytes
+        elif dtype.bits % 8:  # values smaller than a byte (F4): stored as their bytes
+            root = {"leaf": {"dtype": "U8", "shape": [segment.size]}}
+            leaves = [(root["leaf"], TypedArray(raw, "U8"))]
+        else:  # opaque dtypes, and tensors the lossy stages may not touch, go through the leaf stages as bytes
             root = {"leaf": {"dtype": segment.dtype, "shape": list(segment.shape)}}
             leaves = [(root["leaf"], TypedArray(raw, segment.dtype))]
         transformed = "leaf" not in root
