@@ -26,13 +26,14 @@ from tests.conftest import random_storage, write_safetensors
 def running_server(store: Store, token: str | None = None):
     """`zoo serve` in a thread of this process, on a free port; yields its URL."""
     server = make_server(store, "127.0.0.1", 0, token, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield server.url
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(10)
 
 
 def request(url: str, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -142,7 +143,7 @@ def test_bad_paths_get_clear_errors(served, path, status, code):
 
 
 @pytest.mark.parametrize("header, status", [
-    ("bytes=abc", 400), ("bytes=5-2", 400), ("items=0-1", 400), ("bytes=0-1,5-6", 400), ("bytes=-", 400),
+    ("bytes=abc", 400), ("bytes=5-2", 400), ("bytes=-", 400),
     ("bytes=99999999-", 416), ("bytes=-0", 416),
 ])
 def test_bad_ranges(served, header, status):

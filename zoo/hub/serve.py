@@ -5,34 +5,44 @@ Routes (repo ids are `name` or `org/name`; revisions are URL-quoted whole)::
 
     GET       /api/models/{repo}[/revision/{rev}]      model info: sha (40 hex), siblings
     GET       /api/models/{repo}/tree/{rev}[/{path}]   path, size, oid, lfs
-    HEAD|GET  /{repo}/resolve/{rev}/{file}             the decoded file; Range; X-Repo-Commit; ETag
+    HEAD|GET  /{repo}/resolve/{rev}/{file}             the decoded file; Range; If-Range; X-Repo-Commit; ETag
 
 A revision is a branch name, a stored entry's commit, or `REVISION:VARIANT`. Nothing in this
 module ever opens a path taken from a request: files are looked up by name in the catalogue
 and read out of the archive it names.
+
+The app is plain ASGI on uvicorn (h11), which parses HTTP. Catalogue look-ups run on worker
+threads; a download decodes on a thread of its own at most `STREAM_SLOTS` chunks ahead of the
+socket, and `send` waits while the client is slow, so a stalled client holds a few chunks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import re
+import socket
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, unquote
 
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_SOCKET_TIMEOUT = 120  # seconds a silent client may hold a connection thread
+STREAM_SLOTS = 2  # decoded chunks per download: the one on the socket and the next one
+SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
+STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
+MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
+MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
+_RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 
 
 class HubError(Exception):
@@ -43,36 +53,28 @@ class HubError(Exception):
         self.status, self.code, self.headers = status, code, headers or {}
 
 
-class ZooServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+@dataclass
+class Answer:
+    """What a request gets: a status, headers and either a body or a slice of a stored file."""
 
-    def __init__(self, address: tuple[str, int], store: Store, token: str | None = None, quiet: bool = False,
-                 decode_threads: int = 2) -> None:
-        self.store, self.token, self.quiet, self.decode_threads = store, token, quiet, decode_threads
-        self._archives: dict[Path, Archive] = {}
-        self._archives_lock = threading.Lock()
-        super().__init__(address, ZooHandler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-
-    def archive(self, entry: Entry) -> Archive:
-        """Archives stay open between requests; the header is parsed once. An archive dropped
-        from this cache is never closed here: a stream still reading it closes it when done."""
-        with self._archives_lock:
-            opened = self._archives.get(entry.archive)
-            if opened is None:
-                if len(self._archives) >= 64:
-                    self._archives.clear()
-                opened = self._archives[entry.archive] = Archive(entry.archive)
-            return opened
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    archive: Archive | None = None
+    stored: StoredFile | None = None
+    start: int = 0
+    end: int = 0
+    close: bool = False
+    note: str = field(default="")  # for the log only
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def printable(text: str) -> str:
+    """`text` with every control or non-ASCII character written as an escape, for logs."""
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text)
 
 
 def _segments(raw_path: str) -> list[str]:
@@ -90,79 +92,187 @@ def _flag(query: dict[str, list[str]], name: str) -> bool:
     return query.get(name, ["false"])[-1].lower() in ("1", "true")
 
 
-def parse_range(header: str, size: int) -> tuple[int, int]:
-    """One byte range as [start, end) within `size`. Malformed: 400; unsatisfiable: 416."""
-    match = _RANGE.fullmatch(header.strip())
+def _position(digits: str, size: int) -> int:
+    """A decimal position, capped at `size`: a 5000-digit number is simply past the end."""
+    digits = digits.lstrip("0") or "0"
+    return size if len(digits) > len(str(size)) else min(int(digits), size)
+
+
+def _magnitude(digits: str) -> tuple[int, str]:
+    """Orders decimal numbers of any length without int() (which refuses over 4300 digits)."""
+    digits = digits.lstrip("0")
+    return len(digits), digits
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One byte range as [start, end) within `size`, or None to send the whole file (a unit
+    other than bytes, or several ranges: RFC 9110 lets a server ignore those). A malformed byte
+    range is refused with 400, an unsatisfiable one with 416."""
+    unit, _, ranges = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in ranges:
+        return None
+    match = _RANGE_SPEC.fullmatch(ranges.strip())
     if not match or match.group(1) == match.group(2) == "":
-        raise HubError(400, f"malformed Range header {header!r}: zoo serves one range, bytes=START-END")
+        raise HubError(400, f"malformed Range header {printable(header[:80])!r}: zoo serves one range, bytes=START-END")
     first, last = match.groups()
+    unsatisfiable = {"Content-Range": f"bytes */{size}"}
     if first == "":
-        start, end = max(0, size - int(last)), size
-        if int(last) == 0:
-            raise HubError(416, "empty suffix range", headers={"Content-Range": f"bytes */{size}"})
-    else:
-        start, end = int(first), size if last == "" else int(last) + 1
-        if last != "" and end <= start:
-            raise HubError(400, f"malformed Range header {header!r}: end before start")
+        length = _position(last, size)
+        if length == 0:
+            raise HubError(416, "empty suffix range", headers=unsatisfiable)
+        return size - length, size
+    start = _position(first, size)
+    if last != "" and _magnitude(last) < _magnitude(first):
+        raise HubError(400, f"malformed Range header {printable(header[:80])!r}: end before start")
     if start >= size:
-        raise HubError(416, f"range starts at {start}, the file has {size} bytes", headers={"Content-Range": f"bytes */{size}"})
-    return start, min(end, size)
+        raise HubError(416, f"range starts past the end of the file ({size} bytes)", headers=unsatisfiable)
+    return start, size if last == "" else min(_position(last, size) + 1, size)
 
 
-class ZooHandler(BaseHTTPRequestHandler):
-    server: ZooServer
-    protocol_version = "HTTP/1.1"
-    server_version = "zoo"
-    timeout = _SOCKET_TIMEOUT
+def _framing_problem(scope: dict[str, Any]) -> str | None:
+    """What makes a request ambiguous to frame (h11 already refuses conflicting or malformed
+    Content-Length and unknown transfer codings): a GET or HEAD that carries a body, or two Hosts."""
+    names = [name for name, _ in scope["headers"]]
+    if names.count(b"host") > 1:
+        return "more than one Host header"
+    if scope["method"] in ("GET", "HEAD"):
+        if b"transfer-encoding" in names:
+            return f"a {scope['method']} request carries no body (Transfer-Encoding given)"
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.strip() != b"0":
+            return f"a {scope['method']} request carries no body (Content-Length given)"
+    return None
 
-    def do_GET(self) -> None:
-        self._answer(body=True)
 
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
+class ZooApp:
+    """The ASGI application: routes, catalogue look-ups and decoded downloads."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+    def __init__(self, store: Store, token: str | None = None, quiet: bool = False, decode_threads: int = 1,
+                 stall_timeout: float = STALL_TIMEOUT) -> None:
+        self.store, self.token, self.quiet = store, token, quiet
+        self.decode_threads, self.stall_timeout = decode_threads, stall_timeout
+        self._archives: dict[Path, Archive] = {}
+        self._archives_lock = threading.Lock()
 
-    # -- dispatch ---------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        sys.stderr.write(printable(message) + "\n")
 
-    def _answer(self, body: bool) -> None:
-        self._streaming = False
-        try:
-            self._check_token()
-            url = urlsplit(self.path)
-            segments = _segments(url.path)
-            if segments[:2] == ["api", "models"] and len(segments) > 2:
-                self._api(segments[2:], parse_qs(url.query), body)
-            elif "resolve" in segments[1:3]:
-                self._resolve(segments, body)
-            else:
-                raise HubError(404, f"no such route: {url.path}")
-        except HubError as error:
-            self._error(error, body)
-        except ZooError as error:
-            # A damaged archive or catalogue: this request fails, the server goes on.
-            self.log_error("%s", error)
-            self._error(HubError(500, str(error)), body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as error:  # noqa: BLE001 - one request's bug must not reach the others
-            self.log_error("internal error on %s: %r", self.path, error)
-            self._error(HubError(500, f"internal error: {type(error).__name__}"), body)
+    def archive(self, entry: Entry) -> Archive:
+        """Archives stay open between requests; the header is parsed once. An archive dropped
+        from this cache is never closed here: a stream still reading it closes it when done."""
+        with self._archives_lock:
+            opened = self._archives.get(entry.archive)
+            if opened is None:
+                if len(self._archives) >= 64:
+                    self._archives.clear()
+                opened = self._archives[entry.archive] = Archive(entry.archive)
+            return opened
 
-    def _check_token(self) -> None:
-        if self.server.token is None:
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
             return
-        given = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.server.token}".encode()):
-            raise HubError(401, "this zoo needs a bearer token (set HF_TOKEN)")
+        target = scope["raw_path"].decode("latin-1") + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
+        problem = _framing_problem(scope)
+        if problem:
+            answer = self._error_answer(HubError(400, problem))
+            answer.close = True
+        elif scope["method"] not in ("GET", "HEAD"):
+            answer = self._error_answer(HubError(405, f"method {scope['method']} is not allowed", headers={"Allow": "GET, HEAD"}))
+        else:
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            answer = await asyncio.get_running_loop().run_in_executor(None, self.answer, target, headers, scope["method"] == "HEAD")
+        sent = await self._send(answer, scope, receive, send)
+        if not self.quiet:
+            client = scope.get("client") or ("-", 0)
+            self.log(f'{client[0]} - "{scope["method"]} {target} HTTP/{scope["http_version"]}" {answer.status} {sent}{answer.note}')
+
+    async def _send(self, answer: Answer, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> int:
+        """Sends the answer; the bytes of body sent."""
+        if answer.stored is None or scope["method"] == "HEAD" or answer.start == answer.end:
+            await send({"type": "http.response.start", "status": answer.status, "headers": _header_list(answer)})
+            await send({"type": "http.response.body", "body": answer.body})
+            return len(answer.body)
+        stream = DecodeThread(asyncio.get_running_loop(), lambda: answer.archive.iter_file(  # type: ignore[union-attr]
+            answer.stored.path, answer.start, answer.end, threads=self.decode_threads))  # type: ignore[union-attr]
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        sent = 0
+        try:
+            try:
+                piece = await stream.next()  # before any header: a chunk that fails here is a clean 500
+            except ZooError as error:
+                self.log(f"error: {error}")
+                failed = self._error_answer(HubError(500, f"the stored file {answer.stored.path!r} cannot be decoded: the archive is damaged; the server's log has the details"))
+                answer.status, answer.note = failed.status, " (damaged archive)"
+                await send({"type": "http.response.start", "status": failed.status, "headers": _header_list(failed)})
+                await send({"type": "http.response.body", "body": failed.body})
+                return 0
+            await send({"type": "http.response.start", "status": answer.status, "headers": _header_list(answer)})
+            while piece is not None:
+                for offset in range(0, len(piece), SEND_SLICE):
+                    body = piece[offset:offset + SEND_SLICE]
+                    try:
+                        await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}), self.stall_timeout)
+                    except asyncio.TimeoutError:
+                        answer.note = f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
+                        _cut(send, abort=True)
+                        return sent
+                    if watcher.done():
+                        answer.note = " (client went away)"
+                        return sent
+                    sent += len(body)
+                stream.release()
+                try:
+                    piece = await stream.next()
+                except ZooError as error:
+                    # Too late for a status. Closing short of Content-Length is what every client
+                    # reads as a failed download; the damaged chunk's bytes are never sent.
+                    self.log(f"error: {error}")
+                    answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: damaged archive)"
+                    _cut(send, abort=False)
+                    return sent
+            await send({"type": "http.response.body", "body": b""})
+            return sent
+        finally:
+            stream.stop()
+            watcher.cancel()
+
+    # -- routing (on a worker thread) -------------------------------------------------------
+
+    def answer(self, target: str, headers: dict[str, str], head: bool) -> Answer:
+        try:
+            self._check_token(headers.get("authorization", ""))
+            path, _, query = target.partition("?")
+            segments = _segments(path)
+            if segments[:2] == ["api", "models"] and len(segments) > 2:
+                return self._api(segments[2:], parse_qs(query))
+            if "resolve" in segments[1:3]:
+                return self._resolve(segments, headers, head)
+            raise HubError(404, "no such route")
+        except HubError as error:
+            return self._error_answer(error)
+        except ZooError as error:
+            # A damaged archive or catalogue: this request fails, the server goes on. The
+            # message names files on the server's disk: it goes to the log, not to the client.
+            self.log(f"error on {target}: {error}")
+            return self._error_answer(HubError(500, "the zoo cannot read this model: its archive or the catalogue "
+                                                    "is damaged or unreadable; the server's log has the details"))
+        except Exception as error:  # noqa: BLE001 - one request's bug must not reach the others
+            self.log(f"internal error on {target}: {error!r}")
+            return self._error_answer(HubError(500, f"internal error: {type(error).__name__}"))
+
+    def _check_token(self, given: str) -> None:
+        if self.token is None:
+            return
+        scheme, _, credentials = given.strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self.token.encode()):
+            raise HubError(401, "this zoo needs a bearer token (set HF_TOKEN)", headers={"WWW-Authenticate": 'Bearer realm="zoo"'})
 
     def _entry(self, repo: str, revision: str) -> Entry:
-        store = self.server.store
-        if not NAME_PATTERN.fullmatch(repo) or not store.matches(repo):
+        if not NAME_PATTERN.fullmatch(repo) or not self.store.matches(repo):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
-        found = store.matches(f"{repo}@{revision}", with_files=True)
+        found = self.store.matches(f"{repo}@{revision}", with_files=True)
         if not found:
             raise HubError(404, f"revision {revision!r} of {repo!r} is not in this zoo", "RevisionNotFound")
         return found[0]
@@ -173,7 +283,7 @@ class ZooHandler(BaseHTTPRequestHandler):
         readings = [(n, segments[n]) for n in (2, 1) if len(segments) > n and segments[n] in keywords]
         for length, keyword in readings:
             repo = "/".join(segments[:length])
-            if NAME_PATTERN.fullmatch(repo) and self.server.store.matches(repo):
+            if NAME_PATTERN.fullmatch(repo) and self.store.matches(repo):
                 return repo, keyword, segments[length + 1:]
         if readings:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
@@ -181,21 +291,17 @@ class ZooHandler(BaseHTTPRequestHandler):
             return "/".join(segments), "", []
         raise HubError(404, "no such route")
 
-    # -- API --------------------------------------------------------------------------------
-
-    def _api(self, segments: list[str], query: dict[str, list[str]], body: bool) -> None:
+    def _api(self, segments: list[str], query: dict[str, list[str]]) -> Answer:
         repo, keyword, rest = self._split_repo(segments, ("revision", "tree"))
         if keyword == "":
-            entry = self._entry(repo, DEFAULT_REVISION)
-            self._json(self._model_info(entry, _flag(query, "blobs")), body)
+            document: Any = self._model_info(self._entry(repo, DEFAULT_REVISION), _flag(query, "blobs"))
         elif keyword == "revision" and len(rest) == 1:
-            entry = self._entry(repo, rest[0])
-            self._json(self._model_info(entry, _flag(query, "blobs")), body)
+            document = self._model_info(self._entry(repo, rest[0]), _flag(query, "blobs"))
         elif keyword == "tree" and rest:
-            entry = self._entry(repo, rest[0])
-            self._json(self._tree(entry, "/".join(rest[1:]), _flag(query, "recursive")), body)
+            document = self._tree(self._entry(repo, rest[0]), "/".join(rest[1:]), _flag(query, "recursive"))
         else:
             raise HubError(404, "no such route")
+        return Answer(200, {"Content-Type": "application/json"}, json.dumps(document).encode())
 
     def _model_info(self, entry: Entry, blobs: bool) -> dict[str, Any]:
         siblings = []
@@ -235,9 +341,7 @@ class ZooHandler(BaseHTTPRequestHandler):
             items.append(item)
         return items
 
-    # -- files ------------------------------------------------------------------------------
-
-    def _resolve(self, segments: list[str], body: bool) -> None:
+    def _resolve(self, segments: list[str], headers: dict[str, str], head: bool) -> Answer:
         repo, _, rest = self._split_repo(segments, ("resolve",))
         if len(rest) < 2:
             raise HubError(404, "a resolve URL needs a revision and a file name")
@@ -246,61 +350,134 @@ class ZooHandler(BaseHTTPRequestHandler):
         stored = next((f for f in entry.files if f.path == path), None)
         if stored is None:
             raise HubError(404, f"{path!r} is not a file of {entry.name!r}", "EntryNotFound", {"X-Repo-Commit": entry.commit})
-        self._stream(entry, stored, body)
+        archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
+        etag = f'"{stored.served_sha256}"'
+        answer = Answer(200, {"X-Repo-Commit": entry.commit, "ETag": etag, "Accept-Ranges": "bytes",
+                              "Content-Type": "application/octet-stream"},
+                        archive=archive, stored=stored, start=0, end=stored.size)
+        # If-Range: the range holds only for the representation the client already has.
+        wanted = headers.get("range") if headers.get("if-range", etag).strip() == etag else None
+        selected = parse_range(wanted, stored.size) if wanted and not head else None
+        if selected is not None:
+            answer.status, (answer.start, answer.end) = 206, selected
+            answer.headers["Content-Range"] = f"bytes {answer.start}-{answer.end - 1}/{stored.size}"
+        answer.headers["Content-Length"] = str(answer.end - answer.start)
+        return answer
 
-    def _stream(self, entry: Entry, stored: StoredFile, body: bool) -> None:
-        archive = self.server.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
-        start, end = 0, stored.size
-        status = HTTPStatus.OK
-        headers = {
-            "X-Repo-Commit": entry.commit, "ETag": f'"{stored.served_sha256}"', "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-        }
-        if self.headers.get("Range") and body:
-            start, end = parse_range(self.headers["Range"], stored.size)
-            status = HTTPStatus.PARTIAL_CONTENT
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{stored.size}"
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(end - start))
-        self.end_headers()
-        self._streaming = True
-        if not body or start == end:
-            return
-        for piece in archive.iter_file(stored.path, start, end, threads=self.server.decode_threads):
-            self.wfile.write(piece)
-
-    # -- answers ----------------------------------------------------------------------------
-
-    def _json(self, document: Any, body: bool) -> None:
-        data = json.dumps(document).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def _error(self, error: HubError, body: bool) -> None:
-        if self._streaming:
-            # Too late for a status: cutting the connection short is what every client reads as a
-            # failed download (the length it was promised never arrives).
-            self.close_connection = True
-            return
-        data = json.dumps({"error": str(error)}).encode()
-        self.send_response(error.status)
+    def _error_answer(self, error: HubError) -> Answer:
+        headers = {"Content-Type": "application/json"}
         if error.code:
-            self.send_header("X-Error-Code", error.code)
+            headers["X-Error-Code"] = error.code
         # A header carries latin-1 on one line: anything else in the message becomes '?'.
-        self.send_header("X-Error-Message", re.sub(r"[^\x20-\x7e]", "?", str(error)))
-        for key, value in error.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        headers["X-Error-Message"] = re.sub(r"[^\x20-\x7e]", "?", str(error))
+        headers.update(error.headers)
+        return Answer(error.status, headers, json.dumps({"error": str(error)}).encode())
+
+
+def _header_list(answer: Answer) -> list[tuple[bytes, bytes]]:
+    headers = [(b"server", b"zoo")] + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+    if "Content-Length" not in answer.headers:
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+    if answer.close:
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+async def _wait_for_disconnect(receive: Callable[..., Any]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _cut(send: Callable[..., Any], abort: bool) -> None:
+    """Ends the connection short of its Content-Length. ASGI has no message for this; uvicorn
+    closes the connection when an app returns mid-body, but only gracefully, which for a client
+    that reads nothing never finishes; its transport sits on the bound `send`."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None:
+        transport.abort() if abort else transport.close()
+
+
+class DecodeThread:
+    """The decoded pieces of one download, made on a thread of their own: at most STREAM_SLOTS
+    pieces are decoded and not yet released by the sender."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pieces: Callable[[], Iterator[bytes | memoryview]]) -> None:
+        self._loop, self._pieces = loop, pieces
+        self._ready: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = threading.Semaphore(STREAM_SLOTS)
+        self._stopped = False
+        threading.Thread(target=self._run, name="zoo-decode", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            pieces = self._pieces()
+            try:
+                while True:
+                    self._slots.acquire()
+                    if self._stopped:
+                        return
+                    piece = next(pieces, None)
+                    self._hand_over(piece)
+                    if piece is None:
+                        return
+            finally:
+                pieces.close()  # type: ignore[attr-defined]
+        except BaseException as error:  # noqa: BLE001 - handed to the sender, who answers for it
+            self._hand_over(error)
+
+    def _hand_over(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._ready.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            self._stopped = True
+
+    async def next(self) -> bytes | memoryview | None:
+        item = await self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._slots.release()
+
+
+class ZooServer:
+    """`zoo serve`'s server: the app on uvicorn, on a socket bound when this is made."""
+
+    def __init__(self, app: ZooApp, listener: socket.socket) -> None:
+        import uvicorn
+
+        self.app, self.socket = app, listener
+        config = uvicorn.Config(
+            app, http="h11", loop="asyncio", interface="asgi3", lifespan="off", log_config=None, access_log=False,
+            log_level="warning", server_header=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=2, backlog=2048,
+        )
+        self._server = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    def serve_forever(self) -> None:
+        """Serves until shutdown() or, on the main thread, SIGINT/SIGTERM."""
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 10) -> None:
+        self._server.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -313,10 +490,20 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False,
-                decode_threads: int = 2) -> ZooServer:
+                decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT) -> ZooServer:
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
-    Each download decodes on `decode_threads` threads, a few chunks ahead of the socket."""
+    Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
+    of the socket."""
     try:
-        return ZooServer((host, port), store, token or None, quiet, decode_threads)
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, kind, protocol)
+    except (OSError, UnicodeError) as error:
+        raise ZooError(f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
     except OSError as error:
+        listener.close()
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout), listener)
