@@ -138,6 +138,88 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
         temporaries.replace(temporary, final)
 
 
+def _clashes(folder: Path, relpaths: list[str]) -> tuple[list[str], list[str]]:
+    """Of the files a model writes into `folder`: those that exist there as files (replaced with
+    --force), and those in the way of something that is no file (a folder where a file goes, a
+    file where a folder goes), which zoo never removes."""
+    replaced, blocked = [], []
+    for relpath in relpaths:
+        target = folder / relpath
+        parents = [folder.joinpath(*relpath.split("/")[:depth]) for depth in range(1, relpath.count("/") + 1)]
+        in_the_way = next((p for p in parents if p.is_symlink() or (p.exists() and not p.is_dir())), None)
+        if in_the_way is not None:
+            blocked.append(f"{in_the_way.relative_to(folder)} (a file where {relpath} needs a folder)")
+        elif target.is_dir() and not target.is_symlink():
+            blocked.append(f"{relpath} (a folder)")
+        elif target.exists() or target.is_symlink():
+            replaced.append(relpath)
+    return replaced, blocked
+
+
+def _listing(paths: list[str], most: int = 5) -> str:
+    return ", ".join(paths[:most]) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def _move_in(temporary: Path, final: Path) -> None:
+    """Every file and link under `temporary` to its place under `final`, the one there before
+    (if any) set aside until all are in; on failure the moves are undone in reverse."""
+    aside = temporary / ".zoo-old"
+    moved: list[tuple[Path, Path]] = []  # (from, to)
+    try:
+        for folder, subfolders, names in os.walk(temporary):
+            here = Path(folder)
+            if here == aside:
+                subfolders.clear()
+                continue
+            relative = here.relative_to(temporary)
+            (final / relative).mkdir(parents=True, exist_ok=True)
+            for name in names + [d for d in subfolders if (here / d).is_symlink()]:
+                target = final / relative / name
+                if target.is_dir() and not target.is_symlink():
+                    raise OutputExistsError(f"{final}: {relative / name} is a folder there; zoo does not remove folders")
+                if target.exists() or target.is_symlink():
+                    (aside / relative).mkdir(parents=True, exist_ok=True)
+                    os.replace(target, aside / relative / name)
+                    moved.append((target, aside / relative / name))
+                os.replace(here / name, target)
+                moved.append((here / name, target))
+    except BaseException:
+        for origin, moved_to in reversed(moved):
+            os.replace(moved_to, origin)
+        raise
+
+
+@contextmanager
+def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Path]:
+    """Where a model folder is written: a temporary folder whose contents take their places under
+    `final` only when the body completes. A new `final` is the temporary folder renamed; into an
+    existing folder, the model's files replace their namesakes (only with `force`) and every other
+    file stays. A folder is never removed to make room. On any error or Ctrl-C, `final` holds what
+    it held before."""
+    if not final.is_dir():
+        with _atomic_output(final, force, is_dir=True) as temporary:  # a new folder (or, with --force, a file in its place)
+            yield temporary
+        return
+    replaced, blocked = _clashes(final, relpaths)
+    if blocked:
+        raise OutputExistsError(f"{final}: cannot write the model there without removing {_listing(blocked)}; "
+                                "choose another folder or move them")
+    if replaced and not force:
+        raise OutputExistsError(f"{final} already holds {len(replaced)} of the model's files ({_listing(replaced)}); "
+                                "pass --force to replace them (other files there are left alone)")
+    # Beside it on the same file system, so that each file moves in by a rename; inside it when
+    # it is a mount point of its own.
+    parent = final.resolve().parent
+    beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
+    temporaries.sweep_beside(beside / final.name)
+    with temporaries.locked_temporary(beside, temporaries.temporary_prefix(final), is_dir=True) as temporary:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)
+        yield temporary
+        _move_in(temporary, final)
+
+
 # -- compress --------------------------------------------------------------------------------
 
 
