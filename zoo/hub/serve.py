@@ -133,6 +133,8 @@ def _framing_problem(scope: dict[str, Any]) -> str | None:
     """What makes a request ambiguous to frame (h11 already refuses conflicting or malformed
     Content-Length and unknown transfer codings): a GET or HEAD that carries a body, or two Hosts."""
     names = [name for name, _ in scope["headers"]]
+    if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+        return "request headers too large"
     if names.count(b"host") > 1:
         return "more than one Host header"
     if scope["method"] in ("GET", "HEAD"):
@@ -216,7 +218,7 @@ class ZooApp:
                         await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}), self.stall_timeout)
                     except asyncio.TimeoutError:
                         answer.note = f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
-                        _cut(send, abort=True)
+                        await _cut(send, watcher, abort=True)
                         return sent
                     if watcher.done():
                         answer.note = " (client went away)"
@@ -230,7 +232,7 @@ class ZooApp:
                     # reads as a failed download; the damaged chunk's bytes are never sent.
                     self.log(f"error: {error}")
                     answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: damaged archive)"
-                    _cut(send, abort=False)
+                    await _cut(send, watcher, abort=False)
                     return sent
             await send({"type": "http.response.body", "body": b""})
             return sent
@@ -388,13 +390,15 @@ async def _wait_for_disconnect(receive: Callable[..., Any]) -> None:
         pass
 
 
-def _cut(send: Callable[..., Any], abort: bool) -> None:
+async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None], abort: bool) -> None:
     """Ends the connection short of its Content-Length. ASGI has no message for this; uvicorn
-    closes the connection when an app returns mid-body, but only gracefully, which for a client
-    that reads nothing never finishes; its transport sits on the bound `send`."""
+    closes the connection when an app returns mid-body, but only gracefully (which for a client
+    that reads nothing never finishes) and with a misleading error in the log. Its transport
+    sits on the bound `send`."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is not None:
         transport.abort() if abort else transport.close()
+        await asyncio.wait([disconnected], timeout=5)
 
 
 class DecodeThread:

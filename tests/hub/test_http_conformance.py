@@ -1,0 +1,324 @@
+"""`zoo serve` as an HTTP server, against the cases a probe found open on http.server: request
+framing, header limits, ranges, authentication, error bodies, damaged payloads, the access log,
+IPv6, the listen backlog and Nagle. Raw sockets where a client library would hide the behaviour;
+every server listens on 127.0.0.1 (or ::1) only and is stopped by its test."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import socket
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from zoo.api import compress_into
+from zoo.hub.serve import make_server
+from zoo.hub.store import Store
+
+from tests.conftest import random_storage, write_safetensors
+from tests.hub.test_serve import request, running_server
+
+FILE = "/org/tiny/resolve/main/model.safetensors"
+CONFIG = "/org/tiny/resolve/main/config.json"
+
+
+@pytest.fixture
+def served(tiny_model, tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024)
+    with running_server(store) as url:
+        yield url, store, tiny_model
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def exchange(url: str, data: bytes, wait: float = 5.0) -> bytes:
+    """Sends raw bytes and reads whatever comes back until the server closes or `wait` passes."""
+    received = b""
+    with socket.create_connection(address(url), timeout=wait) as connection:
+        connection.sendall(data)
+        deadline = time.monotonic() + wait
+        try:
+            while time.monotonic() < deadline and (block := connection.recv(65536)):
+                received += block
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return received
+
+
+def statuses(answer: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+# -- framing: nothing a request carries is ever read as a second request --------------------
+
+SMUGGLED = b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"  # a 404 if it were answered
+
+
+@pytest.mark.parametrize("head", [
+    b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (CONFIG.encode(), len(SMUGGLED)),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (CONFIG.encode(), len(SMUGGLED)),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: 5\r\n\r\n" % (CONFIG.encode(), len(SMUGGLED)),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: %d\r\n\r\n" % (CONFIG.encode(), len(SMUGGLED), len(SMUGGLED)),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n" % CONFIG.encode(),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n" % CONFIG.encode(),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n" % CONFIG.encode(),
+    b"GET %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n" % CONFIG.encode(),
+], ids=["get-body", "chunked-get", "conflicting-lengths", "duplicate-lengths", "hex-length", "negative-length",
+        "two-hosts", "chunked-and-length"])
+def test_ambiguous_framing_is_a_400_and_the_connection_ends(served, head):
+    url, _, _ = served
+    answer = exchange(url, head + SMUGGLED)
+    assert statuses(answer) == [400], answer[:300]
+    assert request(url, CONFIG)[0] == 200
+
+
+def test_keep_alive_requests_are_answered_in_order(served):
+    """The framing checks refuse only what is ambiguous: two plain GETs on one connection both get answers."""
+    url, _, source = served
+    answer = exchange(url, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nHEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      % (CONFIG.encode(), FILE.encode()))
+    assert statuses(answer) == [200, 200]
+    assert (source / "config.json").read_bytes() in answer
+
+
+def test_header_block_over_the_limit_is_refused(served):
+    url, _, _ = served
+    assert statuses(exchange(url, b"GET %s HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % (CONFIG.encode(), b"a" * (64 << 10)))) == [400]
+    many = b"".join(b"X-Pad-%d: %s\r\n" % (number, b"b" * 100) for number in range(400))
+    assert statuses(exchange(url, b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (CONFIG.encode(), many))) == [400]
+    # sent slowly, in pieces: the server stops buffering at its limit instead of waiting for the end
+    with socket.create_connection(address(url), timeout=5) as connection:
+        connection.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n" % CONFIG.encode())
+        for _ in range(40):
+            try:
+                connection.sendall(b"X-Pad: " + b"d" * 1000 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.005)
+        assert statuses(connection.recv(65536)) == [400]
+    assert request(url, CONFIG, headers={"X-Pad": "c" * 8000})[0] == 200  # a large but sane header still works
+
+
+def test_other_methods_get_405_with_allow(served):
+    url, _, _ = served
+    status, headers, _ = request(url, CONFIG, "DELETE")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+# -- ranges ---------------------------------------------------------------------------------
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("header, status, expected", [
+    (f"bytes={HUGE}-", 416, None), (f"bytes={HUGE}-{HUGE}", 416, None), (f"bytes=0-{HUGE}", 206, slice(0, None)),
+    (f"bytes=-{HUGE}", 206, slice(0, None)), (f"bytes=10-{'0' * 4000}20", 206, slice(10, 21)),
+    ("Bytes=0-9", 206, slice(0, 10)), ("BYTES = 0-9", 206, slice(0, 10)),
+    ("items=0-1", 200, slice(0, None)), ("bytes=0-1,5-6", 200, slice(0, None)), ("bytes=0-1, -3", 200, slice(0, None)),
+])
+def test_range_corners(served, header, status, expected):
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    got, headers, body = request(url, FILE, headers={"Range": header})
+    assert got == status, body[:200]
+    if expected is not None:
+        assert body == original[expected]
+    if status == 416:
+        assert headers["content-range"] == f"bytes */{len(original)}"
+
+
+@pytest.mark.parametrize("if_range, status", [
+    ("stale", 200), ('"0000000000000000000000000000000000000000000000000000000000000000"', 200),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 200), ("current", 206),
+])
+def test_if_range(served, if_range, status):
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    etag = f'"{hashlib.sha256(original).hexdigest()}"'
+    value = {"stale": '"' + "1" * 64 + '"', "current": etag}.get(if_range, if_range)
+    got, headers, body = request(url, FILE, headers={"Range": "bytes=10-19", "If-Range": value})
+    assert got == status
+    assert body == (original[10:20] if status == 206 else original)
+
+
+# -- authentication -------------------------------------------------------------------------
+
+def test_401_names_the_scheme_and_the_scheme_is_case_insensitive(tiny_model, tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/tiny")
+    with running_server(store, token="s3cret") as url:
+        status, headers, _ = request(url, CONFIG)
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+        assert request(url, CONFIG, headers={"Authorization": "bearer wrong"})[0] == 401
+        assert request(url, CONFIG, headers={"Authorization": "Basic czNjcmV0"})[0] == 401
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            assert request(url, CONFIG, headers={"Authorization": f"{scheme} s3cret"})[0] == 200
+
+
+# -- failures -------------------------------------------------------------------------------
+
+def test_500_answers_name_no_server_path(tiny_model, tmp_path):
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, tiny_model / "config.json", "broken")
+    raw = bytearray(entry.archive.read_bytes())
+    raw[30] ^= 0xFF  # inside the archive's JSON header
+    entry.archive.write_bytes(bytes(raw))
+    with running_server(store) as url:
+        status, headers, body = request(url, "/broken/resolve/main/config.json")
+        assert status == 500 and json.loads(body)["error"]
+        for text in (body.decode(), *headers.values()):
+            assert str(tmp_path) not in text and "/zoo/" not in text and ".zoo" not in text and ".sqlite" not in text
+        store.catalogue.write_bytes(b"not a database" * 100)
+        status, headers, body = request(url, "/broken/resolve/main/config.json")
+        for text in (body.decode(), *headers.values()):
+            assert str(tmp_path) not in text and ".sqlite" not in text
+
+
+@pytest.fixture
+def multi_chunk(tmp_path):
+    """A 1 MiB file of random floats in 64 KiB chunks, and the archive that holds it."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 512), 5))})
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, folder, "big", chunk_bytes=64 << 10)
+    return store, entry, (folder / "model.safetensors").read_bytes()
+
+
+def test_a_payload_damaged_mid_file_never_arrives_as_a_success(multi_chunk, capfd, caplog):
+    store, entry, original = multi_chunk
+    data = bytearray(entry.archive.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    entry.archive.write_bytes(bytes(data))
+    server = make_server(store, "127.0.0.1", 0, quiet=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        connection = http.client.HTTPConnection(*address(server.url), timeout=30)
+        connection.request("GET", "/big/resolve/main/model.safetensors")
+        response = connection.getresponse()
+        assert response.status == 200 and int(response.headers["Content-Length"]) == len(original)
+        with pytest.raises(http.client.IncompleteRead) as failure:
+            response.read()  # read() checks the length (read(n) would not)
+        received = failure.value.partial
+        connection.close()
+        # what did arrive is the file's own beginning, cut before the damaged chunk
+        assert 0 < len(received) < len(original) // 2 + (64 << 10) and received == original[:len(received)]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    log = capfd.readouterr().err
+    assert "damaged" in log and "cut after" in log
+    assert not any("without completing" in record.getMessage() for record in caplog.records)
+
+
+def test_a_damaged_first_chunk_is_a_clean_500(multi_chunk):
+    store, entry, original = multi_chunk
+    with running_server(store) as url:
+        middle = len(entry.archive.read_bytes()) // 2
+        offset = middle - middle % (64 << 10)
+        status, _, body = request(url, "/big/resolve/main/model.safetensors", headers={"Range": f"bytes={len(original) // 2}-"})
+        assert status == 206  # before the damage
+        data = bytearray(entry.archive.read_bytes())
+        data[middle:middle + 64] = bytes(64)
+        entry.archive.write_bytes(bytes(data))
+        status, _, body = request(url, "/big/resolve/main/model.safetensors", headers={"Range": f"bytes={offset}-{offset + 99}"})
+        assert status in (206, 500)  # the range may or may not start in the damaged chunk
+        status, _, body = request(url, "/big/resolve/main/model.safetensors", headers={"Range": f"bytes={len(original) // 2}-{len(original) // 2}"})
+        assert status == 500 and "damaged" in json.loads(body)["error"]
+
+
+def test_access_log_escapes_control_characters(served, capfd):
+    url, store, _ = served
+    server = make_server(store, "127.0.0.1", 0, quiet=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        request(server.url, "/org/tiny/resolve/main/%1b[2J%1b]0;pwned%07%0d%0a.bin")
+        exchange(server.url, b"GET /a\x1b[2Jb HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
+        exchange(server.url, b"GET /a\x85b HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    log = capfd.readouterr().err
+    assert "%1b[2J" in log and "404" in log
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", log), repr(log)
+
+
+# -- sockets --------------------------------------------------------------------------------
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_serves_on_ipv6_loopback(served):
+    _, store, source = served
+    server = make_server(store, "::1", 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        connection = http.client.HTTPConnection("::1", address(server.url)[1], timeout=30)
+        connection.request("GET", CONFIG)
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == (source / "config.json").read_bytes()
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_two_hundred_sequential_connects_do_not_wait(served):
+    """A short listen backlog makes the kernel drop SYNs while the server is busy: the client then
+    waits a second to retry. Connections opened and held, one after another, must each be quick."""
+    url, _, _ = served
+    held, slowest = [], 0.0
+    try:
+        for _ in range(200):
+            started = time.monotonic()
+            held.append(socket.create_connection(address(url), timeout=5))
+            slowest = max(slowest, time.monotonic() - started)
+    finally:
+        for connection in held:
+            connection.close()
+    assert slowest < 0.9, f"a connect took {slowest:.2f} s"
+    assert request(url, CONFIG)[0] == 200
+
+
+def test_keep_alive_gets_do_not_wait_for_delayed_acks(served):
+    """Headers and body go out in separate writes; with Nagle on, each GET after the first on a
+    connection waits about 40 ms for the client's delayed ACK."""
+    url, _, _ = served
+    connection = http.client.HTTPConnection(*address(url), timeout=30)
+    times = []
+    try:
+        for _ in range(12):
+            started = time.monotonic()
+            connection.request("GET", CONFIG)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            times.append(time.monotonic() - started)
+    finally:
+        connection.close()
+    assert statistics.median(times[1:]) < 0.030, times
