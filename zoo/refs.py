@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from zoo.container.base_model import BaseModel
 from zoo.errors import InputError
@@ -44,10 +45,27 @@ def archive_path(ref: str | os.PathLike[str]) -> Path:
 
 
 def not_found(ref: str | os.PathLike[str]) -> str:
-    """The message for a ref that names nothing, the same in every command."""
-    from zoo.hub.store import zoo_home
+    """The message for a ref that names nothing, the same in every command. When the zoo holds the
+    name under other revisions or variants, it lists them."""
+    from zoo.hub.store import Store, parse_ref
 
-    return f"{ref}: no such file, and no model of that name in the zoo at {zoo_home()} (see `zoo ls`)"
+    store = Store()
+    stored = store.entries(parse_ref(str(ref))[0])
+    if stored:
+        listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
+        return f"{ref}: no such file, and no such revision or variant in the zoo at {store.home}, which holds {listed} (see `zoo ls`)"
+    return f"{ref}: no such file, and no model of that name in the zoo at {store.home} (see `zoo ls`)"
+
+
+def zoo_entry(ref: str) -> Any:
+    """The zoo.hub.store.Entry a zoo name resolves to (the best of its matches); one clear error,
+    not_found's, when it names nothing."""
+    from zoo.hub.store import Store
+
+    found = Store().matches(ref)
+    if not found:
+        raise InputError(not_found(ref))
+    return found[0]
 
 
 def open_base(ref: BaseModel | str | os.PathLike[str]) -> BaseModel:

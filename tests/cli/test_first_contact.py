@@ -89,3 +89,54 @@ def test_a_failed_decompress_leaves_the_old_files(tiny_model, tmp_path):
     after = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file() and p != mine / "notes.txt"}
     assert after == before and (mine / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zoo", "mine", "tiny"]
+
+
+# -- errors that help --------------------------------------------------------------------------
+
+
+def test_a_mistyped_path_fails_at_once_without_the_network(tmp_path):
+    # HF_ENDPOINT points at a port nobody listens on: reaching for the network would say so.
+    offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    for typed in ("./modle", "../modle", "modle", str(tmp_path / "modle"), "org/name/extra", "modle.safetensors"):
+        done = zoo_cli("compress", typed, cwd=tmp_path, home=tmp_path / "zoo", env=offline)
+        assert done.returncode == 1 and done.stderr == f"error: {typed}: no such file or folder\n"
+    assert not (tmp_path / "zoo").exists()
+
+
+def test_one_not_found_message_in_every_command(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", tiny_model, "--name", "tiny", home=home))
+    commands = (["info"], ["verify"], ["export", "-o", tmp_path / "out"], ["rm"], ["eval"], ["decompress", "-o", tmp_path / "out"])
+    for command in commands:
+        done = zoo_cli(command[0], "nosuch", *command[1:], home=home)
+        assert done.returncode == 1, command
+        assert done.stderr == f"error: nosuch: no such file, and no model of that name in the zoo at {home} (see `zoo ls`)\n", command
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_is_found_by_the_spec_the_user_typed(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    stored = json.loads(ok(zoo_cli("compress", tiny_model, "--name", "tiny", "-p", "truncate:bits=6|bytegroup|zstd", "--json",
+                                   home=home)).stdout)
+    assert stored["variant"] == "truncate:bits=6|bytegroup|zstd:level=3"  # stored under its expanded spec
+    for typed in ("tiny:truncate:bits=6|bytegroup|zstd", "tiny:truncate:bits=6|bytegroup|zstd:level=3", "tiny@main:truncate:bits=6|bytegroup|zstd"):
+        assert json.loads(ok(zoo_cli("info", typed, "--json", home=home)).stdout)["compressed_bytes"] > 0, typed
+    missing = zoo_cli("info", "tiny:truncate:bits=4", home=home)
+    assert missing.returncode == 1 and "tiny@main:truncate:bits=6|bytegroup|zstd:level=3" in missing.stderr and "zoo ls" in missing.stderr
+    for command in (["verify"], ["export", "-o", tmp_path / "out"], ["rm"]):
+        same = zoo_cli(command[0], "tiny:truncate:bits=4", *command[1:], home=home)
+        assert same.returncode == 1 and same.stderr == missing.stderr, command
+    ok(zoo_cli("rm", "tiny:truncate:bits=6|bytegroup|zstd", home=home))
+    assert json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"] == []
+
+
+# -- output a person reads ---------------------------------------------------------------------
+
+
+def test_usage_lines_name_arguments_as_words():
+    for command, word in (("compress", "SOURCE"), ("decompress", "ARCHIVE"), ("info", "ARCHIVE"), ("export", "MODEL"), ("rm", "MODEL")):
+        done = ok(zoo_cli(command, "--help"))
+        assert done.stdout.splitlines()[0] == f"Usage: zoo {command} [OPTIONS] {word}"
+        assert "{" not in done.stdout.splitlines()[0]
+    missing = zoo_cli("compress")
+    assert missing.returncode == 2 and "SOURCE" in missing.stderr

@@ -29,7 +29,7 @@ def main() -> None:
 
     warnings.showwarning = _show_warning
     try:
-        app()
+        app(prog_name="zoo")
     except ZooError as error:
         if os.environ.get("ZOO_DEBUG"):
             raise

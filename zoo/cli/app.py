@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
+
+
+class Command(TyperCommand):
+    """A command whose arguments read as words in its usage line and help (`zoo info ARCHIVE`),
+    not as template slots (`{archive}`)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's own signature
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = (param.name or "").upper()
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                word = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(word if param.required else f"[{word}]")
+        return pieces
+
 
 app = typer.Typer(
     name="zoo",
@@ -17,3 +40,6 @@ app = typer.Typer(
 
 for module in (archive_commands, zoo_commands, sweep_commands, eval_commands, native_commands):
     module.register(app)
+for registered in app.registered_commands:
+    if registered.cls in (None, TyperCommand):
+        registered.cls = Command

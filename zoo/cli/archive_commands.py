@@ -31,8 +31,8 @@ def _codec_help() -> str:
 
 
 def compress(
-    source: Annotated[Path, typer.Argument(help="A model folder, a .safetensors/.bin/.pt file, or a hub id ORG/NAME[@REVISION].",
-                                           show_default=False)],
+    typed: Annotated[str, typer.Argument(metavar="SOURCE", help="A model folder, a .safetensors/.bin/.pt file, or a hub id "
+                                          "ORG/NAME[@REVISION].", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
@@ -61,13 +61,17 @@ def compress(
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
+    from zoo.refs import looks_like_path
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
+    source = Path(typed)
+    if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
+        raise InputError(f"{typed}: no such file or folder")
         with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
             if stage_progress is not None:
                 options["stage_progress"] = stage_progress
                 if check is not None:
                     check.progress = stage_progress  # --verify's stages join the bars
-            elsewhere = compress_elsewhere(str(source), output, name, pipeline, threads, force, as_json, **options)
+            elsewhere = compress_elsewhere(typed, output, name, pipeline, threads, force, as_json, **options)
             if not elsewhere:
                 with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
                     report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, **options)

@@ -12,7 +12,7 @@ from zoo.cli.options import Force, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import print_report
 
-NameArg = Annotated[str, typer.Argument(help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
+NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
 
 
@@ -77,7 +77,9 @@ def rm(
 ) -> None:
     """Remove a model from the zoo."""
     from zoo.hub.store import Store
+    from zoo.refs import zoo_entry
 
+    zoo_entry(ref)  # a name that is not there: the message every command gives
     removed = Store().remove(ref, every)
     if as_json:
         print_json({"removed": [e.to_dict() for e in removed]})
@@ -95,9 +97,9 @@ def export(
 ) -> None:
     """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
     from zoo import api
-    from zoo.hub.store import Store
+    from zoo.refs import zoo_entry
 
-    entry = Store().resolve(ref)
+    entry = zoo_entry(ref)
     with progress_bar(entry.original_bytes, "exporting", not as_json) as advance:
         report = api.decompress(entry.archive, output, threads=threads, force=force, progress=advance)
     if as_json:

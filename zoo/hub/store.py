@@ -414,7 +414,14 @@ def quality_label(entry: Entry) -> str:
 
 
 def variant_match(wanted: str, entry: Entry) -> bool:
-    return wanted in (entry.variant, entry.pipeline) or (wanted == LOSSLESS and entry.variant == LOSSLESS)
+    """Whether a ref's VARIANT names `entry`: its stored label, its full pipeline, or a spec as the
+    user typed it (`l2:target_ratio=10` for the stored `l2:target_ratio=10,tune=0`)."""
+    if wanted in (entry.variant, entry.pipeline) or (wanted == LOSSLESS and entry.variant == LOSSLESS):
+        return True
+    try:
+        return variant_of(wanted) == entry.variant
+    except (ZooError, ValueError, TypeError):  # not a pipeline spec zoo can read: it names no variant
+        return False
 
 
 def _derived_commit(name: str, revision: str, variant: str, files: list[StoredFile]) -> str:
