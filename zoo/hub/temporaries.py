@@ -1,0 +1,171 @@
+"""Temporaries that a later run recognises as zoo's own, and removes only once their writer is gone.
+
+A temporary is named `PREFIX<pid>-<random>` and its writer holds an exclusive flock on it from the
+moment it exists until it is renamed into place or removed. A later run removes one when it can
+take that lock (the writer is gone: the kernel dropped its locks) and the pid in the name runs no
+process (or the entry is over an hour old, since pids are reused). A name without that shape is
+never zoo's to remove.
+
+`replace(temporary, final)` puts a finished temporary over an existing output in one atomic
+exchange (renameat2 RENAME_EXCHANGE, Linux), so `final` is always the old or the new complete
+output. Where the exchange is not available it renames the old one aside under a locked name
+first; a run killed between the two renames leaves the old one aside, and the next run beside the
+same output puts it back when the new one is missing (`sweep_beside`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+STALE_SECONDS = 3600  # a lock-free temporary this old is debris even when its pid runs again
+PAYLOAD_PREFIX = ".zoo-payload-"
+_OWNED = re.compile(r"(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def kill_point(name: str) -> None:
+    """Die here, as kill -9 would, when ZOO_KILL_AT names this point: the tests that check what a
+    killed run leaves behind choose the moment with it."""
+    if os.environ.get("ZOO_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temporary_prefix(final: Path) -> str:
+    return f".{final.name}.zoo-tmp-"
+
+
+def aside_prefix(final: Path) -> str:
+    return f".{final.name}.zoo-old-"
+
+
+def _lock(path: Path) -> int:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextmanager
+def locked_temporary(parent: Path, prefix: str, is_dir: bool) -> Iterator[Path]:
+    """A new file or folder `parent/PREFIX<pid>-<random>`, locked while the body runs and removed
+    afterwards unless the body renamed it away."""
+    path = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    if is_dir:
+        path.mkdir(mode=0o700)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    descriptor = _lock(path)  # a sweeper in between sees our pid running and leaves it alone
+    try:
+        yield path
+    finally:
+        _remove(path)
+        os.close(descriptor)
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def is_stale(path: Path, prefix: str) -> bool:
+    """Whether `path` (named PREFIX<pid>-<random>) is a temporary whose writer is gone."""
+    owned = _OWNED.fullmatch(path.name[len(prefix):]) if path.name.startswith(prefix) else None
+    if owned is None:
+        return False
+    try:
+        descriptor = _lock(path)
+    except (BlockingIOError, FileNotFoundError, PermissionError, OSError):
+        return False  # held (its writer lives), gone already, or not ours to judge
+    try:
+        return not _pid_runs(int(owned["pid"])) or time.time() - path.lstat().st_mtime > STALE_SECONDS
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def sweep_beside(final: Path) -> list[Path]:
+    """Clean up what killed runs left beside the output `final`: its temporaries, the payload
+    folders of compress, and an old copy moved aside, which goes back to `final` when the new one
+    never arrived. Returns what was removed or restored."""
+    parent = final.parent
+    done = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return done
+    for path in entries:
+        for prefix in (temporary_prefix(final), PAYLOAD_PREFIX, aside_prefix(final)):
+            if not is_stale(path, prefix):
+                continue
+            if prefix == aside_prefix(final) and not (final.exists() or final.is_symlink()):
+                with suppress(FileNotFoundError):
+                    os.replace(path / final.name, final)  # the new one never arrived: the old one is the output
+            _remove(path)
+            done.append(path)
+            break
+    return done
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot (then nothing changed)."""
+    if os.environ.get("ZOO_RENAME_EXCHANGE") == "0":  # the portable path, for its tests
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def replace(temporary: Path, final: Path) -> None:
+    """Put the finished `temporary` at `final`, replacing what is there. After an exchange the old
+    output sits under the temporary's locked name, which its owner then removes."""
+    if not (final.exists() or final.is_symlink()):
+        os.replace(temporary, final)
+        return
+    if _exchange(temporary, final):
+        return
+    with locked_temporary(final.parent, aside_prefix(final), is_dir=True) as aside:
+        os.replace(final, aside / final.name)
+        kill_point("between-renames")
+        try:
+            os.replace(temporary, final)
+        except BaseException:
+            os.replace(aside / final.name, final)
+            raise
