@@ -55,17 +55,17 @@ def compress(
     from zoo.cli.zoo_commands import compress_elsewhere
 
     from zoo.errors import InputError
+    from zoo.refs import looks_like_path
 
+    source = Path(typed)
+    if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
+        raise InputError(f"{typed}: no such file or folder")
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
-    from zoo.refs import looks_like_path
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
-    source = Path(typed)
-    if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
-        raise InputError(f"{typed}: no such file or folder")
         with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
             if stage_progress is not None:
                 options["stage_progress"] = stage_progress
