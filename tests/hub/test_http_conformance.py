@@ -322,3 +322,35 @@ def test_keep_alive_gets_do_not_wait_for_delayed_acks(served):
     finally:
         connection.close()
     assert statistics.median(times[1:]) < 0.030, times
+
+
+@pytest.mark.slow
+def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
+    """A stalled download holds its decoded chunks only until the stall timeout."""
+    folder = tmp_path / "large"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (1024, 2048), 9))})  # 8 MiB
+    store = Store(tmp_path / "zoo")
+    compress_into(store, folder, "large", chunk_bytes=1 << 20)
+    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.socket() as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            connection.connect(address(server.url))
+            connection.sendall(b"GET /large/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(3)
+            received, deadline = 0, time.monotonic() + 10
+            connection.settimeout(2)
+            try:
+                while time.monotonic() < deadline and (block := connection.recv(1 << 20)):
+                    received += len(block)
+            except (ConnectionResetError, socket.timeout):
+                pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert received < (8 << 20)
+    assert "connection cut" in capfd.readouterr().err

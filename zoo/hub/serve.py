@@ -199,6 +199,8 @@ class ZooApp:
         stream = DecodeThread(asyncio.get_running_loop(), lambda: answer.archive.iter_file(  # type: ignore[union-attr]
             answer.stored.path, answer.start, answer.end, threads=self.decode_threads))  # type: ignore[union-attr]
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        progress = [time.monotonic()]  # when a send last returned: a watchdog, not a timeout per send, is cheap
+        watchdog = asyncio.ensure_future(self._watchdog(send, progress))
         sent = 0
         try:
             try:
@@ -214,14 +216,11 @@ class ZooApp:
             while piece is not None:
                 for offset in range(0, len(piece), SEND_SLICE):
                     body = piece[offset:offset + SEND_SLICE]
-                    try:
-                        await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}), self.stall_timeout)
-                    except asyncio.TimeoutError:
-                        answer.note = f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
-                        await _cut(send, watcher, abort=True)
-                        return sent
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    progress[0] = time.monotonic()
                     if watcher.done():
-                        answer.note = " (client went away)"
+                        answer.note = (f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
+                                       if watchdog.done() else " (client went away)")
                         return sent
                     sent += len(body)
                 stream.release()
@@ -232,13 +231,24 @@ class ZooApp:
                     # reads as a failed download; the damaged chunk's bytes are never sent.
                     self.log(f"error: {error}")
                     answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: damaged archive)"
-                    await _cut(send, watcher, abort=False)
+                    await _cut(send, watcher)
                     return sent
             await send({"type": "http.response.body", "body": b""})
             return sent
         finally:
             stream.stop()
             watcher.cancel()
+            watchdog.cancel()
+
+    async def _watchdog(self, send: Callable[..., Any], progress: list[float]) -> None:
+        """Cuts a connection whose client has taken nothing for `stall_timeout` seconds."""
+        while True:
+            await asyncio.sleep(self.stall_timeout / 4)
+            if time.monotonic() - progress[0] > self.stall_timeout:
+                transport = _transport(send)
+                if transport is not None:
+                    transport.abort()
+                return
 
     # -- routing (on a worker thread) -------------------------------------------------------
 
@@ -390,14 +400,18 @@ async def _wait_for_disconnect(receive: Callable[..., Any]) -> None:
         pass
 
 
-async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None], abort: bool) -> None:
-    """Ends the connection short of its Content-Length. ASGI has no message for this; uvicorn
-    closes the connection when an app returns mid-body, but only gracefully (which for a client
-    that reads nothing never finishes) and with a misleading error in the log. Its transport
-    sits on the bound `send`."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
+def _transport(send: Callable[..., Any]) -> asyncio.Transport | None:
+    """The connection's transport: uvicorn's h11 `send` is a bound method of an object holding it."""
+    return getattr(getattr(send, "__self__", None), "transport", None)
+
+
+async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None]) -> None:
+    """Ends the connection short of its Content-Length, once what was sent has gone out. ASGI has
+    no message for this; uvicorn closes the connection when an app returns mid-body, but with a
+    misleading error in the log."""
+    transport = _transport(send)
     if transport is not None:
-        transport.abort() if abort else transport.close()
+        transport.close()
         await asyncio.wait([disconnected], timeout=5)
 
 
