@@ -18,7 +18,7 @@ from typing import Any
 
 
 from zoo.kernels.parallel import for_each, resolve_threads
-from zoo.container.reader import Archive, leaf_bytes, sharded, tensor_leaves
+from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded, tensor_leaves
 from zoo.dtypes import DTYPES
 from zoo.container.writer import Builder
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
@@ -424,8 +424,8 @@ def decompress(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()
                 with path.open("wb") as out:
-                    for piece in opened.iter_file(entry["path"], threads=threads):
-                        out.write(piece)
+                    # the workers write the pieces they decode; the sha256 runs here, beside them
+                    for piece in opened.iter_file(entry["path"], threads=threads, sink=positioned_writer(out.fileno())):
                         digest.update(piece)
                         if progress:
                             progress(len(piece))

@@ -346,17 +346,32 @@ class Archive:
             return leaf_bytes(self.tensor_info(segment["tensor"]))
         return leaf_bytes(segment["blob"]["leaf"])
 
-    def iter_file(self, path: str, start: int = 0, end: int | None = None, threads: int = 1) -> Iterator[bytes | memoryview]:
+    def iter_file(self, path: str, start: int = 0, end: int | None = None, threads: int = 1,
+                  sink: Callable[[int, memoryview], object] | None = None) -> Iterator[bytes | memoryview]:
         """The decoded bytes of one file, in pieces, from `start` up to `end` (exclusive). Only the
-        chunks that overlap the range are decoded; `threads` workers decode them in order."""
+        chunks that overlap the range are decoded; `threads` workers decode them in order. With
+        `sink(offset from start, piece)` (positioned_writer's), the worker that decoded a piece
+        hands it over before it is yielded: the writes run in parallel, and the caller's loop
+        (decompress's sha256, which cannot be split) is left with nothing else to do."""
         entry = self.file_entry(path)
         self.require_sound_layout()
         end = entry["size"] if end is None else min(end, entry["size"])
         tasks = self._file_tasks(entry, start, end)
-        for position, piece in ordered_map(lambda task: (task[0], task[2]()), tasks, threads, size=lambda task: task[1]):
+
+        def decode(task: tuple[int, int, Callable[[], np.ndarray]]) -> memoryview | None:
+            position, _, run = task
+            piece = run()
             low, high = max(start, position), min(end, position + len(piece))
-            if low < high:
-                yield memoryview(piece)[low - position:high - position]
+            if low >= high:
+                return None
+            view = memoryview(piece)[low - position:high - position]
+            if sink is not None:
+                sink(low - start, view)
+            return view
+
+        for view in ordered_map(decode, tasks, threads, size=lambda task: task[1]):
+            if view is not None:
+                yield view
 
     def _file_tasks(self, entry: dict[str, Any], start: int, end: int) -> Iterator[tuple[int, int, Callable[[], np.ndarray]]]:
         """(file offset, size, decode) for each piece of the file that overlaps [start, end)."""
@@ -490,6 +505,17 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def positioned_writer(fd: int) -> Callable[[int, memoryview], None]:
+    """A sink for Archive.iter_file: each piece written at its offset of the open file `fd`."""
+
+    def write(offset: int, piece: memoryview) -> None:
+        while piece:
+            done = os.pwrite(fd, piece, offset)
+            piece, offset = piece[done:], offset + done
+
+    return write
 
 
 def _owned(chunk: np.ndarray) -> np.ndarray:

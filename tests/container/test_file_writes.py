@@ -1,0 +1,65 @@
+"""A file streamed with a sink (as decompress writes it): every worker writes the pieces it decodes
+at their offsets while the pieces still come out in order, on one thread and several, for the
+whole file and for a range; and a damaged chunk still stops decompress with nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.container.reader import Archive, positioned_writer
+from zoo.errors import ChecksumError
+
+from tests.conftest import damage_chunk, random_storage, write_safetensors
+
+
+@pytest.fixture
+def model(tmp_path):
+    rng = np.random.default_rng(3)
+    tensors = {
+        "a.weight": ("BF16", random_storage("BF16", (80, 48), 1)),  # many 1 KiB chunks
+        "b.weight": ("F32", random_storage("F32", (29, 13), 2)),  # a short last chunk
+        "noise": ("U8", rng.integers(0, 256, size=(2500,), dtype=np.uint8)),  # stored raw
+    }
+    path = write_safetensors(tmp_path / "model.safetensors", tensors)
+    zoo.compress(path, tmp_path / "m.zoo", chunk_bytes=1024)
+    return tmp_path / "m.zoo", path.read_bytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("span", [(0, None), (1000, 9001), (9, 10), (5000, 5000)])
+def test_sink_writes_each_piece_where_it_belongs(model, tmp_path, threads, span):
+    archive, original = model
+    start, end = span
+    wanted = original[start:end]
+    target = tmp_path / f"out-{threads}-{start}"
+    with Archive(archive) as opened, open(target, "wb") as out:
+        pieces = [bytes(piece) for piece in opened.iter_file("model.safetensors", start, end, threads, sink=positioned_writer(out.fileno()))]
+    assert b"".join(pieces) == wanted
+    assert target.read_bytes() == wanted
+
+
+def test_positioned_writer_puts_pieces_in_place_in_any_order(tmp_path):
+    """The later piece first, as a faster worker may: the hole it leaves is filled after."""
+    data = os.urandom(3 << 20)
+    target = tmp_path / "big"
+    with open(target, "wb") as out:
+        write = positioned_writer(out.fileno())
+        write(1 << 20, memoryview(data)[1 << 20:])
+        write(0, memoryview(data)[:1 << 20])
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decompress_writes_the_file_and_checks_it(model, tmp_path, threads):
+    archive, original = model
+    zoo.decompress(archive, tmp_path / f"back{threads}", threads=threads)
+    assert (tmp_path / f"back{threads}" / "model.safetensors").read_bytes() == original
+    damage_chunk(archive, "a.weight", 2)
+    with pytest.raises(ChecksumError):
+        zoo.decompress(archive, tmp_path / f"damaged{threads}", threads=threads)
+    assert not (tmp_path / f"damaged{threads}").exists()
