@@ -36,6 +36,9 @@ def compress(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
+                                                  "ppl-ratio=1.01 (causal LM), cosine=0.999 (encoder) or bpw=3.5 (best quality at that "
+                                                  "size), judged on held-out text; needs -o. See docs/budget.md.", show_default=False)] = None,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook.",
                                                   show_default=False)] = None,
     base: Annotated[Optional[Path], typer.Option("--base", help="The model SOURCE was fine-tuned from: tensors the lossy stages select "
@@ -60,6 +63,10 @@ def compress(
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
+    if budget is not None:
+        gated = verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
+        _compress_to_budget(source, output, budget, pipeline, calib, base, threads, force, gated, as_json)
+        return
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
     check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
@@ -89,6 +96,36 @@ def compress(
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)
+
+
+def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipeline: str, calib: Optional[Path], base: Optional[Path],
+                        threads: Optional[int], force: bool, gated: bool, as_json: bool) -> None:
+    """compress --budget: zoo.optimize.budget searches the rate; a line per candidate on stderr."""
+    from zoo import api
+    from zoo.errors import InputError
+    from zoo.optimize.budget import SEARCH_STAGE, Budget, compress_to_budget
+
+    parsed = Budget.parse(budget)  # a malformed budget fails before anything else is looked at
+    if output is None:
+        raise InputError("--budget writes a standalone archive: give -o OUT.zoo")
+    if not source.exists():
+        raise InputError(f"{source}: --budget needs a local model folder")
+    if base is not None or gated:
+        raise InputError("--budget is its own quality check: it takes neither --base nor --verify/--max-kl/--min-cosine/--max-ppl-ratio")
+
+    def line(candidate) -> None:  # noqa: ANN001 - a zoo.optimize.budget.Candidate
+        if as_json:
+            return
+        figure = "" if candidate.figure is None else f", {parsed.name} {candidate.figure:.6g}"
+        verdict = "meets" if candidate.meets else "misses"
+        stderr.print(f"candidate {candidate.pipeline.split('|')[0].split(',')[0]}: {human_bytes(candidate.bytes)}, "
+                     f"{candidate.bits_per_weight:.3f} bits per weight{figure}: {verdict} {parsed}", markup=False, highlight=False,
+                     soft_wrap=True)
+
+    with stage_bars({**api.COMPRESS_STAGES, SEARCH_STAGE: "candidates"}, not as_json) as stage_progress:
+        result = compress_to_budget(source, output, parsed, calibration=calib, leaf=pipeline, threads=threads, force=force,
+                                    progress=stage_progress, on_candidate=line)
+    print_report(result.report, as_json, str(output))
 
 
 def decompress(

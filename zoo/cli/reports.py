@@ -32,6 +32,8 @@ def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a
                      f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
     if isinstance(report.metadata.get("verify"), dict):
         print_quality(report.metadata["verify"], f"quality, against {report.metadata['verify'].get('reference')}")
+    if isinstance(report.metadata.get("budget"), dict):
+        print_budget(report.metadata["budget"])
 
 
 # Figure name -> (label, format). Labels follow llama.cpp's perplexity --kl-divergence where it has one.
@@ -116,3 +118,21 @@ def print_tensors(tensors: list[dict[str, Any]]) -> None:
         table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
                       "∞" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine"))
     stdout.print(table)
+
+
+def print_budget(record: dict[str, Any]) -> None:
+    """What compress --budget stored (zoo.optimize.budget): the search's trail, then its proof."""
+    from rich.table import Table
+
+    stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), judged on {record.get('held_out')}; calibrated on "
+                 f"{record.get('calibration')}; kept {record.get('pipeline')}", markup=False, highlight=False, soft_wrap=True)
+    table = Table(title="budget search, in the order tried", title_justify="left")
+    for column in ("candidate", "stored", "bits/weight", "figure", "meets"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for step in record.get("trail") or []:
+        figure = step.get("figure")
+        table.add_row(str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0),
+                      f"{step.get('bits_per_weight', 0):.3f}", "-" if figure is None else f"{figure:.6g}", "yes" if step.get("meets") else "no")
+    stdout.print(table)
+    if isinstance(record.get("proof"), dict):
+        print_quality(record["proof"], f"proof: the kept archive on held-out text, against {record['proof'].get('reference')}")

@@ -1,0 +1,138 @@
+"""compress to a quality budget (zoo.optimize.budget, zoo compress --budget): the kept archive meets
+its budget on held-out text, carries the proof and trail, and every failure is one line."""
+
+import json
+
+import pytest
+
+from zoo.errors import InputError, OutputExistsError
+from zoo.optimize.budget import Budget, BudgetError, compress_to_budget
+
+from tests.cli.test_cli import zoo_cli
+from tests.conftest import write_tiny_llama
+
+TEXT = " ".join(f"Line {i} of the {w} says {w[::-1]} before {i * 5 % 11}." for i, w in
+                enumerate(["budget", "round", "layer", "stage", "survey", "teacher"] * 30))
+MAX_TOKENS = 512  # held-out tokens per candidate: enough for a stable mean KL on this model, quick on two cores
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return write_tiny_llama(tmp_path_factory.mktemp("llama"), TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize(("text", "complaint"), [
+    ("kl", "expected NAME=VALUE"), ("size=3", "expected NAME=VALUE"), ("kl=abc", "is not a number"), ("kl=-1", "positive"),
+    ("kl=nan", "positive"), ("cosine=1.5", "at most 1"), ("ppl-ratio=0.9", "below 1"), ("bpw=40", "bits per weight go from"),
+])
+def test_a_malformed_budget_is_one_clear_error(text, complaint):
+    with pytest.raises(InputError, match=complaint):
+        Budget.parse(text)
+
+
+def test_budgets_parse_and_say_which_way_is_better():
+    assert str(Budget.parse(" KL = 0.005 ")) == "kl=0.005"
+    assert Budget.parse("cosine=0.999").meets(0.9995) and not Budget.parse("cosine=0.999").meets(0.998)
+    assert Budget.parse("kl=0.005").meets(0.004) and not Budget.parse("kl=0.005").meets(float("nan"))
+
+
+def test_an_encoder_asked_for_kl_hears_which_budgets_fit(minilm, tmp_path):
+    with pytest.raises(InputError, match=r"evaluated as an encoder, which fits cosine=, bpw="):
+        compress_to_budget(minilm, tmp_path / "m.zoo", "kl=0.005")
+    done = zoo_cli("compress", minilm, "--budget", "kl=0.005", "-o", tmp_path / "m.zoo")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (f"error: budget kl=0.005: {minilm} is evaluated as an encoder, which fits cosine=, bpw=")
+    assert not (tmp_path / "m.zoo").exists()
+
+
+def test_the_cli_refuses_a_malformed_budget_and_a_budget_without_output(tiny_model, tmp_path):
+    done = zoo_cli("compress", tiny_model, "--budget", "kl=often", "-o", tmp_path / "m.zoo")
+    assert done.returncode == 1 and done.stderr.strip() == "error: budget 'kl=often': 'often' is not a number"
+    done = zoo_cli("compress", tiny_model, "--budget", "kl=0.01")
+    assert done.returncode == 1 and done.stderr.strip() == "error: --budget writes a standalone archive: give -o OUT.zoo"
+
+
+@pytest.mark.slow
+def test_a_budget_that_can_be_met_keeps_the_smallest_archive_that_meets_it_on_held_out_text(tiny_llama, tmp_path):
+    from zoo import api
+    from zoo.evaluate import evaluate
+
+    seen = []
+    result = compress_to_budget(tiny_llama, tmp_path / "m.zoo", "kl=0.002", calibration=tiny_llama / "calibration.txt",
+                                max_tokens=MAX_TOKENS, on_candidate=seen.append)
+    trail = result.trail
+    assert seen == trail and len(trail) >= 3  # coarse steps, then the bracket halved
+    meeting = [c for c in trail if c.meets]
+    missing = [c for c in trail if not c.meets]
+    assert meeting and missing  # the search bracketed the budget
+    assert result.kept.bytes == min(c.bytes for c in meeting)
+    assert all(c.figure > 0.002 for c in missing) and all(c.figure <= 0.002 for c in meeting)
+    # The stored proof is the held-out measurement of this very archive: measured again, it agrees.
+    stored = api.report_of(tmp_path / "m.zoo").metadata["budget"]
+    again = evaluate(tmp_path / "m.zoo", tiny_llama, max_tokens=MAX_TOKENS, weights=False)
+    assert again.metrics["kl_mean"] <= 0.002
+    assert stored["proof"]["kl_mean"] == pytest.approx(again.metrics["kl_mean"], rel=1e-4)
+    assert stored["budget"] == "kl=0.002" and stored["held_out"] == "zoo/data/eval_text.txt"
+    assert [step["bytes"] for step in stored["trail"]] == [c.bytes for c in trail]
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.zoo"]  # the other candidates are gone
+
+
+@pytest.mark.slow
+def test_a_budget_no_rate_meets_says_the_best_reached_and_keeps_nothing(tiny_llama, tmp_path):
+    (tmp_path / "m.zoo").write_bytes(b"the user's file")
+    with pytest.raises(BudgetError, match=r"budget kl=1e-12 is not met by l2 up to 8 bits per weight: the best reached was "
+                                          r"kl [0-9.e-]+ at [0-9.]+ KiB \([0-9.]+ bits per weight, l2:target_ratio=4"):
+        compress_to_budget(tiny_llama, tmp_path / "m.zoo", "kl=1e-12", calibration=tiny_llama / "calibration.txt", force=True,
+                           max_tokens=MAX_TOKENS, highest_bits=8)
+    assert (tmp_path / "m.zoo").read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zoo"]
+
+
+@pytest.mark.slow
+def test_a_bpw_budget_lands_under_its_size_with_its_quality_measured(tiny_llama, tmp_path):
+    from zoo import api
+
+    result = compress_to_budget(tiny_llama, tmp_path / "m.zoo", "bpw=6", calibration=tiny_llama / "calibration.txt", max_tokens=MAX_TOKENS)
+    report = api.report_of(tmp_path / "m.zoo")
+    assert report.bits_per_weight <= 6
+    assert report.bits_per_weight >= 0.85 * 6  # the best quality at that size: not far under it
+    stored = report.metadata["budget"]
+    assert stored["proof"]["kind"] == "causal-lm" and stored["proof"]["kl_mean"] > 0
+    assert result.kept.bytes == max(c.bytes for c in result.trail if c.meets)
+
+
+def test_held_out_text_must_differ_from_the_calibration_text(tiny_model, tmp_path):
+    (tmp_path / "calibration.txt").write_text(TEXT)
+    with pytest.raises(InputError, match="must differ from the calibration text"):
+        compress_to_budget(tiny_model, tmp_path / "m.zoo", "bpw=4", calibration=tmp_path / "calibration.txt", held_out=TEXT)
+    assert not (tmp_path / "m.zoo").exists()
+
+
+def test_a_lossy_ending_is_refused(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="chooses the lossy stages itself"):
+        compress_to_budget(tiny_model, tmp_path / "m.zoo", "bpw=4", leaf="codebook:bits=4")
+
+
+def test_an_existing_output_is_refused_before_any_work(tiny_model, tmp_path):
+    (tmp_path / "m.zoo").write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        compress_to_budget(tiny_model, tmp_path / "m.zoo", "bpw=4")
+    assert (tmp_path / "m.zoo").read_bytes() == b"keep"
+
+
+@pytest.mark.slow
+def test_the_cli_shows_each_candidate_and_info_shows_the_proof_and_trail(tiny_llama, tmp_path):
+    archive = tmp_path / "m.zoo"
+    done = zoo_cli("compress", tiny_llama, "--budget", "ppl-ratio=1.002", "--calib", tiny_llama / "calibration.txt", "-o", archive)
+    assert done.returncode == 0, done.stderr
+    candidates = [line for line in done.stderr.splitlines() if line.startswith("candidate l2:target_ratio=")]
+    assert len(candidates) >= 3 and any(line.endswith("meets ppl-ratio=1.002") for line in candidates)
+    assert "proof: the kept archive on held-out text" in done.stdout
+    shown = zoo_cli("info", archive)
+    assert shown.returncode == 0, shown.stderr
+    assert "budget ppl-ratio=1.002 (PPL(compressed) / PPL(original)), judged on zoo/data/eval_text.txt" in shown.stdout
+    assert "budget search, in the order tried" in shown.stdout and "PPL(Q)/PPL(base)" in shown.stdout
+    stored = json.loads(zoo_cli("info", archive, "--json").stdout)["metadata"]["budget"]
+    assert stored["proof"]["ppl_ratio"] <= 1.002 and len(stored["trail"]) == len(candidates)

@@ -1,0 +1,427 @@
+"""Compress to a quality budget: the smallest archive that keeps a promised quality.
+
+A budget is one figure and its limit: ``kl=0.005`` (mean KL per token, causal LM or classifier),
+``ppl-ratio=1.01`` (causal LM), ``cosine=0.999`` (mean embedding cosine of an encoder; the
+weights' cosine for a model zoo cannot run) or ``bpw=3.5`` (the whole archive in at most 3.5 bits
+per weight, at the best quality l2 reaches there).
+
+The search runs on l2's whole-model rate (its ``target_ratio``): l2's survey already spends a rate
+across tensors by their measured sensitivity, so the search only has to find the rate. It walks
+the rate coarsely (a factor of sqrt(2) in bits per weight) until it brackets the budget, then
+halves the bracket a few times (log scale). The model is loaded and run on the calibration text
+once: its activation statistics and the teacher's per-weight sensitivities are measured for the
+first candidate and reused by every other one. Each candidate is evaluated once (a rate seen
+before is not coded again) on held-out text, distinct from the calibration text, and the
+original's outputs on that text are computed once (zoo.evaluate's reference cache).
+
+The kept archive carries, under metadata["budget"], the budget, the held-out measurement of that
+very archive (its proof) and the search's trail: every candidate's pipeline, size and figure.
+
+Layering: this module writes archives and evaluates them, so it calls zoo.api and zoo.evaluate,
+lazily, from the search's entry point only; the codecs never import it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
+from zoo.errors import InputError, OutputExistsError, ZooError
+from zoo.optimize.teacher import Teacher
+
+# budget name -> (what it reads, which way is better, the kinds it fits)
+BUDGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "kl": ("mean KL divergence per token", "max", ("causal-lm", "classifier")),
+    "ppl-ratio": ("PPL(compressed) / PPL(original)", "max", ("causal-lm",)),
+    "cosine": ("mean cosine of the embeddings", "min", ("encoder", "weights")),
+    "bpw": ("bits per weight of the whole archive", "max", ("causal-lm", "classifier", "encoder", "weights")),
+}
+# The rates searched, in bits per weight (32 / l2's target_ratio): from nearly lossless to as
+# small as l2 still keeps a model recognisable.
+HIGHEST_BITS = 16.0
+LOWEST_BITS = 1.0
+FIRST_BITS = 4.0
+COARSE_FACTOR = math.sqrt(2.0)
+FINE_ROUNDS = 3  # each halves the bracket: sqrt(2) -> ~4 % in bits per weight
+BPW_ROUNDS = 5  # a bpw= budget: landings of the archive's real size on the limit
+# What the proof and the trail add to the header once the archive is chosen: a bpw= budget is met
+# with this much room to spare, so the archive as stored still meets it.
+PROOF_BYTES = 3072
+DEFAULT_LEAF = "lossless"
+SEARCH_STAGE = "searching the budget"
+Progress = Callable[[str, int, int], None]
+
+
+class BudgetError(ZooError):
+    """A budget that no searched pipeline meets, or one that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    limit: float
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        name, equals, value = text.strip().partition("=")
+        name = name.strip().lower()
+        if not equals or name not in BUDGETS:
+            raise InputError(f"budget {text!r}: expected NAME=VALUE with NAME one of {', '.join(BUDGETS)} (for example kl=0.005)")
+        try:
+            limit = float(value)
+        except ValueError:
+            raise InputError(f"budget {text!r}: {value.strip()!r} is not a number") from None
+        if not math.isfinite(limit) or limit <= 0:
+            raise InputError(f"budget {text!r}: the limit must be a positive number")
+        if name == "cosine" and limit > 1:
+            raise InputError(f"budget {text!r}: a cosine is at most 1")
+        if name == "ppl-ratio" and limit < 1:
+            raise InputError(f"budget {text!r}: a perplexity ratio below 1 is not a promise a compressed model can keep")
+        if name == "bpw" and not LOWEST_BITS / 10 <= limit <= 32:
+            raise InputError(f"budget {text!r}: bits per weight go from {LOWEST_BITS / 10:g} to 32")
+        return cls(name, limit)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.limit:g}"
+
+    def check_fits(self, kind: str, model: str) -> None:
+        fitting = [name for name, (_, _, kinds) in BUDGETS.items() if kind in kinds]
+        if self.name not in fitting:
+            article = {"causal-lm": "a causal LM", "encoder": "an encoder", "classifier": "a classifier"}.get(kind, "weights only")
+            raise InputError(f"budget {self}: {model} is evaluated as {article}, which fits {', '.join(f'{n}=' for n in fitting)}")
+
+    def figure(self, result: Any) -> float | None:
+        """The figure this budget reads from a zoo.evaluate EvalResult."""
+        metrics = result.metrics or {}
+        if self.name == "kl":
+            value = metrics.get("kl_mean")
+        elif self.name == "ppl-ratio":
+            value = metrics.get("ppl_ratio")
+        elif self.name == "cosine":
+            value = metrics.get("cosine_mean") if result.kind == "encoder" else (result.weights or {}).get("cosine")
+        else:
+            return None
+        return None if value is None else float(value)
+
+    def meets(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return value >= self.limit if BUDGETS[self.name][1] == "min" else value <= self.limit
+
+
+@dataclass
+class Candidate:
+    """One point of the search: an l2 rate, the archive it gave, and the figure held-out text gave."""
+
+    bits: float  # nominal: 32 / target_ratio
+    pipeline: str
+    bytes: int
+    bits_per_weight: float  # the whole archive's, as zoo info shows it
+    figure: float | None = None
+    meets: bool = False
+    path: Path | None = None
+    result: Any = None  # the zoo.evaluate EvalResult
+
+    def record(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "bytes": self.bytes, "bits_per_weight": round(self.bits_per_weight, 4),
+                "figure": self.figure, "meets": self.meets}
+
+
+@dataclass
+class BudgetResult:
+    budget: Budget
+    report: Any  # the zoo.api.Report of the kept archive
+    kept: Candidate
+    trail: list[Candidate] = field(default_factory=list)
+
+
+def _figure_text(budget: Budget, value: float | None) -> str:
+    return "-" if value is None else f"{budget.name} {value:.6g}"
+
+
+class SurveyTeacher(Teacher):
+    """The teacher every candidate's l2 survey shares: the model (loaded once, by calibration) with
+    its outputs on the calibration text run once, its per-weight sensitivities measured for the
+    first candidate and handed to the others (they do not depend on the rate), and the activation
+    statistics whose H guides l2's rounding (zoo.codecs.lossy.deadzone.Plan.hessian)."""
+
+    def __init__(self, statistics: Any, progress: Progress | None = None) -> None:
+        super().__init__(statistics.source, statistics.text, model=statistics.model, progress=progress)
+        self.statistics = statistics
+        self._measured: dict[Any, Any] = {}
+
+    def sensitivities(self, tensor_names: list[str], seed: int = 0, batches: int | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
+        key = (tuple(tensor_names), seed, batches)
+        if key not in self._measured:
+            self._measured[key] = super().sensitivities(tensor_names, seed, batches, progress)
+        return self._measured[key]
+
+    def hessian(self, name: str, cols: int) -> Any:
+        return self.statistics.hessian(name, cols)
+
+
+@dataclass(frozen=True)
+class CalibratedPipeline(Pipeline):
+    """A pipeline whose survey runs on `calibration` (the shared SurveyTeacher) whatever
+    zoo.api.compress hands it: compress itself only collects statistics from a text path."""
+
+    calibration: Any = None
+
+    def survey(self, tensors: Any, calibration: Any = None, progress: Any = None, chunk_bytes: int = CHUNK_BYTES) -> list[Any]:
+        plain = Pipeline(self.array_stages, self.grouping, self.bytes_stages)
+        return plain.survey(tensors, self.calibration if calibration is None else calibration, progress, chunk_bytes)
+
+
+def l2_pipeline(bits: float, leaf: str = DEFAULT_LEAF, calibration: Any = None) -> CalibratedPipeline:
+    """l2 at `bits` nominal bits per weight (target_ratio = 32 / bits), then the leaf stages."""
+    parsed = Pipeline.parse(f"l2:target_ratio={32.0 / bits:.6g}|{leaf}")
+    return CalibratedPipeline(parsed.array_stages, parsed.grouping, parsed.bytes_stages, calibration)
+
+
+def compress_to_budget(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    budget: Budget | str,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    held_out: str | None = None,
+    leaf: str = DEFAULT_LEAF,
+    max_tokens: int = 4096,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_candidate: Callable[[Candidate], None] | None = None,
+    highest_bits: float = HIGHEST_BITS,
+) -> BudgetResult:
+    """Search l2's rate for the smallest archive of `source` (a model folder) that meets `budget`
+    on `held_out` text (default: the evaluation text zoo ships, never the calibration text), and
+    write it to `destination` with its proof and trail in metadata["budget"]. `calibration` is the
+    calibration text file (default: the one zoo ships). `progress(stage, done, total)` follows the
+    search and each candidate's phases; `on_candidate` sees each measured candidate. Raises
+    BudgetError, leaving nothing at `destination`, when no rate up to `highest_bits` bits per
+    weight meets the budget."""
+    from zoo import api
+    from zoo.evaluate.models import Model
+    from zoo.optimize.calibration import collect
+
+    budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    if Pipeline.parse(leaf).array_stages:
+        raise InputError(f"a budget search chooses the lossy stages itself: {leaf!r} is not a lossless ending (such as lossless or zstd)")
+    source, destination = Path(source), Path(destination)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    if (destination.exists() or destination.is_symlink()) and not force:
+        raise OutputExistsError(f"{destination} exists; pass --force to replace it")
+    if not destination.parent.is_dir():
+        raise InputError(f"{destination.parent}: output folder does not exist")
+    with Model(source) as model:
+        kind, _ = model.kind()
+    budget.check_fits(kind, str(source))
+    text_path = Path(calibration) if calibration is not None else Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
+    if held_out is not None and held_out.strip() == _read(text_path).strip():
+        raise InputError(f"{text_path}: the held-out text the budget is judged on must differ from the calibration text")
+
+    # Calibrated once: the teacher runs the original on the calibration text, and the first
+    # candidate's survey measures the sensitivities every later one reuses.
+    shared = None
+    if kind != "weights":
+        shared = SurveyTeacher(collect(source, text_path, progress=progress), progress)
+    work = Path(tempfile.mkdtemp(prefix=".zoo-budget-", dir=destination.parent))
+    try:
+        searcher = _Search(budget, lambda bits, path: _candidate(api, source, path, bits, leaf, shared, threads, progress),
+                           lambda c: _judge(c, budget, source, kind, held_out, max_tokens, threads, progress),
+                           work, progress, on_candidate)
+        kept = searcher.run_size(highest_bits) if budget.name == "bpw" else searcher.run_quality(highest_bits)
+        if kept.result is None:  # a bpw= budget: the kept archive's quality is measured once, at the end
+            _judge(kept, budget, source, kind, held_out, max_tokens, threads, progress)
+        record = {
+            "budget": str(budget),
+            "reads": BUDGETS[budget.name][0],
+            "figure": kept.figure,
+            "pipeline": kept.pipeline,
+            "calibration": "zoo/data/calibration.txt" if calibration is None else str(calibration),
+            "held_out": ("zoo/data/eval_text.txt" if kind == "causal-lm" else "zoo/data/eval_sentences.txt") if held_out is None
+                        else f"{len(held_out)} characters given",
+            "proof": kept.result.record() if kept.result is not None else None,
+            "trail": [c.record() for c in searcher.trail],
+        }
+        assert kept.path is not None
+        api.update_metadata(kept.path, {"budget": record})
+        if (destination.exists() or destination.is_symlink()) and not force:
+            raise OutputExistsError(f"{destination} exists; pass --force to replace it")
+        os.replace(kept.path, destination)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = api.report_of(destination)
+    return BudgetResult(budget, report, kept, searcher.trail)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read calibration text ({type(error).__name__})") from None
+
+
+def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, shared: Any, threads: int | None,
+               progress: Progress | None) -> Candidate:
+    pipeline = l2_pipeline(bits, leaf, shared)
+    report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
+    spec = pipeline.spec()
+    return Candidate(bits, spec, report.compressed_bytes, report.bits_per_weight, path=path)
+
+
+def _judge(candidate: Candidate, budget: Budget, source: Path, kind: str, held_out: str | None, max_tokens: int,
+           threads: int | None, progress: Progress | None) -> None:
+    from zoo.evaluate import evaluate
+
+    result = evaluate(candidate.path, source, text=held_out, max_tokens=max_tokens, threads=threads, progress=progress,
+                      weights=kind == "weights" or budget.name == "bpw")
+    candidate.result = result
+    if budget.name != "bpw":
+        candidate.figure = budget.figure(result)
+        candidate.meets = candidate.figure is not None and budget.meets(candidate.figure)
+
+
+class _Search:
+    """The walk on the rate. `make(bits, path)` codes a candidate, `judge(candidate)` measures it."""
+
+    def __init__(self, budget: Budget, make: Callable[[float, Path], Candidate], judge: Callable[[Candidate], None], work: Path,
+                 progress: Progress | None, on_candidate: Callable[[Candidate], None] | None) -> None:
+        self.budget = budget
+        self.make = make
+        self.judge = judge
+        self.work = work
+        self.progress = progress
+        self.on_candidate = on_candidate
+        self.seen: dict[float, Candidate] = {}  # rounded bits -> the candidate: a rate is coded and judged once
+        self.trail: list[Candidate] = []
+        self.best: Candidate | None = None  # the smallest archive meeting the budget so far
+
+    def _try(self, bits: float, judged: bool = True) -> Candidate:
+        key = round(bits, 4)
+        if key in self.seen:
+            return self.seen[key]
+        if self.progress:
+            self.progress(SEARCH_STAGE, len(self.trail), len(self.trail) + 1)
+        candidate = self.make(bits, self.work / f"candidate-{len(self.trail)}.zoo")
+        if judged:
+            self.judge(candidate)
+        elif self.budget.name == "bpw":
+            candidate.figure = candidate.bits_per_weight  # as coded; the proof and trail add at most PROOF_BYTES
+            candidate.meets = _stored_bits(candidate) <= self.budget.limit
+        self.seen[key] = candidate
+        self.trail.append(candidate)
+        if self.progress:
+            self.progress(SEARCH_STAGE, len(self.trail), len(self.trail))
+        if self.on_candidate:
+            self.on_candidate(candidate)
+        self._keep(candidate)
+        return candidate
+
+    def _keep(self, candidate: Candidate) -> None:
+        """Hold on to the best archive so far; every other one is deleted as soon as it is beaten."""
+        if candidate.meets and (self.best is None or self._better(candidate, self.best)):
+            if self.best is not None and self.best.path is not None:
+                self.best.path.unlink(missing_ok=True)
+            self.best = candidate
+        elif candidate.path is not None:
+            candidate.path.unlink(missing_ok=True)
+
+    def _better(self, candidate: Candidate, than: Candidate) -> bool:
+        # a quality budget keeps the smallest archive; a size budget the largest, closest to its limit
+        return candidate.bytes > than.bytes if self.budget.name == "bpw" else candidate.bytes < than.bytes
+
+    def run_quality(self, highest_bits: float) -> Candidate:
+        bits = min(FIRST_BITS, highest_bits)
+        first = self._try(bits)
+        passing, failing = (bits, None) if first.meets else (None, bits)
+        # coarse: out by a factor of sqrt(2) in bits until the budget is bracketed
+        while passing is None and bits * COARSE_FACTOR <= highest_bits * 1.0001:
+            bits *= COARSE_FACTOR
+            if self._try(bits).meets:
+                passing = bits
+            else:
+                failing = bits
+        if passing is None and bits < highest_bits and self._try(highest_bits).meets:
+            passing = highest_bits
+        while failing is None and bits / COARSE_FACTOR >= LOWEST_BITS * 0.9999:
+            bits /= COARSE_FACTOR
+            if self._try(bits).meets:
+                passing = bits
+            else:
+                failing = bits
+        if passing is None:
+            self._fail()
+        # fine: halve the bracket (in log bits) a few times
+        if failing is not None:
+            for _ in range(FINE_ROUNDS):
+                middle = math.sqrt(passing * failing)
+                if self._try(middle).meets:
+                    passing = middle
+                else:
+                    failing = middle
+        assert self.best is not None
+        return self.best
+
+    def run_size(self, highest_bits: float) -> Candidate:
+        """bpw=: land the whole archive's bits per weight on the limit from below. The archive's
+        figure includes what l2's rate does not (non-weight files), so the nominal rate is moved
+        by the measured overhead until it lands."""
+        limit = self.budget.limit
+        bits = min(limit, highest_bits)
+        for _ in range(BPW_ROUNDS):
+            candidate = self._try(bits, judged=False)
+            if candidate.meets and _stored_bits(candidate) >= 0.99 * limit:
+                break
+            landing = limit - (_stored_bits(candidate) - candidate.bits)  # the nominal rate the measured overhead leaves
+            if not candidate.meets:
+                landing = min(landing, 0.98 * bits)
+            elif landing <= bits:
+                break
+            landing = min(highest_bits, max(LOWEST_BITS / 10, landing))
+            if round(landing, 4) in self.seen:
+                break
+            bits = landing
+        if self.best is None:
+            smallest = min(self.trail, key=lambda c: c.bytes)
+            raise BudgetError(f"budget {self.budget}: the smallest archive l2 made is {smallest.bits_per_weight:.3g} bits per weight "
+                              f"({_human(smallest.bytes)}, {smallest.pipeline}); no archive was kept")
+        return self.best
+
+    def _fail(self) -> None:
+        direction = BUDGETS[self.budget.name][1]
+        judged = [c for c in self.trail if c.figure is not None]
+        if not judged:
+            raise BudgetError(f"budget {self.budget}: no candidate could be measured; no archive was kept")
+        best = (max if direction == "min" else min)(judged, key=lambda c: c.figure)
+        raise BudgetError(f"budget {self.budget} is not met by l2 up to {max(c.bits for c in self.trail):.3g} bits per weight: the best "
+                          f"reached was {_figure_text(self.budget, best.figure)} at {_human(best.bytes)} "
+                          f"({best.bits_per_weight:.3g} bits per weight, {best.pipeline}); no archive was kept "
+                          "(-p lossless keeps the model exact)")
+
+
+def _stored_bits(candidate: Candidate) -> float:
+    """A candidate's bits per weight once its proof and trail join the header (PROOF_BYTES)."""
+    weights = 8 * candidate.bytes / candidate.bits_per_weight if candidate.bits_per_weight else 0
+    return candidate.bits_per_weight + 8 * PROOF_BYTES / weights if weights else math.inf
+
+
+def _human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    return f"{count:.2f} GiB"
+
+
+__all__ = ["BUDGETS", "Budget", "BudgetError", "BudgetResult", "CalibratedPipeline", "Candidate", "SurveyTeacher", "compress_to_budget",
+           "l2_pipeline"]
