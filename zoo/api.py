@@ -124,11 +124,11 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     On any error or Ctrl-C the temporary is removed and `final` is left as it was. The temporary
     is locked and named after this process, so a later run removes it if this one is killed
     (zoo.hub.temporaries), and `final` is always the old or the new complete output."""
+    temporaries.sweep_beside(final)  # first: an old output a killed run moved aside comes back before the check
     _refuse_existing(final, force)
     parent = final.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: output folder does not exist")
-    temporaries.sweep_beside(final)
     with temporaries.locked_temporary(parent, temporaries.temporary_prefix(final), is_dir) as temporary:
         # private (0700/0600) when made; give the output the modes the umask allows.
         umask = os.umask(0)

@@ -1,4 +1,4 @@
-"""pull, ls, rm, export, serve: the zoo under ZOO_HOME."""
+"""pull, ls, rm, export, serve, doctor, gc: the zoo under ZOO_HOME."""
 
 from __future__ import annotations
 
@@ -134,12 +134,43 @@ def serve(
         server.server_close()
 
 
+def doctor(as_json: Json = False) -> None:
+    """Check the zoo and repair what can be repaired without losing anything (the catalogue is
+    rebuilt from the manifests; a zoo of the old layout is migrated): one line per finding."""
+    from zoo.hub.store import Store
+
+    store = Store()
+    findings = store.doctor()
+    if as_json:
+        print_json({"zoo": str(store.home), "findings": findings})
+    else:
+        for line in findings:
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def gc(as_json: Json = False) -> None:
+    """Remove the stored objects that no model names any more (left by a killed writer)."""
+    from zoo.hub.store import Store
+
+    store = Store()
+    removed = store.gc()
+    if as_json:
+        print_json({"zoo": str(store.home), "removed": [{"object": str(path), "bytes": size} for path, size in removed]})
+    else:
+        for path, size in removed:
+            stderr.print(f"removed {path} ({human_bytes(size)})", markup=False, highlight=False, soft_wrap=True)
+        stdout.print(f"removed {len(removed)} object{'' if len(removed) == 1 else 's'}, {human_bytes(sum(size for _, size in removed))}",
+                     markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(pull)
     app.command(name="ls")(ls)
     app.command(name="rm")(rm)
     app.command()(export)
     app.command()(serve)
+    app.command()(doctor)
+    app.command()(gc)
 
 
 def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,

@@ -1,15 +1,16 @@
-"""The local zoo: archives under ZOO_HOME and their catalogue in SQLite.
+"""The local zoo: immutable objects named by their sha256, one manifest per stored model variant,
+and an SQLite index of the manifests. docs/STORE.md specifies the layout::
 
-Layout::
+    ZOO_HOME/objects/sha256/AB/ABCDEF....zoo      archives, named by the sha256 of their bytes
+    ZOO_HOME/manifests/NAME/REVISION/VARIANT.json  what a model is: its object, files, commit, quality
+    ZOO_HOME/catalogue.sqlite                     an index of the manifests (zoo.hub.catalogue)
+    ZOO_HOME/work/<job>/                          temporary work, each folder locked by its process
+    ZOO_HOME/lock                                 held while a manifest is published or objects collected
 
-    ZOO_HOME/catalogue.sqlite     one row per stored model variant, one per file
-    ZOO_HOME/archives/*.zoo       the archives; a file name is never reused
-    ZOO_HOME/work/<job>/          temporary work, each folder locked by the process that owns it
-
-An archive enters the store by an atomic rename made inside the write transaction that records
-it, so a reader sees either the old state or the new one. A process killed midway leaves at
-worst an unreferenced archive or a work folder whose lock nobody holds; the next writer removes
-both, under the same write lock, so it cannot mistake another process's live work for debris.
+A model enters in order: its object (written in a work folder, fsynced, renamed in), then its
+manifest (written under a locked temporary name, fsynced, renamed over), then the index. A reader
+never sees half a model, a killed writer leaves at worst an object no manifest names (only `zoo gc`
+removes those) or an index behind the manifests (rebuilt on the next read).
 """
 
 from __future__ import annotations
@@ -23,50 +24,24 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError, OutputExistsError, ZooError
+from zoo.hub import catalogue
+from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
 
 LOSSLESS = "lossless"
 DEFAULT_REVISION = "main"
 LFS_MIN_BYTES = 10 << 20  # the Hub keeps files this large in LFS whatever their type
-SCHEMA_VERSION = 1
 # The Hub's own rule for repo ids, so that every stored name can also be served.
 NAME_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?", re.ASCII)
 _REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    revision TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    commit_sha TEXT NOT NULL,
-    archive TEXT NOT NULL UNIQUE,
-    pipeline TEXT NOT NULL,
-    source TEXT,
-    original_bytes INTEGER NOT NULL,
-    stored_bytes INTEGER NOT NULL,
-    created REAL NOT NULL,
-    quality TEXT,
-    UNIQUE (name, revision, variant)
-);
-CREATE TABLE IF NOT EXISTS files (
-    model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    served_sha256 TEXT NOT NULL,
-    git_oid TEXT NOT NULL,
-    lfs INTEGER NOT NULL,
-    lossless INTEGER NOT NULL,
-    PRIMARY KEY (model_id, path)
-);
-"""
 
 
 def zoo_home() -> Path:
@@ -169,6 +144,62 @@ class Entry:
         }
 
 
+MANIFEST_VERSION = 1
+OBJECT_SUFFIX = ".zoo"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LEGACY_NAME = re.compile(r"(?P<name>.+)-[0-9a-f]{12}\.zoo")  # archives/NAME-RANDOM.zoo, '/' written '--'
+
+
+class StoreError(ZooError):
+    """The zoo's own files cannot be read or written (disk full, permissions, a damaged manifest)."""
+
+
+def manifest_component(text: str) -> str:
+    """One path component for a name, revision or variant: percent-encoded, never hidden or '.',
+    never longer than a file system allows (the manifest itself holds the real text)."""
+    quoted = urllib.parse.quote(text, safe="")
+    if quoted.startswith("."):
+        quoted = "%2E" + quoted[1:]
+    if len(quoted) > 200:
+        quoted = quoted[:120] + "~" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return quoted
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _file_record(stored: StoredFile) -> dict[str, Any]:
+    return {"path": stored.path, "size": stored.size, "sha256": stored.sha256, "served_sha256": stored.served_sha256,
+            "git_oid": stored.git_oid, "lfs": stored.lfs, "lossless": stored.lossless}
+
+
+def _check_record(record: Any) -> dict[str, Any]:
+    """A manifest as read from disk, or ValueError naming what is wrong with it."""
+    if not isinstance(record, dict) or record.get("manifest") != MANIFEST_VERSION:
+        raise ValueError(f"not a version-{MANIFEST_VERSION} zoo manifest")
+    for key, kind in (("name", str), ("revision", str), ("variant", str), ("commit", str), ("pipeline", str), ("objects", list),
+                      ("files", list), ("original_bytes", int), ("stored_bytes", int), ("created", (int, float))):
+        if not isinstance(record.get(key), kind):
+            raise ValueError(f"{key!r} is missing or not a {getattr(kind, '__name__', 'number')}")
+    archives = [o for o in record["objects"] if isinstance(o, dict) and o.get("role") == "archive"]
+    if len(archives) != 1 or not _SHA256.fullmatch(str(archives[0].get("sha256"))):
+        raise ValueError("it names no archive object by sha256")
+    return record
+
+
 def _describe_files(archive_path: Path) -> tuple[dict[str, Any], list[StoredFile]]:
     """The archive's metadata and, per file, the hashes the catalogue keeps. Files that decoding
     does not give back bit for bit, and small files (whose git id hashes their content), are
@@ -196,73 +227,173 @@ def _describe_files(archive_path: Path) -> tuple[dict[str, Any], list[StoredFile
         return archive.metadata(), described
 
 
+
 class Store:
-    """The zoo at `home` (default: zoo_home()). Every method opens its own connection, so one
+    """The zoo at `home` (default: zoo_home()). Every method opens what it needs itself, so one
     Store may be used from many threads and by several processes at once."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else zoo_home()
         self.catalogue = self.home / "catalogue.sqlite"
-        self.archives = self.home / "archives"
+        self.objects = self.home / "objects" / "sha256"
+        self.manifests = self.home / "manifests"
         self.work = self.home / "work"
+        self.archives = self.home / "archives"  # the layout before manifests: migrated on first open
+        self.lock_path = self.home / "lock"
+        self.dirty = self.home / "catalogue.behind"  # exists while the index may lag the manifests
 
-    # -- connections ------------------------------------------------------------------------
+    # -- layout -----------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.catalogue.is_file()
+        return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
 
-    def _connect(self) -> sqlite3.Connection:
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / f"{sha256}{OBJECT_SUFFIX}"
+
+    def manifest_path(self, name: str, revision: str, variant: str) -> Path:
+        return self.manifests / manifest_component(name) / manifest_component(revision) / f"{manifest_component(variant)}.json"
+
+    def _make_folders(self) -> None:
         try:
-            for folder in (self.home, self.archives, self.work):
+            for folder in (self.home, self.objects, self.manifests, self.work):
                 folder.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.catalogue, timeout=60, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as error:
-            raise ZooError(f"{self.home}: cannot open the zoo: {error}") from None
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA foreign_keys = ON")
-        if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            with self._transaction(connection):
-                version = connection.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
-                    raise ZooError(f"{self.catalogue}: catalogue schema {version}; this zoo reads {SCHEMA_VERSION}")
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    connection.execute(statement)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # WAL lets `zoo serve` keep reading while a pull writes; it is a property of the file.
-            connection.execute("PRAGMA journal_mode = WAL")
-        return connection
+        except OSError as error:
+            raise StoreError(f"{self.home}: cannot create the zoo: {error.strerror or error}") from None
 
     @contextmanager
-    def _transaction(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """A write transaction: IMMEDIATE takes the write lock up front, so two writers queue
-        instead of failing halfway."""
-        connection.execute("BEGIN IMMEDIATE")
+    def _locked(self) -> Iterator[None]:
+        """The zoo's publish lock: manifests change, and objects are collected, only under it."""
+        self._make_folders()
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _lock_is_free(self) -> bool:
         try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+            with open(self.lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    # -- manifests --------------------------------------------------------------------------
+
+    def _manifest_files(self) -> list[Path]:
+        return sorted(self.manifests.glob("*/*/*.json")) if self.manifests.is_dir() else []
+
+    def _read_manifest(self, path: Path) -> dict[str, Any]:
+        try:
+            return _check_record(json.loads(path.read_bytes()))
+        except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` lists what the zoo holds") from None
+
+    def _all_manifests(self, problems: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+        """Every readable manifest; an unreadable one is skipped (and reported into `problems`)."""
+        found = []
+        for path in self._manifest_files():
+            try:
+                found.append((path, self._read_manifest(path)))
+            except StoreError as error:
+                if problems is not None:
+                    problems.append(str(error))
+        return found
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.home).as_posix()
+
+    def _publish_manifest(self, record: dict[str, Any]) -> Path:
+        """Write a manifest under a locked temporary name, fsync it, rename it over. Caller holds the lock."""
+        final = self.manifest_path(record["name"], record["revision"], record["variant"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_beside(final)
+        with locked_temporary(final.parent, temporary_prefix(final), is_dir=False) as temporary:
+            with open(temporary, "w", encoding="utf-8") as stream:
+                json.dump(record, stream, indent=1, sort_keys=True)
+                stream.write("\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, final)
+        _fsync(final.parent)
+        return final
+
+    def _entry(self, record: dict[str, Any]) -> Entry:
+        [archive] = [o for o in record["objects"] if o.get("role") == "archive"]
+        files = [StoredFile(f["path"], f["size"], f["sha256"], f["served_sha256"], f["git_oid"], bool(f["lfs"]), bool(f["lossless"]))
+                 for f in record["files"]]
+        return Entry(record["name"], record["revision"], record["variant"], record["commit"], self.object_path(archive["sha256"]),
+                     record["pipeline"], record.get("source"), record["original_bytes"], record["stored_bytes"], record["created"],
+                     record.get("quality"), files)
+
+    # -- the index --------------------------------------------------------------------------
+
+    def _index(self) -> sqlite3.Connection:
+        """The catalogue, made current first: the old layout is migrated, and an index that is
+        missing, empty, damaged or behind the manifests (a writer died before updating it) is
+        rebuilt from them. Raises StoreError when it cannot be (the caller reads the manifests)."""
+        if self.archives.is_dir():
+            with self._locked():
+                if self.archives.is_dir():
+                    self._migrate()
+        try:
+            if self.dirty.exists() and self._lock_is_free():
+                raise sqlite3.DatabaseError("a writer died before updating it")
+            return catalogue.connect(self.catalogue)
+        except (sqlite3.Error, OSError):
+            pass
+        with self._locked():
+            try:
+                if not self.dirty.exists():  # another process may have rebuilt it while we waited
+                    return catalogue.connect(self.catalogue)
+            except (sqlite3.Error, OSError):
+                pass
+            self.rebuild_index()
+        try:
+            return catalogue.connect(self.catalogue)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"{self.catalogue}: cannot open the catalogue: {error}") from None
+
+    def rebuild_index(self) -> int:
+        """Write the index afresh from the manifests and put it in place. Caller holds the lock."""
+        self._make_folders()
+        records = [(self._relative(path), record) for path, record in self._all_manifests()]
+        try:
+            with locked_temporary(self.work, "catalogue-", is_dir=False) as fresh:
+                fresh.unlink()
+                catalogue.build(fresh, records)
+                for suffix in ("-journal", "-wal", "-shm"):  # a journal of the old file must never meet the new one
+                    with suppress(FileNotFoundError):
+                        os.unlink(f"{self.catalogue}{suffix}")
+                os.replace(fresh, self.catalogue)
+            with suppress(FileNotFoundError):
+                self.dirty.unlink()
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"{self.catalogue}: cannot rebuild the catalogue: {_reason(error)}") from None
+        return len(records)
 
     # -- reading ----------------------------------------------------------------------------
-
-    def _entry(self, connection: sqlite3.Connection, row: sqlite3.Row, with_files: bool) -> Entry:
-        entry = Entry(
-            row["name"], row["revision"], row["variant"], row["commit_sha"], self.archives / row["archive"], row["pipeline"],
-            row["source"], row["original_bytes"], row["stored_bytes"], row["created"], json.loads(row["quality"]) if row["quality"] else None,
-        )
-        if with_files:
-            for f in connection.execute("SELECT * FROM files WHERE model_id = ? ORDER BY rowid", (row["id"],)):
-                entry.files.append(StoredFile(f["path"], f["size"], f["sha256"], f["served_sha256"], f["git_oid"], bool(f["lfs"]), bool(f["lossless"])))
-        return entry
 
     def entries(self, name: str | None = None, with_files: bool = False) -> list[Entry]:
         if not self.exists():
             return []
-        with closing(self._connect()) as connection:
-            query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
-            rows = connection.execute(query, (name,) if name is not None else ()).fetchall()
-            return [self._entry(connection, row, with_files) for row in rows]
+        try:
+            try:
+                with closing(self._index()) as connection:
+                    return [self._entry(record) for record in catalogue.records(connection, name, with_files)]
+            except (sqlite3.DatabaseError, OSError):  # damaged past its header: rebuild, read again
+                with self._locked():
+                    self.rebuild_index()
+                with closing(self._index()) as connection:
+                    return [self._entry(record) for record in catalogue.records(connection, name, with_files)]
+        except (StoreError, sqlite3.Error, OSError):
+            # No usable index (disk full, read-only zoo): the manifests are the record; read them.
+            found = [self._entry(record) for _, record in self._all_manifests() if name is None or record["name"] == name]
+            if not with_files:
+                for entry in found:
+                    entry.files = []
+            return sorted(found, key=lambda e: (e.name, e.revision, e.variant))
 
     def matches(self, ref: str, with_files: bool = False) -> list[Entry]:
         """Entries a ref names, best first: without a revision 'main' comes first, without a
@@ -280,14 +411,20 @@ class Store:
             raise InputError(f"{ref!r} is not in the zoo at {self.home} (see `zoo ls`)")
         return found[0]
 
+    def exists_ref(self, name: str, revision: str, variant: str) -> Entry | None:
+        """The entry stored as name@revision:variant, read from its manifest (the record itself)."""
+        if self.archives.is_dir():
+            self.entries(name)  # migrates the old layout first
+        path = self.manifest_path(name, revision, variant)
+        return self._entry(self._read_manifest(path)) if path.is_file() else None
+
     # -- writing ----------------------------------------------------------------------------
 
     @contextmanager
     def workspace(self) -> Iterator[Path]:
         """A private folder inside the store for work that may later enter it (same file system,
         so entering is a rename). Locked while in use; removed afterwards whatever happens."""
-        with closing(self._connect()):
-            pass  # creates the store on first use
+        self._make_folders()
         folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.work))
         # Locked under another name, then renamed: a sweeper never sees an unlocked `.lock`.
         lock = open(folder / ".lock-pending", "w")  # noqa: SIM115 - held for as long as the folder is in use
@@ -299,10 +436,6 @@ class Store:
             shutil.rmtree(folder, ignore_errors=True)
             lock.close()
 
-    def exists_ref(self, name: str, revision: str, variant: str) -> Entry | None:
-        found = [e for e in self.entries(name) if e.revision == revision and e.variant == variant]
-        return found[0] if found else None
-
     def add(self, archive: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION, *, commit: str | None = None,
             source: str | None = None, force: bool = False, move: bool = False) -> Entry:
         """Record an archive in the zoo. With move=True the file (which must lie in this store's
@@ -311,50 +444,92 @@ class Store:
         check_revision(revision)
         archive = Path(archive)
         metadata, files = _describe_files(archive)
-        pipeline = str(metadata.get("pipeline", ""))
-        variant = variant_of(pipeline) if pipeline else LOSSLESS
-        if variant != LOSSLESS or not (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
-            # A lossy variant is other content than upstream's commit: give it a commit of its own.
-            commit = _derived_commit(name, revision, variant, files)
-        quality = metadata.get("verify") if isinstance(metadata.get("verify"), dict) else None
+        record = _record(metadata, files, name, revision, commit, source, time.time())
         if move:
-            self._enter(archive, name, revision, variant, commit, pipeline, source, quality, files, force)
+            self._enter(archive, record, force)
         else:
             with self.workspace() as folder:
                 shutil.copyfile(archive, folder / "copy.zoo")
-                self._enter(folder / "copy.zoo", name, revision, variant, commit, pipeline, source, quality, files, force)
-        return self.resolve(f"{name}@{revision}:{variant}", with_files=True)
+                self._enter(folder / "copy.zoo", record, force)
+        return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
-    def _enter(self, archive: Path, name: str, revision: str, variant: str, commit: str, pipeline: str, source: str | None,
-               quality: dict[str, Any] | None, files: list[StoredFile], force: bool) -> None:
-        final = self.archives / f"{name.replace('/', '--')}-{os.urandom(6).hex()}.zoo"
-        replaced = None
-        with closing(self._connect()) as connection, self._transaction(connection):
-            old = connection.execute("SELECT id, archive FROM models WHERE name = ? AND revision = ? AND variant = ?",
-                                     (name, revision, variant)).fetchone()
+    def _enter(self, archive: Path, record: dict[str, Any], force: bool) -> None:
+        """Object first, manifest last, index after: see the module's docstring."""
+        try:
+            with open(archive, "rb") as stream:
+                os.fsync(stream.fileno())
+            sha256 = _sha256_of(archive)
+        except OSError as error:
+            raise StoreError(f"{archive}: cannot read the new archive: {_reason(error)}") from None
+        size = archive.stat().st_size
+        record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
+        record["stored_bytes"] = size
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        with self._locked():
+            self._sweep_work()
+            manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
+            old = self._read_manifest(manifest) if manifest.is_file() else None
             if old is not None and not force:
-                raise OutputExistsError(f"{name}@{revision}:{variant} is already in the zoo; pass --force to replace it")
-            self._sweep(connection)
-            os.replace(archive, final)
+                raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
+            target = self.object_path(sha256)
+            created_object = not target.exists()
             try:
-                if old is not None:
-                    connection.execute("DELETE FROM models WHERE id = ?", (old["id"],))
-                    replaced = self.archives / old["archive"]
-                cursor = connection.execute(
-                    "INSERT INTO models (name, revision, variant, commit_sha, archive, pipeline, source, original_bytes,"
-                    " stored_bytes, created, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, revision, variant, commit, final.name, pipeline, source, sum(f.size for f in files),
-                     final.stat().st_size, time.time(), json.dumps(quality) if quality else None),
-                )
-                connection.executemany(
-                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(cursor.lastrowid, f.path, f.size, f.sha256, f.served_sha256, f.git_oid, f.lfs, f.lossless) for f in files],
-                )
-            except BaseException:
-                final.unlink(missing_ok=True)
+                if created_object:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.chmod(archive, 0o444)  # objects are immutable
+                    os.replace(archive, target)
+                    _fsync(target.parent)
+                kill_point("store-object")
+                self.dirty.touch()
+                self._publish_manifest(record)
+            except BaseException as error:
+                # Nothing names the new object (we hold the lock: no one else published meanwhile).
+                if created_object and not self._named_objects() & {sha256}:
+                    target.unlink(missing_ok=True)
+                if isinstance(error, OSError):
+                    raise StoreError(f"cannot store {ref} in {self.home}: {_reason(error)}; nothing was stored") from None
                 raise
-        if replaced is not None:
-            replaced.unlink(missing_ok=True)  # readers that still hold it open keep reading it
+            kill_point("store-manifest")
+            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
+            if old is not None:
+                self._drop_unnamed(o["sha256"] for o in old["objects"])
+
+    def _update_index(self, change: Any) -> None:
+        """Apply a change to the index, or leave it marked behind (the next reader rebuilds it):
+        the manifest, already published, is what counts. Caller holds the lock."""
+        try:
+            with closing(catalogue.connect(self.catalogue)) as connection:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    change(connection)
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+        except (sqlite3.Error, OSError):
+            with suppress(OSError):
+                self.rebuild_index()
+            return
+        with suppress(FileNotFoundError):
+            self.dirty.unlink()
+
+    def _named_objects(self) -> set[str]:
+        """Every object sha256 a readable manifest names. An unreadable manifest makes this fail:
+        what it names is unknown, so nothing may be collected."""
+        named = set()
+        for path in self._manifest_files():
+            named.update(o["sha256"] for o in self._read_manifest(path)["objects"])
+        return named
+
+    def _drop_unnamed(self, candidates: Any) -> None:
+        """Remove those of `candidates` no manifest names any more (rm and --force: the objects
+        they just released). Caller holds the lock. Readers holding one open keep reading it."""
+        try:
+            named = self._named_objects()
+        except StoreError:
+            return
+        for sha256 in set(candidates) - named:
+            self.object_path(sha256).unlink(missing_ok=True)
 
     def remove(self, ref: str, every: bool = False) -> list[Entry]:
         found = self.matches(ref)
@@ -364,21 +539,25 @@ class Store:
             names = ", ".join(e.ref for e in found)
             raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
         chosen = found if every else found[:1]
-        with closing(self._connect()) as connection, self._transaction(connection):
-            for entry in chosen:
-                connection.execute("DELETE FROM models WHERE archive = ?", (entry.archive.name,))
-        for entry in chosen:
-            entry.archive.unlink(missing_ok=True)
+        with self._locked():
+            self.dirty.touch()
+            paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
+            for path in paths:
+                path.unlink(missing_ok=True)
+            self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
+            self._drop_unnamed(e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen)
         return chosen
 
-    def _sweep(self, connection: sqlite3.Connection) -> None:
-        """Remove what killed processes left. Runs inside a write transaction: a live writer holds
-        that lock from its rename until its commit, so an unreferenced archive here is debris."""
-        referenced = {row[0] for row in connection.execute("SELECT archive FROM models")}
-        for path in self.archives.iterdir():
-            if path.name not in referenced:
-                path.unlink(missing_ok=True)
+    # -- upkeep -----------------------------------------------------------------------------
+
+    def _sweep_work(self) -> list[Path]:
+        """Remove work folders whose process is gone (their lock is free)."""
+        removed: list[Path] = []
+        if not self.work.is_dir():
+            return removed
         for folder in self.work.iterdir():
+            if not folder.is_dir():
+                continue  # the index's temporaries sweep themselves (zoo.hub.temporaries)
             try:
                 with open(folder / ".lock") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -395,6 +574,216 @@ class Store:
             except OSError:
                 continue  # unreadable: not ours to judge
             shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        sweep_beside(self.work / "catalogue")
+        return removed
+
+    def _object_files(self) -> list[Path]:
+        return sorted(self.objects.glob(f"??/*{OBJECT_SUFFIX}")) if self.objects.is_dir() else []
+
+    def gc(self) -> list[tuple[Path, int]]:
+        """Remove every object no manifest names, and dead work folders. Returns (object, bytes)
+        removed. Refuses while a manifest is unreadable: what it names is unknown."""
+        if not self.exists():
+            return []
+        self.entries()  # migrates an old layout and brings the index up to date first
+        removed = []
+        with self._locked():
+            self._sweep_work()
+            named = self._named_objects()
+            for path in self._object_files():
+                if path.name.removesuffix(OBJECT_SUFFIX) not in named:
+                    size = path.stat().st_size
+                    path.unlink(missing_ok=True)
+                    removed.append((path, size))
+                    kill_point("gc-object")
+        return removed
+
+    def doctor(self) -> list[str]:
+        """Check the zoo and repair what can be repaired without losing anything; one line per finding."""
+        findings: list[str] = []
+        if not self.exists():
+            return [f"{self.home}: no zoo here yet"]
+        if self.archives.is_dir():
+            with self._locked():
+                if self.archives.is_dir():
+                    findings += self._migrate()
+        with self._locked():
+            findings += [f"{folder}: work folder of a process that is gone, removed" for folder in self._sweep_work()]
+            problems: list[str] = []
+            manifests = self._all_manifests(problems)
+            findings += problems
+            named: dict[str, list[str]] = {}
+            for _, record in manifests:
+                for item in record["objects"]:
+                    named.setdefault(item["sha256"], []).append(f"{record['name']}@{record['revision']}:{record['variant']}")
+                    path = self.object_path(item["sha256"])
+                    if not path.is_file():
+                        findings.append(f"{path}: missing; {named[item['sha256']][-1]} cannot be read (`zoo rm` it, or store it again)")
+                    elif path.stat().st_size != item["size"]:
+                        findings.append(f"{path}: {path.stat().st_size} bytes where its manifest says {item['size']}: damaged "
+                                        f"(`zoo verify {named[item['sha256']][-1]}`)")
+            for path in self._object_files():
+                sha256 = path.name.removesuffix(OBJECT_SUFFIX)
+                if sha256 not in named:
+                    findings.append(self._adopt(path, sha256))
+            reason = self._index_problem(len(manifests))
+            if reason is not None:
+                count = self.rebuild_index()
+                findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
+        return findings or [f"{self.home}: {len(manifests)} models, no problems found"]
+
+    def _index_problem(self, manifest_count: int) -> str | None:
+        try:
+            with closing(catalogue.connect(self.catalogue)) as connection:
+                if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    return "damaged"
+                indexed = connection.execute("SELECT count(*) FROM models").fetchone()[0]
+        except (sqlite3.Error, OSError) as error:
+            return str(error)
+        if self.dirty.exists():
+            return "behind the manifests (a writer died before updating it)"
+        if indexed != manifest_count:
+            return f"indexes {indexed} models where {manifest_count} manifests are"
+        return None
+
+    def _adopt(self, path: Path, sha256: str) -> str:
+        """An object no manifest names: given back its manifest when its header says which model
+        it is and that name is free, else reported for `zoo gc`. Caller holds the lock."""
+        size = path.stat().st_size
+        try:
+            metadata, files = _describe_files(path)
+            claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
+            record = _record(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
+                             claimed.get("commit"), metadata.get("source"), path.stat().st_mtime)
+        except (ZooError, OSError, KeyError, TypeError):
+            return f"{path}: {human_size(size)} that no manifest names and whose header names no model; `zoo gc` removes it"
+        record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
+        record["stored_bytes"] = size
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        if self.manifest_path(record["name"], record["revision"], record["variant"]).exists():
+            return f"{path}: {human_size(size)}, an older copy of {ref}, which a newer one replaced; `zoo gc` removes it"
+        self.dirty.touch()
+        self._publish_manifest(record)
+        return f"{path}: named by no manifest; its header says it is {ref}: manifest restored"
+
+    def _migrate(self) -> list[str]:
+        """Move a zoo of the old layout (archives/*.zoo, the catalogue as the record) to objects
+        and manifests. Each archive gets its manifest from its catalogue row, or from its own header
+        and file name when the row is gone; it leaves archives/ only once its manifest exists, so
+        a kill midway is resumed by the next open. Caller holds the lock."""
+        rows = _legacy_rows(self.catalogue)
+        findings = []
+        for path in sorted(self.archives.glob(f"*{OBJECT_SUFFIX}")):
+            try:
+                findings.append(self._migrate_one(path, rows.get(path.name)))
+            except (ZooError, OSError) as error:
+                aside = self.home / "unreadable" / path.name
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(path, aside)
+                findings.append(f"{path}: not a readable archive ({_reason(error)}); kept as {aside}")
+        leftovers = [p for p in self.archives.iterdir() if p.is_file()] if self.archives.is_dir() else []
+        for path in leftovers:  # not archives: the old layout's own temporaries were .zoo files too; keep anything else aside
+            aside = self.home / "unreadable" / path.name
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(path, aside)
+            findings.append(f"{path}: not an archive; kept as {aside}")
+        with suppress(OSError):
+            self.archives.rmdir()
+        with suppress(OSError):
+            self.rebuild_index()
+        return findings
+
+    def _migrate_one(self, path: Path, row: dict[str, Any] | None) -> str:
+        sha256, size = _sha256_of(path), path.stat().st_size
+        if row is not None:
+            record = row
+        else:
+            metadata, files = _describe_files(path)
+            claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
+            legacy = _LEGACY_NAME.fullmatch(path.name)
+            name = claimed.get("name") or (legacy["name"].replace("--", "/") if legacy else "")
+            try:
+                check_name(name)
+            except InputError:
+                name = f"recovered-{sha256[:12]}"
+            record = _record(metadata, files, name, claimed.get("revision") or DEFAULT_REVISION, claimed.get("commit"),
+                             metadata.get("source"), path.stat().st_mtime)
+        record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
+        record["stored_bytes"] = size
+        existing = self.manifest_path(record["name"], record["revision"], record["variant"])
+        if existing.is_file():
+            held = self._read_manifest(existing)["objects"]
+            if all(o["sha256"] != sha256 for o in held):  # another archive holds that name: keep both
+                record["revision"] = f"{record['revision']}-recovered-{sha256[:8]}"
+        target = self.object_path(sha256)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.workspace() as folder:
+                copy = folder / "object.zoo"
+                try:
+                    os.link(path, copy)
+                except OSError:
+                    shutil.copyfile(path, copy)
+                _fsync(copy)
+                os.chmod(copy, 0o444)
+                os.replace(copy, target)
+            _fsync(target.parent)
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        if not self.manifest_path(record["name"], record["revision"], record["variant"]).is_file():
+            self._publish_manifest(record)
+        kill_point("migrate-archive")
+        path.unlink()
+        return f"{path}: moved to {target} as {ref}" + ("" if row is not None else " (its catalogue row was gone: read from its header)")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    return str(error)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def _record(metadata: dict[str, Any], files: list[StoredFile], name: str, revision: str, commit: str | None, source: str | None,
+            created: float) -> dict[str, Any]:
+    """A manifest, less its objects: everything an archive's header and its caller say of it."""
+    pipeline = str(metadata.get("pipeline", ""))
+    variant = variant_of(pipeline) if pipeline else LOSSLESS
+    if variant != LOSSLESS or not (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
+        # A lossy variant is other content than upstream's commit: give it a commit of its own.
+        commit = _derived_commit(name, revision, variant, files)
+    quality = next((metadata[key] for key in ("quality", "verify") if isinstance(metadata.get(key), dict)), None)  # older archives: "verify"
+    return {"manifest": MANIFEST_VERSION, "name": name, "revision": revision, "variant": variant, "commit": commit, "pipeline": pipeline,
+            "source": source, "original_bytes": sum(f.size for f in files), "stored_bytes": 0, "created": created, "quality": quality,
+            "objects": [], "files": [_file_record(f) for f in files]}
+
+
+def _legacy_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The old catalogue's rows by archive file name, as manifest records; {} when it is missing or damaged."""
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            connection.row_factory = sqlite3.Row
+            for row in connection.execute("SELECT * FROM models").fetchall():
+                files = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"], "served_sha256": f["served_sha256"],
+                          "git_oid": f["git_oid"], "lfs": bool(f["lfs"]), "lossless": bool(f["lossless"])}
+                         for f in connection.execute("SELECT * FROM files WHERE model_id = ? ORDER BY rowid", (row["id"],))]
+                rows[row["archive"]] = {
+                    "manifest": MANIFEST_VERSION, "name": row["name"], "revision": row["revision"], "variant": row["variant"],
+                    "commit": row["commit_sha"], "pipeline": row["pipeline"], "source": row["source"],
+                    "original_bytes": row["original_bytes"], "stored_bytes": row["stored_bytes"], "created": row["created"],
+                    "quality": json.loads(row["quality"]) if row["quality"] else None, "objects": [], "files": files,
+                }
+    except (sqlite3.Error, OSError, ValueError, IndexError, KeyError):
+        return {}
+    return rows
 
 
 def quality_label(entry: Entry) -> str:
@@ -432,7 +821,8 @@ def _derived_commit(name: str, revision: str, variant: str, files: list[StoredFi
 def resolve_archive(ref: str) -> Path | None:
     """The archive path of a zoo name (NAME[@REVISION][:VARIANT]); None when it is not in the zoo."""
     store = Store()
-    if not isinstance(ref, str) or not store.exists():
+    # a path (`/x.zoo`, `./m`) is never a zoo name: the zoo is not consulted for it
+    if not isinstance(ref, str) or not NAME_PATTERN.fullmatch(parse_ref(ref)[0]) or not store.exists():
         return None
     try:
         found = store.matches(ref)

@@ -1,0 +1,120 @@
+"""kill -9 at the worst moments (ZOO_KILL_AT names the point, zoo.hub.temporaries.kill_point), or
+mid-write: what is left is always either the old or the new state, and the next run cleans up
+exactly what killed runs of zoo left."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.api import compress_into
+from zoo.hub.store import Store
+
+from tests.conftest import random_storage, write_safetensors
+from tests.hub.test_store import hashes, zoo_cli
+
+
+def killed(*args, home: Path, at: str, **env: str) -> None:
+    done = zoo_cli(*args, home=home, env={"ZOO_KILL_AT": at, **env})
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
+
+
+def test_a_compress_killed_after_its_manifest_is_listed(tiny_model, tmp_path):
+    """Killed between the manifest and the index: the model is stored (the manifest is the
+    record) and the next reader brings the index up to date."""
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "before")
+    killed("compress", tiny_model, "--name", "published", home=home, at="store-manifest")
+    assert (home / "catalogue.behind").exists()
+    assert sorted(e.name for e in Store(home).entries()) == ["before", "published"]
+    assert not (home / "catalogue.behind").exists()
+    assert zoo.verify(Store(home).resolve("published").archive) == []
+
+
+def test_gc_killed_midway_keeps_every_named_object(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    kept = compress_into(store, tiny_model, "kept")
+    garbage = []
+    for seed in range(3):
+        path = home / "objects" / "sha256" / f"{seed:02x}" / (f"{seed:02x}" * 32 + ".zoo")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(1000))
+        garbage.append(path)
+    killed("gc", home=home, at="gc-object")
+    assert sum(path.exists() for path in garbage) == 2  # one removed, then killed
+    assert kept.archive.exists() and zoo.verify(kept.archive) == []
+    done = zoo_cli("gc", home=home)
+    assert done.returncode == 0 and "removed 2 objects" in done.stdout, done.stderr
+    assert not any(path.exists() for path in garbage) and kept.archive.exists()
+    assert [e.name for e in Store(home).entries()] == ["kept"]
+
+
+@pytest.mark.parametrize("exchange", ["1", "0"], ids=["rename-exchange", "two-renames"])
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_force_killed_between_renames_keeps_a_complete_output(tiny_model, tmp_path, exchange, command):
+    """--force over an existing output: with RENAME_EXCHANGE there is no moment between the old
+    and the new; with two renames a kill between them leaves the old output aside, and the next
+    run beside it puts it back before anything else. (decompress into an existing folder merges
+    file by file instead; here it replaces a file, as an existing archive is replaced by compress.)"""
+    archive = tmp_path / "m.zoo"
+    zoo.compress(tiny_model, archive)
+    out = tmp_path / ("out.zoo" if command == "compress" else "out")
+    out.write_bytes(b"the old output")
+    args = (tiny_model, "-o", out) if command == "compress" else (archive, "-o", out)
+    home = tmp_path / "zoo"
+    if exchange == "0":
+        killed(command, *args, "--force", home=home, at="between-renames", ZOO_RENAME_EXCHANGE="0")
+        [aside] = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.zoo-old-")]
+        assert not out.exists() and (aside / out.name).read_bytes() == b"the old output"
+        refused = zoo_cli(command, *args, home=home)  # no --force: the old output is back, and kept
+        assert refused.returncode == 1 and "--force" in refused.stderr
+        assert out.read_bytes() == b"the old output"
+    done = zoo_cli(command, *args, "--force", home=home, env={"ZOO_RENAME_EXCHANGE": exchange})
+    assert done.returncode == 0, done.stderr
+    if command == "compress":
+        assert zoo.verify(out) == []
+    else:
+        assert hashes(out) == hashes(tiny_model)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_temporaries_of_a_killed_compress_are_removed_by_the_next_run_only(tmp_path):
+    """kill -9 mid-write leaves `.out.zoo.zoo-tmp-PID-*` and `.zoo-payload-PID-*`; the next run
+    beside the same output removes them, and leaves alone what is not provably zoo's debris: a
+    temporary whose writer still holds its lock, and a name zoo never makes."""
+    source = tmp_path / "big.safetensors"
+    write_safetensors(source, {f"w{i}": ("F32", random_storage("F32", (512, 1024), i)) for i in range(24)})
+    out = tmp_path / "out.zoo"
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "compress", source, "-o", out, "--threads", "1"],
+                               env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".zoo-payload-") and (p / "payload").is_file() and (p / "payload").stat().st_size > 0
+                  for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and process.poll() is None, "the compress finished before it could be killed"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert [name.split(str(process.pid))[0] for name in left] == [".out.zoo.zoo-tmp-", ".zoo-payload-"]
+    foreign = tmp_path / ".out.zoo.zoo-tmp-notours"
+    foreign.write_text("a name zoo never makes")
+    live = tmp_path / f".out.zoo.zoo-tmp-{os.getpid()}-0123abcd"
+    live.write_text("a writer that is still running")
+    with open(live) as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        done = zoo_cli("compress", source, "-o", out, "--threads", "1", home=tmp_path / "zoo")
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([foreign.name, live.name])
+    assert hashlib.sha256(foreign.read_bytes()).hexdigest() == hashlib.sha256(b"a name zoo never makes").hexdigest()
+    assert zoo.verify(out) == []

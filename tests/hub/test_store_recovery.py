@@ -1,0 +1,216 @@
+"""The zoo loses nothing: a catalogue truncated, damaged, missing or unopenable is rebuilt from the
+manifests (or read around), a zoo of the old layout is migrated, a failed or killed write leaves
+no half-model, and no command deletes what it cannot prove is an unfinished write of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.api import compress_into
+from zoo.codecs.pipeline import DEFAULT_SPEC
+from zoo.errors import ZooError
+from zoo.hub.store import Store
+
+from tests.hub.test_store import zoo_cli
+
+# The catalogue schema of the layout before manifests (archives/*.zoo; the catalogue was the record).
+OLD_SCHEMA = """
+CREATE TABLE models (id INTEGER PRIMARY KEY, name TEXT NOT NULL, revision TEXT NOT NULL, variant TEXT NOT NULL,
+    commit_sha TEXT NOT NULL, archive TEXT NOT NULL UNIQUE, pipeline TEXT NOT NULL, source TEXT, original_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL, created REAL NOT NULL, quality TEXT, UNIQUE (name, revision, variant));
+CREATE TABLE files (model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE, path TEXT NOT NULL, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, served_sha256 TEXT NOT NULL, git_oid TEXT NOT NULL, lfs INTEGER NOT NULL, lossless INTEGER NOT NULL,
+    PRIMARY KEY (model_id, path));
+PRAGMA user_version = 1;
+"""
+
+
+def objects(home: Path) -> list[Path]:
+    return sorted((home / "objects").rglob("*.zoo"))
+
+
+def listed(home: Path) -> list[str]:
+    done = zoo_cli("ls", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    return sorted(f"{m['name']}@{m['revision']}:{m['variant']}" for m in json.loads(done.stdout)["models"])
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: ") and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "unexpected" not in done.stderr and "a bug in zoo" not in done.stderr, done.stderr
+    return done.stderr
+
+
+@pytest.fixture
+def two_models(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "org/first")
+    compress_into(Store(home), tiny_model, "second", pipeline="truncate:bits=5")
+    return home
+
+
+def test_a_zero_byte_catalogue_loses_nothing(two_models, tiny_model):
+    """The issue's scenario: the catalogue truncated to 0 bytes; `zoo ls` still lists every model
+    and the next compress deletes no archive."""
+    home = two_models
+    before = objects(home)
+    (home / "catalogue.sqlite").write_bytes(b"")
+    assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    (home / "catalogue.sqlite").write_bytes(b"")
+    done = zoo_cli("compress", tiny_model, "--name", "third", home=home)
+    assert done.returncode == 0, done.stderr
+    assert set(before) < set(objects(home))
+    assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5", "third@main:lossless"]
+    for entry in Store(home).entries():
+        assert zoo.verify(entry.archive) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "half", "missing"])
+def test_a_damaged_catalogue_is_rebuilt_and_doctor_says_so(two_models, damage):
+    home = two_models
+    catalogue = home / "catalogue.sqlite"
+    if damage == "garbage":
+        catalogue.write_bytes(b"this is not a database, it is a text file " * 100)
+    elif damage == "half":
+        catalogue.write_bytes(catalogue.read_bytes()[: catalogue.stat().st_size // 2])
+    else:
+        catalogue.unlink()
+    doctor = zoo_cli("doctor", home=home)
+    assert doctor.returncode == 0, doctor.stderr
+    [finding] = doctor.stdout.strip().splitlines()
+    assert finding.startswith(str(catalogue)) and "rebuilt from 2 manifests" in finding
+    assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    assert "no problems found" in zoo_cli("doctor", home=home).stdout
+    catalogue.write_bytes(b"\0" * 4096)  # and without doctor: every command just works
+    for command in (("ls",), ("info", "org/first"), ("verify", "org/first")):
+        done = zoo_cli(*command, home=home)
+        assert done.returncode == 0 and "unexpected" not in done.stderr, (command, done.stderr)
+
+
+def test_verify_of_a_missing_file_names_it(two_models):
+    (two_models / "catalogue.sqlite").write_bytes(b"not a database" * 100)
+    message = one_line_error(zoo_cli("verify", "/nonexistent.zoo", home=two_models))
+    assert "/nonexistent.zoo: no such file" in message
+
+
+def test_an_unopenable_catalogue_is_read_around(two_models):
+    """A catalogue that cannot be opened or rebuilt (here a folder in its place; the same path
+    as a disk I/O error): the manifests are read instead, and doctor reports it in one line."""
+    catalogue = two_models / "catalogue.sqlite"
+    catalogue.unlink()
+    catalogue.mkdir()
+    assert listed(two_models) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    assert zoo_cli("export", "org/first", "-o", two_models.parent / "out", home=two_models).returncode == 0
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 1 and "cannot rebuild the catalogue" in one_line_error(doctor)
+
+
+def _no_bigger_files_than(limit: int):
+    def apply() -> None:
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_ls_on_a_full_disk_reads_the_manifests(two_models):
+    """No file may grow (as on a full disk): the damaged catalogue cannot be rebuilt, `zoo ls`
+    still answers from the manifests."""
+    (two_models / "catalogue.sqlite").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "zoo", "ls", "--json"], capture_output=True, text=True, check=False, timeout=120,
+                          env={**os.environ, "ZOO_HOME": str(two_models)}, preexec_fn=_no_bigger_files_than(0))
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["models"]) == 2
+    doctor = subprocess.run([sys.executable, "-m", "zoo", "doctor"], capture_output=True, text=True, check=False, timeout=120,
+                            env={**os.environ, "ZOO_HOME": str(two_models)}, preexec_fn=_no_bigger_files_than(0))
+    assert "cannot rebuild the catalogue" in one_line_error(doctor)
+
+
+def test_a_write_whose_manifest_fails_leaves_no_object(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, tiny_model, "kept")
+    (home / "manifests" / "blocked").write_text("a file where the model's manifest folder must go")
+    with pytest.raises(ZooError, match="cannot store blocked@main:truncate:bits=5 .*nothing was stored"):
+        compress_into(store, tiny_model, "blocked", pipeline="truncate:bits=5")
+    assert [p.name for p in objects(home)] == [store.resolve("kept").archive.name]
+    assert [e.name for e in store.entries()] == ["kept"]
+    assert not list((home / "work").iterdir())
+
+
+def _old_layout(home: Path, tiny_model: Path) -> dict[str, Path]:
+    """A zoo as the code before manifests left it: archives/NAME-RANDOM.zoo and a catalogue of schema 1."""
+    (home / "archives").mkdir(parents=True)
+    archives = {}
+    for name, spec in (("org/old", DEFAULT_SPEC), ("lossy", "truncate:bits=5")):
+        path = home / "archives" / f"{name.replace('/', '--')}-{os.urandom(6).hex()}.zoo"
+        zoo.compress(tiny_model, path, spec, metadata={"source": "somewhere"})
+        archives[name] = path
+    with sqlite3.connect(home / "catalogue.sqlite") as connection:
+        connection.executescript(OLD_SCHEMA)
+        path = archives["org/old"]
+        cursor = connection.execute(
+            "INSERT INTO models (name, revision, variant, commit_sha, archive, pipeline, source, original_bytes, stored_bytes, created,"
+            " quality) VALUES ('org/old', 'v1', 'lossless', ?, ?, '', 'from the row', 10, ?, 1000.0, ?)",
+            ("c" * 40, path.name, path.stat().st_size, json.dumps({"kind": "model", "kl": 0.5})))
+        connection.execute("INSERT INTO files VALUES (?, 'model.safetensors', 10, ?, ?, ?, 1, 1)", (cursor.lastrowid, "a" * 64, "a" * 64, "b" * 40))
+    return archives
+
+
+def test_an_old_layout_zoo_is_migrated_from_rows_and_headers(tiny_model, tmp_path):
+    """One archive keeps its catalogue row; the other's row is gone and comes back from its header
+    and file name. Nothing is deleted, archives/ is empty afterwards."""
+    home = tmp_path / "zoo"
+    archives = _old_layout(home, tiny_model)
+    sizes = {name: path.stat().st_size for name, path in archives.items()}
+    assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@v1:lossless"]
+    assert not (home / "archives").exists()
+    store = Store(home)
+    old = store.resolve("org/old@v1")
+    assert (old.commit, old.source, old.quality, old.created) == ("c" * 40, "from the row", {"kind": "model", "kl": 0.5}, 1000.0)
+    lossy = store.resolve("lossy", with_files=True)
+    assert lossy.source == "somewhere" and lossy.stored_bytes == sizes["lossy"] and lossy.files[0].path == "config.json"
+    assert sorted(p.stat().st_size for p in objects(home)) == sorted(sizes.values())
+    for entry in store.entries():
+        assert zoo.verify(entry.archive) == []
+
+
+def test_an_old_layout_zoo_with_a_zero_byte_catalogue_keeps_every_archive(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    archives = _old_layout(home, tiny_model)
+    (home / "catalogue.sqlite").write_bytes(b"")
+    done = zoo_cli("compress", tiny_model, "--name", "new", home=home)  # once the step that deleted every archive
+    assert done.returncode == 0, done.stderr
+    assert listed(home) == ["lossy@main:truncate:bits=5", "new@main:lossless", "org/old@main:lossless"]
+    assert len(objects(home)) == 3
+    assert all(not path.exists() for path in archives.values())
+
+
+def test_doctor_gives_an_object_back_its_manifest(tiny_model, tmp_path):
+    """Manifests lost but objects kept: compress_into writes the name into each archive's header,
+    so doctor restores the manifest; an object whose header names nothing is left for gc."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    entry = compress_into(store, tiny_model, "org/restored", "v2")
+    manifest = store.manifest_path("org/restored", "v2", "lossless")
+    manifest.unlink()
+    stray = home / "objects" / "sha256" / "ff" / ("f" * 64 + ".zoo")
+    stray.parent.mkdir(parents=True)
+    zoo.compress(tiny_model, stray)
+    findings = zoo_cli("doctor", home=home).stdout.strip().splitlines()
+    assert any(line.startswith(str(entry.archive)) and "org/restored@v2:lossless: manifest restored" in line for line in findings), findings
+    assert any(line.startswith(str(stray)) and "`zoo gc` removes it" in line for line in findings), findings
+    assert Store(home).resolve("org/restored@v2").commit == entry.commit
+    assert "removed 1 object" in zoo_cli("gc", home=home).stdout
+    assert not stray.exists() and entry.archive.exists()

@@ -1,0 +1,130 @@
+"""The catalogue: an SQLite index of the zoo's manifests, so that listing and resolving a name do
+not read every manifest. It is a cache: zoo.hub.store rebuilds it from the manifests whenever it
+is missing, empty, damaged or behind them, and never treats it as the record of what is stored.
+
+Rows are the manifests' own JSON objects (see zoo.hub.store.manifest_record), keyed by the
+manifest's path relative to the zoo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2  # 1: the catalogue was the record (archives/*.zoo); 2: an index of manifests/
+
+_SCHEMA = """
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY,
+    manifest TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    object TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    source TEXT,
+    original_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    created REAL NOT NULL,
+    quality TEXT,
+    UNIQUE (name, revision, variant)
+);
+CREATE TABLE files (
+    model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    served_sha256 TEXT NOT NULL,
+    git_oid TEXT NOT NULL,
+    lfs INTEGER NOT NULL,
+    lossless INTEGER NOT NULL,
+    PRIMARY KEY (model_id, path)
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """An open index, or sqlite3.DatabaseError when the file is missing, empty, of another schema
+    or damaged: the caller rebuilds it then."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise sqlite3.DatabaseError(f"{path.name} is missing or empty")
+    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+    try:
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA foreign_keys = ON")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"{path.name} has schema {version}, not {SCHEMA_VERSION}")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def build(path: Path, records: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Write a fresh index of `records` (manifest path, manifest) at `path`, a new file."""
+    count = 0
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("BEGIN")
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            connection.execute(statement)
+        for manifest, record in records:
+            put(connection, manifest, record)
+            count += 1
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
+    return count
+
+
+def put(connection: sqlite3.Connection, manifest: str, record: dict[str, Any]) -> None:
+    """Index one manifest (replacing what was indexed under its path or its name@revision:variant)."""
+    connection.execute("DELETE FROM models WHERE manifest = ? OR (name = ? AND revision = ? AND variant = ?)",
+                       (manifest, record["name"], record["revision"], record["variant"]))
+    [archive] = [o for o in record["objects"] if o.get("role") == "archive"]
+    cursor = connection.execute(
+        "INSERT INTO models (manifest, name, revision, variant, commit_sha, object, pipeline, source, original_bytes,"
+        " stored_bytes, created, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (manifest, record["name"], record["revision"], record["variant"], record["commit"], archive["sha256"], record["pipeline"],
+         record["source"], record["original_bytes"], record["stored_bytes"], record["created"],
+         json.dumps(record["quality"]) if record.get("quality") else None),
+    )
+    connection.executemany(
+        "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(cursor.lastrowid, f["path"], f["size"], f["sha256"], f["served_sha256"], f["git_oid"], f["lfs"], f["lossless"])
+         for f in record["files"]],
+    )
+
+
+def delete(connection: sqlite3.Connection, manifest: str) -> None:
+    connection.execute("DELETE FROM models WHERE manifest = ?", (manifest,))
+
+
+def records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
+    """The indexed manifests (of one name, or all), each as a manifest record."""
+    query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
+    found = []
+    for row in connection.execute(query, (name,) if name is not None else ()).fetchall():
+        record = {
+            "name": row["name"], "revision": row["revision"], "variant": row["variant"], "commit": row["commit_sha"],
+            "pipeline": row["pipeline"], "source": row["source"], "original_bytes": row["original_bytes"],
+            "stored_bytes": row["stored_bytes"], "created": row["created"],
+            "quality": json.loads(row["quality"]) if row["quality"] else None,
+            "objects": [{"role": "archive", "sha256": row["object"], "size": row["stored_bytes"]}], "files": [],
+        }
+        if with_files:
+            for f in connection.execute("SELECT * FROM files WHERE model_id = ? ORDER BY rowid", (row["id"],)):
+                record["files"].append({"path": f["path"], "size": f["size"], "sha256": f["sha256"], "served_sha256": f["served_sha256"],
+                                        "git_oid": f["git_oid"], "lfs": bool(f["lfs"]), "lossless": bool(f["lossless"])})
+        found.append(record)
+    return found
