@@ -299,9 +299,10 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) ->
 
 def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str], gates: Any = None,
                   progress: Callable[[str, int, int], None] | None = None, base: str | os.PathLike[str] | None = None) -> Any:
-    """The step behind `zoo compress --verify`: evaluate `archive` against the `source` it was
+    """The step behind `zoo compress --eval`: evaluate `archive` against the `source` it was
     made from (bit for bit when every file is lossless, else as a model; see zoo.evaluate), store
-    the figures under metadata["verify"], and raise QualityGateError when a zoo.evaluate.Gates
+    the figures under metadata["quality"] (archives made before it was renamed keep them under
+    "verify", which readers still take), and raise QualityGateError when a zoo.evaluate.Gates
     trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult.
     `base` is the base the archive was made against (compress(base=...)): the model evaluated is
     that base plus the decoded differences."""
@@ -311,7 +312,7 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     if not result.passed:
         raise QualityGateError(f"{source}: the compressed model fails its quality check: {'; '.join(result.failures)}; "
                                "no archive was kept", result)
-    update_metadata(archive, {"verify": result.record()})
+    update_metadata(archive, {"quality": result.record()})
     return result
 
 

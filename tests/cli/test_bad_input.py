@@ -62,7 +62,7 @@ def test_missing_source(tmp_path):
 def test_bad_pipeline(tiny_model, tmp_path):
     with pytest.raises(PipelineError, match="unknown codec 'nosuch'"):
         zoo.compress(tiny_model, tmp_path / "out.zoo", "nosuch")
-    with pytest.raises(PipelineError, match="bad parameters"):
+    with pytest.raises(PipelineError, match="speed"):
         zoo.compress(tiny_model, tmp_path / "out.zoo", "bytegroup|zstd:speed=3")
     assert not (tmp_path / "out.zoo").exists()
 

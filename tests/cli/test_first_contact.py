@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -117,7 +118,7 @@ def test_one_not_found_message_in_every_command(tiny_model, tmp_path):
 def test_a_variant_is_found_by_the_spec_the_user_typed(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     stored = json.loads(ok(zoo_cli("compress", tiny_model, "--name", "tiny", "-p", "truncate:bits=6|bytegroup|zstd", "--json",
-                                   home=home)).stdout)
+                                   home=home)).stdout)["zoo"]
     assert stored["variant"] == "truncate:bits=6|bytegroup|zstd:level=3"  # stored under its expanded spec
     for typed in ("tiny:truncate:bits=6|bytegroup|zstd", "tiny:truncate:bits=6|bytegroup|zstd:level=3", "tiny@main:truncate:bits=6|bytegroup|zstd"):
         assert json.loads(ok(zoo_cli("info", typed, "--json", home=home)).stdout)["compressed_bytes"] > 0, typed
@@ -140,3 +141,88 @@ def test_usage_lines_name_arguments_as_words():
         assert "{" not in done.stdout.splitlines()[0]
     missing = zoo_cli("compress")
     assert missing.returncode == 2 and "SOURCE" in missing.stderr
+
+
+def _visible(text):
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_compress_prints_the_summary_and_a_row_per_pipeline_not_per_tensor(tiny_model, tmp_path):
+    archive = tmp_path / "m.zoo"
+    done = ok(zoo_cli("compress", tiny_model, "-o", archive, "-p", "truncate:bits=6"))
+    lines = done.stdout.splitlines()
+    assert "embed.weight" not in done.stdout and len(lines) <= 6
+    assert lines[1].split() == ["pipeline", "tensors", "original", "stored", "ratio", "bits/w"]  # piped: plain lines, no box
+    assert lines[-1].startswith("3 files, 4 tensors: ")
+    verbose = ok(zoo_cli("compress", tiny_model, "-o", tmp_path / "v.zoo", "-p", "truncate:bits=6", "--verbose"))
+    info = ok(zoo_cli("info", archive))
+    for text in (verbose.stdout, info.stdout):
+        rows = {line.split()[0] for line in text.splitlines() if line.strip()}
+        assert {"embed.weight", "layer.0.weight", "layer.0.bias", "position_ids"} <= rows
+        assert not set("┏┃│━└") & set(text)
+
+
+def test_tables_fit_80_columns(tiny_model, tmp_path):
+    archive = tmp_path / "m.zoo"
+    ok(zoo_cli("compress", tiny_model, "-o", archive, "-p", "truncate:bits=6"))
+    terminal = {"FORCE_COLOR": "1", "COLUMNS": "80"}
+    for command in (["info", archive], ["compress", tiny_model, "-o", tmp_path / "t.zoo", "-p", "truncate:bits=6"]):
+        shown = _visible(ok(zoo_cli(*command, env=terminal)).stdout)
+        assert "┃" in shown and "…" not in shown, shown
+        assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    assert "position_ids" in _visible(zoo_cli("info", archive, env=terminal).stdout)
+
+
+def test_compress_json_is_one_shape_to_a_file_or_into_the_zoo(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    to_file = json.loads(ok(zoo_cli("compress", tiny_model, "-o", tmp_path / "m.zoo", "--json", home=home)).stdout)
+    into_zoo = json.loads(ok(zoo_cli("compress", tiny_model, "--name", "tiny", "--json", home=home)).stdout)
+    assert to_file.keys() == into_zoo.keys()
+    assert to_file["output"] == str(tmp_path / "m.zoo") and to_file["zoo"] is None
+    assert into_zoo["output"] is None and into_zoo["zoo"]["ref"] == "tiny@main:lossless" and into_zoo["zoo"]["new"] is True
+    assert into_zoo["original_bytes"] == to_file["original_bytes"] and len(into_zoo["tensors"]) == 4
+
+
+def test_compress_eval_stores_quality_and_old_verify_archives_still_read(tiny_model, tmp_path):
+    import zoo
+
+    home = tmp_path / "zoo"
+    archive = tmp_path / "m.zoo"
+    ok(zoo_cli("compress", tiny_model, "-o", archive, "--eval"))
+    metadata = zoo.open(archive).metadata()
+    assert metadata["quality"]["passed"] is True and "verify" not in metadata
+    assert "--eval" in ok(zoo_cli("compress", "--help")).stdout and "--verify" not in ok(zoo_cli("compress", "--help")).stdout
+    # the old name still works, stored under the new key
+    ok(zoo_cli("compress", tiny_model, "-o", tmp_path / "old-flag.zoo", "--verify"))
+    assert zoo.open(tmp_path / "old-flag.zoo").metadata()["quality"]["passed"] is True
+    # an archive written before the rename carries "verify": info shows it, the zoo lists it
+    zoo.api.update_metadata(archive, {"verify": metadata["quality"], "quality": None})
+    assert "quality" not in zoo.open(archive).metadata()
+    shown = ok(zoo_cli("info", archive)).stdout
+    assert "bit-exact" in shown and "quality, against" in shown
+    from zoo.hub.store import Store
+
+    entry = Store(home).add(archive, "old")
+    assert entry.quality["passed"] is True
+
+
+def test_json_threads_and_exit_codes_mean_the_same_in_every_command(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    archive = tmp_path / "m.zoo"
+    ok(zoo_cli("compress", tiny_model, "-o", archive, "-t", "2", home=home))
+    ok(zoo_cli("compress", tiny_model, "--name", "tiny", "--threads", "2", home=home))
+    with_json = [["compress", tiny_model, "-o", tmp_path / "j.zoo"], ["info", archive], ["verify", archive],
+                 ["decompress", archive, "-o", tmp_path / "d"], ["export", "tiny", "-o", tmp_path / "e"], ["ls"], ["rm", "tiny"]]
+    for command in with_json:
+        done = ok(zoo_cli(*command, "--json", home=home))
+        assert isinstance(json.loads(done.stdout), dict) and done.stderr == "", command  # one document, nothing else
+    ok(zoo_cli("compress", tiny_model, "--name", "tiny", home=home))
+    with_threads = [["compress", tiny_model, "-o", tmp_path / "t.zoo"], ["verify", archive], ["decompress", archive, "-o", tmp_path / "t"],
+                    ["export", "tiny", "-o", tmp_path / "u"]]
+    for command in with_threads:
+        assert zoo_cli(*command, "--threads", "0", home=home).returncode == 2, command  # a usage error: exit 2
+        assert zoo_cli(*command, "nosuchoption", "--bogus", home=home).returncode == 2, command
+        ok(zoo_cli(*command, "-t", "2", home=home))
+    for command in (["info", tmp_path / "nothing.zoo"], ["verify", tmp_path / "nothing.zoo"], ["rm", "nothing"]):
+        done = zoo_cli(*command, "--json", home=home)
+        assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith("error: "), command  # an error: exit 1

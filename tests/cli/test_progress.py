@@ -108,11 +108,11 @@ def test_cli_shows_stage_bars_on_stderr_and_nothing_with_json(tiny_llama, tmp_pa
         assert stage in _visible(shown.stderr)
     assert "tuning roundings" not in shown.stdout and "bits per weight" in shown.stdout
 
-    # --verify too: its evaluation joins the bars, and with --json says nothing on stderr either.
-    checked = zoo_cli("compress", tiny_llama, "-o", tmp_path / "c.zoo", *arguments, "--verify", env=terminal)
+    # --eval too: its evaluation joins the bars, and with --json says nothing on stderr either.
+    checked = zoo_cli("compress", tiny_llama, "-o", tmp_path / "c.zoo", *arguments, "--eval", env=terminal)
     assert checked.returncode == 0, checked.stderr
-    assert "verifying against" in _visible(checked.stderr) and "weights" in _visible(checked.stderr)
-    quiet = zoo_cli("compress", tiny_llama, "-o", tmp_path / "b.zoo", *arguments, "--verify", "--json", env=terminal)
+    assert "evaluating against" in _visible(checked.stderr) and "weights" in _visible(checked.stderr)
+    quiet = zoo_cli("compress", tiny_llama, "-o", tmp_path / "b.zoo", *arguments, "--eval", "--json", env=terminal)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     assert json.loads(quiet.stdout)["tensors"]

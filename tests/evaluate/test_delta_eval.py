@@ -110,7 +110,7 @@ def test_compress_verify_against_a_base_stores_its_proof(tuned, tmp_path):  # no
     out = tmp_path / "d.zoo"
     done = cli("compress", fine_tuned, "-o", out, "-p", SPEC, "--base", base, "--verify", "--json")
     assert done.exit_code == 0, done.output
-    record = zoo.open(out).metadata()["verify"]
+    record = zoo.open(out).metadata()["quality"]
     assert record["kind"] == "classifier" and record["base"] == str(base) and record["passed"]
     again = evaluate(out, fine_tuned, base=base)
     assert record["metrics"] == pytest.approx(again.metrics) and record["weights"] == pytest.approx(again.weights)
@@ -119,7 +119,7 @@ def test_compress_verify_against_a_base_stores_its_proof(tuned, tmp_path):  # no
     # A lossless pipeline stores nothing against the base: proved bit for bit, as any lossless archive.
     done = cli("compress", fine_tuned, "-o", tmp_path / "plain.zoo", "--base", base, "--verify", "--json")
     assert done.exit_code == 0, done.output
-    assert zoo.open(tmp_path / "plain.zoo").metadata()["verify"]["kind"] == "lossless"
+    assert zoo.open(tmp_path / "plain.zoo").metadata()["quality"]["kind"] == "lossless"
 
 
 def test_compress_verify_against_a_base_fails_cleanly(tuned, tmp_path):  # noqa: F811

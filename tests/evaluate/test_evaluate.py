@@ -229,7 +229,7 @@ def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path,
     code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", archive, "--verify")
     assert code == 0, err
     code, out, _ = run_cli(monkeypatch, capsys, "info", archive, "--json")
-    stored = json.loads(out)["metadata"]["verify"]
+    stored = json.loads(out)["metadata"]["quality"]
     assert stored["kind"] == "lossless" and stored["passed"] and stored["metrics"]["bit_exact"]
     assert stored["reference"] == str(trained / "causal-lm")
     code, out, _ = run_cli(monkeypatch, capsys, "info", archive)
@@ -239,7 +239,7 @@ def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path,
                              "--max-kl", "10", "--json")
     assert code == 0, err
     code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm", "--json")
-    stored = json.loads(out)["metadata"]["verify"]
+    stored = json.loads(out)["metadata"]["quality"]
     assert stored["kind"] == "causal-lm" and stored["passed"] and stored["gates"] == {"max_kl": 10}
     assert 0 < stored["kl_mean"] == stored["metrics"]["kl_mean"] < 10
     code, out, _ = run_cli(monkeypatch, capsys, "ls", "--json")
@@ -262,7 +262,7 @@ def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch,
 
 def test_compress_verify_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "compress", "someone/some-model", "-o", tmp_path / "x.zoo", "--verify")
-    assert code == 1 and "--verify compares" in err
+    assert code == 1 and "--eval compares" in err
 
 
 def test_eval_imports_nothing_heavy_at_start_up():

@@ -11,7 +11,7 @@ from zoo.evaluate.result import QualityGateError
 from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
 from zoo.cli.options import ArchiveArg, Base, Force, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
-from zoo.cli.reports import print_quality, print_report
+from zoo.cli.reports import print_compressed, print_quality, print_report
 
 
 def _codec_help() -> str:
@@ -45,15 +45,17 @@ def compress(
                                                  "are stored as differences from it (needs -o).", show_default=False)] = None,
     threads: Threads = None,
     force: Force = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the result against the source (bit for bit when lossless, else "
+    evaluate: Annotated[bool, typer.Option("--eval", help="Evaluate the result against the source (bit for bit when lossless, else "
                                                           "with zoo eval's figures) and store the figures in the archive.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", hidden=True, help="The old name of --eval.")] = False,
     max_kl: MaxKl = None,
     min_cosine: MinCosine = None,
     max_ppl_ratio: MaxPplRatio = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A row per tensor in the size report, as zoo info shows it.")] = False,
     as_json: Json = False,
 ) -> None:
     """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
-    --verify; when it trips, exit 1 and keep no archive."""
+    --eval; when it trips, exit 1 and keep no archive."""
     from zoo import api
     from zoo.cli.zoo_commands import compress_elsewhere
 
@@ -64,12 +66,12 @@ def compress(
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
     if budget is not None:
-        gated = verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
+        gated = evaluate or verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
         _compress_to_budget(source, output, budget, pipeline, calib, base, threads, force, gated, as_json)
         return
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
-    check = quality_check(source, verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
+    check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
     try:
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
@@ -77,8 +79,8 @@ def compress(
             if stage_progress is not None:
                 options["stage_progress"] = stage_progress
                 if check is not None:
-                    check.progress = stage_progress  # --verify's stages join the bars
-            elsewhere = compress_elsewhere(typed, output, name, pipeline, threads, force, as_json, **options)
+                    check.progress = stage_progress  # --eval's stages join the bars
+            elsewhere = compress_elsewhere(typed, output, name, pipeline, threads, force, as_json, verbose=verbose, **options)
             if not elsewhere:
                 with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
                     report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, **options)
@@ -92,7 +94,7 @@ def compress(
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
-    print_report(report, as_json, str(output))
+    print_compressed(report, as_json, verbose, output)
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)

@@ -1,4 +1,4 @@
-"""eval, and the quality gates that compress --verify applies too."""
+"""eval, and the quality gates that compress --eval applies too."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def quality_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] 
 
 
 class QualityCheck:
-    """compress --verify as a `check` for zoo.compress: runs zoo.api.check_quality on the finished
+    """compress --eval as a `check` for zoo.compress: runs zoo.api.check_quality on the finished
     archive (rebuilt on `base` when it was made against one) and keeps the result to print."""
 
     def __init__(self, source: Path, gates: Any, base: Path | None = None, quiet: bool = False) -> None:
@@ -55,22 +55,22 @@ class QualityCheck:
         from zoo import api
 
         if not self.quiet:
-            stderr.print(f"verifying against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
+            stderr.print(f"evaluating against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
                          markup=False, highlight=False)
         self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base)
 
 
-def quality_check(source: Path, verify: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
+def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
                   base: Path | None = None, quiet: bool = False) -> QualityCheck | None:
-    """The check for compress's --verify and gate flags (a gate implies --verify); None without them."""
+    """The check for compress's --eval and gate flags (a gate implies --eval); None without them."""
     from zoo.errors import InputError
     from zoo.evaluate import Gates
 
     gates = Gates(max_kl, min_cosine, max_ppl_ratio)
-    if not (verify or gates.given()):
+    if not (evaluate or gates.given()):
         return None
     if not source.exists():
-        raise InputError(f"--verify compares the result with a local model folder or file, and {source} is not one")
+        raise InputError(f"--eval compares the result with a local model folder or file, and {source} is not one")
     return QualityCheck(source, gates, base, quiet)
 
 

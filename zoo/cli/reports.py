@@ -1,39 +1,79 @@
 """What zoo prints of an archive and of a quality measurement: the size report (compress, info) and
-the quality table (eval, compress --verify, info), in a table or as --json."""
+the quality table (eval, compress --eval, info), in a table or as --json."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from zoo.cli.output import human_bytes, print_json, stdout
+from zoo.cli.output import human_bytes, print_json, print_table, stdout
 
 
-def print_report(report, as_json: bool, title: str) -> None:  # noqa: ANN001 - a zoo.api.Report
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def print_report(report, as_json: bool, title: str, verbose: bool = True) -> None:  # noqa: ANN001 - a zoo.api.Report
+    """The size report: with `verbose`, a row per tensor (zoo info, compress --verbose), one table
+    per pipeline so that no row repeats it; else a row per pipeline when there are several. Then
+    the summary line."""
     if as_json:
         print_json(report.to_dict())
         return
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in ("tensor", "dtype", "shape", "original", "stored", "ratio", "bits/weight", "pipeline"):
-        table.add_column(column, justify="right" if column in ("original", "stored", "ratio", "bits/weight") else "left")
+    groups: dict[str, list[Any]] = {}
     for tensor in report.tensors:
-        table.add_row(tensor.name, tensor.dtype, "×".join(map(str, tensor.shape)) or "scalar", human_bytes(tensor.original_bytes),
-                      human_bytes(tensor.compressed_bytes), f"{tensor.ratio:.3f}", f"{tensor.bits_per_weight:.2f}",
-                      ("base + " if tensor.base else "") + tensor.pipeline)
-    if report.tensors:
-        stdout.print(table)
-    stdout.print(
-        f"{len(report.files)} files, {len(report.tensors)} tensors: {human_bytes(report.original_bytes)} -> "
-        f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)"
-    )
+        groups.setdefault(("base + " if tensor.base else "") + tensor.pipeline, []).append(tensor)
+    columns = ["tensor", "dtype", "shape", "original", "stored", "ratio", "bits/w"]
+    right = ("original", "stored", "ratio", "bits/w", "tensors")
+    if verbose:
+        for pipeline, tensors in groups.items():
+            rows = [[t.name, t.dtype, "×".join(map(str, t.shape)) or "scalar", human_bytes(t.original_bytes), human_bytes(t.compressed_bytes),
+                     f"{t.ratio:.3f}", f"{t.bits_per_weight:.2f}"] for t in tensors]
+            print_table(f"{title}: {pipeline}" if len(groups) == 1 else f"{pipeline} ({count(len(tensors), 'tensor')})", columns, rows, right)
+    elif len(groups) > 1:
+        rows = []
+        for pipeline, tensors in groups.items():
+            original, stored = sum(t.original_bytes for t in tensors), sum(t.compressed_bytes for t in tensors)
+            weights = sum(math.prod(t.shape) for t in tensors)
+            rows.append([pipeline, str(len(tensors)), human_bytes(original), human_bytes(stored), f"{stored / original if original else 1:.3f}",
+                         f"{8 * stored / weights if weights else 0:.2f}"])
+        print_table(title, ["pipeline", "tensors", "original", "stored", "ratio", "bits/w"], rows, right)
+    line = (f"{count(len(report.files), 'file')}, {count(len(report.tensors), 'tensor')}: {human_bytes(report.original_bytes)} -> "
+            f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)")
+    if not verbose and len(groups) == 1:
+        line += f", every tensor {next(iter(groups))}"
+    stdout.print(line, markup=False, highlight=False)
     if report.base:
         stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
                      f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
-    if isinstance(report.metadata.get("verify"), dict):
-        print_quality(report.metadata["verify"], f"quality, against {report.metadata['verify'].get('reference')}")
+    quality = stored_quality(report.metadata)
+    if quality is not None:
+        print_quality(quality, f"quality, against {quality.get('reference')}")
     if isinstance(report.metadata.get("budget"), dict):
         print_budget(report.metadata["budget"])
+
+
+def compressed_document(report, output: Any = None, entry: Any = None, new: bool = True) -> dict[str, Any]:  # noqa: ANN001
+    """What `compress --json` prints, one shape wherever the archive went: the size report, where
+    it was written (`output`, or None), and the zoo entry it became (`zoo`, or None)."""
+    return {**report.to_dict(), "output": None if output is None else str(output),
+            "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new}}
+
+
+def print_compressed(report, as_json: bool, verbose: bool, output: Any = None, entry: Any = None, new: bool = True) -> None:  # noqa: ANN001
+    """compress's result: the summary (a row per tensor with `verbose`), and the name in the zoo."""
+    if as_json:
+        print_json(compressed_document(report, output, entry, new))
+        return
+    print_report(report, False, str(output) if entry is None else entry.ref, verbose)
+    if entry is not None:
+        stdout.print(f"{'stored' if new else 'already in the zoo:'} {entry.ref}", markup=False, highlight=False)
+
+
+def stored_quality(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The figures `compress --eval` stored in an archive: metadata["quality"], or "verify" in
+    archives written before the option was renamed from --verify."""
+    return next((metadata[key] for key in ("quality", "verify") if isinstance(metadata.get(key), dict)), None)
 
 
 # Figure name -> (label, format). Labels follow llama.cpp's perplexity --kl-divergence where it has one.
@@ -68,7 +108,7 @@ def _format(value: Any, style: str) -> str:
 
 
 def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
-    """The figures of an EvalResult.to_dict() or of a stored metadata["verify"], as one table."""
+    """The figures of an EvalResult.to_dict() or of a stored_quality(), as one table."""
     from rich.table import Table
 
     if heading:

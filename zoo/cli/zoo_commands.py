@@ -10,7 +10,7 @@ import typer
 
 from zoo.cli.options import Force, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
-from zoo.cli.reports import print_report
+from zoo.cli.reports import print_compressed
 
 NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
 
 
 def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                       as_json: bool, **options: Any) -> bool:
+                       as_json: bool, verbose: bool = False, **options: Any) -> bool:
     """The parts of `zoo compress` that involve the zoo: no -o stores the result in the zoo, and a
     SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job.
     `options` (calibration=, check=, ...) go to zoo.compress."""
@@ -187,26 +187,26 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
         return False
     if not local.exists():
         try:
-            return _compress_from_hub(source, output, name, pipeline, threads, force, as_json, **options)
+            return _compress_from_hub(source, output, name, pipeline, threads, force, as_json, verbose, **options)
         except hub.PullError as error:
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
     default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
     with progress_bar(source_bytes(local), "compressing", not as_json) as advance:
         entry = api.compress_into(Store(), local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()),
                                   force=force, threads=threads, progress=advance, **options)
-    print_entry(entry, as_json, "stored")
+    print_compressed(api.report_of(entry.archive), as_json, verbose, entry=entry)
     return True
 
 
 def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                       as_json: bool, **options: Any) -> bool:
+                       as_json: bool, verbose: bool, **options: Any) -> bool:
     from zoo import api
     from zoo.hub import pull as hub
 
     if output is None:
         entry, new = hub.pull(source, name=name, pipeline=pipeline, threads=threads, force=force,
                               progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json, **options)
-        print_entry(entry, as_json, "stored" if new else "already in the zoo:")
+        print_compressed(api.report_of(entry.archive), as_json, verbose, entry=entry, new=new)
         return True
     repo_id, revision = hub.parse_repo_ref(source)
     pulled = hub.download(repo_id, revision, progress_bars=not as_json)
@@ -222,5 +222,5 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
     with progress_bar(source_bytes(pulled.folder), "compressing", not as_json) as advance:
         report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
                               metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, check=check, **options)
-    print_report(report, as_json, str(output))
+    print_compressed(report, as_json, verbose, output)
     return True
