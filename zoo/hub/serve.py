@@ -12,8 +12,9 @@ module ever opens a path taken from a request: files are looked up by name in th
 and read out of the archive it names.
 
 The app is plain ASGI on uvicorn (h11), which parses HTTP. Catalogue look-ups run on worker
-threads; a download decodes on a thread of its own at most `STREAM_SLOTS` chunks ahead of the
-socket, and `send` waits while the client is slow, so a stalled client holds a few chunks.
+threads; a download decodes on a thread of its own, a chunk ahead of the socket while the server's
+shared read-ahead lasts (`DecodeThread`), and `send` waits while the client is slow, so a stalled
+client holds one decoded chunk.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from zoo.container.reader import Archive
 from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
 
-STREAM_SLOTS = 2  # decoded chunks per download: the one on the socket and the next one
+READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
 SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
 STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
@@ -155,6 +156,7 @@ class ZooApp:
         self.decode_threads, self.stall_timeout = decode_threads, stall_timeout
         self._archives: dict[Path, Archive] = {}
         self._archives_lock = threading.Lock()
+        self._read_ahead = threading.Semaphore(READ_AHEAD_CHUNKS)
 
     def log(self, message: str) -> None:
         sys.stderr.write(printable(message) + "\n")
@@ -197,7 +199,7 @@ class ZooApp:
             await send({"type": "http.response.body", "body": answer.body})
             return len(answer.body)
         stream = DecodeThread(asyncio.get_running_loop(), lambda: answer.archive.iter_file(  # type: ignore[union-attr]
-            answer.stored.path, answer.start, answer.end, threads=self.decode_threads))  # type: ignore[union-attr]
+            answer.stored.path, answer.start, answer.end, threads=self.decode_threads), self._read_ahead)  # type: ignore[union-attr]
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         progress = [time.monotonic()]  # when a send last returned: a watchdog, not a timeout per send, is cheap
         watchdog = asyncio.ensure_future(self._watchdog(send, progress))
@@ -415,27 +417,59 @@ async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None]) -> 
         await asyncio.wait([disconnected], timeout=5)
 
 
-class DecodeThread:
-    """The decoded pieces of one download, made on a thread of their own: at most STREAM_SLOTS
-    pieces are decoded and not yet released by the sender."""
+class _Token:
+    """The slots a decoded piece holds until the sender is done with it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pieces: Callable[[], Iterator[bytes | memoryview]]) -> None:
-        self._loop, self._pieces = loop, pieces
+    def __init__(self, *slots: threading.Semaphore) -> None:
+        self.slots = slots
+
+    def release(self) -> None:
+        for slot in self.slots:
+            slot.release()
+
+
+class DecodeThread:
+    """The decoded pieces of one download, made on a thread of their own. A piece may be decoded
+    while the download's own slot is free (so one piece at a time is always allowed), or with a
+    token from `read_ahead`, the server's shared pool: while the client keeps up, the next piece is
+    decoded as the current one goes out; a stalled download holds one piece, and the stalled
+    together hold at most the shared pool besides."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pieces: Callable[[], Iterator[bytes | memoryview]],
+                 read_ahead: threading.Semaphore) -> None:
+        self._loop, self._pieces, self._read_ahead = loop, pieces, read_ahead
         self._ready: asyncio.Queue[Any] = asyncio.Queue()
-        self._slots = threading.Semaphore(STREAM_SLOTS)
+        self._own = threading.Semaphore(1)
+        self._ahead = threading.Semaphore(1)  # one read-ahead piece per download at a time
+        self._held: _Token | None = None  # the token of the piece being sent
         self._stopped = False
         threading.Thread(target=self._run, name="zoo-decode", daemon=True).start()
+
+    def _token(self) -> _Token:
+        if self._own.acquire(blocking=False):
+            return _Token(self._own)
+        if self._ahead.acquire(blocking=False):
+            if self._read_ahead.acquire(blocking=False):
+                return _Token(self._ahead, self._read_ahead)
+            self._ahead.release()
+        self._own.acquire()
+        return _Token(self._own)
 
     def _run(self) -> None:
         try:
             pieces = self._pieces()
             try:
                 while True:
-                    self._slots.acquire()
+                    token = self._token()
                     if self._stopped:
+                        token.release()
                         return
-                    piece = next(pieces, None)
-                    self._hand_over(piece)
+                    try:
+                        piece = next(pieces, None)
+                    except BaseException:
+                        token.release()
+                        raise
+                    self._hand_over((piece, token))
                     if piece is None:
                         return
             finally:
@@ -445,22 +479,38 @@ class DecodeThread:
 
     def _hand_over(self, item: Any) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._ready.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._deliver, item)
         except RuntimeError:  # the loop is closed: the server has stopped
             self._stopped = True
+            if isinstance(item, tuple):
+                item[1].release()
+
+    def _deliver(self, item: Any) -> None:  # on the loop's thread, as stop() is
+        if self._stopped and isinstance(item, tuple):
+            item[1].release()
+        else:
+            self._ready.put_nowait(item)
 
     async def next(self) -> bytes | memoryview | None:
         item = await self._ready.get()
         if isinstance(item, BaseException):
             raise item
-        return item
+        piece, self._held = item
+        return piece
 
     def release(self) -> None:
-        self._slots.release()
+        """The sender is done with the piece next() gave it."""
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     def stop(self) -> None:
         self._stopped = True
-        self._slots.release()
+        self.release()
+        while not self._ready.empty():
+            item = self._ready.get_nowait()
+            if isinstance(item, tuple):
+                item[1].release()
 
 
 class ZooServer:
