@@ -214,3 +214,44 @@ def test_doctor_gives_an_object_back_its_manifest(tiny_model, tmp_path):
     assert Store(home).resolve("org/restored@v2").commit == entry.commit
     assert "removed 1 object" in zoo_cli("gc", home=home).stdout
     assert not stray.exists() and entry.archive.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a file system that really fills up. Needs the right to mount (root in a
+    container usually has it); skipped elsewhere, the RLIMIT_FSIZE tests above cover the rest."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_that_fills_before_the_manifest_leaves_no_object(tiny_model, small_disk):
+    """ENOSPC when the manifest is written (the disk fills after the archive is made): one
+    clear error, no orphan object, the models already there untouched; and `zoo ls` still answers."""
+    home = small_disk / "zoo"
+    store = Store(home)
+    kept = compress_into(store, tiny_model, "kept")
+
+    def fill_the_disk(archive: Path) -> None:
+        with open(small_disk / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+
+    with pytest.raises(ZooError, match="No space left on device.*nothing was stored"):
+        compress_into(store, tiny_model, "full", pipeline="truncate:bits=5", check=fill_the_disk)
+    assert objects(home) == [kept.archive]
+    assert [e.name for e in store.entries()] == ["kept"]
+    (home / "catalogue.sqlite").write_bytes(b"")  # and an index lost on a full disk: read around
+    done = zoo_cli("ls", "--json", home=home)
+    assert done.returncode == 0 and [m["name"] for m in json.loads(done.stdout)["models"]] == ["kept"], done.stderr
+    assert zoo.verify(kept.archive) == []
