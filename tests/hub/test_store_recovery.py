@@ -255,3 +255,42 @@ def test_a_disk_that_fills_before_the_manifest_leaves_no_object(tiny_model, smal
     done = zoo_cli("ls", "--json", home=home)
     assert done.returncode == 0 and [m["name"] for m in json.loads(done.stdout)["models"]] == ["kept"], done.stderr
     assert zoo.verify(kept.archive) == []
+
+
+def test_a_damaged_manifest_stops_gc_and_doctor_restores_it(two_models):
+    """gc refuses while a manifest cannot be read (what it names is unknown); doctor rewrites it
+    from the header of the object it named."""
+    store = Store(two_models)
+    first = store.resolve("org/first", with_files=True)
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    manifest.write_text('{"manifest": 1, "name": "org/fir')
+    assert "damaged manifest" in one_line_error(zoo_cli("gc", home=two_models))
+    assert first.archive.exists()
+    findings = zoo_cli("doctor", home=two_models).stdout.strip().splitlines()
+    assert findings[0].startswith(f"{manifest}: damaged manifest")
+    assert findings[1].startswith(str(first.archive)) and findings[1].endswith("org/first@main:lossless: damaged manifest replaced")
+    restored = Store(two_models).resolve("org/first", with_files=True)
+    assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
+    assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout
+
+
+def test_one_object_for_the_same_bytes_kept_until_its_last_name_goes(tiny_model, tmp_path):
+    archive = tmp_path / "m.zoo"
+    zoo.compress(tiny_model, archive)
+    store = Store(tmp_path / "zoo")
+    one, two = store.add(archive, "one"), store.add(archive, "two")
+    assert one.archive == two.archive and len(objects(store.home)) == 1
+    store.remove("one")
+    assert two.archive.exists() and zoo.verify(two.archive) == []
+    store.remove("two")
+    assert objects(store.home) == []
+
+
+def test_a_migration_killed_midway_is_resumed(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    done = zoo_cli("ls", home=home, env={"ZOO_KILL_AT": "migrate-archive"})
+    assert done.returncode == -9
+    assert len(list((home / "archives").glob("*.zoo"))) == 2  # its manifest was written, the archive not yet moved out
+    assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@v1:lossless"]
+    assert not (home / "archives").exists() and len(objects(home)) == 2

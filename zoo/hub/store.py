@@ -130,7 +130,7 @@ class Store:
         try:
             return check_record(json.loads(path.read_bytes()))
         except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` lists what the zoo holds") from None
+            raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` restores it from its object when it can") from None
 
     def _all_manifests(self, problems: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
         """Every readable manifest; an unreadable one is skipped (and reported into `problems`)."""
@@ -504,11 +504,17 @@ class Store:
         record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
         record["stored_bytes"] = size
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-        if self.manifest_path(record["name"], record["revision"], record["variant"]).exists():
-            return f"{path}: {human_size(size)}, an older copy of {ref}, which a newer one replaced; `zoo gc` removes it"
+        manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
+        damaged = False
+        if manifest.exists():
+            try:
+                self._read_manifest(manifest)
+                return f"{path}: {human_size(size)}, an older copy of {ref}, which a newer one replaced; `zoo gc` removes it"
+            except StoreError:
+                damaged = True
         self.dirty.touch()
         self._publish_manifest(record)
-        return f"{path}: named by no manifest; its header says it is {ref}: manifest restored"
+        return f"{path}: named by no manifest; its header says it is {ref}: {'damaged manifest replaced' if damaged else 'manifest restored'}"
 
     def _migrate(self) -> list[str]:
         """Move a zoo of the old layout (archives/*.zoo, the catalogue as the record) to objects
