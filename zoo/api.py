@@ -237,6 +237,9 @@ def compress(
     check: Callable[[Path], Any] | None = None,
     base: str | os.PathLike[str] | None = None,
     stage_progress: StageProgress | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    follow_links: bool = False,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.optimize.calibration).
@@ -246,10 +249,12 @@ def compress(
     `check(path)` sees the finished archive under its temporary name before it is put in place
     (check_quality is one); when it raises, nothing is left at `destination`. With `base` (the
     model the source was fine-tuned from: safetensors file or folder, archive or zoo name), the
-    tensors a lossy stage selects are stored as their difference from it (see zoo.container.delta)."""
+    tensors a lossy stage selects are stored as their difference from it (see zoo.container.delta).
+    `include`/`exclude` (fnmatch globs on paths inside the folder) choose its files; a link leading
+    out of the folder is refused unless `follow_links` (see zoo.sources.folder)."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
-    sources = scan(source)
+    sources = scan(source, include, exclude, follow_links)
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
@@ -257,7 +262,7 @@ def compress(
         base_model = open_base(base) if base is not None else None
         if base_model is not None and base_model is not base:
             stack.enter_context(base_model)
-        deltas = Deltas(base_model, chosen, Builder.named_tensors(sources)) if base_model is not None and chosen.array_stages else None
+        deltas = Deltas(base_model, chosen, Builder.named_tensors(sources, chosen)) if base_model is not None and chosen.array_stages else None
         plans = None
         if chosen.array_stages:
             from zoo.optimize.calibration import collect
@@ -265,7 +270,7 @@ def compress(
             statistics = collect(source, calibration, progress=stage_progress) if calibration is not None else None
             if statistics is not None and deltas is not None:
                 statistics.base = deltas  # the teacher then runs base + delta (zoo.optimize.teacher)
-            plans = chosen.survey(lambda: Builder.tensors(sources, deltas), statistics, stage_progress, chunk_bytes)
+            plans = chosen.survey(lambda: Builder.tensors(sources, deltas, chosen), statistics, stage_progress, chunk_bytes)
         with _atomic_output(destination, force, is_dir=False) as temporary:
             with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
                 payload_path = Path(scratch) / "payload"
@@ -355,12 +360,22 @@ def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.Pat
 
 def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name."""
-    from zoo.torch_bridge import to_torch
+    """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
+    a dtype torch lacks is left out, each named in one warning."""
+    import warnings
+
+    from zoo.errors import ZooWarning
+    from zoo.torch_bridge import has_torch_dtype, to_torch
 
     with _open(source, base) as opened:
         opened.require_base()
-        return {key: to_torch(array, device) for key, array in opened.read_tensors(opened.keys(), resolve_threads(threads)).items()}
+        keys = opened.keys()
+        missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
+        if missing:
+            warnings.warn("no torch dtype for " + "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing) + ": left out",
+                          ZooWarning, stacklevel=2)
+        wanted = [key for key in keys if key not in missing]
+        return {key: to_torch(array, device) for key, array in opened.read_tensors(wanted, resolve_threads(threads)).items()}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
@@ -372,10 +387,11 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
         for key in opened.keys():
             info = opened.tensor_info(key)
             stored = opened.stored_bytes(key)
-            pipeline = opened.pipeline_of(info["pipeline"]).spec()
-            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), leaf_bytes(info), stored, pipeline,
+            view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
+            pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
+            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored, pipeline,
                                         "base" in info))
-            if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float:
+            if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
                 parameters += math.prod(info["shape"])
         files = opened.files()
         needed = opened.base_needed()
@@ -439,6 +455,7 @@ def decompress(
             for entry in files:
                 if entry["path"] not in done:
                     write(entry, workers)
+            opened.restore_links_and_folders(temporary)
     report = report_of(archive)
     report.seconds = time.perf_counter() - started
     return report

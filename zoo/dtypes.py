@@ -43,9 +43,13 @@ _TABLE = [
     DType("U16", 16, "<u2"),
     DType("U8", 8, "u1"),
     DType("BOOL", 8, "u1"),
-    # Known to safetensors but with no byte-aligned numpy storage here: kept as opaque bytes.
-    DType("C64", 64, None),
+    # Known to safetensors, with no float model here: no lossy stage selects them, so they are kept
+    # bit for bit (F4 packs two values a byte and has no numpy storage).
+    DType("C64", 64, "<c8"),
+    DType("F4", 4, None),  # two values a byte: the shape counts values
     DType("F8_E8M0", 8, "u1"),
+    DType("F8_E4M3FNUZ", 8, "u1"),
+    DType("F8_E5M2FNUZ", 8, "u1"),
 ]
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
 FLOAT_DTYPES = frozenset(d.name for d in _TABLE if d.is_float)

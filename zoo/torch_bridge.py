@@ -13,7 +13,16 @@ _TORCH_DTYPES = {
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
     "U16": "uint16", "U32": "uint32", "U64": "uint64",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
+    "C64": "complex64", "F4": "float4_e2m1fn_x2",  # F4: two values a byte, torch counts the bytes
 }
+
+
+def has_torch_dtype(name: str) -> bool:
+    """Whether the installed torch has a dtype for zoo's dtype `name`."""
+    import torch
+
+    return hasattr(torch, _TORCH_DTYPES.get(name, "-"))
 
 
 _NAMES = {torch_name: name for name, torch_name in _TORCH_DTYPES.items()}
@@ -45,5 +54,5 @@ def to_torch(array: TypedArray, device: str | None = None) -> Any:
         # array alive for a slice of it: one copy the tensor owns
         raw = raw.copy()
     # Otherwise the tensor shares the freshly decoded buffer: no copy.
-    tensor = torch.from_numpy(raw).view(dtype).reshape(array.shape)
+    tensor = torch.from_numpy(raw).view(dtype).reshape(array.shape)  # F4 comes packed two values a byte, as torch holds it
     return tensor.to(device) if device else tensor

@@ -53,6 +53,12 @@ def compress(
     max_ppl_ratio: MaxPplRatio = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A row per tensor in the size report, as zoo info shows it.")] = False,
     as_json: Json = False,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files whose path in the folder matches this glob "
+                                                         "(repeatable).", show_default=False)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave out files matching this glob (repeatable).",
+                                                         show_default=False)] = None,
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Store what links leading out of the folder point to "
+                                                                      "(refused otherwise).")] = False,
 ) -> None:
     """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
     --eval; when it trips, exit 1 and keep no archive."""
@@ -72,7 +78,8 @@ def compress(
     if base is not None and output is None:
         raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
     check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
-    options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base)) if value is not None}
+    options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base), ("include", include),
+                                             ("exclude", exclude), ("follow_links", follow_links or None)) if value is not None}
     try:
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
         with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:

@@ -173,7 +173,24 @@ class Archive:
         return name in self._file.header["tensors"]
 
     def files(self) -> list[dict[str, Any]]:
-        return [{k: entry[k] for k in ("path", "size", "sha256", "lossless", "kind") if k in entry} for entry in self._files.values()]
+        return [{k: entry[k] for k in ("path", "size", "sha256", "lossless", "kind", "opaque") if k in entry} for entry in self._files.values()]
+
+    def links(self) -> list[dict[str, str]]:
+        """Links kept as links: {"path", "target"} (target relative to the link's folder)."""
+        return list(self._file.header.get("links") or [])
+
+    def restore_links_and_folders(self, root: os.PathLike[str] | str) -> None:
+        """Make the archive's links and empty folders under `root`, after its files. A link whose
+        target would leave the folder is refused."""
+        for folder in self._file.header.get("folders") or []:
+            os.makedirs(os.path.join(root, check_relpath(folder)), exist_ok=True)
+        for link in self.links():
+            path, target = check_relpath(link.get("path")), link.get("target")
+            inside = os.path.normpath(os.path.join(os.path.dirname(path), str(target)))
+            if not isinstance(target, str) or os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+                raise _fail(self._file, f"link {path!r} would point outside the output folder")
+            os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+            os.symlink(target, os.path.join(root, path))
 
     def file_entry(self, path: str) -> dict[str, Any]:
         try:
@@ -185,7 +202,7 @@ class Archive:
         """What tensor `name` takes in the payload, its chunk index records included."""
         info = self.tensor_info(name)
         total = 0
-        for leaf, what in tensor_leaves(info["root"], f"tensor {info.get('name')!r}"):
+        for leaf, what in tensor_leaves(info.get("root"), f"tensor {info.get('name')!r}"):
             index, _, _ = self._chunks(leaf, what)
             total += sum(record[1] for record in index) + CHUNK_RECORD_BYTES * len(index)
         return total
@@ -262,10 +279,29 @@ class Archive:
         """A tensor's raw storage, through every stage of its pipeline (plus its base tensor, when
         it is stored against one)."""
         info = self.tensor_info(name)
+        if "view" in info:
+            return self._read_view(name, info, threads)
         if "base" not in info:
             return self.read_stored(name, threads)
         base = self._base_tensor(name)
         return rebuild(self.read_stored(name, threads), base, info["dtype"])
+
+    def _read_view(self, name: str, info: dict[str, Any], threads: int) -> TypedArray:
+        """A tensor that views another one's storage (a torch checkpoint's tied weights or slices)."""
+        view = info["view"]
+        of = view.get("of") if isinstance(view, dict) else None
+        if not isinstance(of, str) or of == name or "view" in self.tensor_info(of):
+            raise _fail(self._file, f"tensor {name!r} is a view of nothing readable")
+        storage = self.read_tensor(of, threads)
+        shape, stride, offset = list(info["shape"]), view.get("stride"), view.get("offset")
+        flat = storage.data.reshape(-1)
+        if storage.dtype != info["dtype"] or not isinstance(offset, int) or not isinstance(stride, list) or len(stride) != len(shape) \
+                or offset < 0 or any(not isinstance(s, int) or s < 0 for s in stride) \
+                or (math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= flat.size):
+            raise _fail(self._file, f"tensor {name!r} views {of!r} out of its bounds")
+        item = flat.itemsize
+        strided = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * item for s in stride], writeable=False)
+        return TypedArray(np.ascontiguousarray(strided), info["dtype"])
 
     def read_stored(self, name: str, threads: int = 1) -> TypedArray:
         """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
@@ -280,6 +316,12 @@ class Archive:
             return self.read_leaf(leaf, pipeline, f"tensor {name!r}", threads)
 
         result = pipeline.untransform(root, read_leaf)
+        if DTYPES.get(info["dtype"]) and DTYPES[info["dtype"]].bits % 8 and result.dtype == "U8" and result.data.nbytes == leaf_bytes(info):
+            # Values smaller than a byte (F4) are stored as their bytes; given back packed two a byte
+            # along the last axis, as torch's float4_e2m1fn_x2 holds them.
+            shape = info["shape"]
+            packed = [*shape[:-1], shape[-1] // 2] if shape and shape[-1] % 2 == 0 else [result.data.size]
+            return TypedArray(result.data.reshape(packed), info["dtype"])
         dtype = "F32" if "base" in info else info["dtype"]
         if result.dtype != dtype or list(result.shape) != list(info["shape"]):
             raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {dtype}{info['shape']}")

@@ -57,7 +57,12 @@ class _TorchFile:
         import torch
 
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy layout cannot be mapped
         except Exception as error:  # torch raises many types for a file that is not a checkpoint
             raise InputError(f"{path}: not a readable PyTorch checkpoint: {first_line(error)}") from None
         self._tensors: dict[str, Any] = {}
@@ -66,7 +71,8 @@ class _TorchFile:
     def _flatten(self, value: Any, prefix: str, torch: Any) -> None:
         if isinstance(value, torch.Tensor):
             self._tensors[prefix] = value
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and not ("state" in value and "param_groups" in value):
+            # an optimizer's state (its moments) is no model weight: left out of the figures
             for key, item in value.items():
                 self._flatten(item, f"{prefix}.{key}" if prefix else str(key), torch)
 

@@ -127,7 +127,11 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     if held is not None and held.source == source and not force:
         return held, False
     # A newer commit of the same revision replaces the old one: that is what pulling means.
-    total = sum(path.stat().st_size for path in pulled.folder.rglob("*") if path.is_file())
+    # The cache may hold more than this pull asked for: only what the filters select is stored.
+    from zoo.sources.folder import selected_by
+
+    total = sum(path.stat().st_size for path in pulled.folder.rglob("*")
+                if path.is_file() and selected_by(path.relative_to(pulled.folder).as_posix(), include, exclude))
     their_check = options.pop("check", None)
 
     def check(path: Path) -> None:
@@ -137,5 +141,5 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
 
     with progress(total) if progress else nullcontext(None) as advance:
         entry = compress_into(store, pulled.folder, name, revision, pipeline, commit=pulled.commit, source_label=source, force=True,
-                              threads=threads, progress=advance, check=check, **options)
+                              threads=threads, progress=advance, check=check, include=include, exclude=exclude, **options)
     return entry, True

@@ -1,229 +1,141 @@
 """What zoo compresses: a model folder or a single file, cut into segments.
 
-A safetensors file becomes its header bytes (kept verbatim, padding included) followed by
-its tensors in data order, so that decompression rebuilds it byte for byte. Every other file
-is one blob segment. PyTorch pickles are checked with ``torch.load(weights_only=True)`` first
-and refused if they need more.
+A folder is stored whole. Each file is read as tensors where zoo can do that safely (safetensors,
+see zoo.sources.safetensors; PyTorch checkpoints, see zoo.sources.torch); any other file, and a
+file of those formats that zoo cannot read safely (a pickle needing more than torch's weights-only
+unpickler, an unknown dtype, a git-lfs pointer), is kept as opaque bytes with the reason, never
+unpickled or executed. Given one file rather than a folder, such a file is refused instead: the
+user asked for its tensors.
+
+Links inside the folder stay links; a Hugging Face cache snapshot (files linking into its blobs/)
+is read through its links; a link leaving the folder is refused unless follow_links. Empty folders
+are kept.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import fnmatch
 import os
-import struct
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
-from zoo.dtypes import DTYPES, get_dtype
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooWarning
+from zoo.sources.safetensors import UnknownDtype, is_lfs_pointer, parse_safetensors
+from zoo.sources.segments import Segment, SourceFile, check_relpath
+from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
+from zoo.sources.torch import UnsafePickle, checkpoint
 
-SAFETENSORS_MAX_HEADER = 100 << 20
-TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
 
-
-@dataclass
-class Segment:
-    offset: int
-    size: int
-    tensor: str | None = None  # None: an opaque blob
-    dtype: str = "U8"
-    shape: tuple[int, ...] = ()
+__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_relpath", "parse_safetensors", "scan"]
 
 
-@dataclass
-class SourceFile:
-    relpath: str
-    path: Path
-    size: int
-    kind: str = "blob"
-    segments: list[Segment] = field(default_factory=list)
+def _reason(error: InputError, path: Path, size: int) -> str:
+    """The reason, in a few words, that a file of a tensor format is kept as bytes."""
+    if is_lfs_pointer(path, size):
+        return "git-lfs pointer: the real file was never downloaded"
+    if isinstance(error, UnsafePickle):
+        return "pickle needs globals"
+    if isinstance(error, UnknownDtype):
+        return f"unknown dtype {error.dtype}"
+    return str(error).removeprefix(f"{path}: ")
 
 
-def check_relpath(relpath: str) -> str:
-    """A path inside a model folder: relative, no '..', no empty or odd parts."""
-    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
-        raise InputError(f"refusing file name {relpath!r}")
-    posix = PurePosixPath(relpath)
-    if posix.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
-        raise InputError(f"refusing file name {relpath!r}: it would land outside the output folder")
-    return relpath
-
-
-def parse_safetensors(path: Path, size: int) -> list[Segment]:
-    """Segments of a safetensors file, after checking its header against its size."""
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise InputError(f"{path}: too short to be a safetensors file")
-        (header_length,) = struct.unpack("<Q", prefix)
-        if header_length > size - 8:
-            raise InputError(f"{path}: safetensors header length {header_length} runs past the end of the file ({size} bytes)")
-        if header_length > SAFETENSORS_MAX_HEADER:
-            raise InputError(f"{path}: safetensors header of {header_length} bytes is over the {SAFETENSORS_MAX_HEADER} cap")
-        raw = f.read(header_length)
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(f"{path}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{path}: safetensors header is not a JSON object")
-    data_start = 8 + header_length
-    data_size = size - data_start
-    tensors: list[Segment] = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        where = f"{path}: tensor {name!r}"
-        if not isinstance(entry, dict):
-            raise InputError(f"{where}: entry is not an object")
-        dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype_name not in DTYPES:
-            raise InputError(f"{where}: unknown dtype {dtype_name!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise InputError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise InputError(f"{where}: data_offsets {offsets!r} is not two integers")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_size:
-            raise InputError(f"{where}: data_offsets {offsets} lie outside the data ({data_size} bytes)")
-        dtype = get_dtype(dtype_name)
-        expected = math.prod(shape) * dtype.bits // 8
-        if end - begin != expected:
-            raise InputError(f"{where}: shape {shape} of {dtype_name} needs {expected} bytes, data_offsets give {end - begin}")
-        tensors.append(Segment(data_start + begin, end - begin, name, dtype_name, tuple(shape)))
-    tensors.sort(key=lambda s: (s.offset, s.size))
-    position = data_start
-    for segment in tensors:
-        if segment.offset < position:
-            raise InputError(f"{path}: tensor {segment.tensor!r} overlaps the tensor before it")
-        if segment.offset > position:
-            raise InputError(f"{path}: {segment.offset - position} bytes before tensor {segment.tensor!r} belong to no tensor")
-        position = segment.offset + segment.size
-    if position != size:
-        raise InputError(f"{path}: {size - position} bytes after the last tensor belong to no tensor")
-    return [Segment(0, data_start), *tensors]
-
-
-def torch_segments(path: Path, size: int) -> list[Segment]:
-    """Segments of a PyTorch checkpoint, after checking it loads with weights_only=True.
-
-    A zip checkpoint stores each storage uncompressed as its own member; those become typed
-    segments (so floats get their byte planes grouped) and everything else stays a blob, which
-    keeps the file byte-exact. Any other layout is one blob."""
-    import zipfile
-
-    storage_dtypes = _check_torch_pickle(path)
-    if not storage_dtypes:
-        return [Segment(0, size)]
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
-        typed = []
-        for member in archive.infolist():
-            folder, _, key = member.filename.rpartition("/")
-            dtype = storage_dtypes.get(key)
-            if not folder.endswith("data") or dtype is None or member.compress_type != zipfile.ZIP_STORED:
-                continue
-            f.seek(member.header_offset + 26)
-            name_length, extra_length = struct.unpack("<HH", f.read(4))
-            start = member.header_offset + 30 + name_length + extra_length
-            itemsize = DTYPES[dtype].itemsize
-            if member.file_size % itemsize == 0 and start + member.file_size <= size:
-                typed.append(Segment(start, member.file_size, None, dtype, (member.file_size // itemsize,)))
-    segments, position = [], 0
-    for segment in sorted(typed, key=lambda s: s.offset):
-        if segment.offset < position:
-            return [Segment(0, size)]  # overlapping members: keep the file whole
-        if segment.offset > position:
-            segments.append(Segment(position, segment.offset - position))
-        segments.append(segment)
-        position = segment.offset + segment.size
-    if position < size:
-        segments.append(Segment(position, size - position))
-    return segments
-
-
-def _check_torch_pickle(path: Path) -> dict[str, str]:
-    """Check the checkpoint with torch's weights_only unpickler; returns the dtype name of each
-    storage key of a zip checkpoint (empty for the legacy layout)."""
-    import pickle
-    import zipfile
-
-    import torch  # only a torch checkpoint pays for importing torch
-
-    try:
-        if not zipfile.is_zipfile(path):
-            torch.load(path, map_location="cpu", weights_only=True)
-            return {}
-        return _zip_storage_dtypes(path)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
-        raise InputError(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a readable PyTorch checkpoint: {type(error).__name__}: {error}") from None
-
-
-def _zip_storage_dtypes(path: Path) -> dict[str, str]:
-    """Run torch's weights_only unpickler over data.pkl, recording each storage's key and dtype
-    instead of reading it: the allowlist is enforced without loading the weights."""
-    import io
-    import zipfile
-
-    import torch
-    from torch._weights_only_unpickler import Unpickler
-
-    from zoo.torch_bridge import dtype_name
-
-    with zipfile.ZipFile(path) as archive:
-        pickles = [name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1]
-        if len(pickles) != 1:
-            raise ValueError("expected one data.pkl")
-        data = archive.read(pickles[0])
-    dtypes: dict[str, str] = {}
-
-    def persistent_load(saved_id: tuple) -> object:
-        if not isinstance(saved_id, tuple) or len(saved_id) != 5:
-            raise ValueError("unexpected storage reference")
-        _, storage_type, key, _, numel = saved_id
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        dtypes[str(key)] = dtype_name(dtype)
-        # Unbacked until touched: rebuilding tensors over it costs no memory.
-        untyped = torch.UntypedStorage(int(numel) * torch._utils._element_size(dtype))
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-
-    unpickler = Unpickler(io.BytesIO(data), encoding="utf-8")
-    unpickler.persistent_load = persistent_load
-    unpickler.load()
-    return dtypes
-
-
-def _source_file(path: Path, relpath: str) -> SourceFile:
+def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
     size = path.stat().st_size
-    if path.suffix == ".safetensors":
-        return SourceFile(relpath, path, size, "safetensors", parse_safetensors(path, size))
-    if path.suffix in TORCH_SUFFIXES:
-        return SourceFile(relpath, path, size, "torch", torch_segments(path, size))
-    return SourceFile(relpath, path, size, "blob", [Segment(0, size)])
+    kind = "safetensors" if path.suffix == ".safetensors" else "torch" if path.suffix in TORCH_SUFFIXES else None
+    if kind is None:
+        return SourceFile(relpath, path, size, "blob", [Segment(0, size)])
+    try:
+        if kind == "safetensors":
+            return SourceFile(relpath, path, size, kind, parse_safetensors(path, size))
+        if is_lfs_pointer(path, size):
+            raise InputError(f"{path}: git-lfs pointer: the real file was never downloaded")
+        return checkpoint(path, relpath, size)
+    except InputError as error:
+        if strict:
+            raise
+        return SourceFile(relpath, path, size, "opaque", [Segment(0, size)], reason=_reason(error, path, size))
 
 
-def scan(source: str | os.PathLike[str]) -> list[SourceFile]:
-    """The files of a model folder (recursively, sorted) or a single file."""
+def selected_by(relpath: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
+    """Whether a path inside the folder passes the --include/--exclude globs (as huggingface_hub's
+    allow_patterns/ignore_patterns match them)."""
+    if include and not any(fnmatch.fnmatchcase(relpath, pattern) for pattern in include):
+        return False
+    return not (exclude and any(fnmatch.fnmatchcase(relpath, pattern) for pattern in exclude))
+
+
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+         follow_links: bool = False) -> list[SourceFile]:
+    """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
+    entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder". Files whose path inside the folder matches none of
+    `include` (fnmatch globs, when given) or any of `exclude` are left out."""
     root = Path(source)
     if not root.exists():
+        if root.is_symlink():
+            raise InputError(f"{root}: a link to nothing")
         raise InputError(f"{root}: no such file or folder")
     if root.is_file():
-        return [_source_file(root, check_relpath(root.name))]
+        return [_source_file(root, check_relpath(root.name), strict=True)]
     if not root.is_dir():
         raise InputError(f"{root}: neither a file nor a folder")
-    files = []
-    for folder, subfolders, names in os.walk(root, followlinks=False):
-        subfolders[:] = sorted(d for d in subfolders if d not in SKIPPED_FOLDERS)
-        for name in sorted(names):
-            path = Path(folder) / name
-            if not path.is_file():  # broken links, sockets, ...
+    real_root = os.path.realpath(root)
+    # A Hugging Face cache snapshot: its files are links into the repository's blobs/ folder.
+    blobs = os.path.join(os.path.dirname(os.path.dirname(real_root)), "blobs")
+    snapshot = os.path.basename(os.path.dirname(real_root)) == "snapshots" and os.path.isdir(blobs)
+    files: list[SourceFile] = []
+    skipped: list[str] = []
+    filtering = bool(include or exclude)
+
+    def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        if not entries and prefix and not filtering:
+            files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
+        for entry in entries:
+            relpath = f"{prefix}{entry.name}"
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in SKIPPED_FOLDERS:
+                    visit(path, f"{relpath}/", seen)
                 continue
-            relpath = path.relative_to(root).as_posix()
-            files.append(_source_file(path, check_relpath(relpath)))
-    if not files:
-        raise InputError(f"{root}: folder holds no files")
+            if entry.is_symlink():
+                target = os.path.realpath(path)
+                if not os.path.exists(target):
+                    skipped.append(f"{relpath} (a link to nothing)")
+                    continue
+                if snapshot and _inside(target, blobs) and os.path.isfile(target):
+                    pass  # read through: the snapshot's file is the blob's content
+                elif _inside(target, real_root) and not follow_links:
+                    if selected_by(relpath, include, exclude):
+                        link = os.path.relpath(target, os.path.dirname(os.path.join(real_root, relpath)))
+                        files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
+                    continue
+                elif not follow_links:
+                    raise InputError(f"{path}: a link leading out of the folder (to {target}); pass --follow-links to store what it points to")
+                elif os.path.isdir(target):
+                    if target in seen or _inside(real_root, target):
+                        skipped.append(f"{relpath} (a link back into a folder above it)")
+                    else:
+                        visit(Path(target), f"{relpath}/", seen | {target})
+                    continue
+            elif not entry.is_file(follow_symlinks=False):
+                skipped.append(f"{relpath} (not a regular file)")
+                continue
+            if not os.path.isfile(path):
+                skipped.append(f"{relpath} (not a regular file)")
+                continue
+            if selected_by(relpath, include, exclude):
+                files.append(_source_file(path, check_relpath(relpath), strict=False))
+
+    visit(root, "", frozenset())
+    if skipped:
+        warnings.warn(f"{root}: left out {len(skipped)} item{'s' if len(skipped) != 1 else ''}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
+    if not any(entry.kind not in ("folder", "link") for entry in files):
+        raise InputError(f"{root}: folder holds no files" + (" that --include/--exclude select" if filtering else ""))
     return files

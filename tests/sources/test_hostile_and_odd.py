@@ -1,0 +1,153 @@
+"""Odd dtypes, links, name collisions, and hostile headers: each stored, refused in one line, or
+answered in bounded time, never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.errors import InputError, ZooWarning
+
+from tests.conftest import write_safetensors
+from tests.sources.conftest import safetensors_bytes, torch
+
+
+def sha256s(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def every_dtype(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of every dtype the safetensors library writes, written by it."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    raw = lambda n: torch.randint(0, 256, (n,), dtype=torch.uint8, generator=generator)  # noqa: E731
+    tensors = {
+        "f32": torch.randn(4, 3, generator=generator), "f16": torch.randn(4, 3, generator=generator).half(),
+        "bf16": torch.randn(4, 3, generator=generator).bfloat16(), "f64": torch.randn(5, generator=generator).double(),
+        "i64": torch.arange(5), "i8": torch.arange(-3, 3, dtype=torch.int8), "u16": torch.arange(4, dtype=torch.int16).view(torch.uint16),
+        "bool": torch.tensor([True, False, True]), "c64": torch.randn(2, 2, dtype=torch.complex64, generator=generator),
+        "f8_e4m3": raw(6).view(torch.float8_e4m3fn), "f8_e5m2": raw(6).view(torch.float8_e5m2),
+        "f8_e4m3fnuz": raw(6).view(torch.float8_e4m3fnuz), "f8_e5m2fnuz": raw(6).view(torch.float8_e5m2fnuz),
+        "f8_e8m0": raw(6).view(torch.float8_e8m0fnu), "f4": raw(6).view(torch.float4_e2m1fn_x2).reshape(2, 3),
+    }
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_every_safetensors_dtype_is_kept_and_loaded(tmp_path):
+    folder = tmp_path / "dtypes"
+    folder.mkdir()
+    tensors = every_dtype(folder / "model.safetensors")
+    header = json.loads((folder / "model.safetensors").read_bytes()[8:8 + int.from_bytes((folder / "model.safetensors").read_bytes()[:8], "little")])
+    assert {"F4", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0", "C64"} <= {entry["dtype"] for entry in header.values() if isinstance(entry, dict) and "dtype" in entry}
+    zoo.compress(folder, tmp_path / "d.zoo")
+    assert zoo.verify(tmp_path / "d.zoo") == []
+    zoo.decompress(tmp_path / "d.zoo", tmp_path / "out")
+    assert sha256s(tmp_path / "out") == sha256s(folder)
+    state = zoo.load_state_dict(tmp_path / "d.zoo")
+    assert set(state) == set(tensors)
+    for name, tensor in tensors.items():
+        assert state[name].dtype == tensor.dtype and state[name].shape == tensor.shape, name
+        assert torch.equal(state[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    zoo.compress(folder, tmp_path / "lossy.zoo", "truncate:bits=3|bytegroup|zstd")  # the odd dtypes pass through untouched
+    lossy = zoo.load_state_dict(tmp_path / "lossy.zoo")
+    for name in ("c64", "f4", "f8_e8m0", "f8_e4m3fnuz", "f8_e5m2fnuz"):
+        assert torch.equal(lossy[name].view(torch.uint8), tensors[name].view(torch.uint8)), name
+
+
+def test_a_dtype_torch_lacks_is_named_and_the_others_load(tmp_path, monkeypatch):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    every_dtype(folder / "model.safetensors")
+    zoo.compress(folder, tmp_path / "d.zoo")
+    monkeypatch.delattr(torch, "float8_e8m0fnu")  # as an older torch lacks it
+    with pytest.warns(ZooWarning, match=r"no torch dtype for f8_e8m0 \(F8_E8M0\)"):
+        state = zoo.load_state_dict(tmp_path / "d.zoo")
+    assert "f8_e8m0" not in state and "f32" in state
+
+
+def test_an_unknown_dtype_keeps_the_file_opaque(tmp_path):
+    folder = tmp_path / "u"
+    folder.mkdir()
+    header = json.dumps({"x": {"dtype": "F6_E9M9", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    (folder / "model.safetensors").write_bytes(safetensors_bytes(header, b"ab"))
+    with pytest.raises(InputError, match="unknown dtype 'F6_E9M9'"):
+        zoo.compress(folder / "model.safetensors", tmp_path / "one.zoo")
+    report = zoo.compress(folder, tmp_path / "u.zoo")
+    assert report.files[0]["opaque"] == "unknown dtype F6_E9M9"
+
+
+def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    folder = tmp_path / "links"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "empty" / "deeper").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    write_safetensors(folder / "sub" / "model.safetensors", {"w": ("F32", np.ones((2, 2), np.float32))})
+    os.symlink("sub/model.safetensors", folder / "model.safetensors")
+    os.symlink("sub", folder / "alias")
+    os.symlink("nowhere", folder / "dangling")
+    with pytest.warns(ZooWarning, match=r"left out 1 item: dangling \(a link to nothing\)"):
+        zoo.compress(folder, tmp_path / "l.zoo")
+    out = tmp_path / "out"
+    zoo.decompress(tmp_path / "l.zoo", out)
+    assert os.readlink(out / "model.safetensors") == "sub/model.safetensors" and os.readlink(out / "alias") == "sub"
+    assert (out / "empty" / "deeper").is_dir()
+    assert sha256s(out) == sha256s(folder)
+
+    os.symlink(outside, folder / "leak.txt")
+    with pytest.raises(InputError, match="leak.txt: a link leading out of the folder .* --follow-links"):
+        zoo.compress(folder, tmp_path / "leak.zoo")
+    zoo.compress(folder, tmp_path / "followed.zoo", follow_links=True)
+    with zoo.open(tmp_path / "followed.zoo") as opened:
+        assert opened.read_file("leak.txt") == b"secret"
+
+
+def test_a_hugging_face_cache_snapshot_is_stored_as_its_files(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    write_safetensors(repo / "blobs" / ("a" * 64), {"w": ("F32", np.ones((2, 2), np.float32))})
+    os.symlink(f"../../blobs/{'a' * 64}", snapshot / "model.safetensors")
+    report = zoo.compress(snapshot, tmp_path / "s.zoo")
+    assert [f["kind"] for f in report.files] == ["safetensors"] and [t.name for t in report.tensors] == ["w"]
+
+
+def test_colliding_names_get_distinct_keys(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    write_safetensors(folder / "a.safetensors", {"b.safetensors::w": ("F32", np.ones(2, np.float32)), "w": ("F32", np.zeros(2, np.float32))})
+    write_safetensors(folder / "b.safetensors", {"w": ("F32", np.full(2, 2, np.float32))})
+    torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, folder / "c.bin")
+    zoo.compress(folder, tmp_path / "c.zoo")
+    zoo.decompress(tmp_path / "c.zoo", tmp_path / "out")
+    assert sha256s(tmp_path / "out") == sha256s(folder)
+    state = zoo.load_state_dict(tmp_path / "c.zoo")
+    assert len(state) == 5
+    assert state["b.safetensors::w#2"].tolist() == [2, 2] and state["b.safetensors::w"].tolist() == [1, 1]
+    assert state["a.b"].tolist() == [1] and state["a.b#2"].tolist() == [0]
+
+
+@pytest.mark.parametrize("header, message", [
+    (json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(262_145)}).encode(), "over 262144 tensors"),
+    (b"[" * 5000 + b"]" * 5000, "nests too deep"),
+    (json.dumps({"x": {"dtype": "F32", "shape": [1] * 100_001, "data_offsets": [0, 4]}}).encode(), "100001 dimensions is over the 32 cap"),
+])
+def test_hostile_safetensors_headers_are_one_line_errors(tmp_path, header, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_bytes(header, b"\0" * 4))
+    with pytest.raises(InputError, match=message):
+        zoo.compress(path, tmp_path / "h.zoo")
+    report = zoo.compress(tmp_path, tmp_path.parent / f"{tmp_path.name}.zoo")
+    assert message.split()[-1] in report.files[0]["opaque"]

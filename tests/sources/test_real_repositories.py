@@ -1,0 +1,179 @@
+"""Every file of a real repository is stored whole: Trainer folders, PyTorch weights (zip, legacy,
+sharded), files zoo cannot read as tensors safely (kept opaque with the reason), file filters."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.errors import InputError
+
+from tests.sources.conftest import tiny_model, torch, write_polyglot, write_zip_bomb
+
+
+def sha256s(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def round_trip(source: Path, tmp_path: Path, pipeline: str = "lossless", **options) -> tuple[Path, Path]:
+    archive = tmp_path / f"{source.name}.zoo"
+    zoo.compress(source, archive, pipeline, **options)
+    assert zoo.verify(archive) == []
+    out = tmp_path / f"{source.name}.out"
+    zoo.decompress(archive, out)
+    return archive, out
+
+
+def test_trainer_output_folder_is_stored_whole_with_training_args_opaque(corpus, tmp_path):
+    archive, out = round_trip(corpus["trainer_output"], tmp_path)
+    assert sha256s(out) == sha256s(corpus["trainer_output"])
+    files = {f["path"]: f for f in zoo.report_of(archive).files}
+    assert files["training_args.bin"]["kind"] == "opaque" and files["training_args.bin"]["opaque"] == "pickle needs globals"
+    assert "opaque" not in files["model.safetensors"]
+
+
+def test_trainer_checkpoint_folder_round_trips_and_names_every_optimizer_tensor(corpus, tmp_path):
+    folder = corpus["checkpoint"]
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    files = {f["path"]: f for f in zoo.report_of(archive).files}
+    assert files["rng_state.pth"]["opaque"] == "pickle needs globals"  # numpy's generator state
+    assert {files[name]["kind"] for name in ("optimizer.pt", "scheduler.pt", "scaler.pt")} == {"torch"}
+    state = zoo.load_state_dict(archive)
+    optimizer = torch.load(folder / "optimizer.pt", weights_only=True)
+    for number, moments in optimizer["state"].items():
+        for what, tensor in moments.items():
+            assert torch.equal(state[f"state.{number}.{what}"], tensor)
+    from safetensors.torch import load_file
+
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        assert torch.equal(state[name], tensor)
+
+
+@pytest.mark.parametrize("layout", ["bin_single", "bin_legacy", "bin_sharded"])
+def test_pytorch_weights_are_named_tensors(corpus, tmp_path, layout):
+    folder = corpus[layout]
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    expected = {}
+    for path in sorted(folder.glob("*.bin")):
+        expected.update(torch.load(path, weights_only=True))
+    state = zoo.load_state_dict(archive)
+    assert set(state) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    with zoo.open(archive) as opened:
+        assert sorted(opened.keys()) == sorted(expected)
+        assert torch.equal(opened.get_tensor("1.weight", "pt"), expected["1.weight"])
+    report = zoo.report_of(archive)
+    assert report.parameters == sum(t.numel() for t in expected.values())
+
+
+def test_lossy_stages_reach_pytorch_weights_but_not_optimizer_moments(corpus, tmp_path):
+    folder = corpus["checkpoint"]
+    single = corpus["bin_single"]
+    lossless = zoo.compress(single, tmp_path / "lossless.zoo")
+    lossy = zoo.compress(single, tmp_path / "lossy.zoo", "truncate:bits=3|bytegroup|zstd")
+    assert lossy.compressed_bytes < 0.8 * lossless.compressed_bytes
+    reference = torch.load(single / "pytorch_model.bin", weights_only=True)
+    changed = zoo.load_state_dict(tmp_path / "lossy.zoo")
+    assert not torch.equal(changed["1.weight"], reference["1.weight"])
+    assert torch.allclose(changed["1.weight"], reference["1.weight"], atol=0.05)
+
+    zoo.compress(folder, tmp_path / "ckpt.zoo", "truncate:bits=3|bytegroup|zstd")
+    state = zoo.load_state_dict(tmp_path / "ckpt.zoo")
+    optimizer = torch.load(folder / "optimizer.pt", weights_only=True)
+    assert torch.equal(state["state.1.exp_avg"], optimizer["state"][1]["exp_avg"])  # moments untouched
+    with zoo.open(tmp_path / "ckpt.zoo") as opened:
+        assert opened.tensor_info("1.weight")["root"].get("leaf") is None  # the weights were truncated
+
+    # named by a stage's own pattern, the moments are taken too
+    zoo.compress(folder, tmp_path / "moments.zoo", "truncate:bits=3,include=state.*.exp_avg|bytegroup|zstd")
+    state = zoo.load_state_dict(tmp_path / "moments.zoo")
+    assert not torch.equal(state["state.1.exp_avg"], optimizer["state"][1]["exp_avg"])
+
+
+def test_include_and_exclude_choose_the_files(corpus, tmp_path):
+    folder = corpus["checkpoint"]
+    report = zoo.compress(folder, tmp_path / "json.zoo", include=["*.json"])
+    assert sorted(f["path"] for f in report.files) == ["config.json", "trainer_state.json"]
+    report = zoo.compress(folder, tmp_path / "no_args.zoo", exclude=["training_args.bin", "rng_state.pth"])
+    assert {"training_args.bin", "rng_state.pth"}.isdisjoint(f["path"] for f in report.files)
+    with pytest.raises(InputError, match="no files that --include/--exclude select"):
+        zoo.compress(folder, tmp_path / "none.zoo", include=["*.gguf"])
+
+
+def test_a_single_unsafe_file_is_refused_but_kept_inside_a_folder(corpus, tmp_path):
+    with pytest.raises(InputError, match="refusing a pickle that needs more than torch.load"):
+        zoo.compress(corpus["trainer_output"] / "training_args.bin", tmp_path / "args.zoo")
+
+
+def test_a_polyglot_checkpoint_is_never_called_one(corpus, tmp_path):
+    folder = tmp_path / "polyglot"
+    folder.mkdir()
+    write_polyglot(folder / "pytorch_model.bin", corpus["bin_single"] / "pytorch_model.bin")
+    with pytest.raises(Exception):
+        torch.load(folder / "pytorch_model.bin", weights_only=True)  # torch reads it as the pickle in front
+    with pytest.raises(InputError, match="refusing a pickle"):
+        zoo.compress(folder / "pytorch_model.bin", tmp_path / "one.zoo")
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    assert zoo.report_of(archive).files[0]["opaque"] == "pickle needs globals"
+    with zoo.open(archive) as opened:
+        assert opened.keys() == []
+
+
+def test_a_pickle_that_inflates_past_the_cap_is_refused_without_inflating_it(tmp_path):
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    write_zip_bomb(folder / "model.pt")
+    assert (folder / "model.pt").stat().st_size < 1 << 20
+    with pytest.raises(InputError, match="over the .* cap"):
+        zoo.compress(folder / "model.pt", tmp_path / "one.zoo")
+    archive, _ = round_trip(folder, tmp_path)
+    assert "cap" in zoo.report_of(archive).files[0]["opaque"]
+
+
+def test_an_lfs_pointer_is_named(tmp_path):
+    folder = tmp_path / "lfs"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        (folder / name).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 2336927\n")
+    with pytest.raises(InputError, match="git-lfs pointer: the real file was never downloaded"):
+        zoo.compress(folder / "model.safetensors", tmp_path / "one.zoo")
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    reasons = {f["path"]: f.get("opaque") for f in zoo.report_of(archive).files}
+    assert reasons["model.safetensors"] == reasons["pytorch_model.bin"] == "git-lfs pointer: the real file was never downloaded"
+
+
+def test_names_with_spaces_and_unicode(corpus, tmp_path):
+    folder = tmp_path / "names"
+    (folder / "sous dossier").mkdir(parents=True)
+    torch.save({"poids é": torch.ones(2, 2), "naïve name": torch.zeros(3)}, folder / "sous dossier" / "modèle ü.bin")
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    assert set(zoo.load_state_dict(archive)) == {"poids é", "naïve name"}
+
+
+@pytest.mark.parametrize("layout", ["checkpoint", "bin_legacy"])
+def test_eval_reads_every_format_and_counts_model_weights_only(corpus, tmp_path, layout):
+    from zoo.evaluate import evaluate
+
+    folder = corpus[layout]
+    archive = tmp_path / "m.zoo"
+    zoo.compress(folder, archive, "truncate:bits=3|bytegroup|zstd")
+    result = evaluate(archive, folder, kind="weights")
+    names = {entry["name"] for entry in result.tensors}
+    model = tiny_state_names()
+    assert names == model, names ^ model  # no optimizer moment among the weight figures
+
+
+def tiny_state_names() -> set[str]:
+    return set(tiny_model().state_dict())

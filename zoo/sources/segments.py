@@ -1,0 +1,43 @@
+"""The pieces a source file is cut into, shared by the readers of each format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from zoo.errors import InputError
+
+
+@dataclass
+class Segment:
+    offset: int
+    size: int
+    tensor: str | None = None  # None: an opaque blob
+    dtype: str = "U8"
+    shape: tuple[int, ...] = ()
+    weight: bool = True  # False: optimizer moments and the like, never selected by a lossy stage on its own
+
+
+@dataclass
+class SourceFile:
+    relpath: str
+    path: Path
+    size: int
+    kind: str = "blob"
+    segments: list[Segment] = field(default_factory=list)
+    reason: str | None = None  # why a file of a tensor format is kept as opaque bytes
+    target: str | None = None  # a link kept as a link (kind "link"): where it points, relative to its folder
+    # Tensors that view another tensor's storage (a torch checkpoint's tied weights, slices):
+    # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements.
+    views: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_relpath(relpath: str) -> str:
+    """A path inside a model folder: relative, no '..', no empty or odd parts."""
+    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
+        raise InputError(f"refusing file name {relpath!r}")
+    posix = PurePosixPath(relpath)
+    if posix.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
+        raise InputError(f"refusing file name {relpath!r}: it would land outside the output folder")
+    return relpath

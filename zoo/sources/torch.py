@@ -1,0 +1,254 @@
+"""A PyTorch checkpoint (.bin, .pt, .pth, .ckpt; zip or legacy layout) as named tensors.
+
+The checkpoint's pickle is run through torch's own weights-only unpickler, with storages that
+are placeholders on the meta device: the allowlist is enforced and every tensor's name, storage,
+offset, shape and stride are learnt without reading a weight or executing anything. Each storage
+is then found in the file (a zip member stored uncompressed, or a run of the legacy stream) and
+becomes a segment named after the tensor that covers it whole; tensors that view part of a storage,
+or share it (tied weights), are recorded as views of that segment. Everything else (the pickle, zip
+headers) stays opaque bytes, so the file is rebuilt byte for byte.
+
+The layout is decided as torch decides it (a zip only when the file starts with a zip local
+header), so a file torch would read as a pickle is never called a zip checkpoint here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zoo.errors import InputError
+from zoo.sources.segments import Segment, SourceFile
+
+SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+MAX_PICKLE = 64 << 20  # about 100 bytes a tensor: room for half a million tensors in one file
+MAX_DEPTH = 64
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class UnsafePickle(InputError):
+    """A pickle that needs more than torch.load(weights_only=True)."""
+
+
+@dataclass
+class _Tensor:
+    name: str
+    storage: str
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    weight: bool
+
+
+def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
+    """The file as a torch checkpoint; InputError (UnsafePickle for the allowlist) when it is not one."""
+    import torch  # noqa: F401 - without torch, the CLI names the extra to install before anything is read
+
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == _ZIP_MAGIC  # exactly torch's own test (torch.serialization._is_zipfile)
+    try:
+        if is_zip:
+            return _zip_checkpoint(path, relpath, size)
+        return _legacy_checkpoint(path, relpath, size)
+    except InputError:
+        raise
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
+    except ImportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch and zipfile raise many types for a file that is not a checkpoint
+        raise InputError(f"{path}: not a readable PyTorch checkpoint: {type(error).__name__}: {error}") from None
+
+
+class _Storages:
+    """persistent_load for the weights-only unpickler: a meta-device placeholder per storage key."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.by_key: dict[str, Any] = {}
+        self.dtypes: dict[str, str] = {}
+        self.numel: dict[str, int] = {}
+
+    def __call__(self, saved_id: Any) -> Any:
+        torch = self.torch
+        if not isinstance(saved_id, tuple) or len(saved_id) not in (5, 6) or saved_id[0] != "storage":
+            raise pickle.UnpicklingError("unexpected storage reference")
+        storage_type, key, numel = saved_id[1], str(saved_id[2]), int(saved_id[4])
+        if len(saved_id) == 6 and saved_id[5] is not None:
+            raise pickle.UnpicklingError("legacy storage views are not supported")
+        if key not in self.by_key:
+            dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+            from zoo.torch_bridge import dtype_name
+
+            untyped = torch.UntypedStorage(numel * torch._utils._element_size(dtype), device="meta")
+            self.by_key[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+            self.dtypes[key], self.numel[key] = dtype_name(dtype), numel
+        return self.by_key[key]
+
+
+def _unpickle(stream: BinaryIO, storages: _Storages | None = None) -> Any:
+    from torch._weights_only_unpickler import Unpickler
+
+    unpickler = Unpickler(stream, encoding="utf-8")
+    if storages is not None:
+        unpickler.persistent_load = storages
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols: the file is kept whatever it is
+        return unpickler.load()
+
+
+def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
+    """Every tensor in the unpickled object, named by its path of keys (`state.0.exp_avg`)."""
+    torch = storages.torch
+    from zoo.torch_bridge import dtype_name
+
+    found: list[_Tensor] = []
+    by_storage: dict[int, str] = {storage._untyped_storage._cdata: key for key, storage in storages.by_key.items()}
+
+    def walk(node: Any, prefix: str, depth: int, weight: bool) -> None:
+        if depth > MAX_DEPTH:
+            raise InputError(f"checkpoint nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, torch.Tensor):
+            key = by_storage.get(node.untyped_storage()._cdata)
+            if key is not None:
+                found.append(_Tensor(prefix, key, dtype_name(node.dtype), tuple(node.shape), tuple(node.stride()), node.storage_offset(), weight))
+        elif isinstance(node, dict):
+            # An optimizer's state_dict: its moments are not model weights.
+            optimizer = weight and "state" in node and "param_groups" in node
+            for key, child in node.items():
+                walk(child, f"{prefix}.{key}" if prefix else str(key), depth + 1, weight and not optimizer)
+        elif isinstance(node, (list, tuple)):
+            for index, child in enumerate(node):
+                walk(child, f"{prefix}.{index}" if prefix else str(index), depth + 1, weight)
+
+    walk(obj, "", 0, True)
+    # {"a.b": x, "a": {"b": y}} gives two paths the same name: the later ones get "#2", "#3"...
+    seen: dict[str, int] = {}
+    for tensor in found:
+        base = tensor.name
+        while tensor.name in seen:
+            seen[base] = seen.get(base, 1) + 1
+            tensor.name = f"{base}#{seen[base]}"
+        seen.setdefault(tensor.name, 1)
+    return found
+
+
+def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
+    with zipfile.ZipFile(path) as archive:
+        pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl") and info.filename.count("/") == 1]
+        if len(pickles) != 1:
+            raise InputError(f"{path}: a zip checkpoint holds one data.pkl, this one {len(pickles)}")
+        if pickles[0].file_size > MAX_PICKLE:
+            raise InputError(f"{path}: data.pkl of {pickles[0].file_size} bytes is over the {MAX_PICKLE} cap")
+        with archive.open(pickles[0]) as member:
+            data = member.read(MAX_PICKLE + 1)  # the declared size may lie
+        if len(data) > MAX_PICKLE:
+            raise InputError(f"{path}: data.pkl inflates past the {MAX_PICKLE} cap")
+        storages = _Storages()
+        tensors = _named_tensors(_unpickle(io.BytesIO(data), storages), storages)
+        folder = pickles[0].filename.rpartition("/")[0]
+        placed: dict[str, tuple[int, int]] = {}
+        with open(path, "rb") as f:
+            for member in archive.infolist():
+                parent, _, key = member.filename.rpartition("/")
+                if parent != f"{folder}/data" or key not in storages.dtypes:
+                    continue
+                if member.compress_type != zipfile.ZIP_STORED:
+                    continue  # stays inside the opaque bytes
+                f.seek(member.header_offset + 26)
+                name_length, extra_length = struct.unpack("<HH", f.read(4))
+                placed[key] = (member.header_offset + 30 + name_length + extra_length, member.file_size)
+    return _source(path, relpath, size, storages, tensors, placed)
+
+
+def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
+    import torch
+
+    with open(path, "rb") as f:
+        if _unpickle(f) != _LEGACY_MAGIC:
+            raise InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint")
+        _unpickle(f)  # protocol version
+        _unpickle(f)  # sys_info
+        storages = _Storages()
+        tensors = _named_tensors(_unpickle(f, storages), storages)
+        keys = _unpickle(f)
+        if not isinstance(keys, list) or any(str(key) not in storages.dtypes for key in keys):
+            raise InputError(f"{path}: legacy checkpoint lists storages its pickle never named")
+        placed: dict[str, tuple[int, int]] = {}
+        position = f.tell()
+        for key in map(str, keys):
+            numel_bytes = f.read(8)
+            if len(numel_bytes) < 8:
+                raise InputError(f"{path}: legacy checkpoint ends inside its storages")
+            (numel,) = struct.unpack("<q", numel_bytes)
+            nbytes = numel * torch._utils._element_size(storages.by_key[key].dtype)
+            if numel != storages.numel[key] or position + 8 + nbytes > size:
+                raise InputError(f"{path}: legacy storage {key} does not match its size")
+            placed[key] = (position + 8, nbytes)
+            position += 8 + nbytes
+            f.seek(position)
+    return _source(path, relpath, size, storages, tensors, placed)
+
+
+def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: list[_Tensor], placed: dict[str, tuple[int, int]]) -> SourceFile:
+    from zoo.dtypes import DTYPES
+
+    users: dict[str, list[_Tensor]] = {}
+    for tensor in tensors:
+        users.setdefault(tensor.storage, []).append(tensor)
+    typed: list[Segment] = []
+    views: list[dict[str, Any]] = []
+    for key, (start, nbytes) in placed.items():
+        dtype = storages.dtypes[key]
+        itemsize = DTYPES[dtype].itemsize
+        if nbytes != storages.numel[key] * itemsize:
+            raise InputError(f"{path}: storage {key} holds {nbytes} bytes, its pickle says {storages.numel[key]} elements of {dtype}")
+        numel = storages.numel[key]
+        candidates = users.get(key, [])
+        owner = next((t for t in candidates if t.offset == 0 and math.prod(t.shape) == numel and t.dtype == dtype and _contiguous(t)), None)
+        if owner is not None:
+            segment = Segment(start, nbytes, owner.name, dtype, owner.shape, owner.weight)
+        else:  # only parts of it are used, or by no tensor: a flat tensor named after the storage
+            segment = Segment(start, nbytes, f"{candidates[0].name}.__storage__" if candidates else f"__storage__.{key}", dtype, (numel,), False)
+        typed.append(segment)
+        for tensor in candidates:
+            if tensor is owner:
+                continue
+            end = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) + 1
+            if tensor.dtype != dtype or tensor.offset < 0 or (math.prod(tensor.shape) and end > numel) or any(s < 0 for s in tensor.stride):
+                continue  # torch would refuse it too; its bytes are kept all the same
+            views.append({"name": tensor.name, "of": segment.tensor, "dtype": dtype, "shape": list(tensor.shape),
+                          "stride": list(tensor.stride), "offset": tensor.offset})
+    segments: list[Segment] = []
+    position = 0
+    for segment in sorted(typed, key=lambda s: s.offset):
+        if segment.offset < position:
+            raise InputError(f"{path}: two storages overlap in the file")
+        if segment.offset > position:
+            segments.append(Segment(position, segment.offset - position))
+        segments.append(segment)
+        position = segment.offset + segment.size
+    if position < size:
+        segments.append(Segment(position, size - position))
+    return SourceFile(relpath, path, size, "torch", segments, views=views)
+
+
+def _contiguous(tensor: _Tensor) -> bool:
+    expected = 1
+    for dim, stride in reversed(list(zip(tensor.shape, tensor.stride))):
+        if dim != 1 and stride != expected:
+            return False
+        expected *= dim
+    return True
