@@ -214,3 +214,95 @@ def test_doctor_gives_an_object_back_its_manifest(tiny_model, tmp_path):
     assert Store(home).resolve("org/restored@v2").commit == entry.commit
     assert "removed 1 object" in zoo_cli("gc", home=home).stdout
     assert not stray.exists() and entry.archive.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a file system that really fills up. Needs the right to mount (root in a
+    container usually has it); skipped elsewhere, the RLIMIT_FSIZE tests above cover the rest."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_that_fills_before_the_manifest_leaves_no_object(tiny_model, small_disk):
+    """ENOSPC when the manifest is written (the disk fills after the archive is made): one
+    clear error, no orphan object, the models already there untouched; and `zoo ls` still answers."""
+    home = small_disk / "zoo"
+    store = Store(home)
+    kept = compress_into(store, tiny_model, "kept")
+
+    def fill_the_disk(archive: Path) -> None:
+        with open(small_disk / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+
+    with pytest.raises(ZooError, match="No space left on device.*nothing was stored"):
+        compress_into(store, tiny_model, "full", pipeline="truncate:bits=5", check=fill_the_disk)
+    assert objects(home) == [kept.archive]
+    assert [e.name for e in store.entries()] == ["kept"]
+    (home / "catalogue.sqlite").write_bytes(b"")  # and an index lost on a full disk: read around
+    done = zoo_cli("ls", "--json", home=home)
+    assert done.returncode == 0 and [m["name"] for m in json.loads(done.stdout)["models"]] == ["kept"], done.stderr
+    assert zoo.verify(kept.archive) == []
+
+
+def test_a_damaged_manifest_stops_gc_and_doctor_restores_it(two_models):
+    """gc refuses while a manifest cannot be read (what it names is unknown); doctor rewrites it
+    from the header of the object it named."""
+    store = Store(two_models)
+    first = store.resolve("org/first", with_files=True)
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    manifest.write_text('{"manifest": 1, "name": "org/fir')
+    assert "damaged manifest" in one_line_error(zoo_cli("gc", home=two_models))
+    assert first.archive.exists()
+    findings = zoo_cli("doctor", home=two_models).stdout.strip().splitlines()
+    assert findings[0].startswith(f"{manifest}: damaged manifest")
+    assert findings[1].startswith(str(first.archive)) and findings[1].endswith("org/first@main:lossless: damaged manifest replaced")
+    restored = Store(two_models).resolve("org/first", with_files=True)
+    assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
+    assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout
+
+
+def test_one_object_for_the_same_bytes_kept_until_its_last_name_goes(tiny_model, tmp_path):
+    archive = tmp_path / "m.zoo"
+    zoo.compress(tiny_model, archive)
+    store = Store(tmp_path / "zoo")
+    one, two = store.add(archive, "one"), store.add(archive, "two")
+    assert one.archive == two.archive and len(objects(store.home)) == 1
+    store.remove("one")
+    assert two.archive.exists() and zoo.verify(two.archive) == []
+    store.remove("two")
+    assert objects(store.home) == []
+
+
+def test_a_migration_killed_midway_is_resumed(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    done = zoo_cli("ls", home=home, env={"ZOO_KILL_AT": "migrate-archive"})
+    assert done.returncode == -9
+    assert len(list((home / "archives").glob("*.zoo"))) == 2  # its manifest was written, the archive not yet moved out
+    assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@v1:lossless"]
+    assert not (home / "archives").exists() and len(objects(home)) == 2
+
+
+def test_a_migration_keeps_what_it_cannot_read(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    (home / "archives" / "broken-0123456789ab.zoo").write_bytes(b"not an archive at all")
+    (home / "archives" / "notes.txt").write_text("someone's notes")
+    findings = zoo_cli("doctor", home=home).stdout
+    assert "broken-0123456789ab.zoo: not a readable archive" in findings and "notes.txt: not an archive" in findings
+    assert (home / "unreadable" / "broken-0123456789ab.zoo").read_bytes() == b"not an archive at all"
+    assert (home / "unreadable" / "notes.txt").read_text() == "someone's notes"
+    assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@v1:lossless"]
