@@ -118,3 +118,32 @@ def test_temporaries_of_a_killed_compress_are_removed_by_the_next_run_only(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([foreign.name, live.name])
     assert hashlib.sha256(foreign.read_bytes()).hexdigest() == hashlib.sha256(b"a name zoo never makes").hexdigest()
     assert zoo.verify(out) == []
+
+
+def test_files_a_killed_move_into_a_folder_replaced_go_back(tmp_path):
+    """decompress into an existing folder moves file by file, keeping each replaced file under
+    the temporary's `.zoo-old` until all are in. Killed midway, the next sweep beside the folder puts
+    the replaced files back before it removes the temporary."""
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "keep.txt").write_text("the user's own file")
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from zoo.hub import temporaries\n"
+        "out = Path(sys.argv[1])\n"
+        "with temporaries.locked_temporary(out.parent, temporaries.temporary_prefix(out), is_dir=True) as temporary:\n"
+        "    aside = temporary / temporaries.SET_ASIDE / 'sub'\n"
+        "    aside.mkdir(parents=True)\n"
+        "    (aside / 'config.json').write_text('the old config')\n"
+        "    (out / 'sub' / 'config.json').write_text('the new config')\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    from zoo.hub import temporaries
+
+    assert len(temporaries.sweep_beside(out)) == 1
+    assert (out / "sub" / "config.json").read_text() == "the old config"
+    assert (out / "keep.txt").read_text() == "the user's own file"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

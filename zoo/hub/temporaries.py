@@ -30,6 +30,7 @@ from pathlib import Path
 
 STALE_SECONDS = 3600  # a lock-free temporary this old is debris even when its pid runs again
 PAYLOAD_PREFIX = ".zoo-payload-"
+SET_ASIDE = ".zoo-old"  # inside a temporary folder: the files a move into an existing folder replaced
 _OWNED = re.compile(r"(?P<pid>\d+)-[0-9a-f]{8}")
 
 
@@ -127,10 +128,24 @@ def sweep_beside(final: Path) -> list[Path]:
             if prefix == aside_prefix(final) and not (final.exists() or final.is_symlink()):
                 with suppress(FileNotFoundError):
                     os.replace(path / final.name, final)  # the new one never arrived: the old one is the output
+            if prefix == temporary_prefix(final) and (path / SET_ASIDE).is_dir() and final.is_dir():
+                _put_back(path / SET_ASIDE, final)
             _remove(path)
             done.append(path)
             break
     return done
+
+
+def _put_back(aside: Path, final: Path) -> None:
+    """A writer that moved files into the existing folder `final` one by one (zoo.api's
+    decompress into a folder) keeps each file it replaced under SET_ASIDE until all are in. Killed
+    midway, the files it replaced go back: what the user had is never what a sweep deletes."""
+    for folder, subfolders, names in os.walk(aside):
+        for name in names + [d for d in subfolders if (Path(folder) / d).is_symlink()]:
+            kept = Path(folder) / name
+            target = final / kept.relative_to(aside)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(kept, target)
 
 
 _RENAME_EXCHANGE = 2

@@ -1,0 +1,120 @@
+"""What the store's safety costs: compressing into the zoo (archive hashed, fsynced, renamed in as
+an object, manifest fsynced and renamed, index updated) beside compressing to a plain file.
+
+    python benchmarks/bench_store.py [--megabytes 256] [--repeat 3] [--manifests 500]
+
+Anchor: `zoo.compress(SRC, OUT.zoo)`, the same pipeline and threads writing a plain archive. The
+difference is the store's own work; the sha256 of the archive alone is printed beside it, since
+hashing is the part that grows with the model. Then the index: rebuilding it from --manifests
+manifests (as after a 0-byte catalogue) and one `Store.entries()` with a current index.
+Best of --repeat for each; the page cache is warm for both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zoo  # noqa: E402
+from zoo.api import compress_into  # noqa: E402
+from zoo.hub.store import Store  # noqa: E402
+from zoo.kernels.parallel import resolve_threads  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_model(folder: Path, megabytes: int) -> Path:
+    """bf16 weights as a trained model's look (normal, small), in 16 MiB tensors."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    tensors, header, offset = [], {}, 0
+    for index in range(max(1, megabytes // 16)):
+        values = (rng.standard_normal(8 << 20) * 0.02).astype(np.float32)
+        raw = (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        header[f"layer{index}.weight"] = {"dtype": "BF16", "shape": [2048, 4096], "data_offsets": [offset, offset + len(raw)]}
+        tensors.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(folder / "model.safetensors", "wb") as out:
+        out.write(len(encoded).to_bytes(8, "little") + encoded)
+        for raw in tensors:
+            out.write(raw)
+    (folder / "config.json").write_text('{"model_type": "bench"}')
+    return folder
+
+
+def best(repeat: int, run) -> float:
+    times = []
+    for round_number in range(repeat):
+        started = time.perf_counter()
+        run(round_number)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--manifests", type=int, default=500)
+    options = parser.parse_args()
+    threads = resolve_threads(None)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, zoo threads {threads}")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        model = write_model(root / "model", options.megabytes)
+        size = sum(p.stat().st_size for p in model.iterdir())
+        print(f"model: {size / 2**20:.0f} MiB of bf16 weights")
+        plain = best(options.repeat, lambda n: zoo.compress(model, root / f"plain{n}.zoo", force=True))
+        store = Store(root / "zoo")
+        into = best(options.repeat, lambda n: compress_into(store, model, f"bench-{n}", force=True))
+        archive = store.resolve("bench-0").archive
+
+        def digest(_: int) -> None:
+            hasher = hashlib.sha256()
+            with open(archive, "rb") as stream:
+                while block := stream.read(8 << 20):
+                    hasher.update(block)
+
+        hashing = best(options.repeat, digest)
+        print(f"compress to a file (anchor)  {plain:7.2f} s  {size / plain / 2**20:7.1f} MiB/s")
+        print(f"compress into the zoo        {into:7.2f} s  {size / into / 2**20:7.1f} MiB/s  ({into / plain:.3f}x the anchor)")
+        print(f"  of which sha256 of the archive ({archive.stat().st_size / 2**20:.0f} MiB)  {hashing:.2f} s")
+
+        # the index: a zoo of many small manifests, its catalogue lost
+        record = json.loads(store.manifest_path("bench-0", "main", "lossless").read_text())
+        many = Store(root / "many")
+        many._make_folders()
+        for index in range(options.manifests):
+            copy = {**record, "name": f"model-{index}"}
+            path = many.manifest_path(copy["name"], "main", "lossless")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(copy))
+        rebuild = best(options.repeat, lambda n: (many.catalogue.unlink(missing_ok=True), many.entries()))
+        listing = best(options.repeat, lambda n: many.entries())
+        print(f"index rebuilt from {options.manifests} manifests  {rebuild * 1000:7.1f} ms;  entries() with a current index "
+              f"{listing * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

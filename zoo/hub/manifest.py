@@ -1,0 +1,248 @@
+"""What a stored model is: its name, revision and variant, its files and the objects that hold
+them, as one manifest (a JSON object; docs/STORE.md specifies it), and the rules for the names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import urllib.parse
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import InputError
+
+LOSSLESS = "lossless"
+DEFAULT_REVISION = "main"
+LFS_MIN_BYTES = 10 << 20  # the Hub keeps files this large in LFS whatever their type
+# The Hub's own rule for repo ids, so that every stored name can also be served.
+NAME_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?", re.ASCII)
+_REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
+
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
+        raise InputError(f"{name!r} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
+    return name
+
+
+def check_revision(revision: str) -> str:
+    if not isinstance(revision, str) or not _REVISION.fullmatch(revision) or ".." in revision:
+        raise InputError(f"{revision!r} is not a usable revision name")
+    return revision
+
+
+def variant_of(pipeline_spec: str) -> str:
+    """A short label for a pipeline: 'lossless' for the default, else its stages without unset
+    parameters and without the default leaf stages ('truncate:bits=6')."""
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+
+    pipeline, default = Pipeline.parse(pipeline_spec), Pipeline.parse(DEFAULT_SPEC)
+    if pipeline == default:
+        return LOSSLESS
+    leaf_stages = (pipeline.grouping, *pipeline.bytes_stages)
+    stages = pipeline.array_stages + (() if leaf_stages == (default.grouping, *default.bytes_stages) else leaf_stages)
+    parts = []
+    for config in (stage.get_config() for stage in stages):
+        arguments = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in config.items() if k != "id" and v is not None)
+        parts.append(config["id"] + (f":{arguments}" if arguments else ""))
+    return "|".join(parts)
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """NAME[@REVISION][:VARIANT] -> (name, revision, variant). Git refs cannot hold ':', names neither."""
+    head, colon, variant = ref.partition(":")
+    name, at, revision = head.partition("@")
+    return name, (revision if at else None), (variant if colon else None)
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def git_blob_hasher(content_size: int) -> Any:
+    """A sha1 primed the way git primes a blob's id; feed it the content to get the id."""
+    return hashlib.sha1(f"blob {content_size}\0".encode())
+
+
+@dataclass
+class StoredFile:
+    path: str
+    size: int
+    sha256: str  # of the original bytes
+    served_sha256: str  # of the bytes the archive decodes to (the same when lossless)
+    git_oid: str
+    lfs: bool
+    lossless: bool
+
+    @property
+    def pointer_size(self) -> int:
+        return len(lfs_pointer(self.served_sha256, self.size))
+
+
+@dataclass
+class Entry:
+    name: str
+    revision: str
+    variant: str
+    commit: str
+    archive: Path
+    pipeline: str
+    source: str | None
+    original_bytes: int
+    stored_bytes: int
+    created: float
+    quality: dict[str, Any] | None = None
+    files: list[StoredFile] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.revision}:{self.variant}"
+
+    @property
+    def ratio(self) -> float:
+        return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "revision": self.revision, "variant": self.variant, "commit": self.commit,
+            "archive": str(self.archive), "pipeline": self.pipeline, "source": self.source,
+            "original_bytes": self.original_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
+            "created": self.created, "quality": self.quality,
+        }
+
+
+MANIFEST_VERSION = 1
+OBJECT_SUFFIX = ".zoo"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+LEGACY_NAME = re.compile(r"(?P<name>.+)-[0-9a-f]{12}\.zoo")  # archives/NAME-RANDOM.zoo, '/' written '--'
+
+
+def manifest_component(text: str) -> str:
+    """One path component for a name, revision or variant: percent-encoded, never hidden or '.',
+    never longer than a file system allows (the manifest itself holds the real text)."""
+    quoted = urllib.parse.quote(text, safe="")
+    if quoted.startswith("."):
+        quoted = "%2E" + quoted[1:]
+    if len(quoted) > 200:
+        quoted = quoted[:120] + "~" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return quoted
+
+
+def file_record(stored: StoredFile) -> dict[str, Any]:
+    return {"path": stored.path, "size": stored.size, "sha256": stored.sha256, "served_sha256": stored.served_sha256,
+            "git_oid": stored.git_oid, "lfs": stored.lfs, "lossless": stored.lossless}
+
+
+def check_record(record: Any) -> dict[str, Any]:
+    """A manifest as read from disk, or ValueError naming what is wrong with it."""
+    if not isinstance(record, dict) or record.get("manifest") != MANIFEST_VERSION:
+        raise ValueError(f"not a version-{MANIFEST_VERSION} zoo manifest")
+    for key, kind in (("name", str), ("revision", str), ("variant", str), ("commit", str), ("pipeline", str), ("objects", list),
+                      ("files", list), ("original_bytes", int), ("stored_bytes", int), ("created", (int, float))):
+        if not isinstance(record.get(key), kind):
+            raise ValueError(f"{key!r} is missing or not a {getattr(kind, '__name__', 'number')}")
+    archives = [o for o in record["objects"] if isinstance(o, dict) and o.get("role") == "archive"]
+    if len(archives) != 1 or not _SHA256.fullmatch(str(archives[0].get("sha256"))):
+        raise ValueError("it names no archive object by sha256")
+    return record
+
+
+def describe_files(archive_path: Path) -> tuple[dict[str, Any], list[StoredFile]]:
+    """The archive's metadata and, per file, the hashes the catalogue keeps. Files that decoding
+    does not give back bit for bit, and small files (whose git id hashes their content), are
+    decoded once here so that serving never has to hash them."""
+    from zoo.container.reader import Archive
+
+    described = []
+    with Archive(archive_path) as archive:
+        for entry in archive.files():
+            lossless = bool(entry.get("lossless"))
+            lfs = entry["kind"] != "blob" or entry["size"] >= LFS_MIN_BYTES
+            served, oid = (entry["sha256"] if lossless else None), None
+            if not lossless or not lfs:
+                sha256, sha1 = hashlib.sha256(), git_blob_hasher(entry["size"])
+                for piece in archive.iter_file(entry["path"]):
+                    sha256.update(piece)
+                    sha1.update(piece)
+                served, oid = sha256.hexdigest(), sha1.hexdigest()
+            if lfs:  # git stores the pointer, so the git id is the pointer's
+                pointer = lfs_pointer(served, entry["size"])
+                hasher = git_blob_hasher(len(pointer))
+                hasher.update(pointer)
+                oid = hasher.hexdigest()
+            described.append(StoredFile(entry["path"], entry["size"], entry["sha256"], served, oid, lfs, lossless))
+        return archive.metadata(), described
+
+
+def record_of(metadata: dict[str, Any], files: list[StoredFile], name: str, revision: str, commit: str | None, source: str | None,
+              created: float) -> dict[str, Any]:
+    """A manifest, less its objects: everything an archive's header and its caller say of it."""
+    pipeline = str(metadata.get("pipeline", ""))
+    variant = variant_of(pipeline) if pipeline else LOSSLESS
+    if variant != LOSSLESS or not (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
+        # A lossy variant is other content than upstream's commit: give it a commit of its own.
+        commit = derived_commit(name, revision, variant, files)
+    quality = next((metadata[key] for key in ("quality", "verify") if isinstance(metadata.get(key), dict)), None)  # older archives: "verify"
+    return {"manifest": MANIFEST_VERSION, "name": name, "revision": revision, "variant": variant, "commit": commit, "pipeline": pipeline,
+            "source": source, "original_bytes": sum(f.size for f in files), "stored_bytes": 0, "created": created, "quality": quality,
+            "objects": [], "files": [file_record(f) for f in files]}
+
+
+def legacy_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The old catalogue's rows by archive file name, as manifest records; {} when it is missing or damaged."""
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            connection.row_factory = sqlite3.Row
+            for row in connection.execute("SELECT * FROM models").fetchall():
+                files = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"], "served_sha256": f["served_sha256"],
+                          "git_oid": f["git_oid"], "lfs": bool(f["lfs"]), "lossless": bool(f["lossless"])}
+                         for f in connection.execute("SELECT * FROM files WHERE model_id = ? ORDER BY rowid", (row["id"],))]
+                rows[row["archive"]] = {
+                    "manifest": MANIFEST_VERSION, "name": row["name"], "revision": row["revision"], "variant": row["variant"],
+                    "commit": row["commit_sha"], "pipeline": row["pipeline"], "source": row["source"],
+                    "original_bytes": row["original_bytes"], "stored_bytes": row["stored_bytes"], "created": row["created"],
+                    "quality": json.loads(row["quality"]) if row["quality"] else None, "objects": [], "files": files,
+                }
+    except (sqlite3.Error, OSError, ValueError, IndexError, KeyError):
+        return {}
+    return rows
+
+
+def quality_label(entry: Entry) -> str:
+    """What `zoo ls` shows of an entry's quality: the evaluator's figures when it left some,
+    'bit-exact' for a lossless variant (every file is checked against its sha256), else ''."""
+    quality = entry.quality or {}
+    figures = [f"{key} {value:.4g}" for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if isinstance(quality.get("summary"), str):  # zoo.evaluate writes one line meant for listings
+        label = quality["summary"]
+    elif not quality and entry.variant == LOSSLESS and all(f.lossless for f in entry.files):
+        label = "bit-exact"
+    else:
+        label = " ".join(figures) or str(quality.get("kind", ""))
+    if quality.get("passed") is False:
+        label += " (failed)"
+    return label
+
+
+def variant_match(wanted: str, entry: Entry) -> bool:
+    """Whether a ref's VARIANT names `entry`: its stored label, its full pipeline, or a spec as the
+    user typed it (`l2:target_ratio=10` for the stored `l2:target_ratio=10,tune=0`)."""
+    if wanted in (entry.variant, entry.pipeline) or (wanted == LOSSLESS and entry.variant == LOSSLESS):
+        return True
+    try:
+        return variant_of(wanted) == entry.variant
+    except (ZooError, ValueError, TypeError):  # not a pipeline spec zoo can read: it names no variant
+        return False
+
+
+def derived_commit(name: str, revision: str, variant: str, files: list[StoredFile]) -> str:
+    digest = hashlib.sha1(json.dumps([name, revision, variant, [(f.path, f.served_sha256) for f in files]]).encode())
+    return digest.hexdigest()
+
+
