@@ -196,7 +196,7 @@ def stalled_downloads(port: int, path: str, count: int, hold: float) -> None:
 
 def header_floods(port: int, count: int, each: int = 1 << 20) -> int:
     """`count` connections each sending up to `each` bytes of header lines, round-robin, until the
-    server refuses or closes them; the number the server cut short."""
+    server refuses or closes them; the number the server answered 4xx or cut off."""
     connections = []
     for _ in range(count):
         connection = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -204,26 +204,30 @@ def header_floods(port: int, count: int, each: int = 1 << 20) -> int:
         connection.setblocking(False)
         connections.append([connection, 0])
     line = b"X-Flood: " + b"f" * 1014 + b"\r\n"
-    cut = 0
+    sending, refused = list(connections), 0
     deadline = time.monotonic() + 60
     try:
-        while connections and time.monotonic() < deadline:
-            for item in list(connections):
-                connection, sent = item
+        while sending and time.monotonic() < deadline:
+            for item in list(sending):
                 try:
-                    item[1] += connection.send(line)
+                    item[1] += item[0].send(line)
                 except BlockingIOError:
                     continue
                 except OSError:
-                    cut += 1
-                    connections.remove(item)
+                    sending.remove(item)
                     continue
                 if item[1] >= each:
-                    connections.remove(item)
+                    sending.remove(item)
+        for connection, _ in connections:
+            connection.settimeout(5)
+            try:
+                refused += connection.recv(16).startswith(b"HTTP/1.1 4")
+            except OSError:
+                refused += 1  # reset: the server closed it with our bytes unread
     finally:
         for connection, _ in connections:
             connection.close()
-    return cut
+    return refused
 
 
 def main() -> None:
@@ -266,7 +270,8 @@ def main() -> None:
                     print(f"  zoo serve, decoding        {zoo_rate / 2**20:7.1f} ({zoo_cpu:.2f})")
                     for name, label in (("http.server", "http.server, raw file (anchor)"), ("uvicorn raw", "zoo's app, raw file (anchor)")):
                         anchor_rate, anchor_cpu = figures[name]
-                        print(f"  {label:<31}{anchor_rate / 2**20:7.1f} ({anchor_cpu:.2f})   zoo serve / this: {zoo_rate / anchor_rate:.2f}")
+                        print(f"  {label:<31}{anchor_rate / 2**20:7.1f} ({anchor_cpu:.2f})   "
+                              f"zoo serve / this: {zoo_rate / anchor_rate:.2f}")
             finally:
                 for process in (zoo_server, plain_server, raw_server):
                     stop(process)
@@ -291,7 +296,7 @@ def main() -> None:
                 cut = header_floods(port, arguments.header_clients)
                 peak = memory(server.pid, "VmHWM")
                 print(f"{arguments.header_clients} connections sending 1 MiB of headers each: VmHWM {peak:.0f} MiB "
-                      f"(after start: {idle:.0f} MiB); {cut} cut short by the server")
+                      f"(after start: {idle:.0f} MiB); {cut} refused with 4xx or cut off by the server")
             finally:
                 stop(server)
 

@@ -209,7 +209,8 @@ class ZooApp:
                 piece = await stream.next()  # before any header: a chunk that fails here is a clean 500
             except ZooError as error:
                 self.log(f"error: {error}")
-                failed = self._error_answer(HubError(500, f"the stored file {answer.stored.path!r} cannot be decoded: the archive is damaged; the server's log has the details"))
+                failed = self._error_answer(HubError(500, f"the stored file {answer.stored.path!r} cannot be decoded: the archive "
+                                                          "is damaged; the server's log has the details"))
                 answer.status, answer.note = failed.status, " (damaged archive)"
                 await send({"type": "http.response.start", "status": failed.status, "headers": _header_list(failed)})
                 await send({"type": "http.response.body", "body": failed.body})
