@@ -26,6 +26,41 @@ def looks_like_path(text: str) -> bool:
     return _HUB_ID.fullmatch(text) is None or text.count("/") > 1
 
 
+# Folder (and file) names that say nothing about the model inside: such a folder is stored under
+# the name the model carries, where it carries one.
+_GENERIC = {"model", "models", "weights", "checkpoint", "checkpoints", "snapshot", "files", "hf", "output", "out", "final", "pytorch_model"}
+_SNAPSHOT = re.compile(r"[0-9a-f]{40}")
+
+
+def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The name a local model is stored under when none is given, and where it came from: the
+    folder's (or file's) own name, unless that is generic (`model`, a cache snapshot's commit);
+    then config.json's `_name_or_path`, else the ORG/NAME of a Hugging Face cache folder
+    (models--ORG--NAME/snapshots/COMMIT), else the nearest parent folder with a telling name."""
+    import json
+
+    path = Path(path).resolve()
+    folder = path.parent if path.is_file() else path
+    own = path.name.removesuffix(".safetensors") if path.is_file() else path.name
+    if own.lower() not in _GENERIC and not _SNAPSHOT.fullmatch(own):
+        return own, "its own name"
+    try:
+        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if isinstance(named, str) and named.strip("/ "):
+        candidate = named.strip() if _HUB_ID.fullmatch(named.strip()) else Path(named.strip()).name
+        if candidate and candidate.lower() not in _GENERIC:
+            return candidate, "config.json's _name_or_path"
+    for parent in (folder, *folder.parents):
+        if parent.parent.name == "snapshots" and parent.parent.parent.name.startswith("models--"):
+            return parent.parent.parent.name.removeprefix("models--").replace("--", "/", 1), "its Hugging Face cache folder"
+    for parent in folder.parents if folder.name.lower() in _GENERIC or _SNAPSHOT.fullmatch(folder.name) else ():
+        if parent.name and parent.name.lower() not in _GENERIC and parent.name != "snapshots":
+            return parent.name, "the folder it sits in"
+    return own, "its own name"
+
+
 def find_archive(ref: str | os.PathLike[str]) -> Path | None:
     """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither."""
     path = Path(ref)

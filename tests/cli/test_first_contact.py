@@ -226,3 +226,53 @@ def test_json_threads_and_exit_codes_mean_the_same_in_every_command(tiny_model, 
     for command in (["info", tmp_path / "nothing.zoo"], ["verify", tmp_path / "nothing.zoo"], ["rm", "nothing"]):
         done = zoo_cli(*command, "--json", home=home)
         assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith("error: "), command  # an error: exit 1
+
+
+def test_the_bytes_bar_shows_the_stage_until_bytes_flow(tiny_model, tmp_path):
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from zoo.cli.output import _columns
+
+    remaining = _columns()[-1]
+    with Progress(*_columns(), console=Console(file=io.StringIO()), auto_refresh=False) as progress:
+        waiting = progress.add_task("compressing", total=100, unit="bytes", stage="tuning roundings", flowing=(time.monotonic(), 10))
+        progress.update(waiting, completed=10)
+        flowing = progress.add_task("compressing", total=100, unit="bytes", stage="tuning roundings", flowing=(time.monotonic() - 60, 10))
+        progress.update(flowing, completed=55)  # 45 bytes in the minute since the first: a minute left
+        tasks = {task.id: task for task in progress.tasks}
+        assert remaining.render(tasks[waiting]).plain == "tuning roundings"
+        assert remaining.render(tasks[flowing]).plain in ("0:01:00", "0:00:59")
+
+    shown = zoo_cli("compress", tiny_model, "-o", tmp_path / "m.zoo", env={"FORCE_COLOR": "1", "COLUMNS": "100"})
+    assert shown.returncode == 0 and "compressing" in _visible(shown.stderr)
+    assert "encoding" in _visible(shown.stderr) and "-:--:--" not in _visible(shown.stderr)
+
+
+def test_a_folder_named_model_is_stored_under_the_models_own_name(tiny_model, tmp_path):
+    import shutil
+
+    home = tmp_path / "zoo"
+    package = tmp_path / "package" / "model"
+    shutil.copytree(tiny_model, package)
+    done = ok(zoo_cli("compress", package, home=home))
+    assert "storing it as package (the folder it sits in" in done.stderr and "stored package@main:lossless" in done.stdout
+
+    config = json.loads((package / "config.json").read_text())
+    (package / "config.json").write_text(json.dumps({**config, "_name_or_path": "acme/tiny-model"}))
+    done = ok(zoo_cli("compress", package, home=home))
+    assert "storing it as acme/tiny-model (config.json's _name_or_path" in done.stderr
+
+    snapshot = tmp_path / "hub" / "models--acme--cached" / "snapshots" / ("0123abcd" * 5)
+    shutil.copytree(tiny_model, snapshot)
+    done = ok(zoo_cli("compress", snapshot, home=home))
+    assert "storing it as acme/cached (its Hugging Face cache folder" in done.stderr
+
+    ok(zoo_cli("compress", tiny_model, home=home))  # a telling folder name is kept
+    quiet = ok(zoo_cli("compress", package, "--name", "chosen", "--json", home=home))
+    assert quiet.stderr == "" and json.loads(quiet.stdout)["zoo"]["name"] == "chosen"
+    names = {row["name"] for row in json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"]}
+    assert names == {"package", "acme/tiny-model", "acme/cached", "tiny", "chosen"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,7 @@ def print_json(document: Any) -> None:
 # bar a command opens (the stages of a compress, then its bytes, perhaps in a helper's own
 # progress_bar) joins the one that is open.
 _live: list[Any] = []
+_stage: list[str] = []  # the stage a stage bar reported last: what a bytes bar shows until its bytes flow
 
 
 @contextmanager
@@ -107,7 +109,21 @@ def _columns() -> list[Any]:
             return Text(f"{task.completed:.0f}/{task.total or 0:.0f} {unit}".rstrip(), style="progress.download", no_wrap=True,
                         overflow="ellipsis")
 
-    return ["[progress.description]{task.description}", BarColumn(bar_width=30), Amount(), TimeRemainingColumn()]
+    class Remaining(TimeRemainingColumn):
+        """Time left. For bytes, measured only from their first arrival: until bytes flow (a lossy
+        stage may work for a while before a tensor's first chunk), the stage at work instead."""
+
+        def render(self, task: Any) -> Text:
+            if task.fields.get("unit") != "bytes":
+                return super().render(task)
+            flowing = task.fields.get("flowing")  # (time, bytes done) at the first bytes
+            elapsed = time.monotonic() - flowing[0] if flowing else 0.0
+            if not flowing or elapsed < 1 or task.completed <= flowing[1]:
+                return Text(task.fields.get("stage") or "starting", style="progress.remaining", no_wrap=True, overflow="ellipsis")
+            seconds = int(((task.total or 0) - task.completed) / ((task.completed - flowing[1]) / elapsed))
+            return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", style="progress.remaining")
+
+    return ["[progress.description]{task.description}", BarColumn(bar_width=30), Amount(), Remaining()]
 
 
 @contextmanager
@@ -126,8 +142,9 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         def advance(count: int) -> None:
             with lock:
                 progress = display()
-                if progress not in tasks:
-                    tasks[progress] = progress.add_task(description, total=total, unit="bytes")
+                if progress not in tasks:  # the first bytes: the time left is measured from here
+                    tasks[progress] = progress.add_task(description, total=total, unit="bytes", stage=_stage[-1] if _stage else "encoding",
+                                                        flowing=(time.monotonic(), count))
                 progress.advance(tasks[progress], count)
 
         yield advance
@@ -146,6 +163,7 @@ def stage_bars(units: dict[str, str], enabled: bool = True) -> Iterator[Callable
 
         def update(stage: str, done: int, total: int) -> None:
             progress = display()
+            _stage[:] = [stage]
             if (progress, stage) not in tasks:
                 tasks[progress, stage] = progress.add_task(stage, total=total, unit=units.get(stage, ""))
             progress.update(tasks[progress, stage], completed=done, total=total)

@@ -182,6 +182,7 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
     from zoo import api
     from zoo.hub import pull as hub
     from zoo.hub.store import Store, check_name
+    from zoo.refs import model_name
 
     local = Path(source)
     if local.exists() and output is not None:
@@ -191,9 +192,12 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
             return _compress_from_hub(source, output, name, pipeline, threads, force, as_json, verbose, **options)
         except hub.PullError as error:
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
-    default = local.resolve().name.removesuffix(".safetensors") if local.is_file() else local.resolve().name
+    if name is None:
+        name, origin = model_name(local)
+        if not as_json:
+            stderr.print(f"storing it as {name} ({origin}; --name chooses another)", markup=False, highlight=False, soft_wrap=True)
     with progress_bar(source_bytes(local), "compressing", not as_json) as advance:
-        entry = api.compress_into(Store(), local, check_name(name or default), pipeline=pipeline, source_label=str(local.resolve()),
+        entry = api.compress_into(Store(), local, check_name(name), pipeline=pipeline, source_label=str(local.resolve()),
                                   force=force, threads=threads, progress=advance, **options)
     print_compressed(api.report_of(entry.archive), as_json, verbose, entry=entry)
     return True
