@@ -1,6 +1,6 @@
 """What a user waits for, beside what the same machine does without zoo, in one run:
 
-    python benchmarks/bench_end_to_end.py [--kernels avx512,avx2] [--threads 1,2] [--synthetic-mib 512] [--repeat 3]
+    python benchmarks/bench_end_to_end.py [--kernels native,avx2] [--threads 1,2] [--synthetic-mib 512] [--repeat 3] [--parts 1,2,3,4]
 
 On the machine at hand (its CPU model is printed) and for each kernel path in --kernels (each in a
 child process with ZOO_KERNELS set; on an AVX-512 CPU, `avx2` approximates an AVX2-only one), with
@@ -105,16 +105,14 @@ def verdict(value: float, target: float) -> str:
 
 def zoo_cli() -> list[str]:
     beside = Path(sys.executable).parent / "zoo"  # the entry point itself, not a version manager's shim
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "zoo.cli"]
+    return [str(beside)] if beside.exists() else [sys.executable, "-c", "from zoo.cli import main; main()"]
 
 
 # -- the child: every figure for one kernel path -------------------------------------------------
 
 
-def child(work: Path, threads_list: list[int], repeat: int) -> None:
-    import zoo
+def child(work: Path, threads_list: list[int], repeat: int, parts: set[int]) -> None:
     from zoo import kernels
-    from zoo.evaluate import bench
 
     label = kernels.PATH + (" (ZOO_KERNELS=avx2 on an AVX-512 CPU: an approximation of an AVX2-only one)"
                             if kernels.PATH == "avx2" and "avx512" in kernels.info().get("available", []) else "")
@@ -122,6 +120,19 @@ def child(work: Path, threads_list: list[int], repeat: int) -> None:
     folder, synthetic = work / "minilm", work / "synthetic" / "synthetic.safetensors"
     archives = {"MiniLM": work / "minilm.zoo", "synthetic BF16": work / "synthetic.zoo"}
     originals = {"MiniLM": folder, "synthetic BF16": synthetic}
+
+    if 1 in parts:
+        coder(folder, threads_list, repeat)
+    if 2 in parts:
+        file_to_file(work, archives, originals, threads_list, repeat)
+    if 3 in parts:
+        load(archives, originals, threads_list, repeat)
+    if 4 in parts:
+        cli(work, folder, threads_list, repeat)
+
+
+def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
+    from zoo.evaluate import bench
 
     print("\n### 1. coder GB/s against ZipNN (MiniLM cast per dtype; targets: decode >= 2x, encode >= 1.5x, ratio <= ZipNN's)")
     print(f"{'dtype':6}{'thr':>4}{'ratio':>8}{'zipnn':>8}{'dec':>7}{'zipnn':>7}{'x':>6}{'enc':>7}{'zipnn':>7}{'x':>6}  verdict")
@@ -143,6 +154,11 @@ def child(work: Path, threads_list: list[int], repeat: int) -> None:
                   f"{gb / theirs.decompress_seconds:>7.2f}{decode_x:>6.2f}{gb / ours.compress_seconds:>7.2f}"
                   f"{gb / theirs.compress_seconds:>7.2f}{encode_x:>6.2f}  {'met' if met else 'NOT met'}")
 
+
+
+def file_to_file(work: Path, archives: dict[str, Path], originals: dict[str, Path], threads_list: list[int], repeat: int) -> None:
+    import zoo
+
     print("\n### 2. zoo.decompress file to file, sha256 checked, against cp of the original (target >= 0.8x)")
     print(f"{'source':16}{'thr':>4}{'MB':>8}{'zoo s':>8}{'GB/s':>7}{'cp s':>8}{'GB/s':>7}{'x cp':>7}  verdict")
     out = work / f"out-{os.getpid()}"
@@ -163,6 +179,11 @@ def child(work: Path, threads_list: list[int], repeat: int) -> None:
             print(f"{name:16}{threads:>4}{size / 1e6:>8.1f}{zoo_s:>8.3f}{size / zoo_s / 1e9:>7.2f}{cp_s:>8.3f}"
                   f"{size / cp_s / 1e9:>7.2f}{cp_s / zoo_s:>7.2f}  {verdict(cp_s / zoo_s, 0.8)}")
     clear()
+
+
+
+def load(archives: dict[str, Path], originals: dict[str, Path], threads_list: list[int], repeat: int) -> None:
+    import zoo
 
     print("\n### 3. zoo.load_state_dict (warm archive) against safetensors.torch.load_file (warm original) (target >= 1.5x)")
     print("load_file maps the file and returns at once, its pages read when first touched: 'st' is load_file")
@@ -194,6 +215,9 @@ def child(work: Path, threads_list: list[int], repeat: int) -> None:
                   f"{touch_s:>11.3f}{touch_s / zoo_s:>7.2f}  {'met' if st_s / zoo_s >= 1.5 else 'NOT met'} / "
                   f"{'met' if touch_s / zoo_s >= 1.5 else 'NOT met'} (target >= 1.5x)")
 
+
+
+def cli(work: Path, folder: Path, threads_list: list[int], repeat: int) -> None:
     print("\n### 4. the CLI from process start on MiniLM, against zstd on the same files (target: within 1.5x of zstd's time)")
     print(f"{'step':12}{'thr':>4}{'zoo s':>8}{'zstd s':>8}{'zoo/zstd':>10}  verdict")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -233,11 +257,12 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--synthetic-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parts", default="1,2,3,4", help="which of the four measurements to run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
     if args.child:
-        child(args.child, threads_list, args.repeat)
+        child(args.child, threads_list, args.repeat, {int(part) for part in args.parts.split(",")})
         return
 
     import zoo
@@ -258,7 +283,8 @@ def main() -> None:
             if path != "native":
                 environment["ZOO_KERNELS"] = path
             sys.stdout.flush()
-            subprocess.run([sys.executable, str(HERE), "--child", str(work), "--threads", args.threads, "--repeat", str(args.repeat)],
+            subprocess.run([sys.executable, str(HERE), "--child", str(work), "--threads", args.threads, "--repeat", str(args.repeat),
+                            "--parts", args.parts],
                            env=environment, check=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
