@@ -85,7 +85,7 @@ def distilled(folder: Path, spec: str) -> dict[str, object]:
     out = {}
     for name, array in arrays.items():
         if stage.selects(name, array):
-            result = stage.encode_tensor(name, array, plan)
+            result = stage.encode(array, name, plan)
             out[name] = torch.from_numpy(stage.decode(result.parts, result.meta, "F32", array.shape).data.copy())
     return out
 

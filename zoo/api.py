@@ -27,6 +27,7 @@ from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
 from zoo.container.format import ArchiveFile, assemble
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
+from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
 from zoo.refs import archive_path, open_base
@@ -34,17 +35,11 @@ from zoo.sources.folder import check_relpath, scan
 
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
-# total count. Each is reported at (0, total) when it starts and at done == total when it ends; a
-# stage that ends early ("fitting the budget" lands in fewer rounds) ends with a smaller total.
-COMPRESS_STAGES = {
-    "calibrating": "sequences",  # activation statistics over the calibration text (zoo.optimize.calibration)
-    "running the original model": "sequences",  # the teacher's reference outputs (zoo.optimize.teacher)
-    "measuring sensitivities": "sequences",  # the teacher's per-weight curvature
-    "surveying rates": "tensors",  # l2's rate-distortion curves (zoo.optimize.rate)
-    "fitting the budget": "rounds",  # l2's whole-model codings that land the size on the budget
-    "tuning roundings": "iterations",  # l2:tune (zoo.optimize.tune)
-    "distilling coefficients": "steps",  # pranc:steps=N (zoo.codecs.lossy.pranc), after the original model's run
-}
+# total count, as the codecs declare them (Codec.stages: l2's survey, pranc's distillation, the
+# calibration and teacher runs they start). Each is reported at (0, total) when it starts and at
+# done == total when it ends; a stage that ends early ("fitting the budget" lands in fewer rounds)
+# ends with a smaller total.
+COMPRESS_STAGES = progress_stages()
 
 
 @dataclass

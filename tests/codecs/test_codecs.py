@@ -13,7 +13,7 @@ import pytest
 
 import zoo
 import zoo.codecs
-from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec
+from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, LossyCodec
 from zoo.codecs.registry import CODECS, codec_from_config
 from zoo.dtypes import to_float32
 from zoo.codecs.pipeline import Pipeline
@@ -23,11 +23,13 @@ from tests.conftest import random_storage, write_safetensors
 
 def test_every_codec_class_is_registered():
     found = set()
-    for module_info in pkgutil.iter_modules(zoo.codecs.__path__):
-        module = importlib.import_module(f"zoo.codecs.{module_info.name}")
+    # walk_packages: the codecs sit in zoo/codecs/lossless/ and lossy/, below the package itself.
+    for module_info in pkgutil.walk_packages(zoo.codecs.__path__, "zoo.codecs."):
+        module = importlib.import_module(module_info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, Codec) and getattr(cls, "codec_id", None) and cls.__module__ == module.__name__:
                 found.add(cls)
+    assert found, "the walk found no codec class at all"
     assert found - set(CODECS) == set()
     assert len({cls.codec_id for cls in CODECS}) == len(CODECS)
 
@@ -43,6 +45,15 @@ def test_config_survives_json(cls):
 
 leaf_codecs = [cls for cls in CODECS if issubclass(cls, (GroupingCodec, BytesCodec))]
 array_codecs = [cls for cls in CODECS if issubclass(cls, ArrayCodec)]
+# The defining parameter of a stage that has none by default (LossyCodec.needs_one_of), at the
+# value its declared tolerance is measured at.
+DEFINING = {"lowrank": ":energy=0.99"}
+
+
+def test_every_array_codec_is_lossy_with_a_tolerance():
+    for cls in array_codecs:
+        assert issubclass(cls, LossyCodec) and cls.tolerance > 0, cls.codec_id
+        assert not cls.needs_one_of or cls.codec_id in DEFINING, cls.codec_id
 
 
 @pytest.mark.parametrize("cls", leaf_codecs, ids=lambda cls: cls.codec_id)
@@ -62,7 +73,7 @@ def test_array_codecs_within_tolerance(cls, dtype, tmp_path):
     weight = random_storage(dtype, (64, 96), 5)
     bias = random_storage(dtype, (96,), 6)
     source = write_safetensors(tmp_path / "m.safetensors", {"layer.weight": (dtype, weight), "layer.bias": (dtype, bias)})
-    zoo.compress(source, tmp_path / "m.zoo", f"{cls.codec_id}|lossless")
+    zoo.compress(source, tmp_path / "m.zoo", f"{cls.codec_id}{DEFINING.get(cls.codec_id, '')}|lossless")
     with zoo.open(tmp_path / "m.zoo") as archive:
         decoded = archive.read_tensor("layer.weight")
         assert decoded.dtype == dtype and decoded.shape == weight.shape

@@ -124,7 +124,7 @@ def test_calibration_lowers_the_layer_output_error():
     codec = Codebook(bits=3, rows=16)
     errors = []
     for plan in (None, statistics):
-        result = codec.encode_tensor("layer.weight", TypedArray(weights, "F32"), plan)
+        result = codec.encode(TypedArray(weights, "F32"), "layer.weight", plan)
         decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
         errors.append(_refine.output_error(weights.astype(np.float64), decoded.astype(np.float64), statistics.matrix))
     assert errors[1] < 0.8 * errors[0]

@@ -57,7 +57,7 @@ def test_distillation_beats_the_weight_fit_on_the_outputs(tmp_path):
         overrides = {}
         for name, array in arrays.items():
             if codec.selects(name, array):
-                result = codec.encode_tensor(name, array, plan)
+                result = codec.encode(array, name, plan)
                 decoded = codec.decode(result.parts, result.meta, "F32", array.shape)
                 overrides[teacher.parameter(name)] = torch.from_numpy(decoded.data.copy())
         return teacher.mean_distortion(overrides)

@@ -15,18 +15,21 @@ from zoo.cli.reports import print_compressed, print_quality, print_report
 
 
 def _codec_help() -> str:
-    # Read at --help time only: the codec list is built from the registry, so it never drifts.
-    import inspect
-
+    # Read at --help time only: the list comes from the codecs' own parameter declarations, so it never drifts.
+    from zoo.codecs.base import LossyCodec
     from zoo.codecs.registry import CODECS
-    from zoo.codecs.pipeline import ALIASES
+    from zoo.codecs.pipeline import ALIASES, GROUPING_FOR_BYTES
 
-    lines = ["Codec ids (SPEC stages are 'id' or 'id:key=value,...', joined by '|'):", ""]
+    lines = ["Codec ids (SPEC stages are 'id' or 'id:key=value,...', joined by '|'; lossy stages first, then one grouping "
+             f"stage and at most one bytes stage: 'lossless' is added when none is given, '{GROUPING_FOR_BYTES}' before a "
+             "bytes stage given alone):", ""]
     for alias, expansion in ALIASES.items():
         lines.append(f"  {alias}: {expansion}")
     for cls in CODECS:
-        parameters = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-        lines.append(f"  {cls.codec_id}: {', '.join(parameters) or '(no parameters)'}")
+        parameters = [param.usage() for param in cls.parameters()]
+        if issubclass(cls, LossyCodec) and cls.needs_one_of:
+            parameters.append(f"one of {' or '.join(cls.needs_one_of)} is needed")
+        lines.append(f"  {cls.codec_id}: {'; '.join(parameters) or '(no parameters)'}")
     return "\n\n".join(lines)
 
 

@@ -10,13 +10,17 @@ A pipeline is a list of stages in three kinds, after Zarr v3:
 * ``BytesCodec`` (bytes -> bytes): entropy coders, applied to each stream. A stream that
   does not shrink is stored raw by the pipeline, so no codec has to handle that case.
 
-A codec's constructor only stores its arguments; its config is exactly
-``{"id": codec_id, **arguments}`` and holds JSON values only.
+A codec declares its parameters once (``params``, a tuple of Param: type, default, range); the
+shared constructor checks each argument against its declaration and stores it, so the errors,
+``zoo compress --help`` and the config agree. The config is exactly
+``{"id": codec_id, **arguments}`` and holds JSON values only. The lossy array stages share
+LossyCodec, which adds ``include``/``exclude`` and the tolerance the contract test reads.
 """
 
 from __future__ import annotations
 
-import inspect
+import difflib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.codecs.selection import selected
+from zoo.codecs.selection import check_patterns, selected
 
 # progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
 # stage is reported at (0, total) when it starts and at done == total when it ends.
@@ -74,15 +78,109 @@ class Transformed:
     final: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class Param:
+    """One constructor argument of a codec, declared once: the constructor's validation, the
+    error messages, `zoo compress --help` and the codec's config all come from it.
+
+    `kind` is int, float, bool or str; `low`/`high` bound a number (inclusive unless `open_low`);
+    a parameter whose default is None may be left out (None then means "not given")."""
+
+    name: str
+    kind: type
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    help: str = ""
+
+    def bounds(self) -> str:
+        """The range as text ("1..8", "(0, 1]", "at least 0"), or "" for an unbounded parameter."""
+        if self.low is None and self.high is None:
+            return ""
+        if self.high is None:
+            return f"{'above' if self.open_low else 'at least'} {self.low:g}"
+        if self.kind is int:
+            return f"{int(self.low)}..{int(self.high)}"
+        return f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+    def describe(self) -> str:
+        """What a value must be, as an error message says it."""
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return f"text ({self.help})" if self.help else "text"
+        noun = "an integer" if self.kind is int else "a number"
+        bounds = self.bounds()
+        return f"{noun} {'' if bounds.startswith(('at', 'above')) else 'in '}{bounds}" if bounds else noun
+
+    def check(self, codec_id: str, value: Any) -> Any:
+        """`value` as given when it is one this parameter takes, else a PipelineError; the same
+        rule in every codec (JSON true/false are not numbers, NaN and infinity are in no range)."""
+        from zoo.errors import PipelineError
+
+        if value is None and self.default is None:
+            return None
+        if self.kind is bool:
+            fits = isinstance(value, bool)
+        elif self.kind is str:
+            fits = isinstance(value, str)
+        else:
+            numbers = (int,) if self.kind is int else (int, float)
+            fits = (not isinstance(value, bool) and isinstance(value, numbers) and math.isfinite(value)
+                    and (self.low is None or (value > self.low if self.open_low else value >= self.low))
+                    and (self.high is None or value <= self.high))
+        if not fits:
+            raise PipelineError(f"{codec_id}: {self.name} must be {self.describe()}, got {value!r}")
+        return value
+
+    def usage(self) -> str:
+        """`name=default (range)` for --help; a parameter with no default is shown by its name."""
+        text = self.name if self.default is None else f"{self.name}={json.dumps(self.default)}"
+        bounds = self.bounds()
+        if not bounds:
+            return text
+        return f"{text} {bounds}" if bounds.startswith(("at", "above")) else f"{text} in {bounds}"
+
+
 class Codec:
+    """A stage of a pipeline. Subclasses declare `codec_id`, their `params` (see Param) and, when
+    their survey reports long phases, `stages`: stage name -> what its count counts, in the order
+    they run (zoo.api.COMPRESS_STAGES and the CLI's bars are built from these)."""
+
     codec_id: ClassVar[str]
     lossless: ClassVar[bool] = True
+    params: ClassVar[tuple[Param, ...]] = ()
+    stages: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, *positional: Any, **arguments: Any) -> None:
+        declared = self.parameters()
+        if len(positional) > len(declared):
+            raise TypeError(f"{self.codec_id} takes at most {len(declared)} positional arguments")
+        for param, value in zip(declared, positional):
+            if param.name in arguments:
+                raise TypeError(f"{self.codec_id}: {param.name} given twice")
+            arguments[param.name] = value
+        names = [param.name for param in declared]
+        for name in arguments:
+            if name not in names:
+                raise unknown_parameter(self.codec_id, name, names)
+        for param in declared:
+            setattr(self, param.name, param.check(self.codec_id, arguments.get(param.name, param.default)))
+        self.check()
+
+    @classmethod
+    def parameters(cls) -> tuple[Param, ...]:
+        """Every constructor argument, in the order of the codec's config."""
+        return cls.params
+
+    def check(self) -> None:
+        """Rules that tie parameters together; called once all of them passed their own check."""
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"id": self.codec_id}
-        for name in inspect.signature(type(self).__init__).parameters:
-            if name != "self":
-                config[name] = getattr(self, name)
+        for param in self.parameters():
+            config[param.name] = getattr(self, param.name)
         return config
 
     @classmethod
@@ -101,40 +199,71 @@ class Codec:
         return f"{type(self).__name__}({arguments})"
 
 
+def unknown_parameter(codec_id: str, name: str, names: list[str]) -> Exception:
+    from zoo.errors import PipelineError
+
+    if not names:
+        return PipelineError(f"{codec_id} takes no parameters, got {name!r}")
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return PipelineError(f"{codec_id} has no parameter {name!r}{hint}; its parameters: {', '.join(names)}")
+
+
 class ArrayCodec(Codec):
-    """array -> array. Lossy codecs set ``lossless = False`` and declare ``tolerance``:
-    the relative RMS error the shared round-trip test allows on a Gaussian matrix."""
+    """array -> array: a whole tensor into one or more parts."""
 
     lossless: ClassVar[bool] = False
-    tolerance: ClassVar[float] = 0.0
 
     def selects(self, name: str, array: TypedArray) -> bool:
-        """Whether this stage transforms this tensor: float matrices and up, minus what
-        zoo.codecs.selection always keeps lossless (norms, biases, position ids), filtered by the
-        codec's ``include``/``exclude`` patterns when its constructor takes them."""
-        include, exclude = getattr(self, "include", None), getattr(self, "exclude", None)
-        return selected(name, array.dtype, array.data.ndim, array.data.size, include, exclude)
+        """Whether this stage transforms this tensor."""
+        return True
 
     def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
                progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         """A pass over the whole model before any tensor is encoded, for codecs that need one
         (a size budget shared across layers, activation statistics). `tensors` yields every
         tensor by name each time it is called; `calibration` is a zoo.optimize.calibration.Statistics
-        or None; `progress` hears of the survey's long phases (see StageProgress); `measure` counts
-        what the pipeline's later stages store (see Measure). What it
-        returns comes back to encode_tensor as `plan`."""
+        or None; `progress` hears of the survey's long phases (see StageProgress; their names are
+        the class's `stages`); `measure` counts what the pipeline's later stages store (see
+        Measure). What it returns comes back to encode as `plan`."""
         return None
 
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
-        """What the pipeline calls: codecs that need the name or the survey override this."""
-        return self.encode(array)
-
-    def encode(self, array: TypedArray) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
+        """The one entry point: `array` is the tensor (or an earlier stage's part) called `name`,
+        `plan` what survey returned (None when no survey ran, e.g. one tensor alone)."""
         raise NotImplementedError
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         """Rebuild the tensor (as `dtype` storage of `shape`) from decoded parts."""
         raise NotImplementedError
+
+
+INCLUDE = Param("include", str, help="glob patterns of tensors to take, ';'-separated")
+EXCLUDE = Param("exclude", str, help="glob patterns of tensors to leave lossless, ';'-separated")
+
+
+class LossyCodec(ArrayCodec):
+    """The lossy array stages' family: each takes `include`/`exclude` (see zoo.codecs.selection)
+    after its own parameters, and declares ``tolerance``: the relative RMS error the shared
+    round-trip test allows on a Gaussian matrix. `needs_one_of` names parameters of which a
+    spec must give one (the stage has no sensible default that would not surprise)."""
+
+    tolerance: ClassVar[float] = 0.0
+    needs_one_of: ClassVar[tuple[str, ...]] = ()
+    include: str | None
+    exclude: str | None
+
+    @classmethod
+    def parameters(cls) -> tuple[Param, ...]:
+        return (*cls.params, INCLUDE, EXCLUDE)
+
+    def check(self) -> None:
+        check_patterns(self.include, self.exclude)
+
+    def selects(self, name: str, array: TypedArray) -> bool:
+        """Float matrices and up, minus what zoo.codecs.selection always keeps lossless (norms,
+        biases, position ids), filtered by the stage's include/exclude patterns."""
+        return selected(name, array.dtype, array.data.ndim, array.data.size, self.include, self.exclude)
 
 
 class GroupingCodec(Codec):
@@ -165,12 +294,3 @@ class BytesCodec(Codec):
 
 def element_count(shape: tuple[int, ...] | list[int]) -> int:
     return math.prod(shape)
-
-
-def check_int(codec_id: str, name: str, value: Any, low: int, high: int) -> int:
-    """A codec argument that must be an integer in low..high (JSON true/false are not integers)."""
-    from zoo.errors import PipelineError
-
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PipelineError(f"{codec_id}: {name} must be an integer in {low}..{high}, got {value!r}")
-    return value

@@ -2,7 +2,8 @@
 
 Spec text: stages separated by ``|``, each ``id`` or ``id:key=value,key=value``. ``lossless``
 is an alias for the default leaf stages; a spec with no leaf stages gets them appended, so
-``codebook:bits=4`` means ``codebook:bits=4|lossless``.
+``codebook:bits=4`` means ``codebook:bits=4|lossless``, and a bytes stage with no grouping stage
+before it gets ``bytegroup``: ``zstd`` means ``bytegroup|zstd``.
 
 Chunk payload (one per chunk of a leaf; see docs/FORMAT.md)::
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, StageProgress, TypedArray
+from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, LossyCodec, StageProgress, TypedArray
 from zoo.codecs.registry import codec_class, codec_from_config
 from zoo.dtypes import DTYPES
 from zoo.errors import FormatError, PipelineError
@@ -30,6 +31,7 @@ DEFAULT_SPEC = "lossless"
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
 CHUNK_RECORD_BYTES = 16  # a chunk's index record: u64 offset, u32 length, u32 CRC-32 (docs/FORMAT.md)
 BLOB_SPEC = "bytegroup|zstd:level=9"
+GROUPING_FOR_BYTES = "bytegroup"  # what a spec's bytes stage with no grouping stage before it gets
 MAX_STAGES = 16
 MAX_STREAMS = 64
 
@@ -59,7 +61,13 @@ def _parse_stage(text: str) -> list[Codec]:
         if not equals or not key.strip():
             raise PipelineError(f"bad parameter {item!r} for {codec_id!r}: expected key=value")
         config[key.strip()] = _parse_value(value.strip())
-    codec_class(codec_id)  # unknown ids fail here with the list of known ones
+    cls = codec_class(codec_id)  # unknown ids fail here with the list of known ones
+    needed = cls.needs_one_of if issubclass(cls, LossyCodec) else ()
+    if needed and not any(config.get(name) is not None for name in needed):
+        choices = " or ".join(f"{name}=" for name in needed)
+        example = f"{codec_id}:{needed[0]}=..."
+        raise PipelineError(f"{codec_id} needs {choices} (for example {example}); its parameters: "
+                            f"{', '.join(p.name for p in cls.parameters())}")
     return [codec_from_config(config)]
 
 
@@ -96,7 +104,12 @@ class Pipeline:
 
     @classmethod
     def parse(cls, spec: str) -> Pipeline:
-        return cls.from_codecs(_parse_stages(spec))
+        """A pipeline from spec text, completed as the module docstring says."""
+        codecs = _parse_stages(spec)
+        first_leaf = next((index for index, codec in enumerate(codecs) if not isinstance(codec, ArrayCodec)), len(codecs))
+        if first_leaf < len(codecs) and isinstance(codecs[first_leaf], BytesCodec):
+            codecs[first_leaf:first_leaf] = _parse_stages(GROUPING_FOR_BYTES)
+        return cls.from_codecs(codecs)
 
     @classmethod
     def from_configs(cls, configs: list[dict[str, Any]]) -> Pipeline:
@@ -158,7 +171,7 @@ class Pipeline:
                 stage = self.array_stages[index]
                 if not stage.selects(label, item):
                     continue
-                result = stage.encode_tensor(label, item, plans[index] if plans else None)
+                result = stage.encode(item, label, plans[index] if plans else None)
                 parts = {}
                 for part_name, part in result.parts.items():
                     after = len(self.array_stages) if part_name in result.final else index + 1

@@ -20,9 +20,6 @@ _WORD_SIZES = (1, 2, 4, 8)
 class ByteGroup(GroupingCodec):
     codec_id = "bytegroup"
 
-    def __init__(self) -> None:
-        pass
-
     def encode(self, chunk: np.ndarray, dtype: str) -> list[np.ndarray]:
         return _kernels.split_planes(chunk, dtype)
 

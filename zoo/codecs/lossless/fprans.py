@@ -33,9 +33,6 @@ def _layout(dtype: str) -> tuple[int, int]:
 class FpRans(GroupingCodec):
     codec_id = "fprans"
 
-    def __init__(self) -> None:
-        pass
-
     def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes]:
         layout, word_bytes = _layout(dtype)
         if layout == WORDS:

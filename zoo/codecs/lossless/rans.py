@@ -16,9 +16,6 @@ from zoo.codecs.base import BytesCodec
 class Rans(BytesCodec):
     codec_id = "rans"
 
-    def __init__(self) -> None:
-        pass
-
     def encode(self, data: bytes | np.ndarray | memoryview) -> bytes:
         return _kernels.encode_section(data, 1, False, 8)
 

@@ -8,7 +8,7 @@ import numpy as np
 import zstandard
 
 from zoo.errors import FormatError
-from zoo.codecs.base import BytesCodec
+from zoo.codecs.base import BytesCodec, Param
 
 _local = threading.local()
 
@@ -23,9 +23,9 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 class Zstd(BytesCodec):
     codec_id = "zstd"
-
-    def __init__(self, level: int = 3) -> None:
-        self.level = level
+    # zstd's own range: negative levels trade ratio for speed, 22 is its slowest.
+    params = (Param("level", int, 3, -(1 << 17), zstandard.MAX_COMPRESSION_LEVEL, help="compression level"),)
+    level: int
 
     def encode(self, data: bytes | np.ndarray) -> bytes:
         return _compressor(self.level).compress(data)

@@ -22,10 +22,9 @@ import numpy as np
 
 from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, to_float32
-from zoo.errors import FormatError, InputError, PipelineError
+from zoo.errors import FormatError, InputError
 from zoo.optimize import refine as _refine
-from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray, check_int
-from zoo.codecs.selection import check_patterns
+from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 _OUTPUT_DTYPES = ("F32", "F16", "BF16")
 _F16_NORMAL = (6.2e-5, 6.5e4)
@@ -53,32 +52,25 @@ def group_bits(n_groups: int) -> int:
     return bits if bits <= 16 else 0
 
 
-class Codebook(ArrayCodec):
+class Codebook(LossyCodec):
     codec_id = "codebook"
     tolerance: ClassVar[float] = 0.12  # bits=4 on a Gaussian: k-means leaves about 0.1
-
-    def __init__(self, bits: int = 4, rows: int = 64, pack: bool = True, iterations: int = 100,
-                 include: str | None = None, exclude: str | None = None) -> None:
-        check_int("codebook", "bits", bits, 1, 8)
-        check_int("codebook", "rows", rows, 1, 1 << 20)
-        check_int("codebook", "iterations", iterations, 0, 1000)
-        if not isinstance(pack, bool):
-            raise PipelineError(f"codebook: pack must be true or false, got {pack!r}")
-        check_patterns(include, exclude)
-        self.bits = bits
-        self.rows = rows
-        self.pack = pack
-        self.iterations = iterations
-        self.include = include
-        self.exclude = exclude
+    params = (
+        Param("bits", int, 4, 1, 8, help="each codebook holds 2**bits values"),
+        Param("rows", int, 64, 1, 1 << 20, help="rows sharing one codebook"),
+        Param("pack", bool, True, help="bit-pack the indices (false: a byte each, for the entropy coder)"),
+        Param("iterations", int, 100, 0, 1000, help="k-means iterations"),
+    )
+    stages = {"calibrating": "sequences"}  # with --calib (zoo.optimize.calibration)
+    bits: int
+    rows: int
+    pack: bool
+    iterations: int
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
 
-    def encode(self, array: TypedArray) -> Transformed:
-        return self.encode_tensor("", array)
-
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         weights = as_matrix(array)
         if not np.isfinite(weights).all():
             raise InputError(f"codebook: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")

@@ -27,27 +27,27 @@ import numpy as np
 from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError, PipelineError
 from zoo.codecs.lossy.deadzone import SYMBOL_DTYPES, Plan, dequantize, quantize, quantize_with_feedback, step_for_bits, symbols_array
-from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray
-from zoo.codecs.selection import check_patterns
+from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 
-class L2(ArrayCodec):
+class L2(LossyCodec):
     codec_id = "l2"
     # The contract test's model is one 64x96 matrix: at target_ratio=10 its header entries, the
     # lossless bias and the coder's tables leave ~1.5 bits per weight, whence the loose bound
     # (tests/test_l2.py holds a real budget to a tight one).
     tolerance: ClassVar[float] = 0.75
 
-    def __init__(self, target_ratio: float = 10.0, tune: int = 0, include: str | None = None, exclude: str | None = None) -> None:
-        if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float)) or not 1.0 < target_ratio <= 320.0:
-            raise PipelineError(f"l2: target_ratio must be a number above 1 and at most 320 (0.1 bits per weight), got {target_ratio!r}")
-        if isinstance(tune, bool) or not isinstance(tune, int) or not 0 <= tune <= 100_000:
-            raise PipelineError(f"l2: tune is a number of iterations from 0 to 100000, got {tune!r}")
-        check_patterns(include, exclude)
-        self.target_ratio = target_ratio
-        self.tune = tune
-        self.include = include
-        self.exclude = exclude
+    params = (
+        # 320: 0.1 bits per weight
+        Param("target_ratio", float, 10.0, 1.0, 320.0, open_low=True, help="float32 size / stored size over the model"),
+        Param("tune", int, 0, 0, 100_000, help="iterations training the roundings (needs --calib)"),
+    )
+    # In the order they run: the teacher's reference outputs and sensitivities come with --calib
+    # (zoo.optimize.teacher), the rate survey and fitting always (zoo.optimize.rate), then tune=N.
+    stages = {"calibrating": "sequences", "running the original model": "sequences", "measuring sensitivities": "sequences",
+              "surveying rates": "tensors", "fitting the budget": "rounds", "tuning roundings": "iterations"}
+    target_ratio: float
+    tune: int
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Plan:
         from zoo.optimize.rate import allocate  # torch too when calibrating: imported only when a model is surveyed
@@ -56,7 +56,7 @@ class L2(ArrayCodec):
             raise PipelineError("l2: a survey counts its budget in the pipeline's own coded bytes: run it through Pipeline.survey")
         return allocate(self, tensors, calibration, progress, measure)
 
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         values = to_float32(array.data, array.dtype)
         if not np.isfinite(values).all():
             raise PipelineError(f"l2: {name or 'a tensor'} holds NaN or infinity, which a uniform quantizer cannot store")
@@ -72,9 +72,6 @@ class L2(ArrayCodec):
         else:
             symbols = quantize_with_feedback(values, step, dead_zone, hessian)
         return Transformed({"symbols": symbols_array(symbols)}, {"step": float(step), "dead_zone": float(dead_zone)})
-
-    def encode(self, array: TypedArray) -> Transformed:
-        return self.encode_tensor("", array)
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         symbols = parts.get("symbols")

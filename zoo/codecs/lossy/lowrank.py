@@ -24,18 +24,9 @@ import numpy as np
 
 from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError, InputError, PipelineError
-from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray
-from zoo.codecs.selection import check_patterns
+from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 _BISECTION_STEPS = 40
-
-
-def _fraction(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise PipelineError(f"lowrank: {name} must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 def _matrix(array: TypedArray) -> np.ndarray:
@@ -62,21 +53,24 @@ def _stored_elements(rank: int, rows: int, cols: int) -> int:
     return factored if factored < rows * cols else rows * cols
 
 
-class LowRank(ArrayCodec):
+class LowRank(LossyCodec):
     codec_id = "lowrank"
     tolerance: ClassVar[float] = 0.12  # energy=0.99 leaves a relative error of at most 0.1
 
-    def __init__(self, energy: float | None = None, ratio: float | None = None,
-                 include: str | None = None, exclude: str | None = None) -> None:
-        if energy is not None and ratio is not None:
+    params = (
+        Param("energy", float, None, 0.0, 1.0, open_low=True, help="fraction of the squared singular values kept"),
+        Param("ratio", float, None, 0.0, 1.0, open_low=True, help="size of the factors / size of the matrices, over the model"),
+    )
+    # A spec names one: a silent default would change the weights the user did not ask to change.
+    # (Archives written by `-p lowrank` before this rule hold neither and decode as energy=0.99.)
+    needs_one_of = ("energy", "ratio")
+    energy: float | None
+    ratio: float | None
+
+    def check(self) -> None:
+        super().check()
+        if self.energy is not None and self.ratio is not None:
             raise PipelineError("lowrank: give energy or ratio, not both")
-        _fraction("energy", energy)
-        _fraction("ratio", ratio)
-        check_patterns(include, exclude)
-        self.energy = energy
-        self.ratio = ratio
-        self.include = include
-        self.exclude = exclude
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> float | None:
         """The error bound that fits the ratio budget (None in energy mode)."""
@@ -100,10 +94,7 @@ class LowRank(ArrayCodec):
             low, high = (low, middle) if size(middle) <= budget else (middle, high)
         return high
 
-    def encode(self, array: TypedArray) -> Transformed:
-        return self.encode_tensor("", array)
-
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         matrix = _matrix(array)
         if not np.isfinite(matrix).all():
             raise InputError(f"lowrank: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")

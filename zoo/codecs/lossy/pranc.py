@@ -26,9 +26,8 @@ import numpy as np
 
 from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, to_float32
-from zoo.errors import FormatError, InputError, PipelineError
-from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray, check_int, step_reporter
-from zoo.codecs.selection import check_patterns
+from zoo.errors import FormatError, InputError
+from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray, step_reporter
 
 MAX_BASIS_ELEMENTS = 1 << 26  # k * n floats held while fitting (256 MiB): PRANC is for small models
 MAX_K = 1 << 16
@@ -62,23 +61,22 @@ def share(k: int, sizes: dict[str, int]) -> dict[str, int]:
     return {name: max(1, min(n, round(k * n / total))) for name, n in sizes.items()}
 
 
-class Pranc(ArrayCodec):
+class Pranc(LossyCodec):
     codec_id = "pranc"
     # The basis spans a k-dimensional subspace; the least-squares fit is a projection onto it, so
     # the relative error of a weight-only fit is at most 1 (and near 1 on a random matrix).
     tolerance: ClassVar[float] = 1.0
 
-    def __init__(self, k: int = 1000, seed: int = 0, steps: int = 300, include: str | None = None, exclude: str | None = None) -> None:
-        check_int("pranc", "k", k, 1, MAX_K)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
-            raise PipelineError(f"pranc: seed must be an unsigned 64-bit integer, got {seed!r}")
-        check_int("pranc", "steps", steps, 0, 100000)
-        check_patterns(include, exclude)
-        self.k = k
-        self.seed = seed
-        self.steps = steps
-        self.include = include
-        self.exclude = exclude
+    params = (
+        Param("k", int, 1000, 1, MAX_K, help="coefficients over the whole model"),
+        Param("seed", int, 0, 0, (1 << 64) - 1, help="the random basis' seed"),
+        Param("steps", int, 300, 0, 100000, help="distillation steps with --calib"),
+    )
+    stages = {"calibrating": "sequences", "running the original model": "sequences",  # zoo.optimize.teacher
+              "distilling coefficients": "steps"}
+    k: int
+    seed: int
+    steps: int
 
     def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
                progress: StageProgress | None = None, measure: Measure | None = None) -> dict[str, tuple[int, np.ndarray]]:
@@ -115,7 +113,7 @@ class Pranc(ArrayCodec):
             report(step + 1)
         return {**plan, **{name: (fitted[name][0], coefficients[name].detach().numpy().copy()) for name in fitted}}
 
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         values = to_float32(array.data, array.dtype)
         if plan and name in plan:
             stream, coefficients = plan[name]
@@ -126,9 +124,6 @@ class Pranc(ArrayCodec):
             stream, coefficients = 0, project(values, basis(self.seed, 0, k, values.size))
         parts = {"coefficients": TypedArray(np.asarray(coefficients, dtype=np.float32), "F32")}
         return Transformed(parts, {"seed": self.seed, "stream": stream}, final=frozenset(parts))
-
-    def encode(self, array: TypedArray) -> Transformed:
-        return self.encode_tensor("", array)
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         coefficients = parts.get("coefficients")

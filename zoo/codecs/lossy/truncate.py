@@ -19,24 +19,19 @@ from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError
 from zoo.optimize import refine as _refine
-from zoo.codecs.base import ArrayCodec, Measure, StageProgress, Transformed, TypedArray, check_int
-from zoo.codecs.selection import check_patterns
+from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 # dtype -> (storage word, exponent bits, mantissa bits)
 _LAYOUT = {"F32": (np.uint32, 8, 23), "BF16": (np.uint16, 8, 7), "F16": (np.uint16, 5, 10)}
 MAX_BITS = 15  # sign + mantissa must fit the 16-bit packer
 
 
-class Truncate(ArrayCodec):
+class Truncate(LossyCodec):
     codec_id = "truncate"
     tolerance: ClassVar[float] = 0.05  # bits=3: relative error at most 2**-4 per weight
-
-    def __init__(self, bits: int = 3, include: str | None = None, exclude: str | None = None) -> None:
-        check_int("truncate", "bits", bits, 1, MAX_BITS)
-        check_patterns(include, exclude)
-        self.bits = bits
-        self.include = include
-        self.exclude = exclude
+    params = (Param("bits", int, 3, 1, MAX_BITS, help="mantissa bits kept"),)
+    stages = {"calibrating": "sequences"}  # with --calib (zoo.optimize.calibration)
+    bits: int
 
     def selects(self, name: str, array: TypedArray) -> bool:
         # Where `bits` keeps the whole mantissa there is nothing to drop: the tensor stays as it is.
@@ -45,7 +40,7 @@ class Truncate(ArrayCodec):
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
 
-    def encode_tensor(self, name: str, array: TypedArray, plan: Any = None) -> Transformed:
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         """With calibration statistics, each matrix's values are first moved onto the kept-bits grid
         column by column with the rounding error fed forward (zoo.optimize.refine.feedback): round
         to nearest is the best choice per weight, not for the layer's output. The values are then
@@ -56,7 +51,7 @@ class Truncate(ArrayCodec):
             if np.isfinite(values).all():
                 moved = _refine.feedback(values, hessian, lambda _, column: self.round_values(column, array.dtype))
                 array = TypedArray(from_float32(moved.astype(np.float32), array.dtype).reshape(array.shape), array.dtype)
-        return self.encode(array)
+        return self._split(array)
 
     def round_values(self, values: np.ndarray, dtype: str) -> np.ndarray:
         """float64 `values` as they come back from a `dtype` tensor with `bits` mantissa bits kept."""
@@ -82,7 +77,8 @@ class Truncate(ArrayCodec):
         lost_nan = special & ((magnitude & np.uint32((1 << mantissa_bits) - 1)) != 0) & ((kept & mantissa_mask) == 0)
         return sign, np.where(lost_nan, kept | np.uint32(1 << (self.bits - 1)), kept)
 
-    def encode(self, array: TypedArray) -> Transformed:
+    def _split(self, array: TypedArray) -> Transformed:
+        """The parts of `array` with its mantissas rounded to `bits`."""
         sign, kept = self._round(array.data, array.dtype)
         mantissa_mask = np.uint32((1 << self.bits) - 1)
         exponent = (kept >> np.uint32(self.bits)).astype(np.uint8).reshape(array.shape)
