@@ -276,3 +276,16 @@ def test_a_folder_named_model_is_stored_under_the_models_own_name(tiny_model, tm
     assert quiet.stderr == "" and json.loads(quiet.stdout)["zoo"]["name"] == "chosen"
     names = {row["name"] for row in json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"]}
     assert names == {"package", "acme/tiny-model", "acme/cached", "tiny", "chosen"}
+
+
+def test_ls_and_quality_tables_fit_80_columns_and_are_plain_lines_when_piped(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", tiny_model, "--name", "org/a-rather-long-model-name", "-p", "truncate:bits=6|bytegroup|zstd", "--eval",
+               home=home))
+    piped = ok(zoo_cli("ls", home=home)).stdout.splitlines()
+    assert piped[1].split() == ["name", "revision", "variant", "original", "stored", "ratio", "quality"]
+    assert piped[2].split()[:3] == ["org/a-rather-long-model-name", "main", "truncate:bits=6|bytegroup|zstd:level=3"]
+    shown = _visible(ok(zoo_cli("ls", home=home, env={"FORCE_COLOR": "1", "COLUMNS": "80"})).stdout)
+    assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown and "┃" in shown
+    info = ok(zoo_cli("info", "org/a-rather-long-model-name", home=home)).stdout
+    assert "quality (weights)" in info and not set("┏┃│━└") & set(info)

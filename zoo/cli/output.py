@@ -34,9 +34,10 @@ def source_bytes(source: Path) -> int:
     return sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) if source.is_dir() else 0
 
 
-def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
-    """A table on stdout: boxed to the terminal's width on a terminal (the first column folds,
-    the others stay whole), plain aligned lines when piped, one row a line, nothing cut."""
+def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = (), fold: tuple[str, ...] = ()) -> None:
+    """A table on stdout: boxed to the terminal's width on a terminal (the first column and those
+    in `fold` fold, the others stay whole), plain aligned lines when piped, one row a line, nothing
+    cut."""
     if not stdout.is_terminal:
         widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
         if title:
@@ -50,7 +51,7 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
 
     table = Table(title=title, title_justify="left")
     for number, name in enumerate(columns):
-        table.add_column(name, justify="right" if name in right else "left", overflow="fold", no_wrap=number > 0, min_width=4 if number == 0 else None)
+        table.add_column(name, justify="right" if name in right else "left", overflow="fold", no_wrap=number > 0 and name not in fold, min_width=4 if number == 0 else None)
     for row in rows:
         table.add_row(*row)
     stdout.print(table)

@@ -43,6 +43,9 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
     if not verbose and len(groups) == 1:
         line += f", every tensor {next(iter(groups))}"
     stdout.print(line, markup=False, highlight=False)
+    opaque = [f"{entry['path']} ({entry['opaque']})" for entry in report.files if entry.get("opaque")]
+    if opaque:  # files of a tensor format that zoo keeps as bytes, never unpickled or parsed further
+        stdout.print(f"kept as bytes, not read as tensors: {'; '.join(opaque)}", markup=False, highlight=False, soft_wrap=True)
     if report.base:
         stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
                      f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
@@ -109,16 +112,12 @@ def _format(value: Any, style: str) -> str:
 
 def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
     """The figures of an EvalResult.to_dict() or of a stored_quality(), as one table."""
-    from rich.table import Table
-
     if heading:
         stdout.print(heading, markup=False, highlight=False)
     if record.get("base"):
         stdout.print(f"base: {record['base']} (the differences stored against it were added to it)", markup=False, highlight=False,
                      soft_wrap=True)
-    table = Table(title=f"quality ({record.get('kind')})", title_justify="left")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    rows = []
     metrics = record.get("metrics") or {}
     # In _LABELS' order: a stored record comes back with its keys sorted.
     for name in sorted(metrics, key=lambda n: list(_LABELS).index(n) if n in _LABELS else len(_LABELS)):
@@ -129,14 +128,14 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
         text = _format(value, style)
         if name == "kl_mean" and metrics.get("kl_mean_stderr") is not None:
             text += f" ± {metrics['kl_mean_stderr']:.2g}"
-        table.add_row(label, text)
+        rows.append([label, text])
     weights = record.get("weights")
     if weights and weights.get("elements"):
         sqnr = weights.get("sqnr_db")
-        table.add_row("weights: relative error", _format(weights.get("relative_error"), "value"))
-        table.add_row("weights: SQNR", "∞ (identical)" if sqnr is None else f"{sqnr:.2f} dB")
-        table.add_row("weights: cosine", _format(weights.get("cosine"), "cosine"))
-    stdout.print(table)
+        rows.append(["weights: relative error", _format(weights.get("relative_error"), "value")])
+        rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{sqnr:.2f} dB"])
+        rows.append(["weights: cosine", _format(weights.get("cosine"), "cosine")])
+    print_table(f"quality ({record.get('kind')})", ["figure", "value"], rows, ("value",))
     for key, what in (("mismatched", "differ"), ("missing", "missing from the archive"), ("extra", "not in the source")):
         for path in metrics.get(key) or []:
             stdout.print(f"  {path}: {what}", markup=False, highlight=False)
@@ -149,15 +148,9 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
 
 
 def print_tensors(tensors: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title="per tensor", title_justify="left")
-    for column in ("tensor", "dtype", "shape", "rel. error", "SQNR dB", "cosine"):
-        table.add_column(column, justify="left" if column in ("tensor", "dtype", "shape") else "right")
-    for t in tensors:
-        table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
-                      "∞" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine"))
-    stdout.print(table)
+    rows = [[t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
+             "∞" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine")] for t in tensors]
+    print_table("per tensor", ["tensor", "dtype", "shape", "rel. error", "SQNR dB", "cosine"], rows, ("rel. error", "SQNR dB", "cosine"))
 
 
 def print_budget(record: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from zoo.cli.options import Force, Json, Threads
-from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
+from zoo.cli.output import human_bytes, print_json, print_table, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import print_compressed
 
 NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
@@ -59,15 +59,10 @@ def ls(as_json: Json = False) -> None:
     if not entries:
         stderr.print(f"the zoo at {store.home} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
         return
-    from rich.table import Table
-
-    table = Table(title=str(store.home), title_justify="left")
-    for column in ("name", "revision", "variant", "original", "stored", "ratio", "quality"):
-        table.add_column(column, justify="right" if column in ("original", "stored", "ratio") else "left")
-    for e in entries:
-        table.add_row(e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes), f"{e.ratio:.3f}",
-                      quality_label(e))
-    stdout.print(table)
+    rows = [[e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes), f"{e.ratio:.3f}", quality_label(e)]
+            for e in entries]
+    print_table(str(store.home), ["name", "revision", "variant", "original", "stored", "ratio", "quality"], rows,
+                ("original", "stored", "ratio"), fold=("variant", "quality"))
 
 
 def rm(
