@@ -353,3 +353,21 @@ def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
         thread.join(10)
     assert received < (8 << 20)
     assert "connection cut" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_huggingface_hub_never_keeps_a_damaged_download(multi_chunk, tmp_path):
+    """The real client: the download cut short fails (its resume lands on the damaged chunk and gets
+    a 500), and nothing is left in its cache as the file."""
+    from huggingface_hub import hf_hub_download
+
+    store, entry, original = multi_chunk
+    data = bytearray(entry.archive.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    entry.archive.write_bytes(bytes(data))
+    cache = tmp_path / "hf"
+    with running_server(store) as url:
+        with pytest.raises(Exception, match="complete message body|damaged"):  # httpx: a body short of its length
+            hf_hub_download("big", "model.safetensors", endpoint=url, cache_dir=cache, etag_timeout=10)
+    assert not [path for path in cache.rglob("model.safetensors")]
+    assert not any(path.is_file() and path.stat().st_size == len(original) for path in cache.rglob("*"))
