@@ -164,7 +164,8 @@ def _old_layout(home: Path, tiny_model: Path) -> dict[str, Path]:
             "INSERT INTO models (name, revision, variant, commit_sha, archive, pipeline, source, original_bytes, stored_bytes, created,"
             " quality) VALUES ('org/old', 'v1', 'lossless', ?, ?, '', 'from the row', 10, ?, 1000.0, ?)",
             ("c" * 40, path.name, path.stat().st_size, json.dumps({"kind": "model", "kl": 0.5})))
-        connection.execute("INSERT INTO files VALUES (?, 'model.safetensors', 10, ?, ?, ?, 1, 1)", (cursor.lastrowid, "a" * 64, "a" * 64, "b" * 40))
+        connection.execute("INSERT INTO files VALUES (?, 'model.safetensors', 10, ?, ?, ?, 1, 1)",
+                           (cursor.lastrowid, "a" * 64, "a" * 64, "b" * 40))
     return archives
 
 

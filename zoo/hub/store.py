@@ -514,7 +514,8 @@ class Store:
                 damaged = True
         self.dirty.touch()
         self._publish_manifest(record)
-        return f"{path}: named by no manifest; its header says it is {ref}: {'damaged manifest replaced' if damaged else 'manifest restored'}"
+        repair = "damaged manifest replaced" if damaged else "manifest restored"
+        return f"{path}: named by no manifest; its header says it is {ref}: {repair}"
 
     def _migrate(self) -> list[str]:
         """Move a zoo of the old layout (archives/*.zoo, the catalogue as the record) to objects
