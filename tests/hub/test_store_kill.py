@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,35 @@ def test_files_a_killed_move_into_a_folder_replaced_go_back(tmp_path):
     assert (out / "sub" / "config.json").read_text() == "the old config"
     assert (out / "keep.txt").read_text() == "the user's own file"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.slow
+def test_gc_beside_two_writers_never_takes_their_objects(tiny_model, tmp_path):
+    """gc in a loop while two processes store models: a writer's object enters and is named under
+    the same lock gc holds, so no object a manifest names is ever collected."""
+    home = tmp_path / "zoo"
+    Store(home)._make_folders()
+    writer = (
+        "import sys; from pathlib import Path; from zoo.api import compress_into; from zoo.hub.store import Store\n"
+        "store = Store(sys.argv[1])\n"
+        "for i in range(4):\n"
+        "    (Path(sys.argv[2]) / 'extra.txt').write_text(f'{sys.argv[3]} {i}')  # other bytes each time: a new object\n"
+        "    compress_into(store, sys.argv[2], f'{sys.argv[3]}-{i}')\n"
+    )
+    collector = "import sys; from zoo.hub.store import Store\nstore = Store(sys.argv[1])\nwhile True:\n    store.gc()\n"
+    copies = []
+    for name in ("a", "b"):
+        copy = tmp_path / f"model-{name}"
+        shutil.copytree(tiny_model, copy)
+        copies.append(copy)
+    gc_process = subprocess.Popen([sys.executable, "-c", collector, str(home)])
+    try:
+        writers = [subprocess.Popen([sys.executable, "-c", writer, str(home), str(copy), name]) for copy, name in zip(copies, "ab")]
+        assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    finally:
+        gc_process.kill()
+        gc_process.wait()
+    store = Store(home)
+    assert sorted(e.name for e in store.entries()) == [f"{n}-{i}" for n in "ab" for i in range(4)]
+    for entry in store.entries():
+        assert zoo.verify(entry.archive) == []
