@@ -107,7 +107,8 @@ def main() -> None:
         print(f"{'':18}{'ratio':>8}{'compress':>12}{'decompress':>12}")
         for name, stored, seconds, back in rows:
             print(f"{name:18}{stored / size:8.3f}{size / seconds / 1e6:9.0f} MB/s{size / back / 1e6:9.0f} MB/s")
-        print("zoo by tensor kind:", ", ".join(f"{moment} {stored / original:.3f}" for moment, (original, stored) in sorted(by_moment.items()) if original))
+        kinds = [f"{moment} {stored / original:.3f}" for moment, (original, stored) in sorted(by_moment.items()) if original]
+        print("zoo by tensor kind:", ", ".join(kinds))
 
 
 if __name__ == "__main__":

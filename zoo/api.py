@@ -257,7 +257,8 @@ def compress(
         base_model = open_base(base) if base is not None else None
         if base_model is not None and base_model is not base:
             stack.enter_context(base_model)
-        deltas = Deltas(base_model, chosen, Builder.named_tensors(sources, chosen)) if base_model is not None and chosen.array_stages else None
+        deltas = (Deltas(base_model, chosen, Builder.named_tensors(sources, chosen))
+                  if base_model is not None and chosen.array_stages else None)
         plans = None
         if chosen.array_stages:
             from zoo.optimize.calibration import collect
@@ -367,8 +368,8 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         keys = opened.keys()
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
-            warnings.warn("no torch dtype for " + "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing) + ": left out",
-                          ZooWarning, stacklevel=2)
+            named = "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing)
+            warnings.warn(f"no torch dtype for {named}: left out", ZooWarning, stacklevel=2)
         wanted = [key for key in keys if key not in missing]
         return {key: to_torch(array, device) for key, array in opened.read_tensors(wanted, resolve_threads(threads)).items()}
 
@@ -384,8 +385,8 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
             stored = opened.stored_bytes(key)
             view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
             pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
-            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored, pipeline,
-                                        "base" in info))
+            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
+                                        pipeline, "base" in info))
             if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
                 parameters += math.prod(info["shape"])
         files = opened.files()

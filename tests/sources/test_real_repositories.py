@@ -4,7 +4,9 @@ sharded), files zoo cannot read as tensors safely (kept opaque with the reason),
 from __future__ import annotations
 
 import hashlib
-import warnings
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,12 @@ def test_eval_reads_every_format_and_counts_model_weights_only(corpus, tmp_path,
 
 def tiny_state_names() -> set[str]:
     return set(tiny_model().state_dict())
+
+
+def test_zoo_info_says_which_files_are_kept_as_bytes_and_why(corpus, tmp_path):
+    zoo.compress(corpus["checkpoint"], tmp_path / "c.zoo")
+    done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "c.zoo")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert ("kept as bytes, not read as tensors: rng_state.pth (pickle needs globals); "
+            "training_args.bin (pickle needs globals)") in done.stdout

@@ -173,7 +173,8 @@ class Archive:
         return name in self._file.header["tensors"]
 
     def files(self) -> list[dict[str, Any]]:
-        return [{k: entry[k] for k in ("path", "size", "sha256", "lossless", "kind", "opaque") if k in entry} for entry in self._files.values()]
+        keys = ("path", "size", "sha256", "lossless", "kind", "opaque")
+        return [{k: entry[k] for k in keys if k in entry} for entry in self._files.values()]
 
     def links(self) -> list[dict[str, str]]:
         """Links kept as links: {"path", "target"} (target relative to the link's folder)."""

@@ -193,7 +193,8 @@ class Builder:
                 yield key, segment.tensor, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
 
     @staticmethod
-    def tensors(sources: list[SourceFile], deltas: Deltas | None = None, pipeline: Pipeline | None = None) -> Iterator[tuple[str, TypedArray]]:
+    def tensors(sources: list[SourceFile], deltas: Deltas | None = None,
+                pipeline: Pipeline | None = None) -> Iterator[tuple[str, TypedArray]]:
         """Every typed tensor by its key, as the array stages will see it, for a survey before the
         build: a tensor stored against a base is its float32 difference from the base."""
         for key, _, array in Builder.named_tensors(sources, pipeline):

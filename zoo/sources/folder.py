@@ -74,8 +74,9 @@ def _inside(target: str, root: str) -> bool:
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
-    entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder". Files whose path inside the folder matches none of
-    `include` (fnmatch globs, when given) or any of `exclude` are left out."""
+    entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder".
+    Files whose path inside the folder matches none of `include` (fnmatch globs, when given) or any
+    of `exclude` are left out."""
     root = Path(source)
     if not root.exists():
         if root.is_symlink():
@@ -117,7 +118,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                         files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
                     continue
                 elif not follow_links:
-                    raise InputError(f"{path}: a link leading out of the folder (to {target}); pass --follow-links to store what it points to")
+                    raise InputError(f"{path}: a link leading out of the folder (to {target}); "
+                                     "pass --follow-links to store what it points to")
                 elif os.path.isdir(target):
                     if target in seen or _inside(real_root, target):
                         skipped.append(f"{relpath} (a link back into a folder above it)")
@@ -135,7 +137,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
 
     visit(root, "", frozenset())
     if skipped:
-        warnings.warn(f"{root}: left out {len(skipped)} item{'s' if len(skipped) != 1 else ''}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
+        items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
+        warnings.warn(f"{root}: left out {items}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
     if not any(entry.kind not in ("folder", "link") for entry in files):
         raise InputError(f"{root}: folder holds no files" + (" that --include/--exclude select" if filtering else ""))
     return files

@@ -123,7 +123,8 @@ def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
         if isinstance(node, torch.Tensor):
             key = by_storage.get(node.untyped_storage()._cdata)
             if key is not None:
-                found.append(_Tensor(prefix, key, dtype_name(node.dtype), tuple(node.shape), tuple(node.stride()), node.storage_offset(), weight))
+                found.append(_Tensor(prefix, key, dtype_name(node.dtype), tuple(node.shape), tuple(node.stride()), node.storage_offset(),
+                                     weight))
         elif isinstance(node, dict):
             # An optimizer's state_dict: its moments are not model weights.
             optimizer = weight and "state" in node and "param_groups" in node
@@ -202,7 +203,8 @@ def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     return _source(path, relpath, size, storages, tensors, placed)
 
 
-def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: list[_Tensor], placed: dict[str, tuple[int, int]]) -> SourceFile:
+def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: list[_Tensor],
+            placed: dict[str, tuple[int, int]]) -> SourceFile:
     from zoo.dtypes import DTYPES
 
     users: dict[str, list[_Tensor]] = {}
@@ -221,7 +223,8 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
         if owner is not None:
             segment = Segment(start, nbytes, owner.name, dtype, owner.shape, owner.weight)
         else:  # only parts of it are used, or by no tensor: a flat tensor named after the storage
-            segment = Segment(start, nbytes, f"{candidates[0].name}.__storage__" if candidates else f"__storage__.{key}", dtype, (numel,), False)
+            name = f"{candidates[0].name}.__storage__" if candidates else f"__storage__.{key}"
+            segment = Segment(start, nbytes, name, dtype, (numel,), False)
         typed.append(segment)
         for tensor in candidates:
             if tensor is owner:
