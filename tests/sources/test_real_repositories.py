@@ -188,3 +188,18 @@ def test_zoo_info_says_which_files_are_kept_as_bytes_and_why(corpus, tmp_path):
     assert done.returncode == 0, done.stderr
     assert ("kept as bytes, not read as tensors: rng_state.pth (pickle needs globals); "
             "training_args.bin (pickle needs globals)") in done.stdout
+
+
+def test_a_dual_format_repository_shows_both_files_tensors(corpus, tmp_path):
+    folder = tmp_path / "dual"
+    folder.mkdir()
+    model = tiny_model()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    from tests.sources.conftest import save_safetensors
+
+    save_safetensors(model, folder / "model.safetensors")
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    state = zoo.load_state_dict(archive)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(state[name], tensor) and torch.equal(state[f"pytorch_model.bin::{name}"], tensor)
