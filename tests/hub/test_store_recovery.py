@@ -10,6 +10,7 @@ import resource
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import zoo
 from zoo.api import compress_into
 from zoo.codecs.pipeline import DEFAULT_SPEC
 from zoo.errors import ZooError
+from zoo.hub import catalogue
 from zoo.hub.store import Store
 
 from tests.hub.test_store import zoo_cli
@@ -307,3 +309,14 @@ def test_a_migration_keeps_what_it_cannot_read(tiny_model, tmp_path):
     assert (home / "unreadable" / "broken-0123456789ab.zoo").read_bytes() == b"not an archive at all"
     assert (home / "unreadable" / "notes.txt").read_text() == "someone's notes"
     assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@v1:lossless"]
+
+
+def test_a_zoo_in_a_folder_whose_name_looks_like_a_uri(tiny_model, tmp_path):
+    """SQLite opens the index by URI: '?', '#' and '%' in ZOO_HOME are quoted, not read as its syntax."""
+    home = tmp_path / "odd ?name#x%20y"
+    compress_into(Store(home), tiny_model, "tiny")
+    (home / "catalogue.sqlite").write_bytes(b"")
+    assert listed(home) == ["tiny@main:lossless"]
+    with closing(catalogue.connect(home / "catalogue.sqlite")) as index:  # rebuilt, and opened where it is
+        assert [row[0] for row in index.execute("SELECT name FROM models")] == ["tiny"]
+    assert sorted(p.name for p in home.iterdir()) == ["catalogue.sqlite", "lock", "manifests", "objects", "work"]

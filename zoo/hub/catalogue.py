@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ def connect(path: Path) -> sqlite3.Connection:
     or damaged: the caller rebuilds it then."""
     if not path.is_file() or path.stat().st_size == 0:
         raise sqlite3.DatabaseError(f"{path.name} is missing or empty")
-    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+    # mode=rw: never create the file here (a missing index is rebuilt, not made empty); the path
+    # is quoted, since '?' and '#' are legal in a folder's name and special in a URI
+    connection = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=60, isolation_level=None,
+                                 check_same_thread=False)
     try:
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA foreign_keys = ON")
