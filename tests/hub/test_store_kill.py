@@ -180,3 +180,18 @@ def test_gc_beside_two_writers_never_takes_their_objects(tiny_model, tmp_path):
     assert sorted(e.name for e in store.entries()) == [f"{n}-{i}" for n in "ab" for i in range(4)]
     for entry in store.entries():
         assert zoo.verify(entry.archive) == []
+
+
+def test_doctor_on_a_replacement_killed_before_its_manifest(tiny_model, tmp_path):
+    """compress --force killed between its object and its manifest: the old model stays what the
+    zoo holds, doctor names the new object as an unfinished copy, gc removes it."""
+    home = tmp_path / "zoo"
+    old = compress_into(Store(home), tiny_model, "model")
+    (tiny_model / "extra.txt").write_text("new bytes")
+    killed("compress", tiny_model, "--name", "model", "--force", home=home, at="store-object")
+    [unfinished] = [p for p in (home / "objects").rglob("*.zoo") if p != old.archive]
+    findings = zoo_cli("doctor", home=home).stdout
+    assert f"{unfinished}: " in findings and "a copy of model@main:lossless that its manifest does not name" in findings
+    assert Store(home).resolve("model").archive == old.archive
+    assert "removed 1 object" in zoo_cli("gc", home=home).stdout
+    assert not unfinished.exists() and zoo.verify(old.archive) == []

@@ -509,7 +509,8 @@ class Store:
         if manifest.exists():
             try:
                 self._read_manifest(manifest)
-                return f"{path}: {human_size(size)}, an older copy of {ref}, which a newer one replaced; `zoo gc` removes it"
+                return (f"{path}: {human_size(size)}, a copy of {ref} that its manifest does not name (replaced, or a write that "
+                        "never finished); `zoo gc` removes it")
             except StoreError:
                 damaged = True
         self.dirty.touch()
