@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import damage_chunk
 
 
@@ -104,6 +106,7 @@ def test_a_mistyped_path_fails_at_once_without_the_network(tmp_path):
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.slow  # a dozen or more runs of the CLI, each its own interpreter
 def test_one_not_found_message_in_every_command(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     ok(zoo_cli("compress", tiny_model, "--name", "tiny", home=home))
@@ -115,6 +118,7 @@ def test_one_not_found_message_in_every_command(tiny_model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a dozen or more runs of the CLI, each its own interpreter
 def test_a_variant_is_found_by_the_spec_the_user_typed(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     stored = json.loads(ok(zoo_cli("compress", tiny_model, "--name", "tiny", "-p", "truncate:bits=6|bytegroup|zstd", "--json",
@@ -206,24 +210,26 @@ def test_compress_eval_stores_quality_and_old_verify_archives_still_read(tiny_mo
     assert entry.quality["passed"] is True
 
 
+@pytest.mark.slow  # a dozen or more runs of the CLI, each its own interpreter
 def test_json_threads_and_exit_codes_mean_the_same_in_every_command(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     archive = tmp_path / "m.zoo"
     ok(zoo_cli("compress", tiny_model, "-o", archive, "-t", "2", home=home))
     ok(zoo_cli("compress", tiny_model, "--name", "tiny", "--threads", "2", home=home))
     with_json = [["compress", tiny_model, "-o", tmp_path / "j.zoo"], ["info", archive], ["verify", archive],
-                 ["decompress", archive, "-o", tmp_path / "d"], ["export", "tiny", "-o", tmp_path / "e"], ["ls"], ["rm", "tiny"]]
+                 ["decompress", archive, "-o", tmp_path / "d"], ["export", "tiny", "-o", tmp_path / "e"], ["eval", archive, "-r", tiny_model],
+                 ["ls"], ["rm", "tiny"]]
     for command in with_json:
         done = ok(zoo_cli(*command, "--json", home=home))
         assert isinstance(json.loads(done.stdout), dict) and done.stderr == "", command  # one document, nothing else
     ok(zoo_cli("compress", tiny_model, "--name", "tiny", home=home))
     with_threads = [["compress", tiny_model, "-o", tmp_path / "t.zoo"], ["verify", archive], ["decompress", archive, "-o", tmp_path / "t"],
-                    ["export", "tiny", "-o", tmp_path / "u"]]
+                    ["export", "tiny", "-o", tmp_path / "u"], ["eval", archive, "-r", tiny_model]]
     for command in with_threads:
         assert zoo_cli(*command, "--threads", "0", home=home).returncode == 2, command  # a usage error: exit 2
         assert zoo_cli(*command, "nosuchoption", "--bogus", home=home).returncode == 2, command
         ok(zoo_cli(*command, "-t", "2", home=home))
-    for command in (["info", tmp_path / "nothing.zoo"], ["verify", tmp_path / "nothing.zoo"], ["rm", "nothing"]):
+    for command in (["info", tmp_path / "nothing.zoo"], ["verify", tmp_path / "nothing.zoo"], ["rm", "nothing"], ["eval", "nothing"]):
         done = zoo_cli(*command, "--json", home=home)
         assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith("error: "), command  # an error: exit 1
 

@@ -9,14 +9,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zoo.cli.options import Base, Json
+from zoo.cli.options import Base, Json, Threads
 from zoo.cli.output import print_json, stderr, stdout
 from zoo.cli.reports import print_quality, print_tensors
 
 MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, help="Fail (exit 1) when the mean KL divergence is above this.")]
 MinCosine = Annotated[Optional[float], typer.Option(
     "--min-cosine", min=-1, max=1, help="Fail when the mean embedding cosine (encoders; else the weights' cosine) is below this.")]
-TorchThreads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="torch threads (default: torch's own choice).")]
 MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, help="Fail when PPL(candidate)/PPL(reference) is above this.")]
 
 @contextmanager
@@ -87,7 +86,7 @@ def eval_command(
     min_cosine: MinCosine = None,
     max_ppl_ratio: MaxPplRatio = None,
     base: Base = None,
-    threads: TorchThreads = None,
+    threads: Threads = None,
     as_json: Json = False,
 ) -> None:
     """Measure a model against a reference: KL divergence and perplexity (causal LMs), embedding
@@ -95,6 +94,7 @@ def eval_command(
     archive made with `zoo compress --base` is evaluated as its base plus its differences."""
     from zoo.errors import InputError, ZooError
     from zoo.evaluate import Gates, evaluate
+    from zoo.kernels.parallel import resolve_threads
 
     if text is not None:
         try:
@@ -103,7 +103,7 @@ def eval_command(
             raise InputError(f"{text}: cannot read it as UTF-8 text ({getattr(error, 'strerror', None) or error.__class__.__name__})") from None
     with quality_progress(not as_json) as progress:
         result = evaluate(candidate, reference, text=content if text is not None else None, max_tokens=max_tokens, kind=kind,
-                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), threads=threads, progress=progress, base=base)
+                          gates=Gates(max_kl, min_cosine, max_ppl_ratio), threads=resolve_threads(threads), progress=progress, base=base)
     if as_json:
         print_json(result.to_dict())
     else:
