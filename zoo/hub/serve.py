@@ -207,11 +207,9 @@ class ZooApp:
         try:
             try:
                 piece = await stream.next()  # before any header: a chunk that fails here is a clean 500
-            except ZooError as error:
-                self.log(f"error: {error}")
-                failed = self._error_answer(HubError(500, f"the stored file {answer.stored.path!r} cannot be decoded: the archive "
-                                                          "is damaged; the server's log has the details"))
-                answer.status, answer.note = failed.status, " (damaged archive)"
+            except Exception as error:  # noqa: BLE001 - a damaged archive or a bug: either fails this request only
+                failed = self._error_answer(HubError(500, self._decoding_failed(error, answer.stored.path)))  # type: ignore[union-attr]
+                answer.status, answer.note = failed.status, " (decoding failed)"
                 await send({"type": "http.response.start", "status": failed.status, "headers": _header_list(failed)})
                 await send({"type": "http.response.body", "body": failed.body})
                 return 0
@@ -229,11 +227,11 @@ class ZooApp:
                 stream.release()
                 try:
                     piece = await stream.next()
-                except ZooError as error:
+                except Exception as error:  # noqa: BLE001 - as above
                     # Too late for a status. Closing short of Content-Length is what every client
                     # reads as a failed download; the damaged chunk's bytes are never sent.
-                    self.log(f"error: {error}")
-                    answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: damaged archive)"
+                    self._decoding_failed(error, answer.stored.path)  # type: ignore[union-attr]
+                    answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: decoding failed)"
                     await _cut(send, watcher)
                     return sent
             await send({"type": "http.response.body", "body": b""})
@@ -242,6 +240,14 @@ class ZooApp:
             stream.stop()
             watcher.cancel()
             watchdog.cancel()
+
+    def _decoding_failed(self, error: Exception, path: str) -> str:
+        """Logs a failed decode in full; what the client may read of it (no server paths)."""
+        if isinstance(error, ZooError):
+            self.log(f"error: {error}")
+            return f"the stored file {path!r} cannot be decoded: the archive is damaged; the server's log has the details"
+        self.log(f"internal error decoding {path!r}: {error!r}")
+        return f"internal error: {type(error).__name__}"
 
     async def _watchdog(self, send: Callable[..., Any], progress: list[float]) -> None:
         """Cuts a connection whose client has taken nothing for `stall_timeout` seconds."""
