@@ -135,7 +135,9 @@ def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
     from zoo.evaluate import bench
 
     print("\n### 1. coder GB/s against ZipNN (MiniLM cast per dtype; targets: decode >= 2x, encode >= 1.5x, ratio <= ZipNN's)")
-    print(f"{'dtype':6}{'thr':>4}{'ratio':>8}{'zipnn':>8}{'dec':>7}{'zipnn':>7}{'x':>6}{'enc':>7}{'zipnn':>7}{'x':>6}  verdict")
+    print("GB/s by the wall clock; 'cpu x' is the same ratio in GB per CPU-second of the process (steadier on a shared machine)")
+    print(f"{'dtype':6}{'thr':>4}{'ratio':>8}{'zipnn':>8}{'dec':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}{'enc':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}"
+          "  verdict (wall / cpu)")
     values = bench.load_float_tensors(folder / "model.safetensors")
     for dtype in bench.BENCH_DTYPES:
         tensors = bench.as_dtype(values, dtype)
@@ -148,11 +150,14 @@ def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
                 continue
             decode_x = theirs.decompress_seconds / ours.decompress_seconds
             encode_x = theirs.compress_seconds / ours.compress_seconds
+            decode_cpu_x = theirs.decompress_cpu_seconds / ours.decompress_cpu_seconds
+            encode_cpu_x = theirs.compress_cpu_seconds / ours.compress_cpu_seconds
             gb = ours.original_bytes / 1e9
             met = decode_x >= 2 and encode_x >= 1.5 and ours.ratio <= theirs.ratio
+            met_cpu = decode_cpu_x >= 2 and encode_cpu_x >= 1.5 and ours.ratio <= theirs.ratio
             print(f"{dtype:6}{threads:>4}{ours.ratio:>8.4f}{theirs.ratio:>8.4f}{gb / ours.decompress_seconds:>7.2f}"
-                  f"{gb / theirs.decompress_seconds:>7.2f}{decode_x:>6.2f}{gb / ours.compress_seconds:>7.2f}"
-                  f"{gb / theirs.compress_seconds:>7.2f}{encode_x:>6.2f}  {'met' if met else 'NOT met'}")
+                  f"{gb / theirs.decompress_seconds:>7.2f}{decode_x:>6.2f}{decode_cpu_x:>7.2f}{gb / ours.compress_seconds:>7.2f}"
+                  f"{gb / theirs.compress_seconds:>7.2f}{encode_x:>6.2f}{encode_cpu_x:>7.2f}  {'met' if met else 'NOT met'} / {'met' if met_cpu else 'NOT met'}")
 
 
 
