@@ -143,9 +143,11 @@ def test_colliding_names_get_distinct_keys(tmp_path):
 
 @pytest.mark.parametrize("header, message", [
     (json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(262_145)}).encode(), "over 262144 tensors"),
+    (b"{" + b",".join(b'"t%d": {"dtype": "F32", "shape": [0], "data\\u005foffsets": [0, 0]}' % i for i in range(262_145)) + b"}",
+     "over 262144 tensors"),  # escaped keys: the cap counts objects as parsed, not strings in the bytes
     (b"[" * 5000 + b"]" * 5000, "nests too deep"),
     (json.dumps({"x": {"dtype": "F32", "shape": [1] * 100_001, "data_offsets": [0, 4]}}).encode(), "100001 dimensions is over the 32 cap"),
-])
+], ids=["zero-size tensors", "escaped keys", "deep nesting", "100001 dimensions"])
 def test_hostile_safetensors_headers_are_one_line_errors(tmp_path, header, message):
     path = tmp_path / "model.safetensors"
     path.write_bytes(safetensors_bytes(header, b"\0" * 4))

@@ -1,8 +1,8 @@
 """A safetensors file as segments: its header bytes (kept verbatim, padding included) followed by
 its tensors in data order, so that decompression rebuilds it byte for byte.
 
-Whatever the header claims, reading it costs bounded time and memory: the header is capped, the
-tensor count is counted in the raw bytes before the JSON is parsed, nesting and ranks are capped.
+Whatever the header claims, reading it costs bounded time and memory: the header is capped, parsing
+stops at the cap on the tensor count, nesting and ranks are capped.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ MAX_HEADER = 100 << 20
 MAX_TENSORS = 262_144  # the largest real checkpoints hold a few ten thousand per file
 MAX_RANK = 32  # numpy's own limit on older versions; no real tensor comes near it
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+class _TooMany(Exception):
+    """Raised from inside json.loads once a header holds more objects than the cap."""
 
 
 class UnknownDtype(InputError):
@@ -52,12 +56,21 @@ def parse_safetensors(path: Path, size: int) -> list[Segment]:
         if header_length > MAX_HEADER:
             raise InputError(f"{path}: safetensors header of {header_length} bytes is over the {MAX_HEADER} cap")
         raw = f.read(header_length)
-    # Each entry names its offsets once: counting them first keeps a hostile header from costing
-    # gigabytes of parsed JSON before it is refused.
-    if raw.count(b'"data_offsets"') > MAX_TENSORS:
-        raise InputError(f"{path}: safetensors header declares over {MAX_TENSORS} tensors")
+    objects = 0
+
+    def counted(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        # Each tensor is one JSON object: stopping at the cap keeps a hostile header from costing
+        # gigabytes of parsed JSON (and minutes) before it is refused.
+        nonlocal objects
+        objects += 1
+        if objects > MAX_TENSORS + 1:  # the tensors (__metadata__ counted among them) and the header itself
+            raise _TooMany
+        return dict(pairs)
+
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=counted)
+    except _TooMany:
+        raise InputError(f"{path}: safetensors header declares over {MAX_TENSORS} tensors") from None
     except RecursionError:
         raise InputError(f"{path}: safetensors header nests too deep") from None
     except (ValueError, UnicodeDecodeError):
