@@ -112,6 +112,23 @@ def test_a_bytes_stage_alone_gets_its_grouping_stage(spec, expected):
     assert Pipeline.parse(spec).spec() == expected
 
 
+def test_codecs_built_without_a_spec_still_need_the_grouping_stage():
+    # Pipeline.from_codecs (the Python API, and archives) completes nothing: it says what to write.
+    with pytest.raises(PipelineError, match=r"bytes stage 'zstd' needs a grouping stage before it, such as bytegroup: write 'bytegroup\|zstd'"):
+        Pipeline.from_codecs(list(Pipeline.parse("zstd").bytes_stages))
+
+
+def test_help_lists_each_codec_from_its_declaration():
+    done = _run("compress", "--help", env={"COLUMNS": "400", "TERM": "dumb"})
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for cls in CODECS:
+        usage = "; ".join(param.usage() for param in cls.parameters()) or "(no parameters)"
+        assert f"{cls.codec_id}: {usage}" in text, cls.codec_id
+    assert "zstd: level=3 in -131072..22" in text and "codebook: bits=4 in 1..8; rows=64 in 1..1048576; pack=true" in text
+    assert "lowrank: energy in (0, 1]; ratio in (0, 1]; include; exclude; one of energy or ratio is needed" in text
+
+
 def test_a_bytes_stage_alone_through_the_cli_round_trips(model, tmp_path):
     archive = tmp_path / "z.zoo"
     done = _run("compress", model, "-o", archive, "-p", "zstd", "--json", env={"ZOO_HOME": str(tmp_path / "home")})

@@ -89,6 +89,9 @@ class Pipeline:
         rest = list(codecs[index:])
         if not rest:
             rest = _parse_stages(DEFAULT_SPEC)
+        if isinstance(rest[0], BytesCodec):
+            raise PipelineError(f"bytes stage {rest[0].codec_id!r} needs a grouping stage before it, "
+                                f"such as {GROUPING_FOR_BYTES}: write '{GROUPING_FOR_BYTES}|{rest[0].codec_id}'")
         if not isinstance(rest[0], GroupingCodec):
             raise PipelineError(
                 f"stage {rest[0].codec_id!r} cannot follow an array stage; "
