@@ -320,3 +320,16 @@ def test_a_zoo_in_a_folder_whose_name_looks_like_a_uri(tiny_model, tmp_path):
     with closing(catalogue.connect(home / "catalogue.sqlite")) as index:  # rebuilt, and opened where it is
         assert [row[0] for row in index.execute("SELECT name FROM models")] == ["tiny"]
     assert sorted(p.name for p in home.iterdir()) == ["catalogue.sqlite", "lock", "manifests", "objects", "work"]
+
+
+def test_an_old_catalogue_without_its_archives_is_kept(tiny_model, tmp_path):
+    """The rows of an old catalogue were the record: when its archives are not there to migrate,
+    the file is kept as catalogue-v1.sqlite rather than replaced by the rebuilt index."""
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    for path in (home / "archives").iterdir():
+        path.rename(tmp_path / path.name)  # moved elsewhere by hand
+    (home / "archives").rmdir()
+    assert listed(home) == []
+    with closing(sqlite3.connect(home / "catalogue-v1.sqlite")) as old:
+        assert [row[0] for row in old.execute("SELECT name FROM models")] == ["org/old"]

@@ -206,6 +206,10 @@ class Store:
             with locked_temporary(self.work, "catalogue-", is_dir=False) as fresh:
                 fresh.unlink()
                 catalogue.build(fresh, records)
+                legacy = self.home / "catalogue-v1.sqlite"
+                if not legacy.exists() and legacy_records(self.catalogue):
+                    # a catalogue of the old layout whose archives are not here: it was the record, keep it
+                    shutil.copyfile(self.catalogue, legacy)
                 for suffix in ("-journal", "-wal", "-shm"):  # a journal of the old file must never meet the new one
                     with suppress(FileNotFoundError):
                         os.unlink(f"{self.catalogue}{suffix}")
