@@ -127,7 +127,8 @@ class Param:
             fits = isinstance(value, str)
         else:
             numbers = (int,) if self.kind is int else (int, float)
-            fits = (not isinstance(value, bool) and isinstance(value, numbers) and math.isfinite(value)
+            # isfinite only on floats: an integer too large for a float is still compared exactly.
+            fits = (not isinstance(value, bool) and isinstance(value, numbers) and (isinstance(value, int) or math.isfinite(value))
                     and (self.low is None or (value > self.low if self.open_low else value >= self.low))
                     and (self.high is None or value <= self.high))
         if not fits:
@@ -135,7 +136,7 @@ class Param:
         return value
 
     def usage(self) -> str:
-        """`name=default (range)` for --help; a parameter with no default is shown by its name."""
+        """`name=default in range` for --help; a parameter with no default is shown by its name."""
         text = self.name if self.default is None else f"{self.name}={json.dumps(self.default)}"
         bounds = self.bounds()
         if not bounds:
