@@ -93,6 +93,8 @@ def test_a_damaged_catalogue_is_rebuilt_and_doctor_says_so(two_models, damage):
     assert finding.startswith(str(catalogue)) and "rebuilt from 2 manifests" in finding
     assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
     assert "no problems found" in zoo_cli("doctor", home=home).stdout
+    if damage != "garbage":
+        return
     catalogue.write_bytes(b"\0" * 4096)  # and without doctor: every command just works
     for command in (("ls",), ("info", "org/first"), ("verify", "org/first")):
         done = zoo_cli(*command, home=home)
