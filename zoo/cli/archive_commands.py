@@ -9,7 +9,7 @@ import typer
 
 from zoo.evaluate.result import QualityGateError
 from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
-from zoo.cli.options import ArchiveArg, Base, Force, Json, Threads
+from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import print_compressed, print_quality, print_report
 
@@ -145,7 +145,7 @@ def decompress(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the model into.")],
     base: Base = None,
     threads: Threads = None,
-    force: Force = False,
+    force: ForceFiles = False,
     as_json: Json = False,
 ) -> None:
     """Write the model folder back out, checking every file's sha256."""

@@ -9,6 +9,8 @@ import typer
 
 Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: up to 8, one per core).")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output.")]
+ForceFiles = Annotated[bool, typer.Option("--force", "-f", help="Into an existing folder: replace the files of the model that are "
+                                                              "there (other files stay; a folder is never removed).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.")]
 ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive.", show_default=False)]

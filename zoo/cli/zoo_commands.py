@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zoo.cli.options import Force, Json, Threads
+from zoo.cli.options import Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, print_table, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import print_compressed
 
@@ -87,7 +87,7 @@ def export(
     ref: NameArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the plain Hugging Face model into.")],
     threads: Threads = None,
-    force: Force = False,
+    force: ForceFiles = False,
     as_json: Json = False,
 ) -> None:
     """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
