@@ -48,8 +48,15 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 HIGHEST_BITS = 16.0
 LOWEST_BITS = 1.0
 FIRST_BITS = 4.0
-COARSE_FACTOR = math.sqrt(2.0)
-FINE_ROUNDS = 3  # each halves the bracket: sqrt(2) -> ~4 % in bits per weight
+MAX_JUMP = 2.0  # a coarse step moves the rate by at most this factor in bits per weight
+# The search ends when it brackets the budget within this factor of bits per weight, or after
+# MAX_CANDIDATES codings: each costs a whole l2 survey and an evaluation.
+BRACKET = 1.04
+MAX_CANDIDATES = 8
+# A uniform quantizer's error falls by 6 dB per bit, so the distance from the original (a KL, a
+# PPL ratio's excess, one minus a cosine) by about 4x per bit: the slope of ln(distance) against
+# bits assumed until two candidates measure it.
+DEFAULT_SLOPE = math.log(4.0)
 BPW_ROUNDS = 5  # a bpw= budget: landings of the archive's real size on the limit
 # What the proof and the trail add to the header once the archive is chosen: a bpw= budget is met
 # with this much room to spare, so the archive as stored still meets it.
@@ -142,6 +149,26 @@ class BudgetResult:
     trail: list[Candidate] = field(default_factory=list)
 
 
+class Session:
+    """What several searches on one model share (a benchmark's budgets, say): the teacher, and every
+    candidate coded and measured, whose archives stay in `work` until close(). One source, one
+    calibration text, one held-out text and one leaf per session."""
+
+    def __init__(self, work: str | os.PathLike[str]) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix=".zoo-budget-", dir=work))
+        self.teacher: Any = None
+        self.candidates: dict[float, Candidate] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _figure_text(budget: Budget, value: float | None) -> str:
     return "-" if value is None else f"{budget.name} {value:.6g}"
 
@@ -200,6 +227,7 @@ def compress_to_budget(
     progress: Progress | None = None,
     on_candidate: Callable[[Candidate], None] | None = None,
     highest_bits: float = HIGHEST_BITS,
+    session: Session | None = None,
 ) -> BudgetResult:
     """Search l2's rate for the smallest archive of `source` (a model folder) that meets `budget`
     on `held_out` text (default: the evaluation text zoo ships, never the calibration text), and
@@ -207,7 +235,7 @@ def compress_to_budget(
     calibration text file (default: the one zoo ships). `progress(stage, done, total)` follows the
     search and each candidate's phases; `on_candidate` sees each measured candidate. Raises
     BudgetError, leaving nothing at `destination`, when no rate up to `highest_bits` bits per
-    weight meets the budget."""
+    weight meets the budget. `session` shares the teacher and the candidates between searches."""
     from zoo import api
     from zoo.evaluate.models import Model
     from zoo.optimize.calibration import collect
@@ -229,16 +257,16 @@ def compress_to_budget(
     if held_out is not None and held_out.strip() == _read(text_path).strip():
         raise InputError(f"{text_path}: the held-out text the budget is judged on must differ from the calibration text")
 
-    # Calibrated once: the teacher runs the original on the calibration text, and the first
-    # candidate's survey measures the sensitivities every later one reuses.
-    shared = None
-    if kind != "weights":
-        shared = SurveyTeacher(collect(source, text_path, progress=progress), progress)
-    work = Path(tempfile.mkdtemp(prefix=".zoo-budget-", dir=destination.parent))
+    owned = session is None
+    session = Session(destination.parent) if session is None else session
     try:
-        searcher = _Search(budget, lambda bits, path: _candidate(api, source, path, bits, leaf, shared, threads, progress),
+        # Calibrated once: the teacher runs the original on the calibration text, and the first
+        # candidate's survey measures the sensitivities every later one reuses.
+        if session.teacher is None and kind != "weights":
+            session.teacher = SurveyTeacher(collect(source, text_path, progress=progress), progress)
+        searcher = _Search(budget, lambda bits, path: _candidate(api, source, path, bits, leaf, session.teacher, threads, progress),
                            lambda c: _judge(c, budget, source, kind, held_out, max_tokens, threads, progress),
-                           work, progress, on_candidate)
+                           session, owned, progress, on_candidate)
         kept = searcher.run_size(highest_bits) if budget.name == "bpw" else searcher.run_quality(highest_bits)
         if kept.result is None:  # a bpw= budget: the kept archive's quality is measured once, at the end
             _judge(kept, budget, source, kind, held_out, max_tokens, threads, progress)
@@ -254,12 +282,15 @@ def compress_to_budget(
             "trail": [c.record() for c in searcher.trail],
         }
         assert kept.path is not None
-        api.update_metadata(kept.path, {"budget": record})
+        final = session.work / "kept.zoo"
+        shutil.copyfile(kept.path, final)  # a session's candidate stays as it was for the next search
+        api.update_metadata(final, {"budget": record})
         if (destination.exists() or destination.is_symlink()) and not force:
             raise OutputExistsError(f"{destination} exists; pass --force to replace it")
-        os.replace(kept.path, destination)
+        os.replace(final, destination)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if owned:
+            session.close()
     report = api.report_of(destination)
     return BudgetResult(budget, report, kept, searcher.trail)
 
@@ -294,31 +325,39 @@ def _judge(candidate: Candidate, budget: Budget, source: Path, kind: str, held_o
 class _Search:
     """The walk on the rate. `make(bits, path)` codes a candidate, `judge(candidate)` measures it."""
 
-    def __init__(self, budget: Budget, make: Callable[[float, Path], Candidate], judge: Callable[[Candidate], None], work: Path,
-                 progress: Progress | None, on_candidate: Callable[[Candidate], None] | None) -> None:
+    def __init__(self, budget: Budget, make: Callable[[float, Path], Candidate], judge: Callable[[Candidate], None], session: Session,
+                 owned: bool, progress: Progress | None, on_candidate: Callable[[Candidate], None] | None) -> None:
         self.budget = budget
         self.make = make
         self.judge = judge
-        self.work = work
+        self.session = session
+        self.owned = owned  # the session is this search's alone: a beaten candidate's archive is deleted at once
         self.progress = progress
         self.on_candidate = on_candidate
-        self.seen: dict[float, Candidate] = {}  # rounded bits -> the candidate: a rate is coded and judged once
         self.trail: list[Candidate] = []
-        self.best: Candidate | None = None  # the smallest archive meeting the budget so far
+        self.best: Candidate | None = None  # the best archive meeting the budget so far
 
     def _try(self, bits: float, judged: bool = True) -> Candidate:
-        key = round(bits, 4)
-        if key in self.seen:
-            return self.seen[key]
+        key = round(bits, 4)  # a rate is coded and judged once per session
+        known = next((c for c in self.trail if round(c.bits, 4) == key), None)
+        if known is not None:
+            return known
         if self.progress:
             self.progress(SEARCH_STAGE, len(self.trail), len(self.trail) + 1)
-        candidate = self.make(bits, self.work / f"candidate-{len(self.trail)}.zoo")
-        if judged:
-            self.judge(candidate)
-        elif self.budget.name == "bpw":
+        made = self.session.candidates.get(key)
+        if made is None:
+            made = self.make(bits, self.session.work / f"candidate-{len(self.session.candidates)}.zoo")
+            self.session.candidates[key] = made
+        candidate = Candidate(made.bits, made.pipeline, made.bytes, made.bits_per_weight, path=made.path, result=made.result)
+        if self.budget.name == "bpw":
             candidate.figure = candidate.bits_per_weight  # as coded; the proof and trail add at most PROOF_BYTES
             candidate.meets = _stored_bits(candidate) <= self.budget.limit
-        self.seen[key] = candidate
+        elif candidate.result is not None:
+            candidate.figure = self.budget.figure(candidate.result)
+            candidate.meets = candidate.figure is not None and self.budget.meets(candidate.figure)
+        elif judged:
+            self.judge(candidate)
+            made.result = candidate.result
         self.trail.append(candidate)
         if self.progress:
             self.progress(SEARCH_STAGE, len(self.trail), len(self.trail))
@@ -328,47 +367,68 @@ class _Search:
         return candidate
 
     def _keep(self, candidate: Candidate) -> None:
-        """Hold on to the best archive so far; every other one is deleted as soon as it is beaten."""
+        """Hold on to the best archive so far; alone in its session, delete every other one at once."""
         if candidate.meets and (self.best is None or self._better(candidate, self.best)):
-            if self.best is not None and self.best.path is not None:
-                self.best.path.unlink(missing_ok=True)
-            self.best = candidate
-        elif candidate.path is not None:
-            candidate.path.unlink(missing_ok=True)
+            beaten, self.best = self.best, candidate
+        else:
+            beaten = candidate
+        if self.owned and beaten is not None and beaten.path is not None:
+            beaten.path.unlink(missing_ok=True)
 
     def _better(self, candidate: Candidate, than: Candidate) -> bool:
         # a quality budget keeps the smallest archive; a size budget the largest, closest to its limit
         return candidate.bytes > than.bytes if self.budget.name == "bpw" else candidate.bytes < than.bytes
 
+    def _distance(self, value: float) -> float:
+        """ln of how far a figure is from the original's (0 for a KL, 1 for a ratio or a cosine)."""
+        gap = {"kl": value, "ppl-ratio": value - 1.0, "cosine": 1.0 - value}[self.budget.name]
+        return math.log(max(gap, 1e-12))
+
+    def _next(self, passing: float | None, failing: float | None, highest_bits: float) -> float:
+        """Where to code next: the rate the measured slope of ln(distance) against bits puts on the
+        budget (coarse, at most MAX_JUMP away), kept inside the bracket once there is one (fine)."""
+        judged = sorted((c for c in self.trail if c.figure is not None and not math.isnan(c.figure)),
+                        key=lambda c: abs(self._distance(c.figure) - self._distance(self.budget.limit)))
+        nearest = judged[0]
+        slope = DEFAULT_SLOPE
+        other = next((c for c in judged[1:] if abs(c.bits - nearest.bits) > 1e-3), None)
+        if other is not None:
+            measured = (self._distance(other.figure) - self._distance(nearest.figure)) / (nearest.bits - other.bits)
+            slope = min(4 * DEFAULT_SLOPE, max(DEFAULT_SLOPE / 4, measured))
+        target = nearest.bits + (self._distance(nearest.figure) - self._distance(self.budget.limit)) / slope
+        target = min(nearest.bits * MAX_JUMP, max(nearest.bits / MAX_JUMP, target))
+        if passing is not None and failing is not None:
+            low, high = failing, passing
+            # inside the bracket, and not so near an end that the step learns nothing
+            margin = (high / low) ** 0.2
+            if not low * margin <= target <= high / margin:
+                target = math.sqrt(low * high)
+        return min(highest_bits, max(LOWEST_BITS, target))
+
     def run_quality(self, highest_bits: float) -> Candidate:
+        """The smallest archive meeting a quality budget: coarse jumps on the measured slope until
+        the budget is bracketed, then the bracket narrowed to BRACKET."""
         bits = min(FIRST_BITS, highest_bits)
-        first = self._try(bits)
-        passing, failing = (bits, None) if first.meets else (None, bits)
-        # coarse: out by a factor of sqrt(2) in bits until the budget is bracketed
-        while passing is None and bits * COARSE_FACTOR <= highest_bits * 1.0001:
-            bits *= COARSE_FACTOR
-            if self._try(bits).meets:
-                passing = bits
+        passing: float | None = None
+        failing: float | None = None
+        while len(self.trail) < MAX_CANDIDATES:
+            candidate = self._try(bits)
+            if candidate.meets:
+                passing = bits if passing is None else min(passing, bits)
             else:
-                failing = bits
-        if passing is None and bits < highest_bits and self._try(highest_bits).meets:
-            passing = highest_bits
-        while failing is None and bits / COARSE_FACTOR >= LOWEST_BITS * 0.9999:
-            bits /= COARSE_FACTOR
-            if self._try(bits).meets:
-                passing = bits
-            else:
-                failing = bits
-        if passing is None:
+                failing = bits if failing is None else max(failing, bits)
+            if passing is not None and (failing is None and bits <= LOWEST_BITS * 1.0001 or failing is not None and passing / failing <= BRACKET):
+                break
+            if passing is None and bits >= highest_bits * 0.9999:
+                break
+            if candidate.figure is None:
+                self._fail()
+            following = self._next(passing, failing, highest_bits)
+            if any(abs(c.bits - following) < 1e-4 for c in self.trail):
+                break
+            bits = following
+        if self.best is None:
             self._fail()
-        # fine: halve the bracket (in log bits) a few times
-        if failing is not None:
-            for _ in range(FINE_ROUNDS):
-                middle = math.sqrt(passing * failing)
-                if self._try(middle).meets:
-                    passing = middle
-                else:
-                    failing = middle
         assert self.best is not None
         return self.best
 
@@ -388,7 +448,7 @@ class _Search:
             elif landing <= bits:
                 break
             landing = min(highest_bits, max(LOWEST_BITS / 10, landing))
-            if round(landing, 4) in self.seen:
+            if any(round(c.bits, 4) == round(landing, 4) for c in self.trail):
                 break
             bits = landing
         if self.best is None:
@@ -423,5 +483,5 @@ def _human(count: float) -> str:
     return f"{count:.2f} GiB"
 
 
-__all__ = ["BUDGETS", "Budget", "BudgetError", "BudgetResult", "CalibratedPipeline", "Candidate", "SurveyTeacher", "compress_to_budget",
+__all__ = ["BUDGETS", "Budget", "BudgetError", "BudgetResult", "CalibratedPipeline", "Candidate", "Session", "SurveyTeacher", "compress_to_budget",
            "l2_pipeline"]
