@@ -186,5 +186,8 @@ def test_compress_accepts_a_hub_id(hub, tiny_bert, tmp_path):
     done = zoo_cli("compress", "org/tiny-bert", "--pipeline", "truncate:bits=6", env=env, cwd=work)
     assert done.returncode == 0, done.stderr
     assert [e.variant for e in Store(tmp_path / "second").entries()] == ["truncate:bits=6"]
+    # no ORG/NAME shape: a local path, missing, said at once without asking the hub
     done = zoo_cli("compress", "no-such-thing", env=env, cwd=work)
+    assert done.returncode == 1 and done.stderr == "error: no-such-thing: no such file or folder\n"
+    done = zoo_cli("compress", "org/no-such-thing", env=env, cwd=work)
     assert done.returncode == 1 and "nor is there a local file or folder" in done.stderr
