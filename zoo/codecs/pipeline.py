@@ -137,7 +137,9 @@ class Pipeline:
     def spec(self) -> str:
         parts = []
         for config in self.configs():
-            arguments = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in config.items() if k != "id")
+            # a parameter left at None (include, exclude) says nothing: the spec reads as the user would write it
+            arguments = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in config.items()
+                                 if k != "id" and v is not None)
             parts.append(config["id"] + (":" + arguments if arguments else ""))
         return "|".join(parts)
 
