@@ -463,7 +463,7 @@ class _Search:
         if not judged:
             raise BudgetError(f"budget {self.budget}: no candidate could be measured; no archive was kept")
         best = (max if direction == "min" else min)(judged, key=lambda c: c.figure)
-        raise BudgetError(f"budget {self.budget} is not met by l2 up to {max(c.bits for c in self.trail):.3g} bits per weight: the best "
+        raise BudgetError(f"budget {self.budget} is not met by l2 at any rate down to target_ratio={32 / max(c.bits for c in self.trail):.3g}: the best "
                           f"reached was {_figure_text(self.budget, best.figure)} at {_human(best.bytes)} "
                           f"({best.bits_per_weight:.3g} bits per weight, {best.pipeline}); no archive was kept "
                           "(-p lossless keeps the model exact)")
