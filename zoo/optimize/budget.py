@@ -7,8 +7,10 @@ per weight, at the best quality l2 reaches there).
 
 The search runs on l2's whole-model rate (its ``target_ratio``): l2's survey already spends a rate
 across tensors by their measured sensitivity, so the search only has to find the rate. It walks
-the rate coarsely (a factor of sqrt(2) in bits per weight) until it brackets the budget, then
-halves the bracket a few times (log scale). The model is loaded and run on the calibration text
+the rate coarsely until it brackets the budget, then narrows the bracket to 4 %: the distance from
+the original (a KL, a PPL ratio's excess, one minus a cosine) falls about 4x per bit, so each next
+rate is where the slope two candidates measure puts the budget (at most 2x away in bits, inside
+the bracket once there is one). The model is loaded and run on the calibration text
 once: its activation statistics and the teacher's per-weight sensitivities are measured for the
 first candidate and reused by every other one. Each candidate is evaluated once (a rate seen
 before is not coded again) on held-out text, distinct from the calibration text, and the
@@ -157,6 +159,7 @@ class Session:
     def __init__(self, work: str | os.PathLike[str]) -> None:
         self.work = Path(tempfile.mkdtemp(prefix=".zoo-budget-", dir=work))
         self.teacher: Any = None
+        self.source: Path | None = None  # the model the teacher and the candidates are of
         self.candidates: dict[float, Candidate] = {}
 
     def close(self) -> None:
@@ -259,6 +262,9 @@ def compress_to_budget(
 
     owned = session is None
     session = Session(destination.parent) if session is None else session
+    if session.source is not None and session.source != source.resolve():
+        raise InputError(f"a budget session is of one model: {session.source}, not {source}")
+    session.source = source.resolve()
     try:
         # Calibrated once: the teacher runs the original on the calibration text, and the first
         # candidate's survey measures the sensitivities every later one reuses.
