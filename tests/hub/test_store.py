@@ -81,6 +81,8 @@ def test_names_revisions_and_variants(tiny_model, tmp_path):
     assert store.resolve("org/tiny:truncate:bits=5").archive == lossy.archive
     assert store.resolve(f"org/tiny@{first.commit}").archive == first.archive
     assert lossy.commit != first.commit and len(lossy.commit) == 40
+    # a variant that is no pipeline zoo can read names nothing: not found, never a crash
+    assert store.matches("org/tiny:nosuchcodec:x=1") == [] and store.matches("org/tiny:truncate:bitz=5") == []
     with pytest.raises(InputError, match="names 3 entries"):
         store.remove("org/tiny")
     assert [e.ref for e in store.remove("org/tiny@main:lossless")] == ["org/tiny@main:lossless"]

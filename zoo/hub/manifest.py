@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooError
 
 LOSSLESS = "lossless"
 DEFAULT_REVISION = "main"
