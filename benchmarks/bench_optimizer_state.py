@@ -14,20 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from zoo.kernels import cpu_model  # noqa: E402
 
 
 def train(steps: int, folder: Path) -> Path:
@@ -74,7 +64,7 @@ def main() -> None:
         raw = path.read_bytes()
         size = len(raw)
         print(f"AdamW state of a {options.steps}-step run: {size / 1e6:.2f} MB ({training:.1f} s of training)")
-        print(f"CPU: {cpu_name()}, {options.threads} threads")
+        print(f"CPU: {cpu_model()}, {options.threads} threads")
         rows = []
 
         report, seconds = timed(zoo.compress, path, folder / "optimizer.zoo", threads=options.threads)

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,16 +29,7 @@ import zoo  # noqa: E402
 from zoo.api import compress_into  # noqa: E402
 from zoo.hub.store import Store  # noqa: E402
 from zoo.kernels.parallel import resolve_threads  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from zoo.kernels import cpu_model  # noqa: E402
 
 
 def write_model(folder: Path, megabytes: int) -> Path:
@@ -79,7 +69,7 @@ def main() -> None:
     parser.add_argument("--manifests", type=int, default=500)
     options = parser.parse_args()
     threads = resolve_threads(None)
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, zoo threads {threads}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, zoo threads {threads}")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         model = write_model(root / "model", options.megabytes)

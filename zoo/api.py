@@ -6,9 +6,7 @@ import builtins
 import hashlib
 import math
 import os
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +16,7 @@ from typing import Any
 
 
 from zoo.kernels.parallel import for_each, resolve_threads
-from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded, tensor_leaves
+from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded
 from zoo.dtypes import DTYPES
 from zoo.container.writer import Builder
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages

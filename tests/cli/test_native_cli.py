@@ -20,7 +20,8 @@ def test_env_names_the_forced_path():
     done = zoo("env", "--json", env={"ZOO_KERNELS": "numpy"})
     assert done.returncode == 0 and json.loads(done.stdout)["kernels"] == "numpy"
     done = zoo("env")
-    assert done.returncode == 0 and done.stdout.startswith("kernels: ")
+    cpu, kernels = done.stdout.splitlines()[:2]
+    assert done.returncode == 0 and cpu.startswith("cpu: ") and len(cpu) > len("cpu: ") and kernels.startswith("kernels: ")
 
 
 def test_env_rejects_an_unknown_path_in_one_line():

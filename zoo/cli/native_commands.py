@@ -53,6 +53,7 @@ def env(as_json: Json = False) -> None:
     if as_json:
         print_json(info)
         return
+    stdout.print(f"cpu: {info['cpu']}", markup=False, highlight=False)
     stdout.print(f"kernels: {info['kernels']} ({info['reason']})", markup=False, highlight=False)
     if "available" in info:
         stdout.print(f"available: {', '.join(info['available'])}", markup=False, highlight=False)

@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,12 +175,4 @@ def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[s
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {os.uname().machine}, {cpu}"
+    return f"{os.cpu_count()}-core {os.uname().machine}, {_kernels.cpu_model()}"

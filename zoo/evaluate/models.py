@@ -18,7 +18,7 @@ from typing import Any
 
 from zoo.errors import InputError
 from zoo.container.format import is_archive
-from zoo.optimize.models import first_line, load_model, load_tokenizer
+from zoo.optimize.models import load_model, load_tokenizer
 from zoo.refs import find_archive, not_found
 
 KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError
-from zoo.evaluate.models import Model, first_line
+from zoo.evaluate.models import Model
+from zoo.optimize.models import first_line
 
 Progress = Callable[[str, int, int], None]
 

@@ -76,9 +76,24 @@ else:
     )
 
 
+def cpu_model() -> str:
+    """The processor's name as the OS reports it ("Intel(R) Xeon(R) Processor", "AMD EPYC 7B13"):
+    what every measured figure names beside it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def info() -> dict[str, Any]:
-    """What `zoo env` prints: the path in use, why, and what the CPU offers."""
-    document: dict[str, Any] = {"kernels": PATH, "reason": _REASON, "requested": _requested()}
+    """What `zoo env` prints: the CPU, the path in use, why, and what the CPU offers."""
+    document: dict[str, Any] = {"cpu": cpu_model(), "kernels": PATH, "reason": _REASON, "requested": _requested()}
     if _native_module is not None:
         document["cpu_features"] = _native_module.cpu_features()
         document["available"] = list(_native_module.available_isas())
