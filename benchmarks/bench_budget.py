@@ -74,7 +74,7 @@ def llamacpp(arguments: argparse.Namespace, budgets: list[str]) -> None:
     import sys as _sys
 
     from zoo.evaluate import evaluate
-    from zoo.optimize.budget import Budget
+    from zoo.evaluate.budget import Budget
 
     from benchmarks.tiny_lm import texts
 
@@ -151,7 +151,7 @@ def main() -> None:
 
     import torch
 
-    from zoo.optimize.budget import BudgetError, Session, compress_to_budget
+    from zoo.evaluate.budget import BudgetError, Session, compress_to_budget
 
     torch.set_num_threads(arguments.threads)
     budgets = (arguments.budgets or DEFAULTS[arguments.which]).split(",")

@@ -104,6 +104,7 @@ RULES = [
     ("zoo.kernels", ("zoo.container", "zoo.codecs", "zoo.hub", "zoo.cli", "zoo.api", "zoo.evaluate", "zoo.optimize")),
     ("zoo.codecs", ("zoo.container", "zoo.hub", "zoo.cli", "zoo.api", "zoo.evaluate")),
     ("zoo.sources", ("zoo.container", "zoo.codecs", "zoo.hub", "zoo.cli", "zoo.api", "zoo.evaluate")),
+    ("zoo.optimize", ("zoo.container", "zoo.hub", "zoo.cli", "zoo.api", "zoo.evaluate")),
     ("zoo.hub", ("zoo.cli",)),
     ("zoo.evaluate", ("zoo.cli",)),
 ]

@@ -75,6 +75,8 @@ def compress(
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
     if budget is not None:
+        if include or exclude or follow_links:  # the search compresses and judges the whole folder
+            raise InputError("--budget takes the whole model folder: leave out --include, --exclude and --follow-links")
         gated = evaluate or verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
         _compress_to_budget(source, output, budget, pipeline, calib, base, threads, force, gated, as_json)
         return
@@ -112,10 +114,10 @@ def compress(
 
 def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipeline: str, calib: Optional[Path], base: Optional[Path],
                         threads: Optional[int], force: bool, gated: bool, as_json: bool) -> None:
-    """compress --budget: zoo.optimize.budget searches the rate; a line per candidate on stderr."""
+    """compress --budget: zoo.evaluate.budget searches the rate; a line per candidate on stderr."""
     from zoo import api
     from zoo.errors import InputError
-    from zoo.optimize.budget import SEARCH_STAGE, Budget, compress_to_budget
+    from zoo.evaluate.budget import SEARCH_STAGE, Budget, compress_to_budget
 
     parsed = Budget.parse(budget)  # a malformed budget fails before anything else is looked at
     if output is None:
@@ -125,7 +127,7 @@ def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipel
     if base is not None or gated:
         raise InputError("--budget is its own quality check: it takes neither --base nor --verify/--max-kl/--min-cosine/--max-ppl-ratio")
 
-    def line(candidate) -> None:  # noqa: ANN001 - a zoo.optimize.budget.Candidate
+    def line(candidate) -> None:  # noqa: ANN001 - a zoo.evaluate.budget.Candidate
         if as_json:
             return
         figure = "" if candidate.figure is None else f", {parsed.name} {candidate.figure:.6g}"

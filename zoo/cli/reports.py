@@ -154,7 +154,7 @@ def print_tensors(tensors: list[dict[str, Any]]) -> None:
 
 
 def print_budget(record: dict[str, Any]) -> None:
-    """What compress --budget stored (zoo.optimize.budget): the search's trail, then its proof."""
+    """What compress --budget stored (zoo.evaluate.budget): the search's trail, then its proof."""
     from rich.table import Table
 
     stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), judged on {record.get('held_out')}; calibrated on "

@@ -1,4 +1,4 @@
-"""compress to a quality budget (zoo.optimize.budget, zoo compress --budget): the kept archive meets
+"""compress to a quality budget (zoo.evaluate.budget, zoo compress --budget): the kept archive meets
 its budget on held-out text, carries the proof and trail, and every failure is one line."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from zoo.errors import InputError, OutputExistsError
-from zoo.optimize.budget import Budget, BudgetError, compress_to_budget
+from zoo.evaluate.budget import Budget, BudgetError, compress_to_budget
 
 from tests.cli.test_cli import zoo_cli
 from tests.conftest import write_tiny_llama
@@ -52,6 +52,8 @@ def test_the_cli_refuses_a_malformed_budget_and_a_budget_without_output(tiny_mod
     assert done.returncode == 1 and done.stderr.strip() == "error: budget 'kl=often': 'often' is not a number"
     done = zoo_cli("compress", tiny_model, "--budget", "kl=0.01")
     assert done.returncode == 1 and done.stderr.strip() == "error: --budget writes a standalone archive: give -o OUT.zoo"
+    done = zoo_cli("compress", tiny_model, "--budget", "kl=0.01", "-o", tmp_path / "m.zoo", "--exclude", "*.json")
+    assert done.returncode == 1 and "--budget takes the whole model folder" in done.stderr and not (tmp_path / "m.zoo").exists()
 
 
 @pytest.mark.slow
