@@ -16,7 +16,7 @@ from pathlib import Path
 import zstandard
 
 import zoo
-from zoo.cli.archive_commands import print_report
+from zoo.cli.reports import print_report
 
 
 def minilm_folder() -> Path:
@@ -50,7 +50,8 @@ def main() -> None:
         zstd_bytes = sum(len(compressor.compress(p.read_bytes())) for p in files)
         zstd_seconds = time.perf_counter() - started
 
-        print_report(report, False, f"all-MiniLM-L6-v2 -> {archive.name}")
+        # the summary, as zoo compress prints it; `zoo info ARCHIVE` or --verbose gives a row per tensor
+        print_report(report, False, f"all-MiniLM-L6-v2 -> {archive.name}", verbose=False)
         print()
         print(f"source: {source}")
         print(f"round trip: {len(files)} files, {'every sha256 matches' if not mismatched else f'MISMATCH in {mismatched}'}")
