@@ -23,10 +23,26 @@ _python_show_warning = warnings.showwarning
 EXTRAS = {"torch": "torch", "transformers": "eval", "matplotlib": "plot"}
 
 
+def shipped_calibration(argv: list[str]) -> list[str]:
+    """`--calib` given without a file means the calibration text zoo ships. typer 0.29 has no option
+    whose value may be left out, so a bare `--calib` (last, or before another option) gets that
+    file's path here."""
+    if "--calib" not in argv:
+        return argv
+    from zoo.optimize.teacher import SHIPPED_TEXT
+
+    given = list(argv)
+    for index in range(len(given) - 1, -1, -1):
+        if given[index] == "--calib" and (index + 1 == len(given) or given[index + 1].startswith("-")):
+            given.insert(index + 1, str(SHIPPED_TEXT))
+    return given
+
+
 def main() -> None:
     from zoo.errors import ZooError
     from zoo.cli.app import app
 
+    sys.argv = shipped_calibration(sys.argv)
     warnings.showwarning = _show_warning
     try:
         app(prog_name="zoo")

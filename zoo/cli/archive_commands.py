@@ -42,7 +42,7 @@ def compress(
     budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
                                                   "ppl-ratio=1.01 (causal LM), cosine=0.999 (encoder) or bpw=3.5 (best quality at that "
                                                   "size), judged on held-out text; needs -o. See docs/budget.md.", show_default=False)] = None,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook.",
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook (bare --calib: the text zoo ships).",
                                                   show_default=False)] = None,
     base: Annotated[Optional[Path], typer.Option("--base", help="The model SOURCE was fine-tuned from: tensors the lossy stages select "
                                                  "are stored as differences from it (needs -o).", show_default=False)] = None,

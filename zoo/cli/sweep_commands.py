@@ -19,7 +19,7 @@ def sweep(
     model: Annotated[Path, typer.Argument(help="A model folder or weights file.", show_default=False)],
     pipeline: Annotated[list[str], typer.Option("--pipeline", "-p", help="A pipeline SPEC to try; give it once per pipeline.")],
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the rate-distortion plot here (PNG).")] = None,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for the stages that use one.")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for the stages that use one (bare --calib: the text zoo ships).")] = None,
     base: Annotated[Optional[Path], typer.Option("--base", help="The model MODEL was fine-tuned from: each pipeline stores the tensors it "
                                                  "selects as differences from it, and is evaluated rebuilt on it.", show_default=False)] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Evaluation text (default: the text shipped with zoo).")] = None,

@@ -23,10 +23,13 @@ MAX_SEQUENCES = 16
 REFERENCE_BYTES = 256 << 20  # the original's outputs kept in memory; further ones are recomputed when asked for
 
 
+SHIPPED_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
+
+
 def default_text() -> str:
     """Calibration text shipped with zoo. Not the evaluation text: fitting to the text the
     evaluator then reads would flatter every codec that calibrates."""
-    return (Path(__file__).resolve().parent.parent / "data" / "calibration.txt").read_text(encoding="utf-8")
+    return SHIPPED_TEXT.read_text(encoding="utf-8")
 
 
 def read_text(calib: str | Path | None) -> str:
