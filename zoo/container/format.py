@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -169,3 +170,12 @@ def is_archive(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(len(MAGIC)) == MAGIC
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,13 +7,11 @@ process as soon as it is encoded, so the resident set does not grow with the mod
 
 from __future__ import annotations
 
-import hashlib
 import math
 import mmap
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -24,7 +22,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import Deltas
 from zoo.dtypes import DTYPES, storage_dtype
 from zoo.errors import InputError
-from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, crc32
+from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, crc32, sha256_file
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
 from zoo.codecs.selection import selected
 from zoo.sources.segments import Segment, SourceFile
@@ -42,14 +40,6 @@ class _Job:
     count: int
     mapped: mmap.mmap | None = None
     file_offset: int = 0
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _map(source: SourceFile) -> mmap.mmap | None:
@@ -132,7 +122,7 @@ class Builder:
         """Encode every source into `payload`; returns the archive header."""
         writer = PayloadWriter(payload)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
-            digests = {s.relpath: hasher.submit(_sha256_file, s.path) for s in stored_files(sources)}
+            digests = {s.relpath: hasher.submit(sha256_file, s.path) for s in stored_files(sources)}
             current: dict[str, Any] | None = None
             chunks: list[tuple[int, int, int]] = []
             for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):

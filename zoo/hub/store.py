@@ -16,7 +16,6 @@ removes those) or an index behind the manifests (rebuilt on the next read).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from zoo.container.format import sha256_file
 from zoo.errors import InputError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
@@ -53,14 +53,6 @@ def zoo_home() -> Path:
 
 class StoreError(ZooError):
     """The zoo's own files cannot be read or written (disk full, permissions, a damaged manifest)."""
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -305,7 +297,7 @@ class Store:
         try:
             with open(archive, "rb") as stream:
                 os.fsync(stream.fileno())
-            sha256 = _sha256_of(archive)
+            sha256 = sha256_file(archive)
         except OSError as error:
             raise StoreError(f"{archive}: cannot read the new archive: {_reason(error)}") from None
         size = archive.stat().st_size
@@ -558,7 +550,7 @@ class Store:
         return aside
 
     def _migrate_one(self, path: Path, row: dict[str, Any] | None) -> str:
-        sha256, size = _sha256_of(path), path.stat().st_size
+        sha256, size = sha256_file(path), path.stat().st_size
         if row is not None:
             record = row
         else:
