@@ -22,8 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo  # noqa: E402
-from zoo.container.format import INDEX_RECORD, PREAMBLE, ArchiveFile, assemble, crc32  # noqa: E402
 from zoo.kernels import cpu_model  # noqa: E402
+
+from tests.container.forge import deeply_nested, every_record_on_the_first_chunk, forge, one_huge_chunk  # noqa: E402
 
 
 def measure(*args: object, cwd: Path) -> tuple[int, float, float, str]:
@@ -43,22 +44,6 @@ def measure(*args: object, cwd: Path) -> tuple[int, float, float, str]:
     return int(code), float(peak), float(seconds), line
 
 
-def forge(path: Path, change_header, change_payload=None) -> Path:
-    """A copy of the archive at `path` with its header (and payload) changed and checksums made right."""
-    opened = ArchiveFile(path)
-    header, start = json.loads(json.dumps(opened.header)), opened.payload_start
-    opened.close()
-    payload = bytearray(path.read_bytes()[start:])
-    if change_payload is not None:
-        change_payload(header, payload)
-    change_header(header)
-    payload_file = path.with_suffix(".payload")
-    payload_file.write_bytes(bytes(payload))
-    forged = path.with_name(f"forged-{len(list(path.parent.glob('forged-*')))}.zoo")
-    assemble(forged, header, payload_file)
-    return forged
-
-
 def main() -> None:
     print(f"# bench_hostile: {cpu_model()}, {os.cpu_count()} CPUs, zoo {zoo.__version__}")
     with tempfile.TemporaryDirectory(prefix="zoo-hostile-") as scratch:
@@ -69,23 +54,7 @@ def main() -> None:
         (work / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + values.tobytes())
         zoo.compress(work / "w.safetensors", work / "w.zoo", chunk_bytes=1024)
 
-        def leaf(h):
-            return h["tensors"]["w"]["root"]["leaf"]
-
-        def huge_chunk(h):
-            leaf(h)["chunk_elements"] = 1 << 29
-            leaf(h)["shape"] = [1 << 29]
-            h["tensors"]["w"]["shape"] = [1 << 29]
-
-        def one_chunk(h, payload):
-            offset, count = leaf(h)["index"]
-            first = payload[offset:offset + INDEX_RECORD.size]
-            for number in range(count):
-                payload[offset + number * INDEX_RECORD.size:offset + (number + 1) * INDEX_RECORD.size] = first
-            leaf(h)["index_crc32"] = crc32(bytes(payload[offset:offset + count * INDEX_RECORD.size]))
-
-        deep = b'{"format":"zoo","files":[],"tensors":{},"metadata":{"deep":' + b"[" * 5000 + b"]" * 5000 + b"}}"
-        (work / "deep.zoo").write_bytes(PREAMBLE.pack(b"\x89ZOO\r\n\x1a\n", 1, crc32(deep), len(deep)) + deep)
+        (work / "deep.zoo").write_bytes(deeply_nested(5000))
         many = b"{" + b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(1_650_001)) + b"}"
         (work / "many.safetensors").write_bytes(struct.pack("<Q", len(many)) + many)
         wide = json.dumps({"w": {"dtype": "F32", "shape": [1] * 100_001, "data_offsets": [0, 4]}}).encode()
@@ -98,8 +67,8 @@ def main() -> None:
 
         cases = [
             ("zoo --help (the anchor)", ("--help",)),
-            ("66 KB-class .zoo declaring one 2 GiB chunk: verify", ("verify", forge(work / "w.zoo", huge_chunk))),
-            ("512-class index records on one chunk: decompress", ("decompress", forge(work / "w.zoo", lambda h: None, one_chunk), "-o", work / "out")),
+            ("66 KB-class .zoo declaring one 2 GiB chunk: verify", ("verify", forge(work / "w.zoo", one_huge_chunk))),
+            ("512-class index records on one chunk: decompress", ("decompress", forge(work / "w.zoo", change_payload=every_record_on_the_first_chunk), "-o", work / "out")),
             ("archive header nested 5000 deep: info", ("info", work / "deep.zoo")),
             (f"{(work / 'many.safetensors').stat().st_size >> 20} MB safetensors header, 1,650,001 zero-size tensors: compress",
              ("compress", work / "many.safetensors", "-o", work / "many.zoo")),
