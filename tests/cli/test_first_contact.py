@@ -289,7 +289,7 @@ def test_ls_and_quality_tables_fit_80_columns_and_are_plain_lines_when_piped(tin
     ok(zoo_cli("compress", tiny_model, "--name", "org/a-rather-long-model-name", "-p", "truncate:bits=6|bytegroup|zstd", "--eval",
                home=home))
     piped = ok(zoo_cli("ls", home=home)).stdout.splitlines()
-    assert piped[1].split() == ["name", "revision", "variant", "original", "stored", "ratio", "quality"]
+    assert piped[1].split() == ["name", "revision", "variant", "original", "stored", "adds", "ratio", "quality"]
     assert piped[2].split()[:3] == ["org/a-rather-long-model-name", "main", "truncate:bits=6|bytegroup|zstd:level=3"]
     shown = _visible(ok(zoo_cli("ls", home=home, env={"FORCE_COLOR": "1", "COLUMNS": "80"})).stdout)
     assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown and "┃" in shown

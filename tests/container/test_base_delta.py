@@ -196,7 +196,8 @@ def test_archives_with_and_without_a_base_record_and_version_agree(delta_archive
 
     archive, _ = delta_archive
     data = bytearray(archive.read_bytes())
-    for version, message in ((1, "version 1 archive with a base record"), (3, "this zoo reads versions 1 and 2")):
+    for version, message in ((1, "version 1 archive whose header is that of version 2"), (3, "version 3 archive whose header is that of version 2"),
+                             (4, "this zoo reads versions 1 to 3")):
         data[8:12] = version.to_bytes(4, "little")
         (tmp_path / "bad.zoo").write_bytes(bytes(data))
         with pytest.raises(FormatError, match=message):

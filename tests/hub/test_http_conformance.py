@@ -20,7 +20,7 @@ from zoo.api import compress_into
 from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 
-from tests.conftest import random_storage, write_safetensors
+from tests.conftest import largest_object, random_storage, write_safetensors
 from tests.hub.test_serve import request, running_server
 
 FILE = "/org/tiny/resolve/main/model.safetensors"
@@ -196,10 +196,11 @@ def multi_chunk(tmp_path):
 
 def test_a_payload_damaged_mid_file_never_arrives_as_a_success(multi_chunk, capfd, caplog):
     store, entry, original = multi_chunk
-    data = bytearray(entry.archive.read_bytes())
+    damaged = largest_object(store, entry)
+    data = bytearray(damaged.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)
-    entry.archive.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
     server = make_server(store, "127.0.0.1", 0, quiet=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -230,9 +231,10 @@ def test_a_damaged_first_chunk_is_a_clean_500(multi_chunk):
     path = "/big/resolve/main/model.safetensors"
     with running_server(store) as url:
         assert request(url, path, headers={"Range": f"bytes={middle}-{middle}"})[0] == 206
-        data = bytearray(entry.archive.read_bytes())
+        damaged = largest_object(store, entry)
+        data = bytearray(damaged.read_bytes())
         data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
-        entry.archive.write_bytes(bytes(data))
+        damaged.write_bytes(bytes(data))
         status, headers, body = request(url, path, headers={"Range": f"bytes={middle}-{middle}"})
         assert status == 500 and "damaged" in json.loads(body)["error"] and "content-range" not in headers
         status, _, body = request(url, path, headers={"Range": "bytes=0-99"})  # the chunks before it still serve
@@ -362,9 +364,10 @@ def test_huggingface_hub_never_keeps_a_damaged_download(multi_chunk, tmp_path):
     from huggingface_hub import hf_hub_download
 
     store, entry, original = multi_chunk
-    data = bytearray(entry.archive.read_bytes())
+    damaged = largest_object(store, entry)
+    data = bytearray(damaged.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
-    entry.archive.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
     cache = tmp_path / "hf"
     with running_server(store) as url:
         with pytest.raises(Exception, match="complete message body|damaged"):  # httpx: a body short of its length

@@ -19,7 +19,7 @@ from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 from zoo.api import compress_into
 
-from tests.conftest import random_storage, write_safetensors
+from tests.conftest import largest_object, random_storage, write_safetensors
 
 
 @contextmanager
@@ -165,9 +165,10 @@ def test_damaged_archive_fails_alone(served):
     entry = store.resolve("org/tiny")
     other = store.resolve("other")
     # Damage the other archive's payload (its header stays readable), then its header.
-    data = bytearray(other.archive.read_bytes())
+    damaged = largest_object(store, other)
+    data = bytearray(damaged.read_bytes())
     data[-200:-100] = bytes(100)
-    other.archive.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         request(url, "/other/resolve/main/model.safetensors")
     assert request(url, "/org/tiny/resolve/main/model.safetensors")[2] == (source / "model.safetensors").read_bytes()

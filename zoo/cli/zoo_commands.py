@@ -54,15 +54,21 @@ def ls(as_json: Json = False) -> None:
     store = Store()
     entries = store.entries()
     if as_json:
-        print_json({"zoo": str(store.home), "models": [{**e.to_dict(), "quality_label": quality_label(e)} for e in entries]})
+        print_json({"zoo": str(store.home), "total_bytes": store.total_bytes(),
+                    "models": [{**e.to_dict(), "quality_label": quality_label(e)} for e in entries]})
         return
     if not entries:
         stderr.print(f"the zoo at {store.home} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
         return
-    rows = [[e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes), f"{e.ratio:.3f}", quality_label(e)]
+    # stored: what the model takes on its own (as one archive would); adds: what it adds to this zoo,
+    # the objects no other model names (what `zoo rm` of it frees)
+    rows = [[e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes),
+             human_bytes(e.adds_bytes if e.adds_bytes is not None else e.stored_bytes), f"{e.ratio:.3f}",
+             quality_label(e) + (f" (XOR of {e.base['tensors']} tensors against {e.base['ref']})" if e.base else "")]
             for e in entries]
-    print_table(str(store.home), ["name", "revision", "variant", "original", "stored", "ratio", "quality"], rows,
-                ("original", "stored", "ratio"), fold=("variant", "quality"))
+    total = store.total_bytes()
+    print_table(f"{store.home}: {human_bytes(total)} in all", ["name", "revision", "variant", "original", "stored", "adds", "ratio", "quality"],
+                rows, ("original", "stored", "adds", "ratio"), fold=("variant", "quality"))
 
 
 def rm(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -17,7 +19,18 @@ VERSION = 1
 # Version 1 plus tensors stored against a base model: written only when the header has a "base"
 # record, so that a version-1 reader refuses the archive instead of handing out the differences.
 BASE_VERSION = 2
-VERSIONS = (VERSION, BASE_VERSION)
+# Version 2 plus what a header's "features" list names: "objects" (leaves whose chunks live in
+# object files of a zoo, docs/STORE.md) and "xor" (tensors stored as their bitwise difference from
+# another). Written only when the list is not empty, so that older readers refuse the archive.
+FEATURES_VERSION = 3
+FEATURES = frozenset({"objects", "xor"})
+VERSIONS = (VERSION, BASE_VERSION, FEATURES_VERSION)
+# How deep tensors stored as an XOR against another may chain: reading one never decodes more.
+MAX_XOR_DEPTH = 3
+OBJECT_NAME = re.compile(r"[0-9a-f]{64}")
+OBJECT_SUFFIX = ".zoo"
+# Object files kept open per archive; past that an object is opened for each read.
+_OPEN_OBJECTS = 256
 MAX_HEADER_BYTES = 64 << 20
 # A chunk's decoded size, checked before anything is allocated: the writer's default is 4 MiB, and
 # whatever a header claims, decoding a chunk never takes more memory than this (plus its stored bytes).
@@ -59,7 +72,21 @@ def encode_header(header: dict[str, Any]) -> bytes:
 
 
 def version_of(header: dict[str, Any]) -> int:
+    if header.get("features"):
+        return FEATURES_VERSION
     return BASE_VERSION if "base" in header else VERSION
+
+
+def content_key(dtype: str, shape: list[int], sha256: str) -> str:
+    """The name of the object holding a tensor (or a run of a file's bytes) coded without loss:
+    what it decodes to, whatever pipeline coded it (docs/STORE.md)."""
+    text = json.dumps(["zoo-object-1", dtype, list(shape), sha256], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def object_path(root: Path, name: str) -> Path:
+    """Where object `name` lies under a zoo's objects folder (`objects/sha256`)."""
+    return root / name[:2] / f"{name}{OBJECT_SUFFIX}"
 
 
 def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0) -> None:
@@ -90,8 +117,13 @@ def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payl
 class ArchiveFile:
     """Random access to an archive's header and payload; safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], objects_root: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
+        self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
+        self._objects: dict[str, tuple[int, int]] = {}  # name -> (payload start, payload size)
+        self._object_fds: dict[str, int] = {}
+        self._objects_lock = threading.Lock()
         try:
             self._file = open(self.path, "rb")
         except FileNotFoundError:
@@ -113,7 +145,7 @@ class ArchiveFile:
             raise FormatError(f"{self.path}: not a zoo archive")
         _, version, header_crc, length = PREAMBLE.unpack(preamble)
         if version not in VERSIONS:
-            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} and {BASE_VERSION}")
+            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} to {FEATURES_VERSION}")
         if length > MAX_HEADER_BYTES:
             raise FormatError(f"{self.path}: header length {length} is over the cap of {MAX_HEADER_BYTES}")
         if PREAMBLE.size + length > self.file_size:
@@ -129,39 +161,99 @@ class ArchiveFile:
             raise FormatError(f"{self.path}: archive header nests too deep to be a zoo header") from None
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: archive header is not a JSON object")
+        features = header.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise FormatError(f"{self.path}: archive header has a malformed features list")
+        unknown = sorted(set(features) - FEATURES)
+        if unknown:
+            raise FormatError(f"{self.path}: archive needs features this zoo lacks: {', '.join(unknown)}")
         if version != version_of(header):
-            raise FormatError(f"{self.path}: a version {version} archive {'with' if 'base' in header else 'without'} a base record")
+            raise FormatError(f"{self.path}: a version {version} archive whose header is that of version {version_of(header)}")
         self.payload_start = PREAMBLE.size + length
         self.payload_size = self.file_size - self.payload_start
         return header
 
-    def read(self, offset: int, length: int, what: str) -> bytes:
-        if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > self.payload_size:
-            raise FormatError(f"{self.path}: {what} lies outside the archive (truncated?)")
-        data = os.pread(self._file.fileno(), length, self.payload_start + offset)
+    def read(self, offset: int, length: int, what: str, obj: str | None = None) -> bytes:
+        """`length` bytes at `offset` of the payload region, or of object `obj`'s payload region."""
+        if obj is None:
+            descriptor, start, size, owned, where = self._file.fileno(), self.payload_start, self.payload_size, False, self.path
+        else:
+            descriptor, start, size, owned = self.object_region(obj, what)
+            where = object_path(self.objects_root, obj)
+        try:
+            if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > size:
+                raise FormatError(f"{where}: {what} lies outside the {'archive' if obj is None else 'object'} (truncated?)")
+            data = os.pread(descriptor, length, start + offset)
+        finally:
+            if owned:
+                os.close(descriptor)
         if len(data) != length:
-            raise FormatError(f"{self.path}: {what} is truncated")
+            raise FormatError(f"{where}: {what} is truncated")
         return data
+
+    def object_region(self, name: str, what: str) -> tuple[int, int, int, bool]:
+        """(a descriptor, payload start, payload size, whether the caller closes the descriptor)
+        of object `name`; the archive keeps up to _OPEN_OBJECTS objects open."""
+        with self._objects_lock:
+            kept = self._object_fds.get(name)
+        if kept is not None:
+            return kept, *self._objects[name], False
+        if not isinstance(name, str) or not OBJECT_NAME.fullmatch(name):
+            raise FormatError(f"{self.path}: {what} names an object by something other than a sha256")
+        path = object_path(self.objects_root, name)
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: {what} lies in object {name[:16]}..., which is not in {self.objects_root} "
+                              "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
+        except OSError as error:
+            raise FormatError(f"{path}: cannot open: {error.strerror}") from None
+        try:
+            region = self._objects.get(name)
+            if region is None:
+                preamble = os.pread(descriptor, PREAMBLE.size, 0)
+                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC or PREAMBLE.unpack(preamble)[1] not in VERSIONS:
+                    raise FormatError(f"{path}: object is not a zoo archive")
+                start = PREAMBLE.size + PREAMBLE.unpack(preamble)[3]
+                size = os.fstat(descriptor).st_size - start
+                if size < 0:
+                    raise FormatError(f"{path}: truncated object")
+                region = self._objects[name] = (start, size)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        with self._objects_lock:
+            if name in self._object_fds:  # another thread opened it meanwhile
+                os.close(descriptor)
+                return self._object_fds[name], *region, False
+            if len(self._object_fds) < _OPEN_OBJECTS:
+                self._object_fds[name] = descriptor
+                return descriptor, *region, False
+        return descriptor, *region, True
 
     def read_index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
         try:
             (offset, count), expected_crc = leaf["index"], leaf["index_crc32"]
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{self.path}: {what} has no chunk index") from None
-        table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}")
+        table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}", leaf.get("object"))
         if crc32(table) != expected_crc:
             raise ChecksumError(f"{self.path}: chunk index of {what} is damaged (checksum mismatch)")
         return [INDEX_RECORD.unpack_from(table, i * INDEX_RECORD.size) for i in range(count)]
 
-    def read_chunk(self, chunk: tuple[int, int, int], what: str) -> bytes:
+    def read_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None = None) -> bytes:
         offset, length, expected_crc = chunk
-        data = self.read(offset, length, what)
+        data = self.read(offset, length, what, obj)
         if crc32(data) != expected_crc:
-            raise ChecksumError(f"{self.path}: {what} is damaged (checksum mismatch)")
+            raise ChecksumError(f"{self.path if obj is None else self.objects_root}: {what} is damaged (checksum mismatch)")
         return data
 
     def close(self) -> None:
         self._file.close()
+        with self._objects_lock:
+            for descriptor in self._object_fds.values():
+                os.close(descriptor)
+            self._object_fds.clear()
 
 
 def is_archive(path: Path) -> bool:

@@ -16,7 +16,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, ZooError
-from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, ArchiveFile
+from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 
@@ -59,8 +59,9 @@ class Archive:
     `base` (a zoo.container.base_model.BaseModel) is the model that tensors stored against
     a base are added to; without it, reading one of them raises InputError naming the base."""
 
-    def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False) -> None:
-        self._file = ArchiveFile(path)
+    def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False,
+                 objects_root: str | os.PathLike[str] | None = None) -> None:
+        self._file = ArchiveFile(path, objects_root)
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
         self._layout_checked = False
@@ -107,6 +108,10 @@ class Archive:
             if total != entry.get("size"):
                 raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
             self._files[path] = entry
+        self._features = set(header.get("features") or [])
+        for name, info in tensors.items():
+            if isinstance(info, dict) and "xor" in info:
+                self._check_xor(name, info)
         needed = header.get("base")
         if needed is not None and not (isinstance(needed, dict) and isinstance(needed.get("hint"), str)):
             raise _fail(self._file, "archive header has a malformed base record")
@@ -117,6 +122,31 @@ class Archive:
                 check_record(info["base"], f"{self.path}: tensor {name!r}")
                 if info.get("dtype") not in DELTA_DTYPES:
                     raise _fail(self._file, f"tensor {name!r} of {info.get('dtype')} cannot be stored against a base")
+
+    def _check_xor(self, name: str, info: dict[str, Any]) -> None:
+        """A tensor stored as an XOR against another: each level a leaf of the tensor's dtype and
+        shape, at most MAX_XOR_DEPTH levels."""
+        if "xor" not in self._features:
+            raise _fail(self._file, f"tensor {name!r} is stored as an XOR, but the header does not list the feature")
+        if "base" in info or "view" in info or DTYPES.get(info.get("dtype")) is None or DTYPES[info["dtype"]].bits % 8:
+            raise _fail(self._file, f"tensor {name!r} cannot be stored as an XOR")
+        level, depth = info, 0
+        while "xor" in level:
+            level, depth = level["xor"], depth + 1
+            root = level.get("root") if isinstance(level, dict) else None
+            if depth > MAX_XOR_DEPTH or not isinstance(root, dict) or not isinstance(root.get("leaf"), dict) \
+                    or not isinstance(level.get("pipeline"), list):
+                raise _fail(self._file, f"tensor {name!r} has a malformed or too deep XOR chain (at most {MAX_XOR_DEPTH} levels)")
+            leaf = root["leaf"]
+            if leaf.get("dtype") != info["dtype"] or leaf.get("shape") != info.get("shape"):
+                raise _fail(self._file, f"tensor {name!r} is an XOR against a tensor of another dtype or shape")
+
+    def xor_depth(self, name: str) -> int:
+        """How many tensors a tensor is stored against, by XOR (0: stored as it is)."""
+        level, depth = self.tensor_info(name), 0
+        while "xor" in level:
+            level, depth = level["xor"], depth + 1
+        return depth
 
     # -- the base model ---------------------------------------------------------------------
 
@@ -165,6 +195,15 @@ class Archive:
 
     def metadata(self) -> dict[str, Any]:
         return dict(self._file.header.get("metadata") or {})
+
+    def header(self) -> dict[str, Any]:
+        """The archive's header as read (do not modify it)."""
+        return self._file.header
+
+    @property
+    def objects_root(self) -> Any:
+        """Where the objects a version-3 archive names are looked up."""
+        return self._file.objects_root
 
     def keys(self) -> list[str]:
         return list(self._file.header["tensors"])
@@ -227,6 +266,8 @@ class Archive:
         chunk_elements = leaf.get("chunk_elements")
         if not isinstance(chunk_elements, int) or chunk_elements <= 0:
             raise _fail(self._file, f"{what} has a bad chunk size")
+        if "object" in leaf and "objects" not in self._features:
+            raise _fail(self._file, f"{what} lies in an object, but the header does not list the feature")
         if chunk_elements * DTYPES[leaf["dtype"]].bits // 8 > MAX_CHUNK_BYTES:
             raise _fail(self._file, f"{what} declares chunks of {chunk_elements} elements, over the cap of {MAX_CHUNK_BYTES >> 20} MiB a chunk")
         index = self._file.read_index(leaf, what)
@@ -242,7 +283,7 @@ class Archive:
         def decode(number: int) -> np.ndarray:
             count = min(chunk_elements, n_elements - number * chunk_elements)
             label = f"{what}, chunk {number}"
-            payload = self._file.read_chunk(index[number], label)
+            payload = self._file.read_chunk(index[number], label, leaf.get("object"))
             try:
                 out = pipeline.decode_chunk(payload, leaf["dtype"], count)
             except FormatError as error:
@@ -282,10 +323,28 @@ class Archive:
         info = self.tensor_info(name)
         if "view" in info:
             return self._read_view(name, info, threads)
+        if "xor" in info:
+            stored = self.read_stored(name, threads)
+            words = stored.data.reshape(-1).view(np.uint8)
+            np.bitwise_xor(words, self._xor_base(info["xor"], name, threads), out=words)
+            return stored
         if "base" not in info:
             return self.read_stored(name, threads)
         base = self._base_tensor(name)
         return rebuild(self.read_stored(name, threads), base, info["dtype"])
+
+    def _xor_base(self, level: dict[str, Any], name: str, threads: int) -> np.ndarray:
+        """The raw bytes an XOR level decodes to, its own deeper levels applied (checked on open)."""
+        leaf = level["root"]["leaf"]
+        what = f"tensor {name!r} (the tensor it is stored against)"
+        self._check_leaf_shape(leaf, what)
+        raw = self.read_leaf(leaf, self.pipeline_of(level["pipeline"]), what, threads).data.reshape(-1).view(np.uint8)
+        if raw.nbytes != leaf_bytes(leaf):
+            raise _fail(self._file, f"{what} decodes to {raw.nbytes} bytes, expected {leaf_bytes(leaf)}")
+        if "xor" in level:
+            raw = raw if raw.flags.writeable else raw.copy()
+            np.bitwise_xor(raw, self._xor_base(level["xor"], name, threads), out=raw)
+        return raw
 
     def _read_view(self, name: str, info: dict[str, Any], threads: int) -> TypedArray:
         """A tensor that views another one's storage (a torch checkpoint's tied weights or slices)."""
@@ -363,7 +422,7 @@ class Archive:
         info = self.tensor_info(name)
         dtype, shape, root = info["dtype"], list(info["shape"]), info.get("root")
         what = f"tensor {name!r}"
-        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None or "base" in info:
+        if not isinstance(root, dict) or "leaf" not in root or DTYPES[dtype].storage is None or "base" in info or "xor" in info:
             whole = self.read_tensor(name)
             return TypedArray(whole.data[first:stop], dtype)
         leaf = root["leaf"]
@@ -431,7 +490,7 @@ class Archive:
         if "tensor" in segment:
             name = segment["tensor"]
             info = self.tensor_info(name)
-            if "leaf" not in info["root"] or "base" in info:  # transformed by array stages: decoded whole
+            if "leaf" not in info["root"] or "base" in info or "xor" in info:  # transformed, or against another: decoded whole
                 yield position, leaf_bytes(info), lambda: self.read_tensor(name).data.reshape(-1).view(np.uint8)
                 return
             leaf, pipeline, what = info["root"]["leaf"], self.pipeline_of(info.get("pipeline")), f"tensor {name!r}"
@@ -452,6 +511,10 @@ class Archive:
     def _leaves(self) -> Iterator[tuple[dict[str, Any], str]]:
         for name, info in self._file.header["tensors"].items():
             yield from tensor_leaves(info.get("root"), f"tensor {name!r}")
+            level = info
+            while isinstance(level, dict) and "xor" in level:
+                level = level["xor"]
+                yield from tensor_leaves(level.get("root"), f"tensor {name!r} (the tensor it is stored against)")
         for path, entry in self._files.items():
             for segment in entry["segments"]:
                 if "blob" in segment:
@@ -469,27 +532,46 @@ class Archive:
         self._layout_checked = True
 
     def layout_problems(self) -> list[str]:
-        """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps."""
-        extents = []
+        """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps. The
+        same holds in each object the archive reads from, whose leaves may be named more than once
+        (a tensor two files hold, a base several tensors are stored against)."""
+        regions: dict[str | None, list[tuple[int, int, str]]] = {None: []}
+        seen: set[tuple[str, int]] = set()
         for leaf, what in self._leaves():
+            obj = leaf.get("object") if isinstance(leaf, dict) else None
+            index_at = leaf.get("index", [None])[0] if isinstance(leaf.get("index"), list) and leaf["index"] else None
+            if obj is not None and (obj, index_at) in seen:
+                continue  # this leaf of the object is counted already
             try:
                 index, _, _ = self._chunks(leaf, what)
             except ZooError as error:
                 return [str(error)]
+            if obj is not None:
+                seen.add((obj, index_at))
             offset, count = leaf["index"]
+            extents = regions.setdefault(obj, [])
             extents.append((offset, count * 16, f"chunk index of {what}"))
             extents.extend((chunk[0], chunk[1], f"{what}, chunk {number}") for number, chunk in enumerate(index))
-        extents.sort()
-        position = 0
-        for offset, length, what in extents:
-            if offset < position:
-                return [f"{what} overlaps other stored data"]
-            if offset > position:
-                return [f"{offset - position} stored bytes before {what} belong to nothing"]
-            position = offset + length
-        if position != self._file.payload_size:
-            return [f"{self._file.payload_size - position} stored bytes at the end belong to nothing"]
+        for obj, extents in regions.items():
+            size = self._file.payload_size if obj is None else self._object_size(obj)
+            where = "" if obj is None else f"object {obj[:16]}...: "
+            extents.sort()
+            position = 0
+            for offset, length, what in extents:
+                if offset < position:
+                    return [f"{where}{what} overlaps other stored data"]
+                if offset > position:
+                    return [f"{where}{offset - position} stored bytes before {what} belong to nothing"]
+                position = offset + length
+            if position != size:
+                return [f"{where}{size - position} stored bytes at the end belong to nothing"]
         return []
+
+    def _object_size(self, obj: str) -> int:
+        descriptor, _, size, owned = self._file.object_region(obj, "a leaf")
+        if owned:
+            os.close(descriptor)
+        return size
 
     def verify(self, threads: int = 1) -> list[str]:
         """Decode everything; return what is damaged (empty when the archive is sound). Without

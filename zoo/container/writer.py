@@ -20,6 +20,7 @@ from zoo import __version__
 from zoo.kernels.parallel import ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import Deltas
+from zoo.container.objects import ObjectSink, Unit
 from zoo.dtypes import DTYPES, storage_dtype
 from zoo.errors import InputError
 from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, crc32, sha256_file
@@ -40,6 +41,14 @@ class _Job:
     count: int
     mapped: mmap.mmap | None = None
     file_offset: int = 0
+    unit: Unit | None = None  # the object it goes into, when the build writes objects
+
+
+def _release(mapped: mmap.mmap | None, offset: int, size: int) -> None:
+    """Drop a range of a mapped source from our resident set; its pages stay in the page cache."""
+    if mapped is not None and size:
+        start = offset // _PAGE * _PAGE
+        mapped.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
 
 
 def _map(source: SourceFile) -> mmap.mmap | None:
@@ -101,8 +110,9 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
 
 class Builder:
     def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None,
-                 deltas: Deltas | None = None) -> None:
+                 deltas: Deltas | None = None, objects: ObjectSink | None = None) -> None:
         self.pipeline = pipeline
+        self.objects = objects  # each tensor and blob becomes an object there (zoo.container.objects)
         self.plans = plans  # what pipeline.survey() returned, when it was run
         self.deltas = deltas  # tensors stored against a base model (zoo.container.delta), when one is given
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
@@ -121,6 +131,7 @@ class Builder:
     def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None) -> dict[str, Any]:
         """Encode every source into `payload`; returns the archive header."""
         writer = PayloadWriter(payload)
+        target, stream, unit = writer, None, None  # where chunks go: the payload, or the object of `unit`
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
             digests = {s.relpath: hasher.submit(sha256_file, s.path) for s in stored_files(sources)}
             current: dict[str, Any] | None = None
@@ -128,14 +139,24 @@ class Builder:
             for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):
                 if job.leaf is not current:
                     if current is not None:
-                        current.update(writer.write_index(chunks))
+                        current.update(target.write_index(chunks))
                     current, chunks = job.leaf, []
+                if job.unit is not unit:
+                    if unit is not None:
+                        self.objects.finish(unit, stream)  # type: ignore[union-attr]
+                    unit = job.unit
+                    target, stream = self.objects.payload()  # type: ignore[union-attr]
                 if encoded is not None:
-                    chunks.append((writer.write(encoded), len(encoded), crc32(encoded)))
+                    chunks.append((target.write(encoded), len(encoded), crc32(encoded)))
                 if progress and job.raw.nbytes:
                     progress(job.raw.nbytes)
             if current is not None:
-                current.update(writer.write_index(chunks))
+                current.update(target.write_index(chunks))
+            if unit is not None:
+                self.objects.finish(unit, stream)  # type: ignore[union-attr]
+            if self.objects is not None:
+                self.objects.resolve()
+                self.header["features"] = ["objects"]
             self._record_digests(digests)
         self._record_rest(sources)
         return self.header
@@ -164,11 +185,7 @@ class Builder:
         if not job.count:
             return job, None
         encoded = job.pipeline.encode_chunk(job.raw, job.leaf["dtype"])
-        if job.mapped is not None:
-            # Drop this chunk's pages from our resident set; they stay in the page cache.
-            start = job.file_offset // _PAGE * _PAGE
-            end = job.file_offset + job.raw.nbytes
-            job.mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+        _release(job.mapped, job.file_offset, job.raw.nbytes)
         return job, encoded
 
     # -- planning ---------------------------------------------------------------------------
@@ -203,8 +220,15 @@ class Builder:
                 # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
                 pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
                 leaf = {"dtype": segment.dtype, "shape": [segment.size * 8 // DTYPES[segment.dtype].bits]}
-                entry["segments"].append({"blob": {"pipeline": pipeline.configs(), "leaf": leaf}})
-                yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset)
+                blob = {"pipeline": pipeline.configs(), "leaf": leaf}
+                entry["segments"].append({"blob": blob})
+                unit = None
+                if self.objects is not None:
+                    unit = self.objects.unit(blob, segment.dtype, leaf["shape"], raw, lossless=True, blob=True)
+                    if unit is None:  # the zoo holds these bytes already
+                        _release(mapped, segment.offset, segment.size)
+                        continue
+                yield from self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset, unit)
             else:
                 entry["segments"].append({"tensor": key})
                 lossless = yield from self._tensor_jobs(key, source, segment, raw, mapped)
@@ -231,20 +255,27 @@ class Builder:
         transformed = "leaf" not in root
         used = self.pipeline if transformed else self.leaf_pipeline
         record.update(pipeline=used.configs(), root=root)
+        unit = None
+        if self.objects is not None:
+            unit = self.objects.unit(record, segment.dtype, list(segment.shape), raw, lossless=not transformed and delta is None)
+            if unit is None:  # the zoo holds this tensor already
+                _release(mapped, segment.offset, segment.size)
+                return True
         for leaf, part in leaves:
             part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
             # Untransformed tensors are views of the mapped file: their pages can be released.
-            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset)
+            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset, unit)
         return used.lossless and delta is None  # base + delta is not promised to give the bytes back
 
-    def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int) -> Iterator[_Job]:
+    def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int,
+                    unit: Unit | None = None) -> Iterator[_Job]:
         bits = DTYPES[leaf["dtype"]].bits
         elements = max(1, self.chunk_bytes * 8 // bits)
         leaf["chunk_elements"] = elements
         count = math.prod(leaf["shape"])
         if count == 0:
-            yield _Job(leaf, pipeline, raw[:0], 0)
+            yield _Job(leaf, pipeline, raw[:0], 0, unit=unit)
         for first in range(0, count, elements):
             n = min(elements, count - first)
             begin, end = first * bits // 8, (first + n) * bits // 8
-            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin)
+            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin, unit)

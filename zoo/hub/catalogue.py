@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 1: the catalogue was the record (archives/*.zoo); 2: an index of manifests/
+SCHEMA_VERSION = 3  # 1: the catalogue was the record (archives/*.zoo); 2: an index of manifests/; 3: and of their objects
 
 _SCHEMA = """
 CREATE TABLE models (
@@ -33,6 +33,7 @@ CREATE TABLE models (
     stored_bytes INTEGER NOT NULL,
     created REAL NOT NULL,
     quality TEXT,
+    base TEXT,
     UNIQUE (name, revision, variant)
 );
 CREATE TABLE files (
@@ -46,6 +47,13 @@ CREATE TABLE files (
     lossless INTEGER NOT NULL,
     PRIMARY KEY (model_id, path)
 );
+CREATE TABLE objects (
+    model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    object TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (model_id, object)
+);
+CREATE INDEX objects_by_name ON objects (object);
 """
 
 
@@ -98,16 +106,18 @@ def put(connection: sqlite3.Connection, manifest: str, record: dict[str, Any]) -
     [archive] = [o for o in record["objects"] if o.get("role") == "archive"]
     cursor = connection.execute(
         "INSERT INTO models (manifest, name, revision, variant, commit_sha, object, pipeline, source, original_bytes,"
-        " stored_bytes, created, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " stored_bytes, created, quality, base) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (manifest, record["name"], record["revision"], record["variant"], record["commit"], archive["sha256"], record["pipeline"],
          record["source"], record["original_bytes"], record["stored_bytes"], record["created"],
-         json.dumps(record["quality"]) if record.get("quality") else None),
+         json.dumps(record["quality"]) if record.get("quality") else None, json.dumps(record["base"]) if record.get("base") else None),
     )
     connection.executemany(
         "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [(cursor.lastrowid, f["path"], f["size"], f["sha256"], f["served_sha256"], f["git_oid"], f["lfs"], f["lossless"])
          for f in record["files"]],
     )
+    connection.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)",
+                           [(cursor.lastrowid, o["sha256"], o["size"]) for o in record["objects"]])
 
 
 def delete(connection: sqlite3.Connection, manifest: str) -> None:
@@ -117,6 +127,10 @@ def delete(connection: sqlite3.Connection, manifest: str) -> None:
 def records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
     """The indexed manifests (of one name, or all), each as a manifest record."""
     query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
+    # What each model adds to the zoo: the objects no other model names.
+    adds = dict(connection.execute(
+        "SELECT model_id, sum(size) FROM objects WHERE object NOT IN "
+        "(SELECT object FROM objects GROUP BY object HAVING count(*) > 1) GROUP BY model_id").fetchall())
     found = []
     for row in connection.execute(query, (name,) if name is not None else ()).fetchall():
         record = {
@@ -125,6 +139,7 @@ def records(connection: sqlite3.Connection, name: str | None, with_files: bool) 
             "stored_bytes": row["stored_bytes"], "created": row["created"],
             "quality": json.loads(row["quality"]) if row["quality"] else None,
             "objects": [{"role": "archive", "sha256": row["object"], "size": row["stored_bytes"]}], "files": [],
+            "adds_bytes": adds.get(row["id"], 0), "base": json.loads(row["base"]) if row["base"] else None,
         }
         if with_files:
             for f in connection.execute("SELECT * FROM files WHERE model_id = ? ORDER BY rowid", (row["id"],)):

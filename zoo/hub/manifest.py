@@ -98,6 +98,8 @@ class Entry:
     created: float
     quality: dict[str, Any] | None = None
     files: list[StoredFile] = field(default_factory=list)
+    adds_bytes: int | None = None  # what it adds to the zoo: the bytes of the objects no other model names
+    base: dict[str, Any] | None = None  # {"ref", "tensors"}: the model its tensors are stored as XORs against
 
     @property
     def ref(self) -> str:
@@ -112,7 +114,7 @@ class Entry:
             "name": self.name, "revision": self.revision, "variant": self.variant, "commit": self.commit,
             "archive": str(self.archive), "pipeline": self.pipeline, "source": self.source,
             "original_bytes": self.original_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
-            "created": self.created, "quality": self.quality,
+            "created": self.created, "quality": self.quality, "adds_bytes": self.adds_bytes, "base": self.base,
         }
 
 
@@ -146,20 +148,24 @@ def check_record(record: Any) -> dict[str, Any]:
                       ("files", list), ("original_bytes", int), ("stored_bytes", int), ("created", (int, float))):
         if not isinstance(record.get(key), kind):
             raise ValueError(f"{key!r} is missing or not a {getattr(kind, '__name__', 'number')}")
+    for item in record["objects"]:
+        if not isinstance(item, dict) or item.get("role") not in ("archive", "object") or not _SHA256.fullmatch(str(item.get("sha256"))) \
+                or not isinstance(item.get("size"), int):
+            raise ValueError("it names an object without a role, sha256 or size")
     archives = [o for o in record["objects"] if isinstance(o, dict) and o.get("role") == "archive"]
     if len(archives) != 1 or not _SHA256.fullmatch(str(archives[0].get("sha256"))):
         raise ValueError("it names no archive object by sha256")
     return record
 
 
-def describe_files(archive_path: Path) -> tuple[dict[str, Any], list[StoredFile]]:
+def describe_files(archive_path: Path, objects_root: Path | None = None) -> tuple[dict[str, Any], list[StoredFile]]:
     """The archive's metadata and, per file, the hashes the catalogue keeps. Files that decoding
     does not give back bit for bit, and small files (whose git id hashes their content), are
     decoded once here so that serving never has to hash them."""
     from zoo.container.reader import Archive
 
     described = []
-    with Archive(archive_path) as archive:
+    with Archive(archive_path, objects_root=objects_root) as archive:
         for entry in archive.files():
             lossless = bool(entry.get("lossless"))
             lfs = entry["kind"] != "blob" or entry["size"] >= LFS_MIN_BYTES
@@ -188,9 +194,13 @@ def record_of(metadata: dict[str, Any], files: list[StoredFile], name: str, revi
         # A lossy variant is other content than upstream's commit: give it a commit of its own.
         commit = derived_commit(name, revision, variant, files)
     quality = next((metadata[key] for key in ("quality", "verify") if isinstance(metadata.get(key), dict)), None)  # older archives: "verify"
-    return {"manifest": MANIFEST_VERSION, "name": name, "revision": revision, "variant": variant, "commit": commit, "pipeline": pipeline,
-            "source": source, "original_bytes": sum(f.size for f in files), "stored_bytes": 0, "created": created, "quality": quality,
-            "objects": [], "files": [file_record(f) for f in files]}
+    record = {"manifest": MANIFEST_VERSION, "name": name, "revision": revision, "variant": variant, "commit": commit, "pipeline": pipeline,
+              "source": source, "original_bytes": sum(f.size for f in files), "stored_bytes": 0, "created": created, "quality": quality,
+              "objects": [], "files": [file_record(f) for f in files]}
+    base = (metadata.get("zoo") or {}).get("base") if isinstance(metadata.get("zoo"), dict) else None
+    if isinstance(base, dict) and isinstance(base.get("ref"), str):
+        record["base"] = {"ref": base["ref"], "tensors": base.get("tensors")}  # the model its tensors are stored as XORs against
+    return record
 
 
 def legacy_records(path: Path) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,8 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from zoo.container.format import sha256_file
+from zoo.container.format import FEATURES_VERSION, PREAMBLE, object_path, sha256_file
+from zoo.container.objects import ObjectSink, object_names
 from zoo.errors import InputError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
@@ -83,7 +84,21 @@ class Store:
         return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
 
     def object_path(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / f"{sha256}{OBJECT_SUFFIX}"
+        return object_path(self.objects, sha256)
+
+    def existing_object(self, name: str) -> Path | None:
+        """The object of that name when the zoo holds it (what a build may reuse instead of coding)."""
+        path = self.object_path(name)
+        return path if path.is_file() else None
+
+    @staticmethod
+    def is_composed(entry: Entry) -> bool:
+        """Whether a model is stored as objects (an archive naming them), not as one archive."""
+        try:
+            with open(entry.archive, "rb") as stream:
+                return PREAMBLE.unpack(stream.read(PREAMBLE.size))[1] == FEATURES_VERSION
+        except (OSError, Exception):  # noqa: BLE001 - unreadable: not usable as anything
+            return False
 
     def manifest_path(self, name: str, revision: str, variant: str) -> Path:
         return self.manifests / manifest_component(name) / manifest_component(revision) / f"{manifest_component(variant)}.json"
@@ -160,7 +175,7 @@ class Store:
                  for f in record["files"]]
         return Entry(record["name"], record["revision"], record["variant"], record["commit"], self.object_path(archive["sha256"]),
                      record["pipeline"], record.get("source"), record["original_bytes"], record["stored_bytes"], record["created"],
-                     record.get("quality"), files)
+                     record.get("quality"), files, record.get("adds_bytes"), record.get("base"))
 
     # -- the index --------------------------------------------------------------------------
 
@@ -228,11 +243,28 @@ class Store:
                     return [self._entry(record) for record in catalogue.records(connection, name, with_files)]
         except (StoreError, sqlite3.Error, OSError):
             # No usable index (disk full, read-only zoo): the manifests are the record; read them.
-            found = [self._entry(record) for _, record in self._all_manifests() if name is None or record["name"] == name]
+            records = [record for _, record in self._all_manifests()]
+            counts: dict[str, int] = {}
+            for record in records:
+                for item in {o["sha256"] for o in record["objects"]}:
+                    counts[item] = counts.get(item, 0) + 1
+            for record in records:
+                record["adds_bytes"] = sum(o["size"] for o in record["objects"] if counts[o["sha256"]] == 1)
+            found = [self._entry(record) for record in records if name is None or record["name"] == name]
             if not with_files:
                 for entry in found:
                     entry.files = []
             return sorted(found, key=lambda e: (e.name, e.revision, e.variant))
+
+    def total_bytes(self) -> int:
+        """What the zoo's objects take on disk."""
+        total = 0
+        for path in self._object_files():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def matches(self, ref: str, with_files: bool = False) -> list[Entry]:
         """Entries a ref names, best first: without a revision 'main' comes first, without a
@@ -293,7 +325,7 @@ class Store:
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
     def _enter(self, archive: Path, record: dict[str, Any], force: bool) -> None:
-        """Object first, manifest last, index after: see the module's docstring."""
+        """A model stored as one archive: see _publish."""
         try:
             with open(archive, "rb") as stream:
                 os.fsync(stream.fileno())
@@ -303,6 +335,52 @@ class Store:
         size = archive.stat().st_size
         record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
         record["stored_bytes"] = size
+        self._publish(record, {sha256: archive}, force)
+
+    def add_composed(self, shell: Path, sink: ObjectSink, name: str, revision: str = DEFAULT_REVISION, *, commit: str | None = None,
+                     source: str | None = None, force: bool = False) -> Entry:
+        """Record a model built as objects (zoo.container.objects): `shell`, the archive naming
+        them, and the objects in `sink.root`, all inside one of this store's work folders."""
+        check_name(name)
+        check_revision(revision)
+        metadata, files = describe_files(shell, objects_root=sink.root)
+        record = record_of(metadata, files, name, revision, commit, source, time.time())
+        try:
+            moves = {}
+            for item in sorted(sink.written):  # the objects coded here reach the disk before anything names them
+                moves[item] = self._durable(object_path(sink.root, item))
+            for item in sink.reused:
+                moves[item] = object_path(sink.root, item)
+            shell_name = sha256_file(self._durable(shell))
+        except OSError as error:
+            raise StoreError(f"{shell}: cannot read the new model's objects: {_reason(error)}") from None
+        from zoo.container.format import ArchiveFile
+
+        opened = ArchiveFile(shell)
+        try:
+            named = object_names(opened.header)
+        finally:
+            opened.close()
+        missing = named - set(moves)
+        if missing:
+            raise StoreError(f"{shell}: names {len(missing)} objects the build did not leave ({sorted(missing)[0][:16]}...)")
+        moves[shell_name] = shell
+        sizes = {item: path.stat().st_size for item, path in moves.items()}
+        record["objects"] = [{"role": "archive", "sha256": shell_name, "size": sizes[shell_name]}] + [
+            {"role": "object", "sha256": item, "size": sizes[item]} for item in sorted(named)]
+        record["stored_bytes"] = sum(sizes[item] for item in {shell_name, *named})
+        self._publish(record, moves, force)
+        return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
+
+    @staticmethod
+    def _durable(path: Path) -> Path:
+        with open(path, "rb") as stream:
+            os.fsync(stream.fileno())
+        return path
+
+    def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
+        """Objects first, manifest last, index after (see the module's docstring): each object of
+        `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock."""
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         with self._locked():
             self._sweep_work()
@@ -310,21 +388,30 @@ class Store:
             old = self._read_manifest(manifest) if manifest.is_file() else None
             if old is not None and not force:
                 raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
-            target = self.object_path(sha256)
-            created_object = not target.exists()
+            created: list[str] = []
             try:
-                if created_object:
+                folders = set()
+                for item, path in moves.items():
+                    target = self.object_path(item)
+                    if target.exists():
+                        continue  # the same bytes, stored by another model
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.chmod(archive, 0o444)  # objects are immutable
-                    os.replace(archive, target)
-                    _fsync(target.parent)
+                    os.chmod(path, 0o444)  # objects are immutable
+                    os.replace(path, target)
+                    created.append(item)
+                    folders.add(target.parent)
+                for folder in sorted(folders):
+                    _fsync(folder)
                 kill_point("store-object")
                 self.dirty.touch()
                 self._publish_manifest(record)
             except BaseException as error:
-                # Nothing names the new object (we hold the lock: no one else published meanwhile).
-                if created_object and not self._named_objects() & {sha256}:
-                    target.unlink(missing_ok=True)
+                # Nothing names the new objects (we hold the lock: no one else published meanwhile).
+                if created:
+                    named = self._named_objects()
+                    for item in created:
+                        if item not in named:
+                            self.object_path(item).unlink(missing_ok=True)
                 if isinstance(error, OSError):
                     raise StoreError(f"cannot store {ref} in {self.home}: {_reason(error)}; nothing was stored") from None
                 raise
@@ -370,7 +457,9 @@ class Store:
         for sha256 in set(candidates) - named:
             self.object_path(sha256).unlink(missing_ok=True)
 
-    def remove(self, ref: str, every: bool = False) -> list[Entry]:
+    def remove(self, ref: str, every: bool = False, force: bool = False) -> list[Entry]:
+        """Remove models' manifests, then the objects nothing names any more. A model that others
+        are stored against (their XOR bases) stays unless `force`; its objects stay while needed."""
         found = self.matches(ref)
         if not found:
             raise InputError(f"{ref!r} is not in the zoo at {self.home} (see `zoo ls`)")
@@ -379,12 +468,22 @@ class Store:
             raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
         chosen = found if every else found[:1]
         with self._locked():
+            refs = {e.ref for e in chosen}
+            needing = sorted({f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
+                              if isinstance(r.get("base"), dict) and r["base"].get("ref") in refs} - refs)
+            if needing and not force:
+                raise InputError(f"{', '.join(sorted(refs))} is the base of {', '.join(needing)}, whose tensors are stored as XORs "
+                                 "against it; remove those first, or pass --force to remove the name only (the objects they need stay)")
             self.dirty.touch()
             paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
+            released = set()
+            for path in paths:
+                with suppress(StoreError, FileNotFoundError):
+                    released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
             for path in paths:
                 path.unlink(missing_ok=True)
             self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
-            self._drop_unnamed(e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen)
+            self._drop_unnamed(released | {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen})
         return chosen
 
     # -- upkeep -----------------------------------------------------------------------------
@@ -462,10 +561,16 @@ class Store:
                     elif path.stat().st_size != item["size"]:
                         findings.append(f"{path}: {path.stat().st_size} bytes where its manifest says {item['size']}: damaged "
                                         f"(`zoo verify {named[item['sha256']][-1]}`)")
-            for path in self._object_files():
+            unnamed = [path for path in self._object_files() if path.name.removesuffix(OBJECT_SUFFIX) not in named]
+            # archives first: one given back its manifest names its objects again
+            unnamed.sort(key=lambda path: not self._is_archive_of_a_model(path))
+            for path in unnamed:
                 sha256 = path.name.removesuffix(OBJECT_SUFFIX)
                 if sha256 not in named:
-                    findings.append(self._adopt(path, sha256))
+                    finding, restored = self._adopt(path, sha256)
+                    findings.append(finding)
+                    for item in restored:
+                        named.setdefault(item, []).append("restored")
             reason = self._index_problem(len(manifests))
             if reason is not None:
                 count = self.rebuild_index()
@@ -486,19 +591,36 @@ class Store:
             return f"indexes {indexed} models where {manifest_count} manifests are"
         return None
 
-    def _adopt(self, path: Path, sha256: str) -> str:
+    @staticmethod
+    def _is_archive_of_a_model(path: Path) -> bool:
+        try:
+            with open(path, "rb") as stream:
+                return b'"zoo":{' in stream.read(1 << 16)  # the metadata compress_into writes; objects of tensors have none
+        except OSError:
+            return False
+
+    def _adopt(self, path: Path, sha256: str) -> tuple[str, set[str]]:
         """An object no manifest names: given back its manifest when its header says which model
-        it is and that name is free, else reported for `zoo gc`. Caller holds the lock."""
+        it is and that name is free, else reported for `zoo gc`. Caller holds the lock. Returns
+        the finding and the objects a restored manifest names."""
         size = path.stat().st_size
         try:
             metadata, files = describe_files(path)
             claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
             record = record_of(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
                              claimed.get("commit"), metadata.get("source"), path.stat().st_mtime)
+            from zoo.container.format import ArchiveFile
+
+            opened = ArchiveFile(path)
+            try:
+                parts = {item: self.object_path(item).stat().st_size for item in object_names(opened.header)}
+            finally:
+                opened.close()
         except (ZooError, OSError, KeyError, TypeError):
-            return f"{path}: {human_size(size)} that no manifest names and whose header names no model; `zoo gc` removes it"
-        record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}]
-        record["stored_bytes"] = size
+            return f"{path}: {human_size(size)} that no manifest names and whose header names no model; `zoo gc` removes it", set()
+        record["objects"] = [{"role": "archive", "sha256": sha256, "size": size}] + [
+            {"role": "object", "sha256": item, "size": parts[item]} for item in sorted(parts)]
+        record["stored_bytes"] = size + sum(parts.values())
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
         damaged = False
@@ -506,13 +628,13 @@ class Store:
             try:
                 self._read_manifest(manifest)
                 return (f"{path}: {human_size(size)}, a copy of {ref} that its manifest does not name (replaced, or a write that "
-                        "never finished); `zoo gc` removes it")
+                        "never finished); `zoo gc` removes it"), set()
             except StoreError:
                 damaged = True
         self.dirty.touch()
         self._publish_manifest(record)
         repair = "damaged manifest replaced" if damaged else "manifest restored"
-        return f"{path}: named by no manifest; its header says it is {ref}: {repair}"
+        return f"{path}: named by no manifest; its header says it is {ref}: {repair}", set(parts)
 
     def _migrate(self) -> list[str]:
         """Move a zoo of the old layout (archives/*.zoo, the catalogue as the record) to objects

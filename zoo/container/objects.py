@@ -1,0 +1,237 @@
+"""Archives whose tensors live in objects: what the zoo stores (docs/STORE.md, docs/FORMAT.md).
+
+An *object* is a small version-1 archive holding one tensor (or one run of a file's bytes, as a
+tensor of its dtype) and no files. Coded without loss, it is named by content_key(dtype, shape,
+sha256 of the bytes), so every model holding those bytes names the same object whatever coded it;
+coded with loss, by the sha256 of its own bytes. A model is a version-3 archive with an empty
+payload whose leaves name objects (the header's "objects" feature): its *shell*.
+
+ObjectSink writes the objects of one build into a folder laid out as a zoo's objects/sha256, and
+lets the build skip what `existing` (the zoo) or the build itself already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zoo import __version__
+from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_key, object_path, sha256_file
+from zoo.errors import FormatError
+
+OBJECT_TENSOR = "tensor"  # the key of the one tensor an object holds
+
+
+def object_header(entry: dict[str, Any], about: dict[str, Any]) -> dict[str, Any]:
+    """The header of an object holding `entry` (a tensor record: dtype, shape, pipeline, root)."""
+    return {"format": "zoo", "created_by": f"zoo {__version__}", "metadata": {"object": about}, "files": [],
+            "tensors": {OBJECT_TENSOR: entry}}
+
+
+def read_object_header(path: Path) -> dict[str, Any]:
+    opened = ArchiveFile(path)
+    try:
+        header = opened.header
+    finally:
+        opened.close()
+    entry = (header.get("tensors") or {}).get(OBJECT_TENSOR)
+    if not isinstance(entry, dict) or not isinstance(entry.get("root"), dict) or not isinstance(entry.get("pipeline"), list):
+        raise FormatError(f"{path}: not a zoo object (no tensor {OBJECT_TENSOR!r})")
+    return header
+
+
+def with_object(node: Any, name: str) -> Any:
+    """A copy of a root node whose every leaf names object `name`."""
+    if isinstance(node, dict) and "leaf" in node:
+        return {**node, "leaf": {**node["leaf"], "object": name}}
+    if isinstance(node, dict):
+        return {**node, "parts": {part: with_object(child, name) for part, child in (node.get("parts") or {}).items()}}
+    return node
+
+
+def without_object(node: Any) -> Any:
+    if isinstance(node, dict) and "leaf" in node:
+        return {**node, "leaf": {k: v for k, v in node["leaf"].items() if k != "object"}}
+    if isinstance(node, dict):
+        return {**node, "parts": {part: without_object(child) for part, child in (node.get("parts") or {}).items()}}
+    return node
+
+
+class Unit:
+    """One object to be: a tensor record or a file's blob record (`holder`, whose "pipeline" and
+    "root" or "leaf" the build fills in), and its content key when coded without loss."""
+
+    def __init__(self, holder: dict[str, Any], key: str | None, about: dict[str, Any]) -> None:
+        self.holder, self.key, self.about = holder, key, about
+
+
+class ObjectSink:
+    """Where a build writes its objects: `root` (a folder laid out as objects/sha256). `existing(key)`
+    gives the path of an object the zoo already holds, or None; such an object is hard-linked into
+    `root` (copied where links fail), so the build owns every object it names until it is published."""
+
+    def __init__(self, root: Path, existing: Callable[[str], Path | None] = lambda key: None) -> None:
+        self.root = root
+        self.existing = existing
+        self.written: dict[str, int] = {}  # objects this build coded, and their sizes
+        self.reused: dict[str, int] = {}  # objects it found, in the zoo or earlier in the build
+        self._placeholders: list[tuple[dict[str, Any], str, bool]] = []
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- before coding ----------------------------------------------------------------------
+
+    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False) -> Unit | None:
+        """The unit to code `raw` into, or None when an object with these bytes exists already
+        (in the zoo or earlier in this build): `holder` then names it once the build ends."""
+        if not lossless:
+            return Unit(holder, None, {"lossless": False})
+        sha256 = hashlib.sha256(raw).hexdigest()
+        key = content_key(dtype, shape, sha256)
+        if not blob:
+            holder["key"] = key
+        about = {"lossless": True, "key": key, "dtype": dtype, "shape": list(shape), "sha256": sha256}
+        with self._lock:
+            if key in self._pending or key in self.written or key in self.reused or self._link(key):  # noqa: SIM102
+                self._placeholders.append((holder, key, blob))
+                return None
+            self._pending.add(key)
+        return Unit(holder, key, about)
+
+    def link(self, key: str) -> bool:
+        """Take object `key` from the zoo into the build; False when the zoo lacks it."""
+        with self._lock:
+            return key in self.reused or self._link(key)
+
+    def _link(self, key: str) -> bool:
+        found = self.existing(key)
+        if found is None:
+            return False
+        target = object_path(self.root, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(found, target)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            return False  # collected meanwhile: code it again
+        except OSError:
+            shutil.copyfile(found, target)
+        self.reused[key] = target.stat().st_size
+        return True
+
+    # -- after coding -----------------------------------------------------------------------
+
+    def payload(self) -> tuple[PayloadWriter, BinaryIO]:
+        """A fresh payload file for the next object."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stream = tempfile.NamedTemporaryFile(dir=self.root, prefix=".payload-", delete=False)  # noqa: SIM115 - closed by finish
+        return PayloadWriter(stream), stream
+
+    def finish(self, unit: Unit, stream: BinaryIO) -> str:
+        """Write the object `unit` was coded into (its payload in `stream`); returns its name."""
+        holder = unit.holder
+        stream.close()
+        payload = Path(stream.name)
+        entry = ({"dtype": holder["leaf"]["dtype"], "shape": holder["leaf"]["shape"], "pipeline": holder["pipeline"],
+                  "root": {"leaf": holder["leaf"]}} if "leaf" in holder else
+                 {"dtype": holder["dtype"], "shape": holder["shape"], "pipeline": holder["pipeline"], "root": holder["root"]})
+        staged = payload.with_name(payload.name.replace(".payload-", ".object-"))
+        try:
+            assemble(staged, object_header(entry, unit.about), payload)
+        finally:
+            payload.unlink(missing_ok=True)
+        key = unit.key or sha256_file(staged)
+        final = object_path(self.root, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, 0o444)
+        os.replace(staged, final)
+        with self._lock:
+            self.written[key] = final.stat().st_size
+            self._pending.discard(key)
+        if "leaf" in holder:
+            holder["leaf"]["object"] = key
+        else:
+            holder["root"] = with_object(holder["root"], key)
+        return key
+
+    def resolve(self) -> None:
+        """Name the objects the build found instead of coding: each placeholder takes the object's
+        pipeline and leaves."""
+        headers: dict[str, dict[str, Any]] = {}
+        for holder, key, blob in self._placeholders:
+            if key not in headers:
+                headers[key] = read_object_header(object_path(self.root, key))["tensors"][OBJECT_TENSOR]
+            entry = headers[key]
+            holder["pipeline"] = entry["pipeline"]
+            if blob:
+                holder["leaf"] = {**entry["root"]["leaf"], "object": key}
+            else:
+                holder["root"] = with_object(entry["root"], key)
+
+    def names(self) -> dict[str, int]:
+        """Every object the build names, with its size."""
+        return {**self.reused, **self.written}
+
+
+def shell_header(header: dict[str, Any]) -> dict[str, Any]:
+    """An archive header whose leaves name objects, marked as such (version 3)."""
+    features = sorted({*(header.get("features") or []), "objects"})
+    return {**header, "features": features}
+
+
+def object_names(header: dict[str, Any]) -> set[str]:
+    """Every object a header's leaves name, XOR levels included."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict) and "leaf" in node:
+            if isinstance(node["leaf"], dict) and isinstance(node["leaf"].get("object"), str):
+                names.add(node["leaf"]["object"])
+        elif isinstance(node, dict):
+            for child in (node.get("parts") or {}).values():
+                visit(child)
+
+    for info in (header.get("tensors") or {}).values():
+        level = info
+        while isinstance(level, dict):
+            visit(level.get("root"))
+            level = level.get("xor")
+    for entry in header.get("files") or []:
+        for segment in entry.get("segments") or []:
+            if isinstance(segment, dict) and isinstance(segment.get("blob"), dict):
+                visit({"leaf": segment["blob"].get("leaf")})
+    return names
+
+
+
+def encode_object(sink: ObjectSink, pipeline: Any, dtype: str, shape: list[int], raw: Any, chunk_bytes: int,
+                  about: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Code `raw` (the bytes of a tensor of `dtype` and `shape`) through the leaf stages of
+    `pipeline` into an object of `sink` named `key` (by its bytes when None); returns the tensor
+    record (dtype, shape, pipeline, root) whose leaf names it."""
+    from zoo.container.format import crc32
+    from zoo.dtypes import DTYPES
+
+    bits = DTYPES[dtype].bits
+    elements = max(1, chunk_bytes * 8 // bits)
+    leaf = {"dtype": dtype, "shape": list(shape), "chunk_elements": elements}
+    record = {"dtype": dtype, "shape": list(shape), "pipeline": pipeline.configs(), "root": {"leaf": leaf}}
+    writer, stream = sink.payload()
+    count = 1
+    for dimension in shape:
+        count *= dimension
+    chunks = []
+    for first in range(0, count, elements):
+        n = min(elements, count - first)
+        encoded = pipeline.encode_chunk(raw[first * bits // 8:(first + n) * bits // 8], dtype)
+        chunks.append((writer.write(encoded), len(encoded), crc32(encoded)))
+    leaf.update(writer.write_index(chunks))
+    sink.finish(Unit(record, key, about), stream)
+    return record

@@ -1,0 +1,213 @@
+"""Tensors stored as their bitwise XOR against a base model's tensor of the same name, dtype and
+shape, when that codes smaller: how a fine-tune or a later checkpoint costs little more than what
+changed. Lossless: the tensor is the XOR of the two, bit for bit (docs/STORE.md).
+
+The base is named (`--base NAME`), or found: config.json's `_name_or_path`, the model card's
+`base_model`, or the stored lossless model that holds most of the new model's tensor names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
+from zoo.container.format import MAX_XOR_DEPTH, assemble, object_path
+from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
+from zoo.container.reader import Archive
+from zoo.errors import InputError, ZooError
+from zoo.hub.manifest import LOSSLESS, Entry
+from zoo.kernels.parallel import for_each
+
+# A stored model is taken for the base, when none is named, only if it holds at least this share
+# of the new model's tensors under the same name, dtype and shape.
+MIN_SHARED_NAMES = 0.5
+
+
+@dataclass
+class DeltaReport:
+    base: str  # the base's ref
+    tensors: int  # tensors stored as an XOR against it
+    saved: int  # bytes the XOR saved against coding them whole
+
+
+def delta_key(target: str, base: str) -> str:
+    """The name of the object holding tensor `target` (a content key) XOR tensor `base`."""
+    return hashlib.sha256(json.dumps(["zoo-xor-1", target, base]).encode()).hexdigest()
+
+
+def _tensors_by_name(archive: Archive) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Lossless tensors whose bytes are addressable (a content key), by name: (key in the archive, info)."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key in archive.keys():
+        info = archive.tensor_info(key)
+        if isinstance(info.get("key"), str) and "view" not in info and "base" not in info:
+            found.setdefault(info["name"], (key, info))
+    return found
+
+
+def _named_bases(source: Path) -> list[str]:
+    """What the source says it was made from: config.json's `_name_or_path`, the model card's `base_model`."""
+    folder = source if source.is_dir() else source.parent
+    names = []
+    try:
+        named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+        if isinstance(named, str) and named.strip():
+            names.append(named.strip())
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        card = ""
+    front = re.match(r"---\n(.*?)\n---", card, re.S)
+    if front:
+        block = re.search(r"^base_model:\s*(.*)$((?:\n\s+-\s*.*)*)", front.group(1), re.M)
+        if block:
+            inline = block.group(1).strip().strip("'\"")
+            listed = re.findall(r"-\s*['\"]?([^'\"\n]+)", block.group(2))
+            names += [inline] if inline else []
+            names += [n.strip() for n in listed]
+    return names
+
+
+def find_base(store: Any, source: Path, shell: Archive, replacing: str | None) -> Entry | None:
+    """The stored lossless model to store `shell`'s tensors against, or None."""
+    candidates = [e for e in store.entries() if e.variant == LOSSLESS and e.ref != replacing and store.is_composed(e)]
+    for named in _named_bases(source):
+        for wanted in (named, Path(named).name):
+            found = [e for e in candidates if e.name == wanted]
+            if found:
+                return sorted(found, key=lambda e: (e.revision != "main", -e.created))[0]
+    ours = {name: shape for name, shape in ((info["name"], (info["dtype"], info["shape"])) for _, info in _tensors_by_name(shell).values())}
+    if not ours:
+        return None
+    best, best_count = None, 0
+    for entry in candidates:
+        try:
+            with Archive(entry.archive) as opened:
+                theirs = {info["name"]: (info["dtype"], info["shape"]) for _, info in _tensors_by_name(opened).values()}
+        except ZooError:
+            continue
+        count = sum(1 for name, kind in ours.items() if theirs.get(name) == kind)
+        if count > best_count or (count == best_count and best is not None and count and entry.created > best.created):
+            best, best_count = entry, count
+    return best if best is not None and best_count >= MIN_SHARED_NAMES * len(ours) else None
+
+
+def resolve_base(store: Any, ref: str) -> Entry:
+    """The zoo model `--base` names, for a lossless pipeline: it must be a stored lossless model."""
+    found = [e for e in store.matches(ref) if e.variant == LOSSLESS]
+    if not found:
+        raise InputError(f"--base {ref}: no lossless model of that name in the zoo at {store.home}; the zoo stores tensors as "
+                         "differences from a model it holds (store the base first)")
+    if not store.is_composed(found[0]):
+        raise InputError(f"--base {ref}: stored by an older zoo as one archive; store it again to use it as a base")
+    return found[0]
+
+
+def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: Any, threads: int,
+                    chunk_bytes: int = CHUNK_BYTES) -> DeltaReport:
+    """Recode `shell_path`'s newly coded tensors as XORs against `base`'s tensors of the same
+    name, dtype and shape where that is smaller; rewrites the shell's header. `existing(name)` is
+    the zoo's object of that name, or None."""
+    with Archive(shell_path, objects_root=sink.root) as ours, Archive(base.archive) as theirs:
+        header = json.loads(json.dumps(ours.header()))
+        base_tensors = _tensors_by_name(theirs)
+        groups: dict[str, list[str]] = {}  # content key -> our tensors holding it
+        for key in ours.keys():
+            info = header["tensors"][key]
+            root = info.get("root") or {}
+            found = base_tensors.get(info.get("name"))
+            if not isinstance(info.get("key"), str) or "leaf" not in root or info["key"] not in sink.written or found is None:
+                continue
+            base_info = found[1]
+            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]) or base_info["key"] == info["key"]:
+                continue
+            groups.setdefault(info["key"], []).append(key)
+        decided: dict[str, tuple[dict[str, Any], int]] = {}
+
+        def recode(target: str) -> None:
+            first = header["tensors"][groups[target][0]]
+            base_key, base_info = base_tensors[first["name"]]
+            level = {k: base_info[k] for k in ("pipeline", "root", "xor") if k in base_info}
+            while _depth(level) >= MAX_XOR_DEPTH:  # never chain deeper: take the tensor at the bottom
+                while "xor" in level:
+                    level = level["xor"]
+            name = delta_key(target, base_info["key"] if level.get("root") == base_info["root"] else _bottom_key(level))
+            whole = sink.written[target]
+            pipeline = Pipeline.from_configs(first["pipeline"])
+            if existing(name) is None:
+                words = ours.read_tensor(groups[target][0]).data.reshape(-1).view(np.uint8)
+                words = words if words.flags.writeable else words.copy()
+                np.bitwise_xor(words, _level_bytes(theirs, base_key, level), out=words)
+                about = {"lossless": True, "key": name, "dtype": first["dtype"], "shape": first["shape"],
+                         "sha256": hashlib.sha256(words).hexdigest(), "xor_of": target}
+                record = encode_object(sink, pipeline, first["dtype"], first["shape"], words, chunk_bytes, about, name)
+                size = sink.written[name]
+                if size >= whole:  # not smaller: keep the tensor whole
+                    object_path(sink.root, name).unlink()
+                    del sink.written[name]
+                    return
+            else:
+                sink.link(name)
+                entry = read_object_header(object_path(sink.root, name))["tensors"]["tensor"]
+                record = {"pipeline": entry["pipeline"], "root": {"leaf": {**entry["root"]["leaf"], "object": name}}}
+                size = sink.reused[name]
+            chain = _chain(level)
+            for needed in object_names({"tensors": {"t": {"xor": chain}}}):
+                if not sink.link(needed):  # the base's objects come along, so the new model owns all it names
+                    raise ZooError(f"{base.ref}: object {needed[:16]}... of the base is missing from the zoo (`zoo doctor`)")
+            decided[target] = ({"pipeline": record["pipeline"], "root": record["root"], "xor": chain}, whole - size)
+
+        for_each(recode, list(groups), threads)
+        for target, (stored, _) in decided.items():
+            for key in groups[target]:
+                header["tensors"][key].update(stored)
+            object_path(sink.root, target).unlink()
+            del sink.written[target]
+        if decided:
+            header["features"] = sorted({*header.get("features", []), "xor"})
+            if isinstance(header.get("metadata", {}).get("zoo"), dict):  # so that `zoo doctor` can restore the manifest whole
+                header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided)}
+    empty = shell_path.with_name(shell_path.name + ".empty")
+    empty.write_bytes(b"")
+    try:
+        assemble(shell_path.with_name(shell_path.name + ".new"), header, empty)
+    finally:
+        empty.unlink()
+    shell_path.with_name(shell_path.name + ".new").replace(shell_path)
+    return DeltaReport(base.ref, sum(len(groups[t]) for t in decided), sum(saved for _, saved in decided.values()))
+
+
+def _depth(level: dict[str, Any]) -> int:
+    depth = 0
+    while "xor" in level:
+        level, depth = level["xor"], depth + 1
+    return depth + 1  # storing against `level` adds one
+
+
+def _bottom_key(level: dict[str, Any]) -> str:
+    """The content key of a tensor stored whole: its object's name."""
+    return level["root"]["leaf"]["object"]
+
+
+def _chain(level: dict[str, Any]) -> dict[str, Any]:
+    chained = {"pipeline": level["pipeline"], "root": level["root"]}
+    if "xor" in level:
+        chained["xor"] = _chain(level["xor"])
+    return chained
+
+
+def _level_bytes(archive: Archive, key: str, level: dict[str, Any]) -> np.ndarray:
+    """The raw bytes of base tensor `key` at `level` of its chain (the tensor itself, or its bottom)."""
+    info = archive.tensor_info(key)
+    if level.get("root") == info.get("root"):
+        return archive.read_tensor(key).data.reshape(-1).view(np.uint8)
+    return archive._xor_base(level, key, 1)  # noqa: SLF001 - the reader's own decoding of a chain level
