@@ -24,7 +24,7 @@ from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
 from zoo.container.format import ArchiveFile, assemble, object_path
-from zoo.container.objects import ObjectSink, object_names
+from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
@@ -406,6 +406,8 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
             stored = opened.stored_bytes(key)
             view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
             pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
+            if "xor" in info:
+                pipeline += f" (XOR against the base's {info['name']})"
             tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
                                         pipeline, "base" in info))
             if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
@@ -422,6 +424,25 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
             metadata=opened.metadata(),
             base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
         )
+
+
+def export_archive(source: str | os.PathLike[str], destination: str | os.PathLike[str], *, force: bool = False) -> Report:
+    """Write a model (a zoo name or an archive) as one archive that stands alone: the objects it
+    names are copied in, coded as they are (`zoo export --archive`)."""
+    import shutil
+
+    destination = Path(destination)
+    with _open(source) as opened:
+        with _atomic_output(destination, force, is_dir=False) as temporary:
+            if "objects" not in (opened.header().get("features") or []):
+                shutil.copyfile(opened.path, temporary)
+            else:
+                with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
+                    payload_path = Path(scratch) / "payload"
+                    with builtins.open(payload_path, "wb") as payload:
+                        header = standalone(opened, payload)
+                    assemble(temporary, header, payload_path)
+    return report_of(destination)
 
 
 def stored_size(opened: Archive) -> int:

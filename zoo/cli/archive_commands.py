@@ -44,8 +44,11 @@ def compress(
                                                   "size), judged on held-out text; needs -o. See docs/budget.md.", show_default=False)] = None,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text: its activations guide lossy stages such as codebook (bare --calib: the text zoo ships).",
                                                   show_default=False)] = None,
-    base: Annotated[Optional[Path], typer.Option("--base", help="The model SOURCE was fine-tuned from: tensors the lossy stages select "
-                                                 "are stored as differences from it (needs -o).", show_default=False)] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="The model SOURCE was fine-tuned from. Into the zoo: a stored model, "
+                                                 "whose tensors the source's are stored as XORs against where smaller (found from "
+                                                 "config.json or the model card when not given). With -o and lossy stages: the tensors "
+                                                 "they select are stored as differences from it.", show_default=False)] = None,
+    no_delta: Annotated[bool, typer.Option("--no-delta", help="Into the zoo: store no tensor as an XOR against a base.")] = False,
     threads: Threads = None,
     force: Force = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Evaluate the result against the source (bit for bit when lossless, else "
@@ -80,11 +83,14 @@ def compress(
         gated = evaluate or verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
         _compress_to_budget(source, output, budget, pipeline, calib, base, threads, force, gated, as_json)
         return
-    if base is not None and output is None:
-        raise InputError("--base makes an archive that needs its base to load, which the zoo does not store: give -o OUT.zoo")
-    check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, base, quiet=as_json)
-    options = {key: value for key, value in (("check", check), ("calibration", calib), ("base", base), ("include", include),
-                                             ("exclude", exclude), ("follow_links", follow_links or None)) if value is not None}
+    into_zoo = output is None  # there --base names a stored model, and the result is bit-exact (XORs)
+    check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, None if into_zoo else base, quiet=as_json)
+    options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
+                                             ("follow_links", follow_links or None)) if value is not None}
+    if base is not None:
+        options["base"] = str(base) if into_zoo else base
+    if into_zoo and no_delta:
+        options["delta"] = False
     try:
         # The phases before the first byte (calibrating, the l2 survey, tuning) get their own bars.
         with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
@@ -107,6 +113,8 @@ def compress(
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
     print_compressed(report, as_json, verbose, output)
+    if no_delta:
+        stderr.print("note: --no-delta applies to the zoo; an archive written with -o holds no XORs", markup=False, highlight=False)
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)
@@ -165,12 +173,33 @@ def decompress(
 def info(archive: ArchiveArg, as_json: Json = False) -> None:
     """Sizes per tensor and in total, of an archive or of a model in the zoo."""
     from zoo import api
-    print_report(api.report_of(archive), as_json, str(archive))
+    from zoo.cli.output import print_json
+    from zoo.cli.reports import sharing_line
+
+    report = api.report_of(archive)
+    entry = None
+    if not Path(archive).exists():  # a zoo name: say what it shares with the other models there
+        from zoo.hub.store import Store
+        from zoo.refs import zoo_entry
+
+        entry = zoo_entry(str(archive))
+    if as_json and entry is not None:
+        print_json({**report.to_dict(), "zoo": Store().sharing(entry)})
+        return
+    print_report(report, as_json, str(archive))
+    if entry is not None:
+        stdout.print(sharing_line(entry), markup=False, highlight=False)
 
 
-def verify(archive: ArchiveArg, base: Base = None, threads: Threads = None, as_json: Json = False) -> None:
+def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archive or a zoo name (none: the whole zoo, each "
+                                                                   "object once).", show_default=False)] = None,
+           base: Base = None, threads: Threads = None, as_json: Json = False) -> None:
     """Check every checksum and every file's sha256; exit 1 if anything is damaged."""
     from zoo import api
+
+    if archive is None:
+        _verify_zoo(threads, as_json)
+        return
 
     problems = api.verify(archive, threads=threads, base=base)
     needed = api.report_of(archive).base
@@ -197,3 +226,20 @@ def register(app: typer.Typer) -> None:
     app.command()(decompress)
     app.command()(info)
     app.command()(verify)
+
+
+def _verify_zoo(threads: Optional[int], as_json: bool) -> None:
+    from zoo.hub.store import Store
+    from zoo.kernels.parallel import resolve_threads
+
+    store = Store()
+    objects, manifests, problems = store.verify(resolve_threads(threads))
+    if as_json:
+        print_json({"zoo": str(store.home), "objects": objects, "manifests": manifests, "ok": not problems, "problems": problems})
+    elif problems:
+        for problem in problems:
+            stderr.print(f"damaged: {problem}", markup=False, highlight=False)
+    else:
+        stdout.print(f"{store.home}: {objects} objects and {manifests} manifests, ok", markup=False, highlight=False)
+    if problems:
+        raise typer.Exit(1)

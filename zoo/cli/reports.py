@@ -60,7 +60,23 @@ def compressed_document(report, output: Any = None, entry: Any = None, new: bool
     """What `compress --json` prints, one shape wherever the archive went: the size report, where
     it was written (`output`, or None), and the zoo entry it became (`zoo`, or None)."""
     return {**report.to_dict(), "output": None if output is None else str(output),
-            "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new}}
+            "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new, "sharing": _sharing(entry)}}
+
+
+def _sharing(entry: Any) -> dict[str, Any]:
+    from zoo.hub.store import Store
+
+    return Store().sharing(entry)
+
+
+def sharing_line(entry: Any) -> str:
+    """What a model shares with the rest of the zoo, in one line."""
+    found = _sharing(entry)
+    line = (f"in the zoo: {found['shared']} of its {found['objects']} objects ({human_bytes(found['shared_bytes'])}) are shared with "
+            f"other models; it adds {human_bytes(found['adds_bytes'])}")
+    if found["base"]:
+        line += f"; {found['base']['tensors']} tensors are stored as XORs against {found['base']['ref']}"
+    return line
 
 
 def print_compressed(report, as_json: bool, verbose: bool, output: Any = None, entry: Any = None, new: bool = True) -> None:  # noqa: ANN001
@@ -70,6 +86,7 @@ def print_compressed(report, as_json: bool, verbose: bool, output: Any = None, e
         return
     print_report(report, False, str(output) if entry is None else entry.ref, verbose)
     if entry is not None:
+        stdout.print(sharing_line(entry), markup=False, highlight=False)
         stdout.print(f"{'stored' if new else 'already in the zoo:'} {entry.ref}", markup=False, highlight=False)
 
 

@@ -74,14 +74,16 @@ def ls(as_json: Json = False) -> None:
 def rm(
     ref: NameArg,
     every: Annotated[bool, typer.Option("--all", help="Remove every entry the name matches (all revisions and variants).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Remove a model others are stored against too (its name only: the "
+                                        "objects they need stay).")] = False,
     as_json: Json = False,
 ) -> None:
-    """Remove a model from the zoo."""
+    """Remove a model from the zoo; what no other model needs is deleted with it."""
     from zoo.hub.store import Store
     from zoo.refs import zoo_entry
 
     zoo_entry(ref)  # a name that is not there: the message every command gives
-    removed = Store().remove(ref, every)
+    removed = Store().remove(ref, every, force)
     if as_json:
         print_json({"removed": [e.to_dict() for e in removed]})
     else:
@@ -94,6 +96,8 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the plain Hugging Face model into.")],
     threads: Threads = None,
     force: ForceFiles = False,
+    archive: Annotated[bool, typer.Option("--archive", help="Write one .zoo archive that stands alone instead (the objects "
+                                          "it needs copied in, as coded).")] = False,
     as_json: Json = False,
 ) -> None:
     """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
@@ -101,6 +105,13 @@ def export(
     from zoo.refs import zoo_entry
 
     entry = zoo_entry(ref)
+    if archive:
+        report = api.export_archive(entry.archive, output, force=force)
+        if as_json:
+            print_json({"name": entry.ref, "output": str(output), "compressed_bytes": report.compressed_bytes})
+        else:
+            stdout.print(f"{output}: {entry.ref} as one archive, {human_bytes(report.compressed_bytes)}", markup=False, highlight=False)
+        return
     with progress_bar(entry.original_bytes, "exporting", not as_json) as advance:
         report = api.decompress(entry.archive, output, threads=threads, force=force, progress=advance)
     if as_json:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from zoo import __version__
+from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_key, object_path, sha256_file
 from zoo.errors import FormatError
 
@@ -211,19 +212,14 @@ def object_names(header: dict[str, Any]) -> set[str]:
 
 
 
-def encode_object(sink: ObjectSink, pipeline: Any, dtype: str, shape: list[int], raw: Any, chunk_bytes: int,
-                  about: dict[str, Any], key: str | None) -> dict[str, Any]:
+def encode_leaf(writer: PayloadWriter, pipeline: Any, dtype: str, shape: list[int], raw: Any, chunk_bytes: int) -> dict[str, Any]:
     """Code `raw` (the bytes of a tensor of `dtype` and `shape`) through the leaf stages of
-    `pipeline` into an object of `sink` named `key` (by its bytes when None); returns the tensor
-    record (dtype, shape, pipeline, root) whose leaf names it."""
+    `pipeline` into `writer`; returns the leaf."""
     from zoo.container.format import crc32
     from zoo.dtypes import DTYPES
 
     bits = DTYPES[dtype].bits
     elements = max(1, chunk_bytes * 8 // bits)
-    leaf = {"dtype": dtype, "shape": list(shape), "chunk_elements": elements}
-    record = {"dtype": dtype, "shape": list(shape), "pipeline": pipeline.configs(), "root": {"leaf": leaf}}
-    writer, stream = sink.payload()
     count = 1
     for dimension in shape:
         count *= dimension
@@ -232,6 +228,61 @@ def encode_object(sink: ObjectSink, pipeline: Any, dtype: str, shape: list[int],
         n = min(elements, count - first)
         encoded = pipeline.encode_chunk(raw[first * bits // 8:(first + n) * bits // 8], dtype)
         chunks.append((writer.write(encoded), len(encoded), crc32(encoded)))
-    leaf.update(writer.write_index(chunks))
+    return {"dtype": dtype, "shape": list(shape), "chunk_elements": elements, **writer.write_index(chunks)}
+
+
+def encode_object(sink: ObjectSink, pipeline: Any, dtype: str, shape: list[int], raw: Any, chunk_bytes: int,
+                  about: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Code `raw` into an object of `sink` named `key` (by its bytes when None); returns the tensor
+    record (dtype, shape, pipeline, root) whose leaf names it."""
+    writer, stream = sink.payload()
+    leaf = encode_leaf(writer, pipeline, dtype, shape, raw, chunk_bytes)
+    record = {"dtype": dtype, "shape": list(shape), "pipeline": pipeline.configs(), "root": {"leaf": leaf}}
     sink.finish(Unit(record, key, about), stream)
     return record
+
+
+def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+    """The header of an archive that holds everything `opened` (an Archive) reads from objects: each
+    leaf's chunks are copied, as coded, into `stream` (the new payload)."""
+    import copy
+
+    from zoo.container.format import crc32
+
+    header = copy.deepcopy(opened.header())
+    writer = PayloadWriter(stream)
+
+    def move(leaf: dict[str, Any], what: str) -> None:
+        chunks = []
+        for data in opened.stored_chunks(leaf, what):
+            chunks.append((writer.write(data), len(data), crc32(data)))
+        leaf.pop("object", None)
+        leaf.update(writer.write_index(chunks))
+
+    def visit(node: Any, what: str) -> None:
+        if isinstance(node, dict) and "leaf" in node:
+            move(node["leaf"], what)
+        elif isinstance(node, dict):
+            for part, child in (node.get("parts") or {}).items():
+                visit(child, f"{what} part {part!r}")
+
+    # leaves are read through the header the archive checked, then written into the copy; a tensor
+    # stored as an XOR is coded whole again (its base would cost more than the XOR saves)
+    for key, info in header["tensors"].items():
+        if "xor" in info:
+            words = opened.read_tensor(key).data.reshape(-1).view("u1")
+            pipeline = opened.pipeline_of(info["pipeline"])
+            info["root"] = {"leaf": encode_leaf(writer, pipeline, info["dtype"], info["shape"], words, chunk_bytes)}
+            del info["xor"]
+        elif isinstance(info.get("root"), dict):
+            visit(info["root"], f"tensor {key!r}")
+    for entry in header["files"]:
+        for segment in entry["segments"]:
+            if "blob" in segment:
+                move(segment["blob"]["leaf"], f"file {entry['path']!r}")
+    features = [f for f in header.get("features", []) if f not in ("objects", "xor")]
+    if features:
+        header["features"] = features
+    else:
+        header.pop("features", None)
+    return header

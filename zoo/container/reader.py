@@ -15,6 +15,11 @@ from zoo.kernels.parallel import for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
+
+
+def xor_dtype(dtype: str) -> str:
+    """The unsigned integers of a dtype's width: what a tensor stored as an XOR is coded as."""
+    return {8: "U8", 16: "U16", 32: "U32", 64: "U64"}.get(DTYPES[dtype].bits, dtype)
 from zoo.errors import FormatError, InputError, ZooError
 from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
@@ -128,8 +133,12 @@ class Archive:
         shape, at most MAX_XOR_DEPTH levels."""
         if "xor" not in self._features:
             raise _fail(self._file, f"tensor {name!r} is stored as an XOR, but the header does not list the feature")
-        if "base" in info or "view" in info or DTYPES.get(info.get("dtype")) is None or DTYPES[info["dtype"]].bits % 8:
+        if "base" in info or "view" in info or DTYPES.get(info.get("dtype")) is None or DTYPES[info["dtype"]].storage is None \
+                or not isinstance(info.get("root"), dict) or not isinstance(info["root"].get("leaf"), dict):
             raise _fail(self._file, f"tensor {name!r} cannot be stored as an XOR")
+        allowed = (info["dtype"], xor_dtype(info["dtype"]))
+        if info["root"]["leaf"].get("dtype") not in allowed or info["root"]["leaf"].get("shape") != info.get("shape"):
+            raise _fail(self._file, f"tensor {name!r} is stored as an XOR of another dtype or shape")
         level, depth = info, 0
         while "xor" in level:
             level, depth = level["xor"], depth + 1
@@ -138,7 +147,7 @@ class Archive:
                     or not isinstance(level.get("pipeline"), list):
                 raise _fail(self._file, f"tensor {name!r} has a malformed or too deep XOR chain (at most {MAX_XOR_DEPTH} levels)")
             leaf = root["leaf"]
-            if leaf.get("dtype") != info["dtype"] or leaf.get("shape") != info.get("shape"):
+            if leaf.get("dtype") not in allowed or leaf.get("shape") != info.get("shape"):
                 raise _fail(self._file, f"tensor {name!r} is an XOR against a tensor of another dtype or shape")
 
     def xor_depth(self, name: str) -> int:
@@ -324,10 +333,8 @@ class Archive:
         if "view" in info:
             return self._read_view(name, info, threads)
         if "xor" in info:
-            stored = self.read_stored(name, threads)
-            words = stored.data.reshape(-1).view(np.uint8)
-            np.bitwise_xor(words, self._xor_base(info["xor"], name, threads), out=words)
-            return stored
+            words = self._xor_base(info, name, threads)  # the tensor's own leaf, XOR its chain
+            return TypedArray(words.view(storage_dtype(info["dtype"])).reshape(info["shape"]), info["dtype"])
         if "base" not in info:
             return self.read_stored(name, threads)
         base = self._base_tensor(name)
@@ -336,13 +343,13 @@ class Archive:
     def _xor_base(self, level: dict[str, Any], name: str, threads: int) -> np.ndarray:
         """The raw bytes an XOR level decodes to, its own deeper levels applied (checked on open)."""
         leaf = level["root"]["leaf"]
-        what = f"tensor {name!r} (the tensor it is stored against)"
+        what = f"tensor {name!r}" + ("" if level is self.tensor_info(name) else " (the tensor it is stored against)")
         self._check_leaf_shape(leaf, what)
         raw = self.read_leaf(leaf, self.pipeline_of(level["pipeline"]), what, threads).data.reshape(-1).view(np.uint8)
         if raw.nbytes != leaf_bytes(leaf):
             raise _fail(self._file, f"{what} decodes to {raw.nbytes} bytes, expected {leaf_bytes(leaf)}")
         if "xor" in level:
-            raw = raw if raw.flags.writeable else raw.copy()
+            raw = raw if raw.flags.writeable and raw.flags.c_contiguous else raw.copy()
             np.bitwise_xor(raw, self._xor_base(level["xor"], name, threads), out=raw)
         return raw
 
@@ -507,6 +514,12 @@ class Archive:
 
     def read_file(self, path: str, threads: int = 1) -> bytes:
         return b"".join(bytes(piece) for piece in self.iter_file(path, threads=threads))
+
+    def stored_chunks(self, leaf: dict[str, Any], what: str) -> Iterator[bytes]:
+        """A leaf's chunks as stored (coded), each checked against its CRC-32."""
+        index, _, _ = self._chunks(leaf, what)
+        for number, record in enumerate(index):
+            yield self._file.read_chunk(record, f"{what}, chunk {number}", leaf.get("object"))
 
     def _leaves(self) -> Iterator[tuple[dict[str, Any], str]]:
         for name, info in self._file.header["tensors"].items():

@@ -29,6 +29,9 @@ from zoo.codecs.selection import selected
 from zoo.sources.segments import Segment, SourceFile
 
 _PAGE = mmap.PAGESIZE
+# Building into a zoo, tensors and runs of file bytes smaller than this stay in the model's own
+# archive: an object costs a file and a header of its own, and sharing a few KiB saves little.
+INLINE_BYTES = 16 << 10
 
 
 @dataclass
@@ -145,7 +148,8 @@ class Builder:
                     if unit is not None:
                         self.objects.finish(unit, stream)  # type: ignore[union-attr]
                     unit = job.unit
-                    target, stream = self.objects.payload()  # type: ignore[union-attr]
+                    # a run of bytes too small to be an object of its own stays in the archive
+                    target, stream = self.objects.payload() if unit is not None else (writer, None)  # type: ignore[union-attr]
                 if encoded is not None:
                     chunks.append((target.write(encoded), len(encoded), crc32(encoded)))
                 if progress and job.raw.nbytes:
@@ -223,7 +227,7 @@ class Builder:
                 blob = {"pipeline": pipeline.configs(), "leaf": leaf}
                 entry["segments"].append({"blob": blob})
                 unit = None
-                if self.objects is not None:
+                if self.objects is not None and segment.size >= INLINE_BYTES:
                     unit = self.objects.unit(blob, segment.dtype, leaf["shape"], raw, lossless=True, blob=True)
                     if unit is None:  # the zoo holds these bytes already
                         _release(mapped, segment.offset, segment.size)
@@ -256,7 +260,7 @@ class Builder:
         used = self.pipeline if transformed else self.leaf_pipeline
         record.update(pipeline=used.configs(), root=root)
         unit = None
-        if self.objects is not None:
+        if self.objects is not None and segment.size >= INLINE_BYTES:
             unit = self.objects.unit(record, segment.dtype, list(segment.shape), raw, lossless=not transformed and delta is None)
             if unit is None:  # the zoo holds this tensor already
                 _release(mapped, segment.offset, segment.size)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
-from zoo.container.format import MAX_XOR_DEPTH, assemble, object_path
+from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, object_path
 from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
-from zoo.container.reader import Archive
+from zoo.container.reader import Archive, xor_dtype
 from zoo.errors import InputError, ZooError
 from zoo.hub.manifest import LOSSLESS, Entry
 from zoo.kernels.parallel import for_each
@@ -147,9 +147,11 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 words = ours.read_tensor(groups[target][0]).data.reshape(-1).view(np.uint8)
                 words = words if words.flags.writeable else words.copy()
                 np.bitwise_xor(words, _level_bytes(theirs, base_key, level), out=words)
-                about = {"lossless": True, "key": name, "dtype": first["dtype"], "shape": first["shape"],
+                # coded as unsigned integers: byte planes, whose high bytes are mostly zero, not as floats
+                twin = xor_dtype(first["dtype"])
+                about = {"lossless": True, "key": name, "dtype": twin, "shape": first["shape"],
                          "sha256": hashlib.sha256(words).hexdigest(), "xor_of": target}
-                record = encode_object(sink, pipeline, first["dtype"], first["shape"], words, chunk_bytes, about, name)
+                record = encode_object(sink, pipeline, twin, first["shape"], words, chunk_bytes, about, name)
                 size = sink.written[name]
                 if size >= whole:  # not smaller: keep the tensor whole
                     object_path(sink.root, name).unlink()
@@ -176,13 +178,14 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
             header["features"] = sorted({*header.get("features", []), "xor"})
             if isinstance(header.get("metadata", {}).get("zoo"), dict):  # so that `zoo doctor` can restore the manifest whole
                 header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided)}
-    empty = shell_path.with_name(shell_path.name + ".empty")
-    empty.write_bytes(b"")
+    held = ArchiveFile(shell_path)
     try:
-        assemble(shell_path.with_name(shell_path.name + ".new"), header, empty)
+        start = held.payload_start  # the small tensors and runs of bytes the archive holds itself
     finally:
-        empty.unlink()
-    shell_path.with_name(shell_path.name + ".new").replace(shell_path)
+        held.close()
+    fresh = shell_path.with_name(shell_path.name + ".new")
+    assemble(fresh, header, shell_path, start)
+    fresh.replace(shell_path)
     return DeltaReport(base.ref, sum(len(groups[t]) for t in decided), sum(saved for _, saved in decided.values()))
 
 

@@ -16,6 +16,7 @@ removes those) or an index behind the manifests (rebuilt on the next read).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -255,6 +256,18 @@ class Store:
                 for entry in found:
                     entry.files = []
             return sorted(found, key=lambda e: (e.name, e.revision, e.variant))
+
+    def sharing(self, entry: Entry) -> dict[str, Any]:
+        """How a model's objects are shared: {"objects", "shared" (named by other models too),
+        "shared_bytes", "adds_bytes", "base"}."""
+        records = [record for _, record in self._all_manifests()]
+        own = next((r for r in records if (r["name"], r["revision"], r["variant"]) == (entry.name, entry.revision, entry.variant)), None)
+        if own is None:
+            return {"objects": 0, "shared": 0, "shared_bytes": 0, "adds_bytes": 0, "base": None}
+        others = {o["sha256"] for r in records if r is not own for o in r["objects"]}
+        shared = [o for o in own["objects"] if o["sha256"] in others]
+        return {"objects": len(own["objects"]), "shared": len(shared), "shared_bytes": sum(o["size"] for o in shared),
+                "adds_bytes": sum(o["size"] for o in own["objects"] if o["sha256"] not in others), "base": own.get("base")}
 
     def total_bytes(self) -> int:
         """What the zoo's objects take on disk."""
@@ -518,6 +531,64 @@ class Store:
 
     def _object_files(self) -> list[Path]:
         return sorted(self.objects.glob(f"??/*{OBJECT_SUFFIX}")) if self.objects.is_dir() else []
+
+    def verify(self, threads: int = 1) -> tuple[int, int, list[str]]:
+        """Check the whole zoo: every object once (decoded; one coded without loss against the
+        sha256 of its bytes and its name, any other against the sha256 of its file), then every
+        manifest (its objects there at their sizes, its archive's layout sound). Returns (objects,
+        manifests, problems)."""
+        from zoo.container.format import ArchiveFile, content_key
+        from zoo.container.objects import OBJECT_TENSOR
+        from zoo.container.reader import Archive
+        from zoo.kernels.parallel import for_each
+
+        problems: list[str] = []
+        files = self._object_files()
+
+        def check(path: Path) -> None:
+            name = path.name.removesuffix(OBJECT_SUFFIX)
+            try:
+                opened = ArchiveFile(path)
+                try:
+                    about = (opened.header.get("metadata") or {}).get("object")
+                finally:
+                    opened.close()
+                if not isinstance(about, dict):
+                    if sha256_file(path) != name:  # the archive of a model, named by its bytes
+                        problems.append(f"{path}: its bytes do not match its name")
+                    return
+                with Archive(path) as held:
+                    data = held.read_tensor(OBJECT_TENSOR).data
+                    digest = hashlib.sha256(data.reshape(-1).view("u1")).hexdigest()
+                if about.get("lossless"):
+                    info = held.tensor_info(OBJECT_TENSOR)
+                    if digest != about.get("sha256"):
+                        problems.append(f"{path}: decodes to bytes whose sha256 is not the recorded one")
+                    elif "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
+                        problems.append(f"{path}: holds other bytes than its name says")
+                elif sha256_file(path) != name:
+                    problems.append(f"{path}: its bytes do not match its name")
+            except (ZooError, OSError) as error:
+                problems.append(f"{path}: {error}")
+
+        for_each(check, files, threads)
+        manifests = self._all_manifests(problems)
+        for _, record in manifests:
+            ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+            for item in record["objects"]:
+                path = self.object_path(item["sha256"])
+                if not path.is_file() or path.stat().st_size != item["size"]:
+                    problems.append(f"{ref}: object {path} is missing or not of its recorded size")
+            archive = next(o for o in record["objects"] if o["role"] == "archive")
+            try:
+                with Archive(self.object_path(archive["sha256"])) as opened:
+                    problems += [f"{ref}: {problem}" for problem in opened.layout_problems()]
+                    sizes = {f["path"]: f["size"] for f in opened.files()}
+                if sizes != {f["path"]: f["size"] for f in record["files"]}:
+                    problems.append(f"{ref}: its manifest lists other files than its archive")
+            except ZooError as error:
+                problems.append(f"{ref}: {error}")
+        return len(files), len(manifests), problems
 
     def gc(self) -> list[tuple[Path, int]]:
         """Remove every object no manifest names, and dead work folders. Returns (object, bytes)

@@ -1,0 +1,217 @@
+"""The content-addressed zoo (docs/STORE.md): each distinct tensor stored once, fine-tunes as XORs
+against their base, rm/gc that keep what others need, and archives that stand alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.api import compress_into, export_archive
+from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile
+from zoo.errors import InputError
+from zoo.hub.store import Store
+
+from tests.conftest import named_objects, object_files, random_storage, write_safetensors
+from tests.hub.test_store import hashes, zoo_cli
+
+# large enough to be objects of their own (zoo.container.writer.INLINE_BYTES), but the norm
+SHAPES = {f"layers.{i}.weight": (128, 96) for i in range(4)} | {"embed.weight": (160, 96), "norm.weight": (96,)}
+
+
+def write_model(folder: Path, tensors: dict[str, np.ndarray], base_name: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / "model.safetensors", {name: ("BF16", data) for name, data in tensors.items()})
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": base_name} if base_name else {"model_type": "toy"}))
+    return folder
+
+
+def base_tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    return {name: random_storage("BF16", shape, seed + i) for i, (name, shape) in enumerate(SHAPES.items())}
+
+
+def fine_tuned(tensors: dict[str, np.ndarray], seed: int, share: float = 0.3, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A small step of training: a share of the weights of `names` (all by default) move by one
+    unit in the last place, as a low learning rate leaves bf16 weights."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, data in tensors.items():
+        changed = data.copy()
+        if names is None or name in names:
+            mask = rng.random(data.shape) < share
+            changed[mask] = changed[mask] + rng.choice(np.array([1, -1], dtype=np.int16), mask.sum()).astype(np.uint16)
+        out[name] = changed
+    return out
+
+
+def standalone_size(folder: Path, tmp_path: Path) -> int:
+    out = tmp_path / f"{folder.name}-standalone.zoo"
+    zoo.compress(folder, out)
+    return out.stat().st_size
+
+
+def test_a_fine_tune_is_stored_as_xors_against_its_base_and_comes_back_bit_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    store = Store()
+    base = write_model(tmp_path / "base", base_tensors())
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 1, share=0.1), base_name="org/base")
+    compress_into(store, base, "org/base")
+    entry = compress_into(store, tuned, "org/tuned")  # the base found from config.json's _name_or_path
+    assert entry.base["ref"] == "org/base@main:lossless" and entry.base["tensors"] >= len(SHAPES) - 1  # a tiny norm may stay whole
+    [listed] = [e for e in store.entries() if e.name == "org/tuned"]
+    assert listed.adds_bytes < 0.5 * standalone_size(tuned, tmp_path)
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
+    assert zoo.verify("org/tuned") == []
+    state = zoo.load_state_dict("org/tuned")
+    assert sorted(state) == sorted(SHAPES)
+
+
+def test_the_base_may_be_named_or_found_by_shared_names_and_no_delta_turns_it_off(tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 2))  # config names no base
+    found = compress_into(store, tuned, "found")  # the stored model holding the same tensor names
+    named = compress_into(store, tuned, "named", base="base")
+    plain = compress_into(store, tuned, "plain", delta=False)
+    assert found.base["ref"] == named.base["ref"] == "base@main:lossless" and plain.base is None
+    with pytest.raises(InputError, match="no lossless model of that name"):
+        compress_into(store, tuned, "nothing", base="absent")
+    other = write_model(tmp_path / "other", {"unrelated.weight": random_storage("BF16", (32, 32), 9)})
+    assert compress_into(store, other, "other").base is None  # nothing alike in the zoo: stored whole
+
+
+def test_a_dual_format_repository_costs_one_copy_plus_its_other_bytes(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "dual"
+    folder.mkdir()
+    torch.manual_seed(0)
+    state = {name: torch.randn(*shape).to(torch.bfloat16) for name, shape in SHAPES.items()}
+    save_file(state, folder / "model.safetensors")
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text("{}")
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(folder / "model.safetensors", only)
+    shutil.copy(folder / "config.json", only)
+    store = Store(tmp_path / "zoo")
+    dual = compress_into(store, folder, "dual")
+    single = Store(tmp_path / "zoo-single")
+    one = compress_into(single, only, "only")
+    other_bytes = dual.stored_bytes - one.stored_bytes  # the .bin's pickle and zip records, in the model's archive
+    bin_other = (folder / "pytorch_model.bin").stat().st_size - sum(t.numel() * 2 for t in state.values())
+    assert other_bytes < bin_other + 4096, (other_bytes, bin_other)  # and the .bin's records in the archive's header
+    assert named_objects(tmp_path / "zoo", dual) - {dual.archive.name} == named_objects(tmp_path / "zoo-single", one) - {one.archive.name}
+    zoo.decompress(dual.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(folder)
+
+
+def test_a_partial_fine_tune_costs_about_its_changed_tensors(tmp_path):
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "base", tensors), "base")
+    frozen = ["embed.weight", "layers.0.weight", "layers.1.weight"]
+    changed = [name for name in SHAPES if name not in frozen]
+    partial = compress_into(store, write_model(tmp_path / "partial", fine_tuned(tensors, 3, names=changed)), "partial", delta=False)
+    [listed] = [e for e in store.entries() if e.name == "partial"]
+    with zoo.open(partial.archive) as opened:
+        sizes = {name: opened.stored_bytes(name) for name in SHAPES}
+    assert listed.adds_bytes < sum(sizes[name] for name in changed) + 8192  # plus its header bytes, config and archive
+    assert Store(tmp_path / "zoo").sharing(partial)["shared"] >= len(frozen)
+
+
+def test_checkpoints_never_chain_deeper_than_the_limit(tmp_path):
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "step-0", tensors), "run", "step-0")
+    folders = {}
+    for step in range(1, MAX_XOR_DEPTH + 3):
+        tensors = fine_tuned(tensors, 10 + step, share=0.1)
+        folders[step] = write_model(tmp_path / f"step-{step}", tensors)
+        compress_into(store, folders[step], "run", f"step-{step}", base=f"run@step-{step - 1}")
+    for step, folder in folders.items():
+        archive = store.resolve(f"run@step-{step}").archive
+        with zoo.open(archive) as opened:
+            assert 1 <= max(opened.xor_depth(key) for key in opened.keys()) <= MAX_XOR_DEPTH
+        zoo.decompress(archive, tmp_path / f"out-{step}")
+        assert hashes(tmp_path / f"out-{step}") == hashes(folder)
+
+
+def test_rm_keeps_a_base_others_need_and_collects_what_nothing_names(tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 4), base_name="base")
+    compress_into(store, tuned, "tuned")
+    refused = zoo_cli("rm", "base", home=home)
+    assert refused.returncode == 1 and "is the base of tuned@main:lossless" in refused.stderr
+    assert [e.name for e in store.entries()] == ["base", "tuned"]
+    assert zoo_cli("rm", "base", "--force", home=home).returncode == 0  # the name goes, the objects tuned needs stay
+    assert [e.name for e in store.entries()] == ["tuned"] and object_files(home) == named_objects(home)
+    zoo.decompress(store.resolve("tuned").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
+    store.remove("tuned")
+    assert object_files(home) == set()
+
+
+def test_an_exported_archive_stands_alone(tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 5), base_name="base")
+    entry = compress_into(store, tuned, "tuned")
+    done = zoo_cli("export", "tuned", "-o", tmp_path / "tuned.zoo", "--archive", home=home)
+    assert done.returncode == 0, done.stderr
+    shutil.rmtree(home)  # nothing of the zoo is needed any more
+    opened = ArchiveFile(tmp_path / "tuned.zoo")
+    assert "features" not in opened.header and "base" not in opened.header
+    opened.close()
+    zoo.decompress(tmp_path / "tuned.zoo", tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
+    assert entry.stored_bytes > (tmp_path / "tuned.zoo").stat().st_size * 0.5
+
+
+def test_an_archive_of_the_zoo_moved_out_of_it_fails_clearly(tmp_path):
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    moved = tmp_path / "moved.zoo"
+    shutil.copy(entry.archive, moved)
+    with pytest.raises(zoo.ZooError, match="export --archive"):
+        zoo.decompress(moved, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zoo_verify_checks_each_object_once_and_finds_damage(tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "a", base_tensors()), "a")
+    compress_into(store, write_model(tmp_path / "b", base_tensors()), "b")  # the same tensors: the same objects
+    done = zoo_cli("verify", "--json", home=home)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"] and report["objects"] == len(object_files(home)) and report["manifests"] == 2
+    victim = max((home / "objects").rglob("*.zoo"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0x10
+    victim.write_bytes(bytes(data))
+    damaged = zoo_cli("verify", home=home)
+    assert damaged.returncode == 1 and victim.name in damaged.stderr.replace("\n", "")
+
+
+def test_objects_are_named_by_what_they_decode_to(tmp_path):
+    """The same tensor coded by two pipelines is one object: its name is its content."""
+    store = Store(tmp_path / "zoo")
+    folder = write_model(tmp_path / "m", base_tensors())
+    first = compress_into(store, folder, "m")
+    second = compress_into(store, folder, "m", pipeline="bytegroup|zstd:level=3")
+    shared = Store(tmp_path / "zoo").sharing(second)
+    assert shared["shared"] == shared["objects"] - 1  # all but its own archive
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert [f.sha256 for f in store.resolve("m", with_files=True).files if f.path == "model.safetensors"] == [digest]
+    assert first.archive != second.archive
