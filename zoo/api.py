@@ -345,7 +345,7 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
     # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
     metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
     with store.workspace() as folder:
-        sink = ObjectSink(folder / "objects" / "sha256", store.existing_object)
+        sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads))
         shell = sink.root / "00" / "model.zoo"
         shell.parent.mkdir(parents=True)
         compress(source, shell, chosen, threads=threads, progress=progress, metadata=metadata, objects=sink, **options)

@@ -77,6 +77,28 @@ def version_of(header: dict[str, Any]) -> int:
     return BASE_VERSION if "base" in header else VERSION
 
 
+DIGEST_BLOCK = 4 << 20
+
+
+def content_digest(raw: Any, threads: int = 1) -> str:
+    """What names a run of bytes in a zoo: their sha256 up to DIGEST_BLOCK bytes, else the sha256 of
+    the sha256 digests of their DIGEST_BLOCK-byte blocks in order, computed on `threads` workers
+    (one sha256 runs at about 1.5 GB/s; the blocks of a large tensor go side by side)."""
+    from zoo.kernels.parallel import for_each
+
+    data = memoryview(raw).cast("B")
+    if len(data) <= DIGEST_BLOCK:
+        return hashlib.sha256(data).hexdigest()
+    starts = range(0, len(data), DIGEST_BLOCK)
+    digests: list[bytes] = [b""] * len(starts)
+
+    def block(number: int) -> None:
+        digests[number] = hashlib.sha256(data[starts[number]:starts[number] + DIGEST_BLOCK]).digest()
+
+    for_each(block, range(len(starts)), threads)
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
 def content_key(dtype: str, shape: list[int], sha256: str) -> str:
     """The name of the object holding a tensor (or a run of a file's bytes) coded without loss:
     what it decodes to, whatever pipeline coded it (docs/STORE.md)."""

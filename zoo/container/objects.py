@@ -12,7 +12,6 @@ lets the build skip what `existing` (the zoo) or the build itself already holds.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any, BinaryIO
 
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
-from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_key, object_path, sha256_file
+from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_digest, content_key, object_path, sha256_file
 from zoo.errors import FormatError
 
 OBJECT_TENSOR = "tensor"  # the key of the one tensor an object holds
@@ -77,8 +76,9 @@ class ObjectSink:
     gives the path of an object the zoo already holds, or None; such an object is hard-linked into
     `root` (copied where links fail), so the build owns every object it names until it is published."""
 
-    def __init__(self, root: Path, existing: Callable[[str], Path | None] = lambda key: None) -> None:
+    def __init__(self, root: Path, existing: Callable[[str], Path | None] = lambda key: None, threads: int = 1) -> None:
         self.root = root
+        self.threads = threads  # for hashing what the build meets
         self.existing = existing
         self.written: dict[str, int] = {}  # objects this build coded, and their sizes
         self.reused: dict[str, int] = {}  # objects it found, in the zoo or earlier in the build
@@ -93,7 +93,7 @@ class ObjectSink:
         (in the zoo or earlier in this build): `holder` then names it once the build ends."""
         if not lossless:
             return Unit(holder, None, {"lossless": False})
-        sha256 = hashlib.sha256(raw).hexdigest()
+        sha256 = content_digest(raw, self.threads)
         key = content_key(dtype, shape, sha256)
         if not blob:
             holder["key"] = key

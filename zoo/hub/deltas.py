@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
-from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, object_path
+from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, content_digest, object_path
 from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
 from zoo.container.reader import Archive, xor_dtype
 from zoo.errors import InputError, ZooError
@@ -150,7 +150,7 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 # coded as unsigned integers: byte planes, whose high bytes are mostly zero, not as floats
                 twin = xor_dtype(first["dtype"])
                 about = {"lossless": True, "key": name, "dtype": twin, "shape": first["shape"],
-                         "sha256": hashlib.sha256(words).hexdigest(), "xor_of": target}
+                         "sha256": content_digest(words, threads), "xor_of": target}
                 record = encode_object(sink, pipeline, twin, first["shape"], words, chunk_bytes, about, name)
                 size = sink.written[name]
                 if size >= whole:  # not smaller: keep the tensor whole

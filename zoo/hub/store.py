@@ -537,7 +537,7 @@ class Store:
         sha256 of its bytes and its name, any other against the sha256 of its file), then every
         manifest (its objects there at their sizes, its archive's layout sound). Returns (objects,
         manifests, problems)."""
-        from zoo.container.format import ArchiveFile, content_key
+        from zoo.container.format import ArchiveFile, content_digest, content_key
         from zoo.container.objects import OBJECT_TENSOR
         from zoo.container.reader import Archive
         from zoo.kernels.parallel import for_each
@@ -559,7 +559,7 @@ class Store:
                     return
                 with Archive(path) as held:
                     data = held.read_tensor(OBJECT_TENSOR).data
-                    digest = hashlib.sha256(data.reshape(-1).view("u1")).hexdigest()
+                    digest = content_digest(data.reshape(-1).view("u1"))
                 if about.get("lossless"):
                     info = held.tensor_info(OBJECT_TENSOR)
                     if digest != about.get("sha256"):
