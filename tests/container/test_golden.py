@@ -166,3 +166,25 @@ def test_v2_refuses_another_base(tmp_path):
     assert not (tmp_path / "out").exists()
     with zoo.open(FINETUNE, base=tmp_path / BASE_NAME) as opened, pytest.raises(zoo.ZooError, match="sha256"):
         opened.get_tensor("layers.0.attn.q.weight")
+
+
+V3 = json.loads((GOLDEN / "v3" / "models.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(V3))
+def test_version_3_golden_zoo_decodes_to_the_recorded_bytes(name, tmp_path):
+    """Models of a zoo (make_v3.py): archives whose leaves lie in objects, a fine-tune's tensors XORs
+    against its base's; read in place, and as the archive `zoo export --archive` makes of them."""
+    model = V3[name]
+    archive = GOLDEN / "v3" / model["archive"]
+    assert zoo.verify(archive) == []
+    zoo.decompress(archive, tmp_path / "out")
+    assert {p.name: sha256(p.read_bytes()) for p in (tmp_path / "out").iterdir()} == model["files"]
+    from zoo.api import export_archive
+
+    export_archive(archive, tmp_path / "alone.zoo")
+    zoo.decompress(tmp_path / "alone.zoo", tmp_path / "again")
+    assert {p.name: sha256(p.read_bytes()) for p in (tmp_path / "again").iterdir()} == model["files"]
+    with zoo.open(archive) as opened:
+        depth = max(opened.xor_depth(key) for key in opened.keys())
+    assert depth == (1 if model["base"] else 0)
