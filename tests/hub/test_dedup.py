@@ -215,3 +215,29 @@ def test_objects_are_named_by_what_they_decode_to(tmp_path):
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert [f.sha256 for f in store.resolve("m", with_files=True).files if f.path == "model.safetensors"] == [digest]
     assert first.archive != second.archive
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda leaf, header: leaf.update(object="../../../etc/passwd"), "names an object by something other than a sha256"),
+    (lambda leaf, header: leaf.update(object="0" * 64), "which is not in"),
+    (lambda leaf, header: header.update(features=["objects", "teleport"]), "needs features this zoo lacks: teleport"),
+    (lambda leaf, header: header.update(features=["xor"]), "lies in an object, but the header does not list the feature"),
+])
+def test_a_forged_archive_of_a_zoo_is_one_clear_error(tmp_path, change, message):
+    from zoo.container.format import assemble
+
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    opened = ArchiveFile(entry.archive)
+    header, start = json.loads(json.dumps(opened.header)), opened.payload_start
+    opened.close()
+    leaf = header["tensors"]["layers.0.weight"]["root"]["leaf"]
+    change(leaf, header)
+    forged = entry.archive.parent / "forged.zoo"  # beside the real one, so that its objects are found
+    assemble(forged, header, entry.archive, start)
+    with pytest.raises(zoo.ZooError, match=message):
+        with zoo.open(forged) as archive:
+            archive.read_tensor("layers.0.weight")
+    done = zoo_cli("decompress", forged, "-o", tmp_path / "out", home=tmp_path / "zoo")
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
