@@ -61,7 +61,8 @@ def storage_sha256(tensor: torch.Tensor) -> str:
 
 
 def test_every_golden_archive_is_listed():
-    assert sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.zoo")) == sorted(ARCHIVES)
+    # (the version-3 zoo's objects are listed by its models.json and checked below)
+    assert sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*.zoo") if "v3" not in p.parts) == sorted(ARCHIVES)
     assert {"v1/fprans.zoo", "v1/l2.zoo", "v2/finetune/finetune.zoo"} <= set(WITH_TENSORS)
 
 

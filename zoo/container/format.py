@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,8 +30,9 @@ VERSIONS = (VERSION, BASE_VERSION, FEATURES_VERSION)
 MAX_XOR_DEPTH = 3
 OBJECT_NAME = re.compile(r"[0-9a-f]{64}")
 OBJECT_SUFFIX = ".zoo"
-# Object files kept open per archive; past that an object is opened for each read.
-_OPEN_OBJECTS = 256
+# Object files kept open in a process, for every archive reading them; past that the least recently
+# used one no read holds is closed.
+_OPEN_OBJECTS = 64
 MAX_HEADER_BYTES = 64 << 20
 # A chunk's decoded size, checked before anything is allocated: the writer's default is 4 MiB, and
 # whatever a header claims, decoding a chunk never takes more memory than this (plus its stored bytes).
@@ -143,9 +145,6 @@ class ArchiveFile:
         self.path = Path(path)
         # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
         self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
-        self._objects: dict[str, tuple[int, int]] = {}  # name -> (payload start, payload size)
-        self._object_fds: dict[str, int] = {}
-        self._objects_lock = threading.Lock()
         try:
             self._file = open(self.path, "rb")
         except FileNotFoundError:
@@ -198,60 +197,40 @@ class ArchiveFile:
     def read(self, offset: int, length: int, what: str, obj: str | None = None) -> bytes:
         """`length` bytes at `offset` of the payload region, or of object `obj`'s payload region."""
         if obj is None:
-            descriptor, start, size, owned, where = self._file.fileno(), self.payload_start, self.payload_size, False, self.path
+            descriptor, start, size, where = self._file.fileno(), self.payload_start, self.payload_size, self.path
         else:
-            descriptor, start, size, owned = self.object_region(obj, what)
-            where = object_path(self.objects_root, obj)
+            where = self.object_file(obj, what)
+            descriptor = _OBJECT_FILES.acquire(where, self.path, what)
+            try:
+                start, size = _OBJECT_FILES.region(where, descriptor)
+            except BaseException:
+                _OBJECT_FILES.release(where)
+                raise
         try:
             if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > size:
                 raise FormatError(f"{where}: {what} lies outside the {'archive' if obj is None else 'object'} (truncated?)")
             data = os.pread(descriptor, length, start + offset)
         finally:
-            if owned:
-                os.close(descriptor)
+            if obj is not None:
+                _OBJECT_FILES.release(where)
         if len(data) != length:
             raise FormatError(f"{where}: {what} is truncated")
         return data
 
-    def object_region(self, name: str, what: str) -> tuple[int, int, int, bool]:
-        """(a descriptor, payload start, payload size, whether the caller closes the descriptor)
-        of object `name`; the archive keeps up to _OPEN_OBJECTS objects open."""
-        with self._objects_lock:
-            kept = self._object_fds.get(name)
-        if kept is not None:
-            return kept, *self._objects[name], False
+    def object_file(self, name: str, what: str) -> Path:
+        """Where object `name` lies, its name checked first (64 lowercase hex digits, nothing else)."""
         if not isinstance(name, str) or not OBJECT_NAME.fullmatch(name):
             raise FormatError(f"{self.path}: {what} names an object by something other than a sha256")
-        path = object_path(self.objects_root, name)
+        return object_path(self.objects_root, name)
+
+    def object_size(self, name: str, what: str) -> int:
+        """The size of object `name`'s payload region."""
+        where = self.object_file(name, what)
+        descriptor = _OBJECT_FILES.acquire(where, self.path, what)
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise FormatError(f"{self.path}: {what} lies in object {name[:16]}..., which is not in {self.objects_root} "
-                              "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
-        except OSError as error:
-            raise FormatError(f"{path}: cannot open: {error.strerror}") from None
-        try:
-            region = self._objects.get(name)
-            if region is None:
-                preamble = os.pread(descriptor, PREAMBLE.size, 0)
-                if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC or PREAMBLE.unpack(preamble)[1] not in VERSIONS:
-                    raise FormatError(f"{path}: object is not a zoo archive")
-                start = PREAMBLE.size + PREAMBLE.unpack(preamble)[3]
-                size = os.fstat(descriptor).st_size - start
-                if size < 0:
-                    raise FormatError(f"{path}: truncated object")
-                region = self._objects[name] = (start, size)
-        except BaseException:
-            os.close(descriptor)
-            raise
-        with self._objects_lock:
-            if name in self._object_fds:  # another thread opened it meanwhile
-                os.close(descriptor)
-                return self._object_fds[name], *region, False
-            if len(self._object_fds) < _OPEN_OBJECTS:
-                self._object_fds[name] = descriptor
-                return descriptor, *region, False
-        return descriptor, *region, True
+            return _OBJECT_FILES.region(where, descriptor)[1]
+        finally:
+            _OBJECT_FILES.release(where)
 
     def read_index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
         try:
@@ -272,10 +251,6 @@ class ArchiveFile:
 
     def close(self) -> None:
         self._file.close()
-        with self._objects_lock:
-            for descriptor in self._object_fds.values():
-                os.close(descriptor)
-            self._object_fds.clear()
 
 
 def is_archive(path: Path) -> bool:
@@ -293,3 +268,63 @@ def sha256_file(path: Path) -> str:
         while block := stream.read(8 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _ObjectFiles:
+    """Open object files shared by every archive of a process (objects are immutable, and many
+    models name the same ones): at most _OPEN_OBJECTS stay open beyond those being read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Path, list[int]] = OrderedDict()  # path -> [descriptor, reads holding it]
+        self._regions: dict[Path, tuple[int, int]] = {}
+
+    def acquire(self, path: Path, archive: Path, what: str) -> int:
+        with self._lock:
+            held = self._open.get(path)
+            if held is not None:
+                held[1] += 1
+                self._open.move_to_end(path)
+                return held[0]
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FormatError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {path.parent.parent} "
+                              "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
+        except OSError as error:
+            raise FormatError(f"{path}: cannot open: {error.strerror}") from None
+        with self._lock:
+            held = self._open.get(path)
+            if held is not None:  # another thread opened it meanwhile
+                os.close(descriptor)
+                held[1] += 1
+                return held[0]
+            self._open[path] = [descriptor, 1]
+            self._trim()
+            return descriptor
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._open[path][1] -= 1
+            self._trim()
+
+    def _trim(self) -> None:
+        for path in [p for p, (_, users) in self._open.items() if users == 0][:max(0, len(self._open) - _OPEN_OBJECTS)]:
+            os.close(self._open.pop(path)[0])
+
+    def region(self, path: Path, descriptor: int) -> tuple[int, int]:
+        """(payload start, payload size) of the object open as `descriptor`."""
+        region = self._regions.get(path)
+        if region is None:
+            preamble = os.pread(descriptor, PREAMBLE.size, 0)
+            if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC or PREAMBLE.unpack(preamble)[1] not in VERSIONS:
+                raise FormatError(f"{path}: object is not a zoo archive")
+            start = PREAMBLE.size + PREAMBLE.unpack(preamble)[3]
+            size = os.fstat(descriptor).st_size - start
+            if size < 0:
+                raise FormatError(f"{path}: truncated object")
+            region = self._regions[path] = (start, size)
+        return region
+
+
+_OBJECT_FILES = _ObjectFiles()

@@ -581,10 +581,7 @@ class Archive:
         return []
 
     def _object_size(self, obj: str) -> int:
-        descriptor, _, size, owned = self._file.object_region(obj, "a leaf")
-        if owned:
-            os.close(descriptor)
-        return size
+        return self._file.object_size(obj, "a leaf")
 
     def verify(self, threads: int = 1) -> list[str]:
         """Decode everything; return what is damaged (empty when the archive is sound). Without
