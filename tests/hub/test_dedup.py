@@ -241,3 +241,16 @@ def test_a_forged_archive_of_a_zoo_is_one_clear_error(tmp_path, change, message)
     done = zoo_cli("decompress", forged, "-o", tmp_path / "out", home=tmp_path / "zoo")
     assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_twice_under_a_name_the_base_lacks_keeps_its_object(tmp_path):
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "base", tensors), "base")
+    tuned = fine_tuned(tensors, 6, share=0.1)
+    tuned["extra.copy"] = tuned["layers.2.weight"]  # the same bytes, a name the base does not hold
+    folder = write_model(tmp_path / "tuned", tuned, base_name="base")
+    entry = compress_into(store, folder, "tuned")
+    assert entry.base is not None
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(folder)

@@ -172,8 +172,11 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
         for target, (stored, _) in decided.items():
             for key in groups[target]:
                 header["tensors"][key].update(stored)
-            object_path(sink.root, target).unlink()
-            del sink.written[target]
+        still_named = object_names(header)  # a tensor of the same bytes under a name the base lacks keeps its object
+        for target in decided:
+            if target not in still_named:
+                object_path(sink.root, target).unlink()
+                del sink.written[target]
         if decided:
             header["features"] = sorted({*header.get("features", []), "xor"})
             if isinstance(header.get("metadata", {}).get("zoo"), dict):  # so that `zoo doctor` can restore the manifest whole
