@@ -11,6 +11,9 @@ import pytest
 
 from zoo.dtypes import DTYPES, from_float32
 
+# the real S3 server and Ray cluster the cloud tests share, one per session (started only when asked for)
+pytest_plugins = ("tests.services",)
+
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None, pad_to: int = 8) -> Path:
     """Write a safetensors file by hand (raw storage per dtype), so that every dtype can be made."""
