@@ -28,15 +28,17 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from zoo.container import format as format_module
 from zoo.container.format import FEATURES_VERSION, PREAMBLE, object_path, sha256_file
 from zoo.container.objects import ObjectSink, object_names
-from zoo.errors import InputError, OutputExistsError, ZooError
+from zoo.errors import FormatError, InputError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, legacy_records, lfs_pointer, manifest_component, parse_ref,
     quality_label, record_of, variant_match, variant_of,
 )
+from zoo.hub.remote import index_home, is_url
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
@@ -70,7 +72,21 @@ class Store:
     Store may be used from many threads and by several processes at once."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home) if home is not None else zoo_home()
+        location = str(home) if home is not None else os.environ.get("ZOO_HOME", "")
+        self.storage: Any = None  # where the objects and manifests live when that is not this folder
+        self.url: str | None = None
+        if location.startswith("file://"):
+            home = location[len("file://"):]
+        elif is_url(location):
+            from zoo.hub.remote import open_storage
+
+            # the zoo lives at the URL; this machine keeps its index, work and the archives of its models
+            self.url, self.storage = location.rstrip("/"), open_storage(location)
+            home = index_home(location)
+            _REMOTE_ZOOS[home / "objects" / "sha256"] = self.storage
+            format_module.REMOTE_OBJECTS = _remote_object
+        self._synced = -1e9
+        self.home = Path(home) if home is not None and str(home) else zoo_home()
         self.catalogue = self.home / "catalogue.sqlite"
         self.objects = self.home / "objects" / "sha256"
         self.manifests = self.home / "manifests"
@@ -82,15 +98,119 @@ class Store:
     # -- layout -----------------------------------------------------------------------------
 
     def exists(self) -> bool:
+        self._sync()
         return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
 
     def object_path(self, sha256: str) -> Path:
         return object_path(self.objects, sha256)
 
     def existing_object(self, name: str) -> Path | None:
-        """The object of that name when the zoo holds it (what a build may reuse instead of coding)."""
+        """The object of that name when the zoo holds it (what a build may reuse instead of coding);
+        on object storage it is fetched into this machine's folder first."""
         path = self.object_path(name)
-        return path if path.is_file() else None
+        if path.is_file():
+            return path
+        if self.storage is None or self.storage.stat(self._relative(path)) is None:
+            return None
+        return self._fetch(self._relative(path), path)
+
+    def _fetch(self, key: str, path: Path) -> Path:
+        """A key of the zoo's storage copied whole to `path` (a temporary name first)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with locked_temporary(path.parent, temporary_prefix(path), is_dir=False) as temporary:
+            self.storage.download(key, temporary)
+            os.replace(temporary, path)
+        return path
+
+    # -- a zoo on object storage ------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Bring this machine's copy of a remote zoo's manifests (and its models' archives) up to
+        date with the storage, at most every SYNC_SECONDS; the index follows (catalogue.behind)."""
+        if self.storage is None or time.monotonic() - self._synced < SYNC_SECONDS:
+            return
+        self._make_folders()
+        remote = {info.key: info for info in self.storage.list("manifests/") if info.key.endswith(".json")}
+        changed = False
+        with self._locked():
+            for key, info in remote.items():
+                path = self.home / key
+                if path.is_file() and path.stat().st_size == info.size and path.stat().st_mtime == info.modified:
+                    continue
+                data = self.storage.read(key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with locked_temporary(path.parent, temporary_prefix(path), is_dir=False) as temporary:
+                    temporary.write_bytes(data)
+                    os.utime(temporary, (info.modified, info.modified))
+                    os.replace(temporary, path)
+                changed = True
+            for path in self._manifest_files():
+                if self._relative(path) not in remote:
+                    path.unlink()
+                    changed = True
+            if changed:
+                self.dirty.touch()
+            for _, record in self._all_manifests():
+                for item in record["objects"]:
+                    if item["role"] == "archive" and not self.object_path(item["sha256"]).is_file():
+                        with suppress(ZooError, OSError):
+                            self._fetch(self._relative(self.object_path(item["sha256"])), self.object_path(item["sha256"]))
+        self._synced = time.monotonic()
+
+    def _publish_remote(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
+        """Objects put first (each under its name, if absent), the manifest last, by a conditional
+        put: only where there is none, or, with `force`, where it is the one read before."""
+        from zoo.hub.remote import ABSENT, PublishConflict
+        from zoo.kernels.parallel import for_each
+
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
+        key = self._relative(manifest)
+        old = self.storage.read_versioned(key)
+        if old is not None and not force:
+            raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
+        for_each(lambda item: self.storage.put(self._relative(self.object_path(item[0])), item[1]), list(moves.items()), 4)
+        kill_point("store-object")
+        data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+        try:
+            self.storage.publish(key, data, expect=old[1] if old is not None else ABSENT)
+        except PublishConflict:
+            raise OutputExistsError(f"{ref} was stored by another writer meanwhile; pass --force to replace it") from None
+        with self._locked():  # this machine's copy: the archive, the manifest, the index
+            archive = next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
+            target = self.object_path(archive)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(moves[archive], target)
+            self.dirty.touch()
+            self._publish_manifest(record)
+            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
+
+    def _remove_remote(self, chosen: list[Entry]) -> None:
+        for entry in chosen:
+            path = self.manifest_path(entry.name, entry.revision, entry.variant)
+            self.storage.delete(self._relative(path))
+            path.unlink(missing_ok=True)
+        self.dirty.touch()
+
+    def _gc_remote(self) -> list[tuple[Path, int]]:
+        """Objects no manifest in the storage names and older than the grace period (a writer's
+        objects precede its manifest) are deleted."""
+        from zoo.hub.remote import GC_GRACE_SECONDS
+
+        named = set()
+        for info in self.storage.list("manifests/"):
+            try:
+                named.update(o["sha256"] for o in check_record(json.loads(self.storage.read(info.key)))["objects"])
+            except (ValueError, ZooError) as error:
+                raise StoreError(f"{self.url}/{info.key}: damaged manifest ({error}); nothing was collected") from None
+        removed = []
+        for info in self.storage.list("objects/"):
+            name = info.key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
+            if name not in named and time.time() - info.modified > GC_GRACE_SECONDS and self.storage.delete(info.key):
+                removed.append((Path(info.key), info.size))
+                self.object_path(name).unlink(missing_ok=True)
+        return removed
 
     @staticmethod
     def is_composed(entry: Entry) -> bool:
@@ -270,7 +390,9 @@ class Store:
                 "adds_bytes": sum(o["size"] for o in own["objects"] if o["sha256"] not in others), "base": own.get("base")}
 
     def total_bytes(self) -> int:
-        """What the zoo's objects take on disk."""
+        """What the zoo's objects take on disk (in the bucket, for a zoo on object storage)."""
+        if self.storage is not None:
+            return sum(info.size for info in self.storage.list("objects/"))
         total = 0
         for path in self._object_files():
             try:
@@ -394,6 +516,9 @@ class Store:
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
         """Objects first, manifest last, index after (see the module's docstring): each object of
         `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock."""
+        if self.storage is not None:
+            self._publish_remote(record, moves, force)
+            return
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         with self._locked():
             self._sweep_work()
@@ -487,6 +612,11 @@ class Store:
             if needing and not force:
                 raise InputError(f"{', '.join(sorted(refs))} is the base of {', '.join(needing)}, whose tensors are stored as XORs "
                                  "against it; remove those first, or pass --force to remove the name only (the objects they need stay)")
+            if self.storage is not None:
+                self._remove_remote(chosen)  # its objects stay until `zoo gc` (other machines may be writing)
+                with suppress(StoreError):
+                    self.rebuild_index()
+                return chosen
             self.dirty.touch()
             paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
             released = set()
@@ -542,6 +672,8 @@ class Store:
         from zoo.container.reader import Archive
         from zoo.kernels.parallel import for_each
 
+        if self.storage is not None:
+            raise InputError(f"{self.url}: checking the whole zoo is not done on object storage yet; verify models by name")
         problems: list[str] = []
         files = self._object_files()
 
@@ -593,6 +725,8 @@ class Store:
     def gc(self) -> list[tuple[Path, int]]:
         """Remove every object no manifest names, and dead work folders. Returns (object, bytes)
         removed. Refuses while a manifest is unreadable: what it names is unknown."""
+        if self.storage is not None:
+            return self._gc_remote()
         if not self.exists():
             return []
         self.entries()  # migrates an old layout and brings the index up to date first
@@ -783,6 +917,43 @@ class Store:
         kill_point("migrate-archive")
         path.unlink()
         return f"{path}: moved to {target} as {ref}" + ("" if row is not None else " (its catalogue row was gone: read from its header)")
+
+
+# How often a command re-reads a remote zoo's list of manifests (a server answers many requests).
+SYNC_SECONDS = 5.0
+_REMOTE_ZOOS: dict[Path, Any] = {}  # this machine's objects folder of a remote zoo -> its storage
+_REMOTE_READERS: dict[Path, Any] = {}
+
+
+class _RemoteObject:
+    """An object of a zoo on object storage, read by range (zoo.container.format.REMOTE_OBJECTS)."""
+
+    def __init__(self, storage: Any, key: str) -> None:
+        self.storage, self.key = storage, key
+        self._region: tuple[int, int] | None = None
+
+    def region(self) -> tuple[int, int]:
+        if self._region is None:
+            from zoo.container.format import PREAMBLE, parse_region
+
+            info = self.storage.stat(self.key)
+            if info is None:
+                raise FormatError(f"{self.storage.url}/{self.key}: object is missing from the zoo")
+            self._region = parse_region(self.storage.read_range(self.key, 0, PREAMBLE.size), info.size, f"{self.storage.url}/{self.key}")
+        return self._region
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.storage.read_range(self.key, offset, length)
+
+
+def _remote_object(path: Path) -> _RemoteObject | None:
+    storage = _REMOTE_ZOOS.get(path.parent.parent)
+    if storage is None:
+        return None
+    reader = _REMOTE_READERS.get(path)
+    if reader is None:
+        reader = _REMOTE_READERS[path] = _RemoteObject(storage, f"objects/sha256/{path.parent.name}/{path.name}")
+    return reader
 
 
 def _reason(error: BaseException) -> str:
