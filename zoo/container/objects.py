@@ -3,8 +3,9 @@
 An *object* is a small version-1 archive holding one tensor (or one run of a file's bytes, as a
 tensor of its dtype) and no files. Coded without loss, it is named by content_key(dtype, shape,
 sha256 of the bytes), so every model holding those bytes names the same object whatever coded it;
-coded with loss, by the sha256 of its own bytes. A model is a version-3 archive with an empty
-payload whose leaves name objects (the header's "objects" feature): its *shell*.
+coded with loss, by the sha256 of its own bytes. A model is a version-3 archive whose leaves name
+objects (the header's "objects" feature) and whose own payload holds only what is too small to be
+an object: its *shell*.
 
 ObjectSink writes the objects of one build into a folder laid out as a zoo's objects/sha256, and
 lets the build skip what `existing` (the zoo) or the build itself already holds.
@@ -55,14 +56,6 @@ def with_object(node: Any, name: str) -> Any:
     return node
 
 
-def without_object(node: Any) -> Any:
-    if isinstance(node, dict) and "leaf" in node:
-        return {**node, "leaf": {k: v for k, v in node["leaf"].items() if k != "object"}}
-    if isinstance(node, dict):
-        return {**node, "parts": {part: without_object(child) for part, child in (node.get("parts") or {}).items()}}
-    return node
-
-
 class Unit:
     """One object to be: a tensor record or a file's blob record (`holder`, whose "pipeline" and
     "root" or "leaf" the build fills in), and its content key when coded without loss."""
@@ -99,7 +92,7 @@ class ObjectSink:
             holder["key"] = key
         about = {"lossless": True, "key": key, "dtype": dtype, "shape": list(shape), "sha256": sha256}
         with self._lock:
-            if key in self._pending or key in self.written or key in self.reused or self._link(key):  # noqa: SIM102
+            if key in self._pending or key in self.written or key in self.reused or self._link(key):
                 self._placeholders.append((holder, key, blob))
                 return None
             self._pending.add(key)
@@ -179,12 +172,6 @@ class ObjectSink:
     def names(self) -> dict[str, int]:
         """Every object the build names, with its size."""
         return {**self.reused, **self.written}
-
-
-def shell_header(header: dict[str, Any]) -> dict[str, Any]:
-    """An archive header whose leaves name objects, marked as such (version 3)."""
-    features = sorted({*(header.get("features") or []), "objects"})
-    return {**header, "features": features}
 
 
 def object_names(header: dict[str, Any]) -> set[str]:

@@ -15,11 +15,6 @@ from zoo.kernels.parallel import for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
-
-
-def xor_dtype(dtype: str) -> str:
-    """The unsigned integers of a dtype's width: what a tensor stored as an XOR is coded as."""
-    return {8: "U8", 16: "U16", 32: "U32", 64: "U64"}.get(DTYPES[dtype].bits, dtype)
 from zoo.errors import FormatError, InputError, ZooError
 from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
@@ -27,6 +22,11 @@ from zoo.sources.folder import check_relpath
 
 if TYPE_CHECKING:  # base_model opens archives with this module
     from zoo.container.base_model import BaseModel
+
+
+def xor_dtype(dtype: str) -> str:
+    """The unsigned integers of a dtype's width: what a tensor stored as an XOR is coded as."""
+    return {8: "U8", 16: "U16", 32: "U32", 64: "U64"}.get(DTYPES[dtype].bits, dtype)
 
 
 def _fail(archive: ArchiveFile, message: str) -> FormatError:
