@@ -46,6 +46,7 @@ STEPS = [
     ("zoo.hub.store", None, "describe_files", "the files' hashes for the manifest"),
     ("zoo.hub.store", "Store", "_durable", "fsync of each object and of the shell"),
     ("zoo.hub.store", "Store", "_publish", "objects renamed into the zoo, manifest written, index updated"),
+    ("shutil", None, "rmtree", "the work folder removed afterwards (a folder per object-name prefix)"),
     ("os", None, "fsync", "  every fsync, inside the steps above (assemble fsyncs each object)"),
 ]
 
@@ -72,11 +73,11 @@ def write_model(folder: Path, megabytes: int) -> Path:
 
 
 @contextmanager
-def timers() -> Iterator[dict[str, float]]:
-    """Seconds spent inside each of STEPS while the block runs, summed over threads."""
+def timers() -> Iterator[dict[str, list[float]]]:
+    """[seconds, calls] inside each of STEPS while the block runs, seconds summed over threads."""
     import importlib
 
-    spent = {what: 0.0 for *_, what in STEPS}
+    spent = {what: [0.0, 0] for *_, what in STEPS}
     lock = threading.Lock()
     restore = []
     for module_name, owner_name, attribute, what in STEPS:
@@ -91,7 +92,8 @@ def timers() -> Iterator[dict[str, float]]:
                 return _function(*args, **kwargs)
             finally:
                 with lock:
-                    spent[_what] += time.perf_counter() - started
+                    spent[_what][0] += time.perf_counter() - started
+                    spent[_what][1] += 1
 
         setattr(owner, attribute, staticmethod(timed) if isinstance(original, staticmethod) else timed)
         restore.append((owner, attribute, original))
@@ -129,6 +131,11 @@ def main() -> None:
         plain = best(options.repeat, lambda n: zoo.compress(model, root / f"plain{n}.zoo", force=True))
         into = best(options.repeat, lambda n: compress_into(Store(root / f"zoo{n}"), model, "bench", force=True))
         store = Store(root / "zoo0")
+        fsync, os.fsync = os.fsync, lambda descriptor: None  # what the same work costs without waiting for the disk
+        try:
+            unsynced = best(options.repeat, lambda n: compress_into(Store(root / f"unsynced{n}"), model, "bench"))
+        finally:
+            os.fsync = fsync
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         with timers() as spent:
             started = time.perf_counter()
@@ -146,10 +153,11 @@ def main() -> None:
         print(f"compress to a file (anchor)  {plain:7.2f} s  {size / plain / 2**20:7.1f} MiB/s")
         print(f"compress into the zoo        {into:7.2f} s  {size / into / 2**20:7.1f} MiB/s  ({into / plain:.3f}x the anchor;"
               f" {store.total_bytes() / 2**20:.0f} MiB stored)")
+        print(f"  the same with fsync a no-op {unsynced:7.2f} s  ({unsynced / plain:.3f}x the anchor; not a mode zoo has)")
         print(f"  load average {load}")
         print(f"  where the time goes, in one more run ({timed_run:.2f} s; seconds inside each step, summed over threads):")
-        for what, seconds in spent.items():
-            print(f"    {seconds:6.2f} s  {what}")
+        for what, (seconds, calls) in spent.items():
+            print(f"    {seconds:6.2f} s  {calls:4d} calls  {what}")
         print(f"  sha256 of the weights alone (*.safetensors, one thread): {hashing:.2f} s")
 
         # the index: a zoo of many small manifests, its catalogue lost
