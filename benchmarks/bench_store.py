@@ -3,13 +3,15 @@ into it (each tensor hashed and written as an object, objects fsynced and rename
 looked for, the shell archive and manifest published, index updated) beside compressing to a
 plain file.
 
-    python benchmarks/bench_store.py [--megabytes 256] [--repeat 3] [--manifests 500]
+    python benchmarks/bench_store.py [--megabytes 256 | --model DIR] [--repeat 3] [--manifests 500]
 
-Anchor: `zoo.compress(SRC, OUT.zoo)`, the same pipeline and threads writing a plain archive; each
-`compress_into` goes into a fresh zoo, so nothing is found and every tensor is coded. Where the
-time goes: one more `compress_into` with the store's steps wrapped in timers (seconds inside each,
-summed over the threads that ran it), and the sha256 of the original bytes alone, since hashing is
-the part that grows with the model. Then the index: rebuilding it from --manifests manifests (as
+The model is made up (bf16 weights in 16 MiB tensors), or a real folder with --model (a model of
+many small tensors makes many objects). Anchor: `zoo.compress(SRC, OUT.zoo)`, the same pipeline
+and threads writing a plain archive; each `compress_into` goes into a fresh zoo, so nothing is
+found and every tensor is coded. Where the time goes: the same with `os.fsync` a no-op (what
+waiting for the disk costs; not a mode zoo has), one more `compress_into` with the store's steps
+wrapped in timers (seconds inside each, summed over the threads that ran it, and calls), and the
+sha256 of the weights alone, since hashing is the part that grows with the model. Then the index: rebuilding it from --manifests manifests (as
 after a 0-byte catalogue) and one `Store.entries()` with a current index. Best of --repeat for
 each; the page cache is warm for both sides; the load average is printed beside the figures.
 """
