@@ -242,6 +242,8 @@ def load_members(root: Path, rebuild: bool, steps_scale: float, checkpoint_steps
         saved = json.loads(record.read_text())
         if saved["recipe"] == recipe:
             return [Member(m["name"], Path(m["folder"]), m["what"], m["weights_dtype"]) for m in saved["members"]]
+    if root.exists() and any(root.iterdir()) and not record.is_file():
+        raise SystemExit(f"{root} holds files this benchmark did not make; give --members an empty or new folder")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     started = time.perf_counter()
