@@ -1,13 +1,19 @@
-"""What the store's safety costs: compressing into the zoo (archive hashed, fsynced, renamed in as
-an object, manifest fsynced and renamed, index updated) beside compressing to a plain file.
+"""What the content-addressed store costs a model that shares nothing with the zoo: compressing
+into it (each tensor hashed and written as an object, objects fsynced and renamed in, the base
+looked for, the shell archive and manifest published, index updated) beside compressing to a
+plain file.
 
-    python benchmarks/bench_store.py [--megabytes 256] [--repeat 3] [--manifests 500]
+    python benchmarks/bench_store.py [--megabytes 256 | --model DIR] [--repeat 3] [--manifests 500]
 
-Anchor: `zoo.compress(SRC, OUT.zoo)`, the same pipeline and threads writing a plain archive. The
-difference is the store's own work; the sha256 of the archive alone is printed beside it, since
-hashing is the part that grows with the model. Then the index: rebuilding it from --manifests
-manifests (as after a 0-byte catalogue) and one `Store.entries()` with a current index.
-Best of --repeat for each; the page cache is warm for both sides.
+The model is made up (bf16 weights in 16 MiB tensors), or a real folder with --model (a model of
+many small tensors makes many objects). Anchor: `zoo.compress(SRC, OUT.zoo)`, the same pipeline
+and threads writing a plain archive; each `compress_into` goes into a fresh zoo, so nothing is
+found and every tensor is coded. Where the time goes: the same with `os.fsync` a no-op (what
+waiting for the disk costs; not a mode zoo has), one more `compress_into` with the store's steps
+wrapped in timers (seconds inside each, summed over the threads that ran it, and calls), and the
+sha256 of the weights alone, since hashing is the part that grows with the model. Then the index: rebuilding it from --manifests manifests (as
+after a 0-byte catalogue) and one `Store.entries()` with a current index. Best of --repeat for
+each; the page cache is warm for both sides; the load average is printed beside the figures.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +37,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zoo  # noqa: E402
 from zoo.api import compress_into  # noqa: E402
 from zoo.hub.store import Store  # noqa: E402
-from zoo.kernels.parallel import resolve_threads  # noqa: E402
 from zoo.kernels import cpu_model  # noqa: E402
+from zoo.kernels.parallel import resolve_threads  # noqa: E402
+
+# The store's own steps in compress_into, as (module, owner, attribute, what to call it).
+STEPS = [
+    ("zoo.container.objects", "ObjectSink", "unit", "sha256 of each tensor's original bytes (its object's name)"),
+    ("zoo.container.objects", "ObjectSink", "finish", "each object assembled from its payload, renamed in the build"),
+    ("zoo.hub.deltas", None, "find_base", "looking for a base among the stored models"),
+    ("zoo.hub.store", None, "describe_files", "the files' hashes for the manifest"),
+    ("zoo.hub.store", "Store", "_durable", "fsync of each object and of the shell"),
+    ("zoo.hub.store", "Store", "_publish", "objects renamed into the zoo, manifest written, index updated"),
+    ("shutil", None, "rmtree", "the work folder removed afterwards (a folder per object-name prefix)"),
+    ("os", None, "fsync", "  every fsync, inside the steps above (assemble fsyncs each object)"),
+]
 
 
 def write_model(folder: Path, megabytes: int) -> Path:
@@ -53,6 +74,38 @@ def write_model(folder: Path, megabytes: int) -> Path:
     return folder
 
 
+@contextmanager
+def timers() -> Iterator[dict[str, list[float]]]:
+    """[seconds, calls] inside each of STEPS while the block runs, seconds summed over threads."""
+    import importlib
+
+    spent = {what: [0.0, 0] for *_, what in STEPS}
+    lock = threading.Lock()
+    restore = []
+    for module_name, owner_name, attribute, what in STEPS:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        original = owner.__dict__[attribute] if owner_name else getattr(module, attribute)
+        function = original.__func__ if isinstance(original, staticmethod) else original
+
+        def timed(*args, _function=function, _what=what, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            started = time.perf_counter()
+            try:
+                return _function(*args, **kwargs)
+            finally:
+                with lock:
+                    spent[_what][0] += time.perf_counter() - started
+                    spent[_what][1] += 1
+
+        setattr(owner, attribute, staticmethod(timed) if isinstance(original, staticmethod) else timed)
+        restore.append((owner, attribute, original))
+    try:
+        yield spent
+    finally:
+        for owner, attribute, original in restore:
+            setattr(owner, attribute, original)
+
+
 def best(repeat: int, run) -> float:
     times = []
     for round_number in range(repeat):
@@ -67,32 +120,50 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--manifests", type=int, default=500)
+    parser.add_argument("--model", help="a model folder to measure instead of the made-up bf16 one (e.g. MiniLM's)")
     options = parser.parse_args()
     threads = resolve_threads(None)
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, zoo threads {threads}")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        model = write_model(root / "model", options.megabytes)
-        size = sum(p.stat().st_size for p in model.iterdir())
-        print(f"model: {size / 2**20:.0f} MiB of bf16 weights")
+        model = Path(options.model) if options.model else write_model(root / "model", options.megabytes)
+        size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+        tensors = zoo.compress(model, root / "survey.zoo").tensors  # also warms the page cache
+        print(f"model: {options.model or 'made-up bf16 weights'}, {size / 2**20:.0f} MiB, {len(tensors)} tensors")
         plain = best(options.repeat, lambda n: zoo.compress(model, root / f"plain{n}.zoo", force=True))
-        store = Store(root / "zoo")
-        into = best(options.repeat, lambda n: compress_into(store, model, f"bench-{n}", force=True))
-        archive = store.resolve("bench-0").archive
+        into = best(options.repeat, lambda n: compress_into(Store(root / f"zoo{n}"), model, "bench", force=True))
+        store = Store(root / "zoo0")
+        fsync, os.fsync = os.fsync, lambda descriptor: None  # what the same work costs without waiting for the disk
+        try:
+            unsynced = best(options.repeat, lambda n: compress_into(Store(root / f"unsynced{n}"), model, "bench"))
+        finally:
+            os.fsync = fsync
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        with timers() as spent:
+            started = time.perf_counter()
+            compress_into(Store(root / "timed"), model, "bench")
+            timed_run = time.perf_counter() - started
 
         def digest(_: int) -> None:
             hasher = hashlib.sha256()
-            with open(archive, "rb") as stream:
-                while block := stream.read(8 << 20):
-                    hasher.update(block)
+            for path in model.rglob("*.safetensors"):
+                with open(path, "rb") as stream:
+                    while block := stream.read(8 << 20):
+                        hasher.update(block)
 
         hashing = best(options.repeat, digest)
         print(f"compress to a file (anchor)  {plain:7.2f} s  {size / plain / 2**20:7.1f} MiB/s")
-        print(f"compress into the zoo        {into:7.2f} s  {size / into / 2**20:7.1f} MiB/s  ({into / plain:.3f}x the anchor)")
-        print(f"  of which sha256 of the archive ({archive.stat().st_size / 2**20:.0f} MiB)  {hashing:.2f} s")
+        print(f"compress into the zoo        {into:7.2f} s  {size / into / 2**20:7.1f} MiB/s  ({into / plain:.3f}x the anchor;"
+              f" {store.total_bytes() / 2**20:.0f} MiB stored)")
+        print(f"  the same with fsync a no-op {unsynced:7.2f} s  ({unsynced / plain:.3f}x the anchor; not a mode zoo has)")
+        print(f"  load average {load}")
+        print(f"  where the time goes, in one more run ({timed_run:.2f} s; seconds inside each step, summed over threads):")
+        for what, (seconds, calls) in spent.items():
+            print(f"    {seconds:6.2f} s  {calls:4d} calls  {what}")
+        print(f"  sha256 of the weights alone (*.safetensors, one thread): {hashing:.2f} s")
 
         # the index: a zoo of many small manifests, its catalogue lost
-        record = json.loads(store.manifest_path("bench-0", "main", "lossless").read_text())
+        record = json.loads(store.manifest_path("bench", "main", "lossless").read_text())
         many = Store(root / "many")
         many._make_folders()
         for index in range(options.manifests):
