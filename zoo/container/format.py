@@ -114,9 +114,10 @@ def object_path(root: Path, name: str) -> Path:
     return root / name[:2] / f"{name}{OBJECT_SUFFIX}"
 
 
-def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0) -> None:
+def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0, durable: bool = True) -> None:
     """Write preamble, header and payload into `destination` (a temporary name). The payload is
-    `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes."""
+    `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes.
+    `durable`: fsync it (a caller writing many files syncs them together instead)."""
     body = encode_header(header)
     with open(destination, "wb") as out, open(payload_path, "rb") as payload:
         out.write(PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)))
@@ -136,7 +137,8 @@ def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payl
                 break
             remaining -= sent
         out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            os.fsync(out.fileno())
 
 
 class ArchiveFile:

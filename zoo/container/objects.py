@@ -138,7 +138,7 @@ class ObjectSink:
                  {"dtype": holder["dtype"], "shape": holder["shape"], "pipeline": holder["pipeline"], "root": holder["root"]})
         staged = payload.with_name(payload.name.replace(".payload-", ".object-"))
         try:
-            assemble(staged, object_header(entry, unit.about), payload)
+            assemble(staged, object_header(entry, unit.about), payload, durable=False)  # the store syncs them together
         finally:
             payload.unlink(missing_ok=True)
         key = unit.key or sha256_file(staged)

@@ -59,6 +59,27 @@ class StoreError(ZooError):
     """The zoo's own files cannot be read or written (disk full, permissions, a damaged manifest)."""
 
 
+def _sync_files(paths: list[Path]) -> None:
+    """Make files (or folders' entries) durable: one syncfs(2) of their file system where Linux has
+    it, else an fsync each."""
+    if not paths:
+        return
+    try:
+        import ctypes
+
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        descriptor = os.open(paths[0], os.O_RDONLY)
+        try:
+            if syncfs(descriptor) == 0 and all(os.stat(p).st_dev == os.fstat(descriptor).st_dev for p in paths):
+                return
+        finally:
+            os.close(descriptor)
+    except (OSError, AttributeError):
+        pass
+    for path in paths:
+        _fsync(path)
+
+
 def _fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -481,12 +502,11 @@ class Store:
         metadata, files = describe_files(shell, objects_root=sink.root)
         record = record_of(metadata, files, name, revision, commit, source, time.time())
         try:
-            moves = {}
-            for item in sorted(sink.written):  # the objects coded here reach the disk before anything names them
-                moves[item] = self._durable(object_path(sink.root, item))
-            for item in sink.reused:
-                moves[item] = object_path(sink.root, item)
-            shell_name = sha256_file(self._durable(shell))
+            # the objects coded here reach the disk before anything names them: one sync of the
+            # file system for all of them (an fsync each cost MiniLM's 117 objects a second)
+            _sync_files([object_path(sink.root, item) for item in sink.written] + [shell])
+            moves = {item: object_path(sink.root, item) for item in [*sorted(sink.written), *sink.reused]}
+            shell_name = sha256_file(shell)
         except OSError as error:
             raise StoreError(f"{shell}: cannot read the new model's objects: {_reason(error)}") from None
         from zoo.container.format import ArchiveFile
@@ -506,12 +526,6 @@ class Store:
         record["stored_bytes"] = sum(sizes[item] for item in {shell_name, *named})
         self._publish(record, moves, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
-
-    @staticmethod
-    def _durable(path: Path) -> Path:
-        with open(path, "rb") as stream:
-            os.fsync(stream.fileno())
-        return path
 
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
         """Objects first, manifest last, index after (see the module's docstring): each object of
@@ -538,8 +552,7 @@ class Store:
                     os.replace(path, target)
                     created.append(item)
                     folders.add(target.parent)
-                for folder in sorted(folders):
-                    _fsync(folder)
+                _sync_files(sorted(folders))
                 kill_point("store-object")
                 self.dirty.touch()
                 self._publish_manifest(record)
