@@ -190,10 +190,10 @@ def test_doctor_on_a_replacement_killed_before_its_manifest(tiny_model, tmp_path
     (tiny_model / "extra.txt").write_text("new bytes")
     killed("compress", tiny_model, "--name", "model", "--force", home=home, at="store-object")
     unfinished = object_files(home) - named_objects(home)
-    assert len(unfinished) == 2  # the new model's archive, and the object of its new file
+    assert len(unfinished) == 1  # the new model's archive (its new file is small enough to lie in it)
     findings = zoo_cli("doctor", home=home).stdout
     [copy] = [line for line in findings.splitlines() if "a copy of model@main:lossless that its manifest does not name" in line]
     assert any(copy.startswith(str(old.archive.parent.parent / name[:2] / name)) for name in unfinished)
     assert Store(home).resolve("model").archive == old.archive
-    assert "removed 2 objects" in zoo_cli("gc", home=home).stdout
+    assert "removed 1 object" in zoo_cli("gc", home=home).stdout
     assert object_files(home) == named_objects(home) and zoo.verify(old.archive) == []
