@@ -353,7 +353,7 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
             with Archive(shell, objects_root=sink.root) as opened:
                 found = named_base or xor.find_base(store, Path(source), opened, ref if force else None)
             if found is not None:
-                xor.store_as_deltas(shell, sink, found, store.existing_object, resolve_threads(threads))
+                xor.store_as_deltas(shell, sink, found, store.existing_object, resolve_threads(threads), store.owners)
         if check is not None:
             check(shell)
         return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)

@@ -254,3 +254,16 @@ def test_a_tensor_twice_under_a_name_the_base_lacks_keeps_its_object(tmp_path):
     assert entry.base is not None
     zoo.decompress(entry.archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(folder)
+
+
+def test_a_chain_cut_at_its_depth_needs_the_model_at_its_bottom(tmp_path):
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "step-0", tensors), "run", "step-0")
+    for step in range(1, MAX_XOR_DEPTH + 2):
+        tensors = fine_tuned(tensors, 20 + step, share=0.1)
+        entry = compress_into(store, write_model(tmp_path / f"step-{step}", tensors), "run", f"step-{step}", base=f"run@step-{step - 1}")
+    last = MAX_XOR_DEPTH + 1  # stored against the bottom of step-MAX's chain: step-0
+    assert entry.base["ref"] == f"run@step-{last - 1}:lossless" and "run@step-0:lossless" in entry.base["needs"]
+    with pytest.raises(InputError, match=f"is the base of .*run@step-{last}"):
+        store.remove("run@step-0")

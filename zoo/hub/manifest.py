@@ -199,7 +199,8 @@ def record_of(metadata: dict[str, Any], files: list[StoredFile], name: str, revi
               "objects": [], "files": [file_record(f) for f in files]}
     base = (metadata.get("zoo") or {}).get("base") if isinstance(metadata.get("zoo"), dict) else None
     if isinstance(base, dict) and isinstance(base.get("ref"), str):
-        record["base"] = {"ref": base["ref"], "tensors": base.get("tensors")}  # the model its tensors are stored as XORs against
+        # the model its tensors are stored as XORs against, and every model whose tensors they are against
+        record["base"] = {"ref": base["ref"], "tensors": base.get("tensors"), "needs": base.get("needs") or [base["ref"]]}
     return record
 
 

@@ -410,6 +410,11 @@ class Store:
         return {"objects": len(own["objects"]), "shared": len(shared), "shared_bytes": sum(o["size"] for o in shared),
                 "adds_bytes": sum(o["size"] for o in own["objects"] if o["sha256"] not in others), "base": own.get("base")}
 
+    def owners(self, names: set[str]) -> list[str]:
+        """The stored models that name any of these objects."""
+        return sorted(f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
+                      if names & {o["sha256"] for o in r["objects"]})
+
     def total_bytes(self) -> int:
         """What the zoo's objects take on disk (in the bucket, for a zoo on object storage)."""
         if self.storage is not None:
@@ -621,7 +626,7 @@ class Store:
         with self._locked():
             refs = {e.ref for e in chosen}
             needing = sorted({f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
-                              if isinstance(r.get("base"), dict) and r["base"].get("ref") in refs} - refs)
+                              if isinstance(r.get("base"), dict) and refs & set(r["base"].get("needs") or [r["base"].get("ref")])} - refs)
             if needing and not force:
                 raise InputError(f"{', '.join(sorted(refs))} is the base of {', '.join(needing)}, whose tensors are stored as XORs "
                                  "against it; remove those first, or pass --force to remove the name only (the objects they need stay)")
