@@ -46,10 +46,10 @@ STEPS = [
     ("zoo.container.objects", "ObjectSink", "finish", "each object assembled from its payload, renamed in the build"),
     ("zoo.hub.deltas", None, "find_base", "looking for a base among the stored models"),
     ("zoo.hub.store", None, "describe_files", "the files' hashes for the manifest"),
-    ("zoo.hub.store", "Store", "_durable", "fsync of each object and of the shell"),
+    ("zoo.hub.store", None, "_sync_files", "syncfs of the new objects and the shell, then of the folders they enter"),
     ("zoo.hub.store", "Store", "_publish", "objects renamed into the zoo, manifest written, index updated"),
     ("shutil", None, "rmtree", "the work folder removed afterwards (a folder per object-name prefix)"),
-    ("os", None, "fsync", "  every fsync, inside the steps above (assemble fsyncs each object)"),
+    ("os", None, "fsync", "  every fsync, inside the steps above (the manifest, the index)"),
 ]
 
 
