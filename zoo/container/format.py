@@ -87,19 +87,30 @@ def content_digest(raw: Any, threads: int = 1) -> str:
     """What names a run of bytes in a zoo: their sha256 up to DIGEST_BLOCK bytes, else the sha256 of
     the sha256 digests of their DIGEST_BLOCK-byte blocks in order, computed on `threads` workers
     (one sha256 runs at about 1.5 GB/s; the blocks of a large tensor go side by side)."""
-    from zoo.kernels.parallel import for_each
-
     data = memoryview(raw).cast("B")
     if len(data) <= DIGEST_BLOCK:
         return hashlib.sha256(data).hexdigest()
-    starts = range(0, len(data), DIGEST_BLOCK)
-    digests: list[bytes] = [b""] * len(starts)
-
-    def block(number: int) -> None:
-        digests[number] = hashlib.sha256(data[starts[number]:starts[number] + DIGEST_BLOCK]).digest()
-
-    for_each(block, range(len(starts)), threads)
+    blocks = [data[start:start + DIGEST_BLOCK] for start in range(0, len(data), DIGEST_BLOCK)]
+    # Hashers of their own, not the coders' pool: a build hashes a tensor while the coders work
+    # through the chunks queued before it, and queued behind them the hashing would wait.
+    digests = list(_hashers(threads).map(lambda block: hashlib.sha256(block).digest(), blocks))
     return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+_HASHERS: dict[int, Any] = {}
+
+
+def _hashers(threads: int) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _HASHERS_LOCK:
+        if threads not in _HASHERS:
+            _HASHERS[threads] = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="zoo-hash")
+        return _HASHERS[threads]
+
+
+_HASHERS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_HASHERS.clear)  # a forked child has none of the parent's threads
 
 
 def content_key(dtype: str, shape: list[int], sha256: str) -> str:
