@@ -249,7 +249,7 @@ def main() -> None:
 
         compress_into(Store(home), model, "bench/model")
         print(f"{weights.name}: {weights.stat().st_size / 2**20:.1f} MiB, lossless; {cpu_model()}, {os.cpu_count()} threads; "
-              f"zoo serve on uvicorn (h11), 1 decode thread per download")
+              f"zoo serve on uvicorn (httptools, uvloop), 1 decode thread per download")
 
         if arguments.clients:
             zoo_server, zoo_port = start_zoo(home)

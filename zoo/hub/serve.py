@@ -11,7 +11,9 @@ A revision is a branch name, a stored entry's commit, or `REVISION:VARIANT`. Not
 module ever opens a path taken from a request: files are looked up by name in the catalogue
 and read out of the archive it names.
 
-The app is plain ASGI on uvicorn (h11), which parses HTTP. Catalogue look-ups run on worker
+The app is plain ASGI on uvicorn (httptools, which parses HTTP with llhttp, on uvloop), with two
+limits uvicorn lacks there: a request's head may be at most MAX_HEADER_BYTES and must arrive within
+HEAD_TIMEOUT (`GuardedHttpProtocol`). Catalogue look-ups run on worker
 threads; a download decodes on a thread of its own, a chunk ahead of the socket while the server's
 shared read-ahead lasts (`DecodeThread`), and `send` waits while the client is slow, so a stalled
 client holds one decoded chunk.
@@ -30,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote
@@ -42,6 +45,7 @@ READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per downloa
 SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
 STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
+HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, from the connection or their first byte
 MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
 _RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 
@@ -131,7 +135,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def _framing_problem(scope: dict[str, Any]) -> str | None:
-    """What makes a request ambiguous to frame (h11 already refuses conflicting or malformed
+    """What makes a request ambiguous to frame (llhttp already refuses conflicting or malformed
     Content-Length and unknown transfer codings): a GET or HEAD that carries a body, or two Hosts."""
     names = [name for name, _ in scope["headers"]]
     if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
@@ -410,7 +414,7 @@ async def _wait_for_disconnect(receive: Callable[..., Any]) -> None:
 
 
 def _transport(send: Callable[..., Any]) -> asyncio.Transport | None:
-    """The connection's transport: uvicorn's h11 `send` is a bound method of an object holding it."""
+    """The connection's transport: uvicorn's `send` is a bound method of an object holding it."""
     return getattr(getattr(send, "__self__", None), "transport", None)
 
 
@@ -520,16 +524,102 @@ class DecodeThread:
                 item[1].release()
 
 
+def _refusal(status: int, reason: str, message: str) -> bytes:
+    body = message.encode("ascii")
+    return (f"HTTP/1.1 {status} {reason}\r\nserver: zoo\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii") + body
+
+
+def guarded_protocol() -> type:
+    """uvicorn's httptools protocol with the limits it leaves out on a request's head (h11 had the
+    first; neither had the second): its size, and the time it may take to arrive. Without them a
+    client sending endless header lines grows a buffer, and one trickling a byte every few seconds
+    holds a connection (and a slot of MAX_CONNECTIONS) for ever."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, head_timeout: float = HEAD_TIMEOUT, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.head_timeout = head_timeout
+            self.head_bytes = 0  # received since the head being read began (an upper bound)
+            self.head_pending = False
+            self.received = 0  # the size of the block being parsed
+            self.head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.head_timer = self.loop.call_later(self.head_timeout, self.head_timed_out)  # a silent client too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.stop_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self.received = len(data)
+            if self.head_pending:
+                self.head_bytes += len(data)
+            super().data_received(data)
+            if self.head_pending and self.head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self.refuse(400, "Bad Request", "request line and headers too large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            # The head starts somewhere in the block being parsed: count all of it, to be safe.
+            self.head_pending, self.head_bytes = True, self.received
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(self.head_timeout, self.head_timed_out)
+
+        def on_headers_complete(self) -> None:
+            self.head_pending, self.head_bytes = False, 0
+            self.stop_head_timer()
+            super().on_headers_complete()
+
+        def stop_head_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def head_timed_out(self) -> None:
+            self.head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A head pipelined behind a response still going out: its clock starts again; the
+                # response has the stall watchdog, and an answer now would land inside its body.
+                self.head_timer = self.loop.call_later(self.head_timeout, self.head_timed_out)
+            elif self.head_pending:
+                self.refuse(408, "Request Timeout", f"request line and headers not received within {self.head_timeout:g} s")
+            elif self.cycle is None:
+                self.transport.close()  # connected and sent nothing: no answer is owed
+
+        def refuse(self, status: int, reason: str, message: str) -> None:
+            """Answers and closes; mid-response (an oversized pipelined head), only closes."""
+            self.stop_head_timer()
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(_refusal(status, reason, message))
+            self.transport.close()
+
+    return GuardedHttpProtocol
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401 - not on Windows
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 class ZooServer:
     """`zoo serve`'s server: the app on uvicorn, on a socket bound when this is made."""
 
-    def __init__(self, app: ZooApp, listener: socket.socket) -> None:
+    def __init__(self, app: ZooApp, listener: socket.socket, head_timeout: float = HEAD_TIMEOUT) -> None:
         import uvicorn
 
         self.app, self.socket = app, listener
         config = uvicorn.Config(
-            app, http="h11", loop="asyncio", interface="asgi3", lifespan="off", log_config=None, access_log=False,
-            log_level="warning", server_header=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            app, http=partial(guarded_protocol(), head_timeout=head_timeout), loop=_event_loop(),  # type: ignore[arg-type]
+            interface="asgi3", lifespan="off", log_config=None, access_log=False, log_level="warning", server_header=False,
             limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=2, backlog=2048,
         )
         self._server = uvicorn.Server(config)
@@ -565,7 +655,7 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False,
-                decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT) -> ZooServer:
+                decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT, head_timeout: float = HEAD_TIMEOUT) -> ZooServer:
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
     Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
     of the socket."""
@@ -581,4 +671,4 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     except OSError as error:
         listener.close()
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout), listener)
+    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout), listener, head_timeout)
