@@ -88,7 +88,7 @@ def raw_file_server(path: Path) -> None:
     class RawFileApp(ZooApp):
         def answer(self, target: str, headers: dict[str, str], head: bool) -> Answer:
             return Answer(200, {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                          archive=RawFile(path), stored=SimpleNamespace(path=path.name), start=0, end=size)  # type: ignore[arg-type]
+                          archive=RawFile(path), stored=SimpleNamespace(path=path.name, size=size), start=0, end=size)  # type: ignore[arg-type]
 
     listener = sockets.create_server(("127.0.0.1", 0), backlog=2048)
     server = ZooServer(RawFileApp(None, quiet=True), listener)  # type: ignore[arg-type]

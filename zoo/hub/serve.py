@@ -16,12 +16,14 @@ limits uvicorn lacks there: a request's head may be at most MAX_HEADER_BYTES and
 HEAD_TIMEOUT (`GuardedHttpProtocol`). Catalogue look-ups run on worker
 threads; a download decodes on a thread of its own, a chunk ahead of the socket while the server's
 shared read-ahead lasts (`DecodeThread`), and `send` waits while the client is slow, so a stalled
-client holds one decoded chunk.
+client holds one decoded chunk. Downloads of the same file at the same time decode each piece once
+(`SharedPieces`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import hmac
 import ipaddress
 import json
@@ -30,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -42,6 +45,7 @@ from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
 
 READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
+SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of the same file in progress, all together
 SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
 STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
@@ -155,12 +159,13 @@ class ZooApp:
     """The ASGI application: routes, catalogue look-ups and decoded downloads."""
 
     def __init__(self, store: Store, token: str | None = None, quiet: bool = False, decode_threads: int = 1,
-                 stall_timeout: float = STALL_TIMEOUT) -> None:
+                 stall_timeout: float = STALL_TIMEOUT, shared_bytes: int = SHARED_PIECES_BYTES) -> None:
         self.store, self.token, self.quiet = store, token, quiet
         self.decode_threads, self.stall_timeout = decode_threads, stall_timeout
         self._archives: dict[Path, Archive] = {}
         self._archives_lock = threading.Lock()
         self._read_ahead = threading.Semaphore(READ_AHEAD_CHUNKS)
+        self._shared = SharedPieces(shared_bytes)
 
     def log(self, message: str) -> None:
         sys.stderr.write(printable(message) + "\n")
@@ -202,8 +207,9 @@ class ZooApp:
             await send({"type": "http.response.start", "status": answer.status, "headers": _header_list(answer)})
             await send({"type": "http.response.body", "body": answer.body})
             return len(answer.body)
-        stream = DecodeThread(asyncio.get_running_loop(), lambda: answer.archive.iter_file(  # type: ignore[union-attr]
-            answer.stored.path, answer.start, answer.end, threads=self.decode_threads), self._read_ahead)  # type: ignore[union-attr]
+        stream = DecodeThread(asyncio.get_running_loop(), lambda: self._shared.pieces(  # type: ignore[union-attr]
+            answer.archive, answer.stored.path, answer.start, answer.end, answer.stored.size, self.decode_threads),  # type: ignore[union-attr, arg-type]
+            self._read_ahead)
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         progress = [time.monotonic()]  # when a send last returned: a watchdog, not a timeout per send, is cheap
         watchdog = asyncio.ensure_future(self._watchdog(send, progress))
@@ -426,6 +432,109 @@ async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None]) -> 
     if transport is not None:
         transport.close()
         await asyncio.wait([disconnected], timeout=5)
+
+
+class SharedPieces:
+    """Decoded pieces that downloads of the same file in progress at the same time share: the
+    first download to need a piece decodes it, one that needs it meanwhile waits for it, and one
+    behind takes it from here. Eight clients fetching one file (eight ranks loading one checkpoint)
+    decode it once. A piece is kept only while a download of its file still has it ahead, and the
+    oldest go first beyond `budget` bytes (a download left that far behind decodes its own):
+    nothing is cached between downloads, and a lone download keeps nothing."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._changed = threading.Condition()
+        self._pieces: OrderedDict[tuple[int, str, int], bytes | memoryview] = OrderedDict()  # oldest first
+        self._kept: dict[tuple[int, str], list[int]] = {}  # a heap of each file's kept positions (some gone)
+        self._decoding: set[tuple[int, str, int]] = set()
+        self._downloads: dict[tuple[int, str], dict[int, int]] = {}  # per file: download -> the position it needs
+        self._bytes = 0
+
+    def pieces(self, archive: Archive, path: str, start: int, end: int, size: int, threads: int = 1) -> Iterator[bytes | memoryview]:
+        """The bytes [start, end) of the file at `path`, in the pieces iter_file would give."""
+        # An open archive is kept alive by each download that reads it, so its id names it while
+        # any of its pieces are kept.
+        file, download = (id(archive), path), object()
+        source: Iterator[bytes | memoryview] | None = None  # decodes from `position` on, made when needed
+        position = start
+        try:
+            while position < end:
+                key = (*file, position)
+                piece = self._claim(key, id(download))
+                if piece is None:  # this download decodes it
+                    try:
+                        if source is None:
+                            source = archive.iter_file(path, position, end, threads=threads)
+                        piece = next(source, None)
+                    except BaseException:
+                        self._publish(key, id(download), None)
+                        raise
+                    if piece is None:
+                        self._publish(key, id(download), None)
+                        return
+                    # A piece cut short by this request's end may not be the whole piece another needs.
+                    whole = position + len(piece) < end or end == size
+                    self._publish(key, id(download), piece if whole else None)
+                else:
+                    if source is not None:  # it stands at the piece just taken from here
+                        source.close()  # type: ignore[attr-defined]
+                        source = None
+                    if len(piece) > end - position:
+                        piece = memoryview(piece)[:end - position]
+                yield piece
+                position += len(piece)
+        finally:
+            if source is not None:
+                source.close()  # type: ignore[attr-defined]
+            with self._changed:
+                downloads = self._downloads.get(file, {})
+                downloads.pop(id(download), None)
+                if not downloads:
+                    self._downloads.pop(file, None)
+                self._drop_passed(file)
+
+    def _claim(self, key: tuple[int, str, int], download: int) -> bytes | memoryview | None:
+        """The piece at `key` if it is here or being decoded (waits for it); None: decode it."""
+        with self._changed:
+            self._downloads.setdefault(key[:2], {})[download] = key[2]  # type: ignore[index]
+            self._drop_passed(key[:2])  # type: ignore[arg-type]
+            while True:
+                piece = self._pieces.get(key)
+                if piece is not None:
+                    return piece
+                if key not in self._decoding:
+                    self._decoding.add(key)
+                    return None
+                self._changed.wait()
+
+    def _publish(self, key: tuple[int, str, int], download: int, piece: bytes | memoryview | None) -> None:
+        """Ends the decode of `key`, keeping the piece if another download still needs it."""
+        file, position = key[:2], key[2]
+        with self._changed:
+            self._decoding.discard(key)
+            behind = any(other != download and at <= position for other, at in self._downloads.get(file, {}).items())  # type: ignore[call-overload]
+            if piece is not None and behind and len(piece) * 4 <= self.budget:
+                self._pieces[key] = piece
+                heapq.heappush(self._kept.setdefault(file, []), position)  # type: ignore[arg-type]
+                self._bytes += len(piece)
+                while self._bytes > self.budget:
+                    self._bytes -= len(self._pieces.popitem(last=False)[1])
+            self._changed.notify_all()
+
+    def _drop_passed(self, file: tuple[int, str]) -> None:
+        """Drops the kept pieces of `file` that every download of it in progress has passed."""
+        kept = self._kept.get(file)
+        if not kept:
+            return
+        downloads = self._downloads.get(file)
+        lowest = min(downloads.values()) if downloads else None
+        while kept and (lowest is None or kept[0] < lowest):
+            dropped = self._pieces.pop((*file, heapq.heappop(kept)), None)
+            if dropped is not None:
+                self._bytes -= len(dropped)
+        if not kept:
+            del self._kept[file]
 
 
 class _Token:
@@ -655,7 +764,8 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False,
-                decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT, head_timeout: float = HEAD_TIMEOUT) -> ZooServer:
+                decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT, head_timeout: float = HEAD_TIMEOUT,
+                shared_bytes: int = SHARED_PIECES_BYTES) -> ZooServer:
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
     Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
     of the socket."""
@@ -671,4 +781,4 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     except OSError as error:
         listener.close()
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout), listener, head_timeout)
+    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout, shared_bytes), listener, head_timeout)
