@@ -23,6 +23,7 @@ client holds one decoded chunk. Downloads of the same file at the same time deco
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import heapq
 import hmac
 import ipaddress
@@ -51,6 +52,7 @@ STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its con
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
 HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, from the connection or their first byte
 MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
+IDLE_TRIM_SECONDS = 1.0  # with no download for this long, freed memory goes back to the system
 _RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 
 
@@ -166,6 +168,9 @@ class ZooApp:
         self._archives_lock = threading.Lock()
         self._read_ahead = threading.Semaphore(READ_AHEAD_CHUNKS)
         self._shared = SharedPieces(shared_bytes)
+        self._streaming = 0  # downloads in progress (on the loop's thread only)
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._trim = _keep_freed_buffers()
 
     def log(self, message: str) -> None:
         sys.stderr.write(printable(message) + "\n")
@@ -210,6 +215,7 @@ class ZooApp:
         stream = DecodeThread(asyncio.get_running_loop(), lambda: self._shared.pieces(  # type: ignore[union-attr]
             answer.archive, answer.stored.path, answer.start, answer.end, answer.stored.size, self.decode_threads),  # type: ignore[union-attr, arg-type]
             self._read_ahead)
+        self._streaming += 1
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         progress = [time.monotonic()]  # when a send last returned: a watchdog, not a timeout per send, is cheap
         watchdog = asyncio.ensure_future(self._watchdog(send, progress))
@@ -250,6 +256,16 @@ class ZooApp:
             stream.stop()
             watcher.cancel()
             watchdog.cancel()
+            self._streaming -= 1
+            if not self._streaming and self._trim is not None:
+                if self._trim_timer is not None:
+                    self._trim_timer.cancel()
+                self._trim_timer = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, self._trim_when_idle)
+
+    def _trim_when_idle(self) -> None:
+        self._trim_timer = None
+        if not self._streaming and self._trim is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._trim)
 
     def _decoding_failed(self, error: Exception, path: str) -> str:
         """Logs a failed decode in full; what the client may read of it (no server paths)."""
@@ -403,6 +419,24 @@ class ZooApp:
         headers["X-Error-Message"] = re.sub(r"[^\x20-\x7e]", "?", str(error))
         headers.update(error.headers)
         return Answer(error.status, headers, json.dumps({"error": str(error)}).encode())
+
+
+def _keep_freed_buffers() -> Callable[[], object] | None:
+    """On glibc, lets freed buffers of a few MiB (decoded pieces, the chunks read for them) be
+    reused instead of mapped afresh for each piece and unmapped after it: a fresh mapping costs a
+    page fault per 4 KiB on first touch (78,000 per GiB streamed, 0.1-0.15 s of CPU per GiB). The
+    price is memory kept after a burst; the function returned (malloc_trim) hands it back, and
+    the app calls it once no download has run for IDLE_TRIM_SECONDS. None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    # 32 MiB is the most glibc accepts; a 4 MiB chunk's buffers then come from the heap.
+    if not (mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 256 << 20)):
+        return None
+    return lambda: malloc_trim(0)
 
 
 def _header_list(answer: Answer) -> list[tuple[bytes, bytes]]:
