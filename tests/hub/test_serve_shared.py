@@ -1,0 +1,125 @@
+"""Downloads of one file at the same time share its decoded pieces (SharedPieces): each piece is
+decoded once, every download still gets exactly its own bytes, and a damaged chunk fails each of
+them. Real archives; the downloads through a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from zoo.api import compress_into
+from zoo.container.reader import Archive
+from zoo.hub.serve import SharedPieces, make_server
+from zoo.hub.store import Store
+
+from tests.conftest import random_storage, write_safetensors
+from tests.hub.test_http_conformance import address
+
+PATH = "/big/resolve/main/model.safetensors"
+
+
+@pytest.fixture
+def big(tmp_path):
+    """A 1 MiB file in 16 KiB chunks (64 pieces), its archive and its bytes."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 512), 11))})
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, folder, "big", chunk_bytes=16 << 10)
+    return store, entry, (folder / "model.safetensors").read_bytes()
+
+
+def test_a_download_behind_another_takes_its_pieces_instead_of_decoding_them(big):
+    _, entry, original = big
+    archive, shared = Archive(entry.archive), SharedPieces(64 << 20)
+    leader = shared.pieces(archive, "model.safetensors", 0, len(original), len(original))
+    follower = shared.pieces(archive, "model.safetensors", 0, len(original), len(original))
+    led, followed = [next(leader)], [next(follower)]  # each started alone: both decoded the first piece
+    while True:
+        piece = next(leader, None)
+        if piece is None:
+            break
+        led.append(piece)
+        followed.append(next(follower))
+    followed.extend(follower)
+    assert b"".join(led) == b"".join(followed) == original
+    assert led[0] is not followed[0]
+    assert all(mine is theirs for mine, theirs in zip(led[1:], followed[1:]))  # the very same objects: decoded once
+    assert shared._bytes == 0 and not shared._pieces  # both done: nothing kept
+
+
+def test_a_lone_download_keeps_nothing(big):
+    _, entry, original = big
+    shared = SharedPieces(64 << 20)
+    pieces = shared.pieces(Archive(entry.archive), "model.safetensors", 0, len(original), len(original))
+    first = next(pieces)
+    assert not shared._pieces
+    assert bytes(first) + b"".join(pieces) == original
+
+
+def test_overlapping_ranges_at_once_each_get_their_own_bytes(big):
+    """Ranges that start and end inside pieces, beside whole-file downloads, thirty at a time."""
+    store, _, original = big
+    rng = random.Random(3)
+    ranges = [None] * 6 + [tuple(sorted(rng.sample(range(len(original)), 2))) for _ in range(24)]
+    server = make_server(store, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def fetch(selected):
+        connection = http.client.HTTPConnection(*address(server.url), timeout=30)
+        connection.request("GET", PATH, headers={"Range": f"bytes={selected[0]}-{selected[1]}"} if selected else {})
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response.status, body
+
+    try:
+        with ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(fetch, ranges))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    for selected, (status, body) in zip(ranges, answers):
+        if selected is None:
+            assert (status, body == original) == (200, True)
+        else:
+            assert (status, body == original[selected[0]:selected[1] + 1]) == (206, True), selected
+
+
+def test_a_damaged_chunk_fails_every_download_sharing_it(big):
+    store, entry, original = big
+    data = bytearray(entry.archive.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    entry.archive.write_bytes(bytes(data))
+    server = make_server(store, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def fetch(_):
+        connection = http.client.HTTPConnection(*address(server.url), timeout=30)
+        connection.request("GET", PATH)
+        response = connection.getresponse()
+        try:
+            response.read()
+        except http.client.IncompleteRead as cut:
+            return response.status, cut.partial
+        finally:
+            connection.close()
+        return response.status, None
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(fetch, range(8)))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    for status, received in answers:
+        assert status == 200 and received is not None  # cut short of its Content-Length
+        assert len(received) < len(original) and received == original[:len(received)]
