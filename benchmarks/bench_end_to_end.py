@@ -43,8 +43,9 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
-import numpy as np  # noqa: E402
-from zoo.kernels import cpu_model  # noqa: E402
+import numpy as np
+
+from zoo.kernels import cpu_model
 
 
 def minilm() -> Path:
@@ -185,7 +186,6 @@ def file_to_file(work: Path, archives: dict[str, Path], originals: dict[str, Pat
             sha_s = best(lambda: [hashlib.sha256(data).digest() for data in contents], repeat)
             print(f"{name:16}{threads:>4}{size / 1e6:>8.1f}{zoo_s:>8.3f}{size / zoo_s / 1e9:>7.2f}{cp_s:>8.3f}"
                   f"{size / cp_s / 1e9:>7.2f}{cp_s / zoo_s:>7.2f}{sha_s:>8.3f}{cp_s / sha_s:>7.2f}  {verdict(cp_s / zoo_s, 0.8)}")
-        del contents
     clear()
 
 
