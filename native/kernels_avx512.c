@@ -16,17 +16,7 @@ static inline __m512i decode_16(__m512i x, const uint32_t *table, uint8_t *out) 
     return _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, RANS_PROB_BITS)), bias);
 }
 
-/* The second half: lanes below RANS_LOW take the next 16-bit words, in lane order. This one for
- * groups at least 32 + 2 * 16 bytes from the end of the stream: no checks (as in kernels_avx2.c,
- * where dropping them from the refill loop bought 5-10%). */
-static inline __m512i refill_16_far(__m512i x, const uint8_t **cursor) {
-    __mmask16 refill = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32((int)RANS_LOW));
-    __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)*cursor));
-    *cursor += 2 * (unsigned)__builtin_popcount(refill);
-    return _mm512_mask_or_epi32(x, refill, _mm512_slli_epi32(x, 16), _mm512_maskz_expand_epi32(refill, words));
-}
-
-/* The same anywhere in the stream: reads only words that exist, and -1 where too few do. */
+/* The second half: lanes below RANS_LOW take the next 16-bit words, in lane order. */
 static inline int refill_16(__m512i *lanes, const uint8_t **cursor, const uint8_t *end) {
     __m512i x = *lanes;
     __mmask16 refill = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32((int)RANS_LOW));
@@ -55,10 +45,6 @@ static inline __attribute__((always_inline)) int decode_in_registers(uint32_t *s
     for (int g = 0; g < groups; g++) x[g] = _mm512_loadu_si512(states + 16 * g);
     for (size_t step = 0; step < steps; step++, out += 16 * groups) {
         for (int g = 0; g < groups; g++) x[g] = decode_16(x[g], table, out + 16 * g);
-        if ((size_t)(end - *cursor) >= (size_t)(32 * groups + 32)) { /* a step reads at most 2 bytes a lane */
-            for (int g = 0; g < groups; g++) x[g] = refill_16_far(x[g], cursor);
-            continue;
-        }
         for (int g = 0; g < groups; g++)
             if (refill_16(&x[g], cursor, end)) return -1;
     }
@@ -78,15 +64,11 @@ static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *tab
             _mm_prefetch((const char *)p + 2048, _MM_HINT_T0); /* a step reads up to 2 * lanes bytes of stream */
             _mm_prefetch((const char *)p + 2048 + 64 * (lanes / 64), _MM_HINT_T0);
             size_t lane = 0;
-            int far = (size_t)(end - p) >= 2 * lanes + 32; /* a step reads at most 2 bytes a lane */
             for (; lane + 16 * DECODE_GROUPS <= lanes; lane += 16 * DECODE_GROUPS) {
                 __m512i x[DECODE_GROUPS];
                 for (int g = 0; g < DECODE_GROUPS; g++) x[g] = decode_16(_mm512_loadu_si512(states + lane + 16 * g), table, out + lane + 16 * g);
-                if (far)
-                    for (int g = 0; g < DECODE_GROUPS; g++) x[g] = refill_16_far(x[g], &p);
-                else
-                    for (int g = 0; g < DECODE_GROUPS; g++)
-                        if (refill_16(&x[g], &p, end)) return -1;
+                for (int g = 0; g < DECODE_GROUPS; g++)
+                    if (refill_16(&x[g], &p, end)) return -1;
                 for (int g = 0; g < DECODE_GROUPS; g++) _mm512_storeu_si512(states + lane + 16 * g, x[g]);
             }
             for (; lane < lanes; lane += 16) { /* lanes that are not a multiple of 64 */
