@@ -491,9 +491,8 @@ def decompress(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()
                 with path.open("wb") as out:
-                    # the workers write the pieces they decode; the sha256 runs here, beside them
-                    for piece in opened.iter_file(entry["path"], threads=threads, sink=positioned_writer(out.fileno())):
-                        digest.update(piece)
+                    # the workers write the pieces they decode and hash them, in order, while they are in cache
+                    for piece in opened.iter_file(entry["path"], threads=threads, sink=positioned_writer(out.fileno()), in_order=digest.update):
                         if progress:
                             progress(len(piece))
                 if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):

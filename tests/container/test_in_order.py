@@ -1,0 +1,90 @@
+"""Archive.iter_file's `in_order` (how decompress hashes a file: each piece by the worker that
+decoded it, in file order): every piece goes through once and in order, on one thread and
+several; a damaged chunk or a reader closed early leaves no worker waiting for its turn."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.container.reader import Archive
+from zoo.errors import ChecksumError
+
+from tests.conftest import damage_chunk, random_storage, write_safetensors
+
+
+@pytest.fixture
+def model(tmp_path):
+    rng = np.random.default_rng(4)
+    tensors = {
+        "a.weight": ("BF16", random_storage("BF16", (96, 40), 1)),  # many 1 KiB chunks
+        "b.weight": ("F32", random_storage("F32", (31, 11), 2)),  # a short last chunk
+        "noise": ("U8", rng.integers(0, 256, size=(1500,), dtype=np.uint8)),  # stored raw
+    }
+    path = write_safetensors(tmp_path / "model.safetensors", tensors)
+    zoo.compress(path, tmp_path / "m.zoo", chunk_bytes=1024)
+    return tmp_path / "m.zoo", path.read_bytes()
+
+
+def finishes(function, seconds: float = 60.0) -> None:
+    """Run `function` on a thread and fail, rather than hang the suite, if it never returns."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            function()
+        except BaseException as error:  # noqa: BLE001 - raised again below
+            errors.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "a worker is still waiting for its turn"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("span", [(0, None), (1000, 9001), (9, 10), (5000, 5000)])
+def test_every_piece_goes_through_once_and_in_order(model, threads, span):
+    archive, original = model
+    start, end = span
+    passed: list[bytes] = []
+    with Archive(archive) as opened:
+        yielded = [bytes(piece) for piece in opened.iter_file("model.safetensors", start, end, threads,
+                                                              in_order=lambda piece: passed.append(bytes(piece)))]
+    assert passed == yielded
+    assert b"".join(passed) == original[start:end]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_damaged_chunk_leaves_no_worker_waiting(model, threads):
+    archive, _ = model
+    damage_chunk(archive, "a.weight", 3)
+    passed: list[bytes] = []
+
+    def read() -> None:
+        with Archive(archive) as opened, pytest.raises(ChecksumError):
+            for _ in opened.iter_file("model.safetensors", threads=threads, in_order=lambda piece: passed.append(bytes(piece))):
+                pass
+
+    finishes(read)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_reader_closed_early_leaves_no_worker_waiting(model, threads):
+    archive, original = model
+    passed: list[bytes] = []
+
+    def read_two_pieces() -> None:
+        with Archive(archive) as opened:
+            pieces = opened.iter_file("model.safetensors", threads=threads, in_order=lambda piece: passed.append(bytes(piece)))
+            next(pieces)
+            next(pieces)
+            pieces.close()
+
+    finishes(read_two_pieces)
+    assert original.startswith(b"".join(passed))  # a prefix, in order
