@@ -19,6 +19,7 @@ or whatever the fsspec backend reads). What each backend guarantees is in docs/s
 from __future__ import annotations
 
 import builtins
+import errno
 import fcntl
 import hashlib
 import os
@@ -75,12 +76,13 @@ class Storage:
     url: str
 
     def put(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = True,
-            refresh_after: float | None = REFRESH_SECONDS) -> bool:
+            refresh_after: float | None = REFRESH_SECONDS, move: bool = False) -> bool:
         """Write the local file `path` under `key`, whole or not at all. With if_absent (an object
         under its content key), an existing key is left as it is and False returned; when that key
         is older than `refresh_after` seconds its age is renewed (see GC_GRACE_SECONDS). Two writers
         putting one key at once both succeed, one of them writing it. Without if_absent the key is
-        replaced (a standalone archive with --force)."""
+        replaced (a standalone archive with --force). With `move` the caller gives the file up: a
+        folder on the same file system links or renames it into place instead of copying it."""
         raise NotImplementedError
 
     def read(self, key: str) -> bytes:
@@ -164,11 +166,17 @@ class LocalFolder(Storage):
                     self._held_file = None
 
     def put(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = True,
-            refresh_after: float | None = REFRESH_SECONDS) -> bool:
+            refresh_after: float | None = REFRESH_SECONDS, move: bool = False) -> bool:
         final = self.path(key)
         if if_absent and self._refresh(final, refresh_after):
             return False
         final.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                return self._move_in(Path(path), final, if_absent)
+            except OSError as error:
+                if error.errno != errno.EXDEV:  # another file system: copied below
+                    raise
         with locked_temporary(final.parent, f".{final.name}.zoo-tmp-", is_dir=False) as temporary:
             shutil.copyfile(path, temporary)
             _fsync_file(temporary)
@@ -180,6 +188,20 @@ class LocalFolder(Storage):
                     return False
             else:
                 os.replace(temporary, final)
+        _fsync_folder(final.parent)
+        return True
+
+    @staticmethod
+    def _move_in(path: Path, final: Path, if_absent: bool) -> bool:
+        _fsync_file(path)
+        os.chmod(path, 0o444 if if_absent else 0o644)
+        if if_absent:
+            try:
+                os.link(path, final)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(path, final)
         _fsync_folder(final.parent)
         return True
 
@@ -368,8 +390,8 @@ class FsspecStorage(Storage):
             raise StorageError(f"{self.url}/{key}: cannot {doing}: {error}") from None
 
     def put(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = True,
-            refresh_after: float | None = REFRESH_SECONDS) -> bool:
-        target = self.path(key)
+            refresh_after: float | None = REFRESH_SECONDS, move: bool = False) -> bool:
+        target = self.path(key)  # `move` changes nothing here: the upload is a copy either way
         with self._errors(key, "write"):
             if if_absent:
                 existing = self.stat(key)

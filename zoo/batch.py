@@ -1,0 +1,309 @@
+"""Many models compressed side by side as Ray tasks (`zoo compress A B C --ray`), or one after another
+here when no Ray is asked for. docs/scale-out.md has the design; in short:
+
+- a worker runs the same library call as a local `zoo compress` (zoo.api.compress, or compress_into
+  a private zoo), so its archive is the same bytes as a local run's;
+- a worker writes bytes and returns only a small `Landed` record: for `-o DIR|URL` its archive is
+  put there by the worker (zoo.hub.remote), for a zoo the worker leaves its archive in the driver's
+  work folder and the driver publishes it (Store.add), so manifests are written by one process;
+- a worker that dies is retried (Ray's max_retries), as is an OSError (a network or disk hiccup); a
+  model that fails for a reason of its own (a bad file) is reported, and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo import api
+from zoo.container.format import sha256_file
+from zoo.errors import InputError, OutputExistsError, ZooError
+from zoo.hub import temporaries
+from zoo.hub.manifest import OBJECT_SUFFIX
+from zoo.hub.remote import LocalFolder, StorageError, fetch, is_url, open_storage
+from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
+
+DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
+RETRIES = 2  # a task is run at most 1 + RETRIES times when its worker dies or it meets an OSError
+# What a worker must see as the driver does: the kernels (the CI's numpy run) and the test hooks.
+FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG")
+
+
+@dataclass
+class Landed:
+    """What a worker hands back: where its result is and what it cost, never the bytes themselves."""
+
+    source: str
+    name: str  # the archive's file name (-o) or the model's name in the zoo
+    output: str | None = None  # the archive's key or path; for a zoo, the entry's ref once published
+    original_bytes: int = 0
+    stored_bytes: int = 0
+    sha256: str | None = None  # of the archive
+    seconds: dict[str, float] = field(default_factory=dict)  # fetch, compress, hash, put on the worker; publish on the driver
+    node: str | None = None  # the worker's node
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+# -- connecting ------------------------------------------------------------------------------------
+
+
+def connect(address: str | None = DEFAULT_ADDRESS, num_cpus: int | None = None) -> str:
+    """Join the Ray cluster at `address` (DEFAULT_ADDRESS or None: RAY_ADDRESS), else start a
+    local Ray with `num_cpus` (default: every core). A Ray another user started with `ray start`
+    on this machine is never joined unasked (ray.init() alone would). Returns the GCS address."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise InputError("--ray needs Ray, which is not installed: pip install 'zoo[cloud]'") from None
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    wanted = os.environ.get("RAY_ADDRESS") if address in (None, DEFAULT_ADDRESS) else address
+    options: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+    if wanted:
+        ray.init(address=wanted, **options)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+    return ray.get_runtime_context().gcs_address
+
+
+# -- the workers' side -------------------------------------------------------------------------------
+
+
+def _die_once(point: str) -> None:
+    """For the retry test: die as kill -9 would, on the first attempt of each task only."""
+    if os.environ.get("ZOO_KILL_AT") != point:
+        return
+    import ray
+
+    marker = Path(tempfile.gettempdir()) / f"zoo-killed-{ray.get_runtime_context().get_task_id()}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:  # the retry: it lives
+        marker.unlink(missing_ok=True)
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _node() -> str | None:
+    """The Ray node this task runs on (the start of its id); None outside a Ray task."""
+    try:
+        import ray
+
+        context = ray.get_runtime_context() if ray.is_initialized() else None
+        return context.get_node_id()[:12] if context is not None and context.get_task_id() else None
+    except Exception:  # noqa: BLE001 - only a label
+        return None
+
+
+def _local_source(source: str, scratch: Path, seconds: dict[str, float]) -> Path:
+    if not is_url(source):
+        return Path(source)
+    started = time.perf_counter()
+    local = fetch(source, scratch)
+    seconds["fetch"] = time.perf_counter() - started
+    return local
+
+
+def compress_to_storage(source: str, output: str, name: str, pipeline: str, threads: int, force: bool) -> Landed:
+    """One model to the archive `name` at `output` (a folder or a URL): the task behind `-o`."""
+    _die_once("batch-task-once")
+    seconds: dict[str, float] = {}
+    storage = open_storage(output)
+    with ExitStack() as stack:
+        if isinstance(storage, LocalFolder):  # beside its final place: it enters by a link, not a copy
+            storage.root.mkdir(parents=True, exist_ok=True)
+            scratch = stack.enter_context(temporaries.locked_temporary(storage.root, temporaries.temporary_prefix(storage.root / name),
+                                                                       is_dir=True))
+        else:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-batch-")))
+        local = _local_source(source, scratch, seconds)
+        archive = scratch / name
+        started = time.perf_counter()
+        report = api.compress(local, archive, pipeline, threads=threads)
+        seconds["compress"] = time.perf_counter() - started
+        started = time.perf_counter()
+        digest = sha256_file(archive)
+        seconds["hash"] = time.perf_counter() - started
+        started = time.perf_counter()
+        written = storage.put(name, archive, if_absent=not force, refresh_after=None, move=True)
+        seconds["put"] = time.perf_counter() - started
+        if not written:
+            raise OutputExistsError(f"{storage.url}/{name} appeared while it was being compressed; pass --force to replace it")
+    return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
+                  _node())
+
+
+def compress_to_work(source: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str) -> Landed:
+    """One model into a private zoo inside the driver's work folder `work`, by the call a local
+    `zoo compress SRC --name NAME` makes (zoo.api.compress_into): the same archive, which the driver
+    then publishes into the real zoo."""
+    _die_once("batch-task-once")
+    seconds: dict[str, float] = {}
+    private = Store(Path(work) / f"task-{uuid.uuid4().hex[:12]}")
+    with tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
+        local = _local_source(source, Path(scratch), seconds)
+        started = time.perf_counter()
+        entry = api.compress_into(private, local, name, revision, pipeline, source_label=source_label, threads=threads)
+        seconds["compress"] = time.perf_counter() - started
+    return Landed(source, name, str(entry.archive), entry.original_bytes, entry.stored_bytes, entry.archive.name.removesuffix(OBJECT_SUFFIX),
+                  seconds, _node())
+
+
+# -- the driver's side -------------------------------------------------------------------------------
+
+
+def archive_name(source: str) -> str:
+    """The archive a source gets under `-o DIR`: its folder's or file's name, .zoo."""
+    stem = source.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        stem = stem.removesuffix(suffix)
+    return f"{stem or 'model'}{OBJECT_SUFFIX}"
+
+
+def zoo_name(source: str) -> str:
+    """The name a source gets in the zoo: as `zoo compress SRC` chooses it (zoo.refs.model_name)."""
+    if is_url(source):
+        return source.rstrip("/").rsplit("/", 1)[-1]
+    from zoo.refs import model_name
+
+    return model_name(source)[0]
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
+
+
+def compress_many(sources: list[str], output: str | os.PathLike[str] | None = None, *, store: Store | None = None,
+                  names: list[str] | None = None, revision: str = DEFAULT_REVISION, pipeline: str = "lossless",
+                  ray: str | None = DEFAULT_ADDRESS, threads: int = 1, retries: int = RETRIES, force: bool = False,
+                  on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
+    """Compress each source (a local path or a URL) to its own archive under `output` (a folder or
+    a URL), or, without `output`, into `store` (default: the zoo at ZOO_HOME) under `names` (default:
+    as `zoo compress` names them). With `ray` (an address, or DEFAULT_ADDRESS) each model is a Ray
+    task of `threads` CPUs; with ray=None they run here, one after another. `on_landed` sees each
+    model as it lands, failures included. Returns one Landed per source, in their order."""
+    if not sources:
+        raise InputError("no model to compress")
+    for source in sources:
+        if not is_url(source) and not Path(source).exists():
+            raise InputError(f"{source}: no such file or folder")
+    into_zoo = output is None
+    if into_zoo:
+        store = store or Store()
+        names = names or [zoo_name(source) for source in sources]
+        for name in names:
+            check_name(name)
+    else:
+        names = names or [archive_name(source) for source in sources]
+    if len(names) != len(sources):
+        raise InputError(f"{len(sources)} sources but {len(names)} names")
+    if _duplicates(names):
+        raise InputError(f"two sources would be stored as {', '.join(_duplicates(names))}: give them names of their own")
+    _refuse_existing(names, output, store, revision, pipeline, force)
+
+    labels = [source if is_url(source) else str(Path(source).resolve()) for source in sources]  # a manifest's `source`
+    with ExitStack() as stack:
+        work = str(stack.enter_context(store.workspace())) if into_zoo else None
+
+        def task_arguments(index: int) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
+            if into_zoo:
+                return compress_to_work, (sources[index], work, names[index], revision, pipeline, threads, labels[index])
+            return compress_to_storage, (sources[index], str(output), names[index], pipeline, threads, force)
+
+        def land(index: int, landed: Landed) -> Landed:
+            if into_zoo and landed.ok:
+                started = time.perf_counter()
+                try:
+                    entry = store.add(landed.output, names[index], revision, source=labels[index], force=force, move=True)
+                    landed.output = entry.ref
+                except ZooError as error:
+                    landed.error = str(error)
+                landed.seconds["publish"] = time.perf_counter() - started
+            if on_landed is not None:
+                on_landed(landed)
+            return landed
+
+        if ray is None:
+            results = []
+            for index, source in enumerate(sources):
+                function, arguments = task_arguments(index)
+                try:
+                    landed = function(*arguments)
+                except (ZooError, OSError) as error:
+                    landed = Landed(source, names[index], error=str(error))
+                results.append(land(index, landed))
+            return results
+        return _run_on_ray(ray, sources, names, task_arguments, land, threads, retries)
+
+
+def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, store: Store | None, revision: str, pipeline: str,
+                     force: bool) -> None:
+    """Every output that is there already, refused before any work starts (unless force)."""
+    if force:
+        return
+    if output is None:
+        from zoo.codecs.pipeline import Pipeline
+
+        variant = variant_of(Pipeline.parse(pipeline).spec())
+        there = [f"{name}@{revision}:{variant}" for name in names if store.exists_ref(name, revision, variant) is not None]
+        where = "in the zoo"
+    else:
+        storage = open_storage(output)
+        there = [name for name in names if storage.stat(name) is not None]
+        where = f"in {output}"
+    if there:
+        raise OutputExistsError(f"{', '.join(there)} {'is' if len(there) == 1 else 'are'} already {where}; pass --force to replace "
+                                f"{'it' if len(there) == 1 else 'them'}")
+
+
+def _run_on_ray(address: str, sources: list[str], names: list[str], task_arguments: Callable[[int], tuple[Callable[..., Landed], tuple]],
+                land: Callable[[int, Landed], Landed], threads: int, retries: int) -> list[Landed]:
+    import ray
+
+    connect(address)
+    forwarded = {name: os.environ[name] for name in FORWARDED if name in os.environ}
+    # SPREAD: models go to every node rather than filling the first, so that reading and writing spread too
+    options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": [OSError, StorageError],
+                               "scheduling_strategy": "SPREAD"}
+    if forwarded:
+        options["runtime_env"] = {"env_vars": forwarded}
+    remotes: dict[Callable[..., Landed], Any] = {}
+    pending: dict[Any, int] = {}
+    for index in range(len(sources)):
+        function, arguments = task_arguments(index)
+        remote = remotes.setdefault(function, ray.remote(function))
+        pending[remote.options(name=f"zoo compress {names[index]}", **options).remote(*arguments)] = index
+    results: dict[int, Landed] = {}
+    try:
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(done)
+            try:
+                landed = ray.get(done)
+            except ray.exceptions.RayTaskError as error:  # the task raised: its own exception's words
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                landed = Landed(sources[index], names[index], error=str(cause).strip().splitlines()[-1] if str(cause).strip() else
+                                type(cause).__name__)
+            except ray.exceptions.RayError as error:  # its worker died every time, or the cluster lost it
+                landed = Landed(sources[index], names[index], error=f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
+            results[index] = land(index, landed)
+    except BaseException:
+        for reference in pending:
+            ray.cancel(reference, force=True)
+        raise
+    return [results[index] for index in range(len(sources))]
