@@ -144,6 +144,10 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
         seconds["put"] = time.perf_counter() - started
         if not written:
             raise OutputExistsError(f"{storage.url}/{name} appeared while it was being compressed; pass --force to replace it")
+        if isinstance(storage, LocalFolder):  # an archive of the user's, not a store object: the modes a local -o gives
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(storage.path(name), 0o666 & ~umask)
     return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
                   _node())
 
