@@ -254,7 +254,8 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
                     landed = Landed(source, names[index], error=str(error))
                 results.append(land(index, landed))
             return results
-        return _run_on_ray(ray, sources, names, task_arguments, land, threads, retries)
+        return run_tasks(ray, [task_arguments(index) for index in range(len(sources))], [f"zoo compress {name}" for name in names],
+                         lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
 
 
 def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, store: Store | None, revision: str, pipeline: str,
@@ -277,39 +278,92 @@ def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, st
                                 f"{'it' if len(there) == 1 else 'them'}")
 
 
-def _run_on_ray(address: str, sources: list[str], names: list[str], task_arguments: Callable[[int], tuple[Callable[..., Landed], tuple]],
-                land: Callable[[int, Landed], Landed], threads: int, retries: int) -> list[Landed]:
+def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], labels: list[str], failed: Callable[[int, str], Any],
+              land: Callable[[int, Any], Any], threads: int, retries: int) -> list[Any]:
+    """Each (function, arguments) as a Ray task of `threads` CPUs, retried `retries` times when its
+    worker dies or it raises an OSError; `land(index, result)` sees each as it finishes, and a task
+    that fails for good becomes `failed(index, message)`. Returns the results in the tasks' order."""
     import ray
 
     connect(address)
     forwarded = {name: os.environ[name] for name in FORWARDED if name in os.environ}
-    # SPREAD: models go to every node rather than filling the first, so that reading and writing spread too
+    # SPREAD: tasks go to every node rather than filling the first, so that reading and writing spread too
     options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": [OSError, StorageError],
                                "scheduling_strategy": "SPREAD"}
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}
-    remotes: dict[Callable[..., Landed], Any] = {}
+    remotes: dict[Callable[..., Any], Any] = {}
     pending: dict[Any, int] = {}
-    for index in range(len(sources)):
-        function, arguments = task_arguments(index)
+    for index, (function, arguments) in enumerate(tasks):
         remote = remotes.setdefault(function, ray.remote(function))
-        pending[remote.options(name=f"zoo compress {names[index]}", **options).remote(*arguments)] = index
-    results: dict[int, Landed] = {}
+        pending[remote.options(name=labels[index], **options).remote(*arguments)] = index
+    results: dict[int, Any] = {}
     try:
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(done)
             try:
-                landed = ray.get(done)
+                result = ray.get(done)
             except ray.exceptions.RayTaskError as error:  # the task raised: its own exception's words
                 cause = error.cause if getattr(error, "cause", None) is not None else error
-                landed = Landed(sources[index], names[index], error=str(cause).strip().splitlines()[-1] if str(cause).strip() else
-                                type(cause).__name__)
+                result = failed(index, str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__)
             except ray.exceptions.RayError as error:  # its worker died every time, or the cluster lost it
-                landed = Landed(sources[index], names[index], error=f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
-            results[index] = land(index, landed)
+                result = failed(index, f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
+            results[index] = land(index, result)
     except BaseException:
         for reference in pending:
             ray.cancel(reference, force=True)
         raise
-    return [results[index] for index in range(len(sources))]
+    return [results[index] for index in range(len(tasks))]
+
+
+# -- sweep: a pipeline and its evaluation per task -----------------------------------------------------
+
+
+@dataclass
+class SweepFailure:
+    pipeline: str
+    error: str
+
+
+def sweep_one(model: str, pipeline: str, options: dict[str, Any]) -> list[Any]:
+    """One pipeline of a sweep, compressed and evaluated by zoo.evaluate.sweep itself."""
+    from zoo.evaluate import sweep as library
+
+    with tempfile.TemporaryDirectory(prefix="zoo-sweep-") as scratch:
+        local = _local_source(model, Path(scratch), {})
+        return library.sweep(local, [pipeline], **options)
+
+
+def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
+          retries: int = RETRIES, progress: Callable[[str], None] | None = None,
+          **options: Any) -> tuple[list[Any], list[SweepFailure]]:
+    """zoo sweep with each pipeline (its compression and its evaluation) a Ray task: the points of
+    the pipelines that succeeded, their Pareto frontier marked among themselves, and the failures.
+    `options` go to zoo.evaluate.sweep.sweep (calibration, text, max_tokens, base): paths in them,
+    and the model unless it is a URL, must be readable where the tasks run."""
+    from zoo.codecs.pipeline import Pipeline
+    from zoo.evaluate.sweep import mark_pareto
+
+    if not pipelines:
+        raise InputError("give at least one pipeline to sweep")
+    for spec in pipelines:
+        Pipeline.parse(spec)  # every spec checked before any work
+    model = str(model)
+    if not is_url(model) and not Path(model).exists():
+        raise InputError(f"{model}: no such file or folder")
+    options = {**options, "threads": threads}
+    landed = [0]
+
+    def land(index: int, result: Any) -> Any:
+        landed[0] += 1
+        if progress is not None:
+            what = result.error if isinstance(result, SweepFailure) else f"{result[0].archive_bytes} bytes"
+            progress(f"[{landed[0]}/{len(pipelines)}] {pipelines[index]}: {what}")
+        return result
+
+    results = run_tasks(ray, [(sweep_one, (model, spec, options)) for spec in pipelines], [f"zoo sweep {spec}" for spec in pipelines],
+                        lambda index, error: SweepFailure(pipelines[index], error), land, threads, retries)
+    points = [point for result in results if not isinstance(result, SweepFailure) for point in result]
+    mark_pareto(points)
+    return points, [result for result in results if isinstance(result, SweepFailure)]

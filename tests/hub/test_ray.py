@@ -146,3 +146,19 @@ def test_bare_ray_starts_a_local_one(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     zoo.compress(source, tmp_path / "local.zoo", threads=1)
     assert _sha256(tmp_path / "m.zoo") == _sha256(tmp_path / "local.zoo")
+
+
+def test_a_sweep_on_ray_gives_the_points_of_a_local_sweep(ray_cluster: str, tmp_path: Path) -> None:
+    from zoo.evaluate.sweep import sweep
+
+    [model] = _models(tmp_path / "models", 1)
+    pipelines = ["lossless", "truncate:bits=6", "codebook:bits=4"]
+    said = []
+    points, failures = batch.sweep(model, pipelines, ray=ray_cluster, progress=said.append)
+    assert failures == [] and len(said) == 3
+    local = sweep(model, pipelines, threads=1)
+    assert [(p.pipeline, p.archive_bytes, p.metrics, p.pareto) for p in points] == \
+        [(p.pipeline, p.archive_bytes, p.metrics, p.pareto) for p in local]
+    done = _zoo("sweep", model, "-p", "lossless", "-p", "truncate:bits=6", "--ray", ray_cluster, "--json")
+    assert done.returncode == 0, done.stderr
+    assert [p["archive_bytes"] for p in json.loads(done.stdout)["points"]] == [p.archive_bytes for p in local[:2]]
