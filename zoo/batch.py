@@ -33,8 +33,10 @@ from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
 
 DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
 RETRIES = 2  # a task is run at most 1 + RETRIES times when its worker dies or it meets an OSError
-# What a worker must see as the driver does: the kernels (the CI's numpy run) and the test hooks.
-FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG")
+# What a worker must see as the driver does: the kernels (the CI's numpy run), the test hooks, and
+# the hub to pull from (credentials are not passed on: HF_TOKEN belongs in the nodes' environment).
+FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+             "HF_HUB_DISABLE_TELEMETRY")
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Landed:
     seconds: dict[str, float] = field(default_factory=dict)  # fetch, compress, hash, put on the worker; publish on the driver
     node: str | None = None  # the worker's node
     error: str | None = None
+    commit: str | None = None  # a pull's upstream commit
+    unchanged: bool = False  # a pull that found this commit already in the zoo: nothing written
 
     @property
     def ok(self) -> bool:
@@ -315,6 +319,92 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
             ray.cancel(reference, force=True)
         raise
     return [results[index] for index in range(len(tasks))]
+
+
+# -- pull: a repository per task ----------------------------------------------------------------------
+
+
+def pull_to_work(ref: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
+                 threads: int, held_source: str | None) -> Landed:
+    """One repository downloaded and compressed into a private zoo in the driver's work folder, by
+    zoo.hub.pull.pull itself; nothing is written when the zoo already holds its commit (`held_source`)."""
+    from zoo.hub import pull as hub
+
+    _die_once("batch-task-once")
+    seconds: dict[str, float] = {}
+    repo_id, revision = hub.parse_repo_ref(ref)
+    if held_source is not None:
+        started = time.perf_counter()
+        pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
+        seconds["download"] = time.perf_counter() - started
+        if held_source == f"hub:{repo_id}@{pulled.commit}":
+            return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    entry, _ = hub.pull(ref, store=Store(Path(work) / f"task-{uuid.uuid4().hex[:12]}"), name=name, pipeline=pipeline, include=include,
+                        exclude=exclude, threads=threads, force=True, progress_bars=False)
+    seconds["pull"] = time.perf_counter() - started
+    seconds["pull_cpu"] = time.process_time() - cpu
+    return Landed(ref, name, str(entry.archive), entry.original_bytes, entry.stored_bytes, entry.archive.name.removesuffix(OBJECT_SUFFIX),
+                  seconds, _node(), commit=entry.commit)
+
+
+def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
+              include: list[str] | None = None, exclude: list[str] | None = None, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
+              retries: int = RETRIES, force: bool = False, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
+    """`zoo pull` of many repositories (REPO_ID[@REVISION]) as Ray tasks, into `store` (default: the
+    zoo at ZOO_HOME): each worker pulls into a private zoo in the driver's work folder, the driver
+    publishes. A repository whose commit the zoo holds in this variant is left as it is (unchanged),
+    unless `force`. Returns one Landed per ref, in their order; failures are reported, not raised."""
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+    from zoo.hub import pull as hub
+
+    if not refs:
+        raise InputError("no repository to pull")
+    store = store or Store()
+    parsed = [hub.parse_repo_ref(ref) for ref in refs]
+    names = names or [repo_id for repo_id, _ in parsed]
+    if len(names) != len(refs):
+        raise InputError(f"{len(refs)} repositories but {len(names)} names")
+    for name in names:
+        check_name(name)
+    clashes = _duplicates([f"{name}@{revision}" for name, (_, revision) in zip(names, parsed)])
+    if clashes:
+        raise InputError(f"two repositories would be stored as {', '.join(clashes)}: pull them apart")
+    variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
+    held = [None if force else store.exists_ref(name, revision, variant) for name, (_, revision) in zip(names, parsed)]
+    with store.workspace() as work:
+        tasks = [(pull_to_work, (ref, str(work), name, pipeline, include, exclude, threads, entry.source if entry else None))
+                 for ref, name, entry in zip(refs, names, held)]
+
+        def land(index: int, landed: Landed) -> Landed:
+            repo_id, revision = parsed[index]
+            if landed.unchanged:
+                landed.output = held[index].ref
+                landed.original_bytes, landed.stored_bytes = held[index].original_bytes, held[index].stored_bytes
+            elif landed.ok:
+                started = time.perf_counter()
+                try:
+                    entry = store.add(landed.output, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}",
+                                      force=True, move=True)  # a newer commit of the revision replaces the old: that is what pulling means
+                    landed.output = entry.ref
+                except ZooError as error:
+                    landed.error = str(error)
+                landed.seconds["publish"] = time.perf_counter() - started
+            if on_landed is not None:
+                on_landed(landed)
+            return landed
+
+        if ray is None:
+            results = []
+            for index, (function, arguments) in enumerate(tasks):
+                try:
+                    landed = function(*arguments)
+                except (ZooError, OSError) as error:
+                    landed = Landed(refs[index], names[index], error=str(error))
+                results.append(land(index, landed))
+            return results
+        return run_tasks(ray, tasks, [f"zoo pull {ref}" for ref in refs], lambda index, error: Landed(refs[index], names[index], error=error),
+                         land, threads, retries)
 
 
 # -- sweep: a pipeline and its evaluation per task -----------------------------------------------------

@@ -21,6 +21,8 @@ from zoo.api import compress_into
 from zoo.hub.remote import open_storage
 from zoo.hub.store import Store
 
+from tests.hub.test_hub import hub, tiny_bert  # noqa: F401 - fixtures: a real `zoo serve` as the hub
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -162,3 +164,25 @@ def test_a_sweep_on_ray_gives_the_points_of_a_local_sweep(ray_cluster: str, tmp_
     done = _zoo("sweep", model, "-p", "lossless", "-p", "truncate:bits=6", "--ray", ray_cluster, "--json")
     assert done.returncode == 0, done.stderr
     assert [p["archive_bytes"] for p in json.loads(done.stdout)["points"]] == [p.archive_bytes for p in local[:2]]
+
+
+def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two repositories from a real `zoo serve` (HF_ENDPOINT, passed on to the workers) and one the hub
+    lacks: the two stored as a local pull stores them, the third reported; a second pull changes nothing."""
+    from zoo.hub.pull import pull
+
+    url, upstream, env = hub
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = Store(tmp_path / "second")
+    results = batch.pull_many(["org/tiny-bert", "org/nowhere"], store=store, ray=ray_cluster)
+    assert [r.ok for r in results] == [True, False] and "org/nowhere" in results[1].error
+    assert results[0].output == "org/tiny-bert@main:lossless" and not results[0].unchanged
+    local_entry, _ = pull("org/tiny-bert", store=Store(tmp_path / "third"), progress_bars=False)
+    mine = store.resolve("org/tiny-bert", with_files=True)
+    assert (mine.archive.name, mine.commit, mine.source, mine.files) == (local_entry.archive.name, local_entry.commit, local_entry.source,
+                                                                         local_entry.files)
+    again = batch.pull_many(["org/tiny-bert"], store=store, ray=ray_cluster)
+    assert again[0].unchanged and again[0].output == "org/tiny-bert@main:lossless"
+    done = _zoo("pull", "org/tiny-bert", "org/nowhere", "--ray", ray_cluster, env=env)
+    assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
