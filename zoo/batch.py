@@ -131,6 +131,7 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
     with ExitStack() as stack:
         if isinstance(storage, LocalFolder):  # beside its final place: it enters by a link, not a copy
             storage.root.mkdir(parents=True, exist_ok=True)
+            temporaries.sweep_beside(storage.root / name)  # what an attempt killed before this retry left
             scratch = stack.enter_context(temporaries.locked_temporary(storage.root, temporaries.temporary_prefix(storage.root / name),
                                                                        is_dir=True))
         else:

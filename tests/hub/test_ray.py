@@ -91,6 +91,7 @@ def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeyp
     results = batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=ray_cluster)
     assert [r.ok for r in results] == [True, True], [r.error for r in results]
     monkeypatch.delenv("ZOO_KILL_AT")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model-0.zoo", "model-1.zoo"]  # the killed attempts' temporaries swept
     for source, result in zip(sources, results):
         zoo.compress(source, tmp_path / "local.zoo", threads=1, force=True)
         assert result.sha256 == _sha256(tmp_path / "local.zoo") == _sha256(tmp_path / "out" / result.name)
