@@ -191,3 +191,13 @@ def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, 
     assert again[0].unchanged and again[0].output == "org/tiny-bert@main:lossless"
     done = _zoo("pull", "org/tiny-bert", "org/nowhere", "--ray", ray_cluster, env=env)
     assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
+
+
+def test_a_bare_ray_flag_gets_the_default_address() -> None:
+    from zoo.cli import bare_ray
+
+    assert bare_ray(["zoo", "compress", "a", "b", "--ray"]) == ["zoo", "compress", "a", "b", "--ray", "default"]
+    assert bare_ray(["zoo", "compress", "a", "--ray", "-o", "out"]) == ["zoo", "compress", "a", "--ray", "default", "-o", "out"]
+    assert bare_ray(["zoo", "compress", "--ray", "model-a", "-o", "out"])[3:5] == ["default", "model-a"]  # a source, not an address
+    for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "local", "default"):
+        assert bare_ray(["zoo", "compress", "a", "--ray", address]) == ["zoo", "compress", "a", "--ray", address]

@@ -50,7 +50,7 @@ def bare_ray(argv: list[str]) -> list[str]:
     for index in range(len(given) - 1, -1, -1):
         following = given[index + 1] if index + 1 < len(given) else None
         if given[index] == "--ray" and (following is None or following.startswith("-")
-                                        or not re.fullmatch(r"(ray://)?[\w.-]+:\d+|auto|local", following)):
+                                        or not re.fullmatch(r"(ray://)?[\w.-]+:\d+|auto|local|default", following)):
             given.insert(index + 1, "default")
     return given
 
