@@ -94,17 +94,27 @@ def _ray_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"]
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
+def ray_cluster(s3_server: dict[str, str]) -> Iterator[str]:
     """A Ray head and a second worker node joined to it, one CPU each (the CI machine has two), on
     127.0.0.1 without a dashboard; yields the head's address. Each node runs under `ray start
     --block`, whose end stops that node's processes and only those (`ray stop` would stop every Ray
-    on the machine, other people's included)."""
+    on the machine, other people's included). The nodes import zoo from this checkout and reach the
+    session's S3 server, as a cluster's nodes would hold their own credentials."""
+    # Ray 2.5x starts clusters with token authentication (the token in ~/.ray/auth_token); a driver
+    # sends it only when told to, before ray is imported. The tests' drivers (this process, the
+    # CLI's subprocesses) are.
+    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
     pytest.importorskip("ray")
     port = free_port()
     # a short private folder: Ray's socket paths must stay under the 107 characters Unix allows
     temporary = Path(tempfile.mkdtemp(prefix="zoo-ray-", dir="/tmp"))
-    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    environment = {**os.environ, **s3_server, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     environment.pop("RAY_ADDRESS", None)
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
     log = tempfile.TemporaryFile()
@@ -128,6 +138,10 @@ def ray_cluster() -> Iterator[str]:
         for node in reversed(nodes):
             _stop(node, 60)
         log.close()
+        if previous_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_mode
         shutil.rmtree(temporary, ignore_errors=True)
 
 

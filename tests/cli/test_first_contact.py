@@ -139,7 +139,7 @@ def test_a_variant_is_found_by_the_spec_the_user_typed(tiny_model, tmp_path):
 
 
 def test_usage_lines_name_arguments_as_words():
-    for command, word in (("compress", "SOURCE"), ("decompress", "ARCHIVE"), ("info", "ARCHIVE"), ("export", "MODEL"), ("rm", "MODEL")):
+    for command, word in (("compress", "SOURCE [SOURCE...]"), ("decompress", "ARCHIVE"), ("info", "ARCHIVE"), ("export", "MODEL"), ("rm", "MODEL")):
         done = ok(zoo_cli(command, "--help"))
         assert done.stdout.splitlines()[0] == f"Usage: zoo {command} [OPTIONS] {word}"
         assert "{" not in done.stdout.splitlines()[0]

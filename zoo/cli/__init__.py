@@ -38,11 +38,28 @@ def shipped_calibration(argv: list[str]) -> list[str]:
     return given
 
 
+def bare_ray(argv: list[str]) -> list[str]:
+    """`--ray` without an address means RAY_ADDRESS, else a Ray started here (zoo.batch). As with
+    --calib, typer cannot leave an option's value out: a `--ray` that is last, or followed by
+    another option or by a word that is no Ray address (HOST:PORT, ray://..., auto), gets "default"."""
+    if "--ray" not in argv:
+        return argv
+    import re
+
+    given = list(argv)
+    for index in range(len(given) - 1, -1, -1):
+        following = given[index + 1] if index + 1 < len(given) else None
+        if given[index] == "--ray" and (following is None or following.startswith("-")
+                                        or not re.fullmatch(r"(ray://)?[\w.-]+:\d+|auto|local|default", following)):
+            given.insert(index + 1, "default")
+    return given
+
+
 def main() -> None:
     from zoo.errors import ZooError
     from zoo.cli.app import app
 
-    sys.argv = shipped_calibration(sys.argv)
+    sys.argv = bare_ray(shipped_calibration(sys.argv))
     warnings.showwarning = _show_warning
     try:
         app(prog_name="zoo")

@@ -36,7 +36,10 @@ def _codec_help() -> str:
 def compress(
     typed: Annotated[str, typer.Argument(metavar="SOURCE", help="A model folder, a .safetensors/.bin/.pt file, or a hub id "
                                           "ORG/NAME[@REVISION].", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo.")] = None,
+    more: Annotated[Optional[list[str]], typer.Argument(metavar="SOURCE", help="More models, compressed side by side (each to its own "
+                                                        "archive in the folder -o names, or into the zoo).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo "
+                                                   "(with several SOURCEs: a folder or URL for their archives).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
@@ -59,6 +62,9 @@ def compress(
     max_ppl_ratio: MaxPplRatio = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A row per tensor in the size report, as zoo info shows it.")] = False,
     as_json: Json = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run each model as a task on the Ray cluster at "
+                                               "ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here). See docs/scale-out.md.",
+                                               show_default=False)] = None,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files whose path in the folder matches this glob "
                                                          "(repeatable).", show_default=False)] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave out files matching this glob (repeatable).",
@@ -74,6 +80,13 @@ def compress(
     from zoo.errors import InputError
     from zoo.refs import looks_like_path
 
+    if more or ray is not None:
+        unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,
+                       "--min-cosine": min_cosine, "--max-ppl-ratio": max_ppl_ratio, "--include": include, "--exclude": exclude,
+                       "--follow-links": follow_links, "--verbose": verbose}
+        _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
+                        [flag for flag, value in unsupported.items() if value])
+        return
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
@@ -118,6 +131,49 @@ def compress(
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)
+
+
+def _compress_batch(sources: list[str], output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
+                    as_json: bool, ray: Optional[str], unsupported: list[str]) -> None:
+    """Several SOURCEs, or --ray: zoo.batch runs one task per model; a line per model as it lands."""
+    from zoo import batch
+    from zoo.errors import InputError
+
+    if unsupported:
+        raise InputError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not available with several SOURCEs or "
+                         "--ray yet: compress such a model on its own")
+    if name is not None and len(sources) > 1:
+        raise InputError("--name names one model: with several SOURCEs each is named after its folder")
+    names = [name] if name is not None else None
+    destination = None if output is None else str(output)
+    if output is not None and len(sources) == 1 and output.suffix == ".zoo":  # `-o model.zoo`: that archive, not a folder
+        destination, names = str(output.parent), [output.name]
+
+    def landed(result: batch.Landed) -> None:
+        advance(result.original_bytes)
+        if as_json:
+            return
+        if result.ok:
+            spent = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.seconds.items())
+            where = f" on node {result.node}" if result.node else ""
+            stderr.print(f"landed {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
+                         f"{result.stored_bytes / max(result.original_bytes, 1):.3f}){where}; {spent}", markup=False, highlight=False,
+                         soft_wrap=True)
+        else:
+            stderr.print(f"failed {result.source}: {result.error}", markup=False, highlight=False, soft_wrap=True)
+
+    total = sum(source_bytes(Path(source)) for source in sources)
+    with progress_bar(total, "compressing", not as_json) as advance:
+        results = batch.compress_many(sources, destination, names=names, pipeline=pipeline, threads=threads or 1, force=force,
+                                      ray=ray, on_landed=landed)
+    failed = [result for result in results if not result.ok]
+    if as_json:
+        print_json({"models": [result.to_dict() for result in results], "failed": len(failed)})
+    else:
+        stdout.print(f"{len(results)} models: {len(results) - len(failed)} stored" + (f", {len(failed)} failed" if failed else ""),
+                     markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipeline: str, calib: Optional[Path], base: Optional[Path],

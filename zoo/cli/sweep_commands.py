@@ -27,6 +27,9 @@ def sweep(
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Each pipeline with its evaluation a task on the Ray "
+                                               "cluster at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here).",
+                                               show_default=False)] = None,
 ) -> None:
     """Compress MODEL with each pipeline, evaluate each against MODEL, and print the table."""
     from zoo.evaluate import sweep as library
@@ -41,13 +44,26 @@ def sweep(
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"{text}: cannot read evaluation text ({type(error).__name__})") from None
     say = None if as_json else (lambda line: stderr.print(line, markup=False, highlight=False))
-    points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads, progress=say,
-                           base=base)
+    failures = []
+    if ray is not None:
+        from zoo import batch
+
+        points, failures = batch.sweep(model, pipeline, ray=ray, threads=threads or 1, progress=say, calibration=calib,
+                                       text=evaluation_text, max_tokens=max_tokens, base=base)
+        for failure in failures:
+            stderr.print(f"failed {failure.pipeline}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+        if not points:
+            raise InputError(f"every pipeline failed ({len(failures)})")
+    else:
+        points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads,
+                               progress=say, base=base)
     if plot is not None:
         library.plot(points, plot, title=f"{model.name}: rate and distortion")
     if as_json:
         print_json({"model": str(model), "base": None if base is None else str(base), "plot": str(plot) if plot else None,
-                    "points": [p.to_dict() for p in points]})
+                    "points": [p.to_dict() for p in points], **({"failed": [vars(f) for f in failures]} if failures else {})})
+        if failures:
+            raise typer.Exit(1)
         return
     from rich.table import Table
 
@@ -65,6 +81,8 @@ def sweep(
     stdout.print(table)
     if plot is not None:
         stdout.print(f"plot: {plot}")
+    if failures:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,8 @@ def print_entry(entry, as_json: bool, verb: str) -> None:
 
 def pull(
     repo: Annotated[str, typer.Argument(help="REPO_ID[@REVISION] on the hub (HF_ENDPOINT, default huggingface.co).", show_default=False)],
+    more: Annotated[Optional[list[str]], typer.Argument(metavar="REPO", help="More repositories, pulled side by side.",
+                                                        show_default=False)] = None,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files matching this glob (repeatable).")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip files matching this glob (repeatable).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the repo id).")] = None,
@@ -33,10 +35,16 @@ def pull(
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Pull each repository as a task on the Ray cluster "
+                                               "at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here).", show_default=False)] = None,
 ) -> None:
     """Download a model from the hub, check it against the hub's sha256, store it compressed."""
     from zoo import api
     from zoo.hub.pull import pull as pull_model
+
+    if more or ray is not None:
+        _pull_batch([repo, *(more or [])], include, exclude, name, pipeline, threads, force, as_json, ray)
+        return
 
     # a lossy pipeline's survey runs before the first byte: its phases get bars of their own
     with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
@@ -45,6 +53,39 @@ def pull(
                                 progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json,
                                 **options)
     print_entry(entry, as_json, "stored" if new else "already in the zoo:")
+
+
+def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional[list[str]], name: Optional[str], pipeline: Optional[str],
+                threads: Optional[int], force: bool, as_json: bool, ray: Optional[str]) -> None:
+    """Several repositories, or --ray: zoo.batch.pull_many, a line per model as it lands."""
+    from zoo import batch
+    from zoo.errors import InputError
+
+    if name is not None and len(refs) > 1:
+        raise InputError("--name names one model: with several repositories each is named after its repository id")
+
+    def landed(result: batch.Landed) -> None:
+        if as_json:
+            return
+        if not result.ok:
+            line = f"failed {result.source}: {result.error}"
+        elif result.unchanged:
+            line = f"already in the zoo: {result.output} (commit {result.commit[:12]})"
+        else:
+            line = (f"stored {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
+                    f"{result.stored_bytes / max(result.original_bytes, 1):.3f})" + (f" on node {result.node}" if result.node else ""))
+        stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    results = batch.pull_many(refs, names=[name] if name else None, pipeline=pipeline, include=include, exclude=exclude, ray=ray,
+                              threads=threads or 1, force=force, on_landed=landed)
+    failed = [result for result in results if not result.ok]
+    if as_json:
+        print_json({"models": [result.to_dict() for result in results], "failed": len(failed)})
+    else:
+        stdout.print(f"{len(results)} repositories: {len(results) - len(failed)} in the zoo" + (f", {len(failed)} failed" if failed else ""),
+                     markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def ls(as_json: Json = False) -> None:

@@ -1,0 +1,203 @@
+"""zoo.batch on a real Ray cluster (a head and a joined worker node, tests/services.py): many models
+as tasks, the same bytes as a local run, a dead worker retried, a bad model reported without losing
+the others, archives written to a bucket of a real S3-compatible server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+from tests.conftest import random_storage, write_safetensors
+from zoo import batch
+from zoo.api import compress_into
+from zoo.hub.remote import open_storage
+from zoo.hub.store import Store
+
+from tests.hub.test_hub import hub, tiny_bert  # noqa: F401 - fixtures: a real `zoo serve` as the hub
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _models(folder: Path, count: int) -> list[Path]:
+    made = []
+    for number in range(count):
+        model = folder / f"model-{number}"
+        model.mkdir(parents=True)
+        write_safetensors(model / "model.safetensors", {
+            "embed.weight": ("BF16", random_storage("BF16", (128, 64), 10 + number)),
+            "layer.weight": ("F32", random_storage("F32", (64, 64), 20 + number)),
+            "steps": ("I64", np.arange(8, dtype=np.int64)),
+        })
+        (model / "config.json").write_text(json.dumps({"model_type": "tiny", "number": number}))
+        made.append(model)
+    return made
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_many_models_on_ray_are_the_bytes_of_a_local_run(ray_cluster: str, tmp_path: Path) -> None:
+    sources = _models(tmp_path / "models", 3)
+    broken = tmp_path / "models" / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    landed = []
+    results = batch.compress_many([*map(str, sources), str(broken)], tmp_path / "out", ray=ray_cluster, on_landed=landed.append)
+    assert [r.name for r in results] == ["model-0.zoo", "model-1.zoo", "model-2.zoo", "broken.zoo"]
+    assert sorted(r.name for r in landed) == sorted(r.name for r in results)  # each reported as it landed
+    assert [r.ok for r in results] == [True, True, True, False]
+    assert "broken.safetensors" in results[3].error
+    assert not (tmp_path / "out" / "broken.zoo").exists()
+    for source, result in zip(sources, results):
+        local = tmp_path / "local" / f"{source.name}.zoo"
+        local.parent.mkdir(exist_ok=True)
+        zoo.compress(source, local, threads=1)
+        assert _sha256(tmp_path / "out" / result.name) == _sha256(local) == result.sha256
+        assert result.original_bytes > result.stored_bytes > 0 and result.node
+        assert set(result.seconds) == {"compress", "compress_cpu", "hash", "put"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model-0.zoo", "model-1.zoo", "model-2.zoo"]  # no debris
+    import ray
+
+    # SPREAD places tasks on both nodes when both have room; on a loaded machine Ray may keep them on one
+    cluster = {node["NodeID"][:12] for node in ray.nodes() if node["Alive"]}
+    assert len(cluster) == 2 and {r.node for r in results[:3]} <= cluster
+
+
+def test_into_a_zoo_workers_write_and_the_driver_publishes(ray_cluster: str, tmp_path: Path) -> None:
+    sources = _models(tmp_path / "models", 2)
+    store = Store(tmp_path / "zoo")
+    results = batch.compress_many([str(s) for s in sources], store=store, ray=ray_cluster)
+    assert [r.output for r in results] == ["model-0@main:lossless", "model-1@main:lossless"]
+    assert all("publish" in r.seconds for r in results)
+    local = Store(tmp_path / "local-zoo")
+    for source in sources:
+        compress_into(local, source, source.name, source_label=str(source.resolve()), threads=2)
+    for mine, theirs in zip(store.entries(with_files=True), local.entries(with_files=True)):
+        assert (mine.name, mine.archive.name, mine.files, mine.source) == (theirs.name, theirs.archive.name, theirs.files, theirs.source)
+    assert list((tmp_path / "zoo" / "work").iterdir()) == []  # the private zoos went with the job's work folder
+    with pytest.raises(zoo.ZooError, match="already in the zoo; pass --force"):
+        batch.compress_many([str(sources[0])], store=store, ray=ray_cluster)
+    again = batch.compress_many([str(sources[0])], store=store, ray=ray_cluster, force=True)
+    assert again[0].ok and [e.ref for e in store.entries()] == ["model-0@main:lossless", "model-1@main:lossless"]
+
+
+def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = _models(tmp_path / "models", 2)
+    monkeypatch.setenv("ZOO_KILL_AT", "batch-task-once")  # each task's first attempt is killed -9
+    results = batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=ray_cluster)
+    assert [r.ok for r in results] == [True, True], [r.error for r in results]
+    monkeypatch.delenv("ZOO_KILL_AT")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model-0.zoo", "model-1.zoo"]  # the killed attempts' temporaries swept
+    for source, result in zip(sources, results):
+        zoo.compress(source, tmp_path / "local.zoo", threads=1, force=True)
+        assert result.sha256 == _sha256(tmp_path / "local.zoo") == _sha256(tmp_path / "out" / result.name)
+
+
+def test_sources_and_archives_in_a_bucket(ray_cluster: str, bucket: str, tmp_path: Path) -> None:
+    """Workers fetch a source from the bucket and put their archives there; the bytes match a local run."""
+    [source] = _models(tmp_path / "models", 1)
+    storage = open_storage(bucket)
+    for path in source.iterdir():
+        storage.put(f"sources/{source.name}/{path.name}", path)
+    results = batch.compress_many([f"{bucket}/sources/{source.name}"], f"{bucket}/archives", ray=ray_cluster)
+    assert results[0].ok, results[0].error
+    assert set(results[0].seconds) == {"fetch", "compress", "compress_cpu", "hash", "put"}
+    zoo.compress(source, tmp_path / "local.zoo", threads=1)
+    assert hashlib.sha256(storage.read(f"archives/{source.name}.zoo")).hexdigest() == _sha256(tmp_path / "local.zoo")
+
+
+def test_without_ray_the_same_job_runs_here(tmp_path: Path) -> None:
+    sources = _models(tmp_path / "models", 2)
+    results = batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=None)
+    assert [r.ok for r in results] == [True, True] and all(r.node is None for r in results)
+    with pytest.raises(zoo.ZooError, match="already in"):
+        batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=None)
+    with pytest.raises(zoo.ZooError, match="two sources would be stored as model-0.zoo"):
+        batch.compress_many([str(sources[0]), str(sources[0])], tmp_path / "other", ray=None)
+
+
+def _zoo(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_the_cli_on_a_cluster(ray_cluster: str, tmp_path: Path) -> None:
+    sources = _models(tmp_path / "models", 2)
+    done = _zoo("compress", *sources, tmp_path / "missing-model", "--ray", ray_cluster, "-o", tmp_path / "out")
+    assert done.returncode == 1 and "missing-model: no such file or folder" in done.stderr  # refused before any work
+    done = _zoo("compress", *sources, "--ray", ray_cluster, "-o", tmp_path / "out", env={"ZOO_HOME": str(tmp_path / "zoo")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2 models: 2 stored\n"
+    assert sorted(line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("landed")) == \
+        sorted(f"landed {tmp_path / 'out' / s.name}.zoo" for s in sources)
+    done = _zoo("compress", *sources, "--ray", "--json", env={"ZOO_HOME": str(tmp_path / "zoo"), "RAY_ADDRESS": ray_cluster})
+    assert done.returncode == 0, done.stderr
+    assert [m["output"] for m in json.loads(done.stdout)["models"]] == ["model-0@main:lossless", "model-1@main:lossless"]
+    done = _zoo("compress", sources[0], "--ray", ray_cluster, "--calib", "-o", tmp_path / "x.zoo")
+    assert done.returncode == 1 and "--calib is not available with several SOURCEs or --ray" in done.stderr
+
+
+@pytest.mark.slow
+def test_bare_ray_starts_a_local_one(tmp_path: Path) -> None:
+    """No RAY_ADDRESS and no address: zoo starts a Ray of its own (and never joins the session's)."""
+    [source] = _models(tmp_path / "models", 1)
+    done = _zoo("compress", source, "--ray", "-o", tmp_path / "m.zoo", env={"RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr
+    zoo.compress(source, tmp_path / "local.zoo", threads=1)
+    assert _sha256(tmp_path / "m.zoo") == _sha256(tmp_path / "local.zoo")
+
+
+def test_a_sweep_on_ray_gives_the_points_of_a_local_sweep(ray_cluster: str, tmp_path: Path) -> None:
+    from zoo.evaluate.sweep import sweep
+
+    [model] = _models(tmp_path / "models", 1)
+    pipelines = ["lossless", "truncate:bits=6", "codebook:bits=4"]
+    said = []
+    points, failures = batch.sweep(model, pipelines, ray=ray_cluster, progress=said.append)
+    assert failures == [] and len(said) == 3
+    local = sweep(model, pipelines, threads=1)
+    assert [(p.pipeline, p.archive_bytes, p.metrics, p.pareto) for p in points] == \
+        [(p.pipeline, p.archive_bytes, p.metrics, p.pareto) for p in local]
+    done = _zoo("sweep", model, "-p", "lossless", "-p", "truncate:bits=6", "--ray", ray_cluster, "--json")
+    assert done.returncode == 0, done.stderr
+    assert [p["archive_bytes"] for p in json.loads(done.stdout)["points"]] == [p.archive_bytes for p in local[:2]]
+
+
+def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two repositories from a real `zoo serve` (HF_ENDPOINT, passed on to the workers) and one the hub
+    lacks: the two stored as a local pull stores them, the third reported; a second pull changes nothing."""
+    from zoo.hub.pull import pull
+
+    url, upstream, env = hub
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = Store(tmp_path / "second")
+    results = batch.pull_many(["org/tiny-bert", "org/nowhere"], store=store, ray=ray_cluster)
+    assert [r.ok for r in results] == [True, False] and "org/nowhere" in results[1].error
+    assert results[0].output == "org/tiny-bert@main:lossless" and not results[0].unchanged
+    local_entry, _ = pull("org/tiny-bert", store=Store(tmp_path / "third"), progress_bars=False)
+    mine = store.resolve("org/tiny-bert", with_files=True)
+    assert (mine.archive.name, mine.commit, mine.source, mine.files) == (local_entry.archive.name, local_entry.commit, local_entry.source,
+                                                                         local_entry.files)
+    again = batch.pull_many(["org/tiny-bert"], store=store, ray=ray_cluster)
+    assert again[0].unchanged and again[0].output == "org/tiny-bert@main:lossless"
+    done = _zoo("pull", "org/tiny-bert", "org/nowhere", "--ray", ray_cluster, env=env)
+    assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
+
+
+def test_a_bare_ray_flag_gets_the_default_address() -> None:
+    from zoo.cli import bare_ray
+
+    assert bare_ray(["zoo", "compress", "a", "b", "--ray"]) == ["zoo", "compress", "a", "b", "--ray", "default"]
+    assert bare_ray(["zoo", "compress", "a", "--ray", "-o", "out"]) == ["zoo", "compress", "a", "--ray", "default", "-o", "out"]
+    assert bare_ray(["zoo", "compress", "--ray", "model-a", "-o", "out"])[3:5] == ["default", "model-a"]  # a source, not an address
+    for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "local", "default"):
+        assert bare_ray(["zoo", "compress", "a", "--ray", address]) == ["zoo", "compress", "a", "--ray", address]
