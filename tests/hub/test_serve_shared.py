@@ -16,7 +16,7 @@ from zoo.container.reader import Archive
 from zoo.hub.serve import SharedPieces, make_server
 from zoo.hub.store import Store
 
-from tests.conftest import random_storage, write_safetensors
+from tests.conftest import largest_object, random_storage, write_safetensors
 from tests.hub.test_http_conformance import address
 
 PATH = "/big/resolve/main/model.safetensors"
@@ -94,9 +94,10 @@ def test_overlapping_ranges_at_once_each_get_their_own_bytes(big):
 
 def test_a_damaged_chunk_fails_every_download_sharing_it(big):
     store, entry, original = big
-    data = bytearray(entry.archive.read_bytes())
+    damaged = largest_object(store, entry)  # where the model's chunks lie
+    data = bytearray(damaged.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
-    entry.archive.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
     server = make_server(store, "127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
