@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -239,7 +240,7 @@ class Store:
         try:
             with open(entry.archive, "rb") as stream:
                 return PREAMBLE.unpack(stream.read(PREAMBLE.size))[1] == FEATURES_VERSION
-        except (OSError, Exception):  # noqa: BLE001 - unreadable: not usable as anything
+        except (OSError, struct.error):  # unreadable or too short: not usable as anything
             return False
 
     def manifest_path(self, name: str, revision: str, variant: str) -> Path:
@@ -708,10 +709,9 @@ class Store:
                         problems.append(f"{path}: its bytes do not match its name")
                     return
                 with Archive(path) as held:
-                    data = held.read_tensor(OBJECT_TENSOR).data
-                    digest = content_digest(data.reshape(-1).view("u1"))
-                if about.get("lossless"):
                     info = held.tensor_info(OBJECT_TENSOR)
+                    digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
+                if about.get("lossless"):
                     if digest != about.get("sha256"):
                         problems.append(f"{path}: decodes to bytes whose sha256 is not the recorded one")
                     elif "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
