@@ -217,6 +217,20 @@ def test_objects_are_named_by_what_they_decode_to(tmp_path):
     assert first.archive != second.archive
 
 
+def test_an_object_too_large_to_hold_in_memory_is_the_same_bytes(tmp_path, monkeypatch):
+    """An object's payload is held in memory up to a limit and goes through a file past it: the
+    objects are the same bytes either way, and nothing is left behind in the work folder."""
+    from zoo.container.objects import ObjectPayload
+
+    folder = write_model(tmp_path / "m", base_tensors())
+    compress_into(Store(tmp_path / "held"), folder, "m")
+    monkeypatch.setattr(ObjectPayload, "LIMIT", 1000)
+    compress_into(Store(tmp_path / "spilled"), folder, "m")
+    held, spilled = ({p.name: p.read_bytes() for p in (tmp_path / home / "objects").rglob("*.zoo")} for home in ("held", "spilled"))
+    assert len(held) > 2 and held == spilled
+    assert not list((tmp_path / "spilled").rglob(".payload-*")) and not list((tmp_path / "spilled").rglob(".object-*"))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda leaf, header: leaf.update(object="../../../etc/passwd"), "names an object by something other than a sha256"),
     (lambda leaf, header: leaf.update(object="0" * 64), "which is not in"),

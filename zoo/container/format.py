@@ -90,11 +90,20 @@ def content_digest(raw: Any, threads: int = 1) -> str:
     data = memoryview(raw).cast("B")
     if len(data) <= DIGEST_BLOCK:
         return hashlib.sha256(data).hexdigest()
-    blocks = [data[start:start + DIGEST_BLOCK] for start in range(0, len(data), DIGEST_BLOCK)]
+    return content_digest_later(data, threads)()
+
+
+def content_digest_later(raw: Any, threads: int = 1) -> Callable[[], str]:
+    """content_digest of `raw`, started now on the hashers' threads: the call returned waits for it."""
+    data = memoryview(raw).cast("B")
     # Hashers of their own, not the coders' pool: a build hashes a tensor while the coders work
     # through the chunks queued before it, and queued behind them the hashing would wait.
-    digests = list(_hashers(threads).map(lambda block: hashlib.sha256(block).digest(), blocks))
-    return hashlib.sha256(b"".join(digests)).hexdigest()
+    hashers = _hashers(threads)
+    if len(data) <= DIGEST_BLOCK:
+        return hashers.submit(lambda: hashlib.sha256(data).hexdigest()).result
+    blocks = [hashers.submit(lambda block: hashlib.sha256(block).digest(), data[start:start + DIGEST_BLOCK])
+              for start in range(0, len(data), DIGEST_BLOCK)]
+    return lambda: hashlib.sha256(b"".join(block.result() for block in blocks)).hexdigest()
 
 
 _HASHERS: dict[int, Any] = {}
@@ -150,6 +159,20 @@ def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payl
         out.flush()
         if durable:
             os.fsync(out.fileno())
+
+
+def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes]) -> None:
+    """Write preamble, header and a payload held in memory (`parts`, in order) into `destination`
+    (a temporary name), not synced: what `assemble` does without a payload file to copy from."""
+    body = encode_header(header)
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        for data in (PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)), body, *parts):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view):]
+    finally:
+        os.close(descriptor)
 
 
 class ArchiveFile:

@@ -13,6 +13,7 @@ lets the build skip what `existing` (the zoo) or the build itself already holds.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any, BinaryIO
 
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
-from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_digest, content_key, object_path, sha256_file
+from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_digest, content_key, object_path, sha256_file, write_archive
 from zoo.errors import FormatError
 
 OBJECT_TENSOR = "tensor"  # the key of the one tensor an object holds
@@ -64,6 +65,32 @@ class Unit:
         self.holder, self.key, self.about = holder, key, about
 
 
+class ObjectPayload(PayloadWriter):
+    """The payload of one object being coded: held in memory up to `limit` bytes, so the object is
+    written once, header and all, when it ends; past the limit it goes to a file in `folder`, and
+    the object is assembled from that file (a copy more, for the largest tensors only)."""
+
+    LIMIT = 64 << 20
+
+    def __init__(self, folder: Path, limit: int = LIMIT) -> None:
+        super().__init__(None)  # type: ignore[arg-type] - no stream until the payload spills
+        self.folder, self.limit = folder, limit
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.stream is None and self.size + len(data) > self.limit:
+            self.stream = tempfile.NamedTemporaryFile(dir=self.folder, prefix=".payload-", delete=False)  # noqa: SIM115 - closed by ObjectSink.finish
+            for part in self.parts:
+                self.stream.write(part)
+            self.parts = []
+        if self.stream is None:
+            offset = self.size
+            self.parts.append(bytes(data))  # kept until the object is written: never a view of a reused buffer
+            self.size += len(data)
+            return offset
+        return super().write(data)
+
+
 class ObjectSink:
     """Where a build writes its objects: `root` (a folder laid out as objects/sha256). `existing(key)`
     gives the path of an object the zoo already holds, or None; such an object is hard-linked into
@@ -78,15 +105,18 @@ class ObjectSink:
         self._placeholders: list[tuple[dict[str, Any], str, bool]] = []
         self._pending: set[str] = set()
         self._lock = threading.Lock()
+        self._staged = itertools.count()
 
     # -- before coding ----------------------------------------------------------------------
 
-    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False) -> Unit | None:
+    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False,
+             digest: Callable[[], str] | None = None) -> Unit | None:
         """The unit to code `raw` into, or None when an object with these bytes exists already
-        (in the zoo or earlier in this build): `holder` then names it once the build ends."""
+        (in the zoo or earlier in this build): `holder` then names it once the build ends.
+        `digest`: the content digest of `raw`, started earlier (format.content_digest_later)."""
         if not lossless:
             return Unit(holder, None, {"lossless": False})
-        sha256 = content_digest(raw, self.threads)
+        sha256 = digest() if digest is not None else content_digest(raw, self.threads)
         key = content_key(dtype, shape, sha256)
         if not blob:
             holder["key"] = key
@@ -122,25 +152,29 @@ class ObjectSink:
 
     # -- after coding -----------------------------------------------------------------------
 
-    def payload(self) -> tuple[PayloadWriter, BinaryIO]:
-        """A fresh payload file for the next object."""
+    def payload(self) -> ObjectPayload:
+        """A fresh payload for the next object."""
         self.root.mkdir(parents=True, exist_ok=True)
-        stream = tempfile.NamedTemporaryFile(dir=self.root, prefix=".payload-", delete=False)  # noqa: SIM115 - closed by finish
-        return PayloadWriter(stream), stream
+        return ObjectPayload(self.root)
 
-    def finish(self, unit: Unit, stream: BinaryIO) -> str:
-        """Write the object `unit` was coded into (its payload in `stream`); returns its name."""
+    def finish(self, unit: Unit, payload: ObjectPayload) -> str:
+        """Write the object `unit` was coded into `payload`; returns its name."""
         holder = unit.holder
-        stream.close()
-        payload = Path(stream.name)
         entry = ({"dtype": holder["leaf"]["dtype"], "shape": holder["leaf"]["shape"], "pipeline": holder["pipeline"],
                   "root": {"leaf": holder["leaf"]}} if "leaf" in holder else
                  {"dtype": holder["dtype"], "shape": holder["shape"], "pipeline": holder["pipeline"], "root": holder["root"]})
-        staged = payload.with_name(payload.name.replace(".payload-", ".object-"))
-        try:
-            assemble(staged, object_header(entry, unit.about), payload, durable=False)  # the store syncs them together
-        finally:
-            payload.unlink(missing_ok=True)
+        header = object_header(entry, unit.about)
+        staged = self.root / f".object-{next(self._staged)}"  # the build's own folder: a count is unique
+        if payload.stream is None:
+            write_archive(staged, header, payload.parts)  # not synced: the store syncs a build's objects together
+            payload.parts = []
+        else:
+            payload.stream.close()
+            spilled = Path(payload.stream.name)
+            try:
+                assemble(staged, header, spilled, durable=False)
+            finally:
+                spilled.unlink(missing_ok=True)
         key = unit.key or sha256_file(staged)
         final = object_path(self.root, key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -222,10 +256,10 @@ def encode_object(sink: ObjectSink, pipeline: Any, dtype: str, shape: list[int],
                   about: dict[str, Any], key: str | None) -> dict[str, Any]:
     """Code `raw` into an object of `sink` named `key` (by its bytes when None); returns the tensor
     record (dtype, shape, pipeline, root) whose leaf names it."""
-    writer, stream = sink.payload()
-    leaf = encode_leaf(writer, pipeline, dtype, shape, raw, chunk_bytes)
+    payload = sink.payload()
+    leaf = encode_leaf(payload, pipeline, dtype, shape, raw, chunk_bytes)
     record = {"dtype": dtype, "shape": list(shape), "pipeline": pipeline.configs(), "root": {"leaf": leaf}}
-    sink.finish(Unit(record, key, about), stream)
+    sink.finish(Unit(record, key, about), payload)
     return record
 
 

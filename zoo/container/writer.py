@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import mmap
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from zoo.container.delta import Deltas
 from zoo.container.objects import ObjectSink, Unit
 from zoo.dtypes import DTYPES, storage_dtype
 from zoo.errors import InputError
-from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, crc32, sha256_file
+from zoo.container.format import MAX_CHUNK_BYTES, PayloadWriter, content_digest_later, crc32, sha256_file
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
 from zoo.codecs.selection import selected
 from zoo.sources.segments import Segment, SourceFile
@@ -32,6 +33,8 @@ _PAGE = mmap.PAGESIZE
 # Building into a zoo, tensors and runs of file bytes smaller than this stay in the model's own
 # archive: an object costs a file and a header of its own, and sharing a few KiB saves little.
 INLINE_BYTES = 16 << 10
+# How far ahead of the coders a lossless build into a zoo hashes what it will name objects by.
+HASH_AHEAD = 32 << 20
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Builder:
         if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
             raise InputError(f"chunk_bytes must be from 1 to {MAX_CHUNK_BYTES} (64 MiB), not {chunk_bytes!r}")
         self.chunk_bytes = chunk_bytes
+        self._digests: dict[int, tuple[np.ndarray, Callable[[], str]]] = {}  # digests started ahead, by id of the raw bytes
         self.header: dict[str, Any] = {
             "format": "zoo",
             "created_by": f"zoo {__version__}",
@@ -134,7 +138,7 @@ class Builder:
     def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None) -> dict[str, Any]:
         """Encode every source into `payload`; returns the archive header."""
         writer = PayloadWriter(payload)
-        target, stream, unit = writer, None, None  # where chunks go: the payload, or the object of `unit`
+        target, unit = writer, None  # where chunks go: the payload, or the object of `unit`
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
             digests = {s.relpath: hasher.submit(sha256_file, s.path) for s in stored_files(sources)}
             current: dict[str, Any] | None = None
@@ -146,10 +150,10 @@ class Builder:
                     current, chunks = job.leaf, []
                 if job.unit is not unit:
                     if unit is not None:
-                        self.objects.finish(unit, stream)  # type: ignore[union-attr]
+                        self.objects.finish(unit, target)  # type: ignore[union-attr, arg-type]
                     unit = job.unit
                     # a run of bytes too small to be an object of its own stays in the archive
-                    target, stream = self.objects.payload() if unit is not None else (writer, None)  # type: ignore[union-attr]
+                    target = self.objects.payload() if unit is not None else writer  # type: ignore[union-attr]
                 if encoded is not None:
                     chunks.append((target.write(encoded), len(encoded), crc32(encoded)))
                 if progress and job.raw.nbytes:
@@ -157,7 +161,7 @@ class Builder:
             if current is not None:
                 current.update(target.write_index(chunks))
             if unit is not None:
-                self.objects.finish(unit, stream)  # type: ignore[union-attr]
+                self.objects.finish(unit, target)  # type: ignore[union-attr, arg-type]
             if self.objects is not None:
                 self.objects.resolve()
                 self.header["features"] = ["objects"]
@@ -212,9 +216,33 @@ class Builder:
             delta = deltas.delta(key, array) if deltas is not None else None
             yield key, array if delta is None else delta
 
+    def _hashed_ahead(self, items: Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]) -> Iterator[Any]:
+        """`items` as they come, each one's content digest started HASH_AHEAD bytes before the build
+        reaches it: the hashers work beside the coders instead of holding up the queueing of chunks.
+        Only in a lossless build without a float base, where every object is named by its bytes."""
+        if self.objects is None or self.pipeline.array_stages or self.deltas is not None:
+            yield from items
+            return
+        window: deque[Any] = deque()
+        ahead = 0
+        for item in items:
+            raw = item[4]
+            if raw.nbytes >= INLINE_BYTES:
+                self._digests[id(raw)] = (raw, content_digest_later(raw, self.objects.threads))
+            window.append(item)
+            ahead += raw.nbytes
+            while len(window) > 1 and ahead - window[0][4].nbytes >= HASH_AHEAD:
+                ahead -= window[0][4].nbytes
+                yield window.popleft()
+        yield from window
+
+    def _digest_of(self, raw: np.ndarray) -> Callable[[], str] | None:
+        started = self._digests.pop(id(raw), None)
+        return started[1] if started is not None and started[0] is raw else None
+
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
-        for source, mapped, segment, key, raw in _walk(sources):
+        for source, mapped, segment, key, raw in self._hashed_ahead(_walk(sources)):
             if entry.get("path") != source.relpath:
                 entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
                 if source.reason is not None:
@@ -228,7 +256,8 @@ class Builder:
                 entry["segments"].append({"blob": blob})
                 unit = None
                 if self.objects is not None and segment.size >= INLINE_BYTES:
-                    unit = self.objects.unit(blob, segment.dtype, leaf["shape"], raw, lossless=True, blob=True)
+                    unit = self.objects.unit(blob, segment.dtype, leaf["shape"], raw, lossless=True, blob=True,
+                                             digest=self._digest_of(raw))
                     if unit is None:  # the zoo holds these bytes already
                         _release(mapped, segment.offset, segment.size)
                         continue
@@ -261,7 +290,8 @@ class Builder:
         record.update(pipeline=used.configs(), root=root)
         unit = None
         if self.objects is not None and segment.size >= INLINE_BYTES:
-            unit = self.objects.unit(record, segment.dtype, list(segment.shape), raw, lossless=not transformed and delta is None)
+            unit = self.objects.unit(record, segment.dtype, list(segment.shape), raw, lossless=not transformed and delta is None,
+                                     digest=self._digest_of(raw))
             if unit is None:  # the zoo holds this tensor already
                 _release(mapped, segment.offset, segment.size)
                 return True
