@@ -39,6 +39,20 @@ def test_index_records_that_all_point_at_one_chunk_are_refused_before_writing(ar
     assert not (tmp_path / "out").exists()
 
 
+def test_two_tensors_naming_one_leaf_are_refused_outside_a_zoo(tmp_path):
+    """Only a zoo's archives (the "objects" feature) may name a leaf twice: elsewhere it is a
+    forgery that decodes one chunk twice while other bytes belong to nothing."""
+    values = np.arange(1024, dtype=np.float32)
+    source = write_safetensors(tmp_path / "ab.safetensors", {"a": ("F32", values), "b": ("F32", values + 1)})
+    zoo.compress(source, tmp_path / "ab.zoo")
+
+    def b_names_the_leaf_of_a(header):
+        header["tensors"]["b"]["root"]["leaf"] = dict(leaf(header, "a"))
+
+    problems = zoo.verify(forge(tmp_path / "ab.zoo", b_names_the_leaf_of_a))
+    assert any("overlaps" in problem for problem in problems)
+
+
 def test_a_header_nested_thousands_deep_is_one_error(tmp_path):
     forged = tmp_path / "deep.zoo"
     forged.write_bytes(deeply_nested(5000))

@@ -109,8 +109,16 @@ def test_a_dual_format_repository_costs_one_copy_plus_its_other_bytes(tmp_path):
     bin_other = (folder / "pytorch_model.bin").stat().st_size - sum(t.numel() * 2 for t in state.values())
     assert other_bytes < bin_other + 4096, (other_bytes, bin_other)  # and the .bin's records in the archive's header
     assert named_objects(tmp_path / "zoo", dual) - {dual.archive.name} == named_objects(tmp_path / "zoo-single", one) - {one.archive.name}
+    # a tensor too small to be an object is coded once too: both files' records name one leaf
+    opened = ArchiveFile(dual.archive)
+    norms = [info["root"]["leaf"] for info in opened.header["tensors"].values() if info["name"] == "norm.weight"]
+    opened.close()
+    assert len(norms) == 2 and norms[0] == norms[1] and "object" not in norms[0]
+    assert zoo.verify(dual.archive) == []
     zoo.decompress(dual.archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(folder)
+    export_archive(dual.archive, tmp_path / "alone.zoo")  # each copy of the leaf goes into an archive of its own
+    assert zoo.verify(tmp_path / "alone.zoo") == []
 
 
 def test_a_partial_fine_tune_costs_about_its_changed_tensors(tmp_path):

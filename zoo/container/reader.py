@@ -561,20 +561,22 @@ class Archive:
 
     def layout_problems(self) -> list[str]:
         """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps. The
-        same holds in each object the archive reads from, whose leaves may be named more than once
-        (a tensor two files hold, a base several tensors are stored against)."""
+        same holds in each object the archive reads from. In an archive of a zoo (the "objects"
+        feature) a leaf may be named more than once (a tensor two files hold, a base several tensors
+        are stored against), and counts once."""
         regions: dict[str | None, list[tuple[int, int, str]]] = {None: []}
-        seen: set[tuple[str, int]] = set()
+        seen: set[tuple[str | None, int]] = set()
+        shared = "objects" in self._file.header.get("features", [])
         for leaf, what in self._leaves():
             obj = leaf.get("object") if isinstance(leaf, dict) else None
             index_at = leaf.get("index", [None])[0] if isinstance(leaf.get("index"), list) and leaf["index"] else None
-            if obj is not None and (obj, index_at) in seen:
-                continue  # this leaf of the object is counted already
+            if (obj is not None or shared) and (obj, index_at) in seen:
+                continue  # this leaf is counted already
             try:
                 index, _, _ = self._chunks(leaf, what)
             except ZooError as error:
                 return [str(error)]
-            if obj is not None:
+            if obj is not None or shared:
                 seen.add((obj, index_at))
             offset, count = leaf["index"]
             extents = regions.setdefault(obj, [])

@@ -7,6 +7,8 @@ process as soon as it is encoded, so the resident set does not grow with the mod
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import mmap
 from collections import deque
@@ -126,6 +128,7 @@ class Builder:
         if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
             raise InputError(f"chunk_bytes must be from 1 to {MAX_CHUNK_BYTES} (64 MiB), not {chunk_bytes!r}")
         self.chunk_bytes = chunk_bytes
+        self._small: dict[tuple[Any, ...], dict[str, Any]] = {}  # leaves of the small tensors coded so far (into a zoo)
         self._digests: dict[int, tuple[np.ndarray, Callable[[], str]]] = {}  # digests started ahead, by id of the raw bytes
         self.header: dict[str, Any] = {
             "format": "zoo",
@@ -295,6 +298,14 @@ class Builder:
             if unit is None:  # the zoo holds this tensor already
                 _release(mapped, segment.offset, segment.size)
                 return True
+        elif self.objects is not None and segment.size and not transformed and delta is None:
+            # Too small to be an object, but perhaps met before in this build (the same weights in
+            # two formats): then its leaf is named again, and its chunks are stored once.
+            same = (segment.dtype, tuple(segment.shape), json.dumps(record["pipeline"]), hashlib.sha256(raw).digest())
+            if same in self._small:
+                record["root"] = {"leaf": self._small[same]}
+                return True
+            self._small[same] = root["leaf"]
         for leaf, part in leaves:
             part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
             # Untransformed tensors are views of the mapped file: their pages can be released.
