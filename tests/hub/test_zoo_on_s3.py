@@ -171,3 +171,17 @@ def test_verify_and_doctor_on_a_bucket_report_a_missing_object(bucket, tmp_path,
     assert done.stderr.strip().splitlines() == [f"damaged: base@main:lossless: object {url}/{victim} is missing from the bucket"]
     done = _zoo(url, tmp_path / "doctor", "doctor")
     assert done.returncode == 0 and f"base@main:lossless: object {url}/{victim} is missing from the bucket (`zoo rm` it" in done.stdout
+
+
+def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path, monkeypatch):
+    url = f"{bucket}/zoo"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    store.storage.publish("manifests/broken/main/lossless.json", b"{not json")
+    done = _zoo(url, tmp_path / "verifier", "verify")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"damaged: {url}/manifests/broken/main/lossless.json: damaged manifest (")
+    done = _zoo(url, tmp_path / "doctor", "doctor")
+    assert done.returncode == 0 and f"{url}/manifests/broken/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith(f"{url}: 1 model;")
