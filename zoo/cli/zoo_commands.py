@@ -190,13 +190,14 @@ def serve(
 
 def doctor(as_json: Json = False) -> None:
     """Check the zoo and repair what can be repaired without losing anything (the catalogue is
-    rebuilt from the manifests; a zoo of the old layout is migrated): one line per finding."""
+    rebuilt from the manifests; a zoo of the old layout is migrated): one line per finding. On a
+    bucket: this machine's index rebuilt, the bucket checked, nothing in it written or deleted."""
     from zoo.hub.store import Store
 
     store = Store()
     findings = store.doctor()
     if as_json:
-        print_json({"zoo": str(store.home), "findings": findings})
+        print_json({"zoo": store.url or str(store.home), "findings": findings})
     else:
         for line in findings:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -685,41 +685,19 @@ class Store:
         """Check the whole zoo: every object once (decoded; one coded without loss against the
         sha256 of its bytes and its name, any other against the sha256 of its file), then every
         manifest (its objects there at their sizes, its archive's layout sound). Returns (objects,
-        manifests, problems)."""
-        from zoo.container.format import ArchiveFile, content_digest, content_key
-        from zoo.container.objects import OBJECT_TENSOR
-        from zoo.container.reader import Archive
+        manifests, problems). On object storage each object is streamed from the bucket
+        (zoo.hub.bucket_upkeep)."""
         from zoo.kernels.parallel import for_each
 
         if self.storage is not None:
-            raise InputError(f"{self.url}: checking the whole zoo is not done on object storage yet; verify models by name")
+            from zoo.hub.bucket_upkeep import verify_bucket
+
+            return verify_bucket(self, threads)
         problems: list[str] = []
         files = self._object_files()
 
         def check(path: Path) -> None:
-            name = path.name.removesuffix(OBJECT_SUFFIX)
-            try:
-                opened = ArchiveFile(path)
-                try:
-                    about = (opened.header.get("metadata") or {}).get("object")
-                finally:
-                    opened.close()
-                if not isinstance(about, dict):
-                    if sha256_file(path) != name:  # the archive of a model, named by its bytes
-                        problems.append(f"{path}: its bytes do not match its name")
-                    return
-                with Archive(path) as held:
-                    info = held.tensor_info(OBJECT_TENSOR)
-                    digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
-                if about.get("lossless"):
-                    if digest != about.get("sha256"):
-                        problems.append(f"{path}: decodes to bytes whose sha256 is not the recorded one")
-                    elif "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
-                        problems.append(f"{path}: holds other bytes than its name says")
-                elif sha256_file(path) != name:
-                    problems.append(f"{path}: its bytes do not match its name")
-            except (ZooError, OSError) as error:
-                problems.append(f"{path}: {error}")
+            problems.extend(object_problems(path, path.name.removesuffix(OBJECT_SUFFIX), str(path)))
 
         for_each(check, files, threads)
         manifests = self._all_manifests(problems)
@@ -729,16 +707,24 @@ class Store:
                 path = self.object_path(item["sha256"])
                 if not path.is_file() or path.stat().st_size != item["size"]:
                     problems.append(f"{ref}: object {path} is missing or not of its recorded size")
-            archive = next(o for o in record["objects"] if o["role"] == "archive")
-            try:
-                with Archive(self.object_path(archive["sha256"])) as opened:
-                    problems += [f"{ref}: {problem}" for problem in opened.layout_problems()]
-                    sizes = {f["path"]: f["size"] for f in opened.files()}
-                if sizes != {f["path"]: f["size"] for f in record["files"]}:
-                    problems.append(f"{ref}: its manifest lists other files than its archive")
-            except ZooError as error:
-                problems.append(f"{ref}: {error}")
+            problems += self._archive_problems(record)
         return len(files), len(manifests), problems
+
+    def _archive_problems(self, record: dict[str, Any]) -> list[str]:
+        """A model's archive against its manifest: its layout sound, its files those the manifest lists."""
+        from zoo.container.reader import Archive
+
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        archive = next(o for o in record["objects"] if o["role"] == "archive")
+        try:
+            with Archive(self.object_path(archive["sha256"])) as opened:
+                problems = [f"{ref}: {problem}" for problem in opened.layout_problems()]
+                sizes = {f["path"]: f["size"] for f in opened.files()}
+            if sizes != {f["path"]: f["size"] for f in record["files"]}:
+                problems.append(f"{ref}: its manifest lists other files than its archive")
+        except ZooError as error:
+            return [f"{ref}: {error}"]
+        return problems
 
     def gc(self) -> list[tuple[Path, int]]:
         """Remove every object no manifest names, and dead work folders. Returns (object, bytes)
@@ -762,6 +748,10 @@ class Store:
 
     def doctor(self) -> list[str]:
         """Check the zoo and repair what can be repaired without losing anything; one line per finding."""
+        if self.storage is not None:
+            from zoo.hub.bucket_upkeep import doctor_bucket
+
+            return doctor_bucket(self)
         findings: list[str] = []
         if not self.exists():
             return [f"{self.home}: no zoo here yet"]
@@ -972,6 +962,38 @@ def _remote_object(path: Path) -> _RemoteObject | None:
     if reader is None:
         reader = _REMOTE_READERS[path] = _RemoteObject(storage, f"objects/sha256/{path.parent.name}/{path.name}")
     return reader
+
+
+def object_problems(path: Path, name: str, shown: str) -> list[str]:
+    """What is wrong with the object file `path`, stored under `name` (shown as `shown`): one
+    coded without loss is decoded and checked against the sha256 it records and against its name,
+    any other object (a model's archive among them) against the sha256 of its bytes."""
+    from zoo.container.format import ArchiveFile, content_digest, content_key
+    from zoo.container.objects import OBJECT_TENSOR
+    from zoo.container.reader import Archive
+
+    try:
+        opened = ArchiveFile(path)
+        try:
+            about = (opened.header.get("metadata") or {}).get("object")
+        finally:
+            opened.close()
+        if not isinstance(about, dict):
+            return [] if sha256_file(path) == name else [f"{shown}: its bytes do not match its name"]  # a model's archive
+        with Archive(path) as held:
+            info = held.tensor_info(OBJECT_TENSOR)
+            digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
+        if about.get("lossless"):
+            if digest != about.get("sha256"):
+                return [f"{shown}: decodes to bytes whose sha256 is not the recorded one"]
+            if "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
+                return [f"{shown}: holds other bytes than its name says"]
+        elif sha256_file(path) != name:
+            return [f"{shown}: its bytes do not match its name"]
+    except (ZooError, OSError) as error:
+        message = str(error).replace(str(path), shown)  # the reader's errors name the file they read
+        return [message if message.startswith(shown) else f"{shown}: {message}"]
+    return []
 
 
 def _reason(error: BaseException) -> str:

@@ -1,0 +1,152 @@
+"""`zoo verify` and `zoo doctor` of a zoo on object storage (ZOO_HOME=s3://...): what Store.verify
+and Store.doctor do on a folder, read from the bucket itself rather than from this machine's copies.
+
+verify streams each object of the bucket once into a work folder and checks it as a local verify
+does (zoo.hub.store.object_problems), then reads each manifest from the bucket and checks that its
+objects are there at their recorded sizes and its archive's layout. doctor rebuilds this machine's
+index from the bucket's manifests and reports what is damaged or what `zoo gc` would reclaim; it
+writes nothing to the bucket and deletes nothing there: an object no manifest names may be a
+writer's that is publishing right now (docs/scale-out.md, GC_GRACE_SECONDS).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.hub.manifest import OBJECT_SUFFIX, check_record
+from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo
+
+
+def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
+    """Store.verify on object storage. Returns (objects, manifests, problems), one line each."""
+    from zoo.hub.store import object_problems
+    from zoo.kernels.parallel import for_each
+
+    storage, problems = store.storage, []
+    listed = _objects(storage)
+
+    with store.workspace() as folder:
+        def check(info: KeyInfo) -> None:
+            name, shown = _name_of(info.key), f"{storage.url}/{info.key}"
+            copy = folder / f"{name}{OBJECT_SUFFIX}"
+            try:
+                storage.download(info.key, copy)
+            except FileNotFoundError:
+                listed.pop(info.key, None)  # collected by `zoo gc` since the listing: named by nothing
+                return
+            except (ZooError, OSError) as error:
+                problems.append(f"{shown}: cannot be read: {error}")
+                return
+            try:
+                problems.extend(object_problems(copy, name, shown))
+            finally:
+                copy.unlink(missing_ok=True)
+
+        for_each(check, list(listed.values()), threads)
+
+    records = _manifests(storage, problems)
+    for record in records.values():
+        missing = _missing_objects(store, record, listed)
+        problems += missing
+        if not missing:
+            try:
+                store.existing_object(_archive_of(record))  # this machine's copy, which the layout check opens
+            except (ZooError, OSError) as error:
+                problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
+                continue
+            problems += store._archive_problems(record)
+    return len(listed), len(records), problems
+
+
+def doctor_bucket(store: Any) -> list[str]:
+    """Store.doctor on object storage: this machine's index rebuilt from the bucket's manifests, dead
+    work folders here removed, and one line per finding in the bucket (a damaged manifest, an object
+    a manifest names that is missing or of another size, an object no manifest names: reclaimable
+    by `zoo gc` once older than GC_GRACE_SECONDS, else perhaps a writer's, mid-publish)."""
+    from zoo.hub.store import human_size
+
+    store._synced = -1e9  # this machine's copy of the manifests brought up to date now
+    if not store.exists():
+        return [f"{store.url}: no zoo here yet"]
+    findings: list[str] = []
+    with store._locked():
+        findings += [f"{folder}: work folder of a process that is gone, removed" for folder in store._sweep_work()]
+        count = store.rebuild_index()
+    listed = _objects(store.storage)
+    records = _manifests(store.storage, findings)
+    named: set[str] = set()
+    for record in records.values():
+        findings += [f"{line} (`zoo rm` it, or store it again)" for line in _missing_objects(store, record, listed)]
+        named.update(item["sha256"] for item in record["objects"])
+    now, reclaimable = time.time(), []
+    for key, info in listed.items():
+        if _name_of(key) in named:
+            continue
+        age = now - info.modified
+        if age > GC_GRACE_SECONDS:
+            reclaimable.append(info)
+            findings.append(f"{store.storage.url}/{key}: {human_size(info.size)} that no manifest names, {_age(age)} old; "
+                            "`zoo gc` removes it")
+        else:
+            findings.append(f"{store.storage.url}/{key}: {human_size(info.size)} that no manifest names yet, {_age(age)} old: "
+                            f"perhaps a writer's, still publishing; `zoo gc` spares it for {_age(GC_GRACE_SECONDS - age)} more")
+    if reclaimable:
+        findings.append(f"{store.url}: `zoo gc` would reclaim {len(reclaimable)} object{'' if len(reclaimable) == 1 else 's'}, "
+                        f"{human_size(sum(info.size for info in reclaimable))}")
+    summary = f"{store.url}: {len(records)} model{'' if len(records) == 1 else 's'}; this machine's index ({store.catalogue}) rebuilt from {count} manifests"
+    return findings + [summary + ("" if findings else ", no problems found")]
+
+
+def _objects(storage: Any) -> dict[str, KeyInfo]:
+    return {info.key: info for info in storage.list("objects/") if info.key.endswith(OBJECT_SUFFIX)}
+
+
+def _manifests(storage: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Every readable manifest in the bucket, by key; each unreadable one a line in `problems`."""
+    records = {}
+    for info in storage.list("manifests/"):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            records[info.key] = check_record(json.loads(storage.read(info.key)))
+        except FileNotFoundError:
+            continue  # removed by `zoo rm` since the listing
+        except (ValueError, ZooError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            problems.append(f"{storage.url}/{info.key}: damaged manifest ({error})")
+    return records
+
+
+def _missing_objects(store: Any, record: dict[str, Any], listed: dict[str, KeyInfo]) -> list[str]:
+    lines = []
+    for item in record["objects"]:
+        key = store._relative(store.object_path(item["sha256"]))
+        found = listed.get(key)
+        if found is None:
+            lines.append(f"{_ref(record)}: object {store.storage.url}/{key} is missing from the bucket")
+        elif found.size != item["size"]:
+            lines.append(f"{_ref(record)}: object {store.storage.url}/{key} is {found.size} bytes where its manifest says "
+                         f"{item['size']}: damaged")
+    return lines
+
+
+def _name_of(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
+
+
+def _archive_of(record: dict[str, Any]) -> str:
+    return next(item["sha256"] for item in record["objects"] if item["role"] == "archive")
+
+
+def _ref(record: dict[str, Any]) -> str:
+    return f"{record['name']}@{record['revision']}:{record['variant']}"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
