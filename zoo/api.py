@@ -275,7 +275,7 @@ def compress(
                 with builtins.open(payload_path, "wb") as payload:
                     builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
                     header = builder.build(sources, payload, resolve_threads(threads), progress)
-                assemble(temporary, header, payload_path)
+                assemble(temporary, header, payload_path, durable=objects is None)  # a zoo syncs a model's files together
             if check is not None:
                 check(temporary)
     report = report_of(destination)
