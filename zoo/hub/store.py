@@ -40,6 +40,7 @@ from zoo.hub.manifest import (
     quality_label, record_of, variant_match, variant_of,
 )
 from zoo.hub.remote import index_home, is_url
+from zoo.hub.remote.folder import fsync_path
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
@@ -78,15 +79,7 @@ def _sync_files(paths: list[Path]) -> None:
     except (OSError, AttributeError):
         pass
     for path in paths:
-        _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        fsync_path(path)
 
 
 class Store:
@@ -309,7 +302,7 @@ class Store:
                 os.fsync(stream.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
         return final
 
     def _entry(self, record: dict[str, Any]) -> Entry:
@@ -915,10 +908,10 @@ class Store:
                     os.link(path, copy)
                 except OSError:
                     shutil.copyfile(path, copy)
-                _fsync(copy)
+                fsync_path(copy)
                 os.chmod(copy, 0o444)
                 os.replace(copy, target)
-            _fsync(target.parent)
+            fsync_path(target.parent)
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         if not self.manifest_path(record["name"], record["revision"], record["variant"]).is_file():
             self._publish_manifest(record)

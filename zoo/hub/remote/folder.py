@@ -66,7 +66,7 @@ class LocalFolder(Storage):
                     raise
         with locked_temporary(final.parent, f".{final.name}.zoo-tmp-", is_dir=False) as temporary:
             shutil.copyfile(path, temporary)
-            _fsync_file(temporary)
+            fsync_path(temporary)
             os.chmod(temporary, 0o444 if if_absent else 0o644)
             if if_absent:
                 try:
@@ -80,7 +80,7 @@ class LocalFolder(Storage):
 
     @staticmethod
     def _move_in(path: Path, final: Path, if_absent: bool) -> bool:
-        _fsync_file(path)
+        fsync_path(path)
         os.chmod(path, 0o444 if if_absent else 0o644)
         if if_absent:
             try:
@@ -179,7 +179,8 @@ class LocalFolder(Storage):
         return True
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder's entries."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -189,4 +190,4 @@ def _fsync_file(path: Path) -> None:
 
 def _fsync_folder(path: Path) -> None:
     with suppress(OSError):  # some file systems refuse fsync on a folder; the rename is done either way
-        _fsync_file(path)
+        fsync_path(path)
