@@ -89,6 +89,63 @@ def test_into_a_zoo_workers_write_and_the_driver_publishes(ray_cluster: str, tmp
     assert again[0].ok and [e.ref for e in store.entries()] == ["model-0@main:lossless", "model-1@main:lossless"]
 
 
+def _family(folder: Path) -> list[Path]:
+    """A base model, a fine-tune of it (a few low bits changed: XORs against the base code smaller)
+    in two files, and a third model sharing one tensor with the fine-tune."""
+    base = {f"layer{n}.weight": ("BF16", random_storage("BF16", (256, 64), 30 + n)) for n in range(4)}
+    tuned = {}
+    for key, (dtype, values) in base.items():
+        changed = values.copy()
+        changed.reshape(-1)[::7] ^= 1
+        tuned[key] = (dtype, changed)
+    models = []
+    for name, files in (("base", {"model.safetensors": base}),
+                        ("tuned", {"model-1.safetensors": dict(list(tuned.items())[:2]), "model-2.safetensors": dict(list(tuned.items())[2:])}),
+                        ("other", {"model.safetensors": {"layer0.weight": tuned["layer0.weight"],
+                                                         "head.weight": ("F32", random_storage("F32", (64, 128), 40))}})):
+        model = folder / name
+        model.mkdir(parents=True)
+        for file, tensors in files.items():
+            write_safetensors(model / file, tensors)
+        (model / "config.json").write_text(json.dumps({"model_type": "tiny", "name": name, "padding": "x" * 20000}))  # a run of bytes as an object
+        models.append(model)
+    return models
+
+
+def _contents(home: Path) -> tuple[list[str], list[dict]]:
+    """A zoo's object names and its manifests, less their times."""
+    objects = sorted(path.name for path in (home / "objects" / "sha256").rglob("*.zoo"))
+    manifests = [{k: v for k, v in json.loads(path.read_text()).items() if k != "created"} for path in sorted((home / "manifests").rglob("*.json"))]
+    return objects, manifests
+
+
+def test_into_a_zoo_on_ray_the_zoo_holds_what_a_local_run_stores(ray_cluster: str, tmp_path: Path) -> None:
+    """A base already in each zoo; then a fine-tune split into tasks of whole tensors, and a model
+    sharing a tensor with it, on Ray into one zoo and here into the other: the same objects (shared,
+    XORs against the base) and manifests, and exports that give the sources back bit for bit."""
+    base, tuned, other = _family(tmp_path / "models")
+    zoos = {"ray": Store(tmp_path / "on-ray"), "here": Store(tmp_path / "here")}
+    for store in zoos.values():
+        compress_into(store, base, "base", source_label=str(base.resolve()), threads=1)
+    on_ray = batch.compress_many([str(tuned), str(other)], store=zoos["ray"], ray=ray_cluster, task_bytes=40 << 10)
+    here = batch.compress_many([str(tuned), str(other)], store=zoos["here"], ray=None)
+    assert [r.ok for r in on_ray + here] == [True] * 4, [r.error for r in on_ray + here]
+    assert [r.tasks for r in on_ray] == [4, 3]  # 5 objects of 20-32 KiB as 3 parts and a build; 3 objects as 2 parts and a build
+    assert [(r.output, r.stored_bytes, r.sha256) for r in on_ray] == [(r.output, r.stored_bytes, r.sha256) for r in here]
+    assert _contents(tmp_path / "on-ray") == _contents(tmp_path / "here")
+    objects, manifests = _contents(tmp_path / "on-ray")
+    tuned_manifest = next(m for m in manifests if m["name"] == "tuned")
+    assert tuned_manifest["base"]["ref"] == "base@main:lossless" and tuned_manifest["base"]["tensors"] == 4
+    named = [o["sha256"] for m in manifests for o in m["objects"]]
+    assert len(set(named)) == len(objects) < len(named)  # every object named, some by several models
+    assert list((tmp_path / "on-ray" / "work").iterdir()) == []
+    (tmp_path / "exports").mkdir()
+    for model in (tuned, other):
+        out = tmp_path / "exports" / model.name
+        zoo.decompress(zoos["ray"].resolve(model.name).archive, out)
+        assert {p.name: _sha256(p) for p in out.iterdir()} == {p.name: _sha256(p) for p in model.iterdir()}
+
+
 def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sources = _models(tmp_path / "models", 2)
     monkeypatch.setenv("ZOO_KILL_AT", "batch-task-once")  # each task's first attempt is killed -9
