@@ -517,36 +517,44 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
 # -- pull: a repository per task ----------------------------------------------------------------------
 
 
-def pull_to_work(ref: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
-                 threads: int, held_source: str | None) -> Landed:
-    """One repository downloaded and compressed into a private zoo in the driver's work folder, by
-    zoo.hub.pull.pull itself; nothing is written when the zoo already holds its commit (`held_source`)."""
+def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
+                 threads: int, held_source: str | None, bases: list[str]) -> Landed:
+    """One repository downloaded, then coded into a folder of the driver's work folder `work` of
+    the zoo at `home` as zoo.hub.pull.pull codes it (its objects, reusing what the zoo holds, and its
+    shell; the XOR base looked for among `bases`); nothing is coded when the zoo already holds its
+    commit (`held_source`). The driver publishes."""
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub
+    from zoo.kernels.parallel import resolve_threads
 
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     repo_id, revision = hub.parse_repo_ref(ref)
-    if held_source is not None:
-        started = time.perf_counter()
-        pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
-        seconds["download"] = time.perf_counter() - started
-        if held_source == f"hub:{repo_id}@{pulled.commit}":
-            return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
+    started = time.perf_counter()
+    pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
+    seconds["download"] = time.perf_counter() - started
+    if held_source == f"hub:{repo_id}@{pulled.commit}":
+        return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
+    store = Store(home)
+    sink = ModelSink(Path(work) / f"model-{uuid.uuid4().hex[:12]}" / "objects" / "sha256", store.existing_object, resolve_threads(threads), [])
     started, cpu = time.perf_counter(), time.process_time()
-    entry, _ = hub.pull(ref, store=Store(Path(work) / f"task-{uuid.uuid4().hex[:12]}"), name=name, pipeline=pipeline, include=include,
-                        exclude=exclude, threads=threads, force=True, progress_bars=False)
+    shell = api.build_model(store, sink, pulled.folder, name, revision, Pipeline.parse(pipeline or DEFAULT_SPEC), commit=pulled.commit,
+                            source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),
+                            replacing=f"{name}@{revision}:{variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())}",
+                            include=include, exclude=exclude)
+    hub.check_lfs(shell, pulled, repo_id)
     seconds["pull"] = time.perf_counter() - started
     seconds["pull_cpu"] = time.process_time() - cpu
-    return Landed(ref, name, str(entry.archive), entry.original_bytes, entry.stored_bytes, entry.archive.name.removesuffix(OBJECT_SUFFIX),
-                  seconds, _node(), commit=entry.commit)
+    return Landed(ref, name, str(shell), seconds=seconds, node=_node(), commit=pulled.commit, objects_root=str(sink.root),
+                  written=sink.written, reused=sink.reused)
 
 
 def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
               include: list[str] | None = None, exclude: list[str] | None = None, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
               retries: int = RETRIES, force: bool = False, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
     """`zoo pull` of many repositories (REPO_ID[@REVISION]) as Ray tasks, into `store` (default: the
-    zoo at ZOO_HOME): each worker pulls into a private zoo in the driver's work folder, the driver
-    publishes. A repository whose commit the zoo holds in this variant is left as it is (unchanged),
+    zoo at ZOO_HOME): each worker downloads and codes the model's objects into the zoo's work
+    folder as `zoo pull` codes them, the driver publishes. A repository whose commit the zoo holds in this variant is left as it is (unchanged),
     unless `force`. Returns one Landed per ref, in their order; failures are reported, not raised."""
     from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub
@@ -565,8 +573,10 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
         raise InputError(f"two repositories would be stored as {', '.join(clashes)}: pull them apart")
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = [None if force else store.exists_ref(name, revision, variant) for name, (_, revision) in zip(names, parsed)]
+    bases = sorted(entry.ref for entry in store.entries())  # as for compress_many: the zoo before the batch
     with store.workspace() as work:
-        tasks = [(pull_to_work, (ref, str(work), name, pipeline, include, exclude, threads, entry.source if entry else None))
+        tasks = [(pull_to_work, (ref, store.url or str(store.home), str(work), name, pipeline, include, exclude, threads,
+                                 entry.source if entry else None, bases))
                  for ref, name, entry in zip(refs, names, held)]
 
         def land(index: int, landed: Landed) -> Landed:
@@ -575,29 +585,14 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
                 landed.output = held[index].ref
                 landed.original_bytes, landed.stored_bytes = held[index].original_bytes, held[index].stored_bytes
             elif landed.ok:
-                started = time.perf_counter()
-                try:
-                    entry = store.add(landed.output, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}",
-                                      force=True, move=True)  # a newer commit of the revision replaces the old: that is what pulling means
-                    landed.output = entry.ref
-                except ZooError as error:
-                    landed.error = str(error)
-                landed.seconds["publish"] = time.perf_counter() - started
+                # a newer commit of the revision replaces the old: that is what pulling means
+                publish(store, landed, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}", force=True)
             if on_landed is not None:
                 on_landed(landed)
             return landed
 
-        if ray is None:
-            results = []
-            for index, (function, arguments) in enumerate(tasks):
-                try:
-                    landed = function(*arguments)
-                except (ZooError, OSError) as error:
-                    landed = Landed(refs[index], names[index], error=str(error))
-                results.append(land(index, landed))
-            return results
-        return run_tasks(ray, tasks, [f"zoo pull {ref}" for ref in refs], lambda index, error: Landed(refs[index], names[index], error=error),
-                         land, threads, retries)
+        return _run(ray, tasks, [f"zoo pull {ref}" for ref in refs], lambda index, error: Landed(refs[index], names[index], error=error),
+                    land, threads, retries)
 
 
 # -- sweep: a pipeline and its evaluation per task -----------------------------------------------------

@@ -244,6 +244,10 @@ def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, 
     mine = store.resolve("org/tiny-bert", with_files=True)
     assert (mine.archive.name, mine.commit, mine.source, mine.files) == (local_entry.archive.name, local_entry.commit, local_entry.source,
                                                                          local_entry.files)
+    assert _contents(tmp_path / "second") == _contents(tmp_path / "third")  # its objects are in the zoo, as a local pull leaves them
+    zoo.decompress(mine.archive, tmp_path / "exported")
+    assert {p.name: _sha256(p) for p in (tmp_path / "exported").iterdir()} == \
+        {name: sha256 for name, sha256 in ((f.path, f.sha256) for f in local_entry.files)}
     again = batch.pull_many(["org/tiny-bert"], store=store, ray=ray_cluster)
     assert again[0].unchanged and again[0].output == "org/tiny-bert@main:lossless"
     done = _zoo("pull", "org/tiny-bert", "org/nowhere", "--ray", ray_cluster, env=env)
