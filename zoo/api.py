@@ -374,7 +374,7 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
         if found is not None:
             owners = store.owners if bases_among is None else lambda names: [o for o in store.owners(names) if o in bases_among]
-            xor.store_as_deltas(shell, sink, found, store.existing_object, resolve_threads(threads), owners)
+            xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads), owners)
     return shell
 
 

@@ -17,12 +17,13 @@ here when no Ray is asked for. docs/scale-out.md has the design; in short:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ TASK_BYTES = 256 << 20
 RETRIES = 2  # a task is run at most 1 + RETRIES times when its worker dies or it meets an OSError
 # What a worker must see as the driver does: the kernels (the CI's numpy run), the test hooks, and
 # the hub to pull from (credentials are not passed on: HF_TOKEN belongs in the nodes' environment).
-FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG", "ZOO_INDEX_HOME", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
              "HF_HUB_DISABLE_TELEMETRY")
 
 
@@ -199,28 +200,65 @@ class PartSink(ObjectSink):
 
 class ModelSink(ObjectSink):
     """The sink of a model's build in a batch: what the zoo holds is reused (as in a local build),
-    and what the model's part tasks coded (the objects folders `parts`) is taken in as coded by this
-    build, so that XORs against a base treat it as a local run treats what it codes."""
+    and what the model's part tasks coded is taken in as coded by this build, so that XORs against a
+    base treat it as a local run treats what it codes: from their objects folders `parts` (a zoo in
+    a folder), or, for the names in `coded`, by `fetch` from the zoo's storage, where the parts put
+    them (Store.existing_object)."""
 
-    def __init__(self, root: Path, existing: Callable[[str], Path | None], threads: int, parts: list[Path]) -> None:
+    def __init__(self, root: Path, existing: Callable[[str], Path | None], threads: int, parts: list[Path],
+                 coded: set[str] | frozenset[str] = frozenset(), fetch: Callable[[str], Path | None] = lambda key: None) -> None:
         super().__init__(root, existing, threads)
-        self.parts = parts
+        self.parts, self.coded, self.fetch = parts, coded, fetch
 
     def _link(self, key: str) -> bool:
-        if super()._link(key):
-            return True
-        for part in self.parts:
-            found = object_path(part, key)
-            if found.is_file():
-                target = object_path(self.root, key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(found, target)
-                self.written[key] = target.stat().st_size
-                return True
-        return False
+        found = next((path for path in (object_path(part, key) for part in self.parts) if path.is_file()), None)
+        if found is None and key in self.coded:
+            found = self.fetch(key)
+        if found is None:
+            return super()._link(key)
+        target = object_path(self.root, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(found, target)
+        except OSError:
+            shutil.copyfile(found, target)
+        self.written[key] = target.stat().st_size
+        return True
 
 
-def code_part(source: str, home: str, work: str, pipeline: str, threads: int, first: int, last: int) -> Landed:
+def _as_it_was(store: Store, bases: list[str]) -> Callable[[str], Path | None]:
+    """The zoo's objects as a task of a batch sees them: those the models it held when the batch
+    began (`bases`) name. What other tasks put or published meanwhile is coded again (the same
+    bytes, so the zoo keeps one), so that the order tasks land in changes nothing."""
+    visible = store.objects_of(set(bases))
+    return lambda key: store.existing_object(key) if key in visible else None
+
+
+@contextmanager
+def _task_folder(store: Store, work: str, kind: str) -> Iterator[Path]:
+    """Where a task codes: a folder of the driver's work folder `work` for a zoo in a folder (the
+    driver moves its objects in), or, on a bucket, a work folder of this node's own (the task puts
+    its objects in the bucket itself, and the folder goes when the task ends)."""
+    if store.storage is None:
+        folder = Path(work) / f"{kind}-{uuid.uuid4().hex[:12]}"
+        folder.mkdir()
+        yield folder
+    else:
+        with store.workspace() as folder:
+            yield folder
+
+
+def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float]) -> None:
+    """A bucket zoo's objects put by the task that made them (each if absent; an old one found
+    there has its age renewed, as the driver's publish would), several at once."""
+    from zoo.kernels.parallel import for_each
+
+    started = time.perf_counter()
+    for_each(lambda item: store.storage.put(store._relative(store.object_path(item[0])), item[1]), list(paths.items()), 4)
+    seconds["put"] = time.perf_counter() - started
+
+
+def code_part(source: str, home: str, work: str, pipeline: str, threads: int, first: int, last: int, bases: list[str]) -> Landed:
     """Objects `first` to `last - 1` of one model, coded into a folder of the driver's work folder
     `work` of the zoo at `home`: a part of a model split by TASK_BYTES."""
     from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
@@ -231,40 +269,61 @@ def code_part(source: str, home: str, work: str, pipeline: str, threads: int, fi
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     store = Store(home)
-    folder = Path(work) / f"part-{uuid.uuid4().hex[:12]}"
-    sink = PartSink(folder / "objects" / "sha256", store.existing_object, threads, first, last)
-    started, cpu = time.perf_counter(), time.process_time()
-    with tempfile.TemporaryFile(dir=work) as payload:  # the small runs, which only the model's build keeps
-        Builder(Pipeline.parse(pipeline), CHUNK_BYTES, None, objects=sink).build(scan(source), payload, resolve_threads(threads), None,
-                                                                                  hash_files=False)
-    seconds["compress"] = time.perf_counter() - started
-    seconds["compress_cpu"] = time.process_time() - cpu
-    return Landed(source, f"objects {first}-{last - 1}", seconds=seconds, node=_node(), objects_root=str(sink.root), written=sink.written)
+    with _task_folder(store, work, "part") as folder:
+        sink = PartSink(folder / "objects" / "sha256", _as_it_was(store, bases), threads, first, last)
+        started, cpu = time.perf_counter(), time.process_time()
+        with tempfile.TemporaryFile(dir=folder) as payload:  # the small runs, which only the model's build keeps
+            Builder(Pipeline.parse(pipeline), CHUNK_BYTES, None, objects=sink).build(scan(source), payload, resolve_threads(threads), None,
+                                                                                      hash_files=False)
+        seconds["compress"] = time.perf_counter() - started
+        seconds["compress_cpu"] = time.process_time() - cpu
+        if store.storage is not None:
+            _put(store, {key: object_path(sink.root, key) for key in sink.written}, seconds)
+    return Landed(source, f"objects {first}-{last - 1}", seconds=seconds, node=_node(),
+                  objects_root=str(sink.root) if store.storage is None else None, written=sink.written)
 
 
 def compress_to_work(source: str, home: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str,
-                     parts: list[str], bases: list[str], replacing: str | None) -> Landed:
-    """One model's objects and shell coded into a folder of the driver's work folder `work` of the
-    zoo at `home`, by the call a local `zoo compress SRC --name NAME` makes (zoo.api.build_model):
-    what the zoo holds is reused, and so is what the model's part tasks coded (`parts`, objects
-    folders). Its XOR base is looked for among `bases` (refs) only. The driver then publishes."""
+                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None) -> Landed:
+    """One model's objects and shell coded by the call a local `zoo compress SRC --name NAME` makes
+    (zoo.api.build_model) for the zoo at `home`: what the zoo holds is reused, and so is what the
+    model's part tasks coded (`parts`, their objects folders, or `coded`, the names they put in a
+    bucket). Its XOR base is looked for among `bases` (refs) only. Into a folder zoo, the result
+    waits in the driver's work folder `work`; on a bucket, the task puts it there. The driver
+    then publishes the manifest."""
     from zoo.codecs.pipeline import Pipeline
     from zoo.kernels.parallel import resolve_threads
 
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     store = Store(home)
-    folder = Path(work) / f"model-{uuid.uuid4().hex[:12]}"
-    sink = ModelSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads), [Path(part) for part in parts])
-    with tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
+    with _task_folder(store, work, "model") as folder, tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [Path(part) for part in parts],
+                         set(coded), store.existing_object)
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
         shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
                                 bases_among=set(bases), replacing=replacing)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu
-    return Landed(source, name, str(shell), seconds=seconds, node=_node(), objects_root=str(sink.root), written=sink.written,
-                  reused=sink.reused)
+        return _landed(store, Landed(source, name, seconds=seconds, node=_node()), sink, shell)
+
+
+def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Landed:
+    """`landed` with what a model's task leaves the driver: into a folder zoo, the shell and the
+    objects folder; on a bucket, the shell's name once it and the objects are put there."""
+    landed.written, landed.reused = sink.written, sink.reused
+    if store.storage is None:
+        landed.output, landed.objects_root = str(shell), str(sink.root)
+        return landed
+    started = time.perf_counter()
+    landed.output = sha256_file(shell)
+    landed.seconds["hash"] = time.perf_counter() - started
+    _put(store, {key: object_path(sink.root, key) for key in sink.names()}, landed.seconds)
+    puts = landed.seconds["put"]
+    _put(store, {landed.output: shell}, landed.seconds)  # last: a shell found in the bucket names objects that are there
+    landed.seconds["put"] += puts
+    return landed
 
 
 def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: str | None = None, source: str | None = None,
@@ -272,10 +331,14 @@ def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: s
     """The driver's step after a worker's compress_to_work: the model's objects and manifest enter
     the zoo (Store.add_composed); `landed` takes the entry's ref and sizes, or the error."""
     started = time.perf_counter()
-    sink = ObjectSink(Path(landed.objects_root or ""))
-    sink.written, sink.reused = landed.written, landed.reused
     try:
-        entry = store.add_composed(Path(landed.output or ""), sink, name, revision, commit=commit, source=source, force=force)
+        if landed.objects_root is None:  # a bucket: the worker put them
+            entry = store.add_put(landed.output or "", {**landed.reused, **landed.written}, name, revision, commit=commit, source=source,
+                                  force=force)
+        else:
+            sink = ObjectSink(Path(landed.objects_root))
+            sink.written, sink.reused = landed.written, landed.reused
+            entry = store.add_composed(Path(landed.output or ""), sink, name, revision, commit=commit, source=source, force=force)
         landed.output, landed.original_bytes, landed.stored_bytes = entry.ref, entry.original_bytes, entry.stored_bytes
         landed.sha256 = entry.archive.name.removesuffix(OBJECT_SUFFIX)
     except ZooError as error:
@@ -371,8 +434,8 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
     only: here they would only add work) beside the models that fit in one task, then the builds
     of the split models; the driver publishes each model as it lands."""
     from zoo.codecs.pipeline import Pipeline
-    from zoo.sources.folder import scan
     from zoo.container.writer import Builder
+    from zoo.sources.folder import scan
 
     chosen = Pipeline.parse(pipeline)
     variant = variant_of(chosen.spec())
@@ -390,9 +453,11 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
     with store.workspace() as folder:
         work = str(folder)
 
-        def build(index: int, parts: list[str]) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
-            return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], parts, bases,
-                                      f"{names[index]}@{revision}:{variant}" if force else None)
+        def build(index: int, parts: list[Landed]) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
+            folders = [part.objects_root for part in parts if part.objects_root is not None]
+            coded = sorted({key for part in parts if part.objects_root is None for key in part.written})
+            return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], folders, coded,
+                                      bases, f"{names[index]}@{revision}:{variant}" if force else None)
 
         results: dict[int, Landed] = {}
 
@@ -418,7 +483,7 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
                 return landed
             return land(whole[number - len(pieces)], landed)
 
-        tasks = [(code_part, (sources[index], home, work, pipeline, threads, first, last)) for index, first, last in pieces]
+        tasks = [(code_part, (sources[index], home, work, pipeline, threads, first, last, bases)) for index, first, last in pieces]
         tasks += [build(index, []) for index in whole]
         labels_of_tasks = [f"zoo compress {names[index]} objects {first}-{last - 1}" for index, first, last in pieces]
         labels_of_tasks += [f"zoo compress {names[index]}" for index in whole]
@@ -433,7 +498,7 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
             else:
                 ready.append(index)
         if ready:
-            _run(ray, [build(index, [landed.objects_root or "" for landed in parts[index]]) for index in ready],
+            _run(ray, [build(index, parts[index]) for index in ready],
                  [f"zoo compress {names[index]}" for index in ready], lambda number, error: failed(ready[number], error),
                  lambda number, landed: land(ready[number], landed), threads, retries)
         return [results[index] for index in range(len(sources))]
@@ -536,17 +601,17 @@ def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None
     if held_source == f"hub:{repo_id}@{pulled.commit}":
         return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
     store = Store(home)
-    sink = ModelSink(Path(work) / f"model-{uuid.uuid4().hex[:12]}" / "objects" / "sha256", store.existing_object, resolve_threads(threads), [])
-    started, cpu = time.perf_counter(), time.process_time()
-    shell = api.build_model(store, sink, pulled.folder, name, revision, Pipeline.parse(pipeline or DEFAULT_SPEC), commit=pulled.commit,
-                            source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),
-                            replacing=f"{name}@{revision}:{variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())}",
-                            include=include, exclude=exclude)
-    hub.check_lfs(shell, pulled, repo_id)
-    seconds["pull"] = time.perf_counter() - started
-    seconds["pull_cpu"] = time.process_time() - cpu
-    return Landed(ref, name, str(shell), seconds=seconds, node=_node(), commit=pulled.commit, objects_root=str(sink.root),
-                  written=sink.written, reused=sink.reused)
+    chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
+    with _task_folder(store, work, "model") as folder:
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [])
+        started, cpu = time.perf_counter(), time.process_time()
+        shell = api.build_model(store, sink, pulled.folder, name, revision, chosen, commit=pulled.commit,
+                                source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),
+                                replacing=f"{name}@{revision}:{variant_of(chosen.spec())}", include=include, exclude=exclude)
+        hub.check_lfs(shell, pulled, repo_id)
+        seconds["pull"] = time.perf_counter() - started
+        seconds["pull_cpu"] = time.process_time() - cpu
+        return _landed(store, Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit), sink, shell)
 
 
 def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
