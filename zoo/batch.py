@@ -465,6 +465,9 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
             if landed.ok:
                 publish(store, landed, names[index], revision, source=labels[index], force=force)
             landed.tasks = len(runs[index]) + (len(runs[index]) > 1)
+            for part in parts.get(index, []):  # a split model's parts, summed: "parts compress" is their coding
+                for step, seconds in part.seconds.items():
+                    landed.seconds[f"parts {step}"] = landed.seconds.get(f"parts {step}", 0.0) + seconds
             results[index] = landed
             if on_landed is not None:
                 on_landed(landed)
