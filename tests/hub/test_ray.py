@@ -73,10 +73,13 @@ def test_many_models_on_ray_are_the_bytes_of_a_local_run(ray_cluster: str, tmp_p
 
 def test_into_a_zoo_workers_write_and_the_driver_publishes(ray_cluster: str, tmp_path: Path) -> None:
     sources = _models(tmp_path / "models", 2)
+    broken = tmp_path / "models" / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     store = Store(tmp_path / "zoo")
-    results = batch.compress_many([str(s) for s in sources], store=store, ray=ray_cluster)
-    assert [r.output for r in results] == ["model-0@main:lossless", "model-1@main:lossless"]
-    assert all("publish" in r.seconds for r in results)
+    results = batch.compress_many([*map(str, sources), str(broken)], store=store, ray=ray_cluster)
+    assert [r.output for r in results[:2]] == ["model-0@main:lossless", "model-1@main:lossless"]
+    assert not results[2].ok and "broken.safetensors" in results[2].error  # reported; the others stored
+    assert all("publish" in r.seconds for r in results[:2])
     local = Store(tmp_path / "local-zoo")
     for source in sources:
         compress_into(local, source, source.name, source_label=str(source.resolve()), threads=2)
@@ -187,6 +190,18 @@ def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeyp
     for source, result in zip(sources, results):
         zoo.compress(source, tmp_path / "local.zoo", threads=1, force=True)
         assert result.sha256 == _sha256(tmp_path / "local.zoo") == _sha256(tmp_path / "out" / result.name)
+
+
+def test_a_split_model_whose_tasks_die_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part task and the model's build killed -9 on its first attempt: the retries' objects are
+    the model's, and the zoo holds what a local run stores."""
+    _, tuned, _ = _family(tmp_path / "models")
+    monkeypatch.setenv("ZOO_KILL_AT", "batch-task-once")
+    results = batch.compress_many([str(tuned)], store=Store(tmp_path / "on-ray"), ray=ray_cluster, task_bytes=80 << 10)
+    monkeypatch.delenv("ZOO_KILL_AT")
+    assert results[0].ok and results[0].tasks == 3, results[0].error
+    compress_into(Store(tmp_path / "here"), tuned, "tuned", source_label=str(tuned.resolve()), threads=1)
+    assert _contents(tmp_path / "on-ray") == _contents(tmp_path / "here")
 
 
 def test_sources_and_archives_in_a_bucket(ray_cluster: str, bucket: str, tmp_path: Path) -> None:
