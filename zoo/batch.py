@@ -203,7 +203,7 @@ class ModelSink(ObjectSink):
     and what the model's part tasks coded is taken in as coded by this build, so that XORs against a
     base treat it as a local run treats what it codes: from their objects folders `parts` (a zoo in
     a folder), or, for the names in `coded`, by `fetch` from the zoo's storage, where the parts put
-    them (Store.existing_object)."""
+    them."""
 
     def __init__(self, root: Path, existing: Callable[[str], Path | None], threads: int, parts: list[Path],
                  coded: set[str] | frozenset[str] = frozenset(), fetch: Callable[[str], Path | None] = lambda key: None) -> None:
@@ -248,13 +248,22 @@ def _task_folder(store: Store, work: str, kind: str) -> Iterator[Path]:
             yield folder
 
 
+def _download(store: Store, name: str, folder: Path) -> Path:
+    """A bucket zoo's object downloaded into a task's folder (not this node's cache of the zoo, which
+    would keep a whole split model's objects)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}{OBJECT_SUFFIX}"
+    store.storage.download(store.object_key(name), path)
+    return path
+
+
 def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float]) -> None:
     """A bucket zoo's objects put by the task that made them (each if absent; an old one found
     there has its age renewed, as the driver's publish would), several at once."""
     from zoo.kernels.parallel import for_each
 
     started = time.perf_counter()
-    for_each(lambda item: store.storage.put(store._relative(store.object_path(item[0])), item[1]), list(paths.items()), 4)
+    for_each(lambda item: store.storage.put(store.object_key(item[0]), item[1]), list(paths.items()), 4)
     seconds["put"] = time.perf_counter() - started
 
 
@@ -299,7 +308,7 @@ def compress_to_work(source: str, home: str, work: str, name: str, revision: str
     store = Store(home)
     with _task_folder(store, work, "model") as folder, tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
         sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [Path(part) for part in parts],
-                         set(coded), store.existing_object)
+                         set(coded), lambda key: _download(store, key, folder / "parts"))
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
         shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,

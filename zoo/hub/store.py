@@ -126,6 +126,10 @@ class Store:
     def object_path(self, sha256: str) -> Path:
         return object_path(self.objects, sha256)
 
+    def object_key(self, name: str) -> str:
+        """Where the object `name` lives in the zoo's storage: its path under the zoo's root."""
+        return self._relative(self.object_path(name))
+
     def existing_object(self, name: str) -> Path | None:
         """The object of that name when the zoo holds it (what a build may reuse instead of coding);
         on object storage it is fetched into this machine's folder first."""
