@@ -1,12 +1,15 @@
 """Many models compressed side by side as Ray tasks (`zoo compress A B C --ray`), or one after another
 here when no Ray is asked for. docs/scale-out.md has the design; in short:
 
-- a worker runs the same library call as a local `zoo compress` (zoo.api.compress, or compress_into
-  a private zoo), so its archive is the same bytes as a local run's;
+- a worker runs the same library call as a local `zoo compress` (zoo.api.compress, or
+  zoo.api.build_model, compress_into before it publishes), so its result is a local run's bytes;
 - a worker writes bytes and returns only a small `Landed` record: for `-o DIR|URL` its archive is
   put there by the worker (zoo.hub.remote); into a zoo the worker codes the model's objects and its
-  shell into the driver's work folder of that zoo (zoo.api.build_model, reusing what the zoo holds),
-  and the driver publishes them (Store.add_composed), so manifests are written by one process;
+  shell, reusing what the zoo holds, and leaves them in the driver's work folder of a folder zoo or
+  puts them in a bucket zoo; the driver publishes the manifest (Store.add_composed, Store.add_put),
+  so manifests are written by one process;
+- each task of a batch into a zoo sees the zoo as it was when the batch began (its objects, its
+  XOR bases), so the order tasks land in changes nothing;
 - a model larger than TASK_BYTES going into a zoo is split: tasks of whole tensors of about
   TASK_BYTES each code their share of its objects, then one task builds the model, which finds every
   large object coded already, as a local build finds those the zoo holds; the bytes stay the same;
