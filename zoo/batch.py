@@ -340,8 +340,10 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
 
 def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: str | None = None, source: str | None = None,
             force: bool = False) -> None:
-    """The driver's step after a worker's compress_to_work: the model's objects and manifest enter
-    the zoo (Store.add_composed); `landed` takes the entry's ref and sizes, or the error."""
+    """The driver's step after a worker's compress_to_work or pull_to_work: the model's objects enter
+    a folder zoo from the work folder (Store.add_composed), or, on a bucket, where the worker put
+    them, its manifest is published (Store.add_put); `landed` takes the entry's ref and sizes, or
+    the error."""
     started = time.perf_counter()
     try:
         if landed.objects_root is None:  # a bucket: the worker put them

@@ -300,6 +300,12 @@ def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, 
     assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
 
 
+def test_a_model_is_split_into_runs_of_whole_objects() -> None:
+    assert batch.split([10, 10, 10], 15) == [(0, 2), (2, 3)]
+    assert batch.split([100, 1, 1], 15) == [(0, 1), (1, 3)]  # an object larger than a task is a task of its own
+    assert batch.split([1, 1], 100) == [(0, 2)] and batch.split([], 100) == [(0, 0)]  # one task: not split
+
+
 def test_a_bare_ray_flag_gets_the_default_address() -> None:
     from zoo.cli import bare_ray
 
