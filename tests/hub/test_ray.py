@@ -300,6 +300,25 @@ def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, 
     assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
 
 
+def test_a_repository_pulled_on_ray_into_a_bucket_zoo(ray_cluster: str, hub, bucket: str, tmp_path: Path,  # noqa: F811
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker puts the pulled model's objects in the bucket, the driver its manifest: the bucket
+    then holds what a local pull leaves in a folder zoo."""
+    from zoo.hub.pull import pull
+
+    _, _, env = hub
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    results = batch.pull_many(["org/tiny-bert"], store=Store(f"{bucket}/zoo"), ray=ray_cluster)
+    assert results[0].ok and "put" in results[0].seconds, results[0].error
+    pull("org/tiny-bert", store=Store(tmp_path / "here"), progress_bars=False)
+    storage = open_storage(f"{bucket}/zoo")
+    objects = sorted(info.key.rsplit("/", 1)[-1] for info in storage.list("objects/"))
+    manifests = [{k: v for k, v in json.loads(storage.read(info.key)).items() if k != "created"} for info in storage.list("manifests/")]
+    assert (objects, manifests) == _contents(tmp_path / "here")
+
+
 def test_a_model_is_split_into_runs_of_whole_objects() -> None:
     assert batch.split([10, 10, 10], 15) == [(0, 2), (2, 3)]
     assert batch.split([100, 1, 1], 15) == [(0, 1), (1, 3)]  # an object larger than a task is a task of its own
