@@ -2,13 +2,15 @@
 per shard) and a batch of small models, on 1 and 2 Ray workers; then the shards read from and written
 to a bucket of a local S3-compatible server (moto), to see where a task's time goes.
 
-    python benchmarks/bench_ray.py [--shards 4] [--shard-mib 256] [--small 16] [--no-bucket] [--json out.json]
+    python benchmarks/bench_ray.py [--shards 4] [--shard-mib 256] [--small 16] [--task-mib 256] [--no-bucket] [--json out.json]
 
 Every figure is one run (wall clock) unless --repeat says otherwise; the load average is printed
-beside it, since this machine is shared. Ray's start-up is timed apart and not counted in a job. The
-shards are compressed each to its own archive (one model's shards as tasks of one archive each waits
-for the per-tensor objects of issue 16); the anchors compress the same files in this process, one
-after another, one thread each, and the whole folder as one archive on 1 and 2 threads.
+beside it, since this machine is shared. Ray's start-up is timed apart and not counted in a job. With
+-o, the shards are compressed each to its own archive; into a zoo, the sharded folder is one model,
+split by Ray into tasks of whole tensors of --task-mib (zoo.batch.TASK_BYTES) and a last task that
+builds the model, against compress_into of the same folder in this process. The anchors compress the
+same files in this process, one after another, one thread each, and the whole folder as one archive
+on 1 and 2 threads.
 docs/scale-out.md quotes this output.
 """
 
@@ -31,6 +33,8 @@ from bench_lossless import write_synthetic_bf16  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo import batch  # noqa: E402
+from zoo.api import compress_into  # noqa: E402
+from zoo.hub.store import Store  # noqa: E402
 
 
 def load() -> str:
@@ -84,8 +88,8 @@ def timed(label: str, megabytes: float, work) -> dict:  # noqa: ANN001
         steps = sorted({step for r in results for step in r.seconds})
         figures["task_seconds"] = {step: sum(r.seconds.get(step, 0.0) for r in results) for step in steps}
         figures["nodes"] = len({r.node for r in results})
-        if any(r.node for r in results):  # on Ray this process only waits: the tasks' own CPU time counts
-            figures["cpu_seconds"] = figures["task_seconds"]["compress_cpu"]
+        if any(r.node for r in results):  # on Ray this process only waits: the tasks' own CPU time counts (a split model's parts too)
+            figures["cpu_seconds"] = figures["task_seconds"]["compress_cpu"] + figures["task_seconds"].get("parts compress_cpu", 0.0)
     figures["mib_per_cpu_s"] = megabytes / figures["cpu_seconds"]
     spent = ", ".join(f"{step} {value:.2f}" for step, value in figures.get("task_seconds", {}).items())
     print(f"{label:<44} {seconds:7.2f} s {figures['mib_s']:7.1f} MiB/s {figures['mib_per_cpu_s']:7.1f} MiB/CPU-s   {load()}"
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--shard-mib", type=int, default=256, help="a multiple of 128 (one tensor per 128 MiB)")
     parser.add_argument("--small", type=int, default=16)
+    parser.add_argument("--task-mib", type=int, default=batch.TASK_BYTES >> 20, help="the size of a split model's tasks")
     parser.add_argument("--no-bucket", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -152,6 +157,8 @@ def main() -> None:
                           lambda: batch.compress_many(sources, out("local"), ray=None, threads=1)))
         rows.append(timed("small models, this process, 1 thread", small_size,
                           lambda: batch.compress_many([str(m) for m in small], out("small-local"), ray=None, threads=1)))
+        rows.append(timed("one model into a zoo, this process, 1 thread", size,
+                          lambda: [compress_into(Store(out("zoo-local")), root / "sharded", "sharded", threads=1)]))
         for cpus in (1, 2):
             started = start_ray(cpus)
             print(f"Ray with {cpus} CPU(s) started in {started:.2f} s")
@@ -161,6 +168,9 @@ def main() -> None:
                               lambda: batch.compress_many(sources, out(f"ray-{cpus}"), ray="local", threads=1)))
             rows.append(timed(f"small models, Ray, {cpus} worker(s)", small_size,
                               lambda: batch.compress_many([str(m) for m in small], out(f"small-ray-{cpus}"), ray="local", threads=1)))
+            rows.append(timed(f"one model into a zoo, Ray, {cpus} worker(s)", size,
+                              lambda: batch.compress_many([str(root / "sharded")], store=Store(out(f"zoo-ray-{cpus}")), ray="local",
+                                                          threads=1, task_bytes=args.task_mib << 20)))
         if not args.no_bucket:
             server, environment = start_moto()
             os.environ.update(environment)

@@ -342,21 +342,40 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")
     named_base = xor.resolve_base(store, base) if base is not None and delta else None
-    # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
-    metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
     with store.workspace() as folder:
         sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads))
-        shell = sink.root / "00" / "model.zoo"
-        shell.parent.mkdir(parents=True)
-        compress(source, shell, chosen, threads=threads, progress=progress, metadata=metadata, objects=sink, **options)
-        if delta and not chosen.array_stages:
-            with Archive(shell, objects_root=sink.root) as opened:
-                found = named_base or xor.find_base(store, Path(source), opened, ref if force else None)
-            if found is not None:
-                xor.store_as_deltas(shell, sink, found, store.existing_object, resolve_threads(threads), store.owners)
+        shell = build_model(store, sink, source, name, revision, chosen, commit=commit, source_label=source_label, threads=threads,
+                            progress=progress, base=named_base, delta=delta, replacing=ref if force else None, **options)
         if check is not None:
             check(shell)
         return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
+
+
+def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], name: str, revision: str, pipeline: Pipeline, *,
+                commit: str | None = None, source_label: str | None = None, threads: int | None = None, progress: Progress | None = None,
+                base: Entry | None = None, delta: bool = True, replacing: str | None = None, bases_among: set[str] | None = None,
+                **options: Any) -> Path:
+    """The work of compress_into before it publishes: the model's objects coded into `sink` (a
+    folder of one of `store`'s work folders) and its shell beside them, whose path is returned;
+    with a lossless pipeline and `delta`, tensors stored as XORs against `base`, else against the
+    base found among the zoo's models (never `replacing`). With `bases_among` (refs) only those
+    models are looked at, as bases and as the models the XORs' objects belong to: zoo.batch runs it
+    in its workers, each model seeing the zoo as it was when the batch began, whatever the order
+    they land in. Store.add_composed publishes the result."""
+    from zoo.hub import deltas as xor
+
+    # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
+    metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
+    shell = sink.root / "00" / "model.zoo"
+    shell.parent.mkdir(parents=True)
+    compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink, **options)
+    if delta and not pipeline.array_stages:
+        with Archive(shell, objects_root=sink.root) as opened:
+            found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
+        if found is not None:
+            owners = store.owners if bases_among is None else lambda names: [o for o in store.owners(names) if o in bases_among]
+            xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads), owners)
+    return shell
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -1,11 +1,18 @@
 """Many models compressed side by side as Ray tasks (`zoo compress A B C --ray`), or one after another
 here when no Ray is asked for. docs/scale-out.md has the design; in short:
 
-- a worker runs the same library call as a local `zoo compress` (zoo.api.compress, or compress_into
-  a private zoo), so its archive is the same bytes as a local run's;
+- a worker runs the same library call as a local `zoo compress` (zoo.api.compress, or
+  zoo.api.build_model, compress_into before it publishes), so its result is a local run's bytes;
 - a worker writes bytes and returns only a small `Landed` record: for `-o DIR|URL` its archive is
-  put there by the worker (zoo.hub.remote), for a zoo the worker leaves its archive in the driver's
-  work folder and the driver publishes it (Store.add), so manifests are written by one process;
+  put there by the worker (zoo.hub.remote); into a zoo the worker codes the model's objects and its
+  shell, reusing what the zoo holds, and leaves them in the driver's work folder of a folder zoo or
+  puts them in a bucket zoo; the driver publishes the manifest (Store.add_composed, Store.add_put),
+  so manifests are written by one process;
+- each task of a batch into a zoo sees the zoo as it was when the batch began (its objects, its
+  XOR bases), so the order tasks land in changes nothing;
+- a model larger than TASK_BYTES going into a zoo is split: tasks of whole tensors of about
+  TASK_BYTES each code their share of its objects, then one task builds the model, which finds every
+  large object coded already, as a local build finds those the zoo holds; the bytes stay the same;
 - a worker that dies is retried (Ray's max_retries), as is an OSError (a network or disk hiccup); a
   model that fails for a reason of its own (a bad file) is reported, and the others go on.
 """
@@ -13,18 +20,20 @@ here when no Ray is asked for. docs/scale-out.md has the design; in short:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoo import api
-from zoo.container.format import sha256_file
+from zoo.container.format import object_path, sha256_file
+from zoo.container.objects import ObjectSink
 from zoo.errors import InputError, OutputExistsError, ZooError
 from zoo.hub import temporaries
 from zoo.hub.manifest import OBJECT_SUFFIX
@@ -32,10 +41,13 @@ from zoo.hub.remote import LocalFolder, StorageError, fetch, is_url, open_storag
 from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
 
 DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
+# A model going into a zoo whose objects are larger than this in all is coded by several tasks, each of
+# whole tensors (or runs of file bytes) of about this much: a 5 GB shard becomes some 20 tasks.
+TASK_BYTES = 256 << 20
 RETRIES = 2  # a task is run at most 1 + RETRIES times when its worker dies or it meets an OSError
 # What a worker must see as the driver does: the kernels (the CI's numpy run), the test hooks, and
 # the hub to pull from (credentials are not passed on: HF_TOKEN belongs in the nodes' environment).
-FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+FORWARDED = ("ZOO_KERNELS", "ZOO_KILL_AT", "ZOO_DEBUG", "ZOO_INDEX_HOME", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
              "HF_HUB_DISABLE_TELEMETRY")
 
 
@@ -54,13 +66,22 @@ class Landed:
     error: str | None = None
     commit: str | None = None  # a pull's upstream commit
     unchanged: bool = False  # a pull that found this commit already in the zoo: nothing written
+    tasks: int = 1  # the tasks that coded it (a model split by TASK_BYTES: its parts and its build)
+    # into a zoo, what the worker leaves for the driver to publish: the objects folder it coded into,
+    # the objects it coded there and those it took from the zoo or from other tasks, with their sizes
+    objects_root: str | None = None
+    written: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        record = asdict(self)
+        for internal in ("objects_root", "written", "reused"):
+            del record[internal]
+        return {**record, "ok": self.ok}
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -158,21 +179,199 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
                   _node())
 
 
-def compress_to_work(source: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str) -> Landed:
-    """One model into a private zoo inside the driver's work folder `work`, by the call a local
-    `zoo compress SRC --name NAME` makes (zoo.api.compress_into): the same archive, which the driver
-    then publishes into the real zoo."""
+class PartSink(ObjectSink):
+    """The objects numbered `first` to `last - 1` of a build (in the order the build asks for them,
+    Builder.object_sizes), coded into `root`; the others are skipped before they are hashed, and one
+    the zoo holds (`existing`) is left where it is: the model's build takes it from there."""
+
+    def __init__(self, root: Path, existing: Callable[[str], Path | None], threads: int, first: int, last: int) -> None:
+        super().__init__(root, existing, threads)
+        self.first, self.last, self.asked = first, last, 0
+
+    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False) -> Any:
+        number, self.asked = self.asked, self.asked + 1
+        if not self.first <= number < self.last:
+            return None
+        return super().unit(holder, dtype, shape, raw, lossless, blob)
+
+    def _link(self, key: str) -> bool:
+        return self.existing(key) is not None
+
+    def resolve(self) -> None:  # this build's shell is thrown away: nothing to name
+        pass
+
+
+class ModelSink(ObjectSink):
+    """The sink of a model's build in a batch: what the zoo holds is reused (as in a local build),
+    and what the model's part tasks coded is taken in as coded by this build, so that XORs against a
+    base treat it as a local run treats what it codes: from their objects folders `parts` (a zoo in
+    a folder), or, for the names in `coded`, by `fetch` from the zoo's storage, where the parts put
+    them."""
+
+    def __init__(self, root: Path, existing: Callable[[str], Path | None], threads: int, parts: list[Path],
+                 coded: set[str] | frozenset[str] = frozenset(), fetch: Callable[[str], Path | None] = lambda key: None) -> None:
+        super().__init__(root, existing, threads)
+        self.parts, self.coded, self.fetch = parts, coded, fetch
+
+    def _link(self, key: str) -> bool:
+        found = next((path for path in (object_path(part, key) for part in self.parts) if path.is_file()), None)
+        if found is None and key in self.coded:
+            found = self.fetch(key)
+        if found is None:
+            return super()._link(key)
+        target = object_path(self.root, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(found, target)
+        except OSError:
+            shutil.copyfile(found, target)
+        self.written[key] = target.stat().st_size
+        return True
+
+
+def _as_it_was(store: Store, bases: list[str]) -> Callable[[str], Path | None]:
+    """The zoo's objects as a task of a batch sees them: those the models it held when the batch
+    began (`bases`) name. What other tasks put or published meanwhile is coded again (the same
+    bytes, so the zoo keeps one), so that the order tasks land in changes nothing."""
+    visible = store.objects_of(set(bases))
+    return lambda key: store.existing_object(key) if key in visible else None
+
+
+@contextmanager
+def _task_folder(store: Store, work: str, kind: str) -> Iterator[Path]:
+    """Where a task codes: a folder of the driver's work folder `work` for a zoo in a folder (the
+    driver moves its objects in), or, on a bucket, a work folder of this node's own (the task puts
+    its objects in the bucket itself, and the folder goes when the task ends)."""
+    if store.storage is None:
+        folder = Path(work) / f"{kind}-{uuid.uuid4().hex[:12]}"
+        folder.mkdir()
+        yield folder
+    else:
+        with store.workspace() as folder:
+            yield folder
+
+
+def _download(store: Store, name: str, folder: Path) -> Path:
+    """A bucket zoo's object downloaded into a task's folder (not this node's cache of the zoo, which
+    would keep a whole split model's objects)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}{OBJECT_SUFFIX}"
+    store.storage.download(store.object_key(name), path)
+    return path
+
+
+def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float]) -> None:
+    """A bucket zoo's objects put by the task that made them (each if absent; an old one found
+    there has its age renewed, as the driver's publish would), several at once."""
+    from zoo.kernels.parallel import for_each
+
+    started = time.perf_counter()
+    for_each(lambda item: store.storage.put(store.object_key(item[0]), item[1]), list(paths.items()), 4)
+    seconds["put"] = time.perf_counter() - started
+
+
+def code_part(source: str, home: str, work: str, pipeline: str, threads: int, first: int, last: int, bases: list[str]) -> Landed:
+    """Objects `first` to `last - 1` of one model, coded into a folder of the driver's work folder
+    `work` of the zoo at `home`: a part of a model split by TASK_BYTES."""
+    from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
+    from zoo.container.writer import Builder
+    from zoo.kernels.parallel import resolve_threads
+    from zoo.sources.folder import scan
+
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
-    private = Store(Path(work) / f"task-{uuid.uuid4().hex[:12]}")
-    with tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
-        local = _local_source(source, Path(scratch), seconds)
+    store = Store(home)
+    with _task_folder(store, work, "part") as folder:
+        sink = PartSink(folder / "objects" / "sha256", _as_it_was(store, bases), threads, first, last)
         started, cpu = time.perf_counter(), time.process_time()
-        entry = api.compress_into(private, local, name, revision, pipeline, source_label=source_label, threads=threads)
+        with tempfile.TemporaryFile(dir=folder) as payload:  # the small runs, which only the model's build keeps
+            Builder(Pipeline.parse(pipeline), CHUNK_BYTES, None, objects=sink).build(scan(source), payload, resolve_threads(threads), None,
+                                                                                      hash_files=False)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu
-    return Landed(source, name, str(entry.archive), entry.original_bytes, entry.stored_bytes, entry.archive.name.removesuffix(OBJECT_SUFFIX),
-                  seconds, _node())
+        if store.storage is not None:
+            _put(store, {key: object_path(sink.root, key) for key in sink.written}, seconds)
+    return Landed(source, f"objects {first}-{last - 1}", seconds=seconds, node=_node(),
+                  objects_root=str(sink.root) if store.storage is None else None, written=sink.written)
+
+
+def compress_to_work(source: str, home: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str,
+                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None) -> Landed:
+    """One model's objects and shell coded by the call a local `zoo compress SRC --name NAME` makes
+    (zoo.api.build_model) for the zoo at `home`: what the zoo holds is reused, and so is what the
+    model's part tasks coded (`parts`, their objects folders, or `coded`, the names they put in a
+    bucket). Its XOR base is looked for among `bases` (refs) only. Into a folder zoo, the result
+    waits in the driver's work folder `work`; on a bucket, the task puts it there. The driver
+    then publishes the manifest."""
+    from zoo.codecs.pipeline import Pipeline
+    from zoo.kernels.parallel import resolve_threads
+
+    _die_once("batch-task-once")
+    seconds: dict[str, float] = {}
+    store = Store(home)
+    with _task_folder(store, work, "model") as folder, tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [Path(part) for part in parts],
+                         set(coded), lambda key: _download(store, key, folder / "parts"))
+        local = _local_source(source, Path(scratch), seconds)
+        started, cpu = time.perf_counter(), time.process_time()
+        shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
+                                bases_among=set(bases), replacing=replacing)
+        seconds["compress"] = time.perf_counter() - started
+        seconds["compress_cpu"] = time.process_time() - cpu
+        return _landed(store, Landed(source, name, seconds=seconds, node=_node()), sink, shell)
+
+
+def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Landed:
+    """`landed` with what a model's task leaves the driver: into a folder zoo, the shell and the
+    objects folder; on a bucket, the shell's name once it and the objects are put there."""
+    landed.written, landed.reused = sink.written, sink.reused
+    if store.storage is None:
+        landed.output, landed.objects_root = str(shell), str(sink.root)
+        return landed
+    started = time.perf_counter()
+    landed.output = sha256_file(shell)
+    landed.seconds["hash"] = time.perf_counter() - started
+    _put(store, {key: object_path(sink.root, key) for key in sink.names()}, landed.seconds)
+    puts = landed.seconds["put"]
+    _put(store, {landed.output: shell}, landed.seconds)  # last: a shell found in the bucket names objects that are there
+    landed.seconds["put"] += puts
+    return landed
+
+
+def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: str | None = None, source: str | None = None,
+            force: bool = False) -> None:
+    """The driver's step after a worker's compress_to_work or pull_to_work: the model's objects enter
+    a folder zoo from the work folder (Store.add_composed), or, on a bucket, where the worker put
+    them, its manifest is published (Store.add_put); `landed` takes the entry's ref and sizes, or
+    the error."""
+    started = time.perf_counter()
+    try:
+        if landed.objects_root is None:  # a bucket: the worker put them
+            entry = store.add_put(landed.output or "", {**landed.reused, **landed.written}, name, revision, commit=commit, source=source,
+                                  force=force)
+        else:
+            sink = ObjectSink(Path(landed.objects_root))
+            sink.written, sink.reused = landed.written, landed.reused
+            entry = store.add_composed(Path(landed.output or ""), sink, name, revision, commit=commit, source=source, force=force)
+        landed.output, landed.original_bytes, landed.stored_bytes = entry.ref, entry.original_bytes, entry.stored_bytes
+        landed.sha256 = entry.archive.name.removesuffix(OBJECT_SUFFIX)
+    except ZooError as error:
+        landed.error = str(error)
+    landed.seconds["publish"] = time.perf_counter() - started
+
+
+def split(sizes: list[int], task_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive runs (first, last + 1) of the objects of `sizes`, each of about `task_bytes` or
+    of one object larger than that; one run when they all fit in one task."""
+    runs, first, total = [], 0, 0
+    for number, size in enumerate(sizes):
+        total += size
+        if total >= task_bytes:
+            runs.append((first, number + 1))
+            first, total = number + 1, 0
+    if first < len(sizes) or not runs:
+        runs.append((first, len(sizes)))
+    return runs
 
 
 # -- the driver's side -------------------------------------------------------------------------------
@@ -202,12 +401,13 @@ def _duplicates(names: list[str]) -> list[str]:
 def compress_many(sources: list[str], output: str | os.PathLike[str] | None = None, *, store: Store | None = None,
                   names: list[str] | None = None, revision: str = DEFAULT_REVISION, pipeline: str = "lossless",
                   ray: str | None = DEFAULT_ADDRESS, threads: int = 1, retries: int = RETRIES, force: bool = False,
-                  on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
+                  task_bytes: int = TASK_BYTES, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
     """Compress each source (a local path or a URL) to its own archive under `output` (a folder or
     a URL), or, without `output`, into `store` (default: the zoo at ZOO_HOME) under `names` (default:
     as `zoo compress` names them). With `ray` (an address, or DEFAULT_ADDRESS) each model is a Ray
-    task of `threads` CPUs; with ray=None they run here, one after another. `on_landed` sees each
-    model as it lands, failures included. Returns one Landed per source, in their order."""
+    task of `threads` CPUs (into a zoo, a model larger than `task_bytes` is several tasks); with
+    ray=None they run here, one after another. `on_landed` sees each model as it lands, failures
+    included. Returns one Landed per source, in their order."""
     if not sources:
         raise InputError("no model to compress")
     for source in sources:
@@ -228,39 +428,113 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
     _refuse_existing(names, output, store, revision, pipeline, force)
 
     labels = [source if is_url(source) else str(Path(source).resolve()) for source in sources]  # a manifest's `source`
-    with ExitStack() as stack:
-        work = str(stack.enter_context(store.workspace())) if into_zoo else None
+    if into_zoo:
+        return _compress_into_zoo(sources, store, names, labels, revision, pipeline, ray, threads, retries, force, task_bytes, on_landed)
 
-        def task_arguments(index: int) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
-            if into_zoo:
-                return compress_to_work, (sources[index], work, names[index], revision, pipeline, threads, labels[index])
-            return compress_to_storage, (sources[index], str(output), names[index], pipeline, threads, force)
+    def land(index: int, landed: Landed) -> Landed:
+        if on_landed is not None:
+            on_landed(landed)
+        return landed
+
+    tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]
+    return _run(ray, tasks, [f"zoo compress {name}" for name in names], lambda index, error: Landed(sources[index], names[index], error=error),
+                land, threads, retries)
+
+
+def _compress_into_zoo(sources: list[str], store: Store, names: list[str], labels: list[str], revision: str, pipeline: str,
+                       ray: str | None, threads: int, retries: int, force: bool, task_bytes: int,
+                       on_landed: Callable[[Landed], None] | None) -> list[Landed]:
+    """compress_many into a zoo: first the parts of the models larger than `task_bytes` (on Ray
+    only: here they would only add work) beside the models that fit in one task, then the builds
+    of the split models; the driver publishes each model as it lands."""
+    from zoo.codecs.pipeline import Pipeline
+    from zoo.container.writer import Builder
+    from zoo.sources.folder import scan
+
+    chosen = Pipeline.parse(pipeline)
+    variant = variant_of(chosen.spec())
+    # a model's XOR base is one the zoo held before the batch: the same whatever order the tasks run in
+    bases = sorted(entry.ref for entry in store.entries())
+    home = store.url or str(store.home)
+    runs: list[list[tuple[int, int]]] = []
+    for source in sources:
+        # lossy objects are named by their coded bytes, which a later build could not find again
+        splittable = ray is not None and not is_url(source) and not chosen.array_stages
+        try:
+            runs.append(split(Builder.object_sizes(scan(source)), task_bytes) if splittable else [(0, 0)])
+        except ZooError:  # its task meets the same error and reports it; the other models go on
+            runs.append([(0, 0)])
+    with store.workspace() as folder:
+        work = str(folder)
+
+        def build(index: int, parts: list[Landed]) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
+            folders = [part.objects_root for part in parts if part.objects_root is not None]
+            coded = sorted({key for part in parts if part.objects_root is None for key in part.written})
+            return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], folders, coded,
+                                      bases, f"{names[index]}@{revision}:{variant}" if force else None)
+
+        results: dict[int, Landed] = {}
 
         def land(index: int, landed: Landed) -> Landed:
-            if into_zoo and landed.ok:
-                started = time.perf_counter()
-                try:
-                    entry = store.add(landed.output, names[index], revision, source=labels[index], force=force, move=True)
-                    landed.output = entry.ref
-                except ZooError as error:
-                    landed.error = str(error)
-                landed.seconds["publish"] = time.perf_counter() - started
+            if landed.ok:
+                publish(store, landed, names[index], revision, source=labels[index], force=force)
+            landed.tasks = len(runs[index]) + (len(runs[index]) > 1)
+            for part in parts.get(index, []):  # a split model's parts, summed: "parts compress" is their coding
+                for step, seconds in part.seconds.items():
+                    landed.seconds[f"parts {step}"] = landed.seconds.get(f"parts {step}", 0.0) + seconds
+            results[index] = landed
             if on_landed is not None:
                 on_landed(landed)
             return landed
 
-        if ray is None:
-            results = []
-            for index, source in enumerate(sources):
-                function, arguments = task_arguments(index)
-                try:
-                    landed = function(*arguments)
-                except (ZooError, OSError) as error:
-                    landed = Landed(source, names[index], error=str(error))
-                results.append(land(index, landed))
-            return results
-        return run_tasks(ray, [task_arguments(index) for index in range(len(sources))], [f"zoo compress {name}" for name in names],
-                         lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
+        def failed(index: int, error: str) -> Landed:
+            return Landed(sources[index], names[index], error=error)
+
+        whole = [index for index in range(len(sources)) if len(runs[index]) == 1]
+        pieces = [(index, first, last) for index in range(len(sources)) if len(runs[index]) > 1 for first, last in runs[index]]
+        parts: dict[int, list[Landed]] = {}
+
+        def land_piece(number: int, landed: Landed) -> Landed:
+            if number < len(pieces):
+                parts.setdefault(pieces[number][0], []).append(landed)
+                return landed
+            return land(whole[number - len(pieces)], landed)
+
+        tasks = [(code_part, (sources[index], home, work, pipeline, threads, first, last, bases)) for index, first, last in pieces]
+        tasks += [build(index, []) for index in whole]
+        labels_of_tasks = [f"zoo compress {names[index]} objects {first}-{last - 1}" for index, first, last in pieces]
+        labels_of_tasks += [f"zoo compress {names[index]}" for index in whole]
+        _run(ray, tasks, labels_of_tasks, lambda number, error: failed(pieces[number][0] if number < len(pieces) else whole[number - len(pieces)],
+                                                                       error), land_piece, threads, retries)
+        split_models = sorted(parts)
+        ready = []
+        for index in split_models:
+            broken = [landed.error for landed in parts[index] if not landed.ok]
+            if broken:
+                land(index, failed(index, broken[0]))
+            else:
+                ready.append(index)
+        if ready:
+            _run(ray, [build(index, parts[index]) for index in ready],
+                 [f"zoo compress {names[index]}" for index in ready], lambda number, error: failed(ready[number], error),
+                 lambda number, landed: land(ready[number], landed), threads, retries)
+        return [results[index] for index in range(len(sources))]
+
+
+def _run(ray: str | None, tasks: list[tuple[Callable[..., Any], tuple]], labels: list[str], failed: Callable[[int, str], Any],
+         land: Callable[[int, Any], Any], threads: int, retries: int) -> list[Any]:
+    """run_tasks on Ray, or, with ray=None, each task here in turn: a ZooError or OSError fails
+    that task only, as a task's own exception does on Ray."""
+    if ray is not None:
+        return run_tasks(ray, tasks, labels, failed, land, threads, retries)
+    results = []
+    for index, (function, arguments) in enumerate(tasks):
+        try:
+            result = function(*arguments)
+        except (ZooError, OSError) as error:
+            result = failed(index, str(error))
+        results.append(land(index, result))
+    return results
 
 
 def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, store: Store | None, revision: str, pipeline: str,
@@ -325,36 +599,44 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
 # -- pull: a repository per task ----------------------------------------------------------------------
 
 
-def pull_to_work(ref: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
-                 threads: int, held_source: str | None) -> Landed:
-    """One repository downloaded and compressed into a private zoo in the driver's work folder, by
-    zoo.hub.pull.pull itself; nothing is written when the zoo already holds its commit (`held_source`)."""
+def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
+                 threads: int, held_source: str | None, bases: list[str]) -> Landed:
+    """One repository downloaded, then coded into a folder of the driver's work folder `work` of
+    the zoo at `home` as zoo.hub.pull.pull codes it (its objects, reusing what the zoo holds, and its
+    shell; the XOR base looked for among `bases`); nothing is coded when the zoo already holds its
+    commit (`held_source`). The driver publishes."""
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub
+    from zoo.kernels.parallel import resolve_threads
 
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     repo_id, revision = hub.parse_repo_ref(ref)
-    if held_source is not None:
-        started = time.perf_counter()
-        pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
-        seconds["download"] = time.perf_counter() - started
-        if held_source == f"hub:{repo_id}@{pulled.commit}":
-            return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
-    started, cpu = time.perf_counter(), time.process_time()
-    entry, _ = hub.pull(ref, store=Store(Path(work) / f"task-{uuid.uuid4().hex[:12]}"), name=name, pipeline=pipeline, include=include,
-                        exclude=exclude, threads=threads, force=True, progress_bars=False)
-    seconds["pull"] = time.perf_counter() - started
-    seconds["pull_cpu"] = time.process_time() - cpu
-    return Landed(ref, name, str(entry.archive), entry.original_bytes, entry.stored_bytes, entry.archive.name.removesuffix(OBJECT_SUFFIX),
-                  seconds, _node(), commit=entry.commit)
+    started = time.perf_counter()
+    pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
+    seconds["download"] = time.perf_counter() - started
+    if held_source == f"hub:{repo_id}@{pulled.commit}":
+        return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
+    store = Store(home)
+    chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
+    with _task_folder(store, work, "model") as folder:
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [])
+        started, cpu = time.perf_counter(), time.process_time()
+        shell = api.build_model(store, sink, pulled.folder, name, revision, chosen, commit=pulled.commit,
+                                source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),
+                                replacing=f"{name}@{revision}:{variant_of(chosen.spec())}", include=include, exclude=exclude)
+        hub.check_lfs(shell, pulled, repo_id)
+        seconds["pull"] = time.perf_counter() - started
+        seconds["pull_cpu"] = time.process_time() - cpu
+        return _landed(store, Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit), sink, shell)
 
 
 def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
               include: list[str] | None = None, exclude: list[str] | None = None, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
               retries: int = RETRIES, force: bool = False, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
     """`zoo pull` of many repositories (REPO_ID[@REVISION]) as Ray tasks, into `store` (default: the
-    zoo at ZOO_HOME): each worker pulls into a private zoo in the driver's work folder, the driver
-    publishes. A repository whose commit the zoo holds in this variant is left as it is (unchanged),
+    zoo at ZOO_HOME): each worker downloads and codes the model's objects into the zoo's work
+    folder as `zoo pull` codes them, the driver publishes. A repository whose commit the zoo holds in this variant is left as it is (unchanged),
     unless `force`. Returns one Landed per ref, in their order; failures are reported, not raised."""
     from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub
@@ -373,8 +655,10 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
         raise InputError(f"two repositories would be stored as {', '.join(clashes)}: pull them apart")
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = [None if force else store.exists_ref(name, revision, variant) for name, (_, revision) in zip(names, parsed)]
+    bases = sorted(entry.ref for entry in store.entries())  # as for compress_many: the zoo before the batch
     with store.workspace() as work:
-        tasks = [(pull_to_work, (ref, str(work), name, pipeline, include, exclude, threads, entry.source if entry else None))
+        tasks = [(pull_to_work, (ref, store.url or str(store.home), str(work), name, pipeline, include, exclude, threads,
+                                 entry.source if entry else None, bases))
                  for ref, name, entry in zip(refs, names, held)]
 
         def land(index: int, landed: Landed) -> Landed:
@@ -383,29 +667,14 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
                 landed.output = held[index].ref
                 landed.original_bytes, landed.stored_bytes = held[index].original_bytes, held[index].stored_bytes
             elif landed.ok:
-                started = time.perf_counter()
-                try:
-                    entry = store.add(landed.output, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}",
-                                      force=True, move=True)  # a newer commit of the revision replaces the old: that is what pulling means
-                    landed.output = entry.ref
-                except ZooError as error:
-                    landed.error = str(error)
-                landed.seconds["publish"] = time.perf_counter() - started
+                # a newer commit of the revision replaces the old: that is what pulling means
+                publish(store, landed, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}", force=True)
             if on_landed is not None:
                 on_landed(landed)
             return landed
 
-        if ray is None:
-            results = []
-            for index, (function, arguments) in enumerate(tasks):
-                try:
-                    landed = function(*arguments)
-                except (ZooError, OSError) as error:
-                    landed = Landed(refs[index], names[index], error=str(error))
-                results.append(land(index, landed))
-            return results
-        return run_tasks(ray, tasks, [f"zoo pull {ref}" for ref in refs], lambda index, error: Landed(refs[index], names[index], error=error),
-                         land, threads, retries)
+        return _run(ray, tasks, [f"zoo pull {ref}" for ref in refs], lambda index, error: Landed(refs[index], names[index], error=error),
+                    land, threads, retries)
 
 
 # -- sweep: a pipeline and its evaluation per task -----------------------------------------------------

@@ -73,10 +73,13 @@ def test_many_models_on_ray_are_the_bytes_of_a_local_run(ray_cluster: str, tmp_p
 
 def test_into_a_zoo_workers_write_and_the_driver_publishes(ray_cluster: str, tmp_path: Path) -> None:
     sources = _models(tmp_path / "models", 2)
+    broken = tmp_path / "models" / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     store = Store(tmp_path / "zoo")
-    results = batch.compress_many([str(s) for s in sources], store=store, ray=ray_cluster)
-    assert [r.output for r in results] == ["model-0@main:lossless", "model-1@main:lossless"]
-    assert all("publish" in r.seconds for r in results)
+    results = batch.compress_many([*map(str, sources), str(broken)], store=store, ray=ray_cluster)
+    assert [r.output for r in results[:2]] == ["model-0@main:lossless", "model-1@main:lossless"]
+    assert not results[2].ok and "broken.safetensors" in results[2].error  # reported; the others stored
+    assert all("publish" in r.seconds for r in results[:2])
     local = Store(tmp_path / "local-zoo")
     for source in sources:
         compress_into(local, source, source.name, source_label=str(source.resolve()), threads=2)
@@ -89,6 +92,94 @@ def test_into_a_zoo_workers_write_and_the_driver_publishes(ray_cluster: str, tmp
     assert again[0].ok and [e.ref for e in store.entries()] == ["model-0@main:lossless", "model-1@main:lossless"]
 
 
+def _family(folder: Path) -> list[Path]:
+    """A base model, a fine-tune of it (a few low bits changed: XORs against the base code smaller)
+    in two files, and a third model sharing one tensor with the fine-tune."""
+    base = {f"layer{n}.weight": ("BF16", random_storage("BF16", (256, 64), 30 + n)) for n in range(4)}
+    tuned = {}
+    for key, (dtype, values) in base.items():
+        changed = values.copy()
+        changed.reshape(-1)[::7] ^= 1
+        tuned[key] = (dtype, changed)
+    models = []
+    for name, files in (("base", {"model.safetensors": base}),
+                        ("tuned", {"model-1.safetensors": dict(list(tuned.items())[:2]), "model-2.safetensors": dict(list(tuned.items())[2:])}),
+                        ("other", {"model.safetensors": {"layer0.weight": tuned["layer0.weight"],
+                                                         "head.weight": ("F32", random_storage("F32", (64, 128), 40))}})):
+        model = folder / name
+        model.mkdir(parents=True)
+        for file, tensors in files.items():
+            write_safetensors(model / file, tensors)
+        (model / "config.json").write_text(json.dumps({"model_type": "tiny", "name": name, "padding": "x" * 20000}))  # a run of bytes as an object
+        models.append(model)
+    return models
+
+
+def _contents(home: Path) -> tuple[list[str], list[dict]]:
+    """A zoo's object names and its manifests, less their times."""
+    objects = sorted(path.name for path in (home / "objects" / "sha256").rglob("*.zoo"))
+    manifests = [{k: v for k, v in json.loads(path.read_text()).items() if k != "created"} for path in sorted((home / "manifests").rglob("*.json"))]
+    return objects, manifests
+
+
+def test_into_a_zoo_on_ray_the_zoo_holds_what_a_local_run_stores(ray_cluster: str, tmp_path: Path) -> None:
+    """A base already in each zoo; then a fine-tune split into tasks of whole tensors, and a model
+    sharing a tensor with it, on Ray into one zoo and here into the other: the same objects (shared,
+    XORs against the base) and manifests, and exports that give the sources back bit for bit."""
+    base, tuned, other = _family(tmp_path / "models")
+    zoos = {"ray": Store(tmp_path / "on-ray"), "here": Store(tmp_path / "here")}
+    for store in zoos.values():
+        compress_into(store, base, "base", source_label=str(base.resolve()), threads=1)
+    on_ray = batch.compress_many([str(tuned), str(other)], store=zoos["ray"], ray=ray_cluster, task_bytes=40 << 10)
+    here = batch.compress_many([str(tuned), str(other)], store=zoos["here"], ray=None)
+    assert [r.ok for r in on_ray + here] == [True] * 4, [r.error for r in on_ray + here]
+    assert [r.tasks for r in on_ray] == [4, 3]  # 5 objects of 20-32 KiB as 3 parts and a build; 3 objects as 2 parts and a build
+    assert [(r.output, r.stored_bytes, r.sha256) for r in on_ray] == [(r.output, r.stored_bytes, r.sha256) for r in here]
+    assert _contents(tmp_path / "on-ray") == _contents(tmp_path / "here")
+    objects, manifests = _contents(tmp_path / "on-ray")
+    tuned_manifest = next(m for m in manifests if m["name"] == "tuned")
+    assert tuned_manifest["base"]["ref"] == "base@main:lossless" and tuned_manifest["base"]["tensors"] == 4
+    named = [o["sha256"] for m in manifests for o in m["objects"]]
+    assert len(set(named)) == len(objects) < len(named)  # every object named, some by several models
+    assert list((tmp_path / "on-ray" / "work").iterdir()) == []
+    (tmp_path / "exports").mkdir()
+    for model in (tuned, other):
+        out = tmp_path / "exports" / model.name
+        zoo.decompress(zoos["ray"].resolve(model.name).archive, out)
+        assert {p.name: _sha256(p) for p in out.iterdir()} == {p.name: _sha256(p) for p in model.iterdir()}
+
+
+def test_into_a_zoo_in_a_bucket_workers_put_the_objects(ray_cluster: str, bucket: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZOO_HOME=s3://...: the tasks put the objects in the bucket, the driver only the manifest (and
+    the shell it fetched once); the bucket holds what a local run leaves in a folder zoo."""
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))  # passed on: the workers' copies of the zoo stay in the test's folder
+    base, tuned, other = _family(tmp_path / "models")
+    remote, here = Store(f"{bucket}/zoo"), Store(tmp_path / "here")
+    for store in (remote, here):
+        compress_into(store, base, "base", source_label=str(base.resolve()), threads=1)
+    on_ray = batch.compress_many([str(tuned), str(other)], store=remote, ray=ray_cluster, task_bytes=40 << 10)
+    locally = batch.compress_many([str(tuned), str(other)], store=here, ray=None)
+    assert [r.ok for r in on_ray + locally] == [True] * 4, [r.error for r in on_ray + locally]
+    assert all(r.seconds["put"] >= 0 and "publish" in r.seconds for r in on_ray)
+    storage = open_storage(f"{bucket}/zoo")
+    objects = sorted(info.key.rsplit("/", 1)[-1] for info in storage.list("objects/"))
+    manifests = [{k: v for k, v in json.loads(storage.read(info.key)).items() if k != "created"} for info in storage.list("manifests/")]
+    local_objects, local_manifests = _contents(tmp_path / "here")
+    assert [m["name"] for m in manifests] == [m["name"] for m in local_manifests]
+    for mine, theirs in zip(manifests, local_manifests):
+        assert {k: v for k, v in mine.items() if v != theirs.get(k)} == {k: v for k, v in theirs.items() if v != mine.get(k)}
+    # the whole objects of the fine-tune's tensors, put by its part tasks before its build stored
+    # them as XORs against the base, are named by no manifest: `zoo gc` takes them after its grace
+    extra = set(objects) - set(local_objects)
+    assert set(local_objects) <= set(objects) and len(extra) == 4
+    assert not extra & {f"{o['sha256']}.zoo" for m in manifests for o in m["objects"]}
+    assert list((remote.home / "work").iterdir()) == []
+    out = tmp_path / "exported"
+    zoo.decompress(Store(f"{bucket}/zoo").resolve("tuned").archive, out)
+    assert {p.name: _sha256(p) for p in out.iterdir()} == {p.name: _sha256(p) for p in tuned.iterdir()}
+
+
 def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sources = _models(tmp_path / "models", 2)
     monkeypatch.setenv("ZOO_KILL_AT", "batch-task-once")  # each task's first attempt is killed -9
@@ -99,6 +190,18 @@ def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeyp
     for source, result in zip(sources, results):
         zoo.compress(source, tmp_path / "local.zoo", threads=1, force=True)
         assert result.sha256 == _sha256(tmp_path / "local.zoo") == _sha256(tmp_path / "out" / result.name)
+
+
+def test_a_split_model_whose_tasks_die_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part task and the model's build killed -9 on its first attempt: the retries' objects are
+    the model's, and the zoo holds what a local run stores."""
+    _, tuned, _ = _family(tmp_path / "models")
+    monkeypatch.setenv("ZOO_KILL_AT", "batch-task-once")
+    results = batch.compress_many([str(tuned)], store=Store(tmp_path / "on-ray"), ray=ray_cluster, task_bytes=80 << 10)
+    monkeypatch.delenv("ZOO_KILL_AT")
+    assert results[0].ok and results[0].tasks == 3, results[0].error
+    compress_into(Store(tmp_path / "here"), tuned, "tuned", source_label=str(tuned.resolve()), threads=1)
+    assert _contents(tmp_path / "on-ray") == _contents(tmp_path / "here")
 
 
 def test_sources_and_archives_in_a_bucket(ray_cluster: str, bucket: str, tmp_path: Path) -> None:
@@ -187,10 +290,39 @@ def test_many_repositories_pulled_on_ray(ray_cluster: str, hub, tmp_path: Path, 
     mine = store.resolve("org/tiny-bert", with_files=True)
     assert (mine.archive.name, mine.commit, mine.source, mine.files) == (local_entry.archive.name, local_entry.commit, local_entry.source,
                                                                          local_entry.files)
+    assert _contents(tmp_path / "second") == _contents(tmp_path / "third")  # its objects are in the zoo, as a local pull leaves them
+    zoo.decompress(mine.archive, tmp_path / "exported")
+    assert {p.name: _sha256(p) for p in (tmp_path / "exported").iterdir()} == \
+        {name: sha256 for name, sha256 in ((f.path, f.sha256) for f in local_entry.files)}
     again = batch.pull_many(["org/tiny-bert"], store=store, ray=ray_cluster)
     assert again[0].unchanged and again[0].output == "org/tiny-bert@main:lossless"
     done = _zoo("pull", "org/tiny-bert", "org/nowhere", "--ray", ray_cluster, env=env)
     assert done.returncode == 1 and "failed org/nowhere" in done.stderr and done.stdout == "2 repositories: 1 in the zoo, 1 failed\n"
+
+
+def test_a_repository_pulled_on_ray_into_a_bucket_zoo(ray_cluster: str, hub, bucket: str, tmp_path: Path,  # noqa: F811
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker puts the pulled model's objects in the bucket, the driver its manifest: the bucket
+    then holds what a local pull leaves in a folder zoo."""
+    from zoo.hub.pull import pull
+
+    _, _, env = hub
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    results = batch.pull_many(["org/tiny-bert"], store=Store(f"{bucket}/zoo"), ray=ray_cluster)
+    assert results[0].ok and "put" in results[0].seconds, results[0].error
+    pull("org/tiny-bert", store=Store(tmp_path / "here"), progress_bars=False)
+    storage = open_storage(f"{bucket}/zoo")
+    objects = sorted(info.key.rsplit("/", 1)[-1] for info in storage.list("objects/"))
+    manifests = [{k: v for k, v in json.loads(storage.read(info.key)).items() if k != "created"} for info in storage.list("manifests/")]
+    assert (objects, manifests) == _contents(tmp_path / "here")
+
+
+def test_a_model_is_split_into_runs_of_whole_objects() -> None:
+    assert batch.split([10, 10, 10], 15) == [(0, 2), (2, 3)]
+    assert batch.split([100, 1, 1], 15) == [(0, 1), (1, 3)]  # an object larger than a task is a task of its own
+    assert batch.split([1, 1], 100) == [(0, 2)] and batch.split([], 100) == [(0, 0)]  # one task: not split
 
 
 def test_a_bare_ray_flag_gets_the_default_address() -> None:

@@ -155,7 +155,7 @@ def _compress_batch(sources: list[str], output: Optional[Path], name: Optional[s
             return
         if result.ok:
             spent = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.seconds.items())
-            where = f" on node {result.node}" if result.node else ""
+            where = (f" in {result.tasks} tasks" if result.tasks > 1 else "") + (f" on node {result.node}" if result.node else "")
             stderr.print(f"landed {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
                          f"{result.stored_bytes / max(result.original_bytes, 1):.3f}){where}; {spent}", markup=False, highlight=False,
                          soft_wrap=True)

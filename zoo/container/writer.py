@@ -138,12 +138,14 @@ class Builder:
             "tensors": {},
         }
 
-    def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None) -> dict[str, Any]:
-        """Encode every source into `payload`; returns the archive header."""
+    def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None,
+              hash_files: bool = True) -> dict[str, Any]:
+        """Encode every source into `payload`; returns the archive header (whose files lack their
+        sha256 without `hash_files`: a build that only wants some of its objects, zoo.batch)."""
         writer = PayloadWriter(payload)
         target, unit = writer, None  # where chunks go: the payload, or the object of `unit`
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-sha256") as hasher:
-            digests = {s.relpath: hasher.submit(sha256_file, s.path) for s in stored_files(sources)}
+            digests = {s.relpath: hasher.submit(sha256_file, s.path) for s in stored_files(sources)} if hash_files else {}
             current: dict[str, Any] | None = None
             chunks: list[tuple[int, int, int]] = []
             for job, encoded in ordered_map(self._encode, self._jobs(sources), threads):
@@ -189,7 +191,8 @@ class Builder:
 
     def _record_digests(self, digests: dict[str, Future[str]]) -> None:
         for entry in self.header["files"]:
-            entry["sha256"] = digests[entry["path"]].result()
+            if entry["path"] in digests:
+                entry["sha256"] = digests[entry["path"]].result()
 
     @staticmethod
     def _encode(job: _Job) -> tuple[_Job, bytes | None]:
@@ -200,6 +203,13 @@ class Builder:
         return job, encoded
 
     # -- planning ---------------------------------------------------------------------------
+
+    @staticmethod
+    def object_sizes(sources: list[SourceFile]) -> list[int]:
+        """The size in the source of each object a build with an ObjectSink meets, in the order it
+        asks the sink for them (ObjectSink.unit): every tensor and run of bytes of INLINE_BYTES or
+        more. Reads no tensor's bytes."""
+        return [segment.size for source in stored_files(sources) for segment in source.segments if segment.size >= INLINE_BYTES]
 
     @staticmethod
     def named_tensors(sources: list[SourceFile], pipeline: Pipeline | None = None) -> Iterator[tuple[str, str, TypedArray]]:

@@ -119,6 +119,10 @@ class Store:
     def object_path(self, sha256: str) -> Path:
         return object_path(self.objects, sha256)
 
+    def object_key(self, name: str) -> str:
+        """Where the object `name` lives in the zoo's storage: its path under the zoo's root."""
+        return self._relative(self.object_path(name))
+
     def existing_object(self, name: str) -> Path | None:
         """The object of that name when the zoo holds it (what a build may reuse instead of coding);
         on object storage it is fetched into this machine's folder first."""
@@ -409,6 +413,11 @@ class Store:
         return sorted(f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
                       if names & {o["sha256"] for o in r["objects"]})
 
+    def objects_of(self, refs: set[str]) -> set[str]:
+        """Every object the models `refs` (NAME@REVISION:VARIANT) name, as their manifests say now."""
+        self._sync()
+        return {o["sha256"] for _, r in self._all_manifests() if f"{r['name']}@{r['revision']}:{r['variant']}" in refs for o in r["objects"]}
+
     def total_bytes(self) -> int:
         """What the zoo's objects take on disk (in the bucket, for a zoo on object storage)."""
         if self.storage is not None:
@@ -524,6 +533,43 @@ class Store:
             {"role": "object", "sha256": item, "size": sizes[item]} for item in sorted(named)]
         record["stored_bytes"] = sum(sizes[item] for item in {shell_name, *named})
         self._publish(record, moves, force)
+        return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
+
+    def add_put(self, shell_name: str, objects: dict[str, int], name: str, revision: str = DEFAULT_REVISION, *,
+                commit: str | None = None, source: str | None = None, force: bool = False) -> Entry:
+        """Record a model whose shell (`shell_name`) and objects (name -> size) a worker has put in
+        this zoo's storage already (zoo.batch, on a bucket): the shell is fetched, checked to name
+        only those objects, and the manifest published by its conditional put."""
+        from zoo.container.format import ArchiveFile
+
+        if self.storage is None:
+            raise StoreError(f"{self.home}: a zoo in a folder takes a model from a work folder (add_composed)")
+        check_name(name)
+        check_revision(revision)
+        shell = self.object_path(shell_name)
+        try:
+            if not shell.is_file():
+                self._fetch(self._relative(shell), shell)
+            if sha256_file(shell) != shell_name:
+                shell.unlink()
+                raise StoreError(f"{self.url}: the shell {shell_name[:16]}... of {name} is damaged; nothing was stored")
+        except OSError as error:
+            raise StoreError(f"{self.url}: cannot read the shell of {name}: {_reason(error)}") from None
+        metadata, files = describe_files(shell, objects_root=self.objects)
+        record = record_of(metadata, files, name, revision, commit, source, time.time())
+        opened = ArchiveFile(shell)
+        try:
+            named = object_names(opened.header)
+        finally:
+            opened.close()
+        missing = named - set(objects)
+        if missing:
+            raise StoreError(f"{shell_name}: names {len(missing)} objects its worker did not put ({min(missing)[:16]}...)")
+        size = shell.stat().st_size
+        record["objects"] = [{"role": "archive", "sha256": shell_name, "size": size}] + [
+            {"role": "object", "sha256": item, "size": objects[item]} for item in sorted(named)]
+        record["stored_bytes"] = size + sum(objects[item] for item in named)
+        self._publish_remote(record, {shell_name: shell}, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
