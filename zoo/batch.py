@@ -188,11 +188,14 @@ class PartSink(ObjectSink):
         super().__init__(root, existing, threads)
         self.first, self.last, self.asked = first, last, 0
 
-    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False) -> Any:
+    hash_ahead = False  # most of the build's tensors are another part's: hash only this part's, when asked
+
+    def unit(self, holder: dict[str, Any], dtype: str, shape: list[int], raw: Any, lossless: bool, blob: bool = False,
+             digest: Callable[[], str] | None = None) -> Any:
         number, self.asked = self.asked, self.asked + 1
         if not self.first <= number < self.last:
             return None
-        return super().unit(holder, dtype, shape, raw, lossless, blob)
+        return super().unit(holder, dtype, shape, raw, lossless, blob, digest)
 
     def _link(self, key: str) -> bool:
         return self.existing(key) is not None

@@ -96,6 +96,8 @@ class ObjectSink:
     gives the path of an object the zoo already holds, or None; such an object is hard-linked into
     `root` (copied where links fail), so the build owns every object it names until it is published."""
 
+    hash_ahead = True  # the build may start each object's content digest before it asks for the unit
+
     def __init__(self, root: Path, existing: Callable[[str], Path | None] = lambda key: None, threads: int = 1) -> None:
         self.root = root
         self.threads = threads  # for hashing what the build meets

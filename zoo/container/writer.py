@@ -233,7 +233,7 @@ class Builder:
         """`items` as they come, each one's content digest started HASH_AHEAD bytes before the build
         reaches it: the hashers work beside the coders instead of holding up the queueing of chunks.
         Only in a lossless build without a float base, where every object is named by its bytes."""
-        if self.objects is None or self.pipeline.array_stages or self.deltas is not None:
+        if self.objects is None or not self.objects.hash_ahead or self.pipeline.array_stages or self.deltas is not None:
             yield from items
             return
         window: deque[Any] = deque()
