@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_digest, content_key, object_path, sha256_file, write_archive
-from zoo.errors import FormatError
+from zoo.errors import FormatError, ZooError
 
 OBJECT_TENSOR = "tensor"  # the key of the one tensor an object holds
 
@@ -309,3 +309,33 @@ def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) ->
     else:
         header.pop("features", None)
     return header
+
+
+def object_problems(path: Path, name: str, shown: str) -> list[str]:
+    """What is wrong with the object file `path`, stored under `name` (shown as `shown`): one
+    coded without loss is decoded and checked against the sha256 it records and against its name,
+    any other object (a model's archive among them) against the sha256 of its bytes."""
+    from zoo.container.reader import Archive
+
+    try:
+        opened = ArchiveFile(path)
+        try:
+            about = (opened.header.get("metadata") or {}).get("object")
+        finally:
+            opened.close()
+        if not isinstance(about, dict):
+            return [] if sha256_file(path) == name else [f"{shown}: its bytes do not match its name"]  # a model's archive
+        with Archive(path) as held:
+            info = held.tensor_info(OBJECT_TENSOR)
+            digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
+        if about.get("lossless"):
+            if digest != about.get("sha256"):
+                return [f"{shown}: decodes to bytes whose sha256 is not the recorded one"]
+            if "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
+                return [f"{shown}: holds other bytes than its name says"]
+        elif sha256_file(path) != name:
+            return [f"{shown}: its bytes do not match its name"]
+    except (ZooError, OSError) as error:
+        message = str(error).replace(str(path), shown)  # the reader's errors name the file they read
+        return [message if message.startswith(shown) else f"{shown}: {message}"]
+    return []

@@ -2,7 +2,7 @@
 and Store.doctor do on a folder, read from the bucket itself rather than from this machine's copies.
 
 verify streams each object of the bucket once into a work folder and checks it as a local verify
-does (zoo.hub.store.object_problems), then reads each manifest from the bucket and checks that its
+does (zoo.container.objects.object_problems), then reads each manifest from the bucket and checks that its
 objects are there at their recorded sizes and its archive's layout. doctor rebuilds this machine's
 index from the bucket's manifests and reports what is damaged or what `zoo gc` would reclaim; it
 writes nothing to the bucket and deletes nothing there: an object no manifest names may be a
@@ -16,13 +16,13 @@ import time
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.hub.manifest import OBJECT_SUFFIX, check_record
+from zoo.container.objects import object_problems
+from zoo.hub.manifest import OBJECT_SUFFIX, check_record, human_size
 from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo
 
 
 def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
     """Store.verify on object storage. Returns (objects, manifests, problems), one line each."""
-    from zoo.hub.store import object_problems
     from zoo.kernels.parallel import for_each
 
     storage, problems = store.storage, []
@@ -66,7 +66,6 @@ def doctor_bucket(store: Any) -> list[str]:
     work folders here removed, and one line per finding in the bucket (a damaged manifest, an object
     a manifest names that is missing or of another size, an object no manifest names: reclaimable
     by `zoo gc` once older than GC_GRACE_SECONDS, else perhaps a writer's, mid-publish)."""
-    from zoo.hub.store import human_size
 
     store._synced = -1e9  # this machine's copy of the manifests brought up to date now
     if not store.exists():

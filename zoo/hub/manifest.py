@@ -257,3 +257,9 @@ def derived_commit(name: str, revision: str, variant: str, files: list[StoredFil
     return digest.hexdigest()
 
 
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)

@@ -31,12 +31,12 @@ from typing import Any
 
 from zoo.container import format as format_module
 from zoo.container.format import FEATURES_VERSION, PREAMBLE, object_path, sha256_file
-from zoo.container.objects import ObjectSink, object_names
+from zoo.container.objects import ObjectSink, object_names, object_problems
 from zoo.errors import FormatError, InputError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Entry, StoredFile, check_name,
-    check_record, check_revision, describe_files, git_blob_hasher, legacy_records, lfs_pointer, manifest_component, parse_ref,
+    check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component, parse_ref,
     quality_label, record_of, variant_match, variant_of,
 )
 from zoo.hub.remote import index_home, is_url
@@ -1003,50 +1003,10 @@ def _remote_object(path: Path) -> _RemoteObject | None:
     return reader
 
 
-def object_problems(path: Path, name: str, shown: str) -> list[str]:
-    """What is wrong with the object file `path`, stored under `name` (shown as `shown`): one
-    coded without loss is decoded and checked against the sha256 it records and against its name,
-    any other object (a model's archive among them) against the sha256 of its bytes."""
-    from zoo.container.format import ArchiveFile, content_digest, content_key
-    from zoo.container.objects import OBJECT_TENSOR
-    from zoo.container.reader import Archive
-
-    try:
-        opened = ArchiveFile(path)
-        try:
-            about = (opened.header.get("metadata") or {}).get("object")
-        finally:
-            opened.close()
-        if not isinstance(about, dict):
-            return [] if sha256_file(path) == name else [f"{shown}: its bytes do not match its name"]  # a model's archive
-        with Archive(path) as held:
-            info = held.tensor_info(OBJECT_TENSOR)
-            digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
-        if about.get("lossless"):
-            if digest != about.get("sha256"):
-                return [f"{shown}: decodes to bytes whose sha256 is not the recorded one"]
-            if "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
-                return [f"{shown}: holds other bytes than its name says"]
-        elif sha256_file(path) != name:
-            return [f"{shown}: its bytes do not match its name"]
-    except (ZooError, OSError) as error:
-        message = str(error).replace(str(path), shown)  # the reader's errors name the file they read
-        return [message if message.startswith(shown) else f"{shown}: {message}"]
-    return []
-
-
 def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror + (f": {error.filename}" if error.filename else "")
     return str(error)
-
-
-def human_size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
 
 
 def resolve_archive(ref: str) -> Path | None:
