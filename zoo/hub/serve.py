@@ -594,7 +594,8 @@ class DecodeThread:
     while the download's own slot is free (so one piece at a time is always allowed), or with a
     token from `read_ahead`, the server's shared pool: while the client keeps up, the next piece is
     decoded as the current one goes out; a stalled download holds one piece, and the stalled
-    together hold at most the shared pool besides."""
+    together hold at most the shared pool besides. A run of small pieces is handed over with the
+    piece after it (`_gather`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pieces: Callable[[], Iterator[bytes | memoryview]],
                  read_ahead: threading.Semaphore) -> None:
