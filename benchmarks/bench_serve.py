@@ -12,7 +12,9 @@ to the socket, minus decoding). Downloads of one file at the same time share its
 different file would cost. Each server runs in its own process on 127.0.0.1; the client reads 1 MiB
 blocks, checks the sha256 and keeps nothing. The servers take turns within each of --repeat rounds
 (the machine's load changes between rounds); the best and the median round of each, and each
-server's CPU seconds per GiB sent over all rounds, a figure the load moves less.
+server's CPU seconds per GiB sent over all rounds, a figure the load moves less. The load average
+is printed before and after each case, and a last table puts the ratios to the anchor side by side
+against the 0.9x target.
 
 Memory: a fresh `zoo serve` process per case; its VmHWM (peak resident set) after start and one
 download, then under --stalled clients that request the file with a 4 KiB receive buffer and read
@@ -240,6 +242,11 @@ def header_floods(port: int, count: int, each: int = 1 << 20) -> int:
     return refused
 
 
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path)
@@ -278,15 +285,26 @@ def main() -> None:
                        "http.server": (plain_server, plain_port, f"/{relpath}"), "uvicorn raw": (raw_server, raw_port, "/raw")}
             labels = {"zoo serve": "zoo serve, decoding", "unshared": "zoo serve, each decoding its own",
                       "http.server": "http.server, raw file (anchor)", "uvicorn raw": "zoo's app, raw file (anchor)"}
+            summary = []
             try:
                 for clients in map(int, arguments.clients.split(",")):
+                    before = load_average()
                     figures = side_by_side(servers, clients, arguments.repeat, expected)
-                    print(f"{clients} client(s), {arguments.repeat} rounds; MiB/s best, median (server CPU s per GiB sent); "
-                          f"best / http.server's best, best / zoo's app's best:")
+                    print(f"{clients} client(s), {arguments.repeat} rounds ({before} before, {load_average()} after); "
+                          f"MiB/s best, median (server CPU s per GiB sent); best / http.server's best, best / zoo's app's best:")
                     for name, (best, median, cpu) in figures.items():
                         ratios = (f"   {best / figures['http.server'][0]:.2f}  {best / figures['uvicorn raw'][0]:.2f}"
                                   if name in ("zoo serve", "unshared") else "")
                         print(f"  {labels[name]:<33}{best / 2**20:7.1f} {median / 2**20:7.1f} ({cpu:.2f}){ratios}")
+                    anchor = figures["http.server"]
+                    summary.append((f"{clients} client{'s' if clients > 1 else ''}, one file", figures["zoo serve"], anchor))
+                    if clients > 1:
+                        summary.append((f"{clients} clients, as many files", figures["unshared"], anchor))
+                print(f"zoo serve / http.server serving the raw file (target 0.9), {cpu_model()}, {os.cpu_count()} threads, "
+                      f"{load_average()}:")
+                print(f"  {'':<26}{'best':>6}{'median':>8}{'CPU s/GiB':>11}{'anchor CPU s/GiB':>18}")
+                for label, (best, median, cpu), (anchor_best, anchor_median, anchor_cpu) in summary:
+                    print(f"  {label:<26}{best / anchor_best:6.2f}{median / anchor_median:8.2f}{cpu:11.2f}{anchor_cpu:18.2f}")
             finally:
                 for process in (zoo_server, unshared, plain_server, raw_server):
                     stop(process)

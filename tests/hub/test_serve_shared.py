@@ -13,7 +13,7 @@ import pytest
 
 from zoo.api import compress_into
 from zoo.container.reader import Archive
-from zoo.hub.serve import SharedPieces, make_server
+from zoo.hub.serve import GATHER_BYTES, DecodeThread, SharedPieces, make_server
 from zoo.hub.store import Store
 
 from tests.conftest import largest_object, random_storage, write_safetensors
@@ -124,3 +124,22 @@ def test_a_damaged_chunk_fails_every_download_sharing_it(big):
     for status, received in answers:
         assert status == 200 and received is not None  # cut short of its Content-Length
         assert len(received) < len(original) and received == original[:len(received)]
+
+
+def test_small_pieces_go_out_together_and_a_failure_after_them_comes_after_them():
+    def pieces(*sizes, fail=False):
+        for size in sizes:
+            yield bytes([size % 251]) * size
+        if fail:
+            raise ValueError("damaged")
+
+    small, big = GATHER_BYTES // 4, GATHER_BYTES
+    batch, error = DecodeThread._gather(b"a", pieces(small, small, big, 1))
+    assert error is None and [len(part) for part in batch] == [1 + 2 * small, big]  # the big one is not copied
+    assert bytes(batch[0]) == b"a" + bytes([small % 251]) * (2 * small)
+    batch, error = DecodeThread._gather(b"a", pieces(small))
+    assert error is None and len(batch[0]) == 1 + small and batch[1] is None  # the end of the file
+    batch, error = DecodeThread._gather(b"a", pieces(small, fail=True))
+    assert isinstance(error, ValueError) and [len(part) for part in batch] == [1 + small]
+    batch, error = DecodeThread._gather(b"a", pieces(small, small, small, small))  # past GATHER_BYTES: not joined
+    assert error is None and [len(part) for part in batch] == [1 + 3 * small, small]

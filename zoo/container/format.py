@@ -358,6 +358,8 @@ class _ObjectFiles:
             self._trim()
 
     def _trim(self) -> None:
+        if len(self._open) <= _OPEN_OBJECTS:  # the common case, on every read: nothing to look through
+            return
         for path in [p for p, (_, users) in self._open.items() if users == 0][:max(0, len(self._open) - _OPEN_OBJECTS)]:
             os.close(self._open.pop(path)[0])
 

@@ -48,6 +48,7 @@ from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFi
 READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
 SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of the same file in progress, all together
 SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
+GATHER_BYTES = 64 << 10  # decoded pieces smaller than this (a model's biases and norms) go out together
 STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
 HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, from the connection or their first byte
@@ -222,7 +223,7 @@ class ZooApp:
         sent = 0
         try:
             try:
-                piece = await stream.next()  # before any header: a chunk that fails here is a clean 500
+                batch = await stream.next()  # before any header: a chunk that fails here is a clean 500
             except Exception as error:  # noqa: BLE001 - a damaged archive or a bug: either fails this request only
                 failed = self._error_answer(HubError(500, self._decoding_failed(error, answer.stored.path)))  # type: ignore[union-attr]
                 answer.status, answer.note = failed.status, " (decoding failed)"
@@ -230,19 +231,23 @@ class ZooApp:
                 await send({"type": "http.response.body", "body": failed.body})
                 return 0
             await send({"type": "http.response.start", "status": answer.status, "headers": _header_list(answer)})
-            while piece is not None:
-                for offset in range(0, len(piece), SEND_SLICE):
-                    body = piece[offset:offset + SEND_SLICE]
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    progress[0] = time.monotonic()
-                    if watcher.done():
-                        answer.note = (f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
-                                       if watchdog.done() else " (client went away)")
+            while True:
+                for piece in batch:
+                    if piece is None:
+                        await send({"type": "http.response.body", "body": b""})
                         return sent
-                    sent += len(body)
+                    for offset in range(0, len(piece), SEND_SLICE):
+                        body = piece[offset:offset + SEND_SLICE]
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        progress[0] = time.monotonic()
+                        if watcher.done():
+                            answer.note = (f" (client read nothing for {self.stall_timeout:g} s: connection cut)"
+                                           if watchdog.done() else " (client went away)")
+                            return sent
+                        sent += len(body)
                 stream.release()
                 try:
-                    piece = await stream.next()
+                    batch = await stream.next()
                 except Exception as error:  # noqa: BLE001 - as above
                     # Too late for a status. Closing short of Content-Length is what every client
                     # reads as a failed download; the damaged chunk's bytes are never sent.
@@ -250,8 +255,6 @@ class ZooApp:
                     answer.note = f" (cut after {sent} of {answer.end - answer.start} bytes: decoding failed)"
                     await _cut(send, watcher)
                     return sent
-            await send({"type": "http.response.body", "body": b""})
-            return sent
         finally:
             stream.stop()
             watcher.cancel()
@@ -591,7 +594,8 @@ class DecodeThread:
     while the download's own slot is free (so one piece at a time is always allowed), or with a
     token from `read_ahead`, the server's shared pool: while the client keeps up, the next piece is
     decoded as the current one goes out; a stalled download holds one piece, and the stalled
-    together hold at most the shared pool besides."""
+    together hold at most the shared pool besides. A run of small pieces is handed over with the
+    piece after it (`_gather`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pieces: Callable[[], Iterator[bytes | memoryview]],
                  read_ahead: threading.Semaphore) -> None:
@@ -627,13 +631,44 @@ class DecodeThread:
                     except BaseException:
                         token.release()
                         raise
-                    self._hand_over((piece, token))
+                    if piece is not None and len(piece) < GATHER_BYTES:
+                        batch, error = self._gather(piece, pieces)
+                        self._hand_over((batch, token))
+                        if error is not None:
+                            raise error
+                        if batch[-1] is None:
+                            return
+                        continue
+                    self._hand_over(([piece], token))
                     if piece is None:
                         return
             finally:
                 pieces.close()  # type: ignore[attr-defined]
         except BaseException as error:  # noqa: BLE001 - handed to the sender, who answers for it
             self._hand_over(error)
+
+    @staticmethod
+    def _gather(piece: bytes | memoryview, pieces: Iterator[bytes | memoryview]) -> tuple[list[Any], BaseException | None]:
+        """`piece` and the pieces after it, while they are small, as one hand-over: the small ones
+        joined into one send (a copy of under GATHER_BYTES), then the piece that ended the run (a
+        whole chunk at most, not copied; None at the end of the file). A file of many small tensors
+        otherwise costs a hand-over between threads and a send per tensor. The error of a piece
+        that fails comes after the pieces before it, as it would one by one."""
+        small, total, following, error = [piece], len(piece), None, None
+        while True:
+            try:
+                following = next(pieces, None)
+            except Exception as failed:  # noqa: BLE001 - raised by the caller once these are out
+                error = failed
+                break
+            if following is None or len(following) >= GATHER_BYTES or total + len(following) > GATHER_BYTES:
+                break
+            small.append(following)
+            total += len(following)
+        batch: list[Any] = [small[0] if len(small) == 1 else b"".join(small)]
+        if error is None:
+            batch.append(following)
+        return batch, error
 
     def _hand_over(self, item: Any) -> None:
         try:
@@ -649,12 +684,13 @@ class DecodeThread:
         else:
             self._ready.put_nowait(item)
 
-    async def next(self) -> bytes | memoryview | None:
+    async def next(self) -> list[Any]:
+        """The next pieces to send, together; the last is None at the end of the file."""
         item = await self._ready.get()
         if isinstance(item, BaseException):
             raise item
-        piece, self._held = item
-        return piece
+        batch, self._held = item
+        return batch
 
     def release(self) -> None:
         """The sender is done with the piece next() gave it."""
