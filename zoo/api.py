@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 from zoo.kernels.parallel import for_each, resolve_threads
@@ -23,7 +23,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ArchiveFile, assemble, object_path
+from zoo.container.format import ALIGN_FROM, ArchiveFile, assemble, insert_header, object_path
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -217,6 +217,22 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
 # -- compress --------------------------------------------------------------------------------
 
 
+def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]], durable: bool = True) -> None:
+    """The archive at `temporary`: `write(stream)` writes its payload and returns its header. The
+    payload goes straight into `temporary`, and the header in front of it: without copying the
+    payload where it is large and the file system can insert room at a file's start
+    (format.insert_header), else by copying it behind the header."""
+    with builtins.open(temporary, "wb") as payload:
+        header = write(payload)
+    padded = temporary.stat().st_size >= ALIGN_FROM  # the payload's size alone decides: the same bytes on every file system
+    if padded and insert_header(temporary, header, durable):
+        return
+    with temporaries.locked_temporary(temporary.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
+        payload_path = Path(scratch) / "payload"
+        os.replace(temporary, payload_path)
+        assemble(temporary, header, payload_path, durable=durable, padded=padded)
+
+
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -270,12 +286,9 @@ def compress(
                 statistics.base = deltas  # the teacher then runs base + delta (zoo.optimize.teacher)
             plans = chosen.survey(lambda: Builder.tensors(sources, deltas, chosen), statistics, stage_progress, chunk_bytes)
         with _atomic_output(destination, force, is_dir=False) as temporary:
-            with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
-                payload_path = Path(scratch) / "payload"
-                with builtins.open(payload_path, "wb") as payload:
-                    builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
-                    header = builder.build(sources, payload, resolve_threads(threads), progress)
-                assemble(temporary, header, payload_path, durable=objects is None)  # a zoo syncs a model's files together
+            builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
+            _write_archive(temporary, lambda payload: builder.build(sources, payload, resolve_threads(threads), progress),
+                           durable=objects is None)  # a zoo syncs a model's files together
             if check is not None:
                 check(temporary)
     report = report_of(destination)
@@ -456,11 +469,7 @@ def export_archive(source: str | os.PathLike[str], destination: str | os.PathLik
             if "objects" not in (opened.header().get("features") or []):
                 shutil.copyfile(opened.path, temporary)
             else:
-                with temporaries.locked_temporary(destination.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
-                    payload_path = Path(scratch) / "payload"
-                    with builtins.open(payload_path, "wb") as payload:
-                        header = standalone(opened, payload)
-                    assemble(temporary, header, payload_path)
+                _write_archive(temporary, lambda payload: standalone(opened, payload))
     return report_of(destination)
 
 

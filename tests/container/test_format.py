@@ -91,3 +91,36 @@ def test_float_conversions_are_exact_and_round_to_nearest_even():
         finite = np.isfinite(decoded)
         again = to_float32(from_float32(decoded[finite], dtype), dtype)
         assert np.array_equal(again, decoded[finite])
+
+
+def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monkeypatch):
+    """Past ALIGN_FROM the header is padded to a block boundary and inserted in front of the payload
+    written first; where the file system cannot insert, the payload is copied behind the same
+    header: the same bytes either way, and an archive like any other."""
+    from zoo import api
+    from zoo.container import format as archive_format
+
+    inserted = []
+
+    def insert_header(*args, **kwargs):
+        inserted.append(archive_format.insert_header(*args, **kwargs))
+        return inserted[-1]
+
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("BF16", random_storage("BF16", (256, 512), 1)),
+                                                            "b": ("F32", random_storage("F32", (512,), 2))})
+    monkeypatch.setattr(api, "ALIGN_FROM", 1)
+    monkeypatch.setattr(api, "insert_header", insert_header)
+    zoo.compress(source, tmp_path / "in-place.zoo")
+    if inserted != [True]:
+        pytest.skip("this file system cannot insert room at a file's start (FALLOC_FL_INSERT_RANGE)")
+    monkeypatch.setattr(api, "insert_header", lambda *args, **kwargs: False)
+    zoo.compress(source, tmp_path / "copied.zoo")
+    data = (tmp_path / "in-place.zoo").read_bytes()
+    assert data == (tmp_path / "copied.zoo").read_bytes()
+    opened = archive_format.ArchiveFile(tmp_path / "in-place.zoo")
+    opened.close()
+    assert opened.payload_start % archive_format.HEADER_ALIGN == 0
+    assert zoo.verify(tmp_path / "in-place.zoo") == []
+    zoo.decompress(tmp_path / "in-place.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "w.safetensors").read_bytes() == source.read_bytes()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside

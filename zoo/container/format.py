@@ -134,11 +134,62 @@ def object_path(root: Path, name: str) -> Path:
     return root / name[:2] / f"{name}{OBJECT_SUFFIX}"
 
 
-def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0, durable: bool = True) -> None:
+# An archive whose payload is at least this large has its header padded with spaces so that the
+# payload starts on a HEADER_ALIGN boundary: the header can then be put in front of a payload
+# written first, without copying it (insert_header). Smaller ones are assembled by a copy.
+ALIGN_FROM = 64 << 20
+HEADER_ALIGN = 4096
+_FALLOC_FL_INSERT_RANGE = 0x20
+
+
+def padded_body(header: dict[str, Any]) -> bytes:
+    """The header's bytes followed by spaces (JSON allows them) up to the next HEADER_ALIGN
+    boundary of the file, counting the preamble."""
+    body = encode_header(header)
+    body += b" " * (-(PREAMBLE.size + len(body)) % HEADER_ALIGN)
+    if len(body) > MAX_HEADER_BYTES:
+        raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
+    return body
+
+
+def insert_header(path: Path, header: dict[str, Any], durable: bool = True) -> bool:
+    """Turn the payload that `path` holds into an archive in place: room for preamble and padded
+    header is inserted at the file's start (fallocate FALLOC_FL_INSERT_RANGE: the file system moves
+    extents, not bytes) and written. False, with `path` untouched, where the file system cannot."""
+    body = padded_body(header)
+    front = PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        if not _insert_range(descriptor, len(front)):
+            return False
+        view = memoryview(front)
+        while view:
+            view = view[os.pwrite(descriptor, view, len(front) - len(view)):]
+        if durable:
+            os.fsync(descriptor)
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def _insert_range(descriptor: int, length: int) -> bool:
+    try:
+        import ctypes
+
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return fallocate(descriptor, _FALLOC_FL_INSERT_RANGE, 0, length) == 0
+    except (OSError, AttributeError):  # no such call here (not Linux, or no glibc)
+        return False
+
+
+def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0, durable: bool = True,
+             padded: bool = False) -> None:
     """Write preamble, header and payload into `destination` (a temporary name). The payload is
     `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes.
-    `durable`: fsync it (a caller writing many files syncs them together instead)."""
-    body = encode_header(header)
+    `durable`: fsync it (a caller writing many files syncs them together instead). `padded`: the
+    header as padded_body gives it."""
+    body = padded_body(header) if padded else encode_header(header)
     with open(destination, "wb") as out, open(payload_path, "rb") as payload:
         out.write(PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)))
         out.write(body)
