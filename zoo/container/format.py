@@ -212,10 +212,10 @@ def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payl
             os.fsync(out.fileno())
 
 
-def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes]) -> None:
+def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes], padded: bool = False) -> None:
     """Write preamble, header and a payload held in memory (`parts`, in order) into `destination`
     (a temporary name), not synced: what `assemble` does without a payload file to copy from."""
-    body = encode_header(header)
+    body = padded_body(header) if padded else encode_header(header)
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         for data in (PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)), body, *parts):

@@ -24,7 +24,9 @@ from typing import Any, BinaryIO
 
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
-from zoo.container.format import ArchiveFile, PayloadWriter, assemble, content_digest, content_key, object_path, sha256_file, write_archive
+from zoo.container.format import (
+    ALIGN_FROM, ArchiveFile, PayloadWriter, assemble, content_digest, content_key, insert_header, object_path, sha256_file, write_archive,
+)
 from zoo.errors import FormatError, ZooError
 
 OBJECT_TENSOR = "tensor"  # the key of the one tensor an object holds
@@ -167,14 +169,19 @@ class ObjectSink:
                  {"dtype": holder["dtype"], "shape": holder["shape"], "pipeline": holder["pipeline"], "root": holder["root"]})
         header = object_header(entry, unit.about)
         staged = self.root / f".object-{next(self._staged)}"  # the build's own folder: a count is unique
+        padded = payload.size >= ALIGN_FROM  # as any archive of this size is (format.insert_header)
+        # not synced: the store syncs a build's objects together
         if payload.stream is None:
-            write_archive(staged, header, payload.parts)  # not synced: the store syncs a build's objects together
+            write_archive(staged, header, payload.parts, padded)
             payload.parts = []
         else:
             payload.stream.close()
             spilled = Path(payload.stream.name)
             try:
-                assemble(staged, header, spilled, durable=False)
+                if padded and insert_header(spilled, header, durable=False):
+                    os.replace(spilled, staged)
+                else:
+                    assemble(staged, header, spilled, durable=False, padded=padded)
             finally:
                 spilled.unlink(missing_ok=True)
         key = unit.key or sha256_file(staged)
