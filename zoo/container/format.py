@@ -84,26 +84,31 @@ DIGEST_BLOCK = 4 << 20
 
 
 def content_digest(raw: Any, threads: int = 1) -> str:
-    """What names a run of bytes in a zoo: their sha256 up to DIGEST_BLOCK bytes, else the sha256 of
-    the sha256 digests of their DIGEST_BLOCK-byte blocks in order, computed on `threads` workers
-    (one sha256 runs at about 1.5 GB/s; the blocks of a large tensor go side by side)."""
+    """What names a run of bytes in a zoo: their BLAKE3 digest (hex). BLAKE3 hashes about 5 GB/s on
+    one AVX-512 core here, against SHA-256's 1.1-2 GB/s with SHA-NI: beside coding at about 0.5 GB/s
+    a core, naming every tensor costs a tenth of the work, not a third. A run of 64 MiB or more is
+    hashed on `threads` threads (BLAKE3 is a tree)."""
+    import blake3
+
     data = memoryview(raw).cast("B")
-    if len(data) <= DIGEST_BLOCK:
-        return hashlib.sha256(data).hexdigest()
-    return content_digest_later(data, threads)()
+    return blake3.blake3(data, max_threads=threads if len(data) >= 64 << 20 else 1).hexdigest()
 
 
 def content_digest_later(raw: Any, threads: int = 1) -> Callable[[], str]:
     """content_digest of `raw`, started now on the hashers' threads: the call returned waits for it."""
-    data = memoryview(raw).cast("B")
     # Hashers of their own, not the coders' pool: a build hashes a tensor while the coders work
     # through the chunks queued before it, and queued behind them the hashing would wait.
-    hashers = _hashers(threads)
+    return _hashers(threads).submit(content_digest, raw, threads).result
+
+
+def content_digest_1(raw: Any) -> str:
+    """The content digest of objects written before BLAKE3 (key scheme "zoo-object-1"): sha256 up to
+    4 MiB, else the sha256 of the sha256 digests of the 4 MiB blocks in order. Read, never written."""
+    data = memoryview(raw).cast("B")
     if len(data) <= DIGEST_BLOCK:
-        return hashers.submit(lambda: hashlib.sha256(data).hexdigest()).result
-    blocks = [hashers.submit(lambda block: hashlib.sha256(block).digest(), data[start:start + DIGEST_BLOCK])
-              for start in range(0, len(data), DIGEST_BLOCK)]
-    return lambda: hashlib.sha256(b"".join(block.result() for block in blocks)).hexdigest()
+        return hashlib.sha256(data).hexdigest()
+    blocks = (hashlib.sha256(data[start:start + DIGEST_BLOCK]).digest() for start in range(0, len(data), DIGEST_BLOCK))
+    return hashlib.sha256(b"".join(blocks)).hexdigest()
 
 
 _HASHERS: dict[int, Any] = {}
@@ -122,10 +127,11 @@ _HASHERS_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_HASHERS.clear)  # a forked child has none of the parent's threads
 
 
-def content_key(dtype: str, shape: list[int], sha256: str) -> str:
+def content_key(dtype: str, shape: list[int], digest: str, scheme: str = "zoo-object-2") -> str:
     """The name of the object holding a tensor (or a run of a file's bytes) coded without loss:
-    what it decodes to, whatever pipeline coded it (docs/STORE.md)."""
-    text = json.dumps(["zoo-object-1", dtype, list(shape), sha256], separators=(",", ":"))
+    what it decodes to, whatever pipeline coded it (docs/STORE.md). `digest` is its content_digest;
+    scheme "zoo-object-1" names objects written before, by content_digest_1."""
+    text = json.dumps([scheme, dtype, list(shape), digest], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

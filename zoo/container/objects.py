@@ -2,7 +2,7 @@
 
 An *object* is a small version-1 archive holding one tensor (or one run of a file's bytes, as a
 tensor of its dtype) and no files. Coded without loss, it is named by content_key(dtype, shape,
-sha256 of the bytes), so every model holding those bytes names the same object whatever coded it;
+BLAKE3 of the bytes), so every model holding those bytes names the same object whatever coded it;
 coded with loss, by the sha256 of its own bytes. A model is a version-3 archive whose leaves name
 objects (the header's "objects" feature) and whose own payload holds only what is too small to be
 an object: its *shell*.
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import (
-    ALIGN_FROM, ArchiveFile, PayloadWriter, assemble, content_digest, content_key, insert_header, object_path, sha256_file, write_archive,
+    ALIGN_FROM, ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, insert_header, object_path, sha256_file, write_archive,
 )
 from zoo.errors import FormatError, ZooError
 
@@ -120,11 +120,11 @@ class ObjectSink:
         `digest`: the content digest of `raw`, started earlier (format.content_digest_later)."""
         if not lossless:
             return Unit(holder, None, {"lossless": False})
-        sha256 = digest() if digest is not None else content_digest(raw, self.threads)
-        key = content_key(dtype, shape, sha256)
+        blake3 = digest() if digest is not None else content_digest(raw, self.threads)
+        key = content_key(dtype, shape, blake3)
         if not blob:
             holder["key"] = key
-        about = {"lossless": True, "key": key, "dtype": dtype, "shape": list(shape), "sha256": sha256}
+        about = {"lossless": True, "key": key, "dtype": dtype, "shape": list(shape), "blake3": blake3}
         with self._lock:
             if key in self._pending or key in self.written or key in self.reused or self._link(key):
                 self._placeholders.append((holder, key, blob))
@@ -320,8 +320,9 @@ def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) ->
 
 def object_problems(path: Path, name: str, shown: str) -> list[str]:
     """What is wrong with the object file `path`, stored under `name` (shown as `shown`): one
-    coded without loss is decoded and checked against the sha256 it records and against its name,
-    any other object (a model's archive among them) against the sha256 of its bytes."""
+    coded without loss is decoded and checked against the digest it records (BLAKE3, or the sha256
+    of objects written before) and against its name, any other object (a model's archive among
+    them) against the sha256 of its bytes."""
     from zoo.container.reader import Archive
 
     try:
@@ -332,13 +333,15 @@ def object_problems(path: Path, name: str, shown: str) -> list[str]:
             opened.close()
         if not isinstance(about, dict):
             return [] if sha256_file(path) == name else [f"{shown}: its bytes do not match its name"]  # a model's archive
-        with Archive(path) as held:
-            info = held.tensor_info(OBJECT_TENSOR)
-            digest = content_digest(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
         if about.get("lossless"):
-            if digest != about.get("sha256"):
-                return [f"{shown}: decodes to bytes whose sha256 is not the recorded one"]
-            if "xor_of" not in about and content_key(info["dtype"], info["shape"], digest) != name:
+            kind, scheme, digest_of = ("blake3", "zoo-object-2", content_digest) if "blake3" in about else \
+                ("sha256", "zoo-object-1", content_digest_1)
+            with Archive(path) as held:
+                info = held.tensor_info(OBJECT_TENSOR)
+                digest = digest_of(held.read_tensor(OBJECT_TENSOR).data.reshape(-1).view("u1"))
+            if digest != about.get(kind):
+                return [f"{shown}: decodes to bytes whose {kind} is not the recorded one"]
+            if "xor_of" not in about and content_key(info["dtype"], info["shape"], digest, scheme) != name:
                 return [f"{shown}: holds other bytes than its name says"]
         elif sha256_file(path) != name:
             return [f"{shown}: its bytes do not match its name"]

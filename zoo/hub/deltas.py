@@ -153,7 +153,7 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 # coded as unsigned integers: byte planes, whose high bytes are mostly zero, not as floats
                 twin = xor_dtype(first["dtype"])
                 about = {"lossless": True, "key": name, "dtype": twin, "shape": first["shape"],
-                         "sha256": content_digest(words, threads), "xor_of": target}
+                         "blake3": content_digest(words, threads), "xor_of": target}
                 record = encode_object(sink, pipeline, twin, first["shape"], words, chunk_bytes, about, name)
                 size = sink.written[name]
                 if size >= whole:  # not smaller: keep the tensor whole
