@@ -16,7 +16,6 @@ removes those) or an index behind the manifests (rebuilt on the next read).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
