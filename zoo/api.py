@@ -23,7 +23,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ALIGN_FROM, ArchiveFile, assemble, insert_header, object_path
+from zoo.container.format import ArchiveFile, assemble, insert_header, object_path
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -224,13 +224,12 @@ def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]],
     (format.insert_header), else by copying it behind the header."""
     with builtins.open(temporary, "wb") as payload:
         header = write(payload)
-    padded = temporary.stat().st_size >= ALIGN_FROM  # the payload's size alone decides: the same bytes on every file system
-    if padded and insert_header(temporary, header, durable):
+    if insert_header(temporary, header, durable):
         return
     with temporaries.locked_temporary(temporary.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
         payload_path = Path(scratch) / "payload"
         os.replace(temporary, payload_path)
-        assemble(temporary, header, payload_path, durable=durable, padded=padded)
+        assemble(temporary, header, payload_path, durable=durable)
 
 
 def compress(

@@ -108,7 +108,7 @@ def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monke
 
     source = write_safetensors(tmp_path / "w.safetensors", {"w": ("BF16", random_storage("BF16", (256, 512), 1)),
                                                             "b": ("F32", random_storage("F32", (512,), 2))})
-    monkeypatch.setattr(api, "ALIGN_FROM", 1)
+    monkeypatch.setattr(archive_format, "ALIGN_FROM", 1)
     monkeypatch.setattr(api, "insert_header", insert_header)
     zoo.compress(source, tmp_path / "in-place.zoo")
     if inserted != [True]:

@@ -237,10 +237,10 @@ def test_an_object_too_large_to_hold_in_memory_is_the_same_bytes(tmp_path, monke
     held, spilled = ({p.name: p.read_bytes() for p in (tmp_path / home / "objects").rglob("*.zoo")} for home in ("held", "spilled"))
     assert len(held) > 2 and held == spilled
     # an object large enough to have its header padded: held or spilled (its header then inserted in front), the same bytes
-    monkeypatch.setattr("zoo.container.objects.ALIGN_FROM", 1000)
+    monkeypatch.setattr("zoo.container.format.ALIGN_FROM", 1000)
     compress_into(Store(tmp_path / "spilled-padded"), folder, "m")
     monkeypatch.undo()
-    monkeypatch.setattr("zoo.container.objects.ALIGN_FROM", 1000)
+    monkeypatch.setattr("zoo.container.format.ALIGN_FROM", 1000)
     compress_into(Store(tmp_path / "held-padded"), folder, "m")
     padded = {p.name: p.read_bytes() for p in (tmp_path / "held-padded" / "objects").rglob("*.zoo")}
     assert padded == {p.name: p.read_bytes() for p in (tmp_path / "spilled-padded" / "objects").rglob("*.zoo")}

@@ -148,29 +148,39 @@ HEADER_ALIGN = 4096
 _FALLOC_FL_INSERT_RANGE = 0x20
 
 
-def padded_body(header: dict[str, Any]) -> bytes:
-    """The header's bytes followed by spaces (JSON allows them) up to the next HEADER_ALIGN
-    boundary of the file, counting the preamble."""
+def _front(header: dict[str, Any], payload_size: int) -> bytes:
+    """Preamble and header of an archive whose payload is `payload_size` bytes. From ALIGN_FROM on,
+    the header is followed by spaces (JSON allows them) up to the next HEADER_ALIGN boundary of the
+    file, whichever way the archive is written: the same bytes on every file system."""
     body = encode_header(header)
-    body += b" " * (-(PREAMBLE.size + len(body)) % HEADER_ALIGN)
-    if len(body) > MAX_HEADER_BYTES:
-        raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
-    return body
+    if payload_size >= ALIGN_FROM:
+        body += b" " * (-(PREAMBLE.size + len(body)) % HEADER_ALIGN)
+        if len(body) > MAX_HEADER_BYTES:
+            raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
+    return PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
+
+
+def _write_all(descriptor: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    """All of `data` at the file's position, or at `offset`."""
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.write(descriptor, view[done:]) if offset is None else os.pwrite(descriptor, view[done:], offset + done)
 
 
 def insert_header(path: Path, header: dict[str, Any], durable: bool = True) -> bool:
     """Turn the payload that `path` holds into an archive in place: room for preamble and padded
     header is inserted at the file's start (fallocate FALLOC_FL_INSERT_RANGE: the file system moves
-    extents, not bytes) and written. False, with `path` untouched, where the file system cannot."""
-    body = padded_body(header)
-    front = PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
+    extents, not bytes) and written. False, with `path` untouched, for a payload under ALIGN_FROM
+    (cheaper copied behind its header, by assemble) or where the file system cannot."""
     descriptor = os.open(path, os.O_RDWR)
     try:
+        size = os.fstat(descriptor).st_size
+        if size < ALIGN_FROM:
+            return False
+        front = _front(header, size)
         if not _insert_range(descriptor, len(front)):
             return False
-        view = memoryview(front)
-        while view:
-            view = view[os.pwrite(descriptor, view, len(front) - len(view)):]
+        _write_all(descriptor, front, 0)
         if durable:
             os.fsync(descriptor)
         return True
@@ -189,19 +199,15 @@ def _insert_range(descriptor: int, length: int) -> bool:
         return False
 
 
-def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0, durable: bool = True,
-             padded: bool = False) -> None:
+def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payload_offset: int = 0, durable: bool = True) -> None:
     """Write preamble, header and payload into `destination` (a temporary name). The payload is
     `payload_path` from `payload_offset` on: an archive's own payload, when only its header changes.
-    `durable`: fsync it (a caller writing many files syncs them together instead). `padded`: the
-    header as padded_body gives it."""
-    body = padded_body(header) if padded else encode_header(header)
+    `durable`: fsync it (a caller writing many files syncs them together instead)."""
     with open(destination, "wb") as out, open(payload_path, "rb") as payload:
-        out.write(PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)))
-        out.write(body)
+        remaining = os.fstat(payload.fileno()).st_size - payload_offset
+        out.write(_front(header, remaining))
         out.flush()
         payload.seek(payload_offset)
-        remaining = os.fstat(payload.fileno()).st_size - payload_offset
         while remaining:
             try:
                 sent = os.copy_file_range(payload.fileno(), out.fileno(), remaining)
@@ -218,16 +224,13 @@ def assemble(destination: Path, header: dict[str, Any], payload_path: Path, payl
             os.fsync(out.fileno())
 
 
-def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes], padded: bool = False) -> None:
+def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes]) -> None:
     """Write preamble, header and a payload held in memory (`parts`, in order) into `destination`
     (a temporary name), not synced: what `assemble` does without a payload file to copy from."""
-    body = padded_body(header) if padded else encode_header(header)
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        for data in (PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)), body, *parts):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view):]
+        for data in (_front(header, sum(len(part) for part in parts)), *parts):
+            _write_all(descriptor, data)
     finally:
         os.close(descriptor)
 

@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import (
-    ALIGN_FROM, ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, insert_header, object_path, sha256_file, write_archive,
+    ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, insert_header, object_path, sha256_file,
+    write_archive,
 )
 from zoo.errors import FormatError, ZooError
 
@@ -69,8 +70,8 @@ class Unit:
 
 class ObjectPayload(PayloadWriter):
     """The payload of one object being coded: held in memory up to `limit` bytes, so the object is
-    written once, header and all, when it ends; past the limit it goes to a file in `folder`, and
-    the object is assembled from that file (a copy more, for the largest tensors only)."""
+    written once, header and all, when it ends; past the limit it goes to a file in `folder`, in
+    front of which the header is then put (format.insert_header, or a copy where that fails)."""
 
     LIMIT = 64 << 20
 
@@ -169,19 +170,18 @@ class ObjectSink:
                  {"dtype": holder["dtype"], "shape": holder["shape"], "pipeline": holder["pipeline"], "root": holder["root"]})
         header = object_header(entry, unit.about)
         staged = self.root / f".object-{next(self._staged)}"  # the build's own folder: a count is unique
-        padded = payload.size >= ALIGN_FROM  # as any archive of this size is (format.insert_header)
         # not synced: the store syncs a build's objects together
         if payload.stream is None:
-            write_archive(staged, header, payload.parts, padded)
+            write_archive(staged, header, payload.parts)
             payload.parts = []
         else:
             payload.stream.close()
             spilled = Path(payload.stream.name)
             try:
-                if padded and insert_header(spilled, header, durable=False):
+                if insert_header(spilled, header, durable=False):
                     os.replace(spilled, staged)
                 else:
-                    assemble(staged, header, spilled, durable=False, padded=padded)
+                    assemble(staged, header, spilled, durable=False)
             finally:
                 spilled.unlink(missing_ok=True)
         key = unit.key or sha256_file(staged)
