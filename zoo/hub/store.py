@@ -516,21 +516,9 @@ class Store:
             shell_name = sha256_file(shell)
         except OSError as error:
             raise StoreError(f"{shell}: cannot read the new model's objects: {_reason(error)}") from None
-        from zoo.container.format import ArchiveFile
-
-        opened = ArchiveFile(shell)
-        try:
-            named = object_names(opened.header)
-        finally:
-            opened.close()
-        missing = named - set(moves)
-        if missing:
-            raise StoreError(f"{shell}: names {len(missing)} objects the build did not leave ({sorted(missing)[0][:16]}...)")
-        moves[shell_name] = shell
         sizes = {item: path.stat().st_size for item, path in moves.items()}
-        record["objects"] = [{"role": "archive", "sha256": shell_name, "size": sizes[shell_name]}] + [
-            {"role": "object", "sha256": item, "size": sizes[item]} for item in sorted(named)]
-        record["stored_bytes"] = sum(sizes[item] for item in {shell_name, *named})
+        _name_objects(record, shell, shell_name, sizes, str(shell), "the build did not leave")
+        moves[shell_name] = shell
         self._publish(record, moves, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
@@ -539,8 +527,6 @@ class Store:
         """Record a model whose shell (`shell_name`) and objects (name -> size) a worker has put in
         this zoo's storage already (zoo.batch, on a bucket): the shell is fetched, checked to name
         only those objects, and the manifest published by its conditional put."""
-        from zoo.container.format import ArchiveFile
-
         if self.storage is None:
             raise StoreError(f"{self.home}: a zoo in a folder takes a model from a work folder (add_composed)")
         check_name(name)
@@ -556,18 +542,7 @@ class Store:
             raise StoreError(f"{self.url}: cannot read the shell of {name}: {_reason(error)}") from None
         metadata, files = describe_files(shell, objects_root=self.objects)
         record = record_of(metadata, files, name, revision, commit, source, time.time())
-        opened = ArchiveFile(shell)
-        try:
-            named = object_names(opened.header)
-        finally:
-            opened.close()
-        missing = named - set(objects)
-        if missing:
-            raise StoreError(f"{shell_name}: names {len(missing)} objects its worker did not put ({min(missing)[:16]}...)")
-        size = shell.stat().st_size
-        record["objects"] = [{"role": "archive", "sha256": shell_name, "size": size}] + [
-            {"role": "object", "sha256": item, "size": objects[item]} for item in sorted(named)]
-        record["stored_bytes"] = size + sum(objects[item] for item in named)
+        _name_objects(record, shell, shell_name, objects, shell_name, "its worker did not put")
         self._publish_remote(record, {shell_name: shell}, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
@@ -1000,6 +975,26 @@ def _remote_object(path: Path) -> _RemoteObject | None:
     if reader is None:
         reader = _REMOTE_READERS[path] = _RemoteObject(storage, f"objects/sha256/{path.parent.name}/{path.name}")
     return reader
+
+
+def _name_objects(record: dict[str, Any], shell: Path, shell_name: str, sizes: dict[str, int], where: str, lacking_why: str) -> None:
+    """Fill a manifest's `objects` and `stored_bytes` for the model archive `shell`, named
+    `shell_name`, from `sizes` (object name -> size), which must hold every object the archive
+    names: one it lacks is refused, as objects `lacking_why` (the error names `where`)."""
+    from zoo.container.format import ArchiveFile
+
+    opened = ArchiveFile(shell)
+    try:
+        named = object_names(opened.header)
+    finally:
+        opened.close()
+    lacking = named - sizes.keys()
+    if lacking:
+        raise StoreError(f"{where}: names {len(lacking)} objects {lacking_why} ({min(lacking)[:16]}...)")
+    size = shell.stat().st_size
+    record["objects"] = [{"role": "archive", "sha256": shell_name, "size": size}] + [
+        {"role": "object", "sha256": item, "size": sizes[item]} for item in sorted(named)]
+    record["stored_bytes"] = size + sum(sizes[item] for item in named)
 
 
 def _reason(error: BaseException) -> str:
