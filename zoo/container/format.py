@@ -370,12 +370,19 @@ def is_archive(path: Path) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
+HASH_BLOCK = 256 << 10
+
+
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes, read in 8 MiB blocks."""
+    """sha256 of a file's bytes, read into one reused block that stays in the core's cache while it
+    is hashed: 0.66 CPU-s per GiB here, against 0.77-0.89 for fresh 8 MiB blocks (each a new
+    allocation the kernel zeroes, hashed from main memory) and 0.55 for hashing alone."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(8 << 20):
-            digest.update(block)
+    block = bytearray(HASH_BLOCK)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as stream:
+        while count := stream.readinto(block):
+            digest.update(view[:count])
     return digest.hexdigest()
 
 
