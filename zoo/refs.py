@@ -88,8 +88,8 @@ def not_found(ref: str | os.PathLike[str]) -> str:
     stored = store.entries(parse_ref(str(ref))[0])
     if stored:
         listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
-        return f"{ref}: no such file, and no such revision or variant in the zoo at {store.home}, which holds {listed} (see `zoo ls`)"
-    return f"{ref}: no such file, and no model of that name in the zoo at {store.home} (see `zoo ls`)"
+        return f"{ref}: no such file, and no such revision or variant in the zoo at {store.location}, which holds {listed} (see `zoo ls`)"
+    return f"{ref}: no such file, and no model of that name in the zoo at {store.location} (see `zoo ls`)"
 
 
 def zoo_entry(ref: str) -> Any:

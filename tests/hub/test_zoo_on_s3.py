@@ -185,3 +185,18 @@ def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path,
     done = _zoo(url, tmp_path / "doctor", "doctor")
     assert done.returncode == 0 and f"{url}/manifests/broken/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith(f"{url}: 1 model;")
+
+
+def test_a_bucket_that_does_not_exist_is_an_error_not_an_empty_zoo(bucket, tmp_path):
+    """A typo in ZOO_HOME: every command says the bucket is missing, in one line, and exits 1.
+    An existing bucket with nothing under the prefix is a new, empty zoo, named by its URL."""
+    missing = f"{bucket}-missing/zoo"
+    model = write_model(tmp_path / "model", base_tensors())
+    for args in (["ls"], ["verify"], ["doctor"], ["gc"], ["compress", str(model), "--name", "m"]):
+        done = _zoo(missing, tmp_path / "index", *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.strip() == f"error: {missing}: the bucket '{bucket[5:]}-missing' does not exist (create it, or check ZOO_HOME)", args
+
+    empty = f"{bucket}/zoo"
+    done = _zoo(empty, tmp_path / "index", "ls")
+    assert done.returncode == 0 and done.stderr.startswith(f"the zoo at {empty} is empty"), done.stderr

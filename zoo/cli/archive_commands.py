@@ -291,12 +291,12 @@ def _verify_zoo(threads: Optional[int], as_json: bool) -> None:
     store = Store()
     objects, manifests, problems = store.verify(resolve_threads(threads))
     if as_json:
-        print_json({"zoo": store.url or str(store.home), "objects": objects, "manifests": manifests, "ok": not problems,
+        print_json({"zoo": store.location, "objects": objects, "manifests": manifests, "ok": not problems,
                     "problems": problems})
     elif problems:
         for problem in problems:
             stderr.print(f"damaged: {problem}", markup=False, highlight=False, soft_wrap=True)
     else:
-        stdout.print(f"{store.url or store.home}: {objects} objects and {manifests} manifests, ok", markup=False, highlight=False)
+        stdout.print(f"{store.location}: {objects} objects and {manifests} manifests, ok", markup=False, highlight=False)
     if problems:
         raise typer.Exit(1)

@@ -95,11 +95,11 @@ def ls(as_json: Json = False) -> None:
     store = Store()
     entries = store.entries()
     if as_json:
-        print_json({"zoo": str(store.home), "total_bytes": store.total_bytes(),
+        print_json({"zoo": store.location, "total_bytes": store.total_bytes(),
                     "models": [{**e.to_dict(), "quality_label": quality_label(e)} for e in entries]})
         return
     if not entries:
-        stderr.print(f"the zoo at {store.home} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
+        stderr.print(f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
         return
     # stored: what the model takes on its own (as one archive would); adds: what it adds to this zoo,
     # the objects no other model names (what `zoo rm` of it frees)
@@ -108,7 +108,7 @@ def ls(as_json: Json = False) -> None:
              quality_label(e) + (f" (XOR of {e.base['tensors']} tensors against {e.base['ref']})" if e.base else "")]
             for e in entries]
     total = store.total_bytes()
-    print_table(f"{store.home}: {human_bytes(total)} in all", ["name", "revision", "variant", "original", "stored", "adds", "ratio", "quality"],
+    print_table(f"{store.location}: {human_bytes(total)} in all", ["name", "revision", "variant", "original", "stored", "adds", "ratio", "quality"],
                 rows, ("original", "stored", "adds", "ratio"), fold=("variant", "quality"))
 
 
@@ -180,7 +180,7 @@ def serve(
     if not is_loopback(host) and token is None:
         stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
     names = sorted({e.name for e in store.entries()})
-    stderr.print(f"serving {len(names)} models from {store.home} at {server.url} (clients: HF_ENDPOINT={server.url})", markup=False,
+    stderr.print(f"serving {len(names)} models from {store.location} at {server.url} (clients: HF_ENDPOINT={server.url})", markup=False,
                  highlight=False, soft_wrap=True)
     try:
         server.serve_forever()
@@ -197,7 +197,7 @@ def doctor(as_json: Json = False) -> None:
     store = Store()
     findings = store.doctor()
     if as_json:
-        print_json({"zoo": store.url or str(store.home), "findings": findings})
+        print_json({"zoo": store.location, "findings": findings})
     else:
         for line in findings:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -210,7 +210,7 @@ def gc(as_json: Json = False) -> None:
     store = Store()
     removed = store.gc()
     if as_json:
-        print_json({"zoo": str(store.home), "removed": [{"object": str(path), "bytes": size} for path, size in removed]})
+        print_json({"zoo": store.location, "removed": [{"object": str(path), "bytes": size} for path, size in removed]})
     else:
         for path, size in removed:
             stderr.print(f"removed {path} ({human_bytes(size)})", markup=False, highlight=False, soft_wrap=True)

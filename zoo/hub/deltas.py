@@ -107,7 +107,7 @@ def resolve_base(store: Any, ref: str) -> Entry:
     """The zoo model `--base` names, for a lossless pipeline: it must be a stored lossless model."""
     found = [e for e in store.matches(ref) if e.variant == LOSSLESS]
     if not found:
-        raise InputError(f"--base {ref}: no lossless model of that name in the zoo at {store.home}; the zoo stores tensors as "
+        raise InputError(f"--base {ref}: no lossless model of that name in the zoo at {store.location}; the zoo stores tensors as "
                          "differences from a model it holds (store the base first)")
     if not store.is_composed(found[0]):
         raise InputError(f"--base {ref}: stored by an older zoo as one archive; store it again to use it as a base")

@@ -111,6 +111,11 @@ class Store:
 
     # -- layout -----------------------------------------------------------------------------
 
+
+    @property
+    def location(self) -> str:
+        """What the user calls this zoo: its URL when it lives in a bucket, else its folder."""
+        return self.url or str(self.home)
     def exists(self) -> bool:
         self._sync()
         return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
@@ -442,7 +447,7 @@ class Store:
     def resolve(self, ref: str, with_files: bool = False) -> Entry:
         found = self.matches(ref, with_files)
         if not found:
-            raise InputError(f"{ref!r} is not in the zoo at {self.home} (see `zoo ls`)")
+            raise InputError(f"{ref!r} is not in the zoo at {self.location} (see `zoo ls`)")
         return found[0]
 
     def exists_ref(self, name: str, revision: str, variant: str) -> Entry | None:
@@ -583,7 +588,7 @@ class Store:
                         if item not in named:
                             self.object_path(item).unlink(missing_ok=True)
                 if isinstance(error, OSError):
-                    raise StoreError(f"cannot store {ref} in {self.home}: {_reason(error)}; nothing was stored") from None
+                    raise StoreError(f"cannot store {ref} in {self.location}: {_reason(error)}; nothing was stored") from None
                 raise
             kill_point("store-manifest")
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
@@ -632,7 +637,7 @@ class Store:
         are stored against (their XOR bases) stays unless `force`; its objects stay while needed."""
         found = self.matches(ref)
         if not found:
-            raise InputError(f"{ref!r} is not in the zoo at {self.home} (see `zoo ls`)")
+            raise InputError(f"{ref!r} is not in the zoo at {self.location} (see `zoo ls`)")
         if len(found) > 1 and not every:
             names = ", ".join(e.ref for e in found)
             raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")

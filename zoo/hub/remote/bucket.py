@@ -14,6 +14,10 @@ from zoo.hub.remote.base import (
     content_version,
 )
 
+# Object stores whose URL starts with a bucket (s3://BUCKET/prefix): a missing one is an error.
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 def storage_options(protocol: str) -> dict[str, Any]:
     """fsspec options from the environment: for S3, AWS_ENDPOINT_URL (an S3-compatible server such as
     MinIO or moto) and AWS_DEFAULT_REGION; credentials are read by botocore itself. Listings are never
@@ -66,6 +70,7 @@ class FsspecStorage(Storage):
             raise StorageError(f"{url}: {error} (pip install 'zoo[cloud]')") from None
         self.root = self.root.rstrip("/")
         self.part_bytes = PART_BYTES
+        self._bucket_seen = protocol not in BUCKET_PROTOCOLS  # a folder that is not there yet is an empty zoo
 
     def path(self, key: str) -> str:
         if not key or any(part in ("", ".", "..") for part in key.split("/")):
@@ -75,11 +80,29 @@ class FsspecStorage(Storage):
     def _key(self, path: str) -> str:
         return path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
 
+    def require_bucket(self) -> None:
+        """A bucket that is not there is an error, not an empty zoo: a typo in ZOO_HOME would
+        otherwise list as one, verify as healthy, and fail only at the first write. Asked once,
+        when something was not found."""
+        if self._bucket_seen:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = self.fs.exists(bucket)
+        except (OSError, ValueError, *_backend_errors()) as error:
+            raise StorageError(f"{self.url}: cannot look at the bucket {bucket!r}: {error}") from None
+        if not found:
+            raise StorageError(f"{self.url}: the bucket {bucket!r} does not exist (create it, or check ZOO_HOME)")
+        self._bucket_seen = True
+
     @contextmanager
     def _errors(self, key: str, doing: str) -> Iterator[None]:
         try:
             yield
-        except (FileNotFoundError, PublishConflict):
+        except FileNotFoundError:
+            self.require_bucket()
+            raise
+        except PublishConflict:
             raise
         except (OSError, ValueError, *_backend_errors()) as error:
             raise StorageError(f"{self.url}/{key}: cannot {doing}: {error}") from None
@@ -148,7 +171,9 @@ class FsspecStorage(Storage):
             try:
                 found = self.fs.find(base, detail=True)
             except FileNotFoundError:
-                return
+                found = {}
+            if not found:
+                self.require_bucket()
         infos = [self._info(info) for info in found.values() if info.get("type") != "directory"]
         yield from sorted(infos, key=lambda info: info.key)
 
