@@ -154,8 +154,8 @@ class Builder:
             current: dict[str, Any] | None = None
             chunks: list[tuple[int, int, int]] = []
             # Sized: up to BUDGET_ITEMS chunks a worker in flight, small ones batched. With the bare
-            # two a worker, MiniLM's two-thread encoding idled a third of the time (1.3-1.4 GB/s
-            # against 1.9-2.0, AVX2 kernels, docs/performance.md).
+            # two a worker the coders waited between chunks: MiniLM's BF16 chunks, coded alone on two
+            # threads, went at 1.3-1.4 GB/s against 1.9-2.0 sized (AVX2 kernels, docs/performance.md).
             for job, encoded in ordered_map(self._encode, self._jobs(sources), threads, size=_job_bytes):
                 if job.leaf is not current:
                     if current is not None:
