@@ -80,3 +80,23 @@ def test_a_file_streams_back_exact_across_chunk_edges(mixed_model, threads):
         assert archive.read_file("model.safetensors", threads=threads) == original
         for start, end in [(0, 1), (1023, 1025), (5000, 9000), (len(original) - 3, None)]:
             assert b"".join(archive.iter_file("model.safetensors", start, end, threads=threads)) == original[start:end]
+
+
+def test_an_open_archive_reads_each_chunk_index_once_and_still_checks_every_chunk(mixed_model, monkeypatch):
+    """`zoo serve` keeps archives open between downloads: the indexes are read and checked once
+    (the layout check reads them all), the chunks on every read."""
+    path, _ = mixed_model
+    original = (path.parent / "model.safetensors").read_bytes()
+    from zoo.container.format import ArchiveFile
+
+    index_reads: list[str] = []
+    index_table = ArchiveFile.index_table
+    monkeypatch.setattr(ArchiveFile, "index_table", lambda self, leaf, what: index_reads.append(what) or index_table(self, leaf, what))
+    with zoo.open(path) as archive:
+        assert b"".join(archive.iter_file("model.safetensors")) == original
+        first = len(index_reads)
+        assert b"".join(archive.iter_file("model.safetensors")) == original
+        assert len(index_reads) == first == len(set(index_reads))
+        damage_chunk(path, "big.weight", 7)  # under the open archive, as a failing disk would
+        with pytest.raises(ChecksumError, match="chunk 7 is damaged"):
+            b"".join(archive.iter_file("model.safetensors"))

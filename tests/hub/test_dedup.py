@@ -135,6 +135,20 @@ def test_a_partial_fine_tune_costs_about_its_changed_tensors(tmp_path):
     assert Store(tmp_path / "zoo").sharing(partial)["shared"] >= len(frozen)
 
 
+def test_what_a_model_adds_is_the_same_looked_up_alone_or_in_the_listing(tmp_path):
+    """A look-up by name (what `zoo serve` makes on every request) counts only that name's objects;
+    its figure must be the one the whole listing gives."""
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "base", tensors), "base")
+    changed = [name for name in SHAPES if name not in ("embed.weight", "layers.0.weight")]
+    compress_into(store, write_model(tmp_path / "partial", fine_tuned(tensors, 3, names=changed)), "partial", delta=False)
+    compress_into(store, write_model(tmp_path / "alone", base_tensors(seed=7)), "alone")
+    listing = {e.name: e.adds_bytes for e in store.entries()}
+    assert listing["partial"] < listing["alone"] and listing["base"] < listing["alone"]  # the first two share objects
+    assert {name: store.entries(name)[0].adds_bytes for name in listing} == listing
+
+
 def test_checkpoints_never_chain_deeper_than_the_limit(tmp_path):
     store = Store(tmp_path / "zoo")
     tensors = base_tensors()

@@ -342,6 +342,10 @@ class ArchiveFile:
             _OBJECT_FILES.release(where)
 
     def read_index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
+        return list(INDEX_RECORD.iter_unpack(self.index_table(leaf, what)))
+
+    def index_table(self, leaf: dict[str, Any], what: str) -> bytes:
+        """A leaf's chunk index as stored (INDEX_RECORD after INDEX_RECORD), checked against its CRC-32."""
         try:
             (offset, count), expected_crc = leaf["index"], leaf["index_crc32"]
         except (KeyError, TypeError, ValueError):
@@ -349,7 +353,7 @@ class ArchiveFile:
         table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}", leaf.get("object"))
         if crc32(table) != expected_crc:
             raise ChecksumError(f"{self.path}: chunk index of {what} is damaged (checksum mismatch)")
-        return [INDEX_RECORD.unpack_from(table, i * INDEX_RECORD.size) for i in range(count)]
+        return table
 
     def read_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None = None) -> bytes:
         offset, length, expected_crc = chunk

@@ -17,7 +17,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, ZooError
-from zoo.container.format import MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
+from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 
@@ -70,6 +70,7 @@ class Archive:
         self._file = ArchiveFile(path, objects_root)
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
+        self._indexes: dict[tuple[Any, ...], bytes] = {}  # chunk indexes read and checked, as stored
         self._layout_checked = False
         self._base = base
         self._owns_base = owns_base  # then closed with the archive, on failure here too
@@ -280,10 +281,28 @@ class Archive:
             raise _fail(self._file, f"{what} lies in an object, but the header does not list the feature")
         if chunk_elements * DTYPES[leaf["dtype"]].bits // 8 > MAX_CHUNK_BYTES:
             raise _fail(self._file, f"{what} declares chunks of {chunk_elements} elements, over the cap of {MAX_CHUNK_BYTES >> 20} MiB a chunk")
-        index = self._file.read_index(leaf, what)
+        index = self._index(leaf, what)
         if len(index) != -(-n_elements // chunk_elements):
             raise _fail(self._file, f"{what} has {len(index)} chunks for {n_elements} elements")
         return index, n_elements, chunk_elements
+
+    def _index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
+        """A leaf's chunk index, read and checked against its CRC-32 once per open archive (the
+        layout check reads them all), not once per download: a file of a hundred tensors took a
+        hundred small reads, each giving up the GIL to the thread sending. Stored bytes never
+        change, so an index is known by where it lies, its length and its checksum; it is kept as
+        stored, 16 bytes a chunk."""
+        try:
+            key = (leaf.get("object"), *leaf["index"], leaf["index_crc32"])
+            table = self._indexes.get(key)
+        except (KeyError, TypeError):  # malformed: index_table says how
+            table = None
+            key = None
+        if table is None:
+            table = self._file.index_table(leaf, what)
+            if key is not None:
+                self._indexes[key] = table
+        return list(INDEX_RECORD.iter_unpack(table))
 
     def _chunk_decoder(self, leaf: dict[str, Any], pipeline: Pipeline, what: str) -> tuple[int, int, Callable[[int], np.ndarray]]:
         """(chunk count, bytes per full chunk, decode(number) -> raw bytes of that chunk) of a leaf."""

@@ -127,10 +127,18 @@ def delete(connection: sqlite3.Connection, manifest: str) -> None:
 def records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
     """The indexed manifests (of one name, or all), each as a manifest record."""
     query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
-    # What each model adds to the zoo: the objects no other model names.
-    adds = dict(connection.execute(
-        "SELECT model_id, sum(size) FROM objects WHERE object NOT IN "
-        "(SELECT object FROM objects GROUP BY object HAVING count(*) > 1) GROUP BY model_id").fetchall())
+    # What each model adds to the zoo: the objects no other model names. For one name, only its
+    # models' objects are looked at (through the index by object), not every object of the zoo:
+    # `zoo serve` asks on every request.
+    if name is None:
+        adds = dict(connection.execute(
+            "SELECT model_id, sum(size) FROM objects WHERE object NOT IN "
+            "(SELECT object FROM objects GROUP BY object HAVING count(*) > 1) GROUP BY model_id").fetchall())
+    else:
+        adds = dict(connection.execute(
+            "SELECT own.model_id, sum(own.size) FROM models JOIN objects AS own ON own.model_id = models.id "
+            "WHERE models.name = ? AND NOT EXISTS (SELECT 1 FROM objects AS other "
+            "WHERE other.object = own.object AND other.model_id != own.model_id) GROUP BY own.model_id", (name,)).fetchall())
     found = []
     for row in connection.execute(query, (name,) if name is not None else ()).fetchall():
         record = {

@@ -319,8 +319,9 @@ class ZooApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self.token.encode()):
             raise HubError(401, "this zoo needs a bearer token (set HF_TOKEN)", headers={"WWW-Authenticate": 'Bearer realm="zoo"'})
 
-    def _entry(self, repo: str, revision: str) -> Entry:
-        if not NAME_PATTERN.fullmatch(repo) or not self.store.matches(repo):
+    def _entry(self, repo: str, revision: str, known: bool = False) -> Entry:
+        """`known`: _split_repo has found the repository already (one catalogue query fewer)."""
+        if not known and (not NAME_PATTERN.fullmatch(repo) or not self.store.matches(repo)):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
         found = self.store.matches(f"{repo}@{revision}", with_files=True)
         if not found:
@@ -329,7 +330,7 @@ class ZooApp:
 
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:
         """(repo, keyword, rest) for a repo id of one or two segments; the reading whose repo
-        is in the zoo wins (a repo may be called 'tree')."""
+        is in the zoo wins (a repo may be called 'tree'). With a keyword, the repo is in the zoo."""
         readings = [(n, segments[n]) for n in (2, 1) if len(segments) > n and segments[n] in keywords]
         for length, keyword in readings:
             repo = "/".join(segments[:length])
@@ -346,9 +347,9 @@ class ZooApp:
         if keyword == "":
             document: Any = self._model_info(self._entry(repo, DEFAULT_REVISION), _flag(query, "blobs"))
         elif keyword == "revision" and len(rest) == 1:
-            document = self._model_info(self._entry(repo, rest[0]), _flag(query, "blobs"))
+            document = self._model_info(self._entry(repo, rest[0], known=True), _flag(query, "blobs"))
         elif keyword == "tree" and rest:
-            document = self._tree(self._entry(repo, rest[0]), "/".join(rest[1:]), _flag(query, "recursive"))
+            document = self._tree(self._entry(repo, rest[0], known=True), "/".join(rest[1:]), _flag(query, "recursive"))
         else:
             raise HubError(404, "no such route")
         return Answer(200, {"Content-Type": "application/json"}, json.dumps(document).encode())
@@ -395,7 +396,7 @@ class ZooApp:
         repo, _, rest = self._split_repo(segments, ("resolve",))
         if len(rest) < 2:
             raise HubError(404, "a resolve URL needs a revision and a file name")
-        entry = self._entry(repo, rest[0])
+        entry = self._entry(repo, rest[0], known=True)
         path = "/".join(rest[1:])
         stored = next((f for f in entry.files if f.path == path), None)
         if stored is None:
