@@ -122,12 +122,13 @@ def zoo_cli() -> list[str]:
 # -- the child: every figure for one kernel path -------------------------------------------------
 
 
-def child(work: Path, threads_list: list[int], repeat: int, parts: set[int]) -> None:
+def child(work: Path, threads_list: list[int], repeat: int, parts: set[int], label: bool = True) -> None:
     from zoo import kernels
 
-    label = kernels.PATH + (" (ZOO_KERNELS=avx2 on an AVX-512 CPU: an approximation of an AVX2-only one)"
-                            if kernels.PATH == "avx2" and "avx512" in kernels.info().get("available", []) else "")
-    print(f"\n## kernels {label}")
+    if label:
+        name = kernels.PATH + (" (ZOO_KERNELS=avx2 on an AVX-512 CPU: an approximation of an AVX2-only one)"
+                               if kernels.PATH == "avx2" and "avx512" in kernels.info().get("available", []) else "")
+        print(f"\n## kernels {name}")
     folder, synthetic = work / "minilm", work / "synthetic" / "synthetic.safetensors"
     archives = {"MiniLM": work / "minilm.zoo", "synthetic BF16": work / "synthetic.zoo"}
     originals = {"MiniLM": folder, "synthetic BF16": synthetic}
@@ -147,6 +148,11 @@ def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
 
     print("\n### 1. coder GB/s against ZipNN (MiniLM cast per dtype; targets: decode >= 2x, encode >= 1.5x, ratio <= ZipNN's)")
     print("GB/s by the wall clock; 'cpu x' is the same ratio in GB per CPU-second of the process (steadier on a shared machine)")
+    if bench.recycle_memory():
+        print("both coders write into memory this process already has (glibc keeps what is freed, bench.recycle_memory): under")
+        print("glibc's defaults ZipNN's whole-model output (over 32 MiB) was a fresh mapping each time, zeroed by the kernel as it is written")
+    else:
+        print("(not glibc: the allocator is as it comes, and ZipNN's output may be timed with the kernel zeroing fresh pages)")
     print(f"{'dtype':6}{'thr':>4}{'ratio':>8}{'zipnn':>8}{'dec':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}{'enc':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}"
           "  verdict (wall / cpu)")
     values = bench.load_float_tensors(folder / "model.safetensors")
@@ -349,10 +355,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--parts", default="1,2,3,4", help="which of the four measurements to run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--no-label", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
+    parts = sorted({int(part) for part in args.parts.split(",")})
     if args.child:
-        child(args.child, threads_list, args.repeat, {int(part) for part in args.parts.split(",")})
+        child(args.child, threads_list, args.repeat, set(parts), label=not args.no_label)
         return
 
     import zoo
@@ -373,10 +381,14 @@ def main() -> None:
             environment.pop("ZOO_KERNELS", None)
             if path != "native":
                 environment["ZOO_KERNELS"] = path
-            sys.stdout.flush()
-            subprocess.run([sys.executable, str(HERE), "--child", str(work), "--threads", args.threads, "--repeat", str(args.repeat),
-                            "--parts", args.parts],
-                           env=environment, check=True)
+            # The coder comparison sets the allocator for its whole process (bench.recycle_memory):
+            # it runs in a child of its own, and the end-to-end parts in another, with glibc's defaults.
+            groups = [group for group in ([1] if 1 in parts else [], [part for part in parts if part != 1]) if group]
+            for number, group in enumerate(groups):
+                sys.stdout.flush()
+                subprocess.run([sys.executable, str(HERE), "--child", str(work), "--threads", args.threads, "--repeat", str(args.repeat),
+                                "--parts", ",".join(map(str, group)), *(["--no-label"] if number else [])],
+                               env=environment, check=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

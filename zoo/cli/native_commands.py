@@ -32,7 +32,9 @@ def bench(
         return
     from rich.table import Table
 
-    table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']}", title_justify="left")
+    memory = "freed memory reused" if report["memory_recycled"] else "allocator as it comes"  # see zoo.evaluate.bench.recycle_memory
+    table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']} · {memory}",
+                  title_justify="left")
     for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"):
         table.add_column(column, justify="left" if column in ("dtype", "coder") else "right")
     zipnn = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zipnn"}

@@ -3,10 +3,13 @@ process, with the same thread count. Every coder's output is decoded and compare
 figures count (chunked coders' chunks in a pass of their own: timed decoding drops each chunk
 as a reader copying it into its tensor would; ZipNN decodes a whole blob, which it returns).
 Speeds are the best of `repeat` runs in GB/s of original bytes: by the wall clock, and per
-CPU-second of the whole process (all its threads), which a busy machine disturbs less."""
+CPU-second of the whole process (all its threads), which a busy machine disturbs less. Every
+coder writes into memory the process already has (recycle_memory), so none is timed for the
+kernel zeroing fresh pages."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +28,26 @@ from zoo.sources.folder import scan
 CHUNK_BYTES = 4 << 20  # as zoo.compress cuts tensors
 BENCH_DTYPES = ("BF16", "F16", "F32")
 _ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def recycle_memory() -> bool:
+    """Have glibc's malloc keep what is freed for the next allocation, whatever its size, for the
+    rest of this process (a benchmark's). Under its defaults a block over 32 MiB is always a fresh
+    mapping, whose pages the kernel zeroes when they are first written: ZipNN's output for a whole
+    model is such a block and zoo's 4 MiB chunks are not, so every ZipNN decode was timed with the
+    zeroing of its output and zoo's were not (ZipNN decoded MiniLM BF16 at 2.4-2.9 GB/s on two
+    threads that way, at 4.4-4.6 with its output recycled; docs/performance.md). False where the C
+    library is not glibc: the figures then say so."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 @dataclass
@@ -162,6 +185,7 @@ def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[s
     for dtype in dtypes:
         if dtype not in BENCH_DTYPES:
             raise InputError(f"zoo bench measures {', '.join(BENCH_DTYPES)}, not {dtype!r}")
+    recycled = recycle_memory()
     values = load_float_tensors(source)
     figures: list[Figure] = []
     for dtype in dtypes:
@@ -171,7 +195,7 @@ def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[s
         if anchors:
             figures += [f for f in (bench_zipnn(dtype, tensors, threads, repeat), bench_zstd(dtype, chunks, threads, repeat),
                                     bench_blosc2(dtype, chunks, threads, repeat)) if f]
-    return {"source": str(source), "threads": threads, "machine": machine(), "kernels": _kernels.PATH,
+    return {"source": str(source), "threads": threads, "machine": machine(), "kernels": _kernels.PATH, "memory_recycled": recycled,
             "figures": [f.to_dict() for f in figures]}
 
 
