@@ -148,11 +148,18 @@ def coder(folder: Path, threads_list: list[int], repeat: int) -> None:
 
     print("\n### 1. coder GB/s against ZipNN (MiniLM cast per dtype; targets: decode >= 2x, encode >= 1.5x, ratio <= ZipNN's)")
     print("GB/s by the wall clock; 'cpu x' is the same ratio in GB per CPU-second of the process (steadier on a shared machine)")
-    if bench.recycle_memory():
-        print("both coders write into memory this process already has (glibc keeps what is freed, bench.recycle_memory): under")
-        print("glibc's defaults ZipNN's whole-model output (over 32 MiB) was a fresh mapping each time, zeroed by the kernel as it is written")
-    else:
-        print("(not glibc: the allocator is as it comes, and ZipNN's output may be timed with the kernel zeroing fresh pages)")
+    with bench.recycled_memory() as recycled:
+        if recycled:
+            print("both coders write into memory this process already has (glibc keeps what is freed, bench.recycled_memory): under")
+            print("glibc's defaults ZipNN's whole-model output (over 32 MiB) was a fresh mapping each time, zeroed by the kernel as it is written")
+        else:
+            print("(not glibc: the allocator is as it comes, and ZipNN's output may be timed with the kernel zeroing fresh pages)")
+        compare(folder, threads_list, repeat)
+
+
+def compare(folder: Path, threads_list: list[int], repeat: int) -> None:
+    from zoo.evaluate import bench
+
     print(f"{'dtype':6}{'thr':>4}{'ratio':>8}{'zipnn':>8}{'dec':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}{'enc':>7}{'zipnn':>7}{'x':>6}{'cpu x':>7}"
           "  verdict (wall / cpu)")
     values = bench.load_float_tensors(folder / "model.safetensors")
@@ -381,8 +388,8 @@ def main() -> None:
             environment.pop("ZOO_KERNELS", None)
             if path != "native":
                 environment["ZOO_KERNELS"] = path
-            # The coder comparison sets the allocator for its whole process (bench.recycle_memory):
-            # it runs in a child of its own, and the end-to-end parts in another, with glibc's defaults.
+            # The coder comparison changes the allocator (bench.recycled_memory): it runs in a child
+            # of its own, and the end-to-end parts in another that never had it changed.
             groups = [group for group in ([1] if 1 in parts else [], [part for part in parts if part != 1]) if group]
             for number, group in enumerate(groups):
                 sys.stdout.flush()

@@ -41,7 +41,7 @@ def test_bench_measures_every_coder_on_a_small_model(tmp_path):
     ours = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zoo lossless"}
     assert all(0 < f["ratio"] < 1 and f["compress_gbps"] > 0 and f["decompress_gbps"] > 0 for f in ours.values())
     assert report["threads"] == 2
-    # glibc here: every coder's output lands in memory the process has (zoo.evaluate.bench.recycle_memory)
+    # glibc here: every coder's output lands in memory the process has (zoo.evaluate.bench.recycled_memory)
     assert report["memory_recycled"] is (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 

@@ -32,7 +32,7 @@ def bench(
         return
     from rich.table import Table
 
-    memory = "freed memory reused" if report["memory_recycled"] else "allocator as it comes"  # see zoo.evaluate.bench.recycle_memory
+    memory = "freed memory reused" if report["memory_recycled"] else "allocator as it comes"  # see zoo.evaluate.bench.recycled_memory
     table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']} · {memory}",
                   title_justify="left")
     for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"):

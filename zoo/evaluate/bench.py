@@ -4,7 +4,7 @@ figures count (chunked coders' chunks in a pass of their own: timed decoding dro
 as a reader copying it into its tensor would; ZipNN decodes a whole blob, which it returns).
 Speeds are the best of `repeat` runs in GB/s of original bytes: by the wall clock, and per
 CPU-second of the whole process (all its threads), which a busy machine disturbs less. Every
-coder writes into memory the process already has (recycle_memory), so none is timed for the
+coder writes into memory the process already has (recycled_memory), so none is timed for the
 kernel zeroing fresh pages."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,24 +31,35 @@ BENCH_DTYPES = ("BF16", "F16", "F32")
 _ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-# glibc's mallopt parameters
+# glibc's mallopt parameters, and its starting values for them
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_GLIBC_DEFAULT_THRESHOLD = 128 << 10
 
 
-def recycle_memory() -> bool:
-    """Have glibc's malloc keep what is freed for the next allocation, whatever its size, for the
-    rest of this process (a benchmark's). Under its defaults a block over 32 MiB is always a fresh
-    mapping, whose pages the kernel zeroes when they are first written: ZipNN's output for a whole
-    model is such a block and zoo's 4 MiB chunks are not, so every ZipNN decode was timed with the
-    zeroing of its output and zoo's were not (ZipNN decoded MiniLM BF16 at 2.4-2.9 GB/s on two
-    threads that way, at 4.4-4.6 with its output recycled; docs/performance.md). False where the C
-    library is not glibc: the figures then say so."""
+@contextmanager
+def recycled_memory() -> Iterator[bool]:
+    """While open, glibc's malloc keeps what is freed for the next allocation, whatever its size.
+    Under its defaults a block over 32 MiB is always a fresh mapping, whose pages the kernel zeroes
+    when they are first written: ZipNN's output for a whole model is such a block and zoo's 4 MiB
+    chunks are not, so every ZipNN decode was timed with the zeroing of its output and zoo's were
+    not (ZipNN decoded MiniLM BF16 at 2.4-2.9 GB/s on two threads that way, at 4.4-4.6 with its
+    output recycled; docs/performance.md). Yields False where the C library is not glibc. On
+    leaving, glibc's starting thresholds are set again and free memory handed back, so what is
+    timed after (an archive read back) gets fresh pages, as under the defaults."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+        yield False
+        return
+    recycled = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    try:
+        yield recycled
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        malloc_trim(0)
 
 
 @dataclass
@@ -185,16 +197,16 @@ def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[s
     for dtype in dtypes:
         if dtype not in BENCH_DTYPES:
             raise InputError(f"zoo bench measures {', '.join(BENCH_DTYPES)}, not {dtype!r}")
-    recycled = recycle_memory()
     values = load_float_tensors(source)
     figures: list[Figure] = []
-    for dtype in dtypes:
-        tensors = as_dtype(values, dtype)
-        chunks = _chunks(tensors, dtype)
-        figures.append(bench_zoo(dtype, chunks, threads, repeat, spec))
-        if anchors:
-            figures += [f for f in (bench_zipnn(dtype, tensors, threads, repeat), bench_zstd(dtype, chunks, threads, repeat),
-                                    bench_blosc2(dtype, chunks, threads, repeat)) if f]
+    with recycled_memory() as recycled:
+        for dtype in dtypes:
+            tensors = as_dtype(values, dtype)
+            chunks = _chunks(tensors, dtype)
+            figures.append(bench_zoo(dtype, chunks, threads, repeat, spec))
+            if anchors:
+                figures += [f for f in (bench_zipnn(dtype, tensors, threads, repeat), bench_zstd(dtype, chunks, threads, repeat),
+                                        bench_blosc2(dtype, chunks, threads, repeat)) if f]
     return {"source": str(source), "threads": threads, "machine": machine(), "kernels": _kernels.PATH, "memory_recycled": recycled,
             "figures": [f.to_dict() for f in figures]}
 
