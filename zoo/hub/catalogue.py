@@ -129,7 +129,8 @@ def records(connection: sqlite3.Connection, name: str | None, with_files: bool) 
     query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
     # What each model adds to the zoo: the objects no other model names. For one name, only its
     # models' objects are looked at (through the index by object), not every object of the zoo:
-    # `zoo serve` asks on every request.
+    # `zoo serve` asks on every request. The whole listing keeps its GROUP BY: with 300k object rows
+    # it takes half the time of the per-object look-up (0.23 against 0.48-0.50 s).
     if name is None:
         adds = dict(connection.execute(
             "SELECT model_id, sum(size) FROM objects WHERE object NOT IN "
