@@ -112,6 +112,16 @@ def minilm() -> Path:
     return Path(module.__file__).parent / "model"
 
 
+def a_file_has_bytes(folder: Path, wanted) -> bool:
+    """Whether a file under `folder` that `wanted` accepts holds bytes yet: the poll of a test that
+    kills a running job. The job renames and removes files and folders while this looks, so
+    anything listed can vanish before its stat; that counts as not yet."""
+    try:
+        return any(wanted(p) and p.is_file() and p.stat().st_size > 0 for p in folder.rglob("*"))
+    except FileNotFoundError:
+        return False
+
+
 def object_files(home: Path) -> set[str]:
     """The file names of a zoo's objects."""
     return {p.name for p in (home / "objects").rglob("*.zoo")}

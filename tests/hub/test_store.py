@@ -21,7 +21,7 @@ from zoo.api import compress_into
 from zoo.errors import InputError, OutputExistsError
 from zoo.hub.store import Store, resolve_archive
 
-from tests.conftest import named_objects as named, object_files as on_disk, random_storage, write_safetensors
+from tests.conftest import a_file_has_bytes, named_objects as named, object_files as on_disk, random_storage, write_safetensors
 
 
 def zoo_cli(*args, home: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -159,7 +159,7 @@ def test_a_compress_killed_midway_leaves_the_zoo_consistent(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "zoo", "compress", folder, "--name", "killed", "--threads", "1"],
                                env={**os.environ, "ZOO_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(p.is_file() and p.stat().st_size > 0 for p in (home / "work").rglob("*") if p.name != ".lock"):
+    while not a_file_has_bytes(home / "work", lambda p: not p.name.startswith(".lock")):
         assert time.monotonic() < deadline and process.poll() is None, "the compress finished before it could be killed"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)

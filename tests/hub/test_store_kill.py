@@ -20,7 +20,7 @@ import zoo
 from zoo.api import compress_into
 from zoo.hub.store import Store
 
-from tests.conftest import named_objects, object_files, random_storage, write_safetensors
+from tests.conftest import a_file_has_bytes, named_objects, object_files, random_storage, write_safetensors
 from tests.hub.test_store import hashes, zoo_cli
 
 
@@ -100,8 +100,7 @@ def test_temporaries_of_a_killed_compress_are_removed_by_the_next_run_only(tmp_p
     process = subprocess.Popen([sys.executable, "-m", "zoo", "compress", source, "-o", out, "--threads", "1"],
                                env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".zoo-payload-") and (p / "payload").is_file() and (p / "payload").stat().st_size > 0
-                  for p in tmp_path.iterdir()):
+    while not a_file_has_bytes(tmp_path, lambda p: p.name == "payload" and p.parent.name.startswith(".zoo-payload-")):
         assert time.monotonic() < deadline and process.poll() is None, "the compress finished before it could be killed"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
