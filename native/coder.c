@@ -361,12 +361,13 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
 
 /* -- decoding ------------------------------------------------------------------------------ */
 
-/* Slot -> RANS_ENTRY(freq, slot - cum, rank) for every slot. Kept out of decode_words, whose six
- * inlined copies left it a scalar loop (half the fixed cost of a 147456-word section); here the
- * compiler vectorises each symbol's run of slots. */
-static void fill_decode_table(uint32_t *restrict table, const uint32_t *restrict freqs, int n_used) {
+/* Slot -> RANS_ENTRY(freq, slot - cum, rank) for every slot; with `symbols`, the rank's symbol
+ * in place of the rank (symbols of at most 8 bits). Kept out of decode_words, whose six inlined
+ * copies left it a scalar loop (half the fixed cost of a 147456-word section); here the compiler
+ * vectorises each symbol's run of slots. */
+static void fill_decode_table(uint32_t *restrict table, const uint32_t *restrict freqs, int n_used, const uint16_t *restrict symbols) {
     for (int k = 0; k < n_used; k++) {
-        uint32_t first = RANS_ENTRY(freqs[k], 0, k), length = freqs[k];
+        uint32_t first = RANS_ENTRY(freqs[k], 0, symbols ? symbols[k] : (uint32_t)k), length = freqs[k];
         for (uint32_t j = 0; j < length; j++) table[j] = first + (j << 12);
         table += length;
     }
@@ -403,6 +404,9 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
     int low_bits = is_float && remainder_bits ? remainder_bits - 1 : remainder_bits;
 
     uint16_t symbol_of_rank[MAX_SYMBOLS] = {0}; /* all 256 entries: kernels look up whole vectors */
+    /* Symbols of a byte or less stand in for their ranks from the rANS table on: the kernels
+     * rebuild words without a lookup (F16's 8-bit symbols, FP8, the block zeros). */
+    const int direct = symbol_bits <= 8;
     uint32_t *table = NULL;
     const uint8_t *rans = NULL, *rans_end = NULL;
     uint32_t states[RANS_MAX_LANES];
@@ -438,7 +442,7 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
         }
         table = malloc(RANS_TOTAL * sizeof(uint32_t));
         if (!table) return "out of memory";
-        fill_decode_table(table, freqs, n_used);
+        fill_decode_table(table, freqs, n_used, direct ? symbol_of_rank : NULL);
     }
 
     /* the remainder: per-block trailing zeros, then the packed raw bits */
@@ -477,7 +481,7 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
     for (size_t first = 0; !error && first < count; first += DECODE_BATCH) {
         size_t n = count - first < DECODE_BATCH ? count - first : DECODE_BATCH;
         if (n_used == 1) {
-            memset(ranks, 0, n);
+            memset(ranks, direct ? symbol_of_rank[0] : 0, n);
         } else {
             size_t steps = n / lanes;
             if (kernels->rans_decode_steps(states, lanes, table, &rans, rans_end, ranks, steps)) {
@@ -508,7 +512,7 @@ static inline __attribute__((always_inline)) const char *decode_words(const uint
             while (stop < first + n && block_zeros[stop >> RANS_BLOCK_LOG2] == zeros) stop = ((stop >> RANS_BLOCK_LOG2) + 1) << RANS_BLOCK_LOG2;
             if (stop > first + n) stop = first + n;
             int width = remainder_bits - zeros;
-            kernels->merge_words(ranks + (start - first), symbol_of_rank, raw_bits + bits_offset, stop - start, width, zeros,
+            kernels->merge_words(ranks + (start - first), direct ? NULL : symbol_of_rank, raw_bits + bits_offset, stop - start, width, zeros,
                                  remainder_bits, word_bytes, is_float, out + start * (size_t)word_bytes);
             bits_offset += (stop - start) * (size_t)width / 8;
             start = stop;

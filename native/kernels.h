@@ -40,7 +40,8 @@ typedef struct {
      * `width` raw bits (LSB first, from `bits`, which holds at least ceil(count * width / 8)
      * bytes) with `zeros` zero bits put back below them (above bit 0, the sign, for floats,
      * which are then rotated right one bit). symbol_of_rank has 256 entries: a section's
-     * symbols, distinct and ascending, then zeros; every rank is below the section's alphabet size. */
+     * symbols, distinct and ascending, then zeros; every rank is below the section's alphabet size.
+     * NULL: each "rank" is its symbol already (sections of at most 8 symbol bits). */
     void (*merge_words)(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
                         int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out);
     /* Words of `word_bytes` (1, 2, 4, 8) <-> byte planes, most significant first;

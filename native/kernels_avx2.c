@@ -378,66 +378,94 @@ static inline __m256i key_16(__m256i symbol, const uint8_t *bits, int width, __m
                     : _mm256_or_si256(symbol, _mm256_sll_epi16(value, put_back));
 }
 
-/* 2-byte words from ranks and raw bits of `width` <= 9, 16 values a step. Symbols come from a
- * table already shifted (and rotated) into place, by two gathers. (Looking the symbols up by
- * byte shuffles instead, 16 ranks to a shuffle and two byte tables, measured no faster on the
- * Xeon for the 80-120 ranks a float section uses: eight shuffles per table per 32 values cost
- * what the gathers do.) */
+/* The symbols of 16 ranks in 16-bit lanes, shifted (and, for floats, rotated) into place: from
+ * `placed` by two gathers, or, when the ranks are the symbols (`direct`), the rank bytes widened
+ * and shifted. (Looking the symbols up by byte shuffles instead, 16 ranks to a shuffle and two
+ * byte tables, measured no faster on the Xeon for the 80-120 ranks a float section uses: eight
+ * shuffles per table per 32 values cost what the gathers do.) */
+static inline __attribute__((always_inline)) __m256i symbols_16(__m128i rank16, const uint32_t *placed, __m128i place, const int direct) {
+    if (direct) return _mm256_sll_epi16(_mm256_cvtepu8_epi16(rank16), place);
+    __m256i low = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(rank16), 4);
+    __m256i high = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(_mm_srli_si128(rank16, 8)), 4);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(low, high), _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+/* 2-byte words from ranks and raw bits of `width` <= 9, 16 values a step; returns how many.
+ * Inlined once for each `direct`, so that neither loop tests it. */
+static inline __attribute__((always_inline)) size_t merge_16(const uint8_t *ranks, const uint32_t *placed, __m128i place, const uint8_t *bits,
+                                                             size_t count, int width, int zeros, int is_float, uint8_t *out, const int direct) {
+    uint8_t byte_index[32];
+    uint16_t to_top[16];
+    for (int j = 0; j < 8; j++) {
+        int position = j * width;
+        byte_index[2 * j] = byte_index[16 + 2 * j] = (uint8_t)(position >> 3);
+        byte_index[2 * j + 1] = byte_index[16 + 2 * j + 1] = (uint8_t)((position >> 3) + 1);
+        to_top[j] = to_top[8 + j] = (uint16_t)(1u << (16 - (position & 7) - width));
+    }
+    const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), multiplier = _mm256_loadu_si256((const __m256i *)to_top);
+    const __m128i down = _mm_cvtsi32_si128(16 - width), put_back = _mm_cvtsi32_si128(zeros);
+    size_t available = (count * (size_t)width + 7) / 8, i = 0;
+    for (; i + 16 <= count && i * (size_t)width / 8 + (size_t)width + 16 <= available; i += 16) {
+        const uint8_t *field = bits + i * (size_t)width / 8;
+        _mm_prefetch((const char *)field + 1024, _MM_HINT_T0);
+        __m256i symbol = symbols_16(_mm_loadu_si128((const __m128i *)(ranks + i)), placed, place, direct);
+        _mm256_storeu_si256((__m256i *)(out + 2 * i), key_16(symbol, field, width, gather_bytes, multiplier, down, put_back, is_float));
+    }
+    return i;
+}
+
+/* 4-byte words from ranks and raw bits of `width` <= 25, 8 values a step: each half of the
+ * register loads 16 bytes from where its first value's byte is; a lane's 4 bytes then hold its
+ * value (at most 25 bits + 7 of offset), and a variable shift brings it to bit 0. */
+static inline __attribute__((always_inline)) size_t merge_8(const uint8_t *ranks, const uint32_t *placed, __m128i place, const uint8_t *bits,
+                                                            size_t count, int width, int zeros, int is_float, uint8_t *out, const int direct) {
+    size_t half_bytes = (size_t)(4 * width) / 8;
+    uint8_t byte_index[32];
+    uint32_t shift[8];
+    for (int j = 0; j < 8; j++) {
+        int position = j * width - (j >= 4 ? 8 * (int)half_bytes : 0);
+        for (int b = 0; b < 4; b++) byte_index[4 * j + b] = (uint8_t)((position >> 3) + b);
+        shift[j] = (uint32_t)(position & 7);
+    }
+    const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), shifts = _mm256_loadu_si256((const __m256i *)shift);
+    const __m256i width_mask = _mm256_set1_epi32((int)((1u << width) - 1));
+    const __m128i put_back = _mm_cvtsi32_si128(zeros);
+    size_t available = (count * (size_t)width + 7) / 8, i = 0;
+    for (size_t offset = 0; i + 8 <= count && offset + half_bytes + 16 <= available; i += 8, offset += (size_t)width) {
+        __m256i source = _mm256_loadu2_m128i((const __m128i *)(bits + offset + half_bytes), (const __m128i *)(bits + offset));
+        __m256i value = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(source, gather_bytes), shifts), width_mask);
+        uint64_t rank8;
+        memcpy(&rank8, ranks + i, 8);
+        __m256i rank = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)rank8));
+        __m256i symbol = direct ? _mm256_sll_epi32(rank, place) : _mm256_i32gather_epi32((const int *)placed, rank, 4);
+        __m256i key = is_float ? _mm256_or_si256(_mm256_or_si256(symbol, _mm256_sll_epi32(_mm256_srli_epi32(value, 1), put_back)),
+                                                 _mm256_slli_epi32(value, 31))
+                               : _mm256_or_si256(symbol, _mm256_sll_epi32(value, put_back));
+        _mm256_storeu_si256((__m256i *)(out + 4 * i), key);
+    }
+    return i;
+}
+
 static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
                         int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out) {
     size_t i = 0;
+    const int shift = remainder_bits - (is_float ? 1 : 0);
+    const __m128i place = _mm_cvtsi32_si128(shift);
+    uint32_t placed[256]; /* symbols shifted (and, for floats, rotated) into place, for the gathers */
     if (word_bytes == 2 && width <= 9) {
-        uint32_t placed[256];
-        for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)(uint16_t)(symbol_of_rank[rank] << (remainder_bits - (is_float ? 1 : 0)));
-        uint8_t byte_index[32];
-        uint16_t to_top[16];
-        for (int j = 0; j < 8; j++) {
-            int position = j * width;
-            byte_index[2 * j] = byte_index[16 + 2 * j] = (uint8_t)(position >> 3);
-            byte_index[2 * j + 1] = byte_index[16 + 2 * j + 1] = (uint8_t)((position >> 3) + 1);
-            to_top[j] = to_top[8 + j] = (uint16_t)(1u << (16 - (position & 7) - width));
-        }
-        const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), multiplier = _mm256_loadu_si256((const __m256i *)to_top);
-        const __m128i down = _mm_cvtsi32_si128(16 - width), put_back = _mm_cvtsi32_si128(zeros);
-        size_t available = (count * (size_t)width + 7) / 8;
-        for (; i + 16 <= count && i * (size_t)width / 8 + (size_t)width + 16 <= available; i += 16) {
-            const uint8_t *field = bits + i * (size_t)width / 8;
-            _mm_prefetch((const char *)field + 1024, _MM_HINT_T0);
-            __m128i rank16 = _mm_loadu_si128((const __m128i *)(ranks + i));
-            __m256i low = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(rank16), 4);
-            __m256i high = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(_mm_srli_si128(rank16, 8)), 4);
-            __m256i symbol = _mm256_permute4x64_epi64(_mm256_packus_epi32(low, high), _MM_SHUFFLE(3, 1, 2, 0));
-            _mm256_storeu_si256((__m256i *)(out + 2 * i), key_16(symbol, field, width, gather_bytes, multiplier, down, put_back, is_float));
+        if (symbol_of_rank) {
+            for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)(uint16_t)(symbol_of_rank[rank] << shift);
+            i = merge_16(ranks, placed, place, bits, count, width, zeros, is_float, out, 0);
+        } else {
+            i = merge_16(ranks, NULL, place, bits, count, width, zeros, is_float, out, 1);
         }
         bits += i * (size_t)width / 8;
     } else if (word_bytes == 4 && width <= 25) {
-        /* 8 values a step: each half of the register loads 16 bytes from where its first value's
-         * byte is; a lane's 4 bytes then hold its value (at most 25 bits + 7 of offset), and a
-         * variable shift brings it to bit 0 */
-        uint32_t placed[256];
-        for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)symbol_of_rank[rank] << (remainder_bits - (is_float ? 1 : 0));
-        size_t half_bytes = (size_t)(4 * width) / 8;
-        uint8_t byte_index[32];
-        uint32_t shift[8];
-        for (int j = 0; j < 8; j++) {
-            int position = j * width - (j >= 4 ? 8 * (int)half_bytes : 0);
-            for (int b = 0; b < 4; b++) byte_index[4 * j + b] = (uint8_t)((position >> 3) + b);
-            shift[j] = (uint32_t)(position & 7);
-        }
-        const __m256i gather_bytes = _mm256_loadu_si256((const __m256i *)byte_index), shifts = _mm256_loadu_si256((const __m256i *)shift);
-        const __m256i width_mask = _mm256_set1_epi32((int)((1u << width) - 1));
-        const __m128i put_back = _mm_cvtsi32_si128(zeros);
-        size_t available = (count * (size_t)width + 7) / 8;
-        for (size_t offset = 0; i + 8 <= count && offset + half_bytes + 16 <= available; i += 8, offset += (size_t)width) {
-            __m256i source = _mm256_loadu2_m128i((const __m128i *)(bits + offset + half_bytes), (const __m128i *)(bits + offset));
-            __m256i value = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(source, gather_bytes), shifts), width_mask);
-            uint64_t rank8;
-            memcpy(&rank8, ranks + i, 8);
-            __m256i symbol = _mm256_i32gather_epi32((const int *)placed, _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)rank8)), 4);
-            __m256i key = is_float ? _mm256_or_si256(_mm256_or_si256(symbol, _mm256_sll_epi32(_mm256_srli_epi32(value, 1), put_back)),
-                                                     _mm256_slli_epi32(value, 31))
-                                   : _mm256_or_si256(symbol, _mm256_sll_epi32(value, put_back));
-            _mm256_storeu_si256((__m256i *)(out + 4 * i), key);
+        if (symbol_of_rank) {
+            for (int rank = 0; rank < 256; rank++) placed[rank] = (uint32_t)symbol_of_rank[rank] << shift;
+            i = merge_8(ranks, placed, place, bits, count, width, zeros, is_float, out, 0);
+        } else {
+            i = merge_8(ranks, NULL, place, bits, count, width, zeros, is_float, out, 1);
         }
         bits += i * (size_t)width / 8;
     }

@@ -104,12 +104,24 @@ static inline int quarters_used(const uint16_t *symbol_of_rank) {
     return quarters == 3 ? 4 : quarters;
 }
 
+/* 32 2-byte words from their symbols (in place) and the raw bits of a group of 32 fields. A group's
+ * bits never reach past its own bytes (32 * width is a multiple of 8), so the masked load reads
+ * exactly those: zeros stand in for the rest. */
+static inline __m512i words_32(__m512i symbol, const uint8_t *bits, size_t group_bytes, __m512i gather_bytes, __m512i shifts, __m512i width_mask,
+                               __m128i put_back, int is_float) {
+    __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
+    __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
+    return is_float ? _mm512_ternarylogic_epi32(symbol, _mm512_sll_epi16(_mm512_srli_epi16(value, 1), put_back), _mm512_slli_epi16(value, 15), 0xfe) /* three-way OR */
+                    : _mm512_or_si512(symbol, _mm512_sll_epi16(value, put_back));
+}
+
 static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, const uint8_t *bits, size_t count, int width,
                         int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out) {
     size_t i = 0;
+    const int direct = symbol_of_rank == NULL; /* the ranks are the symbols: no lookup */
     if ((word_bytes == 2 && width <= 9) || (word_bytes == 4 && width <= 25)) {
         __m512i table[8];
-        for (int k = 0; k < 8; k++) table[k] = _mm512_loadu_si512(symbol_of_rank + 32 * k);
+        for (int k = 0; k < 8; k++) table[k] = direct ? _mm512_setzero_si512() : _mm512_loadu_si512(symbol_of_rank + 32 * k);
         /* where each lane's bits start: byte index into the group's bytes, and bit shift */
         uint8_t byte_index[64];
         uint16_t shift16[32];
@@ -127,13 +139,14 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
         /* a group's bits never reach past its own bytes (lanes * width is a multiple of 8), so the
          * masked load reads exactly those: zeros stand in for the rest */
         size_t group_bytes = (size_t)(lanes * width) / 8;
-        int quarters = quarters_used(symbol_of_rank);
+        int quarters = direct ? 1 : quarters_used(symbol_of_rank);
         if (word_bytes == 2) {
             /* Symbols come from the table already in place: shifted above the remainder and, for
              * floats, rotated right one bit with the key (the sign, bit 0 of the remainder, goes
              * to bit 15). */
+            const __m128i place = _mm_cvtsi32_si128(remainder_bits - (is_float ? 1 : 0));
             __m512i placed[8];
-            for (int k = 0; k < 8; k++) placed[k] = _mm512_sll_epi16(table[k], _mm_cvtsi32_si128(remainder_bits - (is_float ? 1 : 0)));
+            for (int k = 0; k < 8; k++) placed[k] = _mm512_sll_epi16(table[k], place);
             const __m512i shifts = _mm512_loadu_si512(shift16);
             const __m512i width_mask = _mm512_set1_epi16((short)((1u << width) - 1));
             if (count >= 64 && quarters > 1) {
@@ -162,32 +175,29 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
                         high = _mm512_mask_mov_epi8(high, upper, _mm512_permutex2var_epi8(high_bytes[2], rank, high_bytes[3]));
                     }
                     __m512i symbols[2] = {_mm512_permutex2var_epi8(low, interleave_first, high), _mm512_permutex2var_epi8(low, interleave_second, high)};
-                    for (int half = 0; half < 2; half++, bits += group_bytes) {
-                        __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
-                        __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
-                        __m512i key = is_float ? _mm512_ternarylogic_epi32(symbols[half], _mm512_sll_epi16(_mm512_srli_epi16(value, 1), put_back),
-                                                                           _mm512_slli_epi16(value, 15), 0xfe)
-                                               : _mm512_or_si512(symbols[half], _mm512_sll_epi16(value, put_back));
-                        _mm512_storeu_si512(out + 2 * (i + 32 * (size_t)half), key);
-                    }
+                    for (int half = 0; half < 2; half++, bits += group_bytes)
+                        _mm512_storeu_si512(out + 2 * (i + 32 * (size_t)half), words_32(symbols[half], bits, group_bytes, gather_bytes, shifts, width_mask, put_back, is_float));
+                }
+            }
+            if (direct) { /* the ranks are the symbols: widened and shifted, no lookup */
+                for (; i + 32 <= count; i += 32, bits += group_bytes) {
+                    _mm_prefetch((const char *)bits + 1024, _MM_HINT_T0);
+                    __m512i symbol = _mm512_sll_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), place);
+                    _mm512_storeu_si512(out + 2 * i, words_32(symbol, bits, group_bytes, gather_bytes, shifts, width_mask, put_back, is_float));
                 }
             }
             for (; i + 32 <= count; i += 32, bits += group_bytes) {
                 _mm_prefetch((const char *)bits + 1024, _MM_HINT_T0);
-                __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
-                __m512i value = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
                 __m512i symbol = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), placed, quarters);
-                __m512i key = is_float ? _mm512_ternarylogic_epi32(symbol, _mm512_sll_epi16(_mm512_srli_epi16(value, 1), put_back),
-                                                                   _mm512_slli_epi16(value, 15), 0xfe) /* three-way OR */
-                                       : _mm512_or_si512(symbol, _mm512_sll_epi16(value, put_back));
-                _mm512_storeu_si512(out + 2 * i, key);
+                _mm512_storeu_si512(out + 2 * i, words_32(symbol, bits, group_bytes, gather_bytes, shifts, width_mask, put_back, is_float));
             }
         } else {
             const __m512i shifts = _mm512_loadu_si512(shift32);
             const __m512i width_mask = _mm512_set1_epi32((int)((1u << width) - 1)), one = _mm512_set1_epi32(1);
             const __m512i remainder_mask = _mm512_set1_epi32((int)((1u << remainder_bits) - 1));
             for (; i + 32 <= count; i += 32) {
-                __m512i symbols = lookup_symbols(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i))), table, quarters);
+                __m512i rank = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i)));
+                __m512i symbols = direct ? rank : lookup_symbols(rank, table, quarters);
                 for (int half = 0; half < 2; half++, bits += group_bytes) {
                     __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
                     __m512i value = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);

@@ -42,7 +42,8 @@ void zoo_merge_words_scalar(const uint8_t *ranks, const uint16_t *symbol_of_rank
         for (int k = 0; k < needed; k++) window |= (uint64_t)bits[byte + (size_t)k] << (8 * k);
         uint32_t value = (uint32_t)(window >> shift) & width_mask;
         uint32_t rest = is_float ? ((value >> 1) << (zeros + 1)) | (value & 1) : value << zeros;
-        uint32_t key = ((uint32_t)symbol_of_rank[ranks[i]] << remainder_bits) | (rest & remainder_mask);
+        uint32_t symbol = symbol_of_rank ? symbol_of_rank[ranks[i]] : ranks[i];
+        uint32_t key = (symbol << remainder_bits) | (rest & remainder_mask);
         if (is_float) key = ((key >> 1) | (key << (word_bits - 1))) & word_mask;
         if (word_bytes == 1) out[i] = (uint8_t)key;
         else if (word_bytes == 2) {

@@ -96,6 +96,9 @@ SECTION_CASES = [  # (name, words, word bytes, float, symbol bits)
     ("wide alphabet", lambda n: np.random.default_rng(n).integers(0, 2**16, n).astype(np.uint16).view(np.uint8), 2, True, 12),
     # blocks of 128 whose raw bits pack to 6 bits (bf16 origin) beside blocks that need 21
     ("mixed widths", lambda n: mixed_fp32(n), 4, True, 10),
+    # symbols of a byte at most: the decoder's table holds them in place of ranks (no lookup)
+    ("fp32, byte symbols", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float32).view(np.uint8), 4, True, 8),
+    ("int16, byte symbols", lambda n: np.random.default_rng(n).normal(0, 300, n).astype(np.int16).view(np.uint8), 2, False, 8),
 ]
 
 
