@@ -315,8 +315,67 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
  * merge pairwise into 32-, then 64-, then the low 64-bit half of each 128-bit lane, which then
  * holds eight values in `width` whole bytes, stored one lane after the other. Other blocks and
  * the partial last one go to the scalar code (whole blocks end on a byte). */
+/* The remainders of 8 4-byte words: their low `remainder_bits` (floats rotated first). */
+static inline __m256i remainders_8(const uint8_t *p, __m256i mask, int is_float) {
+    __m256i key = _mm256_loadu_si256((const __m256i *)p);
+    if (is_float) key = _mm256_or_si256(_mm256_slli_epi32(key, 1), _mm256_srli_epi32(key, 31));
+    return _mm256_and_si256(key, mask);
+}
+
+/* 4-byte words (remainders of at most 24 bits: symbols keep 8), a block of 128 at a time: one
+ * pass for the zeros the block's remainders share, a second (the block is in L1 by then) that
+ * drops them, joins each pair of values into a 64-bit lane, and appends the pairs to a 64-bit
+ * accumulator that is stored whole every time and moves on by the bytes it completed: no
+ * branch on the fill, which the scalar packer's 22-bit F32 remainders mispredict. */
+static uint64_t pack_remainders_4(const uint8_t *words, size_t count, int is_float, int remainder_bits, uint8_t *zeros, uint8_t *packed) {
+    int low_bits = is_float ? remainder_bits - 1 : remainder_bits;
+    const __m256i mask = _mm256_set1_epi32((int)((1ull << remainder_bits) - 1)), one = _mm256_set1_epi32(1);
+    const __m256i low_half = _mm256_set1_epi64x(0xffffffff);
+    uint64_t total_bits = 0;
+    size_t block = 0, blocks = count / RANS_BLOCK;
+    for (; block < blocks; block++) {
+        const uint8_t *p = words + block * RANS_BLOCK * 4;
+        __m256i seen = _mm256_setzero_si256();
+        for (int k = 0; k < (int)RANS_BLOCK / 8; k++) seen = _mm256_or_si256(seen, remainders_8(p + 32 * k, mask, is_float));
+        __m128i half = _mm_or_si128(_mm256_castsi256_si128(seen), _mm256_extracti128_si256(seen, 1));
+        half = _mm_or_si128(half, _mm_srli_si128(half, 8));
+        half = _mm_or_si128(half, _mm_srli_si128(half, 4));
+        uint32_t any = (uint32_t)_mm_cvtsi128_si32(half) >> is_float;
+        int shared = any ? __builtin_ctz(any) : low_bits;
+        if (shared > low_bits) shared = low_bits;
+        int width = remainder_bits - shared;
+        zeros[block] = (uint8_t)shared;
+        const __m128i drop = _mm_cvtsi32_si128(shared), w1 = _mm_cvtsi32_si128(width);
+        uint8_t *out = packed + total_bits / 8; /* every block starts on a byte: 128 values */
+        uint64_t accumulator = 0;
+        unsigned filled = 0; /* below 8 between pairs: a pair of at most 48 bits always fits */
+        for (int k = 0; k < (int)RANS_BLOCK / 8 && width; k++) {
+            __m256i r = remainders_8(p + 32 * k, mask, is_float);
+            __m256i value = is_float ? _mm256_or_si256(_mm256_slli_epi32(_mm256_srl_epi32(_mm256_srli_epi32(r, 1), drop), 1), _mm256_and_si256(r, one))
+                                     : _mm256_srl_epi32(r, drop);
+            __m256i pairs = _mm256_or_si256(_mm256_and_si256(value, low_half), _mm256_sll_epi64(_mm256_srli_epi64(value, 32), w1));
+            uint64_t pair[4];
+            _mm256_storeu_si256((__m256i *)pair, pairs);
+            for (int j = 0; j < 4; j++) {
+                accumulator |= pair[j] << filled;
+                filled += 2 * (unsigned)width;
+                memcpy(out, &accumulator, 8); /* the bytes past the last bit are scratch */
+                out += filled >> 3;
+                accumulator >>= filled & ~7u;
+                filled &= 7;
+            }
+        }
+        total_bits += (uint64_t)RANS_BLOCK * (uint64_t)width;
+    }
+    if (block * RANS_BLOCK < count)
+        total_bits += zoo_pack_remainders_scalar(words + block * RANS_BLOCK * 4, count - block * RANS_BLOCK, 4, is_float, remainder_bits, zeros + block,
+                                                 packed + total_bits / 8);
+    return total_bits;
+}
+
 static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits, uint8_t *zeros,
                                 uint8_t *packed) {
+    if (word_bytes == 4 && remainder_bits > 0 && remainder_bits <= 24) return pack_remainders_4(words, count, is_float, remainder_bits, zeros, packed);
     if (word_bytes != 2 || remainder_bits == 0) return zoo_pack_remainders_scalar(words, count, word_bytes, is_float, remainder_bits, zeros, packed);
     int low_bits = is_float ? remainder_bits - 1 : remainder_bits;
     const __m256i mask = _mm256_set1_epi16((short)((1u << remainder_bits) - 1));
