@@ -311,10 +311,6 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
 
 /* -- raw bits ----------------------------------------------------------------------------- */
 
-/* Whole blocks of 2-byte words whose packed width is at most 8 bits: 16 values of 16 bits
- * merge pairwise into 32-, then 64-, then the low 64-bit half of each 128-bit lane, which then
- * holds eight values in `width` whole bytes, stored one lane after the other. Other blocks and
- * the partial last one go to the scalar code (whole blocks end on a byte). */
 /* The remainders of 8 4-byte words: their low `remainder_bits` (floats rotated first). */
 static inline __m256i remainders_8(const uint8_t *p, __m256i mask, int is_float) {
     __m256i key = _mm256_loadu_si256((const __m256i *)p);
@@ -373,6 +369,10 @@ static uint64_t pack_remainders_4(const uint8_t *words, size_t count, int is_flo
     return total_bits;
 }
 
+/* 4-byte words: pack_remainders_4. Whole blocks of 2-byte words whose packed width is at most 8
+ * bits: 16 values of 16 bits merge pairwise into 32-, then 64-, then the low 64-bit half of each
+ * 128-bit lane, which then holds eight values in `width` whole bytes, stored one lane after the
+ * other. Other blocks and the partial last one go to the scalar code (whole blocks end on a byte). */
 static uint64_t pack_remainders(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits, uint8_t *zeros,
                                 uint8_t *packed) {
     if (word_bytes == 4 && remainder_bits > 0 && remainder_bits <= 24) return pack_remainders_4(words, count, is_float, remainder_bits, zeros, packed);
