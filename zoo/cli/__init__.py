@@ -56,10 +56,11 @@ def bare_ray(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    # numpy's OpenBLAS starts a thread per core that spins about 0.1 s of CPU before it sleeps,
-    # even when no BLAS call comes: on two cores that took a core from `zoo compress` and `zoo
-    # decompress` while they start. With the shortest spin the threads sleep at once (and wake
-    # for the lossy codecs' matrix work as before). Before numpy loads; a user's own value wins.
+    # numpy's OpenBLAS starts its threads when numpy loads, and they spin (about 0.1 CPU-s here)
+    # before they sleep, even when no BLAS call comes: on two cores that took a core from `zoo
+    # compress` and `zoo decompress` while they start. With the shortest spin the threads sleep at
+    # once (and wake for the lossy codecs' matrix work as before). Set before numpy loads; a
+    # user's own value wins.
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     from zoo.errors import ZooError
     from zoo.cli.app import app
