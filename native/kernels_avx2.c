@@ -261,6 +261,16 @@ static inline __m256i load_keys(const uint8_t *p, int word_bytes, int is_float) 
     return is_float ? _mm256_or_si256(_mm256_slli_epi32(key, 1), _mm256_srli_epi32(key, 31)) : key;
 }
 
+/* The symbols of 8 words: their keys' top bits. A float's key is the word rotated left one bit,
+ * but with a remainder below the symbol the sign lands in it, so the symbol is a plain field of
+ * the word (two operations instead of five). */
+static inline __m256i symbols_8(const uint8_t *p, int word_bytes, int is_float, int remainder_bits, __m128i shift) {
+    if (!is_float || remainder_bits == 0) return _mm256_srl_epi32(load_keys(p, word_bytes, is_float), shift);
+    __m256i word = load_keys(p, word_bytes, 0);
+    uint32_t mask = (uint32_t)(0xffffffffu >> (32 - 8 * word_bytes)) >> remainder_bits;
+    return _mm256_and_si256(_mm256_srl_epi32(word, _mm_cvtsi32_si128(remainder_bits - 1)), _mm256_set1_epi32((int)mask));
+}
+
 /* One encoding step of 8 lanes; the quotient as in kernels_avx512.c, here from a correctly
  * rounded single-precision division (x converted exactly rounded from its two halves). */
 static inline __m256i encode_8(__m256i x, __m256i entry, uint16_t **top) {
@@ -279,11 +289,12 @@ static inline __m256i encode_8(__m256i x, __m256i entry, uint16_t **top) {
     x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), emit_lanes);
     __m256 value = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), _mm256_set1_ps(65536.0f),
                                    _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
-    __m256i quotient = _mm256_cvttps_epi32(_mm256_div_ps(value, _mm256_cvtepi32_ps(freq)));
+    /* x < freq << 20 here, so x / freq < 2^20, and the rounded value and quotient are within 1/8
+     * of it; a quarter less truncates to floor(x / freq) or one below, never above: only the
+     * low estimate needs correcting. */
+    __m256 estimate = _mm256_sub_ps(_mm256_div_ps(value, _mm256_cvtepi32_ps(freq)), _mm256_set1_ps(0.25f));
+    __m256i quotient = _mm256_cvttps_epi32(estimate);
     __m256i remainder = _mm256_sub_epi32(x, _mm256_mullo_epi32(quotient, freq));
-    __m256i over = _mm256_cmpgt_epi32(_mm256_setzero_si256(), remainder); /* estimate one too high */
-    quotient = _mm256_add_epi32(quotient, over);
-    remainder = _mm256_add_epi32(remainder, _mm256_and_si256(over, freq));
     __m256i under = _mm256_cmpgt_epi32(remainder, _mm256_sub_epi32(freq, _mm256_set1_epi32(1))); /* one too low */
     quotient = _mm256_sub_epi32(quotient, under);
     remainder = _mm256_sub_epi32(remainder, _mm256_and_si256(under, freq));
@@ -302,7 +313,7 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
             lane -= 8;
             const uint8_t *p = words + (step * lanes + lane) * (size_t)word_bytes;
             _mm_prefetch((const char *)p - 2048, _MM_HINT_T0); /* the words run backwards: help the prefetcher */
-            __m256i symbol = _mm256_srl_epi32(load_keys(p, word_bytes, is_float), shift);
+            __m256i symbol = symbols_8(p, word_bytes, is_float, remainder_bits, shift);
             __m256i entry = _mm256_i32gather_epi32((const int *)by_symbol, symbol, 4);
             __m256i *state = (__m256i *)(states + lane);
             _mm256_storeu_si256(state, encode_8(_mm256_loadu_si256(state), entry, top));
