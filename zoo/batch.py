@@ -458,7 +458,7 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
     variant = variant_of(chosen.spec())
     # a model's XOR base is one the zoo held before the batch: the same whatever order the tasks run in
     bases = sorted(entry.ref for entry in store.entries())
-    home = store.url or str(store.home)
+    home = store.location
     runs: list[list[tuple[int, int]]] = []
     for source in sources:
         # lossy objects are named by their coded bytes, which a later build could not find again
@@ -660,7 +660,7 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
     held = [None if force else store.exists_ref(name, revision, variant) for name, (_, revision) in zip(names, parsed)]
     bases = sorted(entry.ref for entry in store.entries())  # as for compress_many: the zoo before the batch
     with store.workspace() as work:
-        tasks = [(pull_to_work, (ref, store.url or str(store.home), str(work), name, pipeline, include, exclude, threads,
+        tasks = [(pull_to_work, (ref, store.location, str(work), name, pipeline, include, exclude, threads,
                                  entry.source if entry else None, bases))
                  for ref, name, entry in zip(refs, names, held)]
 

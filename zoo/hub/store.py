@@ -111,11 +111,11 @@ class Store:
 
     # -- layout -----------------------------------------------------------------------------
 
-
     @property
     def location(self) -> str:
         """What the user calls this zoo: its URL when it lives in a bucket, else its folder."""
         return self.url or str(self.home)
+
     def exists(self) -> bool:
         self._sync()
         return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
