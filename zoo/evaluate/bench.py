@@ -9,7 +9,6 @@ kernel zeroing fresh pages."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from zoo import kernels as _kernels
+from zoo.kernels.allocator import DEFAULT_THRESHOLD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
 from zoo.kernels.parallel import for_each, ordered_map, resolve_threads
 from zoo.dtypes import DTYPES, from_float32, storage_dtype, to_float32
 from zoo.errors import InputError
@@ -29,12 +29,6 @@ from zoo.sources.folder import scan
 CHUNK_BYTES = 4 << 20  # as zoo.compress cuts tensors
 BENCH_DTYPES = ("BF16", "F16", "F32")
 _ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-
-
-# glibc's mallopt parameters, and its starting values for them
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_GLIBC_DEFAULT_THRESHOLD = 128 << 10
 
 
 @contextmanager
@@ -47,18 +41,17 @@ def recycled_memory() -> Iterator[bool]:
     output recycled; docs/performance.md). Yields False where the C library is not glibc. On
     leaving, glibc's starting thresholds are set again and free memory handed back, so what is
     timed after (an archive read back) gets fresh pages, as under the defaults."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
+    found = glibc_malloc()
+    if found is None:
         yield False
         return
-    recycled = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    mallopt, malloc_trim = found
+    recycled = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
     try:
         yield recycled
     finally:
-        mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
         malloc_trim(0)
 
 

@@ -23,7 +23,6 @@ client holds one decoded chunk. Downloads of the same file at the same time deco
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import heapq
 import hmac
 import ipaddress
@@ -44,6 +43,7 @@ from urllib.parse import parse_qs, unquote
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
+from zoo.kernels.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
 
 READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
 SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of the same file in progress, all together
@@ -431,18 +431,16 @@ def _keep_freed_buffers() -> Callable[[], object] | None:
     page fault per 4 KiB on first touch (78,000 per GiB streamed, 0.1-0.15 s of CPU per GiB). The
     price is some memory kept after a burst; the function returned (malloc_trim) hands back what
     it can, and the app calls it once no download has run for IDLE_TRIM_SECONDS. None elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
+    found = glibc_malloc()
+    if found is None:
         return None
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt, malloc_trim = found
     # 32 MiB is the most glibc accepts as the mmap threshold: a 4 MiB chunk's buffers then come
     # from the heap. The trim threshold is the free top a heap keeps: 128 KiB (the default)
     # hands each freed piece back (340,000 faults per GiB); above a thread heap's 64 MiB a heap
     # never shrinks, and malloc_trim does not shrink those either (880 MiB kept after 200
     # stalled downloads closed). At 32 MiB: 13 faults per GiB, about 100 MiB kept.
-    if not (mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 32 << 20)):
+    if not (mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 32 << 20)):
         return None
     return lambda: malloc_trim(0)
 
