@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from zoo import kernels as _kernels
-from zoo.kernels.allocator import DEFAULT_THRESHOLD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
+from zoo.allocator import DEFAULT_THRESHOLD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
 from zoo.kernels.parallel import for_each, ordered_map, resolve_threads
 from zoo.dtypes import DTYPES, from_float32, storage_dtype, to_float32
 from zoo.errors import InputError

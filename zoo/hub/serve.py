@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
-from zoo.kernels.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
+from zoo.allocator import keep_freed_buffers
 
 READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
 SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of the same file in progress, all together
@@ -171,7 +171,7 @@ class ZooApp:
         self._shared = SharedPieces(shared_bytes)
         self._streaming = 0  # downloads in progress (on the loop's thread only)
         self._trim_timer: asyncio.TimerHandle | None = None
-        self._trim = _keep_freed_buffers()
+        self._trim = keep_freed_buffers()  # malloc_trim, called once the downloads stop
 
     def log(self, message: str) -> None:
         sys.stderr.write(printable(message) + "\n")
@@ -423,26 +423,6 @@ class ZooApp:
         headers["X-Error-Message"] = re.sub(r"[^\x20-\x7e]", "?", str(error))
         headers.update(error.headers)
         return Answer(error.status, headers, json.dumps({"error": str(error)}).encode())
-
-
-def _keep_freed_buffers() -> Callable[[], object] | None:
-    """On glibc, lets freed buffers of a few MiB (decoded pieces, the chunks read for them) be
-    reused instead of mapped afresh for each piece and unmapped after it: a fresh mapping costs a
-    page fault per 4 KiB on first touch (78,000 per GiB streamed, 0.1-0.15 s of CPU per GiB). The
-    price is some memory kept after a burst; the function returned (malloc_trim) hands back what
-    it can, and the app calls it once no download has run for IDLE_TRIM_SECONDS. None elsewhere."""
-    found = glibc_malloc()
-    if found is None:
-        return None
-    mallopt, malloc_trim = found
-    # 32 MiB is the most glibc accepts as the mmap threshold: a 4 MiB chunk's buffers then come
-    # from the heap. The trim threshold is the free top a heap keeps: 128 KiB (the default)
-    # hands each freed piece back (340,000 faults per GiB); above a thread heap's 64 MiB a heap
-    # never shrinks, and malloc_trim does not shrink those either (880 MiB kept after 200
-    # stalled downloads closed). At 32 MiB: 13 faults per GiB, about 100 MiB kept.
-    if not (mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 32 << 20)):
-        return None
-    return lambda: malloc_trim(0)
 
 
 def _header_list(answer: Answer) -> list[tuple[bytes, bytes]]:
