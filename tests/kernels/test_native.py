@@ -122,6 +122,29 @@ def test_sections_cross_native_numpy_and_isas(isa, case, count):
         assert end == 2 + len(coded) and out.tobytes() == words.tobytes()
 
 
+@pytest.mark.parametrize("alphabet", [1, 2, 16, 17, 97, 128, 129, 256])
+@pytest.mark.parametrize("word_bytes", [2, 4])
+@pytest.mark.parametrize("is_float", [False, True], ids=["int", "float"])
+def test_sections_of_every_alphabet_size(isa, alphabet, word_bytes, is_float):
+    """Words whose 10-bit symbols number `alphabet`: AVX2 finds symbols by shuffles of 16-rank
+    tables up to 128 of them, by gathers above, so both sides of each table's edge and of 128 are
+    here (odd sizes with the symbol 0, which only rank 0 can hold)."""
+    rng = np.random.default_rng(alphabet)
+    symbols = np.sort(rng.choice(np.arange(1, 1024), alphabet, replace=False)).astype(np.uint64)
+    if alphabet % 2:
+        symbols[0] = 0
+    bits = 8 * word_bytes
+    keys = (symbols[rng.integers(0, alphabet, 9000)] << (bits - 10)) | rng.integers(0, 1 << (bits - 10), 9000).astype(np.uint64)
+    if is_float:  # a float's key is its word rotated left one bit
+        keys = (keys >> 1) | ((keys & 1) << (bits - 1))
+    words = keys.astype(f"<u{word_bytes}").view(np.uint8)
+    coded = _native_calls.encode_section(words, word_bytes, is_float, 10)
+    assert coded == _fallback_coder.encode_section(words, word_bytes, is_float, 10)
+    for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+        out, _ = decode(coded, 0, 9000, word_bytes, is_float)
+        assert out.tobytes() == words.tobytes()
+
+
 @pytest.mark.parametrize("trial", range(12))
 def test_frequency_rounding_matches_numpy(isa, trial):
     """Rare symbols rounded up to one slot (which the largest then give back), equal remainders
