@@ -7,6 +7,7 @@ Loaded by tests/conftest.py as a plugin, so that one instance serves every test 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -104,11 +105,13 @@ def ray_cluster(s3_server: dict[str, str]) -> Iterator[str]:
     --block`, whose end stops that node's processes and only those (`ray stop` would stop every Ray
     on the machine, other people's included). The nodes import zoo from this checkout and reach the
     session's S3 server, as a cluster's nodes would hold their own credentials."""
-    # Ray 2.5x starts clusters with token authentication (the token in ~/.ray/auth_token); a driver
-    # sends it only when told to, before ray is imported. The tests' drivers (this process, the
-    # CLI's subprocesses) are.
-    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    # Ray 2.5x starts clusters with token authentication; a driver sends the token only when told
+    # to, before ray is imported. The tests' drivers (this process, the CLI's subprocesses) are, and
+    # the nodes and drivers share a token of the session's own: `ray start` does not make one, and
+    # on a fresh machine there is no ~/.ray/auth_token to fall back on (the head exited at once).
+    previous = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     pytest.importorskip("ray")
     port = free_port()
     # a short private folder: Ray's socket paths must stay under the 107 characters Unix allows
@@ -138,10 +141,11 @@ def ray_cluster(s3_server: dict[str, str]) -> Iterator[str]:
         for node in reversed(nodes):
             _stop(node, 60)
         log.close()
-        if previous_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = previous_mode
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(temporary, ignore_errors=True)
 
 
