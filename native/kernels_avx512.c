@@ -119,6 +119,7 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
                         int zeros, int remainder_bits, int word_bytes, int is_float, uint8_t *out) {
     size_t i = 0;
     const int direct = symbol_of_rank == NULL; /* the ranks are the symbols: no lookup */
+    const uint8_t *end = bits + (count * (size_t)width + 7) / 8;
     if ((word_bytes == 2 && width <= 9) || (word_bytes == 4 && width <= 25)) {
         __m512i table[8];
         for (int k = 0; k < 8; k++) table[k] = direct ? _mm512_setzero_si512() : _mm512_loadu_si512(symbol_of_rank + 32 * k);
@@ -199,7 +200,11 @@ static void merge_words(const uint8_t *ranks, const uint16_t *symbol_of_rank, co
                 __m512i rank = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(ranks + i)));
                 __m512i symbols = direct ? rank : lookup_symbols(rank, table, quarters);
                 for (int half = 0; half < 2; half++, bits += group_bytes) {
-                    __m512i source = _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
+                    /* the 64 bytes at `bits` while they lie within the stream (the fields take
+                     * only their own bytes), else a masked load of the group's: the masked load
+                     * was 80% of the samples of F32 word rebuilding on an AMD EPYC (Zen 5), where
+                     * this load made F32 decoding 1.4x faster (2-byte words: no change) */
+                    __m512i source = bits + 64 <= end ? _mm512_loadu_si512(bits) : _mm512_maskz_loadu_epi8((1ull << group_bytes) - 1, bits);
                     __m512i value = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(gather_bytes, source), shifts), width_mask);
                     __m512i rest = is_float ? _mm512_or_si512(_mm512_sll_epi32(_mm512_srli_epi32(value, 1), keep_low), _mm512_and_si512(value, one))
                                             : _mm512_sll_epi32(value, put_back);
