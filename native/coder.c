@@ -248,17 +248,21 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
     }
 }
 
+/* How many interleaved histograms count symbols of `symbol_bits` (12-bit ones take 16 KiB each):
+ * the one rule for allocating, filling and summing them. */
+static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 10 ? 8 : 4; }
+
 /* count_symbols with the usual symbol widths as constants: its shifts and table offsets become
  * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
  * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% (docs/kernels.md
- * has the timings). */
+ * has the timings). `histograms` holds histogram_tables(symbol_bits) of them. */
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                              int symbol_bits, uint32_t *histograms, size_t tables) {
+                                                              int symbol_bits, uint32_t *histograms) {
     switch (symbol_bits) {
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, 8); break;
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, 8); break;
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, 4); break;
-    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, tables); break;
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8)); break;
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10)); break;
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12)); break;
+    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits)); break;
     }
 }
 
@@ -272,7 +276,7 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     if (count == 0 || count > 0xffffffffu || symbol_bits < 8 || symbol_bits > bits || symbol_bits > MAX_SYMBOL_BITS)
         return store_raw(words, count, word_bytes, out, capacity);
     size_t n_symbols = (size_t)1 << symbol_bits;
-    size_t tables = symbol_bits <= 10 ? 8 : 4;
+    size_t tables = histogram_tables(symbol_bits);
     uint32_t *histograms = calloc(tables * n_symbols, sizeof(uint32_t));
     uint64_t *histogram = calloc(n_symbols, sizeof(uint64_t));
     size_t n_blocks = (count + RANS_BLOCK - 1) >> RANS_BLOCK_LOG2;
@@ -294,7 +298,7 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     for (size_t first = 0; first < count; first += ENCODE_SLICE) {
         size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
         const uint8_t *slice = words + first * (size_t)word_bytes;
-        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, tables);
+        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms);
         total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
     for (size_t table = 0; table < tables; table++)
