@@ -6,6 +6,7 @@ Loaded by tests/conftest.py as a plugin, so that one instance serves every test 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -109,10 +110,11 @@ def ray_cluster(s3_server: dict[str, str]) -> Iterator[str]:
     # to, before ray is imported. The tests' drivers (this process, the CLI's subprocesses) are, and
     # the nodes and drivers share a token of the session's own: `ray start` does not make one, and
     # on a fresh machine there is no ~/.ray/auth_token to fall back on (the head exited at once).
+    if importlib.util.find_spec("ray") is None:  # looked for, not imported: the mode must come first
+        pytest.skip("ray is not installed")
     previous = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    pytest.importorskip("ray")
     port = free_port()
     # a short private folder: Ray's socket paths must stay under the 107 characters Unix allows
     temporary = Path(tempfile.mkdtemp(prefix="zoo-ray-", dir="/tmp"))
