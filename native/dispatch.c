@@ -46,6 +46,16 @@ static int has(const char *name) {
     return 0;
 }
 
+/* Whether CPUID's vendor string is AMD's (or Hygon's, whose cores are AMD's Zen). */
+static int vendor_is_amd(void) {
+    unsigned eax, regs[3];
+    if (!__get_cpuid(0, &eax, &regs[0], &regs[2], &regs[1])) return 0; /* EBX, EDX, ECX spell the name */
+    char vendor[13];
+    memcpy(vendor, regs, 12);
+    vendor[12] = 0;
+    return !strcmp(vendor, "AuthenticAMD") || !strcmp(vendor, "HygonGenuine");
+}
+
 /* Which register states the OS saves on a context switch (XCR0), or 0 without OSXSAVE. */
 static unsigned long long os_saved_state(void) {
     unsigned eax, ebx, ecx, edx;
@@ -89,11 +99,22 @@ size_t zoo_cpu_features(const char **names, size_t capacity) {
     return found;
 }
 
+const char *const zoo_isas[ZOO_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512-ymm"};
+
 const zoo_kernels *zoo_kernels_for(const char *isa) {
     if (!strcmp(isa, "scalar")) return &zoo_kernels_scalar;
 #ifdef ZOO_X86
     if (!strcmp(isa, "avx2") && zoo_cpu_has("avx2")) return &zoo_kernels_avx2;
     if (!strcmp(isa, "avx512") && zoo_cpu_has("avx512")) return &zoo_kernels_avx512;
+    if (!strcmp(isa, "avx512-ymm") && zoo_cpu_has("avx512")) return &zoo_kernels_avx512_ymm;
 #endif
     return NULL;
+}
+
+const char *zoo_best_isa(void) {
+#ifdef ZOO_X86
+    if (zoo_cpu_has("avx512")) return vendor_is_amd() ? "avx512-ymm" : "avx512";
+    if (zoo_cpu_has("avx2")) return "avx2";
+#endif
+    return "scalar";
 }

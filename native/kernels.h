@@ -77,6 +77,7 @@ extern const zoo_kernels zoo_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const zoo_kernels zoo_kernels_avx2;
 extern const zoo_kernels zoo_kernels_avx512;
+extern const zoo_kernels zoo_kernels_avx512_ymm; /* AVX-512, rANS decoding with 8-lane gathers */
 #endif
 
 /* Scalar helpers the SIMD files call for tails. */

@@ -12,13 +12,12 @@
 
 static const zoo_kernels *active = &zoo_kernels_scalar;
 static const char *active_name = "scalar";
-static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
 
 static PyObject *available_isas(PyObject *self, PyObject *unused) {
     PyObject *names = PyList_New(0);
-    for (size_t i = 0; names && i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
-        if (zoo_kernels_for(ISAS[i])) {
-            PyObject *name = PyUnicode_FromString(ISAS[i]);
+    for (size_t i = 0; names && i < ZOO_ISA_COUNT; i++)
+        if (zoo_kernels_for(zoo_isas[i])) {
+            PyObject *name = PyUnicode_FromString(zoo_isas[i]);
             if (!name || PyList_Append(names, name)) {
                 Py_XDECREF(name);
                 Py_DECREF(names);
@@ -32,18 +31,20 @@ static PyObject *available_isas(PyObject *self, PyObject *unused) {
 static PyObject *select_isa(PyObject *self, PyObject *args) {
     const char *name;
     if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    for (size_t i = 0; i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
-        if (!strcmp(name, ISAS[i])) {
-            const zoo_kernels *table = zoo_kernels_for(ISAS[i]);
+    for (size_t i = 0; i < ZOO_ISA_COUNT; i++)
+        if (!strcmp(name, zoo_isas[i])) {
+            const zoo_kernels *table = zoo_kernels_for(zoo_isas[i]);
             if (!table) break;
             active = table;
-            active_name = ISAS[i];
+            active_name = zoo_isas[i];
             return PyUnicode_FromString(active_name);
         }
     return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", name);
 }
 
 static PyObject *current_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(active_name); }
+
+static PyObject *best_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(zoo_best_isa()); }
 
 static PyObject *cpu_features(PyObject *self, PyObject *unused) {
     const char *names[32];
@@ -359,9 +360,10 @@ done:
 }
 
 static PyMethodDef METHODS[] = {
-    {"available_isas", available_isas, METH_NOARGS, "Kernel tables this CPU can run, slowest first."},
+    {"available_isas", available_isas, METH_NOARGS, "The kernel tables this CPU can run, in the order scalar, avx2, avx512, avx512-ymm."},
     {"select_isa", select_isa, METH_VARARGS, "select_isa(name): use that kernel table from now on."},
     {"isa", current_isa, METH_NOARGS, "The kernel table in use."},
+    {"best_isa", best_isa, METH_NOARGS, "The kernel table zoo uses on this CPU when none is forced."},
     {"cpu_features", cpu_features, METH_NOARGS, "CPU features seen at run time."},
     {"split_planes", split_planes, METH_VARARGS, "split_planes(chunk, word_bytes, rotate) -> list of bytearray."},
     {"merge_planes", merge_planes, METH_VARARGS, "merge_planes(planes, word_bytes, rotate) -> bytearray."},
@@ -384,10 +386,7 @@ static struct PyModuleDef MODULE = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    const char *best = "scalar";
-    for (size_t i = 0; i < sizeof(ISAS) / sizeof(ISAS[0]); i++)
-        if (zoo_kernels_for(ISAS[i])) best = ISAS[i];
-    active = zoo_kernels_for(best);
-    active_name = best;
+    active_name = zoo_best_isa();
+    active = zoo_kernels_for(active_name);
     return PyModule_Create(&MODULE);
 }

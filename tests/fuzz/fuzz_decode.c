@@ -15,12 +15,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int word_bytes = WORD_BYTES[data[0] % 3], is_float = (data[0] >> 2) & 1;
     size_t count = (size_t)data[1] | ((size_t)data[2] << 8);
     const uint8_t *payload = data + 3, *end = data + size;
-    static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
     uint8_t *first = malloc(count * (size_t)word_bytes + 1), *other = malloc(count * (size_t)word_bytes + 1);
     const char *first_error = NULL;
     const uint8_t *first_end = NULL;
-    for (int i = 0; i < 3; i++) {
-        const zoo_kernels *kernels = zoo_kernels_for(ISAS[i]);
+    for (int i = 0; i < ZOO_ISA_COUNT; i++) {
+        const zoo_kernels *kernels = zoo_kernels_for(zoo_isas[i]);
         if (!kernels) continue;
         const uint8_t *cursor = payload;
         uint8_t *out = i == 0 ? first : other;

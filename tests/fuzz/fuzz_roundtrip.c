@@ -20,16 +20,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *coded = malloc(capacity), *again = malloc(capacity), *back = malloc(count * (size_t)word_bytes + 1);
     size_t length = zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, coded, capacity, &zoo_kernels_scalar);
     if (length == 0 || length > capacity) abort();
-    static const char *const ISAS[] = {"scalar", "avx2", "avx512"};
-    const zoo_kernels *simd[2];
+    const zoo_kernels *simd[ZOO_ISA_COUNT];
     int n_simd = 0;
-    for (int i = 1; i < 3; i++)
-        if (zoo_kernels_for(ISAS[i])) simd[n_simd++] = zoo_kernels_for(ISAS[i]);
+    for (int i = 1; i < ZOO_ISA_COUNT; i++)
+        if (zoo_kernels_for(zoo_isas[i])) simd[n_simd++] = zoo_kernels_for(zoo_isas[i]);
     const zoo_kernels *other = n_simd ? simd[size % (size_t)n_simd] : &zoo_kernels_scalar;
     if (zoo_encode_section(words, count, word_bytes, is_float, symbol_bits, again, capacity, other) != length || memcmp(again, coded, length))
         abort();
-    for (int i = 0; i < 3; i++) {
-        const zoo_kernels *kernels = zoo_kernels_for(ISAS[i]);
+    for (int i = 0; i < ZOO_ISA_COUNT; i++) {
+        const zoo_kernels *kernels = zoo_kernels_for(zoo_isas[i]);
         if (!kernels) continue;
         const uint8_t *cursor = coded;
         if (zoo_decode_section(&cursor, coded + length, back, count, word_bytes, is_float, kernels)) abort();

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,6 +278,19 @@ def _env():
     import os
 
     return {k: v for k, v in os.environ.items() if k != "ZOO_KERNELS"}
+
+
+def test_auto_takes_eight_lane_gathers_on_amd_only():
+    """Unforced, zoo runs the widest table the CPU has; of the two AVX-512 tables, avx512-ymm on
+    AMD's CPUs (whose 16-lane gathers are slower than two 8-lane ones) and avx512 on any other."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    vendor = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")), "")
+    if "avx512" in ISAS:
+        assert native.best_isa() == ("avx512-ymm" if vendor in ("AuthenticAMD", "HygonGenuine") else "avx512")
+    else:
+        assert native.best_isa() == ISAS[-1]
+    done = subprocess.run([sys.executable, "-c", "from zoo import kernels; print(kernels.PATH)"], capture_output=True, text=True, env=_env())
+    assert done.stdout.strip() == native.best_isa(), done.stderr
 
 
 def test_info_lists_cpu_features():

@@ -11,7 +11,9 @@ Contract (every path gives bit-identical results; zoo/kernels/fallback.py is the
   decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
   the entropy coder of the fprans and rans codecs (zoo/kernels/fallback_coder.py, docs/FORMAT.md).
 
-ZOO_KERNELS=numpy|scalar|avx2|avx512 forces a path; unset or `auto` takes the best the CPU has.
+ZOO_KERNELS=numpy|scalar|avx2|avx512|avx512-ymm forces a path; unset or `auto` takes the best the CPU
+has (of the two AVX-512 tables, avx512-ymm, whose rANS decoding gathers 8 lanes at a time, on AMD's
+CPUs; docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from zoo.kernels import fallback as _fallback, fallback_coder as _fallback_coder
 from zoo.errors import ZooError
 
-PATHS = ("auto", "numpy", "scalar", "avx2", "avx512")
+PATHS = ("auto", "numpy", "scalar", "avx2", "avx512", "avx512-ymm")
 
 
 def _requested() -> str:
@@ -44,7 +46,7 @@ def _load_native(requested: str) -> tuple[Any, str, str]:
         return None, "numpy", f"native extension not built ({error})"
     available = _native.available_isas()
     if requested == "auto":
-        return _native, _native.select_isa(available[-1]), "best the CPU supports"
+        return _native, _native.select_isa(_native.best_isa()), "best the CPU supports"
     if requested not in available:
         raise ZooError(f"ZOO_KERNELS={requested}: this CPU supports only {', '.join(available)}")
     return _native, _native.select_isa(requested), "forced by ZOO_KERNELS"
