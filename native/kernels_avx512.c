@@ -47,13 +47,15 @@ static inline int refill_16(__m512i *lanes, const uint8_t **cursor, const uint8_
  * The refills' only chain is the stream cursor (an add per group), so the gathers of the next
  * groups overlap it; a pass of lookups over all lanes then a pass of refills was 1.3x slower
  * (each state stored and loaded again between the two), and so was one or two groups at a
- * time; more than eight spill registers. */
+ * time; more than eight spill registers. With 8-lane gathers (`narrow`, AMD's CPUs), eight
+ * groups at a time where the lanes allow: 1.03-1.08x on a Zen 5 (docs/kernels.md). */
 #define DECODE_GROUPS 4
+#define DECODE_GROUPS_NARROW 8
 /* `groups` x 16 lanes whose states stay in registers for all the steps. */
 static inline __attribute__((always_inline)) int decode_in_registers(uint32_t *states, const int groups, const uint32_t *table,
                                                                      const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t steps,
                                                                      const int narrow) {
-    __m512i x[DECODE_GROUPS];
+    __m512i x[4];
     for (int g = 0; g < groups; g++) x[g] = _mm512_loadu_si512(states + 16 * g);
     for (size_t step = 0; step < steps; step++, out += 16 * groups) {
         for (int g = 0; g < groups; g++) x[g] = decode_16(x[g], table, out + 16 * g, narrow);
@@ -76,15 +78,16 @@ static inline __attribute__((always_inline)) int decode_steps(uint32_t *states, 
         for (size_t step = 0; step < steps; step++, out += lanes) {
             _mm_prefetch((const char *)p + 2048, _MM_HINT_T0); /* a step reads up to 2 * lanes bytes of stream */
             _mm_prefetch((const char *)p + 2048 + 64 * (lanes / 64), _MM_HINT_T0);
+            const int groups = narrow ? DECODE_GROUPS_NARROW : DECODE_GROUPS;
             size_t lane = 0;
-            for (; lane + 16 * DECODE_GROUPS <= lanes; lane += 16 * DECODE_GROUPS) {
-                __m512i x[DECODE_GROUPS];
-                for (int g = 0; g < DECODE_GROUPS; g++) x[g] = decode_16(_mm512_loadu_si512(states + lane + 16 * g), table, out + lane + 16 * g, narrow);
-                for (int g = 0; g < DECODE_GROUPS; g++)
+            for (; lane + 16 * (size_t)groups <= lanes; lane += 16 * (size_t)groups) {
+                __m512i x[DECODE_GROUPS_NARROW];
+                for (int g = 0; g < groups; g++) x[g] = decode_16(_mm512_loadu_si512(states + lane + 16 * g), table, out + lane + 16 * g, narrow);
+                for (int g = 0; g < groups; g++)
                     if (refill_16(&x[g], &p, end)) return -1;
-                for (int g = 0; g < DECODE_GROUPS; g++) _mm512_storeu_si512(states + lane + 16 * g, x[g]);
+                for (int g = 0; g < groups; g++) _mm512_storeu_si512(states + lane + 16 * g, x[g]);
             }
-            for (; lane < lanes; lane += 16) { /* lanes that are not a multiple of 64 */
+            for (; lane < lanes; lane += 16) { /* lanes that are not a multiple of the groups */
                 __m512i x = decode_16(_mm512_loadu_si512(states + lane), table, out + lane, narrow);
                 if (refill_16(&x, &p, end)) return -1;
                 _mm512_storeu_si512(states + lane, x);
