@@ -48,14 +48,14 @@ static inline int refill_16(__m512i *lanes, const uint8_t **cursor, const uint8_
  * groups overlap it; a pass of lookups over all lanes then a pass of refills was 1.3x slower
  * (each state stored and loaded again between the two), and so was one or two groups at a
  * time; more than eight spill registers. With 8-lane gathers (`narrow`, AMD's CPUs), eight
- * groups at a time where the lanes allow: 1.03-1.08x on a Zen 5 (docs/kernels.md). */
+ * groups at a time where the lanes allow: 1.01-1.10x on a Zen 5 (docs/kernels.md). */
 #define DECODE_GROUPS 4
 #define DECODE_GROUPS_NARROW 8
 /* `groups` x 16 lanes whose states stay in registers for all the steps. */
 static inline __attribute__((always_inline)) int decode_in_registers(uint32_t *states, const int groups, const uint32_t *table,
                                                                      const uint8_t **cursor, const uint8_t *end, uint8_t *out, size_t steps,
                                                                      const int narrow) {
-    __m512i x[4];
+    __m512i x[DECODE_GROUPS];
     for (int g = 0; g < groups; g++) x[g] = _mm512_loadu_si512(states + 16 * g);
     for (size_t step = 0; step < steps; step++, out += 16 * groups) {
         for (int g = 0; g < groups; g++) x[g] = decode_16(x[g], table, out + 16 * g, narrow);
@@ -434,8 +434,9 @@ static inline __m512i encode_16(__m512i x, __m512i entry, uint16_t **top) {
 }
 
 /* One step of all lanes, from the last down, two groups of 16 at a time: both groups' entries are
- * gathered before either is encoded. One group at a time was 1.2x slower on an AMD EPYC (Zen 5);
- * four at a time was no faster than two (docs/kernels.md). Lanes are a multiple of 32. */
+ * gathered before either is encoded. One group at a time was 1.14-1.26x slower on an AMD EPYC
+ * (Zen 5); four at a time, a few percent slower for BF16 and F16 and faster for F32
+ * (docs/kernels.md). Lanes are a multiple of 32. */
 static inline void encode_pairs(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, int word_bytes,
                                 int is_float, __m128i shift, uint16_t **top) {
     for (size_t lane = lanes; lane > 0;) {
