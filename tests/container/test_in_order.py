@@ -1,6 +1,7 @@
-"""Archive.iter_file's `in_order` (how decompress hashes a file: each piece by the worker that
-decoded it, in file order): every piece goes through once and in order, on one thread and
-several; a damaged chunk or a reader closed early leaves no worker waiting for its turn."""
+"""Archive.iter_file's `in_order` (how decompress hashes a file: in file order, each piece by the
+worker that decoded it where it can be): every piece goes through once and in order, on one
+thread and several; a worker does not wait for a turn far ahead; a damaged chunk or a reader
+closed early leaves no worker waiting for its turn."""
 
 from __future__ import annotations
 
@@ -88,3 +89,26 @@ def test_a_reader_closed_early_leaves_no_worker_waiting(model, threads):
 
     finishes(read_two_pieces)
     assert original.startswith(b"".join(passed))  # a prefix, in order
+
+
+def test_a_worker_does_not_wait_for_a_turn_far_ahead(model):
+    """While the first piece is still being written, the other worker hands its pieces over and
+    decodes more instead of waiting for their turns: the first piece's writer waits here for
+    two more pieces to be written, which never happened when every worker waited for its turn."""
+    archive, original = model
+    written = threading.Semaphore(0)
+    passed: list[bytes] = []
+
+    def sink(offset: int, piece: memoryview) -> None:
+        if offset == 0:
+            assert written.acquire(timeout=30) and written.acquire(timeout=30), "the other worker waited"
+        else:
+            written.release()
+
+    def read() -> None:
+        with Archive(archive) as opened:
+            for _ in opened.iter_file("model.safetensors", threads=2, sink=sink, in_order=lambda piece: passed.append(bytes(piece))):
+                pass
+
+    finishes(read)
+    assert b"".join(passed) == original
