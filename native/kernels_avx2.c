@@ -309,7 +309,7 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
                            remainder_bits, top);
     const __m128i shift = _mm_cvtsi32_si128(remainder_bits);
     /* Four groups of 8 lanes at a time (lanes are a multiple of 32), from the last down: all four
-     * groups' entries are gathered before any is encoded. One group at a time was 1.11-1.16x
+     * groups' entries are gathered before any is encoded. One group at a time was 1.12-1.18x
      * slower on an AMD EPYC (Zen 5); two at a time, 1-2% faster than one (docs/kernels.md). */
     for (size_t step = steps; step-- > 0;)
         for (size_t lane = lanes; lane > 0;) {

@@ -48,7 +48,7 @@ static inline int refill_16(__m512i *lanes, const uint8_t **cursor, const uint8_
  * groups overlap it; a pass of lookups over all lanes then a pass of refills was 1.3x slower
  * (each state stored and loaded again between the two), and so was one or two groups at a
  * time; more than eight spill registers. With 8-lane gathers (`narrow`, AMD's CPUs), eight
- * groups at a time where the lanes allow: 1.01-1.10x on a Zen 5 (docs/kernels.md). */
+ * groups at a time where the lanes allow: 1.02-1.10x on a Zen 5 (docs/kernels.md). */
 #define DECODE_GROUPS 4
 #define DECODE_GROUPS_NARROW 8
 /* `groups` x 16 lanes whose states stay in registers for all the steps. */
@@ -434,7 +434,7 @@ static inline __m512i encode_16(__m512i x, __m512i entry, uint16_t **top) {
 }
 
 /* One step of all lanes, from the last down, two groups of 16 at a time: both groups' entries are
- * gathered before either is encoded. One group at a time was 1.14-1.26x slower on an AMD EPYC
+ * gathered before either is encoded. One group at a time was 1.16-1.26x slower on an AMD EPYC
  * (Zen 5); four at a time, a few percent slower for BF16 and F16 and faster for F32
  * (docs/kernels.md). Lanes are a multiple of 32. */
 static inline void encode_pairs(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, int word_bytes,
