@@ -616,27 +616,19 @@ static uint32_t crc32(uint32_t crc, const uint8_t *data, size_t size) {
     return zoo_crc32_pclmul(zoo_crc32_scalar(0xffffffffu, folded, 16), data, size);
 }
 
-const zoo_kernels zoo_kernels_avx512 = {
-    .rans_decode_steps = rans_decode_steps,
-    .merge_words = merge_words,
-    .split_planes = split_planes,
-    .merge_planes = merge_planes,
-    .philox_uniform = philox_uniform,
-    .dequantize_rows = dequantize_rows,
-    .rans_encode = rans_encode,
-    .pack_remainders = pack_remainders,
-    .crc32 = crc32,
-};
+/* The two AVX-512 tables differ only in how rANS decoding gathers its slots (gather_entries). */
+#define AVX512_KERNELS(decode_steps)        \
+    {                                       \
+        .rans_decode_steps = decode_steps,  \
+        .merge_words = merge_words,         \
+        .split_planes = split_planes,       \
+        .merge_planes = merge_planes,       \
+        .philox_uniform = philox_uniform,   \
+        .dequantize_rows = dequantize_rows, \
+        .rans_encode = rans_encode,         \
+        .pack_remainders = pack_remainders, \
+        .crc32 = crc32,                     \
+    }
 
-/* The same kernels, but rANS decoding gathers 8 lanes at a time (gather_entries). */
-const zoo_kernels zoo_kernels_avx512_ymm = {
-    .rans_decode_steps = rans_decode_steps_ymm,
-    .merge_words = merge_words,
-    .split_planes = split_planes,
-    .merge_planes = merge_planes,
-    .philox_uniform = philox_uniform,
-    .dequantize_rows = dequantize_rows,
-    .rans_encode = rans_encode,
-    .pack_remainders = pack_remainders,
-    .crc32 = crc32,
-};
+const zoo_kernels zoo_kernels_avx512 = AVX512_KERNELS(rans_decode_steps);
+const zoo_kernels zoo_kernels_avx512_ymm = AVX512_KERNELS(rans_decode_steps_ymm); /* 8-lane gathers */
