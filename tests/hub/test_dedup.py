@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +248,11 @@ def test_an_object_too_large_to_hold_in_memory_is_the_same_bytes(tmp_path, monke
     folder = write_model(tmp_path / "m", base_tensors())
     compress_into(Store(tmp_path / "held"), folder, "m")
     monkeypatch.setattr(ObjectPayload, "LIMIT", 1000)
+    spills = []
+    opened = tempfile.NamedTemporaryFile
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", lambda **options: spills.append(options) or opened(**options))
     compress_into(Store(tmp_path / "spilled"), folder, "m")
+    assert spills  # (the limit is read when each payload starts)
     held, spilled = ({p.name: p.read_bytes() for p in (tmp_path / home / "objects").rglob("*.zoo")} for home in ("held", "spilled"))
     assert len(held) > 2 and held == spilled
     # an object large enough to have its header padded: held or spilled (its header then inserted in front), the same bytes

@@ -75,9 +75,9 @@ class ObjectPayload(PayloadWriter):
 
     LIMIT = 64 << 20
 
-    def __init__(self, folder: Path, limit: int = LIMIT) -> None:
+    def __init__(self, folder: Path) -> None:
         super().__init__(None)  # type: ignore[arg-type] - no stream until the payload spills
-        self.folder, self.limit = folder, limit
+        self.folder, self.limit = folder, self.LIMIT
         self.parts: list[bytes] = []
 
     def write(self, data: bytes | memoryview) -> int:
