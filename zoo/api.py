@@ -23,7 +23,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ArchiveFile, assemble, insert_header, object_path
+from zoo.container.format import ArchiveFile, assemble, fill_room, insert_header, object_path
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -217,19 +217,21 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
 # -- compress --------------------------------------------------------------------------------
 
 
-def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]], durable: bool = True) -> None:
+def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]], durable: bool = True, room: int = 0) -> None:
     """The archive at `temporary`: `write(stream)` writes its payload and returns its header. The
-    payload goes straight into `temporary`, and the header in front of it: without copying the
-    payload where it is large and the file system can insert room at a file's start
-    (format.insert_header), else by copying it behind the header."""
+    payload goes straight into `temporary`, behind `room` bytes left for the header (a build's
+    Builder.header_room), and the header in front of it: into that room where it fits (any file
+    system), else without copying the payload where it is large and the file system can insert
+    room at a file's start (format.insert_header), else by copying it behind the header."""
     with builtins.open(temporary, "wb") as payload:
+        payload.seek(room)
         header = write(payload)
-    if insert_header(temporary, header, durable):
+    if fill_room(temporary, header, room, durable) if room else insert_header(temporary, header, durable):
         return
     with temporaries.locked_temporary(temporary.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
         payload_path = Path(scratch) / "payload"
         os.replace(temporary, payload_path)
-        assemble(temporary, header, payload_path, durable=durable)
+        assemble(temporary, header, payload_path, room, durable=durable)
 
 
 def compress(
@@ -287,7 +289,8 @@ def compress(
         with _atomic_output(destination, force, is_dir=False) as temporary:
             builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
             _write_archive(temporary, lambda payload: builder.build(sources, payload, resolve_threads(threads), progress),
-                           durable=objects is None)  # a zoo syncs a model's files together
+                           durable=objects is None,  # a zoo syncs a model's files together
+                           room=builder.header_room(sources))
             if check is not None:
                 check(temporary)
     report = report_of(destination)

@@ -94,11 +94,15 @@ def test_float_conversions_are_exact_and_round_to_nearest_even():
 
 
 def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monkeypatch):
-    """Past ALIGN_FROM the header is padded to a block boundary and inserted in front of the payload
-    written first; where the file system cannot insert, the payload is copied behind the same
-    header: the same bytes either way, and an archive like any other."""
+    """Past ALIGN_FROM, with no room left for it (Builder.header_room), the header is padded to a
+    block boundary and inserted in front of the payload written first; where the file system cannot
+    insert, the payload is copied behind the same header: the same bytes either way, and an archive
+    like any other."""
     from zoo import api
     from zoo.container import format as archive_format
+    from zoo.container.writer import Builder
+
+    monkeypatch.setattr(Builder, "header_room", lambda self, sources: 0)
 
     inserted = []
 
@@ -124,3 +128,56 @@ def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monke
     zoo.decompress(tmp_path / "in-place.zoo", tmp_path / "out")
     assert (tmp_path / "out" / "w.safetensors").read_bytes() == source.read_bytes()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside
+
+
+def many_tensors(path: Path, count: int) -> Path:
+    """A checkpoint of `count` small tensors with long names: a header of many records."""
+    return write_safetensors(path, {f"encoder.layer.{i}.attention.output.dense.weight": ("BF16", random_storage("BF16", (8, 16 + i), i))
+                                    for i in range(count)})
+
+
+@pytest.mark.parametrize("count", [1, 12, 120])
+def test_a_large_payload_goes_behind_room_left_for_its_header(tmp_path, monkeypatch, count):
+    """Past ALIGN_FROM, a lossless build leaves room in front of the payload for the header it
+    will have (Builder.header_room, judged from the sources), writes the payload behind it and the
+    header into it: no copy, on any file system. The room holds the header, with little to spare."""
+    from zoo.api import scan
+    from zoo.codecs.pipeline import DEFAULT_SPEC
+    from zoo.container import format as archive_format
+    from zoo.container.writer import Builder
+
+    monkeypatch.setattr(archive_format, "ALIGN_FROM", 1)
+    source = many_tensors(tmp_path / "w.safetensors", count)
+    room = Builder(Pipeline.parse(DEFAULT_SPEC), 4 << 20, None).header_room(scan(source))
+    copies = []
+    monkeypatch.setattr(archive_format.os, "copy_file_range", lambda *args: copies.append(args) or 0)
+    zoo.compress(source, tmp_path / "w.zoo")
+    opened = archive_format.ArchiveFile(tmp_path / "w.zoo")
+    opened.close()
+    assert opened.payload_start == room and not copies
+    used = archive_format.PREAMBLE.size + len(archive_format.encode_header(opened.header))
+    assert room * 0.75 - archive_format.HEADER_ALIGN < used <= room
+    assert zoo.verify(tmp_path / "w.zoo") == []
+    zoo.decompress(tmp_path / "w.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "w.safetensors").read_bytes() == source.read_bytes()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_header_that_outgrows_its_room_costs_a_copy_not_a_byte(tmp_path, monkeypatch):
+    """A header larger than the room left for it: the payload is copied behind a header of its own
+    size, and the archive is the same bytes as one written with no room left at all."""
+    from zoo.container import format as archive_format
+    from zoo.container.writer import Builder
+
+    monkeypatch.setattr(archive_format, "ALIGN_FROM", 1)
+    source = many_tensors(tmp_path / "w.safetensors", 40)
+    monkeypatch.setattr(Builder, "header_room", lambda self, sources: archive_format.HEADER_ALIGN)
+    zoo.compress(source, tmp_path / "outgrown.zoo")
+    monkeypatch.setattr(Builder, "header_room", lambda self, sources: 0)
+    zoo.compress(source, tmp_path / "none.zoo")
+    assert (tmp_path / "outgrown.zoo").read_bytes() == (tmp_path / "none.zoo").read_bytes()
+    opened = archive_format.ArchiveFile(tmp_path / "outgrown.zoo")
+    opened.close()
+    assert opened.payload_start > archive_format.HEADER_ALIGN
+    assert zoo.verify(tmp_path / "outgrown.zoo") == []
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

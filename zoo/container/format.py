@@ -148,13 +148,15 @@ HEADER_ALIGN = 4096
 _FALLOC_FL_INSERT_RANGE = 0x20
 
 
-def _front(header: dict[str, Any], payload_size: int) -> bytes:
+def _front(header: dict[str, Any], payload_size: int, room: int = 0) -> bytes:
     """Preamble and header of an archive whose payload is `payload_size` bytes. From ALIGN_FROM on,
-    the header is followed by spaces (JSON allows them) up to the next HEADER_ALIGN boundary of the
-    file, whichever way the archive is written: the same bytes on every file system."""
+    the header is followed by spaces (JSON allows them) up to the end of the `room` its writer left
+    in front of the payload when it fits there, else up to the next HEADER_ALIGN boundary of the
+    file. Whichever way the archive is then written, the same bytes on every file system."""
     body = encode_header(header)
     if payload_size >= ALIGN_FROM:
-        body += b" " * (-(PREAMBLE.size + len(body)) % HEADER_ALIGN)
+        fits = PREAMBLE.size + len(body) <= room
+        body += b" " * (room - PREAMBLE.size - len(body) if fits else -(PREAMBLE.size + len(body)) % HEADER_ALIGN)
         if len(body) > MAX_HEADER_BYTES:
             raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
     return PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
@@ -165,6 +167,24 @@ def _write_all(descriptor: int, data: bytes | memoryview, offset: int | None = N
     view, done = memoryview(data), 0
     while done < len(view):
         done += os.write(descriptor, view[done:]) if offset is None else os.pwrite(descriptor, view[done:], offset + done)
+
+
+def fill_room(path: Path, header: dict[str, Any], room: int, durable: bool = True) -> bool:
+    """Write preamble and header into the first `room` bytes of `path`, the payload having been
+    written behind them; False, with `path` untouched, when the payload is under ALIGN_FROM or the
+    header does not fit (then the payload is copied behind a header of its own size, by assemble)."""
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(descriptor).st_size - room
+        front = _front(header, size, room)
+        if size < ALIGN_FROM or len(front) != room:
+            return False
+        _write_all(descriptor, front, 0)
+        if durable:
+            os.fsync(descriptor)
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def insert_header(path: Path, header: dict[str, Any], durable: bool = True) -> bool:
