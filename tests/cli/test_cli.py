@@ -88,3 +88,22 @@ def test_help_does_not_import_heavy_modules():
     probe = "import sys; from zoo.cli.app import app; print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert json.loads(done.stdout.replace("'", '"')) == []
+
+
+def test_a_command_alone_parses_as_the_whole_app_does():
+    """The entry point builds only the command the command line names (app_for): for every command,
+    its help and an unknown option read as through the app of all commands."""
+    from typer.testing import CliRunner
+
+    from zoo.cli.app import app, app_for
+
+    runner = CliRunner()
+    names = [registered.name or registered.callback.__name__.replace("_", "-") for registered in app.registered_commands]
+    assert len(names) > 10
+    for name in names:
+        alone = app_for(["zoo", name])
+        assert len(alone.registered_commands) == 1 and alone is not app
+        for args in (["--help"], ["--no-such-option"]):
+            ours, whole = (runner.invoke(which, [name, *args], prog_name="zoo") for which in (alone, app))
+            assert (ours.exit_code, ours.output) == (whole.exit_code, whole.output), (name, args)
+    assert app_for(["zoo", "--help"]) is app and app_for(["zoo"]) is app and app_for(["zoo", "no-such-command"]) is app

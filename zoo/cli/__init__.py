@@ -68,12 +68,12 @@ def main() -> None:
 
     keep_freed_buffers()
     from zoo.errors import ZooError
-    from zoo.cli.app import app
+    from zoo.cli.app import app_for
 
     sys.argv = bare_ray(shipped_calibration(sys.argv))
     warnings.showwarning = _show_warning
     try:
-        app(prog_name="zoo")
+        app_for(sys.argv)(prog_name="zoo")
     except ZooError as error:
         if os.environ.get("ZOO_DEBUG"):
             raise
