@@ -1,16 +1,20 @@
 """Archive.iter_file's `in_order` (how decompress hashes a file: in file order, each piece by the
 worker that decoded it where it can be): every piece goes through once and in order, on one
 thread and several; a worker does not wait for a turn far ahead; a damaged chunk or a reader
-closed early leaves no worker waiting for its turn."""
+closed early leaves no worker waiting for its turn. And the same on the way in: compress's coders
+hash each file from the chunks they read, where those cover it in order."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import numpy as np
 import pytest
 
 import zoo
+from zoo.container import writer
+from zoo.container.format import ArchiveFile
 from zoo.container.reader import Archive
 from zoo.errors import ChecksumError
 
@@ -112,3 +116,43 @@ def test_a_worker_does_not_wait_for_a_turn_far_ahead(model):
 
     finishes(read)
     assert b"".join(passed) == original
+
+
+def test_the_coders_hash_each_file_they_read(tiny_model, tmp_path, monkeypatch):
+    """A lossless compress on several threads takes each file's sha256 from the chunks its coders
+    read: the digests are the files' own, and the archive is the same bytes as when a thread of its
+    own reads and hashes each file (one coder, or chunks that do not cover a file)."""
+    digests = []
+    taken = writer._SourceDigest.result
+    monkeypatch.setattr(writer._SourceDigest, "result", lambda self: digests.append(taken(self)) or digests[-1])
+    zoo.compress(tiny_model, tmp_path / "coders.zoo", threads=2, chunk_bytes=1024)
+    assert len(digests) == 3 and all(digests)  # every file of the model, from its chunks
+    opened = ArchiveFile(tmp_path / "coders.zoo")
+    opened.close()
+    assert {entry["path"]: entry["sha256"] for entry in opened.header["files"]} == {
+        str(path.relative_to(tiny_model)): hashlib.sha256(path.read_bytes()).hexdigest() for path in tiny_model.rglob("*") if path.is_file()}
+    monkeypatch.setattr(writer._SourceDigest, "result", lambda self: None)
+    zoo.compress(tiny_model, tmp_path / "read.zoo", threads=2, chunk_bytes=1024)
+    zoo.compress(tiny_model, tmp_path / "one.zoo", threads=1, chunk_bytes=1024)
+    assert (tmp_path / "coders.zoo").read_bytes() == (tmp_path / "read.zoo").read_bytes() == (tmp_path / "one.zoo").read_bytes()
+
+
+def test_chunks_that_do_not_cover_a_file_give_no_digest():
+    """_SourceDigest hashes only chunks that are views of the file and follow each other from its
+    start; a gap, a copy or a short end leaves it without a digest, never with a wrong one."""
+    data = np.arange(100, dtype=np.uint8)
+
+    def job(start: int, end: int, mapped: object = b"file") -> writer._Job:
+        return writer._Job({}, None, data[start:end], end - start, mapped, start)  # type: ignore[arg-type]
+
+    def digest(jobs: list[writer._Job], size: int = 100) -> str | None:
+        found = writer._SourceDigest(size)
+        for job_ in jobs:
+            found.take(found.turn(), job_)
+        return found.result()
+
+    assert digest([job(0, 40), job(40, 40), job(40, 100)]) == hashlib.sha256(data.tobytes()).hexdigest()
+    assert digest([job(0, 40), job(50, 100)]) is None  # a gap
+    assert digest([job(0, 40), job(40, 100, mapped=None)]) is None  # a copy, not the file's own bytes
+    assert digest([job(0, 40)]) is None  # the file goes on
+    assert digest([], size=0) == hashlib.sha256(b"").hexdigest()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.kernels.parallel import for_each, ordered_map
+from zoo.kernels.parallel import InOrder, for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, storage_dtype, to_float32
@@ -484,12 +483,12 @@ class Archive:
         hands it over before it is yielded: the writes run in parallel. With `in_order(piece)`
         (decompress's sha256, which cannot be split), the pieces go through it in file order on
         the workers, where it can be on the one that decoded the piece, while it is in that core's
-        cache (`_InOrder`), and the caller's loop is left with nothing to do."""
+        cache (parallel.InOrder), and the caller's loop is left with nothing to do."""
         entry = self.file_entry(path)
         self.require_sound_layout()
         end = entry["size"] if end is None else min(end, entry["size"])
         tasks = enumerate(self._file_tasks(entry, start, end))
-        turns = _InOrder(in_order) if in_order is not None else None
+        turns = InOrder(in_order) if in_order is not None else None
 
         def decode(numbered: tuple[int, tuple[int, int, Callable[[], np.ndarray]]]) -> memoryview | None:
             number, (position, _, run) = numbered
@@ -675,60 +674,6 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-
-class _InOrder:
-    """Calls `function` on numbered pieces in their order (None: nothing to pass, a turn all the
-    same), each, where it can be, from the thread that decoded it, while the piece is in the cache
-    of that thread's core (hashing a piece decoded on another core cost about 30% more).
-
-    A thread whose piece's turn has not come waits only while the piece just before it is being
-    passed; otherwise it leaves its piece and goes on with its own work, and whichever thread is
-    passing pieces passes it when its turn comes. Waiting for every turn kept each of two workers
-    idle for a third of MiniLM's decompression, behind batches of small pieces and pieces of
-    unequal sizes; never waiting had every piece of a file of equal chunks hashed on the other
-    core, 30% more CPU. Once stopped (a piece failed, or the reader closed), no piece is passed."""
-
-    def __init__(self, function: Callable[[memoryview], object]) -> None:
-        self._function = function
-        self._next = 0
-        self._ready: dict[int, memoryview | None] = {}  # left by their threads until their turn
-        self._passing = False  # a thread is passing pieces
-        self._stopped = False
-        self._turn = threading.Condition()
-
-    def take(self, number: int, piece: memoryview | None) -> None:
-        with self._turn:
-            if self._passing and self._next == number - 1:
-                while self._next != number and not self._stopped:
-                    self._turn.wait()
-            if self._stopped:
-                return
-            if self._passing or self._next != number:
-                self._ready[number] = piece
-                return
-            self._passing = True
-        try:
-            while True:
-                if piece is not None:
-                    self._function(piece)
-                with self._turn:
-                    self._next += 1
-                    if self._stopped or self._next not in self._ready:
-                        self._passing = False
-                        self._turn.notify_all()
-                        return
-                    piece = self._ready.pop(self._next)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        with self._turn:
-            self._stopped = True
-            self._ready.clear()
-            self._passing = False
-            self._turn.notify_all()
 
 
 def positioned_writer(fd: int) -> Callable[[int, memoryview], None]:
