@@ -23,7 +23,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ArchiveFile, assemble, fill_room, insert_header, object_path
+from zoo.container.format import ArchiveFile, assemble, object_path, put_header
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -220,13 +220,14 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
 def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]], durable: bool = True, room: int = 0) -> None:
     """The archive at `temporary`: `write(stream)` writes its payload and returns its header. The
     payload goes straight into `temporary`, behind `room` bytes left for the header (a build's
-    Builder.header_room), and the header in front of it: into that room where it fits (any file
-    system), else without copying the payload where it is large and the file system can insert
-    room at a file's start (format.insert_header), else by copying it behind the header."""
+    Builder.header_room), and the header in front of it without copying the payload
+    (format.put_header): into that room where it fits, on any file system; with no room, where the
+    payload is large and the file system can insert room at a file's start. Else the payload is
+    copied behind the header."""
     with builtins.open(temporary, "wb") as payload:
         payload.seek(room)
         header = write(payload)
-    if fill_room(temporary, header, room, durable) if room else insert_header(temporary, header, durable):
+    if put_header(temporary, header, room, durable):
         return
     with temporaries.locked_temporary(temporary.parent, temporaries.PAYLOAD_PREFIX, is_dir=True) as scratch:
         payload_path = Path(scratch) / "payload"

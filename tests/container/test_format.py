@@ -106,18 +106,18 @@ def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monke
 
     inserted = []
 
-    def insert_header(*args, **kwargs):
-        inserted.append(archive_format.insert_header(*args, **kwargs))
+    def put_header(*args, **kwargs):
+        inserted.append(archive_format.put_header(*args, **kwargs))
         return inserted[-1]
 
     source = write_safetensors(tmp_path / "w.safetensors", {"w": ("BF16", random_storage("BF16", (256, 512), 1)),
                                                             "b": ("F32", random_storage("F32", (512,), 2))})
     monkeypatch.setattr(archive_format, "ALIGN_FROM", 1)
-    monkeypatch.setattr(api, "insert_header", insert_header)
+    monkeypatch.setattr(api, "put_header", put_header)
     zoo.compress(source, tmp_path / "in-place.zoo")
     if inserted != [True]:
         pytest.skip("this file system cannot insert room at a file's start (FALLOC_FL_INSERT_RANGE)")
-    monkeypatch.setattr(api, "insert_header", lambda *args, **kwargs: False)
+    monkeypatch.setattr(api, "put_header", lambda *args, **kwargs: False)
     zoo.compress(source, tmp_path / "copied.zoo")
     data = (tmp_path / "in-place.zoo").read_bytes()
     assert data == (tmp_path / "copied.zoo").read_bytes()

@@ -142,7 +142,7 @@ def object_path(root: Path, name: str) -> Path:
 
 # An archive whose payload is at least this large has its header padded with spaces so that the
 # payload starts on a HEADER_ALIGN boundary: the header can then be put in front of a payload
-# written first, without copying it (insert_header). Smaller ones are assembled by a copy.
+# written first, without copying it (put_header). Smaller ones are assembled by a copy.
 ALIGN_FROM = 64 << 20
 HEADER_ALIGN = 4096
 _FALLOC_FL_INSERT_RANGE = 0x20
@@ -169,36 +169,18 @@ def _write_all(descriptor: int, data: bytes | memoryview, offset: int | None = N
         done += os.write(descriptor, view[done:]) if offset is None else os.pwrite(descriptor, view[done:], offset + done)
 
 
-def fill_room(path: Path, header: dict[str, Any], room: int, durable: bool = True) -> bool:
-    """Write preamble and header into the first `room` bytes of `path`, the payload having been
-    written behind them; False, with `path` untouched, when the payload is under ALIGN_FROM or the
-    header does not fit (then the payload is copied behind a header of its own size, by assemble)."""
+def put_header(path: Path, header: dict[str, Any], room: int = 0, durable: bool = True) -> bool:
+    """Turn the payload that `path` holds behind `room` bytes into an archive in place, without
+    copying it: the preamble and padded header are written into the room where they fit; with no
+    room, room is first inserted at the file's start (fallocate FALLOC_FL_INSERT_RANGE: the file
+    system moves extents, not bytes). False, with `path` untouched, for a payload under ALIGN_FROM
+    (cheaper copied behind its header, by assemble), a header larger than its room, or a file
+    system that cannot insert."""
     descriptor = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(descriptor).st_size - room
         front = _front(header, size, room)
-        if size < ALIGN_FROM or len(front) != room:
-            return False
-        _write_all(descriptor, front, 0)
-        if durable:
-            os.fsync(descriptor)
-        return True
-    finally:
-        os.close(descriptor)
-
-
-def insert_header(path: Path, header: dict[str, Any], durable: bool = True) -> bool:
-    """Turn the payload that `path` holds into an archive in place: room for preamble and padded
-    header is inserted at the file's start (fallocate FALLOC_FL_INSERT_RANGE: the file system moves
-    extents, not bytes) and written. False, with `path` untouched, for a payload under ALIGN_FROM
-    (cheaper copied behind its header, by assemble) or where the file system cannot."""
-    descriptor = os.open(path, os.O_RDWR)
-    try:
-        size = os.fstat(descriptor).st_size
-        if size < ALIGN_FROM:
-            return False
-        front = _front(header, size)
-        if not _insert_range(descriptor, len(front)):
+        if size < ALIGN_FROM or (len(front) != room if room else not _insert_range(descriptor, len(front))):
             return False
         _write_all(descriptor, front, 0)
         if durable:

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import (
-    ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, insert_header, object_path, sha256_file,
+    ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, object_path, put_header, sha256_file,
     write_archive,
 )
 from zoo.errors import FormatError, ZooError
@@ -71,7 +71,7 @@ class Unit:
 class ObjectPayload(PayloadWriter):
     """The payload of one object being coded: held in memory up to `limit` bytes, so the object is
     written once, header and all, when it ends; past the limit it goes to a file in `folder`, in
-    front of which the header is then put (format.insert_header, or a copy where that fails)."""
+    front of which the header is then put (format.put_header, or a copy where that fails)."""
 
     LIMIT = 64 << 20
 
@@ -178,7 +178,7 @@ class ObjectSink:
             payload.stream.close()
             spilled = Path(payload.stream.name)
             try:
-                if insert_header(spilled, header, durable=False):
+                if put_header(spilled, header, durable=False):
                     os.replace(spilled, staged)
                 else:
                     assemble(staged, header, spilled, durable=False)

@@ -190,11 +190,11 @@ class Builder:
         for source in stored_files(sources):
             room += 320 + len(source.relpath) + len(source.reason or "")
             for segment in source.segments:
-                if segment.tensor is None:
+                if segment.tensor is None:  # a blob: its leaf and pipeline, in the file's record
                     room += 256
-                else:
+                else:  # the tensor's key in the file's record, and its own record under "tensors"
                     key = keys[(source.relpath, segment.tensor)]
-                    room += 16 + len(key) + 224 + len(key) + len(segment.tensor) + len(source.relpath) + 16 * len(segment.shape)
+                    room += (16 + len(key)) + (224 + len(key) + len(segment.tensor) + len(source.relpath) + 16 * len(segment.shape))
             room += sum(256 + 2 * len(view["name"]) + len(source.relpath) + 16 * len(view["shape"]) for view in source.views)
         return -(-room // HEADER_ALIGN) * HEADER_ALIGN
 
