@@ -63,3 +63,23 @@ def test_decompress_writes_the_file_and_checks_it(model, tmp_path, threads):
     with pytest.raises(ChecksumError):
         zoo.decompress(archive, tmp_path / f"damaged{threads}", threads=threads)
     assert not (tmp_path / f"damaged{threads}").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_file_whose_bytes_are_not_its_sha256_is_refused(model, tmp_path, monkeypatch, threads, beside):
+    """Every chunk sound, but the header's sha256 is another file's: decompress refuses, whether
+    the file is hashed by the workers or, one thread decoding a large file, by a thread beside it
+    (api.HASH_BESIDE_BYTES), and nothing appears at the destination."""
+    from zoo import api
+
+    from tests.container.forge import forge
+
+    archive, original = model
+    monkeypatch.setattr(api, "HASH_BESIDE_BYTES", 0 if beside else 1 << 40)
+    zoo.decompress(archive, tmp_path / "back", threads=threads)
+    assert (tmp_path / "back" / "model.safetensors").read_bytes() == original
+    forged = forge(archive, lambda header: header["files"][0].update(sha256=hashlib.sha256(b"another file").hexdigest()))
+    with pytest.raises(ChecksumError, match="sha256 does not match"):
+        zoo.decompress(forged, tmp_path / "forged", threads=threads)
+    assert not (tmp_path / "forged").exists()
