@@ -513,18 +513,26 @@ class _HashBeside:
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
         self._pieces: queue.Queue[memoryview | None] = queue.Queue(self.DEPTH)
+        self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="zoo-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (piece := self._pieces.get()) is not None:
-            self._sha.update(piece)
+            if self._failed is None:  # after a failure the pieces are still taken: no put() waits forever
+                try:
+                    self._sha.update(piece)
+                except BaseException as error:  # noqa: BLE001 - raised by hexdigest, in the caller's thread
+                    self._failed = error
 
     def update(self, piece: memoryview) -> None:
         self._pieces.put(piece)
 
     def hexdigest(self) -> str:
-        return self._sha.hexdigest()  # after the block: every piece is in
+        """After the block, when every piece is in."""
+        if self._failed is not None:
+            raise self._failed
+        return self._sha.hexdigest()
 
     def __enter__(self) -> _HashBeside:
         return self

@@ -1,11 +1,13 @@
 """A file streamed with a sink (as decompress writes it): every worker writes the pieces it decodes
 at their offsets while the pieces still come out in order, on one thread and several, for the
-whole file and for a range; and a damaged chunk still stops decompress with nothing left behind."""
+whole file and for a range; and a damaged chunk, a wrong sha256 or a failed hashing thread still
+stops decompress with nothing left behind."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -83,3 +85,38 @@ def test_a_file_whose_bytes_are_not_its_sha256_is_refused(model, tmp_path, monke
     with pytest.raises(ChecksumError, match="sha256 does not match"):
         zoo.decompress(forged, tmp_path / "forged", threads=threads)
     assert not (tmp_path / "forged").exists()
+
+
+def test_a_hash_beside_that_fails_is_an_error_not_a_hang(model, tmp_path, monkeypatch):
+    """The thread hashing beside a lone decoder fails: it still takes every piece (so the decoder
+    never waits on a full queue), and the failure reaches the caller."""
+    from zoo import api
+
+    class Broken:
+        def update(self, piece):
+            raise MemoryError("hashing failed")
+
+    monkeypatch.setattr(api, "HASH_BESIDE_BYTES", 0)
+    monkeypatch.setattr(api._HashBeside, "DEPTH", 1)
+    real = api._HashBeside.__init__
+
+    def broken(self):
+        real(self)
+        self._sha = Broken()
+
+    monkeypatch.setattr(api._HashBeside, "__init__", broken)
+    archive, _ = model
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            zoo.decompress(archive, tmp_path / "back", threads=1)
+        except BaseException as error:  # noqa: BLE001 - checked below
+            raised.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "decompress hung behind a failed hashing thread"
+    assert len(raised) == 1 and isinstance(raised[0], MemoryError) and "hashing failed" in str(raised[0])
+    assert not (tmp_path / "back").exists()
