@@ -28,7 +28,8 @@ def read_isa_flags(path: str = "native/isa_flags.mk") -> dict[str, list[str]]:
 
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
-SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c", "native/bitpack.c"]
+SOURCES = ["native/module.c", "native/dispatch.c", "native/coder.c", "native/kernels_scalar.c", "native/bitpack.c",
+           "native/mapping.c"]
 ISA_FLAGS = read_isa_flags()
 if X86:
     SOURCES += list(ISA_FLAGS)
@@ -56,7 +57,8 @@ setup(
         Extension(
             "zoo._native",
             sources=SOURCES,
-            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h", "native/isa_flags.mk"],
+            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h", "native/mapping.h",
+                     "native/isa_flags.mk"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
         )
     ],

@@ -9,6 +9,7 @@
 #include "bitpack.h"
 #include "coder.h"
 #include "dispatch.h"
+#include "mapping.h"
 
 static const zoo_kernels *active = &zoo_kernels_scalar;
 static const char *active_name = "scalar";
@@ -388,5 +389,7 @@ static struct PyModuleDef MODULE = {
 PyMODINIT_FUNC PyInit__native(void) {
     active_name = zoo_best_isa();
     active = zoo_kernels_for(active_name);
-    return PyModule_Create(&MODULE);
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module && zoo_add_mapping(module) < 0) Py_CLEAR(module);
+    return module;
 }

@@ -65,8 +65,8 @@ class Archive:
     a base are added to; without it, reading one of them raises InputError naming the base."""
 
     def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False,
-                 objects_root: str | os.PathLike[str] | None = None) -> None:
-        self._file = ArchiveFile(path, objects_root)
+                 objects_root: str | os.PathLike[str] | None = None, mapped: bool = False) -> None:
+        self._file = ArchiveFile(path, objects_root, mapped)  # mapped: see ArchiveFile
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
         self._indexes: dict[tuple[Any, ...], bytes] = {}  # chunk indexes read and checked, as stored
@@ -311,11 +311,14 @@ class Archive:
         def decode(number: int) -> np.ndarray:
             count = min(chunk_elements, n_elements - number * chunk_elements)
             label = f"{what}, chunk {number}"
-            payload = self._file.read_chunk(index[number], label, leaf.get("object"))
-            try:
-                out = pipeline.decode_chunk(payload, leaf["dtype"], count)
-            except FormatError as error:
-                raise FormatError(f"{self.path}: {label} is damaged: {error}") from None
+
+            def run(payload: bytes | memoryview) -> np.ndarray:
+                try:
+                    return pipeline.decode_chunk(payload, leaf["dtype"], count)
+                except FormatError as error:
+                    raise FormatError(f"{self.path}: {label} is damaged: {error}") from None
+
+            out = self._file.decode_chunk(index[number], label, leaf.get("object"), run)
             if out.nbytes != count * bits // 8:
                 raise _fail(self._file, f"{label} decodes to {out.nbytes} bytes, expected {count * bits // 8}")
             return out.view(np.uint8)

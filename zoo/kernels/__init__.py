@@ -54,6 +54,10 @@ def _load_native(requested: str) -> tuple[Any, str, str]:
 
 _native_module, PATH, _REASON = _load_native(_requested())
 
+# map_file(fd, size) -> a read-only map of the file that survives its truncation (native/mapping.c),
+# or None where the native extension is not in use: readers then copy with pread.
+map_file = None if _native_module is None else _native_module.map_file
+
 if _native_module is None:
     split_planes = _fallback.split_planes
     merge_planes = _fallback.merge_planes

@@ -1,0 +1,100 @@
+"""Archives read through a map of their files (`zoo serve`'s way): the same bytes as through
+pread, and a file that shrinks under the map fails the read, never the process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from zoo import kernels
+from zoo.container.format import ArchiveFile
+from zoo.container.reader import Archive
+from zoo.api import compress
+
+from tests.conftest import random_storage, write_safetensors
+
+pytestmark = pytest.mark.skipif(kernels.map_file is None, reason="maps need the native extension")
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """A lossless archive of three tensors in 4 KiB chunks (many chunks: some lie past any cut)."""
+    source = tmp_path / "model.safetensors"
+    write_safetensors(source, {name: ("F32", random_storage("F32", (64, 48), seed)) for seed, name in enumerate("abc")})
+    compress(source, tmp_path / "model.zoo", chunk_bytes=4096)
+    return source, tmp_path / "model.zoo"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """A scenario in a process of its own: if a SIGBUS got through, it ends that process, not the tests."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+def test_a_mapped_archive_reads_the_same_bytes(archive):
+    _, path = archive
+    with Archive(path) as copied, Archive(path, mapped=True) as mapped:
+        assert mapped._file.mapped
+        for name in "abc":
+            assert mapped.read_tensor(name).data.tobytes() == copied.read_tensor(name).data.tobytes()
+        assert mapped.read_file("model.safetensors") == copied.read_file("model.safetensors")
+
+
+def test_an_archive_that_shrinks_under_its_map_fails_the_read_not_the_process(archive):
+    source, path = archive
+    result = run_python(f"""
+        import os
+        from zoo.container.reader import Archive
+        from zoo.errors import FormatError
+        archive = Archive({str(path)!r}, mapped=True)
+        whole = archive.read_file("model.safetensors")  # every chunk mapped and read once
+        assert whole == open({str(source)!r}, "rb").read()
+        os.truncate({str(path)!r}, os.path.getsize({str(path)!r}) // 2)  # the cut lies inside tensor b
+        for attempt in ("refused", "again"):  # the second maps the file afresh: c is simply missing then
+            try:
+                archive.read_tensor("c")
+            except FormatError as error:
+                print(f"{{attempt}}:", error)
+        """)
+    assert result.returncode == 0, result.stderr
+    refused, again = result.stdout.splitlines()
+    assert refused.startswith("refused:") and "shrank while" in refused and "truncated or damaged" in refused
+    assert again.startswith("again:") and "truncated" in again
+
+
+def test_a_sigbus_outside_zoos_maps_still_ends_the_process(tmp_path):
+    """The handler answers only for zoo's own maps: any other bus error is as fatal as before."""
+    (tmp_path / "ours").write_bytes(b"a" * 10000)
+    (tmp_path / "other").write_bytes(b"b" * 100000)
+    result = run_python(f"""
+        import mmap, os
+        from zoo import kernels
+        ours = kernels.map_file(os.open({str(tmp_path / "ours")!r}, os.O_RDONLY), 10000)  # the handler is in place
+        with open({str(tmp_path / "other")!r}, "rb") as stream:
+            other = mmap.mmap(stream.fileno(), 0, prot=mmap.PROT_READ)
+        os.truncate({str(tmp_path / "other")!r}, 10)
+        print("read", other[50000])
+        """)
+    assert result.returncode in (-signal.SIGBUS, 128 + signal.SIGBUS), (result.returncode, result.stdout, result.stderr)
+    assert "read" not in result.stdout
+
+
+def test_a_decoded_chunk_never_points_into_the_map(archive):
+    """Whatever a decoder hands back is the caller's to keep: a view of the mapped file is copied."""
+    _, path = archive
+    file = ArchiveFile(path, mapped=True)
+    record = (0, 64, 0)
+    from zoo.container.format import crc32
+
+    record = (0, 64, crc32(os.pread(os.open(path, os.O_RDONLY), 64, file.payload_start)))
+    out = file.decode_chunk(record, "test chunk", None, lambda view: np.frombuffer(view, dtype=np.uint8))
+    mapping = file._map
+    assert mapping is not None
+    assert not mapping.address <= out.__array_interface__["data"][0] < mapping.address + len(mapping)
+    assert out.tobytes() == os.pread(os.open(path, os.O_RDONLY), 64, file.payload_start)
+    file.close()
