@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from zoo import kernels
 from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 from zoo.api import compress_into
@@ -289,3 +290,88 @@ def test_serve_command_answers_huggingface_hub(tiny_model, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_answers_from_memory_follow_every_change_to_the_catalogue(served):
+    """A resolve answered on the loop's thread from what the catalogue said before: removing a
+    model, or adding a revision, is seen by the very next request."""
+    url, store, source = served
+    path = "/org/tiny/resolve/main/config.json"
+    assert request(url, path)[0] == 200
+    assert request(url, path)[0] == 200  # from memory now
+    assert request(url, "/org/tiny/resolve/v2/config.json")[0] == 404
+    compress_into(store, source, "org/tiny", revision="v2")
+    assert request(url, "/org/tiny/resolve/v2/config.json")[0] == 200
+    store.remove("org/tiny", every=True)
+    status, headers, _ = request(url, path)
+    assert status == 404 and headers["x-error-code"] == "RepoNotFound"
+
+
+def test_a_stamp_changes_with_each_commit_to_the_catalogue(served):
+    _, store, source = served
+    before = store.index_stamp()
+    assert before is not None and store.index_stamp() == before
+    compress_into(store, source, "org/tiny", revision="v3")
+    assert store.index_stamp() not in (None, before)
+    store.dirty.touch()  # a writer died before updating the index: no telling
+    assert store.index_stamp() is None
+
+
+def test_a_response_waits_in_the_transport_not_the_kernel(tmp_path):
+    """TCP_NOTSENT_LOWAT on each connection (zoo.hub.serve.limit_unsent)."""
+    import asyncio
+    import socket
+
+    from zoo.hub.serve import UNSENT_BYTES, limit_unsent
+
+    async def check() -> int:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_connection(reader, writer):
+            limit_unsent(writer.transport)
+            accepted.set_result(writer.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        value = await asyncio.wait_for(accepted, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(check()) == UNSENT_BYTES
+
+
+def test_a_download_survives_its_archive_shrinking_under_the_server(tiny_model, tmp_path):
+    """`zoo serve` maps archives: a file cut short while mapped fails that download (a 500, or a
+    connection closed short of its length), and the server goes on serving."""
+    import os
+    import subprocess
+    import sys
+
+    store = Store(tmp_path / "zoo")
+    big = tmp_path / "big"
+    big.mkdir()
+    weights = {f"w{index}": ("F32", random_storage("F32", (256, 256), index)) for index in range(4)}
+    write_safetensors(big / "model.safetensors", weights)
+    compress_into(store, big, "big", chunk_bytes=64 << 10)
+    compress_into(store, tiny_model, "org/tiny")
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"],
+                               env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}, stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stderr.readline().split(" at ")[1].split()[0]
+        assert request(url, "/big/resolve/main/model.safetensors")[2] == (big / "model.safetensors").read_bytes()
+        shrunk = largest_object(store, store.resolve("big"))
+        os.truncate(shrunk, shrunk.stat().st_size // 3)
+        try:
+            status, _, _ = request(url, "/big/resolve/main/model.safetensors")
+            assert status == 500
+        except (http.client.IncompleteRead, ConnectionError):
+            pass
+        assert process.poll() is None
+        assert request(url, "/org/tiny/resolve/main/config.json")[2] == (tiny_model / "config.json").read_bytes()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    log = process.stderr.read()
+    assert ("shrank while" if kernels.map_file is not None else "truncated") in log, log

@@ -143,3 +143,30 @@ def test_small_pieces_go_out_together_and_a_failure_after_them_comes_after_them(
     assert isinstance(error, ValueError) and [len(part) for part in batch] == [1 + small]
     batch, error = DecodeThread._gather(b"a", pieces(small, small, small, small))  # past GATHER_BYTES: not joined
     assert error is None and [len(part) for part in batch] == [1 + 3 * small, small]
+
+
+def test_the_first_piece_goes_out_alone_so_the_head_need_not_wait_for_more():
+    """The response's head waits for the first hand-over: it is the first piece alone (a
+    safetensors header, say), not joined with the small pieces and the chunk after it."""
+    import asyncio
+
+    small = GATHER_BYTES // 8
+    sizes = [small, small, small, GATHER_BYTES * 2, small]
+
+    async def batches() -> list[list[int]]:
+        stream = DecodeThread(asyncio.get_running_loop(), lambda: (bytes(size) for size in sizes), threading.Semaphore(4))
+        seen = []
+        try:
+            while True:
+                batch = await stream.next()
+                seen.append([-1 if piece is None else len(piece) for piece in batch])
+                stream.release()
+                if batch[-1] is None:
+                    return seen
+        finally:
+            stream.stop()
+
+    seen = asyncio.run(batches())
+    assert seen[0] == [small]
+    assert seen[1] == [2 * small, GATHER_BYTES * 2]  # then small pieces go together again
+    assert sum(size for batch in seen for size in batch if size > 0) == sum(sizes)

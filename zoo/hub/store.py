@@ -373,6 +373,25 @@ class Store:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def index_stamp(self) -> tuple[Any, ...] | None:
+        """A value that changes whenever what the catalogue answers may: the file's identity, size
+        and time, and SQLite's file change counter (header bytes 24-27, bumped by every commit in
+        the rollback journal mode zoo's catalogue uses). None where there is no telling (a zoo on
+        object storage, an index to rebuild or to migrate, none yet): ask the catalogue itself."""
+        if self.storage is not None or self.dirty.exists() or self.archives.is_dir():
+            return None
+        try:
+            descriptor = os.open(self.catalogue, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            status, head = os.fstat(descriptor), os.pread(descriptor, 28, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(descriptor)
+        return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, head
+
     def entries(self, name: str | None = None, with_files: bool = False) -> list[Entry]:
         if not self.exists():
             return []
