@@ -358,6 +358,37 @@ def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
 
 
 @pytest.mark.slow
+def test_a_slow_client_that_keeps_reading_is_not_cut_off(tmp_path, capfd):
+    """The stall timeout counts time with nothing taken, not the time one send takes: a client
+    reading 64 KiB every 0.1 s through a small window takes 3 s to drain one 1 MiB piece."""
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 1024), 3))})  # 2 MiB
+    store = Store(tmp_path / "zoo")
+    compress_into(store, folder, "slow", chunk_bytes=1 << 20)
+    original = (folder / "model.safetensors").read_bytes()
+    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    received = bytearray()
+    try:
+        with socket.socket() as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            connection.connect(address(server.url))
+            connection.sendall(b"GET /slow/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            connection.settimeout(10)
+            while block := connection.recv(64 << 10):
+                received += block
+                time.sleep(0.1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert received.endswith(original)
+    assert "connection cut" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
 def test_huggingface_hub_never_keeps_a_damaged_download(multi_chunk, tmp_path):
     """The real client: the download cut short fails (its resume lands on the damaged chunk and gets
     a 500), and nothing is left in its cache as the file."""

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -46,9 +47,15 @@ from zoo.errors import ZooError
 from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
 from zoo.allocator import keep_freed_buffers
 
+try:
+    import fcntl
+    from termios import TIOCOUTQ
+except ImportError:  # not Unix: the stall watchdog sees the transport's buffer only
+    TIOCOUTQ = None
+
 READ_AHEAD_CHUNKS = 32  # decoded chunks the server holds beyond one per download, all downloads together
 SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of the same file in progress, all together
-SEND_SLICE = 512 << 10  # bytes per ASGI send: the transport buffers at most about one slice
+SEND_SLICE = 4 << 20  # bytes per ASGI send (a whole chunk at the default size); the transport holds a view, not a copy
 UNSENT_BYTES = 128 << 10  # TCP_NOTSENT_LOWAT: a response's bytes the kernel holds before the client's window opens
 GATHER_BYTES = 64 << 10  # decoded pieces smaller than this (a model's biases and norms) go out together
 STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
@@ -258,6 +265,11 @@ class ZooApp:
                                            if watchdog.done() else " (client went away)")
                             return sent
                         sent += len(body)
+                # uvicorn's send returns once its body is in the transport, and waits for room
+                # before the next one: an empty send returns when the batch has gone to the kernel,
+                # and only then is its slot given back, so a stalled client holds this batch and
+                # the one decoded after it, not a third.
+                await send({"type": "http.response.body", "body": b"", "more_body": True})
                 stream.release()
                 try:
                     batch = await stream.next()
@@ -292,11 +304,19 @@ class ZooApp:
         return f"internal error: {type(error).__name__}"
 
     async def _watchdog(self, send: Callable[..., Any], progress: list[float]) -> None:
-        """Cuts a connection whose client has taken nothing for `stall_timeout` seconds."""
+        """Cuts a connection whose client has taken nothing for `stall_timeout` seconds: no send
+        has returned, and what the connection has yet to deliver has not shrunk. A slow client
+        still draining one send is not cut."""
+        transport = _transport(send)
+        queued = None
         while True:
             await asyncio.sleep(self.stall_timeout / 4)
+            if transport is not None:
+                size = _undelivered(transport)
+                if queued is not None and size < queued:
+                    progress[0] = max(progress[0], time.monotonic())
+                queued = size
             if time.monotonic() - progress[0] > self.stall_timeout:
-                transport = _transport(send)
                 if transport is not None:
                     transport.abort()
                 return
@@ -489,6 +509,17 @@ async def _wait_for_disconnect(receive: Callable[..., Any]) -> None:
 def _transport(send: Callable[..., Any]) -> asyncio.Transport | None:
     """The connection's transport: uvicorn's `send` is a bound method of an object holding it."""
     return getattr(getattr(send, "__self__", None), "transport", None)
+
+
+def _undelivered(transport: asyncio.Transport) -> int:
+    """Bytes written to a connection that its client has not acknowledged: in the transport, and
+    in the kernel's send queue (SIOCOUTQ, where there is one)."""
+    size = transport.get_write_buffer_size()
+    connection = transport.get_extra_info("socket")
+    if connection is not None and TIOCOUTQ is not None:
+        with suppress(OSError, ValueError):
+            size += struct.unpack("i", fcntl.ioctl(connection.fileno(), TIOCOUTQ, b"\0" * 4))[0]
+    return size
 
 
 async def _cut(send: Callable[..., Any], disconnected: asyncio.Future[None]) -> None:
