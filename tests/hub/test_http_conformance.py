@@ -360,14 +360,14 @@ def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
 @pytest.mark.slow
 def test_a_slow_client_that_keeps_reading_is_not_cut_off(tmp_path, capfd):
     """The stall timeout counts time with nothing taken, not the time one send takes: a client
-    reading 64 KiB every 0.1 s through a small window takes 3 s to drain one 1 MiB piece."""
+    reading what its small window holds every 20 ms takes over a second to drain one 512 KiB piece."""
     folder = tmp_path / "slow"
     folder.mkdir()
-    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 1024), 3))})  # 2 MiB
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (256, 1024), 3))})  # 1 MiB
     store = Store(tmp_path / "zoo")
-    compress_into(store, folder, "slow", chunk_bytes=1 << 20)
+    compress_into(store, folder, "slow", chunk_bytes=512 << 10)
     original = (folder / "model.safetensors").read_bytes()
-    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=1.0)
+    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=0.5)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     received = bytearray()
@@ -379,7 +379,7 @@ def test_a_slow_client_that_keeps_reading_is_not_cut_off(tmp_path, capfd):
             connection.settimeout(10)
             while block := connection.recv(64 << 10):
                 received += block
-                time.sleep(0.1)
+                time.sleep(0.02)
     finally:
         server.shutdown()
         server.server_close()
