@@ -33,7 +33,7 @@ asan:
 	CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 		$(PYTHON) setup.py -q build_ext --build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/build
 	$(ASAN_RUN) $(PYTHON) -c 'import sys, zoo._native as n; sys.exit("not the ASan build: " + n.__file__) if not n.__file__.startswith("$(ASAN_DIR)") else None'
-	$(ASAN_RUN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/kernels/test_native.py tests/kernels/test_kernels.py tests/fuzz
+	$(ASAN_RUN) $(PYTHON) -m pytest -q -p no:cacheprovider tests/kernels/test_native.py tests/kernels/test_kernels.py tests/container/test_mapped.py tests/fuzz
 
 # libFuzzer over the decoder (clang), FUZZ_SECONDS per target, or FUZZ_RUNS inputs per target from
 # a fixed seed (repeatable); what it finds goes to tests/fuzz/found/.
