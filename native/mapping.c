@@ -8,7 +8,8 @@
  * missing page was, marks the map damaged and lets the read go on. Whoever read through the
  * map checks `damaged` once done and throws the result away (zoo.container.format). A SIGBUS
  * anywhere else goes to the handler that was there before, or kills the process as it would
- * have without this file. */
+ * have without this file. The handler goes in with the first map; a handler installed after it
+ * (faulthandler.enable() called later) takes its place, and a truncation is fatal again. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <signal.h>
@@ -46,15 +47,18 @@ static void on_sigbus(int signal_number, siginfo_t *info, void *context) {
         }
     if (previous.sa_flags & SA_SIGINFO) {
         previous.sa_sigaction(signal_number, info, context);
+    } else if (previous.sa_handler == SIG_IGN && info->si_code <= 0) {
+        return; /* sent by another process, and ignored before this handler came */
     } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
         previous.sa_handler(signal_number);
     } else {
-        /* Not ours and nobody else's: once this returns, the access faults again and the default
-         * action ends the process, as it would have without this handler. */
+        /* Not ours and nobody else's: the default action ends the process, as it would have
+         * without this handler (the signal, raised again, is taken once this returns). */
         struct sigaction fatal = {0};
         fatal.sa_handler = SIG_DFL;
         sigemptyset(&fatal.sa_mask);
         sigaction(SIGBUS, &fatal, NULL);
+        raise(signal_number);
     }
 }
 

@@ -85,6 +85,19 @@ def test_a_sigbus_outside_zoos_maps_still_ends_the_process(tmp_path):
         assert result.returncode in (-signal.SIGBUS, 128 + signal.SIGBUS), (result.returncode, result.stdout, result.stderr)
 
 
+def test_a_bus_signal_sent_by_kill_still_ends_the_process(tmp_path):
+    (tmp_path / "ours").write_bytes(b"a" * 10000)
+    result = run_python(f"""
+        import os, signal
+        from zoo import kernels
+        ours = kernels.map_file(os.open({str(tmp_path / "ours")!r}, os.O_RDONLY), 10000)
+        os.kill(os.getpid(), signal.SIGBUS)
+        print("alive")
+        """)
+    assert "alive" not in result.stdout
+    assert result.returncode != 0
+
+
 def test_a_decoded_chunk_never_points_into_the_map(archive):
     """Whatever a decoder hands back is the caller's to keep: a view of the mapped file is copied."""
     _, path = archive
