@@ -380,7 +380,7 @@ class ArchiveFile:
         """decode(the chunk as stored, checked against its CRC-32). A mapped archive hands over a
         view of the mapped file; should the file shrink meanwhile, the reads past its new end find
         zeros (native/mapping.c), and whatever decode made of them is refused here. What decode
-        returns must not point into the map (the caller keeps it): it is copied if it does."""
+        returns (a numpy array) must not point into the map (the caller keeps it): it is copied if it does."""
         view = self._mapped_view(chunk[0], chunk[1], what, obj) if self.mapped else None
         if view is None:
             return decode(self.read_chunk(chunk, what, obj))

@@ -13,11 +13,13 @@ and read out of the archive it names.
 
 The app is plain ASGI on uvicorn (httptools, which parses HTTP with llhttp, on uvloop), with two
 limits uvicorn lacks there: a request's head may be at most MAX_HEADER_BYTES and must arrive within
-HEAD_TIMEOUT (`GuardedHttpProtocol`). Catalogue look-ups run on worker
-threads; a download decodes on a thread of its own, a chunk ahead of the socket while the server's
-shared read-ahead lasts (`DecodeThread`), and `send` waits while the client is slow, so a stalled
-client holds one decoded chunk. Downloads of the same file at the same time decode each piece once
-(`SharedPieces`).
+HEAD_TIMEOUT (`GuardedHttpProtocol`), and each connection keeps at most UNSENT_BYTES unsent in
+the kernel (`limit_unsent`). Catalogue look-ups run on worker threads, or not at all for a file
+request the catalogue answered before and has not changed since (`answer_from_memory`); archives are
+read through maps of their files. A download decodes on a thread of its own, a chunk ahead of the
+socket while the server's shared read-ahead lasts (`DecodeThread`), and `send` waits while the
+client is slow, so a stalled client holds two decoded batches. Downloads of the same file at the
+same time decode each piece once (`SharedPieces`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ SHARED_PIECES_BYTES = 128 << 20  # decoded pieces kept for other downloads of th
 SEND_SLICE = 4 << 20  # bytes per ASGI send (a whole chunk at the default size); the transport holds a view, not a copy
 UNSENT_BYTES = 128 << 10  # TCP_NOTSENT_LOWAT: a response's bytes the kernel holds before the client's window opens
 GATHER_BYTES = 64 << 10  # decoded pieces smaller than this (a model's biases and norms) go out together
-STALL_TIMEOUT = 120.0  # seconds a client may leave a send unread before its connection is cut
+STALL_TIMEOUT = 120.0  # seconds a client may take nothing it was sent before its connection is cut
 MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are refused (400)
 HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, from the connection or their first byte
 MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
@@ -321,7 +323,7 @@ class ZooApp:
                     transport.abort()
                 return
 
-    # -- routing (on a worker thread) -------------------------------------------------------
+    # -- routing (on a worker thread, or from memory on the loop's) ----------------------------
 
     def answer_from_memory(self, target: str, headers: dict[str, str], head: bool) -> Answer | None:
         """The answer, on the loop's thread, when every catalogue look-up it needs was made before
