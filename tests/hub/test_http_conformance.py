@@ -11,13 +11,11 @@ import json
 import re
 import socket
 import statistics
-import threading
 import time
 
 import pytest
 
 from zoo.api import compress_into
-from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 
 from tests.conftest import largest_object, random_storage, write_safetensors
@@ -201,11 +199,8 @@ def test_a_payload_damaged_mid_file_never_arrives_as_a_success(multi_chunk, capf
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)
     damaged.write_bytes(bytes(data))
-    server = make_server(store, "127.0.0.1", 0, quiet=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        connection = http.client.HTTPConnection(*address(server.url), timeout=30)
+    with running_server(store, quiet=False) as url:
+        connection = http.client.HTTPConnection(*address(url), timeout=30)
         connection.request("GET", "/big/resolve/main/model.safetensors")
         response = connection.getresponse()
         assert response.status == 200 and int(response.headers["Content-Length"]) == len(original)
@@ -215,10 +210,6 @@ def test_a_payload_damaged_mid_file_never_arrives_as_a_success(multi_chunk, capf
         connection.close()
         # what did arrive is the file's own beginning, cut before the damaged chunk
         assert 0 < len(received) < len(original) // 2 + (64 << 10) and received == original[:len(received)]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
     log = capfd.readouterr().err
     assert "damaged" in log and "cut after" in log
     assert not any("without completing" in record.getMessage() for record in caplog.records)
@@ -242,18 +233,11 @@ def test_a_damaged_first_chunk_is_a_clean_500(multi_chunk):
 
 
 def test_access_log_escapes_control_characters(served, capfd):
-    url, store, _ = served
-    server = make_server(store, "127.0.0.1", 0, quiet=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        request(server.url, "/org/tiny/resolve/main/%1b[2J%1b]0;pwned%07%0d%0a.bin")
-        exchange(server.url, b"GET /a\x1b[2Jb HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
-        exchange(server.url, b"GET /a\x85b HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    _, store, _ = served
+    with running_server(store, quiet=False) as url:
+        request(url, "/org/tiny/resolve/main/%1b[2J%1b]0;pwned%07%0d%0a.bin")
+        exchange(url, b"GET /a\x1b[2Jb HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
+        exchange(url, b"GET /a\x85b HTTP/1.1\r\nHost: x\r\n\r\n", wait=2)
     log = capfd.readouterr().err
     assert "%1b[2J" in log and "404" in log
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", log), repr(log)
@@ -273,20 +257,13 @@ def _has_ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_serves_on_ipv6_loopback(served):
     _, store, source = served
-    server = make_server(store, "::1", 0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        assert server.url.startswith("http://[::1]:")
-        connection = http.client.HTTPConnection("::1", address(server.url)[1], timeout=30)
+    with running_server(store, host="::1", quiet=True) as url:
+        assert url.startswith("http://[::1]:")
+        connection = http.client.HTTPConnection("::1", address(url)[1], timeout=30)
         connection.request("GET", CONFIG)
         response = connection.getresponse()
         assert response.status == 200 and response.read() == (source / "config.json").read_bytes()
         connection.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def test_two_hundred_sequential_connects_do_not_wait(served):
@@ -333,26 +310,18 @@ def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (1024, 2048), 9))})  # 8 MiB
     store = Store(tmp_path / "zoo")
     compress_into(store, folder, "large", chunk_bytes=1 << 20)
-    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=1.0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with socket.socket() as connection:
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-            connection.connect(address(server.url))
-            connection.sendall(b"GET /large/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
-            time.sleep(3)
-            received, deadline = 0, time.monotonic() + 10
-            connection.settimeout(2)
-            try:
-                while time.monotonic() < deadline and (block := connection.recv(1 << 20)):
-                    received += len(block)
-            except (ConnectionResetError, socket.timeout):
-                pass
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with running_server(store, quiet=False, stall_timeout=1.0) as url, socket.socket() as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        connection.connect(address(url))
+        connection.sendall(b"GET /large/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(3)
+        received, deadline = 0, time.monotonic() + 10
+        connection.settimeout(2)
+        try:
+            while time.monotonic() < deadline and (block := connection.recv(1 << 20)):
+                received += len(block)
+        except (ConnectionResetError, socket.timeout):
+            pass
     assert received < (8 << 20)
     assert "connection cut" in capfd.readouterr().err
 
@@ -367,23 +336,15 @@ def test_a_slow_client_that_keeps_reading_is_not_cut_off(tmp_path, capfd):
     store = Store(tmp_path / "zoo")
     compress_into(store, folder, "slow", chunk_bytes=512 << 10)
     original = (folder / "model.safetensors").read_bytes()
-    server = make_server(store, "127.0.0.1", 0, quiet=False, stall_timeout=0.5)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     received = bytearray()
-    try:
-        with socket.socket() as connection:
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-            connection.connect(address(server.url))
-            connection.sendall(b"GET /slow/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            connection.settimeout(10)
-            while block := connection.recv(64 << 10):
-                received += block
-                time.sleep(0.02)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with running_server(store, quiet=False, stall_timeout=0.5) as url, socket.socket() as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        connection.connect(address(url))
+        connection.sendall(b"GET /slow/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        connection.settimeout(10)
+        while block := connection.recv(64 << 10):
+            received += block
+            time.sleep(0.02)
     assert received.endswith(original)
     assert "connection cut" not in capfd.readouterr().err
 

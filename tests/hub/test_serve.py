@@ -24,9 +24,9 @@ from tests.conftest import largest_object, random_storage, write_safetensors
 
 
 @contextmanager
-def running_server(store: Store, token: str | None = None):
-    """`zoo serve` in a thread of this process, on a free port; yields its URL."""
-    server = make_server(store, "127.0.0.1", 0, token, quiet=True)
+def running_server(store: Store, token: str | None = None, host: str = "127.0.0.1", quiet: bool = True, **options):
+    """`zoo serve` in a thread of this process, on a free port; yields its URL. `options`: make_server's."""
+    server = make_server(store, host, 0, token, quiet=quiet, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
