@@ -113,7 +113,7 @@ def compress(
                     check.progress = stage_progress  # --eval's stages join the bars
             elsewhere = compress_elsewhere(typed, output, name, pipeline, threads, force, as_json, verbose=verbose, **options)
             if not elsewhere:
-                with progress_bar(source_bytes(source), "compressing", not as_json) as advance:
+                with progress_bar(lambda: source_bytes(source), "compressing", not as_json) as advance:
                     report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, **options)
         if elsewhere:
             if check is not None and not as_json:
@@ -217,8 +217,7 @@ def decompress(
     """Write the model folder back out, checking every file's sha256."""
     from zoo import api
 
-    total = api.report_of(archive).original_bytes
-    with progress_bar(total, "decompressing", not as_json) as advance:
+    with progress_bar(lambda: api.report_of(archive).original_bytes, "decompressing", not as_json) as advance:
         report = api.decompress(archive, output, threads=threads, force=force, progress=advance, base=base)
     if as_json:
         print_json({"output": str(output), "files": report.files, "original_bytes": report.original_bytes, "seconds": report.seconds})

@@ -128,14 +128,18 @@ def _columns() -> list[Any]:
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+def progress_bar(total: int | Callable[[], int], description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """A byte-counting progress bar on stderr, shown from its first bytes; yields the callback
-    that advances it. The bytes are the last phase of what they count: the block's end closes the
+    that advances it. `total` may be a function, called only when there is a bar to draw (an
+    archive's header parsed for its size costs a few milliseconds a command need not spend when
+    piped). The bytes are the last phase of what they count: the block's end closes the
     display, stage bars opened around it included, so that what the command prints next (on
     stdout, which a live display captures) is not drawn into it."""
     if not enabled or not stderr.is_terminal:
         yield lambda advance: None
         return
+    if callable(total):
+        total = total()
     with _display(closes=True) as display:
         tasks: dict[Any, Any] = {}  # display -> this bar's task in it
         lock = threading.Lock()  # decompress's workers advance it side by side

@@ -250,7 +250,7 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
         name, origin = model_name(local)
         if not as_json:
             stderr.print(f"storing it as {name} ({origin}; --name chooses another)", markup=False, highlight=False, soft_wrap=True)
-    with progress_bar(source_bytes(local), "compressing", not as_json) as advance:
+    with progress_bar(lambda: source_bytes(local), "compressing", not as_json) as advance:
         entry = api.compress_into(Store(), local, check_name(name), pipeline=pipeline, source_label=str(local.resolve()),
                                   force=force, threads=threads, progress=advance, **options)
     print_compressed(api.report_of(entry.archive), as_json, verbose, entry=entry)
@@ -278,7 +278,7 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
         if their_check is not None:
             their_check(archive)
 
-    with progress_bar(source_bytes(pulled.folder), "compressing", not as_json) as advance:
+    with progress_bar(lambda: source_bytes(pulled.folder), "compressing", not as_json) as advance:
         report = api.compress(pulled.folder, output, pipeline, threads=threads, force=force, progress=advance,
                               metadata={"source": f"hub:{repo_id}@{pulled.commit}"}, check=check, **options)
     print_compressed(report, as_json, verbose, output)
