@@ -9,8 +9,9 @@ import re
 import struct
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
@@ -311,25 +312,16 @@ class ArchiveFile:
             remote = _remote(where)
             if remote is not None:  # a zoo on object storage: read by range
                 start, size = remote.region()
-                if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > size:
+                if not _within(offset, length, size):
                     raise FormatError(f"{where}: {what} lies outside the object (truncated?)")
                 data = remote.read(start + offset, length)
                 if len(data) != length:
                     raise FormatError(f"{where}: {what} is truncated")
                 return data
-            descriptor = _OBJECT_FILES.acquire(where, self.path, what)
-            try:
-                start, size = _OBJECT_FILES.region(where, descriptor)
-            except BaseException:
-                _OBJECT_FILES.release(where)
-                raise
-        try:
-            if not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 or offset + length > size:
+        with (nullcontext((descriptor, start, size)) if obj is None else _OBJECT_FILES.held(where, self.path, what)) as (descriptor, start, size):
+            if not _within(offset, length, size):
                 raise FormatError(f"{where}: {what} lies outside the {'archive' if obj is None else 'object'} (truncated?)")
             data = os.pread(descriptor, length, start + offset)
-        finally:
-            if obj is not None:
-                _OBJECT_FILES.release(where)
         if len(data) != length:
             raise FormatError(f"{where}: {what} is truncated")
         return data
@@ -346,11 +338,8 @@ class ArchiveFile:
         remote = _remote(where)
         if remote is not None:
             return remote.region()[1]
-        descriptor = _OBJECT_FILES.acquire(where, self.path, what)
-        try:
-            return _OBJECT_FILES.region(where, descriptor)[1]
-        finally:
-            _OBJECT_FILES.release(where)
+        with _OBJECT_FILES.held(where, self.path, what) as (_, _, size):
+            return size
 
     def read_index(self, leaf: dict[str, Any], what: str) -> list[tuple[int, int, int]]:
         return list(INDEX_RECORD.iter_unpack(self.index_table(leaf, what)))
@@ -408,14 +397,9 @@ class ArchiveFile:
             where = self.object_file(obj, what)
             if _remote(where) is not None:
                 return None
-            descriptor = _OBJECT_FILES.acquire(where, self.path, what)
-            try:
-                start, size = _OBJECT_FILES.region(where, descriptor)
+            with _OBJECT_FILES.held(where, self.path, what) as (descriptor, start, size):
                 mapping = _OBJECT_FILES.mapping(where, descriptor)
-            finally:
-                _OBJECT_FILES.release(where)
-        if mapping is None or not (isinstance(offset, int) and isinstance(length, int)) or offset < 0 or length < 0 \
-                or offset + length > size or start + offset + length > len(mapping):
+        if mapping is None or not _within(offset, length, size) or start + offset + length > len(mapping):
             return None
         return memoryview(mapping)[start + offset:start + offset + length]
 
@@ -493,6 +477,15 @@ class _ObjectFiles:
             self._trim()
             return descriptor
 
+    @contextmanager
+    def held(self, path: Path, archive: Path, what: str) -> Iterator[tuple[int, int, int]]:
+        """(descriptor, payload start, payload size) of the object at `path`, open while the block runs."""
+        descriptor = self.acquire(path, archive, what)
+        try:
+            yield (descriptor, *self.region(path, descriptor))
+        finally:
+            self.release(path)
+
     def release(self, path: Path) -> None:
         with self._lock:
             self._open[path][1] -= 1
@@ -534,6 +527,11 @@ class _ObjectFiles:
 
 
 _OBJECT_FILES = _ObjectFiles()
+
+
+def _within(offset: Any, length: Any, size: int) -> bool:
+    """Whether [offset, offset + length) are whole numbers inside a region of `size` bytes."""
+    return isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length >= 0 and offset + length <= size
 
 
 def _map(descriptor: int, path: Path) -> Any:
