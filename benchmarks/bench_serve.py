@@ -14,7 +14,9 @@ blocks, checks the sha256 and keeps nothing. The servers take turns within each 
 (the machine's load changes between rounds); the best and the median round of each, and each
 server's CPU seconds per GiB sent over all rounds, a figure the load moves less. The load average
 is printed before and after each case, and a last table puts the ratios to the anchor side by side
-against the 0.9x target.
+against the 0.9x target, with what bounds them when client and server share the machine's cores:
+the client's CPU seconds per GiB too, the share of the cores the two kept busy, and the ratio they
+would reach were the cores busy throughout (the anchor's CPU per GiB, server and client, over zoo's).
 
 Memory: a fresh `zoo serve` process per case; its VmHWM (peak resident set) after start and one
 download, then under --stalled clients that request the file with a 4 KiB receive buffer and read
@@ -166,20 +168,25 @@ def rate(port: int, path: str, clients: int, expected: str) -> tuple[float, int]
 
 
 def side_by_side(servers: dict[str, tuple[subprocess.Popen, int, str]], clients: int, repeat: int,
-                 expected: str) -> dict[str, tuple[float, float, float]]:
+                 expected: str) -> dict[str, tuple[float, float, float, float, float]]:
     """Per server: the best and the median rate of `repeat` rounds in which the servers take
-    turns, and its CPU seconds per GiB sent."""
+    turns, its CPU seconds per GiB sent, the client's (this process: reading and hashing), and
+    the share of the machine's cores the two kept busy."""
     rates: dict[str, list[float]] = {name: [] for name in servers}
-    cpu = dict.fromkeys(servers, 0.0)
+    cpu, client_cpu, wall = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0)
     sent = dict.fromkeys(servers, 0)
     for _ in range(repeat):
         for name, (process, port, path) in servers.items():
-            before = cpu_seconds(process.pid)
+            before, client_before, started = cpu_seconds(process.pid), time.process_time(), time.perf_counter()
             speed, total = rate(port, path, clients, expected)
+            wall[name] += time.perf_counter() - started
+            client_cpu[name] += time.process_time() - client_before
             cpu[name] += cpu_seconds(process.pid) - before
             sent[name] += total
             rates[name].append(speed)
-    return {name: (max(rates[name]), statistics.median(rates[name]), cpu[name] / (sent[name] / 2**30)) for name in servers}
+    return {name: (max(rates[name]), statistics.median(rates[name]), cpu[name] / (sent[name] / 2**30),
+                   client_cpu[name] / (sent[name] / 2**30), (cpu[name] + client_cpu[name]) / (wall[name] * (os.cpu_count() or 1)))
+            for name in servers}
 
 
 def stalled_downloads(port: int, path: str, count: int, hold: float) -> None:
@@ -292,7 +299,7 @@ def main() -> None:
                     figures = side_by_side(servers, clients, arguments.repeat, expected)
                     print(f"{clients} client(s), {arguments.repeat} rounds ({before} before, {load_average()} after); "
                           f"MiB/s best, median (server CPU s per GiB sent); best / http.server's best, best / zoo's app's best:")
-                    for name, (best, median, cpu) in figures.items():
+                    for name, (best, median, cpu, _, _) in figures.items():
                         ratios = (f"   {best / figures['http.server'][0]:.2f}  {best / figures['uvicorn raw'][0]:.2f}"
                                   if name in ("zoo serve", "unshared") else "")
                         print(f"  {labels[name]:<33}{best / 2**20:7.1f} {median / 2**20:7.1f} ({cpu:.2f}){ratios}")
@@ -302,9 +309,13 @@ def main() -> None:
                         summary.append((f"{clients} clients, as many files", figures["unshared"], anchor))
                 print(f"zoo serve / http.server serving the raw file (target 0.9), {cpu_model()}, {os.cpu_count()} threads, "
                       f"{load_average()}:")
-                print(f"  {'':<26}{'best':>6}{'median':>8}{'CPU s/GiB':>11}{'anchor CPU s/GiB':>18}")
-                for label, (best, median, cpu), (anchor_best, anchor_median, anchor_cpu) in summary:
-                    print(f"  {label:<26}{best / anchor_best:6.2f}{median / anchor_median:8.2f}{cpu:11.2f}{anchor_cpu:18.2f}")
+                print(f"  {'':<26}{'best':>6}{'median':>8}{'CPU s/GiB':>11}{'anchor':>8}"
+                      f"{'client':>8}{'anchor':>8}{'busy':>6}{'anchor':>8}{'CPU-bound':>11}")
+                for label, (best, median, cpu, client, busy), (anchor_best, anchor_median, anchor_cpu, anchor_client, anchor_busy) in summary:
+                    print(f"  {label:<26}{best / anchor_best:6.2f}{median / anchor_median:8.2f}{cpu:11.2f}{anchor_cpu:8.2f}"
+                          f"{client:8.2f}{anchor_client:8.2f}{busy:6.2f}{anchor_busy:8.2f}{(anchor_cpu + anchor_client) / (cpu + client):11.2f}")
+                print("  (CPU s/GiB: the server's, then the client's, per GiB sent; busy: the share of all cores the two "
+                      "kept busy; CPU-bound: the ratio if both ran with every core busy, the anchor's CPU per GiB over zoo's)")
             finally:
                 for process in (zoo_server, unshared, plain_server, raw_server):
                     stop(process)
