@@ -8,8 +8,10 @@
  * missing page was, marks the map damaged and lets the read go on. Whoever read through the
  * map checks `damaged` once done and throws the result away (zoo.container.format). A SIGBUS
  * anywhere else goes to the handler that was there before, or kills the process as it would
- * have without this file. The handler goes in with the first map; a handler installed after it
- * (faulthandler.enable() called later) takes its place, and a truncation is fatal again. */
+ * have without this file. The handler goes in with the first map. A handler installed after it
+ * (faulthandler.enable() called later) takes its place and is left there: put back over it, ours
+ * would chain to a handler that chains back to ours. While it is displaced, `maps_guarded()` is
+ * false, map_file refuses, and zoo reads its archives with pread (zoo.container.format). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <signal.h>
@@ -77,6 +79,14 @@ static int install(void) {
     return 0;
 }
 
+/* Whether a fault in a map would reach on_sigbus: true before the first map (which installs it). */
+static int guarded(void) {
+    if (!installed) return 1;
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) != 0) return 0;
+    return (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == on_sigbus;
+}
+
 typedef struct {
     PyObject_HEAD
     char *data;
@@ -132,6 +142,7 @@ static PyObject *map_file(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "in", &descriptor, &size)) return NULL;
     if (size <= 0) return PyErr_Format(PyExc_ValueError, "cannot map %zd bytes", size);
     if (install() < 0) return NULL;
+    if (!guarded()) return PyErr_Format(PyExc_OSError, "another SIGBUS handler replaced zoo's: a map is not safe");
     int chosen = -1;
     for (int i = 0; i < SLOTS && chosen < 0; i++) /* under the GIL: no other thread takes a slot meanwhile */
         if (atomic_load_explicit(&slots[i].start, memory_order_acquire) == 0) chosen = i;
@@ -153,7 +164,12 @@ static PyObject *map_file(PyObject *module, PyObject *args) {
     return (PyObject *)self;
 }
 
+static PyObject *maps_guarded(PyObject *module, PyObject *unused) { return PyBool_FromLong(guarded()); }
+
 static PyMethodDef MAPPING_METHODS[] = {
+    {"maps_guarded", maps_guarded, METH_NOARGS,
+     "maps_guarded() -> bool: whether a read past a truncated end of a map is still caught (false once "
+     "another SIGBUS handler has replaced zoo's, until it is put back)."},
     {"map_file", map_file, METH_VARARGS,
      "map_file(fd, size) -> Mapping: the first `size` bytes of an open file, read-only; a read past a "
      "truncated end finds zeros and sets `damaged` instead of killing the process."},

@@ -65,6 +65,63 @@ def test_an_archive_that_shrinks_under_its_map_fails_the_read_not_the_process(ar
     assert again.startswith("again:") and "truncated" in again
 
 
+def test_a_handler_installed_after_zoos_turns_the_maps_off_not_the_guard(archive):
+    """faulthandler.enable() after the first map puts its own SIGBUS handler in zoo's place: the
+    reads then go through pread, and a cut archive is still an error, not the end of the process."""
+    source, path = archive
+    result = run_python(f"""
+        import faulthandler, os
+        from zoo import kernels
+        from zoo.container.reader import Archive
+        from zoo.errors import FormatError
+        archive = Archive({str(path)!r}, mapped=True)
+        assert archive.read_file("model.safetensors") == open({str(source)!r}, "rb").read()
+        print("guarded", kernels.maps_guarded())
+        faulthandler.enable()
+        print("displaced", kernels.maps_guarded())
+        try:
+            kernels.map_file(os.open({str(path)!r}, os.O_RDONLY), 100)
+        except OSError as error:
+            print("refused:", error)
+        os.truncate({str(path)!r}, os.path.getsize({str(path)!r}) // 2)
+        try:
+            archive.read_tensor("c")
+        except FormatError as error:
+            print("error:", error)
+        faulthandler.disable()
+        print("restored", kernels.maps_guarded())
+        """)
+    assert result.returncode == 0, result.stderr
+    guarded, displaced, refused, error, restored = result.stdout.splitlines()
+    assert (guarded, displaced, restored) == ("guarded True", "displaced False", "restored True")
+    assert refused.startswith("refused:") and "SIGBUS handler" in refused
+    assert error.startswith("error:") and "truncated" in error
+
+
+def test_an_archive_that_cannot_be_mapped_tries_once_then_reads_with_pread(archive, monkeypatch):
+    """With every map slot taken, the archive reads through pread, without a map_file call per chunk."""
+    source, path = archive
+    calls = []
+
+    def counted(descriptor, size):
+        calls.append(size)
+        return real(descriptor, size)
+
+    real = kernels.map_file
+    monkeypatch.setattr(kernels, "map_file", counted)
+    taken = []
+    with open(source, "rb") as stream:
+        try:
+            while True:
+                taken.append(real(stream.fileno(), 16))
+        except OSError as error:
+            assert "mapped already" in str(error)
+        with Archive(path, mapped=True) as mapped:
+            assert mapped.read_file("model.safetensors") == source.read_bytes()  # many 4 KiB chunks
+    del taken
+    assert len(calls) == 1
+
+
 def test_a_sigbus_outside_zoos_maps_still_ends_the_process(tmp_path):
     """The handler answers only for zoo's own maps: any other bus error is as fatal as before."""
     (tmp_path / "ours").write_bytes(b"a" * 10000)

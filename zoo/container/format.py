@@ -245,7 +245,8 @@ class ArchiveFile:
     memory (the native extension's map_file), not out of a copy that pread makes of each: for
     a process that reads the same archives over and over (`zoo serve`), where that copy was a
     sixth of the CPU a download took. The mapped pages are the page cache's, and count in the
-    process's resident set while mapped."""
+    process's resident set while mapped. A file that cannot be mapped, and every file while a
+    SIGBUS handler installed after zoo's displaces it (kernels.maps_guarded), is read with pread."""
 
     def __init__(self, path: str | os.PathLike[str], objects_root: str | os.PathLike[str] | None = None,
                  mapped: bool = False) -> None:
@@ -370,7 +371,7 @@ class ArchiveFile:
         view of the mapped file; should the file shrink meanwhile, the reads past its new end find
         zeros (native/mapping.c), and whatever decode made of them is refused here. What decode
         returns (a numpy array) must not point into the map (the caller keeps it): it is copied if it does."""
-        view = self._mapped_view(chunk[0], chunk[1], what, obj) if self.mapped else None
+        view = self._mapped_view(chunk[0], chunk[1], what, obj) if self.mapped and _kernels.maps_guarded() else None  # type: ignore[misc]
         if view is None:
             return decode(self.read_chunk(chunk, what, obj))
         mapping = view.obj
@@ -391,8 +392,8 @@ class ArchiveFile:
         none or the bytes lie outside it (read() then says what is wrong, or reads a file that grew)."""
         if obj is None:
             if self._map is None:
-                self._map = _map(self._file.fileno(), self.path)
-            mapping, start, size = self._map, self.payload_start, self.payload_size
+                self._map = _map(self._file.fileno(), self.path) or False  # False: tried, and not mapped
+            mapping, start, size = self._map or None, self.payload_start, self.payload_size
         else:
             where = self.object_file(obj, what)
             if _remote(where) is not None:
@@ -503,8 +504,8 @@ class _ObjectFiles:
         with self._lock:
             mapping = self._maps.get(path)
             if mapping is None:
-                mapping = self._maps[path] = _map(descriptor, path)
-            return mapping
+                mapping = self._maps[path] = _map(descriptor, path) or False  # False: tried, and not mapped
+            return mapping or None
 
     def forget_map(self, path: Path, mapping: Any) -> None:
         with self._lock:

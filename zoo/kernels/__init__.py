@@ -55,8 +55,10 @@ def _load_native(requested: str) -> tuple[Any, str, str]:
 _native_module, PATH, _REASON = _load_native(_requested())
 
 # map_file(fd, size) -> a read-only map of the file that survives its truncation (native/mapping.c),
-# or None where the native extension is not in use: readers then copy with pread.
+# or None where the native extension is not in use: readers then copy with pread. maps_guarded()
+# says whether that still holds (not while a SIGBUS handler installed later displaces zoo's).
 map_file = None if _native_module is None else _native_module.map_file
+maps_guarded = None if _native_module is None else _native_module.maps_guarded
 
 if _native_module is None:
     split_planes = _fallback.split_planes
