@@ -9,7 +9,7 @@ Library API (torch and transformers are imported only when a function below runs
     result.to_dict()                                                # JSON-ready, per-tensor list included
     evaluate(candidate, reference, text=None, max_tokens=4096, kind=None,
              gates=Gates(max_kl=0.01), weights=True, progress=None, base=None)
-    verify_archive("model.zoo", "model_dir", gates=Gates(min_cosine=0.999))  # what compress --verify runs
+    verify_archive("model.zoo", "model_dir", gates=Gates(min_cosine=0.999))  # what compress --eval runs
 
 A candidate or reference is a zoo name, a .zoo archive, a model folder or one weights file; an
 archive made with compress(base=...) is measured as ``base`` plus its decoded differences. The

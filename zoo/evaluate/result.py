@@ -95,7 +95,7 @@ class EvalResult:
         return figures
 
     def record(self) -> dict[str, Any]:
-        """What `zoo compress --verify` stores under metadata["verify"]: the headline figures at
+        """What `zoo compress --eval` stores under metadata["quality"]: the headline figures at
         the top (the zoo catalogue lists every number found there), every figure under "metrics"
         and "weights". Left out: the per-tensor list, which would grow the header with the model,
         the candidate's name (the archive itself, under a temporary name at the time) and the time."""
