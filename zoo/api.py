@@ -109,9 +109,25 @@ class Report:
 # -- output safety ---------------------------------------------------------------------------
 
 
-def _refuse_existing(path: Path, force: bool) -> None:
+def _refuse_existing(path: Path, force: bool, is_dir: bool = False) -> None:
+    problem = temporaries.in_the_way(path, is_dir)
+    if problem is not None:
+        raise OutputExistsError(f"{path} {problem}; zoo does not remove it, even with --force: choose another output")
     if (path.exists() or path.is_symlink()) and not force:
         raise OutputExistsError(f"{path} exists; pass --force to replace it")
+
+
+@contextmanager
+def _temporary_beside(final: Path, parent: Path, is_dir: bool) -> Iterator[Path]:
+    """temporaries.locked_temporary for `final` in `parent`; one that cannot be made is an error
+    that names the output, not the temporary."""
+    stack = ExitStack()
+    try:
+        temporary = stack.enter_context(temporaries.locked_temporary(parent, temporaries.temporary_prefix(final), is_dir))
+    except OSError as error:
+        raise InputError(f"{final}: cannot write in {parent}: {error.strerror or error}") from None
+    with stack:  # removes the temporary unless it was put in place
+        yield temporary
 
 
 @contextmanager
@@ -121,17 +137,17 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     is locked and named after this process, so a later run removes it if this one is killed
     (zoo.hub.temporaries), and `final` is always the old or the new complete output."""
     temporaries.sweep_beside(final)  # first: an old output a killed run moved aside comes back before the check
-    _refuse_existing(final, force)
+    _refuse_existing(final, force, is_dir)
     parent = final.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: output folder does not exist")
-    with temporaries.locked_temporary(parent, temporaries.temporary_prefix(final), is_dir) as temporary:
+    with _temporary_beside(final, parent, is_dir) as temporary:
         # private (0700/0600) when made; give the output the modes the umask allows.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
         yield temporary
-        temporaries.replace(temporary, final)
+        temporaries.replace(temporary, final, force)
 
 
 def _clashes(folder: Path, relpaths: list[str]) -> tuple[list[str], list[str]]:
@@ -193,7 +209,7 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
     file stays. A folder is never removed to make room. On any error or Ctrl-C, `final` holds what
     it held before."""
     if not final.is_dir():
-        with _atomic_output(final, force, is_dir=True) as temporary:  # a new folder (or, with --force, a file in its place)
+        with _atomic_output(final, force, is_dir=True) as temporary:  # a new folder
             yield temporary
         return
     replaced, blocked = _clashes(final, relpaths)
@@ -208,7 +224,7 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
     parent = final.resolve().parent
     beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
     temporaries.sweep_beside(beside / final.name)
-    with temporaries.locked_temporary(beside, temporaries.temporary_prefix(final), is_dir=True) as temporary:
+    with _temporary_beside(final, beside, is_dir=True) as temporary:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o777 & ~umask)

@@ -242,12 +242,72 @@ def test_unsafe_pickle_is_refused(tmp_path):
     assert (tmp_path / "out" / "ok.pt").read_bytes() == (tmp_path / "ok.pt").read_bytes()
 
 
-def test_force_replaces_a_file_with_a_folder(tiny_model, tmp_path):
+def test_force_never_removes_a_file_where_the_folder_goes(tiny_model, tmp_path):
     zoo.compress(tiny_model, tmp_path / "m.zoo")
     target = tmp_path / "out"
     target.write_text("a file where the folder goes")
-    zoo.decompress(tmp_path / "m.zoo", target, force=True)
-    assert (target / "config.json").exists()
+    with pytest.raises(OutputExistsError, match="is a file, where zoo writes a folder"):
+        zoo.decompress(tmp_path / "m.zoo", target, force=True)
+    assert target.read_text() == "a file where the folder goes"
+    with pytest.raises(OutputExistsError, match="is a file"):  # the archive itself, named as the output
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "m.zoo", force=True)
+    assert zoo.verify(tmp_path / "m.zoo") == []
+
+
+def test_force_never_removes_a_folder_or_a_device_where_the_archive_goes(tiny_model, tmp_path):
+    kept = tmp_path / "kept"
+    (kept / "sub").mkdir(parents=True)
+    (kept / "sub" / "data.txt").write_text("important")
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        zoo.compress(tiny_model / "config.json", kept, force=True)
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        zoo.compress(tiny_model, tiny_model, force=True)  # the source folder itself
+    assert (kept / "sub" / "data.txt").read_text() == "important" and (tiny_model / "config.json").is_file()
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OutputExistsError, match="not a regular file"):
+        zoo.compress(tiny_model, pipe, force=True)
+    assert pipe.is_fifo()
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        zoo.api.export_archive(tmp_path / "m.zoo", kept, force=True)
+    assert listing(kept) == ["sub"]
+
+
+@pytest.mark.parametrize("renameat2", ["1", "0"], ids=["renameat2", "portable"])
+def test_an_output_that_appears_while_zoo_writes_is_left_alone(tiny_model, tmp_path, monkeypatch, renameat2):
+    """The existence check at the start is not the last word: the output goes in place only where
+    nothing has appeared meanwhile (without --force), and never over a folder (with it)."""
+    monkeypatch.setenv("ZOO_RENAME_EXCHANGE", renameat2)
+    target = tmp_path / "m.zoo"
+
+    def someone_writes(_temporary):
+        target.write_text("written meanwhile")
+
+    with pytest.raises(OutputExistsError, match="appeared while zoo was writing it"):
+        zoo.compress(tiny_model, target, check=someone_writes)
+    assert target.read_text() == "written meanwhile"
+    target.unlink()
+
+    def someone_makes_a_folder(_temporary):
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        zoo.compress(tiny_model, target, check=someone_makes_a_folder, force=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    zoo.compress(tiny_model, tmp_path / "a.zoo")
+    out = tmp_path / "out"
+
+    def someone_makes_the_output(_bytes):
+        if not out.exists():
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+
+    with pytest.raises(OutputExistsError, match="appeared while zoo was writing it"):
+        zoo.decompress(tmp_path / "a.zoo", out, progress=someone_makes_the_output)
+    assert listing(out) == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".zoo-tmp-" in p.name]
 
 
 def test_unwritable_output_is_one_line(tiny_model, tmp_path):

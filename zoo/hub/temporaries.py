@@ -23,10 +23,13 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from zoo.errors import OutputExistsError
 
 STALE_SECONDS = 3600  # a lock-free temporary this old is debris even when its pid runs again
 PAYLOAD_PREFIX = ".zoo-payload-"
@@ -148,19 +151,20 @@ def _put_back(aside: Path, final: Path) -> None:
             os.replace(kept, target)
 
 
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two paths atomically; False where the system cannot (then nothing changed)."""
-    if os.environ.get("ZOO_RENAME_EXCHANGE") == "0":  # the portable path, for its tests
+def _renameat2(first: Path, second: Path, flags: int) -> bool:
+    """renameat2(first, second, flags); False where the system cannot (then nothing changed)."""
+    if os.environ.get("ZOO_RENAME_EXCHANGE") == "0":  # the portable paths, for their tests
         return False
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return False
-    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), flags) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
@@ -168,9 +172,54 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
-def replace(temporary: Path, final: Path) -> None:
-    """Put the finished `temporary` at `final`, replacing what is there. After an exchange the old
-    output sits under the temporary's locked name, which its owner then removes."""
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot (then nothing changed)."""
+    return _renameat2(first, second, _RENAME_EXCHANGE)
+
+
+def in_the_way(final: Path, is_dir: bool) -> str | None:
+    """Why what is at `final` is not an output zoo may replace with a new file (`is_dir` False) or
+    folder, or None (nothing there, or a file or link where a file goes). zoo never removes a folder,
+    a device, a pipe or a socket to make room, nor a file where a folder goes."""
+    try:
+        mode = final.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder" + ("" if is_dir else " (zoo writes one file there)")
+    if is_dir:
+        return "is a file, where zoo writes a folder"
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        return "is not a regular file (a device, a pipe or a socket)"
+    return None
+
+
+def replace(temporary: Path, final: Path, force: bool = True) -> None:
+    """Put the finished `temporary` at `final`. Without `force`, only where nothing is there now:
+    an output that appeared while it was being written is left alone (OutputExistsError). With
+    it, an old output of the same kind is replaced (in_the_way says which are not); after an
+    exchange the old output sits under the temporary's locked name, which its owner then removes."""
+    is_dir = temporary.is_dir()
+    if not force:
+        appeared = OutputExistsError(f"{final} appeared while zoo was writing it; pass --force to replace it")
+        try:
+            if _renameat2(temporary, final, _RENAME_NOREPLACE):
+                return
+        except FileExistsError:
+            raise appeared from None
+        if final.exists() or final.is_symlink():  # where renameat2 is missing: a check, then a rename
+            raise appeared
+        try:
+            os.link(temporary, final)  # a file: fails if one appeared since the check
+            os.unlink(temporary)
+        except FileExistsError:
+            raise appeared from None
+        except OSError:  # a folder, or a file system without hard links
+            os.rename(temporary, final)
+        return
+    problem = in_the_way(final, is_dir)
+    if problem is not None:
+        raise OutputExistsError(f"{final} {problem}; zoo does not remove it")
     if not (final.exists() or final.is_symlink()):
         os.replace(temporary, final)
         return
