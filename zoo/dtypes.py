@@ -67,6 +67,16 @@ def storage_dtype(name: str) -> np.dtype:
     return np.dtype(dtype.storage or "u1")
 
 
+def array_fits(shape: list[int] | tuple[int, ...], name: str) -> bool:
+    """Whether numpy can hold an array of this shape and dtype: the product of its dimensions (a
+    zero counted as one, as numpy checks) times the element size stays below 2^63, even when a
+    zero makes the array empty."""
+    size = storage_dtype(name).itemsize
+    for dimension in shape:
+        size *= max(dimension, 1)
+    return size < 2**63
+
+
 def _f8_table(exponent_bits: int) -> np.ndarray:
     """float32 value of each of the 256 codes of an fp8 format (E4M3 has no infinities: 0x7f/0xff are NaN)."""
     mantissa_bits = 7 - exponent_bits

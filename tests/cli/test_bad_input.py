@@ -34,6 +34,8 @@ def listing(folder):
         ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, bytes(4), "unknown dtype"),
         ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8), "needs 12 bytes"),
         ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4), "shape"),
+        ({"a": {"dtype": "BF16", "shape": [0, 2**63], "data_offsets": [0, 0]}}, b"", "too large for any array"),
+        ({"a": {"dtype": "BF16", "shape": [2**62, 0], "data_offsets": [0, 0]}}, b"", "too large for any array"),
         ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8), "outside the data"),
         (b"{not json", b"", "not valid JSON"),
         (b"[1, 2]", b"", "not a JSON object"),
@@ -337,3 +339,23 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path):
     assert done.returncode == 1, done.stderr
     assert done.stderr == "error: this needs torch, which is not installed: pip install 'zoo[torch]'\n"
     assert not (tmp_path / "m.zoo").exists()
+
+
+def test_an_archive_declaring_an_empty_tensor_of_impossible_shape_is_refused(tmp_path):
+    """An empty tensor whose dimensions multiply past what any array can hold: a FormatError,
+    not numpy's ValueError, from verify and decompress."""
+    import zlib
+
+    source = raw_safetensors(tmp_path / "empty.safetensors", {"e": {"dtype": "BF16", "shape": [0, 4], "data_offsets": [0, 0]}})
+    zoo.compress(source, tmp_path / "m.zoo")
+    data = (tmp_path / "m.zoo").read_bytes()
+    length = struct.unpack("<Q", data[16:24])[0]
+    header = json.loads(data[24:24 + length])
+    for info in header["tensors"].values():
+        info["shape"] = [2**62, 0]
+        info.get("root", {}).get("leaf", {})["shape"] = [2**62, 0]
+    forged = json.dumps(header).encode()
+    (tmp_path / "bad.zoo").write_bytes(data[:12] + struct.pack("<IQ", zlib.crc32(forged), len(forged)) + forged + data[24 + length:])
+    with pytest.raises(FormatError, match="too large for any array"):
+        zoo.decompress(tmp_path / "bad.zoo", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ import numpy as np
 from zoo.kernels.parallel import InOrder, for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
-from zoo.dtypes import DTYPES, storage_dtype, to_float32
+from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, ZooError
 from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
@@ -202,6 +202,8 @@ class Archive:
             raise _fail(self._file, f"{what} has a bad dtype or shape")
         if len(shape) > MAX_DIMENSIONS:
             raise _fail(self._file, f"{what} has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
+        if not array_fits(shape, leaf["dtype"]):
+            raise _fail(self._file, f"{what} has shape {shape}, too large for any array")
 
     def metadata(self) -> dict[str, Any]:
         return dict(self._file.header.get("metadata") or {})

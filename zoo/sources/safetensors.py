@@ -12,7 +12,7 @@ import math
 import struct
 from pathlib import Path
 
-from zoo.dtypes import DTYPES
+from zoo.dtypes import DTYPES, array_fits
 from zoo.errors import InputError
 from zoo.sources.segments import Segment
 
@@ -93,6 +93,8 @@ def parse_safetensors(path: Path, size: int) -> list[Segment]:
             raise InputError(f"{where}: shape {shape!r} is not a list of non-negative integers")
         if len(shape) > MAX_RANK:
             raise InputError(f"{where}: shape of {len(shape)} dimensions is over the {MAX_RANK} cap")
+        if not array_fits(shape, dtype_name):
+            raise InputError(f"{where}: shape {shape} is too large for any array")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
             raise InputError(f"{where}: data_offsets {offsets!r} is not two integers")
         begin, end = offsets
