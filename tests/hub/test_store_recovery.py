@@ -274,12 +274,34 @@ def test_a_damaged_manifest_stops_gc_and_doctor_restores_it(two_models):
     manifest.write_text('{"manifest": 1, "name": "org/fir')
     assert "damaged manifest" in one_line_error(zoo_cli("gc", home=two_models))
     assert first.archive.exists()
-    findings = zoo_cli("doctor", home=two_models).stdout.strip().splitlines()
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0, doctor.stdout  # repaired: nothing is left for the user to do
+    findings = doctor.stdout.strip().splitlines()
     assert findings[0].startswith(f"{manifest}: damaged manifest")
     assert findings[1].startswith(str(first.archive)) and findings[1].endswith("org/first@main:lossless: damaged manifest replaced")
     restored = Store(two_models).resolve("org/first", with_files=True)
     assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
     assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout
+
+
+def test_doctor_exits_1_while_a_model_cannot_be_read(two_models):
+    """An object cut short or gone is damage doctor cannot repair: named, exit 1; once the model is
+    removed, doctor is content again."""
+    store = Store(two_models)
+    first, second = store.resolve("org/first"), store.resolve("second")
+    own = named_objects(two_models, first) - named_objects(two_models, second)
+    victim = max((p for p in objects(two_models) if p.name in own), key=lambda path: path.stat().st_size)
+    with open(victim, "r+b") as cut:
+        cut.truncate(victim.stat().st_size - 1)
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 1 and f"{victim}: " in doctor.stdout and "damaged" in doctor.stdout, doctor.stdout
+    assert "no problems found" not in doctor.stdout
+    victim.unlink()
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 1 and f"{victim}: missing; org/first@main:lossless cannot be read" in doctor.stdout
+    assert zoo_cli("rm", "org/first", "--force", home=two_models).returncode == 0
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0 and "no problems found" in doctor.stdout, doctor.stdout
 
 
 def test_one_object_for_the_same_bytes_kept_until_its_last_name_goes(tiny_model, tmp_path):

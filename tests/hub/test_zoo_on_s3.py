@@ -169,8 +169,8 @@ def test_verify_and_doctor_on_a_bucket_report_a_missing_object(bucket, tmp_path,
     done = _zoo(url, tmp_path / "verifier", "verify")
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [f"damaged: base@main:lossless: object {url}/{victim} is missing from the bucket"]
-    done = _zoo(url, tmp_path / "doctor", "doctor")
-    assert done.returncode == 0 and f"base@main:lossless: object {url}/{victim} is missing from the bucket (`zoo rm` it" in done.stdout
+    done = _zoo(url, tmp_path / "doctor", "doctor")  # exit 1: doctor cannot bring an object back
+    assert done.returncode == 1 and f"base@main:lossless: object {url}/{victim} is missing from the bucket (`zoo rm` it" in done.stdout
 
 
 def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path, monkeypatch):
@@ -183,7 +183,7 @@ def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path,
     assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith(f"damaged: {url}/manifests/broken/main/lossless.json: damaged manifest (")
     done = _zoo(url, tmp_path / "doctor", "doctor")
-    assert done.returncode == 0 and f"{url}/manifests/broken/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
+    assert done.returncode == 1 and f"{url}/manifests/broken/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith(f"{url}: 1 model;")
 
 

@@ -190,17 +190,22 @@ def serve(
 
 def doctor(as_json: Json = False) -> None:
     """Check the zoo and repair what can be repaired without losing anything (the catalogue is
-    rebuilt from the manifests; a zoo of the old layout is migrated): one line per finding. On a
+    rebuilt from the manifests; a zoo of the old layout is migrated): one line per finding; exit 1
+    while a model cannot be read (an object missing or of the wrong size, a manifest lost). On a
     bucket: this machine's index rebuilt, the bucket checked, nothing in it written or deleted."""
+    from zoo.hub.manifest import Damage
     from zoo.hub.store import Store
 
     store = Store()
     findings = store.doctor()
+    damage = [line for line in findings if isinstance(line, Damage)]
     if as_json:
-        print_json({"zoo": store.location, "findings": findings})
+        print_json({"zoo": store.location, "findings": findings, "unrepaired": damage})
     else:
         for line in findings:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+    if damage:
+        raise typer.Exit(1)
 
 
 def gc(as_json: Json = False) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from zoo.errors import ZooError
 from zoo.container.objects import object_problems
-from zoo.hub.manifest import OBJECT_SUFFIX, check_record, human_size
+from zoo.hub.manifest import OBJECT_SUFFIX, Damage, check_record, human_size
 from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo
 
 
@@ -78,7 +78,7 @@ def doctor_bucket(store: Any) -> list[str]:
     records = _manifests(store.storage, findings)
     named: set[str] = set()
     for record in records.values():
-        findings += [f"{line} (`zoo rm` it, or store it again)" for line in _missing_objects(store, record, listed)]
+        findings += [Damage(f"{line} (`zoo rm` it, or store it again)") for line in _missing_objects(store, record, listed)]
         named.update(item["sha256"] for item in record["objects"])
     now, reclaimable = time.time(), []
     for key, info in listed.items():
@@ -114,7 +114,7 @@ def _manifests(storage: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
         except FileNotFoundError:
             continue  # removed by `zoo rm` since the listing
         except (ValueError, ZooError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            problems.append(f"{storage.url}/{info.key}: damaged manifest ({error})")
+            problems.append(Damage(f"{storage.url}/{info.key}: damaged manifest ({error})"))
     return records
 
 

@@ -23,6 +23,10 @@ NAME_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z
 _REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
 
 
+class Damage(str):
+    """A line of `zoo doctor`'s findings that it could not repair: a model cannot be read until
+    someone acts (the CLI exits 1 on any)."""
+
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):

@@ -34,7 +34,7 @@ from zoo.container.objects import ObjectSink, object_names, object_problems
 from zoo.errors import FormatError, InputError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
-    DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Entry, StoredFile, check_name,
+    DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component, parse_ref,
     quality_label, record_of, variant_match, variant_of,
 )
@@ -807,10 +807,10 @@ class Store:
                     named.setdefault(item["sha256"], []).append(f"{record['name']}@{record['revision']}:{record['variant']}")
                     path = self.object_path(item["sha256"])
                     if not path.is_file():
-                        findings.append(f"{path}: missing; {named[item['sha256']][-1]} cannot be read (`zoo rm` it, or store it again)")
+                        findings.append(Damage(f"{path}: missing; {named[item['sha256']][-1]} cannot be read (`zoo rm` it, or store it again)"))
                     elif path.stat().st_size != item["size"]:
-                        findings.append(f"{path}: {path.stat().st_size} bytes where its manifest says {item['size']}: damaged "
-                                        f"(`zoo verify {named[item['sha256']][-1]}`)")
+                        findings.append(Damage(f"{path}: {path.stat().st_size} bytes where its manifest says {item['size']}: damaged "
+                                               f"(`zoo verify {named[item['sha256']][-1]}`)"))
             unnamed = [path for path in self._object_files() if path.name.removesuffix(OBJECT_SUFFIX) not in named]
             # archives first: one given back its manifest names its objects again
             unnamed.sort(key=lambda path: not self._is_archive_of_a_model(path))
@@ -825,7 +825,11 @@ class Store:
             if reason is not None:
                 count = self.rebuild_index()
                 findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
-        return findings or [f"{self.home}: {len(manifests)} models, no problems found"]
+            unreadable: list[str] = []
+            self._all_manifests(unreadable)  # a damaged manifest its object could not restore
+            findings = [Damage(line) if line in unreadable else line for line in findings]
+        return findings or [f"{self.home}: {len(manifests)} models, no problems found (every object there, of the size its "
+                            "manifest says; `zoo verify` decodes them)"]
 
     def _index_problem(self, manifest_count: int) -> str | None:
         try:
