@@ -359,3 +359,17 @@ def test_an_archive_declaring_an_empty_tensor_of_impossible_shape_is_refused(tmp
     with pytest.raises(FormatError, match="too large for any array"):
         zoo.decompress(tmp_path / "bad.zoo", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cut_archive_is_one_problem_named_once(tiny_model, tmp_path):
+    """A layout fault is the archive's, not each file's: verify reports it once, and no message
+    names the archive twice."""
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    data = (tmp_path / "m.zoo").read_bytes()
+    (tmp_path / "cut.zoo").write_bytes(data[:-100])
+    problems = zoo.verify(tmp_path / "cut.zoo")
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'cut.zoo'}: ")
+    assert problems[0].count("cut.zoo") == 1
+    with pytest.raises(FormatError) as caught:
+        zoo.decompress(tmp_path / "cut.zoo", tmp_path / "out")
+    assert str(caught.value).count("cut.zoo") == 1

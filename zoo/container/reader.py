@@ -596,8 +596,8 @@ class Archive:
                 continue  # this leaf is counted already
             try:
                 index, _, _ = self._chunks(leaf, what)
-            except ZooError as error:
-                return [str(error)]
+            except ZooError as error:  # named as the other problems are: without the archive's path
+                return [str(error).removeprefix(f"{self._file.path}: ")]
             if obj is not None or shared:
                 seen.add((obj, index_at))
             offset, count = leaf["index"]
@@ -627,6 +627,8 @@ class Archive:
         the base, tensors stored against it are checked as stored (every checksum, decoded
         through their pipeline) but not rebuilt."""
         problems = self.layout_problems()
+        if problems:  # no file can be streamed: each would report this same problem
+            return [f"{self._file.path}: {problem}" for problem in problems]
         found: dict[str, list[str]] = {}
 
         def check(entry: dict[str, Any], threads: int) -> None:
