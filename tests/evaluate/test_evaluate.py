@@ -261,6 +261,16 @@ def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch,
     assert "never" not in out
 
 
+def test_compress_refuses_a_gate_that_cannot_judge_the_model_before_compressing(trained, tmp_path, monkeypatch, capsys):
+    """An encoder has no KL to gate on: said at once, naming the source (not a temporary), nothing written."""
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "encoder", "-o", tmp_path / "e.zoo", "-p", "truncate:bits=4",
+                           "--max-kl", "1e-4")
+    assert code == 1 and err.strip() == f"error: --max-kl does not apply to {trained / 'encoder'}, which is evaluated as an encoder"
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "encoder", "-o", tmp_path / "e.zoo", "--max-kl", "1e-4")
+    assert code == 0  # lossless: bit-exact passes every gate
+
+
 def test_compress_verify_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "compress", "someone/some-model", "-o", tmp_path / "x.zoo", "--verify")
     assert code == 1 and "--eval compares" in err

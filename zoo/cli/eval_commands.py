@@ -60,8 +60,10 @@ class QualityCheck:
 
 
 def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
-                  base: Path | None = None, quiet: bool = False) -> QualityCheck | None:
-    """The check for compress's --eval and gate flags (a gate implies --eval); None without them."""
+                  base: Path | None = None, quiet: bool = False, pipeline: str = "lossless") -> QualityCheck | None:
+    """The check for compress's --eval and gate flags (a gate implies --eval); None without them. A
+    gate that cannot judge the source's kind of model is refused before anything is compressed."""
+    from zoo.codecs.pipeline import Pipeline
     from zoo.errors import InputError
     from zoo.evaluate import Gates
 
@@ -70,6 +72,12 @@ def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine
         return None
     if not source.exists():
         raise InputError(f"--eval compares the result with a local model folder or file, and {source} is not one")
+    if gates.given() and Pipeline.parse(pipeline).array_stages:  # lossy: judged as the model its config.json names
+        from zoo.evaluate.models import Model
+
+        with Model(source) as model:
+            kind, _ = model.kind()
+        gates.check_applies(kind, str(source), has_reference=True)
     return QualityCheck(source, gates, base, quiet)
 
 
