@@ -373,3 +373,15 @@ def test_a_cut_archive_is_one_problem_named_once(tiny_model, tmp_path):
     with pytest.raises(FormatError) as caught:
         zoo.decompress(tmp_path / "cut.zoo", tmp_path / "out")
     assert str(caught.value).count("cut.zoo") == 1
+
+
+def test_a_backslash_in_a_file_name_is_refused_with_the_reason_and_a_way_out(tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "a\\b.txt").write_text("odd")
+    with pytest.raises(InputError, match=r"backslash .* leave it out with --exclude"):
+        zoo.compress(folder, tmp_path / "m.zoo")
+    zoo.compress(folder, tmp_path / "m.zoo", exclude=["a?b.txt"])
+    assert "a\\b.txt" not in [f["path"] for f in zoo.api.report_of(tmp_path / "m.zoo").files]

@@ -35,8 +35,11 @@ class SourceFile:
 
 def check_relpath(relpath: str) -> str:
     """A path inside a model folder: relative, no '..', no empty or odd parts."""
-    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
+    if not isinstance(relpath, str) or not relpath:
         raise InputError(f"refusing file name {relpath!r}")
+    if "\\" in relpath or "\x00" in relpath:
+        raise InputError(f"refusing file name {relpath!r}: a backslash (a folder separator on Windows, where the model may be "
+                         "read) or a NUL in a name is not stored; rename the file, or leave it out with --exclude")
     posix = PurePosixPath(relpath)
     if posix.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
         raise InputError(f"refusing file name {relpath!r}: it would land outside the output folder")
