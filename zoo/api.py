@@ -11,7 +11,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -174,9 +174,11 @@ def _listing(paths: list[str], most: int = 5) -> str:
 
 def _move_in(temporary: Path, final: Path) -> None:
     """Every file and link under `temporary` to its place under `final`, the one there before
-    (if any) set aside until all are in; on failure the moves are undone in reverse."""
+    (if any) set aside until all are in; on failure the moves are undone in reverse, and the
+    folders made for them removed."""
     aside = temporary / ".zoo-old"
     moved: list[tuple[Path, Path]] = []  # (from, to)
+    made: list[Path] = []
     try:
         for folder, subfolders, names in os.walk(temporary):
             here = Path(folder)
@@ -184,7 +186,10 @@ def _move_in(temporary: Path, final: Path) -> None:
                 subfolders.clear()
                 continue
             relative = here.relative_to(temporary)
-            (final / relative).mkdir(parents=True, exist_ok=True)
+            for missing in reversed([final / relative, *(final / relative).parents]):
+                if not (missing.exists() or missing.is_symlink()) and missing.is_relative_to(final):
+                    missing.mkdir()
+                    made.append(missing)
             for name in names + [d for d in subfolders if (here / d).is_symlink()]:
                 target = final / relative / name
                 if target.is_dir() and not target.is_symlink():
@@ -198,6 +203,9 @@ def _move_in(temporary: Path, final: Path) -> None:
     except BaseException:
         for origin, moved_to in reversed(moved):
             os.replace(moved_to, origin)
+        for folder in reversed(made):
+            with suppress(OSError):
+                folder.rmdir()
         raise
 
 

@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,3 +386,32 @@ def test_a_backslash_in_a_file_name_is_refused_with_the_reason_and_a_way_out(tin
         zoo.compress(folder, tmp_path / "m.zoo")
     zoo.compress(folder, tmp_path / "m.zoo", exclude=["a?b.txt"])
     assert "a\\b.txt" not in [f["path"] for f in zoo.api.report_of(tmp_path / "m.zoo").files]
+
+
+def test_a_move_into_a_folder_that_fails_midway_leaves_the_folder_as_it_was(tiny_model, tmp_path, monkeypatch):
+    """The files moved in go back, and the folders made for them go too (a failure injected at
+    the last move: a full disk or a vanished mount looks the same from here)."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "new folder" / "deeper").mkdir(parents=True)
+    (folder / "new folder" / "deeper" / "extra.bin").write_bytes(b"x" * 10)
+    zoo.compress(folder, tmp_path / "m.zoo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("mine")
+    moves, real = [], os.replace
+
+    def failing_deepest(source, target):
+        moves.append(target)
+        if Path(target).name == "extra.bin" and Path(target).parent.name == "deeper":  # made two folders for it
+            raise OSError(28, "No space left on device")
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_deepest)
+    with pytest.raises(OSError, match="No space left"):
+        zoo.decompress(tmp_path / "m.zoo", out, force=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert any(Path(target).parent.name == "deeper" for target in moves)
+    assert listing(out) == ["config.json"] and (out / "config.json").read_text() == "mine"
