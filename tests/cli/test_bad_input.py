@@ -415,3 +415,13 @@ def test_a_move_into_a_folder_that_fails_midway_leaves_the_folder_as_it_was(tiny
     monkeypatch.setattr(os, "replace", real)
     assert any(Path(target).parent.name == "deeper" for target in moves)
     assert listing(out) == ["config.json"] and (out / "config.json").read_text() == "mine"
+
+
+def test_a_pipe_named_as_an_archive_is_refused_at_once(tmp_path):
+    """Opening a FIFO for reading waits for a writer: zoo checks what it opened instead (in a
+    process of its own, so that a regression fails by its timeout rather than hanging the tests)."""
+    os.mkfifo(tmp_path / "pipe.zoo")
+    for command in (["info"], ["verify"], ["decompress", "-o", str(tmp_path / "out")]):
+        done = subprocess.run([sys.executable, "-m", "zoo", command[0], str(tmp_path / "pipe.zoo"), *command[1:]],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "not a regular file" in done.stderr, (command, done.stderr)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import struct
 import threading
 from collections import OrderedDict
@@ -256,7 +258,7 @@ class ArchiveFile:
         # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
         self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
         try:
-            self._file = open(self.path, "rb")
+            self._file = _open_regular(self.path)
         except FileNotFoundError:
             raise FormatError(f"{self.path}: no such archive") from None
         except IsADirectoryError:
@@ -528,6 +530,23 @@ class _ObjectFiles:
 
 
 _OBJECT_FILES = _ObjectFiles()
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file: a pipe would block the open (or the
+    first read) until someone writes to it, and an archive is read at random offsets anyway."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a pipe's open does not wait for a writer
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise FormatError(f"{path}: not a regular file (a pipe, a device or a socket); zoo reads archives from files")
+        os.set_blocking(descriptor, True)
+        return open(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _within(offset: Any, length: Any, size: int) -> bool:
