@@ -87,6 +87,18 @@ def test_an_unknown_dtype_keeps_the_file_opaque(tmp_path):
     assert report.files[0]["opaque"] == "unknown dtype F6_E9M9"
 
 
+def test_version_control_and_download_caches_are_left_out_and_said_so(tmp_path):
+    folder = tmp_path / "repo"
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (folder / ".cache" / "huggingface").mkdir(parents=True)
+    (folder / ".cache" / "huggingface" / "download.lock").write_text("")
+    (folder / "config.json").write_text("{}")
+    with pytest.warns(ZooWarning, match=r"left out 2 items: \.cache/ \(a download cache, never stored\); \.git/ \(version control"):
+        zoo.compress(folder, tmp_path / "r.zoo")
+    assert [f["path"] for f in zoo.api.report_of(tmp_path / "r.zoo").files] == ["config.json"]
+
+
 def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("secret")

@@ -104,6 +104,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if entry.is_dir(follow_symlinks=False):
                 if entry.name not in SKIPPED_FOLDERS:
                     visit(path, f"{relpath}/", seen)
+                elif any(os.scandir(path)):
+                    skipped.append(f"{relpath}/ ({'version control' if entry.name == '.git' else 'a download cache'}, never stored)")
                 continue
             if entry.is_symlink():
                 target = os.path.realpath(path)
