@@ -217,6 +217,36 @@ def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):
         assert Path(path).read_bytes() == decoded
 
 
+def test_links_in_a_model_are_served_as_the_files_they_lead_to(tiny_model, tmp_path):
+    """The Hub has no links: a link inside the model is listed and downloaded under its own name
+    with the bytes of the file it leads to; one to nothing or out of the model is not offered."""
+    import os
+    import shutil
+
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    folder = tmp_path / "linked"
+    shutil.copytree(tiny_model, folder)
+    (folder / "sub").mkdir(exist_ok=True)
+    os.symlink("model.safetensors", folder / "alias.safetensors")
+    os.symlink("../config.json", folder / "sub" / "config.json")
+    os.symlink("../alias.safetensors", folder / "sub" / "twice.safetensors")  # a link to a link
+    os.symlink("nowhere.bin", folder / "dangling.bin")
+    store = Store(tmp_path / "zoo")
+    with pytest.warns(Warning, match="dangling.bin"):
+        compress_into(store, folder, "org/linked")
+    weights = (tiny_model / "model.safetensors").read_bytes()
+    with running_server(store) as url:
+        names = [s.rfilename for s in HfApi(endpoint=url).model_info("org/linked", files_metadata=True).siblings]
+        assert {"alias.safetensors", "sub/config.json", "sub/twice.safetensors"} <= set(names) and "dangling.bin" not in names
+        for name in ("alias.safetensors", "sub/twice.safetensors"):
+            path = hf_hub_download("org/linked", name, endpoint=url, cache_dir=tmp_path / "hf")
+            assert Path(path).read_bytes() == weights
+        snapshot = Path(snapshot_download("org/linked", endpoint=url, cache_dir=tmp_path / "hf2"))
+        assert (snapshot / "sub" / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
+        assert request(url, "/org/linked/resolve/main/dangling.bin")[0] == 404
+
+
 @pytest.mark.slow
 def test_hf_hub_download_thirty_two_at_once(served, tmp_path):
     """A bounded load test: 32 concurrent downloads, of the same files and of different ones,

@@ -29,6 +29,7 @@ import heapq
 import hmac
 import ipaddress
 import json
+import posixpath
 import re
 import socket
 import struct
@@ -37,7 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -423,9 +424,32 @@ class ZooApp:
             raise HubError(404, "no such route")
         return Answer(200, {"Content-Type": "application/json"}, json.dumps(document).encode())
 
+    def _links(self, entry: Entry) -> dict[str, StoredFile]:
+        """The model's links that lead, through its own links, to one of its files: by the link's
+        name, that file. The Hub has no links; a client asks for the link's name and gets the
+        file's bytes, as a checkout of the folder would read them."""
+        links = {link["path"]: link["target"] for link in self.archive(entry).links()
+                 if isinstance(link, dict) and isinstance(link.get("path"), str) and isinstance(link.get("target"), str)}
+        files = {f.path: f for f in entry.files}
+        found = {}
+        for name in links:
+            path = name
+            for _ in range(40):  # the kernel's limit on links followed
+                if path not in links:
+                    break
+                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), links[path]))
+            if path in files:
+                found[name] = files[path]
+        return found
+
+    def _listed(self, entry: Entry) -> list[StoredFile]:
+        """The files a client sees: the model's own, and its links to them under their own names."""
+        linked = [replace(f, path=name) for name, f in self._links(entry).items()]
+        return sorted([*entry.files, *linked], key=lambda f: f.path) if linked else entry.files
+
     def _model_info(self, entry: Entry, blobs: bool) -> dict[str, Any]:
         siblings = []
-        for f in entry.files:
+        for f in self._listed(entry):
             sibling: dict[str, Any] = {"rfilename": f.path}
             if blobs:
                 sibling.update(size=f.size, blobId=f.git_oid)
@@ -441,11 +465,12 @@ class ZooApp:
 
     def _tree(self, entry: Entry, folder: str, recursive: bool) -> list[dict[str, Any]]:
         prefix = f"{folder}/" if folder else ""
-        if folder and not any(f.path.startswith(prefix) for f in entry.files):
+        listed = self._listed(entry)
+        if folder and not any(f.path.startswith(prefix) for f in listed):
             raise HubError(404, f"{folder!r} is not a folder of {entry.name!r}", "EntryNotFound")
         items: list[dict[str, Any]] = []
         folders_seen: set[str] = set()
-        for f in entry.files:
+        for f in listed:
             if not f.path.startswith(prefix):
                 continue
             inner = f.path[len(prefix):]
@@ -467,7 +492,7 @@ class ZooApp:
             raise HubError(404, "a resolve URL needs a revision and a file name")
         entry = self._entry(repo, rest[0], known=True)
         path = "/".join(rest[1:])
-        stored = next((f for f in entry.files if f.path == path), None)
+        stored = next((f for f in entry.files if f.path == path), None) or self._links(entry).get(path)
         if stored is None:
             raise HubError(404, f"{path!r} is not a file of {entry.name!r}", "EntryNotFound", {"X-Repo-Commit": entry.commit})
         archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
