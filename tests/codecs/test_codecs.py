@@ -15,8 +15,10 @@ import zoo
 import zoo.codecs
 from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, LossyCodec
 from zoo.codecs.registry import CODECS, codec_from_config
-from zoo.dtypes import to_float32
+from zoo.dtypes import FLOAT_DTYPES, to_float32
+from zoo.codecs.lossy.codebook import Codebook
 from zoo.codecs.pipeline import Pipeline
+from zoo.errors import FormatError
 
 from tests.conftest import random_storage, write_safetensors
 
@@ -82,3 +84,31 @@ def test_array_codecs_within_tolerance(cls, dtype, tmp_path):
         error = np.sqrt(np.mean((got - original) ** 2) / np.mean(original**2))
         assert error <= cls.tolerance, f"{cls.codec_id} relative RMS error {error:.4f} > tolerance {cls.tolerance}"
         assert archive.read_tensor("layer.bias").data.tobytes() == bias.tobytes()  # vectors stay lossless
+
+
+@pytest.mark.parametrize("cls", array_codecs, ids=lambda cls: cls.codec_id)
+def test_array_codecs_leave_dtypes_they_cannot_rebuild_alone(cls, tmp_path):
+    # codebook once quantized F64 and F8 matrices to parts it could only decode to F32/F16/BF16:
+    # compress wrote the archive, verify and every read then failed.
+    tensors = {f"{dtype.lower()}.weight": (dtype, random_storage(dtype, (16, 24), seed))
+               for seed, dtype in enumerate(["F64", "F8_E4M3", "F8_E5M2", "F32"])}
+    source = write_safetensors(tmp_path / "m.safetensors", tensors)
+    zoo.compress(source, tmp_path / "m.zoo", f"{cls.codec_id}{DEFINING.get(cls.codec_id, '')}|lossless")
+    assert zoo.verify(tmp_path / "m.zoo") == []
+    assert "F32" in cls.dtypes and cls.dtypes <= FLOAT_DTYPES
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        for name, (dtype, raw) in tensors.items():
+            decoded = archive.read_tensor(name)
+            assert decoded.dtype == dtype and decoded.shape == raw.shape, name
+            assert ("stage" in archive.tensor_info(name)["root"]) == (dtype in cls.dtypes), name
+            if dtype not in cls.dtypes:
+                assert decoded.data.tobytes() == raw.tobytes(), name
+
+
+def test_a_codebook_node_of_another_dtype_is_refused_by_name(tmp_path, monkeypatch):
+    source = write_safetensors(tmp_path / "m.safetensors", {"old.weight": ("F64", random_storage("F64", (8, 8)))})
+    monkeypatch.setattr(Codebook, "dtypes", FLOAT_DTYPES)  # as zoo wrote such archives before
+    zoo.compress(source, tmp_path / "m.zoo", "codebook:bits=2|lossless")
+    monkeypatch.undo()
+    with zoo.open(tmp_path / "m.zoo") as archive, pytest.raises(FormatError, match="tensor 'old.weight': codebook: cannot rebuild a F64 tensor"):
+        archive.read_tensor("old.weight")

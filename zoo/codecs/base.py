@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.codecs.selection import check_patterns, selected
+from zoo.dtypes import FLOAT_DTYPES
 
 # progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
 # stage is reported at (0, total) when it starts and at done == total when it ends.
@@ -247,9 +248,12 @@ class LossyCodec(ArrayCodec):
     """The lossy array stages' family: each takes `include`/`exclude` (see zoo.codecs.selection)
     after its own parameters, and declares ``tolerance``: the relative RMS error the shared
     round-trip test allows on a Gaussian matrix. `needs_one_of` names parameters of which a
-    spec must give one (the stage has no sensible default that would not surprise)."""
+    spec must give one (the stage has no sensible default that would not surprise). `dtypes` are
+    those its decode rebuilds: it selects no tensor of another dtype, which the lossless stages
+    then keep bit for bit."""
 
     tolerance: ClassVar[float] = 0.0
+    dtypes: ClassVar[frozenset[str]] = FLOAT_DTYPES
     needs_one_of: ClassVar[tuple[str, ...]] = ()
     include: str | None
     exclude: str | None
@@ -262,9 +266,9 @@ class LossyCodec(ArrayCodec):
         check_patterns(self.include, self.exclude)
 
     def selects(self, name: str, array: TypedArray) -> bool:
-        """Float matrices and up, minus what zoo.codecs.selection always keeps lossless (norms,
-        biases, position ids), filtered by the stage's include/exclude patterns."""
-        return selected(name, array.dtype, array.data.ndim, array.data.size, self.include, self.exclude)
+        """Matrices and up of the stage's `dtypes`, minus what zoo.codecs.selection always keeps
+        lossless (norms, biases, position ids), filtered by the stage's include/exclude patterns."""
+        return array.dtype in self.dtypes and selected(name, array.dtype, array.data.ndim, array.data.size, self.include, self.exclude)
 
 
 class GroupingCodec(Codec):

@@ -188,8 +188,9 @@ class Pipeline:
 
         return visit(array, 0, name), leaves
 
-    def untransform(self, node: dict[str, Any], read_leaf: Callable[[dict[str, Any]], TypedArray]) -> TypedArray:
-        """Inverse of transform: decode every leaf with read_leaf, then the array stages."""
+    def untransform(self, node: dict[str, Any], read_leaf: Callable[[dict[str, Any]], TypedArray], name: str = "") -> TypedArray:
+        """Inverse of transform: decode every leaf with read_leaf, then the array stages. A stage's
+        refusal names the tensor, `name`, when it is given."""
         if not isinstance(node, dict):
             raise FormatError("archive holds a malformed encoding node")
         if "leaf" in node:
@@ -203,14 +204,17 @@ class Pipeline:
         stage = self.array_stages[stage_index]
         parts = {}
         for part_name, child in (node.get("parts") or {}).items():
-            parts[part_name] = self.untransform(child, read_leaf)
+            parts[part_name] = self.untransform(child, read_leaf, name)
+        where = f"tensor {name!r}: " if name else ""
         try:
             result = stage.decode(parts, node.get("meta") or {}, dtype, tuple(shape))
+        except FormatError as error:
+            raise type(error)(f"{where}{error}") from None
         except (KeyError, IndexError, TypeError, ValueError) as error:
             # A damaged or hostile header reaches codec code as missing parts or odd meta values.
-            raise FormatError(f"stage {stage.codec_id!r} cannot decode this tensor: {error}") from None
+            raise FormatError(f"{where}stage {stage.codec_id!r} cannot decode this tensor: {error}") from None
         if result.dtype != dtype or tuple(result.shape) != tuple(shape):
-            raise FormatError(f"stage {stage.codec_id!r} decoded {result.dtype}{list(result.shape)}, expected {dtype}{list(shape)}")
+            raise FormatError(f"{where}stage {stage.codec_id!r} decoded {result.dtype}{list(result.shape)}, expected {dtype}{list(shape)}")
         return result
 
     # -- leaf stages: one chunk of raw bytes ----------------------------------------------

@@ -406,7 +406,7 @@ class Archive:
             self._check_leaf_shape(leaf, f"tensor {name!r}")
             return self.read_leaf(leaf, pipeline, f"tensor {name!r}", threads)
 
-        result = pipeline.untransform(root, read_leaf)
+        result = pipeline.untransform(root, read_leaf, name)
         if DTYPES.get(info["dtype"]) and DTYPES[info["dtype"]].bits % 8 and result.dtype == "U8" and result.data.nbytes == leaf_bytes(info):
             # Values smaller than a byte (F4) are stored as their bytes; given back packed two a byte
             # along the last axis, as torch's float4_e2m1fn_x2 holds them.

@@ -26,7 +26,6 @@ from zoo.errors import FormatError, InputError
 from zoo.optimize import refine as _refine
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
-_OUTPUT_DTYPES = ("F32", "F16", "BF16")
 _F16_NORMAL = (6.2e-5, 6.5e4)
 
 
@@ -55,6 +54,7 @@ def group_bits(n_groups: int) -> int:
 class Codebook(LossyCodec):
     codec_id = "codebook"
     tolerance: ClassVar[float] = 0.12  # bits=4 on a Gaussian: k-means leaves about 0.1
+    dtypes: ClassVar[frozenset[str]] = frozenset({"F32", "F16", "BF16"})  # what the dequantize kernel writes
     params = (
         Param("bits", int, 4, 1, 8, help="each codebook holds 2**bits values"),
         Param("rows", int, 64, 1, 1 << 20, help="rows sharing one codebook"),
@@ -114,7 +114,10 @@ class Codebook(LossyCodec):
         return Transformed(parts, {"cols": int(indices.shape[1]), "groups": int(codebooks.shape[0])}, final=frozenset(parts))
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
-        if dtype not in _OUTPUT_DTYPES or set(parts) != {"indices", "codebooks", "groups", "scales"} or len(shape) < 2:
+        if dtype not in self.dtypes:
+            raise FormatError(f"codebook: cannot rebuild a {dtype} tensor, only F32, F16 or BF16 ones; an older zoo quantized "
+                              "it all the same: compress the original again")
+        if set(parts) != {"indices", "codebooks", "groups", "scales"} or len(shape) < 2:
             raise FormatError(f"codebook: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)}")
         n_rows = shape[0]
         n_cols = int(np.prod(shape[1:]))

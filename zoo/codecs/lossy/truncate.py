@@ -29,13 +29,14 @@ MAX_BITS = 15  # sign + mantissa must fit the 16-bit packer
 class Truncate(LossyCodec):
     codec_id = "truncate"
     tolerance: ClassVar[float] = 0.05  # bits=3: relative error at most 2**-4 per weight
+    dtypes: ClassVar[frozenset[str]] = frozenset(_LAYOUT)
     params = (Param("bits", int, 3, 1, MAX_BITS, help="mantissa bits kept"),)
     stages = {"calibrating": "sequences"}  # with --calib (zoo.optimize.calibration)
     bits: int
 
     def selects(self, name: str, array: TypedArray) -> bool:
         # Where `bits` keeps the whole mantissa there is nothing to drop: the tensor stays as it is.
-        return array.dtype in _LAYOUT and self.bits < _LAYOUT[array.dtype][2] and super().selects(name, array)
+        return super().selects(name, array) and self.bits < _LAYOUT[array.dtype][2]
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
