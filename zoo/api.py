@@ -460,31 +460,36 @@ def report_of(archive: str | os.PathLike[str]) -> Report:
     """Sizes of an existing archive (or zoo model), from its header and chunk indexes."""
     archive = archive_path(archive)
     with Archive(archive) as opened:
-        tensors = []
-        parameters = 0
-        for key in opened.keys():
-            info = opened.tensor_info(key)
-            stored = opened.stored_bytes(key)
-            view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
-            pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
-            if "xor" in info:
-                pipeline += f" (XOR against the base's {info['name']})"
-            tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
-                                        pipeline, "base" in info))
-            if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
-                parameters += math.prod(info["shape"])
-        files = opened.files()
-        needed = opened.base_needed()
-        return Report(
-            archive=str(archive),
-            original_bytes=sum(f["size"] for f in files),
-            compressed_bytes=stored_size(opened),
-            parameters=parameters,
-            tensors=tensors,
-            files=files,
-            metadata=opened.metadata(),
-            base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
-        )
+        return _report(opened, archive)
+
+
+def _report(opened: Archive, archive: str | os.PathLike[str]) -> Report:
+    """report_of an archive already open (its objects read through the descriptors it holds)."""
+    tensors = []
+    parameters = 0
+    for key in opened.keys():
+        info = opened.tensor_info(key)
+        stored = opened.stored_bytes(key)
+        view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
+        pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
+        if "xor" in info:
+            pipeline += f" (XOR against the base's {info['name']})"
+        tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
+                                    pipeline, "base" in info))
+        if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
+            parameters += math.prod(info["shape"])
+    files = opened.files()
+    needed = opened.base_needed()
+    return Report(
+        archive=str(archive),
+        original_bytes=sum(f["size"] for f in files),
+        compressed_bytes=stored_size(opened),
+        parameters=parameters,
+        tensors=tensors,
+        files=files,
+        metadata=opened.metadata(),
+        base=None if needed is None else {"hint": needed["hint"], "tensors": len(opened.base_tensors())},
+    )
 
 
 def export_archive(source: str | os.PathLike[str], destination: str | os.PathLike[str], *, force: bool = False) -> Report:
@@ -505,7 +510,7 @@ def export_archive(source: str | os.PathLike[str], destination: str | os.PathLik
 def stored_size(opened: Archive) -> int:
     """The bytes an archive takes: its file, plus every object it names when it lives in a zoo."""
     names = object_names(opened.header())
-    size = opened.path.stat().st_size
+    size = opened.file_size  # as opened: the file may have been removed since
     for name in names:
         try:
             size += object_path(opened.objects_root, name).stat().st_size
@@ -608,7 +613,7 @@ def decompress(
                 if entry["path"] not in done:
                     write(entry, workers)
             opened.restore_links_and_folders(temporary)
-    report = report_of(archive)
+            report = _report(opened, opened.path)  # from the archive as it was read: a `zoo rm` meanwhile is no failure
     report.seconds = time.perf_counter() - started
     return report
 

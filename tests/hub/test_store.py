@@ -72,6 +72,23 @@ def test_compress_ls_info_export_rm(tiny_model, tmp_path):
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "no model of that name in the zoo" in missing.stderr
 
 
+def test_an_export_whose_model_is_removed_as_it_ends_still_lands_and_says_so(tiny_model, tmp_path):
+    """`zoo rm` once every byte is read: the export's output is whole, and so is its report (taken
+    from the archive as it was read, not looked up again)."""
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, tiny_model, "org/gone")
+    total, seen = entry.original_bytes, [0]
+
+    def remove_at_the_end(count):
+        seen[0] += count
+        if seen[0] == total:
+            store.remove("org/gone")
+
+    report = zoo.decompress(entry.archive, tmp_path / "out", progress=remove_at_the_end)
+    assert seen[0] == total and not entry.archive.exists()
+    assert hashes(tmp_path / "out") == hashes(tiny_model) and report.original_bytes == total
+
+
 def test_names_revisions_and_variants(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
     first = compress_into(store, tiny_model, "org/tiny")

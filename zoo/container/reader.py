@@ -217,6 +217,11 @@ class Archive:
         """Where the objects a version-3 archive names are looked up."""
         return self._file.objects_root
 
+    @property
+    def file_size(self) -> int:
+        """The archive file's size when it was opened (it may have been removed since)."""
+        return self._file.file_size
+
     def keys(self) -> list[str]:
         return list(self._file.header["tensors"])
 
