@@ -425,3 +425,19 @@ def test_a_pipe_named_as_an_archive_is_refused_at_once(tmp_path):
         done = subprocess.run([sys.executable, "-m", "zoo", command[0], str(tmp_path / "pipe.zoo"), *command[1:]],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 1 and "not a regular file" in done.stderr, (command, done.stderr)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("codebook:bits=4,bits=5", "parameter 'bits' given twice"),
+    ("zstd|truncate:bits=3", r"the array stages \(the lossy ones\) come first"),
+    ("lossless|codebook:bits=4", r"the array stages \(the lossy ones\) come first"),
+])
+def test_a_spec_that_says_something_odd_is_refused_in_its_own_words(tiny_model, tmp_path, spec, message):
+    with pytest.raises(PipelineError, match=message) as caught:
+        zoo.compress(tiny_model, tmp_path / "m.zoo", spec)
+    assert "bytegroup" not in str(caught.value)  # a stage the user did not write is not named
+
+
+def test_include_and_exclude_on_one_file_are_refused(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="choose files inside a folder"):
+        zoo.compress(tiny_model / "model.safetensors", tmp_path / "m.zoo", include=["*.json"])

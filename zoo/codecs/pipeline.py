@@ -60,6 +60,8 @@ def _parse_stage(text: str) -> list[Codec]:
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
             raise PipelineError(f"bad parameter {item!r} for {codec_id!r}: expected key=value")
+        if key.strip() in config:
+            raise PipelineError(f"{codec_id}: parameter {key.strip()!r} given twice")
         config[key.strip()] = _parse_value(value.strip())
     cls = codec_class(codec_id)  # unknown ids fail here with the list of known ones
     needed = cls.needs_one_of if issubclass(cls, LossyCodec) else ()
@@ -98,6 +100,9 @@ class Pipeline:
                 "after the array stages comes one grouping stage (such as bytegroup), then bytes stages"
             )
         for stage in rest[1:]:
+            if isinstance(stage, ArrayCodec):
+                raise PipelineError(f"stage {stage.codec_id!r} is out of place: the array stages (the lossy ones) come first, "
+                                    f"before the lossless ones (write '{stage.codec_id}:...|lossless')")
             if not isinstance(stage, BytesCodec):
                 raise PipelineError(f"stage {stage.codec_id!r} is out of place: only a bytes stage may follow {rest[0].codec_id!r}")
         if len(rest) > 2:

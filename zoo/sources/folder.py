@@ -83,6 +83,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             raise InputError(f"{root}: a link to nothing")
         raise InputError(f"{root}: no such file or folder")
     if root.is_file():
+        if include or exclude:
+            raise InputError(f"{root}: --include and --exclude choose files inside a folder, and this is one file")
         return [_source_file(root, check_relpath(root.name), strict=True)]
     if not root.is_dir():
         raise InputError(f"{root}: neither a file nor a folder")
