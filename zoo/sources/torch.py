@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 import struct
 import warnings
 import zipfile
@@ -63,6 +64,7 @@ def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
         raise
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        first = re.split(r"\s+(?:Please|Check|You can)\b", first)[0]  # torch's advice is for code that calls torch.load
         raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
     except ImportError:
         raise
