@@ -360,3 +360,11 @@ def test_an_old_catalogue_without_its_archives_is_kept(tiny_model, tmp_path):
     assert listed(home) == []
     with closing(sqlite3.connect(home / "catalogue-v1.sqlite")) as old:
         assert [row[0] for row in old.execute("SELECT name FROM models")] == ["org/old"]
+
+
+def test_a_zoo_home_that_is_a_file_is_an_error_not_an_empty_zoo(tmp_path):
+    home = tmp_path / "zoo"
+    home.write_text("a file where the zoo should be")
+    for command in (["ls"], ["verify"], ["doctor"], ["gc"]):
+        assert "is a file, not a zoo's folder" in one_line_error(zoo_cli(*command, home=home))
+    assert home.read_text() == "a file where the zoo should be"

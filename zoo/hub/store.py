@@ -117,6 +117,7 @@ class Store:
         return self.url or str(self.home)
 
     def exists(self) -> bool:
+        self._check_home()
         self._sync()
         return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
 
@@ -146,6 +147,10 @@ class Store:
         return path
 
     # -- a zoo on object storage ------------------------------------------------------------
+
+    def _check_home(self) -> None:
+        if self.home.exists() and not self.home.is_dir():
+            raise StoreError(f"{self.home}: is a file, not a zoo's folder (check ZOO_HOME)")
 
     def _sync(self) -> None:
         """Bring this machine's copy of a remote zoo's manifests (and its models' archives) up to
@@ -730,6 +735,7 @@ class Store:
             from zoo.hub.bucket_upkeep import verify_bucket
 
             return verify_bucket(self, threads)
+        self._check_home()
         problems: list[str] = []
         files = self._object_files()
 
