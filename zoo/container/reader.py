@@ -33,6 +33,34 @@ def _fail(archive: ArchiveFile, message: str) -> FormatError:
     return FormatError(f"{archive.path}: {message}")
 
 
+# A link is followed through the archive's own links as the kernel follows it: through at most
+# MAX_LINK_FOLLOWS of them (Linux's MAXSYMLINKS, then ELOOP), to a target of at most
+# MAX_LINK_TARGET bytes (what symlink(2) takes, PATH_MAX less its NUL).
+MAX_LINK_FOLLOWS = 40
+MAX_LINK_TARGET = 4095
+
+
+def _fs_bytes(name: str) -> bytes | None:
+    """A name as the file system takes it, or None where it cannot (a lone surrogate)."""
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:
+        return None
+
+
+class _Node:
+    """A folder, file or link of the tree an archive unpacks to (see Archive._check_tree). A link's
+    `resolved` is where its target leads, found once: (the last node of the tree on the way, how
+    many levels below it the archive holds nothing, how many links were followed to get there)."""
+
+    __slots__ = ("children", "kind", "parent", "resolved", "target")
+
+    def __init__(self, parent: _Node | None, kind: str, target: str | None = None) -> None:
+        self.parent, self.kind, self.target = parent, kind, target
+        self.children: dict[str, _Node] = {}
+        self.resolved: tuple[_Node, int, int] | None = None
+
+
 def leaf_bytes(leaf: dict[str, Any]) -> int:
     return math.prod(leaf["shape"]) * DTYPES[leaf["dtype"]].bits // 8
 
@@ -92,10 +120,7 @@ class Archive:
         for entry in files:
             if not isinstance(entry, dict) or not isinstance(entry.get("segments"), list):
                 raise _fail(self._file, "archive header has a malformed file entry")
-            try:
-                path = check_relpath(entry.get("path"))
-            except ZooError as error:
-                raise _fail(self._file, f"archive holds a file it may not write: {error}") from None
+            path = self._checked_relpath(entry.get("path"), "file")
             if path in self._files:
                 raise _fail(self._file, f"archive holds {path!r} twice")
             total = 0
@@ -114,6 +139,7 @@ class Archive:
             if total != entry.get("size"):
                 raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
             self._files[path] = entry
+        self._check_tree(header)
         self._features = set(header.get("features") or [])
         for name, info in tensors.items():
             if isinstance(info, dict) and "xor" in info:
@@ -128,6 +154,90 @@ class Archive:
                 check_record(info["base"], f"{self.path}: tensor {name!r}")
                 if info.get("dtype") not in DELTA_DTYPES:
                     raise _fail(self._file, f"tensor {name!r} of {info.get('dtype')} cannot be stored against a base")
+
+    def _check_tree(self, header: dict[str, Any]) -> None:
+        """The folders and links restore_links_and_folders makes, checked when the archive opens,
+        so that verify refuses what decompress would: each inside the output folder, no path both a
+        file, a folder or a link, none made through a link or inside a file, and every link's
+        target inside the folder when followed as the kernel follows it, through the archive's own
+        links (a target the archive does not hold is fine: a dangling link, as it was stored)."""
+        folders, links = header.get("folders") or [], header.get("links") or []
+        if not isinstance(folders, list) or not isinstance(links, list) or not all(isinstance(link, dict) for link in links):
+            raise _fail(self._file, "archive header has malformed links or folders")
+        for link in links:
+            path, target = self._checked_relpath(link.get("path"), "link"), link.get("target")
+            encoded = _fs_bytes(target) if isinstance(target, str) else None
+            if encoded is None or not 0 < len(encoded) <= MAX_LINK_TARGET or b"\0" in encoded:
+                raise _fail(self._file, f"link {path!r} has a malformed target")
+            if encoded.startswith(b"/"):
+                raise _fail(self._file, f"link {path!r} would point outside the output folder")
+        root = _Node(None, "folder")
+        nodes: dict[str, _Node] = {}  # each path's node in the tree
+        entries = [(path, "file", None) for path in self._files]
+        entries += [(self._checked_relpath(folder, "folder"), "folder", None) for folder in folders]
+        entries += [(link["path"], "link", link["target"]) for link in links]
+        for path, kind, target in entries:  # files first: a clash names the folder or link
+            node, parts = root, path.split("/")
+            for depth, part in enumerate(parts[:-1]):
+                node = node.children.setdefault(part, _Node(node, "folder"))
+                if node.kind != "folder":
+                    above = "/".join(parts[:depth + 1])
+                    raise _fail(self._file, f"archive holds {kind} {path!r} inside {above!r}, which it holds as a {node.kind}")
+            found = node.children.setdefault(parts[-1], _Node(node, kind, target))
+            if found.kind != kind:
+                raise _fail(self._file, f"archive holds {path!r} both as a {found.kind} and as a {kind}")
+            if kind == "link" and path in nodes:
+                raise _fail(self._file, f"archive holds link {path!r} twice")
+            nodes[path] = found
+        for link in links:
+            self._follow(nodes[link["path"]], link["path"], 1)
+        self._folders: list[str] = list(folders)
+        self._links: list[dict[str, str]] = [{"path": link["path"], "target": link["target"]} for link in links]
+
+    def _checked_relpath(self, path: Any, kind: str) -> str:
+        try:
+            checked = check_relpath(path)
+        except ZooError as error:
+            raise _fail(self._file, f"archive holds a {kind} it may not write: {error}") from None
+        if _fs_bytes(checked) is None:
+            raise _fail(self._file, f"archive holds a {kind} it may not write: {path!r} is no file name here")
+        return checked
+
+    def _follow(self, link: _Node, path: str, depth: int) -> tuple[_Node, int, int]:
+        """Where `link` leads (see _Node.resolved): its target walked from its folder, through the
+        archive's links. A step above the root leaves the output folder. A level the archive holds
+        nothing at is counted, and a '..' after it comes back up: a step above the root is refused
+        even where the kernel would stop at the missing level. `path`, the link being checked, is
+        what an error names."""
+        loop = f"link {path!r} goes through a loop of links or more than {MAX_LINK_FOLLOWS} of them"
+        if link.resolved is not None:
+            return link.resolved
+        if depth > MAX_LINK_FOLLOWS:
+            raise _fail(self._file, loop)
+        node, target = link.parent, link.target
+        assert node is not None and target is not None
+        link.resolved = (link, 0, MAX_LINK_FOLLOWS + 1)  # met again while it is followed: a loop
+        missing, follows = 0, 0
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == ".." and missing:
+                missing -= 1
+            elif part == "..":
+                if node.parent is None:
+                    raise _fail(self._file, f"link {path!r} would point outside the output folder")
+                node = node.parent
+            elif missing or part not in node.children:
+                missing += 1
+            elif node.children[part].kind == "link":
+                node, missing, more = self._follow(node.children[part], path, depth + 1)
+                follows += 1 + more
+                if follows > MAX_LINK_FOLLOWS:
+                    raise _fail(self._file, loop)
+            else:
+                node = node.children[part]
+        link.resolved = (node, missing, follows)
+        return link.resolved
 
     def _check_xor(self, name: str, info: dict[str, Any]) -> None:
         """A tensor stored as an XOR against another: each level a leaf of the tensor's dtype and
@@ -234,20 +344,17 @@ class Archive:
 
     def links(self) -> list[dict[str, str]]:
         """Links kept as links: {"path", "target"} (target relative to the link's folder)."""
-        return list(self._file.header.get("links") or [])
+        return [dict(link) for link in self._links]
 
     def restore_links_and_folders(self, root: os.PathLike[str] | str) -> None:
-        """Make the archive's links and empty folders under `root`, after its files. A link whose
-        target would leave the folder is refused."""
-        for folder in self._file.header.get("folders") or []:
-            os.makedirs(os.path.join(root, check_relpath(folder)), exist_ok=True)
-        for link in self.links():
-            path, target = check_relpath(link.get("path")), link.get("target")
-            inside = os.path.normpath(os.path.join(os.path.dirname(path), str(target)))
-            if not isinstance(target, str) or os.path.isabs(target) or inside == ".." or inside.startswith("../"):
-                raise _fail(self._file, f"link {path!r} would point outside the output folder")
-            os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
-            os.symlink(target, os.path.join(root, path))
+        """Make the archive's links and empty folders under `root`, after its files. Opening the
+        archive checked them (_check_tree): a link that would lead out of the folder, or a path
+        that clashes with another, refused it."""
+        for folder in self._folders:
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+        for link in self._links:
+            os.makedirs(os.path.dirname(os.path.join(root, link["path"])), exist_ok=True)
+            os.symlink(link["target"], os.path.join(root, link["path"]))
 
     def file_entry(self, path: str) -> dict[str, Any]:
         try:
