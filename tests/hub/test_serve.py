@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import socket
 import threading
 import time
 import tracemalloc
@@ -347,12 +349,9 @@ def test_a_stamp_changes_with_each_commit_to_the_catalogue(served):
     assert store.index_stamp() is None
 
 
-def accepted_side(client: "socket.socket") -> "socket.socket | None":
+def accepted_side(client: socket.socket) -> socket.socket | None:
     """The server's end of `client`'s connection, when the server runs in this process: a
     duplicate of the open socket whose peer is the client's own address (Linux: /proc/self/fd)."""
-    import os
-    import socket
-
     for name in os.listdir("/proc/self/fd"):
         try:
             if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
@@ -372,8 +371,6 @@ def accepted_side(client: "socket.socket") -> "socket.socket | None":
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the server's socket through /proc")
 def test_each_connection_keeps_little_unsent_in_the_kernel(tmp_path):
     """TCP_NOTSENT_LOWAT is set on every connection the server accepts (zoo.hub.serve.limit_unsent)."""
-    import socket
-
     from zoo.hub.serve import UNSENT_BYTES
 
     with running_server(Store(tmp_path / "zoo")) as url:
