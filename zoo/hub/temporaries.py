@@ -6,9 +6,10 @@ take that lock (the writer is gone: the kernel dropped its locks) and the pid in
 process (or the entry is over an hour old, since pids are reused). A name without that shape is
 never zoo's to remove.
 
-`replace(temporary, final)` puts a finished temporary over an existing output in one atomic
-exchange (renameat2 RENAME_EXCHANGE, Linux), so `final` is always the old or the new complete
-output. Where the exchange is not available it renames the old one aside under a locked name
+`replace(temporary, final, force)` puts a finished temporary in place: without `force` only where
+nothing is (renameat2 RENAME_NOREPLACE, Linux), so an output that appeared meanwhile is left alone;
+with it over an existing output of the same kind in one atomic exchange (RENAME_EXCHANGE), so
+`final` is always the old or the new complete output. Where the exchange is not available it renames the old one aside under a locked name
 first; a run killed between the two renames leaves the old one aside, and the next run beside the
 same output puts it back when the new one is missing (`sweep_beside`).
 """
