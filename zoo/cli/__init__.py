@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import warnings
@@ -56,6 +57,9 @@ def bare_ray(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    """The `zoo` command. Exit status: 0; 1 for an error (one line on stderr); 2 for a usage
+    error; 128 + its number for a signal that stopped it, after the cleanup Ctrl-C runs and with
+    one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
     # numpy's OpenBLAS starts its threads when numpy loads, and they spin (about 0.1 CPU-s here)
     # before they sleep, even when no BLAS call comes: on two cores that took a core from `zoo
     # compress` and `zoo decompress` while they start. With the shortest spin the threads sleep at
@@ -69,9 +73,11 @@ def main() -> None:
     keep_freed_buffers()
     from zoo.errors import ZooError
     from zoo.cli.app import app_for
+    from zoo.cli.stopping import Stopped, stop_on_signals
 
     sys.argv = bare_ray(shipped_calibration(sys.argv))
     warnings.showwarning = _show_warning
+    stop_on_signals()
     try:
         app_for(sys.argv)(prog_name="zoo")
     except ZooError as error:
@@ -90,9 +96,16 @@ def main() -> None:
             raise
         print(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (Stopped, KeyboardInterrupt) as stopping:  # a KeyboardInterrupt comes before a command runs
+        stopped = stopping if isinstance(stopping, Stopped) else Stopped.by(stopping)
+        print(stopped.message, file=sys.stderr)
+        # The cleanup has run. A worker thread the signal caught while its pool started it is
+        # known to no pool, waits for work forever, and would keep the interpreter's exit waiting
+        # for it: the exit handlers run (Ray's shutdown among them), then the process ends.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stopped.status)
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if os.environ.get("ZOO_DEBUG"):
             raise

@@ -8,17 +8,25 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
+from zoo.cli.stopping import Stopped
 
 
 class Command(TyperCommand):
     """A command whose arguments read as words in its usage line and help (`zoo info ARCHIVE`),
-    not as template slots (`{archive}`)."""
+    not as template slots (`{archive}`), and that, stopped by a signal, leaves its exit status
+    to zoo.cli.main (zoo.cli.stopping)."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's own signature
         super().__init__(*args, **kwargs)
         for param in self.params:
             if isinstance(param, TyperArgument) and param.metavar is None:
                 param.metavar = (param.name or "").upper()
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:  # its cleanup has run: the signal's own status and message (zoo.cli.main)
+            raise Stopped.by(interrupt) from None
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

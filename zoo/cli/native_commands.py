@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from zoo.cli.options import Json
-from zoo.cli.output import print_json, stdout
+from zoo.cli.output import print_json, print_table, stdout
 
 
 def bench(
@@ -30,21 +30,17 @@ def bench(
     if as_json:
         print_json(report)
         return
-    from rich.table import Table
-
     memory = "freed memory reused" if report["memory_recycled"] else "allocator as it comes"  # see zoo.evaluate.bench.recycled_memory
-    table = Table(title=f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']} · {memory}",
-                  title_justify="left")
-    for column in ("dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"):
-        table.add_column(column, justify="left" if column in ("dtype", "coder") else "right")
+    title = f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']} · {memory}"
+    columns = ["dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"]
     zipnn = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zipnn"}
+    rows = []
     for figure in report["figures"]:
         anchor = zipnn.get(figure["dtype"])
-        table.add_row(figure["dtype"], figure["coder"], f"{figure['ratio']:.4f}",
-                      f"{figure['ratio'] / anchor['ratio']:.3f}" if anchor else "-",
-                      f"{figure['compress_gbps']:.2f}", f"{figure['decompress_gbps']:.2f}",
-                      f"{figure['compress_gbps_per_cpu']:.2f}", f"{figure['decompress_gbps_per_cpu']:.2f}")
-    stdout.print(table)
+        rows.append([figure["dtype"], figure["coder"], f"{figure['ratio']:.4f}", f"{figure['ratio'] / anchor['ratio']:.3f}" if anchor else "-",
+                     f"{figure['compress_gbps']:.2f}", f"{figure['decompress_gbps']:.2f}",
+                     f"{figure['compress_gbps_per_cpu']:.2f}", f"{figure['decompress_gbps_per_cpu']:.2f}"])
+    print_table(title, columns, rows, right=tuple(columns[2:]), fold=tuple(columns))  # on a narrow terminal, headings fold
 
 
 def env(as_json: Json = False) -> None:

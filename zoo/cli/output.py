@@ -13,10 +13,19 @@ from typing import Any
 
 from rich.console import Console
 
-stdout = Console()
-stderr = Console(stderr=True)
-if not stdout.is_terminal:
-    stdout.width = 240  # piped output: long tensor names stay whole instead of folding at 80 columns
+
+def _console(stderr: bool = False) -> Console:
+    """rich's console for stdout or stderr. Piped or in a file, where rich would fold every line at
+    80 columns, a message is one line however long (a long path stays whole); tables there are
+    plain lines (print_table). On a terminal, lines fold at its width."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
+
+
+stdout = _console()
+stderr = _console(stderr=True)
 
 
 def human_bytes(count: float) -> str:

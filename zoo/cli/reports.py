@@ -172,17 +172,11 @@ def print_tensors(tensors: list[dict[str, Any]]) -> None:
 
 def print_budget(record: dict[str, Any]) -> None:
     """What compress --budget stored (zoo.evaluate.budget): the search's trail, then its proof."""
-    from rich.table import Table
-
     stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), judged on {record.get('held_out')}; calibrated on "
                  f"{record.get('calibration')}; kept {record.get('pipeline')}", markup=False, highlight=False, soft_wrap=True)
-    table = Table(title="budget search, in the order tried", title_justify="left")
-    for column in ("candidate", "stored", "bits/weight", "figure", "meets"):
-        table.add_column(column, justify="left" if column == "candidate" else "right")
-    for step in record.get("trail") or []:
-        figure = step.get("figure")
-        table.add_row(str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0),
-                      f"{step.get('bits_per_weight', 0):.3f}", "-" if figure is None else f"{figure:.6g}", "yes" if step.get("meets") else "no")
-    stdout.print(table)
+    columns = ["candidate", "stored", "bits/weight", "figure", "meets"]
+    rows = [[str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0), f"{step.get('bits_per_weight', 0):.3f}",
+             "-" if step.get("figure") is None else f"{step['figure']:.6g}", "yes" if step.get("meets") else "no"] for step in record.get("trail") or []]
+    print_table("budget search, in the order tried", columns, rows, right=tuple(columns[1:]), fold=tuple(columns))
     if isinstance(record.get("proof"), dict):
         print_quality(record["proof"], f"proof: the kept archive on held-out text, against {record['proof'].get('reference')}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from zoo.cli.options import Force, Json, Threads
-from zoo.cli.output import human_bytes, print_json, stderr, stdout
+from zoo.cli.output import human_bytes, print_json, print_table, stderr, stdout
 
 
 def _figure(value: object, digits: int = 4) -> str:
@@ -65,20 +65,16 @@ def sweep(
         if failures:
             raise typer.Exit(1)
         return
-    from rich.table import Table
-
     kind = points[0].kind
     figures = {"causal-lm": ("kl_mean", "ppl_ratio", "top1_agreement"), "classifier": ("kl_mean", "label_agreement"),
                "encoder": ("cosine_mean", "cosine_min")}.get(kind, ("weight_sqnr_db", "weight_cosine"))
-    table = Table(title=f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), title_justify="left")
-    against = ("on base",) if base is not None else ()  # tensors stored as differences from the base
-    for column in ("pipeline", "size", "bits/weight", "× vs fp32", *against, *figures, "encode s", "decode s", "frontier"):
-        table.add_column(column, justify="left" if column == "pipeline" else "right")
-    for point in points:
-        table.add_row(point.pipeline, human_bytes(point.archive_bytes), f"{point.bits_per_weight:.3f}", f"{point.ratio_fp32:.2f}",
-                      *([str(point.base_tensors)] if base is not None else []), *(_figure(point.metrics.get(name)) for name in figures),
-                      f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else "")
-    stdout.print(table)
+    against = ["on base"] if base is not None else []  # tensors stored as differences from the base
+    columns = ["pipeline", "size", "bits/weight", "× vs fp32", *against, *figures, "encode s", "decode s", "frontier"]
+    rows = [[point.pipeline, human_bytes(point.archive_bytes), f"{point.bits_per_weight:.3f}", f"{point.ratio_fp32:.2f}",
+             *([str(point.base_tensors)] if base is not None else []), *(_figure(point.metrics.get(name)) for name in figures),
+             f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else ""] for point in points]
+    print_table(f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), columns, rows, right=tuple(columns[1:]),
+                fold=tuple(columns))
     if plot is not None:
         stdout.print(f"plot: {plot}")
     if failures:

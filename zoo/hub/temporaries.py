@@ -80,7 +80,11 @@ def locked_temporary(parent: Path, prefix: str, is_dir: bool) -> Iterator[Path]:
         path.mkdir(mode=0o700)
     else:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    descriptor = _lock(path)  # a sweeper in between sees our pid running and leaves it alone
+    try:
+        descriptor = _lock(path)  # a sweeper in between sees our pid running and leaves it alone
+    except BaseException:  # a signal, or a file system without locks: made here, so gone here
+        _remove(path)
+        raise
     try:
         yield path
     finally:

@@ -1,0 +1,120 @@
+"""SIGTERM and SIGHUP stop a command as Ctrl-C does: its temporaries removed, no output, one line on
+stderr and the exit status 128 + the signal's number (zoo.cli.stopping)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """64 MiB of F16 weights: about a tenth of a second of compress or decompress on two cores."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    rng = np.random.default_rng(0)
+    save_file({f"layer.{i}.weight": (rng.standard_normal((2048, 2048), dtype=np.float32) * 0.02).astype(np.float16)
+               for i in range(8)}, str(folder / "model.safetensors"))
+    return folder / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def archive(weights, tmp_path_factory):
+    archive = tmp_path_factory.mktemp("archive") / "model.zoo"
+    subprocess.run([sys.executable, "-m", "zoo", "compress", weights, "-o", archive], check=True, capture_output=True)
+    return archive
+
+
+def writing(folder, least=8 << 20):
+    """Whether a temporary in `folder` (a file, or a folder of files) holds `least` bytes on disk."""
+    for temporary in folder.glob(".*.zoo-tmp-*"):
+        try:
+            if sum(path.stat().st_blocks * 512 for path in (temporary, *temporary.rglob("*")) if path.is_file()) >= least:
+                return True
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
+    return False
+
+
+def stop_once_writing(args, folder, signals):
+    """Run `zoo ARGS`, freeze it once its temporary in `folder` holds some MiB, send `signals` and
+    let it go on. Frozen, the command cannot finish before the signals land, on any machine.
+    Waiting for bytes, the signals land in the body of the write, not in the instant its
+    temporary is made or a thread pool starts its first thread: Ctrl-C there leaves the
+    temporary, or a worker that keeps the process from exiting, as SIGTERM does (zoo.hub.temporaries
+    and zoo.kernels.parallel, not the CLI)."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
+    process = subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment)
+    try:
+        deadline = time.monotonic() + 60
+        while not writing(folder):
+            assert process.poll() is None, f"finished before its temporary was seen: {process.communicate()}"
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        process.send_signal(signal.SIGSTOP)
+        for number in signals:
+            process.send_signal(number)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("number, status, message", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                     (signal.SIGHUP, 129, "terminated (SIGHUP)"),
+                                                     (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_stopped_compress_leaves_nothing(weights, tmp_path, number, status, message, threads):
+    output = tmp_path / "model.zoo"
+    returncode, stderr = stop_once_writing(["compress", weights, "-o", output, "-t", threads], tmp_path, [number])
+    assert (returncode, stderr) == (status, message + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_terminated_decompress_into_a_new_folder_leaves_nothing(archive, tmp_path, threads):
+    returncode, stderr = stop_once_writing(["decompress", archive, "-o", tmp_path / "model", "-t", threads], tmp_path, [signal.SIGTERM])
+    assert (returncode, stderr) == (143, "terminated (SIGTERM)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_signal_while_cleaning_up_is_ignored(weights, tmp_path):
+    """Pending together, the lower number runs first (Python's order); the other comes while the
+    first one's cleanup runs."""
+    returncode, stderr = stop_once_writing(["compress", weights, "-o", tmp_path / "model.zoo"], tmp_path,
+                                           [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+    assert (returncode, stderr) == (129, "terminated (SIGHUP)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("number, status, message", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")])
+def test_serve_stops_on_a_signal(tmp_path, number, status, message):
+    """uvicorn handles SIGINT and SIGTERM while it serves, then hands them back to the CLI."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"} | {"ZOO_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment)
+    try:
+        serving = process.stderr.readline()
+        assert serving.startswith("serving 0 models from "), serving
+        try:  # an answer: uvicorn serves, its handlers in place
+            urllib.request.urlopen(serving.split(" at ")[1].split()[0] + "/api/models", timeout=30)
+        except urllib.error.HTTPError:
+            pass
+        process.send_signal(number)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (process.returncode, stderr) == (status, message + "\n")

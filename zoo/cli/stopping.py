@@ -1,0 +1,62 @@
+"""SIGTERM and SIGHUP stop a command as Ctrl-C does.
+
+`timeout`, `docker stop` and systemd send SIGTERM, a closed terminal SIGHUP. Python's default for
+both ends the process at once, leaving a compress's temporary (as large as its output) behind. The
+CLI's handlers raise them in the main thread as a KeyboardInterrupt instead, so that every
+cleanup Ctrl-C runs (try/finally and context managers: temporaries removed, workers stopped) runs
+for them too. The library installs no handler.
+"""
+
+from __future__ import annotations
+
+import signal
+
+# The signals that stop a command: Ctrl-C; `timeout`, `docker stop` and systemd; a closed terminal.
+STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))  # no SIGHUP on Windows
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+class Stopped(BaseException):
+    """A command stopped by a signal, its cleanup done: what the CLI says and its exit status,
+    128 + the signal's number as a shell reports it. Commands raise this in place of the
+    KeyboardInterrupt (app.Command), which typer would turn into a silent exit 130 whatever the
+    signal."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.status = 128 + number
+        self.message = "interrupted" if number == signal.SIGINT else f"terminated ({signal.Signals(number).name})"
+
+    @classmethod
+    def by(cls, interrupt: KeyboardInterrupt) -> Stopped:
+        return cls(getattr(interrupt, "number", signal.SIGINT))
+
+
+def _stop(number: int, frame: object) -> None:
+    """The first stopping signal stops the command; those that follow while it cleans up are
+    ignored, so that the cleanup finishes and no traceback cuts it short (SIGKILL still ends it
+    at once)."""
+    for stopping in STOPPING:
+        signal.signal(stopping, _cleaning_up)
+    raise KeyboardInterrupt if number == signal.SIGINT else Terminated(number)
+
+
+def _cleaning_up(number: int, frame: object) -> None:
+    pass
+
+
+def stop_on_signals() -> None:
+    """Install the CLI's handlers. A signal ignored when zoo starts stays ignored: `nohup`
+    ignores SIGHUP, and a shell ignores SIGINT in what it starts in the background. `zoo serve`'s
+    uvicorn puts its own in place while it serves, then puts these back and raises the signal
+    that stopped it again."""
+    for stopping in STOPPING:
+        if signal.getsignal(stopping) != signal.SIG_IGN:
+            signal.signal(stopping, _stop)
