@@ -10,7 +10,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,11 +150,16 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
         temporaries.replace(temporary, final, force)
 
 
-def _clashes(folder: Path, relpaths: list[str]) -> tuple[list[str], list[str]]:
-    """Of the files a model writes into `folder`: those that exist there as files (replaced with
-    --force), and those in the way of something that is no file (a folder where a file goes, a
-    file where a folder goes), which zoo never removes."""
+def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Of the files and links a model writes into `folder`: those that exist there as files
+    (replaced with --force), and those in the way of something that is no file (a folder where a
+    file goes, a file where a folder goes), which zoo never removes; of its empty `folders`, those
+    where something else is."""
     replaced, blocked = [], []
+    for relpath in folders:
+        target = folder / relpath
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            blocked.append(f"{relpath} (a file where the model has a folder)")
     for relpath in relpaths:
         target = folder / relpath
         parents = [folder.joinpath(*relpath.split("/")[:depth]) for depth in range(1, relpath.count("/") + 1)]
@@ -210,7 +215,7 @@ def _move_in(temporary: Path, final: Path) -> None:
 
 
 @contextmanager
-def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Path]:
+def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Sequence[str] = ()) -> Iterator[Path]:
     """Where a model folder is written: a temporary folder whose contents take their places under
     `final` only when the body completes. A new `final` is the temporary folder renamed; into an
     existing folder, the model's files replace their namesakes (only with `force`) and every other
@@ -220,7 +225,7 @@ def _folder_output(final: Path, relpaths: list[str], force: bool) -> Iterator[Pa
         with _atomic_output(final, force, is_dir=True) as temporary:  # a new folder
             yield temporary
         return
-    replaced, blocked = _clashes(final, relpaths)
+    replaced, blocked = _clashes(final, relpaths, folders)
     if blocked:
         raise OutputExistsError(f"{final}: cannot write the model there without removing {_listing(blocked)}; "
                                 "choose another folder or move them")
@@ -592,7 +597,8 @@ def decompress(
         opened.require_base()  # a missing or wrong base fails before the output folder appears
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
-        with _folder_output(destination, relpaths, force) as temporary:
+        links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        with _folder_output(destination, relpaths + links, force, folders) as temporary:
             def write(entry: dict[str, Any], threads: int) -> None:
                 path = temporary / check_relpath(entry["path"])
                 path.parent.mkdir(parents=True, exist_ok=True)

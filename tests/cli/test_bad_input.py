@@ -441,3 +441,26 @@ def test_a_spec_that_says_something_odd_is_refused_in_its_own_words(tiny_model, 
 def test_include_and_exclude_on_one_file_are_refused(tiny_model, tmp_path):
     with pytest.raises(InputError, match="choose files inside a folder"):
         zoo.compress(tiny_model / "model.safetensors", tmp_path / "m.zoo", include=["*.json"])
+
+
+def test_into_a_folder_a_models_links_and_folders_clash_as_its_files_do(tmp_path):
+    """A file where the model keeps a link needs --force (and is kept aside until the model is
+    in); a file where it keeps an empty folder is in the way: refused in one line naming it."""
+    model = tmp_path / "model"
+    (model / "empty").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    os.symlink("config.json", model / "alias.json")
+    zoo.compress(model, tmp_path / "m.zoo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "alias.json").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"already holds 1 of the model's files \(alias.json\)"):
+        zoo.decompress(tmp_path / "m.zoo", out)
+    zoo.decompress(tmp_path / "m.zoo", out, force=True)
+    assert os.readlink(out / "alias.json") == "config.json"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "empty").write_text("a file where the model has a folder")
+    with pytest.raises(OutputExistsError, match="empty .a file where the model has a folder"):
+        zoo.decompress(tmp_path / "m.zoo", other, force=True)
+    assert listing(other) == ["empty"] and (other / "empty").read_text() == "a file where the model has a folder"
