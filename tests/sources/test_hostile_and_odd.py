@@ -109,12 +109,17 @@ def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named
     write_safetensors(folder / "sub" / "model.safetensors", {"w": ("F32", np.ones((2, 2), np.float32))})
     os.symlink("sub/model.safetensors", folder / "model.safetensors")
     os.symlink("sub", folder / "alias")
-    os.symlink("nowhere", folder / "dangling")
-    with pytest.warns(ZooWarning, match=r"left out 1 item: dangling \(a link to nothing\)"):
+    os.symlink("nowhere", folder / "dangling")  # dangling inside the folder: kept, as it is
+    os.symlink("loop.b", folder / "loop.a")
+    os.symlink("loop.a", folder / "loop.b")
+    with pytest.warns(ZooWarning, match=r"left out 2 items: loop.a \(a link to nothing, or a loop of links\); loop.b"):
         zoo.compress(folder, tmp_path / "l.zoo")
     out = tmp_path / "out"
     zoo.decompress(tmp_path / "l.zoo", out)
     assert os.readlink(out / "model.safetensors") == "sub/model.safetensors" and os.readlink(out / "alias") == "sub"
+    assert os.readlink(out / "dangling") == "nowhere"
+    (folder / "loop.a").unlink()
+    (folder / "loop.b").unlink()
     assert (out / "empty" / "deeper").is_dir()
     assert sha256s(out) == sha256s(folder)
 

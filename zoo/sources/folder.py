@@ -112,7 +112,11 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if entry.is_symlink():
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
-                    skipped.append(f"{relpath} (a link to nothing)")
+                    if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept as it is
+                        if selected_by(relpath, include, exclude):
+                            files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=os.readlink(path)))
+                    else:
+                        skipped.append(f"{relpath} (a link to nothing, or a loop of links)")
                     continue
                 if snapshot and _inside(target, blobs) and os.path.isfile(target):
                     pass  # read through: the snapshot's file is the blob's content
