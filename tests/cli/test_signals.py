@@ -48,10 +48,9 @@ def writing(folder, least=8 << 20):
 def stop_once_writing(args, folder, signals):
     """Run `zoo ARGS`, freeze it once its temporary in `folder` holds some MiB, send `signals` and
     let it go on. Frozen, the command cannot finish before the signals land, on any machine.
-    Waiting for bytes, the signals land in the body of the write, not in the instant its
-    temporary is made or a thread pool starts its first thread: Ctrl-C there leaves the
-    temporary, or a worker that keeps the process from exiting, as SIGTERM does (zoo.hub.temporaries
-    and zoo.kernels.parallel, not the CLI)."""
+    Waiting for bytes, the signals land in the body of the write, where every command spends its
+    time; the instants around it (a temporary made, a pool's first thread started) are covered by
+    zoo.hub.temporaries.locked_temporary and by zoo.cli.main ending the process once it has cleaned up."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
     process = subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=environment)
