@@ -193,6 +193,15 @@ class Archive:
             self._follow(nodes[link["path"]], link["path"], 1)
         self._folders: list[str] = list(folders)
         self._links: list[dict[str, str]] = [{"path": link["path"], "target": link["target"]} for link in links]
+        path_of, walk = {}, [(root, "")]  # every node's path, the folders no entry names included
+        while walk:
+            node, path = walk.pop()
+            path_of[id(node)] = path
+            walk += [(child, f"{path}/{name}" if path else name) for name, child in node.children.items()]
+        self._link_targets: dict[str, str | None] = {}
+        for link in links:
+            node, missing, _ = nodes[link["path"]].resolved  # type: ignore[misc]
+            self._link_targets[link["path"]] = None if missing else path_of[id(node)]
 
     def _checked_relpath(self, path: Any, kind: str) -> str:
         try:
@@ -341,6 +350,11 @@ class Archive:
     def files(self) -> list[dict[str, Any]]:
         keys = ("path", "size", "sha256", "lossless", "kind", "opaque")
         return [{k: entry[k] for k in keys if k in entry} for entry in self._files.values()]
+
+    def link_targets(self) -> dict[str, str | None]:
+        """Each link's path -> the path inside the folder it leads to, through the archive's own
+        links ("" for the folder itself), or None where the archive holds nothing there."""
+        return dict(self._link_targets)
 
     def links(self) -> list[dict[str, str]]:
         """Links kept as links: {"path", "target"} (target relative to the link's folder)."""

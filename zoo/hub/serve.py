@@ -29,7 +29,6 @@ import heapq
 import hmac
 import ipaddress
 import json
-import posixpath
 import re
 import socket
 import struct
@@ -428,19 +427,11 @@ class ZooApp:
         """The model's links that lead, through its own links, to one of its files: by the link's
         name, that file. The Hub has no links; a client asks for the link's name and gets the
         file's bytes, as a checkout of the folder would read them."""
-        links = {link["path"]: link["target"] for link in self.archive(entry).links()
-                 if isinstance(link, dict) and isinstance(link.get("path"), str) and isinstance(link.get("target"), str)}
+        targets = self.archive(entry).link_targets()
+        if not targets:
+            return {}
         files = {f.path: f for f in entry.files}
-        found = {}
-        for name in links:
-            path = name
-            for _ in range(40):  # the kernel's limit on links followed
-                if path not in links:
-                    break
-                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), links[path]))
-            if path in files:
-                found[name] = files[path]
-        return found
+        return {name: files[target] for name, target in targets.items() if target in files}
 
     def _listed(self, entry: Entry) -> list[StoredFile]:
         """The files a client sees: the model's own, and its links to them under their own names."""
