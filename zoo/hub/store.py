@@ -116,6 +116,10 @@ class Store:
         """What the user calls this zoo: its URL when it lives in a bucket, else its folder."""
         return self.url or str(self.home)
 
+    def _check_home(self) -> None:
+        if self.home.exists() and not self.home.is_dir():
+            raise StoreError(f"{self.home}: is a file, not a zoo's folder (check ZOO_HOME)")
+
     def exists(self) -> bool:
         self._check_home()
         self._sync()
@@ -147,10 +151,6 @@ class Store:
         return path
 
     # -- a zoo on object storage ------------------------------------------------------------
-
-    def _check_home(self) -> None:
-        if self.home.exists() and not self.home.is_dir():
-            raise StoreError(f"{self.home}: is a file, not a zoo's folder (check ZOO_HOME)")
 
     def _sync(self) -> None:
         """Bring this machine's copy of a remote zoo's manifests (and its models' archives) up to

@@ -9,9 +9,10 @@ never zoo's to remove.
 `replace(temporary, final, force)` puts a finished temporary in place: without `force` only where
 nothing is (renameat2 RENAME_NOREPLACE, Linux), so an output that appeared meanwhile is left alone;
 with it over an existing output of the same kind in one atomic exchange (RENAME_EXCHANGE), so
-`final` is always the old or the new complete output. Where the exchange is not available it renames the old one aside under a locked name
-first; a run killed between the two renames leaves the old one aside, and the next run beside the
-same output puts it back when the new one is missing (`sweep_beside`).
+`final` is always the old or the new complete output. Where the exchange is not available it
+renames the old one aside under a locked name first; a run killed between the two renames leaves
+the old one aside, and the next run beside the same output puts it back when the new one is
+missing (`sweep_beside`).
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def in_the_way(final: Path, is_dir: bool) -> str | None:
     return None
 
 
-def replace(temporary: Path, final: Path, force: bool = True) -> None:
+def replace(temporary: Path, final: Path, force: bool) -> None:
     """Put the finished `temporary` at `final`. Without `force`, only where nothing is there now:
     an output that appeared while it was being written is left alone (OutputExistsError). With
     it, an old output of the same kind is replaced (in_the_way says which are not); after an
