@@ -8,14 +8,11 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from tests.conftest import random_storage, write_safetensors
 from zoo import kernels
 from zoo.api import compress
-from zoo.container.format import ArchiveFile, crc32
-from zoo.container.reader import Archive
 
 pytestmark = pytest.mark.skipif(kernels.map_file is None, reason="maps need the native extension")
 
@@ -35,12 +32,19 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_a_mapped_archive_reads_the_same_bytes(archive):
+    """(In a process of its own, as every test here: a SIGBUS handler that a library another test
+    loaded installs after zoo's turns the maps off in that process, see kernels.maps_guarded.)"""
     _, path = archive
-    with Archive(path) as copied, Archive(path, mapped=True) as mapped:
-        assert mapped._file.mapped
-        for name in "abc":
-            assert mapped.read_tensor(name).data.tobytes() == copied.read_tensor(name).data.tobytes()
-        assert mapped.read_file("model.safetensors") == copied.read_file("model.safetensors")
+    result = run_python(f"""
+        from zoo import kernels
+        from zoo.container.reader import Archive
+        with Archive({str(path)!r}) as copied, Archive({str(path)!r}, mapped=True) as mapped:
+            assert mapped._file.mapped and kernels.maps_guarded()
+            for name in "abc":
+                assert mapped.read_tensor(name).data.tobytes() == copied.read_tensor(name).data.tobytes()
+            assert mapped.read_file("model.safetensors") == copied.read_file("model.safetensors")
+        """)
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_archive_that_shrinks_under_its_map_fails_the_read_not_the_process(archive):
@@ -98,28 +102,34 @@ def test_a_handler_installed_after_zoos_turns_the_maps_off_not_the_guard(archive
     assert error.startswith("error:") and "truncated" in error
 
 
-def test_an_archive_that_cannot_be_mapped_tries_once_then_reads_with_pread(archive, monkeypatch):
-    """With every map slot taken, the archive reads through pread, without a map_file call per chunk."""
+def test_an_archive_that_cannot_be_mapped_tries_once_then_reads_with_pread(archive):
+    """With every map slot taken, the archive reads through pread, without a map_file call per
+    chunk (in a process of its own: a handler another test's library installed would turn the
+    maps off here, see maps_guarded)."""
     source, path = archive
-    calls = []
+    result = run_python(f"""
+        from zoo import kernels
+        from zoo.container.reader import Archive
+        calls, real = [], kernels.map_file
 
-    def counted(descriptor, size):
-        calls.append(size)
-        return real(descriptor, size)
+        def counted(descriptor, size):
+            calls.append(size)
+            return real(descriptor, size)
 
-    real = kernels.map_file
-    monkeypatch.setattr(kernels, "map_file", counted)
-    taken = []
-    with open(source, "rb") as stream:
-        try:
-            while True:
-                taken.append(real(stream.fileno(), 16))
-        except OSError as error:
-            assert "mapped already" in str(error)
-        with Archive(path, mapped=True) as mapped:
-            assert mapped.read_file("model.safetensors") == source.read_bytes()  # many 4 KiB chunks
-    del taken
-    assert len(calls) == 1
+        kernels.map_file = counted
+        taken = []
+        with open({str(source)!r}, "rb") as stream:
+            try:
+                while True:
+                    taken.append(real(stream.fileno(), 16))
+            except OSError as error:
+                assert "mapped already" in str(error), error
+            with Archive({str(path)!r}, mapped=True) as mapped:
+                assert mapped.read_file("model.safetensors") == open({str(source)!r}, "rb").read()  # many 4 KiB chunks
+        del taken
+        assert len(calls) == 1, calls
+        """)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_sigbus_outside_zoos_maps_still_ends_the_process(tmp_path):
@@ -158,11 +168,16 @@ def test_a_bus_signal_sent_by_kill_still_ends_the_process(tmp_path):
 def test_a_decoded_chunk_never_points_into_the_map(archive):
     """Whatever a decoder hands back is the caller's to keep: a view of the mapped file is copied."""
     _, path = archive
-    file = ArchiveFile(path, mapped=True)
-    stored = path.read_bytes()[file.payload_start:file.payload_start + 64]
-    out = file.decode_chunk((0, 64, crc32(stored)), "a test chunk", None, lambda view: np.frombuffer(view, dtype=np.uint8))
-    mapping = file._map
-    assert mapping is not None
-    assert not mapping.address <= out.__array_interface__["data"][0] < mapping.address + len(mapping)
-    assert out.tobytes() == stored
-    file.close()
+    result = run_python(f"""
+        import numpy as np
+        from zoo.container.format import ArchiveFile, crc32
+        file = ArchiveFile({str(path)!r}, mapped=True)
+        stored = open({str(path)!r}, "rb").read()[file.payload_start:file.payload_start + 64]
+        out = file.decode_chunk((0, 64, crc32(stored)), "a test chunk", None, lambda view: np.frombuffer(view, dtype=np.uint8))
+        mapping = file._map
+        assert mapping
+        assert not mapping.address <= out.__array_interface__["data"][0] < mapping.address + len(mapping)
+        assert out.tobytes() == stored
+        file.close()
+        """)
+    assert result.returncode == 0, result.stderr
