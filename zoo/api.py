@@ -605,7 +605,10 @@ def decompress(
                 # the workers write the pieces they decode and hash them, in order, while they are in
                 # cache; a lone worker hands a large file's pieces to a thread that hashes beside it
                 beside = workers == 1 and entry["size"] >= HASH_BESIDE_BYTES
-                with _HashBeside() if beside else nullcontext(hashlib.sha256()) as digest, path.open("wb") as out:
+                # created with the original's permission bits (older archives record none), less what the umask removes, as tar and cp do
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                     0o666 if entry.get("mode") is None else entry["mode"])
+                with _HashBeside() if beside else nullcontext(hashlib.sha256()) as digest, open(descriptor, "wb") as out:
                     for piece in opened.iter_file(entry["path"], threads=threads, sink=positioned_writer(out.fileno()), in_order=digest.update):
                         if progress:
                             progress(len(piece))

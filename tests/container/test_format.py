@@ -45,7 +45,8 @@ def test_exact_header_bytes(tmp_path):
     length = int.from_bytes(data[16:24], "little")
     header = data[24:24 + length]
     assert header.startswith(b'{"created_by":"zoo ')
-    assert b'"files":[{"kind":"safetensors","lossless":true,"path":"w.safetensors","segments":[{"blob":{"leaf":{"chunk_elements":4194304,' in header
+    mode = source.stat().st_mode & 0o777
+    assert (b'"files":[{"kind":"safetensors","lossless":true,"mode":%d,"path":"w.safetensors","segments":[{"blob":{"leaf":{"chunk_elements":4194304,' % mode) in header
     assert b'"tensors":{"w":{"dtype":"F32","file":"w.safetensors","name":"w","pipeline":[{"id":"fprans"}]' in header
 
 

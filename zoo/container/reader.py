@@ -138,6 +138,9 @@ class Archive:
                     raise _fail(self._file, f"{path} has a malformed segment")
             if total != entry.get("size"):
                 raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
+            mode = entry.get("mode")
+            if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
+                raise _fail(self._file, f"{path} has a malformed mode {mode!r}")
             self._files[path] = entry
         self._check_tree(header)
         self._features = set(header.get("features") or [])
@@ -348,7 +351,7 @@ class Archive:
         return name in self._file.header["tensors"]
 
     def files(self) -> list[dict[str, Any]]:
-        keys = ("path", "size", "sha256", "lossless", "kind", "opaque")
+        keys = ("path", "size", "sha256", "lossless", "kind", "opaque", "mode")
         return [{k: entry[k] for k in keys if k in entry} for entry in self._files.values()]
 
     def link_targets(self) -> dict[str, str | None]:

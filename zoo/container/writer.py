@@ -331,6 +331,8 @@ class Builder:
                 entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
                 if source.reason is not None:
                     entry["opaque"] = source.reason
+                if source.mode is not None:
+                    entry["mode"] = source.mode
                 self.header["files"].append(entry)
             if key is None:
                 # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,13 @@ def _reason(error: InputError, path: Path, size: int) -> str:
 
 
 def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
-    size = path.stat().st_size
+    status = path.stat()
+    source = _read_file(path, relpath, status.st_size, strict)
+    source.mode = stat.S_IMODE(status.st_mode) & 0o777  # no set-id or sticky bits: decompress never sets them
+    return source
+
+
+def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
     kind = "safetensors" if path.suffix == ".safetensors" else "torch" if path.suffix in TORCH_SUFFIXES else None
     if kind is None:
         return SourceFile(relpath, path, size, "blob", [Segment(0, size)])

@@ -31,6 +31,7 @@ class SourceFile:
     # Tensors that view another tensor's storage (a torch checkpoint's tied weights, slices):
     # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements.
     views: list[dict[str, Any]] = field(default_factory=list)
+    mode: int | None = None  # a regular file's permission bits (stat.S_IMODE), given back by decompress
 
 
 def check_relpath(relpath: str) -> str:
