@@ -103,6 +103,19 @@ def test_every_lossy_codec_takes_include_and_exclude_from_its_base():
                 cls(include=";")
 
 
+@pytest.mark.parametrize("pattern", ["[", "*.layer[0-3.*", "*attn*;mlp[!", "a[]", "a[!]"])
+def test_a_set_left_open_is_refused_not_matched_as_text(pattern):
+    with pytest.raises(PipelineError, match=r"opens a '\[' that no '\]' closes"):
+        Pipeline.parse(f"truncate:bits=3,include={pattern}|fprans")
+    with pytest.raises(PipelineError, match=r"opens a '\[' that no '\]' closes"):
+        Pipeline.parse(f"truncate:bits=3,exclude={pattern}|fprans")
+
+
+@pytest.mark.parametrize("pattern", ["*.layer[0-3].*", "a[]]", "a[!]]", "[[]x"])
+def test_closed_sets_stay_sets(pattern):
+    Pipeline.parse(f"truncate:bits=3,include={pattern}|fprans")
+
+
 @pytest.mark.parametrize("spec, expected", [
     ("zstd", "bytegroup|zstd:level=3"),
     ("rans", "bytegroup|rans"),

@@ -16,3 +16,11 @@ def test_a_filtered_pull_stores_only_the_selected_files_of_a_full_cache(hub, tmp
     assert stored and all(path.endswith(".json") and not path.startswith("tokenizer") for path in stored)
     whole = [f.path for f in Store(tmp_path / "second").resolve("whole", with_files=True).files]
     assert len(whole) > len(stored)
+
+
+def test_a_glob_with_a_set_left_open_is_refused_before_anything_is_downloaded(hub, tmp_path):  # noqa: F811
+    _, _, env = hub
+    done = zoo_cli("pull", "org/tiny-bert", "--exclude", "tokenizer[.json", "--name", "open", env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: --exclude 'tokenizer[.json' opens a '[' that no ']' closes"
+    assert not (tmp_path / "hf").exists()  # huggingface_hub was never asked for anything

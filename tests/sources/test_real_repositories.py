@@ -108,6 +108,10 @@ def test_include_and_exclude_choose_the_files(corpus, tmp_path):
     assert {"training_args.bin", "rng_state.pth"}.isdisjoint(f["path"] for f in report.files)
     with pytest.raises(InputError, match="no files that --include/--exclude select"):
         zoo.compress(folder, tmp_path / "none.zoo", include=["*.gguf"])
+    # a set left open would match its '[' as text, and --exclude would then leave out nothing, silently
+    with pytest.raises(InputError, match=r"^--exclude 'rng_state\[0-9.pth' opens a '\[' that no '\]' closes$"):
+        zoo.compress(folder, tmp_path / "open.zoo", exclude=["rng_state[0-9.pth"])
+    assert not (tmp_path / "open.zoo").exists()
 
 
 def test_a_single_unsafe_file_is_refused_but_kept_inside_a_folder(corpus, tmp_path):

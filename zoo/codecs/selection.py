@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from zoo.dtypes import FLOAT_DTYPES
 from zoo.errors import PipelineError
+from zoo.globs import unclosed_bracket
 
 ALWAYS_LOSSLESS = ("*norm*", "*.bias", "*_bias", "*position_ids*", "*.ln_*", "*ln_f.*")
 
@@ -28,6 +29,9 @@ def _compile(patterns: str | None) -> re.Pattern[str] | None:
     globs = [p.strip() for p in patterns.split(";") if p.strip()]
     if not globs:
         raise PipelineError("empty tensor pattern")
+    for glob in globs:
+        if unclosed_bracket(glob):
+            raise PipelineError(f"tensor pattern {glob!r} opens a '[' that no ']' closes")
     return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs), re.IGNORECASE)
 
 

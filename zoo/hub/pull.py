@@ -19,6 +19,7 @@ from typing import Any
 from zoo.api import compress_into
 from zoo.errors import ChecksumError, InputError, ZooError
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name
+from zoo.sources.folder import check_globs, selected_by
 
 _REPO_REF = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?(?:@[\w./-]+)?", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -118,6 +119,7 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     from zoo.hub.store import variant_of
 
     repo_id, revision = parse_repo_ref(ref)
+    check_globs(include, exclude)  # before the download, not after it
     store = store or Store()
     name = check_name(name or repo_id)
     pulled = download(repo_id, revision, include, exclude, progress_bars)
@@ -128,8 +130,6 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
         return held, False
     # A newer commit of the same revision replaces the old one: that is what pulling means.
     # The cache may hold more than this pull asked for: only what the filters select is stored.
-    from zoo.sources.folder import selected_by
-
     total = sum(path.stat().st_size for path in pulled.folder.rglob("*")
                 if path.is_file() and selected_by(path.relative_to(pulled.folder).as_posix(), include, exclude))
     their_check = options.pop("check", None)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zoo.errors import InputError, ZooWarning
+from zoo.globs import unclosed_bracket
 from zoo.sources.safetensors import UnknownDtype, is_lfs_pointer, parse_safetensors
 from zoo.sources.segments import Segment, SourceFile, check_relpath
 from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
@@ -29,7 +30,7 @@ from zoo.sources.torch import UnsafePickle, checkpoint
 
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
 
-__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_relpath", "parse_safetensors", "scan"]
+__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "parse_safetensors", "scan"]
 
 
 def _reason(error: InputError, path: Path, size: int) -> str:
@@ -66,6 +67,14 @@ def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
         return SourceFile(relpath, path, size, "opaque", [Segment(0, size)], reason=_reason(error, path, size))
 
 
+def check_globs(include: Sequence[str] | None, exclude: Sequence[str] | None) -> None:
+    """Refuse an --include/--exclude glob that fnmatch would match as text where a set was meant."""
+    for option, patterns in (("--include", include), ("--exclude", exclude)):
+        for pattern in patterns or ():
+            if unclosed_bracket(pattern):
+                raise InputError(f"{option} {pattern!r} opens a '[' that no ']' closes")
+
+
 def selected_by(relpath: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
     """Whether a path inside the folder passes the --include/--exclude globs (as huggingface_hub's
     allow_patterns/ignore_patterns match them)."""
@@ -84,6 +93,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder".
     Files whose path inside the folder matches none of `include` (fnmatch globs, when given) or any
     of `exclude` are left out."""
+    check_globs(include, exclude)
     root = Path(source)
     if not root.exists():
         if root.is_symlink():
