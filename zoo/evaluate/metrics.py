@@ -94,19 +94,28 @@ def row_cosine(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor
 
 
 def weight_sums(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
-    """The sums every weight-space figure is made of: signal, error and candidate energy, their dot."""
+    """The sums every weight-space figure is made of: signal, error and candidate energy, their dot.
+
+    A NaN or an infinity the candidate holds exactly where the reference does (truncate keeps
+    them) is reproduced, not an error of infinite size: such weights are left out of the sums.
+    Any other non-finite weight, on either side, makes the sums NaN: no error figure is true then.
+    """
     reference, candidate = reference.reshape(-1), candidate.reshape(-1)
     sums = {"signal": 0.0, "error": 0.0, "candidate": 0.0, "dot": 0.0, "max_abs_error": 0.0}
     for start in range(0, reference.numel(), WEIGHT_BLOCK):
         r = reference[start:start + WEIGHT_BLOCK].double()
         c = candidate[start:start + WEIGHT_BLOCK].double()
+        kept_in_place = ~r.isfinite() & ((r == c) | (r.isnan() & c.isnan()))
+        if bool(kept_in_place.any()):
+            r, c = r[~kept_in_place], c[~kept_in_place]
         difference = c - r
         sums["signal"] += r.square().sum().item()
         sums["error"] += difference.square().sum().item()
         sums["candidate"] += c.square().sum().item()
         sums["dot"] += (r * c).sum().item()
         if difference.numel():
-            sums["max_abs_error"] = max(sums["max_abs_error"], difference.abs().max().item())
+            largest = difference.abs().max().item()  # NaN where a difference is NaN
+            sums["max_abs_error"] = math.nan if math.isnan(largest) or math.isnan(sums["max_abs_error"]) else max(sums["max_abs_error"], largest)
     return sums
 
 
@@ -114,9 +123,12 @@ def weight_figures(sums: dict[str, float]) -> dict[str, Any]:
     """Relative error (RMS error over RMS weight), SQNR in dB and cosine from `weight_sums`.
 
     SQNR is None (infinite) when the tensors are identical, and relative error is None when the
-    reference is all zeros, so the figures stay valid JSON.
+    reference is all zeros. Sums that are not finite (a NaN or an infinity not reproduced in
+    place) give NaN figures, which fail every gate; JSON gets those as strings (result.json_safe).
     """
     signal, error = sums["signal"], sums["error"]
+    if not all(math.isfinite(sums[name]) for name in ("signal", "error", "candidate", "dot")):
+        return {"relative_error": math.nan, "sqnr_db": math.nan, "cosine": math.nan, "max_abs_error": sums["max_abs_error"]}
     relative = math.sqrt(error / signal) if signal > 0 else (0.0 if error == 0 else None)
     sqnr = None if error == 0 else (10 * math.log10(signal / error) if signal > 0 else -math.inf)
     norms = math.sqrt(signal * sums["candidate"])

@@ -143,6 +143,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             parameters += array.data.size
         if codec.selects(name, array):
             values[name] = to_float32(array.data, array.dtype)
+            codec.check_finite(values[name], name)  # before a NaN's rate curve asks for an endless step
         else:
             others += measure(array)
     if not values:

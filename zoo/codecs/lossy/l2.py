@@ -56,10 +56,13 @@ class L2(LossyCodec):
             raise PipelineError("l2: a survey counts its budget in the pipeline's own coded bytes: run it through Pipeline.survey")
         return allocate(self, tensors, calibration, progress, measure)
 
-    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        values = to_float32(array.data, array.dtype)
+    def check_finite(self, values: np.ndarray, name: str) -> None:
         if not np.isfinite(values).all():
             raise PipelineError(f"l2: {name or 'a tensor'} holds NaN or infinity, which a uniform quantizer cannot store")
+
+    def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
+        values = to_float32(array.data, array.dtype)
+        self.check_finite(values, name)
         if plan is not None and name in plan.steps:
             step, dead_zone = plan.steps[name]
         else:
