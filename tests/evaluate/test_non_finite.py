@@ -65,6 +65,32 @@ def test_weight_figures_of_a_lost_nan_are_nan_and_fail_a_gate(tmp_path):
     assert not result.passed
 
 
+def test_json_holds_no_bare_nan_or_infinity(tmp_path, monkeypatch, capsys):
+    """`zoo eval --json` and the quality an archive's header stores are read by strict parsers
+    (jq, JavaScript), which refuse the bare words NaN and -Infinity that Python's json writes."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.evaluate.test_evaluate import run_cli
+    from zoo.evaluate.result import json_safe
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda word: pytest.fail(f"bare {word} in JSON"))
+
+    source = _with_holes(tmp_path / "holes.safetensors")
+    tensors = load_file(str(source))
+    tensors["holed.weight"] = torch.nan_to_num(tensors["holed.weight"], nan=0.0, posinf=1.0)
+    candidate = tmp_path / "filled.safetensors"
+    save_file(tensors, str(candidate))
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", candidate, "-r", source, "--kind", "weights", "--json")
+    assert code == 0
+    assert strict(out)["weights"]["cosine"] == "NaN"
+    record = evaluate(candidate, source).record()
+    assert strict(json.dumps(record))["weights"]["cosine"] == "NaN"
+    assert json_safe({"a": [-math.inf, 1.5, (math.inf,)]}) == {"a": ["-Infinity", 1.5, ["Infinity"]]}
+
+
 def test_weight_sums_max_abs_error_keeps_a_nan():
     reference = torch.zeros(4)
     candidate = torch.tensor([0.0, float("nan"), 0.5, 0.0])

@@ -67,7 +67,9 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    from zoo.evaluate.result import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n")
 
 
 # The progress display on stderr, when one is shown. rich draws one live display at a time, so every

@@ -10,6 +10,19 @@ from typing import Any
 from zoo.errors import InputError, ZooError
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every float that JSON cannot hold (NaN, a weight SQNR of minus infinity) as
+    the string "NaN", "Infinity" or "-Infinity": what --json prints and what an archive's header
+    stores is read by strict parsers too (jq, JavaScript), which refuse the bare words."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 class QualityGateError(ZooError):
     """A compressed model is worse than a gate allows. Carries the result so it can be shown."""
 
@@ -102,7 +115,7 @@ class EvalResult:
         record = self.to_dict()
         for name in ("tensors", "candidate", "seconds"):
             del record[name]
-        return {**self.headline(), **record}
+        return json_safe({**self.headline(), **record})
 
 
 @dataclass(frozen=True)
