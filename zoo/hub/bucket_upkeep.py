@@ -47,7 +47,7 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
 
         for_each(check, list(listed.values()), threads)
 
-    records = _manifests(storage, problems)
+    records = _manifests(store, problems)
     for record in records.values():
         missing = _missing_objects(store, record, listed)
         problems += missing
@@ -75,7 +75,7 @@ def doctor_bucket(store: Any) -> list[str]:
         findings += [f"{folder}: work folder of a process that is gone, removed" for folder in store._sweep_work()]
         count = store.rebuild_index()
     listed = _objects(store.storage)
-    records = _manifests(store.storage, findings)
+    records = _manifests(store, findings)
     named: set[str] = set()
     for record in records.values():
         findings += [Damage(f"{line} (`zoo rm` it, or store it again)") for line in _missing_objects(store, record, listed)]
@@ -103,14 +103,15 @@ def _objects(storage: Any) -> dict[str, KeyInfo]:
     return {info.key: info for info in storage.list("objects/") if info.key.endswith(OBJECT_SUFFIX)}
 
 
-def _manifests(storage: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """Every readable manifest in the bucket, by key; each unreadable one a line in `problems`."""
-    records = {}
+def _manifests(store: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """Every readable manifest in the bucket, by key; each unreadable one, or one out of the place
+    its name says (moved or edited by hand), a line in `problems`."""
+    storage, records = store.storage, {}
     for info in storage.list("manifests/"):
         if not info.key.endswith(".json"):
             continue
         try:
-            records[info.key] = check_record(json.loads(storage.read(info.key)))
+            records[info.key] = store.check_placed(info.key, check_record(json.loads(storage.read(info.key))))
         except FileNotFoundError:
             continue  # removed by `zoo rm` since the listing
         except (ValueError, ZooError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -30,6 +30,10 @@ class Damage(str):
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
+        parts = name.split("/") if isinstance(name, str) else []
+        if any(len(part) > 96 for part in parts) and NAME_PATTERN.fullmatch("/".join(part[:96] for part in parts)):
+            raise InputError(f"{name[:40]!r}... is not a usable model name: 96 characters at most before and after its '/' "
+                             "(choose one with --name)")
         raise InputError(f"{name!r} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
     return name
 
@@ -125,6 +129,8 @@ class Entry:
 MANIFEST_VERSION = 1
 OBJECT_SUFFIX = ".zoo"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FILE_FIELDS = (("path", str), ("size", int), ("sha256", str), ("served_sha256", str), ("git_oid", str), ("lfs", bool),
+                ("lossless", bool))
 LEGACY_NAME = re.compile(r"(?P<name>.+)-[0-9a-f]{12}\.zoo")  # archives/NAME-RANDOM.zoo, '/' written '--'
 
 
@@ -159,6 +165,17 @@ def check_record(record: Any) -> dict[str, Any]:
     archives = [o for o in record["objects"] if isinstance(o, dict) and o.get("role") == "archive"]
     if len(archives) != 1 or not _SHA256.fullmatch(str(archives[0].get("sha256"))):
         raise ValueError("it names no archive object by sha256")
+    for item in record["files"]:
+        if not isinstance(item, dict) or any(not isinstance(item.get(key), kind) for key, kind in _FILE_FIELDS):
+            raise ValueError("it lists a file without its path, size, hashes or flags")
+    for key in ("source", "quality"):
+        if record.get(key) is not None and not isinstance(record[key], str if key == "source" else dict):
+            raise ValueError(f"{key!r} is not {'a str' if key == 'source' else 'an object'}")
+    base = record.get("base")
+    if base is not None and not (isinstance(base, dict) and isinstance(base.get("ref"), str) and isinstance(base.get("tensors"), int)
+                                 and (base.get("needs") is None or isinstance(base["needs"], list)
+                                      and all(isinstance(ref, str) for ref in base["needs"]))):
+        raise ValueError("'base' is not an object with its ref, tensors and needs")
     return record
 
 

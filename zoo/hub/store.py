@@ -229,7 +229,8 @@ class Store:
         named = set()
         for info in self.storage.list("manifests/"):
             try:
-                named.update(o["sha256"] for o in check_record(json.loads(self.storage.read(info.key)))["objects"])
+                record = self.check_placed(info.key, check_record(json.loads(self.storage.read(info.key))))
+                named.update(o["sha256"] for o in record["objects"])
             except (ValueError, ZooError) as error:
                 raise StoreError(f"{self.url}/{info.key}: damaged manifest ({error}); nothing was collected") from None
         removed = []
@@ -284,9 +285,21 @@ class Store:
 
     def _read_manifest(self, path: Path) -> dict[str, Any]:
         try:
-            return check_record(json.loads(path.read_bytes()))
+            record = check_record(json.loads(path.read_bytes()))
         except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` restores it from its object when it can") from None
+        try:
+            return self.check_placed(self._relative(path), record)
+        except ValueError as error:
+            raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` sets it aside and restores the model from its object") from None
+
+    def check_placed(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """A manifest read from `key`, or ValueError when its name says it belongs elsewhere (moved or
+        edited by hand): it must not pass for the model whose place it holds."""
+        proper = self._relative(self.manifest_path(record["name"], record["revision"], record["variant"]))
+        if key != proper:
+            raise ValueError(f"it names {record['name']}@{record['revision']}:{record['variant']}, whose manifest is {proper}")
+        return record
 
     def _all_manifests(self, problems: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
         """Every readable manifest; an unreadable one is skipped (and reported into `problems`)."""
@@ -804,6 +817,8 @@ class Store:
                     findings += self._migrate()
         with self._locked():
             findings += [f"{folder}: work folder of a process that is gone, removed" for folder in self._sweep_work()]
+            placed = self._place_manifests()
+            findings += placed
             problems: list[str] = []
             manifests = self._all_manifests(problems)
             findings += problems
@@ -827,7 +842,7 @@ class Store:
                     findings.append(finding)
                     for item in restored:
                         named.setdefault(item, []).append("restored")
-            reason = self._index_problem(len(manifests))
+            reason = self._index_problem(len(manifests)) or ("it indexed manifests out of their places" if placed else None)
             if reason is not None:
                 count = self.rebuild_index()
                 findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
@@ -836,6 +851,31 @@ class Store:
             findings = [Damage(line) if line in unreadable else line for line in findings]
         return findings or [f"{self.home}: {len(manifests)} models, no problems found (every object there, of the size its "
                             "manifest says; `zoo verify` decodes them)"]
+
+    def _place_manifests(self) -> list[str]:
+        """A manifest found where its name does not say (moved or edited by hand): a copy of the one
+        in its place is removed, any other is kept aside for a person (its models then get their
+        manifests back from their archives' headers). Caller holds the lock."""
+        findings = []
+        for path in self._manifest_files():
+            try:
+                record = check_record(json.loads(path.read_bytes()))
+            except (OSError, ValueError):
+                continue  # damaged: reported, and restored from its object, below
+            proper = self.manifest_path(record["name"], record["revision"], record["variant"])
+            if path == proper:
+                continue
+            ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+            try:
+                copy = json.loads(proper.read_bytes()) == record
+            except (OSError, ValueError):
+                copy = False
+            if copy:
+                path.unlink()
+                findings.append(f"{path}: a copy of the manifest of {ref}, out of its place; removed")
+            else:
+                findings.append(f"{path}: a manifest of {ref} out of its place ({self._relative(proper)}); kept as {self._keep_aside(path)}")
+        return findings
 
     def _index_problem(self, manifest_count: int) -> str | None:
         try:

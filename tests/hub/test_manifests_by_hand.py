@@ -1,0 +1,140 @@
+"""The store's lifecycle under a hostile user: manifests edited or moved by hand, damage that every
+command must report in one line and that `zoo doctor` repairs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.hub.test_dedup import base_tensors, write_model
+from tests.hub.test_store import zoo_cli
+from tests.hub.test_zoo_on_s3 import _zoo, machine
+from zoo.api import compress_into
+from zoo.hub.store import Store
+
+
+def _healthy(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode in (0, 1), (done.returncode, done.stderr)
+    assert "unexpected" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    if done.stderr.startswith("error: "):
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+@pytest.fixture
+def two_models(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "first")
+    compress_into(Store(home), tiny_model, "second", pipeline="truncate:bits=5")
+    return home
+
+
+def _edit(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: r.update(files=[{}]),
+    lambda r: r.update(files=[1]),
+    lambda r: r["files"][0].update(size="big"),
+    lambda r: r.update(base="first"),
+    lambda r: r.update(base={"ref": 1}),
+    lambda r: r.update(base={"ref": "second@main:truncate:bits=5", "tensors": 1, "needs": 5}),
+    lambda r: r.update(quality="good"),
+    lambda r: r.update(source=5),
+], ids=["file-empty", "file-number", "file-size", "base-text", "base-ref", "base-needs", "quality-text", "source-number"])
+def test_a_manifest_edited_by_hand_is_damage_every_command_reports_and_doctor_repairs(two_models, tmp_path, change):
+    """A manifest of the right version whose files, base or quality are malformed is a damaged
+    manifest: no traceback from any command, and doctor rewrites it from its archive's header."""
+    store = Store(two_models)
+    first = store.resolve("first", with_files=True)
+    manifest = store.manifest_path("first", "main", "lossless")
+    _edit(manifest, change)
+    (two_models / "catalogue.sqlite").unlink()  # the index is rebuilt from the manifests
+    for command in (("ls",), ("ls", "--json"), ("verify",), ("gc",), ("info", "second"), ("rm", "second", "--force"),
+                    ("export", "first", "-o", tmp_path / "out")):
+        _healthy(zoo_cli(*command, home=two_models))
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0, (doctor.stdout, doctor.stderr)
+    assert "damaged manifest replaced" in doctor.stdout, doctor.stdout
+    restored = Store(two_models).resolve("first", with_files=True)
+    assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
+    assert "no problems found" in zoo_cli("doctor", home=two_models).stdout
+    assert zoo_cli("verify", home=two_models).returncode == 0
+
+
+def test_a_manifest_renamed_by_hand_does_not_pass_for_another_model(two_models, tiny_model):
+    """A manifest edited to name another model (or copied to another model's folder) is not listed
+    twice, does not come back once that model is removed, and doctor puts each manifest where its
+    name says; the model the edit lost is restored from its archive's header."""
+    store = Store(two_models)
+    compress_into(store, tiny_model, "third")
+    first = store.resolve("first", with_files=True)
+    _edit(store.manifest_path("first", "main", "lossless"), lambda r: r.update(name="third"))
+    (two_models / "catalogue.sqlite").unlink()
+    done = zoo_cli("ls", "--json", home=two_models)
+    assert done.returncode == 0, done.stderr
+    assert sorted(m["name"] for m in json.loads(done.stdout)["models"]) == ["second", "third"]
+    assert zoo_cli("rm", "third", home=two_models).returncode == 0
+    done = zoo_cli("ls", "--json", home=two_models)
+    assert sorted(m["name"] for m in json.loads(done.stdout)["models"]) == ["second"]
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0, (doctor.stdout, doctor.stderr)
+    assert "manifest restored" in doctor.stdout or "manifest replaced" in doctor.stdout, doctor.stdout
+    assert "no problems found" in zoo_cli("doctor", home=two_models).stdout
+    restored = Store(two_models).resolve("first", with_files=True)
+    assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
+    # third's objects stayed: rm collects nothing while a manifest is in doubt, and doctor gave them their manifest back
+    assert {"first", "second"} <= {e.name for e in Store(two_models).entries()}
+    assert zoo_cli("verify", home=two_models).returncode == 0
+
+
+def test_doctor_moves_a_manifest_to_where_its_name_says(two_models):
+    store = Store(two_models)
+    manifest = store.manifest_path("first", "main", "lossless")
+    moved = manifest.parent.parent.parent / "elsewhere" / "main" / "lossless.json"
+    moved.parent.mkdir(parents=True)
+    manifest.rename(moved)
+    copy = manifest.parent.parent.parent / "copy" / "main" / "lossless.json"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(moved.read_bytes())
+    assert "damaged manifest" in zoo_cli("gc", home=two_models).stderr  # what it names is in doubt: nothing collected
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0, (doctor.stdout, doctor.stderr)
+    assert manifest.is_file() and not moved.exists() and not copy.exists(), doctor.stdout
+    assert "no problems found" in zoo_cli("doctor", home=two_models).stdout
+    assert sorted(e.name for e in Store(two_models).entries()) == ["first", "second"]
+    assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout
+
+
+def test_a_manifest_out_of_its_place_in_a_bucket_is_damage(bucket, tmp_path, monkeypatch):
+    """On a bucket, a manifest copied or edited to a key its name does not say is reported by verify
+    and doctor, and stops gc (what it stands for is in doubt); it is never listed as another model."""
+    url = f"{bucket}/zoo"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    store.storage.publish("manifests/other/main/lossless.json", store.storage.read("manifests/base/main/lossless.json"))
+    done = _zoo(url, tmp_path / "verifier", "verify")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.strip() == (f"damaged: {url}/manifests/other/main/lossless.json: damaged manifest (it names base@main:lossless, "
+                                   "whose manifest is manifests/base/main/lossless.json)")
+    done = _zoo(url, tmp_path / "doctor", "doctor")
+    assert done.returncode == 1 and f"{url}/manifests/other/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith(f"{url}: 1 model;")
+    done = _zoo(url, tmp_path / "doctor", "gc")
+    assert done.returncode == 1 and "damaged manifest" in done.stderr and "nothing was collected" in done.stderr, done.stderr
+    done = _zoo(url, tmp_path / "lister", "ls", "--json")
+    assert [m["name"] for m in json.loads(done.stdout)["models"]] == ["base"], done.stderr
+
+
+def test_a_name_too_long_is_refused_for_its_length(tiny_model, tmp_path):
+    done = zoo_cli("compress", tiny_model, "--name", "x" * 97, home=tmp_path / "zoo")
+    assert done.returncode == 1 and "96 characters at most" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "x" * 97 not in done.stderr
+    assert zoo_cli("compress", tiny_model, "--name", "x" * 96, home=tmp_path / "zoo").returncode == 0
+    for other in ("a b", "a--b", "a.git"):
+        assert "letters, digits" in zoo_cli("compress", tiny_model, "--name", other, home=tmp_path / "zoo").stderr
