@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, unquote
 
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
-from zoo.hub.store import DEFAULT_REVISION, NAME_PATTERN, Entry, Store, StoredFile
+from zoo.hub.store import NAME_PATTERN, Entry, Store, StoredFile
 from zoo.allocator import keep_freed_buffers
 
 try:
@@ -234,7 +234,7 @@ class ZooApp:
         if answer.stored is None or scope["method"] == "HEAD" or answer.start == answer.end:
             await send({"type": "http.response.start", "status": answer.status, "headers": _header_list(answer)})
             await send({"type": "http.response.body", "body": answer.body})
-            return len(answer.body)
+            return 0 if scope["method"] == "HEAD" else len(answer.body)  # uvicorn writes no body for HEAD
         stream = DecodeThread(asyncio.get_running_loop(), lambda: self._shared.pieces(  # type: ignore[union-attr]
             answer.archive, answer.stored.path, answer.start, answer.end, answer.stored.size, self.decode_threads),  # type: ignore[union-attr, arg-type]
             self._read_ahead)
@@ -397,6 +397,15 @@ class ZooApp:
             raise HubError(404, f"revision {revision!r} of {repo!r} is not in this zoo", "RevisionNotFound")
         return found[0]
 
+    def _default_entry(self, repo: str) -> Entry:
+        """What the Hub answers for a repo without a revision, its default branch: `main`, or for a
+        model stored under other revisions only, the one the catalogue ranks first (else
+        huggingface_hub's repo_exists raises RevisionNotFoundError for a model that is here)."""
+        found = self._matches(repo, with_files=True) if NAME_PATTERN.fullmatch(repo) else []
+        if not found:
+            raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
+        return found[0]
+
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:
         """(repo, keyword, rest) for a repo id of one or two segments; the reading whose repo
         is in the zoo wins (a repo may be called 'tree'). With a keyword, the repo is in the zoo."""
@@ -414,7 +423,7 @@ class ZooApp:
     def _api(self, segments: list[str], query: dict[str, list[str]]) -> Answer:
         repo, keyword, rest = self._split_repo(segments, ("revision", "tree"))
         if keyword == "":
-            document: Any = self._model_info(self._entry(repo, DEFAULT_REVISION), _flag(query, "blobs"))
+            document: Any = self._model_info(self._default_entry(repo), _flag(query, "blobs"))
         elif keyword == "revision" and len(rest) == 1:
             document = self._model_info(self._entry(repo, rest[0], known=True), _flag(query, "blobs"))
         elif keyword == "tree" and rest:
