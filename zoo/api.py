@@ -25,7 +25,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
-from zoo.container.format import ArchiveFile, assemble, object_path, put_header
+from zoo.container.format import ArchiveFile, assemble, object_file_size, object_path, put_header
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -517,10 +517,7 @@ def stored_size(opened: Archive) -> int:
     names = object_names(opened.header())
     size = opened.file_size  # as opened: the file may have been removed since
     for name in names:
-        try:
-            size += object_path(opened.objects_root, name).stat().st_size
-        except OSError:
-            pass  # reading it says what is missing
+        size += object_file_size(object_path(opened.objects_root, name)) or 0  # a missing one: reading it says so
     return size
 
 

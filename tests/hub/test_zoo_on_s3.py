@@ -52,6 +52,19 @@ def test_a_zoo_in_a_bucket_is_seen_whole_from_a_fresh_machine(bucket, tmp_path, 
     assert fresh.gc() == []  # what tuned alone named is younger than the grace period: kept for now
 
 
+def test_a_model_in_a_bucket_reports_the_bytes_it_takes_there(bucket, tmp_path, monkeypatch):
+    """compress's summary and `zoo info` count the objects in the bucket, not only the archive
+    this machine keeps: the same as for the same model in a folder zoo."""
+    model = write_model(tmp_path / "model", base_tensors())
+    in_folder = compress_into(Store(tmp_path / "folder-zoo"), model, "m")
+    in_bucket = machine(tmp_path, "first", f"{bucket}/sizes", monkeypatch)
+    compress_into(in_bucket, model, "m")
+    expected = zoo.report_of(in_folder.archive).compressed_bytes
+    assert expected > 64 << 10  # tensor objects of their own, beyond the model's archive
+    assert zoo.report_of(in_bucket.resolve("m").archive).compressed_bytes == expected
+    assert zoo.report_of(machine(tmp_path, "fresh", f"{bucket}/sizes", monkeypatch).resolve("m").archive).compressed_bytes == expected
+
+
 def test_two_machines_write_one_bucket_at_once(bucket, tmp_path, s3_server):
     url = f"{bucket}/zoo"
     models = {}

@@ -566,8 +566,9 @@ def _map(descriptor: int, path: Path) -> Any:
 
 # A zoo whose objects live on object storage keeps a local folder (its index, the archives of its
 # models); an object missing there is read by range through this hook, which zoo.hub.store sets:
-# REMOTE_OBJECTS(path) gives an object with region() -> (payload start, payload size) and
-# read(offset, length) -> bytes, or None when `path` belongs to no such zoo.
+# REMOTE_OBJECTS(path) gives an object with region() -> (payload start, payload size),
+# read(offset, length) -> bytes and size() -> its bytes or None, or None when `path` belongs to
+# no such zoo.
 REMOTE_OBJECTS: Callable[[Path], Any] | None = None
 
 
@@ -575,6 +576,16 @@ def _remote(path: Path) -> Any:
     if REMOTE_OBJECTS is None or path.exists():
         return None
     return REMOTE_OBJECTS(path)
+
+
+def object_file_size(path: Path) -> int | None:
+    """The bytes of the object file at `path`, on this machine or in the bucket of a zoo on object
+    storage (this machine keeps only the models' archives of such a zoo); None where it is missing."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        remote = _remote(path)
+        return None if remote is None else remote.size()
 
 
 def parse_region(preamble: bytes, size: int, where: Any) -> tuple[int, int]:

@@ -1040,6 +1040,11 @@ class _RemoteObject:
     def read(self, offset: int, length: int) -> bytes:
         return self.storage.read_range(self.key, offset, length)
 
+    def size(self) -> int | None:
+        """The object's bytes in the bucket, or None where it is missing."""
+        info = self.storage.stat(self.key)
+        return None if info is None else info.size
+
 
 def _remote_object(path: Path) -> _RemoteObject | None:
     storage = _REMOTE_ZOOS.get(path.parent.parent)
