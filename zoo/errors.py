@@ -17,6 +17,11 @@ class FormatError(ZooError):
     """An archive that is damaged, truncated or not a zoo archive."""
 
 
+class MissingObjectError(FormatError):
+    """An object an archive of a zoo reads from is not there (removed, lost, or the archive copied
+    out of its zoo)."""
+
+
 class ChecksumError(FormatError):
     """Stored bytes do not match their checksum: the archive is damaged."""
 

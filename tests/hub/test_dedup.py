@@ -270,7 +270,7 @@ def test_an_object_too_large_to_hold_in_memory_is_the_same_bytes(tmp_path, monke
 
 @pytest.mark.parametrize("change, message", [
     (lambda leaf, header: leaf.update(object="../../../etc/passwd"), "names an object by something other than a sha256"),
-    (lambda leaf, header: leaf.update(object="0" * 64), "which is not in"),
+    (lambda leaf, header: leaf.update(object="0" * 64), "is missing from the zoo"),
     (lambda leaf, header: header.update(features=["objects", "teleport"]), "needs features this zoo lacks: teleport"),
     (lambda leaf, header: header.update(features=["xor"]), "lies in an object, but the header does not list the feature"),
 ])

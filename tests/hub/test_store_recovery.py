@@ -304,6 +304,22 @@ def test_doctor_exits_1_while_a_model_cannot_be_read(two_models):
     assert doctor.returncode == 0 and "no problems found" in doctor.stdout, doctor.stdout
 
 
+def test_a_model_missing_a_tensor_object_says_so_when_read(tmp_path):
+    """Not that its archive was copied out of its zoo, nor that it is damaged: an object is gone."""
+    from tests.hub.test_dedup import base_tensors, write_model
+
+    home = tmp_path / "zoo"
+    entry = compress_into(Store(home), write_model(tmp_path / "model", base_tensors()), "org/first")
+    victim = next(p for p in objects(home) if p.name != entry.archive.name)
+    victim.unlink()
+    for command in (["export", "org/first", "-o", tmp_path / "out"], ["decompress", "org/first", "-o", tmp_path / "out"]):
+        done = zoo_cli(*command, home=home)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"lies in object {victim.stem[:16]}..., which is missing from the zoo at {home} " in done.stderr, done.stderr
+        assert "damaged" not in done.stderr and "stands alone" not in done.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_one_object_for_the_same_bytes_kept_until_its_last_name_goes(tiny_model, tmp_path):
     archive = tmp_path / "m.zoo"
     zoo.compress(tiny_model, archive)

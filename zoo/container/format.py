@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
-from zoo.errors import ChecksumError, FormatError
+from zoo.errors import ChecksumError, FormatError, MissingObjectError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
@@ -466,8 +466,12 @@ class _ObjectFiles:
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise FormatError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {path.parent.parent} "
-                              "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
+            root = path.parent.parent
+            if archive.parent.parent == root and root.parts[-2:] == ("objects", "sha256"):  # the archive is an object of that zoo
+                raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is missing from the zoo at "
+                                         f"{root.parent.parent} (removed since, or lost: `zoo doctor` names the models it breaks)") from None
+            raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {root} "
+                                     "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
         except OSError as error:
             raise FormatError(f"{path}: cannot open: {error.strerror}") from None
         with self._lock:

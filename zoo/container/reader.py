@@ -15,7 +15,7 @@ from zoo.kernels.parallel import InOrder, for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
-from zoo.errors import FormatError, InputError, ZooError
+from zoo.errors import FormatError, InputError, MissingObjectError, ZooError
 from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
@@ -705,16 +705,17 @@ class Archive:
         Checked once per open archive (it reads the chunk indexes, a few bytes per chunk)."""
         if self._layout_checked:
             return
-        problems = self.layout_problems()
+        problems = self.layout_problems(missing_raises=True)
         if problems:
             raise _fail(self._file, f"{problems[0]} (the archive is damaged or was not written by zoo)")
         self._layout_checked = True
 
-    def layout_problems(self) -> list[str]:
+    def layout_problems(self, missing_raises: bool = False) -> list[str]:
         """Every stored byte must belong to exactly one chunk or index: no holes, no overlaps. The
         same holds in each object the archive reads from. In an archive of a zoo (the "objects"
         feature) a leaf may be named more than once (a tensor two files hold, a base several tensors
-        are stored against), and counts once."""
+        are stored against), and counts once. A missing object is a problem, or with
+        `missing_raises` the error that says so (no fault of the archive's layout)."""
         regions: dict[str | None, list[tuple[int, int, str]]] = {None: []}
         seen: set[tuple[str | None, int]] = set()
         shared = "objects" in self._file.header.get("features", [])
@@ -726,6 +727,8 @@ class Archive:
             try:
                 index, _, _ = self._chunks(leaf, what)
             except ZooError as error:  # named as the other problems are: without the archive's path
+                if missing_raises and isinstance(error, MissingObjectError):
+                    raise
                 return [str(error).removeprefix(f"{self._file.path}: ")]
             if obj is not None or shared:
                 seen.add((obj, index_at))

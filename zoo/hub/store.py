@@ -661,7 +661,8 @@ class Store:
 
     def _drop_unnamed(self, candidates: Any) -> None:
         """Remove those of `candidates` no manifest names any more (rm and --force: the objects
-        they just released). Caller holds the lock. Readers holding one open keep reading it."""
+        they just released). Caller holds the lock. A reader that has an object open keeps reading it;
+        one that opens it later (objects are opened as first read) finds it missing."""
         try:
             named = self._named_objects()
         except StoreError:
