@@ -448,8 +448,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     import warnings
 
     from zoo.errors import ZooWarning
-    from zoo.torch_bridge import has_torch_dtype, to_torch
+    from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
+    if device:
+        check_device(str(device))  # before any tensor is decoded
     with _open(source, base) as opened:
         opened.require_base()
         keys = opened.keys()

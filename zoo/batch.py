@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray
 # A model going into a zoo whose objects are larger than this in all is coded by several tasks, each of
 # whole tensors (or runs of file bytes) of about this much: a 5 GB shard becomes some 20 tasks.
 TASK_BYTES = 256 << 20
+CANCEL_SECONDS = 10  # how long an interrupted batch waits for the tasks it cancelled to end
 RETRIES = 2  # a task is run at most 1 + RETRIES times when its worker dies or it meets an OSError
 # What a worker must see as the driver does: the kernels (the CI's numpy run), the test hooks, and
 # the hub to pull from (credentials are not passed on: HF_TOKEN belongs in the nodes' environment).
@@ -440,8 +441,16 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         return landed
 
     tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]
-    return _run(ray, tasks, [f"zoo compress {name}" for name in names], lambda index, error: Landed(sources[index], names[index], error=error),
-                land, threads, retries)
+    try:
+        return _run(ray, tasks, [f"zoo compress {name}" for name in names],
+                    lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
+    except BaseException:
+        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them
+        storage = open_storage(output)
+        if isinstance(storage, LocalFolder):
+            for name in names:
+                temporaries.sweep_beside(storage.root / name)
+        raise
 
 
 def _compress_into_zoo(sources: list[str], store: Store, names: list[str], labels: list[str], revision: str, pipeline: str,
@@ -542,7 +551,17 @@ def _run(ray: str | None, tasks: list[tuple[Callable[..., Any], tuple]], labels:
 
 def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, store: Store | None, revision: str, pipeline: str,
                      force: bool) -> None:
-    """Every output that is there already, refused before any work starts (unless force)."""
+    """Every output that is there already, refused before any work starts (unless force); in a
+    folder, one that is no file is refused even with force, as a local `zoo compress -o` refuses it."""
+    storage = None if output is None else open_storage(output)
+    if isinstance(storage, LocalFolder):
+        folder = storage.root
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{output}: not a folder; with several models -o names the folder their archives go to")
+        for name in names:
+            problem = temporaries.in_the_way(folder / name, is_dir=False)
+            if problem is not None:
+                raise OutputExistsError(f"{folder / name} {problem}; zoo does not remove it, even with --force: choose another output")
     if force:
         return
     if output is None:
@@ -552,7 +571,6 @@ def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, st
         there = [f"{name}@{revision}:{variant}" for name in names if store.exists_ref(name, revision, variant) is not None]
         where = "in the zoo"
     else:
-        storage = open_storage(output)
         there = [name for name in names if storage.stat(name) is not None]
         where = f"in {output}"
     if there:
@@ -570,7 +588,11 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
     connect(address)
     forwarded = {name: os.environ[name] for name in FORWARDED if name in os.environ}
     # SPREAD: tasks go to every node rather than filling the first, so that reading and writing spread too
-    options: dict[str, Any] = {"num_cpus": threads, "max_retries": retries, "retry_exceptions": [OSError, StorageError],
+    # a task asking for more CPUs than any node has would wait forever, without a word: it asks for
+    # the largest node's (an autoscaling cluster whose nodes hold no CPU yet is asked for `threads`)
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    cpus = min(threads, largest) if largest >= 1 else threads
+    options: dict[str, Any] = {"num_cpus": cpus, "max_retries": retries, "retry_exceptions": [OSError, StorageError],
                                "scheduling_strategy": "SPREAD"}
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}
@@ -595,6 +617,9 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
     except BaseException:
         for reference in pending:
             ray.cancel(reference, force=True)
+        # their workers gone, a caller can remove what they were writing
+        with suppress(Exception):
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_SECONDS)
         raise
     return [results[index] for index in range(len(tasks))]
 
@@ -702,7 +727,8 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
           retries: int = RETRIES, progress: Callable[[str], None] | None = None,
           **options: Any) -> tuple[list[Any], list[SweepFailure]]:
     """zoo sweep with each pipeline (its compression and its evaluation) a Ray task: the points of
-    the pipelines that succeeded, their Pareto frontier marked among themselves, and the failures.
+    the pipelines that succeeded, their Pareto frontier marked among themselves, and the failures;
+    with ray=None each runs here in turn, as compress_many's do.
     `options` go to zoo.evaluate.sweep.sweep (calibration, text, max_tokens, base): paths in them,
     and the model unless it is a URL, must be readable where the tasks run."""
     from zoo.codecs.pipeline import Pipeline
@@ -725,8 +751,8 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
             progress(f"[{landed[0]}/{len(pipelines)}] {pipelines[index]}: {what}")
         return result
 
-    results = run_tasks(ray, [(sweep_one, (model, spec, options)) for spec in pipelines], [f"zoo sweep {spec}" for spec in pipelines],
-                        lambda index, error: SweepFailure(pipelines[index], error), land, threads, retries)
+    results = _run(ray, [(sweep_one, (model, spec, options)) for spec in pipelines], [f"zoo sweep {spec}" for spec in pipelines],
+                   lambda index, error: SweepFailure(pipelines[index], error), land, threads, retries)
     points = [point for result in results if not isinstance(result, SweepFailure) for point in result]
     mark_pareto(points)
     return points, [result for result in results if isinstance(result, SweepFailure)]

@@ -63,6 +63,8 @@ def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
 
 def find_archive(ref: str | os.PathLike[str]) -> Path | None:
     """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither."""
+    if not os.fspath(ref):  # Path("") is the current folder
+        raise InputError("no archive given: name a .zoo file or a model in the zoo")
     path = Path(ref)
     if path.exists():
         return path

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from zoo.codecs.base import TypedArray
+from zoo.errors import InputError
 
 _TORCH_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -41,14 +43,33 @@ def _whole(array: np.ndarray) -> bool:
     return owner.nbytes == array.nbytes
 
 
+@functools.cache
+def check_device(device: str) -> None:
+    """Raise InputError unless torch can put tensors on `device` (a typo, or CUDA on a machine
+    without it), in torch's words, rather than torch's own exception."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"device {device!r}: {reason}") from None
+
+
 def to_torch(array: TypedArray, device: str | None = None) -> Any:
     import torch
+
+    if device:
+        check_device(str(device))
 
     name = _TORCH_DTYPES.get(array.dtype)
     if name is None:
         raise TypeError(f"dtype {array.dtype} has no torch equivalent")
     dtype = getattr(torch, name)
     raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
+    if not raw.size:  # numpy copies an empty array with a zero stride, which torch cannot view as a wider dtype
+        tensor = torch.empty(array.shape, dtype=dtype)
+        return tensor.to(device) if device else tensor
     if not raw.flags.writeable or not _whole(raw):
         # torch would share (and warn about) memory it may not write, or keep a larger decoded
         # array alive for a slice of it: one copy the tensor owns

@@ -94,6 +94,7 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False,
                  objects_root: str | os.PathLike[str] | None = None, mapped: bool = False) -> None:
+        self._closed = False
         self._file = ArchiveFile(path, objects_root, mapped)  # mapped: see ArchiveFile
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
@@ -402,7 +403,13 @@ class Archive:
 
     # -- leaves -----------------------------------------------------------------------------
 
+    def _require_open(self) -> None:
+        # a leaf in an object of the zoo would still read after close: refused as the archive's own are
+        if self._closed:
+            raise InputError(f"{self.path}: the archive is closed (read it inside its `with` block)")
+
     def _chunks(self, leaf: dict[str, Any], what: str) -> tuple[list[tuple[int, int, int]], int, int]:
+        self._require_open()
         n_elements = math.prod(leaf["shape"])
         chunk_elements = leaf.get("chunk_elements")
         if not isinstance(chunk_elements, int) or chunk_elements <= 0:
@@ -567,14 +574,22 @@ class Archive:
             total += index[1] if isinstance(index, list) and len(index) == 2 and isinstance(index[1], int) else 0
         return total
 
+    def _user_tensor(self, name: str, framework: str) -> None:
+        """A name and framework a caller asked for: one it mistyped is its mistake, not damage."""
+        if name not in self:
+            raise InputError(f"{self.path}: archive holds no tensor {name!r}")
+        if framework not in _FRAMEWORKS:
+            raise InputError(f"unknown framework {framework!r}: use 'np' or 'pt'")
+
     def get_tensor(self, name: str, framework: str = "np") -> Any:
         """A tensor as numpy (bf16 and fp8 given as exact float32) or, with framework="pt", as torch."""
+        self._user_tensor(name, framework)
         return _as_framework(self.read_tensor(name), framework)
 
     def get_slice(self, name: str, framework: str = "np") -> TensorSlice:
         """A tensor to index like safetensors' get_slice: `archive.get_slice(name)[10:20]` decodes
         only the chunks holding rows 10 to 19 (the whole tensor when array stages encoded it)."""
-        self.tensor_info(name)
+        self._user_tensor(name, framework)
         return TensorSlice(self, name, framework)
 
     def read_rows(self, name: str, first: int, stop: int) -> TypedArray:
@@ -716,6 +731,7 @@ class Archive:
         feature) a leaf may be named more than once (a tensor two files hold, a base several tensors
         are stored against), and counts once. A missing object is a problem, or with
         `missing_raises` the error that says so (no fault of the archive's layout)."""
+        self._require_open()  # else it would be reported as damage
         regions: dict[str | None, list[tuple[int, int, str]]] = {None: []}
         seen: set[tuple[str | None, int]] = set()
         shared = "objects" in self._file.header.get("features", [])
@@ -803,6 +819,7 @@ class Archive:
         return []
 
     def close(self) -> None:
+        self._closed = True
         self._file.close()
         if self._owns_base and self._base is not None:
             self._base.close()
@@ -830,6 +847,9 @@ def _owned(chunk: np.ndarray) -> np.ndarray:
     """A decoded chunk as an array of its own: read-only ones (views of a stored stream) are copied,
     so every tensor read is writable as before."""
     return chunk if chunk.flags.writeable and chunk.flags.c_contiguous else chunk.copy()
+
+
+_FRAMEWORKS = ("np", "numpy", "pt", "torch")
 
 
 def _as_framework(array: TypedArray, framework: str) -> Any:
@@ -868,7 +888,9 @@ class TensorSlice:
 
     def __getitem__(self, index: Any) -> Any:
         items = list(index) if isinstance(index, tuple) else [index]
-        if any(not isinstance(item, (int, np.integer, slice)) and item is not Ellipsis for item in items):
+        # a bool is an int to Python, but a mask to numpy and torch: refused rather than read as row 0 or 1
+        if any(isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer, slice)) and item is not Ellipsis
+               for item in items):
             raise ZooError("a tensor slice takes ints, slices and '...' only")
         if items.count(Ellipsis) > 1:
             raise ZooError("a tensor slice takes at most one '...'")
@@ -892,5 +914,7 @@ class TensorSlice:
                 raise IndexError(f"index {int(first)} is out of bounds for a first axis of {rows}")
             low, high, local = position, position + 1, 0
         part = self._archive.read_rows(self._name, low, high)
-        selected = np.ascontiguousarray(part.data[(local, *items[1:])])
+        selected = part.data[(local, *items[1:])]
+        # one element stays 0-d, as numpy and torch give it (ascontiguousarray makes it 1-d)
+        selected = np.ascontiguousarray(selected) if np.ndim(selected) else np.array(selected)
         return _as_framework(TypedArray(selected, part.dtype), self._framework)

@@ -1,0 +1,205 @@
+"""The Python API as an inference script meets it (zoo.open, get_slice, load_state_dict) and batch
+work on a real Ray: what safetensors' users expect, and the mistakes such a user makes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from tests.conftest import random_storage, write_safetensors
+from zoo import batch
+from zoo.errors import InputError, OutputExistsError
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A model of several dtypes and shapes, in chunks of 64 bytes, and its tensors as torch has them."""
+    from safetensors.torch import load_file
+
+    path = write_safetensors(tmp_path / "model.safetensors", {
+        "bf": ("BF16", random_storage("BF16", (301, 7), 1)),
+        "f32": ("F32", random_storage("F32", (37, 5), 2)),
+        "vector": ("F16", random_storage("F16", (1001,), 3)),
+        "f8": ("F8_E4M3", random_storage("F8_E4M3", (99, 5), 4)),
+        "steps": ("I64", np.arange(20, dtype=np.int64).reshape(4, 5)),
+    })
+    zoo.compress(path, tmp_path / "m.zoo", chunk_bytes=64)
+    return tmp_path / "m.zoo", load_file(path)
+
+
+def _same(got: torch.Tensor, want: torch.Tensor) -> bool:
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    return bytes(got.contiguous().reshape(-1).view(torch.uint8).numpy()) == bytes(want.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+@pytest.mark.parametrize("index", [0, 3, -1, (0, 1), (3, -1), (-1, Ellipsis), (Ellipsis, 2)])
+def test_one_element_of_a_slice_is_zero_dimensional_as_in_torch(model, index):
+    path, tensors = model
+    with zoo.open(path) as archive:
+        for name, tensor in tensors.items():
+            wanted = index[:1] if tensor.dim() == 1 and isinstance(index, tuple) and Ellipsis in index else index
+            if tensor.dim() == 1 and isinstance(wanted, tuple) and len(wanted) == 2:
+                continue
+            got = archive.get_slice(name, "pt")[wanted]
+            assert _same(got, tensor[wanted]), (name, wanted, tuple(got.shape), tuple(tensor[wanted].shape))
+            assert archive.get_slice(name)[wanted].shape == tuple(tensor[wanted].shape)
+
+
+@pytest.mark.parametrize("index", [(slice(None), slice(3, 3)), (0, slice(2, 2)), slice(5, 1)])
+def test_an_empty_slice_comes_to_torch(model, index):
+    path, tensors = model
+    with zoo.open(path) as archive:
+        for name in ("bf", "f32", "steps"):
+            assert _same(archive.get_slice(name, "pt")[index], tensors[name][index])
+
+
+@pytest.mark.usefixtures("model")  # it writes model.safetensors
+def test_an_empty_slice_of_a_lossy_tensor_comes_to_torch(tmp_path):
+    zoo.compress(tmp_path / "model.safetensors", tmp_path / "lossy.zoo", "codebook:bits=4")
+    with zoo.open(tmp_path / "lossy.zoo") as archive:
+        assert archive.get_slice("bf", "pt")[5:1].shape == (0, 7)
+        assert archive.get_slice("f32", "pt")[:, 1:1].shape == (37, 0)
+
+
+@pytest.mark.parametrize("in_zoo", [False, True])
+def test_a_closed_archive_refuses_reads_with_a_zoo_error(model, tmp_path, monkeypatch, in_zoo):
+    path, _ = model
+    if in_zoo:  # its tensors lie in the zoo's objects, which need no descriptor of the archive's
+        monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+        from zoo.api import compress_into
+        from zoo.hub.store import Store
+
+        compress_into(Store(), tmp_path / "model.safetensors", "probe/model")
+        path = "probe/model"
+    with zoo.open(path) as archive:
+        rows = archive.get_slice("bf")
+        assert archive.get_tensor("f32").shape == (37, 5)
+    for read in (lambda: archive.get_tensor("f32"), lambda: archive.get_tensor("bf", "pt"), lambda: rows[1:3],
+                 lambda: archive.read_file("model.safetensors"), lambda: archive.verify()):
+        with pytest.raises(InputError, match="the archive is closed"):
+            read()
+    assert sorted(archive.keys()) == ["bf", "f32", "f8", "steps", "vector"]  # the header stays known
+
+
+def test_a_bool_index_is_refused_not_read_as_row_one(model):
+    path, _ = model
+    with zoo.open(path) as archive:
+        for index in (True, np.bool_(False), (slice(None), True)):
+            with pytest.raises(zoo.ZooError, match="takes ints, slices"):
+                archive.get_slice("f32")[index]
+
+
+def test_a_mistyped_name_or_framework_is_the_callers_mistake_said_at_once(model):
+    path, _ = model
+    with zoo.open(path) as archive:
+        for read in (lambda: archive.get_tensor("bf.weight"), lambda: archive.get_slice("bf.weight"),
+                     lambda: archive.get_tensor("bf", "tf"), lambda: archive.get_slice("bf", "jax")):  # the slice's too, before indexing
+            with pytest.raises(InputError, match="holds no tensor 'bf.weight'|unknown framework"):
+                read()
+
+
+@pytest.mark.parametrize("device", ["bogus", "cpu:x"] + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_a_device_torch_cannot_use_is_one_zoo_error(model, device, monkeypatch):
+    path, _ = model
+    with pytest.raises(InputError, match=f"device '{device}': "):
+        zoo.load_state_dict(path, device=device)
+    # said before any tensor is decoded
+    monkeypatch.setattr("zoo.container.reader.Archive.read_tensors", lambda *args: pytest.fail("decoded first"))
+    with pytest.raises(InputError, match=f"device '{device}': "):
+        zoo.load_state_dict(path, device=device)
+
+
+def test_an_empty_name_is_no_archive_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    for call in (zoo.open, zoo.load_state_dict, zoo.verify, zoo.report_of):
+        with pytest.raises(InputError, match="no archive given"):
+            call("")
+
+
+def test_huge_thread_counts_read_the_same_tensors(model):
+    path, tensors = model
+    for threads in (1, 3, 1 << 20):
+        state = zoo.load_state_dict(path, threads=threads)
+        assert all(_same(state[name], tensor) for name, tensor in tensors.items())
+
+
+# -- batch work --------------------------------------------------------------------------------------
+
+
+def _small_models(folder: Path, count: int) -> list[Path]:
+    made = []
+    for number in range(count):
+        source = folder / f"model-{number}"
+        source.mkdir(parents=True)
+        write_safetensors(source / "model.safetensors", {"w": ("F32", random_storage("F32", (64, 64), number))})
+        made.append(source)
+    return made
+
+
+def test_a_batch_refuses_a_folder_where_an_archive_goes_before_any_work(tmp_path):
+    sources = _small_models(tmp_path / "models", 2)
+    (tmp_path / "out" / "model-0.zoo").mkdir(parents=True)
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match="model-0.zoo is a folder.*even with --force"):
+            batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=None, force=force)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model-0.zoo"]  # model-1 was not written either
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(InputError, match="a-file: not a folder"):
+        batch.compress_many([str(s) for s in sources], tmp_path / "a-file", ray=None)
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_more_threads_than_any_node_has_does_not_wait_forever(ray_cluster: str, tmp_path: Path) -> None:
+    """The test cluster's nodes have one CPU each: a task that asked Ray for two was never scheduled."""
+    sources = _small_models(tmp_path / "models", 2)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(batch.compress_many([str(s) for s in sources], tmp_path / "out",
+                                                                                ray=ray_cluster, threads=2)), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert results and [r.ok for r in results[0]] == [True, True], "the batch is still waiting for a node of 2 CPUs"
+    zoo.compress(sources[0], tmp_path / "local.zoo", threads=2)
+    assert (tmp_path / "out" / "model-0.zoo").read_bytes() == (tmp_path / "local.zoo").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_interrupted_batch_leaves_no_partial_archive(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while tasks code: the driver kills them, and what they were writing goes too."""
+    monkeypatch.setenv("ZOO_KERNELS", "numpy")  # forwarded to the workers: the large models take seconds
+    [small] = _small_models(tmp_path / "models", 1)
+    large = []
+    for number in range(2):
+        source = tmp_path / "models" / f"large-{number}"
+        source.mkdir()
+        write_safetensors(source / "model.safetensors", {"w": ("F32", random_storage("F32", (2048, 4096), 10 + number))})
+        large.append(source)
+    out = tmp_path / "out"
+
+    def interrupt(landed: batch.Landed) -> None:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".large-") for p in out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until a large model's task is writing
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.compress_many([str(small), *map(str, large)], out, ray=ray_cluster, on_landed=interrupt)
+    assert sorted(p.name for p in out.iterdir()) == ["model-0.zoo"]
+
+
+def test_a_sweep_without_ray_runs_here_and_starts_no_ray(model, tmp_path, monkeypatch):
+    """ray=None means here, as for compress_many: it once started a Ray of its own."""
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a sweep with ray=None connected to Ray")
+
+    monkeypatch.setattr(batch, "connect", no_ray)
+    points, failures = batch.sweep(tmp_path / "model.safetensors", ["lossless", "codebook:bits=4"], ray=None,
+                                   calibration=tmp_path / "absent")
+    assert [point.pipeline for point in points] == ["lossless"]
+    assert [failure.pipeline for failure in failures] == ["codebook:bits=4"] and "cannot read calibration text" in failures[0].error
