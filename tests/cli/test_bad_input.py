@@ -62,6 +62,13 @@ def test_missing_source(tmp_path):
         zoo.compress(tmp_path / "nope", tmp_path / "out.zoo")
 
 
+def test_an_empty_source_is_no_model_not_the_current_folder(tmp_path):
+    (tmp_path / "here.bin").write_bytes(b"the current folder")
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", "", "-o", "out.zoo"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr == "error: no model given: name a folder, a file or a hub id\n"
+    assert not (tmp_path / "out.zoo").exists()
+
+
 def test_bad_pipeline(tiny_model, tmp_path):
     with pytest.raises(PipelineError, match="unknown codec 'nosuch'"):
         zoo.compress(tiny_model, tmp_path / "out.zoo", "nosuch")

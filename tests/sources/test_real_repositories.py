@@ -108,6 +108,9 @@ def test_include_and_exclude_choose_the_files(corpus, tmp_path):
     assert {"training_args.bin", "rng_state.pth"}.isdisjoint(f["path"] for f in report.files)
     with pytest.raises(InputError, match="no files that --include/--exclude select"):
         zoo.compress(folder, tmp_path / "none.zoo", include=["*.gguf"])
+    # an empty name is no model, not the current folder
+    with pytest.raises(InputError, match="^no model given"):
+        zoo.compress("", tmp_path / "empty.zoo")
     # a set left open would match its '[' as text, and --exclude would then leave out nothing, silently
     with pytest.raises(InputError, match=r"^--exclude 'rng_state\[0-9.pth' opens a '\[' that no '\]' closes$"):
         zoo.compress(folder, tmp_path / "open.zoo", exclude=["rng_state[0-9.pth"])

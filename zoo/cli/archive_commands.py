@@ -87,6 +87,8 @@ def compress(
         _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
                         [flag for flag, value in unsupported.items() if value])
         return
+    if not typed:  # Path("") is the current folder
+        raise InputError("no model given: name a folder, a file or a hub id")
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")

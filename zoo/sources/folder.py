@@ -94,6 +94,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     Files whose path inside the folder matches none of `include` (fnmatch globs, when given) or any
     of `exclude` are left out."""
     check_globs(include, exclude)
+    if not os.fspath(source):  # Path("") is the current folder
+        raise InputError("no model given: name a folder or a file")
     root = Path(source)
     if not root.exists():
         if root.is_symlink():
