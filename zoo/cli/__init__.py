@@ -88,8 +88,11 @@ def main() -> None:
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
         if os.environ.get("ZOO_DEBUG"):
             raise
+        from zoo.cli.output import StdoutError
+
         where = f": {error.filename}" if error.filename else ""
-        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"error: {'cannot write to stdout: ' if isinstance(error, StdoutError) else ''}{error.strerror or error}{where}",
+              file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:
         if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:

@@ -11,7 +11,7 @@ from zoo.evaluate.result import QualityGateError
 from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
 from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
-from zoo.cli.reports import print_compressed, print_quality, print_report
+from zoo.cli.reports import count, print_compressed, print_quality, print_report
 
 
 def _codec_help() -> str:
@@ -225,7 +225,8 @@ def decompress(
     if as_json:
         print_json({"output": str(output), "files": report.files, "original_bytes": report.original_bytes, "seconds": report.seconds})
     else:
-        stdout.print(f"{output}: {len(report.files)} files, {human_bytes(report.original_bytes)}, every lossless file matches its sha256")
+        stdout.print(f"{output}: {count(len(report.files), 'file')}, {human_bytes(report.original_bytes)}, every lossless file matches its sha256",
+                     highlight=False)
 
 
 def info(archive: ArchiveArg, as_json: Json = False) -> None:

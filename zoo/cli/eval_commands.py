@@ -24,9 +24,9 @@ def quality_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] 
     if not enabled or not stderr.is_terminal:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=stderr, transient=True) as progress:
         tasks: dict[str, Any] = {}
 

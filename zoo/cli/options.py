@@ -13,6 +13,7 @@ ForceFiles = Annotated[bool, typer.Option("--force", "-f", help="Into an existin
                                                               "there (other files stay; a folder is never removed).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.")]
-ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive.", show_default=False)]
+ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive or a zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).",
+                                            show_default=False)]
 Base = Annotated[Optional[Path], typer.Option("--base", help="The base model the archive's differences are added to (safetensors "
                                                             "file or folder, .zoo archive or zoo name).", show_default=False)]

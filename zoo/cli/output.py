@@ -14,11 +14,41 @@ from typing import Any
 from rich.console import Console
 
 
+class StdoutError(OSError):
+    """stdout could not be written (a full disk, a closed file): said as such, since the system's
+    words alone ("No space left on device") read as the disk the command's own output went to."""
+
+
+class _Stdout:
+    """sys.stdout as it is when written to (a test may swap it), whose write errors are a
+    StdoutError. A closed pipe stays a BrokenPipeError: `zoo ls | head -1` ends quietly."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise StdoutError(error.errno, error.strerror) from error
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise StdoutError(error.errno, error.strerror) from error
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: rich asks them
+        return getattr(sys.stdout, name)
+
+
 def _console(stderr: bool = False) -> Console:
     """rich's console for stdout or stderr. Piped or in a file, where rich would fold every line at
     80 columns, a message is one line however long (a long path stays whole); tables there are
-    plain lines (print_table). On a terminal, lines fold at its width."""
-    console = Console(stderr=stderr)
+    plain lines (print_table). On a terminal, lines fold at its width. No markup: a path or a
+    tensor name such as `out[red]` or `layers[/]` is printed as it is, never read as a style."""
+    console = Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False)
     if not console.is_terminal:
         console.soft_wrap = True
     return console
@@ -50,11 +80,11 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     if not stdout.is_terminal:
         widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
         if title:
-            sys.stdout.write(title + "\n")
+            stdout.file.write(title + "\n")
         for row in (columns, *rows):
             cells = [text.rjust(width) if name in right else text.ljust(width) for name, text, width in zip(columns, row, widths)]
-            sys.stdout.write("  ".join(cells).rstrip() + "\n")
-        sys.stdout.flush()
+            stdout.file.write("  ".join(cells).rstrip() + "\n")
+        stdout.file.flush()
         return
     from rich.table import Table
 
@@ -69,7 +99,7 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
 def print_json(document: Any) -> None:
     from zoo.evaluate.result import json_safe
 
-    sys.stdout.write(json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n")
+    stdout.file.write(json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n")
 
 
 # The progress display on stderr, when one is shown. rich draws one live display at a time, so every
@@ -108,7 +138,7 @@ def _display(closes: bool = False) -> Iterator[Callable[[], Any]]:
 def _columns() -> list[Any]:
     """Description, bar, done/total and time left; done/total in the task's unit (bytes in human
     units with their speed, else a count such as "12/99 sequences")."""
-    from rich.progress import BarColumn, ProgressColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
     class Amount(ProgressColumn):
@@ -135,7 +165,8 @@ def _columns() -> list[Any]:
             seconds = int(((task.total or 0) - task.completed) / ((task.completed - flowing[1]) / elapsed))
             return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", style="progress.remaining")
 
-    return ["[progress.description]{task.description}", BarColumn(bar_width=30), Amount(), Remaining()]
+    # the description as it is, in its style: no markup, as the consoles read none (_console)
+    return [TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(bar_width=30), Amount(), Remaining()]
 
 
 @contextmanager

@@ -42,7 +42,7 @@ def sweep(
         try:
             evaluation_text = text.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"{text}: cannot read evaluation text ({type(error).__name__})") from None
+            raise InputError(f"{text}: cannot read it as UTF-8 text ({getattr(error, 'strerror', None) or type(error).__name__})") from None
     say = None if as_json else (lambda line: stderr.print(line, markup=False, highlight=False))
     failures = []
     if ray is not None:
@@ -76,7 +76,7 @@ def sweep(
     print_table(f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), columns, rows, right=tuple(columns[1:]),
                 fold=tuple(columns))
     if plot is not None:
-        stdout.print(f"plot: {plot}")
+        stdout.print(f"plot: {plot}", highlight=False)
     if failures:
         raise typer.Exit(1)
 

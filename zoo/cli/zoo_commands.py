@@ -10,7 +10,7 @@ import typer
 
 from zoo.cli.options import Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, print_table, progress_bar, source_bytes, stage_bars, stderr, stdout
-from zoo.cli.reports import print_compressed
+from zoo.cli.reports import count, print_compressed
 
 NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -158,7 +158,8 @@ def export(
     if as_json:
         print_json({"name": entry.ref, "output": str(output), "files": report.files, "original_bytes": report.original_bytes})
     else:
-        stdout.print(f"{output}: {entry.ref}, {len(report.files)} files, {human_bytes(report.original_bytes)}", markup=False, highlight=False)
+        stdout.print(f"{output}: {entry.ref}, {count(len(report.files), 'file')}, {human_bytes(report.original_bytes)}", markup=False,
+                     highlight=False)
 
 
 def serve(
@@ -239,6 +240,7 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
     SRC that is no local path is a hub id, pulled first. False: a plain file-to-archive job.
     `options` (calibration=, check=, ...) go to zoo.compress."""
     from zoo import api
+    from zoo.codecs.pipeline import Pipeline
     from zoo.hub import pull as hub
     from zoo.hub.store import Store, check_name
     from zoo.refs import model_name
@@ -253,6 +255,8 @@ def compress_elsewhere(source: str, output: Optional[Path], name: Optional[str],
             raise hub.PullError(f"{error} (nor is there a local file or folder {source!r})") from None
     if name is None:
         name, origin = model_name(local)
+        check_name(name)  # a name or a SPEC the zoo refuses is said before the name is announced
+        Pipeline.parse(pipeline)
         if not as_json:
             stderr.print(f"storing it as {name} ({origin}; --name chooses another)", markup=False, highlight=False, soft_wrap=True)
     with progress_bar(lambda: source_bytes(local), "compressing", not as_json) as advance:

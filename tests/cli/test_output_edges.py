@@ -1,0 +1,98 @@
+"""The command line as a user meets it: paths with rich's markup brackets, counts of one, a name
+the zoo refuses, a stdout that cannot be written, help that names what a command takes. Each
+through the real entry point."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli.test_first_contact import _visible, ok, zoo_cli
+from tests.conftest import random_storage, write_safetensors
+
+TERMINAL = {"FORCE_COLOR": "1", "COLUMNS": "100"}  # stdout and stderr count as a terminal
+
+
+@pytest.fixture
+def one_file_archive(tmp_path):
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+    archive = tmp_path / "w.zoo"
+    ok(zoo_cli("compress", weights, "-o", archive))
+    return archive
+
+
+def test_a_path_with_square_brackets_is_printed_as_it_is(one_file_archive, tmp_path):
+    colour = tmp_path / "out[red]x"
+    done = ok(zoo_cli("decompress", one_file_archive, "-o", colour))
+    assert done.stdout.startswith(f"{colour}: "), done.stdout  # rich read [red] as a style and printed outx
+
+    (tmp_path / "q[").mkdir()
+    closing = tmp_path / "q[/]x"  # the folder x in the folder q[: rich's closing tag with nothing to close
+    done = ok(zoo_cli("decompress", one_file_archive, "-o", closing))
+    assert done.stdout.startswith(f"{closing}: "), done.stdout
+
+
+def test_a_table_on_a_terminal_shows_square_brackets_as_they_are(tmp_path):
+    weights = write_safetensors(tmp_path / "w.safetensors", {"w[bold]": ("F32", random_storage("F32", (8, 8), 1)),
+                                                              "layers[/]": ("F32", random_storage("F32", (4,), 2))})
+    ok(zoo_cli("compress", weights, "-o", "x[red]y.zoo", cwd=tmp_path))
+    done = ok(zoo_cli("info", "x[red]y.zoo", env=TERMINAL, cwd=tmp_path))  # a short path: the title is not folded
+    shown = _visible(done.stdout)
+    assert "x[red]y.zoo: fprans" in shown and "w[bold]" in shown and "layers[/]" in shown, shown
+
+
+def test_a_count_of_one_is_singular(one_file_archive, tmp_path):
+    done = ok(zoo_cli("decompress", one_file_archive, "-o", tmp_path / "out"))
+    assert ": 1 file, " in done.stdout, done.stdout
+
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", tmp_path / "w.safetensors", "--name", "one", home=home))
+    done = ok(zoo_cli("export", "one", "-o", tmp_path / "exported", home=home))
+    assert ", 1 file, " in done.stdout, done.stdout
+
+
+def test_a_name_the_zoo_refuses_is_not_announced_first(tmp_path):
+    weights = write_safetensors(tmp_path / "modèle×.safetensors", {"a": ("F32", random_storage("F32", (4, 4), 1))})
+    done = zoo_cli("compress", weights, home=tmp_path / "zoo")
+    assert done.returncode == 1 and "storing it as" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_stdout_that_cannot_be_written_is_named_in_the_error(one_file_archive, tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
+    commands = [["info", one_file_archive], ["info", one_file_archive, "--json"], ["env"], ["compress", tmp_path / "w.safetensors",
+                "-o", tmp_path / "again.zoo"], ["decompress", one_file_archive, "-o", tmp_path / "out"]]
+    for command in commands:
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=full, stderr=subprocess.PIPE, text=True, check=False,
+                                  env=environment, timeout=300)
+        # "No space left on device" alone reads as the disk the archive went to
+        assert done.returncode == 1 and done.stderr == "error: cannot write to stdout: No space left on device\n", (command, done.stderr)
+    assert (tmp_path / "again.zoo").exists()  # the archive itself was written whole
+
+
+def test_help_says_archive_takes_a_zoo_name_too():
+    for command in ("info", "decompress"):
+        done = ok(zoo_cli(command, "--help"))
+        assert "zoo name" in done.stdout, (command, done.stdout)
+
+
+def test_a_malformed_spec_is_refused_before_the_name_is_announced(tmp_path):
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (4, 4), 1))})
+    done = zoo_cli("compress", weights, "-p", "bogus", home=tmp_path / "zoo")
+    assert done.returncode == 1 and done.stderr.startswith("error: unknown codec 'bogus'") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_unreadable_text_is_said_in_words_by_sweep_as_by_eval(tmp_path):
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (4, 4), 1))})
+    missing = tmp_path / "no-such-text.txt"
+    for command in (["sweep", weights, "-p", "lossless"], ["eval", weights, "-r", weights]):
+        done = zoo_cli(*command, "--text", missing)
+        assert done.returncode == 1 and done.stderr == f"error: {missing}: cannot read it as UTF-8 text (No such file or directory)\n", done.stderr
+
+
+def test_a_progress_bar_on_a_terminal_shows_its_description_not_its_style(one_file_archive, tmp_path):
+    done = ok(zoo_cli("decompress", one_file_archive, "-o", tmp_path / "out", env=TERMINAL))
+    assert "decompressing" in _visible(done.stderr) and "[progress." not in done.stderr, done.stderr
