@@ -96,3 +96,18 @@ def test_an_unreadable_text_is_said_in_words_by_sweep_as_by_eval(tmp_path):
 def test_a_progress_bar_on_a_terminal_shows_its_description_not_its_style(one_file_archive, tmp_path):
     done = ok(zoo_cli("decompress", one_file_archive, "-o", tmp_path / "out", env=TERMINAL))
     assert "decompressing" in _visible(done.stderr) and "[progress." not in done.stderr, done.stderr
+
+
+def test_the_quality_an_archive_stores_names_it_not_its_temporary(tmp_path):
+    """compress --eval judges the archive before it takes its place, under a temporary name: the
+    notes stored in it, and a failed gate's document, name the output the user asked for."""
+    import json
+
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (64, 64), 1))})
+    archive = tmp_path / "g.zoo"
+    ok(zoo_cli("compress", weights, "-o", archive, "-p", "codebook:bits=2", "--eval"))
+    quality = json.loads(ok(zoo_cli("info", archive, "--json")).stdout)["metadata"]["quality"]
+    assert quality["notes"] and all(note.startswith(f"{archive} has no config.json") for note in quality["notes"]), quality["notes"]
+    failed = zoo_cli("compress", weights, "-o", tmp_path / "h.zoo", "-p", "codebook:bits=2", "--min-cosine", "0.999999", "--json")
+    assert failed.returncode == 1 and ".zoo-tmp-" not in failed.stdout
+    assert json.loads(failed.stdout)["candidate"] == str(tmp_path / "h.zoo")

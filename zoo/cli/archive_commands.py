@@ -100,7 +100,7 @@ def compress(
         return
     into_zoo = output is None  # there --base names a stored model, and the result is bit-exact (XORs)
     check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, None if into_zoo else base, quiet=as_json,
-                          pipeline=pipeline)
+                          pipeline=pipeline, label="the compressed model" if into_zoo else str(output))
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
                                              ("follow_links", follow_links or None)) if value is not None}
     if base is not None:

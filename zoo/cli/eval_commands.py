@@ -42,8 +42,9 @@ class QualityCheck:
     """compress --eval as a `check` for zoo.compress: runs zoo.api.check_quality on the finished
     archive (rebuilt on `base` when it was made against one) and keeps the result to print."""
 
-    def __init__(self, source: Path, gates: Any, base: Path | None = None, quiet: bool = False) -> None:
+    def __init__(self, source: Path, gates: Any, base: Path | None = None, quiet: bool = False, label: str | None = None) -> None:
         self.source = source
+        self.label = label  # what the archive, checked under a temporary name, is called in the figures
         self.gates = gates
         self.base = base
         self.quiet = quiet  # --json: nothing on stderr
@@ -56,11 +57,11 @@ class QualityCheck:
         if not self.quiet:
             stderr.print(f"evaluating against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
                          markup=False, highlight=False)
-        self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base)
+        self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base, label=self.label)
 
 
 def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
-                  base: Path | None = None, quiet: bool = False, pipeline: str = "lossless") -> QualityCheck | None:
+                  base: Path | None = None, quiet: bool = False, pipeline: str = "lossless", label: str = "the compressed model") -> QualityCheck | None:
     """The check for compress's --eval and gate flags (a gate implies --eval); None without them. A
     gate that cannot judge the source's kind of model is refused before anything is compressed."""
     from zoo.codecs.pipeline import Pipeline
@@ -78,7 +79,7 @@ def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine
         with Model(source) as model:
             kind, _ = model.kind()
         gates.check_applies(kind, str(source), has_reference=True)
-    return QualityCheck(source, gates, base, quiet)
+    return QualityCheck(source, gates, base, quiet, label)
 
 
 def eval_command(
