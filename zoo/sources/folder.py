@@ -87,6 +87,17 @@ def _inside(target: str, root: str) -> bool:
     return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _next_hop(link: Path, real_root: str) -> str | None:
+    """The path inside the folder that `link` names, its last part unresolved (it may be a link
+    itself); None when it names a place outside."""
+    named = os.path.join(os.path.dirname(link), os.readlink(link))
+    parent, last = os.path.split(named)
+    if last in ("", ".", ".."):
+        return None
+    hop = os.path.join(os.path.realpath(parent), last)
+    return os.path.relpath(hop, real_root) if _inside(hop, real_root) and hop != real_root else None
+
+
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
@@ -143,6 +154,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     if selected_by(relpath, include, exclude):
                         link = os.path.relpath(target, os.path.dirname(os.path.join(real_root, relpath)))
                         files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
+                        hops[relpath] = _next_hop(path, real_root)
                     continue
                 elif not follow_links:
                     raise InputError(f"{path}: a link leading out of the folder (to {target}); "
@@ -162,7 +174,13 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if selected_by(relpath, include, exclude):
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
 
+    hops: dict[str, str | None] = {}  # each link kept as a link -> the path inside the folder it names
     visit(root, "", frozenset())
+    # A link naming another link kept as a link points to it, not to where the chain ends.
+    for entry in files:
+        hop = hops.get(entry.relpath)
+        if hop is not None and hop in hops:
+            entry.target = os.path.relpath(os.path.join(real_root, hop), os.path.dirname(os.path.join(real_root, entry.relpath)))
     if skipped:
         items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
         warnings.warn(f"{root}: left out {items}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)

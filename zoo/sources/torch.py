@@ -69,7 +69,16 @@ def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - torch and zipfile raise many types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a readable PyTorch checkpoint: {type(error).__name__}: {error}") from None
+        raise InputError(f"{path}: not a readable PyTorch checkpoint: {_described(error)}") from None
+
+
+def _described(error: Exception) -> str:
+    """An error of torch or zipfile in one short line: torch's own run to dozens of lines."""
+    first = str(error).strip().split("\n")[0]
+    first = re.split(r"(?<=\.)\s", first)[0][:200]
+    if first:
+        return f"{type(error).__name__}: {first}"
+    return f"{type(error).__name__} (the file ends early)" if isinstance(error, EOFError) else type(error).__name__
 
 
 class _Storages:
@@ -81,7 +90,8 @@ class _Storages:
         self.torch = torch
         self.by_key: dict[str, Any] = {}
         self.dtypes: dict[str, str] = {}
-        self.numel: dict[str, int] = {}
+        self.numel: dict[str, int] = {}  # elements of the storage's own dtype, as pickled
+        self.nbytes: dict[str, int] = {}
 
     def __call__(self, saved_id: Any) -> Any:
         torch = self.torch
@@ -92,12 +102,20 @@ class _Storages:
             raise pickle.UnpicklingError("legacy storage views are not supported")
         if key not in self.by_key:
             dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-            from zoo.torch_bridge import dtype_name
-
-            untyped = torch.UntypedStorage(numel * torch._utils._element_size(dtype), device="meta")
+            nbytes = numel * torch._utils._element_size(dtype)
+            untyped = torch.UntypedStorage(nbytes, device="meta")
             self.by_key[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-            self.dtypes[key], self.numel[key] = dtype_name(dtype), numel
+            # a dtype zoo has no name for (complex128) is kept as its bytes
+            self.dtypes[key], self.numel[key], self.nbytes[key] = _zoo_dtype(dtype) or "U8", numel, nbytes
         return self.by_key[key]
+
+
+def _zoo_dtype(dtype: Any) -> str | None:
+    """zoo's name of a torch dtype, or None where it has none (complex128, complex32, bits8)."""
+    from zoo.torch_bridge import dtype_name
+
+    name = dtype_name(dtype)
+    return name if name != "U8" or str(dtype) == "torch.uint8" else None
 
 
 def _unpickle(stream: BinaryIO, storages: _Storages | None = None) -> Any:
@@ -114,8 +132,6 @@ def _unpickle(stream: BinaryIO, storages: _Storages | None = None) -> Any:
 def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
     """Every tensor in the unpickled object, named by its path of keys (`state.0.exp_avg`)."""
     torch = storages.torch
-    from zoo.torch_bridge import dtype_name
-
     found: list[_Tensor] = []
     by_storage: dict[int, str] = {storage._untyped_storage._cdata: key for key, storage in storages.by_key.items()}
 
@@ -125,8 +141,8 @@ def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
         if isinstance(node, torch.Tensor):
             key = by_storage.get(node.untyped_storage()._cdata)
             if key is not None:
-                found.append(_Tensor(prefix, key, dtype_name(node.dtype), tuple(node.shape), tuple(node.stride()), node.storage_offset(),
-                                     weight))
+                found.append(_Tensor(prefix, key, _zoo_dtype(node.dtype) or str(node.dtype), tuple(node.shape), tuple(node.stride()),
+                                     node.storage_offset(), weight))
         elif isinstance(node, dict):
             # An optimizer's state_dict: its moments are not model weights.
             optimizer = weight and "state" in node and "param_groups" in node
@@ -177,8 +193,6 @@ def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
 
 
 def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
-    import torch
-
     with open(path, "rb") as f:
         if _unpickle(f) != _LEGACY_MAGIC:
             raise InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint")
@@ -196,7 +210,7 @@ def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
             if len(numel_bytes) < 8:
                 raise InputError(f"{path}: legacy checkpoint ends inside its storages")
             (numel,) = struct.unpack("<q", numel_bytes)
-            nbytes = numel * torch._utils._element_size(storages.by_key[key].dtype)
+            nbytes = storages.nbytes[key]
             if numel != storages.numel[key] or position + 8 + nbytes > size:
                 raise InputError(f"{path}: legacy storage {key} does not match its size")
             placed[key] = (position + 8, nbytes)
@@ -215,21 +229,22 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
     typed: list[Segment] = []
     views: list[dict[str, Any]] = []
     for key, (start, nbytes) in placed.items():
-        dtype = storages.dtypes[key]
-        itemsize = DTYPES[dtype].itemsize
-        if nbytes != storages.numel[key] * itemsize:
-            raise InputError(f"{path}: storage {key} holds {nbytes} bytes, its pickle says {storages.numel[key]} elements of {dtype}")
-        numel = storages.numel[key]
-        candidates = users.get(key, [])
-        owner = next((t for t in candidates if t.offset == 0 and math.prod(t.shape) == numel and t.dtype == dtype and _contiguous(t)), None)
+        if nbytes != storages.nbytes[key]:
+            raise InputError(f"{path}: storage {key} holds {nbytes} bytes, its pickle says {storages.nbytes[key]} bytes")
+        named = users.get(key, [])
+        candidates = [t for t in named if t.dtype in DTYPES]  # the others' bytes are kept, never read as another dtype
+        dtype = _element_dtype(storages.dtypes[key], nbytes, candidates)
+        numel = nbytes * 8 // DTYPES[dtype].bits
+        owner = next((t for t in candidates if t.offset == 0 and t.dtype == dtype and _contiguous(t) and _values(t) == numel
+                      and (t.shape or dtype != "F4")), None)  # a 0-d F4 tensor holds two values: no zoo shape says so
         if owner is not None:
-            segment = Segment(start, nbytes, owner.name, dtype, owner.shape, owner.weight)
+            segment = Segment(start, nbytes, owner.name, dtype, _zoo_shape(owner), owner.weight)
         else:  # only parts of it are used, or by no tensor: a flat tensor named after the storage
-            name = f"{candidates[0].name}.__storage__" if candidates else f"__storage__.{key}"
+            name = f"{named[0].name}.__storage__" if named else f"__storage__.{key}"
             segment = Segment(start, nbytes, name, dtype, (numel,), False)
         typed.append(segment)
         for tensor in candidates:
-            if tensor is owner:
+            if tensor is owner or dtype == "F4":  # F4: torch's offsets count pairs of values, zoo's count values
                 continue
             end = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) + 1
             if tensor.dtype != dtype or tensor.offset < 0 or (math.prod(tensor.shape) and end > numel) or any(s < 0 for s in tensor.stride):
@@ -248,6 +263,30 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
     if position < size:
         segments.append(Segment(position, size - position))
     return SourceFile(relpath, path, size, "torch", segments, views=views)
+
+
+def _element_dtype(stored: str, nbytes: int, tensors: list[_Tensor]) -> str:
+    """The dtype a storage holds. torch saves one of a newer dtype (float8, uint16, float4) as
+    untyped bytes, and the tensors on it name the dtype: then theirs, when they agree and it fits."""
+    from zoo.dtypes import DTYPES
+
+    found = {tensor.dtype for tensor in tensors}
+    if stored != "U8" or len(found) != 1:
+        return stored
+    dtype = found.pop()
+    return dtype if nbytes * 8 % DTYPES[dtype].bits == 0 else stored
+
+
+def _values(tensor: _Tensor) -> int:
+    """How many values zoo counts in the tensor: torch counts F4 by pairs, a byte each."""
+    return math.prod(tensor.shape) * (2 if tensor.dtype == "F4" else 1)
+
+
+def _zoo_shape(tensor: _Tensor) -> tuple[int, ...]:
+    """The tensor's shape as zoo records it: F4's last dimension counts values, not pairs."""
+    if tensor.dtype == "F4":
+        return (*tensor.shape[:-1], 2 * tensor.shape[-1])
+    return tensor.shape
 
 
 def _contiguous(tensor: _Tensor) -> bool:

@@ -1,0 +1,99 @@
+"""What odd folders hold, read back: torch checkpoints of every dtype torch saves,
+checkpoints torch's meta device cannot rebuild, links in chains. Each file comes back bit for bit
+and each tensor as torch.load gives it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+import zoo
+from tests.sources.conftest import torch
+from zoo.errors import InputError
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def same_tensor(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    if got.dtype != expected.dtype or got.shape != expected.shape:
+        return False
+    return torch.equal(got.contiguous().reshape(-1).view(torch.uint8), expected.contiguous().reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "uint16", "uint32", "uint64", "complex128"])
+def test_tensors_of_every_dtype_torch_saves_are_read_as_torch_reads_them(tmp_path, dtype):
+    # torch saves newer dtypes (float8, uint16...) in untyped storages, the tensor naming its dtype;
+    # complex128 has no zoo name and used to refuse the whole file
+    raw = torch.arange(64, dtype=torch.uint8)
+    weight = raw.view(getattr(torch, dtype)).reshape(2, -1)
+    path = tmp_path / "model.pt"
+    torch.save({"weight": weight, "row": weight[1], "column": weight[:, 1]}, path)
+    zoo.compress(path, tmp_path / "m.zoo")
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "model.pt") == sha256(path)
+    state, expected = zoo.load_state_dict(tmp_path / "m.zoo"), torch.load(path, weights_only=True)
+    for name in ("weight", "row", "column"):
+        if dtype == "complex128":  # no zoo dtype: its bytes are kept, never handed out as another dtype
+            assert name not in state
+        else:
+            assert same_tensor(state[name], expected[name]), name
+
+
+def test_packed_float4_tensors_keep_their_values(tmp_path):
+    weight = torch.arange(12, dtype=torch.uint8).view(torch.float4_e2m1fn_x2).reshape(3, 4)
+    path = tmp_path / "model.pt"
+    torch.save({"weight": weight}, path)
+    zoo.compress(path, tmp_path / "m.zoo")
+    assert same_tensor(zoo.load_state_dict(tmp_path / "m.zoo")["weight"], weight)
+
+
+@pytest.mark.parametrize("dtype", ["complex32", "bits8"])
+def test_a_tensor_zoo_has_no_dtype_for_is_never_handed_out_as_bytes(tmp_path, dtype):
+    # complex32 came back as 6 uint8 values of its 24 bytes
+    weight = torch.arange(24 if dtype == "complex32" else 6, dtype=torch.uint8).view(getattr(torch, dtype))
+    path = tmp_path / "model.pt"
+    torch.save({"weight": weight, "part": weight[1:3]}, path)
+    zoo.compress(path, tmp_path / "m.zoo")
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "model.pt") == sha256(path)
+    state = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert "weight" not in state and "part" not in state
+
+
+def test_a_checkpoint_torch_cannot_rebuild_on_meta_is_refused_in_one_line(tmp_path):
+    # torch's error for quantized tensors on the meta device ran to 50 lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation of quantized tensors
+        weight = torch.quantize_per_tensor(torch.randn(6), 0.1, 0, torch.qint8)
+    torch.save({"weight": weight}, tmp_path / "q.pt")
+    with pytest.raises(InputError) as caught:
+        zoo.compress(tmp_path / "q.pt", tmp_path / "q.zoo")
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+    assert not (tmp_path / "q.zoo").exists()
+
+
+def test_an_empty_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty.bin: not a readable PyTorch checkpoint: EOFError \(the file ends early\)$"):
+        zoo.compress(tmp_path / "empty.bin", tmp_path / "e.zoo")
+
+
+def test_a_chain_of_links_comes_back_as_the_same_chain(tmp_path):
+    folder = tmp_path / "chain"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    os.symlink("config.json", folder / "first")
+    os.symlink("first", folder / "second")  # came back pointing at config.json, the end of the chain
+    os.symlink("../second", folder / "sub" / "third")
+    os.symlink(folder / "first", folder / "absolute")  # absolute: made relative, to the link it names
+    zoo.compress(folder, tmp_path / "c.zoo")
+    zoo.decompress(tmp_path / "c.zoo", tmp_path / "out")
+    links = {name: os.readlink(tmp_path / "out" / name) for name in ("first", "second", "sub/third", "absolute")}
+    assert links == {"first": "config.json", "second": "first", "sub/third": "../second", "absolute": "first"}
+    assert (tmp_path / "out" / "sub" / "third").read_text() == "{}"
