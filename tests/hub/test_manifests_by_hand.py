@@ -4,7 +4,9 @@ command must report in one line and that `zoo doctor` repairs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,12 @@ def test_a_name_too_long_is_refused_for_its_length(tiny_model, tmp_path):
     assert zoo_cli("compress", tiny_model, "--name", "x" * 96, home=tmp_path / "zoo").returncode == 0
     for other in ("a b", "a--b", "a.git"):
         assert "letters, digits" in zoo_cli("compress", tiny_model, "--name", other, home=tmp_path / "zoo").stderr
+
+
+def test_a_name_no_model_can_have_is_not_found_not_a_crash(tiny_model, tmp_path):
+    """A name that is not UTF-8 (a shell's $'\\xff') reached the catalogue's query and failed to encode."""
+    home = tmp_path / "zoo"
+    assert zoo_cli("compress", tiny_model, "--name", "m", home=home).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "zoo", "info", os.fsdecode(b"nope\xff")], capture_output=True, text=True,
+                          env={**os.environ, "ZOO_HOME": str(home)}, timeout=120)
+    assert done.returncode == 1 and "no model of that name in the zoo" in done.stderr and "unexpected" not in done.stderr, done.stderr

@@ -411,7 +411,7 @@ class Store:
         return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, head
 
     def entries(self, name: str | None = None, with_files: bool = False) -> list[Entry]:
-        if not self.exists():
+        if not self.exists() or (name is not None and not NAME_PATTERN.fullmatch(name)):  # a name no model can have (not UTF-8)
             return []
         try:
             try:
