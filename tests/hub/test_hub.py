@@ -120,7 +120,7 @@ def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
 
 def test_pull_errors_are_one_line(hub, tmp_path):
     _, _, env = hub
-    for args, words in ((["nobody/nothing"], "RepositoryNotFound"), (["org/tiny-bert@v9"], "RevisionNotFound"),
+    for args, words in ((["nobody/nothing"], "has no repository nobody/nothing"), (["org/tiny-bert@v9"], "has no revision 'v9'"),
                         (["not a repo!"], "neither a local file")):
         done = zoo_cli("pull", *args, env=env)
         assert done.returncode == 1 and words in done.stderr, done.stderr
@@ -163,6 +163,18 @@ def test_offline_pull_uses_the_cache(hub, tmp_path):
     assert done.returncode == 0, done.stderr
     done = zoo_cli("pull", "org/other", "--name", "never", env=offline)
     assert done.returncode == 1 and "cannot pull org/other@main" in done.stderr
+
+
+def test_a_failed_pull_says_why_in_words(hub):
+    url, _, env = hub
+    expected = {("org/nothing",): f"the hub at {url} has no repository org/nothing, or it is private (set HF_TOKEN)",
+                ("org/tiny-bert@nope",): f"the hub at {url} has no revision 'nope' of org/tiny-bert",
+                ("org/tiny-bert", "HF_ENDPOINT=http://127.0.0.1:9"): "the hub at http://127.0.0.1:9 cannot be reached ("}
+    for (ref, *override), words in expected.items():
+        done = zoo_cli("pull", ref, env={**env, **dict(item.split("=", 1) for item in override)})
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"error: cannot pull {ref if '@' in ref else ref + '@main'}: {words}"), done.stderr
+        assert "Error" not in done.stderr  # no class names of huggingface_hub's
 
 
 def test_hf_token_reaches_a_guarded_server(tiny_bert, tmp_path):

@@ -81,13 +81,34 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     except ZooError:
         raise
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
-        raise PullError(f"cannot pull {repo_id}@{revision}: {_first_line(error)}") from None
+        raise PullError(f"cannot pull {repo_id}@{revision}: {_why(error, repo_id, revision, settings['endpoint'])}") from None
     return Download(folder, commit, expected)
 
 
-def _first_line(error: BaseException) -> str:
+def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None) -> str:
+    """What went wrong, in words, for the errors a user meets; huggingface_hub's own first line else."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    hub = f"the hub at {endpoint or constants.ENDPOINT}"
+    if isinstance(error, GatedRepoError):
+        return f"{repo_id} is gated on {hub}: accept its terms there and set HF_TOKEN"
+    if isinstance(error, RevisionNotFoundError):
+        return f"{hub} has no revision {revision!r} of {repo_id}"
+    if isinstance(error, RepositoryNotFoundError):
+        return f"{hub} has no repository {repo_id}, or it is private (set HF_TOKEN)"
+    if isinstance(error, LocalEntryNotFoundError):
+        cause = error.__cause__ or error.__context__
+        reason = f" ({_first_line(cause, named=False)})" if cause is not None else ""
+        where = "offline (HF_HUB_OFFLINE)" if constants.is_offline_mode() else f"{hub} cannot be reached{reason}"
+        return f"{where}, and the Hugging Face cache holds no copy"
+    return _first_line(error)
+
+
+def _first_line(error: BaseException, named: bool = True) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else 'no details'}" + (f" {lines[1]}" if len(lines) > 1 and len(lines[0]) < 40 else "")
+    text = (lines[0] if lines else "no details") + (f" {lines[1]}" if len(lines) > 1 and len(lines[0]) < 40 else "")
+    return f"{type(error).__name__}: {text}" if named else text
 
 
 def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
