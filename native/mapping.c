@@ -116,6 +116,27 @@ static PyObject *mapping_address(Mapping *self, void *unused) { return PyLong_Fr
 
 static Py_ssize_t mapping_length(Mapping *self) { return self->size; }
 
+/* Drops the pages of [offset, offset + length) from the process, rounded out to whole pages at the
+ * start (they stay in the page cache; a later read faults them in again): what a writer does with
+ * a source's bytes once they are coded, so that its resident set does not grow with the model. */
+static PyObject *mapping_release(Mapping *self, PyObject *args) {
+    Py_ssize_t offset, length;
+    if (!PyArg_ParseTuple(args, "nn", &offset, &length)) return NULL;
+    if (offset < 0 || length < 0 || offset > self->size || length > self->size - offset)
+        return PyErr_Format(PyExc_ValueError, "bytes %zd to %zd are outside a map of %zd", offset, offset + length, self->size);
+    if (length == 0) Py_RETURN_NONE;
+    uintptr_t first = ((uintptr_t)self->data + (uintptr_t)offset) & page_mask;
+    uintptr_t end = (uintptr_t)self->data + (uintptr_t)offset + (uintptr_t)length;
+    if (madvise((void *)first, end - first, MADV_DONTNEED) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef mapping_methods[] = {
+    {"release", (PyCFunction)mapping_release, METH_VARARGS,
+     "release(offset, length): drop those bytes' pages from the process (they stay in the page cache)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyBufferProcs mapping_buffer = {(getbufferproc)mapping_getbuffer, NULL};
 static PySequenceMethods mapping_sequence = {.sq_length = (lenfunc)mapping_length};
 static PyGetSetDef mapping_getset[] = {
@@ -134,6 +155,7 @@ static PyTypeObject MappingType = {
     .tp_as_buffer = &mapping_buffer,
     .tp_as_sequence = &mapping_sequence,
     .tp_getset = mapping_getset,
+    .tp_methods = mapping_methods,
 };
 
 static PyObject *map_file(PyObject *module, PyObject *args) {

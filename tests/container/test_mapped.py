@@ -69,6 +69,32 @@ def test_an_archive_that_shrinks_under_its_map_fails_the_read_not_the_process(ar
     assert again.startswith("again:") and "truncated" in again
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_source_that_shrinks_while_it_is_compressed_fails_the_build_not_the_process(tmp_path, threads):
+    """compress reads its sources through maps: a file cut short meanwhile (another process
+    rewriting it) is refused in one error, and no archive is left; it was a SIGBUS that killed
+    the process, leaving its temporary behind."""
+    source = tmp_path / "model.safetensors"
+    write_safetensors(source, {name: ("F32", random_storage("F32", (256, 256), seed)) for seed, name in enumerate("abcd")})
+    result = run_python(f"""
+        import os
+        from zoo.api import compress
+        from zoo.errors import InputError
+        cut = []
+        def progress(done):
+            if not cut:  # after the first chunk: the later ones lie past the new end
+                os.truncate({str(source)!r}, 4096)
+                cut.append(done)
+        try:
+            compress({str(source)!r}, {str(tmp_path / "model.zoo")!r}, chunk_bytes=4096, threads={threads}, progress=progress)
+        except InputError as error:
+            print(error)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{source}: file changed while being read (it shrank)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
 def test_a_handler_installed_after_zoos_turns_the_maps_off_not_the_guard(archive):
     """faulthandler.enable() after the first map puts its own SIGBUS handler in zoo's place: the
     reads then go through pread, and a cut archive is still an error, not the end of the process."""

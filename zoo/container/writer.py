@@ -11,15 +11,18 @@ import hashlib
 import json
 import math
 import mmap
+import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from zoo import __version__
+from zoo import kernels as _kernels
 from zoo.kernels.parallel import InOrder, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import Deltas
@@ -90,22 +93,32 @@ def _job_bytes(job: _Job) -> int:
     return job.raw.nbytes
 
 
-def _release(mapped: mmap.mmap | None, offset: int, size: int) -> None:
+def _release(mapped: Any, offset: int, size: int) -> None:
     """Drop a range of a mapped source from our resident set; its pages stay in the page cache."""
     if mapped is not None and size:
         start = offset // _PAGE * _PAGE
-        mapped.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+        if isinstance(mapped, mmap.mmap):
+            mapped.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+        else:
+            mapped.release(start, offset + size - start)
 
 
-def _map(source: SourceFile) -> mmap.mmap | None:
-    """The file mapped read-only; unmapped when the last array viewing it is gone."""
+def _map(source: SourceFile) -> Any:
+    """The file mapped read-only; unmapped when the last array viewing it is gone. Through the
+    native extension's guarded maps where it can (native/mapping.c): a file cut short while it is
+    read then gives zeros and marks the map damaged (the build refuses it at its end: _check_maps)
+    instead of a SIGBUS that kills the process."""
     if source.size == 0:
         return None
     with open(source.path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if len(mapped) != source.size:
-        raise InputError(f"{source.path}: file changed while being read")
-    return mapped
+        size = os.fstat(f.fileno()).st_size
+        if size != source.size:
+            raise InputError(f"{source.path}: file changed while being read")
+        mapped = None
+        if _kernels.map_file is not None and _kernels.maps_guarded():  # type: ignore[misc]
+            with suppress(OSError):  # no map free, or another SIGBUS handler in place: a plain map
+                mapped = _kernels.map_file(f.fileno(), size)  # type: ignore[misc]
+        return mapped if mapped is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
@@ -169,6 +182,7 @@ class Builder:
         self._small: dict[tuple[Any, ...], dict[str, Any]] = {}  # leaves of the small tensors coded so far (into a zoo)
         self._digests: dict[int, tuple[np.ndarray, Callable[[], str]]] = {}  # digests started ahead, by id of the raw bytes
         self._source_digests: dict[str, _SourceDigest] = {}  # by file, when the coders hash the files they read
+        self._maps: list[tuple[Any, Any]] = []  # (path, map) of every source file this build read through a map
         self.header: dict[str, Any] = {
             "format": "zoo",
             "created_by": f"zoo {__version__}",
@@ -233,6 +247,7 @@ class Builder:
                     progress(job.raw.nbytes)
             if current is not None:
                 current.update(target.write_index(chunks))
+            self._check_maps()
             if unit is not None:
                 self.objects.finish(unit, target)  # type: ignore[union-attr, arg-type]
             if self.objects is not None:
@@ -244,6 +259,14 @@ class Builder:
             self._record_digests(digests)
         self._record_rest(sources)
         return self.header
+
+    def _check_maps(self) -> None:
+        """Refuse the build when a source file was cut short while its map was read (the reads past
+        its new end found zeros); the maps are let go either way."""
+        maps, self._maps = self._maps, []
+        for path, mapped in maps:
+            if getattr(mapped, "damaged", False):
+                raise InputError(f"{path}: file changed while being read (it shrank)")
 
     def _record_rest(self, sources: list[SourceFile]) -> None:
         """Views, links and empty folders: header records with no payload of their own."""
@@ -327,6 +350,8 @@ class Builder:
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
         for source, mapped, segment, key, raw in self._hashed_ahead(_walk(sources)):
+            if mapped is not None and (not self._maps or self._maps[-1][1] is not mapped):
+                self._maps.append((source.path, mapped))
             if entry.get("path") != source.relpath:
                 entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
                 if source.reason is not None:
