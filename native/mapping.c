@@ -1,7 +1,8 @@
 /* Read-only maps of whole files that a truncation cannot crash.
  *
  * Reading an archive through a map spares `zoo serve` the copy out of the page cache that
- * pread makes for every chunk of every download. The price of a map is SIGBUS: a page past
+ * pread makes for every chunk of every download, and compress reads its sources through maps
+ * (zoo.container.writer). The price of a map is SIGBUS: a page past
  * the end of a file that shrank since it was mapped kills the process on the first touch,
  * whether the touch comes from zoo's decoder, zstandard or the interpreter. So each map is
  * registered here, and a SIGBUS inside a registered map puts a page of zeros where the
@@ -11,7 +12,8 @@
  * have without this file. The handler goes in with the first map. A handler installed after it
  * (faulthandler.enable() called later) takes its place and is left there: put back over it, ours
  * would chain to a handler that chains back to ours. While it is displaced, `maps_guarded()` is
- * false, map_file refuses, and zoo reads its archives with pread (zoo.container.format). */
+ * false, map_file refuses, and zoo reads its archives with pread (zoo.container.format) and its
+ * sources through plain maps. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <signal.h>
