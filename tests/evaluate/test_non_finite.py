@@ -73,6 +73,7 @@ def test_json_holds_no_bare_nan_or_infinity(tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file, save_file
 
     from tests.evaluate.test_evaluate import run_cli
+    from zoo.api import update_metadata
     from zoo.evaluate.result import json_safe
 
     def strict(text):
@@ -88,6 +89,13 @@ def test_json_holds_no_bare_nan_or_infinity(tmp_path, monkeypatch, capsys):
     assert strict(out)["weights"]["cosine"] == "NaN"
     record = evaluate(candidate, source).record()
     assert strict(json.dumps(record))["weights"]["cosine"] == "NaN"
+    # stored in an archive, as compress --eval does, the figures read back and print as they are
+    archive = tmp_path / "filled.zoo"
+    zoo.compress(candidate, archive)
+    update_metadata(archive, {"quality": record})
+    code, out, err = run_cli(monkeypatch, capsys, "info", archive)
+    assert code == 0, err
+    assert "weights: cosine" in out and "NaN" in out
     assert json_safe({"a": [-math.inf, 1.5, (math.inf,)]}) == {"a": ["-Infinity", 1.5, ["Infinity"]]}
 
 
@@ -119,3 +127,12 @@ def test_l2_says_nan_when_a_tensor_holds_nan(tmp_path):
     assert not archive.exists()
     zoo.compress(source, archive, "l2:target_ratio=8,exclude=holed*")
     assert np.isfinite(zoo.load_state_dict(archive)["plain.weight"].numpy()).all()
+
+
+@pytest.mark.parametrize("spec", ["lowrank:ratio=0.5", "lowrank:energy=0.9"])
+def test_lowrank_refuses_nan_in_its_survey_as_in_its_encode(tmp_path, spec):
+    """ratio= surveys every matrix's singular values first: numpy's SVD did not converge there."""
+    source = _with_holes(tmp_path / "holes.safetensors")
+    with pytest.raises(ZooError, match=r"lowrank: tensor 'holed\.weight' holds NaN or infinite values"):
+        zoo.compress(source, tmp_path / "holes.zoo", spec)
+    assert not (tmp_path / "holes.zoo").exists()

@@ -114,6 +114,8 @@ _HIDDEN = {"kl_mean_stderr", "top_k", "mismatched", "missing", "extra"}
 def _format(value: Any, style: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):  # a figure JSON has no number for, as stored ("NaN", "-Infinity": result.json_safe)
+        return value
     if style == "count":
         return f"{value:,}"
     if style == "bytes":
@@ -124,6 +126,8 @@ def _format(value: Any, style: str) -> str:
         return f"{100 * value:.3f}%"
     if style == "cosine":
         return f"{value:.6f}"
+    if style == "dB":
+        return f"{value:.2f}"
     return f"{value:.6g}"
 
 
@@ -143,14 +147,14 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
             continue
         label, style = _LABELS.get(name, (name, "value"))
         text = _format(value, style)
-        if name == "kl_mean" and metrics.get("kl_mean_stderr") is not None:
+        if name == "kl_mean" and isinstance(metrics.get("kl_mean_stderr"), float):
             text += f" ± {metrics['kl_mean_stderr']:.2g}"
         rows.append([label, text])
     weights = record.get("weights")
     if weights and weights.get("elements"):
         sqnr = weights.get("sqnr_db")
         rows.append(["weights: relative error", _format(weights.get("relative_error"), "value")])
-        rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{sqnr:.2f} dB"])
+        rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{_format(sqnr, 'dB')} dB"])
         rows.append(["weights: cosine", _format(weights.get("cosine"), "cosine")])
     print_table(f"quality ({record.get('kind')})", ["figure", "value"], rows, ("value",))
     for key, what in (("mismatched", "differ"), ("missing", "missing from the archive"), ("extra", "not in the source")):

@@ -48,6 +48,13 @@ def rank_within(errors: np.ndarray, bound: float) -> int:
     return int(np.argmax(errors <= bound + 1e-12))
 
 
+def _finite(matrix: np.ndarray, name: str) -> np.ndarray:
+    # an SVD of a matrix holding NaN or infinity does not converge (the survey's) or gives NaN factors
+    if not np.isfinite(matrix).all():
+        raise InputError(f"lowrank: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
+    return matrix
+
+
 def _stored_elements(rank: int, rows: int, cols: int) -> int:
     factored = rank * (rows + cols)
     return factored if factored < rows * cols else rows * cols
@@ -79,7 +86,7 @@ class LowRank(LossyCodec):
         layers = []
         for name, array in tensors():
             if self.selects(name, array):
-                matrix = _matrix(array)
+                matrix = _finite(_matrix(array), name)
                 layers.append((relative_errors(np.linalg.svd(matrix, compute_uv=False)), *matrix.shape))
         if not layers:
             return None
@@ -95,9 +102,7 @@ class LowRank(LossyCodec):
         return high
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        matrix = _matrix(array)
-        if not np.isfinite(matrix).all():
-            raise InputError(f"lowrank: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
+        matrix = _finite(_matrix(array), name)
         rows, cols = matrix.shape
         u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         errors = relative_errors(s)
