@@ -104,10 +104,10 @@ def _release(mapped: Any, offset: int, size: int) -> None:
 
 
 def _map(source: SourceFile) -> Any:
-    """The file mapped read-only; unmapped when the last array viewing it is gone. Through the
-    native extension's guarded maps where it can (native/mapping.c): a file cut short while it is
-    read then gives zeros and marks the map damaged (the build refuses it at its end: _check_maps)
-    instead of a SIGBUS that kills the process."""
+    """The file mapped read-only; unmapped when the last array viewing it is gone (a guarded one:
+    when the build ends). Through the native extension's guarded maps where it can
+    (native/mapping.c): a file cut short while it is read then gives zeros and marks the map
+    damaged (the build refuses it at its end: _check_maps) instead of a SIGBUS that kills the process."""
     if source.size == 0:
         return None
     with open(source.path, "rb") as f:
@@ -182,7 +182,7 @@ class Builder:
         self._small: dict[tuple[Any, ...], dict[str, Any]] = {}  # leaves of the small tensors coded so far (into a zoo)
         self._digests: dict[int, tuple[np.ndarray, Callable[[], str]]] = {}  # digests started ahead, by id of the raw bytes
         self._source_digests: dict[str, _SourceDigest] = {}  # by file, when the coders hash the files they read
-        self._maps: list[tuple[Any, Any]] = []  # (path, map) of every source file this build read through a map
+        self._maps: list[tuple[Any, Any]] = []  # (path, guarded map) of every source file this build read, for _check_maps
         self.header: dict[str, Any] = {
             "format": "zoo",
             "created_by": f"zoo {__version__}",
@@ -350,7 +350,9 @@ class Builder:
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
         for source, mapped, segment, key, raw in self._hashed_ahead(_walk(sources)):
-            if mapped is not None and (not self._maps or self._maps[-1][1] is not mapped):
+            if hasattr(mapped, "damaged") and (not self._maps or self._maps[-1][1] is not mapped):
+                if self._maps:  # the file before: kept mapped for _check_maps, its pages let go (coded, or held by lossy stages)
+                    _release(self._maps[-1][1], 0, len(self._maps[-1][1]))
                 self._maps.append((source.path, mapped))
             if entry.get("path") != source.relpath:
                 entry = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
