@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
-from zoo.errors import ChecksumError, FormatError, MissingObjectError
+from zoo.errors import ChecksumError, FormatError, MissingObjectError, ZooError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
@@ -589,7 +589,10 @@ def object_file_size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         remote = _remote(path)
-        return None if remote is None else remote.size()
+        try:
+            return None if remote is None else remote.size()
+        except (OSError, ZooError):  # the bucket did not answer: reading the object says what is wrong
+            return None
 
 
 def parse_region(preamble: bytes, size: int, where: Any) -> tuple[int, int]:

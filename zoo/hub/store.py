@@ -31,7 +31,7 @@ from typing import Any
 from zoo.container import format as format_module
 from zoo.container.format import FEATURES_VERSION, PREAMBLE, object_path, sha256_file
 from zoo.container.objects import ObjectSink, object_names, object_problems
-from zoo.errors import FormatError, InputError, OutputExistsError, ZooError
+from zoo.errors import InputError, MissingObjectError, OutputExistsError, ZooError
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
@@ -843,7 +843,7 @@ class Store:
                     findings.append(finding)
                     for item in restored:
                         named.setdefault(item, []).append("restored")
-            reason = self._index_problem(len(manifests)) or ("it indexed manifests out of their places" if placed else None)
+            reason = ("it indexed manifests out of their places" if placed else None) or self._index_problem(len(manifests))
             if reason is not None:
                 count = self.rebuild_index()
                 findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
@@ -1027,24 +1027,28 @@ class _RemoteObject:
     def __init__(self, storage: Any, key: str) -> None:
         self.storage, self.key = storage, key
         self._region: tuple[int, int] | None = None
+        self._size: int | None = None
 
     def region(self) -> tuple[int, int]:
         if self._region is None:
             from zoo.container.format import PREAMBLE, parse_region
 
-            info = self.storage.stat(self.key)
-            if info is None:
-                raise FormatError(f"{self.storage.url}/{self.key}: object is missing from the zoo")
-            self._region = parse_region(self.storage.read_range(self.key, 0, PREAMBLE.size), info.size, f"{self.storage.url}/{self.key}")
+            size = self.size()
+            if size is None:
+                raise MissingObjectError(f"{self.storage.url}/{self.key}: object is missing from the zoo (removed since, or lost: "
+                                         "`zoo doctor` names the models it breaks)")
+            self._region = parse_region(self.storage.read_range(self.key, 0, PREAMBLE.size), size, f"{self.storage.url}/{self.key}")
         return self._region
 
     def read(self, offset: int, length: int) -> bytes:
         return self.storage.read_range(self.key, offset, length)
 
     def size(self) -> int | None:
-        """The object's bytes in the bucket, or None where it is missing."""
-        info = self.storage.stat(self.key)
-        return None if info is None else info.size
+        """The object's bytes in the bucket (asked once), or None where it is missing."""
+        if self._size is None:
+            info = self.storage.stat(self.key)
+            self._size = None if info is None else info.size
+        return self._size
 
 
 def _remote_object(path: Path) -> _RemoteObject | None:
