@@ -133,7 +133,8 @@ def test_a_polyglot_checkpoint_is_never_called_one(corpus, tmp_path):
         zoo.compress(folder / "pytorch_model.bin", tmp_path / "one.zoo")
     archive, out = round_trip(folder, tmp_path)
     assert sha256s(out) == sha256s(folder)
-    assert zoo.report_of(archive).files[0]["opaque"] == "pickle needs globals"
+    # the pickle in front is protocol 4: torch's reader stops at its first opcode, before any global
+    assert zoo.report_of(archive).files[0]["opaque"] == "not a pickle torch.load(weights_only=True) reads: Unsupported operand 149"
     with zoo.open(archive) as opened:
         assert opened.keys() == []
 

@@ -4,6 +4,7 @@ and each tensor as torch.load gives it."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import warnings
@@ -97,3 +98,18 @@ def test_a_chain_of_links_comes_back_as_the_same_chain(tmp_path):
     links = {name: os.readlink(tmp_path / "out" / name) for name in ("first", "second", "sub/third", "absolute")}
     assert links == {"first": "config.json", "second": "first", "sub/third": "../second", "absolute": "first"}
     assert (tmp_path / "out" / "sub" / "third").read_text() == "{}"
+
+
+def test_a_file_kept_as_bytes_is_said_to_need_globals_only_when_it_does(tmp_path):
+    """A pickle of protocol 4 (torch.save(..., pickle_protocol=4)) or random bytes under a torch
+    name are kept as bytes for an opcode torch's weights-only reader does not take, not for globals."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(4)}, folder / "p4.pt", pickle_protocol=4)
+    (folder / "noise.bin").write_bytes(os.urandom(64).replace(b"\x80", b"\x81"))
+    torch.save({"args": argparse.Namespace(lr=0.1)}, folder / "args.bin")
+    zoo.compress(folder, tmp_path / "m.zoo")
+    reasons = {entry["path"]: entry.get("opaque") for entry in zoo.report_of(tmp_path / "m.zoo").files}
+    assert reasons["args.bin"] == "pickle needs globals"
+    assert reasons["p4.pt"] == "not a pickle torch.load(weights_only=True) reads: Unsupported operand 149"
+    assert reasons["noise.bin"].startswith("not a pickle torch.load(weights_only=True) reads: ")
