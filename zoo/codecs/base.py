@@ -270,6 +270,16 @@ class LossyCodec(ArrayCodec):
         lossless (norms, biases, position ids), filtered by the stage's include/exclude patterns."""
         return array.dtype in self.dtypes and selected(name, array.dtype, array.data.ndim, array.data.size, self.include, self.exclude)
 
+    def check_finite(self, values: np.ndarray, name: str) -> np.ndarray:
+        """`values`, or an error when they hold NaN or infinity, which no lossy stage stores (a fit
+        or an SVD through one NaN makes the whole tensor NaN, or never converges): in survey and
+        encode alike, before any work on them."""
+        from zoo.errors import InputError
+
+        if not np.isfinite(values).all():
+            raise InputError(f"{self.codec_id}: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
+        return values
+
 
 class GroupingCodec(Codec):
     """array -> streams, on one chunk of raw storage bytes."""

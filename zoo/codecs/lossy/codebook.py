@@ -22,7 +22,7 @@ import numpy as np
 
 from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, to_float32
-from zoo.errors import FormatError, InputError
+from zoo.errors import FormatError
 from zoo.optimize import refine as _refine
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
@@ -71,9 +71,7 @@ class Codebook(LossyCodec):
         return calibration  # only looked up per tensor, by name
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        weights = as_matrix(array)
-        if not np.isfinite(weights).all():
-            raise InputError(f"codebook: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
+        weights = self.check_finite(as_matrix(array), name)
         n_rows, n_cols = weights.shape
         hessian = plan.hessian(name, n_cols) if plan is not None else None
 

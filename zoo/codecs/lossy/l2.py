@@ -56,9 +56,10 @@ class L2(LossyCodec):
             raise PipelineError("l2: a survey counts its budget in the pipeline's own coded bytes: run it through Pipeline.survey")
         return allocate(self, tensors, calibration, progress, measure)
 
-    def check_finite(self, values: np.ndarray, name: str) -> None:
-        if not np.isfinite(values).all():
+    def check_finite(self, values: np.ndarray, name: str) -> np.ndarray:
+        if not np.isfinite(values).all():  # said in l2's own words: its rate curves need a finite step
             raise PipelineError(f"l2: {name or 'a tensor'} holds NaN or infinity, which a uniform quantizer cannot store")
+        return values
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         values = to_float32(array.data, array.dtype)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo.dtypes import from_float32, to_float32
-from zoo.errors import FormatError, InputError, PipelineError
+from zoo.errors import FormatError, PipelineError
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 _BISECTION_STEPS = 40
@@ -46,13 +46,6 @@ def relative_errors(singular_values: np.ndarray) -> np.ndarray:
 def rank_within(errors: np.ndarray, bound: float) -> int:
     """Smallest rank whose relative error is at most `bound`."""
     return int(np.argmax(errors <= bound + 1e-12))
-
-
-def _finite(matrix: np.ndarray, name: str) -> np.ndarray:
-    # an SVD of a matrix holding NaN or infinity does not converge (the survey's) or gives NaN factors
-    if not np.isfinite(matrix).all():
-        raise InputError(f"lowrank: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
-    return matrix
 
 
 def _stored_elements(rank: int, rows: int, cols: int) -> int:
@@ -86,7 +79,7 @@ class LowRank(LossyCodec):
         layers = []
         for name, array in tensors():
             if self.selects(name, array):
-                matrix = _finite(_matrix(array), name)
+                matrix = self.check_finite(_matrix(array), name)
                 layers.append((relative_errors(np.linalg.svd(matrix, compute_uv=False)), *matrix.shape))
         if not layers:
             return None
@@ -102,7 +95,7 @@ class LowRank(LossyCodec):
         return high
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        matrix = _finite(_matrix(array), name)
+        matrix = self.check_finite(_matrix(array), name)
         rows, cols = matrix.shape
         u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         errors = relative_errors(s)

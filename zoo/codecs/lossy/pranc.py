@@ -82,7 +82,7 @@ class Pranc(LossyCodec):
                progress: StageProgress | None = None, measure: Measure | None = None) -> dict[str, tuple[int, np.ndarray]]:
         from zoo.optimize import teacher as _teacher
 
-        values = {name: _finite(to_float32(array.data, array.dtype), name) for name, array in tensors() if self.selects(name, array)}
+        values = {name: self.check_finite(to_float32(array.data, array.dtype), name) for name, array in tensors() if self.selects(name, array)}
         counts = share(self.k, {name: v.size for name, v in values.items()})
         held = sum(counts[name] * v.size for name, v in values.items())
         if held > MAX_BASIS_ELEMENTS:
@@ -114,7 +114,7 @@ class Pranc(LossyCodec):
         return {**plan, **{name: (fitted[name][0], coefficients[name].detach().numpy().copy()) for name in fitted}}
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        values = _finite(to_float32(array.data, array.dtype), name)
+        values = self.check_finite(to_float32(array.data, array.dtype), name)
         if plan and name in plan:
             stream, coefficients = plan[name]
         else:
@@ -137,13 +137,6 @@ class Pranc(LossyCodec):
             raise FormatError(f"pranc: {coefficients.data.size} coefficients over {n} weights is beyond any fitted model")
         values = combine(coefficients.data, seed, stream, n)
         return TypedArray(from_float32(values, dtype).reshape(shape), dtype)
-
-
-def _finite(values: np.ndarray, name: str) -> np.ndarray:
-    # One NaN in a least-squares fit makes every coefficient NaN, and so every weight of the tensor.
-    if not np.isfinite(values).all():
-        raise InputError(f"pranc: tensor {name!r} holds NaN or infinite values; leave it out with exclude=...")
-    return values
 
 
 def _learning_rate(coefficients: dict[str, Any]) -> float:
