@@ -127,6 +127,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     snapshot = os.path.basename(os.path.dirname(real_root)) == "snapshots" and os.path.isdir(blobs)
     files: list[SourceFile] = []
     skipped: list[str] = []
+    hops: dict[str, str | None] = {}  # each link kept as a link -> the path inside the folder it names
     filtering = bool(include or exclude)
 
     def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
@@ -177,7 +178,6 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if selected_by(relpath, include, exclude):
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
 
-    hops: dict[str, str | None] = {}  # each link kept as a link -> the path inside the folder it names
     visit(root, "", frozenset())
     # A link naming another link kept as a link points to it, not to where the chain ends.
     for entry in files:
