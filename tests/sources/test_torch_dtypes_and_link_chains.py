@@ -14,7 +14,7 @@ import pytest
 
 import zoo
 from tests.sources.conftest import torch
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooWarning
 
 
 def sha256(path: Path) -> str:
@@ -52,6 +52,24 @@ def test_packed_float4_tensors_keep_their_values(tmp_path):
     torch.save({"weight": weight}, path)
     zoo.compress(path, tmp_path / "m.zoo")
     assert same_tensor(zoo.load_state_dict(tmp_path / "m.zoo")["weight"], weight)
+
+
+def test_views_of_packed_float4_tensors_come_back(tmp_path):
+    # they were left out of the archive's tensors, and so of load_state_dict, with no word
+    weight = torch.arange(32, dtype=torch.uint8).view(torch.float4_e2m1fn_x2).reshape(4, 8)
+    views = {"rows": weight[1:3], "transposed": weight.t(), "columns": weight[:, 2:5]}
+    path = tmp_path / "model.pt"
+    torch.save({"weight": weight, **views, "pair": weight[0, 1]}, path)
+    with pytest.warns(ZooWarning, match=r"pair \(a 0-d F4 tensor\) is kept in the file's bytes"):
+        zoo.compress(path, tmp_path / "m.zoo")
+    shapes = {entry.name: entry.shape for entry in zoo.report_of(tmp_path / "m.zoo").tensors}
+    assert shapes == {"weight": [4, 16], "rows": [2, 16], "transposed": [8, 8], "columns": [4, 6]}  # values, two a byte
+    state = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert set(state) == {"weight", *views}
+    for name, expected in {"weight": weight, **views}.items():
+        assert same_tensor(state[name], expected.contiguous()), name
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "model.pt") == sha256(path)
 
 
 @pytest.mark.parametrize("dtype", ["complex32", "bits8"])

@@ -522,6 +522,10 @@ class Archive:
         storage = self.read_tensor(of, threads)
         shape, stride, offset = list(info["shape"]), view.get("stride"), view.get("offset")
         flat = storage.data.reshape(-1)
+        if info["dtype"] == "F4":  # viewed as torch does, by bytes of two values: the last dimension counts pairs
+            if not shape or shape[-1] % 2:
+                raise _fail(self._file, f"tensor {name!r} views {of!r} with an odd count of F4 values in a row")
+            shape[-1] //= 2
         if storage.dtype != info["dtype"] or not isinstance(offset, int) or not isinstance(stride, list) or len(stride) != len(shape) \
                 or offset < 0 or any(not isinstance(s, int) or s < 0 for s in stride) \
                 or (math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= flat.size):

@@ -29,7 +29,8 @@ class SourceFile:
     reason: str | None = None  # why a file of a tensor format is kept as opaque bytes
     target: str | None = None  # a link kept as a link (kind "link"): where it points, relative to its folder
     # Tensors that view another tensor's storage (a torch checkpoint's tied weights, slices):
-    # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements.
+    # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements
+    # (bytes of two values for F4, as torch counts them).
     views: list[dict[str, Any]] = field(default_factory=list)
     mode: int | None = None  # a regular file's permission bits (stat.S_IMODE), given back by decompress
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooWarning
 from zoo.sources.segments import Segment, SourceFile
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -243,13 +243,19 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
             name = f"{named[0].name}.__storage__" if named else f"__storage__.{key}"
             segment = Segment(start, nbytes, name, dtype, (numel,), False)
         typed.append(segment)
+        # F4's offsets and strides count bytes (pairs of values), as torch's do; the storage holds numel / 2 of them
+        elements = numel // 2 if dtype == "F4" else numel
         for tensor in candidates:
-            if tensor is owner or dtype == "F4":  # F4: torch's offsets count pairs of values, zoo's count values
+            if tensor is owner:
+                continue
+            if dtype == "F4" and not tensor.shape:  # one byte of two values: no zoo shape says so
+                warnings.warn(f"{path}: {tensor.name} (a 0-d F4 tensor) is kept in the file's bytes, not as a tensor",
+                              ZooWarning, stacklevel=2)
                 continue
             end = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) + 1
-            if tensor.dtype != dtype or tensor.offset < 0 or (math.prod(tensor.shape) and end > numel) or any(s < 0 for s in tensor.stride):
+            if tensor.dtype != dtype or tensor.offset < 0 or (math.prod(tensor.shape) and end > elements) or any(s < 0 for s in tensor.stride):
                 continue  # torch would refuse it too; its bytes are kept all the same
-            views.append({"name": tensor.name, "of": segment.tensor, "dtype": dtype, "shape": list(tensor.shape),
+            views.append({"name": tensor.name, "of": segment.tensor, "dtype": dtype, "shape": list(_zoo_shape(tensor)),
                           "stride": list(tensor.stride), "offset": tensor.offset})
     segments: list[Segment] = []
     position = 0
