@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import zoo
+from tests.container.forge import forge
 from tests.sources.conftest import torch
+from zoo.container.format import ArchiveFile, version_of
 from zoo.errors import InputError, ZooWarning
 
 
@@ -70,6 +72,13 @@ def test_views_of_packed_float4_tensors_come_back(tmp_path):
         assert same_tensor(state[name], expected.contiguous()), name
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     assert sha256(tmp_path / "out" / "model.pt") == sha256(path)
+    # counted in bytes, where a reader could count values: the header says so, and without it the view is refused
+    opened = ArchiveFile(tmp_path / "m.zoo")
+    assert opened.header["features"] == ["f4-views"] and version_of(opened.header) == 3
+    opened.close()
+    forged = forge(tmp_path / "m.zoo", lambda header: header.pop("features"))
+    with pytest.raises(zoo.ZooError, match="is a view of F4 values, but the header does not list the feature"):
+        zoo.load_state_dict(forged)
 
 
 @pytest.mark.parametrize("dtype", ["complex32", "bits8"])

@@ -26,9 +26,10 @@ VERSION = 1
 BASE_VERSION = 2
 # Version 2 plus what a header's "features" list names: "objects" (leaves whose chunks live in
 # object files of a zoo, docs/STORE.md) and "xor" (tensors stored as their bitwise difference from
-# another). Written only when the list is not empty, so that older readers refuse the archive.
+# another), and "f4-views" (views of F4 tensors, their offsets and strides in bytes). Written only
+# when the list is not empty, so that older readers refuse the archive.
 FEATURES_VERSION = 3
-FEATURES = frozenset({"objects", "xor"})
+FEATURES = frozenset({"objects", "xor", "f4-views"})
 VERSIONS = (VERSION, BASE_VERSION, FEATURES_VERSION)
 # How deep tensors stored as an XOR against another may chain: reading one never decodes more.
 MAX_XOR_DEPTH = 3

@@ -523,6 +523,8 @@ class Archive:
         shape, stride, offset = list(info["shape"]), view.get("stride"), view.get("offset")
         flat = storage.data.reshape(-1)
         if info["dtype"] == "F4":  # viewed as torch does, by bytes of two values: the last dimension counts pairs
+            if "f4-views" not in self._features:
+                raise _fail(self._file, f"tensor {name!r} is a view of F4 values, but the header does not list the feature")
             if not shape or shape[-1] % 2:
                 raise _fail(self._file, f"tensor {name!r} views {of!r} with an odd count of F4 values in a row")
             shape[-1] //= 2

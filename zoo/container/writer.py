@@ -276,6 +276,8 @@ class Builder:
                 self.header["tensors"][keys[(source.relpath, view["name"])]] = {
                     "name": view["name"], "file": source.relpath, "dtype": view["dtype"], "shape": view["shape"],
                     "view": {"of": keys[(source.relpath, view["of"])], "offset": view["offset"], "stride": view["stride"]}}
+                if view["dtype"] == "F4":  # counted in bytes (docs/FORMAT.md): readers that count values must refuse it
+                    self.header["features"] = sorted({*self.header.get("features", []), "f4-views"})
         links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
         folders = [s.relpath for s in sources if s.kind == "folder"]
         if links:
