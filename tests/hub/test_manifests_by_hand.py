@@ -92,6 +92,8 @@ def test_a_manifest_renamed_by_hand_does_not_pass_for_another_model(two_models, 
     assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
     # third's objects stayed: rm collects nothing while a manifest is in doubt, and doctor gave them their manifest back
     assert {"first", "second"} <= {e.name for e in Store(two_models).entries()}
+    # the edited manifest, whose archive's header names first, never took third's empty place
+    assert Store(two_models).resolve("third").archive != first.archive
     assert zoo_cli("verify", home=two_models).returncode == 0
 
 
@@ -100,6 +102,7 @@ def test_doctor_moves_a_manifest_to_where_its_name_says(two_models):
     manifest = store.manifest_path("first", "main", "lossless")
     moved = manifest.parent.parent.parent / "elsewhere" / "main" / "lossless.json"
     moved.parent.mkdir(parents=True)
+    original = manifest.read_bytes()
     manifest.rename(moved)
     copy = manifest.parent.parent.parent / "copy" / "main" / "lossless.json"
     copy.parent.mkdir(parents=True)
@@ -108,6 +111,8 @@ def test_doctor_moves_a_manifest_to_where_its_name_says(two_models):
     doctor = zoo_cli("doctor", home=two_models)
     assert doctor.returncode == 0, (doctor.stdout, doctor.stderr)
     assert manifest.is_file() and not moved.exists() and not copy.exists(), doctor.stdout
+    # its archive's header names that model: the manifest itself went back (its `created` too), nothing set aside
+    assert manifest.read_bytes() == original and "moved back to" in doctor.stdout and not (two_models / "unreadable").exists()
     assert "no problems found" in zoo_cli("doctor", home=two_models).stdout
     assert sorted(e.name for e in Store(two_models).entries()) == ["first", "second"]
     assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout

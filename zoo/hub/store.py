@@ -874,9 +874,27 @@ class Store:
             if copy:
                 path.unlink()
                 findings.append(f"{path}: a copy of the manifest of {ref}, out of its place; removed")
+            elif not proper.exists() and self._archive_says(record):
+                proper.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, proper)
+                findings.append(f"{path}: the manifest of {ref}, out of its place; moved back to {self._relative(proper)}")
             else:
                 findings.append(f"{path}: a manifest of {ref} out of its place ({self._relative(proper)}); kept as {self._keep_aside(path)}")
         return findings
+
+    def _archive_says(self, record: dict[str, Any]) -> bool:
+        """Whether the header of the archive a manifest names says it is the model the manifest
+        names: a manifest only moved, not edited to name another model (whose place it would take
+        with this one's archive)."""
+        try:
+            sha256 = next(item["sha256"] for item in record["objects"] if item["role"] == "archive")
+            metadata, _ = describe_files(self.object_path(sha256))
+        except (StopIteration, ZooError, OSError):
+            return False
+        claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
+        pipeline = str(metadata.get("pipeline", ""))
+        return (claimed.get("name"), claimed.get("revision") or DEFAULT_REVISION, variant_of(pipeline) if pipeline else LOSSLESS) \
+            == (record["name"], record["revision"], record["variant"])
 
     def _index_problem(self, manifest_count: int) -> str | None:
         try:
