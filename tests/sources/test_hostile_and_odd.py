@@ -109,7 +109,11 @@ def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named
     write_safetensors(folder / "sub" / "model.safetensors", {"w": ("F32", np.ones((2, 2), np.float32))})
     os.symlink("sub/model.safetensors", folder / "model.safetensors")
     os.symlink("sub", folder / "alias")
-    os.symlink("nowhere", folder / "dangling")  # dangling inside the folder: kept, as it is
+    os.symlink("nowhere", folder / "dangling")  # dangling inside the folder: kept
+    # dangling too, named by an absolute path or through the folder's parent: they were kept as given, and the
+    # archive's reader then refused the archive compress had left behind (a link leading out of the output folder)
+    os.symlink(folder / "sub" / "gone", folder / "dangling-absolute")
+    os.symlink(f"../../{folder.name}/gone", folder / "sub" / "dangling-up")
     os.symlink("loop.b", folder / "loop.a")
     os.symlink("loop.a", folder / "loop.b")
     with pytest.warns(ZooWarning, match=r"left out 2 items: loop.a \(a link to nothing, or a loop of links\); loop.b"):
@@ -118,6 +122,7 @@ def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named
     zoo.decompress(tmp_path / "l.zoo", out)
     assert os.readlink(out / "model.safetensors") == "sub/model.safetensors" and os.readlink(out / "alias") == "sub"
     assert os.readlink(out / "dangling") == "nowhere"
+    assert os.readlink(out / "dangling-absolute") == "sub/gone" and os.readlink(out / "sub" / "dangling-up") == "../gone"
     (folder / "loop.a").unlink()
     (folder / "loop.b").unlink()
     assert (out / "empty" / "deeper").is_dir()
@@ -129,6 +134,9 @@ def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named
     zoo.compress(folder, tmp_path / "followed.zoo", follow_links=True)
     with zoo.open(tmp_path / "followed.zoo") as opened:
         assert opened.read_file("leak.txt") == b"secret"
+    # the links inside the folder stay links: they used to become copies (a link to a folder, a copy of all it holds)
+    zoo.decompress(tmp_path / "followed.zoo", tmp_path / "followed")
+    assert os.readlink(tmp_path / "followed" / "alias") == "sub" and not (tmp_path / "followed" / "leak.txt").is_symlink()
 
 
 def test_a_hugging_face_cache_snapshot_is_stored_as_its_files(tmp_path):

@@ -146,15 +146,16 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if entry.is_symlink():
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
-                    if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept as it is
-                        if selected_by(relpath, include, exclude):
-                            files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=os.readlink(path)))
+                    if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept, made relative
+                        if selected_by(relpath, include, exclude):  # (as given, an absolute or ../ one reads as leading out)
+                            link = os.path.relpath(target, os.path.dirname(os.path.join(real_root, relpath)))
+                            files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
                     else:
                         skipped.append(f"{relpath} (a link to nothing, or a loop of links)")
                     continue
                 if snapshot and _inside(target, blobs) and os.path.isfile(target):
                     pass  # read through: the snapshot's file is the blob's content
-                elif _inside(target, real_root) and not follow_links:
+                elif _inside(target, real_root):  # kept as a link, --follow-links or not: it is the folder's own
                     if selected_by(relpath, include, exclude):
                         link = os.path.relpath(target, os.path.dirname(os.path.join(real_root, relpath)))
                         files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
