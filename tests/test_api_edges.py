@@ -206,3 +206,18 @@ def test_a_sweep_without_ray_runs_here_and_starts_no_ray(model, tmp_path, monkey
                                    calibration=tmp_path / "absent")
     assert [point.pipeline for point in points] == ["lossless"]
     assert [failure.pipeline for failure in failures] == ["codebook:bits=4"] and "cannot read calibration text" in failures[0].error
+
+
+def test_an_archive_its_own_reader_refuses_is_never_published(tmp_path, monkeypatch):
+    # a dangling link kept as given (absolute) made such an archive: compress failed reading it back for its
+    # report, after it had been renamed into place, and left it there
+    from zoo.sources.folder import scan
+    from zoo.sources.segments import SourceFile
+
+    (tmp_path / "m").mkdir()
+    write_safetensors(tmp_path / "m" / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    escaping = SourceFile("escape", tmp_path / "m" / "escape", 0, "link", target="../../outside")
+    monkeypatch.setattr("zoo.api.scan", lambda *args: [*scan(*args), escaping])
+    with pytest.raises(zoo.ZooError, match="link 'escape' would point outside"):
+        zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m"]

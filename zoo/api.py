@@ -325,7 +325,8 @@ def compress(
                            room=builder.header_room(sources))
             if check is not None:
                 check(temporary)
-    report = report_of(destination)
+            with Archive(temporary) as written:  # read back before it is published: one its own reader refuses never is
+                report = _report(written, destination)
     report.seconds = time.perf_counter() - started
     return report
 
