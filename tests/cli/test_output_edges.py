@@ -111,3 +111,18 @@ def test_the_quality_an_archive_stores_names_it_not_its_temporary(tmp_path):
     failed = zoo_cli("compress", weights, "-o", tmp_path / "h.zoo", "-p", "codebook:bits=2", "--min-cosine", "0.999999", "--json")
     assert failed.returncode == 1 and ".zoo-tmp-" not in failed.stdout
     assert json.loads(failed.stdout)["candidate"] == str(tmp_path / "h.zoo")
+
+
+def test_a_summary_of_many_files_kept_as_bytes_stays_short_and_names_no_bits_per_weight_without_weights(tmp_path):
+    # 300 such files made one line of about 40 KB; a folder of no tensors printed "0.00 bits per weight"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for number in range(30):
+        (folder / f"notes-{number:02}.bin").write_bytes(b"not a checkpoint\n")
+    done = ok(zoo_cli("compress", folder, "-o", tmp_path / "m.zoo"))
+    assert "bits per weight" not in done.stdout and "30 files, 0 tensors" in done.stdout, done.stdout
+    kept = next(line for line in done.stdout.splitlines() if line.startswith("kept as bytes"))
+    assert "notes-09.bin" in kept and "notes-10.bin" not in kept and kept.endswith("and 20 more (-v lists them)"), kept
+    listed = ok(zoo_cli("compress", folder, "-o", tmp_path / "all.zoo", "-v")).stdout
+    assert "notes-29.bin (not a pickle torch.load" in listed
+    assert "notes-29.bin (not a pickle torch.load" in ok(zoo_cli("info", tmp_path / "m.zoo")).stdout

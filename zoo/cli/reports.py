@@ -8,6 +8,8 @@ from typing import Any
 
 from zoo.cli.output import human_bytes, print_json, print_table, stdout
 
+OPAQUE_SHOWN = 10  # files kept as bytes named in compress's summary (all of them with -v, and in zoo info)
+
 
 def count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
@@ -38,14 +40,16 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
             rows.append([pipeline, str(len(tensors)), human_bytes(original), human_bytes(stored), f"{stored / original if original else 1:.3f}",
                          f"{8 * stored / weights if weights else 0:.2f}"])
         print_table(title, ["pipeline", "tensors", "original", "stored", "ratio", "bits/w"], rows, right)
+    per_weight = f", {report.bits_per_weight:.2f} bits per weight" if report.parameters else ""  # none without weights
     line = (f"{count(len(report.files), 'file')}, {count(len(report.tensors), 'tensor')}: {human_bytes(report.original_bytes)} -> "
-            f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}, {report.bits_per_weight:.2f} bits per weight)")
+            f"{human_bytes(report.compressed_bytes)} (ratio {report.ratio:.3f}{per_weight})")
     if not verbose and len(groups) == 1:
         line += f", every tensor {next(iter(groups))}"
     stdout.print(line, markup=False, highlight=False)
     opaque = [f"{entry['path']} ({entry['opaque']})" for entry in report.files if entry.get("opaque")]
     if opaque:  # files of a tensor format that zoo keeps as bytes, never unpickled or parsed further
-        stdout.print(f"kept as bytes, not read as tensors: {'; '.join(opaque)}", markup=False, highlight=False, soft_wrap=True)
+        shown = opaque if verbose or len(opaque) <= OPAQUE_SHOWN else [*opaque[:OPAQUE_SHOWN], f"and {len(opaque) - OPAQUE_SHOWN} more (-v lists them)"]
+        stdout.print(f"kept as bytes, not read as tensors: {'; '.join(shown)}", markup=False, highlight=False, soft_wrap=True)
     if report.base:
         stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
                      f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
