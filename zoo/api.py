@@ -451,17 +451,21 @@ def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.Pat
 def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
-    a dtype torch lacks is left out, each named in one warning."""
+    a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch
+    checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such key."""
     import warnings
 
     from zoo.errors import ZooWarning
+    from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
     if device:
         check_device(str(device))  # before any tensor is decoded
     with _open(source, base) as opened:
         opened.require_base()
-        keys = opened.keys()
+        kinds = {entry["path"]: entry.get("kind") for entry in opened.files()}
+        keys = [key for key in opened.keys() if not (kinds.get(opened.tensor_info(key)["file"]) == "torch"
+                                                     and is_storage_name(opened.tensor_info(key)["name"]))]
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
             named = "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing)

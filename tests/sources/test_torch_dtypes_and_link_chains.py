@@ -81,6 +81,19 @@ def test_views_of_packed_float4_tensors_come_back(tmp_path):
         zoo.load_state_dict(forged)
 
 
+def test_a_storage_viewed_only_in_part_is_no_key_of_the_state_dict(tmp_path):
+    # nn.Linear.load_state_dict(strict=True) refused the state dict: Unexpected key(s) "weight.__storage__"
+    linear = torch.nn.Linear(4, 6)
+    storage = torch.randn(12, 4)
+    path = tmp_path / "part.bin"
+    torch.save({"weight": storage[:6], "bias": linear.bias.detach()}, path)
+    zoo.compress(path, tmp_path / "m.zoo")
+    assert "weight.__storage__" in {entry.name for entry in zoo.report_of(tmp_path / "m.zoo").tensors}  # stored all the same
+    state = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert sorted(state) == ["bias", "weight"] and same_tensor(state["weight"], storage[:6])
+    linear.load_state_dict(state)
+
+
 @pytest.mark.parametrize("dtype", ["complex32", "bits8"])
 def test_a_tensor_zoo_has_no_dtype_for_is_never_handed_out_as_bytes(tmp_path, dtype):
     # complex32 came back as 6 uint8 values of its 24 bytes

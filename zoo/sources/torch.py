@@ -31,6 +31,10 @@ from zoo.sources.segments import Segment, SourceFile
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE = 64 << 20  # about 100 bytes a tensor: room for half a million tensors in one file
 MAX_DEPTH = 64
+# A storage only viewed in part is a flat tensor named for its first tensor (NAME.__storage__), or
+# for its key when no tensor of a known dtype uses it (docs/FORMAT.md)
+STORAGE_SUFFIX = ".__storage__"
+STORAGE_PREFIX = "__storage__."
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -240,7 +244,7 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
         if owner is not None:
             segment = Segment(start, nbytes, owner.name, dtype, _zoo_shape(owner), owner.weight)
         else:  # only parts of it are used, or by no tensor: a flat tensor named after the storage
-            name = f"{named[0].name}.__storage__" if named else f"__storage__.{key}"
+            name = f"{named[0].name}{STORAGE_SUFFIX}" if named else f"{STORAGE_PREFIX}{key}"
             segment = Segment(start, nbytes, name, dtype, (numel,), False)
         typed.append(segment)
         # F4's offsets and strides count bytes (pairs of values), as torch's do; the storage holds numel / 2 of them
@@ -269,6 +273,12 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
     if position < size:
         segments.append(Segment(position, size - position))
     return SourceFile(relpath, path, size, "torch", segments, views=views)
+
+
+def is_storage_name(name: str) -> bool:
+    """Whether a tensor of a torch file is a storage that no tensor covers whole (named for one
+    that views part of it, or for its key): the checkpoint itself has no tensor of that name."""
+    return name.endswith(STORAGE_SUFFIX) or name.startswith(STORAGE_PREFIX)
 
 
 def _element_dtype(stored: str, nbytes: int, tensors: list[_Tensor]) -> str:
