@@ -113,3 +113,15 @@ def test_a_name_used_by_two_files_gets_a_qualified_key(tmp_path):
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     assert (tmp_path / "out" / "a.safetensors").read_bytes() == first.read_bytes()
     assert (tmp_path / "out" / "empty.txt").read_bytes() == b""
+
+
+def test_the_model_at_the_top_of_a_trainer_folder_keeps_the_plain_names(tmp_path):
+    # checkpoint-1/ sorts before model.safetensors: its old weights took the plain names, and
+    # load_state_dict handed them out as the model
+    folder = tmp_path / "run"
+    (folder / "checkpoint-1").mkdir(parents=True)
+    write_safetensors(folder / "checkpoint-1" / "model.safetensors", {"w": ("F32", np.zeros(4, np.float32))})
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    zoo.compress(folder, tmp_path / "run.zoo")
+    state = zoo.load_state_dict(tmp_path / "run.zoo")
+    assert sorted(state) == ["checkpoint-1/model.safetensors::w", "w"] and state["w"].tolist() == [1, 1, 1, 1]

@@ -124,10 +124,11 @@ def _map(source: SourceFile) -> Any:
 def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
     """The archive key of every tensor and view, by (file, name in the file): its name, or
     `path::name` when an earlier one already took the name, or `path::name#N` after that. Unique by
-    construction, whatever the names hold."""
+    construction, whatever the names hold. Files nearer the top come first: a Trainer folder's
+    model.safetensors keeps its names, and its checkpoint-N/ copies take the longer keys."""
     keys: dict[tuple[str, str], str] = {}
     used: set[str] = set()
-    for source in sources:
+    for source in sorted(sources, key=lambda source: (source.relpath.count("/"), source.relpath)):
         names = [segment.tensor for segment in source.segments if segment.tensor is not None]
         for name in [*names, *(view["name"] for view in source.views)]:
             key, number = name, 1
