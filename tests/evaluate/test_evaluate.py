@@ -128,6 +128,17 @@ def test_archive_candidate_and_lossless_verification(trained, tmp_path):
     assert verify_archive(tmp_path / "lm.zoo", trained / "causal-lm-0.02").failures  # same names, other bytes
 
 
+def test_a_folder_with_links_and_empty_folders_verifies_as_lossless(tiny_model, tmp_path):
+    # they were "source files missing" from the archive: compress --eval failed its gate and kept nothing
+    import os
+
+    os.symlink("config.json", tiny_model / "alias.json")
+    (tiny_model / "empty").mkdir()
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    verified = verify_archive(tmp_path / "m.zoo", tiny_model)
+    assert verified.passed and verified.metrics["bit_exact"] and verified.metrics["missing"] == [], verified.metrics
+
+
 # -- encoder and classifier --------------------------------------------------------------------
 
 

@@ -131,7 +131,7 @@ def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[s
     from zoo.api import open_archive
     from zoo.sources.folder import scan
 
-    originals = {entry.relpath: entry for entry in scan(source)}
+    originals = {entry.relpath: entry for entry in scan(source) if entry.kind not in ("link", "folder")}  # what holds bytes
     mismatched, extra = [], []
     with open_archive(archive) as opened:
         entries = opened.files()
