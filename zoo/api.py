@@ -182,6 +182,8 @@ def _move_in(temporary: Path, final: Path) -> None:
     (if any) set aside until all are in; on failure the moves are undone in reverse, and the
     folders made for them removed."""
     aside = temporary / ".zoo-old"
+    while os.path.lexists(aside):  # a name the model's own files use (a model's folder .zoo-old was left out)
+        aside = temporary / f".zoo-old-{os.urandom(4).hex()}"
     moved: list[tuple[Path, Path]] = []  # (from, to)
     made: list[Path] = []
     try:
