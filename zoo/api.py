@@ -610,6 +610,8 @@ def decompress(
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
         links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        # the folders this makes get their modes back; those already there are the user's, and keep theirs
+        made = [path for path in opened.folder_modes() if not os.path.lexists(destination / path)]
         with _folder_output(destination, relpaths + links, force, folders) as temporary:
             def write(entry: dict[str, Any], threads: int) -> None:
                 path = temporary / check_relpath(entry["path"])
@@ -635,6 +637,7 @@ def decompress(
                     write(entry, workers)
             opened.restore_links_and_folders(temporary)
             report = _report(opened, opened.path)  # from the archive as it was read: a `zoo rm` meanwhile is no failure
+        opened.restore_folder_modes(destination, made)
     report.seconds = time.perf_counter() - started
     return report
 

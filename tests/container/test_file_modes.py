@@ -112,3 +112,55 @@ def test_a_malformed_mode_is_refused_when_the_archive_opens(tmp_path: Path, mode
     with pytest.raises(FormatError, match="malformed mode"):
         zoo.decompress(forged, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def folder_modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_dir()}
+
+
+def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: Path) -> None:
+    # a 0700 folder holding a private key came back 0755
+    folder = tmp_path / "model"
+    for name, mode in {"private": 0o700, "private/deeper": 0o500, "open": 0o755, "empty": 0o711, "left-out": 0o700}.items():
+        (folder / name).mkdir(parents=True)
+        if name not in ("empty", "private"):
+            (folder / name / "file.txt").write_bytes(name.encode())
+        (folder / name).chmod(mode)
+    (folder / "private" / "key.pem").write_bytes(b"key")
+    zoo.compress(folder, tmp_path / "m.zoo", exclude=["left-out/*"])
+    with zoo.open(tmp_path / "m.zoo") as opened:  # a folder no kept file is in is not named (with a filter, no empty one)
+        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o500}
+    with umask(0o022):
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert folder_modes(tmp_path / "out") == {"open": 0o755, "private": 0o700, "private/deeper": 0o500}
+    assert (tmp_path / "out" / "private" / "deeper" / "file.txt").read_bytes() == b"private/deeper"  # written before it was read-only
+    zoo.compress(folder, tmp_path / "all.zoo")
+    with umask(0o077):
+        zoo.decompress(tmp_path / "all.zoo", tmp_path / "all")
+    assert folder_modes(tmp_path / "all") == {"open": 0o700, "private": 0o700, "private/deeper": 0o500, "empty": 0o700, "left-out": 0o700}
+    # into a folder that was there: the folders it already held keep their own modes
+    existing = tmp_path / "existing"
+    (existing / "open").mkdir(parents=True)
+    (existing / "open").chmod(0o777)
+    with umask(0o022):
+        zoo.decompress(tmp_path / "m.zoo", existing)
+    assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o500}
+
+
+@pytest.mark.parametrize("modes_field, message", [
+    ({"open": "0755"}, "malformed folder modes"),
+    ({"open": 0o1777}, "malformed folder modes"),
+    ([493], "malformed folder modes"),
+    ({"open/file.txt": 0o755}, "gives a mode to 'open/file.txt', which it does not hold as a folder"),
+    ({"elsewhere": 0o755}, "gives a mode to 'elsewhere', which it does not hold as a folder"),
+    ({"../up": 0o755}, "may not write"),
+])
+def test_malformed_folder_modes_are_refused_when_the_archive_opens(tmp_path: Path, modes_field: object, message: str) -> None:
+    folder = tmp_path / "model"
+    (folder / "open").mkdir(parents=True)
+    (folder / "open" / "file.txt").write_bytes(b"x")
+    zoo.compress(folder, tmp_path / "m.zoo")
+    forged = forge(tmp_path / "m.zoo", lambda header: header.update(folder_modes=modes_field))
+    with pytest.raises(FormatError, match=message):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

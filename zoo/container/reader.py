@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +195,17 @@ class Archive:
             nodes[path] = found
         for link in links:
             self._follow(nodes[link["path"]], link["path"], 1)
+        modes = header.get("folder_modes") or {}
+        if not isinstance(modes, dict) or not all(isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o777
+                                                  for mode in modes.values()):
+            raise _fail(self._file, "archive header has malformed folder modes")
+        for path in modes:
+            node = root
+            for part in self._checked_relpath(path, "folder").split("/"):
+                node = node.children.get(part)  # type: ignore[assignment]
+                if node is None or node.kind != "folder":
+                    raise _fail(self._file, f"archive gives a mode to {path!r}, which it does not hold as a folder")
+        self._folder_modes: dict[str, int] = dict(modes)
         self._folders: list[str] = list(folders)
         self._links: list[dict[str, str]] = [{"path": link["path"], "target": link["target"]} for link in links]
         path_of, walk = {}, [(root, "")]  # every node's path, the folders no entry names included
@@ -373,6 +384,19 @@ class Archive:
         for link in self._links:
             os.makedirs(os.path.dirname(os.path.join(root, link["path"])), exist_ok=True)
             os.symlink(link["target"], os.path.join(root, link["path"]))
+
+    def folder_modes(self) -> dict[str, int]:
+        """The permission bits of the archive's folders, by path (archives before them: none)."""
+        return dict(self._folder_modes)
+
+    def restore_folder_modes(self, root: os.PathLike[str] | str, paths: Iterable[str]) -> None:
+        """Give the folders `paths` under `root` their original permission bits, less what the
+        umask removes, deepest first: once every file is in, since one without write or search
+        permission could not take them."""
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in sorted(paths, key=lambda path: path.count("/"), reverse=True):
+            os.chmod(os.path.join(root, path), self._folder_modes[path] & ~umask)
 
     def file_entry(self, path: str) -> dict[str, Any]:
         try:

@@ -280,11 +280,14 @@ class Builder:
                 if view["dtype"] == "F4":  # counted in bytes (docs/FORMAT.md): readers that count values must refuse it
                     self.header["features"] = sorted({*self.header.get("features", []), "f4-views"})
         links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
-        folders = [s.relpath for s in sources if s.kind == "folder"]
+        folders = [s.relpath for s in sources if s.kind == "folder" and s.empty]
+        modes = {s.relpath: s.mode for s in sorted(sources, key=lambda s: s.relpath) if s.kind == "folder" and s.mode is not None}
         if links:
             self.header["links"] = links
         if folders:
             self.header["folders"] = folders
+        if modes:
+            self.header["folder_modes"] = modes
 
     def _record_digests(self, digests: dict[str, Callable[[], str]]) -> None:
         for entry in self.header["files"]:

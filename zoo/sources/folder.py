@@ -90,6 +90,11 @@ def _inside(target: str, root: str) -> bool:
     return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _parents(relpath: str) -> list[str]:
+    parts = relpath.split("/")
+    return ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+
+
 def _next_hop(link: Path, real_root: str) -> str | None:
     """The path inside the folder that `link` names, its last part unresolved (it may be a link
     itself); None when it names a place outside."""
@@ -130,8 +135,12 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     hops: dict[str, str | None] = {}  # each link kept as a link -> the path inside the folder it names
     filtering = bool(include or exclude)
 
+    modes: dict[str, tuple[Path, int]] = {}  # each subfolder's permission bits, by path
+
     def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        if prefix:
+            modes[prefix.rstrip("/")] = (folder, stat.S_IMODE(os.stat(folder).st_mode) & 0o777)
         if not entries and prefix and not filtering:
             files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
         for entry in entries:
@@ -180,6 +189,13 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
 
     visit(root, "", frozenset())
+    # The modes of the folders that hold what is kept (a 0700 folder came back 0755): the empty
+    # ones carry theirs, the others are entries of their own
+    held = {parent for entry in files for parent in _parents(entry.relpath)}
+    for entry in files:
+        if entry.kind == "folder":
+            entry.mode = modes[entry.relpath][1]
+    files += [SourceFile(relpath, path, 0, "folder", mode=mode, empty=False) for relpath, (path, mode) in modes.items() if relpath in held]
     # A link naming another link kept as a link points to it, not to where the chain ends.
     for entry in files:
         hop = hops.get(entry.relpath)

@@ -32,7 +32,8 @@ class SourceFile:
     # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements
     # (bytes of two values for F4, as torch counts them).
     views: list[dict[str, Any]] = field(default_factory=list)
-    mode: int | None = None  # a regular file's permission bits (stat.S_IMODE), given back by decompress
+    mode: int | None = None  # a regular file's or folder's permission bits (stat.S_IMODE), given back by decompress
+    empty: bool = True  # kind "folder": an empty folder, made by decompress; else one that only carries its mode
 
 
 def check_relpath(relpath: str) -> str:
