@@ -117,3 +117,29 @@ def test_serve_stops_on_a_signal(tmp_path, number, status, message):
         if process.poll() is None:
             process.kill()
     assert (process.returncode, stderr) == (status, message + "\n")
+
+
+def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_the_command_ends(monkeypatch):
+    """A signal in the first tenth of a second (typer, rich and numpy loading) got Python's
+    defaults: a traceback of an import, or an end with no word. And one landing after the result
+    was printed cut the exit short, with no word either."""
+    import zoo.cli
+    from zoo.cli import stopping
+
+    seen = {}
+
+    def command() -> None:
+        seen["handlers"] = [signal.getsignal(number) for number in stopping.STOPPING]
+        seen["typer loaded"] = "typer" in sys.modules
+
+    saved = {number: signal.getsignal(number) for number in stopping.STOPPING}
+    monkeypatch.delitem(sys.modules, "typer", raising=False)
+    monkeypatch.setattr(zoo.cli, "_run", command)
+    try:
+        zoo.cli.main()
+        assert seen == {"handlers": [stopping._stop] * len(stopping.STOPPING), "typer loaded": False}
+        stopping.quiet()
+        assert [signal.getsignal(number) for number in stopping.STOPPING] == [stopping._cleaning_up] * len(stopping.STOPPING)
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)

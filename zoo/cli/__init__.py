@@ -60,26 +60,14 @@ def main() -> None:
     """The `zoo` command. Exit status: 0; 1 for an error (one line on stderr); 2 for a usage
     error; 128 + its number for a signal that stopped it, after the cleanup Ctrl-C runs and with
     one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
-    # numpy's OpenBLAS starts its threads when numpy loads, and they spin (about 0.1 CPU-s here)
-    # before they sleep, even when no BLAS call comes: on two cores that took a core from `zoo
-    # compress` and `zoo decompress` while they start. With the shortest spin the threads sleep at
-    # once (and wake for the lossy codecs' matrix work as before). Set before numpy loads; a
-    # user's own value wins.
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    # Every command reads, codes and writes chunks of a few MiB: glibc's defaults gave many of
-    # them fresh pages, faulted and zeroed by the kernel (about 0.1 CPU-s per GiB decoded).
-    from zoo.allocator import keep_freed_buffers
-
-    keep_freed_buffers()
-    from zoo.errors import ZooError
-    from zoo.cli.app import app_for
     from zoo.cli.stopping import Stopped, stop_on_signals
+    from zoo.errors import ZooError
 
-    sys.argv = bare_ray(shipped_calibration(sys.argv))
-    warnings.showwarning = _show_warning
+    # First: a signal while the rest loads (a tenth of a second and more) stops the command as one
+    # later does, where Python's defaults printed a traceback of an import or ended it with no word
     stop_on_signals()
     try:
-        app_for(sys.argv)(prog_name="zoo")
+        _run()
     except ZooError as error:
         if os.environ.get("ZOO_DEBUG"):
             raise
@@ -114,3 +102,27 @@ def main() -> None:
             raise
         print(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _run() -> None:
+    """The command itself, once main's handlers are in place."""
+    # numpy's OpenBLAS starts its threads when numpy loads, and they spin (about 0.1 CPU-s here)
+    # before they sleep, even when no BLAS call comes: on two cores that took a core from `zoo
+    # compress` and `zoo decompress` while they start. With the shortest spin the threads sleep at
+    # once (and wake for the lossy codecs' matrix work as before). Set before numpy loads; a
+    # user's own value wins.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    # Every command reads, codes and writes chunks of a few MiB: glibc's defaults gave many of
+    # them fresh pages, faulted and zeroed by the kernel (about 0.1 CPU-s per GiB decoded).
+    from zoo.allocator import keep_freed_buffers
+    from zoo.cli.stopping import quiet
+
+    keep_freed_buffers()
+    from zoo.cli.app import app_for
+
+    sys.argv = bare_ray(shipped_calibration(sys.argv))
+    warnings.showwarning = _show_warning
+    try:
+        app_for(sys.argv)(prog_name="zoo")
+    finally:
+        quiet()  # the command has ended: a signal now would only cut its exit short, with no word

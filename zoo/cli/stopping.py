@@ -52,6 +52,15 @@ def _cleaning_up(number: int, frame: object) -> None:
     pass
 
 
+def quiet() -> None:
+    """Once the command has ended (its result printed, or its error): a stopping signal now is
+    ignored, as one during a cleanup is. It would only cut the exit short, with no word, after
+    the command had said it succeeded."""
+    for stopping in STOPPING:
+        if signal.getsignal(stopping) == _stop:
+            signal.signal(stopping, _cleaning_up)
+
+
 def stop_on_signals() -> None:
     """Install the CLI's handlers. A signal ignored when zoo starts stays ignored: `nohup`
     ignores SIGHUP, and a shell ignores SIGINT in what it starts in the background. `zoo serve`'s
