@@ -154,3 +154,29 @@ def test_a_name_no_model_can_have_is_not_found_not_a_crash(tiny_model, tmp_path)
     done = subprocess.run([sys.executable, "-m", "zoo", "info", os.fsdecode(b"nope\xff")], capture_output=True, text=True,
                           env={**os.environ, "ZOO_HOME": str(home)}, timeout=120)
     assert done.returncode == 1 and "no model of that name in the zoo" in done.stderr and "unexpected" not in done.stderr, done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_the_zoo_holds_it(tiny_model, tmp_path):
+    """Its manifest was written, then the index (SQLite text) refused it, and from then on every
+    command of that zoo failed with an unexpected UnicodeEncodeError."""
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "good")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / os.fsdecode(b"bad\xff.txt")).write_bytes(b"y")
+    done = zoo_cli("compress", odd, "--name", "odd", home=home)
+    assert done.returncode == 1 and done.stderr == ("error: bad\\xff.txt: a name that is not UTF-8; the zoo holds UTF-8 names only "
+                                                    "(compress -o keeps it in an archive)\n"), done.stderr
+    assert not (home / "manifests" / "odd").exists()
+    for command in (("ls",), ("verify",), ("doctor",), ("gc",)):
+        done = zoo_cli(*command, home=home)
+        assert done.returncode == 0, (command, done.stderr)
+    # a manifest that holds one all the same (written by hand, or before this check) is damage, not a crash
+    manifest = Store(home).manifest_path("good", "main", "lossless")
+    record = json.loads(manifest.read_text())
+    record["files"][0]["path"] = os.fsdecode(b"bad\xff.txt")
+    manifest.write_text(json.dumps(record))
+    (home / "catalogue.sqlite").unlink()
+    for command in (("ls",), ("verify",), ("gc",), ("doctor",)):
+        _healthy(zoo_cli(*command, home=home))
+    assert "no problems found" in zoo_cli("doctor", home=home).stdout

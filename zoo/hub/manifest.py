@@ -4,6 +4,7 @@ them, as one manifest (a JSON object; docs/STORE.md specifies it), and the rules
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import re
 import sqlite3
@@ -150,6 +151,20 @@ def file_record(stored: StoredFile) -> dict[str, Any]:
             "git_oid": stored.git_oid, "lfs": stored.lfs, "lossless": stored.lossless}
 
 
+def is_utf8(text: str) -> bool:
+    """Whether a name (a file's, read from a file system with Python's surrogate escapes) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(text: str) -> str:
+    """A name as the user's shell would show its bytes: those that are not UTF-8 as \\xNN."""
+    return repr(os.fsencode(text))[2:-1] if not is_utf8(text) else text
+
+
 def check_record(record: Any) -> dict[str, Any]:
     """A manifest as read from disk, or ValueError naming what is wrong with it."""
     if not isinstance(record, dict) or record.get("manifest") != MANIFEST_VERSION:
@@ -171,6 +186,9 @@ def check_record(record: Any) -> dict[str, Any]:
     for key in ("source", "quality"):
         if record.get(key) is not None and not isinstance(record[key], str if key == "source" else dict):
             raise ValueError(f"{key!r} is not {'a str' if key == 'source' else 'an object'}")
+    for text in [*(item["path"] for item in record["files"]), record.get("source") or ""]:
+        if not is_utf8(text):
+            raise ValueError(f"{printable_name(text)} is not a UTF-8 name, which the zoo's index cannot hold")
     base = record.get("base")
     if base is not None and not (isinstance(base, dict) and isinstance(base.get("ref"), str) and isinstance(base.get("tensors"), int)
                                  and (base.get("needs") is None or isinstance(base["needs"], list)
