@@ -136,3 +136,33 @@ def test_lowrank_refuses_nan_in_its_survey_as_in_its_encode(tmp_path, spec):
     with pytest.raises(ZooError, match=r"lowrank: tensor 'holed\.weight' holds NaN or infinite values"):
         zoo.compress(source, tmp_path / "holes.zoo", spec)
     assert not (tmp_path / "holes.zoo").exists()
+
+
+@pytest.mark.parametrize("option", ["--max-kl", "--min-cosine", "--max-ppl-ratio"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_gate_of_nan_or_infinity_is_a_usage_error(tmp_path, option, value):
+    # --max-kl nan passed whatever the KL (a comparison with NaN is false), was stored as "NaN",
+    # and then crashed the report: compress failed after keeping its archive, and zoo info failed on it
+    import subprocess
+    import sys
+
+    model = _with_holes(tmp_path / "m.safetensors")
+    for args in (["compress", model, "-o", tmp_path / "m.zoo", option, value], ["eval", model, "-r", model, option, value]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True)
+        said = "is not in the range" if (option, value) == ("--min-cosine", "inf") else "is not a number a figure can be compared with"
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert not (tmp_path / "m.zoo").exists()
+    with pytest.raises(ZooError, match="a gate must be a finite number"):
+        Gates(**{option[2:].replace("-", "_"): float(value)})
+
+
+def test_an_archive_holding_a_gate_of_nan_is_still_shown(tmp_path):
+    import subprocess
+    import sys
+
+    model = _with_holes(tmp_path / "m.safetensors")
+    zoo.compress(model, tmp_path / "m.zoo")
+    zoo.api.update_metadata(tmp_path / "m.zoo", {"quality": {"kind": "weights", "reference": "m", "passed": True,
+                                                               "gates": {"max_kl": "NaN"}, "metrics": {}}})
+    done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "m.zoo")], capture_output=True, text=True)
+    assert done.returncode == 0 and "gates (--max-kl NaN): passed" in done.stdout, done.stdout + done.stderr

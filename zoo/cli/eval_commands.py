@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,10 +14,21 @@ from zoo.cli.options import Base, Json, Threads
 from zoo.cli.output import print_json, stderr, stdout
 from zoo.cli.reports import print_quality, print_tensors
 
-MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, help="Fail (exit 1) when the mean KL divergence is above this.")]
+
+
+def _finite(value: float | None) -> float | None:
+    """A gate of NaN passed whatever the figure (a comparison with NaN is false), one of infinity
+    judged nothing, and NaN crashed the report that prints it."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number a figure can be compared with")
+    return value
+
+
+MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, callback=_finite, help="Fail (exit 1) when the mean KL divergence is above this.")]
 MinCosine = Annotated[Optional[float], typer.Option(
-    "--min-cosine", min=-1, max=1, help="Fail when the mean embedding cosine (encoders; else the weights' cosine) is below this.")]
-MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, help="Fail when PPL(candidate)/PPL(reference) is above this.")]
+    "--min-cosine", min=-1, max=1, callback=_finite, help="Fail when the mean embedding cosine (encoders; else the weights' cosine) is below this.")]
+MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, callback=_finite,
+                                                      help="Fail when PPL(candidate)/PPL(reference) is above this.")]
 
 @contextmanager
 def quality_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:

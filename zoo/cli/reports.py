@@ -168,7 +168,8 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
         stdout.print(f"note: {note}", markup=False, highlight=False)
     gates = record.get("gates") or {}
     if gates:
-        given = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in gates.items())
+        # a string is a gate stored as JSON holds NaN ("NaN"): archives from before such gates were refused
+        given = ", ".join(f"--{name.replace('_', '-')} {value if isinstance(value, str) else format(value, 'g')}" for name, value in gates.items())
         stdout.print(f"gates ({given}): {'passed' if record.get('passed') else 'FAILED'}", markup=False, highlight=False)
 
 

@@ -132,6 +132,11 @@ class Gates:
     min_cosine: float | None = None
     max_ppl_ratio: float | None = None
 
+    def __post_init__(self) -> None:
+        for name, value in self.given().items():
+            if not math.isfinite(value):  # NaN passed every figure (the comparison is false) and infinity judged nothing
+                raise InputError(f"--{name.replace('_', '-')} {value}: a gate must be a finite number")
+
     def given(self) -> dict[str, float]:
         return {name: value for name, value in (("max_kl", self.max_kl), ("min_cosine", self.min_cosine),
                                                 ("max_ppl_ratio", self.max_ppl_ratio)) if value is not None}
