@@ -156,6 +156,7 @@ def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> 
     file goes, a file where a folder goes), which zoo never removes; of its empty `folders`, those
     where something else is."""
     replaced, blocked = [], []
+    named: set[Path] = set()
     for relpath in folders:
         target = folder / relpath
         if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -165,7 +166,9 @@ def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> 
         parents = [folder.joinpath(*relpath.split("/")[:depth]) for depth in range(1, relpath.count("/") + 1)]
         in_the_way = next((p for p in parents if p.is_symlink() or (p.exists() and not p.is_dir())), None)
         if in_the_way is not None:
-            blocked.append(f"{in_the_way.relative_to(folder)} (a file where {relpath} needs a folder)")
+            if in_the_way not in named:  # once, for the first of the model's files it stands in the way of
+                named.add(in_the_way)
+                blocked.append(f"{in_the_way.relative_to(folder)} (a file where {relpath} needs a folder)")
         elif target.is_dir() and not target.is_symlink():
             blocked.append(f"{relpath} (a folder)")
         elif target.exists() or target.is_symlink():

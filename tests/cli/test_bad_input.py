@@ -264,6 +264,30 @@ def test_force_never_removes_a_file_where_the_folder_goes(tiny_model, tmp_path):
     assert zoo.verify(tmp_path / "m.zoo") == []
 
 
+def test_a_file_in_the_way_of_a_folder_of_many_files_is_named_once(tmp_path):
+    # it was named once per file of the folder: "sub (a file where sub/a needs a folder), sub (... sub/b ...)"
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    for name in "abcdef":
+        (model / "sub" / name).write_text(name)
+    zoo.compress(model, tmp_path / "m.zoo")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("in the way")
+    with pytest.raises(OutputExistsError) as refused:
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "out", force=True)
+    assert str(refused.value) == (f"{tmp_path / 'out'}: cannot write the model there without removing sub (a file where sub/a needs "
+                                  "a folder); choose another folder or move them")
+
+
+def test_running_out_of_memory_is_one_line_not_a_bug_of_zoo(tmp_path):
+    # numpy's MemoryError said "unexpected MemoryError ... (a bug in zoo; ...)"
+    script = ("import sys, zoo.cli, zoo.cli.app\n"
+              "def app_for(argv):\n    raise MemoryError('Unable to allocate 128. MiB for an array')\n"
+              "zoo.cli.app.app_for = app_for\nsys.argv = ['zoo', 'compress', 'x']\nzoo.cli.main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, "error: out of memory: Unable to allocate 128. MiB for an array\n")
+
+
 def test_force_never_removes_a_folder_or_a_device_where_the_archive_goes(tiny_model, tmp_path):
     kept = tmp_path / "kept"
     (kept / "sub").mkdir(parents=True)

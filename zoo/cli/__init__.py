@@ -82,6 +82,9 @@ def main() -> None:
         print(f"error: {'cannot write to stdout: ' if isinstance(error, StdoutError) else ''}{error.strerror or error}{where}",
               file=sys.stderr)
         sys.exit(1)
+    except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
+        print(f"error: out of memory{f': {error}' if str(error) else ''}", file=sys.stderr)
+        sys.exit(1)
     except ModuleNotFoundError as error:
         if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:
             raise
