@@ -203,6 +203,20 @@ def test_lowrank_ratio_spreads_one_budget_to_minimise_the_largest_error(tmp_path
     assert max(errors) < 0.2 and max(errors) / max(min(errors), 1e-9) < 3
 
 
+@pytest.mark.parametrize("survey", [True, False])
+def test_lowrank_keeps_at_least_rank_one_of_a_matrix_that_is_not_zero(tmp_path, survey):
+    # ratio=0.5 of a 2 x 12288 matrix (rank 1 is just over half its size) stored rank 0: all zeros, exit 0
+    weights = np.random.default_rng(4).normal(size=(2, 12288)).astype(np.float32)
+    codec = LowRank(ratio=0.5)
+    plan = codec.survey(lambda: iter([("w", TypedArray(weights, "F32"))])) if survey else None
+    result = codec.encode(TypedArray(weights, "F32"), "w", plan)
+    assert result.meta["rank"] == 1
+    decoded = codec.decode(result.parts, result.meta, "F32", weights.shape).data
+    assert np.linalg.norm(decoded - weights) / np.linalg.norm(weights) < 0.9
+    zeros = codec.encode(TypedArray(np.zeros((2, 12288), np.float32), "F32"), "z")  # nothing to keep: rank 0 is exact
+    assert zeros.meta["rank"] == 0 and not codec.decode(zeros.parts, zeros.meta, "F32", (2, 12288)).data.any()
+
+
 def test_lowrank_factors_go_on_to_codebook(tmp_path):
     weights = _low_rank_matrix(128, 96, 8, 0.0, 4)
     source = write_safetensors(tmp_path / "m.safetensors", {"layer.weight": ("BF16", from_float32(weights, "BF16"))})

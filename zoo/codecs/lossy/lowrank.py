@@ -44,8 +44,9 @@ def relative_errors(singular_values: np.ndarray) -> np.ndarray:
 
 
 def rank_within(errors: np.ndarray, bound: float) -> int:
-    """Smallest rank whose relative error is at most `bound`."""
-    return int(np.argmax(errors <= bound + 1e-12))
+    """Smallest rank whose relative error is at most `bound`, and at least 1 for a matrix that is
+    not all zeros: rank 0 keeps nothing of it (a budget of ratio=0.5 made a 2 x 12288 matrix zeros)."""
+    return max(int(np.argmax(errors <= bound + 1e-12)), 1 if errors[0] > 0 else 0)
 
 
 def _stored_elements(rank: int, rows: int, cols: int) -> int:
@@ -104,7 +105,7 @@ class LowRank(LossyCodec):
         elif plan is not None:
             rank = rank_within(errors, float(plan))
         else:  # no survey (a single tensor): the budget applies to this tensor alone
-            rank = int(self.ratio * rows * cols // (rows + cols))
+            rank = max(int(self.ratio * rows * cols // (rows + cols)), 1 if errors[0] > 0 else 0)
         if _stored_elements(rank, rows, cols) == rows * cols:
             return Transformed({"dense": array}, {"rank": None})
         root = np.sqrt(s[:rank])
