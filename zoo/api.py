@@ -10,6 +10,7 @@ import queue
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from zoo.container.writer import Builder
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
-from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
+from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError, ZooWarning
 from zoo.container.format import ArchiveFile, assemble, object_file_size, object_path, put_header
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
@@ -332,8 +333,29 @@ def compress(
                 check(temporary)
             with Archive(temporary) as written:  # read back before it is published: one its own reader refuses never is
                 report = _report(written, destination)
+                _warn_of_idle_stages(written, chosen)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _warn_of_idle_stages(opened: Archive, pipeline: Pipeline) -> None:
+    """A lossy stage that coded no tensor is said in a warning: it selects none (an include that
+    matches nothing, only vectors or integers), or an earlier stage took every one it selects
+    (truncate's output goes on to no other lossy stage). It ran silently, exit 0, as if it had."""
+    if not pipeline.array_stages:
+        return
+    used: set[int] = set()
+    for key in opened.keys():
+        walk = [opened.tensor_info(key).get("root")]
+        while walk:
+            node = walk.pop()
+            if isinstance(node, dict) and isinstance(node.get("stage"), int):
+                used.add(node["stage"])
+                walk += list((node.get("parts") or {}).values())
+    for index, stage in enumerate(pipeline.array_stages):
+        if index not in used:
+            warnings.warn(f"stage {index + 1} of the pipeline ({stage.codec_id}) coded no tensor: it selects none, "
+                          "or an earlier stage took each one it selects", ZooWarning, stacklevel=3)
 
 
 def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) -> None:
@@ -458,9 +480,6 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
     a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such key."""
-    import warnings
-
-    from zoo.errors import ZooWarning
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 

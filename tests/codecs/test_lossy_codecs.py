@@ -1,5 +1,7 @@
 """truncate, codebook and tensor selection: exact semantics, sizes, and the errors a user can meet."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -215,6 +217,23 @@ def test_lowrank_keeps_at_least_rank_one_of_a_matrix_that_is_not_zero(tmp_path, 
     assert np.linalg.norm(decoded - weights) / np.linalg.norm(weights) < 0.9
     zeros = codec.encode(TypedArray(np.zeros((2, 12288), np.float32), "F32"), "z")  # nothing to keep: rank 0 is exact
     assert zeros.meta["rank"] == 0 and not codec.decode(zeros.parts, zeros.meta, "F32", (2, 12288)).data.any()
+
+
+@pytest.mark.parametrize("spec, idle", [("truncate:bits=3|codebook:bits=4|lossless", "stage 2 of the pipeline (codebook)"),
+                                         ("truncate:bits=3,include=nomatch*|lossless", "stage 1 of the pipeline (truncate)")])
+def test_a_lossy_stage_that_codes_no_tensor_says_so(tmp_path, spec, idle):
+    # each ran as if it had coded the tensors, exit 0: codebook after truncate (whose output goes on to no
+    # other lossy stage), truncate of an include that matches nothing
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))})
+    with pytest.warns(ZooWarning, match=rf"{re.escape(idle)} coded no tensor: it selects none, or an earlier stage took each one"):
+        zoo.compress(source, tmp_path / "m.zoo", spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZooWarning)  # a stage that codes its tensors says nothing
+        zoo.compress(source, tmp_path / "n.zoo", "lowrank:energy=0.9|codebook:bits=4|lossless")
 
 
 def test_lowrank_factors_go_on_to_codebook(tmp_path):
