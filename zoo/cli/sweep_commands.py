@@ -18,7 +18,8 @@ def _figure(value: object, digits: int = 4) -> str:
 def sweep(
     model: Annotated[Path, typer.Argument(help="A model folder or weights file.", show_default=False)],
     pipeline: Annotated[list[str], typer.Option("--pipeline", "-p", help="A pipeline SPEC to try; give it once per pipeline.")],
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the rate-distortion plot here (PNG).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the rate-distortion plot here, in the format its suffix "
+                                                 "names (.png, .pdf, .svg, ...).")] = None,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for the stages that use one (bare --calib: the text zoo ships).")] = None,
     base: Annotated[Optional[Path], typer.Option("--base", help="The model MODEL was fine-tuned from: each pipeline stores the tensors it "
                                                  "selects as differences from it, and is evaluated rebuilt on it.", show_default=False)] = None,
@@ -35,8 +36,8 @@ def sweep(
     from zoo.evaluate import sweep as library
     from zoo.errors import InputError
 
-    if plot is not None and plot.exists() and not force:
-        raise InputError(f"{plot} exists; pass --force to replace it")
+    if plot is not None:  # before any work: a sweep takes minutes, and a refusal then would lose its table
+        library.check_plot_destination(plot, force)
     evaluation_text = None
     if text is not None:
         try:
@@ -44,27 +45,33 @@ def sweep(
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"{text}: cannot read it as UTF-8 text ({getattr(error, 'strerror', None) or type(error).__name__})") from None
     say = None if as_json else (lambda line: stderr.print(line, markup=False, highlight=False))
-    failures = []
+    failures: list[dict[str, str]] = []  # {"pipeline", "error"}, as zoo.batch.SweepFailure on Ray
+
+    def failed(pipeline: str, error: str) -> None:
+        failures.append({"pipeline": pipeline, "error": error})
+        if say is not None:
+            stderr.print(f"failed {pipeline}: {error}", markup=False, highlight=False, soft_wrap=True)
+
     if ray is not None:
         from zoo import batch
 
-        points, failures = batch.sweep(model, pipeline, ray=ray, threads=threads or 1, progress=say, calibration=calib,
-                                       text=evaluation_text, max_tokens=max_tokens, base=base)
-        for failure in failures:
-            stderr.print(f"failed {failure.pipeline}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
-        if not points:
-            raise InputError(f"every pipeline failed ({len(failures)})")
-    else:
+        points, lost = batch.sweep(model, pipeline, ray=ray, threads=threads or 1, progress=say, calibration=calib,
+                                   text=evaluation_text, max_tokens=max_tokens, base=base)
+        for failure in lost:
+            failed(failure.pipeline, failure.error)
+    else:  # a pipeline that fails is reported and the others still run, as on Ray
         points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads,
-                               progress=say, base=base)
-    if plot is not None:
-        library.plot(points, plot, title=f"{model.name}: rate and distortion")
+                               progress=say, base=base, on_failure=failed)
     if as_json:
-        print_json({"model": str(model), "base": None if base is None else str(base), "plot": str(plot) if plot else None,
-                    "points": [p.to_dict() for p in points], **({"failed": [vars(f) for f in failures]} if failures else {})})
+        if plot is not None and points:
+            library.plot(points, plot, title=f"{model.name}: rate and distortion")
+        print_json({"model": str(model), "base": None if base is None else str(base), "plot": str(plot) if plot and points else None,
+                    "points": [p.to_dict() for p in points], "failed": failures})
         if failures:
             raise typer.Exit(1)
         return
+    if not points:
+        raise InputError(f"every pipeline failed ({len(failures)})")
     kind = points[0].kind
     figures = {"causal-lm": ("kl_mean", "ppl_ratio", "top1_agreement"), "classifier": ("kl_mean", "label_agreement"),
                "encoder": ("cosine_mean", "cosine_min")}.get(kind, ("weight_sqnr_db", "weight_cosine"))
@@ -75,7 +82,8 @@ def sweep(
              f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else ""] for point in points]
     print_table(f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), columns, rows, right=tuple(columns[1:]),
                 fold=tuple(columns))
-    if plot is not None:
+    if plot is not None:  # after the table, so that a plot that cannot be written loses nothing else
+        library.plot(points, plot, title=f"{model.name}: rate and distortion")
         stdout.print(f"plot: {plot}", highlight=False)
     if failures:
         raise typer.Exit(1)

@@ -9,6 +9,9 @@ frontier: the points no other point beats on both size and quality.
 With a base (the model MODEL was fine-tuned from), each pipeline stores the tensors it selects as
 their differences from it (zoo.container.delta), and the model evaluated is the base plus the decoded
 differences; the decode time includes adding them back.
+
+A pipeline that fails (a codec that refuses the weights) need not end the sweep: given
+`on_failure`, it is reported there and the others still run.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.refs import open_base
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooError
 from zoo.codecs.pipeline import Pipeline
 
 # Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
@@ -34,6 +37,10 @@ DISTORTION = {
     "encoder": ("cosine_mean", "1 - mean cosine of the embeddings"),
     "weights": ("weight_cosine", "1 - cosine of the weights"),
 }
+
+# The plot's formats, named by its suffix: matplotlib's, less pgf (it needs a LaTeX install) and
+# raw/rgba (bare pixels no viewer opens).
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
 
 
 @dataclass
@@ -88,12 +95,12 @@ def sweep(
     workdir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
     base: str | os.PathLike[str] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> list[SweepPoint]:
     """Compress `model` with each pipeline and evaluate each result against it; with `base`, each
-    archive is made against that base and evaluated rebuilt on it (see compress(base=...))."""
-    from zoo import api
-    from zoo.evaluate import evaluate
-
+    archive is made against that base and evaluated rebuilt on it (see compress(base=...)).
+    With `on_failure`, a pipeline that fails with a ZooError or OSError is handed to it as
+    (pipeline, message) and the sweep goes on without it; without, that error ends the sweep."""
     if not pipelines:
         raise InputError("give at least one pipeline to sweep")
     specs = [Pipeline.parse(spec).spec() for spec in pipelines]  # every spec checked before any work
@@ -109,21 +116,42 @@ def sweep(
             if progress:
                 progress(f"[{number + 1}/{len(specs)}] {given}")
             archive = Path(scratch) / f"candidate-{number}.zoo"
-            started = time.perf_counter()
-            report = api.compress(model, archive, spec, threads=threads, force=True, calibration=calibration, base=base)
-            encode_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            with api.open_archive(archive, base_model) as opened:
-                for name in opened.keys():
-                    opened.read_tensor(name)
-            decode_seconds = time.perf_counter() - started
-            result = evaluate(archive, model, text=text, base=base if report.base else None, **options)
-            points.append(SweepPoint(given, report.compressed_bytes, report.original_bytes, report.parameters,
-                                     encode_seconds, decode_seconds, result.kind, _headline(result),
-                                     base_tensors=report.base["tensors"] if report.base else 0))
-            archive.unlink()
+            try:
+                points.append(_measure(model, given, spec, archive, base, base_model, calibration, text, threads, options))
+            except (ZooError, OSError) as error:  # as batch's tasks fail: what a user can act on, not a bug
+                if on_failure is None:
+                    raise
+                on_failure(given, _one_line(error))
+            finally:
+                archive.unlink(missing_ok=True)  # the next candidate needs the room
     mark_pareto(points)
     return points
+
+
+def _measure(model: str | os.PathLike[str], given: str, spec: str, archive: Path, base: Any, base_model: Any,
+             calibration: Any, text: str | None, threads: int | None, options: dict[str, Any]) -> SweepPoint:
+    """One pipeline: compress (timed), read every tensor back (timed), evaluate."""
+    from zoo import api
+    from zoo.evaluate import evaluate
+
+    started = time.perf_counter()
+    report = api.compress(model, archive, spec, threads=threads, force=True, calibration=calibration, base=base)
+    encode_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with api.open_archive(archive, base_model) as opened:
+        for name in opened.keys():
+            opened.read_tensor(name)
+    decode_seconds = time.perf_counter() - started
+    result = evaluate(archive, model, text=text, base=base if report.base else None, **options)
+    return SweepPoint(given, report.compressed_bytes, report.original_bytes, report.parameters, encode_seconds, decode_seconds,
+                      result.kind, _headline(result), base_tensors=report.base["tensors"] if report.base else 0)
+
+
+def _one_line(error: Exception) -> str:
+    """An error as the CLI would print it: an OSError with its file, anything else its message."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def mark_pareto(points: list[SweepPoint]) -> None:
@@ -137,15 +165,46 @@ def mark_pareto(points: list[SweepPoint]) -> None:
         )
 
 
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The format the plot's suffix names, or a one-line refusal naming those zoo writes."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise InputError(f"{path}: the plot's suffix names its format, one of {', '.join('.' + name for name in PLOT_FORMATS)} "
+                         f"({'not ' + Path(path).suffix if suffix else 'it has none'})")
+    return suffix
+
+
+def check_plot_destination(path: str | os.PathLike[str], force: bool = False) -> None:
+    """Everything that would stop the plot from being written, checked before the sweep's work:
+    its format, an existing file (unless force), its folder, and that a file can be made there."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the plot's file name")
+    plot_format(path)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: output folder does not exist")
+    try:  # made and removed at once: permissions alone do not tell (root, read-only mounts, /proc)
+        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
 def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Distortion against bits per weight, log scale, frontier joined and ringed; written as PNG
-    to a temporary name, then renamed."""
+    """Distortion against bits per weight, log scale, frontier joined and ringed; written in the
+    format its suffix names (PLOT_FORMATS) to a temporary name, then renamed."""
+    path = Path(path)
+    file_format = plot_format(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: output folder does not exist")
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and never pick one up from the environment
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     kind = points[0].kind if points else "weights"
     label = DISTORTION.get(kind, DISTORTION["weights"])[1]
     usable = [p for p in points if not math.isnan(p.distortion)]
@@ -168,17 +227,19 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     axes.set_title(title or "rate and distortion", fontsize=10)
     axes.grid(True, which="both", linewidth=0.3)
     figure.tight_layout()
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: output folder does not exist")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(descriptor)
+    temporary = None
     try:
-        figure.savefig(temporary, format="png")
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{file_format}", dir=path.parent)
+        os.close(descriptor)
+        figure.savefig(temporary, format=file_format)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
         os.replace(temporary, path)
+    except OSError as error:  # the user's path, not the temporary's
+        raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
     return path

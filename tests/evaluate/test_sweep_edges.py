@@ -1,0 +1,147 @@
+"""zoo sweep at its edges: a plot that cannot be written is refused before any pipeline runs, the
+plot is written in the format its suffix names, and a pipeline that fails is reported while the
+others are measured and shown (exit 1), locally and on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from typer.testing import CliRunner
+
+import zoo.api
+from zoo.cli.app import app
+from zoo.errors import InputError
+from zoo.evaluate import sweep as library
+from zoo.evaluate.sweep import SweepPoint, mark_pareto, plot, sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILING = ["-p", "truncate:bits=3", "-p", "codebook:bits=4"]  # codebook refuses a NaN weight, truncate keeps it
+
+
+def _weights(path: Path, nan: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal((32, 48)).astype(np.float32)
+    if nan:
+        first[0, 0] = np.nan
+    save_file({"a.weight": first, "b.weight": rng.standard_normal((48, 32)).astype(np.float32)}, str(path))
+    return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return _weights(tmp_path / "w.safetensors")
+
+
+@pytest.fixture
+def nan_model(tmp_path: Path) -> Path:
+    return _weights(tmp_path / "nan.safetensors", nan=True)
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def compress(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pipeline ran before the plot's destination was checked")
+
+    monkeypatch.setattr(zoo.api, "compress", compress)
+
+
+def _sweep(*args: object):
+    return CliRunner().invoke(app, ["sweep", *map(str, args)])
+
+
+@pytest.mark.parametrize("destination, said", [
+    ("missing/rd.png", "missing: output folder does not exist"),
+    ("rd.xyz", "rd.xyz: the plot's suffix names its format, one of .png, .pdf, .svg"),
+    ("rd", "rd: the plot's suffix names its format"),
+    ("folder", "folder is a folder"),
+])
+def test_a_plot_that_cannot_be_written_is_refused_before_any_work(model, tmp_path, no_work, destination, said):
+    (tmp_path / "folder").mkdir()
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / destination, "--force")
+    assert result.exit_code == 1 and isinstance(result.exception, InputError)
+    assert said in str(result.exception) and "\n" not in str(result.exception)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder where no file can be made")
+def test_a_folder_where_no_file_can_be_made_is_named_as_the_user_gave_it(model, no_work):
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", "/proc/rd.png")
+    assert result.exit_code == 1
+    assert str(result.exception) == "/proc/rd.png: cannot write the plot there (No such file or directory)"
+
+
+def test_the_library_refuses_an_existing_plot_unless_forced(tmp_path):
+    (tmp_path / "rd.png").write_bytes(b"mine")
+    with pytest.raises(InputError, match="exists; pass --force"):
+        library.check_plot_destination(tmp_path / "rd.png")
+    library.check_plot_destination(tmp_path / "rd.png", force=True)
+    assert os.listdir(tmp_path) == ["rd.png"]  # the probe file is gone
+
+
+@pytest.mark.parametrize("suffix, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF"), ("svg", b"<?xml"), ("SVG", b"<?xml"),
+                                           ("eps", b"%!PS")])
+def test_the_plot_is_written_in_the_format_its_suffix_names(tmp_path, suffix, magic):
+    points = [SweepPoint("a", 100, 4000, 1000, 0.1, 0.1, "causal-lm", {"kl_mean": 0.5}),
+              SweepPoint("b", 200, 4000, 1000, 0.1, 0.1, "causal-lm", {"kl_mean": 0.1})]
+    mark_pareto(points)
+    plot(points, tmp_path / f"rd.{suffix}")
+    assert (tmp_path / f"rd.{suffix}").read_bytes().startswith(magic)
+    assert os.listdir(tmp_path) == [f"rd.{suffix}"]  # no temporary left behind
+
+
+def test_a_failing_pipeline_is_reported_and_the_others_shown(nan_model, tmp_path):
+    result = _sweep(nan_model, *FAILING, "--plot", tmp_path / "rd.pdf")
+    assert result.exit_code == 1, result.output
+    rows = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    assert rows == ["truncate:bits=3", "plot:"]
+    assert "failed codebook:bits=4: codebook: tensor 'a.weight' holds NaN or infinite values" in result.stderr
+    assert (tmp_path / "rd.pdf").read_bytes().startswith(b"%PDF")  # drawn from the pipelines that worked
+
+
+def test_json_lists_a_failed_pipeline_beside_the_points(nan_model):
+    result = _sweep(nan_model, *FAILING, "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert [p["pipeline"] for p in document["points"]] == ["truncate:bits=3"] and document["points"][0]["pareto"]
+    [failure] = document["failed"]
+    assert failure["pipeline"] == "codebook:bits=4" and "NaN" in failure["error"] and "\n" not in failure["error"]
+
+
+def test_every_pipeline_failing_is_one_error_or_a_json_document_with_no_points(nan_model):
+    spoiled = ["-p", "codebook:bits=3", "-p", "codebook:bits=4"]
+    result = _sweep(nan_model, *spoiled)
+    assert result.exit_code == 1 and str(result.exception) == "every pipeline failed (2)"
+    assert result.stderr.count("failed codebook:bits=") == 2
+    result = _sweep(nan_model, *spoiled, "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["points"] == [] and [f["pipeline"] for f in document["failed"]] == ["codebook:bits=3", "codebook:bits=4"]
+
+
+def test_json_has_an_empty_failed_list_when_all_worked(model):
+    result = _sweep(model, "-p", "truncate:bits=3", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["failed"] == []
+
+
+def test_the_library_goes_on_only_when_told_how_to_report(nan_model):
+    failures = []
+    points = sweep(nan_model, ["codebook:bits=4", "truncate:bits=3"], on_failure=lambda pipeline, error: failures.append(pipeline))
+    assert [p.pipeline for p in points] == ["truncate:bits=3"] and failures == ["codebook:bits=4"]
+    with pytest.raises(InputError, match="NaN"):  # zoo.batch's tasks rely on the error ending a one-pipeline sweep
+        sweep(nan_model, ["codebook:bits=4", "truncate:bits=3"])
+
+
+def test_a_failing_pipeline_on_ray_gives_the_document_of_a_local_sweep(ray_cluster, nan_model):
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "zoo", "sweep", str(nan_model), *FAILING, "--ray", ray_cluster, "--json"],
+                          capture_output=True, text=True, env=environment, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    on_ray, here = json.loads(done.stdout), json.loads(_sweep(nan_model, *FAILING, "--json").stdout)
+    assert [p["archive_bytes"] for p in on_ray["points"]] == [p["archive_bytes"] for p in here["points"]]
+    assert on_ray["failed"] == here["failed"]
