@@ -138,3 +138,18 @@ def test_the_cli_shows_each_candidate_and_info_shows_the_proof_and_trail(tiny_ll
     assert "budget search, in the order tried" in shown.stdout and "PPL(Q)/PPL(base)" in shown.stdout
     stored = json.loads(zoo_cli("info", archive, "--json").stdout)["metadata"]["budget"]
     assert stored["proof"]["ppl_ratio"] <= 1.002 and len(stored["trail"]) == len(candidates)
+
+
+def test_the_proof_names_the_archive_kept_not_a_candidate_of_the_search(tmp_path):
+    # it stored "note: .zoo-budget-50npn87v/candidate-0.zoo has no config.json: weight-space figures only"
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {f"layer.{i}.weight": ("F32", rng.normal(size=(64, 64)).astype(np.float32))
+                                                            for i in range(2)})
+    compress_to_budget(source, tmp_path / "kept.zoo", Budget.parse("cosine=0.9"))
+    proof = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]["proof"]
+    assert proof["notes"] == [f"{tmp_path / 'kept.zoo'} has no config.json: weight-space figures only"], proof["notes"]

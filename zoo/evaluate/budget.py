@@ -276,6 +276,10 @@ def compress_to_budget(
         kept = searcher.run_size(highest_bits) if budget.name == "bpw" else searcher.run_quality(highest_bits)
         if kept.result is None:  # a bpw= budget: the kept archive's quality is measured once, at the end
             _judge(kept, budget, source, kind, held_out, max_tokens, threads, progress)
+        assert kept.path is not None and kept.result is not None
+        # the proof names the archive kept, not the session's candidate file it was measured as
+        kept.result.candidate = str(destination)
+        kept.result.notes = [note.replace(str(kept.path), str(destination)) for note in kept.result.notes]
         record = {
             "budget": str(budget),
             "reads": BUDGETS[budget.name][0],
@@ -284,10 +288,9 @@ def compress_to_budget(
             "calibration": "zoo/data/calibration.txt" if calibration is None else str(calibration),
             "held_out": ("zoo/data/eval_text.txt" if kind == "causal-lm" else "zoo/data/eval_sentences.txt") if held_out is None
                         else f"{len(held_out)} characters given",
-            "proof": kept.result.record() if kept.result is not None else None,
+            "proof": kept.result.record(),
             "trail": [c.record() for c in searcher.trail],
         }
-        assert kept.path is not None
         final = session.work / "kept.zoo"
         shutil.copyfile(kept.path, final)  # a session's candidate stays as it was for the next search
         api.update_metadata(final, {"budget": record})
