@@ -69,7 +69,10 @@ def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         first = re.split(r"\s+(?:Please|Check|You can)\b", first)[0]  # torch's advice is for code that calls torch.load
-        raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
+        if "global" in first.lower():  # torch's "Unsupported global: GLOBAL module.name ..."
+            raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
+        # an opcode the weights-only reader does not take (pickle protocol 4's FRAME), or no pickle at all
+        raise UnsafePickle(f"{path}: not a pickle torch.load(weights_only=True) reads: {first}") from None
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - torch and zipfile raise many types for a file that is not a checkpoint
