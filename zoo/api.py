@@ -231,6 +231,11 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
         with _atomic_output(final, force, is_dir=True) as temporary:  # a new folder
             yield temporary
         return
+    # Beside it on the same file system, so that each file moves in by a rename; inside it when
+    # it is a mount point of its own. A killed run's temporary there goes first, refused or not.
+    parent = final.resolve().parent
+    beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
+    temporaries.sweep_beside(beside / final.name)
     replaced, blocked = _clashes(final, relpaths, folders)
     if blocked:
         raise OutputExistsError(f"{final}: cannot write the model there without removing {_listing(blocked)}; "
@@ -238,11 +243,6 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
     if replaced and not force:
         raise OutputExistsError(f"{final} already holds {len(replaced)} of the model's files ({_listing(replaced)}); "
                                 "pass --force to replace them (other files there are left alone)")
-    # Beside it on the same file system, so that each file moves in by a rename; inside it when
-    # it is a mount point of its own.
-    parent = final.resolve().parent
-    beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
-    temporaries.sweep_beside(beside / final.name)
     with _temporary_beside(final, beside, is_dir=True) as temporary:
         umask = os.umask(0)
         os.umask(umask)

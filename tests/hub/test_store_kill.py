@@ -196,3 +196,19 @@ def test_doctor_on_a_replacement_killed_before_its_manifest(tiny_model, tmp_path
     assert Store(home).resolve("model").archive == old.archive
     assert "removed 1 object" in zoo_cli("gc", home=home).stdout
     assert object_files(home) == named_objects(home) and zoo.verify(old.archive) == []
+
+
+def test_a_killed_decompress_into_a_folder_is_cleaned_up_by_the_next_one_even_when_it_is_refused(tiny_model, tmp_path):
+    # a killed decompress --force into an existing folder left its temporary (the whole model);
+    # a run without --force was refused before it swept, and left it there
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    out = tmp_path / "out"
+    zoo.decompress(tmp_path / "m.zoo", out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    left = tmp_path / f".out.zoo-tmp-{dead.pid}-0123abcd"
+    (left / "sub").mkdir(parents=True)
+    (left / "sub" / "notes.txt").write_text("half a model")
+    done = zoo_cli("decompress", tmp_path / "m.zoo", "-o", out, home=tmp_path / "zoo")
+    assert done.returncode == 1 and "pass --force to replace them" in done.stderr, done.stderr
+    assert not left.exists()
