@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import errno
+import functools
 import hashlib
+import inspect
 import math
 import os
 import queue
@@ -15,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 
 from zoo.kernels.parallel import for_each, resolve_threads
@@ -272,6 +275,30 @@ def _write_archive(temporary: Path, write: Callable[[BinaryIO], dict[str, Any]],
         assemble(temporary, header, payload_path, room, durable=durable)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+R = TypeVar("R")
+
+
+def _names_a_full_disk(where: Callable[[inspect.BoundArguments], Any], within: Callable[[inspect.BoundArguments], Any] | None = None):
+    """A full disk (or quota, or file size limit) names where the output was going: the system's
+    error names no file ("No space left on device"), or a temporary of ours inside `within`."""
+    def decorate(function: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(function)
+        def named(*args: Any, **kwargs: Any) -> R:
+            try:
+                return function(*args, **kwargs)
+            except OSError as error:
+                if error.errno in _FULL:
+                    bound = inspect.signature(function).bind(*args, **kwargs)
+                    inside = within(bound) if within is not None else None
+                    if error.filename is None or (inside is not None and Path(error.filename).is_relative_to(inside)):
+                        error.filename = str(where(bound))
+                raise
+        return named
+    return decorate
+
+
+@_names_a_full_disk(lambda bound: bound.arguments["destination"])
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -400,6 +427,7 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     return result
 
 
+@_names_a_full_disk(lambda bound: bound.arguments["store"].location, within=lambda bound: bound.arguments["store"].work)
 def compress_into(store: Store, source: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION,
                   pipeline: str | None = None, *, commit: str | None = None, source_label: str | None = None, force: bool = False,
                   threads: int | None = None, progress: Progress | None = None, check: Callable[[Path], Any] | None = None,
@@ -610,6 +638,7 @@ class _HashBeside:
         self._thread.join()
 
 
+@_names_a_full_disk(lambda bound: bound.arguments["destination"])
 def decompress(
     archive: str | os.PathLike[str],
     destination: str | os.PathLike[str],

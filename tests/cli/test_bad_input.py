@@ -495,3 +495,30 @@ def test_into_a_folder_a_models_links_and_folders_clash_as_its_files_do(tmp_path
     with pytest.raises(OutputExistsError, match="empty .a file where the model has a folder"):
         zoo.decompress(tmp_path / "m.zoo", other, force=True)
     assert listing(other) == ["empty"] and (other / "empty").read_text() == "a file where the model has a folder"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, where the machine lets this process mount one (root, as in CI); else skipped."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_names_where_the_output_was_going(small_disk, tmp_path):
+    # each said only "error: No space left on device"
+    source = tmp_path / "w.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.random.default_rng(0).normal(size=(1024, 1024)).astype(np.float32)}, str(source))
+    zoo.compress(source, tmp_path / "w.zoo")
+    for args, where in ((["compress", source, "-o", small_disk / "w.zoo"], small_disk / "w.zoo"),
+                        (["decompress", tmp_path / "w.zoo", "-o", small_disk / "out"], small_disk / "out"),
+                        (["compress", source, "--name", "w"], small_disk / "home")):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, "ZOO_HOME": str(small_disk / "home")})
+        assert (done.returncode, done.stderr) == (1, f"error: No space left on device: {where}\n"), (args, done.stderr)
+    assert sorted(path.name for path in small_disk.iterdir()) == ["home"]
