@@ -212,3 +212,24 @@ def test_a_killed_decompress_into_a_folder_is_cleaned_up_by_the_next_one_even_wh
     done = zoo_cli("decompress", tmp_path / "m.zoo", "-o", out, home=tmp_path / "zoo")
     assert done.returncode == 1 and "pass --force to replace them" in done.stderr, done.stderr
     assert not left.exists()
+
+
+def test_a_signal_while_a_work_folder_is_removed_waits_until_it_is_gone(tmp_path, monkeypatch):
+    # Ctrl-C landing in the rmtree of a job folder cut it short: the folder stayed until `zoo doctor`
+    import shutil as shutil_module
+
+    from zoo.hub import store as store_module
+
+    store = Store(tmp_path / "zoo")
+    real_rmtree = shutil_module.rmtree
+
+    def rmtree_interrupted(path, **options):
+        os.kill(os.getpid(), signal.SIGINT)  # mid-cleanup, as a user's Ctrl-C
+        time.sleep(0.01)  # a handler would run here, between two bytecodes
+        real_rmtree(path, **options)
+
+    monkeypatch.setattr(store_module.shutil, "rmtree", rmtree_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with store.workspace() as folder:
+            (folder / "objects").mkdir()
+    assert not folder.exists() and list((tmp_path / "zoo" / "work").iterdir()) == []

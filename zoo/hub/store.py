@@ -40,7 +40,7 @@ from zoo.hub.manifest import (
 )
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
-from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
+from zoo.hub.temporaries import kill_point, locked_temporary, signals_held, sweep_beside, temporary_prefix
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
 __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "check_name",
@@ -509,8 +509,9 @@ class Store:
             os.replace(folder / ".lock-pending", folder / ".lock")
             yield folder
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            lock.close()
+            with signals_held():  # removed whole: a signal waits for it (a job folder was left, for doctor)
+                shutil.rmtree(folder, ignore_errors=True)
+                lock.close()
 
     def add(self, archive: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION, *, commit: str | None = None,
             source: str | None = None, force: bool = False, move: bool = False) -> Entry:
