@@ -153,3 +153,19 @@ def test_the_proof_names_the_archive_kept_not_a_candidate_of_the_search(tmp_path
     compress_to_budget(source, tmp_path / "kept.zoo", Budget.parse("cosine=0.9"))
     proof = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]["proof"]
     assert proof["notes"] == [f"{tmp_path / 'kept.zoo'} has no config.json: weight-space figures only"], proof["notes"]
+
+
+def test_a_budget_on_weights_alone_says_so(tmp_path):
+    # it said "(mean cosine of the embeddings), judged on zoo/data/eval_sentences.txt; calibrated on zoo/data/calibration.txt"
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", rng.normal(size=(64, 64)).astype(np.float32))})
+    done = zoo_cli("compress", source, "--budget", "cosine=0.9", "-o", tmp_path / "kept.zoo")
+    assert done.returncode == 0, done.stderr
+    assert "budget cosine=0.9 (cosine of the weights, weighted by size), judged on the weights alone; kept l2:" in done.stdout, done.stdout
+    record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
+    assert (record["held_out"], record["calibration"]) == (None, None)

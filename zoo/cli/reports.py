@@ -181,8 +181,10 @@ def print_tensors(tensors: list[dict[str, Any]]) -> None:
 
 def print_budget(record: dict[str, Any]) -> None:
     """What compress --budget stored (zoo.evaluate.budget): the search's trail, then its proof."""
-    stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), judged on {record.get('held_out')}; calibrated on "
-                 f"{record.get('calibration')}; kept {record.get('pipeline')}", markup=False, highlight=False, soft_wrap=True)
+    judged = (f"judged on {record['held_out']}; calibrated on {record.get('calibration')}" if record.get("held_out")
+              else "judged on the weights alone")  # a model zoo does not run
+    stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), {judged}; kept {record.get('pipeline')}",
+                 markup=False, highlight=False, soft_wrap=True)
     columns = ["candidate", "stored", "bits/weight", "figure", "meets"]
     rows = [[str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0), f"{step.get('bits_per_weight', 0):.3f}",
              "-" if step.get("figure") is None else f"{step['figure']:.6g}", "yes" if step.get("meets") else "no"] for step in record.get("trail") or []]

@@ -282,12 +282,13 @@ def compress_to_budget(
         kept.result.notes = [note.replace(str(kept.path), str(destination)) for note in kept.result.notes]
         record = {
             "budget": str(budget),
-            "reads": BUDGETS[budget.name][0],
+            # a model zoo cannot run (no config.json, or no evaluation for its architecture) is judged on its weights alone
+            "reads": "cosine of the weights, weighted by size" if kind == "weights" and budget.name == "cosine" else BUDGETS[budget.name][0],
             "figure": kept.figure,
             "pipeline": kept.pipeline,
-            "calibration": "zoo/data/calibration.txt" if calibration is None else str(calibration),
-            "held_out": ("zoo/data/eval_text.txt" if kind == "causal-lm" else "zoo/data/eval_sentences.txt") if held_out is None
-                        else f"{len(held_out)} characters given",
+            "calibration": None if kind == "weights" else "zoo/data/calibration.txt" if calibration is None else str(calibration),
+            "held_out": None if kind == "weights" else f"{len(held_out)} characters given" if held_out is not None
+                        else "zoo/data/eval_text.txt" if kind == "causal-lm" else "zoo/data/eval_sentences.txt",
             "proof": kept.result.record(),
             "trail": [c.record() for c in searcher.trail],
         }
