@@ -169,3 +169,20 @@ def test_a_budget_on_weights_alone_says_so(tmp_path):
     assert "budget cosine=0.9 (cosine of the weights, weighted by size), judged on the weights alone; kept l2:" in done.stdout, done.stdout
     record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
     assert (record["held_out"], record["calibration"]) == (None, None)
+
+
+def test_a_bpw_candidate_is_shown_with_the_figure_it_is_judged_on(tmp_path):
+    # "3.988 bits per weight, bpw 3.98839: misses bpw=4": judged with its proof stored, shown without
+    import re
+
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {f"layer.{i}.weight": ("F32", rng.normal(size=(256, 256)).astype(np.float32))
+                                                            for i in range(2)})
+    done = zoo_cli("compress", source, "--budget", "bpw=4", "-o", tmp_path / "kept.zoo")
+    assert done.returncode == 0, done.stderr
+    lines = re.findall(r"candidate .*, ([0-9.]+) with its proof stored: (meets|misses) bpw=4", done.stderr)
+    assert lines and all((float(figure) <= 4) == (verdict == "meets") for figure, verdict in lines), done.stderr

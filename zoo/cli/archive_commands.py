@@ -197,7 +197,8 @@ def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipel
     def line(candidate) -> None:  # noqa: ANN001 - a zoo.evaluate.budget.Candidate
         if as_json:
             return
-        figure = "" if candidate.figure is None else f", {parsed.name} {candidate.figure:.6g}"
+        figure = "" if candidate.figure is None else (f", {candidate.figure:.4f} with its proof stored" if parsed.name == "bpw"
+                                                      else f", {parsed.name} {candidate.figure:.6g}")
         verdict = "meets" if candidate.meets else "misses"
         stderr.print(f"candidate {candidate.pipeline.split('|')[0].split(',')[0]}: {human_bytes(candidate.bytes)}, "
                      f"{candidate.bits_per_weight:.3f} bits per weight{figure}: {verdict} {parsed}", markup=False, highlight=False,
