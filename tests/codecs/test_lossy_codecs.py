@@ -42,6 +42,24 @@ def test_truncate_rounds_to_nearest_even(dtype, bits):
     assert result.parts["sign_mantissa"].data.nbytes == (exact.size * (bits + 1) + 7) // 8
 
 
+@pytest.mark.parametrize("dtype, bits", [("F32", 3), ("F32", 9), ("BF16", 2), ("F16", 7), ("F16", 8)])
+def test_truncate_in_blocks_writes_and_reads_the_same_bytes(monkeypatch, dtype, bits):
+    # it rounded whole tensors at once: 32-bit temporaries of about ten times the tensor (4.9 GB for 512 MiB)
+    from zoo.codecs.lossy import truncate as module
+
+    values = np.random.default_rng(5).normal(size=(37, 29)).astype(np.float32) * 100
+    values[0, :4] = [np.inf, -np.inf, np.nan, 0.0]
+    array = TypedArray(from_float32(values, dtype), dtype)
+    codec = Truncate(bits=bits)
+    whole = codec.encode(array)
+    monkeypatch.setattr(module, "BLOCK", 24)  # 45 blocks and a short one
+    blocks = codec.encode(array)
+    assert {name: part.data.tobytes() for name, part in blocks.parts.items()} == {name: part.data.tobytes() for name, part in whole.parts.items()}
+    decoded = codec.decode(blocks.parts, blocks.meta, dtype, array.shape).data
+    monkeypatch.setattr(module, "BLOCK", 1 << 20)
+    assert decoded.tobytes() == codec.decode(whole.parts, whole.meta, dtype, array.shape).data.tobytes()
+
+
 def test_truncate_keeps_specials_and_never_makes_infinity():
     values = np.array([[np.inf, -np.inf, np.nan, 65504.0, -65504.0, 0.0, -0.0, 1.9999]], dtype=np.float32)
     raw = from_float32(values, "F16")
