@@ -28,6 +28,7 @@ from zoo.errors import PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Measure, StageProgress, TypedArray
 from zoo.codecs.lossy.deadzone import Plan, dequantize, entropy_bits, quantize, quantize_with_feedback, symbols_array
+from zoo.codecs.lossy.l2 import HIGHEST_RATIO, OutOfReach
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
@@ -37,6 +38,7 @@ DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 # the rest (format, file entries, the safetensors header blob) is a few hundred bytes.
 HEADER_BYTES_FIXED = 512
 HEADER_BYTES_PER_TENSOR = 420
+LOWEST_BITS = 32.0 / HIGHEST_RATIO  # per selected weight: below it a matrix is all but wiped
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
 LANDING_ROUNDS = 30  # bisection steps on the common scale of the steps, at most
 # "fitting the budget" counts rounds, each of which codes every selected tensor: the coded sizes that
@@ -148,12 +150,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             others += measure(array)
     if not values:
         return Plan({}, calibration)
-    budget = 32.0 * parameters / codec.target_ratio - 8.0 * (others + header)
-    floor = 0.05 * sum(v.size for v in values.values())
-    if budget < floor:
-        # The tensors the stage leaves alone already take the whole budget: give the selected ones
-        # next to nothing rather than fail, and let the report show the size reached.
-        budget = floor
+    budget = _selected_budget(codec, values, parameters, others, header)
     teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES, progress)
     if codec.tune and teacher is None:
         raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
@@ -191,6 +188,41 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}
         plan.symbols = _tune.tune(teacher, start, plan.steps, codec.tune, plan.slope, progress)
     return plan
+
+
+def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int, others: int, header: int) -> float:
+    """The bits the target leaves for the tensors the stage selects, once the tensors it leaves
+    alone (at their stored size) and the header are paid for. Refused below LOWEST_BITS per weight:
+    MiniLM with exclude=*word_embeddings* at target_ratio=8 once got 0.05 bits per weight (cosine
+    0.13) and an archive at ratio 0.42, with no word."""
+    weights = sum(v.size for v in values.values())
+    allowed = 32.0 * parameters / codec.target_ratio
+    budget = allowed - 8.0 * (others + header)
+    if budget >= LOWEST_BITS * weights:
+        return budget
+    if 8.0 * header >= allowed:
+        # A toy of a few hundred weights (the tests', the golden archives'), whose header alone is
+        # over the target: no ratio reaches it, and l2 codes it as it always has, at 0.05 bits per
+        # selected weight, the report showing the size reached.
+        return 0.05 * weights
+    reachable = 32.0 * parameters / (8.0 * (others + header) + LOWEST_BITS * weights)
+    advice = (f"target_ratio={_round_down(reachable)} is the most this model reaches, or let" if reachable > 1.0
+              else "no target_ratio reaches it: let")
+    selected = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
+    raise OutOfReach(f"l2: target_ratio={codec.target_ratio:g} is out of reach: the tensors l2 leaves alone and the archive header "
+                     f"take {_size(others + header)} of the {_size(allowed / 8.0)} it allows for the whole model, which leaves less "
+                     f"than {LOWEST_BITS:g} bits per weight for the {selected} l2 selects; {advice} l2 select more tensors "
+                     "(include=/exclude=)", reachable if reachable > 1.0 else None)
+
+
+def _round_down(ratio: float) -> str:
+    """`ratio` to 3 significant digits, rounded down so that the figure suggested is reachable."""
+    digits = 2 - math.floor(math.log10(ratio))
+    return f"{math.floor(ratio * 10.0**digits) / 10.0**digits:g}"
+
+
+def _size(count: float) -> str:
+    return f"{count / 2**20:.2f} MiB" if count >= 2**20 else f"{count / 2**10:.2f} KiB"
 
 
 def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict[str, np.ndarray]:

@@ -8,7 +8,8 @@ I8 (or I16/I32 when they need it) so the lossless leaf stages entropy-code them;
 ``d`` are the node's meta.
 
 ``target_ratio=R`` asks for the model's tensors in 1/R of their float32 size (32/R bits per
-weight; tensors the stage leaves alone count too). The survey (a pass over the whole model
+weight; tensors the stage leaves alone count too, so a target they leave under 0.1 bits per
+selected weight is refused). The survey (a pass over the whole model
 before anything is written, see zoo.optimize.rate) spends that budget where it hurts least:
 equal slope of distortion against rate in every tensor. Without a survey (one tensor alone)
 each tensor gets 32/R bits by itself.
@@ -30,6 +31,20 @@ from zoo.codecs.lossy.deadzone import SYMBOL_DTYPES, Plan, dequantize, quantize,
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 
+# 0.1 bits per weight, the least l2 is asked for; also the least it gives the tensors it selects
+# when the ones it leaves alone take most of the budget (zoo.optimize.rate refuses below it).
+HIGHEST_RATIO = 320.0
+
+
+class OutOfReach(PipelineError):
+    """A target_ratio the model cannot reach: the tensors l2 leaves alone and the header take
+    nearly all of it. `reachable` is the highest target_ratio that can be, None when none can."""
+
+    def __init__(self, message: str, reachable: float | None) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class L2(LossyCodec):
     codec_id = "l2"
     # The contract test's model is one 64x96 matrix: at target_ratio=10 its header entries, the
@@ -38,8 +53,7 @@ class L2(LossyCodec):
     tolerance: ClassVar[float] = 0.75
 
     params = (
-        # 320: 0.1 bits per weight
-        Param("target_ratio", float, 10.0, 1.0, 320.0, open_low=True, help="float32 size / stored size over the model"),
+        Param("target_ratio", float, 10.0, 1.0, HIGHEST_RATIO, open_low=True, help="float32 size / stored size over the model"),
         Param("tune", int, 0, 0, 100_000, help="iterations training the roundings (needs --calib)"),
     )
     # In the order they run: the teacher's reference outputs and sensitivities come with --calib

@@ -1,0 +1,88 @@
+"""l2's target_ratio counts the tensors it leaves alone at their stored size: a target those take
+(with the header) down to under 0.1 bits per selected weight is refused in one line, not met by
+wiping the selected tensors (MiniLM with exclude=*word_embeddings* at target_ratio=8 was stored at
+0.05 bits per weight, embedding cosine 0.13, the archive at ratio 0.42, exit 0)."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.codecs.lossy.l2 import OutOfReach
+from zoo.errors import PipelineError
+
+from tests.conftest import write_safetensors
+
+
+def _model(tmp_path, integers=(128, 128)):
+    """A 256x256 float32 matrix beside integer tensors and a vector: l2 selects only the matrix."""
+    rng = np.random.default_rng(0)
+    tensors = {
+        "w": ("F32", rng.standard_normal((256, 256)).astype(np.float32)),
+        "ids": ("I32", rng.integers(-2**31, 2**31 - 1, integers, dtype=np.int64).astype(np.int32)),  # incompressible
+        "mask": ("I8", rng.integers(0, 2, (128, 128)).astype(np.int8)),
+        "v": ("F32", rng.standard_normal(256).astype(np.float32)),
+    }
+    return write_safetensors(tmp_path / "m.safetensors", tensors), tensors
+
+
+def test_a_target_the_other_tensors_take_is_refused_with_the_ratio_reachable(tmp_path):
+    source, tensors = _model(tmp_path)
+    with pytest.raises(PipelineError, match=r"^l2: target_ratio=8 is out of reach: the tensors l2 leaves alone and the archive header take "
+                       r".*which leaves less than 0\.1 bits per weight for the 1 tensor l2 selects; target_ratio=\S+ is the most this model "
+                       r"reaches, or let l2 select more tensors \(include=/exclude=\)$") as refused:
+        zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
+    assert not (tmp_path / "m.zoo").exists()
+    reachable = float(re.search(r"target_ratio=(\S+) is the most", str(refused.value)).group(1))
+    assert 2 < reachable < 8 and refused.value.reachable == pytest.approx(reachable, rel=0.01)
+    # The ratio the message names is reached, and a slightly higher one is refused the same way.
+    report = zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={reachable}")
+    assert 32 / report.bits_per_weight == pytest.approx(reachable, rel=0.05)
+    with pytest.raises(OutOfReach):
+        zoo.compress(source, tmp_path / "higher.zoo", f"l2:target_ratio={reachable * 1.01:.4g}")
+    # Well inside the reach, w is kept at a sane rate, not wiped as the allocation did at 2.5.
+    zoo.compress(source, tmp_path / "fine.zoo", "l2:target_ratio=2.5", force=True)
+    with zoo.open(tmp_path / "fine.zoo") as archive:
+        original = tensors["w"][1]
+        assert np.linalg.norm(archive.get_tensor("w") - original) / np.linalg.norm(original) < 0.1
+
+
+def test_a_target_no_ratio_reaches_says_so(tmp_path):
+    # A 256 KiB incompressible integer tensor beside 257 KiB of floats: no ratio above 1 fits it.
+    source, _ = _model(tmp_path, integers=(256, 256))
+    with pytest.raises(OutOfReach, match=r"target_ratio=2\.5 is out of reach: .*; no target_ratio reaches it: let l2 select more tensors") as refused:
+        zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=2.5")
+    assert refused.value.reachable is None and not (tmp_path / "m.zoo").exists()
+
+
+def test_an_excluded_embedding_table_counts_against_the_target(tmp_path):
+    rng = np.random.default_rng(2)
+    tensors = {f"layer.{i}.weight": ("F32", (rng.standard_normal((128, 128)) * 0.05).astype(np.float32)) for i in range(4)}
+    tensors["embeddings.word_embeddings.weight"] = ("F32", rng.standard_normal((1024, 128)).astype(np.float32))
+    source = write_safetensors(tmp_path / "m.safetensors", tensors)
+    with pytest.raises(OutOfReach, match=r"target_ratio=8 is out of reach: .* for the 4 tensors l2 selects; target_ratio=1\.\d+ is the most"):
+        zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8,exclude=*word_embeddings*")
+    # Selected too, the table is part of what l2 spends the budget on, and the target is met.
+    report = zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
+    assert report.bits_per_weight == pytest.approx(4.0, rel=0.05)
+
+
+def test_a_toy_whose_header_alone_is_over_the_target_is_still_coded(tmp_path):
+    # 256 weights at 8x is 128 bytes, less than the header: no ratio reaches it, and l2 codes it
+    # as it always has (the golden archives' models are such toys).
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", np.random.default_rng(3).standard_normal((16, 16)).astype(np.float32))})
+    zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
+    assert zoo.verify(tmp_path / "m.zoo") == []
+
+
+def test_the_cli_says_it_in_one_line_and_writes_nothing(tmp_path):
+    source, _ = _model(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(source), "-o", str(tmp_path / "m.zoo"), "-p", "l2:target_ratio=8"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: l2: target_ratio=8 is out of reach: "), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
