@@ -30,5 +30,14 @@ class PipelineError(ZooError):
     """A pipeline spec that names an unknown codec or gives it bad parameters."""
 
 
+class OutOfReach(PipelineError):
+    """A target_ratio of l2 the model cannot reach: the tensors l2 leaves alone and the header take
+    nearly all of it. `reachable` is the highest target_ratio that can be, None when none can."""
+
+    def __init__(self, message: str, reachable: float | None) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class OutputExistsError(ZooError):
     """An output path exists and --force was not given."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.codecs.lossy.l2 import OutOfReach
+from zoo.errors import OutOfReach
 from zoo.errors import PipelineError
 
 from tests.conftest import write_safetensors

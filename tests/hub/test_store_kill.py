@@ -229,7 +229,11 @@ def test_a_signal_while_a_work_folder_is_removed_waits_until_it_is_gone(tmp_path
         real_rmtree(path, **options)
 
     monkeypatch.setattr(store_module.shutil, "rmtree", rmtree_interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with store.workspace() as folder:
-            (folder / "objects").mkdir()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as Python takes it, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with store.workspace() as folder:
+                (folder / "objects").mkdir()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not folder.exists() and list((tmp_path / "zoo" / "work").iterdir()) == []

@@ -314,7 +314,7 @@ def _read(path: Path) -> str:
 
 def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, shared: Any, threads: int | None,
                progress: Progress | None) -> Candidate:
-    from zoo.codecs.lossy.l2 import OutOfReach
+    from zoo.errors import OutOfReach
 
     pipeline = l2_pipeline(bits, leaf, shared)
     try:

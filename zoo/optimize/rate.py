@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from zoo.dtypes import DTYPES, to_float32
-from zoo.errors import PipelineError
+from zoo.errors import OutOfReach, PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Measure, StageProgress, TypedArray
-from zoo.codecs.lossy.deadzone import Plan, dequantize, entropy_bits, quantize, quantize_with_feedback, symbols_array
-from zoo.codecs.lossy.l2 import HIGHEST_RATIO, OutOfReach
+from zoo.codecs.lossy.deadzone import LOWEST_BITS, Plan, dequantize, entropy_bits, quantize, quantize_with_feedback, symbols_array
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
@@ -38,7 +37,6 @@ DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 # the rest (format, file entries, the safetensors header blob) is a few hundred bytes.
 HEADER_BYTES_FIXED = 512
 HEADER_BYTES_PER_TENSOR = 420
-LOWEST_BITS = 32.0 / HIGHEST_RATIO  # per selected weight: below it a matrix is all but wiped
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
 LANDING_ROUNDS = 30  # bisection steps on the common scale of the steps, at most
 # "fitting the budget" counts rounds, each of which codes every selected tensor: the coded sizes that

@@ -15,6 +15,9 @@ from zoo.errors import PipelineError
 from zoo.optimize import refine
 
 SYMBOL_DTYPES = (("I8", np.int8), ("I16", np.int16), ("I32", np.int32))
+# The fewest bits per weight l2 codes what it selects at (its highest target_ratio, 320): below it
+# a matrix is all but wiped, and zoo.optimize.rate refuses a target that would leave less.
+LOWEST_BITS = 0.1
 
 
 def quantize(values: np.ndarray, step: float, dead_zone: float) -> np.ndarray:

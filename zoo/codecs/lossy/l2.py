@@ -27,22 +27,11 @@ import numpy as np
 
 from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError, PipelineError
-from zoo.codecs.lossy.deadzone import SYMBOL_DTYPES, Plan, dequantize, quantize, quantize_with_feedback, step_for_bits, symbols_array
+from zoo.codecs.lossy.deadzone import LOWEST_BITS, SYMBOL_DTYPES, Plan, dequantize, quantize, quantize_with_feedback, step_for_bits, symbols_array
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 
-# 0.1 bits per weight, the least l2 is asked for; also the least it gives the tensors it selects
-# when the ones it leaves alone take most of the budget (zoo.optimize.rate refuses below it).
-HIGHEST_RATIO = 320.0
-
-
-class OutOfReach(PipelineError):
-    """A target_ratio the model cannot reach: the tensors l2 leaves alone and the header take
-    nearly all of it. `reachable` is the highest target_ratio that can be, None when none can."""
-
-    def __init__(self, message: str, reachable: float | None) -> None:
-        super().__init__(message)
-        self.reachable = reachable
+HIGHEST_RATIO = 32.0 / LOWEST_BITS  # 320: 0.1 bits per weight, also the least l2 gives what it selects
 
 
 class L2(LossyCodec):
