@@ -148,6 +148,26 @@ def test_a_hugging_face_cache_snapshot_is_stored_as_its_files(tmp_path):
     os.symlink(f"../../blobs/{'a' * 64}", snapshot / "model.safetensors")
     report = zoo.compress(snapshot, tmp_path / "s.zoo")
     assert [f["kind"] for f in report.files] == ["safetensors"] and [t.name for t in report.tensors] == ["w"]
+    # the repository folder itself: its blobs have no suffix, so no tensors; it was stored so with no word
+    with pytest.warns(ZooWarning, match=r"models--org--tiny: a Hugging Face cache repository, whose blobs are stored as plain bytes; "
+                                        r"compress one of its snapshots \(snapshots/REVISION\)"):
+        report = zoo.compress(repo, tmp_path / "r.zoo")
+    assert report.tensors == []
+
+
+def test_a_link_to_what_is_left_out_is_named(tmp_path):
+    # kept, it came back pointing at nothing, with no word: a file --exclude left out, a file in .git
+    folder = tmp_path / "m"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref")
+    (folder / "config.json").write_text("{}")
+    (folder / "notes.txt").write_text("notes")
+    for link, target in (("alias", "notes.txt"), ("head", ".git/HEAD"), ("cfg", "config.json")):
+        os.symlink(target, folder / link)
+    with pytest.warns(ZooWarning) as caught:
+        zoo.compress(folder, tmp_path / "m.zoo", exclude=["notes*"])
+    assert any(str(w.message) == f"{folder}: links lead to what is not stored, and will point at nothing: alias -> notes.txt; "
+               "head -> .git/HEAD" for w in caught), [str(w.message) for w in caught]
 
 
 def test_colliding_names_get_distinct_keys(tmp_path):

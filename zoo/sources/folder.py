@@ -204,6 +204,16 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     if skipped:
         items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
         warnings.warn(f"{root}: left out {items}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
+    # A link kept whose target is not (an --exclude, a .git folder): it comes back pointing at nothing
+    kept = {entry.relpath for entry in files} | held
+    stranded = [f"{entry.relpath} -> {entry.target}" for entry in files if entry.kind == "link" and os.path.exists(entry.path)
+                and os.path.relpath(os.path.realpath(entry.path), real_root) not in kept]
+    if stranded:
+        warnings.warn(f"{root}: {'a link leads' if len(stranded) == 1 else 'links lead'} to what is not stored, and will point at "
+                      f"nothing: {'; '.join(stranded)}", ZooWarning, stacklevel=2)
+    if os.path.isdir(os.path.join(root, "blobs")) and os.path.isdir(os.path.join(root, "snapshots")):
+        warnings.warn(f"{root}: a Hugging Face cache repository, whose blobs are stored as plain bytes; compress one of its "
+                      "snapshots (snapshots/REVISION) to store the model's files as tensors", ZooWarning, stacklevel=2)
     if not any(entry.kind not in ("folder", "link") for entry in files):
         raise InputError(f"{root}: folder holds no files" + (" that --include/--exclude select" if filtering else ""))
     return files
