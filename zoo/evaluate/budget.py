@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
-from zoo.errors import InputError, OutputExistsError, ZooError
+from zoo.errors import InputError, OutOfReach, OutputExistsError, ZooError
 from zoo.optimize.teacher import Teacher
 
 # budget name -> (what it reads, which way is better, the kinds it fits)
@@ -314,15 +314,8 @@ def _read(path: Path) -> str:
 
 def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, shared: Any, threads: int | None,
                progress: Progress | None) -> Candidate:
-    from zoo.errors import OutOfReach
-
     pipeline = l2_pipeline(bits, leaf, shared)
-    try:
-        report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
-    except OutOfReach as error:
-        # a rate at which what l2 leaves alone takes nearly all the bits: any budget that needs it
-        # is met only by wiping the weights (bpw=0.3 on MiniLM kept one at relative error 1.25)
-        raise BudgetError(f"budget search at {bits:.3g} bits per weight: {error}") from None
+    report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
     return Candidate(bits, pipeline.spec(), report.compressed_bytes, report.bits_per_weight, path=path)
 
 
@@ -352,8 +345,10 @@ class _Search:
         self.on_candidate = on_candidate
         self.trail: list[Candidate] = []
         self.best: Candidate | None = None  # the best archive meeting the budget so far
+        self.floor = 0.0  # the least rate l2 codes this model at, once it has refused one below it
 
     def _try(self, bits: float, judged: bool = True) -> Candidate:
+        bits = max(bits, self.floor)  # no lower: what l2 leaves alone would take the rest (OutOfReach)
         key = round(bits, 4)  # a rate is coded and judged once per session
         known = next((c for c in self.trail if round(c.bits, 4) == key), None)
         if known is not None:
@@ -362,7 +357,14 @@ class _Search:
             self.progress(SEARCH_STAGE, len(self.trail), len(self.trail) + 1)
         made = self.session.candidates.get(key)
         if made is None:
-            made = self.make(bits, self.session.work / f"candidate-{len(self.session.candidates)}.zoo")
+            try:
+                made = self.make(bits, self.session.work / f"candidate-{len(self.session.candidates)}.zoo")
+            except OutOfReach as error:
+                if error.reachable is None:  # no rate at all: only wiping the weights would do
+                    raise BudgetError(f"budget {self.budget}: {error}") from None
+                # the least rate l2 codes this model at (a hair inside the ratio it names), and the search goes on from there
+                self.floor = 32.0 / (0.999 * error.reachable)
+                return self._try(self.floor, judged)
             self.session.candidates[key] = made
         candidate = Candidate(made.bits, made.pipeline, made.bytes, made.bits_per_weight, path=made.path, result=made.result)
         if self.budget.name == "bpw":
@@ -431,17 +433,19 @@ class _Search:
         failing: float | None = None
         while len(self.trail) < MAX_CANDIDATES:
             candidate = self._try(bits)
+            bits = candidate.bits  # raised to the floor where l2 cannot go lower
             if candidate.meets:
                 passing = bits if passing is None else min(passing, bits)
             else:
                 failing = bits if failing is None else max(failing, bits)
-            if passing is not None and (failing is None and bits <= LOWEST_BITS * 1.0001 or failing is not None and passing / failing <= BRACKET):
+            lowest = max(LOWEST_BITS, self.floor)
+            if passing is not None and (failing is None and bits <= lowest * 1.0001 or failing is not None and passing / failing <= BRACKET):
                 break
             if passing is None and bits >= highest_bits * 0.9999:
                 break
             if candidate.figure is None:
                 self._fail()
-            following = self._next(passing, failing, highest_bits)
+            following = max(self._next(passing, failing, highest_bits), self.floor)
             if any(abs(c.bits - following) < 1e-4 for c in self.trail):
                 break
             bits = following
@@ -465,7 +469,7 @@ class _Search:
                 landing = min(landing, 0.98 * bits)
             elif landing <= bits:
                 break
-            landing = min(highest_bits, max(LOWEST_BITS / 10, landing))
+            landing = min(highest_bits, max(LOWEST_BITS / 10, self.floor, landing))
             if any(round(c.bits, 4) == round(landing, 4) for c in self.trail):
                 break
             bits = landing
