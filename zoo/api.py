@@ -188,9 +188,7 @@ def _move_in(temporary: Path, final: Path) -> None:
     """Every file and link under `temporary` to its place under `final`, the one there before
     (if any) set aside until all are in; on failure the moves are undone in reverse, and the
     folders made for them removed."""
-    aside = temporary / ".zoo-old"
-    while os.path.lexists(aside):  # a name the model's own files use (a model's folder .zoo-old was left out)
-        aside = temporary / f".zoo-old-{os.urandom(4).hex()}"
+    aside = temporary / temporaries.SET_ASIDE  # the name a killed run's sweep looks for (_folder_output refuses a model that uses it)
     moved: list[tuple[Path, Path]] = []  # (from, to)
     made: list[Path] = []
     try:
@@ -239,6 +237,10 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
     parent = final.resolve().parent
     beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
     temporaries.sweep_beside(beside / final.name)
+    if any(path.split("/")[0] == temporaries.SET_ASIDE for path in [*relpaths, *folders]):
+        # the folder the files it replaces wait in, which a killed run's sweep puts back: the model's own would be taken for it
+        raise OutputExistsError(f"{final}: the model holds {temporaries.SET_ASIDE}/, the name zoo sets replaced files aside under "
+                                "when it writes into a folder that exists; write it into a new folder")
     replaced, blocked = _clashes(final, relpaths, folders)
     if blocked:
         raise OutputExistsError(f"{final}: cannot write the model there without removing {_listing(blocked)}; "

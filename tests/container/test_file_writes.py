@@ -122,20 +122,23 @@ def test_a_hash_beside_that_fails_is_an_error_not_a_hang(model, tmp_path, monkey
     assert not (tmp_path / "back").exists()
 
 
-def test_a_model_folder_named_like_the_set_aside_folder_survives_a_decompress_into_a_folder(tmp_path):
-    # decompress into an existing folder set replaced files aside in its temporary's .zoo-old, and
+def test_a_model_holding_the_set_aside_folder_is_refused_where_it_would_be_taken_for_it(tmp_path):
+    # decompress into an existing folder sets replaced files aside in its temporary's .zoo-old, and
     # skipped that folder when moving in: a model's own .zoo-old/ was dropped, with success reported
+    # (and a killed run's sweep would take it for the files it must put back)
+    from zoo.errors import OutputExistsError
+
     model = tmp_path / "model"
     (model / ".zoo-old").mkdir(parents=True)
     (model / ".zoo-old" / "x.txt").write_bytes(b"keep me")
     (model / "config.json").write_bytes(b"{}")
     zoo.compress(model, tmp_path / "m.zoo")
+    into = tmp_path / "into"
+    (into / ".zoo-old").mkdir(parents=True)
+    (into / ".zoo-old" / "x.txt").write_bytes(b"theirs")
     for force in (False, True):
-        into = tmp_path / f"into-{force}"
-        (into / ".zoo-old").mkdir(parents=True)
-        if force:
-            (into / ".zoo-old" / "x.txt").write_bytes(b"theirs")
-            (into / "config.json").write_bytes(b"old")
-        zoo.decompress(tmp_path / "m.zoo", into, force=force)
-        assert (into / ".zoo-old" / "x.txt").read_bytes() == b"keep me" and (into / "config.json").read_bytes() == b"{}"
-        assert sorted(path.name for path in into.iterdir()) == [".zoo-old", "config.json"]
+        with pytest.raises(OutputExistsError, match=r"the model holds \.zoo-old/, the name zoo sets replaced files aside under"):
+            zoo.decompress(tmp_path / "m.zoo", into, force=force)
+    assert (into / ".zoo-old" / "x.txt").read_bytes() == b"theirs" and sorted(p.name for p in into.iterdir()) == [".zoo-old"]
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "new")  # into a new folder: nothing is set aside
+    assert (tmp_path / "new" / ".zoo-old" / "x.txt").read_bytes() == b"keep me"
