@@ -121,7 +121,7 @@ def folder_modes(folder: Path) -> dict[str, int]:
 def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: Path) -> None:
     # a 0700 folder holding a private key came back 0755
     folder = tmp_path / "model"
-    for name, mode in {"private": 0o700, "private/deeper": 0o500, "open": 0o755, "empty": 0o711, "left-out": 0o700}.items():
+    for name, mode in {"private": 0o700, "private/deeper": 0o550, "open": 0o755, "empty": 0o711, "left-out": 0o700}.items():
         (folder / name).mkdir(parents=True)
         if name not in ("empty", "private"):
             (folder / name / "file.txt").write_bytes(name.encode())
@@ -129,22 +129,22 @@ def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: P
     (folder / "private" / "key.pem").write_bytes(b"key")
     zoo.compress(folder, tmp_path / "m.zoo", exclude=["left-out/*"])
     with zoo.open(tmp_path / "m.zoo") as opened:  # a folder no kept file is in is not named (with a filter, no empty one)
-        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o500}
+        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o550}
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
-    assert folder_modes(tmp_path / "out") == {"open": 0o755, "private": 0o700, "private/deeper": 0o500}
-    assert (tmp_path / "out" / "private" / "deeper" / "file.txt").read_bytes() == b"private/deeper"  # written before it was read-only
+    # the owner can always write there: a 0550 folder would refuse the next decompress --force its files
+    assert folder_modes(tmp_path / "out") == {"open": 0o755, "private": 0o700, "private/deeper": 0o750}
     zoo.compress(folder, tmp_path / "all.zoo")
     with umask(0o077):
         zoo.decompress(tmp_path / "all.zoo", tmp_path / "all")
-    assert folder_modes(tmp_path / "all") == {"open": 0o700, "private": 0o700, "private/deeper": 0o500, "empty": 0o700, "left-out": 0o700}
+    assert folder_modes(tmp_path / "all") == {"open": 0o700, "private": 0o700, "private/deeper": 0o700, "empty": 0o700, "left-out": 0o700}
     # into a folder that was there: the folders it already held keep their own modes
     existing = tmp_path / "existing"
     (existing / "open").mkdir(parents=True)
     (existing / "open").chmod(0o777)
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", existing)
-    assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o500}
+    assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o750}
 
 
 @pytest.mark.parametrize("modes_field, message", [
@@ -164,3 +164,25 @@ def test_malformed_folder_modes_are_refused_when_the_archive_opens(tmp_path: Pat
     with pytest.raises(FormatError, match=message):
         zoo.decompress(forged, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_write_permission_takes_the_next_decompress_force_as_another_user_would(tmp_path: Path) -> None:
+    """A 0550 folder given back as it was refused the next `decompress --force` its files, where
+    the owner is not root (CAP_DAC_OVERRIDE dropped, as setpriv does)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    folder = tmp_path / "model"
+    (folder / "ro").mkdir(parents=True)
+    (folder / "ro" / "file.txt").write_text("x")
+    (folder / "ro").chmod(0o550)
+    zoo.compress(folder, tmp_path / "m.zoo")
+    command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--inh-caps", "-all",
+               sys.executable, "-m", "zoo", "decompress", str(tmp_path / "m.zoo"), "-o", str(tmp_path / "out"), "--force"]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "ro" / "file.txt").read_text() == "x"

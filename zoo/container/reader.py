@@ -391,12 +391,12 @@ class Archive:
 
     def restore_folder_modes(self, root: os.PathLike[str] | str, paths: Iterable[str]) -> None:
         """Give the folders `paths` under `root` their original permission bits, less what the
-        umask removes, deepest first: once every file is in, since one without write or search
-        permission could not take them."""
+        umask removes, and always with the owner's read, write and search: a 0500 folder would
+        refuse the next `decompress --force` its files (root alone writes there regardless)."""
         umask = os.umask(0)
         os.umask(umask)
-        for path in sorted(paths, key=lambda path: path.count("/"), reverse=True):
-            os.chmod(os.path.join(root, path), self._folder_modes[path] & ~umask)
+        for path in paths:
+            os.chmod(os.path.join(root, path), (self._folder_modes[path] | 0o700) & ~umask)
 
     def file_entry(self, path: str) -> dict[str, Any]:
         try:
