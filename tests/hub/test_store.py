@@ -288,3 +288,17 @@ def test_sweep_skips_a_job_folder_that_vanishes_while_it_looks(tmp_path):
     store.work = Listing()
     assert store._sweep_work() == []  # must not raise
 
+
+
+def test_an_archive_of_version_3_that_names_no_objects_is_not_taken_for_one_made_of_them(tmp_path):
+    # views of F4 values make a standalone archive version 3 (feature f4-views): is_composed read the
+    # version alone, and such an archive stored whole could be taken as a base for XORs
+    torch = pytest.importorskip("torch")
+    weight = torch.arange(32, dtype=torch.uint8).view(torch.float4_e2m1fn_x2).reshape(4, 8)
+    (tmp_path / "m").mkdir()
+    torch.save({"weight": weight, "rows": weight[1:3]}, tmp_path / "m" / "model.pt")
+    zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    store = Store(tmp_path / "zoo")
+    entry = store.add(tmp_path / "m.zoo", "f4")
+    assert not Store.is_composed(entry)
+    assert Store.is_composed(compress_into(store, tmp_path / "m", "f4-objects"))

@@ -243,12 +243,20 @@ class Store:
 
     @staticmethod
     def is_composed(entry: Entry) -> bool:
-        """Whether a model is stored as objects (an archive naming them), not as one archive."""
+        """Whether a model is stored as objects (an archive naming them), not as one archive: its
+        header lists the feature. The version alone does not say so: a standalone archive with
+        views of F4 values (feature f4-views) is version 3 too."""
         try:
             with open(entry.archive, "rb") as stream:
-                return PREAMBLE.unpack(stream.read(PREAMBLE.size))[1] == FEATURES_VERSION
-        except (OSError, struct.error):  # unreadable or too short: not usable as anything
+                if PREAMBLE.unpack(stream.read(PREAMBLE.size))[1] != FEATURES_VERSION:
+                    return False
+            opened = format_module.ArchiveFile(entry.archive)
+        except (OSError, struct.error, ZooError):  # unreadable, too short or malformed: not usable as anything
             return False
+        try:
+            return "objects" in (opened.header.get("features") or [])
+        finally:
+            opened.close()
 
     def manifest_path(self, name: str, revision: str, variant: str) -> Path:
         return self.manifests / manifest_component(name) / manifest_component(revision) / f"{manifest_component(variant)}.json"
