@@ -9,6 +9,7 @@ for them too. The library installs no handler.
 
 from __future__ import annotations
 
+import os
 import signal
 
 # The signals that stop a command: Ctrl-C; `timeout`, `docker stop` and systemd; a closed terminal.
@@ -53,12 +54,22 @@ def _cleaning_up(number: int, frame: object) -> None:
 
 
 def quiet() -> None:
-    """Once the command has ended (its result printed, or its error): a stopping signal now is
-    ignored, as one during a cleanup is. It would only cut the exit short, with no word, after
-    the command had said it succeeded."""
+    """Once the command has ended (its result printed, or its error): the first stopping signal is
+    ignored, as one during a cleanup is; it would only cut the exit short, with no word, after the
+    command had said it succeeded. A second ends the process at once, should the exit hang (a
+    worker thread, Ray's shutdown)."""
     for stopping in STOPPING:
         if signal.getsignal(stopping) == _stop:
-            signal.signal(stopping, _cleaning_up)
+            signal.signal(stopping, _ending)
+
+
+_ENDED: list[int] = []
+
+
+def _ending(number: int, frame: object) -> None:
+    if _ENDED:
+        os._exit(128 + number)
+    _ENDED.append(number)
 
 
 def stop_on_signals() -> None:
