@@ -384,7 +384,7 @@ def _warn_of_idle_stages(opened: Archive, pipeline: Pipeline) -> None:
     for index, stage in enumerate(pipeline.array_stages):
         if index not in used:
             warnings.warn(f"stage {index + 1} of the pipeline ({stage.codec_id}) coded no tensor: it selects none, "
-                          "or an earlier stage took each one it selects", ZooWarning, stacklevel=3)
+                          "or an earlier stage took each one it selects", ZooWarning, stacklevel=4)  # compress's caller
 
 
 def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) -> None:

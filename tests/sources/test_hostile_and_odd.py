@@ -162,8 +162,8 @@ def test_a_link_to_what_is_left_out_is_named(tmp_path):
     (folder / ".git" / "HEAD").write_text("ref")
     (folder / "config.json").write_text("{}")
     (folder / "notes.txt").write_text("notes")
-    for link, target in (("alias", "notes.txt"), ("head", ".git/HEAD"), ("cfg", "config.json")):
-        os.symlink(target, folder / link)
+    for link, target in (("alias", "notes.txt"), ("head", ".git/HEAD"), ("cfg", "config.json"), ("self", ".")):
+        os.symlink(target, folder / link)  # (a link to the folder itself is no link to what is left out)
     with pytest.warns(ZooWarning) as caught:
         zoo.compress(folder, tmp_path / "m.zoo", exclude=["notes*"])
     assert any(str(w.message) == f"{folder}: links lead to what is not stored, and will point at nothing: alias -> notes.txt; "

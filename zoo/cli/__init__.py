@@ -83,6 +83,8 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
+        if os.environ.get("ZOO_DEBUG"):
+            raise
         print(f"error: out of memory{f': {error}' if str(error) else ''}", file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:

@@ -15,12 +15,11 @@ from zoo.cli.output import print_json, stderr, stdout
 from zoo.cli.reports import print_quality, print_tensors
 
 
-
 def _finite(value: float | None) -> float | None:
     """A gate of NaN passed whatever the figure (a comparison with NaN is false), one of infinity
     judged nothing, and NaN crashed the report that prints it."""
     if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a number a figure can be compared with")
+        raise typer.BadParameter(f"{value}: a gate must be a finite number")
     return value
 
 

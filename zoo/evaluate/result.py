@@ -135,7 +135,7 @@ class Gates:
     def __post_init__(self) -> None:
         for name, value in self.given().items():
             if not math.isfinite(value):  # NaN passed every figure (the comparison is false) and infinity judged nothing
-                raise InputError(f"--{name.replace('_', '-')} {value}: a gate must be a finite number")
+                raise InputError(f"{name}={value}: a gate must be a finite number")
 
     def given(self) -> dict[str, float]:
         return {name: value for name, value in (("max_kl", self.max_kl), ("min_cosine", self.min_cosine),

@@ -4,8 +4,8 @@ them, as one manifest (a JSON object; docs/STORE.md specifies it), and the rules
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import re
 import sqlite3
 import urllib.parse

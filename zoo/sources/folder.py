@@ -205,7 +205,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
         items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
         warnings.warn(f"{root}: left out {items}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
     # A link kept whose target is not (an --exclude, a .git folder): it comes back pointing at nothing
-    kept = {entry.relpath for entry in files} | held
+    kept = {entry.relpath for entry in files} | held | {"."}  # "." : the folder itself
     stranded = [f"{entry.relpath} -> {entry.target}" for entry in files if entry.kind == "link" and os.path.exists(entry.path)
                 and os.path.relpath(os.path.realpath(entry.path), real_root) not in kept]
     if stranded:

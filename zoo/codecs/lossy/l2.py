@@ -31,7 +31,7 @@ from zoo.codecs.lossy.deadzone import LOWEST_BITS, SYMBOL_DTYPES, Plan, dequanti
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 
-HIGHEST_RATIO = 32.0 / LOWEST_BITS  # 320: 0.1 bits per weight, also the least l2 gives what it selects
+HIGHEST_RATIO = 32.0 / LOWEST_BITS  # 320: 0.1 bits per weight, the least l2 is asked for
 
 
 class L2(LossyCodec):

@@ -89,7 +89,7 @@ class LowRank(LossyCodec):
         def size(bound: float) -> int:
             return sum(_stored_elements(rank_within(errors, bound), rows, cols) for errors, rows, cols in layers)
 
-        low, high = 0.0, 1.0  # at error 1 every rank is 0: the smallest size there is
+        low, high = 0.0, 1.0  # at error 1 every rank is 1 (0 for a matrix of zeros): the smallest size there is
         for _ in range(_BISECTION_STEPS):
             middle = (low + high) / 2
             low, high = (low, middle) if size(middle) <= budget else (middle, high)
