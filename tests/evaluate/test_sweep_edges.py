@@ -145,3 +145,17 @@ def test_a_failing_pipeline_on_ray_gives_the_document_of_a_local_sweep(ray_clust
     on_ray, here = json.loads(done.stdout), json.loads(_sweep(nan_model, *FAILING, "--json").stdout)
     assert [p["archive_bytes"] for p in on_ray["points"]] == [p["archive_bytes"] for p in here["points"]]
     assert on_ray["failed"] == here["failed"]
+
+
+def test_json_keeps_its_document_when_the_plot_fails_late(model, tmp_path, monkeypatch):
+    # the plot was drawn before the document was printed: a late failure (a full disk) lost the results
+    from zoo.errors import InputError as Refused
+
+    def full_disk(points, path, title=None):
+        raise Refused(f"{path}: cannot write the plot there (No space left on device)")
+
+    monkeypatch.setattr("zoo.evaluate.sweep.plot", full_disk)
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", str(tmp_path / "rd.png"), "--json")
+    document = json.loads(result.stdout)
+    assert result.exit_code == 1 and [p["pipeline"] for p in document["points"]] == ["truncate:bits=3"]
+    assert document["plot"] is None and document["plot_error"].endswith("cannot write the plot there (No space left on device)")

@@ -63,11 +63,15 @@ def sweep(
         points = library.sweep(model, pipeline, calibration=calib, text=evaluation_text, max_tokens=max_tokens, threads=threads,
                                progress=say, base=base, on_failure=failed)
     if as_json:
+        plotted, plot_error = None, None
         if plot is not None and points:
-            library.plot(points, plot, title=f"{model.name}: rate and distortion")
-        print_json({"model": str(model), "base": None if base is None else str(base), "plot": str(plot) if plot and points else None,
-                    "points": [p.to_dict() for p in points], "failed": failures})
-        if failures:
+            try:  # a plot that fails late (a full disk) loses nothing else: the document says why
+                plotted = str(library.plot(points, plot, title=f"{model.name}: rate and distortion"))
+            except InputError as error:
+                plot_error = str(error)
+        print_json({"model": str(model), "base": None if base is None else str(base), "plot": plotted,
+                    **({"plot_error": plot_error} if plot_error else {}), "points": [p.to_dict() for p in points], "failed": failures})
+        if failures or plot_error:
             raise typer.Exit(1)
         return
     if not points:
