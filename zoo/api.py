@@ -283,7 +283,8 @@ R = TypeVar("R")
 
 def _names_a_full_disk(where: Callable[[inspect.BoundArguments], Any], within: Callable[[inspect.BoundArguments], Any] | None = None):
     """A full disk (or quota, or file size limit) names where the output was going: the system's
-    error names no file ("No space left on device"), or a temporary of ours inside `within`."""
+    error names no file ("No space left on device"), or a temporary of ours inside `within` (only
+    writes fill a disk, and what this writes there is the output's temporaries)."""
     def decorate(function: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(function)
         def named(*args: Any, **kwargs: Any) -> R:
@@ -293,14 +294,14 @@ def _names_a_full_disk(where: Callable[[inspect.BoundArguments], Any], within: C
                 if error.errno in _FULL:
                     bound = inspect.signature(function).bind(*args, **kwargs)
                     inside = within(bound) if within is not None else None
-                    if error.filename is None or (inside is not None and Path(error.filename).is_relative_to(inside)):
+                    if error.filename is None or (inside is not None and Path(error.filename).absolute().is_relative_to(inside)):
                         error.filename = str(where(bound))
                 raise
         return named
     return decorate
 
 
-@_names_a_full_disk(lambda bound: bound.arguments["destination"])
+@_names_a_full_disk(lambda bound: bound.arguments["destination"], within=lambda bound: Path(bound.arguments["destination"]).absolute().parent)
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -429,7 +430,7 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     return result
 
 
-@_names_a_full_disk(lambda bound: bound.arguments["store"].location, within=lambda bound: bound.arguments["store"].work)
+@_names_a_full_disk(lambda bound: bound.arguments["store"].location, within=lambda bound: bound.arguments["store"].work.absolute())
 def compress_into(store: Store, source: str | os.PathLike[str], name: str, revision: str = DEFAULT_REVISION,
                   pipeline: str | None = None, *, commit: str | None = None, source_label: str | None = None, force: bool = False,
                   threads: int | None = None, progress: Progress | None = None, check: Callable[[Path], Any] | None = None,
@@ -640,7 +641,7 @@ class _HashBeside:
         self._thread.join()
 
 
-@_names_a_full_disk(lambda bound: bound.arguments["destination"])
+@_names_a_full_disk(lambda bound: bound.arguments["destination"], within=lambda bound: Path(bound.arguments["destination"]).absolute().parent)
 def decompress(
     archive: str | os.PathLike[str],
     destination: str | os.PathLike[str],
