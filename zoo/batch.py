@@ -445,11 +445,20 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         return _run(ray, tasks, [f"zoo compress {name}" for name in names],
                     lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
     except BaseException:
-        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them
+        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them,
+        # once their workers are gone (a temporary's lock is its writer's until it dies; a cancelled
+        # task's worker can outlive the wait on it, and its temporary was left behind)
         storage = open_storage(output)
         if isinstance(storage, LocalFolder):
+            deadline = time.monotonic() + CANCEL_SECONDS
             for name in names:
-                temporaries.sweep_beside(storage.root / name)
+                final = storage.root / name
+                while True:
+                    temporaries.sweep_beside(final)
+                    if not any(path.name.startswith(temporaries.temporary_prefix(final)) for path in storage.root.iterdir()) \
+                            or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
         raise
 
 
