@@ -38,9 +38,8 @@ def _reason(error: InputError, path: Path, size: int) -> str:
     if is_lfs_pointer(path, size):
         return "git-lfs pointer: the real file was never downloaded"
     if isinstance(error, UnsafePickle):
-        if "global" in str(error).lower():  # torch's "Unsupported global: GLOBAL module.name ..."
+        if error.needs_globals:
             return "pickle needs globals"
-        # an opcode the weights-only reader does not take (pickle protocol 4's FRAME), or no pickle at all
         return f"not a pickle torch.load(weights_only=True) reads: {str(error).rsplit(': ', 1)[-1]}"
     if isinstance(error, UnknownDtype):
         return f"unknown dtype {error.dtype}"

@@ -40,7 +40,12 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 class UnsafePickle(InputError):
-    """A pickle that needs more than torch.load(weights_only=True)."""
+    """A pickle that torch.load(weights_only=True) does not read: one that needs globals
+    (`needs_globals`), or one of an opcode it does not take, or no pickle at all."""
+
+    def __init__(self, message: str, needs_globals: bool) -> None:
+        super().__init__(message)
+        self.needs_globals = needs_globals
 
 
 @dataclass
@@ -70,9 +75,9 @@ def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         first = re.split(r"\s+(?:Please|Check|You can)\b", first)[0]  # torch's advice is for code that calls torch.load
         if "global" in first.lower():  # torch's "Unsupported global: GLOBAL module.name ..."
-            raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}") from None
+            raise UnsafePickle(f"{path}: refusing a pickle that needs more than torch.load(weights_only=True): {first}", True) from None
         # an opcode the weights-only reader does not take (pickle protocol 4's FRAME), or no pickle at all
-        raise UnsafePickle(f"{path}: not a pickle torch.load(weights_only=True) reads: {first}") from None
+        raise UnsafePickle(f"{path}: not a pickle torch.load(weights_only=True) reads: {first}", False) from None
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - torch and zipfile raise many types for a file that is not a checkpoint
