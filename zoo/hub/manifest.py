@@ -165,6 +165,13 @@ def printable_name(text: str) -> str:
     return repr(os.fsencode(text))[2:-1] if not is_utf8(text) else text
 
 
+def name_not_utf8(record: dict[str, Any]) -> str | None:
+    """The first name of a manifest record (its files' paths, its source) that is not UTF-8, as
+    printable_name shows it; the index is SQLite text, UTF-8 only."""
+    return next((printable_name(name) for name in [*(item["path"] for item in record["files"]), record.get("source") or ""]
+                 if not is_utf8(name)), None)
+
+
 def check_record(record: Any) -> dict[str, Any]:
     """A manifest as read from disk, or ValueError naming what is wrong with it."""
     if not isinstance(record, dict) or record.get("manifest") != MANIFEST_VERSION:
@@ -186,9 +193,9 @@ def check_record(record: Any) -> dict[str, Any]:
     for key in ("source", "quality"):
         if record.get(key) is not None and not isinstance(record[key], str if key == "source" else dict):
             raise ValueError(f"{key!r} is not {'a str' if key == 'source' else 'an object'}")
-    for text in [*(item["path"] for item in record["files"]), record.get("source") or ""]:
-        if not is_utf8(text):
-            raise ValueError(f"{printable_name(text)} is not a UTF-8 name, which the zoo's index cannot hold")
+    odd = name_not_utf8(record)
+    if odd is not None:
+        raise ValueError(f"{odd} is not a UTF-8 name, which the zoo's index cannot hold")
     base = record.get("base")
     if base is not None and not (isinstance(base, dict) and isinstance(base.get("ref"), str) and isinstance(base.get("tensors"), int)
                                  and (base.get("needs") is None or isinstance(base["needs"], list)

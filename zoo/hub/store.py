@@ -35,12 +35,13 @@ from zoo.errors import InputError, MissingObjectError, OutputExistsError, ZooErr
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
-    check_record, check_revision, describe_files, git_blob_hasher, human_size, is_utf8, legacy_records, lfs_pointer, manifest_component,
-    parse_ref, printable_name, quality_label, record_of, variant_match, variant_of,
+    check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component, name_not_utf8,
+    parse_ref, quality_label, record_of, variant_match, variant_of,
 )
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
-from zoo.hub.temporaries import kill_point, locked_temporary, signals_held, sweep_beside, temporary_prefix
+from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
+from zoo.signals import signals_held
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
 __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "check_name",
@@ -600,11 +601,9 @@ class Store:
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
         """Objects first, manifest last, index after (see the module's docstring): each object of
         `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock."""
-        names = [item["path"] for item in record["files"]] + [record.get("source") or ""]
-        odd = [name for name in names if not is_utf8(name)]
-        if odd:  # before anything enters: the index is SQLite text, UTF-8 only (a manifest it could not index stopped every command)
-            raise InputError(f"{printable_name(odd[0])}: a name that is not UTF-8; the zoo holds UTF-8 names only "
-                             "(compress -o keeps it in an archive)")
+        odd = name_not_utf8(record)
+        if odd is not None:  # before anything enters (a manifest the index could not hold stopped every command)
+            raise InputError(f"{odd}: a name that is not UTF-8; the zoo holds UTF-8 names only (compress -o keeps it in an archive)")
         if self.storage is not None:
             self._publish_remote(record, moves, force)
             return
