@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-# The signals that stop a command: Ctrl-C; `timeout`, `docker stop` and systemd; a closed terminal.
-STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))  # no SIGHUP on Windows
+from zoo.signals import STOPPING
 
 
 class Terminated(KeyboardInterrupt):

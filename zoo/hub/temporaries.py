@@ -26,7 +26,6 @@ import secrets
 import shutil
 import signal
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -38,33 +37,6 @@ STALE_SECONDS = 3600  # a lock-free temporary this old is debris even when its p
 PAYLOAD_PREFIX = ".zoo-payload-"
 SET_ASIDE = ".zoo-old"  # inside a temporary folder: the files a move into an existing folder replaced
 _OWNED = re.compile(r"(?P<pid>\d+)-[0-9a-f]{8}")
-
-
-# The signals that stop a command (zoo.cli.stopping): Ctrl-C, `timeout` and systemd, a closed terminal
-_STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """A stopping signal that arrives inside waits until the block ends, then takes effect as it
-    would have: a cleanup that Ctrl-C cut in half left a work folder behind. Only where a Python
-    handler would run it (the main thread); elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {number: signal.getsignal(number) for number in _STOPPING}
-    for number, handler in previous.items():
-        if callable(handler):
-            signal.signal(number, lambda number, frame: held.append(number))
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            if callable(handler):
-                signal.signal(number, handler)
-        if held:
-            signal.raise_signal(held[0])
 
 
 def kill_point(name: str) -> None:

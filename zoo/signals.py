@@ -1,0 +1,37 @@
+"""The signals that stop a command, and a block they wait for. zoo.cli.stopping makes them stop a
+command as Ctrl-C does; the library installs no handler, but holds them off where a cleanup cut in
+half would leave debris (signals_held). Light on purpose: the CLI imports it before anything else."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# The signals that stop a command (zoo.cli.stopping handles them): Ctrl-C; `timeout`, `docker stop`
+# and systemd; a closed terminal. No SIGHUP on Windows.
+STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """A stopping signal that arrives inside waits until the block ends, then takes effect as it
+    would have: a cleanup that Ctrl-C cut in half left a work folder behind. Only where a Python
+    handler would run it (the main thread); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.getsignal(number) for number in STOPPING}
+    for number, handler in previous.items():
+        if callable(handler):
+            signal.signal(number, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if callable(handler):
+                signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])
