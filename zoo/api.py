@@ -301,7 +301,16 @@ def _names_a_full_disk(where: Callable[[inspect.BoundArguments], Any], within: C
     return decorate
 
 
-@_names_a_full_disk(lambda bound: bound.arguments["destination"], within=lambda bound: Path(bound.arguments["destination"]).absolute().parent)
+def _destination(bound: inspect.BoundArguments) -> Any:
+    return bound.arguments["destination"]
+
+
+def _beside_destination(bound: inspect.BoundArguments) -> Path:
+    """Where the output's temporaries are: beside it (inside it, for a folder that is a mount point)."""
+    return Path(bound.arguments["destination"]).absolute().parent
+
+
+@_names_a_full_disk(_destination, within=_beside_destination)
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -641,7 +650,7 @@ class _HashBeside:
         self._thread.join()
 
 
-@_names_a_full_disk(lambda bound: bound.arguments["destination"], within=lambda bound: Path(bound.arguments["destination"]).absolute().parent)
+@_names_a_full_disk(_destination, within=_beside_destination)
 def decompress(
     archive: str | os.PathLike[str],
     destination: str | os.PathLike[str],
