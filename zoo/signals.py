@@ -13,6 +13,16 @@ from contextlib import contextmanager
 # and systemd; a closed terminal. No SIGHUP on Windows.
 STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
+# The models this process has stored, each once its manifest was published: a signal that stops
+# the command afterwards undoes none of them, and the CLI says so rather than a bare "interrupted"
+# (a retry would find the model "already in the zoo").
+STORED: list[str] = []
+
+
+def stored(ref: str) -> None:
+    """Record that `ref` (NAME@REVISION:VARIANT) is now in the zoo for good."""
+    STORED.append(ref)
+
 
 @contextmanager
 def signals_held() -> Iterator[None]:

@@ -41,6 +41,25 @@ def test_a_compress_killed_after_its_manifest_is_listed(tiny_model, tmp_path):
     assert zoo.verify(Store(home).resolve("published").archive) == []
 
 
+def test_ctrl_c_after_the_manifest_says_the_model_was_stored(tiny_model, tmp_path):
+    """Ctrl-C between the manifest and the index: the command stops (130) and says the model is in
+    the zoo, which it is, where a bare "interrupted" had the user think nothing was stored."""
+    home = tmp_path / "zoo"
+    done = zoo_cli("compress", tiny_model, "--name", "published", home=home, env={"ZOO_KILL_AT": "store-manifest:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted after published@main:lossless was stored in the zoo\n")
+    assert [e.name for e in Store(home).entries()] == ["published"]
+    assert list((home / "work").iterdir()) == []  # its work folder was removed all the same
+    again = zoo_cli("compress", tiny_model, "--name", "published", home=home)
+    assert again.returncode == 1 and "already in the zoo" in again.stderr
+
+
+def test_ctrl_c_before_the_manifest_says_only_interrupted(tiny_model, tmp_path):
+    home = tmp_path / "zoo"
+    done = zoo_cli("compress", tiny_model, "--name", "unpublished", home=home, env={"ZOO_KILL_AT": "store-object:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+    assert Store(home).entries() == []
+
+
 def test_gc_killed_midway_keeps_every_named_object(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     store = Store(home)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-from zoo.signals import STOPPING
+from zoo.signals import STOPPING, STORED
 
 
 class Terminated(KeyboardInterrupt):
@@ -33,6 +33,9 @@ class Stopped(BaseException):
         super().__init__(number)
         self.status = 128 + number
         self.message = "interrupted" if number == signal.SIGINT else f"terminated ({signal.Signals(number).name})"
+        if STORED:  # the command's work was done, or some of it: the signal took none of it back
+            self.message += (f" after {STORED[0]} was stored in the zoo" if len(STORED) == 1
+                             else f" after {len(STORED)} models were stored in the zoo (`zoo ls` lists them)")
 
     @classmethod
     def by(cls, interrupt: KeyboardInterrupt) -> Stopped:

@@ -41,7 +41,7 @@ from zoo.hub.manifest import (
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
-from zoo.signals import signals_held
+from zoo.signals import signals_held, stored
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
 __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "check_name",
@@ -205,6 +205,7 @@ class Store:
             self.storage.publish(key, data, expect=old[1] if old is not None else ABSENT)
         except PublishConflict:
             raise OutputExistsError(f"{ref} was stored by another writer meanwhile; pass --force to replace it") from None
+        stored(ref)
         with self._locked():  # this machine's copy: the archive, the manifest, the index
             archive = next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
             target = self.object_path(archive)
@@ -640,6 +641,7 @@ class Store:
                 if isinstance(error, OSError):
                     raise StoreError(f"cannot store {ref} in {self.location}: {_reason(error)}; nothing was stored") from None
                 raise
+            stored(ref)
             kill_point("store-manifest")
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
             if old is not None:

@@ -40,10 +40,14 @@ _OWNED = re.compile(r"(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 def kill_point(name: str) -> None:
-    """Die here, as kill -9 would, when ZOO_KILL_AT names this point: the tests that check what a
-    killed run leaves behind choose the moment with it."""
-    if os.environ.get("ZOO_KILL_AT") == name:
+    """Die here, as kill -9 would, when ZOO_KILL_AT names this point, or take SIGINT (Ctrl-C) here
+    when it names the point followed by `:INT`: the tests that check what a killed or stopped run
+    leaves behind choose the moment with it."""
+    chosen = os.environ.get("ZOO_KILL_AT")
+    if chosen == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif chosen == f"{name}:INT":
+        signal.raise_signal(signal.SIGINT)
 
 
 def temporary_prefix(final: Path) -> str:
