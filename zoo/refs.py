@@ -99,6 +99,8 @@ def zoo_entry(ref: str) -> Any:
     not_found's, when it names nothing."""
     from zoo.hub.store import Store
 
+    if not ref:
+        raise InputError("no model given: name a model in the zoo (see `zoo ls`)")
     found = Store().matches(ref)
     if not found:
         raise InputError(not_found(ref))

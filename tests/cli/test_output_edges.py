@@ -126,3 +126,21 @@ def test_a_summary_of_many_files_kept_as_bytes_stays_short_and_names_no_bits_per
     listed = ok(zoo_cli("compress", folder, "-o", tmp_path / "all.zoo", "-v")).stdout
     assert "notes-29.bin (not a pickle torch.load" in listed
     assert "notes-29.bin (not a pickle torch.load" in ok(zoo_cli("info", tmp_path / "m.zoo")).stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", ""], "ARCHIVE is empty: name a file or folder"),
+    (["decompress", "", "-o", "out"], "ARCHIVE is empty: name a file or folder"),
+    (["decompress", "{archive}", "-o", ""], "--output is empty: name a file or folder"),
+    (["compress", "{archive}", "-o", ""], "--output is empty: name a file or folder"),
+    (["export", "", "-o", "out"], "no model given: name a model in the zoo (see `zoo ls`)"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(one_file_archive, tmp_path, args, message):
+    """pathlib reads "" as ".": `decompress "" -o out` said `.` was no archive, and `-o ""` with
+    --force would have written into the current folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    done = zoo_cli(*[str(one_file_archive) if a == "{archive}" else a for a in args], "--force" if "-o" in args else "--json",
+                   cwd=work, env={"ZOO_HOME": str(tmp_path / "zoo")})
+    assert (done.returncode, done.stderr) == (1, f"error: {message}\n")
+    assert list(work.iterdir()) == []

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand
+from typer.models import TyperPath
 
 from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
 from zoo.cli.stopping import Stopped
+from zoo.errors import InputError
+
+
+class _GivenPath(TyperPath):
+    """A path parameter that refuses an empty value, which pathlib reads as the current folder:
+    `zoo decompress "" -o out` answered that `.` was no archive, and `-o ""` wrote into `.`."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not value:
+            named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
+            raise InputError(f"{named} is empty: name a file or folder")
+        return super().convert(value, param, ctx)
 
 
 class Command(TyperCommand):
     """A command whose arguments read as words in its usage line and help (`zoo info ARCHIVE`),
-    not as template slots (`{archive}`), and that, stopped by a signal, leaves its exit status
-    to zoo.cli.main (zoo.cli.stopping)."""
+    not as template slots (`{archive}`), whose paths are never empty, and that, stopped by a
+    signal, leaves its exit status to zoo.cli.main (zoo.cli.stopping)."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's own signature
         super().__init__(*args, **kwargs)
         for param in self.params:
             if isinstance(param, TyperArgument) and param.metavar is None:
                 param.metavar = (param.name or "").upper()
+            if type(param.type) is TyperPath:
+                param.type = copy.copy(param.type)
+                param.type.__class__ = _GivenPath
 
     def invoke(self, ctx: Any) -> Any:
         try:
