@@ -146,6 +146,26 @@ def test_sections_of_every_alphabet_size(isa, alphabet, word_bytes, is_float):
         assert out.tobytes() == words.tobytes()
 
 
+@pytest.mark.parametrize("word_bytes", [1, 2, 4])
+@pytest.mark.parametrize("count", [_fallback_coder.SAMPLE_FROM - 1, _fallback_coder.SAMPLE_FROM, 3 * _fallback_coder.SAMPLE_FROM + 13])
+def test_sampled_counting_keeps_symbols_only_unsampled_words_hold(isa, word_bytes, count):
+    """Long sections count every fourth word's symbol: a symbol that only the other words hold, in
+    the unrolled loop and in the tail, still gets a frequency (else it could not be coded), and
+    native and numpy agree on every count."""
+    rng = np.random.default_rng(count + word_bytes)
+    bits = 8 * word_bytes
+    symbols = rng.integers(0, 40, count).astype(np.uint64)
+    for position, symbol in ((1, 200), (2, 201), (3, 202), (4 * 1000 + 3, 203), (count - 1, 204), (count - 2, 205), (count - 4, 206)):
+        symbols[position] = symbol  # count - 4 is a sampled position; the others are not
+    keys = (symbols << (bits - 8)) | rng.integers(0, 1 << (bits - 8), count).astype(np.uint64)
+    words = keys.astype(f"<u{word_bytes}").view(np.uint8)
+    coded = _native_calls.encode_section(words, word_bytes, False, 8)
+    assert coded[0] == 1 and coded == _fallback_coder.encode_section(words, word_bytes, False, 8)
+    for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+        out, _ = decode(coded, 0, count, word_bytes, False)
+        assert out.tobytes() == words.tobytes()
+
+
 @pytest.mark.parametrize("trial", range(12))
 def test_frequency_rounding_matches_numpy(isa, trial):
     """Rare symbols rounded up to one slot (which the largest then give back), equal remainders

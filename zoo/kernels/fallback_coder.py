@@ -15,6 +15,7 @@ import numpy as np
 KIND_RAW, KIND_CODED = 0, 1
 BLOCK = 128  # words sharing one count of dropped trailing zero bits
 MAX_SYMBOLS = 256
+SAMPLE_FROM, SAMPLE_STRIDE = 65536, 4  # sections this long count every fourth word's symbol (native/coder.c)
 MAX_SYMBOL_BITS = 12
 PROB_BITS = 12
 TOTAL = 1 << PROB_BITS
@@ -146,7 +147,11 @@ def _encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_
     if count == 0 or count > 0xFFFFFFFF or not 8 <= symbol_bits <= min(bits, MAX_SYMBOL_BITS):
         return raw
     keys = _keys(words, word_bytes, is_float)
-    histogram = np.bincount(keys >> (bits - symbol_bits), minlength=1 << symbol_bits)
+    symbols = keys >> (bits - symbol_bits)
+    histogram = np.bincount(symbols, minlength=1 << symbol_bits)
+    if count >= SAMPLE_FROM:  # as native/coder.c: every fourth word counted, a symbol only the others hold counts 1
+        sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
+        histogram = np.where(histogram > 0, np.maximum(sampled, 1), 0)
     while np.count_nonzero(histogram) > MAX_SYMBOLS:
         histogram = histogram[0::2] + histogram[1::2]
         symbol_bits -= 1
