@@ -29,7 +29,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError, ZooWarning
-from zoo.container.format import ArchiveFile, assemble, object_file_size, object_path, put_header
+from zoo.container.format import ArchiveFile, assemble, current_umask, object_file_size, object_path, put_header
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -147,9 +147,7 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
         raise InputError(f"{parent}: output folder does not exist")
     with _temporary_beside(final, parent, is_dir) as temporary:
         # private (0700/0600) when made; give the output the modes the umask allows.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, (0o777 if is_dir else 0o666) & ~umask)
+        os.chmod(temporary, (0o777 if is_dir else 0o666) & ~current_umask())
         yield temporary
         temporaries.replace(temporary, final, force)
 
@@ -249,9 +247,7 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
         raise OutputExistsError(f"{final} already holds {len(replaced)} of the model's files ({_listing(replaced)}); "
                                 "pass --force to replace them (other files there are left alone)")
     with _temporary_beside(final, beside, is_dir=True) as temporary:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)
+        os.chmod(temporary, 0o777 & ~current_umask())
         yield temporary
         _move_in(temporary, final)
 

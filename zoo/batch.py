@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import api
-from zoo.container.format import object_path, sha256_file
+from zoo.container.format import current_umask, object_path, sha256_file
 from zoo.container.objects import ObjectSink
 from zoo.errors import InputError, OutputExistsError, ZooError
 from zoo.hub import temporaries
@@ -173,8 +173,7 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
         if not written:
             raise OutputExistsError(f"{storage.url}/{name} appeared while it was being compressed; pass --force to replace it")
         if isinstance(storage, LocalFolder):  # an archive of the user's, not a store object: the modes a local -o gives
-            umask = os.umask(0)
-            os.umask(umask)
+            umask = current_umask()
             os.chmod(storage.path(name), 0o666 & ~umask)
     return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
                   _node())

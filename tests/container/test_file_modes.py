@@ -186,3 +186,42 @@ def test_a_folder_without_write_permission_takes_the_next_decompress_force_as_an
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "ro" / "file.txt").read_text() == "x"
+
+
+def proc_shows_the_umask() -> bool:
+    status = Path("/proc/self/status")
+    return status.exists() and b"Umask:" in status.read_bytes()
+
+
+def never_set(mask: int) -> int:
+    raise AssertionError("the umask was set to read it")
+
+
+@pytest.mark.skipif(not proc_shows_the_umask(), reason="no Umask line in /proc/self/status here (not Linux, or a kernel before 4.7)")
+@pytest.mark.parametrize("value", [0o022, 0o027, 0o077, 0o002, 0o000])
+def test_the_umask_is_read_without_being_set(value: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting it to read it left, for an instant, no umask for the files other threads create."""
+    from zoo.container import format as archive_format
+
+    with umask(value), monkeypatch.context() as patched:
+        patched.setattr(os, "umask", never_set)
+        assert archive_format.current_umask() == value
+
+
+@pytest.mark.parametrize("value", [0o022, 0o027, 0o000])
+def test_without_proc_the_umask_is_set_and_set_back(value: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.container import format as archive_format
+
+    monkeypatch.setattr(archive_format, "_PROC_STATUS", str(tmp_path / "no-such-file"))
+    with umask(value):
+        assert archive_format.current_umask() == value
+        assert os.umask(value) == value  # as it was
+
+
+@pytest.mark.skipif(not proc_shows_the_umask(), reason="no Umask line in /proc/self/status here (not Linux, or a kernel before 4.7)")
+def test_an_archive_takes_the_modes_the_umask_allows_without_the_umask_being_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = model(tmp_path)
+    with umask(0o027), monkeypatch.context() as patched:
+        patched.setattr(os, "umask", never_set)
+        zoo.compress(folder, tmp_path / "m.zoo")
+    assert stat.S_IMODE((tmp_path / "m.zoo").stat().st_mode) == 0o640

@@ -166,6 +166,31 @@ def _front(header: dict[str, Any], payload_size: int, room: int = 0) -> bytes:
     return PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
 
 
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it. os.umask only sets it (and says what it
+    was): between setting it and setting it back, a file another thread creates (the coders,
+    the hashers) would take the mask set meanwhile. Linux shows it in /proc/self/status (the
+    "Umask:" line, kernel 4.7 on); only where that is missing is it set and set back, set to 077
+    meanwhile, so that such a file comes out private rather than open to all."""
+    try:
+        with open(_PROC_STATUS, "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):  # no such file here (not Linux), or a line not as expected
+        pass
+    with _UMASK_LOCK:  # two threads at once: the second would read the 077 and set it back for good
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def _write_all(descriptor: int, data: bytes | memoryview, offset: int | None = None) -> None:
     """All of `data` at the file's position, or at `offset`."""
     view, done = memoryview(data), 0

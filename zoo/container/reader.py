@@ -16,7 +16,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, MissingObjectError, ZooError
-from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile
+from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 
@@ -393,8 +393,7 @@ class Archive:
         """Give the folders `paths` under `root` their original permission bits, less what the
         umask removes, and always with the owner's read, write and search: a 0500 folder would
         refuse the next `decompress --force` its files (root alone writes there regardless)."""
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         for path in paths:
             os.chmod(os.path.join(root, path), (self._folder_modes[path] | 0o700) & ~umask)
 

@@ -29,6 +29,7 @@ from typing import Any
 from zoo.refs import open_base
 from zoo.errors import InputError, ZooError
 from zoo.codecs.pipeline import Pipeline
+from zoo.container.format import current_umask
 
 # Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
 DISTORTION = {
@@ -232,8 +233,7 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{file_format}", dir=path.parent)
         os.close(descriptor)
         figure.savefig(temporary, format=file_format)
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
         os.replace(temporary, path)
     except OSError as error:  # the user's path, not the temporary's
