@@ -345,6 +345,8 @@ def compress(
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
+    builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
+    builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
         base_model = open_base(base) if base is not None else None
         if base_model is not None and base_model is not base:
@@ -359,8 +361,8 @@ def compress(
             if statistics is not None and deltas is not None:
                 statistics.base = deltas  # the teacher then runs base + delta (zoo.optimize.teacher)
             plans = chosen.survey(lambda: Builder.tensors(sources, deltas, chosen), statistics, stage_progress, chunk_bytes)
+        builder.plans, builder.deltas = plans, deltas
         with _atomic_output(destination, force, is_dir=False) as temporary:
-            builder = Builder(chosen, chunk_bytes, metadata, plans, deltas, objects)
             _write_archive(temporary, lambda payload: builder.build(sources, payload, resolve_threads(threads), progress),
                            durable=objects is None,  # a zoo syncs a model's files together
                            room=builder.header_room(sources))

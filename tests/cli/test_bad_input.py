@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -522,3 +523,20 @@ def test_a_full_disk_names_where_the_output_was_going(small_disk, tmp_path):
                               env={**os.environ, "ZOO_HOME": str(small_disk / "home")})
         assert (done.returncode, done.stderr) == (1, f"error: No space left on device: {where}\n"), (args, done.stderr)
     assert sorted(path.name for path in small_disk.iterdir()) == ["home"]
+
+
+def test_a_header_over_the_cap_is_one_line_before_any_coding(tmp_path):
+    """Tens of thousands of tensors with long names make a header over the format's cap: it was
+    found only once every tensor had been coded. Now it is said before (the coding here ends the
+    command some other way, and would be seen)."""
+    from tests.container.test_header_cap import OVER_THE_CAP, over_the_cap
+
+    source = over_the_cap(tmp_path / "many.safetensors")
+    script = ("import sys, zoo.cli\nfrom zoo.container.writer import Builder\n"
+              "def build(*args, **kwargs):\n    raise SystemExit('reached the coding')\n"
+              "Builder.build = build\nsys.argv = ['zoo', *sys.argv[1:]]\nzoo.cli.main()\n")
+    for args in (["-o", tmp_path / "many.zoo"], ["--name", "many"]):
+        done = subprocess.run([sys.executable, "-c", script, "compress", str(source), *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, "ZOO_HOME": str(tmp_path / "home")}, timeout=120, check=False)
+        assert done.returncode == 1 and re.fullmatch(f"error: {re.escape(str(source))}: {OVER_THE_CAP}\n", done.stderr), (args, done.stderr)
+    assert set(listing(tmp_path)) <= {"many.safetensors", "home"} and not list(tmp_path.rglob("*.zoo"))

@@ -156,13 +156,14 @@ def _front(header: dict[str, Any], payload_size: int, room: int = 0) -> bytes:
     """Preamble and header of an archive whose payload is `payload_size` bytes. From ALIGN_FROM on,
     the header is followed by spaces (JSON allows them) up to the end of the `room` its writer left
     in front of the payload when it fits there, else up to the next HEADER_ALIGN boundary of the
-    file. Whichever way the archive is then written, the same bytes on every file system."""
+    file. Whichever way the archive is then written, the same bytes on every file system. Padding
+    that would take the header over MAX_HEADER_BYTES is left out: it is never what refuses one."""
     body = encode_header(header)
     if payload_size >= ALIGN_FROM:
         fits = PREAMBLE.size + len(body) <= room
-        body += b" " * (room - PREAMBLE.size - len(body) if fits else -(PREAMBLE.size + len(body)) % HEADER_ALIGN)
-        if len(body) > MAX_HEADER_BYTES:
-            raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
+        padded = body + b" " * (room - PREAMBLE.size - len(body) if fits else -(PREAMBLE.size + len(body)) % HEADER_ALIGN)
+        if len(padded) <= MAX_HEADER_BYTES:
+            body = padded
     return PREAMBLE.pack(MAGIC, version_of(header), crc32(body), len(body)) + body
 
 

@@ -28,7 +28,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import Deltas
 from zoo.container.objects import ObjectSink, Unit
 from zoo.dtypes import DTYPES, storage_dtype
-from zoo.errors import InputError
+from zoo.errors import FormatError, InputError
 from zoo.container import format as archive_format
 from zoo.container.format import HEADER_ALIGN, MAX_CHUNK_BYTES, PREAMBLE, PayloadWriter, content_digest_later, crc32, sha256_file
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
@@ -168,6 +168,39 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
         for stage in pipeline.array_stages)
 
 
+def _records_without_payload(sources: list[SourceFile]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of views (by key) and what else of the header holds no payload of its own
+    (links, empty folders, folder modes, the features they need), as the build ends with them."""
+    keys = tensor_keys(sources)
+    views: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for source in sources:
+        for view in source.views:
+            views[keys[(source.relpath, view["name"])]] = {
+                "name": view["name"], "file": source.relpath, "dtype": view["dtype"], "shape": view["shape"],
+                "view": {"of": keys[(source.relpath, view["of"])], "offset": view["offset"], "stride": view["stride"]}}
+            if view["dtype"] == "F4":  # counted in bytes (docs/FORMAT.md): readers that count values must refuse it
+                rest["features"] = ["f4-views"]
+    links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
+    folders = [s.relpath for s in sources if s.kind == "folder" and s.empty]
+    modes = {s.relpath: s.mode for s in sorted(sources, key=lambda s: s.relpath) if s.kind == "folder" and s.mode is not None}
+    if links:
+        rest["links"] = links
+    if folders:
+        rest["folders"] = folders
+    if modes:
+        rest["folder_modes"] = modes
+    return views, rest
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # as format.encode_header writes a header: compact, ASCII
+
+
+def _json_size(value: Any) -> int:
+    """The bytes `value` takes in a header."""
+    return len(_COMPACT.encode(value))
+
+
 class Builder:
     def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None,
                  deltas: Deltas | None = None, objects: ObjectSink | None = None) -> None:
@@ -211,7 +244,80 @@ class Builder:
                     key = keys[(source.relpath, segment.tensor)]
                     room += (16 + len(key)) + (224 + len(key) + len(segment.tensor) + len(source.relpath) + 16 * len(segment.shape))
             room += sum(256 + 2 * len(view["name"]) + len(source.relpath) + 16 * len(view["shape"]) for view in source.views)
-        return -(-room // HEADER_ALIGN) * HEADER_ALIGN
+        # no more than a header may take: padded to the end of a larger room, one under the cap went over it
+        return min(-(-room // HEADER_ALIGN) * HEADER_ALIGN, archive_format.MAX_HEADER_BYTES // HEADER_ALIGN * HEADER_ALIGN)
+
+    def refuse_oversized_header(self, sources: list[SourceFile], where: Any) -> None:
+        """Refuse, before anything is coded, a build of `sources` whose header would be over the
+        format's cap (archive_format.MAX_HEADER_BYTES): tens of thousands of tensors with long
+        names make one, and the coding took minutes before encode_header found it. Judged by
+        header_floor, so a header it lets through may still be refused there, after the coding."""
+        floor = self.header_floor(sources)
+        if floor > archive_format.MAX_HEADER_BYTES:
+            tensors = sum(len(source.views) + sum(s.tensor is not None for s in source.segments) for source in sources)
+            raise FormatError(f"{where}: archive header would be at least {floor} bytes ({tensors} tensors); "
+                              f"the cap is {archive_format.MAX_HEADER_BYTES}")
+
+    def header_floor(self, sources: list[SourceFile]) -> int:
+        """The fewest bytes the header of this build of `sources` can take (as encode_header writes
+        it), from what is known before coding: names, dtypes, shapes, chunk counts, files. Where the
+        coding decides (the offsets and CRC-32s of chunk indexes, a lossy stage's tree, an object the
+        zoo holds already, whose pipeline may be another) the least it can write is counted."""
+        keys = tensor_keys(sources)
+        views, rest = _records_without_payload(sources)
+        if self.objects is not None:
+            rest["features"] = sorted({*rest.get("features", []), "objects"})
+        size = _json_size({**self.header, **rest, "files": [], "tensors": {}})
+        tensors = [_json_size({key: record}) - 2 for key, record in views.items()]  # "key":record, without the braces
+        files = []
+        for source in stored_files(sources):
+            if not source.segments:  # no entry in "files": _jobs makes it at the file's first segment
+                continue
+            entry: dict[str, Any] = {"path": source.relpath, "size": source.size, "kind": source.kind, "segments": [], "lossless": True}
+            if source.reason is not None:
+                entry["opaque"] = source.reason
+            if source.mode is not None:
+                entry["mode"] = source.mode
+            for segment in source.segments:
+                if segment.tensor is None:
+                    entry["segments"].append({"blob": self._blob_floor(segment)})
+                else:
+                    key = keys[(source.relpath, segment.tensor)]
+                    entry["segments"].append({"tensor": key})
+                    tensors.append(_json_size({key: self._tensor_floor(key, source, segment)}) - 2)  # "key":record
+            files.append(_json_size(entry))
+        return size + sum(tensors) + sum(files) + max(0, len(tensors) - 1) + max(0, len(files) - 1)  # and the commas between them
+
+    def _tensor_floor(self, key: str, source: SourceFile, segment: Segment) -> dict[str, Any]:
+        """The least of a tensor's record that _tensor_jobs and the coding can write."""
+        record: dict[str, Any] = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
+        dtype = DTYPES[segment.dtype]
+        lossy_may_see = bool(dtype.storage) and selectable(segment, key, self.pipeline)  # the branches of _tensor_jobs
+        if self.objects is not None and segment.size >= INLINE_BYTES:
+            # an object: the zoo may hold it already, coded by another pipeline into another tree
+            record.update(pipeline=[], root={})
+            if not self.pipeline.array_stages:
+                record["key"] = "0" * 64  # its content key (ObjectSink.unit)
+        elif lossy_may_see and self.pipeline.array_stages:
+            # the lossy stages decide: whichever pipeline is the shorter, and a tree of which nothing is sure
+            record.update(pipeline=min(self.pipeline.configs(), self.leaf_pipeline.configs(), key=_json_size), root={})
+        elif dtype.bits % 8 and not lossy_may_see:  # values smaller than a byte, stored as their bytes
+            record.update(pipeline=self.leaf_pipeline.configs(), root={"leaf": self._leaf_floor("U8", [segment.size])})
+        else:
+            record.update(pipeline=self.leaf_pipeline.configs(), root={"leaf": self._leaf_floor(segment.dtype, list(segment.shape))})
+        return record
+
+    def _blob_floor(self, segment: Segment) -> dict[str, Any]:
+        """The least of a blob's record ({"pipeline", "leaf"}) that _jobs and the coding can write."""
+        if self.objects is not None and segment.size >= INLINE_BYTES:
+            return {"pipeline": [], "leaf": {"object": "0" * 64}}  # the zoo may hold it already, coded by another pipeline
+        pipeline = self.blob_pipeline if segment.dtype == "U8" else self.leaf_pipeline
+        return {"pipeline": pipeline.configs(), "leaf": self._leaf_floor(segment.dtype, [segment.size * 8 // DTYPES[segment.dtype].bits])}
+
+    def _leaf_floor(self, dtype: str, shape: list[int]) -> dict[str, Any]:
+        """A leaf as _chunk_jobs and the chunk index fill it in, its index's offset and CRC-32 at their shortest."""
+        elements = max(1, self.chunk_bytes * 8 // DTYPES[dtype].bits)
+        return {"dtype": dtype, "shape": shape, "chunk_elements": elements, "index": [0, -(-math.prod(shape) // elements)], "index_crc32": 0}
 
     def build(self, sources: list[SourceFile], payload: BinaryIO, threads: int, progress: Callable[[int], None] | None,
               hash_files: bool = True) -> dict[str, Any]:
@@ -271,23 +377,11 @@ class Builder:
 
     def _record_rest(self, sources: list[SourceFile]) -> None:
         """Views, links and empty folders: header records with no payload of their own."""
-        keys = tensor_keys(sources)
-        for source in sources:
-            for view in source.views:
-                self.header["tensors"][keys[(source.relpath, view["name"])]] = {
-                    "name": view["name"], "file": source.relpath, "dtype": view["dtype"], "shape": view["shape"],
-                    "view": {"of": keys[(source.relpath, view["of"])], "offset": view["offset"], "stride": view["stride"]}}
-                if view["dtype"] == "F4":  # counted in bytes (docs/FORMAT.md): readers that count values must refuse it
-                    self.header["features"] = sorted({*self.header.get("features", []), "f4-views"})
-        links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
-        folders = [s.relpath for s in sources if s.kind == "folder" and s.empty]
-        modes = {s.relpath: s.mode for s in sorted(sources, key=lambda s: s.relpath) if s.kind == "folder" and s.mode is not None}
-        if links:
-            self.header["links"] = links
-        if folders:
-            self.header["folders"] = folders
-        if modes:
-            self.header["folder_modes"] = modes
+        views, rest = _records_without_payload(sources)
+        self.header["tensors"].update(views)
+        if "features" in rest:
+            rest["features"] = sorted({*self.header.get("features", []), *rest["features"]})
+        self.header.update(rest)
 
     def _record_digests(self, digests: dict[str, Callable[[], str]]) -> None:
         for entry in self.header["files"]:
