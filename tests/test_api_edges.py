@@ -221,3 +221,34 @@ def test_an_archive_its_own_reader_refuses_is_never_published(tmp_path, monkeypa
     with pytest.raises(zoo.ZooError, match="link 'escape' would point outside"):
         zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_name_the_zoo_cannot_hold_is_refused_before_any_coding(tmp_path, monkeypatch):
+    """A file name or source that is not UTF-8 was refused when the model was published, after all
+    its coding; now once the folder is scanned. An archive (compress -o) still keeps such names."""
+    import os
+
+    from zoo.api import compress_into
+    from zoo.container.writer import Builder
+    from zoo.hub.store import Store
+
+    folder = tmp_path / "odd"
+    (folder / "sub").mkdir(parents=True)
+    write_safetensors(folder / "w.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    (folder / "sub" / os.fsdecode(b"bad\xff.txt")).write_bytes(b"y")
+    zoo.compress(folder, tmp_path / "odd.zoo")
+    assert os.fsdecode(b"sub/bad\xff.txt") in {entry["path"] for entry in zoo.report_of(tmp_path / "odd.zoo").files}
+
+    def build(*args, **kwargs):
+        raise AssertionError("reached the coding")
+
+    monkeypatch.setattr(Builder, "build", build)
+    store = Store(tmp_path / "zoo")
+    with pytest.raises(InputError) as refused:
+        compress_into(store, folder, "odd")
+    assert str(refused.value) == ("sub/bad\\xff.txt: a name that is not UTF-8; the zoo holds UTF-8 names only "
+                                  "(compress -o keeps it in an archive)")
+    (folder / "sub" / os.fsdecode(b"bad\xff.txt")).unlink()
+    with pytest.raises(InputError, match=r"^/models/\\xffodd: a name that is not UTF-8"):
+        compress_into(store, folder, "odd", source_label=os.fsdecode(b"/models/\xffodd"))
+    assert store.entries() == [] and not list((tmp_path / "zoo").rglob("*.zoo"))

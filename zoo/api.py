@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 from zoo.kernels.parallel import for_each, resolve_threads
 from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded
 from zoo.dtypes import DTYPES
-from zoo.container.writer import Builder
+from zoo.container.writer import Builder, stored_files
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
@@ -34,9 +34,10 @@ from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
+from zoo.hub.manifest import refuse_names_not_utf8
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
 from zoo.refs import archive_path, open_base
-from zoo.sources.folder import check_relpath, scan
+from zoo.sources.folder import SourceFile, check_relpath, scan
 
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
@@ -325,6 +326,7 @@ def compress(
     exclude: list[str] | None = None,
     follow_links: bool = False,
     objects: ObjectSink | None = None,
+    check_sources: Callable[[list[SourceFile]], Any] | None = None,
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.optimize.calibration).
@@ -338,10 +340,14 @@ def compress(
     `include`/`exclude` (fnmatch globs on paths inside the folder) choose its files; a link leading
     out of the folder is refused unless `follow_links` (see zoo.sources.folder). With `objects`
     (a zoo.container.objects.ObjectSink: what compress_into passes), each tensor and run of file
-    bytes becomes an object there and `destination` is the archive that names them."""
+    bytes becomes an object there and `destination` is the archive that names them.
+    `check_sources(files)` sees what the scan found before anything is coded, and may raise
+    (compress_into refuses names its zoo cannot hold)."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     sources = scan(source, include, exclude, follow_links)
+    if check_sources is not None:
+        check_sources(sources)
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
@@ -461,10 +467,17 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")
     named_base = xor.resolve_base(store, base) if base is not None and delta else None
+
+    def utf8_names(files: list[SourceFile]) -> None:
+        # what Store._publish refuses, refused once the folder is scanned, before the coding: a
+        # path of the model's files (its links and folders are none of its manifest's) or a source that is not UTF-8
+        refuse_names_not_utf8([*(file.relpath for file in stored_files(files)), source_label or ""])
+
     with store.workspace() as folder:
         sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads))
         shell = build_model(store, sink, source, name, revision, chosen, commit=commit, source_label=source_label, threads=threads,
-                            progress=progress, base=named_base, delta=delta, replacing=ref if force else None, **options)
+                            progress=progress, base=named_base, delta=delta, replacing=ref if force else None,
+                            check_sources=utf8_names, **options)
         if check is not None:
             check(shell)
         return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)

@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import urllib.parse
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,8 +169,25 @@ def printable_name(text: str) -> str:
 def name_not_utf8(record: dict[str, Any]) -> str | None:
     """The first name of a manifest record (its files' paths, its source) that is not UTF-8, as
     printable_name shows it; the index is SQLite text, UTF-8 only."""
-    return next((printable_name(name) for name in [*(item["path"] for item in record["files"]), record.get("source") or ""]
-                 if not is_utf8(name)), None)
+    return first_not_utf8(record_names(record))
+
+
+def record_names(record: dict[str, Any]) -> list[str]:
+    """The names a manifest record holds as text in the index: its files' paths and its source."""
+    return [*(item["path"] for item in record["files"]), record.get("source") or ""]
+
+
+def first_not_utf8(names: Iterable[str]) -> str | None:
+    """The first of `names` that is not UTF-8, as printable_name shows it."""
+    return next((printable_name(name) for name in names if not is_utf8(name)), None)
+
+
+def refuse_names_not_utf8(names: Iterable[str]) -> None:
+    """Refuse what Store._publish would refuse of a model's names (its files' paths, its source),
+    before the model is coded: the index cannot hold them."""
+    odd = first_not_utf8(names)
+    if odd is not None:
+        raise InputError(f"{odd}: a name that is not UTF-8; the zoo holds UTF-8 names only (compress -o keeps it in an archive)")
 
 
 def check_record(record: Any) -> dict[str, Any]:

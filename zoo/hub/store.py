@@ -35,8 +35,8 @@ from zoo.errors import InputError, MissingObjectError, OutputExistsError, ZooErr
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
-    check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component, name_not_utf8,
-    parse_ref, quality_label, record_of, variant_match, variant_of,
+    check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component,
+    parse_ref, quality_label, record_names, record_of, refuse_names_not_utf8, variant_match, variant_of,
 )
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
@@ -602,9 +602,8 @@ class Store:
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
         """Objects first, manifest last, index after (see the module's docstring): each object of
         `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock."""
-        odd = name_not_utf8(record)
-        if odd is not None:  # before anything enters (a manifest the index could not hold stopped every command)
-            raise InputError(f"{odd}: a name that is not UTF-8; the zoo holds UTF-8 names only (compress -o keeps it in an archive)")
+        # before anything enters (a manifest the index could not hold stopped every command); compress_into said so before the coding
+        refuse_names_not_utf8(record_names(record))
         if self.storage is not None:
             self._publish_remote(record, moves, force)
             return
