@@ -18,6 +18,7 @@ from zoo.api import compress_into
 from zoo.hub.store import Store
 
 from tests.hub.test_dedup import base_tensors, fine_tuned, write_model
+from tests.conftest import random_storage, write_safetensors
 from tests.hub.test_store import hashes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +214,19 @@ def test_a_bucket_that_does_not_exist_is_an_error_not_an_empty_zoo(bucket, tmp_p
     empty = f"{bucket}/zoo"
     done = _zoo(empty, tmp_path / "index", "ls")
     assert done.returncode == 0 and done.stderr.startswith(f"the zoo at {empty} is empty"), done.stderr
+
+
+def test_a_batch_into_a_bucket_refuses_a_name_that_is_not_utf8(bucket, tmp_path, monkeypatch):
+    """A bucket zoo's manifest is published by Store.add_put, which skipped the check Store._publish
+    makes: the manifest went up, then the index could not hold its name."""
+    from zoo import batch
+    from zoo.hub.remote import open_storage
+
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (64, 32), 3))})
+    (model / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"odd name\n")
+    results = batch.compress_many([str(model)], store=Store(f"{bucket}/zoo"), ray=None)
+    assert not results[0].ok and "not UTF-8" in results[0].error, results[0].error
+    assert list(open_storage(f"{bucket}/zoo").list("manifests/")) == []
