@@ -95,6 +95,16 @@ def test_compress_with_calibration_loads_the_model_once(tiny_llama, tmp_path, mo
     assert loads == ["LlamaForCausalLM"]
 
 
+def test_a_calibrated_survey_after_lowrank_quantizes_its_factors(tiny_llama, tmp_path):
+    # The factors l2 surveys after lowrank are no parameter of the model: asked for their
+    # sensitivities alone, the teacher had no weight to differentiate and torch raised.
+    zoo.compress(tiny_llama, tmp_path / "m.zoo", "lowrank:energy=0.9|l2:target_ratio=8,tune=2",
+                 calibration=tiny_llama / "calibration.txt")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        root = archive.tensor_info("model.layers.0.mlp.up_proj.weight")["root"]
+    assert root["stage"] == 0 and {part["stage"] for part in root["parts"].values()} == {1}
+
+
 def test_tune_needs_a_model_to_train_against():
     rng = np.random.default_rng(0)
     arrays = {"w": TypedArray(rng.standard_normal((16, 16)).astype(np.float32), "F32")}

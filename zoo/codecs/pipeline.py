@@ -153,13 +153,17 @@ class Pipeline:
     def survey(self, tensors: Callable[[], Iterator[tuple[str, TypedArray]]], calibration: Any = None,
                progress: StageProgress | None = None, chunk_bytes: int = CHUNK_BYTES) -> list[Any]:
         """Each array stage's whole-model pass (see ArrayCodec.survey), in stage order; sizes are
-        measured with this pipeline's own leaf stages at the archive's `chunk_bytes`."""
+        measured with this pipeline's own leaf stages at the archive's `chunk_bytes`. Each stage
+        surveys what reaches it (Arrivals): after lowrank, its factors, not the matrices."""
         leaf = Pipeline((), self.grouping, self.bytes_stages)
 
         def measure(array: TypedArray) -> int:
             return leaf.stored_bytes(array, chunk_bytes)
 
-        return [stage.survey(tensors, calibration, progress, measure) for stage in self.array_stages]
+        plans: list[Any] = []
+        for index, stage in enumerate(self.array_stages):
+            plans.append(stage.survey(Arrivals(self, index, tensors, tuple(plans)), calibration, progress, measure))
+        return plans
 
     def stored_bytes(self, array: TypedArray, chunk_bytes: int) -> int:
         """What the leaf stages store for `array` as it is, in chunks of `chunk_bytes` raw bytes
@@ -273,6 +277,48 @@ class Pipeline:
             raise FormatError("chunk has trailing bytes")
         out = self.grouping.decode(streams, dtype, n_elements)
         return out
+
+
+class Arrivals:
+    """What array stage `index` of `pipeline` is offered, for its survey. Called, it yields (label,
+    array) of each item the stage's encode will be handed: a tensor the earlier stages left alone,
+    under its name, or an earlier stage's part, as ``tensor.part`` (the earlier stages encode the
+    tensors with their `plans` to make them). `model` yields the model's own tensors, which a size
+    target counts against (l2's target_ratio), and `parts` what becomes of one of them, the parts
+    stored without reaching the stage (those an earlier stage marks final) included. The earlier
+    stages' encode runs once more for it (lowrank's SVDs): what it makes is not kept."""
+
+    def __init__(self, pipeline: Pipeline, index: int, model: Callable[[], Iterator[tuple[str, TypedArray]]],
+                 plans: tuple[Any, ...]) -> None:
+        self.pipeline, self.index, self.model, self.plans = pipeline, index, model, plans
+
+    @property
+    def earlier(self) -> tuple[ArrayCodec, ...]:
+        """The array stages before this one."""
+        return self.pipeline.array_stages[:self.index]
+
+    def __call__(self) -> Iterator[tuple[str, TypedArray]]:
+        for name, array in self.model():
+            yield from ((label, item) for label, item, arrives in self.parts(name, array) if arrives)
+
+    def parts(self, name: str, array: TypedArray) -> Iterator[tuple[str, TypedArray, bool]]:
+        """(label, array, whether it reaches the stage) of each item the earlier stages make of the
+        model's tensor `name`: the tensor itself where none selects it."""
+        return self._visit(name, array, 0)
+
+    def _visit(self, label: str, item: TypedArray, first_stage: int) -> Iterator[tuple[str, TypedArray, bool]]:
+        for index in range(first_stage, self.index):  # as Pipeline.transform visits it, up to this stage
+            stage = self.pipeline.array_stages[index]
+            if not stage.selects(label, item):
+                continue
+            result = stage.encode(item, label, self.plans[index])
+            for part_name, part in result.parts.items():
+                if part_name in result.final:
+                    yield f"{label}.{part_name}", part, False
+                else:
+                    yield from self._visit(f"{label}.{part_name}", part, index + 1)
+            return
+        yield label, item, True
 
 
 def _parse_stages(spec: str) -> list[Codec]:

@@ -17,26 +17,34 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from zoo.dtypes import DTYPES, to_float32
+from zoo.dtypes import DTYPES
 from zoo.errors import OutOfReach, PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Measure, StageProgress, TypedArray
-from zoo.codecs.lossy.deadzone import LOWEST_BITS, Plan, dequantize, entropy_bits, quantize, quantize_with_feedback, symbols_array
+from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, float32_values, quantize, quantize_stored,
+                                       quantize_with_feedback, symbols_array)
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
 DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 # The archive header, which the budget counts: a tensor's entry names it three times (the entry's
-# key and name, the file's segment list) around ~400 bytes of JSON (l2's entry, the largest);
-# the rest (format, file entries, the safetensors header blob) is a few hundred bytes.
+# key and name, the file's segment list) around ~420 bytes of JSON where l2 codes it whole: its
+# record, the pipeline's configs, l2's node and the leaf's; the rest (format, file entries) is a
+# few hundred bytes, and the source's own header (a safetensors file's, stored as a blob) ~30 bytes
+# a tensor once coded. The nodes, as a Llama's header holds them:
 HEADER_BYTES_FIXED = 512
 HEADER_BYTES_PER_TENSOR = 420
+SOURCE_HEADER_BYTES_PER_TENSOR = 30
+L2_NODE_BYTES = 130  # step and dead zone, shape, stage; its leaf apart
+LEAF_NODE_BYTES = 105  # dtype, shape, chunk index and its CRC
+STAGE_NODE_BYTES = 85  # an earlier stage's node around its parts (lowrank's rank)
 FEEDBACK_LANDINGS = 4  # encodes with error feedback to correct the landing on the budget
 LANDING_ROUNDS = 30  # bisection steps on the common scale of the steps, at most
 # "fitting the budget" counts rounds, each of which codes every selected tensor: the coded sizes that
@@ -57,8 +65,8 @@ class Curve:
             weight = np.ones_like(sample)
         elif sensitivity.size == 1:
             weight = np.full_like(sample, float(sensitivity.reshape(-1)[0]))
-        else:
-            weight = sensitivity.reshape(-1)[take]
+        else:  # by index: flattening calibration's broadcast row of weights made a float64 copy of the tensor
+            weight = sensitivity[np.unravel_index(take, sensitivity.shape)]
         scale = self.count / len(sample)
         rms = float(np.sqrt(np.mean(sample**2))) or 1e-12
         points = []
@@ -97,17 +105,24 @@ def split_budget(curves: dict[str, Curve], budget_bits: float, corrections: dict
 
 
 def _symbols(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> np.ndarray:
-    """The symbols l2 writes for a tensor under `plan` with every step times `scale` (with the
-    error feedback encode uses where `feedback` is set and the tensor has statistics)."""
+    """The symbols (int64) l2 writes for a tensor under `plan` with every step times `scale` (with
+    the error feedback encode uses where `feedback` is set and the tensor has statistics)."""
 
     step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
     hessian = plan.hessian(name, values) if feedback else None
     return quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
 
 
-def _coded_bits(values: dict[str, np.ndarray], plan: Plan, measure: Measure, scale: float = 1.0, feedback: bool = False) -> dict[str, float]:
+def _stored(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> TypedArray:
+    """_symbols as l2 stores them (the narrowest integer); plain rounding goes there block by block."""
+    if feedback and plan.hessian(name, values) is not None:
+        return symbols_array(_symbols(values, plan, name, scale, feedback))
+    return quantize_stored(values, plan.steps[name][0] * scale, plan.steps[name][1] * scale)
 
-    return {n: 8.0 * measure(symbols_array(_symbols(v, plan, n, scale, feedback))) for n, v in values.items()}
+
+def _coded_bits(values: dict[str, np.ndarray], plan: Plan, measure: Measure, scale: float = 1.0, feedback: bool = False) -> dict[str, float]:
+    """The bits the leaf stages store for each tensor's symbols; one tensor's symbols at a time."""
+    return {n: 8.0 * measure(_stored(v, plan, n, scale, feedback)) for n, v in values.items()}
 
 
 class _Rounds:
@@ -137,15 +152,25 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     `progress` hears of the long phases (see zoo.api.COMPRESS_STAGES)."""
     values: dict[str, np.ndarray] = {}
     parameters, others, header = 0, 0, HEADER_BYTES_FIXED
-    for name, array in tensors():
-        header += HEADER_BYTES_PER_TENSOR + 3 * len(name.encode())
+    # After an earlier lossy stage (zoo.codecs.pipeline.Arrivals), the target still counts against the
+    # model's own tensors, but what is stored is what the earlier stages make of them: l2 codes the
+    # parts that reach it, and counts the others at their stored size, not the tensors' (lowrank's
+    # factors at half a matrix were counted as the whole matrix, and targets the pipeline reached refused).
+    model = getattr(tensors, "model", tensors)
+    parts = getattr(tensors, "parts", lambda name, array: iter([(name, array, True)]))
+    earlier = getattr(tensors, "earlier", ())
+    for name, array in model():
         if DTYPES[array.dtype].is_float:
             parameters += array.data.size
-        if codec.selects(name, array):
-            values[name] = to_float32(array.data, array.dtype)
-            codec.check_finite(values[name], name)  # before a NaN's rate curve asks for an endless step
-        else:
-            others += measure(array)
+        coded = []
+        for label, item, arrives in parts(name, array):
+            coded.append((label, arrives and codec.selects(label, item)))
+            if coded[-1][1]:
+                values[label] = float32_values(item)
+                codec.check_finite(values[label], label)  # before a NaN's rate curve asks for an endless step
+            else:
+                others += measure(item)
+        header += _entry_bytes(name, coded, codec, earlier)
     if not values:
         return Plan({}, calibration)
     budget = _selected_budget(codec, values, parameters, others, header)
@@ -153,12 +178,15 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     if codec.tune and teacher is None:
         raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
                             "and a model folder (config.json) that transformers loads")
-    sensitivities = (teacher.sensitivities(list(values), batches=_teacher.MAX_SEQUENCES, progress=progress) if teacher is not None
-                     else _activation_weights(values, calibration))
+    if teacher is None:
+        sensitivities = _activation_weights(values, calibration)
+    else:  # an earlier stage's parts (lowrank's factors) are no parameter of the model: the teacher has none for them
+        known = [name for name in values if teacher.parameter(name)]
+        sensitivities = teacher.sensitivities(known, batches=_teacher.MAX_SEQUENCES, progress=progress) if known else {}
     if not sensitivities:
         # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
         # moves with its relative error; plain MSE would starve the tensors with small weights.
-        sensitivities = {n: np.full(1, 1.0 / max(float(np.mean(v.astype(np.float64) ** 2)), 1e-30)) for n, v in values.items()}
+        sensitivities = {n: np.full(1, 1.0 / max(mean_square(v), 1e-30)) for n, v in values.items()}
     rng = np.random.default_rng(0)
     curves = {}
     if progress:
@@ -171,9 +199,10 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     choice, slope = split_budget(curves, budget, corrections)
     plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration)
     rounds = _Rounds(progress)
-    coded = _coded_bits(values, plan, measure)
-    estimated = {n: max(1.0, _estimate(values[n], plan, n)) for n in values}
-    corrections = {n: coded[n] / estimated[n] for n in values}
+    corrections = {}
+    for name, v in values.items():  # coded size over the entropy estimate, from the same symbols
+        symbols = _stored(v, plan, name)
+        corrections[name] = 8.0 * measure(symbols) / max(1.0, entropy_bits(symbols.data) * v.size)
     rounds.tick()
     choice, slope = split_budget(curves, budget, corrections)
     plan.steps = {n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}
@@ -188,6 +217,26 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     return plan
 
 
+def _entry_bytes(name: str, coded: list[tuple[str, bool]], codec: Any, earlier: tuple[Any, ...]) -> int:
+    """About what the header holds for the model's tensor `name`, which the earlier stages made into
+    the items `coded` (label, whether l2 codes it): the tensor itself where none selected it."""
+    entry = HEADER_BYTES_PER_TENSOR + SOURCE_HEADER_BYTES_PER_TENSOR + 3 * len(name.encode())
+    if coded == [(name, False)]:  # no stage touches it: its entry lists the leaf stages alone, and holds a leaf
+        return entry - L2_NODE_BYTES - _json_bytes(codec.get_config())
+    entry += sum(_json_bytes(stage.get_config()) for stage in earlier)  # the whole pipeline, l2's config beside theirs
+    if coded == [(name, True)]:
+        return entry
+    # An earlier stage's node, and a node per item in place of l2's alone.
+    entry += STAGE_NODE_BYTES - L2_NODE_BYTES - LEAF_NODE_BYTES
+    return entry + sum(len(label.encode()) - len(name.encode()) + LEAF_NODE_BYTES + (L2_NODE_BYTES if by_l2 else 0)
+                       for label, by_l2 in coded)
+
+
+def _json_bytes(value: Any) -> int:
+    """As the archive header writes it (zoo.container.format), a comma included."""
+    return len(json.dumps(value, separators=(",", ":"))) + 1
+
+
 def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int, others: int, header: int) -> float:
     """The bits the target leaves for the tensors the stage selects, once the tensors it leaves
     alone (at their stored size) and the header are paid for. Refused below LOWEST_BITS per weight:
@@ -196,7 +245,7 @@ def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int,
     weights = sum(v.size for v in values.values())
     allowed = 32.0 * parameters / codec.target_ratio
     budget = allowed - 8.0 * (others + header)
-    if budget >= LOWEST_BITS * weights:
+    if budget >= LOWEST_BITS * weights - 1e-9 * allowed:  # the ratio an OutOfReach names is reachable, to the last bit
         return budget
     if 8.0 * header >= allowed:
         # A toy of a few hundred weights (the tests', the golden archives'), whose header alone is
@@ -240,9 +289,22 @@ def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict
     return {name: weights.get(name, np.full(v.shape, median)) for name, v in values.items()}
 
 
-def _estimate(values: np.ndarray, plan: Plan, name: str) -> float:
+def mean_square(values: np.ndarray) -> float:
+    """np.mean(values.astype(np.float64) ** 2), to the bit, without the float64 squares of the whole
+    tensor (twice its float32 size): numpy sums by halving down to 128 values (pairwise summation),
+    and so does this, down to halves of at most BLOCK values that it squares one at a time."""
+    flat = values.reshape(-1)
 
-    return entropy_bits(_symbols(values, plan, name)) * values.size
+    def total(first: int, count: int) -> float:
+        if count <= BLOCK:
+            squares = flat[first:first + count].astype(np.float64)
+            np.square(squares, out=squares)
+            return np.add.reduce(squares)
+        half = count // 2
+        half -= half % 8  # where numpy's pairwise summation cuts
+        return total(first, half) + total(first + half, count - half)
+
+    return float(total(0, flat.size) / flat.size) if flat.size else float("nan")
 
 
 def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, rounds: _Rounds, measure: Measure) -> Plan:

@@ -5,12 +5,14 @@ Apart from the codec so that the allocation can use it without importing the cod
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from zoo.codecs.base import TypedArray
+from zoo.dtypes import to_float32
 from zoo.errors import PipelineError
 from zoo.optimize import refine
 
@@ -18,19 +20,67 @@ SYMBOL_DTYPES = (("I8", np.int8), ("I16", np.int16), ("I32", np.int32))
 # The fewest bits per weight l2 codes what it selects at (its highest target_ratio, 320): below it
 # a matrix is all but wiped, and zoo.optimize.rate refuses a target that would leave less.
 LOWEST_BITS = 0.1
+# Weights per block where a whole tensor is quantized, dequantized or counted: the float64 and int64
+# temporaries of 2^18 weights are 2 MiB, where those of the whole tensor were up to twice its size each.
+BLOCK = 1 << 18
+
+
+def float32_values(array: TypedArray) -> np.ndarray:
+    """The float32 values of a float tensor; F32 storage as it is, not copied (l2 only reads it: a
+    copy was the size of the tensor again, on top of the mapped file)."""
+    if array.dtype == "F32" and array.data.dtype == np.float32:
+        return array.data
+    return to_float32(array.data, array.dtype)
+
+
+def blocks(size: int) -> Iterator[slice]:
+    """Slices of BLOCK weights covering a flat tensor of `size`."""
+    return (slice(first, min(first + BLOCK, size)) for first in range(0, size, BLOCK))
+
+
+def _quantize_block(values: np.ndarray, step: float, dead_zone: float) -> np.ndarray:
+    """float64 symbols (whole numbers) of a block of `values`, in place in one float64 copy."""
+    magnitude = values.astype(np.float64)
+    np.abs(magnitude, out=magnitude)
+    magnitude -= dead_zone
+    np.maximum(magnitude, 0.0, out=magnitude)
+    magnitude /= step
+    magnitude += 0.5
+    np.floor(magnitude, out=magnitude)
+    magnitude *= np.sign(values)
+    return magnitude
 
 
 def quantize(values: np.ndarray, step: float, dead_zone: float) -> np.ndarray:
     """int64 symbols of float32 `values`."""
-    magnitude = np.maximum(np.abs(values.astype(np.float64)) - dead_zone, 0.0) / step
-    return (np.floor(magnitude + 0.5) * np.sign(values)).astype(np.int64)
+    return _quantize_block(values, step, dead_zone).astype(np.int64)
+
+
+def quantize_stored(values: np.ndarray, step: float, dead_zone: float) -> TypedArray:
+    """symbols_array(quantize(values, step, dead_zone)), block by block into the narrowest integer:
+    no int64 or float64 copy of the whole tensor. The quantizer is monotone in the value, so the
+    least and greatest symbols are those of the least and greatest values, which fix the dtype."""
+    flat = values.reshape(-1)
+    extremes = quantize(np.array([flat.min(), flat.max()]) if flat.size else np.zeros(2, values.dtype), step, dead_zone)
+    name, numpy_type = _narrowest(int(extremes[0]), int(extremes[1]))
+    symbols = np.empty(flat.size, numpy_type)
+    for block in blocks(flat.size):
+        symbols[block] = _quantize_block(flat[block], step, dead_zone)
+    return TypedArray(symbols.reshape(values.shape), name)
 
 
 def dequantize(symbols: np.ndarray, step: float, dead_zone: float) -> np.ndarray:
-    """float32 values; float32 arithmetic in a fixed order so every platform gives the same bits."""
-    magnitude = np.abs(symbols).astype(np.float32)
-    values = magnitude * np.float32(step) + np.where(magnitude > 0, np.float32(dead_zone), np.float32(0))
-    return np.where(symbols < 0, -values, values).astype(np.float32)
+    """float32 values of symbols of any integer dtype; float32 arithmetic in a fixed order so every
+    platform gives the same bits. Block by block: the int64 and float32 temporaries of the whole
+    tensor were four times its float32 size."""
+    flat = symbols.reshape(-1)
+    values = np.empty(flat.size, np.float32)
+    for block in blocks(flat.size):
+        signed = flat[block].astype(np.int64)  # the magnitude of int8's -128 overflows in int8
+        magnitude = np.abs(signed).astype(np.float32)
+        part = magnitude * np.float32(step) + np.where(magnitude > 0, np.float32(dead_zone), np.float32(0))
+        values[block] = np.where(signed < 0, -part, part)
+    return values.reshape(symbols.shape)
 
 
 def quantize_with_feedback(values: np.ndarray, step: float, dead_zone: float, hessian: np.ndarray) -> np.ndarray:
@@ -45,11 +95,15 @@ def quantize_with_feedback(values: np.ndarray, step: float, dead_zone: float, he
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
-    """Empirical entropy of the symbols, in bits per symbol."""
+    """Empirical entropy of the symbols (any integer dtype), in bits per symbol; counted block by
+    block (shifting the whole tensor to non-negative int64 took twice its int32 size)."""
     flat = symbols.reshape(-1)
     if flat.size == 0:
         return 0.0
-    counts = np.bincount(flat - flat.min())
+    low, high = int(flat.min()), int(flat.max())
+    counts = np.zeros(high - low + 1, np.int64)
+    for block in blocks(flat.size):
+        counts += np.bincount(flat[block].astype(np.int64) - low, minlength=counts.size)
     p = counts[counts > 0] / flat.size
     return float(-(p * np.log2(p)).sum())
 
@@ -71,10 +125,14 @@ def step_for_bits(values: np.ndarray, bits: float) -> float:
 
 def symbols_array(symbols: np.ndarray) -> TypedArray:
     """The narrowest signed integer storage that holds every symbol."""
-    low, high = (int(symbols.min()), int(symbols.max())) if symbols.size else (0, 0)
+    name, numpy_type = _narrowest(*((int(symbols.min()), int(symbols.max())) if symbols.size else (0, 0)))
+    return TypedArray(symbols.astype(numpy_type), name)
+
+
+def _narrowest(low: int, high: int) -> tuple[str, type]:
     for name, numpy_type in SYMBOL_DTYPES:
         if np.iinfo(numpy_type).min <= low and high <= np.iinfo(numpy_type).max:
-            return TypedArray(symbols.astype(numpy_type), name)
+            return name, numpy_type
     raise PipelineError("l2: a step this small needs symbols wider than 32 bits")
 
 

@@ -8,8 +8,9 @@ I8 (or I16/I32 when they need it) so the lossless leaf stages entropy-code them;
 ``d`` are the node's meta.
 
 ``target_ratio=R`` asks for the model's tensors in 1/R of their float32 size (32/R bits per
-weight; tensors the stage leaves alone count too, so a target they leave under 0.1 bits per
-selected weight is refused). The survey (a pass over the whole model
+weight; tensors the stage leaves alone count too, as stored, so a target they leave under 0.1 bits
+per selected weight is refused). After an earlier stage, l2 codes the parts it hands on (lowrank's
+factors) and counts the others as that stage stores them. The survey (a pass over the whole model
 before anything is written, see zoo.optimize.rate) spends that budget where it hurts least:
 equal slope of distortion against rate in every tensor. Without a survey (one tensor alone)
 each tensor gets 32/R bits by itself.
@@ -25,9 +26,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.dtypes import from_float32, to_float32
+from zoo.dtypes import from_float32
 from zoo.errors import FormatError, PipelineError
-from zoo.codecs.lossy.deadzone import LOWEST_BITS, SYMBOL_DTYPES, Plan, dequantize, quantize, quantize_with_feedback, step_for_bits, symbols_array
+from zoo.codecs.lossy.deadzone import (LOWEST_BITS, SYMBOL_DTYPES, Plan, blocks, dequantize, float32_values, quantize_stored,
+                                       quantize_with_feedback, step_for_bits, symbols_array)
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 
@@ -60,12 +62,15 @@ class L2(LossyCodec):
         return allocate(self, tensors, calibration, progress, measure)
 
     def check_finite(self, values: np.ndarray, name: str) -> np.ndarray:
-        if not np.isfinite(values).all():  # said in l2's own words: its rate curves need a finite step
+        # In l2's own words (its rate curves need a finite step); block by block, where a mask of the
+        # whole tensor was a quarter of its float32 size.
+        flat = values.reshape(-1)
+        if not all(np.isfinite(flat[block]).all() for block in blocks(flat.size)):
             raise PipelineError(f"l2: {name or 'a tensor'} holds NaN or infinity, which a uniform quantizer cannot store")
         return values
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        values = to_float32(array.data, array.dtype)
+        values = float32_values(array)
         self.check_finite(values, name)
         if plan is not None and name in plan.steps:
             step, dead_zone = plan.steps[name]
@@ -73,12 +78,12 @@ class L2(LossyCodec):
             step, dead_zone = step_for_bits(values, 32.0 / self.target_ratio), 0.0
         hessian = plan.hessian(name, values) if plan is not None else None
         if plan is not None and name in plan.symbols:
-            symbols = plan.symbols[name]
+            symbols = symbols_array(plan.symbols[name])
         elif hessian is None:
-            symbols = quantize(values, step, dead_zone)
+            symbols = quantize_stored(values, step, dead_zone)
         else:
-            symbols = quantize_with_feedback(values, step, dead_zone, hessian)
-        return Transformed({"symbols": symbols_array(symbols)}, {"step": float(step), "dead_zone": float(dead_zone)})
+            symbols = symbols_array(quantize_with_feedback(values, step, dead_zone, hessian))
+        return Transformed({"symbols": symbols}, {"step": float(step), "dead_zone": float(dead_zone)})
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         symbols = parts.get("symbols")
@@ -89,5 +94,5 @@ class L2(LossyCodec):
         step, dead_zone = meta.get("step"), meta.get("dead_zone")
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (step, dead_zone)) or step <= 0 or dead_zone < 0:
             raise FormatError(f"l2: bad step {step!r} or dead zone {dead_zone!r}")
-        values = dequantize(symbols.data.astype(np.int64), step, dead_zone)
+        values = dequantize(symbols.data, step, dead_zone)
         return TypedArray(from_float32(values, dtype).reshape(shape), dtype)
