@@ -15,7 +15,8 @@
 /* Sections of at least SAMPLE_FROM words take their frequencies from the symbols of every
  * SAMPLE_STRIDE-th word (those at positions divisible by it), and a symbol that only the others
  * hold counts 1: the alphabet is exact, the frequencies an estimate whose cost in size is noise
- * (0.003% on MiniLM), for a sixth of the counting's stores. zoo/kernels/fallback_coder.py does the same. */
+ * (0.003% on MiniLM), for a read-modify-write of a histogram entry per four words (the other three
+ * a plain store each). zoo/kernels/fallback_coder.py does the same. */
 #define SAMPLE_FROM 65536
 #define SAMPLE_STRIDE 4
 _Static_assert(ENCODE_SLICE % SAMPLE_STRIDE == 0, "a slice starts at a sampled position");
@@ -266,25 +267,28 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
  * the one rule for allocating, filling and summing them. */
 static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 10 ? 8 : 4; }
 
-/* count_symbols over a slice of a section of SAMPLE_FROM words or more (sampled), with the usual
- * symbol widths as constants: its shifts and table offsets become immediates (a shift by a
- * register count is three micro-ops on Intel). In perf samples of AVX2 BF16 encoding,
- * zoo_encode_section (mostly this counting) went from 31% to 23% with the constants, and counting
- * one word in four took a further 6% off encoding (docs/kernels.md has the timings).
- * `histograms` holds histogram_tables(symbol_bits) of them. */
+/* count_symbols with the usual symbol widths as constants: its shifts and table offsets become
+ * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
+ * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% with the
+ * constants, and counting one word in four (`sampled`, sections of SAMPLE_FROM words or more)
+ * took a further 5-7% off encoding (docs/kernels.md has the timings). `histograms` holds
+ * histogram_tables(symbol_bits) of them. */
+#define COUNT_AT_WIDTH(sampling)                                                                                                     \
+    switch (symbol_bits) {                                                                                                           \
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), sampling, seen); break;             \
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), sampling, seen); break;          \
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), sampling, seen); break;          \
+    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), sampling, seen); \
+    }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
                                                               int symbol_bits, uint32_t *histograms, int sampled, uint8_t *seen) {
-    if (!sampled) { /* a small section: every word, at no constant width */
-        count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), 0, seen);
-        return;
-    }
-    switch (symbol_bits) {
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), 1, seen); break;
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), 1, seen); break;
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), 1, seen); break;
-    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), 1, seen); break;
+    if (sampled) {
+        COUNT_AT_WIDTH(1)
+    } else {
+        COUNT_AT_WIDTH(0)
     }
 }
+#undef COUNT_AT_WIDTH
 
 /* Inlined once per (word size, float) pair from zoo_encode_section, so loads and rotations are
  * constant-size instructions rather than calls. */
@@ -298,14 +302,15 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     size_t n_symbols = (size_t)1 << symbol_bits;
     size_t tables = histogram_tables(symbol_bits);
     uint32_t *histograms = calloc(tables * n_symbols, sizeof(uint32_t));
-    uint8_t *seen = calloc(n_symbols, 1);
+    int sampled = count >= SAMPLE_FROM;
+    uint8_t *seen = sampled ? calloc(n_symbols, 1) : NULL; /* a short section counts every word: no fixed cost for it */
     uint64_t *histogram = calloc(n_symbols, sizeof(uint64_t));
     size_t n_blocks = (count + RANS_BLOCK - 1) >> RANS_BLOCK_LOG2;
     uint8_t *block_zeros = calloc(n_blocks, 1);
     /* room for the widest remainders merging symbols can leave (symbols keep at least 8 bits),
      * and 64 bytes for the kernels' vector stores past the end */
     uint8_t *packed = malloc((size_t)(((uint64_t)count * (uint64_t)(bits - 8) + 7) / 8) + 64);
-    if (!histogram || !histograms || !seen || !block_zeros || !packed) {
+    if (!histogram || !histograms || (sampled && !seen) || !block_zeros || !packed) {
         free(histogram);
         free(histograms);
         free(seen);
@@ -320,13 +325,14 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     for (size_t first = 0; first < count; first += ENCODE_SLICE) {
         size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
         const uint8_t *slice = words + first * (size_t)word_bytes;
-        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, count >= SAMPLE_FROM, seen);
+        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled, seen);
         total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
     for (size_t table = 0; table < tables; table++)
         for (size_t s = 0; s < n_symbols; s++) histogram[s] += histograms[table * n_symbols + s];
-    for (size_t s = 0; s < n_symbols; s++)
-        if (seen[s] && !histogram[s]) histogram[s] = 1;
+    if (sampled)
+        for (size_t s = 0; s < n_symbols; s++)
+            if (seen[s] && !histogram[s]) histogram[s] = 1;
     free(histograms);
     free(seen);
     /* fewer top bits until at most MAX_SYMBOLS are used (8 always are) */

@@ -146,23 +146,30 @@ def test_sections_of_every_alphabet_size(isa, alphabet, word_bytes, is_float):
         assert out.tobytes() == words.tobytes()
 
 
-@pytest.mark.parametrize("word_bytes", [1, 2, 4])
+@pytest.mark.parametrize("word_bytes, is_float, symbol_bits", [(1, False, 8), (2, False, 8), (4, False, 8), (2, True, 10), (2, True, 12),
+                                                             (4, True, 12)])
 @pytest.mark.parametrize("count", [_fallback_coder.SAMPLE_FROM - 1, _fallback_coder.SAMPLE_FROM, 3 * _fallback_coder.SAMPLE_FROM + 13])
-def test_sampled_counting_keeps_symbols_only_unsampled_words_hold(isa, word_bytes, count):
+def test_sampled_counting_keeps_symbols_only_unsampled_words_hold(isa, word_bytes, is_float, symbol_bits, count):
     """Long sections count every fourth word's symbol: a symbol that only the other words hold, in
     the unrolled loop and in the tail, still gets a frequency (else it could not be coded), and
-    native and numpy agree on every count."""
-    rng = np.random.default_rng(count + word_bytes)
+    native and numpy agree on every count, also where more than 256 symbols make the coder merge them."""
+    rng = np.random.default_rng(count + word_bytes + symbol_bits)
     bits = 8 * word_bytes
-    symbols = rng.integers(0, 40, count).astype(np.uint64)
-    for position, symbol in ((1, 200), (2, 201), (3, 202), (4 * 1000 + 3, 203), (count - 1, 204), (count - 2, 205), (count - 4, 206)):
-        symbols[position] = symbol  # count - 4 is a sampled position; the others are not
-    keys = (symbols << (bits - 8)) | rng.integers(0, 1 << (bits - 8), count).astype(np.uint64)
+    usual = 300 if symbol_bits == 12 else 40  # 300 of 4096: merged to fewer bits until at most 256 are used
+    symbols = rng.integers(0, usual, count).astype(np.uint64)
+    # unsampled positions (1, 2, 3 mod 4), a sampled one, and the last words, which the tail loop counts
+    rare = [(1, 1), (2, 2), (3, 3), (4 * 1000 + 3, 4), (8, 5), (count - 1, 6), (count - 2, 7), (count - 4, 8)]
+    for position, offset in rare:
+        symbols[position] = (1 << symbol_bits) - offset
+    assert any(position % 4 for position, _ in rare) and any(position % 4 == 0 for position, _ in rare)
+    keys = (symbols << (bits - symbol_bits)) | rng.integers(0, 1 << (bits - symbol_bits), count).astype(np.uint64)
+    if is_float:  # a float's key is its word rotated left one bit
+        keys = (keys >> 1) | ((keys & 1) << (bits - 1))
     words = keys.astype(f"<u{word_bytes}").view(np.uint8)
-    coded = _native_calls.encode_section(words, word_bytes, False, 8)
-    assert coded[0] == 1 and coded == _fallback_coder.encode_section(words, word_bytes, False, 8)
+    coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
+    assert coded[0] == 1 and coded == _fallback_coder.encode_section(words, word_bytes, is_float, symbol_bits)
     for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
-        out, _ = decode(coded, 0, count, word_bytes, False)
+        out, _ = decode(coded, 0, count, word_bytes, is_float)
         assert out.tobytes() == words.tobytes()
 
 
