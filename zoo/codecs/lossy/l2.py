@@ -77,8 +77,8 @@ class L2(LossyCodec):
         else:
             step, dead_zone = step_for_bits(values, 32.0 / self.target_ratio), 0.0
         hessian = plan.hessian(name, values) if plan is not None else None
-        if plan is not None and name in plan.symbols:
-            symbols = symbols_array(plan.symbols[name])
+        if plan is not None and name in plan.symbols and plan.symbols[name].size == values.size:  # tuned by the survey, on this very item
+            symbols = symbols_array(plan.symbols[name].reshape(values.shape))
         elif hessian is None:
             symbols = quantize_stored(values, step, dead_zone)
         else:
