@@ -249,7 +249,7 @@ def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path,
 
     code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=2", "--name", "tiny-lm",
                              "--max-kl", "10", "--json")
-    assert code == 0, err
+    assert code == 0 and json.loads(out)["kept"] is True, err
     code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm", "--json")
     stored = json.loads(out)["metadata"]["quality"]
     assert stored["kind"] == "causal-lm" and stored["passed"] and stored["gates"] == {"max_kl": 10}
@@ -269,7 +269,7 @@ def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch,
                              "--max-kl", "1e-9", "--json")
     document = json.loads(out)  # where a kept archive's document has its figures, and saying none was kept
     assert code == 1 and document["kept"] is False and document["output"] is None and "--max-kl" in document["error"]
-    assert document["metadata"]["quality"]["passed"] is False and document["metadata"]["quality"]["metrics"]["kl_mean"] > 1e-9
+    assert document["metadata"]["quality"]["passed"] is False and document["metadata"]["quality"]["kl_mean"] > 1e-9
     assert list(tmp_path.iterdir()) == []
     code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=1", "--name", "never",
                            "--max-kl", "1e-9")

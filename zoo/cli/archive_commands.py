@@ -123,8 +123,8 @@ def compress(
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
     except QualityGateError as error:
-        if as_json:  # the shape of a kept archive's document, where the figures sit under metadata.quality
-            print_json({"output": None, "zoo": None, "kept": False, "error": str(error), "metadata": {"quality": error.result.to_dict()}})
+        if as_json:  # the figures where a kept archive's document has them (metadata.quality), as it stores them
+            print_json({"kept": False, "output": None, "zoo": None, "error": str(error), "metadata": {"quality": error.result.record()}})
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise

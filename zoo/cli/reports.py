@@ -62,8 +62,9 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
 
 def compressed_document(report, output: Any = None, entry: Any = None, new: bool = True) -> dict[str, Any]:  # noqa: ANN001
     """What `compress --json` prints, one shape wherever the archive went: the size report, where
-    it was written (`output`, or None), and the zoo entry it became (`zoo`, or None)."""
-    return {**report.to_dict(), "output": None if output is None else str(output),
+    it was written (`output`, or None), and the zoo entry it became (`zoo`, or None). `kept` is
+    false only where a quality gate tripped (zoo.cli.archive_commands), and no archive was kept."""
+    return {**report.to_dict(), "kept": True, "output": None if output is None else str(output),
             "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new, "sharing": _sharing(entry)}}
 
 
