@@ -467,17 +467,10 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")
     named_base = xor.resolve_base(store, base) if base is not None and delta else None
-
-    def utf8_names(files: list[SourceFile]) -> None:
-        # what Store._publish refuses, refused once the folder is scanned, before the coding: a
-        # path of the model's files (its links and folders are none of its manifest's) or a source that is not UTF-8
-        refuse_names_not_utf8([*(file.relpath for file in stored_files(files)), source_label or ""])
-
     with store.workspace() as folder:
         sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads))
         shell = build_model(store, sink, source, name, revision, chosen, commit=commit, source_label=source_label, threads=threads,
-                            progress=progress, base=named_base, delta=delta, replacing=ref if force else None,
-                            check_sources=utf8_names, **options)
+                            progress=progress, base=named_base, delta=delta, replacing=ref if force else None, **options)
         if check is not None:
             check(shell)
         return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
@@ -500,7 +493,14 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
     shell = sink.root / "00" / "model.zoo"
     shell.parent.mkdir(parents=True)
-    compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink, **options)
+
+    def utf8_names(files: list[SourceFile]) -> None:
+        # what Store._publish (and add_put, for a batch into a bucket) refuses, refused once the folder
+        # is scanned, before the coding: a path of the model's files (its links and folders are none
+        # of its manifest's) or a source that is not UTF-8
+        refuse_names_not_utf8([*(file.relpath for file in stored_files(files)), source_label or ""])
+
+    compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink, check_sources=utf8_names, **options)
     if delta and not pipeline.array_stages:
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)

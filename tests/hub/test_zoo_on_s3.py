@@ -218,7 +218,8 @@ def test_a_bucket_that_does_not_exist_is_an_error_not_an_empty_zoo(bucket, tmp_p
 
 def test_a_batch_into_a_bucket_refuses_a_name_that_is_not_utf8(bucket, tmp_path, monkeypatch):
     """A bucket zoo's manifest is published by Store.add_put, which skipped the check Store._publish
-    makes: the manifest went up, then the index could not hold its name."""
+    makes: the manifest went up, then the index could not hold its name. The task now refuses it
+    before it codes and puts anything."""
     from zoo import batch
     from zoo.hub.remote import open_storage
 
@@ -229,4 +230,5 @@ def test_a_batch_into_a_bucket_refuses_a_name_that_is_not_utf8(bucket, tmp_path,
     (model / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"odd name\n")
     results = batch.compress_many([str(model)], store=Store(f"{bucket}/zoo"), ray=None)
     assert not results[0].ok and "not UTF-8" in results[0].error, results[0].error
-    assert list(open_storage(f"{bucket}/zoo").list("manifests/")) == []
+    storage = open_storage(f"{bucket}/zoo")
+    assert list(storage.list("manifests/")) == [] and list(storage.list("objects/")) == []  # refused before the coding and the puts
