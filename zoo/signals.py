@@ -21,7 +21,8 @@ STORED: list[str] = []
 
 def stored(ref: str) -> None:
     """Record that `ref` (NAME@REVISION:VARIANT) is now in the zoo for good."""
-    STORED.append(ref)
+    if ref not in STORED:
+        STORED.append(ref)
 
 
 @contextmanager

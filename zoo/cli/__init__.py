@@ -62,6 +62,9 @@ def main() -> None:
     one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
     from zoo.cli.stopping import Stopped, stop_on_signals
     from zoo.errors import ZooError
+    from zoo.signals import STORED
+
+    STORED.clear()  # what this command stores (a process may run more than one: the tests do)
 
     # First: a signal while the rest loads (a tenth of a second and more) stops the command as one
     # later does, where Python's defaults printed a traceback of an import or ended it with no word

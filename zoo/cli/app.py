@@ -21,7 +21,7 @@ class _GivenPath(TyperPath):
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if isinstance(value, str) and not value:
             named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
-            raise InputError(f"{named} is empty: name a file or folder")
+            raise InputError(f"{named} is empty")
         return super().convert(value, param, ctx)
 
 
