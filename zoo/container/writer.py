@@ -269,6 +269,9 @@ class Builder:
             rest["features"] = sorted({*rest.get("features", []), "objects"})
         size = _json_size({**self.header, **rest, "files": [], "tensors": {}})
         tensors = [_json_size({key: record}) - 2 for key, record in views.items()]  # "key":record, without the braces
+        # a record's pipeline is one of three lists: each is encoded once, the records with [] in its place
+        configs = {"leaf": self.leaf_pipeline.configs(), "shorter": min(self.pipeline.configs(), self.leaf_pipeline.configs(), key=_json_size)}
+        config_sizes = {which: _json_size(listed) - 2 for which, listed in configs.items()} | {None: 0}
         files = []
         for source in stored_files(sources):
             if not source.segments:  # no entry in "files": _jobs makes it at the file's first segment
@@ -284,28 +287,33 @@ class Builder:
                 else:
                     key = keys[(source.relpath, segment.tensor)]
                     entry["segments"].append({"tensor": key})
-                    tensors.append(_json_size({key: self._tensor_floor(key, source, segment)}) - 2)  # "key":record
+                    record, which = self._tensor_floor(key, source, segment)
+                    tensors.append(_json_size({key: record}) - 2 + config_sizes[which])  # "key":record
             files.append(_json_size(entry))
         return size + sum(tensors) + sum(files) + max(0, len(tensors) - 1) + max(0, len(files) - 1)  # and the commas between them
 
-    def _tensor_floor(self, key: str, source: SourceFile, segment: Segment) -> dict[str, Any]:
-        """The least of a tensor's record that _tensor_jobs and the coding can write."""
-        record: dict[str, Any] = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape)}
+    def _tensor_floor(self, key: str, source: SourceFile, segment: Segment) -> tuple[dict[str, Any], str | None]:
+        """The least of a tensor's record that _tensor_jobs and the coding can write, its pipeline
+        left empty, and which of header_floor's lists goes there ("leaf", "shorter", or None: [])."""
+        record: dict[str, Any] = {"name": segment.tensor, "file": source.relpath, "dtype": segment.dtype, "shape": list(segment.shape),
+                                  "pipeline": []}
         dtype = DTYPES[segment.dtype]
         lossy_may_see = bool(dtype.storage) and selectable(segment, key, self.pipeline)  # the branches of _tensor_jobs
         if self.objects is not None and segment.size >= INLINE_BYTES:
             # an object: the zoo may hold it already, coded by another pipeline into another tree
-            record.update(pipeline=[], root={})
+            record["root"] = {}
             if not self.pipeline.array_stages:
                 record["key"] = "0" * 64  # its content key (ObjectSink.unit)
-        elif lossy_may_see and self.pipeline.array_stages:
+            return record, None
+        if lossy_may_see and self.pipeline.array_stages:
             # the lossy stages decide: whichever pipeline is the shorter, and a tree of which nothing is sure
-            record.update(pipeline=min(self.pipeline.configs(), self.leaf_pipeline.configs(), key=_json_size), root={})
-        elif dtype.bits % 8 and not lossy_may_see:  # values smaller than a byte, stored as their bytes
-            record.update(pipeline=self.leaf_pipeline.configs(), root={"leaf": self._leaf_floor("U8", [segment.size])})
+            record["root"] = {}
+            return record, "shorter"
+        if dtype.bits % 8 and not lossy_may_see:  # values smaller than a byte, stored as their bytes
+            record["root"] = {"leaf": self._leaf_floor("U8", [segment.size])}
         else:
-            record.update(pipeline=self.leaf_pipeline.configs(), root={"leaf": self._leaf_floor(segment.dtype, list(segment.shape))})
-        return record
+            record["root"] = {"leaf": self._leaf_floor(segment.dtype, list(segment.shape))}
+        return record, "leaf"
 
     def _blob_floor(self, segment: Segment) -> dict[str, Any]:
         """The least of a blob's record ({"pipeline", "leaf"}) that _jobs and the coding can write."""
