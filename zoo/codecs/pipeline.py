@@ -286,7 +286,7 @@ class Arrivals:
     tensors with their `plans` to make them). `model` yields the model's own tensors, which a size
     target counts against (l2's target_ratio), and `parts` what becomes of one of them, the parts
     stored without reaching the stage (those an earlier stage marks final) included. The earlier
-    stages' encode runs once more for it (lowrank's SVDs): what it makes is not kept."""
+    stages' encode runs once more for it (lowrank's decompositions): what it makes is not kept."""
 
     def __init__(self, pipeline: Pipeline, index: int, model: Callable[[], Iterator[tuple[str, TypedArray]]],
                  plans: tuple[Any, ...]) -> None:

@@ -16,6 +16,7 @@ is final: a later codebook stage must not quantize this one's codebooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,18 +28,31 @@ from zoo.optimize import refine as _refine
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 _F16_NORMAL = (6.2e-5, 6.5e4)
+BLOCK_ELEMENTS = 1 << 18  # in one block of rows of a temporary: 2 MiB of float64
 
 
-def as_matrix(array: TypedArray) -> np.ndarray:
-    """float32 (rows, cols) view of a tensor of two or more dimensions."""
-    values = to_float32(np.asarray(array.data), array.dtype)
-    return values.reshape(array.shape[0], -1)
+def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
+    """Consecutive row ranges of about BLOCK_ELEMENTS elements (at least one row each)."""
+    step = max(1, BLOCK_ELEMENTS // max(1, n_cols))
+    return [slice(first, first + step) for first in range(0, n_rows, step)]
 
 
-def _group_rows(normalized: np.ndarray, rows_per_group: int) -> np.ndarray:
+def _float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values of raw storage: F32 storage itself (callers only read it), else converted."""
+    return raw if raw.dtype == np.float32 else to_float32(raw, dtype)
+
+
+def _row_means(values: Callable[[slice], np.ndarray], n_rows: int, n_cols: int, power: int) -> np.ndarray:
+    """Mean of values**power along each row, in float64, block by block of rows."""
+    means = np.empty(n_rows, dtype=np.float64)
+    for rows in _row_blocks(n_rows, n_cols):
+        means[rows] = np.mean(values(rows).astype(np.float64) ** power, axis=1)
+    return means
+
+
+def _group_rows(kurtosis: np.ndarray, rows_per_group: int) -> np.ndarray:
     """Row -> group, grouping rows whose value distributions look alike (by kurtosis)."""
-    n_rows = normalized.shape[0]
-    kurtosis = np.mean(normalized.astype(np.float64) ** 4, axis=1)
+    n_rows = kurtosis.shape[0]
     order = np.argsort(kurtosis, kind="stable")
     groups = np.empty(n_rows, dtype=np.int64)
     groups[order] = np.arange(n_rows) // rows_per_group
@@ -71,26 +85,38 @@ class Codebook(LossyCodec):
         return calibration  # only looked up per tensor, by name
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        weights = self.check_finite(as_matrix(array), name)
-        n_rows, n_cols = weights.shape
+        # Blocks and groups of rows are read from the tensor as they are needed: a float32 copy of
+        # the whole tensor, its float64 powers and int64 indices held 7 times a float32 tensor.
+        data = np.asarray(array.data).reshape(array.shape[0], -1)
+        n_rows, n_cols = data.shape
         hessian = plan.hessian(name, n_cols) if plan is not None else None
 
-        scales = _row_scales(weights)
-        normalized = weights / np.where(scales > 0, scales, 1)[:, None]
-        groups = _group_rows(normalized, self.rows)
+        scales = _row_scales(lambda rows: self.check_finite(_float32(data[rows], array.dtype), name), n_rows, n_cols)
+        divisor = np.where(scales > 0, scales, 1)[:, None]
+
+        def normalized(rows: slice | np.ndarray) -> np.ndarray:
+            return _float32(data[rows], array.dtype) / divisor[rows]
+
+        groups = _group_rows(_row_means(normalized, n_rows, n_cols, 4), self.rows)
         n_groups = int(groups.max()) + 1
         column_weight = np.diag(hessian).astype(np.float64) if hessian is not None else np.ones(n_cols)
         codebooks = np.empty((n_groups, 1 << self.bits), dtype=np.float32)
-        for group in range(n_groups):
-            members = groups == group
+        # each group's rows in increasing order, as the mask groups == group picked them (a mask per
+        # group read every row once per group: 2,000 times the 128,000 rows of an embedding)
+        by_group = np.argsort(groups, kind="stable")
+        for group, members in enumerate(np.split(by_group, np.cumsum(np.bincount(groups, minlength=n_groups))[:-1])):
             element_weight = (scales[members, None].astype(np.float64) ** 2) * column_weight[None, :]
-            codebooks[group] = _refine.kmeans_1d(normalized[members].ravel(), element_weight.ravel(), 1 << self.bits, self.iterations)
+            codebooks[group] = _refine.kmeans_1d(normalized(members).ravel(), element_weight.ravel(), 1 << self.bits, self.iterations)
         codebooks = codebooks.astype(np.float16).astype(np.float32)  # as stored, so the fit sees what decode will
         if hessian is not None:
-            indices, codebooks = _refine.refine(weights, scales, groups, codebooks, hessian)
+            indices, codebooks = _refine.refine(_float32(data, array.dtype), scales, groups, codebooks, hessian)
+            indices = indices.astype(np.uint8)
         else:
-            indices = _refine.nearest(normalized, codebooks[groups])
-        return self._parts(indices.astype(np.uint8), codebooks, groups, scales)
+            row_codebooks = codebooks[groups]
+            indices = np.empty((n_rows, n_cols), dtype=np.uint8)  # refine.nearest gives int64: a block at a time
+            for rows in _row_blocks(n_rows, n_cols):
+                indices[rows] = _refine.nearest(normalized(rows), row_codebooks[rows])
+        return self._parts(indices, codebooks, groups, scales)
 
     def _parts(self, indices: np.ndarray, codebooks: np.ndarray, groups: np.ndarray, scales: np.ndarray) -> Transformed:
         n_rows = indices.shape[0]
@@ -149,9 +175,9 @@ class Codebook(LossyCodec):
         return TypedArray(out.reshape(shape), dtype)
 
 
-def _row_scales(weights: np.ndarray) -> np.ndarray:
+def _row_scales(values: Callable[[slice], np.ndarray], n_rows: int, n_cols: int) -> np.ndarray:
     """Per-row RMS, rounded as it will be stored (F16 where every scale fits)."""
-    scales = np.sqrt(np.mean(weights.astype(np.float64) ** 2, axis=1)).astype(np.float32)
+    scales = np.sqrt(_row_means(values, n_rows, n_cols, 2)).astype(np.float32)
     nonzero = scales[scales > 0]
     if nonzero.size == 0 or (nonzero.min() >= _F16_NORMAL[0] and nonzero.max() <= _F16_NORMAL[1]):
         return scales.astype(np.float16).astype(np.float32)
