@@ -476,6 +476,13 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
 
 
+def refuse_unstorable_names(files: list[SourceFile], source_label: str | None) -> None:
+    """What Store._publish (and add_put, for a batch into a bucket) refuses, refused once the folder
+    is scanned, before the coding: a path of the model's files (its links and folders are none of
+    its manifest's) or a source that is not UTF-8."""
+    refuse_names_not_utf8([*(file.relpath for file in stored_files(files)), source_label or ""])
+
+
 def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], name: str, revision: str, pipeline: Pipeline, *,
                 commit: str | None = None, source_label: str | None = None, threads: int | None = None, progress: Progress | None = None,
                 base: Entry | None = None, delta: bool = True, replacing: str | None = None, bases_among: set[str] | None = None,
@@ -493,14 +500,8 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
     shell = sink.root / "00" / "model.zoo"
     shell.parent.mkdir(parents=True)
-
-    def utf8_names(files: list[SourceFile]) -> None:
-        # what Store._publish (and add_put, for a batch into a bucket) refuses, refused once the folder
-        # is scanned, before the coding: a path of the model's files (its links and folders are none
-        # of its manifest's) or a source that is not UTF-8
-        refuse_names_not_utf8([*(file.relpath for file in stored_files(files)), source_label or ""])
-
-    compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink, check_sources=utf8_names, **options)
+    compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink,
+             check_sources=lambda files: refuse_unstorable_names(files, source_label), **options)
     if delta and not pipeline.array_stages:
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)

@@ -477,11 +477,14 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
     bases = sorted(entry.ref for entry in store.entries())
     home = store.location
     runs: list[list[tuple[int, int]]] = []
-    for source in sources:
+    for source, label in zip(sources, labels):
         # lossy objects are named by their coded bytes, which a later build could not find again
         splittable = ray is not None and not is_url(source) and not chosen.array_stages
         try:
-            runs.append(split(Builder.object_sizes(scan(source)), task_bytes) if splittable else [(0, 0)])
+            if splittable:
+                scanned = scan(source)
+                api.refuse_unstorable_names(scanned, label)  # before its part tasks code and put anything
+            runs.append(split(Builder.object_sizes(scanned), task_bytes) if splittable else [(0, 0)])
         except ZooError:  # its task meets the same error and reports it; the other models go on
             runs.append([(0, 0)])
     with store.workspace() as folder:

@@ -333,3 +333,18 @@ def test_a_bare_ray_flag_gets_the_default_address() -> None:
     assert bare_ray(["zoo", "compress", "--ray", "model-a", "-o", "out"])[3:5] == ["default", "model-a"]  # a source, not an address
     for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "local", "default"):
         assert bare_ray(["zoo", "compress", "a", "--ray", address]) == ["zoo", "compress", "a", "--ray", address]
+
+
+def test_a_split_model_with_a_name_that_is_not_utf8_is_refused_before_its_parts_are_coded(ray_cluster: str, bucket: str, tmp_path: Path,
+                                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model larger than a task is coded by part tasks first, which put their objects in the
+    bucket: the name the zoo cannot hold was refused only after them, and the objects stayed."""
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {f"w{i}": ("F32", random_storage("F32", (64, 256), i)) for i in range(4)})
+    (model / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"odd name\n")
+    results = batch.compress_many([str(model)], store=Store(f"{bucket}/zoo"), ray=ray_cluster, task_bytes=40 << 10)
+    assert not results[0].ok and "not UTF-8" in results[0].error, results[0].error
+    storage = open_storage(f"{bucket}/zoo")
+    assert list(storage.list("objects/")) == [] and list(storage.list("manifests/")) == []
