@@ -309,3 +309,46 @@ class BytesCodec(Codec):
 
 def element_count(shape: tuple[int, ...] | list[int]) -> int:
     return math.prod(shape)
+
+
+class Arrivals:
+    """What array stage `index` of `pipeline` (a zoo.codecs.pipeline.Pipeline) is offered, for its
+    survey (Pipeline.survey makes one per stage). Called, it yields (label, array) of each item the
+    stage's encode will be handed: a tensor the earlier stages left alone, under its name, or an
+    earlier stage's part, as ``tensor.part`` (the earlier stages encode the tensors with their
+    `plans` to make them). `model` yields the model's own tensors, which a size
+    target counts against (l2's target_ratio), and `parts` what becomes of one of them, the parts
+    stored without reaching the stage (those an earlier stage marks final) included. The earlier
+    stages' encode runs once more for it (lowrank's decompositions): what it makes is not kept."""
+
+    def __init__(self, pipeline: Any, index: int, model: Callable[[], Iterator[tuple[str, TypedArray]]],
+                 plans: tuple[Any, ...]) -> None:
+        self.pipeline, self.index, self.model, self.plans = pipeline, index, model, plans
+
+    @property
+    def earlier(self) -> tuple[ArrayCodec, ...]:
+        """The array stages before this one."""
+        return self.pipeline.array_stages[:self.index]
+
+    def __call__(self) -> Iterator[tuple[str, TypedArray]]:
+        for name, array in self.model():
+            yield from ((label, item) for label, item, arrives in self.parts(name, array) if arrives)
+
+    def parts(self, name: str, array: TypedArray) -> Iterator[tuple[str, TypedArray, bool]]:
+        """(label, array, whether it reaches the stage) of each item the earlier stages make of the
+        model's tensor `name`: the tensor itself where none selects it."""
+        return self._visit(name, array, 0)
+
+    def _visit(self, label: str, item: TypedArray, first_stage: int) -> Iterator[tuple[str, TypedArray, bool]]:
+        for index in range(first_stage, self.index):  # as Pipeline.transform visits it, up to this stage
+            stage = self.pipeline.array_stages[index]
+            if not stage.selects(label, item):
+                continue
+            result = stage.encode(item, label, self.plans[index])
+            for part_name, part in result.parts.items():
+                if part_name in result.final:
+                    yield f"{label}.{part_name}", part, False
+                else:
+                    yield from self._visit(f"{label}.{part_name}", part, index + 1)
+            return
+        yield label, item, True

@@ -27,7 +27,7 @@ import numpy as np
 from zoo.dtypes import DTYPES
 from zoo.errors import OutOfReach, PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
-from zoo.codecs.base import Measure, StageProgress, TypedArray
+from zoo.codecs.base import Arrivals, Measure, StageProgress, TypedArray
 from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, float32_values, quantize, quantize_stored,
                                        quantize_with_feedback, symbols_array)
 
@@ -152,12 +152,10 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     `progress` hears of the long phases (see zoo.api.COMPRESS_STAGES)."""
     values: dict[str, np.ndarray] = {}
     parameters, others, header = 0, 0, HEADER_BYTES_FIXED
-    # After an earlier lossy stage (zoo.codecs.pipeline.Arrivals), the target still counts against the
+    # After an earlier lossy stage (zoo.codecs.base.Arrivals), the target still counts against the
     # model's own tensors, but what is stored is what the earlier stages make of them: l2 codes the
     # parts that reach it, and counts the others at their stored size, not the tensors' (lowrank's
     # factors at half a matrix were counted as the whole matrix, and targets the pipeline reached refused).
-    from zoo.codecs.pipeline import Arrivals  # here: the pipeline imports the codecs, l2 among them, which import this module
-
     if isinstance(tensors, Arrivals):
         model, parts, earlier = tensors.model, tensors.parts, tensors.earlier
     else:  # a survey outside a pipeline: the tensors are what l2 codes
