@@ -110,7 +110,8 @@ def test_the_quality_an_archive_stores_names_it_not_its_temporary(tmp_path):
     assert quality["notes"] and all(note.startswith(f"{archive} has no config.json") for note in quality["notes"]), quality["notes"]
     failed = zoo_cli("compress", weights, "-o", tmp_path / "h.zoo", "-p", "codebook:bits=2", "--min-cosine", "0.999999", "--json")
     assert failed.returncode == 1 and ".zoo-tmp-" not in failed.stdout
-    assert json.loads(failed.stdout)["candidate"] == str(tmp_path / "h.zoo")
+    document = json.loads(failed.stdout)
+    assert document["output"] == str(tmp_path / "h.zoo") and document["kept"] is False and not (tmp_path / "h.zoo").exists()
 
 
 def test_a_summary_of_many_files_kept_as_bytes_stays_short_and_names_no_bits_per_weight_without_weights(tmp_path):

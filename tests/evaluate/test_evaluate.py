@@ -268,7 +268,7 @@ def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch,
     code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", tmp_path / "lm.zoo", "-p", "truncate:bits=1",
                              "--max-kl", "1e-9", "--json")
     document = json.loads(out)  # where a kept archive's document has its figures, and saying none was kept
-    assert code == 1 and document["kept"] is False and document["output"] is None and "--max-kl" in document["error"]
+    assert code == 1 and document["kept"] is False and document["output"] == str(tmp_path / "lm.zoo") and "--max-kl" in document["error"]
     assert document["metadata"]["quality"]["passed"] is False and document["metadata"]["quality"]["kl_mean"] > 1e-9
     assert list(tmp_path.iterdir()) == []
     code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=1", "--name", "never",

@@ -123,8 +123,9 @@ def compress(
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
     except QualityGateError as error:
-        if as_json:  # the figures where a kept archive's document has them (metadata.quality), as it stores them
-            print_json({"kept": False, "output": None, "zoo": None, "error": str(error), "metadata": {"quality": error.result.record()}})
+        if as_json:  # where it was going, and the figures where a kept archive's document has them (metadata.quality), as it stores them
+            print_json({"kept": False, "output": None if output is None else str(output), "zoo": None, "error": str(error),
+                        "metadata": {"quality": error.result.record()}})
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
@@ -207,7 +208,7 @@ def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipel
     with stage_bars({**api.COMPRESS_STAGES, SEARCH_STAGE: "candidates"}, not as_json) as stage_progress:
         result = compress_to_budget(source, output, parsed, calibration=calib, leaf=pipeline, threads=threads, force=force,
                                     progress=stage_progress, on_candidate=line)
-    print_report(result.report, as_json, str(output))
+    print_compressed(result.report, as_json, True, output)  # --json: the document any kept archive gets
 
 
 def decompress(
