@@ -108,8 +108,11 @@ class _Blocks:
 def _eigenvalues(gram: np.ndarray, name: str, vectors: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Eigenvalues of a Gram matrix, largest first, none below zero; with the eigenvectors (columns,
     in the same order) when `vectors`."""
-    with np.errstate(invalid="ignore"):  # a LAPACK failure comes back as NaN: reported below
-        values, basis = _eigh(gram) if vectors else (_eigvalsh(gram), None)
+    try:
+        with np.errstate(invalid="ignore"):  # a LAPACK failure comes back as NaN (numpy.linalg's own functions raise): reported below
+            values, basis = _eigh(gram) if vectors else (_eigvalsh(gram), None)
+    except np.linalg.LinAlgError:
+        values = np.full(1, np.nan)
     if not np.isfinite(values).all():
         raise InputError(f"lowrank: the singular values of tensor {name!r} did not converge; leave it out with exclude=...")
     return np.maximum(values[::-1], 0).astype(np.float32), (None if basis is None else basis[:, ::-1].astype(np.float32, copy=False))
