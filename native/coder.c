@@ -271,7 +271,7 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
  * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
  * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% with the
  * constants, and counting one word in four (`sampled`, sections of SAMPLE_FROM words or more)
- * took a further 5-7% off encoding (docs/kernels.md has the timings). `histograms` holds
+ * took a further 5-6% off encoding's time (docs/kernels.md has the timings). `histograms` holds
  * histogram_tables(symbol_bits) of them. */
 #define COUNT_AT_WIDTH(sampling)                                                                                                     \
     switch (symbol_bits) {                                                                                                           \
@@ -279,6 +279,7 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
     case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), sampling, seen); break;          \
     case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), sampling, seen); break;          \
     default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), sampling, seen); \
+        break;                                                                                                                       \
     }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
                                                               int symbol_bits, uint32_t *histograms, int sampled, uint8_t *seen) {
