@@ -183,3 +183,24 @@ def test_enough_sentences_give_no_warning_and_the_cli_shows_one_line(tiny_bert, 
     lines = [line for line in done.stderr.splitlines() if "sentences" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "40 sentences" in lines[0]
     assert "Traceback" not in done.stderr and "ZooWarning" not in done.stderr
+
+
+def test_a_part_that_is_its_tensors_weights_takes_its_statistics(tiny_llama):
+    """lowrank's `dense` part is the matrix itself, under the label NAME.dense: l2's error feedback
+    and its rate weights looked its statistics up by that label, found none, and rounded it plainly
+    with the median weight. A factor, which is no layer of the model, still takes the median."""
+    from zoo.codecs.lossy.deadzone import Plan
+    from zoo.optimize.rate import _activation_weights
+
+    statistics = collect(tiny_llama, tiny_llama / "calibration.txt")
+    name = "model.layers.0.mlp.up_proj.weight"
+    rng = np.random.default_rng(0)
+    values = {f"{name}.dense": rng.standard_normal((128, 64)).astype(np.float32),
+              "model.layers.0.mlp.down_proj.weight.left": rng.standard_normal((64, 8)).astype(np.float32)}
+    whole = {f"{name}.dense": name}
+    plan = Plan({}, statistics, aliases=whole)
+    assert np.array_equal(plan.hessian(f"{name}.dense", values[f"{name}.dense"]), statistics.hessian(name, 64))
+    assert Plan({}, statistics).hessian(f"{name}.dense", values[f"{name}.dense"]) is None
+    weights = _activation_weights(values, statistics, whole)
+    assert np.array_equal(weights[f"{name}.dense"][0], np.clip(np.diag(statistics.hessian(name, 64)), 0, None))
+    assert weights["model.layers.0.mlp.down_proj.weight.left"].size == 1  # the median, as one number

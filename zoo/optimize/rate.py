@@ -183,7 +183,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
         raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
                             "and a model folder (config.json) that transformers loads")
     if teacher is None:
-        sensitivities = _activation_weights(values, calibration)
+        sensitivities = _activation_weights(values, calibration, whole)
     else:
         sensitivities = _part_sensitivities(teacher, values, whole, progress)
     if not sensitivities:
@@ -200,7 +200,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             progress("surveying rates", len(curves), len(values))
     corrections = {n: 1.0 for n in curves}
     choice, slope = split_budget(curves, budget, corrections)
-    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration)
+    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration, aliases=whole)
     rounds = _Rounds(progress)
     corrections = {}
     for name, v in values.items():  # coded size over the entropy estimate, from the same symbols
@@ -295,21 +295,24 @@ def _size(count: float) -> str:
     return f"{count / 2**20:.2f} MiB" if count >= 2**20 else f"{count / 2**10:.2f} KiB"
 
 
-def _activation_weights(values: dict[str, np.ndarray], calibration: Any) -> dict[str, np.ndarray]:
+def _activation_weights(values: dict[str, np.ndarray], calibration: Any, whole: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Per-weight sensitivities from zoo.optimize.calibration statistics: a linear layer's output error is
     (W - W') H (W - W')^T with H the mean of x x^T over its inputs, whose diagonal weighs each
-    input column. A tensor with no statistics gets the median weight of those that have them."""
+    input column. A part that is its tensor's weights as they are (`whole`: lowrank's `dense`)
+    takes the tensor's; one with no statistics gets the median weight of those that have them,
+    as one number (a float64 array of its shape was twice a float32 tensor)."""
     if calibration is None or not hasattr(calibration, "hessian"):
         return {}
+    whole = whole or {}
     weights: dict[str, np.ndarray] = {}
     for name, v in values.items():
-        matrix = calibration.hessian(name, v.shape[-1]) if v.ndim == 2 else None
+        matrix = calibration.hessian(whole.get(name, name), v.shape[-1]) if v.ndim == 2 else None
         if matrix is not None:
             weights[name] = np.broadcast_to(np.clip(np.diag(matrix), 0, None)[None, :], v.shape)
     if not weights:
         return {}
-    median = float(np.median(np.concatenate([w[0] for w in weights.values()])))
-    return {name: weights.get(name, np.full(v.shape, median)) for name, v in values.items()}
+    median = np.full(1, float(np.median(np.concatenate([w[0] for w in weights.values()]))))
+    return {name: weights.get(name, median) for name in values}
 
 
 def mean_square(values: np.ndarray) -> float:
@@ -365,4 +368,4 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, ro
 
 
 def _scaled(plan: Plan, factor: float) -> Plan:
-    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics, slope=plan.slope)
+    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics, slope=plan.slope, aliases=plan.aliases)

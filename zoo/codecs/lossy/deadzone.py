@@ -140,14 +140,17 @@ def _narrowest(low: int, high: int) -> tuple[str, type]:
 class Plan:
     """What the survey hands each tensor: its (step, dead zone), the calibration statistics
     whose H, where a matrix has one, guides the rounding, and the symbols themselves where the
-    survey decided them (tuning). `slope` is the distortion per bit at which the budget was split."""
+    survey decided them (tuning). `slope` is the distortion per bit at which the budget was split.
+    `aliases` names, for an earlier stage's part that is its tensor's weights as they are
+    (lowrank's `dense`), the tensor whose statistics it takes."""
 
     steps: dict[str, tuple[float, float]]
     statistics: Any = None
     symbols: dict[str, np.ndarray] = field(default_factory=dict)
     slope: float = 0.0
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def hessian(self, name: str, values: np.ndarray) -> np.ndarray | None:
         if self.statistics is None or values.ndim != 2 or not hasattr(self.statistics, "hessian"):
             return None
-        return self.statistics.hessian(name, values.shape[1])
+        return self.statistics.hessian(self.aliases.get(name, name), values.shape[1])
