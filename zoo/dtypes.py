@@ -100,14 +100,16 @@ def _f8_table(exponent_bits: int) -> np.ndarray:
 _F8_VALUES = {"F8_E4M3": _f8_table(4), "F8_E5M2": _f8_table(5)}
 
 
-def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """The float32 values of a raw float storage array (exact for every float type but F64)."""
+def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
+    """The float32 values of a raw float storage array (exact for every float type but F64). With
+    copy=False, F32 storage comes back as it is, for callers that only read it (a copy is the tensor
+    again, on top of its mapped file)."""
     if dtype == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if dtype in _F8_VALUES:
         return _F8_VALUES[dtype][raw]
     if dtype in ("F16", "F32", "F64"):
-        return raw.astype(np.float32)
+        return raw.astype(np.float32, copy=copy)
     raise InputError(f"dtype {dtype} is not a float type")
 
 

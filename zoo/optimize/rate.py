@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from zoo.dtypes import DTYPES
+from zoo.dtypes import DTYPES, to_float32
 from zoo.errors import OutOfReach, PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Arrivals, Measure, StageProgress, TypedArray
-from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, float32_values, quantize, quantize_stored,
+from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, quantize, quantize_stored,
                                        quantize_with_feedback, symbols_array)
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
@@ -115,9 +115,9 @@ def _symbols(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feed
 
 def _stored(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> TypedArray:
     """_symbols as l2 stores them (the narrowest integer); plain rounding goes there block by block."""
-    if feedback and plan.hessian(name, values) is not None:
-        return symbols_array(_symbols(values, plan, name, scale, feedback))
-    return quantize_stored(values, plan.steps[name][0] * scale, plan.steps[name][1] * scale)
+    step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
+    hessian = plan.hessian(name, values) if feedback else None
+    return quantize_stored(values, step, dead_zone) if hessian is None else symbols_array(quantize_with_feedback(values, step, dead_zone, hessian))
 
 
 def _coded_bits(values: dict[str, np.ndarray], plan: Plan, measure: Measure, scale: float = 1.0, feedback: bool = False) -> dict[str, float]:
@@ -161,6 +161,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     else:  # a survey outside a pipeline: the tensors are what l2 codes
         model, parts, earlier = tensors, (lambda name, array: iter([(name, array, True)])), ()
     whole: dict[str, str] = {}  # a part that is its tensor's weights as they are (lowrank's `dense`): label -> the tensor
+    own_config, earlier_configs = _json_bytes(codec.get_config()), sum(_json_bytes(stage.get_config()) for stage in earlier)
     for name, array in model():
         if DTYPES[array.dtype].is_float:
             parameters += array.data.size
@@ -170,11 +171,11 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             if coded[-1][1]:
                 if label != name and tuple(item.shape) == tuple(array.shape):
                     whole[label] = name
-                values[label] = float32_values(item)
+                values[label] = to_float32(item.data, item.dtype, copy=False)  # only read
                 codec.check_finite(values[label], label)  # before a NaN's rate curve asks for an endless step
             else:
                 others += measure(item)
-        header += _entry_bytes(name, coded, codec, earlier)
+        header += _entry_bytes(name, coded, own_config, earlier_configs)
     if not values:
         return Plan({}, calibration)
     budget = _selected_budget(codec, values, parameters, others, header)
@@ -240,13 +241,14 @@ def _part_sensitivities(teacher: Any, values: dict[str, np.ndarray], whole: dict
     return sensitivities
 
 
-def _entry_bytes(name: str, coded: list[tuple[str, bool]], codec: Any, earlier: tuple[Any, ...]) -> int:
+def _entry_bytes(name: str, coded: list[tuple[str, bool]], own_config: int, earlier_configs: int) -> int:
     """About what the header holds for the model's tensor `name`, which the earlier stages made into
-    the items `coded` (label, whether l2 codes it): the tensor itself where none selected it."""
+    the items `coded` (label, whether l2 codes it): the tensor itself where none selected it.
+    `own_config` and `earlier_configs`: the header bytes of l2's config and of the earlier stages'."""
     entry = HEADER_BYTES_PER_TENSOR + SOURCE_HEADER_BYTES_PER_TENSOR + 3 * len(name.encode())
     if coded == [(name, False)]:  # no stage touches it: its entry lists the leaf stages alone, and holds a leaf
-        return entry - L2_NODE_BYTES - _json_bytes(codec.get_config())
-    entry += sum(_json_bytes(stage.get_config()) for stage in earlier)  # the whole pipeline, l2's config beside theirs
+        return entry - L2_NODE_BYTES - own_config
+    entry += earlier_configs  # the whole pipeline, l2's config beside theirs
     if coded == [(name, True)]:
         return entry
     # An earlier stage's node, and a node per item in place of l2's alone.
@@ -295,7 +297,7 @@ def _size(count: float) -> str:
     return f"{count / 2**20:.2f} MiB" if count >= 2**20 else f"{count / 2**10:.2f} KiB"
 
 
-def _activation_weights(values: dict[str, np.ndarray], calibration: Any, whole: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+def _activation_weights(values: dict[str, np.ndarray], calibration: Any, whole: dict[str, str]) -> dict[str, np.ndarray]:
     """Per-weight sensitivities from zoo.optimize.calibration statistics: a linear layer's output error is
     (W - W') H (W - W')^T with H the mean of x x^T over its inputs, whose diagonal weighs each
     input column. A part that is its tensor's weights as they are (`whole`: lowrank's `dense`)
@@ -303,7 +305,6 @@ def _activation_weights(values: dict[str, np.ndarray], calibration: Any, whole: 
     as one number (a float64 array of its shape was twice a float32 tensor)."""
     if calibration is None or not hasattr(calibration, "hessian"):
         return {}
-    whole = whole or {}
     weights: dict[str, np.ndarray] = {}
     for name, v in values.items():
         matrix = calibration.hessian(whole.get(name, name), v.shape[-1]) if v.ndim == 2 else None

@@ -37,11 +37,6 @@ def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
     return [slice(first, first + step) for first in range(0, n_rows, step)]
 
 
-def _float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values of raw storage: F32 storage itself (callers only read it), else converted."""
-    return raw if raw.dtype == np.float32 else to_float32(raw, dtype)
-
-
 def _row_means(values: Callable[[slice], np.ndarray], n_rows: int, n_cols: int, power: int) -> np.ndarray:
     """Mean of values**power along each row, in float64, block by block of rows."""
     means = np.empty(n_rows, dtype=np.float64)
@@ -91,11 +86,11 @@ class Codebook(LossyCodec):
         n_rows, n_cols = data.shape
         hessian = plan.hessian(name, n_cols) if plan is not None else None
 
-        scales = _row_scales(lambda rows: self.check_finite(_float32(data[rows], array.dtype), name), n_rows, n_cols)
+        scales = _row_scales(lambda rows: self.check_finite(to_float32(data[rows], array.dtype, copy=False), name), n_rows, n_cols)
         divisor = np.where(scales > 0, scales, 1)[:, None]
 
         def normalized(rows: slice | np.ndarray) -> np.ndarray:
-            return _float32(data[rows], array.dtype) / divisor[rows]
+            return to_float32(data[rows], array.dtype, copy=False) / divisor[rows]
 
         groups = _group_rows(_row_means(normalized, n_rows, n_cols, 4), self.rows)
         n_groups = int(groups.max()) + 1
@@ -109,7 +104,7 @@ class Codebook(LossyCodec):
             codebooks[group] = _refine.kmeans_1d(normalized(members).ravel(), element_weight.ravel(), 1 << self.bits, self.iterations)
         codebooks = codebooks.astype(np.float16).astype(np.float32)  # as stored, so the fit sees what decode will
         if hessian is not None:
-            indices, codebooks = _refine.refine(_float32(data, array.dtype), scales, groups, codebooks, hessian)
+            indices, codebooks = _refine.refine(to_float32(data, array.dtype, copy=False), scales, groups, codebooks, hessian)
             indices = indices.astype(np.uint8)
         else:
             row_codebooks = codebooks[groups]

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from zoo.codecs.base import TypedArray
-from zoo.dtypes import to_float32
 from zoo.errors import PipelineError
 from zoo.optimize import refine
 
@@ -23,14 +22,6 @@ LOWEST_BITS = 0.1
 # Weights per block where a whole tensor is quantized, dequantized or counted: the float64 and int64
 # temporaries of 2^18 weights are 2 MiB, where those of the whole tensor were up to twice its size each.
 BLOCK = 1 << 18
-
-
-def float32_values(array: TypedArray) -> np.ndarray:
-    """The float32 values of a float tensor; F32 storage as it is, not copied (l2 only reads it: a
-    copy was the size of the tensor again, on top of the mapped file)."""
-    if array.dtype == "F32" and array.data.dtype == np.float32:
-        return array.data
-    return to_float32(array.data, array.dtype)
 
 
 def blocks(size: int) -> Iterator[slice]:

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.dtypes import from_float32
+from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError, PipelineError
-from zoo.codecs.lossy.deadzone import (LOWEST_BITS, SYMBOL_DTYPES, Plan, blocks, dequantize, float32_values, quantize_stored,
+from zoo.codecs.lossy.deadzone import (LOWEST_BITS, SYMBOL_DTYPES, Plan, blocks, dequantize, quantize_stored,
                                        quantize_with_feedback, step_for_bits, symbols_array)
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
@@ -70,7 +70,7 @@ class L2(LossyCodec):
         return values
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        values = float32_values(array)
+        values = to_float32(array.data, array.dtype, copy=False)  # only read
         self.check_finite(values, name)
         if plan is not None and name in plan.steps:
             step, dead_zone = plan.steps[name]

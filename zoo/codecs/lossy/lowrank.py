@@ -70,7 +70,7 @@ class _Blocks:
     def read(self, span: slice) -> np.ndarray:
         """float32 (len(span), short): rows of the matrix, or its columns transposed."""
         raw = self.data[span] if self.tall else self.data[:, span].T
-        block = raw if raw.dtype == np.float32 else to_float32(raw, self.dtype)  # F32 storage is read in place
+        block = to_float32(raw, self.dtype, copy=False)  # F32 storage is read in place
         return np.ldexp(block, self.exponent, dtype=np.float32) if self.exponent else block
 
     def check(self, codec: LossyCodec, name: str) -> None:
@@ -141,9 +141,14 @@ def relative_errors(singular_values: np.ndarray) -> np.ndarray:
 
 
 def rank_within(errors: np.ndarray, bound: float) -> int:
-    """Smallest rank whose relative error is at most `bound`, and at least 1 for a matrix that is
-    not all zeros: rank 0 keeps nothing of it (a budget of ratio=0.5 made a 2 x 12288 matrix zeros)."""
-    return max(int(np.argmax(errors <= bound + 1e-12)), 1 if errors[0] > 0 else 0)
+    """Smallest rank whose relative error is at most `bound` (see at_least_one)."""
+    return at_least_one(int(np.argmax(errors <= bound + 1e-12)), errors)
+
+
+def at_least_one(rank: int, errors: np.ndarray) -> int:
+    """`rank`, but at least 1 for a matrix that is not all zeros (errors[0] > 0): rank 0 keeps
+    nothing of it (a budget of ratio=0.5 made a 2 x 12288 matrix zeros)."""
+    return max(rank, 1 if errors[0] > 0 else 0)
 
 
 def _stored_elements(rank: int, rows: int, cols: int) -> int:
@@ -213,7 +218,7 @@ class LowRank(LossyCodec):
         elif plan is not None:
             rank = rank_within(errors, float(plan))
         else:  # no survey (a single tensor): the budget applies to this tensor alone
-            rank = max(int(self.ratio * rows * cols // (rows + cols)), 1 if errors[0] > 0 else 0)
+            rank = at_least_one(int(self.ratio * rows * cols // (rows + cols)), errors)
         if _stored_elements(rank, rows, cols) == rows * cols:
             return Transformed({"dense": array}, {"rank": None})
         if basis is None:  # a layer the budget leaves whole never needs them
