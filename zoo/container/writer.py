@@ -202,12 +202,11 @@ def _json_size(value: Any) -> int:
 
 
 class Builder:
-    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, plans: list[Any] | None = None,
-                 deltas: Deltas | None = None, objects: ObjectSink | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, chunk_bytes: int, metadata: dict[str, Any] | None, objects: ObjectSink | None = None) -> None:
         self.pipeline = pipeline
         self.objects = objects  # each tensor and blob becomes an object there (zoo.container.objects)
-        self.plans = plans  # what pipeline.survey() returned, when it was run
-        self.deltas = deltas  # tensors stored against a base model (zoo.container.delta), when one is given
+        self.plans: list[Any] | None = None  # what pipeline.survey() returned, when it was run (compress sets it)
+        self.deltas: Deltas | None = None  # tensors stored against a base model (zoo.container.delta), when one is given
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
         self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
         if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:

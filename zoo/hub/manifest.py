@@ -161,25 +161,15 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def printable_name(text: str) -> str:
-    """A name as the user's shell would show its bytes: those that are not UTF-8 as \\xNN."""
-    return repr(os.fsencode(text))[2:-1] if not is_utf8(text) else text
-
-
-def name_not_utf8(record: dict[str, Any]) -> str | None:
-    """The first name of a manifest record (its files' paths, its source) that is not UTF-8, as
-    printable_name shows it; the index is SQLite text, UTF-8 only."""
-    return first_not_utf8(record_names(record))
-
-
 def record_names(record: dict[str, Any]) -> list[str]:
     """The names a manifest record holds as text in the index: its files' paths and its source."""
     return [*(item["path"] for item in record["files"]), record.get("source") or ""]
 
 
 def first_not_utf8(names: Iterable[str]) -> str | None:
-    """The first of `names` that is not UTF-8, as printable_name shows it."""
-    return next((printable_name(name) for name in names if not is_utf8(name)), None)
+    """The first of `names` that is not UTF-8 (the index is SQLite text, UTF-8 only), as the user's
+    shell would show its bytes: those that are not UTF-8 as \\xNN."""
+    return next((repr(os.fsencode(name))[2:-1] for name in names if not is_utf8(name)), None)
 
 
 def refuse_names_not_utf8(names: Iterable[str]) -> None:
@@ -211,7 +201,7 @@ def check_record(record: Any) -> dict[str, Any]:
     for key in ("source", "quality"):
         if record.get(key) is not None and not isinstance(record[key], str if key == "source" else dict):
             raise ValueError(f"{key!r} is not {'a str' if key == 'source' else 'an object'}")
-    odd = name_not_utf8(record)
+    odd = first_not_utf8(record_names(record))
     if odd is not None:
         raise ValueError(f"{odd} is not a UTF-8 name, which the zoo's index cannot hold")
     base = record.get("base")

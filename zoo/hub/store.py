@@ -596,8 +596,7 @@ class Store:
         metadata, files = describe_files(shell, objects_root=self.objects)
         record = record_of(metadata, files, name, revision, commit, source, time.time())
         _name_objects(record, shell, shell_name, objects, shell_name, "its worker did not put")
-        refuse_names_not_utf8(record_names(record))  # as _publish does: the index could not hold the manifest
-        self._publish_remote(record, {shell_name: shell}, force)
+        self._publish(record, {shell_name: shell}, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
     def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
