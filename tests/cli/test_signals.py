@@ -135,7 +135,6 @@ def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_th
     saved = {number: signal.getsignal(number) for number in stopping.STOPPING}
     run = zoo.cli._run
     monkeypatch.delitem(sys.modules, "typer", raising=False)
-    monkeypatch.delitem(sys.modules, "zoo.cli.app", raising=False)  # imported by earlier tests: it would not load typer again
     monkeypatch.setattr(zoo.cli, "_run", command)
     try:
         zoo.cli.main()
