@@ -146,6 +146,31 @@ def test_sections_of_every_alphabet_size(isa, alphabet, word_bytes, is_float):
         assert out.tobytes() == words.tobytes()
 
 
+@pytest.mark.parametrize("span", [1, 2, 127, 128, 129])
+@pytest.mark.parametrize("zero", [False, True], ids=["", "and zero"])
+@pytest.mark.parametrize("where", ["bottom", "middle", "top"])
+@pytest.mark.parametrize("word_bytes", [2, 4])
+def test_sections_whose_symbols_lie_in_a_window(isa, span, zero, where, word_bytes):
+    """AVX-512 encoding looks the entries of a section whose symbols lie within 128 consecutive
+    values (symbol 0 aside) up in registers, and gathers them otherwise: both sides of 128, with
+    and without the symbol 0 outside the window, at the bottom, middle and top of the symbols."""
+    rng = np.random.default_rng(span + 7 * zero + word_bytes)
+    first = {"bottom": int(not zero), "middle": 300, "top": 1024 - span}[where]
+    symbols = rng.integers(first, first + span, 9000).astype(np.uint64)
+    symbols[[0, 4444, 8999]] = first, first + span - 1, first  # both ends occur
+    if zero:
+        symbols[rng.integers(0, 9000, 50)] = 0
+    bits = 8 * word_bytes
+    keys = (symbols << (bits - 10)) | rng.integers(0, 1 << (bits - 10), 9000).astype(np.uint64)
+    keys = (keys >> 1) | ((keys & 1) << (bits - 1))  # a float's key is its word rotated left one bit
+    words = keys.astype(f"<u{word_bytes}").view(np.uint8)
+    coded = _native_calls.encode_section(words, word_bytes, True, 10)
+    assert coded == _fallback_coder.encode_section(words, word_bytes, True, 10)
+    for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+        out, _ = decode(coded, 0, 9000, word_bytes, True)
+        assert out.tobytes() == words.tobytes()
+
+
 @pytest.mark.parametrize("word_bytes, is_float, symbol_bits", [(1, False, 8), (2, False, 8), (4, False, 8), (2, True, 10), (2, True, 12),
                                                              (4, True, 12)])
 @pytest.mark.parametrize("count", [_fallback_coder.SAMPLE_FROM - 1, _fallback_coder.SAMPLE_FROM, 3 * _fallback_coder.SAMPLE_FROM + 13])
