@@ -13,12 +13,17 @@
 #define KIND_CODED 1
 #define ENCODE_SLICE 32768 /* words counted and packed together: a slice stays in L2 between the two */
 /* Sections of at least SAMPLE_FROM words take their frequencies from the symbols of every
- * SAMPLE_STRIDE-th word (those at positions divisible by it), and a symbol that only the others
- * hold counts 1: the alphabet is exact, the frequencies an estimate whose cost in size is noise
- * (0.003% on MiniLM), for a read-modify-write of a histogram entry per four words (the other three
- * a plain store each). zoo/kernels/fallback_coder.py does the same. */
+ * SAMPLE_STRIDE-th word (those at positions divisible by it), and each symbol that the others hold
+ * alone counts 1. Which those are is not asked word by word: the kernels' symbol_range gives the
+ * smallest nonzero symbol and the largest, and where at most GAP_LIMIT symbols between them went
+ * uncounted (and at most MAX_SYMBOLS lie there) each counts 1, whether it occurs or not. Only a
+ * sparser alphabet takes a second pass to find the symbols that occur. The frequencies are an
+ * estimate whose cost in size is small (MiniLM: BF16 +0.04%, F16 +0.01%, F32 +0.02%), for a
+ * read-modify-write of a histogram entry per four words and a vector pass over them all.
+ * zoo/kernels/fallback_coder.py does the same. */
 #define SAMPLE_FROM 65536
 #define SAMPLE_STRIDE 4
+#define GAP_LIMIT 32
 _Static_assert(ENCODE_SLICE % SAMPLE_STRIDE == 0, "a slice starts at a sampled position");
 #define DECODE_BATCH 4096 /* words decoded per batch (a multiple of the lanes): ranks stay in L1 between the two passes */
 
@@ -229,14 +234,29 @@ static void rans_encode(writer *w, const uint8_t *words, size_t count, int word_
 /* Adds the symbols (top `symbol_bits` of each rotated word) of `count` words to `tables`
  * interleaved histograms: a run of one symbol would otherwise wait on its own stores. A float's
  * symbol lies below its sign (rotated to bit 0) whenever bits remain, so it is a plain field.
- * `sampled`: only words at positions divisible by SAMPLE_STRIDE (`words` starts at one) are
- * counted; every other word marks its symbol in `seen`, a plain store with no read before it. */
+ * `sampled`: only words at positions divisible by SAMPLE_STRIDE (`words` starts at one) are counted. */
 static inline __attribute__((always_inline)) void count_symbols(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int sampled,
-                                                                uint8_t *seen) {
+                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int sampled) {
     int bits = 8 * word_bytes;
     size_t n_symbols = (size_t)1 << symbol_bits;
     size_t i = 0;
+    if (sampled) {
+        const size_t per_line = 64 / (size_t)word_bytes; /* words of a cache line, a multiple of SAMPLE_STRIDE */
+        for (; i + per_line <= count; i += per_line) {
+            __builtin_prefetch(words + i * (size_t)word_bytes + 2048); /* the first pass over the chunk: it comes from memory */
+            for (size_t k = 0; k < per_line; k += SAMPLE_STRIDE) {
+                uint32_t key = load_word(words + (i + k) * (size_t)word_bytes, word_bytes);
+                if (is_float) key = rotate_left1(key, bits);
+                histograms[((k / SAMPLE_STRIDE) % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
+            }
+        }
+        for (; i < count; i += SAMPLE_STRIDE) {
+            uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
+            if (is_float) key = rotate_left1(key, bits);
+            histograms[(key >> (bits - symbol_bits))]++;
+        }
+        return;
+    }
     if (!is_float || symbol_bits < bits) { /* from two 64-bit loads at a time */
         int field = is_float ? bits - symbol_bits - 1 : bits - symbol_bits;
         uint64_t symbol_mask = n_symbols - 1;
@@ -246,20 +266,16 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
             uint64_t first, second;
             memcpy(&first, words + i * (size_t)word_bytes, 8);
             memcpy(&second, words + (i + per_load) * (size_t)word_bytes, 8);
-            for (size_t k = 0; k < per_load; k++) { /* i is a multiple of 4: each branch below is decided at compile time */
-                size_t a = (first >> (bits * (int)k + field)) & symbol_mask, b = (second >> (bits * (int)k + field)) & symbol_mask;
-                if (!sampled || k % SAMPLE_STRIDE == 0) histograms[((2 * k) % tables) * n_symbols + a]++;
-                else seen[a] = 1;
-                if (!sampled || (per_load + k) % SAMPLE_STRIDE == 0) histograms[((2 * k + 1) % tables) * n_symbols + b]++;
-                else seen[b] = 1;
+            for (size_t k = 0; k < per_load; k++) {
+                histograms[((2 * k) % tables) * n_symbols + ((first >> (bits * (int)k + field)) & symbol_mask)]++;
+                histograms[((2 * k + 1) % tables) * n_symbols + ((second >> (bits * (int)k + field)) & symbol_mask)]++;
             }
         }
     }
     for (; i < count; i++) {
         uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
         if (is_float) key = rotate_left1(key, bits);
-        if (!sampled || i % SAMPLE_STRIDE == 0) histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
-        else seen[key >> (bits - symbol_bits)] = 1;
+        histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
     }
 }
 
@@ -270,19 +286,19 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
 /* count_symbols with the usual symbol widths as constants: its shifts and table offsets become
  * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
  * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% with the
- * constants, and counting one word in four (`sampled`, sections of SAMPLE_FROM words or more)
- * took a further 5-6% off encoding's time (docs/kernels.md has the timings). `histograms` holds
+ * constants; counting one word in four (`sampled`, sections of SAMPLE_FROM words or more) takes
+ * most of the rest off (docs/kernels.md has the timings). `histograms` holds
  * histogram_tables(symbol_bits) of them. */
 #define COUNT_AT_WIDTH(sampling)                                                                                                     \
     switch (symbol_bits) {                                                                                                           \
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), sampling, seen); break;             \
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), sampling, seen); break;          \
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), sampling, seen); break;          \
-    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), sampling, seen); \
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), sampling); break;             \
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), sampling); break;          \
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), sampling); break;          \
+    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), sampling); \
         break;                                                                                                                       \
     }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                              int symbol_bits, uint32_t *histograms, int sampled, uint8_t *seen) {
+                                                              int symbol_bits, uint32_t *histograms, int sampled) {
     if (sampled) {
         COUNT_AT_WIDTH(1)
     } else {
@@ -293,6 +309,36 @@ static inline __attribute__((always_inline)) void count_slice(const uint8_t *wor
 
 /* Inlined once per (word size, float) pair from zoo_encode_section, so loads and rotations are
  * constant-size instructions rather than calls. */
+/* A sampled section's uncounted symbols count 1 (see SAMPLE_FROM): with `range` from
+ * symbol_range, those between the smallest nonzero symbol and the largest where at most
+ * GAP_LIMIT of them are uncounted, else those that occur, found by a pass over the words. 0 where
+ * memory ran out. */
+static int count_uncounted(uint64_t *histogram, const uint32_t range[3], const uint8_t *words, size_t count, int word_bytes,
+                           int is_float, int symbol_bits) {
+    uint32_t first = range[1], last = range[2];
+    if (range[0] == 0 && !histogram[0]) histogram[0] = 1; /* the symbol 0 occurs */
+    if (first <= last && last - first < MAX_SYMBOLS) {
+        size_t gaps = 0;
+        for (uint32_t s = first; s <= last; s++) gaps += !histogram[s];
+        if (gaps <= GAP_LIMIT) {
+            for (uint32_t s = first; s <= last; s++)
+                if (!histogram[s]) histogram[s] = 1;
+            return 1;
+        }
+    }
+    uint8_t *seen = calloc((size_t)1 << symbol_bits, 1);
+    if (!seen) return 0;
+    int bits = 8 * word_bytes;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
+        seen[(is_float ? rotate_left1(key, bits) : key) >> (bits - symbol_bits)] = 1;
+    }
+    for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++)
+        if (seen[s] && !histogram[s]) histogram[s] = 1;
+    free(seen);
+    return 1;
+}
+
 static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *words, size_t count, const int word_bytes,
                                                                  const int is_float, int symbol_bits, uint8_t *out,
                                                                  size_t capacity, const zoo_kernels *kernels) {
@@ -304,17 +350,15 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     size_t tables = histogram_tables(symbol_bits);
     uint32_t *histograms = calloc(tables * n_symbols, sizeof(uint32_t));
     int sampled = count >= SAMPLE_FROM;
-    uint8_t *seen = sampled ? calloc(n_symbols, 1) : NULL; /* a short section counts every word: no fixed cost for it */
     uint64_t *histogram = calloc(n_symbols, sizeof(uint64_t));
     size_t n_blocks = (count + RANS_BLOCK - 1) >> RANS_BLOCK_LOG2;
     uint8_t *block_zeros = calloc(n_blocks, 1);
     /* room for the widest remainders merging symbols can leave (symbols keep at least 8 bits),
      * and 64 bytes for the kernels' vector stores past the end */
     uint8_t *packed = malloc((size_t)(((uint64_t)count * (uint64_t)(bits - 8) + 7) / 8) + 64);
-    if (!histogram || !histograms || (sampled && !seen) || !block_zeros || !packed) {
+    if (!histogram || !histograms || !block_zeros || !packed) {
         free(histogram);
         free(histograms);
-        free(seen);
         free(block_zeros);
         free(packed);
         return store_raw(words, count, word_bytes, out, capacity);
@@ -323,19 +367,23 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
      * symbols need not merge, which they rarely do). */
     int remainder_bits = bits - symbol_bits;
     uint64_t total_bits = 0;
+    uint32_t range[3] = {UINT32_MAX, UINT32_MAX, 0}; /* symbol_range's, of a sampled section */
     for (size_t first = 0; first < count; first += ENCODE_SLICE) {
         size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
         const uint8_t *slice = words + first * (size_t)word_bytes;
-        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled, seen);
+        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled);
+        if (sampled) kernels->symbol_range(slice, n, word_bytes, is_float, symbol_bits, range);
         total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
     for (size_t table = 0; table < tables; table++)
         for (size_t s = 0; s < n_symbols; s++) histogram[s] += histograms[table * n_symbols + s];
-    if (sampled)
-        for (size_t s = 0; s < n_symbols; s++)
-            if (seen[s] && !histogram[s]) histogram[s] = 1;
     free(histograms);
-    free(seen);
+    if (sampled && !count_uncounted(histogram, range, words, count, word_bytes, is_float, symbol_bits)) {
+        free(histogram);
+        free(block_zeros);
+        free(packed);
+        return store_raw(words, count, word_bytes, out, capacity);
+    }
     /* fewer top bits until at most MAX_SYMBOLS are used (8 always are) */
     int n_used;
     for (;;) {

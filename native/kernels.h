@@ -71,6 +71,10 @@ typedef struct {
                                 uint8_t *zeros, uint8_t *packed);
     /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
     uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
+    /* Of the symbols of `count` words (each word's top `symbol_bits` bits, floats rotated left one
+     * bit first; 8 <= symbol_bits <= 8 * word_bytes, symbol_bits <= 16): lowers range[0] to the
+     * smallest, range[1] to the smallest nonzero one, and raises range[2] to the largest. */
+    void (*symbol_range)(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]);
 } zoo_kernels;
 
 extern const zoo_kernels zoo_kernels_scalar;
@@ -95,6 +99,7 @@ void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_s
 uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
                                     uint8_t *zeros, uint8_t *packed);
 uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size);
+void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]);
 #if defined(__x86_64__) || defined(_M_X64)
 /* carry-less multiplication folding (crc32_pclmul.c, compiled with -mpclmul -msse4.1) */
 uint32_t zoo_crc32_pclmul(uint32_t crc, const uint8_t *data, size_t size);

@@ -688,6 +688,47 @@ static uint32_t crc32(uint32_t crc, const uint8_t *data, size_t size) {
     return zoo_crc32_pclmul(zoo_crc32_scalar(0xffffffffu, folded, 16), data, size);
 }
 
+/* -- symbol ranges ------------------------------------------------------------------------ */
+
+/* The symbols of 32 words as 16-bit lanes, in some order (only their extremes are wanted): a
+ * 2- or 4-byte float's symbol is the field below its sign (it has fewer bits than the word), a
+ * byte's the whole byte, rotated for FP8. */
+static inline __m512i word_symbols_32(const uint8_t *p, int word_bytes, int is_float, __m128i field, __m512i mask) {
+    if (word_bytes == 1) {
+        __m512i byte = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+        return is_float ? _mm512_and_si512(_mm512_or_si512(_mm512_slli_epi16(byte, 1), _mm512_srli_epi16(byte, 7)), mask) : byte;
+    }
+    if (word_bytes == 2) return _mm512_and_si512(_mm512_srl_epi16(_mm512_loadu_si512(p), field), mask);
+    __m512i low = _mm512_srl_epi32(_mm512_loadu_si512(p), field), high = _mm512_srl_epi32(_mm512_loadu_si512(p + 64), field);
+    return _mm512_packus_epi32(_mm512_and_si512(low, mask), _mm512_and_si512(high, mask));
+}
+
+static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
+    size_t i = 0;
+    if (symbol_bits <= 16) {
+        int shift = 8 * word_bytes - symbol_bits;
+        __m128i field = _mm_cvtsi32_si128(is_float && shift ? shift - 1 : shift);
+        __m512i mask = word_bytes == 4 ? _mm512_set1_epi32((1 << symbol_bits) - 1) : _mm512_set1_epi16((short)((1 << symbol_bits) - 1));
+        __m512i low = _mm512_set1_epi16(-1), low_nonzero = low, high = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
+        for (; i + 32 <= count; i += 32) {
+            __m512i symbol = word_symbols_32(words + i * (size_t)word_bytes, word_bytes, is_float, field, mask);
+            low = _mm512_min_epu16(low, symbol);
+            low_nonzero = _mm512_min_epu16(low_nonzero, _mm512_sub_epi16(symbol, one)); /* 0 wraps to the top */
+            high = _mm512_max_epu16(high, symbol);
+        }
+        uint16_t lanes[3][32];
+        _mm512_storeu_si512(lanes[0], low);
+        _mm512_storeu_si512(lanes[1], low_nonzero);
+        _mm512_storeu_si512(lanes[2], high);
+        for (int k = 0; k < 32 && i; k++) {
+            if (lanes[0][k] < range[0]) range[0] = lanes[0][k];
+            if (lanes[1][k] != 0xffff && lanes[1][k] + 1u < range[1]) range[1] = lanes[1][k] + 1u;
+            if (lanes[2][k] > range[2]) range[2] = lanes[2][k];
+        }
+    }
+    zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
+}
+
 /* The two AVX-512 tables differ only in how rANS decoding gathers its slots (gather_entries). */
 #define AVX512_KERNELS(decode_steps)        \
     {                                       \
@@ -700,6 +741,7 @@ static uint32_t crc32(uint32_t crc, const uint8_t *data, size_t size) {
         .rans_encode = rans_encode,         \
         .pack_remainders = pack_remainders, \
         .crc32 = crc32,                     \
+        .symbol_range = symbol_range,       \
     }
 
 const zoo_kernels zoo_kernels_avx512 = AVX512_KERNELS(rans_decode_steps);

@@ -222,6 +222,16 @@ void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_s
 
 /* Block by block: the shared trailing zeros, then the remainders packed through a 64-bit
  * accumulator flushed 32 bits at a time. */
+void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
+    int shift = 8 * word_bytes - symbol_bits;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t symbol = symbol_key(words + i * (size_t)word_bytes, word_bytes, is_float) >> shift;
+        if (symbol < range[0]) range[0] = symbol;
+        if (symbol && symbol < range[1]) range[1] = symbol;
+        if (symbol > range[2]) range[2] = symbol;
+    }
+}
+
 uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
                                     uint8_t *zeros, uint8_t *packed) {
     int low_bits = is_float && remainder_bits ? remainder_bits - 1 : remainder_bits;
@@ -295,5 +305,6 @@ const zoo_kernels zoo_kernels_scalar = {
     .dequantize_rows = zoo_dequantize_rows_scalar,
     .rans_encode = zoo_rans_encode_scalar,
     .pack_remainders = zoo_pack_remainders_scalar,
+    .symbol_range = zoo_symbol_range_scalar,
     .crc32 = zoo_crc32_scalar,
 };

@@ -197,6 +197,89 @@ def test_sampled_counting_keeps_symbols_only_unsampled_words_hold(isa, word_byte
         assert out.tobytes() == words.tobytes()
 
 
+def words_of(symbols, word_bytes, is_float, symbol_bits, seed=0):
+    """Words whose symbols (top `symbol_bits` of each key) are `symbols`, with random low bits."""
+    bits = 8 * word_bytes
+    rng = np.random.default_rng(seed)
+    keys = (symbols.astype(np.uint64) << (bits - symbol_bits)) | rng.integers(0, 1 << (bits - symbol_bits), len(symbols)).astype(np.uint64)
+    if is_float:  # a float's key is its word rotated left one bit
+        keys = (keys >> 1) | ((keys & 1) << (bits - 1))
+    return keys.astype(f"<u{word_bytes}").view(np.uint8)
+
+
+def coded_alphabet(coded):
+    """The symbols a coded section's header lists (docs/FORMAT.md: deltas and frequencies as varints)."""
+    assert coded[0] == 1
+    n_used, position, symbols = int.from_bytes(coded[2:4], "little"), 4, []
+    def varint():
+        nonlocal position
+        value = shift = 0
+        while True:
+            byte = coded[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+    for rank in range(n_used):
+        delta = varint()
+        symbols.append(delta if rank == 0 else symbols[-1] + 1 + delta)
+        varint()  # the frequency
+    return symbols
+
+
+SAMPLED_LAYOUTS = [(1, False, 8), (1, True, 8), (2, False, 8), (2, True, 10), (2, True, 12), (4, False, 8), (4, True, 10)]
+
+
+@pytest.mark.parametrize("word_bytes, is_float, symbol_bits", SAMPLED_LAYOUTS)
+@pytest.mark.parametrize("gaps", [0, 32, 33])
+@pytest.mark.parametrize("zero", ["none", "unsampled"])
+def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, is_float, symbol_bits, gaps, zero):
+    """A long section's symbols that no counted word holds count 1 without a pass to find them
+    when at most 32 of those between the smallest nonzero symbol and the largest went uncounted:
+    every symbol between counts, including those that occur nowhere. With 33, only those that
+    occur do. The symbol 0 counts where it occurs, and only there, even in uncounted words alone."""
+    count = 3 * _fallback_coder.SAMPLE_FROM + 29  # a tail after the vector loops
+    rng = np.random.default_rng(gaps + word_bytes + symbol_bits)
+    first, span = 60, 120
+    between = np.arange(first, first + span)
+    interior = rng.permutation(between[1:-1])
+    # occurring in uncounted words only: both ends of the range (which the vector loops must find),
+    # and some between; occurring nowhere: others between
+    uncounted_only = np.concatenate([between[[0, -1]], interior[: gaps // 2 - 2]]) if gaps else between[:0]
+    absent = interior[max(gaps // 2 - 2, 0): gaps - 2] if gaps else between[:0]
+    assert len(uncounted_only) + len(absent) == gaps
+    symbols = rng.choice(np.setdiff1d(between, np.concatenate([absent, uncounted_only])), count)
+    unsampled = np.flatnonzero(np.arange(count) % 4)[:-1000]  # not in the scalar tail
+    symbols[rng.choice(unsampled, len(uncounted_only), replace=False)] = uncounted_only
+    if zero == "unsampled":
+        symbols[unsampled[len(unsampled) // 2]] = 0
+    words = words_of(symbols, word_bytes, is_float, symbol_bits, seed=gaps)
+    coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
+    assert coded == _fallback_coder.encode_section(words, word_bytes, is_float, symbol_bits)
+    occurring = set(np.unique(symbols).tolist())
+    expected = occurring | set(range(first, first + span)) if gaps <= 32 else occurring
+    assert coded_alphabet(coded) == sorted(expected)
+    for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
+        out, _ = decode(coded, 0, count, word_bytes, is_float)
+        assert out.tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize("span", [256, 257])
+def test_sampled_counting_fills_no_range_wider_than_the_alphabet(isa, span):
+    """Filling the gaps of a range wider than 256 symbols would make the coder merge symbols:
+    such a section finds the symbols that occur instead."""
+    count = _fallback_coder.SAMPLE_FROM + 4
+    occurring = np.setdiff1d(np.arange(1, span + 1), [100, 200])  # two gaps, and the largest only uncounted
+    symbols = np.ones(count, np.int64)
+    symbols[::4] = np.resize(occurring[:-1], len(symbols[::4]))  # the counted words
+    symbols[1] = span
+    words = words_of(symbols, 2, True, 12)
+    coded = _native_calls.encode_section(words, 2, True, 12)
+    assert coded == _fallback_coder.encode_section(words, 2, True, 12)
+    assert coded_alphabet(coded) == (list(range(1, span + 1)) if span <= 256 else occurring.tolist())
+
+
 @pytest.mark.parametrize("trial", range(12))
 def test_frequency_rounding_matches_numpy(isa, trial):
     """Rare symbols rounded up to one slot (which the largest then give back), equal remainders

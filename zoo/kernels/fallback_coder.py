@@ -16,6 +16,7 @@ KIND_RAW, KIND_CODED = 0, 1
 BLOCK = 128  # words sharing one count of dropped trailing zero bits
 MAX_SYMBOLS = 256
 SAMPLE_FROM, SAMPLE_STRIDE = 65536, 4  # sections this long count every fourth word's symbol (native/coder.c)
+GAP_LIMIT = 32  # uncounted symbols within a long section's range that count 1 unasked (_sampled_histogram)
 MAX_SYMBOL_BITS = 12
 PROB_BITS = 12
 TOTAL = 1 << PROB_BITS
@@ -137,6 +138,21 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
     return bytes(prefix) + _encode_section(words, word_bytes, is_float, symbol_bits)
 
 
+def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:
+    """As native/coder.c counts a long section: every fourth word's symbol, and count 1 for each
+    symbol the others alone hold. Where at most GAP_LIMIT of the symbols between the smallest
+    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS lie there), each of those
+    gets count 1 without asking whether it occurs; else (a sparse alphabet) only those that occur."""
+    sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
+    nonzero = np.flatnonzero(present[1:]) + 1
+    if len(nonzero):
+        first, last = int(nonzero[0]), int(nonzero[-1])
+        if last - first + 1 <= MAX_SYMBOLS and np.count_nonzero(sampled[first:last + 1] == 0) <= GAP_LIMIT:
+            present = present.copy()
+            present[first:last + 1] = True
+    return np.where(present, np.maximum(sampled, 1), 0)
+
+
 def _encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int) -> bytes:
     _check(word_bytes)
     words = np.frombuffer(words, dtype=np.uint8) if not isinstance(words, np.ndarray) else words.reshape(-1).view(np.uint8)
@@ -149,9 +165,8 @@ def _encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_
     keys = _keys(words, word_bytes, is_float)
     symbols = keys >> (bits - symbol_bits)
     histogram = np.bincount(symbols, minlength=1 << symbol_bits)
-    if count >= SAMPLE_FROM:  # as native/coder.c: every fourth word counted, a symbol only the others hold counts 1
-        sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
-        histogram = np.where(histogram > 0, np.maximum(sampled, 1), 0)
+    if count >= SAMPLE_FROM:
+        histogram = _sampled_histogram(symbols, histogram > 0, symbol_bits)
     while np.count_nonzero(histogram) > MAX_SYMBOLS:
         histogram = histogram[0::2] + histogram[1::2]
         symbol_bits -= 1
