@@ -15,7 +15,7 @@ def bench(
     source: Annotated[Path, typer.Argument(help="A model folder or a .safetensors/.bin/.pt file.", show_default=False)],
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads for every coder.")] = 2,
     dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="BF16, F16 or F32 (repeat for several; default all).")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Runs per figure; the best is kept.")] = 3,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per figure, after one untimed; the best is kept.")] = 3,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="zoo's pipeline SPEC to measure.")] = "lossless",
     as_json: Json = False,
 ) -> None:
