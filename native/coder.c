@@ -16,14 +16,17 @@
  * SAMPLE_STRIDE-th word (those at positions divisible by it), and each symbol that the others hold
  * alone counts 1. Which those are is not asked word by word: the kernels' symbol_range gives the
  * smallest nonzero symbol and the largest, and where at most GAP_LIMIT symbols between them went
- * uncounted (and at most MAX_SYMBOLS lie there) each counts 1, whether it occurs or not. Only a
- * sparser alphabet takes a second pass to find the symbols that occur. The frequencies are an
- * estimate whose cost in size is small (MiniLM: BF16 +0.04%, F16 +0.01%, F32 +0.02%), for a
- * read-modify-write of a histogram entry per four words and a vector pass over them all.
- * zoo/kernels/fallback_coder.py does the same. */
+ * uncounted (and at most MAX_SYMBOLS lie there) each counts 1, whether it occurs or not. Each
+ * that does not occur costs its slot, 1/4096 of the probabilities: at most GAP_LIMIT * 1.44 / 4096
+ * = 0.011 bits a word, so only where the symbols carry 3 bits a word or more (no symbol holds
+ * more than 1/SPREAD of the counted words). Sparser or narrower alphabets take a second pass to
+ * find the symbols that occur. The frequencies are an estimate whose cost in size is small
+ * (MiniLM: BF16 +0.04%, F16 +0.01%, F32 +0.02%), for a read-modify-write of a histogram entry per
+ * four words and a vector pass over them all. zoo/kernels/fallback_coder.py does the same. */
 #define SAMPLE_FROM 65536
 #define SAMPLE_STRIDE 4
 #define GAP_LIMIT 32
+#define SPREAD 8
 _Static_assert(ENCODE_SLICE % SAMPLE_STRIDE == 0, "a slice starts at a sampled position");
 #define DECODE_BATCH 4096 /* words decoded per batch (a multiple of the lanes): ranks stay in L1 between the two passes */
 
@@ -311,13 +314,18 @@ static inline __attribute__((always_inline)) void count_slice(const uint8_t *wor
  * constant-size instructions rather than calls. */
 /* A sampled section's uncounted symbols count 1 (see SAMPLE_FROM): with `range` from
  * symbol_range, those between the smallest nonzero symbol and the largest where at most
- * GAP_LIMIT of them are uncounted, else those that occur, found by a pass over the words. 0 where
- * memory ran out. */
+ * GAP_LIMIT of them are uncounted and no symbol holds more than 1/SPREAD of the counted words,
+ * else those that occur, found by a pass over the words. 0 where memory ran out. */
 static int count_uncounted(uint64_t *histogram, const uint32_t range[3], const uint8_t *words, size_t count, int word_bytes,
                            int is_float, int symbol_bits) {
     uint32_t first = range[1], last = range[2];
+    uint64_t total = 0, most = 0;
+    for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++) {
+        total += histogram[s];
+        if (histogram[s] > most) most = histogram[s];
+    }
     if (range[0] == 0 && !histogram[0]) histogram[0] = 1; /* the symbol 0 occurs */
-    if (first <= last && last - first < MAX_SYMBOLS) {
+    if (first <= last && last - first < MAX_SYMBOLS && most * SPREAD <= total) {
         size_t gaps = 0;
         for (uint32_t s = first; s <= last; s++) gaps += !histogram[s];
         if (gaps <= GAP_LIMIT) {

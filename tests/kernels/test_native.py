@@ -234,11 +234,14 @@ SAMPLED_LAYOUTS = [(1, False, 8), (1, True, 8), (2, False, 8), (2, True, 10), (2
 @pytest.mark.parametrize("word_bytes, is_float, symbol_bits", SAMPLED_LAYOUTS)
 @pytest.mark.parametrize("gaps", [0, 32, 33])
 @pytest.mark.parametrize("zero", ["none", "unsampled"])
-def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, is_float, symbol_bits, gaps, zero):
+@pytest.mark.parametrize("skewed", [False, True], ids=["spread", "skewed"])
+def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, is_float, symbol_bits, gaps, zero, skewed):
     """A long section's symbols that no counted word holds count 1 without a pass to find them
     when at most 32 of those between the smallest nonzero symbol and the largest went uncounted:
     every symbol between counts, including those that occur nowhere. With 33, only those that
-    occur do. The symbol 0 counts where it occurs, and only there, even in uncounted words alone."""
+    occur do, and so where one symbol holds more than an eighth of the counted words (each slot
+    would cost that section more). The symbol 0 counts where it occurs, and only there, even in
+    uncounted words alone."""
     count = 3 * _fallback_coder.SAMPLE_FROM + 29  # a tail after the vector loops
     rng = np.random.default_rng(gaps + word_bytes + symbol_bits)
     first, span = 60, 120
@@ -250,6 +253,8 @@ def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, i
     absent = interior[max(gaps // 2 - 2, 0): gaps - 2] if gaps else between[:0]
     assert len(uncounted_only) + len(absent) == gaps
     symbols = rng.choice(np.setdiff1d(between, np.concatenate([absent, uncounted_only])), count)
+    if skewed:
+        symbols[::7] = symbols[0]  # a seventh of the counted words hold one symbol
     unsampled = np.flatnonzero(np.arange(count) % 4)[:-1000]  # not in the scalar tail
     symbols[rng.choice(unsampled, len(uncounted_only), replace=False)] = uncounted_only
     if zero == "unsampled":
@@ -258,7 +263,7 @@ def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, i
     coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
     assert coded == _fallback_coder.encode_section(words, word_bytes, is_float, symbol_bits)
     occurring = set(np.unique(symbols).tolist())
-    expected = occurring | set(range(first, first + span)) if gaps <= 32 else occurring
+    expected = occurring | set(range(first, first + span)) if gaps <= 32 and not skewed else occurring
     assert coded_alphabet(coded) == sorted(expected)
     for decode in (_native_calls.decode_section, _fallback_coder.decode_section):
         out, _ = decode(coded, 0, count, word_bytes, is_float)

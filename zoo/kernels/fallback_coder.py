@@ -16,7 +16,7 @@ KIND_RAW, KIND_CODED = 0, 1
 BLOCK = 128  # words sharing one count of dropped trailing zero bits
 MAX_SYMBOLS = 256
 SAMPLE_FROM, SAMPLE_STRIDE = 65536, 4  # sections this long count every fourth word's symbol (native/coder.c)
-GAP_LIMIT = 32  # uncounted symbols within a long section's range that count 1 unasked (_sampled_histogram)
+GAP_LIMIT, SPREAD = 32, 8  # a long section's uncounted symbols that count 1 unasked, and how spread its symbols must be (_sampled_histogram)
 MAX_SYMBOL_BITS = 12
 PROB_BITS = 12
 TOTAL = 1 << PROB_BITS
@@ -141,11 +141,12 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:
     """As native/coder.c counts a long section: every fourth word's symbol, and count 1 for each
     symbol the others alone hold. Where at most GAP_LIMIT of the symbols between the smallest
-    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS lie there), each of those
-    gets count 1 without asking whether it occurs; else (a sparse alphabet) only those that occur."""
+    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS lie there), and no symbol
+    holds more than 1/SPREAD of the counted words, each of those gets count 1 without asking
+    whether it occurs; else only those that occur."""
     sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
     nonzero = np.flatnonzero(present[1:]) + 1
-    if len(nonzero):
+    if len(nonzero) and int(sampled.max()) * SPREAD <= int(sampled.sum()):
         first, last = int(nonzero[0]), int(nonzero[-1])
         if last - first + 1 <= MAX_SYMBOLS and np.count_nonzero(sampled[first:last + 1] == 0) <= GAP_LIMIT:
             present = present.copy()
