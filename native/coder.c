@@ -234,16 +234,20 @@ static void rans_encode(writer *w, const uint8_t *words, size_t count, int word_
     free(stack);
 }
 
+enum { COUNT_ALL, COUNT_SAMPLED, MARK_PRESENT };
+
 /* Adds the symbols (top `symbol_bits` of each rotated word) of `count` words to `tables`
  * interleaved histograms: a run of one symbol would otherwise wait on its own stores. A float's
  * symbol lies below its sign (rotated to bit 0) whenever bits remain, so it is a plain field.
- * `sampled`: only words at positions divisible by SAMPLE_STRIDE (`words` starts at one) are counted. */
+ * COUNT_SAMPLED: only words at positions divisible by SAMPLE_STRIDE (`words` starts at one) are
+ * counted; MARK_PRESENT: each word's symbol is marked in `seen` (histograms[0] as bytes), none counted. */
 static inline __attribute__((always_inline)) void count_symbols(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int sampled) {
+                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int mode) {
     int bits = 8 * word_bytes;
     size_t n_symbols = (size_t)1 << symbol_bits;
+    uint8_t *seen = (uint8_t *)histograms;
     size_t i = 0;
-    if (sampled) {
+    if (mode == COUNT_SAMPLED) {
         const size_t per_line = 64 / (size_t)word_bytes; /* words of a cache line, a multiple of SAMPLE_STRIDE */
         for (; i + per_line <= count; i += per_line) {
             __builtin_prefetch(words + i * (size_t)word_bytes + 2048); /* the first pass over the chunk: it comes from memory */
@@ -270,15 +274,21 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
             memcpy(&first, words + i * (size_t)word_bytes, 8);
             memcpy(&second, words + (i + per_load) * (size_t)word_bytes, 8);
             for (size_t k = 0; k < per_load; k++) {
-                histograms[((2 * k) % tables) * n_symbols + ((first >> (bits * (int)k + field)) & symbol_mask)]++;
-                histograms[((2 * k + 1) % tables) * n_symbols + ((second >> (bits * (int)k + field)) & symbol_mask)]++;
+                size_t a = (first >> (bits * (int)k + field)) & symbol_mask, b = (second >> (bits * (int)k + field)) & symbol_mask;
+                if (mode == MARK_PRESENT) {
+                    seen[a] = seen[b] = 1;
+                } else {
+                    histograms[((2 * k) % tables) * n_symbols + a]++;
+                    histograms[((2 * k + 1) % tables) * n_symbols + b]++;
+                }
             }
         }
     }
     for (; i < count; i++) {
         uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
         if (is_float) key = rotate_left1(key, bits);
-        histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
+        if (mode == MARK_PRESENT) seen[key >> (bits - symbol_bits)] = 1;
+        else histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
     }
 }
 
@@ -289,23 +299,23 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
 /* count_symbols with the usual symbol widths as constants: its shifts and table offsets become
  * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
  * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% with the
- * constants; counting one word in four (`sampled`, sections of SAMPLE_FROM words or more) takes
- * most of the rest off (docs/kernels.md has the timings). `histograms` holds
- * histogram_tables(symbol_bits) of them. */
-#define COUNT_AT_WIDTH(sampling)                                                                                                     \
-    switch (symbol_bits) {                                                                                                           \
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), sampling); break;             \
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), sampling); break;          \
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), sampling); break;          \
-    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), sampling); \
-        break;                                                                                                                       \
+ * constants; counting one word in four (COUNT_SAMPLED, sections of SAMPLE_FROM words or more)
+ * takes most of the rest off (docs/kernels.md has the timings). `histograms` holds
+ * histogram_tables(symbol_bits) of them (MARK_PRESENT: a byte per symbol). */
+#define COUNT_AT_WIDTH(mode)                                                                                                     \
+    switch (symbol_bits) {                                                                                                       \
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), mode); break;                  \
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), mode); break;               \
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), mode); break;               \
+    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), mode); \
+        break;                                                                                                                   \
     }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                              int symbol_bits, uint32_t *histograms, int sampled) {
-    if (sampled) {
-        COUNT_AT_WIDTH(1)
-    } else {
-        COUNT_AT_WIDTH(0)
+                                                              int symbol_bits, uint32_t *histograms, int mode) {
+    switch (mode) {
+    case COUNT_SAMPLED: COUNT_AT_WIDTH(COUNT_SAMPLED) break;
+    case MARK_PRESENT: COUNT_AT_WIDTH(MARK_PRESENT) break;
+    default: COUNT_AT_WIDTH(COUNT_ALL)
     }
 }
 #undef COUNT_AT_WIDTH
@@ -336,11 +346,7 @@ static int count_uncounted(uint64_t *histogram, const uint32_t range[3], const u
     }
     uint8_t *seen = calloc((size_t)1 << symbol_bits, 1);
     if (!seen) return 0;
-    int bits = 8 * word_bytes;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
-        seen[(is_float ? rotate_left1(key, bits) : key) >> (bits - symbol_bits)] = 1;
-    }
+    count_slice(words, count, word_bytes, is_float, symbol_bits, (uint32_t *)seen, MARK_PRESENT);
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++)
         if (seen[s] && !histogram[s]) histogram[s] = 1;
     free(seen);
@@ -379,7 +385,7 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
     for (size_t first = 0; first < count; first += ENCODE_SLICE) {
         size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
         const uint8_t *slice = words + first * (size_t)word_bytes;
-        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled);
+        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled ? COUNT_SAMPLED : COUNT_ALL);
         if (sampled) kernels->symbol_range(slice, n, word_bytes, is_float, symbol_bits, range);
         total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
