@@ -119,6 +119,18 @@ def test_serve_stops_on_a_signal(tmp_path, number, status, message):
     assert (process.returncode, stderr) == (status, message + "\n")
 
 
+def test_the_command_module_loads_nothing_heavy_before_its_handlers():
+    """The test below runs in a process where an earlier test may have loaded typer, rich or numpy
+    through zoo.cli already; a fresh interpreter shows what importing zoo.cli and installing the
+    handlers (what main does before the command) load."""
+    code = ("import sys, zoo.cli\n"
+            "from zoo.cli.stopping import stop_on_signals\n"
+            "stop_on_signals()\n"
+            "print(sorted(m for m in ('typer', 'click', 'rich', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
 def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_the_command_ends(monkeypatch):
     """A signal in the first tenth of a second (typer, rich and numpy loading) got Python's
     defaults: a traceback of an import, or an end with no word. And one landing after the result
