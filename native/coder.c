@@ -16,7 +16,7 @@
  * SAMPLE_STRIDE-th word (those at positions divisible by it), and each symbol that the others hold
  * alone counts 1. Which those are is not asked word by word: the kernels' symbol_range gives the
  * smallest nonzero symbol and the largest, and where at most GAP_LIMIT symbols between them went
- * uncounted (and at most MAX_SYMBOLS lie there) each counts 1, whether it occurs or not. Each
+ * uncounted (and at most MAX_SYMBOLS result, symbol 0 with them) each counts 1, whether it occurs or not. Each
  * that does not occur costs its slot, 1/4096 of the probabilities: at most GAP_LIMIT * 1.44 / 4096
  * = 0.011 bits a word, so only where the symbols carry 3 bits a word or more (no symbol holds
  * more than 1/SPREAD of the counted words). Sparser or narrower alphabets take a second pass to
@@ -320,29 +320,29 @@ static inline __attribute__((always_inline)) void count_slice(const uint8_t *wor
 }
 #undef COUNT_AT_WIDTH
 
-/* Inlined once per (word size, float) pair from zoo_encode_section, so loads and rotations are
- * constant-size instructions rather than calls. */
 /* A sampled section's uncounted symbols count 1 (see SAMPLE_FROM): with `range` from
  * symbol_range, those between the smallest nonzero symbol and the largest where at most
- * GAP_LIMIT of them are uncounted and no symbol holds more than 1/SPREAD of the counted words,
- * else those that occur, found by a pass over the words. 0 where memory ran out. */
-static int count_uncounted(uint64_t *histogram, const uint32_t range[3], const uint8_t *words, size_t count, int word_bytes,
-                           int is_float, int symbol_bits) {
+ * GAP_LIMIT of them are uncounted, no symbol holds more than 1/SPREAD of the counted words and
+ * at most MAX_SYMBOLS result, else those that occur, found by a pass over the words (which a
+ * range with no gaps needs not: it holds exactly the symbols that occur). Inlined into each
+ * encode_words, so that the pass has the word's layout as constants. 0 where memory ran out. */
+static inline __attribute__((always_inline)) int count_uncounted(uint64_t *histogram, const uint32_t range[3], const uint8_t *words,
+                                                                 size_t count, const int word_bytes, const int is_float, int symbol_bits) {
     uint32_t first = range[1], last = range[2];
+    int zero = range[0] == 0; /* the symbol 0 occurs */
     uint64_t total = 0, most = 0;
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++) {
         total += histogram[s];
         if (histogram[s] > most) most = histogram[s];
     }
-    if (range[0] == 0 && !histogram[0]) histogram[0] = 1; /* the symbol 0 occurs */
-    if (first <= last && last - first < MAX_SYMBOLS && most * SPREAD <= total) {
-        size_t gaps = 0;
-        for (uint32_t s = first; s <= last; s++) gaps += !histogram[s];
-        if (gaps <= GAP_LIMIT) {
-            for (uint32_t s = first; s <= last; s++)
-                if (!histogram[s]) histogram[s] = 1;
-            return 1;
-        }
+    if (zero && !histogram[0]) histogram[0] = 1;
+    size_t gaps = 0;
+    for (uint32_t s = first; s <= last; s++) gaps += !histogram[s]; /* none where no symbol but 0 occurs (first > last) */
+    if (gaps == 0) return 1;
+    if (gaps <= GAP_LIMIT && last - first + 1 + (size_t)zero <= MAX_SYMBOLS && most * SPREAD <= total) {
+        for (uint32_t s = first; s <= last; s++)
+            if (!histogram[s]) histogram[s] = 1;
+        return 1;
     }
     uint8_t *seen = calloc((size_t)1 << symbol_bits, 1);
     if (!seen) return 0;
@@ -353,6 +353,8 @@ static int count_uncounted(uint64_t *histogram, const uint32_t range[3], const u
     return 1;
 }
 
+/* Inlined once per (word size, float) pair from zoo_encode_section, so loads and rotations are
+ * constant-size instructions rather than calls. */
 static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *words, size_t count, const int word_bytes,
                                                                  const int is_float, int symbol_bits, uint8_t *out,
                                                                  size_t capacity, const zoo_kernels *kernels) {

@@ -72,8 +72,8 @@ typedef struct {
     /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
     uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
     /* Of the symbols of `count` words (each word's top `symbol_bits` bits, floats rotated left one
-     * bit first; 8 <= symbol_bits <= 8 * word_bytes, symbol_bits <= 16): lowers range[0] to the
-     * smallest, range[1] to the smallest nonzero one, and raises range[2] to the largest. */
+     * bit first; symbol_bits is 8 for 1-byte words, 8 to 12 for wider ones, as the coder's): lowers
+     * range[0] to the smallest, range[1] to the smallest nonzero one, raises range[2] to the largest. */
     void (*symbol_range)(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]);
 } zoo_kernels;
 

@@ -220,8 +220,6 @@ void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_s
     *top = stack;
 }
 
-/* Block by block: the shared trailing zeros, then the remainders packed through a 64-bit
- * accumulator flushed 32 bits at a time. */
 void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
     int shift = 8 * word_bytes - symbol_bits;
     for (size_t i = 0; i < count; i++) {
@@ -232,6 +230,8 @@ void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes,
     }
 }
 
+/* Block by block: the shared trailing zeros, then the remainders packed through a 64-bit
+ * accumulator flushed 32 bits at a time. */
 uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
                                     uint8_t *zeros, uint8_t *packed) {
     int low_bits = is_float && remainder_bits ? remainder_bits - 1 : remainder_bits;

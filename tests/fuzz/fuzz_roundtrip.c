@@ -23,6 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t given = count;
         count = 65536 + size % 61;
         repeated = malloc(count * (size_t)word_bytes);
+        if (!repeated) return 0;
         for (size_t i = 0; i < count; i++) memcpy(repeated + i * (size_t)word_bytes, words + (i % given) * (size_t)word_bytes, (size_t)word_bytes);
         words = repeated;
     }

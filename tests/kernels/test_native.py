@@ -228,37 +228,40 @@ def coded_alphabet(coded):
     return symbols
 
 
-SAMPLED_LAYOUTS = [(1, False, 8), (1, True, 8), (2, False, 8), (2, True, 10), (2, True, 12), (4, False, 8), (4, True, 10)]
+SAMPLED_LAYOUTS = [(1, False, 8), (1, True, 8), (2, False, 8), (2, False, 12), (2, True, 10), (2, True, 12), (4, False, 8), (4, True, 10),
+                   (4, True, 12)]
+GAP_CASES = {"no gaps": (0, False), "32 gaps": (32, False), "33 gaps": (33, False), "32 gaps, skewed": (32, True)}
 
 
 @pytest.mark.parametrize("word_bytes, is_float, symbol_bits", SAMPLED_LAYOUTS)
-@pytest.mark.parametrize("gaps", [0, 32, 33])
-@pytest.mark.parametrize("zero", ["none", "unsampled"])
-@pytest.mark.parametrize("skewed", [False, True], ids=["spread", "skewed"])
-def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, is_float, symbol_bits, gaps, zero, skewed):
+@pytest.mark.parametrize("case, zero, where", [(case, zero, "body") for case in GAP_CASES for zero in ("none", "unsampled")]
+                         + [("32 gaps", "none", "tail"), ("33 gaps", "unsampled", "tail")])
+def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, is_float, symbol_bits, case, zero, where):
     """A long section's symbols that no counted word holds count 1 without a pass to find them
     when at most 32 of those between the smallest nonzero symbol and the largest went uncounted:
     every symbol between counts, including those that occur nowhere. With 33, only those that
     occur do, and so where one symbol holds more than an eighth of the counted words (each slot
     would cost that section more). The symbol 0 counts where it occurs, and only there, even in
-    uncounted words alone."""
-    count = 3 * _fallback_coder.SAMPLE_FROM + 29  # a tail after the vector loops
+    uncounted words alone. The symbols found in uncounted words alone, both ends of the range among
+    them, lie in the vector loops' body or in the scalar tail of the last slice."""
+    gaps, skewed = GAP_CASES[case]
+    count = _fallback_coder.SAMPLE_FROM + 29  # slices of 32,768 words, then 29 for the scalar tail
     rng = np.random.default_rng(gaps + word_bytes + symbol_bits)
     first, span = 60, 120
     between = np.arange(first, first + span)
     interior = rng.permutation(between[1:-1])
-    # occurring in uncounted words only: both ends of the range (which the vector loops must find),
-    # and some between; occurring nowhere: others between
+    # occurring in uncounted words only: both ends of the range and some between; occurring nowhere: others between
     uncounted_only = np.concatenate([between[[0, -1]], interior[: gaps // 2 - 2]]) if gaps else between[:0]
     absent = interior[max(gaps // 2 - 2, 0): gaps - 2] if gaps else between[:0]
     assert len(uncounted_only) + len(absent) == gaps
     symbols = rng.choice(np.setdiff1d(between, np.concatenate([absent, uncounted_only])), count)
     if skewed:
         symbols[::7] = symbols[0]  # a seventh of the counted words hold one symbol
-    unsampled = np.flatnonzero(np.arange(count) % 4)[:-1000]  # not in the scalar tail
+    unsampled = np.flatnonzero(np.arange(count) % 4)
+    unsampled = unsampled[-len(uncounted_only):] if where == "tail" else unsampled[:-100]
     symbols[rng.choice(unsampled, len(uncounted_only), replace=False)] = uncounted_only
     if zero == "unsampled":
-        symbols[unsampled[len(unsampled) // 2]] = 0
+        symbols[np.flatnonzero(np.arange(count) % 4)[1000]] = 0
     words = words_of(symbols, word_bytes, is_float, symbol_bits, seed=gaps)
     coded = _native_calls.encode_section(words, word_bytes, is_float, symbol_bits)
     assert coded == _fallback_coder.encode_section(words, word_bytes, is_float, symbol_bits)
@@ -270,19 +273,22 @@ def test_sampled_counting_fills_small_gaps_and_finds_the_rest(isa, word_bytes, i
         assert out.tobytes() == words.tobytes()
 
 
-@pytest.mark.parametrize("span", [256, 257])
-def test_sampled_counting_fills_no_range_wider_than_the_alphabet(isa, span):
-    """Filling the gaps of a range wider than 256 symbols would make the coder merge symbols:
-    such a section finds the symbols that occur instead."""
+@pytest.mark.parametrize("span, zero", [(256, False), (257, False), (255, True), (256, True)])
+def test_sampled_counting_fills_no_range_wider_than_the_alphabet(isa, span, zero):
+    """Filling the gaps of a range whose symbols, with 0 where it occurs, would number more than
+    256 would make the coder merge symbols: such a section finds the symbols that occur instead."""
     count = _fallback_coder.SAMPLE_FROM + 4
     occurring = np.setdiff1d(np.arange(1, span + 1), [100, 200])  # two gaps, and the largest only uncounted
     symbols = np.ones(count, np.int64)
     symbols[::4] = np.resize(occurring[:-1], len(symbols[::4]))  # the counted words
     symbols[1] = span
+    if zero:
+        symbols[2] = 0
     words = words_of(symbols, 2, True, 12)
     coded = _native_calls.encode_section(words, 2, True, 12)
     assert coded == _fallback_coder.encode_section(words, 2, True, 12)
-    assert coded_alphabet(coded) == (list(range(1, span + 1)) if span <= 256 else occurring.tolist())
+    filled = list(range(1, span + 1)) if span + zero <= 256 else occurring.tolist()
+    assert coded[1] == 12 and coded_alphabet(coded) == [0] * zero + filled
 
 
 @pytest.mark.parametrize("trial", range(12))

@@ -141,14 +141,14 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:
     """As native/coder.c counts a long section: every fourth word's symbol, and count 1 for each
     symbol the others alone hold. Where at most GAP_LIMIT of the symbols between the smallest
-    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS lie there), and no symbol
+    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS result), and no symbol
     holds more than 1/SPREAD of the counted words, each of those gets count 1 without asking
     whether it occurs; else only those that occur."""
     sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
     nonzero = np.flatnonzero(present[1:]) + 1
     if len(nonzero) and int(sampled.max()) * SPREAD <= int(sampled.sum()):
         first, last = int(nonzero[0]), int(nonzero[-1])
-        if last - first + 1 <= MAX_SYMBOLS and np.count_nonzero(sampled[first:last + 1] == 0) <= GAP_LIMIT:
+        if last - first + 1 + int(present[0]) <= MAX_SYMBOLS and np.count_nonzero(sampled[first:last + 1] == 0) <= GAP_LIMIT:
             present = present.copy()
             present[first:last + 1] = True
     return np.where(present, np.maximum(sampled, 1), 0)
