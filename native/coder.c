@@ -16,13 +16,14 @@
  * SAMPLE_STRIDE-th word (those at positions divisible by it), and each symbol that the others hold
  * alone counts 1. Which those are is not asked word by word: the kernels' symbol_range gives the
  * smallest nonzero symbol and the largest, and where at most GAP_LIMIT symbols between them went
- * uncounted (and at most MAX_SYMBOLS result, symbol 0 with them) each counts 1, whether it occurs or not. Each
- * that does not occur costs its slot, 1/4096 of the probabilities: at most GAP_LIMIT * 1.44 / 4096
- * = 0.011 bits a word, so only where the symbols carry 3 bits a word or more (no symbol holds
- * more than 1/SPREAD of the counted words). Sparser or narrower alphabets take a second pass to
- * find the symbols that occur. The frequencies are an estimate whose cost in size is small
- * (MiniLM: BF16 +0.04%, F16 +0.01%, F32 +0.02%), for a read-modify-write of a histogram entry per
- * four words and a vector pass over them all. zoo/kernels/fallback_coder.py does the same. */
+ * uncounted, each counts 1, whether it occurs or not, if at most MAX_SYMBOLS result (symbol 0,
+ * where it occurs, among them). Each that does not occur costs its slot, 1/4096 of the
+ * probabilities: at most GAP_LIMIT * 1.44 / 4096 = 0.011 bits a word, so only where the symbols
+ * carry 3 bits a word or more (SPREAD: no symbol holds more than 1/SPREAD of the counted words).
+ * Other alphabets take a second pass to find the symbols that occur, unless no symbol between
+ * went uncounted. The frequencies are an estimate whose cost in size is small (MiniLM: BF16
+ * +0.04%, F16 +0.01%, F32 +0.02%), for a read-modify-write of a histogram entry per four words
+ * and a vector pass over them all. zoo/kernels/fallback_coder.py does the same. */
 #define SAMPLE_FROM 65536
 #define SAMPLE_STRIDE 4
 #define GAP_LIMIT 32
@@ -240,12 +241,12 @@ enum { COUNT_ALL, COUNT_SAMPLED, MARK_PRESENT };
  * interleaved histograms: a run of one symbol would otherwise wait on its own stores. A float's
  * symbol lies below its sign (rotated to bit 0) whenever bits remain, so it is a plain field.
  * COUNT_SAMPLED: only words at positions divisible by SAMPLE_STRIDE (`words` starts at one) are
- * counted; MARK_PRESENT: each word's symbol is marked in `seen` (histograms[0] as bytes), none counted. */
+ * counted; MARK_PRESENT: none is counted, each word's symbol is marked in `present` instead. */
 static inline __attribute__((always_inline)) void count_symbols(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int mode) {
+                                                                int symbol_bits, uint32_t *histograms, size_t tables, const int mode,
+                                                                uint8_t *present) {
     int bits = 8 * word_bytes;
     size_t n_symbols = (size_t)1 << symbol_bits;
-    uint8_t *seen = (uint8_t *)histograms;
     size_t i = 0;
     if (mode == COUNT_SAMPLED) {
         const size_t per_line = 64 / (size_t)word_bytes; /* words of a cache line, a multiple of SAMPLE_STRIDE */
@@ -276,7 +277,7 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
             for (size_t k = 0; k < per_load; k++) {
                 size_t a = (first >> (bits * (int)k + field)) & symbol_mask, b = (second >> (bits * (int)k + field)) & symbol_mask;
                 if (mode == MARK_PRESENT) {
-                    seen[a] = seen[b] = 1;
+                    present[a] = present[b] = 1;
                 } else {
                     histograms[((2 * k) % tables) * n_symbols + a]++;
                     histograms[((2 * k + 1) % tables) * n_symbols + b]++;
@@ -287,7 +288,7 @@ static inline __attribute__((always_inline)) void count_symbols(const uint8_t *w
     for (; i < count; i++) {
         uint32_t key = load_word(words + i * (size_t)word_bytes, word_bytes);
         if (is_float) key = rotate_left1(key, bits);
-        if (mode == MARK_PRESENT) seen[key >> (bits - symbol_bits)] = 1;
+        if (mode == MARK_PRESENT) present[key >> (bits - symbol_bits)] = 1;
         else histograms[(i % tables) * n_symbols + (key >> (bits - symbol_bits))]++;
     }
 }
@@ -300,18 +301,18 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
  * immediates (a shift by a register count is three micro-ops on Intel). In perf samples of AVX2
  * BF16 encoding, zoo_encode_section (mostly this counting) went from 31% to 23% with the
  * constants; counting one word in four (COUNT_SAMPLED, sections of SAMPLE_FROM words or more)
- * takes most of the rest off (docs/kernels.md has the timings). `histograms` holds
- * histogram_tables(symbol_bits) of them (MARK_PRESENT: a byte per symbol). */
+ * made encoding 1.05-1.07x faster, and dropping its presence store per word 1.09-1.13x more
+ * (docs/kernels.md). `histograms` holds histogram_tables(symbol_bits) of them. */
 #define COUNT_AT_WIDTH(mode)                                                                                                     \
     switch (symbol_bits) {                                                                                                       \
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), mode); break;                  \
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), mode); break;               \
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), mode); break;               \
-    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), mode); \
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), mode, present); break;                  \
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), mode, present); break;               \
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), mode, present); break;               \
+    default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), mode, present); \
         break;                                                                                                                   \
     }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
-                                                              int symbol_bits, uint32_t *histograms, int mode) {
+                                                              int symbol_bits, uint32_t *histograms, int mode, uint8_t *present) {
     switch (mode) {
     case COUNT_SAMPLED: COUNT_AT_WIDTH(COUNT_SAMPLED) break;
     case MARK_PRESENT: COUNT_AT_WIDTH(MARK_PRESENT) break;
@@ -320,16 +321,13 @@ static inline __attribute__((always_inline)) void count_slice(const uint8_t *wor
 }
 #undef COUNT_AT_WIDTH
 
-/* A sampled section's uncounted symbols count 1 (see SAMPLE_FROM): with `range` from
- * symbol_range, those between the smallest nonzero symbol and the largest where at most
- * GAP_LIMIT of them are uncounted, no symbol holds more than 1/SPREAD of the counted words and
- * at most MAX_SYMBOLS result, else those that occur, found by a pass over the words (which a
- * range with no gaps needs not: it holds exactly the symbols that occur). Inlined into each
- * encode_words, so that the pass has the word's layout as constants. 0 where memory ran out. */
-static inline __attribute__((always_inline)) int count_uncounted(uint64_t *histogram, const uint32_t range[3], const uint8_t *words,
+/* A sampled section's uncounted symbols count 1, as SAMPLE_FROM says, from `range` (symbol_range's).
+ * Inlined into each encode_words, so that the pass over the words has their layout as constants.
+ * 0 where memory ran out. */
+static inline __attribute__((always_inline)) int count_uncounted(uint64_t *histogram, zoo_symbol_range range, const uint8_t *words,
                                                                  size_t count, const int word_bytes, const int is_float, int symbol_bits) {
-    uint32_t first = range[1], last = range[2];
-    int zero = range[0] == 0; /* the symbol 0 occurs */
+    uint32_t first = range.smallest_nonzero, last = range.largest;
+    int zero = range.smallest == 0; /* the symbol 0 occurs */
     uint64_t total = 0, most = 0;
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++) {
         total += histogram[s];
@@ -338,18 +336,18 @@ static inline __attribute__((always_inline)) int count_uncounted(uint64_t *histo
     if (zero && !histogram[0]) histogram[0] = 1;
     size_t gaps = 0;
     for (uint32_t s = first; s <= last; s++) gaps += !histogram[s]; /* none where no symbol but 0 occurs (first > last) */
-    if (gaps == 0) return 1;
+    if (gaps == 0) return 1; /* the counted symbols are all that occur */
     if (gaps <= GAP_LIMIT && last - first + 1 + (size_t)zero <= MAX_SYMBOLS && most * SPREAD <= total) {
         for (uint32_t s = first; s <= last; s++)
             if (!histogram[s]) histogram[s] = 1;
         return 1;
     }
-    uint8_t *seen = calloc((size_t)1 << symbol_bits, 1);
-    if (!seen) return 0;
-    count_slice(words, count, word_bytes, is_float, symbol_bits, (uint32_t *)seen, MARK_PRESENT);
+    uint8_t *present = calloc((size_t)1 << symbol_bits, 1);
+    if (!present) return 0;
+    count_slice(words, count, word_bytes, is_float, symbol_bits, NULL, MARK_PRESENT, present);
     for (size_t s = 0; s < ((size_t)1 << symbol_bits); s++)
-        if (seen[s] && !histogram[s]) histogram[s] = 1;
-    free(seen);
+        if (present[s] && !histogram[s]) histogram[s] = 1;
+    free(present);
     return 1;
 }
 
@@ -379,16 +377,16 @@ static inline __attribute__((always_inline)) size_t encode_words(const uint8_t *
         free(packed);
         return store_raw(words, count, word_bytes, out, capacity);
     }
-    /* One pass over slices that stay in L2: count the symbols, pack the raw bits (assuming the
-     * symbols need not merge, which they rarely do). */
+    /* One pass over slices that stay in L2: count the symbols (and, in a sampled section, find
+     * their range), pack the raw bits (assuming the symbols need not merge, which they rarely do). */
     int remainder_bits = bits - symbol_bits;
     uint64_t total_bits = 0;
-    uint32_t range[3] = {UINT32_MAX, UINT32_MAX, 0}; /* symbol_range's, of a sampled section */
+    zoo_symbol_range range = {UINT32_MAX, UINT32_MAX, 0}; /* a sampled section's */
     for (size_t first = 0; first < count; first += ENCODE_SLICE) {
         size_t n = count - first < ENCODE_SLICE ? count - first : ENCODE_SLICE;
         const uint8_t *slice = words + first * (size_t)word_bytes;
-        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled ? COUNT_SAMPLED : COUNT_ALL);
-        if (sampled) kernels->symbol_range(slice, n, word_bytes, is_float, symbol_bits, range);
+        count_slice(slice, n, word_bytes, is_float, symbol_bits, histograms, sampled ? COUNT_SAMPLED : COUNT_ALL, NULL);
+        if (sampled) kernels->symbol_range(slice, n, word_bytes, is_float, symbol_bits, &range);
         total_bits += kernels->pack_remainders(slice, n, word_bytes, is_float, remainder_bits, block_zeros + first / RANS_BLOCK, packed + total_bits / 8);
     }
     for (size_t table = 0; table < tables; table++)

@@ -29,6 +29,11 @@
  * frequency (bits 12-23), the symbol's rank in the used alphabet (bits 24-31). */
 #define RANS_ENTRY(freq, bias, rank) ((uint32_t)(freq) | ((uint32_t)(bias) << 12) | ((uint32_t)(rank) << 24))
 
+/* What symbol_range finds: of a section's symbols, the smallest, the smallest nonzero, the largest. */
+typedef struct {
+    uint32_t smallest, smallest_nonzero, largest;
+} zoo_symbol_range;
+
 typedef struct {
     /* Decode `steps` full steps of `lanes` symbols: ranks into out[steps * lanes].
      * Reads little-endian 16-bit words from *cursor, never past `end`; returns 0, or -1 when
@@ -69,12 +74,12 @@ typedef struct {
      * are scratch). Returns the number of bits packed. */
     uint64_t (*pack_remainders)(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
                                 uint8_t *zeros, uint8_t *packed);
-    /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
-    uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
     /* Of the symbols of `count` words (each word's top `symbol_bits` bits, floats rotated left one
      * bit first; symbol_bits is 8 for 1-byte words, 8 to 12 for wider ones, as the coder's): lowers
-     * range[0] to the smallest, range[1] to the smallest nonzero one, raises range[2] to the largest. */
-    void (*symbol_range)(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]);
+     * range->smallest and range->smallest_nonzero to theirs, raises range->largest to theirs. */
+    void (*symbol_range)(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range);
+    /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
+    uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
 } zoo_kernels;
 
 extern const zoo_kernels zoo_kernels_scalar;
@@ -99,7 +104,7 @@ void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_s
 uint64_t zoo_pack_remainders_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int remainder_bits,
                                     uint8_t *zeros, uint8_t *packed);
 uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size);
-void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]);
+void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range);
 #if defined(__x86_64__) || defined(_M_X64)
 /* carry-less multiplication folding (crc32_pclmul.c, compiled with -mpclmul -msse4.1) */
 uint32_t zoo_crc32_pclmul(uint32_t crc, const uint8_t *data, size_t size);

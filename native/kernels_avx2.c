@@ -795,27 +795,27 @@ static inline __m256i word_symbols_16(const uint8_t *p, int word_bytes, int is_f
     return _mm256_packus_epi32(_mm256_and_si256(low, mask), _mm256_and_si256(high, mask));
 }
 
-static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
+static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range) {
     size_t i = 0;
-    if (symbol_bits <= 16) {
-        int shift = 8 * word_bytes - symbol_bits;
-        __m128i field = _mm_cvtsi32_si128(is_float && shift ? shift - 1 : shift);
-        __m256i mask = word_bytes == 4 ? _mm256_set1_epi32((1 << symbol_bits) - 1) : _mm256_set1_epi16((short)((1 << symbol_bits) - 1));
-        __m256i low = _mm256_set1_epi16(-1), low_nonzero = low, high = _mm256_setzero_si256(), one = _mm256_set1_epi16(1);
-        for (; i + 16 <= count; i += 16) {
-            __m256i symbol = word_symbols_16(words + i * (size_t)word_bytes, word_bytes, is_float, field, mask);
-            low = _mm256_min_epu16(low, symbol);
-            low_nonzero = _mm256_min_epu16(low_nonzero, _mm256_sub_epi16(symbol, one)); /* 0 wraps to the top */
-            high = _mm256_max_epu16(high, symbol);
-        }
+    int shift = 8 * word_bytes - symbol_bits;
+    __m128i field = _mm_cvtsi32_si128(is_float && shift ? shift - 1 : shift);
+    __m256i mask = word_bytes == 4 ? _mm256_set1_epi32((1 << symbol_bits) - 1) : _mm256_set1_epi16((short)((1 << symbol_bits) - 1));
+    __m256i low = _mm256_set1_epi16(-1), low_nonzero = low, high = _mm256_setzero_si256(), one = _mm256_set1_epi16(1);
+    for (; i + 16 <= count; i += 16) {
+        __m256i symbol = word_symbols_16(words + i * (size_t)word_bytes, word_bytes, is_float, field, mask);
+        low = _mm256_min_epu16(low, symbol);
+        low_nonzero = _mm256_min_epu16(low_nonzero, _mm256_sub_epi16(symbol, one)); /* 0 wraps to the top */
+        high = _mm256_max_epu16(high, symbol);
+    }
+    if (i) {
         uint16_t lanes[3][16];
         _mm256_storeu_si256((__m256i *)lanes[0], low);
         _mm256_storeu_si256((__m256i *)lanes[1], low_nonzero);
         _mm256_storeu_si256((__m256i *)lanes[2], high);
-        for (int k = 0; k < 16 && i; k++) {
-            if (lanes[0][k] < range[0]) range[0] = lanes[0][k];
-            if (lanes[1][k] != 0xffff && lanes[1][k] + 1u < range[1]) range[1] = lanes[1][k] + 1u;
-            if (lanes[2][k] > range[2]) range[2] = lanes[2][k];
+        for (int k = 0; k < 16; k++) {
+            if (lanes[0][k] < range->smallest) range->smallest = lanes[0][k];
+            if (lanes[1][k] != 0xffff && lanes[1][k] + 1u < range->smallest_nonzero) range->smallest_nonzero = lanes[1][k] + 1u;
+            if (lanes[2][k] > range->largest) range->largest = lanes[2][k];
         }
     }
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
@@ -830,6 +830,6 @@ const zoo_kernels zoo_kernels_avx2 = {
     .dequantize_rows = dequantize_rows,
     .rans_encode = rans_encode,
     .pack_remainders = pack_remainders,
-    .crc32 = zoo_crc32_pclmul,
     .symbol_range = symbol_range,
+    .crc32 = zoo_crc32_pclmul,
 };

@@ -433,36 +433,18 @@ static inline __m512i encode_16(__m512i x, __m512i entry, uint16_t **top) {
     return _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(quotient, RANS_PROB_BITS), remainder), cum);
 }
 
-/* One step of all lanes, from the last down, two groups of 16 at a time: both groups' entries are
- * gathered before either is encoded. One group at a time was 1.16-1.26x slower on an AMD EPYC
- * (Zen 5); four at a time, a few percent slower for BF16 and F16 and faster for F32
- * (docs/kernels.md). Lanes are a multiple of 32. */
-static inline void encode_pairs(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, int word_bytes,
-                                int is_float, __m128i shift, uint16_t **top) {
-    for (size_t lane = lanes; lane > 0;) {
-        lane -= 32;
-        const uint8_t *p = words + lane * (size_t)word_bytes;
-        _mm_prefetch((const char *)p - 2048, _MM_HINT_T0); /* the words run backwards: help the prefetcher */
-        __m512i high = _mm512_srl_epi32(load_keys(p + 16 * word_bytes, word_bytes, is_float), shift);
-        __m512i low = _mm512_srl_epi32(load_keys(p, word_bytes, is_float), shift);
-        __m512i high_entry = _mm512_i32gather_epi32(high, (const void *)by_symbol, 4);
-        __m512i low_entry = _mm512_i32gather_epi32(low, (const void *)by_symbol, 4);
-        _mm512_storeu_si512(states + lane + 16, encode_16(_mm512_loadu_si512(states + lane + 16), high_entry, top));
-        _mm512_storeu_si512(states + lane, encode_16(_mm512_loadu_si512(states + lane), low_entry, top));
-    }
-}
-
 /* The entries of a section whose symbols lie within 128 consecutive values, held in eight
- * registers: a lookup is four two-register permutes and three blends in place of a gather, which
- * on AMD's Zen 4 costs about as much as its 16 loads would (docs/kernels.md). Symbol 0 (zeros and
- * the smallest subnormals) may lie outside the window, with an entry of its own. */
+ * registers: a lookup is four two-register permutes and three blends in place of a gather (on
+ * AMD's Zen 4 a 16-lane gather takes 5.8-6.0 ns, however it is split; docs/kernels.md). Symbol 0
+ * (zeros and the smallest subnormals) may lie outside the window, with an entry of its own. */
 typedef struct {
     __m512i table[8];
     __m512i first; /* the window's first symbol */
     __m512i zero;  /* the entry of symbol 0, where it lies outside */
 } entry_window;
 
-enum { NO_WINDOW, WINDOW, WINDOW_AND_ZERO };
+/* How encode_pairs looks its entries up: gathered from the table, or from the window */
+enum { GATHER, WINDOW, WINDOW_AND_ZERO };
 
 static inline __m512i window_entries(const entry_window *window, __m512i symbol, const int zero_outside) {
     __m512i index = _mm512_sub_epi32(symbol, window->first);
@@ -475,41 +457,49 @@ static inline __m512i window_entries(const entry_window *window, __m512i symbol,
     return zero_outside ? _mm512_mask_mov_epi32(entry, _mm512_testn_epi32_mask(symbol, symbol), window->zero) : entry;
 }
 
-/* encode_pairs with the entries looked up in registers */
-static inline __attribute__((always_inline)) void encode_pairs_window(uint32_t *states, size_t lanes, const entry_window *window,
-                                                                      const uint8_t *words, int word_bytes, int is_float, __m128i shift,
-                                                                      uint16_t **top, const int zero_outside) {
+static inline __m512i entries_16(__m512i symbol, const uint32_t *by_symbol, const entry_window *window, const int lookup) {
+    if (lookup == GATHER) return _mm512_i32gather_epi32(symbol, (const void *)by_symbol, 4);
+    return window_entries(window, symbol, lookup == WINDOW_AND_ZERO);
+}
+
+/* One step of all lanes, from the last down, two groups of 16 at a time: both groups' entries are
+ * looked up before either is encoded. One group at a time was 1.16-1.26x slower on an AMD EPYC
+ * (Zen 5); four at a time, a few percent slower for BF16 and F16 and faster for F32
+ * (docs/kernels.md). Lanes are a multiple of 32. */
+static inline __attribute__((always_inline)) void encode_pairs(uint32_t *states, size_t lanes, const uint32_t *by_symbol,
+                                                               const entry_window *window, const int lookup, const uint8_t *words,
+                                                               int word_bytes, int is_float, __m128i shift, uint16_t **top) {
     for (size_t lane = lanes; lane > 0;) {
         lane -= 32;
         const uint8_t *p = words + lane * (size_t)word_bytes;
-        _mm_prefetch((const char *)p - 2048, _MM_HINT_T0);
-        __m512i high_entry = window_entries(window, _mm512_srl_epi32(load_keys(p + 16 * word_bytes, word_bytes, is_float), shift), zero_outside);
-        __m512i low_entry = window_entries(window, _mm512_srl_epi32(load_keys(p, word_bytes, is_float), shift), zero_outside);
+        _mm_prefetch((const char *)p - 2048, _MM_HINT_T0); /* the words run backwards: help the prefetcher */
+        __m512i high_entry = entries_16(_mm512_srl_epi32(load_keys(p + 16 * word_bytes, word_bytes, is_float), shift), by_symbol, window, lookup);
+        __m512i low_entry = entries_16(_mm512_srl_epi32(load_keys(p, word_bytes, is_float), shift), by_symbol, window, lookup);
         _mm512_storeu_si512(states + lane + 16, encode_16(_mm512_loadu_si512(states + lane + 16), high_entry, top));
         _mm512_storeu_si512(states + lane, encode_16(_mm512_loadu_si512(states + lane), low_entry, top));
     }
 }
 
-/* Whether the symbols that occur (their entries are not 0) lie within 128 consecutive values,
- * symbol 0 aside; if so, fills `window` with their entries. */
-static int find_window(const uint32_t *by_symbol, size_t n_symbols, entry_window *window) {
+/* How a section's entries are to be looked up: WINDOW where the symbols that occur (their entries
+ * are not 0) lie within 128 consecutive values, WINDOW_AND_ZERO where they do but for symbol 0,
+ * with `window` filled then; else GATHER. */
+static int lookup_for(const uint32_t *by_symbol, size_t n_symbols, entry_window *window) {
     size_t first = 0, last = n_symbols;
     while (first < n_symbols && !by_symbol[first]) first++;
     while (last > first && !by_symbol[last - 1]) last--;
-    int found = WINDOW;
-    window->zero = window->first = _mm512_setzero_si512();
+    int lookup = WINDOW;
     if (last - first > 128 && first == 0) {
-        found = WINDOW_AND_ZERO;
+        lookup = WINDOW_AND_ZERO;
         for (first = 1; first < last && !by_symbol[first]; first++) {
         }
     }
-    if (last - first > 128) return NO_WINDOW;
+    if (last - first > 128) return GATHER;
     uint32_t entries[128] = {0};
     memcpy(entries, by_symbol + first, (last - first) * sizeof(uint32_t));
     for (int t = 0; t < 8; t++) window->table[t] = _mm512_loadu_si512(entries + 16 * t);
     window->first = _mm512_set1_epi32((int)first);
     window->zero = _mm512_set1_epi32((int)by_symbol[0]);
-    return found;
+    return lookup;
 }
 
 static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbol, const uint8_t *words, size_t count, int word_bytes,
@@ -518,20 +508,17 @@ static void rans_encode(uint32_t *states, size_t lanes, const uint32_t *by_symbo
     /* the last, partial step comes first */
     zoo_rans_encode_scalar(states, lanes, by_symbol, words + steps * lanes * (size_t)word_bytes, count - steps * lanes, word_bytes, is_float,
                            remainder_bits, top);
+    if (!steps) return;
     const __m128i shift = _mm_cvtsi32_si128(remainder_bits);
-    entry_window window;
-    switch (steps ? find_window(by_symbol, (size_t)1 << (8 * word_bytes - remainder_bits), &window) : NO_WINDOW) {
-    case WINDOW:
-        for (size_t step = steps; step-- > 0;)
-            encode_pairs_window(states, lanes, &window, words + step * lanes * (size_t)word_bytes, word_bytes, is_float, shift, top, 0);
-        break;
-    case WINDOW_AND_ZERO:
-        for (size_t step = steps; step-- > 0;)
-            encode_pairs_window(states, lanes, &window, words + step * lanes * (size_t)word_bytes, word_bytes, is_float, shift, top, 1);
-        break;
-    default:
-        for (size_t step = steps; step-- > 0;)
-            encode_pairs(states, lanes, by_symbol, words + step * lanes * (size_t)word_bytes, word_bytes, is_float, shift, top);
+    entry_window window = {{_mm512_setzero_si512()}, _mm512_setzero_si512(), _mm512_setzero_si512()}; /* used only where lookup_for fills it */
+    int lookup = lookup_for(by_symbol, (size_t)1 << (8 * word_bytes - remainder_bits), &window);
+    for (size_t step = steps; step-- > 0;) {
+        const uint8_t *p = words + step * lanes * (size_t)word_bytes;
+        switch (lookup) { /* one loop per way, each with its lookup inlined */
+        case WINDOW: encode_pairs(states, lanes, by_symbol, &window, WINDOW, p, word_bytes, is_float, shift, top); break;
+        case WINDOW_AND_ZERO: encode_pairs(states, lanes, by_symbol, &window, WINDOW_AND_ZERO, p, word_bytes, is_float, shift, top); break;
+        default: encode_pairs(states, lanes, by_symbol, &window, GATHER, p, word_bytes, is_float, shift, top);
+        }
     }
 }
 
@@ -703,27 +690,27 @@ static inline __m512i word_symbols_32(const uint8_t *p, int word_bytes, int is_f
     return _mm512_packus_epi32(_mm512_and_si512(low, mask), _mm512_and_si512(high, mask));
 }
 
-static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
+static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range) {
     size_t i = 0;
-    if (symbol_bits <= 16) {
-        int shift = 8 * word_bytes - symbol_bits;
-        __m128i field = _mm_cvtsi32_si128(is_float && shift ? shift - 1 : shift);
-        __m512i mask = word_bytes == 4 ? _mm512_set1_epi32((1 << symbol_bits) - 1) : _mm512_set1_epi16((short)((1 << symbol_bits) - 1));
-        __m512i low = _mm512_set1_epi16(-1), low_nonzero = low, high = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
-        for (; i + 32 <= count; i += 32) {
-            __m512i symbol = word_symbols_32(words + i * (size_t)word_bytes, word_bytes, is_float, field, mask);
-            low = _mm512_min_epu16(low, symbol);
-            low_nonzero = _mm512_min_epu16(low_nonzero, _mm512_sub_epi16(symbol, one)); /* 0 wraps to the top */
-            high = _mm512_max_epu16(high, symbol);
-        }
+    int shift = 8 * word_bytes - symbol_bits;
+    __m128i field = _mm_cvtsi32_si128(is_float && shift ? shift - 1 : shift);
+    __m512i mask = word_bytes == 4 ? _mm512_set1_epi32((1 << symbol_bits) - 1) : _mm512_set1_epi16((short)((1 << symbol_bits) - 1));
+    __m512i low = _mm512_set1_epi16(-1), low_nonzero = low, high = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
+    for (; i + 32 <= count; i += 32) {
+        __m512i symbol = word_symbols_32(words + i * (size_t)word_bytes, word_bytes, is_float, field, mask);
+        low = _mm512_min_epu16(low, symbol);
+        low_nonzero = _mm512_min_epu16(low_nonzero, _mm512_sub_epi16(symbol, one)); /* 0 wraps to the top */
+        high = _mm512_max_epu16(high, symbol);
+    }
+    if (i) {
         uint16_t lanes[3][32];
         _mm512_storeu_si512(lanes[0], low);
         _mm512_storeu_si512(lanes[1], low_nonzero);
         _mm512_storeu_si512(lanes[2], high);
-        for (int k = 0; k < 32 && i; k++) {
-            if (lanes[0][k] < range[0]) range[0] = lanes[0][k];
-            if (lanes[1][k] != 0xffff && lanes[1][k] + 1u < range[1]) range[1] = lanes[1][k] + 1u;
-            if (lanes[2][k] > range[2]) range[2] = lanes[2][k];
+        for (int k = 0; k < 32; k++) {
+            if (lanes[0][k] < range->smallest) range->smallest = lanes[0][k];
+            if (lanes[1][k] != 0xffff && lanes[1][k] + 1u < range->smallest_nonzero) range->smallest_nonzero = lanes[1][k] + 1u;
+            if (lanes[2][k] > range->largest) range->largest = lanes[2][k];
         }
     }
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
@@ -740,8 +727,8 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
         .dequantize_rows = dequantize_rows, \
         .rans_encode = rans_encode,         \
         .pack_remainders = pack_remainders, \
-        .crc32 = crc32,                     \
         .symbol_range = symbol_range,       \
+        .crc32 = crc32,                     \
     }
 
 const zoo_kernels zoo_kernels_avx512 = AVX512_KERNELS(rans_decode_steps);

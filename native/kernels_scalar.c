@@ -220,13 +220,13 @@ void zoo_rans_encode_scalar(uint32_t *states, size_t lanes, const uint32_t *by_s
     *top = stack;
 }
 
-void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, uint32_t range[3]) {
+void zoo_symbol_range_scalar(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range) {
     int shift = 8 * word_bytes - symbol_bits;
     for (size_t i = 0; i < count; i++) {
         uint32_t symbol = symbol_key(words + i * (size_t)word_bytes, word_bytes, is_float) >> shift;
-        if (symbol < range[0]) range[0] = symbol;
-        if (symbol && symbol < range[1]) range[1] = symbol;
-        if (symbol > range[2]) range[2] = symbol;
+        if (symbol < range->smallest) range->smallest = symbol;
+        if (symbol && symbol < range->smallest_nonzero) range->smallest_nonzero = symbol;
+        if (symbol > range->largest) range->largest = symbol;
     }
 }
 

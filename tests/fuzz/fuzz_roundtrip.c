@@ -1,7 +1,7 @@
 /* libFuzzer target: any words through the section encoder and back, through every kernel table.
- * Byte 0 picks the word size, float flag and symbol width, and with its top two bits set (and a
- * size divisible by 8) that the words repeat to a section long enough for sampled counting
- * (coder.c, SAMPLE_FROM); the rest are the words. The coded section must never be longer than
+ * Byte 0 picks the word size, float flag and symbol width; the rest are the words. Where byte 0's
+ * top two bits are set and the size is divisible by 8, the words repeat to a section long enough
+ * for sampled counting (coder.c, SAMPLE_FROM). The coded section must never be longer than
  * the raw words and a kind byte, must be the same bytes from the scalar table and one SIMD table
  * (chosen by the input's size: encoding costs most here, so two encodes per input), and must
  * decode exactly through every table. */
@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *repeated = NULL;
     if ((data[0] >> 6) == 3 && size % 8 == 0 && count) { /* one input in 32 or so: each costs as much as 100 short ones */
         size_t given = count;
-        count = 65536 + size % 61;
+        count = 65536 + size % 61; /* a tail of up to 60 words past the vector loops and the sampled positions */
         repeated = malloc(count * (size_t)word_bytes);
         if (!repeated) return 0;
         for (size_t i = 0; i < count; i++) memcpy(repeated + i * (size_t)word_bytes, words + (i % given) * (size_t)word_bytes, (size_t)word_bytes);

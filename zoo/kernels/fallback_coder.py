@@ -16,7 +16,9 @@ KIND_RAW, KIND_CODED = 0, 1
 BLOCK = 128  # words sharing one count of dropped trailing zero bits
 MAX_SYMBOLS = 256
 SAMPLE_FROM, SAMPLE_STRIDE = 65536, 4  # sections this long count every fourth word's symbol (native/coder.c)
-GAP_LIMIT, SPREAD = 32, 8  # a long section's uncounted symbols that count 1 unasked, and how spread its symbols must be (_sampled_histogram)
+# a long section's uncounted symbols that may count 1 unasked, and 1/SPREAD, the most of its counted words one symbol may hold
+# for that (_sampled_histogram; native/coder.c)
+GAP_LIMIT, SPREAD = 32, 8
 MAX_SYMBOL_BITS = 12
 PROB_BITS = 12
 TOTAL = 1 << PROB_BITS
@@ -141,7 +143,8 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:
     """As native/coder.c counts a long section: every fourth word's symbol, and count 1 for each
     symbol the others alone hold. Where at most GAP_LIMIT of the symbols between the smallest
-    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS result), and no symbol
+    nonzero one and the largest go uncounted (and at most MAX_SYMBOLS result, 0 among them where
+    it occurs), and no symbol
     holds more than 1/SPREAD of the counted words, each of those gets count 1 without asking
     whether it occurs; else only those that occur."""
     sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
