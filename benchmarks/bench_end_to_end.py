@@ -16,7 +16,8 @@ child process with ZOO_KERNELS set; on an AVX-512 CPU, `avx2` approximates an AV
 4. the CLI from process start: `zoo compress` / `zoo decompress` of MiniLM against `zstd -3` /
    `zstd -d` of the same files (zstd -T matches the thread count).
 
-Each figure is the best of --repeat runs, printed beside its anchor and the target the issue set
+Each figure is the best of --repeat runs (part 1's after an untimed one, as `zoo bench` times),
+printed beside its anchor and the target the issue set
 (issue 19). zoo is imported from the checkout this script sits in (its children and the CLI runs
 get it through PYTHONPATH), whatever an editable install points at. The outputs of every decompress are checked against the originals before timing.
 """
