@@ -294,8 +294,9 @@ static PyObject *crc32(PyObject *self, PyObject *args) {
 
 /* -- the section coder --------------------------------------------------------------------- */
 
-/* The section goes straight into the bytes object returned (after `prefix`, a codec's own
- * header byte), which then shrinks to fit: no copy of the coded data. */
+/* The section goes straight into the bytearray returned, after `prefix` (the headers of the
+ * frames around it, which a caller fills in once the section's length is known: a bytearray, so
+ * it can), and the bytearray then shrinks to fit: the coded data is never copied. */
 static PyObject *encode_section(PyObject *self, PyObject *args) {
     Py_buffer words, prefix = {0};
     int word_bytes, is_float, symbol_bits;
@@ -314,9 +315,9 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)prefix.len + capacity));
+    result = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)((size_t)prefix.len + capacity));
     if (!result) goto done;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(result);
     if (prefix.len) memcpy(out, prefix.buf, (size_t)prefix.len);
     Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, out + prefix.len,
                                                      capacity, active);
@@ -325,7 +326,7 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
         goto done;
     }
-    _PyBytes_Resize(&result, (Py_ssize_t)((size_t)prefix.len + used)); /* sets an error and NULL when it fails */
+    if (PyByteArray_Resize(result, (Py_ssize_t)((size_t)prefix.len + used)) < 0) Py_CLEAR(result);
 done:
     PyBuffer_Release(&words);
     PyBuffer_Release(&prefix);
@@ -373,7 +374,7 @@ static PyMethodDef METHODS[] = {
     {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
     {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
     {"crc32", crc32, METH_VARARGS, "crc32(data, value=0) -> int: zlib.crc32's value, faster."},
-    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'') -> prefix + the coded section."},
+    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'') -> bytearray: prefix + the coded section."},
     {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},
     {NULL, NULL, 0, NULL},
 };

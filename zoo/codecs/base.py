@@ -295,6 +295,11 @@ class GroupingCodec(Codec):
         """Decoded size of each stream when known from the chunk alone (used to bound decoders)."""
         return None
 
+    def encode_after(self, room: bytes, chunk: np.ndarray, dtype: str) -> bytearray | None:
+        """`room` followed by the one stream encode() would return, in one buffer the caller may
+        write into; None where the codec makes several streams of this chunk, or cannot."""
+        return None
+
 
 class BytesCodec(Codec):
     """bytes -> bytes, on one stream."""

@@ -135,9 +135,11 @@ def _runs(block_zeros: np.ndarray, count: int) -> list[tuple[int, int, int]]:
     return [(int(a), int(b - a), int(block_zeros[a // BLOCK])) for a, b in zip(starts, stops)]
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"") -> bytes:
-    """`prefix` + the coded section (the native coder writes both into one buffer, without a copy)."""
-    return bytes(prefix) + _encode_section(words, word_bytes, is_float, symbol_bits)
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int,
+                   prefix: bytes = b"") -> bytearray:
+    """`prefix` + the coded section, in a bytearray as the native coder returns it (which writes
+    both into one buffer, without a copy)."""
+    return bytearray(prefix) + _encode_section(words, word_bytes, is_float, symbol_bits)
 
 
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:

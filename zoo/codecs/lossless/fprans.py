@@ -33,12 +33,18 @@ def _layout(dtype: str) -> tuple[int, int]:
 class FpRans(GroupingCodec):
     codec_id = "fprans"
 
-    def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes]:
-        layout, word_bytes = _layout(dtype)
-        if layout == WORDS:
-            return [_kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=bytes([WORDS]))]
+    def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes | bytearray]:
+        words = self.encode_after(b"", chunk, dtype)
+        if words is not None:
+            return [words]
         planes = _kernels.split_planes(chunk, dtype)
         return [bytes([PLANES, len(planes)]) + b"".join(_kernels.encode_section(plane, 1, False, 8) for plane in planes)]
+
+    def encode_after(self, room: bytes, chunk: np.ndarray, dtype: str) -> bytearray | None:
+        layout, word_bytes = _layout(dtype)
+        if layout != WORDS:
+            return None
+        return _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=room + bytes([WORDS]))
 
     def decode(self, streams: list[bytes], dtype: str, n_elements: int) -> np.ndarray:
         layout, word_bytes = _layout(dtype)
