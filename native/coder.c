@@ -303,13 +303,13 @@ static inline size_t histogram_tables(int symbol_bits) { return symbol_bits <= 1
  * constants; counting one word in four (COUNT_SAMPLED, sections of SAMPLE_FROM words or more)
  * made encoding 1.05-1.07x faster, and dropping its presence store per word 1.09-1.13x more
  * (docs/kernels.md). `histograms` holds histogram_tables(symbol_bits) of them. */
-#define COUNT_AT_WIDTH(mode)                                                                                                     \
-    switch (symbol_bits) {                                                                                                       \
-    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), mode, present); break;                  \
-    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), mode, present); break;               \
-    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), mode, present); break;               \
+#define COUNT_AT_WIDTH(mode)                                                                                                           \
+    switch (symbol_bits) {                                                                                                             \
+    case 8: count_symbols(words, count, word_bytes, is_float, 8, histograms, histogram_tables(8), mode, present); break;               \
+    case 10: count_symbols(words, count, word_bytes, is_float, 10, histograms, histogram_tables(10), mode, present); break;            \
+    case 12: count_symbols(words, count, word_bytes, is_float, 12, histograms, histogram_tables(12), mode, present); break;            \
     default: count_symbols(words, count, word_bytes, is_float, symbol_bits, histograms, histogram_tables(symbol_bits), mode, present); \
-        break;                                                                                                                   \
+        break;                                                                                                                         \
     }
 static inline __attribute__((always_inline)) void count_slice(const uint8_t *words, size_t count, const int word_bytes, const int is_float,
                                                               int symbol_bits, uint32_t *histograms, int mode, uint8_t *present) {
