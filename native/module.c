@@ -296,7 +296,7 @@ static PyObject *crc32(PyObject *self, PyObject *args) {
 
 /* The section goes straight into the bytearray returned, after `prefix` (the headers of the
  * frames around it, which a caller fills in once the section's length is known: a bytearray, so
- * it can), and the bytearray then shrinks to fit: the coded data is never copied. */
+ * it can), and the bytearray then shrinks to fit: once coded, the section is not copied again. */
 static PyObject *encode_section(PyObject *self, PyObject *args) {
     Py_buffer words, prefix = {0};
     int word_bytes, is_float, symbol_bits;

@@ -297,14 +297,16 @@ class GroupingCodec(Codec):
 
     def encode_after(self, room: bytes, chunk: np.ndarray, dtype: str) -> bytearray | None:
         """`room` followed by the one stream encode() would return, in one buffer the caller may
-        write into; None where the codec makes several streams of this chunk, or cannot."""
+        write into; None where the codec makes several streams of this chunk, or cannot. A
+        pipeline without a bytes stage asks this first: a codec that overrides encode() must
+        override this too (or return None here)."""
         return None
 
 
 class BytesCodec(Codec):
-    """bytes -> bytes, on one stream."""
+    """bytes -> bytes (or a bytearray), on one stream."""
 
-    def encode(self, data: bytes | np.ndarray) -> bytes:
+    def encode(self, data: bytes | np.ndarray) -> bytes | bytearray:
         raise NotImplementedError
 
     def decode(self, data: bytes, decoded_size: int) -> bytes:

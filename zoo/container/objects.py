@@ -78,9 +78,12 @@ class ObjectPayload(PayloadWriter):
     def __init__(self, folder: Path) -> None:
         super().__init__(None)  # type: ignore[arg-type] - no stream until the payload spills
         self.folder, self.limit = folder, self.LIMIT
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | bytearray] = []
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Appends `data`. Held in memory, bytes are kept as they are and a bytearray as handed over
+        (a coded chunk, which nothing writes to afterwards); anything else, a view of a buffer its
+        writer may reuse, is copied."""
         if self.stream is None and self.size + len(data) > self.limit:
             self.stream = tempfile.NamedTemporaryFile(dir=self.folder, prefix=".payload-", delete=False)  # noqa: SIM115 - closed by ObjectSink.finish
             for part in self.parts:
@@ -88,7 +91,7 @@ class ObjectPayload(PayloadWriter):
             self.parts = []
         if self.stream is None:
             offset = self.size
-            self.parts.append(bytes(data))  # kept until the object is written: never a view of a reused buffer
+            self.parts.append(data if type(data) in (bytes, bytearray) else bytes(data))  # type: ignore[arg-type]
             self.size += len(data)
             return offset
         return super().write(data)

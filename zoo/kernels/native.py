@@ -71,7 +71,8 @@ def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     return _native.crc32(data, value)
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"") -> bytearray:
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int,
+                   prefix: bytes = b"") -> bytearray:
     return _native.encode_section(words, word_bytes, is_float, symbol_bits, prefix)
 
 
