@@ -294,13 +294,16 @@ static PyObject *crc32(PyObject *self, PyObject *args) {
 
 /* -- the section coder --------------------------------------------------------------------- */
 
-/* The section goes straight into the bytearray returned, after `prefix` (the headers of the
- * frames around it, which a caller fills in once the section's length is known: a bytearray, so
- * it can), and the bytearray then shrinks to fit: once coded, the section is not copied again. */
+/* The section goes straight into the bytes object returned, after `prefix` (the headers of the
+ * frames around it), which then shrinks to fit: once coded, the section is not copied again.
+ * `lengths_at` (where it is not -1): the offset in `prefix` of a stream header's two u32 lengths
+ * (docs/FORMAT.md, a chunk's streams), both set here to the length of what follows them, so that
+ * a chunk of one stream is framed without joining its header to it afterwards. */
 static PyObject *encode_section(PyObject *self, PyObject *args) {
     Py_buffer words, prefix = {0};
     int word_bytes, is_float, symbol_bits;
-    if (!PyArg_ParseTuple(args, "y*ipi|y*", &words, &word_bytes, &is_float, &symbol_bits, &prefix)) return NULL;
+    Py_ssize_t lengths_at = -1;
+    if (!PyArg_ParseTuple(args, "y*ipi|y*n", &words, &word_bytes, &is_float, &symbol_bits, &prefix, &lengths_at)) return NULL;
     PyObject *result = NULL;
     if (word_bytes != 1 && word_bytes != 2 && word_bytes != 4) {
         PyErr_SetString(PyExc_ValueError, "sections hold 1-, 2- or 4-byte words");
@@ -310,14 +313,18 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "section input is not whole words");
         goto done;
     }
+    if (lengths_at != -1 && (lengths_at < 0 || lengths_at > prefix.len - 8)) {
+        PyErr_SetString(PyExc_ValueError, "the prefix holds no two lengths there");
+        goto done;
+    }
     size_t count = (size_t)words.len / (size_t)word_bytes, capacity = zoo_section_bound(count, word_bytes), used = 0;
     if (capacity > (size_t)(PY_SSIZE_T_MAX - prefix.len)) {
         PyErr_NoMemory();
         goto done;
     }
-    result = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)((size_t)prefix.len + capacity));
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)prefix.len + capacity));
     if (!result) goto done;
-    uint8_t *out = (uint8_t *)PyByteArray_AS_STRING(result);
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
     if (prefix.len) memcpy(out, prefix.buf, (size_t)prefix.len);
     Py_BEGIN_ALLOW_THREADS used = zoo_encode_section((const uint8_t *)words.buf, count, word_bytes, is_float, symbol_bits, out + prefix.len,
                                                      capacity, active);
@@ -326,7 +333,17 @@ static PyObject *encode_section(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_MemoryError, "section encoder ran out of room");
         goto done;
     }
-    if (PyByteArray_Resize(result, (Py_ssize_t)((size_t)prefix.len + used)) < 0) Py_CLEAR(result);
+    if (lengths_at != -1) {
+        uint64_t length = (uint64_t)(prefix.len - (lengths_at + 8)) + used;
+        if (length > UINT32_MAX) {
+            Py_CLEAR(result);
+            PyErr_SetString(PyExc_ValueError, "the stream is too long for its header's lengths");
+            goto done;
+        }
+        for (int field = 0; field < 2; field++)
+            for (int k = 0; k < 4; k++) out[lengths_at + 4 * field + k] = (uint8_t)(length >> (8 * k));
+    }
+    _PyBytes_Resize(&result, (Py_ssize_t)((size_t)prefix.len + used)); /* sets an error and NULL when it fails */
 done:
     PyBuffer_Release(&words);
     PyBuffer_Release(&prefix);
@@ -374,7 +391,7 @@ static PyMethodDef METHODS[] = {
     {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
     {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
     {"crc32", crc32, METH_VARARGS, "crc32(data, value=0) -> int: zlib.crc32's value, faster."},
-    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'') -> bytearray: prefix + the coded section."},
+    {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'', lengths_at=-1) -> prefix + the coded section."},
     {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},
     {NULL, NULL, 0, NULL},
 };

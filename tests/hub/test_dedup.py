@@ -321,12 +321,12 @@ def test_a_chain_cut_at_its_depth_needs_the_model_at_its_bottom(tmp_path):
 
 
 def test_an_object_payload_keeps_a_coded_chunk_and_copies_a_view(tmp_path):
-    """Held in memory, a coded chunk (a bytearray, handed over) is kept as it is, not copied again;
-    a view of a buffer its writer may reuse is copied, so later writes to the buffer change nothing."""
+    """Held in memory, a coded chunk (bytes) is kept as it is, not copied again; a view of a buffer
+    its writer may reuse is copied, so later writes to the buffer change nothing."""
     from zoo.container.objects import ObjectPayload
 
     payload = ObjectPayload(tmp_path)
-    chunk = bytearray(b"coded chunk")
+    chunk = b"coded chunk"
     buffer = bytearray(b"reused")
     assert payload.write(chunk) == 0 and payload.write(memoryview(buffer)) == len(chunk)
     buffer[:] = b"XXXXXX"

@@ -3,6 +3,7 @@ independent plain-Python definitions; tests/test_native.py crosses the native va
 
 from __future__ import annotations
 
+import struct
 import zlib
 
 import numpy as np
@@ -201,6 +202,22 @@ def test_encode_section_writes_its_prefix_first(size):
     plain = _kernels.encode_section(words, 2, True, 8)
     assert _kernels.encode_section(words, 2, True, 8, prefix=b"\x00\x07") == b"\x00\x07" + plain
     assert _kernels.decode_section(b"\x00\x07" + plain, 2, size, 2, True)[0].tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize("size", [0, 7, 4097])
+def test_encode_section_fills_in_its_stream_headers_lengths(size):
+    # A chunk framed in place (Pipeline.encode_chunk): the two u32 at lengths_at are set to the
+    # length of all that follows them, the rest of the prefix left as it is.
+    words = np.random.default_rng(size).normal(0, 0.02, size).astype(np.float32).view(np.uint8)
+    plain = _kernels.encode_section(words, 4, True, 10)
+    prefix = b"\x01\x01" + bytes(8) + b"\x00"
+    framed = _kernels.encode_section(words, 4, True, 10, prefix=prefix, lengths_at=2)
+    length = 1 + len(plain)
+    assert framed == b"\x01\x01" + struct.pack("<II", length, length) + b"\x00" + plain
+    assert _kernels.encode_section(words, 4, True, 10, prefix=bytes(8), lengths_at=0) == struct.pack("<II", len(plain), len(plain)) + plain
+    for lengths_at in (-2, 4, 100):  # the two lengths must lie within the prefix
+        with pytest.raises(ValueError, match="holds no two lengths"):
+            _kernels.encode_section(words, 4, True, 10, prefix=prefix, lengths_at=lengths_at)
 
 
 def test_info_names_the_path():

@@ -295,18 +295,19 @@ class GroupingCodec(Codec):
         """Decoded size of each stream when known from the chunk alone (used to bound decoders)."""
         return None
 
-    def encode_after(self, room: bytes, chunk: np.ndarray, dtype: str) -> bytearray | None:
-        """`room` followed by the one stream encode() would return, in one buffer the caller may
-        write into; None where the codec makes several streams of this chunk, or cannot. A
-        pipeline without a bytes stage asks this first: a codec that overrides encode() must
-        override this too (or return None here)."""
+    def encode_after(self, header: bytes, chunk: np.ndarray, dtype: str) -> bytes | None:
+        """`header` followed by the one stream encode() would return, with the two u32 lengths
+        that end `header` (a stream header's, docs/FORMAT.md) set to the stream's length; None
+        where the codec makes several streams of this chunk, or cannot. A pipeline without a
+        bytes stage asks this first: a codec that overrides encode() must override this too (or
+        return None here)."""
         return None
 
 
 class BytesCodec(Codec):
-    """bytes -> bytes (or a bytearray), on one stream."""
+    """bytes -> bytes, on one stream."""
 
-    def encode(self, data: bytes | np.ndarray) -> bytes | bytearray:
+    def encode(self, data: bytes | np.ndarray) -> bytes:
         raise NotImplementedError
 
     def decode(self, data: bytes, decoded_size: int) -> bytes:

@@ -37,7 +37,7 @@ MAX_STREAMS = 64
 
 _STREAM_HEADER = struct.Struct("<BII")
 _RAW = 1
-_ONE_STREAM = struct.pack("<B", 1) + bytes(_STREAM_HEADER.size)  # a chunk's header, one stream's lengths to fill in
+_ONE_RAW_STREAM = struct.pack("<B", 1) + _STREAM_HEADER.pack(_RAW, 0, 0)  # a chunk's header, its stream's lengths to fill in
 
 
 def _parse_value(text: str) -> Any:
@@ -229,16 +229,14 @@ class Pipeline:
 
     # -- leaf stages: one chunk of raw bytes ----------------------------------------------
 
-    def encode_chunk(self, chunk: np.ndarray, dtype: str) -> bytes | bytearray:
+    def encode_chunk(self, chunk: np.ndarray, dtype: str) -> bytes:
         if not self.bytes_stages:
-            # The grouping codec's one stream goes after room for the chunk's header, filled in
-            # here: joining header and stream copied the whole chunk once more (MiniLM BF16
-            # encoded 1.02-1.08x faster without the copy on one thread, 1.05-1.15x on two;
-            # docs/kernels.md).
-            chunk_bytes = self.grouping.encode_after(_ONE_STREAM, chunk, dtype)
+            # The grouping codec's one stream goes after the chunk's header, whose lengths the
+            # coder fills in: joining header and stream copied the whole chunk once more (MiniLM
+            # encoded 1.04-1.10x faster without the copy on one thread, 1.02-1.17x on two;
+            # docs/kernels.md). With no bytes stage, a stream is stored as it is (_RAW).
+            chunk_bytes = self.grouping.encode_after(_ONE_RAW_STREAM, chunk, dtype)
             if chunk_bytes is not None:
-                length = len(chunk_bytes) - len(_ONE_STREAM)
-                _STREAM_HEADER.pack_into(chunk_bytes, 1, _RAW, length, length)
                 return chunk_bytes
         streams = self.grouping.encode(chunk, dtype)
         if len(streams) > MAX_STREAMS:

@@ -59,7 +59,7 @@ class PayloadWriter:
         self.stream = stream
         self.size = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         offset = self.size
         self.stream.write(data)
         self.size += len(data)

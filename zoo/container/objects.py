@@ -78,12 +78,9 @@ class ObjectPayload(PayloadWriter):
     def __init__(self, folder: Path) -> None:
         super().__init__(None)  # type: ignore[arg-type] - no stream until the payload spills
         self.folder, self.limit = folder, self.LIMIT
-        self.parts: list[bytes | bytearray] = []
+        self.parts: list[bytes] = []
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Appends `data`. Held in memory, bytes are kept as they are and a bytearray as handed over
-        (a coded chunk, which nothing writes to afterwards); anything else, a view of a buffer its
-        writer may reuse, is copied."""
+    def write(self, data: bytes | memoryview) -> int:
         if self.stream is None and self.size + len(data) > self.limit:
             self.stream = tempfile.NamedTemporaryFile(dir=self.folder, prefix=".payload-", delete=False)  # noqa: SIM115 - closed by ObjectSink.finish
             for part in self.parts:
@@ -91,7 +88,7 @@ class ObjectPayload(PayloadWriter):
             self.parts = []
         if self.stream is None:
             offset = self.size
-            self.parts.append(data if type(data) in (bytes, bytearray) else bytes(data))  # type: ignore[arg-type]
+            self.parts.append(bytes(data))  # kept until the object is written: never a view of a reused buffer (bytes: not copied)
             self.size += len(data)
             return offset
         return super().write(data)

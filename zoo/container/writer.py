@@ -396,7 +396,7 @@ class Builder:
                 entry["sha256"] = digests[entry["path"]]()
 
     @staticmethod
-    def _encode(job: _Job) -> tuple[_Job, bytes | bytearray | None]:
+    def _encode(job: _Job) -> tuple[_Job, bytes | None]:
         encoded = job.pipeline.encode_chunk(job.raw, job.leaf["dtype"]) if job.count else None
         if job.turn is not None:
             job.turn[0].take(job.turn[1], job)

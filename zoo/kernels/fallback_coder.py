@@ -135,11 +135,20 @@ def _runs(block_zeros: np.ndarray, count: int) -> list[tuple[int, int, int]]:
     return [(int(a), int(b - a), int(block_zeros[a // BLOCK])) for a, b in zip(starts, stops)]
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int,
-                   prefix: bytes = b"") -> bytearray:
-    """`prefix` + the coded section, in a bytearray as the native coder returns it (which writes
-    both into one buffer, without a copy)."""
-    return bytearray(prefix) + _encode_section(words, word_bytes, is_float, symbol_bits)
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"",
+                   lengths_at: int = -1) -> bytes:
+    """`prefix` + the coded section (the native coder writes both into one buffer, without a copy).
+    With `lengths_at`, the two u32 at that offset of `prefix` are set to the length of what follows
+    them (a stream header's, docs/FORMAT.md)."""
+    section = _encode_section(words, word_bytes, is_float, symbol_bits)
+    if lengths_at == -1:
+        return bytes(prefix) + section
+    if not 0 <= lengths_at <= len(prefix) - 8:
+        raise ValueError("the prefix holds no two lengths there")
+    length = len(prefix) - (lengths_at + 8) + len(section)
+    if length > 0xFFFFFFFF:
+        raise ValueError("the stream is too long for its header's lengths")
+    return bytes(prefix[:lengths_at]) + struct.pack("<II", length, length) + bytes(prefix[lengths_at + 8:]) + section
 
 
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:

@@ -71,9 +71,9 @@ def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     return _native.crc32(data, value)
 
 
-def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int,
-                   prefix: bytes = b"") -> bytearray:
-    return _native.encode_section(words, word_bytes, is_float, symbol_bits, prefix)
+def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_float: bool, symbol_bits: int, prefix: bytes = b"",
+                   lengths_at: int = -1) -> bytes:
+    return _native.encode_section(words, word_bytes, is_float, symbol_bits, prefix, lengths_at)
 
 
 def decode_section(payload: bytes | memoryview, offset: int, count: int, word_bytes: int, is_float: bool) -> tuple[np.ndarray, int]:

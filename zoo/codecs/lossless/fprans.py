@@ -33,18 +33,19 @@ def _layout(dtype: str) -> tuple[int, int]:
 class FpRans(GroupingCodec):
     codec_id = "fprans"
 
-    def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes | bytearray]:
+    def encode(self, chunk: np.ndarray, dtype: str) -> list[bytes]:
         words = self.encode_after(b"", chunk, dtype)
         if words is not None:
             return [words]
         planes = _kernels.split_planes(chunk, dtype)
         return [bytes([PLANES, len(planes)]) + b"".join(_kernels.encode_section(plane, 1, False, 8) for plane in planes)]
 
-    def encode_after(self, room: bytes, chunk: np.ndarray, dtype: str) -> bytearray | None:
+    def encode_after(self, header: bytes, chunk: np.ndarray, dtype: str) -> bytes | None:
         layout, word_bytes = _layout(dtype)
         if layout != WORDS:
             return None
-        return _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=room + bytes([WORDS]))
+        lengths_at = len(header) - 8 if header else -1
+        return _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=header + bytes([WORDS]), lengths_at=lengths_at)
 
     def decode(self, streams: list[bytes], dtype: str, n_elements: int) -> np.ndarray:
         layout, word_bytes = _layout(dtype)

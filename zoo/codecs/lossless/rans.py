@@ -16,7 +16,7 @@ from zoo.codecs.base import BytesCodec
 class Rans(BytesCodec):
     codec_id = "rans"
 
-    def encode(self, data: bytes | np.ndarray | memoryview) -> bytearray:
+    def encode(self, data: bytes | np.ndarray | memoryview) -> bytes:
         return _kernels.encode_section(data, 1, False, 8)
 
     def decode(self, data: bytes, decoded_size: int) -> bytes:
