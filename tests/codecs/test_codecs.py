@@ -73,7 +73,7 @@ def test_leaf_codecs_are_exact(cls, dtype, count):
 @pytest.mark.parametrize("spec", ["lossless", "bytegroup", "fprans|zstd"])
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F8_E4M3", "I32"])
 @pytest.mark.parametrize("count", [0, 1, 4097])
-def test_a_chunk_coded_after_room_for_its_header_is_the_joined_chunk(spec, dtype, count):
+def test_a_chunk_coded_after_its_header_is_the_joined_chunk(spec, dtype, count):
     # Without a bytes stage, a grouping codec that makes one stream codes it after the chunk's
     # header and fills in its lengths: the bytes must be those of header + stream, joined.
     pipeline = Pipeline.parse(spec)

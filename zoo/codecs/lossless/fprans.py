@@ -44,6 +44,8 @@ class FpRans(GroupingCodec):
         layout, word_bytes = _layout(dtype)
         if layout != WORDS:
             return None
+        if header and len(header) < 8:
+            raise ValueError("a header ends with its stream's two u32 lengths")
         lengths_at = len(header) - 8 if header else -1
         return _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=header + bytes([WORDS]), lengths_at=lengths_at)
 
