@@ -297,10 +297,11 @@ class GroupingCodec(Codec):
 
     def encode_after(self, header: bytes, chunk: np.ndarray, dtype: str) -> bytes | None:
         """`header` followed by the one stream encode() would return, with the two u32 lengths
-        that end `header` (a stream header's, docs/FORMAT.md) set to the stream's length; None
-        where the codec makes several streams of this chunk, or cannot. A pipeline without a
-        bytes stage asks this first: a codec that overrides encode() must override this too (or
-        return None here)."""
+        that end `header` (a stream header's, docs/FORMAT.md) both set to the stream's length, as
+        they are where the header's flags say the stream is stored as it is; an empty `header`
+        gets nothing filled in. None where the codec makes several streams of this chunk, or
+        cannot. A pipeline without a bytes stage asks this first: a codec that overrides encode()
+        must override this too (or return None here)."""
         return None
 
 

@@ -8,7 +8,8 @@ Contract (every path gives bit-identical results; zoo/kernels/fallback.py is the
 - philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
 - crc32(data, value=0) -> int: exactly zlib.crc32 (the archive's chunk checksums).
 - encode_section(words uint8, word_bytes, is_float, symbol_bits, prefix=b"", lengths_at=-1) -> prefix + coded
-  bytes, the two u32 lengths at `lengths_at` in `prefix` (a stream header's) set to the length after them, and
+  bytes; with lengths_at >= 0 the two u32 at that offset of `prefix` (a stream header's lengths) are set
+  to the length of all that follows them (ValueError where they do not lie within `prefix`), and
   decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
   the entropy coder of the fprans and rans codecs (zoo/kernels/fallback_coder.py, docs/FORMAT.md).
 

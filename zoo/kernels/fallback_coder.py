@@ -8,6 +8,7 @@ up to 512 lanes to keep that loop short.
 
 from __future__ import annotations
 
+import operator
 import struct
 
 import numpy as np
@@ -140,15 +141,19 @@ def encode_section(words: np.ndarray | bytes | memoryview, word_bytes: int, is_f
     """`prefix` + the coded section (the native coder writes both into one buffer, without a copy).
     With `lengths_at`, the two u32 at that offset of `prefix` are set to the length of what follows
     them (a stream header's, docs/FORMAT.md)."""
+    prefix = bytes(memoryview(prefix).cast("B"))  # counted in bytes, as the native coder counts it
+    lengths_at = operator.index(lengths_at)
+    if not -(1 << 63) <= lengths_at < 1 << 63:
+        raise OverflowError("lengths_at does not fit a C ssize_t")
     section = _encode_section(words, word_bytes, is_float, symbol_bits)
     if lengths_at == -1:
-        return bytes(prefix) + section
+        return prefix + section
     if not 0 <= lengths_at <= len(prefix) - 8:
         raise ValueError("the prefix holds no two lengths there")
     length = len(prefix) - (lengths_at + 8) + len(section)
     if length > 0xFFFFFFFF:
         raise ValueError("the stream is too long for its header's lengths")
-    return bytes(prefix[:lengths_at]) + struct.pack("<II", length, length) + bytes(prefix[lengths_at + 8:]) + section
+    return prefix[:lengths_at] + struct.pack("<II", length, length) + prefix[lengths_at + 8:] + section
 
 
 def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: int) -> np.ndarray:
