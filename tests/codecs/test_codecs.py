@@ -83,11 +83,11 @@ def test_a_chunk_coded_after_its_header_is_the_joined_chunk(spec, dtype, count, 
     if spec == "lossless" and dtype != "I32":  # I32 goes in byte planes, with their own headers
         monkeypatch.setattr(pipeline.grouping, "encode", None)  # the path without a join must not need it
     chunk = pipeline.encode_chunk(raw, dtype)
-    raw_flags = [len(body) >= len(memoryview(stream).cast("B")) for body, stream in zip(coded, streams)]
-    joined = bytes([len(streams)]) + b"".join(
-        struct.pack("<BII", int(flag), len(memoryview(stream).cast("B")) if flag else len(body), len(memoryview(stream).cast("B")))
-        for flag, body, stream in zip(raw_flags, coded, streams)) + b"".join(
-        bytes(memoryview(stream).cast("B")) if flag else bytes(body) for flag, body, stream in zip(raw_flags, coded, streams))
+    # each stream as the generic path stores it: coded where that is shorter, else as it is (flag 1)
+    stored = [(0, bytes(body), len(plain)) if len(body) < len(plain) else (1, plain, len(plain))
+              for body, plain in zip(coded, (bytes(memoryview(stream).cast("B")) for stream in streams))]
+    joined = bytes([len(streams)]) + b"".join(struct.pack("<BII", flag, len(body), size) for flag, body, size in stored) \
+        + b"".join(body for _, body, _ in stored)
     assert bytes(chunk) == joined
     assert pipeline.decode_chunk(bytes(chunk), dtype, count).tobytes() == raw.tobytes()
 

@@ -160,9 +160,8 @@ def _sampled_histogram(symbols: np.ndarray, present: np.ndarray, symbol_bits: in
     """As native/coder.c counts a long section: every fourth word's symbol, and count 1 for each
     symbol the others alone hold. Where at most GAP_LIMIT of the symbols between the smallest
     nonzero one and the largest go uncounted (and at most MAX_SYMBOLS result, 0 among them where
-    it occurs), and no symbol
-    holds more than 1/SPREAD of the counted words, each of those gets count 1 without asking
-    whether it occurs; else only those that occur."""
+    it occurs), and no symbol holds more than 1/SPREAD of the counted words, each of those gets
+    count 1 without asking whether it occurs; else only those that occur."""
     sampled = np.bincount(symbols[::SAMPLE_STRIDE], minlength=1 << symbol_bits)
     nonzero = np.flatnonzero(present[1:]) + 1
     if len(nonzero) and int(sampled.max()) * SPREAD <= int(sampled.sum()):
