@@ -33,13 +33,21 @@ def test_a_path_with_square_brackets_is_printed_as_it_is(one_file_archive, tmp_p
     assert done.stdout.startswith(f"{closing}: "), done.stdout
 
 
+def test_a_path_with_an_emoji_code_is_printed_as_it_is(one_file_archive, tmp_path):
+    for env in ({}, TERMINAL):  # a short path: a terminal's line is not folded
+        output = f"run:smile:{len(env)}"
+        done = ok(zoo_cli("decompress", one_file_archive, "-o", output, env=env, cwd=tmp_path))
+        assert _visible(done.stdout).startswith(f"{output}: "), done.stdout  # rich made :smile: a smiling face
+
+
 def test_a_table_on_a_terminal_shows_square_brackets_as_they_are(tmp_path):
     weights = write_safetensors(tmp_path / "w.safetensors", {"w[bold]": ("F32", random_storage("F32", (8, 8), 1)),
-                                                              "layers[/]": ("F32", random_storage("F32", (4,), 2))})
+                                                              "layers[/]": ("F32", random_storage("F32", (4,), 2)),
+                                                              "head:thumbs_up:": ("F32", random_storage("F32", (4,), 3))})
     ok(zoo_cli("compress", weights, "-o", "x[red]y.zoo", cwd=tmp_path))
     done = ok(zoo_cli("info", "x[red]y.zoo", env=TERMINAL, cwd=tmp_path))  # a short path: the title is not folded
     shown = _visible(done.stdout)
-    assert "x[red]y.zoo: fprans" in shown and "w[bold]" in shown and "layers[/]" in shown, shown
+    assert "x[red]y.zoo: fprans" in shown and "w[bold]" in shown and "layers[/]" in shown and "head:thumbs_up:" in shown, shown
 
 
 def test_a_count_of_one_is_singular(one_file_archive, tmp_path):

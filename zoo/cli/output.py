@@ -46,9 +46,10 @@ class _Stdout:
 def _console(stderr: bool = False) -> Console:
     """rich's console for stdout or stderr. Piped or in a file, where rich would fold every line at
     80 columns, a message is one line however long (a long path stays whole); tables there are
-    plain lines (print_table). On a terminal, lines fold at its width. No markup: a path or a
-    tensor name such as `out[red]` or `layers[/]` is printed as it is, never read as a style."""
-    console = Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False)
+    plain lines (print_table). On a terminal, lines fold at its width. No markup and no emoji
+    codes: a path or a tensor name such as `out[red]`, `layers[/]` or `run:smile:2` is printed as
+    it is, never read as a style or turned into a picture."""
+    console = Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False, emoji=False)
     if not console.is_terminal:
         console.soft_wrap = True
     return console
