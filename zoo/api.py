@@ -514,11 +514,13 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _open(ref: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
-    """The archive `ref` names (a path or a zoo name), with the base it is read against, if any."""
+def _open(ref: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None, read_once: bool = False) -> Archive:
+    """The archive `ref` names (a path or a zoo name), with the base it is read against, if any.
+    `read_once`, for a caller that decodes each chunk once (decompress, verify): the chunks are
+    decoded out of the mapped archive, not out of a copy pread makes of each (see ArchiveFile)."""
     path = archive_path(ref)
     base_model = None if base is None else open_base(base)
-    return Archive(path, base_model, owns_base=base_model is not None and base_model is not base)
+    return Archive(path, base_model, owns_base=base_model is not None and base_model is not base, mapped=read_once, read_once=read_once)
 
 
 def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
@@ -613,7 +615,7 @@ def stored_size(opened: Archive) -> int:
 def verify(archive: str | os.PathLike[str], threads: int | None = None, base: str | os.PathLike[str] | None = None) -> list[str]:
     """Check every checksum and every recorded sha256; returns the problems found. Tensors stored
     against a base are rebuilt (and the base checked) only when `base` is given."""
-    with _open(archive, base) as opened:
+    with _open(archive, base, read_once=True) as opened:
         return opened.verify(resolve_threads(threads))
 
 
@@ -680,7 +682,7 @@ def decompress(
     started = time.perf_counter()
     destination = Path(destination)
     workers = resolve_threads(threads)
-    with _open(archive, base) as opened:
+    with _open(archive, base, read_once=True) as opened:
         opened.require_base()  # a missing or wrong base fails before the output folder appears
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]

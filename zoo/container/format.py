@@ -275,12 +275,16 @@ class ArchiveFile:
     a process that reads the same archives over and over (`zoo serve`), where that copy was a
     sixth of the CPU a download took. The mapped pages are the page cache's, and count in the
     process's resident set while mapped. A file that cannot be mapped, and every file while a
-    SIGBUS handler installed after zoo's displaces it (kernels.maps_guarded), is read with pread."""
+    SIGBUS handler installed after zoo's displaces it (kernels.maps_guarded), is read with pread.
+    With `read_once` as well (a reader that decodes each chunk once, as decompress does), each
+    chunk's pages leave the process once it is decoded: the resident set stays that of the chunks
+    in flight, however large the archive."""
 
     def __init__(self, path: str | os.PathLike[str], objects_root: str | os.PathLike[str] | None = None,
-                 mapped: bool = False) -> None:
+                 mapped: bool = False, read_once: bool = False) -> None:
         self.path = Path(path)
         self.mapped = mapped and _kernels.map_file is not None
+        self.read_once = read_once
         self._map: Any = None  # the whole archive file mapped, once a chunk is read through it
         # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
         self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
@@ -400,9 +404,10 @@ class ArchiveFile:
         view of the mapped file; should the file shrink meanwhile, the reads past its new end find
         zeros (native/mapping.c), and whatever decode made of them is refused here. What decode
         returns (a numpy array) must not point into the map (the caller keeps it): it is copied if it does."""
-        view = self._mapped_view(chunk[0], chunk[1], what, obj) if self.mapped and _kernels.maps_guarded() else None  # type: ignore[misc]
-        if view is None:
+        mapped = self._mapped_view(chunk[0], chunk[1], what, obj) if self.mapped and _kernels.maps_guarded() else None  # type: ignore[misc]
+        if mapped is None:
             return decode(self.read_chunk(chunk, what, obj))
+        view, position = mapped
         mapping = view.obj
         try:
             self._check_crc(view, chunk[2], what, obj)
@@ -414,11 +419,14 @@ class ArchiveFile:
         address = out.__array_interface__["data"][0]
         if mapping.address <= address < mapping.address + len(mapping):
             out = out.copy()
+        if self.read_once:
+            _release_read(mapping, position, chunk[1])
         return out
 
-    def _mapped_view(self, offset: int, length: int, what: str, obj: str | None) -> memoryview | None:
-        """[offset, offset + length) of the payload region through a map, or None where there is
-        none or the bytes lie outside it (read() then says what is wrong, or reads a file that grew)."""
+    def _mapped_view(self, offset: int, length: int, what: str, obj: str | None) -> tuple[memoryview, int] | None:
+        """[offset, offset + length) of the payload region through a map, with where it starts in
+        the map, or None where there is none or the bytes lie outside it (read() then says what is
+        wrong, or reads a file that grew)."""
         if obj is None:
             if self._map is None:
                 self._map = _map(self._file.fileno(), self.path) or False  # False: tried, and not mapped
@@ -431,7 +439,7 @@ class ArchiveFile:
                 mapping = _OBJECT_FILES.mapping(where, descriptor)
         if mapping is None or not _within(offset, length, size) or start + offset + length > len(mapping):
             return None
-        return memoryview(mapping)[start + offset:start + offset + length]
+        return memoryview(mapping)[start + offset:start + offset + length], start + offset
 
     def _check_intact(self, mapping: Any, what: str, obj: str | None) -> None:
         if not mapping.damaged:
@@ -583,6 +591,21 @@ def _open_regular(path: Path) -> BinaryIO:
 def _within(offset: Any, length: Any, size: int) -> bool:
     """Whether [offset, offset + length) are whole numbers inside a region of `size` bytes."""
     return isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length >= 0 and offset + length <= size
+
+
+# A page faulted in through a map comes with its neighbours in the same aligned window of 64 KiB
+# (the kernel's default fault_around_bytes): a chunk's first read maps the tail of the chunk before
+# it again. Each read chunk releases the windows it touched, whole.
+_FAULT_AROUND = 64 << 10
+
+
+def _release_read(mapping: Any, position: int, length: int) -> None:
+    """Drops the pages of a chunk read through `mapping` from the process, with the rest of the
+    windows they share (a neighbour still being read faults them in again)."""
+    low = (mapping.address + position) & -_FAULT_AROUND
+    high = -(-(mapping.address + position + length) // _FAULT_AROUND) * _FAULT_AROUND
+    start = max(low - mapping.address, 0)
+    mapping.release(start, min(high - mapping.address, len(mapping)) - start)
 
 
 def _map(descriptor: int, path: Path) -> Any:

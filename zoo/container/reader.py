@@ -93,9 +93,9 @@ class Archive:
     a base are added to; without it, reading one of them raises InputError naming the base."""
 
     def __init__(self, path: str | os.PathLike[str], base: BaseModel | None = None, owns_base: bool = False,
-                 objects_root: str | os.PathLike[str] | None = None, mapped: bool = False) -> None:
+                 objects_root: str | os.PathLike[str] | None = None, mapped: bool = False, read_once: bool = False) -> None:
         self._closed = False
-        self._file = ArchiveFile(path, objects_root, mapped)  # mapped: see ArchiveFile
+        self._file = ArchiveFile(path, objects_root, mapped, read_once)  # mapped, read_once: see ArchiveFile
         self.path = self._file.path
         self._pipelines: dict[str, Pipeline] = {}
         self._indexes: dict[tuple[Any, ...], bytes] = {}  # chunk indexes read and checked, as stored
