@@ -74,8 +74,15 @@ def find_archive(ref: str | os.PathLike[str]) -> Path | None:
 
 
 def archive_path(ref: str | os.PathLike[str]) -> Path:
-    """Like find_archive, but a ref that names nothing is one clear error."""
+    """Like find_archive, for a command that reads an archive: a folder that has the name of a
+    model in the zoo gives way to the model (`zoo compress mymodel` names it after the folder,
+    and `zoo info mymodel` beside the folder means the model), and a ref that names nothing is
+    one clear error."""
     found = find_archive(ref)
+    if found is not None and found.is_dir():
+        from zoo.hub.store import resolve_archive
+
+        found = resolve_archive(str(ref)) or found  # no such model: the folder, refused as no archive
     if found is None:
         raise InputError(not_found(ref))
     return found

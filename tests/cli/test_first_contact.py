@@ -135,6 +135,19 @@ def test_a_variant_is_found_by_the_spec_the_user_typed(tiny_model, tmp_path):
     assert json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"] == []
 
 
+def test_a_folder_beside_the_model_stored_under_its_name_gives_way_to_the_model(tiny_model, tmp_path):
+    """`zoo compress tiny` names the model after the folder; `zoo info tiny` next to the folder
+    meant the model, and was refused as "a folder, not a zoo archive"."""
+    home = tmp_path / "home"  # not "zoo": `python -m zoo` run in tmp_path would import that folder
+    ok(zoo_cli("compress", "tiny", home=home, cwd=tmp_path))
+    assert ok(zoo_cli("info", "tiny", home=home, cwd=tmp_path)).stdout.startswith("tiny: ")
+    assert ok(zoo_cli("verify", "tiny", home=home, cwd=tmp_path)).stdout == "tiny: ok\n"
+    ok(zoo_cli("decompress", "tiny", "-o", "out", home=home, cwd=tmp_path))
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    refused = zoo_cli("info", "sub", home=home, cwd=tiny_model)  # a folder and no model of its name
+    assert refused.returncode == 1 and refused.stderr == "error: sub: is a folder, not a zoo archive\n", refused.stderr
+
+
 # -- output a person reads ---------------------------------------------------------------------
 
 
