@@ -252,3 +252,21 @@ def test_a_name_the_zoo_cannot_hold_is_refused_before_any_coding(tmp_path, monke
     with pytest.raises(InputError, match=r"^/models/\\xffodd: a name that is not UTF-8"):
         compress_into(store, folder, "odd", source_label=os.fsdecode(b"/models/\xffodd"))
     assert store.entries() == [] and not list((tmp_path / "zoo").rglob("*.zoo"))
+
+
+def test_decompress_never_replaces_the_archive_it_reads(tmp_path):
+    """A model folder that holds its own archive, decompressed where the archive lies: with force,
+    the model's file of the archive's name took the archive's place, and the archive was lost."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    (model / "packed.zoo").write_bytes(b"an older archive, a file of the model")
+    archive = tmp_path / "out" / "packed.zoo"
+    archive.parent.mkdir()
+    zoo.compress(model, archive)
+    kept = archive.read_bytes()
+    with pytest.raises(InputError, match="would replace the archive it comes from"):
+        zoo.decompress(archive, archive.parent, force=True)
+    assert archive.read_bytes() == kept and sorted(p.name for p in archive.parent.iterdir()) == ["packed.zoo"]
+    zoo.decompress(archive, tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()

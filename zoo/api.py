@@ -619,6 +619,22 @@ def verify(archive: str | os.PathLike[str], threads: int | None = None, base: st
         return opened.verify(resolve_threads(threads))
 
 
+def _refuse_replacing_what_is_read(opened: Archive, destination: Path, relpaths: list[str]) -> None:
+    """Refuses a decompress one of whose files would take the place of the archive it reads, or of
+    an object that archive names: with --force, the archive was replaced, and lost."""
+    read = set()
+    for path in (opened.path, *(object_path(opened.objects_root, name) for name in object_names(opened.header()))):
+        with suppress(OSError):
+            status = os.stat(path)
+            read.add((status.st_dev, status.st_ino))
+    for relpath in relpaths:
+        with suppress(OSError):
+            status = os.lstat(destination / relpath)
+            if (status.st_dev, status.st_ino) in read:
+                raise InputError(f"{destination / relpath}: the model's file of that name would replace the archive it comes from; "
+                                 "write it into another folder")
+
+
 # A file at least this large, decompressed on one thread, is hashed on a thread of its own.
 HASH_BESIDE_BYTES = 8 << 20
 
@@ -687,6 +703,7 @@ def decompress(
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
         links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        _refuse_replacing_what_is_read(opened, destination, relpaths + links)
         # the folders this makes get their modes back; those already there are the user's, and keep theirs
         made = [path for path in opened.folder_modes() if not os.path.lexists(destination / path)]
         with _folder_output(destination, relpaths + links, force, folders) as temporary:
