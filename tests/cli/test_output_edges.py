@@ -81,6 +81,16 @@ def test_a_stdout_that_cannot_be_written_is_named_in_the_error(one_file_archive,
     assert (tmp_path / "again.zoo").exists()  # the archive itself was written whole
 
 
+def test_a_closed_stdout_is_named_in_the_error(one_file_archive, tmp_path):
+    """Started with its stdout closed (`>&-`), Python's sys.stdout is None: that was "unexpected
+    AttributeError (a bug in zoo)"."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
+    for command in (["info", one_file_archive], ["info", one_file_archive, "--json"], ["compress", tmp_path / "w.safetensors", "-o", tmp_path / "again.zoo"]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              check=False, env=environment, timeout=300, preexec_fn=lambda: os.close(1))
+        assert done.returncode == 1 and done.stderr == "error: cannot write to stdout: stdout is closed\n", (command, done.stderr)
+
+
 def test_help_says_archive_takes_a_zoo_name_too():
     for command in ("info", "decompress"):
         done = ok(zoo_cli(command, "--help"))

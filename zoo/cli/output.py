@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import threading
@@ -19,13 +20,20 @@ class StdoutError(OSError):
     words alone ("No space left on device") read as the disk the command's own output went to."""
 
 
+def _open_stdout() -> Any:
+    """sys.stdout; Python sets it to None when the process started with its stdout closed (`>&-`)."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "stdout is closed")
+    return sys.stdout
+
+
 class _Stdout:
     """sys.stdout as it is when written to (a test may swap it), whose write errors are a
     StdoutError. A closed pipe stays a BrokenPipeError: `zoo ls | head -1` ends quietly."""
 
     def write(self, text: str) -> int:
         try:
-            return sys.stdout.write(text)
+            return _open_stdout().write(text)
         except BrokenPipeError:
             raise
         except OSError as error:
@@ -33,7 +41,7 @@ class _Stdout:
 
     def flush(self) -> None:
         try:
-            sys.stdout.flush()
+            _open_stdout().flush()
         except BrokenPipeError:
             raise
         except OSError as error:
