@@ -91,6 +91,18 @@ def test_a_closed_stdout_is_named_in_the_error(one_file_archive, tmp_path):
         assert done.returncode == 1 and done.stderr == "error: cannot write to stdout: stdout is closed\n", (command, done.stderr)
 
 
+def test_an_error_or_warning_naming_a_file_with_a_newline_is_one_line(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"a": ("F32", random_storage("F32", (4, 4), 1))})
+    os.mkfifo(model / "odd\npipe")  # left out, with a warning
+    done = ok(zoo_cli("compress", model, "-o", tmp_path / "m.zoo"))
+    assert done.stderr == "warning: " + str(model) + ": left out 1 item: odd\\npipe (not a regular file)\n", done.stderr
+    (model / "evil\nlink").symlink_to("/etc/hostname")  # refused, with an error
+    done = zoo_cli("compress", model, "-o", tmp_path / "m.zoo", "--force")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "evil\\nlink: a link leading out of the folder" in done.stderr, done.stderr
+
+
 def test_help_says_archive_takes_a_zoo_name_too():
     for command in ("info", "decompress"):
         done = ok(zoo_cli(command, "--help"))

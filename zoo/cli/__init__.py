@@ -8,12 +8,18 @@ import sys
 import warnings
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters written as escapes (a newline in a file's name is \\n):
+    an error or a warning is one line on stderr, whatever the names in it hold."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """zoo's warnings as one line on stderr; anyone else's as Python shows them."""
     from zoo.errors import ZooWarning
 
     if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
-        print(f"warning: {message}", file=sys.stderr)
+        print(one_line(f"warning: {message}"), file=sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -74,7 +80,7 @@ def main() -> None:
     except ZooError as error:
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(one_line(f"error: {error}"), file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
         if os.environ.get("ZOO_DEBUG"):
@@ -82,13 +88,13 @@ def main() -> None:
         from zoo.cli.output import StdoutError
 
         where = f": {error.filename}" if error.filename else ""
-        print(f"error: {'cannot write to stdout: ' if isinstance(error, StdoutError) else ''}{error.strerror or error}{where}",
+        print(one_line(f"error: {'cannot write to stdout: ' if isinstance(error, StdoutError) else ''}{error.strerror or error}{where}"),
               file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(f"error: out of memory{f': {error}' if str(error) else ''}", file=sys.stderr)
+        print(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:
         if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:
@@ -108,7 +114,7 @@ def main() -> None:
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"), file=sys.stderr)
         sys.exit(1)
 
 
