@@ -337,3 +337,16 @@ def test_noisy_copy_refuses_to_overwrite_or_to_copy_a_file(trained, tmp_path):
     with pytest.raises(InputError, match="not a model folder"):
         noisy_copy(trained / "encoder" / "config.json", tmp_path / "x", 0.1)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch's deprecation of making them
+def test_a_checkpoint_of_sparse_or_quantized_tensors_is_refused_in_one_error(tmp_path):
+    """As compress refuses them: a sparse tensor was an unexpected RuntimeError, and a quantized
+    one was compared to nothing and passed."""
+    import torch
+
+    for kind, tensor in (("sparse", torch.randn(4, 4).to_sparse()), ("quantized", torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8))):
+        path = tmp_path / f"{kind}.bin"
+        torch.save({"dense": torch.randn(3), "odd": tensor}, path)
+        with pytest.raises(InputError, match=rf"{kind}.bin: tensor 'odd' is {kind}; zoo compares dense tensors only"):
+            evaluate(path, path)

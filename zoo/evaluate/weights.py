@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -58,19 +59,25 @@ class _TorchFile:
         import torch
 
         try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy layout cannot be mapped
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's notes on deprecated storages and dtypes, as compress reads them
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as error:
+                    if "mmap" not in str(error):
+                        raise
+                    state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy layout cannot be mapped
         except Exception as error:  # torch raises many types for a file that is not a checkpoint
             raise InputError(f"{path}: not a readable PyTorch checkpoint: {first_line(error)}") from None
+        self._path = path
         self._tensors: dict[str, Any] = {}
         self._flatten(state, "", torch)
 
     def _flatten(self, value: Any, prefix: str, torch: Any) -> None:
         if isinstance(value, torch.Tensor):
+            if value.layout != torch.strided or value.is_quantized:  # as compress refuses them (zoo.sources.torch)
+                kind = "quantized" if value.is_quantized else str(value.layout).removeprefix("torch.").removesuffix("_coo")
+                raise InputError(f"{self._path}: tensor {prefix!r} is {kind}; zoo compares dense tensors only")
             self._tensors[prefix] = value
         elif isinstance(value, dict) and not ("state" in value and "param_groups" in value):
             # an optimizer's state (its moments) is no model weight: left out of the figures
