@@ -158,6 +158,36 @@ class Archive:
                 check_record(info["base"], f"{self.path}: tensor {name!r}")
                 if info.get("dtype") not in DELTA_DTYPES:
                     raise _fail(self._file, f"tensor {name!r} of {info.get('dtype')} cannot be stored against a base")
+        self._check_encodings(tensors)
+
+    def _check_encodings(self, tensors: dict[str, Any]) -> None:
+        """Each tensor entry and the nodes it is encoded as, at every depth and XOR level, as
+        reading, verifying and listing take them (docs/FORMAT.md): a node's parts and meta are
+        objects, and each leaf has a known dtype and a sound shape. A root that is not a dict (a
+        view has none) is refused when the tensor is read."""
+        for name, info in tensors.items():
+            if not isinstance(info, dict):
+                raise _fail(self._file, f"archive header has a malformed entry for tensor {name!r}")
+            level, what = info, f"tensor {name!r}"
+            while isinstance(level, dict):
+                self._check_node(level.get("root"), what)
+                level, what = level.get("xor"), f"tensor {name!r} (the tensor it is stored against)"
+
+    def _check_node(self, node: Any, what: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if "leaf" in node:
+            if not isinstance(node["leaf"], dict):
+                raise _fail(self._file, f"{what} has a malformed leaf")
+            self._check_leaf_shape(node["leaf"], what)
+            return
+        parts = node.get("parts") or {}
+        if not isinstance(parts, dict):
+            raise _fail(self._file, f"{what} has a malformed encoding node: its parts are not an object")
+        if not isinstance(node.get("meta") or {}, dict):
+            raise _fail(self._file, f"{what} has a malformed encoding node: its meta is not an object")
+        for part, child in parts.items():
+            self._check_node(child, f"{what} part {part!r}")
 
     def _check_tree(self, header: dict[str, Any]) -> None:
         """The folders and links restore_links_and_folders makes, checked when the archive opens,
@@ -332,7 +362,8 @@ class Archive:
 
     def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
         shape = leaf.get("shape")
-        if leaf.get("dtype") not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        dtype = leaf.get("dtype")
+        if not isinstance(dtype, str) or dtype not in DTYPES or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise _fail(self._file, f"{what} has a bad dtype or shape")
         if len(shape) > MAX_DIMENSIONS:
             raise _fail(self._file, f"{what} has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
