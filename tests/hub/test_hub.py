@@ -100,6 +100,7 @@ def test_pull_with_filters_and_revision(hub, tmp_path):
     done = zoo_cli("pull", "org/tiny-bert@main", "--include", "*.json", "--include", "*.md", "--exclude", "README*", "--name", "just-config",
                    env=env)
     assert done.returncode == 0, done.stderr
+    assert "it/s" not in done.stderr and "Fetching" not in done.stderr, done.stderr  # piped: no download bars
     entry = Store(tmp_path / "second").resolve("just-config", with_files=True)
     assert [f.path for f in entry.files] == ["config.json"]
 

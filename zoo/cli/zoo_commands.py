@@ -49,9 +49,10 @@ def pull(
     # a lossy pipeline's survey runs before the first byte: its phases get bars of their own
     with stage_bars(api.COMPRESS_STAGES, not as_json) as stage_progress:
         options = {} if stage_progress is None else {"stage_progress": stage_progress}
+        # huggingface_hub's download bars only where a person watches: piped, they are lines of \r
         entry, new = pull_model(repo, name=name, pipeline=pipeline, include=include, exclude=exclude, threads=threads, force=force,
-                                progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json,
-                                **options)
+                                progress=lambda total: progress_bar(total, "compressing", not as_json),
+                                progress_bars=not as_json and stderr.is_terminal, **options)
     print_entry(entry, as_json, "stored" if new else "already in the zoo:")
 
 
@@ -273,11 +274,12 @@ def _compress_from_hub(source: str, output: Optional[Path], name: Optional[str],
 
     if output is None:
         entry, new = hub.pull(source, name=name, pipeline=pipeline, threads=threads, force=force,
-                              progress=lambda total: progress_bar(total, "compressing", not as_json), progress_bars=not as_json, **options)
+                              progress=lambda total: progress_bar(total, "compressing", not as_json),
+                              progress_bars=not as_json and stderr.is_terminal, **options)
         print_compressed(api.report_of(entry.archive), as_json, verbose, entry=entry, new=new)
         return True
     repo_id, revision = hub.parse_repo_ref(source)
-    pulled = hub.download(repo_id, revision, progress_bars=not as_json)
+    pulled = hub.download(repo_id, revision, progress_bars=not as_json and stderr.is_terminal)
     their_check = options.pop("check", None)
 
     def check(archive: Path) -> None:
