@@ -3,6 +3,7 @@ work on a real Ray: what safetensors' users expect, and the mistakes such a user
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -265,8 +266,13 @@ def test_decompress_never_replaces_the_archive_it_reads(tmp_path):
     archive.parent.mkdir()
     zoo.compress(model, archive)
     kept = archive.read_bytes()
-    with pytest.raises(InputError, match="would replace the archive it comes from"):
+    with pytest.raises(OutputExistsError, match="would replace the archive it comes from"):
         zoo.decompress(archive, archive.parent, force=True)
     assert archive.read_bytes() == kept and sorted(p.name for p in archive.parent.iterdir()) == ["packed.zoo"]
+    linked = tmp_path / "linked"  # a hard link of the archive is only a name: replaced, the archive stays
+    linked.mkdir()
+    os.link(archive, linked / "packed.zoo")
+    zoo.decompress(archive, linked, force=True)
+    assert archive.read_bytes() == kept and (linked / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()
     zoo.decompress(archive, tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()

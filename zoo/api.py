@@ -621,18 +621,18 @@ def verify(archive: str | os.PathLike[str], threads: int | None = None, base: st
 
 def _refuse_replacing_what_is_read(opened: Archive, destination: Path, relpaths: list[str]) -> None:
     """Refuses a decompress one of whose files would take the place of the archive it reads, or of
-    an object that archive names: with --force, the archive was replaced, and lost."""
-    read = set()
-    for path in (opened.path, *(object_path(opened.objects_root, name) for name in object_names(opened.header()))):
-        with suppress(OSError):
-            status = os.stat(path)
-            read.add((status.st_dev, status.st_ino))
+    an object that archive names: with --force, the archive was replaced, and lost. A place is a
+    folder's entry (a link there, or another hard link of the archive, is replaced, not the archive)."""
+
+    def entry(path: Path) -> tuple[str, str]:
+        return os.path.realpath(path.parent), path.name
+
+    read = {entry(Path(os.path.realpath(path))) for path in (opened.path, *(object_path(opened.objects_root, name)
+                                                                            for name in object_names(opened.header())))}
     for relpath in relpaths:
-        with suppress(OSError):
-            status = os.lstat(destination / relpath)
-            if (status.st_dev, status.st_ino) in read:
-                raise InputError(f"{destination / relpath}: the model's file of that name would replace the archive it comes from; "
-                                 "write it into another folder")
+        if entry(destination / relpath) in read:
+            raise OutputExistsError(f"{destination / relpath}: the model's file of that name would replace the archive it comes from; "
+                                    "write it into another folder")
 
 
 # A file at least this large, decompressed on one thread, is hashed on a thread of its own.

@@ -45,7 +45,7 @@ def writing(folder, least=8 << 20):
     return False
 
 
-def stop_once_writing(args, folder, signals):
+def stop_once_writing(args, folder, signals, stdout_closed=False):
     """Run `zoo ARGS`, freeze it once its temporary in `folder` holds some MiB, send `signals` and
     let it go on. Frozen, the command cannot finish before the signals land, on any machine.
     Waiting for bytes, the signals land in the body of the write, where every command spends its
@@ -53,7 +53,7 @@ def stop_once_writing(args, folder, signals):
     zoo.hub.temporaries.locked_temporary and by zoo.cli.main ending the process once it has cleaned up."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
     process = subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=environment)
+                               text=True, env=environment, preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
     try:
         deadline = time.monotonic() + 60
         while not writing(folder):
@@ -87,6 +87,12 @@ def test_a_terminated_decompress_into_a_new_folder_leaves_nothing(archive, tmp_p
     returncode, stderr = stop_once_writing(["decompress", archive, "-o", tmp_path / "model", "-t", threads], tmp_path, [signal.SIGTERM])
     assert (returncode, stderr) == (143, "terminated (SIGTERM)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_stopped_with_its_stdout_closed_says_so_in_one_line(archive, tmp_path):
+    """Started with `>&-`, Python's sys.stdout is None: flushing it after the cleanup was a traceback and status 1."""
+    returncode, stderr = stop_once_writing(["decompress", archive, "-o", tmp_path / "model"], tmp_path, [signal.SIGTERM], stdout_closed=True)
+    assert (returncode, stderr) == (143, "terminated (SIGTERM)\n")
 
 
 def test_a_second_signal_while_cleaning_up_is_ignored(weights, tmp_path):

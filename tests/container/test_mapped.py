@@ -237,7 +237,8 @@ def test_a_reader_that_reads_each_chunk_once_keeps_none_of_the_archive_in_memory
         """)
     assert result.returncode == 0, result.stderr
     released, kept = (line.split() for line in result.stdout.splitlines())
-    assert int(released[1]) <= 64 << 10, released  # none here; a window of the kernel's fault-around at most
+    # none here; pages read from disk come in the kernel's read-ahead blocks, a few hundred KiB
+    assert int(released[1]) <= 1 << 20, released
     assert int(kept[1]) >= int(kept[2]) * 0.9, kept
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import warnings
@@ -108,8 +109,10 @@ def main() -> None:
         # known to no pool, waits for work forever, and would keep the interpreter's exit waiting
         # for it: the exit handlers run (Ray's shutdown among them), then the process ends.
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):
+                if stream is not None:  # None where the process started with it closed (`>&-`)
+                    stream.flush()
         os._exit(stopped.status)
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if os.environ.get("ZOO_DEBUG"):

@@ -11,7 +11,7 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -412,13 +412,13 @@ class ArchiveFile:
         try:
             self._check_crc(view, chunk[2], what, obj)
             out = decode(view)
+            address = out.__array_interface__["data"][0]
+            if mapping.address <= address < mapping.address + len(mapping):
+                out = out.copy()  # before the check below: a copy made after it could read zeros unseen
         except BaseException:
             self._check_intact(mapping, what, obj)
             raise
         self._check_intact(mapping, what, obj)
-        address = out.__array_interface__["data"][0]
-        if mapping.address <= address < mapping.address + len(mapping):
-            out = out.copy()
         if self.read_once:
             _release_read(mapping, position, chunk[1])
         return out
@@ -605,7 +605,8 @@ def _release_read(mapping: Any, position: int, length: int) -> None:
     low = (mapping.address + position) & -_FAULT_AROUND
     high = -(-(mapping.address + position + length) // _FAULT_AROUND) * _FAULT_AROUND
     start = max(low - mapping.address, 0)
-    mapping.release(start, min(high - mapping.address, len(mapping)) - start)
+    with suppress(OSError):  # advice only: a locked map (mlockall) refuses it, and the pages stay
+        mapping.release(start, min(high - mapping.address, len(mapping)) - start)
 
 
 def _map(descriptor: int, path: Path) -> Any:
