@@ -101,6 +101,22 @@ def test_model_info_tree_and_files(served):
         assert not any(key.startswith("x-xet") for key in headers)  # the client must not try Xet
 
 
+def test_a_repo_named_like_a_route_has_its_model_info(tiny_model, tmp_path):
+    """`/api/models/x/tree` is the model info of repo x/tree when no repo x is in the zoo (the tree
+    of x's revision otherwise); it was a 404."""
+    store = Store(tmp_path / "zoo")
+    for name in ("x/tree", "y/revision"):
+        compress_into(store, tiny_model, name)
+    with running_server(store) as url:
+        for name in ("x/tree", "y/revision"):
+            status, _, body = request(url, f"/api/models/{name}")
+            assert status == 200 and json.loads(body)["id"] == name, body
+            status, _, body = request(url, f"/api/models/{name}/revision/main")
+            assert status == 200 and json.loads(body)["id"] == name, body
+        status, headers, _ = request(url, "/api/models/z/tree")
+        assert status == 404 and headers.get("x-error-code") == "RepoNotFound"
+
+
 @pytest.mark.parametrize("header, expected", [
     ("bytes=0-0", slice(0, 1)), ("bytes=100-1123", slice(100, 1124)), ("bytes=5000-", slice(5000, None)),
     ("bytes=-17", slice(-17, None)), ("bytes=0-99999999", slice(0, None)),

@@ -414,6 +414,9 @@ class ZooApp:
             repo = "/".join(segments[:length])
             if NAME_PATTERN.fullmatch(repo) and self._matches(repo):
                 return repo, keyword, segments[length + 1:]
+        whole = "/".join(segments)
+        if readings and len(segments) == 2 and NAME_PATTERN.fullmatch(whole) and self._matches(whole):
+            return whole, "", []  # the repo x/tree itself, as no repo x is in the zoo
         if readings:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
         if len(segments) <= 2:
