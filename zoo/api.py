@@ -491,9 +491,9 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     folder of one of `store`'s work folders) and its shell beside them, whose path is returned;
     with a lossless pipeline and `delta`, tensors stored as XORs against `base`, else against the
     base found among the zoo's models (never `replacing`). With `bases_among` (refs) only those
-    models are looked at, as bases and as the models the XORs' objects belong to: zoo.batch runs it
-    in its workers, each model seeing the zoo as it was when the batch began, whatever the order
-    they land in. Store.add_composed publishes the result."""
+    models are looked at as bases: zoo.batch runs it in its workers, each model seeing the zoo as
+    it was when the batch began, whatever the order they land in. Store.add_composed publishes
+    the result."""
     from zoo.hub import deltas as xor
 
     # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
@@ -506,8 +506,7 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
         if found is not None:
-            owners = store.owners if bases_among is None else lambda names: [o for o in store.owners(names) if o in bases_among]
-            xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads), owners)
+            xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads))
     return shell
 
 

@@ -307,6 +307,19 @@ def test_a_tensor_twice_under_a_name_the_base_lacks_keeps_its_object(tmp_path):
     assert hashes(tmp_path / "out") == hashes(folder)
 
 
+def test_two_fine_tunes_of_one_base_need_the_base_not_each_other(tmp_path):
+    """Each names the base's objects (they come along with its XORs): the second was recorded as
+    needing the first, and `zoo rm` of the first was refused."""
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    for seed, name in ((4, "first"), (5, "second")):
+        entry = compress_into(store, write_model(tmp_path / name, fine_tuned(base_tensors(), seed)), name, base="base")
+        assert entry.base["needs"] == ["base@main:lossless"], entry.base
+    store.remove("first")
+    with pytest.raises(InputError, match="base@main:lossless is the base of second@main:lossless"):
+        store.remove("base")
+
+
 def test_a_chain_cut_at_its_depth_needs_the_model_at_its_bottom(tmp_path):
     store = Store(tmp_path / "zoo")
     tensors = base_tensors()

@@ -115,11 +115,10 @@ def resolve_base(store: Any, ref: str) -> Entry:
 
 
 def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: Any, threads: int,
-                    owners: Any = lambda names: [], chunk_bytes: int = CHUNK_BYTES) -> DeltaReport:
+                    chunk_bytes: int = CHUNK_BYTES) -> DeltaReport:
     """Recode `shell_path`'s newly coded tensors as XORs against `base`'s tensors of the same
     name, dtype and shape where that is smaller; rewrites the shell's header. `existing(name)` is
-    the zoo's object of that name, or None; `owners(names)` the stored models that name any of
-    those objects (what the new model needs, recorded for `zoo rm`)."""
+    the zoo's object of that name, or None."""
     with Archive(shell_path, objects_root=sink.root) as ours, Archive(base.archive) as theirs:
         header = json.loads(json.dumps(ours.header()))
         base_tensors = _tensors_by_name(theirs)
@@ -182,12 +181,8 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 del sink.written[target]
         if decided:
             header["features"] = sorted({*header.get("features", []), "xor"})
-            chains = object_names({"tensors": {t: {"xor": stored["xor"]} for t, (stored, _) in decided.items()}})
             if isinstance(header.get("metadata", {}).get("zoo"), dict):  # so that `zoo doctor` can restore the manifest whole
-                # the base asked for, and every model whose tensors the XORs are against (a chain
-                # cut at its depth limit is against the model at its bottom)
-                header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided),
-                                                     "needs": sorted(set(owners(chains)) | {base.ref})}
+                header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided), "needs": needs(base)}
     held = ArchiveFile(shell_path)
     try:
         start = held.payload_start  # the small tensors and runs of bytes the archive holds itself
@@ -197,6 +192,15 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
     assemble(fresh, header, shell_path, start)
     fresh.replace(shell_path)
     return DeltaReport(base.ref, sum(len(groups[t]) for t in decided), sum(saved for _, saved in decided.values()))
+
+
+def needs(base: Entry) -> list[str]:
+    """The models that tensors stored as XORs against `base` are stored against, for `zoo rm`:
+    `base`, and what it needs in turn (a chain cut at its depth limit ends on one of those). Not
+    every model that names the chains' objects: every other model stored against the same base
+    names them too, and was taken for a base of this one."""
+    below = base.base or {}
+    return sorted({base.ref, *(below.get("needs") or ([below["ref"]] if below.get("ref") else []))})
 
 
 def _depth(level: dict[str, Any]) -> int:

@@ -459,11 +459,6 @@ class Store:
         return {"objects": len(own["objects"]), "shared": len(shared), "shared_bytes": sum(o["size"] for o in shared),
                 "adds_bytes": sum(o["size"] for o in own["objects"] if o["sha256"] not in others), "base": own.get("base")}
 
-    def owners(self, names: set[str]) -> list[str]:
-        """The stored models that name any of these objects."""
-        return sorted(f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
-                      if names & {o["sha256"] for o in r["objects"]})
-
     def objects_of(self, refs: set[str]) -> set[str]:
         """Every object the models `refs` (NAME@REVISION:VARIANT) name, as their manifests say now."""
         self._sync()
