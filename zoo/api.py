@@ -621,13 +621,18 @@ def verify(archive: str | os.PathLike[str], threads: int | None = None, base: st
 def _refuse_replacing_what_is_read(opened: Archive, destination: Path, relpaths: list[str]) -> None:
     """Refuses a decompress one of whose files would take the place of the archive it reads, or of
     an object that archive names: with --force, the archive was replaced, and lost. A place is a
-    folder's entry (a link there, or another hard link of the archive, is replaced, not the archive)."""
+    folder's entry, the folder known by its device and inode (the same seen through a link or a
+    bind mount); a link there, or another hard link of the archive, is replaced, not the archive."""
 
-    def entry(path: Path) -> tuple[str, str]:
-        return os.path.realpath(path.parent), path.name
+    def entry(path: Path) -> tuple[int, int, str] | None:
+        try:
+            folder = os.stat(path.parent)
+        except OSError:
+            return None
+        return folder.st_dev, folder.st_ino, path.name
 
     read = {entry(Path(os.path.realpath(path))) for path in (opened.path, *(object_path(opened.objects_root, name)
-                                                                            for name in object_names(opened.header())))}
+                                                                            for name in object_names(opened.header())))} - {None}
     for relpath in relpaths:
         if entry(destination / relpath) in read:
             raise OutputExistsError(f"{destination / relpath}: the model's file of that name would replace the archive it comes from; "

@@ -102,10 +102,10 @@ def test_model_info_tree_and_files(served):
 
 
 def test_a_repo_named_like_a_route_has_its_model_info(tiny_model, tmp_path):
-    """`/api/models/x/tree` is the model info of repo x/tree when no repo x is in the zoo (the tree
-    of x's revision otherwise); it was a 404."""
+    """`/api/models/x/tree` is the model info of repo x/tree, whether or not a repo x is in the zoo
+    (a keyword with nothing after it is no route); it was a 404."""
     store = Store(tmp_path / "zoo")
-    for name in ("x/tree", "y/revision"):
+    for name in ("x/tree", "y/revision", "x", "y"):
         compress_into(store, tiny_model, name)
     with running_server(store) as url:
         for name in ("x/tree", "y/revision"):
@@ -115,6 +115,8 @@ def test_a_repo_named_like_a_route_has_its_model_info(tiny_model, tmp_path):
             assert status == 200 and json.loads(body)["id"] == name, body
         status, headers, _ = request(url, "/api/models/z/tree")
         assert status == 404 and headers.get("x-error-code") == "RepoNotFound"
+        status, _, body = request(url, "/api/models/x/tree/main")  # x's tree, as before
+        assert status == 200 and {item["path"] for item in json.loads(body)} >= {"config.json", "model.safetensors"}, body
 
 
 @pytest.mark.parametrize("header, expected", [

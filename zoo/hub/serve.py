@@ -409,14 +409,12 @@ class ZooApp:
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:
         """(repo, keyword, rest) for a repo id of one or two segments; the reading whose repo
         is in the zoo wins (a repo may be called 'tree'). With a keyword, the repo is in the zoo."""
-        readings = [(n, segments[n]) for n in (2, 1) if len(segments) > n and segments[n] in keywords]
+        # a keyword with nothing after it is no route: `x/tree` is a repo of that name, zoo holding x or not
+        readings = [(n, segments[n]) for n in (2, 1) if len(segments) > n + 1 and segments[n] in keywords]
         for length, keyword in readings:
             repo = "/".join(segments[:length])
             if NAME_PATTERN.fullmatch(repo) and self._matches(repo):
                 return repo, keyword, segments[length + 1:]
-        whole = "/".join(segments)
-        if readings and len(segments) == 2 and NAME_PATTERN.fullmatch(whole) and self._matches(whole):
-            return whole, "", []  # the repo x/tree itself, as no repo x is in the zoo
         if readings:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
         if len(segments) <= 2:
