@@ -85,9 +85,11 @@ def test_a_closed_stdout_is_named_in_the_error(one_file_archive, tmp_path):
     """Started with its stdout closed (`>&-`), Python's sys.stdout is None: that was "unexpected
     AttributeError (a bug in zoo)"."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
-    for command in (["info", one_file_archive], ["info", one_file_archive, "--json"], ["compress", tmp_path / "w.safetensors", "-o", tmp_path / "again.zoo"]):
-        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              check=False, env=environment, timeout=300, preexec_fn=lambda: os.close(1))
+    commands = [["info", one_file_archive], ["info", one_file_archive, "--json"],
+                ["compress", tmp_path / "w.safetensors", "-o", tmp_path / "again.zoo"]]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, check=False, env=environment, timeout=300, preexec_fn=lambda: os.close(1))
         assert done.returncode == 1 and done.stderr == "error: cannot write to stdout: stdout is closed\n", (command, done.stderr)
 
 
@@ -100,7 +102,8 @@ def test_an_error_or_warning_naming_a_file_with_a_newline_is_one_line(tmp_path):
     assert done.stderr == "warning: " + str(model) + ": left out 1 item: odd\\npipe (not a regular file)\n", done.stderr
     (model / "evil\nlink").symlink_to("/etc/hostname")  # refused, with an error
     done = zoo_cli("compress", model, "-o", tmp_path / "m.zoo", "--force")
-    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "evil\\nlink: a link leading out of the folder" in done.stderr, done.stderr
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "evil\\nlink: a link leading out of the folder" in done.stderr, done.stderr
 
 
 def test_help_says_archive_takes_a_zoo_name_too():

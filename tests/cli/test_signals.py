@@ -91,7 +91,8 @@ def test_a_terminated_decompress_into_a_new_folder_leaves_nothing(archive, tmp_p
 
 def test_a_command_stopped_with_its_stdout_closed_says_so_in_one_line(archive, tmp_path):
     """Started with `>&-`, Python's sys.stdout is None: flushing it after the cleanup was a traceback and status 1."""
-    returncode, stderr = stop_once_writing(["decompress", archive, "-o", tmp_path / "model"], tmp_path, [signal.SIGTERM], stdout_closed=True)
+    returncode, stderr = stop_once_writing(["decompress", archive, "-o", tmp_path / "model"], tmp_path, [signal.SIGTERM],
+                                           stdout_closed=True)
     assert (returncode, stderr) == (143, "terminated (SIGTERM)\n")
 
 

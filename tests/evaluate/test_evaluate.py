@@ -345,7 +345,8 @@ def test_a_checkpoint_of_sparse_or_quantized_tensors_is_refused_in_one_error(tmp
     one was compared to nothing and passed."""
     import torch
 
-    for kind, tensor in (("sparse", torch.randn(4, 4).to_sparse()), ("quantized", torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8))):
+    odd = {"sparse": torch.randn(4, 4).to_sparse(), "quantized": torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)}
+    for kind, tensor in odd.items():
         path = tmp_path / f"{kind}.bin"
         torch.save({"dense": torch.randn(3), "odd": tensor}, path)
         with pytest.raises(InputError, match=rf"{kind}.bin: tensor 'odd' is {kind}; zoo compares dense tensors only"):

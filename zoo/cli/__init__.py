@@ -9,9 +9,10 @@ import sys
 import warnings
 
 
-def one_line(text: str) -> str:
+def _one_line(text: str) -> str:
     """`text` with its control characters written as escapes (a newline in a file's name is \\n):
-    an error or a warning is one line on stderr, whatever the names in it hold."""
+    an error or a warning is one line on stderr, whatever the names in it hold. Letters of any
+    script stay as they are, where serve's access log (zoo.hub.serve.printable) escapes all but ASCII."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
@@ -20,7 +21,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from zoo.errors import ZooWarning
 
     if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
-        print(one_line(f"warning: {message}"), file=sys.stderr)
+        print(_one_line(f"warning: {message}"), file=sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -81,7 +82,7 @@ def main() -> None:
     except ZooError as error:
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(one_line(f"error: {error}"), file=sys.stderr)
+        print(_one_line(f"error: {error}"), file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
         if os.environ.get("ZOO_DEBUG"):
@@ -89,13 +90,13 @@ def main() -> None:
         from zoo.cli.output import StdoutError
 
         where = f": {error.filename}" if error.filename else ""
-        print(one_line(f"error: {'cannot write to stdout: ' if isinstance(error, StdoutError) else ''}{error.strerror or error}{where}"),
-              file=sys.stderr)
+        stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
+        print(_one_line(f"error: {stdout}{error.strerror or error}{where}"), file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
+        print(_one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:
         if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:
@@ -117,7 +118,8 @@ def main() -> None:
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"), file=sys.stderr)
+        print(_one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"),
+              file=sys.stderr)
         sys.exit(1)
 
 

@@ -363,7 +363,8 @@ class Archive:
     def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
         shape = leaf.get("shape")
         dtype = leaf.get("dtype")
-        if not isinstance(dtype, str) or dtype not in DTYPES or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if (not isinstance(dtype, str) or dtype not in DTYPES or not isinstance(shape, list)
+                or not all(type(d) is int and d >= 0 for d in shape)):
             raise _fail(self._file, f"{what} has a bad dtype or shape")
         if len(shape) > MAX_DIMENSIONS:
             raise _fail(self._file, f"{what} has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
