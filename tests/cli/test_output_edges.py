@@ -178,3 +178,25 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(one_file_archiv
                    cwd=work, env={"ZOO_HOME": str(tmp_path / "zoo")})
     assert (done.returncode, done.stderr) == (1, f"error: {message}\n")
     assert list(work.iterdir()) == []
+
+
+def test_compress_dash_o_a_name_ending_in_a_slash_writes_into_that_folder(tmp_path):
+    """`-o out/` wrote a file named out (typer's Path drops the slash); it now goes into the folder,
+    named after the source as with several SOURCEs, and a folder that is not there is refused."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+    done = zoo_cli("compress", weights, "-o", f"{tmp_path / 'missing'}/")
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and not (tmp_path / "missing").exists(), done.stderr
+    (tmp_path / "out").mkdir()
+    ok(zoo_cli("compress", weights, "-o", f"{tmp_path / 'out'}/"))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["w.zoo"]
+    ok(zoo_cli("verify", tmp_path / "out" / "w.zoo"))
+
+
+def test_compress_dash_o_a_file_url_writes_at_that_path(tmp_path):
+    """A file:// URL is storage like s3:// (the batch's workers write it); as a Path it became a
+    local folder named `file:` in the current folder."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+    (tmp_path / "work").mkdir()
+    done = ok(zoo_cli("compress", weights, "-o", f"file://{tmp_path / 'there'}/", cwd=tmp_path / "work"))
+    assert list((tmp_path / "work").iterdir()) == [] and (tmp_path / "there" / "w.zoo").is_file(), done.stderr
+

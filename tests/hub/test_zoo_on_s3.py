@@ -232,3 +232,24 @@ def test_a_batch_into_a_bucket_refuses_a_name_that_is_not_utf8(bucket, tmp_path,
     assert not results[0].ok and "not UTF-8" in results[0].error, results[0].error
     storage = open_storage(f"{bucket}/zoo")
     assert list(storage.list("manifests/")) == [] and list(storage.list("objects/")) == []  # refused before the coding and the puts
+
+
+def test_compress_dash_o_a_bucket_url_writes_there(bucket, tmp_path):
+    """`-o s3://...` reached the batch as a pathlib.Path, which folds `//`: the archives went to a
+    local folder named `s3:`. One source or several, the URL is kept as typed."""
+    sources = []
+    for name in ("a", "b"):
+        sources.append(tmp_path / name)
+        sources[-1].mkdir()
+        write_safetensors(sources[-1] / "model.safetensors", {"w": ("F32", random_storage("F32", (64, 32), len(sources)))})
+    several = subprocess.run([sys.executable, "-m", "zoo", "compress", *map(str, sources), "-o", f"{bucket}/out"], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=300)
+    one = subprocess.run([sys.executable, "-m", "zoo", "compress", str(sources[0]), "-o", f"{bucket}/one/x.zoo"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert several.returncode == 0 and one.returncode == 0, several.stderr + one.stderr
+    assert "1 model: 1 stored" in one.stdout, one.stdout
+    assert not (tmp_path / "s3:").exists()
+    from zoo.hub.remote import open_storage
+
+    keys = sorted(info.key for info in open_storage(bucket).list(""))
+    assert keys == ["one/x.zoo", "out/a.zoo", "out/b.zoo"], keys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,8 +39,9 @@ def compress(
                                           "ORG/NAME[@REVISION].", show_default=False)],
     more: Annotated[Optional[list[str]], typer.Argument(metavar="SOURCE", help="More models, compressed side by side (each to its own "
                                                         "archive in the folder -o names, or into the zoo).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo "
-                                                   "(with several SOURCEs: a folder or URL for their archives).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo "
+                                                  "(a folder or URL, or a name ending in /: the archives go in it, named after "
+                                                  "their sources).", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
@@ -75,12 +77,15 @@ def compress(
     """Compress a model into the zoo, or with -o into one .zoo archive. A quality gate implies
     --eval; when it trips, exit 1 and keep no archive."""
     from zoo import api
+    from zoo.batch import archive_name
     from zoo.cli.zoo_commands import compress_elsewhere
-
     from zoo.errors import InputError
+    from zoo.hub.remote import is_url
     from zoo.refs import looks_like_path
 
-    if more or ray is not None:
+    if output is not None and not output:  # a str, not a Path (a URL's `//` must stay): app._GivenPath's check, made here
+        raise InputError("--output is empty")
+    if more or ray is not None or (output is not None and is_url(output)):  # a URL is written by the batch's workers, Ray or not
         unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,
                        "--min-cosine": min_cosine, "--max-ppl-ratio": max_ppl_ratio, "--include": include, "--exclude": exclude,
                        "--follow-links": follow_links, "--verbose": verbose}
@@ -89,6 +94,9 @@ def compress(
         return
     if not typed:  # Path("") is the current folder
         raise InputError("no model given: name a folder, a file or a hub id")
+    if output is not None and output.endswith(("/", os.sep)):  # `-o out/`: into that folder, as with several SOURCEs
+        output = output + archive_name(typed)
+    destination = None if output is None else Path(output)
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
@@ -96,11 +104,11 @@ def compress(
         if include or exclude or follow_links:  # the search compresses and judges the whole folder
             raise InputError("--budget takes the whole model folder: leave out --include, --exclude and --follow-links")
         gated = evaluate or verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
-        _compress_to_budget(source, output, budget, pipeline, calib, base, threads, force, gated, as_json)
+        _compress_to_budget(source, destination, budget, pipeline, calib, base, threads, force, gated, as_json)
         return
-    into_zoo = output is None  # there --base names a stored model, and the result is bit-exact (XORs)
+    into_zoo = destination is None  # there --base names a stored model, and the result is bit-exact (XORs)
     check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, None if into_zoo else base, quiet=as_json,
-                          pipeline=pipeline, label="the compressed model" if into_zoo else str(output))
+                          pipeline=pipeline, label="the compressed model" if into_zoo else output)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
                                              ("follow_links", follow_links or None)) if value is not None}
     if base is not None:
@@ -114,22 +122,22 @@ def compress(
                 options["stage_progress"] = stage_progress
                 if check is not None:
                     check.progress = stage_progress  # --eval's stages join the bars
-            elsewhere = compress_elsewhere(typed, output, name, pipeline, threads, force, as_json, verbose=verbose, **options)
+            elsewhere = compress_elsewhere(typed, destination, name, pipeline, threads, force, as_json, verbose=verbose, **options)
             if not elsewhere:
                 with progress_bar(lambda: source_bytes(source), "compressing", not as_json) as advance:
-                    report = api.compress(source, output, pipeline, threads=threads, force=force, progress=advance, **options)
+                    report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, **options)
         if elsewhere:
             if check is not None and not as_json:
                 print_quality(check.result.to_dict(), f"quality, against {source}")
             return
     except QualityGateError as error:
         if as_json:  # where it was going, and the figures where a kept archive's document has them (metadata.quality), as it stores them
-            print_json({"kept": False, "output": None if output is None else str(output), "zoo": None, "error": str(error),
+            print_json({"kept": False, "output": output, "zoo": None, "error": str(error),
                         "metadata": {"quality": error.result.record()}})
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
-    print_compressed(report, as_json, verbose, output)
+    print_compressed(report, as_json, verbose, destination)
     if no_delta:
         stderr.print("note: --no-delta applies to the zoo; an archive written with -o holds no XORs", markup=False, highlight=False)
     if base is not None and report.base is None:
@@ -137,11 +145,12 @@ def compress(
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)
 
 
-def _compress_batch(sources: list[str], output: Optional[Path], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
+def _compress_batch(sources: list[str], output: Optional[str], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
                     as_json: bool, ray: Optional[str], unsupported: list[str]) -> None:
     """Several SOURCEs, or --ray: zoo.batch runs one task per model; a line per model as it lands."""
     from zoo import batch
     from zoo.errors import InputError
+    from zoo.hub.remote import is_url
 
     if unsupported:
         raise InputError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not available with several SOURCEs or "
@@ -149,9 +158,10 @@ def _compress_batch(sources: list[str], output: Optional[Path], name: Optional[s
     if name is not None and len(sources) > 1:
         raise InputError("--name names one model: with several SOURCEs each is named after its folder")
     names = [name] if name is not None else None
-    destination = None if output is None else str(output)
-    if output is not None and len(sources) == 1 and output.suffix == ".zoo":  # `-o model.zoo`: that archive, not a folder
-        destination, names = str(output.parent), [output.name]
+    destination = output
+    if output is not None and len(sources) == 1 and output.endswith(".zoo"):  # `-o model.zoo`: that archive, not a folder
+        folder, _, file = output.rpartition("/") if is_url(output) else (str(Path(output).parent), "", Path(output).name)
+        destination, names = folder, [file]
 
     def landed(result: batch.Landed) -> None:
         advance(result.original_bytes)
@@ -174,7 +184,7 @@ def _compress_batch(sources: list[str], output: Optional[Path], name: Optional[s
     if as_json:
         print_json({"models": [result.to_dict() for result in results], "failed": len(failed)})
     else:
-        stdout.print(f"{len(results)} models: {len(results) - len(failed)} stored" + (f", {len(failed)} failed" if failed else ""),
+        stdout.print(f"{count(len(results), 'model')}: {len(results) - len(failed)} stored" + (f", {len(failed)} failed" if failed else ""),
                      markup=False, highlight=False)
     if failed:
         raise typer.Exit(1)
