@@ -200,3 +200,20 @@ def test_compress_dash_o_a_file_url_writes_at_that_path(tmp_path):
     done = ok(zoo_cli("compress", weights, "-o", f"file://{tmp_path / 'there'}/", cwd=tmp_path / "work"))
     assert list((tmp_path / "work").iterdir()) == [] and (tmp_path / "there" / "w.zoo").is_file(), done.stderr
 
+
+def test_an_archive_given_as_the_model_is_refused_in_words(one_file_archive, tmp_path):
+    """`zoo compress x.zoo` stored the archive as a plain file of bytes (gaining nothing) and
+    `zoo bench x.zoo` said it held no tensors: both now say it is an archive, before any name is
+    announced; an archive inside a folder stays one of its files."""
+    for args in (["compress", one_file_archive, "-o", tmp_path / "again.zoo"], ["compress", one_file_archive],
+                 ["bench", one_file_archive]):
+        done = zoo_cli(*args, home=tmp_path / "zoo")
+        assert (done.returncode, done.stderr) == (1, f"error: {one_file_archive}: a zoo archive already; `zoo decompress "
+                                                     f"{one_file_archive} -o FOLDER` gives back its model to compress anew\n")
+    assert not (tmp_path / "again.zoo").exists() and not (tmp_path / "zoo").exists()
+    folder = tmp_path / "with"
+    folder.mkdir()
+    (folder / "old.zoo").write_bytes(one_file_archive.read_bytes())
+    ok(zoo_cli("compress", folder, "-o", tmp_path / "with.zoo"))
+    ok(zoo_cli("decompress", tmp_path / "with.zoo", "-o", tmp_path / "back"))
+    assert (tmp_path / "back" / "old.zoo").read_bytes() == one_file_archive.read_bytes()

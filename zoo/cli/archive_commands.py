@@ -82,6 +82,7 @@ def compress(
     from zoo.errors import InputError
     from zoo.hub.remote import is_url
     from zoo.refs import looks_like_path
+    from zoo.sources.folder import refuse_an_archive
 
     if output is not None and not output:  # a str, not a Path (a URL's `//` must stay): app._GivenPath's check, made here
         raise InputError("--output is empty")
@@ -100,6 +101,8 @@ def compress(
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
+    if source.is_file():
+        refuse_an_archive(source)  # before the name it would be stored under is announced
     if budget is not None:
         if include or exclude or follow_links:  # the search compresses and judges the whole folder
             raise InputError("--budget takes the whole model folder: leave out --include, --exclude and --follow-links")
