@@ -384,7 +384,8 @@ def archive_name(source: str) -> str:
     """The archive a source gets under `-o DIR`: its folder's or file's name, .zoo."""
     stem = source.rstrip("/").rsplit("/", 1)[-1]
     for suffix in (".safetensors", ".bin", ".pt", ".pth"):
-        stem = stem.removesuffix(suffix)
+        if stem.lower().endswith(suffix):
+            stem = stem[:-len(suffix)]
     return f"{stem or 'model'}{OBJECT_SUFFIX}"
 
 

@@ -21,7 +21,7 @@ def looks_like_path(text: str) -> bool:
     ends in a file suffix zoo reads, or has no hub-id shape (ORG/NAME[@REVISION])."""
     if text.startswith(("./", "../", "/", "~")) or text in (".", ".."):
         return True
-    if Path(text).suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".zoo", ".gguf", ".onnx"):
+    if Path(text).suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".zoo", ".gguf", ".onnx"):
         return True
     return _HUB_ID.fullmatch(text) is None or text.count("/") > 1
 

@@ -216,3 +216,22 @@ def test_a_dual_format_repository_shows_both_files_tensors(corpus, tmp_path):
     state = zoo.load_state_dict(archive)
     for name, tensor in model.state_dict().items():
         assert torch.equal(state[name], tensor) and torch.equal(state[f"pytorch_model.bin::{name}"], tensor)
+
+
+def test_a_suffix_in_capitals_is_read_as_its_format(tmp_path):
+    """MODEL.SAFETENSORS and weights.PT were kept as plain bytes: coded as bytes, not tensors, and
+    left out of zoo.load_state_dict. The suffix is compared without case; the names come back as
+    they were."""
+    folder = tmp_path / "caps"
+    folder.mkdir()
+    weights = torch.randn(64, 32)
+    from safetensors.torch import save_file
+
+    save_file({"w": weights}, folder / "MODEL.SAFETENSORS")
+    torch.save({"v": weights * 2}, folder / "extra.PT")
+    archive, out = round_trip(folder, tmp_path)
+    assert sha256s(out) == sha256s(folder)
+    files = {f["path"]: f["kind"] for f in zoo.report_of(archive).files}
+    assert files == {"MODEL.SAFETENSORS": "safetensors", "extra.PT": "torch"}, files
+    state = zoo.load_state_dict(archive)
+    assert torch.equal(state["w"], weights) and torch.equal(state["v"], weights * 2)

@@ -36,7 +36,7 @@ class TensorIndex:
 
     def _open(self, path: Path) -> Any:
         if path not in self._opened:
-            if path.suffix == ".safetensors":
+            if path.suffix.lower() == ".safetensors":
                 from safetensors import safe_open
 
                 self._opened[path] = self._stack.enter_context(safe_open(path, framework="pt"))

@@ -54,7 +54,8 @@ def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
 
 
 def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
-    kind = "safetensors" if path.suffix == ".safetensors" else "torch" if path.suffix in TORCH_SUFFIXES else None
+    suffix = path.suffix.lower()  # MODEL.SAFETENSORS and model.PT are what their names say too
+    kind = "safetensors" if suffix == ".safetensors" else "torch" if suffix in TORCH_SUFFIXES else None
     if kind is None:
         return SourceFile(relpath, path, size, "blob", [Segment(0, size)])
     try:
