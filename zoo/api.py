@@ -548,7 +548,17 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
             named = "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing)
             warnings.warn(f"no torch dtype for {named}: left out", ZooWarning, stacklevel=2)
         wanted = [key for key in keys if key not in missing]
-        return {key: to_torch(array, device) for key, array in opened.read_tensors(wanted, resolve_threads(threads)).items()}
+        # A view (tied weights, slices of one storage) shares its storage's memory, as torch.load
+        # gives it: each storage is decoded once, and a view costs no bytes of its own.
+        views = {key: opened.view_layout(key) for key in wanted if "view" in opened.tensor_info(key)
+                 and opened.tensor_info(key)["dtype"] != "F4"}  # F4's views count bytes: read as copies
+        decoded = [key for key in wanted if key not in views]
+        decoded += sorted({of for of, *_ in views.values()} - set(decoded))
+        tensors = {key: to_torch(array, device) for key, array in opened.read_tensors(decoded, resolve_threads(threads)).items()}
+        for key, (of, shape, stride, offset) in views.items():
+            storage = tensors[of]
+            tensors[key] = storage.as_strided(shape, stride, storage.storage_offset() + offset)
+        return {key: tensors[key] for key in wanted}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:

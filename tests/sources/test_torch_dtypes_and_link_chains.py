@@ -154,3 +154,26 @@ def test_a_file_kept_as_bytes_is_said_to_need_globals_only_when_it_does(tmp_path
     assert reasons["args.bin"] == "pickle needs globals"
     assert reasons["p4.pt"] == "not a pickle torch.load(weights_only=True) reads: Unsupported operand 149"
     assert reasons["notes.bin"] == "not a pickle torch.load(weights_only=True) reads: Unsupported operand 110"
+
+
+def test_tied_weights_and_views_share_memory_as_torch_load_gives_them(tmp_path):
+    """load_state_dict gave each view (a tied embedding, a slice) a copy of its own, and decoded
+    the storage once per view: twice the memory of torch.load for a tied model's embedding."""
+    embedding = torch.randn(64, 16)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"embed.weight": embedding, "lm_head.weight": embedding, "rows": embedding[8:24], "transposed": embedding.t(),
+                "bias": torch.randn(16)}, path)
+    expected = torch.load(path, weights_only=True)
+    zoo.compress(path, tmp_path / "m.zoo")
+    state = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert set(state) == set(expected)
+    for name, tensor in expected.items():
+        assert same_tensor(state[name], tensor) and state[name].stride() == tensor.stride(), name
+
+    def storage_of(tensors):
+        return {name: tensor.untyped_storage().data_ptr() for name, tensor in tensors.items()}
+
+    ours, theirs = storage_of(state), storage_of(expected)
+    assert len(set(ours.values())) == len(set(theirs.values())) == 2
+    assert all((ours[a] == ours[b]) == (theirs[a] == theirs[b]) for a in ours for b in ours)
+    assert state["lm_head.weight"].data_ptr() == state["embed.weight"].data_ptr()

@@ -546,7 +546,7 @@ class Archive:
         it is stored against one)."""
         info = self.tensor_info(name)
         if "view" in info:
-            return self._read_view(name, info, threads)
+            return self._read_view(name, threads)
         if "xor" in info:
             words = self._xor_base(info, name, threads)  # the tensor's own leaf, XOR its chain
             return TypedArray(words.view(storage_dtype(info["dtype"])).reshape(info["shape"]), info["dtype"])
@@ -568,28 +568,37 @@ class Archive:
             np.bitwise_xor(raw, self._xor_base(level["xor"], name, threads), out=raw)
         return raw
 
-    def _read_view(self, name: str, info: dict[str, Any], threads: int) -> TypedArray:
-        """A tensor that views another one's storage (a torch checkpoint's tied weights or slices)."""
+    def view_layout(self, name: str) -> tuple[str, list[int], list[int], int]:
+        """Where a view lies in the storage it views (a torch checkpoint's tied weights or slices):
+        (that tensor's name, shape, strides and offset, in its elements; F4 in bytes of two values),
+        checked against the storage's own shape."""
+        info = self.tensor_info(name)
         view = info["view"]
         of = view.get("of") if isinstance(view, dict) else None
-        if not isinstance(of, str) or of == name or "view" in self.tensor_info(of):
+        if not isinstance(of, str) or of == name or of not in self or "view" in self.tensor_info(of):
             raise _fail(self._file, f"tensor {name!r} is a view of nothing readable")
-        storage = self.read_tensor(of, threads)
+        storage = self.tensor_info(of)
         shape, stride, offset = list(info["shape"]), view.get("stride"), view.get("offset")
-        flat = storage.data.reshape(-1)
+        size = math.prod(storage["shape"])
         if info["dtype"] == "F4":  # viewed as torch does, by bytes of two values: the last dimension counts pairs
             if "f4-views" not in self._features:
                 raise _fail(self._file, f"tensor {name!r} is a view of F4 values, but the header does not list the feature")
             if not shape or shape[-1] % 2:
                 raise _fail(self._file, f"tensor {name!r} views {of!r} with an odd count of F4 values in a row")
             shape[-1] //= 2
-        if storage.dtype != info["dtype"] or not isinstance(offset, int) or not isinstance(stride, list) or len(stride) != len(shape) \
+            size //= 2
+        if storage["dtype"] != info["dtype"] or not isinstance(offset, int) or not isinstance(stride, list) or len(stride) != len(shape) \
                 or offset < 0 or any(not isinstance(s, int) or s < 0 for s in stride) \
-                or (math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= flat.size):
+                or (math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= size):
             raise _fail(self._file, f"tensor {name!r} views {of!r} out of its bounds")
+        return of, shape, stride, offset
+
+    def _read_view(self, name: str, threads: int) -> TypedArray:
+        of, shape, stride, offset = self.view_layout(name)
+        flat = self.read_tensor(of, threads).data.reshape(-1)
         item = flat.itemsize
         strided = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * item for s in stride], writeable=False)
-        return TypedArray(np.ascontiguousarray(strided), info["dtype"])
+        return TypedArray(np.ascontiguousarray(strided), self.tensor_info(name)["dtype"])
 
     def read_stored(self, name: str, threads: int = 1) -> TypedArray:
         """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
