@@ -258,3 +258,42 @@ def test_decompress_and_verify_decode_out_of_the_map(archive, tmp_path):
         """)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("into", ["archive", "zoo"])
+def test_a_source_written_in_place_while_it_is_compressed_is_refused_and_stores_nothing(tmp_path, into):
+    """A file rewritten in place (same size) while compress read it: the coder, the objects' content
+    keys and the sha256 each read it on their own, and the archive, reported stored, decoded to
+    bytes that matched no record; into the zoo its objects, named for bytes they did not hold,
+    were reused by a later, untouched copy of the model. The build now refuses the file."""
+    import zoo
+    from zoo.api import compress_into
+    from zoo.errors import InputError
+    from zoo.hub.store import Store
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    source = write_safetensors(folder / "model.safetensors",
+                               {name: ("F32", random_storage("F32", (256, 256), seed)) for seed, name in enumerate("abcd")})
+    original = source.read_bytes()
+    written = []
+
+    def progress(done):
+        if not written:  # after the first chunk: a later tensor's bytes change, the file's size does not
+            with open(source, "r+b") as file:
+                file.seek(len(original) - 8192)
+                file.write(bytes(4096))
+            written.append(done)
+
+    store = Store(tmp_path / "zoo")
+    with pytest.raises(InputError, match=r"model.safetensors: file changed while being read; nothing was stored"):
+        if into == "archive":
+            compress(folder, tmp_path / "model.zoo", chunk_bytes=4096, threads=2, progress=progress)
+        else:
+            compress_into(store, folder, "busy", threads=2, progress=progress)
+    assert written and not (tmp_path / "model.zoo").exists()
+    if into == "zoo":
+        assert store.entries() == [] and list((tmp_path / "zoo" / "objects").rglob("*.zoo")) == []
+    source.write_bytes(original)  # the untouched model stores and reads back
+    entry = compress_into(store, folder, "clean")
+    assert zoo.verify(entry.archive) == []

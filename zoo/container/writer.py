@@ -33,7 +33,7 @@ from zoo.container import format as archive_format
 from zoo.container.format import HEADER_ALIGN, MAX_CHUNK_BYTES, PREAMBLE, PayloadWriter, content_digest_later, crc32, sha256_file
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
 from zoo.codecs.selection import selected
-from zoo.sources.segments import Segment, SourceFile
+from zoo.sources.segments import Segment, SourceFile, stamp_of
 
 _PAGE = mmap.PAGESIZE
 # Building into a zoo, tensors and runs of file bytes smaller than this stay in the model's own
@@ -119,6 +119,23 @@ def _map(source: SourceFile) -> Any:
             with suppress(OSError):  # no map free, or another SIGBUS handler in place: a plain map
                 mapped = _kernels.map_file(f.fileno(), size)  # type: ignore[misc]
         return mapped if mapped is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _check_unchanged(sources: list[SourceFile]) -> None:
+    """Refuse a build whose source files were written while it read them (their stamps moved):
+    the coder, the content keys and the sha256 each read a file on their own, and a file changed
+    in place between them gave an archive, or zoo objects, that decode to bytes no key names. The
+    work is the caller's to throw away: nothing has been published yet."""
+    for source in stored_files(sources):
+        if source.stamp is None:
+            continue
+        try:
+            now = stamp_of(os.stat(source.path))
+        except OSError:
+            now = None
+        if now != source.stamp:
+            raise InputError(f"{source.path}: file changed while being read; nothing was stored (compress it again once it is "
+                             "written)")
 
 
 def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
@@ -371,6 +388,7 @@ class Builder:
                 digest = self._source_digests[source.relpath].result()
                 digests[source.relpath] = (lambda found=digest: found) if digest else hasher.submit(sha256_file, source.path).result
             self._record_digests(digests)
+        _check_unchanged(sources)
         self._record_rest(sources)
         return self.header
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from zoo.errors import InputError, ZooWarning
 from zoo.globs import unclosed_bracket
 from zoo.sources.safetensors import UnknownDtype, is_lfs_pointer, parse_safetensors
-from zoo.sources.segments import Segment, SourceFile, check_relpath
+from zoo.sources.segments import Segment, SourceFile, check_relpath, stamp_of
 from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
 from zoo.sources.torch import UnsafePickle, checkpoint
 
@@ -50,6 +50,7 @@ def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
     status = path.stat()
     source = _read_file(path, relpath, status.st_size, strict)
     source.mode = stat.S_IMODE(status.st_mode) & 0o777  # no set-id or sticky bits: decompress never sets them
+    source.stamp = stamp_of(status)
     return source
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +35,13 @@ class SourceFile:
     views: list[dict[str, Any]] = field(default_factory=list)
     mode: int | None = None  # a regular file's or folder's permission bits (stat.S_IMODE), given back by decompress
     empty: bool = True  # kind "folder": an empty folder, made by decompress; else one that only carries its mode
+    # A file's device, inode, size and modification time (ns) when it was scanned: a build refuses a
+    # file whose stamp has moved by its end, as one written while it was read (Builder.build).
+    stamp: tuple[int, int, int, int] | None = None
+
+
+def stamp_of(status: os.stat_result) -> tuple[int, int, int, int]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def check_relpath(relpath: str) -> str:
