@@ -22,7 +22,7 @@ from zoo.errors import ZooError
 from zoo.hub import catalogue
 from zoo.hub.store import Store
 
-from tests.conftest import named_objects, object_files
+from tests.conftest import named_objects, object_files, random_storage, write_safetensors
 from tests.hub.test_store import zoo_cli
 
 # The catalogue schema of the layout before manifests (archives/*.zoo; the catalogue was the record).
@@ -282,6 +282,38 @@ def test_a_damaged_manifest_stops_gc_and_doctor_restores_it(two_models):
     restored = Store(two_models).resolve("org/first", with_files=True)
     assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
     assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout
+
+
+def test_a_manifest_that_leaves_out_objects_its_archive_names_loses_none_of_them(tmp_path):
+    """A manifest cut down to its archive (valid JSON, a sound record): verify said ok, doctor
+    offered its objects to gc as no model's, and gc removed them: the model was lost. Now gc keeps
+    what a model's archive names, verify says the manifest leaves it out, and doctor lists it again."""
+    home = tmp_path / "zoo"
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {name: ("F32", random_storage("F32", (128, 64), seed)) for seed, name in enumerate("abc")})
+    store = Store(home)
+    compress_into(store, model, "org/first")
+    first = store.resolve("org/first")
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    record = json.loads(manifest.read_bytes())
+    whole = record["objects"]
+    assert len(whole) > 1
+    record["objects"] = [item for item in whole if item["role"] == "archive"]
+    record["stored_bytes"] = record["objects"][0]["size"]
+    manifest.write_text(json.dumps(record))
+    before = objects(home)
+    assert "removed 0 objects" in zoo_cli("gc", home=home).stdout
+    assert objects(home) == before
+    verify = zoo_cli("verify", home=home)
+    assert verify.returncode == 1 and (f"org/first@main:lossless: its manifest leaves out {len(whole) - 1} of the objects its "
+                                       "archive names") in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    doctor = zoo_cli("doctor", home=home)
+    assert doctor.returncode == 0 and f"{manifest}: the manifest of org/first@main:lossless left out {len(whole) - 1} of the " \
+        "objects its archive names: listed again" in doctor.stdout, doctor.stdout
+    assert sorted(map(str, json.loads(manifest.read_bytes())["objects"])) == sorted(map(str, whole))
+    assert zoo_cli("verify", home=home).returncode == 0
+    assert zoo.verify(first.archive) == [] and named_objects(home, first) <= {p.name for p in objects(home)}
 
 
 def test_doctor_exits_1_while_a_model_cannot_be_read(two_models):

@@ -661,12 +661,30 @@ class Store:
             self.dirty.unlink()
 
     def _named_objects(self) -> set[str]:
-        """Every object sha256 a readable manifest names. An unreadable manifest makes this fail:
-        what it names is unknown, so nothing may be collected."""
+        """Every object sha256 a readable manifest names, and every one the archives they name
+        name in their headers: a manifest whose list lost items (edited, or damaged but still
+        valid JSON) must not get its model's objects collected. An unreadable manifest makes this
+        fail: what it names is unknown, so nothing may be collected."""
         named = set()
         for path in self._manifest_files():
-            named.update(o["sha256"] for o in self._read_manifest(path)["objects"])
+            record = self._read_manifest(path)
+            named.update(o["sha256"] for o in record["objects"])
+            named.update(self._archive_names(record))
         return named
+
+    def _archive_names(self, record: dict[str, Any]) -> set[str]:
+        """The objects that the header of a manifest's archive names (none where it cannot be read)."""
+        archive = next((o["sha256"] for o in record["objects"] if o.get("role") == "archive"), None)
+        if archive is None:
+            return set()
+        try:
+            opened = format_module.ArchiveFile(self.object_path(archive))
+        except (OSError, ZooError):
+            return set()
+        try:
+            return object_names(opened.header)
+        finally:
+            opened.close()
 
     def _drop_unnamed(self, candidates: Any) -> None:
         """Remove those of `candidates` no manifest names any more (rm and --force: the objects
@@ -788,6 +806,10 @@ class Store:
                 sizes = {f["path"]: f["size"] for f in opened.files()}
             if sizes != {f["path"]: f["size"] for f in record["files"]}:
                 problems.append(f"{ref}: its manifest lists other files than its archive")
+            left_out = self._archive_names(record) - {o["sha256"] for o in record["objects"]}
+            if left_out:
+                problems.append(f"{ref}: its manifest leaves out {len(left_out)} of the objects its archive names (`zoo doctor` "
+                                "lists them again)")
         except ZooError as error:
             return [f"{ref}: {error}"]
         return problems
@@ -834,6 +856,7 @@ class Store:
             findings += problems
             named: dict[str, list[str]] = {}
             for _, record in manifests:
+                findings += self._relist_objects(record)
                 for item in record["objects"]:
                     named.setdefault(item["sha256"], []).append(f"{record['name']}@{record['revision']}:{record['variant']}")
                     path = self.object_path(item["sha256"])
@@ -861,6 +884,24 @@ class Store:
             findings = [Damage(line) if line in unreadable else line for line in findings]
         return findings or [f"{self.home}: {len(manifests)} models, no problems found (every object there, of the size its "
                             "manifest says; `zoo verify` decodes them)"]
+
+    def _relist_objects(self, record: dict[str, Any]) -> list[str]:
+        """A manifest that leaves out objects its archive names (which `zoo gc` would then collect
+        as no model's) lists them again, as _adopt lists a restored manifest's. Caller holds the lock."""
+        left_out = sorted(self._archive_names(record) - {o["sha256"] for o in record["objects"]})
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        findings: list[str] = [Damage(f"{self.object_path(sha256)}: missing; {ref} cannot be read (`zoo rm` it, or store it again)")
+                               for sha256 in left_out if not self.object_path(sha256).is_file()]
+        added = [{"role": "object", "sha256": sha256, "size": self.object_path(sha256).stat().st_size} for sha256 in left_out
+                 if self.object_path(sha256).is_file()]
+        if added:
+            record["objects"] = [*record["objects"], *added]
+            record["stored_bytes"] += sum(item["size"] for item in added)
+            self.dirty.touch()
+            self._publish_manifest(record)
+            findings.append(f"{self.manifest_path(record['name'], record['revision'], record['variant'])}: the manifest of {ref} "
+                            f"left out {len(added)} of the objects its archive names: listed again")
+        return findings
 
     def _place_manifests(self) -> list[str]:
         """A manifest found where its name does not say (moved or edited by hand): a copy of the one
