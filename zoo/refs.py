@@ -66,7 +66,11 @@ def find_archive(ref: str | os.PathLike[str]) -> Path | None:
     if not os.fspath(ref):  # Path("") is the current folder
         raise InputError("no archive given: name a .zoo file or a model in the zoo")
     path = Path(ref)
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # a name longer than a file name may be (a long variant's ref): no such file
+        exists = False
+    if exists:
         return path
     from zoo.hub.store import resolve_archive  # the catalogue only when the path does not exist
 

@@ -302,3 +302,17 @@ def test_an_archive_of_version_3_that_names_no_objects_is_not_taken_for_one_made
     entry = store.add(tmp_path / "m.zoo", "f4")
     assert not Store.is_composed(entry)
     assert Store.is_composed(compress_into(store, tmp_path / "m", "f4-objects"))
+
+
+def test_a_ref_longer_than_a_file_name_reads_the_stored_model(tiny_model, tmp_path):
+    """A variant of a long SPEC makes a ref over 255 bytes: pathlib's exists() raised ENAMETOOLONG
+    for it, and info, verify and decompress said "File name too long" where ls, export and rm
+    found the model."""
+    spec = "truncate:bits=7,include=" + ";".join([*(f"*layer{number}*" for number in range(40)), "*"])
+    compress_into(Store(tmp_path / "zoo"), tiny_model, "small", pipeline=spec)
+    ref = f"small@main:{spec}"
+    assert len(ref.encode()) > 255
+    for args in (["info", ref], ["verify", ref], ["decompress", ref, "-o", tmp_path / "out"]):
+        done = zoo_cli(*args, home=tmp_path / "zoo")
+        assert done.returncode == 0, (args[0], done.stderr)
+    assert "in the zoo: " in zoo_cli("info", ref, home=tmp_path / "zoo").stdout

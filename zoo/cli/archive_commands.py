@@ -250,9 +250,11 @@ def info(archive: ArchiveArg, as_json: Json = False) -> None:
     from zoo.cli.output import print_json
     from zoo.cli.reports import sharing_line
 
+    from zoo.refs import archive_path
+
     report = api.report_of(archive)
     entry = None
-    if not Path(archive).exists():  # a zoo name: say what it shares with the other models there
+    if archive_path(archive) != Path(archive):  # a zoo name: say what it shares with the other models there
         from zoo.hub.store import Store
         from zoo.refs import zoo_entry
 
