@@ -416,3 +416,18 @@ def test_a_zoo_home_that_is_a_file_is_an_error_not_an_empty_zoo(tmp_path):
     for command in (["ls"], ["verify"], ["doctor"], ["gc"]):
         assert "is a file, not a zoo's folder" in one_line_error(zoo_cli(*command, home=home))
     assert home.read_text() == "a file where the zoo should be"
+
+
+def test_a_damaged_chunk_of_an_object_names_the_object(tmp_path):
+    """The error named the zoo's objects folder, where the user looks for the file to remove."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (256, 64), 1))})
+    entry = compress_into(Store(tmp_path / "zoo"), model, "m")
+    [victim] = [path for path in objects(tmp_path / "zoo") if path != entry.archive]
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF  # inside the tensor's last chunk
+    victim.write_bytes(bytes(data))
+    problems = zoo.verify(entry.archive)
+    assert problems and problems[0].endswith(f"{victim}: tensor 'w', chunk 0 is damaged (checksum mismatch)"), problems

@@ -397,7 +397,7 @@ class ArchiveFile:
 
     def _check_crc(self, data: bytes | memoryview, expected: int, what: str, obj: str | None) -> None:
         if crc32(data) != expected:
-            raise ChecksumError(f"{self.path if obj is None else self.objects_root}: {what} is damaged (checksum mismatch)")
+            raise ChecksumError(f"{self.path if obj is None else self.object_file(obj, what)}: {what} is damaged (checksum mismatch)")
 
     def decode_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None, decode: Callable[[bytes | memoryview], Any]) -> Any:
         """decode(the chunk as stored, checked against its CRC-32). A mapped archive hands over a
