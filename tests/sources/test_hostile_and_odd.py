@@ -99,6 +99,22 @@ def test_version_control_and_download_caches_are_left_out_and_said_so(tmp_path):
     assert [f["path"] for f in zoo.api.report_of(tmp_path / "r.zoo").files] == ["config.json"]
 
 
+def test_a_folder_whose_every_entry_is_left_out_comes_back_empty(tmp_path):
+    """A subfolder holding only a .git/ (or a FIFO) vanished: decompress gave back no folder there,
+    where an empty one comes back."""
+    folder = tmp_path / "repo"
+    (folder / "sub" / ".git").mkdir(parents=True)
+    (folder / "sub" / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (folder / "pipes").mkdir()
+    os.mkfifo(folder / "pipes" / "fifo")
+    (folder / "config.json").write_text("{}")
+    with pytest.warns(ZooWarning, match=r"left out 2 items"):
+        zoo.compress(folder, tmp_path / "r.zoo")
+    zoo.decompress(tmp_path / "r.zoo", tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == ["config.json", "pipes", "sub"]
+    assert not any((tmp_path / "out" / "sub").iterdir())
+
+
 def test_links_inside_stay_links_outside_are_refused_and_skipped_items_are_named(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("secret")

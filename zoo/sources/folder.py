@@ -157,8 +157,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         if prefix:
             modes[prefix.rstrip("/")] = (folder, stat.S_IMODE(os.stat(folder).st_mode) & 0o777)
-        if not entries and prefix and not filtering:
-            files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
+        before = len(files)
         for entry in entries:
             relpath = f"{prefix}{entry.name}"
             path = Path(entry.path)
@@ -203,6 +202,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                 continue
             if selected_by(relpath, include, exclude):
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
+        if len(files) == before and prefix and not filtering:  # empty, or all it holds is left out (a .git/, a FIFO)
+            files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
 
     visit(root, "", frozenset())
     # The modes of the folders that hold what is kept (a 0700 folder came back 0755): the empty
