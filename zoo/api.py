@@ -28,7 +28,7 @@ from zoo.container.writer import Builder, stored_files
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
-from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError, ZooWarning
+from zoo.errors import ChecksumError, FormatError, InputError, OutputExistsError, ZooError, ZooWarning
 from zoo.container.format import ArchiveFile, assemble, current_umask, object_file_size, object_path, put_header
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
@@ -506,7 +506,19 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
         if found is not None:
-            xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads))
+            try:
+                xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads))
+            except FormatError as error:  # the base's objects are damaged or missing: the model is whole without XORs
+                warnings.warn(f"{found.ref} cannot be read as a base ({error}); stored without XORs against it", ZooWarning,
+                              stacklevel=2)
+                held = ArchiveFile(shell)
+                try:
+                    named = object_names(held.header)
+                finally:
+                    held.close()
+                for key in [key for key in sink.written if key not in named]:  # the XORs it had coded
+                    object_path(sink.root, key).unlink(missing_ok=True)
+                    del sink.written[key]
     return shell
 
 

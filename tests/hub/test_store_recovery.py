@@ -431,3 +431,70 @@ def test_a_damaged_chunk_of_an_object_names_the_object(tmp_path):
     victim.write_bytes(bytes(data))
     problems = zoo.verify(entry.archive)
     assert problems and problems[0].endswith(f"{victim}: tensor 'w', chunk 0 is damaged (checksum mismatch)"), problems
+
+
+def _model_with_objects(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {name: ("F32", random_storage("F32", (256, 64), seed)) for seed, name in enumerate("ab")})
+    return model
+
+
+def _flip_a_byte(path: Path) -> None:
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x10  # inside the last chunk
+    path.write_bytes(bytes(data))
+    path.chmod(0o444)
+
+
+def test_storing_a_model_again_repairs_a_damaged_object_it_holds(tmp_path):
+    """A damaged object was reused as it was by every later model holding its bytes: they were
+    reported stored and could not be read, and storing the original again (--force) repaired
+    nothing. An object is now checked (its checksums, nothing decoded) before it is named again;
+    a damaged one is coded anew and replaces the zoo's, which mends the models that named it."""
+    model = _model_with_objects(tmp_path)
+    store = Store(tmp_path / "zoo")
+    first = compress_into(store, model, "first")
+    [victim, *_] = sorted((p for p in objects(tmp_path / "zoo") if p != first.archive), key=lambda p: -p.stat().st_size)
+    _flip_a_byte(victim)
+    assert zoo.verify(first.archive) != []
+    second = compress_into(store, model, "second")
+    assert zoo.verify(second.archive) == [] and zoo.verify(first.archive) == []
+    assert store.verify()[2] == []
+
+
+def test_a_damaged_object_coded_otherwise_is_refused_not_named(tmp_path):
+    """A damaged object another pipeline coded cannot be replaced by this build's coding (the
+    shells naming it copy its chunk indexes): the build is refused, and nothing is stored."""
+    model = _model_with_objects(tmp_path)
+    store = Store(tmp_path / "zoo")
+    first = compress_into(store, model, "first")
+    [victim, *_] = sorted((p for p in objects(tmp_path / "zoo") if p != first.archive), key=lambda p: -p.stat().st_size)
+    _flip_a_byte(victim)
+    damaged = victim.read_bytes()
+    with pytest.raises(ZooError, match=f"{victim}: an object of the zoo this model holds too is damaged .*chunk 0 is damaged"):
+        compress_into(store, model, "second", pipeline="bytegroup|zstd")
+    assert [entry.name for entry in store.entries()] == ["first"] and victim.read_bytes() == damaged
+
+
+def test_an_object_replaced_while_a_read_holds_it_is_closed_by_that_read(tmp_path):
+    """The process's shared descriptors of object files: one forgotten (its file replaced) while a
+    read holds it is closed when that read lets go, and the next read opens the new file."""
+    from zoo.container import format as archive_format
+
+    path = tmp_path / "object.zoo"
+    path.write_bytes(b"old")
+    files = archive_format._ObjectFiles()
+    descriptor = files.acquire(path, tmp_path / "shell.zoo", "a tensor")
+    files.forget(path)
+    replacement = tmp_path / "new"
+    replacement.write_bytes(b"new")
+    os.replace(replacement, path)
+    fresh = files.acquire(path, tmp_path / "shell.zoo", "a tensor")
+    assert os.pread(descriptor, 3, 0) == b"old" and os.pread(fresh, 3, 0) == b"new"
+    files.release(path, descriptor)
+    with pytest.raises(OSError):
+        os.fstat(descriptor)  # closed by its last release
+    files.release(path, fresh)
+    assert os.pread(fresh, 3, 0) == b"new"  # still the shared, open one

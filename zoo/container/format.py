@@ -490,6 +490,7 @@ class _ObjectFiles:
         self._open: OrderedDict[Path, list[int]] = OrderedDict()  # path -> [descriptor, reads holding it]
         self._regions: dict[Path, tuple[int, int]] = {}
         self._maps: dict[Path, Any] = {}  # open objects that mapped archives read, mapped; closed with them
+        self._retired: dict[Path, list[list[int]]] = {}  # forgotten while held: [descriptor, reads holding it]
 
     def acquire(self, path: Path, archive: Path, what: str) -> int:
         with self._lock:
@@ -526,11 +527,22 @@ class _ObjectFiles:
         try:
             yield (descriptor, *self.region(path, descriptor))
         finally:
-            self.release(path)
+            self.release(path, descriptor)
 
-    def release(self, path: Path) -> None:
+    def release(self, path: Path, descriptor: int) -> None:
         with self._lock:
-            self._open[path][1] -= 1
+            held = self._open.get(path)
+            if held is None or held[0] != descriptor:  # forgotten while this read held it
+                retired = self._retired[path]
+                held = next(entry for entry in retired if entry[0] == descriptor)
+                held[1] -= 1
+                if not held[1]:
+                    retired.remove(held)
+                    if not retired:
+                        del self._retired[path]
+                    os.close(descriptor)
+                return
+            held[1] -= 1
             self._trim()
 
     def _trim(self) -> None:
@@ -539,6 +551,19 @@ class _ObjectFiles:
         for path in [p for p, (_, users) in self._open.items() if users == 0][:max(0, len(self._open) - _OPEN_OBJECTS)]:
             os.close(self._open.pop(path)[0])
             self._maps.pop(path, None)
+
+    def forget(self, path: Path) -> None:
+        """Let go of the object at `path`, replaced on disk (a damaged object the zoo repaired): the
+        next read opens the new file. A read holding the old one keeps its descriptor open."""
+        with self._lock:
+            held = self._open.pop(path, None)
+            self._maps.pop(path, None)
+            self._regions.pop(path, None)
+            if held is not None and held[1]:
+                self._retired.setdefault(path, []).append(held)  # closed by the last release
+                held = None
+        if held is not None:
+            os.close(held[0])
 
     def mapping(self, path: Path, descriptor: int) -> Any:
         """The object open as `descriptor` mapped (by a read that holds it), or None."""
@@ -569,6 +594,11 @@ class _ObjectFiles:
 
 
 _OBJECT_FILES = _ObjectFiles()
+
+
+def object_replaced(path: Path) -> None:
+    """Tell this process's readers that the object file at `path` was replaced (_ObjectFiles.forget)."""
+    _OBJECT_FILES.forget(path)
 
 
 def _open_regular(path: Path) -> BinaryIO:

@@ -109,6 +109,8 @@ class ObjectSink:
         self.reused: dict[str, int] = {}  # objects it found, in the zoo or earlier in the build
         self._placeholders: list[tuple[dict[str, Any], str, bool]] = []
         self._pending: set[str] = set()
+        self.damaged: dict[str, Path] = {}  # objects the zoo holds damaged, by name: coded again
+        self.repairs: set[str] = set()  # those coded again into the same object: to replace the zoo's
         self._lock = threading.Lock()
         self._staged = itertools.count()
 
@@ -141,6 +143,11 @@ class ObjectSink:
     def _link(self, key: str) -> bool:
         found = self.existing(key)
         if found is None:
+            return False
+        if checksum_problems(found):
+            # Damaged in the zoo: coded again by this build, which puts it in the damaged one's place
+            # where it comes out as the same object (finish), so the models naming it are whole again.
+            self.damaged[key] = found
             return False
         target = object_path(self.root, key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,8 @@ class ObjectSink:
             finally:
                 spilled.unlink(missing_ok=True)
         key = unit.key or sha256_file(staged)
+        if key in self.damaged:
+            self._check_repair(key, staged, header)
         final = object_path(self.root, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(staged, 0o444)
@@ -197,6 +206,29 @@ class ObjectSink:
         else:
             holder["root"] = with_object(holder["root"], key)
         return key
+
+    def _check_repair(self, key: str, staged: Path, header: dict[str, Any]) -> None:
+        """The object a damaged one of the zoo is to be replaced by must be that object: the same
+        record of its tensor (pipeline, chunk indexes and their CRC-32s, which the shells of the
+        models naming it copy) and the same payload size. Else the damaged one stays, and the build
+        is refused: it cannot name an object it cannot read."""
+        damaged = self.damaged[key]
+        try:
+            opened = ArchiveFile(damaged)
+            fresh = ArchiveFile(staged)
+            try:
+                same = opened.header.get("tensors") == header["tensors"] and opened.payload_size == fresh.payload_size
+            finally:
+                opened.close()
+                fresh.close()
+        except (ZooError, OSError):
+            same = False
+        if not same:
+            raise FormatError(f"{damaged}: an object of the zoo this model holds too is damaged ({checksum_problems(damaged)[0]}), "
+                              "and coded otherwise than this build codes it, so it cannot be repaired from here; `zoo verify` "
+                              "names the models that need it")
+        with self._lock:
+            self.repairs.add(key)
 
     def resolve(self) -> None:
         """Name the objects the build found instead of coding: each placeholder takes the object's
@@ -316,6 +348,18 @@ def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) ->
     else:
         header.pop("features", None)
     return header
+
+
+def checksum_problems(path: Path) -> list[str]:
+    """What is wrong with object file `path` by its checksums alone (Archive.checksum_problems);
+    a file that cannot be read is a problem too."""
+    from zoo.container.reader import Archive
+
+    try:
+        with Archive(path) as held:
+            return held.checksum_problems()
+    except (ZooError, OSError) as error:
+        return [str(error)]
 
 
 def object_problems(path: Path, name: str, shown: str) -> list[str]:

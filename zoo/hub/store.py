@@ -23,7 +23,7 @@ import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,7 @@ class Store:
                             self._fetch(self._relative(self.object_path(item["sha256"])), self.object_path(item["sha256"]))
         self._synced = time.monotonic()
 
-    def _publish_remote(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
+    def _publish_remote(self, record: dict[str, Any], moves: dict[str, Path], force: bool, repairs: Collection[str]) -> None:
         """Objects put first (each under its name, if absent), the manifest last, by a conditional
         put: only where there is none, or, with `force`, where it is the one read before."""
         from zoo.hub.remote import ABSENT, PublishConflict
@@ -198,7 +198,11 @@ class Store:
         old = self.storage.read_versioned(key)
         if old is not None and not force:
             raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
-        for_each(lambda item: self.storage.put(self._relative(self.object_path(item[0])), item[1]), list(moves.items()), 4)
+        for_each(lambda item: self.storage.put(self._relative(self.object_path(item[0])), item[1], if_absent=item[0] not in repairs),
+                 list(moves.items()), 4)
+        for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
+            self.object_path(item).unlink(missing_ok=True)
+            format_module.object_replaced(self.object_path(item))
         kill_point("store-object")
         data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
         try:
@@ -567,7 +571,7 @@ class Store:
         sizes = {item: path.stat().st_size for item, path in moves.items()}
         _name_objects(record, shell, shell_name, sizes, str(shell), "the build did not leave")
         moves[shell_name] = shell
-        self._publish(record, moves, force)
+        self._publish(record, moves, force, repairs=sink.repairs)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
     def add_put(self, shell_name: str, objects: dict[str, int], name: str, revision: str = DEFAULT_REVISION, *,
@@ -594,13 +598,14 @@ class Store:
         self._publish(record, {shell_name: shell}, force)
         return self.resolve(f"{name}@{revision}:{record['variant']}", with_files=True)
 
-    def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool) -> None:
+    def _publish(self, record: dict[str, Any], moves: dict[str, Path], force: bool, repairs: Collection[str] = ()) -> None:
         """Objects first, manifest last, index after (see the module's docstring): each object of
-        `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock."""
+        `moves` (name -> a file in a work folder) the zoo lacks is renamed in, under the lock, and
+        so is each of `repairs`, the same object coded again in place of one the zoo holds damaged."""
         # before anything enters (a manifest the index could not hold stopped every command); compress_into said so before the coding
         refuse_names_not_utf8(record_names(record))
         if self.storage is not None:
-            self._publish_remote(record, moves, force)
+            self._publish_remote(record, moves, force, repairs)
             return
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         with self._locked():
@@ -614,11 +619,13 @@ class Store:
                 folders = set()
                 for item, path in moves.items():
                     target = self.object_path(item)
-                    if target.exists():
+                    if target.exists() and item not in repairs:
                         continue  # the same bytes, stored by another model
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.chmod(path, 0o444)  # objects are immutable
                     os.replace(path, target)
+                    if item in repairs:
+                        format_module.object_replaced(target)
                     created.append(item)
                     folders.add(target.parent)
                 _sync_files(sorted(folders))
