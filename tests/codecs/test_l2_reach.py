@@ -70,12 +70,17 @@ def test_an_excluded_embedding_table_counts_against_the_target(tmp_path):
     assert report.bits_per_weight == pytest.approx(4.0, rel=0.05)
 
 
-def test_a_toy_whose_header_alone_is_over_the_target_is_still_coded(tmp_path):
-    # 256 weights at 8x is 128 bytes, less than the header: no ratio reaches it, and l2 codes it
-    # as it always has (the golden archives' models are such toys).
-    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", np.random.default_rng(3).standard_normal((16, 16)).astype(np.float32))})
-    zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
-    assert zoo.verify(tmp_path / "m.zoo") == []
+@pytest.mark.parametrize("ratio", [45, 60, 320])
+def test_a_target_past_what_the_header_allows_is_refused_as_a_lower_one_is(tmp_path, ratio):
+    """Past the ratio at which the header alone took the whole target, l2 coded the selected
+    weights at 0.05 bits each, all to zero, and exited 0, where a lower target was refused: four
+    96x80 matrices at 45 were refused (43 reachable) and at 60 or 320 came back all zeros."""
+    rng = np.random.default_rng(5)
+    source = write_safetensors(tmp_path / "m.safetensors",
+                               {f"layer.{i}.weight": ("F32", rng.standard_normal((96, 80)).astype(np.float32)) for i in range(4)})
+    with pytest.raises(OutOfReach, match=rf"^l2: target_ratio={ratio} is out of reach: .*target_ratio=\S+ is the most this model reaches"):
+        zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={ratio}")
+    assert not (tmp_path / "m.zoo").exists()
 
 
 def test_the_cli_says_it_in_one_line_and_writes_nothing(tmp_path):

@@ -107,7 +107,7 @@ def test_a_calibrated_survey_after_lowrank_quantizes_its_factors(tiny_llama, tmp
 
 def test_tune_needs_a_model_to_train_against():
     rng = np.random.default_rng(0)
-    arrays = {"w": TypedArray(rng.standard_normal((16, 16)).astype(np.float32), "F32")}
+    arrays = {"w": TypedArray(rng.standard_normal((256, 256)).astype(np.float32), "F32")}
     with pytest.raises(PipelineError, match="--calib"):
         Pipeline.parse("l2:target_ratio=8,tune=5").survey(lambda: iter(arrays.items()))
 

@@ -272,11 +272,6 @@ def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int,
     budget = allowed - 8.0 * (others + header)
     if budget >= LOWEST_BITS * weights - 1e-9 * allowed:  # the ratio an OutOfReach names is reachable, to the last bit
         return budget
-    if 8.0 * header >= allowed:
-        # A toy of a few hundred weights (the tests', the golden archives'), whose header alone is
-        # over the target: no ratio reaches it, and l2 codes it as it always has, at 0.05 bits per
-        # selected weight, the report showing the size reached.
-        return 0.05 * weights
     reachable = 32.0 * parameters / (8.0 * (others + header) + LOWEST_BITS * weights)
     advice = (f"target_ratio={_round_down(reachable)} is the most this model reaches, or let" if reachable > 1.0
               else "no target_ratio reaches it: let")
