@@ -29,7 +29,7 @@ from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evalua
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
 from zoo.errors import ChecksumError, FormatError, InputError, OutputExistsError, ZooError, ZooWarning
-from zoo.container.format import ArchiveFile, assemble, current_umask, object_file_size, object_path, put_header
+from zoo.container.format import ArchiveFile, assemble, current_umask, object_file_size, object_path, put_header, refuse_an_archive
 from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
@@ -345,6 +345,7 @@ def compress(
     (compress_into refuses names its zoo cannot hold)."""
     started = time.perf_counter()
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
+    refuse_an_archive(Path(source))
     sources = scan(source, include, exclude, follow_links)
     if check_sources is not None:
         check_sources(sources)

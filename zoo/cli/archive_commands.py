@@ -82,7 +82,7 @@ def compress(
     from zoo.errors import InputError
     from zoo.hub.remote import is_url
     from zoo.refs import looks_like_path
-    from zoo.sources.folder import refuse_an_archive
+    from zoo.container.format import refuse_an_archive
 
     if output is not None and not output:  # a str, not a Path (a URL's `//` must stay): app._GivenPath's check, made here
         raise InputError("--output is empty")

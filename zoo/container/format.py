@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
-from zoo.errors import ChecksumError, FormatError, MissingObjectError, ZooError
+from zoo.errors import ChecksumError, FormatError, InputError, MissingObjectError, ZooError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
@@ -463,6 +463,18 @@ def is_archive(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(len(MAGIC)) == MAGIC
+
+
+def refuse_an_archive(path: Path) -> None:
+    """A .zoo archive given as the model to compress: stored as a plain file it would gain
+    nothing; its model is what the user means, and decompressing gives it back. (An archive inside
+    a folder is one of the folder's files, kept like any other.)"""
+    try:
+        archive = is_archive(path)
+    except OSError:
+        return  # said by the read that follows, as for any file
+    if archive:
+        raise InputError(f"{path}: a zoo archive already; `zoo decompress {path} -o FOLDER` gives back its model to compress anew")
 
 
 HASH_BLOCK = 256 << 10

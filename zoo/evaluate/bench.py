@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,6 +81,9 @@ class Figure:
 def load_float_tensors(source: str | os.PathLike[str]) -> list[tuple[np.ndarray, str]]:
     """Every float tensor of a model (folder, safetensors or PyTorch file): raw storage, mapped
     from disk, and its dtype."""
+    from zoo.container.format import refuse_an_archive
+
+    refuse_an_archive(Path(source))
     tensors = []
     for source_file in scan(source):
         for segment in source_file.segments:

@@ -107,20 +107,6 @@ def _next_hop(link: Path, real_root: str) -> str | None:
     return os.path.relpath(hop, real_root) if _inside(hop, real_root) and hop != real_root else None
 
 
-def refuse_an_archive(path: Path) -> None:
-    """A .zoo archive given as the model: stored as a plain file it would gain nothing; its model
-    is what the user means, and decompressing gives it back. (An archive inside a folder is one of
-    the folder's files, kept like any other.)"""
-    from zoo.container.format import is_archive
-
-    try:
-        archive = is_archive(path)
-    except OSError:
-        return  # said by the read that follows, as for any file
-    if archive:
-        raise InputError(f"{path}: a zoo archive already; `zoo decompress {path} -o FOLDER` gives back its model to compress anew")
-
-
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
@@ -138,7 +124,6 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     if root.is_file():
         if include or exclude:
             raise InputError(f"{root}: --include and --exclude choose files inside a folder, and this is one file")
-        refuse_an_archive(root)
         return [_source_file(root, check_relpath(root.name), strict=True)]
     if not root.is_dir():
         raise InputError(f"{root}: neither a file nor a folder")
