@@ -326,7 +326,7 @@ def test_a_tampered_base_record_is_refused(delta_archive, tmp_path, edit, messag
         zoo.open(_rewrite(archive, tmp_path / "bad.zoo", lambda h: h.pop("base"), version=1))
 
 
-@pytest.mark.parametrize("spec", ["codebook:bits=2", "l2:target_ratio=16"])
+@pytest.mark.parametrize("spec", ["codebook:bits=2", "l2:target_ratio=1.05"])
 def test_other_lossy_pipelines_code_the_difference_too(tuned, tmp_path, spec):
     base, fine_tuned = tuned
     zoo.compress(fine_tuned, tmp_path / "delta.zoo", spec, base=base)

@@ -111,10 +111,10 @@ def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
     --json shows nothing on stderr."""
     _, _, env = hub
     terminal = {**env, "FORCE_COLOR": "1", "COLUMNS": "120"}  # stderr counts as a terminal
-    shown = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy", env=terminal)
+    shown = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=4", "--name", "lossy", env=terminal)
     assert shown.returncode == 0, shown.stderr
     assert "surveying rates" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.stderr)
-    quiet = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=8", "--name", "lossy-json", "--json", env=terminal)
+    quiet = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=4", "--name", "lossy-json", "--json", env=terminal)
     assert quiet.returncode == 0, quiet.stderr
     assert "surveying" not in quiet.stderr and json.loads(quiet.stdout)["name"] == "lossy-json"
 
