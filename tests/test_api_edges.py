@@ -276,3 +276,24 @@ def test_decompress_never_replaces_the_archive_it_reads(tmp_path):
     assert archive.read_bytes() == kept and (linked / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()
     zoo.decompress(archive, tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()
+
+
+def test_a_glob_given_as_a_string_is_one_pattern(tmp_path):
+    """include="*.json" was read a character at a time, and its "*" took every file of the model."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (32, 32), 1))})
+    (folder / "config.json").write_text("{}")
+    zoo.compress(folder, tmp_path / "json.zoo", include="*.json")
+    zoo.compress(folder, tmp_path / "rest.zoo", exclude="*.json")
+    assert [f["path"] for f in zoo.report_of(tmp_path / "json.zoo").files] == ["config.json"]
+    assert [f["path"] for f in zoo.report_of(tmp_path / "rest.zoo").files] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("pipeline", [5, ["lossless"], b"lossless"])
+def test_a_pipeline_that_is_not_spec_text_is_named_as_such(tmp_path, pipeline):
+    """zoo.compress(src, dst, 5) said "empty pipeline spec"."""
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    with pytest.raises(zoo.ZooError, match=rf"a pipeline is SPEC text such as 'lossless' or 'truncate:bits=3', not {type(pipeline).__name__}"):
+        zoo.compress(source, tmp_path / "w.zoo", pipeline)
+    assert not (tmp_path / "w.zoo").exists()

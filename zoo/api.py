@@ -311,7 +311,7 @@ def _beside_destination(bound: inspect.BoundArguments) -> Path:
 def compress(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
-    pipeline: str | Pipeline = DEFAULT_SPEC,
+    pipeline: str | Pipeline | None = DEFAULT_SPEC,
     *,
     threads: int | None = None,
     force: bool = False,
@@ -344,7 +344,7 @@ def compress(
     `check_sources(files)` sees what the scan found before anything is coded, and may raise
     (compress_into refuses names its zoo cannot hold)."""
     started = time.perf_counter()
-    chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
+    chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(DEFAULT_SPEC if pipeline is None else pipeline)
     refuse_an_archive(Path(source))
     sources = scan(source, include, exclude, follow_links)
     if check_sources is not None:

@@ -32,6 +32,16 @@ def test_a_malformed_budget_is_one_clear_error(text, complaint):
         Budget.parse(text)
 
 
+def test_a_budget_and_its_figures_are_written_as_given_not_rounded_across_the_limit():
+    """cosine=0.9999999 was stored and printed as cosine=1, and a figure of 0.9999999002 that
+    met it as 1, one of 0.99999989 that missed it as 1 too."""
+    from zoo.evaluate.result import figure_text
+
+    assert str(Budget.parse("cosine=0.9999999")) == "cosine=0.9999999" and str(Budget.parse("bpw=4")) == "bpw=4"
+    assert figure_text(0.99999989, 0.9999999) == "0.99999989" and float(figure_text(0.9999999002, 0.9999999)) > 0.9999999
+    assert figure_text(0.5, 0.9) == "0.5" and figure_text(0.123456789, 0.9) == "0.123457"
+
+
 def test_budgets_parse_and_say_which_way_is_better():
     assert str(Budget.parse(" KL = 0.005 ")) == "kl=0.005"
     assert Budget.parse("cosine=0.999").meets(0.9995) and not Budget.parse("cosine=0.999").meets(0.998)

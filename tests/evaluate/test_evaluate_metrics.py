@@ -77,6 +77,19 @@ def test_weight_figures_of_identical_and_zero_tensors_stay_json():
     assert metrics.weight_figures(metrics.weight_sums(ones, ones))["sqnr_db"] is None
 
 
+def test_a_tensor_whose_reference_is_all_zeros_counts_in_the_totals():
+    """Its relative error was None, which left it out of the totals: a candidate of all 100s
+    against a reference of zeros beside an identical tensor was "identical", cosine 1, and passed
+    --min-cosine. Against zeros the error is infinite and the cosine 0."""
+    zeros, hundreds = torch.zeros(64, 64), torch.full((64, 64), 100.0)
+    figures = metrics.weight_figures(metrics.weight_sums(zeros, hundreds))
+    assert figures["relative_error"] == math.inf and figures["cosine"] == 0.0
+    same = torch.randn(64, 64)
+    per_tensor = [{"elements": 4096, **figures}, {"elements": 4096, **metrics.weight_figures(metrics.weight_sums(same, same))}]
+    totals = metrics.weight_totals(per_tensor)
+    assert totals["elements"] == 8192 and totals["cosine"] == 0.5 and totals["relative_error"] == math.inf
+
+
 def test_weight_totals_are_weighted_by_size():
     per_tensor = [{"elements": 300, "relative_error": 0.01, "cosine": 0.9999}, {"elements": 100, "relative_error": 0.0, "cosine": 1.0}]
     totals = metrics.weight_totals(per_tensor)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from zoo.evaluate.result import QualityGateError
+from zoo.evaluate.result import QualityGateError, figure_text
 from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
 from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
@@ -212,7 +212,7 @@ def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipel
         if as_json:
             return
         figure = "" if candidate.figure is None else (f", {candidate.figure:.4f} with its proof stored" if parsed.name == "bpw"
-                                                      else f", {parsed.name} {candidate.figure:.6g}")
+                                                      else f", {parsed.name} {figure_text(candidate.figure, parsed.limit)}")
         verdict = "meets" if candidate.meets else "misses"
         stderr.print(f"candidate {candidate.pipeline.split('|')[0].split(',')[0]}: {human_bytes(candidate.bytes)}, "
                      f"{candidate.bits_per_weight:.3f} bits per weight{figure}: {verdict} {parsed}", markup=False, highlight=False,

@@ -180,15 +180,30 @@ def print_tensors(tensors: list[dict[str, Any]]) -> None:
     print_table("per tensor", ["tensor", "dtype", "shape", "rel. error", "SQNR dB", "cosine"], rows, ("rel. error", "SQNR dB", "cosine"))
 
 
+def _budget_limit(text: Any) -> float | None:
+    """The limit of a stored budget ("cosine=0.999"), or None where it is not one."""
+    from zoo.errors import InputError
+    from zoo.evaluate.budget import Budget
+
+    try:
+        return Budget.parse(str(text)).limit
+    except InputError:
+        return None
+
+
 def print_budget(record: dict[str, Any]) -> None:
     """What compress --budget stored (zoo.evaluate.budget): the search's trail, then its proof."""
     judged = (f"judged on {record['held_out']}; calibrated on {record.get('calibration')}" if record.get("held_out")
               else "judged on the weights alone")  # a model zoo does not run
     stdout.print(f"budget {record.get('budget')} ({record.get('reads')}), {judged}; kept {record.get('pipeline')}",
                  markup=False, highlight=False, soft_wrap=True)
+    from zoo.evaluate.result import figure_text
+
+    limit = _budget_limit(record.get("budget"))
     columns = ["candidate", "stored", "bits/weight", "figure", "meets"]
     rows = [[str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0), f"{step.get('bits_per_weight', 0):.3f}",
-             "-" if step.get("figure") is None else f"{step['figure']:.6g}", "yes" if step.get("meets") else "no"] for step in record.get("trail") or []]
+             _format(step.get("figure"), "value") if limit is None or not isinstance(step.get("figure"), float)
+             else figure_text(step["figure"], limit), "yes" if step.get("meets") else "no"] for step in record.get("trail") or []]
     print_table("budget search, in the order tried", columns, rows, right=tuple(columns[1:]), fold=tuple(columns))
     if isinstance(record.get("proof"), dict):
         print_quality(record["proof"], f"proof: the kept archive on held-out text, against {record['proof'].get('reference')}")

@@ -114,6 +114,8 @@ class Pipeline:
     @classmethod
     def parse(cls, spec: str) -> Pipeline:
         """A pipeline from spec text, completed as the module docstring says."""
+        if not isinstance(spec, str):
+            raise PipelineError(f"a pipeline is SPEC text such as 'lossless' or 'truncate:bits=3', not {type(spec).__name__} {spec!r}")
         codecs = _parse_stages(spec)
         first_leaf = next((index for index, codec in enumerate(codecs) if not isinstance(codec, ArrayCodec)), len(codecs))
         if first_leaf < len(codecs) and isinstance(codecs[first_leaf], BytesCodec):

@@ -36,6 +36,7 @@ from typing import Any
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
 from zoo.errors import InputError, OutOfReach, OutputExistsError, ZooError
+from zoo.evaluate.result import exact_text, figure_text
 from zoo.optimize.teacher import Teacher
 
 # budget name -> (what it reads, which way is better, the kinds it fits)
@@ -98,7 +99,7 @@ class Budget:
         return cls(name, limit)
 
     def __str__(self) -> str:
-        return f"{self.name}={self.limit:g}"
+        return f"{self.name}={exact_text(self.limit)}"
 
     def check_fits(self, kind: str, model: str) -> None:
         fitting = [name for name, (_, _, kinds) in BUDGETS.items() if kind in kinds]
@@ -173,7 +174,7 @@ class Session:
 
 
 def _figure_text(budget: Budget, value: float | None) -> str:
-    return "-" if value is None else f"{budget.name} {value:.6g}"
+    return "-" if value is None else f"{budget.name} {figure_text(value, budget.limit)}"
 
 
 class SurveyTeacher(Teacher):

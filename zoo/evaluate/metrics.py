@@ -122,14 +122,14 @@ def weight_sums(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, f
 def weight_figures(sums: dict[str, float]) -> dict[str, Any]:
     """Relative error (RMS error over RMS weight), SQNR in dB and cosine from `weight_sums`.
 
-    SQNR is None (infinite) when the tensors are identical, and relative error is None when the
-    reference is all zeros. Sums that are not finite (a NaN or an infinity not reproduced in
+    SQNR is None (infinite) when the tensors are identical; against a reference of all zeros the
+    relative error is infinite and the cosine 0 unless the candidate is all zeros too. Sums that are not finite (a NaN or an infinity not reproduced in
     place) give NaN figures, which fail every gate; JSON gets those as strings (result.json_safe).
     """
     signal, error = sums["signal"], sums["error"]
     if not all(math.isfinite(sums[name]) for name in ("signal", "error", "candidate", "dot")):
         return {"relative_error": math.nan, "sqnr_db": math.nan, "cosine": math.nan, "max_abs_error": sums["max_abs_error"]}
-    relative = math.sqrt(error / signal) if signal > 0 else (0.0 if error == 0 else None)
+    relative = math.sqrt(error / signal) if signal > 0 else (0.0 if error == 0 else math.inf)
     sqnr = None if error == 0 else (10 * math.log10(signal / error) if signal > 0 else -math.inf)
     norms = math.sqrt(signal * sums["candidate"])
     cosine = 1.0 if error == 0 else (sums["dot"] / norms if norms > 0 else 0.0)

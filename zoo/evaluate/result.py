@@ -10,6 +10,24 @@ from typing import Any
 from zoo.errors import InputError, ZooError
 
 
+def exact_text(number: float) -> str:
+    """`number` as `:g` writes it where that reads back as it, else as its shortest exact text: a
+    promise of cosine=0.9999999 is not written cosine=1."""
+    text = f"{number:g}"
+    return text if float(text) == number else repr(float(number))
+
+
+def figure_text(figure: float, limit: float) -> str:
+    """`figure` to 6 significant digits, or to as many more as keep it on its own side of `limit`
+    (a cosine of 0.9999999002 that misses 0.9999999 is not printed as 1)."""
+    side = (figure > limit) - (figure < limit)
+    for digits in range(6, 18):
+        text = f"{figure:.{digits}g}"
+        if not math.isfinite(figure) or (float(text) > limit) - (float(text) < limit) == side:
+            return text
+    return repr(figure)
+
+
 def json_safe(value: Any) -> Any:
     """`value` with every float that JSON cannot hold (NaN, a weight SQNR of minus infinity) as
     the string "NaN", "Infinity" or "-Infinity": what --json prints and what an archive's header
@@ -162,7 +180,8 @@ class Gates:
                 continue
             worse = figure < limit if name.startswith("min") else figure > limit
             if worse or math.isnan(figure):
-                failures.append(f"{label} {figure:.6g} {'<' if name.startswith('min') else '>'} {flag} {limit:g}")
+                failures.append(f"{label} {figure_text(figure, limit)} {'<' if name.startswith('min') else '>'} {flag} "
+                                f"{exact_text(limit)}")
         return failures
 
 

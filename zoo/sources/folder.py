@@ -71,6 +71,12 @@ def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
         return SourceFile(relpath, path, size, "opaque", [Segment(0, size)], reason=_reason(error, path, size))
 
 
+def _as_list(patterns: Sequence[str] | str | None) -> Sequence[str] | None:
+    """One glob given as a string is one pattern, not a pattern per character (a "*" among which
+    matched every file)."""
+    return [patterns] if isinstance(patterns, str) else patterns
+
+
 def check_globs(include: Sequence[str] | None, exclude: Sequence[str] | None) -> None:
     """Refuse an --include/--exclude glob that fnmatch would match as text where a set was meant."""
     for option, patterns in (("--include", include), ("--exclude", exclude)):
@@ -113,6 +119,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder".
     Files whose path inside the folder matches none of `include` (fnmatch globs, when given) or any
     of `exclude` are left out."""
+    include, exclude = _as_list(include), _as_list(exclude)
     check_globs(include, exclude)
     if not os.fspath(source):  # Path("") is the current folder
         raise InputError("no model given: name a folder or a file")

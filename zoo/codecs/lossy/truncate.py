@@ -1,4 +1,6 @@
-"""truncate: NeuZip's lossy mode. Keep `bits` of the mantissa, rounded to nearest even.
+"""truncate: NeuZip's lossy mode. Keep `bits` of the mantissa, rounded to nearest even. A
+subnormal value's leading mantissa bits are zeros, so it keeps fewer significant bits (and may
+round to zero): its error is bounded by the step of the smallest normal values, not relative.
 
 Rounding works on the magnitude's bit pattern, so a carry out of the mantissa lands in the
 exponent (1.111b rounds up to 10.00b) exactly as float rounding does. A finite value never
@@ -29,7 +31,7 @@ BLOCK = 1 << 20  # values rounded (or rebuilt) at a time: their 32-bit temporari
 
 class Truncate(LossyCodec):
     codec_id = "truncate"
-    tolerance: ClassVar[float] = 0.05  # bits=3: relative error at most 2**-4 per weight
+    tolerance: ClassVar[float] = 0.05  # bits=3: relative error at most 2**-4 per normal weight (subnormals: the same absolute step)
     dtypes: ClassVar[frozenset[str]] = frozenset(_LAYOUT)
     params = (Param("bits", int, 3, 1, MAX_BITS, help="mantissa bits kept"),)
     stages = {"calibrating": "sequences"}  # with --calib (zoo.optimize.calibration)
