@@ -294,6 +294,7 @@ def test_a_glob_given_as_a_string_is_one_pattern(tmp_path):
 def test_a_pipeline_that_is_not_spec_text_is_named_as_such(tmp_path, pipeline):
     """zoo.compress(src, dst, 5) said "empty pipeline spec"."""
     source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
-    with pytest.raises(zoo.ZooError, match=rf"a pipeline is SPEC text such as 'lossless' or 'truncate:bits=3', not {type(pipeline).__name__}"):
+    with pytest.raises(zoo.ZooError, match=rf"a pipeline is SPEC text such as 'lossless' or 'truncate:bits=3', "
+                                           rf"not {type(pipeline).__name__}"):
         zoo.compress(source, tmp_path / "w.zoo", pipeline)
     assert not (tmp_path / "w.zoo").exists()

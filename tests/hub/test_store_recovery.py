@@ -291,7 +291,8 @@ def test_a_manifest_that_leaves_out_objects_its_archive_names_loses_none_of_them
     home = tmp_path / "zoo"
     model = tmp_path / "model"
     model.mkdir()
-    write_safetensors(model / "model.safetensors", {name: ("F32", random_storage("F32", (128, 64), seed)) for seed, name in enumerate("abc")})
+    write_safetensors(model / "model.safetensors",
+                      {name: ("F32", random_storage("F32", (128, 64), seed)) for seed, name in enumerate("abc")})
     store = Store(home)
     compress_into(store, model, "org/first")
     first = store.resolve("org/first")
@@ -436,7 +437,8 @@ def test_a_damaged_chunk_of_an_object_names_the_object(tmp_path):
 def _model_with_objects(tmp_path: Path) -> Path:
     model = tmp_path / "model"
     model.mkdir()
-    write_safetensors(model / "model.safetensors", {name: ("F32", random_storage("F32", (256, 64), seed)) for seed, name in enumerate("ab")})
+    write_safetensors(model / "model.safetensors",
+                      {name: ("F32", random_storage("F32", (256, 64), seed)) for seed, name in enumerate("ab")})
     return model
 
 

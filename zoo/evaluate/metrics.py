@@ -123,8 +123,9 @@ def weight_figures(sums: dict[str, float]) -> dict[str, Any]:
     """Relative error (RMS error over RMS weight), SQNR in dB and cosine from `weight_sums`.
 
     SQNR is None (infinite) when the tensors are identical; against a reference of all zeros the
-    relative error is infinite and the cosine 0 unless the candidate is all zeros too. Sums that are not finite (a NaN or an infinity not reproduced in
-    place) give NaN figures, which fail every gate; JSON gets those as strings (result.json_safe).
+    relative error is infinite and the cosine 0 unless the candidate is all zeros too. Sums that
+    are not finite (a NaN or an infinity not reproduced in place) give NaN figures, which fail
+    every gate; JSON gets those as strings (result.json_safe).
     """
     signal, error = sums["signal"], sums["error"]
     if not all(math.isfinite(sums[name]) for name in ("signal", "error", "candidate", "dot")):
