@@ -40,8 +40,8 @@ def compress(
     more: Annotated[Optional[list[str]], typer.Argument(metavar="SOURCE", help="More models, compressed side by side (each to its own "
                                                         "archive in the folder -o names, or into the zoo).", show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo "
-                                                  "(a folder or URL, or a name ending in /: the archives go in it, named after "
-                                                  "their sources).", show_default=False)] = None,
+                                                  "(with several SOURCEs, a URL, or a path ending in /: where the archives go, "
+                                                  "each named after its source).", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
@@ -79,12 +79,14 @@ def compress(
     from zoo import api
     from zoo.batch import archive_name
     from zoo.cli.zoo_commands import compress_elsewhere
+    from zoo.container.format import refuse_an_archive
     from zoo.errors import InputError
     from zoo.hub.remote import is_url
     from zoo.refs import looks_like_path
-    from zoo.container.format import refuse_an_archive
 
-    if output is not None and not output:  # a str, not a Path (a URL's `//` must stay): app._GivenPath's check, made here
+    # -o is text, not a Path, so that a URL keeps its `//` and a folder its trailing `/`; the check
+    # app._GivenPath makes of paths is made here
+    if output is not None and not output:
         raise InputError("--output is empty")
     if more or ray is not None or (output is not None and is_url(output)):  # a URL is written by the batch's workers, Ray or not
         unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,

@@ -224,9 +224,9 @@ class ObjectSink:
         except (ZooError, OSError):
             same = False
         if not same:
-            raise FormatError(f"{damaged}: an object of the zoo this model holds too is damaged ({checksum_problems(damaged)[0]}), "
-                              "and coded otherwise than this build codes it, so it cannot be repaired from here; `zoo verify` "
-                              "names the models that need it")
+            problem = next(iter(checksum_problems(damaged)), "its checksums do not hold")
+            raise FormatError(f"{damaged}: an object of the zoo this model holds too is damaged ({problem}), and coded otherwise "
+                              "than this build codes it, so it cannot be repaired from here; `zoo verify` names the models that need it")
         with self._lock:
             self.repairs.add(key)
 
