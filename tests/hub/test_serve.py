@@ -142,7 +142,7 @@ def test_ranges(served, header, expected):
     ("/org/tiny/resolve/main/../../../etc/passwd", 400, None),
     ("/org/tiny/resolve/main/sub/..%2F..%2F..%2Fetc%2Fpasswd", 400, None),
     ("/org/tiny/resolve/main/%2e%2e/%2e%2e/etc/passwd", 400, None),
-    ("/org/tiny/resolve/main/%252e%252e/etc/passwd", 400, None),
+    ("/org/tiny/resolve/main/%252e%252e/etc/passwd", 404, "EntryNotFound"),  # a file named %2e%2e/etc/passwd: there is none
     ("/org/tiny/resolve/main/sub%5c..%5cx", 400, None),
     ("/org/tiny/resolve/main/a%00b", 400, None),
     ("/..", 400, None),
@@ -264,6 +264,27 @@ def test_links_in_a_model_are_served_as_the_files_they_lead_to(tiny_model, tmp_p
         snapshot = Path(snapshot_download("org/linked", endpoint=url, cache_dir=tmp_path / "hf2"))
         assert (snapshot / "sub" / "config.json").read_bytes() == (tiny_model / "config.json").read_bytes()
         assert request(url, "/org/linked/resolve/main/dangling.bin")[0] == 404
+
+
+def test_names_holding_percent_escapes_are_served_as_listed(tiny_model, tmp_path):
+    """Files named x%5Cy.txt, p%00q.txt and %2e%2e were listed, then refused as escapes: the server
+    decoded each request segment twice. huggingface_hub asks for them once encoded (x%255Cy.txt)."""
+    import shutil
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    folder = tmp_path / "pct"
+    shutil.copytree(tiny_model, folder)
+    names = {"x%5Cy.txt": b"backslash once decoded\n", "p%00q.txt": b"nul once decoded\n", "%2e%2e": b"dots once decoded\n"}
+    for name, data in names.items():
+        (folder / name).write_bytes(data)
+    store = Store(tmp_path / "zoo")
+    compress_into(store, folder, "org/pct")
+    with running_server(store) as url:
+        listed = {s.rfilename for s in HfApi(endpoint=url).model_info("org/pct").siblings}
+        assert set(names) <= listed
+        for name, data in names.items():
+            assert Path(hf_hub_download("org/pct", name, endpoint=url, cache_dir=tmp_path / "hf")).read_bytes() == data
 
 
 @pytest.mark.slow
