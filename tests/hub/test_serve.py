@@ -457,3 +457,28 @@ def test_a_download_survives_its_archive_shrinking_under_the_server(tiny_model, 
         process.wait(timeout=10)
     log = process.stderr.read()
     assert ("shrank while" if kernels.map_file is not None else "truncated") in log, log
+
+
+def _held_deleted(folder: Path) -> list[str]:
+    """Files under `folder` this process holds open or mapped though they were deleted."""
+    import os
+
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    held += [line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines() if len(line.split()) > 5]
+    return sorted({path for path in held if path.startswith(str(folder)) and path.endswith("(deleted)")})
+
+
+def test_a_model_removed_while_served_gives_its_disk_space_back(served, tmp_path):
+    """After `zoo rm` the server kept the model's deleted archive and objects open and mapped: the
+    disk space came back only when it stopped. The next request after the catalogue changed lets
+    go of them."""
+    import gc
+
+    url, store, _ = served
+    status, _, body = request(url, "/other/resolve/main/model.safetensors")
+    assert status == 200 and body
+    store.remove("other")
+    assert request(url, "/other/resolve/main/model.safetensors")[0] == 404
+    assert request(url, "/org/tiny/resolve/main/config.json")[0] == 200
+    gc.collect()
+    assert _held_deleted(tmp_path / "zoo") == []

@@ -456,6 +456,11 @@ class ArchiveFile:
         self._map = None  # unmapped once the last view of it is gone
         self._file.close()
 
+    def replaced(self) -> bool:
+        """Whether the path no longer names the file this archive has open (removed, or replaced:
+        zoo rm, compress --force, gc), so that a long-running reader lets go of its disk space."""
+        return _not_the_file(self.path, self._file.fileno())
+
 
 def is_archive(path: Path) -> bool:
     """Whether `path` is a file that starts as a .zoo archive does."""
@@ -564,6 +569,17 @@ class _ObjectFiles:
             os.close(self._open.pop(path)[0])
             self._maps.pop(path, None)
 
+    def let_go_of_replaced(self) -> None:
+        """Close the open objects no read holds whose files were removed or replaced on disk."""
+        with self._lock:
+            gone = [(path, held[0]) for path, held in self._open.items() if held[1] == 0 and _not_the_file(path, held[0])]
+            for path, _ in gone:
+                del self._open[path]
+                self._maps.pop(path, None)
+                self._regions.pop(path, None)
+        for _, descriptor in gone:
+            os.close(descriptor)
+
     def forget(self, path: Path) -> None:
         """Let go of the object at `path`, replaced on disk (a damaged object the zoo repaired): the
         next read opens the new file. A read holding the old one keeps its descriptor open."""
@@ -606,6 +622,19 @@ class _ObjectFiles:
 
 
 _OBJECT_FILES = _ObjectFiles()
+
+
+def _not_the_file(path: Path, descriptor: int) -> bool:
+    try:
+        named, opened = os.stat(path), os.fstat(descriptor)
+    except OSError:
+        return True
+    return (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def let_go_of_replaced_objects() -> None:
+    """This process's open objects that were removed or replaced on disk, closed where no read holds them."""
+    _OBJECT_FILES.let_go_of_replaced()
 
 
 def object_replaced(path: Path) -> None:

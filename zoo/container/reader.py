@@ -904,6 +904,10 @@ class Archive:
                 return [str(error)]
         return []
 
+    def replaced(self) -> bool:
+        """Whether the archive's file was removed or replaced on disk since it was opened."""
+        return self._file.replaced()
+
     def close(self) -> None:
         self._closed = True
         self._file.close()

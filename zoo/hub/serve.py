@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote
 
+from zoo.container import format as archive_format
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
 from zoo.hub.store import NAME_PATTERN, Entry, Store, StoredFile
@@ -183,6 +184,7 @@ class ZooApp:
         self.decode_threads, self.stall_timeout = decode_threads, stall_timeout
         self._archives: dict[Path, Archive] = {}
         self._archives_lock = threading.Lock()
+        self._stamp_seen: Any = None  # the catalogue's index_stamp when replaced files were last let go of
         # What the catalogue answered, by (ref, with_files), with the index_stamp it was read at.
         self._found: dict[tuple[str, bool], tuple[tuple[Any, ...], list[Entry]]] = {}
         self._on_loop = threading.local()  # .active: answering on the loop's thread, from memory only
@@ -207,6 +209,15 @@ class ZooApp:
                     self._archives.clear()
                 opened = self._archives[entry.archive] = Archive(entry.archive, mapped=True)
             return opened
+
+    def _let_go_of_replaced(self) -> None:
+        """The catalogue changed: the archives and objects held open whose files were removed or
+        replaced since (zoo rm, compress --force, gc) are let go, so their disk space comes back
+        while the server runs. A download still reading one keeps it until it ends."""
+        with self._archives_lock:
+            for path in [path for path, opened in self._archives.items() if opened.replaced()]:
+                del self._archives[path]
+        archive_format.let_go_of_replaced_objects()
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -351,6 +362,9 @@ class ZooApp:
             return known[1]
         if getattr(self._on_loop, "active", False):
             raise _Uncached
+        if stamp is None or stamp != self._stamp_seen:
+            self._stamp_seen = stamp
+            self._let_go_of_replaced()
         found = self.store.matches(ref, with_files)
         if stamp is not None and self.store.index_stamp() == stamp:  # nothing was written meanwhile
             if len(self._found) >= 4096:
