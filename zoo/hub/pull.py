@@ -8,6 +8,7 @@ before the model enters the zoo.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -63,9 +64,15 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
 
     settings = _environment()
     (enable_progress_bars if progress_bars else disable_progress_bars)()
+    # its "No files matched" warning: said below, in one line, naming the globs as the user gave them
+    quiet = logging.getLogger("huggingface_hub._snapshot_download")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=include or None, ignore_patterns=exclude or None,
                                         **settings))
+        if not folder.is_dir():  # nothing to fetch: huggingface_hub makes no snapshot folder
+            raise PullError(f"no file of {repo_id}@{revision} passes {_globs(include, exclude)}")
         commit = folder.name
         if huggingface_hub.constants.is_offline_mode():
             # No listing to ask: the cache names each LFS blob after the sha256 the hub announced.
@@ -82,7 +89,14 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
         raise
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
         raise PullError(f"cannot pull {repo_id}@{revision}: {_why(error, repo_id, revision, settings['endpoint'])}") from None
+    finally:
+        quiet.setLevel(level)
     return Download(folder, commit, expected)
+
+
+def _globs(include: list[str] | None, exclude: list[str] | None) -> str:
+    given = [f"--include {pattern!r}" for pattern in include or ()] + [f"--exclude {pattern!r}" for pattern in exclude or ()]
+    return " ".join(given) or "no glob"
 
 
 def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None) -> str:
@@ -147,12 +161,14 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = store.exists_ref(name, revision, variant)
     source = f"hub:{repo_id}@{pulled.commit}"
-    if held is not None and held.source == source and not force:
-        return held, False
-    # A newer commit of the same revision replaces the old one: that is what pulling means.
     # The cache may hold more than this pull asked for: only what the filters select is stored.
-    total = sum(path.stat().st_size for path in pulled.folder.rglob("*")
-                if path.is_file() and selected_by(path.relative_to(pulled.folder).as_posix(), include, exclude))
+    selected = {path.relative_to(pulled.folder).as_posix(): path for path in pulled.folder.rglob("*")
+                if path.is_file() and selected_by(path.relative_to(pulled.folder).as_posix(), include, exclude)}
+    if held is not None and held.source == source and {f.path for f in held.files} == set(selected) and not force:
+        return held, False
+    # A newer commit of the same revision replaces the old one, and so does the same commit with
+    # other files chosen (--include/--exclude): that is what pulling means.
+    total = sum(path.stat().st_size for path in selected.values())
     their_check = options.pop("check", None)
 
     def check(path: Path) -> None:

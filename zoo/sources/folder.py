@@ -87,10 +87,14 @@ def check_globs(include: Sequence[str] | None, exclude: Sequence[str] | None) ->
 
 def selected_by(relpath: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
     """Whether a path inside the folder passes the --include/--exclude globs (as huggingface_hub's
-    allow_patterns/ignore_patterns match them)."""
-    if include and not any(fnmatch.fnmatchcase(relpath, pattern) for pattern in include):
+    allow_patterns/ignore_patterns match them: a pattern ending in / is that folder's every file)."""
+    if include and not any(fnmatch.fnmatchcase(relpath, _folder_glob(pattern)) for pattern in include):
         return False
-    return not (exclude and any(fnmatch.fnmatchcase(relpath, pattern) for pattern in exclude))
+    return not (exclude and any(fnmatch.fnmatchcase(relpath, _folder_glob(pattern)) for pattern in exclude))
+
+
+def _folder_glob(pattern: str) -> str:
+    return f"{pattern}*" if pattern.endswith("/") else pattern
 
 
 def _inside(target: str, root: str) -> bool:
