@@ -54,3 +54,17 @@ def test_bench_bad_input_is_one_line(tmp_path):
     done = zoo("bench", str(source), "--dtype", "F64")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
 
+
+
+@pytest.mark.parametrize("threads", ["100000", "2147483648", "99999999999999999999"])
+def test_a_thread_count_past_any_machine_is_capped_not_a_crash(tmp_path, threads):
+    """bench handed -t 100000 to ZipNN, whose C core crashed (SIGSEGV), and a count past a C int
+    overflowed ("unexpected OverflowError"); eval did the same through torch.set_num_threads."""
+    from zoo.kernels.parallel import MAX_THREADS, resolve_threads
+
+    assert resolve_threads(int(threads)) == MAX_THREADS
+    model = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    done = zoo("bench", str(model), "--repeat", "1", "--dtype", "F32", "-t", threads, "--json")
+    assert done.returncode == 0, done.stderr
+    done = zoo("eval", str(model), "-r", str(model), "-t", threads)
+    assert done.returncode == 0 and "identical" in done.stdout, done.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 from zoo.errors import InputError
 from zoo.evaluate.result import EvalResult, Gates
+from zoo.kernels.parallel import resolve_threads
 
 DEFAULT_MAX_TOKENS = 4096
 FUNCTIONAL_KINDS = ("causal-lm", "encoder", "classifier")
@@ -64,7 +65,7 @@ def evaluate(
     notes: list[str] = []
     with ExitStack() as stack:
         if threads is not None:
-            stack.enter_context(_torch_threads(threads))
+            stack.enter_context(_torch_threads(resolve_threads(threads)))
         base_model = stack.enter_context(open_base(base)) if base is not None else None
         mine = stack.enter_context(Model(candidate, base_model))
         original = stack.enter_context(Model(reference, base_model)) if reference is not None else None

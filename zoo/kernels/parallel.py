@@ -31,10 +31,17 @@ _pools_lock = threading.Lock()
 _in_worker = threading.local()
 
 
+# The most threads anything is given: a count past it (-t 100000) made torch and ZipNN fail to start
+# threads, ZipNN's C core then crashing, and one past a C int overflowed where it was handed on.
+MAX_THREADS = 1024
+
+
 def resolve_threads(threads: int | None) -> int:
+    """The thread count to use: the default (up to 8, one per core) for None or less than 1, and
+    never more than MAX_THREADS."""
     if threads is None or threads <= 0:
         return max(1, min(8, os.cpu_count() or 1))
-    return threads
+    return min(threads, MAX_THREADS)
 
 
 def _mark_worker() -> None:
