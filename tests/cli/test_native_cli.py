@@ -68,3 +68,13 @@ def test_a_thread_count_past_any_machine_is_capped_not_a_crash(tmp_path, threads
     assert done.returncode == 0, done.stderr
     done = zoo("eval", str(model), "-r", str(model), "-t", threads)
     assert done.returncode == 0 and "identical" in done.stdout, done.stderr
+
+
+def test_bench_refuses_a_lossy_pipeline_it_would_not_measure(tmp_path):
+    """bench coded chunks with the pipeline's lossless stages alone and printed their figures as
+    codebook's, truncate's or l2's (every one the lossless ratio)."""
+    model = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    done = zoo("bench", str(model), "-p", "codebook:bits=2", "--repeat", "1")
+    assert (done.returncode, done.stderr) == (1, "error: zoo bench measures lossless pipelines, and 'codebook:bits=2' has lossy "
+                                                 "stages: `zoo sweep` measures those (size and quality)\n")
+    assert zoo("bench", str(model), "-p", "bytegroup|zstd", "--repeat", "1", "--dtype", "F32").returncode == 0

@@ -16,7 +16,8 @@ def bench(
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads for every coder.")] = 2,
     dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="BF16, F16 or F32 (repeat for several; default all).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per figure, after one untimed; the best is kept.")] = 3,
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="zoo's pipeline SPEC to measure.")] = "lossless",
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p",
+                                          help="zoo's lossless pipeline SPEC to measure (lossy ones: zoo sweep).")] = "lossless",
     as_json: Json = False,
 ) -> None:
     """Ratio and GB/s of zoo's lossless coder beside ZipNN, zstd and blosc2, per dtype."""

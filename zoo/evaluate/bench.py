@@ -199,6 +199,9 @@ def run(source: str | os.PathLike[str], threads: int | None = 2, dtypes: tuple[s
     for dtype in dtypes:
         if dtype not in BENCH_DTYPES:
             raise InputError(f"zoo bench measures {', '.join(BENCH_DTYPES)}, not {dtype!r}")
+    if Pipeline.parse(spec).array_stages:  # bench_zoo codes chunks with the lossless stages alone: it would label their figures so
+        raise InputError(f"zoo bench measures lossless pipelines, and {spec!r} has lossy stages: `zoo sweep` measures those "
+                         "(size and quality)")
     values = load_float_tensors(source)
     figures: list[Figure] = []
     with recycled_memory() as recycled:
