@@ -217,3 +217,14 @@ def test_an_archive_given_as_the_model_is_refused_in_words(one_file_archive, tmp
     ok(zoo_cli("compress", folder, "-o", tmp_path / "with.zoo"))
     ok(zoo_cli("decompress", tmp_path / "with.zoo", "-o", tmp_path / "back"))
     assert (tmp_path / "back" / "old.zoo").read_bytes() == one_file_archive.read_bytes()
+
+
+@pytest.mark.parametrize("args, option", [(["-p", "truncate:bits=3", "-p", "codebook:bits=4"], "--pipeline"),
+                                          (["-o", "a.zoo", "--output", "b.zoo"], "--output"), (["-t", "1", "-t", "2"], "--threads")])
+def test_an_option_of_one_value_given_twice_is_refused(one_file_archive, tmp_path, args, option):
+    """click kept the last value: `-p truncate:bits=3 -p codebook:bits=4` stored codebook alone."""
+    source = tmp_path / "w.safetensors"
+    done = zoo_cli("compress", source, *args, *([] if "-o" in args else ["-o", tmp_path / "x.zoo"]), cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (1, f"error: {option} is given more than once; it takes one value\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "w.zoo"]
+    assert ok(zoo_cli("sweep", source, "-p", "lossless", "-p", "truncate:bits=3", "--json", cwd=tmp_path)).stdout  # repeatable there

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperOption
 from typer.models import TyperPath
 
 from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
@@ -38,6 +38,24 @@ class Command(TyperCommand):
             if type(param.type) is TyperPath:
                 param.type = copy.copy(param.type)
                 param.type.__class__ = _GivenPath
+
+    def make_parser(self, ctx: Any) -> Any:
+        """click's parser, refusing an option of one value given twice: click kept the last, so
+        `compress -p truncate:bits=3 -p codebook:bits=4` stored codebook alone, with no word."""
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args: list[str]) -> Any:
+            opts, rest, order = parse(args=args)
+            single = [param for param in order if isinstance(param, TyperOption) and not param.multiple and not param.is_flag
+                      and not param.count]
+            for param in single:
+                if single.count(param) > 1:
+                    raise InputError(f"{param.opts[0]} is given more than once; it takes one value")
+            return opts, rest, order
+
+        parser.parse_args = parse_args
+        return parser
 
     def invoke(self, ctx: Any) -> Any:
         try:
