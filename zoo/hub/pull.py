@@ -65,9 +65,9 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     settings = _environment()
     (enable_progress_bars if progress_bars else disable_progress_bars)()
     # its "No files matched" warning: said below, in one line, naming the globs as the user gave them
-    quiet = logging.getLogger("huggingface_hub._snapshot_download")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    snapshot_log = logging.getLogger("huggingface_hub._snapshot_download")
+    level = snapshot_log.level
+    snapshot_log.setLevel(logging.ERROR)
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=include or None, ignore_patterns=exclude or None,
                                         **settings))
@@ -90,7 +90,7 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
         raise PullError(f"cannot pull {repo_id}@{revision}: {_why(error, repo_id, revision, settings['endpoint'])}") from None
     finally:
-        quiet.setLevel(level)
+        snapshot_log.setLevel(level)
     return Download(folder, commit, expected)
 
 
