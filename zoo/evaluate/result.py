@@ -23,7 +23,8 @@ def figure_text(figure: float, limit: float) -> str:
     side = (figure > limit) - (figure < limit)
     for digits in range(6, 18):
         text = f"{figure:.{digits}g}"
-        if not math.isfinite(figure) or (float(text) > limit) - (float(text) < limit) == side:
+        shown = float(text)
+        if not math.isfinite(figure) or (shown > limit) - (shown < limit) == side:
             return text
     return repr(figure)
 

@@ -162,8 +162,8 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     held = store.exists_ref(name, revision, variant)
     source = f"hub:{repo_id}@{pulled.commit}"
     # The cache may hold more than this pull asked for: only what the filters select is stored.
-    selected = {path.relative_to(pulled.folder).as_posix(): path for path in pulled.folder.rglob("*")
-                if path.is_file() and selected_by(path.relative_to(pulled.folder).as_posix(), include, exclude)}
+    inside = {path.relative_to(pulled.folder).as_posix(): path for path in pulled.folder.rglob("*") if path.is_file()}
+    selected = {relpath: path for relpath, path in inside.items() if selected_by(relpath, include, exclude)}
     if held is not None and held.source == source and {f.path for f in held.files} == set(selected) and not force:
         return held, False
     # A newer commit of the same revision replaces the old one, and so does the same commit with

@@ -895,12 +895,15 @@ class Store:
     def _relist_objects(self, record: dict[str, Any]) -> list[str]:
         """A manifest that leaves out objects its archive names (which `zoo gc` would then collect
         as no model's) lists them again, as _adopt lists a restored manifest's. Caller holds the lock."""
-        left_out = sorted(self._archive_names(record) - {o["sha256"] for o in record["objects"]})
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-        findings: list[str] = [Damage(f"{self.object_path(sha256)}: missing; {ref} cannot be read (`zoo rm` it, or store it again)")
-                               for sha256 in left_out if not self.object_path(sha256).is_file()]
-        added = [{"role": "object", "sha256": sha256, "size": self.object_path(sha256).stat().st_size} for sha256 in left_out
-                 if self.object_path(sha256).is_file()]
+        findings: list[str] = []
+        added = []
+        for sha256 in sorted(self._archive_names(record) - {o["sha256"] for o in record["objects"]}):
+            path = self.object_path(sha256)
+            if path.is_file():
+                added.append({"role": "object", "sha256": sha256, "size": path.stat().st_size})
+            else:
+                findings.append(Damage(f"{path}: missing; {ref} cannot be read (`zoo rm` it, or store it again)"))
         if added:
             record["objects"] = [*record["objects"], *added]
             record["stored_bytes"] += sum(item["size"] for item in added)
