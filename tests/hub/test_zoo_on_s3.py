@@ -273,3 +273,34 @@ def test_storing_a_model_again_repairs_an_object_damaged_in_the_bucket(bucket, t
     assert store.storage.read(victim) != bytes(data)
     done = _zoo(url, tmp_path / "verifier-2", "verify")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_bucket_manifest_that_leaves_out_objects_its_archive_names_loses_none_of_them(bucket, tmp_path, monkeypatch):
+    """As on a folder zoo (test_store_recovery): a manifest in the bucket cut down to its archive.
+    gc on a bucket read the manifests alone and deleted what only the archive named, once past the
+    grace period; doctor offered those objects as reclaimable. Now both read the archive's header too."""
+    from zoo.hub import bucket_upkeep, remote
+
+    url = f"{bucket}/zoo"
+    store = _two_models_in(url, tmp_path, monkeypatch)
+    key = store._relative(store.manifest_path("tuned", "main", "lossless"))
+    record = json.loads(store.storage.read(key))
+    whole = record["objects"]
+    record["objects"] = [item for item in whole if item["role"] == "archive"]
+    record["stored_bytes"] = record["objects"][0]["size"]
+    store.storage.fs.pipe_file(store.storage.path(key), json.dumps(record).encode())
+    before = sorted(info.key for info in store.storage.list("objects/"))
+    monkeypatch.setattr(remote, "GC_GRACE_SECONDS", 0)  # as if a day had passed
+    monkeypatch.setattr(bucket_upkeep, "GC_GRACE_SECONDS", 0)
+
+    findings = machine(tmp_path, "doctor", url, monkeypatch).doctor()
+    assert not [line for line in findings if "`zoo gc` removes it" in line], findings
+    assert any(line.startswith("tuned@main:lossless: its manifest leaves out ") for line in findings), findings
+    assert machine(tmp_path, "collector", url, monkeypatch).gc() == []
+    assert sorted(info.key for info in store.storage.list("objects/")) == before
+    fresh = machine(tmp_path, "reader", url, monkeypatch)
+    zoo.decompress(fresh.resolve("tuned").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tmp_path / "tuned")
+    compress_into(fresh, tmp_path / "tuned", "tuned", force=True)  # what doctor's line says to do
+    relisted = json.loads(store.storage.read(key))["objects"]
+    assert sorted(item["sha256"] for item in relisted) == sorted(item["sha256"] for item in whole)

@@ -64,7 +64,8 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
 def doctor_bucket(store: Any) -> list[str]:
     """Store.doctor on object storage: this machine's index rebuilt from the bucket's manifests, dead
     work folders here removed, and one line per finding in the bucket (a damaged manifest, an object
-    a manifest names that is missing or of another size, an object no manifest names: reclaimable
+    a manifest names that is missing or of another size, a manifest that leaves out objects its
+    archive names, which `zoo gc` keeps, an object no manifest or archive names: reclaimable
     by `zoo gc` once older than GC_GRACE_SECONDS, else perhaps a writer's, mid-publish)."""
 
     store._synced = -1e9  # this machine's copy of the manifests brought up to date now
@@ -79,7 +80,12 @@ def doctor_bucket(store: Any) -> list[str]:
     named: set[str] = set()
     for record in records.values():
         findings += [Damage(f"{line} (`zoo rm` it, or store it again)") for line in _missing_objects(store, record, listed)]
-        named.update(item["sha256"] for item in record["objects"])
+        listed_here = {item["sha256"] for item in record["objects"]}
+        left_out = store._archive_names(record) - listed_here
+        if left_out:
+            findings.append(f"{_ref(record)}: its manifest leaves out {len(left_out)} of the objects its archive names; "
+                            "`zoo gc` keeps them (store the model again with --force to list them)")
+        named.update(listed_here | left_out)
     now, reclaimable = time.time(), []
     for key, info in listed.items():
         if _name_of(key) in named:

@@ -236,9 +236,12 @@ class Store:
         for info in self.storage.list("manifests/"):
             try:
                 record = self.check_placed(info.key, check_record(json.loads(self.storage.read(info.key))))
-                named.update(o["sha256"] for o in record["objects"])
+            except FileNotFoundError:
+                continue  # removed by `zoo rm` since the listing
             except (ValueError, ZooError) as error:
                 raise StoreError(f"{self.url}/{info.key}: damaged manifest ({error}); nothing was collected") from None
+            named.update(o["sha256"] for o in record["objects"])
+            named.update(self._archive_names(record))
         removed = []
         for info in self.storage.list("objects/"):
             name = info.key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
@@ -680,12 +683,16 @@ class Store:
         return named
 
     def _archive_names(self, record: dict[str, Any]) -> set[str]:
-        """The objects that the header of a manifest's archive names (none where it cannot be read)."""
+        """The objects that the header of a manifest's archive names (none where it cannot be read;
+        on object storage, this machine's copy of the archive, fetched first where it has none)."""
         archive = next((o["sha256"] for o in record["objects"] if o.get("role") == "archive"), None)
         if archive is None:
             return set()
         try:
-            opened = format_module.ArchiveFile(self.object_path(archive))
+            path = self.existing_object(archive) if self.storage is not None else self.object_path(archive)
+            if path is None:
+                return set()
+            opened = format_module.ArchiveFile(path)
         except (OSError, ZooError):
             return set()
         try:
