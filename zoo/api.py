@@ -545,7 +545,9 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
     a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch
-    checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such key."""
+    checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
+    key. (A checkpoint's tensor that zoo keeps in the file's bytes only, as one of a dtype zoo has
+    no name for, was named in a warning when it was compressed.)"""
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
@@ -553,9 +555,16 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         check_device(str(device))  # before any tensor is decoded
     with _open(source, base) as opened:
         opened.require_base()
-        kinds = {entry["path"]: entry.get("kind") for entry in opened.files()}
-        keys = [key for key in opened.keys() if not (kinds.get(opened.tensor_info(key)["file"]) == "torch"
-                                                     and is_storage_name(opened.tensor_info(key)["name"]))]
+        files = {entry["path"]: entry for entry in opened.files()}
+        storages = {key for entry in files.values() for key in entry.get("storages", ())}
+
+        def is_storage(key: str) -> bool:  # archives from before files listed their storages tell them by name
+            entry = files.get(opened.tensor_info(key)["file"], {})
+            if "storages" in entry:
+                return key in storages
+            return entry.get("kind") == "torch" and is_storage_name(opened.tensor_info(key)["name"])
+
+        keys = [key for key in opened.keys() if not is_storage(key)]
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
             named = "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing)

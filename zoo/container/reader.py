@@ -142,6 +142,10 @@ class Archive:
             mode = entry.get("mode")
             if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
                 raise _fail(self._file, f"{path} has a malformed mode {mode!r}")
+            storages = entry.get("storages", [])
+            named = {segment["tensor"] for segment in entry["segments"] if "tensor" in segment}
+            if not isinstance(storages, list) or any(not isinstance(key, str) or key not in named for key in storages):
+                raise _fail(self._file, f"{path} has a malformed list of storages")
             self._files[path] = entry
         self._check_tree(header)
         self._features = set(header.get("features") or [])
@@ -395,7 +399,7 @@ class Archive:
         return name in self._file.header["tensors"]
 
     def files(self) -> list[dict[str, Any]]:
-        keys = ("path", "size", "sha256", "lossless", "kind", "opaque", "mode")
+        keys = ("path", "size", "sha256", "lossless", "kind", "opaque", "mode", "storages")
         return [{k: entry[k] for k in keys if k in entry} for entry in self._files.values()]
 
     def link_targets(self) -> dict[str, str | None]:

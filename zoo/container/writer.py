@@ -297,12 +297,16 @@ class Builder:
                 entry["opaque"] = source.reason
             if source.mode is not None:
                 entry["mode"] = source.mode
+            if source.kind == "torch":
+                entry["storages"] = []
             for segment in source.segments:
                 if segment.tensor is None:
                     entry["segments"].append({"blob": self._blob_floor(segment)})
                 else:
                     key = keys[(source.relpath, segment.tensor)]
                     entry["segments"].append({"tensor": key})
+                    if segment.storage:
+                        entry["storages"].append(key)
                     record, which = self._tensor_floor(key, source, segment)
                     tensors.append(_json_size({key: record}) - 2 + config_sizes[which])  # "key":record
             files.append(_json_size(entry))
@@ -485,6 +489,8 @@ class Builder:
                     entry["opaque"] = source.reason
                 if source.mode is not None:
                     entry["mode"] = source.mode
+                if source.kind == "torch":
+                    entry["storages"] = []  # the tensors that are no tensor of the checkpoint (docs/FORMAT.md)
                 self.header["files"].append(entry)
             if key is None:
                 # Unnamed bytes: plain blobs, or typed runs such as a torch checkpoint's storages.
@@ -502,6 +508,8 @@ class Builder:
                 yield from self._numbered(self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset, unit), source)
             else:
                 entry["segments"].append({"tensor": key})
+                if segment.storage:
+                    entry["storages"].append(key)
                 lossless = yield from self._numbered(self._tensor_jobs(key, source, segment, raw, mapped), source)
                 entry["lossless"] &= lossless
 

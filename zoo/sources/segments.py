@@ -18,6 +18,7 @@ class Segment:
     dtype: str = "U8"
     shape: tuple[int, ...] = ()
     weight: bool = True  # False: optimizer moments and the like, never selected by a lossy stage on its own
+    storage: bool = False  # a torch storage that no tensor of the checkpoint covers whole (named for one, or for its key)
 
 
 @dataclass

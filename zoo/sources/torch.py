@@ -187,9 +187,12 @@ def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
             data = member.read(MAX_PICKLE + 1)  # the declared size may lie
         if len(data) > MAX_PICKLE:
             raise InputError(f"{path}: data.pkl inflates past the {MAX_PICKLE} cap")
+        folder = pickles[0].filename.rpartition("/")[0]
+        if f"{folder}/byteorder" in archive.namelist():
+            with archive.open(f"{folder}/byteorder") as member:
+                _little_endian(path, member.read(16).strip() == b"little")  # none: written little-endian, before torch said
         storages = _Storages()
         tensors = _named_tensors(_unpickle(io.BytesIO(data), storages), storages)
-        folder = pickles[0].filename.rpartition("/")[0]
         placed: dict[str, tuple[int, int]] = {}
         with open(path, "rb") as f:
             for member in archive.infolist():
@@ -209,7 +212,8 @@ def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
         if _unpickle(f) != _LEGACY_MAGIC:
             raise InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint")
         _unpickle(f)  # protocol version
-        _unpickle(f)  # sys_info
+        sys_info = _unpickle(f)
+        _little_endian(path, not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False))
         storages = _Storages()
         tensors = _named_tensors(_unpickle(f, storages), storages)
         keys = _unpickle(f)
@@ -231,6 +235,23 @@ def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     return _source(path, relpath, size, storages, tensors, placed)
 
 
+def _little_endian(path: Path, little: bool) -> None:
+    """Refuse a checkpoint whose storages torch wrote big-endian: torch.load swaps their bytes,
+    and read as zoo reads values (little-endian) every one would be wrong."""
+    if not little:
+        raise InputError(f"{path}: a big-endian checkpoint (torch.load swaps its bytes); zoo reads little-endian storages only")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name#2`, `name#3`... where the checkpoint already has a tensor of that name."""
+    found, number = name, 1
+    while found in taken:
+        number += 1
+        found = f"{name}#{number}"
+    taken.add(found)
+    return found
+
+
 def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: list[_Tensor],
             placed: dict[str, tuple[int, int]]) -> SourceFile:
     from zoo.dtypes import DTYPES
@@ -240,6 +261,8 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
         users.setdefault(tensor.storage, []).append(tensor)
     typed: list[Segment] = []
     views: list[dict[str, Any]] = []
+    taken = {tensor.name for tensor in tensors}  # a storage's own name must be no tensor's: `x.__storage__` may be a key
+    kept: set[str] = set()  # the tensors that the archive holds, as segments or views
     for key, (start, nbytes) in placed.items():
         if nbytes != storages.nbytes[key]:
             raise InputError(f"{path}: storage {key} holds {nbytes} bytes, its pickle says {storages.nbytes[key]} bytes")
@@ -251,9 +274,10 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
                       and (t.shape or dtype != "F4")), None)  # a 0-d F4 tensor holds two values: no zoo shape says so
         if owner is not None:
             segment = Segment(start, nbytes, owner.name, dtype, _zoo_shape(owner), owner.weight)
+            kept.add(owner.name)
         else:  # only parts of it are used, or by no tensor: a flat tensor named after the storage
-            name = f"{named[0].name}{STORAGE_SUFFIX}" if named else f"{STORAGE_PREFIX}{key}"
-            segment = Segment(start, nbytes, name, dtype, (numel,), False)
+            name = _unique(f"{named[0].name}{STORAGE_SUFFIX}" if named else f"{STORAGE_PREFIX}{key}", taken)
+            segment = Segment(start, nbytes, name, dtype, (numel,), False, storage=True)
         typed.append(segment)
         # F4's offsets and strides count bytes (pairs of values), as torch's do; the storage holds numel / 2 of them
         elements = numel // 2 if dtype == "F4" else numel
@@ -269,6 +293,14 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
                 continue  # torch would refuse it too; its bytes are kept all the same
             views.append({"name": tensor.name, "of": segment.tensor, "dtype": dtype, "shape": list(_zoo_shape(tensor)),
                           "stride": list(tensor.stride), "offset": tensor.offset})
+            kept.add(tensor.name)
+    left = [tensor for tensor in tensors if tensor.name not in kept and not (tensor.dtype == "F4" and not tensor.shape)]
+    if left:  # (a 0-d F4 tensor was named above)
+        shown = ", ".join(f"{tensor.name} ({_why_left(tensor, placed, DTYPES)})" for tensor in left[:8])
+        more = f" and {len(left) - 8} more" if len(left) > 8 else ""
+        which = "it" if len(left) == 1 else "them"
+        warnings.warn(f"{path}: {shown}{more} kept in the file's bytes only, not as {'a tensor' if len(left) == 1 else 'tensors'} "
+                      f"(zoo.load_state_dict leaves {which} out)", ZooWarning, stacklevel=2)
     segments: list[Segment] = []
     position = 0
     for segment in sorted(typed, key=lambda s: s.offset):
@@ -283,9 +315,18 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
     return SourceFile(relpath, path, size, "torch", segments, views=views)
 
 
+def _why_left(tensor: _Tensor, placed: dict[str, tuple[int, int]], dtypes: dict[str, Any]) -> str:
+    if tensor.storage not in placed:
+        return "its storage is compressed inside the zip"
+    if tensor.dtype not in dtypes:
+        return tensor.dtype.removeprefix("torch.")
+    return "not readable as a view of its storage"
+
+
 def is_storage_name(name: str) -> bool:
     """Whether a tensor of a torch file is a storage that no tensor covers whole (named for one
-    that views part of it, or for its key): the checkpoint itself has no tensor of that name."""
+    that views part of it, or for its key), as archives that do not list their storages
+    (`storages` of a file's entry, docs/FORMAT.md) tell it: by the name alone."""
     return name.endswith(STORAGE_SUFFIX) or name.startswith(STORAGE_PREFIX)
 
 
