@@ -344,3 +344,18 @@ def test_an_object_payload_keeps_a_coded_chunk_and_copies_a_view(tmp_path):
     assert payload.write(chunk) == 0 and payload.write(memoryview(buffer)) == len(chunk)
     buffer[:] = b"XXXXXX"
     assert payload.parts[0] is chunk and bytes(payload.parts[1]) == b"reused"
+
+
+def test_rm_all_names_as_bases_only_the_variants_others_need(tmp_path):
+    """`zoo rm base --all` with a lossy variant beside the lossless base: the refusal named both as
+    the base of the fine-tune, where only the lossless one is."""
+    store = Store(tmp_path / "zoo")
+    base = write_model(tmp_path / "base", base_tensors())
+    compress_into(store, base, "base")
+    compress_into(store, base, "base", pipeline="truncate:bits=3")
+    compress_into(store, write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 1)), "tuned", base="base")
+    with pytest.raises(InputError) as refused:
+        store.remove("base", every=True)
+    assert str(refused.value).startswith("base@main:lossless is the base of tuned@main:lossless, whose tensors are stored as XORs "
+                                         "against it;"), refused.value
+    assert len(store.matches("base")) == 2

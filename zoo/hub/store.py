@@ -723,11 +723,18 @@ class Store:
         chosen = found if every else found[:1]
         with self._locked():
             refs = {e.ref for e in chosen}
-            needing = sorted({f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
-                              if isinstance(r.get("base"), dict) and refs & set(r["base"].get("needs") or [r["base"].get("ref")])} - refs)
-            if needing and not force:
-                raise InputError(f"{', '.join(sorted(refs))} is the base of {', '.join(needing)}, whose tensors are stored as XORs "
-                                 "against it; remove those first, or pass --force to remove the name only (the objects they need stay)")
+            needed: dict[str, set[str]] = {}  # of the models being removed, those others need: by whom
+            for _, record in self._all_manifests():
+                ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+                if isinstance(record.get("base"), dict) and ref not in refs:
+                    for base in refs & set(record["base"].get("needs") or [record["base"].get("ref")]):
+                        needed.setdefault(base, set()).add(ref)
+            if needed and not force:
+                needing = sorted(set().union(*needed.values()))
+                one = len(needed) == 1
+                raise InputError(f"{', '.join(sorted(needed))} {'is the base' if one else 'are the bases'} of {', '.join(needing)}, whose "
+                                 f"tensors are stored as XORs against {'it' if one else 'them'}; remove those first, or pass --force to "
+                                 "remove the name only (the objects they need stay)")
             if self.storage is not None:
                 self._remove_remote(chosen)  # its objects stay until `zoo gc` (other machines may be writing)
                 with suppress(StoreError):
