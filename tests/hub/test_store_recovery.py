@@ -500,3 +500,29 @@ def test_an_object_replaced_while_a_read_holds_it_is_closed_by_that_read(tmp_pat
         os.fstat(descriptor)  # closed by its last release
     files.release(path, fresh)
     assert os.pread(fresh, 3, 0) == b"new"  # still the shared, open one
+
+
+def test_a_store_or_rm_whose_index_cannot_be_written_has_still_done_its_work(tmp_path):
+    """A folder in the catalogue's place: `zoo compress --name` and `zoo rm` said `error: ... cannot
+    rebuild the catalogue` and exited 1 after the manifest was published or removed. A retry then
+    found the model stored (or gone), and the rm left its objects for doctor to bring the model back.
+    Now both succeed with a warning, and readers go to the manifests."""
+    home = tmp_path / "zoo"
+    models = {}
+    for seed, name in enumerate(("a", "b")):
+        models[name] = tmp_path / name
+        models[name].mkdir()
+        write_safetensors(models[name] / "model.safetensors", {"w": ("F32", random_storage("F32", (128, 64), seed))})
+    assert zoo_cli("compress", models["a"], "--name", "a", home=home).returncode == 0
+    kept = objects(home)
+    (home / "catalogue.sqlite").unlink()
+    (home / "catalogue.sqlite").mkdir()
+    done = zoo_cli("compress", models["b"], "--name", "b", home=home)
+    assert done.returncode == 0 and "stored b@main:lossless" in done.stdout, done.stderr
+    assert "warning: " in done.stderr and "the index is behind" in done.stderr
+    assert [line.split()[0] for line in zoo_cli("ls", home=home).stdout.splitlines()[2:]] == ["a", "b"]
+    done = zoo_cli("rm", "a", home=home)
+    assert done.returncode == 0 and "removed a@main:lossless" in done.stdout, done.stderr
+    assert not set(kept) & set(objects(home))  # what only `a` named went with it
+    assert "a@main" not in zoo_cli("doctor", home=home).stdout
+    assert zoo_cli("verify", home=home).returncode == 0

@@ -23,6 +23,7 @@ import sqlite3
 import struct
 import tempfile
 import time
+import warnings
 from collections.abc import Collection, Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 from zoo.container import format as format_module
 from zoo.container.format import FEATURES_VERSION, PREAMBLE, object_path, sha256_file
 from zoo.container.objects import ObjectSink, object_names, object_problems
-from zoo.errors import InputError, MissingObjectError, OutputExistsError, ZooError
+from zoo.errors import InputError, MissingObjectError, OutputExistsError, ZooError, ZooWarning
 from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
@@ -653,7 +654,8 @@ class Store:
 
     def _update_index(self, change: Any) -> None:
         """Apply a change to the index, or leave it marked behind (the next reader rebuilds it):
-        the manifest, already published, is what counts. Caller holds the lock."""
+        the manifest, already published, is what counts, and the command that published it has
+        done its work. Caller holds the lock."""
         try:
             with closing(catalogue.connect(self.catalogue)) as connection:
                 connection.execute("BEGIN IMMEDIATE")
@@ -664,8 +666,11 @@ class Store:
                     raise
                 connection.execute("COMMIT")
         except (sqlite3.Error, OSError):
-            with suppress(OSError):
+            try:
                 self.rebuild_index()
+            except StoreError as error:  # a full disk, a folder in its place: readers go to the manifests
+                warnings.warn(f"{error}; the index is behind, and commands read the manifests until it can be rebuilt",
+                              ZooWarning, stacklevel=2)
             return
         with suppress(FileNotFoundError):
             self.dirty.unlink()
