@@ -520,6 +520,9 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
                 for key in [key for key in sink.written if key not in named]:  # the XORs it had coded
                     object_path(sink.root, key).unlink(missing_ok=True)
                     del sink.written[key]
+                for key in [key for key in sink.reused if key not in named]:  # and the base's objects it had taken
+                    object_path(sink.root, key).unlink(missing_ok=True)
+                    del sink.reused[key]
     return shell
 
 

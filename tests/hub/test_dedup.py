@@ -359,3 +359,39 @@ def test_rm_all_names_as_bases_only_the_variants_others_need(tmp_path):
     assert str(refused.value).startswith("base@main:lossless is the base of tuned@main:lossless, whose tensors are stored as XORs "
                                          "against it;"), refused.value
     assert len(store.matches("base")) == 2
+
+
+def test_a_base_removed_while_a_fine_tune_is_coded_leaves_it_whole_and_nothing_else_stored(tmp_path):
+    """`zoo rm BASE` landing after the fine-tune read the base, as it takes the base's objects
+    along: compress failed (`object ... of the base is missing from the zoo (`zoo doctor`)`) where
+    a moment earlier it stored the model whole; and on that fallback the base's objects it had
+    already taken were published, named by no model. Now: stored whole, a warning, no extra objects."""
+    from zoo.api import build_model
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+    from zoo.container.objects import ObjectSink
+    from zoo.errors import ZooWarning
+
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    base = store.resolve("base")
+    of_the_base = {name.removesuffix(".zoo") for name in named_objects(home)}
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 7, share=0.05))  # every tensor moved: no object shared
+    taken: list[str] = []
+
+    def existing(name: str):  # the zoo as the build sees it; `zoo rm base` lands at its second object taken for an XOR
+        if name in of_the_base:
+            taken.append(name)
+            if len(taken) == 2:
+                store.remove("base")
+        return store.existing_object(name)
+
+    with store.workspace() as folder:
+        sink = ObjectSink(folder / "objects" / "sha256", existing, 1)
+        with pytest.warns(ZooWarning, match=r"base@main:lossless cannot be read as a base \(its object .* is missing from the zoo"):
+            shell = build_model(store, sink, tuned, "tuned", "main", Pipeline.parse(DEFAULT_SPEC), base=base, threads=1)
+        entry = store.add_composed(shell, sink, "tuned", "main")
+    assert len(taken) >= 2 and entry.base is None
+    assert object_files(home) == named_objects(home)  # nothing stored that no model names
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)

@@ -21,7 +21,7 @@ from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
 from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, content_digest, object_path
 from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
 from zoo.container.reader import Archive, xor_dtype
-from zoo.errors import InputError, ZooError
+from zoo.errors import InputError, MissingObjectError, ZooError
 from zoo.hub.manifest import LOSSLESS, Entry
 from zoo.kernels.parallel import for_each
 
@@ -167,7 +167,8 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
             chain = _chain(level)
             for needed in object_names({"tensors": {"t": {"xor": chain}}}):
                 if not sink.link(needed):  # the base's objects come along, so the new model owns all it names
-                    raise ZooError(f"{base.ref}: object {needed[:16]}... of the base is missing from the zoo (`zoo doctor`)")
+                    # removed (`zoo rm` of the base while this model was coded) or damaged: build_model stores it whole
+                    raise MissingObjectError(f"its object {needed[:16]}... is missing from the zoo, or damaged")
             decided[target] = ({"pipeline": record["pipeline"], "root": record["root"], "xor": chain}, whole - size)
 
         for_each(recode, list(groups), threads)
