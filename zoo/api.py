@@ -421,7 +421,7 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) ->
 
 def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str], gates: Any = None,
                   progress: Callable[[str, int, int], None] | None = None, base: str | os.PathLike[str] | None = None,
-                  label: str | None = None) -> Any:
+                  label: str | None = None, selection: dict[str, Any] | None = None) -> Any:
     """The step behind `zoo compress --eval`: evaluate `archive` against the `source` it was
     made from (bit for bit when every file is lossless, else as a model; see zoo.evaluate), store
     the figures under metadata["quality"] (archives made before it was renamed keep them under
@@ -429,10 +429,12 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     trips. Given to compress as `check`, that leaves no archive behind. Returns the EvalResult.
     `base` is the base the archive was made against (compress(base=...)): the model evaluated is
     that base plus the decoded differences. `label` names the archive in the figures and their
-    notes, which are stored: as a `check`, compress hands over the archive under a temporary name."""
+    notes, which are stored: as a `check`, compress hands over the archive under a temporary name.
+    `selection` (include=, exclude=, follow_links=) is what compress was given: the source's files
+    it left out are not compared."""
     from zoo.evaluate import QualityGateError, verify_archive
 
-    result = verify_archive(archive, source, gates=gates, progress=progress, base=base)
+    result = verify_archive(archive, source, gates=gates, progress=progress, base=base, selection=selection)
     if label is not None:
         result.candidate = label
         result.notes = [note.replace(str(archive), label) for note in result.notes]

@@ -308,3 +308,24 @@ def test_ls_and_quality_tables_fit_80_columns_and_are_plain_lines_when_piped(tin
     assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown and "┃" in shown
     info = ok(zoo_cli("info", "org/a-rather-long-model-name", home=home)).stdout
     assert "quality (weights)" in info and not set("┏┃│━└") & set(info)
+
+
+def test_compress_eval_compares_only_the_files_include_and_exclude_chose(tiny_model, tmp_path):
+    # The lossless check scanned the whole folder: what --exclude left out was "missing from the
+    # archive", and --eval failed every time (4 files missing, 3 of them named)
+    import zoo
+
+    home = tmp_path / "zoo"
+    archive = tmp_path / "m.zoo"
+    ok(zoo_cli("compress", tiny_model, "-o", archive, "--exclude", "sub/*", "--eval"))
+    assert zoo.open(archive).metadata()["quality"]["metrics"]["files"] == 2
+    ok(zoo_cli("compress", tiny_model, "--name", "tiny", "--include", "model.safetensors", "--eval", home=home))
+    for extra in ("a", "b", "c", "d"):
+        (tiny_model / f"{extra}.txt").write_text(extra)
+    (tmp_path / "m.zoo").unlink()
+    ok(zoo_cli("compress", tiny_model, "-o", archive, "--exclude", "*.txt", "--eval"))
+    from zoo.api import check_quality
+    from zoo.evaluate import QualityGateError
+
+    with pytest.raises(QualityGateError, match=r"5 source files are missing: a.txt, b.txt, c.txt and 2 more"):
+        check_quality(archive, tiny_model)  # the same archive against the whole folder: five of its files are not there

@@ -116,6 +116,8 @@ def compress(
                           pipeline=pipeline, label="the compressed model" if into_zoo else output)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
                                              ("follow_links", follow_links or None)) if value is not None}
+    if check is not None:
+        check.selection = {key: options[key] for key in ("include", "exclude", "follow_links") if key in options}
     if base is not None:
         options["base"] = str(base) if into_zoo else base
     if into_zoo and no_delta:

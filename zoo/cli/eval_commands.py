@@ -55,6 +55,7 @@ class QualityCheck:
 
     def __init__(self, source: Path, gates: Any, base: Path | None = None, quiet: bool = False, label: str | None = None) -> None:
         self.source = source
+        self.selection: dict[str, Any] = {}  # compress's include=, exclude=, follow_links=: the files compared
         self.label = label  # what the archive, checked under a temporary name, is called in the figures
         self.gates = gates
         self.base = base
@@ -68,7 +69,8 @@ class QualityCheck:
         if not self.quiet:
             stderr.print(f"evaluating against {self.source}" + (f" (rebuilt on the base {self.base})" if self.base else ""),
                          markup=False, highlight=False)
-        self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base, label=self.label)
+        self.result = api.check_quality(archive, self.source, self.gates, progress=self.progress, base=self.base, label=self.label,
+                                        selection=self.selection)
 
 
 def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,

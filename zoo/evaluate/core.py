@@ -142,10 +142,12 @@ def verify_archive(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Progress | None = None,
     base: str | os.PathLike[str] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> EvalResult:
     """What `zoo compress --verify` runs: an archive whose every file is lossless is decoded and
-    compared bit for bit with `source`; any other is evaluated as a model against `source`,
-    rebuilt on `base` when it was made against one (compress(base=...))."""
+    compared bit for bit with `source` (its files as compress's `selection`, include=, exclude=
+    and follow_links=, chose them); any other is evaluated as a model against `source`, rebuilt
+    on `base` when it was made against one (compress(base=...))."""
     from zoo.api import open_archive
 
     gates = gates or Gates()
@@ -156,10 +158,14 @@ def verify_archive(
     from zoo.evaluate.weights import verify_lossless
 
     started = time.perf_counter()
-    figures = verify_lossless(archive, source, progress)
+    figures = verify_lossless(archive, source, progress, **(selection or {}))
     result = EvalResult("lossless", str(archive), str(source), figures, gates=gates.given(), seconds=time.perf_counter() - started)
-    problems = [f"{len(figures[key])} {label}: {', '.join(figures[key][:3])}" for key, label in
+    problems = [f"{len(figures[key])} {label}: {', '.join(figures[key][:3])}{_more(figures[key], 3)}" for key, label in
                 (("mismatched", "files decode to other bytes than the source's"), ("missing", "source files are missing"),
                  ("extra", "files are not in the source")) if figures[key]]
     result.failures = problems
     return result
+
+
+def _more(items: list[str], shown: int) -> str:
+    return f" and {len(items) - shown} more" if len(items) > shown else ""

@@ -7,7 +7,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -132,13 +132,16 @@ def _sha256(path: Path, progress: Callable[[int], None]) -> str:
     return digest.hexdigest()
 
 
-def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[str], progress: Progress | None) -> dict[str, Any]:
+def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[str], progress: Progress | None,
+                    include: Sequence[str] | None = None, exclude: Sequence[str] | None = None, follow_links: bool = False) -> dict[str, Any]:
     """Decode every file of `archive` and compare its sha256 with the file in `source` on disk
-    (read again now, not the sha256 the archive recorded)."""
+    (read again now, not the sha256 the archive recorded). `include`, `exclude` and
+    `follow_links` select the source's files as compress selected them: one it left out is not missing."""
     from zoo.api import open_archive
     from zoo.sources.folder import scan
 
-    originals = {entry.relpath: entry for entry in scan(source) if entry.kind not in ("link", "folder")}  # what holds bytes
+    originals = {entry.relpath: entry for entry in scan(source, include, exclude, follow_links)
+                 if entry.kind not in ("link", "folder")}  # what holds bytes
     mismatched, extra = [], []
     with open_archive(archive) as opened:
         entries = opened.files()
