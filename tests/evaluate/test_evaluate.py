@@ -173,6 +173,39 @@ def test_weights_only_for_a_bare_safetensors_file(trained, tmp_path):
     assert all(t["sqnr_db"] == pytest.approx(20, abs=1.5) for t in result.tensors if t["elements"] > 1000)
 
 
+def test_weight_totals_of_zero_biases_a_missing_tensor_and_changed_integers(tmp_path):
+    """Against a reference with zero-initialised biases, a copy moved by 1e-6 had relative error
+    inf, SQNR -inf and cosine 0.99 (the zero tensors' cosine 0 averaged in): --min-cosine 0.999
+    failed. A candidate lacking a fifth of the weights was "identical" (cosine 1, gates passed),
+    and so was one whose integer tensor differed."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    reference = {"w": torch.randn(256, 64, generator=generator), "b": torch.zeros(64), "e": torch.randn(64, 64, generator=generator),
+                 "ids": torch.arange(64)}
+    save_file(reference, tmp_path / "reference.safetensors")
+    moved = {key: value + 1e-6 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+             for key, value in reference.items()}
+    save_file(moved, tmp_path / "moved.safetensors")
+    result = evaluate(tmp_path / "moved.safetensors", tmp_path / "reference.safetensors", gates=Gates(min_cosine=0.999))
+    assert result.passed and result.weights["relative_error"] < 1e-5 and result.weights["cosine"] > 0.999999
+    assert next(t for t in result.tensors if t["name"] == "b")["relative_error"] == float("inf")  # per tensor, as it is
+    hundreds = {**reference, "b": torch.full((64,), 100.0)}  # against zeros, a real change still counts as one
+    save_file(hundreds, tmp_path / "hundreds.safetensors")
+    assert evaluate(tmp_path / "hundreds.safetensors", tmp_path / "reference.safetensors").weights["relative_error"] > 0.3  # 100 x 64 / 20544
+
+    save_file({key: value for key, value in reference.items() if key != "e"}, tmp_path / "lacking.safetensors")
+    lacking = evaluate(tmp_path / "lacking.safetensors", tmp_path / "reference.safetensors", gates=Gates(min_cosine=0.999))
+    assert not lacking.passed and lacking.weights["sqnr_db"] is not None
+    assert lacking.weights["cosine"] == pytest.approx((16384 + 64) / (16384 + 64 + 4096))  # e counts, with cosine 0
+    assert any("counted as zeros" in note for note in lacking.notes)
+
+    save_file({**reference, "ids": torch.arange(64).flip(0)}, tmp_path / "ids.safetensors")
+    ids = evaluate(tmp_path / "ids.safetensors", tmp_path / "reference.safetensors")
+    assert ids.weights["sqnr_db"] is not None and ids.weights["cosine"] < 1
+
+
 # -- gates -------------------------------------------------------------------------------------
 
 

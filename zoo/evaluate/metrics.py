@@ -137,18 +137,30 @@ def weight_figures(sums: dict[str, float]) -> dict[str, Any]:
     return {"relative_error": relative, "sqnr_db": sqnr, "cosine": cosine, "max_abs_error": sums["max_abs_error"]}
 
 
-def weight_totals(per_tensor: list[dict[str, Any]]) -> dict[str, Any]:
+def weight_totals(per_tensor: list[dict[str, Any]], reference_rms: float | None = None) -> dict[str, Any]:
     """Totals over tensors, each weighted by its element count.
 
     relative_error and cosine are size-weighted means; sqnr_db is the SQNR that the weighted
     relative error stands for (-20 log10 of it), so one untouched tensor does not make it infinite.
+    A tensor whose reference is all zeros has no relative error of its own: given `reference_rms`
+    (the RMS of every weight of the reference) and its `rms_error`, it counts with its RMS error
+    over that, and the cosine that error stands for, so zero-initialised biases a fine-tune moved a
+    little are a little error, not an infinite one.
     """
     counted = [t for t in per_tensor if t["relative_error"] is not None and t["elements"] > 0]
     elements = sum(t["elements"] for t in counted)
     if not elements:
         return {"tensors": len(per_tensor), "elements": 0, "relative_error": None, "sqnr_db": None, "cosine": None}
-    relative = sum(t["relative_error"] * t["elements"] for t in counted) / elements
-    cosine = sum(t["cosine"] * t["elements"] for t in counted) / elements
+
+    def figures(t: dict[str, Any]) -> tuple[float, float]:
+        if t["relative_error"] == math.inf and t.get("rms_error") is not None and reference_rms:
+            relative = t["rms_error"] / reference_rms
+            return relative, 1 / math.sqrt(1 + relative * relative)
+        return t["relative_error"], t["cosine"]
+
+    weighted = [(figures(t), t["elements"]) for t in counted]
+    relative = sum(r * n for (r, _), n in weighted) / elements
+    cosine = sum(c * n for (_, c), n in weighted) / elements
     return {
         "tensors": len(per_tensor),
         "elements": elements,

@@ -92,35 +92,53 @@ class _TorchFile:
 
 
 def compare_weights(candidate: Model, reference: Model, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has."""
+    """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has. A
+    tensor the candidate lacks counts as zeros (relative error 1, cosine 0), and integer tensors
+    that differ count as their values do: neither is "identical"."""
+    import torch
+
     from zoo.evaluate import metrics
 
     with ExitStack() as stack:
         mine, theirs = TensorIndex(candidate, stack), TensorIndex(reference, stack)
-        shared = [key for key in theirs.keys() if key in set(mine.keys())]
+        ours_keys = set(mine.keys())
+        shared = [key for key in theirs.keys() if key in ours_keys]
         if not shared:
             raise InputError(f"{candidate.label} and {reference.label} have no tensor name in common")
+        lacking = [key for key in theirs.keys() if key not in ours_keys]
         notes = []
-        for side, keys in ((f"{reference.label} only", set(theirs.keys()) - set(shared)), (f"{candidate.label} only", set(mine.keys()) - set(shared))):
+        for side, keys, counted in ((f"{reference.label} only", lacking, " (counted as zeros: the candidate lacks them)"),
+                                    (f"{candidate.label} only", sorted(ours_keys - set(shared)), "")):
             if keys:
-                notes.append(f"{len(keys)} tensors in {side}: {', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''}")
+                notes.append(f"{len(keys)} tensors in {side}{counted}: {', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''}")
         per_tensor = []
         differing_integers = []
-        for number, key in enumerate(shared, 1):
-            ours, base = mine.get(key), theirs.get(key)
+        signal, elements = 0.0, 0
+        compared = [*shared, *lacking]
+        for number, key in enumerate(compared, 1):
+            base = theirs.get(key)
+            ours = mine.get(key) if key in ours_keys else torch.zeros_like(base)
             if tuple(ours.shape) != tuple(base.shape):
                 raise InputError(f"tensor {key!r} has shape {list(ours.shape)} in {candidate.label}, {list(base.shape)} in {reference.label}")
-            if ours.is_floating_point() or base.is_floating_point():
-                figures = metrics.weight_figures(metrics.weight_sums(base, ours))
-                per_tensor.append({"name": key, "dtype": str(ours.dtype).removeprefix("torch."), "shape": list(ours.shape),
-                                   "elements": math.prod(ours.shape), **figures})
-            elif not bool((ours == base).all()):
-                differing_integers.append(key)
+            floats = ours.is_floating_point() or base.is_floating_point()
+            if floats or key not in ours_keys or not bool((ours == base).all()):
+                if not floats:
+                    differing_integers.append(key)
+                sums = metrics.weight_sums(base, ours)
+                count = math.prod(ours.shape)
+                figures = metrics.weight_figures(sums)
+                if sums["signal"] == 0 and count:
+                    figures["rms_error"] = math.sqrt(sums["error"] / count)
+                per_tensor.append({"name": key, "dtype": str(base.dtype).removeprefix("torch."), "shape": list(base.shape),
+                                   "elements": count, **figures})
+                signal += sums["signal"]
+                elements += count
             if progress:
-                progress("weights", number, len(shared))
+                progress("weights", number, len(compared))
         if differing_integers:
-            notes.append(f"{len(differing_integers)} integer tensors differ: {', '.join(differing_integers[:3])}")
-        return per_tensor, metrics.weight_totals(per_tensor), notes
+            notes.append(f"{len(differing_integers)} integer tensors differ (counted as their values): {', '.join(differing_integers[:3])}")
+        reference_rms = math.sqrt(signal / elements) if elements and math.isfinite(signal) else None
+        return per_tensor, metrics.weight_totals(per_tensor, reference_rms), notes
 
 
 def _sha256(path: Path, progress: Callable[[int], None]) -> str:
