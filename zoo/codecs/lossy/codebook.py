@@ -16,6 +16,7 @@ is final: a later codebook stage must not quantize this one's codebooks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -75,6 +76,20 @@ class Codebook(LossyCodec):
     rows: int
     pack: bool
     iterations: int
+
+    def selects(self, name: str, array: TypedArray) -> bool:
+        # A tensor whose parts would take as many bytes as it does (a codebook per few short rows)
+        # stays as it is, exact, as lowrank keeps a layer whose factors would not be smaller.
+        return super().selects(name, array) and self.stored_bytes(array.shape) < array.data.nbytes
+
+    def stored_bytes(self, shape: tuple[int, ...]) -> int:
+        """What the parts of a tensor of `shape` take before the lossless stages: packed indices,
+        an F16 codebook per group, an F16 scale per row and the row -> group map."""
+        n_rows = shape[0]
+        n_cols = math.prod(shape[1:])
+        n_groups = -(-n_rows // self.rows)
+        map_bits = group_bits(n_groups) or 32
+        return -(-n_rows * n_cols * self.bits // 8) + 2 * n_groups * (1 << self.bits) + 2 * n_rows + -(-n_rows * map_bits // 8)
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
         return calibration  # only looked up per tensor, by name
