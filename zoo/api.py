@@ -434,7 +434,12 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     it left out are not compared."""
     from zoo.evaluate import QualityGateError, verify_archive
 
-    result = verify_archive(archive, source, gates=gates, progress=progress, base=base, selection=selection)
+    try:
+        result = verify_archive(archive, source, gates=gates, progress=progress, base=base, selection=selection)
+    except InputError as error:  # a gate that cannot judge the archive names it by its label, not its temporary name
+        if label is None or str(archive) not in str(error):
+            raise
+        raise InputError(str(error).replace(str(archive), label)) from None
     if label is not None:
         result.candidate = label
         result.notes = [note.replace(str(archive), label) for note in result.notes]

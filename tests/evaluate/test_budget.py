@@ -216,3 +216,43 @@ def test_a_budget_searches_from_the_least_rate_l2_codes_the_model_at(tmp_path):
     with pytest.raises(BudgetError, match=r"^budget bpw=2: the smallest archive l2 made is"):
         compress_to_budget(source, tmp_path / "small.zoo", "bpw=2")
     assert not (tmp_path / "small.zoo").exists()
+
+
+def test_the_shipped_held_out_text_given_as_calibration_is_refused(tiny_llama, tmp_path):
+    # The check ran only for held-out text passed in, which the CLI never does: --calib with the
+    # shipped evaluation text was accepted, and the archive said it was judged on held-out text
+    from zoo.evaluate.core import default_text
+
+    (tmp_path / "same.txt").write_text("\n" + default_text().replace("\n", "\n\n"))  # the same words, laid out otherwise
+    with pytest.raises(InputError, match="must differ from the calibration text"):
+        compress_to_budget(tiny_llama, tmp_path / "m.zoo", "kl=0.02", calibration=tmp_path / "same.txt", max_tokens=MAX_TOKENS)
+    assert not (tmp_path / "m.zoo").exists()
+
+
+def test_a_model_without_float_weights_is_refused_before_any_search(tmp_path):
+    # "the smallest archive l2 made is 0 bits per weight"
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    source = write_safetensors(tmp_path / "ints.safetensors", {"ids": ("I64", np.arange(4096, dtype=np.int64).reshape(64, 64))})
+    with pytest.raises(InputError, match=r"ints.safetensors: no float weights, so no rate to search"):
+        compress_to_budget(source, tmp_path / "m.zoo", "bpw=4")
+    assert not (tmp_path / "m.zoo").exists()
+
+
+def test_a_bpw_budget_missed_says_the_size_it_was_judged_by(tmp_path):
+    # "the smallest archive l2 made is 1.59 bits per weight" refusing bpw=1.7: that figure left out
+    # the proof the archive would carry, which the verdict counted
+    import re
+
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", rng.normal(size=(64, 64)).astype(np.float32))})
+    with pytest.raises(BudgetError) as missed:
+        compress_to_budget(source, tmp_path / "m.zoo", "bpw=1")
+    stored, alone = map(float, re.search(r"made is ([0-9.]+) bits per weight with its proof stored \(([0-9.]+) without", str(missed.value)).groups())
+    assert stored > 1 and alone < stored

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -321,6 +322,20 @@ def test_compress_refuses_a_gate_that_cannot_judge_the_model_before_compressing(
     assert code == 0  # lossless: bit-exact passes every gate
 
 
+def test_a_gate_the_archive_cannot_apply_names_the_output_not_its_temporary(trained, tmp_path, monkeypatch, capsys):
+    # --exclude config.json leaves weights only, which only the archive shows: the error named
+    # `.lm.zoo.zoo-tmp-...` (or, into the zoo, a work folder's model.zoo)
+    home = tmp_path / "zoo"
+    monkeypatch.setenv("ZOO_HOME", str(home))
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", tmp_path / "lm.zoo", "--exclude", "config.json",
+                           "-p", "truncate:bits=3", "--max-kl", "0.01")
+    assert code == 1 and err.strip().endswith(f"error: --max-kl does not apply to {tmp_path / 'lm.zoo'}, which is evaluated as weights only")
+    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "--name", "lm", "--exclude", "config.json",
+                           "-p", "truncate:bits=3", "--max-kl", "0.01")
+    assert code == 1 and err.strip().endswith("error: --max-kl does not apply to the compressed model, which is evaluated as weights only")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]
+
+
 def test_compress_verify_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "compress", "someone/some-model", "-o", tmp_path / "x.zoo", "--verify")
     assert code == 1 and "--eval compares" in err
@@ -384,3 +399,35 @@ def test_a_checkpoint_of_sparse_or_quantized_tensors_is_refused_in_one_error(tmp
         torch.save({"dense": torch.randn(3), "odd": tensor}, path)
         with pytest.raises(InputError, match=rf"{kind}.bin: tensor 'odd' is {kind}; zoo compares dense tensors only"):
             evaluate(path, path)
+
+
+def test_a_folder_without_tokenizer_files_is_said_to_have_no_tokenizer(tmp_path):
+    # transformers makes an empty GPT-2 tokenizer there: calibration blamed the shipped text
+    # ("calibration text gives only 0 tokens")
+    import transformers
+
+    from zoo.optimize.calibration import collect
+
+    folder = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(folder)
+    shipped = Path(zoo.__file__).parent / "data" / "calibration.txt"
+    with pytest.raises(InputError, match=r"gpt2: no tokenizer in the folder"):
+        collect(folder, shipped)
+    assert evaluate(folder, folder).kind == "weights"  # evaluation says it has no tokenizer, and judges the weights
+
+
+def test_gates_out_of_their_range_are_refused_as_the_cli_refuses_them():
+    for given in ({"max_kl": -1}, {"min_cosine": 2}, {"min_cosine": -1.5}, {"max_ppl_ratio": -0.5}):
+        with pytest.raises(InputError):
+            Gates(**given)
+    assert Gates(max_kl=0, min_cosine=-1, max_ppl_ratio=0).given() == {"max_kl": 0, "min_cosine": -1, "max_ppl_ratio": 0}
+
+
+def test_integer_tensors_alone_compare_as_identical_weights(tmp_path):
+    # "--min-cosine needs a reference to compare ints.safetensors against", a reference given
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"ids": torch.arange(64), "mask": torch.ones(8, dtype=torch.int8)}, tmp_path / "ints.safetensors")
+    result = evaluate(tmp_path / "ints.safetensors", tmp_path / "ints.safetensors", gates=Gates(min_cosine=0.99))
+    assert result.passed and result.weights["cosine"] == 1.0 and result.weights["sqnr_db"] is None

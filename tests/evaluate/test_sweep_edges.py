@@ -159,3 +159,16 @@ def test_json_keeps_its_document_when_the_plot_fails_late(model, tmp_path, monke
     document = json.loads(result.stdout)
     assert result.exit_code == 1 and [p["pipeline"] for p in document["points"]] == ["truncate:bits=3"]
     assert document["plot"] is None and document["plot_error"].endswith("cannot write the plot there (No space left on device)")
+
+
+def test_a_model_without_float_weights_is_no_sweep(tmp_path):
+    # bits per weight NaN, "x vs fp32" 0.00, no point on the frontier, an empty plot, exit 0
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+    from zoo.errors import InputError
+    from zoo.evaluate.sweep import sweep
+
+    source = write_safetensors(tmp_path / "ints.safetensors", {"ids": ("I64", np.arange(4096, dtype=np.int64).reshape(64, 64))})
+    with pytest.raises(InputError, match=r"ints.safetensors: no float weights to sweep"):
+        sweep(source, ["lossless", "zstd"])

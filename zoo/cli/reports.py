@@ -156,7 +156,7 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
             text += f" ± {metrics['kl_mean_stderr']:.2g}"
         rows.append([label, text])
     weights = record.get("weights")
-    if weights and weights.get("elements"):
+    if weights and weights.get("relative_error") is not None:  # an integer-only model's: identical, no element counted
         sqnr = weights.get("sqnr_db")
         rows.append(["weights: relative error", _format(weights.get("relative_error"), "value")])
         rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{_format(sqnr, 'dB')} dB"])
@@ -175,6 +175,8 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
 
 
 def print_tensors(tensors: list[dict[str, Any]]) -> None:
+    if not tensors:  # no float tensor, and none that differs
+        return
     rows = [[t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
              "∞" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine")] for t in tensors]
     print_table("per tensor", ["tensor", "dtype", "shape", "rel. error", "SQNR dB", "cosine"], rows, ("rel. error", "SQNR dB", "cosine"))

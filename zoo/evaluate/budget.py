@@ -254,12 +254,20 @@ def compress_to_budget(
         raise OutputExistsError(f"{destination} exists; pass --force to replace it")
     if not destination.parent.is_dir():
         raise InputError(f"{destination.parent}: output folder does not exist")
+    from zoo.sources.folder import float_weights
+
+    if not float_weights(source):  # l2 codes float weights, and bits per weight counts them
+        raise InputError(f"{source}: no float weights, so no rate to search (its tensors are integers, or it has none)")
     with Model(source) as model:
         kind, _ = model.kind()
     budget.check_fits(kind, str(source))
     text_path = Path(calibration) if calibration is not None else Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
-    if held_out is not None and held_out.strip() == _read(text_path).strip():
-        raise InputError(f"{text_path}: the held-out text the budget is judged on must differ from the calibration text")
+    if held_out is not None or kind != "weights":  # (a model judged on its weights alone reads no text)
+        from zoo.evaluate.core import default_sentences, default_text
+
+        judged_on = held_out if held_out is not None else default_text() if kind == "causal-lm" else "\n".join(default_sentences())
+        if " ".join(judged_on.split()) == " ".join(_read(text_path).split()):  # the shipped text given as --calib is the same text
+            raise InputError(f"{text_path}: the held-out text the budget is judged on must differ from the calibration text")
 
     owned = session is None
     session = Session(destination.parent) if session is None else session
@@ -471,13 +479,21 @@ class _Search:
             elif landing <= bits:
                 break
             landing = min(highest_bits, max(LOWEST_BITS / 10, self.floor, landing))
+            # More bits than a rate that missed miss too, and fewer than one that met are no better:
+            # between the two, halve the gap instead (a landing past a miss cost a whole coding).
+            met, missed = max((c.bits for c in self.trail if c.meets), default=0.0), min((c.bits for c in self.trail if not c.meets), default=math.inf)
+            if not met < landing < missed:
+                if missed - met < 0.002 * missed:
+                    break
+                landing = (met + missed) / 2
             if any(round(c.bits, 4) == round(landing, 4) for c in self.trail):
                 break
             bits = landing
         if self.best is None:
             smallest = min(self.trail, key=lambda c: c.bytes)
-            raise BudgetError(f"budget {self.budget}: the smallest archive l2 made is {smallest.bits_per_weight:.3g} bits per weight "
-                              f"({_human(smallest.bytes)}, {smallest.pipeline}); no archive was kept")
+            raise BudgetError(f"budget {self.budget}: the smallest archive l2 made is {_stored_bits(smallest):.4g} bits per weight with "
+                              f"its proof stored ({smallest.bits_per_weight:.4g} without; {_human(smallest.bytes)}, {smallest.pipeline}); "
+                              "no archive was kept")
         return self.best
 
     def _fail(self) -> None:

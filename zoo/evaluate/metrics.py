@@ -149,8 +149,8 @@ def weight_totals(per_tensor: list[dict[str, Any]], reference_rms: float | None 
     """
     counted = [t for t in per_tensor if t["relative_error"] is not None and t["elements"] > 0]
     elements = sum(t["elements"] for t in counted)
-    if not elements:
-        return {"tensors": len(per_tensor), "elements": 0, "relative_error": None, "sqnr_db": None, "cosine": None}
+    if not elements:  # no float tensor, and no tensor that differs: the weights are identical
+        return {"tensors": len(per_tensor), "elements": 0, "relative_error": 0.0, "sqnr_db": None, "cosine": 1.0}
 
     def figures(t: dict[str, Any]) -> tuple[float, float]:
         if t["relative_error"] == math.inf and t.get("rms_error") is not None and reference_rms:

@@ -155,6 +155,13 @@ class Gates:
         for name, value in self.given().items():
             if not math.isfinite(value):  # NaN passed every figure (the comparison is false) and infinity judged nothing
                 raise InputError(f"{name}={value}: a gate must be a finite number")
+        # as the CLI's options take them: a gate out of range fails (or passes) every model
+        if self.max_kl is not None and self.max_kl < 0:
+            raise InputError(f"max_kl={self.max_kl}: a KL divergence is never below 0")
+        if self.max_ppl_ratio is not None and self.max_ppl_ratio < 0:
+            raise InputError(f"max_ppl_ratio={self.max_ppl_ratio}: a perplexity ratio is never below 0")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise InputError(f"min_cosine={self.min_cosine}: a cosine lies between -1 and 1")
 
     def given(self) -> dict[str, float]:
         return {name: value for name, value in (("max_kl", self.max_kl), ("min_cosine", self.min_cosine),

@@ -89,6 +89,9 @@ def load_tokenizer(folder: str | Path, label: str | None = None) -> Any:
 
     try:
         with quiet_transformers():
-            return transformers.AutoTokenizer.from_pretrained(Path(folder), local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(Path(folder), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - transformers raises many types for an unreadable tokenizer
         raise InputError(f"{label or folder}: cannot load its tokenizer: {first_line(error)}") from None
+    if len(tokenizer) < 2:  # transformers makes an empty one where the folder has no tokenizer files: every text 0 tokens
+        raise InputError(f"{label or folder}: no tokenizer in the folder (tokenizer.json, or the vocabulary files its config names)")
+    return tokenizer

@@ -30,7 +30,7 @@ from zoo.sources.torch import UnsafePickle, checkpoint
 
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
 
-__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "parse_safetensors", "scan"]
+__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "float_weights", "parse_safetensors", "scan"]
 
 
 def _reason(error: InputError, path: Path, size: int) -> str:
@@ -69,6 +69,17 @@ def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
         if strict:
             raise
         return SourceFile(relpath, path, size, "opaque", [Segment(0, size)], reason=_reason(error, path, size))
+
+
+def float_weights(source: str | os.PathLike[str]) -> int:
+    """How many float values the tensors of a model folder or file hold (what bits per weight
+    counts), from the files' headers."""
+    import math
+
+    from zoo.dtypes import DTYPES
+
+    return sum(math.prod(segment.shape) for file in scan(source) for segment in file.segments
+               if segment.tensor is not None and segment.dtype in DTYPES and DTYPES[segment.dtype].is_float)
 
 
 def _as_list(patterns: Sequence[str] | str | None) -> Sequence[str] | None:
