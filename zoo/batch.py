@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import api
-from zoo.container.format import current_umask, object_path, sha256_file
+from zoo.container.format import ArchiveFile, current_umask, object_path, sha256_file
 from zoo.container.objects import ObjectSink
 from zoo.errors import InputError, OutputExistsError, ZooError
 from zoo.hub import temporaries
@@ -67,6 +68,7 @@ class Landed:
     error: str | None = None
     commit: str | None = None  # a pull's upstream commit
     unchanged: bool = False  # a pull that found this commit already in the zoo: nothing written
+    opaque: list[str] = field(default_factory=list)  # files of a tensor format kept as bytes: "PATH (why)", as compress says them
     tasks: int = 1  # the tasks that coded it (a model split by TASK_BYTES: its parts and its build)
     # into a zoo, what the worker leaves for the driver to publish: the objects folder it coded into,
     # the objects it coded there and those it took from the zoo or from other tasks, with their sizes
@@ -101,10 +103,43 @@ def connect(address: str | None = DEFAULT_ADDRESS, num_cpus: int | None = None) 
     wanted = os.environ.get("RAY_ADDRESS") if address in (None, DEFAULT_ADDRESS) else address
     options: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
     if wanted:
-        ray.init(address=wanted, **options)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+        _probe(wanted)
+    # ray.init installs handlers of its own for SIGTERM (a stack dump, exit 15 or 1) and more: the
+    # caller's stay, so a signal stops a batch as it stops any command (zoo.cli.stopping)
+    watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    kept = {number: signal.getsignal(number) for number in watched} if threading.current_thread() is threading.main_thread() else {}
+    try:
+        if wanted:
+            ray.init(address=wanted, **options)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+    finally:
+        for number, handler in kept.items():
+            if handler is not None:
+                signal.signal(number, handler)
     return ray.get_runtime_context().gcs_address
+
+
+PROBE_SECONDS = 10.0
+
+
+def _probe(address: str) -> None:
+    """Refuse, in bounded time, a HOST:PORT (or ray://HOST:PORT) where nothing listens: ray.init
+    waits for such a cluster without end, saying so every 30 seconds."""
+    import re
+    import socket
+
+    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address)
+    if found is None:  # auto, local, or a form Ray reads itself
+        return
+    host, port = found[1], int(found[2])
+    if not 0 < port < 65536:
+        raise InputError(f"--ray {address}: {port} is no port (1 to 65535)")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else error.strerror or type(error).__name__
+        raise InputError(f"--ray {address}: no Ray cluster answers there ({reason})") from None
 
 
 # -- the workers' side -------------------------------------------------------------------------------
@@ -176,7 +211,11 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
             umask = current_umask()
             os.chmod(storage.path(name), 0o666 & ~umask)
     return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
-                  _node())
+                  _node(), opaque=_opaque(report.files))
+
+
+def _opaque(files: list[dict[str, Any]]) -> list[str]:
+    return [f"{entry['path']} ({entry['opaque']})" for entry in files if entry.get("opaque")]
 
 
 class PartSink(ObjectSink):
@@ -328,6 +367,11 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
     """`landed` with what a model's task leaves the driver: into a folder zoo, the shell and the
     objects folder; on a bucket, the shell's name once it and the objects are put there."""
     landed.written, landed.reused = sink.written, sink.reused
+    held = ArchiveFile(shell)
+    try:
+        landed.opaque = _opaque(held.header.get("files") or [])
+    finally:
+        held.close()
     if store.storage is None:
         landed.output, landed.objects_root = str(shell), str(sink.root)
         return landed
@@ -449,7 +493,7 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         # once their workers are gone (a temporary's lock is its writer's until it dies; a cancelled
         # task's worker can outlive the wait on it, and its temporary was left behind)
         storage = open_storage(output)
-        if isinstance(storage, LocalFolder):
+        if isinstance(storage, LocalFolder) and storage.root.is_dir():  # a Ctrl-C may come before any task made it
             deadline = time.monotonic() + CANCEL_SECONDS
             for name in names:
                 final = storage.root / name

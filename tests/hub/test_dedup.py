@@ -395,3 +395,15 @@ def test_a_base_removed_while_a_fine_tune_is_coded_leaves_it_whole_and_nothing_e
     assert object_files(home) == named_objects(home)  # nothing stored that no model names
     zoo.decompress(entry.archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(tuned)
+
+
+def test_export_archive_into_a_folder_named_with_a_trailing_slash(tmp_path):
+    # `-o out/ --archive` wrote a file named `out`; compress -o out/ writes NAME.zoo inside
+    home = tmp_path / "zoo"
+    compress_into(Store(home), write_model(tmp_path / "base", base_tensors()), "org/base")
+    (tmp_path / "out").mkdir()
+    done = zoo_cli("export", "org/base", "-o", f"{tmp_path / 'out'}/", "--archive", home=home)
+    assert done.returncode == 0 and done.stdout.startswith(f"{tmp_path / 'out' / 'base.zoo'}: org/base@main:lossless"), done.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["base.zoo"]
+    done = zoo_cli("export", "org/base", "-o", f"{tmp_path / 'missing'}/", "--archive", home=home)
+    assert done.returncode == 1 and "output folder does not exist" in done.stderr and not (tmp_path / "missing").exists()

@@ -348,3 +348,53 @@ def test_a_split_model_with_a_name_that_is_not_utf8_is_refused_before_its_parts_
     assert not results[0].ok and "not UTF-8" in results[0].error, results[0].error
     storage = open_storage(f"{bucket}/zoo")
     assert list(storage.list("objects/")) == [] and list(storage.list("manifests/")) == []
+
+
+def test_an_address_where_no_ray_answers_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    # ray.init waited without end on 127.0.0.1:1, a warning every 30 s; :99999 went to Ray too
+    from tests.services import free_port
+
+    [source] = _models(tmp_path / "models", 1)
+    nobody = f"127.0.0.1:{free_port()}"
+    done = _zoo("compress", source, "--ray", nobody, "-o", tmp_path / "out/")
+    assert done.returncode == 1 and done.stderr == f"error: --ray {nobody}: no Ray cluster answers there (Connection refused)\n", done.stderr
+    done = _zoo("compress", source, "--ray", "ray://127.0.0.1:99999", "-o", tmp_path / "out/")
+    assert done.returncode == 1 and done.stderr == "error: --ray ray://127.0.0.1:99999: 99999 is no port (1 to 65535)\n", done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_joining_a_cluster_keeps_the_callers_signal_handlers(ray_cluster: str) -> None:
+    # ray.init put its own SIGTERM handler in place of zoo's: a batch stopped by SIGTERM dumped a
+    # stack and exited 1 (or 15), not 143 with its line; SIGHUP exited 130 as if interrupted
+    script = ("import signal, sys\nfrom zoo import batch\n"
+              "def mine(*_): pass\n"
+              "for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n    signal.signal(number, mine)\n"
+              "batch.connect(sys.argv[1])\n"
+              "print([signal.getsignal(number) is mine for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)])\n")
+    done = subprocess.run([sys.executable, "-c", script, ray_cluster], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "[True, True, True]", done.stderr
+
+
+def test_a_batch_says_which_files_it_kept_as_bytes(tmp_path: Path) -> None:
+    # one model alone said "kept as bytes, not read as tensors"; in a batch it went unsaid, exit 0
+    good, bad = _models(tmp_path / "models", 2)
+    (bad / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b'{"a":1}')
+    for where in (("-o", f"{tmp_path / 'out'}/"), ()):
+        done = _zoo("compress", good, bad, *where, env={"ZOO_HOME": str(tmp_path / "zoo")})
+        assert done.returncode == 0, done.stderr
+        kept = [line for line in done.stderr.splitlines() if "kept as bytes" in line]
+        assert kept == ["  kept as bytes, not read as tensors: model.safetensors (safetensors header length 16 runs past the end of the "
+                        "file (15 bytes))"], done.stderr
+
+
+def test_an_interrupt_before_the_output_folder_exists_stays_an_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the cleanup listed the folder -o named, not made yet: "error: No such file or directory", exit 1
+    [source] = _models(tmp_path / "models", 1)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while Ray starts, before any task made the folder
+
+    monkeypatch.setattr(batch, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.compress_many([str(source)], tmp_path / "new" / "folder", ray=None)

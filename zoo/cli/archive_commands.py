@@ -180,6 +180,8 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
             stderr.print(f"landed {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
                          f"{result.stored_bytes / max(result.original_bytes, 1):.3f}){where}; {spent}", markup=False, highlight=False,
                          soft_wrap=True)
+            if result.opaque:  # as compress of one model says it
+                stderr.print(f"  kept as bytes, not read as tensors: {'; '.join(result.opaque)}", markup=False, highlight=False, soft_wrap=True)
         else:
             stderr.print(f"failed {result.source}: {result.error}", markup=False, highlight=False, soft_wrap=True)
 

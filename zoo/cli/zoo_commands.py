@@ -135,7 +135,8 @@ def rm(
 
 def export(
     ref: NameArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the plain Hugging Face model into.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder to write the plain Hugging Face model into; with --archive the "
+                                         "archive's path, or a folder ending in / to write NAME.zoo into.")],
     threads: Threads = None,
     force: ForceFiles = False,
     archive: Annotated[bool, typer.Option("--archive", help="Write one .zoo archive that stands alone instead (the objects "
@@ -148,6 +149,8 @@ def export(
 
     entry = zoo_entry(ref)
     if archive:
+        if output.endswith(("/", os.sep)):  # into that folder, as compress -o DIR/ writes
+            output = os.path.join(output, f"{entry.name.rsplit('/', 1)[-1]}.zoo")
         report = api.export_archive(entry.archive, output, force=force)
         if as_json:
             print_json({"name": entry.ref, "output": str(output), "compressed_bytes": report.compressed_bytes})
