@@ -228,3 +228,19 @@ def test_an_option_of_one_value_given_twice_is_refused(one_file_archive, tmp_pat
     assert (done.returncode, done.stderr) == (1, f"error: {option} is given more than once; it takes one value\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "w.zoo"]
     assert ok(zoo_cli("sweep", source, "-p", "lossless", "-p", "truncate:bits=3", "--json", cwd=tmp_path)).stdout  # repeatable there
+
+
+def test_a_sweep_says_each_warning_once(tmp_path):
+    # each pipeline read the model again and said its warnings again, and the evaluation of each
+    # candidate said them of its temporary folder (/tmp/zoo-eval-.../model/model.pt)
+    import torch
+
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"c128": torch.tensor([1 + 2j], dtype=torch.complex128), "w": torch.randn(32, 32)}, model / "model.pt")
+    (model / "dangling").symlink_to(tmp_path / "nowhere")
+    done = subprocess.run([sys.executable, "-m", "zoo", "sweep", str(model), "-p", "lossless", "-p", "zstd"], capture_output=True,
+                          text=True, timeout=300)
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert done.returncode == 0 and len(warned) == 2 and len(set(warned)) == 2, done.stderr
+    assert all("zoo-eval-" not in line for line in warned)

@@ -16,12 +16,19 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+_shown: set[str] = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """zoo's warnings as one line on stderr; anyone else's as Python shows them."""
+    """zoo's warnings as one line on stderr, each once (a sweep or a budget reads the model once
+    per pipeline, and said the same thing each time); anyone else's as Python shows them."""
     from zoo.errors import ZooWarning
 
     if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
-        print(_one_line(f"warning: {message}"), file=sys.stderr)
+        text = _one_line(f"warning: {message}")
+        if text not in _shown:
+            _shown.add(text)
+            print(text, file=sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -73,6 +80,7 @@ def main() -> None:
     from zoo.signals import STORED
 
     STORED.clear()  # what this command stores (a process may run more than one: the tests do)
+    _shown.clear()  # and the warnings it has said
 
     # First: a signal while the rest loads (a tenth of a second and more) stops the command as one
     # later does, where Python's defaults printed a traceback of an import or ended it with no word

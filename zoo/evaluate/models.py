@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from contextlib import suppress
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import InputError
+from zoo.errors import InputError, ZooWarning
 from zoo.container.format import is_archive
 from zoo.optimize.models import load_model, load_tokenizer
 from zoo.refs import find_archive, not_found
@@ -111,7 +112,10 @@ class Model:
             return [self.path]
         from zoo.sources.folder import scan
 
-        return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
+        with warnings.catch_warnings():
+            if self.archive:  # its files, decoded into a temporary folder: what they hold was said when it was compressed
+                warnings.simplefilter("ignore", ZooWarning)
+            return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
 
     def fingerprint(self) -> str:
         """Changes whenever the model does. For an archive, its header: it holds the CRC-32 of every
