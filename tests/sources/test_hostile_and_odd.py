@@ -216,3 +216,15 @@ def test_hostile_safetensors_headers_are_one_line_errors(tmp_path, header, messa
         zoo.compress(path, tmp_path / "h.zoo")
     report = zoo.compress(tmp_path, tmp_path.parent / f"{tmp_path.name}.zoo")
     assert message.split()[-1] in report.files[0]["opaque"]
+
+
+def test_folders_nested_past_any_model_are_refused_in_one_line(tmp_path):
+    # at about 990 levels the scan, a call per level, ended in "unexpected RecursionError (a bug in zoo)"
+    from zoo.sources.folder import MAX_FOLDER_DEPTH, scan
+
+    deep = tmp_path / "model"
+    (deep / "/".join(["d"] * MAX_FOLDER_DEPTH)).mkdir(parents=True)
+    (deep / "/".join(["d"] * MAX_FOLDER_DEPTH) / "w.txt").write_text("x")
+    with pytest.raises(InputError, match=rf"model: folders nest deeper than {MAX_FOLDER_DEPTH} levels"):
+        scan(deep)
+    assert [entry.relpath.count("/") for entry in scan(deep / "d") if entry.kind == "blob"] == [MAX_FOLDER_DEPTH - 1]

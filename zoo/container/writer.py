@@ -30,7 +30,8 @@ from zoo.container.objects import ObjectSink, Unit
 from zoo.dtypes import DTYPES, storage_dtype
 from zoo.errors import FormatError, InputError
 from zoo.container import format as archive_format
-from zoo.container.format import HEADER_ALIGN, MAX_CHUNK_BYTES, PREAMBLE, PayloadWriter, content_digest_later, crc32, sha256_file
+from zoo.container.format import (HEADER_ALIGN, MAX_CHUNK_BYTES, PREAMBLE, PayloadWriter, content_digest, content_digest_later, crc32,
+                                 sha256_file)
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
 from zoo.codecs.selection import selected
 from zoo.sources.segments import Segment, SourceFile, stamp_of
@@ -101,6 +102,14 @@ def _release(mapped: Any, offset: int, size: int) -> None:
             mapped.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
         else:
             mapped.release(start, offset + size - start)
+
+
+def _releaser(mapped: Any, offset: int) -> Callable[[int, int], None] | None:
+    """For format.content_digest: the pages of a run of `mapped` starting at `offset`, let go of
+    once hashed (None for bytes that are not a mapped file's)."""
+    if mapped is None:
+        return None
+    return lambda start, length: _release(mapped, offset + start, length)
 
 
 def _map(source: SourceFile) -> Any:
@@ -462,9 +471,9 @@ class Builder:
         window: deque[Any] = deque()
         ahead = 0
         for item in items:
-            raw = item[4]
+            _, mapped, segment, _, raw = item
             if raw.nbytes >= INLINE_BYTES:
-                self._digests[id(raw)] = (raw, content_digest_later(raw, self.objects.threads))
+                self._digests[id(raw)] = (raw, content_digest_later(raw, self.objects.threads, _releaser(mapped, segment.offset)))
             window.append(item)
             ahead += raw.nbytes
             while len(window) > 1 and ahead - window[0][4].nbytes >= HASH_AHEAD:
@@ -472,9 +481,13 @@ class Builder:
                 yield window.popleft()
         yield from window
 
-    def _digest_of(self, raw: np.ndarray) -> Callable[[], str] | None:
+    def _digest_of(self, raw: np.ndarray, mapped: Any, offset: int) -> Callable[[], str]:
+        """The content digest of `raw` (bytes of `mapped` at `offset`): the one _hashed_ahead
+        started, else one computed when asked, the file's pages let go of as it goes."""
         started = self._digests.pop(id(raw), None)
-        return started[1] if started is not None and started[0] is raw else None
+        if started is not None and started[0] is raw:
+            return started[1]
+        return lambda: content_digest(raw, self.objects.threads if self.objects is not None else 1, _releaser(mapped, offset))
 
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
@@ -501,7 +514,7 @@ class Builder:
                 unit = None
                 if self.objects is not None and segment.size >= INLINE_BYTES:
                     unit = self.objects.unit(blob, segment.dtype, leaf["shape"], raw, lossless=True, blob=True,
-                                             digest=self._digest_of(raw))
+                                             digest=self._digest_of(raw, mapped, segment.offset))
                     if unit is None:  # the zoo holds these bytes already
                         _release(mapped, segment.offset, segment.size)
                         continue
@@ -550,7 +563,7 @@ class Builder:
         unit = None
         if self.objects is not None and segment.size >= INLINE_BYTES:
             unit = self.objects.unit(record, segment.dtype, list(segment.shape), raw, lossless=not transformed and delta is None,
-                                     digest=self._digest_of(raw))
+                                     digest=self._digest_of(raw, mapped, segment.offset))
             if unit is None:  # the zoo holds this tensor already
                 _release(mapped, segment.offset, segment.size)
                 return True

@@ -29,6 +29,7 @@ from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
 from zoo.sources.torch import UnsafePickle, checkpoint
 
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
+MAX_FOLDER_DEPTH = 256  # a model folder is a few levels deep; a Trainer run's checkpoints add two
 
 __all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "float_weights", "parse_safetensors", "scan"]
 
@@ -161,6 +162,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     modes: dict[str, tuple[Path, int]] = {}  # each subfolder's permission bits, by path
 
     def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
+        if prefix.count("/") >= MAX_FOLDER_DEPTH:  # (each level a call: Python's recursion limit came first, "a bug in zoo")
+            raise InputError(f"{root}: folders nest deeper than {MAX_FOLDER_DEPTH} levels ({prefix[:80]}...)")
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         if prefix:
             modes[prefix.rstrip("/")] = (folder, stat.S_IMODE(os.stat(folder).st_mode) & 0o777)
