@@ -137,12 +137,18 @@ def test_the_coders_hash_each_file_they_read(tiny_model, tmp_path, monkeypatch):
     assert (tmp_path / "coders.zoo").read_bytes() == (tmp_path / "read.zoo").read_bytes() == (tmp_path / "one.zoo").read_bytes()
 
 
-def test_chunks_that_do_not_cover_a_file_give_no_digest():
+def test_chunks_that_do_not_cover_a_file_give_no_digest(tmp_path):
     """_SourceDigest hashes only chunks that are views of the file and follow each other from its
-    start; a gap, a copy or a short end leaves it without a digest, never with a wrong one."""
-    data = np.arange(100, dtype=np.uint8)
+    start; a gap, a copy or a short end leaves it without a digest, never with a wrong one. (It
+    lets each chunk's pages go once hashed: the file is mapped, as a build maps it.)"""
+    import mmap
 
-    def job(start: int, end: int, mapped: object = b"file") -> writer._Job:
+    (tmp_path / "file").write_bytes(bytes(range(100)))
+    with open(tmp_path / "file", "rb") as stream:
+        file = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    data = np.frombuffer(file, np.uint8)
+
+    def job(start: int, end: int, mapped: object = file) -> writer._Job:
         return writer._Job({}, None, data[start:end], end - start, mapped, start)  # type: ignore[arg-type]
 
     def digest(jobs: list[writer._Job], size: int = 100) -> str | None:
