@@ -72,6 +72,12 @@ class TensorReport:
         return {**asdict(self), "ratio": self.ratio, "bits_per_weight": self.bits_per_weight}
 
 
+def opaque_files(files: list[dict[str, Any]]) -> list[str]:
+    """'path (why)' for each file of an archive's file list that is of a tensor format zoo keeps
+    as bytes (never unpickled or parsed further), as compress and info report them."""
+    return [f"{entry['path']} ({entry['opaque']})" for entry in files if entry.get("opaque")]
+
+
 @dataclass
 class Report:
     """Sizes of an archive: whole file, per tensor, per file."""
@@ -89,6 +95,10 @@ class Report:
     @property
     def ratio(self) -> float:
         return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
+
+    @property
+    def opaque(self) -> list[str]:
+        return opaque_files(self.files)
 
     @property
     def bits_per_weight(self) -> float:

@@ -211,11 +211,7 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
             umask = current_umask()
             os.chmod(storage.path(name), 0o666 & ~umask)
     return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
-                  _node(), opaque=_opaque(report.files))
-
-
-def _opaque(files: list[dict[str, Any]]) -> list[str]:
-    return [f"{entry['path']} ({entry['opaque']})" for entry in files if entry.get("opaque")]
+                  _node(), opaque=report.opaque)
 
 
 class PartSink(ObjectSink):
@@ -369,7 +365,7 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
     landed.written, landed.reused = sink.written, sink.reused
     held = ArchiveFile(shell)
     try:
-        landed.opaque = _opaque(held.header.get("files") or [])
+        landed.opaque = api.opaque_files(held.header.get("files") or [])
     finally:
         held.close()
     if store.storage is None:

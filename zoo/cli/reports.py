@@ -46,8 +46,8 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
     if not verbose and len(groups) == 1:
         line += f", every tensor {next(iter(groups))}"
     stdout.print(line, markup=False, highlight=False)
-    opaque = [f"{entry['path']} ({entry['opaque']})" for entry in report.files if entry.get("opaque")]
-    if opaque:  # files of a tensor format that zoo keeps as bytes, never unpickled or parsed further
+    opaque = report.opaque
+    if opaque:
         shown = opaque if verbose or len(opaque) <= OPAQUE_SHOWN else [*opaque[:OPAQUE_SHOWN], f"and {len(opaque) - OPAQUE_SHOWN} more (-v lists them)"]
         stdout.print(f"kept as bytes, not read as tensors: {'; '.join(shown)}", markup=False, highlight=False, soft_wrap=True)
     if report.base:
