@@ -184,6 +184,30 @@ def test_rm_keeps_a_base_others_need_and_collects_what_nothing_names(tmp_path):
     assert object_files(home) == set()
 
 
+def test_a_base_replaced_under_its_name_is_not_taken_for_the_one_a_fine_tune_was_stored_against(tmp_path):
+    """`zoo compress OTHER --name base --force` over a base others are stored against: `zoo ls` went
+    on saying the fine-tune was an XOR against base@main:lossless (now another model), and `zoo rm
+    base` refused it as the fine-tune's base. Each manifest now holds its bases' commits."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 4), base_name="base")
+    compress_into(store, tuned, "tuned")
+    assert store.resolve("tuned").base["commits"] == {"base@main:lossless": store.resolve("base").commit}
+    listed = zoo_cli("ls", home=home)
+    assert "(XOR of" in listed.stdout and "since" not in listed.stdout
+    assert zoo_cli("compress", write_model(tmp_path / "other", base_tensors(seed=9)), "--name", "base", "--force", home=home).returncode == 0
+    listed = zoo_cli("ls", "--json", home=home)
+    labels = {m["name"]: m["quality_label"] for m in json.loads(listed.stdout)["models"]}
+    assert labels["tuned"].endswith("against base@main:lossless, since replaced)"), labels
+    done = zoo_cli("rm", "base", home=home)  # the model this name holds now is nobody's base
+    assert done.returncode == 0, done.stderr
+    assert "since removed)" in zoo_cli("ls", home=home).stdout
+    assert object_files(home) == named_objects(home)
+    zoo.decompress(store.resolve("tuned").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
+
+
 def test_an_exported_archive_stands_alone(tmp_path):
     home = tmp_path / "zoo"
     store = Store(home)

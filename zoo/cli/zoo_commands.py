@@ -91,13 +91,21 @@ def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional
 
 def ls(as_json: Json = False) -> None:
     """Every model in the zoo, with sizes and quality when known."""
-    from zoo.hub.store import Store, quality_label
+    from zoo.hub.store import Store, base_standing, quality_label
 
     store = Store()
     entries = store.entries()
+    commits = {e.ref: e.commit for e in entries}
+
+    def label(e) -> str:  # noqa: ANN001 - an Entry
+        if not e.base:
+            return quality_label(e)
+        standing = base_standing(e.base, commits)
+        return quality_label(e) + f" (XOR of {e.base['tensors']} tensors against {e.base['ref']}{', ' + standing if standing else ''})"
+
     if as_json:
         print_json({"zoo": store.location, "total_bytes": store.total_bytes(),
-                    "models": [{**e.to_dict(), "quality_label": quality_label(e)} for e in entries]})
+                    "models": [{**e.to_dict(), "quality_label": label(e)} for e in entries]})
         return
     if not entries:
         stderr.print(f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
@@ -106,7 +114,7 @@ def ls(as_json: Json = False) -> None:
     # the objects no other model names (what `zoo rm` of it frees)
     rows = [[e.name, e.revision, e.variant, human_bytes(e.original_bytes), human_bytes(e.stored_bytes),
              human_bytes(e.adds_bytes if e.adds_bytes is not None else e.stored_bytes), f"{e.ratio:.3f}",
-             quality_label(e) + (f" (XOR of {e.base['tensors']} tensors against {e.base['ref']})" if e.base else "")]
+             label(e)]
             for e in entries]
     total = store.total_bytes()
     print_table(f"{store.location}: {human_bytes(total)} in all", ["name", "revision", "variant", "original", "stored", "adds", "ratio", "quality"],

@@ -183,7 +183,8 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
         if decided:
             header["features"] = sorted({*header.get("features", []), "xor"})
             if isinstance(header.get("metadata", {}).get("zoo"), dict):  # so that `zoo doctor` can restore the manifest whole
-                header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided), "needs": needs(base)}
+                header["metadata"]["zoo"]["base"] = {"ref": base.ref, "tensors": sum(len(groups[t]) for t in decided), "needs": needs(base),
+                                                     "commits": commits(base)}
     held = ArchiveFile(shell_path)
     try:
         start = held.payload_start  # the small tensors and runs of bytes the archive holds itself
@@ -202,6 +203,13 @@ def needs(base: Entry) -> list[str]:
     names them too, and was taken for a base of this one."""
     below = base.base or {}
     return sorted({base.ref, *(below.get("needs") or ([below["ref"]] if below.get("ref") else []))})
+
+
+def commits(base: Entry) -> dict[str, str]:
+    """The commit of each model needs(base) names, as the zoo holds it now: `zoo rm` and `zoo ls`
+    tell by it a base since replaced under its name from the one these tensors were stored against."""
+    below = (base.base or {}).get("commits") or {}
+    return {**{ref: commit for ref, commit in below.items() if ref in needs(base)}, base.ref: base.commit}
 
 
 def _depth(level: dict[str, Any]) -> int:

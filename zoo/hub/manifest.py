@@ -109,7 +109,7 @@ class Entry:
     quality: dict[str, Any] | None = None
     files: list[StoredFile] = field(default_factory=list)
     adds_bytes: int | None = None  # what it adds to the zoo: the bytes of the objects no other model names
-    base: dict[str, Any] | None = None  # {"ref", "tensors"}: the model its tensors are stored as XORs against
+    base: dict[str, Any] | None = None  # {"ref", "tensors", "needs", "commits"}: the model its tensors are stored as XORs against
 
     @property
     def ref(self) -> str:
@@ -209,6 +209,9 @@ def check_record(record: Any) -> dict[str, Any]:
                                  and (base.get("needs") is None or isinstance(base["needs"], list)
                                       and all(isinstance(ref, str) for ref in base["needs"]))):
         raise ValueError("'base' is not an object with its ref, tensors and needs")
+    if base is not None and base.get("commits") is not None and not (
+            isinstance(base["commits"], dict) and all(isinstance(value, str) for value in base["commits"].values())):
+        raise ValueError("'base' has commits that are not an object of commits by ref")
     return record
 
 
@@ -255,7 +258,30 @@ def record_of(metadata: dict[str, Any], files: list[StoredFile], name: str, revi
     if isinstance(base, dict) and isinstance(base.get("ref"), str):
         # the model its tensors are stored as XORs against, and every model whose tensors they are against
         record["base"] = {"ref": base["ref"], "tensors": base.get("tensors"), "needs": base.get("needs") or [base["ref"]]}
+        if isinstance(base.get("commits"), dict):
+            record["base"]["commits"] = {ref: commit for ref, commit in base["commits"].items() if isinstance(commit, str)}
     return record
+
+
+def stored_against(base: dict[str, Any] | None, ref: str, commit: str) -> bool:
+    """Whether a model whose manifest says `base` was stored against the model `ref` is now, at
+    `commit`: that is, needs it (`ref` is its base or one its base needs) and was stored against
+    this very model, not one the name held before it was replaced (compress --force) or removed
+    and stored again. Manifests older than the commits held only the refs: those count."""
+    if not isinstance(base, dict) or ref not in (base.get("needs") or [base.get("ref")]):
+        return False
+    pinned = (base.get("commits") or {}).get(ref)
+    return pinned is None or pinned == commit
+
+
+def base_standing(base: dict[str, Any], commits: dict[str, str]) -> str:
+    """'' while the model `base` names is the one it was stored against, else 'since replaced' or
+    'since removed' (`commits`: the commit of every model in the zoo, by ref). Its tensors are
+    whole either way: the objects its XORs need are its own to name."""
+    current = commits.get(base["ref"])
+    if current is None:
+        return "since removed"
+    return "" if stored_against(base, base["ref"], current) else "since replaced"
 
 
 def legacy_records(path: Path) -> dict[str, dict[str, Any]]:

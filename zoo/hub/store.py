@@ -37,7 +37,7 @@ from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component,
-    parse_ref, quality_label, record_names, record_of, refuse_names_not_utf8, variant_match, variant_of,
+    base_standing, parse_ref, quality_label, record_names, record_of, refuse_names_not_utf8, stored_against, variant_match, variant_of,
 )
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
@@ -45,7 +45,7 @@ from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temp
 from zoo.signals import signals_held, stored
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
-__all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "check_name",
+__all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "base_standing", "check_name",
            "check_revision", "git_blob_hasher", "lfs_pointer", "parse_ref", "quality_label", "resolve_archive", "variant_match",
            "variant_of", "zoo_home"]
 
@@ -727,13 +727,14 @@ class Store:
             raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
         chosen = found if every else found[:1]
         with self._locked():
-            refs = {e.ref for e in chosen}
+            refs = {e.ref: e.commit for e in chosen}
             needed: dict[str, set[str]] = {}  # of the models being removed, those others need: by whom
             for _, record in self._all_manifests():
                 ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-                if isinstance(record.get("base"), dict) and ref not in refs:
-                    for base in refs & set(record["base"].get("needs") or [record["base"].get("ref")]):
-                        needed.setdefault(base, set()).add(ref)
+                if ref not in refs:
+                    for base, commit in refs.items():
+                        if stored_against(record.get("base"), base, commit):
+                            needed.setdefault(base, set()).add(ref)
             if needed and not force:
                 needing = sorted(set().union(*needed.values()))
                 one = len(needed) == 1
