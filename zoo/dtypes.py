@@ -113,6 +113,27 @@ def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
     raise InputError(f"dtype {dtype} is not a float type")
 
 
+def _to_f8(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The fp8 codes nearest to `values`, ties to the even code (the even mantissa), the sign kept
+    (so -1e-9 is -0). Past the largest finite value a finite value saturates to it, where IEEE
+    rounding would overflow: a lossy stage must not make an infinity of a large weight. An
+    infinity stays one where the format has them (E5M2) and saturates where it has none (E4M3);
+    NaN stays NaN. The positive codes 0x00 up to the largest finite one count up in magnitude."""
+    magnitudes = table[:0x80]
+    top = int(np.flatnonzero(np.isfinite(magnitudes))[-1])  # E4M3 0x7e (448), E5M2 0x7b (57344)
+    size = np.abs(values)
+    position = np.clip(np.searchsorted(magnitudes[:top + 1], size), 1, top)  # lower and upper: codes position - 1, position
+    below, above = size - magnitudes[position - 1], magnitudes[position] - size
+    codes = np.where(below < above, position - 1, position)
+    codes = np.where(below == above, position & ~1, codes)  # a tie: of two neighbouring codes, the even one
+    codes = np.where(size > magnitudes[top], top, codes)
+    if np.isinf(magnitudes[top + 1]):
+        codes = np.where(np.isinf(size), top + 1, codes)
+    nan = np.flatnonzero(np.isnan(magnitudes))[0]
+    codes = np.where(np.isnan(size), nan, codes)
+    return (codes | (np.signbit(values).astype(np.int64) << 7)).astype(np.uint8)
+
+
 def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     """Raw storage of `dtype` nearest to float32 `values` (round to nearest, ties to even)."""
     values = np.ascontiguousarray(values, dtype=np.float32)
@@ -124,14 +145,7 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # keep NaN a NaN
         return rounded
     if dtype in _F8_VALUES:
-        table = _F8_VALUES[dtype]
-        finite = np.where(np.isfinite(table), table, np.inf)
-        order = np.argsort(finite, kind="stable")
-        ordered = finite[order]
-        position = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
-        lower, upper = ordered[position - 1], ordered[position]
-        nearest = np.where(np.abs(values - lower) <= np.abs(upper - values), position - 1, position)
-        return order[nearest].astype(np.uint8)
+        return _to_f8(values, _F8_VALUES[dtype])
     if dtype == "F16":
         return values.astype("<f2")
     if dtype == "F32":

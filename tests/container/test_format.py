@@ -94,6 +94,27 @@ def test_float_conversions_are_exact_and_round_to_nearest_even():
         assert np.array_equal(again, decoded[finite])
 
 
+@pytest.mark.parametrize("dtype", ["F8_E4M3", "F8_E5M2"])
+def test_fp8_rounds_ties_to_even_and_keeps_the_sign_of_zero(dtype):
+    """The fp8 rounding of every lossy decode (l2, pranc, lowrank, codebook scales): ties went to the
+    lower value (0.060546875, halfway between E4M3 0x17 and 0x18, gave 0x17), and a value within half
+    the smallest subnormal of zero took the sign of the other zero (1e-4 -> -0). Checked against
+    torch's casts, which round to nearest even, at every midpoint and just beside it."""
+    import torch
+
+    table = to_float32(np.arange(256, dtype=np.uint8), dtype)
+    values = np.unique(table[np.isfinite(table)])
+    middles = ((values[1:] + values[:-1]) / 2).astype(np.float32)
+    probes = np.concatenate([values, middles, np.nextafter(middles, np.float32(np.inf)), np.nextafter(middles, np.float32(-np.inf)),
+                             np.array([1e-9, -1e-9, 0.0, -0.0], np.float32)])
+    probes = probes[np.abs(probes) <= values.max()]  # past the largest finite value zoo saturates, where a cast to E5M2 overflows
+    cast = torch.float8_e4m3fn if dtype == "F8_E4M3" else torch.float8_e5m2
+    expected = torch.from_numpy(probes).to(cast).view(torch.uint8).numpy()
+    assert np.array_equal(from_float32(probes, dtype), expected)
+    big = from_float32(np.array([1e30, -1e30, np.nan], np.float32), dtype)
+    assert to_float32(big[:2], dtype).tolist() == [values.max(), -values.max()] and np.isnan(to_float32(big[2:], dtype)[0])
+
+
 def test_a_large_payload_gets_its_header_in_front_without_a_copy(tmp_path, monkeypatch):
     """Past ALIGN_FROM, with no room left for it (Builder.header_room), the header is padded to a
     block boundary and inserted in front of the payload written first; where the file system cannot
