@@ -160,6 +160,9 @@ def test_bad_parameters_and_bad_archives_are_one_line_errors():
     symbols = TypedArray(np.zeros((2, 2), np.int8), "I8")
     with pytest.raises(FormatError, match="step"):
         L2().decode({"symbols": symbols}, {"step": -1.0, "dead_zone": 0.0}, "F32", (2, 2))
+    for meta in ({"step": 1e300, "dead_zone": 0.0}, {"step": 1.0, "dead_zone": 1e39}):  # inf in float32: every weight was NaN
+        with pytest.raises(FormatError, match="step"):
+            L2().decode({"symbols": symbols}, meta, "F32", (2, 2))
     with pytest.raises(FormatError, match="shape"):
         L2().decode({"symbols": symbols}, {"step": 1.0, "dead_zone": 0.0}, "F32", (4,))
     with pytest.raises(PipelineError, match="NaN"):
