@@ -49,6 +49,18 @@ def every_record_on_the_first_chunk(header: dict[str, Any], payload: bytearray) 
     leaf(header)["index_crc32"] = crc32(bytes(payload[offset:offset + count * INDEX_RECORD.size]))
 
 
+def flag_the_first_stream(flags: int) -> Callable[[dict[str, Any], bytearray], None]:
+    """Tensor `w`'s first chunk with its first stream's flags byte set to `flags`, the chunk's and
+    the index's CRCs made right."""
+    def change(header: dict[str, Any], payload: bytearray) -> None:
+        offset, count = leaf(header)["index"]
+        chunk, length, _ = INDEX_RECORD.unpack_from(payload, offset)
+        payload[chunk + 1] = flags  # after the chunk's count of streams
+        INDEX_RECORD.pack_into(payload, offset, chunk, length, crc32(bytes(payload[chunk:chunk + length])))
+        leaf(header)["index_crc32"] = crc32(bytes(payload[offset:offset + count * INDEX_RECORD.size]))
+    return change
+
+
 def deeply_nested(depth: int = 5000) -> bytes:
     """A whole archive whose header nests `depth` lists deep (json.dumps cannot write it)."""
     body = b'{"format":"zoo","files":[],"tensors":{},"metadata":{"deep":' + b"[" * depth + b"]" * depth + b"}}"

@@ -3,6 +3,8 @@ in bounded memory and time, and writes nothing."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from zoo.container.format import MAX_CHUNK_BYTES, PREAMBLE
 from zoo.errors import FormatError, InputError
 
 from tests.conftest import write_safetensors
-from tests.container.forge import deeply_nested, every_record_on_the_first_chunk, forge, leaf, one_huge_chunk
+from tests.container.forge import deeply_nested, every_record_on_the_first_chunk, flag_the_first_stream, forge, leaf, one_huge_chunk
 
 
 @pytest.fixture
@@ -29,6 +31,76 @@ def test_a_chunk_declared_over_the_cap_is_refused_before_decoding(archive, tmp_p
     with pytest.raises(FormatError, match="over the cap"):
         zoo.decompress(forged, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags", [0x81, 0x80, 0x02])
+def test_a_stream_flag_the_format_does_not_define_is_refused(archive, tmp_path, flags):
+    """An unknown flag bit beside the raw bit (0x81) was read as raw: `zoo verify` said ok."""
+    forged = forge(archive, change_payload=flag_the_first_stream(flags))
+    assert [problem for problem in zoo.verify(forged) if f"unknown flags {flags:#x}" in problem], zoo.verify(forged)
+    with pytest.raises(FormatError, match="unknown flags"):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not zoo.verify(forge(archive, change_payload=flag_the_first_stream(0x01)))  # the flag it had: still sound
+
+
+@pytest.fixture
+def viewed(tmp_path):
+    """A torch checkpoint's archive: `a` a stored tensor, `b` a view of two of its rows."""
+    import torch
+
+    weight = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    torch.save({"a": weight, "b": weight[2:4], "c": torch.ones(3)}, tmp_path / "v.bin")
+    zoo.compress(tmp_path / "v.bin", tmp_path / "v.zoo")
+    return tmp_path / "v.zoo"
+
+
+@pytest.mark.parametrize("change", [{"of": "nothing"}, {"offset": 60}, {"stride": [8, -1]}])  # 60: past the end of `a`
+def test_verify_refuses_a_view_that_loading_refuses(viewed, change, tmp_path):
+    """A view lies in no file: `zoo verify` and decompress passed an archive whose view named
+    nothing or ran out of bounds, which `zoo.load_state_dict` then refused."""
+    assert not zoo.verify(viewed)
+    forged = forge(viewed, lambda header: header["tensors"]["b"]["view"].update(change))
+    problems = zoo.verify(forged)
+    assert len(problems) == 1 and "tensor 'b'" in problems[0], problems
+    with pytest.raises(FormatError, match="tensor 'b'"):
+        zoo.load_state_dict(forged)
+
+
+def test_a_stored_tensor_whose_leaf_has_another_shape_is_refused_as_loading_refuses_it(viewed, tmp_path):
+    """Its bytes stream whole, so verify and decompress passed a leaf of shape [3, 1] under a tensor
+    of shape [3], which load_state_dict refuses ("decodes to F32[3, 1], expected F32[3]")."""
+    forged = forge(viewed, lambda header: leaf(header, "c").update(shape=[3, 1]))
+    problems = zoo.verify(forged)
+    assert problems and "decodes to F32[3, 1], expected F32[3]" in problems[0], problems
+    with pytest.raises(FormatError, match="decodes to"):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FormatError, match="decodes to"):
+        zoo.load_state_dict(forged)
+
+
+def rewritten_header(path, change, tmp_path):
+    """`path` with its header's bytes as `change` leaves them, the preamble's CRC and length made right."""
+    data = path.read_bytes()
+    magic, version, _, length = PREAMBLE.unpack_from(data)
+    body = change(data[PREAMBLE.size:PREAMBLE.size + length])
+    forged = tmp_path / "rewritten.zoo"
+    forged.write_bytes(PREAMBLE.pack(magic, version, zlib.crc32(body), len(body)) + body + data[PREAMBLE.size + length:])
+    return forged
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda body: body.replace(b'{"created_by":', b'{"created_by":"another","created_by":', 1), "key 'created_by' twice"),
+    (lambda body: b"\xef\xbb\xbf" + body, "not valid JSON"),  # a byte-order mark: UTF-8 JSON has none
+    (lambda body: body.decode().encode("utf-16"), "not valid JSON"),
+])
+def test_a_header_is_utf8_json_with_unique_keys(archive, tmp_path, change, error):
+    """A header whose object held a key twice was read with the last (another reader may take the
+    first), and one in UTF-16 or behind a byte-order mark was read as if it were UTF-8."""
+    assert not zoo.verify(rewritten_header(archive, lambda body: body + b"   ", tmp_path))  # spaces after it: padding
+    with pytest.raises(FormatError, match=error):
+        zoo.verify(rewritten_header(archive, change, tmp_path))
 
 
 def test_index_records_that_all_point_at_one_chunk_are_refused_before_writing(archive, tmp_path):

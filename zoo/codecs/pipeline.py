@@ -274,11 +274,11 @@ class Pipeline:
                 raise FormatError("chunk stream runs past the end of the chunk")
             data = view[position:position + stored]  # a view: no copy of the stream
             position += stored
+            if flags & ~_RAW:
+                raise FormatError(f"chunk stream has unknown flags {flags:#x}")
             if flags & _RAW:
                 if stored != decoded:
                     raise FormatError("raw chunk stream has the wrong length")
-            elif flags:
-                raise FormatError(f"chunk stream has unknown flags {flags:#x}")
             elif self.bytes_stages:
                 data = self.bytes_stages[0].decode(data, decoded)
             else:

@@ -281,6 +281,20 @@ def write_archive(destination: Path, header: dict[str, Any], parts: list[bytes])
         os.close(descriptor)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with two, a reader that keeps the first and one that
+    keeps the last (Python's) would see two archives in one header."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return found
+
+
 class ArchiveFile:
     """Random access to an archive's header and payload; safe to share between threads.
 
@@ -332,7 +346,9 @@ class ArchiveFile:
         if crc32(body) != header_crc:
             raise ChecksumError(f"{self.path}: archive header is damaged (checksum mismatch)")
         try:
-            header = json.loads(body)
+            header = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)  # bytes would also take UTF-16 and a BOM
+        except _DuplicateKey as duplicate:
+            raise FormatError(f"{self.path}: archive header has the key {duplicate.args[0]!r} twice in one object") from None
         except (ValueError, UnicodeDecodeError):
             raise FormatError(f"{self.path}: archive header is not valid JSON") from None
         except RecursionError:  # zoo writes a few levels; thousands are an attack or damage

@@ -759,6 +759,10 @@ class Archive:
         else:
             leaf, pipeline, what = segment["blob"]["leaf"], self.pipeline_of(segment["blob"].get("pipeline")), f"file {path!r}"
         self._check_leaf_shape(leaf, what)
+        if "tensor" in segment:  # streamed as bytes it would pass where reading the tensor refuses it (read_stored)
+            packed = DTYPES.get(info["dtype"]) and DTYPES[info["dtype"]].bits % 8 and leaf["dtype"] == "U8"  # F4, stored as its bytes
+            if (leaf["dtype"], leaf["shape"]) != (info["dtype"], info["shape"]) and not (packed and leaf_bytes(leaf) == leaf_bytes(info)):
+                raise _fail(self._file, f"{what} decodes to {leaf['dtype']}{leaf['shape']}, expected {info['dtype']}{info['shape']}")
         count, chunk_bytes, decode = self._chunk_decoder(leaf, pipeline, what)
         first, stop = max(0, start - position) // chunk_bytes, position + leaf_bytes(leaf)
         for number in range(first, count):
@@ -880,6 +884,12 @@ class Archive:
                 check(entry, threads)
         for path in self._files:
             problems.extend(f"{path}: {problem}" for problem in found[path])
+        for name, info in self._file.header["tensors"].items():  # views lie in no file: load_state_dict reads them
+            if "view" in info:
+                try:
+                    self.view_layout(name)
+                except ZooError as error:
+                    problems.append(str(error))
         return problems
 
     def _verify_file(self, entry: dict[str, Any], threads: int) -> list[str]:
