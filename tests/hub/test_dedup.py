@@ -208,6 +208,27 @@ def test_a_base_replaced_under_its_name_is_not_taken_for_the_one_a_fine_tune_was
     assert hashes(tmp_path / "out") == hashes(tuned)
 
 
+def test_a_model_whose_tensors_the_zoo_holds_only_as_xors_is_not_stored_whole_again(tmp_path):
+    """A copy of a fine-tune stored as XORs against its base: the zoo held none of its tensors whole,
+    so each was coded whole again, and the copy was skipped as a delta against the fine-tune (the
+    same content key): the whole model again, where it now names the fine-tune's XORs."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 4), base_name="base")
+    compress_into(store, tuned, "tuned")
+    assert store.resolve("tuned").base is not None
+    before = object_files(home)
+    copy = compress_into(store, write_model(tmp_path / "copy", fine_tuned(base_tensors(), 4)), "copy")
+    assert len(object_files(home) - before) == 1, "more than the copy's shell"  # its config.json differs: a new shell
+    assert copy.base["ref"] == "tuned@main:lossless" and object_files(home) == named_objects(home)
+    for name in ("tuned", "base"):
+        assert zoo_cli("rm", name, "--force", home=home).returncode == 0
+    assert zoo.verify(store.resolve("copy").archive) == []
+    zoo.decompress(store.resolve("copy").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out")["model.safetensors"] == hashes(tuned)["model.safetensors"]
+
+
 def test_an_exported_archive_stands_alone(tmp_path):
     home = tmp_path / "zoo"
     store = Store(home)

@@ -130,7 +130,7 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
             if not isinstance(info.get("key"), str) or "leaf" not in root or info["key"] not in sink.written or found is None:
                 continue
             base_info = found[1]
-            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]) or base_info["key"] == info["key"]:
+            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]) or (base_info["key"] == info["key"] and "xor" not in base_info):
                 continue
             groups.setdefault(info["key"], []).append(key)
         decided: dict[str, tuple[dict[str, Any], int]] = {}
@@ -138,6 +138,15 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
         def recode(target: str) -> None:
             first = header["tensors"][groups[target][0]]
             base_key, base_info = base_tensors[first["name"]]
+            if base_info["key"] == target:
+                # The base holds these very bytes, stored as XORs against its own base: the zoo has no
+                # whole object of them, so this build coded one. Name what the base names instead.
+                same = _chain(base_info)
+                for needed in object_names({"tensors": {"t": {"xor": same}}}):
+                    if not sink.link(needed):
+                        raise MissingObjectError(f"its object {needed[:16]}... is missing from the zoo, or damaged")
+                decided[target] = (same, sink.written[target] - sink.reused[_bottom_key(same)])
+                return
             level = {k: base_info[k] for k in ("pipeline", "root", "xor") if k in base_info}
             while _depth(level) >= MAX_XOR_DEPTH:  # never chain deeper: take the tensor at the bottom
                 while "xor" in level:
