@@ -224,6 +224,26 @@ def test_doctor_gives_an_object_back_its_manifest(tiny_model, tmp_path):
     assert not stray.exists() and entry.archive.exists()
 
 
+def test_doctor_tells_a_model_by_its_metadata_however_far_into_its_header(tmp_path):
+    """Header keys are sorted, so `files` and `tensors` come before `metadata`: in a model of many
+    files the name lies past the first 64 KiB, where doctor looked, and every object the model
+    names was reported as `zoo gc`'s before its manifest was given back in the same run."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for shard in range(200):
+        tensors = {f"layers.{shard}.w{i}": ("F32", random_storage("F32", (64, 64), shard * 2 + i)) for i in range(2)}
+        write_safetensors(folder / f"model-{shard:05d}.safetensors", tensors)
+    entry = compress_into(store, folder, "shards")
+    assert entry.archive.read_bytes().find(b'"zoo":{') > 1 << 16
+    store.manifest_path("shards", "main", "lossless").unlink()
+    findings = zoo_cli("doctor", home=home).stdout.strip().splitlines()
+    assert not [line for line in findings if "`zoo gc` removes it" in line], findings[:3]
+    assert any("shards@main:lossless: manifest restored" in line for line in findings), findings[-3:]
+    assert object_files(home) == named_objects(home)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs: a file system that really fills up. Needs the right to mount (root in a

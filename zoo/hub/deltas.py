@@ -130,7 +130,9 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
             if not isinstance(info.get("key"), str) or "leaf" not in root or info["key"] not in sink.written or found is None:
                 continue
             base_info = found[1]
-            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]) or (base_info["key"] == info["key"] and "xor" not in base_info):
+            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]):
+                continue
+            if base_info["key"] == info["key"] and "xor" not in base_info:  # the zoo holds it whole: reused, not coded
                 continue
             groups.setdefault(info["key"], []).append(key)
         decided: dict[str, tuple[dict[str, Any], int]] = {}
