@@ -98,7 +98,11 @@ def not_found(ref: str | os.PathLike[str]) -> str:
     from zoo.hub.store import Store, parse_ref
 
     store = Store()
-    stored = store.entries(parse_ref(str(ref))[0])
+    name, _, variant = parse_ref(str(ref))
+    stored = store.entries(name)
+    if stored and variant is None and all(e.variant != "lossless" for e in stored):
+        listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
+        return f"{ref}: the zoo at {store.location} holds only lossy variants of {name}, {listed}: name one (NAME:VARIANT)"
     if stored:
         listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
         return f"{ref}: no such file, and no such revision or variant in the zoo at {store.location}, which holds {listed} (see `zoo ls`)"
@@ -112,7 +116,7 @@ def zoo_entry(ref: str) -> Any:
 
     if not ref:
         raise InputError("no model given: name a model in the zoo (see `zoo ls`)")
-    found = Store().matches(ref)
+    found = Store().readable(ref)
     if not found:
         raise InputError(not_found(ref))
     return found[0]

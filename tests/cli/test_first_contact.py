@@ -306,7 +306,7 @@ def test_ls_and_quality_tables_fit_80_columns_and_are_plain_lines_when_piped(tin
     assert piped[2].split()[:3] == ["org/a-rather-long-model-name", "main", "truncate:bits=6|bytegroup|zstd:level=3"]
     shown = _visible(ok(zoo_cli("ls", home=home, env={"FORCE_COLOR": "1", "COLUMNS": "80"})).stdout)
     assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown and "┃" in shown
-    info = ok(zoo_cli("info", "org/a-rather-long-model-name", home=home)).stdout
+    info = ok(zoo_cli("info", "org/a-rather-long-model-name:truncate:bits=6|bytegroup|zstd", home=home)).stdout
     assert "quality (weights)" in info and not set("┏┃│━└") & set(info)
 
 

@@ -284,13 +284,15 @@ def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path,
     code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=2", "--name", "tiny-lm",
                              "--max-kl", "10", "--json")
     assert code == 0 and json.loads(out)["kept"] is True, err
-    code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm", "--json")
+    code, out, err = run_cli(monkeypatch, capsys, "info", "tiny-lm")  # its only variant is lossy: named, never taken in its place
+    assert code == 1 and "holds only lossy variants of tiny-lm, tiny-lm@main:truncate:bits=2: name one" in err, err
+    code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm:truncate:bits=2", "--json")
     stored = json.loads(out)["metadata"]["quality"]
     assert stored["kind"] == "causal-lm" and stored["passed"] and stored["gates"] == {"max_kl": 10}
     assert 0 < stored["kl_mean"] == stored["metrics"]["kl_mean"] < 10
     code, out, _ = run_cli(monkeypatch, capsys, "ls", "--json")
     assert "kl_mean" in json.dumps(json.loads(out))
-    again = evaluate("tiny-lm", trained / "causal-lm")  # a zoo name, scored as compress --verify scored it
+    again = evaluate("tiny-lm:truncate:bits=2", trained / "causal-lm")  # a zoo name, scored as compress --verify scored it
     assert again.metrics["kl_mean"] == stored["kl_mean"]
 
 

@@ -237,6 +237,37 @@ def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):
         assert Path(path).read_bytes() == decoded
 
 
+def test_a_model_stored_only_lossy_is_never_served_as_its_bare_name(tiny_model, tmp_path):
+    """With its lossless variant removed, `main` served the lossy one: a script asking for the
+    model got quantized weights it had not asked for. Now only REVISION:VARIANT or its commit
+    reach it, on the server as in the CLI."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/tiny")
+    lossy = compress_into(store, tiny_model, "org/tiny", pipeline="truncate:bits=4")
+    store.remove("org/tiny:lossless")
+    with running_server(store) as url:
+        status, _, body = request(url, "/org/tiny/resolve/main/model.safetensors")
+        assert status == 404 and f"ask for revision 'main:{lossy.variant}'" in body.decode(), body
+        assert request(url, "/api/models/org/tiny")[0] == 404
+        with pytest.raises(RevisionNotFoundError):
+            snapshot_download("org/tiny", endpoint=url, cache_dir=tmp_path / "hf")
+        path = hf_hub_download("org/tiny", "model.safetensors", revision=f"main:{lossy.variant}", endpoint=url, cache_dir=tmp_path / "hf")
+        assert Path(path).read_bytes() != (tiny_model / "model.safetensors").read_bytes()
+        assert request(url, f"/org/tiny/resolve/{lossy.commit}/model.safetensors")[0] == 200
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}
+    done = subprocess.run([sys.executable, "-m", "zoo", "export", "org/tiny", "-o", tmp_path / "out"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "holds only lossy variants of org/tiny" in done.stderr and not (tmp_path / "out").exists()
+    done = subprocess.run([sys.executable, "-m", "zoo", "export", f"org/tiny:{lossy.variant}", "-o", tmp_path / "out"], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+
+
 def test_links_in_a_model_are_served_as_the_files_they_lead_to(tiny_model, tmp_path):
     """The Hub has no links: a link inside the model is listed and downloaded under its own name
     with the bytes of the file it leads to; one to nothing or out of the model is not offered."""

@@ -332,6 +332,17 @@ def variant_match(wanted: str, entry: Entry) -> bool:
         return False
 
 
+def readable(found: list[Entry], ref: str) -> list[Entry]:
+    """Of the entries a ref matches (Store.matches), those a command that reads a model takes it
+    to mean: less the lossy variants where the ref names no variant (nor a lossy variant's commit).
+    A model stored only lossy is then no model by its bare name: its reader (a script on `zoo
+    serve` among them) must name a variant, and never gets quantized weights it did not ask for."""
+    _, revision, variant = parse_ref(ref)
+    if variant is None and not any(e.commit == revision and e.variant != LOSSLESS for e in found):
+        return [e for e in found if e.variant == LOSSLESS]
+    return found
+
+
 def derived_commit(name: str, revision: str, variant: str, files: list[StoredFile]) -> str:
     digest = hashlib.sha1(json.dumps([name, revision, variant, [(f.path, f.served_sha256) for f in files]]).encode())
     return digest.hexdigest()

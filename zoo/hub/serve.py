@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, unquote
 from zoo.container import format as archive_format
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
+from zoo.hub.manifest import LOSSLESS, readable
 from zoo.hub.store import NAME_PATTERN, Entry, Store, StoredFile
 from zoo.allocator import keep_freed_buffers
 
@@ -407,18 +408,29 @@ class ZooApp:
         """`known`: _split_repo has found the repository already (one catalogue query fewer)."""
         if not known and (not NAME_PATTERN.fullmatch(repo) or not self._matches(repo)):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
-        found = self._matches(f"{repo}@{revision}", with_files=True)
+        found = self._readable(f"{repo}@{revision}")
         if not found:
-            raise HubError(404, f"revision {revision!r} of {repo!r} is not in this zoo", "RevisionNotFound")
+            raise HubError(404, f"revision {revision!r} of {repo!r} is not in this zoo{self._only_lossy(repo, revision)}", "RevisionNotFound")
         return found[0]
+
+    def _readable(self, ref: str) -> list[Entry]:
+        """Store.readable, from _matches's memory: a bare revision is the lossless variant, never a
+        lossy one in its place (a script asking for `main` would get quantized weights)."""
+        return readable(self._matches(ref, with_files=True), ref)
+
+    def _only_lossy(self, repo: str, revision: str | None) -> str:
+        lossy = [e for e in self._matches(repo if revision is None else f"{repo}@{revision}") if e.variant != LOSSLESS]
+        return f"; it holds only lossy variants there: ask for revision '{lossy[0].revision}:{lossy[0].variant}'" if lossy else ""
 
     def _default_entry(self, repo: str) -> Entry:
         """What the Hub answers for a repo without a revision, its default branch: `main`, or for a
         model stored under other revisions only, the one the catalogue ranks first (else
         huggingface_hub's repo_exists raises RevisionNotFoundError for a model that is here)."""
-        found = self._matches(repo, with_files=True) if NAME_PATTERN.fullmatch(repo) else []
-        if not found:
+        if not NAME_PATTERN.fullmatch(repo) or not self._matches(repo):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
+        found = self._readable(repo)
+        if not found:
+            raise HubError(404, f"{repo!r} has no lossless variant in this zoo{self._only_lossy(repo, None)}", "RevisionNotFound")
         return found[0]
 
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:

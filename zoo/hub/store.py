@@ -37,7 +37,8 @@ from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component,
-    base_standing, parse_ref, quality_label, record_names, record_of, refuse_names_not_utf8, stored_against, variant_match, variant_of,
+    base_standing, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8, stored_against, variant_match,
+    variant_of,
 )
 from zoo.hub.remote import index_home, is_url
 from zoo.hub.remote.folder import fsync_path
@@ -493,6 +494,10 @@ class Store:
             if (revision is None or revision in (e.revision, e.commit)) and (variant is None or variant_match(variant, e))
         ]
         return sorted(found, key=lambda e: (revision is None and e.revision != DEFAULT_REVISION, variant is None and e.variant != LOSSLESS, -e.created))
+
+    def readable(self, ref: str, with_files: bool = False) -> list[Entry]:
+        """The entries a command that reads a model takes `ref` to mean, best first (manifest.readable)."""
+        return readable(self.matches(ref, with_files), ref)
 
     def resolve(self, ref: str, with_files: bool = False) -> Entry:
         found = self.matches(ref, with_files)
@@ -1202,7 +1207,7 @@ def resolve_archive(ref: str) -> Path | None:
     if not isinstance(ref, str) or not NAME_PATTERN.fullmatch(parse_ref(ref)[0]) or not store.exists():
         return None
     try:
-        found = store.matches(ref)
+        found = store.readable(ref)
     except ZooError:
         return None
     return found[0].archive if found else None
