@@ -16,7 +16,7 @@ import zoo
 import zoo.codecs
 from zoo.codecs.base import ArrayCodec, BytesCodec, Codec, GroupingCodec, LossyCodec
 from zoo.codecs.registry import CODECS, codec_from_config
-from zoo.dtypes import FLOAT_DTYPES, to_float32
+from zoo.dtypes import DTYPES, FLOAT_DTYPES, to_float32
 from zoo.codecs.lossy.codebook import Codebook
 from zoo.codecs.pipeline import Pipeline
 from zoo.errors import FormatError
@@ -124,7 +124,8 @@ def test_array_codecs_leave_dtypes_they_cannot_rebuild_alone(cls, tmp_path):
         for name, (dtype, raw) in tensors.items():
             decoded = archive.read_tensor(name)
             assert decoded.dtype == dtype and decoded.shape == raw.shape, name
-            assert ("stage" in archive.tensor_info(name)["root"]) == (dtype in cls.dtypes), name
+            wider = cls.codec_id != "l2" or DTYPES[dtype].bits > 16  # l2 at target_ratio=2 leaves what takes 16 bits or fewer
+            assert ("stage" in archive.tensor_info(name)["root"]) == (dtype in cls.dtypes and wider), name
             if dtype not in cls.dtypes:
                 assert decoded.data.tobytes() == raw.tobytes(), name
 

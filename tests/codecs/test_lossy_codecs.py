@@ -151,13 +151,26 @@ def test_calibration_lowers_the_layer_output_error():
 
 
 def test_selection_patterns():
-    assert selected("model.layers.0.mlp.up.weight", "BF16", 2, 10)
-    assert not selected("model.layers.0.input_layernorm.weight", "BF16", 2, 10)
-    assert not selected("encoder.layer.0.attention.output.dense.bias", "F32", 2, 10)
-    assert not selected("x.weight", "F32", 1, 10) and not selected("x.weight", "I64", 2, 10)
-    assert selected("a.attn.q.weight", "F32", 2, 10, include="*attn*;*mlp*")
-    assert not selected("a.embed.weight", "F32", 2, 10, include="*attn*;*mlp*")
-    assert not selected("a.Embed.weight", "F32", 2, 10, exclude="*embed*")
+    assert selected("model.layers.0.mlp.up.weight", "BF16", (2, 10))
+    assert not selected("model.layers.0.input_layernorm.weight", "BF16", (2, 10))
+    assert not selected("encoder.layer.0.attention.output.dense.bias", "F32", (2, 10))
+    assert not selected("x.weight", "F32", (10,)) and not selected("x.weight", "I64", (2, 10))
+    assert selected("a.attn.q.weight", "F32", (2, 10), include="*attn*;*mlp*")
+    assert not selected("a.embed.weight", "F32", (2, 10), include="*attn*;*mlp*")
+    assert not selected("a.Embed.weight", "F32", (2, 10), exclude="*embed*")
+
+
+def test_vectors_and_scalars_of_more_dimensions_are_never_selected(tmp_path):
+    """A matrix has two dimensions longer than 1: [1, 100000], [200000, 1] and [1, 1] went through
+    the lossy stages (truncate made a [1, 1] of 4 bytes 60), where the docs promise never vectors
+    or scalars; a ViT's [1, 197, 768] position table is a matrix."""
+    for shape in ((1, 100000), (200000, 1), (1, 1), (1, 1, 768), (4096, 1, 1)):
+        assert not selected("x.weight", "F32", shape), shape
+    assert selected("x.weight", "F32", (1, 197, 768)) and not selected("x.weight", "F32", (0, 16))
+    weights = {"row.weight": ("F32", _matrix(1, 4096, 1)), "one.weight": ("F32", _matrix(1, 1, 2)), "mlp.weight": ("F32", _matrix(32, 48, 3))}
+    source = write_safetensors(tmp_path / "m.safetensors", weights)
+    report = zoo.compress(source, source.with_suffix(".zoo"), "truncate:bits=3")
+    assert {t.name: t.pipeline.startswith("truncate") for t in report.tensors} == {"row.weight": False, "one.weight": False, "mlp.weight": True}
 
 
 def test_include_and_exclude_pick_tensors_in_an_archive(tmp_path):

@@ -268,7 +268,7 @@ class LossyCodec(ArrayCodec):
     def selects(self, name: str, array: TypedArray) -> bool:
         """Matrices and up of the stage's `dtypes`, minus what zoo.codecs.selection always keeps
         lossless (norms, biases, position ids), filtered by the stage's include/exclude patterns."""
-        return array.dtype in self.dtypes and selected(name, array.dtype, array.data.ndim, array.data.size, self.include, self.exclude)
+        return array.dtype in self.dtypes and selected(name, array.dtype, array.data.shape, self.include, self.exclude)
 
     def check_finite(self, values: np.ndarray, name: str) -> np.ndarray:
         """`values`, or an error when they hold NaN or infinity, which no lossy stage stores (a fit

@@ -44,8 +44,10 @@ def check_patterns(include: str | None, exclude: str | None) -> None:
     _compile(exclude)
 
 
-def selected(name: str, dtype: str, ndim: int, size: int, include: str | None = None, exclude: str | None = None) -> bool:
-    if dtype not in FLOAT_DTYPES or ndim < 2 or size == 0:
+def selected(name: str, dtype: str, shape: tuple[int, ...] | list[int], include: str | None = None, exclude: str | None = None) -> bool:
+    """Whether a lossy stage whose patterns are `include` and `exclude` touches this tensor. A matrix
+    is two dimensions longer than 1: [1, 4096] and [4096, 1, 1] are vectors, [1, 1] a scalar."""
+    if dtype not in FLOAT_DTYPES or sum(d > 1 for d in shape) < 2 or 0 in shape:
         return False
     if _ALWAYS is not None and _ALWAYS.match(name):
         return False

@@ -193,7 +193,7 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
     if segment.weight:
         return True
     return pipeline is not None and any(
-        getattr(stage, "include", None) and selected(key, segment.dtype, len(segment.shape), math.prod(segment.shape), stage.include, None)
+        getattr(stage, "include", None) and selected(key, segment.dtype, segment.shape, stage.include, None)
         for stage in pipeline.array_stages)
 
 

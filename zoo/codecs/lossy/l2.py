@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.dtypes import from_float32, to_float32
+from zoo.dtypes import DTYPES, from_float32, to_float32
 from zoo.errors import FormatError, PipelineError
 from zoo.codecs.lossy.deadzone import (LOWEST_BITS, SYMBOL_DTYPES, Plan, blocks, dequantize, quantize_stored,
                                        quantize_with_feedback, step_for_bits, symbols_array)
@@ -54,6 +54,12 @@ class L2(LossyCodec):
               "surveying rates": "tensors", "fitting the budget": "rounds", "tuning roundings": "iterations"}
     target_ratio: float
     tune: int
+
+    def selects(self, name: str, array: TypedArray) -> bool:
+        # The ratio counts from float32: a tensor whose dtype takes no more bits a weight than the
+        # target gives each (F8 at target_ratio=4 or less) would only lose precision, and grew
+        # (an F8 model at target_ratio=2 took 1.8 times its lossless archive).
+        return super().selects(name, array) and DTYPES[array.dtype].bits > 32.0 / self.target_ratio
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Plan:
         from zoo.optimize.rate import allocate  # torch too when calibrating: imported only when a model is surveyed
