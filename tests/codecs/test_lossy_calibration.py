@@ -122,6 +122,20 @@ def test_calibration_needs_a_model_folder_and_readable_text(tiny_llama, tmp_path
     assert not (tmp_path / "x.zoo").exists()
 
 
+def test_calibration_refuses_a_config_that_does_not_describe_the_weights(tiny_llama, tmp_path):
+    """A folder whose config names another model: transformers built that model randomly
+    initialised, and calibration ran it (a bare {"model_type": "bert"} built BERT-base: over ten
+    minutes at 3 GB), statistics of no layer the archive holds, and nothing said so."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_llama, other)
+    (other / "config.json").write_text('{"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, '
+                                       '"intermediate_size": 64}')
+    with pytest.raises(InputError, match=r"weights the model needs are missing from its files"):
+        collect(other, other / "calibration.txt")
+
+
 def test_calibration_inputs_carry_the_special_tokens_real_inputs_have(tiny_llama):
     import transformers
 

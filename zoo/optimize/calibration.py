@@ -192,7 +192,8 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{text_path}: cannot read calibration text ({error.__class__.__name__})") from None
     folder = _model_folder(source)
-    model, tokenizer = load_model(folder, label=f"calibration: {folder}"), load_tokenizer(folder)
+    # most weights, not all: a checkpoint may lack the head its config names, which calibration does not need
+    model, tokenizer = load_model(folder, label=f"calibration: {folder}", require_most_weights=True), load_tokenizer(folder)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     if len(ids) < 16:
         raise InputError(f"{text_path}: calibration text gives only {len(ids)} tokens; give at least a paragraph")

@@ -46,11 +46,13 @@ def first_line(error: BaseException) -> str:
 
 
 def load_model(folder: str | Path, kind: str | None = None, *, masked_lm: bool = False, label: str | None = None,
-               require_all_weights: bool = False) -> Any:
+               require_all_weights: bool = False, require_most_weights: bool = False) -> Any:
     """The model in `folder` in float32, in eval mode. `kind` picks the class transformers builds:
     None for the architecture the config names (its own head included), else one of KINDS (an
     encoder as its bare model, or with its masked-LM head when `masked_lm`). `require_all_weights`
-    refuses a model whose files lack weights the class needs (position ids aside)."""
+    refuses a model whose files lack weights the class needs (position ids aside);
+    `require_most_weights` one whose files hold fewer than half of them (a config that does not
+    describe the files: transformers builds the model it names, randomly initialised)."""
     import torch
     import transformers
 
@@ -78,9 +80,10 @@ def load_model(folder: str | Path, kind: str | None = None, *, masked_lm: bool =
         what = f" as a {kind}" if kind else ""
         raise InputError(f"{label}: transformers cannot load it{what}: {first_line(error)}") from None
     missing = [key for key in info.get("missing_keys", []) if not key.endswith("position_ids")]
-    if require_all_weights and missing:
+    if (require_all_weights and missing) or (require_most_weights and 2 * len(missing) > len(model.state_dict())):
         shown = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
-        raise InputError(f"{label}: {len(missing)} weights the {kind or 'model'} needs are missing from its files ({shown})")
+        of = f" of the {len(model.state_dict())}" if not require_all_weights else ""
+        raise InputError(f"{label}: {len(missing)}{of} weights the {kind or 'model'} needs are missing from its files ({shown})")
     return model.eval()
 
 
