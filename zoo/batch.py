@@ -124,14 +124,17 @@ PROBE_SECONDS = 10.0
 
 
 def _probe(address: str) -> None:
-    """Refuse, in bounded time, a HOST:PORT (or ray://HOST:PORT) where nothing listens: ray.init
+    """Refuse what is no Ray address (ray.init raised "Invalid address format", a bug's message
+    here), and, in bounded time, a HOST:PORT (or ray://HOST:PORT) where nothing listens: ray.init
     waits for such a cluster without end, saying so every 30 seconds."""
     import re
     import socket
 
-    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address)
-    if found is None:  # auto, local, or a form Ray reads itself
+    if address in ("auto", "local"):
         return
+    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/\s]+?)\]?:(\d+)", address)
+    if found is None:  # Ray says "Invalid address format" (after a traceback of its own, for some)
+        raise InputError(f"--ray {address}: not a Ray address: HOST:PORT, ray://HOST:PORT, auto or local")
     host, port = found[1], int(found[2])
     if not 0 < port < 65536:
         raise InputError(f"--ray {address}: {port} is no port (1 to 65535)")

@@ -199,6 +199,10 @@ def test_compress_dash_o_a_file_url_writes_at_that_path(tmp_path):
     (tmp_path / "work").mkdir()
     done = ok(zoo_cli("compress", weights, "-o", f"file://{tmp_path / 'there'}/", cwd=tmp_path / "work"))
     assert list((tmp_path / "work").iterdir()) == [] and (tmp_path / "there" / "w.zoo").is_file(), done.stderr
+    # what a URL cannot take yet is refused for that reason (it said "with several SOURCEs or --ray", of one SOURCE)
+    done = zoo_cli("compress", weights, "--include", "a", "-o", f"file://{tmp_path / 'there'}/x.zoo")
+    assert (done.returncode, done.stderr) == (1, "error: --include is not available with an -o URL yet: write the archive to a local "
+                                                 "path, then copy it\n")
 
 
 def test_an_archive_given_as_the_model_is_refused_in_words(one_file_archive, tmp_path):
@@ -244,3 +248,42 @@ def test_a_sweep_says_each_warning_once(tmp_path):
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert done.returncode == 0 and len(warned) == 2 and len(set(warned)) == 2, done.stderr
     assert all("zoo-eval-" not in line for line in warned)
+
+
+def test_decompress_says_which_files_it_checked(tmp_path):
+    """Of a lossy archive it said "every lossless file matches its sha256" where none was lossless."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (64, 64), 1))})
+    ok(zoo_cli("compress", weights, "-o", tmp_path / "lossy.zoo", "-p", "truncate:bits=3"))
+    done = ok(zoo_cli("decompress", tmp_path / "lossy.zoo", "-o", tmp_path / "out"))
+    assert done.stdout.endswith(", 1 file decoded from lossy stages, none bit-exact\n"), done.stdout
+    ok(zoo_cli("compress", weights, "-o", tmp_path / "exact.zoo"))
+    done = ok(zoo_cli("decompress", tmp_path / "exact.zoo", "-o", tmp_path / "again"))
+    assert done.stdout.endswith(", every file matches its sha256\n"), done.stdout
+
+
+def test_an_empty_source_or_output_is_refused_never_the_current_folder(tmp_path):
+    """`zoo compress "$A" "$B"` with B unset compressed the current folder beside A ("" is Path(".")),
+    and `zoo export NAME -o ""` wrote into it, with --force over the user's files."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (16, 16), 1))})
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text('{"mine": 1}')
+    home = tmp_path / "zoo"
+    for args in ([weights, "", "-o", tmp_path / "out/"], ["", weights, "-o", tmp_path / "out/"], [weights, "", "--force"]):
+        done = zoo_cli("compress", *args, cwd=work, home=home)
+        assert (done.returncode, done.stderr) == (1, "error: an empty SOURCE among them: name a folder, a file or a hub id (an unset "
+                                                     "variable?)\n"), done.stderr
+    assert not (tmp_path / "out").exists() and not home.exists()
+    ok(zoo_cli("compress", weights, "--name", "w", home=home))
+    for args in (["-o", ""], ["-o", "", "--force"], ["-o", "", "--archive"]):
+        done = zoo_cli("export", "w", *args, cwd=work, home=home)
+        assert (done.returncode, done.stderr) == (1, "error: --output is empty\n"), done.stderr
+    assert [p.name for p in work.iterdir()] == ["config.json"] and (work / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_zoo_debug_set_to_a_no_shows_no_traceback(tmp_path):
+    """ZOO_DEBUG=0 printed a 46-line traceback: any value turned it on."""
+    for value, lines in (("0", 1), ("no", 1), ("false", 1), ("", 1), ("1", None)):
+        done = zoo_cli("info", tmp_path / "nothere.zoo", env={"ZOO_DEBUG": value}, home=tmp_path / "zoo")
+        assert done.returncode == 1
+        assert (done.stderr.count("\n") == 1) if lines else "Traceback" in done.stderr, (value, done.stderr)

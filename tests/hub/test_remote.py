@@ -41,6 +41,27 @@ def test_open_storage_chooses_by_location(tmp_path: Path) -> None:
     assert is_url("s3://bucket/prefix") and is_url("gs://bucket") and not is_url("C:/models") and not is_url("models/a")
 
 
+@pytest.mark.parametrize("url, error", [
+    ("https://zoo.invalid/team", "zoo cannot keep a zoo over https"),  # verify and doctor said ok of a host never reached
+    ("foo://x", "Protocol not known: foo"),  # was "unexpected ValueError (a bug in zoo)"
+    ("s3://", "the URL names no bucket or folder"),  # was the local folder `s3:`
+])
+def test_a_url_no_zoo_can_live_at_is_one_error(url: str, error: str, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=error):
+        open_storage(url)
+    for command in (["ls"], ["verify"], ["doctor"]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *command], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "ZOO_HOME": url, "ZOO_INDEX_HOME": str(tmp_path / "indexes")}, check=False)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and error in done.stderr, (command, done.stderr)
+
+
+def test_an_archive_url_without_a_folder_is_refused(tmp_path: Path) -> None:
+    """`-o foo://x.zoo`: the archive's folder `foo:/` was taken for a local folder, made and written."""
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", ROOT / "README.md", "-o", "foo://x.zoo"], capture_output=True,
+                          text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 1 and "the URL names no bucket or folder" in done.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_put_if_absent_read_and_ranges(storage: Storage, tmp_path: Path) -> None:
     data = os.urandom(100_000)
     key = f"objects/sha256/ab/{hashlib.sha256(data).hexdigest()}.zoo"

@@ -9,6 +9,11 @@ import sys
 import warnings
 
 
+def debugging() -> bool:
+    """ZOO_DEBUG set to anything but empty, 0, no, false or off (any case): tracebacks are shown."""
+    return os.environ.get("ZOO_DEBUG", "").strip().lower() not in ("", "0", "no", "false", "off")
+
+
 def _one_line(text: str) -> str:
     """`text` with its control characters written as escapes (a newline in a file's name is \\n):
     an error or a warning is one line on stderr, whatever the names in it hold. Letters of any
@@ -24,7 +29,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     per pipeline, and said the same thing each time); anyone else's as Python shows them."""
     from zoo.errors import ZooWarning
 
-    if issubclass(category, ZooWarning) and not os.environ.get("ZOO_DEBUG"):
+    if issubclass(category, ZooWarning) and not debugging():
         text = _one_line(f"warning: {message}")
         if text not in _shown:
             _shown.add(text)
@@ -88,12 +93,12 @@ def main() -> None:
     try:
         _run()
     except ZooError as error:
-        if os.environ.get("ZOO_DEBUG"):
+        if debugging():
             raise
         print(_one_line(f"error: {error}"), file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
-        if os.environ.get("ZOO_DEBUG"):
+        if debugging():
             raise
         from zoo.cli.output import StdoutError
 
@@ -102,12 +107,12 @@ def main() -> None:
         print(_one_line(f"error: {stdout}{error.strerror or error}{where}"), file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
-        if os.environ.get("ZOO_DEBUG"):
+        if debugging():
             raise
         print(_one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:
-        if os.environ.get("ZOO_DEBUG") or error.name not in EXTRAS:
+        if debugging() or error.name not in EXTRAS:
             raise
         print(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'", file=sys.stderr)
         sys.exit(1)
@@ -124,7 +129,7 @@ def main() -> None:
                     stream.flush()
         os._exit(stopped.status)
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
-        if os.environ.get("ZOO_DEBUG"):
+        if debugging():
             raise
         print(_one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"),
               file=sys.stderr)

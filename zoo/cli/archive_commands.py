@@ -88,15 +88,17 @@ def compress(
     # app._GivenPath makes of paths is made here
     if output is not None and not output:
         raise InputError("--output is empty")
+    if not typed or not all(more or []):  # Path("") is the current folder: an unset variable would compress it
+        raise InputError("no model given: name a folder, a file or a hub id" if not more else
+                         "an empty SOURCE among them: name a folder, a file or a hub id (an unset variable?)")
     if more or ray is not None or (output is not None and is_url(output)):  # a URL is written by the batch's workers, Ray or not
         unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,
                        "--min-cosine": min_cosine, "--max-ppl-ratio": max_ppl_ratio, "--include": include, "--exclude": exclude,
                        "--follow-links": follow_links, "--verbose": verbose}
+        why = "several SOURCEs" if more else "--ray" if ray is not None else "an -o URL"
         _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
-                        [flag for flag, value in unsupported.items() if value])
+                        [flag for flag, value in unsupported.items() if value], why)
         return
-    if not typed:  # Path("") is the current folder
-        raise InputError("no model given: name a folder, a file or a hub id")
     if output is not None and output.endswith(("/", os.sep)):  # `-o out/`: into that folder, as with several SOURCEs
         output = output + archive_name(typed)
     destination = None if output is None else Path(output)
@@ -153,21 +155,24 @@ def compress(
 
 
 def _compress_batch(sources: list[str], output: Optional[str], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                    as_json: bool, ray: Optional[str], unsupported: list[str]) -> None:
-    """Several SOURCEs, or --ray: zoo.batch runs one task per model; a line per model as it lands."""
+                    as_json: bool, ray: Optional[str], unsupported: list[str], why: str) -> None:
+    """Several SOURCEs, --ray or an -o URL (`why`): zoo.batch runs one task per model; a line per
+    model as it lands."""
     from zoo import batch
     from zoo.errors import InputError
     from zoo.hub.remote import is_url
 
     if unsupported:
-        raise InputError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not available with several SOURCEs or "
-                         "--ray yet: compress such a model on its own")
+        alone = "write the archive to a local path, then copy it" if why == "an -o URL" else "compress such a model on its own"
+        raise InputError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not available with {why} yet: {alone}")
     if name is not None and len(sources) > 1:
         raise InputError("--name names one model: with several SOURCEs each is named after its folder")
     names = [name] if name is not None else None
     destination = output
     if output is not None and len(sources) == 1 and output.endswith(".zoo"):  # `-o model.zoo`: that archive, not a folder
         folder, _, file = output.rpartition("/") if is_url(output) else (str(Path(output).parent), "", Path(output).name)
+        if is_url(output) and not is_url(folder):  # foo://x.zoo: the folder "foo:/" was taken for a local one
+            raise InputError(f"{output}: the URL names no bucket or folder for the archive (s3://BUCKET/x.zoo)")
         destination, names = folder, [file]
 
     def landed(result: batch.Landed) -> None:
@@ -246,8 +251,11 @@ def decompress(
     if as_json:
         print_json({"output": str(output), "files": report.files, "original_bytes": report.original_bytes, "seconds": report.seconds})
     else:
-        stdout.print(f"{output}: {count(len(report.files), 'file')}, {human_bytes(report.original_bytes)}, every lossless file matches its sha256",
-                     highlight=False)
+        lossy = sum(not entry.get("lossless") for entry in report.files)
+        checked = ("every file matches its sha256" if not lossy else
+                   f"{count(lossy, 'file')} decoded from lossy stages, none bit-exact" if lossy == len(report.files) else
+                   f"every lossless file matches its sha256; {count(lossy, 'file')} decoded from lossy stages")
+        stdout.print(f"{output}: {count(len(report.files), 'file')}, {human_bytes(report.original_bytes)}, {checked}", highlight=False)
 
 
 def info(archive: ArchiveArg, as_json: Json = False) -> None:

@@ -153,8 +153,11 @@ def export(
 ) -> None:
     """Write a stored model out as a plain Hugging Face folder (bit-exact for lossless variants)."""
     from zoo import api
+    from zoo.errors import InputError
     from zoo.refs import zoo_entry
 
+    if not output:  # text, for its trailing `/`: "" would be the current folder (an unset variable), as compress -o refuses it
+        raise InputError("--output is empty")
     entry = zoo_entry(ref)
     if archive:
         if output.endswith(("/", os.sep)):  # into that folder, as compress -o DIR/ writes

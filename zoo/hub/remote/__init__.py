@@ -43,13 +43,22 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return isinstance(location, str) and bool(_URL.match(location))
 
 
+READ_ONLY_PROTOCOLS = ("http", "https", "hf", "github", "zip", "tar", "libarchive")  # fsspec's, that no zoo can live on
+
+
 def open_storage(location: str | os.PathLike[str], **options: Any) -> Storage:
     """The storage at `location`: a folder path or file:// URL (a LocalFolder, with its flock and
     renames), or any other fsspec URL. `options` go to the fsspec file system."""
     if is_url(location):
         text = str(location)
+        protocol, _, rest = text.partition("://")
+        if not rest.strip("/"):
+            raise StorageError(f"{text}: the URL names no bucket or folder")
         if text.startswith("file://"):
             return LocalFolder(text[len("file://"):])
+        if protocol.lower() in READ_ONLY_PROTOCOLS:  # fsspec reads them, listing links in HTML pages, and writes nothing
+            raise StorageError(f"{text}: zoo cannot keep a zoo over {protocol}, which cannot be listed or written; a zoo "
+                               "lives in a folder or a bucket (s3://...), and `zoo serve` hands one out over HTTP")
         return FsspecStorage(text, **options)
     return LocalFolder(location)
 

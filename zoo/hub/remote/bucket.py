@@ -68,6 +68,8 @@ class FsspecStorage(Storage):
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **{**storage_options(protocol), **options})
         except ImportError as error:
             raise StorageError(f"{url}: {error} (pip install 'zoo[cloud]')") from None
+        except ValueError as error:  # "Protocol not known: foo"
+            raise StorageError(f"{url}: {error}") from None
         self.root = self.root.rstrip("/")
         self.part_bytes = PART_BYTES
         self._bucket_seen = protocol not in BUCKET_PROTOCOLS  # a folder that is not there yet is an empty zoo
