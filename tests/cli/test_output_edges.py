@@ -287,3 +287,12 @@ def test_zoo_debug_set_to_a_no_shows_no_traceback(tmp_path):
         done = zoo_cli("info", tmp_path / "nothere.zoo", env={"ZOO_DEBUG": value}, home=tmp_path / "zoo")
         assert done.returncode == 1
         assert (done.stderr.count("\n") == 1) if lines else "Traceback" in done.stderr, (value, done.stderr)
+
+
+def test_options_that_do_nothing_here_are_noted(tmp_path):
+    """--name with -o was dropped, and --calib with a lossless pipeline never read, without a word."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (16, 16), 1))})
+    (tmp_path / "calib.txt").write_text("some text")
+    done = ok(zoo_cli("compress", weights, "-o", tmp_path / "w.zoo", "--name", "org/w", "--calib", tmp_path / "calib.txt"))
+    assert "note: --name names a model in the zoo; an archive written with -o is known by its path\n" in done.stderr
+    assert "note: --calib tunes lossy stages; this pipeline has none, so the calibration text is not read\n" in done.stderr

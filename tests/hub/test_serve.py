@@ -211,6 +211,11 @@ def test_bearer_token(tiny_model, tmp_path):
         assert request(url, "/org/tiny/resolve/main/config.json", headers={"Authorization": "Bearer wrong"})[0] == 401
         status, _, body = request(url, "/org/tiny/resolve/main/config.json", headers={"Authorization": "Bearer s3cret"})
         assert status == 200 and body == (tiny_model / "config.json").read_bytes()
+    from zoo.errors import ZooError
+
+    for unsendable in (" ", "s3 cret", "ü"):  # accepted, then every request got 401
+        with pytest.raises(ZooError, match="visible ASCII"):
+            make_server(store, token=unsendable)
 
 
 def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):

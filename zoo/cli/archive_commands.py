@@ -79,6 +79,7 @@ def compress(
     from zoo import api
     from zoo.batch import archive_name
     from zoo.cli.zoo_commands import compress_elsewhere
+    from zoo.codecs.pipeline import Pipeline
     from zoo.container.format import refuse_an_archive
     from zoo.errors import InputError
     from zoo.hub.remote import is_url
@@ -114,6 +115,9 @@ def compress(
         _compress_to_budget(source, destination, budget, pipeline, calib, base, threads, force, gated, as_json)
         return
     into_zoo = destination is None  # there --base names a stored model, and the result is bit-exact (XORs)
+    if calib is not None and Pipeline.parse(pipeline).lossless:
+        stderr.print("note: --calib tunes lossy stages; this pipeline has none, so the calibration text is not read", markup=False,
+                     highlight=False)
     check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, None if into_zoo else base, quiet=as_json,
                           pipeline=pipeline, label="the compressed model" if into_zoo else output)
     options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
@@ -149,6 +153,9 @@ def compress(
     print_compressed(report, as_json, verbose, destination)
     if no_delta:
         stderr.print("note: --no-delta applies to the zoo; an archive written with -o holds no XORs", markup=False, highlight=False)
+    if name is not None:
+        stderr.print("note: --name names a model in the zoo; an archive written with -o is known by its path", markup=False,
+                     highlight=False)
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
                      "dtype and shape, so the archive does not need it", markup=False, highlight=False)

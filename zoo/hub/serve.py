@@ -972,6 +972,8 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
     Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
     of the socket."""
+    if token and not all("!" <= c <= "~" for c in token):  # a client sends it in a header: visible ASCII, no spaces
+        raise ZooError("the token must be visible ASCII characters without spaces: no client could send this one")
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         listener = socket.socket(family, kind, protocol)
