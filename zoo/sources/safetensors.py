@@ -12,13 +12,15 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from zoo.dtypes import DTYPES, array_fits
 from zoo.errors import InputError
 from zoo.sources.segments import Segment
 
 MAX_HEADER = 100 << 20
 MAX_TENSORS = 262_144  # the largest real checkpoints hold a few ten thousand per file
-MAX_RANK = 32  # numpy's own limit on older versions; no real tensor comes near it
+MAX_RANK = 64 if int(np.__version__.split(".")[0]) >= 2 else 32  # numpy's limit (32 before 2.0), the format's (64)
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
