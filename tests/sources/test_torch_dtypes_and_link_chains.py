@@ -258,3 +258,19 @@ def test_tied_weights_and_views_share_memory_as_torch_load_gives_them(tmp_path):
     assert len(set(ours.values())) == len(set(theirs.values())) == 2
     assert all((ours[a] == ours[b]) == (theirs[a] == theirs[b]) for a in ours for b in ours)
     assert state["lm_head.weight"].data_ptr() == state["embed.weight"].data_ptr()
+
+
+def test_a_tied_weight_kept_exact_keeps_the_storage_it_shares_exact(tmp_path):
+    """lm_head.weight tied to the embedding (one storage) came back lossy under
+    exclude=lm_head*: the stage looked only at the storage's own name."""
+    torch.manual_seed(0)
+    embedding = torch.randn(256, 64)
+    torch.save({"transformer.wte.weight": embedding, "h.0.mlp.weight": torch.randn(64, 64), "lm_head.weight": embedding},
+               tmp_path / "tied.bin")
+    zoo.compress(tmp_path / "tied.bin", tmp_path / "t.zoo", "codebook:bits=4,exclude=lm_head*")
+    original, loaded = torch.load(tmp_path / "tied.bin"), zoo.load_state_dict(tmp_path / "t.zoo")
+    assert torch.equal(loaded["lm_head.weight"], original["lm_head.weight"])
+    assert torch.equal(loaded["transformer.wte.weight"], original["transformer.wte.weight"])
+    assert not torch.equal(loaded["h.0.mlp.weight"], original["h.0.mlp.weight"])  # the stage still codes what it may
+    zoo.compress(tmp_path / "tied.bin", tmp_path / "all.zoo", "codebook:bits=4")  # nothing excluded: the shared storage is coded
+    assert not torch.equal(zoo.load_state_dict(tmp_path / "all.zoo")["lm_head.weight"], original["lm_head.weight"])

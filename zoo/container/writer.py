@@ -189,7 +189,14 @@ def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | N
 
 def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
     """Whether lossy stages may see a tensor: model weights, and other tensors (optimizer moments)
-    only where a stage's own include pattern names them."""
+    only where a stage's own include pattern names them; and not where a stage would touch it but
+    not a tensor that views it (a tied lm_head that exclude= or the always-lossless names keep
+    exact came back lossy as the embedding it shares)."""
+    if pipeline is not None and segment.viewed_as and any(
+            selected(key, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
+            and not selected(name, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
+            for stage in pipeline.array_stages for name in segment.viewed_as):
+        return False
     if segment.weight:
         return True
     return pipeline is not None and any(

@@ -19,6 +19,9 @@ class Segment:
     shape: tuple[int, ...] = ()
     weight: bool = True  # False: optimizer moments and the like, never selected by a lossy stage on its own
     storage: bool = False  # a torch storage that no tensor of the checkpoint covers whole (named for one, or for its key)
+    # The names of the checkpoint's tensors that view this one (tied weights, slices): a lossy stage
+    # touches it only where it would touch each of them (exclude=lm_head* keeps a tied lm_head exact)
+    viewed_as: tuple[str, ...] = ()
 
 
 @dataclass

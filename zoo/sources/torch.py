@@ -293,6 +293,7 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
                 continue  # torch would refuse it too; its bytes are kept all the same
             views.append({"name": tensor.name, "of": segment.tensor, "dtype": dtype, "shape": list(_zoo_shape(tensor)),
                           "stride": list(tensor.stride), "offset": tensor.offset})
+            segment.viewed_as += (tensor.name,)
             kept.add(tensor.name)
     left = [tensor for tensor in tensors if tensor.name not in kept and not (tensor.dtype == "F4" and not tensor.shape)]
     if left:  # (a 0-d F4 tensor was named above)
