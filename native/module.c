@@ -268,6 +268,10 @@ static PyObject *philox_uniform(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "count must be at least 0 and offset + count at most 2**64");
         return NULL;
     }
+    if (count > PY_SSIZE_T_MAX / 4) { /* 4 * count wrapped to a small buffer, written past its end */
+        PyErr_SetString(PyExc_ValueError, "array is too big");
+        return NULL;
+    }
     char *data = NULL;
     PyObject *result = new_bytearray(4 * (size_t)count, &data);
     if (!result) return NULL;

@@ -106,15 +106,39 @@ def test_a_mistyped_name_or_framework_is_the_callers_mistake_said_at_once(model)
                 read()
 
 
-@pytest.mark.parametrize("device", ["bogus", "cpu:x"] + ([] if torch.cuda.is_available() else ["cuda"]))
+@pytest.mark.parametrize("device", ["bogus", "cpu:x", ""] + ([] if torch.cuda.is_available() else ["cuda", 0]))
 def test_a_device_torch_cannot_use_is_one_zoo_error(model, device, monkeypatch):
+    # 0 and "" were taken for no device (tensors on the CPU), where torch reads 0 as the first accelerator
     path, _ = model
-    with pytest.raises(InputError, match=f"device '{device}': "):
+    with pytest.raises(InputError, match=f"device {device!r}: "):
         zoo.load_state_dict(path, device=device)
     # said before any tensor is decoded
     monkeypatch.setattr("zoo.container.reader.Archive.read_tensors", lambda *args: pytest.fail("decoded first"))
-    with pytest.raises(InputError, match=f"device '{device}': "):
+    with pytest.raises(InputError, match=f"device {device!r}: "):
         zoo.load_state_dict(path, device=device)
+
+
+def test_fp8_formats_numpy_lacks_come_to_numpy_as_their_float_values(tmp_path):
+    """F8_E4M3FNUZ, F8_E5M2FNUZ and F8_E8M0 came to numpy as their codes (uint8), where the
+    docstring promises fp8 as exact float32, as E4M3 and E5M2 come."""
+    from safetensors.torch import save_file
+
+    codes = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
+    dtypes = {"fnuz43": torch.float8_e4m3fnuz, "fnuz52": torch.float8_e5m2fnuz, "e8m0": torch.float8_e8m0fnu}
+    save_file({name: codes.clone().view(dtype) for name, dtype in dtypes.items()}, tmp_path / "f8.safetensors")
+    zoo.compress(tmp_path / "f8.safetensors", tmp_path / "f8.zoo")
+    with zoo.open(tmp_path / "f8.zoo") as archive:
+        for name, dtype in dtypes.items():
+            expected = codes.view(dtype).float().numpy()
+            for values in (archive.get_tensor(name), archive.get_slice(name, "np")[2:5]):
+                wanted = expected if values.shape == expected.shape else expected[2:5]
+                assert values.dtype == np.float32 and np.array_equal(values, wanted, equal_nan=True), name
+
+
+def test_a_star_import_leaves_the_builtin_open_alone():
+    names: dict = {}
+    exec("from zoo import *", names)  # noqa: S102 - what a user's script does
+    assert "open" not in names and "load_state_dict" in names and "open" in dir(zoo)
 
 
 def test_an_empty_name_is_no_archive_not_the_current_folder(tmp_path, monkeypatch):
@@ -278,6 +302,26 @@ def test_decompress_never_replaces_the_archive_it_reads(tmp_path):
     assert (tmp_path / "elsewhere" / "packed.zoo").read_bytes() == (model / "packed.zoo").read_bytes()
 
 
+def test_an_archive_never_replaces_its_own_base_and_an_empty_output_is_refused(tmp_path, monkeypatch):
+    """compress(..., base=X, destination=X, force=True) replaced the base with an archive that
+    needs it: neither could be read again. And decompress(archive, "") wrote into the current
+    folder, which the CLI refuses as an empty -o."""
+    base = write_safetensors(tmp_path / "base.safetensors", {"w.weight": ("F32", random_storage("F32", (32, 32), 1))})
+    tuned = write_safetensors(tmp_path / "tuned.safetensors", {"w.weight": ("F32", random_storage("F32", (32, 32), 2))})
+    zoo.compress(base, tmp_path / "base.zoo")
+    kept = (tmp_path / "base.zoo").read_bytes()
+    for given in (tmp_path / "base.zoo", str(tmp_path / "base.zoo")):
+        with pytest.raises(InputError, match="output would overwrite its own base model"):
+            zoo.compress(tuned, tmp_path / "base.zoo", "truncate:bits=8", base=given, force=True)
+    assert (tmp_path / "base.zoo").read_bytes() == kept
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="no output given"):
+        zoo.decompress(tmp_path / "base.zoo", "")
+    with pytest.raises(InputError, match="no output given"):
+        zoo.compress(base, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "base.zoo", "tuned.safetensors"]
+
+
 def test_a_glob_given_as_a_string_is_one_pattern(tmp_path):
     """include="*.json" was read a character at a time, and its "*" took every file of the model."""
     folder = tmp_path / "model"
@@ -298,3 +342,10 @@ def test_a_pipeline_that_is_not_spec_text_is_named_as_such(tmp_path, pipeline):
                                            rf"not {type(pipeline).__name__}"):
         zoo.compress(source, tmp_path / "w.zoo", pipeline)
     assert not (tmp_path / "w.zoo").exists()
+
+
+def test_a_file_the_archive_lacks_is_the_callers_mistake(model):
+    """read_file of a path the archive does not hold raised FormatError, the class of a damaged archive."""
+    path, _ = model
+    with zoo.open(path) as opened, pytest.raises(InputError, match="archive holds no file 'nope'"):
+        opened.read_file("nope")

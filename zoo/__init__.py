@@ -19,7 +19,12 @@ _EXPORTS = {
     "Report": ("api", "Report"),
     "ZooError": ("errors", "ZooError"),
 }
-__all__ = [*_EXPORTS, "__version__"]
+# zoo.open is called as such: a star import would put it in the place of the built-in open()
+__all__ = [*(name for name in _EXPORTS if name != "open"), "__version__"]
+
+
+def __dir__() -> list[str]:  # help(zoo) and completion see the names that load on first use
+    return sorted({*globals(), *_EXPORTS})
 
 
 def __getattr__(name: str) -> Any:

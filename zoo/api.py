@@ -359,9 +359,14 @@ def compress(
     sources = scan(source, include, exclude, follow_links)
     if check_sources is not None:
         check_sources(sources)
+    if not os.fspath(destination):  # Path("") is the current folder
+        raise InputError("no output given: name the archive to write")
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
+    if isinstance(base, (str, os.PathLike)) and os.fspath(base) and destination.resolve() == Path(base).resolve():
+        # the archive would need the base it replaced: neither could be read again
+        raise InputError(f"{destination}: output would overwrite its own base model")
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
     builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
@@ -571,8 +576,8 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
-    if device:
-        check_device(str(device))  # before any tensor is decoded
+    if device is not None:  # 0 is the first accelerator, as torch reads it
+        check_device(device)  # before any tensor is decoded
     with _open(source, base) as opened:
         opened.require_base()
         files = {entry["path"]: entry for entry in opened.files()}
@@ -752,6 +757,8 @@ def decompress(
     an archive made with `compress(base=...)` needs. `progress(bytes)` may be called from
     several threads at once (a sharded model's files are written side by side)."""
     started = time.perf_counter()
+    if not os.fspath(destination):  # Path("") is the current folder
+        raise InputError("no output given: name the folder to write the model into")
     destination = Path(destination)
     workers = resolve_threads(threads)
     with _open(archive, base, read_once=True) as opened:

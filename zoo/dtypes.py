@@ -100,6 +100,26 @@ def _f8_table(exponent_bits: int) -> np.ndarray:
 _F8_VALUES = {"F8_E4M3": _f8_table(4), "F8_E5M2": _f8_table(5)}
 
 
+def _fnuz_table(exponent_bits: int) -> np.ndarray:
+    """float32 value of each code of a "fnuz" fp8 format (finite, no negative zero: 0x80 is the one
+    NaN), whose exponent bias is one more than the IEEE-like formats'."""
+    mantissa_bits = 7 - exponent_bits
+    bias = 1 << (exponent_bits - 1)
+    codes = np.arange(256, dtype=np.int64)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    magnitude = np.where(exponent == 0, mantissa / (1 << mantissa_bits) * np.exp2(1.0 - bias),
+                         (1.0 + mantissa / (1 << mantissa_bits)) * np.exp2(exponent.astype(np.float64) - bias))
+    values = np.where(codes & 0x80, -magnitude, magnitude)
+    values[0x80] = np.nan
+    return values.astype(np.float32)
+
+
+_E8M0_VALUES = np.append(np.exp2(np.arange(255.0) - 127).astype(np.float32), np.float32(np.nan))  # a power of two per code, 0xff NaN
+# fp8 formats zoo reads (to float32) but no lossy stage writes
+_READ_ONLY_F8 = {"F8_E4M3FNUZ": _fnuz_table(4), "F8_E5M2FNUZ": _fnuz_table(5), "F8_E8M0": _E8M0_VALUES}
+
+
 def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
     """The float32 values of a raw float storage array (exact for every float type but F64). With
     copy=False, F32 storage comes back as it is, for callers that only read it (a copy is the tensor
@@ -108,6 +128,8 @@ def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if dtype in _F8_VALUES:
         return _F8_VALUES[dtype][raw]
+    if dtype in _READ_ONLY_F8:
+        return _READ_ONLY_F8[dtype][raw]
     if dtype in ("F16", "F32", "F64"):
         return raw.astype(np.float32, copy=copy)
     raise InputError(f"dtype {dtype} is not a float type")

@@ -44,7 +44,7 @@ def _whole(array: np.ndarray) -> bool:
 
 
 @functools.cache
-def check_device(device: str) -> None:
+def check_device(device: Any) -> None:
     """Raise InputError unless torch can put tensors on `device` (a typo, or CUDA on a machine
     without it), in torch's words, rather than torch's own exception."""
     import torch
@@ -56,11 +56,11 @@ def check_device(device: str) -> None:
         raise InputError(f"device {device!r}: {reason}") from None
 
 
-def to_torch(array: TypedArray, device: str | None = None) -> Any:
+def to_torch(array: TypedArray, device: Any = None) -> Any:
     import torch
 
-    if device:
-        check_device(str(device))
+    if device is not None:
+        check_device(device)
 
     name = _TORCH_DTYPES.get(array.dtype)
     if name is None:
@@ -69,11 +69,11 @@ def to_torch(array: TypedArray, device: str | None = None) -> Any:
     raw = np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)
     if not raw.size:  # numpy copies an empty array with a zero stride, which torch cannot view as a wider dtype
         tensor = torch.empty(array.shape, dtype=dtype)
-        return tensor.to(device) if device else tensor
+        return tensor.to(device) if device is not None else tensor
     if not raw.flags.writeable or not _whole(raw):
         # torch would share (and warn about) memory it may not write, or keep a larger decoded
         # array alive for a slice of it: one copy the tensor owns
         raw = raw.copy()
     # Otherwise the tensor shares the freshly decoded buffer: no copy.
     tensor = torch.from_numpy(raw).view(dtype).reshape(array.shape)  # F4 comes packed two values a byte, as torch holds it
-    return tensor.to(device) if device else tensor
+    return tensor.to(device) if device is not None else tensor

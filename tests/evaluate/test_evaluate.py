@@ -433,3 +433,20 @@ def test_integer_tensors_alone_compare_as_identical_weights(tmp_path):
     save_file({"ids": torch.arange(64), "mask": torch.ones(8, dtype=torch.int8)}, tmp_path / "ints.safetensors")
     result = evaluate(tmp_path / "ints.safetensors", tmp_path / "ints.safetensors", gates=Gates(min_cosine=0.99))
     assert result.passed and result.weights["cosine"] == 1.0 and result.weights["sqnr_db"] is None
+
+
+def test_fp4_tensors_compare_by_their_values(tmp_path):
+    """An F4 tensor (two values a byte) ended `zoo eval` in "unexpected NotImplementedError: copy_
+    not implemented for 'Float4_e2m1fn_x2'", even against itself."""
+    import torch
+    from safetensors.torch import save_file
+
+    codes = torch.randint(0, 255, (6, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_file({"f4.weight": codes.view(torch.float4_e2m1fn_x2)}, tmp_path / "a.safetensors")
+    same = evaluate(tmp_path / "a.safetensors", tmp_path / "a.safetensors")
+    assert same.weights["cosine"] == 1.0 and same.weights["sqnr_db"] is None
+    moved = codes.clone()
+    moved[0, 0] ^= 0x01  # the low value of the first byte one code over
+    save_file({"f4.weight": moved.view(torch.float4_e2m1fn_x2)}, tmp_path / "b.safetensors")
+    other = evaluate(tmp_path / "b.safetensors", tmp_path / "a.safetensors")
+    assert 0.9 < other.weights["cosine"] < 1.0 and other.tensors[0]["elements"] == 48

@@ -176,6 +176,14 @@ def test_philox_offsets_continue_one_sequence(offset, count):
     assert (part >= -1).all() and (part < 1).all()
 
 
+@pytest.mark.parametrize("count", [2**62, 2**62 + 5, 2**63 - 1])
+def test_philox_of_a_count_no_array_holds_is_refused(count):
+    """The native kernel sized its output 4 * count, which wrapped past 2**62 to a few bytes, and
+    wrote past them (SIGSEGV); numpy's says the array is too big."""
+    with pytest.raises((ValueError, MemoryError)):
+        _kernels.philox_uniform(0, 0, count)
+
+
 def test_philox_streams_and_seeds_differ():
     a = _kernels.philox_uniform(1, 0, 64)
     assert not np.array_equal(a, _kernels.philox_uniform(1, 1, 64))

@@ -437,7 +437,7 @@ class Archive:
         try:
             return self._files[path]
         except KeyError:
-            raise FormatError(f"{self.path}: archive holds no file {path!r}") from None
+            raise InputError(f"{self.path}: archive holds no file {path!r}") from None  # the caller's mistake, as get_tensor's
 
     def stored_bytes(self, name: str) -> int:
         """What tensor `name` takes in the payload, its chunk index records included."""
@@ -963,7 +963,7 @@ def _as_framework(array: TypedArray, framework: str) -> Any:
         return to_torch(array)
     if framework not in ("np", "numpy"):
         raise ZooError(f"unknown framework {framework!r}: use 'np' or 'pt'")
-    if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+    if array.dtype in ("BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0"):  # numpy has none of them
         return to_float32(array.data, array.dtype)
     if array.dtype == "BOOL":
         return array.data.view(np.bool_)

@@ -91,6 +91,21 @@ class _TorchFile:
         return self._tensors[name]
 
 
+_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)  # FP4's 16 values by code
+
+
+def _arithmetic(tensor: Any) -> Any:
+    """`tensor` as one torch can compute on: F4 (two values a byte, which torch can compare but not
+    convert) as its float32 values, a byte's low half first; every other dtype as it is."""
+    import torch
+
+    if tensor.dtype != getattr(torch, "float4_e2m1fn_x2", None):
+        return tensor
+    codes = tensor.view(torch.uint8).long()
+    table = torch.tensor(_E2M1, dtype=torch.float32)
+    return torch.stack((table[codes & 15], table[codes >> 4]), -1).flatten(-2)
+
+
 def compare_weights(candidate: Model, reference: Model, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has. A
     tensor the candidate lacks counts as zeros (relative error 1, cosine 0), and integer tensors
@@ -120,6 +135,7 @@ def compare_weights(candidate: Model, reference: Model, progress: Progress | Non
             ours = mine.get(key) if key in ours_keys else torch.zeros_like(base)
             if tuple(ours.shape) != tuple(base.shape):
                 raise InputError(f"tensor {key!r} has shape {list(ours.shape)} in {candidate.label}, {list(base.shape)} in {reference.label}")
+            ours, base = _arithmetic(ours), _arithmetic(base)
             floats = ours.is_floating_point() or base.is_floating_point()
             if floats or key not in ours_keys or not bool((ours == base).all()):
                 if not floats:
