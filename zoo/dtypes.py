@@ -7,6 +7,9 @@ float32 and hand back float32; `to_float32` and `from_float32` are the only conv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +138,35 @@ def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
     raise InputError(f"dtype {dtype} is not a float type")
 
 
+EVEN = "even"  # an F8 node's "rounding" in an archive (docs/FORMAT.md)
+_F8_RULE: ContextVar[str] = ContextVar("f8_rounding", default=EVEN)
+
+
+@contextmanager
+def f8_rounding(rule: str) -> Iterator[None]:
+    """Within it, from_float32 rounds to F8 by `rule`: EVEN, or anything else for the rule of
+    archives written before 2026-12-06 (_to_f8_before_even), so that their lossy F8 tensors decode
+    to the bytes their manifests' sha256 name."""
+    token = _F8_RULE.set(rule)
+    try:
+        yield
+    finally:
+        _F8_RULE.reset(token)
+
+
+def _to_f8_before_even(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The F8 rounding of zoo before 2026-12-06, kept to decode what it wrote: nearest, a tie to the
+    lower value, and a value within half the smallest subnormal of zero to the zero whose code the
+    stable sort put second (-0 above zero, +0 below)."""
+    finite = np.where(np.isfinite(table), table, np.inf)
+    order = np.argsort(finite, kind="stable")
+    ordered = finite[order]
+    position = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
+    lower, upper = ordered[position - 1], ordered[position]
+    nearest = np.where(np.abs(values - lower) <= np.abs(upper - values), position - 1, position)
+    return order[nearest].astype(np.uint8)
+
+
 def _to_f8(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """The fp8 codes nearest to `values`, ties to the even code (the even mantissa), the sign kept
     (so -1e-9 is -0). Past the largest finite value a finite value saturates to it, where IEEE
@@ -167,7 +199,7 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # keep NaN a NaN
         return rounded
     if dtype in _F8_VALUES:
-        return _to_f8(values, _F8_VALUES[dtype])
+        return _to_f8(values, _F8_VALUES[dtype]) if _F8_RULE.get() == EVEN else _to_f8_before_even(values, _F8_VALUES[dtype])
     if dtype == "F16":
         return values.astype("<f2")
     if dtype == "F32":

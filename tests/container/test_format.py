@@ -203,3 +203,33 @@ def test_a_header_that_outgrows_its_room_costs_a_copy_not_a_byte(tmp_path, monke
     assert opened.payload_start > archive_format.HEADER_ALIGN
     assert zoo.verify(tmp_path / "outgrown.zoo") == []
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_f8_node_written_before_the_rounding_was_fixed_decodes_as_it_did(tmp_path):
+    """Lossy F8 tensors of archives written before 2026-12-06 were rounded with ties to the lower
+    value: decoding them by today's rule changed their bytes, under the sha256 a zoo's manifest
+    holds for them (zoo serve's ETag). An F8 node now says its rounding; one that does not keeps
+    the old rule."""
+    from tests.container.forge import forge
+    from zoo.dtypes import EVEN, f8_rounding
+
+    values = from_float32(np.linspace(-3, 3, 64 * 48, dtype=np.float32).reshape(64, 48) ** 3, "F8_E4M3")
+    source = write_safetensors(tmp_path / "m.safetensors", {"w.weight": ("F8_E4M3", values)})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:ratio=0.5")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert archive.tensor_info("w.weight")["root"]["rounding"] == EVEN
+        today = archive.read_tensor("w.weight").data
+
+    def older(header):
+        del header["tensors"]["w.weight"]["root"]["rounding"]
+
+    with zoo.open(forge(tmp_path / "m.zoo", older)) as archive:
+        before = archive.read_tensor("w.weight").data
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        node = archive.tensor_info("w.weight")["root"]
+        parts = {name: archive.read_leaf(child["leaf"], archive.pipeline_of(archive.tensor_info("w.weight")["pipeline"]), name)
+                 for name, child in node["parts"].items()}
+    product = to_float32(parts["left"].data, "F8_E4M3").reshape(64, -1) @ to_float32(parts["right"].data, "F8_E4M3").reshape(-1, 48)
+    with f8_rounding("before"):
+        assert np.array_equal(before, from_float32(product, "F8_E4M3"))
+    assert np.array_equal(today, from_float32(product, "F8_E4M3")) and not np.array_equal(today, before)

@@ -23,9 +23,10 @@ import numpy as np
 
 from zoo.codecs.base import ArrayCodec, Arrivals, BytesCodec, Codec, GroupingCodec, LossyCodec, StageProgress, TypedArray
 from zoo.codecs.registry import codec_class, codec_from_config
-from zoo.dtypes import DTYPES
+from zoo.dtypes import DTYPES, EVEN, f8_rounding
 from zoo.errors import FormatError, PipelineError
 
+F8_TYPES = ("F8_E4M3", "F8_E5M2")  # the fp8 types lossy stages write, whose nodes say how they round (docs/FORMAT.md)
 ALIASES = {"lossless": "fprans"}  # was bytegroup|zstd:level=3; archives name their codecs, so old ones still decode
 DEFAULT_SPEC = "lossless"
 CHUNK_BYTES = 4 << 20  # per chunk of raw storage: large enough for coder tables, small enough to stream
@@ -193,7 +194,10 @@ class Pipeline:
                 for part_name, part in result.parts.items():
                     after = len(self.array_stages) if part_name in result.final else index + 1
                     parts[part_name] = visit(part, after, f"{label}.{part_name}")
-                return {"stage": index, "meta": result.meta, "dtype": item.dtype, "shape": list(item.shape), "parts": parts}
+                node = {"stage": index, "meta": result.meta, "dtype": item.dtype, "shape": list(item.shape), "parts": parts}
+                if item.dtype in F8_TYPES:  # decoded by the rounding of today, not of the archives before it
+                    node["rounding"] = EVEN
+                return node
             leaf = {"dtype": item.dtype, "shape": list(item.shape)}
             leaves.append((leaf, item))
             return {"leaf": leaf}
@@ -219,7 +223,8 @@ class Pipeline:
             parts[part_name] = self.untransform(child, read_leaf, name)
         where = f"tensor {name!r}: " if name else ""
         try:
-            result = stage.decode(parts, node.get("meta") or {}, dtype, tuple(shape))
+            with f8_rounding(node.get("rounding") if dtype in F8_TYPES else EVEN):  # an older archive's F8: its own rule
+                result = stage.decode(parts, node.get("meta") or {}, dtype, tuple(shape))
         except FormatError as error:
             raise type(error)(f"{where}{error}") from None
         except (KeyError, IndexError, TypeError, ValueError) as error:
