@@ -98,11 +98,12 @@ def not_found(ref: str | os.PathLike[str]) -> str:
     from zoo.hub.store import Store, parse_ref
 
     store = Store()
-    name, _, variant = parse_ref(str(ref))
+    name, revision, variant = parse_ref(str(ref))
     stored = store.entries(name)
-    if stored and variant is None and all(e.variant != "lossless" for e in stored):
-        listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
-        return f"{ref}: the zoo at {store.location} holds only lossy variants of {name}, {listed}: name one (NAME:VARIANT)"
+    there = [e for e in stored if e.revision == (revision or "main") or e.commit == revision]
+    if there and variant is None and all(e.variant != "lossless" for e in there):
+        listed = ", ".join(e.ref for e in there[:8]) + (f" and {len(there) - 8} more" if len(there) > 8 else "")
+        return f"{ref}: the zoo at {store.location} holds only lossy variants of {name}@{revision or 'main'}, {listed}: name one (NAME:VARIANT)"
     if stored:
         listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
         return f"{ref}: no such file, and no such revision or variant in the zoo at {store.location}, which holds {listed} (see `zoo ls`)"

@@ -256,6 +256,7 @@ def test_a_model_stored_only_lossy_is_never_served_as_its_bare_name(tiny_model, 
     compress_into(store, tiny_model, "org/tiny")
     lossy = compress_into(store, tiny_model, "org/tiny", pipeline="truncate:bits=4")
     store.remove("org/tiny:lossless")
+    compress_into(store, tiny_model, "org/tiny", "v1")  # lossless at another revision: not main either
     with running_server(store) as url:
         status, _, body = request(url, "/org/tiny/resolve/main/model.safetensors")
         assert status == 404 and f"ask for revision 'main:{lossy.variant}'" in body.decode(), body
@@ -267,7 +268,7 @@ def test_a_model_stored_only_lossy_is_never_served_as_its_bare_name(tiny_model, 
         assert request(url, f"/org/tiny/resolve/{lossy.commit}/model.safetensors")[0] == 200
     env = {**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}
     done = subprocess.run([sys.executable, "-m", "zoo", "export", "org/tiny", "-o", tmp_path / "out"], capture_output=True, text=True, env=env)
-    assert done.returncode == 1 and "holds only lossy variants of org/tiny" in done.stderr and not (tmp_path / "out").exists()
+    assert done.returncode == 1 and "holds only lossy variants of org/tiny@main" in done.stderr and not (tmp_path / "out").exists()
     done = subprocess.run([sys.executable, "-m", "zoo", "export", f"org/tiny:{lossy.variant}", "-o", tmp_path / "out"], capture_output=True,
                           text=True, env=env)
     assert done.returncode == 0, done.stderr

@@ -338,6 +338,8 @@ def readable(found: list[Entry], ref: str) -> list[Entry]:
     A model stored only lossy is then no model by its bare name: its reader (a script on `zoo
     serve` among them) must name a variant, and never gets quantized weights it did not ask for."""
     _, revision, variant = parse_ref(ref)
+    if revision is None and any(e.revision == DEFAULT_REVISION for e in found):
+        found = [e for e in found if e.revision == DEFAULT_REVISION]  # main is meant: never another revision in its place
     if variant is None and not any(e.commit == revision and e.variant != LOSSLESS for e in found):
         return [e for e in found if e.variant == LOSSLESS]
     return found
