@@ -256,3 +256,19 @@ def test_a_bpw_budget_missed_says_the_size_it_was_judged_by(tmp_path):
         compress_to_budget(source, tmp_path / "m.zoo", "bpw=1")
     stored, alone = map(float, re.search(r"made is ([0-9.]+) bits per weight with its proof stored \(([0-9.]+) without", str(missed.value)).groups())
     assert stored > 1 and alone < stored
+
+
+def test_a_bpw_budget_every_rate_meets_keeps_the_best_it_met(tmp_path):
+    """bpw=15 of a BF16 model: every candidate met it, so no rate missed (math.inf), and the
+    search halved the gap to infinity: "l2: target_ratio must be a number in (1, 320], got 0"."""
+    import numpy as np
+
+    import zoo
+    from tests.conftest import random_storage, write_safetensors
+
+    source = write_safetensors(tmp_path / "w.safetensors", {f"layer.{i}.weight": ("BF16", random_storage("BF16", (256, 256), i))
+                                                            for i in range(3)})
+    done = zoo_cli("compress", source, "--budget", "bpw=15", "-o", tmp_path / "kept.zoo")
+    assert done.returncode == 0, done.stderr
+    record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
+    assert record["pipeline"].startswith("l2:") and np.isfinite(record["proof"]["weights"]["cosine"])

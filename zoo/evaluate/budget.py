@@ -483,7 +483,7 @@ class _Search:
             # between the two, halve the gap instead (a landing past a miss cost a whole coding).
             met, missed = max((c.bits for c in self.trail if c.meets), default=0.0), min((c.bits for c in self.trail if not c.meets), default=math.inf)
             if not met < landing < missed:
-                if missed - met < 0.002 * missed:
+                if missed == math.inf or missed - met < 0.002 * missed:  # no rate missed: a met one above the landing is the best
                     break
                 landing = (met + missed) / 2
             if any(round(c.bits, 4) == round(landing, 4) for c in self.trail):

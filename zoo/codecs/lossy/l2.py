@@ -34,7 +34,12 @@ from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transform
 
 
 HIGHEST_RATIO = 32.0 / LOWEST_BITS  # 320: 0.1 bits per weight, the least l2 is asked for
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # a step or dead zone is applied in float32
+
+
+def _finite_in_float32(value: float) -> bool:
+    """Whether `value` rounds to a finite float32 (3.4028235e38, float32's largest as printed, does)."""
+    with np.errstate(over="ignore"):
+        return math.isfinite(value) and bool(np.isfinite(np.float32(value)))
 
 
 class L2(LossyCodec):
@@ -99,7 +104,7 @@ class L2(LossyCodec):
         if tuple(symbols.shape) != tuple(shape):
             raise FormatError(f"l2: symbols have shape {list(symbols.shape)}, expected {list(shape)}")
         step, dead_zone = meta.get("step"), meta.get("dead_zone")
-        if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in (step, dead_zone))
+        if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite_in_float32(x) for x in (step, dead_zone))
                 or step <= 0 or dead_zone < 0):  # decoded in float32: a step past its range made every weight NaN (0 x inf)
             raise FormatError(f"l2: bad step {step!r} or dead zone {dead_zone!r}")
         values = dequantize(symbols.data, step, dead_zone)
