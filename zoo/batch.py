@@ -98,6 +98,8 @@ def connect(address: str | None = DEFAULT_ADDRESS, num_cpus: int | None = None) 
         import ray
     except ModuleNotFoundError:
         raise InputError("--ray needs Ray, which is not installed: pip install 'zoo[cloud]'") from None
+    if address == "":  # an unset variable: it started a Ray of its own here
+        raise InputError("--ray is empty: give HOST:PORT, or --ray alone for RAY_ADDRESS or a Ray of its own")
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     wanted = os.environ.get("RAY_ADDRESS") if address in (None, DEFAULT_ADDRESS) else address

@@ -296,3 +296,17 @@ def test_options_that_do_nothing_here_are_noted(tmp_path):
     done = ok(zoo_cli("compress", weights, "-o", tmp_path / "w.zoo", "--name", "org/w", "--calib", tmp_path / "calib.txt"))
     assert "note: --name names a model in the zoo; an archive written with -o is known by its path\n" in done.stderr
     assert "note: --calib tunes lossy stages; this pipeline has none, so the calibration text is not read\n" in done.stderr
+
+
+def test_a_url_where_a_local_path_goes_is_named_as_such(tmp_path):
+    """`zoo verify s3://b/a.zoo` said `s3:/b/a.zoo: no such file` (a Path of one slash), and
+    ZOO_HOME=file:// or a chained fsspec URL became a local folder `file:` or `simplecache::s3:`."""
+    for args in (["verify", "s3://bucket/a.zoo"], ["decompress", "x.zoo", "-o", "s3://bucket/out"]):
+        done = zoo_cli(*args, cwd=tmp_path, home=tmp_path / "zoo")
+        assert (done.returncode, done.stderr.endswith(": a URL, where this command takes a local path\n")) == (1, True), done.stderr
+    for home, message in (("file://", "the URL names no folder"), ("simplecache::s3://b/z", "a chained fsspec URL")):
+        done = zoo_cli("ls", cwd=tmp_path, env={"ZOO_HOME": home})
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+    done = zoo_cli("compress", tmp_path, "-o", tmp_path / "out/", "--ray=", cwd=tmp_path, home=tmp_path / "zoo")
+    assert (done.returncode, done.stderr) == (1, "error: --ray is empty: give HOST:PORT, or --ray alone for RAY_ADDRESS or a Ray of its own\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import typer
@@ -16,12 +17,15 @@ from zoo.errors import InputError
 
 class _GivenPath(TyperPath):
     """A path parameter that refuses an empty value, which pathlib reads as the current folder:
-    `zoo decompress "" -o out` answered that `.` was no archive, and `-o ""` wrote into `.`."""
+    `zoo decompress "" -o out` answered that `.` was no archive, and `-o ""` wrote into `.`; and a
+    URL, which pathlib reads as a local path of one slash."""
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
         if isinstance(value, str) and not value:
-            named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
             raise InputError(f"{named} is empty")
+        if isinstance(value, str) and re.match(r"[A-Za-z][\w+.-]*://", value):  # a Path made s3://b/x.zoo the file s3:/b/x.zoo
+            raise InputError(f"{named} {value}: a URL, where this command takes a local path")
         return super().convert(value, param, ctx)
 
 

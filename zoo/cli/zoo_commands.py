@@ -196,8 +196,8 @@ def serve(
     if not is_loopback(host) and token is None:
         stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
     names = sorted({e.name for e in store.entries()})
-    stderr.print(f"serving {len(names)} models from {store.location} at {server.url} (clients: HF_ENDPOINT={server.url})", markup=False,
-                 highlight=False, soft_wrap=True)
+    stderr.print(f"serving {count(len(names), 'model')} from {store.location} at {server.url} (clients: HF_ENDPOINT={server.url})",
+                 markup=False, highlight=False, soft_wrap=True)
     try:
         server.serve_forever()
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -40,7 +41,7 @@ from zoo.hub.manifest import (
     base_standing, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8, stored_against, variant_match,
     variant_of,
 )
-from zoo.hub.remote import index_home, is_url
+from zoo.hub.remote import StorageError, index_home, is_url
 from zoo.hub.remote.folder import fsync_path
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
 from zoo.signals import signals_held, stored
@@ -92,8 +93,12 @@ class Store:
         location = str(home) if home is not None else os.environ.get("ZOO_HOME", "")
         self.storage: Any = None  # where the objects and manifests live when that is not this folder
         self.url: str | None = None
+        if re.match(r"[A-Za-z][\w+.-]*::", location) and "://" in location:  # simplecache::s3://...: a local folder `simplecache::s3:`
+            raise StorageError(f"{location}: a chained fsspec URL; a zoo lives in a folder or at one URL (s3://BUCKET/PATH)")
         if location.startswith("file://"):
             home = location[len("file://"):]
+            if not home.strip("/"):
+                raise StorageError(f"{location}: the URL names no folder")
         elif is_url(location):
             from zoo.hub.remote import open_storage
 
@@ -914,8 +919,9 @@ class Store:
             unreadable: list[str] = []
             self._all_manifests(unreadable)  # a damaged manifest its object could not restore
             findings = [Damage(line) if line in unreadable else line for line in findings]
-        return findings or [f"{self.home}: {len(manifests)} models, no problems found (every object there, of the size its "
-                            "manifest says; `zoo verify` decodes them)"]
+        models = f"{len(manifests)} model{'' if len(manifests) == 1 else 's'}"
+        return findings or [f"{self.home}: {models}, no problems found (every object there, of the size its manifest says; `zoo "
+                            "verify` decodes them)"]
 
     def _relist_objects(self, record: dict[str, Any]) -> list[str]:
         """A manifest that leaves out objects its archive names (which `zoo gc` would then collect
