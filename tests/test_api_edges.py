@@ -349,3 +349,24 @@ def test_a_file_the_archive_lacks_is_the_callers_mistake(model):
     path, _ = model
     with zoo.open(path) as opened, pytest.raises(InputError, match="archive holds no file 'nope'"):
         opened.read_file("nope")
+
+
+def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_path):
+    """model.safetensors beside a torch checkpoint of the same tensors (most Hub repositories):
+    load_state_dict held both copies, one keyed `pytorch_model.bin::NAME`, which a strict
+    model.load_state_dict refuses. The checkpoint here sorts first, so its tensors had the names."""
+    from safetensors.torch import save_file
+
+    from zoo.errors import ZooWarning
+
+    state = {"a.weight": torch.randn(4, 4), "b.weight": torch.randn(3), "tied.weight": torch.randn(2, 2)}
+    (tmp_path / "m").mkdir()
+    save_file(state, tmp_path / "m" / "model.safetensors")
+    torch.save({**state, "only_here": torch.ones(1)}, tmp_path / "m" / "a_pytorch_model.bin")
+    zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    with pytest.warns(ZooWarning, match="a_pytorch_model.bin holds the safetensors' tensors again: left out"):
+        loaded = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert sorted(loaded) == ["a.weight", "b.weight", "only_here", "tied.weight"]
+    assert all(torch.equal(loaded[name], value) for name, value in state.items())
+    with zoo.open(tmp_path / "m.zoo") as archive:  # every file's tensors are still there to read
+        assert "model.safetensors::a.weight" in archive.keys()

@@ -571,8 +571,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
     a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
-    key. (A checkpoint's tensor that zoo keeps in the file's bytes only, as one of a dtype zoo has
-    no name for, was named in a warning when it was compressed.)"""
+    key. Where a folder holds its weights twice, as safetensors and as torch checkpoints, the
+    safetensors' copy is given, under the tensors' names, as transformers loads it (one warning
+    names the files left out). (A checkpoint's tensor that zoo keeps in the file's bytes only, as
+    one of a dtype zoo has no name for, was named in a warning when it was compressed.)"""
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
@@ -589,7 +591,7 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
                 return key in storages
             return entry.get("kind") == "torch" and is_storage_name(opened.tensor_info(key)["name"])
 
-        keys = [key for key in opened.keys() if not is_storage(key)]
+        keys, named_as = _one_copy_of_the_weights(opened, [key for key in opened.keys() if not is_storage(key)], files)
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
             named = "; ".join(f"{key} ({opened.tensor_info(key)['dtype']})" for key in missing)
@@ -605,7 +607,27 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         for key, (of, shape, stride, offset) in views.items():
             storage = tensors[of]
             tensors[key] = storage.as_strided(shape, stride, storage.storage_offset() + offset)
-        return {key: tensors[key] for key in wanted}
+        return {named_as.get(key, key): tensors[key] for key in wanted}
+
+
+def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Where a folder holds its weights twice, as safetensors and as torch checkpoints (a Hub
+    repository's model.safetensors beside pytorch_model.bin), the safetensors' tensors, as
+    transformers loads them, named by their names: the state dict held every tensor twice, one
+    copy keyed `pytorch_model.bin::NAME`, which model.load_state_dict refuses. Returns the keys
+    kept and, for those that were `path::NAME` only for the other copy, the name to give them."""
+    kind = {key: files.get(opened.tensor_info(key)["file"], {}).get("kind") for key in keys}
+    in_safetensors = {opened.tensor_info(key)["name"] for key in keys if kind[key] == "safetensors"}
+    twice = {key for key in keys if kind[key] == "torch" and opened.tensor_info(key)["name"] in in_safetensors}
+    if not twice:
+        return keys, {}
+    left_out = sorted({opened.tensor_info(key)["file"] for key in twice})
+    warnings.warn(f"{', '.join(left_out)} {'holds' if len(left_out) == 1 else 'hold'} the safetensors' tensors again: left out of the "
+                  "state dict, as transformers leaves it (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    kept = [key for key in keys if key not in twice]
+    names = [opened.tensor_info(key)["name"] for key in kept]
+    once = {name for name in names if names.count(name) == 1}
+    return kept, {key: name for key, name in zip(kept, names) if key != name and name in once}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
