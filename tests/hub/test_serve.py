@@ -88,6 +88,9 @@ def test_model_info_tree_and_files(served):
     # a small file's oid is git's blob id of its content
     config = (source / "config.json").read_bytes()
     assert tree["config.json"]["oid"] == hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
+    # recursively, the Hub lists each folder too, before what it holds (there were files only)
+    listed = [(item["type"], item["path"]) for item in json.loads(body)]
+    assert ("directory", "sub") in listed and listed.index(("directory", "sub")) < listed.index(("file", "sub/notes.txt"))
     status, _, body = request(url, "/api/models/org/tiny/tree/main")
     assert {(i["type"], i["path"]) for i in json.loads(body)} == {("file", "config.json"), ("file", "model.safetensors"), ("directory", "sub")}
 

@@ -502,11 +502,14 @@ class ZooApp:
             if not f.path.startswith(prefix):
                 continue
             inner = f.path[len(prefix):]
-            if not recursive and "/" in inner:
-                sub = prefix + inner.split("/")[0]
+            # each folder as the Hub lists it, before what it holds: recursively, every folder on the way
+            parts = inner.split("/")[:-1] if recursive else inner.split("/")[:1] if "/" in inner else []
+            for depth in range(1, len(parts) + 1):
+                sub = prefix + "/".join(parts[:depth])
                 if sub not in folders_seen:
                     folders_seen.add(sub)
                     items.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": sub})
+            if not recursive and "/" in inner:
                 continue
             item: dict[str, Any] = {"type": "file", "oid": f.git_oid, "size": f.size, "path": f.path}
             if f.lfs:
