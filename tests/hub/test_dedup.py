@@ -203,6 +203,7 @@ def test_a_base_replaced_under_its_name_is_not_taken_for_the_one_a_fine_tune_was
     done = zoo_cli("rm", "base", home=home)  # the model this name holds now is nobody's base
     assert done.returncode == 0, done.stderr
     assert "since removed)" in zoo_cli("ls", home=home).stdout
+    assert "tensors are stored as XORs against base@main:lossless, since removed" in zoo_cli("info", "tuned", home=home).stdout
     assert object_files(home) == named_objects(home)
     zoo.decompress(store.resolve("tuned").archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(tuned)

@@ -80,7 +80,10 @@ def sharing_line(entry: Any) -> str:
     line = (f"in the zoo: {found['shared']} of its {found['objects']} objects ({human_bytes(found['shared_bytes'])}) are shared with "
             f"other models; it adds {human_bytes(found['adds_bytes'])}")
     if found["base"]:
-        line += f"; {found['base']['tensors']} tensors are stored as XORs against {found['base']['ref']}"
+        from zoo.hub.store import Store, base_standing
+
+        standing = base_standing(found["base"], {e.ref: e.commit for e in Store().entries()})  # as zoo ls says it
+        line += f"; {found['base']['tensors']} tensors are stored as XORs against {found['base']['ref']}{', ' + standing if standing else ''}"
     return line
 
 
