@@ -364,9 +364,19 @@ def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_p
     save_file(state, tmp_path / "m" / "model.safetensors")
     torch.save({**state, "only_here": torch.ones(1)}, tmp_path / "m" / "a_pytorch_model.bin")
     zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
-    with pytest.warns(ZooWarning, match="a_pytorch_model.bin holds the safetensors' tensors again: left out"):
+    with pytest.warns(ZooWarning, match="a_pytorch_model.bin holds the weights of the safetensors beside it again: left out"):
         loaded = zoo.load_state_dict(tmp_path / "m.zoo")
-    assert sorted(loaded) == ["a.weight", "b.weight", "only_here", "tied.weight"]
+    assert sorted(loaded) == ["a.weight", "b.weight", "tied.weight"]  # the checkpoint left out whole, as transformers leaves it
     assert all(torch.equal(loaded[name], value) for name, value in state.items())
     with zoo.open(tmp_path / "m.zoo") as archive:  # every file's tensors are still there to read
         assert "model.safetensors::a.weight" in archive.keys()
+    # a checkpoint in another folder, or one of other tensors, is no second copy: kept under path::NAME
+    (tmp_path / "m" / "checkpoint-5").mkdir()
+    torch.save({name: value * 0 for name, value in state.items()}, tmp_path / "m" / "checkpoint-5" / "pytorch_model.bin")
+    torch.save({"state.0.exp_avg": torch.ones(2), "a.weight": torch.ones(1)}, tmp_path / "m" / "optimizer.pt")
+    zoo.compress(tmp_path / "m", tmp_path / "more.zoo")
+    with pytest.warns(ZooWarning, match="a_pytorch_model.bin holds"):
+        loaded = zoo.load_state_dict(tmp_path / "more.zoo")
+    assert torch.equal(loaded["a.weight"], state["a.weight"]) and torch.equal(loaded["checkpoint-5/pytorch_model.bin::a.weight"],
+                                                                              state["a.weight"] * 0)
+    assert "optimizer.pt::a.weight" in loaded and "state.0.exp_avg" in loaded

@@ -613,21 +613,35 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
 def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """Where a folder holds its weights twice, as safetensors and as torch checkpoints (a Hub
     repository's model.safetensors beside pytorch_model.bin), the safetensors' tensors, as
-    transformers loads them, named by their names: the state dict held every tensor twice, one
-    copy keyed `pytorch_model.bin::NAME`, which model.load_state_dict refuses. Returns the keys
-    kept and, for those that were `path::NAME` only for the other copy, the name to give them."""
-    kind = {key: files.get(opened.tensor_info(key)["file"], {}).get("kind") for key in keys}
-    in_safetensors = {opened.tensor_info(key)["name"] for key in keys if kind[key] == "safetensors"}
-    twice = {key for key in keys if kind[key] == "torch" and opened.tensor_info(key)["name"] in in_safetensors}
-    if not twice:
+    transformers loads them: the torch checkpoints of that folder whose tensors are mostly the
+    safetensors' again are left out whole (their tied lm_head too: transformers ties it anew), and
+    the tensors named `path::NAME` only for that other copy get their names. The state dict held
+    both copies, which model.load_state_dict refused. Returns the keys kept and the new names."""
+    info = {key: opened.tensor_info(key) for key in keys}
+    folder = {key: info[key]["file"].rpartition("/")[0] for key in keys}
+    in_safetensors: dict[str, set[str]] = {}  # by folder: what transformers would load there
+    by_checkpoint: dict[str, list[str]] = {}
+    for key in keys:
+        kind = files.get(info[key]["file"], {}).get("kind")
+        if kind == "safetensors":
+            in_safetensors.setdefault(folder[key], set()).add(info[key]["name"])
+        elif kind == "torch":
+            by_checkpoint.setdefault(info[key]["file"], []).append(key)
+    again = sorted(path for path, held in by_checkpoint.items()
+                   if 2 * sum(info[key]["name"] in in_safetensors.get(folder[key], ()) for key in held) > len(held))
+    if not again:
         return keys, {}
-    left_out = sorted({opened.tensor_info(key)["file"] for key in twice})
-    warnings.warn(f"{', '.join(left_out)} {'holds' if len(left_out) == 1 else 'hold'} the safetensors' tensors again: left out of the "
-                  "state dict, as transformers leaves it (zoo.open reads every file)", ZooWarning, stacklevel=3)
-    kept = [key for key in keys if key not in twice]
-    names = [opened.tensor_info(key)["name"] for key in kept]
-    once = {name for name in names if names.count(name) == 1}
-    return kept, {key: name for key, name in zip(kept, names) if key != name and name in once}
+    warnings.warn(f"{', '.join(again)} {'holds' if len(again) == 1 else 'hold'} the weights of the safetensors beside "
+                  f"{'it' if len(again) == 1 else 'them'} again: left out of the state dict, as transformers leaves "
+                  f"{'it' if len(again) == 1 else 'them'} (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    kept = [key for key in keys if info[key]["file"] not in again]
+    folders = {path.rpartition("/")[0] for path in again}
+    # the safetensors' tensors of those folders take their names where no key kept holds them
+    renamed = [key for key in kept if folder[key] in folders and files.get(info[key]["file"], {}).get("kind") == "safetensors"
+               and key != info[key]["name"]]
+    claimed = [info[key]["name"] for key in renamed]
+    free = {name for name in claimed if claimed.count(name) == 1} - set(kept)
+    return kept, {key: info[key]["name"] for key in renamed if info[key]["name"] in free}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
