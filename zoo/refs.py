@@ -103,7 +103,7 @@ def not_found(ref: str | os.PathLike[str]) -> str:
     there = [e for e in stored if e.revision == (revision or "main") or e.commit == revision]
     if there and variant is None and all(e.variant != "lossless" for e in there):
         listed = ", ".join(e.ref for e in there[:8]) + (f" and {len(there) - 8} more" if len(there) > 8 else "")
-        return f"{ref}: the zoo at {store.location} holds only lossy variants of {name}@{revision or 'main'}, {listed}: name one (NAME:VARIANT)"
+        return f"{ref}: the zoo at {store.location} holds {name}@{revision or 'main'} only as lossy variants ({listed}): name one, as NAME:VARIANT"
     if stored:
         listed = ", ".join(e.ref for e in stored[:8]) + (f" and {len(stored) - 8} more" if len(stored) > 8 else "")
         return f"{ref}: no such file, and no such revision or variant in the zoo at {store.location}, which holds {listed} (see `zoo ls`)"

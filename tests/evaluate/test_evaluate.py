@@ -285,7 +285,7 @@ def test_compress_verify_stores_figures_info_and_ls_show_them(trained, tmp_path,
                              "--max-kl", "10", "--json")
     assert code == 0 and json.loads(out)["kept"] is True, err
     code, out, err = run_cli(monkeypatch, capsys, "info", "tiny-lm")  # its only variant is lossy: named, never taken in its place
-    assert code == 1 and "holds only lossy variants of tiny-lm@main, tiny-lm@main:truncate:bits=2: name one" in err, err
+    assert code == 1 and "holds tiny-lm@main only as lossy variants (tiny-lm@main:truncate:bits=2): name one" in err, err
     code, out, _ = run_cli(monkeypatch, capsys, "info", "tiny-lm:truncate:bits=2", "--json")
     stored = json.loads(out)["metadata"]["quality"]
     assert stored["kind"] == "causal-lm" and stored["passed"] and stored["gates"] == {"max_kl": 10}

@@ -271,10 +271,34 @@ def test_a_model_stored_only_lossy_is_never_served_as_its_bare_name(tiny_model, 
         assert request(url, f"/org/tiny/resolve/{lossy.commit}/model.safetensors")[0] == 200
     env = {**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}
     done = subprocess.run([sys.executable, "-m", "zoo", "export", "org/tiny", "-o", tmp_path / "out"], capture_output=True, text=True, env=env)
-    assert done.returncode == 1 and "holds only lossy variants of org/tiny@main" in done.stderr and not (tmp_path / "out").exists()
+    assert done.returncode == 1 and "holds org/tiny@main only as lossy variants" in done.stderr and not (tmp_path / "out").exists()
     done = subprocess.run([sys.executable, "-m", "zoo", "export", f"org/tiny:{lossy.variant}", "-o", tmp_path / "out"], capture_output=True,
                           text=True, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_name_without_a_revision_is_main_for_a_variant_too_and_rm_takes_a_lossy_only_model(tiny_model, tmp_path):
+    """NAME:VARIANT without a revision took another revision's variant where main lacks it; a
+    model stored only lossy could not be removed by its name, --all or not."""
+    import subprocess
+    import sys
+
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/d")
+    compress_into(store, tiny_model, "org/d", "v1", pipeline="truncate:bits=6")
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}
+
+    def zoo_cli(*args):
+        return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=env)
+
+    done = zoo_cli("export", "org/d:truncate:bits=6", "-o", tmp_path / "out")
+    assert done.returncode == 1 and "no such revision or variant" in done.stderr and not (tmp_path / "out").exists()
+    assert zoo_cli("export", "org/d@v1:truncate:bits=6", "-o", tmp_path / "out").returncode == 0
+    compress_into(store, tiny_model, "org/lossy", pipeline="truncate:bits=6")
+    compress_into(store, tiny_model, "org/lossy", pipeline="truncate:bits=4")
+    assert "name one, or pass --all" in zoo_cli("rm", "org/lossy").stderr
+    done = zoo_cli("rm", "org/lossy", "--all")
+    assert done.returncode == 0 and done.stdout.count("removed org/lossy@main:truncate:bits=") == 2, done.stderr
 
 
 def test_links_in_a_model_are_served_as_the_files_they_lead_to(tiny_model, tmp_path):

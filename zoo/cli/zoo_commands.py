@@ -129,11 +129,14 @@ def rm(
     as_json: Json = False,
 ) -> None:
     """Remove a model from the zoo; what no other model needs is deleted with it."""
+    from zoo.errors import InputError
     from zoo.hub.store import Store
-    from zoo.refs import zoo_entry
+    from zoo.refs import not_found
 
-    zoo_entry(ref)  # a name that is not there: the message every command gives
-    removed = Store().remove(ref, every, force)
+    store = Store()
+    if not ref or not store.matches(ref):  # every variant the name matches, lossy ones too (not zoo_entry's lossless one)
+        raise InputError(not_found(ref) if ref else "no model given: name a model in the zoo (see `zoo ls`)")
+    removed = store.remove(ref, every, force)
     if as_json:
         print_json({"removed": [e.to_dict() for e in removed]})
     else:

@@ -332,14 +332,16 @@ def variant_match(wanted: str, entry: Entry) -> bool:
         return False
 
 
-def readable(found: list[Entry], ref: str) -> list[Entry]:
+def readable(found: list[Entry], ref: str, has_main: bool) -> list[Entry]:
     """Of the entries a ref matches (Store.matches), those a command that reads a model takes it
-    to mean: less the lossy variants where the ref names no variant (nor a lossy variant's commit).
-    A model stored only lossy is then no model by its bare name: its reader (a script on `zoo
-    serve` among them) must name a variant, and never gets quantized weights it did not ask for."""
+    to mean: without a revision, those at main where the model has any (`has_main`: another
+    revision is never taken in main's place, for NAME:VARIANT either); less the lossy variants
+    where the ref names no variant (nor a lossy variant's commit). A model stored only lossy is
+    then no model by its bare name: its reader (a script on `zoo serve` among them) must name a
+    variant, and never gets quantized weights it did not ask for."""
     _, revision, variant = parse_ref(ref)
-    if revision is None and any(e.revision == DEFAULT_REVISION for e in found):
-        found = [e for e in found if e.revision == DEFAULT_REVISION]  # main is meant: never another revision in its place
+    if revision is None and has_main:
+        found = [e for e in found if e.revision == DEFAULT_REVISION]
     if variant is None and not any(e.commit == revision and e.variant != LOSSLESS for e in found):
         return [e for e in found if e.variant == LOSSLESS]
     return found

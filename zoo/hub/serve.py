@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, unquote
 from zoo.container import format as archive_format
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
-from zoo.hub.manifest import LOSSLESS, readable
+from zoo.hub.manifest import DEFAULT_REVISION, LOSSLESS, parse_ref, readable
 from zoo.hub.store import NAME_PATTERN, Entry, Store, StoredFile
 from zoo.allocator import keep_freed_buffers
 
@@ -416,10 +416,11 @@ class ZooApp:
     def _readable(self, ref: str) -> list[Entry]:
         """Store.readable, from _matches's memory: a bare revision is the lossless variant, never a
         lossy one in its place (a script asking for `main` would get quantized weights)."""
-        return readable(self._matches(ref, with_files=True), ref)
+        name = parse_ref(ref)[0]
+        return readable(self._matches(ref, with_files=True), ref, any(e.revision == DEFAULT_REVISION for e in self._matches(name)))
 
-    def _only_lossy(self, repo: str, revision: str | None) -> str:
-        lossy = [e for e in self._matches(repo if revision is None else f"{repo}@{revision}") if e.variant != LOSSLESS]
+    def _only_lossy(self, repo: str, revision: str) -> str:
+        lossy = [e for e in self._matches(f"{repo}@{revision}") if e.variant != LOSSLESS]
         return f"; it holds only lossy variants there: ask for revision '{lossy[0].revision}:{lossy[0].variant}'" if lossy else ""
 
     def _default_entry(self, repo: str) -> Entry:
@@ -429,8 +430,8 @@ class ZooApp:
         if not NAME_PATTERN.fullmatch(repo) or not self._matches(repo):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
         found = self._readable(repo)
-        if not found:
-            raise HubError(404, f"{repo!r} has no lossless variant in this zoo{self._only_lossy(repo, None)}", "RevisionNotFound")
+        if not found:  # main holds it only lossy (another revision's lossless one is not main)
+            raise HubError(404, f"{repo!r} holds main only as lossy variants{self._only_lossy(repo, 'main')}", "RevisionNotFound")
         return found[0]
 
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:

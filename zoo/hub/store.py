@@ -502,7 +502,8 @@ class Store:
 
     def readable(self, ref: str, with_files: bool = False) -> list[Entry]:
         """The entries a command that reads a model takes `ref` to mean, best first (manifest.readable)."""
-        return readable(self.matches(ref, with_files), ref)
+        has_main = any(e.revision == DEFAULT_REVISION for e in self.entries(parse_ref(ref)[0]))
+        return readable(self.matches(ref, with_files), ref, has_main)
 
     def resolve(self, ref: str, with_files: bool = False) -> Entry:
         found = self.matches(ref, with_files)
