@@ -274,3 +274,21 @@ def test_a_tied_weight_kept_exact_keeps_the_storage_it_shares_exact(tmp_path):
     assert not torch.equal(loaded["h.0.mlp.weight"], original["h.0.mlp.weight"])  # the stage still codes what it may
     zoo.compress(tmp_path / "tied.bin", tmp_path / "all.zoo", "codebook:bits=4")  # nothing excluded: the shared storage is coded
     assert not torch.equal(zoo.load_state_dict(tmp_path / "all.zoo")["lm_head.weight"], original["lm_head.weight"])
+
+
+def test_a_tied_weight_is_matched_by_its_key_in_a_folder_of_two_checkpoints(tmp_path):
+    """The rule above compared a view's bare name with patterns that match keys: in a folder whose
+    second checkpoint's keys are `ck/pytorch_model.bin::NAME`, excluding its tied lm_head by key
+    left the storage lossy, and including ck/* kept ck's embedding exact."""
+    torch.manual_seed(0)
+    for where in ("m", "m/ck"):
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        embedding = torch.randn(256, 64)
+        torch.save({"emb.weight": embedding, "lin.weight": torch.randn(64, 64), "lm_head.weight": embedding},
+                   tmp_path / where / "pytorch_model.bin")
+    original = torch.load(tmp_path / "m" / "ck" / "pytorch_model.bin")
+    for spec, exact in (("truncate:bits=2,exclude=ck/pytorch_model.bin::lm_head.weight", True), ("truncate:bits=2,include=ck/*", False)):
+        zoo.compress(tmp_path / "m", tmp_path / "m.zoo", spec, force=True)
+        with zoo.open(tmp_path / "m.zoo") as archive:
+            tied = archive.get_tensor("ck/pytorch_model.bin::lm_head.weight", "pt")
+        assert torch.equal(tied, original["lm_head.weight"]) is exact, spec

@@ -192,9 +192,11 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
     only where a stage's own include pattern names them; and not where a stage would touch it but
     not a tensor that views it (a tied lm_head that exclude= or the always-lossless names keep
     exact came back lossy as the embedding it shares)."""
+    # a view's key is its name with the storage key's `path::` (docs/FORMAT.md), which the patterns match
+    prefix = key[:-len(segment.tensor)] if segment.tensor and key.endswith(segment.tensor) else ""
     if pipeline is not None and segment.viewed_as and any(
             selected(key, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
-            and not selected(name, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
+            and not selected(prefix + name, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
             for stage in pipeline.array_stages for name in segment.viewed_as):
         return False
     if segment.weight:
