@@ -42,7 +42,8 @@ def compress(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write a standalone archive here instead of into the zoo "
                                                   "(with several SOURCEs, a URL, or a path ending in /: where the archives go, "
                                                   "each named after its source).", show_default=False)] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id, or the folder's name).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name in the zoo (default: the hub id; for a folder, its name, or "
+                                                "for a folder of a generic name such as `model` its config.json's _name_or_path).")] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (see below).")] = "lossless",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Search l2's rate for the smallest archive keeping a quality: kl=0.005, "
                                                   "ppl-ratio=1.01 (causal LM), cosine=0.999 (encoder) or bpw=3.5 (best quality at that "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 Threads = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: up to 8, one per core).")]
-Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output (a file or a stored model; never a folder, a device or a pipe).")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output (a file, or a model the command stores; never a folder, a device or a pipe).")]
 ForceFiles = Annotated[bool, typer.Option("--force", "-f", help="Into an existing folder: replace the files of the model that are "
                                                               "there (other files stay; a folder is never removed).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
