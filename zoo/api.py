@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
@@ -639,8 +640,8 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
     # the safetensors' tensors of those folders take their names where no key kept holds them
     renamed = [key for key in kept if folder[key] in folders and files.get(info[key]["file"], {}).get("kind") == "safetensors"
                and key != info[key]["name"]]
-    claimed = [info[key]["name"] for key in renamed]
-    free = {name for name in claimed if claimed.count(name) == 1} - set(kept)
+    claimed = Counter(info[key]["name"] for key in renamed)
+    free = {name for name, times in claimed.items() if times == 1} - set(kept)
     return kept, {key: info[key]["name"] for key in renamed if info[key]["name"] in free}
 
 
