@@ -316,3 +316,21 @@ def test_a_ref_longer_than_a_file_name_reads_the_stored_model(tiny_model, tmp_pa
         done = zoo_cli(*args, home=tmp_path / "zoo")
         assert done.returncode == 0, (args[0], done.stderr)
     assert "in the zoo: " in zoo_cli("info", ref, home=tmp_path / "zoo").stdout
+
+
+def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(tiny_model, tmp_path, monkeypatch):
+    """A decoder change gave a lossy model's files other bytes than the served_sha256 its manifest
+    records (zoo serve's ETag), and `zoo verify NAME` said ok: it now compares them."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    entry = compress_into(store, tiny_model, "org/lossy", pipeline="truncate:bits=4")
+    monkeypatch.setenv("ZOO_HOME", str(home))
+    assert zoo.verify("org/lossy:truncate:bits=4") == []
+    path = store.manifest_path("org/lossy", "main", entry.variant)
+    record = json.loads(path.read_text())
+    record["files"] = [{**f, "served_sha256": "0" * 64} if not f["lossless"] else f for f in record["files"]]  # as a decoder change leaves it
+    path.write_text(json.dumps(record))
+    store.rebuild_index()
+    problems = zoo.verify("org/lossy:truncate:bits=4")
+    assert problems and all("decodes to other bytes than the sha256 its manifest records" in p for p in problems), problems
+    assert zoo.verify(entry.archive) == []  # the archive by its path: no manifest to hold it to

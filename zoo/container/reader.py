@@ -864,17 +864,19 @@ class Archive:
             return [str(error).removeprefix(f"{self._file.path}: ")]
         return []
 
-    def verify(self, threads: int = 1) -> list[str]:
+    def verify(self, threads: int = 1, served: dict[str, str] | None = None) -> list[str]:
         """Decode everything; return what is damaged (empty when the archive is sound). Without
         the base, tensors stored against it are checked as stored (every checksum, decoded
-        through their pipeline) but not rebuilt."""
+        through their pipeline) but not rebuilt. `served`: the sha256 a zoo's manifest records of
+        each file as decoding gives it, which a lossy file is held to as a lossless one is to its
+        original's (a decoder that changed its bytes, under the hash zoo serve announces)."""
         problems = self.layout_problems()
         if problems:  # no file can be streamed: each would report this same problem
             return [f"{self._file.path}: {problem}" for problem in problems]
         found: dict[str, list[str]] = {}
 
         def check(entry: dict[str, Any], threads: int) -> None:
-            found[entry["path"]] = self._verify_file(entry, threads)
+            found[entry["path"]] = self._verify_file(entry, threads, (served or {}).get(entry["path"]))
 
         # As decompress does: a sharded model's files side by side (each sha256 runs on one thread).
         shards = sharded(list(self._files.values()), threads)
@@ -892,7 +894,7 @@ class Archive:
                     problems.append(str(error))
         return problems
 
-    def _verify_file(self, entry: dict[str, Any], threads: int) -> list[str]:
+    def _verify_file(self, entry: dict[str, Any], threads: int, served: str | None = None) -> list[str]:
         if self._base is None and any(self.tensor_info(s["tensor"]).get("base") for s in entry["segments"] if "tensor" in s):
             return self._verify_stored(entry, threads)
         digest = hashlib.sha256()
@@ -903,6 +905,9 @@ class Archive:
             return [str(error)]
         if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
             return ["decoded bytes do not match the recorded sha256"]
+        if not entry.get("lossless") and served is not None and digest.hexdigest() != served:
+            return ["decodes to other bytes than the sha256 its manifest records (what zoo serve announces); storing the model "
+                    "again records these"]
         return []
 
     def _verify_stored(self, entry: dict[str, Any], threads: int) -> list[str]:
