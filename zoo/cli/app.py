@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import typer
@@ -15,6 +14,12 @@ from zoo.cli.stopping import Stopped
 from zoo.errors import InputError
 
 
+def _is_url(value: str) -> bool:
+    from zoo.hub.remote import is_url  # only for a value that holds "://": not on every command's start
+
+    return is_url(value)
+
+
 class _GivenPath(TyperPath):
     """A path parameter that refuses an empty value, which pathlib reads as the current folder:
     `zoo decompress "" -o out` answered that `.` was no archive, and `-o ""` wrote into `.`; and a
@@ -24,7 +29,7 @@ class _GivenPath(TyperPath):
         named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
         if isinstance(value, str) and not value:
             raise InputError(f"{named} is empty")
-        if isinstance(value, str) and re.match(r"[A-Za-z][\w+.-]*://", value):  # a Path made s3://b/x.zoo the file s3:/b/x.zoo
+        if isinstance(value, str) and "://" in value and _is_url(value):  # a Path made s3://b/x.zoo the file s3:/b/x.zoo
             raise InputError(f"{named} {value}: a URL, where this command takes a local path")
         return super().convert(value, param, ctx)
 

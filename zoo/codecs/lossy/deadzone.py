@@ -66,17 +66,13 @@ def dequantize(symbols: np.ndarray, step: float, dead_zone: float) -> np.ndarray
     tensor were four times its float32 size."""
     flat = symbols.reshape(-1)
     values = np.empty(flat.size, np.float32)
-    with np.errstate(over="ignore"):  # a large step times a large symbol is infinite in float32, as the format computes it
-        return _dequantize(flat, values, step, dead_zone).reshape(symbols.shape)
-
-
-def _dequantize(flat: np.ndarray, values: np.ndarray, step: float, dead_zone: float) -> np.ndarray:
     for block in blocks(flat.size):
         signed = flat[block].astype(np.int64)  # the magnitude of int8's -128 overflows in int8
         magnitude = np.abs(signed).astype(np.float32)
-        part = magnitude * np.float32(step) + np.where(magnitude > 0, np.float32(dead_zone), np.float32(0))
+        with np.errstate(over="ignore"):  # a large step times a large symbol is infinite in float32, as the format computes it
+            part = magnitude * np.float32(step) + np.where(magnitude > 0, np.float32(dead_zone), np.float32(0))
         values[block] = np.where(signed < 0, -part, part)
-    return values
+    return values.reshape(symbols.shape)
 
 
 def quantize_with_feedback(values: np.ndarray, step: float, dead_zone: float, hessian: np.ndarray) -> np.ndarray:
