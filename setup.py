@@ -57,7 +57,7 @@ setup(
         Extension(
             "zoo._native",
             sources=SOURCES,
-            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h", "native/mapping.h",
+            depends=["native/kernels.h", "native/coder.h", "native/dispatch.h", "native/bitpack.h", "native/mapping.h", "native/product.h",
                      "native/isa_flags.mk"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
         )

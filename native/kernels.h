@@ -78,6 +78,9 @@ typedef struct {
      * bit first; symbol_bits is 8 for 1-byte words, 8 to 12 for wider ones, as the coder's): lowers
      * range->smallest and range->smallest_nonzero to theirs, raises range->largest to theirs. */
     void (*symbol_range)(const uint8_t *words, size_t count, int word_bytes, int is_float, int symbol_bits, zoo_symbol_range *range);
+    /* out (rows x cols) = left (rows x rank) times right (rank x cols), float32, summed in double in
+     * a fixed order (product.h): the same bits from every table. */
+    void (*product)(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out);
     /* CRC-32 (the zlib/PNG polynomial): crc32(crc32(0, a), b) == crc32(0, a + b), as zlib.crc32. */
     uint32_t (*crc32)(uint32_t crc, const uint8_t *data, size_t size);
 } zoo_kernels;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "product.h"
 
 /* For each 8-lane refill mask, the byte permutation that moves word k (of those loaded) to the
  * k-th lane set in the mask: entry m, byte j = the number of lanes below j set in m. A 2 KiB
@@ -821,6 +822,10 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
 }
 
+static void product(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out) {
+    zoo_product_rows(left, right, rows, rank, cols, out);
+}
+
 const zoo_kernels zoo_kernels_avx2 = {
     .rans_decode_steps = rans_decode_steps,
     .merge_words = merge_words,
@@ -831,5 +836,6 @@ const zoo_kernels zoo_kernels_avx2 = {
     .rans_encode = rans_encode,
     .pack_remainders = pack_remainders,
     .symbol_range = symbol_range,
+    .product = product,
     .crc32 = zoo_crc32_pclmul,
 };

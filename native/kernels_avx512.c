@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "product.h"
 
 /* The table entries of 16 slots: one 16-lane gather, or (`narrow`) two 8-lane ones. AMD's Zen
  * cores run the 16-lane gather slower than two 8-lane ones: on a Zen 5, 5.0 against 3.9 ns for 16
@@ -716,6 +717,10 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
 }
 
+static void product(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out) {
+    zoo_product_rows(left, right, rows, rank, cols, out);
+}
+
 /* The two AVX-512 tables differ only in how rANS decoding gathers its slots (gather_entries). */
 #define AVX512_KERNELS(decode_steps)        \
     {                                       \
@@ -728,6 +733,7 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
         .rans_encode = rans_encode,         \
         .pack_remainders = pack_remainders, \
         .symbol_range = symbol_range,       \
+        .product = product,                 \
         .crc32 = crc32,                     \
     }
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "product.h"
 
 static inline uint16_t load_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
@@ -296,6 +297,10 @@ uint32_t zoo_crc32_scalar(uint32_t crc, const uint8_t *data, size_t size) {
     return ~crc;
 }
 
+static void product(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out) {
+    zoo_product_rows(left, right, rows, rank, cols, out);
+}
+
 const zoo_kernels zoo_kernels_scalar = {
     .rans_decode_steps = zoo_rans_decode_steps_scalar,
     .merge_words = zoo_merge_words_scalar,
@@ -306,5 +311,6 @@ const zoo_kernels zoo_kernels_scalar = {
     .rans_encode = zoo_rans_encode_scalar,
     .pack_remainders = zoo_pack_remainders_scalar,
     .symbol_range = zoo_symbol_range_scalar,
+    .product = product,
     .crc32 = zoo_crc32_scalar,
 };

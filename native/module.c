@@ -279,6 +279,34 @@ static PyObject *philox_uniform(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS return result;
 }
 
+/* -- the lowrank product ---------------------------------------------------------------------- */
+
+static PyObject *product(PyObject *self, PyObject *args) {
+    Py_buffer left, right;
+    Py_ssize_t rows, rank, cols;
+    if (!PyArg_ParseTuple(args, "y*y*nnn", &left, &right, &rows, &rank, &cols)) return NULL;
+    PyObject *result = NULL;
+    if (rows < 0 || rank < 0 || cols < 0)
+        PyErr_SetString(PyExc_ValueError, "product takes sizes of at least 0");
+    else if ((rank && (size_t)rows > SIZE_MAX / 4 / (size_t)rank) || (cols && (size_t)rank > SIZE_MAX / 4 / (size_t)cols) ||
+             (cols && (size_t)rows > SIZE_MAX / 4 / (size_t)cols))
+        PyErr_SetString(PyExc_ValueError, "product sizes overflow");
+    else if ((size_t)left.len != 4 * (size_t)rows * (size_t)rank || (size_t)right.len != 4 * (size_t)rank * (size_t)cols)
+        PyErr_SetString(PyExc_ValueError, "left must hold rows x rank float32 and right rank x cols");
+    else {
+        char *data = NULL;
+        result = new_bytearray(4 * (size_t)rows * (size_t)cols, &data);
+        if (result) {
+            Py_BEGIN_ALLOW_THREADS active->product((const float *)left.buf, (const float *)right.buf, (size_t)rows, (size_t)rank,
+                                                   (size_t)cols, (float *)data);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    PyBuffer_Release(&left);
+    PyBuffer_Release(&right);
+    return result;
+}
+
 /* -- checksums ----------------------------------------------------------------------------- */
 
 static PyObject *crc32(PyObject *self, PyObject *args) {
@@ -394,6 +422,7 @@ static PyMethodDef METHODS[] = {
     {"unpack_indices", unpack_indices, METH_VARARGS, "unpack_indices(packed, bits, count) -> bytearray."},
     {"dequantize", dequantize, METH_VARARGS, "dequantize(packed, bits, rows, cols, row_codebook, codebooks, n_codebooks, kind)."},
     {"philox_uniform", philox_uniform, METH_VARARGS, "philox_uniform(seed, stream, count, offset) -> bytearray of float32."},
+    {"product", product, METH_VARARGS, "product(left, right, rows, rank, cols) -> bytearray of float32: left times right, summed in double in a fixed order."},
     {"crc32", crc32, METH_VARARGS, "crc32(data, value=0) -> int: zlib.crc32's value, faster."},
     {"encode_section", encode_section, METH_VARARGS, "encode_section(words, word_bytes, is_float, symbol_bits, prefix=b'', lengths_at=-1) -> prefix + the coded section."},
     {"decode_section", decode_section, METH_VARARGS, "decode_section(payload, offset, count, word_bytes, is_float) -> (bytearray, end)."},

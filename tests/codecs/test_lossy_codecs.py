@@ -13,7 +13,7 @@ from zoo.codecs.lossy.lowrank import LowRank
 from zoo.codecs.selection import selected
 from zoo.codecs.lossy.truncate import Truncate
 from zoo.dtypes import from_float32, to_float32
-from zoo.errors import InputError, PipelineError
+from zoo.errors import FormatError, InputError, PipelineError
 from zoo.codecs.pipeline import Pipeline
 
 from tests.conftest import write_safetensors
@@ -217,6 +217,48 @@ def test_lowrank_energy_finds_the_rank_and_leaves_full_rank_alone():
     noise = np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32)
     dense = codec.encode(TypedArray(noise, "F32"))
     assert set(dense.parts) == {"dense"} and codec.decode(dense.parts, dense.meta, "F32", noise.shape).data is noise
+
+
+_DECODE_SHA = """
+import hashlib, sys
+import zoo
+zoo.decompress(sys.argv[1], sys.argv[2])
+print(hashlib.sha256(open(sys.argv[2] + "/model.safetensors", "rb").read()).hexdigest())
+"""
+
+
+def test_lowrank_decodes_to_the_same_bits_whatever_blas_kernel_the_cpu_takes(tmp_path):
+    # An archive moves between machines (an AVX-512 Xeon, an AVX2 EPYC), and the store records the
+    # sha256 of what a lossy file decodes to: a BLAS sums a float32 product in an order of its own
+    # per CPU kernel, which OPENBLAS_CORETYPE picks here (both kernels run on every x86-64 CI CPU).
+    import os
+    import subprocess
+    import sys
+
+    source = tmp_path / "model"
+    source.mkdir()
+    write_safetensors(source / "model.safetensors", {"w": ("F32", _low_rank_matrix(384, 160, 48, 0.01, 5)),
+                                                      "v": ("BF16", from_float32(_low_rank_matrix(256, 96, 24, 0.01, 6), "BF16"))})
+    zoo.compress(source, tmp_path / "m.zoo", "lowrank:energy=0.999|lossless")
+    digests = set()
+    for n, (coretype, kernels) in enumerate([("Haswell", ""), ("Sandybridge", ""), ("Prescott", "numpy")]):
+        environment = {**os.environ, "OPENBLAS_CORETYPE": coretype, "ZOO_KERNELS": kernels}
+        run = subprocess.run([sys.executable, "-c", _DECODE_SHA, str(tmp_path / "m.zoo"), str(tmp_path / f"out{n}")],
+                             env=environment, capture_output=True, text=True, check=True)
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_lowrank_archives_before_the_fixed_sum_still_decode_and_unknown_products_are_refused():
+    weights = _low_rank_matrix(40, 30, 4, 0.0, 7)
+    codec = LowRank(energy=0.9999)
+    result = codec.encode(TypedArray(weights, "F32"))
+    assert result.meta == {"rank": 4, "product": "float64"}
+    left, right = (to_float32(result.parts[k].data, "F32") for k in ("left", "right"))
+    legacy = codec.decode(result.parts, {"rank": 4}, "F32", weights.shape).data
+    np.testing.assert_allclose(legacy, left @ right, rtol=1e-6, atol=1e-6)
+    with pytest.raises(FormatError, match="lowrank: unknown product 'float32'"):
+        codec.decode(result.parts, {"rank": 4, "product": "float32"}, "F32", weights.shape)
 
 
 def test_lowrank_ratio_spreads_one_budget_to_minimise_the_largest_error(tmp_path):

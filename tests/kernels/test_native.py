@@ -85,6 +85,43 @@ def test_philox_every_isa_matches_numpy(isa, offset, count):
     np.testing.assert_array_equal(_native_calls.philox_uniform(seed, stream, count, offset), _fallback.philox_uniform(seed, stream, count, offset))
 
 
+def _ordered_sum(left, right, r, c):
+    """Element (r, c) of the lowrank product as the spec words it: Python floats are IEEE doubles."""
+    total = 0.0 if left.shape[1] == 0 else float(left[r, 0]) * float(right[0, c])
+    for k in range(1, left.shape[1]):
+        total += float(left[r, k]) * float(right[k, c])
+    return np.float32(total)
+
+
+@pytest.mark.parametrize("rows,rank,cols", [(0, 3, 4), (3, 0, 5), (1, 1, 1), (3, 2, 7), (5, 9, 255), (2, 4, 256), (3, 17, 257), (2, 3, 513)])
+def test_product_every_isa_matches_numpy_and_the_ordered_sum(isa, rows, rank, cols):
+    rng = np.random.default_rng(rows * 1000 + rank * 10 + cols)
+    left = rng.normal(0, 1, (rows, rank)).astype(np.float32)
+    right = (rng.normal(0, 1, (rank, cols)) * 10.0 ** rng.integers(-30, 30, (rank, cols))).astype(np.float32)  # cancellation
+    specials = np.array([0x7F800001, 0xFFC00123, 0x7F800000, 0xFF800000, 0x00000001, 0x80000000, 0x7F7FFFFF], np.uint32).view(np.float32)
+    if rows and rank and cols >= len(specials):
+        right[0, :len(specials)] = specials  # NaN payloads, infinities (inf * 0 and inf - inf too), subnormal, -0, overflow
+        left[0, 0] = 0.0
+    got = _native_calls.product(left, right)
+    with np.errstate(all="ignore"):
+        expected = _fallback.product(left, right)
+        assert got.dtype == np.float32 and got.shape == (rows, cols) and got.tobytes() == expected.tobytes()
+        for r in range(rows):
+            for c in range(cols):
+                want = _ordered_sum(left, right, r, c)
+                assert got[r, c].tobytes() == (np.uint32(0x7FC00000).view(np.float32) if np.isnan(want) else want).tobytes()
+
+
+def test_product_refuses_what_does_not_multiply():
+    for call in (_native_calls.product, _fallback.product):
+        with pytest.raises(ValueError, match=r"left \[2, 3\] and right \[4, 5\] do not multiply"):
+            call(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
+        with pytest.raises(ValueError, match="right must be a 2-D float32 array, got float64"):
+            call(np.zeros((2, 3), np.float32), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="left must hold rows x rank float32"):
+        native.product(b"\0" * 8, b"\0" * 12, 2, 3, 1)
+
+
 SECTION_CASES = [  # (name, words, word bytes, float, symbol bits)
     ("bf16", lambda n: bf16_words(n).view(np.uint8), 2, True, 10),
     ("fp16", lambda n: np.random.default_rng(n).normal(0, 0.02, n).astype(np.float16).view(np.uint8), 2, True, 8),

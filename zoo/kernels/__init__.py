@@ -6,6 +6,8 @@ Contract (every path gives bit-identical results; zoo/kernels/fallback.py is the
 - pack_indices(indices uint8|uint16, bits) -> uint8, LSB-first; unpack_indices(packed, bits, count).
 - dequantize(packed, bits, rows, cols, row_codebook int32, codebooks float32, dtype) -> storage (rows, cols).
 - philox_uniform(seed, stream, count, offset=0) -> float32 in [-1, 1) (docs/FORMAT.md).
+- product(left float32 (rows, rank), right float32 (rank, cols)) -> float32 (rows, cols), summed in
+  float64 in a fixed order: the same bits on every CPU, as a BLAS's float32 matmul is not.
 - crc32(data, value=0) -> int: exactly zlib.crc32 (the archive's chunk checksums).
 - encode_section(words uint8, word_bytes, is_float, symbol_bits, prefix=b"", lengths_at=-1) -> prefix + coded
   bytes; with lengths_at >= 0 the two u32 at that offset of `prefix` (a stream header's lengths) are set
@@ -69,6 +71,7 @@ if _native_module is None:
     unpack_indices = _fallback.unpack_indices
     dequantize = _fallback.dequantize
     philox_uniform = _fallback.philox_uniform
+    product = _fallback.product
     crc32 = _fallback.crc32
     encode_section = _fallback_coder.encode_section
     decode_section = _fallback_coder.decode_section
@@ -81,6 +84,7 @@ else:
         merge_planes,
         pack_indices,
         philox_uniform,
+        product,
         split_planes,
         unpack_indices,
     )

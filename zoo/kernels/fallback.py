@@ -232,6 +232,48 @@ def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.nd
     return out
 
 
+# -- the lowrank product ----------------------------------------------------------------------
+
+_PRODUCT_BLOCK = 1 << 18  # float64 sums held per step, to bound memory
+_QUIET_NAN = np.array([0x7FC00000], dtype=np.uint32).view(np.float32)[0]
+
+
+def check_product(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The arguments of product, checked (ValueError): two float32 matrices, left's columns as many as right's rows."""
+    arrays = []
+    for name, array in (("left", left), ("right", right)):
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D float32 array, got {getattr(array, 'dtype', type(array).__name__)}"
+                             f"{list(getattr(array, 'shape', []))}")
+        arrays.append(np.ascontiguousarray(array))
+    if arrays[0].shape[1] != arrays[1].shape[0]:
+        raise ValueError(f"left {list(arrays[0].shape)} and right {list(arrays[1].shape)} do not multiply")
+    return arrays[0], arrays[1]
+
+
+def product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left (rows x rank) times right (rank x cols), float32: each element's products, exact in
+    float64, summed in float64 in index order from the first (0 for rank 0), rounded once to
+    float32, a NaN written as 0x7fc00000. One IEEE operation after another in a fixed order, so the
+    bits do not depend on the CPU, as a BLAS's do (native/product.h is the same sum)."""
+    left, right = check_product(left, right)
+    (rows, rank), cols = left.shape, right.shape[1]
+    out = np.zeros((rows, cols), dtype=np.float32)
+    if rank == 0 or rows == 0 or cols == 0:
+        return out
+    wide = right.astype(np.float64)
+    step = max(1, _PRODUCT_BLOCK // cols)
+    for first in range(0, rows, step):
+        factors = left[first:first + step].astype(np.float64)
+        sums = np.multiply(factors[:, :1], wide[0])
+        term = np.empty_like(sums)
+        for k in range(1, rank):
+            np.add(sums, np.multiply(factors[:, k:k + 1], wide[k], out=term), out=sums)
+        out[first:first + step] = sums
+    out[np.isnan(out)] = _QUIET_NAN
+    return out
+
+
 # -- checksums ------------------------------------------------------------------------------
 
 

@@ -67,6 +67,12 @@ def philox_uniform(seed: int, stream: int, count: int, offset: int = 0) -> np.nd
     return np.frombuffer(_native.philox_uniform(seed, stream, count, offset), dtype=np.float32)
 
 
+def product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    left, right = _fallback.check_product(left, right)
+    (rows, rank), cols = left.shape, right.shape[1]
+    return np.frombuffer(_native.product(left, right, rows, rank, cols), dtype=np.float32).reshape(rows, cols)
+
+
 def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
     return _native.crc32(data, value)
 

@@ -13,7 +13,10 @@ The rank comes from one of two rules:
 A layer whose factors would not be smaller than the matrix is left whole: one part ``dense``
 that later stages treat like the original. Otherwise the parts are ``left`` (rows x rank,
 U S^1/2) and ``right`` (rank x cols, S^1/2 V^T), in the tensor's dtype; neither is final, so
-``lowrank|codebook`` quantizes the factors.
+``lowrank|codebook`` quantizes the factors. Their product is summed in float64 in a fixed order
+(zoo.kernels.product, meta ``product``), so an archive decodes to the same bits on every CPU: a
+BLAS's float32 matmul sums in an order of its own per CPU, and the sha256 a store records of a
+decoded file would not hold on the next machine.
 
 The singular values and vectors come from the eigen-decomposition of the smaller Gram matrix (A^T A
 or A A^T), in float32, with the tensor read a block at a time: numpy.linalg computes in float64
@@ -33,6 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, PipelineError
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
@@ -237,7 +241,7 @@ class LowRank(LossyCodec):
             np.ldexp(left, -matrix.exponent // 2, out=left)
             np.ldexp(right, -matrix.exponent // 2, out=right)
         return Transformed({"left": TypedArray(_stored(left, array.dtype), array.dtype),
-                            "right": TypedArray(_stored(right, array.dtype), array.dtype)}, {"rank": rank})
+                            "right": TypedArray(_stored(right, array.dtype), array.dtype)}, {"rank": rank, "product": "float64"})
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         rank = meta.get("rank")
@@ -249,5 +253,11 @@ class LowRank(LossyCodec):
         left, right = parts["left"], parts["right"]
         if left.data.size != rows * rank or right.data.size != rank * cols or left.dtype != dtype or right.dtype != dtype:
             raise FormatError(f"lowrank: factors {list(left.shape)} and {list(right.shape)} do not make {dtype}{list(shape)}")
-        product = to_float32(left.data, dtype).reshape(rows, rank) @ to_float32(right.data, dtype).reshape(rank, cols)
+        factors = to_float32(left.data, dtype).reshape(rows, rank), to_float32(right.data, dtype).reshape(rank, cols)
+        if meta.get("product") == "float64":  # summed in float64 in a fixed order: the same bits on every CPU
+            product = _kernels.product(*factors)
+        elif "product" not in meta:  # archives before it: numpy's float32 matmul, summed in its BLAS's order
+            product = factors[0] @ factors[1]
+        else:
+            raise FormatError(f"lowrank: unknown product {meta['product']!r}")
         return TypedArray(from_float32(product, dtype).reshape(shape), dtype)
