@@ -155,6 +155,17 @@ def test_huge_thread_counts_read_the_same_tensors(model):
         assert all(_same(state[name], tensor) for name, tensor in tensors.items())
 
 
+def test_a_thread_count_that_is_no_whole_number_is_an_input_error(model, tmp_path):
+    path, tensors = model
+    for threads in ("2", True, 2.0):
+        with pytest.raises(InputError, match=f"threads must be a whole number or None, got {threads!r}"):
+            zoo.load_state_dict(path, threads=threads)
+        with pytest.raises(InputError, match="threads must be a whole number"):
+            zoo.decompress(path, tmp_path / "out", threads=threads)
+        assert not (tmp_path / "out").exists()
+    assert all(_same(zoo.load_state_dict(path, threads=np.int64(2))[name], tensor) for name, tensor in tensors.items())
+
+
 # -- batch work --------------------------------------------------------------------------------------
 
 

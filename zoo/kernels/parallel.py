@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from zoo.errors import InputError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -38,10 +40,12 @@ MAX_THREADS = 1024
 
 def resolve_threads(threads: int | None) -> int:
     """The thread count to use: the default (up to 8, one per core) for None or less than 1, and
-    never more than MAX_THREADS."""
+    never more than MAX_THREADS. Anything but a whole number or None is an InputError."""
+    if threads is not None and (isinstance(threads, bool) or not hasattr(type(threads), "__index__")):
+        raise InputError(f"threads must be a whole number or None, got {threads!r}")
     if threads is None or threads <= 0:
         return max(1, min(8, os.cpu_count() or 1))
-    return min(threads, MAX_THREADS)
+    return min(threads.__index__(), MAX_THREADS)
 
 
 def _mark_worker() -> None:
