@@ -89,6 +89,37 @@ def test_a_closed_archive_refuses_reads_with_a_zoo_error(model, tmp_path, monkey
     assert sorted(archive.keys()) == ["bf", "f32", "f8", "steps", "vector"]  # the header stays known
 
 
+def test_closing_an_archive_under_a_read_in_another_thread_is_a_zoo_error_and_lets_go_of_the_file(model):
+    # close() came while a thread read: raw ValueError ("I/O operation on closed file") or EBADF,
+    # and a descriptor reused meanwhile by another open could have been read from
+    path, tensors = model
+    open_files = len(os.listdir("/proc/self/fd"))
+    failures = []
+    for trial in range(20):
+        archive = zoo.open(path)
+        started = threading.Event()
+
+        def read_until_closed():
+            started.set()
+            try:
+                while True:
+                    for name, tensor in tensors.items():
+                        assert _same(archive.get_tensor(name, "pt"), tensor)
+            except InputError as error:
+                assert "the archive is closed" in str(error)
+            except BaseException as error:  # noqa: BLE001 - the test reports what else came
+                failures.append(repr(error))
+
+        reader = threading.Thread(target=read_until_closed)
+        reader.start()
+        started.wait()
+        time.sleep(0.0005 * trial)
+        archive.close()
+        reader.join()
+    assert failures == []
+    assert len(os.listdir("/proc/self/fd")) == open_files
+
+
 def test_a_bool_index_is_refused_not_read_as_row_one(model):
     path, _ = model
     with zoo.open(path) as archive:

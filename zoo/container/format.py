@@ -11,7 +11,7 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -314,6 +314,9 @@ class ArchiveFile:
         self.mapped = mapped and _kernels.map_file is not None
         self.read_once = read_once
         self._map: Any = None  # the whole archive file mapped, once a chunk is read through it
+        # Reads in flight: close() lets them finish and closes the file after the last one (its
+        # descriptor, closed under a read in another thread, raised raw errors, or was reused).
+        self._users, self._closing, self._users_lock = 0, False, threading.Lock()
         # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
         self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
         try:
@@ -367,10 +370,26 @@ class ArchiveFile:
         self.payload_size = self.file_size - self.payload_start
         return header
 
+    @contextmanager
+    def _descriptor(self) -> Iterator[int]:
+        """The archive file's descriptor, open until the block ends even if close() comes meanwhile."""
+        with self._users_lock:
+            if self._closing:
+                raise InputError(f"{self.path}: the archive is closed (read it inside its `with` block)")
+            self._users += 1
+        try:
+            yield self._file.fileno()
+        finally:
+            with self._users_lock:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                self._file.close()
+
     def read(self, offset: int, length: int, what: str, obj: str | None = None) -> bytes:
         """`length` bytes at `offset` of the payload region, or of object `obj`'s payload region."""
         if obj is None:
-            descriptor, start, size, where = self._file.fileno(), self.payload_start, self.payload_size, self.path
+            start, size, where = self.payload_start, self.payload_size, self.path
         else:
             where = self.object_file(obj, what)
             remote = _remote(where)
@@ -382,13 +401,18 @@ class ArchiveFile:
                 if len(data) != length:
                     raise FormatError(f"{where}: {what} is truncated")
                 return data
-        with (nullcontext((descriptor, start, size)) if obj is None else _OBJECT_FILES.held(where, self.path, what)) as (descriptor, start, size):
+        with (self._own_region() if obj is None else _OBJECT_FILES.held(where, self.path, what)) as (descriptor, start, size):
             if not _within(offset, length, size):
                 raise FormatError(f"{where}: {what} lies outside the {'archive' if obj is None else 'object'} (truncated?)")
             data = os.pread(descriptor, length, start + offset)
         if len(data) != length:
             raise FormatError(f"{where}: {what} is truncated")
         return data
+
+    @contextmanager
+    def _own_region(self) -> Iterator[tuple[int, int, int]]:
+        with self._descriptor() as descriptor:
+            yield descriptor, self.payload_start, self.payload_size
 
     def object_file(self, name: str, what: str) -> Path:
         """Where object `name` lies, its name checked first (64 lowercase hex digits, nothing else)."""
@@ -459,7 +483,8 @@ class ArchiveFile:
         wrong, or reads a file that grew)."""
         if obj is None:
             if self._map is None:
-                self._map = _map(self._file.fileno(), self.path) or False  # False: tried, and not mapped
+                with self._descriptor() as descriptor:
+                    self._map = _map(descriptor, self.path) or False  # False: tried, and not mapped
             mapping, start, size = self._map or None, self.payload_start, self.payload_size
         else:
             where = self.object_file(obj, what)
@@ -483,13 +508,19 @@ class ArchiveFile:
         raise FormatError(f"{where}: the file shrank while {what} was read from it (truncated or damaged)")
 
     def close(self) -> None:
+        """Closes the file once the reads in flight are done; reads after this are refused."""
         self._map = None  # unmapped once the last view of it is gone
-        self._file.close()
+        with self._users_lock:
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._file.close()
 
     def replaced(self) -> bool:
         """Whether the path no longer names the file this archive has open (removed, or replaced:
         zoo rm, compress --force, gc), so that a long-running reader lets go of its disk space."""
-        return _not_the_file(self.path, self._file.fileno())
+        with self._descriptor() as descriptor:
+            return _not_the_file(self.path, descriptor)
 
 
 def is_archive(path: Path) -> bool:
