@@ -310,3 +310,22 @@ def test_a_url_where_a_local_path_goes_is_named_as_such(tmp_path):
     done = zoo_cli("compress", tmp_path, "-o", tmp_path / "out/", "--ray=", cwd=tmp_path, home=tmp_path / "zoo")
     assert (done.returncode, done.stderr) == (1, "error: --ray is empty: give HOST:PORT, or --ray alone for RAY_ADDRESS or a Ray of its own\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_output_among_what_the_zoo_keeps_in_its_folder_is_refused(one_file_archive, tmp_path):
+    # `-o $ZOO_HOME` merged the model's files beside the catalogue (--force replaced a file named
+    # like it), and outputs under objects/ or manifests/ mixed a user's files with the zoo's
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", one_file_archive.with_suffix(".safetensors"), "--name", "t/m", home=home))
+    kept = sorted(str(p.relative_to(home)) for p in home.rglob("*") if "work" not in p.parts)
+    (tmp_path / "link").symlink_to(home)
+    for args in (("decompress", one_file_archive, "-o", home), ("decompress", one_file_archive, "-o", home / "objects" / "x"),
+                 ("decompress", one_file_archive, "-o", tmp_path / "link" / "manifests"),
+                 ("compress", one_file_archive.with_suffix(".safetensors"), "-o", home / "catalogue.sqlite", "--force"),
+                 ("export", "t/m", "-o", home / "work" / "a.zoo"), ("decompress", "t/m", "-o", home / "lock", "--force")):
+        done = zoo_cli(*args, home=home)
+        assert done.returncode == 1 and "the zoo's own folder" in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*") if "work" not in p.parts) == kept
+    ok(zoo_cli("decompress", "t/m", "-o", home / "mine", home=home))  # a folder of the user's own beside them is theirs
+    ok(zoo_cli("export", "t/m", "-o", tmp_path / "a.zoo", home=home))
+    ok(zoo_cli("doctor", home=home))
