@@ -525,7 +525,25 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
                             progress=progress, base=named_base, delta=delta, replacing=ref if force else None, **options)
         if check is not None:
             check(shell)
-        return store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
+        entry = store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
+    warn_of_other_weights(store, entry)
+    return entry
+
+
+def warn_of_other_weights(store: Store, entry: Entry) -> None:
+    """Warn of the variants of entry's NAME@REVISION made from other weights than it (the
+    original files they share differ): what a --force replaced or a changed source leaves beside
+    it, which `zoo ls` would list as the same model."""
+    stored = store.entries(entry.name, with_files=True)
+    mine = next((e for e in stored if e.ref == entry.ref), None)
+    if mine is None:
+        return
+    originals = {f.path: f.sha256 for f in mine.files}
+    others = [e.ref for e in stored if e.revision == entry.revision and e.variant != entry.variant
+              and any(originals.get(f.path, f.sha256) != f.sha256 for f in e.files)]
+    if others:
+        warnings.warn(f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} made from other weights than {entry.ref}, "
+                      f"just stored (`zoo rm {others[0]}` removes {'it' if len(others) == 1 else 'the first'})", ZooWarning, stacklevel=3)
 
 
 def refuse_unstorable_names(files: list[SourceFile], source_label: str | None) -> None:

@@ -115,6 +115,39 @@ def test_names_revisions_and_variants(tiny_model, tmp_path):
         compress_into(store, tiny_model, "ok")
 
 
+def test_storing_other_weights_under_a_revision_warns_of_its_variants_made_from_the_old_ones(tmp_path):
+    # `--force` put new weights under t/m@main: its lossy variant, made from the old ones, stayed
+    # and `zoo ls` listed it beside them as the same model, with no word
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    models = []
+    for seed in (1, 2):
+        folder = tmp_path / f"v{seed}"
+        folder.mkdir()
+        write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (64, 64), seed)),
+                                                          "b": ("F32", random_storage("F32", (64,), seed))})
+        (folder / "config.json").write_text("{}")
+        models.append(folder)
+    store = Store(tmp_path / "zoo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same weights: nothing to say
+        compress_into(store, models[0], "t/m")
+        compress_into(store, models[0], "t/m", pipeline="truncate:bits=5")
+        compress_into(store, models[1], "t/m", "v2", pipeline="truncate:bits=5")  # another revision is other weights by right
+        compress_into(store, models[0], "t/m", force=True)
+    with pytest.warns(ZooWarning, match=r"^t/m@main:truncate:bits=5 was made from other weights than t/m@main:lossless, just stored "
+                                        r"\(`zoo rm t/m@main:truncate:bits=5` removes it\)$"):
+        compress_into(store, models[1], "t/m", force=True)
+    with pytest.warns(ZooWarning, match=r"^t/m@main:truncate:bits=5 was made from other weights than t/m@main:truncate:bits=7"):
+        compress_into(store, models[1], "t/m", pipeline="truncate:bits=7")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compress_into(store, models[1], "t/m", pipeline="truncate:bits=5", force=True)  # made again from these: all agree
+    assert sorted(e.variant for e in store.entries("t/m") if e.revision == "main") == ["lossless", "truncate:bits=5", "truncate:bits=7"]
+
+
 def test_resolve_archive_contract(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
     assert resolve_archive("tiny") is None
