@@ -367,3 +367,9 @@ def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(ti
     problems = zoo.verify("org/lossy:truncate:bits=4")
     assert problems and all("decodes to other bytes than the sha256 its manifest records" in p for p in problems), problems
     assert zoo.verify(entry.archive) == []  # the archive by its path: no manifest to hold it to
+    # the whole zoo's verify held lossy files to nothing but their objects' checksums: ok, exit 0
+    objects, manifests, problems = store.verify(threads=2)
+    assert (manifests, len(problems)) == (1, 1) and problems[0].startswith("org/lossy@main:truncate:bits=4: model.safetensors: decodes to "
+                                                                           "other bytes than the sha256 its manifest records"), problems
+    done = zoo_cli("verify", home=home)
+    assert done.returncode == 1 and "decodes to other bytes" in done.stdout + done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -864,28 +864,32 @@ class Archive:
             return [str(error).removeprefix(f"{self._file.path}: ")]
         return []
 
-    def verify(self, threads: int = 1, served: dict[str, str] | None = None) -> list[str]:
+    def verify(self, threads: int = 1, served: dict[str, str] | None = None, files: Collection[str] | None = None) -> list[str]:
         """Decode everything; return what is damaged (empty when the archive is sound). Without
         the base, tensors stored against it are checked as stored (every checksum, decoded
         through their pipeline) but not rebuilt. `served`: the sha256 a zoo's manifest records of
         each file as decoding gives it, which a lossy file is held to as a lossless one is to its
-        original's (a decoder that changed its bytes, under the hash zoo serve announces)."""
+        original's (a decoder that changed its bytes, under the hash zoo serve announces).
+        `files`: only those files (a zoo's verify, which has checked the objects of the others)."""
         problems = self.layout_problems()
         if problems:  # no file can be streamed: each would report this same problem
             return [f"{self._file.path}: {problem}" for problem in problems]
         found: dict[str, list[str]] = {}
+        chosen = [entry for path, entry in self._files.items() if files is None or path in files]
 
         def check(entry: dict[str, Any], threads: int) -> None:
             found[entry["path"]] = self._verify_file(entry, threads, (served or {}).get(entry["path"]))
 
         # As decompress does: a sharded model's files side by side (each sha256 runs on one thread).
-        shards = sharded(list(self._files.values()), threads)
+        shards = sharded(chosen, threads)
         for_each(lambda entry: check(entry, 1), shards, threads)
-        for entry in self._files.values():
+        for entry in chosen:
             if entry["path"] not in found:
                 check(entry, threads)
-        for path in self._files:
-            problems.extend(f"{path}: {problem}" for problem in found[path])
+        for entry in chosen:
+            problems.extend(f"{entry['path']}: {problem}" for problem in found[entry["path"]])
+        if files is not None:
+            return problems
         for name, info in self._file.header["tensors"].items():  # views lie in no file: load_state_dict reads them
             if "view" in info:
                 try:

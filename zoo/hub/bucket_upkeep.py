@@ -57,7 +57,7 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
             except (ZooError, OSError) as error:
                 problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
                 continue
-            problems += store._archive_problems(record)
+            problems += store._archive_problems(record, threads)
     return len(listed), len(records), problems
 
 

@@ -829,11 +829,12 @@ class Store:
                 path = self.object_path(item["sha256"])
                 if not path.is_file() or path.stat().st_size != item["size"]:
                     problems.append(f"{ref}: object {path} is missing or not of its recorded size")
-            problems += self._archive_problems(record)
+            problems += self._archive_problems(record, threads)
         return len(files), len(manifests), problems
 
-    def _archive_problems(self, record: dict[str, Any]) -> list[str]:
-        """A model's archive against its manifest: its layout sound, its files those the manifest lists."""
+    def _archive_problems(self, record: dict[str, Any], threads: int = 1) -> list[str]:
+        """A model's archive against its manifest: its layout sound, its files those the manifest
+        lists, and each lossy file decoding to the sha256 the manifest records of it."""
         from zoo.container.reader import Archive
 
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
@@ -848,6 +849,10 @@ class Store:
             if left_out:
                 problems.append(f"{ref}: its manifest leaves out {len(left_out)} of the objects its archive names (`zoo doctor` "
                                 "lists them again)")
+            lossy = {f["path"]: f["served_sha256"] for f in record["files"] if not f["lossless"]}
+            if lossy and not problems:  # decoded and held to the sha256 serve announces, as `zoo verify NAME` does
+                with Archive(self.object_path(archive["sha256"]), read_once=True) as opened:
+                    problems += [f"{ref}: {problem}" for problem in opened.verify(threads, lossy, files=lossy)]
         except ZooError as error:
             return [f"{ref}: {error}"]
         return problems
