@@ -18,6 +18,7 @@ import pytest
 from zoo.api import compress_into
 from zoo.hub.store import Store
 
+from tests.conftest import random_storage, write_safetensors
 from tests.hub.test_serve import running_server
 
 INFER = """
@@ -117,6 +118,34 @@ def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
     quiet = zoo_cli("pull", "org/tiny-bert", "-p", "l2:target_ratio=4", "--name", "lossy-json", "--json", env=terminal)
     assert quiet.returncode == 0, quiet.stderr
     assert "surveying" not in quiet.stderr and json.loads(quiet.stdout)["name"] == "lossy-json"
+
+
+def test_pull_does_not_replace_a_model_of_the_name_that_no_pull_of_its_repository_stored(hub, tiny_bert, tmp_path):
+    # `zoo compress my_finetune/` names it after its base's hub id; `zoo pull` of that id then
+    # replaced it, objects and all, with no --force and exit 0
+    from zoo import batch
+    from zoo.errors import OutputExistsError
+
+    _, _, env = hub
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write_safetensors(mine / "model.safetensors", {"w": ("F32", random_storage("F32", (32, 16), 3))})
+    second = Store(tmp_path / "second")
+    compress_into(second, mine, "org/tiny-bert", source_label=str(mine))  # as zoo compress stores it
+    kept = second.resolve("org/tiny-bert", with_files=True)
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"error: org/tiny-bert@main:lossless is already in the zoo, stored from {mine}, not pulled from org/tiny-bert; "
+                           "pass --force to replace it, or --name to store the pull under another name\n")
+    with pytest.raises(OutputExistsError, match=r"^org/tiny-bert@main:lossless \(stored from .*mine\) is already in the zoo, not pulled "
+                                                r"from its repository; pass --force"):
+        batch.pull_many(["org/tiny-bert"], store=second, ray="127.0.0.1:1")  # refused before Ray is asked for
+    assert second.resolve("org/tiny-bert", with_files=True).files == kept.files
+    assert zoo_cli("pull", "org/tiny-bert", "--name", "org/upstream", env=env).returncode == 0
+    assert zoo_cli("pull", "org/tiny-bert", "--name", "org/upstream", env=env).returncode == 0  # its own pull again: fine
+    done = zoo_cli("pull", "org/tiny-bert", "--force", env=env)
+    assert done.returncode == 0, done.stderr
+    assert {f.path: f.sha256 for f in second.resolve("org/tiny-bert", with_files=True).files} == hashes(tiny_bert)
 
 
 def test_pull_errors_are_one_line(hub, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.api import compress_into
-from zoo.errors import ChecksumError, InputError, ZooError
+from zoo.errors import ChecksumError, InputError, OutputExistsError, ZooError
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name
 from zoo.sources.folder import check_globs, selected_by
 
@@ -157,9 +157,15 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     check_globs(include, exclude)  # before the download, not after it
     store = store or Store()
     name = check_name(name or repo_id)
-    pulled = download(repo_id, revision, include, exclude, progress_bars)
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = store.exists_ref(name, revision, variant)
+    if held is not None and not force and not (held.source or "").startswith(f"hub:{repo_id}@"):
+        # a model the user stored under this name (`zoo compress` names a fine-tune after its base's
+        # hub id): a pull replaces only what an earlier pull of this repository stored
+        stored = f", stored from {held.source}" if held.source else ""
+        raise OutputExistsError(f"{held.ref} is already in the zoo{stored}, not pulled from {repo_id}; "
+                                "pass --force to replace it, or --name to store the pull under another name")
+    pulled = download(repo_id, revision, include, exclude, progress_bars)
     source = f"hub:{repo_id}@{pulled.commit}"
     # The cache may hold more than this pull asked for: only what the filters select is stored.
     inside = {path.relative_to(pulled.folder).as_posix(): path for path in pulled.folder.rglob("*") if path.is_file()}
