@@ -19,10 +19,20 @@ STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP
 STORED: list[str] = []
 
 
+# And those it has removed (zoo rm), each once its manifest and objects are gone.
+REMOVED: list[str] = []
+
+
 def stored(ref: str) -> None:
     """Record that `ref` (NAME@REVISION:VARIANT) is now in the zoo for good."""
     if ref not in STORED:
         STORED.append(ref)
+
+
+def removed(ref: str) -> None:
+    """Record that `ref` was removed from the zoo for good."""
+    if ref not in REMOVED:
+        REMOVED.append(ref)
 
 
 @contextmanager

@@ -60,6 +60,38 @@ def test_ctrl_c_before_the_manifest_says_only_interrupted(tiny_model, tmp_path):
     assert Store(home).entries() == []
 
 
+def test_ctrl_c_during_rm_lets_it_end_and_says_the_model_was_removed(tiny_model, tmp_path):
+    """Ctrl-C while zoo rm removed objects: the model was gone, the command said only
+    "interrupted" (130), and the objects it had not reached waited for `zoo gc`."""
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, tiny_model, "kept")
+    compress_into(store, tiny_model, "gone", pipeline="truncate:bits=4")  # objects of its own
+    compress_into(store, tiny_model, "gone")
+    done = zoo_cli("rm", "gone", "--all", home=home, env={"ZOO_KILL_AT": "drop-object:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted after 2 models were removed from the zoo\n")
+    assert [e.name for e in Store(home).entries()] == ["kept"]
+    assert object_files(home) == named_objects(home)  # nothing left for gc
+    assert Store(home).gc() == []
+
+
+def test_rm_killed_midway_leaves_no_shell_for_doctor_to_bring_the_model_back_from(tmp_path):
+    """Killed after its manifest went and amid its objects: the model's shell goes first, so what is
+    left is objects no header names, for gc; doctor restores no manifest from a shell whose objects
+    are half gone (a shell still there, all its objects with it, it gives back whole)."""
+    home = tmp_path / "zoo"
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {f"w{i}": ("F32", random_storage("F32", (64, 128), i)) for i in range(4)})
+    shell = compress_into(Store(home), model, "gone").archive.name  # four tensors of 32 KiB: four objects and the shell
+    killed("rm", "gone", home=home, at="drop-object")
+    assert Store(home).entries() == [] and len(object_files(home)) == 4 and shell not in object_files(home)
+    findings = Store(home).doctor()
+    assert not any("restored" in finding for finding in findings), findings
+    assert Store(home).entries() == []
+    assert len(Store(home).gc()) == 4 and object_files(home) == set()
+
+
 def test_gc_killed_midway_keeps_every_named_object(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     store = Store(home)

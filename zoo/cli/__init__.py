@@ -82,9 +82,10 @@ def main() -> None:
     one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
     from zoo.cli.stopping import Stopped, stop_on_signals
     from zoo.errors import ZooError
-    from zoo.signals import STORED
+    from zoo.signals import REMOVED, STORED
 
     STORED.clear()  # what this command stores (a process may run more than one: the tests do)
+    REMOVED.clear()
     _shown.clear()  # and the warnings it has said
 
     # First: a signal while the rest loads (a tenth of a second and more) stops the command as one

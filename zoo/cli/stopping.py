@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-from zoo.signals import STOPPING, STORED
+from zoo.signals import REMOVED, STOPPING, STORED
 
 
 class Terminated(KeyboardInterrupt):
@@ -36,6 +36,9 @@ class Stopped(BaseException):
         if STORED:  # the command's work was done, or some of it: the signal took none of it back
             self.message += (f" after {STORED[0]} was stored in the zoo" if len(STORED) == 1
                              else f" after {len(STORED)} models were stored in the zoo (`zoo ls` lists them)")
+        elif REMOVED:
+            self.message += (f" after {REMOVED[0]} was removed from the zoo" if len(REMOVED) == 1
+                             else f" after {len(REMOVED)} models were removed from the zoo")
 
     @classmethod
     def by(cls, interrupt: KeyboardInterrupt) -> Stopped:

@@ -44,7 +44,7 @@ from zoo.hub.manifest import (
 from zoo.hub.remote import StorageError, index_home, is_url
 from zoo.hub.remote.folder import fsync_path
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
-from zoo.signals import signals_held, stored
+from zoo.signals import removed, signals_held, stored
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
 __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "base_standing",
@@ -661,7 +661,8 @@ class Store:
             kill_point("store-manifest")
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
             if old is not None:
-                self._drop_unnamed(o["sha256"] for o in old["objects"])
+                with signals_held():  # the replaced model's objects go whole, or wait for `zoo gc`
+                    self._drop_unnamed({o["sha256"] for o in old["objects"]}, {o["sha256"] for o in old["objects"] if o["role"] == "archive"})
 
     def _update_index(self, change: Any) -> None:
         """Apply a change to the index, or leave it marked behind (the next reader rebuilds it):
@@ -716,16 +717,19 @@ class Store:
         finally:
             opened.close()
 
-    def _drop_unnamed(self, candidates: Any) -> None:
+    def _drop_unnamed(self, candidates: Any, archives: Collection[str] = ()) -> None:
         """Remove those of `candidates` no manifest names any more (rm and --force: the objects
-        they just released). Caller holds the lock. A reader that has an object open keeps reading it;
-        one that opens it later (objects are opened as first read) finds it missing."""
+        they just released), `archives` (the models' shells) first: a shell left alone by a kill
+        would have `zoo doctor` give the model back its manifest. Caller holds the lock. A reader
+        that has an object open keeps reading it; one that opens it later (objects are opened as
+        first read) finds it missing."""
         try:
             named = self._named_objects()
         except StoreError:
             return
-        for sha256 in set(candidates) - named:
+        for sha256 in sorted(set(candidates) - named, key=lambda sha256: sha256 not in archives):
             self.object_path(sha256).unlink(missing_ok=True)
+            kill_point("drop-object")
 
     def remove(self, ref: str, every: bool = False, force: bool = False) -> list[Entry]:
         """Remove models' manifests, then the objects nothing names any more. A model that others
@@ -754,19 +758,27 @@ class Store:
                                  "remove the name only (the objects they need stay)")
             if self.storage is not None:
                 self._remove_remote(chosen)  # its objects stay until `zoo gc` (other machines may be writing)
+                for entry in chosen:
+                    removed(entry.ref)
                 with suppress(StoreError):
                     self.rebuild_index()
                 return chosen
-            self.dirty.touch()
-            paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
-            released = set()
-            for path in paths:
-                with suppress(StoreError, FileNotFoundError):
-                    released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
-            for path in paths:
-                path.unlink(missing_ok=True)
-            self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
-            self._drop_unnamed(released | {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen})
+            # whole, or not begun: a signal waits for the end (the model was gone, the command said
+            # "interrupted", and the objects it had not reached waited for `zoo gc`)
+            with signals_held():
+                self.dirty.touch()
+                paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
+                released = set()
+                for path in paths:
+                    with suppress(StoreError, FileNotFoundError):
+                        released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
+                shells = {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen}
+                self._drop_unnamed(released | shells, shells)
+                for entry in chosen:
+                    removed(entry.ref)
         return chosen
 
     # -- upkeep -----------------------------------------------------------------------------
