@@ -137,6 +137,23 @@ def test_the_command_loads_nothing_heavy_before_its_handlers():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_the_interpreters_teardown_after_the_command_succeeded_is_ignored(number):
+    """Past the exit handlers, Python's teardown put its defaults back in place of the CLI's: a
+    signal there (a tenth of a second and more after a pull or a decompress had printed its
+    result) ended the process with no word, and a script saw a failure for work done. The
+    signal comes from an object the teardown collects, after every exit handler has run."""
+    code = ("import os, sys, zoo.cli\n"
+            "class Late:\n"
+            f"    def __del__(self): os.kill(os.getpid(), {int(number)})\n"
+            "late = Late()\n"
+            "sys.argv = ['zoo', 'env']\n"
+            "zoo.cli.main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert "kernels:" in done.stdout
+
+
 def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_the_command_ends(monkeypatch):
     """A signal in the first tenth of a second (typer, rich and numpy loading) got Python's
     defaults: a traceback of an import, or an end with no word. And one landing after the result

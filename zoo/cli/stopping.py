@@ -9,6 +9,7 @@ for them too. The library installs no handler.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 
@@ -77,11 +78,28 @@ def _ending(number: int, frame: object) -> None:
     _ENDED.append(number)
 
 
+def _ignore_from_now_on() -> None:
+    """The last exit handler (registered first): the interpreter's own teardown follows, and it
+    puts Python's defaults back in place of the CLI's handlers, so that a signal there (a tenth
+    of a second and more) ended a command that had said it succeeded, with no word. Ignored
+    signals stay ignored through it."""
+    for stopping in STOPPING:
+        if signal.getsignal(stopping) in (_stop, _cleaning_up, _ending):
+            signal.signal(stopping, signal.SIG_IGN)
+
+
 def stop_on_signals() -> None:
     """Install the CLI's handlers. A signal ignored when zoo starts stays ignored: `nohup`
     ignores SIGHUP, and a shell ignores SIGINT in what it starts in the background. `zoo serve`'s
     uvicorn puts its own in place while it serves, then puts these back and raises the signal
     that stopped it again."""
+    global _exit_registered
+    if not _exit_registered:  # before the exit handlers of whatever loads later (Ray's), which run before it
+        atexit.register(_ignore_from_now_on)
+        _exit_registered = True
     for stopping in STOPPING:
         if signal.getsignal(stopping) != signal.SIG_IGN:
             signal.signal(stopping, _stop)
+
+
+_exit_registered = False
