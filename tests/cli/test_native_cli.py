@@ -19,6 +19,13 @@ def zoo(*arguments, env=None):
 def test_env_names_the_forced_path():
     done = zoo("env", "--json", env={"ZOO_KERNELS": "numpy"})
     assert done.returncode == 0 and json.loads(done.stdout)["kernels"] == "numpy"
+    try:  # forced to numpy, it still says what the CPU offers (it said nothing of it)
+        from zoo import _native
+    except ImportError:
+        pass
+    else:
+        assert json.loads(done.stdout)["available"] == list(_native.available_isas())
+        assert json.loads(done.stdout)["cpu_features"] == _native.cpu_features()
     done = zoo("env")
     cpu, kernels = done.stdout.splitlines()[:2]
     assert done.returncode == 0 and cpu.startswith("cpu: ") and len(cpu) > len("cpu: ") and kernels.startswith("kernels: ")

@@ -108,7 +108,13 @@ def cpu_model() -> str:
 def info() -> dict[str, Any]:
     """What `zoo env` prints: the CPU, the path in use, why, and what the CPU offers."""
     document: dict[str, Any] = {"cpu": cpu_model(), "kernels": PATH, "reason": _REASON, "requested": _requested()}
-    if _native_module is not None:
-        document["cpu_features"] = _native_module.cpu_features()
-        document["available"] = list(_native_module.available_isas())
+    described = _native_module
+    if described is None:  # forced to numpy: the extension, when it is built, still says what the CPU offers
+        try:
+            from zoo import _native as described  # type: ignore[attr-defined, no-redef]
+        except ImportError:
+            pass
+    if described is not None:
+        document["cpu_features"] = described.cpu_features()
+        document["available"] = list(described.available_isas())
     return document
