@@ -342,6 +342,15 @@ def test_an_output_that_appears_while_zoo_writes_is_left_alone(tiny_model, tmp_p
     with pytest.raises(OutputExistsError, match="appeared while zoo was writing it"):
         zoo.decompress(tmp_path / "a.zoo", out, progress=someone_makes_the_output)
     assert listing(out) == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    out.rmdir()
+    # with --force too (two decompresses of one new output at once): it said "is a folder; zoo does
+    # not remove it", as if --force wrote into no folder, where a second run does
+    with pytest.raises(OutputExistsError, match="appeared while zoo was writing it; run the command again to write into it"):
+        zoo.decompress(tmp_path / "a.zoo", out, progress=someone_makes_the_output, force=True)
+    assert listing(out) == ["notes.txt"]
+    zoo.decompress(tmp_path / "a.zoo", out, force=True)
+    assert "notes.txt" in listing(out) and len(listing(out)) > 1
     assert not [p for p in tmp_path.iterdir() if ".zoo-tmp-" in p.name]
 
 

@@ -228,6 +228,10 @@ def replace(temporary: Path, final: Path, force: bool) -> None:
             os.rename(temporary, final)
         return
     problem = in_the_way(final, is_dir)
+    if problem is not None and is_dir and final.is_dir() and not final.is_symlink():
+        # the caller writes into a folder that is there when it starts (api._folder_output): this
+        # one came while it wrote a new one (another zoo writing the same output at once)
+        raise OutputExistsError(f"{final} appeared while zoo was writing it; run the command again to write into it")
     if problem is not None:
         raise OutputExistsError(f"{final} {problem}; zoo does not remove it")
     if not (final.exists() or final.is_symlink()):
