@@ -822,8 +822,56 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
 }
 
+/* 8 sums of a row, rounded to float (a NaN as 0x7fc00000), stored. */
+static inline void store_sums8(__m256d low, __m256d high, float *out) {
+    __m256 both = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(low)), _mm256_cvtpd_ps(high), 1);
+    __m256 nan = _mm256_cmp_ps(both, both, _CMP_UNORD_Q);
+    _mm256_storeu_ps(out, _mm256_blendv_ps(both, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), nan));
+}
+
+/* Tiles of 6 rows x 8 columns, their 48 sums in 12 registers while k runs (product.h). */
+#define PRODUCT_START(n) f = _mm256_set1_pd(row[n][0]), s##n##0 = _mm256_mul_pd(f, t0), s##n##1 = _mm256_mul_pd(f, t1)
+#define PRODUCT_STEP(n) f = _mm256_set1_pd(row[n][k]), s##n##0 = _mm256_fmadd_pd(f, t0, s##n##0), s##n##1 = _mm256_fmadd_pd(f, t1, s##n##1)
+
 static void product(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out) {
-    zoo_product_rows(left, right, rows, rank, cols, out);
+    size_t tiled_rows = rank == 0 ? 0 : rows - rows % 6, tiled_cols = cols - cols % 8, block = zoo_product_block(rank, 8);
+    for (size_t first = 0; first < tiled_cols; first += block) {
+        size_t last = first + block < tiled_cols ? first + block : tiled_cols;
+        for (size_t r = 0; r < tiled_rows; r += 6) {
+            const float *row[6];
+            for (int i = 0; i < 6; i++) row[i] = left + (r + (size_t)i) * rank;
+            for (size_t c = first; c < last; c += 8) {
+                __m256d t0 = _mm256_cvtps_pd(_mm_loadu_ps(right + c)), t1 = _mm256_cvtps_pd(_mm_loadu_ps(right + c + 4)), f;
+                __m256d s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51;
+                PRODUCT_START(0);
+                PRODUCT_START(1);
+                PRODUCT_START(2);
+                PRODUCT_START(3);
+                PRODUCT_START(4);
+                PRODUCT_START(5);
+                for (size_t k = 1; k < rank; k++) {
+                    const float *term = right + k * cols + c;
+                    t0 = _mm256_cvtps_pd(_mm_loadu_ps(term));
+                    t1 = _mm256_cvtps_pd(_mm_loadu_ps(term + 4));
+                    PRODUCT_STEP(0);
+                    PRODUCT_STEP(1);
+                    PRODUCT_STEP(2);
+                    PRODUCT_STEP(3);
+                    PRODUCT_STEP(4);
+                    PRODUCT_STEP(5);
+                }
+                float *target = out + r * cols + c;
+                store_sums8(s00, s01, target);
+                store_sums8(s10, s11, target + cols);
+                store_sums8(s20, s21, target + 2 * cols);
+                store_sums8(s30, s31, target + 3 * cols);
+                store_sums8(s40, s41, target + 4 * cols);
+                store_sums8(s50, s51, target + 5 * cols);
+            }
+        }
+    }
+    zoo_product_part(left, right, tiled_rows, rank, cols, tiled_cols, cols, out);  /* the columns past the tiles */
+    zoo_product_part(left + tiled_rows * rank, right, rows - tiled_rows, rank, cols, 0, cols, out + tiled_rows * cols);  /* the rows */
 }
 
 const zoo_kernels zoo_kernels_avx2 = {

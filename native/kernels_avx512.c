@@ -717,8 +717,51 @@ static void symbol_range(const uint8_t *words, size_t count, int word_bytes, int
     zoo_symbol_range_scalar(words + i * (size_t)word_bytes, count - i, word_bytes, is_float, symbol_bits, range);
 }
 
+/* 16 sums of a row, rounded to float (a NaN as 0x7fc00000), stored. */
+static inline void store_sums16(__m512d low, __m512d high, float *out) {
+    __m512 both = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(low)), _mm512_cvtpd_ps(high), 1);
+    __mmask16 nan = _mm512_cmp_ps_mask(both, both, _CMP_UNORD_Q);
+    _mm512_storeu_ps(out, _mm512_mask_mov_ps(both, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000))));
+}
+
+/* Tiles of 4 rows x 16 columns, their 64 sums in 8 registers while k runs (product.h). */
 static void product(const float *left, const float *right, size_t rows, size_t rank, size_t cols, float *out) {
-    zoo_product_rows(left, right, rows, rank, cols, out);
+    size_t tiled_rows = rank == 0 ? 0 : rows - rows % 4, tiled_cols = cols - cols % 16, block = zoo_product_block(rank, 16);
+    for (size_t first = 0; first < tiled_cols; first += block) {
+        size_t last = first + block < tiled_cols ? first + block : tiled_cols;
+        for (size_t r = 0; r < tiled_rows; r += 4) {
+            const float *row0 = left + r * rank, *row1 = row0 + rank, *row2 = row1 + rank, *row3 = row2 + rank;
+            for (size_t c = first; c < last; c += 16) {
+                __m512d t0 = _mm512_cvtps_pd(_mm256_loadu_ps(right + c)), t1 = _mm512_cvtps_pd(_mm256_loadu_ps(right + c + 8));
+                __m512d f = _mm512_set1_pd(row0[0]), a0 = _mm512_mul_pd(f, t0), a1 = _mm512_mul_pd(f, t1);
+                f = _mm512_set1_pd(row1[0]);
+                __m512d b0 = _mm512_mul_pd(f, t0), b1 = _mm512_mul_pd(f, t1);
+                f = _mm512_set1_pd(row2[0]);
+                __m512d c0 = _mm512_mul_pd(f, t0), c1 = _mm512_mul_pd(f, t1);
+                f = _mm512_set1_pd(row3[0]);
+                __m512d d0 = _mm512_mul_pd(f, t0), d1 = _mm512_mul_pd(f, t1);
+                for (size_t k = 1; k < rank; k++) {
+                    const float *term = right + k * cols + c;
+                    t0 = _mm512_cvtps_pd(_mm256_loadu_ps(term));
+                    t1 = _mm512_cvtps_pd(_mm256_loadu_ps(term + 8));
+                    f = _mm512_set1_pd(row0[k]);
+                    a0 = _mm512_fmadd_pd(f, t0, a0), a1 = _mm512_fmadd_pd(f, t1, a1);
+                    f = _mm512_set1_pd(row1[k]);
+                    b0 = _mm512_fmadd_pd(f, t0, b0), b1 = _mm512_fmadd_pd(f, t1, b1);
+                    f = _mm512_set1_pd(row2[k]);
+                    c0 = _mm512_fmadd_pd(f, t0, c0), c1 = _mm512_fmadd_pd(f, t1, c1);
+                    f = _mm512_set1_pd(row3[k]);
+                    d0 = _mm512_fmadd_pd(f, t0, d0), d1 = _mm512_fmadd_pd(f, t1, d1);
+                }
+                store_sums16(a0, a1, out + r * cols + c);
+                store_sums16(b0, b1, out + (r + 1) * cols + c);
+                store_sums16(c0, c1, out + (r + 2) * cols + c);
+                store_sums16(d0, d1, out + (r + 3) * cols + c);
+            }
+        }
+    }
+    zoo_product_part(left, right, tiled_rows, rank, cols, tiled_cols, cols, out);  /* the columns past the tiles */
+    zoo_product_part(left + tiled_rows * rank, right, rows - tiled_rows, rank, cols, 0, cols, out + tiled_rows * cols);  /* the rows */
 }
 
 /* The two AVX-512 tables differ only in how rANS decoding gathers its slots (gather_entries). */
