@@ -144,8 +144,8 @@ def test_a_signal_in_the_interpreters_teardown_after_the_command_succeeded_is_ig
     result) ended the process with no word, and a script saw a failure for work done. The
     signal comes from an object the teardown collects, after every exit handler has run."""
     code = ("import os, sys, zoo.cli\n"
-            "class Late:\n"
-            f"    def __del__(self): os.kill(os.getpid(), {int(number)})\n"
+            "class Late:\n"  # os is None by the time the teardown collects it: bound now
+            f"    def __del__(self, kill=os.kill, me=os.getpid()): kill(me, {int(number)})\n"
             "late = Late()\n"
             "sys.argv = ['zoo', 'env']\n"
             "zoo.cli.main()\n")
