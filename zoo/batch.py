@@ -741,12 +741,12 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
         raise InputError(f"two repositories would be stored as {', '.join(clashes)}: pull them apart")
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = [None if force else store.exists_ref(name, revision, variant) for name, (_, revision) in zip(names, parsed)]
-    theirs = [entry.ref + (f" (stored from {entry.source})" if entry.source else "") for entry, (repo_id, _) in zip(held, parsed)
-              if entry is not None and not (entry.source or "").startswith(f"hub:{repo_id}@")]
-    if theirs:  # as zoo pull: a pull replaces only what an earlier pull of the same repository stored
+    found = [None if force else hub.not_pulled_from(store, name, revision, repo_id) for name, (repo_id, revision) in zip(names, parsed)]
+    theirs = [entry.ref + (f" (stored from {entry.source})" if entry.source else "") for entry in found if entry is not None]
+    if theirs:  # as zoo pull: a pull replaces, or sets a variant beside, only what pulls of the same repository stored
         raise OutputExistsError(f"{', '.join(theirs)} {'is' if len(theirs) == 1 else 'are'} already in the zoo, not pulled from "
-                                f"{'its' if len(theirs) == 1 else 'their'} repository; pass --force to replace "
-                                f"{'it' if len(theirs) == 1 else 'them'}, or --name to store the pull under another name")
+                                f"{'its' if len(theirs) == 1 else 'their'} repository; pass --force to store the pulls beside or "
+                                "over them, or --name to store them under other names")
     bases = sorted(entry.ref for entry in store.entries())  # as for compress_many: the zoo before the batch
     with store.workspace() as work:
         tasks = [(pull_to_work, (ref, store.location, str(work), name, pipeline, include, exclude, threads,

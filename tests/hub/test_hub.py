@@ -136,10 +136,14 @@ def test_pull_does_not_replace_a_model_of_the_name_that_no_pull_of_its_repositor
     done = zoo_cli("pull", "org/tiny-bert", env=env)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == (f"error: org/tiny-bert@main:lossless is already in the zoo, stored from {mine}, not pulled from org/tiny-bert; "
-                           "pass --force to replace it, or --name to store the pull under another name\n")
+                           "pass --force to store the pull beside or over it, or --name to store it under another name\n")
+    # nor sets the hub's weights beside it as another variant of the same NAME@REVISION
+    done = zoo_cli("pull", "org/tiny-bert", "-p", "truncate:bits=8", env=env)
+    assert done.returncode == 1 and "org/tiny-bert@main:lossless is already in the zoo" in done.stderr, done.stderr
     with pytest.raises(OutputExistsError, match=r"^org/tiny-bert@main:lossless \(stored from .*mine\) is already in the zoo, not pulled "
                                                 r"from its repository; pass --force"):
-        batch.pull_many(["org/tiny-bert"], store=second, ray="127.0.0.1:1")  # refused before Ray is asked for
+        batch.pull_many(["org/tiny-bert"], store=second, pipeline="truncate:bits=8", ray="127.0.0.1:1")  # refused before Ray is asked for
+    assert [e.variant for e in second.entries("org/tiny-bert")] == ["lossless"]
     assert second.resolve("org/tiny-bert", with_files=True).files == kept.files
     assert zoo_cli("pull", "org/tiny-bert", "--name", "org/upstream", env=env).returncode == 0
     assert zoo_cli("pull", "org/tiny-bert", "--name", "org/upstream", env=env).returncode == 0  # its own pull again: fine

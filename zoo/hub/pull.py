@@ -142,6 +142,12 @@ def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
                                 "the bad copy was removed from the Hugging Face cache, pull again")
 
 
+def not_pulled_from(store: Store, name: str, revision: str, repo_id: str) -> Entry | None:
+    """A variant of NAME@REVISION that no pull of `repo_id` stored (the user's own model), or None."""
+    return next((entry for entry in store.entries(name) if entry.revision == revision
+                 and not (entry.source or "").startswith(f"hub:{repo_id}@")), None)
+
+
 def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipeline: str | None = None,
          include: list[str] | None = None, exclude: list[str] | None = None, threads: int | None = None, force: bool = False,
          progress: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None,
@@ -159,12 +165,13 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     name = check_name(name or repo_id)
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = store.exists_ref(name, revision, variant)
-    if held is not None and not force and not (held.source or "").startswith(f"hub:{repo_id}@"):
+    theirs = None if force else not_pulled_from(store, name, revision, repo_id)
+    if theirs is not None:
         # a model the user stored under this name (`zoo compress` names a fine-tune after its base's
-        # hub id): a pull replaces only what an earlier pull of this repository stored
-        stored = f", stored from {held.source}" if held.source else ""
-        raise OutputExistsError(f"{held.ref} is already in the zoo{stored}, not pulled from {repo_id}; "
-                                "pass --force to replace it, or --name to store the pull under another name")
+        # hub id): a pull replaces, or sets a variant beside, only what pulls of this repository stored
+        stored = f", stored from {theirs.source}" if theirs.source else ""
+        raise OutputExistsError(f"{theirs.ref} is already in the zoo{stored}, not pulled from {repo_id}; "
+                                "pass --force to store the pull beside or over it, or --name to store it under another name")
     pulled = download(repo_id, revision, include, exclude, progress_bars)
     source = f"hub:{repo_id}@{pulled.commit}"
     # The cache may hold more than this pull asked for: only what the filters select is stored.
