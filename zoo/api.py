@@ -538,12 +538,17 @@ def warn_of_other_weights(store: Store, entry: Entry) -> None:
     mine = next((e for e in stored if e.ref == entry.ref), None)
     if mine is None:
         return
-    originals = {f.path: f.sha256 for f in mine.files}
+    import shlex
+
+    # the weights: the files a lossy variant codes with loss (a config or a README that changed is no other model)
+    originals = {f.path: (f.sha256, f.lossless) for f in mine.files}
     others = [e.ref for e in stored if e.revision == entry.revision and e.variant != entry.variant
-              and any(originals.get(f.path, f.sha256) != f.sha256 for f in e.files)]
+              and any(f.path in originals and originals[f.path][0] != f.sha256 and not (f.lossless and originals[f.path][1])
+                      for f in e.files)]
     if others:
         warnings.warn(f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} made from other weights than {entry.ref}, "
-                      f"just stored (`zoo rm {others[0]}` removes {'it' if len(others) == 1 else 'the first'})", ZooWarning, stacklevel=3)
+                      f"just stored (`zoo rm {shlex.quote(others[0])}` removes {'it' if len(others) == 1 else 'the first'})", ZooWarning,
+                      stacklevel=3)
 
 
 def refuse_unstorable_names(files: list[SourceFile], source_label: str | None) -> None:

@@ -145,7 +145,12 @@ def test_storing_other_weights_under_a_revision_warns_of_its_variants_made_from_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compress_into(store, models[1], "t/m", pipeline="truncate:bits=5", force=True)  # made again from these: all agree
+        (models[1] / "config.json").write_text('{"edited": true}')
+        compress_into(store, models[1], "t/m", force=True)  # a config that changed is no other weights
     assert sorted(e.variant for e in store.entries("t/m") if e.revision == "main") == ["lossless", "truncate:bits=5", "truncate:bits=7"]
+    compress_into(store, models[0], "t/m", "v3", pipeline="truncate:bits=6|codebook:bits=4")
+    with pytest.warns(ZooWarning, match=r"\(`zoo rm 't/m@v3:truncate:bits=6\|codebook:bits=4,[^`]*'` removes it\)"):  # quoted for a shell
+        compress_into(store, models[1], "t/m", "v3")
 
 
 def test_resolve_archive_contract(tiny_model, tmp_path, monkeypatch):
