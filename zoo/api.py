@@ -130,7 +130,7 @@ class Report:
 _ZOO_OWN = ("objects", "manifests", "work", "archives", "unreadable", "lock")
 
 
-def _refuse_inside_the_zoo(output: Path) -> None:
+def refuse_inside_the_zoo(output: Path) -> None:
     """An output that is the local zoo's folder (ZOO_HOME) or lies among what the zoo keeps there."""
     from zoo.hub.store import zoo_home
 
@@ -146,7 +146,7 @@ def _refuse_inside_the_zoo(output: Path) -> None:
         inside = target.relative_to(home).parts
     except ValueError:
         return
-    if not inside or inside[0] in _ZOO_OWN or inside[0].startswith("catalogue."):
+    if not inside or inside[0] in _ZOO_OWN or inside[0].startswith("catalogue"):  # catalogue-v1.sqlite, -journal, .behind
         raise InputError(f"{output}: {'is' if not inside else 'lies inside'} the zoo's own folder {home} (ZOO_HOME), where it keeps "
                          "its objects, manifests and catalogue; write it somewhere else")
 
@@ -395,7 +395,7 @@ def compress(
         # the archive would need the base it replaced: neither could be read again
         raise InputError(f"{destination}: output would overwrite its own base model")
     if objects is None:  # compress_into writes its archive in the zoo's work folder
-        _refuse_inside_the_zoo(destination)
+        refuse_inside_the_zoo(destination)
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
     builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
@@ -738,7 +738,7 @@ def export_archive(source: str | os.PathLike[str], destination: str | os.PathLik
     import shutil
 
     destination = Path(destination)
-    _refuse_inside_the_zoo(destination)
+    refuse_inside_the_zoo(destination)
     with _open(source) as opened:
         with _atomic_output(destination, force, is_dir=False) as temporary:
             if "objects" not in (opened.header().get("features") or []):
@@ -869,7 +869,7 @@ def decompress(
         raise InputError("no output given: name the folder to write the model into")
     destination = Path(destination)
     workers = resolve_threads(threads)
-    _refuse_inside_the_zoo(destination)
+    refuse_inside_the_zoo(destination)
     with _open(archive, base, read_once=True) as opened:
         opened.require_base()  # a missing or wrong base fails before the output folder appears
         files = opened.files()

@@ -471,6 +471,8 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
             check_name(name)
     else:
         names = names or [archive_name(source) for source in sources]
+        if not is_url(str(output)):  # refused here, before any task, not by each as it lands
+            api.refuse_inside_the_zoo(Path(output))
     if len(names) != len(sources):
         raise InputError(f"{len(sources)} sources but {len(names)} names")
     if _duplicates(names):

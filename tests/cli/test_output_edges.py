@@ -319,10 +319,13 @@ def test_an_output_among_what_the_zoo_keeps_in_its_folder_is_refused(one_file_ar
     ok(zoo_cli("compress", one_file_archive.with_suffix(".safetensors"), "--name", "t/m", home=home))
     kept = sorted(str(p.relative_to(home)) for p in home.rglob("*") if "work" not in p.parts)
     (tmp_path / "link").symlink_to(home)
+    other = write_safetensors(tmp_path / "other.safetensors", {"b": ("F32", random_storage("F32", (8, 8), 2))})
     for args in (("decompress", one_file_archive, "-o", home), ("decompress", one_file_archive, "-o", home / "objects" / "x"),
                  ("decompress", one_file_archive, "-o", tmp_path / "link" / "manifests"),
                  ("compress", one_file_archive.with_suffix(".safetensors"), "-o", home / "catalogue.sqlite", "--force"),
-                 ("export", "t/m", "-o", home / "work" / "a.zoo"), ("decompress", "t/m", "-o", home / "lock", "--force")):
+                 ("export", "t/m", "-o", home / "work" / "a.zoo"), ("decompress", "t/m", "-o", home / "lock", "--force"),
+                 ("compress", one_file_archive.with_suffix(".safetensors"), other, "-o", home / "manifests"),  # a batch, before its tasks
+                 ("compress", one_file_archive.with_suffix(".safetensors"), "-o", home / "catalogue-v1.sqlite")):
         done = zoo_cli(*args, home=home)
         assert done.returncode == 1 and "the zoo's own folder" in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*") if "work" not in p.parts) == kept
