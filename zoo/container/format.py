@@ -384,6 +384,7 @@ class ArchiveFile:
                 self._users -= 1
                 last = self._closing and self._users == 0
             if last:
+                self._map = None  # one a read made as close() came: unmapped once its views are gone
                 self._file.close()
 
     def read(self, offset: int, length: int, what: str, obj: str | None = None) -> bytes:
