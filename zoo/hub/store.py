@@ -837,11 +837,12 @@ class Store:
         manifests = self._all_manifests(problems)
         for _, record in manifests:
             ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-            for item in record["objects"]:
-                path = self.object_path(item["sha256"])
-                if not path.is_file() or path.stat().st_size != item["size"]:
-                    problems.append(f"{ref}: object {path} is missing or not of its recorded size")
-            problems += self._archive_problems(record, threads)
+            missing = [f"{ref}: object {path} is missing or not of its recorded size" for path, size in
+                       ((self.object_path(item["sha256"]), item["size"]) for item in record["objects"])
+                       if not path.is_file() or path.stat().st_size != size]
+            problems += missing
+            if not missing:  # as on a bucket: a missing object is said once, not again by each read of it
+                problems += self._archive_problems(record, threads)
         return len(files), len(manifests), problems
 
     def _archive_problems(self, record: dict[str, Any], threads: int = 1) -> list[str]:
