@@ -272,12 +272,23 @@ class ModelSink(ObjectSink):
         return True
 
 
-def _as_it_was(store: Store, bases: list[str]) -> Callable[[str], Path | None]:
+def _as_it_was(store: Store, bases: list[str], work: str) -> Callable[[str], Path | None]:
     """The zoo's objects as a task of a batch sees them: those the models it held when the batch
     began (`bases`) name. What other tasks put or published meanwhile is coded again (the same
-    bytes, so the zoo keeps one), so that the order tasks land in changes nothing."""
-    visible = store.objects_of(set(bases))
+    bytes, so the zoo keeps one), so that the order tasks land in changes nothing. Read once per
+    process and batch (`work`, the driver's work folder, names the batch): each read parses every
+    manifest, and a batch of N models read them N times."""
+    batch = (work, tuple(sorted(bases)))
+    with _VISIBLE_LOCK:
+        if batch not in _VISIBLE:
+            _VISIBLE.clear()  # the last batch's: a worker serves one batch after another
+            _VISIBLE[batch] = store.objects_of(set(bases))
+        visible = _VISIBLE[batch]
     return lambda key: store.existing_object(key) if key in visible else None
+
+
+_VISIBLE: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+_VISIBLE_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -325,7 +336,7 @@ def code_part(source: str, home: str, work: str, pipeline: str, threads: int, fi
     seconds: dict[str, float] = {}
     store = Store(home)
     with _task_folder(store, work, "part") as folder:
-        sink = PartSink(folder / "objects" / "sha256", _as_it_was(store, bases), threads, first, last)
+        sink = PartSink(folder / "objects" / "sha256", _as_it_was(store, bases, work), threads, first, last)
         started, cpu = time.perf_counter(), time.process_time()
         with tempfile.TemporaryFile(dir=folder) as payload:  # the small runs, which only the model's build keeps
             Builder(Pipeline.parse(pipeline), CHUNK_BYTES, None, objects=sink).build(scan(source), payload, resolve_threads(threads), None,
@@ -353,7 +364,7 @@ def compress_to_work(source: str, home: str, work: str, name: str, revision: str
     seconds: dict[str, float] = {}
     store = Store(home)
     with _task_folder(store, work, "model") as folder, tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
-        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [Path(part) for part in parts],
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases, work), resolve_threads(threads), [Path(part) for part in parts],
                          set(coded), lambda key: _download(store, key, folder / "parts"))
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
@@ -708,7 +719,7 @@ def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None
     store = Store(home)
     chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
     with _task_folder(store, work, "model") as folder:
-        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases), resolve_threads(threads), [])
+        sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases, work), resolve_threads(threads), [])
         started, cpu = time.perf_counter(), time.process_time()
         shell = api.build_model(store, sink, pulled.folder, name, revision, chosen, commit=pulled.commit,
                                 source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),

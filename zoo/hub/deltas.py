@@ -80,8 +80,8 @@ def _named_bases(source: Path) -> list[str]:
 def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, among: set[str] | None = None) -> Entry | None:
     """The stored lossless model to store `shell`'s tensors against, or None; only one of the refs
     `among`, when given (zoo.batch: the models the zoo held when the batch began)."""
-    candidates = [e for e in store.entries() if e.variant == LOSSLESS and e.ref != replacing and store.is_composed(e)
-                  and (among is None or e.ref in among)]
+    candidates = [e for e in store.entries() if e.variant == LOSSLESS and e.ref != replacing and (among is None or e.ref in among)
+                  and store.is_composed(e)]  # last: it opens the archive
     for named in _named_bases(source):
         for wanted in (named, Path(named).name):
             found = [e for e in candidates if e.name == wanted]
