@@ -228,9 +228,13 @@ def test_a_batch_into_the_zoo_reads_the_zoo_as_it_was_once_not_once_per_model(tm
     # times (800 models: 64 s, three times the time per doubling)
     from zoo.hub.store import Store
 
+    import sys
+
     store = Store(tmp_path / "zoo")
     sources = _small_models(tmp_path / "models", 6)
+    loaded = "ray" in sys.modules
     batch.compress_many([str(sources[0])], store=store, ray=None)  # a zoo that is not empty
+    assert ("ray" in sys.modules) == loaded  # run here, a batch loads no Ray (it took a second, and spoilt a later cluster's token)
     reads = []
     objects_of = Store.objects_of
     monkeypatch.setattr(Store, "objects_of", lambda self, refs: reads.append(refs) or objects_of(self, refs))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -166,10 +167,12 @@ def _die_once(point: str) -> None:
 
 
 def _node() -> str | None:
-    """The Ray node this task runs on (the start of its id); None outside a Ray task."""
+    """The Ray node this task runs on (the start of its id); None outside a Ray task. Never
+    imports ray (a Ray worker has it loaded): a batch run here took its second to load."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return None
     try:
-        import ray
-
         context = ray.get_runtime_context() if ray.is_initialized() else None
         return context.get_node_id()[:12] if context is not None and context.get_task_id() else None
     except Exception:  # noqa: BLE001 - only a label
