@@ -14,6 +14,7 @@ are kept.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -30,6 +31,7 @@ from zoo.sources.torch import UnsafePickle, checkpoint
 
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
 MAX_FOLDER_DEPTH = 256  # a model folder is a few levels deep; a Trainer run's checkpoints add two
+SKIPPED_NAMED = 20  # the items a warning of what was left out names; a count says the rest (a chain of 1,200 links named each)
 
 __all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "float_weights", "parse_safetensors", "scan"]
 
@@ -178,6 +180,12 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     skipped.append(f"{relpath}/ ({'version control' if entry.name == '.git' else 'a download cache'}, never stored)")
                 continue
             if entry.is_symlink():
+                try:
+                    os.stat(path)
+                except OSError as error:  # past the system's 40 links no program can open it, and realpath
+                    if error.errno == errno.ELOOP:  # walked chains of a thousand until Python's recursion limit
+                        skipped.append(f"{relpath} (a loop of links, or a chain of more than 40)")
+                        continue
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
                     if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept, made relative
@@ -230,7 +238,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             entry.target = os.path.relpath(os.path.join(real_root, hop), os.path.dirname(os.path.join(real_root, entry.relpath)))
     if skipped:
         items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
-        warnings.warn(f"{root}: left out {items}: {'; '.join(skipped)}", ZooWarning, stacklevel=2)
+        named = skipped[:SKIPPED_NAMED] + ([f"and {len(skipped) - SKIPPED_NAMED} more"] if len(skipped) > SKIPPED_NAMED else [])
+        warnings.warn(f"{root}: left out {items}: {'; '.join(named)}", ZooWarning, stacklevel=2)
     # A link kept whose target is not (an --exclude, a .git folder): it comes back pointing at nothing
     kept = {entry.relpath for entry in files} | held | {"."}  # "." : the folder itself
     stranded = [f"{entry.relpath} -> {entry.target}" for entry in files if entry.kind == "link" and os.path.exists(entry.path)
