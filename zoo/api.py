@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 import queue
+import shlex
 import stat
 import threading
 import time
@@ -538,8 +539,6 @@ def warn_of_other_weights(store: Store, entry: Entry) -> None:
     mine = next((e for e in stored if e.ref == entry.ref), None)
     if mine is None:
         return
-    import shlex
-
     # the weights: the files a lossy variant codes with loss (a config or a README that changed is no other model)
     originals = {f.path: (f.sha256, f.lossless) for f in mine.files}
     others = [e.ref for e in stored if e.revision == entry.revision and e.variant != entry.variant

@@ -416,8 +416,8 @@ def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: s
             sink.written, sink.reused = landed.written, landed.reused
             entry = store.add_composed(Path(landed.output or ""), sink, name, revision, commit=commit, source=source, force=force)
         landed.output, landed.original_bytes, landed.stored_bytes = entry.ref, entry.original_bytes, entry.stored_bytes
-        api.warn_of_other_weights(store, entry)
         landed.sha256 = entry.archive.name.removesuffix(OBJECT_SUFFIX)
+        api.warn_of_other_weights(store, entry)
     except ZooError as error:
         landed.error = str(error)
     landed.seconds["publish"] = time.perf_counter() - started
