@@ -261,15 +261,16 @@ def product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     out = np.zeros((rows, cols), dtype=np.float32)
     if rank == 0 or rows == 0 or cols == 0:
         return out
-    wide = right.astype(np.float64)
     step = max(1, _PRODUCT_BLOCK // cols)
-    for first in range(0, rows, step):
-        factors = left[first:first + step].astype(np.float64)
-        sums = np.multiply(factors[:, :1], wide[0])
-        term = np.empty_like(sums)
-        for k in range(1, rank):
-            np.add(sums, np.multiply(factors[:, k:k + 1], wide[k], out=term), out=sums)
-        out[first:first + step] = sums
+    with np.errstate(invalid="ignore", over="ignore"):  # a signalling NaN, inf - inf, inf * 0, sums past float32: the spec's NaN and inf
+        wide = right.astype(np.float64)
+        for first in range(0, rows, step):
+            factors = left[first:first + step].astype(np.float64)
+            sums = np.multiply(factors[:, :1], wide[0])
+            term = np.empty_like(sums)
+            for k in range(1, rank):
+                np.add(sums, np.multiply(factors[:, k:k + 1], wide[k], out=term), out=sums)
+            out[first:first + step] = sums
     out[np.isnan(out)] = _QUIET_NAN
     return out
 
