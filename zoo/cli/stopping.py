@@ -34,12 +34,11 @@ class Stopped(BaseException):
         super().__init__(number)
         self.status = 128 + number
         self.message = "interrupted" if number == signal.SIGINT else f"terminated ({signal.Signals(number).name})"
-        if STORED:  # the command's work was done, or some of it: the signal took none of it back
-            self.message += (f" after {STORED[0]} was stored in the zoo" if len(STORED) == 1
-                             else f" after {len(STORED)} models were stored in the zoo (`zoo ls` lists them)")
-        elif REMOVED:
-            self.message += (f" after {REMOVED[0]} was removed from the zoo" if len(REMOVED) == 1
-                             else f" after {len(REMOVED)} models were removed from the zoo")
+        # the command's work was done, or some of it: the signal took none of it back
+        done, what, listed = (STORED, "stored in", " (`zoo ls` lists them)") if STORED else (REMOVED, "removed from", "")
+        if done:
+            self.message += (f" after {done[0]} was {what} the zoo" if len(done) == 1
+                             else f" after {len(done)} models were {what} the zoo{listed}")
 
     @classmethod
     def by(cls, interrupt: KeyboardInterrupt) -> Stopped:
