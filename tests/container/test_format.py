@@ -233,3 +233,45 @@ def test_an_f8_node_written_before_the_rounding_was_fixed_decodes_as_it_did(tmp_
     with f8_rounding("before"):
         assert np.array_equal(before, from_float32(product, "F8_E4M3"))
     assert np.array_equal(today, from_float32(product, "F8_E4M3")) and not np.array_equal(today, before)
+
+
+def test_nodes_that_older_readers_would_decode_by_another_rule_need_a_feature(tmp_path, monkeypatch):
+    """A zoo from before lowrank's fixed-order product or F8's ties to even knew version 3 and its
+    features, but decoded such a node by its own rule: other bits than the sha256 its store
+    recorded, silently. The header lists a feature for each, so that such a reader refuses it;
+    archives written between the rules and the features (a node marked, no feature) still decode."""
+    from zoo.container import format as archive_format
+    from zoo.errors import FormatError
+
+    rng = np.random.default_rng(3)
+    matrix = (rng.normal(size=(64, 6)) @ rng.normal(size=(6, 48))).astype(np.float32)
+    source = write_safetensors(tmp_path / "m.safetensors", {"w.weight": ("F32", matrix), "f8.weight": ("F8_E4M3", from_float32(matrix, "F8_E4M3"))})
+    zoo.compress(source, tmp_path / "lowrank.zoo", "lowrank:ratio=0.5|lossless")
+    zoo.compress(source, tmp_path / "lossless.zoo", "lossless")
+    expected = {"lowrank.zoo": (["f64-product", "f8-even"], 3), "lossless.zoo": (None, 1)}
+    for name, (features, version) in expected.items():
+        opened = archive_format.ArchiveFile(tmp_path / name)
+        assert opened.header.get("features") == features
+        assert archive_format.version_of(opened.header) == version
+        opened.close()
+    with zoo.open(tmp_path / "lowrank.zoo") as archive:
+        decoded = {key: archive.read_tensor(key).data.tobytes() for key in archive.keys()}
+
+    # a node marked with neither feature listed (as written on 2026-12-06 before the features)
+    opened = archive_format.ArchiveFile(tmp_path / "lowrank.zoo")
+    header, start = json.loads(json.dumps(opened.header)), opened.payload_start
+    opened.close()
+    del header["features"]
+    body = archive_format.encode_header(header)
+    unlisted = tmp_path / "unlisted.zoo"
+    unlisted.write_bytes(archive_format.PREAMBLE.pack(archive_format.MAGIC, archive_format.VERSION, archive_format.crc32(body), len(body))
+                         + body + (tmp_path / "lowrank.zoo").read_bytes()[start:])
+    with zoo.open(unlisted) as archive:
+        assert {key: archive.read_tensor(key).data.tobytes() for key in archive.keys()} == decoded
+
+    # a reader that knows only the features of before refuses the new archive, not the lossless one
+    monkeypatch.setattr(archive_format, "FEATURES", frozenset({"objects", "xor", "f4-views"}))
+    with pytest.raises(FormatError, match="needs features this zoo lacks: f64-product, f8-even"):
+        zoo.open(tmp_path / "lowrank.zoo")
+    with zoo.open(tmp_path / "lossless.zoo") as archive:
+        assert archive.keys()

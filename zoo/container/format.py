@@ -26,10 +26,12 @@ VERSION = 1
 BASE_VERSION = 2
 # Version 2 plus what a header's "features" list names: "objects" (leaves whose chunks live in
 # object files of a zoo, docs/STORE.md) and "xor" (tensors stored as their bitwise difference from
-# another), and "f4-views" (views of F4 tensors, their offsets and strides in bytes). Written only
-# when the list is not empty, so that older readers refuse the archive.
+# another), and "f4-views" (views of F4 tensors, their offsets and strides in bytes),
+# "f64-product" and "f8-even" (coding trees whose nodes decode by a rule older readers do not
+# follow: node_features). Written only when the list is not empty, so that older readers refuse the
+# archive.
 FEATURES_VERSION = 3
-FEATURES = frozenset({"objects", "xor", "f4-views"})
+FEATURES = frozenset({"objects", "xor", "f4-views", "f64-product", "f8-even"})
 VERSIONS = (VERSION, BASE_VERSION, FEATURES_VERSION)
 # How deep tensors stored as an XOR against another may chain: reading one never decodes more.
 MAX_XOR_DEPTH = 3
@@ -76,6 +78,32 @@ def encode_header(header: dict[str, Any]) -> bytes:
     if len(body) > MAX_HEADER_BYTES:
         raise FormatError(f"archive header would be {len(body)} bytes; the cap is {MAX_HEADER_BYTES}")
     return body
+
+
+def node_features(header: dict[str, Any]) -> set[str]:
+    """The features the tensors' coding trees need (docs/FORMAT.md): "f64-product" for a lowrank
+    node whose matrix is summed in float64 in a fixed order, "f8-even" for an F8 node rounded ties to
+    even. A reader from before either rule would decode such a node by its own rule, to other bits
+    than the sha256 a store recorded; with the feature listed it refuses the archive instead."""
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if not isinstance(node, dict) or "leaf" in node:
+            return
+        if node.get("rounding") == "even":
+            found.add("f8-even")
+        meta = node.get("meta")
+        if isinstance(meta, dict) and meta.get("product") == "float64":
+            found.add("f64-product")
+        parts = node.get("parts")
+        for child in parts.values() if isinstance(parts, dict) else ():
+            visit(child)
+
+    tensors = header.get("tensors")
+    for info in tensors.values() if isinstance(tensors, dict) else ():
+        if isinstance(info, dict):
+            visit(info.get("root"))
+    return found
 
 
 def version_of(header: dict[str, Any]) -> int:
@@ -171,7 +199,11 @@ def _front(header: dict[str, Any], payload_size: int, room: int = 0) -> bytes:
     the header is followed by spaces (JSON allows them) up to the end of the `room` its writer left
     in front of the payload when it fits there, else up to the next HEADER_ALIGN boundary of the
     file. Whichever way the archive is then written, the same bytes on every file system. Padding
-    that would take the header over MAX_HEADER_BYTES is left out: it is never what refuses one."""
+    that would take the header over MAX_HEADER_BYTES is left out: it is never what refuses one.
+    The features the coding trees need are added to `header`'s list here, whoever built it."""
+    needed = node_features(header)
+    if needed - set(header.get("features") or []):
+        header["features"] = sorted({*(header.get("features") or []), *needed})
     body = encode_header(header)
     if payload_size >= ALIGN_FROM:
         fits = PREAMBLE.size + len(body) <= room
