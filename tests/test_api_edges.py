@@ -443,3 +443,55 @@ def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_p
     assert torch.equal(loaded["a.weight"], state["a.weight"]) and torch.equal(loaded["checkpoint-5/pytorch_model.bin::a.weight"],
                                                                               state["a.weight"] * 0)
     assert "optimizer.pt::a.weight" in loaded and "state.0.exp_avg" in loaded
+
+
+def test_a_process_reads_the_objects_on_disk_now_not_those_it_held_open(tmp_path, monkeypatch):
+    """A process keeps the object files it read open for later reads (up to 64, shared by every
+    archive). One that another process repaired (compress --force puts a new file in place of a
+    damaged one) was still read damaged, and the objects of a model another process removed kept
+    their disk space, for as long as the process lived."""
+    import subprocess
+    import sys
+
+    from zoo.api import compress_into
+    from zoo.errors import ChecksumError
+    from zoo.hub.store import Store
+
+    home = tmp_path / "zoo"
+    monkeypatch.setenv("ZOO_HOME", str(home))
+    folder, other = tmp_path / "m", tmp_path / "other"
+    for n, path in enumerate((folder, other)):
+        path.mkdir()
+        write_safetensors(path / "model.safetensors", {"w": ("F32", random_storage("F32", (256, 256), 10 + n))})
+    compress_into(Store(home), folder, "me/m")
+    compress_into(Store(home), other, "me/other")
+    want = zoo.load_state_dict("me/m")["w"].clone()
+    with zoo.open("me/m") as archive:
+        shell = os.path.realpath(archive.path)
+    victim = max((p for p in (home / "objects" / "sha256").glob("*/*.zoo") if os.path.realpath(p) != shell), key=lambda p: p.stat().st_size)
+    victim.chmod(0o644)
+    with open(victim, "r+b") as damaged:
+        damaged.seek(-100, os.SEEK_END)
+        byte = damaged.read(1)
+        damaged.seek(-100, os.SEEK_END)
+        damaged.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ChecksumError):
+        zoo.load_state_dict("me/m")
+
+    cli = [sys.executable, "-m", "zoo"]
+    subprocess.run([*cli, "compress", str(folder), "--name", "me/m", "--force"], check=True, capture_output=True)
+    assert torch.equal(zoo.load_state_dict("me/m")["w"], want)
+
+    subprocess.run([*cli, "rm", "me/m"], check=True, capture_output=True)
+    zoo.load_state_dict("me/other")
+
+    def removed_yet_open() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return [link for link in links if link.startswith(str(home)) and link.endswith(" (deleted)")]
+
+    assert removed_yet_open() == []

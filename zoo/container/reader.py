@@ -16,7 +16,7 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, MissingObjectError, ZooError
-from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask
+from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask, let_go_of_replaced_objects
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 
@@ -149,6 +149,11 @@ class Archive:
             self._files[path] = entry
         self._check_tree(header)
         self._features = set(header.get("features") or [])
+        if "objects" in self._features:
+            # Object files this process holds open from earlier reads, removed or replaced on disk
+            # since (zoo rm, a repair by compress --force, gc) by this process or another: this
+            # archive reads the files there now, and their disk space comes back.
+            let_go_of_replaced_objects()
         for name, info in tensors.items():
             if isinstance(info, dict) and "xor" in info:
                 self._check_xor(name, info)
