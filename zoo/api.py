@@ -173,18 +173,23 @@ def _temporary_beside(final: Path, parent: Path, is_dir: bool) -> Iterator[Path]
         yield temporary
 
 
+def _check_output(final: Path, force: bool, is_dir: bool) -> None:
+    """Refuse an output that exists (without `force`) or whose folder does not: before work that
+    takes minutes as well as when the output is written (_atomic_output), which checks again."""
+    temporaries.sweep_beside(final)  # first: an old output a killed run moved aside comes back before the check
+    _refuse_existing(final, force, is_dir)
+    if not final.parent.is_dir():
+        raise InputError(f"{final.parent}: output folder does not exist")
+
+
 @contextmanager
 def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     """A temporary path beside `final`, put in its place only when the body completes.
     On any error or Ctrl-C the temporary is removed and `final` is left as it was. The temporary
     is locked and named after this process, so a later run removes it if this one is killed
     (zoo.hub.temporaries), and `final` is always the old or the new complete output."""
-    temporaries.sweep_beside(final)  # first: an old output a killed run moved aside comes back before the check
-    _refuse_existing(final, force, is_dir)
-    parent = final.parent
-    if not parent.is_dir():
-        raise InputError(f"{parent}: output folder does not exist")
-    with _temporary_beside(final, parent, is_dir) as temporary:
+    _check_output(final, force, is_dir)
+    with _temporary_beside(final, final.parent, is_dir) as temporary:
         # private (0700/0600) when made; give the output the modes the umask allows.
         os.chmod(temporary, (0o777 if is_dir else 0o666) & ~current_umask())
         yield temporary
@@ -397,6 +402,7 @@ def compress(
         raise InputError(f"{destination}: output would overwrite its own base model")
     if objects is None:  # compress_into writes its archive in the zoo's work folder
         refuse_inside_the_zoo(destination)
+        _check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
     builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
