@@ -131,8 +131,10 @@ class Report:
 _ZOO_OWN = ("objects", "manifests", "work", "archives", "unreadable", "lock")
 
 
-def refuse_inside_the_zoo(output: Path) -> None:
-    """An output that is the local zoo's folder (ZOO_HOME) or lies among what the zoo keeps there."""
+def refuse_inside_the_zoo(output: Path, relpaths: Sequence[str] = ()) -> None:
+    """An output that is the local zoo's folder (ZOO_HOME) or lies among what the zoo keeps there;
+    with `relpaths`, the paths a model writes under the output folder too (a folder that holds
+    ZOO_HOME, written into with --force, would have a model's `zoo/lock` replace the zoo's)."""
     from zoo.hub.store import zoo_home
 
     location = os.environ.get("ZOO_HOME", "")
@@ -143,13 +145,20 @@ def refuse_inside_the_zoo(output: Path) -> None:
     else:
         home = zoo_home()
     home, target = Path(os.path.realpath(home)), Path(os.path.realpath(output))
-    try:
-        inside = target.relative_to(home).parts
-    except ValueError:
-        return
-    if not inside or inside[0] in _ZOO_OWN or inside[0].startswith("catalogue"):  # catalogue-v1.sqlite, -journal, .behind
-        raise InputError(f"{output}: {'is' if not inside else 'lies inside'} the zoo's own folder {home} (ZOO_HOME), where it keeps "
-                         "its objects, manifests and catalogue; write it somewhere else")
+
+    def refuse(path: Path, shown: str) -> None:
+        try:
+            inside = path.relative_to(home).parts
+        except ValueError:
+            return
+        if not inside or inside[0] in _ZOO_OWN or inside[0].startswith("catalogue"):  # catalogue-v1.sqlite, -journal, .behind
+            raise InputError(f"{shown}: {'is' if not inside else 'lies inside'} the zoo's own folder {home} (ZOO_HOME), where it keeps "
+                             "its objects, manifests and catalogue; write it somewhere else")
+
+    refuse(target, str(output))
+    if relpaths and home.is_relative_to(target):
+        for relpath in relpaths:
+            refuse(Path(os.path.realpath(target / relpath)), str(Path(output) / relpath))
 
 
 def _refuse_existing(path: Path, force: bool, is_dir: bool = False) -> None:
@@ -880,6 +889,7 @@ def decompress(
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
         links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        refuse_inside_the_zoo(destination, [*relpaths, *links, *folders])
         _refuse_replacing_what_is_read(opened, destination, relpaths + links)
         # the folders this makes get their modes back; those already there are the user's, and keep theirs
         made = [path for path in opened.folder_modes() if not os.path.lexists(destination / path)]

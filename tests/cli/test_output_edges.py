@@ -332,3 +332,24 @@ def test_an_output_among_what_the_zoo_keeps_in_its_folder_is_refused(one_file_ar
     ok(zoo_cli("decompress", "t/m", "-o", home / "mine", home=home))  # a folder of the user's own beside them is theirs
     ok(zoo_cli("export", "t/m", "-o", tmp_path / "a.zoo", home=home))
     ok(zoo_cli("doctor", home=home))
+
+
+def test_a_model_whose_files_would_land_among_what_the_zoo_keeps_is_refused(tmp_path):
+    # ZOO_HOME inside the output folder: a model holding zoo/lock or zoo/manifests/... replaced
+    # the zoo's lock and added a manifest of its own with --force, exit 0 (doctor and gc then failed)
+    parent = tmp_path / "sb"
+    home = parent / "zoo"
+    model = tmp_path / "evil"
+    (model / "zoo" / "manifests" / "x" / "main").mkdir(parents=True)
+    write_safetensors(model / "m.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    (model / "zoo" / "lock").write_text("the user's lock\n")
+    (model / "zoo" / "manifests" / "x" / "main" / "lossless.json").write_text('{"evil": 1}\n')
+    ok(zoo_cli("compress", model, "--name", "e/m", home=home))
+    ok(zoo_cli("compress", model, "-o", tmp_path / "e.zoo", home=home))
+    kept = {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "work" not in p.parts}
+    for args in (("export", "e/m", "-o", parent, "--force"), ("decompress", tmp_path / "e.zoo", "-o", parent, "--force")):
+        done = zoo_cli(*args, home=home)
+        assert done.returncode == 1 and "zoo/lock: lies inside the zoo's own folder" in done.stderr, (args, done.stderr)
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "work" not in p.parts} == kept
+    ok(zoo_cli("doctor", home=home))
+    ok(zoo_cli("decompress", tmp_path / "e.zoo", "-o", home / "mine", home=home))  # beside the zoo's own names: the user's
