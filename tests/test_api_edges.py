@@ -515,3 +515,35 @@ def test_a_taken_output_or_a_missing_folder_is_refused_before_the_lossy_survey(t
     with pytest.raises(InputError, match="no/such: output folder does not exist"):
         zoo.compress(source, tmp_path / "no" / "such" / "x.zoo", "l2:target_ratio=8")
     assert taken.read_bytes() == b"mine"
+
+
+def test_an_object_of_the_zoo_read_as_an_archive_and_a_tensor_of_no_file(tmp_path):
+    """An object is an archive of one tensor and no files (docs/FORMAT.md): report_of, verify,
+    decompress and load_state_dict of one copied out of a zoo raised KeyError 'file' ("a bug in
+    zoo" from the CLI). A model's archive whose tensor lacks its file or name is refused when it
+    opens, not with a KeyError in load_state_dict."""
+    from tests.container.forge import forge
+    from zoo.api import compress_into
+    from zoo.errors import FormatError
+    from zoo.hub.store import Store
+
+    weights = random_storage("F32", (128, 64), 1)
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", weights)})
+    compress_into(Store(tmp_path / "zoo"), source, "m")
+    copied = tmp_path / "object.zoo"
+    copied.write_bytes(max((tmp_path / "zoo" / "objects").rglob("*.zoo"), key=lambda p: p.stat().st_size).read_bytes())
+    report = zoo.report_of(copied)
+    assert [(t.name, t.file) for t in report.tensors] == [("tensor", "")] and report.files == []
+    assert zoo.verify(copied) == []
+    zoo.decompress(copied, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert zoo.load_state_dict(copied)["tensor"].numpy().tobytes() == weights.tobytes()
+
+    zoo.compress(source, tmp_path / "m.zoo")
+    for lacking in ("file", "name"):
+        forged = forge(tmp_path / "m.zoo", lambda header: header["tensors"]["w"].pop(lacking))
+        with pytest.raises(FormatError, match="tensor 'w' lacks its name or the file it belongs to"):
+            zoo.load_state_dict(forged)
+    forged = forge(tmp_path / "m.zoo", lambda header: header["tensors"]["w"].update(file="other.safetensors"))
+    with pytest.raises(FormatError, match="tensor 'w' lacks its name or the file it belongs to"):
+        zoo.open(forged)

@@ -652,7 +652,7 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         storages = {key for entry in files.values() for key in entry.get("storages", ())}
 
         def is_storage(key: str) -> bool:  # archives from before files listed their storages tell them by name
-            entry = files.get(opened.tensor_info(key)["file"], {})
+            entry = files.get(opened.tensor_info(key).get("file"), {})  # none: an object's one tensor
             if "storages" in entry:
                 return key in storages
             return entry.get("kind") == "torch" and is_storage_name(opened.tensor_info(key)["name"])
@@ -683,6 +683,8 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
     safetensors' again are left out whole (their tied lm_head too: transformers ties it anew), and
     the tensors named `path::NAME` only for that other copy get their names. The state dict held
     both copies, which model.load_state_dict refused. Returns the keys kept and the new names."""
+    if not files:  # an object: one tensor of no file
+        return keys, {}
     info = {key: opened.tensor_info(key) for key in keys}
     folder = {key: info[key]["file"].rpartition("/")[0] for key in keys}
     in_safetensors: dict[str, set[str]] = {}  # by folder: what transformers would load there
@@ -728,7 +730,7 @@ def _report(opened: Archive, archive: str | os.PathLike[str]) -> Report:
         pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
         if "xor" in info:
             pipeline += f" (XOR against the base's {info['name']})"
-        tensors.append(TensorReport(key, info["file"], info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
+        tensors.append(TensorReport(key, info.get("file", ""), info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,
                                     pipeline, "base" in info))
         if info["dtype"] in DTYPES and DTYPES[info["dtype"]].is_float and not view:
             parameters += math.prod(info["shape"])

@@ -177,6 +177,11 @@ class Archive:
         for name, info in tensors.items():
             if not isinstance(info, dict):
                 raise _fail(self._file, f"archive header has a malformed entry for tensor {name!r}")
+            # every tensor of a model's archive belongs to one of its files, by a name; an object's
+            # one tensor (an archive of no files) has neither
+            if (self._files or "file" in info or "name" in info) and not (
+                    isinstance(info.get("name"), str) and isinstance(info.get("file"), str) and info["file"] in self._files):
+                raise _fail(self._file, f"tensor {name!r} lacks its name or the file it belongs to")
             level, what = info, f"tensor {name!r}"
             while isinstance(level, dict):
                 self._check_node(level.get("root"), what)
