@@ -353,11 +353,11 @@ def code_part(source: str, home: str, work: str, pipeline: str, threads: int, fi
 
 
 def compress_to_work(source: str, home: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str,
-                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None) -> Landed:
+                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None, delta: bool = True) -> Landed:
     """One model's objects and shell coded by the call a local `zoo compress SRC --name NAME` makes
     (zoo.api.build_model) for the zoo at `home`: what the zoo holds is reused, and so is what the
     model's part tasks coded (`parts`, their objects folders, or `coded`, the names they put in a
-    bucket). Its XOR base is looked for among `bases` (refs) only. Into a folder zoo, the result
+    bucket). Its XOR base is looked for among `bases` (refs) only, unless not `delta`. Into a folder zoo, the result
     waits in the driver's work folder `work`; on a bucket, the task puts it there. The driver
     then publishes the manifest."""
     from zoo.codecs.pipeline import Pipeline
@@ -372,7 +372,7 @@ def compress_to_work(source: str, home: str, work: str, name: str, revision: str
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
         shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
-                                bases_among=set(bases), replacing=replacing)
+                                bases_among=set(bases), replacing=replacing, delta=delta)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu
         return _landed(store, Landed(source, name, seconds=seconds, node=_node()), sink, shell)
@@ -465,13 +465,14 @@ def _duplicates(names: list[str]) -> list[str]:
 def compress_many(sources: list[str], output: str | os.PathLike[str] | None = None, *, store: Store | None = None,
                   names: list[str] | None = None, revision: str = DEFAULT_REVISION, pipeline: str = "lossless",
                   ray: str | None = DEFAULT_ADDRESS, threads: int = 1, retries: int = RETRIES, force: bool = False,
-                  task_bytes: int = TASK_BYTES, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
+                  task_bytes: int = TASK_BYTES, on_landed: Callable[[Landed], None] | None = None, delta: bool = True) -> list[Landed]:
     """Compress each source (a local path or a URL) to its own archive under `output` (a folder or
     a URL), or, without `output`, into `store` (default: the zoo at ZOO_HOME) under `names` (default:
     as `zoo compress` names them). With `ray` (an address, or DEFAULT_ADDRESS) each model is a Ray
     task of `threads` CPUs (into a zoo, a model larger than `task_bytes` is several tasks); with
     ray=None they run here, one after another. `on_landed` sees each model as it lands, failures
-    included. Returns one Landed per source, in their order."""
+    included. `delta=False`: into a zoo, no tensor stored as an XOR against a base. Returns one
+    Landed per source, in their order."""
     if not sources:
         raise InputError("no model to compress")
     for source in sources:
@@ -495,7 +496,7 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
 
     labels = [source if is_url(source) else str(Path(source).resolve()) for source in sources]  # a manifest's `source`
     if into_zoo:
-        return _compress_into_zoo(sources, store, names, labels, revision, pipeline, ray, threads, retries, force, task_bytes, on_landed)
+        return _compress_into_zoo(sources, store, names, labels, revision, pipeline, ray, threads, retries, force, task_bytes, on_landed, delta)
 
     def land(index: int, landed: Landed) -> Landed:
         if on_landed is not None:
@@ -526,7 +527,7 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
 
 def _compress_into_zoo(sources: list[str], store: Store, names: list[str], labels: list[str], revision: str, pipeline: str,
                        ray: str | None, threads: int, retries: int, force: bool, task_bytes: int,
-                       on_landed: Callable[[Landed], None] | None) -> list[Landed]:
+                       on_landed: Callable[[Landed], None] | None, delta: bool = True) -> list[Landed]:
     """compress_many into a zoo: first the parts of the models larger than `task_bytes` (on Ray
     only: here they would only add work) beside the models that fit in one task, then the builds
     of the split models; the driver publishes each model as it lands."""
@@ -557,7 +558,7 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
             folders = [part.objects_root for part in parts if part.objects_root is not None]
             coded = sorted({key for part in parts if part.objects_root is None for key in part.written})
             return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], folders, coded,
-                                      bases, f"{names[index]}@{revision}:{variant}" if force else None)
+                                      bases, f"{names[index]}@{revision}:{variant}" if force else None, delta)
 
         results: dict[int, Landed] = {}
 

@@ -87,6 +87,21 @@ def test_the_base_may_be_named_or_found_by_shared_names_and_no_delta_turns_it_of
     assert compress_into(store, other, "other").base is None  # nothing alike in the zoo: stored whole
 
 
+def test_no_delta_holds_for_a_batch_of_several_sources(tmp_path):
+    # `zoo compress A B --no-delta` stored A as XORs against its base all the same, exit 0: the
+    # batch never heard of the flag
+    base = write_model(tmp_path / "base", base_tensors())
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 3), base_name="org/base")
+    other = write_model(tmp_path / "other", {"unrelated.weight": random_storage("BF16", (32, 32), 9)})
+    for flags, against in ((["--no-delta"], None), ([], "org/base@main:lossless")):
+        home = tmp_path / f"zoo{len(flags)}"
+        compress_into(Store(home), base, "org/base")
+        done = zoo_cli("compress", tuned, other, *flags, home=home)
+        assert done.returncode == 0, done.stderr
+        stored = {entry.name: entry.base and entry.base["ref"] for entry in Store(home).entries()}
+        assert stored == {"org/base": None, "tuned": against, "other": None}, flags
+
+
 def test_a_dual_format_repository_costs_one_copy_plus_its_other_bytes(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file

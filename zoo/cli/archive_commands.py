@@ -99,7 +99,7 @@ def compress(
                        "--follow-links": follow_links, "--verbose": verbose}
         why = "several SOURCEs" if more else "--ray" if ray is not None else "an -o URL"
         _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
-                        [flag for flag, value in unsupported.items() if value], why)
+                        [flag for flag, value in unsupported.items() if value], why, no_delta)
         return
     if output is not None and output.endswith(("/", os.sep)):  # `-o out/`: into that folder, as with several SOURCEs
         output = output + archive_name(typed)
@@ -163,7 +163,7 @@ def compress(
 
 
 def _compress_batch(sources: list[str], output: Optional[str], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
-                    as_json: bool, ray: Optional[str], unsupported: list[str], why: str) -> None:
+                    as_json: bool, ray: Optional[str], unsupported: list[str], why: str, no_delta: bool = False) -> None:
     """Several SOURCEs, --ray or an -o URL (`why`): zoo.batch runs one task per model; a line per
     model as it lands."""
     from zoo import batch
@@ -201,7 +201,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
     total = sum(source_bytes(Path(source)) for source in sources)
     with progress_bar(total, "compressing", not as_json) as advance:
         results = batch.compress_many(sources, destination, names=names, pipeline=pipeline, threads=threads or 1, force=force,
-                                      ray=ray, on_landed=landed)
+                                      ray=ray, on_landed=landed, delta=not no_delta)
     failed = [result for result in results if not result.ok]
     if as_json:
         print_json({"models": [result.to_dict() for result in results], "failed": len(failed)})
