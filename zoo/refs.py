@@ -95,13 +95,14 @@ def archive_path(ref: str | os.PathLike[str]) -> Path:
 def not_found(ref: str | os.PathLike[str]) -> str:
     """The message for a ref that names nothing, the same in every command. When the zoo holds the
     name under other revisions or variants, it lists them."""
+    from zoo.hub.manifest import bit_exact
     from zoo.hub.store import Store, parse_ref
 
     store = Store()
     name, revision, variant = parse_ref(str(ref))
     stored = store.entries(name)
     there = [e for e in stored if e.revision == (revision or "main") or e.commit == revision]
-    if there and variant is None and all(e.variant != "lossless" for e in there):
+    if there and variant is None and not any(bit_exact(e) for e in there):
         listed = ", ".join(e.ref for e in there[:8]) + (f" and {len(there) - 8} more" if len(there) > 8 else "")
         return f"{ref}: the zoo at {store.location} holds {name}@{revision or 'main'} only as lossy variants ({listed}): name one, as NAME:VARIANT"
     if stored:

@@ -277,6 +277,28 @@ def test_a_model_stored_only_lossy_is_never_served_as_its_bare_name(tiny_model, 
     assert done.returncode == 0, done.stderr
 
 
+def test_a_model_stored_by_another_lossless_pipeline_is_the_model_by_its_bare_name(tiny_model, tmp_path):
+    """`-p zstd` loses nothing, but its variant was taken for a lossy one: `decompress NAME` said
+    the zoo held the model only as lossy variants, serve answered 404 for main, and zoo ls showed
+    no bit-exact. Its files come back bit for bit, so the bare name reaches it (after the default
+    lossless variant); a lossy variant still never does."""
+    from huggingface_hub import snapshot_download
+
+    from zoo.hub.manifest import quality_label
+
+    store = Store(tmp_path / "zoo")
+    plain = compress_into(store, tiny_model, "org/tiny", pipeline="zstd")
+    compress_into(store, tiny_model, "org/tiny", pipeline="truncate:bits=4")
+    assert plain.variant != "lossless" and [e.ref for e in store.readable("org/tiny")] == [plain.ref]
+    assert quality_label(next(e for e in store.entries(with_files=True) if e.variant == plain.variant)) == "bit-exact"
+    with running_server(store) as url:
+        assert request(url, "/org/tiny/resolve/main/model.safetensors")[2] == (tiny_model / "model.safetensors").read_bytes()
+        got = Path(snapshot_download("org/tiny", endpoint=url, cache_dir=tmp_path / "hf"))
+        assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in tiny_model.iterdir())
+    default = compress_into(store, tiny_model, "org/tiny")
+    assert store.readable("org/tiny")[0].ref == default.ref
+
+
 def test_a_name_without_a_revision_is_main_for_a_variant_too_and_rm_takes_a_lossy_only_model(tiny_model, tmp_path):
     """NAME:VARIANT without a revision took another revision's variant where main lacks it; a
     model stored only lossy could not be removed by its name, --all or not."""

@@ -3,6 +3,7 @@ them, as one manifest (a JSON object; docs/STORE.md specifies it), and the rules
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -305,6 +306,22 @@ def legacy_records(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def bit_exact(entry: Entry) -> bool:
+    """Whether an entry's pipeline loses nothing: the default one (variant 'lossless') or another
+    lossless one (`-p zstd`), whose files come back bit for bit all the same."""
+    return entry.variant == LOSSLESS or _lossless_spec(entry.pipeline)
+
+
+@functools.lru_cache(maxsize=256)
+def _lossless_spec(spec: str) -> bool:
+    from zoo.codecs.pipeline import Pipeline
+
+    try:
+        return Pipeline.parse(spec).lossless
+    except (ZooError, ValueError, TypeError):  # a codec this zoo lacks: not known to be lossless
+        return False
+
+
 def quality_label(entry: Entry) -> str:
     """What `zoo ls` shows of an entry's quality: the evaluator's figures when it left some,
     'bit-exact' for a lossless variant (every file is checked against its sha256), else ''."""
@@ -312,7 +329,7 @@ def quality_label(entry: Entry) -> str:
     figures = [f"{key} {value:.4g}" for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
     if isinstance(quality.get("summary"), str):  # zoo.evaluate writes one line meant for listings
         label = quality["summary"]
-    elif not quality and entry.variant == LOSSLESS and all(f.lossless for f in entry.files):
+    elif not quality and bit_exact(entry) and all(f.lossless for f in entry.files):
         label = "bit-exact"
     else:
         label = " ".join(figures) or str(quality.get("kind", ""))
@@ -338,12 +355,13 @@ def readable(found: list[Entry], ref: str, has_main: bool) -> list[Entry]:
     revision is never taken in main's place, for NAME:VARIANT either); less the lossy variants
     where the ref names no variant (nor a lossy variant's commit). A model stored only lossy is
     then no model by its bare name: its reader (a script on `zoo serve` among them) must name a
-    variant, and never gets quantized weights it did not ask for."""
+    variant, and never gets quantized weights it did not ask for. A variant of another lossless
+    pipeline is the model itself, bit for bit (after the default one, Store.matches's order)."""
     _, revision, variant = parse_ref(ref)
     if revision is None and has_main:
         found = [e for e in found if e.revision == DEFAULT_REVISION]
-    if variant is None and not any(e.commit == revision and e.variant != LOSSLESS for e in found):
-        return [e for e in found if e.variant == LOSSLESS]
+    if variant is None and not any(e.commit == revision and not bit_exact(e) for e in found):
+        return [e for e in found if bit_exact(e)]
     return found
 
 

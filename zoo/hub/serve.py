@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, unquote
 from zoo.container import format as archive_format
 from zoo.container.reader import Archive
 from zoo.errors import ZooError
-from zoo.hub.manifest import DEFAULT_REVISION, LOSSLESS, parse_ref, readable
+from zoo.hub.manifest import DEFAULT_REVISION, bit_exact, parse_ref, readable
 from zoo.hub.store import NAME_PATTERN, Entry, Store, StoredFile
 from zoo.allocator import keep_freed_buffers
 
@@ -420,7 +420,7 @@ class ZooApp:
         return readable(self._matches(ref, with_files=True), ref, any(e.revision == DEFAULT_REVISION for e in self._matches(name)))
 
     def _only_lossy(self, repo: str, revision: str) -> str:
-        lossy = [e for e in self._matches(f"{repo}@{revision}") if e.variant != LOSSLESS]
+        lossy = [e for e in self._matches(f"{repo}@{revision}") if not bit_exact(e)]
         return f"; it holds only lossy variants there: ask for revision '{lossy[0].revision}:{lossy[0].variant}'" if lossy else ""
 
     def _default_entry(self, repo: str) -> Entry:
