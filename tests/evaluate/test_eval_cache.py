@@ -42,3 +42,26 @@ def test_an_entry_over_the_limit_is_kept_and_other_files_are_left_alone(tmp_path
     assert mine.read_bytes() == b"x" * 50_000
     assert (tmp_path / f"{key}.safetensors").exists()
     assert torch.equal(ReferenceCache(tmp_path, limit=1_000).get(key)["top_logprobs"], entry(1000)["top_logprobs"])
+
+
+def test_a_cache_folder_whose_disk_is_full_costs_only_time(tmp_path):
+    # safetensors says a write that fails (a full disk) as SafetensorError, not OSError: `--eval`
+    # and `zoo eval` ended in "unexpected SafetensorError (a bug in zoo)". A file size limit makes
+    # the write fail as a full disk does.
+    import subprocess
+    import sys
+
+    script = f"""
+import pathlib, resource, signal, torch
+from zoo.evaluate.cache import ReferenceCache, cache_key
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+cache = ReferenceCache(pathlib.Path({str(tmp_path)!r}), limit=1 << 30)
+key = cache_key("reference")
+cache.put(key, {{"top_logprobs": torch.arange(100_000, dtype=torch.float32)}})
+assert cache.get(key) is not None  # kept in memory for this run
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -74,6 +74,7 @@ class ReferenceCache:
         self._remember(key, entry)
         if not self.disk:
             return
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         path = self._path(key)
@@ -87,7 +88,7 @@ class ReferenceCache:
             finally:
                 Path(temporary).unlink(missing_ok=True)
             self._evict(keep=path)
-        except OSError:
+        except (OSError, SafetensorError):  # safetensors says a full disk as SafetensorError, not OSError
             pass  # a read-only or full cache folder only costs the next run some time
 
     def _evict(self, keep: Path) -> None:
