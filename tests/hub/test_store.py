@@ -378,3 +378,27 @@ def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(ti
                                                                            "other bytes than the sha256 its manifest records"), problems
     done = zoo_cli("verify", home=home)
     assert done.returncode == 1 and "decodes to other bytes" in done.stdout + done.stderr
+
+
+def test_a_low_limit_on_open_files_is_no_damage(tmp_path):
+    """A process kept 64 idle object files open whatever `ulimit -n` allowed: under 64, a model of
+    200 objects could not open its next one, and verify, info, decompress and serve called the
+    healthy zoo damaged (EMFILE as a FormatError), leaving their temporaries behind."""
+    import resource
+
+    home = tmp_path / "home"  # not zoo/: `python -m zoo` run there would import it
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {f"l{i}.w": ("F32", random_storage("F32", (64, 64), i)) for i in range(200)})
+    compress_into(Store(home), folder, "t/wide")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "ZOO_HOME": str(home)},
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+
+    for args in (("verify",), ("info", "t/wide"), ("decompress", "t/wide", "-o", "out")):
+        done = run(*args)
+        assert done.returncode == 0 and "damaged" not in done.stderr, (args, done.stderr)
+    assert hashes(tmp_path / "out") == hashes(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out", "wide"]

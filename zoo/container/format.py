@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import stat
 import struct
 import threading
@@ -40,6 +41,9 @@ OBJECT_SUFFIX = ".zoo"
 # Object files kept open in a process, for every archive reading them; past that the least recently
 # used one no read holds is closed.
 _OPEN_OBJECTS = 64
+# ... and never more than an eighth of the process's descriptors (ulimit -n): under a low limit the
+# idle ones took those a read needed, and the next object could not be opened (EMFILE).
+_OPEN_OBJECTS = min(_OPEN_OBJECTS, max(2, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
 MAX_HEADER_BYTES = 64 << 20
 # A chunk's decoded size, checked before anything is allocated: the writer's default is 4 MiB, and
 # whatever a header claims, decoding a chunk never takes more memory than this (plus its stored bytes).
@@ -611,7 +615,12 @@ class _ObjectFiles:
                 self._open.move_to_end(path)
                 return held[0]
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE) or not self._close_idle():
+                    raise
+                descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # once more, with the idle ones closed
         except FileNotFoundError:
             root = path.parent.parent
             if archive.parent.parent == root and root.parts[-2:] == ("objects", "sha256"):  # the archive is an object of that zoo
@@ -620,6 +629,9 @@ class _ObjectFiles:
             raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {root} "
                                      "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
         except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):  # the process's or the system's limit: no damage of the zoo's
+                raise OSError(error.errno, f"{error.strerror} (`ulimit -n` is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
+                                           f"a model of a zoo reads an object file per tensor)", str(archive)) from None
             raise FormatError(f"{path}: cannot open: {error.strerror}") from None
         with self._lock:
             held = self._open.get(path)
@@ -662,6 +674,18 @@ class _ObjectFiles:
         for path in [p for p, (_, users) in self._open.items() if users == 0][:max(0, len(self._open) - _OPEN_OBJECTS)]:
             os.close(self._open.pop(path)[0])
             self._maps.pop(path, None)
+
+    def _close_idle(self) -> bool:
+        """Close every open object no read holds; whether there was one."""
+        with self._lock:
+            idle = [(path, held[0]) for path, held in self._open.items() if held[1] == 0]
+            for path, _ in idle:
+                del self._open[path]
+                self._maps.pop(path, None)
+                self._regions.pop(path, None)
+        for _, descriptor in idle:
+            os.close(descriptor)
+        return bool(idle)
 
     def let_go_of_replaced(self) -> None:
         """Close the open objects no read holds whose files were removed or replaced on disk."""
