@@ -546,3 +546,19 @@ def test_a_store_or_rm_whose_index_cannot_be_written_has_still_done_its_work(tmp
     assert not set(kept) & set(objects(home))  # what only `a` named went with it
     assert "a@main" not in zoo_cli("doctor", home=home).stdout
     assert zoo_cli("verify", home=home).returncode == 0
+
+
+def test_a_zoo_whose_only_manifest_is_damaged_is_not_called_empty(tmp_path):
+    # with the index rebuilt from the manifests, a damaged one was left out without a word, and
+    # `zoo ls` said the zoo was empty ("zoo pull or zoo compress fill it"), exit 0
+    home = tmp_path / "home"
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    compress_into(Store(home), source, "a/b")
+    [manifest] = home.glob("manifests/*/*/*.json")
+    manifest.write_text("{bad")
+    (home / "catalogue.sqlite").unlink()
+    done = zoo_cli("ls", home=home)
+    assert done.returncode == 0 and "damaged manifest" in done.stderr and "left out of the index" in done.stderr, done.stderr
+    assert "lists no model, but holds manifests it cannot read: `zoo doctor` says which" in done.stderr and "is empty" not in done.stderr
+    done = zoo_cli("ls", home=home)  # the index made: the warning is not said again, the listing still is
+    assert "holds manifests it cannot read" in done.stderr and "damaged manifest" not in done.stderr, done.stderr

@@ -108,7 +108,9 @@ def ls(as_json: Json = False) -> None:
                     "models": [{**e.to_dict(), "quality_label": label(e)} for e in entries]})
         return
     if not entries:
-        stderr.print(f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it", markup=False, highlight=False)
+        said = (f"the zoo at {store.location} lists no model, but holds manifests it cannot read: `zoo doctor` says which"
+                if store.holds_manifests() else f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it")
+        stderr.print(said, markup=False, highlight=False)
         return
     # stored: what the model takes on its own (as one archive would); adds: what it adds to this zoo,
     # the objects no other model names (what `zoo rm` of it frees)

@@ -304,6 +304,11 @@ class Store:
 
     # -- manifests --------------------------------------------------------------------------
 
+    def holds_manifests(self) -> bool:
+        """Whether any manifest file is here, readable or not (a zoo whose index lists no model
+        may still hold models whose manifests are damaged)."""
+        return any(True for _ in self.manifests.glob("*/*/*.json")) if self.storage is None and self.manifests.is_dir() else False
+
     def _manifest_files(self) -> list[Path]:
         return sorted(self.manifests.glob("*/*/*.json")) if self.manifests.is_dir() else []
 
@@ -394,7 +399,11 @@ class Store:
     def rebuild_index(self) -> int:
         """Write the index afresh from the manifests and put it in place. Caller holds the lock."""
         self._make_folders()
-        records = [(self._relative(path), record) for path, record in self._all_manifests()]
+        unreadable: list[str] = []
+        records = [(self._relative(path), record) for path, record in self._all_manifests(unreadable)]
+        if unreadable:  # left out of the index, so out of `zoo ls` and every name: said once, as the index is made
+            more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+            warnings.warn(f"{unreadable[0]}{more}; its model is left out of the index until then", ZooWarning, stacklevel=2)
         try:
             with locked_temporary(self.work, "catalogue-", is_dir=False) as fresh:
                 fresh.unlink()
