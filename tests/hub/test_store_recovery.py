@@ -298,7 +298,10 @@ def test_a_damaged_manifest_stops_gc_and_doctor_restores_it(two_models):
     assert doctor.returncode == 0, doctor.stdout  # repaired: nothing is left for the user to do
     findings = doctor.stdout.strip().splitlines()
     assert findings[0].startswith(f"{manifest}: damaged manifest")
-    assert findings[1].startswith(str(first.archive)) and findings[1].endswith("org/first@main:lossless: damaged manifest replaced")
+    kept = two_models / "unreadable" / "org%2Ffirst@main@lossless.json"  # what it was is kept for a person, never lost
+    assert findings[1].startswith(str(first.archive))
+    assert findings[1].endswith(f"org/first@main:lossless: damaged manifest replaced (the old one kept as {kept})")
+    assert kept.read_text() == '{"manifest": 1, "name": "org/fir'
     restored = Store(two_models).resolve("org/first", with_files=True)
     assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
     assert "removed 0 objects" in zoo_cli("gc", home=two_models).stdout

@@ -1080,8 +1080,10 @@ class Store:
             except StoreError:
                 damaged = True
         self.dirty.touch()
+        # the damaged one (or one of a newer zoo's format) is kept for a person, never lost
+        kept = self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}") if damaged else None
         self._publish_manifest(record)
-        repair = "damaged manifest replaced" if damaged else "manifest restored"
+        repair = f"damaged manifest replaced (the old one kept as {kept})" if damaged else "manifest restored"
         return f"{path}: named by no manifest; its header says it is {ref}: {repair}", set(parts)
 
     def _migrate(self) -> list[str]:
@@ -1109,13 +1111,15 @@ class Store:
             self.rebuild_index()  # else the next read rebuilds it
         return findings
 
-    def _keep_aside(self, path: Path) -> Path:
-        """Where a file the migration cannot read waits for a person: never deleted."""
+    def _keep_aside(self, path: Path, name: str | None = None) -> Path:
+        """Where a file the zoo cannot read waits for a person, under `name` (default: its own):
+        never deleted."""
         folder = self.home / "unreadable"
         folder.mkdir(exist_ok=True)
-        aside = folder / path.name
+        name = name or path.name
+        aside = folder / name
         if aside.exists():
-            aside = folder / f"{path.name}.{os.urandom(4).hex()}"
+            aside = folder / f"{name}.{os.urandom(4).hex()}"
         os.replace(path, aside)
         return aside
 
