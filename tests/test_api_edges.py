@@ -547,3 +547,23 @@ def test_an_object_of_the_zoo_read_as_an_archive_and_a_tensor_of_no_file(tmp_pat
     forged = forge(tmp_path / "m.zoo", lambda header: header["tensors"]["w"].update(file="other.safetensors"))
     with pytest.raises(FormatError, match="tensor 'w' lacks its name or the file it belongs to"):
         zoo.open(forged)
+
+
+def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_left_out(tmp_path):
+    """zoo once kept a torch checkpoint's storages as typed runs of bytes, named by no tensor
+    (tests/golden/v1/fprans-torch.zoo): load_state_dict of such an archive gave {} without a
+    word. A checkpoint of today's zoo has its tensors, and no such warning."""
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    golden = Path(__file__).parent / "golden" / "v1" / "fprans-torch.zoo"
+    with pytest.warns(ZooWarning, match=r"^pytorch_model\.bin: tensor data kept as bytes only, not as tensors .* `zoo decompress` gives"):
+        assert zoo.load_state_dict(golden) == {}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    torch.save({"w": torch.randn(64, 64), "b": torch.zeros(64)}, folder / "pytorch_model.bin")
+    zoo.compress(folder, tmp_path / "m.zoo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZooWarning)
+        assert sorted(zoo.load_state_dict(tmp_path / "m.zoo")) == ["b", "w"]

@@ -639,8 +639,9 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
     key. Where a folder holds its weights twice, as safetensors and as torch checkpoints, the
     safetensors' copy is given, under the tensors' names, as transformers loads it (one warning
-    names the files left out). (A checkpoint's tensor that zoo keeps in the file's bytes only, as
-    one of a dtype zoo has no name for, was named in a warning when it was compressed.)"""
+    names the files left out). A checkpoint whose tensor data zoo keeps as bytes only (of a dtype
+    zoo has no name for; every torch checkpoint, in archives of older versions) is named in a
+    warning, its tensors left out."""
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
@@ -650,6 +651,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         opened.require_base()
         files = {entry["path"]: entry for entry in opened.files()}
         storages = {key for entry in files.values() for key in entry.get("storages", ())}
+        as_bytes = opened.typed_runs()  # an older zoo's torch checkpoint: its state dict came back empty, without a word
+        if as_bytes:
+            warnings.warn(f"{', '.join(as_bytes)}: tensor data kept as bytes only, not as tensors (an archive of an older zoo, or of a "
+                          "dtype zoo has no name for), is left out; `zoo decompress` gives the file back whole", ZooWarning, stacklevel=2)
 
         def is_storage(key: str) -> bool:  # archives from before files listed their storages tell them by name
             entry = files.get(opened.tensor_info(key).get("file"), {})  # none: an object's one tensor

@@ -412,6 +412,13 @@ class Archive:
         keys = ("path", "size", "sha256", "lossless", "kind", "opaque", "mode", "storages")
         return [{k: entry[k] for k in keys if k in entry} for entry in self._files.values()]
 
+    def typed_runs(self) -> list[str]:
+        """The files that hold tensor data as typed runs of bytes named by no tensor (a blob of
+        another dtype than U8): a torch checkpoint's storages as zoo kept them before it read them
+        as tensors, or of a dtype zoo has no name for."""
+        return [path for path, entry in self._files.items()
+                if any(segment["blob"]["leaf"].get("dtype") != "U8" for segment in entry["segments"] if "blob" in segment)]
+
     def link_targets(self) -> dict[str, str | None]:
         """Each link's path -> the path inside the folder it leads to, through the archive's own
         links ("" for the folder itself), or None where the archive holds nothing there."""
