@@ -353,3 +353,18 @@ def test_a_model_whose_files_would_land_among_what_the_zoo_keeps_is_refused(tmp_
     assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and "work" not in p.parts} == kept
     ok(zoo_cli("doctor", home=home))
     ok(zoo_cli("decompress", tmp_path / "e.zoo", "-o", home / "mine", home=home))  # beside the zoo's own names: the user's
+
+
+def test_one_model_given_as_a_url_is_read_as_it_is_with_several(tmp_path):
+    # alone, `zoo compress file:///m -o out.zoo` (or --name) said "no such file or folder", where
+    # beside another SOURCE or with an -o URL the batch fetched it
+    model = tmp_path / "m"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    url = model.as_uri()
+    ok(zoo_cli("compress", url, "-o", tmp_path / "m.zoo", home=tmp_path / "home"))
+    ok(zoo_cli("decompress", tmp_path / "m.zoo", "-o", tmp_path / "out", home=tmp_path / "home"))
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    ok(zoo_cli("compress", url, "--name", "org/m", home=tmp_path / "home"))
+    done = zoo_cli("compress", url, "-o", tmp_path / "c.zoo", "--calib", model / "model.safetensors", home=tmp_path / "home")
+    assert (done.returncode, done.stderr) == (1, "error: --calib is not available with a URL SOURCE yet: copy the model to a local folder first\n")

@@ -93,11 +93,12 @@ def compress(
     if not typed or not all(more or []):  # Path("") is the current folder: an unset variable would compress it
         raise InputError("no model given: name a folder, a file or a hub id" if not more else
                          "an empty SOURCE among them: name a folder, a file or a hub id (an unset variable?)")
-    if more or ray is not None or (output is not None and is_url(output)):  # a URL is written by the batch's workers, Ray or not
+    # a URL is read or written by the batch's workers, Ray or not
+    if more or ray is not None or (output is not None and is_url(output)) or is_url(typed):
         unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,
                        "--min-cosine": min_cosine, "--max-ppl-ratio": max_ppl_ratio, "--include": include, "--exclude": exclude,
                        "--follow-links": follow_links, "--verbose": verbose}
-        why = "several SOURCEs" if more else "--ray" if ray is not None else "an -o URL"
+        why = "several SOURCEs" if more else "--ray" if ray is not None else "an -o URL" if output is not None and is_url(output) else "a URL SOURCE"
         _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
                         [flag for flag, value in unsupported.items() if value], why, no_delta)
         return
@@ -171,7 +172,8 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
     from zoo.hub.remote import is_url
 
     if unsupported:
-        alone = "write the archive to a local path, then copy it" if why == "an -o URL" else "compress such a model on its own"
+        alone = {"an -o URL": "write the archive to a local path, then copy it",
+                 "a URL SOURCE": "copy the model to a local folder first"}.get(why, "compress such a model on its own")
         raise InputError(f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not available with {why} yet: {alone}")
     if name is not None and len(sources) > 1:
         raise InputError("--name names one model: with several SOURCEs each is named after its folder")
