@@ -237,3 +237,20 @@ def test_compress_accepts_a_hub_id(hub, tiny_bert, tmp_path):
     assert done.returncode == 1 and done.stderr == "error: no-such-thing: no such file or folder\n"
     done = zoo_cli("compress", "org/no-such-thing", env=env, cwd=work)
     assert done.returncode == 1 and "nor is there a local file or folder" in done.stderr
+
+
+def test_pull_of_a_local_folder_points_to_compress(tmp_path):
+    # `zoo pull /path/to/model` said "'/path/to/model' is neither a local file or folder nor a hub
+    # id" of a folder that is there
+    from zoo.errors import InputError
+    from zoo.hub.pull import parse_repo_ref
+
+    folder = tmp_path / "my model"
+    folder.mkdir()
+    with pytest.raises(InputError) as refused:
+        parse_repo_ref(str(folder))
+    assert str(refused.value) == (f"{folder}: a local file or folder; `zoo pull` takes hub ids (ORG/NAME[@REVISION]): "
+                                  f"`zoo compress '{folder}'` stores it")
+    with pytest.raises(InputError, match="is neither a local file or folder nor a hub id"):
+        parse_repo_ref(str(tmp_path / "absent"))
+    assert parse_repo_ref("org/name@v1") == ("org/name", "v1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ def looks_like_repo_ref(text: str) -> bool:
 def parse_repo_ref(text: str) -> tuple[str, str]:
     repo_id, _, revision = text.partition("@")
     if not looks_like_repo_ref(text):
+        if os.path.lexists(text):  # `zoo pull` takes hub ids only: a folder here is compress's
+            raise InputError(f"{text}: a local file or folder; `zoo pull` takes hub ids (ORG/NAME[@REVISION]): "
+                             f"`zoo compress {shlex.quote(text)}` stores it")
         raise InputError(f"{text!r} is neither a local file or folder nor a hub id (ORG/NAME[@REVISION])")
     return check_name(repo_id), revision or DEFAULT_REVISION
 
