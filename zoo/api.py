@@ -753,6 +753,7 @@ def _report(opened: Archive, archive: str | os.PathLike[str]) -> Report:
     )
 
 
+@_names_a_full_disk(_destination, within=_beside_destination)
 def export_archive(source: str | os.PathLike[str], destination: str | os.PathLike[str], *, force: bool = False) -> Report:
     """Write a model (a zoo name or an archive) as one archive that stands alone: the objects it
     names are copied in, coded as they are (`zoo export --archive`)."""

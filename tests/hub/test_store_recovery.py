@@ -142,6 +142,15 @@ def test_ls_on_a_full_disk_reads_the_manifests(two_models):
     assert "cannot rebuild the catalogue" in one_line_error(doctor)
 
 
+def test_export_of_a_standalone_archive_onto_a_full_disk_names_its_output(two_models, tmp_path):
+    # `zoo export NAME --archive -o full/x.zoo` said "error: No space left on device", no path
+    done = subprocess.run([sys.executable, "-m", "zoo", "export", "org/first", "--archive", "-o", tmp_path / "x.zoo"], capture_output=True,
+                          text=True, check=False, timeout=120, env={**os.environ, "ZOO_HOME": str(two_models)},
+                          preexec_fn=_no_bigger_files_than(1024))
+    assert one_line_error(done).strip().endswith(f"File too large: {tmp_path / 'x.zoo'}"), done.stderr
+    assert not (tmp_path / "x.zoo").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x.zoo")]
+
+
 def test_a_write_whose_manifest_fails_leaves_no_object(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     store = Store(home)
