@@ -567,3 +567,26 @@ def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_l
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZooWarning)
         assert sorted(zoo.load_state_dict(tmp_path / "m.zoo")) == ["b", "w"]
+
+
+def test_a_batch_on_a_full_disk_names_each_output_not_its_temporary(tmp_path):
+    # `zoo compress A B -o out/` said "failed a: [Errno 27] File too large: 'out/.a.zoo.zoo-tmp-PID-RANDOM/a.zoo'",
+    # and into the zoo it named a work folder's object file
+    import resource
+    import subprocess
+    import sys
+
+    models = _small_models(tmp_path / "models", 2)
+    (tmp_path / "out").mkdir()
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # Python ignores SIGXFSZ: a write past it fails with EFBIG
+
+    for output, said in ((["-o", str(tmp_path / "out") + "/"], lambda m: f"{tmp_path / 'out' / m.name}.zoo"),
+                         ([], lambda m: f"the zoo at {tmp_path / 'home'}")):
+        done = subprocess.run([sys.executable, "-m", "zoo", "compress", *map(str, models), *output], capture_output=True, text=True,
+                              env={**os.environ, "ZOO_HOME": str(tmp_path / "home")}, preexec_fn=limited, cwd=tmp_path / "out")
+        assert done.returncode == 1, done.stderr
+        for model in models:
+            assert f"failed {model}: File too large: {said(model)}\n" in done.stderr, done.stderr
+    assert list((tmp_path / "out").iterdir()) == []

@@ -188,6 +188,25 @@ def _local_source(source: str, scratch: Path, seconds: dict[str, float]) -> Path
     return local
 
 
+@contextmanager
+def _naming(scratch: Path, output: str) -> Iterator[None]:
+    """A system error about a file of the task's own under `scratch` (a full disk, a read-only
+    folder) names `output` instead: the user never saw the temporary."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error.filename, str) and Path(error.filename).absolute().is_relative_to(Path(scratch).absolute()):
+            error.filename = output
+        raise
+
+
+def _said(error: BaseException) -> str:
+    """A task's failure in one line: an OSError as the CLI says one ("No space left on device: PATH")."""
+    if isinstance(error, OSError) and not isinstance(error, ZooError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error)
+
+
 def compress_to_storage(source: str, output: str, name: str, pipeline: str, threads: int, force: bool) -> Landed:
     """One model to the archive `name` at `output` (a folder or a URL): the task behind `-o`."""
     _die_once("batch-task-once")
@@ -204,7 +223,8 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
         local = _local_source(source, scratch, seconds)
         archive = scratch / name
         started, cpu = time.perf_counter(), time.process_time()
-        report = api.compress(local, archive, pipeline, threads=threads)
+        with _naming(scratch, f"{storage.url.rstrip('/')}/{name}"):
+            report = api.compress(local, archive, pipeline, threads=threads)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu  # steadier than the wall clock on a shared machine
         started = time.perf_counter()
@@ -371,8 +391,9 @@ def compress_to_work(source: str, home: str, work: str, name: str, revision: str
                          set(coded), lambda key: _download(store, key, folder / "parts"))
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
-        shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
-                                bases_among=set(bases), replacing=replacing, delta=delta)
+        with _naming(folder, f"the zoo at {store.location}"):
+            shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
+                                    bases_among=set(bases), replacing=replacing, delta=delta)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu
         return _landed(store, Landed(source, name, seconds=seconds, node=_node()), sink, shell)
@@ -619,7 +640,7 @@ def _run(ray: str | None, tasks: list[tuple[Callable[..., Any], tuple]], labels:
         try:
             result = function(*arguments)
         except (ZooError, OSError) as error:
-            result = failed(index, str(error))
+            result = failed(index, _said(error))
         results.append(land(index, result))
     return results
 
@@ -685,7 +706,8 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
                 result = ray.get(done)
             except ray.exceptions.RayTaskError as error:  # the task raised: its own exception's words
                 cause = error.cause if getattr(error, "cause", None) is not None else error
-                result = failed(index, str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__)
+                result = failed(index, _said(cause) if isinstance(cause, OSError) else
+                                str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__)
             except ray.exceptions.RayError as error:  # its worker died every time, or the cluster lost it
                 result = failed(index, f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
             results[index] = land(index, result)
