@@ -85,6 +85,21 @@ def _sync_files(paths: list[Path]) -> None:
         fsync_path(path)
 
 
+def _with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
+    """A manifest's base record, whose `needs` a manifest written before the commits were recorded
+    (2026-12-06) may have wrong: before 2026-12-05 23:00 a fine-tune's needs listed every model
+    that named its chains' objects, a sibling fine-tune among them, and zoo rm of that sibling was
+    refused. For those the chain of bases, as their manifests (`records`, by ref) say, is what it needs."""
+    if not isinstance(base, dict) or base.get("commits") is not None:
+        return base
+    chain, ref = [], base.get("ref")
+    while isinstance(ref, str) and ref not in chain:
+        chain.append(ref)
+        below = (records.get(ref) or {}).get("base")
+        ref = below.get("ref") if isinstance(below, dict) else None
+    return {**base, "needs": chain}
+
+
 class Store:
     """The zoo at `home` (default: zoo_home()). Every method opens what it needs itself, so one
     Store may be used from many threads and by several processes at once."""
@@ -752,12 +767,12 @@ class Store:
         chosen = found if every else found[:1]
         with self._locked():
             refs = {e.ref: e.commit for e in chosen}
+            records = {f"{record['name']}@{record['revision']}:{record['variant']}": record for _, record in self._all_manifests()}
             needed: dict[str, set[str]] = {}  # of the models being removed, those others need: by whom
-            for _, record in self._all_manifests():
-                ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+            for ref, record in records.items():
                 if ref not in refs:
                     for base, commit in refs.items():
-                        if stored_against(record.get("base"), base, commit):
+                        if stored_against(_with_chained_needs(record.get("base"), records), base, commit):
                             needed.setdefault(base, set()).add(ref)
             if needed and not force:
                 needing = sorted(set().union(*needed.values()))
