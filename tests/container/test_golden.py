@@ -33,6 +33,8 @@ ARCHIVES = [
     "v1/truncate.zoo",
     "v1/codebook.zoo",
     "v1/codebook-unpacked.zoo",
+    # written by zoo at 6c98fcd (2026-11-22), before codebook's row map was bit-packed: one U8 a row, no meta `groups`
+    "v1/codebook-rowmap-unpacked.zoo",
     "v1/l2.zoo",
     "v1/pranc.zoo",
     "v1/lowrank.zoo",

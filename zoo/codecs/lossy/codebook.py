@@ -155,13 +155,16 @@ class Codebook(LossyCodec):
             raise FormatError(f"codebook: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)}")
         n_rows = shape[0]
         n_cols = int(np.prod(shape[1:]))
-        n_groups = meta.get("groups")
         codebooks = to_float32(parts["codebooks"].data, parts["codebooks"].dtype).reshape(-1, 1 << self.bits)
         scales = to_float32(parts["scales"].data, parts["scales"].dtype).reshape(-1)
+        # archives from before the row map was bit-packed (2026-11-22) have no meta `groups`: their
+        # map is one unsigned number a row, and the codebooks' count is G
+        legacy = "groups" not in meta and parts["groups"].dtype in ("U8", "U16", "U32")
+        n_groups = codebooks.shape[0] if legacy else meta.get("groups")
         if meta.get("cols") != n_cols or not isinstance(n_groups, int) or codebooks.shape[0] != n_groups or scales.shape != (n_rows,):
             raise FormatError(f"codebook: parts do not fit a {n_rows} x {n_cols} tensor")
         try:
-            map_bits = group_bits(n_groups)
+            map_bits = 0 if legacy else group_bits(n_groups)
             groups = (_kernels.unpack_indices(parts["groups"].data.reshape(-1), map_bits, n_rows) if map_bits
                       else parts["groups"].data.reshape(-1)).astype(np.int64)
         except ValueError as error:
