@@ -79,6 +79,14 @@ def test_a_stdout_that_cannot_be_written_is_named_in_the_error(one_file_archive,
         # "No space left on device" alone reads as the disk the archive went to
         assert done.returncode == 1 and done.stderr == "error: cannot write to stdout: No space left on device\n", (command, done.stderr)
     assert (tmp_path / "again.zoo").exists()  # the archive itself was written whole
+    # into the zoo the model was stored before the report could not be printed: said, since a retry
+    # would find it there ("already in the zoo")
+    for command, done_line in ((["compress", tmp_path / "w.safetensors", "--name", "t/w"], "stored in"), (["rm", "t/w"], "removed from")):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=full, stderr=subprocess.PIPE, text=True,
+                                  check=False, env={**environment, "ZOO_HOME": str(tmp_path / "home")}, timeout=300)
+        assert done.returncode == 1 and done.stderr == ("error: cannot write to stdout: No space left on device, after "
+                                                        f"t/w@main:lossless was {done_line} the zoo\n"), (command, done.stderr)
 
 
 def test_a_closed_stdout_is_named_in_the_error(one_file_archive, tmp_path):

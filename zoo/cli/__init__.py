@@ -103,9 +103,13 @@ def main() -> None:
             raise
         from zoo.cli.output import StdoutError
 
+        from zoo.cli.stopping import what_was_done
+
         where = f": {error.filename}" if error.filename else ""
         stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
-        print(_one_line(f"error: {stdout}{error.strerror or error}{where}"), file=sys.stderr)
+        # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
+        done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
+        print(_one_line(f"error: {stdout}{error.strerror or error}{where}{done}"), file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
         if debugging():

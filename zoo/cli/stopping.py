@@ -24,6 +24,15 @@ class Terminated(KeyboardInterrupt):
         self.number = number
 
 
+def what_was_done() -> str:
+    """' after NAME was stored in the zoo' (or removed from it, or a count of them) where a command
+    that stops short had done that much: the stop took none of it back. '' where it had not."""
+    done, what, listed = (STORED, "stored in", " (`zoo ls` lists them)") if STORED else (REMOVED, "removed from", "")
+    if not done:
+        return ""
+    return f" after {done[0]} was {what} the zoo" if len(done) == 1 else f" after {len(done)} models were {what} the zoo{listed}"
+
+
 class Stopped(BaseException):
     """A command stopped by a signal, its cleanup done: what the CLI says and its exit status,
     128 + the signal's number as a shell reports it. Commands raise this in place of the
@@ -33,12 +42,7 @@ class Stopped(BaseException):
     def __init__(self, number: int) -> None:
         super().__init__(number)
         self.status = 128 + number
-        self.message = "interrupted" if number == signal.SIGINT else f"terminated ({signal.Signals(number).name})"
-        # the command's work was done, or some of it: the signal took none of it back
-        done, what, listed = (STORED, "stored in", " (`zoo ls` lists them)") if STORED else (REMOVED, "removed from", "")
-        if done:
-            self.message += (f" after {done[0]} was {what} the zoo" if len(done) == 1
-                             else f" after {len(done)} models were {what} the zoo{listed}")
+        self.message = ("interrupted" if number == signal.SIGINT else f"terminated ({signal.Signals(number).name})") + what_was_done()
 
     @classmethod
     def by(cls, interrupt: KeyboardInterrupt) -> Stopped:
