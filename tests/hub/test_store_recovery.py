@@ -574,3 +574,19 @@ def test_a_zoo_whose_only_manifest_is_damaged_is_not_called_empty(tmp_path):
     assert "lists no model, but holds manifests it cannot read: `zoo doctor` says which" in done.stderr and "is empty" not in done.stderr
     done = zoo_cli("ls", home=home)  # the index made: the warning is not said again, the listing still is
     assert "holds manifests it cannot read" in done.stderr and "damaged manifest" not in done.stderr, done.stderr
+
+
+def test_a_migration_run_by_any_command_says_what_it_did(tiny_model, tmp_path):
+    # the first command to open an old-layout zoo (`zoo ls`, say) migrated it without a word: files
+    # kept aside in unreadable/ and models named from their headers went unsaid, and doctor, run
+    # later, found nothing left to say
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    (home / "archives" / "notes.txt").write_text("someone's notes")
+    done = zoo_cli("ls", home=home)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"warning: {home}: the zoo's old layout was moved to objects and manifests (docs/STORE.md): 2 models, 2 to look at:"
+    assert any("notes.txt: not an archive; kept as" in line for line in lines)
+    assert any("(its catalogue row was gone: read from its header)" in line for line in lines)
+    assert "old layout" not in zoo_cli("ls", home=home).stderr  # once

@@ -392,7 +392,7 @@ class Store:
         if self.archives.is_dir():
             with self._locked():
                 if self.archives.is_dir():
-                    self._migrate()
+                    self._say_migrated(self._migrate())
         try:
             if self.dirty.exists() and self._lock_is_free():
                 raise sqlite3.DatabaseError("a writer died before updating it")
@@ -1125,6 +1125,19 @@ class Store:
         with suppress(StoreError):
             self.rebuild_index()  # else the next read rebuilds it
         return findings
+
+    def _say_migrated(self, findings: list[str]) -> None:
+        """What a migration did, said once as the command that ran it goes on (doctor, which runs
+        it itself, lists the findings): the models moved, and each thing a person should look at
+        (a file kept aside in unreadable/, a model named from its header, its catalogue row gone)."""
+        moved = [line for line in findings if ": moved to " in line]
+        notable = [line for line in findings if ": moved to " not in line or line.endswith("read from its header)")]
+        warnings.warn(f"{self.home}: the zoo's old layout was moved to objects and manifests (docs/STORE.md): {len(moved)} "
+                      f"model{'s' if len(moved) != 1 else ''}" + (f", {len(notable)} to look at:" if notable else ""), ZooWarning, stacklevel=3)
+        for line in notable[:20]:
+            warnings.warn(line, ZooWarning, stacklevel=3)
+        if len(notable) > 20:
+            warnings.warn(f"... and {len(notable) - 20} more (`zoo doctor` lists the zoo's state)", ZooWarning, stacklevel=3)
 
     def _keep_aside(self, path: Path, name: str | None = None) -> Path:
         """Where a file the zoo cannot read waits for a person, under `name` (default: its own):
