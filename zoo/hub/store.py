@@ -957,8 +957,11 @@ class Store:
                         named.setdefault(item, []).append("restored")
             reason = ("it indexed manifests out of their places" if placed else None) or self._index_problem(len(manifests))
             if reason is not None:
-                count = self.rebuild_index()
-                findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
+                try:
+                    count = self.rebuild_index()
+                    findings.append(f"{self.catalogue}: {reason}; rebuilt from {count} manifests")
+                except StoreError as error:  # a full disk, say: what was found and repaired before is still said
+                    findings.append(Damage(f"{error} ({reason}); commands read the manifests meanwhile"))
             unreadable: list[str] = []
             self._all_manifests(unreadable)  # a damaged manifest its object could not restore
             findings = [Damage(line) if line in unreadable else line for line in findings]
