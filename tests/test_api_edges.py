@@ -590,3 +590,23 @@ def test_a_batch_on_a_full_disk_names_each_output_not_its_temporary(tmp_path):
         for model in models:
             assert f"failed {model}: File too large: {said(model)}\n" in done.stderr, done.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_source_that_cannot_be_mapped_is_named(tmp_path, monkeypatch):
+    # under `ulimit -v`, mapping a large source failed with "error: Cannot allocate memory": no file,
+    # nothing to say it was the source's map (the limit is hard to meet at exactly that call: faked)
+    import errno
+
+    from zoo import kernels
+    from zoo.container import writer
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", random_storage("F32", (64, 64), 1))})
+    monkeypatch.setattr(kernels, "map_file", None)
+    monkeypatch.setattr(writer.mmap, "mmap", refuse)
+    with pytest.raises(OSError) as refused:
+        zoo.compress(source, tmp_path / "m.zoo")
+    assert refused.value.filename == str(source) and refused.value.strerror.startswith("Cannot allocate memory (mapping ")
+    assert not (tmp_path / "m.zoo").exists()

@@ -130,7 +130,12 @@ def _map(source: SourceFile) -> Any:
         if _kernels.map_file is not None and _kernels.maps_guarded():  # type: ignore[misc]
             with suppress(OSError):  # no map free, or another SIGBUS handler in place: a plain map
                 mapped = _kernels.map_file(f.fileno(), size)  # type: ignore[misc]
-        return mapped if mapped is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if mapped is not None:
+            return mapped
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as error:  # ENOMEM under a limit on address space (ulimit -v): say which file would not map
+            raise OSError(error.errno, f"{error.strerror} (mapping {size} bytes to read it)", str(source.path)) from None
 
 
 def _check_unchanged(sources: list[SourceFile]) -> None:
