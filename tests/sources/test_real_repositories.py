@@ -117,6 +117,34 @@ def test_include_and_exclude_choose_the_files(corpus, tmp_path):
     assert not (tmp_path / "open.zoo").exists()
 
 
+def test_what_the_globs_leave_out_is_not_looked_at_and_empty_folders_they_keep_stay(tmp_path):
+    """A link leading out of the folder that --exclude (or --include) leaves out refused the whole
+    compress ("pass --follow-links"), and any glob dropped every empty folder without a word."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "m"
+    for sub in ("wandb", "logs", "cache"):
+        (folder / sub).mkdir(parents=True)
+    save_file({"w": np.ones((8, 8), np.float32)}, folder / "model.safetensors")
+    (folder / "notes.txt").write_text("hi")
+    (folder / "wandb" / "latest-run").symlink_to(tmp_path)  # leads out
+    (folder / "wandb" / "run.log").write_text("x")
+    for globs, kept in (({"exclude": ["wandb/"]}, ["cache", "logs", "model.safetensors", "notes.txt"]),
+                        ({"exclude": ["wandb/", "notes.txt"]}, ["cache", "logs", "model.safetensors"]),
+                        ({"include": ["model.safetensors"]}, ["model.safetensors"])):
+        archive = tmp_path / "a.zoo"
+        zoo.compress(folder, archive, force=True, **globs)
+        out = tmp_path / "out"
+        zoo.decompress(archive, out, force=True)
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == kept, globs
+        shutil.rmtree(out)
+    with pytest.raises(InputError, match="a link leading out of the folder"):  # a glob that may want what lies through it
+        zoo.compress(folder, tmp_path / "b.zoo", include=["*.log"])
+
+
 def test_a_single_unsafe_file_is_refused_but_kept_inside_a_folder(corpus, tmp_path):
     with pytest.raises(InputError, match="refusing a pickle that needs more than torch.load") as caught:
         zoo.compress(corpus["trainer_output"] / "training_args.bin", tmp_path / "args.zoo")

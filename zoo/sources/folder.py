@@ -111,6 +111,19 @@ def _folder_glob(pattern: str) -> str:
     return f"{pattern}*" if pattern.endswith("/") else pattern
 
 
+def _may_select_within(relpath: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether the folder at `relpath` (or a link to one) may hold a path the globs select: not
+    where an --exclude takes the folder whole, nor where no --include can match under it (the fixed
+    start of each pattern, up to its first wildcard, is not on its path)."""
+    inside = f"{relpath}/"
+    if exclude and any(fnmatch.fnmatchcase(inside, _folder_glob(pattern)) for pattern in exclude):
+        return False
+    if not include:
+        return True
+    fixed = [_folder_glob(pattern).split("*", 1)[0].split("?", 1)[0].split("[", 1)[0] for pattern in include]
+    return any(start.startswith(inside) or inside.startswith(start) for start in fixed)
+
+
 def _inside(target: str, root: str) -> bool:
     return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -174,6 +187,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             relpath = f"{prefix}{entry.name}"
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
+                if filtering and not _may_select_within(relpath, include, exclude):
+                    continue  # left out whole: not walked
                 if entry.name not in SKIPPED_FOLDERS:
                     visit(path, f"{relpath}/", seen)
                 elif any(os.scandir(path)):
@@ -203,6 +218,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                         files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
                         hops[relpath] = _next_hop(path, real_root)
                     continue
+                elif filtering and not (_may_select_within(relpath, include, exclude) if os.path.isdir(target)
+                                        else selected_by(relpath, include, exclude)):
+                    continue  # the globs leave it out: where it leads does not matter
                 elif not follow_links:
                     raise InputError(f"{path}: a link leading out of the folder (to {target}); "
                                      "pass --follow-links to store what it points to")
@@ -220,7 +238,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                 continue
             if selected_by(relpath, include, exclude):
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
-        if len(files) == before and prefix and not filtering:  # empty, or all it holds is left out (a .git/, a FIFO)
+        # empty, or all it holds is left out (a .git/, a FIFO); with --include or --exclude, only a
+        # folder empty on disk that the globs select (one whose files they left out is not kept)
+        if len(files) == before and prefix and (not filtering or (not entries and selected_by(prefix, include, exclude))):
             files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
 
     visit(root, "", frozenset())
