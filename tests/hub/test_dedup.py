@@ -102,6 +102,22 @@ def test_no_delta_holds_for_a_batch_of_several_sources(tmp_path):
         assert stored == {"org/base": None, "tuned": against, "other": None}, flags
 
 
+def test_a_name_held_by_several_files_is_stored_against_the_base_tensor_of_its_own_file(tmp_path):
+    # model.safetensors (BF16) beside model.fp16.safetensors (F16), both in the base and the fine-tune:
+    # each name's base tensor was the first file's, so only the F16 copies became XORs and the BF16
+    # ones were stored whole
+    base, tuned = base_tensors(), fine_tuned(base_tensors(), 6)
+    for name, tensors in (("base", base), ("tuned", tuned)):
+        folder = write_model(tmp_path / name, tensors)
+        write_safetensors(folder / "model.fp16.safetensors", {k: ("F16", v) for k, v in tensors.items()})
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tmp_path / "base", "base")
+    entry = compress_into(store, tmp_path / "tuned", "tuned", base="base")
+    assert entry.base["tensors"] >= 2 * (len(SHAPES) - 1), entry.base  # both files' (a tiny norm may stay whole)
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tmp_path / "tuned")
+
+
 def test_a_dual_format_repository_costs_one_copy_plus_its_other_bytes(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file

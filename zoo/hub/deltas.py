@@ -52,6 +52,25 @@ def _tensors_by_name(archive: Archive) -> dict[str, tuple[str, dict[str, Any]]]:
     return found
 
 
+def _candidates_by_name(archive: Archive) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """As _tensors_by_name, every tensor of each name: a model may hold a name in several files
+    (model.safetensors beside model.fp16.safetensors, a run's checkpoint-N/ folders)."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key in archive.keys():
+        info = archive.tensor_info(key)
+        if isinstance(info.get("key"), str) and "view" not in info and "base" not in info:
+            found.setdefault(info["name"], []).append((key, info))
+    return found
+
+
+def _base_for(info: dict[str, Any], candidates: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    """Of the base's tensors of `info`'s name, the one in the file of the same path, dtype and shape,
+    else the first of its dtype and shape: the first of the name alone stored the F32 copy of a
+    model that also holds an F16 one whole, the F16 file coming first."""
+    same = [candidate for candidate in candidates if (candidate[1]["dtype"], candidate[1]["shape"]) == (info["dtype"], info["shape"])]
+    return next((candidate for candidate in same if candidate[1].get("file") == info.get("file")), same[0] if same else None)
+
+
 def _named_bases(source: Path) -> list[str]:
     """What the source says it was made from: config.json's `_name_or_path`, the model card's `base_model`."""
     folder = source if source.is_dir() else source.parent
@@ -121,25 +140,25 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
     the zoo's object of that name, or None."""
     with Archive(shell_path, objects_root=sink.root) as ours, Archive(base.archive) as theirs:
         header = json.loads(json.dumps(ours.header()))
-        base_tensors = _tensors_by_name(theirs)
+        base_tensors = _candidates_by_name(theirs)
         groups: dict[str, list[str]] = {}  # content key -> our tensors holding it
+        against: dict[str, tuple[str, dict[str, Any]]] = {}  # our tensor -> the base's it is stored against
         for key in ours.keys():
             info = header["tensors"][key]
             root = info.get("root") or {}
-            found = base_tensors.get(info.get("name"))
+            found = _base_for(info, base_tensors.get(info.get("name"), []))
             if not isinstance(info.get("key"), str) or "leaf" not in root or info["key"] not in sink.written or found is None:
                 continue
             base_info = found[1]
-            if (base_info["dtype"], base_info["shape"]) != (info["dtype"], info["shape"]):
-                continue
             if base_info["key"] == info["key"] and "xor" not in base_info:  # the zoo holds it whole: reused, not coded
                 continue
             groups.setdefault(info["key"], []).append(key)
+            against[key] = found
         decided: dict[str, tuple[dict[str, Any], int]] = {}
 
         def recode(target: str) -> None:
             first = header["tensors"][groups[target][0]]
-            base_key, base_info = base_tensors[first["name"]]
+            base_key, base_info = against[groups[target][0]]
             if base_info["key"] == target:
                 # The base holds these very bytes, stored as XORs against its own base: the zoo has no
                 # whole object of them, so this build coded one. Name what the base names instead.
