@@ -376,3 +376,15 @@ def test_one_model_given_as_a_url_is_read_as_it_is_with_several(tmp_path):
     ok(zoo_cli("compress", url, "--name", "org/m", home=tmp_path / "home"))
     done = zoo_cli("compress", url, "-o", tmp_path / "c.zoo", "--calib", model / "model.safetensors", home=tmp_path / "home")
     assert (done.returncode, done.stderr) == (1, "error: --calib is not available with a URL SOURCE yet: copy the model to a local folder first\n")
+
+
+def test_an_output_whose_name_is_near_the_systems_limit_is_written(one_file_archive, tmp_path):
+    # a name of 226 to 255 bytes is the user's to choose, but its temporary (.NAME.zoo-tmp-PID-RANDOM)
+    # passed 255: "cannot write in .: File name too long"
+    from zoo.hub.temporaries import temporary_prefix
+
+    archive, folder = tmp_path / ("z" * 251 + ".zoo"), tmp_path / ("é" * 127)  # 255 and 254 bytes
+    ok(zoo_cli("compress", one_file_archive.with_suffix(".safetensors"), "-o", archive))
+    ok(zoo_cli("decompress", archive, "-o", folder))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, folder.name, "w.safetensors", "w.zoo"])
+    assert len(os.fsencode(temporary_prefix(folder))) < 230 and temporary_prefix(tmp_path / "short") == ".short.zoo-tmp-"

@@ -50,12 +50,27 @@ def kill_point(name: str) -> None:
         signal.raise_signal(signal.SIGINT)
 
 
+# A name is at most 255 bytes; a temporary's adds about 30 to its output's. An output's name longer
+# than this is shortened in its temporaries' names, the same way every time (sweep_beside finds them).
+_NAME_BYTES = 200
+
+
+def _short(name: str) -> str:
+    encoded = os.fsencode(name)
+    if len(encoded) <= _NAME_BYTES:
+        return name
+    import hashlib
+
+    # its first bytes (a character cut in two is still a name the kernel takes) and a digest of all of it
+    return f"{os.fsdecode(encoded[:_NAME_BYTES - 10])}~{hashlib.sha256(encoded).hexdigest()[:8]}"
+
+
 def temporary_prefix(final: Path) -> str:
-    return f".{final.name}.zoo-tmp-"
+    return f".{_short(final.name)}.zoo-tmp-"
 
 
 def aside_prefix(final: Path) -> str:
-    return f".{final.name}.zoo-old-"
+    return f".{_short(final.name)}.zoo-old-"
 
 
 def _lock(path: Path) -> int:

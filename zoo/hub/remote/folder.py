@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from zoo.hub.remote.base import ABSENT, REFRESH_SECONDS, KeyInfo, Storage, StorageError, check_expectation, content_version
-from zoo.hub.temporaries import locked_temporary
+from zoo.hub.temporaries import locked_temporary, temporary_prefix
 
 class LocalFolder(Storage):
     """A folder on this machine (or a shared file system): objects enter by link or rename, so a key
@@ -64,7 +64,7 @@ class LocalFolder(Storage):
             except OSError as error:
                 if error.errno != errno.EXDEV:  # another file system: copied below
                     raise
-        with locked_temporary(final.parent, f".{final.name}.zoo-tmp-", is_dir=False) as temporary:
+        with locked_temporary(final.parent, temporary_prefix(final), is_dir=False) as temporary:
             shutil.copyfile(path, temporary)
             fsync_path(temporary)
             os.chmod(temporary, 0o444 if if_absent else 0o644)
@@ -153,7 +153,7 @@ class LocalFolder(Storage):
             if current is not None and current[0] == data:
                 return current[1]
             final.parent.mkdir(parents=True, exist_ok=True)
-            with locked_temporary(final.parent, f".{final.name}.zoo-tmp-", is_dir=False) as temporary:
+            with locked_temporary(final.parent, temporary_prefix(final), is_dir=False) as temporary:
                 with builtins.open(temporary, "wb") as stream:
                     stream.write(data)
                     stream.flush()
