@@ -43,10 +43,20 @@ def _whole(array: np.ndarray) -> bool:
     return owner.nbytes == array.nbytes
 
 
-@functools.cache
 def check_device(device: Any) -> None:
     """Raise InputError unless torch can put tensors on `device` (a typo, or CUDA on a machine
     without it), in torch's words, rather than torch's own exception."""
+    import torch
+
+    # what torch takes for a device: a name, an index, a torch.device (a list was "unhashable type",
+    # a float torch's own TypeError)
+    if type(device) not in (str, int, torch.device):
+        raise InputError(f"device {device!r}: not a device (a name such as 'cpu' or 'cuda:0', an index, or a torch.device)")
+    _check_device(device)
+
+
+@functools.cache
+def _check_device(device: Any) -> None:
     import torch
 
     try:
