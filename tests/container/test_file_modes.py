@@ -128,12 +128,12 @@ def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: P
         (folder / name).chmod(mode)
     (folder / "private" / "key.pem").write_bytes(b"key")
     zoo.compress(folder, tmp_path / "m.zoo", exclude=["left-out/*"])
-    with zoo.open(tmp_path / "m.zoo") as opened:  # a folder no kept file is in is not named (with a filter, no empty one)
-        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o550}
+    with zoo.open(tmp_path / "m.zoo") as opened:  # a folder no kept file is in is not named (an empty one the filter selects is)
+        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o550, "empty": 0o711}
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     # the owner can always write there: a 0550 folder would refuse the next decompress --force its files
-    assert folder_modes(tmp_path / "out") == {"open": 0o755, "private": 0o700, "private/deeper": 0o750}
+    assert folder_modes(tmp_path / "out") == {"open": 0o755, "private": 0o700, "private/deeper": 0o750, "empty": 0o711}
     zoo.compress(folder, tmp_path / "all.zoo")
     with umask(0o077):
         zoo.decompress(tmp_path / "all.zoo", tmp_path / "all")
@@ -144,7 +144,7 @@ def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: P
     (existing / "open").chmod(0o777)
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", existing)
-    assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o750}
+    assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o750, "empty": 0o711}
 
 
 @pytest.mark.parametrize("modes_field, message", [
