@@ -674,6 +674,7 @@ class _ObjectFiles:
         for path in [p for p, (_, users) in self._open.items() if users == 0][:max(0, len(self._open) - _OPEN_OBJECTS)]:
             os.close(self._open.pop(path)[0])
             self._maps.pop(path, None)
+            self._regions.pop(path, None)  # the file there may be another when it is opened again (stored anew)
 
     def _close_idle(self) -> bool:
         """Close every open object no read holds; whether there was one."""
