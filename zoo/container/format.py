@@ -362,6 +362,9 @@ class ArchiveFile:
         except IsADirectoryError:
             raise FormatError(f"{self.path}: is a folder, not a zoo archive") from None
         except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):  # the process's or the system's limit: no damage of the archive's
+                raise OSError(error.errno, f"{error.strerror} (`ulimit -n` is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})",
+                              str(self.path)) from None
             raise FormatError(f"{self.path}: cannot open: {error.strerror}") from None
         try:
             self.header = self._read_header()

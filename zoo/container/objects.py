@@ -13,6 +13,7 @@ lets the build skip what `existing` (the zoo) or the build itself already holds.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -350,6 +351,12 @@ def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) ->
     return header
 
 
+def _raise_a_limit(error: BaseException) -> None:
+    """Too many open files (ulimit -n) says nothing of the object: raised, never called its damage."""
+    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+        raise error
+
+
 def checksum_problems(path: Path) -> list[str]:
     """What is wrong with object file `path` by its checksums alone (Archive.checksum_problems);
     a file that cannot be read is a problem too."""
@@ -359,6 +366,7 @@ def checksum_problems(path: Path) -> list[str]:
         with Archive(path) as held:
             return held.checksum_problems()
     except (ZooError, OSError) as error:
+        _raise_a_limit(error)
         return [str(error)]
 
 
@@ -390,6 +398,7 @@ def object_problems(path: Path, name: str, shown: str) -> list[str]:
         elif sha256_file(path) != name:
             return [f"{shown}: its bytes do not match its name"]
     except (ZooError, OSError) as error:
+        _raise_a_limit(error)
         message = str(error).replace(str(path), shown)  # the reader's errors name the file they read
         return [message if message.startswith(shown) else f"{shown}: {message}"]
     return []
