@@ -568,3 +568,30 @@ def test_a_model_removed_while_served_gives_its_disk_space_back(served, tmp_path
     assert request(url, "/org/tiny/resolve/main/config.json")[0] == 200
     gc.collect()
     assert _held_deleted(tmp_path / "zoo") == []
+
+
+def test_a_server_under_a_low_limit_on_open_files_serves_every_model(tmp_path):
+    """It kept 64 archives open whatever `ulimit -n` allowed: under 64, after 48 models every
+    request, in every later round, was a 500 (OSError 24, Too many open files)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    home = tmp_path / "zoo"
+    store = Store(home)
+    for number in range(60):
+        (tmp_path / "src" / f"m{number}").mkdir(parents=True)
+        write_safetensors(tmp_path / "src" / f"m{number}" / "model.safetensors", {"w": ("F32", random_storage("F32", (16, 16), number))})
+        compress_into(store, tmp_path / "src" / f"m{number}", f"m{number}")
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], env={**os.environ, "ZOO_HOME": str(home)},
+                               stderr=subprocess.PIPE, text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    try:
+        url = process.stderr.readline().split(" at ")[1].split()[0]
+        for _ in range(2):
+            for number in range(60):
+                status, _, body = request(url, f"/m{number}/resolve/main/model.safetensors")
+                assert status == 200 and body == (tmp_path / "src" / f"m{number}" / "model.safetensors").read_bytes(), (number, body[:200])
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -25,11 +25,14 @@ same time decode each piece once (`SharedPieces`).
 from __future__ import annotations
 
 import asyncio
+import errno
+import gc
 import heapq
 import hmac
 import ipaddress
 import json
 import re
+import resource
 import socket
 import struct
 import sys
@@ -68,6 +71,10 @@ HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, fr
 MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
 IDLE_TRIM_SECONDS = 1.0  # with no download for this long, freed memory goes back to the system
 _RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
+# Archives held open between requests: at most 64, and never more than an eighth of the process's
+# descriptors (ulimit -n), which the downloads and the object files they read need too: under
+# `ulimit -n 64` the cache took them all after 48 models, and every request after was a 500.
+_OPEN_ARCHIVES = min(64, max(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
 
 
 class _Uncached(Exception):
@@ -206,9 +213,17 @@ class ZooApp:
             if opened is None and getattr(self._on_loop, "active", False):
                 raise _Uncached
             if opened is None:
-                if len(self._archives) >= 64:
+                if len(self._archives) >= _OPEN_ARCHIVES:
                     self._archives.clear()
-                opened = self._archives[entry.archive] = Archive(entry.archive, mapped=True)
+                try:
+                    opened = Archive(entry.archive, mapped=True)
+                except OSError as error:
+                    if error.errno not in (errno.EMFILE, errno.ENFILE) or not self._archives:
+                        raise
+                    self._archives.clear()  # let the idle ones go (a stream reading one keeps it), then once more
+                    gc.collect()
+                    opened = Archive(entry.archive, mapped=True)
+                self._archives[entry.archive] = opened
             return opened
 
     def _let_go_of_replaced(self) -> None:
