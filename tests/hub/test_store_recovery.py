@@ -597,3 +597,20 @@ def test_a_migration_run_by_any_command_says_what_it_did(tiny_model, tmp_path):
     assert any("notes.txt: not an archive; kept as" in line for line in lines)
     assert any("(its catalogue row was gone: read from its header)" in line for line in lines)
     assert "old layout" not in zoo_cli("ls", home=home).stderr  # once
+
+
+def test_doctor_on_a_full_disk_leaves_a_damaged_manifest_where_it_was(two_models):
+    # it moved the damaged manifest aside, then could not write the new one: the manifests folder
+    # lost it, `zoo ls` called the zoo empty, and doctor said only "No space left on device"
+    store = Store(two_models)
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    manifest.write_text("garbage")
+    (two_models / "catalogue.behind").touch()
+    doctor = subprocess.run([sys.executable, "-m", "zoo", "doctor"], capture_output=True, text=True, check=False, timeout=120,
+                            env={**os.environ, "ZOO_HOME": str(two_models)}, preexec_fn=_no_bigger_files_than(0))
+    assert doctor.returncode == 1 and "unexpected" not in doctor.stderr, doctor.stderr
+    assert "named by no manifest; cannot restore its manifest: File too large" in doctor.stdout, doctor.stdout
+    assert manifest.read_text() == "garbage" and not list((two_models / "unreadable").glob("*"))
+    assert zoo_cli("doctor", home=two_models).returncode == 0  # with room, it is restored
+    assert listed(two_models) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    assert [p.read_text() for p in (two_models / "unreadable").iterdir()] == ["garbage"]

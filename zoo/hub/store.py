@@ -951,7 +951,10 @@ class Store:
             for path in unnamed:
                 sha256 = path.name.removesuffix(OBJECT_SUFFIX)
                 if sha256 not in named:
-                    finding, restored = self._adopt(path, sha256)
+                    try:
+                        finding, restored = self._adopt(path, sha256)
+                    except OSError as error:  # a full disk: said with the rest, the damaged manifest left in place
+                        finding, restored = Damage(f"{path}: named by no manifest; cannot restore its manifest: {_reason(error)}"), set()
                     findings.append(finding)
                     for item in restored:
                         named.setdefault(item, []).append("restored")
@@ -1098,8 +1101,9 @@ class Store:
             except StoreError:
                 damaged = True
         self.dirty.touch()
-        # the damaged one (or one of a newer zoo's format) is kept for a person, never lost
-        kept = self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}") if damaged else None
+        # the damaged one (or one of a newer zoo's format) is kept for a person, never lost: copied
+        # aside first, so that where the new one cannot be written (a full disk) it stays in place
+        kept = self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}", copy=True) if damaged else None
         self._publish_manifest(record)
         repair = f"damaged manifest replaced (the old one kept as {kept})" if damaged else "manifest restored"
         return f"{path}: named by no manifest; its header says it is {ref}: {repair}", set(parts)
@@ -1142,16 +1146,23 @@ class Store:
         if len(notable) > 20:
             warnings.warn(f"... and {len(notable) - 20} more (`zoo doctor` lists the zoo's state)", ZooWarning, stacklevel=3)
 
-    def _keep_aside(self, path: Path, name: str | None = None) -> Path:
+    def _keep_aside(self, path: Path, name: str | None = None, copy: bool = False) -> Path:
         """Where a file the zoo cannot read waits for a person, under `name` (default: its own):
-        never deleted."""
+        never deleted. Moved there, or with `copy` copied (a copy cut short is removed)."""
         folder = self.home / "unreadable"
         folder.mkdir(exist_ok=True)
         name = name or path.name
         aside = folder / name
         if aside.exists():
             aside = folder / f"{name}.{os.urandom(4).hex()}"
-        os.replace(path, aside)
+        if not copy:
+            os.replace(path, aside)
+            return aside
+        try:
+            shutil.copyfile(path, aside)
+        except BaseException:
+            aside.unlink(missing_ok=True)
+            raise
         return aside
 
     def _migrate_one(self, path: Path, row: dict[str, Any] | None) -> str:
