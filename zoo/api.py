@@ -18,7 +18,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -594,6 +594,12 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     if delta and not pipeline.array_stages:
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
+        if found is not None and isinstance(found.base, dict) and found.base.get("commits") is None:
+            # a base stored by a zoo before the commits were recorded: what it needs, as its chain of
+            # bases says, not as its manifest may (a sibling fine-tune), goes into this model's
+            from zoo.hub.store import with_chained_needs
+
+            found = replace(found, base=with_chained_needs(found.base, {e.ref: {"base": e.base} for e in store.entries()}))
         if found is not None:
             try:
                 xor.store_as_deltas(shell, sink, found, sink.existing, resolve_threads(threads))

@@ -417,6 +417,26 @@ def test_a_manifest_from_before_the_commits_with_a_sibling_among_its_needs_does_
         store.remove("base")
 
 
+def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
+    # the manifest of the test above, from before the commits, as the base of a new fine-tune: its
+    # needs were copied into the new model's manifest (with commits, so counted as true), and zoo rm
+    # of the sibling was refused again
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    for seed, name in ((4, "first"), (5, "second")):
+        compress_into(store, write_model(tmp_path / name, fine_tuned(base_tensors(), seed)), name, base="base")
+    manifest = store.manifest_path("second", "main", "lossless")
+    record = json.loads(manifest.read_text())
+    del record["base"]["commits"]
+    record["base"]["needs"] = ["base@main:lossless", "first@main:lossless"]
+    manifest.write_text(json.dumps(record))
+    (tmp_path / "zoo" / "catalogue.sqlite").unlink()
+    store = Store(tmp_path / "zoo")
+    third = compress_into(store, write_model(tmp_path / "third", fine_tuned(fine_tuned(base_tensors(), 5), 7)), "third", base="second")
+    assert third.base["needs"] == ["base@main:lossless", "second@main:lossless"], third.base
+    store.remove("first")
+
+
 def test_a_chain_cut_at_its_depth_needs_the_model_at_its_bottom(tmp_path):
     store = Store(tmp_path / "zoo")
     tensors = base_tensors()

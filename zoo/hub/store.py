@@ -85,7 +85,7 @@ def _sync_files(paths: list[Path]) -> None:
         fsync_path(path)
 
 
-def _with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
+def with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
     """A manifest's base record, whose `needs` a manifest written before the commits were recorded
     (2026-12-06) may have wrong: before 2026-12-05 23:00 a fine-tune's needs listed every model
     that named its chains' objects, a sibling fine-tune among them, and zoo rm of that sibling was
@@ -772,7 +772,7 @@ class Store:
             for ref, record in records.items():
                 if ref not in refs:
                     for base, commit in refs.items():
-                        if stored_against(_with_chained_needs(record.get("base"), records), base, commit):
+                        if stored_against(with_chained_needs(record.get("base"), records), base, commit):
                             needed.setdefault(base, set()).add(ref)
             if needed and not force:
                 needing = sorted(set().union(*needed.values()))
