@@ -614,3 +614,18 @@ def test_doctor_on_a_full_disk_leaves_a_damaged_manifest_where_it_was(two_models
     assert zoo_cli("doctor", home=two_models).returncode == 0  # with room, it is restored
     assert listed(two_models) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
     assert [p.read_text() for p in (two_models / "unreadable").iterdir()] == ["garbage"]
+
+
+def test_a_folder_or_nothing_in_archives_is_no_migration_said_every_time(tiny_model, tmp_path):
+    # a folder inside archives/ was never moved, so archives/ stayed and every command migrated
+    # again and warned "0 models"; an empty archives/ warned it once
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "one")
+    (home / "archives" / "sub").mkdir(parents=True)
+    (home / "archives" / "sub" / "x").write_text("kept")
+    first = zoo_cli("ls", home=home)
+    assert "archives/sub: not an archive; kept as" in first.stderr, first.stderr
+    assert (home / "unreadable" / "sub" / "x").read_text() == "kept" and not (home / "archives").exists()
+    assert "warning" not in zoo_cli("ls", home=home).stderr
+    (home / "archives").mkdir()
+    assert "warning" not in zoo_cli("ls", home=home).stderr and not (home / "archives").exists()

@@ -1125,7 +1125,7 @@ class Store:
             except OSError as error:  # a full disk, say: stop here, the next open goes on
                 raise StoreError(f"{self.home}: cannot move {path.name} to the new layout: {_reason(error)}; it stays where it is, "
                                  "and the next command tries again") from None
-        for path in [p for p in self.archives.iterdir() if p.is_file()] if self.archives.is_dir() else []:
+        for path in sorted(self.archives.iterdir()) if self.archives.is_dir() else []:  # files, and folders too (else archives/ stays)
             findings.append(f"{path}: not an archive; kept as {self._keep_aside(path)}")
         with suppress(OSError):
             self.archives.rmdir()
@@ -1137,6 +1137,8 @@ class Store:
         """What a migration did, said once as the command that ran it goes on (doctor, which runs
         it itself, lists the findings): the models moved, and each thing a person should look at
         (a file kept aside in unreadable/, a model named from its header, its catalogue row gone)."""
+        if not findings:  # an empty archives/ folder: nothing was moved
+            return
         moved = [line for line in findings if ": moved to " in line]
         notable = [line for line in findings if ": moved to " not in line or line.endswith("read from its header)")]
         warnings.warn(f"{self.home}: the zoo's old layout was moved to objects and manifests (docs/STORE.md): {len(moved)} "
