@@ -437,6 +437,18 @@ def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
     store.remove("first")
 
 
+def test_a_base_stored_by_another_lossless_pipeline_is_a_base(tmp_path):
+    # `-p zstd` loses nothing, but --base refused it ("no lossless model of that name") and the base
+    # was never found among such models
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "org/base", pipeline="zstd")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 8), base_name="org/base")
+    assert compress_into(store, tuned, "named", base="org/base").base["ref"] == "org/base@main:bytegroup|zstd:level=3"
+    assert compress_into(store, tuned, "found").base["ref"] == "org/base@main:bytegroup|zstd:level=3"
+    zoo.decompress(store.resolve("found").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
+
+
 def test_a_chain_cut_at_its_depth_needs_the_model_at_its_bottom(tmp_path):
     store = Store(tmp_path / "zoo")
     tensors = base_tensors()

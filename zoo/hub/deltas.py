@@ -22,7 +22,7 @@ from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, content_d
 from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
 from zoo.container.reader import Archive, xor_dtype
 from zoo.errors import InputError, MissingObjectError, ZooError
-from zoo.hub.manifest import LOSSLESS, Entry
+from zoo.hub.manifest import LOSSLESS, Entry, bit_exact
 from zoo.kernels.parallel import for_each
 
 # A stored model is taken for the base, when none is named, only if it holds at least this share
@@ -99,13 +99,13 @@ def _named_bases(source: Path) -> list[str]:
 def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, among: set[str] | None = None) -> Entry | None:
     """The stored lossless model to store `shell`'s tensors against, or None; only one of the refs
     `among`, when given (zoo.batch: the models the zoo held when the batch began)."""
-    candidates = [e for e in store.entries() if e.variant == LOSSLESS and e.ref != replacing and (among is None or e.ref in among)
+    candidates = [e for e in store.entries() if bit_exact(e) and e.ref != replacing and (among is None or e.ref in among)
                   and store.is_composed(e)]  # last: it opens the archive
     for named in _named_bases(source):
         for wanted in (named, Path(named).name):
             found = [e for e in candidates if e.name == wanted]
             if found:
-                return sorted(found, key=lambda e: (e.revision != "main", -e.created))[0]
+                return sorted(found, key=lambda e: (e.revision != "main", e.variant != LOSSLESS, -e.created))[0]
     ours = {name: shape for name, shape in ((info["name"], (info["dtype"], info["shape"])) for _, info in _tensors_by_name(shell).values())}
     if not ours:
         return None
@@ -124,7 +124,7 @@ def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, a
 
 def resolve_base(store: Any, ref: str) -> Entry:
     """The zoo model `--base` names, for a lossless pipeline: it must be a stored lossless model."""
-    found = [e for e in store.matches(ref) if e.variant == LOSSLESS]
+    found = [e for e in store.matches(ref) if bit_exact(e)]
     if not found:
         raise InputError(f"--base {ref}: no lossless model of that name in the zoo at {store.location}; the zoo stores tensors as "
                          "differences from a model it holds (store the base first)")
