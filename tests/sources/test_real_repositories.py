@@ -143,6 +143,10 @@ def test_what_the_globs_leave_out_is_not_looked_at_and_empty_folders_they_keep_s
         shutil.rmtree(out)
     with pytest.raises(InputError, match="a link leading out of the folder"):  # a glob that may want what lies through it
         zoo.compress(folder, tmp_path / "b.zoo", include=["*.log"])
+    # `sub?` matches the folder's path with its `/`, but none of its files: they stay
+    (folder / "wandb" / "latest-run").unlink()
+    report = zoo.compress(folder, tmp_path / "c.zoo", exclude=["wandb?"])
+    assert "wandb/run.log" in [f["path"] for f in report.files]
 
 
 def test_a_single_unsafe_file_is_refused_but_kept_inside_a_folder(corpus, tmp_path):

@@ -116,7 +116,9 @@ def _may_select_within(relpath: str, include: Sequence[str], exclude: Sequence[s
     where an --exclude takes the folder whole, nor where no --include can match under it (the fixed
     start of each pattern, up to its first wildcard, is not on its path)."""
     inside = f"{relpath}/"
-    if exclude and any(fnmatch.fnmatchcase(inside, _folder_glob(pattern)) for pattern in exclude):
+    # a pattern that ends in `*` and matches DIR/ matches everything under it; one whose `?` or set
+    # matched the `/` (`sub?`) does not
+    if exclude and any(_folder_glob(pattern).endswith("*") and fnmatch.fnmatchcase(inside, _folder_glob(pattern)) for pattern in exclude):
         return False
     if not include:
         return True
