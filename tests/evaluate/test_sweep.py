@@ -29,6 +29,12 @@ def test_plot_writes_a_png(tmp_path):
     path = plot(points, tmp_path / "rd.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name != "rd.png"]  # no temporary left behind
+    # a name near the system's 255 bytes: its temporary's passed it ("cannot write the plot there")
+    from zoo.evaluate.sweep import check_plot_destination
+
+    long = tmp_path / ("p" * 245 + ".png")
+    check_plot_destination(long)
+    assert plot(points, long).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture

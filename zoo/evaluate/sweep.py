@@ -30,6 +30,7 @@ from zoo.refs import open_base
 from zoo.errors import InputError, ZooError
 from zoo.codecs.pipeline import Pipeline
 from zoo.container.format import current_umask
+from zoo.hub.temporaries import short_name
 
 # Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
 DISTORTION = {
@@ -191,7 +192,7 @@ def check_plot_destination(path: str | os.PathLike[str], force: bool = False) ->
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: output folder does not exist")
     try:  # made and removed at once: permissions alone do not tell (root, read-only mounts, /proc)
-        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        descriptor, probe = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", dir=path.parent)
     except OSError as error:
         raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
     os.close(descriptor)
@@ -234,7 +235,7 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     figure.tight_layout()
     temporary = None
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{file_format}", dir=path.parent)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=f".{file_format}", dir=path.parent)
         os.close(descriptor)
         figure.savefig(temporary, format=file_format)
         umask = current_umask()

@@ -55,22 +55,24 @@ def kill_point(name: str) -> None:
 _NAME_BYTES = 200
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
+    """`name` as a temporary beside it may carry it: itself, or past _NAME_BYTES its first bytes
+    and a digest of all of it."""
     encoded = os.fsencode(name)
     if len(encoded) <= _NAME_BYTES:
         return name
     import hashlib
 
-    # its first bytes (a character cut in two is still a name the kernel takes) and a digest of all of it
+    # (a character cut in two is still a name the kernel takes)
     return f"{os.fsdecode(encoded[:_NAME_BYTES - 10])}~{hashlib.sha256(encoded).hexdigest()[:8]}"
 
 
 def temporary_prefix(final: Path) -> str:
-    return f".{_short(final.name)}.zoo-tmp-"
+    return f".{short_name(final.name)}.zoo-tmp-"
 
 
 def aside_prefix(final: Path) -> str:
-    return f".{_short(final.name)}.zoo-old-"
+    return f".{short_name(final.name)}.zoo-old-"
 
 
 def _lock(path: Path) -> int:
