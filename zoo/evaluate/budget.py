@@ -41,7 +41,9 @@ from zoo.optimize.teacher import Teacher
 
 # budget name -> (what it reads, which way is better, the kinds it fits)
 BUDGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "kl": ("mean KL divergence per token", "max", ("causal-lm", "classifier")),
+    # a causal LM's over the reference's 256 likeliest tokens, the rest as one (a lower bound: metrics.top_k_kl_divergence)
+    "kl": ("mean KL divergence per token (causal LM: its 256 likeliest tokens, the rest as one) or per sentence (classifier)", "max",
+           ("causal-lm", "classifier")),
     "ppl-ratio": ("PPL(compressed) / PPL(original)", "max", ("causal-lm",)),
     "cosine": ("mean cosine of the embeddings", "min", ("encoder", "weights")),
     "bpw": ("bits per weight of the whole archive", "max", ("causal-lm", "classifier", "encoder", "weights")),
