@@ -198,6 +198,30 @@ def test_a_bpw_candidate_is_shown_with_the_figure_it_is_judged_on(tmp_path):
     assert lines and all((float(figure) <= 4) == (verdict == "meets") for figure, verdict in lines), done.stderr
 
 
+def test_a_bpw_budget_stores_the_kept_archives_own_figure_and_never_one_over_it(tmp_path):
+    """The search judges each archive with PROOF_BYTES of room for its record: the figure stored
+    was that estimate (4.0456 where zoo info counts 3.9870), and a record of very long paths made
+    the archive kept 4.17 bits per weight under bpw=4.05, its record saying it met it."""
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    tensors = {f"l{i}.weight": ("F32", rng.standard_normal((256, 256)).astype(np.float32)) for i in range(4)}
+    source = write_safetensors(tmp_path / "w.safetensors", tensors)
+    compress_to_budget(source, tmp_path / "kept.zoo", "bpw=4.05")
+    with zoo.open(tmp_path / "kept.zoo") as archive:
+        figure = archive.metadata()["budget"]["figure"]
+    assert figure == round(zoo.report_of(tmp_path / "kept.zoo").bits_per_weight, 4) and figure <= 4.05
+    deep = tmp_path.joinpath(*["x" * 200] * 15)
+    deep.mkdir(parents=True)
+    source = write_safetensors(deep / "w.safetensors", tensors)
+    with pytest.raises(BudgetError, match="with its proof stored, over the budget"):
+        compress_to_budget(source, deep / "kept.zoo", "bpw=4.05")
+    assert not (deep / "kept.zoo").exists()
+
+
 def test_a_budget_searches_from_the_least_rate_l2_codes_the_model_at(tmp_path):
     # l2 refuses a target_ratio that leaves what it selects under 0.1 bits per weight; the search
     # probes 4 bits first, and stopped there, where 5x (cosine 0.90) or 4x (0.99) met the budget

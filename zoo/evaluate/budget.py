@@ -306,6 +306,22 @@ def compress_to_budget(
         final = session.work / "kept.zoo"
         shutil.copyfile(kept.path, final)  # a session's candidate stays as it was for the next search
         api.update_metadata(final, {"budget": record})
+        if budget.name == "bpw":
+            # the search judged each archive with PROOF_BYTES of room for this record: the figure
+            # stored is the archive's own, as zoo info counts it, and one over the limit (a record
+            # of very long paths) is refused, not kept
+            stored = round(api.report_of(final).bits_per_weight, 4)
+            for _ in range(3):  # the figure's own digits move the size: settled in a round or two
+                if stored == record["figure"]:
+                    break
+                record["figure"] = stored
+                api.update_metadata(final, {"budget": record})
+                stored = round(api.report_of(final).bits_per_weight, 4)
+            kept.figure = stored
+            if stored > budget.limit:
+                raise BudgetError(f"budget {budget}: the archive kept, {kept.pipeline}, is {stored:.4g} bits per weight with its proof "
+                                  f"stored, over the budget (its record took more than the {PROOF_BYTES} bytes the search allowed it: "
+                                  "long paths?); no archive was kept")
         if (destination.exists() or destination.is_symlink()) and not force:
             raise OutputExistsError(f"{destination} exists; pass --force to replace it")
         os.replace(final, destination)
