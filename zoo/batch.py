@@ -392,8 +392,8 @@ def compress_to_work(source: str, home: str, work: str, name: str, revision: str
         local = _local_source(source, Path(scratch), seconds)
         started, cpu = time.perf_counter(), time.process_time()
         with _naming(folder, f"the zoo at {store.location}"):
-            shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label, threads=threads,
-                                    bases_among=set(bases), replacing=replacing, delta=delta)
+            shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label,
+                                    threads=threads, bases_among=set(bases), replacing=replacing, delta=delta)
         seconds["compress"] = time.perf_counter() - started
         seconds["compress_cpu"] = time.process_time() - cpu
         return _landed(store, Landed(source, name, seconds=seconds, node=_node()), sink, shell)
@@ -517,7 +517,8 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
 
     labels = [source if is_url(source) else str(Path(source).resolve()) for source in sources]  # a manifest's `source`
     if into_zoo:
-        return _compress_into_zoo(sources, store, names, labels, revision, pipeline, ray, threads, retries, force, task_bytes, on_landed, delta)
+        return _compress_into_zoo(sources, store, names, labels, revision, pipeline, ray, threads, retries, force, task_bytes, on_landed,
+                                  delta)
 
     def land(index: int, landed: Landed) -> Landed:
         if on_landed is not None:

@@ -375,7 +375,8 @@ def test_one_model_given_as_a_url_is_read_as_it_is_with_several(tmp_path):
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
     ok(zoo_cli("compress", url, "--name", "org/m", home=tmp_path / "home"))
     done = zoo_cli("compress", url, "-o", tmp_path / "c.zoo", "--calib", model / "model.safetensors", home=tmp_path / "home")
-    assert (done.returncode, done.stderr) == (1, "error: --calib is not available with a URL SOURCE yet: copy the model to a local folder first\n")
+    assert (done.returncode, done.stderr) == (
+        1, "error: --calib is not available with a URL SOURCE yet: copy the model to a local folder first\n")
 
 
 def test_an_output_whose_name_is_near_the_systems_limit_is_written(one_file_archive, tmp_path):

@@ -245,7 +245,8 @@ def test_nodes_that_older_readers_would_decode_by_another_rule_need_a_feature(tm
 
     rng = np.random.default_rng(3)
     matrix = (rng.normal(size=(64, 6)) @ rng.normal(size=(6, 48))).astype(np.float32)
-    source = write_safetensors(tmp_path / "m.safetensors", {"w.weight": ("F32", matrix), "f8.weight": ("F8_E4M3", from_float32(matrix, "F8_E4M3"))})
+    source = write_safetensors(tmp_path / "m.safetensors",
+                               {"w.weight": ("F32", matrix), "f8.weight": ("F8_E4M3", from_float32(matrix, "F8_E4M3"))})
     zoo.compress(source, tmp_path / "lowrank.zoo", "lowrank:ratio=0.5|lossless")
     zoo.compress(source, tmp_path / "lossless.zoo", "lossless")
     expected = {"lowrank.zoo": (["f64-product", "f8-even"], 3), "lossless.zoo": (None, 1)}

@@ -98,7 +98,8 @@ def compress(
         unsupported = {"--budget": budget, "--calib": calib, "--base": base, "--eval": evaluate or verify, "--max-kl": max_kl,
                        "--min-cosine": min_cosine, "--max-ppl-ratio": max_ppl_ratio, "--include": include, "--exclude": exclude,
                        "--follow-links": follow_links, "--verbose": verbose}
-        why = "several SOURCEs" if more else "--ray" if ray is not None else "an -o URL" if output is not None and is_url(output) else "a URL SOURCE"
+        why = ("several SOURCEs" if more else "--ray" if ray is not None else "an -o URL" if output is not None and is_url(output)
+               else "a URL SOURCE")
         _compress_batch([typed, *(more or [])], output, name, pipeline, threads, force, as_json, ray,
                         [flag for flag, value in unsupported.items() if value], why, no_delta)
         return

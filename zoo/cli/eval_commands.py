@@ -23,7 +23,9 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-MaxKl = Annotated[Optional[float], typer.Option("--max-kl", min=0, callback=_finite, help="Fail (exit 1) when the mean KL divergence (a causal LM's: over the reference's 256 likeliest tokens) is above this.")]
+MaxKl = Annotated[Optional[float], typer.Option(
+    "--max-kl", min=0, callback=_finite,
+    help="Fail (exit 1) when the mean KL divergence (a causal LM's: over the reference's 256 likeliest tokens) is above this.")]
 MinCosine = Annotated[Optional[float], typer.Option(
     "--min-cosine", min=-1, max=1, callback=_finite, help="Fail when the mean embedding cosine (encoders; else the weights' cosine) is below this.")]
 MaxPplRatio = Annotated[Optional[float], typer.Option("--max-ppl-ratio", min=0, callback=_finite,

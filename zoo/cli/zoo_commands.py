@@ -109,7 +109,8 @@ def ls(as_json: Json = False) -> None:
         return
     if not entries:
         said = (f"the zoo at {store.location} lists no model, but holds manifests it cannot read: `zoo doctor` says which"
-                if store.holds_manifests() else f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it")
+                if store.holds_manifests() else
+                f"the zoo at {store.location} is empty: `zoo pull REPO_ID` or `zoo compress FOLDER` fill it")
         stderr.print(said, markup=False, highlight=False)
         return
     # stored: what the model takes on its own (as one archive would); adds: what it adds to this zoo,

@@ -16,7 +16,8 @@ from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, MissingObjectError, ZooError
-from zoo.container.format import INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask, let_go_of_replaced_objects
+from zoo.container.format import (INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask,
+                                  let_go_of_replaced_objects)
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
 from zoo.sources.folder import check_relpath
 

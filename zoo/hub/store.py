@@ -1103,7 +1103,8 @@ class Store:
         self.dirty.touch()
         # the damaged one (or one of a newer zoo's format) is kept for a person, never lost: copied
         # aside first, so that where the new one cannot be written (a full disk) it stays in place
-        kept = self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}", copy=True) if damaged else None
+        kept = (self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}", copy=True)
+                if damaged else None)
         self._publish_manifest(record)
         repair = f"damaged manifest replaced (the old one kept as {kept})" if damaged else "manifest restored"
         return f"{path}: named by no manifest; its header says it is {ref}: {repair}", set(parts)
@@ -1141,8 +1142,9 @@ class Store:
             return
         moved = [line for line in findings if ": moved to " in line]
         notable = [line for line in findings if ": moved to " not in line or line.endswith("read from its header)")]
-        warnings.warn(f"{self.home}: the zoo's old layout was moved to objects and manifests (docs/STORE.md): {len(moved)} "
-                      f"model{'s' if len(moved) != 1 else ''}" + (f", {len(notable)} to look at:" if notable else ""), ZooWarning, stacklevel=3)
+        said = f"{len(moved)} model{'s' if len(moved) != 1 else ''}" + (f", {len(notable)} to look at:" if notable else "")
+        warnings.warn(f"{self.home}: the zoo's old layout was moved to objects and manifests (docs/STORE.md): {said}", ZooWarning,
+                      stacklevel=3)
         for line in notable[:20]:
             warnings.warn(line, ZooWarning, stacklevel=3)
         if len(notable) > 20:
