@@ -397,30 +397,9 @@ def test_two_fine_tunes_of_one_base_need_the_base_not_each_other(tmp_path):
         store.remove("base")
 
 
-def test_a_manifest_from_before_the_commits_with_a_sibling_among_its_needs_does_not_keep_it(tmp_path):
-    """Manifests written before 2026-12-05 23:00 listed a sibling fine-tune among a fine-tune's
-    needs (the test above), and have no commits: zoo rm of the sibling was refused with a false
-    reason, which doctor could not mend. Without commits the chain of bases is what a model needs."""
-    store = Store(tmp_path / "zoo")
-    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
-    for seed, name in ((4, "first"), (5, "second")):
-        compress_into(store, write_model(tmp_path / name, fine_tuned(base_tensors(), seed)), name, base="base")
-    manifest = store.manifest_path("second", "main", "lossless")
-    record = json.loads(manifest.read_text())
-    del record["base"]["commits"]
-    record["base"]["needs"] = ["base@main:lossless", "first@main:lossless"]  # as such a zoo wrote it
-    manifest.write_text(json.dumps(record))
-    (tmp_path / "zoo" / "catalogue.sqlite").unlink()
-    store = Store(tmp_path / "zoo")
-    store.remove("first")
-    with pytest.raises(InputError, match="base@main:lossless is the base of second@main:lossless"):
-        store.remove("base")
-
-
-def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
-    # the manifest of the test above, from before the commits, as the base of a new fine-tune: its
-    # needs were copied into the new model's manifest (with commits, so counted as true), and zoo rm
-    # of the sibling was refused again
+def _siblings_as_an_older_zoo_recorded_them(tmp_path: Path) -> Store:
+    """base, and first and second stored against it, second's manifest as a zoo before the commits
+    wrote it: no commits, and its sibling first among its needs."""
     store = Store(tmp_path / "zoo")
     compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
     for seed, name in ((4, "first"), (5, "second")):
@@ -431,7 +410,24 @@ def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
     record["base"]["needs"] = ["base@main:lossless", "first@main:lossless"]
     manifest.write_text(json.dumps(record))
     (tmp_path / "zoo" / "catalogue.sqlite").unlink()
-    store = Store(tmp_path / "zoo")
+    return Store(tmp_path / "zoo")
+
+
+def test_a_manifest_from_before_the_commits_with_a_sibling_among_its_needs_does_not_keep_it(tmp_path):
+    """Manifests written before 2026-12-05 23:00 listed a sibling fine-tune among a fine-tune's
+    needs (the test above), and have no commits: zoo rm of the sibling was refused with a false
+    reason, which doctor could not mend. Without commits the chain of bases is what a model needs."""
+    store = _siblings_as_an_older_zoo_recorded_them(tmp_path)
+    store.remove("first")
+    with pytest.raises(InputError, match="base@main:lossless is the base of second@main:lossless"):
+        store.remove("base")
+
+
+def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
+    # the manifest of the test above, from before the commits, as the base of a new fine-tune: its
+    # needs were copied into the new model's manifest (with commits, so counted as true), and zoo rm
+    # of the sibling was refused again
+    store = _siblings_as_an_older_zoo_recorded_them(tmp_path)
     third = compress_into(store, write_model(tmp_path / "third", fine_tuned(fine_tuned(base_tensors(), 5), 7)), "third", base="second")
     assert third.base["needs"] == ["base@main:lossless", "second@main:lossless"], third.base
     store.remove("first")

@@ -679,10 +679,11 @@ class _ObjectFiles:
             self._maps.pop(path, None)
             self._regions.pop(path, None)  # the file there may be another when it is opened again (stored anew)
 
-    def _close_idle(self) -> bool:
-        """Close every open object no read holds; whether there was one."""
+    def _close_idle(self, which: Callable[[Path, int], bool] = lambda path, descriptor: True) -> bool:
+        """Close the open objects no read holds that `which(path, descriptor)` picks (every one by
+        default); whether there was one."""
         with self._lock:
-            idle = [(path, held[0]) for path, held in self._open.items() if held[1] == 0]
+            idle = [(path, held[0]) for path, held in self._open.items() if held[1] == 0 and which(path, held[0])]
             for path, _ in idle:
                 del self._open[path]
                 self._maps.pop(path, None)
@@ -693,14 +694,7 @@ class _ObjectFiles:
 
     def let_go_of_replaced(self) -> None:
         """Close the open objects no read holds whose files were removed or replaced on disk."""
-        with self._lock:
-            gone = [(path, held[0]) for path, held in self._open.items() if held[1] == 0 and _not_the_file(path, held[0])]
-            for path, _ in gone:
-                del self._open[path]
-                self._maps.pop(path, None)
-                self._regions.pop(path, None)
-        for _, descriptor in gone:
-            os.close(descriptor)
+        self._close_idle(_not_the_file)
 
     def forget(self, path: Path) -> None:
         """Let go of the object at `path`, replaced on disk (a damaged object the zoo repaired): the
