@@ -151,6 +151,24 @@ def test_a_device_torch_cannot_use_is_one_zoo_error(model, device, monkeypatch):
         zoo.load_state_dict(path, device=device)
 
 
+def test_a_device_torch_takes_is_taken(model):
+    # a str subclass (an enum's member) and a numpy integer were "not a device" once check_device
+    # asked for exactly str, int or torch.device
+    import enum
+
+    import numpy as np
+
+    class Device(str, enum.Enum):
+        CPU = "cpu"
+
+    path, want = model
+    assert torch.equal(zoo.load_state_dict(path, device=Device.CPU)["f32"], want["f32"])
+    if not torch.cuda.is_available():  # an index: the first accelerator, which this machine lacks, as for 0
+        with pytest.raises(InputError) as refused:
+            zoo.load_state_dict(path, device=np.int64(0))
+        assert "not a device" not in str(refused.value)
+
+
 def test_fp8_formats_numpy_lacks_come_to_numpy_as_their_float_values(tmp_path):
     """F8_E4M3FNUZ, F8_E5M2FNUZ and F8_E8M0 came to numpy as their codes (uint8), where the
     docstring promises fp8 as exact float32, as E4M3 and E5M2 come."""

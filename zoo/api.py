@@ -594,9 +594,9 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     if delta and not pipeline.array_stages:
         with Archive(shell, objects_root=sink.root) as opened:
             found = base or xor.find_base(store, Path(source), opened, replacing, bases_among)
-        if found is not None and isinstance(found.base, dict) and found.base.get("commits") is None:
-            # a base stored by a zoo before the commits were recorded: what it needs, as its chain of
-            # bases says, not as its manifest may (a sibling fine-tune), goes into this model's
+        if found is not None and isinstance(found.base, dict):
+            # what the base needs, as its chain of bases says, not as an older zoo's manifest may
+            # (a sibling fine-tune), goes into this model's
             from zoo.hub.store import with_chained_needs
 
             found = replace(found, base=with_chained_needs(found.base, {e.ref: {"base": e.base} for e in store.entries()}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,19 @@ def check_device(device: Any) -> None:
     without it), in torch's words, rather than torch's own exception."""
     import torch
 
-    # what torch takes for a device: a name, an index, a torch.device (a list was "unhashable type",
-    # a float torch's own TypeError)
-    if type(device) not in (str, int, torch.device):
+    # what torch takes for a device: a name, an index (numpy's too), a torch.device; not a bool (a list
+    # was "unhashable type", a float torch's own TypeError)
+    if isinstance(device, bool) or not (isinstance(device, (str, torch.device)) or _is_index(device)):
         raise InputError(f"device {device!r}: not a device (a name such as 'cpu' or 'cuda:0', an index, or a torch.device)")
     _check_device(device)
+
+
+def _is_index(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 @functools.cache

@@ -37,6 +37,15 @@ def test_plot_writes_a_png(tmp_path):
     assert plot(points, long).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_noisy_copy_may_have_a_name_near_the_systems_limit(weights_file, tmp_path):
+    from zoo.evaluate.noise import noisy_copy
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(weights_file.read_bytes())
+    copied = noisy_copy(tmp_path / "model", tmp_path / ("n" * 250), 0.01)
+    assert (copied / "model.safetensors").is_file()
+
+
 @pytest.fixture
 def weights_file(tmp_path):
     rng = np.random.default_rng(0)

@@ -397,27 +397,30 @@ def test_two_fine_tunes_of_one_base_need_the_base_not_each_other(tmp_path):
         store.remove("base")
 
 
-def _siblings_as_an_older_zoo_recorded_them(tmp_path: Path) -> Store:
+def _siblings_as_an_older_zoo_recorded_them(tmp_path: Path, commits: bool = False) -> Store:
     """base, and first and second stored against it, second's manifest as a zoo before the commits
-    wrote it: no commits, and its sibling first among its needs."""
+    wrote it: no commits, and its sibling first among its needs (with `commits`, as the zoo of
+    2026-12-06 copied such needs into a fine-tune of such a model: commits and all)."""
     store = Store(tmp_path / "zoo")
     compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
     for seed, name in ((4, "first"), (5, "second")):
         compress_into(store, write_model(tmp_path / name, fine_tuned(base_tensors(), seed)), name, base="base")
     manifest = store.manifest_path("second", "main", "lossless")
     record = json.loads(manifest.read_text())
-    del record["base"]["commits"]
+    if not commits:
+        del record["base"]["commits"]
     record["base"]["needs"] = ["base@main:lossless", "first@main:lossless"]
     manifest.write_text(json.dumps(record))
     (tmp_path / "zoo" / "catalogue.sqlite").unlink()
     return Store(tmp_path / "zoo")
 
 
-def test_a_manifest_from_before_the_commits_with_a_sibling_among_its_needs_does_not_keep_it(tmp_path):
+@pytest.mark.parametrize("commits", [False, True])
+def test_a_manifest_from_before_the_commits_with_a_sibling_among_its_needs_does_not_keep_it(tmp_path, commits):
     """Manifests written before 2026-12-05 23:00 listed a sibling fine-tune among a fine-tune's
     needs (the test above), and have no commits: zoo rm of the sibling was refused with a false
     reason, which doctor could not mend. Without commits the chain of bases is what a model needs."""
-    store = _siblings_as_an_older_zoo_recorded_them(tmp_path)
+    store = _siblings_as_an_older_zoo_recorded_them(tmp_path, commits)
     store.remove("first")
     with pytest.raises(InputError, match="base@main:lossless is the base of second@main:lossless"):
         store.remove("base")
@@ -431,6 +434,15 @@ def test_a_fine_tune_of_such_a_fine_tune_does_not_inherit_the_sibling(tmp_path):
     third = compress_into(store, write_model(tmp_path / "third", fine_tuned(fine_tuned(base_tensors(), 5), 7)), "third", base="second")
     assert third.base["needs"] == ["base@main:lossless", "second@main:lossless"], third.base
     store.remove("first")
+
+
+def test_a_base_found_by_its_tensors_is_the_default_lossless_variant_before_another(tmp_path):
+    # with the base stored both ways, the newer -p zstd variant won a tie of shared names
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "org/base")
+    compress_into(store, tmp_path / "base", "org/base", pipeline="zstd")
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 9))  # names no base: found by its tensors
+    assert compress_into(store, tuned, "tuned").base["ref"] == "org/base@main:lossless"
 
 
 def test_a_base_stored_by_another_lossless_pipeline_is_a_base(tmp_path):

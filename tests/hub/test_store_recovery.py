@@ -629,3 +629,32 @@ def test_a_folder_or_nothing_in_archives_is_no_migration_said_every_time(tiny_mo
     assert "warning" not in zoo_cli("ls", home=home).stderr
     (home / "archives").mkdir()
     assert "warning" not in zoo_cli("ls", home=home).stderr and not (home / "archives").exists()
+
+
+def test_doctor_moves_a_folder_that_sits_where_a_manifest_goes(two_models):
+    # a copy kept the damaged manifest aside before its replacement was written; a folder cannot be
+    # copied: "cannot restore its manifest: Is a directory", every time, and the model was lost to ls
+    manifest = Store(two_models).manifest_path("org/first", "main", "lossless")
+    manifest.unlink()
+    manifest.mkdir()
+    (manifest / "inside").write_text("someone's")
+    doctor = zoo_cli("doctor", home=two_models)
+    assert doctor.returncode == 0, (doctor.stdout, doctor.stderr)
+    assert listed(two_models) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    assert (two_models / "unreadable" / "org%2Ffirst@main@lossless.json" / "inside").read_text() == "someone's"
+
+
+def test_a_thing_in_archives_that_cannot_be_moved_is_a_finding_not_the_end_of_doctor(two_models, monkeypatch):
+    # a folder in archives/ whose move aside failed (permissions) ended doctor, and every command's
+    # migration, with "Permission denied"
+    (two_models / "archives" / "sub").mkdir(parents=True)
+    store = Store(two_models)
+
+    def refuse(path, name=None, copy=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Store, "_keep_aside", staticmethod(refuse))
+    findings = store.doctor()
+    assert any(line.endswith("archives/sub: not an archive, and it cannot be moved to unreadable/ (Permission denied: "
+                             f"{two_models / 'archives' / 'sub'}); it stays where it is") for line in findings), findings
+    assert [e.ref for e in store.entries()] == ["org/first@main:lossless", "second@main:truncate:bits=5"]

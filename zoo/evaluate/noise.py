@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import InputError
+from zoo.hub.temporaries import short_name
 
 
 def noisy_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str], relative_noise: float, seed: int = 0) -> Path:
@@ -27,7 +28,7 @@ def noisy_copy(source: str | os.PathLike[str], destination: str | os.PathLike[st
     if destination.exists():
         raise InputError(f"{destination} exists")
     rng = np.random.default_rng(seed)
-    temporary = destination.with_name(f".{destination.name}.zoo-tmp")
+    temporary = destination.with_name(f".{short_name(destination.name)}.zoo-tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     shutil.copytree(source, temporary)
     try:

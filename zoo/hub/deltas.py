@@ -117,7 +117,9 @@ def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, a
         except ZooError:
             continue
         count = sum(1 for name, kind in ours.items() if theirs.get(name) == kind)
-        if count > best_count or (count == best_count and best is not None and count and entry.created > best.created):
+        # ties: the default lossless variant, then the newest
+        if count > best_count or (count == best_count and best is not None and count
+                                  and (entry.variant == LOSSLESS, entry.created) > (best.variant == LOSSLESS, best.created)):
             best, best_count = entry, count
     return best if best is not None and best_count >= MIN_SHARED_NAMES * len(ours) else None
 

@@ -86,18 +86,20 @@ def _sync_files(paths: list[Path]) -> None:
 
 
 def with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
-    """A manifest's base record, whose `needs` a manifest written before the commits were recorded
-    (2026-12-06) may have wrong: before 2026-12-05 23:00 a fine-tune's needs listed every model
-    that named its chains' objects, a sibling fine-tune among them, and zoo rm of that sibling was
-    refused. For those the chain of bases, as their manifests (`records`, by ref) say, is what it needs."""
-    if not isinstance(base, dict) or base.get("commits") is not None:
+    """A manifest's base record with its `needs` checked against the chain of bases its models'
+    manifests (`records`, by ref) say: before 2026-12-05 23:00 a fine-tune's needs listed every
+    model that named its chains' objects, a sibling fine-tune among them, and until 2026-12-06 a
+    fine-tune of such a one copied the list (with commits). A recorded need that is neither on the
+    chain nor gone from the zoo is such a sibling, and is left out: zoo rm of it was refused."""
+    if not isinstance(base, dict):
         return base
     chain, ref = [], base.get("ref")
     while isinstance(ref, str) and ref not in chain:
         chain.append(ref)
         below = (records.get(ref) or {}).get("base")
         ref = below.get("ref") if isinstance(below, dict) else None
-    return {**base, "needs": chain}
+    recorded = base.get("needs") or chain[:1]
+    return {**base, "needs": [need for need in recorded if need in chain or need not in records]}
 
 
 class Store:
@@ -1103,9 +1105,15 @@ class Store:
         self.dirty.touch()
         # the damaged one (or one of a newer zoo's format) is kept for a person, never lost: copied
         # aside first, so that where the new one cannot be written (a full disk) it stays in place
-        kept = (self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}", copy=True)
+        kept = (self._keep_aside(manifest, f"{manifest.parent.parent.name}@{manifest.parent.name}@{manifest.name}",
+                                 copy=manifest.is_file() and not manifest.is_symlink())  # a folder there is moved
                 if damaged else None)
-        self._publish_manifest(record)
+        try:
+            self._publish_manifest(record)
+        except BaseException:
+            if kept is not None and manifest.exists():  # the damaged one is still in place: no copy of it is left behind
+                kept.unlink(missing_ok=True)
+            raise
         repair = f"damaged manifest replaced (the old one kept as {kept})" if damaged else "manifest restored"
         return f"{path}: named by no manifest; its header says it is {ref}: {repair}", set(parts)
 
@@ -1127,7 +1135,10 @@ class Store:
                 raise StoreError(f"{self.home}: cannot move {path.name} to the new layout: {_reason(error)}; it stays where it is, "
                                  "and the next command tries again") from None
         for path in sorted(self.archives.iterdir()) if self.archives.is_dir() else []:  # files, and folders too (else archives/ stays)
-            findings.append(f"{path}: not an archive; kept as {self._keep_aside(path)}")
+            try:
+                findings.append(f"{path}: not an archive; kept as {self._keep_aside(path)}")
+            except OSError as error:  # archives/ stays, and the next command tries again
+                findings.append(f"{path}: not an archive, and it cannot be moved to unreadable/ ({_reason(error)}); it stays where it is")
         with suppress(OSError):
             self.archives.rmdir()
         with suppress(StoreError):
