@@ -40,10 +40,23 @@ OBJECT_NAME = re.compile(r"[0-9a-f]{64}")
 OBJECT_SUFFIX = ".zoo"
 # Object files kept open in a process, for every archive reading them; past that the least recently
 # used one no read holds is closed.
-_OPEN_OBJECTS = 64
-# ... and never more than an eighth of the process's descriptors (ulimit -n): under a low limit the
-# idle ones took those a read needed, and the next object could not be opened (EMFILE).
-_OPEN_OBJECTS = min(_OPEN_OBJECTS, max(2, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
+# Never more than an eighth of the process's descriptors (ulimit -n): under a low limit the idle
+# ones took those a read needed, and the next object could not be opened (EMFILE).
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)  # the process's limit, or the system's
+
+
+def open_files_share(most: int, least: int) -> int:
+    """How many files a cache of this process may hold open: `most`, and never more than an
+    eighth of `ulimit -n` (at least `least`)."""
+    return min(most, max(least, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
+
+
+def out_of_descriptors(error: OSError, path: Any, why: str = "") -> OSError:
+    """EMFILE or ENFILE said as the system's error with the limit in it, never as damage."""
+    return OSError(error.errno, f"{error.strerror} (`ulimit -n` is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}{why})", str(path))
+
+
+_OPEN_OBJECTS = open_files_share(64, 2)
 MAX_HEADER_BYTES = 64 << 20
 # A chunk's decoded size, checked before anything is allocated: the writer's default is 4 MiB, and
 # whatever a header claims, decoding a chunk never takes more memory than this (plus its stored bytes).
@@ -362,9 +375,8 @@ class ArchiveFile:
         except IsADirectoryError:
             raise FormatError(f"{self.path}: is a folder, not a zoo archive") from None
         except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE):  # the process's or the system's limit: no damage of the archive's
-                raise OSError(error.errno, f"{error.strerror} (`ulimit -n` is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})",
-                              str(self.path)) from None
+            if error.errno in OUT_OF_DESCRIPTORS:  # no damage of the archive's
+                raise out_of_descriptors(error, self.path) from None
             raise FormatError(f"{self.path}: cannot open: {error.strerror}") from None
         try:
             self.header = self._read_header()
@@ -621,7 +633,7 @@ class _ObjectFiles:
             try:
                 descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as error:
-                if error.errno not in (errno.EMFILE, errno.ENFILE) or not self._close_idle():
+                if error.errno not in OUT_OF_DESCRIPTORS or not self._close_idle():
                     raise
                 descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # once more, with the idle ones closed
         except FileNotFoundError:
@@ -632,9 +644,8 @@ class _ObjectFiles:
             raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {root} "
                                      "(an archive of a zoo reads from its zoo; `zoo export --archive` makes one that stands alone)") from None
         except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE):  # the process's or the system's limit: no damage of the zoo's
-                raise OSError(error.errno, f"{error.strerror} (`ulimit -n` is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
-                                           f"a model of a zoo reads an object file per tensor)", str(archive)) from None
+            if error.errno in OUT_OF_DESCRIPTORS:  # no damage of the zoo's
+                raise out_of_descriptors(error, archive, "; a model of a zoo reads an object file per tensor") from None
             raise FormatError(f"{path}: cannot open: {error.strerror}") from None
         with self._lock:
             held = self._open.get(path)

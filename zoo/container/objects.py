@@ -13,7 +13,6 @@ lets the build skip what `existing` (the zoo) or the build itself already holds.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import Any, BinaryIO
 from zoo import __version__
 from zoo.codecs.pipeline import CHUNK_BYTES
 from zoo.container.format import (
-    ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, object_path, put_header, sha256_file,
+    OUT_OF_DESCRIPTORS, ArchiveFile, PayloadWriter, assemble, content_digest, content_digest_1, content_key, object_path, put_header, sha256_file,
     write_archive,
 )
 from zoo.errors import FormatError, ZooError
@@ -353,7 +352,7 @@ def standalone(opened: Any, stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) ->
 
 def _raise_a_limit(error: BaseException) -> None:
     """Too many open files (ulimit -n) says nothing of the object: raised, never called its damage."""
-    if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+    if isinstance(error, OSError) and error.errno in OUT_OF_DESCRIPTORS:
         raise error
 
 

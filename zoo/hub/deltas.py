@@ -42,18 +42,9 @@ def delta_key(target: str, base: str) -> str:
     return hashlib.sha256(json.dumps(["zoo-xor-1", target, base]).encode()).hexdigest()
 
 
-def _tensors_by_name(archive: Archive) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Lossless tensors whose bytes are addressable (a content key), by name: (key in the archive, info)."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for key in archive.keys():
-        info = archive.tensor_info(key)
-        if isinstance(info.get("key"), str) and "view" not in info and "base" not in info:
-            found.setdefault(info["name"], (key, info))
-    return found
-
-
 def _candidates_by_name(archive: Archive) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """As _tensors_by_name, every tensor of each name: a model may hold a name in several files
+    """Lossless tensors whose bytes are addressable (a content key), by name, each name's in
+    archive order: [(key in the archive, info)]. A model may hold a name in several files
     (model.safetensors beside model.fp16.safetensors, a run's checkpoint-N/ folders)."""
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for key in archive.keys():
@@ -61,6 +52,11 @@ def _candidates_by_name(archive: Archive) -> dict[str, list[tuple[str, dict[str,
         if isinstance(info.get("key"), str) and "view" not in info and "base" not in info:
             found.setdefault(info["name"], []).append((key, info))
     return found
+
+
+def _tensors_by_name(archive: Archive) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The first of each name's _candidates_by_name."""
+    return {name: candidates[0] for name, candidates in _candidates_by_name(archive).items()}
 
 
 def _base_for(info: dict[str, Any], candidates: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:

@@ -25,14 +25,12 @@ same time decode each piece once (`SharedPieces`).
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import heapq
 import hmac
 import ipaddress
 import json
 import re
-import resource
 import socket
 import struct
 import sys
@@ -74,7 +72,7 @@ _RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 # Archives held open between requests: at most 64, and never more than an eighth of the process's
 # descriptors (ulimit -n), which the downloads and the object files they read need too: under
 # `ulimit -n 64` the cache took them all after 48 models, and every request after was a 500.
-_OPEN_ARCHIVES = min(64, max(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
+_OPEN_ARCHIVES = archive_format.open_files_share(64, 4)
 
 
 class _Uncached(Exception):
@@ -218,7 +216,7 @@ class ZooApp:
                 try:
                     opened = Archive(entry.archive, mapped=True)
                 except OSError as error:
-                    if error.errno not in (errno.EMFILE, errno.ENFILE) or not self._archives:
+                    if error.errno not in archive_format.OUT_OF_DESCRIPTORS or not self._archives:
                         raise
                     self._archives.clear()  # let the idle ones go (a stream reading one keeps it), then once more
                     gc.collect()
