@@ -180,3 +180,22 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_the_zoo_holds_it(tiny_mo
     for command in (("ls",), ("verify",), ("gc",), ("doctor",)):
         _healthy(zoo_cli(*command, home=home))
     assert "no problems found" in zoo_cli("doctor", home=home).stdout
+
+
+def test_a_zoo_home_whose_path_is_not_utf8_works(tiny_model, tmp_path):
+    """The index's SQLite URI quoted str(path), which a surrogate escape cannot be encoded from:
+    every store command of such a ZOO_HOME failed with an unexpected UnicodeEncodeError."""
+    home = tmp_path / os.fsdecode(b"zoo\xe9")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, errors="surrogateescape",
+                              env={**os.environ, "ZOO_HOME": str(home)}, timeout=300)
+
+    assert run("compress", str(tiny_model), "--name", "org/m").returncode == 0
+    for command in (("ls",), ("verify",), ("doctor",), ("gc",), ("info", "org/m")):
+        done = run(*command)
+        assert done.returncode == 0 and "unexpected" not in done.stderr, (command, done.stderr)
+    assert "org/m" in run("ls").stdout
+    (home / "catalogue.sqlite").unlink()  # the index is rebuilt from the manifests, at that path too
+    done = run("ls")
+    assert done.returncode == 0 and "org/m" in done.stdout, done.stderr

@@ -62,9 +62,8 @@ def connect(path: Path) -> sqlite3.Connection:
     or damaged: the caller rebuilds it then."""
     if not path.is_file() or path.stat().st_size == 0:
         raise sqlite3.DatabaseError(f"{path.name} is missing or empty")
-    # mode=rw: never create the file here (a missing index is rebuilt, not made empty); the path
-    # is quoted, since '?' and '#' are legal in a folder's name and special in a URI
-    connection = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=60, isolation_level=None,
+    # mode=rw: never create the file here (a missing index is rebuilt, not made empty)
+    connection = sqlite3.connect(file_uri(path, "rw"), uri=True, timeout=60, isolation_level=None,
                                  check_same_thread=False)
     try:
         connection.row_factory = sqlite3.Row
@@ -76,6 +75,13 @@ def connect(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def file_uri(path: Path, mode: str) -> str:
+    """SQLite's URI for the file at `path` opened in `mode` ("ro", "rw"). The path's bytes are
+    quoted: '?' and '#' are legal in a folder's name and special in a URI, and a ZOO_HOME whose
+    name is not UTF-8 (held by Python as surrogate escapes) has no str to quote."""
+    return f"file:{urllib.parse.quote(os.fsencode(path))}?mode={mode}"
 
 
 def build(path: Path, records: Iterable[tuple[str, dict[str, Any]]]) -> int:

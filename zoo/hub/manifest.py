@@ -287,9 +287,11 @@ def base_standing(base: dict[str, Any], commits: dict[str, str]) -> str:
 
 def legacy_records(path: Path) -> dict[str, dict[str, Any]]:
     """The old catalogue's rows by archive file name, as manifest records; {} when it is missing or damaged."""
+    from zoo.hub.catalogue import file_uri
+
     rows: dict[str, dict[str, Any]] = {}
     try:
-        with closing(sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)) as connection:
+        with closing(sqlite3.connect(file_uri(path, "ro"), uri=True)) as connection:
             connection.row_factory = sqlite3.Row
             for row in connection.execute("SELECT * FROM models").fetchall():
                 files = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"], "served_sha256": f["served_sha256"],
