@@ -389,3 +389,30 @@ def test_an_output_whose_name_is_near_the_systems_limit_is_written(one_file_arch
     ok(zoo_cli("decompress", archive, "-o", folder))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, folder.name, "w.safetensors", "w.zoo"])
     assert len(os.fsencode(temporary_prefix(folder))) < 230 and temporary_prefix(tmp_path / "short") == ".short.zoo-tmp-"
+
+
+@pytest.mark.parametrize("env", [{}, TERMINAL], ids=["piped", "terminal"])
+def test_names_are_printed_escaped_in_a_strict_utf8_locale_and_never_act_on_the_terminal(tmp_path, env):
+    """A byte of a file's name that is not UTF-8 (held as a surrogate escape) made every command
+    that printed it fail with an unexpected UnicodeEncodeError where stdout is strict UTF-8 (an
+    en_US.UTF-8 locale), after decompress had written its output; and a tensor named with ESC
+    sequences reached the terminal raw from `zoo info`'s table and verify's damage lines."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / os.fsdecode(b"b\xff.safetensors"), {"\x1b[2Jw": ("F32", random_storage("F32", (8, 8), 1))})
+    write_safetensors(model / "c.safetensors", {"c": ("F32", random_storage("F32", (8, 8), 2))})
+    strict = {**env, "PYTHONIOENCODING": "utf-8:strict"}
+    archive = os.fsdecode(b"m\xfe.zoo")  # short names, in tmp_path: a terminal's lines are not folded
+    ok(zoo_cli("compress", model, "-o", archive, env=strict, cwd=tmp_path))
+    shown = ok(zoo_cli("info", archive, env=strict, cwd=tmp_path)).stdout
+    assert "m\\xfe.zoo" in shown and "\\x1b[2Jw" in shown and "\x1b[2J" not in shown, shown
+    done = ok(zoo_cli("decompress", archive, "-o", os.fsdecode(b"out\xfd"), env=strict, cwd=tmp_path))
+    assert "out\\xfd: 2 files" in done.stdout, done.stdout
+    assert (tmp_path / os.fsdecode(b"out\xfd") / os.fsdecode(b"b\xff.safetensors")).is_file()
+    assert "m\\xfe.zoo: ok" in ok(zoo_cli("verify", archive, env=strict, cwd=tmp_path)).stdout
+    damaged = bytearray((tmp_path / archive).read_bytes())
+    damaged[-40] ^= 0xFF  # in the last chunk's coded bytes
+    (tmp_path / archive).write_bytes(bytes(damaged))
+    done = zoo_cli("verify", archive, env=strict, cwd=tmp_path)
+    assert done.returncode == 1 and "unexpected" not in done.stderr and "\x1b[2J" not in done.stderr, done.stderr
+    assert "damaged: " in done.stderr, done.stderr

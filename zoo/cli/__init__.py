@@ -14,11 +14,19 @@ def debugging() -> bool:
     return os.environ.get("ZOO_DEBUG", "").strip().lower() not in ("", "0", "no", "false", "off")
 
 
-def _one_line(text: str) -> str:
-    """`text` with its control characters written as escapes (a newline in a file's name is \\n):
-    an error or a warning is one line on stderr, whatever the names in it hold. Letters of any
-    script stay as they are, where serve's access log (zoo.hub.serve.printable) escapes all but ASCII."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def one_line(text: str) -> str:
+    """`text` with what a terminal would act on written as escapes: control characters (a newline in
+    a file's name is \\n, an ESC \\x1b) and a byte of a name that is not UTF-8, which Python holds as
+    a surrogate escape, as \\xNN. An error, a warning or a line of a report is then one line, whatever
+    the names in it hold, and printable in any locale (a strict UTF-8 stdout refuses a surrogate).
+    Letters of any script stay as they are, where serve's access log (zoo.hub.serve.printable)
+    escapes all but ASCII."""
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else repr(character)[1:-1]
 
 
 _shown: set[str] = set()
@@ -30,7 +38,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from zoo.errors import ZooWarning
 
     if issubclass(category, ZooWarning) and not debugging():
-        text = _one_line(f"warning: {message}")
+        text = one_line(f"warning: {message}")
         if text not in _shown:
             _shown.add(text)
             print(text, file=sys.stderr)
@@ -96,7 +104,7 @@ def main() -> None:
     except ZooError as error:
         if debugging():
             raise
-        print(_one_line(f"error: {error}"), file=sys.stderr)
+        print(one_line(f"error: {error}"), file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
         if debugging():
@@ -109,12 +117,12 @@ def main() -> None:
         stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
         # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
         done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
-        print(_one_line(f"error: {stdout}{error.strerror or error}{where}{done}"), file=sys.stderr)
+        print(one_line(f"error: {stdout}{error.strerror or error}{where}{done}"), file=sys.stderr)
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
         if debugging():
             raise
-        print(_one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
+        print(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as error:
         if debugging() or error.name not in EXTRAS:
@@ -136,7 +144,7 @@ def main() -> None:
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if debugging():
             raise
-        print(_one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"),
+        print(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"),
               file=sys.stderr)
         sys.exit(1)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
+from zoo.cli import one_line
+
 
 class StdoutError(OSError):
     """stdout could not be written (a full disk, a closed file): said as such, since the system's
@@ -51,13 +53,22 @@ class _Stdout:
         return getattr(sys.stdout, name)
 
 
+class _Console(Console):
+    """rich's console, whose text is printed as zoo.cli.one_line writes it: a name's control
+    characters and undecodable bytes as escapes. An archive from elsewhere names what it likes,
+    and a tensor named ESC [2J cleared the screen of whoever ran `zoo info` on it."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*(one_line(o) if isinstance(o, str) else o for o in objects), **options)
+
+
 def _console(stderr: bool = False) -> Console:
     """rich's console for stdout or stderr. Piped or in a file, where rich would fold every line at
     80 columns, a message is one line however long (a long path stays whole); tables there are
     plain lines (print_table). On a terminal, lines fold at its width. No markup and no emoji
     codes: a path or a tensor name such as `out[red]`, `layers[/]` or `run:smile:2` is printed as
     it is, never read as a style or turned into a picture."""
-    console = Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False, emoji=False)
+    console = _Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False, emoji=False)
     if not console.is_terminal:
         console.soft_wrap = True
     return console
@@ -85,7 +96,9 @@ def source_bytes(source: Path) -> int:
 def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = (), fold: tuple[str, ...] = ()) -> None:
     """A table on stdout: boxed to the terminal's width on a terminal (the first column and those
     in `fold` fold, the others stay whole), plain aligned lines when piped, one row a line, nothing
-    cut."""
+    cut. Names in the cells are printed as one_line writes them."""
+    title = one_line(title) if title else title
+    rows = [[one_line(text) for text in row] for row in rows]
     if not stdout.is_terminal:
         widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
         if title:
@@ -191,6 +204,7 @@ def progress_bar(total: int | Callable[[], int], description: str, enabled: bool
         return
     if callable(total):
         total = total()
+    description = one_line(description)
     with _display(closes=True) as display:
         tasks: dict[Any, Any] = {}  # display -> this bar's task in it
         lock = threading.Lock()  # decompress's workers advance it side by side
