@@ -89,6 +89,16 @@ def test_a_stdout_that_cannot_be_written_is_named_in_the_error(one_file_archive,
                                                         f"t/w@main:lossless was {done_line} the zoo\n"), (command, done.stderr)
 
 
+def test_with_stderr_closed_an_error_stays_out_of_stdout(one_file_archive, tmp_path):
+    """Started with its stderr closed (`2>&-`), sys.stderr is None, and print(..., file=None)
+    wrote the error line to stdout: into the --json document a pipe was reading."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
+    for command in (["info", tmp_path / "nope.zoo", "--json"], ["decompress", one_file_archive, "-o", one_file_archive]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, check=False, env=environment, timeout=300, preexec_fn=lambda: os.close(2))
+        assert done.returncode == 1 and done.stdout == "", (command, done.stdout)
+
+
 def test_a_closed_stdout_is_named_in_the_error(one_file_archive, tmp_path):
     """Started with its stdout closed (`>&-`), Python's sys.stdout is None: that was "unexpected
     AttributeError (a bug in zoo)"."""

@@ -29,6 +29,13 @@ def _escape(character: str) -> str:
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else repr(character)[1:-1]
 
 
+def _say(text: str) -> None:
+    """A line on stderr; none where the process started with stderr closed (`2>&-`): print() would
+    write it to stdout then, into what a pipe reads (a --json document among it)."""
+    if sys.stderr is not None:
+        print(text, file=sys.stderr)
+
+
 _shown: set[str] = set()
 
 
@@ -41,7 +48,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         text = one_line(f"warning: {message}")
         if text not in _shown:
             _shown.add(text)
-            print(text, file=sys.stderr)
+            _say(text)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -104,7 +111,7 @@ def main() -> None:
     except ZooError as error:
         if debugging():
             raise
-        print(one_line(f"error: {error}"), file=sys.stderr)
+        _say(one_line(f"error: {error}"))
         sys.exit(1)
     except OSError as error:  # disk full, permission denied, ...: the system's words, one line
         if debugging():
@@ -117,21 +124,21 @@ def main() -> None:
         stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
         # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
         done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
-        print(one_line(f"error: {stdout}{error.strerror or error}{where}{done}"), file=sys.stderr)
+        _say(one_line(f"error: {stdout}{error.strerror or error}{where}{done}"))
         sys.exit(1)
     except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
         if debugging():
             raise
-        print(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"), file=sys.stderr)
+        _say(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"))
         sys.exit(1)
     except ModuleNotFoundError as error:
         if debugging() or error.name not in EXTRAS:
             raise
-        print(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'", file=sys.stderr)
+        _say(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'")
         sys.exit(1)
     except (Stopped, KeyboardInterrupt) as stopping:  # a KeyboardInterrupt comes before a command runs
         stopped = stopping if isinstance(stopping, Stopped) else Stopped.by(stopping)
-        print(stopped.message, file=sys.stderr)
+        _say(stopped.message)
         # The cleanup has run. A worker thread the signal caught while its pool started it is
         # known to no pool, waits for work forever, and would keep the interpreter's exit waiting
         # for it: the exit handlers run (Ray's shutdown among them), then the process ends.
@@ -144,8 +151,7 @@ def main() -> None:
     except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
         if debugging():
             raise
-        print(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"),
-              file=sys.stderr)
+        _say(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"))
         sys.exit(1)
 
 
