@@ -199,3 +199,26 @@ def test_a_zoo_home_whose_path_is_not_utf8_works(tiny_model, tmp_path):
     (home / "catalogue.sqlite").unlink()  # the index is rebuilt from the manifests, at that path too
     done = run("ls")
     assert done.returncode == 0 and "org/m" in done.stdout, done.stderr
+
+
+def test_a_float_parameter_written_as_an_integer_names_the_same_variant(tiny_model, tmp_path):
+    """`-p l2:target_ratio=4` kept the integer, so the zoo stored the pipeline of `-p
+    l2:target_ratio=4.0` a second time under a variant of its own, and `NAME:l2:target_ratio=3`
+    found no `3.0`."""
+    home = tmp_path / "zoo"
+    assert zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=4.0", home=home).returncode == 0
+    again = zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=4", home=home)
+    assert again.returncode == 1 and "already in the zoo" in again.stderr, again.stderr
+    assert zoo_cli("compress", tiny_model, "--name", "v", "-p", "l2:target_ratio=3.0", home=home).returncode == 0
+    for ref in ("v:l2:target_ratio=3", "v:l2:target_ratio=3.0", "v:l2:target_ratio=3.0,tune=0"):
+        done = zoo_cli("info", ref, home=home)
+        assert done.returncode == 0, (ref, done.stderr)
+
+
+def test_a_variant_stored_with_an_integer_for_a_float_is_still_found():
+    """Zoos written before floats were written as floats hold labels such as `target_ratio=8,tune=0`."""
+    from zoo.hub.manifest import Entry, variant_match
+
+    old = Entry("m", "main", "l2:target_ratio=8,tune=0", "0" * 40, Path("x"), "l2:target_ratio=8,tune=0|fprans", None, 1, 1, 0.0)
+    assert all(variant_match(wanted, old) for wanted in ("l2:target_ratio=8", "l2:target_ratio=8.0", "l2:target_ratio=8,tune=0"))
+    assert not variant_match("l2:target_ratio=9", old)

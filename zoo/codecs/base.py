@@ -116,8 +116,8 @@ class Param:
         return f"{noun} {'' if bounds.startswith(('at', 'above')) else 'in '}{bounds}" if bounds else noun
 
     def check(self, codec_id: str, value: Any) -> Any:
-        """`value` as given when it is one this parameter takes, else a PipelineError; the same
-        rule in every codec (JSON true/false are not numbers, NaN and infinity are in no range)."""
+        """`value` when it is one this parameter takes (an integer given for a float as that float),
+        else a PipelineError; the same rule in every codec (JSON true/false are not numbers, NaN and infinity are in no range)."""
         from zoo.errors import PipelineError
 
         if value is None and self.default is None:
@@ -132,6 +132,11 @@ class Param:
             fits = (not isinstance(value, bool) and isinstance(value, numbers) and (isinstance(value, int) or math.isfinite(value))
                     and (self.low is None or (value > self.low if self.open_low else value >= self.low))
                     and (self.high is None or value <= self.high))
+        if fits and self.kind is float:
+            try:  # one text for one value: `target_ratio=10` and `=10.0` are one pipeline, one variant in the zoo
+                value = float(value)
+            except OverflowError:
+                fits = False
         if not fits:
             raise PipelineError(f"{codec_id}: {self.name} must be {self.describe()}, got {value!r}")
         return value

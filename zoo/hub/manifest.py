@@ -340,15 +340,23 @@ def quality_label(entry: Entry) -> str:
     return label
 
 
+@functools.lru_cache(maxsize=256)
+def canonical_variant(label: str) -> str:
+    """A variant, or a spec as the user typed it, as variant_of writes it now: `l2:target_ratio=8`
+    is `l2:target_ratio=8.0,tune=0`, also where a zoo stored it before float parameters given as
+    integers were written as floats. Text that is no spec zoo can read stays as it is."""
+    if label == LOSSLESS:
+        return label
+    try:
+        return variant_of(label)
+    except (ZooError, ValueError, TypeError):
+        return label
+
+
 def variant_match(wanted: str, entry: Entry) -> bool:
     """Whether a ref's VARIANT names `entry`: its stored label, its full pipeline, or a spec as the
-    user typed it (`l2:target_ratio=10` for the stored `l2:target_ratio=10,tune=0`)."""
-    if wanted in (entry.variant, entry.pipeline) or (wanted == LOSSLESS and entry.variant == LOSSLESS):
-        return True
-    try:
-        return variant_of(wanted) == entry.variant
-    except (ZooError, ValueError, TypeError):  # not a pipeline spec zoo can read: it names no variant
-        return False
+    user typed it (`l2:target_ratio=10` for the stored `l2:target_ratio=10.0,tune=0`)."""
+    return wanted in (entry.variant, entry.pipeline) or canonical_variant(wanted) == canonical_variant(entry.variant)
 
 
 def readable(found: list[Entry], ref: str, has_main: bool) -> list[Entry]:

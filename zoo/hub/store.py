@@ -38,8 +38,8 @@ from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component,
-    base_standing, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8, stored_against, variant_match,
-    variant_of,
+    base_standing, canonical_variant, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8,
+    stored_against, variant_match, variant_of,
 )
 from zoo.hub.remote import StorageError, index_home, is_url
 from zoo.hub.remote.folder import fsync_path
@@ -1036,7 +1036,7 @@ class Store:
         claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
         pipeline = str(metadata.get("pipeline", ""))
         return (claimed.get("name"), claimed.get("revision") or DEFAULT_REVISION, variant_of(pipeline) if pipeline else LOSSLESS) \
-            == (record["name"], record["revision"], record["variant"])
+            == (record["name"], record["revision"], canonical_variant(record["variant"]))
 
     def _index_problem(self, manifest_count: int) -> str | None:
         try:
