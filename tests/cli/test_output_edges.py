@@ -426,3 +426,17 @@ def test_names_are_printed_escaped_in_a_strict_utf8_locale_and_never_act_on_the_
     done = zoo_cli("verify", archive, env=strict, cwd=tmp_path)
     assert done.returncode == 1 and "unexpected" not in done.stderr and "\x1b[2J" not in done.stderr, done.stderr
     assert "damaged: " in done.stderr, done.stderr
+
+
+def test_a_table_on_a_terminal_too_narrow_for_its_box_is_printed_whole(tmp_path):
+    """At 50 columns rich dropped the tensor column and cut values to what looked like others
+    (`64×32` as `64×3`, `0.857` as `0.8`): now plain lines, nothing cut."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"weight": ("F32", random_storage("F32", (64, 32), 1)),
+                                                              "bias": ("BF16", random_storage("BF16", (8,), 2))})
+    ok(zoo_cli("compress", weights, "-o", "w.zoo", cwd=tmp_path))
+    plain = ok(zoo_cli("info", "w.zoo", cwd=tmp_path)).stdout.splitlines()
+    narrow = _visible(ok(zoo_cli("info", "w.zoo", env={**TERMINAL, "COLUMNS": "50"}, cwd=tmp_path)).stdout).splitlines()
+    table = [line for line in plain if line.startswith(("tensor", "weight", "bias"))]
+    assert len(table) == 3 and all(line in narrow for line in table), (plain, narrow)
+    wide = _visible(ok(zoo_cli("info", "w.zoo", env=TERMINAL, cwd=tmp_path)).stdout)
+    assert "┃" in wide and "64×32" in wide, wide  # where it fits, still the box

@@ -95,12 +95,16 @@ def source_bytes(source: Path) -> int:
 
 def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = (), fold: tuple[str, ...] = ()) -> None:
     """A table on stdout: boxed to the terminal's width on a terminal (the first column and those
-    in `fold` fold, the others stay whole), plain aligned lines when piped, one row a line, nothing
-    cut. Names in the cells are printed as one_line writes them."""
+    in `fold` fold, the others stay whole), plain aligned lines when piped or where the terminal is
+    too narrow for the box, one row a line, nothing cut. Names in the cells are printed as one_line
+    writes them."""
     title = one_line(title) if title else title
     rows = [[one_line(text) for text in row] for row in rows]
-    if not stdout.is_terminal:
-        widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
+    widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
+    # A box needs its whole columns side by side (a folding one at least 4 wide) and 3 columns of
+    # border each: where the terminal is narrower, rich would drop columns and cut numbers.
+    boxed = sum(min(width, 4) if number == 0 or name in fold else width for number, (name, width) in enumerate(zip(columns, widths)))
+    if not stdout.is_terminal or boxed + 3 * len(columns) + 1 > stdout.width:
         if title:
             stdout.file.write(title + "\n")
         for row in (columns, *rows):
