@@ -292,3 +292,36 @@ def test_a_tied_weight_is_matched_by_its_key_in_a_folder_of_two_checkpoints(tmp_
         with zoo.open(tmp_path / "m.zoo") as archive:
             tied = archive.get_tensor("ck/pytorch_model.bin::lm_head.weight", "pt")
         assert torch.equal(tied, original["lm_head.weight"]) is exact, spec
+
+
+def test_a_file_that_starts_as_no_checkpoint_is_named_as_such(tmp_path):
+    """Text in a .bin was "not a readable PyTorch checkpoint: KeyError: 101" (the unpickler's
+    reading of the letter e), by compress and by eval alike."""
+    from zoo.evaluate.weights import _TorchFile
+
+    (tmp_path / "h.bin").write_bytes(b"hello")
+    with pytest.raises(InputError, match=r"h.bin: neither a zip nor a legacy PyTorch checkpoint \(no pickle of protocol 2 or later"):
+        zoo.compress(tmp_path / "h.bin", tmp_path / "h.zoo")
+    with pytest.raises(InputError, match=r"h.bin: neither a zip nor a legacy PyTorch checkpoint"):
+        _TorchFile(tmp_path / "h.bin")
+
+
+def test_tensor_names_that_are_not_utf8_leave_the_file_as_bytes(tmp_path):
+    """A safetensors header's "\\ud800x" or a pickle's key "\\ud800" (lone surrogates, which the
+    safetensors library itself refuses) were stored as tensor names, and `zoo info` and the
+    --json output failed on them; the file is kept as bytes instead, as for other headers zoo
+    cannot take."""
+    import struct
+
+    model = tmp_path / "model"
+    model.mkdir()
+    header = b'{"\\ud800x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    header += b" " * (-len(header) % 8)
+    (model / "a.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    torch.save({"\ud800evil": torch.ones(4), "ok": torch.zeros(3)}, model / "pytorch_model.bin")
+    report = zoo.compress(model, tmp_path / "m.zoo")
+    assert not report.tensors and len(report.opaque) == 2, report.opaque
+    assert zoo.decompress(tmp_path / "m.zoo", tmp_path / "out").files
+    assert (tmp_path / "out" / "a.safetensors").read_bytes() == (model / "a.safetensors").read_bytes()
+    with pytest.raises(InputError, match="not UTF-8"):
+        zoo.compress(model / "a.safetensors", tmp_path / "a.zoo")

@@ -14,7 +14,6 @@ from typing import Any
 
 from zoo.errors import InputError
 from zoo.evaluate.models import Model
-from zoo.optimize.models import first_line
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,6 +57,8 @@ class _TorchFile:
     def __init__(self, path: Path) -> None:
         import torch
 
+        from zoo.sources.torch import unreadable
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch's notes on deprecated storages and dtypes, as compress reads them
@@ -68,7 +69,7 @@ class _TorchFile:
                         raise
                     state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy layout cannot be mapped
         except Exception as error:  # torch raises many types for a file that is not a checkpoint
-            raise InputError(f"{path}: not a readable PyTorch checkpoint: {first_line(error)}") from None
+            raise unreadable(path, error) from None
         self._path = path
         self._tensors: dict[str, Any] = {}
         self._flatten(state, "", torch)

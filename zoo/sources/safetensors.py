@@ -44,6 +44,15 @@ def is_lfs_pointer(path: Path, size: int) -> bool:
         return f.read(len(LFS_POINTER)) == LFS_POINTER
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: a str from JSON or a pickle may hold a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_safetensors(path: Path, size: int) -> list[Segment]:
     """Segments of a safetensors file, after checking its header against its size."""
     if is_lfs_pointer(path, size):
@@ -86,6 +95,8 @@ def parse_safetensors(path: Path, size: int) -> list[Segment]:
         if name == "__metadata__":
             continue
         where = f"{path}: tensor {name!r}"
+        if not name.isascii() and not utf8(name):  # JSON's "\ud800": no name safetensors itself reads
+            raise InputError(f"{where}: a name that is not UTF-8 (a lone surrogate escape)")
         if not isinstance(entry, dict):
             raise InputError(f"{where}: entry is not an object")
         dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from zoo.errors import InputError, ZooWarning
+from zoo.sources.safetensors import utf8
 from zoo.sources.segments import Segment, SourceFile
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -59,6 +60,17 @@ class _Tensor:
     weight: bool
 
 
+def unreadable(path: Path, error: Exception) -> InputError:
+    """The error for a file torch could not read as a checkpoint. One that starts as no pickle of
+    protocol 2 or later does (text, another format) is said to be none, rather than by what the
+    unpickler made of its first bytes ("KeyError: 101"): a legacy checkpoint starts with its
+    magic number, pickled so (torch.load(weights_only=True) reads no older protocol)."""
+    with open(path, "rb") as f:
+        if f.read(1) not in (pickle.PROTO, b""):  # an empty file is said to end early
+            return InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint (no pickle of protocol 2 or later at its start)")
+    return InputError(f"{path}: not a readable PyTorch checkpoint: {_described(error)}")
+
+
 def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     """The file as a torch checkpoint; InputError (UnsafePickle for the allowlist) when it is not one."""
     import torch  # noqa: F401 - without torch, the CLI names the extra to install before anything is read
@@ -81,7 +93,7 @@ def checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - torch and zipfile raise many types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a readable PyTorch checkpoint: {_described(error)}") from None
+        raise unreadable(path, error) from None
 
 
 def _described(error: Exception) -> str:
@@ -141,7 +153,7 @@ def _unpickle(stream: BinaryIO, storages: _Storages | None = None) -> Any:
         return unpickler.load()
 
 
-def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
+def _named_tensors(obj: Any, storages: _Storages, path: Path) -> list[_Tensor]:
     """Every tensor in the unpickled object, named by its path of keys (`state.0.exp_avg`)."""
     torch = storages.torch
     found: list[_Tensor] = []
@@ -149,7 +161,7 @@ def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
 
     def walk(node: Any, prefix: str, depth: int, weight: bool) -> None:
         if depth > MAX_DEPTH:
-            raise InputError(f"checkpoint nests deeper than {MAX_DEPTH} levels")
+            raise InputError(f"{path}: checkpoint nests deeper than {MAX_DEPTH} levels")
         if isinstance(node, torch.Tensor):
             key = by_storage.get(node.untyped_storage()._cdata)
             if key is not None:
@@ -165,6 +177,9 @@ def _named_tensors(obj: Any, storages: _Storages) -> list[_Tensor]:
                 walk(child, f"{prefix}.{index}" if prefix else str(index), depth + 1, weight)
 
     walk(obj, "", 0, True)
+    for tensor in found:
+        if not tensor.name.isascii() and not utf8(tensor.name):  # a key such as "\ud800": no name an archive can hold
+            raise InputError(f"{path}: checkpoint names a tensor {tensor.name!r}, which is not UTF-8 (a lone surrogate)")
     # {"a.b": x, "a": {"b": y}} gives two paths the same name: the later ones get "#2", "#3"...
     seen: dict[str, int] = {}
     for tensor in found:
@@ -192,7 +207,7 @@ def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
             with archive.open(f"{folder}/byteorder") as member:
                 _little_endian(path, member.read(16).strip() == b"little")  # none: written little-endian, before torch said
         storages = _Storages()
-        tensors = _named_tensors(_unpickle(io.BytesIO(data), storages), storages)
+        tensors = _named_tensors(_unpickle(io.BytesIO(data), storages), storages, path)
         placed: dict[str, tuple[int, int]] = {}
         with open(path, "rb") as f:
             for member in archive.infolist():
@@ -209,13 +224,15 @@ def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
 
 def _legacy_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
     with open(path, "rb") as f:
+        # its magic number is a pickle of protocol 2: a file that starts otherwise (text, another
+        # format) is none, said so rather than by what the unpickler made of its first bytes
         if _unpickle(f) != _LEGACY_MAGIC:
             raise InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint")
         _unpickle(f)  # protocol version
         sys_info = _unpickle(f)
         _little_endian(path, not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False))
         storages = _Storages()
-        tensors = _named_tensors(_unpickle(f, storages), storages)
+        tensors = _named_tensors(_unpickle(f, storages), storages, path)
         keys = _unpickle(f)
         if not isinstance(keys, list) or any(str(key) not in storages.dtypes for key in keys):
             raise InputError(f"{path}: legacy checkpoint lists storages its pickle never named")
