@@ -549,3 +549,20 @@ def test_a_header_over_the_cap_is_one_line_before_any_coding(tmp_path):
                               env={**os.environ, "ZOO_HOME": str(tmp_path / "home")}, timeout=120, check=False)
         assert done.returncode == 1 and re.fullmatch(f"error: {re.escape(str(source))}: {OVER_THE_CAP}\n", done.stderr), (args, done.stderr)
     assert set(listing(tmp_path)) <= {"many.safetensors", "home"} and not list(tmp_path.rglob("*.zoo"))
+
+
+@pytest.mark.parametrize("metadata", [
+    {"quality": {"metrics": 5}}, {"quality": {"weights": "x"}}, {"quality": {"gates": [1]}}, {"quality": {"notes": 7}},
+    {"quality": {"metrics": {"kl_mean": [1], "bit_exact": "maybe", "ppl": {"a": 1}, "tokens": True, "missing": "a.bin"}}},
+    {"budget": {"trail": [1]}}, {"budget": {"trail": [{"bytes": "x", "bits_per_weight": None, "figure": [2]}], "proof": {"metrics": 1}}},
+], ids=lambda m: json.dumps(m)[:40])
+def test_info_shows_stored_figures_of_any_json_type(tmp_path, metadata):
+    """The metadata is free-form JSON (FORMAT.md); a quality or budget record of types zoo does not
+    write, in an archive from elsewhere, made `zoo info` fail with "unexpected TypeError" halfway
+    through its report."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    zoo.compress(weights, tmp_path / "w.zoo")
+    zoo.api.update_metadata(tmp_path / "w.zoo", metadata)
+    done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "w.zoo")], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -3,6 +3,7 @@ the quality table (eval, compress --eval, info), in a table or as --json."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -120,16 +121,20 @@ _HIDDEN = {"kl_mean_stderr", "top_k", "mismatched", "missing", "extra"}
 
 
 def _format(value: Any, style: str) -> str:
+    """A figure as `style` shows it; a figure that is no number is shown as it is stored (JSON's
+    "NaN" as result.json_safe writes it, or whatever an archive from elsewhere holds)."""
     if value is None:
         return "-"
-    if isinstance(value, str):  # a figure JSON has no number for, as stored ("NaN", "-Infinity": result.json_safe)
+    if style == "yes/no" and isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, str):
         return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return json.dumps(value, default=str)
     if style == "count":
         return f"{value:,}"
     if style == "bytes":
         return human_bytes(value)
-    if style == "yes/no":
-        return "yes" if value else "NO"
     if style == "percent":
         return f"{100 * value:.3f}%"
     if style == "cosine":
@@ -147,7 +152,8 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
         stdout.print(f"base: {record['base']} (the differences stored against it were added to it)", markup=False, highlight=False,
                      soft_wrap=True)
     rows = []
-    metrics = record.get("metrics") or {}
+    # every field as zoo writes it, or left out: an archive from elsewhere may hold any JSON there
+    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
     # In _LABELS' order: a stored record comes back with its keys sorted.
     for name in sorted(metrics, key=lambda n: list(_LABELS).index(n) if n in _LABELS else len(_LABELS)):
         value = metrics[name]
@@ -159,22 +165,27 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
             text += f" ± {metrics['kl_mean_stderr']:.2g}"
         rows.append([label, text])
     weights = record.get("weights")
-    if weights and weights.get("relative_error") is not None:  # an integer-only model's: identical, no element counted
+    if isinstance(weights, dict) and weights.get("relative_error") is not None:  # an integer-only model's: identical, no element counted
         sqnr = weights.get("sqnr_db")
         rows.append(["weights: relative error", _format(weights.get("relative_error"), "value")])
         rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{_format(sqnr, 'dB')} dB"])
         rows.append(["weights: cosine", _format(weights.get("cosine"), "cosine")])
     print_table(f"quality ({record.get('kind')})", ["figure", "value"], rows, ("value",))
     for key, what in (("mismatched", "differ"), ("missing", "missing from the archive"), ("extra", "not in the source")):
-        for path in metrics.get(key) or []:
+        for path in _listed(metrics.get(key)):
             stdout.print(f"  {path}: {what}", markup=False, highlight=False)
-    for note in record.get("notes") or []:
+    for note in _listed(record.get("notes")):
         stdout.print(f"note: {note}", markup=False, highlight=False)
-    gates = record.get("gates") or {}
-    if gates:
+    gates = record.get("gates")
+    if isinstance(gates, dict) and gates:
         # a string is a gate stored as JSON holds NaN ("NaN"): archives from before such gates were refused
-        given = ", ".join(f"--{name.replace('_', '-')} {value if isinstance(value, str) else format(value, 'g')}" for name, value in gates.items())
+        given = ", ".join(f"--{name.replace('_', '-')} {_format(value, 'value')}" for name, value in gates.items())
         stdout.print(f"gates ({given}): {'passed' if record.get('passed') else 'FAILED'}", markup=False, highlight=False)
+
+
+def _listed(value: Any) -> list[Any]:
+    """A stored list's items; a lone value as one; nothing for none."""
+    return value if isinstance(value, list) else [] if value is None or value == "" else [value]
 
 
 def print_tensors(tensors: list[dict[str, Any]]) -> None:
@@ -196,6 +207,10 @@ def _budget_limit(text: Any) -> float | None:
         return None
 
 
+def _number(value: Any, shown: Any) -> str:
+    return shown(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _format(value, "value")
+
+
 def print_budget(record: dict[str, Any]) -> None:
     """What compress --budget stored (zoo.evaluate.budget): the search's trail, then its proof."""
     judged = (f"judged on {record['held_out']}; calibrated on {record.get('calibration')}" if record.get("held_out")
@@ -206,9 +221,11 @@ def print_budget(record: dict[str, Any]) -> None:
 
     limit = _budget_limit(record.get("budget"))
     columns = ["candidate", "stored", "bits/weight", "figure", "meets"]
-    rows = [[str(step.get("pipeline", "")).split("|")[0].split(",")[0], human_bytes(step.get("bytes") or 0), f"{step.get('bits_per_weight', 0):.3f}",
+    steps = [step for step in _listed(record.get("trail")) if isinstance(step, dict)]
+    rows = [[str(step.get("pipeline", "")).split("|")[0].split(",")[0], _number(step.get("bytes"), human_bytes),
+             _number(step.get("bits_per_weight"), "{:.3f}".format),
              _format(step.get("figure"), "value") if limit is None or not isinstance(step.get("figure"), float)
-             else figure_text(step["figure"], limit), "yes" if step.get("meets") else "no"] for step in record.get("trail") or []]
+             else figure_text(step["figure"], limit), "yes" if step.get("meets") else "no"] for step in steps]
     print_table("budget search, in the order tried", columns, rows, right=tuple(columns[1:]), fold=tuple(columns))
     if isinstance(record.get("proof"), dict):
         print_quality(record["proof"], f"proof: the kept archive on held-out text, against {record['proof'].get('reference')}")
