@@ -40,10 +40,11 @@ def test_bench_measures_every_coder_on_a_small_model(tmp_path):
     pytest.importorskip("zipnn")
     source = write_safetensors(tmp_path / "m.safetensors", {"a": ("F32", random_storage("F32", (300, 64))),
                                                              "b": ("BF16", random_storage("BF16", (100, 32)))})
-    done = zoo("bench", str(source), "--dtype", "bf16", "--dtype", "F32", "--repeat", "1", "--threads", "2", "--json")
+    done = zoo("bench", str(source), "--dtype", "bf16", "--dtype", "F32", "--dtype", "f32", "--repeat", "1", "--threads", "2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     coders = {(f["dtype"], f["coder"]) for f in report["figures"]}
+    assert len(coders) == len(report["figures"]), report["figures"]  # a dtype given twice is measured once
     assert {("BF16", "zoo lossless"), ("BF16", "zipnn"), ("BF16", "zstd -3"), ("F32", "zoo lossless")} <= coders
     ours = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zoo lossless"}
     assert all(0 < f["ratio"] < 1 and f["compress_gbps"] > 0 and f["decompress_gbps"] > 0 for f in ours.values())

@@ -2,6 +2,7 @@
 the zoo refuses, a stdout that cannot be written, help that names what a command takes. Each
 through the real entry point."""
 
+import json
 import os
 import subprocess
 import sys
@@ -440,3 +441,24 @@ def test_a_table_on_a_terminal_too_narrow_for_its_box_is_printed_whole(tmp_path)
     assert len(table) == 3 and all(line in narrow for line in table), (plain, narrow)
     wide = _visible(ok(zoo_cli("info", "w.zoo", env=TERMINAL, cwd=tmp_path)).stdout)
     assert "┃" in wide and "64×32" in wide, wide  # where it fits, still the box
+
+
+def test_what_a_command_is_given_to_no_effect_is_said_or_done_once(one_file_archive, tmp_path):
+    """sweep -p X -p X swept X twice; sweep of an archive said it had no float weights; verify
+    --base without an archive ignored --base in silence."""
+    source = tmp_path / "w.safetensors"
+    done = ok(zoo_cli("sweep", source, "-p", "truncate:bits=4", "-p", "truncate:bits=4", "--json", cwd=tmp_path))
+    assert [point["pipeline"] for point in json.loads(done.stdout)["points"]] == ["truncate:bits=4"], done.stdout
+    done = zoo_cli("sweep", one_file_archive, "-p", "truncate:bits=4")
+    assert done.returncode == 1 and "a zoo archive already" in done.stderr, done.stderr
+    done = ok(zoo_cli("verify", "--base", "nope", home=tmp_path / "zoo"))
+    assert done.stderr.startswith("note: --base applies to an archive"), done.stderr
+
+
+def test_an_empty_name_for_a_pulled_model_is_refused_not_taken_as_none(tmp_path):
+    from zoo.errors import InputError
+    from zoo.hub.pull import pull
+    from zoo.hub.store import Store
+
+    with pytest.raises(InputError, match="'' is not a usable model name"):
+        pull("org/model", store=Store(tmp_path / "zoo"), name="")  # refused before any download is tried

@@ -299,6 +299,8 @@ def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archiv
     from zoo import api
 
     if archive is None:
+        if base is not None:  # as compress's notes say what does nothing there
+            stderr.print("note: --base applies to an archive; the zoo's models name their own bases", markup=False, highlight=False)
         _verify_zoo(threads, as_json)
         return
 

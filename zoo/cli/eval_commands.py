@@ -103,7 +103,8 @@ def eval_command(
     text: Annotated[Optional[Path], typer.Option(
         "--text", help="UTF-8 text to score (causal LMs), or sentences one per line (encoders; LABEL<TAB>sentence for classifiers). "
                        "Default: the text and sentences shipped with zoo.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Score at most this many tokens.")] = 4096,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Score at most this many tokens (an encoder scores whole "
+                                                             "sentences: at least the first, however long).")] = 4096,
     kind: Annotated[Optional[str], typer.Option(
         "--kind", help="Override the evaluation picked from config.json: causal-lm, encoder, classifier or weights.")] = None,
     max_kl: MaxKl = None,

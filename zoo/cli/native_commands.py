@@ -26,7 +26,7 @@ def bench(
 
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    dtypes = tuple(d.upper() for d in dtype) if dtype else library.BENCH_DTYPES
+    dtypes = tuple(dict.fromkeys(d.upper() for d in dtype)) if dtype else library.BENCH_DTYPES  # each once, however often given
     report = library.run(source, threads=threads, dtypes=dtypes, repeat=repeat, spec=pipeline)
     if as_json:
         print_json(report)

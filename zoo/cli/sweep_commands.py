@@ -24,7 +24,8 @@ def sweep(
     base: Annotated[Optional[Path], typer.Option("--base", help="The model MODEL was fine-tuned from: each pipeline stores the tensors it "
                                                  "selects as differences from it, and is evaluated rebuilt on it.", show_default=False)] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Evaluation text (default: the text shipped with zoo).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=16, help="Evaluate on at most this many tokens.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=16, help="Evaluate on at most this many tokens (an encoder on "
+                                                                                         "whole sentences: at least the first).")] = None,
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
@@ -36,6 +37,7 @@ def sweep(
     from zoo.evaluate import sweep as library
     from zoo.errors import InputError
 
+    pipeline = list(dict.fromkeys(pipeline))  # a pipeline given twice is swept once
     if plot is not None:  # before any work: a sweep takes minutes, and a refusal then would lose its table
         library.check_plot_destination(plot, force)
     evaluation_text = None

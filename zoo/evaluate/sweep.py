@@ -108,8 +108,11 @@ def sweep(
     specs = [Pipeline.parse(spec).spec() for spec in pipelines]  # every spec checked before any work
     if not Path(model).exists():
         raise InputError(f"{model}: no such file or folder")
+    from zoo.container.format import refuse_an_archive
     from zoo.sources.folder import float_weights
 
+    if Path(model).is_file():
+        refuse_an_archive(Path(model))  # its weights are in it, but a sweep compresses a model, as compress does
     if not float_weights(model):  # bits per weight, the frontier's axis, counts float weights
         raise InputError(f"{model}: no float weights to sweep (its tensors are integers, or it has none)")
     options: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}

@@ -166,7 +166,7 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     repo_id, revision = parse_repo_ref(ref)
     check_globs(include, exclude)  # before the download, not after it
     store = store or Store()
-    name = check_name(name or repo_id)
+    name = check_name(repo_id if name is None else name)  # --name "" is refused as any other bad name, not read as none
     variant = variant_of(Pipeline.parse(pipeline or DEFAULT_SPEC).spec())
     held = store.exists_ref(name, revision, variant)
     theirs = None if force else not_pulled_from(store, name, revision, repo_id)
