@@ -535,12 +535,18 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")
     named_base = xor.resolve_base(store, base) if base is not None and delta else None
+    from zoo.evaluate.result import QualityGateError
+
     with store.workspace() as folder:
         sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, resolve_threads(threads))
         shell = build_model(store, sink, source, name, revision, chosen, commit=commit, source_label=source_label, threads=threads,
                             progress=progress, base=named_base, delta=delta, replacing=ref if force else None, **options)
         if check is not None:
-            check(shell)
+            try:
+                check(shell)
+            except QualityGateError as error:
+                error.ref = ref  # where it was going (compress --json says so)
+                raise
         entry = store.add_composed(shell, sink, name, revision, commit=commit, source=source_label, force=force)
     warn_of_other_weights(store, entry)
     return entry

@@ -307,9 +307,10 @@ def test_compress_gate_failure_leaves_no_archive(trained, tmp_path, monkeypatch,
     assert code == 1 and document["kept"] is False and document["output"] == str(tmp_path / "lm.zoo") and "--max-kl" in document["error"]
     assert document["metadata"]["quality"]["passed"] is False and document["metadata"]["quality"]["kl_mean"] > 1e-9
     assert list(tmp_path.iterdir()) == []
-    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=1", "--name", "never",
-                           "--max-kl", "1e-9")
-    assert code == 1
+    code, out, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-p", "truncate:bits=1", "--name", "never",
+                             "--max-kl", "1e-9", "--json")
+    document = json.loads(out)  # into the zoo, the ref it was going to (output and zoo were both null)
+    assert code == 1 and document["kept"] is False and document["zoo"] == {"ref": "never@main:truncate:bits=1"}, out
     code, out, _ = run_cli(monkeypatch, capsys, "ls", "--json")
     assert "never" not in out
 

@@ -148,7 +148,7 @@ def compress(
             return
     except QualityGateError as error:
         if as_json:  # where it was going, and the figures where a kept archive's document has them (metadata.quality), as it stores them
-            print_json({"kept": False, "output": output, "zoo": None, "error": str(error),
+            print_json({"kept": False, "output": output, "zoo": None if error.ref is None else {"ref": error.ref}, "error": str(error),
                         "metadata": {"quality": error.result.record()}})
         else:
             print_quality(error.result.to_dict(), f"quality, against {source}")

@@ -48,6 +48,7 @@ class QualityGateError(ZooError):
     def __init__(self, message: str, result: EvalResult) -> None:
         super().__init__(message)
         self.result = result
+        self.ref: str | None = None  # NAME@REVISION:VARIANT, where the model was going into a zoo
 
 
 @dataclass
