@@ -188,6 +188,26 @@ def _to_f8(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     return (codes | (np.signbit(values).astype(np.int64) << 7)).astype(np.uint8)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LARGEST = {"F16": 65504.0, "BF16": float(np.uint32(0x7F7F0000).view(np.float32)), "F32": FLOAT32_MAX,
+            "F64": FLOAT32_MAX}  # F64 as the float32 values of a lossy stage reach it
+
+
+def saturated(values: np.ndarray, dtype: str, where: np.ndarray | None = None) -> np.ndarray:
+    """float32 `values` of a lossy reconstruction (of weights that were finite), with those past the
+    largest finite number `dtype` holds set to it, infinities among them (a float32 product or sum
+    that overflowed): a weight at the edge of the range comes back at the edge, never as an
+    infinity, as fp8's conversion always saturates. NaN stays NaN. With `where` (a mask), only
+    there. In place where `values` is writable."""
+    limit = _LARGEST.get(dtype)
+    if limit is None:  # fp8: from_float32 saturates
+        return values
+    limit32 = np.float32(limit)
+    if where is None:
+        return np.clip(values, -limit32, limit32, out=values if values.flags.writeable else None)
+    return np.where(where, np.clip(values, -limit32, limit32), values)
+
+
 def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     """Raw storage of `dtype` nearest to float32 `values` (round to nearest, ties to even)."""
     values = np.ascontiguousarray(values, dtype=np.float32)

@@ -440,3 +440,64 @@ def test_codebook_keeps_whole_a_tensor_its_parts_would_not_shrink(tmp_path):
     assert report.compressed_bytes < report.original_bytes
     with zoo.open(tmp_path / "m.zoo") as opened:
         assert np.array_equal(opened.read_tensor("layer.weight").data, weights)  # exact: the stage left it alone
+
+
+def _edge_weights(dtype: str, seed: int = 0) -> np.ndarray:
+    """Raw storage of finite weights spread up to the largest `dtype` holds, columns 0 and 1 at it."""
+    import torch
+
+    largest = {"F16": 65504.0, "BF16": 3.3895314e38, "F32": 3.4028235e38}[dtype]
+    values = np.clip(np.random.default_rng(seed).standard_normal((64, 96)) * largest / 3, -largest, largest)
+    values[:, 0], values[:, 1] = largest, -largest
+    typed = torch.from_numpy(values).to({"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}[dtype])
+    assert torch.isfinite(typed).all()
+    return typed.view(torch.int16 if dtype != "F32" else torch.int32).numpy().view({"F16": "<u2", "BF16": "<u2", "F32": "<f4"}[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+@pytest.mark.parametrize("spec", ["codebook", "codebook:rows=1", "lowrank:ratio=0.5", "l2", "pranc", "lowrank:ratio=0.5|codebook:bits=4"])
+def test_finite_weights_at_the_edge_of_the_range_never_come_back_infinite(tmp_path, dtype, spec):
+    """A reconstruction that overshot the largest finite weight rounded to infinity (57 of F16's
+    weights under codebook, 143 under l2), and zoo eval's figures of such an archive were NaN: it
+    saturates at the largest value instead, as fp8 always did."""
+    source = write_safetensors(tmp_path / "w.safetensors", {"w.weight": (dtype, _edge_weights(dtype))})
+    zoo.compress(source, tmp_path / "w.zoo", spec)
+    zoo.decompress(tmp_path / "w.zoo", tmp_path / "out")
+    import safetensors.torch
+
+    with safetensors.torch.safe_open(tmp_path / "out" / "w.safetensors", "pt") as opened:
+        back = opened.get_tensor("w.weight").float()
+    assert bool(back.isfinite().all()), int((~back.isfinite()).sum())
+
+
+def test_l2_never_writes_a_step_its_decoder_refuses(tmp_path):
+    """Given few bits for weights near float32's largest, the survey's float64 step lay beyond
+    float32's range: compress exited 0 and wrote an archive that verify called damaged and no
+    command could read."""
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "two.safetensors", {
+        "a.weight": ("F32", (rng.standard_normal((64, 96)) * 0.05).astype("<f4")),
+        "b.weight": ("F32", (np.clip(rng.standard_normal((32, 64)), -1, 1) * 3e38).astype("<f4"))})
+    for spec in ("l2", "l2:target_ratio=4"):
+        zoo.compress(source, tmp_path / "two.zoo", spec, force=True)
+        assert zoo.verify(tmp_path / "two.zoo") == []
+        state = zoo.load_state_dict(tmp_path / "two.zoo")
+        assert all(bool(t.isfinite().all()) for t in state.values())
+
+
+def test_a_difference_from_the_base_rebuilt_past_the_range_saturates(tmp_path):
+    """truncate's rounded difference, added to the base, passed F16's largest for weights at it:
+    they came back infinite with --base, where without a base truncate keeps them finite."""
+    rng = np.random.default_rng(1)
+    base = (rng.standard_normal((64, 96)) * 100).astype("<f2")
+    tuned = base.copy()
+    tuned[0, :8] = 65504
+    tuned[1, :8] = np.inf  # an infinity the fine-tune holds stays one
+    write_safetensors(tmp_path / "base.safetensors", {"w.weight": ("F16", base.view("<u2"))})
+    write_safetensors(tmp_path / "tuned.safetensors", {"w.weight": ("F16", tuned.view("<u2"))})
+    zoo.compress(tmp_path / "tuned.safetensors", tmp_path / "t.zoo", "truncate", base=tmp_path / "base.safetensors")
+    zoo.decompress(tmp_path / "t.zoo", tmp_path / "out", base=tmp_path / "base.safetensors")
+    raw = (tmp_path / "out" / "tuned.safetensors").read_bytes()
+    back = np.frombuffer(raw[-base.nbytes:], "<f2").reshape(base.shape)
+    assert np.isfinite(back[0, :8]).all() and (back[0, :8] > 60000).all(), back[0, :8]
+    assert np.isinf(back[1, :8]).all()

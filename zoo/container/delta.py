@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from zoo.codecs.base import TypedArray
-from zoo.dtypes import from_float32, to_float32
+from zoo.dtypes import from_float32, saturated, to_float32
 from zoo.errors import FormatError
 
 DELTA_DTYPES = frozenset({"F32", "F16", "BF16"})  # float32 holds each of their values exactly
@@ -33,7 +33,12 @@ def digest(array: TypedArray) -> str:
 
 def rebuild(delta: TypedArray, base: TypedArray, dtype: str) -> TypedArray:
     """The tensor: float32 base plus float32 difference, rounded to `dtype` (ties to even)."""
-    total = to_float32(base.data, base.dtype).reshape(delta.shape) + delta.data.astype(np.float32, copy=False)
+    values, change = to_float32(base.data, base.dtype).reshape(delta.shape), delta.data.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        total = values + change
+    # a finite weight rebuilt past the range (a lossy difference's overshoot at its edge) saturates
+    # there; an infinity the base or the difference holds stays one
+    total = saturated(total, dtype, where=np.isfinite(values) & np.isfinite(change))
     return TypedArray(from_float32(total, dtype).reshape(delta.shape), dtype)
 
 

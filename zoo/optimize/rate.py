@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.dtypes import DTYPES, to_float32
+from zoo.dtypes import DTYPES, FLOAT32_MAX, to_float32
 from zoo.errors import OutOfReach, PipelineError
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Arrivals, Measure, StageProgress, TypedArray
@@ -72,6 +72,8 @@ class Curve:
         points = []
         for exponent in STEP_EXPONENTS:
             step = rms * 2.0**exponent
+            if step * max(1.0, *DEAD_ZONES) > FLOAT32_MAX:  # decoding computes in float32: no step it cannot hold
+                continue
             for fraction in DEAD_ZONES:
                 symbols = quantize(sample, step, fraction * step)
                 error = dequantize(symbols, step, fraction * step) - sample

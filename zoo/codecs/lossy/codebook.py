@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo import kernels as _kernels
-from zoo.dtypes import from_float32, to_float32
+from zoo.dtypes import from_float32, saturated, to_float32
 from zoo.errors import FormatError
 from zoo.optimize import refine as _refine
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
@@ -171,7 +171,8 @@ class Codebook(LossyCodec):
             raise FormatError(f"codebook: {error}") from None
         if groups.shape != (n_rows,) or (n_rows and groups.max() >= n_groups):
             raise FormatError("codebook: a row names a codebook the archive lacks")
-        row_codebooks = scales[:, None] * codebooks[groups]
+        with np.errstate(over="ignore"):  # a large scale times a large entry: saturated below, as any overshoot
+            row_codebooks = saturated(scales[:, None] * codebooks[groups], dtype)  # never an infinity from finite weights
         indices, bits = parts["indices"].data.reshape(-1), self.bits
         if not self.pack:
             if indices.size != n_rows * n_cols or (indices.size and int(indices.max()) >= 1 << self.bits):

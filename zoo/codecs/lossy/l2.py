@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.dtypes import DTYPES, from_float32, to_float32
+from zoo.dtypes import DTYPES, FLOAT32_MAX, from_float32, saturated, to_float32
 from zoo.errors import FormatError, PipelineError
 from zoo.codecs.lossy.deadzone import (LOWEST_BITS, SYMBOL_DTYPES, Plan, blocks, dequantize, quantize_stored,
                                        quantize_with_feedback, step_for_bits, symbols_array)
@@ -88,8 +88,14 @@ class L2(LossyCodec):
             step, dead_zone = plan.steps[name]
         else:
             step, dead_zone = step_for_bits(values, 32.0 / self.target_ratio), 0.0
+        # decoded in float32 (decode refuses a step past its range): a plan's float64 step for
+        # weights near float32's largest, given few bits, may lie beyond it
+        limited = min(step, FLOAT32_MAX), min(dead_zone, FLOAT32_MAX)
+        planned = limited == (step, dead_zone)
+        step, dead_zone = limited
         hessian = plan.hessian(name, values) if plan is not None else None
-        if plan is not None and name in plan.symbols and plan.symbols[name].size == values.size:  # tuned by the survey, on this very item
+        if (planned and plan is not None and name in plan.symbols
+                and plan.symbols[name].size == values.size):  # tuned by the survey, on this very item
             symbols = symbols_array(plan.symbols[name].reshape(values.shape))
         elif hessian is None:
             symbols = quantize_stored(values, step, dead_zone)
@@ -107,5 +113,5 @@ class L2(LossyCodec):
         if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite_in_float32(x) for x in (step, dead_zone))
                 or step <= 0 or dead_zone < 0):  # decoded in float32: a step past its range made every weight NaN (0 x inf)
             raise FormatError(f"l2: bad step {step!r} or dead zone {dead_zone!r}")
-        values = dequantize(symbols.data, step, dead_zone)
+        values = saturated(dequantize(symbols.data, step, dead_zone), dtype)  # the largest step past the largest weight
         return TypedArray(from_float32(values, dtype).reshape(shape), dtype)

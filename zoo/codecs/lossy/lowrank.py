@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo import kernels as _kernels
-from zoo.dtypes import from_float32, storage_dtype, to_float32
+from zoo.dtypes import from_float32, saturated, storage_dtype, to_float32
 from zoo.errors import FormatError, InputError, PipelineError
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
@@ -260,4 +260,4 @@ class LowRank(LossyCodec):
             product = factors[0] @ factors[1]
         else:
             raise FormatError(f"lowrank: unknown product {meta['product']!r}")
-        return TypedArray(from_float32(product, dtype).reshape(shape), dtype)
+        return TypedArray(from_float32(saturated(product, dtype), dtype).reshape(shape), dtype)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zoo import kernels as _kernels
-from zoo.dtypes import from_float32, to_float32
+from zoo.dtypes import from_float32, saturated, to_float32
 from zoo.errors import FormatError, InputError
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray, step_reporter
 
@@ -44,7 +44,8 @@ def combine(coefficients: np.ndarray, seed: int, stream: int, n: int) -> np.ndar
     total = np.zeros(n, dtype=np.float64)
     for j, coefficient in enumerate(coefficients.astype(np.float64)):
         total += coefficient * _kernels.philox_uniform(seed, stream, n, j * n).astype(np.float64)
-    return total.astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range: an infinity, which decode saturates
+        return total.astype(np.float32)
 
 
 def project(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -135,7 +136,7 @@ class Pranc(LossyCodec):
         n = math.prod(shape)
         if coefficients.data.size * n >= 1 << 40:
             raise FormatError(f"pranc: {coefficients.data.size} coefficients over {n} weights is beyond any fitted model")
-        values = combine(coefficients.data, seed, stream, n)
+        values = saturated(combine(coefficients.data, seed, stream, n), dtype)
         return TypedArray(from_float32(values, dtype).reshape(shape), dtype)
 
 
