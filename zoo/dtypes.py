@@ -193,6 +193,16 @@ _LARGEST = {"F16": 65504.0, "BF16": float(np.uint32(0x7F7F0000).view(np.float32)
             "F64": FLOAT32_MAX}  # F64 as the float32 values of a lossy stage reach it
 
 
+def fits_float32(values: np.ndarray) -> bool:
+    """Whether F64 `values` keep their magnitude as float32, which the lossy stages compute in: no
+    finite one past float32's largest (it would become an infinity), and not every nonzero one
+    below float32's smallest normal number (they would come back as zeros). NaN and infinities are
+    left to the stages' own refusal."""
+    magnitudes = np.abs(values[np.isfinite(values)])
+    largest = float(magnitudes.max()) if magnitudes.size else 0.0
+    return largest <= FLOAT32_MAX and (largest == 0.0 or largest >= float(np.finfo(np.float32).tiny))
+
+
 def saturated(values: np.ndarray, dtype: str, where: np.ndarray | None = None) -> np.ndarray:
     """float32 `values` of a lossy reconstruction (of weights that were finite), with those past the
     largest finite number `dtype` holds set to it, infinities among them (a float32 product or sum

@@ -501,3 +501,16 @@ def test_a_difference_from_the_base_rebuilt_past_the_range_saturates(tmp_path):
     back = np.frombuffer(raw[-base.nbytes:], "<f2").reshape(base.shape)
     assert np.isfinite(back[0, :8]).all() and (back[0, :8] > 60000).all(), back[0, :8]
     assert np.isinf(back[1, :8]).all()
+
+
+@pytest.mark.parametrize("scale", [1e39, 1e-50])
+@pytest.mark.parametrize("spec", ["lowrank:energy=0.9", "l2:target_ratio=4", "pranc"])
+def test_f64_weights_float32_cannot_hold_stay_lossless(tmp_path, spec, scale):
+    """The lossy stages compute in float32: F64 weights of 1e39 were refused as "NaN or infinite",
+    and weights of 1e-50 came back as zeros, with no word. They are left to the lossless stages."""
+    weights = np.random.default_rng(0).standard_normal((64, 96)) * scale
+    source = write_safetensors(tmp_path / "w.safetensors", {"w.weight": ("F64", weights.astype("<f8"))})
+    with pytest.warns(UserWarning, match="coded no tensor"):
+        zoo.compress(source, tmp_path / "w.zoo", spec)
+    zoo.decompress(tmp_path / "w.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "w.safetensors").read_bytes() == source.read_bytes()

@@ -272,8 +272,13 @@ class LossyCodec(ArrayCodec):
 
     def selects(self, name: str, array: TypedArray) -> bool:
         """Matrices and up of the stage's `dtypes`, minus what zoo.codecs.selection always keeps
-        lossless (norms, biases, position ids), filtered by the stage's include/exclude patterns."""
-        return array.dtype in self.dtypes and selected(name, array.dtype, array.data.shape, self.include, self.exclude)
+        lossless (norms, biases, position ids), filtered by the stage's include/exclude patterns;
+        and no F64 tensor whose values float32, which the stages compute in, cannot hold (1e39
+        was refused as infinite, 1e-50 came back as zeros): those stay lossless."""
+        from zoo.dtypes import fits_float32
+
+        return (array.dtype in self.dtypes and selected(name, array.dtype, array.data.shape, self.include, self.exclude)
+                and (array.dtype != "F64" or fits_float32(array.data)))
 
     def check_finite(self, values: np.ndarray, name: str) -> np.ndarray:
         """`values`, or an error when they hold NaN or infinity, which no lossy stage stores (a fit
