@@ -192,7 +192,8 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     if not sensitivities:
         # Data-free: relative MSE, each tensor's squared error over its mean square. A layer's output
         # moves with its relative error; plain MSE would starve the tensors with small weights.
-        sensitivities = {n: np.full(1, 1.0 / max(mean_square(v), 1e-30)) for n, v in values.items()}
+        # (a floor of 1e-30 here made the errors of tensors of RMS below 1e-15 look almost free)
+        sensitivities = {n: np.full(1, 1.0 / max(mean_square(v), 1e-300)) for n, v in values.items()}
     rng = np.random.default_rng(0)
     curves = {}
     if progress:
