@@ -528,7 +528,7 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
     check_revision(revision)
     chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
     spec = chosen.spec()
-    ref = f"{name}@{revision}:{variant_of(spec)}"
+    ref = f"{name}@{revision}:{store.stored_variant(name, revision, variant_of(spec))}"  # an older zoo's label for it, where it has one
     if not force and store.exists_ref(name, revision, variant_of(spec)):
         raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
     if base is not None and chosen.array_stages:

@@ -222,3 +222,24 @@ def test_a_variant_stored_with_an_integer_for_a_float_is_still_found():
     old = Entry("m", "main", "l2:target_ratio=8,tune=0", "0" * 40, Path("x"), "l2:target_ratio=8,tune=0|fprans", None, 1, 1, 0.0)
     assert all(variant_match(wanted, old) for wanted in ("l2:target_ratio=8", "l2:target_ratio=8.0", "l2:target_ratio=8,tune=0"))
     assert not variant_match("l2:target_ratio=9", old)
+
+
+def test_a_pipeline_an_older_zoo_stored_under_its_integer_label_is_not_stored_twice(tiny_model, tmp_path):
+    """Lookups matched `l2:target_ratio=3,tune=0` (an older zoo's label) with `...=3.0,...`, but
+    the check for an existing model did not: compress stored the same pipeline a second time, and
+    --force added a third entry instead of replacing it."""
+    home = tmp_path / "zoo"
+    assert zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=3", home=home).returncode == 0
+    store = Store(home)
+    new = store.manifest_path("m", "main", "l2:target_ratio=3.0,tune=0")
+    old = store.manifest_path("m", "main", "l2:target_ratio=3,tune=0")  # as an older zoo wrote it
+    old.parent.mkdir(parents=True, exist_ok=True)
+    record = json.loads(new.read_text())
+    record["variant"] = "l2:target_ratio=3,tune=0"
+    old.write_text(json.dumps(record))
+    new.unlink()
+    (home / "catalogue.sqlite").unlink()
+    again = zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=3", home=home)
+    assert again.returncode == 1 and "m@main:l2:target_ratio=3,tune=0 is already in the zoo" in again.stderr, again.stderr
+    assert zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=3.0", "--force", home=home).returncode == 0
+    assert [e.variant for e in Store(home).entries("m")] == ["l2:target_ratio=3,tune=0"]  # replaced, not added beside it

@@ -537,11 +537,22 @@ class Store:
             raise InputError(f"{ref!r} is not in the zoo at {self.location} (see `zoo ls`)")
         return found[0]
 
+    def stored_variant(self, name: str, revision: str, variant: str) -> str:
+        """The label under which the zoo holds `variant` of name@revision: `variant` itself, or the
+        one an older zoo wrote for the same pipeline (`l2:target_ratio=8,tune=0`, from before float
+        parameters given as integers were written as floats, for `...=8.0,tune=0`). A compress of
+        that pipeline is then refused as already there, and --force replaces it, where it was
+        stored a second time beside it."""
+        wanted = canonical_variant(variant)
+        return next((e.variant for e in self.entries(name)
+                     if e.revision == revision and e.variant != variant and canonical_variant(e.variant) == wanted), variant)
+
     def exists_ref(self, name: str, revision: str, variant: str) -> Entry | None:
-        """The entry stored as name@revision:variant, read from its manifest (the record itself)."""
+        """The entry stored as name@revision:variant (under an older zoo's label for the same
+        pipeline too: stored_variant), read from its manifest (the record itself)."""
         if self.archives.is_dir():
             self.entries(name)  # migrates the old layout first
-        path = self.manifest_path(name, revision, variant)
+        path = self.manifest_path(name, revision, self.stored_variant(name, revision, variant))
         return self._entry(self._read_manifest(path)) if path.is_file() else None
 
     # -- writing ----------------------------------------------------------------------------
@@ -645,6 +656,7 @@ class Store:
         so is each of `repairs`, the same object coded again in place of one the zoo holds damaged."""
         # before anything enters (a manifest the index could not hold stopped every command); compress_into said so before the coding
         refuse_names_not_utf8(record_names(record))
+        record["variant"] = self.stored_variant(record["name"], record["revision"], record["variant"])  # an older zoo's label
         if self.storage is not None:
             self._publish_remote(record, moves, force, repairs)
             return
