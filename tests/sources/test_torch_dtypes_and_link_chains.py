@@ -325,3 +325,12 @@ def test_tensor_names_that_are_not_utf8_leave_the_file_as_bytes(tmp_path):
     assert (tmp_path / "out" / "a.safetensors").read_bytes() == (model / "a.safetensors").read_bytes()
     with pytest.raises(InputError, match="not UTF-8"):
         zoo.compress(model / "a.safetensors", tmp_path / "a.zoo")
+
+
+def test_a_cut_zip_checkpoint_is_said_to_be_unreadable_as_a_zip(tmp_path):
+    """Its first bytes are a zip's: the zip reader's words, not "neither a zip nor a legacy checkpoint"."""
+    torch.save({"w": torch.ones(64, 64)}, tmp_path / "f.bin")
+    whole = (tmp_path / "f.bin").read_bytes()
+    (tmp_path / "t.bin").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(InputError, match=r"t.bin: not a readable PyTorch checkpoint: BadZipFile"):
+        zoo.compress(tmp_path / "t.bin", tmp_path / "t.zoo")

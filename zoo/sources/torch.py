@@ -66,8 +66,10 @@ def unreadable(path: Path, error: Exception) -> InputError:
     unpickler made of its first bytes ("KeyError: 101"): a legacy checkpoint starts with its
     magic number, pickled so (torch.load(weights_only=True) reads no older protocol)."""
     with open(path, "rb") as f:
-        if f.read(1) not in (pickle.PROTO, b""):  # an empty file is said to end early
-            return InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint (no pickle of protocol 2 or later at its start)")
+        start = f.read(2)
+    # an empty file is said to end early, a damaged or cut zip by what its reader found
+    if start[:1] not in (pickle.PROTO, b"") and start != _ZIP_MAGIC[:2]:
+        return InputError(f"{path}: neither a zip nor a legacy PyTorch checkpoint (no pickle of protocol 2 or later at its start)")
     return InputError(f"{path}: not a readable PyTorch checkpoint: {_described(error)}")
 
 
