@@ -462,3 +462,16 @@ def test_an_empty_name_for_a_pulled_model_is_refused_not_taken_as_none(tmp_path)
 
     with pytest.raises(InputError, match="'' is not a usable model name"):
         pull("org/model", store=Store(tmp_path / "zoo"), name="")  # refused before any download is tried
+
+
+@pytest.mark.parametrize("columns", ["66", "90"])
+def test_numbers_in_a_table_whose_columns_all_fold_are_never_split(tmp_path, columns):
+    """sweep's, budget's and bench's tables let every column fold: at 66 columns rich split
+    `48.0`/`1 KiB` and `0.99`/`75` across lines, which read as other values."""
+    source = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (256, 64), 1))})
+    specs = ["truncate:bits=2", "truncate:bits=5"]
+    args = ["sweep", source, *(x for spec in specs for x in ("-p", spec))]
+    points = json.loads(ok(zoo_cli(*args, "--json", cwd=tmp_path)).stdout)["points"]
+    shown = _visible(ok(zoo_cli(*args, env={**TERMINAL, "COLUMNS": columns}, cwd=tmp_path)).stdout)
+    for point in points:
+        assert f"{point['bits_per_weight']:.3f}" in shown, shown

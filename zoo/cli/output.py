@@ -101,10 +101,7 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     title = one_line(title) if title else title
     rows = [[one_line(text) for text in row] for row in rows]
     widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
-    # A box needs its whole columns side by side (a folding one at least 4 wide) and 3 columns of
-    # border each: where the terminal is narrower, rich would drop columns and cut numbers.
-    boxed = sum(min(width, 4) if number == 0 or name in fold else width for number, (name, width) in enumerate(zip(columns, widths)))
-    if not stdout.is_terminal or boxed + 3 * len(columns) + 1 > stdout.width:
+    if not stdout.is_terminal or _boxed_width(columns, rows, right, fold) > stdout.width:
         if title:
             stdout.file.write(title + "\n")
         for row in (columns, *rows):
@@ -120,6 +117,24 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     for row in rows:
         table.add_row(*row)
     stdout.print(table)
+
+
+def _boxed_width(columns: list[str], rows: list[list[str]], right: tuple[str, ...], fold: tuple[str, ...]) -> int:
+    """The narrowest box that shows every cell whole: text that folds at least 4 wide, numbers
+    (right-aligned) never folded, their folding headings as wide as their longest word; 3 columns
+    of border each; in the terminal's cells (a CJK letter takes two). Narrower, rich drops columns
+    and splits numbers into what reads as other values."""
+    from rich.cells import cell_len
+
+    total = 1
+    for number, name in enumerate(columns):
+        body = max((cell_len(row[number]) for row in rows), default=0)
+        if name in right:
+            heading = max(map(cell_len, name.split())) if name in fold else cell_len(name)
+            total += max(body, heading) + 3
+        else:
+            total += (min(max(body, cell_len(name)), 4) if number == 0 or name in fold else max(body, cell_len(name))) + 3
+    return total
 
 
 def print_json(document: Any) -> None:
