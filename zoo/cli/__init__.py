@@ -103,6 +103,8 @@ def main() -> None:
     REMOVED.clear()
     _shown.clear()  # and the warnings it has said
 
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): click's usage errors would go to stdout, into a --json document
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     # First: a signal while the rest loads (a tenth of a second and more) stops the command as one
     # later does, where Python's defaults printed a traceback of an import or ended it with no word
     stop_on_signals()

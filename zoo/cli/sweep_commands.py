@@ -37,7 +37,10 @@ def sweep(
     from zoo.evaluate import sweep as library
     from zoo.errors import InputError
 
-    pipeline = list(dict.fromkeys(pipeline))  # a pipeline given twice is swept once
+    chosen: dict[str, str] = {}
+    for spec in pipeline:  # one pipeline given twice, however spelt, is swept once
+        chosen.setdefault(_same_pipeline(spec), spec)
+    pipeline = list(chosen.values())
     if plot is not None:  # before any work: a sweep takes minutes, and a refusal then would lose its table
         library.check_plot_destination(plot, force)
     evaluation_text = None
@@ -97,3 +100,15 @@ def sweep(
 
 def register(app: typer.Typer) -> None:
     app.command()(sweep)
+
+
+def _same_pipeline(spec: str) -> str:
+    """What makes two SPECs one pipeline (`l2:target_ratio=8` and `=8.0`); a SPEC zoo cannot read
+    is its own text, refused by the sweep in its words."""
+    from zoo.codecs.pipeline import Pipeline
+    from zoo.errors import ZooError
+
+    try:
+        return Pipeline.parse(spec).spec()
+    except (ZooError, ValueError, TypeError):
+        return spec
