@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError, ZooError
+from zoo.sources.segments import is_utf8
 
 LOSSLESS = "lossless"
 DEFAULT_REVISION = "main"
@@ -151,15 +152,6 @@ def manifest_component(text: str) -> str:
 def file_record(stored: StoredFile) -> dict[str, Any]:
     return {"path": stored.path, "size": stored.size, "sha256": stored.sha256, "served_sha256": stored.served_sha256,
             "git_oid": stored.git_oid, "lfs": stored.lfs, "lossless": stored.lossless}
-
-
-def is_utf8(text: str) -> bool:
-    """Whether a name (a file's, read from a file system with Python's surrogate escapes) is UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def record_names(record: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from zoo.dtypes import DTYPES, array_fits
 from zoo.errors import InputError
-from zoo.sources.segments import Segment
+from zoo.sources.segments import Segment, is_utf8
 
 MAX_HEADER = 100 << 20
 MAX_TENSORS = 262_144  # the largest real checkpoints hold a few ten thousand per file
@@ -42,15 +42,6 @@ def is_lfs_pointer(path: Path, size: int) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(len(LFS_POINTER)) == LFS_POINTER
-
-
-def utf8(text: str) -> bool:
-    """Whether `text` encodes as UTF-8: a str from JSON or a pickle may hold a lone surrogate."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_safetensors(path: Path, size: int) -> list[Segment]:
@@ -95,7 +86,7 @@ def parse_safetensors(path: Path, size: int) -> list[Segment]:
         if name == "__metadata__":
             continue
         where = f"{path}: tensor {name!r}"
-        if not name.isascii() and not utf8(name):  # JSON's "\ud800": no name safetensors itself reads
+        if not name.isascii() and not is_utf8(name):  # JSON's "\ud800": no name safetensors itself reads
             raise InputError(f"{where}: a name that is not UTF-8 (a lone surrogate escape)")
         if not isinstance(entry, dict):
             raise InputError(f"{where}: entry is not an object")

@@ -10,6 +10,16 @@ from typing import Any
 from zoo.errors import InputError
 
 
+def is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: a name read from a file system holds Python's surrogate
+    escapes where its bytes are not UTF-8, and a str from JSON or a pickle may hold a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class Segment:
     offset: int

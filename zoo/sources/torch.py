@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from zoo.errors import InputError, ZooWarning
-from zoo.sources.safetensors import utf8
-from zoo.sources.segments import Segment, SourceFile
+from zoo.sources.segments import Segment, SourceFile, is_utf8
 
 SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 MAX_PICKLE = 64 << 20  # about 100 bytes a tensor: room for half a million tensors in one file
@@ -180,7 +179,7 @@ def _named_tensors(obj: Any, storages: _Storages, path: Path) -> list[_Tensor]:
 
     walk(obj, "", 0, True)
     for tensor in found:
-        if not tensor.name.isascii() and not utf8(tensor.name):  # a key such as "\ud800": no name an archive can hold
+        if not tensor.name.isascii() and not is_utf8(tensor.name):  # a key such as "\ud800": no name an archive can hold
             raise InputError(f"{path}: checkpoint names a tensor {tensor.name!r}, which is not UTF-8 (a lone surrogate)")
     # {"a.b": x, "a": {"b": y}} gives two paths the same name: the later ones get "#2", "#3"...
     seen: dict[str, int] = {}
