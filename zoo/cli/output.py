@@ -100,8 +100,8 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     writes them."""
     title = one_line(title) if title else title
     rows = [[one_line(text) for text in row] for row in rows]
-    widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
     if not stdout.is_terminal or _boxed_width(columns, rows, right, fold) > stdout.width:
+        widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
         if title:
             stdout.file.write(title + "\n")
         for row in (columns, *rows):
