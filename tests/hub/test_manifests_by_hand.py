@@ -90,10 +90,10 @@ def test_a_manifest_renamed_by_hand_does_not_pass_for_another_model(two_models, 
     assert "no problems found" in zoo_cli("doctor", home=two_models).stdout
     restored = Store(two_models).resolve("first", with_files=True)
     assert (restored.commit, restored.files, restored.archive) == (first.commit, first.files, first.archive)
-    # third's objects stayed: rm collects nothing while a manifest is in doubt, and doctor gave them their manifest back
-    assert {"first", "second"} <= {e.name for e in Store(two_models).entries()}
-    # the edited manifest, whose archive's header names first, never took third's empty place
-    assert Store(two_models).resolve("third").archive != first.archive
+    # rm collects no object while a manifest is in doubt, but the removed model's shell, which
+    # only its own manifest names, went: doctor gives back first, never the third it was told to remove,
+    # and the edited manifest, whose archive's header names first, never took third's empty place
+    assert {e.name for e in Store(two_models).entries()} == {"first", "second"}
     assert zoo_cli("verify", home=two_models).returncode == 0
 
 
@@ -243,3 +243,17 @@ def test_a_pipeline_an_older_zoo_stored_under_its_integer_label_is_not_stored_tw
     assert again.returncode == 1 and "m@main:l2:target_ratio=3,tune=0 is already in the zoo" in again.stderr, again.stderr
     assert zoo_cli("compress", tiny_model, "--name", "m", "-p", "l2:target_ratio=3.0", "--force", home=home).returncode == 0
     assert [e.variant for e in Store(home).entries("m")] == ["l2:target_ratio=3,tune=0"]  # replaced, not added beside it
+
+
+def test_a_model_removed_beside_a_damaged_manifest_does_not_come_back(tiny_model, tmp_path):
+    """With another model's manifest unreadable, rm collected none of the removed model's objects,
+    its shell among them, and `zoo doctor` then restored the removed model from that shell."""
+    home = tmp_path / "zoo"
+    assert zoo_cli("compress", tiny_model, "--name", "gone", home=home).returncode == 0
+    assert zoo_cli("compress", tiny_model, "--name", "kept", "-p", "truncate:bits=5", home=home).returncode == 0
+    Store(home).manifest_path("kept", "main", "truncate:bits=5").write_text('{"manifest": 1, "name": ')
+    done = zoo_cli("rm", "gone", home=home)
+    assert done.returncode == 0 and "holds a manifest it cannot read" in done.stderr, done.stderr
+    assert zoo_cli("doctor", home=home).returncode == 0
+    listed = zoo_cli("ls", "--json", home=home)
+    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == ["kept"], listed.stdout

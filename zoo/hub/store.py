@@ -764,6 +764,14 @@ class Store:
         try:
             named = self._named_objects()
         except StoreError:
+            # A manifest that cannot be read may name any object: none is collected. But a released
+            # shell is named only by its own model's manifest (its header holds the model's name),
+            # and one left here had `zoo doctor` give the removed or replaced model back.
+            shells = {o["sha256"] for _, record in self._all_manifests() for o in record["objects"] if o.get("role") == "archive"}
+            for sha256 in set(archives) - shells:
+                self.object_path(sha256).unlink(missing_ok=True)
+            warnings.warn(f"the zoo at {self.location} holds a manifest it cannot read: the objects only the released model named "
+                          "stay until `zoo doctor` mends it and `zoo gc` runs", ZooWarning, stacklevel=3)
             return
         for sha256 in sorted(set(candidates) - named, key=lambda sha256: sha256 not in archives):
             self.object_path(sha256).unlink(missing_ok=True)
