@@ -520,7 +520,7 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
     distinct tensor and run of file bytes is an object the zoo stores once (docs/STORE.md). With a
     lossless pipeline, tensors that differ from a base model's are stored as their XOR against
     it where that is smaller: the base named by `base` (a zoo name), else the one the source
-    names or most resembles (zoo.hub.deltas); `delta=False` turns that off. `check(path)` may
+    names or most resembles (zoo.hub.deltas); `delta=False` turns that off (and refuses a `base`). `check(path)` may
     inspect the model (and raise) before it enters; `options` go to compress()."""
     from zoo.hub import deltas as xor
 
@@ -531,6 +531,8 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
     ref = f"{name}@{revision}:{store.stored_variant(name, revision, variant_of(spec))}"  # an older zoo's label for it, where it has one
     if not force and store.exists_ref(name, revision, variant_of(spec)):
         raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
+    if base is not None and not delta:
+        raise InputError("--base names the model to store XORs against, and --no-delta stores none: leave out one of them")
     if base is not None and chosen.array_stages:
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")

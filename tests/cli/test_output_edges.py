@@ -318,6 +318,19 @@ def test_options_that_do_nothing_here_are_noted(tmp_path):
     assert "note: --calib tunes lossy stages; this pipeline has none, so the calibration text is not read\n" in done.stderr
 
 
+def test_a_base_with_no_delta_into_the_zoo_is_refused(tmp_path):
+    """--base names what to store XORs against and --no-delta stores none: the base was dropped
+    unread, a misspelt one included."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (16, 16), 1))})
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", weights, "--name", "org/base", home=home))
+    for base in ("org/base", "org/nothere"):
+        done = zoo_cli("compress", weights, "--name", "org/tuned", "--base", base, "--no-delta", home=home)
+        assert (done.returncode, done.stderr) == (1, "error: --base names the model to store XORs against, and --no-delta stores none: "
+                                                     "leave out one of them\n"), done.stderr
+    assert "org/tuned" not in zoo_cli("ls", home=home).stdout
+
+
 def test_a_url_where_a_local_path_goes_is_named_as_such(tmp_path):
     """`zoo verify s3://b/a.zoo` said `s3:/b/a.zoo: no such file` (a Path of one slash), and
     ZOO_HOME=file:// or a chained fsspec URL became a local folder `file:` or `simplecache::s3:`."""

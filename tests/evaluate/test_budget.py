@@ -296,3 +296,13 @@ def test_a_bpw_budget_every_rate_meets_keeps_the_best_it_met(tmp_path):
     assert done.returncode == 0, done.stderr
     record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
     assert record["pipeline"].startswith("l2:") and np.isfinite(record["proof"]["weights"]["cosine"])
+
+
+def test_options_only_the_zoo_reads_are_noted_beside_a_budget(tiny_llama, tmp_path):
+    """--budget writes an archive with -o: --name and --no-delta were dropped without the note that
+    plain -o gives."""
+    done = zoo_cli("compress", tiny_llama, "--budget", "bpw=6", "--calib", tiny_llama / "calibration.txt",
+                   "-o", tmp_path / "m.zoo", "--name", "org/m", "--no-delta")
+    assert done.returncode == 0, done.stderr
+    assert "note: --no-delta applies to the zoo; an archive written with -o holds no XORs\n" in done.stderr
+    assert "note: --name names a model in the zoo; an archive written with -o is known by its path\n" in done.stderr

@@ -106,6 +106,16 @@ def test_pull_with_filters_and_revision(hub, tmp_path):
     assert [f.path for f in entry.files] == ["config.json"]
 
 
+def test_a_hub_id_into_an_archive_notes_the_options_only_the_zoo_reads(hub, tmp_path):
+    """compress ORG/M -o OUT.zoo dropped --name and --no-delta without the note a local model gets."""
+    _, _, env = hub
+    done = zoo_cli("compress", "org/tiny-bert", "-o", tmp_path / "t.zoo", "--name", "mine", "--no-delta", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "note: --no-delta applies to the zoo; an archive written with -o holds no XORs\n" in done.stderr
+    assert "note: --name names a model in the zoo; an archive written with -o is known by its path\n" in done.stderr
+    assert (tmp_path / "t.zoo").is_file() and not (tmp_path / "second").exists()
+
+
 @pytest.mark.slow
 def test_pull_with_a_lossy_pipeline_shows_its_survey(hub, tmp_path):
     """l2's survey runs before the first byte: `zoo pull` shows it as `zoo compress` does, and

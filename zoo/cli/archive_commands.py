@@ -116,6 +116,7 @@ def compress(
             raise InputError("--budget takes the whole model folder: leave out --include, --exclude and --follow-links")
         gated = evaluate or verify or any(gate is not None for gate in (max_kl, min_cosine, max_ppl_ratio))
         _compress_to_budget(source, destination, budget, pipeline, calib, base, threads, force, gated, as_json)
+        _note_zoo_options(name, no_delta)
         return
     into_zoo = destination is None  # there --base names a stored model, and the result is bit-exact (XORs)
     if calib is not None and Pipeline.parse(pipeline).lossless:
@@ -145,6 +146,8 @@ def compress(
         if elsewhere:
             if check is not None and not as_json:
                 print_quality(check.result.to_dict(), f"quality, against {source}")
+            if not into_zoo:  # a hub id pulled into an archive
+                _note_zoo_options(name, no_delta)
             return
     except QualityGateError as error:
         if as_json:  # where it was going, and the figures where a kept archive's document has them (metadata.quality), as it stores them
@@ -154,14 +157,19 @@ def compress(
             print_quality(error.result.to_dict(), f"quality, against {source}")
         raise
     print_compressed(report, as_json, verbose, destination)
+    _note_zoo_options(name, no_delta)
+    if base is not None and report.base is None:
+        stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
+                     "dtype and shape, so the archive does not need it", markup=False, highlight=False)
+
+
+def _note_zoo_options(name: Optional[str], no_delta: bool) -> None:
+    """After an archive was written with -o: the options that only storing into the zoo reads."""
     if no_delta:
         stderr.print("note: --no-delta applies to the zoo; an archive written with -o holds no XORs", markup=False, highlight=False)
     if name is not None:
         stderr.print("note: --name names a model in the zoo; an archive written with -o is known by its path", markup=False,
                      highlight=False)
-    if base is not None and report.base is None:
-        stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
-                     "dtype and shape, so the archive does not need it", markup=False, highlight=False)
 
 
 def _compress_batch(sources: list[str], output: Optional[str], name: Optional[str], pipeline: str, threads: Optional[int], force: bool,
