@@ -658,3 +658,33 @@ def test_a_thing_in_archives_that_cannot_be_moved_is_a_finding_not_the_end_of_do
     assert any(line.endswith("archives/sub: not an archive, and it cannot be moved to unreadable/ (Permission denied: "
                              f"{two_models / 'archives' / 'sub'}); it stays where it is") for line in findings), findings
     assert [e.ref for e in store.entries()] == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+
+
+def test_a_zoo_home_that_holds_a_users_files_is_refused_and_left_as_it_was(tiny_model, tmp_path):
+    """ZOO_HOME pointed at a folder of the user's own (a home folder): compress deleted the folders
+    under its work/ an hour old, as a dead job's debris, and even `zoo ls` moved the files under its
+    archives/ to unreadable/, as an old zoo's layout."""
+    home = tmp_path / "mine"
+    (home / "work" / "thesis").mkdir(parents=True)
+    (home / "work" / "thesis" / "ch1.tex").write_text("chapter one")
+    os.utime(home / "work" / "thesis", (1e9, 1e9))
+    (home / "archives").mkdir()
+    (home / "archives" / "taxes.pdf").write_text("figures")
+    before = {p.relative_to(home): p.read_bytes() if p.is_file() else None for p in home.rglob("*")}
+    for args in (["compress", tiny_model, "--name", "org/m"], ["ls"], ["gc"], ["doctor"], ["verify"], ["rm", "org/m"]):
+        done = zoo_cli(*args, home=home)
+        assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (args, done.stderr)
+        if args[0] in ("compress", "gc", "doctor"):
+            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'archives', and no manifests/, objects/ or "
+                                                         "catalogue.sqlite): point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
+    assert {p.relative_to(home): p.read_bytes() if p.is_file() else None for p in home.rglob("*")} == before
+
+
+def test_a_folder_in_the_zoos_work_folder_that_no_job_made_is_never_swept(tiny_model, tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "org/m")
+    for name in ("kept", "job-debris"):
+        (store.work / name).mkdir()
+        os.utime(store.work / name, (1e9, 1e9))
+    store.gc()
+    assert sorted(p.name for p in store.work.iterdir() if p.is_dir()) == ["kept"]

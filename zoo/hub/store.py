@@ -294,7 +294,23 @@ class Store:
     def manifest_path(self, name: str, revision: str, variant: str) -> Path:
         return self.manifests / manifest_component(name) / manifest_component(revision) / f"{manifest_component(variant)}.json"
 
+    def _refuse_a_foreign_folder(self) -> None:
+        """A ZOO_HOME that names a folder holding files but no zoo (a home folder, a project) is
+        refused before the zoo writes there: its sweeps and its migration of the old layout would
+        take folders under work/ and files under archives/ for the zoo's own."""
+        if (self.catalogue.exists() or self.manifests.is_dir() or self.objects.is_dir()
+                or any(self.archives.glob(f"*{OBJECT_SUFFIX}")) or not self.home.is_dir()):
+            return
+        try:
+            held = min(self.home.iterdir(), default=None)  # the first by name: the same on every file system
+        except OSError:
+            return  # unreadable: creating the zoo's folders says why
+        if held is not None:
+            raise StoreError(f"{self.home}: is no zoo (it holds {held.name!r}, and no manifests/, objects/ or catalogue.sqlite): "
+                             "point ZOO_HOME at a zoo, or at a new or empty folder")
+
     def _make_folders(self) -> None:
+        self._refuse_a_foreign_folder()
         try:
             for folder in (self.home, self.objects, self.manifests, self.work):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -392,6 +408,7 @@ class Store:
         missing, empty, damaged or behind the manifests (a writer died before updating it) is
         rebuilt from them. Raises StoreError when it cannot be (the caller reads the manifests)."""
         if self.archives.is_dir():
+            self._refuse_a_foreign_folder()
             with self._locked():
                 if self.archives.is_dir():
                     self._say_migrated(self._migrate())
@@ -835,8 +852,8 @@ class Store:
         if not self.work.is_dir():
             return removed
         for folder in self.work.iterdir():
-            if not folder.is_dir():
-                continue  # the index's temporaries sweep themselves (zoo.hub.temporaries)
+            if not folder.is_dir() or not folder.name.startswith("job-"):
+                continue  # the index's temporaries sweep themselves (zoo.hub.temporaries); anything else is no job's (workspace)
             try:
                 with open(folder / ".lock") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -946,6 +963,7 @@ class Store:
         if not self.exists():
             return [f"{self.home}: no zoo here yet"]
         if self.archives.is_dir():
+            self._refuse_a_foreign_folder()
             with self._locked():
                 if self.archives.is_dir():
                     findings += self._migrate()
