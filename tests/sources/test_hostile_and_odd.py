@@ -99,6 +99,26 @@ def test_version_control_and_download_caches_are_left_out_and_said_so(tmp_path):
     assert [f["path"] for f in zoo.api.report_of(tmp_path / "r.zoo").files] == ["config.json"]
 
 
+def test_a_zoo_inside_the_models_folder_is_left_out_and_a_zoos_folder_is_no_model(tmp_path):
+    """ZOO_HOME inside the folder compressed: the zoo stored its own lock, catalogue, manifests and
+    objects as files of the model, and export handed them back; compressing the zoo's folder itself
+    stored the zoo into the zoo."""
+    from zoo.api import compress_into
+    from zoo.hub.store import Store
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", np.arange(64, dtype=np.float32).reshape(8, 8))})
+    store = Store(folder / "zoo")
+    for name in ("org/a", "org/b"):  # the first made the zoo's folders, the second finds its objects too
+        with pytest.warns(ZooWarning, match=r"left out 1 item: zoo/ \(a zoo's own folder, never stored\)"):
+            entry = compress_into(store, folder, name)
+        assert [f.path for f in store.resolve(entry.ref, with_files=True).files] == ["model.safetensors"]
+    with pytest.raises(InputError, match="is a zoo's own folder, not a model's"):
+        zoo.compress(folder / "zoo", tmp_path / "z.zoo")
+    assert not (tmp_path / "z.zoo").exists()
+
+
 def test_a_folder_whose_every_entry_is_left_out_comes_back_empty(tmp_path):
     """A subfolder holding only a .git/ (or a FIFO) vanished: decompress gave back no folder there,
     where an empty one comes back."""

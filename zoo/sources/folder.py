@@ -146,6 +146,12 @@ def _next_hop(link: Path, real_root: str) -> str | None:
     return os.path.relpath(hop, real_root) if _inside(hop, real_root) and hop != real_root else None
 
 
+def is_a_zoo(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` is a zoo's (docs/STORE.md): it holds objects/, manifests/ and work/, which
+    the zoo makes together before its first write."""
+    return all(os.path.isdir(os.path.join(folder, name)) for name in ("objects", "manifests", "work"))
+
+
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
@@ -167,6 +173,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
         return [_source_file(root, check_relpath(root.name), strict=True)]
     if not root.is_dir():
         raise InputError(f"{root}: neither a file nor a folder")
+    if is_a_zoo(root):
+        raise InputError(f"{root}: is a zoo's own folder, not a model's (`zoo export NAME -o FOLDER` writes a model of it out)")
     real_root = os.path.realpath(root)
     # A Hugging Face cache snapshot: its files are links into the repository's blobs/ folder.
     blobs = os.path.join(os.path.dirname(os.path.dirname(real_root)), "blobs")
@@ -191,7 +199,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             if entry.is_dir(follow_symlinks=False):
                 if filtering and not _may_select_within(relpath, include, exclude):
                     continue  # left out whole: not walked
-                if entry.name not in SKIPPED_FOLDERS:
+                if is_a_zoo(path):  # ZOO_HOME inside the model's folder: the zoo would store itself
+                    skipped.append(f"{relpath}/ (a zoo's own folder, never stored)")
+                elif entry.name not in SKIPPED_FOLDERS:
                     visit(path, f"{relpath}/", seen)
                 elif any(os.scandir(path)):
                     skipped.append(f"{relpath}/ ({'version control' if entry.name == '.git' else 'a download cache'}, never stored)")
