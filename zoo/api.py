@@ -40,6 +40,7 @@ from zoo.hub.manifest import refuse_names_not_utf8
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
 from zoo.refs import archive_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
+from zoo.sources.segments import refuse_names_the_locale_would_change
 
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
@@ -911,6 +912,7 @@ def decompress(
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
         links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        refuse_names_the_locale_would_change([*relpaths, *links, *folders, *(link["target"] for link in opened.links())])
         refuse_inside_the_zoo(destination, [*relpaths, *links, *folders])
         _refuse_replacing_what_is_read(opened, destination, relpaths + links)
         # the folders this makes get their modes back; those already there are the user's, and keep theirs

@@ -490,3 +490,45 @@ def test_numbers_in_a_table_whose_columns_all_fold_are_never_split(tmp_path, col
     shown = _visible(ok(zoo_cli(*args, env={**TERMINAL, "COLUMNS": columns}, cwd=tmp_path)).stdout)
     for point in points:
         assert f"{point['bits_per_weight']:.3f}" in shown, shown
+
+
+def test_a_report_past_what_stdout_encodes_is_escaped_not_a_bug(one_file_archive, tmp_path):
+    """Under a stdout of another encoding than UTF-8, `zoo info` printed its header, then failed on
+    the table's × with "unexpected UnicodeEncodeError (a bug in zoo)"; eval on ∞, bench on ·."""
+    done = ok(zoo_cli("info", one_file_archive, env={"PYTHONIOENCODING": "ascii"}))
+    assert "16\\xd78 " in done.stdout and done.stderr == "", done.stdout
+
+
+@pytest.fixture
+def latin1_locale(tmp_path):
+    """An ISO-8859-1 locale, made with localedef where the system has none."""
+    if subprocess.run(["which", "localedef"], capture_output=True).returncode:
+        pytest.skip("no localedef to make an ISO-8859-1 locale")
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", locales / "en_US.ISO-8859-1"], check=True, capture_output=True)
+    return {"LOCPATH": str(locales), "LANG": "en_US.ISO-8859-1", "LC_ALL": "en_US.ISO-8859-1", "PYTHONIOENCODING": "", "PYTHONUTF8": ""}
+
+
+def test_names_keep_their_bytes_under_a_locale_that_is_not_utf8(latin1_locale, tmp_path):
+    """Under an ISO-8859-1 locale the name café.txt (its bytes UTF-8) was stored as cafÃ©.txt and
+    came back so, with "every file matches its sha256"; a name the locale cannot encode (模型.txt)
+    made even info and verify refuse the archive. The CLI now runs in UTF-8 mode, and the Python
+    API refuses such names with the way out."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    for name in ("café.txt", "模型.txt"):
+        (model / name).write_text(name)
+    probe = [sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"]
+    assert subprocess.run(probe, capture_output=True, text=True, env={**os.environ, **latin1_locale}).stdout.strip() == "iso8859-1"
+    ok(zoo_cli("compress", model, "-o", tmp_path / "m.zoo", env=latin1_locale))
+    ok(zoo_cli("verify", tmp_path / "m.zoo", env=latin1_locale))
+    ok(zoo_cli("decompress", tmp_path / "m.zoo", "-o", tmp_path / "out", env=latin1_locale))
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == sorted(os.listdir(os.fsencode(model)))
+    for call in (f"zoo.compress({str(model)!r}, {str(tmp_path / 'n.zoo')!r})", f"zoo.decompress({str(tmp_path / 'm.zoo')!r}, "
+                                                                              f"{str(tmp_path / 'out2')!r})"):
+        done = subprocess.run([sys.executable, "-c", f"import zoo; {call}"], capture_output=True, text=True, errors="replace",
+                              env={**os.environ, **latin1_locale})
+        assert "run Python in UTF-8 mode (PYTHONUTF8=1 or python -X utf8)" in done.stderr.splitlines()[-1], done.stderr
+    assert not (tmp_path / "n.zoo").exists() and not (tmp_path / "out2").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import codecs
 import contextlib
 import os
 import sys
@@ -91,6 +92,15 @@ def bare_ray(argv: list[str]) -> list[str]:
     return given
 
 
+def _in_utf8_mode() -> None:
+    """Under a locale whose encoding is not UTF-8 (ISO-8859-1, KOI8-R), the command runs itself
+    again in Python's UTF-8 mode: file names are then read and written as the bytes archives hold
+    (as UTF-8, docs/FORMAT.md), where the locale's decoding stored `café` as `cafÃ©`."""
+    if sys.flags.utf8_mode or not sys.executable or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
+        return
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+
+
 def main() -> None:
     """The `zoo` command. Exit status: 0; 1 for an error (one line on stderr); 2 for a usage
     error; 128 + its number for a signal that stopped it, after the cleanup Ctrl-C runs and with
@@ -103,6 +113,9 @@ def main() -> None:
     REMOVED.clear()
     _shown.clear()  # and the warnings it has said
 
+    _in_utf8_mode()
+    if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):  # a report's ×, ∞ or a name past what its encoding holds: escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     if sys.stderr is None:  # started with stderr closed (`2>&-`): click's usage errors would go to stdout, into a --json document
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     # First: a signal while the rest loads (a tenth of a second and more) stops the command as one

@@ -42,9 +42,11 @@ MAX_LINK_TARGET = 4095
 
 
 def _fs_bytes(name: str) -> bytes | None:
-    """A name as the file system takes it, or None where it cannot (a lone surrogate)."""
+    """A name's bytes as archives hold them (UTF-8, a byte that is not UTF-8 as a surrogate escape:
+    docs/FORMAT.md), or None where it has none (a lone surrogate). Writing it under a locale of
+    another encoding is refused where it is written (api.decompress)."""
     try:
-        return os.fsencode(name)
+        return name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return None
 

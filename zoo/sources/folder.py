@@ -25,7 +25,7 @@ from pathlib import Path
 from zoo.errors import InputError, ZooWarning
 from zoo.globs import unclosed_bracket
 from zoo.sources.safetensors import UnknownDtype, is_lfs_pointer, parse_safetensors
-from zoo.sources.segments import Segment, SourceFile, check_relpath, stamp_of
+from zoo.sources.segments import Segment, SourceFile, check_relpath, refuse_names_the_locale_would_change, stamp_of
 from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
 from zoo.sources.torch import UnsafePickle, checkpoint
 
@@ -170,6 +170,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     if root.is_file():
         if include or exclude:
             raise InputError(f"{root}: --include and --exclude choose files inside a folder, and this is one file")
+        refuse_names_the_locale_would_change([root.name])
         return [_source_file(root, check_relpath(root.name), strict=True)]
     if not root.is_dir():
         raise InputError(f"{root}: neither a file nor a folder")
@@ -268,6 +269,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
         hop = hops.get(entry.relpath)
         if hop is not None and hop in hops:
             entry.target = os.path.relpath(os.path.join(real_root, hop), os.path.dirname(os.path.join(real_root, entry.relpath)))
+    refuse_names_the_locale_would_change([name for entry in files for name in (entry.relpath, entry.target or "")])
     if skipped:
         items = f"{len(skipped)} item{'s' if len(skipped) != 1 else ''}"
         named = skipped[:SKIPPED_NAMED] + ([f"and {len(skipped) - SKIPPED_NAMED} more"] if len(skipped) > SKIPPED_NAMED else [])

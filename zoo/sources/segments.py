@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,6 +21,20 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def refuse_names_the_locale_would_change(names: Iterable[str]) -> None:
+    """Archives hold names as UTF-8 (docs/FORMAT.md), and Python reads and writes the file system's
+    names in the locale's encoding. Under a locale of another one (ISO-8859-1, KOI8-R) a name past
+    ASCII would be stored, or written back, as other bytes than the file's, without a word: such a
+    name is refused, with the way out. The CLI runs itself in UTF-8 mode (zoo.cli.main)."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":
+        return
+    for name in names:
+        if not name.isascii():
+            raise InputError(f"{name!r}: names past ASCII are read and written here in {encoding}, not UTF-8 as archives hold them: "
+                             "run Python in UTF-8 mode (PYTHONUTF8=1 or python -X utf8)")
 
 
 @dataclass
