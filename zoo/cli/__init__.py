@@ -95,10 +95,11 @@ def bare_ray(argv: list[str]) -> list[str]:
 def _in_utf8_mode() -> None:
     """Under a locale whose encoding is not UTF-8 (ISO-8859-1, KOI8-R), the command runs itself
     again in Python's UTF-8 mode: file names are then read and written as the bytes archives hold
-    (as UTF-8, docs/FORMAT.md), where the locale's decoding stored `café` as `cafÃ©`."""
+    (as UTF-8, docs/FORMAT.md), where the locale's decoding stored `café` as `cafÃ©`. So do the
+    Python processes it starts (a batch's workers), through PYTHONUTF8."""
     if sys.flags.utf8_mode or not sys.executable or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
         return
-    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+    os.execve(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]], {**os.environ, "PYTHONUTF8": "1"})
 
 
 def main() -> None:
