@@ -41,6 +41,7 @@ from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revi
 from zoo.refs import archive_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
 from zoo.sources.segments import refuse_names_the_locale_would_change
+from zoo.signals import written
 
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
@@ -204,6 +205,8 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
         os.chmod(temporary, (0o777 if is_dir else 0o666) & ~current_umask())
         yield temporary
         temporaries.replace(temporary, final, force)
+        written(str(final))
+        temporaries.kill_point("output-placed")
 
 
 def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> tuple[list[str], list[str]]:
@@ -304,6 +307,8 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
         os.chmod(temporary, 0o777 & ~current_umask())
         yield temporary
         _move_in(temporary, final)
+        written(str(final))
+        temporaries.kill_point("output-placed")
 
 
 # -- compress --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ half would leave debris (signals_held). Light on purpose: the CLI imports it bef
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,13 @@ STORED: list[str] = []
 REMOVED: list[str] = []
 
 
+# And the files and folders it has put in place whole (zoo.api's outputs, its own temporaries
+# among them), by absolute path; the CLI names those that are the user's outputs (OUTPUTS: the
+# absolute path -> as the user wrote it).
+WRITTEN: list[str] = []
+OUTPUTS: dict[str, str] = {}
+
+
 def stored(ref: str) -> None:
     """Record that `ref` (NAME@REVISION:VARIANT) is now in the zoo for good."""
     if ref not in STORED:
@@ -33,6 +41,18 @@ def removed(ref: str) -> None:
     """Record that `ref` was removed from the zoo for good."""
     if ref not in REMOVED:
         REMOVED.append(ref)
+
+
+def written(path: str) -> None:
+    """Record that the output `path` is in place, whole."""
+    path = os.path.abspath(path)
+    if path not in WRITTEN:
+        WRITTEN.append(path)
+
+
+def an_output(path: str | os.PathLike[str]) -> None:
+    """Record that `path` is an output the user named (compress -o, decompress -o, export -o)."""
+    OUTPUTS[os.path.abspath(path)] = os.fspath(path)
 
 
 @contextmanager

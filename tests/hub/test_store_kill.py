@@ -288,3 +288,18 @@ def test_a_signal_while_a_work_folder_is_removed_waits_until_it_is_gone(tmp_path
     finally:
         signal.signal(signal.SIGINT, previous)
     assert not folder.exists() and list((tmp_path / "zoo" / "work").iterdir()) == []
+
+
+def test_ctrl_c_once_an_output_is_in_place_says_it_was_written(tiny_model, tmp_path):
+    """A signal after compress -o (or decompress, or export) had put its output in place said a bare
+    "interrupted": the user, told the run was cut short, found the output there, whole, and a run
+    again without --force refused it. The zoo's own work files are no output of the user's."""
+    archive, folder = tmp_path / "m.zoo", tmp_path / "out"
+    done = zoo_cli("compress", tiny_model, "-o", archive, home=tmp_path / "zoo", env={"ZOO_KILL_AT": "output-placed:INT"})
+    assert (done.returncode, done.stderr) == (130, f"interrupted after {archive} was written\n")
+    assert zoo.verify(archive) == []
+    done = zoo_cli("decompress", archive, "-o", folder, home=tmp_path / "zoo", env={"ZOO_KILL_AT": "output-placed:INT"})
+    assert (done.returncode, done.stderr) == (130, f"interrupted after {folder} was written\n")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in tiny_model.iterdir())
+    done = zoo_cli("compress", tiny_model, "--name", "m", home=tmp_path / "zoo", env={"ZOO_KILL_AT": "output-placed:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")

@@ -108,10 +108,12 @@ def main() -> None:
     one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
     from zoo.cli.stopping import Stopped, stop_on_signals
     from zoo.errors import ZooError
-    from zoo.signals import REMOVED, STORED
+    from zoo.signals import OUTPUTS, REMOVED, STORED, WRITTEN
 
     STORED.clear()  # what this command stores (a process may run more than one: the tests do)
     REMOVED.clear()
+    WRITTEN.clear()
+    OUTPUTS.clear()
     _shown.clear()  # and the warnings it has said
 
     _in_utf8_mode()

@@ -13,6 +13,7 @@ from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
 from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import count, print_compressed, print_quality, print_report
+from zoo.signals import an_output
 
 
 def _codec_help() -> str:
@@ -106,6 +107,8 @@ def compress(
     if output is not None and output.endswith(("/", os.sep)):  # `-o out/`: into that folder, as with several SOURCEs
         output = output + archive_name(typed)
     destination = None if output is None else Path(output)
+    if destination is not None:
+        an_output(destination)  # a signal once it is in place says so
     source = Path(typed)
     if not source.exists() and looks_like_path(typed):  # a mistyped path: said at once, never taken for a hub id
         raise InputError(f"{typed}: no such file or folder")
@@ -264,6 +267,8 @@ def decompress(
 ) -> None:
     """Write the model folder back out, checking every file's sha256."""
     from zoo import api
+
+    an_output(output)
 
     with progress_bar(lambda: api.report_of(archive).original_bytes, "decompressing", not as_json) as advance:
         report = api.decompress(archive, output, threads=threads, force=force, progress=advance, base=base)

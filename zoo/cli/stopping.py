@@ -13,7 +13,7 @@ import atexit
 import os
 import signal
 
-from zoo.signals import REMOVED, STOPPING, STORED
+from zoo.signals import OUTPUTS, REMOVED, STOPPING, STORED, WRITTEN
 
 
 class Terminated(KeyboardInterrupt):
@@ -25,8 +25,12 @@ class Terminated(KeyboardInterrupt):
 
 
 def what_was_done() -> str:
-    """' after NAME was stored in the zoo' (or removed from it, or a count of them) where a command
-    that stops short had done that much: the stop took none of it back. '' where it had not."""
+    """' after NAME was stored in the zoo' (or removed from it, or a count of them; or ' after OUT
+    was written') where a command that stops short had done that much: the stop took none of it
+    back. '' where it had not."""
+    written = [OUTPUTS[path] for path in WRITTEN if path in OUTPUTS]
+    if written and not STORED and not REMOVED:
+        return f" after {written[0]} was written" if len(written) == 1 else f" after {len(written)} outputs were written"
     done, what, listed = (STORED, "stored in", " (`zoo ls` lists them)") if STORED else (REMOVED, "removed from", "")
     if not done:
         return ""

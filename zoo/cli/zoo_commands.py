@@ -11,6 +11,7 @@ import typer
 from zoo.cli.options import Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, print_table, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import count, print_compressed
+from zoo.signals import an_output
 
 NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[@REVISION][:VARIANT] (see `zoo ls`).", show_default=False)]
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
@@ -165,9 +166,10 @@ def export(
     if not output:  # text, for its trailing `/`: "" would be the current folder (an unset variable), as compress -o refuses it
         raise InputError("--output is empty")
     entry = zoo_entry(ref)
+    if archive and output.endswith(("/", os.sep)):  # into that folder, as compress -o DIR/ writes
+        output = os.path.join(output, f"{entry.name.rsplit('/', 1)[-1]}.zoo")
+    an_output(output)  # a signal once it is in place says so
     if archive:
-        if output.endswith(("/", os.sep)):  # into that folder, as compress -o DIR/ writes
-            output = os.path.join(output, f"{entry.name.rsplit('/', 1)[-1]}.zoo")
         report = api.export_archive(entry.archive, output, force=force)
         if as_json:
             print_json({"name": entry.ref, "output": str(output), "compressed_bytes": report.compressed_bytes})
