@@ -535,3 +535,23 @@ def test_names_keep_their_bytes_under_a_locale_that_is_not_utf8(latin1_locale, t
                               env={**os.environ, **latin1_locale})
         assert "run Python in UTF-8 mode (PYTHONUTF8=1 or python -X utf8)" in done.stderr.splitlines()[-1], done.stderr
     assert not (tmp_path / "n.zoo").exists() and not (tmp_path / "out2").exists()
+
+
+def test_the_shells_environment_does_not_turn_zoos_output_into_errors(tmp_path):
+    """PYTHONWARNINGS=error made zoo's own warnings "unexpected ZooWarning (a bug in zoo)", even
+    after a model was stored; ZOO_HOME=" " made a zoo in a folder named " "; a relative path from
+    a removed current folder gave a bare "No such file or directory"."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    (model / "dangling").symlink_to("/nonexistent/x")
+    done = ok(zoo_cli("compress", model, "-o", tmp_path / "m.zoo", env={"PYTHONWARNINGS": "error"}))
+    assert "warning: " in done.stderr and "left out 1 item: dangling" in done.stderr, done.stderr
+    done = ok(zoo_cli("ls", cwd=tmp_path, env={"ZOO_HOME": " ", "XDG_CACHE_HOME": str(tmp_path / "cache")}))
+    assert str(tmp_path / "cache" / "zoo") in done.stderr and not (tmp_path / " ").exists(), done.stderr
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", "../model", "-o", "x.zoo"], capture_output=True, text=True,
+                          cwd=gone, preexec_fn=gone.rmdir, timeout=300)
+    assert (done.returncode, done.stderr) == (1, "error: No such file or directory: the current folder was removed (cd into one that "
+                                                 "exists, or give absolute paths)\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import codecs
 import contextlib
+import errno
 import os
 import sys
 import warnings
@@ -92,6 +93,14 @@ def bare_ray(argv: list[str]) -> list[str]:
     return given
 
 
+def _current_folder_is_gone() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def _in_utf8_mode() -> None:
     """Under a locale whose encoding is not UTF-8 (ISO-8859-1, KOI8-R), the command runs itself
     again in Python's UTF-8 mode: file names are then read and written as the bytes archives hold
@@ -139,6 +148,8 @@ def main() -> None:
         from zoo.cli.stopping import what_was_done
 
         where = f": {error.filename}" if error.filename else ""
+        if not where and error.errno == errno.ENOENT and _current_folder_is_gone():  # a relative path's realpath: os.getcwd() failed
+            where = ": the current folder was removed (cd into one that exists, or give absolute paths)"
         stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
         # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
         done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
@@ -191,6 +202,10 @@ def _run() -> None:
 
     sys.argv = bare_ray(shipped_calibration(sys.argv))
     warnings.showwarning = _show_warning
+    if not debugging():  # zoo's warnings are lines of its output, whatever PYTHONWARNINGS asks of Python's (=error made them "a bug")
+        from zoo.errors import ZooWarning
+
+        warnings.filterwarnings("default", category=ZooWarning)
     try:
         app_for(sys.argv)(prog_name="zoo")
     finally:

@@ -53,8 +53,9 @@ __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Ent
 
 
 def zoo_home() -> Path:
-    """ZOO_HOME, or zoo/ under the user's cache folder (XDG_CACHE_HOME, else ~/.cache)."""
-    if os.environ.get("ZOO_HOME"):
+    """ZOO_HOME, or zoo/ under the user's cache folder (XDG_CACHE_HOME, else ~/.cache) where it is
+    unset, empty or blank (a folder named " " is no one's choice)."""
+    if os.environ.get("ZOO_HOME", "").strip():
         return Path(os.environ["ZOO_HOME"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "zoo"
