@@ -304,3 +304,33 @@ def test_a_bucket_manifest_that_leaves_out_objects_its_archive_names_loses_none_
     compress_into(fresh, tmp_path / "tuned", "tuned", force=True)  # what doctor's line says to do
     relisted = json.loads(store.storage.read(key))["objects"]
     assert sorted(item["sha256"] for item in relisted) == sorted(item["sha256"] for item in whole)
+
+
+def test_gc_on_a_bucket_spares_an_object_a_writer_renewed_while_it_ran(bucket, tmp_path, monkeypatch):
+    """gc judged each object by the age its listing had, taken when it started: a model stored
+    while a long collection ran (its objects renewed, then its manifest published) lost its objects,
+    and gc and compress both exited 0. The listing gc takes is replayed here as it was before that
+    writer: its manifest not yet there, every object two days old."""
+    from dataclasses import replace
+
+    from zoo.hub.remote.base import GC_GRACE_SECONDS
+
+    url = f"{bucket}/renewed"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    model = write_model(tmp_path / "m", base_tensors())
+    compress_into(store, model, "again")
+    objects = {info.key for info in store.storage.list("objects/")}
+    collector = machine(tmp_path, "collector", url, monkeypatch)
+    listing = collector.storage.list
+
+    def as_listed_before(prefix: str = ""):
+        for info in listing(prefix):
+            if prefix.startswith("manifests"):
+                continue
+            yield replace(info, modified=info.modified - 2 * GC_GRACE_SECONDS)
+
+    monkeypatch.setattr(collector.storage, "list", as_listed_before)
+    assert collector._gc_remote() == []
+    assert {info.key for info in listing("objects/")} == objects
+    zoo.decompress(store.resolve("again").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(model)

@@ -166,7 +166,10 @@ class Store:
             return path
         if self.storage is None or self.storage.stat(self._relative(path)) is None:
             return None
-        return self._fetch(self._relative(path), path)
+        try:
+            return self._fetch(self._relative(path), path)
+        except FileNotFoundError:  # collected by a gc since the look: the build codes it anew
+            return None
 
     def _fetch(self, key: str, path: Path) -> Path:
         """A key of the zoo's storage copied whole to `path` (a temporary name first)."""
@@ -270,7 +273,13 @@ class Store:
         removed = []
         for info in self.storage.list("objects/"):
             name = info.key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
-            if name not in named and time.time() - info.modified > GC_GRACE_SECONDS and self.storage.delete(info.key):
+            if name in named or time.time() - info.modified <= GC_GRACE_SECONDS:
+                continue
+            # Looked at again just before it goes: a writer that found this object since the listing
+            # renewed its age before publishing a manifest that names it (Storage.put), and the
+            # listing's age would have collected an object of a model stored meanwhile.
+            now = self.storage.stat(info.key)
+            if now is not None and time.time() - now.modified > GC_GRACE_SECONDS and self.storage.delete(info.key):
                 removed.append((Path(info.key), info.size))
                 self.object_path(name).unlink(missing_ok=True)
         return removed
