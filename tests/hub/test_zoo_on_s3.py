@@ -334,3 +334,23 @@ def test_gc_on_a_bucket_spares_an_object_a_writer_renewed_while_it_ran(bucket, t
     assert {info.key for info in listing("objects/")} == objects
     zoo.decompress(store.resolve("again").archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(model)
+
+
+def test_a_bucket_that_stops_answering_is_said_once_not_as_damage(bucket, tmp_path, monkeypatch):
+    """With the network gone after the listing, verify and doctor reported every manifest as
+    "damaged manifest (... Could not connect ...)" and gc refused over a "damaged" one."""
+    from zoo.hub.remote import StorageError
+
+    url = f"{bucket}/unreachable"
+    _two_models_in(url, tmp_path, monkeypatch)
+    store = machine(tmp_path, "other", url, monkeypatch)
+    store.entries()  # its index made while the bucket answered
+
+    def unreachable(key: str) -> bytes:
+        raise StorageError(f"{url}/{key}: cannot read: Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(store.storage, "read", unreachable)
+    monkeypatch.setattr(store.storage, "download", lambda key, path: unreachable(key))
+    for call in (store.verify, store.doctor, store._gc_remote):
+        with pytest.raises(StorageError, match="Could not connect"):
+            call()

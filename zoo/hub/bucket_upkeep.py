@@ -18,7 +18,7 @@ from typing import Any
 from zoo.errors import ZooError
 from zoo.container.objects import object_problems
 from zoo.hub.manifest import OBJECT_SUFFIX, Damage, check_record, human_size
-from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo
+from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo, StorageError
 
 
 def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
@@ -37,6 +37,8 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
             except FileNotFoundError:
                 listed.pop(info.key, None)  # collected by `zoo gc` since the listing: named by nothing
                 return
+            except StorageError:  # the bucket cannot be reached: one line, not a damage report per object
+                raise
             except (ZooError, OSError) as error:
                 problems.append(f"{shown}: cannot be read: {error}")
                 return
@@ -54,6 +56,8 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
         if not missing:
             try:
                 store.existing_object(_archive_of(record))  # this machine's copy, which the layout check opens
+            except StorageError:
+                raise
             except (ZooError, OSError) as error:
                 problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
                 continue
@@ -120,6 +124,8 @@ def _manifests(store: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
             records[info.key] = store.check_placed(info.key, check_record(json.loads(storage.read(info.key))))
         except FileNotFoundError:
             continue  # removed by `zoo rm` since the listing
+        except StorageError:  # the bucket did not answer: no verdict on the manifest
+            raise
         except (ValueError, ZooError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             problems.append(Damage(f"{storage.url}/{info.key}: damaged manifest ({error})"))
     return records

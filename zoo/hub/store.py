@@ -266,6 +266,8 @@ class Store:
                 record = self.check_placed(info.key, check_record(json.loads(self.storage.read(info.key))))
             except FileNotFoundError:
                 continue  # removed by `zoo rm` since the listing
+            except StorageError:  # the bucket did not answer: no verdict on the manifest
+                raise
             except (ValueError, ZooError) as error:
                 raise StoreError(f"{self.url}/{info.key}: damaged manifest ({error}); nothing was collected") from None
             named.update(o["sha256"] for o in record["objects"])
