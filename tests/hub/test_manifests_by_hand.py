@@ -257,3 +257,20 @@ def test_a_model_removed_beside_a_damaged_manifest_does_not_come_back(tiny_model
     assert zoo_cli("doctor", home=home).returncode == 0
     listed = zoo_cli("ls", "--json", home=home)
     assert [m["name"] for m in json.loads(listed.stdout)["models"]] == ["kept"], listed.stdout
+
+
+def test_a_files_sha256_edited_in_its_manifest_is_found_by_verify(two_models):
+    """A manifest whose sha256 of a file (what zoo serve announces as its ETag) was edited passed
+    `zoo verify`, `zoo verify NAME` and doctor: only the files' paths and sizes were compared."""
+    manifest = Store(two_models).manifest_path("first", "main", "lossless")
+
+    def zeroed(record):
+        record["files"][0].update(sha256="0" * 64, served_sha256="0" * 64)
+
+    _edit(manifest, zeroed)
+    (two_models / "catalogue.sqlite").unlink()  # the index is rebuilt from the manifests
+    done = zoo_cli("verify", home=two_models)
+    assert done.returncode == 1 and "damaged: first@main:lossless: its manifest's sha256 of " in done.stderr, done.stderr
+    done = zoo_cli("verify", "first", home=two_models)
+    assert done.returncode == 1 and "its manifest records another sha256 than its archive's" in done.stderr, done.stderr
+    assert zoo_cli("verify", "second:truncate:bits=5", home=two_models).returncode == 0

@@ -929,6 +929,9 @@ class Archive:
             return [str(error)]
         if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
             return ["decoded bytes do not match the recorded sha256"]
+        if entry.get("lossless") and served is not None and served != entry.get("sha256"):
+            return ["its manifest records another sha256 than its archive's (what zoo serve announces); storing the model again "
+                    "records this one"]
         if not entry.get("lossless") and served is not None and digest.hexdigest() != served:
             return ["decodes to other bytes than the sha256 its manifest records (what zoo serve announces); storing the model "
                     "again records these"]

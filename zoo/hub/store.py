@@ -930,9 +930,17 @@ class Store:
         try:
             with Archive(self.object_path(archive["sha256"])) as opened:
                 problems = [f"{ref}: {problem}" for problem in opened.layout_problems()]
-                sizes = {f["path"]: f["size"] for f in opened.files()}
-            if sizes != {f["path"]: f["size"] for f in record["files"]}:
+                held = {f["path"]: (f["size"], f["sha256"], bool(f.get("lossless"))) for f in opened.files()}
+            listed = {f["path"]: (f["size"], f["sha256"], bool(f["lossless"])) for f in record["files"]}
+            if held.keys() != listed.keys() or any(held[path][0] != listed[path][0] for path in held):
                 problems.append(f"{ref}: its manifest lists other files than its archive")
+            else:
+                # the sha256 serve announces of a file decoded bit for bit is the archive's, which decoding is held to
+                other = sorted(f["path"] for f in record["files"] if listed[f["path"]] != held[f["path"]]
+                               or (f["lossless"] and f["served_sha256"] != f["sha256"]))
+                if other:
+                    problems.append(f"{ref}: its manifest's sha256 of {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''} "
+                                    "is not its archive's (edited by hand?); store the model again with --force")
             left_out = self._archive_names(record) - {o["sha256"] for o in record["objects"]}
             if left_out:
                 problems.append(f"{ref}: its manifest leaves out {len(left_out)} of the objects its archive names (`zoo doctor` "
