@@ -354,3 +354,34 @@ def test_a_bucket_that_stops_answering_is_said_once_not_as_damage(bucket, tmp_pa
     for call in (store.verify, store.doctor, store._gc_remote):
         with pytest.raises(StorageError, match="Could not connect"):
             call()
+
+
+def test_a_publish_that_loses_a_race_or_its_answer_says_what_may_have_happened(bucket, tmp_path, monkeypatch):
+    """--force over a model another machine removed meanwhile said "was stored by another writer
+    meanwhile; pass --force", --force given; a manifest written whose answer was lost said only
+    "cannot publish", and the model was there."""
+    from zoo.errors import OutputExistsError
+    from zoo.hub.remote import StorageError
+
+    url = f"{bucket}/races"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    model = write_model(tmp_path / "m", base_tensors())
+    compress_into(store, model, "m")
+    publish = store.storage.publish
+
+    def removed_first(key, data, **options):
+        store.storage.delete(key)  # another machine's `zoo rm m` between the read and the write
+        return publish(key, data, **options)
+
+    monkeypatch.setattr(store.storage, "publish", removed_first)
+    with pytest.raises(OutputExistsError, match="replaced or removed by another writer meanwhile, and is not replaced by this one"):
+        compress_into(store, model, "m", force=True)
+
+    def answer_lost(key, data, **options):
+        publish(key, data, **options)
+        raise StorageError(f"{url}/{key}: cannot publish: Read timeout on endpoint URL")
+
+    monkeypatch.setattr(store.storage, "publish", answer_lost)
+    with pytest.raises(StorageError, match=r"Read timeout on endpoint URL; n@main:lossless may be stored all the same"):
+        compress_into(store, model, "n")
+    assert [e.ref for e in machine(tmp_path, "fresh", url, monkeypatch).entries()] == ["n@main:lossless"]

@@ -236,7 +236,12 @@ class Store:
         try:
             self.storage.publish(key, data, expect=old[1] if old is not None else ABSENT)
         except PublishConflict:
-            raise OutputExistsError(f"{ref} was stored by another writer meanwhile; pass --force to replace it") from None
+            if old is None:
+                raise OutputExistsError(f"{ref} was stored by another writer meanwhile; pass --force to replace it") from None
+            raise OutputExistsError(f"{ref} was replaced or removed by another writer meanwhile, and is not replaced by this one; "
+                                    "run the command again to replace what is there now") from None
+        except StorageError as error:  # the manifest's write may have landed though its answer did not
+            raise StorageError(f"{error}; {ref} may be stored all the same (`zoo ls` says)") from None
         stored(ref)
         with self._locked():  # this machine's copy: the archive, the manifest, the index
             archive = next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
