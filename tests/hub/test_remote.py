@@ -45,6 +45,8 @@ def test_open_storage_chooses_by_location(tmp_path: Path) -> None:
     ("https://zoo.invalid/team", "zoo cannot keep a zoo over https"),  # verify and doctor said ok of a host never reached
     ("foo://x", "Protocol not known: foo"),  # was "unexpected ValueError (a bug in zoo)"
     ("s3://", "the URL names no bucket or folder"),  # was the local folder `s3:`
+    ("s3://team//zoo", "an empty part between slashes; write it as s3://team/zoo"),  # listed as empty, verify said ok
+    ("s3:///team/zoo", "an empty part between slashes; write it as s3://team/zoo"),
 ])
 def test_a_url_no_zoo_can_live_at_is_one_error(url: str, error: str, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=error):

@@ -56,6 +56,9 @@ def open_storage(location: str | os.PathLike[str], **options: Any) -> Storage:
             raise StorageError(f"{text}: the URL names no bucket or folder")
         if text.startswith("file://"):
             return LocalFolder(text[len("file://"):])
+        if "//" in rest.rstrip("/") or rest.startswith("/"):  # s3://b//zoo: the bucket's listings drop the empty level, and
+            raise StorageError(f"{text}: the URL has an empty part between slashes; "  # every key read back was "missing"
+                               f"write it as {protocol}://{'/'.join(part for part in rest.split('/') if part)}")
         if protocol.lower() in READ_ONLY_PROTOCOLS:  # fsspec reads them, listing links in HTML pages, and writes nothing
             raise StorageError(f"{text}: zoo cannot keep a zoo over {protocol}, which cannot be listed or written; a zoo "
                                "lives in a folder or a bucket (s3://...), and `zoo serve` hands one out over HTTP")
