@@ -120,7 +120,26 @@ def connect(address: str | None = DEFAULT_ADDRESS, num_cpus: int | None = None) 
         for number, handler in kept.items():
             if handler is not None:
                 signal.signal(number, handler)
+    _cluster_messages_to_stderr()
     return ray.get_runtime_context().gcs_address
+
+
+def _cluster_messages_to_stderr() -> None:
+    """Ray prints the cluster's messages to its driver (a worker died, a task will be retried) on
+    stdout, whatever log_to_driver says: into a --json document, or beside a command's report. They
+    are its stderr's here. Ray's module keeps the printer as a global its listening thread looks up
+    on each message; where a version of Ray has none, nothing changes."""
+    import ray._private.worker as worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return printer({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 PROBE_SECONDS = 10.0

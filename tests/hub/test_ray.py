@@ -248,6 +248,15 @@ def test_the_cli_on_a_cluster(ray_cluster: str, tmp_path: Path) -> None:
     assert done.returncode == 1 and "--calib is not available with --ray yet: compress such a model on its own" in done.stderr
 
 
+def test_a_worker_that_dies_leaves_stdout_to_the_command(ray_cluster: str, tmp_path: Path) -> None:
+    """Ray printed "(raylet) A worker died ..." on the driver's stdout, ahead of the --json
+    document, which no JSON reader could then parse."""
+    sources = _models(tmp_path / "models", 2)
+    done = _zoo("compress", *sources, "--ray", ray_cluster, "--json", "-o", tmp_path / "out", env={"ZOO_KILL_AT": "batch-task-once"})
+    assert done.returncode == 0, done.stderr
+    assert [m["ok"] for m in json.loads(done.stdout)["models"]] == [True, True], done.stdout
+
+
 @pytest.mark.slow
 def test_bare_ray_starts_a_local_one(tmp_path: Path) -> None:
     """No RAY_ADDRESS and no address: zoo starts a Ray of its own (and never joins the session's)."""
