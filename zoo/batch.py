@@ -528,6 +528,7 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         names = names or [archive_name(source) for source in sources]
         if not is_url(str(output)):  # refused here, before any task, not by each as it lands
             api.refuse_inside_the_zoo(Path(output))
+            _refuse_output_inside_a_source(Path(output), sources)
     if len(names) != len(sources):
         raise InputError(f"{len(sources)} sources but {len(names)} names")
     if _duplicates(names):
@@ -564,6 +565,19 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
                         break
                     time.sleep(0.05)
         raise
+
+
+def _refuse_output_inside_a_source(output: Path, sources: list[str]) -> None:
+    """A batch's archives, and their temporaries, land in `output` while the tasks read their
+    folders: one inside a SOURCE folder would become a file of that model, or not, as the tasks
+    happen to run."""
+    where = os.path.realpath(output)
+    for source in sources:
+        if not is_url(source) and Path(source).is_dir():
+            folder = os.path.realpath(source)
+            if where == folder or where.startswith(folder.rstrip(os.sep) + os.sep):
+                raise InputError(f"{output}: {'is' if where == folder else 'lies inside'} the model folder {source}, where its "
+                                 "archives would be read as the model's files; write them elsewhere")
 
 
 def _compress_into_zoo(sources: list[str], store: Store, names: list[str], labels: list[str], revision: str, pipeline: str,

@@ -343,9 +343,11 @@ def test_a_url_where_a_local_path_goes_is_named_as_such(tmp_path):
     for home, message in (("file://", "the URL names no folder"), ("simplecache::s3://b/z", "a chained fsspec URL")):
         done = zoo_cli("ls", cwd=tmp_path, env={"ZOO_HOME": home})
         assert done.returncode == 1 and message in done.stderr, done.stderr
-    done = zoo_cli("compress", tmp_path, "-o", tmp_path / "out/", "--ray=", cwd=tmp_path, home=tmp_path / "zoo")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    done = zoo_cli("compress", tmp_path / "model", "-o", tmp_path / "out/", "--ray=", cwd=tmp_path, home=tmp_path / "zoo")
     assert (done.returncode, done.stderr) == (1, "error: --ray is empty: give HOST:PORT, or --ray alone for RAY_ADDRESS or a Ray of its own\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no out/, no zoo
 
 
 def test_an_output_among_what_the_zoo_keeps_in_its_folder_is_refused(one_file_archive, tmp_path):
@@ -555,3 +557,19 @@ def test_the_shells_environment_does_not_turn_zoos_output_into_errors(tmp_path):
                           cwd=gone, preexec_fn=gone.rmdir, timeout=300)
     assert (done.returncode, done.stderr) == (1, "error: No such file or directory: the current folder was removed (cd into one that "
                                                  "exists, or give absolute paths)\n")
+
+
+def test_a_batchs_output_folder_inside_one_of_its_models_is_refused(tmp_path):
+    """compress A B -o A/: A's archive held the batch's temporary folder, and B's archive too when
+    it landed first (on Ray, as the tasks happened to run)."""
+    models = []
+    for number, name in enumerate(("alpha", "beta")):
+        (tmp_path / name).mkdir()
+        write_safetensors(tmp_path / name / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), number))})
+        models.append(tmp_path / name)
+    for output in (models[0], models[0] / "archives"):
+        done = zoo_cli("compress", *models, "-o", f"{output}/", home=tmp_path / "zoo")
+        assert (done.returncode, done.stderr.startswith(f"error: {output}: ")) == (1, True), done.stderr
+        assert "the model folder" in done.stderr and "write them elsewhere" in done.stderr, done.stderr
+    assert sorted(p.name for p in models[0].iterdir()) == ["model.safetensors"]
+    ok(zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", home=tmp_path / "zoo"))
