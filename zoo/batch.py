@@ -237,6 +237,7 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
             temporaries.sweep_beside(storage.root / name)  # what an attempt killed before this retry left
             scratch = stack.enter_context(temporaries.locked_temporary(storage.root, temporaries.temporary_prefix(storage.root / name),
                                                                        is_dir=True))
+            temporaries.kill_point("batch-scratch")
         else:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-batch-")))
         local = _local_source(source, scratch, seconds)
@@ -547,8 +548,14 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
 
     tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]
     try:
-        return _run(ray, tasks, [f"zoo compress {name}" for name in names],
-                    lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
+        results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
+                       lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
+        storage = open_storage(output)
+        if isinstance(storage, LocalFolder):  # a task whose worker died every time left its last attempt's temporary
+            for result in results:
+                if not result.ok:
+                    temporaries.sweep_beside(storage.root / result.name)
+        return results
     except BaseException:
         # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them,
         # once their workers are gone (a temporary's lock is its writer's until it dies; a cancelled

@@ -192,6 +192,17 @@ def test_a_worker_that_dies_is_retried(ray_cluster: str, tmp_path: Path, monkeyp
         assert result.sha256 == _sha256(tmp_path / "local.zoo") == _sha256(tmp_path / "out" / result.name)
 
 
+def test_a_task_whose_worker_dies_every_time_leaves_no_temporary(ray_cluster: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retries swept what an earlier attempt left, but nothing swept the last one's: a failed
+    model's temporary stayed in the user's -o folder after the command had ended."""
+    sources = _models(tmp_path / "models", 1)
+    monkeypatch.setenv("ZOO_KILL_AT", "batch-scratch")  # every attempt killed -9 once its temporary is there
+    results = batch.compress_many([str(s) for s in sources], tmp_path / "out", ray=ray_cluster, retries=1)
+    assert [r.ok for r in results] == [False] and "died" in results[0].error, results[0].error
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_split_model_whose_tasks_die_is_retried(ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each part task and the model's build killed -9 on its first attempt: the retries' objects are
     the model's, and the zoo holds what a local run stores."""
