@@ -599,8 +599,10 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
 
     chosen = Pipeline.parse(pipeline)
     variant = variant_of(chosen.spec())
-    # a model's XOR base is one the zoo held before the batch: the same whatever order the tasks run in
-    bases = sorted(entry.ref for entry in store.entries())
+    # a model's XOR base is one the zoo held before the batch and that the batch does not replace
+    # (--force): the same whatever order the tasks run and land in
+    replaced = {f"{name}@{revision}:{variant}" for name in names}
+    bases = sorted(entry.ref for entry in store.entries() if entry.ref not in replaced)
     home = store.location
     runs: list[list[tuple[int, int]]] = []
     for source, label in zip(sources, labels):

@@ -544,3 +544,22 @@ def test_export_archive_into_a_folder_named_with_a_trailing_slash(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["base.zoo"]
     done = zoo_cli("export", "org/base", "-o", f"{tmp_path / 'missing'}/", "--archive", home=home)
     assert done.returncode == 1 and "output folder does not exist" in done.stderr and not (tmp_path / "missing").exists()
+
+
+def test_a_batch_that_replaces_a_base_stores_its_fine_tune_the_same_in_any_order(tmp_path):
+    """With --force, a batch holding a fine-tune and a new model under its base's name stored the
+    fine-tune as XORs against the base or not, as the replacement happened to land before or after
+    it (on Ray, from one run to the next): a base the batch replaces is no base of it."""
+    from zoo import batch
+
+    base = write_model(tmp_path / "old" / "base", base_tensors())
+    tuned = write_model(tmp_path / "tuned", fine_tuned(base_tensors(), 1), base_name="base")
+    other = write_model(tmp_path / "new" / "base", base_tensors(seed=7))
+    stored = []
+    for order in ([tuned, other], [other, tuned]):
+        store = Store(tmp_path / f"zoo-{len(stored)}")
+        compress_into(store, base, "base")
+        results = batch.compress_many([str(s) for s in order], store=store, ray=None, force=True)
+        assert all(r.ok for r in results), [r.error for r in results]
+        stored.append(store.resolve("tuned").base)
+    assert stored == [None, None]  # no XOR against a base the batch replaced, whichever landed first
