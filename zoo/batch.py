@@ -482,8 +482,9 @@ def split(sizes: list[int], task_bytes: int) -> list[tuple[int, int]]:
 
 
 def archive_name(source: str) -> str:
-    """The archive a source gets under `-o DIR`: its folder's or file's name, .zoo."""
-    stem = source.rstrip("/").rsplit("/", 1)[-1]
+    """The archive a source gets under `-o DIR`: its folder's or file's name, .zoo (a local path's
+    as it resolves: `.` and `..` name the folders they are)."""
+    stem = source.rstrip("/").rsplit("/", 1)[-1] if is_url(source) else Path(os.path.abspath(source)).name
     for suffix in (".safetensors", ".bin", ".pt", ".pth"):
         if stem.lower().endswith(suffix):
             stem = stem[:-len(suffix)]

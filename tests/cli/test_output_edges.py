@@ -573,3 +573,16 @@ def test_a_batchs_output_folder_inside_one_of_its_models_is_refused(tmp_path):
         assert "the model folder" in done.stderr and "write them elsewhere" in done.stderr, done.stderr
     assert sorted(p.name for p in models[0].iterdir()) == ["model.safetensors"]
     ok(zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", home=tmp_path / "zoo"))
+
+
+def test_an_archive_under_a_folder_is_named_after_the_folder_a_dot_names(tmp_path):
+    """compress . ../beta -o out/ wrote the hidden out/..zoo, and ./ with ../beta/. were 'two
+    sources stored as ..zoo'."""
+    for number, name in enumerate(("alpha", "beta")):
+        (tmp_path / name).mkdir()
+        write_safetensors(tmp_path / name / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), number))})
+    ok(zoo_cli("compress", ".", "../beta/.", "-o", f"{tmp_path / 'out'}/", cwd=tmp_path / "alpha", home=tmp_path / "zoo"))
+    (tmp_path / "one").mkdir()
+    ok(zoo_cli("compress", "./", "-o", f"{tmp_path / 'one'}/", cwd=tmp_path / "alpha", home=tmp_path / "zoo"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["alpha.zoo", "beta.zoo"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["alpha.zoo"]
