@@ -711,7 +711,9 @@ def _refuse_existing(names: list[str], output: str | os.PathLike[str] | None, st
         there = [f"{name}@{revision}:{variant}" for name in names if store.exists_ref(name, revision, variant) is not None]
         where = "in the zoo"
     else:
-        there = [name for name in names if storage.stat(name) is not None]
+        # a link there (one to nothing among them) is there: put() would not replace it, after the work
+        there = [name for name in names if storage.stat(name) is not None
+                 or (isinstance(storage, LocalFolder) and os.path.lexists(storage.root / name))]
         where = f"in {output}"
     if there:
         raise OutputExistsError(f"{', '.join(there)} {'is' if len(there) == 1 else 'are'} already {where}; pass --force to replace "

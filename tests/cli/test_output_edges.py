@@ -586,3 +586,19 @@ def test_an_archive_under_a_folder_is_named_after_the_folder_a_dot_names(tmp_pat
     ok(zoo_cli("compress", "./", "-o", f"{tmp_path / 'one'}/", cwd=tmp_path / "alpha", home=tmp_path / "zoo"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["alpha.zoo", "beta.zoo"]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["alpha.zoo"]
+
+
+def test_a_link_to_nothing_where_a_batchs_archive_goes_is_refused_before_the_work(tmp_path):
+    """compress A B -o out/ with out/alpha.zoo a link to nothing compressed alpha, then said it
+    "appeared while it was being compressed"; one model's compress -o refuses it at once."""
+    models = []
+    for number, name in enumerate(("alpha", "beta")):
+        (tmp_path / name).mkdir()
+        write_safetensors(tmp_path / name / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), number))})
+        models.append(tmp_path / name)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "alpha.zoo").symlink_to("/nonexistent/x")
+    done = zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", home=tmp_path / "zoo")
+    assert (done.returncode, done.stderr) == (1, f"error: alpha.zoo is already in {tmp_path / 'out'}/; pass --force to replace it\n")
+    ok(zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", "--force", home=tmp_path / "zoo"))
+    assert not (tmp_path / "out" / "alpha.zoo").is_symlink()
