@@ -545,6 +545,7 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
     def land(index: int, landed: Landed) -> Landed:
         if on_landed is not None:
             on_landed(landed)
+        temporaries.kill_point("batch-landed")
         return landed
 
     tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]

@@ -602,3 +602,13 @@ def test_a_link_to_nothing_where_a_batchs_archive_goes_is_refused_before_the_wor
     assert (done.returncode, done.stderr) == (1, f"error: alpha.zoo is already in {tmp_path / 'out'}/; pass --force to replace it\n")
     ok(zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", "--force", home=tmp_path / "zoo"))
     assert not (tmp_path / "out" / "alpha.zoo").is_symlink()
+
+
+def test_ctrl_c_once_a_batchs_archive_landed_says_it_was_written(tmp_path):
+    models = []
+    for number, name in enumerate(("alpha", "beta")):
+        (tmp_path / name).mkdir()
+        write_safetensors(tmp_path / name / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), number))})
+        models.append(tmp_path / name)
+    done = zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", home=tmp_path / "zoo", env={"ZOO_KILL_AT": "batch-landed:INT"})
+    assert done.returncode == 130 and done.stderr.endswith(f"interrupted after {tmp_path / 'out' / 'alpha.zoo'} was written\n"), done.stderr

@@ -13,7 +13,7 @@ from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
 from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import count, print_compressed, print_quality, print_report
-from zoo.signals import an_output
+from zoo.signals import an_output, written
 
 
 def _codec_help() -> str:
@@ -199,6 +199,9 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
 
     def landed(result: batch.Landed) -> None:
         advance(result.original_bytes)
+        if result.ok and output is not None and not is_url(result.output):  # an archive in place: a signal now says so
+            an_output(result.output)
+            written(result.output)
         if as_json:
             return
         if result.ok:
