@@ -519,7 +519,10 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         raise InputError("no model to compress")
     for source in sources:
         if not is_url(source) and not Path(source).exists():
-            raise InputError(f"{source}: no such file or folder")
+            from zoo.refs import looks_like_path
+
+            hub = "" if looks_like_path(source) else " (a hub id? `zoo pull` takes several, and `zoo compress` one at a time)"
+            raise InputError(f"{source}: no such file or folder{hub}")
     into_zoo = output is None
     if into_zoo:
         store = store or Store()

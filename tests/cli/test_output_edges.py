@@ -612,3 +612,10 @@ def test_ctrl_c_once_a_batchs_archive_landed_says_it_was_written(tmp_path):
         models.append(tmp_path / name)
     done = zoo_cli("compress", *models, "-o", f"{tmp_path / 'out'}/", home=tmp_path / "zoo", env={"ZOO_KILL_AT": "batch-landed:INT"})
     assert done.returncode == 130 and done.stderr.endswith(f"interrupted after {tmp_path / 'out' / 'alpha.zoo'} was written\n"), done.stderr
+
+
+def test_a_hub_id_among_several_sources_is_pointed_to_pull(tmp_path):
+    write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    done = zoo_cli("compress", tmp_path / "w.safetensors", "org/x", home=tmp_path / "zoo")
+    assert (done.returncode, done.stderr) == (1, "error: org/x: no such file or folder (a hub id? `zoo pull` takes several, and "
+                                                 "`zoo compress` one at a time)\n")
