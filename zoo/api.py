@@ -41,7 +41,7 @@ from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revi
 from zoo.refs import archive_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
 from zoo.sources.segments import refuse_names_the_locale_would_change
-from zoo.signals import written
+from zoo.signals import signals_held, written
 
 Progress = Callable[[int], None]  # bytes of the source done since the last call
 # The phases of a lossy compress that run before its first byte is written, and what their done and
@@ -204,8 +204,9 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
         # private (0700/0600) when made; give the output the modes the umask allows.
         os.chmod(temporary, (0o777 if is_dir else 0o666) & ~current_umask())
         yield temporary
-        temporaries.replace(temporary, final, force)
-        written(str(final))
+        with signals_held():  # in place and said so, or neither
+            temporaries.replace(temporary, final, force)
+            written(str(final))
         temporaries.kill_point("output-placed")
 
 

@@ -140,6 +140,18 @@ def test_force_killed_between_renames_keeps_a_complete_output(tiny_model, tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_ctrl_c_between_the_renames_of_force_waits_for_the_second(tiny_model, tmp_path):
+    """Ctrl-C after the old output was set aside and before the new one took its place (no rename
+    exchange) left neither: the set-aside folder was removed, the old output with it."""
+    out = tmp_path / "out.zoo"
+    out.write_bytes(b"the old output")
+    done = zoo_cli("compress", tiny_model, "-o", out, "--force", home=tmp_path / "zoo",
+                   env={"ZOO_KILL_AT": "between-renames:INT", "ZOO_RENAME_EXCHANGE": "0"})
+    assert (done.returncode, done.stderr) == (130, f"interrupted after {out} was written\n")
+    assert zoo.verify(out) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.slow
 def test_temporaries_of_a_killed_compress_are_removed_by_the_next_run_only(tmp_path):
     """kill -9 mid-write leaves `.out.zoo.zoo-tmp-PID-*` and `.zoo-payload-PID-*`; the next run

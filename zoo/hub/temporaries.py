@@ -32,6 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from zoo.errors import OutputExistsError
+from zoo.signals import signals_held
 
 STALE_SECONDS = 3600  # a lock-free temporary this old is debris even when its pid runs again
 PAYLOAD_PREFIX = ".zoo-payload-"
@@ -256,7 +257,9 @@ def replace(temporary: Path, final: Path, force: bool) -> None:
         return
     if _exchange(temporary, final):
         return
-    with locked_temporary(final.parent, aside_prefix(final), is_dir=True) as aside:
+    # a stop between the two renames waits for the second: Ctrl-C there left neither output, the old
+    # one set aside being removed with its folder
+    with locked_temporary(final.parent, aside_prefix(final), is_dir=True) as aside, signals_held():
         os.replace(final, aside / final.name)
         kill_point("between-renames")
         try:
