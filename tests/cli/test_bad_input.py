@@ -566,3 +566,13 @@ def test_info_shows_stored_figures_of_any_json_type(tmp_path, metadata):
     done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "w.zoo")], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"})
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_an_unexpected_error_is_one_line_that_calls_itself_a_bug(tmp_path):
+    script = ("import sys, zoo.cli, zoo.cli.app\n"
+              "def app_for(argv):\n    raise RuntimeError('something zoo did not foresee')\n"
+              "zoo.cli.app.app_for = app_for\nsys.argv = ['zoo', 'compress', 'x']\nzoo.cli.main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                                                if k != "ZOO_DEBUG"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: unexpected RuntimeError: something zoo did not foresee") and "a bug in zoo" in done.stderr

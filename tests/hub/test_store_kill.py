@@ -315,3 +315,34 @@ def test_ctrl_c_once_an_output_is_in_place_says_it_was_written(tiny_model, tmp_p
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in tiny_model.iterdir())
     done = zoo_cli("compress", tiny_model, "--name", "m", home=tmp_path / "zoo", env={"ZOO_KILL_AT": "output-placed:INT"})
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
+
+
+def test_a_dead_runs_old_output_is_put_back_only_where_no_new_one_came(tmp_path):
+    """The old output a killed --force had set aside goes back to its place when nothing is there;
+    over a new output that a later run wrote, it would replace the user's newer file."""
+    from zoo.hub.temporaries import aside_prefix, sweep_beside
+
+    out = tmp_path / "out.zoo"
+    aside = tmp_path / f"{aside_prefix(out)}999999-0123abcd"  # a writer that is gone: its lock is free
+    aside.mkdir()
+    (aside / out.name).write_bytes(b"the old output")
+    out.write_bytes(b"the new output")
+    sweep_beside(out)
+    assert out.read_bytes() == b"the new output" and not aside.exists()
+    aside.mkdir()
+    (aside / out.name).write_bytes(b"the old output")
+    out.unlink()
+    sweep_beside(out)
+    assert out.read_bytes() == b"the old output" and not aside.exists()
+
+
+def test_adding_an_archive_under_a_name_the_zoo_holds_needs_force(tiny_model, tmp_path):
+    from zoo.errors import OutputExistsError
+
+    zoo.compress(tiny_model, tmp_path / "a.zoo")
+    zoo.compress(tiny_model, tmp_path / "b.zoo", "truncate:bits=6|lossless")
+    store = Store(tmp_path / "zoo")
+    store.add(tmp_path / "a.zoo", "m")
+    with pytest.raises(OutputExistsError, match="already in the zoo"):
+        store.add(tmp_path / "a.zoo", "m")
+    assert store.add(tmp_path / "a.zoo", "m", force=True).name == "m"
