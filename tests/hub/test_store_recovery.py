@@ -675,9 +675,30 @@ def test_a_zoo_home_that_holds_a_users_files_is_refused_and_left_as_it_was(tiny_
         done = zoo_cli(*args, home=home)
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (args, done.stderr)
         if args[0] in ("compress", "gc", "doctor"):
-            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'archives', and no manifests/, objects/ or "
-                                                         "catalogue.sqlite): point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
+            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'archives', which no zoo makes, and no "
+                                                         "catalogue or objects): point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
     assert {p.relative_to(home): p.read_bytes() if p.is_file() else None for p in home.rglob("*")} == before
+
+
+def test_a_folder_is_a_zoo_by_what_only_a_zoo_makes(tiny_model, tmp_path):
+    """A manifests/ folder of the user's own (Kubernetes') made the folder pass for a zoo, and `zoo ls`
+    moved its archives/ files aside; a folder a second command was just making into a zoo, or a
+    fresh disk's lost+found, were refused."""
+    home = tmp_path / "mine"
+    (home / "manifests" / "prod").mkdir(parents=True)
+    (home / "manifests" / "prod" / "app.yaml").write_text("kind: Deployment")
+    (home / "archives").mkdir()
+    (home / "archives" / "taxes.pdf").write_text("figures")
+    done = zoo_cli("compress", tiny_model, "--name", "org/m", home=home)
+    assert done.returncode == 1 and "is no zoo (it holds 'archives', which no zoo makes" in done.stderr, done.stderr
+    zoo_cli("ls", home=home)
+    assert sorted(p.name for p in home.iterdir()) == ["archives", "manifests"] and (home / "archives" / "taxes.pdf").is_file()
+    for made in (["manifests", "work"], ["lost+found", ".DS_Store"]):
+        fresh = tmp_path / "-".join(made)
+        for name in made:
+            (fresh / name).mkdir(parents=True)
+        compress_into(Store(fresh), tiny_model, "org/m")
+        assert [e.name for e in Store(fresh).entries()] == ["org/m"]
 
 
 def test_a_folder_in_the_zoos_work_folder_that_no_job_made_is_never_swept(tiny_model, tmp_path):

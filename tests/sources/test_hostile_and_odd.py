@@ -117,6 +117,11 @@ def test_a_zoo_inside_the_models_folder_is_left_out_and_a_zoos_folder_is_no_mode
     with pytest.raises(InputError, match="is a zoo's own folder, not a model's"):
         zoo.compress(folder / "zoo", tmp_path / "z.zoo")
     assert not (tmp_path / "z.zoo").exists()
+    for name in ("objects", "manifests", "work"):  # a model's own folders of those names are the model's
+        (folder / "data" / name).mkdir(parents=True)
+        (folder / "data" / name / "part.txt").write_text(name)
+    report = zoo.compress(folder / "data", tmp_path / "d.zoo")
+    assert sorted(f["path"] for f in report.files) == ["manifests/part.txt", "objects/part.txt", "work/part.txt"]
 
 
 def test_a_folder_whose_every_entry_is_left_out_comes_back_empty(tmp_path):

@@ -61,6 +61,10 @@ def zoo_home() -> Path:
     return Path(cache) / "zoo"
 
 
+# What a zoo makes in its folder (docs/STORE.md): no file of a user's, in a folder that holds no zoo yet.
+_ZOO_NAMES = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind"}
+
+
 class StoreError(ZooError):
     """The zoo's own files cannot be read or written (disk full, permissions, a damaged manifest)."""
 
@@ -314,16 +318,20 @@ class Store:
     def _refuse_a_foreign_folder(self) -> None:
         """A ZOO_HOME that names a folder holding files but no zoo (a home folder, a project) is
         refused before the zoo writes there: its sweeps and its migration of the old layout would
-        take folders under work/ and files under archives/ for the zoo's own."""
-        if (self.catalogue.exists() or self.manifests.is_dir() or self.objects.is_dir()
-                or any(self.archives.glob(f"*{OBJECT_SUFFIX}")) or not self.home.is_dir()):
+        take folders under work/ and files under archives/ for the zoo's own. A zoo is known by
+        its catalogue, its lock, objects/sha256 or an old layout's archives/*.zoo; a folder that
+        holds none of them may hold only what a zoo makes (another command making it at this
+        moment), hidden files and lost+found."""
+        if (not self.home.is_dir() or self.catalogue.exists() or self.lock_path.exists() or self.objects.is_dir()
+                or any(self.archives.glob(f"*{OBJECT_SUFFIX}"))):
             return
         try:
-            held = min(self.home.iterdir(), default=None)  # the first by name: the same on every file system
+            names = sorted(name for name in os.listdir(self.home) if name not in _ZOO_NAMES and not name.startswith(".")
+                           and name != "lost+found")
         except OSError:
             return  # unreadable: creating the zoo's folders says why
-        if held is not None:
-            raise StoreError(f"{self.home}: is no zoo (it holds {held.name!r}, and no manifests/, objects/ or catalogue.sqlite): "
+        if names:
+            raise StoreError(f"{self.home}: is no zoo (it holds {names[0]!r}, which no zoo makes, and no catalogue or objects): "
                              "point ZOO_HOME at a zoo, or at a new or empty folder")
 
     def _make_folders(self) -> None:

@@ -147,9 +147,9 @@ def _next_hop(link: Path, real_root: str) -> str | None:
 
 
 def is_a_zoo(folder: str | os.PathLike[str]) -> bool:
-    """Whether `folder` is a zoo's (docs/STORE.md): it holds objects/, manifests/ and work/, which
-    the zoo makes together before its first write."""
-    return all(os.path.isdir(os.path.join(folder, name)) for name in ("objects", "manifests", "work"))
+    """Whether `folder` is a zoo's (docs/STORE.md): it holds objects/sha256/, manifests/ and work/,
+    which the zoo makes together before its first write (a model's own data/objects/ is no zoo)."""
+    return all(os.path.isdir(os.path.join(folder, *name.split("/"))) for name in ("objects/sha256", "manifests", "work"))
 
 
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
