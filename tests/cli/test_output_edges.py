@@ -537,6 +537,16 @@ def test_names_keep_their_bytes_under_a_locale_that_is_not_utf8(latin1_locale, t
                               env={**os.environ, **latin1_locale})
         assert "run Python in UTF-8 mode (PYTHONUTF8=1 or python -X utf8)" in done.stderr.splitlines()[-1], done.stderr
     assert not (tmp_path / "n.zoo").exists() and not (tmp_path / "out2").exists()
+    # its reports in the locale's encoding (× is 0xd7 there), and a program of its own calling main()
+    # is not started again (it had read its stdin, and ran twice)
+    shown = subprocess.run([sys.executable, "-m", "zoo", "info", tmp_path / "m.zoo"], capture_output=True,
+                           env={**os.environ, **latin1_locale}).stdout
+    assert b"8\xd78 " in shown, shown
+    wrapper = ("import sys\nfrom zoo.cli import main\nprint('started', file=sys.stderr)\n"
+               f"sys.argv = ['zoo', 'compress', {str(model)!r}, '-o', {str(tmp_path / 'w.zoo')!r}]\nmain()\n")
+    done = subprocess.run([sys.executable, "-c", wrapper, "--its-own-flag"], capture_output=True, text=True, errors="replace",
+                          env={**os.environ, **latin1_locale})
+    assert done.returncode == 1 and done.stderr.count("started") == 1 and "run Python in UTF-8 mode" in done.stderr, done.stderr
 
 
 def test_the_shells_environment_does_not_turn_zoos_output_into_errors(tmp_path):

@@ -102,13 +102,31 @@ def _current_folder_is_gone() -> bool:
 
 
 def _in_utf8_mode() -> None:
-    """Under a locale whose encoding is not UTF-8 (ISO-8859-1, KOI8-R), the command runs itself
+    """Under a locale whose encoding is not UTF-8 (ISO-8859-1, KOI8-R), the zoo command runs itself
     again in Python's UTF-8 mode: file names are then read and written as the bytes archives hold
     (as UTF-8, docs/FORMAT.md), where the locale's decoding stored `café` as `cafÃ©`. So do the
-    Python processes it starts (a batch's workers), through PYTHONUTF8."""
+    Python processes it starts (a batch's workers), through PYTHONUTF8. Its output stays in the
+    locale's encoding (PYTHONIOENCODING, unless the user set one). A program that calls main() with
+    an argv of its own is not started again: the Python API's refusal of such names stands."""
     if sys.flags.utf8_mode or not sys.executable or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
         return
-    os.execve(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]], {**os.environ, "PYTHONUTF8": "1"})
+    if not _started_as_zoo():
+        return
+    environment = {**os.environ, "PYTHONUTF8": "1"}
+    if not environment.get("PYTHONIOENCODING") and sys.stdout is not None and getattr(sys.stdout, "encoding", None):
+        environment["PYTHONIOENCODING"] = sys.stdout.encoding
+    os.execve(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]], environment)
+
+
+def _started_as_zoo() -> bool:
+    """Whether this process was started as the zoo command (its console script, or python -m zoo)
+    with the arguments main() reads, which it may then be started with again."""
+    original, argv = sys.orig_argv, sys.argv
+    given = len(argv) - 1
+    if len(original) <= given or original[len(original) - given:] != argv[1:]:
+        return False
+    head = original[:len(original) - given]
+    return head[-2:] == ["-m", "zoo"] or (os.path.basename(argv[0]) == "zoo" and os.path.abspath(head[-1]) == os.path.abspath(argv[0]))
 
 
 def main() -> None:
