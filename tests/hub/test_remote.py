@@ -247,3 +247,14 @@ def test_an_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPa
     storage = open_storage("s3://nowhere", config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2})
     with pytest.raises(StorageError, match="cannot"):
         storage.read("manifests/a.json")
+
+
+def test_delete_spares_a_key_written_after_the_time_given(storage: Storage, tmp_path: Path) -> None:
+    """`zoo gc` deletes an object only if its last write is still older than the grace period when
+    it goes, in the one look the delete takes."""
+    key = "objects/sha256/ef/ef.zoo"
+    storage.put(key, _file(tmp_path, "object", b"payload"))
+    assert storage.delete(key, written_before=time.time() - 3600) is False
+    assert storage.read(key) == b"payload"
+    assert storage.delete(key, written_before=time.time() + 60) is True
+    assert storage.stat(key) is None and storage.delete(key) is False

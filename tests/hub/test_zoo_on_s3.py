@@ -361,7 +361,7 @@ def test_a_publish_that_loses_a_race_or_its_answer_says_what_may_have_happened(b
     meanwhile; pass --force", --force given; a manifest written whose answer was lost said only
     "cannot publish", and the model was there."""
     from zoo.errors import OutputExistsError
-    from zoo.hub.remote import StorageError
+    from zoo.hub.remote import ANY, StorageError
 
     url = f"{bucket}/races"
     store = machine(tmp_path, "writer", url, monkeypatch)
@@ -374,7 +374,16 @@ def test_a_publish_that_loses_a_race_or_its_answer_says_what_may_have_happened(b
         return publish(key, data, **options)
 
     monkeypatch.setattr(store.storage, "publish", removed_first)
-    with pytest.raises(OutputExistsError, match="replaced or removed by another writer meanwhile, and is not replaced by this one"):
+    with pytest.raises(OutputExistsError, match="stored, replaced or removed by another writer meanwhile, and is not replaced by this"):
+        compress_into(store, model, "m", force=True)
+
+    def stored_first(key, data, **options):
+        publish(key, data + b"\n", expect=ANY)  # another machine's model stored between the read (none there) and the write
+        return publish(key, data, **options)
+
+    store.storage.delete(store._relative(store.manifest_path("m", "main", "lossless")))
+    monkeypatch.setattr(store.storage, "publish", stored_first)
+    with pytest.raises(OutputExistsError, match="stored, replaced or removed by another writer meanwhile, and is not replaced by this"):
         compress_into(store, model, "m", force=True)
 
     def answer_lost(key, data, **options):
@@ -384,4 +393,4 @@ def test_a_publish_that_loses_a_race_or_its_answer_says_what_may_have_happened(b
     monkeypatch.setattr(store.storage, "publish", answer_lost)
     with pytest.raises(StorageError, match=r"Read timeout on endpoint URL; n@main:lossless may be stored all the same"):
         compress_into(store, model, "n")
-    assert [e.ref for e in machine(tmp_path, "fresh", url, monkeypatch).entries()] == ["n@main:lossless"]
+    assert [e.ref for e in machine(tmp_path, "fresh", url, monkeypatch).entries()] == ["m@main:lossless", "n@main:lossless"]

@@ -240,10 +240,10 @@ class Store:
         try:
             self.storage.publish(key, data, expect=old[1] if old is not None else ABSENT)
         except PublishConflict:
-            if old is None:
+            if not force:
                 raise OutputExistsError(f"{ref} was stored by another writer meanwhile; pass --force to replace it") from None
-            raise OutputExistsError(f"{ref} was replaced or removed by another writer meanwhile, and is not replaced by this one; "
-                                    "run the command again to replace what is there now") from None
+            raise OutputExistsError(f"{ref} was stored, replaced or removed by another writer meanwhile, and is not replaced by this "
+                                    "one; run the command again to replace what is there now") from None
         except StorageError as error:  # the manifest's write may have landed though its answer did not
             raise StorageError(f"{error}; {ref} may be stored all the same (`zoo ls` says)") from None
         stored(ref)
@@ -286,11 +286,10 @@ class Store:
             name = info.key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
             if name in named or time.time() - info.modified <= GC_GRACE_SECONDS:
                 continue
-            # Looked at again just before it goes: a writer that found this object since the listing
-            # renewed its age before publishing a manifest that names it (Storage.put), and the
+            # Its age looked at again just before it goes: a writer that found this object since the
+            # listing renewed it before publishing a manifest that names it (Storage.put), and the
             # listing's age would have collected an object of a model stored meanwhile.
-            now = self.storage.stat(info.key)
-            if now is not None and time.time() - now.modified > GC_GRACE_SECONDS and self.storage.delete(info.key):
+            if self.storage.delete(info.key, written_before=time.time() - GC_GRACE_SECONDS):
                 removed.append((Path(info.key), info.size))
                 self.object_path(name).unlink(missing_ok=True)
         return removed

@@ -91,8 +91,9 @@ class Storage:
         """A document and its version (what publish(expect=) compares), read together; None when absent."""
         raise NotImplementedError
 
-    def delete(self, key: str) -> bool:
-        """Remove a key; False when it was not there."""
+    def delete(self, key: str, written_before: float | None = None) -> bool:
+        """Remove a key; False when it was not there, or, with `written_before` (Unix time), when
+        its last write came after that (`zoo gc`: a writer renewed it since the listing)."""
         raise NotImplementedError
 
 

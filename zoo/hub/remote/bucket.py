@@ -232,14 +232,16 @@ class FsspecStorage(Storage):
 
         return sync(self.fs.loop, get)
 
-    def delete(self, key: str) -> bool:
-        existed = self.stat(key) is not None  # S3 answers a DELETE of a missing key as one that was there
+    def delete(self, key: str, written_before: float | None = None) -> bool:
+        found = self.stat(key)  # S3 answers a DELETE of a missing key as one that was there
+        if found is None or (written_before is not None and found.modified >= written_before):
+            return False
         with self._errors(key, "delete"):
             try:
                 self.fs.rm_file(self.path(key))
             except FileNotFoundError:
                 return False
-        return existed
+        return True
 
 
 def fetch(url: str, destination: str | os.PathLike[str]) -> Path:

@@ -170,8 +170,10 @@ class LocalFolder(Storage):
             return None
         return data, content_version(data)
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, written_before: float | None = None) -> bool:
         try:
+            if written_before is not None and self.path(key).stat().st_mtime >= written_before:
+                return False
             self.path(key).unlink()
         except FileNotFoundError:
             return False
