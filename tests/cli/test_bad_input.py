@@ -576,3 +576,13 @@ def test_an_unexpected_error_is_one_line_that_calls_itself_a_bug(tmp_path):
                                                                                                 if k != "ZOO_DEBUG"})
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: unexpected RuntimeError: something zoo did not foresee") and "a bug in zoo" in done.stderr
+
+
+def test_a_warning_made_an_error_by_the_user_is_said_so_not_a_bug(tmp_path):
+    script = ("import sys, warnings, zoo.cli, zoo.cli.app\n"
+              "def app_for(argv):\n    warnings.warn('torch.jit.script is deprecated', DeprecationWarning)\n"
+              "zoo.cli.app.app_for = app_for\nsys.argv = ['zoo', 'bench', 'x']\nzoo.cli.main()\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"})
+    assert (done.returncode, done.stderr) == (1, "error: DeprecationWarning: torch.jit.script is deprecated (a warning, made an error "
+                                                 "by PYTHONWARNINGS or -W)\n")

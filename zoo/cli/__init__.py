@@ -178,6 +178,11 @@ def main() -> None:
             raise
         _say(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"))
         sys.exit(1)
+    except Warning as error:  # another package's warning that PYTHONWARNINGS=error or -W error made an exception
+        if debugging():
+            raise
+        _say(one_line(f"error: {type(error).__name__}: {error} (a warning, made an error by PYTHONWARNINGS or -W)"))
+        sys.exit(1)
     except ModuleNotFoundError as error:
         if debugging() or error.name not in EXTRAS:
             raise
