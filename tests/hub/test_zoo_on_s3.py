@@ -200,6 +200,9 @@ def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path,
     done = _zoo(url, tmp_path / "doctor", "doctor")
     assert done.returncode == 1 and f"{url}/manifests/broken/main/lossless.json: damaged manifest (" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith(f"{url}: 1 model;")
+    done = _zoo(url, tmp_path / "lister", "ls")  # doctor writes nothing in a bucket: its remedy is no remedy there
+    assert "damaged manifest (" in done.stderr and "storing the model again with --force replaces it" in done.stderr, done.stderr
+    assert "zoo doctor" not in done.stderr, done.stderr
 
 
 def test_a_bucket_that_does_not_exist_is_an_error_not_an_empty_zoo(bucket, tmp_path):

@@ -373,7 +373,9 @@ class Store:
         try:
             record = check_record(json.loads(path.read_bytes()))
         except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise StoreError(f"{path}: damaged manifest ({error}); `zoo doctor` restores it from its object when it can") from None
+            remedy = ("`zoo doctor` restores it from its object when it can" if self.storage is None else
+                      "storing the model again with --force replaces it")
+            raise StoreError(f"{path}: damaged manifest ({error}); {remedy}") from None
         try:
             return self.check_placed(self._relative(path), record)
         except ValueError as error:
@@ -955,8 +957,8 @@ class Store:
                                     "is not its archive's (edited by hand?); store the model again with --force")
             left_out = self._archive_names(record) - {o["sha256"] for o in record["objects"]}
             if left_out:
-                problems.append(f"{ref}: its manifest leaves out {len(left_out)} of the objects its archive names (`zoo doctor` "
-                                "lists them again)")
+                remedy = "`zoo doctor` lists them again" if self.storage is None else "store the model again with --force to list them"
+                problems.append(f"{ref}: its manifest leaves out {len(left_out)} of the objects its archive names ({remedy})")
             lossy = {f["path"]: f["served_sha256"] for f in record["files"] if not f["lossless"]}
             if lossy and not problems:  # decoded and held to the sha256 serve announces, as `zoo verify NAME` does
                 with Archive(self.object_path(archive["sha256"]), read_once=True) as opened:
