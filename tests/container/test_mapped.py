@@ -3,6 +3,7 @@ pread, and a file that shrinks under the map fails the read, never the process."
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -260,12 +261,14 @@ def test_decompress_and_verify_decode_out_of_the_map(archive, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("mtime", ["moved", "put-back"])
 @pytest.mark.parametrize("into", ["archive", "zoo"])
-def test_a_source_written_in_place_while_it_is_compressed_is_refused_and_stores_nothing(tmp_path, into):
+def test_a_source_written_in_place_while_it_is_compressed_is_refused_and_stores_nothing(tmp_path, into, mtime):
     """A file rewritten in place (same size) while compress read it: the coder, the objects' content
     keys and the sha256 each read it on their own, and the archive, reported stored, decoded to
     bytes that matched no record; into the zoo its objects, named for bytes they did not hold,
-    were reused by a later, untouched copy of the model. The build now refuses the file."""
+    were reused by a later, untouched copy of the model. The build now refuses the file, also when
+    the writer put its modification time back (rsync --inplace -t, touch -r): its ctime moved."""
     import zoo
     from zoo.api import compress_into
     from zoo.errors import InputError
@@ -280,9 +283,12 @@ def test_a_source_written_in_place_while_it_is_compressed_is_refused_and_stores_
 
     def progress(done):
         if not written:  # after the first chunk: a later tensor's bytes change, the file's size does not
+            before = os.stat(source)
             with open(source, "r+b") as file:
                 file.seek(len(original) - 8192)
                 file.write(bytes(4096))
+            if mtime == "put-back":
+                os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
             written.append(done)
 
     store = Store(tmp_path / "zoo")

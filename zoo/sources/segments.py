@@ -68,11 +68,13 @@ class SourceFile:
     empty: bool = True  # kind "folder": an empty folder, made by decompress; else one that only carries its mode
     # A file's device, inode, size and modification time (ns) when it was scanned: a build refuses a
     # file whose stamp has moved by its end, as one written while it was read (Builder.build).
-    stamp: tuple[int, int, int, int] | None = None
+    stamp: tuple[int, int, int, int, int] | None = None
 
 
-def stamp_of(status: os.stat_result) -> tuple[int, int, int, int]:
-    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+def stamp_of(status: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What moves when a file is written: its change time too, which a writer that puts the
+    modification time back (rsync --inplace -t, touch -r) cannot set."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def check_relpath(relpath: str) -> str:
