@@ -281,3 +281,14 @@ def test_a_chain_of_more_links_than_the_system_follows_is_left_out_with_a_word(t
     zoo.decompress(tmp_path / "c.zoo", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"link-{n}" for n in range(41))
     assert (tmp_path / "out" / "link-40").read_text() == "end"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="no /proc here")
+def test_a_file_that_says_0_bytes_but_holds_more_is_refused(tmp_path):
+    """/proc/cpuinfo (st_size 0) was stored as 0 bytes, and verify and decompress said every sha256
+    matched."""
+    with pytest.raises(InputError, match="says it holds 0 bytes but reads as more"):
+        zoo.compress("/proc/cpuinfo", tmp_path / "cpu.zoo")
+    assert not (tmp_path / "cpu.zoo").exists()
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert zoo.compress(tmp_path / "empty.txt", tmp_path / "e.zoo").files[0]["size"] == 0

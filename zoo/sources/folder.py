@@ -51,10 +51,21 @@ def _reason(error: InputError, path: Path, size: int) -> str:
 
 def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
     status = path.stat()
+    if status.st_size == 0 and _holds_bytes(path):  # /proc/cpuinfo: stored as 0 bytes, and "every sha256 matches"
+        raise InputError(f"{path}: says it holds 0 bytes but reads as more (a file of /proc or /sys): copy it to a regular "
+                         "file first")
     source = _read_file(path, relpath, status.st_size, strict)
     source.mode = stat.S_IMODE(status.st_mode) & 0o777  # no set-id or sticky bits: decompress never sets them
     source.stamp = stamp_of(status)
     return source
+
+
+def _holds_bytes(path: Path) -> bool:
+    try:
+        with open(path, "rb", buffering=0) as stream:
+            return bool(stream.read(1))
+    except OSError:
+        return False  # unreadable: reading it for the build says why
 
 
 def _read_file(path: Path, relpath: str, size: int, strict: bool) -> SourceFile:
