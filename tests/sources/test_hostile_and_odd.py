@@ -292,3 +292,37 @@ def test_a_file_that_says_0_bytes_but_holds_more_is_refused(tmp_path):
     assert not (tmp_path / "cpu.zoo").exists()
     (tmp_path / "empty.txt").write_bytes(b"")
     assert zoo.compress(tmp_path / "empty.txt", tmp_path / "e.zoo").files[0]["size"] == 0
+
+
+def test_a_zip_checkpoint_whose_storage_runs_past_its_end_is_no_checkpoint(tmp_path):
+    """A zip whose directory says a storage holds more bytes than the file has: "unexpected
+    ValueError: buffer is smaller than requested size (a bug in zoo)", for a folder holding it too."""
+    import io
+    import struct
+    import zipfile
+
+    saved = io.BytesIO()
+    torch.save({"w": torch.arange(1000, dtype=torch.float32)}, saved)
+    original = zipfile.ZipFile(io.BytesIO(saved.getvalue()))
+    [storage] = [info.filename for info in original.infolist() if info.filename.endswith("data/0")]
+    cut = io.BytesIO()
+    with zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as written:
+        for info in original.infolist():
+            written.writestr(info.filename, original.read(info.filename)[:100] if info.filename == storage else original.read(info.filename))
+    data = bytearray(cut.getvalue())
+    local = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo(storage).header_offset
+    struct.pack_into("<II", data, local + 18, 4000, 4000)  # the local header's sizes
+    position = struct.unpack_from("<I", data, data.rfind(b"PK\x05\x06") + 16)[0]
+    while data[position:position + 4] == b"PK\x01\x02":  # and the central directory's
+        name, extra, comment = struct.unpack_from("<HHH", data, position + 28)
+        if bytes(data[position + 46:position + 46 + name]).decode() == storage:
+            struct.pack_into("<II", data, position + 20, 4000, 4000)
+        position += 46 + name + extra + comment
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "pytorch_model.bin").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="runs past the end of the file"):
+        zoo.compress(tmp_path / "model" / "pytorch_model.bin", tmp_path / "one.zoo")
+    report = zoo.compress(tmp_path / "model", tmp_path / "folder.zoo")
+    assert "runs past the end of the file" in report.files[0]["opaque"]
+    zoo.decompress(tmp_path / "folder.zoo", tmp_path / "out")
+    assert (tmp_path / "out" / "pytorch_model.bin").read_bytes() == bytes(data)

@@ -284,6 +284,8 @@ def _source(path: Path, relpath: str, size: int, storages: _Storages, tensors: l
     for key, (start, nbytes) in placed.items():
         if nbytes != storages.nbytes[key]:
             raise InputError(f"{path}: storage {key} holds {nbytes} bytes, its pickle says {storages.nbytes[key]} bytes")
+        if start < 0 or start + nbytes > size:  # a zip directory that names bytes past the file's end (a cut or forged file)
+            raise InputError(f"{path}: storage {key} runs past the end of the file ({start + nbytes} of {size} bytes)")
         named = users.get(key, [])
         candidates = [t for t in named if t.dtype in DTYPES]  # the others' bytes are kept, never read as another dtype
         dtype = _element_dtype(storages.dtypes[key], nbytes, candidates)
