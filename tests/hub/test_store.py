@@ -311,7 +311,7 @@ def test_sweep_skips_a_job_folder_that_vanishes_while_it_looks(tmp_path):
     # at the folder: that once failed a concurrent compress with FileNotFoundError.
     store = Store(tmp_path / "zoo")
     store._make_folders()
-    vanished = store.work / "job-gone"
+    vanished = store.work / "job-gone1234"
 
     class Listing:
         def is_dir(self):

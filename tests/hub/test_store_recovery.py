@@ -675,25 +675,35 @@ def test_a_zoo_home_that_holds_a_users_files_is_refused_and_left_as_it_was(tiny_
         done = zoo_cli(*args, home=home)
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (args, done.stderr)
         if args[0] in ("compress", "gc", "doctor"):
-            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'archives', which no zoo makes, and no "
-                                                         "catalogue or objects): point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
+            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'work', and no catalogue, lock or objects): "
+                                                         "point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
     assert {p.relative_to(home): p.read_bytes() if p.is_file() else None for p in home.rglob("*")} == before
 
 
 def test_a_folder_is_a_zoo_by_what_only_a_zoo_makes(tiny_model, tmp_path):
-    """A manifests/ folder of the user's own (Kubernetes') made the folder pass for a zoo, and `zoo ls`
-    moved its archives/ files aside; a folder a second command was just making into a zoo, or a
-    fresh disk's lost+found, were refused."""
-    home = tmp_path / "mine"
-    (home / "manifests" / "prod").mkdir(parents=True)
-    (home / "manifests" / "prod" / "app.yaml").write_text("kind: Deployment")
-    (home / "archives").mkdir()
-    (home / "archives" / "taxes.pdf").write_text("figures")
-    done = zoo_cli("compress", tiny_model, "--name", "org/m", home=home)
-    assert done.returncode == 1 and "is no zoo (it holds 'archives', which no zoo makes" in done.stderr, done.stderr
-    zoo_cli("ls", home=home)
-    assert sorted(p.name for p in home.iterdir()) == ["archives", "manifests"] and (home / "archives" / "taxes.pdf").is_file()
-    for made in (["manifests", "work"], ["lost+found", ".DS_Store"]):
+    """A user's manifests/ or work/ made a folder pass for a zoo: `zoo ls` moved its archives/ files
+    aside, and compress swept its work/job-applications/ as a dead job's; a project's archives/*.zoo
+    beside its README was migrated as an old zoo. A folder another command is making into a zoo,
+    or a fresh disk's lost+found, is one."""
+    for name, files in (("k8s", {"manifests/prod/app.yaml": "kind: Deployment", ".git/HEAD": "ref"}),
+                        ("home", {"work/job-applications/letter.txt": "dear", ".config/x": ""}),
+                        ("project", {"archives/mine.zoo": (tmp_path / "m.zoo"), "README.md": "hi"})):
+        home = tmp_path / name
+        for path, content in files.items():
+            (home / path).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                zoo.compress(tiny_model, content)
+                (home / path).write_bytes(content.read_bytes())
+            else:
+                (home / path).write_text(content)
+        os.utime(home / "work" / "job-applications", (1e9, 1e9)) if name == "home" else None
+        before = sorted(p.relative_to(home) for p in home.rglob("*"))
+        for args in (["compress", tiny_model, "--name", "org/m"], ["ls"], ["gc"]):
+            done = zoo_cli(*args, home=home)
+            assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+        assert "is no zoo (it holds " in zoo_cli("compress", tiny_model, "--name", "org/m", home=home).stderr
+        assert sorted(p.relative_to(home) for p in home.rglob("*")) == before, name
+    for made in (["objects"], ["lost+found", ".DS_Store"]):
         fresh = tmp_path / "-".join(made)
         for name in made:
             (fresh / name).mkdir(parents=True)
@@ -704,8 +714,8 @@ def test_a_folder_is_a_zoo_by_what_only_a_zoo_makes(tiny_model, tmp_path):
 def test_a_folder_in_the_zoos_work_folder_that_no_job_made_is_never_swept(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
     compress_into(store, tiny_model, "org/m")
-    for name in ("kept", "job-debris"):
+    for name in ("kept", "job-applications", "job-ab12cd_4"):  # the last as workspace() names them
         (store.work / name).mkdir()
         os.utime(store.work / name, (1e9, 1e9))
     store.gc()
-    assert sorted(p.name for p in store.work.iterdir() if p.is_dir()) == ["kept"]
+    assert sorted(p.name for p in store.work.iterdir() if p.is_dir()) == ["job-applications", "kept"]

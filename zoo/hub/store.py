@@ -61,8 +61,7 @@ def zoo_home() -> Path:
     return Path(cache) / "zoo"
 
 
-# What a zoo makes in its folder (docs/STORE.md): no file of a user's, in a folder that holds no zoo yet.
-_ZOO_NAMES = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind"}
+_JOB_FOLDER = re.compile(r"job-[a-z0-9_]{8}")  # what workspace()'s mkdtemp names: no one's job-applications/
 
 
 class StoreError(ZooError):
@@ -318,20 +317,19 @@ class Store:
         """A ZOO_HOME that names a folder holding files but no zoo (a home folder, a project) is
         refused before the zoo writes there: its sweeps and its migration of the old layout would
         take folders under work/ and files under archives/ for the zoo's own. A zoo is known by
-        its catalogue, its lock, objects/sha256 or an old layout's archives/*.zoo; a folder that
-        holds none of them may hold only what a zoo makes (another command making it at this
-        moment), hidden files and lost+found."""
-        if (not self.home.is_dir() or self.catalogue.exists() or self.lock_path.exists() or self.objects.is_dir()
-                or any(self.archives.glob(f"*{OBJECT_SUFFIX}"))):
+        its catalogue, its lock or objects/sha256; a folder with none of them may hold an old
+        layout's archives/, objects/ (another command making the zoo at this moment), hidden files
+        and lost+found, and nothing else: a user's own work/ or manifests/ is no zoo."""
+        if not self.home.is_dir() or self.catalogue.exists() or self.lock_path.exists() or self.objects.is_dir():
             return
         try:
-            names = sorted(name for name in os.listdir(self.home) if name not in _ZOO_NAMES and not name.startswith(".")
-                           and name != "lost+found")
+            names = sorted(name for name in os.listdir(self.home) if name not in ("objects", "archives", "lost+found")
+                           and not name.startswith("."))
         except OSError:
             return  # unreadable: creating the zoo's folders says why
         if names:
-            raise StoreError(f"{self.home}: is no zoo (it holds {names[0]!r}, which no zoo makes, and no catalogue or objects): "
-                             "point ZOO_HOME at a zoo, or at a new or empty folder")
+            raise StoreError(f"{self.home}: is no zoo (it holds {names[0]!r}, and no catalogue, lock or objects): point ZOO_HOME at a "
+                             "zoo, or at a new or empty folder")
 
     def _make_folders(self) -> None:
         self._refuse_a_foreign_folder()
@@ -878,7 +876,7 @@ class Store:
         if not self.work.is_dir():
             return removed
         for folder in self.work.iterdir():
-            if not folder.is_dir() or not folder.name.startswith("job-"):
+            if not folder.is_dir() or not _JOB_FOLDER.fullmatch(folder.name):
                 continue  # the index's temporaries sweep themselves (zoo.hub.temporaries); anything else is no job's (workspace)
             try:
                 with open(folder / ".lock") as lock:
