@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -547,6 +549,14 @@ def test_names_keep_their_bytes_under_a_locale_that_is_not_utf8(latin1_locale, t
     done = subprocess.run([sys.executable, "-c", wrapper, "--its-own-flag"], capture_output=True, text=True, errors="replace",
                           env={**os.environ, **latin1_locale})
     assert done.returncode == 1 and done.stderr.count("started") == 1 and "run Python in UTF-8 mode" in done.stderr, done.stderr
+    script = Path(sysconfig.get_path("scripts")) / "zoo"  # the console script, started under another name, and -mzoo
+    starts = [[sys.executable, "-mzoo"]] + ([[tmp_path / "zoo-dev"]] if script.is_file() else [])
+    if script.is_file():
+        (tmp_path / "zoo-dev").symlink_to(script)
+    for start in starts:
+        done = subprocess.run([*start, "decompress", tmp_path / "m.zoo", "-o", tmp_path / f"again-{len(start)}"], capture_output=True,
+                              text=True, errors="replace", env={**os.environ, **latin1_locale})
+        assert done.returncode == 0, (start, done.stderr)
 
 
 def test_the_shells_environment_does_not_turn_zoos_output_into_errors(tmp_path):

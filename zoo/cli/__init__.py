@@ -119,14 +119,16 @@ def _in_utf8_mode() -> None:
 
 
 def _started_as_zoo() -> bool:
-    """Whether this process was started as the zoo command (its console script, or python -m zoo)
-    with the arguments main() reads, which it may then be started with again."""
+    """Whether this process was started as the zoo command (its console script under any name, or
+    python -m zoo) with the arguments main() reads, which it may then be started with again."""
     original, argv = sys.orig_argv, sys.argv
     given = len(argv) - 1
     if len(original) <= given or original[len(original) - given:] != argv[1:]:
         return False
     head = original[:len(original) - given]
-    return head[-2:] == ["-m", "zoo"] or (os.path.basename(argv[0]) == "zoo" and os.path.abspath(head[-1]) == os.path.abspath(argv[0]))
+    if head[-2:] == ["-m", "zoo"] or head[-1] == "-mzoo":
+        return True
+    return len(head) >= 2 and os.path.abspath(head[-1]) == os.path.abspath(argv[0])  # the console script, under any name
 
 
 def main() -> None:
