@@ -951,8 +951,9 @@ class Store:
                 other = sorted(f["path"] for f in record["files"] if listed[f["path"]] != held[f["path"]]
                                or (f["lossless"] and f["served_sha256"] != f["sha256"]))
                 if other:
-                    problems.append(f"{ref}: its manifest's sha256 of {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''} "
-                                    "is not its archive's (edited by hand?); store the model again with --force")
+                    more = f" and {len(other) - 1} more" if len(other) > 1 else ""
+                    problems.append(f"{ref}: its manifest's sha256 of {other[0]!r}{more} is not its archive's (edited by hand?); "
+                                    "store the model again with --force")
             left_out = self._archive_names(record) - {o["sha256"] for o in record["objects"]}
             if left_out:
                 remedy = "`zoo doctor` lists them again" if self.storage is None else "store the model again with --force to list them"
