@@ -549,7 +549,12 @@ def test_names_keep_their_bytes_under_a_locale_that_is_not_utf8(latin1_locale, t
     done = subprocess.run([sys.executable, "-c", wrapper, "--its-own-flag"], capture_output=True, text=True, errors="replace",
                           env={**os.environ, **latin1_locale})
     assert done.returncode == 1 and done.stderr.count("started") == 1 and "run Python in UTF-8 mode" in done.stderr, done.stderr
-    script = Path(sysconfig.get_path("scripts")) / "zoo"  # the console script, started under another name, and -mzoo
+    tool = tmp_path / "mytool.py"  # a program of the user's that calls main() with the command line it was given
+    tool.write_text("import sys\nprint('read', repr(sys.stdin.readline()), file=sys.stderr)\nfrom zoo.cli import main\nmain()\n")
+    done = subprocess.run([sys.executable, tool, "info", tmp_path / "m.zoo"], input="job-1\n", capture_output=True, text=True,
+                          errors="replace", env={**os.environ, **latin1_locale})
+    assert done.stderr.count("read") == 1, done.stderr
+    script = Path(sysconfig.get_path("scripts")) / "zoo"  # the console script, through a link of another name, and -mzoo
     starts = [[sys.executable, "-mzoo"]] + ([[tmp_path / "zoo-dev"]] if script.is_file() else [])
     if script.is_file():
         (tmp_path / "zoo-dev").symlink_to(script)

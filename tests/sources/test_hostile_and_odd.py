@@ -326,3 +326,21 @@ def test_a_zip_checkpoint_whose_storage_runs_past_its_end_is_no_checkpoint(tmp_p
     assert "runs past the end of the file" in report.files[0]["opaque"]
     zoo.decompress(tmp_path / "folder.zoo", tmp_path / "out")
     assert (tmp_path / "out" / "pytorch_model.bin").read_bytes() == bytes(data)
+
+
+def test_an_empty_file_filled_in_while_it_is_scanned_is_said_to_have_changed(tmp_path, monkeypatch):
+    """A download filling in an empty tokenizer.json between the scan's stat and its look was
+    called "a file of /proc or /sys"."""
+    from zoo.sources import folder
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tokenizer.json").write_bytes(b"")
+    holds = folder._holds_bytes
+
+    def filled_in(path):
+        path.write_text('{"version": "1.0"}')
+        return holds(path)
+
+    monkeypatch.setattr(folder, "_holds_bytes", filled_in)
+    with pytest.raises(InputError, match=r"tokenizer.json: file changed while being read; nothing was stored"):
+        zoo.compress(tmp_path / "model", tmp_path / "m.zoo")

@@ -119,8 +119,8 @@ def _in_utf8_mode() -> None:
 
 
 def _started_as_zoo() -> bool:
-    """Whether this process was started as the zoo command (its console script under any name, or
-    python -m zoo) with the arguments main() reads, which it may then be started with again."""
+    """Whether this process was started as the zoo command (its console script, or python -m zoo)
+    with the arguments main() reads, which it may then be started with again."""
     original, argv = sys.orig_argv, sys.argv
     given = len(argv) - 1
     if len(original) <= given or original[len(original) - given:] != argv[1:]:
@@ -128,7 +128,10 @@ def _started_as_zoo() -> bool:
     head = original[:len(original) - given]
     if head[-2:] == ["-m", "zoo"] or head[-1] == "-mzoo":
         return True
-    return len(head) >= 2 and os.path.abspath(head[-1]) == os.path.abspath(argv[0])  # the console script, under any name
+    # the console script, or a link to it under another name; a program of the user's that calls
+    # main() is no zoo command, and started again it would run twice (its stdin read by the first)
+    return (len(head) >= 2 and os.path.abspath(head[-1]) == os.path.abspath(argv[0])
+            and os.path.basename(os.path.realpath(argv[0])) == "zoo")
 
 
 def main() -> None:

@@ -151,8 +151,8 @@ def _check_unchanged(sources: list[SourceFile]) -> None:
         except OSError:
             now = None
         if now != source.stamp:
-            raise InputError(f"{source.path}: file changed while being read; nothing was stored (compress it again once it is "
-                             "written)")
+            raise InputError(f"{source.path}: file changed while being read (written, or its inode changed: a new link, chmod); "
+                             "nothing was stored (compress it again once it is written)")
 
 
 def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:

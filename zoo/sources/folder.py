@@ -52,6 +52,8 @@ def _reason(error: InputError, path: Path, size: int) -> str:
 def _source_file(path: Path, relpath: str, strict: bool) -> SourceFile:
     status = path.stat()
     if status.st_size == 0 and _holds_bytes(path):  # /proc/cpuinfo: stored as 0 bytes, and "every sha256 matches"
+        if os.stat(path).st_size:  # a download still filling it in
+            raise InputError(f"{path}: file changed while being read; nothing was stored (compress it again once it is written)")
         raise InputError(f"{path}: says it holds 0 bytes but reads as more (a file of /proc or /sys): copy it to a regular "
                          "file first")
     source = _read_file(path, relpath, status.st_size, strict)
