@@ -208,6 +208,22 @@ def test_an_old_layout_zoo_is_migrated_from_rows_and_headers(tiny_model, tmp_pat
         assert zoo.verify(entry.archive) == []
 
 
+def test_an_old_layout_zoo_whose_catalogue_was_deleted_is_still_a_zoo(tiny_model, tmp_path):
+    """archives/*.zoo beside the work/ an old zoo always made, its catalogue deleted: the check for a
+    folder of the user's refused it, ls said it was empty and doctor could not run."""
+    home = tmp_path / "zoo"
+    _old_layout(home, tiny_model)
+    (home / "catalogue.sqlite").unlink()
+    (home / "work").mkdir(exist_ok=True)
+    assert listed(home) == ["lossy@main:truncate:bits=5", "org/old@main:lossless"]  # named from their headers and file names
+    (tmp_path / "project" / "archives").mkdir(parents=True)  # a project's archives beside its README stay a project
+    (tmp_path / "project" / "archives" / "mine.zoo").write_bytes(objects(home)[0].read_bytes())
+    (tmp_path / "project" / "README.md").write_text("mine")
+    done = zoo_cli("ls", home=tmp_path / "project")
+    assert (done.returncode, "is no zoo (it holds 'README.md'" in done.stderr) == (1, True), done.stderr
+    assert sorted(p.name for p in (tmp_path / "project").rglob("*")) == ["README.md", "archives", "mine.zoo"]
+
+
 def test_an_old_layout_zoo_with_a_zero_byte_catalogue_keeps_every_archive(tiny_model, tmp_path):
     home = tmp_path / "zoo"
     archives = _old_layout(home, tiny_model)
@@ -675,7 +691,7 @@ def test_a_zoo_home_that_holds_a_users_files_is_refused_and_left_as_it_was(tiny_
         done = zoo_cli(*args, home=home)
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (args, done.stderr)
         if args[0] in ("compress", "gc", "doctor"):
-            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'work', and no catalogue, lock or objects): "
+            assert (done.returncode, done.stderr) == (1, f"error: {home}: is no zoo (it holds 'archives', and no catalogue, lock or objects): "
                                                          "point ZOO_HOME at a zoo, or at a new or empty folder\n"), args
     assert {p.relative_to(home): p.read_bytes() if p.is_file() else None for p in home.rglob("*")} == before
 

@@ -68,6 +68,14 @@ class StoreError(ZooError):
     """The zoo's own files cannot be read or written (disk full, permissions, a damaged manifest)."""
 
 
+class NotAZooError(StoreError):
+    """ZOO_HOME names a folder of someone's files, not a zoo: no reader falls back to its manifests."""
+
+
+# What a zoo makes in its folder, the old layout's archives/ among them (docs/STORE.md).
+_MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives"}
+
+
 def _sync_files(paths: list[Path]) -> None:
     """Make files (or folders' entries) durable: one syncfs(2) of their file system where Linux has
     it, else an fsync each."""
@@ -316,20 +324,21 @@ class Store:
     def _refuse_a_foreign_folder(self) -> None:
         """A ZOO_HOME that names a folder holding files but no zoo (a home folder, a project) is
         refused before the zoo writes there: its sweeps and its migration of the old layout would
-        take folders under work/ and files under archives/ for the zoo's own. A zoo is known by
-        its catalogue, its lock or objects/sha256; a folder with none of them may hold an old
-        layout's archives/, objects/ (another command making the zoo at this moment), hidden files
-        and lost+found, and nothing else: a user's own work/ or manifests/ is no zoo."""
+        take folders under work/ and files under archives/ for the zoo's own. A zoo is known by its
+        catalogue, its lock or objects/sha256; without them, by an old layout's archives/*.zoo
+        beside nothing but what a zoo makes (its catalogue deleted), or it is a folder that another
+        command is making a zoo of (objects/ alone). Hidden files and lost+found do not count."""
         if not self.home.is_dir() or self.catalogue.exists() or self.lock_path.exists() or self.objects.is_dir():
             return
         try:
-            names = sorted(name for name in os.listdir(self.home) if name not in ("objects", "archives", "lost+found")
-                           and not name.startswith("."))
+            names = [name for name in os.listdir(self.home) if not name.startswith(".") and name != "lost+found"]
         except OSError:
             return  # unreadable: creating the zoo's folders says why
-        if names:
-            raise StoreError(f"{self.home}: is no zoo (it holds {names[0]!r}, and no catalogue, lock or objects): point ZOO_HOME at a "
-                             "zoo, or at a new or empty folder")
+        allowed = _MADE_BY_A_ZOO if any(self.archives.glob(f"*{OBJECT_SUFFIX}")) else {"objects"}
+        foreign = sorted(name for name in names if name not in allowed)
+        if foreign:
+            raise NotAZooError(f"{self.home}: is no zoo (it holds {foreign[0]!r}, and no catalogue, lock or objects): point ZOO_HOME "
+                               "at a zoo, or at a new or empty folder")
 
     def _make_folders(self) -> None:
         self._refuse_a_foreign_folder()
@@ -513,6 +522,8 @@ class Store:
                     self.rebuild_index()
                 with closing(self._index()) as connection:
                     return [self._entry(record) for record in catalogue.records(connection, name, with_files)]
+        except NotAZooError:
+            raise
         except (StoreError, sqlite3.Error, OSError):
             # No usable index (disk full, read-only zoo): the manifests are the record; read them.
             records = [record for _, record in self._all_manifests()]
