@@ -701,18 +701,16 @@ def test_a_folder_is_a_zoo_by_what_only_a_zoo_makes(tiny_model, tmp_path):
     aside, and compress swept its work/job-applications/ as a dead job's; a project's archives/*.zoo
     beside its README was migrated as an old zoo. A folder another command is making into a zoo,
     or a fresh disk's lost+found, is one."""
-    for name, files in (("k8s", {"manifests/prod/app.yaml": "kind: Deployment", ".git/HEAD": "ref"}),
-                        ("home", {"work/job-applications/letter.txt": "dear", ".config/x": ""}),
-                        ("project", {"archives/mine.zoo": (tmp_path / "m.zoo"), "README.md": "hi"})):
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    for name, files in (("k8s", {"manifests/prod/app.yaml": b"kind: Deployment", ".git/HEAD": b"ref"}),
+                        ("home", {"work/job-applications/letter.txt": b"dear", ".config/x": b""}),
+                        ("project", {"archives/mine.zoo": (tmp_path / "m.zoo").read_bytes(), "README.md": b"hi"})):
         home = tmp_path / name
         for path, content in files.items():
             (home / path).parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                zoo.compress(tiny_model, content)
-                (home / path).write_bytes(content.read_bytes())
-            else:
-                (home / path).write_text(content)
-        os.utime(home / "work" / "job-applications", (1e9, 1e9)) if name == "home" else None
+            (home / path).write_bytes(content)
+        if name == "home":  # an hour old and more: what the sweep took for a dead job's
+            os.utime(home / "work" / "job-applications", (1e9, 1e9))
         before = sorted(p.relative_to(home) for p in home.rglob("*"))
         for args in (["compress", tiny_model, "--name", "org/m"], ["ls"], ["gc"]):
             done = zoo_cli(*args, home=home)
