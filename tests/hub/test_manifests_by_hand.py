@@ -270,7 +270,17 @@ def test_a_files_sha256_edited_in_its_manifest_is_found_by_verify(two_models):
     _edit(manifest, zeroed)
     (two_models / "catalogue.sqlite").unlink()  # the index is rebuilt from the manifests
     done = zoo_cli("verify", home=two_models)
-    assert done.returncode == 1 and "damaged: first@main:lossless: its manifest's sha256 of " in done.stderr, done.stderr
+    assert done.returncode == 1 and "damaged: first@main:lossless: its manifest's record of " in done.stderr, done.stderr
     done = zoo_cli("verify", "first", home=two_models)
     assert done.returncode == 1 and "its manifest records another sha256 than its archive's" in done.stderr, done.stderr
     assert zoo_cli("verify", "second:truncate:bits=5", home=two_models).returncode == 0
+
+
+def test_a_files_losslessness_edited_in_its_manifest_is_named_as_such(two_models):
+    """verify found a manifest that calls a lossless file lossy, but said its sha256 was wrong."""
+    manifest = Store(two_models).manifest_path("first", "main", "lossless")
+    _edit(manifest, lambda record: record["files"][0].update(lossless=False))
+    (two_models / "catalogue.sqlite").unlink()
+    done = zoo_cli("verify", home=two_models)
+    assert done.returncode == 1, done.stderr
+    assert "its manifest's record of " in done.stderr and "(sha256, or whether it is lossless)" in done.stderr, done.stderr

@@ -963,8 +963,8 @@ class Store:
                                or (f["lossless"] and f["served_sha256"] != f["sha256"]))
                 if other:
                     more = f" and {len(other) - 1} more" if len(other) > 1 else ""
-                    problems.append(f"{ref}: its manifest's sha256 of {other[0]!r}{more} is not its archive's (edited by hand?); "
-                                    "store the model again with --force")
+                    problems.append(f"{ref}: its manifest's record of {other[0]!r}{more} (sha256, or whether it is lossless) "
+                                    "is not its archive's (edited by hand?); store the model again with --force")
             left_out = self._archive_names(record) - {o["sha256"] for o in record["objects"]}
             if left_out:
                 remedy = "`zoo doctor` lists them again" if self.storage is None else "store the model again with --force to list them"
