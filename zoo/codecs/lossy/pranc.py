@@ -69,7 +69,7 @@ class Pranc(LossyCodec):
     tolerance: ClassVar[float] = 1.0
 
     params = (
-        Param("k", int, 1000, 1, MAX_K, help="coefficients over the whole model"),
+        Param("k", int, 1000, 1, MAX_K, help="coefficients over the whole model (about; at least one per tensor)"),
         Param("seed", int, 0, 0, (1 << 64) - 1, help="the random basis' seed"),
         Param("steps", int, 300, 0, 100000, help="distillation steps with --calib"),
     )
