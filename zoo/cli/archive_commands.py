@@ -280,7 +280,7 @@ def decompress(
     else:
         lossy = sum(not entry.get("lossless") for entry in report.files)
         checked = ("every file matches its sha256" if not lossy else
-                   f"{count(lossy, 'file')} decoded from lossy stages, none bit-exact" if lossy == len(report.files) else
+                   f"{count(lossy, 'file')} decoded from lossy stages, not held to the original's sha256" if lossy == len(report.files) else
                    f"every lossless file matches its sha256; {count(lossy, 'file')} decoded from lossy stages")
         stdout.print(f"{output}: {count(len(report.files), 'file')}, {human_bytes(report.original_bytes)}, {checked}", highlight=False)
 
