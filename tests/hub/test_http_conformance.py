@@ -148,6 +148,79 @@ def test_if_range(served, if_range, status):
     assert body == (original[10:20] if status == 206 else original)
 
 
+@pytest.mark.parametrize("if_match, status", [
+    ("current", 206), ("stale", 412), ("*", 206), ("weak", 412), ("stale, current", 206),
+])
+def test_if_match_is_held_before_a_range(served, if_match, status):
+    """If-Match was not read: a client resuming a file stored anew since got the new bytes after
+    its old ones (206), where RFC 9110 says 412."""
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    etag = f'"{hashlib.sha256(original).hexdigest()}"'
+    stale = '"' + "1" * 64 + '"'
+    value = {"current": etag, "stale": stale, "weak": f"W/{etag}", "stale, current": f"{stale}, {etag}"}.get(if_match, if_match)
+    got, headers, body = request(url, FILE, headers={"Range": "bytes=10-19", "If-Match": value})
+    assert got == status, body[:200]
+    assert headers["etag"] == etag
+    if status == 206:
+        assert body == original[10:20]
+    else:
+        assert "If-Match" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_if_none_match_of_the_current_version_is_304_without_a_body(served, method):
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    etag = f'"{hashlib.sha256(original).hexdigest()}"'
+    for value in (etag, f"W/{etag}", "*", f'"{"1" * 64}", {etag}'):
+        got, headers, body = request(url, FILE, method, headers={"If-None-Match": value})
+        assert (got, body, headers["etag"]) == (304, b"", etag), value
+    got, _, body = request(url, FILE, method, headers={"If-None-Match": '"' + "1" * 64 + '"'})
+    assert got == 200 and body == (b"" if method == "HEAD" else original)
+    # a 304 says no length (uvicorn cut the connection for a body shorter than the length said),
+    # and the connection serves the next request
+    connection = http.client.HTTPConnection(*address(url), timeout=10)
+    try:
+        for headers, status, length in (({"If-None-Match": etag}, 304, None), ({}, 200, str(len(original))),
+                                        ({"If-None-Match": etag}, 304, None), ({"If-Match": '"0"'}, 412, None)):
+            connection.request(method, FILE, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == status and (status == 412 or response.getheader("content-length") == length), (headers, status)
+    finally:
+        connection.close()
+
+
+def test_if_match_sent_over_two_lines_is_one_list(served):
+    url, _, source = served
+    original = (source / "model.safetensors").read_bytes()
+    etag = f'"{hashlib.sha256(original).hexdigest()}"'
+    host, port = address(url)
+    with socket.create_connection((host, port), timeout=10) as connection:
+        connection.sendall(f'GET {FILE} HTTP/1.1\r\nHost: x\r\nIf-Match: {etag}\r\nIf-Match: "{"1" * 64}"\r\n'
+                           "Range: bytes=0-3\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 206"), answer[:200]
+    assert answer.endswith(original[:4])
+
+
+def test_a_model_named_api_models_is_served(tiny_model, tmp_path):
+    """A model named api/models was listed by the API, but its files' URLs were read as API routes: 404."""
+    store = Store(tmp_path / "zoo")
+    compress_into(store, tiny_model, "api/models")
+    compress_into(store, tiny_model, "resolve")
+    with running_server(store) as url:
+        got, _, body = request(url, "/api/models/resolve/main/config.json")
+        assert got == 200 and body == (tiny_model / "config.json").read_bytes()
+        got, _, body = request(url, "/api/models/api/models")
+        assert got == 200 and json.loads(body)["id"] == "api/models"
+        got, _, body = request(url, "/api/models/resolve")  # the API's answer about the model named resolve
+        assert got == 200 and json.loads(body)["id"] == "resolve"
+
+
 # -- authentication -------------------------------------------------------------------------
 
 def test_401_names_the_scheme_and_the_scheme_is_case_insensitive(tiny_model, tmp_path):

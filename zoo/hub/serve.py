@@ -68,6 +68,7 @@ MAX_HEADER_BYTES = 16 << 10  # a request line and headers larger than this are r
 HEAD_TIMEOUT = 30.0  # seconds a request line and headers may take to arrive, from the connection or their first byte
 MAX_CONNECTIONS = 1000  # requests beyond this many open connections or tasks get 503
 IDLE_TRIM_SECONDS = 1.0  # with no download for this long, freed memory goes back to the system
+_LISTS = ("if-match", "if-none-match")  # request headers whose lines join into one list
 _RANGE_SPEC = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
 # Archives held open between requests: at most 64, and never more than an eighth of the process's
 # descriptors (ulimit -n), which the downloads and the object files they read need too: under
@@ -246,7 +247,10 @@ class ZooApp:
         elif scope["method"] not in ("GET", "HEAD"):
             answer = self._error_answer(HubError(405, f"method {scope['method']} is not allowed", headers={"Allow": "GET, HEAD"}))
         else:
-            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            headers: dict[str, str] = {}
+            for name, value in scope["headers"]:  # a list sent over several lines is one list (If-Match)
+                key = name.decode("latin-1")
+                headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in _LISTS and key in headers else value.decode("latin-1")
             answer = self.answer_from_memory(target, headers, scope["method"] == "HEAD")
             if answer is None:
                 answer = await asyncio.get_running_loop().run_in_executor(None, self.answer, target, headers, scope["method"] == "HEAD")
@@ -391,7 +395,7 @@ class ZooApp:
             self._check_token(headers.get("authorization", ""))
             path, _, query = target.partition("?")
             segments = _segments(path)
-            if segments[:2] == ["api", "models"] and len(segments) > 2:
+            if segments[:2] == ["api", "models"] and len(segments) > 2 and not self._of_api_models(segments):
                 return self._api(segments[2:], parse_qs(query))
             if "resolve" in segments[1:3]:
                 return self._resolve(segments, headers, head)
@@ -409,6 +413,12 @@ class ZooApp:
         except Exception as error:  # noqa: BLE001 - one request's bug must not reach the others
             self.log(f"internal error on {target}: {error!r}")
             return self._error_answer(HubError(500, f"internal error: {type(error).__name__}"))
+
+    def _of_api_models(self, segments: list[str]) -> bool:
+        """Whether /api/models/resolve/REV/FILE is a file of a model named api/models, which the
+        names allow, rather than the API's route: so when that model is here (a model named
+        `resolve` or `resolve/REV` beside it would lose its API's answers for such a revision)."""
+        return len(segments) > 4 and segments[2] == "resolve" and bool(self._matches("api/models"))
 
     def _check_token(self, given: str) -> None:
         if self.token is None:
@@ -542,6 +552,13 @@ class ZooApp:
             raise HubError(404, f"{path!r} is not a file of {entry.name!r}", "EntryNotFound", {"X-Repo-Commit": entry.commit})
         archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
         etag = f'"{stored.served_sha256}"'
+        # Preconditions (RFC 9110 13.2.2), before any range: a client resuming with If-Match gets
+        # 412 for a file stored anew since, never the new bytes after its old ones.
+        if "if-match" in headers and not _names_etag(headers["if-match"], etag, weak=False):
+            raise HubError(412, f"{path!r} of {entry.name!r} is no longer the version If-Match names (stored anew?)",
+                           headers={"ETag": etag, "X-Repo-Commit": entry.commit})
+        if "if-none-match" in headers and _names_etag(headers["if-none-match"], etag, weak=True):
+            return Answer(304, {"X-Repo-Commit": entry.commit, "ETag": etag})
         answer = Answer(200, {"X-Repo-Commit": entry.commit, "ETag": etag, "Accept-Ranges": "bytes",
                               "Content-Type": "application/octet-stream"},
                         archive=archive, stored=stored, start=0, end=stored.size)
@@ -564,9 +581,18 @@ class ZooApp:
         return Answer(error.status, headers, json.dumps({"error": str(error)}).encode())
 
 
+def _names_etag(header: str, etag: str, weak: bool) -> bool:
+    """Whether an If-Match (strong comparison: a weak tag names nothing) or If-None-Match (weak
+    comparison) list names the ETag; `*` names any version (RFC 9110 13.1.1, 13.1.2)."""
+    tags = [tag.strip() for tag in header.split(",")]
+    if "*" in tags:
+        return True
+    return etag in ([tag.removeprefix("W/") for tag in tags] if weak else tags)
+
+
 def _header_list(answer: Answer) -> list[tuple[bytes, bytes]]:
     headers = [(b"server", b"zoo")] + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-    if "Content-Length" not in answer.headers:
+    if "Content-Length" not in answer.headers and answer.status != 304:  # a 304 has no body, nor a length other than the file's
         headers.append((b"content-length", str(len(answer.body)).encode()))
     if answer.close:
         headers.append((b"connection", b"close"))
