@@ -427,3 +427,51 @@ def test_too_many_open_files_is_never_an_objects_damage(tmp_path, monkeypatch):
     for check in (lambda: object_problems(path, path.stem, "it"), lambda: checksum_problems(path)):
         with pytest.raises(OSError, match=r"Too many open files \(`ulimit -n` is \d+\)"):
             check()
+
+
+def test_a_models_files_are_read_in_one_moment_with_its_record(tmp_path):
+    """The catalogue's model rows and their files were read in statements of their own. A
+    `compress --force` between them gave the new row the deleted one's id (SQLite reuses the
+    highest), so the old record came back with the new files: `zoo serve` sent one version's bytes
+    under the other's ETag (about one download in 8,000 while a model was stored again and again)."""
+    from zoo.hub import catalogue
+
+    versions = []
+    for number in (1, 2):
+        folder = tmp_path / f"v{number}"
+        folder.mkdir()
+        (folder / "config.json").write_text(f'{{"version": {number}}}')
+        versions.append(folder)
+    store, other = Store(tmp_path / "zoo"), Store(tmp_path / "other")
+    compress_into(store, versions[0], "flip")
+    compress_into(other, versions[1], "flip")
+    source = catalogue.connect(other.catalogue)
+    [replacement] = catalogue.records(source, "flip", with_files=True)
+    source.close()
+    reader = catalogue.connect(store.catalogue)
+    [manifest] = [row[0] for row in reader.execute("SELECT manifest FROM models")]
+    tries = []
+
+    def store_again_meanwhile(statement: str) -> None:
+        if statement.startswith("SELECT * FROM files") and not tries:
+            writer = sqlite3.connect(store.catalogue, timeout=0.1, isolation_level=None)
+            try:
+                writer.execute("PRAGMA foreign_keys = ON")
+                writer.execute("BEGIN IMMEDIATE")
+                catalogue.put(writer, manifest, replacement)
+                writer.execute("COMMIT")
+                tries.append("committed")
+            except sqlite3.OperationalError:  # the reader's moment holds the writer off until it is done
+                writer.rollback()
+                tries.append("held off")
+            finally:
+                writer.close()
+
+    reader.set_trace_callback(store_again_meanwhile)
+    try:
+        [record] = catalogue.records(reader, "flip", with_files=True)
+    finally:
+        reader.close()
+    assert tries == ["held off"]
+    wanted = hashlib.sha256((versions[0] / "config.json").read_bytes()).hexdigest()
+    assert [f["served_sha256"] for f in record["files"]] == [wanted]

@@ -131,7 +131,20 @@ def delete(connection: sqlite3.Connection, manifest: str) -> None:
 
 
 def records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
-    """The indexed manifests (of one name, or all), each as a manifest record."""
+    """The indexed manifests (of one name, or all), each as a manifest record, as one moment of
+    the index saw them. Read in statements of their own, a model's files could be another model's:
+    a `compress --force` between them gave the new record the deleted one's id (SQLite reuses the
+    highest), and `zoo serve` sent one version's bytes under the other's ETag."""
+    if connection.in_transaction:
+        return _records(connection, name, with_files)
+    connection.execute("BEGIN")  # deferred: the read lock is taken by the first SELECT and held to the end
+    try:
+        return _records(connection, name, with_files)
+    finally:
+        connection.execute("COMMIT")
+
+
+def _records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
     query = "SELECT * FROM models" + (" WHERE name = ?" if name is not None else "") + " ORDER BY name, revision, variant"
     # What each model adds to the zoo: the objects no other model names. For one name, only its
     # models' objects are looked at (through the index by object), not every object of the zoo:
