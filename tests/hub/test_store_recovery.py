@@ -22,7 +22,7 @@ from zoo.errors import ZooError
 from zoo.hub import catalogue
 from zoo.hub.store import Store
 
-from tests.conftest import named_objects, object_files, random_storage, write_safetensors
+from tests.conftest import named_objects, object_files, random_storage, write_safetensors, write_tiny_llama
 from tests.hub.test_store import zoo_cli
 
 # The catalogue schema of the layout before manifests (archives/*.zoo; the catalogue was the record).
@@ -733,3 +733,21 @@ def test_a_folder_in_the_zoos_work_folder_that_no_job_made_is_never_swept(tiny_m
         os.utime(store.work / name, (1e9, 1e9))
     store.gc()
     assert sorted(p.name for p in store.work.iterdir() if p.is_dir()) == ["job-applications", "kept"]
+
+
+def test_the_default_zoo_holding_only_evals_references_is_a_zoo(tiny_model, tmp_path):
+    """`zoo eval` keeps its references under the default zoo's folder (~/.cache/zoo/eval): after a
+    first eval, every command on the default zoo said it was no zoo (it holds 'eval')."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("ZOO_HOME", "ZOO_EVAL_CACHE")}
+    environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    text = "the zoo keeps the models small and the reference close at hand. " * 8
+    llama = write_tiny_llama(tmp_path / "llama", text, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    candidate = zoo.compress(llama, tmp_path / "t.zoo", pipeline="truncate:bits=4").archive
+    done = subprocess.run([sys.executable, "-m", "zoo", "eval", candidate, "-r", llama, "--max-tokens", "32"], capture_output=True,
+                          text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in (tmp_path / "cache" / "zoo").iterdir()] == ["eval"]
+    for args in (["ls"], ["compress", tiny_model, "--name", "org/m"], ["verify"]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=environment, timeout=300)
+        assert done.returncode == 0 and "is no zoo" not in done.stderr, (args, done.stderr)

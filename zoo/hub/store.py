@@ -334,7 +334,8 @@ class Store:
             names = [name for name in os.listdir(self.home) if not name.startswith(".") and name != "lost+found"]
         except OSError:
             return  # unreadable: creating the zoo's folders says why
-        allowed = _MADE_BY_A_ZOO if any(self.archives.glob(f"*{OBJECT_SUFFIX}")) else {"objects"}
+        # eval/: where `zoo eval` keeps its references, in the default zoo's folder (zoo.evaluate.cache)
+        allowed = (_MADE_BY_A_ZOO if any(self.archives.glob(f"*{OBJECT_SUFFIX}")) else {"objects"}) | {"eval"}
         foreign = sorted(name for name in names if name not in allowed)
         if foreign:
             raise NotAZooError(f"{self.home}: is no zoo (it holds {foreign[0]!r}, and no catalogue, lock or objects): point ZOO_HOME "
