@@ -735,6 +735,24 @@ def test_a_folder_in_the_zoos_work_folder_that_no_job_made_is_never_swept(tiny_m
     assert sorted(p.name for p in store.work.iterdir() if p.is_dir()) == ["job-applications", "kept"]
 
 
+def test_a_folder_of_the_users_files_is_no_zoo_to_a_command_that_reads_either(tiny_model, tmp_path):
+    """A ZOO_HOME holding only a README was an empty zoo to ls ("`zoo compress FOLDER` fill it"),
+    verify ("ok"), doctor, gc and serve, while the compress ls pointed to refused the folder."""
+    home = tmp_path / "project"
+    home.mkdir()
+    (home / "README.md").write_text("mine")
+    refusal = (f"error: {home}: is no zoo (it holds 'README.md', and no catalogue, lock or objects): "
+               "point ZOO_HOME at a zoo, or at a new or empty folder\n")
+    for args in (["ls"], ["verify"], ["doctor"], ["gc"], ["rm", "org/m"], ["serve", "--port", "0"], ["compress", tiny_model, "--name", "org/m"]):
+        done = zoo_cli(*args, home=home)
+        assert (done.returncode, done.stderr) == (1, refusal), (args, done.stderr)
+    assert [p.name for p in home.iterdir()] == ["README.md"]
+    (tmp_path / "empty").mkdir()
+    for fresh in (tmp_path / "empty", tmp_path / "not-yet"):  # an empty folder, or none, is an empty zoo
+        assert "is empty" in zoo_cli("ls", home=fresh).stderr
+        assert zoo_cli("verify", home=fresh).returncode == 0
+
+
 def test_the_default_zoo_holding_only_evals_references_is_a_zoo(tiny_model, tmp_path):
     """`zoo eval` keeps its references under the default zoo's folder (~/.cache/zoo/eval): after a
     first eval, every command on the default zoo said it was no zoo (it holds 'eval')."""

@@ -160,7 +160,10 @@ class Store:
     def exists(self) -> bool:
         self._check_home()
         self._sync()
-        return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
+        if self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir():
+            return True
+        self._refuse_a_foreign_folder()  # a folder of the user's own is no zoo, not an empty one to fill
+        return False
 
     def object_path(self, sha256: str) -> Path:
         return object_path(self.objects, sha256)
@@ -925,7 +928,7 @@ class Store:
             from zoo.hub.bucket_upkeep import verify_bucket
 
             return verify_bucket(self, threads)
-        self._check_home()
+        self.exists()  # a folder of the user's own is refused, not reported as a sound empty zoo
         problems: list[str] = []
         files = self._object_files()
 
