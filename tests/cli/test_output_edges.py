@@ -306,6 +306,14 @@ def test_an_empty_source_or_output_is_refused_never_the_current_folder(tmp_path)
     for args in (["-o", ""], ["-o", "", "--force"], ["-o", "", "--archive"]):
         done = zoo_cli("export", "w", *args, cwd=work, home=home)
         assert (done.returncode, done.stderr) == (1, "error: --output is empty\n"), done.stderr
+    # a URL was a local path: `-o s3://b/m.zoo` wrote s3:/b/m.zoo and said it had written s3://b/m.zoo
+    (work / "s3:" / "b").mkdir(parents=True)
+    for args in (["-o", "s3://b/m.zoo", "--archive"], ["-o", "s3://b/m"], ["-o", "file:///tmp/m", "--force"]):
+        done = zoo_cli("export", "w", *args, cwd=work, home=home)
+        assert (done.returncode, done.stderr) == (1, f"error: --output {args[1]}: a URL, where this command takes a local path\n"), done.stderr
+    assert list((work / "s3:" / "b").iterdir()) == []
+    (work / "s3:" / "b").rmdir()
+    (work / "s3:").rmdir()
     assert [p.name for p in work.iterdir()] == ["config.json"] and (work / "config.json").read_text() == '{"mine": 1}'
 
 

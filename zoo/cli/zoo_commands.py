@@ -165,6 +165,11 @@ def export(
 
     if not output:  # text, for its trailing `/`: "" would be the current folder (an unset variable), as compress -o refuses it
         raise InputError("--output is empty")
+    if "://" in output:  # text, so the check every path parameter makes (zoo.cli.app._GivenPath) is made here
+        from zoo.hub.remote import is_url
+
+        if is_url(output):
+            raise InputError(f"--output {output}: a URL, where this command takes a local path")
     entry = zoo_entry(ref)
     if archive and output.endswith(("/", os.sep)):  # into that folder, as compress -o DIR/ writes
         output = os.path.join(output, f"{entry.name.rsplit('/', 1)[-1]}.zoo")
