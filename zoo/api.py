@@ -569,11 +569,13 @@ def warn_of_other_weights(store: Store, entry: Entry) -> None:
     mine = next((e for e in stored if e.ref == entry.ref), None)
     if mine is None:
         return
-    # the weights: the files a lossy variant codes with loss (a config or a README that changed is no other model)
-    originals = {f.path: (f.sha256, f.lossless) for f in mine.files}
+    # the weights: the files a lossy variant codes with loss, or that hold tensors (or are as large
+    # as the Hub keeps in LFS) where both variants are lossless; a config or a README that changed
+    # is no other model
+    originals = {f.path: f for f in mine.files}
     others = [e.ref for e in stored if e.revision == entry.revision and e.variant != entry.variant
-              and any(f.path in originals and originals[f.path][0] != f.sha256 and not (f.lossless and originals[f.path][1])
-                      for f in e.files)]
+              and any(f.path in originals and originals[f.path].sha256 != f.sha256
+                      and (not (f.lossless and originals[f.path].lossless) or f.lfs or originals[f.path].lfs) for f in e.files)]
     if others:
         warnings.warn(f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} made from other weights than {entry.ref}, "
                       f"just stored (`zoo rm {shlex.quote(others[0])}` removes {'it' if len(others) == 1 else 'the first'})", ZooWarning,

@@ -148,6 +148,10 @@ def test_storing_other_weights_under_a_revision_warns_of_its_variants_made_from_
         (models[1] / "config.json").write_text('{"edited": true}')
         compress_into(store, models[1], "t/m", force=True)  # a config that changed is no other weights
     assert sorted(e.variant for e in store.entries("t/m") if e.revision == "main") == ["lossless", "truncate:bits=5", "truncate:bits=7"]
+    # two lossless variants of other weights (the fallback variant serves "the same bytes"): said too
+    with pytest.warns(ZooWarning, match=r"^t/m@main:lossless, t/m@main:truncate:bits=5, t/m@main:truncate:bits=7 were made "
+                                        r"from other weights than t/m@main:bytegroup\|zstd:level=3, just stored"):
+        compress_into(store, models[0], "t/m", pipeline="zstd")
     compress_into(store, models[0], "t/m", "v3", pipeline="truncate:bits=6|codebook:bits=4")
     with pytest.warns(ZooWarning, match=r"\(`zoo rm 't/m@v3:truncate:bits=6\|codebook:bits=4,[^`]*'` removes it\)"):  # quoted for a shell
         compress_into(store, models[1], "t/m", "v3")
