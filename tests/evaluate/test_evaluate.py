@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -417,6 +418,20 @@ def test_a_folder_without_tokenizer_files_is_said_to_have_no_tokenizer(tmp_path)
     with pytest.raises(InputError, match=r"gpt2: no tokenizer in the folder"):
         collect(folder, shipped)
     assert evaluate(folder, folder).kind == "weights"  # evaluation says it has no tokenizer, and judges the weights
+
+
+def test_an_error_whose_first_line_ends_in_a_colon_is_said_whole_on_one_line(tmp_path):
+    """`zoo eval --kind encoder` of a lone safetensors file ended its error at "... from one of:"."""
+    import subprocess
+
+    from safetensors.numpy import save_file
+
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": np.ones((8, 8), np.float32)}, weights)
+    done = subprocess.run([sys.executable, "-m", "zoo", "eval", weights, "-r", weights, "--kind", "encoder"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot load its tokenizer: " in done.stderr and not done.stderr.rstrip().endswith(":"), done.stderr
 
 
 def test_gates_out_of_their_range_are_refused_as_the_cli_refuses_them():

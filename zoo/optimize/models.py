@@ -41,8 +41,12 @@ def kind_of(config: Any) -> str:
 
 
 def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An error's message on one line: its first, or all of them joined where the first ends in a
+    colon ("... from one of:" and the list that is the point)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return " ".join(lines) if lines[0].endswith(":") else lines[0]
 
 
 def load_model(folder: str | Path, kind: str | None = None, *, masked_lm: bool = False, label: str | None = None,
