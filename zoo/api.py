@@ -420,6 +420,8 @@ def compress(
         refuse_inside_the_zoo(destination)
         _check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
+    if os.path.isdir(source):  # a 0700 model folder comes back 0700, as its folders inside do
+        builder.root_mode = stat.S_IMODE(os.stat(source).st_mode)
     builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
         base_model = open_base(base) if base is not None else None

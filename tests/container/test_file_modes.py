@@ -127,9 +127,10 @@ def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: P
             (folder / name / "file.txt").write_bytes(name.encode())
         (folder / name).chmod(mode)
     (folder / "private" / "key.pem").write_bytes(b"key")
+    folder.chmod(0o750)
     zoo.compress(folder, tmp_path / "m.zoo", exclude=["left-out/*"])
     with zoo.open(tmp_path / "m.zoo") as opened:  # a folder no kept file is in is not named (an empty one the filter selects is)
-        assert opened.folder_modes() == {"open": 0o755, "private": 0o700, "private/deeper": 0o550, "empty": 0o711}
+        assert opened.folder_modes() == {"": 0o750, "open": 0o755, "private": 0o700, "private/deeper": 0o550, "empty": 0o711}
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     # the owner can always write there: a 0550 folder would refuse the next decompress --force its files
@@ -145,6 +146,44 @@ def test_the_folders_decompress_makes_get_their_permission_bits_back(tmp_path: P
     with umask(0o022):
         zoo.decompress(tmp_path / "m.zoo", existing)
     assert folder_modes(existing) == {"open": 0o777, "private": 0o700, "private/deeper": 0o750, "empty": 0o711}
+
+
+def test_the_output_folder_decompress_makes_gets_the_model_folders_bits(tmp_path: Path) -> None:
+    """A 0700 model folder came back 0755 (its own mode was not kept, only those of the folders in
+    it): its 0644 files were readable by every user."""
+    folder = tmp_path / "private"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    folder.chmod(0o700)
+    zoo.compress(folder, tmp_path / "m.zoo")
+    with umask(0o022):
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700
+        (tmp_path / "there").mkdir()
+        (tmp_path / "there").chmod(0o755)
+        zoo.decompress(tmp_path / "m.zoo", tmp_path / "there")  # a folder that was there keeps its own
+        assert stat.S_IMODE((tmp_path / "there").stat().st_mode) == 0o755
+    folder.chmod(0o555)  # the owner can always write in what decompress makes
+    zoo.compress(folder, tmp_path / "read-only.zoo")
+    with umask(0o022):
+        zoo.decompress(tmp_path / "read-only.zoo", tmp_path / "again")
+    assert stat.S_IMODE((tmp_path / "again").stat().st_mode) == 0o755
+    zoo.compress(folder / "config.json", tmp_path / "file.zoo")  # one file: no folder of its own to keep
+    with zoo.open(tmp_path / "file.zoo") as opened:
+        assert opened.folder_modes() == {}
+    folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("root_mode", ["0700", 0o1777, -1, True, [448]])
+def test_a_malformed_root_mode_is_refused_when_the_archive_opens(tmp_path: Path, root_mode: object) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "file.txt").write_bytes(b"x")
+    zoo.compress(folder, tmp_path / "m.zoo")
+    forged = forge(tmp_path / "m.zoo", lambda header: header.update(root_mode=root_mode))
+    with pytest.raises(FormatError, match="malformed root folder mode"):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("modes_field, message", [

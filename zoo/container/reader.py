@@ -253,6 +253,11 @@ class Archive:
                 if node is None or node.kind != "folder":
                     raise _fail(self._file, f"archive gives a mode to {path!r}, which it does not hold as a folder")
         self._folder_modes: dict[str, int] = dict(modes)
+        root_mode = header.get("root_mode")  # the model folder's own, under the path "" (archives of a folder since 2026-12-07)
+        if root_mode is not None:
+            if not isinstance(root_mode, int) or isinstance(root_mode, bool) or not 0 <= root_mode <= 0o777:
+                raise _fail(self._file, "archive header has a malformed root folder mode")
+            self._folder_modes[""] = root_mode
         self._folders: list[str] = list(folders)
         self._links: list[dict[str, str]] = [{"path": link["path"], "target": link["target"]} for link in links]
         path_of, walk = {}, [(root, "")]  # every node's path, the folders no entry names included
@@ -442,7 +447,8 @@ class Archive:
             os.symlink(link["target"], os.path.join(root, link["path"]))
 
     def folder_modes(self) -> dict[str, int]:
-        """The permission bits of the archive's folders, by path (archives before them: none)."""
+        """The permission bits of the archive's folders, by path, the model's folder itself under ""
+        (archives before them: none)."""
         return dict(self._folder_modes)
 
     def restore_folder_modes(self, root: os.PathLike[str] | str, paths: Iterable[str]) -> None:

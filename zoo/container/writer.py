@@ -250,6 +250,7 @@ class Builder:
         self.objects = objects  # each tensor and blob becomes an object there (zoo.container.objects)
         self.plans: list[Any] | None = None  # what pipeline.survey() returned, when it was run (compress sets it)
         self.deltas: Deltas | None = None  # tensors stored against a base model (zoo.container.delta), when one is given
+        self.root_mode: int | None = None  # the model folder's own permission bits (compress sets them), for decompress to give back
         self.leaf_pipeline = Pipeline((), pipeline.grouping, pipeline.bytes_stages)
         self.blob_pipeline = Pipeline.parse(BLOB_SPEC)
         if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
@@ -434,6 +435,8 @@ class Builder:
         """Views, links and empty folders: header records with no payload of their own."""
         views, rest = _records_without_payload(sources)
         self.header["tensors"].update(views)
+        if self.root_mode is not None:
+            rest["root_mode"] = self.root_mode
         if "features" in rest:
             rest["features"] = sorted({*self.header.get("features", []), *rest["features"]})
         self.header.update(rest)
