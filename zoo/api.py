@@ -36,7 +36,7 @@ from zoo.container.objects import ObjectSink, object_names, standalone
 from zoo.codecs.pipeline import CHUNK_BYTES, DEFAULT_SPEC, Pipeline
 from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
-from zoo.hub.manifest import refuse_names_not_utf8
+from zoo.hub.manifest import refuse_names_not_utf8, size_ratio
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
 from zoo.refs import archive_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
@@ -65,7 +65,7 @@ class TensorReport:
 
     @property
     def ratio(self) -> float:
-        return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
+        return size_ratio(self.compressed_bytes, self.original_bytes)
 
     @property
     def bits_per_weight(self) -> float:
@@ -98,7 +98,7 @@ class Report:
 
     @property
     def ratio(self) -> float:
-        return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
+        return size_ratio(self.compressed_bytes, self.original_bytes)
 
     @property
     def opaque(self) -> list[str]:

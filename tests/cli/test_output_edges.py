@@ -655,3 +655,14 @@ def test_a_hub_id_among_several_sources_is_pointed_to_pull(tmp_path):
     done = zoo_cli("compress", tmp_path / "w.safetensors", "org/x", home=tmp_path / "zoo")
     assert (done.returncode, done.stderr) == (1, "error: org/x: no such file or folder (a hub id? `zoo pull` takes several, and "
                                                  "`zoo compress` one at a time)\n")
+
+
+def test_bytes_stored_of_nothing_are_no_ratio_of_one(tmp_path):
+    """An archive of an empty file said "0 B -> 437 B (ratio 1.000)", as if it cost nothing."""
+    (tmp_path / "empty.txt").write_bytes(b"")
+    done = ok(zoo_cli("compress", tmp_path / "empty.txt", "-o", tmp_path / "e.zoo"))
+    assert done.stdout.rstrip().endswith("(ratio inf)"), done.stdout
+    assert json.loads(ok(zoo_cli("info", tmp_path / "e.zoo", "--json")).stdout)["ratio"] == "Infinity"
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", tmp_path / "empty.txt", "--name", "empty", home=home))
+    assert json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"][0]["ratio"] == "Infinity"

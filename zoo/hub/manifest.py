@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -46,6 +47,14 @@ def check_revision(revision: str) -> str:
     if not isinstance(revision, str) or not _REVISION.fullmatch(revision) or ".." in revision:
         raise InputError(f"{revision!r} is not a usable revision name")
     return revision
+
+
+def size_ratio(stored: int, original: int) -> float:
+    """Stored bytes over original bytes; infinite for bytes stored of nothing (an empty file's
+    archive), where 1.0 said it cost nothing."""
+    if original:
+        return stored / original
+    return math.inf if stored else 1.0
 
 
 def variant_of(pipeline_spec: str) -> str:
@@ -119,7 +128,7 @@ class Entry:
 
     @property
     def ratio(self) -> float:
-        return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+        return size_ratio(self.stored_bytes, self.original_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
