@@ -184,7 +184,7 @@ def _temporary_beside(final: Path, parent: Path, is_dir: bool) -> Iterator[Path]
         yield temporary
 
 
-def _check_output(final: Path, force: bool, is_dir: bool) -> None:
+def check_output(final: Path, force: bool, is_dir: bool) -> None:
     """Refuse an output that exists (without `force`) or whose folder does not: before work that
     takes minutes as well as when the output is written (_atomic_output), which checks again."""
     temporaries.sweep_beside(final)  # first: an old output a killed run moved aside comes back before the check
@@ -199,7 +199,7 @@ def _atomic_output(final: Path, force: bool, is_dir: bool) -> Iterator[Path]:
     On any error or Ctrl-C the temporary is removed and `final` is left as it was. The temporary
     is locked and named after this process, so a later run removes it if this one is killed
     (zoo.hub.temporaries), and `final` is always the old or the new complete output."""
-    _check_output(final, force, is_dir)
+    check_output(final, force, is_dir)
     with _temporary_beside(final, final.parent, is_dir) as temporary:
         # private (0700/0600) when made; give the output the modes the umask allows.
         os.chmod(temporary, (0o777 if is_dir else 0o666) & ~current_umask())
@@ -418,7 +418,7 @@ def compress(
         raise InputError(f"{destination}: output would overwrite its own base model")
     if objects is None:  # compress_into writes its archive in the zoo's work folder
         refuse_inside_the_zoo(destination)
-        _check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
+        check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
     if os.path.isdir(source):  # a 0700 model folder comes back 0700, as its folders inside do
         builder.root_mode = stat.S_IMODE(os.stat(source).st_mode)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
-from zoo.errors import InputError, OutOfReach, OutputExistsError, ZooError
+from zoo.errors import InputError, OutOfReach, ZooError
 from zoo.evaluate.result import exact_text, figure_text
 from zoo.optimize.teacher import Teacher
 
@@ -252,10 +252,7 @@ def compress_to_budget(
     source, destination = Path(source), Path(destination)
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    if (destination.exists() or destination.is_symlink()) and not force:
-        raise OutputExistsError(f"{destination} exists; pass --force to replace it")
-    if not destination.parent.is_dir():
-        raise InputError(f"{destination.parent}: output folder does not exist")
+    api.check_output(destination, force, is_dir=False)  # a folder there is refused before the search, not after it
     from zoo.sources.folder import float_weights
 
     if not float_weights(source):  # l2 codes float weights, and bits per weight counts them
@@ -322,8 +319,7 @@ def compress_to_budget(
                 raise BudgetError(f"budget {budget}: the archive kept, {kept.pipeline}, is {stored:.4g} bits per weight with its proof "
                                   f"stored, over the budget (its record took more than the {PROOF_BYTES} bytes the search allowed it: "
                                   "long paths?); no archive was kept")
-        if (destination.exists() or destination.is_symlink()) and not force:
-            raise OutputExistsError(f"{destination} exists; pass --force to replace it")
+        api.check_output(destination, force, is_dir=False)  # again: it may have appeared during the search
         os.replace(final, destination)
     finally:
         if owned:

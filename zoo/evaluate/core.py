@@ -69,10 +69,16 @@ def evaluate(
         base_model = stack.enter_context(open_base(base)) if base is not None else None
         mine = stack.enter_context(Model(candidate, base_model))
         original = stack.enter_context(Model(reference, base_model)) if reference is not None else None
-        if base is not None and not (mine.needs_base or (original is not None and original.needs_base)):
+        base_used = mine.needs_base or (original is not None and original.needs_base)
+        if base is not None and not base_used:
             # Named by role, not path: compress --verify sees the candidate under a temporary name.
             notes.append(f"the base {base} was not used: " + ("the candidate is" if reference is None else
                          "neither the candidate nor the reference is") + " stored against a base")
+        if kind in FUNCTIONAL_KINDS:  # transformers would load the folder around a lone file: another model, or none
+            for side in (mine, original):
+                if side is not None and side.lone_file():
+                    raise InputError(f"{side.label}: a lone weights file has no config or tokenizer to run it as {'an' if kind[0] in 'aeiou' else 'a'} {kind}: "
+                                     "give its model folder, or leave out --kind for weight-space figures")
         chosen = kind
         if chosen is None:
             chosen, note = mine.kind()
@@ -95,7 +101,7 @@ def evaluate(
             per_tensor, totals, weight_notes = compare_weights(mine, original, progress)
             notes += weight_notes
     result = EvalResult(chosen, str(candidate), None if reference is None else str(reference), figures, totals, per_tensor,
-                        notes, gates.given(), seconds=time.perf_counter() - started, base=None if base is None else str(base))
+                        notes, gates.given(), seconds=time.perf_counter() - started, base=str(base) if base is not None and base_used else None)
     result.failures = gates.judge(result)
     return result
 

@@ -25,6 +25,9 @@ from zoo.refs import find_archive, not_found
 KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
+# A config with one of these parts is a model of images or sound besides text (CLIP, SigLIP, CLAP,
+# LLaVA): its `*Model` is no text encoder, and a sentence alone does not run it.
+_OTHER_MODALITIES = ("vision_config", "audio_config", "image_config", "speech_config")
 
 
 class Model:
@@ -117,6 +120,10 @@ class Model:
                 warnings.simplefilter("ignore", ZooWarning)
             return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
 
+    def lone_file(self) -> bool:
+        """A weights file given alone (not an archive, not a folder)."""
+        return not self.archive and self.path.is_file()
+
     def fingerprint(self) -> str:
         """Changes whenever the model does. For an archive, its header: it holds the CRC-32 of every
         chunk index, which holds the CRC-32 of every chunk (the recorded sha256 of the files would
@@ -163,6 +170,8 @@ class Model:
         architectures = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
         if config.get("is_encoder_decoder"):
             return "weights", f"{self.label} is an encoder-decoder model: weight-space figures only"
+        if any(isinstance(config.get(part), dict) for part in _OTHER_MODALITIES):  # CLIPModel: text and images
+            return "weights", f"{self.label} is a model of more than text ({', '.join(architectures) or 'no architecture given'}): weight-space figures only"
         if any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures):
             kind = "causal-lm"
         elif any(a.endswith("ForSequenceClassification") for a in architectures):

@@ -21,15 +21,24 @@ from zoo.evaluate.models import Model
 BATCH = 16
 MAX_LENGTH = 256  # tokens per sentence; longer ones are cut
 MASK_SHARE = 0.15  # of the tokens hidden for the masked-LM loss, as in BERT's training
+# Models whose position numbers start after the padding token's (RoBERTa's family): a sentence of
+# max_position_embeddings tokens ran past their table.
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text",
+                            "ibert", "longformer", "mpnet", "esm", "xmod", "luke", "markuplm"}
 Progress = Callable[[str, int, int], None]
 
 
-def batches(model: Model, sentences: list[str], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+def batches(model: Model, sentences: list[str], max_tokens: int, kind: str = "encoder") -> list[dict[str, torch.Tensor]]:
     """Tokenized batches of the sentences that fit in `max_tokens` (at least one sentence)."""
     tokenizer = model.tokenizer()
     config = model.config() or {}
-    length = min(MAX_LENGTH, config.get("max_position_embeddings") or MAX_LENGTH)
-    batch_size = BATCH
+    positions = config.get("max_position_embeddings") or MAX_LENGTH
+    if config.get("model_type") in _POSITIONS_AFTER_PADDING and isinstance(config.get("pad_token_id"), int):
+        positions -= config["pad_token_id"] + 1
+    length = max(1, min(MAX_LENGTH, positions))
+    # a classifier that reads the last token (a causal LM's head) finds it by the config's pad token:
+    # without one, transformers refuses batches of more than one sentence
+    batch_size = 1 if kind == "classifier" and config.get("pad_token_id") is None else BATCH
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # the attention mask hides it either way
@@ -97,7 +106,7 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
                        max_tokens: int, cache: ReferenceCache, progress: Progress | None) -> dict[str, Any]:
     if not sentences:
         raise InputError("no sentences to score: the text has no non-empty lines")
-    pieces = batches(candidate, sentences, max_tokens)
+    pieces = batches(candidate, sentences, max_tokens, kind)
     settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling()}
     mine = _outputs(candidate, kind, pieces, settings, "candidate", progress)
     base = None
@@ -122,19 +131,28 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
             if base is not None and "mlm_nll" in base:
                 figures["mlm_loss_reference"] = base["mlm_nll"].double().mean().item()
         return figures
-    if base is not None:
-        figures["label_agreement"] = metrics.top1_agreement(base["rows"].argmax(-1), mine["rows"])
-        kl = metrics.kl_divergence(metrics.log_softmax(base["rows"]), metrics.log_softmax(mine["rows"]))
+    mine_logits, base_logits = _as_classes(mine["rows"]), None if base is None else _as_classes(base["rows"])
+    if base_logits is not None:
+        figures["label_agreement"] = metrics.top1_agreement(base_logits.argmax(-1), mine_logits)
+        kl = metrics.kl_divergence(metrics.log_softmax(base_logits), metrics.log_softmax(mine_logits))
         figures.update({"kl_mean": kl.mean().item(), "kl_max": kl.max().item()})
     if labels is not None:
         truth = torch.tensor(labels[:count])
-        classes = mine["rows"].shape[-1]
+        classes = mine_logits.shape[-1]
         if truth.numel() and not (0 <= int(truth.min()) and int(truth.max()) < classes):
             raise InputError(f"a label lies outside the {classes} classes of {candidate.label} (numbered from 0)")
-        figures["accuracy"] = (mine["rows"].argmax(-1) == truth).double().mean().item()
-        if base is not None:
-            figures["accuracy_reference"] = (base["rows"].argmax(-1) == truth).double().mean().item()
+        figures["accuracy"] = (mine_logits.argmax(-1) == truth).double().mean().item()
+        if base_logits is not None:
+            figures["accuracy_reference"] = (base_logits.argmax(-1) == truth).double().mean().item()
     return figures
+
+
+def _as_classes(logits: torch.Tensor) -> torch.Tensor:
+    """A head of one output (a reranker's relevance score, a yes/no) as the logits of two classes,
+    no and yes: the score is the yes's logit, its probability the sigmoid of the score (as
+    sentence-transformers' CrossEncoder reads it). A softmax over the one output was always 1, and
+    every such model scored KL 0 and full agreement however its scores moved."""
+    return torch.cat([torch.zeros_like(logits), logits], -1) if logits.shape[-1] == 1 else logits
 
 
 def split_labels(lines: list[str], id2label: dict[str, str] | None) -> tuple[list[str], list[int] | None]:
