@@ -421,7 +421,7 @@ def compress(
         check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
     builder = Builder(chosen, chunk_bytes, metadata, objects=objects)
     if os.path.isdir(source):  # a 0700 model folder comes back 0700, as its folders inside do
-        builder.root_mode = stat.S_IMODE(os.stat(source).st_mode)
+        builder.root_mode = stat.S_IMODE(os.stat(source).st_mode) & 0o777  # no set-id or sticky bits, as for the folders in it
     builder.refuse_oversized_header(sources, source)  # before the survey and the coding, which take minutes on such a model
     with ExitStack() as stack:
         base_model = open_base(base) if base is not None else None

@@ -96,11 +96,14 @@ def not_found(ref: str | os.PathLike[str]) -> str:
     """The message for a ref that names nothing, the same in every command. When the zoo holds the
     name under other revisions or variants, it lists them."""
     from zoo.hub.manifest import bit_exact
-    from zoo.hub.store import Store, parse_ref
+    from zoo.hub.store import NotAZooError, Store, parse_ref
 
     store = Store()
     name, revision, variant = parse_ref(str(ref))
-    stored = store.entries(name)
+    try:
+        stored = store.entries(name)
+    except NotAZooError:  # what is wrong is the path first: the folder is said to be no zoo, not blamed alone
+        return f"{ref}: no such file (and {store.location} is no zoo to hold a model of that name)"
     there = [e for e in stored if e.revision == (revision or "main") or e.commit == revision]
     if there and variant is None and not any(bit_exact(e) for e in there):
         listed = ", ".join(e.ref for e in there[:8]) + (f" and {len(there) - 8} more" if len(there) > 8 else "")

@@ -666,3 +666,10 @@ def test_bytes_stored_of_nothing_are_no_ratio_of_one(tmp_path):
     home = tmp_path / "zoo"
     ok(zoo_cli("compress", tmp_path / "empty.txt", "--name", "empty", home=home))
     assert json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"][0]["ratio"] == "Infinity"
+    (tmp_path / "out").mkdir()
+    done = ok(zoo_cli("compress", tmp_path / "empty.txt", weights_of(tmp_path), "-o", f"{tmp_path / 'out'}/"))  # a batch's lines
+    assert f"landed {tmp_path / 'out' / 'empty.txt.zoo'}: 0 B -> " in done.stderr and "(ratio inf)" in done.stderr, done.stderr
+
+
+def weights_of(folder):
+    return write_safetensors(folder / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})

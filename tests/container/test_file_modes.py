@@ -168,6 +168,11 @@ def test_the_output_folder_decompress_makes_gets_the_model_folders_bits(tmp_path
     with umask(0o022):
         zoo.decompress(tmp_path / "read-only.zoo", tmp_path / "again")
     assert stat.S_IMODE((tmp_path / "again").stat().st_mode) == 0o755
+    for bits in (0o2750, 0o1777):  # set-group-id (a shared group folder's) and sticky bits are not kept, nor refused
+        folder.chmod(bits)
+        zoo.compress(folder, tmp_path / "shared.zoo", force=True)
+        with zoo.open(tmp_path / "shared.zoo") as opened:
+            assert opened.folder_modes() == {"": bits & 0o777}
     zoo.compress(folder / "config.json", tmp_path / "file.zoo")  # one file: no folder of its own to keep
     with zoo.open(tmp_path / "file.zoo") as opened:
         assert opened.folder_modes() == {}

@@ -747,6 +747,19 @@ def test_a_folder_of_the_users_files_is_no_zoo_to_a_command_that_reads_either(ti
         done = zoo_cli(*args, home=home)
         assert (done.returncode, done.stderr) == (1, refusal), (args, done.stderr)
     assert [p.name for p in home.iterdir()] == ["README.md"]
+    # a command about a path says what is wrong with the path, not with ZOO_HOME
+    (tmp_path / "m").mkdir()
+    assert zoo_cli("info", tmp_path / "m", home=home).stderr == f"error: {tmp_path / 'm'}: is a folder, not a zoo archive\n"
+    assert zoo_cli("info", "nosuch.zoo", home=home).stderr == f"error: nosuch.zoo: no such file (and {home} is no zoo to hold a model of that name)\n"
+    # eval/ is the eval cache's only in the default zoo's folder: elsewhere it is the user's
+    (home / "README.md").unlink()
+    (home / "eval").mkdir()
+    (home / "eval" / "run_eval.py").write_text("print(1)")
+    done = zoo_cli("compress", tiny_model, "--name", "org/m", home=home)
+    assert done.returncode == 1 and "is no zoo (it holds 'eval'" in done.stderr, done.stderr
+    (home / "eval" / "run_eval.py").unlink()
+    (home / "eval").rmdir()
+    (home / "README.md").write_text("mine")
     (tmp_path / "empty").mkdir()
     for fresh in (tmp_path / "empty", tmp_path / "not-yet"):  # an empty folder, or none, is an empty zoo
         assert "is empty" in zoo_cli("ls", home=fresh).stderr

@@ -181,6 +181,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
     model as it lands."""
     from zoo import batch
     from zoo.errors import InputError
+    from zoo.hub.manifest import size_ratio
     from zoo.hub.remote import is_url
 
     if unsupported:
@@ -208,7 +209,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
             spent = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.seconds.items())
             where = (f" in {result.tasks} tasks" if result.tasks > 1 else "") + (f" on node {result.node}" if result.node else "")
             stderr.print(f"landed {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
-                         f"{result.stored_bytes / max(result.original_bytes, 1):.3f}){where}; {spent}", markup=False, highlight=False,
+                         f"{size_ratio(result.stored_bytes, result.original_bytes):.3f}){where}; {spent}", markup=False, highlight=False,
                          soft_wrap=True)
             if result.opaque:  # as compress of one model says it
                 stderr.print(f"  kept as bytes, not read as tensors: {'; '.join(result.opaque)}", markup=False, highlight=False, soft_wrap=True)

@@ -62,6 +62,7 @@ def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional
     """Several repositories, or --ray: zoo.batch.pull_many, a line per model as it lands."""
     from zoo import batch
     from zoo.errors import InputError
+    from zoo.hub.manifest import size_ratio
 
     if name is not None and len(refs) > 1:
         raise InputError("--name names one model: with several repositories each is named after its repository id")
@@ -75,7 +76,7 @@ def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional
             line = f"already in the zoo: {result.output} (commit {result.commit[:12]})"
         else:
             line = (f"stored {result.output}: {human_bytes(result.original_bytes)} -> {human_bytes(result.stored_bytes)} (ratio "
-                    f"{result.stored_bytes / max(result.original_bytes, 1):.3f})" + (f" on node {result.node}" if result.node else ""))
+                    f"{size_ratio(result.stored_bytes, result.original_bytes):.3f})" + (f" on node {result.node}" if result.node else ""))
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
 
     results = batch.pull_many(refs, names=[name] if name else None, pipeline=pipeline, include=include, exclude=exclude, ray=ray,

@@ -253,7 +253,7 @@ class Archive:
                 if node is None or node.kind != "folder":
                     raise _fail(self._file, f"archive gives a mode to {path!r}, which it does not hold as a folder")
         self._folder_modes: dict[str, int] = dict(modes)
-        root_mode = header.get("root_mode")  # the model folder's own, under the path "" (archives of a folder since 2026-12-07)
+        root_mode = header.get("root_mode")  # the model folder's own, under the path "" (archives of a folder since 2026-12-06)
         if root_mode is not None:
             if not isinstance(root_mode, int) or isinstance(root_mode, bool) or not 0 <= root_mode <= 0o777:
                 raise _fail(self._file, "archive header has a malformed root folder mode")

@@ -24,6 +24,7 @@ from zoo.allocator import DEFAULT_THRESHOLD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,
 from zoo.kernels.parallel import for_each, ordered_map, resolve_threads
 from zoo.dtypes import DTYPES, from_float32, storage_dtype, to_float32
 from zoo.errors import InputError
+from zoo.hub.manifest import size_ratio
 from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
 from zoo.sources.folder import scan
 
@@ -69,7 +70,7 @@ class Figure:
 
     @property
     def ratio(self) -> float:
-        return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
+        return size_ratio(self.compressed_bytes, self.original_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         gbps = lambda seconds: self.original_bytes / seconds / 1e9 if seconds else None  # noqa: E731

@@ -337,12 +337,22 @@ class Store:
             names = [name for name in os.listdir(self.home) if not name.startswith(".") and name != "lost+found"]
         except OSError:
             return  # unreadable: creating the zoo's folders says why
-        # eval/: where `zoo eval` keeps its references, in the default zoo's folder (zoo.evaluate.cache)
-        allowed = (_MADE_BY_A_ZOO if any(self.archives.glob(f"*{OBJECT_SUFFIX}")) else {"objects"}) | {"eval"}
+        allowed = _MADE_BY_A_ZOO if any(self.archives.glob(f"*{OBJECT_SUFFIX}")) else {"objects"}
+        if self._holds_the_eval_cache():
+            allowed |= {"eval"}
         foreign = sorted(name for name in names if name not in allowed)
         if foreign:
             raise NotAZooError(f"{self.home}: is no zoo (it holds {foreign[0]!r}, and no catalogue, lock or objects): point ZOO_HOME "
                                "at a zoo, or at a new or empty folder")
+
+    def _holds_the_eval_cache(self) -> bool:
+        """Whether the folder's eval/ is where `zoo eval` keeps its references: so in the default
+        zoo's folder (zoo.evaluate.cache), which a first `zoo eval` makes before any zoo is there."""
+        from zoo.evaluate.cache import cache_dir
+
+        with suppress(OSError):
+            return os.path.samefile(self.home / "eval", cache_dir())
+        return False
 
     def _make_folders(self) -> None:
         self._refuse_a_foreign_folder()
@@ -1385,10 +1395,10 @@ def resolve_archive(ref: str) -> Path | None:
     """The archive path of a zoo name (NAME[@REVISION][:VARIANT]); None when it is not in the zoo."""
     store = Store()
     # a path (`/x.zoo`, `./m`) is never a zoo name: the zoo is not consulted for it
-    if not isinstance(ref, str) or not NAME_PATTERN.fullmatch(parse_ref(ref)[0]) or not store.exists():
+    if not isinstance(ref, str) or not NAME_PATTERN.fullmatch(parse_ref(ref)[0]):
         return None
-    try:
-        found = store.readable(ref)
+    try:  # a ZOO_HOME that is no zoo holds no model: a command about a path says what is wrong with the path
+        found = store.readable(ref) if store.exists() else []
     except ZooError:
         return None
     return found[0].archive if found else None
