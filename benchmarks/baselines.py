@@ -87,7 +87,7 @@ def apply(method: str, source: Path, destination: Path) -> tuple[int, int]:
             parameters += int(np.prod(shape))
         storage = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}.get(dtype)
         count = int(np.prod(shape))
-        if storage and selected(name, dtype, len(shape), count) and (count // shape[0]) % multiple == 0:
+        if storage and selected(name, dtype, shape) and (count // shape[0]) % multiple == 0:
             raw = np.frombuffer(body, dtype=storage, count=count, offset=start)
             values = to_float32(raw, dtype).reshape(shape[0], -1)
             approx, bits = quantize(values)
