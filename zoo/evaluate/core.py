@@ -77,7 +77,8 @@ def evaluate(
         if kind in FUNCTIONAL_KINDS:  # transformers would load the folder around a lone file: another model, or none
             for side in (mine, original):
                 if side is not None and side.lone_file():
-                    raise InputError(f"{side.label}: a lone weights file has no config or tokenizer to run it as {'an' if kind[0] in 'aeiou' else 'a'} {kind}: "
+                    article = "an" if kind[0] in "aeiou" else "a"
+                    raise InputError(f"{side.label}: a lone weights file has no config or tokenizer to run it as {article} {kind}: "
                                      "give its model folder, or leave out --kind for weight-space figures")
         chosen = kind
         if chosen is None:
@@ -101,7 +102,8 @@ def evaluate(
             per_tensor, totals, weight_notes = compare_weights(mine, original, progress)
             notes += weight_notes
     result = EvalResult(chosen, str(candidate), None if reference is None else str(reference), figures, totals, per_tensor,
-                        notes, gates.given(), seconds=time.perf_counter() - started, base=str(base) if base is not None and base_used else None)
+                        notes, gates.given(), seconds=time.perf_counter() - started,
+                        base=str(base) if base is not None and base_used else None)
     result.failures = gates.judge(result)
     return result
 

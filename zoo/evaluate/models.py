@@ -171,7 +171,8 @@ class Model:
         if config.get("is_encoder_decoder"):
             return "weights", f"{self.label} is an encoder-decoder model: weight-space figures only"
         if any(isinstance(config.get(part), dict) for part in _OTHER_MODALITIES):  # CLIPModel: text and images
-            return "weights", f"{self.label} is a model of more than text ({', '.join(architectures) or 'no architecture given'}): weight-space figures only"
+            named = ", ".join(architectures) or "no architecture given"
+            return "weights", f"{self.label} is a model of more than text ({named}): weight-space figures only"
         if any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures):
             kind = "causal-lm"
         elif any(a.endswith("ForSequenceClassification") for a in architectures):

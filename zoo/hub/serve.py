@@ -249,8 +249,8 @@ class ZooApp:
         else:
             headers: dict[str, str] = {}
             for name, value in scope["headers"]:  # a list sent over several lines is one list (If-Match)
-                key = name.decode("latin-1")
-                headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in _LISTS and key in headers else value.decode("latin-1")
+                key, text = name.decode("latin-1"), value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in _LISTS and key in headers else text
             answer = self.answer_from_memory(target, headers, scope["method"] == "HEAD")
             if answer is None:
                 answer = await asyncio.get_running_loop().run_in_executor(None, self.answer, target, headers, scope["method"] == "HEAD")
