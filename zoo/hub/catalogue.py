@@ -141,7 +141,8 @@ def records(connection: sqlite3.Connection, name: str | None, with_files: bool) 
     try:
         return _records(connection, name, with_files)
     finally:
-        connection.execute("COMMIT")
+        if connection.in_transaction:  # an error may have ended it: the caller sees that error, not this
+            connection.execute("COMMIT")
 
 
 def _records(connection: sqlite3.Connection, name: str | None, with_files: bool) -> list[dict[str, Any]]:
