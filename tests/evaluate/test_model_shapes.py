@@ -4,6 +4,7 @@ Each is random (untrained): these tests are about which figures are made, not th
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import transformers  # noqa: E402
 
 from zoo.errors import InputError, OutputExistsError  # noqa: E402
 from zoo.evaluate import evaluate  # noqa: E402
+from zoo.evaluate.core import default_sentences as zoo_sentences  # noqa: E402
 from zoo.evaluate.cache import ReferenceCache  # noqa: E402
 from zoo.evaluate.noise import noisy_copy  # noqa: E402
 
@@ -122,3 +124,123 @@ def test_a_budget_whose_output_is_a_folder_is_refused_before_the_search(tmp_path
         compress_to_budget(folder, tmp_path / "out", "bpw=4", force=True)
     assert time.perf_counter() - started < 5
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _sentence_transformer(folder: Path, dense_seed: int, pooling: dict) -> Path:
+    """A sentence-transformers folder: a BERT, its Pooling config, a Dense layer and Normalize."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    _save(transformers.BertModel(transformers.BertConfig(vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, pad_token_id=256,
+                                                         **SMALL)), folder)
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Dense", "Dense"), ("3_Normalize", "Normalize")]
+    (folder / "modules.json").write_text(json.dumps([{"idx": n, "name": str(n), "path": path, "type": f"sentence_transformers.models.{kind}"}
+                                                     for n, (path, kind) in enumerate(modules)]))
+    for path, _ in modules[1:]:
+        (folder / path).mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **pooling}))
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 16, "bias": True,
+                                                                "activation_function": "torch.nn.modules.activation.Tanh"}))
+    generator = torch.Generator().manual_seed(dense_seed)
+    save_file({"linear.weight": torch.randn(16, 32, generator=generator), "linear.bias": torch.randn(16, generator=generator)},
+              folder / "2_Dense" / "model.safetensors")
+    return folder
+
+
+def test_a_sentence_transformers_embedding_is_its_dense_layers_output_pooled_as_its_config_says(tmp_path, cache):
+    """The cosine was of the mean-pooled hidden state: a 2_Dense layer changed counted nowhere
+    (cosine 1.000 and --min-cosine passed for embeddings whose true cosine was -0.11), and the
+    `"pooling_mode": "cls"` sentence-transformers writes since its version 5 was read as mean."""
+    reference = _sentence_transformer(tmp_path / "st", 1, {"pooling_mode": "cls"})
+    other = _sentence_transformer(tmp_path / "other", 2, {"pooling_mode": "cls"})
+    result = evaluate(other, reference, cache=cache, weights=False)
+    tokenizer = byte_tokenizer(True)
+    sentences = zoo_sentences()[:result.metrics["sentences"]]
+
+    def embed(folder: Path) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        model = transformers.BertModel.from_pretrained(folder).eval()
+        dense = load_file(folder / "2_Dense" / "model.safetensors")
+        with torch.inference_mode():
+            encoded = tokenizer(sentences, padding=True, truncation=True, max_length=CONTEXT, return_tensors="pt")
+            cls = model(**encoded).last_hidden_state[:, 0]
+            return torch.tanh(torch.nn.functional.linear(cls, dense["linear.weight"], dense["linear.bias"]))
+
+    wanted = torch.nn.functional.cosine_similarity(embed(reference).double(), embed(other).double()).mean().item()
+    assert result.metrics["cosine_mean"] == pytest.approx(wanted, abs=1e-4) and wanted < 0.9
+    assert evaluate(reference, reference, cache=cache, weights=False).metrics["cosine_min"] == pytest.approx(1, abs=1e-6)
+    (other / "modules.json").write_text((other / "modules.json").read_text().replace("models.Normalize", "models.LayerNorm"))
+    result = evaluate(other, reference, cache=cache)
+    assert result.kind == "weights" and any("does not run its sentence-transformers module LayerNorm" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("mode, rows", [("cls", [1.0, 4.0]), ("lasttoken", [3.0, 5.0]), ("max", [3.0, 5.0]),
+                                        ("mean", [2.0, 4.5]), ("weightedmean", [14 / 6, 14 / 3])])
+def test_pooling_modes(mode, rows):
+    from zoo.evaluate.sentences import pool
+
+    hidden = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [9.0]]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert pool(hidden, mask, mode).squeeze(-1).tolist() == pytest.approx(rows)
+
+
+def test_a_multi_label_classifier_is_judged_label_by_label(tmp_path, cache):
+    """problem_type multi_label_classification: each label is a sigmoid of its own. A softmax over
+    the labels read every logit shifted by 3 as no change (KL 2e-08, 100% agreement, gate passed)."""
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, pad_token_id=256, num_labels=4,
+        problem_type="multi_label_classification", **SMALL))
+    reference = _save(model, tmp_path / "labels")
+    with torch.no_grad():
+        model.classifier.bias += 3.0
+    shifted = _save(model, tmp_path / "shifted")
+    result = evaluate(shifted, reference, cache=cache, weights=False)
+    assert result.metrics["kl_mean"] > 0.1 and result.metrics["label_agreement"] < 0.5, result.metrics
+    same = evaluate(reference, reference, cache=cache, weights=False)
+    assert same.metrics["kl_mean"] == 0 and same.metrics["label_agreement"] == 1
+
+
+def test_an_electra_discriminator_and_a_t5_encoder_run_as_encoders(tmp_path, cache):
+    """ElectraForPreTraining (the discriminator) was loaded as the masked-LM generator, and
+    T5EncoderModel as the whole T5: "weights the encoder needs are missing" for sound folders."""
+    torch.manual_seed(0)
+    electra = _save(transformers.ElectraForPreTraining(transformers.ElectraConfig(
+        vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, pad_token_id=256, embedding_size=32, **SMALL)), tmp_path / "electra")
+    t5 = _save(transformers.T5EncoderModel(transformers.T5Config(vocab_size=VOCABULARY, d_model=32, d_ff=64, num_layers=1, num_heads=2,
+                                                                 d_kv=16, pad_token_id=256)), tmp_path / "t5")
+    for folder in (electra, t5):
+        noisy_copy(folder, tmp_path / f"{folder.name}-noisy", 0.1, seed=1)
+        result = evaluate(tmp_path / f"{folder.name}-noisy", folder, cache=cache, weights=False)
+        assert result.kind == "encoder" and 0.5 < result.metrics["cosine_mean"] < 1 and "mlm_loss" not in result.metrics, result.metrics
+
+
+def test_a_model_of_sound_with_a_tokenizer_gets_weight_figures(tmp_path, cache):
+    """Wav2Vec2Model saved with its CTC tokenizer was run on tokens: "unexpected TypeError"."""
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(vocab_size=VOCABULARY, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(8, 8), conv_kernel=(3, 3), conv_stride=(2, 2),
+                                         num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+    reference = _save(transformers.Wav2Vec2Model(config), tmp_path / "wav2vec2")
+    noisy_copy(reference, tmp_path / "noisy", 0.1, seed=1)
+    result = evaluate(tmp_path / "noisy", reference, cache=cache)
+    assert result.kind == "weights" and any("takes input_values, not text (Wav2Vec2Model)" in note for note in result.notes)
+
+
+def test_a_budget_whose_output_is_inside_the_zoo_is_refused(tmp_path, monkeypatch):
+    """`--budget -o $ZOO_HOME/catalogue.sqlite --force` replaced the zoo's catalogue (and its lock)."""
+    from zoo.api import compress_into
+    from zoo.evaluate.budget import compress_to_budget
+    from zoo.hub.store import Store
+
+    torch.manual_seed(0)
+    folder = _save(transformers.BertModel(transformers.BertConfig(vocab_size=VOCABULARY, max_position_embeddings=CONTEXT,
+                                                                  pad_token_id=256, **SMALL)), tmp_path / "encoder")
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    compress_into(Store(), folder, "org/m")
+    before = (tmp_path / "zoo" / "catalogue.sqlite").read_bytes()
+    for name in ("catalogue.sqlite", "lock"):
+        with pytest.raises(InputError, match="lies inside the zoo.s own folder"):
+            compress_to_budget(folder, tmp_path / "zoo" / name, "bpw=4", force=True)
+    assert (tmp_path / "zoo" / "catalogue.sqlite").read_bytes() == before

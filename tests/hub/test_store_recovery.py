@@ -760,6 +760,11 @@ def test_a_folder_of_the_users_files_is_no_zoo_to_a_command_that_reads_either(ti
     (home / "eval" / "run_eval.py").unlink()
     (home / "eval").rmdir()
     (home / "README.md").write_text("mine")
+    (home / "manifests").mkdir()  # a user's own manifests/ beside the README: verify said ok
+    for args in (["verify"], ["ls"]):
+        done = zoo_cli(*args, home=home)
+        assert (done.returncode, done.stderr) == (1, refusal), (args, done.stderr)
+    (home / "manifests").rmdir()
     (tmp_path / "empty").mkdir()
     for fresh in (tmp_path / "empty", tmp_path / "not-yet"):  # an empty folder, or none, is an empty zoo
         assert "is empty" in zoo_cli("ls", home=fresh).stderr
@@ -779,6 +784,8 @@ def test_the_default_zoo_holding_only_evals_references_is_a_zoo(tiny_model, tmp_
                           text=True, env=environment, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in (tmp_path / "cache" / "zoo").iterdir()] == ["eval"]
-    for args in (["ls"], ["compress", tiny_model, "--name", "org/m"], ["verify"]):
-        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=environment, timeout=300)
+    # whichever cache a later command is pointed at (ZOO_EVAL_CACHE), eval/ of references is the zoo's own
+    for args, cache in ((["ls"], None), (["compress", tiny_model, "--name", "org/m"], tmp_path / "elsewhere"), (["verify"], None)):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, timeout=300,
+                              env={**environment, **({"ZOO_EVAL_CACHE": str(cache)} if cache else {})})
         assert done.returncode == 0 and "is no zoo" not in done.stderr, (args, done.stderr)

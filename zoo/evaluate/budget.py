@@ -252,6 +252,7 @@ def compress_to_budget(
     source, destination = Path(source), Path(destination)
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
+    api.refuse_inside_the_zoo(destination)  # the zoo's catalogue or lock is no output, with --force either
     api.check_output(destination, force, is_dir=False)  # a folder there is refused before the search, not after it
     from zoo.sources.folder import float_weights
 

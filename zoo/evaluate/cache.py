@@ -22,6 +22,11 @@ DISK_LIMIT = 2 << 30
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 
+def is_reference_file(name: str) -> bool:
+    """Whether a file's name is one this cache gives a reference's outputs."""
+    return bool(_ENTRY_NAME.fullmatch(name))
+
+
 def cache_dir() -> Path:
     """$ZOO_EVAL_CACHE, else $XDG_CACHE_HOME/zoo/eval, else ~/.cache/zoo/eval."""
     if os.environ.get("ZOO_EVAL_CACHE"):

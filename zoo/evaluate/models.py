@@ -28,6 +28,27 @@ _MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 # A config with one of these parts is a model of images or sound besides text (CLIP, SigLIP, CLAP,
 # LLaVA): its `*Model` is no text encoder, and a sentence alone does not run it.
 _OTHER_MODALITIES = ("vision_config", "audio_config", "image_config", "speech_config")
+_POOLING_MODES = ("cls", "max", "mean", "lasttoken", "weightedmean")
+_SENTENCE_MODULES = ("Dense", "Normalize")  # what zoo runs after Pooling (sentence_head)
+
+
+def _activation(name: str) -> Any:
+    import torch
+
+    return {"Tanh": torch.tanh, "Identity": lambda x: x, "ReLU": torch.relu, "Sigmoid": torch.sigmoid,
+            "GELU": torch.nn.functional.gelu, "SiLU": torch.nn.functional.silu}[name]
+
+
+class _Activations(dict):
+    def __missing__(self, name: str) -> Any:
+        found = _activation(name)
+        self[name] = found
+        return found
+
+
+_ACTIVATIONS = _Activations()
+_POOLING_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
+                  ("pooling_mode_weightedmean_tokens", "weightedmean"))
 
 
 class Model:
@@ -183,24 +204,91 @@ class Model:
             return "weights", f"{self.label}: no evaluation for architecture {', '.join(architectures) or '(none given)'}: weight-space figures only"
         if not self.has_tokenizer():
             return "weights", f"{self.label} has no tokenizer: weight-space figures only"
+        others = [f"{kind_} ({relpath})" for kind_, relpath in self.after_pooling() if kind_ not in _SENTENCE_MODULES]
+        if kind == "encoder" and others:
+            return "weights", f"{self.label}: zoo does not run its sentence-transformers module {others[0]}: weight-space figures only"
+        fed = _main_input(architectures)
+        if fed != "input_ids":  # Wav2Vec2Model with its CTC tokenizer: sound in, not tokens
+            return "weights", f"{self.label} takes {fed}, not text ({', '.join(architectures)}): weight-space figures only"
         return kind, None
 
     def has_masked_lm_head(self) -> bool:
+        """ELECTRA's *ForPreTraining is its discriminator, which tells replaced tokens: no masked-LM head."""
         listed = (self.config() or {}).get("architectures")
-        return isinstance(listed, list) and any(isinstance(a, str) and a.endswith(_MASKED_LM_SUFFIXES) for a in listed)
+        return isinstance(listed, list) and any(isinstance(a, str) and a.endswith(_MASKED_LM_SUFFIXES) and a != "ElectraForPreTraining"
+                                                for a in listed)
 
     def pooling(self) -> str:
-        """How sentence-transformers pools this model (mean unless its Pooling config says CLS or max)."""
+        """How sentence-transformers pools this model: mean unless its Pooling config says cls, max,
+        lasttoken or weightedmean (as `pooling_mode`, which sentence-transformers writes since its
+        version 5, or as the older `pooling_mode_*_token(s)` flags)."""
         for relpath in self.file_names():
             if not fnmatch(relpath, "*Pooling*/config.json"):
                 continue
-            with suppress(ValueError, InputError):
+            with suppress(ValueError, InputError, AttributeError):
                 settings = json.loads(self.read_text(relpath) or "{}")
-                if settings.get("pooling_mode_cls_token"):
-                    return "cls"
-                if settings.get("pooling_mode_max_tokens"):
-                    return "max"
+                named = settings.get("pooling_mode")
+                if isinstance(named, str) and named.lower() in _POOLING_MODES:
+                    return named.lower()
+                for flag, mode in _POOLING_FLAGS:
+                    if settings.get(flag):
+                        return mode
         return "mean"
+
+    def after_pooling(self) -> list[tuple[str, str]]:
+        """The sentence-transformers modules after Pooling, as modules.json lists them: (the type's
+        last name, its folder), in order."""
+        try:
+            listed = json.loads(self.read_text("modules.json") or "[]")
+        except ValueError:
+            return []
+        found, pooled = [], False
+        for module in listed if isinstance(listed, list) else []:
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
+            if pooled:
+                found.append((kind, str(module.get("path", ""))))
+            pooled = pooled or kind == "Pooling"
+        return found
+
+    def sentence_head(self) -> Any:
+        """What sentence-transformers does to the pooled vector after Pooling: its Dense layers
+        (a 2_Dense of MiniLM's kin) and Normalize, as a function of the pooled vectors. The cosine
+        was of the pooled vector alone, and a Dense layer's changes counted nowhere but in the
+        weights' figures."""
+        import torch
+
+        steps = []
+        for kind, relpath in self.after_pooling():
+            if kind == "Normalize":
+                steps.append(lambda x: torch.nn.functional.normalize(x, dim=-1))
+            elif kind == "Dense":
+                steps.append(self._dense(relpath))
+        def head(vectors: Any) -> Any:
+            for step in steps:
+                vectors = step(vectors)
+            return vectors
+        return head
+
+    def _dense(self, relpath: str) -> Any:
+        import torch
+
+        folder = self.folder() / relpath
+        try:
+            settings = json.loads((folder / "config.json").read_text())
+            activation = _ACTIVATIONS[str(settings.get("activation_function", "")).rsplit(".", 1)[-1]]
+            if (folder / "model.safetensors").is_file():
+                from safetensors.torch import load_file
+
+                tensors = load_file(folder / "model.safetensors")
+            else:
+                tensors = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            weight, bias = tensors["linear.weight"].float(), tensors.get("linear.bias")
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise InputError(f"{self.label}: its sentence-transformers layer {relpath} cannot be read: {error}") from None
+        return lambda x: activation(torch.nn.functional.linear(x, weight, None if bias is None else bias.float()))
+
+    def multi_label(self) -> bool:
+        return (self.config() or {}).get("problem_type") == "multi_label_classification"
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -210,6 +298,18 @@ class Model:
     def load(self, kind: str, masked_lm: bool = False) -> Any:
         """The model in float32 on CPU, in eval mode. Refuses one whose weights do not all load."""
         return load_model(self.folder(), kind, masked_lm=masked_lm, label=self.label, require_all_weights=True)
+
+
+def _main_input(architectures: list[str]) -> str:
+    """What the first architecture transformers knows takes in (input_ids for text)."""
+    import transformers
+
+    for name in architectures:
+        with suppress(Exception):  # a name transformers does not know, or a class it cannot import here
+            found = getattr(transformers, name, None)
+            if found is not None:
+                return str(getattr(found, "main_input_name", "input_ids"))
+    return "input_ids"
 
 
 def _files_under(folder: Path) -> list[Path]:

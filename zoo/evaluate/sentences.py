@@ -65,11 +65,18 @@ def batches(model: Model, sentences: list[str], max_tokens: int, kind: str = "en
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per sentence, as sentence-transformers' Pooling makes it in `mode`."""
     if mode == "cls":
         return hidden[:, 0]
+    if mode == "lasttoken":  # the last token the mask keeps, whichever side the padding is on
+        positions = torch.arange(attention_mask.shape[1]).expand_as(attention_mask)
+        last = (positions * attention_mask).argmax(1)
+        return hidden[torch.arange(len(hidden)), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     if mode == "max":
         return hidden.masked_fill(mask == 0, float("-inf")).max(1).values
+    if mode == "weightedmean":  # the n-th token weighs n
+        mask = mask * torch.arange(1, mask.shape[1] + 1, dtype=hidden.dtype).view(1, -1, 1)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
@@ -79,6 +86,7 @@ def _outputs(model: Model, kind: str, pieces: list[dict[str, torch.Tensor]], set
     masked-LM negative log-likelihood of every hidden token when the model has the head."""
     masked_lm = settings["masked_lm"]
     network = model.load(kind, masked_lm=masked_lm)
+    head = model.sentence_head() if kind == "encoder" else None
     rows, losses = [], []
     total, done = sum(len(b["input_ids"]) for b in pieces), 0
     with torch.inference_mode():
@@ -87,7 +95,7 @@ def _outputs(model: Model, kind: str, pieces: list[dict[str, torch.Tensor]], set
                 rows.append(network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
             else:
                 output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-                rows.append(pool(output.hidden_states[-1], batch["attention_mask"], settings["pooling"]).float())
+                rows.append(head(pool(output.hidden_states[-1], batch["attention_mask"], settings["pooling"]).float()))
                 if masked_lm and "mlm_labels" in batch:
                     logits = network(input_ids=batch["masked_input_ids"], attention_mask=batch["attention_mask"]).logits
                     chosen = batch["mlm_labels"] != -100
@@ -107,7 +115,8 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
     if not sentences:
         raise InputError("no sentences to score: the text has no non-empty lines")
     pieces = batches(candidate, sentences, max_tokens, kind)
-    settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling()}
+    settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling(),
+                "after_pooling": candidate.after_pooling() if kind == "encoder" else []}
     mine = _outputs(candidate, kind, pieces, settings, "candidate", progress)
     base = None
     if reference is not None:
@@ -131,6 +140,8 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
             if base is not None and "mlm_nll" in base:
                 figures["mlm_loss_reference"] = base["mlm_nll"].double().mean().item()
         return figures
+    if candidate.multi_label():
+        return _multi_label_figures(figures, mine["rows"], None if base is None else base["rows"], labels, candidate.label)
     mine_logits, base_logits = _as_classes(mine["rows"]), None if base is None else _as_classes(base["rows"])
     if base_logits is not None:
         figures["label_agreement"] = metrics.top1_agreement(base_logits.argmax(-1), mine_logits)
@@ -144,6 +155,23 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
         figures["accuracy"] = (mine_logits.argmax(-1) == truth).double().mean().item()
         if base_logits is not None:
             figures["accuracy_reference"] = (base_logits.argmax(-1) == truth).double().mean().item()
+    return figures
+
+
+def _multi_label_figures(figures: dict[str, Any], mine: torch.Tensor, base: torch.Tensor | None, labels: list[int] | None,
+                         label: str) -> dict[str, Any]:
+    """A multi-label classifier (problem_type multi_label_classification) decides each label on
+    its own, by the sigmoid of its logit: the KL is the mean over labels of each yes/no's, and two
+    models agree on a sentence when they give it the same set of labels. A softmax over the labels
+    measured a shift of every logit by the same amount as no change at all."""
+    if labels is not None:
+        raise InputError(f"{label} is a multi-label classifier: its accuracy needs a set of labels per sentence, which "
+                         "LABEL<TAB>sentence lines do not give; leave the labels out of --text")
+    if base is not None:
+        kl = metrics.kl_divergence(metrics.log_softmax(_as_classes(base.unsqueeze(-1))),
+                                   metrics.log_softmax(_as_classes(mine.unsqueeze(-1)))).mean(-1)
+        figures["label_agreement"] = ((base > 0) == (mine > 0)).all(-1).double().mean().item() if len(base) else float("nan")
+        figures.update({"kl_mean": kl.mean().item(), "kl_max": kl.max().item()})
     return figures
 
 

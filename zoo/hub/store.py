@@ -160,10 +160,8 @@ class Store:
     def exists(self) -> bool:
         self._check_home()
         self._sync()
-        if self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir():
-            return True
-        self._refuse_a_foreign_folder()  # a folder of the user's own is no zoo, not an empty one to fill
-        return False
+        self._refuse_a_foreign_folder()  # a folder of the user's own (its manifests/ too) is no zoo, not an empty one to fill
+        return self.manifests.is_dir() or self.catalogue.exists() or self.archives.is_dir()
 
     def object_path(self, sha256: str) -> Path:
         return object_path(self.objects, sha256)
@@ -346,13 +344,16 @@ class Store:
                                "at a zoo, or at a new or empty folder")
 
     def _holds_the_eval_cache(self) -> bool:
-        """Whether the folder's eval/ is where `zoo eval` keeps its references: so in the default
-        zoo's folder (zoo.evaluate.cache), which a first `zoo eval` makes before any zoo is there."""
-        from zoo.evaluate.cache import cache_dir
+        """Whether the folder's eval/ is what `zoo eval` makes in the default zoo's folder for its
+        references (zoo.evaluate.cache), before any zoo is there: a folder of reference files (and
+        their hidden temporaries) alone, whichever cache a later command is pointed at."""
+        from zoo.evaluate.cache import is_reference_file
 
-        with suppress(OSError):
-            return os.path.samefile(self.home / "eval", cache_dir())
-        return False
+        try:
+            return (self.home / "eval").is_dir() and all(name.startswith(".") or is_reference_file(name)
+                                                         for name in os.listdir(self.home / "eval"))
+        except OSError:
+            return False
 
     def _make_folders(self) -> None:
         self._refuse_a_foreign_folder()

@@ -49,6 +49,16 @@ def first_line(error: BaseException) -> str:
     return " ".join(lines) if lines[0].endswith(":") else lines[0]
 
 
+def _bare_model(transformers: Any, config: Any) -> Any:
+    """The class of an encoder without its head: the one the config names where it is a bare
+    model (T5EncoderModel: AutoModel would build the whole T5, decoder included), else AutoModel."""
+    for name in getattr(config, "architectures", None) or []:
+        found = getattr(transformers, name, None) if isinstance(name, str) and name.endswith("Model") else None
+        if isinstance(found, type) and hasattr(found, "from_pretrained"):
+            return found
+    return transformers.AutoModel
+
+
 def load_model(folder: str | Path, kind: str | None = None, *, masked_lm: bool = False, label: str | None = None,
                require_all_weights: bool = False, require_most_weights: bool = False) -> Any:
     """The model in `folder` in float32, in eval mode. `kind` picks the class transformers builds:
@@ -74,15 +84,16 @@ def load_model(folder: str | Path, kind: str | None = None, *, masked_lm: bool =
                 model_class = {
                     "causal-lm": transformers.AutoModelForCausalLM,
                     "classifier": transformers.AutoModelForSequenceClassification,
-                    "encoder": transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel,
+                    "encoder": transformers.AutoModelForMaskedLM if masked_lm else _bare_model(transformers, config),
                 }[kind]
             major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
             dtype_argument = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in 4.56
             model, info = model_class.from_pretrained(folder, local_files_only=True, output_loading_info=True,
                                                       **{dtype_argument: torch.float32})
     except Exception as error:  # noqa: BLE001 - transformers raises many types for a model it cannot load
-        what = f" as a {kind}" if kind else ""
-        raise InputError(f"{label}: transformers cannot load it{what}: {first_line(error)}") from None
+        what = f" as {'an' if kind[0] in 'aeiou' else 'a'} {kind}" if kind else ""
+        hint = "; `--kind weights` compares its weights alone" if kind else ""
+        raise InputError(f"{label}: transformers cannot load it{what}: {first_line(error)}{hint}") from None
     missing = [key for key in info.get("missing_keys", []) if not key.endswith("position_ids")]
     if (require_all_weights and missing) or (require_most_weights and 2 * len(missing) > len(model.state_dict())):
         shown = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
