@@ -29,26 +29,17 @@ _MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 # LLaVA): its `*Model` is no text encoder, and a sentence alone does not run it.
 _OTHER_MODALITIES = ("vision_config", "audio_config", "image_config", "speech_config")
 _POOLING_MODES = ("cls", "max", "mean", "lasttoken", "weightedmean")
+_POOLING_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
+                  ("pooling_mode_weightedmean_tokens", "weightedmean"))
 _SENTENCE_MODULES = ("Dense", "Normalize")  # what zoo runs after Pooling (sentence_head)
 
 
 def _activation(name: str) -> Any:
+    """A Dense module's activation by its class's name (KeyError for one zoo does not know)."""
     import torch
 
     return {"Tanh": torch.tanh, "Identity": lambda x: x, "ReLU": torch.relu, "Sigmoid": torch.sigmoid,
             "GELU": torch.nn.functional.gelu, "SiLU": torch.nn.functional.silu}[name]
-
-
-class _Activations(dict):
-    def __missing__(self, name: str) -> Any:
-        found = _activation(name)
-        self[name] = found
-        return found
-
-
-_ACTIVATIONS = _Activations()
-_POOLING_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
-                  ("pooling_mode_weightedmean_tokens", "weightedmean"))
 
 
 class Model:
@@ -263,6 +254,7 @@ class Model:
                 steps.append(lambda x: torch.nn.functional.normalize(x, dim=-1))
             elif kind == "Dense":
                 steps.append(self._dense(relpath))
+
         def head(vectors: Any) -> Any:
             for step in steps:
                 vectors = step(vectors)
@@ -275,7 +267,7 @@ class Model:
         folder = self.folder() / relpath
         try:
             settings = json.loads((folder / "config.json").read_text())
-            activation = _ACTIVATIONS[str(settings.get("activation_function", "")).rsplit(".", 1)[-1]]
+            activation = _activation(str(settings.get("activation_function", "")).rsplit(".", 1)[-1])
             if (folder / "model.safetensors").is_file():
                 from safetensors.torch import load_file
 
