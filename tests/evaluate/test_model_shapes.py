@@ -176,13 +176,65 @@ def test_a_sentence_transformers_embedding_is_its_dense_layers_output_pooled_as_
 
 
 @pytest.mark.parametrize("mode, rows", [("cls", [1.0, 4.0]), ("lasttoken", [3.0, 5.0]), ("max", [3.0, 5.0]),
-                                        ("mean", [2.0, 4.5]), ("weightedmean", [14 / 6, 14 / 3])])
+                                        ("mean", [2.0, 4.5]), ("weightedmean", [14 / 6, 14 / 3]),
+                                        ("mean_sqrt_len_tokens", [6 / 3 ** 0.5, 9 / 2 ** 0.5])])
 def test_pooling_modes(mode, rows):
     from zoo.evaluate.sentences import pool
 
     hidden = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [9.0]]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert pool(hidden, mask, mode).squeeze(-1).tolist() == pytest.approx(rows)
+    assert pool(hidden, mask, ("cls", mode)).flatten().tolist() == pytest.approx([1.0, rows[0], 4.0, rows[1]])  # joined, in order
+
+
+def test_pooling_configs_old_and_new_name_their_modes(tmp_path):
+    """`"pooling_mode": ["cls", "mean"]` (or both old flags) joins two vectors: it was read as one
+    mode, and a Dense after it then met a vector of the wrong width ("unexpected RuntimeError")."""
+    from zoo.evaluate.models import Model
+
+    folder = _sentence_transformer(tmp_path / "st", 1, {"pooling_mode": "mean"})
+    for settings, wanted in (({"pooling_mode": ["mean", "cls"]}, ("cls", "mean")),
+                             ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}, ("cls", "mean")),
+                             ({"pooling_mode_mean_sqrt_len_tokens": True, "pooling_mode_mean_tokens": False}, ("mean_sqrt_len_tokens",)),
+                             ({"pooling_mode": "lasttoken"}, ("lasttoken",)), ({}, ("mean",))):
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(settings))
+        with Model(folder) as model:
+            assert model.pooling() == wanted, settings
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "median"}))
+    with Model(folder) as model, pytest.raises(InputError, match="names a mode zoo does not know"):
+        model.pooling()
+
+
+def test_sentence_transformers_modules_zoo_does_not_run_give_weight_figures(tmp_path, cache):
+    """A CNN between the Transformer and Pooling was skipped, and the cosine was of another model;
+    a Dense of an activation zoo does not know stopped the evaluation; a damaged Dense file was
+    "unexpected SafetensorError"; a malformed modules.json was read as no modules."""
+    reference = _sentence_transformer(tmp_path / "st", 1, {"pooling_mode": "mean"})
+    candidate = tmp_path / "noisy"
+    noisy_copy(reference, candidate, 0.1, seed=1)
+    assert evaluate(candidate, reference, cache=cache, weights=False).kind == "encoder"
+    modules = json.loads((reference / "modules.json").read_text())
+    for folder in (reference, candidate):
+        (folder / "modules.json").write_text(json.dumps(modules[:1] + [{"idx": 9, "name": "9", "path": "9_CNN",
+                                                                        "type": "sentence_transformers.models.CNN"}] + modules[1:]))
+    result = evaluate(candidate, reference, cache=cache)
+    assert result.kind == "weights" and any("module CNN (9_CNN): weight-space figures only" in note for note in result.notes)
+    with pytest.raises(InputError, match="does not run its sentence-transformers module CNN .* leave out --kind"):
+        evaluate(candidate, reference, cache=cache, kind="encoder")
+    for folder in (reference, candidate):
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 16,
+                                                                    "activation_function": "torch.nn.modules.activation.LeakyReLU"}))
+    result = evaluate(candidate, reference, cache=cache)
+    assert result.kind == "weights" and any("Dense (2_Dense) of activation 'LeakyReLU'" in note for note in result.notes)
+    (candidate / "2_Dense" / "config.json").write_text((candidate / "2_Dense" / "config.json").read_text().replace("LeakyReLU", "Tanh"))
+    (reference / "2_Dense" / "config.json").write_text((candidate / "2_Dense" / "config.json").read_text())
+    (candidate / "2_Dense" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"its sentence-transformers layer 2_Dense cannot be read: "):
+        evaluate(candidate, reference, cache=cache)
+    (candidate / "modules.json").write_text('{"not": "a list"}')
+    with pytest.raises(InputError, match="modules.json is not a list of sentence-transformers modules"):
+        evaluate(candidate, reference, cache=cache)
 
 
 def test_a_multi_label_classifier_is_judged_label_by_label(tmp_path, cache):
@@ -210,6 +262,8 @@ def test_an_electra_discriminator_and_a_t5_encoder_run_as_encoders(tmp_path, cac
         vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, pad_token_id=256, embedding_size=32, **SMALL)), tmp_path / "electra")
     t5 = _save(transformers.T5EncoderModel(transformers.T5Config(vocab_size=VOCABULARY, d_model=32, d_ff=64, num_layers=1, num_heads=2,
                                                                  d_kv=16, pad_token_id=256)), tmp_path / "t5")
+    config = json.loads((t5 / "config.json").read_text())  # as transformers 4 saved it: T5Config's is_encoder_decoder, true
+    (t5 / "config.json").write_text(json.dumps({**config, "is_encoder_decoder": True}))
     for folder in (electra, t5):
         noisy_copy(folder, tmp_path / f"{folder.name}-noisy", 0.1, seed=1)
         result = evaluate(tmp_path / f"{folder.name}-noisy", folder, cache=cache, weights=False)

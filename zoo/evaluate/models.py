@@ -19,7 +19,7 @@ from typing import Any
 
 from zoo.errors import InputError, ZooWarning
 from zoo.container.format import is_archive
-from zoo.optimize.models import load_model, load_tokenizer
+from zoo.optimize.models import first_line, load_model, load_tokenizer
 from zoo.refs import find_archive, not_found
 
 KINDS = ("lossless", "causal-lm", "encoder", "classifier", "weights")
@@ -28,10 +28,12 @@ _MASKED_LM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 # A config with one of these parts is a model of images or sound besides text (CLIP, SigLIP, CLAP,
 # LLaVA): its `*Model` is no text encoder, and a sentence alone does not run it.
 _OTHER_MODALITIES = ("vision_config", "audio_config", "image_config", "speech_config")
-_POOLING_MODES = ("cls", "max", "mean", "lasttoken", "weightedmean")
-_POOLING_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"), ("pooling_mode_lasttoken", "lasttoken"),
-                  ("pooling_mode_weightedmean_tokens", "weightedmean"))
-_SENTENCE_MODULES = ("Dense", "Normalize")  # what zoo runs after Pooling (sentence_head)
+# sentence-transformers' pooling modes, in the order it joins their vectors, and its older flags for them
+_POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_POOLING_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_tokens", "mean"),
+                  ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"), ("pooling_mode_weightedmean_tokens", "weightedmean"),
+                  ("pooling_mode_lasttoken", "lasttoken"))
+_SENTENCE_MODULES = ("Pooling", "Dense", "Normalize")  # what zoo runs after the Transformer (sentence_head)
 
 
 def _activation(name: str) -> Any:
@@ -180,7 +182,8 @@ class Model:
             return "weights", f"{self.label} has no config.json: weight-space figures only"
         listed = config.get("architectures")
         architectures = [a for a in listed if isinstance(a, str)] if isinstance(listed, list) else []
-        if config.get("is_encoder_decoder"):
+        # T5EncoderModel's config says is_encoder_decoder (T5Config's default) but it holds the encoder alone
+        if config.get("is_encoder_decoder") and not any(a.endswith("EncoderModel") for a in architectures):
             return "weights", f"{self.label} is an encoder-decoder model: weight-space figures only"
         if any(isinstance(config.get(part), dict) for part in _OTHER_MODALITIES):  # CLIPModel: text and images
             named = ", ".join(architectures) or "no architecture given"
@@ -195,9 +198,9 @@ class Model:
             return "weights", f"{self.label}: no evaluation for architecture {', '.join(architectures) or '(none given)'}: weight-space figures only"
         if not self.has_tokenizer():
             return "weights", f"{self.label} has no tokenizer: weight-space figures only"
-        others = [f"{kind_} ({relpath})" for kind_, relpath in self.after_pooling() if kind_ not in _SENTENCE_MODULES]
-        if kind == "encoder" and others:
-            return "weights", f"{self.label}: zoo does not run its sentence-transformers module {others[0]}: weight-space figures only"
+        unrun = self.unrun_module() if kind == "encoder" else None
+        if unrun is not None:
+            return "weights", f"{self.label}: zoo does not run its sentence-transformers module {unrun}: weight-space figures only"
         fed = _main_input(architectures)
         if fed != "input_ids":  # Wav2Vec2Model with its CTC tokenizer: sound in, not tokens
             return "weights", f"{self.label} takes {fed}, not text ({', '.join(architectures)}): weight-space figures only"
@@ -209,51 +212,78 @@ class Model:
         return isinstance(listed, list) and any(isinstance(a, str) and a.endswith(_MASKED_LM_SUFFIXES) and a != "ElectraForPreTraining"
                                                 for a in listed)
 
-    def pooling(self) -> str:
-        """How sentence-transformers pools this model: mean unless its Pooling config says cls, max,
-        lasttoken or weightedmean (as `pooling_mode`, which sentence-transformers writes since its
-        version 5, or as the older `pooling_mode_*_token(s)` flags)."""
+    def pooling(self) -> tuple[str, ...]:
+        """How sentence-transformers pools this model: the modes its Pooling config names (as
+        `pooling_mode`, a name or a list, which sentence-transformers writes since its version 5, or
+        as the older `pooling_mode_*` flags), their vectors joined in sentence-transformers' order;
+        mean without a config."""
         for relpath in self.file_names():
             if not fnmatch(relpath, "*Pooling*/config.json"):
                 continue
-            with suppress(ValueError, InputError, AttributeError):
+            settings: Any = {}
+            with suppress(ValueError):
                 settings = json.loads(self.read_text(relpath) or "{}")
-                named = settings.get("pooling_mode")
-                if isinstance(named, str) and named.lower() in _POOLING_MODES:
-                    return named.lower()
-                for flag, mode in _POOLING_FLAGS:
-                    if settings.get(flag):
-                        return mode
-        return "mean"
+            if not isinstance(settings, dict):
+                continue
+            named = settings.get("pooling_mode")
+            named = [named] if isinstance(named, str) else named if isinstance(named, list) else []
+            chosen = {str(mode).lower() for mode in named} | {mode for flag, mode in _POOLING_FLAGS if settings.get(flag) is True}
+            unknown = chosen - set(_POOLING_MODES)
+            if unknown:
+                raise InputError(f"{self.label}: its Pooling config names a mode zoo does not know ({sorted(unknown)[0]})")
+            if chosen:
+                return tuple(mode for mode in _POOLING_MODES if mode in chosen)
+        return ("mean",)
 
-    def after_pooling(self) -> list[tuple[str, str]]:
-        """The sentence-transformers modules after Pooling, as modules.json lists them: (the type's
-        last name, its folder), in order."""
-        try:
-            listed = json.loads(self.read_text("modules.json") or "[]")
-        except ValueError:
+    def sentence_modules(self) -> list[tuple[str, str]]:
+        """The sentence-transformers modules modules.json lists, in order: (the type's last name,
+        its folder); none without the file. One that cannot be read is an error, as it is to
+        sentence-transformers: read as none, its Dense layers were left out unseen."""
+        text = self.read_text("modules.json")
+        if text is None:
             return []
-        found, pooled = [], False
-        for module in listed if isinstance(listed, list) else []:
-            kind = str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
-            if pooled:
-                found.append((kind, str(module.get("path", ""))))
-            pooled = pooled or kind == "Pooling"
-        return found
+        try:
+            listed = json.loads(text)
+        except ValueError:
+            listed = None
+        if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in listed):
+            raise InputError(f"{self.label}: modules.json is not a list of sentence-transformers modules")
+        return [(module["type"].rsplit(".", 1)[-1], str(module.get("path", ""))) for module in listed]
+
+    def unrun_module(self) -> str | None:
+        """The first sentence-transformers module zoo does not run as sentence-transformers would
+        (a CNN before Pooling, a LayerNorm after it, a Dense of an activation zoo does not know),
+        said as `type (folder)`; None when zoo runs them all."""
+        modules = self.sentence_modules()
+        for number, (kind, relpath) in enumerate(modules):
+            if number == 0 and kind == "Transformer":
+                continue
+            if kind not in _SENTENCE_MODULES or (kind in ("Dense", "Normalize") and "Pooling" not in [k for k, _ in modules[:number]]):
+                return f"{kind or '(no type)'} ({relpath or 'its own folder'})"
+            if kind == "Dense" and self._dense_settings(relpath)[0] is None:
+                return f"Dense ({relpath or 'its own folder'}) of activation {self._dense_settings(relpath)[1]!r}"
+        return None
 
     def sentence_head(self) -> Any:
         """What sentence-transformers does to the pooled vector after Pooling: its Dense layers
         (a 2_Dense of MiniLM's kin) and Normalize, as a function of the pooled vectors. The cosine
         was of the pooled vector alone, and a Dense layer's changes counted nowhere but in the
-        weights' figures."""
+        weights' figures. A module zoo does not run is an error here (with --kind encoder given;
+        without it, kind() gives such a model weight figures)."""
         import torch
 
+        unrun = self.unrun_module()
+        if unrun is not None:
+            raise InputError(f"{self.label}: zoo does not run its sentence-transformers module {unrun}: "
+                             "leave out --kind for weight-space figures")
         steps = []
-        for kind, relpath in self.after_pooling():
-            if kind == "Normalize":
+        pooled = False
+        for kind, relpath in self.sentence_modules():
+            if kind == "Normalize" and pooled:
                 steps.append(lambda x: torch.nn.functional.normalize(x, dim=-1))
-            elif kind == "Dense":
+            elif kind == "Dense" and pooled:
                 steps.append(self._dense(relpath))
+            pooled = pooled or kind == "Pooling"
 
         def head(vectors: Any) -> Any:
             for step in steps:
@@ -261,13 +291,24 @@ class Model:
             return vectors
         return head
 
+    def _dense_settings(self, relpath: str) -> tuple[Any, str]:
+        """A Dense module's activation function (None where zoo does not know it) and its name."""
+        try:
+            settings = json.loads(self.read_text(f"{relpath}/config.json" if relpath else "config.json") or "{}")
+        except InputError:
+            settings = {}
+        name = str(settings.get("activation_function") if isinstance(settings, dict) else None).rsplit(".", 1)[-1]
+        try:
+            return _activation(name), name
+        except KeyError:
+            return None, name
+
     def _dense(self, relpath: str) -> Any:
         import torch
 
         folder = self.folder() / relpath
+        activation = self._dense_settings(relpath)[0]
         try:
-            settings = json.loads((folder / "config.json").read_text())
-            activation = _activation(str(settings.get("activation_function", "")).rsplit(".", 1)[-1])
             if (folder / "model.safetensors").is_file():
                 from safetensors.torch import load_file
 
@@ -275,8 +316,8 @@ class Model:
             else:
                 tensors = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
             weight, bias = tensors["linear.weight"].float(), tensors.get("linear.bias")
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise InputError(f"{self.label}: its sentence-transformers layer {relpath} cannot be read: {error}") from None
+        except Exception as error:  # noqa: BLE001 - safetensors, pickle and torch each raise their own for a damaged file
+            raise InputError(f"{self.label}: its sentence-transformers layer {relpath} cannot be read: {first_line(error)}") from None
         return lambda x: activation(torch.nn.functional.linear(x, weight, None if bias is None else bias.float()))
 
     def multi_label(self) -> bool:

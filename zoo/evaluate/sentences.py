@@ -64,8 +64,15 @@ def batches(model: Model, sentences: list[str], max_tokens: int, kind: str = "en
     return result
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """One vector per sentence, as sentence-transformers' Pooling makes it in `mode`."""
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, modes: tuple[str, ...] | str) -> torch.Tensor:
+    """One vector per sentence, as sentence-transformers' Pooling makes it: each mode's vector,
+    joined end to end in the order given."""
+    if isinstance(modes, str):
+        return _pool_one(hidden, attention_mask, modes)
+    return torch.cat([_pool_one(hidden, attention_mask, mode) for mode in modes], -1)
+
+
+def _pool_one(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "cls":
         return hidden[:, 0]
     if mode == "lasttoken":  # the last token the mask keeps, whichever side the padding is on
@@ -77,6 +84,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
         return hidden.masked_fill(mask == 0, float("-inf")).max(1).values
     if mode == "weightedmean":  # the n-th token weighs n
         mask = mask * torch.arange(1, mask.shape[1] + 1, dtype=hidden.dtype).view(1, -1, 1)
+    if mode == "mean_sqrt_len_tokens":  # the sum over the square root of the length
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1).sqrt()
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
@@ -116,7 +125,7 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
         raise InputError("no sentences to score: the text has no non-empty lines")
     pieces = batches(candidate, sentences, max_tokens, kind)
     settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling(),
-                "after_pooling": candidate.after_pooling() if kind == "encoder" else []}
+                "modules": candidate.sentence_modules() if kind == "encoder" else []}
     mine = _outputs(candidate, kind, pieces, settings, "candidate", progress)
     base = None
     if reference is not None:
