@@ -133,5 +133,12 @@ def open_base(ref: BaseModel | str | os.PathLike[str]) -> BaseModel:
         return ref
     path = find_archive(ref)
     if path is None:
+        from zoo.hub.store import NotAZooError, Store
+
+        store = Store()
+        try:
+            store.exists()
+        except NotAZooError:  # the folder is said to be no zoo, as not_found says it
+            raise InputError(f"base {ref}: no such file or folder (and {store.location} is no zoo to hold a model of that name)") from None
         raise InputError(f"base {ref}: no such file, folder or model in the zoo")
     return BaseModel(path, hint=str(ref))

@@ -751,6 +751,8 @@ def test_a_folder_of_the_users_files_is_no_zoo_to_a_command_that_reads_either(ti
     (tmp_path / "m").mkdir()
     assert zoo_cli("info", tmp_path / "m", home=home).stderr == f"error: {tmp_path / 'm'}: is a folder, not a zoo archive\n"
     assert zoo_cli("info", "nosuch.zoo", home=home).stderr == f"error: nosuch.zoo: no such file (and {home} is no zoo to hold a model of that name)\n"
+    done = zoo_cli("compress", tiny_model, "-o", tmp_path / "x.zoo", "--base", "org/m", home=home)
+    assert done.stderr == f"error: base org/m: no such file or folder (and {home} is no zoo to hold a model of that name)\n", done.stderr
     # eval/ is the eval cache's only in the default zoo's folder: elsewhere it is the user's
     (home / "README.md").unlink()
     (home / "eval").mkdir()
