@@ -260,8 +260,9 @@ class Model:
                 continue
             if kind not in _SENTENCE_MODULES or (kind in ("Dense", "Normalize") and "Pooling" not in [k for k, _ in modules[:number]]):
                 return f"{kind or '(no type)'} ({relpath or 'its own folder'})"
-            if kind == "Dense" and self._dense_settings(relpath)[0] is None:
-                return f"Dense ({relpath or 'its own folder'}) of activation {self._dense_settings(relpath)[1]!r}"
+            activation, name = self._dense_settings(relpath) if kind == "Dense" else (True, "")
+            if activation is None:
+                return f"Dense ({relpath or 'its own folder'}) of activation {name!r}"
         return None
 
     def sentence_head(self) -> Any:
