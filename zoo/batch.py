@@ -894,6 +894,10 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
     model = str(model)
     if not is_url(model) and not Path(model).exists():
         raise InputError(f"{model}: no such file or folder")
+    if options.get("text") is not None and not is_url(model):
+        from zoo.evaluate.core import check_text
+
+        check_text(model, options["text"])  # once here, not in every task
     options = {**options, "threads": threads}
     landed = [0]
 

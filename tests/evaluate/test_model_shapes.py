@@ -254,6 +254,26 @@ def test_a_multi_label_classifier_is_judged_label_by_label(tmp_path, cache):
     assert same.metrics["kl_mean"] == 0 and same.metrics["label_agreement"] == 1
 
 
+def test_labelled_text_for_a_multi_label_classifier_is_refused_up_front_naming_the_model(tmp_path, cache):
+    """`zoo sweep` with LABEL<TAB>sentence text on a multi-label classifier compressed and ran
+    each pipeline, then failed each one naming its temporary archive; eval ran both models first."""
+    from zoo import batch
+    from zoo.evaluate.sweep import sweep
+
+    model = _save(transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, pad_token_id=256, num_labels=4,
+        problem_type="multi_label_classification", **SMALL)), tmp_path / "labels")
+    failed = []
+    with pytest.raises(InputError, match=rf"^{model} is a multi-label classifier: its accuracy needs a set of labels"):
+        sweep(model, ["lossless", "codebook:bits=3"], text="0\tone sentence\n1\tanother\n", workdir=tmp_path,
+              on_failure=lambda *failure: failed.append(failure))
+    assert not failed
+    with pytest.raises(InputError, match=rf"^{model} is a multi-label classifier"):  # as the tasks on Ray are given out
+        batch.sweep(model, ["lossless", "codebook:bits=3"], ray=None, text="0\tone sentence\n")
+    with pytest.raises(InputError, match=rf"^{model} is a multi-label classifier"):
+        evaluate(model, model, text="0\tone sentence\n", cache=cache)
+
+
 def test_an_electra_discriminator_and_a_t5_encoder_run_as_encoders(tmp_path, cache):
     """ElectraForPreTraining (the discriminator) was loaded as the masked-LM generator, and
     T5EncoderModel as the whole T5: "weights the encoder needs are missing" for sound folders."""

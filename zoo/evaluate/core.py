@@ -125,20 +125,41 @@ def _functional(kind: str, mine: Any, base: Any, text: str | None, max_tokens: i
         from zoo.evaluate.causal import evaluate_causal_lm
 
         return evaluate_causal_lm(mine, base, default_text() if text is None else text, max_tokens, cache, progress)
-    from zoo.evaluate.sentences import evaluate_sentences, split_labels
+    from zoo.evaluate.sentences import evaluate_sentences
 
-    labels = None
-    if text is None:
-        sentences = default_sentences()
-    else:
-        sentences, labels = split_labels(_lines(text), (mine.config() or {}).get("id2label"))
-        if labels is not None and kind != "classifier":
-            raise InputError("labelled sentences (LABEL<TAB>sentence) only make sense for a classifier")
+    sentences, labels = _sentences(kind, mine, text)
     if base is None and not (kind == "classifier" and labels) and not (kind == "encoder" and mine.has_masked_lm_head()):
         what = "labelled sentences or a reference" if kind == "classifier" else "a reference"
         raise InputError(f"{mine.label}: an {kind} without a masked-LM head has nothing to measure without {what}"
                          if kind == "encoder" else f"{mine.label}: a classifier needs {what} to be measured")
     return evaluate_sentences(kind, mine, base, sentences, labels, max_tokens, cache, progress)
+
+
+def _sentences(kind: str, model: Any, text: str | None) -> tuple[list[str], list[int] | None]:
+    """The sentences of `text` (zoo's own when None), with their labels when every line is
+    `LABEL<TAB>sentence`: labels only for a classifier that gives one label per sentence."""
+    from zoo.evaluate.sentences import split_labels
+
+    if text is None:
+        return default_sentences(), None
+    sentences, labels = split_labels(_lines(text), (model.config() or {}).get("id2label"))
+    if labels is not None and kind != "classifier":
+        raise InputError("labelled sentences (LABEL<TAB>sentence) only make sense for a classifier")
+    if labels is not None and model.multi_label():
+        raise InputError(f"{model.label} is a multi-label classifier: its accuracy needs a set of labels per sentence, which "
+                         "LABEL<TAB>sentence lines do not give; leave the labels out of --text")
+    return sentences, labels
+
+
+def check_text(model: str | os.PathLike[str], text: str) -> None:
+    """Refuse, before any work, the `text` that evaluating `model` would refuse: a sweep says it
+    once, naming the model, rather than after each pipeline, naming its temporary archive."""
+    from zoo.evaluate.models import Model
+
+    with Model(model, None) as opened:
+        kind, _ = opened.kind()
+        if kind in FUNCTIONAL_KINDS and kind != "causal-lm":
+            _sentences(kind, opened, text)
 
 
 def verify_archive(

@@ -150,7 +150,7 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
                 figures["mlm_loss_reference"] = base["mlm_nll"].double().mean().item()
         return figures
     if candidate.multi_label():
-        return _multi_label_figures(figures, mine["rows"], None if base is None else base["rows"], labels, candidate.label)
+        return _multi_label_figures(figures, mine["rows"], None if base is None else base["rows"])
     mine_logits, base_logits = _as_classes(mine["rows"]), None if base is None else _as_classes(base["rows"])
     if base_logits is not None:
         figures["label_agreement"] = metrics.top1_agreement(base_logits.argmax(-1), mine_logits)
@@ -167,15 +167,11 @@ def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sen
     return figures
 
 
-def _multi_label_figures(figures: dict[str, Any], mine: torch.Tensor, base: torch.Tensor | None, labels: list[int] | None,
-                         label: str) -> dict[str, Any]:
+def _multi_label_figures(figures: dict[str, Any], mine: torch.Tensor, base: torch.Tensor | None) -> dict[str, Any]:
     """A multi-label classifier (problem_type multi_label_classification) decides each label on
     its own, by the sigmoid of its logit: the KL is the mean over labels of each yes/no's, and two
     models agree on a sentence when they give it the same set of labels. A softmax over the labels
     measured a shift of every logit by the same amount as no change at all."""
-    if labels is not None:
-        raise InputError(f"{label} is a multi-label classifier: its accuracy needs a set of labels per sentence, which "
-                         "LABEL<TAB>sentence lines do not give; leave the labels out of --text")
     if base is not None:
         kl = metrics.kl_divergence(metrics.log_softmax(_as_classes(base.unsqueeze(-1))),
                                    metrics.log_softmax(_as_classes(mine.unsqueeze(-1)))).mean(-1)

@@ -115,6 +115,10 @@ def sweep(
         refuse_an_archive(Path(model))  # its weights are in it, but a sweep compresses a model, as compress does
     if not float_weights(model):  # bits per weight, the frontier's axis, counts float weights
         raise InputError(f"{model}: no float weights to sweep (its tensors are integers, or it has none)")
+    if text is not None:
+        from zoo.evaluate.core import check_text
+
+        check_text(model, text)  # once, naming the model; each pipeline's evaluation would name its archive
     options: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     points = []
     with ExitStack() as stack:
