@@ -54,6 +54,19 @@ def test_one_element_of_a_slice_is_zero_dimensional_as_in_torch(model, index):
             assert archive.get_slice(name)[wanted].shape == tuple(tensor[wanted].shape)
 
 
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "F8_E5M2", "F16", "F32"])
+def test_a_zero_dimensional_tensor_or_element_is_an_array_in_numpy_for_every_float_type(tmp_path, dtype):
+    """numpy's shift and table lookup made a scalar of a 0-d BF16 or F8 array: get_tensor gave a
+    numpy.float32, not the 0-d array F32 and F16 give, and an item assignment on it failed."""
+    path = write_safetensors(tmp_path / "s.safetensors", {"s": (dtype, random_storage(dtype, (), 1)),
+                                                          "m": (dtype, random_storage(dtype, (3, 4), 2))})
+    zoo.compress(path, tmp_path / "s.zoo")
+    with zoo.open(tmp_path / "s.zoo") as archive:
+        for got in (archive.get_tensor("s"), archive.get_slice("m")[1, 2], archive.get_slice("s")[...]):
+            assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == archive.get_tensor("m").dtype, type(got)
+            got[...] = 0
+
+
 @pytest.mark.parametrize("index", [(slice(None), slice(3, 3)), (0, slice(2, 2)), slice(5, 1)])
 def test_an_empty_slice_comes_to_torch(model, index):
     path, tensors = model

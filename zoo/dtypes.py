@@ -127,12 +127,13 @@ def to_float32(raw: np.ndarray, dtype: str, copy: bool = True) -> np.ndarray:
     """The float32 values of a raw float storage array (exact for every float type but F64). With
     copy=False, F32 storage comes back as it is, for callers that only read it (a copy is the tensor
     again, on top of its mapped file)."""
+    # worked on flat and shaped back: numpy makes a scalar of a 0-d array's shift or lookup
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return (raw.reshape(-1).astype(np.uint32) << 16).view(np.float32).reshape(raw.shape)
     if dtype in _F8_VALUES:
-        return _F8_VALUES[dtype][raw]
+        return _F8_VALUES[dtype][raw.reshape(-1)].reshape(raw.shape)
     if dtype in _READ_ONLY_F8:
-        return _READ_ONLY_F8[dtype][raw]
+        return _READ_ONLY_F8[dtype][raw.reshape(-1)].reshape(raw.shape)
     if dtype in ("F16", "F32", "F64"):
         return raw.astype(np.float32, copy=copy)
     raise InputError(f"dtype {dtype} is not a float type")
