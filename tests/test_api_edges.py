@@ -591,7 +591,8 @@ def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_l
     from zoo.errors import ZooWarning
 
     golden = Path(__file__).parent / "golden" / "v1" / "fprans-torch.zoo"
-    with pytest.warns(ZooWarning, match=r"^pytorch_model\.bin: tensor data kept as bytes only, not as tensors .* `zoo decompress` gives"):
+    with pytest.warns(ZooWarning, match=r"^pytorch_model\.bin \(kept by an older zoo, or of a dtype zoo has no name for\): tensors kept in the "
+                                      r"file's bytes only, not as tensors, are left out; `zoo decompress` gives"):
         assert zoo.load_state_dict(golden) == {}
     folder = tmp_path / "m"
     folder.mkdir()
@@ -600,6 +601,30 @@ def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_l
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZooWarning)
         assert sorted(zoo.load_state_dict(tmp_path / "m.zoo")) == ["b", "w"]
+
+
+def test_tensors_kept_as_bytes_only_are_named_when_the_state_dict_leaves_them_out(tmp_path):
+    """A complex tensor of a .bin, or a whole checkpoint zoo keeps as bytes (a pickle that needs
+    globals, as an argparse.Namespace beside the weights does), was left out of load_state_dict
+    without a word: compress's warning is seen by whoever compressed it, not by whoever loads it."""
+    import argparse
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    folder = tmp_path / "m"
+    (folder / "run").mkdir(parents=True)
+    torch.save({"w": torch.randn(3), "c": torch.randn(2, dtype=torch.complex128)}, folder / "a.bin")
+    torch.save({"model": {"w": torch.randn(3)}, "args": argparse.Namespace(lr=0.1)}, folder / "run" / "checkpoint.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZooWarning)
+        zoo.compress(folder, tmp_path / "m.zoo")
+    with pytest.warns(ZooWarning) as said:
+        loaded = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert sorted(loaded) == ["w"]
+    assert [str(w.message) for w in said] == [
+        "a.bin (c), run/checkpoint.pt (pickle needs globals): tensors kept in the file's bytes only, not as tensors, are left out; "
+        "`zoo decompress` gives each file back whole"]
 
 
 def test_a_batch_on_a_full_disk_names_each_output_not_its_temporary(tmp_path):

@@ -664,9 +664,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
     key. Where a folder holds its weights twice, as safetensors and as torch checkpoints, the
     safetensors' copy is given, under the tensors' names, as transformers loads it (one warning
-    names the files left out). A checkpoint whose tensor data zoo keeps as bytes only (of a dtype
-    zoo has no name for; every torch checkpoint, in archives of older versions) is named in a
-    warning, its tensors left out."""
+    names the files left out). Tensors zoo keeps in their file's bytes only are left out, their
+    files named in one warning with why: a file it keeps whole (a pickle that needs globals, a
+    git-lfs pointer), a checkpoint's tensors of a dtype zoo has no name for (complex128), every
+    torch checkpoint in archives of older versions."""
     from zoo.sources.torch import is_storage_name
     from zoo.torch_bridge import check_device, has_torch_dtype, to_torch
 
@@ -676,10 +677,6 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
         opened.require_base()
         files = {entry["path"]: entry for entry in opened.files()}
         storages = {key for entry in files.values() for key in entry.get("storages", ())}
-        as_bytes = opened.typed_runs()  # an older zoo's torch checkpoint: its state dict came back empty, without a word
-        if as_bytes:
-            warnings.warn(f"{', '.join(as_bytes)}: tensor data kept as bytes only, not as tensors (an archive of an older zoo, or of a "
-                          "dtype zoo has no name for), is left out; `zoo decompress` gives the file back whole", ZooWarning, stacklevel=2)
 
         def is_storage(key: str) -> bool:  # archives from before files listed their storages tell them by name
             entry = files.get(opened.tensor_info(key).get("file"), {})  # none: an object's one tensor
@@ -687,6 +684,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
                 return key in storages
             return entry.get("kind") == "torch" and is_storage_name(opened.tensor_info(key)["name"])
 
+        left_out = _kept_as_bytes(opened, files, [key for key in opened.keys() if is_storage(key)])
+        if left_out:  # compress said so too, but to whoever compressed it
+            warnings.warn(f"{', '.join(left_out)}: tensors kept in the file's bytes only, not as tensors, are left out; "
+                          "`zoo decompress` gives each file back whole", ZooWarning, stacklevel=2)
         keys, named_as = _one_copy_of_the_weights(opened, [key for key in opened.keys() if not is_storage(key)], files)
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
@@ -704,6 +705,33 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
             storage = tensors[of]
             tensors[key] = storage.as_strided(shape, stride, storage.storage_offset() + offset)
         return {named_as.get(key, key): tensors[key] for key in wanted}
+
+
+def _kept_as_bytes(opened: Archive, files: dict[str, dict[str, Any]], storages: list[str]) -> list[str]:
+    """'path (why)' for each file whose tensors, or some of them, a state dict cannot have: a
+    file zoo keeps as bytes (a pickle that needs globals, a git-lfs pointer), a torch storage no
+    tensor views (its tensors of a dtype zoo has no name for: complex128), and the typed runs of
+    bytes an older zoo kept a torch checkpoint's storages as."""
+    from zoo.sources.torch import STORAGE_SUFFIX
+
+    unviewed: dict[str, list[str]] = {}
+    viewed = {opened.tensor_info(key)["view"].get("of") for key in opened.keys()
+              if isinstance(opened.tensor_info(key).get("view"), dict)}
+    for key in storages:  # a storage named for a tensor (NAME.__storage__), not only for its key
+        info = opened.tensor_info(key)
+        if key not in viewed and info["name"].endswith(STORAGE_SUFFIX):
+            unviewed.setdefault(info["file"], []).append(info["name"].removesuffix(STORAGE_SUFFIX))
+    older = set(opened.typed_runs())
+    said = []
+    for path, entry in files.items():
+        if entry.get("opaque"):
+            said.append(f"{path} ({entry['opaque']})")
+        elif path in unviewed:
+            names = sorted(unviewed[path])
+            said.append(f"{path} ({', '.join(names[:8])}{f' and {len(names) - 8} more' if len(names) > 8 else ''})")
+        elif path in older:
+            said.append(f"{path} (kept by an older zoo, or of a dtype zoo has no name for)")
+    return said
 
 
 def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
