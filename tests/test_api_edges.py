@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -601,6 +602,35 @@ def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_l
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZooWarning)
         assert sorted(zoo.load_state_dict(tmp_path / "m.zoo")) == ["b", "w"]
+
+
+def test_a_variant_of_the_weights_files_is_left_out_as_transformers_leaves_it(tmp_path):
+    """model.fp16.safetensors beside model.safetensors sorts first: its tensors had the names, and
+    the state dict handed the fp16 copy to a model, the f32 one keyed `model.safetensors::NAME`."""
+    from safetensors.torch import save_file
+
+    from zoo.errors import ZooWarning
+
+    state = {"lin.weight": torch.randn(4, 4), "lin.bias": torch.randn(4)}
+    for folder in ("m", "m/checkpoint-5"):
+        (tmp_path / folder).mkdir()
+        save_file(state, tmp_path / folder / "model.safetensors")
+        save_file({name: value.half() for name, value in state.items()}, tmp_path / folder / "model.fp16.safetensors")
+    torch.save({name: value.half() for name, value in state.items()}, tmp_path / "m" / "pytorch_model.fp16.bin")
+    torch.save({"other": torch.ones(2)}, tmp_path / "m" / "model.extra.safetensors.bin")  # no variant's name: kept
+    zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    with pytest.warns(ZooWarning, match=r"^checkpoint-5/model\.fp16\.safetensors, model\.fp16\.safetensors, pytorch_model\.fp16\.bin "
+                                        r"are variants of the weights beside them: left out"):
+        loaded = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert sorted(loaded) == ["checkpoint-5/model.safetensors::lin.bias", "checkpoint-5/model.safetensors::lin.weight",
+                              "lin.bias", "lin.weight", "other"]
+    assert all(torch.equal(loaded[name], value) for name, value in state.items())
+    # without the weights file it is a variant of, a variant is the model's weights
+    (tmp_path / "m" / "model.safetensors").unlink()
+    shutil.rmtree(tmp_path / "m" / "checkpoint-5")
+    (tmp_path / "m" / "pytorch_model.fp16.bin").unlink()
+    zoo.compress(tmp_path / "m", tmp_path / "fp16.zoo")
+    assert zoo.load_state_dict(tmp_path / "fp16.zoo")["lin.weight"].dtype == torch.float16
 
 
 def test_tensors_kept_as_bytes_only_are_named_when_the_state_dict_leaves_them_out(tmp_path):

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 import queue
+import re
 import shlex
 import stat
 import threading
@@ -734,40 +735,66 @@ def _kept_as_bytes(opened: Archive, files: dict[str, dict[str, Any]], storages: 
     return said
 
 
+# transformers' own names for a model's weights, and for a variant of them (model.fp16.safetensors,
+# pytorch_model.ema-00001-of-00002.bin), which it loads only when asked for that variant
+_SHARD = r"(?:-\d{5}-of-\d{5})?"
+_WEIGHTS_FILE = re.compile(rf"(?:model{_SHARD}\.safetensors|pytorch_model{_SHARD}\.bin)")
+_VARIANT_FILE = re.compile(rf"(?:model|pytorch_model)\.\w+{_SHARD}\.(?:safetensors|bin)")
+
+
 def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
-    """Where a folder holds its weights twice, as safetensors and as torch checkpoints (a Hub
-    repository's model.safetensors beside pytorch_model.bin), the safetensors' tensors, as
-    transformers loads them: the torch checkpoints of that folder whose tensors are mostly the
-    safetensors' again are left out whole (their tied lm_head too: transformers ties it anew), and
-    the tensors named `path::NAME` only for that other copy get their names. The state dict held
-    both copies, which model.load_state_dict refused. Returns the keys kept and the new names."""
+    """Where a folder holds its weights twice, the copy transformers loads: a torch checkpoint
+    whose tensors are mostly the safetensors' beside it again (a Hub repository's
+    pytorch_model.bin beside model.safetensors) is left out whole (its tied lm_head too:
+    transformers ties it anew), and so is a variant of the weights files (model.fp16.safetensors
+    beside model.safetensors); the tensors named `path::NAME` only for that other copy get their
+    names. The state dict held both copies, which model.load_state_dict refused, or handed the
+    fp16 variant, which sorts first, under the names. Returns the keys kept and the new names."""
     if not files:  # an object: one tensor of no file
         return keys, {}
     info = {key: opened.tensor_info(key) for key in keys}
     folder = {key: info[key]["file"].rpartition("/")[0] for key in keys}
+    named = {path: (path.rpartition("/")[0], path.rpartition("/")[2]) for path in files}
+    with_weights = {where for where, name in named.values() if _WEIGHTS_FILE.fullmatch(name)}
+    variants = {path for path, (where, name) in named.items() if where in with_weights and _VARIANT_FILE.fullmatch(name)}
     in_safetensors: dict[str, set[str]] = {}  # by folder: what transformers would load there
-    by_checkpoint: dict[str, list[str]] = {}
+    in_weights: dict[str, set[str]] = {}  # by folder: what its weights files (not their variants) hold
+    by_file: dict[str, list[str]] = {}
     for key in keys:
-        kind = files.get(info[key]["file"], {}).get("kind")
-        if kind == "safetensors":
+        path = info[key]["file"]
+        by_file.setdefault(path, []).append(key)
+        if path in variants:
+            continue
+        if _WEIGHTS_FILE.fullmatch(named[path][1]):
+            in_weights.setdefault(folder[key], set()).add(info[key]["name"])
+        if files.get(path, {}).get("kind") == "safetensors":
             in_safetensors.setdefault(folder[key], set()).add(info[key]["name"])
-        elif kind == "torch":
-            by_checkpoint.setdefault(info[key]["file"], []).append(key)
-    again = sorted(path for path, held in by_checkpoint.items()
-                   if 2 * sum(info[key]["name"] in in_safetensors.get(folder[key], ()) for key in held) > len(held))
-    if not again:
+
+    def mostly(held: list[str], names: dict[str, set[str]]) -> bool:
+        return 2 * sum(info[key]["name"] in names.get(folder[key], ()) for key in held) > len(held)
+
+    again = sorted(path for path, held in by_file.items() if path not in variants and files.get(path, {}).get("kind") == "torch"
+                   and mostly(held, in_safetensors))
+    other = sorted(path for path, held in by_file.items() if path in variants and mostly(held, in_weights))
+    if again:
+        warnings.warn(f"{', '.join(again)} {'holds' if len(again) == 1 else 'hold'} the weights of the safetensors beside "
+                      f"{'it' if len(again) == 1 else 'them'} again: left out of the state dict, as transformers leaves "
+                      f"{'it' if len(again) == 1 else 'them'} (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    if other:
+        warnings.warn(f"{', '.join(other)} {'is a variant' if len(other) == 1 else 'are variants'} of the weights beside "
+                      f"{'it' if len(other) == 1 else 'them'}: left out of the state dict, as transformers leaves "
+                      f"{'it' if len(other) == 1 else 'them'} unless asked for a variant (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    if not again and not other:
         return keys, {}
-    warnings.warn(f"{', '.join(again)} {'holds' if len(again) == 1 else 'hold'} the weights of the safetensors beside "
-                  f"{'it' if len(again) == 1 else 'them'} again: left out of the state dict, as transformers leaves "
-                  f"{'it' if len(again) == 1 else 'them'} (zoo.open reads every file)", ZooWarning, stacklevel=3)
-    kept = [key for key in keys if info[key]["file"] not in again]
-    folders = {path.rpartition("/")[0] for path in again}
-    # the safetensors' tensors of those folders take their names where no key kept holds them
-    renamed = [key for key in kept if folder[key] in folders and files.get(info[key]["file"], {}).get("kind") == "safetensors"
-               and key != info[key]["name"]]
+    left = {*again, *other}
+    kept = [key for key in keys if info[key]["file"] not in left]
+    # a name a copy left out held goes to the copy kept in its folder (safetensors, or the weights
+    # files of a variant), if one only
+    freed = {key: folder[key] for key in keys if info[key]["file"] in left and key == info[key]["name"]}
+    renamed = [key for key in kept if key != info[key]["name"] and freed.get(info[key]["name"]) == folder[key]
+               and (files.get(info[key]["file"], {}).get("kind") == "safetensors" or _WEIGHTS_FILE.fullmatch(named[info[key]["file"]][1]))]
     claimed = Counter(info[key]["name"] for key in renamed)
-    free = {name for name, times in claimed.items() if times == 1} - set(kept)
-    return kept, {key: info[key]["name"] for key in renamed if info[key]["name"] in free}
+    return kept, {key: info[key]["name"] for key in renamed if claimed[info[key]["name"]] == 1}
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:
