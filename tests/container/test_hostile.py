@@ -44,6 +44,38 @@ def test_a_stream_flag_the_format_does_not_define_is_refused(archive, tmp_path, 
     assert not zoo.verify(forge(archive, change_payload=flag_the_first_stream(0x01)))  # the flag it had: still sound
 
 
+def _number_as(kind):
+    return float if kind == "float" else (lambda number: True if number == 1 else False if number == 0 else float(number))
+
+
+@pytest.mark.parametrize("kind", ["float", "bool"])
+@pytest.mark.parametrize("where", ["size", "index offset", "index count", "index_crc32", "chunk_elements"])
+def test_a_number_of_the_header_written_as_a_float_or_a_boolean_is_damage(archive, tmp_path, where, kind):
+    """JSON's 71756.0 equals 71756 and true equals 1 in Python: a file size written as a float
+    passed the check of its segments and failed as "unexpected TypeError ... (a bug in zoo)"."""
+    turn = _number_as(kind)
+
+    def change(header):
+        if where == "size":
+            header["files"][0]["size"] = turn(header["files"][0]["size"])
+        elif where == "index offset":
+            leaf(header)["index"][0] = turn(leaf(header)["index"][0])
+        elif where == "index count":
+            leaf(header)["index"][1] = turn(leaf(header)["index"][1])
+        else:
+            leaf(header)[where] = turn(leaf(header)[where])
+
+    forged = forge(archive, change)
+    try:  # refused on opening, as other damage to the header is, or found by the checks
+        problems = zoo.verify(forged)
+    except FormatError as error:
+        problems = [str(error)]
+    assert problems and not [problem for problem in problems if "bug in zoo" in problem or "TypeError" in problem], problems
+    with pytest.raises(FormatError):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def viewed(tmp_path):
     """A torch checkpoint's archive: `a` a stored tensor, `b` a view of two of its rows."""
@@ -55,7 +87,8 @@ def viewed(tmp_path):
     return tmp_path / "v.zoo"
 
 
-@pytest.mark.parametrize("change", [{"of": "nothing"}, {"offset": 60}, {"stride": [8, -1]}])  # 60: past the end of `a`
+@pytest.mark.parametrize("change", [{"of": "nothing"}, {"of": "b"}, {"offset": 60}, {"stride": [8, -1]},  # 60: past the end of `a`
+                                    {"offset": True}, {"stride": [8, True]}])  # JSON's true: read as 1
 def test_verify_refuses_a_view_that_loading_refuses(viewed, change, tmp_path):
     """A view lies in no file: `zoo verify` and decompress passed an archive whose view named
     nothing or ran out of bounds, which `zoo.load_state_dict` then refused."""

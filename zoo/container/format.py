@@ -490,6 +490,8 @@ class ArchiveFile:
             (offset, count), expected_crc = leaf["index"], leaf["index_crc32"]
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{self.path}: {what} has no chunk index") from None
+        if any(type(number) is not int for number in (offset, count, expected_crc)):  # noqa: E721 - not 12.0, not true
+            raise FormatError(f"{self.path}: {what} has a malformed chunk index")
         table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}", leaf.get("object"))
         if crc32(table) != expected_crc:
             raise ChecksumError(f"{self.path}: chunk index of {what} is damaged (checksum mismatch)")

@@ -140,7 +140,9 @@ class Archive:
                     total += leaf_bytes(segment["blob"]["leaf"])
                 else:
                     raise _fail(self._file, f"{path} has a malformed segment")
-            if total != entry.get("size"):
+            if type(entry.get("size")) is not int:  # noqa: E721 - 71756.0 and True equal ints, and slice nothing
+                raise _fail(self._file, f"{path} has a malformed size {entry.get('size')!r}")
+            if total != entry["size"]:
                 raise _fail(self._file, f"{path}: segments add up to {total} bytes, the header says {entry.get('size')}")
             mode = entry.get("mode")
             if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
@@ -617,8 +619,8 @@ class Archive:
                 raise _fail(self._file, f"tensor {name!r} views {of!r} with an odd count of F4 values in a row")
             shape[-1] //= 2
             size //= 2
-        if storage["dtype"] != info["dtype"] or not isinstance(offset, int) or not isinstance(stride, list) or len(stride) != len(shape) \
-                or offset < 0 or any(not isinstance(s, int) or s < 0 for s in stride) \
+        if storage["dtype"] != info["dtype"] or type(offset) is not int or not isinstance(stride, list) or len(stride) != len(shape) \
+                or offset < 0 or any(type(s) is not int or s < 0 for s in stride) \
                 or (math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= size):
             raise _fail(self._file, f"tensor {name!r} views {of!r} out of its bounds")
         return of, shape, stride, offset
