@@ -722,3 +722,36 @@ def test_a_model_stored_anew_is_read_anew_by_a_process_that_read_it_before(tmp_p
     subprocess.run([*cli, "compress", str(folder), "--name", "r/m", "-p", "zstd"], check=True, capture_output=True)
     got = zoo.load_state_dict("r/m")
     assert sorted(got) == sorted(want) and all(torch.equal(got[name], want[name]) for name in want)
+
+
+@pytest.mark.parametrize("wrong", [None, 3, 2.5, ["m.zoo"], b"m.zoo"])
+def test_a_path_of_the_wrong_type_is_said_as_such_by_every_entry_point(model, tmp_path, wrong):
+    """zoo.load_state_dict(None) and its kind raised TypeError from deep inside (refs.find_archive,
+    pathlib), and bytes passed one check to be refused by the next: an InputError naming the
+    argument, before any work, as threads= and framework= were already checked."""
+    path, _ = model
+    source = tmp_path / "w.safetensors"
+    write_safetensors(source, {"w": ("F32", np.ones(4, np.float32))})
+    said = rf"is a str or an os\.PathLike path, not {type(wrong).__name__}$"
+    calls = [lambda: zoo.load_state_dict(wrong), lambda: zoo.open(wrong), lambda: zoo.verify(wrong), lambda: zoo.report_of(wrong),
+             lambda: zoo.decompress(wrong, tmp_path / "out"), lambda: zoo.decompress(path, wrong),
+             lambda: zoo.compress(wrong, tmp_path / "c.zoo"), lambda: zoo.compress(source, wrong)]
+    if wrong is not None:  # None is "no base", "no calibration"
+        calls += [lambda: zoo.load_state_dict(path, base=wrong), lambda: zoo.compress(source, tmp_path / "c.zoo", calibration=wrong, pipeline="l2")]
+    for call in calls:
+        with pytest.raises(InputError, match=said):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zoo", "model.safetensors", "w.safetensors"]
+
+
+def test_metadata_that_json_cannot_hold_and_a_tensor_name_of_the_wrong_type_are_refused_before_any_work(model, tmp_path):
+    path, _ = model
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    for metadata, said in (({"a": object()}, r"^metadata is not JSON: "), ([1], r"^metadata is a dict of JSON values, not list$")):
+        with pytest.raises(InputError, match=said):
+            zoo.compress(source, tmp_path / "c.zoo", metadata=metadata)
+    assert not (tmp_path / "c.zoo").exists()
+    with zoo.open(path) as archive:
+        for call in (archive.get_tensor, archive.get_slice):
+            with pytest.raises(InputError, match=r"^a tensor is named by a str, not list$"):
+                call(["bf"])

@@ -7,6 +7,7 @@ import errno
 import functools
 import hashlib
 import inspect
+import json
 import math
 import os
 import queue
@@ -39,7 +40,7 @@ from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
 from zoo.hub.manifest import refuse_names_not_utf8, size_ratio
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
-from zoo.refs import archive_path, open_base
+from zoo.refs import archive_path, check_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
 from zoo.sources.segments import refuse_names_the_locale_would_change
 from zoo.signals import signals_held, written
@@ -367,6 +368,19 @@ def _beside_destination(bound: inspect.BoundArguments) -> Path:
     return Path(bound.arguments["destination"]).absolute().parent
 
 
+def _check_metadata(metadata: Any) -> None:
+    """Metadata for an archive's header: a dict that JSON holds, checked before any work (json
+    refused an object() once the model was coded)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InputError(f"metadata is a dict of JSON values, not {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, sort_keys=True)  # as the header is written
+    except (TypeError, ValueError) as error:
+        raise InputError(f"metadata is not JSON: {error}") from None
+
+
 @_names_a_full_disk(_destination, within=_beside_destination)
 def compress(
     source: str | os.PathLike[str],
@@ -404,6 +418,11 @@ def compress(
     `check_sources(files)` sees what the scan found before anything is coded, and may raise
     (compress_into refuses names its zoo cannot hold)."""
     started = time.perf_counter()
+    check_path(source, "the model to compress")
+    check_path(destination, "the archive to write")
+    if calibration is not None:
+        check_path(calibration, "the calibration text")
+    _check_metadata(metadata)
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(DEFAULT_SPEC if pipeline is None else pipeline)
     refuse_an_archive(Path(source))
     sources = scan(source, include, exclude, follow_links)
@@ -967,6 +986,8 @@ def decompress(
     an archive made with `compress(base=...)` needs. `progress(bytes)` may be called from
     several threads at once (a sharded model's files are written side by side)."""
     started = time.perf_counter()
+    check_path(archive, "the model to read (an archive or a zoo name)")
+    check_path(destination, "the folder to write the model into")
     if not os.fspath(destination):  # Path("") is the current folder
         raise InputError("no output given: name the folder to write the model into")
     destination = Path(destination)

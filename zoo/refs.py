@@ -61,8 +61,16 @@ def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     return own, "its own name"
 
 
+def check_path(value: Any, what: str) -> None:
+    """A path or name the Python API was handed is a str or an os.PathLike: anything else (None,
+    a number, a list, bytes) is said as such, not as a TypeError from deep inside."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{what} is a str or an os.PathLike path, not {type(value).__name__}")
+
+
 def find_archive(ref: str | os.PathLike[str]) -> Path | None:
     """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither."""
+    check_path(ref, "the model to read (an archive or a zoo name)")
     if not os.fspath(ref):  # Path("") is the current folder
         raise InputError("no archive given: name a .zoo file or a model in the zoo")
     path = Path(ref)

@@ -678,6 +678,8 @@ class Archive:
 
     def _user_tensor(self, name: str, framework: str) -> None:
         """A name and framework a caller asked for: one it mistyped is its mistake, not damage."""
+        if not isinstance(name, str):
+            raise InputError(f"a tensor is named by a str, not {type(name).__name__}")
         if name not in self:
             raise InputError(f"{self.path}: archive holds no tensor {name!r}")
         if framework not in _FRAMEWORKS:
