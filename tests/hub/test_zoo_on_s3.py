@@ -309,6 +309,34 @@ def test_a_bucket_manifest_that_leaves_out_objects_its_archive_names_loses_none_
     assert sorted(item["sha256"] for item in relisted) == sorted(item["sha256"] for item in whole)
 
 
+def test_keys_of_a_bucket_zoo_that_zoo_never_writes_are_left_alone_by_every_command(bucket, tmp_path, monkeypatch):
+    """A user's objects/notes.txt under a zoo's prefix was deleted by `zoo gc` (after doctor said
+    nothing was to reclaim) and counted in the zoo's size; a key with an empty or dotted part
+    (manifests//note.json) made every command fail with "not a storage key"."""
+    from zoo.hub import bucket_upkeep, remote
+
+    url = f"{bucket}/foreign"
+    store = _two_models_in(url, tmp_path, monkeypatch)
+    before = store.total_bytes()
+    fs, root = store.storage.fs, store.storage.root
+    foreign = {"objects/notes.txt": b"my notes", "objects/sha256/ab/mine.zoo": b"mine", "manifests//note.json": b"{}",
+               "objects//sha256/x.zoo": b"x", "manifests/a/../b.json": b"{}"}
+    for key, data in foreign.items():
+        fs.pipe_file(f"{root}/{key}", data)
+    monkeypatch.setattr(remote, "GC_GRACE_SECONDS", 0)  # as if a day had passed
+    monkeypatch.setattr(bucket_upkeep, "GC_GRACE_SECONDS", 0)
+    fresh = machine(tmp_path, "fresh", url, monkeypatch)
+    assert sorted(e.name for e in fresh.entries()) == ["base", "tuned"]
+    assert fresh.total_bytes() == before
+    assert not [line for line in fresh.doctor() if "notes" in line or "mine" in line], fresh.doctor()
+    assert fresh.verify()[2] == []
+    assert fresh.gc() == []
+    for key, data in foreign.items():
+        assert fs.cat_file(f"{root}/{key}") == data, key
+    zoo.decompress(fresh.resolve("tuned").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tmp_path / "tuned")
+
+
 def test_gc_on_a_bucket_spares_an_object_a_writer_renewed_while_it_ran(bucket, tmp_path, monkeypatch):
     """gc judged each object by the age its listing had, taken when it started: a model stored
     while a long collection ran (its objects renewed, then its manifest published) lost its objects,

@@ -18,7 +18,7 @@ from typing import Any
 from zoo.errors import ZooError
 from zoo.container.objects import object_problems
 from zoo.hub.manifest import OBJECT_SUFFIX, Damage, check_record, human_size
-from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo, StorageError
+from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo, StorageError, object_keys
 
 
 def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
@@ -110,7 +110,7 @@ def doctor_bucket(store: Any) -> list[str]:
 
 
 def _objects(storage: Any) -> dict[str, KeyInfo]:
-    return {info.key: info for info in storage.list("objects/") if info.key.endswith(OBJECT_SUFFIX)}
+    return {info.key: info for info in object_keys(storage)}
 
 
 def _manifests(store: Any, problems: list[str]) -> dict[str, dict[str, Any]]:

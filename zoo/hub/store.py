@@ -41,7 +41,7 @@ from zoo.hub.manifest import (
     base_standing, canonical_variant, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8,
     stored_against, variant_match, variant_of,
 )
-from zoo.hub.remote import StorageError, index_home, is_url
+from zoo.hub.remote import StorageError, index_home, is_url, object_keys
 from zoo.hub.remote.folder import fsync_path
 from zoo.hub.temporaries import kill_point, locked_temporary, sweep_beside, temporary_prefix
 from zoo.signals import removed, signals_held, stored
@@ -290,7 +290,7 @@ class Store:
             named.update(o["sha256"] for o in record["objects"])
             named.update(self._archive_names(record))
         removed = []
-        for info in self.storage.list("objects/"):
+        for info in object_keys(self.storage):  # a user's objects/notes.txt is not zoo's to collect
             name = info.key.rsplit("/", 1)[-1].removesuffix(OBJECT_SUFFIX)
             if name in named or time.time() - info.modified <= GC_GRACE_SECONDS:
                 continue
@@ -574,7 +574,7 @@ class Store:
     def total_bytes(self) -> int:
         """What the zoo's objects take on disk (in the bucket, for a zoo on object storage)."""
         if self.storage is not None:
-            return sum(info.size for info in self.storage.list("objects/"))
+            return sum(info.size for info in object_keys(self.storage))
         total = 0
         for path in self._object_files():
             try:

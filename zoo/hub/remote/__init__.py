@@ -26,13 +26,13 @@ from typing import Any
 
 from zoo.hub.remote.base import (
     ABSENT, ANY, GC_GRACE_SECONDS, PART_BYTES, READ_BLOCK_BYTES, REFRESH_SECONDS, KeyInfo, PublishConflict, Storage, StorageError,
-    content_version,
+    content_version, object_keys,
 )
 from zoo.hub.remote.bucket import FsspecStorage, fetch, storage_options
 from zoo.hub.remote.folder import LocalFolder
 
 __all__ = ["ABSENT", "ANY", "GC_GRACE_SECONDS", "PART_BYTES", "READ_BLOCK_BYTES", "REFRESH_SECONDS", "FsspecStorage", "KeyInfo",
-           "LocalFolder", "PublishConflict", "Storage", "StorageError", "content_version", "fetch", "index_home", "is_url", "open_storage",
+           "LocalFolder", "PublishConflict", "Storage", "StorageError", "content_version", "fetch", "index_home", "is_url", "object_keys", "open_storage",
            "storage_options"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -111,3 +112,13 @@ def check_expectation(key: str, current: tuple[bytes, str] | None, data: bytes, 
         raise PublishConflict(f"{key}: already published by another writer")
     if expect is not ABSENT and (current is None or current[1] != expect):
         raise PublishConflict(f"{key}: changed by another writer since it was read")
+
+
+# What zoo writes under objects/: objects/sha256/AB/NAME.zoo, NAME 64 hex digits that begin with AB.
+OBJECT_KEY = re.compile(r"objects/sha256/([0-9a-f]{2})/\1[0-9a-f]{62}\.zoo")
+
+
+def object_keys(storage: Storage) -> Iterator[KeyInfo]:
+    """The objects a storage holds. A key of another shape under objects/ (a user's notes.txt) is
+    not zoo's: counted, collected and checked by no command."""
+    return (info for info in storage.list("objects/") if OBJECT_KEY.fullmatch(info.key))

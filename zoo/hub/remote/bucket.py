@@ -52,6 +52,10 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
+def _addressable(key: str) -> bool:
+    return bool(key) and not any(part in ("", ".", "..") for part in key.split("/"))
+
+
 class FsspecStorage(Storage):
     """A bucket or any fsspec file system. On S3 (and S3-compatible servers) a put-if-absent and a
     publish are conditional writes evaluated by the server (If-None-Match: *, If-Match: ETag);
@@ -75,7 +79,7 @@ class FsspecStorage(Storage):
         self._bucket_seen = protocol not in BUCKET_PROTOCOLS  # a folder that is not there yet is an empty zoo
 
     def path(self, key: str) -> str:
-        if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        if not _addressable(key):
             raise StorageError(f"{key!r}: not a storage key")
         return f"{self.root}/{key}"
 
@@ -177,7 +181,8 @@ class FsspecStorage(Storage):
             if not found:
                 self.require_bucket()
         infos = [self._info(info) for info in found.values() if info.get("type") != "directory"]
-        yield from sorted(infos, key=lambda info: info.key)
+        # a key with an empty, . or .. part (manifests//note.json) is none zoo writes or can address
+        yield from sorted((info for info in infos if _addressable(info.key)), key=lambda info: info.key)
 
     def publish(self, key: str, data: bytes, *, expect: str | None = ABSENT) -> str:
         target = self.path(key)
