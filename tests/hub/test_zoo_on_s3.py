@@ -337,6 +337,32 @@ def test_keys_of_a_bucket_zoo_that_zoo_never_writes_are_left_alone_by_every_comm
     assert hashes(tmp_path / "out") == hashes(tmp_path / "tuned")
 
 
+def test_a_model_replaced_within_the_second_another_machine_read_it_is_not_kept_stale_there(bucket, tmp_path, monkeypatch):
+    """S3 gives a key's age in whole seconds: a manifest replaced by one of the same size within
+    the second another machine had copied it looked current there (size and age the same), and
+    that machine exported, served and loaded the replaced weights; doctor rebuilt from the stale copy."""
+    url = f"{bucket}/replaced"
+    writer, reader = machine(tmp_path, "writer", url, monkeypatch), machine(tmp_path, "reader", url, monkeypatch)
+    first = write_model(tmp_path / "first", base_tensors())
+    second = write_model(tmp_path / "second", fine_tuned(base_tensors(), 1, share=1.0))
+    compress_into(writer, first, "model")
+    reader.entries()
+    key = reader._relative(reader.manifest_path("model", "main", "lossless"))
+    copy = reader.home / key
+    read_in = json.loads(copy.read_bytes())
+    compress_into(writer, second, "model", force=True)
+    now = writer.storage.stat(key)
+    # the copy as it was read in, as if the new manifest had its size (JSON allows trailing spaces)
+    # and had been written within the same second: only the version tells them apart
+    stale = json.dumps(read_in, separators=(",", ":")).encode()
+    copy.write_bytes(stale + b" " * (now.size - len(stale)))
+    os.utime(copy, (now.modified, now.modified))
+    reader._synced = -1e9
+    zoo.decompress(reader.resolve("model").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(second)
+    assert reader.doctor() is not None and json.loads(copy.read_bytes()) == json.loads(writer.storage.read(key))
+
+
 def test_gc_on_a_bucket_spares_an_object_a_writer_renewed_while_it_ran(bucket, tmp_path, monkeypatch):
     """gc judged each object by the age its listing had, taken when it started: a model stored
     while a long collection ran (its objects renewed, then its manifest published) lost its objects,

@@ -73,7 +73,8 @@ class NotAZooError(StoreError):
 
 
 # What a zoo makes in its folder, the old layout's archives/ among them (docs/STORE.md).
-_MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives"}
+_MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives",
+                  "manifest.versions"}
 
 
 def _sync_files(paths: list[Path]) -> None:
@@ -145,6 +146,7 @@ class Store:
         self.archives = self.home / "archives"  # the layout before manifests: migrated on first open
         self.lock_path = self.home / "lock"
         self.dirty = self.home / "catalogue.behind"  # exists while the index may lag the manifests
+        self.versions_path = self.home / "manifest.versions"  # a bucket zoo's: the versions of the manifests copied here
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -202,9 +204,15 @@ class Store:
         remote = {info.key: info for info in self.storage.list("manifests/") if info.key.endswith(".json")}
         changed = False
         with self._locked():
+            # A copy is current when its size, age and version (an S3 ETag) are the bucket's: an age
+            # counts whole seconds there, and a model replaced by one of the same size within the
+            # second this machine read it in was kept, stale, until the manifest changed again.
+            versions = self._manifest_versions()
+            known = dict(versions)
             for key, info in remote.items():
                 path = self.home / key
-                if path.is_file() and path.stat().st_size == info.size and path.stat().st_mtime == info.modified:
+                if path.is_file() and path.stat().st_size == info.size and path.stat().st_mtime == info.modified \
+                        and versions.get(key) == info.version:
                     continue
                 data = self.storage.read(key)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,11 +220,15 @@ class Store:
                     temporary.write_bytes(data)
                     os.utime(temporary, (info.modified, info.modified))
                     os.replace(temporary, path)
+                versions[key] = info.version
                 changed = True
             for path in self._manifest_files():
                 if self._relative(path) not in remote:
                     path.unlink()
                     changed = True
+            versions = {key: version for key, version in versions.items() if key in remote and version is not None}
+            if versions != known:
+                self._write_manifest_versions(versions)
             if changed:
                 self.dirty.touch()
             for _, record in self._all_manifests():
@@ -225,6 +237,20 @@ class Store:
                         with suppress(ZooError, OSError):
                             self._fetch(self._relative(self.object_path(item["sha256"])), self.object_path(item["sha256"]))
         self._synced = time.monotonic()
+
+    def _manifest_versions(self) -> dict[str, str]:
+        """The version (an S3 ETag) of each manifest this machine copied from the bucket, by key;
+        none known where the file is missing or unreadable (each manifest is then read again)."""
+        try:
+            versions = json.loads(self.versions_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return versions if isinstance(versions, dict) else {}
+
+    def _write_manifest_versions(self, versions: dict[str, str]) -> None:
+        with locked_temporary(self.home, temporary_prefix(self.versions_path), is_dir=False) as temporary:
+            temporary.write_text(json.dumps(versions, sort_keys=True), encoding="utf-8")
+            os.replace(temporary, self.versions_path)
 
     def _publish_remote(self, record: dict[str, Any], moves: dict[str, Path], force: bool, repairs: Collection[str]) -> None:
         """Objects put first (each under its name, if absent), the manifest last, by a conditional
