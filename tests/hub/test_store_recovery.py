@@ -102,6 +102,26 @@ def test_a_damaged_catalogue_is_rebuilt_and_doctor_says_so(two_models, damage):
         assert done.returncode == 0 and "unexpected" not in done.stderr, (command, done.stderr)
 
 
+@pytest.mark.parametrize("row", ["org/first", "second"])
+def test_an_index_row_that_disagrees_with_its_manifest_never_chooses_what_rm_removes(two_models, row):
+    """A flipped byte in a row (org/first read as org/x) passed the quick check and the count:
+    doctor found no problem, `ls` listed org/x, and `rm org/x --all` removed the other model."""
+    home = two_models
+    with closing(sqlite3.connect(home / "catalogue.sqlite")) as connection, connection:
+        connection.execute("UPDATE models SET name = 'org/x' WHERE name = ?", (row,))
+    store = Store(home)
+    with pytest.raises(ZooError, match=r"'org/x' is not in the zoo"):
+        store.remove("org/x", every=True)
+    assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5"]  # the index rebuilt on the way
+    with closing(sqlite3.connect(home / "catalogue.sqlite")) as connection, connection:
+        connection.execute("UPDATE models SET name = 'org/x' WHERE name = ?", (row,))
+    doctor = zoo_cli("doctor", home=home)
+    assert doctor.returncode == 0 and "its rows disagree with the manifests; rebuilt from 2 manifests" in doctor.stdout, doctor.stdout
+    assert listed(home) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
+    assert [e.ref for e in Store(home).remove("org/first")] == ["org/first@main:lossless"]
+    assert listed(home) == ["second@main:truncate:bits=5"]
+
+
 def test_verify_of_a_missing_file_names_it(two_models):
     (two_models / "catalogue.sqlite").write_bytes(b"not a database" * 100)
     message = one_line_error(zoo_cli("verify", "/nonexistent.zoo", home=two_models))

@@ -73,6 +73,11 @@ class NotAZooError(StoreError):
 
 
 # What a zoo makes in its folder, the old layout's archives/ among them (docs/STORE.md).
+def _archive_of(record: dict[str, Any]) -> str:
+    """The object that is a manifest's archive (its role "archive")."""
+    return next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
+
+
 _MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives",
                   "manifest.versions"}
 
@@ -873,51 +878,65 @@ class Store:
     def remove(self, ref: str, every: bool = False, force: bool = False) -> list[Entry]:
         """Remove models' manifests, then the objects nothing names any more. A model that others
         are stored against (their XOR bases) stays unless `force`; its objects stay while needed."""
-        found = self.matches(ref)
-        if not found:
-            raise InputError(f"{ref!r} is not in the zoo at {self.location} (see `zoo ls`)")
-        if len(found) > 1 and not every:
-            names = ", ".join(e.ref for e in found)
-            raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
-        chosen = found if every else found[:1]
-        with self._locked():
-            refs = {e.ref: e.commit for e in chosen}
-            records = {f"{record['name']}@{record['revision']}:{record['variant']}": record for _, record in self._all_manifests()}
-            needed: dict[str, set[str]] = {}  # of the models being removed, those others need: by whom
-            for ref, record in records.items():
-                if ref not in refs:
-                    for base, commit in refs.items():
-                        if stored_against(with_chained_needs(record.get("base"), records), base, commit):
-                            needed.setdefault(base, set()).add(ref)
-            if needed and not force:
-                needing = sorted(set().union(*needed.values()))
-                one = len(needed) == 1
-                raise InputError(f"{', '.join(sorted(needed))} {'is the base' if one else 'are the bases'} of {', '.join(needing)}, whose "
-                                 f"tensors are stored as XORs against {'it' if one else 'them'}; remove those first, or pass --force to "
-                                 "remove the name only (the objects they need stay)")
-            if self.storage is not None:
-                self._remove_remote(chosen)  # its objects stay until `zoo gc` (other machines may be writing)
-                for entry in chosen:
-                    removed(entry.ref)
-                with suppress(StoreError):
-                    self.rebuild_index()
-                return chosen
-            # whole, or not begun: a signal waits for the end (the model was gone, the command said
-            # "interrupted", and the objects it had not reached waited for `zoo gc`)
-            with signals_held():
-                self.dirty.touch()
-                paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
-                released = set()
-                for path in paths:
-                    with suppress(StoreError, FileNotFoundError):
-                        released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
-                for path in paths:
-                    path.unlink(missing_ok=True)
-                self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
-                shells = {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen}
-                self._drop_unnamed(released | shells, shells)
-                for entry in chosen:
-                    removed(entry.ref)
+        for attempt in range(2):
+            found = self.matches(ref)
+            if not found:
+                raise InputError(f"{ref!r} is not in the zoo at {self.location} (see `zoo ls`)")
+            if len(found) > 1 and not every:
+                names = ", ".join(e.ref for e in found)
+                raise InputError(f"{ref!r} names {len(found)} entries ({names}); name one, or pass --all")
+            chosen = found if every else found[:1]
+            with self._locked():
+                records = {f"{record['name']}@{record['revision']}:{record['variant']}": record for _, record in self._all_manifests()}
+                # What goes is what the manifests say the ref names, never the index alone: a damaged
+                # row gave another model's entry for a name, and `zoo rm NAME --all` removed that model.
+                if all(e.name == parse_ref(ref)[0] and e.ref in records and e.archive.name == f"{_archive_of(records[e.ref])}{OBJECT_SUFFIX}"
+                       for e in chosen):
+                    return self._remove(chosen, records, force)
+                if attempt:
+                    raise StoreError(f"{self.catalogue}: the index disagrees with the manifests about {ref!r} even rebuilt; "
+                                     "nothing was removed (run `zoo doctor`)")
+                self.rebuild_index()
+        raise AssertionError("unreachable")
+
+    def _remove(self, chosen: list[Entry], records: dict[str, dict[str, Any]], force: bool) -> list[Entry]:
+        """remove()'s work, under the lock: `records` are the manifests by NAME@REVISION:VARIANT."""
+        refs = {e.ref: e.commit for e in chosen}
+        needed: dict[str, set[str]] = {}  # of the models being removed, those others need: by whom
+        for ref, record in records.items():
+            if ref not in refs:
+                for base, commit in refs.items():
+                    if stored_against(with_chained_needs(record.get("base"), records), base, commit):
+                        needed.setdefault(base, set()).add(ref)
+        if needed and not force:
+            needing = sorted(set().union(*needed.values()))
+            one = len(needed) == 1
+            raise InputError(f"{', '.join(sorted(needed))} {'is the base' if one else 'are the bases'} of {', '.join(needing)}, whose "
+                             f"tensors are stored as XORs against {'it' if one else 'them'}; remove those first, or pass --force to "
+                             "remove the name only (the objects they need stay)")
+        if self.storage is not None:
+            self._remove_remote(chosen)  # its objects stay until `zoo gc` (other machines may be writing)
+            for entry in chosen:
+                removed(entry.ref)
+            with suppress(StoreError):
+                self.rebuild_index()
+            return chosen
+        # whole, or not begun: a signal waits for the end (the model was gone, the command said
+        # "interrupted", and the objects it had not reached waited for `zoo gc`)
+        with signals_held():
+            self.dirty.touch()
+            paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
+            released = set()
+            for path in paths:
+                with suppress(StoreError, FileNotFoundError):
+                    released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
+            for path in paths:
+                path.unlink(missing_ok=True)
+            self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
+            shells = {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen}
+            self._drop_unnamed(released | shells, shells)
+            for entry in chosen:
+                removed(entry.ref)
         return chosen
 
     # -- upkeep -----------------------------------------------------------------------------
@@ -1083,7 +1102,7 @@ class Store:
                     findings.append(finding)
                     for item in restored:
                         named.setdefault(item, []).append("restored")
-            reason = ("it indexed manifests out of their places" if placed else None) or self._index_problem(len(manifests))
+            reason = ("it indexed manifests out of their places" if placed else None) or self._index_problem(manifests)
             if reason is not None:
                 try:
                     count = self.rebuild_index()
@@ -1161,18 +1180,24 @@ class Store:
         return (claimed.get("name"), claimed.get("revision") or DEFAULT_REVISION, variant_of(pipeline) if pipeline else LOSSLESS) \
             == (record["name"], record["revision"], canonical_variant(record["variant"]))
 
-    def _index_problem(self, manifest_count: int) -> str | None:
+    def _index_problem(self, manifests: list[tuple[Path, dict[str, Any]]]) -> str | None:
+        """What is wrong with the index, measured against the manifests, or None. Each row is
+        compared with its manifest: a flipped byte in a row (another name) passed a quick check
+        and a count, and `zoo rm` of that name removed another model."""
         try:
             with closing(catalogue.connect(self.catalogue)) as connection:
-                if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                if connection.execute("PRAGMA integrity_check").fetchone()[0] != "ok":  # a table and its index disagreeing too
                     return "damaged"
-                indexed = connection.execute("SELECT count(*) FROM models").fetchone()[0]
+                rows = connection.execute("SELECT manifest, name, revision, variant, commit_sha, object FROM models").fetchall()
         except (sqlite3.Error, OSError) as error:
             return str(error)
         if self.dirty.exists():
-            return "behind the manifests (a writer died before updating it)"
-        if indexed != manifest_count:
-            return f"indexes {indexed} models where {manifest_count} manifests are"
+            return "behind the manifests (a command that changed them did not finish updating it)"
+        if len(rows) != len(manifests):
+            return f"indexes {len(rows)} models where {len(manifests)} manifests are"
+        said = {(self._relative(path), r["name"], r["revision"], r["variant"], r["commit"], _archive_of(r)) for path, r in manifests}
+        if set(map(tuple, rows)) != said:
+            return "damaged: its rows disagree with the manifests"
         return None
 
     @staticmethod
