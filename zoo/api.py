@@ -942,11 +942,18 @@ class _HashBeside:
         self._sha = hashlib.sha256()
         self._pieces: queue.Queue[memoryview | None] = queue.Queue(self.DEPTH)
         self._failed: BaseException | None = None
+        self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zoo-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (piece := self._pieces.get()) is not None:
+        while not self._abandoned.is_set():
+            try:  # a while at a time: a caller that gave up (__exit__ on an error) puts nothing more
+                piece = self._pieces.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if piece is None:
+                return
             if self._failed is None:  # after a failure the pieces are still taken: no put() waits forever
                 try:
                     self._sha.update(piece)
@@ -965,9 +972,19 @@ class _HashBeside:
     def __enter__(self) -> _HashBeside:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._pieces.put(None)
-        self._thread.join()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        """After every piece: waits for the hash. On an error or a signal, lets the hashing go
+        without a word to the queue: Ctrl-C raised in the middle of a put() could leave the queue's
+        lock and condition so that the last put woke no one, and decompress -t 1 hung in join()."""
+        if kind is not None:
+            self._abandoned.set()
+            return
+        try:
+            self._pieces.put(None)
+            self._thread.join()
+        except BaseException:
+            self._abandoned.set()
+            raise
 
 
 @_names_a_full_disk(_destination, within=_beside_destination)
