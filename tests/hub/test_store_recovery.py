@@ -255,6 +255,26 @@ def test_an_old_layout_zoo_with_a_zero_byte_catalogue_keeps_every_archive(tiny_m
     assert all(not path.exists() for path in archives.values())
 
 
+def test_a_manifest_naming_an_archive_that_is_not_there_gets_its_model_back_not_collected(two_models, tmp_path):
+    """One wrong hex digit in a manifest's archive name: doctor called the real archive "a copy
+    ... `zoo gc` removes it", gc removed it, and the model was lost for good."""
+    home = two_models
+    store = Store(home)
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    archive = store.resolve("org/first").archive.name.removesuffix(".zoo")
+    wrong = archive[:10] + ("0" if archive[10] != "0" else "1") + archive[11:]
+    manifest.write_text(manifest.read_text().replace(archive, wrong))
+    before = objects(home)
+    done = zoo_cli("gc", home=home)
+    assert done.returncode == 0, done.stderr
+    assert objects(home) == before  # the archive, and every object it names, kept for doctor
+    doctor = zoo_cli("doctor", home=home)
+    assert "its header says it is org/first@main:lossless: damaged manifest replaced" in doctor.stdout, doctor.stdout
+    zoo.decompress(Store(home).resolve("org/first").archive, tmp_path / "out")
+    assert "no problems found" in zoo_cli("doctor", home=home).stdout
+    assert zoo_cli("gc", home=home).returncode == 0 and objects(home) == before
+
+
 def test_doctor_gives_an_object_back_its_manifest(tiny_model, tmp_path):
     """Manifests lost but objects kept: compress_into writes the name into each archive's header,
     so doctor restores the manifest; an object whose header names nothing is left for gc."""

@@ -1049,7 +1049,16 @@ class Store:
         with self._locked():
             self._sweep_work()
             named = self._named_objects()
-            for path in self._object_files():
+            # a model whose manifest names an archive that is not there: an archive whose header says
+            # it is that model is kept (and all it names), for `zoo doctor` to give its manifest back
+            lost = {f"{r['name']}@{r['revision']}:{r['variant']}" for _, r in self._all_manifests()
+                    if not self.object_path(_archive_of(r)).is_file()}
+            unnamed = [path for path in self._object_files() if path.name.removesuffix(OBJECT_SUFFIX) not in named]
+            for path in unnamed if lost else []:
+                if self._model_of(path) in lost:
+                    named.add(path.name.removesuffix(OBJECT_SUFFIX))
+                    named.update(self._archive_names({"objects": [{"role": "archive", "sha256": path.name.removesuffix(OBJECT_SUFFIX)}]}))
+            for path in unnamed:
                 if path.name.removesuffix(OBJECT_SUFFIX) not in named:
                     size = path.stat().st_size
                     path.unlink(missing_ok=True)
@@ -1201,6 +1210,19 @@ class Store:
         return None
 
     @staticmethod
+    def _model_of(path: Path) -> str | None:
+        """NAME@REVISION:VARIANT of the model whose archive `path` is, as its header says; None
+        for an object of a tensor, or one that cannot be read."""
+        try:
+            metadata, files = describe_files(path)
+            claimed = metadata["zoo"]
+            record = record_of(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
+                               claimed.get("commit"), metadata.get("source"), 0.0)
+        except (ZooError, OSError, KeyError, TypeError):
+            return None
+        return f"{record['name']}@{record['revision']}:{record['variant']}"
+
+    @staticmethod
     def _is_archive_of_a_model(path: Path) -> bool:
         """Whether the header says which model this is (compress_into's metadata; an object of a
         tensor has none). Read whole: its keys are sorted, so a model of many files or tensors has
@@ -1245,11 +1267,13 @@ class Store:
         damaged = False
         if manifest.exists():
             try:
-                self._read_manifest(manifest)
+                present = self.object_path(_archive_of(self._read_manifest(manifest))).is_file()
+            except StoreError:
+                present = False
+            if present:
                 return (f"{path}: {human_size(size)}, a copy of {ref} that its manifest does not name (replaced, or a write that "
                         "never finished); `zoo gc` removes it"), set()
-            except StoreError:
-                damaged = True
+            damaged = True  # unreadable, or naming an archive that is not there (one wrong digit): this one is the model
         self.dirty.touch()
         # the damaged one (or one of a newer zoo's format) is kept for a person, never lost: copied
         # aside first, so that where the new one cannot be written (a full disk) it stays in place
