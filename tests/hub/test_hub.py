@@ -264,3 +264,115 @@ def test_pull_of_a_local_folder_points_to_compress(tmp_path):
     with pytest.raises(InputError, match="is neither a local file or folder nor a hub id"):
         parse_repo_ref(str(tmp_path / "absent"))
     assert parse_repo_ref("org/name@v1") == ("org/name", "v1")
+
+
+def test_an_offline_pull_of_a_snapshot_that_lacks_listed_files_is_refused_and_keeps_the_model(hub, tmp_path):
+    """A snapshot in the cache holding some of the model's files (transformers' AutoConfig
+    fetches config.json alone) was stored offline as the whole model, over the one stored before."""
+    _, _, env = hub
+    assert zoo_cli("pull", "org/tiny-bert", env=env).returncode == 0
+    assert zoo_cli("pull", "org/tiny-bert", "--include", "config.json", "--name", "part", env=env).returncode == 0
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "other-hf")}
+    cache = tmp_path / "hf" / "hub" / "models--org--tiny-bert"
+    snapshot = next((cache / "snapshots").iterdir())
+    partial = tmp_path / "other-hf" / "hub" / "models--org--tiny-bert"
+    (partial / "snapshots" / snapshot.name).mkdir(parents=True)
+    (partial / "refs").mkdir()
+    (partial / "refs" / "main").write_text(snapshot.name)
+    (partial / "snapshots" / snapshot.name / "config.json").write_bytes((snapshot / "config.json").read_bytes())
+    before = sorted(f.path for f in Store(tmp_path / "second").resolve("org/tiny-bert").files)
+    done = zoo_cli("pull", "org/tiny-bert", "--force", env=offline)  # a cache of single files: no listing of the model
+    assert done.returncode == 1 and "the Hugging Face cache holds no list of its files" in done.stderr, done.stderr
+    (partial / "trees").mkdir()
+    (partial / "trees" / f"{snapshot.name}.json").write_bytes((cache / "trees" / f"{snapshot.name}.json").read_bytes())
+    done = zoo_cli("pull", "org/tiny-bert", "--force", env=offline)  # the listing says what is missing
+    assert done.returncode == 1 and "the Hugging Face cache holds only part of it (missing: " in done.stderr, done.stderr
+    assert "model.safetensors" in done.stderr and "Error" not in done.stderr, done.stderr
+    assert sorted(f.path for f in Store(tmp_path / "second").resolve("org/tiny-bert").files) == before
+
+
+def test_a_file_kept_in_git_whose_bytes_are_not_the_listed_oid_is_refused(hub, tmp_path):
+    """Only LFS files were checked: config.json arriving with other bytes was stored."""
+    _, upstream, env = hub
+    with sqlite3.connect(upstream.catalogue) as connection:
+        connection.execute("UPDATE files SET git_oid = ? WHERE path = 'config.json'", ("ab" * 20,))
+    done = zoo_cli("pull", "org/tiny-bert", env=env)
+    assert done.returncode == 1 and "config.json arrived with git oid" in done.stderr, done.stderr
+    assert Store(tmp_path / "second").entries() == []
+
+
+def test_ctrl_c_stops_a_pull_whose_hub_stalls(tmp_path):
+    """huggingface_hub waits out a stalled download (and a Retry-After of an hour) and joins its
+    threads before an interrupt gets through: Ctrl-C and SIGTERM did nothing for minutes."""
+    import signal
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+    commit = "c" * 40
+
+    class Stalling(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, document):
+            body = json.dumps(document).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.startswith("/api/models/org/stall/revision/"):
+                return self._json({"id": "org/stall", "sha": commit, "siblings": [{"rfilename": "config.json"}]})
+            if self.path.startswith("/api/models/org/stall/tree/"):
+                return self._json([{"type": "file", "path": "config.json", "size": 2, "oid": "d" * 40}])
+            release.wait(60)  # the file itself: never comes
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path / "hf"),
+               "ZOO_HOME": str(tmp_path / "zoo"), "HF_HUB_DOWNLOAD_TIMEOUT": "60", "HF_HUB_ETAG_TIMEOUT": "60"}
+        for stop, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            pulling = subprocess.Popen([sys.executable, "-m", "zoo", "pull", "org/stall"], env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            time.sleep(4)  # well into the download
+            pulling.send_signal(stop)
+            started = time.monotonic()
+            try:
+                _, said = pulling.communicate(timeout=15)
+            finally:
+                pulling.kill()
+            assert pulling.returncode == code and time.monotonic() - started < 10, (pulling.returncode, said)
+        assert not Store(tmp_path / "zoo").exists() or Store(tmp_path / "zoo").entries() == []
+    finally:
+        release.set()
+        server.shutdown()
+
+
+def test_a_listed_file_the_snapshot_lacks_after_the_download_is_an_error_not_left_out(hub, tmp_path, monkeypatch):
+    """A server that answers a file for another commit has huggingface_hub file it in another
+    snapshot: the model was stored without it, exit 0. Here the snapshot loses it on the way."""
+    import huggingface_hub
+
+    from zoo.hub import pull
+
+    url, _, env = hub
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    real = huggingface_hub.snapshot_download
+
+    def losing_one(*args, **options):
+        folder = real(*args, **options)
+        (Path(folder) / "model.safetensors").unlink()
+        return folder
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", losing_one)
+    with pytest.raises(pull.PullError, match=r"1 of the files the hub lists at commit \w+ did not arrive \(model\.safetensors\)"):
+        pull.pull("org/tiny-bert", store=Store(tmp_path / "second"))
+    assert Store(tmp_path / "second").entries() == []

@@ -43,7 +43,7 @@ def test_pulling_again_with_other_globs_stores_what_they_choose(hub, tmp_path): 
 def test_a_pull_whose_globs_choose_nothing_says_so_in_one_line(hub, tmp_path):  # noqa: F811
     _, _, env = hub
     done = zoo_cli("pull", "org/tiny-bert", "--include", "*.gguf", env=env)
-    assert (done.returncode, done.stderr) == (1, "error: no file of org/tiny-bert@main passes --include '*.gguf'\n")
+    assert (done.returncode, done.stderr) == (1, "error: cannot pull org/tiny-bert@main: no file of it passes --include '*.gguf'\n")
 
 
 def test_a_glob_ending_in_a_slash_is_the_folders_every_file_as_huggingface_hub_reads_it():

@@ -39,7 +39,7 @@ def pull(
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Pull each repository as a task on the Ray cluster "
                                                "at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here).", show_default=False)] = None,
 ) -> None:
-    """Download a model from the hub, check it against the hub's sha256, store it compressed."""
+    """Download a model from the hub, check each file against what the hub lists, store it compressed."""
     from zoo import api
     from zoo.hub.pull import pull as pull_model
 

@@ -2,8 +2,9 @@
 
 Downloads go through huggingface_hub's snapshot_download, so HF_ENDPOINT, HF_TOKEN,
 HF_HUB_OFFLINE and HF_HOME (its cache, resumable and shared with transformers) behave as they do
-for every other Hub client. Each LFS file's sha256 is checked against the oid the hub lists
-before the model enters the zoo.
+for every other Hub client. Before the model enters the zoo, every file the hub lists (that the
+globs choose) must be in the snapshot, each LFS file's sha256 must be the oid the hub lists, and
+each other file's git oid the one it lists.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +26,6 @@ from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name
 from zoo.sources.folder import check_globs, selected_by
 
 _REPO_REF = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?(?:@[\w./-]+)?", re.ASCII)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def looks_like_repo_ref(text: str) -> bool:
@@ -63,7 +64,7 @@ def _environment() -> dict[str, str | None]:
 def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] | None = None, exclude: list[str] | None = None,
              progress_bars: bool = True) -> Download:
     import huggingface_hub
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     settings = _environment()
@@ -73,22 +74,27 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     level = snapshot_log.level
     snapshot_log.setLevel(logging.ERROR)
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=include or None, ignore_patterns=exclude or None,
-                                        **settings))
+        folder = Path(_interruptible(lambda: snapshot_download(repo_id, revision=revision, allow_patterns=include or None,
+                                                               ignore_patterns=exclude or None, **settings)))
         if not folder.is_dir():  # nothing to fetch: huggingface_hub makes no snapshot folder
-            raise PullError(f"no file of {repo_id}@{revision} passes {_globs(include, exclude)}")
+            raise PullError(f"cannot pull {repo_id}@{revision}: " + (f"no file of it passes {_globs(include, exclude)}"
+                                                                      if include or exclude else "it holds no file"))
         commit = folder.name
-        if huggingface_hub.constants.is_offline_mode():
-            # No listing to ask: the cache names each LFS blob after the sha256 the hub announced.
-            expected = {}
-            for path in folder.rglob("*"):
-                blob = Path(os.path.realpath(path))
-                if path.is_file() and _SHA256.fullmatch(blob.name):
-                    expected[path.relative_to(folder).as_posix()] = blob.name
-        else:
-            api = HfApi(endpoint=settings["endpoint"])
-            listing = api.list_repo_tree(repo_id, revision=commit, recursive=True)
-            expected = {item.path: item.lfs.sha256 for item in listing if getattr(item, "lfs", None) is not None}
+        listing = _listing(repo_id, commit, settings, huggingface_hub.constants.is_offline_mode())
+        if listing is None:
+            raise PullError(f"cannot pull {repo_id}@{revision} offline (HF_HUB_OFFLINE): the Hugging Face cache holds no list of its "
+                            "files at that commit (it was filled file by file, as transformers does), so what is there may be part "
+                            "of it; pull it once online")
+        from huggingface_hub.utils import filter_repo_objects
+
+        wanted = list(filter_repo_objects(listing.values(), allow_patterns=include or None, ignore_patterns=exclude or None,
+                                          key=lambda item: item.path))
+        missing = sorted(item.path for item in wanted if not (folder / item.path).is_file())
+        if missing:
+            raise PullError(f"cannot pull {repo_id}@{revision}: {len(missing)} of the files the hub lists at commit {commit[:12]} "
+                            f"did not arrive ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); nothing was stored")
+        _check_git_oids(folder, [item for item in wanted if item.lfs_sha256 is None], repo_id)
+        expected = {item.path: item.lfs_sha256 for item in wanted if item.lfs_sha256 is not None}
     except ZooError:
         raise
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
@@ -96,6 +102,82 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     finally:
         snapshot_log.setLevel(level)
     return Download(folder, commit, expected)
+
+
+def _interruptible(work: Callable[[], Any]) -> Any:
+    """work() on a thread of its own, waited for here: Ctrl-C or SIGTERM in this thread stops the
+    command at once. huggingface_hub's downloads wait out a Retry-After of an hour, or a server that
+    trickles a byte at a time, and its thread pool joins every download before an interrupt gets
+    through; the download thread is left to end with the process."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="zoo-pull", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@dataclass(frozen=True)
+class _Listed:
+    path: str
+    blob_id: str | None  # its git oid
+    lfs_sha256: str | None  # for a file kept in LFS
+
+
+def _listing(repo_id: str, commit: str, settings: dict[str, str | None], offline: bool) -> dict[str, _Listed] | None:
+    """The repository's files at `commit`: the listing snapshot_download keeps in the cache
+    (trees/COMMIT.json, huggingface_hub 1.3 and later), else the hub's; None offline without the
+    cached one."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub._tree_cache import read_tree_cache
+        from huggingface_hub.file_download import repo_folder_name
+
+        cached = read_tree_cache(os.path.join(settings["cache_dir"] or constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id,
+                                                                                                                repo_type="model")), commit)
+        if cached is not None:
+            return {path: _Listed(path, entry.blob_id, entry.lfs_sha256) for path, entry in cached.items()}
+    except Exception:  # noqa: BLE001 - an older huggingface_hub, or a cached listing that cannot be read: asked of the hub
+        pass
+    if offline:
+        return None
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    listed = HfApi(endpoint=settings["endpoint"]).list_repo_tree(repo_id, revision=commit, recursive=True)
+    return {item.path: _Listed(item.path, item.blob_id, item.lfs.sha256 if item.lfs is not None else None)
+            for item in listed if isinstance(item, RepoFile)}
+
+
+def _check_git_oids(folder: Path, files: list[_Listed], repo_id: str) -> None:
+    """Each file kept in git, not LFS (config.json, the tokenizer), against the git oid the hub
+    lists for it (sha1 of "blob SIZE\\0" and its bytes): huggingface_hub checks none of them. A bad
+    copy leaves the cache, so that the next pull fetches it again."""
+    from zoo.hub.manifest import git_blob_hasher
+
+    for item in files:
+        listed = item.blob_id
+        if not listed:
+            continue
+        local = folder / item.path
+        hasher = git_blob_hasher(local.stat().st_size)
+        with open(local, "rb") as stream:
+            while block := stream.read(1 << 20):
+                hasher.update(block)
+        if hasher.hexdigest() != listed:
+            Path(os.path.realpath(local)).unlink(missing_ok=True)
+            local.unlink(missing_ok=True)
+            raise ChecksumError(f"{repo_id}: {item.path} arrived with git oid {hasher.hexdigest()[:12]}..., the hub lists "
+                                f"{listed[:12]}...; the bad copy was removed from the Hugging Face cache, pull again")
 
 
 def _globs(include: list[str] | None, exclude: list[str] | None) -> str:
@@ -115,6 +197,11 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
         return f"{hub} has no revision {revision!r} of {repo_id}"
     if isinstance(error, RepositoryNotFoundError):
         return f"{hub} has no repository {repo_id}, or it is private (set HF_TOKEN)"
+    if type(error).__name__ == "IncompleteSnapshotError":  # huggingface_hub 1.3 and later
+        sample = re.search(r"missing \((.*?)\)\.", str(error))
+        where = "offline (HF_HUB_OFFLINE)" if constants.is_offline_mode() else f"{hub} cannot be reached"
+        return (f"{where}, and the Hugging Face cache holds only part of it (missing: {sample.group(1) if sample else 'some files'}); "
+                "nothing was stored")
     if isinstance(error, LocalEntryNotFoundError):
         cause = error.__cause__ or error.__context__
         reason = f" ({_first_line(cause, named=False)})" if cause is not None else ""
