@@ -226,8 +226,10 @@ def test_hf_token_reaches_a_guarded_server(tiny_bert, tmp_path):
     compress_into(upstream, tiny_bert, "org/tiny-bert")
     with running_server(upstream, token="hf_s3cret") as url:
         env = {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "second")}
-        denied = zoo_cli("pull", "org/tiny-bert", env=env)
-        assert denied.returncode == 1 and denied.stderr.startswith("error: cannot pull")
+        for token in ({}, {"HF_TOKEN": "hf_wrong"}):  # said as a refusal, not as "HfHubHTTPError: Client error '401 ..."
+            denied = zoo_cli("pull", "org/tiny-bert", env={**env, **token})
+            assert denied.returncode == 1 and denied.stderr == (f"error: cannot pull org/tiny-bert@main: the hub at {url} refused "
+                                                                "access (401): set HF_TOKEN to a token that may read org/tiny-bert\n"), denied.stderr
         allowed = zoo_cli("pull", "org/tiny-bert", env={**env, "HF_TOKEN": "hf_s3cret"})
         assert allowed.returncode == 0, allowed.stderr
 

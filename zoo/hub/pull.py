@@ -197,6 +197,9 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
         return f"{hub} has no revision {revision!r} of {repo_id}"
     if isinstance(error, RepositoryNotFoundError):
         return f"{hub} has no repository {repo_id}, or it is private (set HF_TOKEN)"
+    status = _status(error)
+    if status in (401, 403):
+        return f"{hub} refused access ({status}): set HF_TOKEN to a token that may read {repo_id}"
     if type(error).__name__ == "IncompleteSnapshotError":  # huggingface_hub 1.3 and later
         sample = re.search(r"missing \((.*?)\)\.", str(error))
         where = "offline (HF_HUB_OFFLINE)" if constants.is_offline_mode() else f"{hub} cannot be reached"
@@ -205,9 +208,20 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
     if isinstance(error, LocalEntryNotFoundError):
         cause = error.__cause__ or error.__context__
         reason = f" ({_first_line(cause, named=False)})" if cause is not None else ""
-        where = "offline (HF_HUB_OFFLINE)" if constants.is_offline_mode() else f"{hub} cannot be reached{reason}"
+        answered = _status(cause) if cause is not None else None
+        where = ("offline (HF_HUB_OFFLINE)" if constants.is_offline_mode() else
+                 f"{hub} answered {answered}{reason}" if answered is not None else f"{hub} cannot be reached{reason}")
         return f"{where}, and the Hugging Face cache holds no copy"
+    if status is not None:
+        return f"{hub} answered {status} ({_first_line(error, named=False)})"
     return _first_line(error)
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status a hub answered with, where the error carries its response."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _first_line(error: BaseException, named: bool = True) -> str:
