@@ -563,3 +563,22 @@ def test_a_batch_that_replaces_a_base_stores_its_fine_tune_the_same_in_any_order
         assert all(r.ok for r in results), [r.error for r in results]
         stored.append(store.resolve("tuned").base)
     assert stored == [None, None]  # no XOR against a base the batch replaced, whichever landed first
+
+
+@pytest.mark.parametrize("card", ["base_model:\n- org/base\n", "base_model:\n  - org/base\n  - org/other\n", "base_model: [org/base]\n",
+                                  "base_model: org/base\r\nlicense: mit\r\n"])
+def test_the_model_cards_base_model_in_each_yaml_form_names_the_base(tmp_path, card):
+    """`base_model:` then `- org/base` (the Hub's list form) was read as the name "- org/base",
+    and a card with CRLF line ends not at all: the guess fell to the newest model of the same names."""
+    from zoo.hub.deltas import _named_bases
+
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    (folder / "README.md").write_bytes(f"---\n{card}---\n# a fine-tune\n".replace("\n", "\r\n" if "\r" in card else "\n").replace("\r\r", "\r").encode())
+    assert _named_bases(folder)[0] == "org/base"
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "org/base")
+    compress_into(store, write_model(tmp_path / "other", base_tensors(seed=7)), "org/other")  # newer, of the same names
+    write_model(folder, fine_tuned(base_tensors(), 1))
+    entry = compress_into(store, folder, "org/ft")
+    assert entry.base["ref"] == "org/base@main:lossless"

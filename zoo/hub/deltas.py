@@ -81,14 +81,16 @@ def _named_bases(source: Path) -> list[str]:
         card = (folder / "README.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         card = ""
-    front = re.match(r"---\n(.*?)\n---", card, re.S)
+    # YAML front matter: `base_model: org/name`, `base_model: [a, b]`, or a list of `- org/name`
+    # lines, indented or not (the Hub's own form); CRLF line ends too
+    front = re.match(r"---[ \t]*\n(.*?)\n---", card.replace("\r\n", "\n"), re.S)
     if front:
-        block = re.search(r"^base_model:\s*(.*)$((?:\n\s+-\s*.*)*)", front.group(1), re.M)
+        block = re.search(r"^base_model:[ \t]*(.*)$((?:\n[ \t]*-[ \t]*.*)*)", front.group(1), re.M)
         if block:
-            inline = block.group(1).strip().strip("'\"")
-            listed = re.findall(r"-\s*['\"]?([^'\"\n]+)", block.group(2))
-            names += [inline] if inline else []
-            names += [n.strip() for n in listed]
+            inline = block.group(1).strip()
+            given = inline[1:-1].split(",") if inline.startswith("[") and inline.endswith("]") else [inline]
+            given += re.findall(r"^[ \t]*-[ \t]*(.*)$", block.group(2), re.M)
+            names += [name for name in (item.strip().strip("'\"").strip() for item in given) if name]
     return names
 
 
