@@ -346,3 +346,16 @@ def test_adding_an_archive_under_a_name_the_zoo_holds_needs_force(tiny_model, tm
     with pytest.raises(OutputExistsError, match="already in the zoo"):
         store.add(tmp_path / "a.zoo", "m")
     assert store.add(tmp_path / "a.zoo", "m", force=True).name == "m"
+
+
+def test_a_rebuild_of_the_index_killed_midway_leaves_nothing_once_swept(tiny_model, tmp_path):
+    """A killed rebuild left work/catalogue-PID-HEX and its -journal for good: no sweep knew the name."""
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "kept")
+    for _ in range(2):
+        (home / "catalogue.sqlite").unlink(missing_ok=True)
+        killed("ls", home=home, at="index-built")
+    assert list((home / "work").iterdir())  # the killed runs' index, built and never put in place
+    assert zoo_cli("gc", home=home).returncode == 0
+    assert list((home / "work").iterdir()) == []
+    assert [e.name for e in Store(home).entries()] == ["kept"]

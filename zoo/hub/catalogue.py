@@ -90,6 +90,8 @@ def build(path: Path, records: Iterable[tuple[str, dict[str, Any]]]) -> int:
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA foreign_keys = ON")
+        # a new file, put in place only once written: a journal on disk would only outlive a killed run
+        connection.execute("PRAGMA journal_mode = MEMORY")
         connection.execute("BEGIN")
         for statement in filter(str.strip, _SCHEMA.split(";")):
             connection.execute(statement)

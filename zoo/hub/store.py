@@ -518,9 +518,10 @@ class Store:
             more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
             warnings.warn(f"{unreadable[0]}{more}; its model is left out of the index until then", ZooWarning, stacklevel=2)
         try:
-            with locked_temporary(self.work, "catalogue-", is_dir=False) as fresh:
-                fresh.unlink()
+            # named as _sweep_work sweeps it when a run is killed meanwhile; locked while it is built
+            with locked_temporary(self.work, temporary_prefix(self.work / "catalogue"), is_dir=False) as fresh:
                 catalogue.build(fresh, records)
+                kill_point("index-built")
                 legacy = self.home / "catalogue-v1.sqlite"
                 if not legacy.exists() and legacy_records(self.catalogue):
                     # a catalogue of the old layout whose archives are not here: it was the record, keep it
