@@ -527,6 +527,13 @@ def test_a_damaged_chunk_of_an_object_names_the_object(tmp_path):
     victim.write_bytes(bytes(data))
     problems = zoo.verify(entry.archive)
     assert problems and problems[0].endswith(f"{victim}: tensor 'w', chunk 0 is damaged (checksum mismatch)"), problems
+    # the whole zoo's verify names the object, then the models that need it (the repair's refusal says it does)
+    with pytest.raises(ZooError, match="`zoo verify` names the models that need it"):
+        compress_into(Store(tmp_path / "zoo"), model, "again", pipeline="bytegroup|zstd")
+    _, _, problems = Store(tmp_path / "zoo").verify()
+    name = victim.name[:16]
+    assert problems[0].endswith("chunk 0 is damaged (checksum mismatch)") and problems[1:] == [
+        f"m@main:lossless: cannot be read whole: it needs the damaged object {name}..."], problems
 
 
 def _model_with_objects(tmp_path: Path) -> Path:

@@ -171,8 +171,11 @@ def test_verify_on_a_bucket_finds_an_object_damaged_in_the_bucket(bucket, tmp_pa
     store.storage.fs.pipe_file(store.storage.path(victim), bytes(data))  # the same size: only its bytes say
     done = _zoo(url, tmp_path / "verifier", "verify")
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert lines[0] == f"damaged: {url}/{victim}: tensor 'tensor', chunk 0 is damaged (checksum mismatch)"
+    name = victim.rsplit("/", 1)[-1][:16]
+    assert done.returncode == 1 and lines == [  # the object, then each model that needs it
+        f"damaged: {url}/{victim}: tensor 'tensor', chunk 0 is damaged (checksum mismatch)",
+        f"damaged: base@main:lossless: cannot be read whole: it needs the damaged object {name}...",
+        f"damaged: tuned@main:lossless: cannot be read whole: it needs the damaged object {name}..."], done.stderr
 
 
 def test_verify_and_doctor_on_a_bucket_report_a_missing_object(bucket, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from typing import Any
 
 from zoo.errors import ZooError
 from zoo.container.objects import object_problems
-from zoo.hub.manifest import OBJECT_SUFFIX, Damage, check_record, human_size
+from zoo.hub.manifest import OBJECT_SUFFIX, Damage, check_record, human_size, needs_damaged
 from zoo.hub.remote import GC_GRACE_SECONDS, KeyInfo, StorageError, object_keys
 
 
@@ -27,6 +27,7 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
 
     storage, problems = store.storage, []
     listed = _objects(storage)
+    damaged: set[str] = set()
 
     with store.workspace() as folder:
         def check(info: KeyInfo) -> None:
@@ -43,7 +44,10 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
                 problems.append(f"{shown}: cannot be read: {error}")
                 return
             try:
-                problems.extend(object_problems(copy, name, shown))
+                found = object_problems(copy, name, shown)
+                if found:
+                    damaged.add(name)
+                    problems.extend(found)
             finally:
                 copy.unlink(missing_ok=True)
 
@@ -62,6 +66,7 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
                 problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
                 continue
             problems += store._archive_problems(record, threads)
+        problems += needs_damaged(_ref(record), damaged & ({o["sha256"] for o in record["objects"]} | store._archive_names(record)))
     return len(listed), len(records), problems
 
 

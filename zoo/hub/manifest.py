@@ -387,3 +387,12 @@ def human_size(size: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(size)
+
+
+def needs_damaged(ref: str, objects: set[str]) -> list[str]:
+    """verify's line for a model that needs damaged objects (each said on a line of its own):
+    which models a damaged object costs, as the repair's refusal (zoo.container.objects) promises."""
+    if not objects:
+        return []
+    shown = ", ".join(sorted(name[:16] + "..." for name in objects))
+    return [f"{ref}: cannot be read whole: it needs the damaged object{'s' if len(objects) > 1 else ''} {shown}"]

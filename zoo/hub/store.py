@@ -38,7 +38,7 @@ from zoo.hub import catalogue
 from zoo.hub.manifest import (
     DEFAULT_REVISION, LEGACY_NAME, LFS_MIN_BYTES, LOSSLESS, NAME_PATTERN, OBJECT_SUFFIX, Damage, Entry, StoredFile, check_name,
     check_record, check_revision, describe_files, git_blob_hasher, human_size, legacy_records, lfs_pointer, manifest_component,
-    base_standing, canonical_variant, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8,
+    base_standing, canonical_variant, needs_damaged, parse_ref, quality_label, readable, record_names, record_of, refuse_names_not_utf8,
     stored_against, variant_match, variant_of,
 )
 from zoo.hub.remote import StorageError, index_home, is_url, object_keys
@@ -988,9 +988,13 @@ class Store:
         self.exists()  # a folder of the user's own is refused, not reported as a sound empty zoo
         problems: list[str] = []
         files = self._object_files()
+        damaged: set[str] = set()
 
         def check(path: Path) -> None:
-            problems.extend(object_problems(path, path.name.removesuffix(OBJECT_SUFFIX), str(path)))
+            found = object_problems(path, path.name.removesuffix(OBJECT_SUFFIX), str(path))
+            if found:
+                damaged.add(path.name.removesuffix(OBJECT_SUFFIX))
+                problems.extend(found)
 
         for_each(check, files, threads)
         manifests = self._all_manifests(problems)
@@ -1002,6 +1006,7 @@ class Store:
             problems += missing
             if not missing:  # as on a bucket: a missing object is said once, not again by each read of it
                 problems += self._archive_problems(record, threads)
+            problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
         return len(files), len(manifests), problems
 
     def _archive_problems(self, record: dict[str, Any], threads: int = 1) -> list[str]:
