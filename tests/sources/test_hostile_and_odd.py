@@ -344,3 +344,17 @@ def test_an_empty_file_filled_in_while_it_is_scanned_is_said_to_have_changed(tmp
     monkeypatch.setattr(folder, "_holds_bytes", filled_in)
     with pytest.raises(InputError, match=r"tokenizer.json: file changed while being read; nothing was stored"):
         zoo.compress(tmp_path / "model", tmp_path / "m.zoo")
+
+
+def test_a_link_through_a_file_is_left_out_not_read_as_a_link_to_the_file(tmp_path):
+    """config.json/ and config.json/.. open nothing (ENOTDIR), but realpath drops the parts that
+    fail: they came back as working links to config.json and to the model's own folder."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for name, target in (("slash", "config.json/"), ("up", "config.json/.."), ("back", "config.json/../config.json")):
+        os.symlink(target, folder / name)
+    with pytest.warns(ZooWarning, match=r"left out 3 items: back \(a link through a file, to nothing\); slash \(a link"):
+        zoo.compress(folder, tmp_path / "m.zoo")
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]

@@ -227,6 +227,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     if error.errno == errno.ELOOP:  # walked chains of a thousand until Python's recursion limit
                         skipped.append(f"{relpath} (a loop of links, or a chain of more than 40)")
                         continue
+                    if error.errno == errno.ENOTDIR:  # config.json/ or config.json/..: realpath drops the parts that
+                        skipped.append(f"{relpath} (a link through a file, to nothing)")  # fail, and read it as config.json
+                        continue
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
                     if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept, made relative
