@@ -270,3 +270,19 @@ def test_a_suffix_in_capitals_is_read_as_its_format(tmp_path):
     assert files == {"MODEL.SAFETENSORS": "safetensors", "extra.PT": "torch"}, files
     state = zoo.load_state_dict(archive)
     assert torch.equal(state["w"], weights) and torch.equal(state["v"], weights * 2)
+
+
+@pytest.mark.parametrize("globs, kept", [({"include": ["config.json", "keep_me"]}, ["config.json", "keep_me"]),
+                                         ({"include": ["config.json", "keep_me/"]}, ["config.json", "keep_me"]),
+                                         ({"exclude": ["drop_me"]}, ["config.json", "keep_me"]),
+                                         ({"exclude": ["drop_me/"]}, ["config.json", "keep_me"])])
+def test_an_empty_folder_is_chosen_by_its_path_with_or_without_the_slash(tmp_path, globs, kept):
+    """--include keep_me and --exclude drop_me did nothing to empty folders of those names: only
+    keep_me/ or a glob chose them, though the archive stores the folder as keep_me."""
+    folder = tmp_path / "m"
+    (folder / "keep_me").mkdir(parents=True)
+    (folder / "drop_me").mkdir()
+    (folder / "config.json").write_text("{}")
+    zoo.compress(folder, tmp_path / "m.zoo", **globs)
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == kept

@@ -124,6 +124,15 @@ def _folder_glob(pattern: str) -> str:
     return f"{pattern}*" if pattern.endswith("/") else pattern
 
 
+def _folder_selected(relpath: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
+    """Whether the globs select an empty folder: named by its path (as the archive stores it) or
+    with a / after it (`--include keep_me`, `--exclude keep_me/`)."""
+    def named(patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(form, _folder_glob(pattern)) for pattern in patterns for form in (relpath, f"{relpath}/"))
+
+    return (not include or named(include)) and not (exclude and named(exclude))
+
+
 def _may_select_within(relpath: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """Whether the folder at `relpath` (or a link to one) may hold a path the globs select: not
     where an --exclude takes the folder whole, nor where no --include can match under it (the fixed
@@ -269,7 +278,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
         # empty, or all it holds is left out (a .git/, a FIFO); with --include or --exclude, only a
         # folder empty on disk that the globs select (one whose files they left out is not kept)
-        if len(files) == before and prefix and (not filtering or (not entries and selected_by(prefix, include, exclude))):
+        if len(files) == before and prefix and (not filtering or (not entries and _folder_selected(prefix.rstrip("/"), include, exclude))):
             files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
 
     visit(root, "", frozenset())
