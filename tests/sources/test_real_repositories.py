@@ -286,3 +286,21 @@ def test_an_empty_folder_is_chosen_by_its_path_with_or_without_the_slash(tmp_pat
     zoo.compress(folder, tmp_path / "m.zoo", **globs)
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == kept
+
+
+def test_what_the_globs_leave_out_is_not_warned_of(tmp_path):
+    """--include config.json still warned of a FIFO, a link to nothing and a loop of links beside
+    it: docs/cli.md says what the globs leave out is not looked at."""
+    import warnings
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    os.mkfifo(folder / "fifo")
+    os.symlink("/nonexistent/x", folder / "gone")
+    os.symlink("loop", folder / "loop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZooWarning)
+        zoo.compress(folder, tmp_path / "m.zoo", include=["config.json"])
+    with pytest.warns(ZooWarning, match=r"left out 2 items: fifo \(not a regular file\); loop \(a loop of links"):
+        zoo.compress(folder, tmp_path / "all.zoo", exclude=["gone"])

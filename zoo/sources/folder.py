@@ -207,6 +207,10 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
     hops: dict[str, str | None] = {}  # each link kept as a link -> the path inside the folder it names
     filtering = bool(include or exclude)
 
+    def leave_out(relpath: str, why: str) -> None:  # said, unless the globs left it out anyway: those are not looked at
+        if not filtering or selected_by(relpath, include, exclude):
+            skipped.append(f"{relpath} ({why})")
+
     modes: dict[str, tuple[Path, int]] = {}  # each subfolder's permission bits, by path
 
     def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
@@ -234,10 +238,10 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     os.stat(path)
                 except OSError as error:  # past the system's 40 links no program can open it, and realpath
                     if error.errno == errno.ELOOP:  # walked chains of a thousand until Python's recursion limit
-                        skipped.append(f"{relpath} (a loop of links, or a chain of more than 40)")
+                        leave_out(relpath, "a loop of links, or a chain of more than 40")
                         continue
                     if error.errno == errno.ENOTDIR:  # config.json/ or config.json/..: realpath drops the parts that
-                        skipped.append(f"{relpath} (a link through a file, to nothing)")  # fail, and read it as config.json
+                        leave_out(relpath, "a link through a file, to nothing")  # fail, and read it as config.json
                         continue
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
@@ -246,7 +250,7 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                             link = os.path.relpath(target, os.path.dirname(os.path.join(real_root, relpath)))
                             files.append(SourceFile(check_relpath(relpath), path, 0, "link", target=link))
                     else:
-                        skipped.append(f"{relpath} (a link to nothing, or a loop of links)")
+                        leave_out(relpath, "a link to nothing, or a loop of links")
                     continue
                 if snapshot and _inside(target, blobs) and os.path.isfile(target):
                     pass  # read through: the snapshot's file is the blob's content
@@ -269,10 +273,10 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                         visit(Path(target), f"{relpath}/", seen | {target})
                     continue
             elif not entry.is_file(follow_symlinks=False):
-                skipped.append(f"{relpath} (not a regular file)")
+                leave_out(relpath, "not a regular file")
                 continue
             if not os.path.isfile(path):
-                skipped.append(f"{relpath} (not a regular file)")
+                leave_out(relpath, "not a regular file")
                 continue
             if selected_by(relpath, include, exclude):
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
