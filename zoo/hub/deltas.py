@@ -169,7 +169,7 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 decided[target] = (same, sink.written[target] - sink.reused[_bottom_key(same)])
                 return
             level = {k: base_info[k] for k in ("pipeline", "root", "xor") if k in base_info}
-            while _depth(level) >= MAX_XOR_DEPTH:  # never chain deeper: take the tensor at the bottom
+            while _depth(level) > MAX_XOR_DEPTH:  # never chain deeper: take the tensor at the bottom
                 while "xor" in level:
                     level = level["xor"]
             name = delta_key(target, base_info["key"] if level.get("root") == base_info["root"] else _bottom_key(level))
