@@ -585,3 +585,30 @@ def test_the_model_cards_base_model_in_each_yaml_form_names_the_base(tmp_path, c
     write_model(folder, fine_tuned(base_tensors(), 1))
     entry = compress_into(store, folder, "org/ft")
     assert entry.base["ref"] == "org/base@main:lossless"
+
+
+def test_a_damaged_xor_object_is_coded_again_and_mends_the_model_naming_it(tmp_path):
+    """A fine-tune's XOR object damaged in the zoo: storing the fine-tune again warned that its
+    *base* could not be read (naming a file that was never there), stored no XOR at all, and left
+    the damaged object, and the model naming it, as they were."""
+    import warnings
+
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "org/base")
+    tuned = write_model(tmp_path / "ft", fine_tuned(base_tensors(), 1, share=0.05))
+    compress_into(store, tuned, "org/ft", base="org/base")
+    with zoo.open(store.resolve("org/ft").archive) as opened:
+        xor = next(opened.tensor_info(key)["root"]["leaf"]["object"] for key in opened.keys() if "xor" in opened.tensor_info(key))
+    path = store.object_path(xor)
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert any(xor[:16] in line for line in store.verify()[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no word of a base that cannot be read
+        entry = compress_into(store, tuned, "org/ft-copy", base="org/base")
+    assert entry.base is not None and entry.base["tensors"] > 0
+    assert store.verify()[2] == []
+    zoo.decompress(store.resolve("org/ft").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(tuned)
