@@ -41,3 +41,8 @@ class OutOfReach(PipelineError):
 
 class OutputExistsError(ZooError):
     """An output path exists and --force was not given."""
+
+
+class StorageError(ZooError):
+    """The zoo's storage cannot be reached, read or written (credentials, network, permissions):
+    no damage, and never said as damage (zoo.hub.remote raises it; readers pass it on)."""

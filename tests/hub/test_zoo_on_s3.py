@@ -454,3 +454,25 @@ def test_a_publish_that_loses_a_race_or_its_answer_says_what_may_have_happened(b
     with pytest.raises(StorageError, match=r"Read timeout on endpoint URL; n@main:lossless may be stored all the same"):
         compress_into(store, model, "n")
     assert [e.ref for e in machine(tmp_path, "fresh", url, monkeypatch).entries()] == ["m@main:lossless", "n@main:lossless"]
+
+
+def test_serve_says_a_bucket_out_of_reach_as_503_not_as_damage(bucket, tmp_path, monkeypatch):
+    """With its bucket out of reach, `zoo serve` answered 500 "its archive or the catalogue is
+    damaged or unreadable": nothing was damaged, and a client may try again later."""
+    from tests.hub.test_serve import request, running_server
+    from zoo.hub.remote import StorageError
+
+    url = f"{bucket}/served"
+    _two_models_in(url, tmp_path, monkeypatch)
+    store = machine(tmp_path, "server", url, monkeypatch)
+    store.entries()
+
+    def unreachable(*args, **options):
+        raise StorageError(f"{url}: cannot read: Could not connect to the endpoint URL")
+
+    for method in ("read", "download", "read_range", "stat", "list", "read_versioned"):
+        if hasattr(store.storage, method):
+            monkeypatch.setattr(store.storage, method, unreachable)
+    with running_server(store) as served:
+        status, _, body = request(served, "/tuned/resolve/main/model.safetensors")
+    assert status == 503 and b"storage cannot be reached" in body and b"damaged" not in body, (status, body)

@@ -15,7 +15,7 @@ from zoo.kernels.parallel import InOrder, for_each, ordered_map
 from zoo.codecs.base import TypedArray
 from zoo.container.delta import DELTA_DTYPES, check_record, rebuild
 from zoo.dtypes import DTYPES, array_fits, storage_dtype, to_float32
-from zoo.errors import FormatError, InputError, MissingObjectError, ZooError
+from zoo.errors import FormatError, InputError, MissingObjectError, StorageError, ZooError
 from zoo.container.format import (INDEX_RECORD, MAX_CHUNK_BYTES, MAX_DIMENSIONS, MAX_XOR_DEPTH, ArchiveFile, current_umask,
                                   let_go_of_replaced_objects)
 from zoo.codecs.pipeline import CHUNK_RECORD_BYTES, Pipeline
@@ -851,8 +851,8 @@ class Archive:
             try:
                 index, _, _ = self._chunks(leaf, what)
             except ZooError as error:  # named as the other problems are: without the archive's path
-                if missing_raises and isinstance(error, MissingObjectError):
-                    raise
+                if (missing_raises and isinstance(error, MissingObjectError)) or isinstance(error, StorageError):
+                    raise  # a bucket that did not answer damages nothing
                 return [str(error).removeprefix(f"{self._file.path}: ")]
             if obj is not None or shared:
                 seen.add((obj, index_at))

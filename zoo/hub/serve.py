@@ -80,6 +80,13 @@ class _Uncached(Exception):
     """An answer on the loop's thread needs what only a worker may do: ask the catalogue, open an archive."""
 
 
+def _unreachable(error: BaseException) -> bool:
+    """Whether an error is a zoo's storage out of reach (its bucket), not damage."""
+    from zoo.hub.remote import StorageError
+
+    return isinstance(error, StorageError)
+
+
 class HubError(Exception):
     """An answer other than 200, with the X-Error-Code huggingface_hub maps to its exceptions."""
 
@@ -277,7 +284,8 @@ class ZooApp:
             try:
                 batch = await stream.next()  # before any header: a chunk that fails here is a clean 500
             except Exception as error:  # noqa: BLE001 - a damaged archive or a bug: either fails this request only
-                failed = self._error_answer(HubError(500, self._decoding_failed(error, answer.stored.path)))  # type: ignore[union-attr]
+                failed = self._error_answer(HubError(503 if _unreachable(error) else 500,
+                                                     self._decoding_failed(error, answer.stored.path)))  # type: ignore[union-attr]
                 answer.status, answer.note = failed.status, " (decoding failed)"
                 await send({"type": "http.response.start", "status": failed.status, "headers": _header_list(failed)})
                 await send({"type": "http.response.body", "body": failed.body})
@@ -329,6 +337,9 @@ class ZooApp:
 
     def _decoding_failed(self, error: Exception, path: str) -> str:
         """Logs a failed decode in full; what the client may read of it (no server paths)."""
+        if _unreachable(error):  # nothing is damaged: the bucket did not answer
+            self.log(f"error: {error}")
+            return f"the stored file {path!r} cannot be read now: the zoo's storage cannot be reached; the server's log has the details"
         if isinstance(error, ZooError):
             self.log(f"error: {error}")
             return f"the stored file {path!r} cannot be decoded: the archive is damaged; the server's log has the details"
@@ -405,9 +416,12 @@ class ZooApp:
         except HubError as error:
             return self._error_answer(error)
         except ZooError as error:
-            # A damaged archive or catalogue: this request fails, the server goes on. The
-            # message names files on the server's disk: it goes to the log, not to the client.
+            # A damaged archive or catalogue, or the bucket of a zoo on object storage out of reach:
+            # this request fails, the server goes on. The message names files on the server's disk
+            # or its bucket: it goes to the log, not to the client.
             self.log(f"error on {target}: {error}")
+            if _unreachable(error):  # nothing is damaged: the storage did not answer, try again later
+                return self._error_answer(HubError(503, "the zoo's storage cannot be reached now; the server's log has the details"))
             return self._error_answer(HubError(500, "the zoo cannot read this model: its archive or the catalogue "
                                                     "is damaged or unreadable; the server's log has the details"))
         except Exception as error:  # noqa: BLE001 - one request's bug must not reach the others

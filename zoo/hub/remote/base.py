@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from zoo.errors import ZooError
+from zoo.errors import StorageError  # noqa: F401 - zoo.hub.remote gives it under its own name too
 
 ABSENT = None  # publish(expect=ABSENT): only when the key does not exist yet (S3: If-None-Match: *)
 ANY = "*"  # publish(expect=ANY): replace whatever is there (--force)
@@ -26,10 +26,6 @@ REFRESH_SECONDS = 6 * 3600
 # parts reach 625 GiB per object, far above an object of zoo (a tensor's payload, an archive).
 PART_BYTES = 64 * 2**20
 READ_BLOCK_BYTES = 8 * 2**20  # what a remote open() fetches per range request
-
-
-class StorageError(ZooError):
-    """The zoo's storage cannot be reached, read or written (credentials, network, permissions)."""
 
 
 class PublishConflict(StorageError):
