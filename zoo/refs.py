@@ -129,9 +129,14 @@ def zoo_entry(ref: str) -> Any:
 
     if not ref:
         raise InputError("no model given: name a model in the zoo (see `zoo ls`)")
-    found = Store().readable(ref)
+    store = Store()
+    found = store.readable(ref)
     if not found:
         raise InputError(not_found(ref))
+    if not found[0].archive.is_file():
+        from zoo.hub.store import resolve_archive
+
+        resolve_archive(ref)  # fetched from a bucket, or said missing: not "no such file, and no model of that name"
     return found[0]
 
 

@@ -122,6 +122,17 @@ def test_an_index_row_that_disagrees_with_its_manifest_never_chooses_what_rm_rem
     assert listed(home) == ["second@main:truncate:bits=5"]
 
 
+def test_export_of_a_model_whose_archive_is_missing_says_so(two_models, tmp_path):
+    """It said "<the archive's path>: no such file, and no model of that name in the zoo" of a
+    model `zoo ls` lists."""
+    home = two_models
+    Store(home).resolve("org/first").archive.unlink()
+    for command in (("export", "org/first", "-o", tmp_path / "out"), ("info", "org/first")):
+        message = one_line_error(zoo_cli(*command, home=home))
+        assert message.startswith("error: org/first@main:lossless: its archive ") and "is missing from the zoo" in message, message
+    assert not (tmp_path / "out").exists()
+
+
 def test_verify_of_a_missing_file_names_it(two_models):
     (two_models / "catalogue.sqlite").write_bytes(b"not a database" * 100)
     message = one_line_error(zoo_cli("verify", "/nonexistent.zoo", home=two_models))

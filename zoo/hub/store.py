@@ -1483,4 +1483,8 @@ def resolve_archive(ref: str) -> Path | None:
         found = store.readable(ref) if store.exists() else []
     except ZooError:
         return None
+    if found and not found[0].archive.is_file() and store.existing_object(found[0].archive.name.removesuffix(OBJECT_SUFFIX)) is None:
+        # not "<the archive's path>: no such archive": the model is there, its archive is not
+        raise MissingObjectError(f"{found[0].ref}: its archive {found[0].archive.name[:16]}... is missing from the zoo "
+                                 "(`zoo doctor` says what that breaks; `zoo rm` it, or store it again)")
     return found[0].archive if found else None
