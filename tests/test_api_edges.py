@@ -784,3 +784,41 @@ def test_a_hash_beside_stopped_by_a_signal_lets_go_though_its_queue_woke_no_one(
         for piece in (b"a", b"b" * 100, b"c"):
             beside.update(memoryview(piece))
     assert beside.hexdigest() == hashlib.sha256(b"a" + b"b" * 100 + b"c").hexdigest()
+
+
+def test_ctrl_c_while_files_move_into_an_existing_folder_loses_none_of_the_users(tmp_path, monkeypatch):
+    """Ctrl-C handled right after one of the user's files was renamed aside, before the move was
+    recorded: the rollback missed it and the temporary folder went, with the file, for good."""
+    import signal
+
+    source = tmp_path / "model"
+    source.mkdir()
+    for number in range(8):
+        (source / f"f{number}.txt").write_text(f"new {number}\n")
+    zoo.compress(source, tmp_path / "m.zoo")
+    out = tmp_path / "out"
+    out.mkdir()
+    for number in range(8):
+        (out / f"f{number}.txt").write_text(f"old {number}\n")
+    (out / "mine.txt").write_text("the user's own")
+    real = os.replace
+    asides = []
+
+    def interrupted_after_setting_aside(origin, target, *args, **options):
+        real(origin, target, *args, **options)
+        if ".zoo-old" in str(target):
+            asides.append(target)
+            if len(asides) == 4:
+                signal.raise_signal(signal.SIGINT)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python starts, whatever a test before left
+    monkeypatch.setattr(os, "replace", interrupted_after_setting_aside)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            zoo.decompress(tmp_path / "m.zoo", out, force=True)
+    finally:
+        monkeypatch.setattr(os, "replace", real)
+        signal.signal(signal.SIGINT, before)
+    contents = sorted(path.read_text() for path in out.iterdir())
+    assert contents == sorted([f"new {n}\n" for n in range(8)] + ["the user's own"]) or \
+        contents == sorted([f"old {n}\n" for n in range(8)] + ["the user's own"]), contents

@@ -309,8 +309,11 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
     with _temporary_beside(final, beside, is_dir=True) as temporary:
         os.chmod(temporary, 0o777 & ~current_umask())
         yield temporary
-        _move_in(temporary, final)
-        written(str(final))
+        # whole, or not begun: a signal handled between a rename and its record lost the user's file
+        # set aside (the rollback knew nothing of it, and the temporary went with it)
+        with signals_held():
+            _move_in(temporary, final)
+            written(str(final))
         temporaries.kill_point("output-placed")
 
 
