@@ -75,8 +75,11 @@ def find_archive(ref: str | os.PathLike[str]) -> Path | None:
         raise InputError("no archive given: name a .zoo file or a model in the zoo")
     path = Path(ref)
     try:
-        exists = path.exists()
-    except OSError:  # a name longer than a file name may be (a long variant's ref): no such file
+        os.stat(path)
+        exists = True
+    except PermissionError:  # in a folder this user cannot enter: said so, not "no such file"
+        raise InputError(f"{path}: permission denied (a folder on its way cannot be entered)") from None
+    except (OSError, ValueError):  # a name longer than a file name may be (a long variant's ref): no such file
         exists = False
     if exists:
         return path

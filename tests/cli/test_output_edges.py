@@ -4,6 +4,8 @@ through the real entry point."""
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -673,3 +675,20 @@ def test_bytes_stored_of_nothing_are_no_ratio_of_one(tmp_path):
 
 def weights_of(folder):
     return write_safetensors(folder / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+
+
+@pytest.mark.skipif(not shutil.which("capsh"), reason="capsh (libcap2-bin) drops root's right to read what it may not")
+def test_an_archive_in_a_folder_that_cannot_be_entered_is_said_so_not_missing(tmp_path):
+    """`zoo info u/t.zoo` with u/ mode 000 said "no such file, and no model of that name"."""
+    model = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    (tmp_path / "u").mkdir()
+    ok(zoo_cli("compress", model, "-o", tmp_path / "u" / "t.zoo"))
+    (tmp_path / "u").chmod(0)
+    try:
+        command = f"{shlex.quote(sys.executable)} -m zoo info {shlex.quote(str(tmp_path / 'u' / 't.zoo'))}"
+        done = subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", command], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")})
+    finally:
+        (tmp_path / "u").chmod(0o755)
+    assert (done.returncode, done.stderr) == (1, f"error: {tmp_path / 'u' / 't.zoo'}: permission denied (a folder on its way cannot "
+                                                 "be entered)\n"), done.stderr
