@@ -172,17 +172,21 @@ def test_pull_errors_are_one_line(hub, tmp_path):
     assert Store(tmp_path / "second").entries() == []
 
 
-def test_pull_refuses_a_file_whose_sha256_is_not_the_hubs(hub, tmp_path):
-    """A hub that announces one sha256 and sends other bytes: nothing enters the zoo, and the bad
-    copy leaves the Hugging Face cache so that the next pull fetches it again."""
+@pytest.mark.parametrize("column, path, listed, said", [
+    ("served_sha256", "model.safetensors", "ab" * 32, "model.safetensors arrived with sha256"),
+    ("git_oid", "config.json", "ab" * 20, "config.json arrived with git oid")])  # once unchecked: it was stored
+def test_pull_refuses_a_file_whose_bytes_are_not_what_the_hub_lists(hub, tmp_path, column, path, listed, said):
+    """A hub that announces one sha256 (an LFS file) or git oid (a file kept in git) and sends
+    other bytes: nothing enters the zoo, and the bad copy leaves the Hugging Face cache so that the
+    next pull fetches it again."""
     _, upstream, env = hub
     with sqlite3.connect(upstream.catalogue) as connection:
-        connection.execute("UPDATE files SET served_sha256 = ? WHERE path = 'model.safetensors'", ("ab" * 32,))
+        connection.execute(f"UPDATE files SET {column} = ? WHERE path = ?", (listed, path))
     done = zoo_cli("pull", "org/tiny-bert", env=env)
-    assert done.returncode == 1 and "model.safetensors arrived with sha256" in done.stderr, done.stderr
+    assert done.returncode == 1 and said in done.stderr, done.stderr
     assert Store(tmp_path / "second").entries() == []
-    cached = list((tmp_path / "hf").rglob("model.safetensors"))
-    assert all(not path.exists() for path in cached)
+    cached = list((tmp_path / "hf").rglob(path))
+    assert all(not cached_path.exists() for cached_path in cached)
 
 
 def test_a_failed_hub_check_keeps_the_old_output(hub, tmp_path):
@@ -296,16 +300,6 @@ def test_an_offline_pull_of_a_snapshot_that_lacks_listed_files_is_refused_and_ke
     assert done.returncode == 1 and "the Hugging Face cache holds only part of it (missing: " in done.stderr, done.stderr
     assert "model.safetensors" in done.stderr and "Error" not in done.stderr, done.stderr
     assert sorted(f.path for f in Store(tmp_path / "second").resolve("org/tiny-bert").files) == before
-
-
-def test_a_file_kept_in_git_whose_bytes_are_not_the_listed_oid_is_refused(hub, tmp_path):
-    """Only LFS files were checked: config.json arriving with other bytes was stored."""
-    _, upstream, env = hub
-    with sqlite3.connect(upstream.catalogue) as connection:
-        connection.execute("UPDATE files SET git_oid = ? WHERE path = 'config.json'", ("ab" * 20,))
-    done = zoo_cli("pull", "org/tiny-bert", env=env)
-    assert done.returncode == 1 and "config.json arrived with git oid" in done.stderr, done.stderr
-    assert Store(tmp_path / "second").entries() == []
 
 
 def test_ctrl_c_stops_a_pull_whose_hub_stalls(tmp_path):
