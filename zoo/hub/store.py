@@ -73,13 +73,13 @@ class NotAZooError(StoreError):
 
 
 # What a zoo makes in its folder, the old layout's archives/ among them (docs/STORE.md).
+_MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives",
+                  "manifest.versions"}
+
+
 def _archive_of(record: dict[str, Any]) -> str:
     """The object that is a manifest's archive (its role "archive")."""
     return next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
-
-
-_MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalogue.sqlite", "catalogue.behind", "archives",
-                  "manifest.versions"}
 
 
 def _sync_files(paths: list[Path]) -> None:
