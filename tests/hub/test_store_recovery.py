@@ -133,6 +133,14 @@ def test_export_of_a_model_whose_archive_is_missing_says_so(two_models, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_info_of_a_model_whose_manifest_is_damaged_says_so_not_zero_objects(two_models):
+    """It printed "0 of its 0 objects (0 B) ... it adds 0 B" for a model the index still listed."""
+    home = two_models
+    Store(home).manifest_path("org/first", "main", "lossless").write_text("{ not json")
+    message = one_line_error(zoo_cli("info", "org/first", home=home))
+    assert message.startswith("error: org/first@main:lossless: its manifest cannot be read"), message
+
+
 def test_verify_of_a_missing_file_names_it(two_models):
     (two_models / "catalogue.sqlite").write_bytes(b"not a database" * 100)
     message = one_line_error(zoo_cli("verify", "/nonexistent.zoo", home=two_models))

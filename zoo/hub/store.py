@@ -591,8 +591,8 @@ class Store:
         "shared_bytes", "adds_bytes", "base"}."""
         records = [record for _, record in self._all_manifests()]
         own = next((r for r in records if (r["name"], r["revision"], r["variant"]) == (entry.name, entry.revision, entry.variant)), None)
-        if own is None:
-            return {"objects": 0, "shared": 0, "shared_bytes": 0, "adds_bytes": 0, "base": None}
+        if own is None:  # "0 of its 0 objects ... adds 0 B" was said of a model whose manifest is damaged
+            raise StoreError(f"{entry.ref}: its manifest cannot be read (`zoo doctor` says why and mends what it can)")
         others = {o["sha256"] for r in records if r is not own for o in r["objects"]}
         shared = [o for o in own["objects"] if o["sha256"] in others]
         return {"objects": len(own["objects"]), "shared": len(shared), "shared_bytes": sum(o["size"] for o in shared),
