@@ -66,18 +66,25 @@ def compressed_document(report, output: Any = None, entry: Any = None, new: bool
     it was written (`output`, or None), and the zoo entry it became (`zoo`, or None). `kept` is
     false only where a quality gate tripped (zoo.cli.archive_commands), and no archive was kept."""
     return {**report.to_dict(), "kept": True, "output": None if output is None else str(output),
-            "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new, "sharing": _sharing(entry)}}
+            "zoo": None if entry is None else {**entry.to_dict(), "ref": entry.ref, "new": new, "sharing": _sharing(entry, stored=True)}}
 
 
-def _sharing(entry: Any) -> dict[str, Any]:
-    from zoo.hub.store import Store
+def _sharing(entry: Any, stored: bool = False) -> dict[str, Any] | None:
+    """Store.sharing; None, with `stored` (compress's summary of what it just stored), where the
+    manifest cannot be read now: removed or replaced by another command meanwhile, the store done."""
+    from zoo.hub.store import Store, StoreError
 
-    return Store().sharing(entry)
+    try:
+        return Store().sharing(entry)
+    except StoreError:
+        if stored:
+            return None
+        raise
 
 
-def sharing_line(entry: Any) -> str:
-    """What a model shares with the rest of the zoo, in one line."""
-    found = _sharing(entry)
+def sharing_line(entry: Any, found: dict[str, Any] | None = None) -> str:
+    """What a model shares with the rest of the zoo (`found`: Store.sharing's, read here when not given), in one line."""
+    found = _sharing(entry) if found is None else found
     line = (f"in the zoo: {found['shared']} of its {found['objects']} objects ({human_bytes(found['shared_bytes'])}) are shared with "
             f"other models; it adds {human_bytes(found['adds_bytes'])}")
     if found["base"]:
@@ -94,8 +101,9 @@ def print_compressed(report, as_json: bool, verbose: bool, output: Any = None, e
         print_json(compressed_document(report, output, entry, new))
         return
     print_report(report, False, str(output) if entry is None else entry.ref, verbose)
-    if entry is not None:
-        stdout.print(sharing_line(entry), markup=False, highlight=False)
+    found = None if entry is None else _sharing(entry, stored=True)
+    if found is not None:
+        stdout.print(sharing_line(entry, found), markup=False, highlight=False)
         stdout.print(f"{'stored' if new else 'already in the zoo:'} {entry.ref}", markup=False, highlight=False)
 
 
