@@ -612,3 +612,17 @@ def test_a_damaged_xor_object_is_coded_again_and_mends_the_model_naming_it(tmp_p
     assert store.verify()[2] == []
     zoo.decompress(store.resolve("org/ft").archive, tmp_path / "out")
     assert hashes(tmp_path / "out") == hashes(tuned)
+
+
+def test_a_base_below_a_replaced_middle_model_is_still_needed(tmp_path):
+    """base <- ft1 <- ft2, then ft1 replaced (--force) by other weights: `zoo rm base` went through,
+    the chain read through ft1's new manifest, though ft2's tensors still bottom on base's."""
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "base", tensors), "org/base")
+    first = fine_tuned(tensors, 1, share=0.1)
+    compress_into(store, write_model(tmp_path / "ft1", first), "org/ft1", base="org/base")
+    compress_into(store, write_model(tmp_path / "ft2", fine_tuned(first, 2, share=0.1)), "org/ft2", base="org/ft1")
+    compress_into(store, write_model(tmp_path / "other", base_tensors(seed=9)), "org/ft1", force=True, delta=False)
+    with pytest.raises(InputError, match="org/base@main:lossless is the base of org/ft2@main:lossless"):
+        store.remove("org/base")

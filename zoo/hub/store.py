@@ -112,9 +112,15 @@ def with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
     if not isinstance(base, dict):
         return base
     chain, ref = [], base.get("ref")
+    commits = base.get("commits") if isinstance(base.get("commits"), dict) else {}
     while isinstance(ref, str) and ref not in chain:
         chain.append(ref)
-        below = (records.get(ref) or {}).get("base")
+        record = records.get(ref) or {}
+        if ref in commits and record.get("commit") != commits[ref]:
+            # replaced since (--force): its manifest now says nothing of the chain these tensors were
+            # stored on, and the recorded needs stand whole (a base below it was let go by `zoo rm`)
+            return {**base, "needs": base.get("needs") or chain[:1]}
+        below = record.get("base")
         ref = below.get("ref") if isinstance(below, dict) else None
     recorded = base.get("needs") or chain[:1]
     return {**base, "needs": [need for need in recorded if need in chain or need not in records]}
