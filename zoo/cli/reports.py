@@ -101,9 +101,10 @@ def print_compressed(report, as_json: bool, verbose: bool, output: Any = None, e
         print_json(compressed_document(report, output, entry, new))
         return
     print_report(report, False, str(output) if entry is None else entry.ref, verbose)
-    found = None if entry is None else _sharing(entry, stored=True)
-    if found is not None:
-        stdout.print(sharing_line(entry, found), markup=False, highlight=False)
+    if entry is not None:
+        found = _sharing(entry, stored=True)
+        if found is not None:
+            stdout.print(sharing_line(entry, found), markup=False, highlight=False)
         stdout.print(f"{'stored' if new else 'already in the zoo:'} {entry.ref}", markup=False, highlight=False)
 
 

@@ -3,9 +3,9 @@
 An *object* is a small archive (version 1, or 3 where its nodes need a feature) holding one
 tensor (or one run of a file's bytes, as a tensor of its dtype) and no files. Coded without loss,
 it is named by content_key(dtype, shape, BLAKE3 of the bytes), so every model holding those bytes
-names the same object whatever coded it; coded with loss, by the sha256 of its own bytes. A model is a version-3 archive whose leaves name
-objects (the header's "objects" feature) and whose own payload holds only what is too small to be
-an object: its *shell*.
+names the same object whatever coded it; coded with loss, by the sha256 of its own bytes. A model
+is a version-3 archive whose leaves name objects (the header's "objects" feature) and whose own
+payload holds only what is too small to be an object: its *shell*.
 
 ObjectSink writes the objects of one build into a folder laid out as a zoo's objects/sha256, and
 lets the build skip what `existing` (the zoo) or the build itself already holds.

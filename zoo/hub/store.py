@@ -118,7 +118,7 @@ def with_chained_needs(base: Any, records: dict[str, dict[str, Any]]) -> Any:
         record = records.get(ref) or {}
         if ref in commits and record.get("commit") != commits[ref]:
             # replaced since (--force): its manifest now says nothing of the chain these tensors were
-            # stored on, and the recorded needs stand whole (a base below it was let go by `zoo rm`)
+            # stored on, so the recorded needs stand whole (read through it, `zoo rm` let go of a base below)
             return {**base, "needs": base.get("needs") or chain[:1]}
         below = record.get("base")
         ref = below.get("ref") if isinstance(below, dict) else None
