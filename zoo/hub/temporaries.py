@@ -122,7 +122,13 @@ def _pid_runs(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # another user's process
-    return True
+    # a process killed -9 whose parent has not reaped it yet (a Ray worker, until the raylet does)
+    # still answers kill(pid, 0): on Linux its state says it is a zombie, and it holds nothing
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except OSError:
+        return True
 
 
 def is_stale(path: Path, prefix: str) -> bool:
