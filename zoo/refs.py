@@ -128,7 +128,7 @@ def not_found(ref: str | os.PathLike[str]) -> str:
 def zoo_entry(ref: str) -> Any:
     """The zoo.hub.store.Entry a zoo name resolves to (the best of its matches); one clear error,
     not_found's, when it names nothing."""
-    from zoo.hub.store import Store
+    from zoo.hub.store import Store, require_archive
 
     if not ref:
         raise InputError("no model given: name a model in the zoo (see `zoo ls`)")
@@ -136,10 +136,7 @@ def zoo_entry(ref: str) -> Any:
     found = store.readable(ref)
     if not found:
         raise InputError(not_found(ref))
-    if not found[0].archive.is_file():
-        from zoo.hub.store import resolve_archive
-
-        resolve_archive(ref)  # fetched from a bucket, or said missing: not "no such file, and no model of that name"
+    require_archive(store, found[0])  # its archive here (fetched from a bucket), or said missing
     return found[0]
 
 

@@ -66,7 +66,8 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
                 problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
                 continue
             problems += store._archive_problems(record, threads)
-        problems += needs_damaged(_ref(record), damaged & ({o["sha256"] for o in record["objects"]} | store._archive_names(record)))
+        if damaged:  # the archive's header read again only then
+            problems += needs_damaged(_ref(record), damaged & ({o["sha256"] for o in record["objects"]} | store._archive_names(record)))
     return len(listed), len(records), problems
 
 

@@ -48,8 +48,8 @@ from zoo.signals import removed, signals_held, stored
 
 # What callers (serve, pull, api, the CLI) import from here, as before the manifests had a module.
 __all__ = ["DEFAULT_REVISION", "LFS_MIN_BYTES", "LOSSLESS", "NAME_PATTERN", "Entry", "Store", "StoreError", "StoredFile", "base_standing",
-           "check_name", "check_revision", "git_blob_hasher", "lfs_pointer", "parse_ref", "quality_label", "resolve_archive", "variant_match",
-           "variant_of", "zoo_home"]
+           "check_name", "check_revision", "git_blob_hasher", "lfs_pointer", "parse_ref", "quality_label", "require_archive", "resolve_archive",
+           "variant_match", "variant_of", "zoo_home"]
 
 
 def zoo_home() -> Path:
@@ -80,6 +80,16 @@ _MADE_BY_A_ZOO = {"objects", "manifests", "work", "lock", "unreadable", "catalog
 def _archive_of(record: dict[str, Any]) -> str:
     """The object that is a manifest's archive (its role "archive")."""
     return next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
+
+
+def _claimed_record(path: Path) -> dict[str, Any]:
+    """The manifest record of the model whose archive `path` is, as its header's metadata claims
+    it (compress_into writes it; created: the file's age). KeyError or TypeError where the header
+    names no model, ZooError or OSError where it cannot be read."""
+    metadata, files = describe_files(path)
+    claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
+    return record_of(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
+                     claimed.get("commit"), metadata.get("source"), path.stat().st_mtime)
 
 
 def _sync_files(paths: list[Path]) -> None:
@@ -1012,7 +1022,8 @@ class Store:
             problems += missing
             if not missing:  # as on a bucket: a missing object is said once, not again by each read of it
                 problems += self._archive_problems(record, threads)
-            problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
+            if damaged:  # the archive's header read again only then
+                problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
         return len(files), len(manifests), problems
 
     def _archive_problems(self, record: dict[str, Any], threads: int = 1) -> list[str]:
@@ -1226,10 +1237,7 @@ class Store:
         """NAME@REVISION:VARIANT of the model whose archive `path` is, as its header says; None
         for an object of a tensor, or one that cannot be read."""
         try:
-            metadata, files = describe_files(path)
-            claimed = metadata["zoo"]
-            record = record_of(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
-                               claimed.get("commit"), metadata.get("source"), 0.0)
+            record = _claimed_record(path)
         except (ZooError, OSError, KeyError, TypeError):
             return None
         return f"{record['name']}@{record['revision']}:{record['variant']}"
@@ -1258,10 +1266,7 @@ class Store:
         the finding and the objects a restored manifest names."""
         size = path.stat().st_size
         try:
-            metadata, files = describe_files(path)
-            claimed = metadata.get("zoo") if isinstance(metadata.get("zoo"), dict) else {}
-            record = record_of(metadata, files, check_name(claimed["name"]), check_revision(claimed.get("revision") or DEFAULT_REVISION),
-                             claimed.get("commit"), metadata.get("source"), path.stat().st_mtime)
+            record = _claimed_record(path)
             from zoo.container.format import ArchiveFile
 
             opened = ArchiveFile(path)
@@ -1489,8 +1494,14 @@ def resolve_archive(ref: str) -> Path | None:
         found = store.readable(ref) if store.exists() else []
     except ZooError:
         return None
-    if found and not found[0].archive.is_file() and store.existing_object(found[0].archive.name.removesuffix(OBJECT_SUFFIX)) is None:
-        # not "<the archive's path>: no such archive": the model is there, its archive is not
-        raise MissingObjectError(f"{found[0].ref}: its archive {found[0].archive.name[:16]}... is missing from the zoo "
-                                 "(`zoo doctor` says what that breaks; `zoo rm` it, or store it again)")
+    if found:
+        require_archive(store, found[0])
     return found[0].archive if found else None
+
+
+def require_archive(store: Store, entry: Entry) -> None:
+    """A model's archive is here (fetched first from a bucket), or MissingObjectError says so: not
+    "<the archive's path>: no such file, and no model of that name", as the model is there."""
+    if not entry.archive.is_file() and store.existing_object(entry.archive.name.removesuffix(OBJECT_SUFFIX)) is None:
+        raise MissingObjectError(f"{entry.ref}: its archive {entry.archive.name[:16]}... is missing from the zoo "
+                                 "(`zoo doctor` says what that breaks; `zoo rm` it, or store it again)")
