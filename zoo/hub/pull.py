@@ -174,10 +174,16 @@ def _check_git_oids(folder: Path, files: list[_Listed], repo_id: str) -> None:
             while block := stream.read(1 << 20):
                 hasher.update(block)
         if hasher.hexdigest() != listed:
-            Path(os.path.realpath(local)).unlink(missing_ok=True)
-            local.unlink(missing_ok=True)
-            raise ChecksumError(f"{repo_id}: {item.path} arrived with git oid {hasher.hexdigest()[:12]}..., the hub lists "
-                                f"{listed[:12]}...; the bad copy was removed from the Hugging Face cache, pull again")
+            _refuse_bad_copy(local, repo_id, item.path, "git oid", hasher.hexdigest(), listed)
+
+
+def _refuse_bad_copy(local: Path, repo_id: str, path: str, what: str, got: str, listed: str) -> None:
+    """A downloaded file that is not what the hub lists: dropped from the Hugging Face cache (its
+    blob and the snapshot's link), so that the next pull fetches it again, and refused."""
+    Path(os.path.realpath(local)).unlink(missing_ok=True)
+    local.unlink(missing_ok=True)
+    raise ChecksumError(f"{repo_id}: {path} arrived with {what} {got[:12]}..., the hub lists {listed[:12]}...; "
+                        "the bad copy was removed from the Hugging Face cache, pull again")
 
 
 def _globs(include: list[str] | None, exclude: list[str] | None) -> str:
@@ -240,11 +246,7 @@ def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
     for path, expected in pulled.lfs_sha256.items():
         got = recorded.get(path)
         if got is not None and got != expected:
-            local = pulled.folder / path
-            Path(os.path.realpath(local)).unlink(missing_ok=True)
-            local.unlink(missing_ok=True)
-            raise ChecksumError(f"{repo_id}: {path} arrived with sha256 {got[:12]}..., the hub lists {expected[:12]}...; "
-                                "the bad copy was removed from the Hugging Face cache, pull again")
+            _refuse_bad_copy(pulled.folder / path, repo_id, path, "sha256", got, expected)
 
 
 def not_pulled_from(store: Store, name: str, revision: str, repo_id: str) -> Entry | None:
