@@ -8,6 +8,8 @@ import http.client
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -219,6 +221,15 @@ def test_bearer_token(tiny_model, tmp_path):
     for unsendable in (" ", "s3 cret", "ü"):  # accepted, then every request got 401
         with pytest.raises(ZooError, match="visible ASCII"):
             make_server(store, token=unsendable)
+    with pytest.raises(ZooError, match="the token is empty"):  # `--token "$UNSET"` served without one
+        make_server(store, token="")
+
+
+def test_serve_refuses_an_empty_token_from_the_option_or_the_environment(tmp_path):
+    for arguments, environment in ((["--token", ""], {}), ([], {"ZOO_SERVE_TOKEN": ""})):
+        done = subprocess.run([sys.executable, "-m", "zoo", "serve", "--port", "0", *arguments], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo"), **environment})
+        assert done.returncode == 1 and done.stderr.strip() == "error: the token is empty: give one, or leave it out to serve without a token", done.stderr
 
 
 def test_lossy_variant_is_served_decoded(tiny_model, tmp_path):

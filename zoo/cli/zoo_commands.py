@@ -204,7 +204,7 @@ def serve(
     from zoo.hub.serve import is_loopback, make_server
     from zoo.hub.store import Store
 
-    token = token or os.environ.get("ZOO_SERVE_TOKEN") or None
+    token = token if token is not None else os.environ.get("ZOO_SERVE_TOKEN")
     store = Store()
     server = make_server(store, host, port, token, quiet, threads)
     if not is_loopback(host) and token is None:

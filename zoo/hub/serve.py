@@ -176,8 +176,10 @@ def _framing_problem(scope: dict[str, Any]) -> str | None:
     """What makes a request ambiguous to frame (llhttp already refuses conflicting or malformed
     Content-Length and unknown transfer codings): a GET or HEAD that carries a body, or two Hosts."""
     names = [name for name, _ in scope["headers"]]
-    if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
-        return "request headers too large"
+    # the request line counts too: a head read in one block is past the protocol's own count
+    line = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 12
+    if line + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+        return "request line and headers too large"
     if names.count(b"host") > 1:
         return "more than one Host header"
     if scope["method"] in ("GET", "HEAD"):
@@ -201,6 +203,7 @@ class ZooApp:
         self._stamp_seen: Any = None  # the catalogue's index_stamp when replaced files were last let go of
         # What the catalogue answered, by (ref, with_files), with the index_stamp it was read at.
         self._found: dict[tuple[str, bool], tuple[tuple[Any, ...], list[Entry]]] = {}
+        self._entries: dict[tuple[str, str, float, bool], Entry] = {}  # what _found's lists hold, each once
         self._on_loop = threading.local()  # .active: answering on the loop's thread, from memory only
         self._read_ahead = threading.Semaphore(READ_AHEAD_CHUNKS)
         self._shared = SharedPieces(shared_bytes)
@@ -394,10 +397,16 @@ class ZooApp:
         if stamp is None or stamp != self._stamp_seen:
             self._stamp_seen = stamp
             self._let_go_of_replaced()
+            self._found.clear()
+            self._entries.clear()
         found = self.store.matches(ref, with_files)
         if stamp is not None and self.store.index_stamp() == stamp:  # nothing was written meanwhile
             if len(self._found) >= 4096:
                 self._found.clear()
+                self._entries.clear()
+            # Many spellings name one model (`main`, `main:lossless`, `main: lossless`, its commit):
+            # each is remembered, the entry and its list of files once.
+            found = [self._entries.setdefault((e.ref, str(e.archive), e.created, with_files), e) for e in found]
             self._found[(ref, with_files)] = (stamp, found)
         return found
 
@@ -445,6 +454,10 @@ class ZooApp:
         """`known`: _split_repo has found the repository already (one catalogue query fewer)."""
         if not known and (not NAME_PATTERN.fullmatch(repo) or not self._matches(repo)):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
+        if revision == DEFAULT_REVISION and not any(e.revision == DEFAULT_REVISION for e in self._matches(repo)):
+            # huggingface_hub asks for `main` when its caller names no revision: a model stored
+            # under other revisions only answers from the branch the API calls its default
+            return self._default_entry(repo)
         found = self._readable(f"{repo}@{revision}")
         if not found:
             raise HubError(404, f"revision {revision!r} of {repo!r} is not in this zoo{self._only_lossy(repo, revision)}", "RevisionNotFound")
@@ -1029,6 +1042,8 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
     Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
     of the socket."""
+    if token is not None and not token:  # `--token "$UNSET"`: serving without one would be a surprise
+        raise ZooError("the token is empty: give one, or leave it out to serve without a token")
     if token and not all("!" <= c <= "~" for c in token):  # a client sends it in a header: visible ASCII, no spaces
         raise ZooError("the token must be visible ASCII characters without spaces: no client could send this one")
     try:
@@ -1043,4 +1058,4 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     except OSError as error:
         listener.close()
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return ZooServer(ZooApp(store, token or None, quiet, decode_threads, stall_timeout, shared_bytes), listener, head_timeout)
+    return ZooServer(ZooApp(store, token, quiet, decode_threads, stall_timeout, shared_bytes), listener, head_timeout)
