@@ -73,6 +73,33 @@ def test_a_fine_tune_is_stored_as_xors_against_its_base_and_comes_back_bit_exact
     assert sorted(state) == sorted(SHAPES)
 
 
+def test_a_later_checkpoint_with_an_f4_tensor_is_stored_with_that_tensor_whole(tmp_path, monkeypatch):
+    """F4 is stored as its bytes (a leaf of U8, half as many elements), which no XOR level can be
+    read as: its XOR was written all the same, and the reader refused the shell, so a close later
+    checkpoint of a model with an F4 tensor could not be stored at all."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    store = Store()
+    packed = torch.from_numpy(np.random.default_rng(0).integers(0, 256, 40000, dtype=np.uint8))
+    later = packed.clone()
+    later[::100] ^= 1
+    weights = {"v": random_storage("BF16", (128, 96), 1)}
+    folders = []
+    for name, data, v in (("a", packed, weights["v"]), ("b", later, fine_tuned(weights, 2, share=0.1)["v"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"w": data.view(torch.float4_e2m1fn_x2), "v": torch.from_numpy(v).view(torch.bfloat16)}, folder / "model.safetensors")
+        folders.append(folder)
+    compress_into(store, folders[0], "o/a")
+    entry = compress_into(store, folders[1], "o/b")  # o/a found by the names they share
+    assert entry.base is not None and entry.base["tensors"] == 1  # `v` is stored as an XOR, `w` whole
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(folders[1])
+    assert zoo.verify("o/b") == []
+
+
 def test_the_base_may_be_named_or_found_by_shared_names_and_no_delta_turns_it_off(tmp_path):
     store = Store(tmp_path / "zoo")
     compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")

@@ -21,6 +21,7 @@ from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
 from zoo.container.format import MAX_XOR_DEPTH, ArchiveFile, assemble, content_digest, object_path
 from zoo.container.objects import ObjectSink, encode_object, object_names, read_object_header
 from zoo.container.reader import Archive, xor_dtype
+from zoo.dtypes import DTYPES
 from zoo.errors import InputError, MissingObjectError, ZooError
 from zoo.hub.manifest import LOSSLESS, Entry, bit_exact
 from zoo.kernels.parallel import for_each
@@ -148,6 +149,8 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
             root = info.get("root") or {}
             found = _base_for(info, base_tensors.get(info.get("name"), []))
             if not isinstance(info.get("key"), str) or "leaf" not in root or info["key"] not in sink.written or found is None:
+                continue
+            if DTYPES[info["dtype"]].storage is None:  # F4, stored as its bytes: no XOR of it can be read (Archive._check_xor)
                 continue
             base_info = found[1]
             if base_info["key"] == info["key"] and "xor" not in base_info:  # the zoo holds it whole: reused, not coded
