@@ -30,19 +30,29 @@ def looks_like_path(text: str) -> bool:
 # the name the model carries, where it carries one.
 _GENERIC = {"model", "models", "weights", "checkpoint", "checkpoints", "snapshot", "files", "hf", "output", "out", "final", "pytorch_model"}
 _SNAPSHOT = re.compile(r"[0-9a-f]{40}")
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # of a file whose name says nothing: `model.bin`
 
 
 def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     """The name a local model is stored under when none is given, and where it came from: the
-    folder's (or file's) own name, unless that is generic (`model`, a cache snapshot's commit);
-    then config.json's `_name_or_path`, else the ORG/NAME of a Hugging Face cache folder
-    (models--ORG--NAME/snapshots/COMMIT), else the nearest parent folder with a telling name."""
+    folder's (or file's) own name, unless that is generic (`model`, `pytorch_model.bin`, a cache
+    snapshot's commit); then config.json's `_name_or_path`, else the ORG/NAME of a Hugging Face
+    cache folder (models--ORG--NAME/snapshots/COMMIT), else the nearest folder with a telling name:
+    a file's own folder first. A file keeps its own name, not its link's target's (a cache
+    snapshot's files are links to blobs named by their hash)."""
     import json
 
-    path = Path(path).resolve()
-    folder = path.parent if path.is_file() else path
-    own = path.name.removesuffix(".safetensors") if path.is_file() else path.name
-    if own.lower() not in _GENERIC and not _SNAPSHOT.fullmatch(own):
+    given = Path(path)
+    if given.is_file():
+        folder = given.parent.resolve()
+        own = given.name.removesuffix(".safetensors") or given.name
+        stem = next((given.name.removesuffix(suffix) for suffix in _MODEL_SUFFIXES if given.name.endswith(suffix)), given.name)
+        telling = (folder, *folder.parents)
+    else:
+        folder = given.resolve()
+        own = stem = folder.name
+        telling = folder.parents
+    if stem.lower() not in _GENERIC and not _SNAPSHOT.fullmatch(stem):
         return own, "its own name"
     try:
         named = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
@@ -55,8 +65,8 @@ def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     for parent in (folder, *folder.parents):
         if parent.parent.name == "snapshots" and parent.parent.parent.name.startswith("models--"):
             return parent.parent.parent.name.removeprefix("models--").replace("--", "/", 1), "its Hugging Face cache folder"
-    for parent in folder.parents if folder.name.lower() in _GENERIC or _SNAPSHOT.fullmatch(folder.name) else ():
-        if parent.name and parent.name.lower() not in _GENERIC and parent.name != "snapshots":
+    for parent in telling:
+        if parent.name and parent.name.lower() not in _GENERIC and not _SNAPSHOT.fullmatch(parent.name) and parent.name != "snapshots":
             return parent.name, "the folder it sits in"
     return own, "its own name"
 

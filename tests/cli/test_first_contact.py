@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -295,6 +296,32 @@ def test_a_folder_named_model_is_stored_under_the_models_own_name(tiny_model, tm
     assert quiet.stderr == "" and json.loads(quiet.stdout)["zoo"]["name"] == "chosen"
     names = {row["name"] for row in json.loads(ok(zoo_cli("ls", "--json", home=home)).stdout)["models"]}
     assert names == {"package", "acme/tiny-model", "acme/cached", "tiny", "chosen"}
+
+
+def test_a_single_file_of_a_generic_name_is_named_after_its_folder_or_its_cache_repo(tmp_path):
+    """`runs/bert/model.safetensors` was stored as `model` (a second model's file then collided
+    with it), `pytorch_model.bin` as itself, and a cache snapshot's file as the hash of the blob
+    its link points to."""
+    from zoo.refs import model_name
+
+    for folder, file in (("gpt2-small", "model.safetensors"), ("bert", "pytorch_model.bin"), ("t5", "model.pt"), ("opt", "checkpoint.ckpt")):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        (tmp_path / "runs" / folder / file).write_bytes(b"x")
+        assert model_name(tmp_path / "runs" / folder / file) == (folder, "the folder it sits in")
+    (tmp_path / "runs" / "model").mkdir()
+    (tmp_path / "runs" / "model" / "model.bin").write_bytes(b"x")  # a generic folder too: the one above it
+    assert model_name(tmp_path / "runs" / "model" / "model.bin") == ("runs", "the folder it sits in")
+    (tmp_path / "runs" / "gpt2-small" / "tuned.safetensors").write_bytes(b"x")
+    assert model_name(tmp_path / "runs" / "gpt2-small" / "tuned.safetensors") == ("tuned", "its own name")
+    assert model_name(tmp_path / "runs" / "bert") == ("bert", "its own name")
+
+    cache = tmp_path / "hub" / "models--org--tiny"
+    snapshot = cache / "snapshots" / ("0123abcd" * 5)
+    (cache / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (cache / "blobs" / ("deadbeef" * 8)).write_bytes(b"x")
+    (snapshot / "model.safetensors").symlink_to(Path("..") / ".." / "blobs" / ("deadbeef" * 8))
+    assert model_name(snapshot / "model.safetensors") == ("org/tiny", "its Hugging Face cache folder")
 
 
 def test_ls_and_quality_tables_fit_80_columns_and_are_plain_lines_when_piped(tiny_model, tmp_path):
