@@ -334,3 +334,30 @@ def test_a_cut_zip_checkpoint_is_said_to_be_unreadable_as_a_zip(tmp_path):
     (tmp_path / "t.bin").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(InputError, match=r"t.bin: not a readable PyTorch checkpoint: BadZipFile"):
         zoo.compress(tmp_path / "t.bin", tmp_path / "t.zoo")
+
+
+def test_a_checkpoint_saved_without_crc32s_is_read_as_torch_reads_it(tmp_path):
+    """torch.save with `compute_crc32=False` (torch.utils.serialization.config) writes zeros for
+    every member's CRC-32, and torch.load reads it: zoo called it 'not a readable PyTorch
+    checkpoint: BadZipFile: Bad CRC-32', alone, and kept it as bytes in a folder."""
+    from torch.utils import serialization
+
+    values = {"w": torch.randn(64, 64), "b": torch.arange(8)}
+    model = tmp_path / "model"
+    model.mkdir()
+    before = serialization.config.save.compute_crc32
+    serialization.config.save.compute_crc32 = False
+    try:
+        torch.save(values, model / "pytorch_model.bin")
+    finally:
+        serialization.config.save.compute_crc32 = before
+    import zipfile
+
+    with zipfile.ZipFile(model / "pytorch_model.bin") as archive:  # the file is what the test says it is
+        assert all(info.CRC == 0 for info in archive.infolist() if info.file_size)
+    for source, out in ((model / "pytorch_model.bin", tmp_path / "file.zoo"), (model, tmp_path / "folder.zoo")):
+        zoo.compress(source, out)
+        state = zoo.load_state_dict(out)
+        assert sorted(state) == ["b", "w"] and all(same_tensor(state[k], values[k]) for k in values)
+    zoo.decompress(tmp_path / "folder.zoo", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "pytorch_model.bin") == sha256(model / "pytorch_model.bin")

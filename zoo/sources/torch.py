@@ -192,34 +192,49 @@ def _named_tensors(obj: Any, storages: _Storages, path: Path) -> list[_Tensor]:
     return found
 
 
+def _data_offset(f: BinaryIO, member: zipfile.ZipInfo) -> int:
+    """Where a zip member's bytes start: after its local header, whose name and extra field may
+    differ in length from the central directory's."""
+    f.seek(member.header_offset + 26)
+    name_length, extra_length = struct.unpack("<HH", f.read(4))
+    return member.header_offset + 30 + name_length + extra_length
+
+
+def _member_bytes(archive: zipfile.ZipFile, f: BinaryIO, member: zipfile.ZipInfo, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes of a member. A stored one is read from its place, as torch reads it,
+    unchecked against its CRC-32: `torch.save` with `compute_crc32=False` writes zeros there, and
+    zipfile refused such a file as damaged."""
+    if member.compress_type != zipfile.ZIP_STORED:
+        with archive.open(member) as opened:
+            return opened.read(limit + 1)
+    f.seek(_data_offset(f, member))
+    return f.read(min(member.file_size, limit + 1))
+
+
 def _zip_checkpoint(path: Path, relpath: str, size: int) -> SourceFile:
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
         pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl") and info.filename.count("/") == 1]
         if len(pickles) != 1:
             raise InputError(f"{path}: a zip checkpoint holds one data.pkl, this one {len(pickles)}")
         if pickles[0].file_size > MAX_PICKLE:
             raise InputError(f"{path}: data.pkl of {pickles[0].file_size} bytes is over the {MAX_PICKLE} cap")
-        with archive.open(pickles[0]) as member:
-            data = member.read(MAX_PICKLE + 1)  # the declared size may lie
+        data = _member_bytes(archive, f, pickles[0], MAX_PICKLE)  # the declared size may lie
         if len(data) > MAX_PICKLE:
             raise InputError(f"{path}: data.pkl inflates past the {MAX_PICKLE} cap")
         folder = pickles[0].filename.rpartition("/")[0]
-        if f"{folder}/byteorder" in archive.namelist():
-            with archive.open(f"{folder}/byteorder") as member:
-                _little_endian(path, member.read(16).strip() == b"little")  # none: written little-endian, before torch said
+        byteorder = next((info for info in archive.infolist() if info.filename == f"{folder}/byteorder"), None)
+        if byteorder is not None:  # none: written little-endian, before torch said
+            _little_endian(path, _member_bytes(archive, f, byteorder, 16).strip() == b"little")
         storages = _Storages()
         tensors = _named_tensors(_unpickle(io.BytesIO(data), storages), storages, path)
         placed: dict[str, tuple[int, int]] = {}
-        with open(path, "rb") as f:
-            for member in archive.infolist():
-                parent, _, key = member.filename.rpartition("/")
-                if parent != f"{folder}/data" or key not in storages.dtypes:
-                    continue
-                if member.compress_type != zipfile.ZIP_STORED:
-                    continue  # stays inside the opaque bytes
-                f.seek(member.header_offset + 26)
-                name_length, extra_length = struct.unpack("<HH", f.read(4))
-                placed[key] = (member.header_offset + 30 + name_length + extra_length, member.file_size)
+        for member in archive.infolist():
+            parent, _, key = member.filename.rpartition("/")
+            if parent != f"{folder}/data" or key not in storages.dtypes:
+                continue
+            if member.compress_type != zipfile.ZIP_STORED:
+                continue  # stays inside the opaque bytes
+            placed[key] = (_data_offset(f, member), member.file_size)
     return _source(path, relpath, size, storages, tensors, placed)
 
 
