@@ -219,18 +219,25 @@ def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> 
     where something else is."""
     replaced, blocked = [], []
     named: set[Path] = set()
+
+    def parent_in_the_way(relpath: str) -> bool:
+        """A file or link (a link to a folder too: writing through it would land outside `folder`)
+        where one of relpath's parent folders goes: named once, for the first path it blocks."""
+        parents = [folder.joinpath(*relpath.split("/")[:depth]) for depth in range(1, relpath.count("/") + 1)]
+        in_the_way = next((p for p in parents if p.is_symlink() or (p.exists() and not p.is_dir())), None)
+        if in_the_way is not None and in_the_way not in named:
+            named.add(in_the_way)
+            blocked.append(f"{in_the_way.relative_to(folder)} (a file where {relpath} needs a folder)")
+        return in_the_way is not None
+
     for relpath in folders:
         target = folder / relpath
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
+        if not parent_in_the_way(relpath) and (target.is_symlink() or (target.exists() and not target.is_dir())):
             blocked.append(f"{relpath} (a file where the model has a folder)")
     for relpath in relpaths:
         target = folder / relpath
-        parents = [folder.joinpath(*relpath.split("/")[:depth]) for depth in range(1, relpath.count("/") + 1)]
-        in_the_way = next((p for p in parents if p.is_symlink() or (p.exists() and not p.is_dir())), None)
-        if in_the_way is not None:
-            if in_the_way not in named:  # once, for the first of the model's files it stands in the way of
-                named.add(in_the_way)
-                blocked.append(f"{in_the_way.relative_to(folder)} (a file where {relpath} needs a folder)")
+        if parent_in_the_way(relpath):
+            pass
         elif target.is_dir() and not target.is_symlink():
             blocked.append(f"{relpath} (a folder)")
         elif target.exists() or target.is_symlink():

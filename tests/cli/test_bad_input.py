@@ -507,6 +507,25 @@ def test_into_a_folder_a_models_links_and_folders_clash_as_its_files_do(tmp_path
     assert listing(other) == ["empty"] and (other / "empty").read_text() == "a file where the model has a folder"
 
 
+def test_a_link_in_the_output_where_an_empty_folder_of_the_model_goes_is_never_written_through(tmp_path):
+    """The model's empty folder sub/inner, into an output whose sub is a link to a folder outside
+    it: the files' parents were checked, the folders' were not, and inner was made (and given its
+    mode) outside the output."""
+    model = tmp_path / "model"
+    (model / "sub" / "inner").mkdir(parents=True)
+    os.chmod(model / "sub" / "inner", 0o700)
+    (model / "config.json").write_text("{}")
+    zoo.compress(model, tmp_path / "m.zoo")
+    outside, out = tmp_path / "outside", tmp_path / "out"
+    outside.mkdir()
+    out.mkdir()
+    os.symlink("../outside", out / "sub")
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match=r"sub \(a file where sub/inner needs a folder\)"):
+            zoo.decompress(tmp_path / "m.zoo", out, force=force)
+        assert listing(outside) == [] and listing(out) == ["sub"] and os.readlink(out / "sub") == "../outside"
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs, where the machine lets this process mount one (root, as in CI); else skipped."""
