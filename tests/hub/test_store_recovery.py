@@ -22,7 +22,7 @@ from zoo.errors import ZooError
 from zoo.hub import catalogue
 from zoo.hub.store import Store
 
-from tests.conftest import named_objects, object_files, random_storage, write_safetensors, write_tiny_llama
+from tests.conftest import largest_object, named_objects, object_files, random_storage, write_safetensors, write_tiny_llama
 from tests.hub.test_store import zoo_cli
 
 # The catalogue schema of the layout before manifests (archives/*.zoo; the catalogue was the record).
@@ -857,3 +857,21 @@ def test_the_default_zoo_holding_only_evals_references_is_a_zoo(tiny_model, tmp_
         done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, timeout=300,
                               env={**environment, **({"ZOO_EVAL_CACHE": str(cache)} if cache else {})})
         assert done.returncode == 0 and "is no zoo" not in done.stderr, (args, done.stderr)
+
+
+def test_a_pipe_in_an_objects_place_is_refused_not_waited_on(tmp_path):
+    """The archive itself was opened without blocking and checked to be a file; the objects it
+    reads from were opened plainly, and a FIFO there hung info, verify and decompress for good."""
+    home, model = tmp_path / "zoo", tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (128, 96), 1))})
+    entry = compress_into(Store(home), model, "org/first")
+    victim = largest_object(Store(home), entry)
+    assert victim != entry.archive  # an object the archive reads from
+    victim.unlink()
+    os.mkfifo(victim)
+    for command in (["verify", "org/first"], ["export", "org/first", "-o", tmp_path / "out"], ["verify", entry.archive]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *map(str, command)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "ZOO_HOME": str(home)})
+        assert done.returncode == 1 and "not a regular file" in done.stdout + done.stderr, (command, done.stdout, done.stderr)
+    assert not (tmp_path / "out").exists()

@@ -633,11 +633,11 @@ class _ObjectFiles:
                 return held[0]
         try:
             try:
-                descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                descriptor = _regular_descriptor(path)  # a pipe in an object's place would block for good
             except OSError as error:
                 if error.errno not in OUT_OF_DESCRIPTORS or not self._close_idle():
                     raise
-                descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # once more, with the idle ones closed
+                descriptor = _regular_descriptor(path)  # once more, with the idle ones closed
         except FileNotFoundError:
             root = path.parent.parent
             if archive.parent.parent == root and root.parts[-2:] == ("objects", "sha256"):  # the archive is an object of that zoo
@@ -774,6 +774,16 @@ def object_replaced(path: Path) -> None:
 def _open_regular(path: Path) -> BinaryIO:
     """`path` opened for reading if it is a regular file: a pipe would block the open (or the
     first read) until someone writes to it, and an archive is read at random offsets anyway."""
+    descriptor = _regular_descriptor(path)
+    try:
+        return open(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _regular_descriptor(path: Path) -> int:
+    """A descriptor of `path` for reading, if it is a regular file (_open_regular)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a pipe's open does not wait for a writer
     try:
         mode = os.fstat(descriptor).st_mode
@@ -782,7 +792,7 @@ def _open_regular(path: Path) -> BinaryIO:
         if not stat.S_ISREG(mode):
             raise FormatError(f"{path}: not a regular file (a pipe, a device or a socket); zoo reads archives from files")
         os.set_blocking(descriptor, True)
-        return open(descriptor, "rb")
+        return descriptor
     except BaseException:
         os.close(descriptor)
         raise
