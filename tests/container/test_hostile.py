@@ -100,6 +100,44 @@ def test_verify_refuses_a_view_that_loading_refuses(viewed, change, tmp_path):
         zoo.load_state_dict(forged)
 
 
+def _segment_of_view(header):
+    entry = header["files"][0]
+    entry["segments"].append({"tensor": "b"})
+    entry["size"] += 64
+
+
+@pytest.mark.parametrize("change", [lambda h: h["tensors"]["b"].update(shape="ab"), lambda h: h["tensors"]["b"].update(view=[0]),
+                                    lambda h: h["tensors"]["b"].update(shape=[-2, 8]), _segment_of_view],
+                         ids=["shape-not-a-list", "view-not-an-object", "negative-shape", "a-file-holds-the-view"])
+def test_a_malformed_view_is_refused_in_one_line_when_the_archive_opens(viewed, change, tmp_path):
+    """A view's own shape went unchecked, and so did a view named as a file's bytes: 'unexpected
+    TypeError/AttributeError/KeyError' from info, verify and decompress, or verify said ok and
+    get_tensor raised numpy's ValueError."""
+    forged = forge(viewed, change)
+    for read in (lambda: zoo.open(forged), lambda: zoo.verify(forged), lambda: zoo.decompress(forged, tmp_path / "out")):
+        with pytest.raises(FormatError, match="tensor 'b'"):
+            read()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_view_of_one_element_along_a_dimension_ignores_that_dimensions_stride(tmp_path):
+    """torch gives a dimension of one element any stride (unsqueeze of a strided slice exceeds the
+    storage); as_strided overflowed on a huge one. And a 0-d view came back with shape (1,)."""
+    import torch
+
+    weight = torch.arange(10.0)
+    torch.save({"w": weight, "s": weight[3], "u": weight[::3].unsqueeze(0)}, tmp_path / "v.pt")
+    zoo.compress(tmp_path / "v.pt", tmp_path / "v.zoo")
+    with zoo.open(tmp_path / "v.zoo") as archive:
+        assert archive.get_tensor("s").shape == () and archive.get_tensor("s", "pt").shape == torch.Size([])
+        assert archive.get_tensor("s", "pt").item() == 3.0
+        assert torch.equal(archive.get_tensor("u", "pt"), weight[::3].unsqueeze(0))
+    forged = forge(tmp_path / "v.zoo", lambda h: h["tensors"]["u"]["view"].update(stride=[2 ** 63, 3]))
+    assert zoo.verify(forged) == []
+    with zoo.open(forged) as archive:
+        assert torch.equal(archive.get_tensor("u", "pt"), weight[::3].unsqueeze(0))
+
+
 def test_a_stored_tensor_whose_leaf_has_another_shape_is_refused_as_loading_refuses_it(viewed, tmp_path):
     """Its bytes stream whole, so verify and decompress passed a leaf of shape [3, 1] under a tensor
     of shape [3], which load_state_dict refuses ("decodes to F32[3, 1], expected F32[3]")."""

@@ -133,6 +133,8 @@ class Archive:
                     tensor = tensors.get(segment["tensor"])
                     if not isinstance(tensor, dict):
                         raise _fail(self._file, f"{path} names tensor {segment['tensor']!r}, which the archive lacks")
+                    if "view" in tensor:  # a view's bytes are its storage's: no file holds them as its own
+                        raise _fail(self._file, f"{path} holds tensor {segment['tensor']!r}, a view, as bytes of its own")
                     self._check_leaf_shape(tensor, f"tensor {segment['tensor']!r}")
                     total += leaf_bytes(tensor)
                 elif isinstance(segment, dict) and isinstance(segment.get("blob"), dict) and isinstance(segment["blob"].get("leaf"), dict):
@@ -182,6 +184,9 @@ class Archive:
         for name, info in tensors.items():
             if not isinstance(info, dict):
                 raise _fail(self._file, f"archive header has a malformed entry for tensor {name!r}")
+            self._check_leaf_shape(info, f"tensor {name!r}")  # its own dtype and shape, a view's too
+            if "view" in info and not isinstance(info["view"], dict):
+                raise _fail(self._file, f"tensor {name!r} has a malformed view")
             # every tensor of a model's archive belongs to one of its files, by a name; an object's
             # one tensor (an archive of no files) has neither
             if (self._files or "file" in info or "name" in info) and not (
@@ -629,8 +634,10 @@ class Archive:
         of, shape, stride, offset = self.view_layout(name)
         flat = self.read_tensor(of, threads).data.reshape(-1)
         item = flat.itemsize
-        strided = np.lib.stride_tricks.as_strided(flat[offset:], shape, [s * item for s in stride], writeable=False)
-        return TypedArray(np.ascontiguousarray(strided), self.tensor_info(name)["dtype"])
+        # a dimension of one element (or of none) moves nowhere: its stride, whatever it is, is 0 here
+        strides = [s * item if d > 1 else 0 for d, s in zip(shape, stride)]
+        strided = np.lib.stride_tricks.as_strided(flat[offset:], shape, strides, writeable=False)
+        return TypedArray(np.ascontiguousarray(strided).reshape(shape), self.tensor_info(name)["dtype"])  # 0-d stays 0-d
 
     def read_stored(self, name: str, threads: int = 1) -> TypedArray:
         """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
