@@ -69,6 +69,27 @@ def test_a_zero_dimensional_tensor_or_element_is_an_array_in_numpy_for_every_flo
             got[...] = 0
 
 
+def test_a_slice_of_f4_values_indexes_them_as_get_tensor_packs_them(tmp_path):
+    """get_tensor gives F4 two values a byte along the last axis; get_slice counted a 1-D tensor's
+    rows in values, read them in bytes, and gave [] for [-2:] and an IndexError for [-1]."""
+    from safetensors.torch import save_file
+
+    packed = {"f": torch.tensor([0x12, 0x34, 0x56, 0x78], dtype=torch.uint8),
+              "m": torch.arange(24, dtype=torch.uint8).reshape(3, 8), "odd": torch.arange(6, dtype=torch.uint8)}
+    save_file({name: t.view(torch.float4_e2m1fn_x2) for name, t in packed.items()}, tmp_path / "f4.safetensors")
+    zoo.compress(tmp_path / "f4.safetensors", tmp_path / "f4.zoo")
+    with zoo.open(tmp_path / "f4.zoo") as archive:
+        for name in packed:
+            whole = archive.get_tensor(name)
+            assert len(archive.get_slice(name)) == len(whole)
+            for index in (slice(-2, None), -1, 0, slice(None, None, 2), Ellipsis, (slice(1, 3), Ellipsis)):
+                if isinstance(index, tuple) and whole.ndim == 1:
+                    index = index[:1]
+                assert np.array_equal(archive.get_slice(name)[index], whole[index]), (name, index)
+            assert torch.equal(archive.get_slice(name, "pt")[-1:].view(torch.uint8), archive.get_tensor(name, "pt")[-1:].view(torch.uint8))
+        assert archive.get_slice("f").get_shape() == [8]  # the header's shape, in values, as safetensors gives it
+
+
 @pytest.mark.parametrize("index", [(slice(None), slice(3, 3)), (0, slice(2, 2)), slice(5, 1)])
 def test_an_empty_slice_comes_to_torch(model, index):
     path, tensors = model

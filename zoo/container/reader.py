@@ -1027,6 +1027,10 @@ class TensorSlice:
         self._archive, self._name, self._framework = archive, name, framework
         info = archive.tensor_info(name)
         self._shape, self._dtype = list(info["shape"]), info["dtype"]
+        # indexed as get_tensor gives it: F4 packed two values a byte along the last axis (read_stored)
+        self._indexed = self._shape
+        if DTYPES[self._dtype].storage is None and self._shape:
+            self._indexed = [*self._shape[:-1], self._shape[-1] // 2] if self._shape[-1] % 2 == 0 else [leaf_bytes(info)]
 
     def get_shape(self) -> list[int]:
         return list(self._shape)
@@ -1035,9 +1039,9 @@ class TensorSlice:
         return self._dtype
 
     def __len__(self) -> int:
-        if not self._shape:
+        if not self._indexed:
             raise TypeError("len() of a scalar tensor")
-        return self._shape[0]
+        return self._indexed[0]
 
     def __getitem__(self, index: Any) -> Any:
         items = list(index) if isinstance(index, tuple) else [index]
@@ -1049,12 +1053,12 @@ class TensorSlice:
             raise ZooError("a tensor slice takes at most one '...'")
         if Ellipsis in items:
             at = items.index(Ellipsis)
-            items[at:at + 1] = [slice(None)] * (len(self._shape) - len(items) + 1)
-        if len(items) > len(self._shape):
-            raise ZooError(f"{len(items)} indices for a tensor of {len(self._shape)} dimensions")
-        if not self._shape:
+            items[at:at + 1] = [slice(None)] * (len(self._indexed) - len(items) + 1)
+        if len(items) > len(self._indexed):
+            raise ZooError(f"{len(items)} indices for a tensor of {len(self._indexed)} dimensions")
+        if not self._indexed:
             return _as_framework(self._archive.read_tensor(self._name), self._framework)
-        rows = self._shape[0]
+        rows = self._indexed[0]
         first = items[0] if items else slice(None)
         if isinstance(first, slice):
             span = range(*first.indices(rows))
