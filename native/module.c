@@ -264,7 +264,8 @@ static PyObject *philox_uniform(PyObject *self, PyObject *args) {
     unsigned long long seed, stream, offset;
     Py_ssize_t count;
     if (!PyArg_ParseTuple(args, "KKnK", &seed, &stream, &count, &offset)) return NULL;
-    if (count < 0 || (unsigned long long)count > ~offset) {
+    /* elements offset .. offset + count - 1 must be numbers of 64 bits: offset + count at most 2**64 */
+    if (count < 0 || (count > 0 && (unsigned long long)(count - 1) > ~offset)) {
         PyErr_SetString(PyExc_ValueError, "count must be at least 0 and offset + count at most 2**64");
         return NULL;
     }

@@ -86,6 +86,17 @@ def test_philox_every_isa_matches_numpy(isa, offset, count):
     np.testing.assert_array_equal(_native_calls.philox_uniform(seed, stream, count, offset), _fallback.philox_uniform(seed, stream, count, offset))
 
 
+@pytest.mark.parametrize("count", [1, 3, 4, 64, 65, 200])
+def test_philox_runs_to_the_last_offset_on_every_isa_as_numpy_does(isa, count):
+    """Elements up to offset 2**64 - 1 are numbered: the native check refused offset + count equal
+    to 2**64, which numpy's takes; one past it both refuse."""
+    seed, stream, offset = 7, 1, 2**64 - count
+    np.testing.assert_array_equal(_native_calls.philox_uniform(seed, stream, count, offset), _fallback.philox_uniform(seed, stream, count, offset))
+    for call in (_native_calls.philox_uniform, _fallback.philox_uniform):
+        with pytest.raises(ValueError):
+            call(seed, stream, count, offset + 1)
+
+
 def _ordered_sum(left, right, r, c):
     """Element (r, c) of the lowrank product as the spec words it: Python floats are IEEE doubles."""
     total = 0.0 if left.shape[1] == 0 else float(left[r, 0]) * float(right[0, c])
