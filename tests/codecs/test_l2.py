@@ -171,7 +171,9 @@ def test_bad_parameters_and_bad_archives_are_one_line_errors():
     symbols = TypedArray(np.zeros((2, 2), np.int8), "I8")
     with pytest.raises(FormatError, match="step"):
         L2().decode({"symbols": symbols}, {"step": -1.0, "dead_zone": 0.0}, "F32", (2, 2))
-    for meta in ({"step": 1e300, "dead_zone": 0.0}, {"step": 1.0, "dead_zone": 1e39}):  # inf in float32: every weight was NaN
+    # inf in float32: every weight was NaN; an integer past any float was "unexpected OverflowError"
+    for meta in ({"step": 1e300, "dead_zone": 0.0}, {"step": 1.0, "dead_zone": 1e39}, {"step": 10**400, "dead_zone": 0.0},
+                 {"step": 1.0, "dead_zone": 10**400}):
         with pytest.raises(FormatError, match="step"):
             L2().decode({"symbols": symbols}, meta, "F32", (2, 2))
     with warnings.catch_warnings():  # float32's largest, as printed, is a step; its products overflow, unsaid

@@ -38,8 +38,11 @@ HIGHEST_RATIO = 32.0 / LOWEST_BITS  # 320: 0.1 bits per weight, the least l2 is 
 
 def _finite_in_float32(value: float) -> bool:
     """Whether `value` rounds to a finite float32 (3.4028235e38, float32's largest as printed, does)."""
-    with np.errstate(over="ignore"):
-        return math.isfinite(value) and bool(np.isfinite(np.float32(value)))
+    try:
+        with np.errstate(over="ignore"):
+            return math.isfinite(value) and bool(np.isfinite(np.float32(value)))
+    except OverflowError:  # a JSON integer past any float (10**400): math.isfinite cannot even convert it
+        return False
 
 
 class L2(LossyCodec):
