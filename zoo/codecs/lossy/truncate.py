@@ -105,6 +105,11 @@ class Truncate(LossyCodec):
         if tuple(parts["exponent"].shape) != tuple(shape):
             raise FormatError(f"truncate: exponent part has shape {list(parts['exponent'].shape)}, expected {list(shape)}")
         packed, width = parts["sign_mantissa"].data.reshape(-1), self.bits + 1
+        needed = -(-count * width // 8)
+        if parts["sign_mantissa"].dtype != "U8" or packed.size != needed:
+            # another length is another `bits` (or damage): read with this one, most weights came back wrong, unsaid
+            raise FormatError(f"truncate: sign_mantissa part is {parts['sign_mantissa'].dtype}[{packed.size}]; "
+                              f"{count} weights of {width} bits take U8[{needed}]")
         storage = np.empty(count, _LAYOUT[dtype][0])
         for first in range(0, count, BLOCK):  # BLOCK values a time (a multiple of 8: each block starts on a byte)
             number = min(BLOCK, count - first)
