@@ -76,6 +76,44 @@ def test_a_number_of_the_header_written_as_a_float_or_a_boolean_is_damage(archiv
     assert not (tmp_path / "out").exists()
 
 
+def test_a_chunk_size_of_true_is_damage_where_it_would_count_the_chunks_right(tmp_path):
+    """true is 1 to isinstance: a leaf of one element declared `chunk_elements: true` was read as
+    chunks of one, and `zoo verify` said ok."""
+    source = write_safetensors(tmp_path / "one.safetensors", {"w": ("F32", np.ones(1, np.float32))})
+    zoo.compress(source, tmp_path / "one.zoo")
+    forged = forge(tmp_path / "one.zoo", lambda header: leaf(header).update(chunk_elements=True))
+    assert [problem for problem in zoo.verify(forged) if "tensor 'w' has a bad chunk size" in problem], zoo.verify(forged)
+
+
+def _root_meta(name, value):
+    return lambda header: header["tensors"]["w"]["root"]["meta"].update({name: value})
+
+
+# each where the float or boolean equals the number written: rows=64 and energy=0.01 make one
+# group and rank 1
+NODE_NUMBERS = {
+    "codebook cols of 48.0": ("codebook:bits=4,rows=64", _root_meta("cols", 48.0), "codebook: parts do not fit a 64 x 48 tensor"),
+    "codebook groups of true": ("codebook:bits=4,rows=64", _root_meta("groups", True), "codebook: parts do not fit a 64 x 48 tensor"),
+    "lowrank rank of true": ("lowrank:energy=0.01", _root_meta("rank", True), "and rank True"),
+    "a stage of false": ("lowrank:energy=0.01", lambda header: header["tensors"]["w"]["root"].update(stage=False), "names stage False"),
+}
+
+
+@pytest.mark.parametrize(("spec", "change", "message"), NODE_NUMBERS.values(), ids=NODE_NUMBERS.keys())
+def test_a_number_of_an_encoding_node_written_as_a_float_or_a_boolean_is_damage(tmp_path, spec, change, message):
+    """docs/FORMAT.md: 12.0 or true for 12 or 1 is malformed; these decoded as the number, and
+    `zoo verify` said ok (a rank of true failed in numpy's reshape: "an integer is required")."""
+    values = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    source = write_safetensors(tmp_path / "m.safetensors", {"w": ("F32", values)})
+    zoo.compress(source, tmp_path / "m.zoo", spec)
+    assert not zoo.verify(tmp_path / "m.zoo")
+    forged = forge(tmp_path / "m.zoo", change)
+    assert [problem for problem in zoo.verify(forged) if message in problem], zoo.verify(forged)
+    with pytest.raises(FormatError, match=message):
+        zoo.decompress(forged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def viewed(tmp_path):
     """A torch checkpoint's archive: `a` a stored tensor, `b` a view of two of its rows."""

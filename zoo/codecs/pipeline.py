@@ -215,7 +215,7 @@ class Pipeline:
         if not isinstance(dtype, str) or not isinstance(shape, list):
             raise FormatError("archive encoding node lacks its dtype or shape")
         stage_index = node.get("stage")
-        if not isinstance(stage_index, int) or not 0 <= stage_index < len(self.array_stages):
+        if type(stage_index) is not int or not 0 <= stage_index < len(self.array_stages):  # not true for 1, as isinstance took it
             raise FormatError(f"archive node names stage {stage_index!r}, which the pipeline lacks")
         stage = self.array_stages[stage_index]
         parts = {}

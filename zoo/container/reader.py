@@ -504,7 +504,7 @@ class Archive:
         self._require_open()
         n_elements = math.prod(leaf["shape"])
         chunk_elements = leaf.get("chunk_elements")
-        if not isinstance(chunk_elements, int) or chunk_elements <= 0:
+        if type(chunk_elements) is not int or chunk_elements <= 0:  # JSON's true is 1 to isinstance: not a size
             raise _fail(self._file, f"{what} has a bad chunk size")
         if "object" in leaf and "objects" not in self._features:
             raise _fail(self._file, f"{what} lies in an object, but the header does not list the feature")

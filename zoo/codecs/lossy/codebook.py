@@ -161,7 +161,9 @@ class Codebook(LossyCodec):
         # map is one unsigned number a row, and the codebooks' count is G
         legacy = "groups" not in meta and parts["groups"].dtype in ("U8", "U16", "U32")
         n_groups = codebooks.shape[0] if legacy else meta.get("groups")
-        if meta.get("cols") != n_cols or not isinstance(n_groups, int) or codebooks.shape[0] != n_groups or scales.shape != (n_rows,):
+        # integers as JSON writes them: 48.0 and true equal 48 and 1 in Python, and passed
+        if (type(meta.get("cols")) is not int or meta["cols"] != n_cols or type(n_groups) is not int or codebooks.shape[0] != n_groups
+                or scales.shape != (n_rows,)):
             raise FormatError(f"codebook: parts do not fit a {n_rows} x {n_cols} tensor")
         try:
             map_bits = 0 if legacy else group_bits(n_groups)

@@ -247,8 +247,8 @@ class LowRank(LossyCodec):
         rank = meta.get("rank")
         if rank is None and set(parts) == {"dense"}:
             return parts["dense"]
-        if set(parts) != {"left", "right"} or not isinstance(rank, int) or len(shape) < 2:
-            raise FormatError(f"lowrank: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)}")
+        if set(parts) != {"left", "right"} or type(rank) is not int or len(shape) < 2:  # not true for 1, as isinstance took it
+            raise FormatError(f"lowrank: archive holds a {dtype}{list(shape)} node with parts {sorted(parts)} and rank {rank!r}")
         rows, cols = shape[0], int(np.prod(shape[1:]))
         left, right = parts["left"], parts["right"]
         if left.data.size != rows * rank or right.data.size != rank * cols or left.dtype != dtype or right.dtype != dtype:
