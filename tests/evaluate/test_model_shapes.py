@@ -318,3 +318,31 @@ def test_a_budget_whose_output_is_inside_the_zoo_is_refused(tmp_path, monkeypatc
         with pytest.raises(InputError, match="lies inside the zoo.s own folder"):
             compress_to_budget(folder, tmp_path / "zoo" / name, "bpw=4", force=True)
     assert (tmp_path / "zoo" / "catalogue.sqlite").read_bytes() == before
+
+
+def test_a_gpt2_classifier_takes_sentences_longer_than_its_position_table(tmp_path, cache):
+    """GPT-2 names its positions n_positions: sentences were cut at 256 tokens, past a table of
+    64, and eval and compress --eval failed with 'unexpected IndexError: index out of range'."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCABULARY, n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2, num_labels=2,
+                                     pad_token_id=0)
+    reference = _save(transformers.GPT2ForSequenceClassification(config), tmp_path / "gpt2-classifier", for_encoder=False)
+    text = tmp_path / "long.txt"
+    text.write_text("word " * 100 + "\n" + "another long line of words " * 10 + "\n")
+    result = evaluate(reference, reference, text=str(text.read_text()), cache=cache, weights=False)
+    assert result.kind == "classifier" and result.metrics["kl_mean"] == pytest.approx(0, abs=1e-9)
+
+
+def test_a_copy_of_a_causal_lm_with_tied_top_tokens_agrees_on_every_top_token(tmp_path, cache):
+    """topk and argmax pick different tokens of those tied for the top: a model scored against
+    itself had KL 0 and 'same top token 0%'."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCABULARY, n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # tied embeddings of three distinct rows: every logit ties with many others
+        model.transformer.wte.weight.zero_()
+        model.transformer.wte.weight[:, 0] = torch.arange(VOCABULARY) % 3
+    reference = _save(model, tmp_path / "tied", for_encoder=False)
+    result = evaluate(reference, reference, cache=cache, weights=False)
+    assert result.kind == "causal-lm" and result.metrics["kl_mean"] == pytest.approx(0, abs=1e-9)
+    assert result.metrics["top1_agreement"] == 1.0

@@ -17,6 +17,7 @@ from zoo.errors import InputError
 from zoo.evaluate import metrics
 from zoo.evaluate.cache import ReferenceCache, cache_key
 from zoo.evaluate.models import Model
+from zoo.optimize.models import positions
 
 BATCH = 16
 MAX_LENGTH = 256  # tokens per sentence; longer ones are cut
@@ -32,10 +33,10 @@ def batches(model: Model, sentences: list[str], max_tokens: int, kind: str = "en
     """Tokenized batches of the sentences that fit in `max_tokens` (at least one sentence)."""
     tokenizer = model.tokenizer()
     config = model.config() or {}
-    positions = config.get("max_position_embeddings") or MAX_LENGTH
+    numbered = positions(config) or MAX_LENGTH  # GPT-2's classifiers say n_positions: 256 tokens ran past 64
     if config.get("model_type") in _POSITIONS_AFTER_PADDING and isinstance(config.get("pad_token_id"), int):
-        positions -= config["pad_token_id"] + 1
-    length = max(1, min(MAX_LENGTH, positions))
+        numbered -= config["pad_token_id"] + 1
+    length = max(1, min(MAX_LENGTH, numbered))
     # a classifier that reads the last token (a causal LM's head) finds it by the config's pad token:
     # without one, transformers refuses batches of more than one sentence
     batch_size = 1 if kind == "classifier" and config.get("pad_token_id") is None else BATCH

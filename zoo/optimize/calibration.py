@@ -25,7 +25,7 @@ import numpy as np
 
 from zoo.codecs.base import StageProgress
 from zoo.errors import InputError, ZooWarning
-from zoo.optimize.models import kind_of, load_model, load_tokenizer
+from zoo.optimize.models import kind_of, load_model, load_tokenizer, positions
 
 DEFAULT_TOKENS = 8192
 WINDOW = 256
@@ -197,7 +197,7 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     if len(ids) < 16:
         raise InputError(f"{text_path}: calibration text gives only {len(ids)} tokens; give at least a paragraph")
-    window = min(WINDOW, int(getattr(model.config, "max_position_embeddings", WINDOW) or WINDOW))
+    window = min(WINDOW, positions(model.config) or WINDOW)
 
     pooled = _mean_pooled(model)
     # A few thousand token ids at most: listing them first gives the progress its total.

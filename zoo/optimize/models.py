@@ -40,6 +40,17 @@ def kind_of(config: Any) -> str:
     return "encoder"
 
 
+def positions(config: Any) -> int | None:
+    """How many positions a model's embeddings number, the fewest its config (a dict or a
+    transformers config) gives under any of the names in use (GPT-2's n_positions and n_ctx, where
+    most say max_position_embeddings); None where it gives none."""
+    def given(key: str) -> Any:
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+    found = [value for value in map(given, ("max_position_embeddings", "n_positions", "n_ctx")) if type(value) is int and value > 0]
+    return min(found) if found else None
+
+
 def first_line(error: BaseException) -> str:
     """An error's message on one line: its first, or all of them joined where the first ends in a
     colon ("... from one of:" and the list that is the point)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from zoo.codecs.base import StageProgress
 from zoo.errors import InputError
-from zoo.optimize.models import kind_of, load_model, load_tokenizer
+from zoo.optimize.models import kind_of, load_model, load_tokenizer, positions
 
 SEQUENCE_LENGTH = 128
 MAX_SEQUENCES = 16
@@ -79,7 +79,7 @@ class Teacher:
             parameter.requires_grad_(False)
         vocab_size = int(getattr(config, "vocab_size", 256) or 256)
         ids = _token_ids(folder, text, vocab_size)
-        limit = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or sequence_length)
+        limit = positions(config) or sequence_length
         length = max(2, min(sequence_length, limit))
         count = min(max_sequences, len(ids) // length)
         if count == 0:
