@@ -194,7 +194,8 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     folder = _model_folder(source)
     # most weights, not all: a checkpoint may lack the head its config names, which calibration does not need
     model, tokenizer = load_model(folder, label=f"calibration: {folder}", require_most_weights=True), load_tokenizer(folder)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    every = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = every[:max_tokens]
     if len(ids) < 16:
         raise InputError(f"{text_path}: calibration text gives only {len(ids)} tokens; give at least a paragraph")
     window = min(WINDOW, positions(model.config) or WINDOW)
@@ -203,8 +204,11 @@ def collect(source: str | os.PathLike[str], text_path: str | os.PathLike[str], m
     # A few thousand token ids at most: listing them first gives the progress its total.
     inputs = list(_sentences(tokenizer, text, window, max_tokens) if pooled else _windows(tokenizer, ids, window))
     if pooled and len(inputs) < FEW_SENTENCES:
+        # more text helps only where the text ran out before the tokens calibration reads
+        advice = (f"the {max_tokens} tokens calibration reads hold no more of them with this tokenizer: shorter sentences give more"
+                  if len(every) > max_tokens else f"give {FEW_SENTENCES} or more (the text zoo ships has 180)")
         warnings.warn(f"{text_path}: {len(inputs)} sentences of {MIN_WORDS}+ words to calibrate an encoder on; its rounding fits "
-                      f"the sentences it sees, so give {FEW_SENTENCES} or more (the text zoo ships has 180)", ZooWarning, stacklevel=2)
+                      f"the sentences it sees, so {advice}", ZooWarning, stacklevel=2)
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features <= MAX_INPUTS}
     try:
         sums, pooled_sums, followers, tokens, pieces = _accumulate(model, inputs, linears, pooled, True, progress)
