@@ -14,7 +14,7 @@ import zoo
 from zoo.errors import OutOfReach
 from zoo.errors import PipelineError
 
-from tests.conftest import write_safetensors
+from tests.conftest import random_storage, write_safetensors
 
 
 def _model(tmp_path, integers=(128, 128)):
@@ -81,6 +81,21 @@ def test_a_target_past_what_the_header_allows_is_refused_as_a_lower_one_is(tmp_p
     with pytest.raises(OutOfReach, match=rf"^l2: target_ratio={ratio} is out of reach: .*target_ratio=\S+ is the most this model reaches"):
         zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={ratio}")
     assert not (tmp_path / "m.zoo").exists()
+
+
+def test_the_ratio_named_for_a_model_of_f8_tensors_is_itself_reached(tmp_path):
+    """Below target_ratio=4 l2 leaves F8 tensors alone (they take no more bits than it gives): the
+    ratio named was worked out as if it still coded them, and was itself refused, as was the next
+    (8 -> 3.79 -> 3.54 ...)."""
+    f8 = {f"model.layers.{i}.mlp.weight": ("F8_E4M3", random_storage("F8_E4M3", (128, 128), i)) for i in range(8)}
+    bf16 = {"model.embed_tokens.weight": ("BF16", random_storage("BF16", (8000, 128), 20)),
+            "lm_head.weight": ("BF16", random_storage("BF16", (1000, 128), 21))}
+    source = write_safetensors(tmp_path / "m.safetensors", {**f8, **bf16})
+    with pytest.raises(OutOfReach, match=r"target_ratio=\S+ is the most this model reaches") as refused:
+        zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8,exclude=*embed*")
+    reachable = re.search(r"target_ratio=(\S+) is the most", str(refused.value)).group(1)
+    assert float(reachable) < 4  # F8 left alone there
+    zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={reachable},exclude=*embed*")
 
 
 def test_the_cli_says_it_in_one_line_and_writes_nothing(tmp_path):

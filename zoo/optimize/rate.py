@@ -163,6 +163,7 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     else:  # a survey outside a pipeline: the tensors are what l2 codes
         model, parts, earlier = tensors, (lambda name, array: iter([(name, array, True)])), ()
     whole: dict[str, str] = {}  # a part that is its tensor's weights as they are (lowrank's `dense`): label -> the tensor
+    selected: dict[str, TypedArray] = {}  # what l2 codes, by label
     own_config, earlier_configs = _json_bytes(codec.get_config()), sum(_json_bytes(stage.get_config()) for stage in earlier)
     for name, array in model():
         if DTYPES[array.dtype].is_float:
@@ -173,14 +174,14 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
             if coded[-1][1]:
                 if label != name and tuple(item.shape) == tuple(array.shape):
                     whole[label] = name
-                values[label] = to_float32(item.data, item.dtype, copy=False)  # only read
+                values[label], selected[label] = to_float32(item.data, item.dtype, copy=False), item  # only read
                 codec.check_finite(values[label], label)  # before a NaN's rate curve asks for an endless step
             else:
                 others += measure(item)
         header += _entry_bytes(name, coded, own_config, earlier_configs)
     if not values:
         return Plan({}, calibration)
-    budget = _selected_budget(codec, values, parameters, others, header)
+    budget = _selected_budget(codec, values, parameters, others, header, selected, measure)
     teacher = _teacher.load_teacher(calibration, _tune.SEQUENCES if codec.tune else _teacher.MAX_SEQUENCES, progress)
     if codec.tune and teacher is None:
         raise PipelineError("l2: tune trains against the original model's outputs: give calibration text (--calib) "
@@ -265,7 +266,8 @@ def _json_bytes(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"))) + 1
 
 
-def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int, others: int, header: int) -> float:
+def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int, others: int, header: int,
+                     selected: dict[str, TypedArray], measure: Measure) -> float:
     """The bits the target leaves for the tensors the stage selects, once the tensors it leaves
     alone (at their stored size) and the header are paid for. Refused below LOWEST_BITS per weight:
     MiniLM with exclude=*word_embeddings* at target_ratio=8 once got 0.05 bits per weight (cosine
@@ -276,6 +278,18 @@ def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int,
     if budget >= LOWEST_BITS * weights - 1e-9 * allowed:  # the ratio an OutOfReach names is reachable, to the last bit
         return budget
     reachable = 32.0 * parameters / (8.0 * (others + header) + LOWEST_BITS * weights)
+    # At a lower target l2 leaves alone the tensors whose dtype takes no more bits a weight than it
+    # gives each (L2.selects: F8 at 4 or less, F16 at 2), which then count at their stored size: the
+    # ratio first named for an F8 model was itself refused, and the next, and the next.
+    counted, left, stored = dict(selected), weights, others + header
+    while reachable > 1.0:
+        dropped = [label for label, item in counted.items() if DTYPES[item.dtype].bits <= 32.0 / reachable]
+        if not dropped:
+            break
+        for label in dropped:
+            stored += measure(counted.pop(label))
+            left -= values[label].size
+        reachable = 32.0 * parameters / (8.0 * stored + LOWEST_BITS * left)
     advice = (f"target_ratio={_round_down(reachable)} is the most this model reaches, or let" if reachable > 1.0
               else "no target_ratio reaches it: let")
     selected = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
