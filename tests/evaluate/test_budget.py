@@ -242,6 +242,24 @@ def test_a_budget_searches_from_the_least_rate_l2_codes_the_model_at(tmp_path):
     assert not (tmp_path / "small.zoo").exists()
 
 
+def test_a_model_whose_header_takes_more_than_16_bits_a_weight_is_searched_above_them(tmp_path):
+    """Forty 16x16 matrices: their header entries take more than 16 bits a weight, the floor l2
+    codes at left every weight zero (cosine 0), the search stopped at its 16-bit cap and called
+    cosine=0.99 out of reach, which target_ratio=1.3 met at cosine 0.996."""
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "small.safetensors",
+                               {f"layer{i}.weight": ("F32", rng.standard_normal((16, 16)).astype(np.float32)) for i in range(40)})
+    result = compress_to_budget(source, tmp_path / "kept.zoo", "cosine=0.99")
+    assert result.kept.meets and result.kept.bits > 16
+    assert zoo.open(tmp_path / "kept.zoo").metadata()["budget"]["figure"] >= 0.99
+    assert (tmp_path / "kept.zoo").stat().st_size < source.stat().st_size
+
+
 def test_the_shipped_held_out_text_given_as_calibration_is_refused(tiny_llama, tmp_path):
     # The check ran only for held-out text passed in, which the CLI never does: --calib with the
     # shipped evaluation text was accepted, and the archive said it was judged on held-out text

@@ -51,6 +51,7 @@ BUDGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 # The rates searched, in bits per weight (32 / l2's target_ratio): from nearly lossless to as
 # small as l2 still keeps a model recognisable.
 HIGHEST_BITS = 16.0
+MOST_BITS = 31.0  # l2's target_ratio stays above 1 (32 / 31: 1.03)
 LOWEST_BITS = 1.0
 FIRST_BITS = 4.0
 MAX_JUMP = 2.0  # a coarse step moves the rate by at most this factor in bits per weight
@@ -449,6 +450,13 @@ class _Search:
                 target = math.sqrt(low * high)
         return min(highest_bits, max(LOWEST_BITS, target))
 
+    def _ceiling(self, highest_bits: float) -> float:
+        """The most bits a weight searched: `highest_bits` above the floor l2 found, where there is
+        one. The floor is what the tensors l2 leaves alone and the header take of a rate; a model of
+        small tensors, whose header took more than 16 bits a weight, was searched at its floor
+        alone (every selected weight zero) and declared out of reach at a rate l2 met at 1.3."""
+        return min(MOST_BITS, max(highest_bits, self.floor + highest_bits)) if self.floor else highest_bits
+
     def run_quality(self, highest_bits: float) -> Candidate:
         """The smallest archive meeting a quality budget: coarse jumps on the measured slope until
         the budget is bracketed, then the bracket narrowed to BRACKET."""
@@ -458,6 +466,7 @@ class _Search:
         while len(self.trail) < MAX_CANDIDATES:
             candidate = self._try(bits)
             bits = candidate.bits  # raised to the floor where l2 cannot go lower
+            highest = self._ceiling(highest_bits)
             if candidate.meets:
                 passing = bits if passing is None else min(passing, bits)
             else:
@@ -465,11 +474,11 @@ class _Search:
             lowest = max(LOWEST_BITS, self.floor)
             if passing is not None and (failing is None and bits <= lowest * 1.0001 or failing is not None and passing / failing <= BRACKET):
                 break
-            if passing is None and bits >= highest_bits * 0.9999:
+            if passing is None and bits >= highest * 0.9999:
                 break
             if candidate.figure is None:
                 self._fail()
-            following = max(self._next(passing, failing, highest_bits), self.floor)
+            following = max(self._next(passing, failing, highest), self.floor)
             if any(abs(c.bits - following) < 1e-4 for c in self.trail):
                 break
             bits = following
@@ -493,7 +502,7 @@ class _Search:
                 landing = min(landing, 0.98 * bits)
             elif landing <= bits:
                 break
-            landing = min(highest_bits, max(LOWEST_BITS / 10, self.floor, landing))
+            landing = min(self._ceiling(highest_bits), max(LOWEST_BITS / 10, self.floor, landing))
             # More bits than a rate that missed miss too, and fewer than one that met are no better:
             # between the two, halve the gap instead (a landing past a miss cost a whole coding).
             met, missed = max((c.bits for c in self.trail if c.meets), default=0.0), min((c.bits for c in self.trail if not c.meets), default=math.inf)
