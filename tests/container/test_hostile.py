@@ -96,6 +96,8 @@ NODE_NUMBERS = {
     "codebook groups of true": ("codebook:bits=4,rows=64", _root_meta("groups", True), "codebook: parts do not fit a 64 x 48 tensor"),
     "lowrank rank of true": ("lowrank:energy=0.01", _root_meta("rank", True), "and rank True"),
     "a stage of false": ("lowrank:energy=0.01", lambda header: header["tensors"]["w"]["root"].update(stage=False), "names stage False"),
+    "a node's shape of 64.0": ("codebook:bits=4,rows=64", lambda header: header["tensors"]["w"]["root"].update(shape=[64.0, 48]),
+                               "encoding node lacks its dtype or shape"),
 }
 
 

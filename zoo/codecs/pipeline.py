@@ -212,8 +212,8 @@ class Pipeline:
         if "leaf" in node:
             return read_leaf(node["leaf"])
         dtype, shape = node.get("dtype"), node.get("shape")
-        if not isinstance(dtype, str) or not isinstance(shape, list):
-            raise FormatError("archive encoding node lacks its dtype or shape")
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise FormatError("archive encoding node lacks its dtype or shape")  # [true] passed for [1]
         stage_index = node.get("stage")
         if type(stage_index) is not int or not 0 <= stage_index < len(self.array_stages):  # not true for 1, as isinstance took it
             raise FormatError(f"archive node names stage {stage_index!r}, which the pipeline lacks")
@@ -227,7 +227,7 @@ class Pipeline:
                 result = stage.decode(parts, node.get("meta") or {}, dtype, tuple(shape))
         except FormatError as error:
             raise type(error)(f"{where}{error}") from None
-        except (KeyError, IndexError, TypeError, ValueError) as error:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
             # A damaged or hostile header reaches codec code as missing parts or odd meta values.
             raise FormatError(f"{where}stage {stage.codec_id!r} cannot decode this tensor: {error}") from None
         if result.dtype != dtype or tuple(result.shape) != tuple(shape):
