@@ -361,3 +361,14 @@ def test_a_checkpoint_saved_without_crc32s_is_read_as_torch_reads_it(tmp_path):
         assert sorted(state) == ["b", "w"] and all(same_tensor(state[k], values[k]) for k in values)
     zoo.decompress(tmp_path / "folder.zoo", tmp_path / "out")
     assert sha256(tmp_path / "out" / "pytorch_model.bin") == sha256(model / "pytorch_model.bin")
+
+
+def test_a_tensor_on_the_meta_device_is_named_as_left_out(tmp_path):
+    """torch pickles a meta tensor without a storage: it was left out of the tensors, and of
+    load_state_dict, without a word."""
+    torch.save({"m": torch.empty(3, 4, device="meta"), "w": torch.randn(3)}, tmp_path / "meta.pt")
+    with pytest.warns(ZooWarning, match=r"meta.pt: m \(on the meta device: no values\) kept in the file's bytes only, not as a tensor"):
+        zoo.compress(tmp_path / "meta.pt", tmp_path / "m.zoo")
+    assert sorted(zoo.load_state_dict(tmp_path / "m.zoo")) == ["w"]
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
+    assert sha256(tmp_path / "out" / "meta.pt") == sha256(tmp_path / "meta.pt")

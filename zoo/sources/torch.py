@@ -168,6 +168,8 @@ def _named_tensors(obj: Any, storages: _Storages, path: Path) -> list[_Tensor]:
             if key is not None:
                 found.append(_Tensor(prefix, key, _zoo_dtype(node.dtype) or str(node.dtype), tuple(node.shape), tuple(node.stride()),
                                      node.storage_offset(), weight))
+            else:  # pickled without a storage: a tensor on the meta device, which holds no values
+                valueless.append(prefix)
         elif isinstance(node, dict):
             # An optimizer's state_dict: its moments are not model weights.
             optimizer = weight and "state" in node and "param_groups" in node
@@ -177,7 +179,12 @@ def _named_tensors(obj: Any, storages: _Storages, path: Path) -> list[_Tensor]:
             for index, child in enumerate(node):
                 walk(child, f"{prefix}.{index}" if prefix else str(index), depth + 1, weight)
 
+    valueless: list[str] = []
     walk(obj, "", 0, True)
+    if valueless:
+        shown = ", ".join(valueless[:8]) + (f" and {len(valueless) - 8} more" if len(valueless) > 8 else "")
+        warnings.warn(f"{path}: {shown} (on the meta device: no values) kept in the file's bytes only, not as "
+                      f"{'a tensor' if len(valueless) == 1 else 'tensors'}", ZooWarning, stacklevel=2)
     for tensor in found:
         if not tensor.name.isascii() and not is_utf8(tensor.name):  # a key such as "\ud800": no name an archive can hold
             raise InputError(f"{path}: checkpoint names a tensor {tensor.name!r}, which is not UTF-8 (a lone surrogate)")
