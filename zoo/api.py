@@ -237,8 +237,8 @@ def _clashes(folder: Path, relpaths: list[str], folders: Sequence[str] = ()) -> 
     for relpath in relpaths:
         target = folder / relpath
         if parent_in_the_way(relpath):
-            pass
-        elif target.is_dir() and not target.is_symlink():
+            continue
+        if target.is_dir() and not target.is_symlink():
             blocked.append(f"{relpath} (a folder)")
         elif target.exists() or target.is_symlink():
             replaced.append(relpath)

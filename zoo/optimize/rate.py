@@ -292,10 +292,10 @@ def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int,
         reachable = 32.0 * parameters / (8.0 * stored + LOWEST_BITS * left)
     advice = (f"target_ratio={_round_down(reachable)} is the most this model reaches, or let" if reachable > 1.0
               else "no target_ratio reaches it: let")
-    selected = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
+    count = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
     raise OutOfReach(f"l2: target_ratio={codec.target_ratio:g} is out of reach: the tensors l2 leaves alone and the archive header "
                      f"take {_size(others + header)} of the {_size(allowed / 8.0)} it allows for the whole model, which leaves less "
-                     f"than {LOWEST_BITS:g} bits per weight for the {selected} l2 selects; {advice} l2 select more tensors "
+                     f"than {LOWEST_BITS:g} bits per weight for the {count} l2 selects; {advice} l2 select more tensors "
                      "(include=/exclude=)", reachable if reachable > 1.0 else None)
 
 
