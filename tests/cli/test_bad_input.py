@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -466,6 +467,22 @@ def test_a_pipe_named_as_an_archive_is_refused_at_once(tmp_path):
         done = subprocess.run([sys.executable, "-m", "zoo", command[0], str(tmp_path / "pipe.zoo"), *command[1:]],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1 and "not a regular file" in done.stderr, (command, done.stderr)
+
+
+def test_an_output_that_is_a_link_to_a_pipe_is_never_replaced(tiny_model, tmp_path):
+    """`-o /dev/stdout --force` as root made a file of /dev/stdout's link, which every later
+    program's stdout then was, and exited 0: a link to a pipe or a device is refused as they are."""
+    from zoo.api import export_archive
+
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink("pipe", tmp_path / "out.zoo")
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(tiny_model), "-o", str(tmp_path / "out.zoo"), "--force"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "is a link to a device, a pipe or a socket" in done.stderr, done.stderr
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    with pytest.raises(OutputExistsError, match="is a link to a device, a pipe or a socket"):
+        export_archive(tmp_path / "m.zoo", tmp_path / "out.zoo", force=True)
+    assert os.readlink(tmp_path / "out.zoo") == "pipe" and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -225,6 +225,14 @@ def in_the_way(final: Path, is_dir: bool) -> str | None:
         return "is a file, where zoo writes a folder"
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         return "is not a regular file (a device, a pipe or a socket)"
+    if stat.S_ISLNK(mode):  # the link is replaced, not what it leads to: a file, a folder or nothing are no loss
+        try:
+            target = final.stat().st_mode
+        except OSError:
+            return None
+        if not (stat.S_ISREG(target) or stat.S_ISDIR(target)):
+            # `-o /dev/stdout --force`: its link made a file, which every later program's stdout then was
+            return "is a link to a device, a pipe or a socket (zoo writes files; it would replace the link)"
     return None
 
 
