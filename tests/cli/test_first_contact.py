@@ -206,7 +206,9 @@ def test_compress_eval_stores_quality_and_old_verify_archives_still_read(tiny_mo
 
     home = tmp_path / "zoo"
     archive = tmp_path / "m.zoo"
-    ok(zoo_cli("compress", tiny_model, "-o", archive, "--eval"))
+    assert ok(zoo_cli("compress", tiny_model, "-o", archive, "--eval")).stdout.count("quality, against") == 1
+    # into the zoo too, once: its summary printed the stored figures, and then the figures again
+    assert ok(zoo_cli("compress", tiny_model, "--name", "checked", "--eval", home=home)).stdout.count("quality, against") == 1
     metadata = zoo.open(archive).metadata()
     assert metadata["quality"]["passed"] is True and "verify" not in metadata
     assert "--eval" in ok(zoo_cli("compress", "--help")).stdout and "--verify" not in ok(zoo_cli("compress", "--help")).stdout

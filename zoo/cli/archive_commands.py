@@ -146,9 +146,7 @@ def compress(
             if not elsewhere:
                 with progress_bar(lambda: source_bytes(source), "compressing", not as_json) as advance:
                     report = api.compress(source, destination, pipeline, threads=threads, force=force, progress=advance, **options)
-        if elsewhere:
-            if check is not None and not as_json:
-                print_quality(check.result.to_dict(), f"quality, against {source}")
+        if elsewhere:  # its summary printed the figures --eval stored (print_report), as for -o
             if not into_zoo:  # a hub id pulled into an archive
                 _note_zoo_options(name, no_delta)
             return
