@@ -377,3 +377,14 @@ def test_a_listed_file_the_snapshot_lacks_after_the_download_is_an_error_not_lef
     with pytest.raises(pull.PullError, match=r"1 of the files the hub lists at commit \w+ did not arrive \(model\.safetensors\)"):
         pull.pull("org/tiny-bert", store=Store(tmp_path / "second"))
     assert Store(tmp_path / "second").entries() == []
+
+
+@pytest.mark.parametrize("endpoint", ["http://localhost:99999", "http://[::1", "http://h:abc", "localhost:8000"])
+def test_a_malformed_hf_endpoint_is_one_line_and_nothing_on_stdout(tmp_path, endpoint):
+    """huggingface_hub parses HF_ENDPOINT at its import: a port out of range printed its import
+    error to stdout, into --json's document, and zoo called the ValueError a bug of its own."""
+    for command in (["pull", "org/model", "--json"], ["compress", "org/model", "-o", str(tmp_path / "m.zoo")]):
+        done = subprocess.run([sys.executable, "-m", "zoo", *command], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo"), "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": endpoint})
+        assert done.returncode == 1 and done.stdout == "", (command, done.stdout)
+        assert done.stderr.startswith(f"error: HF_ENDPOINT={endpoint!r} is not") and done.stderr.count("\n") == 1, done.stderr

@@ -58,11 +58,30 @@ def _environment() -> dict[str, str | None]:
     """Read now rather than at import of huggingface_hub, so a caller that sets them is obeyed."""
     home = os.environ.get("HF_HOME")
     cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.path.expanduser(home), "hub") if home else None)
-    return {"endpoint": os.environ.get("HF_ENDPOINT") or None, "cache_dir": cache}
+    return {"endpoint": _endpoint(), "cache_dir": cache}
+
+
+def _endpoint() -> str | None:
+    """HF_ENDPOINT, checked before huggingface_hub reads it at its import: a port out of range there
+    printed an import error to stdout (into --json's document) and came out as "unexpected ValueError"."""
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    if endpoint is None:
+        return None
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as error:
+        raise InputError(f"HF_ENDPOINT={endpoint!r} is not a URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"HF_ENDPOINT={endpoint!r} is not an http:// or https:// URL of a hub")
+    return endpoint
 
 
 def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] | None = None, exclude: list[str] | None = None,
              progress_bars: bool = True) -> Download:
+    _endpoint()  # first: huggingface_hub reads it at import
     import huggingface_hub
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
