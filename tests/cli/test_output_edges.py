@@ -692,3 +692,16 @@ def test_an_archive_in_a_folder_that_cannot_be_entered_is_said_so_not_missing(tm
         (tmp_path / "u").chmod(0o755)
     assert (done.returncode, done.stderr) == (1, f"error: {tmp_path / 'u' / 't.zoo'}: permission denied (a folder on its way cannot "
                                                  "be entered)\n"), done.stderr
+
+
+def test_a_json_document_cut_by_a_reader_that_left_exits_1(tmp_path):
+    """One write of a document larger than the pipe holds wrote part of it and raised nothing when
+    the reader left: `zoo info --json M | head -c 10` exited 0 with 900 KB unread (docs/cli.md)."""
+    source = write_safetensors(tmp_path / "many.safetensors", {f"t{i}": ("F32", np.full((4, 4), i, np.float32)) for i in range(3000)})
+    ok(zoo_cli("compress", source, "-o", tmp_path / "many.zoo"))
+    reader = subprocess.Popen([sys.executable, "-m", "zoo", "info", str(tmp_path / "many.zoo"), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert reader.stdout.read(10) == b'{\n  "archi'
+    reader.stdout.close()
+    assert reader.wait(timeout=120) == 1, reader.stderr.read()
+    assert reader.stderr.read() == b""

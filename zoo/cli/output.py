@@ -137,10 +137,17 @@ def _boxed_width(columns: list[str], rows: list[list[str]], right: tuple[str, ..
     return total
 
 
+JSON_PIECE = 1 << 16
+
+
 def print_json(document: Any) -> None:
     from zoo.evaluate.result import json_safe
 
-    stdout.file.write(json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n")
+    text = json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n"
+    # in pieces: one write of a document larger than a pipe holds, to a reader that left, wrote part
+    # of it and raised nothing (exit 0, the document cut); the next piece's write raises BrokenPipeError
+    for start in range(0, len(text), JSON_PIECE):
+        stdout.file.write(text[start:start + JSON_PIECE])
 
 
 # The progress display on stderr, when one is shown. rich draws one live display at a time, so every
