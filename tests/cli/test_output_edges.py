@@ -705,3 +705,10 @@ def test_a_json_document_cut_by_a_reader_that_left_exits_1(tmp_path):
     reader.stdout.close()
     assert reader.wait(timeout=120) == 1, reader.stderr.read()
     assert reader.stderr.read() == b""
+
+
+def test_a_terminal_of_no_columns_still_gets_the_results(one_file_archive, tmp_path):
+    """COLUMNS=0 on a terminal gave rich a width of none, into which it printed nothing: `zoo
+    verify` said nothing and exited 0."""
+    done = ok(zoo_cli("verify", one_file_archive, env={"COLUMNS": "0", "FORCE_COLOR": "1"}))
+    assert _visible(done.stdout).strip() == f"{one_file_archive}: ok"

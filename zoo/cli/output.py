@@ -69,6 +69,8 @@ def _console(stderr: bool = False) -> Console:
     codes: a path or a tensor name such as `out[red]`, `layers[/]` or `run:smile:2` is printed as
     it is, never read as a style or turned into a picture."""
     console = _Console(stderr=stderr, file=None if stderr else _Stdout(), markup=False, emoji=False)
+    if console.width < 1:  # COLUMNS=0: rich printed nothing at all into a width of none
+        console.width = 80
     if not console.is_terminal:
         console.soft_wrap = True
     return console
