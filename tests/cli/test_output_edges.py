@@ -712,3 +712,15 @@ def test_a_terminal_of_no_columns_still_gets_the_results(one_file_archive, tmp_p
     verify` said nothing and exited 0."""
     done = ok(zoo_cli("verify", one_file_archive, env={"COLUMNS": "0", "FORCE_COLOR": "1"}))
     assert _visible(done.stdout).strip() == f"{one_file_archive}: ok"
+
+
+def test_a_refused_name_shows_a_byte_that_is_not_utf8_as_the_other_messages_do(tmp_path):
+    """repr had written the surrogate that holds the byte (caf\\udce9) before the CLI could escape it
+    as every other message does (caf\\xe9, docs/cli.md)."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
+    done = zoo_cli("compress", folder, home=tmp_path / "zoo")
+    assert done.returncode == 1 and done.stderr.startswith("error: 'caf\\xe9' is not a usable model name"), done.stderr
+    done = zoo_cli("pull", os.fsdecode(b"a\xe9/b c"), home=tmp_path / "zoo")
+    assert done.returncode == 1 and done.stderr.startswith("error: 'a\\xe9/b c' is neither"), done.stderr

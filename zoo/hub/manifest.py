@@ -37,9 +37,12 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
         parts = name.split("/") if isinstance(name, str) else []
         if any(len(part) > 96 for part in parts) and NAME_PATTERN.fullmatch("/".join(part[:96] for part in parts)):
-            raise InputError(f"{name[:40]!r}... is not a usable model name: 96 characters at most before and after its '/' "
+            raise InputError(f"'{name[:40]}'... is not a usable model name: 96 characters at most before and after its '/' "
                              "(choose one with --name)")
-        raise InputError(f"{name!r} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
+        # quoted, not repr'd: the CLI escapes a name's control characters and bytes that are not UTF-8
+        # (\xe9), where repr had written the surrogate that holds such a byte (\udce9)
+        shown = f"'{name}'" if isinstance(name, str) else repr(name)
+        raise InputError(f"{shown} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
     return name
 
 

@@ -39,7 +39,7 @@ def parse_repo_ref(text: str) -> tuple[str, str]:
         if os.path.lexists(text):  # `zoo pull` takes hub ids only: a folder here is compress's
             raise InputError(f"{text}: a local file or folder; `zoo pull` takes hub ids (ORG/NAME[@REVISION]): "
                              f"`zoo compress {shlex.quote(text)}` stores it")
-        raise InputError(f"{text!r} is neither a local file or folder nor a hub id (ORG/NAME[@REVISION])")
+        raise InputError(f"'{text}' is neither a local file or folder nor a hub id (ORG/NAME[@REVISION])")  # quoted: see check_name
     return check_name(repo_id), revision or DEFAULT_REVISION
 
 
