@@ -41,6 +41,27 @@ def test_a_compress_killed_after_its_manifest_is_listed(tiny_model, tmp_path):
     assert zoo.verify(Store(home).resolve("published").archive) == []
 
 
+def test_a_writer_that_finds_a_dead_writers_mark_under_the_lock_rebuilds_the_index(tiny_model, tmp_path):
+    """A writer killed between its manifest and the index leaves the index marked behind. The next
+    writer read the index while a third process held the lock (so it did not rebuild), then took
+    the lock, added its own row and removed the mark: the dead writer's model vanished from `zoo
+    ls`, export and rm ("no model of that name") until `zoo doctor`."""
+    home = tmp_path / "zoo"
+    compress_into(Store(home), tiny_model, "before")
+    killed("compress", tiny_model, "--name", "published", home=home, at="store-manifest")
+    with open(home / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held by "another writer" while the next one starts
+        writer = subprocess.Popen([sys.executable, "-m", "zoo", "compress", str(tiny_model), "--name", "next"],
+                                  env={**os.environ, "ZOO_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not any((home / "work").glob("job-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # its coding done, it waits for the lock, the index read as it was
+    assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    assert sorted(e.name for e in Store(home).entries()) == ["before", "next", "published"]
+    assert not (home / "catalogue.behind").exists()
+
+
 def test_ctrl_c_after_the_manifest_says_the_model_was_stored(tiny_model, tmp_path):
     """Ctrl-C between the manifest and the index: the command stops (130) and says the model is in
     the zoo, which it is, where a bare "interrupted" had the user think nothing was stored."""

@@ -308,9 +308,9 @@ class Store:
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(moves[archive], target)
-            self.dirty.touch()
+            behind = self._mark_behind()
             self._publish_manifest(record)
-            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
+            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
 
     def _remove_remote(self, chosen: list[Entry]) -> None:
         for entry in chosen:
@@ -798,7 +798,7 @@ class Store:
                     folders.add(target.parent)
                 _sync_files(sorted(folders))
                 kill_point("store-object")
-                self.dirty.touch()
+                behind = self._mark_behind()
                 self._publish_manifest(record)
             except BaseException as error:
                 # Nothing names the new objects (we hold the lock: no one else published meanwhile).
@@ -812,33 +812,46 @@ class Store:
                 raise
             stored(ref)
             kill_point("store-manifest")
-            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record))
+            self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
             if old is not None:
                 with signals_held():  # the replaced model's objects go whole, or wait for `zoo gc`
                     self._drop_unnamed({o["sha256"] for o in old["objects"]}, {o["sha256"] for o in old["objects"] if o["role"] == "archive"})
 
-    def _update_index(self, change: Any) -> None:
+    def _mark_behind(self) -> bool:
+        """Mark the index behind the manifests about to change; whether it was already: a writer
+        died before updating it (the caller holds the lock, so no live one marked it), and its
+        change is missing from the index. Caller holds the lock."""
+        already = self.dirty.exists()
+        self.dirty.touch()
+        return already
+
+    def _update_index(self, change: Any, behind: bool = False) -> None:
         """Apply a change to the index, or leave it marked behind (the next reader rebuilds it):
         the manifest, already published, is what counts, and the command that published it has
-        done its work. Caller holds the lock."""
-        try:
-            with closing(catalogue.connect(self.catalogue)) as connection:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    change(connection)
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
-        except (sqlite3.Error, OSError):
+        done its work. `behind` (_mark_behind found the index behind already): rebuilt instead,
+        as a row of this change alone would leave a dead writer's model out of it, and its mark
+        gone (a stored model vanished from `zoo ls` until `zoo doctor`). Caller holds the lock."""
+        if not behind:
             try:
-                self.rebuild_index()
-            except StoreError as error:  # a full disk, a folder in its place: readers go to the manifests
-                warnings.warn(f"{error}; the index is behind, and commands read the manifests until it can be rebuilt",
-                              ZooWarning, stacklevel=2)
-            return
-        with suppress(FileNotFoundError):
-            self.dirty.unlink()
+                with closing(catalogue.connect(self.catalogue)) as connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    try:
+                        change(connection)
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                    connection.execute("COMMIT")
+            except (sqlite3.Error, OSError):
+                pass
+            else:
+                with suppress(FileNotFoundError):
+                    self.dirty.unlink()
+                return
+        try:
+            self.rebuild_index()
+        except StoreError as error:  # a full disk, a folder in its place: readers go to the manifests
+            warnings.warn(f"{error}; the index is behind, and commands read the manifests until it can be rebuilt",
+                          ZooWarning, stacklevel=2)
 
     def _named_objects(self) -> set[str]:
         """Every object sha256 a readable manifest names, and every one the archives they name
@@ -941,7 +954,7 @@ class Store:
         # whole, or not begun: a signal waits for the end (the model was gone, the command said
         # "interrupted", and the objects it had not reached waited for `zoo gc`)
         with signals_held():
-            self.dirty.touch()
+            behind = self._mark_behind()
             paths = [self.manifest_path(e.name, e.revision, e.variant) for e in chosen]
             released = set()
             for path in paths:
@@ -949,7 +962,7 @@ class Store:
                     released |= {o["sha256"] for o in self._read_manifest(path)["objects"]}
             for path in paths:
                 path.unlink(missing_ok=True)
-            self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths])
+            self._update_index(lambda connection: [catalogue.delete(connection, self._relative(p)) for p in paths], behind)
             shells = {e.archive.name.removesuffix(OBJECT_SUFFIX) for e in chosen}
             self._drop_unnamed(released | shells, shells)
             for entry in chosen:
