@@ -564,6 +564,36 @@ def test_a_base_removed_while_a_fine_tune_is_coded_leaves_it_whole_and_nothing_e
     assert hashes(tmp_path / "out") == hashes(tuned)
 
 
+def test_an_object_collected_between_being_found_and_being_checked_is_coded_again(tmp_path):
+    """`zoo rm` of the only other model naming an object, landing after the build found it and
+    before it checked it: the vanished file was taken for damage, and compress failed with 'an
+    object of the zoo this model holds too is damaged (no such archive) ... cannot be repaired'."""
+    from zoo.api import build_model
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+    from zoo.container.objects import ObjectSink
+
+    home = tmp_path / "zoo"
+    store = Store(home)
+    source = write_model(tmp_path / "model", base_tensors())
+    compress_into(store, source, "first")
+    removed: list[str] = []
+
+    def existing(name: str):  # `zoo rm first` lands just after the first object is found
+        found = store.existing_object(name)
+        if found is not None and not removed:
+            removed.extend(e.ref for e in store.remove("first"))
+        return found
+
+    with store.workspace() as folder:
+        sink = ObjectSink(folder / "objects" / "sha256", existing, 1)
+        shell = build_model(store, sink, source, "second", "main", Pipeline.parse(DEFAULT_SPEC), threads=1)
+        entry = store.add_composed(shell, sink, "second", "main")
+    assert removed == ["first@main:lossless"] and not sink.damaged
+    assert object_files(home) == named_objects(home)
+    zoo.decompress(entry.archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(source)
+
+
 def test_export_archive_into_a_folder_named_with_a_trailing_slash(tmp_path):
     # `-o out/ --archive` wrote a file named `out`; compress -o out/ writes NAME.zoo inside
     home = tmp_path / "zoo"

@@ -145,6 +145,8 @@ class ObjectSink:
         if found is None:
             return False
         if checksum_problems(found):
+            if not os.path.lexists(found):  # collected meanwhile (zoo rm, gc), not damaged: coded again
+                return False
             # Damaged in the zoo: coded again by this build, which puts it in the damaged one's place
             # where it comes out as the same object (finish), so the models naming it are whole again.
             self.damaged[key] = found
@@ -213,6 +215,10 @@ class ObjectSink:
         models naming it copy) and the same payload size. Else the damaged one stays, and the build
         is refused: it cannot name an object it cannot read."""
         damaged = self.damaged[key]
+        if not os.path.lexists(damaged):  # collected since (zoo rm, gc): nothing to repair, the new object goes in as any does
+            with self._lock:
+                del self.damaged[key]
+            return
         try:
             opened = ArchiveFile(damaged)
             fresh = ArchiveFile(staged)
