@@ -875,3 +875,48 @@ def test_a_pipe_in_an_objects_place_is_refused_not_waited_on(tmp_path):
                               env={**os.environ, "ZOO_HOME": str(home)})
         assert done.returncode == 1 and "not a regular file" in done.stdout + done.stderr, (command, done.stdout, done.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_of_the_whole_zoo_takes_nothing_removed_meanwhile_for_damage(tmp_path, monkeypatch):
+    """`zoo verify` beside `zoo gc` or `zoo rm` (it takes no lock): the objects they removed after
+    verify listed them were 'damaged: ... no such archive', and a model removed after verify read
+    its manifest was 'damaged: ... missing'; exit 1 for a sound zoo."""
+    import zoo.hub.store as store_module
+
+    home, model = tmp_path / "zoo", tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {f"w{i}": ("F32", random_storage("F32", (64, 32), i)) for i in range(4)})
+    store = Store(home)
+    compress_into(store, model, "keep")
+    compress_into(store, model, "gone", pipeline="truncate:bits=5")
+    real_problems, real_manifests = store_module.object_problems, Store._all_manifests
+
+    removals: list[str] = []
+
+    def objects_collected_meanwhile(path, name, shown):  # `zoo rm gone` lands once verify has listed the objects
+        if not removals:
+            removals.append("gone")
+            store.remove("gone")
+        return real_problems(path, name, shown)
+
+    monkeypatch.setattr(store_module, "object_problems", objects_collected_meanwhile)
+    assert store.verify()[2] == []
+    monkeypatch.setattr(store_module, "object_problems", real_problems)
+    compress_into(store, model, "gone", pipeline="truncate:bits=5")
+
+    def removed_after_its_manifest_was_read(self, problems=None):
+        found = real_manifests(self, problems)
+        if len(removals) == 1:
+            removals.append("gone again")
+            self.remove("gone")
+        return found
+
+    monkeypatch.setattr(Store, "_all_manifests", removed_after_its_manifest_was_read)
+    assert store.verify()[2] == []
+    monkeypatch.setattr(Store, "_all_manifests", real_manifests)
+    victim = largest_object(store, store.resolve("keep"))
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[-20] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert store.verify()[2]  # damage is still damage

@@ -465,7 +465,7 @@ class Store:
             try:
                 found.append((path, self._read_manifest(path)))
             except StoreError as error:
-                if problems is not None:
+                if problems is not None and os.path.lexists(path):  # one gone since it was listed: removed (zoo rm), not damaged
                     problems.append(str(error))
         return found
 
@@ -1021,23 +1021,32 @@ class Store:
 
         def check(path: Path) -> None:
             found = object_problems(path, path.name.removesuffix(OBJECT_SUFFIX), str(path))
-            if found:
+            if found and os.path.lexists(path):  # one gone since it was listed was collected (zoo gc, rm), not damaged
                 damaged.add(path.name.removesuffix(OBJECT_SUFFIX))
                 problems.extend(found)
 
         for_each(check, files, threads)
         manifests = self._all_manifests(problems)
-        for _, record in manifests:
+        for manifest, record in manifests:
             ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-            missing = [f"{ref}: object {path} is missing or not of its recorded size" for path, size in
-                       ((self.object_path(item["sha256"]), item["size"]) for item in record["objects"])
-                       if not path.is_file() or path.stat().st_size != size]
-            problems += missing
-            if not missing:  # as on a bucket: a missing object is said once, not again by each read of it
-                problems += self._archive_problems(record, threads)
+            found = [f"{ref}: object {path} is missing or not of its recorded size" for path, size in
+                     ((self.object_path(item["sha256"]), item["size"]) for item in record["objects"])
+                     if not path.is_file() or path.stat().st_size != size]
+            if not found:  # as on a bucket: a missing object is said once, not again by each read of it
+                found = self._archive_problems(record, threads)
+            if found and not self._still(manifest, record):
+                continue  # removed or replaced meanwhile (zoo rm, compress --force): its objects went with it
+            problems += found
             if damaged:  # the archive's header read again only then
                 problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
         return len(files), len(manifests), problems
+
+    def _still(self, manifest: Path, record: dict[str, Any]) -> bool:
+        """Whether `manifest` still holds `record`, as read before."""
+        try:
+            return self._read_manifest(manifest) == record
+        except StoreError:
+            return False
 
     def _archive_problems(self, record: dict[str, Any], threads: int = 1) -> list[str]:
         """A model's archive against its manifest: its layout sound, its files those the manifest
