@@ -56,10 +56,10 @@ def test_a_download_of_main_gets_the_default_branch_of_a_repo_that_has_no_main(t
         assert Path(single).read_bytes() == (tiny_model / "config.json").read_bytes()
     compress_into(store, tiny_model / "config.json", "org/tiny", "main")  # once there is a main, main is main
     with running_server(store) as url:
-        assert HfApi_files(url, "org/tiny") == ["config.json"]
+        assert listed_files(url, "org/tiny") == ["config.json"]
 
 
-def HfApi_files(url: str, repo: str) -> list[str]:
+def listed_files(url: str, repo: str) -> list[str]:
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=url).list_repo_files(repo)

@@ -68,6 +68,13 @@ def leaf_bytes(leaf: dict[str, Any]) -> int:
     return math.prod(leaf["shape"]) * DTYPES[leaf["dtype"]].bits // 8
 
 
+def packed_shape(info: dict[str, Any]) -> list[int]:
+    """The shape values smaller than a byte (F4) are handed out in: packed two a byte along the
+    last axis, as torch's float4_e2m1fn_x2 holds them; with a last axis of odd length, a row of bytes."""
+    shape = list(info["shape"])
+    return [*shape[:-1], shape[-1] // 2] if shape and shape[-1] % 2 == 0 else [leaf_bytes(info)]
+
+
 # A file's sha256 runs on one thread (about 1.2 GB/s here, slower than decoding), so the files of a
 # sharded model are decoded and hashed side by side, a worker each, when there are at least as
 # many files this large as threads; a model of one large file is decoded on every thread instead.
@@ -655,9 +662,7 @@ class Archive:
         if DTYPES.get(info["dtype"]) and DTYPES[info["dtype"]].bits % 8 and result.dtype == "U8" and result.data.nbytes == leaf_bytes(info):
             # Values smaller than a byte (F4) are stored as their bytes; given back packed two a byte
             # along the last axis, as torch's float4_e2m1fn_x2 holds them.
-            shape = info["shape"]
-            packed = [*shape[:-1], shape[-1] // 2] if shape and shape[-1] % 2 == 0 else [result.data.size]
-            return TypedArray(result.data.reshape(packed), info["dtype"])
+            return TypedArray(result.data.reshape(packed_shape(info)), info["dtype"])
         dtype = "F32" if "base" in info else info["dtype"]
         if result.dtype != dtype or list(result.shape) != list(info["shape"]):
             raise _fail(self._file, f"tensor {name!r} decodes to {result.dtype}{list(result.shape)}, expected {dtype}{info['shape']}")
@@ -1028,9 +1033,7 @@ class TensorSlice:
         info = archive.tensor_info(name)
         self._shape, self._dtype = list(info["shape"]), info["dtype"]
         # indexed as get_tensor gives it: F4 packed two values a byte along the last axis (read_stored)
-        self._indexed = self._shape
-        if DTYPES[self._dtype].storage is None and self._shape:
-            self._indexed = [*self._shape[:-1], self._shape[-1] // 2] if self._shape[-1] % 2 == 0 else [leaf_bytes(info)]
+        self._indexed = packed_shape(info) if DTYPES[self._dtype].storage is None and self._shape else self._shape
 
     def get_shape(self) -> list[int]:
         return list(self._shape)
