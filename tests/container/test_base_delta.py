@@ -205,6 +205,25 @@ def test_archives_with_and_without_a_base_record_and_version_agree(delta_archive
     assert PREAMBLE.size == 24
 
 
+def test_a_base_file_changed_under_an_open_archive_is_refused_not_used(tmp_path):
+    """The base's sha256 is checked once per tensor, but only while its file stays as it was: an
+    open archive whose base file is rewritten refuses the next read as a fresh open would."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((64, 64)).astype(np.float32)
+    (tmp_path / "base").mkdir()
+    save_file({"w": values}, tmp_path / "base" / "model.safetensors")
+    save_file({"w": values + 0.01 * rng.standard_normal((64, 64)).astype(np.float32)}, tmp_path / "tuned.safetensors")
+    zoo.compress(tmp_path / "tuned.safetensors", tmp_path / "d.zoo", "truncate:bits=6", base=tmp_path / "base")
+    with zoo.open(tmp_path / "d.zoo", base=tmp_path / "base") as opened:
+        first = opened.get_tensor("w")
+        assert np.array_equal(opened.get_tensor("w"), first)  # unchanged: read again on the hash taken once
+        save_file({"w": values + 1}, tmp_path / "base" / "model.safetensors")
+        with pytest.raises(InputError, match="sha256 differs"):
+            opened.get_tensor("w")
+        save_file({"w": values}, tmp_path / "base" / "model.safetensors")  # put back as it was: read again
+        assert np.array_equal(opened.get_tensor("w"), first)
+
+
 def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):
     base, fine_tuned = tuned
     partial = tmp_path / "partial.safetensors"

@@ -28,7 +28,8 @@ class BaseModel:
         self.hint = hint or str(path)
         self._archive: Archive | None = None
         self._files: dict[str, tuple[Path, Segment]] = {}
-        self._digests: dict[str, str] = {}
+        # name -> (the file's state when hashed, sha256): a base file changed since is hashed again
+        self._digests: dict[str, tuple[tuple[int, ...] | None, str]] = {}
         if not path.exists():
             raise InputError(f"base {self.hint}: no such file, folder or model in the zoo")
         if path.is_file() and is_archive(path):
@@ -61,15 +62,21 @@ class BaseModel:
         return segment.dtype, tuple(segment.shape)
 
     def read(self, name: str) -> TypedArray:
+        return self._read(name)[0]
+
+    def _read(self, name: str) -> tuple[TypedArray, tuple[int, ...] | None]:
+        """The tensor, and the state of the file it was read from (None for an archive's objects,
+        which never change): a file rewritten between two reads of one open base is told apart."""
         path, segment = self._files[name]
         if self._archive is not None:
-            return self._archive.read_tensor(segment.tensor)
+            return self._archive.read_tensor(segment.tensor), None
         raw = np.empty(segment.size, dtype=np.uint8)
         with open(path, "rb") as f:
+            before = _state(os.fstat(f.fileno()))
             f.seek(segment.offset)
-            if f.readinto(memoryview(raw)) != segment.size:
+            if f.readinto(memoryview(raw)) != segment.size or _state(os.fstat(f.fileno())) != before:
                 raise InputError(f"base {self.hint}: {path} changed while being read")
-        return TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+        return TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype), before
 
     def matching(self, name: str, record: dict[str, str], dtype: str, shape: tuple[int, ...], made_against: str) -> TypedArray:
         """Base tensor `name`, checked against what an archive made against `made_against` recorded of it."""
@@ -79,10 +86,11 @@ class BaseModel:
             raise InputError(f"{where}: has no tensor {name!r}, which the archive needs {needed}")
         if found != (dtype, tuple(shape)):
             raise InputError(f"{where}: tensor {name!r} is {found[0]}{list(found[1])}, the archive needs {dtype}{list(shape)} {needed}")
-        array = self.read(name)
-        if name not in self._digests:  # one hash per tensor: an evaluation checks the base, then decodes on it
-            self._digests[name] = digest(array)
-        if self._digests[name] != record["sha256"]:
+        array, state = self._read(name)
+        # one hash per tensor and state of its file: an evaluation checks the base, then decodes on it
+        if name not in self._digests or self._digests[name][0] != state:
+            self._digests[name] = (state, digest(array))
+        if self._digests[name][1] != record["sha256"]:
             raise InputError(f"{where}: tensor {name!r} is not the one the archive needs: its sha256 differs {needed}")
         return array
 
@@ -95,3 +103,8 @@ class BaseModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _state(status: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written to."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
