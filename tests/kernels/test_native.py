@@ -3,6 +3,7 @@ sizes; the entropy coder's sections and codecs; hostile payloads."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import warnings
@@ -382,6 +383,42 @@ def test_fprans_beats_bytegroup_zstd_on_bf16():
     ours = len(FpRans().encode(chunk, "BF16")[0])
     theirs = sum(len(Zstd().encode(plane)) for plane in ByteGroup().encode(chunk, "BF16"))
     assert ours < 0.95 * theirs
+
+
+def _floats(dtype, values):
+    values = np.asarray(values, dtype=np.float32)
+    if dtype == "BF16":
+        return ((values.view(np.uint32) + 0x8000) >> 16).astype(np.uint16).view(np.uint8)
+    return values.astype({"F32": np.float32, "F16": np.float16}[dtype]).view(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F16"])
+def test_fprans_codes_constant_and_pruned_floats_as_byte_planes(dtype, monkeypatch):
+    """The words layout packs each remainder raw: a constant of 0.1 cost 22 bits a value in fp32,
+    zeros in a pruned matrix the remainder width each. Such chunks (one symbol holding a fifth of
+    the words or more) are coded as byte planes too and the shorter kept, by numpy as by C."""
+    rng = np.random.default_rng(7)
+    count = 1 << 18
+    weights = rng.normal(0, 0.02, count)
+    cases = {"constant": np.full(count, 0.1), "zeros": np.zeros(count), "pruned": weights * (rng.random(count) >= 0.9),
+             "half pruned": weights * (rng.random(count) >= 0.5), "dense": weights}
+    codec = FpRans()
+    header = struct.pack("<BBII", 1, 1, 0, 0)  # a chunk's header whose stream's two lengths the codec fills in
+    for name, values in cases.items():
+        chunk = _floats(dtype, values)
+        stream = codec.encode(chunk, dtype)[0]
+        words = _kernels.encode_section(chunk, 4 if dtype == "F32" else 2, True, SYMBOL_BITS[dtype], prefix=b"\0")
+        assert stream[0] == (0 if name == "dense" else 1), name  # layout 0: words; 1: byte planes
+        assert len(stream) <= len(words)
+        assert codec.decode([stream], dtype, count).tobytes() == chunk.tobytes()
+        assert codec.encode_after(header, chunk, dtype) == header[:2] + struct.pack("<II", len(stream), len(stream)) + stream
+        with monkeypatch.context() as numpy_only:
+            numpy_only.setattr(_kernels, "encode_section", _fallback_coder.encode_section)
+            numpy_only.setattr(_kernels, "split_planes", _fallback.split_planes)
+            assert codec.encode(chunk, dtype)[0] == stream, name
+    assert len(codec.encode(_floats(dtype, cases["constant"]), dtype)[0]) < 32
+    pruned = _floats(dtype, cases["pruned"])
+    assert len(codec.encode(pruned, dtype)[0]) < 0.5 * len(_kernels.encode_section(pruned, 4 if dtype == "F32" else 2, True, SYMBOL_BITS[dtype]))
 
 
 def test_rans_codec_round_trips_and_rejects_damage():
