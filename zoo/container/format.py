@@ -692,11 +692,10 @@ class _ObjectFiles:
             self._maps.pop(path, None)
             self._regions.pop(path, None)  # the file there may be another when it is opened again (stored anew)
 
-    def _close_idle(self, which: Callable[[Path, int], bool] = lambda path, descriptor: True) -> bool:
-        """Close the open objects no read holds that `which(path, descriptor)` picks (every one by
-        default); whether there was one."""
+    def _close_idle(self) -> bool:
+        """Close the open objects no read holds; whether there was one."""
         with self._lock:
-            idle = [(path, held[0]) for path, held in self._open.items() if held[1] == 0 and which(path, held[0])]
+            idle = [(path, held[0]) for path, held in self._open.items() if held[1] == 0]
             for path, _ in idle:
                 del self._open[path]
                 self._maps.pop(path, None)
@@ -706,8 +705,22 @@ class _ObjectFiles:
         return bool(idle)
 
     def let_go_of_replaced(self) -> None:
-        """Close the open objects no read holds whose files were removed or replaced on disk."""
-        self._close_idle(_not_the_file)
+        """Let go of the open objects whose files were removed or replaced on disk: closed where no
+        read holds one, else retired, as forget() does. A read holding one while another archive
+        was opened kept it in _open, and the next read of that object, by the new archive, read
+        the new file's offsets in the old file's bytes (a checksum error for a sound zoo)."""
+        closing = []
+        with self._lock:
+            for path in [path for path, held in self._open.items() if _not_the_file(path, held[0])]:
+                held = self._open.pop(path)
+                self._maps.pop(path, None)
+                self._regions.pop(path, None)
+                if held[1]:
+                    self._retired.setdefault(path, []).append(held)  # closed by the last release
+                else:
+                    closing.append(held[0])
+        for descriptor in closing:
+            os.close(descriptor)
 
     def forget(self, path: Path) -> None:
         """Let go of the object at `path`, replaced on disk (a damaged object the zoo repaired): the
@@ -762,7 +775,7 @@ def _not_the_file(path: Path, descriptor: int) -> bool:
 
 
 def let_go_of_replaced_objects() -> None:
-    """This process's open objects that were removed or replaced on disk, closed where no read holds them."""
+    """This process's open objects that were removed or replaced on disk let go of: the next read opens the file there now."""
     _OBJECT_FILES.let_go_of_replaced()
 
 
