@@ -18,7 +18,7 @@ import pytest
 
 import zoo
 from zoo.api import compress_into
-from zoo.errors import InputError, OutputExistsError
+from zoo.errors import InputError, OutputExistsError, ZooWarning
 from zoo.hub.store import Store, resolve_archive
 
 from tests.conftest import a_file_has_bytes, named_objects as named, object_files as on_disk, random_storage, write_safetensors
@@ -382,6 +382,29 @@ def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(ti
                                                                            "other bytes than the sha256 its manifest records"), problems
     done = zoo_cli("verify", home=home)
     assert done.returncode == 1 and "decodes to other bytes" in done.stdout + done.stderr
+
+
+def test_a_variant_of_the_model_being_stored_is_never_its_base(tmp_path):
+    """Stored anew with --force from other weights (one bit off in each), t/m@main:lossless was
+    stored as XORs against t/m@main:bytegroup|zstd, the variant the same command warned was made
+    from other weights and told to `zoo rm`, which then refused it as a base."""
+    folder, changed = tmp_path / "v1", tmp_path / "v2"
+    folder.mkdir()
+    changed.mkdir()
+    values = random_storage("F32", (128, 128), 3)
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", values)})
+    write_safetensors(changed / "model.safetensors", {"w": ("F32", (values.view(np.uint32) ^ 1).view(values.dtype))})
+    store = Store(tmp_path / "zoo")
+    compress_into(store, folder, "t/m")
+    compress_into(store, folder, "t/m", pipeline="bytegroup|zstd")
+    with pytest.warns(ZooWarning, match="made from other weights"):
+        entry = compress_into(store, changed, "t/m", force=True)
+    assert entry.base is None
+    assert [e.ref for e in store.remove("t/m@main:bytegroup|zstd:level=3")] == ["t/m@main:bytegroup|zstd:level=3"]
+    # another name's model (other bits again) still finds it as its base
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", (values.view(np.uint32) ^ 2).view(values.dtype))})
+    other = compress_into(store, folder, "t/other")
+    assert other.base is not None and other.base["ref"] == "t/m@main:lossless"
 
 
 def test_a_low_limit_on_open_files_is_no_damage(tmp_path):

@@ -97,9 +97,14 @@ def _named_bases(source: Path) -> list[str]:
 
 def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, among: set[str] | None = None) -> Entry | None:
     """The stored lossless model to store `shell`'s tensors against, or None; only one of the refs
-    `among`, when given (zoo.batch: the models the zoo held when the batch began)."""
-    candidates = [e for e in store.entries() if bit_exact(e) and e.ref != replacing and (among is None or e.ref in among)
-                  and store.is_composed(e)]  # last: it opens the archive
+    `among`, when given (zoo.batch: the models the zoo held when the batch began). Never a variant
+    of the NAME@REVISION being stored: one made from the same weights shares its objects anyway,
+    and one made from others is what a --force leaves behind, which zoo warns of and `zoo rm`
+    should be free to remove."""
+    storing = shell.metadata().get("zoo") or {}
+    sibling = (storing.get("name"), storing.get("revision"))
+    candidates = [e for e in store.entries() if bit_exact(e) and e.ref != replacing and (e.name, e.revision) != sibling
+                  and (among is None or e.ref in among) and store.is_composed(e)]  # last: it opens the archive
     for named in _named_bases(source):
         for wanted in (named, Path(named).name):
             found = [e for e in candidates if e.name == wanted]
