@@ -48,7 +48,14 @@ def _edit(path: Path, change) -> None:
     lambda r: r.update(base={"ref": "second@main:truncate:bits=5", "tensors": 1, "needs": 5}),
     lambda r: r.update(quality="good"),
     lambda r: r.update(source=5),
-], ids=["file-empty", "file-number", "file-size", "base-text", "base-ref", "base-needs", "quality-text", "source-number"])
+    lambda r: r.update(manifest=True),  # Python's True == 1 and 1.0 == 1 let these pass for version 1
+    lambda r: r.update(manifest=1.0),
+    lambda r: r.update(original_bytes=True),
+    lambda r: r["files"][0].update(size=True),
+    lambda r: r["files"][0].update(lfs=1),
+    lambda r: r["objects"][0].update(size=-1),
+], ids=["file-empty", "file-number", "file-size", "base-text", "base-ref", "base-needs", "quality-text", "source-number", "version-true",
+        "version-float", "original-true", "file-size-true", "file-lfs-number", "object-size-negative"])
 def test_a_manifest_edited_by_hand_is_damage_every_command_reports_and_doctor_repairs(two_models, tmp_path, change):
     """A manifest of the right version whose files, base or quality are malformed is a damaged
     manifest: no traceback from any command, and doctor rewrites it from its archive's header."""

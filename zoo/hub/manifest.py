@@ -187,21 +187,21 @@ def refuse_names_not_utf8(names: Iterable[str]) -> None:
 
 def check_record(record: Any) -> dict[str, Any]:
     """A manifest as read from disk, or ValueError naming what is wrong with it."""
-    if not isinstance(record, dict) or record.get("manifest") != MANIFEST_VERSION:
+    if not isinstance(record, dict) or not (_count(record.get("manifest")) and record["manifest"] == MANIFEST_VERSION):
         raise ValueError(f"not a version-{MANIFEST_VERSION} zoo manifest")
     for key, kind in (("name", str), ("revision", str), ("variant", str), ("commit", str), ("pipeline", str), ("objects", list),
-                      ("files", list), ("original_bytes", int), ("stored_bytes", int), ("created", (int, float))):
-        if not isinstance(record.get(key), kind):
-            raise ValueError(f"{key!r} is missing or not a {getattr(kind, '__name__', 'number')}")
+                      ("files", list), ("original_bytes", int), ("stored_bytes", int), ("created", float)):
+        if not _is(record.get(key), kind):
+            raise ValueError(f"{key!r} is missing or not a {'count' if kind is int else 'number' if kind is float else kind.__name__}")
     for item in record["objects"]:
         if not isinstance(item, dict) or item.get("role") not in ("archive", "object") or not _SHA256.fullmatch(str(item.get("sha256"))) \
-                or not isinstance(item.get("size"), int):
+                or not _count(item.get("size")):
             raise ValueError("it names an object without a role, sha256 or size")
     archives = [o for o in record["objects"] if isinstance(o, dict) and o.get("role") == "archive"]
     if len(archives) != 1 or not _SHA256.fullmatch(str(archives[0].get("sha256"))):
         raise ValueError("it names no archive object by sha256")
     for item in record["files"]:
-        if not isinstance(item, dict) or any(not isinstance(item.get(key), kind) for key, kind in _FILE_FIELDS):
+        if not isinstance(item, dict) or any(not _is(item.get(key), kind) for key, kind in _FILE_FIELDS):
             raise ValueError("it lists a file without its path, size, hashes or flags")
     for key in ("source", "quality"):
         if record.get(key) is not None and not isinstance(record[key], str if key == "source" else dict):
@@ -210,7 +210,7 @@ def check_record(record: Any) -> dict[str, Any]:
     if odd is not None:
         raise ValueError(f"{odd} is not a UTF-8 name, which the zoo's index cannot hold")
     base = record.get("base")
-    if base is not None and not (isinstance(base, dict) and isinstance(base.get("ref"), str) and isinstance(base.get("tensors"), int)
+    if base is not None and not (isinstance(base, dict) and isinstance(base.get("ref"), str) and _count(base.get("tensors"))
                                  and (base.get("needs") is None or isinstance(base["needs"], list)
                                       and all(isinstance(ref, str) for ref in base["needs"]))):
         raise ValueError("'base' is not an object with its ref, tensors and needs")
@@ -218,6 +218,21 @@ def check_record(record: Any) -> dict[str, Any]:
             isinstance(base["commits"], dict) and all(isinstance(value, str) for value in base["commits"].values())):
         raise ValueError("'base' has commits that are not an object of commits by ref")
     return record
+
+
+def _count(value: Any) -> bool:
+    """A JSON integer of at least 0: not true (Python's 1), not 1.0."""
+    return type(value) is int and value >= 0
+
+
+def _is(value: Any, kind: type) -> bool:
+    """`value` is of the JSON kind a manifest field takes: int a count, float any finite number, bool
+    true or false only."""
+    if kind is int:
+        return _count(value)
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind if kind is bool else isinstance(value, kind)
 
 
 def describe_files(archive_path: Path, objects_root: Path | None = None) -> tuple[dict[str, Any], list[StoredFile]]:
