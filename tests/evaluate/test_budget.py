@@ -283,6 +283,34 @@ def test_a_model_without_float_weights_is_refused_before_any_search(tmp_path):
     assert not (tmp_path / "m.zoo").exists()
 
 
+def test_a_budget_never_writes_over_its_own_model_with_force_either(tiny_model, tmp_path):
+    # --budget -o SOURCE --force replaced the model with its lossy archive, which plain compress refuses
+    before = {path: path.read_bytes() for path in tiny_model.rglob("*") if path.is_file()}
+    for destination, source in ((tiny_model / "model.safetensors", tiny_model), (tiny_model / "model.safetensors", tiny_model / "model.safetensors"),
+                                (tiny_model / "config.json", tiny_model)):
+        with pytest.raises(InputError, match="output would overwrite its own input"):
+            compress_to_budget(source, destination, "bpw=8", force=True)
+    assert {path: path.read_bytes() for path in tiny_model.rglob("*") if path.is_file()} == before
+
+
+def test_a_budget_written_into_its_models_folder_leaves_its_candidates_out_of_the_next(tmp_path):
+    # the search's folder of candidates lies beside its output: in the model's folder, each
+    # candidate stored the ones before it, and was judged by that size
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "m").mkdir()
+    write_safetensors(tmp_path / "m" / "w.safetensors", {f"layer.{i}.weight": ("F32", rng.normal(size=(256, 256)).astype(np.float32))
+                                                         for i in range(2)})
+    outside = compress_to_budget(tmp_path / "m", tmp_path / "kept.zoo", "bpw=8")
+    inside = compress_to_budget(tmp_path / "m", tmp_path / "m" / "kept.zoo", "bpw=8")
+    assert [c.bytes for c in inside.trail] == [c.bytes for c in outside.trail]
+    assert [entry["path"] for entry in zoo.open(tmp_path / "m" / "kept.zoo").files()] == ["w.safetensors"]
+
+
 def test_a_bpw_budget_missed_says_the_size_it_was_judged_by(tmp_path):
     # "the smallest archive l2 made is 1.59 bits per weight" refusing bpw=1.7: that figure left out
     # the proof the archive would carry, which the verdict counted

@@ -38,6 +38,7 @@ from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
 from zoo.errors import InputError, OutOfReach, ZooError
 from zoo.evaluate.result import exact_text, figure_text
 from zoo.optimize.teacher import Teacher
+from zoo.sources.folder import SCRATCH_PREFIX
 
 # budget name -> (what it reads, which way is better, the kinds it fits)
 BUDGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -161,7 +162,7 @@ class Session:
     calibration text, one held-out text and one leaf per session."""
 
     def __init__(self, work: str | os.PathLike[str]) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix=".zoo-budget-", dir=work))
+        self.work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=work))  # a model folder's scan leaves it out
         self.teacher: Any = None
         self.source: Path | None = None  # the model the teacher and the candidates are of
         self.candidates: dict[float, Candidate] = {}
@@ -254,6 +255,9 @@ def compress_to_budget(
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     api.refuse_inside_the_zoo(destination)  # the zoo's catalogue or lock is no output, with --force either
+    target, model = destination.resolve(), source.resolve()
+    if target == model or (model.is_dir() and target.is_relative_to(model) and target.exists()):  # with --force too
+        raise InputError(f"{destination}: output would overwrite its own input")
     api.check_output(destination, force, is_dir=False)  # a folder there is refused before the search, not after it
     from zoo.sources.folder import float_weights
 

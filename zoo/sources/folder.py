@@ -30,10 +30,13 @@ from zoo.sources.torch import SUFFIXES as TORCH_SUFFIXES
 from zoo.sources.torch import UnsafePickle, checkpoint
 
 SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's download bookkeeping
+# A budget search's folder of candidate archives (zoo.evaluate.budget.Session), made beside its
+# output: with -o inside the model's folder, each candidate stored the ones before it.
+SCRATCH_PREFIX = ".zoo-budget-"
 MAX_FOLDER_DEPTH = 256  # a model folder is a few levels deep; a Trainer run's checkpoints add two
 SKIPPED_NAMED = 20  # the items a warning of what was left out names; a count says the rest (a chain of 1,200 links named each)
 
-__all__ = ["SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "float_weights", "parse_safetensors", "scan"]
+__all__ = ["SCRATCH_PREFIX", "SKIPPED_FOLDERS", "Segment", "SourceFile", "check_globs", "check_relpath", "float_weights", "parse_safetensors", "scan"]
 
 
 def _reason(error: InputError, path: Path, size: int) -> str:
@@ -228,6 +231,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     continue  # left out whole: not walked
                 if is_a_zoo(path):  # ZOO_HOME inside the model's folder: the zoo would store itself
                     skipped.append(f"{relpath}/ (a zoo's own folder, never stored)")
+                elif entry.name.startswith(SCRATCH_PREFIX):
+                    skipped.append(f"{relpath}/ (a budget search's candidates, never stored)")
                 elif entry.name not in SKIPPED_FOLDERS:
                     visit(path, f"{relpath}/", seen)
                 elif any(os.scandir(path)):
