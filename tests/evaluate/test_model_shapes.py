@@ -346,3 +346,17 @@ def test_a_copy_of_a_causal_lm_with_tied_top_tokens_agrees_on_every_top_token(tm
     result = evaluate(reference, reference, cache=cache, weights=False)
     assert result.kind == "causal-lm" and result.metrics["kl_mean"] == pytest.approx(0, abs=1e-9)
     assert result.metrics["top1_agreement"] == 1.0
+
+
+def test_a_candidate_of_flat_outputs_agrees_on_no_top_token(tmp_path, cache):
+    """Every token ties for the top of a flat distribution, the reference's among them: a model
+    whose embeddings (and so, tied, its output layer) were zeroed agreed on 100% of top tokens."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCABULARY, n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    reference = _save(model, tmp_path / "reference", for_encoder=False)
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+    flat = _save(model, tmp_path / "flat", for_encoder=False)
+    result = evaluate(flat, reference, cache=cache, weights=False)
+    assert result.kind == "causal-lm" and result.metrics["top1_agreement"] == 0.0

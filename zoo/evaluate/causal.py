@@ -24,6 +24,17 @@ TOP_K = 256  # reference log-probs kept per token; see metrics.top_k_kl_divergen
 Progress = Callable[[str, int, int], None]
 
 
+def _same_top(top_logprobs: torch.Tensor, top_indices: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """Per position, whether every token the candidate puts on top is one the reference puts on
+    top. Of tokens tied for the top, topk and argmax may pick different ones (a copy of the
+    reference agreed on 0%); and the reference's top token among the candidate's best was not
+    enough: a candidate of flat outputs ties every token, and agreed on 100%."""
+    best = logprobs == logprobs.max(-1, keepdim=True).values
+    reference_best = top_logprobs == top_logprobs[:, :1]
+    shared = (best.gather(-1, top_indices.long()) & reference_best).sum(-1)
+    return shared == best.sum(-1)
+
+
 def windows(model: Model, text: str, max_tokens: int) -> list[torch.Tensor]:
     tokenizer = model.tokenizer()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
@@ -93,9 +104,7 @@ def evaluate_causal_lm(candidate: Model, reference: Model | None, text: str, max
             top_logprobs = base["top_logprobs"][position:position + count]
             top_indices = base["top_indices"][position:position + count]
             kl.append(metrics.top_k_kl_divergence(top_logprobs, top_indices, logprobs))
-            # the reference's top token is among the candidate's best: of tokens tied for the top,
-            # topk and argmax may pick different ones, and a copy of the reference agreed on 0%
-            agree.append(logprobs.gather(-1, top_indices[:, :1].long()).squeeze(-1) >= logprobs.max(-1).values)
+            agree.append(_same_top(top_logprobs, top_indices, logprobs))
         position += count
     candidate_target = torch.cat(target)
     figures: dict[str, Any] = {"tokens": int(candidate_target.numel()), "windows": len(pieces), "ppl": metrics.perplexity(candidate_target)}
