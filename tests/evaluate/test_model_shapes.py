@@ -360,3 +360,24 @@ def test_a_candidate_of_flat_outputs_agrees_on_no_top_token(tmp_path, cache):
     flat = _save(model, tmp_path / "flat", for_encoder=False)
     result = evaluate(flat, reference, cache=cache, weights=False)
     assert result.kind == "causal-lm" and result.metrics["top1_agreement"] == 0.0
+
+
+def test_text_no_evaluation_could_score_is_refused_up_front(tmp_path, cache):
+    """A sweep checks --text once, before any pipeline: a causal LM's text of under two tokens and
+    an encoder's of blank lines went through, and every pipeline was compressed and then failed."""
+    from zoo.evaluate.core import check_text
+
+    torch.manual_seed(0)
+    causal = _save(transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=VOCABULARY, n_positions=CONTEXT, n_embd=32, n_layer=1,
+                                                                         n_head=2)), tmp_path / "causal", for_encoder=False)
+    encoder = _save(transformers.BertModel(transformers.BertConfig(vocab_size=VOCABULARY, max_position_embeddings=CONTEXT, hidden_size=32,
+                                                                   num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
+                    tmp_path / "encoder")
+    with pytest.raises(InputError, match="too short to score"):
+        check_text(causal, "")
+    with pytest.raises(InputError, match="no sentences to score"):
+        check_text(encoder, "\n \n")
+    # an encoder's sentences that each hold a tab are sentences, not labels it would refuse
+    check_text(encoder, "The cat\tsat.\nA dog\tran.\n")
+    result = evaluate(encoder, encoder, text="The cat\tsat.\nA dog\tran.\n", cache=cache, weights=False)
+    assert result.metrics["cosine_mean"] == pytest.approx(1)

@@ -138,11 +138,19 @@ def _functional(kind: str, mine: Any, base: Any, text: str | None, max_tokens: i
 def _sentences(kind: str, model: Any, text: str | None) -> tuple[list[str], list[int] | None]:
     """The sentences of `text` (zoo's own when None), with their labels when every line is
     `LABEL<TAB>sentence`: labels only for a classifier that gives one label per sentence."""
-    from zoo.evaluate.sentences import split_labels
+    from zoo.evaluate.sentences import NO_SENTENCES, split_labels
 
     if text is None:
         return default_sentences(), None
-    sentences, labels = split_labels(_lines(text), (model.config() or {}).get("id2label"))
+    lines = _lines(text)
+    try:
+        sentences, labels = split_labels(lines, (model.config() or {}).get("id2label"))
+    except InputError:
+        if kind == "classifier":
+            raise
+        return lines, None  # an encoder's sentences that hold a tab each, not labels
+    if not sentences:
+        raise InputError(NO_SENTENCES)
     if labels is not None and kind != "classifier":
         raise InputError("labelled sentences (LABEL<TAB>sentence) only make sense for a classifier")
     if labels is not None and model.multi_label():
@@ -158,7 +166,11 @@ def check_text(model: str | os.PathLike[str], text: str) -> None:
 
     with Model(model, None) as opened:
         kind, _ = opened.kind()
-        if kind in FUNCTIONAL_KINDS and kind != "causal-lm":
+        if kind == "causal-lm":
+            from zoo.evaluate.causal import windows
+
+            windows(opened, text, DEFAULT_MAX_TOKENS)  # at least two tokens
+        elif kind in FUNCTIONAL_KINDS:
             _sentences(kind, opened, text)
 
 

@@ -120,10 +120,13 @@ def _outputs(model: Model, kind: str, pieces: list[dict[str, torch.Tensor]], set
     return entry
 
 
+NO_SENTENCES = "no sentences to score: the text has no non-empty lines"
+
+
 def evaluate_sentences(kind: str, candidate: Model, reference: Model | None, sentences: list[str], labels: list[int] | None,
                        max_tokens: int, cache: ReferenceCache, progress: Progress | None) -> dict[str, Any]:
     if not sentences:
-        raise InputError("no sentences to score: the text has no non-empty lines")
+        raise InputError(NO_SENTENCES)
     pieces = batches(candidate, sentences, max_tokens, kind)
     settings = {"masked_lm": kind == "encoder" and candidate.has_masked_lm_head(), "pooling": candidate.pooling(),
                 "modules": candidate.sentence_modules() if kind == "encoder" else []}
