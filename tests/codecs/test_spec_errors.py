@@ -58,6 +58,8 @@ def _fails_with(model, tmp_path, spec, message):
     ("l2:target_ratio=true", "l2: target_ratio must be a number in (1, 320], got True"),
     ("bytegroup:level=3|zstd", "bytegroup takes no parameters, got 'level'"),
     ("lowrank:energy=0.9,ratio=0.5", "lowrank: give energy or ratio, not both"),
+    # refused when written, before the work: 16 lossy stages and the lossless ending are 17
+    ("|".join(["truncate"] * 16), "pipeline has 16 lossy stages and its lossless ending; at most 16 stages"),
 ])
 def test_spec_errors_through_the_cli(model, tmp_path, spec, message):
     _fails_with(model, tmp_path, spec, message)

@@ -93,6 +93,8 @@ class Pipeline:
         rest = list(codecs[index:])
         if not rest:
             rest = _parse_stages(DEFAULT_SPEC)
+            if len(array_stages) + len(rest) > MAX_STAGES:  # counted with the lossless ending, as the archive records it
+                raise PipelineError(f"pipeline has {len(array_stages)} lossy stages and its lossless ending; at most {MAX_STAGES} stages")
         if isinstance(rest[0], BytesCodec):
             raise PipelineError(f"bytes stage {rest[0].codec_id!r} needs a grouping stage before it, "
                                 f"such as {GROUPING_FOR_BYTES}: write '{GROUPING_FOR_BYTES}|{rest[0].codec_id}'")
