@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import zoo.api
 from zoo.cli.app import app
-from zoo.errors import InputError
+from zoo.errors import InputError, OutputExistsError
 from zoo.evaluate import sweep as library
 from zoo.evaluate.sweep import SweepPoint, mark_pareto, plot, sweep
 
@@ -78,10 +78,38 @@ def test_a_folder_where_no_file_can_be_made_is_named_as_the_user_gave_it(model, 
 
 def test_the_library_refuses_an_existing_plot_unless_forced(tmp_path):
     (tmp_path / "rd.png").write_bytes(b"mine")
-    with pytest.raises(InputError, match="exists; pass --force"):
+    with pytest.raises(OutputExistsError, match="exists; pass --force"):  # as compress -o says it
         library.check_plot_destination(tmp_path / "rd.png")
     library.check_plot_destination(tmp_path / "rd.png", force=True)
     assert os.listdir(tmp_path) == ["rd.png"]  # the probe file is gone
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: os.mkfifo(path), "rd.png is not a regular file (a device, a pipe or a socket); zoo does not remove it"),
+    (lambda path: path.symlink_to(os.devnull), "rd.png is a link to a device, a pipe or a socket"),
+])
+def test_a_pipe_or_a_link_to_a_device_is_no_plot_even_with_force(model, tmp_path, no_work, make, said):
+    # --force replaced them as it would a file: the pipe was removed, the link to /dev/null made a file
+    make(tmp_path / "rd.png")
+    before = (tmp_path / "rd.png").lstat()
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / "rd.png", "--force")
+    assert result.exit_code == 1 and isinstance(result.exception, OutputExistsError)
+    assert said in str(result.exception) and "\n" not in str(result.exception)
+    assert (tmp_path / "rd.png").lstat() == before
+
+
+def test_a_dangling_link_is_a_plot_there_as_for_compress(model, tmp_path):
+    # path.exists() is False for it: it was replaced without --force
+    (tmp_path / "rd.png").symlink_to("nowhere")
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / "rd.png")
+    assert result.exit_code == 1 and str(result.exception).endswith("rd.png exists; pass --force to replace it")
+    assert (tmp_path / "rd.png").is_symlink() and os.readlink(tmp_path / "rd.png") == "nowhere"
+    assert ok_plot(_sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / "rd.png", "--force"), tmp_path / "rd.png")
+
+
+def ok_plot(result, path: Path) -> bool:
+    assert result.exit_code == 0, result.output
+    return not path.is_symlink() and path.read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("suffix, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF"), ("svg", b"<?xml"), ("SVG", b"<?xml"),

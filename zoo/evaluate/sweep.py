@@ -189,15 +189,15 @@ def plot_format(path: str | os.PathLike[str]) -> str:
 
 def check_plot_destination(path: str | os.PathLike[str], force: bool = False) -> None:
     """Everything that would stop the plot from being written, checked before the sweep's work:
-    its format, an existing file (unless force), its folder, and that a file can be made there."""
+    its format, what is there (as for every output, api.check_output: a file or link only with
+    force, never a device, a pipe or a link to one), its folder, and that a file can be made there."""
+    from zoo import api
+
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the plot's file name")
     plot_format(path)
-    if path.exists() and not force:
-        raise InputError(f"{path} exists; pass --force to replace it")
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: output folder does not exist")
+    api.check_output(path, force, is_dir=False)
     try:  # made and removed at once: permissions alone do not tell (root, read-only mounts, /proc)
         descriptor, probe = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", dir=path.parent)
     except OSError as error:
