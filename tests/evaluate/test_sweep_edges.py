@@ -123,6 +123,63 @@ def test_the_plot_is_written_in_the_format_its_suffix_names(tmp_path, suffix, ma
     assert os.listdir(tmp_path) == [f"rd.{suffix}"]  # no temporary left behind
 
 
+@pytest.fixture
+def appears(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Makes the plot's file (or pipe) as the sweep ends: a user's, made between the check and the write."""
+    made = {}
+    swept = library.sweep
+
+    def sweep_then_make(*args, **kwargs):
+        points = swept(*args, **kwargs)
+        made["make"](tmp_path / "rd.png")
+        return points
+
+    monkeypatch.setattr(library, "sweep", sweep_then_make)
+    return made
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_plot_that_appeared_during_the_sweep_is_left_alone(model, tmp_path, appears, as_json):
+    # it was replaced without --force; with --json a refusal there ended the command with no document
+    appears["make"] = lambda path: path.write_bytes(b"mine")
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / "rd.png", *(["--json"] if as_json else []))
+    assert result.exit_code == 1 and (tmp_path / "rd.png").read_bytes() == b"mine"
+    said = "rd.png exists; pass --force to replace it"
+    if as_json:
+        document = json.loads(result.stdout)
+        assert document["plot"] is None and document["plot_error"].endswith(said) and document["points"]
+    else:
+        assert str(result.exception).endswith(said) and "truncate:bits=3" in result.stdout  # the table came first
+    assert sorted(os.listdir(tmp_path)) == ["rd.png", "w.safetensors"]  # no temporary left
+
+
+def test_a_pipe_that_appeared_during_the_sweep_is_left_alone_with_force(model, tmp_path, appears):
+    appears["make"] = os.mkfifo
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", tmp_path / "rd.png", "--force")
+    assert result.exit_code == 1 and "rd.png is not a regular file" in str(result.exception)
+    assert (tmp_path / "rd.png").is_fifo()
+
+
+def test_a_plot_that_appeared_while_it_was_drawn_is_left_alone(tmp_path, monkeypatch):
+    # after the last check, before the rename: os.replace put the plot over it
+    from matplotlib.figure import Figure
+
+    points = [SweepPoint("a", 100, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.9}),
+              SweepPoint("b", 200, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.99})]
+    savefig = Figure.savefig
+
+    def savefig_then_make(self, *args, **kwargs):
+        savefig(self, *args, **kwargs)
+        (tmp_path / "rd.png").write_bytes(b"mine")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_then_make)
+    with pytest.raises(OutputExistsError, match="rd.png appeared while zoo was writing it; pass --force to replace it"):
+        plot(points, tmp_path / "rd.png")
+    assert os.listdir(tmp_path) == ["rd.png"] and (tmp_path / "rd.png").read_bytes() == b"mine"
+    plot(points, tmp_path / "rd.png", force=True)
+    assert os.listdir(tmp_path) == ["rd.png"] and (tmp_path / "rd.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_failing_pipeline_is_reported_and_the_others_shown(nan_model, tmp_path):
     result = _sweep(nan_model, *FAILING, "--plot", tmp_path / "rd.pdf")
     assert result.exit_code == 1, result.output
@@ -179,7 +236,7 @@ def test_json_keeps_its_document_when_the_plot_fails_late(model, tmp_path, monke
     # the plot was drawn before the document was printed: a late failure (a full disk) lost the results
     from zoo.errors import InputError as Refused
 
-    def full_disk(points, path, title=None):
+    def full_disk(points, path, title=None, force=False):
         raise Refused(f"{path}: cannot write the plot there (No space left on device)")
 
     monkeypatch.setattr("zoo.evaluate.sweep.plot", full_disk)

@@ -35,7 +35,7 @@ def sweep(
 ) -> None:
     """Compress MODEL with each pipeline, evaluate each against MODEL, and print the table."""
     from zoo.evaluate import sweep as library
-    from zoo.errors import InputError
+    from zoo.errors import InputError, ZooError
 
     chosen: dict[str, str] = {}
     for spec in pipeline:  # one pipeline given twice, however spelt, is swept once
@@ -70,9 +70,9 @@ def sweep(
     if as_json:
         plotted, plot_error = None, None
         if plot is not None and points:
-            try:  # a plot that fails late (a full disk) loses nothing else: the document says why
-                plotted = str(library.plot(points, plot, title=f"{model.name}: rate and distortion"))
-            except InputError as error:
+            try:  # a plot that fails late (a full disk, a file that appeared meanwhile) loses nothing else: the document says why
+                plotted = str(library.plot(points, plot, title=f"{model.name}: rate and distortion", force=force))
+            except ZooError as error:
                 plot_error = str(error)
         print_json({"model": str(model), "base": None if base is None else str(base), "plot": plotted,
                     **({"plot_error": plot_error} if plot_error else {}), "points": [p.to_dict() for p in points], "failed": failures})
@@ -92,7 +92,7 @@ def sweep(
     print_table(f"{model} ({kind})" + (f", stored against {base}" if base is not None else ""), columns, rows, right=tuple(columns[1:]),
                 fold=tuple(columns))
     if plot is not None:  # after the table, so that a plot that cannot be written loses nothing else
-        library.plot(points, plot, title=f"{model.name}: rate and distortion")
+        library.plot(points, plot, title=f"{model.name}: rate and distortion", force=force)
         stdout.print(f"plot: {plot}", highlight=False)
     if failures:
         raise typer.Exit(1)

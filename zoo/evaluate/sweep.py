@@ -30,7 +30,8 @@ from zoo.refs import open_base
 from zoo.errors import InputError, ZooError
 from zoo.codecs.pipeline import Pipeline
 from zoo.container.format import current_umask
-from zoo.hub.temporaries import short_name
+from zoo.hub import temporaries
+from zoo.signals import signals_held, written
 
 # Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
 DISTORTION = {
@@ -199,20 +200,22 @@ def check_plot_destination(path: str | os.PathLike[str], force: bool = False) ->
     plot_format(path)
     api.check_output(path, force, is_dir=False)
     try:  # made and removed at once: permissions alone do not tell (root, read-only mounts, /proc)
-        descriptor, probe = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", dir=path.parent)
+        with temporaries.locked_temporary(path.parent, temporaries.temporary_prefix(path), is_dir=False):
+            pass  # named as the plot's temporary is, which a later run removes if this one is killed here
     except OSError as error:
         raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
-    os.close(descriptor)
-    os.unlink(probe)
 
 
-def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | None = None) -> Path:
+def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | None = None, force: bool = False) -> Path:
     """Distortion against bits per weight, log scale, frontier joined and ringed; written in the
-    format its suffix names (PLOT_FORMATS) to a temporary name, then renamed."""
+    format its suffix names (PLOT_FORMATS) to a temporary name, then put in place as every output
+    is (temporaries.replace): without `force` only where nothing is, so a file that appeared while
+    the sweep ran or the plot was drawn is left alone."""
+    from zoo import api
+
     path = Path(path)
     file_format = plot_format(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: output folder does not exist")
+    api.check_output(path, force, is_dir=False)  # again: the sweep took minutes, and a file (or a pipe) may be there now
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and never pick one up from the environment
@@ -240,18 +243,16 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     axes.set_title(title or "rate and distortion", fontsize=10)
     axes.grid(True, which="both", linewidth=0.3)
     figure.tight_layout()
-    temporary = None
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=f".{file_format}", dir=path.parent)
-        os.close(descriptor)
-        figure.savefig(temporary, format=file_format)
-        umask = current_umask()
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
-        os.replace(temporary, path)
+        # named and locked as compress's are, so that a later run removes one a killed run left
+        with temporaries.locked_temporary(path.parent, temporaries.temporary_prefix(path), is_dir=False) as temporary:
+            figure.savefig(temporary, format=file_format)
+            os.chmod(temporary, 0o666 & ~current_umask())  # made private; a plot is an ordinary file
+            with signals_held():  # in place and said so, or neither
+                temporaries.replace(temporary, path, force)
+                written(str(path))
     except OSError as error:  # the user's path, not the temporary's
         raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
     finally:
         plt.close(figure)
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
     return path
