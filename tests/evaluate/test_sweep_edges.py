@@ -246,6 +246,43 @@ def test_json_keeps_its_document_when_the_plot_fails_late(model, tmp_path, monke
     assert document["plot"] is None and document["plot_error"].endswith("cannot write the plot there (No space left on device)")
 
 
+def test_dollars_in_a_label_or_title_are_drawn_as_written(tmp_path):
+    # matplotlib read $...$ as maths: $a$ drawn as an italic a, and $\\foo$ a ValueError after the sweep
+    import matplotlib
+
+    points = [SweepPoint("truncate:bits=3,include=$\\foo$", 100, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.9}),
+              SweepPoint("truncate:bits=4,include=$a$", 200, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.99})]
+    mark_pareto(points)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # the svg's text as text, not as glyph outlines
+        plot(points, tmp_path / "rd.svg", title="$x$.safetensors: rate and distortion")
+    drawn = (tmp_path / "rd.svg").read_text()
+    for text in ("include=$\\foo$", "include=$a$", "$x$.safetensors: rate and distortion"):
+        assert text in drawn
+
+
+@pytest.mark.filterwarnings("ignore:stage 1 of the pipeline")  # the pattern selects no tensor: a label, no more
+def test_json_keeps_the_points_when_a_label_has_dollars(model, tmp_path):
+    # the ValueError ended the command: stdout empty, every measured point lost
+    result = _sweep(model, "-p", "truncate:bits=3,include=$\\foo$", "--plot", tmp_path / "rd.png", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["plot"] == str(tmp_path / "rd.png")
+    assert [p["pipeline"] for p in document["points"]] == ["truncate:bits=3,include=$\\foo$"]
+
+
+def test_json_keeps_its_document_whatever_stops_the_plot(model, tmp_path, monkeypatch):
+    # only an InputError went to plot_error: any other (a bug's ValueError) lost the document
+    def broken(points, path, title=None, force=False):
+        raise ValueError("no\ngood")
+
+    monkeypatch.setattr("zoo.evaluate.sweep.plot", broken)
+    result = _sweep(model, "-p", "truncate:bits=3", "--plot", str(tmp_path / "rd.png"), "--json")
+    document = json.loads(result.stdout)
+    assert result.exit_code == 1 and [p["pipeline"] for p in document["points"]] == ["truncate:bits=3"]
+    assert document["plot"] is None
+    assert document["plot_error"] == "unexpected ValueError: no\\ngood (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"
+
+
 def test_a_model_without_float_weights_is_no_sweep(tmp_path):
     # bits per weight NaN, "x vs fp32" 0.00, no point on the frontier, an empty plot, exit 0
     import numpy as np

@@ -35,7 +35,7 @@ def sweep(
 ) -> None:
     """Compress MODEL with each pipeline, evaluate each against MODEL, and print the table."""
     from zoo.evaluate import sweep as library
-    from zoo.errors import InputError, ZooError
+    from zoo.errors import InputError
 
     chosen: dict[str, str] = {}
     for spec in pipeline:  # one pipeline given twice, however spelt, is swept once
@@ -70,10 +70,10 @@ def sweep(
     if as_json:
         plotted, plot_error = None, None
         if plot is not None and points:
-            try:  # a plot that fails late (a full disk, a file that appeared meanwhile) loses nothing else: the document says why
+            try:  # a plot that fails late (a full disk, a file that appeared meanwhile, a bug) loses nothing else: the document says why
                 plotted = str(library.plot(points, plot, title=f"{model.name}: rate and distortion", force=force))
-            except ZooError as error:
-                plot_error = str(error)
+            except Exception as error:
+                plot_error = _plot_failure(error)
         print_json({"model": str(model), "base": None if base is None else str(base), "plot": plotted,
                     **({"plot_error": plot_error} if plot_error else {}), "points": [p.to_dict() for p in points], "failed": failures})
         if failures or plot_error:
@@ -96,6 +96,24 @@ def sweep(
         stdout.print(f"plot: {plot}", highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _plot_failure(error: Exception) -> str:
+    """Why the plot was not written, in the line main() would have ended the command with."""
+    from zoo.cli import EXTRAS, debugging, one_line
+    from zoo.errors import ZooError
+
+    if isinstance(error, ZooError):
+        return str(error)
+    if isinstance(error, OSError):
+        return one_line(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+    if isinstance(error, ModuleNotFoundError) and error.name in EXTRAS:
+        return f"this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'"
+    if debugging():  # the document is still printed, after the traceback
+        import traceback
+
+        traceback.print_exception(error)
+    return one_line(f"unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)")
 
 
 def register(app: typer.Typer) -> None:

@@ -229,7 +229,9 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     for point in usable:
         y = max(point.distortion, floor)
         axes.scatter(point.bits_per_weight, y, s=40, color="tab:blue" if point.pareto else "tab:gray", zorder=3)
-        axes.annotate(point.pipeline, (point.bits_per_weight, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        # the user's words drawn as written: matplotlib read $...$ as maths, and refused `include=$\foo$` after the sweep's work
+        axes.annotate(point.pipeline, (point.bits_per_weight, y), textcoords="offset points", xytext=(6, 4), fontsize=7,
+                      parse_math=False)
     frontier = sorted((p for p in usable if p.pareto), key=lambda p: p.bits_per_weight)
     if frontier:
         axes.plot([p.bits_per_weight for p in frontier], [max(p.distortion, floor) for p in frontier],
@@ -240,7 +242,7 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     axes.set_yscale("log")
     axes.set_xlabel("bits per weight (whole archive)")
     axes.set_ylabel(label + (" (0 drawn at the floor)" if any(p.distortion <= 0 for p in usable) else ""))
-    axes.set_title(title or "rate and distortion", fontsize=10)
+    axes.set_title(title or "rate and distortion", fontsize=10, parse_math=False)  # a model's name, as a pipeline's
     axes.grid(True, which="both", linewidth=0.3)
     figure.tight_layout()
     try:
