@@ -260,6 +260,24 @@ def test_dollars_in_a_label_or_title_are_drawn_as_written(tmp_path):
         assert text in drawn
 
 
+def test_a_character_the_font_lacks_is_one_warning_naming_them_all(tmp_path):
+    # matplotlib's UserWarning per glyph, which Python printed with a line of zoo's source under it
+    import warnings
+
+    from zoo.errors import ZooWarning
+
+    points = [SweepPoint("truncate:bits=3,include=模", 100, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.9}),
+              SweepPoint("truncate:bits=4", 200, 4000, 1000, 0.1, 0.1, "weights", {"weight_cosine": 0.99})]
+    mark_pareto(points)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot(points, tmp_path / "rd.png", title="型.safetensors: rate and distortion")
+    assert not [w for w in caught if "Glyph" in str(w.message) and not issubclass(w.category, ZooWarning)]
+    said = [str(w.message) for w in caught if issubclass(w.category, ZooWarning)]
+    named = {f"{tmp_path / 'rd.png'}: the plot's font has no glyph for {chars}, drawn as empty boxes" for chars in ("模型", "型模")}
+    assert said == [] or (len(said) == 1 and said[0] in named)  # none where a font has them
+
+
 @pytest.mark.filterwarnings("ignore:stage 1 of the pipeline")  # the pattern selects no tensor: a label, no more
 def test_json_keeps_the_points_when_a_label_has_dollars(model, tmp_path):
     # the ValueError ended the command: stdout empty, every measured point lost

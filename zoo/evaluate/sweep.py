@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoo.refs import open_base
-from zoo.errors import InputError, ZooError
+from zoo.errors import InputError, ZooError, ZooWarning
 from zoo.codecs.pipeline import Pipeline
 from zoo.container.format import current_umask
 from zoo.hub import temporaries
@@ -244,17 +246,40 @@ def plot(points: list[SweepPoint], path: str | os.PathLike[str], title: str | No
     axes.set_ylabel(label + (" (0 drawn at the floor)" if any(p.distortion <= 0 for p in usable) else ""))
     axes.set_title(title or "rate and distortion", fontsize=10, parse_math=False)  # a model's name, as a pipeline's
     axes.grid(True, which="both", linewidth=0.3)
-    figure.tight_layout()
     try:
-        # named and locked as compress's are, so that a later run removes one a killed run left
-        with temporaries.locked_temporary(path.parent, temporaries.temporary_prefix(path), is_dir=False) as temporary:
-            figure.savefig(temporary, format=file_format)
-            os.chmod(temporary, 0o666 & ~current_umask())  # made private; a plot is an ordinary file
-            with signals_held():  # in place and said so, or neither
-                temporaries.replace(temporary, path, force)
-                written(str(path))
+        with _missing_glyphs_said_once(path):  # the text is laid out, and its glyphs looked up, from here
+            figure.tight_layout()
+            # named and locked as compress's are, so that a later run removes one a killed run left
+            with temporaries.locked_temporary(path.parent, temporaries.temporary_prefix(path), is_dir=False) as temporary:
+                figure.savefig(temporary, format=file_format)
+                os.chmod(temporary, 0o666 & ~current_umask())  # made private; a plot is an ordinary file
+                with signals_held():  # in place and said so, or neither
+                    temporaries.replace(temporary, path, force)
+                    written(str(path))
     except OSError as error:  # the user's path, not the temporary's
         raise InputError(f"{path}: cannot write the plot there ({error.strerror or type(error).__name__})") from None
     finally:
         plt.close(figure)
     return path
+
+
+@contextmanager
+def _missing_glyphs_said_once(path: Path) -> Iterator[None]:
+    """matplotlib's warning for each character its font lacks (a CJK pipeline or model name), which
+    Python printed with a line of zoo's source, as one ZooWarning naming them all; any other warning
+    passes on as it came."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # each character once, not only the first line's
+            yield
+    finally:
+        missing: list[str] = []
+        for warning in caught:
+            glyph = re.match(r"Glyph (\d+)\b.*\bmissing from", str(warning.message))
+            if glyph is None or not issubclass(warning.category, UserWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno, source=warning.source)
+            elif chr(int(glyph[1])) not in missing:
+                missing.append(chr(int(glyph[1])))
+        if missing:
+            warnings.warn(ZooWarning(f"{path}: the plot's font has no glyph for {''.join(missing)}, drawn as empty boxes"), stacklevel=2)
