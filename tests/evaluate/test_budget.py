@@ -352,3 +352,32 @@ def test_options_only_the_zoo_reads_are_noted_beside_a_budget(tiny_llama, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "note: --no-delta applies to the zoo; an archive written with -o holds no XORs\n" in done.stderr
     assert "note: --name names a model in the zoo; an archive written with -o is known by its path\n" in done.stderr
+
+
+def test_an_output_that_appears_after_the_last_check_is_left_alone(tmp_path, monkeypatch):
+    # the kept archive was put in place with os.replace, over whatever had appeared since the check
+    from pathlib import Path
+
+    import numpy as np
+
+    from zoo import api
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", rng.normal(size=(256, 256)).astype(np.float32))})
+    destination = tmp_path / "kept.zoo"
+    checks = []
+    original = api.check_output
+
+    def then_a_file_appears(final, force, is_dir):
+        original(final, force, is_dir)
+        if Path(final) == destination:  # (the candidates' outputs are checked too)
+            checks.append(final)
+            if len(checks) == 2:  # the check before the archive is put in place
+                Path(final).write_text("mine")
+
+    monkeypatch.setattr(api, "check_output", then_a_file_appears)
+    with pytest.raises(OutputExistsError, match="appeared while zoo was writing it"):
+        compress_to_budget(source, destination, "bpw=8")
+    assert destination.read_text() == "mine" and len(checks) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.zoo", "w.safetensors"]

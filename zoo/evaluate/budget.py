@@ -38,6 +38,8 @@ from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
 from zoo.errors import InputError, OutOfReach, ZooError
 from zoo.evaluate.result import exact_text, figure_text
 from zoo.optimize.teacher import Teacher
+from zoo.hub import temporaries
+from zoo.signals import signals_held, written
 from zoo.sources.folder import SCRATCH_PREFIX
 
 # budget name -> (what it reads, which way is better, the kinds it fits)
@@ -326,7 +328,9 @@ def compress_to_budget(
                                   f"stored, over the budget (its record took more than the {PROOF_BYTES} bytes the search allowed it: "
                                   "long paths?); no archive was kept")
         api.check_output(destination, force, is_dir=False)  # again: it may have appeared during the search
-        os.replace(final, destination)
+        with signals_held():  # in place and said so, or neither
+            temporaries.replace(final, destination, force)  # without force, never over a file that appeared since
+            written(str(destination))
     finally:
         if owned:
             session.close()
