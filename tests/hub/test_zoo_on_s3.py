@@ -191,6 +191,38 @@ def test_verify_and_doctor_on_a_bucket_report_a_missing_object(bucket, tmp_path,
     assert done.returncode == 1 and f"base@main:lossless: object {url}/{victim} is missing from the bucket (`zoo rm` it" in done.stdout
 
 
+def test_verify_and_doctor_on_a_bucket_take_nothing_stored_or_removed_meanwhile_for_damage(bucket, tmp_path, monkeypatch):
+    """Both list objects/ before they read manifests/ (for verify, the time it takes to check every
+    object): a model stored between the two named objects the listing lacked, 'missing from the
+    bucket', and one removed and collected after its manifest was read was missing too; exit 1 for
+    a sound zoo. As on a folder (test_verify_of_the_whole_zoo_takes_nothing_removed_meanwhile_for_damage)."""
+    from zoo.hub import bucket_upkeep, remote
+
+    url = f"{bucket}/meanwhile"
+    writer = machine(tmp_path, "writer", url, monkeypatch)
+    compress_into(writer, write_model(tmp_path / "kept", base_tensors()), "kept")
+    compress_into(writer, write_model(tmp_path / "gone", base_tensors(seed=10)), "gone")
+    monkeypatch.setattr(remote, "GC_GRACE_SECONDS", 0)  # as if a day had passed: gc collects what `zoo rm` released
+    real_manifests = bucket_upkeep._manifests
+    stored: list[str] = []
+
+    def another_machine_writes_meanwhile(store, problems):
+        stored.append(f"new{len(stored)}")
+        compress_into(writer, write_model(tmp_path / stored[-1], base_tensors(seed=20 * len(stored))), stored[-1])
+        records = real_manifests(store, problems)
+        if "gone" in {record["name"] for record in records.values()}:
+            writer.remove("gone")
+            assert writer.gc()
+        return records
+
+    monkeypatch.setattr(bucket_upkeep, "_manifests", another_machine_writes_meanwhile)
+    objects, manifests, problems = machine(tmp_path, "verifier", url, monkeypatch).verify()
+    assert problems == [] and manifests == 3, problems
+    findings = machine(tmp_path, "doctor", url, monkeypatch).doctor()
+    assert not [line for line in findings if "missing" in line], findings
+    assert findings[-1].startswith(f"{url}: 3 models;"), findings
+
+
 def test_verify_and_doctor_on_a_bucket_name_a_damaged_manifest(bucket, tmp_path, monkeypatch):
     url = f"{bucket}/zoo"
     store = machine(tmp_path, "writer", url, monkeypatch)

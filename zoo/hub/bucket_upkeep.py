@@ -54,18 +54,11 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
         for_each(check, list(listed.values()), threads)
 
     records = _manifests(store, problems)
-    for record in records.values():
-        missing = _missing_objects(store, record, listed)
-        problems += missing
-        if not missing:
-            try:
-                store.existing_object(_archive_of(record))  # this machine's copy, which the layout check opens
-            except StorageError:
-                raise
-            except (ZooError, OSError) as error:
-                problems.append(f"{_ref(record)}: its archive cannot be fetched: {error}")
-                continue
-            problems += store._archive_problems(record, threads)
+    for key, record in records.items():
+        found = _missing_objects(store, record, listed) or _archive_problems(store, record, threads)
+        if found and not _still(store, key, record):
+            continue  # removed or replaced since it was read (zoo rm and gc, compress --force): its objects went with it
+        problems += found
         if damaged:  # the archive's header read again only then
             problems += needs_damaged(_ref(record), damaged & ({o["sha256"] for o in record["objects"]} | store._archive_names(record)))
     return len(listed), len(records), problems
@@ -88,8 +81,10 @@ def doctor_bucket(store: Any) -> list[str]:
     listed = _objects(store.storage)
     records = _manifests(store, findings)
     named: set[str] = set()
-    for record in records.values():
-        findings += [Damage(f"{line} (`zoo rm` it, or store it again)") for line in _missing_objects(store, record, listed)]
+    for key, record in records.items():
+        missing = _missing_objects(store, record, listed)
+        if missing and _still(store, key, record):  # else removed or replaced since it was read: its objects went with it
+            findings += [Damage(f"{line} (`zoo rm` it, or store it again)") for line in missing]
         listed_here = {item["sha256"] for item in record["objects"]}
         left_out = store._archive_names(record) - listed_here
         if left_out:
@@ -138,16 +133,42 @@ def _manifests(store: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _missing_objects(store: Any, record: dict[str, Any], listed: dict[str, KeyInfo]) -> list[str]:
+    """What `listed`, the objects listed before the manifests were read, says is missing from a
+    manifest's objects, or of another size. One the listing lacks is looked up again first: a
+    model stored since the listing names objects it could not hold (only those cost a request)."""
     lines = []
     for item in record["objects"]:
-        key = store._relative(store.object_path(item["sha256"]))
-        found = listed.get(key)
+        key = store.object_key(item["sha256"])
+        found = listed.get(key) or store.storage.stat(key)
         if found is None:
             lines.append(f"{_ref(record)}: object {store.storage.url}/{key} is missing from the bucket")
         elif found.size != item["size"]:
             lines.append(f"{_ref(record)}: object {store.storage.url}/{key} is {found.size} bytes where its manifest says "
                          f"{item['size']}: damaged")
     return lines
+
+
+def _archive_problems(store: Any, record: dict[str, Any], threads: int) -> list[str]:
+    """A model's archive checked as Store._archive_problems does, on this machine's copy."""
+    try:
+        store.existing_object(_archive_of(record))  # this machine's copy, which the layout check opens
+    except StorageError:
+        raise
+    except (ZooError, OSError) as error:
+        return [f"{_ref(record)}: its archive cannot be fetched: {error}"]
+    return store._archive_problems(record, threads)
+
+
+def _still(store: Any, key: str, record: dict[str, Any]) -> bool:
+    """Whether the bucket's manifest `key` still holds `record`, as read before (Store._still)."""
+    try:
+        return store.check_placed(key, check_record(json.loads(store.storage.read(key)))) == record
+    except FileNotFoundError:
+        return False
+    except StorageError:  # the bucket did not answer: no verdict
+        raise
+    except (ValueError, ZooError):
+        return False  # damaged since: the next verify says so
 
 
 def _name_of(key: str) -> str:
