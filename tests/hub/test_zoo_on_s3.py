@@ -313,6 +313,44 @@ def test_storing_a_model_again_repairs_an_object_damaged_in_the_bucket(bucket, t
     assert done.returncode == 0, done.stderr
 
 
+def test_a_machine_keeps_no_archive_damaged_in_the_bucket_and_verify_reads_the_buckets(bucket, tmp_path, monkeypatch):
+    """A model's archive was fetched from the bucket unchecked: a machine that read it while it was
+    damaged there kept it, and once the bucket was mended every read there still failed on its copy;
+    the whole-zoo `zoo verify`, which reads the bucket, judged that copy and called the zoo damaged.
+    A fetched archive is now held to its name (not kept where it is damaged, said in one line), and
+    verify, doctor and gc hold this machine's copy to its name before they read it."""
+    url = f"{bucket}/fetched"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    model = write_model(tmp_path / "m", base_tensors())
+    name = compress_into(store, model, "m").archive.name.removesuffix(".zoo")
+    key = store.object_key(name)
+
+    def flip() -> None:
+        data = bytearray(store.storage.read(key))
+        data[200] ^= 1
+        store.storage.fs.pipe_file(store.storage.path(key), bytes(data))
+
+    flip()
+    reader = machine(tmp_path, "reader", url, monkeypatch)
+    assert [e.ref for e in reader.entries()] == ["m@main:lossless"]  # its sync fetches the models' archives
+    assert not reader.object_path(name).exists()
+    done = _zoo(url, tmp_path / "reader-index", "decompress", "m", "-o", str(tmp_path / "out-1"))
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {url}/{key}: damaged in the bucket ("), done.stderr
+    assert done.stderr.count("\n") == 1 and not reader.object_path(name).exists(), done.stderr
+    flip()  # mended
+    assert reader.verify()[2] == []
+    done = _zoo(url, tmp_path / "reader-index", "decompress", "m", "-o", str(tmp_path / "out-2"))
+    assert done.returncode == 0 and hashes(tmp_path / "out-2") == hashes(model), done.stderr
+
+    # a copy fetched unchecked, by a zoo before this one: verify reads the bucket's bytes, not it, and mends it
+    copy = reader.object_path(name)
+    data = bytearray(copy.read_bytes())
+    data[200] ^= 1
+    copy.write_bytes(bytes(data))
+    assert reader.verify()[2] == []
+    assert copy.read_bytes() == store.storage.read(key)
+
+
 def test_a_bucket_manifest_that_leaves_out_objects_its_archive_names_loses_none_of_them(bucket, tmp_path, monkeypatch):
     """As on a folder zoo (test_store_recovery): a manifest in the bucket cut down to its archive.
     gc on a bucket read the manifests alone and deleted what only the archive named, once past the

@@ -55,7 +55,7 @@ def verify_bucket(store: Any, threads: int = 1) -> tuple[int, int, list[str]]:
 
     records = _manifests(store, problems)
     for key, record in records.items():
-        found = _missing_objects(store, record, listed) or _archive_problems(store, record, threads)
+        found = _missing_objects(store, record, listed) or _archive_problems(store, record, damaged, threads)
         if found and not _still(store, key, record):
             continue  # removed or replaced since it was read (zoo rm and gc, compress --force): its objects went with it
         problems += found
@@ -148,10 +148,14 @@ def _missing_objects(store: Any, record: dict[str, Any], listed: dict[str, KeyIn
     return lines
 
 
-def _archive_problems(store: Any, record: dict[str, Any], threads: int) -> list[str]:
-    """A model's archive checked as Store._archive_problems does, on this machine's copy."""
+def _archive_problems(store: Any, record: dict[str, Any], damaged: set[str], threads: int) -> list[str]:
+    """A model's archive checked as Store._archive_problems does, on this machine's copy once it
+    holds the bucket's bytes (its sha256 is its name, which the bucket's was held to above); one
+    found `damaged` in the bucket is said already, with the model that needs it."""
+    if _archive_of(record) in damaged:
+        return []
     try:
-        store.existing_object(_archive_of(record))  # this machine's copy, which the layout check opens
+        store.existing_object(_archive_of(record), archive=True)  # the copy the layout check opens
     except StorageError:
         raise
     except (ZooError, OSError) as error:

@@ -193,24 +193,34 @@ class Store:
         """Where the object `name` lives in the zoo's storage: its path under the zoo's root."""
         return self._relative(self.object_path(name))
 
-    def existing_object(self, name: str) -> Path | None:
+    def existing_object(self, name: str, archive: bool = False) -> Path | None:
         """The object of that name when the zoo holds it (what a build may reuse instead of coding);
-        on object storage it is fetched into this machine's folder first."""
+        on object storage it is fetched into this machine's folder first. A model's `archive` (named
+        by the sha256 of its bytes) of object storage is held to its name, this machine's copy too:
+        one damaged here, or fetched unchecked by an older zoo, is fetched again."""
         path = self.object_path(name)
         if path.is_file():
-            return path
+            if self.storage is None or not archive or sha256_file(path) == name:
+                return path
+            path.unlink(missing_ok=True)  # not the bucket's bytes: the bucket's fetched instead
+            format_module.object_replaced(path)
         if self.storage is None or self.storage.stat(self._relative(path)) is None:
             return None
         try:
-            return self._fetch(self._relative(path), path)
+            return self._fetch(self._relative(path), path, archive)
         except FileNotFoundError:  # collected by a gc since the look: the build codes it anew
             return None
 
-    def _fetch(self, key: str, path: Path) -> Path:
-        """A key of the zoo's storage copied whole to `path` (a temporary name first)."""
+    def _fetch(self, key: str, path: Path, archive: bool = False) -> Path:
+        """A key of the zoo's storage copied whole to `path` (a temporary name first). An `archive`
+        is checked against its name first: one damaged in the bucket kept here would be read by this
+        machine for good, the bucket mended or not."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked_temporary(path.parent, temporary_prefix(path), is_dir=False) as temporary:
             self.storage.download(key, temporary)
+            if archive and sha256_file(temporary) != path.name.removesuffix(OBJECT_SUFFIX):
+                raise StoreError(f"{self.url}/{key}: damaged in the bucket (its bytes do not hash to its name); not kept on this "
+                                 "machine (`zoo verify` names the models it breaks)")
             os.replace(temporary, path)
         return path
 
@@ -255,8 +265,8 @@ class Store:
             for _, record in self._all_manifests():
                 for item in record["objects"]:
                     if item["role"] == "archive" and not self.object_path(item["sha256"]).is_file():
-                        with suppress(ZooError, OSError):
-                            self._fetch(self._relative(self.object_path(item["sha256"])), self.object_path(item["sha256"]))
+                        with suppress(ZooError, OSError):  # a damaged one is said by the command that reads it
+                            self._fetch(self._relative(self.object_path(item["sha256"])), self.object_path(item["sha256"]), archive=True)
         self._synced = time.monotonic()
 
     def _manifest_versions(self) -> dict[str, str]:
@@ -750,15 +760,14 @@ class Store:
             raise StoreError(f"{self.home}: a zoo in a folder takes a model from a work folder (add_composed)")
         check_name(name)
         check_revision(revision)
-        shell = self.object_path(shell_name)
         try:
-            if not shell.is_file():
-                self._fetch(self._relative(shell), shell)
-            if sha256_file(shell) != shell_name:
-                shell.unlink()
-                raise StoreError(f"{self.url}: the shell {shell_name[:16]}... of {name} is damaged; nothing was stored")
+            shell = self.existing_object(shell_name, archive=True)
+        except StoreError as error:  # damaged in the bucket
+            raise StoreError(f"{error}; {name} was not stored") from None
         except OSError as error:
             raise StoreError(f"{self.url}: cannot read the shell of {name}: {_reason(error)}") from None
+        if shell is None:
+            raise StoreError(f"{self.url}: the shell {shell_name[:16]}... of {name} is not in the bucket; nothing was stored")
         metadata, files = describe_files(shell, objects_root=self.objects)
         record = record_of(metadata, files, name, revision, commit, source, time.time())
         _name_objects(record, shell, shell_name, objects, shell_name, "its worker did not put")
@@ -872,7 +881,7 @@ class Store:
         if archive is None:
             return set()
         try:
-            path = self.existing_object(archive) if self.storage is not None else self.object_path(archive)
+            path = self.existing_object(archive, archive=True) if self.storage is not None else self.object_path(archive)
             if path is None:
                 return set()
             opened = format_module.ArchiveFile(path)
@@ -1524,6 +1533,6 @@ def resolve_archive(ref: str) -> Path | None:
 def require_archive(store: Store, entry: Entry) -> None:
     """A model's archive is here (fetched first from a bucket), or MissingObjectError says so: not
     "<the archive's path>: no such file, and no model of that name", as the model is there."""
-    if not entry.archive.is_file() and store.existing_object(entry.archive.name.removesuffix(OBJECT_SUFFIX)) is None:
+    if not entry.archive.is_file() and store.existing_object(entry.archive.name.removesuffix(OBJECT_SUFFIX), archive=True) is None:
         raise MissingObjectError(f"{entry.ref}: its archive {entry.archive.name[:16]}... is missing from the zoo "
                                  "(`zoo doctor` says what that breaks; `zoo rm` it, or store it again)")
