@@ -357,13 +357,15 @@ def _download(store: Store, name: str, folder: Path) -> Path:
     return path
 
 
-def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float]) -> None:
+def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float], archive: bool = False) -> None:
     """A bucket zoo's objects put by the task that made them (each if absent; an old one found
-    there has its age renewed, as the driver's publish would), several at once."""
+    there has its age renewed, as the driver's publish would), several at once; with `archive`,
+    a model's archive, put again where one found there is damaged (Store.put_archive)."""
     from zoo.kernels.parallel import for_each
 
     started = time.perf_counter()
-    for_each(lambda item: store.storage.put(store.object_key(item[0]), item[1]), list(paths.items()), 4)
+    for_each(lambda item: store.put_archive(*item) if archive else store.storage.put(store.object_key(item[0]), item[1]),
+             list(paths.items()), 4)
     seconds["put"] = time.perf_counter() - started
 
 
@@ -436,7 +438,7 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
     landed.seconds["hash"] = time.perf_counter() - started
     _put(store, {key: object_path(sink.root, key) for key in sink.names()}, landed.seconds)
     puts = landed.seconds["put"]
-    _put(store, {landed.output: shell}, landed.seconds)  # last: a shell found in the bucket names objects that are there
+    _put(store, {landed.output: shell}, landed.seconds, archive=True)  # last: a shell found in the bucket names objects that are there
     landed.seconds["put"] += puts
     return landed
 

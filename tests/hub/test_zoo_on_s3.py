@@ -351,6 +351,51 @@ def test_a_machine_keeps_no_archive_damaged_in_the_bucket_and_verify_reads_the_b
     assert copy.read_bytes() == store.storage.read(key)
 
 
+def test_storing_a_model_again_repairs_its_archive_damaged_in_the_bucket(bucket, tmp_path, monkeypatch):
+    """A model's archive (the shell naming its objects) is the same bytes each time the model is
+    stored, and it was put only where absent: one damaged in the bucket stayed damaged when the
+    model was stored again, as `zoo verify` advises, and compress said it was stored (a batch's
+    worker put it the same way). The archive found there is now read back, and put again where
+    its bytes are not its name's."""
+    import hashlib
+
+    from zoo import batch
+
+    url = f"{bucket}/shell"
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    model = write_model(tmp_path / "m", base_tensors())
+
+    def damaged_archive() -> str:
+        """The model's archive, as its manifest in the bucket names it, damaged there."""
+        record = json.loads(store.storage.read("manifests/m/main/lossless.json"))
+        [name] = [item["sha256"] for item in record["objects"] if item["role"] == "archive"]
+        data = bytearray(store.storage.read(store.object_key(name)))
+        data[200] ^= 1
+        store.storage.fs.pipe_file(store.storage.path(store.object_key(name)), bytes(data))
+        return name
+
+    def whole(name: str) -> bool:
+        return hashlib.sha256(store.storage.read(store.object_key(name))).hexdigest() == name
+
+    compress_into(store, model, "m")
+    name = damaged_archive()
+    assert machine(tmp_path, "verifier", url, monkeypatch).verify()[2]
+    store.remove("m")
+    assert compress_into(store, model, "m").archive.name == f"{name}.zoo" and whole(name)
+    assert machine(tmp_path, "verifier-2", url, monkeypatch).verify()[2] == []
+    compress_into(store, model, "m", force=True)  # found whole this time
+    assert whole(name)
+
+    store = machine(tmp_path, "batch", url, monkeypatch)  # the driver, and here its worker too
+    batch.compress_many([str(model)], store=store, names=["m"], ray=None, force=True)  # its archive says a batch stored it
+    name = damaged_archive()
+    store.object_path(name).unlink()  # a driver that has no copy of it fetches what the worker left in the bucket
+    [landed] = batch.compress_many([str(model)], store=store, names=["m"], ray=None, force=True)
+    assert landed.ok and whole(name), landed.error
+    zoo.decompress(machine(tmp_path, "reader", url, monkeypatch).resolve("m").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(model)
+
+
 def test_a_bucket_manifest_that_leaves_out_objects_its_archive_names_loses_none_of_them(bucket, tmp_path, monkeypatch):
     """As on a folder zoo (test_store_recovery): a manifest in the bucket cut down to its archive.
     gc on a bucket read the manifests alone and deleted what only the archive named, once past the

@@ -16,6 +16,7 @@ removes those) or an index behind the manifests (rebuilt on the next read).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -220,7 +221,7 @@ class Store:
             self.storage.download(key, temporary)
             if archive and sha256_file(temporary) != path.name.removesuffix(OBJECT_SUFFIX):
                 raise StoreError(f"{self.url}/{key}: damaged in the bucket (its bytes do not hash to its name); not kept on this "
-                                 "machine (`zoo verify` names the models it breaks)")
+                                 "machine (`zoo verify` names its model; storing that again mends it)")
             os.replace(temporary, path)
         return path
 
@@ -295,8 +296,15 @@ class Store:
         old = self.storage.read_versioned(key)
         if old is not None and not force:
             raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
-        for_each(lambda item: self.storage.put(self._relative(self.object_path(item[0])), item[1], if_absent=item[0] not in repairs),
-                 list(moves.items()), 4)
+        archive = _archive_of(record)
+
+        def put(name: str, path: Path) -> None:
+            if name == archive:
+                self.put_archive(name, path)
+            else:
+                self.storage.put(self.object_key(name), path, if_absent=name not in repairs)
+
+        for_each(lambda item: put(*item), list(moves.items()), 4)
         for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
             self.object_path(item).unlink(missing_ok=True)
             format_module.object_replaced(self.object_path(item))
@@ -313,14 +321,40 @@ class Store:
             raise StorageError(f"{error}; {ref} may be stored all the same (`zoo ls` says)") from None
         stored(ref)
         with self._locked():  # this machine's copy: the archive, the manifest, the index
-            archive = next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
             target = self.object_path(archive)
-            if not target.exists():
+            if not target.is_file() or sha256_file(target) != archive:  # none yet, or a damaged copy fetched before
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(moves[archive], target)
+                with locked_temporary(target.parent, temporary_prefix(target), is_dir=False) as temporary:
+                    shutil.copyfile(moves[archive], temporary)
+                    os.replace(temporary, target)
+                format_module.object_replaced(target)
             behind = self._mark_behind()
             self._publish_manifest(record)
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
+
+    def put_archive(self, name: str, path: Path) -> None:
+        """A model's archive put in the zoo's storage, if absent. One found there (the same model
+        stored before: the same bytes, the same name) is read back, and put again over it where its
+        bytes are not its name's: damaged there, it would never be written again otherwise."""
+        key = self.object_key(name)
+        if not self.storage.put(key, path) and not self._holds(key, name):
+            self.storage.put(key, path, if_absent=False)
+
+    def _holds(self, key: str, name: str) -> bool:
+        """Whether the storage's bytes at `key` hash to `name`: read back in blocks (a model's
+        archive of objects is headers only, one block)."""
+        from zoo.hub.remote import READ_BLOCK_BYTES
+
+        info = self.storage.stat(key)
+        if info is None:
+            return False
+        digest = hashlib.sha256()
+        try:
+            for start in range(0, info.size, READ_BLOCK_BYTES):
+                digest.update(self.storage.read_range(key, start, min(READ_BLOCK_BYTES, info.size - start)))
+        except FileNotFoundError:  # collected since the look
+            return False
+        return digest.hexdigest() == name
 
     def _remove_remote(self, chosen: list[Entry]) -> None:
         for entry in chosen:
