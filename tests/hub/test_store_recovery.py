@@ -166,6 +166,23 @@ def test_an_unopenable_catalogue_is_read_around(two_models):
     assert listed(two_models) == ["org/first@main:lossless", "second@main:truncate:bits=5"]
 
 
+def test_a_catalogue_that_cannot_be_put_in_place_is_named_not_the_temporary(two_models):
+    """A rename's error names its destination second (OSError.filename2): with a folder in the
+    catalogue's place, doctor said "Is a directory: .../work/.catalogue.zoo-tmp-...", a file of
+    its own that no one knows, gone by then."""
+    catalogue = two_models / "catalogue.sqlite"
+    catalogue.unlink()
+    catalogue.mkdir()
+    findings = Store(two_models).doctor()
+    assert f"cannot rebuild the catalogue: Is a directory: {catalogue} (" in findings[-1], findings
+    assert "tmp" not in findings[-1].replace(str(two_models), ""), findings
+    from zoo.hub.store import _reason
+
+    # where either side of a rename may be at fault (a folder that may not be written), both are said
+    assert _reason(PermissionError(13, "Permission denied", "archives/x.zoo", None, "unreadable/x.zoo")) == \
+        "Permission denied: archives/x.zoo -> unreadable/x.zoo"
+
+
 def _no_bigger_files_than(limit: int):
     def apply() -> None:
         import signal

@@ -15,6 +15,7 @@ removes those) or an index behind the manifests (rebuilt on the next read).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -1543,9 +1544,18 @@ def _name_objects(record: dict[str, Any], shell: Path, shell_name: str, sizes: d
     record["stored_bytes"] = size + sum(sizes[item] for item in named)
 
 
+# What a rename fails with where its destination is in the way (a folder in a file's place).
+_IN_THE_WAY = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY}
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror + (f": {error.filename}" if error.filename else "")
+        # a rename (os.replace) names its destination second: said alone where it is in the way (its
+        # source is most often a temporary of ours, which no one knows), else both, either may be at fault
+        where = error.filename
+        if error.filename2 is not None:
+            where = error.filename2 if error.errno in _IN_THE_WAY else f"{error.filename} -> {error.filename2}"
+        return error.strerror + (f": {where}" if where else "")
     return str(error)
 
 
