@@ -402,3 +402,14 @@ def test_a_temporary_of_a_writer_killed_but_not_yet_reaped_is_stale(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_a_killed_writers_work_folder_is_swept_by_the_next_writer_before_its_work(tiny_model, tmp_path):
+    """A writer killed while coding left its work folder, which only a publish that succeeded, gc or
+    doctor swept: on a full disk every later compress failed for want of that room."""
+    home = tmp_path / "zoo"
+    killed("compress", tiny_model, "--name", "first", home=home, at="store-object")
+    [left] = (home / "work").glob("job-*")
+    with Store(home).workspace() as mine:  # where the next writer codes, before it publishes
+        assert list((home / "work").glob("job-*")) == [mine]
+    assert not left.exists()

@@ -722,6 +722,9 @@ class Store:
         """A private folder inside the store for work that may later enter it (same file system,
         so entering is a rename). Locked while in use; removed afterwards whatever happens."""
         self._make_folders()
+        # a killed writer's folder first: it may hold what this job needs room for (a full disk
+        # failed every later compress, and the zoo looked empty, until gc or doctor)
+        self._sweep_work()
         folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.work))
         # Locked under another name, then renamed: a sweeper never sees an unlocked `.lock`.
         lock = open(folder / ".lock-pending", "w")  # noqa: SIM115 - held for as long as the folder is in use
