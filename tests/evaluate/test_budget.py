@@ -381,3 +381,20 @@ def test_an_output_that_appears_after_the_last_check_is_left_alone(tmp_path, mon
         compress_to_budget(source, destination, "bpw=8")
     assert destination.read_text() == "mine" and len(checks) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.zoo", "w.safetensors"]
+
+
+def test_the_candidates_a_killed_search_left_are_removed_by_the_next(tmp_path):
+    # its folder of candidates (a mkdtemp) stayed beside the output for good after a SIGKILL, and on
+    # a full disk failed every later search
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", rng.normal(size=(256, 256)).astype(np.float32))})
+    (tmp_path / "out").mkdir()
+    left = tmp_path / "out" / ".zoo-budget-99999999-0badf00d"  # named by a process that is gone
+    left.mkdir()
+    (left / "candidate-1.zoo").write_bytes(b"x" * 1000)
+    compress_to_budget(source, tmp_path / "out" / "kept.zoo", "bpw=8")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["kept.zoo"]

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,13 +164,17 @@ class Session:
     calibration text, one held-out text and one leaf per session."""
 
     def __init__(self, work: str | os.PathLike[str]) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=work))  # a model folder's scan leaves it out
+        # locked while the session lives: what a killed one left, the next removes (a model
+        # folder's scan leaves it out by its name)
+        self._held = ExitStack()
+        self.work = self._held.enter_context(temporaries.locked_temporary(temporaries.sweep_scratch(Path(work), SCRATCH_PREFIX),
+                                                                          SCRATCH_PREFIX, is_dir=True))
         self.teacher: Any = None
         self.source: Path | None = None  # the model the teacher and the candidates are of
         self.candidates: dict[float, Candidate] = {}
 
     def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        self._held.close()
 
     def __enter__(self) -> Session:
         return self

@@ -35,6 +35,7 @@ from zoo.container.format import current_umask
 from zoo.hub import temporaries
 from zoo.signals import signals_held, written
 
+SCRATCH = "zoo-sweep-"  # the candidates' folder: SCRATCH<pid>-<random>, in TMPDIR unless told
 # Distortion (lower is better) of each kind, for the plot and the frontier: name, axis label, transform.
 DISTORTION = {
     "causal-lm": ("kl_mean", "mean KL to the original (nats per token)"),
@@ -127,7 +128,9 @@ def sweep(
     with ExitStack() as stack:
         # Opened once, so that a base that is no model fails before the first pipeline runs.
         base_model = stack.enter_context(open_base(base)) if base is not None else None
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-sweep-", dir=workdir))
+        # locked while the sweep runs: what a killed one left there, the next removes
+        where = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+        scratch = stack.enter_context(temporaries.locked_temporary(temporaries.sweep_scratch(where, SCRATCH), SCRATCH, is_dir=True))
         for number, (given, spec) in enumerate(zip(pipelines, specs)):
             if progress:
                 progress(f"[{number + 1}/{len(specs)}] {given}")

@@ -173,6 +173,17 @@ def sweep_beside(final: Path) -> list[Path]:
     return done
 
 
+def sweep_scratch(parent: Path, prefix: str) -> Path:
+    """The scratch folders named `parent/PREFIX<pid>-<random>` (locked_temporary) that killed runs
+    left removed, for a run about to make its own there: a budget search's candidates, a sweep's.
+    Returns `parent`."""
+    with suppress(OSError):
+        for path in parent.iterdir():
+            if is_stale(path, prefix):
+                _remove(path)
+    return parent
+
+
 def _put_back(aside: Path, final: Path) -> None:
     """A writer that moved files into the existing folder `final` one by one (zoo.api's
     decompress into a folder) keeps each file it replaced under SET_ASIDE until all are in. Killed
