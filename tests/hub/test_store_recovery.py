@@ -937,3 +937,30 @@ def test_verify_of_the_whole_zoo_takes_nothing_removed_meanwhile_for_damage(tmp_
     data[-20] ^= 0xFF
     victim.write_bytes(bytes(data))
     assert store.verify()[2]  # damage is still damage
+
+
+def test_doctor_on_a_full_disk_says_what_it_could_not_mend_among_the_rest(two_models, tmp_path):
+    """A manifest that leaves out objects, and another out of its place: on a full disk doctor
+    stopped at the first with a bare "No space left on device", every other finding lost."""
+    store = Store(two_models)
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {name: ("F32", random_storage("F32", (128, 64), seed)) for seed, name in enumerate("abc")})
+    compress_into(store, model, "org/first", force=True)
+    manifest = store.manifest_path("org/first", "main", "lossless")
+    record = json.loads(manifest.read_bytes())
+    left_out = len(record["objects"]) - 1
+    record["objects"] = [item for item in record["objects"] if item["role"] == "archive"]
+    record["stored_bytes"] = record["objects"][0]["size"]
+    manifest.write_text(json.dumps(record))
+    second = store.manifest_path("second", "main", "truncate:bits=5")
+    moved = second.parent / "elsewhere.json"
+    os.replace(second, moved)
+    doctor = subprocess.run([sys.executable, "-m", "zoo", "doctor"], capture_output=True, text=True, check=False, timeout=120,
+                            env={**os.environ, "ZOO_HOME": str(two_models)}, preexec_fn=_no_bigger_files_than(0))
+    assert doctor.returncode == 1 and "unexpected" not in doctor.stderr, doctor.stderr
+    assert (f"{manifest}: the manifest of org/first@main:lossless left out {left_out} of the objects its archive names; cannot list "
+            "them again: File too large") in doctor.stdout, doctor.stdout
+    assert f"{moved}: the manifest of second@main:truncate:bits=5, out of its place; moved back" in doctor.stdout, doctor.stdout
+    assert zoo_cli("doctor", home=two_models).returncode == 0  # with room, mended
+    assert zoo_cli("verify", home=two_models).returncode == 0

@@ -1230,12 +1230,17 @@ class Store:
             else:
                 findings.append(Damage(f"{path}: missing; {ref} cannot be read (`zoo rm` it, or store it again)"))
         if added:
-            record["objects"] = [*record["objects"], *added]
+            where = f"{self.manifest_path(record['name'], record['revision'], record['variant'])}: the manifest of {ref} left out " \
+                    f"{len(added)} of the objects its archive names"
+            record["objects"] = [*record["objects"], *added]  # named, for the caller, whether or not written
             record["stored_bytes"] += sum(item["size"] for item in added)
-            self.dirty.touch()
-            self._publish_manifest(record)
-            findings.append(f"{self.manifest_path(record['name'], record['revision'], record['variant'])}: the manifest of {ref} "
-                            f"left out {len(added)} of the objects its archive names: listed again")
+            try:
+                self.dirty.touch()
+                self._publish_manifest(record)
+            except OSError as error:  # a full disk: said with the rest, the manifest left as it was
+                findings.append(Damage(f"{where}; cannot list them again: {_reason(error)}"))
+            else:
+                findings.append(f"{where}: listed again")
         return findings
 
     def _place_manifests(self) -> list[str]:
@@ -1251,21 +1256,26 @@ class Store:
             proper = self.manifest_path(record["name"], record["revision"], record["variant"])
             if path == proper:
                 continue
-            ref = f"{record['name']}@{record['revision']}:{record['variant']}"
             try:
-                copy = json.loads(proper.read_bytes()) == record
-            except (OSError, ValueError):
-                copy = False
-            if copy:
-                path.unlink()
-                findings.append(f"{path}: a copy of the manifest of {ref}, out of its place; removed")
-            elif not proper.exists() and self._archive_says(record):
-                proper.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, proper)
-                findings.append(f"{path}: the manifest of {ref}, out of its place; moved back to {self._relative(proper)}")
-            else:
-                findings.append(f"{path}: a manifest of {ref} out of its place ({self._relative(proper)}); kept as {self._keep_aside(path)}")
+                findings.append(self._place_manifest(path, record, proper))
+            except OSError as error:  # a full disk: said with the rest, the manifest left where it was
+                findings.append(Damage(f"{path}: a manifest out of its place ({self._relative(proper)}); cannot move it: {_reason(error)}"))
         return findings
+
+    def _place_manifest(self, path: Path, record: dict[str, Any], proper: Path) -> str:
+        ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        try:
+            copy = json.loads(proper.read_bytes()) == record
+        except (OSError, ValueError):
+            copy = False
+        if copy:
+            path.unlink()
+            return f"{path}: a copy of the manifest of {ref}, out of its place; removed"
+        if not proper.exists() and self._archive_says(record):
+            proper.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, proper)
+            return f"{path}: the manifest of {ref}, out of its place; moved back to {self._relative(proper)}"
+        return f"{path}: a manifest of {ref} out of its place ({self._relative(proper)}); kept as {self._keep_aside(path)}"
 
     def _archive_says(self, record: dict[str, Any]) -> bool:
         """Whether the header of the archive a manifest names says it is the model the manifest
