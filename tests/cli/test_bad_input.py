@@ -563,10 +563,12 @@ def test_a_full_disk_names_where_the_output_was_going(small_disk, tmp_path):
     zoo.compress(source, tmp_path / "w.zoo")
     for args, where in ((["compress", source, "-o", small_disk / "w.zoo"], small_disk / "w.zoo"),
                         (["decompress", tmp_path / "w.zoo", "-o", small_disk / "out"], small_disk / "out"),
-                        (["compress", source, "--name", "w"], small_disk / "home")):
+                        (["compress", source, "--name", "w"], small_disk / "home"),
+                        (["compress", source, "--budget", "bpw=4", "-o", small_disk / "b.zoo"], small_disk / "b.zoo")):
         done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
                               env={**os.environ, "ZOO_HOME": str(small_disk / "home")})
-        assert (done.returncode, done.stderr) == (1, f"error: No space left on device: {where}\n"), (args, done.stderr)
+        said = done.stderr.splitlines()[-1:] if "--budget" in args else done.stderr.splitlines()  # (after its candidate lines)
+        assert (done.returncode, said) == (1, [f"error: No space left on device: {where}"]), (args, done.stderr)
     assert sorted(path.name for path in small_disk.iterdir()) == ["home"]
 
 

@@ -25,6 +25,7 @@ lazily, from the search's entry point only; the codecs never import it.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -227,6 +228,18 @@ def l2_pipeline(bits: float, leaf: str = DEFAULT_LEAF, calibration: Any = None) 
     return CalibratedPipeline(parsed.array_stages, parsed.grouping, parsed.bytes_stages, calibration)
 
 
+def _output_named_on_a_full_disk(function: Callable[..., BudgetResult]) -> Callable[..., BudgetResult]:
+    """A full disk names the archive the search was making, as api.compress's does, not a
+    candidate in its scratch folder (which is gone by then) or nothing."""
+    @functools.wraps(function)
+    def named(*args: Any, **kwargs: Any) -> BudgetResult:
+        from zoo import api
+
+        return api._names_a_full_disk(api._destination, within=api._beside_destination)(function)(*args, **kwargs)
+    return named
+
+
+@_output_named_on_a_full_disk
 def compress_to_budget(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
