@@ -7,8 +7,8 @@ each block of 128 values shares (so fp32 holding bf16 values costs what bf16 doe
 are split into byte planes (as bytegroup does), each coded order-0; so is a chunk of floats where
 that is smaller, which the coder asks only where one symbol holds a fifth of the words or more (a
 constant tensor, zeros, a pruned one: their remainders are the same bits over and over, which the
-words layout packs raw) or the chunk is small. Any section that would not shrink is stored raw. The stream format is in docs/FORMAT.md; native/coder.c is the coder and
-zoo/kernels/fallback_coder.py its numpy twin.
+words layout packs raw). Any section that would not shrink is stored raw. The stream format is in
+docs/FORMAT.md; native/coder.c is the coder and zoo/kernels/fallback_coder.py its numpy twin.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ WORDS, PLANES = 0, 1
 # (chosen by measuring the entropy of all-MiniLM-L6-v2 in each type).
 SYMBOL_BITS = {"BF16": 10, "F16": 8, "F32": 10, "F8_E4M3": 8, "F8_E5M2": 8}
 # A chunk of floats is also coded as byte planes, and the shorter kept, where its most frequent
-# symbol has at least this share of the 4096 (a fifth), or it is at most SMALL_CHUNK bytes. Dense
-# weights' top symbol holds a tenth or less (all-MiniLM-L6-v2: at most 435 of 4096) and never
-# pays for the second encoding (4x the first's time); at 10% zeros fp32 the planes are 3% shorter,
-# at 50% 30%, for a constant 99.999% (docs/codecs.md).
+# symbol has at least this share of the 4096 (a fifth). Dense weights' top symbol holds a tenth or
+# less (all-MiniLM-L6-v2: at most 435 of 4096) and never pays for the second encoding (4x the
+# first's time); at 50% zeros fp32 the planes are 30% shorter, for a constant 99.999%
+# (docs/codecs.md). Trying every small chunk as well saved 0.004% of MiniLM and cost 5% of its
+# encoding time (F16, F32).
 SHARED_SYMBOL = 4096 // 5
-SMALL_CHUNK = 16 << 10
 
 
 def _layout(dtype: str) -> tuple[int, int]:
@@ -56,7 +56,7 @@ class FpRans(GroupingCodec):
             raise ValueError("a header ends with its stream's two u32 lengths")
         lengths_at = len(header) - 8 if header else -1
         words = _kernels.encode_section(chunk, word_bytes, True, SYMBOL_BITS[dtype], prefix=header + bytes([WORDS]), lengths_at=lengths_at)
-        if not (chunk.nbytes <= SMALL_CHUNK or _top_frequency(words, len(header) + 1) >= SHARED_SYMBOL):
+        if _top_frequency(words, len(header) + 1) < SHARED_SYMBOL:
             return words
         planes = _planes(chunk, dtype)
         if len(planes) >= len(words) - len(header):
