@@ -1,4 +1,4 @@
-"""fprans on tensors of zeros, constants and pruned weights: one 4 MiB chunk of each, coded as zoo
+"""fprans on tensors of zeros, constants, pruned weights and a few values: one 4 MiB chunk of each, coded as zoo
 codes it (the words layout, or byte planes where one symbol holds a fifth of the words and they come
 out shorter), beside the words layout alone, zstd -3 and ZipNN (when installed) of the same bytes,
 with zoo's decode time (best of --repeat, one thread, this process's kernels).
@@ -37,6 +37,8 @@ def cases(count: int) -> dict[str, np.ndarray]:
     found = {"dense": weights}
     for share in (0.25, 0.5, 0.9, 0.99, 0.999):
         found[f"{share:.1%} zeros"] = np.where(rng.random(count) >= share, weights, 0.0)  # +0 (a product with a mask gives -0 too)
+    found["90% -0 and +0"] = weights * (rng.random(count) >= 0.9)  # a product with a pruning mask: negative weights give -0
+    found["16 values"] = rng.normal(0, 0.02, 16)[rng.integers(0, 16, count)]  # a dequantized tensor
     found["all zeros"] = np.zeros(count)
     found["constant 0.1"] = np.full(count, 0.1)
     return found
