@@ -421,6 +421,31 @@ def test_fprans_codes_constant_and_pruned_floats_as_byte_planes(dtype, monkeypat
     assert len(codec.encode(pruned, dtype)[0]) < 0.5 * len(_kernels.encode_section(pruned, 4 if dtype == "F32" else 2, True, SYMBOL_BITS[dtype]))
 
 
+def test_the_top_frequency_read_with_numpy_is_the_tables_largest():
+    from zoo.codecs.lossless.fprans import _top_frequency
+
+    def parsed(section):  # the table as docs/FORMAT.md spells it, varint by varint
+        count, position, best = struct.unpack_from("<H", section, 2)[0], 4, 0
+        for _ in range(count):
+            for pair in range(2):
+                value = shift = 0
+                while True:
+                    value |= (section[position] & 0x7F) << shift
+                    shift, position = shift + 7, position + 1
+                    if section[position - 1] < 0x80:
+                        break
+                best = max(best, value + 1) if pair else best
+        return best
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        count = int(rng.integers(300, 100000))
+        values = (rng.standard_normal(count) * 10 ** rng.uniform(-4, 2)).astype(np.float32) * (rng.random(count) > rng.random())
+        section = _kernels.encode_section(values.view(np.uint8), 4, True, 10)
+        if section[0] == 1 and struct.unpack_from("<H", section, 2)[0] > 1:
+            assert _top_frequency(section, 0) == parsed(section), trial
+
+
 def test_rans_codec_round_trips_and_rejects_damage():
     data = np.random.default_rng(0).geometric(0.2, 5000).clip(0, 255).astype(np.uint8).tobytes()
     codec = Rans()

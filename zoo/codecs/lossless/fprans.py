@@ -97,7 +97,8 @@ def _planes(chunk: np.ndarray, dtype: str) -> bytes:
 def _top_frequency(coded: bytes, at: int) -> int:
     """The largest of the 4096 frequencies of the section of words at `at` in `coded` (0 where it is
     stored verbatim). Its table's U pairs of LEB128 varints (symbol step, frequency - 1) are each at
-    most two bytes, values below 4096: read with numpy, a tenth of the time the Python loop took."""
+    most two bytes, values below 4096: read with numpy, in half the time a Python loop took (9 us
+    against 21 for a 4 MiB chunk's table, whose coding takes 450-900 us)."""
     if coded[at] == 0:
         return 0
     (count,) = struct.unpack_from("<H", coded, at + 2)
@@ -105,6 +106,6 @@ def _top_frequency(coded: bytes, at: int) -> int:
         return 4096
     table = np.frombuffer(coded, np.uint8, min(4 * count, len(coded) - at - 4), at + 4)
     ends = np.flatnonzero(table < 0x80)[1:2 * count:2]  # the last byte of each frequency
-    low = np.where(table[ends - 1] >= 0x80, table[ends - 1] & 0x7F, 0).astype(np.int32)  # its first byte, if it has two
-    values = np.where(table[ends - 1] >= 0x80, (table[ends].astype(np.int32) << 7) | low, table[ends])
-    return int(values.max()) + 1
+    first = table[ends - 1]  # its first byte where it has two (else the symbol step's last, below 0x80)
+    high = table[ends].astype(np.int32)
+    return int(np.where(first >= 0x80, (high << 7) | (first & 0x7F), high).max()) + 1
