@@ -77,8 +77,12 @@ def aside_prefix(final: Path) -> str:
 
 
 def _lock(path: Path) -> int:
-    descriptor = os.open(path, os.O_RDONLY)
+    # never blocks, never follows a link: a FIFO of one of our names (anyone may make one in /tmp)
+    # hung every sweep and compress that looked at it, waiting for a writer
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
+        if not stat.S_ISREG(mode := os.fstat(descriptor).st_mode) and not stat.S_ISDIR(mode):
+            raise OSError(errno.EINVAL, "not a file or folder of ours", str(path))
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(descriptor)
