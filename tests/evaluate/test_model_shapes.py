@@ -381,3 +381,16 @@ def test_text_no_evaluation_could_score_is_refused_up_front(tmp_path, cache):
     check_text(encoder, "The cat\tsat.\nA dog\tran.\n")
     result = evaluate(encoder, encoder, text="The cat\tsat.\nA dog\tran.\n", cache=cache, weights=False)
     assert result.metrics["cosine_mean"] == pytest.approx(1)
+
+
+def test_a_copy_of_a_flat_causal_lm_agrees_though_more_tokens_tie_than_the_cache_keeps(tmp_path, cache):
+    """The reference's ties are seen among its 256 likeliest tokens only: a flat model of 300
+    tokens against itself agreed on 0% of top tokens."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+    flat = _save(model, tmp_path / "flat", for_encoder=False)
+    result = evaluate(flat, flat, cache=cache, weights=False)
+    assert result.metrics["kl_mean"] == pytest.approx(0, abs=1e-9) and result.metrics["top1_agreement"] == 1.0
