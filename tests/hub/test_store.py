@@ -384,6 +384,36 @@ def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(ti
     assert done.returncode == 1 and "decodes to other bytes" in done.stdout + done.stderr
 
 
+def test_a_read_that_held_a_replaced_object_leaves_no_map_of_it_for_the_next(tmp_path):
+    """A read holding an object while another archive let go of it (replaced on disk) mapped the
+    old file and kept the map under the object's path: every later read of the new file was
+    handed the old bytes (a checksum error, for the process's life)."""
+    from zoo.container import format as archive_format
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {f"w{i}": ("F32", random_storage("F32", (128, 128), i)) for i in range(2)})
+    home = tmp_path / "home"
+    compress_into(Store(home), folder, "t/m")
+    old, new = sorted((home / "objects").rglob("*.zoo"), key=lambda p: p.stat().st_size)[-2:]
+    path = tmp_path / "object.zoo"
+    path.write_bytes(old.read_bytes())
+    files = archive_format._OBJECT_FILES
+    held = files.acquire(path, path, "a tensor")  # a read in flight
+    files.region(path, held)
+    (tmp_path / "next.zoo").write_bytes(new.read_bytes())
+    os.replace(tmp_path / "next.zoo", path)  # stored again meanwhile
+    archive_format.let_go_of_replaced_objects()  # another archive opened
+    assert bytes(files.mapping(path, held)) == old.read_bytes()  # the read in flight reads what it opened
+    files.release(path, held)
+    later = files.acquire(path, path, "a tensor")
+    try:
+        start, size = files.region(path, later)
+        assert bytes(files.mapping(path, later)) == new.read_bytes() and start + size == len(new.read_bytes())
+    finally:
+        files.release(path, later)
+
+
 def test_a_variant_of_the_model_being_stored_is_never_its_base(tmp_path):
     """Stored anew with --force from other weights (one bit off in each), t/m@main:lossless was
     stored as XORs against t/m@main:bytegroup|zstd, the variant the same command warned was made

@@ -738,10 +738,19 @@ class _ObjectFiles:
     def mapping(self, path: Path, descriptor: int) -> Any:
         """The object open as `descriptor` mapped (by a read that holds it), or None."""
         with self._lock:
+            if not self._current(path, descriptor):  # retired while this read held it: mapped for this read alone
+                return _map(descriptor, path) or None
             mapping = self._maps.get(path)
             if mapping is None:
                 mapping = self._maps[path] = _map(descriptor, path) or False  # False: tried, and not mapped
             return mapping or None
+
+    def _current(self, path: Path, descriptor: int) -> bool:
+        """Whether `descriptor` is the one the object at `path` is open as now. The maps and regions
+        are kept by path: one of a descriptor retired since (the file replaced) kept under it was
+        handed to every later read of the new file, whose checksums then failed."""
+        held = self._open.get(path)
+        return held is not None and held[0] == descriptor
 
     def forget_map(self, path: Path, mapping: Any) -> None:
         with self._lock:
@@ -750,7 +759,8 @@ class _ObjectFiles:
 
     def region(self, path: Path, descriptor: int) -> tuple[int, int]:
         """(payload start, payload size) of the object open as `descriptor`."""
-        region = self._regions.get(path)
+        with self._lock:
+            region = self._regions.get(path) if self._current(path, descriptor) else None
         if region is None:
             preamble = os.pread(descriptor, PREAMBLE.size, 0)
             if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC or PREAMBLE.unpack(preamble)[1] not in VERSIONS:
@@ -759,7 +769,10 @@ class _ObjectFiles:
             size = os.fstat(descriptor).st_size - start
             if size < 0:
                 raise FormatError(f"{path}: truncated object")
-            region = self._regions[path] = (start, size)
+            region = (start, size)
+            with self._lock:
+                if self._current(path, descriptor):
+                    self._regions[path] = region
         return region
 
 
