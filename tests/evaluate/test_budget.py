@@ -398,3 +398,14 @@ def test_the_candidates_a_killed_search_left_are_removed_by_the_next(tmp_path):
     (left / "candidate-1.zoo").write_bytes(b"x" * 1000)
     compress_to_budget(source, tmp_path / "out" / "kept.zoo", "bpw=8")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["kept.zoo"]
+
+
+def test_an_output_folder_no_file_can_be_made_in_is_named_as_compress_names_it(tmp_path):
+    # "error: No such file or directory: /proc/.zoo-budget-22883-f87c5379", its own scratch folder
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", np.ones((64, 64), np.float32))})
+    with pytest.raises(InputError, match=r"^/proc/x.zoo: cannot write in /proc: "):
+        compress_to_budget(source, "/proc/x.zoo", "bpw=8")

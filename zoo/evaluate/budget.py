@@ -294,7 +294,10 @@ def compress_to_budget(
             raise InputError(f"{text_path}: the held-out text the budget is judged on must differ from the calibration text")
 
     owned = session is None
-    session = Session(destination.parent) if session is None else session
+    try:
+        session = Session(destination.parent) if session is None else session
+    except OSError as error:  # named as compress names it, not by the scratch folder it could not make
+        raise InputError(f"{destination}: cannot write in {destination.parent}: {error.strerror or error}") from None
     if session.source is not None and session.source != source.resolve():
         raise InputError(f"a budget session is of one model: {session.source}, not {source}")
     session.source = source.resolve()
