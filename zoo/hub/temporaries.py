@@ -140,6 +140,11 @@ def is_stale(path: Path, prefix: str) -> bool:
     owned = _OWNED.fullmatch(path.name[len(prefix):]) if path.name.startswith(prefix) else None
     if owned is None:
         return False
+    if path.is_symlink():  # a link the output was, exchanged out by replace(force=True): no lock to take, only its writer's life
+        try:
+            return not _pid_runs(int(owned["pid"])) or time.time() - path.lstat().st_mtime > STALE_SECONDS
+        except FileNotFoundError:
+            return False
     try:
         descriptor = _lock(path)
     except (BlockingIOError, FileNotFoundError, PermissionError, OSError):
