@@ -384,11 +384,15 @@ def test_verify_holds_a_stored_lossy_model_to_the_sha256_its_manifest_records(ti
     assert done.returncode == 1 and "decodes to other bytes" in done.stdout + done.stderr
 
 
-def test_a_read_that_held_a_replaced_object_leaves_no_map_of_it_for_the_next(tmp_path):
+def test_a_read_that_held_a_replaced_object_leaves_no_map_of_it_for_the_next(tmp_path, monkeypatch):
     """A read holding an object while another archive let go of it (replaced on disk) mapped the
     old file and kept the map under the object's path: every later read of the new file was
     handed the old bytes (a checksum error, for the process's life)."""
     from zoo.container import format as archive_format
+
+    # what a map would show, whether or not maps are guarded here (another SIGBUS handler, installed
+    # by a test before this one, turns them off): the file's bytes as that descriptor sees them
+    monkeypatch.setattr(archive_format, "_map", lambda descriptor, path: os.pread(descriptor, os.fstat(descriptor).st_size, 0))
 
     folder = tmp_path / "m"
     folder.mkdir()
