@@ -139,7 +139,6 @@ def main() -> None:
     error; 128 + its number for a signal that stopped it, after the cleanup Ctrl-C runs and with
     one line on stderr: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (zoo.cli.stopping)."""
     from zoo.cli.stopping import Stopped, stop_on_signals
-    from zoo.errors import ZooError
     from zoo.signals import OUTPUTS, REMOVED, STORED, WRITTEN
 
     STORED.clear()  # what this command stores (a process may run more than one: the tests do)
@@ -158,41 +157,6 @@ def main() -> None:
     stop_on_signals()
     try:
         _run()
-    except ZooError as error:
-        if debugging():
-            raise
-        _say(one_line(f"error: {error}"))
-        sys.exit(1)
-    except OSError as error:  # disk full, permission denied, ...: the system's words, one line
-        if debugging():
-            raise
-        from zoo.cli.output import StdoutError
-
-        from zoo.cli.stopping import what_was_done
-
-        where = f": {error.filename}" if error.filename else ""
-        if not where and error.errno == errno.ENOENT and _current_folder_is_gone():  # a relative path's realpath: os.getcwd() failed
-            where = ": the current folder was removed (cd into one that exists, or give absolute paths)"
-        stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
-        # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
-        done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
-        _say(one_line(f"error: {stdout}{error.strerror or error}{where}{done}"))
-        sys.exit(1)
-    except MemoryError as error:  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
-        if debugging():
-            raise
-        _say(one_line(f"error: out of memory{f': {error}' if str(error) else ''}"))
-        sys.exit(1)
-    except Warning as error:  # another package's warning that PYTHONWARNINGS=error or -W error made an exception
-        if debugging():
-            raise
-        _say(one_line(f"error: {type(error).__name__}: {error} (a warning, made an error by PYTHONWARNINGS or -W)"))
-        sys.exit(1)
-    except ModuleNotFoundError as error:
-        if debugging() or error.name not in EXTRAS:
-            raise
-        _say(f"error: this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'")
-        sys.exit(1)
     except (Stopped, KeyboardInterrupt) as stopping:  # a KeyboardInterrupt comes before a command runs
         stopped = stopping if isinstance(stopping, Stopped) else Stopped.by(stopping)
         _say(stopped.message)
@@ -205,11 +169,40 @@ def main() -> None:
                 if stream is not None:  # None where the process started with it closed (`>&-`)
                     stream.flush()
         os._exit(stopped.status)
-    except Exception as error:  # a bug in zoo: still one line, with the way to the traceback
-        if debugging():
+    except Exception as error:
+        said = None if debugging() else error_line(error)
+        if said is None:
             raise
-        _say(one_line(f"error: unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)"))
+        _say(f"error: {said}")
         sys.exit(1)
+
+
+def error_line(error: Exception) -> str | None:
+    """What a command that `error` stopped says of it, one line after "error: ", or None where its
+    traceback is what to show (a missing package no extra installs)."""
+    from zoo.errors import ZooError
+
+    if isinstance(error, ZooError):
+        return one_line(str(error))
+    if isinstance(error, OSError):  # disk full, permission denied, ...: the system's words, one line
+        from zoo.cli.output import StdoutError
+        from zoo.cli.stopping import what_was_done
+
+        where = f": {error.filename}" if error.filename else ""
+        if not where and error.errno == errno.ENOENT and _current_folder_is_gone():  # a relative path's realpath: os.getcwd() failed
+            where = ": the current folder was removed (cd into one that exists, or give absolute paths)"
+        stdout = "cannot write to stdout: " if isinstance(error, StdoutError) else ""
+        # a report that could not be printed comes after the work: say what was done (a retry would find the model there)
+        done = "," + what_was_done() if isinstance(error, StdoutError) and what_was_done() else ""
+        return one_line(f"{stdout}{error.strerror or error}{where}{done}")
+    if isinstance(error, MemoryError):  # numpy's "Unable to allocate 128. MiB for an array ..." is no bug of zoo's
+        return one_line(f"out of memory{f': {error}' if str(error) else ''}")
+    if isinstance(error, Warning):  # another package's warning that PYTHONWARNINGS=error or -W error made an exception
+        return one_line(f"{type(error).__name__}: {error} (a warning, made an error by PYTHONWARNINGS or -W)")
+    if isinstance(error, ModuleNotFoundError):
+        return f"this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'" if error.name in EXTRAS else None
+    # a bug in zoo: still one line, with the way to the traceback
+    return one_line(f"unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)")
 
 
 def _run() -> None:

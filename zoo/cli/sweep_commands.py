@@ -100,20 +100,14 @@ def sweep(
 
 def _plot_failure(error: Exception) -> str:
     """Why the plot was not written, in the line main() would have ended the command with."""
-    from zoo.cli import EXTRAS, debugging, one_line
-    from zoo.errors import ZooError
+    from zoo.cli import debugging, error_line, one_line
 
-    if isinstance(error, ZooError):
-        return str(error)
-    if isinstance(error, OSError):
-        return one_line(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
-    if isinstance(error, ModuleNotFoundError) and error.name in EXTRAS:
-        return f"this needs {error.name}, which is not installed: pip install 'zoo[{EXTRAS[error.name]}]'"
     if debugging():  # the document is still printed, after the traceback
         import traceback
 
         traceback.print_exception(error)
-    return one_line(f"unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)")
+    # (a missing package no extra installs: main() shows its traceback, a document says it in one line)
+    return error_line(error) or one_line(f"unexpected {type(error).__name__}: {error} (a bug in zoo; ZOO_DEBUG=1 shows the traceback)")
 
 
 def register(app: typer.Typer) -> None:
