@@ -99,12 +99,13 @@ size_t zoo_cpu_features(const char **names, size_t capacity) {
     return found;
 }
 
-const char *const zoo_isas[ZOO_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512-ymm"};
+const char *const zoo_isas[ZOO_ISA_COUNT] = {"scalar", "avx2", "avx2-loads", "avx512", "avx512-ymm"};
 
 const zoo_kernels *zoo_kernels_for(const char *isa) {
     if (!strcmp(isa, "scalar")) return &zoo_kernels_scalar;
 #ifdef ZOO_X86
     if (!strcmp(isa, "avx2") && zoo_cpu_has("avx2")) return &zoo_kernels_avx2;
+    if (!strcmp(isa, "avx2-loads") && zoo_cpu_has("avx2")) return &zoo_kernels_avx2_loads;
     if (!strcmp(isa, "avx512") && zoo_cpu_has("avx512")) return &zoo_kernels_avx512;
     if (!strcmp(isa, "avx512-ymm") && zoo_cpu_has("avx512")) return &zoo_kernels_avx512_ymm;
 #endif
@@ -114,7 +115,7 @@ const zoo_kernels *zoo_kernels_for(const char *isa) {
 const char *zoo_best_isa(void) {
 #ifdef ZOO_X86
     if (zoo_cpu_has("avx512")) return vendor_is_amd() ? "avx512-ymm" : "avx512";
-    if (zoo_cpu_has("avx2")) return "avx2";
+    if (zoo_cpu_has("avx2")) return vendor_is_amd() ? "avx2-loads" : "avx2";
 #endif
     return "scalar";
 }

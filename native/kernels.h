@@ -89,6 +89,7 @@ extern const zoo_kernels zoo_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const zoo_kernels zoo_kernels_avx2;
 extern const zoo_kernels zoo_kernels_avx512;
+extern const zoo_kernels zoo_kernels_avx2_loads; /* AVX2, rANS decoding's slots by scalar loads */
 extern const zoo_kernels zoo_kernels_avx512_ymm; /* AVX-512, rANS decoding with 8-lane gathers */
 #endif
 

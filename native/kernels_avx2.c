@@ -83,9 +83,8 @@ static inline __m256i expand_indices(unsigned mask) { return _mm256_cvtepu8_epi3
  * before refills, and the ranks in bytes 4g..4g+3 of each 128-bit half of *ranks (lanes 0-3 in
  * the low half, 4-7 in the high one), so that a block's ranks are ORed together and stored by
  * one permute and one store instead of two extracts and two stores per group. */
-static inline __m256i decode_8(__m256i x, const uint32_t *table, int g, __m256i *ranks) {
+static inline __m256i decode_8(__m256i x, __m256i entry, int g, __m256i *ranks) {
     const __m256i mask12 = _mm256_set1_epi32(RANS_TOTAL - 1);
-    __m256i entry = _mm256_i32gather_epi32((const int *)table, _mm256_and_si256(x, mask12), 4);
     const __m256i top_bytes = _mm256_setr_epi8(3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     __m256i picked = _mm256_shuffle_epi8(entry, top_bytes);
@@ -136,21 +135,38 @@ static inline int refill_8(__m256i *lanes, const uint8_t **cursor, const uint8_t
     return 0;
 }
 
+/* The table entries of 8 lanes' slots (their states' low 12 bits), the states in memory: by one
+ * 8-lane gather, or (`loads`) by 8 scalar loads put together in two 128-bit halves. On AMD's
+ * AVX2-only cores (Zen 3) the gather is the dearer (benchmarks/bench_gathers.c; docs/kernels.md). */
+static inline __m256i slots_8(const uint32_t *states, const uint32_t *table, int loads) {
+    const uint32_t mask12 = RANS_TOTAL - 1;
+    if (!loads)
+        return _mm256_i32gather_epi32((const int *)table, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)states), _mm256_set1_epi32((int)mask12)), 4);
+    __m128i low = _mm_cvtsi32_si128((int)table[states[0] & mask12]), high = _mm_cvtsi32_si128((int)table[states[4] & mask12]);
+    low = _mm_insert_epi32(low, (int)table[states[1] & mask12], 1);
+    high = _mm_insert_epi32(high, (int)table[states[5] & mask12], 1);
+    low = _mm_insert_epi32(low, (int)table[states[2] & mask12], 2);
+    high = _mm_insert_epi32(high, (int)table[states[6] & mask12], 2);
+    low = _mm_insert_epi32(low, (int)table[states[3] & mask12], 3);
+    high = _mm_insert_epi32(high, (int)table[states[7] & mask12], 3);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(low), high, 1);
+}
+
 /* Every group's table lookup first, four groups (32 lanes, RANS_MIN_LANES: every section's lane
  * count is a multiple) to a store of ranks, then the refills, which read the stream one group
  * after another: the gathers stay off that chain. Keeping a block of four groups in registers
  * through both halves, as kernels_avx512.c does, measured 5% slower here: the gathers of a whole
  * step no longer issued back to back. */
 #define DECODE_GROUPS 4
-static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
-                             uint8_t *out, size_t steps) {
+static inline __attribute__((always_inline)) int decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor,
+                                                              const uint8_t *end, uint8_t *out, size_t steps, int loads) {
     const uint8_t *p = *cursor;
     for (size_t step = 0; step < steps; step++, out += lanes) {
         for (size_t lane = 0; lane < lanes; lane += 8 * DECODE_GROUPS) {
             __m256i ranks;
             for (int g = 0; g < DECODE_GROUPS; g++) {
                 uint32_t *group = states + lane + 8 * g;
-                _mm256_storeu_si256((__m256i *)group, decode_8(_mm256_loadu_si256((const __m256i *)group), table, g, &ranks));
+                _mm256_storeu_si256((__m256i *)group, decode_8(_mm256_loadu_si256((const __m256i *)group), slots_8(group, table, loads), g, &ranks));
             }
             store_ranks(ranks, out + lane);
         }
@@ -169,6 +185,16 @@ static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *tab
     }
     *cursor = p;
     return 0;
+}
+
+static int rans_decode_steps(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
+                             uint8_t *out, size_t steps) {
+    return decode_steps(states, lanes, table, cursor, end, out, steps, 0);
+}
+
+static int rans_decode_steps_loads(uint32_t *states, size_t lanes, const uint32_t *table, const uint8_t **cursor, const uint8_t *end,
+                                   uint8_t *out, size_t steps) {
+    return decode_steps(states, lanes, table, cursor, end, out, steps, 1);
 }
 
 /* -- rANS encoding ------------------------------------------------------------------------ */
@@ -874,16 +900,20 @@ static void product(const float *left, const float *right, size_t rows, size_t r
     zoo_product_part(left + tiled_rows * rank, right, rows - tiled_rows, rank, cols, 0, cols, out + tiled_rows * cols);  /* the rows */
 }
 
-const zoo_kernels zoo_kernels_avx2 = {
-    .rans_decode_steps = rans_decode_steps,
-    .merge_words = merge_words,
-    .split_planes = split_planes,
-    .merge_planes = merge_planes,
-    .philox_uniform = philox_uniform,
-    .dequantize_rows = dequantize_rows,
-    .rans_encode = rans_encode,
-    .pack_remainders = pack_remainders,
-    .symbol_range = symbol_range,
-    .product = product,
-    .crc32 = zoo_crc32_pclmul,
-};
+#define AVX2_KERNELS(rans_steps)           \
+    {                                       \
+        .rans_decode_steps = rans_steps,    \
+        .merge_words = merge_words,         \
+        .split_planes = split_planes,       \
+        .merge_planes = merge_planes,       \
+        .philox_uniform = philox_uniform,   \
+        .dequantize_rows = dequantize_rows, \
+        .rans_encode = rans_encode,         \
+        .pack_remainders = pack_remainders, \
+        .symbol_range = symbol_range,       \
+        .product = product,                 \
+        .crc32 = zoo_crc32_pclmul,          \
+    }
+
+const zoo_kernels zoo_kernels_avx2 = AVX2_KERNELS(rans_decode_steps);
+const zoo_kernels zoo_kernels_avx2_loads = AVX2_KERNELS(rans_decode_steps_loads); /* slots by scalar loads */

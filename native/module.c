@@ -412,7 +412,7 @@ done:
 }
 
 static PyMethodDef METHODS[] = {
-    {"available_isas", available_isas, METH_NOARGS, "The kernel tables this CPU can run, in the order scalar, avx2, avx512, avx512-ymm."},
+    {"available_isas", available_isas, METH_NOARGS, "The kernel tables this CPU can run, in the order scalar, avx2, avx2-loads, avx512, avx512-ymm."},
     {"select_isa", select_isa, METH_VARARGS, "select_isa(name): use that kernel table from now on."},
     {"isa", current_isa, METH_NOARGS, "The kernel table in use."},
     {"best_isa", best_isa, METH_NOARGS, "The kernel table zoo uses on this CPU when none is forced."},

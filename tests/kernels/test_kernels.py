@@ -230,5 +230,5 @@ def test_encode_section_fills_in_its_stream_headers_lengths(size):
 
 def test_info_names_the_path():
     info = _kernels.info()
-    assert info["kernels"] in ("numpy", "scalar", "avx2", "avx512", "avx512-ymm")
+    assert info["kernels"] in ("numpy", "scalar", "avx2", "avx2-loads", "avx512", "avx512-ymm")
     assert info["kernels"] == _kernels.PATH

@@ -45,7 +45,7 @@ def bench(
 
 
 def env(as_json: Json = False) -> None:
-    """The kernels in use (ZOO_KERNELS forces numpy, scalar, avx2, avx512 or avx512-ymm) and the CPU features seen."""
+    """The kernels in use (ZOO_KERNELS forces numpy, scalar, avx2, avx2-loads, avx512 or avx512-ymm) and the CPU features seen."""
     from zoo import kernels as _kernels
 
     info = _kernels.info()

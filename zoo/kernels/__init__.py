@@ -15,9 +15,10 @@ Contract (every path gives bit-identical results; zoo/kernels/fallback.py is the
   decode_section(payload, offset, count, word_bytes, is_float) -> (uint8 array, end offset):
   the entropy coder of the fprans and rans codecs (zoo/kernels/fallback_coder.py, docs/FORMAT.md).
 
-ZOO_KERNELS=numpy|scalar|avx2|avx512|avx512-ymm forces a path; unset or `auto` takes the best the CPU
-has (of the two AVX-512 tables, avx512-ymm, whose rANS decoding gathers 8 lanes at a time, on AMD's
-CPUs; docs/kernels.md).
+ZOO_KERNELS=numpy|scalar|avx2|avx2-loads|avx512|avx512-ymm forces a path; unset or `auto` takes the
+best the CPU has (on AMD's CPUs, whose gathers are slower, of the two AVX-512 tables avx512-ymm, whose
+rANS decoding gathers 8 lanes at a time, and of the two AVX2 tables avx2-loads, whose rANS decoding
+looks its slots up by scalar loads; docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from zoo.kernels import fallback as _fallback, fallback_coder as _fallback_coder
 from zoo.errors import ZooError
 
-PATHS = ("auto", "numpy", "scalar", "avx2", "avx512", "avx512-ymm")
+PATHS = ("auto", "numpy", "scalar", "avx2", "avx2-loads", "avx512", "avx512-ymm")
 
 
 def _requested() -> str:
