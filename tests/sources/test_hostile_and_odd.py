@@ -358,3 +358,41 @@ def test_a_link_through_a_file_is_left_out_not_read_as_a_link_to_the_file(tmp_pa
         zoo.compress(folder, tmp_path / "m.zoo")
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]
+
+
+def as_the_owner(command: list[str]) -> list[str]:
+    """`command` run with the folders' modes applying to it: root without CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH (setpriv drops them), another user as it is."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (root searches every folder)")
+    dropped = "-dac_override,-dac_read_search"
+    return ["setpriv", "--inh-caps", dropped, "--bounding-set", dropped, *command]
+
+
+@pytest.mark.parametrize("entry", ["file", "link"])
+def test_an_entry_of_a_folder_that_can_be_listed_but_not_searched_is_an_error_not_left_out(tmp_path, entry):
+    """A file in a mode 644 folder (its names listed, none looked at) was left out as "not a
+    regular file", with exit 0: the archive came back without it. A link there was kept as a link
+    to itself."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    write_safetensors(folder / "w.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    if entry == "file":
+        (folder / "sub" / "f").write_text("data")
+    else:
+        os.symlink("../w.safetensors", folder / "sub" / "f")
+    (folder / "sub").chmod(0o644)
+    try:
+        done = subprocess.run(as_the_owner([sys.executable, "-m", "zoo", "compress", str(folder), "-o", str(tmp_path / "m.zoo")]),
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")})
+    finally:
+        (folder / "sub").chmod(0o755)
+    assert (done.returncode, done.stderr) == (1, f"error: Permission denied: {folder / 'sub' / 'f'}\n"), done.stderr
+    assert not (tmp_path / "m.zoo").exists()

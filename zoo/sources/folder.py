@@ -248,6 +248,8 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     if error.errno == errno.ENOTDIR:  # config.json/ or config.json/..: realpath drops the parts that
                         leave_out(relpath, "a link through a file, to nothing")  # fail, and read it as config.json
                         continue
+                    if error.errno != errno.ENOENT:  # a link zoo may not follow (in a folder it cannot search) is not one to
+                        raise  # nothing: realpath, failing too, read it as a link to itself
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
                     if not os.path.lexists(target) and _inside(target, real_root):  # dangling, not a loop: kept, made relative
@@ -280,7 +282,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             elif not entry.is_file(follow_symlinks=False):
                 leave_out(relpath, "not a regular file")
                 continue
-            if not os.path.isfile(path):
+            # os.stat, not os.path.isfile, which reads every error as "no": a file in a folder that can be
+            # listed but not searched (mode 644) was left out as "not a regular file", and lost
+            if not stat.S_ISREG(os.stat(path).st_mode):
                 leave_out(relpath, "not a regular file")
                 continue
             if selected_by(relpath, include, exclude):
