@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -104,6 +106,17 @@ def tiny_model(tmp_path: Path) -> Path:
     (folder / "sub").mkdir()
     (folder / "sub" / "notes.txt").write_text("hello\n" * 100)
     return folder
+
+
+def as_the_owner(command: list[str]) -> list[str]:
+    """`command` run with the folders' modes applying to it: root without CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH (setpriv drops them), another user as it is."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (root searches every folder)")
+    dropped = "-dac_override,-dac_read_search"
+    return ["setpriv", "--inh-caps", dropped, "--bounding-set", dropped, *command]
 
 
 @pytest.fixture(scope="session")

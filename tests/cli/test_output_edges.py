@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_first_contact import _visible, ok, zoo_cli
-from tests.conftest import random_storage, write_safetensors
+from tests.conftest import as_the_owner, random_storage, write_safetensors
 
 TERMINAL = {"FORCE_COLOR": "1", "COLUMNS": "100"}  # stdout and stderr count as a terminal
 
@@ -724,3 +724,22 @@ def test_a_refused_name_shows_a_byte_that_is_not_utf8_as_the_other_messages_do(t
     assert done.returncode == 1 and done.stderr.startswith("error: 'caf\\xe9' is not a usable model name"), done.stderr
     done = zoo_cli("pull", os.fsdecode(b"a\xe9/b c"), home=tmp_path / "zoo")
     assert done.returncode == 1 and done.stderr.startswith("error: 'a\\xe9/b c' is neither"), done.stderr
+
+
+def test_the_progress_bars_total_counts_what_cannot_be_looked_at_as_0_bytes(tmp_path):
+    """source_bytes raised PermissionError for a file in a folder that can be listed but not
+    searched (mode 644): a batch's total stopped every model before the first began. It counts
+    it as 0 bytes, and the compress itself says why."""
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f").write_text("data")
+    (folder / "w.bin").write_bytes(b"x" * 1000)
+    (folder / "sub").chmod(0o644)
+    code = ("import sys; from pathlib import Path; from zoo.cli.output import source_bytes; "
+            "print(*(source_bytes(Path(p)) for p in sys.argv[1:]))")
+    try:
+        done = subprocess.run(as_the_owner([sys.executable, "-c", code, str(folder), str(folder / "sub" / "f"), str(tmp_path / "none")]),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        (folder / "sub").chmod(0o755)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1000 0 0\n", "")

@@ -14,7 +14,7 @@ import pytest
 import zoo
 from zoo.errors import InputError, ZooWarning
 
-from tests.conftest import write_safetensors
+from tests.conftest import as_the_owner, write_safetensors
 from tests.sources.conftest import safetensors_bytes, torch
 
 
@@ -358,19 +358,6 @@ def test_a_link_through_a_file_is_left_out_not_read_as_a_link_to_the_file(tmp_pa
         zoo.compress(folder, tmp_path / "m.zoo")
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]
-
-
-def as_the_owner(command: list[str]) -> list[str]:
-    """`command` run with the folders' modes applying to it: root without CAP_DAC_OVERRIDE and
-    CAP_DAC_READ_SEARCH (setpriv drops them), another user as it is."""
-    import shutil
-
-    if os.geteuid() != 0:
-        return command
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed (root searches every folder)")
-    dropped = "-dac_override,-dac_read_search"
-    return ["setpriv", "--inh-caps", dropped, "--bounding-set", dropped, *command]
 
 
 @pytest.mark.parametrize("entry", ["file", "link"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -89,10 +91,22 @@ def human_bytes(count: float) -> str:
 
 
 def source_bytes(source: Path) -> int:
-    """Bytes a compress will read: the total a progress bar counts to (0 when there is no such path)."""
-    if source.is_file():
-        return source.stat().st_size
-    return sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) if source.is_dir() else 0
+    """Bytes a compress will read: the total a progress bar counts to (0 when there is no such path).
+    It is an estimate and never raises: what cannot be looked at (a file in a folder that can be
+    listed but not searched, a folder that cannot be read) counts 0 bytes, and the compress that
+    follows meets it and says why. Raised here, a batch's total stopped every model before the
+    first began."""
+    if not os.path.isdir(source):
+        return _regular_file_bytes(source)
+    return sum(_regular_file_bytes(os.path.join(folder, name)) for folder, _, names in os.walk(source) for name in names)
+
+
+def _regular_file_bytes(path: str | Path) -> int:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = (), fold: tuple[str, ...] = ()) -> None:
