@@ -323,6 +323,43 @@ def test_a_signal_while_a_work_folder_is_removed_waits_until_it_is_gone(tmp_path
     assert not folder.exists() and list((tmp_path / "zoo" / "work").iterdir()) == []
 
 
+def test_a_signal_while_a_temporary_is_removed_waits_and_the_lock_is_always_let_go(tmp_path, monkeypatch):
+    """Ctrl-C landing in the rmtree of a batch task's scratch folder cut it short and skipped the
+    close of its lock: the process, holding its own lock, could not sweep it, waited out the
+    batch's cancel time, and left it."""
+    from zoo.hub import temporaries
+
+    real_rmtree = shutil.rmtree
+    how = []
+
+    def rmtree_interrupted(path, **options):
+        if how == ["signal"]:
+            os.kill(os.getpid(), signal.SIGINT)  # mid-cleanup, as a user's Ctrl-C
+            time.sleep(0.01)  # a handler would run here, between two bytecodes
+        else:  # the removal failing however it may: the lock still goes
+            raise KeyboardInterrupt
+        real_rmtree(path, **options)
+
+    monkeypatch.setattr(temporaries.shutil, "rmtree", rmtree_interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as Python takes it, whatever ran before
+    try:
+        how.append("signal")
+        with pytest.raises(KeyboardInterrupt):
+            with temporaries.locked_temporary(tmp_path, ".m.zoo.zoo-tmp-", is_dir=True) as scratch:
+                (scratch / "m.zoo").write_bytes(b"archive")
+        assert not scratch.exists()
+        how[:] = ["raise"]
+        with pytest.raises(KeyboardInterrupt):
+            with temporaries.locked_temporary(tmp_path, ".m.zoo.zoo-tmp-", is_dir=True) as scratch:
+                pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    descriptor = os.open(scratch, os.O_RDONLY)  # left for a later run, which can take its lock
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(descriptor)
+
 def test_ctrl_c_once_an_output_is_in_place_says_it_was_written(tiny_model, tmp_path):
     """A signal after compress -o (or decompress, or export) had put its output in place said a bare
     "interrupted": the user, told the run was cut short, found the output there, whole, and a run

@@ -115,8 +115,15 @@ def locked_temporary(parent: Path, prefix: str, is_dir: bool) -> Iterator[Path]:
     try:
         yield path
     finally:
-        _remove(path)
-        os.close(descriptor)
+        # A Ctrl-C in the middle of the removal waits for it: it cut the removal short and skipped
+        # the close, and this process, holding its own lock, could not sweep what was left (a batch
+        # waited out its cancel time, then left it). The lock goes whatever happens: anything left
+        # is then a later run's to sweep.
+        try:
+            with signals_held():
+                _remove(path)
+        finally:
+            os.close(descriptor)
 
 
 def _pid_runs(pid: int) -> bool:
