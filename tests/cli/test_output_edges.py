@@ -743,3 +743,15 @@ def test_the_progress_bars_total_counts_what_cannot_be_looked_at_as_0_bytes(tmp_
     finally:
         (folder / "sub").chmod(0o755)
     assert (done.returncode, done.stdout, done.stderr) == (0, "1000 0 0\n", "")
+
+
+def test_a_folder_name_the_zoo_refuses_among_several_sources_is_met_with_a_way_that_works(tmp_path):
+    """`zoo compress "my model" B` said "(choose one with --name)", and --name is refused with
+    several SOURCEs: the way it gave led to another error."""
+    for folder in (tmp_path / "my model", tmp_path / "b"):
+        folder.mkdir()
+        weights_of(folder)
+    done = zoo_cli("compress", tmp_path / "my model", tmp_path / "b", home=tmp_path / "zoo")
+    assert done.returncode == 1 and done.stderr.endswith(
+        "(choose another with --name, compressing or pulling this model on its own)\n"), done.stderr
+    ok(zoo_cli("compress", tmp_path / "my model", "--name", "my-model", home=tmp_path / "zoo"))

@@ -26,6 +26,9 @@ LFS_MIN_BYTES = 10 << 20  # the Hub keeps files this large in LFS whatever their
 # The Hub's own rule for repo ids, so that every stored name can also be served.
 NAME_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?", re.ASCII)
 _REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
+# How to name a model whose own name the zoo refuses. --name names one model: with several SOURCEs
+# or repositories it is refused, and "(choose one with --name)" led there.
+_CHOOSE = "(choose another with --name, compressing or pulling this model on its own)"
 
 
 class Damage(str):
@@ -37,12 +40,11 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
         parts = name.split("/") if isinstance(name, str) else []
         if any(len(part) > 96 for part in parts) and NAME_PATTERN.fullmatch("/".join(part[:96] for part in parts)):
-            raise InputError(f"'{name[:40]}'... is not a usable model name: 96 characters at most before and after its '/' "
-                             "(choose one with --name)")
+            raise InputError(f"'{name[:40]}'... is not a usable model name: 96 characters at most before and after its '/' {_CHOOSE}")
         # quoted, not repr'd: the CLI escapes a name's control characters and bytes that are not UTF-8
         # (\xe9), where repr had written the surrogate that holds such a byte (\udce9)
         shown = f"'{name}'" if isinstance(name, str) else repr(name)
-        raise InputError(f"{shown} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' (choose one with --name)")
+        raise InputError(f"{shown} is not a usable model name: use 'name' or 'org/name' with letters, digits, '-', '_' or '.' {_CHOOSE}")
     return name
 
 
