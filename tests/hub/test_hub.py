@@ -230,6 +230,73 @@ def test_a_failed_pull_says_why_in_words(hub):
         assert "Error" not in done.stderr  # no class names of huggingface_hub's
 
 
+def test_a_download_cut_off_halfway_is_said_in_one_line_of_words(tmp_path, monkeypatch, caplog):
+    """A hub that closed the connection halfway through a file: huggingface_hub warned "Error while
+    downloading ... Trying to resume download..." at each of its retries (13 lines on stderr), and
+    zoo's error named httpx's class (RemoteProtocolError: peer closed connection ...)."""
+    import http.client
+    import logging
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import huggingface_hub.file_download
+
+    from zoo.hub import pull
+
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "model.safetensors", {"w": ("F32", random_storage("F32", (256, 256), 0))})
+    upstream = Store(tmp_path / "upstream")
+    compress_into(upstream, model, "org/a")
+
+    class CuttingHalfway(BaseHTTPRequestHandler):
+        """Passes each request on to the hub; the weights' bytes stop halfway, and the connection closes."""
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            connection = http.client.HTTPConnection(hub.removeprefix("http://"), timeout=30)
+            connection.request(self.command, self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            response = connection.getresponse()
+            body = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection"):
+                    self.send_header(key, value)
+            self.end_headers()
+            cut = self.command == "GET" and "/resolve/" in self.path and self.path.endswith("/model.safetensors")
+            if self.command == "GET":
+                self.wfile.write(body[:len(body) // 2] if cut else body)
+            self.close_connection = cut
+
+        do_HEAD = do_GET
+
+    # huggingface_hub waits a second before each of its five retries: the waits are not what this is about
+    monkeypatch.setattr(huggingface_hub.file_download, "time", type("NoWaits", (), {"sleep": staticmethod(lambda seconds: None)}),
+                        raising=False)
+    file_download_log = logging.getLogger("huggingface_hub.file_download")
+    before = file_download_log.level
+    with running_server(upstream) as hub:
+        proxy = ThreadingHTTPServer(("127.0.0.1", 0), CuttingHalfway)
+        proxy.daemon_threads = True
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{proxy.server_port}"
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        try:
+            with caplog.at_level(logging.WARNING), pytest.raises(pull.PullError) as raised:
+                pull.pull("org/a", store=Store(tmp_path / "zoo"), progress_bars=False)
+        finally:
+            proxy.shutdown()
+            proxy.server_close()
+    said = str(raised.value)
+    assert said.startswith(f"cannot pull org/a@main: the connection to the hub at {url} was lost (") and \
+        said.endswith("); nothing was stored, pull again") and "Error" not in said and "\n" not in said, said
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("huggingface_hub")] == []
+    assert file_download_log.level == before  # quiet only while zoo pulls
+
 def test_hf_token_reaches_a_guarded_server(tiny_bert, tmp_path):
     upstream = Store(tmp_path / "upstream")
     compress_into(upstream, tiny_bert, "org/tiny-bert")

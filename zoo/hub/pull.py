@@ -88,10 +88,7 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
 
     settings = _environment()
     (enable_progress_bars if progress_bars else disable_progress_bars)()
-    # its "No files matched" warning: said below, in one line, naming the globs as the user gave them
-    snapshot_log = logging.getLogger("huggingface_hub._snapshot_download")
-    level = snapshot_log.level
-    snapshot_log.setLevel(logging.ERROR)
+    _hold_hub_warnings()
     try:
         folder = Path(_interruptible(lambda: snapshot_download(repo_id, revision=revision, allow_patterns=include or None,
                                                                ignore_patterns=exclude or None, **settings)))
@@ -119,8 +116,40 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
         raise PullError(f"cannot pull {repo_id}@{revision}: {_why(error, repo_id, revision, settings['endpoint'])}") from None
     finally:
-        snapshot_log.setLevel(level)
+        _release_hub_warnings()
     return Download(folder, commit, expected)
+
+
+# huggingface_hub's warnings that zoo says in its own words, or that its one-line error replaces:
+# the snapshot's "No files matched" (said naming the globs as the user gave them), and a download's
+# "Error while downloading ... Trying to resume download..." (two lines for each of its retries:
+# thirteen lines before zoo's error, for one connection cut halfway).
+_HUB_LOGGERS = ("huggingface_hub._snapshot_download", "huggingface_hub.file_download")
+_hub_warnings_lock = threading.Lock()
+_hub_warnings_holders = 0  # the downloads running: they run side by side in threads (a batch's pulls)
+_hub_logger_levels: dict[str, int] = {}  # each logger's own level, given back when the last download ends
+
+
+def _hold_hub_warnings() -> None:
+    """_HUB_LOGGERS at ERROR until _release_hub_warnings. Counted, as the downloads side by side
+    share the loggers: the first to end would give them back to the others, or the last set them
+    to the ERROR it found for good."""
+    global _hub_warnings_holders
+    with _hub_warnings_lock:
+        if not _hub_warnings_holders:
+            for name in _HUB_LOGGERS:
+                _hub_logger_levels[name] = logging.getLogger(name).level
+                logging.getLogger(name).setLevel(logging.ERROR)
+        _hub_warnings_holders += 1
+
+
+def _release_hub_warnings() -> None:
+    global _hub_warnings_holders
+    with _hub_warnings_lock:
+        _hub_warnings_holders -= 1
+        if not _hub_warnings_holders:
+            for name, level in _hub_logger_levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def _interruptible(work: Callable[[], Any]) -> Any:
@@ -239,7 +268,18 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
         return f"{where}, and the Hugging Face cache holds no copy"
     if status is not None:
         return f"{hub} answered {status} ({_first_line(error, named=False)})"
+    kinds = {kind.__name__ for kind in type(error).__mro__}  # httpx's or requests', as huggingface_hub's version uses
+    if kinds & _TIMED_OUT or kinds & _CONNECTION_LOST:  # after huggingface_hub's own retries
+        what = f"{hub} stopped answering" if kinds & _TIMED_OUT else f"the connection to {hub} was lost"
+        return f"{what} ({_first_line(error, named=False)}); nothing was stored, pull again"
     return _first_line(error)
+
+
+# The errors of a connection that broke off or went quiet, by class name: httpx's (huggingface_hub
+# 1.0 and later), requests' and urllib3's (before), Python's own. Not every timeout: filelock's
+# Timeout (the Hugging Face cache's lock) is no hub's silence.
+_TIMED_OUT = {"TimeoutException", "ReadTimeout", "ConnectTimeout"}
+_CONNECTION_LOST = {"TransportError", "ConnectionError", "ChunkedEncodingError", "ProtocolError"}
 
 
 def _status(error: BaseException) -> int | None:
