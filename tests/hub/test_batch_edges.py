@@ -1,0 +1,53 @@
+"""zoo.batch without Ray, as `zoo compress A B` and `zoo pull A B` run it: a batch decides what a
+command of one model decides (what the zoo already holds, what it refuses, what it leaves behind)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import random_storage, write_safetensors
+from tests.hub.test_serve import running_server
+from zoo import batch
+from zoo.api import compress_into
+from zoo.hub.store import Store
+
+
+def _model(folder: Path, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    write_safetensors(folder / "model.safetensors", {"w": ("BF16", random_storage("BF16", (64, 32), seed))})
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "seed": seed}))
+    return folder
+
+
+@pytest.fixture
+def two_repositories(tmp_path, monkeypatch):
+    """A `zoo serve` on 127.0.0.1 holding org/a and org/b, and the environment of a client of it."""
+    upstream = Store(tmp_path / "upstream")
+    for seed, name in enumerate(("org/a", "org/b")):
+        compress_into(upstream, _model(tmp_path / "models" / name, seed), name)
+    with running_server(upstream) as url:
+        for variable, value in {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+            monkeypatch.setenv(variable, value)
+        yield ["org/a", "org/b"]
+
+
+def test_a_batch_pull_of_other_files_than_the_zoo_holds_stores_them(two_repositories, tmp_path):
+    """`zoo pull A B --include '*.json'` then `zoo pull A B` said "already in the zoo" and kept the
+    config alone (the commit was the same), where `zoo pull A` stores the whole model; the other
+    way round, a batch --include after a whole pull was skipped too."""
+    store = Store(tmp_path / "zoo")
+
+    def pulled(**globs):
+        results = batch.pull_many(two_repositories, store=store, ray=None, **globs)
+        assert all(result.ok for result in results), [result.error for result in results]
+        held = {name: sorted(f.path for f in store.resolve(name, with_files=True).files) for name in two_repositories}
+        return [result.unchanged for result in results], held
+
+    assert pulled(include=["*.json"]) == ([False, False], {"org/a": ["config.json"], "org/b": ["config.json"]})
+    whole = ["config.json", "model.safetensors"]
+    assert pulled() == ([False, False], {"org/a": whole, "org/b": whole})
+    assert pulled() == ([True, True], {"org/a": whole, "org/b": whole})  # the same commit and files: left as it is
+    assert pulled(include=["*.json"]) == ([False, False], {"org/a": ["config.json"], "org/b": ["config.json"]})
