@@ -4,6 +4,10 @@ command of one model decides (what the zoo already holds, what it refuses, what 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,9 @@ from tests.hub.test_serve import running_server
 from zoo import batch
 from zoo.api import compress_into
 from zoo.hub.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"FORCE_COLOR": "1", "COLUMNS": "100"}  # stderr counts as a terminal: the progress bar is drawn
 
 
 def _model(folder: Path, seed: int) -> Path:
@@ -51,3 +58,31 @@ def test_a_batch_pull_of_other_files_than_the_zoo_holds_stores_them(two_reposito
     assert pulled() == ([False, False], {"org/a": whole, "org/b": whole})
     assert pulled() == ([True, True], {"org/a": whole, "org/b": whole})  # the same commit and files: left as it is
     assert pulled(include=["*.json"]) == ([False, False], {"org/a": ["config.json"], "org/b": ["config.json"]})
+
+
+def _zoo(*args, env: dict | None = None, cwd: Path | None = None, as_another_user: bool = False) -> subprocess.CompletedProcess:
+    """The zoo command in a subprocess; `as_another_user`: as root without its right to read and
+    search what the permissions refuse (setpriv), so that a test's chmod applies to it."""
+    command = [sys.executable, "-m", "zoo", *map(str, args)]
+    if as_another_user and os.geteuid() == 0:
+        command = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", *command]
+    environment = {key: value for key, value in os.environ.items() if key != "ZOO_DEBUG"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env={**environment, "PYTHONPATH": str(ROOT),
+                                                                                            **(env or {})})
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="setpriv drops root's right to search any folder")
+def test_a_source_with_a_subfolder_that_cannot_be_searched_does_not_stop_the_others(tmp_path):
+    """The progress bar's total, counted for every source before the first, raised "Permission
+    denied: M/sub/f": no model was compressed."""
+    unreadable, readable = _model(tmp_path / "M", 0), _model(tmp_path / "N", 1)
+    (unreadable / "sub").mkdir()
+    (unreadable / "sub" / "f").write_text("data")
+    (unreadable / "sub").chmod(0o644)  # listed, not searched
+    try:
+        done = _zoo("compress", unreadable, readable, "-o", f"{tmp_path / 'out'}/", as_another_user=True,
+                    env={"ZOO_HOME": str(tmp_path / "zoo"), **TERMINAL})
+    finally:
+        (unreadable / "sub").chmod(0o755)
+    assert done.stdout.startswith("2 models: "), done.stderr  # M lands or fails alone, as its own task finds it
+    assert f"landed {tmp_path / 'out' / 'N.zoo'}: " in done.stderr and (tmp_path / "out" / "N.zoo").is_file(), done.stderr
