@@ -534,9 +534,10 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
             check_name(name)
     else:
         names = names or [archive_name(source) for source in sources]
-        if not is_url(str(output)):  # refused here, before any task, not by each as it lands
-            api.refuse_inside_the_zoo(Path(output))
-            _refuse_output_inside_a_source(Path(output), sources)
+        storage = open_storage(output)
+        if isinstance(storage, LocalFolder):  # a path or a file:// URL: refused here, before any task, not by each as it lands
+            api.refuse_inside_the_zoo(storage.root)
+            _refuse_output_inside_a_source(storage.root, sources)
     if len(names) != len(sources):
         raise InputError(f"{len(sources)} sources but {len(names)} names")
     if _duplicates(names):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from tests.conftest import random_storage, write_safetensors
 from tests.hub.test_serve import running_server
 from zoo import batch
 from zoo.api import compress_into
+from zoo.errors import InputError
 from zoo.hub.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +88,16 @@ def test_a_source_with_a_subfolder_that_cannot_be_searched_does_not_stop_the_oth
         (unreadable / "sub").chmod(0o755)
     assert done.stdout.startswith("2 models: "), done.stderr  # M lands or fails alone, as its own task finds it
     assert f"landed {tmp_path / 'out' / 'N.zoo'}: " in done.stderr and (tmp_path / "out" / "N.zoo").is_file(), done.stderr
+
+
+def test_an_output_given_as_a_file_url_is_refused_where_its_folder_would_be(tmp_path, monkeypatch):
+    """-o file://PATH is the folder PATH: the archives were written inside a model folder (a file of
+    that model the next time it is compressed) and inside the zoo's own folder, which -o PATH refuses."""
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    first, second = _model(tmp_path / "A", 0), _model(tmp_path / "B", 1)
+    for output, said in ((f"file://{first}/", f"{first}: is the model folder {first}"),
+                         (f"file://{tmp_path / 'zoo'}", f"{tmp_path / 'zoo'}: is the zoo's own folder")):
+        with pytest.raises(InputError, match=re.escape(said)):
+            batch.compress_many([str(first), str(second)], output, ray=None)
+    assert sorted(path.name for path in first.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "zoo").exists()
