@@ -41,7 +41,7 @@ from zoo.hub import temporaries
 from zoo.hub.manifest import OBJECT_SUFFIX, Entry
 from zoo.hub.remote import LocalFolder, StorageError, fetch, is_url, open_storage
 from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
-from zoo.sources.folder import selected_by
+from zoo.sources.folder import check_globs, selected_by
 
 DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
 # A model going into a zoo whose objects are larger than this in all is coded by several tasks, each of
@@ -526,6 +526,9 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
 
             hub = "" if looks_like_path(source) else " (a hub id? `zoo pull` takes several, and `zoo compress` one at a time)"
             raise InputError(f"{source}: no such file or folder{hub}")
+    from zoo.codecs.pipeline import Pipeline
+
+    Pipeline.parse(pipeline)  # a bad SPEC said once, before any folder is made, not by every task
     into_zoo = output is None
     if into_zoo:
         store = store or Store()
@@ -556,10 +559,10 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         return landed
 
     tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]
+    made = _folders_to_make(storage.root) if isinstance(storage, LocalFolder) else []
     try:
         results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
                        lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
-        storage = open_storage(output)
         if isinstance(storage, LocalFolder):  # a task whose worker died every time left its last attempt's temporary
             for result in results:
                 if not result.ok:
@@ -569,7 +572,6 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them,
         # once their workers are gone (a temporary's lock is its writer's until it dies; a cancelled
         # task's worker can outlive the wait on it, and its temporary was left behind)
-        storage = open_storage(output)
         if isinstance(storage, LocalFolder) and storage.root.is_dir():  # a Ctrl-C may come before any task made it
             deadline = time.monotonic() + CANCEL_SECONDS
             for name in names:
@@ -581,6 +583,22 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
                         break
                     time.sleep(0.05)
         raise
+    finally:
+        # the folders the tasks made for -o, where no archive landed (every model failed, or a
+        # Ctrl-C came first), go: a command that wrote nothing leaves nothing, as one model's does
+        for folder in made:
+            with suppress(OSError):  # one that holds anything stays
+                folder.rmdir()
+
+
+def _folders_to_make(folder: Path) -> list[Path]:
+    """`folder` and those above it that are not there yet, deepest first."""
+    missing = []
+    folder = Path(os.path.abspath(folder))
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _refuse_output_inside_a_source(output: Path, sources: list[str]) -> None:
@@ -837,6 +855,7 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
         raise InputError("no repository to pull")
     store = store or Store()
     parsed = [hub.parse_repo_ref(ref) for ref in refs]
+    check_globs(include, exclude)  # said once, before any download, not by every task
     names = names or [repo_id for repo_id, _ in parsed]
     if len(names) != len(refs):
         raise InputError(f"{len(refs)} repositories but {len(names)} names")

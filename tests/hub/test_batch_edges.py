@@ -101,3 +101,39 @@ def test_an_output_given_as_a_file_url_is_refused_where_its_folder_would_be(tmp_
             batch.compress_many([str(first), str(second)], output, ray=None)
     assert sorted(path.name for path in first.iterdir()) == ["config.json", "model.safetensors"]
     assert not (tmp_path / "zoo").exists()
+
+
+def test_a_bad_pipeline_is_said_once_and_makes_no_output_folder(tmp_path):
+    """With -o, each task parsed the SPEC: a "failed" line per model, and the folder -o named left
+    there, made and empty; into the zoo it was said once, up front."""
+    first, second = _model(tmp_path / "A", 0), _model(tmp_path / "B", 1)
+    for where in (["-o", f"{tmp_path / 'new' / 'deep'}/"], []):
+        done = _zoo("compress", first, second, *where, "-p", "zstd:level=99", env={"ZOO_HOME": str(tmp_path / "zoo")})
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", "error: zstd: level must be an integer in -131072..22, got 99\n")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_output_folder_the_batch_made_goes_when_nothing_landed_in_it(tmp_path):
+    """Every model failing (or a Ctrl-C before the first landed) left the folder -o named, made by
+    the tasks and empty, where one model's compress leaves nothing; one that was there stays."""
+    empty = [tmp_path / "E", tmp_path / "F"]
+    for folder in empty:
+        folder.mkdir()
+    results = batch.compress_many([str(folder) for folder in empty], tmp_path / "x" / "deep", ray=None)
+    assert [result.ok for result in results] == [False, False] and not (tmp_path / "x").exists()
+    (tmp_path / "there").mkdir()
+    batch.compress_many([str(folder) for folder in empty], tmp_path / "there", ray=None)
+    assert (tmp_path / "there").is_dir()
+    models = [_model(tmp_path / "A", 0), _model(tmp_path / "B", 1)]
+    done = _zoo("compress", *models, "-o", f"{tmp_path / 'y' / 'deep'}/", env={"ZOO_HOME": str(tmp_path / "zoo"),
+                                                                                "ZOO_KILL_AT": "batch-scratch:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted\n") and not (tmp_path / "y").exists()
+    results = batch.compress_many([str(empty[0]), str(models[0])], tmp_path / "z" / "deep", ray=None)  # one landed: it stays
+    assert [result.ok for result in results] == [False, True] and [p.name for p in (tmp_path / "z" / "deep").iterdir()] == ["A.zoo"]
+
+
+def test_a_bad_glob_of_a_batch_pull_is_said_once_before_any_download(two_repositories, tmp_path):
+    # each task downloaded with it, and reported that no file passed it
+    with pytest.raises(InputError, match=r"^--include '\[abc' opens a '\[' that no '\]' closes$"):
+        batch.pull_many(two_repositories, store=Store(tmp_path / "zoo"), include=["[abc"], ray=None)
+    assert not (tmp_path / "hf").exists()
