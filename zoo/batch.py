@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from zoo.hub import temporaries
 from zoo.hub.manifest import OBJECT_SUFFIX, Entry
 from zoo.hub.remote import LocalFolder, StorageError, fetch, is_url, open_storage
 from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
+from zoo.signals import signals_held, written
 from zoo.sources.folder import check_globs, selected_by
 
 DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
@@ -252,13 +253,19 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
         digest = sha256_file(archive)
         seconds["hash"] = time.perf_counter() - started
         started = time.perf_counter()
-        written = storage.put(name, archive, if_absent=not force, refresh_after=None, move=True)
+        in_a_folder = isinstance(storage, LocalFolder)
+        # there it enters by a rename: in place and recorded as written (zoo.signals), or neither, so
+        # that a Ctrl-C right after it, before the driver hears of it, names it (a bucket's put is an
+        # upload: not held)
+        with signals_held() if in_a_folder else nullcontext():
+            entered = storage.put(name, archive, if_absent=not force, refresh_after=None, move=True)
+            if entered and in_a_folder:  # an archive of the user's, not a store object: the modes a local -o gives
+                os.chmod(storage.path(name), 0o666 & ~current_umask())
+                written(str(storage.path(name)))
         seconds["put"] = time.perf_counter() - started
-        if not written:
+        if not entered:
             raise OutputExistsError(f"{storage.url}/{name} appeared while it was being compressed; pass --force to replace it")
-        if isinstance(storage, LocalFolder):  # an archive of the user's, not a store object: the modes a local -o gives
-            umask = current_umask()
-            os.chmod(storage.path(name), 0o666 & ~umask)
+        temporaries.kill_point("batch-placed")
     return Landed(source, name, f"{storage.url.rstrip('/')}/{name}", report.original_bytes, report.compressed_bytes, digest, seconds,
                   _node(), opaque=report.opaque)
 

@@ -137,3 +137,16 @@ def test_a_bad_glob_of_a_batch_pull_is_said_once_before_any_download(two_reposit
     with pytest.raises(InputError, match=r"^--include '\[abc' opens a '\[' that no '\]' closes$"):
         batch.pull_many(two_repositories, store=Store(tmp_path / "zoo"), include=["[abc"], ray=None)
     assert not (tmp_path / "hf").exists()
+
+
+def test_ctrl_c_right_after_an_archive_replaced_the_old_says_it_was_written(tmp_path):
+    """Under --force, a Ctrl-C after a task had put its archive in place, before the driver recorded
+    it, said a bare "interrupted": the old archive was gone, replaced, and nothing said so."""
+    models = [_model(tmp_path / "A", 0), _model(tmp_path / "B", 1)]
+    (tmp_path / "out").mkdir()
+    for model in models:
+        (tmp_path / "out" / f"{model.name}.zoo").write_text("the old archive")
+    done = _zoo("compress", *models, "-o", "out/", "--force", cwd=tmp_path, env={"ZOO_HOME": str(tmp_path / "zoo"),
+                                                                                "ZOO_KILL_AT": "batch-placed:INT"})
+    assert (done.returncode, done.stderr) == (130, "interrupted after out/A.zoo was written\n")
+    assert (tmp_path / "out" / "B.zoo").read_text() == "the old archive"

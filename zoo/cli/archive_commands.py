@@ -181,7 +181,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
     from zoo import batch
     from zoo.errors import InputError
     from zoo.hub.manifest import size_ratio
-    from zoo.hub.remote import is_url
+    from zoo.hub.remote import is_url, open_storage
 
     if unsupported:
         alone = {"an -o URL": "write the archive to a local path, then copy it",
@@ -196,11 +196,16 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
         if is_url(output) and not is_url(folder):  # foo://x.zoo: the folder "foo:/" was taken for a local one
             raise InputError(f"{output}: the URL names no bucket or folder for the archive (s3://BUCKET/x.zoo)")
         destination, names = folder, [file]
+    if destination is not None and (not is_url(destination) or destination.startswith("file://")):
+        # the archives a signal that stops the batch names once they are in place: a task records
+        # its own as it enters (zoo.signals), before the driver hears of it
+        local = open_storage(destination).root
+        for archive in names or [batch.archive_name(source) for source in sources]:
+            an_output(local / archive)
 
     def landed(result: batch.Landed) -> None:
         advance(result.original_bytes)
-        if result.ok and output is not None and not is_url(result.output):  # an archive in place: a signal now says so
-            an_output(result.output)
+        if result.ok and output is not None and not is_url(result.output):  # a Ray task's record was its worker's, not this process's
             written(result.output)
         if as_json:
             return
