@@ -516,17 +516,18 @@ def _duplicates(names: list[str]) -> list[str]:
 
 def compress_many(sources: list[str], output: str | os.PathLike[str] | None = None, *, store: Store | None = None,
                   names: list[str] | None = None, revision: str = DEFAULT_REVISION, pipeline: str = "lossless",
-                  ray: str | None = DEFAULT_ADDRESS, threads: int = 1, retries: int = RETRIES, force: bool = False,
+                  ray: str | None = DEFAULT_ADDRESS, threads: int | None = None, retries: int = RETRIES, force: bool = False,
                   task_bytes: int = TASK_BYTES, on_landed: Callable[[Landed], None] | None = None, delta: bool = True) -> list[Landed]:
     """Compress each source (a local path or a URL) to its own archive under `output` (a folder or
     a URL), or, without `output`, into `store` (default: the zoo at ZOO_HOME) under `names` (default:
     as `zoo compress` names them). With `ray` (an address, or DEFAULT_ADDRESS) each model is a Ray
     task of `threads` CPUs (into a zoo, a model larger than `task_bytes` is several tasks); with
-    ray=None they run here, one after another. `on_landed` sees each model as it lands, failures
-    included. `delta=False`: into a zoo, no tensor stored as an XOR against a base. Returns one
-    Landed per source, in their order."""
+    ray=None they run here, one after another, on `threads` threads each (None: threads_per_model).
+    `on_landed` sees each model as it lands, failures included. `delta=False`: into a zoo, no
+    tensor stored as an XOR against a base. Returns one Landed per source, in their order."""
     if not sources:
         raise InputError("no model to compress")
+    threads = threads_per_model(threads, ray)
     for source in sources:
         if not is_url(source) and not Path(source).exists():
             from zoo.refs import looks_like_path
@@ -606,6 +607,17 @@ def _folders_to_make(folder: Path) -> list[Path]:
         missing.append(folder)
         folder = folder.parent
     return missing
+
+
+def threads_per_model(threads: int | None, ray: str | None) -> int:
+    """The threads (on Ray, the CPUs) each model of a batch gets; None chooses. On Ray the models run
+    side by side, a task each: 1, so that the cluster's cores go to as many models at once. Here
+    they run one after another: what one model's compress gets (up to 8, one per core)."""
+    from zoo.kernels.parallel import resolve_threads
+
+    if threads is None:
+        return 1 if ray is not None else resolve_threads(None)
+    return threads
 
 
 def _refuse_output_inside_a_source(output: Path, sources: list[str]) -> None:
@@ -848,8 +860,9 @@ def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None
 
 
 def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
-              include: list[str] | None = None, exclude: list[str] | None = None, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
-              retries: int = RETRIES, force: bool = False, on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
+              include: list[str] | None = None, exclude: list[str] | None = None, ray: str | None = DEFAULT_ADDRESS,
+              threads: int | None = None, retries: int = RETRIES, force: bool = False,
+              on_landed: Callable[[Landed], None] | None = None) -> list[Landed]:
     """`zoo pull` of many repositories (REPO_ID[@REVISION]) as Ray tasks, into `store` (default: the
     zoo at ZOO_HOME): each worker downloads and codes the model's objects into the zoo's work
     folder as `zoo pull` codes them, the driver publishes. A repository whose commit the zoo holds
@@ -860,6 +873,7 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
 
     if not refs:
         raise InputError("no repository to pull")
+    threads = threads_per_model(threads, ray)
     store = store or Store()
     parsed = [hub.parse_repo_ref(ref) for ref in refs]
     check_globs(include, exclude)  # said once, before any download, not by every task

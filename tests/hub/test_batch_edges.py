@@ -150,3 +150,40 @@ def test_ctrl_c_right_after_an_archive_replaced_the_old_says_it_was_written(tmp_
                                                                                 "ZOO_KILL_AT": "batch-placed:INT"})
     assert (done.returncode, done.stderr) == (130, "interrupted after out/A.zoo was written\n")
     assert (tmp_path / "out" / "B.zoo").read_text() == "the old archive"
+
+
+def _run_zoo_here(monkeypatch, *args) -> int:
+    """The zoo command in this process (its real entry point), for a test that watches a library call."""
+    from zoo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["zoo", *map(str, args)])
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0
+
+
+def test_several_models_here_get_the_threads_one_model_gets(tmp_path, monkeypatch, two_repositories):
+    """Run here, one after another, each model of `zoo compress A B -o DIR/` or `zoo pull A B` was
+    coded on 1 thread, where -t's default (up to 8, one per core) is what one model gets; on Ray,
+    where they run side by side, 1 CPU each stays the default."""
+    from zoo import api
+    from zoo.kernels.parallel import resolve_threads
+
+    seen = []
+    for function in ("compress", "build_model"):  # the calls that code a model, -o and into the zoo
+        real = getattr(api, function)
+        monkeypatch.setattr(api, function, lambda *args, real=real, **options: seen.append(options["threads"]) or real(*args, **options))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # where one core would make the default 1 too
+    models = [_model(tmp_path / "A", 0), _model(tmp_path / "B", 1)]
+    default = resolve_threads(None)
+    assert _run_zoo_here(monkeypatch, "compress", *models, "-o", f"{tmp_path / 'out'}/") == 0
+    assert _run_zoo_here(monkeypatch, "compress", *models, "-o", f"{tmp_path / 'three'}/", "-t", "3") == 0
+    assert seen == [default, default, 3, 3]
+    seen.clear()
+    assert _run_zoo_here(monkeypatch, "pull", *two_repositories) == 0
+    assert seen and set(seen) == {default}
+    assert batch.threads_per_model(None, "127.0.0.1:6379") == 1 and batch.threads_per_model(4, "127.0.0.1:6379") == 4

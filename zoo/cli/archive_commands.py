@@ -67,8 +67,9 @@ def compress(
     max_ppl_ratio: MaxPplRatio = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A row per tensor in the size report, as zoo info shows it.")] = False,
     as_json: Json = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run each model as a task on the Ray cluster at "
-                                               "ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here). See docs/scale-out.md.",
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run each model as a task of -t CPUs (default 1) "
+                                               "on the Ray cluster at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here). See "
+                                               "docs/scale-out.md.",
                                                show_default=False)] = None,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files whose path in the folder matches this glob "
                                                          "(repeatable).", show_default=False)] = None,
@@ -221,7 +222,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
             stderr.print(f"failed {result.source}: {result.error}", markup=False, highlight=False, soft_wrap=True)
 
     with progress_bar(lambda: _bytes_to_read(sources), "compressing", not as_json) as advance:
-        results = batch.compress_many(sources, destination, names=names, pipeline=pipeline, threads=threads or 1, force=force,
+        results = batch.compress_many(sources, destination, names=names, pipeline=pipeline, threads=threads, force=force,
                                       ray=ray, on_landed=landed, delta=not no_delta)
     failed = [result for result in results if not result.ok]
     if as_json:

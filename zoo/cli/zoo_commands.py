@@ -36,8 +36,9 @@ def pull(
     threads: Threads = None,
     force: Force = False,
     as_json: Json = False,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Pull each repository as a task on the Ray cluster "
-                                               "at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here).", show_default=False)] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Pull each repository as a task of -t CPUs (default "
+                                               "1) on the Ray cluster at ADDRESS (bare --ray: RAY_ADDRESS, else a Ray started here).",
+                                               show_default=False)] = None,
 ) -> None:
     """Download a model from the hub, check each file against what the hub lists, store it compressed."""
     from zoo import api
@@ -80,7 +81,7 @@ def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
 
     results = batch.pull_many(refs, names=[name] if name else None, pipeline=pipeline, include=include, exclude=exclude, ray=ray,
-                              threads=threads or 1, force=force, on_landed=landed)
+                              threads=threads, force=force, on_landed=landed)
     failed = [result for result in results if not result.ok]
     if as_json:
         print_json({"models": [result.to_dict() for result in results], "failed": len(failed)})
