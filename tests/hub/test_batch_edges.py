@@ -31,6 +31,30 @@ def _model(folder: Path, seed: int) -> Path:
     return folder
 
 
+def _zoo(*args, env: dict | None = None, cwd: Path | None = None, as_another_user: bool = False) -> subprocess.CompletedProcess:
+    """The zoo command in a subprocess; `as_another_user`: as root without its right to read and
+    search what the permissions refuse (setpriv), so that a test's chmod applies to it."""
+    command = [sys.executable, "-m", "zoo", *map(str, args)]
+    if as_another_user and os.geteuid() == 0:
+        command = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", *command]
+    environment = {key: value for key, value in os.environ.items() if key != "ZOO_DEBUG"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env={**environment, "PYTHONPATH": str(ROOT),
+                                                                                            **(env or {})})
+
+
+def _run_zoo_here(monkeypatch, *args) -> int:
+    """The zoo command in this process (its real entry point), for a test that watches a library call."""
+    from zoo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["zoo", *map(str, args)])
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0
+
+
 @pytest.fixture
 def two_repositories(tmp_path, monkeypatch):
     """A `zoo serve` on 127.0.0.1 holding org/a and org/b, and the environment of a client of it."""
@@ -60,17 +84,6 @@ def test_a_batch_pull_of_other_files_than_the_zoo_holds_stores_them(two_reposito
     assert pulled() == ([False, False], {"org/a": whole, "org/b": whole})
     assert pulled() == ([True, True], {"org/a": whole, "org/b": whole})  # the same commit and files: left as it is
     assert pulled(include=["*.json"]) == ([False, False], {"org/a": ["config.json"], "org/b": ["config.json"]})
-
-
-def _zoo(*args, env: dict | None = None, cwd: Path | None = None, as_another_user: bool = False) -> subprocess.CompletedProcess:
-    """The zoo command in a subprocess; `as_another_user`: as root without its right to read and
-    search what the permissions refuse (setpriv), so that a test's chmod applies to it."""
-    command = [sys.executable, "-m", "zoo", *map(str, args)]
-    if as_another_user and os.geteuid() == 0:
-        command = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", *command]
-    environment = {key: value for key, value in os.environ.items() if key != "ZOO_DEBUG"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env={**environment, "PYTHONPATH": str(ROOT),
-                                                                                            **(env or {})})
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="setpriv drops root's right to search any folder")
@@ -150,19 +163,6 @@ def test_ctrl_c_right_after_an_archive_replaced_the_old_says_it_was_written(tmp_
                                                                                 "ZOO_KILL_AT": "batch-placed:INT"})
     assert (done.returncode, done.stderr) == (130, "interrupted after out/A.zoo was written\n")
     assert (tmp_path / "out" / "B.zoo").read_text() == "the old archive"
-
-
-def _run_zoo_here(monkeypatch, *args) -> int:
-    """The zoo command in this process (its real entry point), for a test that watches a library call."""
-    from zoo.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["zoo", *map(str, args)])
-    monkeypatch.delenv("ZOO_DEBUG", raising=False)
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code or 0
-    return 0
 
 
 def test_several_models_here_get_the_threads_one_model_gets(tmp_path, monkeypatch, two_repositories):
