@@ -42,7 +42,7 @@ from zoo.hub.manifest import OBJECT_SUFFIX, Entry
 from zoo.hub.remote import LocalFolder, StorageError, fetch, is_url, open_storage
 from zoo.hub.store import DEFAULT_REVISION, Store, check_name, variant_of
 from zoo.signals import signals_held, written
-from zoo.sources.folder import check_globs, selected_by
+from zoo.sources.folder import check_globs
 
 DEFAULT_ADDRESS = "default"  # --ray without an address: RAY_ADDRESS, else a Ray started here
 # A model going into a zoo whose objects are larger than this in all is coded by several tasks, each of
@@ -815,24 +815,12 @@ def run_tasks(address: str, tasks: list[tuple[Callable[..., Any], tuple]], label
 # -- pull: a repository per task ----------------------------------------------------------------------
 
 
-def held_as_pulled(held: Entry | None, source: str, folder: Path, include: list[str] | None, exclude: list[str] | None) -> bool:
-    """Whether `held`, the zoo's entry of the NAME@REVISION:VARIANT a pull stores, is what a pull of
-    the snapshot `folder` (from `source`, hub:REPO@COMMIT) would store: the same commit and the same
-    files, as the globs choose them from the snapshot (which may hold more, from other pulls). A
-    newer commit, or the same commit with other files chosen, is stored again: that is what pulling
-    means. The rule zoo.hub.pull.pull applies to one repository."""
-    if held is None or held.source != source:
-        return False
-    chosen = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
-    return {stored.path for stored in held.files} == {relpath for relpath in chosen if selected_by(relpath, include, exclude)}
-
-
 def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None, include: list[str] | None, exclude: list[str] | None,
                  threads: int, held: Entry | None, bases: list[str]) -> Landed:
     """One repository downloaded, then coded into a folder of the driver's work folder `work` of
     the zoo at `home` as zoo.hub.pull.pull codes it (its objects, reusing what the zoo holds, and its
     shell; the XOR base looked for among `bases`); nothing is coded when the zoo's entry `held`
-    is this commit with these files already (held_as_pulled). The driver publishes."""
+    is this commit with these files already (zoo.hub.pull.held_as_pulled). The driver publishes."""
     from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub
     from zoo.kernels.parallel import resolve_threads
@@ -843,7 +831,7 @@ def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None
     started = time.perf_counter()
     pulled = hub.download(repo_id, revision, include, exclude, progress_bars=False)
     seconds["download"] = time.perf_counter() - started
-    if held_as_pulled(held, f"hub:{repo_id}@{pulled.commit}", pulled.folder, include, exclude):
+    if hub.held_as_pulled(held, f"hub:{repo_id}@{pulled.commit}", hub.chosen_files(pulled.folder, include, exclude)):
         return Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, unchanged=True)
     store = Store(home)
     chosen = Pipeline.parse(pipeline or DEFAULT_SPEC)
@@ -866,7 +854,7 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
     """`zoo pull` of many repositories (REPO_ID[@REVISION]) as Ray tasks, into `store` (default: the
     zoo at ZOO_HOME): each worker downloads and codes the model's objects into the zoo's work
     folder as `zoo pull` codes them, the driver publishes. A repository whose commit the zoo holds
-    in this variant, with the files the globs choose (held_as_pulled), is left as it is (unchanged),
+    in this variant, with the files the globs choose (zoo.hub.pull.held_as_pulled), is left as it is (unchanged),
     unless `force`. Returns one Landed per ref, in their order; failures are reported, not raised."""
     from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
     from zoo.hub import pull as hub

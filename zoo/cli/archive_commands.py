@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -221,7 +220,7 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
         else:
             stderr.print(f"failed {result.source}: {result.error}", markup=False, highlight=False, soft_wrap=True)
 
-    with progress_bar(lambda: _bytes_to_read(sources), "compressing", not as_json) as advance:
+    with progress_bar(lambda: sum(source_bytes(Path(source)) for source in sources), "compressing", not as_json) as advance:
         results = batch.compress_many(sources, destination, names=names, pipeline=pipeline, threads=threads, force=force,
                                       ray=ray, on_landed=landed, delta=not no_delta)
     failed = [result for result in results if not result.ok]
@@ -232,22 +231,6 @@ def _compress_batch(sources: list[str], output: Optional[str], name: Optional[st
                      markup=False, highlight=False)
     if failed:
         raise typer.Exit(1)
-
-
-def _bytes_to_read(sources: list[str]) -> int:
-    """A batch's progress total. A source that cannot be read whole (a subfolder that cannot be
-    searched) counts the files that can be: its own task meets the rest, and says so or fails
-    alone, where the error raised here stopped every model before the first."""
-    total = 0
-    for source in sources:
-        try:
-            total += source_bytes(Path(source))
-        except OSError:
-            for folder, _, files in os.walk(source):  # which passes over a folder it cannot list
-                for name in files:
-                    with suppress(OSError):
-                        total += os.stat(os.path.join(folder, name)).st_size
-    return total
 
 
 def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipeline: str, calib: Optional[Path], base: Optional[Path],

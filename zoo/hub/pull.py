@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +308,21 @@ def check_lfs(archive_path: Path, pulled: Download, repo_id: str) -> None:
             _refuse_bad_copy(pulled.folder / path, repo_id, path, "sha256", got, expected)
 
 
+def chosen_files(folder: Path, include: list[str] | None, exclude: list[str] | None) -> dict[str, Path]:
+    """The files of a downloaded snapshot that a pull stores, by relative path: the cache may hold
+    more than this pull asked for (other pulls' files), and only what the globs select is stored."""
+    inside = {path.relative_to(folder).as_posix(): path for path in folder.rglob("*") if path.is_file()}
+    return {relpath: path for relpath, path in inside.items() if selected_by(relpath, include, exclude)}
+
+
+def held_as_pulled(held: Entry | None, source: str, chosen: Iterable[str]) -> bool:
+    """Whether `held`, the zoo's entry of the NAME@REVISION:VARIANT a pull stores, is what the pull
+    would store: the same commit (`source`, hub:REPO@COMMIT) and the same files (`chosen`). A newer
+    commit of the revision, or the same commit with other files chosen (--include/--exclude), is
+    stored again: that is what pulling means. One pull and a batch's pulls both ask this."""
+    return held is not None and held.source == source and {stored.path for stored in held.files} == set(chosen)
+
+
 def not_pulled_from(store: Store, name: str, revision: str, repo_id: str) -> Entry | None:
     """A variant of NAME@REVISION that no pull of `repo_id` stored (the user's own model), or None."""
     return next((entry for entry in store.entries(name) if entry.revision == revision
@@ -340,13 +355,9 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
                                 "pass --force to store the pull beside or over it, or --name to store it under another name")
     pulled = download(repo_id, revision, include, exclude, progress_bars)
     source = f"hub:{repo_id}@{pulled.commit}"
-    # The cache may hold more than this pull asked for: only what the filters select is stored.
-    inside = {path.relative_to(pulled.folder).as_posix(): path for path in pulled.folder.rglob("*") if path.is_file()}
-    selected = {relpath: path for relpath, path in inside.items() if selected_by(relpath, include, exclude)}
-    if held is not None and held.source == source and {f.path for f in held.files} == set(selected) and not force:
+    selected = chosen_files(pulled.folder, include, exclude)
+    if held_as_pulled(held, source, selected) and not force:
         return held, False
-    # A newer commit of the same revision replaces the old one, and so does the same commit with
-    # other files chosen (--include/--exclude): that is what pulling means.
     total = sum(path.stat().st_size for path in selected.values())
     their_check = options.pop("check", None)
 
