@@ -779,6 +779,24 @@ def test_metadata_that_json_cannot_hold_and_a_tensor_name_of_the_wrong_type_are_
                 call(["bf"])
 
 
+def test_metadata_that_is_not_strict_json_or_takes_a_key_of_zoos_is_refused_before_any_work(tmp_path):
+    """NaN was written into the header as a bare NaN token, which JSON has not; a caller's
+    "pipeline" replaced the spec the archive records, and its "quality" was printed by `zoo info`
+    as figures "against None"."""
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    for metadata, said in (({"score": float("nan")}, r"^metadata\['score'\] is NaN or infinite"),
+                           ({"runs": [{"loss": float("-inf")}]}, r"^metadata\['runs'\]\[0\]\['loss'\] is NaN or infinite"),
+                           ({"pipeline": "mine"}, r"^metadata\['pipeline'\] is zoo's own \(the pipeline spec\): choose another key$"),
+                           ({"quality": {"x": 1}}, r"^metadata\['quality'\] is zoo's own"),
+                           *(({key: {}}, rf"^metadata\['{key}'\] is zoo's own") for key in ("verify", "budget", "zoo", "object"))):
+        with pytest.raises(InputError, match=said):
+            zoo.compress(source, tmp_path / "c.zoo", metadata=metadata)
+        assert not (tmp_path / "c.zoo").exists()
+    zoo.compress(source, tmp_path / "c.zoo", "fprans", metadata={"source": "elsewhere", "score": 0.5, "note": "NaN"})
+    with zoo.open(tmp_path / "c.zoo") as archive:
+        assert archive.metadata() == {"pipeline": "fprans", "source": "elsewhere", "score": 0.5, "note": "NaN"}
+
+
 def test_a_hash_beside_stopped_by_a_signal_lets_go_though_its_queue_woke_no_one():
     """Ctrl-C raised inside Queue.put can leave its condition so that a later put wakes no one:
     decompress -t 1 then hung in _HashBeside's join(), every later signal ignored. Here the lost

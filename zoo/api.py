@@ -378,9 +378,25 @@ def _beside_destination(bound: inspect.BoundArguments) -> Path:
     return Path(bound.arguments["destination"]).absolute().parent
 
 
-def _check_metadata(metadata: Any) -> None:
+# The keys of an archive's metadata that zoo writes itself, and what each holds: a caller's value
+# replaced the pipeline the writer records, and one under the others was read as zoo's own (`zoo
+# info` printed a caller's "quality" as figures "against None"; a zoo rebuilds a model's manifest
+# from "zoo"; a file whose "object" is a dict is checked as one of a zoo's objects).
+RESERVED_METADATA = {
+    "pipeline": "the pipeline spec",
+    "quality": "the quality figures of --eval and check_quality",
+    "verify": "the quality figures, in older archives",
+    "budget": "the proof and trail of --budget",
+    "zoo": "the record of a model in a zoo",
+    "object": "the record of an object in a zoo",
+}
+
+
+def _check_metadata(metadata: Any, into_a_zoo: bool = False) -> None:
     """Metadata for an archive's header: a dict that JSON holds, checked before any work (json
-    refused an object() once the model was coded)."""
+    refused an object() once the model was coded). Strict JSON (FORMAT.md): a NaN or an infinity
+    was written as a bare NaN token, which JSON has not. None of zoo's own keys, but for "zoo"
+    `into_a_zoo` (compress_into's record of the model)."""
     if metadata is None:
         return
     if not isinstance(metadata, dict):
@@ -389,6 +405,24 @@ def _check_metadata(metadata: Any) -> None:
         json.dumps(metadata, sort_keys=True)  # as the header is written
     except (TypeError, ValueError) as error:
         raise InputError(f"metadata is not JSON: {error}") from None
+    where = _non_finite(metadata, "metadata")
+    if where is not None:
+        raise InputError(f"{where} is NaN or infinite, which the header's JSON cannot hold")
+    for key in metadata:
+        if key in RESERVED_METADATA and not (key == "zoo" and into_a_zoo):
+            raise InputError(f"metadata[{key!r}] is zoo's own ({RESERVED_METADATA[key]}): choose another key")
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """Where in `value` (JSON that json.dumps took) a NaN or an infinity lies, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 @_names_a_full_disk(_destination, within=_beside_destination)
@@ -426,13 +460,14 @@ def compress(
     (a zoo.container.objects.ObjectSink: what compress_into passes), each tensor and run of file
     bytes becomes an object there and `destination` is the archive that names them.
     `check_sources(files)` sees what the scan found before anything is coded, and may raise
-    (compress_into refuses names its zoo cannot hold)."""
+    (compress_into refuses names its zoo cannot hold). `metadata` joins the header's: strict JSON
+    (no NaN or infinity), under keys other than zoo's own (RESERVED_METADATA)."""
     started = time.perf_counter()
     check_path(source, "the model to compress")
     check_path(destination, "the archive to write")
     if calibration is not None:
         check_path(calibration, "the calibration text")
-    _check_metadata(metadata)
+    _check_metadata(metadata, into_a_zoo=objects is not None)
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(DEFAULT_SPEC if pipeline is None else pipeline)
     refuse_an_archive(Path(source))
     sources = scan(source, include, exclude, follow_links)

@@ -263,7 +263,7 @@ class Builder:
         self.header: dict[str, Any] = {
             "format": "zoo",
             "created_by": f"zoo {__version__}",
-            "metadata": {"pipeline": pipeline.spec(), **(metadata or {})},
+            "metadata": {**(metadata or {}), "pipeline": pipeline.spec()},  # the spec the payload was coded with, whatever a caller gave
             "files": [],
             "tensors": {},
         }
