@@ -177,6 +177,8 @@ def test_a_budget_on_weights_alone_says_so(tmp_path):
     done = zoo_cli("compress", source, "--budget", "cosine=0.9", "-o", tmp_path / "kept.zoo")
     assert done.returncode == 0, done.stderr
     assert "budget cosine=0.9 (cosine of the weights, weighted by size), judged on the weights alone; kept l2:" in done.stdout, done.stdout
+    # the proof is what was measured: no text was read ("proof: the kept archive on held-out text")
+    assert f"proof: the kept archive by its weights alone, against {source}" in done.stdout and "held-out" not in done.stdout, done.stdout
     record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
     assert (record["held_out"], record["calibration"]) == (None, None)
 

@@ -98,7 +98,7 @@ def test_cli_eval_with_and_without_the_base(tuned, archive, tmp_path):  # noqa: 
     assert document["metrics"] == evaluate(archive, fine_tuned, base=base).metrics
     shown = cli("eval", archive, "-r", fine_tuned, "--base", base)
     assert shown.exit_code == 0 and f"base: {base}" in shown.stdout
-    for flags, message in (((), "pass that base (--base BASE)"), (("--base", fine_tuned), "sha256 differs"),
+    for flags, message in (((), "pass that base (base= in Python, --base BASE on the command line)"), (("--base", fine_tuned), "sha256 differs"),
                            (("--base", tmp_path / "nowhere"), "no such file, folder or model")):
         done = zoo_cli("eval", archive, "-r", fine_tuned, *flags)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

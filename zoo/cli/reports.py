@@ -237,4 +237,6 @@ def print_budget(record: dict[str, Any]) -> None:
              else figure_text(step["figure"], limit), "yes" if step.get("meets") else "no"] for step in steps]
     print_table("budget search, in the order tried", columns, rows, right=tuple(columns[1:]), fold=tuple(columns))
     if isinstance(record.get("proof"), dict):
-        print_quality(record["proof"], f"proof: the kept archive on held-out text, against {record['proof'].get('reference')}")
+        # a model zoo does not run is judged on its weights alone: no text was read
+        measured = "on held-out text" if record.get("held_out") else "by its weights alone"
+        print_quality(record["proof"], f"proof: the kept archive {measured}, against {record['proof'].get('reference')}")

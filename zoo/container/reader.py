@@ -370,7 +370,9 @@ class Archive:
 
     def _missing_base(self, what: str) -> InputError:
         hint = self.base_needed()["hint"]  # type: ignore[index]
-        return InputError(f"{self.path}: {what} stored as a difference from the base model {hint!r}; pass that base (--base BASE)")
+        # read from Python and from the command line alike: the remedy is named for both
+        return InputError(f"{self.path}: {what} stored as a difference from the base model {hint!r}; "
+                          "pass that base (base= in Python, --base BASE on the command line)")
 
     def require_base(self) -> None:
         """Raise InputError unless the base is given or not needed; check every base tensor's
