@@ -448,7 +448,8 @@ def compress(
 ) -> Report:
     """Compress a model folder or file into one archive at `destination`. `calibration` is a
     text file whose activations guide the lossy stages that use them (see zoo.optimize.calibration).
-    `progress(bytes)` counts the source bytes as they are written; `stage_progress(stage, done,
+    `progress(bytes)` counts the source bytes as they are written, up to the source's size
+    whatever the pipeline codes them to (a lossy stage's parts are fewer bytes); `stage_progress(stage, done,
     total)` follows the phases before that (COMPRESS_STAGES), which a lossy pipeline can spend
     minutes in.
     `check(path)` sees the finished archive under its temporary name before it is put in place

@@ -56,6 +56,7 @@ class _Job:
     file_offset: int = 0
     unit: Unit | None = None  # the object it goes into, when the build writes objects
     turn: tuple[_SourceDigest, int] | None = None  # its file's digest and its number in the file, when the coders hash
+    source_bytes: int = 0  # the bytes of the source file it stands for, which progress counts (not its own: see _tensor_jobs)
 
 
 class _SourceDigest:
@@ -260,6 +261,7 @@ class Builder:
         self._digests: dict[int, tuple[np.ndarray, Callable[[], str]]] = {}  # digests started ahead, by id of the raw bytes
         self._source_digests: dict[str, _SourceDigest] = {}  # by file, when the coders hash the files they read
         self._maps: list[tuple[Any, Any]] = []  # (path, guarded map) of every source file this build read, for _check_maps
+        self._uncounted = 0  # source bytes of what the build met but codes no chunk of, counted with the next chunk (_counted)
         self.header: dict[str, Any] = {
             "format": "zoo",
             "created_by": f"zoo {__version__}",
@@ -392,7 +394,7 @@ class Builder:
             # Sized: up to BUDGET_ITEMS chunks a worker in flight, small ones batched. With the bare
             # two a worker the coders waited between chunks: MiniLM's BF16 chunks, coded alone on two
             # threads, went at 1.3-1.4 GB/s against 1.9-2.0 sized (AVX2 kernels, docs/performance.md).
-            for job, encoded in ordered_map(self._encode, self._jobs(sources), threads, size=_job_bytes):
+            for job, encoded in ordered_map(self._encode, self._counted(self._jobs(sources)), threads, size=_job_bytes):
                 if job.leaf is not current:
                     if current is not None:
                         current.update(target.write_index(chunks))
@@ -405,8 +407,10 @@ class Builder:
                     target = self.objects.payload() if unit is not None else writer  # type: ignore[union-attr]
                 if encoded is not None:
                     chunks.append((target.write(encoded), len(encoded), crc32(encoded)))
-                if progress and job.raw.nbytes:
-                    progress(job.raw.nbytes)
+                if progress and job.source_bytes:
+                    progress(job.source_bytes)
+            if progress and self._uncounted:  # what the zoo held already, after the last chunk
+                progress(self._uncounted)
             if current is not None:
                 current.update(target.write_index(chunks))
             self._check_maps()
@@ -509,6 +513,15 @@ class Builder:
             return started[1]
         return lambda: content_digest(raw, self.objects.threads if self.objects is not None else 1, _releaser(mapped, offset))
 
+    def _counted(self, jobs: Iterator[_Job]) -> Iterator[_Job]:
+        """`jobs`, each counting too the source bytes met since the one before that no chunk codes
+        (a tensor or run of bytes the zoo holds already): progress counts to the source's size."""
+        self._uncounted = 0
+        for job in jobs:
+            job.source_bytes += self._uncounted
+            self._uncounted = 0
+            yield job
+
     def _jobs(self, sources: list[SourceFile]) -> Iterator[_Job]:
         entry: dict[str, Any] = {}
         for source, mapped, segment, key, raw in self._hashed_ahead(_walk(sources)):
@@ -537,6 +550,7 @@ class Builder:
                                              digest=self._digest_of(raw, mapped, segment.offset))
                     if unit is None:  # the zoo holds these bytes already
                         _release(mapped, segment.offset, segment.size)
+                        self._uncounted += segment.size
                         continue
                 yield from self._numbered(self._chunk_jobs(leaf, pipeline, raw, mapped, segment.offset, unit), source)
             else:
@@ -586,6 +600,7 @@ class Builder:
                                      digest=self._digest_of(raw, mapped, segment.offset))
             if unit is None:  # the zoo holds this tensor already
                 _release(mapped, segment.offset, segment.size)
+                self._uncounted += segment.size
                 return True
         elif self.objects is not None and segment.size and not transformed and delta is None:
             # Too small to be an object, but perhaps met before in this build (the same weights in
@@ -593,12 +608,23 @@ class Builder:
             same = (segment.dtype, tuple(segment.shape), json.dumps(record["pipeline"]), hashlib.sha256(raw).digest())
             if same in self._small:
                 record["root"] = {"leaf": self._small[same]}
+                self._uncounted += segment.size
                 return True
             self._small[same] = root["leaf"]
+        # Each chunk stands for its share of the tensor's bytes in the source: the parts a lossy
+        # stage makes are fewer bytes (codebook's indices, an eighth at bits=4), a difference from
+        # a base may be more (float32), and progress counted them, short of the source's size.
+        stored = sum(part.data.nbytes for _, part in leaves)
+        done = 0
         for leaf, part in leaves:
             part_raw = np.ascontiguousarray(part.data).reshape(-1).view(np.uint8)
             # Untransformed tensors are views of the mapped file: their pages can be released.
-            yield from self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset, unit)
+            for job in self._chunk_jobs(leaf, used, part_raw, None if transformed or delta is not None else mapped, segment.offset, unit):
+                job.source_bytes = segment.size * (done + job.raw.nbytes) // stored - segment.size * done // stored if stored else 0
+                done += job.raw.nbytes
+                yield job
+        if not stored:  # no bytes to code (a tensor of no elements)
+            self._uncounted += segment.size
         return used.lossless and delta is None  # base + delta is not promised to give the bytes back
 
     def _chunk_jobs(self, leaf: dict[str, Any], pipeline: Pipeline, raw: np.ndarray, mapped: mmap.mmap | None, file_offset: int,
@@ -612,4 +638,4 @@ class Builder:
         for first in range(0, count, elements):
             n = min(elements, count - first)
             begin, end = first * bits // 8, (first + n) * bits // 8
-            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin, unit)
+            yield _Job(leaf, pipeline, raw[begin:end], n, mapped, file_offset + begin, unit, source_bytes=end - begin)
