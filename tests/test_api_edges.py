@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -473,7 +474,8 @@ def test_a_file_the_archive_lacks_is_the_callers_mistake(model):
 def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_path):
     """model.safetensors beside a torch checkpoint of the same tensors (most Hub repositories):
     load_state_dict held both copies, one keyed `pytorch_model.bin::NAME`, which a strict
-    model.load_state_dict refuses. The checkpoint here sorts first, so its tensors had the names."""
+    model.load_state_dict refuses. The checkpoint here sorts first, so its tensors had the names;
+    the safetensors' have them now, in zoo.open's keys too."""
     from safetensors.torch import save_file
 
     from zoo.errors import ZooWarning
@@ -488,7 +490,8 @@ def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_p
     assert sorted(loaded) == ["a.weight", "b.weight", "tied.weight"]  # the checkpoint left out whole, as transformers leaves it
     assert all(torch.equal(loaded[name], value) for name, value in state.items())
     with zoo.open(tmp_path / "m.zoo") as archive:  # every file's tensors are still there to read
-        assert "model.safetensors::a.weight" in archive.keys()
+        assert "a_pytorch_model.bin::a.weight" in archive.keys()
+        assert all(torch.equal(archive.get_tensor(name, "pt"), value) for name, value in loaded.items())
     # a checkpoint in another folder, or one of other tensors, is no second copy: kept under path::NAME
     (tmp_path / "m" / "checkpoint-5").mkdir()
     torch.save({name: value * 0 for name, value in state.items()}, tmp_path / "m" / "checkpoint-5" / "pytorch_model.bin")
@@ -499,6 +502,94 @@ def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_p
     assert torch.equal(loaded["a.weight"], state["a.weight"]) and torch.equal(loaded["checkpoint-5/pytorch_model.bin::a.weight"],
                                                                               state["a.weight"] * 0)
     assert "optimizer.pt::a.weight" in loaded and "state.0.exp_avg" in loaded
+
+
+def test_a_checkpoint_of_the_safetensors_names_and_other_values_is_kept_and_said_where(tmp_path):
+    """ema.pt beside model.safetensors, of the same names and half the values: load_state_dict left
+    it out, warning that it "holds the weights of the safetensors beside it again", and zoo.open
+    gave the EMA under the names, the state dict the safetensors'. A copy is now one whose every
+    tensor of a name the safetensors has is coded as theirs (nothing decoded); one tensor of other
+    values keeps the whole file."""
+    from safetensors.torch import save_file
+
+    from zoo.errors import ZooWarning
+
+    torch.manual_seed(0)
+    state = {"layer.weight": torch.randn(8, 8), "layer.bias": torch.randn(8)}
+    (tmp_path / "run").mkdir()
+    save_file(state, tmp_path / "run" / "model.safetensors")
+    torch.save({name: value * 0.5 for name, value in state.items()}, tmp_path / "run" / "ema.pt")
+    zoo.compress(tmp_path / "run", tmp_path / "run.zoo")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        loaded = zoo.load_state_dict(tmp_path / "run.zoo")
+    assert [str(w.message) for w in said] == [
+        "ema.pt holds tensors named as the safetensors' beside it, of other values: kept in the state dict, under `ema.pt::NAME`"]
+    assert sorted(loaded) == ["ema.pt::layer.bias", "ema.pt::layer.weight", "layer.bias", "layer.weight"]
+    assert all(torch.equal(loaded[name], value) and torch.equal(loaded[f"ema.pt::{name}"], value * 0.5) for name, value in state.items())
+    with zoo.open(tmp_path / "run.zoo") as archive:  # the same tensor under each name
+        assert sorted(archive.keys()) == sorted(loaded)
+        assert all(torch.equal(archive.get_tensor(name, "pt"), tensor) for name, tensor in loaded.items())
+    # the same weights but one tensor: no copy either
+    torch.save({"layer.weight": state["layer.weight"].clone(), "layer.bias": state["layer.bias"] + 1}, tmp_path / "run" / "ema.pt")
+    zoo.compress(tmp_path / "run", tmp_path / "run.zoo", force=True)
+    with pytest.warns(ZooWarning, match=r"^ema\.pt holds tensors named as the safetensors' beside it, of other values: kept"):
+        loaded = zoo.load_state_dict(tmp_path / "run.zoo")
+    assert sorted(loaded) == ["ema.pt::layer.bias", "ema.pt::layer.weight", "layer.bias", "layer.weight"]
+    # every one the same, a tied weight (a view, decoded to be compared) among them: a copy
+    torch.save({**state, "head.weight": state["layer.weight"]}, tmp_path / "run" / "ema.pt")
+    save_file({**state, "head.weight": state["layer.weight"].clone()}, tmp_path / "run" / "model.safetensors")
+    zoo.compress(tmp_path / "run", tmp_path / "run.zoo", "codebook:bits=4", force=True)  # lossy: coded alike all the same
+    with pytest.warns(ZooWarning, match=r"^ema\.pt holds the weights of the safetensors beside it again: left out"):
+        assert sorted(zoo.load_state_dict(tmp_path / "run.zoo")) == ["head.weight", "layer.bias", "layer.weight"]
+
+
+def test_a_variant_and_its_weights_give_zoo_open_and_the_state_dict_the_same_tensor_by_name(tmp_path):
+    """model.fp16.safetensors sorts before model.safetensors: it had the names, and zoo.open gave
+    the float16 copy where load_state_dict gave the float32 one."""
+    from safetensors.torch import save_file
+
+    from zoo.errors import ZooWarning
+
+    state = {"lin.weight": torch.randn(4, 4), "lin.bias": torch.randn(4)}
+    (tmp_path / "m").mkdir()
+    save_file(state, tmp_path / "m" / "model.safetensors")
+    save_file({name: value.half() for name, value in state.items()}, tmp_path / "m" / "model.fp16.safetensors")
+    zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    with pytest.warns(ZooWarning, match="model.fp16.safetensors is a variant"):
+        loaded = zoo.load_state_dict(tmp_path / "m.zoo")
+    with zoo.open(tmp_path / "m.zoo") as archive:
+        assert sorted(archive.keys()) == ["lin.bias", "lin.weight", *(f"model.fp16.safetensors::lin.{part}" for part in ("bias", "weight"))]
+        for name, value in state.items():
+            assert torch.equal(archive.get_tensor(name, "pt"), value) and torch.equal(loaded[name], value)
+
+
+def test_an_archive_whose_names_went_by_path_alone_gives_the_state_dict_of_now(tmp_path, monkeypatch):
+    """An archive of zoo before 2026-12-07 keys ema.pt's tensors by their names and the
+    safetensors' as `model.safetensors::NAME`: the state dict of its folder is the same as from an
+    archive written now, and the warning says where zoo.open has them."""
+    from safetensors.torch import save_file
+
+    from zoo.container import writer
+    from zoo.errors import ZooWarning
+
+    state = {"layer.weight": torch.randn(8, 8), "layer.bias": torch.randn(8)}
+    (tmp_path / "run").mkdir()
+    save_file(state, tmp_path / "run" / "model.safetensors")
+    torch.save({name: value * 0.5 for name, value in state.items()}, tmp_path / "run" / "ema.pt")
+    with monkeypatch.context() as patched:  # the writer of then: each depth by path alone
+        patched.setattr(writer, "naming_order", lambda files: {path: (path.count("/"), path) for path, _ in files})
+        zoo.compress(tmp_path / "run", tmp_path / "old.zoo")
+    with zoo.open(tmp_path / "old.zoo") as archive:
+        assert sorted(archive.keys()) == ["layer.bias", "layer.weight", "model.safetensors::layer.bias", "model.safetensors::layer.weight"]
+        assert torch.equal(archive.get_tensor("layer.bias", "pt"), state["layer.bias"] * 0.5)
+    with pytest.warns(ZooWarning, match=r"kept in the state dict, under `ema\.pt::NAME` \(zoo\.open reads them under the names, as this "
+                                        r"archive, of an older zoo, keys them\)$"):
+        loaded = zoo.load_state_dict(tmp_path / "old.zoo")
+    zoo.compress(tmp_path / "run", tmp_path / "new.zoo")
+    with pytest.warns(ZooWarning, match=r"under `ema\.pt::NAME`$"):
+        now = zoo.load_state_dict(tmp_path / "new.zoo")
+    assert sorted(loaded) == sorted(now) and all(torch.equal(loaded[name], now[name]) for name in now)
 
 
 def test_a_process_reads_the_objects_on_disk_now_not_those_it_held_open(tmp_path, monkeypatch):

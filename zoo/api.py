@@ -11,13 +11,11 @@ import json
 import math
 import os
 import queue
-import re
 import shlex
 import stat
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field, replace
@@ -28,7 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 from zoo.kernels.parallel import for_each, resolve_threads
 from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded
 from zoo.dtypes import DTYPES
-from zoo.container.writer import Builder, stored_files
+from zoo.container.writer import VARIANT_FILE, WEIGHTS_FILE, Builder, naming_order, stored_files
 from zoo.codecs.base import StageProgress  # (stage, done, total), as zoo.evaluate reports its stages
 from zoo.container.base_model import BaseModel
 from zoo.container.delta import Deltas
@@ -719,18 +717,29 @@ def _open(ref: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] 
 
 def open_archive(archive: str | os.PathLike[str], base: BaseModel | str | os.PathLike[str] | None = None) -> Archive:
     """Open an archive, or a model in the zoo, for lazy per-tensor reads (exported as zoo.open).
-    `base` is the model that an archive made with `compress(base=...)` needs."""
+    `base` is the model that an archive made with `compress(base=...)` needs. Every file's tensors
+    are there, keyed by name, or `path::NAME` where another file has the name (docs/FORMAT.md):
+    the keys load_state_dict gives, so that `get_tensor(name)` is the tensor of the state dict's
+    `name`; but in archives of zoo before 2026-12-07, whose names went by path alone to a variant or
+    a checkpoint that sorts before the safetensors beside it (model.fp16.safetensors, ema.pt)."""
     return _open(archive, base)
 
 
 def load_state_dict(source: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name. A tensor of
+    """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name, or by
+    `path::NAME` where another file has the name: the names go to the files nearer the top, and
+    in a folder to the weights transformers loads (safetensors before other files, a variant such
+    as model.fp16.safetensors after the weights files). These are zoo.open's keys, and
+    `zoo.open(source).get_tensor(name)` the tensor under `name` here, but in archives of zoo before
+    2026-12-07, which gave the names by path alone: this names their tensors as now. A tensor of
     a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
-    key. Where a folder holds its weights twice, as safetensors and as torch checkpoints, the
-    safetensors' copy is given, under the tensors' names, as transformers loads it (one warning
-    names the files left out). Tensors zoo keeps in their file's bytes only are left out, their
+    key. Where a folder holds its weights twice, the safetensors' copy is given, as transformers
+    loads it: a torch checkpoint that holds the safetensors' tensors again (the same values, told
+    from their coding, nothing decoded) is left out, and so is a variant of the weights files
+    (one warning names the files left out); a checkpoint of those names and other values (an EMA)
+    is kept, under `path::NAME` (a warning says so). Tensors zoo keeps in their file's bytes only are left out, their
     files named in one warning with why: a file it keeps whole (a pickle that needs globals, a
     git-lfs pointer), a checkpoint's tensors of a dtype zoo has no name for (complex128), every
     torch checkpoint in archives of older versions."""
@@ -800,29 +809,25 @@ def _kept_as_bytes(opened: Archive, files: dict[str, dict[str, Any]], storages: 
     return said
 
 
-# transformers' own names for a model's weights, and for a variant of them (model.fp16.safetensors,
-# pytorch_model.ema-00001-of-00002.bin), which it loads only when asked for that variant
-_SHARD = r"(?:-\d{5}-of-\d{5})?"
-_WEIGHTS_FILE = re.compile(rf"(?:model{_SHARD}\.safetensors|pytorch_model{_SHARD}\.bin)")
-_VARIANT_FILE = re.compile(rf"(?:model|pytorch_model)\.\w+{_SHARD}\.(?:safetensors|bin)")
-
-
 def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """Where a folder holds its weights twice, the copy transformers loads: a torch checkpoint
-    whose tensors are mostly the safetensors' beside it again (a Hub repository's
-    pytorch_model.bin beside model.safetensors) is left out whole (its tied lm_head too:
-    transformers ties it anew), and so is a variant of the weights files (model.fp16.safetensors
-    beside model.safetensors); the tensors named `path::NAME` only for that other copy get their
-    names. The state dict held both copies, which model.load_state_dict refused, or handed the
-    fp16 variant, which sorts first, under the names. Returns the keys kept and the new names."""
+    whose tensors are mostly the safetensors' beside it again, each it shares a name with holding
+    the same values (a Hub repository's pytorch_model.bin beside model.safetensors), is left out
+    whole (its tied lm_head too: transformers ties it anew), and so is a variant of the weights
+    files (model.fp16.safetensors beside model.safetensors). A checkpoint of those names and
+    other values (ema.pt) is kept, each such file said in a warning with where its tensors are.
+    The state dict held both copies, which model.load_state_dict refused, or handed the fp16
+    variant, which sorts first, under the names; by names alone, an EMA of the weights was left
+    out as their copy. Returns the keys kept and, where the archive keys them otherwise (one of an
+    older zoo: _named_as_written_now), their names in the state dict."""
     if not files:  # an object: one tensor of no file
         return keys, {}
     info = {key: opened.tensor_info(key) for key in keys}
     folder = {key: info[key]["file"].rpartition("/")[0] for key in keys}
     named = {path: (path.rpartition("/")[0], path.rpartition("/")[2]) for path in files}
-    with_weights = {where for where, name in named.values() if _WEIGHTS_FILE.fullmatch(name)}
-    variants = {path for path, (where, name) in named.items() if where in with_weights and _VARIANT_FILE.fullmatch(name)}
-    in_safetensors: dict[str, set[str]] = {}  # by folder: what transformers would load there
+    with_weights = {where for where, name in named.values() if WEIGHTS_FILE.fullmatch(name)}
+    variants = {path for path, (where, name) in named.items() if where in with_weights and VARIANT_FILE.fullmatch(name)}
+    in_safetensors: dict[tuple[str, str], list[str]] = {}  # (folder, name): the keys transformers would load there
     in_weights: dict[str, set[str]] = {}  # by folder: what its weights files (not their variants) hold
     by_file: dict[str, list[str]] = {}
     for key in keys:
@@ -830,36 +835,86 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
         by_file.setdefault(path, []).append(key)
         if path in variants:
             continue
-        if _WEIGHTS_FILE.fullmatch(named[path][1]):
+        if WEIGHTS_FILE.fullmatch(named[path][1]):
             in_weights.setdefault(folder[key], set()).add(info[key]["name"])
         if files.get(path, {}).get("kind") == "safetensors":
-            in_safetensors.setdefault(folder[key], set()).add(info[key]["name"])
+            in_safetensors.setdefault((folder[key], info[key]["name"]), []).append(key)
 
-    def mostly(held: list[str], names: dict[str, set[str]]) -> bool:
-        return 2 * sum(info[key]["name"] in names.get(folder[key], ()) for key in held) > len(held)
+    def mostly(held: list[str], names: Callable[[str], bool]) -> bool:
+        return 2 * sum(names(key) for key in held) > len(held)
 
-    again = sorted(path for path, held in by_file.items() if path not in variants and files.get(path, {}).get("kind") == "torch"
-                   and mostly(held, in_safetensors))
-    other = sorted(path for path, held in by_file.items() if path in variants and mostly(held, in_weights))
+    def in_weights_beside(key: str) -> bool:
+        return info[key]["name"] in in_weights.get(folder[key], ())
+
+    def in_safetensors_beside(key: str) -> bool:
+        return (folder[key], info[key]["name"]) in in_safetensors
+
+    def the_same(key: str) -> bool:
+        """Whether a tensor holds the values of a safetensors tensor of its name beside it: told
+        from their coding (Archive.coded_as); a view (a tied weight) holds no coding of its own,
+        and is decoded."""
+        beside = in_safetensors[(folder[key], info[key]["name"])]
+        if "view" not in info[key]:
+            return any(opened.coded_as(key) == opened.coded_as(other) for other in beside)
+        mine = opened.read_tensor(key)
+        for other in beside:
+            theirs = opened.read_tensor(other)
+            if (theirs.dtype, theirs.data.shape) == (mine.dtype, mine.data.shape) and theirs.data.tobytes() == mine.data.tobytes():
+                return True
+        return False
+
+    alike = {path: held for path, held in by_file.items() if path not in variants and files.get(path, {}).get("kind") == "torch"
+             and mostly(held, in_safetensors_beside)}
+    again, differing = [], []
+    for path in sorted(alike):
+        # views last: they are decoded to be compared
+        shared = sorted((key for key in alike[path] if in_safetensors_beside(key)), key=lambda key: "view" in info[key])
+        (again if all(the_same(key) for key in shared) else differing).append(path)
+    other = sorted(path for path, held in by_file.items() if path in variants and mostly(held, in_weights_beside))
     if again:
         warnings.warn(f"{', '.join(again)} {'holds' if len(again) == 1 else 'hold'} the weights of the safetensors beside "
                       f"{'it' if len(again) == 1 else 'them'} again: left out of the state dict, as transformers leaves "
                       f"{'it' if len(again) == 1 else 'them'} (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    named_as = _named_as_written_now(opened, keys, files)
+    for path in differing:
+        shared = [key for key in alike[path] if in_safetensors_beside(key)]
+        if all(named_as.get(key, key) != info[key]["name"] for key in shared):
+            where = f"under `{path}::NAME`"
+            if any(key == info[key]["name"] for key in shared):  # an archive of an older zoo: its keys name them otherwise
+                where += " (zoo.open reads them under the names, as this archive, of an older zoo, keys them)"
+        else:  # a name that holds `::` itself: the keys as stored
+            where = "under the names"
+        warnings.warn(f"{path} holds tensors named as the safetensors' beside it, of other values: kept in the state dict, {where}",
+                      ZooWarning, stacklevel=3)
     if other:
         warnings.warn(f"{', '.join(other)} {'is a variant' if len(other) == 1 else 'are variants'} of the weights beside "
                       f"{'it' if len(other) == 1 else 'them'}: left out of the state dict, as transformers leaves "
                       f"{'it' if len(other) == 1 else 'them'} unless asked for a variant (zoo.open reads every file)", ZooWarning, stacklevel=3)
-    if not again and not other:
-        return keys, {}
     left = {*again, *other}
     kept = [key for key in keys if info[key]["file"] not in left]
-    # a name a copy left out held goes to the copy kept in its folder (safetensors, or the weights
-    # files of a variant), if one only
-    freed = {key: folder[key] for key in keys if info[key]["file"] in left and key == info[key]["name"]}
-    renamed = [key for key in kept if key != info[key]["name"] and freed.get(info[key]["name"]) == folder[key]
-               and (files.get(info[key]["file"], {}).get("kind") == "safetensors" or _WEIGHTS_FILE.fullmatch(named[info[key]["file"]][1]))]
-    claimed = Counter(info[key]["name"] for key in renamed)
-    return kept, {key: info[key]["name"] for key in renamed if claimed[info[key]["name"]] == 1}
+    return kept, {key: named_as[key] for key in kept if key in named_as}
+
+
+def _named_as_written_now(opened: Archive, keys: list[str], files: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The keys of an archive written before tensor_keys gave a folder's names to the weights
+    transformers loads (zoo before 2026-12-07), each with the key zoo gives it now, where they
+    differ: the tensor of the file that comes first in writer.naming_order takes the plain name,
+    and the one that held it, `path::NAME`. The state dict of a folder is then the same whichever
+    zoo wrote its archive. None where that key is taken already (a name that holds `::` itself)."""
+    order = naming_order((path, entry.get("kind", "")) for path, entry in files.items())
+    info = {key: opened.tensor_info(key) for key in keys}
+    holders: dict[tuple[int, str], list[str]] = {}  # (depth, name): the keys of that name at that depth
+    for key in keys:
+        holders.setdefault((info[key]["file"].count("/"), info[key]["name"]), []).append(key)
+    named_as: dict[str, str] = {}
+    for key in keys:
+        name, path = info[key]["name"], info[key]["file"]
+        if key != name:
+            continue
+        first = min(holders[(path.count("/"), name)], key=lambda other: order[info[other]["file"]])
+        if first != key and f"{path}::{name}" not in opened:
+            named_as[first], named_as[key] = name, f"{path}::{name}"
+    return named_as
 
 
 def report_of(archive: str | os.PathLike[str]) -> Report:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -489,6 +490,29 @@ class Archive:
             index, _, _ = self._chunks(leaf, what)
             total += sum(record[1] for record in index) + CHUNK_RECORD_BYTES * len(index)
         return total
+
+    def coded_as(self, name: str) -> str:
+        """What tensor `name`'s record says of its bytes, less where they lie: its dtype, shape,
+        pipeline and coding tree (at every XOR level), each leaf's chunks by length and CRC-32.
+        Coding is deterministic (the same bytes, pipeline and chunk size give the same chunks), so
+        two tensors coded alike hold the same values, as far as CRC-32 can tell; told from the
+        chunk indexes alone, nothing decoded. A view's names the tensor it views."""
+        what = f"tensor {name!r}"
+
+        def unplaced(value: Any) -> Any:
+            if isinstance(value, list):
+                return [unplaced(item) for item in value]
+            if not isinstance(value, dict):
+                return value
+            found = {key: unplaced(item) for key, item in value.items() if key != "leaf"}
+            if isinstance(value.get("leaf"), dict):
+                index, _, _ = self._chunks(value["leaf"], what)
+                found["leaf"] = {**{key: item for key, item in value["leaf"].items() if key not in ("index", "index_crc32")},
+                                 "chunks": [[length, crc] for _, length, crc in index]}
+            return found
+
+        info = self.tensor_info(name)
+        return json.dumps(unplaced({key: value for key, value in info.items() if key not in ("name", "file")}), sort_keys=True)
 
     def tensor_info(self, name: str) -> dict[str, Any]:
         try:

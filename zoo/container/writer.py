@@ -12,8 +12,9 @@ import json
 import math
 import mmap
 import os
+import re
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -156,14 +157,39 @@ def _check_unchanged(sources: list[SourceFile]) -> None:
                              "nothing was stored (compress it again once it is written)")
 
 
+# transformers' own names for a model's weights, and for a variant of them (model.fp16.safetensors,
+# pytorch_model.ema-00001-of-00002.bin), which it loads only when asked for that variant
+_SHARD = r"(?:-\d{5}-of-\d{5})?"
+WEIGHTS_FILE = re.compile(rf"(?:model{_SHARD}\.safetensors|pytorch_model{_SHARD}\.bin)")
+VARIANT_FILE = re.compile(rf"(?:model|pytorch_model)\.\w+{_SHARD}\.(?:safetensors|bin)")
+
+
+def naming_order(files: Iterable[tuple[str, str]]) -> dict[str, tuple[int, bool, bool, str]]:
+    """(path, kind) of each file -> its place in the order tensor_keys gives names in: files nearer
+    the top first; in one folder, the weights transformers loads: safetensors before other files
+    (ema.pt), a variant of the weights files (model.fp16.safetensors beside model.safetensors)
+    after them; then by path."""
+    files = list(files)
+    with_weights = {path.rpartition("/")[0] for path, _ in files if WEIGHTS_FILE.fullmatch(path.rpartition("/")[2])}
+    order = {}
+    for path, kind in files:
+        folder, _, name = path.rpartition("/")
+        order[path] = (path.count("/"), folder in with_weights and VARIANT_FILE.fullmatch(name) is not None, kind != "safetensors", path)
+    return order
+
+
 def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
     """The archive key of every tensor and view, by (file, name in the file): its name, or
     `path::name` when an earlier one already took the name, or `path::name#N` after that. Unique by
-    construction, whatever the names hold. Files nearer the top come first: a Trainer folder's
-    model.safetensors keeps its names, and its checkpoint-N/ copies take the longer keys."""
+    construction, whatever the names hold. Files come in naming_order: a Trainer folder's
+    model.safetensors keeps its names, and its checkpoint-N/ copies take the longer keys; the
+    weights transformers loads keep theirs, as zoo.load_state_dict names them. By path alone (zoo
+    before 2026-12-07) a variant or a checkpoint that sorts first (model.fp16.safetensors, ema.pt)
+    had them, and zoo.open gave its tensor where the state dict gave the safetensors'."""
+    order = naming_order((source.relpath, source.kind) for source in sources)
     keys: dict[tuple[str, str], str] = {}
     used: set[str] = set()
-    for source in sorted(sources, key=lambda source: (source.relpath.count("/"), source.relpath)):
+    for source in sorted(sources, key=lambda source: order[source.relpath]):
         names = [segment.tensor for segment in source.segments if segment.tensor is not None]
         for name in [*names, *(view["name"] for view in source.views)]:
             key, number = name, 1
