@@ -504,6 +504,24 @@ def test_weights_a_folder_holds_twice_come_once_as_transformers_loads_them(tmp_p
     assert "optimizer.pt::a.weight" in loaded and "state.0.exp_avg" in loaded
 
 
+def test_transformers_bin_of_another_dtype_beside_its_safetensors_is_left_out_as_transformers_leaves_it(tmp_path):
+    """A Hub repository's pytorch_model.bin in float16 beside model.safetensors in float32: other
+    values, but transformers' own copy of the weights, which it leaves out where the safetensors
+    are. Kept under pytorch_model.bin::NAME, its keys were more than a strict load takes."""
+    from safetensors.torch import save_file
+
+    from zoo.errors import ZooWarning
+
+    state = {"layer.weight": torch.randn(8, 8), "layer.bias": torch.randn(8)}
+    (tmp_path / "m").mkdir()
+    save_file(state, tmp_path / "m" / "model.safetensors")
+    torch.save({name: value.half() for name, value in state.items()}, tmp_path / "m" / "pytorch_model.bin")
+    zoo.compress(tmp_path / "m", tmp_path / "m.zoo")
+    with pytest.warns(ZooWarning, match="pytorch_model.bin is transformers' checkpoint of the weights beside it, of other values: left out"):
+        loaded = zoo.load_state_dict(tmp_path / "m.zoo")
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[name], value) for name, value in state.items())
+
+
 def test_a_checkpoint_of_the_safetensors_names_and_other_values_is_kept_and_said_where(tmp_path):
     """ema.pt beside model.safetensors, of the same names and half the values: load_state_dict left
     it out, warning that it "holds the weights of the safetensors beside it again", and zoo.open

@@ -737,9 +737,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
     checkpoint's tensors that view only part of it (`NAME.__storage__`): the checkpoint has no such
     key. Where a folder holds its weights twice, the safetensors' copy is given, as transformers
     loads it: a torch checkpoint that holds the safetensors' tensors again (the same values, told
-    from their coding, nothing decoded) is left out, and so is a variant of the weights files
-    (one warning names the files left out); a checkpoint of those names and other values (an EMA)
-    is kept, under `path::NAME` (a warning says so). Tensors zoo keeps in their file's bytes only are left out, their
+    from their coding, nothing decoded) is left out, and so are transformers' own checkpoint
+    (pytorch_model.bin) beside its safetensors, whatever it holds, and a variant of the weights
+    files (one warning names the files left out); another checkpoint of those names and other
+    values (an EMA) is kept, under `path::NAME` (a warning says so). Tensors zoo keeps in their file's bytes only are left out, their
     files named in one warning with why: a file it keeps whole (a pickle that needs globals, a
     git-lfs pointer), a checkpoint's tensors of a dtype zoo has no name for (complex128), every
     torch checkpoint in archives of older versions."""
@@ -826,6 +827,7 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
     folder = {key: info[key]["file"].rpartition("/")[0] for key in keys}
     named = {path: (path.rpartition("/")[0], path.rpartition("/")[2]) for path in files}
     with_weights = {where for where, name in named.values() if WEIGHTS_FILE.fullmatch(name)}
+    with_safetensors_weights = {where for where, name in named.values() if WEIGHTS_FILE.fullmatch(name) and name.endswith(".safetensors")}
     variants = {path for path, (where, name) in named.items() if where in with_weights and VARIANT_FILE.fullmatch(name)}
     in_safetensors: dict[tuple[str, str], list[str]] = {}  # (folder, name): the keys transformers would load there
     in_weights: dict[str, set[str]] = {}  # by folder: what its weights files (not their variants) hold
@@ -865,16 +867,27 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
 
     alike = {path: held for path, held in by_file.items() if path not in variants and files.get(path, {}).get("kind") == "torch"
              and mostly(held, in_safetensors_beside)}
-    again, differing = [], []
+    again, replaced, differing = [], [], []
     for path in sorted(alike):
         # views last: they are decoded to be compared
         shared = sorted((key for key in alike[path] if in_safetensors_beside(key)), key=lambda key: "view" in info[key])
-        (again if all(the_same(key) for key in shared) else differing).append(path)
+        if all(the_same(key) for key in shared):
+            again.append(path)
+        elif named[path][0] in with_safetensors_weights and WEIGHTS_FILE.fullmatch(named[path][1]):
+            # transformers' own checkpoint (pytorch_model.bin beside model.safetensors), which it
+            # leaves out whatever it holds: a Hub repository's float16 .bin beside float32
+            # safetensors is their copy too, and kept, its keys were more than a strict load takes
+            replaced.append(path)
+        else:
+            differing.append(path)
     other = sorted(path for path, held in by_file.items() if path in variants and mostly(held, in_weights_beside))
     if again:
         warnings.warn(f"{', '.join(again)} {'holds' if len(again) == 1 else 'hold'} the weights of the safetensors beside "
                       f"{'it' if len(again) == 1 else 'them'} again: left out of the state dict, as transformers leaves "
                       f"{'it' if len(again) == 1 else 'them'} (zoo.open reads every file)", ZooWarning, stacklevel=3)
+    for path in replaced:
+        warnings.warn(f"{path} is transformers' checkpoint of the weights beside it, of other values: left out of the state dict, "
+                      "as transformers loads the safetensors where both are (zoo.open reads every file)", ZooWarning, stacklevel=3)
     named_as = _named_as_written_now(opened, keys, files)
     for path in differing:
         shared = [key for key in alike[path] if in_safetensors_beside(key)]
@@ -890,7 +903,7 @@ def _one_copy_of_the_weights(opened: Archive, keys: list[str], files: dict[str, 
         warnings.warn(f"{', '.join(other)} {'is a variant' if len(other) == 1 else 'are variants'} of the weights beside "
                       f"{'it' if len(other) == 1 else 'them'}: left out of the state dict, as transformers leaves "
                       f"{'it' if len(other) == 1 else 'them'} unless asked for a variant (zoo.open reads every file)", ZooWarning, stacklevel=3)
-    left = {*again, *other}
+    left = {*again, *replaced, *other}
     kept = [key for key in keys if info[key]["file"] not in left]
     return kept, {key: named_as[key] for key in kept if key in named_as}
 
