@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -278,6 +278,51 @@ def object_names(header: dict[str, Any]) -> set[str]:
                 visit({"leaf": segment["blob"].get("leaf")})
     return names
 
+
+def _records_naming(header: dict[str, Any], name: str) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Each record of a model's shell whose coding is object `name`'s (a tensor's, an XOR level's,
+    with "pipeline" and "root"; a file's blob, with "pipeline" and "leaf": whether it is a blob),
+    as ObjectSink.resolve fills them in: every leaf under it names that object."""
+    def only(node: Any) -> bool:
+        names = object_names({"tensors": {"t": {"root": node}}})
+        return names == {name}
+
+    for info in (header.get("tensors") or {}).values():
+        level = info
+        while isinstance(level, dict):
+            if "pipeline" in level and only(level.get("root")):
+                yield level, False
+            level = level.get("xor")
+    for entry in header.get("files") or []:
+        for segment in entry.get("segments") or []:
+            blob = segment.get("blob") if isinstance(segment, dict) else None
+            if isinstance(blob, dict) and "pipeline" in blob and only({"leaf": blob.get("leaf")}):
+                yield blob, True
+
+
+def _as_named(entry: dict[str, Any], name: str, blob: bool) -> dict[str, Any]:
+    """What a shell's record of object `name` holds where the object's tensor record is `entry`."""
+    if blob:
+        return {"pipeline": entry["pipeline"], "leaf": {**entry["root"]["leaf"], "object": name}}
+    return {"pipeline": entry["pipeline"], "root": with_object(entry["root"], name)}
+
+
+def names_otherwise(header: dict[str, Any], name: str, entry: dict[str, Any]) -> bool:
+    """Whether a model's shell names object `name` coded otherwise than `entry` (an object's tensor
+    record: its pipeline, chunk indexes and their CRC-32s), which it copied from the object it was
+    built with."""
+    return any({key: record.get(key) for key in ("pipeline", "leaf" if blob else "root")} != _as_named(entry, name, blob)
+               for record, blob in _records_naming(header, name))
+
+
+def name_as_coded(header: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Point each record of a model's shell that names one of the objects of `entries` (name ->
+    that object's tensor record) at that coding of it, as ObjectSink.resolve names an object a
+    build found: the store's, where another writer stored the same bytes coded by another pipeline
+    while this build coded them."""
+    for name, entry in entries.items():
+        for record, blob in list(_records_naming(header, name)):
+            record.update(_as_named(entry, name, blob))
 
 
 def encode_leaf(writer: PayloadWriter, pipeline: Any, dtype: str, shape: list[int], raw: Any, chunk_bytes: int) -> dict[str, Any]:

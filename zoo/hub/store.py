@@ -829,13 +829,14 @@ class Store:
             old = self._read_manifest(manifest) if manifest.is_file() else None
             if old is not None and not force:
                 raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
+            moves, repairs = self._match_the_zoo(record, moves, repairs)
             created: list[str] = []
             try:
                 folders = set()
                 for item, path in moves.items():
                     target = self.object_path(item)
                     if target.exists() and item not in repairs:
-                        continue  # the same bytes, stored by another model
+                        continue  # the same object, as the shell names it (_match_the_zoo), stored by another model
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.chmod(path, 0o444)  # objects are immutable
                     os.replace(path, target)
@@ -863,6 +864,99 @@ class Store:
             if old is not None:
                 with signals_held():  # the replaced model's objects go whole, or wait for `zoo gc`
                     self._drop_unnamed({o["sha256"] for o in old["objects"]}, {o["sha256"] for o in old["objects"] if o["role"] == "archive"})
+
+    def _match_the_zoo(self, record: dict[str, Any], moves: dict[str, Path], repairs: Collection[str]) -> tuple[dict[str, Path], set[str]]:
+        """`moves` and `repairs` held to the objects the zoo holds now, before any enters it: the
+        model's shell must name each object as the file of that name in the zoo codes it, or the
+        model is published unreadable. Caller holds the lock; `record` takes the shell's new name.
+
+        A file of the name that is no link to the build's copy was stored by another writer since
+        the build looked: the same tensor, but maybe coded by another pipeline, with other chunk
+        indexes than those the shell copied from the build's coding. The shell is then pointed at
+        the zoo's coding (a new shell, so a new name), as the build would have named it had it found
+        it; coded the same but damaged, the build's copy replaces it (a repair). Every repair is
+        first held to what the other models keep of the object. The model's archive is named by the
+        sha256 of its bytes: one there of other bytes is damaged, and the build's replaces it."""
+        from zoo.container.objects import OBJECT_TENSOR, checksum_problems, name_as_coded, read_object_header
+
+        archive = _archive_of(record)
+        repairs = set(repairs)
+        coded_otherwise: dict[str, dict[str, Any]] = {}
+        for item, path in moves.items():
+            target = self.object_path(item)
+            if item == archive or item in repairs or not target.exists() or _same_file(path, target):
+                continue
+            try:
+                theirs = read_object_header(target)["tensors"][OBJECT_TENSOR]
+            except (ZooError, OSError):
+                theirs = None  # its coding unknown: a repair, if what the other models keep of it allows
+            if theirs is None or theirs == read_object_header(path)["tensors"][OBJECT_TENSOR]:
+                if theirs is None or checksum_problems(target):
+                    repairs.add(item)
+            elif not checksum_problems(target):
+                coded_otherwise[item] = theirs
+            else:
+                raise StoreError(f"{target}: an object of the zoo this model holds too is damaged, and coded otherwise than this build "
+                                 f"codes it, so it cannot be repaired from here; {record['name']} was not stored (`zoo verify` names "
+                                 "the models that need it)")
+        self._check_repairs(record["name"], {item: moves[item] for item in repairs if item in moves and item != archive})
+        if coded_otherwise:
+            shell = moves[archive]
+            opened = format_module.ArchiveFile(shell)
+            try:
+                header, start = opened.header, opened.payload_start
+            finally:
+                opened.close()
+            name_as_coded(header, coded_otherwise)
+            named_anew = shell.with_name(f"{shell.name}.as-stored")
+            format_module.assemble(named_anew, header, shell, start)
+            sizes = {item: (self.object_path(item) if item in coded_otherwise else path).stat().st_size
+                     for item, path in moves.items() if item != archive}
+            moves = {item: path for item, path in moves.items() if item not in coded_otherwise and item != archive}
+            archive = sha256_file(named_anew)
+            _name_objects(record, named_anew, archive, sizes, str(named_anew), "the build did not leave")
+            moves[archive] = named_anew
+        target = self.object_path(archive)
+        if archive not in repairs and target.is_file() and not _same_file(moves[archive], target) \
+                and (target.stat().st_size != moves[archive].stat().st_size or sha256_file(target) != archive):
+            repairs.add(archive)  # damaged: not the bytes its name says
+        return moves, repairs
+
+    def _check_repairs(self, name: str, repairs: dict[str, Path]) -> None:
+        """Refuse to put an object of `repairs` (name -> this build's coding) in the place of the
+        zoo's damaged one where another model's shell names it coded otherwise (its chunk indexes
+        would not be this coding's) or its manifest records another size: the damaged one's own
+        header may be unreadable, and the shells and manifests keep its record. Caller holds the lock."""
+        from zoo.container.objects import OBJECT_TENSOR, names_otherwise, read_object_header
+
+        if not repairs:
+            return
+        entries = {item: read_object_header(path)["tensors"][OBJECT_TENSOR] for item, path in repairs.items()}
+        sizes = {item: path.stat().st_size for item, path in repairs.items()}
+        for _, record in self._all_manifests():
+            ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+            header = self._shell_header(record)
+            for item in sorted(repairs):
+                recorded = next((o["size"] for o in record["objects"] if o["sha256"] == item), sizes[item])
+                if recorded != sizes[item]:
+                    why = f"the manifest of {ref} records it at {recorded} bytes where this build's coding is {sizes[item]}"
+                elif header is not None and names_otherwise(header, item, entries[item]):
+                    why = f"the archive of {ref} names it coded otherwise than this build codes it"
+                else:
+                    continue
+                raise StoreError(f"{self.object_path(item)}: an object of the zoo this model holds too is damaged, and {why}, so it "
+                                 f"cannot be repaired from here; {name} was not stored (`zoo verify` names the models that need it)")
+
+    def _shell_header(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The header of a manifest's archive, or None where it cannot be read."""
+        try:
+            opened = format_module.ArchiveFile(self.object_path(_archive_of(record)))
+        except (ZooError, OSError):
+            return None
+        try:
+            return opened.header
+        finally:
+            opened.close()
 
     def _mark_behind(self) -> bool:
         """Mark the index behind the manifests about to change; whether it was already: a writer
@@ -1555,6 +1649,14 @@ def _name_objects(record: dict[str, Any], shell: Path, shell_name: str, sizes: d
     record["objects"] = [{"role": "archive", "sha256": shell_name, "size": size}] + [
         {"role": "object", "sha256": item, "size": sizes[item]} for item in sorted(named)]
     record["stored_bytes"] = size + sum(sizes[item] for item in named)
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two paths are one file (a build's link to an object of the zoo)."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 # What a rename fails with where its destination is in the way (a folder in a file's place).

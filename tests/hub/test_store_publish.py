@@ -1,0 +1,128 @@
+"""What a model's publish holds to (docs/STORE.md, *Writing*): its shell names each object as the
+file of that name in the zoo codes it, whoever stored that file and however, and storing a model
+again mends the damaged objects and shell it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.api import build_model, compress_into
+from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+from zoo.container.objects import ObjectSink
+from zoo.errors import ZooError
+from zoo.hub.store import Store
+
+from tests.conftest import named_objects, object_files
+from tests.hub.test_dedup import base_tensors, fine_tuned, write_model
+from tests.hub.test_store import hashes
+
+ZSTD = "bytegroup|zstd"
+
+
+def _object_of(entry, tensor: str = "embed.weight") -> str:
+    with zoo.open(entry.archive) as opened:
+        return opened.tensor_info(tensor)["root"]["leaf"]["object"]
+
+
+def _damage(path: Path, how: str) -> None:
+    path.chmod(0o644)
+    data = path.read_bytes()
+    data = {"cut": data[:-100], "lengthened": data + b"\0" * 10, "header cut": data[:30],
+            "header flipped": data[:40] + bytes([data[40] ^ 1]) + data[41:], "chunk flipped": data[:-50] + bytes([data[-50] ^ 1]) + data[-49:]}[how]
+    path.write_bytes(data)
+    path.chmod(0o444)
+
+
+def _sound(store: Store, tmp_path: Path, source: Path) -> None:
+    """Every object and model of the zoo reads back, and each model gives `source` back."""
+    assert store.verify()[2] == []
+    (tmp_path / "out").mkdir()
+    for entry in store.entries():
+        out = tmp_path / "out" / entry.name
+        zoo.decompress(entry.archive, out)
+        assert hashes(out) == hashes(source), entry.ref
+    assert object_files(store.home) == named_objects(store.home)
+
+
+def _publish_after(store: Store, source: Path, name: str, meanwhile, base=None) -> object:
+    """Code `source` as `name` with the default pipeline, run `meanwhile()` (another writer), then publish."""
+    with store.workspace() as folder:
+        sink = ObjectSink(folder / "objects" / "sha256", store.existing_object, 1)
+        shell = build_model(store, sink, source, name, "main", Pipeline.parse(DEFAULT_SPEC), base=base, threads=1)
+        meanwhile()
+        return store.add_composed(shell, sink, name, "main")
+
+
+def test_a_model_whose_objects_another_pipeline_stored_meanwhile_names_them_as_the_zoo_codes_them(tmp_path):
+    """Two compresses of the same weights with other lossless pipelines at once: the one that
+    published second kept the zoo's objects (the same names) but its shell named them with its own
+    chunk indexes, and was published unreadable (export: 'chunk index ... is damaged'; verify: its
+    every object missing or of the wrong size)."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    entry = _publish_after(store, source, "b", lambda: compress_into(store, source, "a", pipeline=ZSTD))
+    first = store.resolve("a")
+    assert _object_of(entry) == _object_of(first) and zoo.verify(entry.archive) == []
+    _sound(store, tmp_path, source)
+
+
+def test_a_fine_tune_whose_xors_another_pipeline_stored_meanwhile_names_them_as_the_zoo_codes_them(tmp_path):
+    store = Store(tmp_path / "zoo")
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    tuned = write_model(tmp_path / "ft", fine_tuned(base_tensors(), 1, share=0.05))
+    entry = _publish_after(store, tuned, "ft", lambda: compress_into(store, tuned, "ft-zstd", pipeline=ZSTD, base="base"),
+                           base=store.resolve("base"))
+    assert entry.base is not None and store.resolve("ft-zstd").base is not None
+    with zoo.open(entry.archive) as opened, zoo.open(store.resolve("ft-zstd").archive) as other:
+        xors = {opened.tensor_info(key)["root"]["leaf"]["object"] for key in opened.keys() if "xor" in opened.tensor_info(key)}
+        assert xors and xors == {other.tensor_info(key)["root"]["leaf"]["object"] for key in other.keys() if "xor" in other.tensor_info(key)}
+    assert store.verify()[2] == []
+    for name in ("ft", "ft-zstd"):
+        zoo.decompress(store.resolve(name).archive, tmp_path / f"out-{name}")
+        assert hashes(tmp_path / f"out-{name}") == hashes(tuned)
+
+
+def test_an_object_stored_meanwhile_coded_the_same_but_damaged_is_replaced(tmp_path):
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+
+    def meanwhile() -> None:
+        _damage(store.object_path(_object_of(compress_into(store, source, "a"))), "cut")
+
+    _publish_after(store, source, "b", meanwhile)
+    _sound(store, tmp_path, source)
+
+
+def test_an_object_stored_meanwhile_damaged_and_coded_otherwise_stops_the_publish(tmp_path):
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    damaged: list[Path] = []
+
+    def meanwhile() -> None:
+        damaged.append(store.object_path(_object_of(compress_into(store, source, "a", pipeline=ZSTD))))
+        _damage(damaged[0], "chunk flipped")
+
+    with pytest.raises(ZooError, match="damaged, and coded otherwise than this build codes it, so it cannot be repaired from here; b was not"):
+        _publish_after(store, source, "b", meanwhile)
+    assert [entry.name for entry in store.entries()] == ["a"]
+
+
+def test_storing_a_model_again_mends_its_damaged_shell(tmp_path):
+    """The shell is named by its sha256, but a file of that name already there was never looked
+    at: `compress --force` left the damaged one ('archive header is damaged')."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    entry = compress_into(store, source, "base")
+    shell = entry.archive
+    shell.chmod(0o644)
+    data = bytearray(shell.read_bytes())
+    data[200] ^= 0xFF
+    shell.write_bytes(bytes(data))
+    shell.chmod(0o444)
+    assert store.verify()[2] != []
+    again = compress_into(store, source, "base", force=True)
+    assert again.archive == shell and zoo.verify(again.archive) == []
+    _sound(store, tmp_path, source)
