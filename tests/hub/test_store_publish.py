@@ -126,3 +126,30 @@ def test_storing_a_model_again_mends_its_damaged_shell(tmp_path):
     again = compress_into(store, source, "base", force=True)
     assert again.archive == shell and zoo.verify(again.archive) == []
     _sound(store, tmp_path, source)
+
+
+@pytest.mark.parametrize("how", ["cut", "lengthened", "header cut", "header flipped"])
+def test_storing_a_model_again_mends_an_object_cut_lengthened_or_whose_header_is_damaged(tmp_path, how):
+    """The repair compared the payload's size, which damage that changes the length never keeps,
+    and a header that cannot be read counted as coded otherwise: 'cannot be repaired from here',
+    for an object coded exactly as the build codes it."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    first = compress_into(store, source, "first")
+    _damage(store.object_path(_object_of(first)), how)
+    assert store.verify()[2] != []
+    compress_into(store, source, "second")
+    _sound(store, tmp_path, source)
+
+
+def test_an_object_whose_header_is_damaged_is_not_replaced_by_another_coding(tmp_path):
+    """Its own record unreadable, the object is held to the one the shells keep: a model that
+    names it coded by another pipeline would not read this build's coding."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    first = compress_into(store, source, "first", pipeline=ZSTD)
+    victim = store.object_path(_object_of(first))
+    _damage(victim, "header cut")
+    with pytest.raises(ZooError, match=f"{victim}: .*damaged, and .*first@main:.*cannot be repaired from here; second was not stored"):
+        compress_into(store, source, "second")
+    assert [entry.name for entry in store.entries()] == ["first"] and victim.stat().st_size == 30

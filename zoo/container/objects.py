@@ -212,8 +212,12 @@ class ObjectSink:
     def _check_repair(self, key: str, staged: Path, header: dict[str, Any]) -> None:
         """The object a damaged one of the zoo is to be replaced by must be that object: the same
         record of its tensor (pipeline, chunk indexes and their CRC-32s, which the shells of the
-        models naming it copy) and the same payload size. Else the damaged one stays, and the build
-        is refused: it cannot name an object it cannot read."""
+        models naming it copy). Else the damaged one stays, and the build is refused: it cannot
+        name an object it cannot read. Its size is no test: a record pins its payload's layout (the
+        index's CRC-32 holds every chunk's offset and length), and a file cut short or lengthened
+        differs from it by its damage alone. A damaged one whose header cannot be read says nothing
+        here; the store holds the new object to the record the models' shells keep of it, and to
+        the size their manifests keep, before it takes the damaged one's place (Store._publish)."""
         damaged = self.damaged[key]
         if not os.path.lexists(damaged):  # collected since (zoo rm, gc): nothing to repair, the new object goes in as any does
             with self._lock:
@@ -221,14 +225,14 @@ class ObjectSink:
             return
         try:
             opened = ArchiveFile(damaged)
-            fresh = ArchiveFile(staged)
+        except (ZooError, OSError) as error:
+            _raise_a_limit(error)
+            same = True  # no record of its own left to compare: the store's check decides
+        else:
             try:
-                same = opened.header.get("tensors") == header["tensors"] and opened.payload_size == fresh.payload_size
+                same = opened.header.get("tensors") == header["tensors"]
             finally:
                 opened.close()
-                fresh.close()
-        except (ZooError, OSError):
-            same = False
         if not same:
             problem = next(iter(checksum_problems(damaged)), "its checksums do not hold")
             raise FormatError(f"{damaged}: an object of the zoo this model holds too is damaged ({problem}), and coded otherwise "
