@@ -1,9 +1,11 @@
 """What a model's publish holds to (docs/STORE.md, *Writing*): its shell names each object as the
 file of that name in the zoo codes it, whoever stored that file and however, and storing a model
-again mends the damaged objects and shell it holds."""
+again mends the damaged objects and shell it holds. And a manifest's list of objects is held to the
+shell: where the manifest is what is wrong, no sound object is called damaged, and doctor mends it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,12 @@ from zoo.api import build_model, compress_into
 from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
 from zoo.container.objects import ObjectSink
 from zoo.errors import ZooError
+from zoo.hub.manifest import Damage
 from zoo.hub.store import Store
 
 from tests.conftest import named_objects, object_files
 from tests.hub.test_dedup import base_tensors, fine_tuned, write_model
-from tests.hub.test_store import hashes
+from tests.hub.test_store import hashes, zoo_cli
 
 ZSTD = "bytegroup|zstd"
 
@@ -153,3 +156,72 @@ def test_an_object_whose_header_is_damaged_is_not_replaced_by_another_coding(tmp
     with pytest.raises(ZooError, match=f"{victim}: .*damaged, and .*first@main:.*cannot be repaired from here; second was not stored"):
         compress_into(store, source, "second")
     assert [entry.name for entry in store.entries()] == ["first"] and victim.stat().st_size == 30
+
+
+def _edit_manifest(store: Store, entry, change) -> dict:
+    path = store.manifest_path(entry.name, entry.revision, entry.variant)
+    record = json.loads(path.read_bytes())
+    item = change(record)
+    path.write_text(json.dumps(record))
+    return item
+
+
+@pytest.mark.parametrize("role", ["object", "archive"])
+def test_a_manifest_that_records_a_sound_object_at_another_size_is_mended_not_called_damaged(tmp_path, role):
+    """doctor said '... bytes where its manifest says ...: damaged' on every run (exit 1), and verify
+    called the object missing or of the wrong size: the manifest was what was wrong."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    entry = compress_into(store, source, "m")
+
+    def bigger(record: dict) -> dict:
+        item = next(o for o in record["objects"] if o["role"] == role)
+        item["size"] += 1
+        return item
+
+    item = _edit_manifest(store, entry, bigger)
+    [problem] = store.verify()[2]
+    assert problem == (f"m@main:lossless: its manifest records object {store.object_path(item['sha256'])} at {item['size']} bytes, "
+                       f"where it is {item['size'] - 1} and sound (edited by hand?); `zoo doctor` mends the manifest")
+    findings = store.doctor()
+    assert not any(isinstance(line, Damage) for line in findings), findings
+    assert findings[0].endswith(f"recorded {item['sha256'][:16]}... at {item['size']} bytes, where it is {item['size'] - 1} and sound: "
+                                "mended from its archive"), findings
+    assert store.doctor()[0].endswith("no problems found (every object there, of the size its manifest says; `zoo verify` decodes them)")
+    _sound(store, tmp_path, source)
+
+
+def test_a_manifest_naming_an_object_by_a_wrong_digit_is_mended_not_called_unreadable(tmp_path):
+    """doctor said 'missing; m cannot be read (`zoo rm` it, or store it again)' of a model that
+    exports whole, on every run: following it would have deleted the model."""
+    store = Store(tmp_path / "zoo")
+    source = write_model(tmp_path / "model", base_tensors())
+    entry = compress_into(store, source, "m")
+
+    def one_digit(record: dict) -> dict:
+        item = next(o for o in record["objects"] if o["role"] == "object")
+        item["sha256"] = ("1" if item["sha256"][0] == "0" else "0") + item["sha256"][1:]
+        return item
+
+    item = _edit_manifest(store, entry, one_digit)
+    problems = store.verify()[2]
+    assert problems[0] == (f"m@main:lossless: its manifest names object {store.object_path(item['sha256'])}, which its archive does not "
+                           "name and the zoo lacks (edited by hand?); `zoo doctor` mends the manifest"), problems
+    doctor = zoo_cli("doctor", home=store.home)
+    assert doctor.returncode == 0 and "zoo rm" not in doctor.stdout, doctor.stdout
+    assert f"named 1 object that its archive does not name and the zoo lacks ({item['sha256'][:16]}...; edited by hand?)" in doctor.stdout
+    assert zoo_cli("doctor", home=store.home).stdout.endswith("no problems found (every object there, of the size its manifest says; "
+                                                              "`zoo verify` decodes them)\n")
+    _sound(store, tmp_path, source)
+
+
+def test_a_manifest_that_records_a_damaged_object_at_its_size_is_left_as_it_is(tmp_path):
+    """Damage is never written into a manifest: an object cut short is of another size than recorded
+    because it is damaged."""
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, write_model(tmp_path / "model", base_tensors()), "m")
+    manifest = store.manifest_path(entry.name, entry.revision, entry.variant).read_bytes()
+    _damage(store.object_path(_object_of(entry)), "cut")
+    findings = store.doctor()
+    assert findings and all(isinstance(line, Damage) for line in findings) and "damaged" in findings[0], findings
+    assert store.manifest_path(entry.name, entry.revision, entry.variant).read_bytes() == manifest

@@ -1227,11 +1227,9 @@ class Store:
         manifests = self._all_manifests(problems)
         for manifest, record in manifests:
             ref = f"{record['name']}@{record['revision']}:{record['variant']}"
-            found = [f"{ref}: object {path} is missing or not of its recorded size" for path, size in
-                     ((self.object_path(item["sha256"]), item["size"]) for item in record["objects"])
-                     if not path.is_file() or path.stat().st_size != size]
+            found, wrong = self._recorded_problems(ref, record)
             if not found:  # as on a bucket: a missing object is said once, not again by each read of it
-                found = self._archive_problems(record, threads)
+                found = wrong + self._archive_problems(record, threads)
             if found and not self._still(manifest, record):
                 continue  # removed or replaced meanwhile (zoo rm, compress --force): its objects went with it
             problems += found
@@ -1245,6 +1243,28 @@ class Store:
                 warnings.warn(f"{self.catalogue}: {self._index_problem(manifests)}; cannot rebuild it: {_reason(error)}", ZooWarning,
                               stacklevel=2)
         return len(files), len(manifests), problems
+
+    def _recorded_problems(self, ref: str, record: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """A manifest's objects against the zoo's files: (those missing or not of their recorded
+        size, which the model cannot be read without; the entries of the manifest that are what is
+        wrong, the objects sound and the model readable: _wrong_record)."""
+        mismatched = [item for item in record["objects"] if not (path := self.object_path(item["sha256"])).is_file()
+                      or path.stat().st_size != item["size"]]
+        header = self._shell_header(record) if mismatched else None
+        named = object_names(header) if header is not None else set()
+        damage, wrong = [], []
+        for item in mismatched:
+            path = self.object_path(item["sha256"])
+            why = self._wrong_record(item, header, named) if header is not None else None
+            if why == "unnamed":
+                wrong.append(f"{ref}: its manifest names object {path}, which its archive does not name and the zoo lacks (edited by "
+                             "hand?); `zoo doctor` mends the manifest")
+            elif why == "size":
+                wrong.append(f"{ref}: its manifest records object {path} at {item['size']} bytes, where it is {path.stat().st_size} and "
+                             "sound (edited by hand?); `zoo doctor` mends the manifest")
+            else:
+                damage.append(f"{ref}: object {path} is missing or not of its recorded size")
+        return damage, wrong
 
     def _still(self, manifest: Path, record: dict[str, Any]) -> bool:
         """Whether `manifest` still holds `record`, as read before."""
@@ -1354,7 +1374,7 @@ class Store:
             findings += problems
             named: dict[str, list[str]] = {}
             for _, record in manifests:
-                findings += self._relist_objects(record)
+                findings += self._mend_record(record)
                 for item in record["objects"]:
                     named.setdefault(item["sha256"], []).append(f"{record['name']}@{record['revision']}:{record['variant']}")
                     path = self.object_path(item["sha256"])
@@ -1390,31 +1410,85 @@ class Store:
         return findings or [f"{self.home}: {models}, no problems found (every object there, of the size its manifest says; `zoo "
                             "verify` decodes them)"]
 
-    def _relist_objects(self, record: dict[str, Any]) -> list[str]:
-        """A manifest that leaves out objects its archive names (which `zoo gc` would then collect
-        as no model's) lists them again, as _adopt lists a restored manifest's. Caller holds the lock."""
+    def _mend_record(self, record: dict[str, Any]) -> list[str]:
+        """A manifest's list of objects held to its archive, which names them (docs/STORE.md: the
+        archive, then every object it names), as _adopt lists a restored manifest's: one it leaves
+        out (which `zoo gc` would collect as no model's) is listed again; one it names that the
+        archive does not and the zoo lacks (a digit changed by hand) is dropped, where it had the
+        model called unreadable, and `zoo rm` of a model that reads whole advised; a sound object
+        recorded at another size is recorded at its own, where it was called damaged on every run.
+        Damage is never written into a manifest (_wrong_record). Caller holds the lock."""
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
+        header = self._shell_header(record)
+        if header is None:  # no archive to hold the list to: what is wrong is said as damage
+            return []
+        named = object_names(header)
         findings: list[str] = []
         added = []
-        for sha256 in sorted(self._archive_names(record) - {o["sha256"] for o in record["objects"]}):
+        for sha256 in sorted(named - {o["sha256"] for o in record["objects"]}):
             path = self.object_path(sha256)
             if path.is_file():
                 added.append({"role": "object", "sha256": sha256, "size": path.stat().st_size})
             else:
                 findings.append(Damage(f"{path}: missing; {ref} cannot be read (`zoo rm` it, or store it again)"))
+        kept, dropped, resized = [], [], []
+        for item in record["objects"]:
+            wrong = self._wrong_record(item, header, named)
+            if wrong == "unnamed":
+                dropped.append(item["sha256"])
+                continue
+            if wrong == "size":
+                resized.append((item, self.object_path(item["sha256"]).stat().st_size))
+                item = {**item, "size": resized[-1][1]}
+            kept.append(item)
+        if not (added or dropped or resized):
+            return findings
+        manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
+        said = []
         if added:
-            where = f"{self.manifest_path(record['name'], record['revision'], record['variant'])}: the manifest of {ref} left out " \
-                    f"{len(added)} of the objects its archive names"
-            record["objects"] = [*record["objects"], *added]  # named, for the caller, whether or not written
-            record["stored_bytes"] += sum(item["size"] for item in added)
-            try:
-                self.dirty.touch()
-                self._publish_manifest(record)
-            except OSError as error:  # a full disk: said with the rest, the manifest left as it was
-                findings.append(Damage(f"{where}; cannot list them again: {_reason(error)}"))
-            else:
-                findings.append(f"{where}: listed again")
+            said.append(f"left out {len(added)} of the objects its archive names")
+        if dropped:
+            said.append(f"named {len(dropped)} object{'s' if len(dropped) > 1 else ''} that its archive does not name and the zoo lacks "
+                        f"({dropped[0][:16]}...{' and more' if len(dropped) > 1 else ''}; edited by hand?)")
+        if resized:
+            (item, size), more = resized[0], " and more" if len(resized) > 1 else ""
+            said.append(f"recorded {self.object_path(item['sha256']).name[:16]}...{more} at {item['size']} bytes, where it is {size} and "
+                        "sound")
+        where = f"{manifest}: the manifest of {ref} {'; it '.join(said)}"
+        record["objects"] = [*kept, *added]  # for the caller, whether or not written
+        record["stored_bytes"] = sum(item["size"] for item in record["objects"])
+        only_added = not (dropped or resized)
+        try:
+            self.dirty.touch()
+            self._publish_manifest(record)
+        except OSError as error:  # a full disk: said with the rest, the manifest left as it was
+            findings.append(Damage(f"{where}; {'cannot list them again' if only_added else 'cannot mend it'}: {_reason(error)}"))
+        else:
+            findings.append(f"{where}: {'listed again' if only_added else 'mended from its archive'}")
         return findings
+
+    def _wrong_record(self, item: dict[str, Any], header: dict[str, Any], named: set[str]) -> str | None:
+        """How a manifest's entry for an object is wrong where the object is not: "unnamed" where
+        the zoo lacks it and the model's archive (`header`, naming `named`) does not name it (the
+        model reads without it), "size" where it records a sound object at another size than its
+        own: the archive, whose bytes hash to its name, or an object whose checksums hold and that
+        the archive names as it is coded. None where the object is missing, damaged or as recorded."""
+        from zoo.container.objects import OBJECT_TENSOR, checksum_problems, names_otherwise, read_object_header
+
+        path = self.object_path(item["sha256"])
+        if not path.is_file():
+            return "unnamed" if item["role"] != "archive" and item["sha256"] not in named else None
+        if path.stat().st_size == item["size"]:
+            return None
+        if item["role"] == "archive":
+            return "size" if sha256_file(path) == item["sha256"] else None
+        if item["sha256"] not in named:
+            return None
+        try:
+            entry = read_object_header(path)["tensors"][OBJECT_TENSOR]
+        except (ZooError, OSError):
+            return None
+        return "size" if not names_otherwise(header, item["sha256"], entry) and not checksum_problems(path) else None
 
     def _place_manifests(self) -> list[str]:
         """A manifest found where its name does not say (moved or edited by hand): a copy of the one
