@@ -592,7 +592,7 @@ class Store:
             return False
         try:
             held = connection.execute(f"SELECT value FROM {_STAMP_TABLE}").fetchone()
-        except sqlite3.OperationalError:  # an index written before stamps
+        except sqlite3.DatabaseError:  # an index written before stamps (no such table), or damaged: rebuilt
             return False
         return held is not None and held[0] == written
 
@@ -927,9 +927,12 @@ class Store:
         the build looked: the same tensor, but maybe coded by another pipeline, with other chunk
         indexes than those the shell copied from the build's coding. The shell is then pointed at
         the zoo's coding (a new shell, so a new name), as the build would have named it had it found
-        it; coded the same but damaged, the build's copy replaces it (a repair). Every repair is
-        first held to what the other models keep of the object. The model's archive is named by the
-        sha256 of its bytes: one there of other bytes is damaged, and the build's replaces it."""
+        it; coded the same but of another size (cut short or lengthened since), or with a header that
+        cannot be read, the build's copy replaces it (a repair), once held to what the other models
+        keep of the object. Coded the same and of its size, it is left as it is: its checksums were
+        read as the build found it, or it is another writer's, just written (a link that failed
+        costs no read of the object here). The model's archive is named by the sha256 of its bytes:
+        one there of other bytes is damaged, and the build's replaces it."""
         from zoo.container.objects import OBJECT_TENSOR, checksum_problems, name_as_coded, read_object_header
 
         archive = _archive_of(record)
@@ -943,9 +946,11 @@ class Store:
                 theirs = read_object_header(target)["tensors"][OBJECT_TENSOR]
             except (ZooError, OSError):
                 theirs = None  # its coding unknown: a repair, if what the other models keep of it allows
-            if theirs is None or theirs == read_object_header(path)["tensors"][OBJECT_TENSOR]:
-                if theirs is None or checksum_problems(target):
+            if theirs == read_object_header(path)["tensors"][OBJECT_TENSOR]:
+                if target.stat().st_size != path.stat().st_size:  # coded the same, cut short or lengthened: ours replaces it
                     repairs.add(item)
+            elif theirs is None:
+                repairs.add(item)
             elif not checksum_problems(target):
                 coded_otherwise[item] = theirs
             else:
@@ -1235,7 +1240,8 @@ class Store:
             problems += found
             if damaged:  # the archive's header read again only then
                 problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
-        if here and self._index_problem(manifests) is not None:  # `zoo ls` would say other than what was checked: looked at again under the lock
+        # `zoo ls` would say other than what was checked: looked at again under the lock
+        if here and self._index_problem(manifests) is not None:
             try:
                 with self._locked():
                     self._mend_index(self._all_manifests())
