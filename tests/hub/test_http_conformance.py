@@ -21,14 +21,17 @@ from zoo.hub.store import Store
 from tests.conftest import largest_object, random_storage, write_safetensors
 from tests.hub.test_serve import request, running_server
 
-FILE = "/org/tiny/resolve/main/model.safetensors"
-CONFIG = "/org/tiny/resolve/main/config.json"
+# The models here are stored at this commit, and their files asked for by it: a branch's file is a
+# redirect to its commit's URL (tested in test_serve), and these tests are about the download.
+COMMIT = "c0ffee" * 6 + "c0ff"
+FILE = f"/org/tiny/resolve/{COMMIT}/model.safetensors"
+CONFIG = f"/org/tiny/resolve/{COMMIT}/config.json"
 
 
 @pytest.fixture
 def served(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
-    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024)
+    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024, commit=COMMIT)
     with running_server(store) as url:
         yield url, store, tiny_model
 
@@ -236,7 +239,7 @@ def test_a_model_named_api_models_is_served(tiny_model, tmp_path):
 
 def test_401_names_the_scheme_and_the_scheme_is_case_insensitive(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
-    compress_into(store, tiny_model, "org/tiny")
+    compress_into(store, tiny_model, "org/tiny", commit=COMMIT)
     with running_server(store, token="s3cret") as url:
         status, headers, _ = request(url, CONFIG)
         assert status == 401 and headers["www-authenticate"].startswith("Bearer")
@@ -250,17 +253,17 @@ def test_401_names_the_scheme_and_the_scheme_is_case_insensitive(tiny_model, tmp
 
 def test_500_answers_name_no_server_path(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
-    entry = compress_into(store, tiny_model / "config.json", "broken")
+    entry = compress_into(store, tiny_model / "config.json", "broken", commit=COMMIT)
     raw = bytearray(entry.archive.read_bytes())
     raw[30] ^= 0xFF  # inside the archive's JSON header
     entry.archive.write_bytes(bytes(raw))
     with running_server(store) as url:
-        status, headers, body = request(url, "/broken/resolve/main/config.json")
+        status, headers, body = request(url, f"/broken/resolve/{COMMIT}/config.json")
         assert status == 500 and json.loads(body)["error"]
         for text in (body.decode(), *headers.values()):
             assert str(tmp_path) not in text and "/zoo/" not in text and ".zoo" not in text and ".sqlite" not in text
         store.catalogue.write_bytes(b"not a database" * 100)
-        status, headers, body = request(url, "/broken/resolve/main/config.json")
+        status, headers, body = request(url, f"/broken/resolve/{COMMIT}/config.json")
         for text in (body.decode(), *headers.values()):
             assert str(tmp_path) not in text and ".sqlite" not in text
 
@@ -272,7 +275,7 @@ def multi_chunk(tmp_path):
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 512), 5))})
     store = Store(tmp_path / "zoo")
-    entry = compress_into(store, folder, "big", chunk_bytes=64 << 10)
+    entry = compress_into(store, folder, "big", chunk_bytes=64 << 10, commit=COMMIT)
     return store, entry, (folder / "model.safetensors").read_bytes()
 
 
@@ -285,7 +288,7 @@ def test_a_payload_damaged_mid_file_never_arrives_as_a_success(multi_chunk, capf
     damaged.write_bytes(bytes(data))
     with running_server(store, quiet=False) as url:
         connection = http.client.HTTPConnection(*address(url), timeout=30)
-        connection.request("GET", "/big/resolve/main/model.safetensors")
+        connection.request("GET", f"/big/resolve/{COMMIT}/model.safetensors")
         response = connection.getresponse()
         assert response.status == 200 and int(response.headers["Content-Length"]) == len(original)
         with pytest.raises(http.client.IncompleteRead) as failure:
@@ -303,7 +306,7 @@ def test_a_damaged_first_chunk_is_a_clean_500(multi_chunk):
     """Random floats barely compress, so the archive's middle holds the chunk of the file's middle."""
     store, entry, original = multi_chunk
     middle = len(original) // 2
-    path = "/big/resolve/main/model.safetensors"
+    path = f"/big/resolve/{COMMIT}/model.safetensors"
     with running_server(store) as url:
         assert request(url, path, headers={"Range": f"bytes={middle}-{middle}"})[0] == 206
         damaged = largest_object(store, entry)
@@ -393,11 +396,11 @@ def test_a_client_that_reads_nothing_is_cut_off(tmp_path, capfd):
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (1024, 2048), 9))})  # 8 MiB
     store = Store(tmp_path / "zoo")
-    compress_into(store, folder, "large", chunk_bytes=1 << 20)
+    compress_into(store, folder, "large", chunk_bytes=1 << 20, commit=COMMIT)
     with running_server(store, quiet=False, stall_timeout=1.0) as url, socket.socket() as connection:
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         connection.connect(address(url))
-        connection.sendall(b"GET /large/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.sendall(f"GET /large/resolve/{COMMIT}/model.safetensors HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         time.sleep(3)
         received, deadline = 0, time.monotonic() + 10
         connection.settimeout(2)
@@ -418,13 +421,13 @@ def test_a_slow_client_that_keeps_reading_is_not_cut_off(tmp_path, capfd):
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (256, 1024), 3))})  # 1 MiB
     store = Store(tmp_path / "zoo")
-    compress_into(store, folder, "slow", chunk_bytes=512 << 10)
+    compress_into(store, folder, "slow", chunk_bytes=512 << 10, commit=COMMIT)
     original = (folder / "model.safetensors").read_bytes()
     received = bytearray()
     with running_server(store, quiet=False, stall_timeout=0.5) as url, socket.socket() as connection:
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         connection.connect(address(url))
-        connection.sendall(b"GET /slow/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        connection.sendall(f"GET /slow/resolve/{COMMIT}/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         connection.settimeout(10)
         while block := connection.recv(64 << 10):
             received += block

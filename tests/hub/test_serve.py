@@ -41,7 +41,9 @@ def running_server(store: Store, token: str | None = None, host: str = "127.0.0.
         thread.join(10)
 
 
-def request(url: str, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
+def request(url: str, path: str, method: str = "GET", headers: dict | None = None, follow: bool = True) -> tuple[int, dict, bytes]:
+    """One request; a relative redirect (a branch's file, to its commit's URL) is followed, as
+    huggingface_hub follows it, unless `follow` is false."""
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -51,9 +53,20 @@ def request(url: str, path: str, method: str = "GET", headers: dict | None = Non
             connection.putheader(key, value)
         connection.endheaders()
         response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        answer = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+    if follow and answer[0] == 307 and answer[1]["location"].startswith("/"):
+        return request(url, answer[1]["location"], method, headers)
+    return answer
+
+
+def commit_path(url: str, path: str) -> str:
+    """Where a branch's file is served from: the path of its commit's URL, for the tests that
+    read a download through a connection of their own."""
+    status, headers, _ = request(url, path, "HEAD", follow=False)
+    assert status == 307, status
+    return headers["location"]
 
 
 def sha256(data: bytes) -> str:
@@ -428,7 +441,7 @@ def test_streaming_memory_stays_bounded(tmp_path):
         tracemalloc.start()
         try:
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
-            connection.request("GET", "/big/resolve/main/model.safetensors")
+            connection.request("GET", commit_path(url, "/big/resolve/main/model.safetensors"))
             response = connection.getresponse()
             while block := response.read(64 << 10):
                 digest.update(block)

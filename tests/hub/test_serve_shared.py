@@ -17,9 +17,9 @@ from zoo.hub.serve import GATHER_BYTES, DecodeThread, SharedPieces, make_server
 from zoo.hub.store import Store
 
 from tests.conftest import largest_object, random_storage, write_safetensors
-from tests.hub.test_http_conformance import address
+from tests.hub.test_http_conformance import COMMIT, address
 
-PATH = "/big/resolve/main/model.safetensors"
+PATH = f"/big/resolve/{COMMIT}/model.safetensors"
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def big(tmp_path):
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", random_storage("F32", (512, 512), 11))})
     store = Store(tmp_path / "zoo")
-    entry = compress_into(store, folder, "big", chunk_bytes=16 << 10)
+    entry = compress_into(store, folder, "big", chunk_bytes=16 << 10, commit=COMMIT)
     return store, entry, (folder / "model.safetensors").read_bytes()
 
 

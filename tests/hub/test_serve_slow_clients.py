@@ -15,7 +15,7 @@ from zoo.api import compress_into
 from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 
-from tests.hub.test_http_conformance import CONFIG, address, statuses
+from tests.hub.test_http_conformance import COMMIT, CONFIG, address, statuses
 
 TRICKLE_SECONDS = 30  # far past the server's one-second timeout: the trickle ends only if nothing cuts it
 
@@ -36,7 +36,7 @@ def server_with_head_timeout(store: Store, head_timeout: float):
 @pytest.fixture
 def url(tiny_model, tmp_path):
     store = Store(tmp_path / "zoo")
-    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024)
+    compress_into(store, tiny_model, "org/tiny", chunk_bytes=1024, commit=COMMIT)
     with server_with_head_timeout(store, head_timeout=1.0) as served:
         yield served
 

@@ -5,7 +5,8 @@ Routes (repo ids are `name` or `org/name`; revisions are URL-quoted whole)::
 
     GET       /api/models/{repo}[/revision/{rev}]      model info: sha (40 hex), siblings
     GET       /api/models/{repo}/tree/{rev}[/{path}]   path, size, oid, lfs
-    HEAD|GET  /{repo}/resolve/{rev}/{file}             the decoded file; Range; If-Range; X-Repo-Commit; ETag
+    HEAD|GET  /{repo}/resolve/{commit}/{file}          the decoded file; Range; If-Range; X-Repo-Commit; ETag
+    HEAD|GET  /{repo}/resolve/{rev}/{file}             307 to the file at the commit {rev} names now
 
 A revision is a branch name, a stored entry's commit, or `REVISION:VARIANT`. Nothing in this
 module ever opens a path taken from a request: files are looked up by name in the catalogue
@@ -43,7 +44,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from zoo.container import format as archive_format
 from zoo.container.reader import Archive
@@ -577,8 +578,17 @@ class ZooApp:
         stored = next((f for f in entry.files if f.path == path), None) or self._links(entry).get(path)
         if stored is None:
             raise HubError(404, f"{path!r} is not a file of {entry.name!r}", "EntryNotFound", {"X-Repo-Commit": entry.commit})
-        archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
         etag = f'"{stored.served_sha256}"'
+        if rest[0] != entry.commit:
+            # A branch or variant names whatever is stored there now: the bytes come from the
+            # commit's URL, as on the Hub, so that a client resuming a cut download asks for the
+            # version it began (huggingface_hub resumes with a bare Range on the URL it downloads
+            # from), and gets a 404 once that version is gone, never the next one's bytes after its
+            # own. Relative, so that it holds behind a proxy; huggingface_hub follows it.
+            location = f"/{quote(repo)}/resolve/{entry.commit}/{quote(path)}"
+            return Answer(307, {"Location": location, "X-Repo-Commit": entry.commit, "ETag": etag,
+                                "X-Linked-Etag": etag, "X-Linked-Size": str(stored.size)})
+        archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
         # Preconditions (RFC 9110 13.2.2), before any range: a client resuming with If-Match gets
         # 412 for a file stored anew since, never the new bytes after its old ones.
         if "if-match" in headers and not _names_etag(headers["if-match"], etag, weak=False):
