@@ -946,6 +946,24 @@ def guarded_protocol() -> type:
             self.stop_head_timer()
             super().connection_lost(exc)
 
+        def eof_received(self) -> bool:
+            """The client is done sending: a half-close after its request (`nc -N`, socat,
+            shutdown(SHUT_WR)) still gets its answer, and the connection closes after it.
+            uvicorn's returned None, so asyncio closed the connection at once and the client got
+            nothing. A client that is really gone is noticed as before, when the next write meets
+            its reset, or by the stall watchdog; with no request in progress, nothing is owed."""
+            self.client_done = True
+            return not self.answered()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if getattr(self, "client_done", False) and self.answered() and not self.pipeline and not self.transport.is_closing():
+                self.transport.close()  # half-closed: no other request can come
+
+        def answered(self) -> bool:
+            """Whether no request of this connection is waiting for its answer."""
+            return self.cycle is None or self.cycle.response_complete
+
         def data_received(self, data: bytes) -> None:
             self.received = len(data)
             if self.head_pending:
