@@ -497,7 +497,13 @@ class ZooApp:
         if readings:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
         if len(segments) <= 2:
-            return "/".join(segments), "", []
+            repo = "/".join(segments)
+            if len(segments) == 2 and not (NAME_PATTERN.fullmatch(repo) and self._matches(repo)) and \
+                    NAME_PATTERN.fullmatch(segments[0]) and self._matches(segments[0]):
+                # `tiny/refs`, `tiny/auth-check`: a route of the model `tiny` this server lacks, not
+                # a missing model (RepoNotFound made huggingface_hub say `tiny` was not there).
+                raise HubError(404, f"no such route: zoo serves the model info, tree and files of {segments[0]!r}, not {segments[1]!r}")
+            return repo, "", []
         raise HubError(404, "no such route")
 
     def _api(self, segments: list[str], query: dict[str, list[str]]) -> Answer:
