@@ -42,7 +42,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, quote, unquote
 
@@ -205,6 +205,7 @@ class ZooApp:
         # What the catalogue answered, by (ref, with_files), with the index_stamp it was read at.
         self._found: dict[tuple[str, bool], tuple[tuple[Any, ...], list[Entry]]] = {}
         self._entries: dict[tuple[str, str, float, bool], Entry] = {}  # what _found's lists hold, each once
+        self._unlisted_noted: set[tuple[str, str]] = set()  # models whose unlisted files the log has named
         self._on_loop = threading.local()  # .active: answering on the loop's thread, from memory only
         self._read_ahead = threading.Semaphore(READ_AHEAD_CHUNKS)
         self._shared = SharedPieces(shared_bytes)
@@ -529,9 +530,19 @@ class ZooApp:
         return {name: files[target] for name, target in targets.items() if target in files}
 
     def _listed(self, entry: Entry) -> list[StoredFile]:
-        """The files a client sees: the model's own, and its links to them under their own names."""
+        """The files a client sees: the model's own, and its links to them under their own names,
+        less those huggingface_hub refuses to write (`_drive_like`): listed, they failed the whole
+        snapshot_download. They stay in the zoo (a valid POSIX name; `zoo export` gives them back),
+        as links the Hub cannot hold stay unlisted; the log says which were left out, once."""
         linked = [replace(f, path=name) for name, f in self._links(entry).items()]
-        return sorted([*entry.files, *linked], key=lambda f: f.path) if linked else entry.files
+        files = sorted([*entry.files, *linked], key=lambda f: f.path) if linked else entry.files
+        unlisted = [f.path for f in files if _drive_like(f.path)]
+        if unlisted:
+            if (entry.ref, entry.commit) not in self._unlisted_noted:
+                self._unlisted_noted.add((entry.ref, entry.commit))
+                self.log(f"note: {entry.ref}: not listed, as huggingface_hub refuses such names (a Windows drive): {', '.join(map(repr, unlisted))}")
+            files = [f for f in files if not _drive_like(f.path)]
+        return files
 
     def _model_info(self, entry: Entry, blobs: bool) -> dict[str, Any]:
         siblings = []
@@ -622,6 +633,13 @@ class ZooApp:
         headers["X-Error-Message"] = re.sub(r"[^\x20-\x7e]", "?", str(error))
         headers.update(error.headers)
         return Answer(error.status, headers, json.dumps({"error": str(error)}).encode())
+
+
+def _drive_like(path: str) -> bool:
+    """Whether a part of `path` reads as anchored on Windows (`a:b.txt`, a drive), which
+    huggingface_hub refuses to write on every system (its _validate_relative_filename, by the same
+    test), as a path that could land outside its folder on Windows."""
+    return any(PureWindowsPath(part).drive or PureWindowsPath(part).root for part in path.split("/"))
 
 
 def _names_etag(header: str, etag: str, weak: bool) -> bool:
