@@ -572,24 +572,12 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
                        lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
         if isinstance(storage, LocalFolder):  # a task whose worker died every time left its last attempt's temporary
-            for result in results:
-                if not result.ok:
-                    temporaries.sweep_beside(storage.root / result.name)
+            _sweep_once_gone(storage.root, [result.name for result in results if not result.ok])
         return results
     except BaseException:
-        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them,
-        # once their workers are gone (a temporary's lock is its writer's until it dies; a cancelled
-        # task's worker can outlive the wait on it, and its temporary was left behind)
-        if isinstance(storage, LocalFolder) and storage.root.is_dir():  # a Ctrl-C may come before any task made it
-            deadline = time.monotonic() + CANCEL_SECONDS
-            for name in names:
-                final = storage.root / name
-                while True:
-                    temporaries.sweep_beside(final)
-                    if not any(path.name.startswith(temporaries.temporary_prefix(final)) for path in storage.root.iterdir()) \
-                            or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
+        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them
+        if isinstance(storage, LocalFolder):
+            _sweep_once_gone(storage.root, names)
         raise
     finally:
         # the folders the tasks made for -o, where no archive landed (every model failed, or a
@@ -597,6 +585,24 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         for folder in made:
             with suppress(OSError):  # one that holds anything stays
                 folder.rmdir()
+
+
+def _sweep_once_gone(root: Path, names: list[str]) -> None:
+    """Sweep the temporaries tasks left beside the outputs `names` in `root`, waiting up to
+    CANCEL_SECONDS for their workers to be gone: a temporary's lock is its writer's until the
+    process dies, and a dead or cancelled task's worker can outlive the driver's news of it (its
+    temporary was left behind, and so was the -o folder the batch had made for it)."""
+    if not root.is_dir():  # a Ctrl-C may come before any task made it
+        return
+    deadline = time.monotonic() + CANCEL_SECONDS
+    for name in names:
+        final = root / name
+        while True:
+            temporaries.sweep_beside(final)
+            if not any(path.name.startswith(temporaries.temporary_prefix(final)) for path in root.iterdir()) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
 
 def _folders_to_make(folder: Path) -> list[Path]:
