@@ -591,3 +591,23 @@ def test_serve_says_a_bucket_out_of_reach_as_503_not_as_damage(bucket, tmp_path,
     with running_server(store) as served:
         status, _, body = request(served, "/tuned/resolve/main/model.safetensors")
     assert status == 503 and b"storage cannot be reached" in body and b"damaged" not in body, (status, body)
+
+
+def test_an_object_cut_short_in_a_bucket_is_not_replaced_by_another_coding(bucket, tmp_path, monkeypatch):
+    """An object whose header cannot be read says nothing of how it was coded: in a folder zoo the
+    new coding is held to the shells that name it first (under the zoo's lock); a bucket has no
+    such lock, and another machine's default coding took the place of a zstd one its model's
+    shell still named. Refused, as before that check, the damaged object left as it was."""
+    from zoo.errors import ZooError
+
+    url = f"{bucket}/zoo"
+    first = machine(tmp_path, "first", url, monkeypatch)
+    source = write_model(tmp_path / "model", base_tensors())
+    entry = compress_into(first, source, "first", pipeline="bytegroup|zstd")
+    with zoo.open(entry.archive) as opened:
+        key = first.object_key(opened.tensor_info("embed.weight")["root"]["leaf"]["object"])
+    first.storage.fs.pipe_file(first.storage.path(key), first.storage.read(key)[:30])
+    second = machine(tmp_path, "second", url, monkeypatch)
+    with pytest.raises(ZooError, match="its header unreadable, so it cannot be repaired from here; second was not stored"):
+        compress_into(second, source, "second")
+    assert len(second.storage.read(key)) == 30

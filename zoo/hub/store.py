@@ -300,6 +300,8 @@ class Store:
         if old is not None and not force:
             raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
         archive = _archive_of(record)
+        for item in repairs:  # a bucket keeps no lock to hold other models' shells to a new coding (_check_repairs) under
+            self._repair_readable(item, record["name"])
 
         def put(name: str, path: Path) -> None:
             if name == archive:
@@ -334,6 +336,18 @@ class Store:
             behind = self._mark_behind()
             self._publish_manifest(record)
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
+
+    def _repair_readable(self, item: str, name: str) -> None:
+        """On a bucket, a damaged object is replaced only where its header still says how it was
+        coded (ObjectSink._check_repair compared it with the build's): one whose header cannot be
+        read may be another pipeline's coding, which other models' shells name, and a folder zoo
+        holds the new coding to those shells first (_check_repairs), under its lock, which a bucket
+        has not. Refused, as every zoo refused it before that check."""
+        try:
+            format_module.ArchiveFile(self.object_path(item)).close()
+        except (ZooError, OSError):
+            raise StoreError(f"{self.object_key(item)}: an object of the zoo this model holds too is damaged, its header unreadable, so "
+                             f"it cannot be repaired from here; {name} was not stored (`zoo verify` names the models that need it)") from None
 
     def put_archive(self, name: str, path: Path) -> None:
         """A model's archive put in the zoo's storage, if absent. One found there (the same model
