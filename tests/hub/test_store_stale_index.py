@@ -66,3 +66,34 @@ def test_gc_takes_what_it_keeps_from_the_manifests_not_the_index(two_models, tmp
     Store(store.home).gc()
     assert Store(store.home).verify()[2] == []
     assert [entry.name for entry in Store(store.home).entries()] == ["b", "c"]
+
+
+def test_verify_of_a_zoo_this_user_cannot_write_checks_no_index(tmp_path):
+    """A zoo shipped as its objects and manifests, read-only (no work/, no catalogue): verify said
+    ok before it compared the index with the manifests; then it tried to make the zoo's folders to
+    rebuild one and failed (exit 1), and a user reading another's zoo was warned on every run that
+    its index (its owner's alone) could not be opened. The index is the writer's to mend."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import as_the_owner
+
+    home = tmp_path / "zoo"
+    compress_into(Store(home), write_model(tmp_path / "model", base_tensors()), "base")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for part in ("objects", "manifests"):
+        shutil.copytree(home / part, shipped / part)
+    for folder, folders, files in os.walk(shipped):
+        for name in files + folders:
+            os.chmod(os.path.join(folder, name), 0o555 if name in folders else 0o444)
+    os.chmod(shipped, 0o555)
+    try:
+        done = subprocess.run(as_the_owner([sys.executable, "-m", "zoo", "verify"]), capture_output=True, text=True,
+                              env={**os.environ, "ZOO_HOME": str(shipped)})
+    finally:
+        for folder, _, _ in os.walk(shipped):
+            os.chmod(folder, 0o755)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    assert "ok" in done.stdout

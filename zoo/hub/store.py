@@ -1254,14 +1254,16 @@ class Store:
             problems += found
             if damaged:  # the archive's header read again only then
                 problems += needs_damaged(ref, damaged & ({o["sha256"] for o in record["objects"]} | self._archive_names(record)))
-        # `zoo ls` would say other than what was checked: looked at again under the lock
-        if here and self._index_problem(manifests) is not None:
+        # `zoo ls` would say other than what was checked: looked at again under the lock, by a user
+        # who may write the zoo (one who may not, reading a shared or shipped zoo, has no index of
+        # it to mend: its catalogue is its owner's alone, or not there at all)
+        if here and os.access(self.home, os.W_OK) and self._index_problem(manifests) is not None:
             try:
                 with self._locked():
                     self._mend_index(self._all_manifests())
-            except OSError as error:  # a read-only zoo: said, and left to doctor
-                warnings.warn(f"{self.catalogue}: {self._index_problem(manifests)}; cannot rebuild it: {_reason(error)}", ZooWarning,
-                              stacklevel=2)
+            except (OSError, StoreError) as error:  # read-only below its top: said, and left to doctor
+                reason = _reason(error) if isinstance(error, OSError) else str(error)
+                warnings.warn(f"{self.catalogue}: {self._index_problem(manifests)}; cannot rebuild it: {reason}", ZooWarning, stacklevel=2)
         return len(files), len(manifests), problems
 
     def _recorded_problems(self, ref: str, record: dict[str, Any]) -> tuple[list[str], list[str]]:
