@@ -30,3 +30,6 @@ def test_an_unsupported_route_of_a_stored_one_segment_model_is_no_such_route(tin
         # a two-segment model beside it is still itself, and a missing one is still RepoNotFound
         assert api.model_info("tiny/nested").id == "tiny/nested"
         assert request(url, "/api/models/nobody/refs")[1]["x-error-code"] == "RepoNotFound"
+        # and a model under the stored one's name that is not here is missing, not a route: repo_exists says False
+        assert request(url, "/api/models/tiny/other")[1]["x-error-code"] == "RepoNotFound"
+        assert api.repo_exists("tiny/other") is False

@@ -192,6 +192,14 @@ def _framing_problem(scope: dict[str, Any]) -> str | None:
     return None
 
 
+# The Hub's routes under /api/models/REPO that zoo serve has not (huggingface_hub's list_repo_refs,
+# auth_check, list_repo_commits, discussions, paths-info, upload steps, settings): under a stored
+# one-segment model NAME, NAME/ROUTE is no such route, not a model NAME/ROUTE that is missing.
+_HUB_MODEL_ROUTES = frozenset({"refs", "auth-check", "commits", "commit", "discussions", "paths-info", "preupload", "settings",
+                               "xet-read-token", "xet-write-token", "super-squash", "branch", "tag", "compare", "scan", "treesize",
+                               "notebook", "lfs-files", "access-requests", "user-access-request"})
+
+
 class ZooApp:
     """The ASGI application: routes, catalogue look-ups and decoded downloads."""
 
@@ -499,10 +507,12 @@ class ZooApp:
             raise HubError(404, f"repository {'/'.join(segments[:readings[0][0]])!r} is not in this zoo", "RepoNotFound")
         if len(segments) <= 2:
             repo = "/".join(segments)
-            if len(segments) == 2 and not (NAME_PATTERN.fullmatch(repo) and self._matches(repo)) and \
-                    NAME_PATTERN.fullmatch(segments[0]) and self._matches(segments[0]):
+            if len(segments) == 2 and segments[1] in _HUB_MODEL_ROUTES and not (NAME_PATTERN.fullmatch(repo) and self._matches(repo)) \
+                    and NAME_PATTERN.fullmatch(segments[0]) and self._matches(segments[0]):
                 # `tiny/refs`, `tiny/auth-check`: a route of the model `tiny` this server lacks, not
-                # a missing model (RepoNotFound made huggingface_hub say `tiny` was not there).
+                # a missing model (RepoNotFound made huggingface_hub say `tiny` was not there). Only
+                # the Hub's own routes: `tiny/other` is a model that is not here (repo_exists says
+                # False, where a bare 404 raised).
                 raise HubError(404, f"no such route: zoo serves the model info, tree and files of {segments[0]!r}, not {segments[1]!r}")
             return repo, "", []
         raise HubError(404, "no such route")
