@@ -582,6 +582,28 @@ def test_a_variant_and_its_weights_give_zoo_open_and_the_state_dict_the_same_ten
             assert torch.equal(archive.get_tensor(name, "pt"), value) and torch.equal(loaded[name], value)
 
 
+def test_the_names_go_to_the_weights_transformers_and_diffusers_load(tmp_path):
+    """pytorch_model.bin beside ema.safetensors: the EMA, a safetensors file, had the names before
+    transformers' own weights; and diffusers' unet/diffusion_pytorch_model.fp16.safetensors, a
+    variant the patterns did not know, had them before the float32 weights beside it."""
+    from safetensors.torch import save_file
+
+    state = {"lin.weight": torch.randn(4, 4)}
+    (tmp_path / "run").mkdir()
+    torch.save(state, tmp_path / "run" / "pytorch_model.bin")
+    save_file({"lin.weight": state["lin.weight"] * 0.5}, tmp_path / "run" / "ema.safetensors")
+    zoo.compress(tmp_path / "run", tmp_path / "run.zoo")
+    with zoo.open(tmp_path / "run.zoo") as archive:
+        assert torch.equal(archive.get_tensor("lin.weight", "pt"), state["lin.weight"])
+        assert "ema.safetensors::lin.weight" in archive.keys()
+    (tmp_path / "pipe" / "unet").mkdir(parents=True)
+    save_file(state, tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")
+    save_file({"lin.weight": state["lin.weight"].half()}, tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    zoo.compress(tmp_path / "pipe", tmp_path / "pipe.zoo")
+    with zoo.open(tmp_path / "pipe.zoo") as archive:
+        assert torch.equal(archive.get_tensor("lin.weight", "pt"), state["lin.weight"])
+
+
 def test_an_archive_whose_names_went_by_path_alone_gives_the_state_dict_of_now(tmp_path, monkeypatch):
     """An archive of zoo before 2026-12-07 keys ema.pt's tensors by their names and the
     safetensors' as `model.safetensors::NAME`: the state dict of its folder is the same as from an

@@ -729,8 +729,8 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
                     base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every tensor of an archive or zoo model as a torch tensor, keyed by tensor name, or by
     `path::NAME` where another file has the name: the names go to the files nearer the top, and
-    in a folder to the weights transformers loads (safetensors before other files, a variant such
-    as model.fp16.safetensors after the weights files). These are zoo.open's keys, and
+    in a folder to the weights transformers loads (its weights files, safetensors first, before
+    other files; a variant such as model.fp16.safetensors after them all: writer.naming_order). These are zoo.open's keys, and
     `zoo.open(source).get_tensor(name)` the tensor under `name` here, but in archives of zoo before
     2026-12-07, which gave the names by path alone: this names their tensors as now. A tensor of
     a dtype torch lacks is left out, each named in one warning; so is the storage of a PyTorch

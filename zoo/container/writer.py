@@ -157,24 +157,27 @@ def _check_unchanged(sources: list[SourceFile]) -> None:
                              "nothing was stored (compress it again once it is written)")
 
 
-# transformers' own names for a model's weights, and for a variant of them (model.fp16.safetensors,
-# pytorch_model.ema-00001-of-00002.bin), which it loads only when asked for that variant
+# transformers' (and diffusers') own names for a model's weights, and for a variant of them
+# (model.fp16.safetensors, pytorch_model.ema-00001-of-00002.bin, diffusion_pytorch_model.fp16.safetensors),
+# which they load only when asked for that variant
 _SHARD = r"(?:-\d{5}-of-\d{5})?"
-WEIGHTS_FILE = re.compile(rf"(?:model{_SHARD}\.safetensors|pytorch_model{_SHARD}\.bin)")
-VARIANT_FILE = re.compile(rf"(?:model|pytorch_model)\.\w+{_SHARD}\.(?:safetensors|bin)")
+WEIGHTS_FILE = re.compile(rf"(?:(?:diffusion_pytorch_)?model{_SHARD}\.safetensors|(?:diffusion_)?pytorch_model{_SHARD}\.bin)")
+VARIANT_FILE = re.compile(rf"(?:model|(?:diffusion_)?pytorch_model)\.\w+{_SHARD}\.(?:safetensors|bin)")
 
 
-def naming_order(files: Iterable[tuple[str, str]]) -> dict[str, tuple[int, bool, bool, str]]:
+def naming_order(files: Iterable[tuple[str, str]]) -> dict[str, tuple[int, bool, bool, bool, str]]:
     """(path, kind) of each file -> its place in the order tensor_keys gives names in: files nearer
-    the top first; in one folder, the weights transformers loads: safetensors before other files
-    (ema.pt), a variant of the weights files (model.fp16.safetensors beside model.safetensors)
-    after them; then by path."""
+    the top first; in one folder, the weights transformers loads: its weights files (safetensors
+    before pytorch_model.bin) before other files (ema.safetensors, ema.pt), a variant of the
+    weights files (model.fp16.safetensors beside model.safetensors) after them all; then
+    safetensors before other files, then by path."""
     files = list(files)
     with_weights = {path.rpartition("/")[0] for path, _ in files if WEIGHTS_FILE.fullmatch(path.rpartition("/")[2])}
     order = {}
     for path, kind in files:
         folder, _, name = path.rpartition("/")
-        order[path] = (path.count("/"), folder in with_weights and VARIANT_FILE.fullmatch(name) is not None, kind != "safetensors", path)
+        variant = folder in with_weights and VARIANT_FILE.fullmatch(name) is not None
+        order[path] = (path.count("/"), variant, WEIGHTS_FILE.fullmatch(name) is None, kind != "safetensors", path)
     return order
 
 
