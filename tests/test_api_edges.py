@@ -992,3 +992,21 @@ def test_ctrl_c_while_files_move_into_an_existing_folder_loses_none_of_the_users
     contents = sorted(path.read_text() for path in out.iterdir())
     assert contents == sorted([f"new {n}\n" for n in range(8)] + ["the user's own"]) or \
         contents == sorted([f"old {n}\n" for n in range(8)] + ["the user's own"]), contents
+
+
+def test_compress_into_takes_metadata_beside_the_zoos_own_record(tmp_path):
+    """compress_into(store, source, name, metadata=...) raised TypeError (compress() got multiple
+    values for 'metadata'): build_model passed its own record and the caller's options both."""
+    from safetensors.torch import save_file
+
+    from zoo.api import compress_into
+    from zoo.errors import InputError
+    from zoo.hub.store import Store
+
+    (tmp_path / "m").mkdir()
+    save_file({"w": torch.ones(4, 4)}, tmp_path / "m" / "model.safetensors")
+    entry = compress_into(Store(tmp_path / "zoo"), tmp_path / "m", "m", metadata={"run": 3})
+    with zoo.open(entry.archive) as archive:
+        assert archive.metadata()["run"] == 3 and archive.metadata()["zoo"]["name"] == "m"
+    with pytest.raises(InputError, match="metadata\\['zoo'\\] is zoo's own"):
+        compress_into(Store(tmp_path / "zoo"), tmp_path / "m", "m2", metadata={"zoo": 1})

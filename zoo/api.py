@@ -669,7 +669,11 @@ def build_model(store: Store, sink: ObjectSink, source: str | os.PathLike[str], 
     from zoo.hub import deltas as xor
 
     # the archive carries what its manifest holds, so the zoo can be rebuilt from its objects alone
-    metadata = {**({"source": source_label} if source_label else {}), "zoo": {"name": name, "revision": revision, "commit": commit}}
+    # the caller's metadata (compress_into(metadata=...)) beside zoo's own record, which it may not take
+    given = options.pop("metadata", None)
+    _check_metadata(given)
+    metadata = {**(given or {}), **({"source": source_label} if source_label else {}),
+                "zoo": {"name": name, "revision": revision, "commit": commit}}
     shell = sink.root / "00" / "model.zoo"
     shell.parent.mkdir(parents=True)
     compress(source, shell, pipeline, threads=threads, progress=progress, metadata=metadata, objects=sink,
