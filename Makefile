@@ -39,5 +39,6 @@ asan:
 # a fixed seed (repeatable); what it finds goes to tests/fuzz/found/.
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
+FUZZ_CAP ?=
 fuzz:
-	$(MAKE) -C tests/fuzz run SECONDS=$(FUZZ_SECONDS) RUNS=$(FUZZ_RUNS)
+	$(MAKE) -C tests/fuzz run SECONDS=$(FUZZ_SECONDS) RUNS=$(FUZZ_RUNS) CAP=$(FUZZ_CAP)
