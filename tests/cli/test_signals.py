@@ -45,6 +45,23 @@ def writing(folder, least=8 << 20):
     return False
 
 
+def as_a_terminal_starts_it():
+    """In the child before it runs zoo: the stopping signals at their defaults, as a terminal
+    starts a command. A suite itself run under `nohup` (SIGHUP ignored) or in a shell's background
+    (SIGINT ignored) hands its ignored signals down, and zoo rightly leaves an ignored signal alone."""
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
+def start_zoo(args, stdout_closed=False, environment=None):
+    def child():
+        as_a_terminal_starts_it()
+        if stdout_closed:
+            os.close(1)
+    return subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=environment, preexec_fn=child)
+
+
 def stop_once_writing(args, folder, signals, stdout_closed=False):
     """Run `zoo ARGS`, freeze it once its temporary in `folder` holds some MiB, send `signals` and
     let it go on. Frozen, the command cannot finish before the signals land, on any machine.
@@ -52,8 +69,7 @@ def stop_once_writing(args, folder, signals, stdout_closed=False):
     time; the instants around it (a temporary made, a pool's first thread started) are covered by
     zoo.hub.temporaries.locked_temporary and by zoo.cli.main ending the process once it has cleaned up."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
-    process = subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=environment, preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
+    process = start_zoo(args, stdout_closed, environment)
     try:
         deadline = time.monotonic() + 60
         while not writing(folder):
@@ -109,8 +125,7 @@ def test_a_second_signal_while_cleaning_up_is_ignored(weights, tmp_path):
 def test_serve_stops_on_a_signal(tmp_path, number, status, message):
     """uvicorn handles SIGINT and SIGTERM while it serves, then hands them back to the CLI."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"} | {"ZOO_HOME": str(tmp_path / "home")}
-    process = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "--port", "0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=environment)
+    process = start_zoo(["serve", "--port", "0", "--quiet"], environment=environment)
     try:
         serving = process.stderr.readline()
         assert serving.startswith("serving 0 models from "), serving
@@ -168,6 +183,9 @@ def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_th
         seen["typer loaded"] = "typer" in sys.modules
 
     saved = {number: signal.getsignal(number) for number in stopping.STOPPING}
+    for number, handler in saved.items():  # as a terminal starts it (above): the suite may run under nohup
+        if handler == signal.SIG_IGN:
+            signal.signal(number, signal.SIG_DFL)
     run = zoo.cli._run
     monkeypatch.delitem(sys.modules, "typer", raising=False)
     monkeypatch.setattr(zoo.cli, "_run", command)
