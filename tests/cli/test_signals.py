@@ -53,23 +53,25 @@ def as_a_terminal_starts_it():
         signal.signal(number, signal.SIG_DFL)
 
 
-def start_zoo(args, stdout_closed=False, environment=None):
+def start_zoo(args, stdout_closed=False, environment=None, ignoring=()):
     def child():
         as_a_terminal_starts_it()
+        for number in ignoring:  # as `nohup` starts it
+            signal.signal(number, signal.SIG_IGN)
         if stdout_closed:
             os.close(1)
     return subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=environment, preexec_fn=child)
 
 
-def stop_once_writing(args, folder, signals, stdout_closed=False):
+def stop_once_writing(args, folder, signals, stdout_closed=False, ignoring=()):
     """Run `zoo ARGS`, freeze it once its temporary in `folder` holds some MiB, send `signals` and
     let it go on. Frozen, the command cannot finish before the signals land, on any machine.
     Waiting for bytes, the signals land in the body of the write, where every command spends its
     time; the instants around it (a temporary made, a pool's first thread started) are covered by
     zoo.hub.temporaries.locked_temporary and by zoo.cli.main ending the process once it has cleaned up."""
     environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
-    process = start_zoo(args, stdout_closed, environment)
+    process = start_zoo(args, stdout_closed, environment, ignoring)
     try:
         deadline = time.monotonic() + 60
         while not writing(folder):
@@ -96,6 +98,14 @@ def test_a_stopped_compress_leaves_nothing(weights, tmp_path, number, status, me
     returncode, stderr = stop_once_writing(["compress", weights, "-o", output, "-t", threads], tmp_path, [number])
     assert (returncode, stderr) == (status, message + "\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_ignored_when_zoo_starts_stays_ignored(weights, tmp_path):
+    """`nohup zoo compress ...` goes on when the terminal closes."""
+    output = tmp_path / "model.zoo"
+    returncode, stderr = stop_once_writing(["compress", weights, "-o", output], tmp_path, [signal.SIGHUP], ignoring=[signal.SIGHUP])
+    assert (returncode, stderr) == (0, "")
+    assert output.is_file()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
