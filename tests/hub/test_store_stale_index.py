@@ -97,3 +97,14 @@ def test_verify_of_a_zoo_this_user_cannot_write_checks_no_index(tmp_path):
             os.chmod(folder, 0o755)
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
     assert "ok" in done.stdout
+
+
+def test_the_index_is_readable_by_every_user_of_the_zoo_as_its_manifests_are(two_models):
+    """The catalogue was built as a temporary (0600) and renamed into place with that mode: another
+    user of a shared zoo could read every manifest and object but not the index, and was served
+    from the manifests on every command."""
+    store = two_models
+    [manifest] = (store.home / "manifests" / "a").rglob("*.json")
+    assert store.catalogue.stat().st_mode & 0o777 == manifest.stat().st_mode & 0o777 == 0o644
+    store.rebuild_index()
+    assert store.catalogue.stat().st_mode & 0o777 == 0o644

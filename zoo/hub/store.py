@@ -648,6 +648,7 @@ class Store:
                     stamp = self._stamp(connection)
                     connection.execute("COMMIT")
                 fsync_path(fresh)
+                os.chmod(fresh, 0o644)  # read by every user of a shared zoo, as the manifests are (a temporary is 0600)
                 kill_point("index-built")
                 legacy = self.home / "catalogue-v1.sqlite"
                 if not legacy.exists() and legacy_records(self.catalogue):
