@@ -5,10 +5,21 @@ from)."""
 
 from __future__ import annotations
 
+import http.client
+import os
 import shutil
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from zoo.api import compress_into
+from zoo.errors import ZooError
+from zoo.hub.serve import make_server
 from zoo.hub.store import Store
 
 from tests.conftest import random_storage, write_safetensors
@@ -74,3 +85,80 @@ def test_hf_hub_download_and_snapshot_download_follow_the_redirect(tiny_model, t
         assert path.parent.name == entry.commit  # cached under the commit the redirect named
         snapshot = Path(snapshot_download("org/tiny", endpoint=url, cache_dir=tmp_path / "hf2"))
         assert (snapshot / "sub" / "notes.txt").read_bytes() == (tiny_model / "sub" / "notes.txt").read_bytes()
+
+
+@contextmanager
+def stripping_proxy(upstream: str, prefix: str):
+    """A reverse proxy on 127.0.0.1 as nginx's `location /zoo/ { proxy_pass UPSTREAM/; }` is: a path
+    under `prefix` goes upstream without it, any other path is 404; answers, redirects among them,
+    come back as they are. Yields its URL."""
+    host, port = upstream.removeprefix("http://").split(":")
+
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            if not self.path.startswith(prefix + "/"):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            try:
+                connection.putrequest(self.command, self.path[len(prefix):], skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():
+                    connection.putheader(key, value)
+                connection.endheaders()
+                response = connection.getresponse()
+                body = response.read()
+            finally:
+                connection.close()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "date", "server"):
+                    self.send_header(key, value)
+            if response.getheader("Content-Length") is None:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
+
+
+def test_behind_a_proxy_that_strips_a_prefix_the_redirect_keeps_the_prefix(tiny_model, tmp_path):
+    """The redirect's path began at the host's root: behind `location /zoo/`, huggingface_hub
+    followed it out of the proxy's prefix, to a 404. `--root-path /zoo` puts the prefix back."""
+    from huggingface_hub import hf_hub_download
+
+    store = Store(tmp_path / "zoo")
+    entry = compress_into(store, tiny_model, "org/tiny")
+    with running_server(store, root_path="/zoo/") as url, stripping_proxy(url, "/zoo") as proxy:
+        status, headers, _ = request(proxy, "/zoo/org/tiny/resolve/main/model.safetensors", "HEAD", follow=False)
+        assert status == 307 and headers["location"] == f"/zoo/org/tiny/resolve/{entry.commit}/model.safetensors"
+        path = Path(hf_hub_download("org/tiny", "model.safetensors", endpoint=f"{proxy}/zoo", cache_dir=tmp_path / "hf"))
+        assert path.read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+        assert path.parent.name == entry.commit
+
+
+@pytest.mark.parametrize("root_path", ["zoo", "/a b", "/zoo?x=1"])
+def test_a_root_path_that_is_no_url_path_is_refused_in_one_line(tmp_path, root_path):
+    with pytest.raises(ZooError, match="is not a URL path"):
+        make_server(Store(tmp_path / "zoo"), root_path=root_path)
+    done = subprocess.run([sys.executable, "-m", "zoo", "serve", "--port", "0", "--root-path", root_path], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "ZOO_HOME": str(tmp_path / "home")})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "is not a URL path" in done.stderr, done.stderr

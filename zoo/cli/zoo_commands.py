@@ -200,6 +200,8 @@ def serve(
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Decode threads per download (more: faster "
                                          "single downloads of slow codecs, 4 chunks more memory per thread each).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
+    root_path: Annotated[str, typer.Option("--root-path", help="The path prefix a reverse proxy in front strips "
+                                           "(/zoo for clients whose HF_ENDPOINT is https://HOST/zoo).")] = "",
 ) -> None:
     """Serve every model in the zoo over the Hugging Face Hub API: HF_ENDPOINT=http://HOST:PORT."""
     from zoo.hub.serve import is_loopback, make_server
@@ -207,11 +209,12 @@ def serve(
 
     token = token if token is not None else os.environ.get("ZOO_SERVE_TOKEN")
     store = Store()
-    server = make_server(store, host, port, token, quiet, threads)
+    server = make_server(store, host, port, token, quiet, threads, root_path=root_path)
     if not is_loopback(host) and token is None:
         stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
     names = sorted({e.name for e in store.entries()})
-    stderr.print(f"serving {count(len(names), 'model')} from {store.location} at {server.url} (clients: HF_ENDPOINT={server.url})",
+    clients = f"a proxy's URL ending in {root_path.rstrip('/')}" if root_path.rstrip("/") else server.url
+    stderr.print(f"serving {count(len(names), 'model')} from {store.location} at {server.url} (clients: HF_ENDPOINT={clients})",
                  markup=False, highlight=False, soft_wrap=True)
     try:
         server.serve_forever()

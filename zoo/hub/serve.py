@@ -204,8 +204,9 @@ class ZooApp:
     """The ASGI application: routes, catalogue look-ups and decoded downloads."""
 
     def __init__(self, store: Store, token: str | None = None, quiet: bool = False, decode_threads: int = 1,
-                 stall_timeout: float = STALL_TIMEOUT, shared_bytes: int = SHARED_PIECES_BYTES) -> None:
+                 stall_timeout: float = STALL_TIMEOUT, shared_bytes: int = SHARED_PIECES_BYTES, root_path: str = "") -> None:
         self.store, self.token, self.quiet = store, token, quiet
+        self.root_path = root_path  # what a proxy in front strips from each path: the redirects put it back
         self.decode_threads, self.stall_timeout = decode_threads, stall_timeout
         self._archives: dict[Path, Archive] = {}
         self._archives_lock = threading.Lock()
@@ -611,8 +612,9 @@ class ZooApp:
             # commit's URL, as on the Hub, so that a client resuming a cut download asks for the
             # version it began (huggingface_hub resumes with a bare Range on the URL it downloads
             # from), and gets a 404 once that version is gone, never the next one's bytes after its
-            # own. Relative, so that it holds behind a proxy; huggingface_hub follows it.
-            location = f"/{quote(repo)}/resolve/{entry.commit}/{quote(path)}"
+            # own. Relative, so that it holds behind a proxy, with the prefix a proxy strips put
+            # back (`--root-path`); huggingface_hub follows a path, not a `../` reference.
+            location = f"{self.root_path}/{quote(repo)}/resolve/{entry.commit}/{quote(path)}"
             return Answer(307, {"Location": location, "X-Repo-Commit": entry.commit, "ETag": etag,
                                 "X-Linked-Etag": etag, "X-Linked-Size": str(stored.size)})
         archive = self.archive(entry)  # opened before any header goes out: a bad archive is a clean 500
@@ -1100,10 +1102,12 @@ def is_loopback(host: str) -> bool:
 
 def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None, quiet: bool = False,
                 decode_threads: int = 1, stall_timeout: float = STALL_TIMEOUT, head_timeout: float = HEAD_TIMEOUT,
-                shared_bytes: int = SHARED_PIECES_BYTES) -> ZooServer:
+                shared_bytes: int = SHARED_PIECES_BYTES, root_path: str = "") -> ZooServer:
     """A server bound and ready; call serve_forever() (port 0 picks a free port: see .url).
     Each download decodes on its own thread (and `decode_threads` - 1 helpers), a chunk ahead
-    of the socket."""
+    of the socket. `root_path`: the path prefix a reverse proxy in front strips (`/zoo` for
+    clients whose HF_ENDPOINT is `https://host/zoo`), put back in the redirects."""
+    root_path = checked_root_path(root_path)
     if token is not None and not token:  # `--token "$UNSET"`: serving without one would be a surprise
         raise ZooError("the token is empty: give one, or leave it out to serve without a token")
     if token and not all("!" <= c <= "~" for c in token):  # a client sends it in a header: visible ASCII, no spaces
@@ -1120,4 +1124,14 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 0, token: str
     except OSError as error:
         listener.close()
         raise ZooError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return ZooServer(ZooApp(store, token, quiet, decode_threads, stall_timeout, shared_bytes), listener, head_timeout)
+    return ZooServer(ZooApp(store, token, quiet, decode_threads, stall_timeout, shared_bytes, root_path), listener, head_timeout)
+
+
+def checked_root_path(root_path: str) -> str:
+    """`/zoo` from `/zoo` or `/zoo/`; "" for none or `/`. A path as it appears in a URL: it goes
+    into the Location header as given."""
+    if not root_path or root_path == "/":
+        return ""
+    if not root_path.startswith("/") or not all("!" <= c <= "~" and c not in "?#" for c in root_path):
+        raise ZooError(f"the root path {root_path!r} is not a URL path: give one such as /zoo (visible ASCII, no '?' or '#')")
+    return root_path.rstrip("/")
