@@ -461,3 +461,23 @@ def test_fp4_tensors_compare_by_their_values(tmp_path):
     save_file({"f4.weight": moved.view(torch.float4_e2m1fn_x2)}, tmp_path / "b.safetensors")
     other = evaluate(tmp_path / "b.safetensors", tmp_path / "a.safetensors")
     assert 0.9 < other.weights["cosine"] < 1.0 and other.tensors[0]["elements"] == 48
+
+
+def test_per_tensor_figures_name_each_tensor_as_the_archive_does(tmp_path):
+    """Two files with the same names: model.safetensors' tensors keep them in the archive
+    (writer.naming_order, as transformers loads it), ema.safetensors' take `ema.safetensors::NAME`.
+    The per-tensor figures named them by path order instead, the EMA's tensor under the plain name."""
+    import torch
+    from safetensors.torch import save_file
+
+    reference, candidate = tmp_path / "reference", tmp_path / "candidate"
+    for folder, ema in ((reference, 2.0), (candidate, 2.5)):
+        folder.mkdir()
+        save_file({"w": torch.ones(8, 8)}, folder / "model.safetensors")
+        save_file({"w": torch.full((8, 8), ema)}, folder / "ema.safetensors")
+    zoo.compress(reference, tmp_path / "reference.zoo")
+    with zoo.open(tmp_path / "reference.zoo") as opened:
+        assert bool((opened.get_tensor("w") == 1).all()) and bool((opened.get_tensor("ema.safetensors::w") == 2).all())
+    figures = {t["name"]: t for t in evaluate(candidate, tmp_path / "reference.zoo").tensors}
+    assert set(figures) == {"w", "ema.safetensors::w"}
+    assert figures["w"]["relative_error"] == 0 and figures["ema.safetensors::w"]["relative_error"] == pytest.approx(0.25)

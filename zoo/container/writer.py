@@ -189,20 +189,27 @@ def tensor_keys(sources: list[SourceFile]) -> dict[tuple[str, str], str]:
     weights transformers loads keep theirs, as zoo.load_state_dict names them. By path alone (zoo
     before 2026-12-07) a variant or a checkpoint that sorts first (model.fp16.safetensors, ema.pt)
     had them, and zoo.open gave its tensor where the state dict gave the safetensors'."""
-    order = naming_order((source.relpath, source.kind) for source in sources)
+    return keys_of((source.relpath, source.kind, [*(segment.tensor for segment in source.segments if segment.tensor is not None),
+                                                  *(view["name"] for view in source.views)]) for source in sources)
+
+
+def keys_of(files: Iterable[tuple[str, str, list[str]]]) -> dict[tuple[str, str], str]:
+    """tensor_keys' rule over (path, kind, the names in the file) of each file, for whoever lists
+    the tensors of a folder apart from compress (zoo.evaluate names a model's tensors by it)."""
+    files = list(files)
+    order = naming_order((path, kind) for path, kind, _ in files)
     keys: dict[tuple[str, str], str] = {}
     used: set[str] = set()
-    for source in sorted(sources, key=lambda source: order[source.relpath]):
-        names = [segment.tensor for segment in source.segments if segment.tensor is not None]
-        for name in [*names, *(view["name"] for view in source.views)]:
+    for path, _, names in sorted(files, key=lambda file: order[file[0]]):
+        for name in names:
             key, number = name, 1
             if key in used:
-                key = f"{source.relpath}::{name}"
+                key = f"{path}::{name}"
             while key in used:
                 number += 1
-                key = f"{source.relpath}::{name}#{number}"
+                key = f"{path}::{name}#{number}"
             used.add(key)
-            keys[(source.relpath, name)] = key
+            keys[(path, name)] = key
     return keys
 
 

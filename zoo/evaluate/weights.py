@@ -19,19 +19,20 @@ Progress = Callable[[str, int, int], None]
 
 
 class TensorIndex:
-    """Random access to a model's tensors by the key a zoo archive gives them: the tensor's own
-    name, or `file::name` when an earlier file already used that name."""
+    """Random access to a model's tensors by the key a zoo archive gives them (the tensor's own
+    name, or `file::name` where a file first in writer.naming_order has that name), the keys of
+    zoo.open and zoo.load_state_dict."""
 
     def __init__(self, model: Model, stack: ExitStack) -> None:
-        self._where: dict[str, tuple[Path, str]] = {}
+        from zoo.container.writer import keys_of
+
         self._stack = stack
         self._opened: dict[Path, Any] = {}
         base = model.folder()
-        for path in model.weight_files():
-            relpath = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
-            for name in self._open(path).keys():
-                key = name if name not in self._where else f"{relpath}::{name}"
-                self._where[key] = (path, name)
+        files = {(path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name): path for path in model.weight_files()}
+        keys = keys_of((relpath, "safetensors" if path.suffix.lower() == ".safetensors" else "torch", list(self._open(path).keys()))
+                       for relpath, path in files.items())
+        self._where: dict[str, tuple[Path, str]] = {key: (files[relpath], name) for (relpath, name), key in keys.items()}
 
     def _open(self, path: Path) -> Any:
         if path not in self._opened:
