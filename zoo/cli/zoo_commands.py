@@ -213,7 +213,7 @@ def serve(
     if not is_loopback(host) and token is None:
         stderr.print(f"warning: serving on {host} without a token: anyone who reaches it can read every model", markup=False)
     names = sorted({e.name for e in store.entries()})
-    clients = f"a proxy's URL ending in {root_path.rstrip('/')}" if root_path.rstrip("/") else server.url
+    clients = f"PROXY{root_path.rstrip('/')}, the proxy's URL" if root_path.rstrip("/") else server.url
     stderr.print(f"serving {count(len(names), 'model')} from {store.location} at {server.url} (clients: HF_ENDPOINT={clients})",
                  markup=False, highlight=False, soft_wrap=True)
     try:
