@@ -100,3 +100,28 @@ def test_an_open_archive_reads_each_chunk_index_once_and_still_checks_every_chun
         damage_chunk(path, "big.weight", 7)  # under the open archive, as a failing disk would
         with pytest.raises(ChecksumError, match="chunk 7 is damaged"):
             b"".join(archive.iter_file("model.safetensors"))
+
+
+def test_a_view_reads_back_writable_and_its_own(tmp_path):
+    """A torch checkpoint's views (a tied weight, a slice's first rows) were read-only arrays where
+    they lay contiguous in their storage: np.ascontiguousarray gave back the read-only view."""
+    import torch
+
+    embedding, rows = torch.randn(50, 16), torch.randn(40, 30)
+    (tmp_path / "ck").mkdir()
+    torch.save({"emb.weight": embedding, "head.weight": embedding, "first": rows[:5], "column": rows[:, 3]}, tmp_path / "ck" / "ckpt.pt")
+    zoo.compress(tmp_path / "ck", tmp_path / "ck.zoo")
+    expected = {"emb.weight": embedding, "head.weight": embedding, "first": rows[:5], "column": rows[:, 3]}
+    with zoo.open(tmp_path / "ck.zoo") as archive:
+        assert "view" in archive.tensor_info("head.weight") and "view" in archive.tensor_info("first")
+        for name, tensor in expected.items():
+            read = [archive.get_tensor(name), archive.get_slice(name)[0:2]]
+            for array, want in zip(read, [tensor, tensor[0:2]]):
+                np.testing.assert_array_equal(array, want.numpy())
+                assert array.flags.writeable and array.flags.c_contiguous, name
+            read[0][0] += 1  # its own memory: no other tensor read changes
+            np.testing.assert_array_equal(archive.get_tensor("emb.weight"), embedding.numpy())
+            np.testing.assert_array_equal(archive.get_tensor(name), tensor.numpy())
+    # load_state_dict keeps them tied, as torch.load does
+    state = zoo.load_state_dict(tmp_path / "ck.zoo")
+    assert state["head.weight"].data_ptr() == state["emb.weight"].data_ptr()

@@ -670,7 +670,14 @@ class Archive:
         # a dimension of one element (or of none) moves nowhere: its stride, whatever it is, is 0 here
         strides = [s * item if d > 1 else 0 for d, s in zip(shape, stride)]
         strided = np.lib.stride_tricks.as_strided(flat[offset:], shape, strides, writeable=False)
-        return TypedArray(np.ascontiguousarray(strided).reshape(shape), self.tensor_info(name)["dtype"])  # 0-d stays 0-d
+        if strided.flags.c_contiguous and strided.size == flat.size:
+            # the whole storage as it lies (tied weights): the storage decoded for this read is the tensor
+            data = _owned(flat)
+        else:
+            # a copy of its own, writable as every tensor read is (ascontiguousarray gave the
+            # read-only view back as it was where that was contiguous already: a slice's first rows)
+            data = strided.copy()
+        return TypedArray(data.reshape(shape), self.tensor_info(name)["dtype"])  # 0-d stays 0-d
 
     def read_stored(self, name: str, threads: int = 1) -> TypedArray:
         """What a tensor's pipeline decodes to: the tensor, or its float32 difference from the base."""
