@@ -928,6 +928,20 @@ def test_metadata_that_is_not_strict_json_or_takes_a_key_of_zoos_is_refused_befo
         assert archive.metadata() == {"pipeline": "fprans", "source": "elsewhere", "score": 0.5, "note": "NaN"}
 
 
+def test_metadata_with_a_key_that_is_no_str_at_any_depth_is_refused_before_any_work(tmp_path, monkeypatch):
+    """{1: "v"} failed with a raw TypeError once the model was coded (json sorts keys only beside
+    others), and {"a": {1: "v"}} was stored as "1", read back as another key."""
+    source = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", np.ones(4, np.float32))})
+    monkeypatch.setattr("zoo.container.writer.Builder.build", lambda *args, **kwargs: pytest.fail("coded first"))
+    for metadata, said in (({1: "v"}, r"^metadata has the key 1 \(int\): JSON's keys are strings$"),
+                           ({"a": {1: "v"}}, r"^metadata\['a'\] has the key 1 \(int\)"),
+                           ({"runs": [{"b": 1, (2, 3): "v"}]}, r"^metadata\['runs'\]\[0\] has the key \(2, 3\) \(tuple\)"),
+                           ({"a": {None: 1}}, r"^metadata\['a'\] has the key None \(NoneType\)")):
+        with pytest.raises(InputError, match=said):
+            zoo.compress(source, tmp_path / "c.zoo", metadata=metadata)
+        assert not (tmp_path / "c.zoo").exists()
+
+
 def test_a_hash_beside_stopped_by_a_signal_lets_go_though_its_queue_woke_no_one():
     """Ctrl-C raised inside Queue.put can leave its condition so that a later put wakes no one:
     decompress -t 1 then hung in _HashBeside's join(), every later signal ignored. Here the lost

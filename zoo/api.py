@@ -399,6 +399,9 @@ def _check_metadata(metadata: Any, into_a_zoo: bool = False) -> None:
         return
     if not isinstance(metadata, dict):
         raise InputError(f"metadata is a dict of JSON values, not {type(metadata).__name__}")
+    where = _key_not_str(metadata, "metadata")
+    if where is not None:
+        raise InputError(f"{where}: JSON's keys are strings")
     try:
         json.dumps(metadata, sort_keys=True)  # as the header is written
     except (TypeError, ValueError) as error:
@@ -409,6 +412,21 @@ def _check_metadata(metadata: Any, into_a_zoo: bool = False) -> None:
     for key in metadata:
         if key in RESERVED_METADATA and not (key == "zoo" and into_a_zoo):
             raise InputError(f"metadata[{key!r}] is zoo's own ({RESERVED_METADATA[key]}): choose another key")
+
+
+def _key_not_str(value: Any, where: str) -> str | None:
+    """Where in `value` a dict has a key that is no str, or None: json.dumps writes 1 as "1" (read
+    back as another key), and fails on one beside str keys only as it sorts them, once the model is coded."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r} ({type(key).__name__})"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _key_not_str(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _non_finite(value: Any, where: str) -> str | None:
