@@ -390,11 +390,11 @@ RESERVED_METADATA = {
 }
 
 
-def _check_metadata(metadata: Any, into_a_zoo: bool = False) -> None:
+def _check_metadata(metadata: Any, into_a_zoo: bool = False, own_keys: bool = False) -> None:
     """Metadata for an archive's header: a dict that JSON holds, checked before any work (json
     refused an object() once the model was coded). Strict JSON (FORMAT.md): a NaN or an infinity
     was written as a bare NaN token, which JSON has not. None of zoo's own keys, but for "zoo"
-    `into_a_zoo` (compress_into's record of the model)."""
+    `into_a_zoo` (compress_into's record of the model), and any with `own_keys` (zoo writing them)."""
     if metadata is None:
         return
     if not isinstance(metadata, dict):
@@ -410,7 +410,7 @@ def _check_metadata(metadata: Any, into_a_zoo: bool = False) -> None:
     if where is not None:
         raise InputError(f"{where} is NaN or infinite, which the header's JSON cannot hold")
     for key in metadata:
-        if key in RESERVED_METADATA and not (key == "zoo" and into_a_zoo):
+        if key in RESERVED_METADATA and not own_keys and not (key == "zoo" and into_a_zoo):
             raise InputError(f"metadata[{key!r}] is zoo's own ({RESERVED_METADATA[key]}): choose another key")
 
 
@@ -553,9 +553,17 @@ def _warn_of_idle_stages(opened: Archive, pipeline: Pipeline) -> None:
                           "or an earlier stage took each one it selects", ZooWarning, stacklevel=4)  # compress's caller
 
 
-def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) -> None:
-    """Merge `updates` into an archive's metadata (a None value removes its key). The payload is
-    copied unchanged under the new header into a temporary file that then replaces the archive."""
+def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any], *, own_keys: bool = False) -> None:
+    """Merge `updates` into an archive's metadata (a None value removes its key), checked as
+    compress(metadata=...) checks it: strict JSON, and none of zoo's own keys (RESERVED_METADATA)
+    but with `own_keys`, for zoo's own records (check_quality's figures, --budget's proof). The
+    payload is copied unchanged under the new header into a temporary file that then replaces the
+    archive; an archive that is a symbolic link is updated where the link points, and stays a link
+    (it was replaced by a file, and the archive it named never got the update)."""
+    check_path(archive, "the archive to update")
+    if updates is None:  # compress's "no metadata" is no update here
+        raise InputError("metadata is a dict of JSON values, not NoneType")
+    _check_metadata(updates, own_keys=own_keys)
     path = Path(archive)
     opened = ArchiveFile(path)
     try:
@@ -563,7 +571,7 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any]) ->
         metadata = {**(header.get("metadata") or {}), **updates}
         header["metadata"] = {key: value for key, value in metadata.items() if value is not None}
         mode = stat.S_IMODE(os.stat(path).st_mode)
-        with _atomic_output(path, force=True, is_dir=False) as temporary:
+        with _atomic_output(Path(os.path.realpath(path)), force=True, is_dir=False) as temporary:
             assemble(temporary, header, path, opened.payload_start)
             os.chmod(temporary, mode)
     finally:
@@ -598,7 +606,7 @@ def check_quality(archive: str | os.PathLike[str], source: str | os.PathLike[str
     if not result.passed:
         raise QualityGateError(f"{source}: the compressed model fails its quality check: {'; '.join(result.failures)}; "
                                "no archive was kept", result)
-    update_metadata(archive, {"quality": result.record()})
+    update_metadata(archive, {"quality": result.record()}, own_keys=True)
     return result
 
 

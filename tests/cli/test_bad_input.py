@@ -600,7 +600,7 @@ def test_info_shows_stored_figures_of_any_json_type(tmp_path, metadata):
     through its report."""
     weights = write_safetensors(tmp_path / "w.safetensors", {"w": ("F32", random_storage("F32", (8, 8), 1))})
     zoo.compress(weights, tmp_path / "w.zoo")
-    zoo.api.update_metadata(tmp_path / "w.zoo", metadata)
+    zoo.api.update_metadata(tmp_path / "w.zoo", metadata, own_keys=True)
     done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "w.zoo")], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"})
     assert done.returncode == 0 and done.stderr == "", done.stderr

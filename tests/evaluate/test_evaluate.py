@@ -358,13 +358,42 @@ def test_update_metadata_rewrites_only_the_header(tiny_model, tmp_path):
     archive.chmod(0o640)
     with zoo.open(archive) as opened:
         before = {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()}
-    api.update_metadata(archive, {"verify": {"kind": "lossless", "passed": True}, "pipeline": None})
+    api.update_metadata(archive, {"verify": {"kind": "lossless", "passed": True}, "pipeline": None}, own_keys=True)
     assert zoo.verify(archive) == []
     with zoo.open(archive) as opened:
         assert opened.metadata() == {"verify": {"kind": "lossless", "passed": True}}
         assert {key: opened.read_tensor(key).data.tobytes() for key in opened.keys()} == before
     assert archive.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.zoo"]
+
+
+def test_update_metadata_writes_through_a_link_and_checks_what_it_is_given(tiny_model, tmp_path):
+    """A link to an archive was replaced by a file, and the archive it named never got the
+    figures (check_quality through the link); a NaN went into the header as a bare NaN token and a
+    caller's "pipeline" replaced the spec, which compress(metadata=...) refuses; a key that is no
+    str, a value JSON has not, no updates or a bytes path were raw errors."""
+    real, link = tmp_path / "real.zoo", tmp_path / "link.zoo"
+    zoo.compress(tiny_model, real)
+    link.symlink_to(real.name)
+    api.check_quality(link, tiny_model)
+    assert link.is_symlink() and link.readlink() == Path(real.name)
+    with zoo.open(real) as opened:
+        assert opened.metadata()["quality"]["passed"] is True
+    api.update_metadata(link, {"note": "mine"})
+    with zoo.open(real) as opened:
+        assert opened.metadata()["note"] == "mine"
+    before = real.read_bytes()
+    for archive, updates, said in ((real, {"x": float("nan")}, r"^metadata\['x'\] is NaN or infinite"),
+                                   (real, {"pipeline": "evil"}, r"^metadata\['pipeline'\] is zoo's own"),
+                                   (link, {"quality": None}, r"^metadata\['quality'\] is zoo's own"),
+                                   (real, {1: "v"}, r"^metadata has the key 1 \(int\)"),
+                                   (real, {"o": object()}, r"^metadata is not JSON: "),
+                                   (real, None, r"^metadata is a dict of JSON values, not NoneType$"),
+                                   (bytes(real), {"a": 1}, r"^the archive to update is a str or an os.PathLike path, not bytes$")):
+        with pytest.raises(InputError, match=said):
+            api.update_metadata(archive, updates)
+    assert real.read_bytes() == before and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zoo", "real.zoo", "tiny"]
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def test_json_holds_no_bare_nan_or_infinity(tmp_path, monkeypatch, capsys):
     # stored in an archive, as compress --eval does, the figures read back and print as they are
     archive = tmp_path / "filled.zoo"
     zoo.compress(candidate, archive)
-    update_metadata(archive, {"quality": record})
+    update_metadata(archive, {"quality": record}, own_keys=True)
     code, out, err = run_cli(monkeypatch, capsys, "info", archive)
     assert code == 0, err
     assert "weights: cosine" in out and "NaN" in out
@@ -168,6 +168,6 @@ def test_an_archive_holding_a_gate_of_nan_is_still_shown(tmp_path):
     model = _with_holes(tmp_path / "m.safetensors")
     zoo.compress(model, tmp_path / "m.zoo")
     zoo.api.update_metadata(tmp_path / "m.zoo", {"quality": {"kind": "weights", "reference": "m", "passed": True,
-                                                               "gates": {"max_kl": "NaN"}, "metrics": {}}})
+                                                               "gates": {"max_kl": "NaN"}, "metrics": {}}}, own_keys=True)
     done = subprocess.run([sys.executable, "-m", "zoo", "info", str(tmp_path / "m.zoo")], capture_output=True, text=True)
     assert done.returncode == 0 and "gates (--max-kl NaN): passed" in done.stdout, done.stdout + done.stderr

@@ -169,7 +169,7 @@ def test_resolve_archive_contract(tiny_model, tmp_path, monkeypatch):
 def test_quality_from_the_archive_metadata_reaches_ls(tiny_model, tmp_path):
     archive = tmp_path / "m.zoo"
     zoo.compress(tiny_model, archive)  # as an older zoo's --eval stored its figures:
-    zoo.api.update_metadata(archive, {"verify": {"kind": "model", "kl": 0.00123, "cosine": 0.99987, "passed": True}})
+    zoo.api.update_metadata(archive, {"verify": {"kind": "model", "kl": 0.00123, "cosine": 0.99987, "passed": True}}, own_keys=True)
     store = Store(tmp_path / "zoo")
     entry = store.add(archive, "checked")
     assert archive.exists()  # add copies unless told to move
@@ -178,7 +178,7 @@ def test_quality_from_the_archive_metadata_reaches_ls(tiny_model, tmp_path):
     assert row["quality_label"] == "cosine 0.9999 kl 0.00123"
     # zoo.evaluate's records carry a one-line summary, which wins; a failed check says so
     zoo.compress(tiny_model, archive, force=True)
-    zoo.api.update_metadata(archive, {"verify": {"kind": "encoder", "summary": "cosine 0.99990", "passed": False}})
+    zoo.api.update_metadata(archive, {"verify": {"kind": "encoder", "summary": "cosine 0.99990", "passed": False}}, own_keys=True)
     store.add(archive, "failed")
     assert "cosine 0.99990 (failed)" in zoo_cli("ls", home=tmp_path / "zoo").stdout
 

@@ -330,7 +330,7 @@ def compress_to_budget(
         }
         final = session.work / "kept.zoo"
         shutil.copyfile(kept.path, final)  # a session's candidate stays as it was for the next search
-        api.update_metadata(final, {"budget": record})
+        api.update_metadata(final, {"budget": record}, own_keys=True)
         if budget.name == "bpw":
             # the search judged each archive with PROOF_BYTES of room for this record: the figure
             # stored is the archive's own, as zoo info counts it, and one over the limit (a record
@@ -340,7 +340,7 @@ def compress_to_budget(
                 if stored == record["figure"]:
                     break
                 record["figure"] = stored
-                api.update_metadata(final, {"budget": record})
+                api.update_metadata(final, {"budget": record}, own_keys=True)
                 stored = round(api.report_of(final).bits_per_weight, 4)
             kept.figure = stored
             if stored > budget.limit:
