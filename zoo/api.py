@@ -975,7 +975,7 @@ def _report(opened: Archive, archive: str | os.PathLike[str]) -> Report:
         info = opened.tensor_info(key)
         stored = opened.stored_bytes(key)
         view = "view" in info  # a torch checkpoint's tensor sharing another's storage: no bytes of its own
-        pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info["pipeline"]).spec()
+        pipeline = f"view of {info['view'].get('of')}" if view else opened.pipeline_of(info.get("pipeline")).spec()  # none: damage
         if "xor" in info:
             pipeline += f" (XOR against the base's {info['name']})"
         tensors.append(TensorReport(key, info.get("file", ""), info["dtype"], list(info["shape"]), 0 if view else leaf_bytes(info), stored,

@@ -260,6 +260,41 @@ def test_the_writer_refuses_chunks_over_the_cap(tmp_path):
     assert not (tmp_path / "w.zoo").exists()
 
 
+@pytest.mark.parametrize("metadata", [["x"], "x", 3])
+def test_metadata_that_is_no_json_object_is_refused_when_the_archive_opens(archive, tmp_path, metadata):
+    """zoo.open().metadata(), report_of and decompress (once every tensor was decoded) raised a raw
+    ValueError from dict(["x"])."""
+    def change(header):
+        header["metadata"] = metadata
+
+    forged = forge(archive, change)
+    for call in (zoo.open, zoo.report_of, lambda path: zoo.decompress(path, tmp_path / "out"),
+                 lambda path: zoo.api.update_metadata(path, {"note": "mine"})):
+        with pytest.raises(FormatError, match=r"archive header's metadata is not a JSON object$"):
+            call(forged)
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_of_null_reads_as_none(archive):
+    def change(header):
+        header["metadata"] = None
+
+    with zoo.open(forge(archive, change)) as opened:
+        assert opened.metadata() == {}
+
+
+def test_a_tensor_without_a_pipeline_is_damage_to_report_of(archive):
+    """report_of raised a raw KeyError 'pipeline', where reading the tensor says it is damage."""
+    def change(header):
+        del header["tensors"]["w"]["pipeline"]
+
+    forged = forge(archive, change)
+    with pytest.raises(FormatError, match="names a pipeline that is not a list"):
+        zoo.report_of(forged)
+    with zoo.open(forged) as opened, pytest.raises(FormatError, match="names a pipeline that is not a list"):
+        opened.get_tensor("w")
+
+
 def test_an_unchanged_forgery_reads_as_the_original(archive):
     """tests/container/forge.py forges through the writer's own assemble: unchanged, it gives the
     original back, so every refusal above comes from the change alone."""

@@ -409,6 +409,9 @@ class ArchiveFile:
             raise FormatError(f"{self.path}: archive header nests too deep to be a zoo header") from None
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: archive header is not a JSON object")
+        metadata = header.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):  # every reader takes it for an object, as FORMAT.md has it
+            raise FormatError(f"{self.path}: archive header's metadata is not a JSON object")
         features = header.get("features", [])
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise FormatError(f"{self.path}: archive header has a malformed features list")
