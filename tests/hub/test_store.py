@@ -275,6 +275,29 @@ def test_load_state_dict_by_name_and_by_path(tiny_model, tmp_path, monkeypatch):
         zoo.load_state_dict("org/absent")
 
 
+def test_a_zoo_at_a_relative_path_is_read_after_the_process_changes_folder(tmp_path, monkeypatch):
+    """With ZOO_HOME=zh, a model opened by name (or its archive by a relative path) and read after
+    os.chdir was said to be missing an object "from the zoo at zh": its objects were looked for
+    under the folder the process had moved to."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_HOME", "zh")
+    models = {}
+    for seed, name in enumerate(("org/byname", "org/bypath")):  # other weights: objects of their own, none open yet
+        weights = {"w": random_storage("F32", (64, 64), seed), "b": random_storage("F32", (64,), seed + 10)}
+        (tmp_path / f"{seed}").mkdir()
+        write_safetensors(tmp_path / f"{seed}" / "model.safetensors", {key: ("F32", raw) for key, raw in weights.items()})
+        models[name] = compress_into(Store(), tmp_path / f"{seed}", name), weights
+    (tmp_path / "elsewhere").mkdir()
+    for ref, (entry, weights) in (("org/byname", models["org/byname"]),
+                                  (os.path.relpath(models["org/bypath"][0].archive, tmp_path), models["org/bypath"])):
+        with zoo.open(ref) as archive:
+            monkeypatch.chdir(tmp_path / "elsewhere")
+            for name, raw in weights.items():
+                np.testing.assert_array_equal(archive.get_tensor(name), raw)
+        monkeypatch.chdir(tmp_path)
+    assert Store().location == str(tmp_path / "zh")
+
+
 @pytest.mark.parametrize("dtype", ["F32", "BF16", "I64", "F16"])
 def test_get_slice_matches_numpy_and_decodes_only_what_it_needs(dtype, tmp_path):
     raw = random_storage(dtype, (61, 7, 3), 5)

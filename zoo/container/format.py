@@ -366,8 +366,9 @@ class ArchiveFile:
         # Reads in flight: close() lets them finish and closes the file after the last one (its
         # descriptor, closed under a read in another thread, raised raw errors, or was reused).
         self._users, self._closing, self._users_lock = 0, False, threading.Lock()
-        # Where the objects a version-3 archive names lie: a zoo keeps its archives among them.
-        self.objects_root = Path(objects_root) if objects_root is not None else self.path.parent.parent
+        # Where the objects a version-3 archive names lie: a zoo keeps its archives among them. Made
+        # absolute here, as the archive is opened here: an object read after os.chdir was "missing".
+        self.objects_root = (Path(objects_root) if objects_root is not None else self.path.parent.parent).absolute()
         try:
             self._file = _open_regular(self.path)
         except FileNotFoundError:
@@ -643,7 +644,8 @@ class _ObjectFiles:
                 descriptor = _regular_descriptor(path)  # once more, with the idle ones closed
         except FileNotFoundError:
             root = path.parent.parent
-            if archive.parent.parent == root and root.parts[-2:] == ("objects", "sha256"):  # the archive is an object of that zoo
+            # the archive is an object of that zoo (the root is absolute: ArchiveFile)
+            if archive.absolute().parent.parent == root and root.parts[-2:] == ("objects", "sha256"):
                 raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is missing from the zoo at "
                                          f"{root.parent.parent} (removed since, or lost: `zoo doctor` names the models it breaks)") from None
             raise MissingObjectError(f"{archive}: {what} lies in object {path.stem[:16]}..., which is not in {root} "

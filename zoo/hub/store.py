@@ -162,7 +162,8 @@ class Store:
             _REMOTE_ZOOS[home / "objects" / "sha256"] = self.storage
             format_module.REMOTE_OBJECTS = _remote_object
         self._synced = -1e9
-        self.home = Path(home) if home is not None and str(home) else zoo_home()
+        # absolute from the start: a process that changes its folder later (os.chdir) still reads this zoo
+        self.home = (Path(home) if home is not None and str(home) else zoo_home()).absolute()
         self.catalogue = self.home / "catalogue.sqlite"
         self.objects = self.home / "objects" / "sha256"
         self.manifests = self.home / "manifests"
