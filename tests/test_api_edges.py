@@ -175,10 +175,11 @@ def test_a_mistyped_name_or_framework_is_the_callers_mistake_said_at_once(model)
                 read()
 
 
-@pytest.mark.parametrize("device", ["bogus", "cpu:x", "", ["cpu"], 1.5, True] + ([] if torch.cuda.is_available() else ["cuda", 0]))
+@pytest.mark.parametrize("device", ["bogus", "cpu:x", "", ["cpu"], 1.5, True, "hpu", "privateuseone"]
+                         + ([] if torch.cuda.is_available() else ["cuda", 0]))
 def test_a_device_torch_cannot_use_is_one_zoo_error(model, device, monkeypatch):
     # 0 and "" were taken for no device (tensors on the CPU), where torch reads 0 as the first accelerator;
-    # a list was "unhashable type: 'list'", a float torch's own TypeError
+    # a list was "unhashable type: 'list'", a float torch's own TypeError; "hpu" a raw ModuleNotFoundError
     path, _ = model
     with pytest.raises(InputError, match=f"^device {re.escape(repr(device))}: "):
         zoo.load_state_dict(path, device=device)

@@ -70,7 +70,7 @@ def _check_device(device: Any) -> None:
 
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, ValueError) as error:
+    except (RuntimeError, AssertionError, ValueError, ImportError) as error:  # ImportError: "hpu", whose torch module is not there
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"device {device!r}: {reason}") from None
 
