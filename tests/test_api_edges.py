@@ -878,20 +878,33 @@ def test_a_model_stored_anew_is_read_anew_by_a_process_that_read_it_before(tmp_p
     assert sorted(got) == sorted(want) and all(torch.equal(got[name], want[name]) for name in want)
 
 
-@pytest.mark.parametrize("wrong", [None, 3, 2.5, ["m.zoo"], b"m.zoo"])
+class BytesPath(os.PathLike):
+    """A path whose __fspath__ gives bytes, as os.PathLike allows."""
+
+    def __fspath__(self):
+        return b"m.zoo"
+
+
+@pytest.mark.parametrize("wrong", [None, 3, 2.5, ["m.zoo"], b"m.zoo", BytesPath()], ids=lambda wrong: type(wrong).__name__)
 def test_a_path_of_the_wrong_type_is_said_as_such_by_every_entry_point(model, tmp_path, wrong):
     """zoo.load_state_dict(None) and its kind raised TypeError from deep inside (refs.find_archive,
     pathlib), and bytes passed one check to be refused by the next: an InputError naming the
-    argument, before any work, as threads= and framework= were already checked."""
+    argument, before any work, as threads= and framework= were already checked. An os.PathLike of
+    bytes passed the check and failed in pathlib; a base of the wrong type was said of the archive."""
     path, _ = model
     source = tmp_path / "w.safetensors"
     write_safetensors(source, {"w": ("F32", np.ones(4, np.float32))})
-    said = rf"is a str or an os\.PathLike path, not {type(wrong).__name__}$"
+    said = (r"is a str or an os\.PathLike path, not bytes \(from BytesPath\.__fspath__\)$" if isinstance(wrong, BytesPath)
+            else rf"is a str or an os\.PathLike path, not {type(wrong).__name__}$")
     calls = [lambda: zoo.load_state_dict(wrong), lambda: zoo.open(wrong), lambda: zoo.verify(wrong), lambda: zoo.report_of(wrong),
              lambda: zoo.decompress(wrong, tmp_path / "out"), lambda: zoo.decompress(path, wrong),
              lambda: zoo.compress(wrong, tmp_path / "c.zoo"), lambda: zoo.compress(source, wrong)]
     if wrong is not None:  # None is "no base", "no calibration"
-        calls += [lambda: zoo.load_state_dict(path, base=wrong), lambda: zoo.compress(source, tmp_path / "c.zoo", calibration=wrong, pipeline="l2")]
+        calls += [lambda: zoo.compress(source, tmp_path / "c.zoo", calibration=wrong, pipeline="l2")]
+        for call in (lambda: zoo.load_state_dict(path, base=wrong), lambda: zoo.open(path, base=wrong),
+                     lambda: zoo.compress(source, tmp_path / "c.zoo", base=wrong)):
+            with pytest.raises(InputError, match=r"^the base model \(a safetensors file or folder, an archive or a zoo name\) " + said):
+                call()
     for call in calls:
         with pytest.raises(InputError, match=said):
             call()

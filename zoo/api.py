@@ -38,7 +38,7 @@ from zoo.codecs.registry import progress_stages
 from zoo.hub import temporaries
 from zoo.hub.manifest import refuse_names_not_utf8, size_ratio
 from zoo.hub.store import DEFAULT_REVISION, Entry, Store, check_name, check_revision, variant_of
-from zoo.refs import archive_path, check_path, open_base
+from zoo.refs import BASE_MODEL, archive_path, check_path, open_base
 from zoo.sources.folder import SourceFile, check_relpath, scan
 from zoo.sources.segments import refuse_names_the_locale_would_change
 from zoo.signals import signals_held, written
@@ -484,6 +484,8 @@ def compress(
     check_path(destination, "the archive to write")
     if calibration is not None:
         check_path(calibration, "the calibration text")
+    if base is not None and not isinstance(base, BaseModel):  # before the check that it is not the output
+        check_path(base, BASE_MODEL)
     _check_metadata(metadata, into_a_zoo=objects is not None)
     chosen = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(DEFAULT_SPEC if pipeline is None else pipeline)
     refuse_an_archive(Path(source))

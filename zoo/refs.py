@@ -71,16 +71,24 @@ def model_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     return own, "its own name"
 
 
+# What a `base=` is, as check_path names it.
+BASE_MODEL = "the base model (a safetensors file or folder, an archive or a zoo name)"
+
+
 def check_path(value: Any, what: str) -> None:
     """A path or name the Python API was handed is a str or an os.PathLike: anything else (None,
     a number, a list, bytes) is said as such, not as a TypeError from deep inside."""
     if not isinstance(value, (str, os.PathLike)):
         raise InputError(f"{what} is a str or an os.PathLike path, not {type(value).__name__}")
+    path = value.__fspath__() if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):  # bytes, refused as a bytes path is: pathlib took it, and failed further on
+        raise InputError(f"{what} is a str or an os.PathLike path, not {type(path).__name__} (from {type(value).__name__}.__fspath__)")
 
 
-def find_archive(ref: str | os.PathLike[str]) -> Path | None:
-    """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither."""
-    check_path(ref, "the model to read (an archive or a zoo name)")
+def find_archive(ref: str | os.PathLike[str], what: str = "the model to read (an archive or a zoo name)") -> Path | None:
+    """The archive `ref` names: an existing path as it is, else a model in the zoo; None when neither.
+    `what` is what the caller took it for, as a ref of the wrong type is said."""
+    check_path(ref, what)
     if not os.fspath(ref):  # Path("") is the current folder
         raise InputError("no archive given: name a .zoo file or a model in the zoo")
     path = Path(ref)
@@ -154,7 +162,7 @@ def open_base(ref: BaseModel | str | os.PathLike[str]) -> BaseModel:
     """The base model a `--base` names: a safetensors file or folder, an archive, or a zoo name."""
     if isinstance(ref, BaseModel):
         return ref
-    path = find_archive(ref)
+    path = find_archive(ref, BASE_MODEL)  # a ref of the wrong type said of the base, not of the archive that needs it
     if path is None:
         from zoo.hub.store import NotAZooError, Store
 
