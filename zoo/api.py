@@ -567,6 +567,8 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any], *,
         raise InputError("metadata is a dict of JSON values, not NoneType")
     _check_metadata(updates, own_keys=own_keys)
     path = Path(archive)
+    if not own_keys:  # a stored object rewritten in place would no longer be what its name says
+        refuse_inside_the_zoo(Path(os.path.realpath(path)))
     opened = ArchiveFile(path)
     try:
         header = dict(opened.header)

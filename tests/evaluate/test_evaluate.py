@@ -510,3 +510,19 @@ def test_per_tensor_figures_name_each_tensor_as_the_archive_does(tmp_path):
     figures = {t["name"]: t for t in evaluate(candidate, tmp_path / "reference.zoo").tensors}
     assert set(figures) == {"w", "ema.safetensors::w"}
     assert figures["w"]["relative_error"] == 0 and figures["ema.safetensors::w"]["relative_error"] == pytest.approx(0.25)
+
+
+def test_update_metadata_never_rewrites_what_the_zoo_stores(tiny_model, tmp_path, monkeypatch):
+    """Written where a link points, an update through a link into the zoo's objects rewrote a
+    stored object, whose name then no longer said its bytes."""
+    from zoo.hub.store import Store
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    api.compress_into(Store(), tiny_model, "tiny")
+    stored = sorted((tmp_path / "zoo" / "objects").rglob("*.zoo"))
+    (tmp_path / "link.zoo").symlink_to(stored[0])
+    before = {path: path.read_bytes() for path in stored}
+    for archive in (stored[0], tmp_path / "link.zoo"):
+        with pytest.raises(InputError, match="lies inside the zoo's own folder"):
+            api.update_metadata(archive, {"note": "mine"})
+    assert {path: path.read_bytes() for path in stored} == before
