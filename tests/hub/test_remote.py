@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,31 @@ def test_an_old_object_found_again_is_made_young(storage: Storage, tmp_path: Pat
     assert storage.put(key, tmp_path / "object", refresh_after=0) is False
     assert storage.stat(key).modified > first
     assert storage.read(key) == b"payload"
+
+
+def test_renewing_an_objects_age_keeps_the_stores_bytes(storage: Storage, tmp_path: Path) -> None:
+    """A lossless tensor's object is named by what it decodes to, so two pipelines put two codings
+    under one name: the bucket renewed an old object's age by putting the caller's file again, and
+    replaced another model's coding with this one's (that model then failed its checksums on every
+    machine). The age is renewed, the store's bytes kept, a multipart object's ETag too."""
+    key = "objects/sha256/cd/cd.zoo"
+    storage.put(key, _file(tmp_path, "theirs", b"coded by zstd"))
+    first = storage.stat(key)
+    time.sleep(1.1)  # S3 keeps whole seconds
+    assert storage.put(key, _file(tmp_path, "ours", b"coded otherwise"), refresh_after=0) is False
+    assert storage.stat(key).modified > first.modified
+    assert storage.read(key) == b"coded by zstd"
+    if isinstance(storage, FsspecStorage):
+        storage.part_bytes = 5 * 2**20  # S3's smallest part
+        data = os.urandom(11 * 2**20)
+        big = "objects/sha256/ce/ce.zoo"
+        storage.put(big, _file(tmp_path, "big", data))
+        before = storage.stat(big)
+        time.sleep(1.1)
+        assert storage.put(big, _file(tmp_path, "other", os.urandom(11 * 2**20)), refresh_after=0) is False
+        after = storage.stat(big)
+        assert after.modified > before.modified and after.version == before.version and after.version.endswith('-3"')
+        assert storage.read(big) == data
 
 
 def test_list_gives_keys_sizes_and_ages(storage: Storage, tmp_path: Path) -> None:
@@ -247,6 +276,63 @@ def test_an_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPa
     storage = open_storage("s3://nowhere", config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2})
     with pytest.raises(StorageError, match="cannot"):
         storage.read("manifests/a.json")
+
+
+@contextmanager
+def cutting_proxy(port: int, limit: int) -> Iterator[int]:
+    """A TCP proxy on 127.0.0.1 to `port` that closes each connection once it has passed `limit`
+    bytes of the server's answer (the endpoint going down mid-download); yields its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def pipe(source: socket.socket, sink: socket.socket, left: int | None) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                if left is not None and len(data) >= left:
+                    sink.sendall(data[:left])
+                    break
+                sink.sendall(data)
+                left = None if left is None else left - len(data)
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def accept() -> None:
+        with suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection(("127.0.0.1", port))
+                threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
+                threading.Thread(target=pipe, args=(server, client, limit), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def test_a_connection_cut_mid_download_is_one_clear_error(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp's ClientPayloadError (a body cut short) went past the storage's errors: the command
+    said "unexpected ClientPayloadError ... (a bug in zoo)"."""
+    key = "objects/sha256/ab/cut.zoo"
+    open_storage(bucket).put(key, _file(tmp_path, "object", os.urandom(3 << 20)))
+    with cutting_proxy(int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), 1 << 20) as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        with pytest.raises(StorageError, match=f"{bucket}/{key}: cannot read: Response payload is not completed"):
+            open_storage(bucket).read(key)
+
+
+def test_a_missing_bucket_of_another_url_than_zoo_home_does_not_name_zoo_home(bucket: str, tmp_path: Path) -> None:
+    """`zoo compress m -o s3://nosuch/m.zoo` said "check ZOO_HOME", which plays no part there."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-m", "zoo", "compress", str(model), "-o", f"{bucket}-missing/arch/m.zoo"], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "ZOO_HOME": str(tmp_path / "zoo")}, check=False, timeout=120)
+    assert done.returncode == 1 and "does not exist (create it, or check the URL)" in done.stderr, done.stderr
 
 
 def test_delete_spares_a_key_written_after_the_time_given(storage: Storage, tmp_path: Path) -> None:

@@ -44,12 +44,25 @@ def _precondition_failed(error: BaseException) -> bool:
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
-    """What a backend raises that is not an OSError: botocore's connection and client errors."""
+    """What a backend raises that is not an OSError: botocore's connection and client errors, and
+    aiohttp's, which s3fs lets through from a body it streams (a connection cut mid-download gives
+    ClientPayloadError), and a read that timed out."""
+    import asyncio
+
+    errors: tuple[type[BaseException], ...] = (asyncio.TimeoutError,)
     try:
         from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += (BotoCoreError, ClientError)
     except ImportError:
-        return ()
-    return (BotoCoreError, ClientError)
+        pass
+    try:
+        from aiohttp import ClientError as ConnectionFailure
+
+        errors += (ConnectionFailure,)
+    except ImportError:
+        pass
+    return errors
 
 
 def _addressable(key: str) -> bool:
@@ -98,7 +111,9 @@ class FsspecStorage(Storage):
         except (OSError, ValueError, *_backend_errors()) as error:
             raise StorageError(f"{self.url}: cannot look at the bucket {bucket!r}: {error}") from None
         if not found:
-            raise StorageError(f"{self.url}: the bucket {bucket!r} does not exist (create it, or check ZOO_HOME)")
+            # ZOO_HOME is named only where it is this URL: `compress -o s3://...` names a bucket of its own
+            named_by = "ZOO_HOME" if os.environ.get("ZOO_HOME", "").strip().rstrip("/") == self.url else "the URL"
+            raise StorageError(f"{self.url}: the bucket {bucket!r} does not exist (create it, or check {named_by})")
         self._bucket_seen = True
 
     @contextmanager
@@ -121,7 +136,7 @@ class FsspecStorage(Storage):
                 existing = self.stat(key)
                 if existing is not None:
                     if refresh_after is not None and time.time() - existing.modified > refresh_after:
-                        self.fs.put_file(os.fspath(path), target, chunksize=self.part_bytes)  # the same bytes: only its age changes
+                        self._renew(target)
                     return False
                 if self.conditional:
                     try:
@@ -134,6 +149,18 @@ class FsspecStorage(Storage):
             # Elsewhere a second writer of the same content key may write it again: the same bytes.
             self.fs.put_file(os.fspath(path), target, **({"chunksize": self.part_bytes} if self.conditional else {}))
         return True
+
+    def _renew(self, target: str) -> None:
+        """Give the object at `target` a new age by copying it onto itself in the store: its bytes
+        stay the store's. The caller's file has the same name, not always the same bytes: a
+        lossless tensor's name is what it decodes to, and two pipelines code it two ways, so
+        putting it again replaced another model's coding with this one's. On S3 a copy onto itself
+        must replace the (empty) metadata, and one of several parts is copied part by part, as it
+        was put (the ETag stays the same)."""
+        if self.conditional:
+            self.fs.copy(target, target, preserve_etag=True, MetadataDirective="REPLACE")
+        else:
+            self.fs.copy(target, target)
 
     def read(self, key: str) -> bytes:
         with self._errors(key, "read"):
