@@ -611,3 +611,91 @@ def test_an_object_cut_short_in_a_bucket_is_not_replaced_by_another_coding(bucke
     with pytest.raises(ZooError, match="its header unreadable, so it cannot be repaired from here; second was not stored"):
         compress_into(second, source, "second")
     assert len(second.storage.read(key)) == 30
+
+
+def _collect(store: Store) -> None:
+    """Every object in the bucket deleted, as `zoo gc` does a day after the models naming them were removed."""
+    for info in list(store.storage.list("objects/")):
+        store.storage.delete(info.key)
+
+
+def test_a_machines_old_copy_of_an_object_is_held_to_the_buckets(bucket, tmp_path, monkeypatch):
+    """A machine keeps a copy of each object a build of its reused. Its models removed, the objects
+    collected, another machine stored the same tensors with another pipeline: the same names (a
+    lossless tensor's object is named by what it decodes to), another coding. The first machine
+    read that model through its old copies (checksum mismatch), and its next model reused them
+    unchecked: published as "stored", its shell named a coding the bucket no longer held, and
+    every other machine failed to read it."""
+    url = f"{bucket}/recoded"
+    model = write_model(tmp_path / "model", base_tensors())
+    first = machine(tmp_path, "first", url, monkeypatch)
+    compress_into(first, model, "a")
+    compress_into(first, model, "again")  # reuses a's objects: fetched, kept on this machine
+    assert len(list(first.objects.rglob("*.zoo"))) > 2  # the tensors' objects, beside the two models' archives
+    first.remove("a")
+    first.remove("again")
+    _collect(first)
+    other = machine(tmp_path, "other", url, monkeypatch)
+    compress_into(other, model, "b", pipeline="bytegroup|zstd")
+    zoo.decompress(machine(tmp_path, "first", url, monkeypatch).resolve("b").archive, tmp_path / "b-here")
+    assert hashes(tmp_path / "b-here") == hashes(model)
+    first = machine(tmp_path, "first", url, monkeypatch)
+    compress_into(first, model, "c")
+    zoo.decompress(machine(tmp_path, "fresh", url, monkeypatch).resolve("c").archive, tmp_path / "c-fresh")
+    assert hashes(tmp_path / "c-fresh") == hashes(model)
+
+
+def test_an_object_stored_meanwhile_coded_otherwise_is_named_as_the_bucket_codes_it(bucket, tmp_path, monkeypatch):
+    """Two machines store one tensor at once with two lossless pipelines: the later put finds the
+    other's coding there and leaves it (put answers False), and the later model's shell named its
+    own coding, which the bucket does not hold. Its shell now names the bucket's, as a folder zoo's
+    does (Store._match_the_zoo)."""
+    url = f"{bucket}/race"
+    model = write_model(tmp_path / "model", base_tensors())
+    zstd = Store(tmp_path / "zstd-zoo")
+    compress_into(zstd, model, "m", pipeline="bytegroup|zstd")
+    store = machine(tmp_path, "writer", url, monkeypatch)
+    put = store.storage.put
+
+    def another_writer_first(key, path, **options):
+        theirs = zstd.object_path(key.rsplit("/", 1)[-1].removesuffix(".zoo"))
+        if theirs.is_file() and store.storage.stat(key) is None:
+            put(key, theirs)  # the other machine's put lands between this build's look and its put
+        return put(key, path, **options)
+
+    monkeypatch.setattr(store.storage, "put", another_writer_first)
+    compress_into(store, model, "m")
+    zoo.decompress(machine(tmp_path, "fresh", url, monkeypatch).resolve("m").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(model)
+    done = _zoo(url, tmp_path / "verifier", "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_reader_takes_an_object_replaced_in_the_bucket_as_it_is_now(bucket, tmp_path, monkeypatch):
+    """A process reads each object's size and region once: a server went on reading an object
+    collected and stored again coded otherwise (or cut short and put back) at its old offsets, and
+    answered "the archive is damaged" until it was restarted. A read that fails is tried again
+    once the bucket's object is seen to have changed; the error names the bucket's key, not a
+    file of this machine's that does not exist."""
+    url = f"{bucket}/replaced"
+    model = write_model(tmp_path / "model", base_tensors())
+    writer = machine(tmp_path, "writer", url, monkeypatch)
+    compress_into(writer, model, "s")
+    reader = machine(tmp_path, "reader", url, monkeypatch)
+    zoo.decompress(reader.resolve("s").archive, tmp_path / "first")  # its objects' regions taken
+    writer.remove("s")
+    _collect(writer)
+    compress_into(writer, model, "s", pipeline="bytegroup|zstd")
+    monkeypatch.setattr("zoo.hub.store.SYNC_SECONDS", 0)
+    zoo.decompress(reader.resolve("s").archive, tmp_path / "second")
+    assert hashes(tmp_path / "second") == hashes(model)
+
+    key = _tensor_objects(writer)[0]
+    data = writer.storage.read(key)
+    writer.storage.fs.pipe_file(writer.storage.path(key), data[:len(data) // 2])
+    with pytest.raises(zoo.errors.ZooError, match=f"{url}/{key}: .* (lies outside the object|is truncated)") as caught:
+        zoo.decompress(reader.resolve("s").archive, tmp_path / "third")
+    assert str(reader.objects / key.split("/", 2)[-1]) not in str(caught.value)
+    writer.storage.fs.pipe_file(writer.storage.path(key), data)
+    zoo.decompress(reader.resolve("s").archive, tmp_path / "fourth")
+    assert hashes(tmp_path / "fourth") == hashes(model)

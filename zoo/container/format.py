@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
-from zoo.errors import ChecksumError, FormatError, InputError, MissingObjectError, ZooError
+from zoo.errors import ChecksumError, FormatError, InputError, MissingObjectError, StorageError, ZooError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
@@ -450,13 +450,7 @@ class ArchiveFile:
             where = self.object_file(obj, what)
             remote = _remote(where)
             if remote is not None:  # a zoo on object storage: read by range
-                start, size = remote.region()
-                if not _within(offset, length, size):
-                    raise FormatError(f"{where}: {what} lies outside the object (truncated?)")
-                data = remote.read(start + offset, length)
-                if len(data) != length:
-                    raise FormatError(f"{where}: {what} is truncated")
-                return data
+                return _read_remote(remote, offset, length, what)
         with (self._own_region() if obj is None else _OBJECT_FILES.held(where, self.path, what)) as (descriptor, start, size):
             if not _within(offset, length, size):
                 raise FormatError(f"{where}: {what} lies outside the {'archive' if obj is None else 'object'} (truncated?)")
@@ -497,6 +491,8 @@ class ArchiveFile:
         if any(type(number) is not int for number in (offset, count, expected_crc)):  # noqa: E721 - not 12.0, not true
             raise FormatError(f"{self.path}: {what} has a malformed chunk index")
         table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}", leaf.get("object"))
+        if crc32(table) != expected_crc and self._bucket_changed(leaf.get("object"), what):
+            table = self.read(offset, count * INDEX_RECORD.size, f"chunk index of {what}", leaf.get("object"))
         if crc32(table) != expected_crc:
             raise ChecksumError(f"{self.path}: chunk index of {what} is damaged (checksum mismatch)")
         return table
@@ -504,12 +500,19 @@ class ArchiveFile:
     def read_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None = None) -> bytes:
         offset, length, expected_crc = chunk
         data = self.read(offset, length, what, obj)
+        if crc32(data) != expected_crc and self._bucket_changed(obj, what):
+            data = self.read(offset, length, what, obj)
         self._check_crc(data, expected_crc, what, obj)
         return data
 
+    def _bucket_changed(self, obj: str | None, what: str) -> bool:
+        """Whether object `obj` is read from a bucket whose object under that name this process
+        knew otherwise (_remote_changed): a read that failed its checksum is then read again."""
+        return obj is not None and _remote_changed(self.object_file(obj, what))
+
     def _check_crc(self, data: bytes | memoryview, expected: int, what: str, obj: str | None) -> None:
         if crc32(data) != expected:
-            raise ChecksumError(f"{self.path if obj is None else self.object_file(obj, what)}: {what} is damaged (checksum mismatch)")
+            raise ChecksumError(f"{self.path if obj is None else _where(self.object_file(obj, what))}: {what} is damaged (checksum mismatch)")
 
     def decode_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None, decode: Callable[[bytes | memoryview], Any]) -> Any:
         """decode(the chunk as stored, checked against its CRC-32). A mapped archive hands over a
@@ -863,28 +866,69 @@ def _map(descriptor: int, path: Path) -> Any:
 # A zoo whose objects live on object storage keeps a local folder (its index, the archives of its
 # models); an object missing there is read by range through this hook, which zoo.hub.store sets:
 # REMOTE_OBJECTS(path) gives an object with region() -> (payload start, payload size),
-# read(offset, length) -> bytes and size() -> its bytes or None, or None when `path` belongs to
-# no such zoo.
+# read(offset, length) -> bytes, size() -> its bytes or None, forget() -> whether the object was
+# replaced since region() and size() were taken (then taken anew), and `where`, its URL; or None
+# when `path` belongs to no such zoo.
 REMOTE_OBJECTS: Callable[[Path], Any] | None = None
 
 
 def _remote(path: Path) -> Any:
-    if REMOTE_OBJECTS is None or path.exists():
-        return None
-    return REMOTE_OBJECTS(path)
+    """The bucket's object for `path` where it names an object of a zoo on object storage, else None.
+    The bucket is read even where this machine holds a copy (one a build fetched to reuse): a copy
+    fetched before the object was collected and stored again by another pipeline is another
+    coding of the same name, and a model stored since names the bucket's."""
+    return None if REMOTE_OBJECTS is None else REMOTE_OBJECTS(path)
+
+
+def _where(path: Path) -> Any:
+    """What an error names for the object at `path`: its URL where it is read from a bucket (no
+    file of this machine's)."""
+    remote = _remote(path)
+    return path if remote is None else remote.where
+
+
+def _read_remote(remote: Any, offset: int, length: int, what: str) -> bytes:
+    """`length` bytes at `offset` of a bucket object's payload region. The region is remembered
+    from the object's first read: where the bytes lie outside it, the object may have been
+    replaced since (collected, and stored again coded otherwise), and it is looked at once more."""
+    for attempt in range(2):
+        start, size = remote.region()
+        if _within(offset, length, size):
+            try:
+                data = remote.read(start + offset, length)
+            except StorageError:  # a range past the end of an object cut short since
+                if attempt or not remote.forget():
+                    raise
+                continue
+            if len(data) == length or attempt or not remote.forget():
+                break
+        elif attempt or not remote.forget():
+            raise FormatError(f"{remote.where}: {what} lies outside the object (truncated?)")
+    if len(data) != length:
+        raise FormatError(f"{remote.where}: {what} is truncated")
+    return data
+
+
+def _remote_changed(path: Path) -> bool:
+    """Whether the bucket's object for `path` was replaced since this process took its size and
+    region (a decode that failed its checksum asks): they are taken again where so."""
+    remote = _remote(path)
+    return remote is not None and remote.forget()
 
 
 def object_file_size(path: Path) -> int | None:
     """The bytes of the object file at `path`, on this machine or in the bucket of a zoo on object
-    storage (this machine keeps only the models' archives of such a zoo); None where it is missing."""
+    storage (that is read there, whatever copy this machine holds); None where it is missing."""
+    remote = _remote(path)
+    if remote is not None:
+        try:
+            return remote.size()
+        except (OSError, ZooError):  # the bucket did not answer: reading the object says what is wrong
+            return None
     try:
         return path.stat().st_size
     except OSError:
-        remote = _remote(path)
-        try:
-            return None if remote is None else remote.size()
-        except (OSError, ZooError):  # the bucket did not answer: reading the object says what is wrong
-            return None
+        return None
 
 
 def parse_region(preamble: bytes, size: int, where: Any) -> tuple[int, int]:

@@ -202,10 +202,12 @@ class Store:
         """The object of that name when the zoo holds it (what a build may reuse instead of coding);
         on object storage it is fetched into this machine's folder first. A model's `archive` (named
         by the sha256 of its bytes) of object storage is held to its name, this machine's copy too:
-        one damaged here, or fetched unchecked by an older zoo, is fetched again."""
+        one damaged here, or fetched unchecked by an older zoo, is fetched again. Any other copy
+        this machine holds is held to the bucket's object (_coded_as_in_the_bucket): the object may
+        have been collected since and stored again by another pipeline, under the same name."""
         path = self.object_path(name)
         if path.is_file():
-            if self.storage is None or not archive or sha256_file(path) == name:
+            if self.storage is None or (sha256_file(path) == name if archive else self._coded_as_in_the_bucket(name, path)):
                 return path
             path.unlink(missing_ok=True)  # not the bucket's bytes: the bucket's fetched instead
             format_module.object_replaced(path)
@@ -215,6 +217,25 @@ class Store:
             return self._fetch(self._relative(path), path, archive)
         except FileNotFoundError:  # collected by a gc since the look: the build codes it anew
             return None
+
+    def _coded_as_in_the_bucket(self, name: str, path: Path) -> bool:
+        """Whether the object file at `path` is coded as the bucket's object `name` is: the same size
+        and the same header, whose record of the tensor pins the payload's layout (its chunk index
+        by its CRC-32) and which the shells naming the object copy. A lossless tensor's object is
+        named by what it decodes to, so another pipeline's coding has the same name. One range
+        read of the header; a header this file lacks is no match."""
+        from zoo.container.format import PREAMBLE
+
+        key = self.object_key(name)
+        try:
+            with open(path, "rb") as stream:
+                preamble = stream.read(PREAMBLE.size)
+                head = preamble + stream.read(PREAMBLE.unpack(preamble)[3])
+                size = os.fstat(stream.fileno()).st_size
+        except (OSError, struct.error):
+            return False
+        info = self.storage.stat(key)
+        return info is not None and info.size == size and self.storage.read_range(key, 0, len(head)) == head
 
     def _fetch(self, key: str, path: Path, archive: bool = False) -> Path:
         """A key of the zoo's storage copied whole to `path` (a temporary name first). An `archive`
@@ -304,13 +325,18 @@ class Store:
         for item in repairs:  # a bucket keeps no lock to hold other models' shells to a new coding (_check_repairs) under
             self._repair_readable(item, record["name"])
 
-        def put(name: str, path: Path) -> None:
-            if name == archive:
-                self.put_archive(name, path)
-            else:
-                self.storage.put(self.object_key(name), path, if_absent=name not in repairs)
+        found: list[str] = []  # there before this put, and coded otherwise than the build's copy
 
-        for_each(lambda item: put(*item), list(moves.items()), 4)
+        def put(name: str, path: Path) -> None:
+            if not self.storage.put(self.object_key(name), path, if_absent=name not in repairs) and name not in repairs \
+                    and not self._coded_as_in_the_bucket(name, path):
+                found.append(name)
+
+        for_each(lambda item: put(*item), [item for item in moves.items() if item[0] != archive], 4)
+        if found:
+            moves = self._match_the_bucket(record, moves, found)
+            archive = _archive_of(record)
+        self.put_archive(archive, moves[archive])
         for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
             self.object_path(item).unlink(missing_ok=True)
             format_module.object_replaced(self.object_path(item))
@@ -337,6 +363,30 @@ class Store:
             behind = self._mark_behind()
             self._publish_manifest(record)
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
+
+    def _match_the_bucket(self, record: dict[str, Any], moves: dict[str, Path], found: list[str]) -> dict[str, Path]:
+        """`moves` held to the objects of `found`, which the bucket held when they were put, coded
+        otherwise than the build's copies: another machine stored the same tensor since the build
+        looked, with another pipeline. The model's shell must name each as the bucket codes it: it
+        is pointed at the bucket's coding (fetched here and its checksums read), as a folder zoo's
+        is (_match_the_zoo). One damaged there, or gone again, is refused."""
+        from zoo.container.objects import OBJECT_TENSOR, checksum_problems, read_object_header
+
+        coded_otherwise: dict[str, dict[str, Any]] = {}
+        for item in sorted(found):
+            ours = read_object_header(moves[item])["tensors"][OBJECT_TENSOR]
+            theirs, stored_there = None, self.existing_object(item)  # the bucket's, on this machine
+            if stored_there is not None:
+                with suppress(ZooError, OSError):
+                    theirs = read_object_header(stored_there)["tensors"][OBJECT_TENSOR]
+            if stored_there is not None and theirs == ours and stored_there.stat().st_size == moves[item].stat().st_size:
+                continue  # coded the same (its header's other fields aside)
+            if stored_there is None or theirs is None or theirs == ours or checksum_problems(stored_there):
+                raise StoreError(f"{self.url}/{self.object_key(item)}: an object of the zoo this model holds too is damaged, or changed "
+                                 f"while the model was stored; {record['name']} was not stored (`zoo verify` names the models that "
+                                 "need it; storing it again mends a damaged one)")
+            coded_otherwise[item] = theirs
+        return self._named_as_stored(record, moves, coded_otherwise) if coded_otherwise else moves
 
     def _repair_readable(self, item: str, name: str) -> None:
         """On a bucket, a damaged object is replaced only where its header still says how it was
@@ -949,7 +999,7 @@ class Store:
         read as the build found it, or it is another writer's, just written (a link that failed
         costs no read of the object here). The model's archive is named by the sha256 of its bytes:
         one there of other bytes is damaged, and the build's replaces it."""
-        from zoo.container.objects import OBJECT_TENSOR, checksum_problems, name_as_coded, read_object_header
+        from zoo.container.objects import OBJECT_TENSOR, checksum_problems, read_object_header
 
         archive = _archive_of(record)
         repairs = set(repairs)
@@ -975,26 +1025,38 @@ class Store:
                                  "the models that need it)")
         self._check_repairs(record["name"], {item: moves[item] for item in repairs if item in moves and item != archive})
         if coded_otherwise:
-            shell = moves[archive]
-            opened = format_module.ArchiveFile(shell)
-            try:
-                header, start = opened.header, opened.payload_start
-            finally:
-                opened.close()
-            name_as_coded(header, coded_otherwise)
-            named_anew = shell.with_name(f"{shell.name}.as-stored")
-            format_module.assemble(named_anew, header, shell, start)
-            sizes = {item: (self.object_path(item) if item in coded_otherwise else path).stat().st_size
-                     for item, path in moves.items() if item != archive}
-            moves = {item: path for item, path in moves.items() if item not in coded_otherwise and item != archive}
-            archive = sha256_file(named_anew)
-            _name_objects(record, named_anew, archive, sizes, str(named_anew), "the build did not leave")
-            moves[archive] = named_anew
+            moves = self._named_as_stored(record, moves, coded_otherwise)
+            archive = _archive_of(record)
         target = self.object_path(archive)
         if archive not in repairs and target.is_file() and not _same_file(moves[archive], target) \
                 and (target.stat().st_size != moves[archive].stat().st_size or sha256_file(target) != archive):
             repairs.add(archive)  # damaged: not the bytes its name says
         return moves, repairs
+
+    def _named_as_stored(self, record: dict[str, Any], moves: dict[str, Path], coded_otherwise: dict[str, dict[str, Any]]) -> dict[str, Path]:
+        """`moves` with the model's shell pointed at the zoo's coding of each object of
+        `coded_otherwise` (name -> the record of its tensor in the zoo's file, self.object_path(name)),
+        as the build would have named it had it found it: a new shell, so a new name, which `record`
+        takes; those objects are left out of `moves` (the zoo's stay)."""
+        from zoo.container.objects import name_as_coded
+
+        archive = _archive_of(record)
+        shell = moves[archive]
+        opened = format_module.ArchiveFile(shell)
+        try:
+            header, start = opened.header, opened.payload_start
+        finally:
+            opened.close()
+        name_as_coded(header, coded_otherwise)
+        named_anew = shell.with_name(f"{shell.name}.as-stored")
+        format_module.assemble(named_anew, header, shell, start)
+        sizes = {item: (self.object_path(item) if item in coded_otherwise else path).stat().st_size
+                 for item, path in moves.items() if item != archive}
+        moves = {item: path for item, path in moves.items() if item not in coded_otherwise and item != archive}
+        archive = sha256_file(named_anew)
+        _name_objects(record, named_anew, archive, sizes, str(named_anew), "the build did not leave")
+        moves[archive] = named_anew
+        return moves
 
     def _check_repairs(self, name: str, repairs: dict[str, Path]) -> None:
         """Refuse to put an object of `repairs` (name -> this build's coding) in the place of the
@@ -1772,33 +1834,48 @@ _REMOTE_READERS: dict[Path, Any] = {}
 
 
 class _RemoteObject:
-    """An object of a zoo on object storage, read by range (zoo.container.format.REMOTE_OBJECTS)."""
+    """An object of a zoo on object storage, read by range (zoo.container.format.REMOTE_OBJECTS).
+    Its size and region are asked once per process, and asked again where a read failed and the
+    bucket's object is another since (forget): collected and stored again by another pipeline, or
+    cut short and put back, a server kept reading it at the old offsets until it was restarted."""
 
     def __init__(self, storage: Any, key: str) -> None:
         self.storage, self.key = storage, key
+        self.where = f"{storage.url}/{key}"
         self._region: tuple[int, int] | None = None
-        self._size: int | None = None
+        self._info: Any = None  # its KeyInfo (size, age, ETag) when the size was asked
 
     def region(self) -> tuple[int, int]:
-        if self._region is None:
+        region = self._region
+        if region is None:
             from zoo.container.format import PREAMBLE, parse_region
 
             size = self.size()
             if size is None:
-                raise MissingObjectError(f"{self.storage.url}/{self.key}: object is missing from the zoo (removed since, or lost: "
+                raise MissingObjectError(f"{self.where}: object is missing from the zoo (removed since, or lost: "
                                          "`zoo doctor` names the models it breaks)")
-            self._region = parse_region(self.storage.read_range(self.key, 0, PREAMBLE.size), size, f"{self.storage.url}/{self.key}")
-        return self._region
+            region = self._region = parse_region(self.storage.read_range(self.key, 0, PREAMBLE.size), size, self.where)
+        return region
 
     def read(self, offset: int, length: int) -> bytes:
         return self.storage.read_range(self.key, offset, length)
 
     def size(self) -> int | None:
         """The object's bytes in the bucket (asked once), or None where it is missing."""
-        if self._size is None:
-            info = self.storage.stat(self.key)
-            self._size = None if info is None else info.size
-        return self._size
+        if self._info is None:
+            self._info = self.storage.stat(self.key) or False
+        return self._info.size if self._info else None
+
+    def forget(self) -> bool:
+        """Whether the bucket's object is not the one whose size and region were taken (another
+        size, age or ETag, or gone or back): they are then taken again at the next read."""
+        if self._info is None:
+            return False
+        now = self.storage.stat(self.key) or False
+        if now == self._info:
+            return False
+        self._region, self._info = None, None
+        return True
 
 
 def _remote_object(path: Path) -> _RemoteObject | None:
