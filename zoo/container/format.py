@@ -512,7 +512,8 @@ class ArchiveFile:
 
     def _check_crc(self, data: bytes | memoryview, expected: int, what: str, obj: str | None) -> None:
         if crc32(data) != expected:
-            raise ChecksumError(f"{self.path if obj is None else _where(self.object_file(obj, what))}: {what} is damaged (checksum mismatch)")
+            where = self.path if obj is None else _where(self.object_file(obj, what))
+            raise ChecksumError(f"{where}: {what} is damaged (checksum mismatch)")
 
     def decode_chunk(self, chunk: tuple[int, int, int], what: str, obj: str | None, decode: Callable[[bytes | memoryview], Any]) -> Any:
         """decode(the chunk as stored, checked against its CRC-32). A mapped archive hands over a

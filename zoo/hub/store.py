@@ -1033,7 +1033,8 @@ class Store:
             repairs.add(archive)  # damaged: not the bytes its name says
         return moves, repairs
 
-    def _named_as_stored(self, record: dict[str, Any], moves: dict[str, Path], coded_otherwise: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    def _named_as_stored(self, record: dict[str, Any], moves: dict[str, Path],
+                         coded_otherwise: dict[str, dict[str, Any]]) -> dict[str, Path]:
         """`moves` with the model's shell pointed at the zoo's coding of each object of
         `coded_otherwise` (name -> the record of its tensor in the zoo's file, self.object_path(name)),
         as the build would have named it had it found it: a new shell, so a new name, which `record`
