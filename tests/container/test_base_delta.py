@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import zoo
 from zoo.api import compress_into
 from zoo.codecs.lossy.pranc import basis, combine, project
 from zoo.container.base_model import BaseModel
-from zoo.container.delta import Deltas, digest
+from zoo.codecs.base import TypedArray
+from zoo.container.delta import Deltas, digest, finite
 from zoo.dtypes import from_float32
 from zoo.errors import FormatError, InputError
 from zoo.codecs.pipeline import Pipeline
@@ -223,6 +225,39 @@ def test_a_base_file_changed_under_an_open_archive_is_refused_not_used(tmp_path)
             opened.get_tensor("w")
         save_file({"w": values}, tmp_path / "base" / "model.safetensors")  # put back as it was: read again
         assert np.array_equal(opened.get_tensor("w"), first)
+
+
+def test_tensors_holding_infinities_either_side_come_back_as_they_were(tmp_path):
+    """A tensor stored against a base is base + difference: where the base holds an infinity, no
+    difference gives the fine-tune's value back (a shared causal mask came back NaN, inf - inf, and
+    a finite weight beside the base's inf too, with numpy's warnings printed). Such tensors are
+    stored as themselves; a finite one beside them still as a difference."""
+    rng = np.random.default_rng(0)
+    mask = np.triu(np.full((64, 64), -np.inf, np.float32), 1)
+    base = rng.standard_normal((64, 64)).astype(np.float32)
+    base[0, 0] = np.inf
+    tuned = base + np.float32(1e-3)
+    tuned[0, 0] = 5.0
+    plain = rng.standard_normal((64, 64)).astype(np.float32)
+    save_file({"mask": mask, "w": base, "v": plain}, tmp_path / "base.safetensors")
+    save_file({"mask": mask, "w": tuned, "v": plain + np.float32(1e-3)}, tmp_path / "tuned.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning of inf - inf among them
+        zoo.compress(tmp_path / "tuned.safetensors", tmp_path / "d.zoo", "truncate:bits=7", base=tmp_path / "base.safetensors")
+        with zoo.open(tmp_path / "d.zoo", base=tmp_path / "base.safetensors") as opened:
+            assert opened.base_tensors() == ["v"]
+            assert np.array_equal(opened.get_tensor("mask"), mask)
+            decoded = opened.get_tensor("w")
+    assert decoded[0, 0] == 5.0 and np.isfinite(decoded).all()
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_finite_reads_infinities_and_nans_from_the_bits(dtype):
+    values = np.zeros(300_000, np.float32)
+    assert finite(TypedArray(from_float32(values, dtype), dtype))
+    for odd in (np.inf, -np.inf, np.nan):
+        values[-1] = odd  # in the second block
+        assert not finite(TypedArray(from_float32(values, dtype), dtype))
 
 
 def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):

@@ -162,7 +162,7 @@ def compress(
     _note_zoo_options(name, no_delta)
     if base is not None and report.base is None:
         stderr.print(f"note: no tensor was stored against {base}: no lossy stage selected a tensor that it holds with the same name, "
-                     "dtype and shape, so the archive does not need it", markup=False, highlight=False)
+                     "dtype and shape, both finite, so the archive does not need it", markup=False, highlight=False)
 
 
 def _note_zoo_options(name: Optional[str], no_delta: bool) -> None:

@@ -2,11 +2,12 @@
 
 A fine-tune differs from the model it was tuned from by far less than it weighs, so a lossy stage
 given the difference (fine-tune minus base, in float32) spends its bits on what the fine-tune
-changed. A tensor is stored that way when a lossy array stage of the pipeline selects it and the
-base holds a tensor of the same name, dtype and shape; every other tensor is stored as usual. At
-load the base tensor is added back after the pipeline has decoded the stored difference. The
-archive records the sha256 of each base tensor it used: a different base is refused by name,
-never silently added. Spec: docs/FORMAT.md, "Tensors stored against a base".
+changed. A tensor is stored that way when a lossy array stage of the pipeline selects it, the
+base holds a tensor of the same name, dtype and shape, and neither holds a NaN or an infinity;
+every other tensor is stored as usual. At load the base tensor is added back after the pipeline
+has decoded the stored difference. The archive records the sha256 of each base tensor it used: a
+different base is refused by name, never silently added. Spec: docs/FORMAT.md, "Tensors stored
+against a base".
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from zoo.dtypes import from_float32, saturated, to_float32
 from zoo.errors import FormatError
 
 DELTA_DTYPES = frozenset({"F32", "F16", "BF16"})  # float32 holds each of their values exactly
+# The word and the exponent field of each: a value whose exponent bits are all set is an infinity or a NaN.
+_EXPONENTS = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80)}
+_FINITE_BLOCK = 1 << 18  # words tested at a time: a mask of a whole F32 tensor is a quarter of its size
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -31,10 +35,20 @@ def digest(array: TypedArray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array.data).reshape(-1).view(np.uint8)).hexdigest()
 
 
+def finite(array: TypedArray) -> bool:
+    """Whether every value of an F32, F16 or BF16 tensor is finite, read from its bits."""
+    word, exponent = _EXPONENTS[array.dtype]
+    words = np.ascontiguousarray(array.data).reshape(-1).view(word)
+    return not any(((words[first:first + _FINITE_BLOCK] & exponent) == exponent).any() for first in range(0, words.size, _FINITE_BLOCK))
+
+
 def rebuild(delta: TypedArray, base: TypedArray, dtype: str) -> TypedArray:
     """The tensor: float32 base plus float32 difference, rounded to `dtype` (ties to even)."""
     values, change = to_float32(base.data, base.dtype).reshape(delta.shape), delta.data.astype(np.float32, copy=False)
-    with np.errstate(over="ignore"):
+    # invalid: an archive written before tensors holding infinities were stored whole may hold
+    # -inf where the base holds inf (the fine-tune's value was finite): their sum is NaN, as it
+    # was, without numpy's warning
+    with np.errstate(over="ignore", invalid="ignore"):
         total = values + change
     # a finite weight rebuilt past the range (a lossy difference's overshoot at its edge) saturates
     # there; an infinity the base or the difference holds stays one
@@ -58,8 +72,10 @@ class Deltas:
         self.base = base
         self.names: dict[str, str] = {}  # tensor key -> name in the base
         for key, name, array in tensors:
+            # Where either holds a NaN or an infinity, the tensor is stored as itself: no difference
+            # added to a base's infinity gives back the fine-tune's finite value there (inf - inf is NaN).
             if (array.dtype in DELTA_DTYPES and any(stage.selects(key, array) for stage in pipeline.array_stages)
-                    and base.info(name) == (array.dtype, array.shape)):
+                    and base.info(name) == (array.dtype, array.shape) and finite(array) and finite(base.read(name))):
                 self.names[key] = name
         self._digests: dict[str, str] = {}
 
@@ -86,4 +102,4 @@ class Deltas:
         return to_float32(base.data, base.dtype)
 
 
-__all__ = ["DELTA_DTYPES", "Deltas", "check_record", "digest", "rebuild"]
+__all__ = ["DELTA_DTYPES", "Deltas", "check_record", "digest", "finite", "rebuild"]
