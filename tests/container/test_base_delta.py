@@ -260,6 +260,56 @@ def test_finite_reads_infinities_and_nans_from_the_bits(dtype):
         assert not finite(TypedArray(from_float32(values, dtype), dtype))
 
 
+def _two_copies(folder, shift, second="model.fp16.safetensors", half=True):
+    """A model holding each weight in two files: model.safetensors and `second`, F16 (the usual
+    fp16 variant) or F32 of other values (an EMA's)."""
+    rng = np.random.default_rng(1)
+    weights = {name: rng.standard_normal((32, 16)).astype(np.float32) + np.float32(shift) for name in ("lm_head.weight", "w")}
+    folder.mkdir()
+    save_file(weights, folder / "model.safetensors")
+    save_file({name: (v.astype(np.float16) if half else v * 2) for name, v in weights.items()}, folder / second)
+    return weights
+
+
+def _decoded(archive, base):
+    with zoo.open(archive, base=base) as opened:
+        return {key: opened.get_tensor(key) for key in opened.keys()}
+
+
+def test_a_name_the_base_holds_twice_is_its_tensor_of_the_same_dtype_and_shape(tmp_path):
+    """A base with model.safetensors (F32) and model.fp16.safetensors (F16) of the same names: the
+    fine-tune's tensors of both are stored against the copy of their own dtype, read from the base
+    as a folder or as an archive (the F32 ones were stored whole, and the archive of the base,
+    whose first copy of a name is another than the folder's, was refused)."""
+    _two_copies(tmp_path / "base", 0.0)
+    _two_copies(tmp_path / "tuned", 1e-3)
+    zoo.compress(tmp_path / "base", tmp_path / "base.zoo")
+    zoo.compress(tmp_path / "tuned", tmp_path / "d.zoo", "truncate:bits=7", base=tmp_path / "base")
+    assert len(zoo.open(tmp_path / "d.zoo").base_tensors()) == 4
+    decoded = [_decoded(tmp_path / "d.zoo", tmp_path / which) for which in ("base", "base.zoo")]
+    assert len(decoded[0]) == 4 and decoded[0].keys() == decoded[1].keys()
+    assert all(np.array_equal(decoded[0][k], decoded[1][k]) for k in decoded[0])
+
+
+def test_a_name_held_twice_in_one_dtype_is_the_tensor_of_the_same_file(tmp_path):
+    """model.safetensors and ema.safetensors of the same names, dtype and shape: each is stored
+    against the base's of its own file, and read from a base whose files are named otherwise by the
+    sha256 the archive recorded."""
+    base = _two_copies(tmp_path / "base", 0.0, "ema.safetensors", half=False)
+    _two_copies(tmp_path / "tuned", 1e-3, "ema.safetensors", half=False)
+    zoo.compress(tmp_path / "tuned", tmp_path / "d.zoo", "truncate:bits=7", base=tmp_path / "base")
+    header = zoo.open(tmp_path / "d.zoo")._file.header
+    assert header["tensors"]["ema.safetensors::w"]["base"]["sha256"] == hashlib.sha256((base["w"] * 2).tobytes()).hexdigest()
+    assert header["tensors"]["w"]["base"]["sha256"] == hashlib.sha256(base["w"].tobytes()).hexdigest()
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(tmp_path / "base" / "ema.safetensors", renamed / "a.safetensors")  # first in that folder
+    shutil.copy(tmp_path / "base" / "model.safetensors", renamed / "b.safetensors")
+    expected, got = _decoded(tmp_path / "d.zoo", tmp_path / "base"), _decoded(tmp_path / "d.zoo", renamed)
+    assert len(got) == 4 and all(np.array_equal(expected[k], got[k]) for k in expected)
+    assert np.abs(got["w"] - base["w"] - np.float32(1e-3)).max() < 1e-2
+
+
 def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):
     base, fine_tuned = tuned
     partial = tmp_path / "partial.safetensors"
@@ -350,7 +400,7 @@ def test_distillation_against_the_base_through_the_cli(tuned, tmp_path):
 def test_digest_is_the_sha256_of_the_stored_bytes(tuned):
     base, _ = tuned
     with BaseModel(base) as base_model:
-        array = base_model.read("classifier.weight")
+        array = base_model.read("classifier.weight", "F32", (3, 16))
     assert math.prod(array.shape) == 48
     assert hashlib.sha256(weights(base)["classifier.weight"].tobytes()).hexdigest() == digest(array)
 

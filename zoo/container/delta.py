@@ -66,24 +66,28 @@ def check_record(record: Any, what: str) -> dict[str, str]:
 
 class Deltas:
     """Which tensors of a model are stored against `base`: decided once, before the survey and
-    the build, from the pipeline's selection. `tensors` gives (key, name, array) of the model."""
+    the build, from the pipeline's selection. `tensors` gives (key, name, file, array) of the
+    model; a tensor is stored against the base's of its name, dtype and shape, in the file of the
+    same path where the base holds one there (model.fp16.safetensors' against the F16 copy)."""
 
-    def __init__(self, base: Any, pipeline: Any, tensors: Iterable[tuple[str, str, TypedArray]]) -> None:
+    def __init__(self, base: Any, pipeline: Any, tensors: Iterable[tuple[str, str, str, TypedArray]]) -> None:
         self.base = base
         self.names: dict[str, str] = {}  # tensor key -> name in the base
-        for key, name, array in tensors:
+        self._wanted: dict[str, tuple[str, str, tuple[int, ...], str]] = {}  # tensor key -> base.read's arguments
+        for key, name, file, array in tensors:
+            wanted = (name, array.dtype, tuple(array.shape), file)
             # Where either holds a NaN or an infinity, the tensor is stored as itself: no difference
             # added to a base's infinity gives back the fine-tune's finite value there (inf - inf is NaN).
             if (array.dtype in DELTA_DTYPES and any(stage.selects(key, array) for stage in pipeline.array_stages)
-                    and base.info(name) == (array.dtype, array.shape) and finite(array) and finite(base.read(name))):
-                self.names[key] = name
+                    and base.holds(*wanted[:3]) and finite(array) and finite(base.read(*wanted))):
+                self.names[key], self._wanted[key] = name, wanted
         self._digests: dict[str, str] = {}
 
     def delta(self, key: str, array: TypedArray) -> TypedArray | None:
         """The float32 difference to store for tensor `key`, or None when it is stored as itself."""
         if key not in self.names:
             return None
-        base = self.base.read(self.names[key])
+        base = self.base.read(*self._wanted[key])
         self._digests.setdefault(key, digest(base))
         return TypedArray(to_float32(array.data, array.dtype) - to_float32(base.data, base.dtype), "F32")
 
@@ -98,7 +102,7 @@ class Deltas:
         """float32 values of the base tensor under `key`, for a teacher that runs base + delta."""
         if key not in self.names:
             return None
-        base = self.base.read(self.names[key])
+        base = self.base.read(*self._wanted[key])
         return to_float32(base.data, base.dtype)
 
 

@@ -389,15 +389,15 @@ class Archive:
     def _check_base_shapes(self) -> None:
         for key in self.base_tensors():
             info = self.tensor_info(key)
-            found = self._base.info(info["base"]["tensor"])  # type: ignore[union-attr]
-            if found is None or found != (info["dtype"], tuple(info["shape"])):
+            if not self._base.holds(info["base"]["tensor"], info["dtype"], tuple(info["shape"])):  # type: ignore[union-attr]
                 self._base_tensor(key)  # raises with the reason
 
     def _base_tensor(self, key: str) -> TypedArray:
         info = self.tensor_info(key)
         if self._base is None:
             raise self._missing_base(f"tensor {key!r} is")
-        return self._base.matching(info["base"]["tensor"], info["base"], info["dtype"], tuple(info["shape"]), self.base_needed()["hint"])
+        return self._base.matching(info["base"]["tensor"], info["base"], info["dtype"], tuple(info["shape"]), self.base_needed()["hint"],
+                                   info.get("file"))
 
     def _check_leaf_shape(self, leaf: dict[str, Any], what: str) -> None:
         shape = leaf.get("shape")

@@ -504,20 +504,21 @@ class Builder:
         return [segment.size for source in stored_files(sources) for segment in source.segments if segment.size >= INLINE_BYTES]
 
     @staticmethod
-    def named_tensors(sources: list[SourceFile], pipeline: Pipeline | None = None) -> Iterator[tuple[str, str, TypedArray]]:
-        """(key the build gives it, name in its file, array) of every typed tensor the lossy stages
-        of `pipeline` may see (model weights only without it)."""
-        for _, _, segment, key, raw in _walk(sources):
+    def named_tensors(sources: list[SourceFile], pipeline: Pipeline | None = None) -> Iterator[tuple[str, str, str, TypedArray]]:
+        """(key the build gives it, name in its file, the file's path, array) of every typed tensor
+        the lossy stages of `pipeline` may see (model weights only without it)."""
+        for source, _, segment, key, raw in _walk(sources):
             if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size \
                     and selectable(segment, key, pipeline):
-                yield key, segment.tensor, TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+                array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
+                yield key, segment.tensor, source.relpath, array
 
     @staticmethod
     def tensors(sources: list[SourceFile], deltas: Deltas | None = None,
                 pipeline: Pipeline | None = None) -> Iterator[tuple[str, TypedArray]]:
         """Every typed tensor by its key, as the array stages will see it, for a survey before the
         build: a tensor stored against a base is its float32 difference from the base."""
-        for key, _, array in Builder.named_tensors(sources, pipeline):
+        for key, _, _, array in Builder.named_tensors(sources, pipeline):
             delta = deltas.delta(key, array) if deltas is not None else None
             yield key, array if delta is None else delta
 
