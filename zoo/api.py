@@ -639,7 +639,7 @@ def compress_into(store: Store, source: str | os.PathLike[str], name: str, revis
     if base is not None and chosen.array_stages:
         raise InputError("--base with lossy stages makes an archive that needs its base to load, which the zoo does not store: "
                          "give -o OUT.zoo")
-    named_base = xor.resolve_base(store, base) if base is not None and delta else None
+    named_base = xor.resolve_base(store, base, ref) if base is not None and delta else None
     from zoo.evaluate.result import QualityGateError
 
     with store.workspace() as folder:

@@ -671,6 +671,28 @@ def test_a_damaged_xor_object_is_coded_again_and_mends_the_model_naming_it(tmp_p
     assert hashes(tmp_path / "out") == hashes(tuned)
 
 
+def test_a_model_stored_again_is_never_stored_against_one_that_needs_it(tmp_path):
+    """base <- ft1 <- ft2, then ft1 stored again (--force, unchanged): it was stored as XORs against
+    ft2, the newest model of its names, whose base it is, and `zoo rm` refused both. A base named
+    that way, or the model itself, is refused."""
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    compress_into(store, write_model(tmp_path / "base", tensors), "org/base")
+    first = write_model(tmp_path / "ft1", fine_tuned(tensors, 1, share=0.1))
+    compress_into(store, first, "org/ft1", base="org/base")
+    compress_into(store, write_model(tmp_path / "ft2", fine_tuned(fine_tuned(tensors, 1, share=0.1), 2, share=0.1)), "org/ft2",
+                  base="org/ft1")
+    again = compress_into(store, first, "org/ft1", force=True)
+    assert again.base is not None and again.base["ref"] == "org/base@main:lossless"
+    with pytest.raises(InputError, match="org/ft2@main:lossless needs org/ft1@main:lossless, the model being stored"):
+        compress_into(store, first, "org/ft1", force=True, base="org/ft2")
+    with pytest.raises(InputError, match="the model being stored; a model cannot be stored against itself"):
+        compress_into(store, first, "org/ft1", force=True, base="org/ft1")
+    store.remove("org/ft2")
+    store.remove("org/ft1")
+    assert [e.name for e in store.entries()] == ["org/base"]
+
+
 def test_a_base_below_a_replaced_middle_model_is_still_needed(tmp_path):
     """base <- ft1 <- ft2, then ft1 replaced (--force) by other weights: `zoo rm base` went through,
     the chain read through ft1's new manifest, though ft2's tensors still bottom on base's."""

@@ -23,7 +23,7 @@ from zoo.container.objects import ObjectSink, encode_object, object_names, read_
 from zoo.container.reader import Archive, xor_dtype
 from zoo.dtypes import DTYPES
 from zoo.errors import InputError, MissingObjectError, ZooError
-from zoo.hub.manifest import LOSSLESS, Entry, bit_exact
+from zoo.hub.manifest import LOSSLESS, Entry, bit_exact, parse_ref
 from zoo.kernels.parallel import for_each
 
 # A stored model is taken for the base, when none is named, only if it holds at least this share
@@ -100,10 +100,12 @@ def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, a
     `among`, when given (zoo.batch: the models the zoo held when the batch began). Never a variant
     of the NAME@REVISION being stored: one made from the same weights shares its objects anyway,
     and one made from others is what a --force leaves behind, which zoo warns of and `zoo rm`
-    should be free to remove."""
+    should be free to remove. Nor a model stored against one (its chain needs it): the model
+    stored now would need what needs it, and `zoo rm` could remove neither."""
     storing = shell.metadata().get("zoo") or {}
     sibling = (storing.get("name"), storing.get("revision"))
     candidates = [e for e in store.entries() if bit_exact(e) and e.ref != replacing and (e.name, e.revision) != sibling
+                  and not any(parse_ref(need)[:2] == sibling for need in needs(e))
                   and (among is None or e.ref in among) and store.is_composed(e)]  # last: it opens the archive
     for named in _named_bases(source):
         for wanted in (named, Path(named).name):
@@ -128,14 +130,20 @@ def find_base(store: Any, source: Path, shell: Archive, replacing: str | None, a
     return best if best is not None and best_count >= MIN_SHARED_NAMES * len(ours) else None
 
 
-def resolve_base(store: Any, ref: str) -> Entry:
-    """The zoo model `--base` names, for a lossless pipeline: it must be a stored lossless model."""
+def resolve_base(store: Any, ref: str, storing: str | None = None) -> Entry:
+    """The zoo model `--base` names, for a lossless pipeline: it must be a stored lossless model,
+    neither `storing` (the ref being stored) nor one whose chain of bases needs it."""
     found = [e for e in store.matches(ref) if bit_exact(e)]
     if not found:
         raise InputError(f"--base {ref}: no lossless model of that name in the zoo at {store.location}; the zoo stores tensors as "
                          "differences from a model it holds (store the base first)")
     if not store.is_composed(found[0]):
         raise InputError(f"--base {ref}: stored by an older zoo as one archive; store it again to use it as a base")
+    if found[0].ref == storing:
+        raise InputError(f"--base {ref}: that is {storing}, the model being stored; a model cannot be stored against itself")
+    if storing in needs(found[0]):
+        raise InputError(f"--base {ref}: {found[0].ref} needs {storing}, the model being stored, as a base; stored against it in turn, "
+                         "each would need the other")
     return found[0]
 
 
