@@ -693,6 +693,33 @@ def test_a_model_stored_again_is_never_stored_against_one_that_needs_it(tmp_path
     assert [e.name for e in store.entries()] == ["org/base"]
 
 
+def test_a_damaged_object_is_mended_by_storing_its_model_again_as_xors(tmp_path):
+    """base <- ft1, and ft2 stored whole; an object of base's, which ft1's XORs need, damaged.
+    Storing base again coded that tensor in the damaged object's place, then stored it as an XOR
+    against ft2 and dropped the mended object: ft1 stayed damaged (STORE.md: storing again
+    replaces a damaged object, which mends every model naming it)."""
+    store = Store(tmp_path / "zoo")
+    tensors = base_tensors()
+    base = write_model(tmp_path / "base", tensors)
+    compress_into(store, base, "org/base")
+    first = write_model(tmp_path / "ft1", fine_tuned(tensors, 1, share=0.1))
+    compress_into(store, first, "org/ft1", base="org/base")
+    compress_into(store, write_model(tmp_path / "ft2", fine_tuned(tensors, 2, share=0.1)), "org/ft2", delta=False)
+    with zoo.open(store.resolve("org/base").archive) as opened:
+        damaged = opened.tensor_info("embed.weight")["root"]["leaf"]["object"]
+    assert f"{damaged}.zoo" in named_objects(store.home, store.resolve("org/ft1"))
+    path = store.object_path(damaged)
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.verify()[2]
+    compress_into(store, base, "org/base", force=True)
+    assert store.verify()[2] == []
+    zoo.decompress(store.resolve("org/ft1").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(first)
+
+
 def test_a_base_below_a_replaced_middle_model_is_still_needed(tmp_path):
     """base <- ft1 <- ft2, then ft1 replaced (--force) by other weights: `zoo rm base` went through,
     the chain read through ft1's new manifest, though ft2's tensors still bottom on base's."""

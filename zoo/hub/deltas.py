@@ -165,6 +165,8 @@ def store_as_deltas(shell_path: Path, sink: ObjectSink, base: Entry, existing: A
                 continue
             if DTYPES[info["dtype"]].storage is None:  # F4, stored as its bytes: no XOR of it can be read (Archive._check_xor)
                 continue
+            if info["key"] in sink.repairs:  # coded again in place of the zoo's damaged object: kept, it mends the models naming it
+                continue
             base_info = found[1]
             if base_info["key"] == info["key"] and "xor" not in base_info:  # the zoo holds it whole: reused, not coded
                 continue
