@@ -443,6 +443,26 @@ def test_an_archive_never_replaces_its_own_base_and_an_empty_output_is_refused(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "base.zoo", "tuned.safetensors"]
 
 
+def test_an_output_into_the_base_or_over_a_file_it_reads_is_refused(tmp_path):
+    """Only an output at the base's own path was refused: compress -o base/model.safetensors with
+    the base given as its folder replaced the base's weights with an archive that needs them, and
+    decompress into the base's folder (--force) replaced its files."""
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    for folder, seed in ((base, 1), (tuned, 2)):
+        folder.mkdir()
+        write_safetensors(folder / "model.safetensors", {"w.weight": ("F32", random_storage("F32", (32, 32), seed))})
+    kept = (base / "model.safetensors").read_bytes()
+    for output in (base / "model.safetensors", base / "tuned.zoo"):
+        with pytest.raises(InputError, match="output would overwrite its own base model"):
+            zoo.compress(tuned, output, "truncate:bits=8", base=base, force=True)
+    zoo.compress(tuned, tmp_path / "tuned.zoo", "truncate:bits=8", base=base)
+    for output, given in ((base, base), (base / "sub", base), (base, base / "model.safetensors")):
+        with pytest.raises(InputError, match="output would overwrite its own base model"):
+            zoo.decompress(tmp_path / "tuned.zoo", output, base=given, force=True)
+    assert (base / "model.safetensors").read_bytes() == kept and sorted(p.name for p in base.iterdir()) == ["model.safetensors"]
+    zoo.decompress(tmp_path / "tuned.zoo", tmp_path / "out", base=base)  # beside the base, as ever
+
+
 def test_a_glob_given_as_a_string_is_one_pattern(tmp_path):
     """include="*.json" was read a character at a time, and its "*" took every file of the model."""
     folder = tmp_path / "model"

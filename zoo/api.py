@@ -497,9 +497,6 @@ def compress(
     destination = Path(destination)
     if destination.resolve() in {s.path.resolve() for s in sources}:
         raise InputError(f"{destination}: output would overwrite its own input")
-    if isinstance(base, (str, os.PathLike)) and os.fspath(base) and destination.resolve() == Path(base).resolve():
-        # the archive would need the base it replaced: neither could be read again
-        raise InputError(f"{destination}: output would overwrite its own base model")
     if objects is None:  # compress_into writes its archive in the zoo's work folder
         refuse_inside_the_zoo(destination)
         check_output(destination, force, is_dir=False)  # before the survey and calibration, which take minutes
@@ -511,6 +508,8 @@ def compress(
         base_model = open_base(base) if base is not None else None
         if base_model is not None and base_model is not base:
             stack.enter_context(base_model)
+        if base_model is not None:  # the archive would need the base it replaced: neither could be read again
+            base_model.refuse_writing_over([destination])
         deltas = (Deltas(base_model, chosen, Builder.named_tensors(sources, chosen))
                   if base_model is not None and chosen.array_stages else None)
         plans = None
@@ -1166,6 +1165,8 @@ def decompress(
         refuse_names_the_locale_would_change([*relpaths, *links, *folders, *(link["target"] for link in opened.links())])
         refuse_inside_the_zoo(destination, [*relpaths, *links, *folders])
         _refuse_replacing_what_is_read(opened, destination, relpaths + links)
+        if opened.base_model is not None:
+            opened.base_model.refuse_writing_over(destination / relpath for relpath in relpaths + links)
         # the folders this makes get their modes back; those already there are the user's, and keep theirs
         made = [path for path in opened.folder_modes() if not os.path.lexists(destination / path)]
         with _folder_output(destination, relpaths + links, force, folders) as temporary:

@@ -5,6 +5,7 @@ recorded of them. The arithmetic and the header records live in zoo.container.de
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ class BaseModel:
     def __init__(self, path: str | os.PathLike[str], hint: str | None = None) -> None:
         path = Path(path)
         self.hint = hint or str(path)
+        self.path = path  # the file or folder given
         self._archive: Archive | None = None
         self._copies: dict[str, list[_Copy]] = {}  # name -> every tensor of that name, in the base's order
         # copy -> (the file's state when hashed, sha256): a base file changed since is hashed again
@@ -117,6 +119,19 @@ class BaseModel:
             if self._digests[held][1] == record["sha256"]:
                 return array
         raise InputError(f"{where}: tensor {name!r} is not the one the archive needs: its sha256 differs {needed}")
+
+    def refuse_writing_over(self, outputs: Iterable[Path]) -> None:
+        """Refuses files about to be written (`outputs`) when one of them is the base, lies inside
+        its folder, or is a file it reads: the base would be replaced or changed, and with it what
+        an archive made against it needs. An output is put in place by a rename: a link there is
+        replaced, not followed."""
+        root = Path(os.path.realpath(self.path))
+        read = {Path(os.path.realpath(copy.path)) for copies in self._copies.values() for copy in copies}
+        for output in outputs:
+            real = Path(os.path.realpath(output.parent)) / output.name
+            if real.is_relative_to(root) or real in read:
+                raise InputError(f"{output}: output would overwrite its own base model ({self.hint}) or go into its folder; "
+                                 "write it elsewhere")
 
     def close(self) -> None:
         if self._archive is not None:

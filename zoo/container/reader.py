@@ -361,6 +361,11 @@ class Archive:
 
     # -- the base model ---------------------------------------------------------------------
 
+    @property
+    def base_model(self) -> BaseModel | None:
+        """The base model the archive was opened with, if any."""
+        return self._base
+
     def base_needed(self) -> dict[str, Any] | None:
         """The header's base record ({"hint": ...}) when tensors are stored against a base."""
         return self._file.header.get("base")
