@@ -1029,6 +1029,8 @@ def verify(archive: str | os.PathLike[str], threads: int | None = None, base: st
     """Check every checksum and every recorded sha256; returns the problems found. Tensors stored
     against a base are rebuilt (and the base checked) only when `base` is given."""
     with _open(archive, base, read_once=True) as opened:
+        if base is not None:
+            opened.require_base()  # a wrong base is an error of the caller's, not damage of the archive
         return opened.verify(resolve_threads(threads), _manifest_hashes(archive, opened.path))
 
 

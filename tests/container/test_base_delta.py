@@ -310,6 +310,26 @@ def test_a_name_held_twice_in_one_dtype_is_the_tensor_of_the_same_file(tmp_path)
     assert np.abs(got["w"] - base["w"] - np.float32(1e-3)).max() < 1e-2
 
 
+def test_verify_against_a_wrong_base_is_an_error_of_the_base_not_damage(tmp_path):
+    """`zoo verify ARCHIVE --base WRONG` said `damaged: model.safetensors: base ...`, as if the
+    archive were; and one tensor was "1 tensors are stored as differences"."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((64, 64)).astype(np.float32)
+    save_file({"w": values}, tmp_path / "base.safetensors")
+    save_file({"w": values + np.float32(1)}, tmp_path / "other.safetensors")
+    save_file({"w": values + np.float32(1e-3)}, tmp_path / "tuned.safetensors")
+    done = zoo_cli("compress", tmp_path / "tuned.safetensors", "-o", tmp_path / "d.zoo", "-p", "truncate:bits=6", "--base",
+                   tmp_path / "base.safetensors")
+    assert done.returncode == 0 and "1 tensor is stored as a difference from" in done.stdout, done.stdout
+    assert "1 tensor stored as a difference from" in zoo_cli("verify", tmp_path / "d.zoo").stdout
+    with pytest.raises(InputError, match="sha256 differs"):
+        zoo.verify(tmp_path / "d.zoo", base=tmp_path / "other.safetensors")
+    checked = zoo_cli("verify", tmp_path / "d.zoo", "--base", tmp_path / "other.safetensors")
+    assert checked.returncode == 1 and checked.stdout == "" and checked.stderr.count("\n") == 1
+    assert checked.stderr.startswith("error: base ") and "sha256 differs" in checked.stderr
+    assert zoo.verify(tmp_path / "d.zoo", base=tmp_path / "base.safetensors") == []
+
+
 def test_tensors_the_base_lacks_are_stored_as_themselves(tuned, tmp_path):
     base, fine_tuned = tuned
     partial = tmp_path / "partial.safetensors"

@@ -720,6 +720,16 @@ def test_a_damaged_object_is_mended_by_storing_its_model_again_as_xors(tmp_path)
     assert hashes(tmp_path / "out") == hashes(first)
 
 
+def test_one_tensor_stored_as_an_xor_is_said_in_the_singular(tmp_path):
+    home = tmp_path / "zoo"
+    store = Store(home)
+    compress_into(store, write_model(tmp_path / "base", base_tensors()), "base")
+    entry = compress_into(store, write_model(tmp_path / "ft", fine_tuned(base_tensors(), 1, names=["layers.0.weight"])), "ft", base="base")
+    assert entry.base["tensors"] == 1
+    assert "(XOR of 1 tensor against base@main:lossless)" in zoo_cli("ls", home=home).stdout
+    assert "; 1 tensor is stored as an XOR against base@main:lossless" in zoo_cli("info", "ft", home=home).stdout
+
+
 def test_a_base_below_a_replaced_middle_model_is_still_needed(tmp_path):
     """base <- ft1 <- ft2, then ft1 replaced (--force) by other weights: `zoo rm base` went through,
     the chain read through ft1's new manifest, though ft2's tensors still bottom on base's."""

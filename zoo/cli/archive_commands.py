@@ -328,7 +328,8 @@ def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archiv
     needed = api.report_of(archive).base
     # Without its base, an archive's differences are decoded and checked but not added to anything.
     unrebuilt = None if needed is None or base is not None else (
-        f"{needed['tensors']} tensors stored as differences from {needed['hint']!r} were checked as stored, not rebuilt "
+        f"{count(needed['tensors'], 'tensor')} stored as {'a difference' if needed['tensors'] == 1 else 'differences'} from "
+        f"{needed['hint']!r} {'was' if needed['tensors'] == 1 else 'were'} checked as stored, not rebuilt "
         "(that needs --base)")
     if as_json:
         print_json({"archive": str(archive), "ok": not problems, "problems": problems, "not_rebuilt": unrebuilt})

@@ -52,7 +52,9 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
         shown = opaque if verbose or len(opaque) <= OPAQUE_SHOWN else [*opaque[:OPAQUE_SHOWN], f"and {len(opaque) - OPAQUE_SHOWN} more (-v lists them)"]
         stdout.print(f"kept as bytes, not read as tensors: {'; '.join(shown)}", markup=False, highlight=False, soft_wrap=True)
     if report.base:
-        stdout.print(f"needs its base model to load: {report.base['tensors']} tensors are stored as differences from "
+        held = report.base["tensors"]
+        stdout.print(f"needs its base model to load: {count(held, 'tensor')} {'is' if held == 1 else 'are'} stored as "
+                     f"{'a difference' if held == 1 else 'differences'} from "
                      f"{report.base['hint']!r} (pass --base)", markup=False, highlight=False)
     quality = stored_quality(report.metadata)
     if quality is not None:
@@ -91,7 +93,9 @@ def sharing_line(entry: Any, found: dict[str, Any] | None = None) -> str:
         from zoo.hub.store import Store, base_standing
 
         standing = base_standing(found["base"], {e.ref: e.commit for e in Store().entries()})  # as zoo ls says it
-        line += f"; {found['base']['tensors']} tensors are stored as XORs against {found['base']['ref']}{', ' + standing if standing else ''}"
+        held = found["base"]["tensors"]
+        line += (f"; {count(held, 'tensor')} {'is' if held == 1 else 'are'} stored as {'an XOR' if held == 1 else 'XORs'} against "
+                 f"{found['base']['ref']}{', ' + standing if standing else ''}")
     return line
 
 

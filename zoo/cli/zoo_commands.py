@@ -104,7 +104,8 @@ def ls(as_json: Json = False) -> None:
         if not e.base:
             return quality_label(e)
         standing = base_standing(e.base, commits)
-        return quality_label(e) + f" (XOR of {e.base['tensors']} tensors against {e.base['ref']}{', ' + standing if standing else ''})"
+        against = f"{e.base['ref']}{', ' + standing if standing else ''}"
+        return quality_label(e) + f" (XOR of {count(e.base['tensors'], 'tensor')} against {against})"
 
     if as_json:
         print_json({"zoo": store.location, "total_bytes": store.total_bytes(),
