@@ -251,6 +251,30 @@ def test_tensors_holding_infinities_either_side_come_back_as_they_were(tmp_path)
     assert decoded[0, 0] == 5.0 and np.isfinite(decoded).all()
 
 
+@pytest.mark.parametrize("dtype", ["F32", "BF16"])
+def test_a_difference_float32_cannot_hold_is_not_stored(tmp_path, dtype):
+    """3e38 against a base's -3e38: the difference, past float32's range, was stored as an infinity
+    and came back one, where the weight was finite. F16's range is far inside float32's."""
+    rng = np.random.default_rng(0)
+    base, plain = rng.standard_normal((2, 64, 64)).astype(np.float32)
+    tuned = base + np.float32(1e-3)
+    base[1, 1], tuned[1, 1] = -3e38, 3e38
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    kind = {"F32": torch.float32, "BF16": torch.bfloat16}[dtype]
+    save_torch({"w": torch.from_numpy(base).to(kind), "v": torch.from_numpy(plain).to(kind)}, tmp_path / "base.safetensors")
+    save_torch({"w": torch.from_numpy(tuned).to(kind), "v": torch.from_numpy(plain + np.float32(0.01)).to(kind)},
+               tmp_path / "tuned.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zoo.compress(tmp_path / "tuned.safetensors", tmp_path / "d.zoo", "truncate:bits=4", base=tmp_path / "base.safetensors")
+        with zoo.open(tmp_path / "d.zoo", base=tmp_path / "base.safetensors") as opened:
+            assert opened.base_tensors() == ["v"]
+            decoded = opened.get_tensor("w").astype(np.float32)
+    assert np.isfinite(decoded).all() and decoded[1, 1] == pytest.approx(3e38, rel=1e-2)
+
+
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
 def test_finite_reads_infinities_and_nans_from_the_bits(dtype):
     values = np.zeros(300_000, np.float32)

@@ -42,6 +42,18 @@ def finite(array: TypedArray) -> bool:
     return not any(((words[first:first + _FINITE_BLOCK] & exponent) == exponent).any() for first in range(0, words.size, _FINITE_BLOCK))
 
 
+def _difference_fits(array: TypedArray, base: TypedArray) -> bool:
+    """Whether every finite value's difference from the base's is finite in float32: told from the
+    largest magnitudes on both sides, which for real weights are far below float32's range; only
+    where they are not is the difference taken."""
+    limit = float(np.finfo(np.float32).max)
+    largest = [float(np.abs(to_float32(side.data, side.dtype)).max(initial=0.0)) for side in (array, base)]
+    if sum(largest) <= limit:
+        return True
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(to_float32(array.data, array.dtype).reshape(-1) - to_float32(base.data, base.dtype).reshape(-1)).all())
+
+
 def rebuild(delta: TypedArray, base: TypedArray, dtype: str) -> TypedArray:
     """The tensor: float32 base plus float32 difference, rounded to `dtype` (ties to even)."""
     values, change = to_float32(base.data, base.dtype).reshape(delta.shape), delta.data.astype(np.float32, copy=False)
@@ -78,8 +90,10 @@ class Deltas:
             wanted = (name, array.dtype, tuple(array.shape), file)
             # Where either holds a NaN or an infinity, the tensor is stored as itself: no difference
             # added to a base's infinity gives back the fine-tune's finite value there (inf - inf is NaN).
+            # So is one whose difference float32 cannot hold (3e38 against -3e38): it came back an infinity.
             if (array.dtype in DELTA_DTYPES and any(stage.selects(key, array) for stage in pipeline.array_stages)
-                    and base.holds(*wanted[:3]) and finite(array) and finite(base.read(*wanted))):
+                    and base.holds(*wanted[:3]) and finite(array) and finite(base.read(*wanted))
+                    and _difference_fits(array, base.read(*wanted))):
                 self.names[key], self._wanted[key] = name, wanted
         self._digests: dict[str, str] = {}
 
