@@ -172,14 +172,20 @@ def _refuse_existing(path: Path, force: bool, is_dir: bool = False) -> None:
 
 
 @contextmanager
-def _temporary_beside(final: Path, parent: Path, is_dir: bool) -> Iterator[Path]:
-    """temporaries.locked_temporary for `final` in `parent`; one that cannot be made is an error
-    that names the output, not the temporary."""
+def _temporary_beside(final: Path, parent: Path, is_dir: bool, or_else: Path | None = None,
+                      shown: Path | None = None) -> Iterator[Path]:
+    """temporaries.locked_temporary for `final` in `parent`, or in `or_else` where `parent` may
+    not be written; one that cannot be made is an error that names the output (as `shown`, when
+    given), not the temporary."""
     stack = ExitStack()
-    try:
-        temporary = stack.enter_context(temporaries.locked_temporary(parent, temporaries.temporary_prefix(final), is_dir))
-    except OSError as error:
-        raise InputError(f"{final}: cannot write in {parent}: {error.strerror or error}") from None
+    places = [parent] if or_else is None else [parent, or_else]
+    for place in places:
+        try:
+            temporary = stack.enter_context(temporaries.locked_temporary(place, temporaries.temporary_prefix(final), is_dir))
+            break
+        except OSError as error:
+            if place is places[-1] or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise InputError(f"{shown or final}: cannot write in {place}: {error.strerror or error}") from None
     with stack:  # removes the temporary unless it was put in place
         yield temporary
 
@@ -296,10 +302,14 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
             yield temporary
         return
     # Beside it on the same file system, so that each file moves in by a rename; inside it when
-    # it is a mount point of its own. A killed run's temporary there goes first, refused or not.
-    parent = final.resolve().parent
-    beside = parent if os.stat(parent).st_dev == os.stat(final).st_dev else final
-    temporaries.sweep_beside(beside / final.name)
+    # it is a mount point of its own, or when its parent may not be written (`-o ~`, whose /home is
+    # root's). A killed run's temporaries in either place go first, refused or not. (Named after
+    # the folder as resolved: `-o .` has no name of its own.)
+    here = final.resolve()
+    beside = here.parent if os.stat(here.parent).st_dev == os.stat(here).st_dev else here
+    temporaries.sweep_beside(here, within=beside)
+    if beside != here:
+        temporaries.sweep_beside(here, within=here)
     if any(path.split("/")[0] == temporaries.SET_ASIDE for path in [*relpaths, *folders]):
         # the folder the files it replaces wait in, which a killed run's sweep puts back: the model's own would be taken for it
         raise OutputExistsError(f"{final}: the model holds {temporaries.SET_ASIDE}/, the name zoo sets replaced files aside under "
@@ -311,7 +321,7 @@ def _folder_output(final: Path, relpaths: list[str], force: bool, folders: Seque
     if replaced and not force:
         raise OutputExistsError(f"{final} already holds {len(replaced)} of the model's files ({_listing(replaced)}); "
                                 "pass --force to replace them (other files there are left alone)")
-    with _temporary_beside(final, beside, is_dir=True) as temporary:
+    with _temporary_beside(here, beside, is_dir=True, or_else=here, shown=final) as temporary:
         os.chmod(temporary, 0o777 & ~current_umask())
         yield temporary
         # whole, or not begun: a signal handled between a rename and its record lost the user's file
@@ -372,7 +382,8 @@ def _destination(bound: inspect.BoundArguments) -> Any:
 
 
 def _beside_destination(bound: inspect.BoundArguments) -> Path:
-    """Where the output's temporaries are: beside it (inside it, for a folder that is a mount point)."""
+    """Where the output's temporaries are: beside it (inside it, for a folder that is a mount point or
+    whose parent may not be written: under this too)."""
     return Path(bound.arguments["destination"]).absolute().parent
 
 

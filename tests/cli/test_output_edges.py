@@ -755,3 +755,42 @@ def test_a_folder_name_the_zoo_refuses_among_several_sources_is_met_with_a_way_t
     assert done.returncode == 1 and done.stderr.endswith(
         "(choose another with --name, compressing or pulling this model on its own)\n"), done.stderr
     ok(zoo_cli("compress", tmp_path / "my model", "--name", "my-model", home=tmp_path / "zoo"))
+
+
+def test_into_an_existing_folder_whose_parent_may_not_be_written(tiny_model, tmp_path):
+    """`zoo decompress X -o ~` (and zoo export) and `-o .` in it: the temporary went beside
+    the folder, and a user may not write in /home, so a model could not be written into their own
+    home. It goes inside the folder then; a failure there still leaves the folder as it was."""
+    import zoo
+
+    from tests.conftest import damage_chunk
+
+    archive, zoo_home = tmp_path / "m.zoo", tmp_path / "zoo"
+    zoo.compress(tiny_model, archive, pipeline="bytegroup|zstd")
+    home = tmp_path / "home"
+    alice = home / "alice"
+    alice.mkdir(parents=True)
+    (alice / "notes.txt").write_text("mine")
+
+    def as_alice(*args, cwd=None):
+        environment = {**os.environ, "ZOO_HOME": str(zoo_home)}
+        return subprocess.run(as_the_owner([sys.executable, "-m", "zoo", *map(str, args)]), capture_output=True, text=True,
+                              env=environment, cwd=cwd, timeout=300)
+
+    def held() -> dict[str, bytes]:
+        return {str(p.relative_to(alice)): p.read_bytes() for p in sorted(alice.rglob("*")) if p.is_file()}
+
+    home.chmod(0o555)
+    try:
+        ok(as_alice("decompress", archive, "-o", alice))  # (zoo export NAME -o FOLDER writes it the same way)
+        ok(as_alice("decompress", archive, "-o", ".", "--force", cwd=alice))
+        before = held()
+        damage_chunk(archive, "layer.0.weight", 0)
+        failed = as_alice("decompress", archive, "-o", alice, "--force")
+    finally:
+        home.chmod(0o755)
+    assert failed.returncode == 1 and "is damaged" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+    assert held() == before and before.pop("notes.txt") == b"mine"
+    assert before == {str(p.relative_to(tiny_model)): p.read_bytes() for p in sorted(tiny_model.rglob("*")) if p.is_file()}
+    assert sorted(p.name for p in alice.iterdir()) == sorted([p.name for p in tiny_model.iterdir()] + ["notes.txt"])  # no temporary left
+    assert [p.name for p in home.iterdir()] == ["alice"]

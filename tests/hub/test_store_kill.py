@@ -233,6 +233,36 @@ def test_files_a_killed_move_into_a_folder_replaced_go_back(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_files_a_killed_move_from_inside_the_folder_replaced_go_back(tiny_model, tmp_path):
+    """Into a folder whose parent may not be written (or that is a mount point), the temporary is
+    made inside it. Killed midway, the next run into the folder puts the replaced files back: the
+    sweep looked for that temporary beside the folder, or (for a mount point) put them back into
+    a folder of the folder's name inside it, which is not there, and removed them with the temporary."""
+    zoo.compress(tiny_model, tmp_path / "m.zoo")
+    out = tmp_path / "out"
+    zoo.decompress(tmp_path / "m.zoo", out)
+    (out / "keep.txt").write_text("the user's own file")
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from zoo.hub import temporaries\n"
+        "out = Path(sys.argv[1])\n"
+        "with temporaries.locked_temporary(out, temporaries.temporary_prefix(out), is_dir=True) as temporary:\n"
+        "    aside = temporary / temporaries.SET_ASIDE / 'sub'\n"
+        "    aside.mkdir(parents=True)\n"
+        "    os.replace(out / 'sub' / 'notes.txt', aside / 'notes.txt')\n"
+        "    (out / 'sub' / 'notes.txt').write_text('the new notes')\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    refused = zoo_cli("decompress", tmp_path / "m.zoo", "-o", out, home=tmp_path / "zoo")  # sweeps first, refused or not
+    assert refused.returncode == 1 and "pass --force" in refused.stderr, refused.stderr
+    assert (out / "sub" / "notes.txt").read_bytes() == (tiny_model / "sub" / "notes.txt").read_bytes()
+    assert (out / "keep.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in tiny_model.iterdir()] + ["keep.txt"])
+
+
 @pytest.mark.slow
 def test_gc_beside_two_writers_never_takes_their_objects(tiny_model, tmp_path):
     """gc in a loop while two processes store models: a writer's object enters and is named under

@@ -164,11 +164,12 @@ def is_stale(path: Path, prefix: str) -> bool:
         os.close(descriptor)
 
 
-def sweep_beside(final: Path) -> list[Path]:
-    """Clean up what killed runs left beside the output `final`: its temporaries, the payload
-    folders of compress, and an old copy moved aside, which goes back to `final` when the new one
-    never arrived. Returns what was removed or restored."""
-    parent = final.parent
+def sweep_beside(final: Path, within: Path | None = None) -> list[Path]:
+    """Clean up what killed runs left beside the output `final` (or in the folder `within`, where
+    its temporaries are made elsewhere: inside the folder itself, zoo.api._folder_output): its
+    temporaries, the payload folders of compress, and an old copy moved aside, which goes back to
+    `final` when the new one never arrived. Returns what was removed or restored."""
+    parent = final.parent if within is None else within
     done = []
     try:
         entries = list(parent.iterdir())
