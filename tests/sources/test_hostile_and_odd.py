@@ -124,6 +124,56 @@ def test_a_zoo_inside_the_models_folder_is_left_out_and_a_zoos_folder_is_no_mode
     assert sorted(f["path"] for f in report.files) == ["manifests/part.txt", "objects/part.txt", "work/part.txt"]
 
 
+def a_gone_pid() -> int:
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_zoos_temporaries_in_the_models_folder_are_left_out_by_their_exact_names(tmp_path):
+    """A killed `zoo compress m -o m/out.zoo` left its temporary in m: the next one listed it as a
+    file of the model, the check of its output swept it, and the read failed ("file changed while
+    being read"). A killed `zoo decompress w.zoo -o m/sub` left half a model in m, which the next
+    `zoo compress m` stored as the model's own. A name that only looks like theirs is the user's."""
+    from zoo.hub import temporaries
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    pid = a_gone_pid()
+    out = folder / "out.zoo"
+    (folder / f"{temporaries.temporary_prefix(out)}{pid}-0123abcd").write_bytes(b"half an archive")
+    (folder / f"{temporaries.PAYLOAD_PREFIX}{pid}-0123abcd").mkdir()
+    (folder / f"{temporaries.PAYLOAD_PREFIX}{pid}-0123abcd" / "payload").write_bytes(b"a payload")
+    half = folder / f"{temporaries.temporary_prefix(folder / 'sub')}{pid}-4567cdef"
+    half.mkdir()
+    (half / "w.bin").write_bytes(b"half a model")
+    (folder / "deep").mkdir()
+    (folder / "deep" / f"{temporaries.aside_prefix(folder / 'deep' / 'x.bin')}{pid}-89abcdef").mkdir()
+    (folder / "deep" / f"{temporaries.aside_prefix(folder / 'deep' / 'x.bin')}{pid}-89abcdef" / "x.bin").write_bytes(b"old x")
+    (folder / "deep" / f"{temporaries.temporary_prefix(Path('n' * 300))}{pid}-0123abcd").write_bytes(b"a long name's")
+    users = ["my.zoo-tmp-notes.txt", ".out.zoo.zoo-tmp-12-0123abc", ".out.zoo.zoo-tmp-x-0123abcd", ".zoo-payload-12-0123ABCD"]
+    for name in users:
+        (folder / name).write_text("the user's")
+    with pytest.warns(ZooWarning, match="left out 5 items") as caught:
+        report = zoo.compress(folder, out)
+    shown = next(str(warning.message) for warning in caught if "left out" in str(warning.message))
+    assert shown.count("a temporary of zoo's, from a run writing there or one killed, never stored") == 5, shown
+    assert f"{half.name}/ (a temporary" in shown, shown
+    assert sorted(f["path"] for f in report.files) == sorted(["config.json", *users]) and zoo.verify(out) == []
+    from zoo.api import compress_into
+    from zoo.hub.store import Store
+
+    store = Store(tmp_path / "zoo")
+    (folder / f"{temporaries.temporary_prefix(folder / 'sub')}{os.getpid()}-89abcdef").mkdir()  # a decompress writing there now
+    with pytest.warns(ZooWarning, match="a temporary of zoo's"):
+        entry = compress_into(store, folder, "m")
+    assert sorted(f.path for f in store.resolve(entry.ref, with_files=True).files) == sorted(["config.json", "out.zoo", *users])
+
+
 def test_a_folder_whose_every_entry_is_left_out_comes_back_empty(tmp_path):
     """A subfolder holding only a .git/ (or a FIFO) vanished: decompress gave back no folder there,
     where an empty one comes back."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import stat
 import warnings
 from collections.abc import Sequence
@@ -33,6 +34,11 @@ SKIPPED_FOLDERS = {".git", ".cache"}  # version control and huggingface_hub's do
 # A budget search's folder of candidate archives (zoo.evaluate.budget.Session), made beside its
 # output: with -o inside the model's folder, each candidate stored the ones before it.
 SCRATCH_PREFIX = ".zoo-budget-"
+# The names zoo.hub.temporaries gives what it writes beside an output, .OUT.zoo-tmp-<pid>-<8 hex>
+# (temporary_prefix), .OUT.zoo-old-... (aside_prefix) and .zoo-payload-... (PAYLOAD_PREFIX): an
+# output inside the model's folder, or a killed run's, was stored as the model's own (half a
+# decompressed model), or listed, swept by the check of the output, and then missed by the read.
+_ZOO_TEMPORARY = re.compile(r"\.(?:.*\.zoo-(?:tmp|old)|zoo-payload)-[0-9]+-[0-9a-f]{8}", re.DOTALL)
 MAX_FOLDER_DEPTH = 256  # a model folder is a few levels deep; a Trainer run's checkpoints add two
 SKIPPED_NAMED = 20  # the items a warning of what was left out names; a count says the rest (a chain of 1,200 links named each)
 
@@ -177,6 +183,18 @@ def is_a_zoo(folder: str | os.PathLike[str]) -> bool:
     return all(os.path.isdir(os.path.join(folder, *name.split("/"))) for name in ("objects/sha256", "manifests", "work"))
 
 
+def _never_stored(folder: Path, name: str) -> str | None:
+    """What the folder `folder` (or a link to it) named `name` in the model's folder is, when it
+    is never stored: "" for an empty .git/ or .cache/, which goes without a word."""
+    if is_a_zoo(folder):  # ZOO_HOME inside the model's folder: the zoo would store itself
+        return "a zoo's own folder"
+    if name.startswith(SCRATCH_PREFIX):
+        return "a budget search's candidates"
+    if name in SKIPPED_FOLDERS:
+        return ("version control" if name == ".git" else "a download cache") if any(os.scandir(folder)) else ""
+    return None
+
+
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
@@ -226,17 +244,18 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
         for entry in entries:
             relpath = f"{prefix}{entry.name}"
             path = Path(entry.path)
+            if _ZOO_TEMPORARY.fullmatch(entry.name):
+                leave_out(f"{relpath}/" if entry.is_dir(follow_symlinks=False) else relpath,
+                          "a temporary of zoo's, from a run writing there or one killed, never stored")
+                continue
             if entry.is_dir(follow_symlinks=False):
                 if filtering and not _may_select_within(relpath, include, exclude):
                     continue  # left out whole: not walked
-                if is_a_zoo(path):  # ZOO_HOME inside the model's folder: the zoo would store itself
-                    skipped.append(f"{relpath}/ (a zoo's own folder, never stored)")
-                elif entry.name.startswith(SCRATCH_PREFIX):
-                    skipped.append(f"{relpath}/ (a budget search's candidates, never stored)")
-                elif entry.name not in SKIPPED_FOLDERS:
+                what = _never_stored(path, entry.name)
+                if what is None:
                     visit(path, f"{relpath}/", seen)
-                elif any(os.scandir(path)):
-                    skipped.append(f"{relpath}/ ({'version control' if entry.name == '.git' else 'a download cache'}, never stored)")
+                elif what:
+                    skipped.append(f"{relpath}/ ({what}, never stored)")
                 continue
             if entry.is_symlink():
                 try:
