@@ -174,6 +174,29 @@ def test_zoos_temporaries_in_the_models_folder_are_left_out_by_their_exact_names
     assert sorted(f.path for f in store.resolve(entry.ref, with_files=True).files) == sorted(["config.json", "out.zoo", *users])
 
 
+def test_a_link_followed_to_a_zoo_or_what_zoo_never_stores_is_left_out_as_the_folder_would_be(tmp_path):
+    """--follow-links through `m/cache -> $ZOO_HOME` stored the zoo whole (its catalogue, lock,
+    manifests, objects, a running job's lock), where the same zoo as a folder of m is left out."""
+    from zoo.api import compress_into
+    from zoo.hub.store import Store
+
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    write_safetensors(seed / "model.safetensors", {"w": ("F32", np.ones((2, 2), np.float32))})
+    compress_into(Store(tmp_path / "zoo"), seed, "seed")
+    (tmp_path / "repo" / "refs").mkdir(parents=True)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    os.symlink(tmp_path / "zoo", folder / "cache")
+    os.symlink(tmp_path / "repo", folder / ".git")
+    os.symlink(seed, folder / "weights")  # an ordinary folder: followed
+    with pytest.warns(ZooWarning, match=r"left out 2 items: \.git \(a link to version control, never stored\); "
+                                        r"cache \(a link to a zoo's own folder, never stored\)"):
+        report = zoo.compress(folder, tmp_path / "m.zoo", follow_links=True)
+    assert sorted(f["path"] for f in report.files) == ["config.json", "weights/model.safetensors"]
+
+
 def test_a_folder_whose_every_entry_is_left_out_comes_back_empty(tmp_path):
     """A subfolder holding only a .git/ (or a FIFO) vanished: decompress gave back no folder there,
     where an empty one comes back."""

@@ -293,7 +293,12 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                     raise InputError(f"{path}: a link leading out of the folder (to {target}); "
                                      "pass --follow-links to store what it points to")
                 elif os.path.isdir(target):
-                    if target in seen or _inside(real_root, target):
+                    # what a folder of its own there would not be stored as, it is not through a link either
+                    what = _never_stored(Path(target), entry.name)
+                    if what is not None:
+                        if what:
+                            skipped.append(f"{relpath} (a link to {what}, never stored)")
+                    elif target in seen or _inside(real_root, target):
                         skipped.append(f"{relpath} (a link back into a folder above it)")
                     else:
                         visit(Path(target), f"{relpath}/", seen | {target})
