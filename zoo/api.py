@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+import numpy as np
+
 
 from zoo.kernels.parallel import for_each, resolve_threads
 from zoo.container.reader import Archive, leaf_bytes, positioned_writer, sharded
@@ -1085,6 +1087,38 @@ def _refuse_replacing_what_is_read(opened: Archive, destination: Path, relpaths:
                                     "write it into another folder")
 
 
+def _leaving_holes(descriptor: int) -> Callable[[int, memoryview], None]:
+    """positioned_writer's sink for a new, empty file that leaves a hole where a block of the file
+    system would hold only zeros, as `cp --sparse=auto` does: a sparse file (1 GiB of which 8 KiB
+    were on disk) came back filling all of its size. What is not written of a new file reads as
+    zeros, so any run of zeros may go unwritten: the caller sets the file's size when every piece
+    is in (a hole at its end), and a block two pieces share is a hole when neither writes in it."""
+    write, block = positioned_writer(descriptor), os.fstat(descriptor).st_blksize
+    if block <= 0 or block % 8:
+        return write
+
+    def sink(offset: int, piece: memoryview) -> None:
+        head = min(-offset % block, len(piece))  # up to the piece's first block boundary in the file
+        count = (len(piece) - head) // block
+        words = np.frombuffer(piece, np.uint64, count=count * block // 8, offset=head).reshape(count, block // 8)
+        # a first look at each whole block's first word: a block of weights rarely starts with 8 zero
+        # bytes, and only those that do are read whole
+        starting_with_zeros = np.flatnonzero(words[:, 0] == 0)
+        if count and not len(starting_with_zeros):
+            write(offset, piece)
+            return
+        # the piece cut at the file's block boundaries: its head, its whole blocks, its tail
+        bounds = [0, *range(head, head + count * block + 1, block), len(piece)]
+        empty = np.zeros(count + 2, dtype=bool)
+        empty[1 + starting_with_zeros] = ~words[starting_with_zeros].any(axis=1)
+        empty[[0, -1]] = [not np.frombuffer(piece[a:b], np.uint8).any() for a, b in ((0, head), (bounds[-2], len(piece)))]
+        runs = np.flatnonzero(np.diff(np.concatenate(([True], empty, [True])).astype(np.int8)))  # where runs of bytes begin and end
+        for first, end in zip(runs[0::2].tolist(), runs[1::2].tolist()):
+            write(offset + bounds[first], piece[bounds[first]:bounds[end]])
+
+    return sink
+
+
 # A file at least this large, decompressed on one thread, is hashed on a thread of its own.
 HASH_BESIDE_BYTES = 8 << 20
 
@@ -1193,9 +1227,10 @@ def decompress(
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                      0o666 if entry.get("mode") is None else entry["mode"])
                 with _HashBeside() if beside else nullcontext(hashlib.sha256()) as digest, open(descriptor, "wb") as out:
-                    for piece in opened.iter_file(entry["path"], threads=threads, sink=positioned_writer(out.fileno()), in_order=digest.update):
+                    for piece in opened.iter_file(entry["path"], threads=threads, sink=_leaving_holes(out.fileno()), in_order=digest.update):
                         if progress:
                             progress(len(piece))
+                    os.ftruncate(out.fileno(), entry["size"])  # the holes at its end, which no write reached
                 if entry.get("lossless") and digest.hexdigest() != entry.get("sha256"):
                     raise ChecksumError(f"{archive}: {entry['path']} decodes to bytes whose sha256 does not match the original")
 

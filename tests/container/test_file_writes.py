@@ -142,3 +142,27 @@ def test_a_model_holding_the_set_aside_folder_is_refused_where_it_would_be_taken
     assert (into / ".zoo-old" / "x.txt").read_bytes() == b"theirs" and sorted(p.name for p in into.iterdir()) == [".zoo-old"]
     zoo.decompress(tmp_path / "m.zoo", tmp_path / "new")  # into a new folder: nothing is set aside
     assert (tmp_path / "new" / ".zoo-old" / "x.txt").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_whole_blocks_of_zeros_come_back_as_holes(tmp_path, threads):
+    """A sparse file (1 GiB of which 8 KiB were on disk) came back filling all of its size: a
+    mostly empty file could fill the disk. Whole blocks of zeros are left as holes, as `cp
+    --sparse=auto` leaves them, at any offset a piece begins and at the file's end; the bytes
+    are the same."""
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as out:
+        out.seek(1 << 20)
+        out.write(b"x")
+    if probe.stat().st_blocks * 512 >= 1 << 20:
+        pytest.skip("this file system keeps no holes")
+    rng = np.random.default_rng(5)
+    parts = [rng.bytes(100_003), bytes(1_000_000), rng.bytes(12_345), bytes(3), rng.bytes(9), bytes(700_001)]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"".join(parts))
+    zoo.compress(folder, tmp_path / "m.zoo", chunk_bytes=65_536 + 3)  # pieces that begin off the blocks
+    zoo.decompress(tmp_path / "m.zoo", tmp_path / "out", threads=threads)
+    written = tmp_path / "out" / "weights.bin"
+    assert written.read_bytes() == b"".join(parts)
+    assert written.stat().st_blocks * 512 < 160_000  # of 1.8 MB, 112 KB not zeros
