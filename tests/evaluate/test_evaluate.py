@@ -326,17 +326,23 @@ def test_compress_refuses_a_gate_that_cannot_judge_the_model_before_compressing(
 
 
 def test_a_gate_the_archive_cannot_apply_names_the_output_not_its_temporary(trained, tmp_path, monkeypatch, capsys):
-    # --exclude config.json leaves weights only, which only the archive shows: the error named
-    # `.lm.zoo.zoo-tmp-...` (or, into the zoo, a work folder's model.zoo)
+    # --exclude config.json leaves weights only. The command knows it from the files it keeps and
+    # refuses before compressing (tests/evaluate/test_eval_selection.py); a check given to
+    # compress() without them learns it from the archive, which it named `.lm.zoo.zoo-tmp-...`
     home = tmp_path / "zoo"
     monkeypatch.setenv("ZOO_HOME", str(home))
-    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "-o", tmp_path / "lm.zoo", "--exclude", "config.json",
-                           "-p", "truncate:bits=3", "--max-kl", "0.01")
-    assert code == 1 and err.strip().endswith(f"error: --max-kl does not apply to {tmp_path / 'lm.zoo'}, which is evaluated as weights only")
-    code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", "--name", "lm", "--exclude", "config.json",
-                           "-p", "truncate:bits=3", "--max-kl", "0.01")
-    assert code == 1 and err.strip().endswith("error: --max-kl does not apply to the compressed model, which is evaluated as weights only")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]
+    output = tmp_path / "lm.zoo"
+    gates = Gates(max_kl=0.01)
+    with pytest.raises(InputError) as error:
+        api.compress(trained / "causal-lm", output, "truncate:bits=3", exclude=["config.json"],
+                     check=lambda archive: api.check_quality(archive, trained / "causal-lm", gates, label=str(output)))
+    assert str(error.value) == f"--max-kl does not apply to {output}, which is evaluated as weights only"
+    for where in (("-o", output), ("--name", "lm")):
+        code, _, err = run_cli(monkeypatch, capsys, "compress", trained / "causal-lm", *where, "--exclude", "config.json",
+                               "-p", "truncate:bits=3", "--max-kl", "0.01")
+        assert code == 1 and err.strip().endswith(f"error: --max-kl does not apply to {trained / 'causal-lm'} (the files --include and "
+                                                  "--exclude keep), which is evaluated as weights only")
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["zoo"], [])
 
 
 def test_compress_verify_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):

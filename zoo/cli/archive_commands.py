@@ -126,12 +126,11 @@ def compress(
     if calib is not None and Pipeline.parse(pipeline).lossless:
         stderr.print("note: --calib tunes lossy stages; this pipeline has none, so the calibration text is not read", markup=False,
                      highlight=False)
+    selection = {key: value for key, value in (("include", include), ("exclude", exclude), ("follow_links", follow_links or None))
+                 if value is not None}
     check = quality_check(source, evaluate or verify, max_kl, min_cosine, max_ppl_ratio, None if into_zoo else base, quiet=as_json,
-                          pipeline=pipeline, label="the compressed model" if into_zoo else output)
-    options = {key: value for key, value in (("check", check), ("calibration", calib), ("include", include), ("exclude", exclude),
-                                             ("follow_links", follow_links or None)) if value is not None}
-    if check is not None:
-        check.selection = {key: options[key] for key in ("include", "exclude", "follow_links") if key in options}
+                          pipeline=pipeline, label="the compressed model" if into_zoo else output, selection=selection)
+    options = {key: value for key, value in (("check", check), ("calibration", calib)) if value is not None} | selection
     if base is not None:
         options["base"] = str(base) if into_zoo else base
     if into_zoo and no_delta:

@@ -76,9 +76,12 @@ class QualityCheck:
 
 
 def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine: float | None, max_ppl_ratio: float | None,
-                  base: Path | None = None, quiet: bool = False, pipeline: str = "lossless", label: str = "the compressed model") -> QualityCheck | None:
+                  base: Path | None = None, quiet: bool = False, pipeline: str = "lossless", label: str = "the compressed model",
+                  selection: dict[str, Any] | None = None) -> QualityCheck | None:
     """The check for compress's --eval and gate flags (a gate implies --eval); None without them. A
-    gate that cannot judge the source's kind of model is refused before anything is compressed."""
+    gate that cannot judge the source's kind of model is refused before anything is compressed:
+    the kind of its files that `selection` (compress's include=, exclude=, follow_links=) keeps, as
+    the archive will hold them (--exclude "tokenizer*" leaves weight-space figures only)."""
     from zoo.codecs.pipeline import Pipeline
     from zoo.errors import InputError
     from zoo.evaluate import Gates
@@ -91,10 +94,13 @@ def quality_check(source: Path, evaluate: bool, max_kl: float | None, min_cosine
     if gates.given() and Pipeline.parse(pipeline).array_stages:  # lossy: judged as the model its config.json names
         from zoo.evaluate.models import Model
 
-        with Model(source) as model:
+        with Model(source, selection=selection) as model:
             kind, _ = model.kind()
-        gates.check_applies(kind, str(source), has_reference=True)
-    return QualityCheck(source, gates, base, quiet, label)
+        chosen = selection and (selection.get("include") or selection.get("exclude"))
+        gates.check_applies(kind, f"{source} (the files --include and --exclude keep)" if chosen else str(source), has_reference=True)
+    check = QualityCheck(source, gates, base, quiet, label)
+    check.selection = dict(selection or {})
+    return check
 
 
 def eval_command(

@@ -45,12 +45,14 @@ def evaluate(
     threads: int | None = None,
     progress: Progress | None = None,
     base: str | os.PathLike[str] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Figures of `candidate` against `reference` (each a zoo name, archive, folder or weights
     file). See the package docstring for what each kind measures. `threads` sets torch's thread
     count for the run (default: torch's own). `base` is the model that an archive made with
     `compress(base=...)` is rebuilt on, on either side; given where neither side needs it, it is
-    still checked to be a model, then left unused with a note saying so."""
+    still checked to be a model, then left unused with a note saying so. `selection` (include=,
+    exclude=, follow_links=) narrows a reference folder to the files compress chose from it."""
     from zoo.refs import open_base
     from zoo.evaluate.cache import SHARED
     from zoo.evaluate.models import Model
@@ -68,7 +70,7 @@ def evaluate(
             stack.enter_context(_torch_threads(resolve_threads(threads)))
         base_model = stack.enter_context(open_base(base)) if base is not None else None
         mine = stack.enter_context(Model(candidate, base_model))
-        original = stack.enter_context(Model(reference, base_model)) if reference is not None else None
+        original = stack.enter_context(Model(reference, base_model, selection)) if reference is not None else None
         base_used = mine.needs_base or (original is not None and original.needs_base)
         if base is not None and not base_used:
             # Named by role, not path: compress --verify sees the candidate under a temporary name.
@@ -187,15 +189,16 @@ def verify_archive(
 ) -> EvalResult:
     """What `zoo compress --verify` runs: an archive whose every file is lossless is decoded and
     compared bit for bit with `source` (its files as compress's `selection`, include=, exclude=
-    and follow_links=, chose them); any other is evaluated as a model against `source`, rebuilt
-    on `base` when it was made against one (compress(base=...))."""
+    and follow_links=, chose them); any other is evaluated as a model against those files of
+    `source`, rebuilt on `base` when it was made against one (compress(base=...))."""
     from zoo.api import open_archive
 
     gates = gates or Gates()
     with open_archive(archive) as opened:
         lossless = all(entry.get("lossless") for entry in opened.files())
     if not lossless:
-        return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress, base=base)
+        return evaluate(archive, source, text=text, max_tokens=max_tokens, gates=gates, progress=progress, base=base,
+                        selection=selection)
     from zoo.evaluate.weights import verify_lossless
 
     started = time.perf_counter()

@@ -49,9 +49,14 @@ class Model:
 
     `base` (a zoo.container.delta.BaseModel, owned by the caller) is what an archive stored against a base
     is rebuilt on. Such an archive is checked against it here, before any model runs, so that a
-    missing or wrong base fails in one line and not after the other side has been evaluated."""
+    missing or wrong base fails in one line and not after the other side has been evaluated.
 
-    def __init__(self, given: str | os.PathLike[str], base: Any = None) -> None:
+    `selection` (include=, exclude=, follow_links=, as compress takes them) narrows a model folder
+    to the files compress chose: the model an archive of them is compared with. Without it a folder
+    holding the same weights twice (model.safetensors and pytorch_model.bin, one excluded) was
+    compared whole, and the excluded file's tensors counted as the candidate's zeros."""
+
+    def __init__(self, given: str | os.PathLike[str], base: Any = None, selection: dict[str, Any] | None = None) -> None:
         self.label = str(given)
         path = find_archive(given)
         if path is None:
@@ -60,6 +65,9 @@ class Model:
         self.archive = is_archive(path)
         self.needs_base = False
         self._base = base
+        # a folder's own choice of files; an archive holds what was chosen, and scan refuses globs for one file
+        self._selection = {key: [value] if isinstance(value, str) else value for key, value in (selection or {}).items()
+                           if value is not None} if path.is_dir() and not self.archive else {}
         self._unpacked: tempfile.TemporaryDirectory[str] | None = None
         self._names: list[str] | None = None
         if self.archive:
@@ -105,7 +113,11 @@ class Model:
             elif self.path.is_file():
                 self._names = [self.path.name]
             else:
-                self._names = sorted(p.relative_to(self.path).as_posix() for p in _files_under(self.path))
+                from zoo.sources.folder import selected_by
+
+                names = (p.relative_to(self.path).as_posix() for p in _files_under(self.path))
+                include, exclude = self._selection.get("include"), self._selection.get("exclude")
+                self._names = sorted(name for name in names if selected_by(name, include, exclude))
         return self._names
 
     def read_text(self, relpath: str) -> str | None:
@@ -132,7 +144,7 @@ class Model:
         with warnings.catch_warnings():
             if self.archive:  # its files, decoded into a temporary folder: what they hold was said when it was compressed
                 warnings.simplefilter("ignore", ZooWarning)
-            return [source.path for source in scan(self.folder()) if source.kind in ("safetensors", "torch")]
+            return [source.path for source in scan(self.folder(), **self._selection) if source.kind in ("safetensors", "torch")]
 
     def lone_file(self) -> bool:
         """A weights file given alone (not an archive, not a folder)."""
