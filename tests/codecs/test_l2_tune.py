@@ -8,7 +8,7 @@ from zoo.codecs.pipeline import Pipeline
 from zoo.codecs.base import TypedArray
 from zoo.codecs.lossy.deadzone import Plan, dequantize, entropy_bits, quantize
 from zoo.codecs.lossy.l2 import L2
-from zoo.errors import PipelineError
+from zoo.errors import PipelineError, ZooWarning
 
 from tests.conftest import write_tiny_llama
 
@@ -103,6 +103,41 @@ def test_a_calibrated_survey_after_lowrank_quantizes_its_factors(tiny_llama, tmp
     with zoo.open(tmp_path / "m.zoo") as archive:
         root = archive.tensor_info("model.layers.0.mlp.up_proj.weight")["root"]
     assert root["stage"] == 0 and {part["stage"] for part in root["parts"].values()} == {1}
+
+
+def test_tuning_tensors_that_are_all_zero_is_skipped_and_said(tiny_llama, tmp_path):
+    """Zero-initialised residual projections (o_proj, down_proj) code to no bits: the tuning's rate
+    term divided by that budget, and compress failed with a ZeroDivisionError."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    model = tmp_path / "zeroed"
+    shutil.copytree(tiny_llama, model)
+    tensors = load_file(model / "model.safetensors")
+    save_file({n: v * 0 if "o_proj" in n or "down_proj" in n else v for n, v in tensors.items()}, model / "model.safetensors",
+              metadata={"format": "pt"})
+    (model / "calibration.txt").write_text(TEXT[:1500])  # a few sequences: the survey runs the teacher on each
+    with pytest.warns(ZooWarning, match=r"l2: tune=3 has nothing to tune: the 2 tensors l2 selects are all zero"):
+        zoo.compress(model, tmp_path / "z.zoo", "l2:target_ratio=1.2,tune=3,include=*o_proj*;*down_proj*",
+                     calibration=model / "calibration.txt")
+    with zoo.open(tmp_path / "z.zoo") as archive:
+        assert not archive.get_tensor("model.layers.0.mlp.down_proj.weight").any()
+        assert (archive.get_tensor("model.embed_tokens.weight") == tensors["model.embed_tokens.weight"]).all()
+
+
+def test_tuning_from_symbols_that_code_to_no_bits_holds_them_there(tiny_llama):
+    """Weights a coarse step rounds all to zero: the budget the price follows is 0 bits."""
+    from zoo.optimize import tune as _tune
+    from zoo.optimize.teacher import Teacher
+
+    teacher = Teacher(tiny_llama, TEXT, sequence_length=32, max_sequences=4)
+    arrays = _arrays(tiny_llama)
+    name = "model.layers.0.mlp.down_proj.weight"
+    step = 100.0 * float(np.abs(arrays[name].data).max())
+    start = {name: np.zeros(arrays[name].shape, dtype=np.int64)}
+    tuned = _tune.tune(teacher, start, {name: (step, 0.0)}, 3, slope=1.0)
+    assert not tuned[name].any()
 
 
 def test_tune_needs_a_model_to_train_against():

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from zoo.dtypes import DTYPES, FLOAT32_MAX, to_float32
-from zoo.errors import OutOfReach, PipelineError
+from zoo.errors import OutOfReach, PipelineError, ZooWarning
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Arrivals, Measure, StageProgress, TypedArray
 from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, quantize, quantize_stored,
@@ -217,7 +218,13 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     plan.slope = slope
     plan = _land_on_budget(values, plan, budget, rounds, measure)
     rounds.finish()
-    if codec.tune:
+    if codec.tune and not any(v.any() for v in values.values()):
+        # Zero-initialised layers (residual projections, adaLN-Zero), or a model of zeros: they code
+        # exactly as they are, at no bits, and the tuning's rate term had no budget to hold to.
+        count = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
+        warnings.warn(f"l2: tune={codec.tune} has nothing to tune: the {count} l2 selects are all zero, which it codes exactly at no cost; "
+                      "it ran no tuning", ZooWarning, stacklevel=2)
+    elif codec.tune:
         if progress:  # the error-feedback rounding tuning starts from is part of it (seconds on MiniLM)
             progress("tuning roundings", 0, codec.tune)
         start = {n: _symbols(v, plan, n, feedback=True) for n, v in values.items()}

@@ -132,7 +132,9 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
                 latent.grad += price * rate_gradient(name) * exercised[name]
         optimiser.step()
         if slope > 0:
-            excess = min(hard_bits() / budget - 1.0, 0.1)
+            # Symbols that start all alike in every tensor (all rounded to zero) code to no bits: any bit is over that budget.
+            bits = hard_bits()
+            excess = min(bits / budget - 1.0, 0.1) if budget > 0 else 0.1 if bits > 0 else 0.0
             price = min(max(price * math.exp(PRICE_RESPONSE * excess), slope / PRICE_RANGE), slope * PRICE_RANGE)
             if (iteration + 1) % REFRESH == 0:
                 for name in latents:
