@@ -140,6 +140,24 @@ def test_tuning_from_symbols_that_code_to_no_bits_holds_them_there(tiny_llama):
     assert not tuned[name].any()
 
 
+def test_a_tensor_whose_symbols_reach_past_what_tuning_tables_keeps_its_rounding(tiny_llama):
+    """An outlier's tensor, at the least step its largest weight allows, has symbols up to 2^30:
+    tuning would table a code length for every magnitude up to the largest (8 GiB). It is left out,
+    and said to be."""
+    from zoo.optimize import tune as _tune
+    from zoo.optimize.teacher import Teacher
+
+    teacher = Teacher(tiny_llama, TEXT, sequence_length=32, max_sequences=4)
+    name = "model.layers.0.mlp.down_proj.weight"
+    values = _arrays(tiny_llama)[name].data
+    step = float(np.sqrt(np.mean(values**2)))
+    start = {name: quantize(values, step, 0.0)}
+    start[name].reshape(-1)[0] = (1 << 20) + 1
+    with pytest.warns(ZooWarning, match=rf"^l2: tune leaves {name}'s roundings as they are: its symbols reach past 1,048,576"):
+        tuned = _tune.tune(teacher, start, {name: (step, 0.0)}, 3, slope=1e-3)
+    assert np.array_equal(tuned[name], start[name])
+
+
 def test_tune_needs_a_model_to_train_against():
     rng = np.random.default_rng(0)
     arrays = {"w": TypedArray(rng.standard_normal((256, 256)).astype(np.float32), "F32")}

@@ -29,8 +29,8 @@ from zoo.dtypes import DTYPES, FLOAT32_MAX, to_float32
 from zoo.errors import OutOfReach, PipelineError, ZooWarning
 from zoo.optimize import teacher as _teacher, tune as _tune
 from zoo.codecs.base import Arrivals, Measure, StageProgress, TypedArray
-from zoo.codecs.lossy.deadzone import (BLOCK, LOWEST_BITS, Plan, dequantize, entropy_bits, quantize, quantize_stored,
-                                       quantize_with_feedback, symbols_array)
+from zoo.codecs.lossy.deadzone import (BLOCK, LARGEST_SYMBOL, LOWEST_BITS, Plan, dequantize, entropy_bits, quantize,
+                                       quantize_stored, quantize_with_feedback, symbols_array)
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
 LEAST_SAMPLE = 1 << 20  # weights of a tensor the least the leaf stages store it in is measured on (_least_bytes)
@@ -57,8 +57,8 @@ FITTING_ROUNDS = 2 + LANDING_ROUNDS + FEEDBACK_LANDINGS
 class Curve:
     """Rate (bits, whole tensor) and distortion of each grid point of one tensor."""
 
-    def __init__(self, values: np.ndarray, sensitivity: np.ndarray | None, rng: np.random.Generator) -> None:
-
+    def __init__(self, values: np.ndarray, sensitivity: np.ndarray | None, rng: np.random.Generator, least_step: float = 0.0) -> None:
+        """`least_step`: the least step the tensor's largest weight allows (least_step()), which the sample may miss."""
         flat = values.reshape(-1)
         self.count = flat.size
         take = rng.choice(flat.size, SAMPLE, replace=False) if flat.size > SAMPLE else np.arange(flat.size)
@@ -71,9 +71,12 @@ class Curve:
             weight = sensitivity[np.unravel_index(take, sensitivity.shape)]
         scale = self.count / len(sample)
         rms = float(np.sqrt(np.mean(sample**2))) or 1e-12
+        anchors = [rms]
+        typical = float(np.median(np.abs(sample))) / 0.6745  # a normal distribution's rms, from its median magnitude
+        if 0.0 < typical < rms / 4:  # an outlier in the sample makes the rms: the grid spans the weights around it too
+            anchors.append(typical)
         points = []
-        for exponent in STEP_EXPONENTS:
-            step = rms * 2.0**exponent
+        for step in sorted({max(anchor * 2.0**exponent, least_step) for anchor in anchors for exponent in STEP_EXPONENTS}, reverse=True):
             if step * max(1.0, *DEAD_ZONES) > FLOAT32_MAX:  # decoding computes in float32: no step it cannot hold
                 continue
             for fraction in DEAD_ZONES:
@@ -112,14 +115,14 @@ def _symbols(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feed
     """The symbols (int64) l2 writes for a tensor under `plan` with every step times `scale` (with
     the error feedback encode uses where `feedback` is set and the tensor has statistics)."""
 
-    step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
+    step, dead_zone = plan.scaled(name, scale)
     hessian = plan.hessian(name, values) if feedback else None
     return quantize(values, step, dead_zone) if hessian is None else quantize_with_feedback(values, step, dead_zone, hessian)
 
 
 def _stored(values: np.ndarray, plan: Plan, name: str, scale: float = 1.0, feedback: bool = False) -> TypedArray:
     """_symbols as l2 stores them (the narrowest integer); plain rounding goes there block by block."""
-    step, dead_zone = plan.steps[name][0] * scale, plan.steps[name][1] * scale
+    step, dead_zone = plan.scaled(name, scale)
     hessian = plan.hessian(name, values) if feedback else None
     return quantize_stored(values, step, dead_zone) if hessian is None else symbols_array(quantize_with_feedback(values, step, dead_zone, hessian))
 
@@ -201,13 +204,15 @@ def allocate(codec: Any, tensors: Callable[[], Iterator[tuple[str, TypedArray]]]
     curves = {}
     if progress:
         progress("surveying rates", 0, len(values))
+    least_steps = {name: least_step(v) for name, v in values.items()}
     for name, v in values.items():
-        curves[name] = Curve(v, sensitivities.get(name), rng)
+        curves[name] = Curve(v, sensitivities.get(name), rng, least_steps[name])
         if progress:
             progress("surveying rates", len(curves), len(values))
     corrections = {n: 1.0 for n in curves}
     choice, slope = split_budget(curves, budget, corrections)
-    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration, aliases=whole)
+    plan = Plan({n: (float(curves[n].steps[i]), float(curves[n].dead_zones[i])) for n, i in choice.items()}, calibration, aliases=whole,
+                least_steps=least_steps)
     rounds = _Rounds(progress)
     corrections = {}
     for name, v in values.items():  # coded size over the entropy estimate, from the same symbols
@@ -360,6 +365,15 @@ def _activation_weights(values: dict[str, np.ndarray], calibration: Any, whole: 
     return {name: weights.get(name, median) for name in values}
 
 
+def least_step(values: np.ndarray) -> float:
+    """The least step at which the tensor's largest weight is a symbol of at most LARGEST_SYMBOL.
+    The curves are measured on a sample, which one outlier among many weights is seldom in: a
+    512x512 matrix with one weight of 1e9 got a step that needed symbols wider than 32 bits, and
+    compress failed naming neither the tensor nor a way round."""
+    flat = values.reshape(-1)
+    return max(float(flat.max()), -float(flat.min())) / LARGEST_SYMBOL if flat.size else 0.0
+
+
 def mean_square(values: np.ndarray) -> float:
     """np.mean(values.astype(np.float64) ** 2), to the bit, without the float64 squares of the whole
     tensor (twice its float32 size): numpy sums by halving down to 128 values (pairwise summation),
@@ -416,4 +430,5 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, ro
 
 
 def _scaled(plan: Plan, factor: float) -> Plan:
-    return Plan({n: (s * factor, d * factor) for n, (s, d) in plan.steps.items()}, plan.statistics, slope=plan.slope, aliases=plan.aliases)
+    return Plan({n: plan.scaled(n, factor) for n in plan.steps}, plan.statistics, slope=plan.slope, aliases=plan.aliases,
+                least_steps=plan.least_steps)

@@ -24,11 +24,13 @@ what the model will see, and more of it generalises better (SEQUENCES of the tex
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 
 from zoo.codecs.base import StageProgress, step_reporter
+from zoo.errors import ZooWarning
 
 SEQUENCES = 512  # calibration sequences the teacher reads when tuning (MAX_SEQUENCES otherwise)
 BATCH = 4  # sequences per iteration
@@ -36,6 +38,9 @@ LEARNING_RATE = 0.01  # Adam, in steps of the tensor's quantizer; decays to zero
 PRICE_RESPONSE = 100.0  # the price of a bit is multiplied by exp(this x the relative excess of bits)
 PRICE_RANGE = 1e6  # ... and kept within this factor of the slope either way (no underflow to a price that cannot rise)
 REFRESH = 25  # iterations between re-counts of the symbol frequencies the code lengths come from
+# The code lengths are tabled by magnitude, 8 bytes each: a tensor whose symbols reach past this
+# (an outlier's, where l2's step is the least it allows, symbols up to 2^30) keeps its rounding.
+WIDEST_SYMBOL = 1 << 20
 
 
 def code_lengths(symbols: np.ndarray) -> tuple[np.ndarray, int]:
@@ -63,6 +68,10 @@ def tune(teacher: Any, symbols: dict[str, np.ndarray], steps: dict[str, tuple[fl
     for name, symbol in symbols.items():
         parameter = teacher.parameter(name)
         if parameter is None or parameter in claimed or teacher.parameter_names[parameter].numel() != symbol.size:
+            continue
+        if symbol.size and max(int(symbol.max()), -int(symbol.min())) > WIDEST_SYMBOL:
+            warnings.warn(f"l2: tune leaves {name}'s roundings as they are: its symbols reach past {WIDEST_SYMBOL:,} "
+                          "(a weight far larger than the rest)", ZooWarning, stacklevel=2)
             continue
         claimed.add(parameter)
         step, dead_zone = steps[name]

@@ -19,6 +19,9 @@ SYMBOL_DTYPES = (("I8", np.int8), ("I16", np.int16), ("I32", np.int32))
 # The fewest bits per weight l2 codes what it selects at (its highest target_ratio, 320): below it
 # a matrix is all but wiped, and zoo.optimize.rate refuses a target that would leave less.
 LOWEST_BITS = 0.1
+# The largest symbol a step is chosen for: half of what I32 holds, as error feedback may round a
+# weight a step or two past its own value.
+LARGEST_SYMBOL = 1 << 30
 # Weights per block where a whole tensor is quantized, dequantized or counted: the float64 and int64
 # temporaries of 2^18 weights are 2 MiB, where those of the whole tensor were up to twice its size each.
 BLOCK = 1 << 18
@@ -93,9 +96,14 @@ def entropy_bits(symbols: np.ndarray) -> float:
     if flat.size == 0:
         return 0.0
     low, high = int(flat.min()), int(flat.max())
-    counts = np.zeros(high - low + 1, np.int64)
-    for block in blocks(flat.size):
-        counts += np.bincount(flat[block].astype(np.int64) - low, minlength=counts.size)
+    if high - low >= max(flat.size, BLOCK):  # a few symbols far out (an outlier's): the ones present counted, not the range
+        found = [np.unique(flat[block], return_counts=True) for block in blocks(flat.size)]
+        _, where = np.unique(np.concatenate([present for present, _ in found]), return_inverse=True)
+        counts = np.bincount(where, weights=np.concatenate([tally for _, tally in found]))
+    else:
+        counts = np.zeros(high - low + 1, np.int64)
+        for block in blocks(flat.size):
+            counts += np.bincount(flat[block].astype(np.int64) - low, minlength=counts.size)
     p = counts[counts > 0] / flat.size
     return float(-(p * np.log2(p)).sum())
 
@@ -141,6 +149,14 @@ class Plan:
     symbols: dict[str, np.ndarray] = field(default_factory=dict)
     slope: float = 0.0
     aliases: dict[str, str] = field(default_factory=dict)
+    least_steps: dict[str, float] = field(default_factory=dict)  # by tensor: the least step its largest weight allows
+
+    def scaled(self, name: str, scale: float = 1.0) -> tuple[float, float]:
+        """`name`'s (step, dead zone), both times `scale`, but the step never under its least (the
+        dead zone kept in proportion): there the largest weight's symbol would not fit 32 bits."""
+        step, dead_zone = self.steps[name]
+        factor = max(scale, self.least_steps.get(name, 0.0) / step) if step > 0 else scale
+        return step * factor, dead_zone * factor
 
     def hessian(self, name: str, values: np.ndarray) -> np.ndarray | None:
         if self.statistics is None or values.ndim != 2 or not hasattr(self.statistics, "hessian"):
