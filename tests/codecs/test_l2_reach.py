@@ -32,8 +32,8 @@ def _model(tmp_path, integers=(128, 128)):
 def test_a_target_the_other_tensors_take_is_refused_with_the_ratio_reachable(tmp_path):
     source, tensors = _model(tmp_path)
     with pytest.raises(PipelineError, match=r"^l2: target_ratio=8 is out of reach: the tensors l2 leaves alone and the archive header take "
-                       r".*which leaves less than 0\.1 bits per weight for the 1 tensor l2 selects beyond the \S+ KiB its leaf stages take for "
-                       r"them when not all zero; target_ratio=\S+ is the most this model "
+                       r".*which leaves less than 0\.1 bits per weight for the 1 tensor l2 selects beyond the \S+ KiB its leaf stages "
+                       r"take for them when not all zero; target_ratio=\S+ is the most this model "
                        r"reaches, or let l2 select more tensors \(include=/exclude=\)$") as refused:
         zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
     assert not (tmp_path / "m.zoo").exists()
@@ -64,7 +64,8 @@ def test_an_excluded_embedding_table_counts_against_the_target(tmp_path):
     tensors = {f"layer.{i}.weight": ("F32", (rng.standard_normal((128, 128)) * 0.05).astype(np.float32)) for i in range(4)}
     tensors["embeddings.word_embeddings.weight"] = ("F32", rng.standard_normal((1024, 128)).astype(np.float32))
     source = write_safetensors(tmp_path / "m.safetensors", tensors)
-    with pytest.raises(OutOfReach, match=r"target_ratio=8 is out of reach: .* for the 4 tensors l2 selects .*; target_ratio=1\.\d+ is the most"):
+    with pytest.raises(OutOfReach, match=r"target_ratio=8 is out of reach: .* for the 4 tensors l2 selects .*; "
+                                         r"target_ratio=1\.\d+ is the most"):
         zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8,exclude=*word_embeddings*")
     # Selected too, the table is part of what l2 spends the budget on, and the target is met.
     report = zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")

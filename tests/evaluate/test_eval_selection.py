@@ -68,5 +68,6 @@ def test_a_gate_the_kept_files_cannot_judge_is_refused_before_compressing(tmp_pa
                            "--exclude", "tokenizer*", "--max-kl", "0.01")
     # said before any coding or evaluating (which printed "evaluating against ..."), naming the source
     assert code == 1 and "evaluating against" not in err
-    assert err.strip() == f"error: --max-kl does not apply to {model} (the files --include and --exclude keep), which is evaluated as weights only"
+    assert err.strip() == (f"error: --max-kl does not apply to {model} (the files --include and --exclude keep), "
+                           "which is evaluated as weights only")
     assert list(output.iterdir()) == []
