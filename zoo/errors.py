@@ -17,6 +17,12 @@ class FormatError(ZooError):
     """An archive that is damaged, truncated or not a zoo archive."""
 
 
+class UnreadableError(FormatError):
+    """A path zoo cannot read as an archive at all: missing, a folder, a file it may not open or
+    that is not a zoo archive, or one of a format version or with features this zoo does not read.
+    Nothing says an archive is damaged: `zoo verify` says it as an error, where it reports damage."""
+
+
 class MissingObjectError(FormatError):
     """An object an archive of a zoo reads from is not there (removed, lost, or the archive copied
     out of its zoo)."""

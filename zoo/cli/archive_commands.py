@@ -323,8 +323,18 @@ def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archiv
         _verify_zoo(threads, as_json)
         return
 
-    problems = api.verify(archive, threads=threads, base=base)
-    needed = api.report_of(archive).base
+    from zoo.errors import FormatError, UnreadableError
+
+    try:
+        problems = api.verify(archive, threads=threads, base=base)
+    except UnreadableError:  # no archive zoo reads (a folder, not a zoo archive, another format): an error, not damage
+        raise
+    except FormatError as error:  # too damaged to open (its header, cut short, a model's archive missing): damage, as the zoo's verify says
+        problems = [str(error)]
+    try:
+        needed = api.report_of(archive).base
+    except FormatError:  # too damaged to open, one of the problems: nothing in it was checked, nor rebuilt
+        needed = None
     # Without its base, an archive's differences are decoded and checked but not added to anything.
     unrebuilt = None if needed is None or base is not None else (
         f"{count(needed['tensors'], 'tensor')} stored as {'a difference' if needed['tensors'] == 1 else 'differences'} from "

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from zoo import kernels as _kernels
-from zoo.errors import ChecksumError, FormatError, InputError, MissingObjectError, StorageError, ZooError
+from zoo.errors import ChecksumError, FormatError, InputError, MissingObjectError, StorageError, UnreadableError, ZooError
 
 MAGIC = b"\x89ZOO\r\n\x1a\n"
 VERSION = 1
@@ -372,13 +372,13 @@ class ArchiveFile:
         try:
             self._file = _open_regular(self.path)
         except FileNotFoundError:
-            raise FormatError(f"{self.path}: no such archive") from None
+            raise UnreadableError(f"{self.path}: no such archive") from None
         except IsADirectoryError:
-            raise FormatError(f"{self.path}: is a folder, not a zoo archive") from None
+            raise UnreadableError(f"{self.path}: is a folder, not a zoo archive") from None
         except OSError as error:
             if error.errno in OUT_OF_DESCRIPTORS:  # no damage of the archive's
                 raise out_of_descriptors(error, self.path) from None
-            raise FormatError(f"{self.path}: cannot open: {error.strerror}") from None
+            raise UnreadableError(f"{self.path}: cannot open: {error.strerror}") from None
         try:
             self.header = self._read_header()
         except BaseException:
@@ -389,10 +389,10 @@ class ArchiveFile:
         self.file_size = os.fstat(self._file.fileno()).st_size
         preamble = os.pread(self._file.fileno(), PREAMBLE.size, 0)
         if len(preamble) < PREAMBLE.size or preamble[:8] != MAGIC:
-            raise FormatError(f"{self.path}: not a zoo archive")
+            raise UnreadableError(f"{self.path}: not a zoo archive")
         _, version, header_crc, length = PREAMBLE.unpack(preamble)
         if version not in VERSIONS:
-            raise FormatError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} to {FEATURES_VERSION}")
+            raise UnreadableError(f"{self.path}: archive format version {version}; this zoo reads versions {VERSION} to {FEATURES_VERSION}")
         if length > MAX_HEADER_BYTES:
             raise FormatError(f"{self.path}: header length {length} is over the cap of {MAX_HEADER_BYTES}")
         if PREAMBLE.size + length > self.file_size:
@@ -418,7 +418,7 @@ class ArchiveFile:
             raise FormatError(f"{self.path}: archive header has a malformed features list")
         unknown = sorted(set(features) - FEATURES)
         if unknown:
-            raise FormatError(f"{self.path}: archive needs features this zoo lacks: {', '.join(unknown)}")
+            raise UnreadableError(f"{self.path}: archive needs features this zoo lacks: {', '.join(unknown)}")
         if version != version_of(header):
             raise FormatError(f"{self.path}: a version {version} archive whose header is that of version {version_of(header)}")
         self.payload_start = PREAMBLE.size + length
@@ -825,7 +825,7 @@ def _regular_descriptor(path: Path) -> int:
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         if not stat.S_ISREG(mode):
-            raise FormatError(f"{path}: not a regular file (a pipe, a device or a socket); zoo reads archives from files")
+            raise UnreadableError(f"{path}: not a regular file (a pipe, a device or a socket); zoo reads archives from files")
         os.set_blocking(descriptor, True)
         return descriptor
     except BaseException:

@@ -1,0 +1,53 @@
+"""What `--json` prints, as a script reads it: one document whatever the outcome a command reports
+(damage included), in valid Unicode whatever the names in it hold, with the same facts as the text."""
+
+import json
+
+from tests.cli.test_first_contact import ok, zoo_cli
+from tests.conftest import random_storage, write_safetensors
+
+
+def _archive(tmp_path, name="w.zoo"):
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+    ok(zoo_cli("compress", weights, "-o", tmp_path / name))
+    return tmp_path / name
+
+
+def _flip(path, position):
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_reports_an_archive_too_damaged_to_open_as_damage(tmp_path):
+    """A damaged header, a cut archive, a zoo model whose archive's header is damaged: `verify
+    --json` printed no document (stdout empty, `error: ...` on stderr), where the whole zoo's verify
+    lists the same damage under problems. A file that is no archive, or none, is still an error."""
+    archive = _archive(tmp_path)
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", tmp_path / "w.safetensors", "--name", "m", home=home))
+    record = json.loads((home / "manifests" / "m" / "main" / "lossless.json").read_bytes())
+    digest = next(o["sha256"] for o in record["objects"] if o["role"] == "archive")
+    stored = home / "objects" / "sha256" / digest[:2] / f"{digest}.zoo"
+
+    header = tmp_path / "header.zoo"
+    header.write_bytes(archive.read_bytes())
+    _flip(header, 40)  # in the header's JSON: its checksum fails
+    cut = tmp_path / "cut.zoo"
+    cut.write_bytes(archive.read_bytes()[:300])  # inside the header
+    _flip(stored, 40)
+    for ref, said in ((header, "archive header is damaged"), (cut, "truncated archive"), ("m", "archive header is damaged")):
+        done = zoo_cli("verify", ref, "--json", home=home)
+        assert done.returncode == 1 and done.stderr == "", done.stderr
+        document = json.loads(done.stdout)
+        assert document["ok"] is False and len(document["problems"]) == 1 and said in document["problems"][0], document
+        assert document["not_rebuilt"] is None
+    text = zoo_cli("verify", header)
+    assert text.returncode == 1 and text.stdout == "" and text.stderr.startswith("damaged: "), text.stderr
+    assert "header is damaged" in text.stderr, text.stderr
+
+    (tmp_path / "notes.zoo").write_text("not an archive")
+    for ref, said in ((tmp_path / "notes.zoo", "not a zoo archive"), (tmp_path / "none.zoo", "no such file"), (tmp_path, "is a folder")):
+        done = zoo_cli("verify", ref, "--json", home=home)
+        assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith("error: ") and said in done.stderr, done.stderr
+
