@@ -2,6 +2,7 @@
 (damage included), in valid Unicode whatever the names in it hold, with the same facts as the text."""
 
 import json
+import os
 
 from tests.cli.test_first_contact import ok, zoo_cli
 from tests.conftest import random_storage, write_safetensors
@@ -50,4 +51,36 @@ def test_verify_reports_an_archive_too_damaged_to_open_as_damage(tmp_path):
     for ref, said in ((tmp_path / "notes.zoo", "not a zoo archive"), (tmp_path / "none.zoo", "no such file"), (tmp_path, "is a folder")):
         done = zoo_cli("verify", ref, "--json", home=home)
         assert done.returncode == 1 and done.stdout == "" and done.stderr.startswith("error: ") and said in done.stderr, done.stderr
+
+
+def _in_valid_unicode(value):
+    """Every string in a parsed document encodes as UTF-8 (a lone surrogate does not)."""
+    if isinstance(value, dict):
+        return all(_in_valid_unicode(key) and _in_valid_unicode(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(map(_in_valid_unicode, value))
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def test_a_name_that_is_not_utf8_is_written_as_the_text_reports_write_it(tmp_path):
+    """`caf\\xe9.zoo` (Latin-1 bytes) came out of --json as the lone surrogate "caf\\udce9.zoo":
+    Perl's JSON decoder refused the document, and jq made it U+FFFD, which names no file. Now as
+    the text reports write it: the four characters \\xe9."""
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / os.fsdecode(b"w\xe9.safetensors"), {"a": ("F32", random_storage("F32", (8, 8), 1))})
+    archive = os.fsdecode(b"caf\xe9.zoo")
+    compressed = json.loads(ok(zoo_cli("compress", model, "-o", archive, "--json", cwd=tmp_path)).stdout)
+    shown = json.loads(ok(zoo_cli("info", archive, "--json", cwd=tmp_path)).stdout)
+    checked = json.loads(ok(zoo_cli("verify", archive, "--json", cwd=tmp_path)).stdout)
+    for document in (compressed, shown, checked):
+        assert _in_valid_unicode(document) and document["archive"] == "caf\\xe9.zoo", document
+    assert compressed["output"] == "caf\\xe9.zoo"
+    assert [f["path"] for f in shown["files"]] == ["w\\xe9.safetensors"] and shown["tensors"][0]["file"] == "w\\xe9.safetensors"
+    assert ok(zoo_cli("info", archive, cwd=tmp_path)).stdout.startswith("caf\\xe9.zoo: ")  # the text report's escape
 

@@ -7,6 +7,7 @@ import codecs
 import contextlib
 import errno
 import os
+import re
 import sys
 import warnings
 
@@ -24,6 +25,18 @@ def one_line(text: str) -> str:
     Letters of any script stay as they are, where serve's access log (zoo.hub.serve.printable)
     escapes all but ASCII."""
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with each lone surrogate written as one_line writes it: a byte of a name that is not
+    UTF-8 (Python's surrogate escape) as the four characters \\xNN, any other (an archive's header
+    may spell one as a JSON escape) as \\uNNNN. A --json document's strings are then valid Unicode:
+    json.dumps wrote them as escapes of lone surrogates, which Perl's JSON decoder refuses and jq
+    turns into U+FFFD, naming no file. Control characters stay: JSON escapes them itself."""
+    return _SURROGATE.sub(lambda found: _escape(found.group()), text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _escape(character: str) -> str:

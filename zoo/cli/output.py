@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from zoo.cli import one_line
+from zoo.cli import one_line, valid_unicode
 
 
 class StdoutError(OSError):
@@ -156,10 +156,26 @@ def _boxed_width(columns: list[str], rows: list[list[str]], right: tuple[str, ..
 JSON_PIECE = 1 << 16
 
 
+def _valid_strings(value: Any) -> Any:
+    """`value` with every string in it, keys included, as zoo.cli.valid_unicode writes it, and
+    anything JSON has no form for as its str() (a path), written the same way."""
+    if isinstance(value, str):
+        return valid_unicode(value)
+    if isinstance(value, dict):
+        return {valid_unicode(key) if isinstance(key, str) else key: _valid_strings(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid_strings(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return valid_unicode(str(value))
+
+
 def print_json(document: Any) -> None:
+    """`document` as JSON on stdout, in valid Unicode: a byte of a name that is not UTF-8 is
+    written \\xNN, as the text reports write it (_valid_strings)."""
     from zoo.evaluate.result import json_safe
 
-    text = json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n"
+    text = json.dumps(_valid_strings(json_safe(document)), indent=2, allow_nan=False) + "\n"
     # in pieces: one write of a document larger than a pipe holds, to a reader that left, wrote part
     # of it and raised nothing (exit 0, the document cut); the next piece's write raises BrokenPipeError
     for start in range(0, len(text), JSON_PIECE):
