@@ -84,3 +84,22 @@ def test_a_name_that_is_not_utf8_is_written_as_the_text_reports_write_it(tmp_pat
     assert [f["path"] for f in shown["files"]] == ["w\\xe9.safetensors"] and shown["tensors"][0]["file"] == "w\\xe9.safetensors"
     assert ok(zoo_cli("info", archive, cwd=tmp_path)).stdout.startswith("caf\\xe9.zoo: ")  # the text report's escape
 
+
+def test_a_pull_says_whether_it_stored_the_model_as_the_text_does(tmp_path):
+    """`zoo pull REPO --json` twice gave the same document but for adds_bytes, null the second
+    time, where the text says `stored ...` and then `already in the zoo: ...`: now `new` says it,
+    as in compress's document, and adds_bytes is the same both times."""
+    from zoo.api import compress_into
+    from zoo.hub.store import Store
+
+    from tests.hub.test_serve import running_server
+
+    (tmp_path / "m").mkdir()
+    write_safetensors(tmp_path / "m" / "model.safetensors", {"a": ("F32", random_storage("F32", (8, 8), 1))})
+    upstream = Store(tmp_path / "upstream")
+    compress_into(upstream, tmp_path / "m", "org/m")
+    with running_server(upstream) as url:
+        env = {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        first, again = (json.loads(ok(zoo_cli("pull", "org/m", "--json", env=env, home=tmp_path / "zoo")).stdout) for _ in range(2))
+    assert first.pop("new") is True and again.pop("new") is False
+    assert first == again and first["adds_bytes"] > 0, (first, again)

@@ -17,12 +17,14 @@ NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="A zoo name: NAME[
 Pipeline = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Codec pipeline SPEC (default: lossless).")]
 
 
-def print_entry(entry, as_json: bool, verb: str) -> None:
+def print_entry(entry, as_json: bool, new: bool) -> None:
+    """A pull's result: `new` false where the zoo held that commit already (`new`, as in the
+    `zoo` of compress's document; a batch's says `unchanged`)."""
     if as_json:
-        print_json(entry.to_dict())
+        print_json({**entry.to_dict(), "new": new})
     else:
-        stdout.print(f"{verb} {entry.ref}: {human_bytes(entry.original_bytes)} -> {human_bytes(entry.stored_bytes)} "
-                     f"(ratio {entry.ratio:.3f})", markup=False, highlight=False)
+        stdout.print(f"{'stored' if new else 'already in the zoo:'} {entry.ref}: {human_bytes(entry.original_bytes)} -> "
+                     f"{human_bytes(entry.stored_bytes)} (ratio {entry.ratio:.3f})", markup=False, highlight=False)
 
 
 def pull(
@@ -55,7 +57,7 @@ def pull(
         entry, new = pull_model(repo, name=name, pipeline=pipeline, include=include, exclude=exclude, threads=threads, force=force,
                                 progress=lambda total: progress_bar(total, "compressing", not as_json),
                                 progress_bars=not as_json and stderr.is_terminal, **options)
-    print_entry(entry, as_json, "stored" if new else "already in the zoo:")
+    print_entry(entry, as_json, new)
 
 
 def _pull_batch(refs: list[str], include: Optional[list[str]], exclude: Optional[list[str]], name: Optional[str], pipeline: Optional[str],

@@ -357,7 +357,7 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
     source = f"hub:{repo_id}@{pulled.commit}"
     selected = chosen_files(pulled.folder, include, exclude)
     if held_as_pulled(held, source, selected) and not force:
-        return held, False
+        return store.resolve(held.ref, with_files=True), False  # through the index, as a new one is: with what it adds to the zoo
     total = sum(path.stat().st_size for path in selected.values())
     their_check = options.pop("check", None)
 
