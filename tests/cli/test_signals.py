@@ -151,6 +151,36 @@ def test_serve_stops_on_a_signal(tmp_path, number, status, message):
     assert (process.returncode, stderr) == (status, message + "\n")
 
 
+def test_serve_leaves_a_signal_ignored_when_it_starts_ignored(tmp_path):
+    """Run as a script's background job (`zoo serve & ...`: SIGINT ignored, as a shell starts it),
+    serve stopped on SIGINT with status 0 and no word: uvicorn put its handler in place of the
+    ignored signal. SIGTERM still stops it."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"} | {"ZOO_HOME": str(tmp_path / "home")}
+    process = start_zoo(["serve", "--port", "0", "--quiet"], environment=environment, ignoring=[signal.SIGINT])
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(serving.split(" at ")[1].split()[0] + "/api/models", timeout=30)
+        except urllib.error.HTTPError:
+            pass
+        return True
+
+    try:
+        serving = process.stderr.readline()
+        assert serving.startswith("serving 0 models from "), serving
+        assert answers()  # uvicorn serves, its handlers in place
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # uvicorn would see it at its next tick, a tenth of a second
+            process.wait(timeout=1)
+        assert answers()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (process.returncode, stderr) == (143, "terminated (SIGTERM)\n")
+
+
 def test_the_command_loads_nothing_heavy_before_its_handlers():
     """What zoo.cli.main loads before the command itself (its `_run` a stub here), seen in a fresh
     interpreter: in this one an earlier test may have loaded typer, rich or numpy already, which

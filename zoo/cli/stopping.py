@@ -98,8 +98,8 @@ def _ignore_from_now_on() -> None:
 def stop_on_signals() -> None:
     """Install the CLI's handlers. A signal ignored when zoo starts stays ignored: `nohup`
     ignores SIGHUP, and a shell ignores SIGINT in what it starts in the background. `zoo serve`'s
-    uvicorn puts its own in place while it serves, then puts these back and raises the signal
-    that stopped it again."""
+    uvicorn puts its own in place of the others while it serves, then puts these back and raises
+    the signal that stopped it again."""
     global _exit_registered
     if not _exit_registered:  # before the exit handlers of whatever loads later (Ray's), which run before it
         atexit.register(_ignore_from_now_on)

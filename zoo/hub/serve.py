@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -1056,6 +1056,30 @@ def _event_loop() -> str:
     return "uvloop"
 
 
+def _server_leaving_ignored_signals(config: Any) -> Any:
+    """uvicorn's server, which leaves a signal ignored when it starts ignored: uvicorn put its
+    handler in place of SIGINT and SIGTERM whatever they were, and raised again the one that
+    stopped it, so that `zoo serve` run as a script's background job (SIGINT ignored, as a shell
+    starts it) ended on SIGINT, status 0 and no word. A signal ignored when zoo starts stays
+    ignored (zoo.cli.stopping)."""
+    import signal
+
+    import uvicorn
+    from uvicorn.server import HANDLED_SIGNALS
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            on_main_thread = threading.current_thread() is threading.main_thread()  # elsewhere uvicorn handles none
+            ignored = [number for number in HANDLED_SIGNALS if on_main_thread and signal.getsignal(number) == signal.SIG_IGN]
+            with super().capture_signals():
+                for number in ignored:  # put back when uvicorn puts back what it found
+                    signal.signal(number, signal.SIG_IGN)
+                yield
+
+    return Server(config)
+
+
 class ZooServer:
     """`zoo serve`'s server: the app on uvicorn, on a socket bound when this is made."""
 
@@ -1068,7 +1092,7 @@ class ZooServer:
             interface="asgi3", lifespan="off", log_config=None, access_log=False, log_level="warning", server_header=False,
             limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=30, timeout_graceful_shutdown=2, backlog=2048,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _server_leaving_ignored_signals(config)
         self._stopped = threading.Event()
 
     @property
