@@ -52,3 +52,22 @@ def test_the_budget_trail_is_plain_lines_when_piped(capsys):
     lines = shown.splitlines()
     assert lines[1] == "budget search, in the order tried" and lines[2].split() == ["candidate", "stored", "bits/weight", "figure", "meets"]
     assert [line.split()[0] for line in lines[3:]] == ["l2:target_ratio=4", "l2:target_ratio=8"]
+
+
+def test_plain_table_columns_line_up_in_cells_as_printed(tmp_path):
+    """A CJK tensor name took two cells a letter and one in the widths, so its row's columns stood
+    three cells right of the others; under an ASCII locale the escapes stdout writes (层 as
+    \\u5c42) widened cells after they were measured, and zoo's own × came out as \\xd7, read as a
+    byte of a name that is not UTF-8. Now measured as printed, and × is x where it cannot be."""
+    from rich.cells import cell_len
+
+    weights = write_safetensors(tmp_path / "w.safetensors", {"层.权重": ("F32", random_storage("F32", (8, 8), 1)),
+                                                              "plain.weight": ("F32", random_storage("F32", (4, 4), 2))})
+    ok(zoo_cli("compress", weights, "-o", tmp_path / "w.zoo"))
+    for env, name, shape in (({}, "层.权重", "8×8"), ({"PYTHONIOENCODING": "ascii"}, "\\u5c42.\\u6743\\u91cd", "8x8")):
+        lines = ok(zoo_cli("info", tmp_path / "w.zoo", env=env)).stdout.splitlines()[1:4]
+        assert [line.split()[:3] for line in lines] == [["tensor", "dtype", "shape"], ["plain.weight", "F32", "4" + shape[1] + "4"],
+                                                         [name, "F32", shape]], lines
+        # the dtype column starts in the same cell on every line, and every line ends in the same one
+        assert len({cell_len(line[:line.index("dtype" if number == 0 else "F32")]) for number, line in enumerate(lines)}) == 1, lines
+        assert len({cell_len(line) for line in lines}) == 1, lines

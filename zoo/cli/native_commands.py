@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from zoo.cli.options import Json
-from zoo.cli.output import print_json, print_table, stdout
+from zoo.cli.output import print_json, print_table, sign, stdout
 
 
 def bench(
@@ -32,7 +32,8 @@ def bench(
         print_json(report)
         return
     memory = "freed memory reused" if report["memory_recycled"] else "allocator as it comes"  # see zoo.evaluate.bench.recycled_memory
-    title = f"{source} · {report['threads']} threads · {report['machine']} · kernels {report['kernels']} · {memory}"
+    dot = sign("·", "-")
+    title = f"{source} {dot} {report['threads']} threads {dot} {report['machine']} {dot} kernels {report['kernels']} {dot} {memory}"
     columns = ["dtype", "coder", "ratio", "vs zipnn", "compress GB/s", "decompress GB/s", "compress GB/cpu-s", "decompress GB/cpu-s"]
     zipnn = {f["dtype"]: f for f in report["figures"] if f["coder"] == "zipnn"}
     rows = []

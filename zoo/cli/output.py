@@ -117,11 +117,17 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     title = one_line(title) if title else title
     rows = [[one_line(text) for text in row] for row in rows]
     if not stdout.is_terminal or _boxed_width(columns, rows, right, fold) > stdout.width:
-        widths = [max(len(text) for text in column) for column in zip(columns, *rows)]
+        from rich.cells import cell_len
+
+        # measured as printed: in the terminal's cells (a CJK letter takes two), each character
+        # stdout's encoding lacks already escaped as it would escape it (层 is \u5c42 in ASCII)
+        shown = [[as_printed(text) for text in row] for row in (columns, *rows)]
+        widths = [max(map(cell_len, column)) for column in zip(*shown)]
         if title:
-            stdout.file.write(title + "\n")
-        for row in (columns, *rows):
-            cells = [text.rjust(width) if name in right else text.ljust(width) for name, text, width in zip(columns, row, widths)]
+            stdout.file.write(as_printed(title) + "\n")
+        for row in shown:
+            cells = [" " * (width - cell_len(text)) + text if name in right else text + " " * (width - cell_len(text))
+                     for name, text, width in zip(columns, row, widths)]
             stdout.file.write("  ".join(cells).rstrip() + "\n")
         stdout.file.flush()
         return
@@ -133,6 +139,25 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     for row in rows:
         table.add_row(*row)
     stdout.print(table)
+
+
+def _stdout_encoding() -> str:
+    return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+
+def as_printed(text: str) -> str:
+    """`text` as stdout writes it: a character its encoding lacks as the escape the CLI's stdout
+    writes in its place (zoo.cli.main: errors="backslashreplace")."""
+    try:
+        return text.encode(_stdout_encoding(), "backslashreplace").decode(_stdout_encoding())
+    except LookupError:  # an encoding Python does not know: the stream would have refused it first
+        return text
+
+
+def sign(character: str, stand_in: str) -> str:
+    """One of zoo's own signs (×, ∞, ·), or its ASCII stand-in where stdout's encoding lacks it:
+    escaped, a shape 8×8 read 8\\xd78, as a byte of a name that is not UTF-8 is shown."""
+    return character if as_printed(character) == character else stand_in
 
 
 def _boxed_width(columns: list[str], rows: list[list[str]], right: tuple[str, ...], fold: tuple[str, ...]) -> int:

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from zoo.cli.output import human_bytes, print_json, print_table, stdout
+from zoo.cli.output import human_bytes, print_json, print_table, sign, stdout
 
 OPAQUE_SHOWN = 10  # files kept as bytes named in compress's summary (all of them with -v, and in zoo info)
 
@@ -30,7 +30,7 @@ def print_report(report, as_json: bool, title: str, verbose: bool = True) -> Non
     right = ("original", "stored", "ratio", "bits/w", "tensors")
     if verbose:
         for pipeline, tensors in groups.items():
-            rows = [[t.name, t.dtype, "×".join(map(str, t.shape)) or "scalar", human_bytes(t.original_bytes), human_bytes(t.compressed_bytes),
+            rows = [[t.name, t.dtype, sign("×", "x").join(map(str, t.shape)) or "scalar", human_bytes(t.original_bytes), human_bytes(t.compressed_bytes),
                      f"{t.ratio:.3f}", f"{t.bits_per_weight:.2f}"] for t in tensors]
             print_table(f"{title}: {pipeline}" if len(groups) == 1 else f"{pipeline} ({count(len(tensors), 'tensor')})", columns, rows, right)
     elif len(groups) > 1:
@@ -181,7 +181,7 @@ def print_quality(record: dict[str, Any], heading: str | None = None) -> None:
     if isinstance(weights, dict) and weights.get("relative_error") is not None:  # an integer-only model's: identical, no element counted
         sqnr = weights.get("sqnr_db")
         rows.append(["weights: relative error", _format(weights.get("relative_error"), "value")])
-        rows.append(["weights: SQNR", "∞ (identical)" if sqnr is None else f"{_format(sqnr, 'dB')} dB"])
+        rows.append(["weights: SQNR", f"{sign('∞', 'inf')} (identical)" if sqnr is None else f"{_format(sqnr, 'dB')} dB"])
         rows.append(["weights: cosine", _format(weights.get("cosine"), "cosine")])
     print_table(f"quality ({record.get('kind')})", ["figure", "value"], rows, ("value",))
     for key, what in (("mismatched", "differ"), ("missing", "missing from the archive"), ("extra", "not in the source")):
@@ -204,8 +204,8 @@ def _listed(value: Any) -> list[Any]:
 def print_tensors(tensors: list[dict[str, Any]]) -> None:
     if not tensors:  # no float tensor, and none that differs
         return
-    rows = [[t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
-             "∞" if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine")] for t in tensors]
+    rows = [[t["name"], t["dtype"], sign("×", "x").join(map(str, t["shape"])) or "scalar", _format(t["relative_error"], "value"),
+             sign("∞", "inf") if t["sqnr_db"] is None else f"{t['sqnr_db']:.2f}", _format(t["cosine"], "cosine")] for t in tensors]
     print_table("per tensor", ["tensor", "dtype", "shape", "rel. error", "SQNR dB", "cosine"], rows, ("rel. error", "SQNR dB", "cosine"))
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from zoo.cli.options import Force, Json, Threads
-from zoo.cli.output import human_bytes, print_json, print_table, stderr, stdout
+from zoo.cli.output import human_bytes, print_json, print_table, sign, stderr, stdout
 
 
 def _figure(value: object, digits: int = 4) -> str:
@@ -85,7 +85,7 @@ def sweep(
     figures = {"causal-lm": ("kl_mean", "ppl_ratio", "top1_agreement"), "classifier": ("kl_mean", "label_agreement"),
                "encoder": ("cosine_mean", "cosine_min")}.get(kind, ("weight_sqnr_db", "weight_cosine"))
     against = ["on base"] if base is not None else []  # tensors stored as differences from the base
-    columns = ["pipeline", "size", "bits/weight", "× vs fp32", *against, *figures, "encode s", "decode s", "frontier"]
+    columns = ["pipeline", "size", "bits/weight", f"{sign('×', 'x')} vs fp32", *against, *figures, "encode s", "decode s", "frontier"]
     rows = [[point.pipeline, human_bytes(point.archive_bytes), f"{point.bits_per_weight:.3f}", f"{point.ratio_fp32:.2f}",
              *([str(point.base_tensors)] if base is not None else []), *(_figure(point.metrics.get(name)) for name in figures),
              f"{point.encode_seconds:.2f}", f"{point.decode_seconds:.2f}", "*" if point.pareto else ""] for point in points]
