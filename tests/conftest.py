@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 from pathlib import Path
 
@@ -15,6 +16,20 @@ from zoo.dtypes import DTYPES, from_float32
 
 # the real S3 server and Ray cluster the cloud tests share, one per session (started only when asked for)
 pytest_plugins = ("tests.services",)
+
+
+def _children_start_as_a_terminal_starts_them() -> None:
+    """A suite run under `nohup` (SIGHUP ignored) or as a shell's background job (SIGINT ignored)
+    hands its ignored signals down to every zoo it starts, and zoo rightly leaves an ignored signal
+    alone: the tests that stop a command with one failed. Here a handler that does nothing takes
+    SIG_IGN's place: the suite still takes no notice of the signal, and a handler, unlike SIG_IGN,
+    does not outlive exec, so each command starts with the default."""
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) == signal.SIG_IGN:
+            signal.signal(number, lambda *_: None)
+
+
+_children_start_as_a_terminal_starts_them()
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None, pad_to: int = 8) -> Path:
