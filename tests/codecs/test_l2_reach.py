@@ -32,8 +32,7 @@ def _model(tmp_path, integers=(128, 128)):
 def test_a_target_the_other_tensors_take_is_refused_with_the_ratio_reachable(tmp_path):
     source, tensors = _model(tmp_path)
     with pytest.raises(PipelineError, match=r"^l2: target_ratio=8 is out of reach: the tensors l2 leaves alone and the archive header take "
-                       r".*which leaves less than 0\.1 bits per weight for the 1 tensor l2 selects beyond the \S+ KiB its leaf stages "
-                       r"take for them when not all zero; target_ratio=\S+ is the most this model "
+                       r".*which leaves less than 0\.1 bits per weight for the 1 tensor l2 selects; target_ratio=\S+ is the most this model "
                        r"reaches, or let l2 select more tensors \(include=/exclude=\)$") as refused:
         zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
     assert not (tmp_path / "m.zoo").exists()
@@ -64,8 +63,7 @@ def test_an_excluded_embedding_table_counts_against_the_target(tmp_path):
     tensors = {f"layer.{i}.weight": ("F32", (rng.standard_normal((128, 128)) * 0.05).astype(np.float32)) for i in range(4)}
     tensors["embeddings.word_embeddings.weight"] = ("F32", rng.standard_normal((1024, 128)).astype(np.float32))
     source = write_safetensors(tmp_path / "m.safetensors", tensors)
-    with pytest.raises(OutOfReach, match=r"target_ratio=8 is out of reach: .* for the 4 tensors l2 selects .*; "
-                                         r"target_ratio=1\.\d+ is the most"):
+    with pytest.raises(OutOfReach, match=r"target_ratio=8 is out of reach: .* for the 4 tensors l2 selects; target_ratio=1\.\d+ is the most"):
         zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8,exclude=*word_embeddings*")
     # Selected too, the table is part of what l2 spends the budget on, and the target is met.
     report = zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
@@ -155,44 +153,3 @@ def test_l2_spends_its_budget_on_the_parts_an_earlier_stage_hands_it(tmp_path):
     with zoo.open(tmp_path / "m.zoo") as archive:
         for name, (_, original) in tensors.items():
             assert np.linalg.norm(archive.get_tensor(name) - original) / np.linalg.norm(original) < 0.1, name
-
-
-def test_a_model_of_many_small_tensors_is_refused_at_what_the_coder_needs_for_them(tmp_path):
-    """The least size of a selected tensor was 0.1 bits per weight, 3.6 bytes for 288 weights, where
-    the leaf stages store any symbols but zeros in 173: 300 such tensors at the ratio named as the
-    most reachable (2.43) were coded to all zeros (cosine 0), with exit 0."""
-    rng = np.random.default_rng(6)
-    tensors = {f"l{i}.w": ("F32", rng.standard_normal((32, 1, 3, 3)).astype(np.float32)) for i in range(40)}
-    source = write_safetensors(tmp_path / "m.safetensors", tensors)
-    with pytest.raises(OutOfReach, match=r"^l2: target_ratio=8 is out of reach: ") as refused:
-        zoo.compress(source, tmp_path / "m.zoo", "l2:target_ratio=8")
-    reachable = float(re.search(r"target_ratio=(\S+) is the most", str(refused.value)).group(1))
-    report = zoo.compress(source, tmp_path / "m.zoo", f"l2:target_ratio={reachable}")
-    assert 32 / report.bits_per_weight == pytest.approx(reachable, rel=0.05)
-    with zoo.open(tmp_path / "m.zoo") as archive:
-        for name, (_, original) in tensors.items():  # none wiped
-            decoded = archive.get_tensor(name).reshape(-1)
-            cosine = float(decoded @ original.reshape(-1) / (np.linalg.norm(decoded) * np.linalg.norm(original) + 1e-30))
-            assert cosine > 0.2, (name, cosine)
-    with pytest.raises(OutOfReach):
-        zoo.compress(source, tmp_path / "higher.zoo", f"l2:target_ratio={reachable * 1.01:.4g}")
-    # and the refusal says what the least was: far more than 0.1 bits a weight of tensors this small
-    fixed = float(re.search(r"beyond the (\S+) KiB its leaf stages take for them when not all zero", str(refused.value)).group(1))
-    assert fixed * 1024 > 40 * 100
-
-
-def test_a_budget_the_coarsest_steps_miss_is_said():
-    """Landing on the budget returned the coarsest steps "as close as it gets" with no word, though
-    the archive then came out larger than the target asked."""
-    from zoo.codecs.lossy.deadzone import Plan
-    from zoo.codecs.pipeline import Pipeline
-    from zoo.errors import ZooWarning
-    from zoo.optimize.rate import _land_on_budget, _Rounds
-
-    leaf = Pipeline.parse("fprans")
-    values = {"w": np.random.default_rng(7).standard_normal((64, 64)).astype(np.float32)}
-    plan = Plan({"w": (0.01, 0.0)})
-    with pytest.warns(ZooWarning, match=r"^l2: the tensors it selects code to \S+ KiB at the coarsest steps it takes, over the "
-                                        r"0\.00 KiB target_ratio leaves them: the archive is larger than the target$"):
-        landed = _land_on_budget(values, plan, 8.0, _Rounds(None), lambda array: leaf.stored_bytes(array, 4 << 20))
-    assert landed.steps["w"] == (0.08, 0.0)

@@ -33,7 +33,6 @@ from zoo.codecs.lossy.deadzone import (BLOCK, LARGEST_SYMBOL, LOWEST_BITS, Plan,
                                        quantize_stored, quantize_with_feedback, symbols_array)
 
 SAMPLE = 1 << 16  # weights per tensor the curves are measured on
-LEAST_SAMPLE = 1 << 20  # weights of a tensor the least the leaf stages store it in is measured on (_least_bytes)
 STEP_EXPONENTS = np.arange(3.0, -9.01, -0.25)  # log2(step / rms): from ~0.1 to ~11 bits per weight
 DEAD_ZONES = (0.0, 0.25, 0.5)  # dead zone as a fraction of the step
 # The archive header, which the budget counts: a tensor's entry names it three times (the entry's
@@ -282,58 +281,34 @@ def _json_bytes(value: Any) -> int:
 def _selected_budget(codec: Any, values: dict[str, np.ndarray], parameters: int, others: int, header: int,
                      selected: dict[str, TypedArray], measure: Measure) -> float:
     """The bits the target leaves for the tensors the stage selects, once the tensors it leaves
-    alone (at their stored size) and the header are paid for. Refused below the selected tensors'
-    least sizes (_least_bytes): MiniLM with exclude=*word_embeddings* at target_ratio=8 once got
-    0.05 bits per weight (cosine 0.13) and an archive at ratio 0.42, with no word."""
-    least = _least_bytes(values, measure)
+    alone (at their stored size) and the header are paid for. Refused below LOWEST_BITS per weight:
+    MiniLM with exclude=*word_embeddings* at target_ratio=8 once got 0.05 bits per weight (cosine
+    0.13) and an archive at ratio 0.42, with no word."""
+    weights = sum(v.size for v in values.values())
     allowed = 32.0 * parameters / codec.target_ratio
     budget = allowed - 8.0 * (others + header)
-    if budget >= 8.0 * sum(least.values()) - 1e-9 * allowed:  # the ratio an OutOfReach names is reachable, to the last bit
+    if budget >= LOWEST_BITS * weights - 1e-9 * allowed:  # the ratio an OutOfReach names is reachable, to the last bit
         return budget
-    reachable = 32.0 * parameters / (8.0 * (others + header + sum(least.values())))
-    fixed = sum(least.values()) - LOWEST_BITS * sum(v.size for v in values.values()) / 8.0
+    reachable = 32.0 * parameters / (8.0 * (others + header) + LOWEST_BITS * weights)
     # At a lower target l2 leaves alone the tensors whose dtype takes no more bits a weight than it
     # gives each (L2.selects: F8 at 4 or less, F16 at 2), which then count at their stored size: the
     # ratio first named for an F8 model was itself refused, and the next, and the next.
-    counted, stored = dict(selected), others + header
+    counted, left, stored = dict(selected), weights, others + header
     while reachable > 1.0:
         dropped = [label for label, item in counted.items() if DTYPES[item.dtype].bits <= 32.0 / reachable]
         if not dropped:
             break
         for label in dropped:
             stored += measure(counted.pop(label))
-            least.pop(label)
-        reachable = 32.0 * parameters / (8.0 * (stored + sum(least.values())))
+            left -= values[label].size
+        reachable = 32.0 * parameters / (8.0 * stored + LOWEST_BITS * left)
     advice = (f"target_ratio={_round_down(reachable)} is the most this model reaches, or let" if reachable > 1.0
               else "no target_ratio reaches it: let")
     count = f"{len(values)} tensor{'s' if len(values) > 1 else ''}"
     raise OutOfReach(f"l2: target_ratio={codec.target_ratio:g} is out of reach: the tensors l2 leaves alone and the archive header "
                      f"take {_size(others + header)} of the {_size(allowed / 8.0)} it allows for the whole model, which leaves less "
-                     f"than {LOWEST_BITS:g} bits per weight for the {count} l2 selects beyond the {_size(fixed)} its leaf stages take "
-                     f"for them when not all zero; {advice} l2 select more tensors "
+                     f"than {LOWEST_BITS:g} bits per weight for the {count} l2 selects; {advice} l2 select more tensors "
                      "(include=/exclude=)", reachable if reachable > 1.0 else None)
-
-
-def _least_bytes(values: dict[str, np.ndarray], measure: Measure) -> dict[str, float]:
-    """The least each selected tensor can be stored in without being wiped: LOWEST_BITS a weight
-    beyond what the leaf stages store symbols that are not all zero in (their table, the chunk,
-    its index record; measured, once per size). Counted at 0.1 bits a weight alone, 300 tensors
-    of 288 weights were given 3.6 bytes each where the coder needs 173 for any of them but zeros,
-    and the ratio named as reachable came out all zeros (cosine 0)."""
-    found: dict[int, float] = {}
-
-    def least(count: int) -> float:
-        if count not in found:
-            # Past its table, the coder's cost grows by a symbol's least code length (0.016 bits with fprans):
-            # a large tensor is measured on LEAST_SAMPLE weights and scaled up, a little over (one table, not one a chunk).
-            sample = min(count, LEAST_SAMPLE)
-            symbols = np.zeros(sample, np.int8)
-            symbols[:2] = (1, -1)[:sample]
-            coded = measure(TypedArray(symbols, "I8")) * (count / sample if sample else 1.0)
-            found[count] = LOWEST_BITS * count / 8.0 + coded
-        return found[count]
-
-    return {name: least(v.size) for name, v in values.items()}
 
 
 def _round_down(ratio: float) -> str:
@@ -400,11 +375,8 @@ def _land_on_budget(values: dict[str, np.ndarray], plan: Plan, budget: float, ro
     low, high = -3.0, 3.0  # log2 of the factor
     largest = sum(_coded_bits(values, plan, measure, 2.0**high).values())
     rounds.tick()
-    if largest > budget:  # as close as it gets, and said: the archive comes out larger than the target asks
-        warnings.warn(f"l2: the tensors it selects code to {_size(largest / 8.0)} at the coarsest steps it takes, over the "
-                      f"{_size(max(budget, 0.0) / 8.0)} target_ratio leaves them: the archive is larger than the target",
-                      ZooWarning, stacklevel=2)
-        return _scaled(plan, 2.0**high)
+    if largest > budget:
+        return _scaled(plan, 2.0**high)  # as close as it gets; the report says how close
     for _ in range(LANDING_ROUNDS):
         middle = (low + high) / 2
         total = sum(_coded_bits(values, plan, measure, 2.0**middle).values())
