@@ -430,28 +430,25 @@ def _check_metadata(metadata: Any, into_a_zoo: bool = False, own_keys: bool = Fa
 def _key_not_str(value: Any, where: str) -> str | None:
     """Where in `value` a dict has a key that is no str, or None: json.dumps writes 1 as "1" (read
     back as another key), and fails on one beside str keys only as it sorts them, once the model is coded."""
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                return f"{where} has the key {key!r} ({type(key).__name__})"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-    for key, item in items:
-        found = _key_not_str(item, f"{where}[{key!r}]")
-        if found is not None:
-            return found
-    return None
+    return _first_in(value, where, lambda item, at: next((f"{at} has the key {key!r} ({type(key).__name__})" for key in item
+                                                           if not isinstance(key, str)), None) if isinstance(item, dict) else None)
 
 
 def _non_finite(value: Any, where: str) -> str | None:
     """Where in `value` (JSON that json.dumps took) a NaN or an infinity lies, or None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else where
+    return _first_in(value, where, lambda item, at: at if isinstance(item, float) and not math.isfinite(item) else None)
+
+
+def _first_in(value: Any, where: str, said: Callable[[Any, str], str | None]) -> str | None:
+    """What `said` says of the first value in `value`, itself or nested in its dicts and lists
+    (where: `metadata['a'][0]`), that it says anything of; None where it says nothing of any."""
+    found = said(value, where)
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
     for key, item in items:
-        found = _non_finite(item, f"{where}[{key!r}]")
         if found is not None:
-            return found
-    return None
+            break
+        found = _first_in(item, f"{where}[{key!r}]", said)
+    return found
 
 
 @_names_a_full_disk(_destination, within=_beside_destination)

@@ -42,6 +42,12 @@ def finite(array: TypedArray) -> bool:
     return not any(((words[first:first + _FINITE_BLOCK] & exponent) == exponent).any() for first in range(0, words.size, _FINITE_BLOCK))
 
 
+def _storable_against(array: TypedArray, base: TypedArray) -> bool:
+    """Whether `array` (finite) may be stored as its difference from `base`: the base finite too, and
+    every difference finite in float32."""
+    return finite(base) and _difference_fits(array, base)
+
+
 def _difference_fits(array: TypedArray, base: TypedArray) -> bool:
     """Whether every finite value's difference from the base's is finite in float32: told from the
     largest magnitudes on both sides, which for real weights are far below float32's range; only
@@ -92,8 +98,7 @@ class Deltas:
             # added to a base's infinity gives back the fine-tune's finite value there (inf - inf is NaN).
             # So is one whose difference float32 cannot hold (3e38 against -3e38): it came back an infinity.
             if (array.dtype in DELTA_DTYPES and any(stage.selects(key, array) for stage in pipeline.array_stages)
-                    and base.holds(*wanted[:3]) and finite(array) and finite(base.read(*wanted))
-                    and _difference_fits(array, base.read(*wanted))):
+                    and base.holds(*wanted[:3]) and finite(array) and _storable_against(array, base.read(*wanted))):
                 self.names[key], self._wanted[key] = name, wanted
         self._digests: dict[str, str] = {}
 
