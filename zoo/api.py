@@ -135,10 +135,11 @@ class Report:
 _ZOO_OWN = ("objects", "manifests", "work", "archives", "unreadable", "lock")
 
 
-def refuse_inside_the_zoo(output: Path, relpaths: Sequence[str] = ()) -> None:
+def refuse_inside_the_zoo(output: Path, relpaths: Sequence[str] = (), *, work_allowed: bool = False) -> None:
     """An output that is the local zoo's folder (ZOO_HOME) or lies among what the zoo keeps there;
     with `relpaths`, the paths a model writes under the output folder too (a folder that holds
-    ZOO_HOME, written into with --force, would have a model's `zoo/lock` replace the zoo's)."""
+    ZOO_HOME, written into with --force, would have a model's `zoo/lock` replace the zoo's).
+    `work_allowed`: the zoo's `work` folder, where its own jobs make archives, is not refused."""
     from zoo.hub.store import zoo_home
 
     location = os.environ.get("ZOO_HOME", "")
@@ -154,6 +155,8 @@ def refuse_inside_the_zoo(output: Path, relpaths: Sequence[str] = ()) -> None:
         try:
             inside = path.relative_to(home).parts
         except ValueError:
+            return
+        if work_allowed and inside[:1] == ("work",):
             return
         if not inside or inside[0] in _ZOO_OWN or inside[0].startswith("catalogue"):  # catalogue-v1.sqlite, -journal, .behind
             raise InputError(f"{shown}: {'is' if not inside else 'lies inside'} the zoo's own folder {home} (ZOO_HOME), where it keeps "
@@ -576,8 +579,9 @@ def update_metadata(archive: str | os.PathLike[str], updates: dict[str, Any], *,
         raise InputError("metadata is a dict of JSON values, not NoneType")
     _check_metadata(updates, own_keys=own_keys)
     path = Path(archive)
-    if not own_keys:  # a stored object rewritten in place would no longer be what its name says
-        refuse_inside_the_zoo(Path(os.path.realpath(path)))
+    # a stored object rewritten in place would no longer be what its name says; zoo's own records
+    # (check_quality, --budget) are written into archives its jobs make in the zoo's work folder
+    refuse_inside_the_zoo(Path(os.path.realpath(path)), work_allowed=own_keys)
     opened = ArchiveFile(path)
     try:
         header = dict(opened.header)

@@ -2,6 +2,7 @@
 damaged ones measure worse the more they are damaged, and the gates trip when they should."""
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -531,4 +532,13 @@ def test_update_metadata_never_rewrites_what_the_zoo_stores(tiny_model, tmp_path
     for archive in (stored[0], tmp_path / "link.zoo"):
         with pytest.raises(InputError, match="lies inside the zoo's own folder"):
             api.update_metadata(archive, {"note": "mine"})
+        # zoo's own records (check_quality's, --budget's) neither: those go into its jobs' archives in work/
+        with pytest.raises(InputError, match="lies inside the zoo's own folder"):
+            api.check_quality(archive, tiny_model)
     assert {path: path.read_bytes() for path in stored} == before
+    job = tmp_path / "zoo" / "work" / "job" / "m.zoo"
+    job.parent.mkdir()
+    api.compress(tiny_model, tmp_path / "m.zoo")
+    os.replace(tmp_path / "m.zoo", job)
+    api.check_quality(job, tiny_model)
+    assert api.open_archive(job).metadata()["quality"]["passed"]
