@@ -1209,7 +1209,8 @@ def decompress(
         opened.require_base()  # a missing or wrong base fails before the output folder appears
         files = opened.files()
         relpaths = [check_relpath(entry["path"]) for entry in files]
-        links, folders = [link["path"] for link in opened.links()], opened.header().get("folders") or []
+        folders = opened.header().get("folders") or []
+        links = [link["path"] for link in opened.links()] + list(opened.hard_links())  # a hard link is written as a file is
         refuse_names_the_locale_would_change([*relpaths, *links, *folders, *(link["target"] for link in opened.links())])
         refuse_inside_the_zoo(destination, [*relpaths, *links, *folders])
         _refuse_replacing_what_is_read(opened, destination, relpaths + links)
@@ -1241,6 +1242,10 @@ def decompress(
             for entry in files:
                 if entry["path"] not in done:
                     write(entry, workers)
+            copied, refused = opened.restore_hard_links(temporary)
+            if copied:
+                warnings.warn(f"{destination}: the file system refused hard links ({refused}); {_listing(copied)} written as "
+                              f"{'a copy' if len(copied) == 1 else 'copies'} instead", ZooWarning, stacklevel=3)
             opened.restore_links_and_folders(temporary)
             report = _report(opened, opened.path)  # from the archive as it was read: a `zoo rm` meanwhile is no failure
         opened.restore_folder_modes(destination, made)

@@ -29,10 +29,11 @@ BASE_VERSION = 2
 # object files of a zoo, docs/STORE.md) and "xor" (tensors stored as their bitwise difference from
 # another), and "f4-views" (views of F4 tensors, their offsets and strides in bytes),
 # "f64-product" and "f8-even" (coding trees whose nodes decode by a rule older readers do not
-# follow: node_features). Written only when the list is not empty, so that older readers refuse the
-# archive.
+# follow: node_features), and "hard-links" (files of several names, each stored once: a reader that
+# skipped the record would lose the other names). Written only when the list is not empty, so that
+# older readers refuse the archive.
 FEATURES_VERSION = 3
-FEATURES = frozenset({"objects", "xor", "f4-views", "f64-product", "f8-even"})
+FEATURES = frozenset({"objects", "xor", "f4-views", "f64-product", "f8-even", "hard-links"})
 VERSIONS = (VERSION, BASE_VERSION, FEATURES_VERSION)
 # How deep tensors stored as an XOR against another may chain: reading one never decodes more.
 MAX_XOR_DEPTH = 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,9 @@ def _fail(archive: ArchiveFile, message: str) -> FormatError:
 # MAX_LINK_TARGET bytes (what symlink(2) takes, PATH_MAX less its NUL).
 MAX_LINK_FOLLOWS = 40
 MAX_LINK_TARGET = 4095
+# What link(2) says where the file system takes no hard links, or no more for this file: EPERM
+# (FAT), EMLINK (a file at its file system's limit of names), EOPNOTSUPP, ENOSYS, EXDEV.
+HARD_LINKS_REFUSED = frozenset({errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV})
 
 
 def _fs_bytes(name: str) -> bytes | None:
@@ -237,9 +242,10 @@ class Archive:
                 raise _fail(self._file, f"link {path!r} has a malformed target")
             if encoded.startswith(b"/"):
                 raise _fail(self._file, f"link {path!r} would point outside the output folder")
+        self._hard_links = self._checked_hard_links(header)
         root = _Node(None, "folder")
         nodes: dict[str, _Node] = {}  # each path's node in the tree
-        entries = [(path, "file", None) for path in self._files]
+        entries = [(path, "file", None) for path in [*self._files, *self._hard_links]]  # a hard link is a file of the tree
         entries += [(self._checked_relpath(folder, "folder"), "folder", None) for folder in folders]
         entries += [(link["path"], "link", link["target"]) for link in links]
         for path, kind, target in entries:  # files first: a clash names the folder or link
@@ -284,6 +290,26 @@ class Archive:
         for link in links:
             node, missing, _ = nodes[link["path"]].resolved  # type: ignore[misc]
             self._link_targets[link["path"]] = None if missing else path_of[id(node)]
+
+    def _checked_hard_links(self, header: dict[str, Any]) -> dict[str, str]:
+        """The header's hard links, each path -> the path of the file it is another name of:
+        listed with their feature, each a path of its own, each naming a file the archive stores."""
+        hard_links = header.get("hard_links")
+        if hard_links is None:
+            return {}
+        if "hard-links" not in (header.get("features") or []):
+            raise _fail(self._file, "archive holds hard links, but the header does not list the feature")
+        if not isinstance(hard_links, list) or not all(isinstance(link, dict) for link in hard_links):
+            raise _fail(self._file, "archive header has malformed hard links")
+        found: dict[str, str] = {}
+        for link in hard_links:
+            path, target = self._checked_relpath(link.get("path"), "hard link"), link.get("target")
+            if path in self._files or path in found:
+                raise _fail(self._file, f"archive holds {path!r} twice")
+            if not isinstance(target, str) or target not in self._files:
+                raise _fail(self._file, f"hard link {path!r} names {target!r}, which the archive holds no file of")
+            found[path] = target
+        return found
 
     def _checked_relpath(self, path: Any, kind: str) -> str:
         try:
@@ -458,6 +484,30 @@ class Archive:
         """Links kept as links: {"path", "target"} (target relative to the link's folder)."""
         return [dict(link) for link in self._links]
 
+    def hard_links(self) -> dict[str, str]:
+        """Each hard link's path -> the path of the file whose bytes it names (one of files())."""
+        return dict(self._hard_links)
+
+    def restore_hard_links(self, root: os.PathLike[str] | str) -> tuple[list[str], str | None]:
+        """Make the archive's hard links under `root`, after its files: each another name of the
+        file it names. Where the file system refuses a hard link (FAT and exFAT, some network and
+        FUSE file systems, a file at its limit of links) the name is a copy of the file instead;
+        returns those names, and the error that refused the first."""
+        copied, refused = [], None
+        for path, target in self._hard_links.items():
+            name, of = os.path.join(root, path), os.path.join(root, target)
+            os.makedirs(os.path.dirname(name), exist_ok=True)
+            try:
+                os.link(of, name)
+                continue
+            except OSError as error:
+                if error.errno not in HARD_LINKS_REFUSED:
+                    raise
+                refused = refused or error.strerror
+            shutil.copy(of, name)  # the bytes, and the permission bits the file was given
+            copied.append(path)
+        return copied, refused
+
     def restore_links_and_folders(self, root: os.PathLike[str] | str) -> None:
         """Make the archive's links and empty folders under `root`, after its files. Opening the
         archive checked them (_check_tree): a link that would lead out of the folder, or a path
@@ -482,8 +532,9 @@ class Archive:
             os.chmod(os.path.join(root, path), (self._folder_modes[path] | 0o700) & ~umask)
 
     def file_entry(self, path: str) -> dict[str, Any]:
+        """The record of the file at `path`, or of the file a hard link there names."""
         try:
-            return self._files[path]
+            return self._files[self._hard_links.get(path, path)]
         except KeyError:
             raise InputError(f"{self.path}: archive holds no file {path!r}") from None  # the caller's mistake, as get_tensor's
 

@@ -214,8 +214,8 @@ def keys_of(files: Iterable[tuple[str, str, list[str]]]) -> dict[tuple[str, str]
 
 
 def stored_files(sources: list[SourceFile]) -> list[SourceFile]:
-    """The sources that hold bytes (links and empty folders are recorded apart)."""
-    return [source for source in sources if source.kind not in ("link", "folder")]
+    """The sources that hold bytes (links, hard links and empty folders are recorded apart)."""
+    return [source for source in sources if source.kind not in ("link", "hardlink", "folder")]
 
 
 def _walk(sources: list[SourceFile]) -> Iterator[tuple[SourceFile, mmap.mmap | None, Segment, str | None, np.ndarray]]:
@@ -250,7 +250,7 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
 
 def _records_without_payload(sources: list[SourceFile]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The records of views (by key) and what else of the header holds no payload of its own
-    (links, empty folders, folder modes, the features they need), as the build ends with them."""
+    (links, hard links, empty folders, folder modes, the features they need), as the build ends with them."""
     keys = tensor_keys(sources)
     views: dict[str, Any] = {}
     rest: dict[str, Any] = {}
@@ -262,10 +262,14 @@ def _records_without_payload(sources: list[SourceFile]) -> tuple[dict[str, Any],
             if view["dtype"] == "F4":  # counted in bytes (docs/FORMAT.md): readers that count values must refuse it
                 rest["features"] = ["f4-views"]
     links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "link"]
+    hard_links = [{"path": s.relpath, "target": s.target} for s in sources if s.kind == "hardlink"]
     folders = [s.relpath for s in sources if s.kind == "folder" and s.empty]
     modes = {s.relpath: s.mode for s in sorted(sources, key=lambda s: s.relpath) if s.kind == "folder" and s.mode is not None}
     if links:
         rest["links"] = links
+    if hard_links:  # a reader that would leave them out (and the files they are with them) must refuse the archive
+        rest["hard_links"] = hard_links
+        rest["features"] = sorted({*rest.get("features", []), "hard-links"})
     if folders:
         rest["folders"] = folders
     if modes:
@@ -472,7 +476,7 @@ class Builder:
                 raise InputError(f"{path}: file changed while being read (it shrank)")
 
     def _record_rest(self, sources: list[SourceFile]) -> None:
-        """Views, links and empty folders: header records with no payload of their own."""
+        """Views, links, hard links and empty folders: header records with no payload of their own."""
         views, rest = _records_without_payload(sources)
         self.header["tensors"].update(views)
         if self.root_mode is not None:

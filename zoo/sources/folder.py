@@ -8,8 +8,9 @@ unpickled or executed. Given one file rather than a folder, such a file is refus
 user asked for its tensors.
 
 Links inside the folder stay links; a Hugging Face cache snapshot (files linking into its blobs/)
-is read through its links; a link leaving the folder is refused unless follow_links. Empty folders
-are kept.
+is read through its links; a link leaving the folder is refused unless follow_links. Hard links stay
+hard links: of the names a file has in the folder, the first (nearest the top, then by path) holds
+its bytes, and each other is a second name of it. Empty folders are kept.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def _never_stored(folder: Path, name: str) -> str | None:
 def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
          follow_links: bool = False) -> list[SourceFile]:
     """The files of a model folder (recursively, sorted) or a single file. Links kept as links are
-    entries of kind "link" (see SourceFile.target); empty folders are entries of kind "folder".
+    entries of kind "link" (see SourceFile.target), and a file's second and later names in the
+    folder, entries of kind "hardlink" naming its first; empty folders are entries of kind "folder".
     Files whose path inside the folder matches none of `include` (fnmatch globs, when given) or any
     of `exclude` are left out."""
     include, exclude = _as_list(include), _as_list(exclude)
@@ -233,6 +235,9 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             skipped.append(f"{relpath} ({why})")
 
     modes: dict[str, tuple[Path, int]] = {}  # each subfolder's permission bits, by path
+    # The files of more than one name (st_nlink), by device and inode: each name's place in `files`,
+    # where it waits, unread, to be read once for all of them (after the walk, which meets every name).
+    names_of: dict[tuple[int, int], list[int]] = {}
 
     def visit(folder: Path, prefix: str, seen: frozenset[str]) -> None:
         if prefix.count("/") >= MAX_FOLDER_DEPTH:  # (each level a call: Python's recursion limit came first, "a bug in zoo")
@@ -308,10 +313,18 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
                 continue
             # os.stat, not os.path.isfile, which reads every error as "no": a file in a folder that can be
             # listed but not searched (mode 644) was left out as "not a regular file", and lost
-            if not stat.S_ISREG(os.stat(path).st_mode):
+            status = os.stat(path)
+            if not stat.S_ISREG(status.st_mode):
                 leave_out(relpath, "not a regular file")
                 continue
-            if selected_by(relpath, include, exclude):
+            if not selected_by(relpath, include, exclude):
+                continue
+            # A hard link: not a file read through a link (a snapshot's names of one blob, two links to
+            # one folder followed), which comes back as a file of its own, as it did
+            if status.st_nlink > 1 and not entry.is_symlink() and not seen:
+                names_of.setdefault((status.st_dev, status.st_ino), []).append(len(files))
+                files.append(SourceFile(check_relpath(relpath), path, status.st_size, "hardlink"))
+            else:
                 files.append(_source_file(path, check_relpath(relpath), strict=False))
         # empty, or all it holds is left out (a .git/, a FIFO); with --include or --exclude, only a
         # folder empty on disk that the globs select (one whose files they left out is not kept)
@@ -319,6 +332,16 @@ def scan(source: str | os.PathLike[str], include: Sequence[str] | None = None, e
             files.append(SourceFile(check_relpath(prefix.rstrip("/")), folder, 0, "folder"))
 
     visit(root, "", frozenset())
+    # A file of several names here is stored once, under its name nearest the top (as tensor_keys
+    # gives names: a Trainer folder's model.safetensors keeps its tensors' names, its checkpoint-N/
+    # name of the same file holds none); each other name is a hard link to that one. They came back
+    # as copies of it, stored twice.
+    for places in names_of.values():
+        first = min(places, key=lambda place: (files[place].relpath.count("/"), files[place].relpath))
+        files[first] = _source_file(files[first].path, files[first].relpath, strict=False)
+        for place in places:
+            if place != first:
+                files[place].target = files[first].relpath
     # The modes of the folders that hold what is kept (a 0700 folder came back 0755): the empty
     # ones carry theirs, the others are entries of their own
     held = {parent for entry in files for parent in _parents(entry.relpath)}

@@ -59,7 +59,9 @@ class SourceFile:
     kind: str = "blob"
     segments: list[Segment] = field(default_factory=list)
     reason: str | None = None  # why a file of a tensor format is kept as opaque bytes
-    target: str | None = None  # a link kept as a link (kind "link"): where it points, relative to its folder
+    # a link kept as a link (kind "link"): where it points, relative to its folder; a hard link (kind
+    # "hardlink", a second name of a file): the path inside the folder of the name that holds its bytes
+    target: str | None = None
     # Tensors that view another tensor's storage (a torch checkpoint's tied weights, slices):
     # {"name", "of" (the segment tensor it views), "dtype", "shape", "stride", "offset"} in elements
     # (bytes of two values for F4, as torch counts them).
