@@ -177,7 +177,7 @@ def verify_lossless(archive: str | os.PathLike[str], source: str | os.PathLike[s
     from zoo.sources.folder import scan
 
     originals = {entry.relpath: entry for entry in scan(source, include, exclude, follow_links)
-                 if entry.kind not in ("link", "folder")}  # what holds bytes
+                 if entry.kind not in ("link", "hardlink", "folder")}  # what holds bytes (a hard link: its file's)
     mismatched, extra = [], []
     with open_archive(archive) as opened:
         entries = opened.files()

@@ -531,14 +531,18 @@ class ZooApp:
         return Answer(200, {"Content-Type": "application/json"}, json.dumps(document).encode())
 
     def _links(self, entry: Entry) -> dict[str, StoredFile]:
-        """The model's links that lead, through its own links, to one of its files: by the link's
-        name, that file. The Hub has no links; a client asks for the link's name and gets the
-        file's bytes, as a checkout of the folder would read them."""
-        targets = self.archive(entry).link_targets()
-        if not targets:
+        """The model's links that lead, through its own links, to one of its files, and its hard
+        links (a file's other names, stored once): by the link's name, that file. The Hub has no
+        links; a client asks for the link's name and gets the file's bytes, as a checkout of the
+        folder would read them."""
+        archive = self.archive(entry)
+        targets, hard_links = archive.link_targets(), archive.hard_links()
+        if not targets and not hard_links:
             return {}
         files = {f.path: f for f in entry.files}
-        return {name: files[target] for name, target in targets.items() if target in files}
+        # a link to a hard link leads to the file it names
+        targets = {name: hard_links.get(target, target) for name, target in targets.items() if target is not None}
+        return {name: files[target] for name, target in {**targets, **hard_links}.items() if target in files}
 
     def _listed(self, entry: Entry) -> list[StoredFile]:
         """The files a client sees: the model's own, and its links to them under their own names,
