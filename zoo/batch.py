@@ -365,15 +365,14 @@ def _download(store: Store, name: str, folder: Path) -> Path:
     return path
 
 
-def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float], archive: bool = False) -> None:
-    """A bucket zoo's objects put by the task that made them (each if absent; an old one found
-    there has its age renewed, as the driver's publish would), several at once; with `archive`,
-    a model's archive, put again where one found there is damaged (Store.put_archive)."""
+def _put(store: Store, paths: dict[str, Path], seconds: dict[str, float]) -> None:
+    """A bucket zoo's objects put by the part task that made them (each if absent; an old one found
+    there has its age renewed, as the driver's publish would), several at once. One found there
+    coded otherwise stays the bucket's, and is the one the model's build takes (ModelSink.fetch)."""
     from zoo.kernels.parallel import for_each
 
     started = time.perf_counter()
-    for_each(lambda item: store.put_archive(*item) if archive else store.storage.put(store.object_key(item[0]), item[1]),
-             list(paths.items()), 4)
+    for_each(lambda item: store.storage.put(store.object_key(item[0]), item[1]), list(paths.items()), 4)
     seconds["put"] = time.perf_counter() - started
 
 
@@ -442,12 +441,21 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
         landed.output, landed.objects_root = str(shell), str(sink.root)
         return landed
     started = time.perf_counter()
-    landed.output = sha256_file(shell)
+    shell_name = sha256_file(shell)
     landed.seconds["hash"] = time.perf_counter() - started
-    _put(store, {key: object_path(sink.root, key) for key in sink.names()}, landed.seconds)
-    puts = landed.seconds["put"]
-    _put(store, {landed.output: shell}, landed.seconds, archive=True)  # last: a shell found in the bucket names objects that are there
-    landed.seconds["put"] += puts
+    started = time.perf_counter()
+    # As a single model's publish puts them (Store.put_objects): an object found in the bucket coded
+    # otherwise (another machine stored the tensor meanwhile, with another pipeline) is named by a
+    # new shell as the bucket codes it. The record holds only what that reads and rewrites.
+    record: dict[str, Any] = {"name": landed.name, "objects": [{"role": "archive", "sha256": shell_name}]}
+    moves = store.put_objects(record, {**{key: object_path(sink.root, key) for key in sink.names()}, shell_name: shell})
+    landed.output = next(item["sha256"] for item in record["objects"] if item["role"] == "archive")
+    for item in record["objects"]:  # the bucket's, at its size: this task's coding of it went nowhere
+        if item["role"] == "object" and item["sha256"] not in moves:
+            landed.written.pop(item["sha256"], None)
+            landed.reused[item["sha256"]] = item["size"]
+    store.put_archive(landed.output, moves[landed.output])  # last: a shell found in the bucket names objects that are there
+    landed.seconds["put"] = time.perf_counter() - started
     return landed
 
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import zoo
 from tests.conftest import random_storage, write_safetensors
+from tests.hub.test_dedup import base_tensors, write_model
 from tests.hub.test_serve import running_server
+from tests.hub.test_store import hashes
 from zoo import batch
 from zoo.api import compress_into
 from zoo.errors import InputError
@@ -187,3 +190,43 @@ def test_several_models_here_get_the_threads_one_model_gets(tmp_path, monkeypatc
     assert _run_zoo_here(monkeypatch, "pull", *two_repositories) == 0
     assert seen and set(seen) == {default}
     assert batch.threads_per_model(None, "127.0.0.1:6379") == 1 and batch.threads_per_model(4, "127.0.0.1:6379") == 4
+
+
+
+def put_another_coding(store: Store, model: Path, folder: Path) -> None:
+    """The objects of `model`'s tensors as another machine codes them (bytegroup|zstd) put in the
+    bucket zoo `store`, its manifest not yet: a batch that looked at the zoo before saw no model."""
+    other = Store(folder)
+    theirs = compress_into(other, model, "m", pipeline="bytegroup|zstd")
+    for path in other.objects.rglob("*.zoo"):
+        if path.name != theirs.archive.name:
+            store.storage.put(store.object_key(path.name.removesuffix(".zoo")), path)
+
+
+@pytest.mark.parametrize("small_files", [True, False])
+def test_a_batch_into_a_bucket_names_an_object_stored_meanwhile_coded_otherwise_as_the_bucket_codes_it(small_files, bucket, tmp_path,
+                                                                                                      monkeypatch):
+    """Another machine stores the same tensors with another lossless pipeline while a batch runs:
+    a worker's put finds that coding under the name (a lossless tensor's object is named by what it
+    decodes to) and leaves it, and the model's shell, put by the worker, named the worker's own
+    coding, which the bucket does not hold. The driver's publish refused the model as damaged
+    where it decodes a small file (its chunk indexes read), and published it, unreadable on every
+    machine, where there is none (a model of large files alone). The worker now points the shell
+    at the bucket's coding, as one model's publish does (Store._match_the_bucket)."""
+    if not small_files:  # every file a large one: none is decoded at the publish
+        monkeypatch.setattr("zoo.hub.manifest.LFS_MIN_BYTES", 0)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    url = f"{bucket}/zoo"
+    model = write_model(tmp_path / "model", base_tensors())
+    store = Store(url)
+    put_another_coding(store, model, tmp_path / "other-machine")
+    [landed] = batch.compress_many([str(model)], store=store, names=["model"], ray=None)
+    assert landed.ok, landed.error
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "fresh-index"))  # a machine that ran none of it
+    fresh = Store(url)
+    zoo.decompress(fresh.resolve("model").archive, tmp_path / "out")
+    assert hashes(tmp_path / "out") == hashes(model)
+    [manifest] = [info.key for info in fresh.storage.list("manifests/model/")]
+    record = json.loads(fresh.storage.read(manifest))
+    assert {o["sha256"]: o["size"] for o in record["objects"]} == {
+        o["sha256"]: fresh.storage.stat(fresh.object_key(o["sha256"])).size for o in record["objects"]}

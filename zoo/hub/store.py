@@ -313,7 +313,6 @@ class Store:
         """Objects put first (each under its name, if absent), the manifest last, by a conditional
         put: only where there is none, or, with `force`, where it is the one read before."""
         from zoo.hub.remote import ABSENT, PublishConflict
-        from zoo.kernels.parallel import for_each
 
         ref = f"{record['name']}@{record['revision']}:{record['variant']}"
         manifest = self.manifest_path(record["name"], record["revision"], record["variant"])
@@ -321,21 +320,10 @@ class Store:
         old = self.storage.read_versioned(key)
         if old is not None and not force:
             raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
-        archive = _archive_of(record)
         for item in repairs:  # a bucket keeps no lock to hold other models' shells to a new coding (_check_repairs) under
             self._repair_readable(item, record["name"])
-
-        found: list[str] = []  # there before this put, and coded otherwise than the build's copy
-
-        def put(name: str, path: Path) -> None:
-            if not self.storage.put(self.object_key(name), path, if_absent=name not in repairs) and name not in repairs \
-                    and not self._coded_as_in_the_bucket(name, path):
-                found.append(name)
-
-        for_each(lambda item: put(*item), [item for item in moves.items() if item[0] != archive], 4)
-        if found:
-            moves = self._match_the_bucket(record, moves, found)
-            archive = _archive_of(record)
+        moves = self.put_objects(record, moves, repairs)
+        archive = _archive_of(record)
         self.put_archive(archive, moves[archive])
         for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
             self.object_path(item).unlink(missing_ok=True)
@@ -363,6 +351,26 @@ class Store:
             behind = self._mark_behind()
             self._publish_manifest(record)
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
+
+    def put_objects(self, record: dict[str, Any], moves: dict[str, Path], repairs: Collection[str] = ()) -> dict[str, Path]:
+        """The objects of `moves` (name -> the build's copy), the model's archive aside, put in the
+        bucket, each if absent (one of `repairs` over the damaged one), several at once. Returns
+        `moves` held to those found there coded otherwise (_match_the_bucket), `record` (of which
+        only the name and the archive are read) then naming a new archive and each object's size.
+        Called by whoever puts the archive next (a model's publish, a batch's worker), so that the
+        archive put names every object as the bucket codes it."""
+        from zoo.kernels.parallel import for_each
+
+        archive = _archive_of(record)
+        found: list[str] = []  # there before this put, and coded otherwise than the build's copy
+
+        def put(name: str, path: Path) -> None:
+            if not self.storage.put(self.object_key(name), path, if_absent=name not in repairs) and name not in repairs \
+                    and not self._coded_as_in_the_bucket(name, path):
+                found.append(name)
+
+        for_each(lambda item: put(*item), [item for item in moves.items() if item[0] != archive], 4)
+        return self._match_the_bucket(record, moves, found) if found else moves
 
     def _match_the_bucket(self, record: dict[str, Any], moves: dict[str, Path], found: list[str]) -> dict[str, Path]:
         """`moves` held to the objects of `found`, which the bucket held when they were put, coded
