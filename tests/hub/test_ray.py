@@ -215,6 +215,25 @@ def test_a_split_model_whose_tasks_die_is_retried(ray_cluster: str, tmp_path: Pa
     assert _contents(tmp_path / "on-ray") == _contents(tmp_path / "here")
 
 
+def test_a_split_model_into_a_bucket_names_each_object_as_the_bucket_codes_it(ray_cluster: str, bucket: str, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine stored the model's tensors with another pipeline: each part task's put finds
+    that coding there and leaves it, and the model's build takes the bucket's copy of each part's
+    object (ModelSink.fetch), so its shell names the bucket's coding: every machine reads the model.
+    (A model coded by one task named its own coding: test_batch_edges.)"""
+    from tests.hub.test_batch_edges import put_another_coding
+
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    [model] = _models(tmp_path / "models", 1)
+    store = Store(f"{bucket}/zoo")
+    put_another_coding(store, model, tmp_path / "other-machine")
+    [landed] = batch.compress_many([str(model)], store=store, names=["model"], ray=ray_cluster, task_bytes=8 << 10)
+    assert landed.ok and landed.tasks > 2, (landed.error, landed.tasks)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "fresh-index"))
+    zoo.decompress(Store(f"{bucket}/zoo").resolve("model").archive, tmp_path / "out")
+    assert {p.name: _sha256(p) for p in (tmp_path / "out").iterdir()} == {p.name: _sha256(p) for p in model.iterdir()}
+
+
 def test_sources_and_archives_in_a_bucket(ray_cluster: str, bucket: str, tmp_path: Path) -> None:
     """Workers fetch a source from the bucket and put their archives there; the bytes match a local run."""
     [source] = _models(tmp_path / "models", 1)
