@@ -103,3 +103,17 @@ def test_a_pull_says_whether_it_stored_the_model_as_the_text_does(tmp_path):
         first, again = (json.loads(ok(zoo_cli("pull", "org/m", "--json", env=env, home=tmp_path / "zoo")).stdout) for _ in range(2))
     assert first.pop("new") is True and again.pop("new") is False
     assert first == again and first["adds_bytes"] > 0, (first, again)
+
+
+def test_verify_names_the_lossy_files_it_could_not_hold_to_their_sha256(tmp_path):
+    """`verify` of a lossy archive said `ok` alone, where its files' sha256 (of the original bytes)
+    was never checked: decoding gives the values kept. It names them now, in the text and --json."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a": ("F32", random_storage("F32", (16, 8), 1))})
+    ok(zoo_cli("compress", weights, "-o", tmp_path / "lossy.zoo", "-p", "truncate:bits=3"))
+    ok(zoo_cli("compress", weights, "-o", tmp_path / "lossless.zoo"))
+    text = ok(zoo_cli("verify", tmp_path / "lossy.zoo")).stdout
+    assert text == (f"{tmp_path / 'lossy.zoo'}: ok; 1 lossy file (w.safetensors) checked as stored: it decodes to the values "
+                    "kept, not to the original bytes its sha256 is of\n"), text
+    assert json.loads(ok(zoo_cli("verify", tmp_path / "lossy.zoo", "--json")).stdout)["lossy_files"] == ["w.safetensors"]
+    assert ok(zoo_cli("verify", tmp_path / "lossless.zoo")).stdout == f"{tmp_path / 'lossless.zoo'}: ok\n"
+    assert json.loads(ok(zoo_cli("verify", tmp_path / "lossless.zoo", "--json")).stdout)["lossy_files"] == []

@@ -314,7 +314,7 @@ def info(archive: ArchiveArg, as_json: Json = False) -> None:
 def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archive or a zoo name (none: the whole zoo, each "
                                                                    "object once).", show_default=False)] = None,
            base: Base = None, threads: Threads = None, as_json: Json = False) -> None:
-    """Check every checksum and every file's sha256; exit 1 if anything is damaged."""
+    """Check every checksum and every lossless file's sha256; exit 1 if anything is damaged."""
     from zoo import api
 
     if archive is None:
@@ -332,21 +332,27 @@ def verify(archive: Annotated[Optional[Path], typer.Argument(help="A .zoo archiv
     except FormatError as error:  # too damaged to open (its header, cut short, a model's archive missing): damage, as the zoo's verify says
         problems = [str(error)]
     try:
-        needed = api.report_of(archive).base
+        report = api.report_of(archive)
+        needed = report.base
+        # "ok" of such a file is of what is stored: decoding gives the kept values, not the original bytes its sha256 is of
+        lossy = [entry["path"] for entry in report.files if not entry.get("lossless", True)]
     except FormatError:  # too damaged to open, one of the problems: nothing in it was checked, nor rebuilt
-        needed = None
+        needed, lossy = None, []
     # Without its base, an archive's differences are decoded and checked but not added to anything.
     unrebuilt = None if needed is None or base is not None else (
         f"{count(needed['tensors'], 'tensor')} stored as {'a difference' if needed['tensors'] == 1 else 'differences'} from "
         f"{needed['hint']!r} {'was' if needed['tensors'] == 1 else 'were'} checked as stored, not rebuilt "
         "(that needs --base)")
     if as_json:
-        print_json({"archive": str(archive), "ok": not problems, "problems": problems, "not_rebuilt": unrebuilt})
+        print_json({"archive": str(archive), "ok": not problems, "problems": problems, "not_rebuilt": unrebuilt, "lossy_files": lossy})
     elif problems:
         for problem in problems:
             stderr.print(f"damaged: {problem}", markup=False, highlight=False)
     else:
-        stdout.print(f"{archive}: ok" + (f"; {unrebuilt}" if unrebuilt else ""), markup=False, highlight=False)
+        kept = (f"{count(len(lossy), 'lossy file')} ({', '.join(lossy[:3])}{', ...' if len(lossy) > 3 else ''}) checked as stored: "
+                f"{'it decodes' if len(lossy) == 1 else 'they decode'} to the values kept, not to the original bytes "
+                f"{'its' if len(lossy) == 1 else 'their'} sha256 is of") if lossy else None
+        stdout.print(f"{archive}: ok" + "".join(f"; {said}" for said in (unrebuilt, kept) if said), markup=False, highlight=False)
     if problems:
         raise typer.Exit(1)
 
