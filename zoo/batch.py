@@ -74,10 +74,12 @@ class Landed:
     opaque: list[str] = field(default_factory=list)  # files of a tensor format kept as bytes: "PATH (why)", as compress says them
     tasks: int = 1  # the tasks that coded it (a model split by TASK_BYTES: its parts and its build)
     # into a zoo, what the worker leaves for the driver to publish: the objects folder it coded into,
-    # the objects it coded there and those it took from the zoo or from other tasks, with their sizes
+    # the objects it coded there and those it took from the zoo or from other tasks, with their sizes,
+    # and (a folder zoo) those it coded again in place of ones the zoo holds damaged
     objects_root: str | None = None
     written: dict[str, int] = field(default_factory=dict)
     reused: dict[str, int] = field(default_factory=dict)
+    repairs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +87,7 @@ class Landed:
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
-        for internal in ("objects_root", "written", "reused"):
+        for internal in ("objects_root", "written", "reused", "repairs"):
             del record[internal]
         return {**record, "ok": self.ok}
 
@@ -438,23 +440,25 @@ def _landed(store: Store, landed: Landed, sink: ObjectSink, shell: Path) -> Land
     finally:
         held.close()
     if store.storage is None:
-        landed.output, landed.objects_root = str(shell), str(sink.root)
+        landed.output, landed.objects_root, landed.repairs = str(shell), str(sink.root), sorted(sink.repairs)
         return landed
     started = time.perf_counter()
     shell_name = sha256_file(shell)
     landed.seconds["hash"] = time.perf_counter() - started
     started = time.perf_counter()
-    # As a single model's publish puts them (Store.put_objects): an object found in the bucket coded
-    # otherwise (another machine stored the tensor meanwhile, with another pipeline) is named by a
-    # new shell as the bucket codes it. The record holds only what that reads and rewrites.
+    # As a single model's publish puts them (Store.put_model), here, where the build fetched and
+    # checked the objects it coded again in place of damaged ones: each of those goes over the
+    # damaged one, and an object found in the bucket coded otherwise (another machine stored the
+    # tensor meanwhile, with another pipeline) is named by a new shell as the bucket codes it. The
+    # shell goes last: one found in the bucket names objects that are there. The record holds only
+    # what that reads and rewrites.
     record: dict[str, Any] = {"name": landed.name, "objects": [{"role": "archive", "sha256": shell_name}]}
-    moves = store.put_objects(record, {**{key: object_path(sink.root, key) for key in sink.names()}, shell_name: shell})
+    moves = store.put_model(record, {**{key: object_path(sink.root, key) for key in sink.names()}, shell_name: shell}, sink.repairs)
     landed.output = next(item["sha256"] for item in record["objects"] if item["role"] == "archive")
     for item in record["objects"]:  # the bucket's, at its size: this task's coding of it went nowhere
         if item["role"] == "object" and item["sha256"] not in moves:
             landed.written.pop(item["sha256"], None)
             landed.reused[item["sha256"]] = item["size"]
-    store.put_archive(landed.output, moves[landed.output])  # last: a shell found in the bucket names objects that are there
     landed.seconds["put"] = time.perf_counter() - started
     return landed
 
@@ -472,7 +476,7 @@ def publish(store: Store, landed: Landed, name: str, revision: str, *, commit: s
                                   force=force)
         else:
             sink = ObjectSink(Path(landed.objects_root))
-            sink.written, sink.reused = landed.written, landed.reused
+            sink.written, sink.reused, sink.repairs = landed.written, landed.reused, set(landed.repairs)
             entry = store.add_composed(Path(landed.output or ""), sink, name, revision, commit=commit, source=source, force=force)
         landed.output, landed.original_bytes, landed.stored_bytes = entry.ref, entry.original_bytes, entry.stored_bytes
         landed.sha256 = entry.archive.name.removesuffix(OBJECT_SUFFIX)

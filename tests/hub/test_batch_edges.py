@@ -230,3 +230,56 @@ def test_a_batch_into_a_bucket_names_an_object_stored_meanwhile_coded_otherwise_
     record = json.loads(fresh.storage.read(manifest))
     assert {o["sha256"]: o["size"] for o in record["objects"]} == {
         o["sha256"]: fresh.storage.stat(fresh.object_key(o["sha256"])).size for o in record["objects"]}
+
+
+
+def damage_an_object(store: Store, how: str) -> None:
+    """The largest object of the zoo `store` holding a tensor (not a model's archive), damaged where
+    the zoo keeps it: a byte of its payload flipped, or its end "cut short"."""
+    archives = {entry.archive.name for entry in store.entries()}
+    if store.storage is None:
+        path = max((p for p in store.objects.rglob("*.zoo") if p.name not in archives), key=lambda p: p.stat().st_size)
+        data = bytearray(path.read_bytes())
+        os.chmod(path, 0o644)
+        write = path.write_bytes
+    else:
+        key = max((i for i in store.storage.list("objects/") if i.key.rsplit("/", 1)[-1] not in archives), key=lambda i: i.size).key
+        data = bytearray(store.storage.read(key))
+
+        def write(damaged: bytes) -> None:
+            store.storage.fs.pipe_file(store.storage.path(key), damaged)
+    if how == "cut short":
+        del data[-100:]
+    else:
+        data[len(data) // 2] ^= 0x10
+    write(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut short"])
+@pytest.mark.parametrize("into", ["bucket", "folder"])
+def test_a_batch_repairs_an_object_damaged_in_the_zoo_as_one_model_does(into, damage, request, tmp_path, monkeypatch):
+    """A model stored again (here a relative holding the same tensors) by a batch codes an object the
+    zoo holds damaged again, as one model's build does (ObjectSink.repairs), but the batch handed
+    those repairs to no one: into a bucket the worker put the new coding if absent, and a folder
+    zoo's driver took in a sink without them, so the damaged object stayed. Bytes flipped, the
+    model was published naming it; cut short, a bucket refused the model as "damaged, or changed
+    while the model was stored". The batch now repairs it as one model's publish does."""
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "writer-index"))
+    url = f"{request.getfixturevalue('bucket')}/zoo" if into == "bucket" else str(tmp_path / "zoo")
+    base = write_model(tmp_path / "base", base_tensors())
+    compress_into(Store(url), base, "base")
+    damage_an_object(Store(url), damage)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "batch-index"))  # another machine, driver and worker
+    relative = write_model(tmp_path / "relative", base_tensors())
+    [landed] = batch.compress_many([str(relative)], store=Store(url), names=["relative"], ray=None)
+    assert landed.ok, landed.error
+    here = Store(url)
+    if here.storage is not None:  # the batch's machine keeps no copy of the damaged object it fetched to check
+        assert all(path.read_bytes() == here.storage.read(here.object_key(path.name.removesuffix(".zoo")))
+                   for path in here.objects.rglob("*.zoo"))
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "fresh-index"))  # a machine that ran none of it
+    fresh = Store(url)
+    assert fresh.verify()[2] == []
+    for name, model in [("base", base), ("relative", relative)]:
+        zoo.decompress(fresh.resolve(name).archive, tmp_path / f"out-{name}")
+        assert hashes(tmp_path / f"out-{name}") == hashes(model)

@@ -320,14 +320,8 @@ class Store:
         old = self.storage.read_versioned(key)
         if old is not None and not force:
             raise OutputExistsError(f"{ref} is already in the zoo; pass --force to replace it")
-        for item in repairs:  # a bucket keeps no lock to hold other models' shells to a new coding (_check_repairs) under
-            self._repair_readable(item, record["name"])
-        moves = self.put_objects(record, moves, repairs)
+        moves = self.put_model(record, moves, repairs)
         archive = _archive_of(record)
-        self.put_archive(archive, moves[archive])
-        for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
-            self.object_path(item).unlink(missing_ok=True)
-            format_module.object_replaced(self.object_path(item))
         kill_point("store-object")
         data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
         try:
@@ -352,13 +346,27 @@ class Store:
             self._publish_manifest(record)
             self._update_index(lambda connection: catalogue.put(connection, self._relative(manifest), record), behind)
 
+    def put_model(self, record: dict[str, Any], moves: dict[str, Path], repairs: Collection[str] = ()) -> dict[str, Path]:
+        """A model's objects put in the bucket (put_objects), each of `repairs` (coded again by the
+        build in place of one the bucket holds damaged) over the damaged one, then its archive: what
+        its manifest will name, put by whoever publishes it or by a batch's worker for its driver.
+        Returns `moves` as put_objects holds them, `record` naming the archive put."""
+        for item in repairs:  # a bucket keeps no lock to hold other models' shells to a new coding (_check_repairs) under
+            self._repair_readable(item, record["name"])
+        moves = self.put_objects(record, moves, repairs)
+        archive = _archive_of(record)
+        self.put_archive(archive, moves[archive])
+        for item in repairs:  # this machine's copy of the damaged object, fetched to be checked
+            self.object_path(item).unlink(missing_ok=True)
+            format_module.object_replaced(self.object_path(item))
+        return moves
+
     def put_objects(self, record: dict[str, Any], moves: dict[str, Path], repairs: Collection[str] = ()) -> dict[str, Path]:
         """The objects of `moves` (name -> the build's copy), the model's archive aside, put in the
         bucket, each if absent (one of `repairs` over the damaged one), several at once. Returns
         `moves` held to those found there coded otherwise (_match_the_bucket), `record` (of which
         only the name and the archive are read) then naming a new archive and each object's size.
-        Called by whoever puts the archive next (a model's publish, a batch's worker), so that the
-        archive put names every object as the bucket codes it."""
+        put_model puts the archive next, so that it names every object as the bucket codes it."""
         from zoo.kernels.parallel import for_each
 
         archive = _archive_of(record)
