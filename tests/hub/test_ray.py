@@ -234,6 +234,29 @@ def test_a_split_model_into_a_bucket_names_each_object_as_the_bucket_codes_it(ra
     assert {p.name: _sha256(p) for p in (tmp_path / "out").iterdir()} == {p.name: _sha256(p) for p in model.iterdir()}
 
 
+@pytest.mark.parametrize("into", ["bucket", "folder"])
+def test_a_split_model_repairs_an_object_damaged_in_the_zoo(into: str, ray_cluster: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part task takes an object the zoo holds as found, damaged or not (PartSink: it names
+    nothing), so the model's build meets the damaged one, codes it again, and its task hands that
+    repair on as one model's task does (test_batch_edges): every machine reads both models."""
+    from tests.hub.test_batch_edges import damage_an_object
+
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "indexes"))
+    url = f"{request.getfixturevalue('bucket')}/zoo" if into == "bucket" else str(tmp_path / "zoo")
+    [model] = _models(tmp_path / "models", 1)
+    compress_into(Store(url), model, "first")
+    damage_an_object(Store(url), "flipped")
+    [landed] = batch.compress_many([str(model)], store=Store(url), names=["again"], ray=ray_cluster, task_bytes=8 << 10)
+    assert landed.ok and landed.tasks > 2, (landed.error, landed.tasks)
+    monkeypatch.setenv("ZOO_INDEX_HOME", str(tmp_path / "fresh-index"))
+    fresh = Store(url)
+    assert fresh.verify()[2] == []
+    for name in ("first", "again"):
+        zoo.decompress(fresh.resolve(name).archive, tmp_path / name)
+        assert {p.name: _sha256(p) for p in (tmp_path / name).iterdir()} == {p.name: _sha256(p) for p in model.iterdir()}
+
+
 def test_sources_and_archives_in_a_bucket(ray_cluster: str, bucket: str, tmp_path: Path) -> None:
     """Workers fetch a source from the bucket and put their archives there; the bytes match a local run."""
     [source] = _models(tmp_path / "models", 1)
