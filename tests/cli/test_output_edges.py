@@ -319,6 +319,30 @@ def test_an_empty_source_or_output_is_refused_never_the_current_folder(tmp_path)
     assert [p.name for p in work.iterdir()] == ["config.json"] and (work / "config.json").read_text() == '{"mine": 1}'
 
 
+def test_dash_o_dash_is_refused_never_a_path_named_dash(one_file_archive, tmp_path):
+    """`zoo compress MODEL -o -` wrote a file named `-` in the current folder (and decompress and
+    export a folder), where a Unix user means stdout: zoo's outputs are files renamed into place,
+    and its stdout carries the report. Refused in a line; `./-` still names a path called `-`."""
+    weights = write_safetensors(tmp_path / "w.safetensors", {"a.weight": ("F32", random_storage("F32", (16, 16), 1))})
+    work = tmp_path / "work"
+    work.mkdir()
+    home = tmp_path / "zoo"
+    ok(zoo_cli("compress", weights, "--name", "w", home=home))
+    refusals = {("compress", weights, "-o", "-"): "OUT.zoo", ("compress", weights, weights, "-o", "-", "--force"): "DIR/",
+                ("decompress", one_file_archive, "--output=-"): "DIR", ("export", "w", "-o", "-", "--archive"): "OUT.zoo"}
+    for args, instead in refusals.items():
+        done = zoo_cli(*args, cwd=work, home=home)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            1, "", f"error: -o -: zoo writes its output to a path, not to stdout (which carries the report); use -o {instead} instead "
+                   "(-o ./- for a path named -)\n"), (args, done.stderr)
+    assert list(work.iterdir()) == []
+    ok(zoo_cli("compress", weights, "-o", "./-", cwd=work, home=home))
+    assert (work / "-").is_file()
+    (work / "-").unlink()
+    ok(zoo_cli("decompress", one_file_archive, "-o", "./-", cwd=work, home=home))  # a Path makes ./- and - one
+    assert [p.name for p in (work / "-").iterdir()] == ["w.safetensors"]
+
+
 def test_zoo_debug_set_to_a_no_shows_no_traceback(tmp_path):
     """ZOO_DEBUG=0 printed a 46-line traceback: any value turned it on."""
     for value, lines in (("0", 1), ("no", 1), ("false", 1), ("", 1), ("1", None)):

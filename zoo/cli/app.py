@@ -10,6 +10,7 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 from typer.models import TyperPath
 
 from zoo.cli import archive_commands, eval_commands, native_commands, sweep_commands, zoo_commands
+from zoo.cli.options import refuse_stdout
 from zoo.cli.stopping import Stopped
 from zoo.errors import InputError
 
@@ -23,7 +24,8 @@ def _is_url(value: str) -> bool:
 class _GivenPath(TyperPath):
     """A path parameter that refuses an empty value, which pathlib reads as the current folder:
     `zoo decompress "" -o out` answered that `.` was no archive, and `-o ""` wrote into `.`; and a
-    URL, which pathlib reads as a local path of one slash."""
+    URL, which pathlib reads as a local path of one slash. An output option given `-` (stdout, to a
+    Unix user) is refused before pathlib makes `./-` the same path as `-` (zoo.cli.options)."""
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         named = param.human_readable_name if isinstance(param, TyperArgument) else param.opts[0]
@@ -31,6 +33,8 @@ class _GivenPath(TyperPath):
             raise InputError(f"{named} is empty")
         if isinstance(value, str) and "://" in value and _is_url(value):  # a Path made s3://b/x.zoo the file s3:/b/x.zoo
             raise InputError(f"{named} {value}: a URL, where this command takes a local path")
+        if isinstance(param, TyperOption) and param.name == "output" and isinstance(value, str):
+            refuse_stdout(value, param.metavar or "PATH")
         return super().convert(value, param, ctx)
 
 

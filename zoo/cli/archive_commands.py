@@ -10,7 +10,7 @@ import typer
 
 from zoo.evaluate.result import QualityGateError, figure_text
 from zoo.cli.eval_commands import MaxKl, MaxPplRatio, MinCosine, quality_check
-from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads
+from zoo.cli.options import ArchiveArg, Base, Force, ForceFiles, Json, Threads, refuse_stdout
 from zoo.cli.output import human_bytes, print_json, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import count, print_compressed, print_quality, print_report
 from zoo.signals import an_output, written
@@ -92,6 +92,8 @@ def compress(
     # app._GivenPath makes of paths is made here
     if output is not None and not output:
         raise InputError("--output is empty")
+    if output is not None:
+        refuse_stdout(output, "DIR/" if more else "OUT.zoo")
     if not typed or not all(more or []):  # Path("") is the current folder: an unset variable would compress it
         raise InputError("no model given: name a folder, a file or a hub id" if not more else
                          "an empty SOURCE among them: name a folder, a file or a hub id (an unset variable?)")
@@ -265,7 +267,7 @@ def _compress_to_budget(source: Path, output: Optional[Path], budget: str, pipel
 
 def decompress(
     archive: ArchiveArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the model into.")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write the model into.")],
     base: Base = None,
     threads: Threads = None,
     force: ForceFiles = False,

@@ -17,3 +17,15 @@ ArchiveArg = Annotated[Path, typer.Argument(help="A .zoo archive or a zoo name: 
                                             show_default=False)]
 Base = Annotated[Optional[Path], typer.Option("--base", help="The base model the archive's differences are added to (safetensors "
                                                             "file or folder, .zoo archive or zoo name).", show_default=False)]
+
+
+def refuse_stdout(output: str, instead: str) -> None:
+    """`-o -` is stdout by the Unix convention, and zoo took it for a path: a file or folder named
+    `-` in the current folder. Its outputs are files and folders written beside their destination
+    and renamed into place (an archive's header goes in front of its payload once that is coded),
+    and its stdout carries the report, so `-` is refused; `./-` still names a path called `-`."""
+    if output == "-":
+        from zoo.errors import InputError
+
+        raise InputError(f"-o -: zoo writes its output to a path, not to stdout (which carries the report); use -o {instead} "
+                         "instead (-o ./- for a path named -)")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zoo.cli.options import Force, ForceFiles, Json, Threads
+from zoo.cli.options import Force, ForceFiles, Json, Threads, refuse_stdout
 from zoo.cli.output import human_bytes, print_json, print_table, progress_bar, source_bytes, stage_bars, stderr, stdout
 from zoo.cli.reports import count, print_compressed
 from zoo.signals import an_output
@@ -170,6 +170,7 @@ def export(
 
     if not output:  # text, for its trailing `/`: "" would be the current folder (an unset variable), as compress -o refuses it
         raise InputError("--output is empty")
+    refuse_stdout(output, "OUT.zoo" if archive else "DIR")
     if "://" in output:  # text, so the check every path parameter makes (zoo.cli.app._GivenPath) is made here
         from zoo.hub.remote import is_url
 
