@@ -2,6 +2,7 @@
 its budget on held-out text, carries the proof and trail, and every failure is one line."""
 
 import json
+import warnings
 
 import pytest
 
@@ -256,7 +257,11 @@ def test_a_model_whose_header_takes_more_than_16_bits_a_weight_is_searched_above
     rng = np.random.default_rng(0)
     source = write_safetensors(tmp_path / "small.safetensors",
                                {f"layer{i}.weight": ("F32", rng.standard_normal((16, 16)).astype(np.float32)) for i in range(40)})
-    result = compress_to_budget(source, tmp_path / "kept.zoo", "cosine=0.99")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = compress_to_budget(source, tmp_path / "kept.zoo", "cosine=0.99")
+    # the target ratios l2 misses here are the search's own, not the user's: where each landed is in the trail
+    assert not [w for w in said if "is missed" in str(w.message)], [str(w.message) for w in said]
     assert result.kept.meets and result.kept.bits > 16
     assert zoo.open(tmp_path / "kept.zoo").metadata()["budget"]["figure"] >= 0.99
     assert (tmp_path / "kept.zoo").stat().st_size < source.stat().st_size

@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.codecs.pipeline import CHUNK_BYTES, Pipeline
-from zoo.errors import InputError, OutOfReach, ZooError
+from zoo.errors import InputError, OutOfReach, ZooError, ZooWarning
 from zoo.evaluate.result import exact_text, figure_text
 from zoo.optimize.teacher import Teacher
 from zoo.hub import temporaries
@@ -368,7 +369,9 @@ def _read(path: Path) -> str:
 def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, shared: Any, threads: int | None,
                progress: Progress | None) -> Candidate:
     pipeline = l2_pipeline(bits, leaf, shared)
-    report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
+    with warnings.catch_warnings():  # a ratio the search picked, not the user: where it landed is in the trail
+        warnings.filterwarnings("ignore", r"l2: target_ratio=\S+ is missed", ZooWarning)
+        report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
     return Candidate(bits, pipeline.spec(), report.compressed_bytes, report.bits_per_weight, path=path)
 
 
