@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zoo.codecs.selection import check_patterns, selected
+from zoo.codecs.selection import check_patterns, part_label, selected
 from zoo.dtypes import FLOAT_DTYPES
 
 # progress(stage, done, total): a long phase of a survey, e.g. ("tuning roundings", 40, 2000); each
@@ -366,8 +366,8 @@ class Arrivals:
             result = stage.encode(item, label, self.plans[index])
             for part_name, part in result.parts.items():
                 if part_name in result.final:
-                    yield f"{label}.{part_name}", part, False
+                    yield part_label(label, part_name), part, False
                 else:
-                    yield from self._visit(f"{label}.{part_name}", part, index + 1)
+                    yield from self._visit(part_label(label, part_name), part, index + 1)
             return
         yield label, item, True

@@ -23,6 +23,7 @@ import numpy as np
 
 from zoo.codecs.base import ArrayCodec, Arrivals, BytesCodec, Codec, GroupingCodec, LossyCodec, StageProgress, TypedArray
 from zoo.codecs.registry import codec_class, codec_from_config
+from zoo.codecs.selection import part_label
 from zoo.dtypes import DTYPES, EVEN, f8_rounding
 from zoo.errors import FormatError, PipelineError
 
@@ -195,7 +196,7 @@ class Pipeline:
                 parts = {}
                 for part_name, part in result.parts.items():
                     after = len(self.array_stages) if part_name in result.final else index + 1
-                    parts[part_name] = visit(part, after, f"{label}.{part_name}")
+                    parts[part_name] = visit(part, after, part_label(label, part_name))
                 node = {"stage": index, "meta": result.meta, "dtype": item.dtype, "shape": list(item.shape), "parts": parts}
                 if item.dtype in F8_TYPES:  # decoded by the rounding of today, not of the archives before it
                     node["rounding"] = EVEN

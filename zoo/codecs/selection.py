@@ -1,9 +1,12 @@
 """Which tensors a lossy stage touches, after llama-quantize's ``--tensor-type``.
 
 A stage takes ``include`` and ``exclude``: glob patterns (``fnmatch``, case-insensitive)
-separated by ``;``, matched against the tensor name (a part of an earlier stage is named
-``tensor.part``, e.g. ``encoder.layer.0.attention.self.query.weight.left``). Some tensors are
-never touched, whatever the patterns say: vectors and scalars, integer tensors, and names of
+separated by ``;``, matched against the tensor's name in its file and its archive key, which is
+``path::name`` where a file before took the name (docs/FORMAT.md): a pattern that matches either
+picks the tensor. A part of an earlier stage is matched by its own name, ``tensor.part`` (e.g.
+``encoder.layer.0.attention.self.query.weight.left``), and by its tensor's names: what lowrank
+left of a tensor that a later stage's ``exclude=`` names stays as lowrank left it. Some tensors
+are never touched, whatever the patterns say: vectors and scalars, integer tensors, and names of
 norms, biases and position ids, whose few bytes matter far more to quality than to size.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 
 from zoo.dtypes import FLOAT_DTYPES
@@ -44,15 +48,50 @@ def check_patterns(include: str | None, exclude: str | None) -> None:
     _compile(exclude)
 
 
+class Label(str):
+    """What a lossy stage is handed as the name of what it codes: the text is the tensor's archive
+    key, or ``label.part`` for an earlier stage's part; `names` are all the names the patterns
+    match it by (see the module's docstring), the text first. A str, so that every stage and
+    survey takes it where it took the name."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, text: str, names: Iterable[str]) -> Label:
+        label = super().__new__(cls, text)
+        label.names = tuple(dict.fromkeys((str(text), *names)))
+        return label
+
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...]]]:
+        return type(self), (str(self), self.names)
+
+
+def tensor_label(key: str, name: str | None) -> Label:
+    """The label of a model's tensor stored under archive key `key`, called `name` in its file."""
+    return Label(key, (name,) if name else ())
+
+
+def part_label(label: str, part: str) -> Label:
+    """The label of the part `part` an earlier stage made of `label`."""
+    names = names_of(label)
+    return Label(f"{label}.{part}", (*(f"{name}.{part}" for name in names), *names))
+
+
+def names_of(label: str) -> tuple[str, ...]:
+    """Every name the patterns match `label` by: a plain string is its one name."""
+    return label.names if isinstance(label, Label) else (label,)
+
+
 def selected(name: str, dtype: str, shape: tuple[int, ...] | list[int], include: str | None = None, exclude: str | None = None) -> bool:
-    """Whether a lossy stage whose patterns are `include` and `exclude` touches this tensor. A matrix
-    is two dimensions longer than 1: [1, 4096] and [4096, 1, 1] are vectors, [1, 1] a scalar."""
+    """Whether a lossy stage whose patterns are `include` and `exclude` touches this tensor, `name`
+    a plain name or a Label (matched by each of its names). A matrix is two dimensions longer than
+    1: [1, 4096] and [4096, 1, 1] are vectors, [1, 1] a scalar."""
     if dtype not in FLOAT_DTYPES or sum(d > 1 for d in shape) < 2 or 0 in shape:
         return False
-    if _ALWAYS is not None and _ALWAYS.match(name):
+    names = names_of(name)
+    if _ALWAYS is not None and any(_ALWAYS.match(each) for each in names):
         return False
     wanted = _compile(include)
-    if wanted is not None and not wanted.match(name):
+    if wanted is not None and not any(wanted.match(each) for each in names):
         return False
     unwanted = _compile(exclude)
-    return unwanted is None or not unwanted.match(name)
+    return unwanted is None or not any(unwanted.match(each) for each in names)

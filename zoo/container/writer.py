@@ -34,7 +34,7 @@ from zoo.container import format as archive_format
 from zoo.container.format import (HEADER_ALIGN, MAX_CHUNK_BYTES, PREAMBLE, PayloadWriter, content_digest, content_digest_later, crc32,
                                  sha256_file)
 from zoo.codecs.pipeline import BLOB_SPEC, Pipeline
-from zoo.codecs.selection import selected
+from zoo.codecs.selection import selected, tensor_label
 from zoo.sources.segments import Segment, SourceFile, stamp_of
 
 _PAGE = mmap.PAGESIZE
@@ -234,17 +234,19 @@ def selectable(segment: Segment, key: str, pipeline: Pipeline | None) -> bool:
     only where a stage's own include pattern names them; and not where a stage would touch it but
     not a tensor that views it (a tied lm_head that exclude= or the always-lossless names keep
     exact came back lossy as the embedding it shares)."""
-    # a view's key is its name with the storage key's `path::` (docs/FORMAT.md), which the patterns match
+    # a view's key is its name with the storage key's `path::` (docs/FORMAT.md); the patterns match both
     prefix = key[:-len(segment.tensor)] if segment.tensor and key.endswith(segment.tensor) else ""
+    label = tensor_label(key, segment.tensor)
     if pipeline is not None and segment.viewed_as and any(
-            selected(key, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
-            and not selected(prefix + name, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
+            selected(label, segment.dtype, segment.shape, getattr(stage, "include", None), getattr(stage, "exclude", None))
+            and not selected(tensor_label(prefix + name, name), segment.dtype, segment.shape, getattr(stage, "include", None),
+                             getattr(stage, "exclude", None))
             for stage in pipeline.array_stages for name in segment.viewed_as):
         return False
     if segment.weight:
         return True
     return pipeline is not None and any(
-        getattr(stage, "include", None) and selected(key, segment.dtype, segment.shape, stage.include, None)
+        getattr(stage, "include", None) and selected(label, segment.dtype, segment.shape, stage.include, None)
         for stage in pipeline.array_stages)
 
 
@@ -515,7 +517,7 @@ class Builder:
             if key is not None and segment.tensor is not None and DTYPES[segment.dtype].storage and segment.size \
                     and selectable(segment, key, pipeline):
                 array = TypedArray(raw.view(storage_dtype(segment.dtype)).reshape(segment.shape), segment.dtype)
-                yield key, segment.tensor, source.relpath, array
+                yield tensor_label(key, segment.tensor), segment.tensor, source.relpath, array  # the stages' patterns match both
 
     @staticmethod
     def tensors(sources: list[SourceFile], deltas: Deltas | None = None,
@@ -625,7 +627,7 @@ class Builder:
             if delta is not None:
                 record["base"] = self.deltas.record(key)
                 self.header["base"] = {"hint": self.deltas.base.hint}
-            root, leaves = self.pipeline.transform(key, array if delta is None else delta, self.plans)
+            root, leaves = self.pipeline.transform(tensor_label(key, segment.tensor), array if delta is None else delta, self.plans)
         elif dtype.bits % 8:  # values smaller than a byte (F4): stored as their bytes
             root = {"leaf": {"dtype": "U8", "shape": [segment.size]}}
             leaves = [(root["leaf"], TypedArray(raw, "U8"))]

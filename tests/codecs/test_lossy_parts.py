@@ -1,0 +1,69 @@
+"""What a later lossy stage makes of an earlier one's parts, and how the stages' patterns name
+tensors: by the tensor's name, its archive key, and for a part its tensor's names too."""
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.codecs.selection import selected
+from zoo.errors import ZooWarning
+
+from tests.conftest import write_safetensors
+
+
+def _gaussian(rows, cols, seed):
+    return np.random.default_rng(seed).normal(size=(rows, cols)).astype(np.float32)
+
+
+def _low_rank(rows, cols, rank, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols)) + 0.01 * rng.normal(size=(rows, cols))).astype(np.float32)
+
+
+def _read(path, name):
+    with zoo.open(path) as archive:
+        return archive.read_tensor(name).data, archive.tensor_info(name)["root"]
+
+
+def test_a_pattern_matches_a_parts_tensor_by_its_names():
+    from zoo.codecs.selection import part_label, tensor_label
+
+    label = tensor_label("sub/model.safetensors::layer.0.weight", "layer.0.weight")
+    left = part_label(label, "left")
+    assert left == "sub/model.safetensors::layer.0.weight.left"  # the label's text is the key's, as before
+    for pattern in ("layer.0.weight", "sub/*", "*.left", "layer.0.weight.left"):
+        assert not selected(left, "F32", (4, 4), exclude=pattern), pattern
+        assert selected(left, "F32", (4, 4), include=pattern), pattern
+    assert selected(left, "F32", (4, 4), exclude="*.right") and not selected(left, "F32", (4, 4), include="*.right")
+    assert not selected(part_label("layer.0.weight", "dense"), "F32", (4, 4), exclude="layer.0.weight")  # a plain name too
+
+
+def test_a_later_stages_exclude_keeps_what_lowrank_left_of_the_tensor(tmp_path):
+    """lowrank left a full-rank layer whole as its part `dense`, which the later stage saw as
+    `layer.0.weight.dense`: exclude=layer.0.weight no longer named it, and codebook:bits=2 left a
+    relative error of 0.34 on the tensor it was told to leave lossless."""
+    weights = {"layer.0.weight": _gaussian(64, 96, 0), "factored.weight": _low_rank(96, 64, 4, 1)}
+    source = write_safetensors(tmp_path / "m.safetensors", {name: ("F32", value) for name, value in weights.items()})
+    with pytest.warns(ZooWarning, match=r"stage 2 of the pipeline \(codebook\) coded no tensor"):
+        zoo.compress(source, tmp_path / "m.zoo", "lowrank:energy=0.999|codebook:bits=2,exclude=layer.0.weight;factored.weight")
+    got, root = _read(tmp_path / "m.zoo", "layer.0.weight")
+    assert set(root["parts"]) == {"dense"} and np.array_equal(got, weights["layer.0.weight"])  # left whole, and lossless
+    assert all("leaf" in part for part in _read(tmp_path / "m.zoo", "factored.weight")[1]["parts"].values())  # factors: lowrank's only
+    zoo.compress(source, tmp_path / "n.zoo", "lowrank:energy=0.999|codebook:bits=2,exclude=*.left")  # a part's own name still picks it
+    parts = _read(tmp_path / "n.zoo", "factored.weight")[1]["parts"]
+    assert "leaf" in parts["left"] and parts["right"]["stage"] == 1
+
+
+def test_patterns_match_a_tensors_name_where_its_key_is_path_and_name(tmp_path):
+    """The second file's copy of a name is stored under `sub/model.safetensors::NAME`, and the
+    patterns were matched against that key: exclude=NAME left the copy lossy. The key still picks."""
+    weights = {"layer.0.weight": ("F32", _gaussian(32, 48, 2)), "other.weight": ("F32", _gaussian(32, 48, 3))}
+    for where in ("dup", "dup/sub"):
+        (tmp_path / where).mkdir(parents=True)
+        write_safetensors(tmp_path / where / "model.safetensors", weights)
+    copy = "sub/model.safetensors::layer.0.weight"
+    for exclude, exact in (("layer.0.weight", {"layer.0.weight", copy}), (copy, {copy})):
+        zoo.compress(tmp_path / "dup", tmp_path / "dup.zoo", f"truncate:bits=1,exclude={exclude}", force=True)
+        for key in ("layer.0.weight", copy, "sub/model.safetensors::other.weight"):
+            original = weights[key.rpartition("::")[2]][1]
+            assert np.array_equal(_read(tmp_path / "dup.zoo", key)[0], original) is (key in exact), (exclude, key)
