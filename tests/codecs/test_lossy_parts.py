@@ -1,12 +1,17 @@
 """What a later lossy stage makes of an earlier one's parts, and how the stages' patterns name
-tensors: by the tensor's name, its archive key, and for a part its tensor's names too."""
+tensors: by the tensor's name, its archive key, and for a part its tensor's names too; and the
+calibration statistics each part takes."""
 
 import numpy as np
 import pytest
 
 import zoo
+from zoo.codecs.base import TypedArray
+from zoo.codecs.pipeline import Pipeline
 from zoo.codecs.selection import selected
 from zoo.errors import ZooWarning
+from zoo.optimize import refine as _refine
+from zoo.optimize.calibration import Statistics
 
 from tests.conftest import write_safetensors
 
@@ -29,13 +34,13 @@ def test_a_pattern_matches_a_parts_tensor_by_its_names():
     from zoo.codecs.selection import part_label, tensor_label
 
     label = tensor_label("sub/model.safetensors::layer.0.weight", "layer.0.weight")
-    left = part_label(label, "left")
+    left = part_label(label, "left", False)
     assert left == "sub/model.safetensors::layer.0.weight.left"  # the label's text is the key's, as before
     for pattern in ("layer.0.weight", "sub/*", "*.left", "layer.0.weight.left"):
         assert not selected(left, "F32", (4, 4), exclude=pattern), pattern
         assert selected(left, "F32", (4, 4), include=pattern), pattern
     assert selected(left, "F32", (4, 4), exclude="*.right") and not selected(left, "F32", (4, 4), include="*.right")
-    assert not selected(part_label("layer.0.weight", "dense"), "F32", (4, 4), exclude="layer.0.weight")  # a plain name too
+    assert not selected(part_label("layer.0.weight", "dense", True), "F32", (4, 4), exclude="layer.0.weight")  # a plain name too
 
 
 def test_a_later_stages_exclude_keeps_what_lowrank_left_of_the_tensor(tmp_path):
@@ -67,3 +72,59 @@ def test_patterns_match_a_tensors_name_where_its_key_is_path_and_name(tmp_path):
         for key in ("layer.0.weight", copy, "sub/model.safetensors::other.weight"):
             original = weights[key.rpartition("::")[2]][1]
             assert np.array_equal(_read(tmp_path / "dup.zoo", key)[0], original) is (key in exact), (exclude, key)
+
+
+def _statistics(cols, seed=0):
+    """Statistics (H) of correlated inputs, as zoo.optimize.calibration.collect makes them."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(2048, cols)) @ (rng.normal(size=(cols, cols)) * rng.gamma(0.5, 2, cols)) / np.sqrt(cols)
+    return inputs.T @ inputs / len(inputs)
+
+
+def _coded(spec, layers, statistics=None):
+    """{name: (decoded tensor, its node tree, its leaves' arrays by id)} of `layers` through `spec`'s
+    array stages, surveyed as compress does."""
+    pipeline = Pipeline.parse(spec)
+    labelled = {name: TypedArray(value, "F32") for name, value in layers.items()}
+    plans = pipeline.survey(lambda: iter(labelled.items()), statistics)
+    coded = {}
+    for label, array in labelled.items():
+        root, leaves = pipeline.transform(label, array, plans)
+        arrays = {id(leaf): leaf_array.data for leaf, leaf_array in leaves}
+        coded[label] = pipeline.untransform(root, lambda leaf: TypedArray(arrays[id(leaf)], leaf["dtype"])).data, root, arrays
+    return coded
+
+
+def _part(coded, part):
+    """The arrays stored for `part` of a tensor that `_coded` gave."""
+    _, root, arrays = coded
+    return [arrays[id(node["leaf"])] for node in root["parts"][part]["parts"].values()]
+
+
+@pytest.mark.parametrize("second", ["codebook:bits=3", "truncate:bits=2"])
+def test_calibration_reaches_the_parts_of_lowrank_that_take_the_layers_inputs(second):
+    """codebook and truncate looked the statistics up by the part's label, `layer.weight.dense`,
+    which names none: --calib changed no byte of `lowrank|codebook` or `lowrank|truncate`. The
+    dense part and the right factor take the layer's inputs, so its H; the left factor takes the
+    right factor's outputs, which no statistics describe: said once a run, in a warning."""
+    hessian = _statistics(96)
+    statistics = Statistics({"a.weight": hessian, "b.weight": hessian}, tokens=2048)
+    whole = {"a.weight": _gaussian(64, 96, 4)}  # full rank: energy=1 leaves it whole
+    plain, calibrated = (_coded(f"lowrank:energy=1|{second}", whole, s)["a.weight"] for s in (None, statistics))
+    assert set(calibrated[1]["parts"]) == {"dense"}
+    original = whole["a.weight"].astype(np.float64)
+    errors = [_refine.output_error(original, got.astype(np.float64), hessian) for got, _, _ in (plain, calibrated)]
+    assert errors[1] < 0.9 * errors[0]
+
+    factored = {"a.weight": _low_rank(64, 96, 8, 5), "b.weight": _low_rank(64, 96, 8, 6)}
+    spec = f"lowrank:energy=0.999|{second}"
+    plain = _coded(spec, factored)
+    with pytest.warns(ZooWarning) as said:
+        calibrated = _coded(spec, factored, statistics)
+    assert [str(w.message) for w in said] == [
+        f"{second.partition(':')[0]}: calibration (--calib) does not apply to 'a.weight.left' or parts like it, whose inputs are another "
+        "part's outputs (a lowrank left factor's are the right factor's), which the statistics do not describe: they are coded without it"]
+    for name in factored:
+        assert calibrated[name][1]["parts"]["right"]["stage"] == 1
+        assert all(np.array_equal(x, y) for x, y in zip(_part(plain[name], "left"), _part(calibrated[name], "left")))
+        assert not all(np.array_equal(x, y) for x, y in zip(_part(plain[name], "right"), _part(calibrated[name], "right")))

@@ -71,12 +71,15 @@ class Transformed:
     """What an ArrayCodec makes of one tensor.
 
     ``parts`` are stored (each through the rest of the pipeline); ``meta`` is small JSON kept
-    in the archive header; parts named in ``final`` skip the later array stages.
+    in the archive header; parts named in ``final`` skip the later array stages. Parts named in
+    ``inputs`` take the inputs the array took (lowrank's dense part and right factor), so that
+    calibration statistics of its inputs describe theirs (zoo.codecs.selection.Label).
     """
 
     parts: dict[str, TypedArray]
     meta: dict[str, Any] = field(default_factory=dict)
     final: frozenset[str] = frozenset()
+    inputs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -365,9 +368,10 @@ class Arrivals:
                 continue
             result = stage.encode(item, label, self.plans[index])
             for part_name, part in result.parts.items():
+                labelled = part_label(label, part_name, part_name in result.inputs)
                 if part_name in result.final:
-                    yield part_label(label, part_name), part, False
+                    yield labelled, part, False
                 else:
-                    yield from self._visit(part_label(label, part_name), part, index + 1)
+                    yield from self._visit(labelled, part, index + 1)
             return
         yield label, item, True

@@ -196,7 +196,7 @@ class Pipeline:
                 parts = {}
                 for part_name, part in result.parts.items():
                     after = len(self.array_stages) if part_name in result.final else index + 1
-                    parts[part_name] = visit(part, after, part_label(label, part_name))
+                    parts[part_name] = visit(part, after, part_label(label, part_name, part_name in result.inputs))
                 node = {"stage": index, "meta": result.meta, "dtype": item.dtype, "shape": list(item.shape), "parts": parts}
                 if item.dtype in F8_TYPES:  # decoded by the rounding of today, not of the archives before it
                     node["rounding"] = EVEN

@@ -52,33 +52,44 @@ class Label(str):
     """What a lossy stage is handed as the name of what it codes: the text is the tensor's archive
     key, or ``label.part`` for an earlier stage's part; `names` are all the names the patterns
     match it by (see the module's docstring), the text first. A str, so that every stage and
-    survey takes it where it took the name."""
+    survey takes it where it took the name. `inputs` is the label of the
+    tensor whose inputs it takes, whose calibration statistics therefore describe its own: a
+    tensor's own, and lowrank's dense part and right factor take their tensor's; None for a
+    part that takes other inputs (a left factor takes the right factor's outputs)."""
 
     names: tuple[str, ...]
+    inputs: str | None
 
-    def __new__(cls, text: str, names: Iterable[str]) -> Label:
+    def __new__(cls, text: str, names: Iterable[str], inputs: str | None) -> Label:
         label = super().__new__(cls, text)
         label.names = tuple(dict.fromkeys((str(text), *names)))
+        label.inputs = inputs
         return label
 
-    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...]]]:
-        return type(self), (str(self), self.names)
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...], str | None]]:
+        return type(self), (str(self), self.names, self.inputs)
 
 
 def tensor_label(key: str, name: str | None) -> Label:
     """The label of a model's tensor stored under archive key `key`, called `name` in its file."""
-    return Label(key, (name,) if name else ())
+    return Label(key, (name,) if name else (), key)
 
 
-def part_label(label: str, part: str) -> Label:
-    """The label of the part `part` an earlier stage made of `label`."""
+def part_label(label: str, part: str, takes_inputs: bool) -> Label:
+    """The label of the part `part` an earlier stage made of `label`; `takes_inputs` when the part
+    takes the inputs `label` takes (zoo.codecs.base.Transformed.inputs)."""
     names = names_of(label)
-    return Label(f"{label}.{part}", (*(f"{name}.{part}" for name in names), *names))
+    return Label(f"{label}.{part}", (*(f"{name}.{part}" for name in names), *names), inputs_of(label) if takes_inputs else None)
 
 
 def names_of(label: str) -> tuple[str, ...]:
     """Every name the patterns match `label` by: a plain string is its one name."""
     return label.names if isinstance(label, Label) else (label,)
+
+
+def inputs_of(label: str) -> str | None:
+    """The label of the tensor whose inputs `label` takes (see Label): a plain string, its own."""
+    return label.inputs if isinstance(label, Label) else label
 
 
 def selected(name: str, dtype: str, shape: tuple[int, ...] | list[int], include: str | None = None, exclude: str | None = None) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from zoo.codecs.base import StageProgress
+from zoo.codecs.selection import inputs_of
 from zoo.errors import InputError, ZooWarning
 from zoo.optimize.models import kind_of, load_model, load_tokenizer, positions
 
@@ -61,6 +62,30 @@ class Statistics:
         if matrix is None or matrix.shape != (cols, cols):
             return None
         return matrix
+
+
+class PartStatistics:
+    """`statistics` as codebook and truncate look them up for each item they code: an earlier
+    stage's part takes the H of the tensor whose inputs it takes (zoo.codecs.selection.Label:
+    lowrank's dense part and right factor take their tensor's). Looked up by the part's own label,
+    `NAME.dense`, they named nothing: --calib changed no byte of what lowrank made. A part whose
+    inputs are another part's outputs (lowrank's left factor) has none, said once a run."""
+
+    def __init__(self, statistics: Any, codec_id: str) -> None:
+        self.statistics = statistics
+        self.codec_id = codec_id
+        self.said = False
+
+    def hessian(self, name: str, cols: int) -> np.ndarray | None:
+        tensor = inputs_of(name)
+        if tensor is not None:
+            return self.statistics.hessian(tensor, cols)
+        if not self.said:
+            self.said = True
+            warnings.warn(f"{self.codec_id}: calibration (--calib) does not apply to {str(name)!r} or parts like it, whose inputs "
+                          "are another part's outputs (a lowrank left factor's are the right factor's), which the statistics do not "
+                          "describe: they are coded without it", ZooWarning, stacklevel=3)
+        return None
 
 
 def _model_folder(source: str | os.PathLike[str]) -> Path:

@@ -26,6 +26,7 @@ from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, saturated, to_float32
 from zoo.errors import FormatError
 from zoo.optimize import refine as _refine
+from zoo.optimize.calibration import PartStatistics
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 _F16_NORMAL = (6.2e-5, 6.5e4)
@@ -92,7 +93,8 @@ class Codebook(LossyCodec):
         return -(-n_rows * n_cols * self.bits // 8) + 2 * n_groups * (1 << self.bits) + 2 * n_rows + -(-n_rows * map_bits // 8)
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
-        return calibration  # only looked up per tensor, by name
+        # only looked up per tensor, by the name of the tensor whose inputs it takes (a lowrank part's)
+        return None if calibration is None else PartStatistics(calibration, self.codec_id)
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         # Blocks and groups of rows are read from the tensor as they are needed: a float32 copy of

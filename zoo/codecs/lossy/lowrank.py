@@ -13,10 +13,13 @@ The rank comes from one of two rules:
 A layer whose factors would not be smaller than the matrix is left whole: one part ``dense``
 that later stages treat like the original. Otherwise the parts are ``left`` (rows x rank,
 U S^1/2) and ``right`` (rank x cols, S^1/2 V^T), in the tensor's dtype; neither is final, so
-``lowrank|codebook`` quantizes the factors. Their product is summed in float64 in a fixed order
-(zoo.kernels.product, meta ``product``), so an archive decodes to the same bits on every CPU: a
-BLAS's float32 matmul sums in an order of its own per CPU, and the sha256 a store records of a
-decoded file would not hold on the next machine.
+``lowrank|codebook`` quantizes the factors. The dense part and the right factor take the layer's
+inputs (y = left (right x)), so a later stage's calibration statistics of the layer describe
+theirs; the left factor's inputs are the right factor's outputs, which no statistics describe.
+The factors' product is summed in float64 in a fixed order (zoo.kernels.product, meta
+``product``), so an archive decodes to the same bits on every CPU: a BLAS's float32 matmul sums
+in an order of its own per CPU, and the sha256 a store records of a decoded file would not hold
+on the next machine.
 
 The singular values and vectors come from the eigen-decomposition of the smaller Gram matrix (A^T A
 or A A^T), in float32, with the tensor read a block at a time: numpy.linalg computes in float64
@@ -224,7 +227,7 @@ class LowRank(LossyCodec):
         else:  # no survey (a single tensor): the budget applies to this tensor alone
             rank = at_least_one(int(self.ratio * rows * cols // (rows + cols)), errors)
         if _stored_elements(rank, rows, cols) == rows * cols:
-            return Transformed({"dense": array}, {"rank": None})
+            return Transformed({"dense": array}, {"rank": None}, inputs=frozenset({"dense"}))
         if basis is None:  # a layer the budget leaves whole never needs them
             basis = _eigenvalues(gram, name, vectors=True)[1]
         del gram
@@ -241,7 +244,8 @@ class LowRank(LossyCodec):
             np.ldexp(left, -matrix.exponent // 2, out=left)
             np.ldexp(right, -matrix.exponent // 2, out=right)
         return Transformed({"left": TypedArray(_stored(left, array.dtype), array.dtype),
-                            "right": TypedArray(_stored(right, array.dtype), array.dtype)}, {"rank": rank, "product": "float64"})
+                            "right": TypedArray(_stored(right, array.dtype), array.dtype)}, {"rank": rank, "product": "float64"},
+                           inputs=frozenset({"right"}))
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
         rank = meta.get("rank")

@@ -21,6 +21,7 @@ from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, to_float32
 from zoo.errors import FormatError
 from zoo.optimize import refine as _refine
+from zoo.optimize.calibration import PartStatistics
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 # dtype -> (storage word, exponent bits, mantissa bits)
@@ -42,7 +43,8 @@ class Truncate(LossyCodec):
         return super().selects(name, array) and self.bits < _LAYOUT[array.dtype][2]
 
     def survey(self, tensors: Any, calibration: Any = None, progress: StageProgress | None = None, measure: Measure | None = None) -> Any:
-        return calibration  # only looked up per tensor, by name
+        # only looked up per tensor, by the name of the tensor whose inputs it takes (a lowrank part's)
+        return None if calibration is None else PartStatistics(calibration, self.codec_id)
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         """With calibration statistics, each matrix's values are first moved onto the kept-bits grid
