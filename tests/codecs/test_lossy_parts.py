@@ -1,12 +1,15 @@
 """What a later lossy stage makes of an earlier one's parts, and how the stages' patterns name
-tensors: by the tensor's name, its archive key, and for a part its tensor's names too; and the
-calibration statistics each part takes."""
+tensors: by the tensor's name, its archive key, and for a part its tensor's names too; the
+calibration statistics each part takes; and a lowrank budget no rank reaches."""
+
+import warnings
 
 import numpy as np
 import pytest
 
 import zoo
 from zoo.codecs.base import TypedArray
+from zoo.codecs.lossy.lowrank import LowRank
 from zoo.codecs.pipeline import Pipeline
 from zoo.codecs.selection import selected
 from zoo.errors import ZooWarning
@@ -128,3 +131,20 @@ def test_calibration_reaches_the_parts_of_lowrank_that_take_the_layers_inputs(se
         assert calibrated[name][1]["parts"]["right"]["stage"] == 1
         assert all(np.array_equal(x, y) for x, y in zip(_part(plain[name], "left"), _part(calibrated[name], "left")))
         assert not all(np.array_equal(x, y) for x, y in zip(_part(plain[name], "right"), _part(calibrated[name], "right")))
+
+
+def test_a_lowrank_ratio_out_of_reach_is_said_once(tmp_path):
+    """ratio=0.01 of two layers whose rank 1 takes 0.29 of them: the factors took 29 times the
+    budget, exit 0, unsaid. One warning for the model names the ratio asked and reached."""
+    weights = {"layer.0.weight": ("F32", _gaussian(64, 96, 6)), "tall.weight": ("F32", _gaussian(4000, 2, 7))}
+    source = write_safetensors(tmp_path / "m.safetensors", weights)
+    with pytest.warns(ZooWarning) as said:
+        zoo.compress(source, tmp_path / "m.zoo", "lowrank:ratio=0.01")
+    messages = [str(w.message) for w in said if "lowrank" in str(w.message)]
+    assert messages == ["lowrank: ratio=0.01 is out of reach for 'layer.0.weight' and 'tall.weight': their factors take 0.294 of "
+                        "their size at rank 1, the least there is (a matrix whose rank 1 would not be smaller stays whole)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZooWarning)  # a budget the ranks meet says nothing
+        zoo.compress(source, tmp_path / "n.zoo", "lowrank:ratio=0.5")
+    with pytest.warns(ZooWarning, match=r"ratio=0.5 is out of reach for 'w': its factors take 0.5001 of its size"):  # one tensor, no survey
+        LowRank(ratio=0.5).encode(TypedArray(_gaussian(2, 12288, 8), "F32"), "w")

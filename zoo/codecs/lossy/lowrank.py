@@ -10,6 +10,9 @@ The rank comes from one of two rules:
   of every layer, the smallest error bound whose ranks fit the budget; each layer then takes
   the smallest rank within that bound.
 
+A budget below what rank 1 of every layer takes (or the layer whole, where rank 1 would not be
+smaller) cannot be met: each layer then takes that, and a warning says the ratio asked and reached.
+
 A layer whose factors would not be smaller than the matrix is left whole: one part ``dense``
 that later stages treat like the original. Otherwise the parts are ``left`` (rows x rank,
 U S^1/2) and ``right`` (rank x cols, S^1/2 V^T), in the tensor's dtype; neither is final, so
@@ -35,13 +38,14 @@ energy=0.999 (rank 340 of 768) leaves 0.031560 where the SVD left 0.031546. Erro
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 
 from zoo import kernels as _kernels
 from zoo.dtypes import from_float32, saturated, storage_dtype, to_float32
-from zoo.errors import FormatError, InputError, PipelineError
+from zoo.errors import FormatError, InputError, PipelineError, ZooWarning
 from zoo.codecs.base import LossyCodec, Measure, Param, StageProgress, Transformed, TypedArray
 
 try:  # numpy's own LAPACK loops, which keep float32 float32: numpy.linalg.eigh computes in float64
@@ -187,16 +191,19 @@ class LowRank(LossyCodec):
         if self.ratio is None:
             return None
         layers = []  # a vector of errors per layer: its Gram matrix goes once its eigenvalues are known
+        names = []
         for name, array in tensors():
             if self.selects(name, array):
                 matrix = _Blocks(array)
                 matrix.check(self, name)
                 layers.append((relative_errors(np.sqrt(_eigenvalues(matrix.gram(), name)[0])), *matrix.data.shape))
+                names.append(str(name))
                 del matrix
             del array  # before the next tensor is made: not two at once
         if not layers:
             return None
-        budget = self.ratio * sum(rows * cols for _, rows, cols in layers)
+        whole = sum(rows * cols for _, rows, cols in layers)
+        budget = self.ratio * whole
 
         def size(bound: float) -> int:
             return sum(_stored_elements(rank_within(errors, bound), rows, cols) for errors, rows, cols in layers)
@@ -205,7 +212,21 @@ class LowRank(LossyCodec):
         for _ in range(_BISECTION_STEPS):
             middle = (low + high) / 2
             low, high = (low, middle) if size(middle) <= budget else (middle, high)
+        if size(high) > budget:  # said once for the model, not per layer: it went 29 times over ratio=0.01, exit 0, unsaid
+            self._out_of_reach(size(high) / whole, names)
         return high
+
+    def _out_of_reach(self, reached: float, names: list[str]) -> None:
+        """Say that the ratio asked is below the least the layers `names` can take, `reached`."""
+        listed = " and ".join(repr(name) for name in names) if len(names) <= 3 else \
+            f"{', '.join(repr(name) for name in names[:3])} and {len(names) - 3} more"
+        their = "their" if len(names) > 1 else "its"
+        digits = 3
+        while f"{reached:.{digits}g}" == f"{self.ratio:.{digits}g}" and digits < 17:  # 0.50008 is not "0.5" when 0.5 was asked
+            digits += 1
+        warnings.warn(f"lowrank: ratio={self.ratio:g} is out of reach for {listed}: {their} factors take {reached:.{digits}g} of "
+                      f"{their} size at rank 1, the least there is (a matrix whose rank 1 would not be smaller stays whole)",
+                      ZooWarning, stacklevel=3)
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
         matrix = _Blocks(array)
@@ -226,6 +247,8 @@ class LowRank(LossyCodec):
             rank = rank_within(errors, float(plan))
         else:  # no survey (a single tensor): the budget applies to this tensor alone
             rank = at_least_one(int(self.ratio * rows * cols // (rows + cols)), errors)
+            if _stored_elements(rank, rows, cols) > self.ratio * rows * cols:
+                self._out_of_reach(_stored_elements(rank, rows, cols) / (rows * cols), [str(name)])
         if _stored_elements(rank, rows, cols) == rows * cols:
             return Transformed({"dense": array}, {"rank": None}, inputs=frozenset({"dense"}))
         if basis is None:  # a layer the budget leaves whole never needs them
