@@ -5,6 +5,7 @@ would write it."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,27 @@ def forge(path: Path, change_header: Callable[[dict[str, Any]], None] | None = N
     forged = path.with_name(f"forged-{len(list(path.parent.glob('forged-*.zoo')))}.zoo")
     assemble(forged, header, payload_file)
     return forged
+
+
+def refused_alike(forged: Path, message: str, scratch: Path) -> None:
+    """`forged` is refused, with `message` after its path, by verify and by decompress into a new
+    folder and over an existing one (with force), which keeps what it held."""
+    import pytest
+
+    import zoo
+    from zoo.errors import FormatError
+
+    expected = f"^{re.escape(str(forged))}: {message}"
+    with pytest.raises(FormatError, match=expected):
+        zoo.verify(forged)
+    with pytest.raises(FormatError, match=expected):
+        zoo.decompress(forged, scratch / "out")
+    assert not (scratch / "out").exists()
+    (scratch / "existing").mkdir()
+    (scratch / "existing" / "kept.txt").write_text("kept")
+    with pytest.raises(FormatError, match=expected):
+        zoo.decompress(forged, scratch / "existing", force=True)
+    assert [path.name for path in (scratch / "existing").iterdir()] == ["kept.txt"]
 
 
 def leaf(header: dict[str, Any], key: str = "w") -> dict[str, Any]:
