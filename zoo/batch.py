@@ -70,6 +70,7 @@ class Landed:
     node: str | None = None  # the worker's node
     error: str | None = None
     commit: str | None = None  # a pull's upstream commit
+    part: bool = False  # a pull that took only some of its commit's files: stored under a commit of its own (Download.stored_commit)
     unchanged: bool = False  # a pull that found this commit, with the files chosen, already in the zoo: nothing written
     opaque: list[str] = field(default_factory=list)  # files of a tensor format kept as bytes: "PATH (why)", as compress says them
     tasks: int = 1  # the tasks that coded it (a model split by TASK_BYTES: its parts and its build)
@@ -856,13 +857,13 @@ def pull_to_work(ref: str, home: str, work: str, name: str, pipeline: str | None
     with _task_folder(store, work, "model") as folder:
         sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases, work), resolve_threads(threads), [])
         started, cpu = time.perf_counter(), time.process_time()
-        shell = api.build_model(store, sink, pulled.folder, name, revision, chosen, commit=pulled.commit,
+        shell = api.build_model(store, sink, pulled.folder, name, revision, chosen, commit=pulled.stored_commit,
                                 source_label=f"hub:{repo_id}@{pulled.commit}", threads=threads, bases_among=set(bases),
                                 replacing=f"{name}@{revision}:{variant_of(chosen.spec())}", include=include, exclude=exclude)
         hub.check_lfs(shell, pulled, repo_id)
         seconds["pull"] = time.perf_counter() - started
         seconds["pull_cpu"] = time.process_time() - cpu
-        return _landed(store, Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit), sink, shell)
+        return _landed(store, Landed(ref, name, seconds=seconds, node=_node(), commit=pulled.commit, part=not pulled.whole), sink, shell)
 
 
 def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] | None = None, pipeline: str | None = None,
@@ -911,7 +912,8 @@ def pull_many(refs: list[str], *, store: Store | None = None, names: list[str] |
                 landed.original_bytes, landed.stored_bytes = held[index].original_bytes, held[index].stored_bytes
             elif landed.ok:
                 # a newer commit of the revision replaces the old: that is what pulling means
-                publish(store, landed, names[index], revision, commit=landed.commit, source=f"hub:{repo_id}@{landed.commit}", force=True)
+                publish(store, landed, names[index], revision, commit=None if landed.part else landed.commit,
+                        source=f"hub:{repo_id}@{landed.commit}", force=True)
             if on_landed is not None:
                 on_landed(landed)
             return landed

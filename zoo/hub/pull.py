@@ -52,6 +52,15 @@ class Download:
     folder: Path
     commit: str
     lfs_sha256: dict[str, str] = field(default_factory=dict)  # what the hub says each LFS file hashes to
+    whole: bool = True  # the globs chose every file the hub lists at `commit`
+
+    @property
+    def stored_commit(self) -> str | None:
+        """The commit the zoo stores the pull under: the hub's where it took every file of it, else
+        None, for the manifest to derive one from the files (docs/STORE.md). Served under the hub's
+        sha, a part would be taken for the whole: huggingface_hub keeps one list of files per
+        commit, and a client of both hubs got an incomplete snapshot. `source` keeps the hub's."""
+        return self.commit if self.whole else None
 
 
 def _environment() -> dict[str, str | None]:
@@ -111,13 +120,14 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
                             f"did not arrive ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); nothing was stored")
         _check_git_oids(folder, [item for item in wanted if item.lfs_sha256 is None], repo_id)
         expected = {item.path: item.lfs_sha256 for item in wanted if item.lfs_sha256 is not None}
+        whole = len(wanted) == len(listing)
     except ZooError:
         raise
     except Exception as error:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors of many types
         raise PullError(f"cannot pull {repo_id}@{revision}: {_why(error, repo_id, revision, settings['endpoint'])}") from None
     finally:
         _release_hub_warnings()
-    return Download(folder, commit, expected)
+    return Download(folder, commit, expected, whole)
 
 
 # huggingface_hub's warnings that zoo says in its own words, or that its one-line error replaces:
@@ -367,6 +377,6 @@ def pull(ref: str, *, store: Store | None = None, name: str | None = None, pipel
             their_check(path)
 
     with progress(total) if progress else nullcontext(None) as advance:
-        entry = compress_into(store, pulled.folder, name, revision, pipeline, commit=pulled.commit, source_label=source, force=True,
+        entry = compress_into(store, pulled.folder, name, revision, pipeline, commit=pulled.stored_commit, source_label=source, force=True,
                               threads=threads, progress=advance, check=check, include=include, exclude=exclude, **options)
     return entry, True
