@@ -46,6 +46,54 @@ def _zoo(*args, env: dict) -> subprocess.CompletedProcess:
                           env={**environment, "PYTHONPATH": str(ROOT), **env})
 
 
+@contextmanager
+def proxy_to(hub_url: str, before=None, stall: str | None = None):
+    """A proxy on 127.0.0.1 in front of the hub: `before(path)` runs before each request is passed
+    on; the body of a GET whose path ends with `stall` stops halfway, the connection left open
+    until the proxy closes. Yields its URL."""
+    released = threading.Event()
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if before is not None:
+                before(self.path)
+            connection = http.client.HTTPConnection(hub_url.removeprefix("http://"), timeout=30)
+            connection.request(self.command, self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            response = connection.getresponse()
+            body = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection"):
+                    self.send_header(key, value)
+            self.end_headers()
+            if self.command != "GET":
+                return
+            if stall is not None and self.path.endswith(stall) and response.status == 200:
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                released.wait(60)
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_pull_of_some_files_is_stored_and_served_under_a_commit_of_its_own(hub, tmp_path):
     """`zoo pull --include '*.json'` stored the config alone under the hub's commit, and `zoo
     serve` advertised that sha with one file of three: huggingface_hub keeps one list of files per
@@ -74,3 +122,28 @@ def test_a_pull_of_some_files_is_stored_and_served_under_a_commit_of_its_own(hub
     got = Path(snapshot_download("org/m", endpoint=url, cache_dir=tmp_path / "client"))
     assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == ["config.json", "model.safetensors",
                                                                                             "sub/notes.txt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_an_interrupted_pull_leaves_no_part_of_a_file_in_the_cache(hub, tmp_path):
+    """Ctrl-C stopped a pull at once, but its download thread ended with the process before
+    huggingface_hub's cleanup: the part of the file it was downloading stayed in the Hugging Face
+    cache for good (BLOB.RANDOM.incomplete, gigabytes for a large model), where an interrupted
+    snapshot_download leaves none."""
+    url, _ = hub
+    blobs = tmp_path / "hf" / "hub" / "models--org--m" / "blobs"
+    with proxy_to(url, stall="/model.safetensors") as proxy:
+        pulling = subprocess.Popen([sys.executable, "-m", "zoo", "pull", "org/m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": proxy, "ZOO_HOME": str(tmp_path / "zoo")})
+        try:
+            deadline = time.monotonic() + 60
+            while not list(blobs.glob("*.incomplete")) and time.monotonic() < deadline:  # its bytes may wait in a buffer yet
+                time.sleep(0.05)
+            assert list(blobs.glob("*.incomplete")), "the download never began"
+            time.sleep(0.5)  # well into it: the proxy holds back the rest of the file
+            pulling.send_signal(signal.SIGINT)
+            _, said = pulling.communicate(timeout=15)
+        finally:
+            pulling.kill()
+    assert pulling.returncode == 130 and said == "interrupted\n", (pulling.returncode, said)
+    assert list(blobs.glob("*.incomplete")) == []

@@ -1,10 +1,13 @@
 """Pulling from a Hugging Face hub into the zoo.
 
 Downloads go through huggingface_hub's snapshot_download, so HF_ENDPOINT, HF_TOKEN,
-HF_HUB_OFFLINE and HF_HOME (its cache, resumable and shared with transformers) behave as they do
-for every other Hub client. Before the model enters the zoo, every file the hub lists (that the
-globs choose) must be in the snapshot, each LFS file's sha256 must be the oid the hub lists, and
-each other file's git oid the one it lists.
+HF_HUB_OFFLINE and HF_HOME or HF_HUB_CACHE (its cache, shared with transformers) behave as they do
+for every other Hub client. A pull cut short leaves the files that had arrived in the cache, and
+the next one fetches only the others; a file cut off is fetched again from its start
+(huggingface_hub 2 resumes none across processes, and an interrupted pull removes its part).
+Before the model enters the zoo, every file the hub lists (that the globs choose) must be in the
+snapshot, each LFS file's sha256 must be the oid the hub lists, and each other file's git oid the
+one it lists.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 import shlex
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,14 +96,17 @@ def download(repo_id: str, revision: str = DEFAULT_REVISION, include: list[str] 
     _endpoint()  # first: huggingface_hub reads it at import
     import huggingface_hub
     from huggingface_hub import snapshot_download
+    from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     settings = _environment()
     (enable_progress_bars if progress_bars else disable_progress_bars)()
     _hold_hub_warnings()
     try:
+        blobs = Path(settings["cache_dir"], repo_folder_name(repo_id=repo_id, repo_type="model"), "blobs")
         folder = Path(_interruptible(lambda: snapshot_download(repo_id, revision=revision, allow_patterns=include or None,
-                                                               ignore_patterns=exclude or None, **settings)))
+                                                               ignore_patterns=exclude or None, **settings),
+                                     stopped=lambda: _drop_partial_downloads(blobs)))
         if not folder.is_dir():  # nothing to fetch: huggingface_hub makes no snapshot folder
             raise PullError(f"cannot pull {repo_id}@{revision}: " + (f"no file of it passes {_globs(include, exclude)}"
                                                                       if include or exclude else "it holds no file"))
@@ -162,11 +168,12 @@ def _release_hub_warnings() -> None:
                 logging.getLogger(name).setLevel(level)
 
 
-def _interruptible(work: Callable[[], Any]) -> Any:
+def _interruptible(work: Callable[[], Any], stopped: Callable[[], None]) -> Any:
     """work() on a thread of its own, waited for here: Ctrl-C or SIGTERM in this thread stops the
     command at once. huggingface_hub's downloads wait out a Retry-After of an hour, or a server that
     trickles a byte at a time, and its thread pool joins every download before an interrupt gets
-    through; the download thread is left to end with the process."""
+    through; the download thread is left to end with the process. Its own cleanup never runs there
+    (a daemon thread ends with no `finally`): `stopped()` does it, before the interrupt goes on."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -177,11 +184,34 @@ def _interruptible(work: Callable[[], Any]) -> Any:
 
     worker = threading.Thread(target=run, name="zoo-pull", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(0.2)
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except BaseException:
+        stopped()
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _drop_partial_downloads(blobs: Path) -> None:
+    """The files an interrupted pull was downloading, removed from the cache's `blobs` folder of
+    the repository: huggingface_hub writes each to BLOB.RANDOM.incomplete and removes it when the
+    download fails, but an interrupt ends the download thread first, and the part (gigabytes of a
+    large model) stayed for good, as no later download opens a name of another's. Only the files
+    this process holds open are its own: another process's download into the cache goes on."""
+    held = set()
+    with suppress(OSError):  # no /dev/fd (Windows): nothing is known to be this process's
+        for descriptor in os.listdir("/dev/fd"):
+            with suppress(OSError, ValueError):  # the listing's own descriptor, closed by now
+                opened = os.fstat(int(descriptor))
+                held.add((opened.st_dev, opened.st_ino))
+    for partial in blobs.glob("*.incomplete"):
+        with suppress(OSError):
+            found = partial.stat()
+            if (found.st_dev, found.st_ino) in held:
+                partial.unlink()
 
 
 @dataclass(frozen=True)
