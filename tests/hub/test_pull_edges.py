@@ -147,3 +147,27 @@ def test_an_interrupted_pull_leaves_no_part_of_a_file_in_the_cache(hub, tmp_path
             pulling.kill()
     assert pulling.returncode == 130 and said == "interrupted\n", (pulling.returncode, said)
     assert list(blobs.glob("*.incomplete")) == []
+
+
+def test_hf_endpoint_with_a_trailing_slash_is_the_hub(hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT=http://host/ made every pull ask for //api/models/... (a 404), where
+    huggingface_hub and transformers take it as http://host."""
+    url, upstream = hub
+    monkeypatch.setenv("HF_ENDPOINT", url + "/")
+    entry, _ = pull.pull("org/m", store=Store(tmp_path / "second"), progress_bars=False)
+    assert entry.commit == upstream.resolve("org/m").commit
+
+
+def test_an_hf_hub_cache_with_a_tilde_and_a_variable_is_where_huggingface_hub_puts_it(hub, tmp_path):
+    """huggingface_hub expands `~` and $VARS in HF_HUB_CACHE (and HF_HOME); zoo took the text as
+    it was: a pull offline said the cache huggingface_hub had filled held no list of its files."""
+    from huggingface_hub import snapshot_download
+
+    url, upstream = hub
+    home = tmp_path / "home"
+    snapshot_download("org/m", endpoint=url, cache_dir=home / "caches" / "hub")  # as transformers fills it
+    environment = {"HOME": str(home), "WHERE": "caches", "HF_HUB_CACHE": "~/$WHERE/hub", "HF_HUB_OFFLINE": "1",
+                   "HF_ENDPOINT": "http://127.0.0.1:9", "ZOO_HOME": str(tmp_path / "zoo")}
+    done = _zoo("pull", "org/m", env=environment)
+    assert done.returncode == 0, done.stderr
+    assert Store(tmp_path / "zoo").resolve("org/m").commit == upstream.resolve("org/m").commit

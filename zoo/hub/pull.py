@@ -66,11 +66,22 @@ class Download:
         return self.commit if self.whole else None
 
 
-def _environment() -> dict[str, str | None]:
-    """Read now rather than at import of huggingface_hub, so a caller that sets them is obeyed."""
-    home = os.environ.get("HF_HOME")
-    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.path.expanduser(home), "hub") if home else None)
-    return {"endpoint": _endpoint(), "cache_dir": cache}
+def _environment() -> dict[str, str]:
+    """The hub and the cache as huggingface_hub derives them from the environment (HF_ENDPOINT
+    less a trailing `/`; HF_HUB_CACHE, else HF_HOME/hub; `~` and $VARS expanded), read now: its
+    constants module reads them once, at its import, and a caller may set them after it (a
+    notebook, a test). Its own module is run again for this, not copied, so that zoo finds the
+    cache where huggingface_hub puts it."""
+    import importlib.util
+    import warnings
+
+    spec = importlib.util.find_spec("huggingface_hub.constants")
+    assert spec is not None and spec.loader is not None
+    now = importlib.util.module_from_spec(spec)  # not put in sys.modules: huggingface_hub's own stays as it was
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on deprecated variables, said at its import already
+        spec.loader.exec_module(now)
+    return {"endpoint": now.ENDPOINT, "cache_dir": now.HF_HUB_CACHE}
 
 
 def _endpoint() -> str | None:
@@ -221,17 +232,15 @@ class _Listed:
     lfs_sha256: str | None  # for a file kept in LFS
 
 
-def _listing(repo_id: str, commit: str, settings: dict[str, str | None], offline: bool) -> dict[str, _Listed] | None:
+def _listing(repo_id: str, commit: str, settings: dict[str, str], offline: bool) -> dict[str, _Listed] | None:
     """The repository's files at `commit`: the listing snapshot_download keeps in the cache
     (trees/COMMIT.json, huggingface_hub 1.3 and later), else the hub's; None offline without the
     cached one."""
     try:
-        from huggingface_hub import constants
         from huggingface_hub._tree_cache import read_tree_cache
         from huggingface_hub.file_download import repo_folder_name
 
-        cached = read_tree_cache(os.path.join(settings["cache_dir"] or constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id,
-                                                                                                                repo_type="model")), commit)
+        cached = read_tree_cache(os.path.join(settings["cache_dir"], repo_folder_name(repo_id=repo_id, repo_type="model")), commit)
         if cached is not None:
             return {path: _Listed(path, entry.blob_id, entry.lfs_sha256) for path, entry in cached.items()}
     except Exception:  # noqa: BLE001 - an older huggingface_hub, or a cached listing that cannot be read: asked of the hub
