@@ -171,3 +171,24 @@ def test_an_hf_hub_cache_with_a_tilde_and_a_variable_is_where_huggingface_hub_pu
     done = _zoo("pull", "org/m", env=environment)
     assert done.returncode == 0, done.stderr
     assert Store(tmp_path / "zoo").resolve("org/m").commit == upstream.resolve("org/m").commit
+
+
+def test_a_revision_that_moves_during_the_pull_is_said_so(hub, tiny_model, tmp_path, monkeypatch):
+    """The model stored again on the hub while a pull of it ran: the commit `main` had named was
+    gone, and the pull said the hub had no revision 'main'."""
+    url, upstream = hub
+    (tiny_model / "config.json").write_text(json.dumps({"model_type": "tiny", "hidden_size": 32, "edited": True}))
+    stored_again = []
+
+    def store_it_again(path):
+        if "/tree/" in path and not stored_again:
+            stored_again.append(compress_into(upstream, tiny_model, "org/m", force=True))
+
+    before = upstream.resolve("org/m").commit
+    with proxy_to(url, before=store_it_again) as proxy:
+        monkeypatch.setenv("HF_ENDPOINT", proxy)
+        with pytest.raises(pull.PullError) as raised:
+            pull.pull("org/m", store=Store(tmp_path / "second"), progress_bars=False)
+    assert stored_again and stored_again[0].commit != before
+    assert str(raised.value) == (f"cannot pull org/m@main: revision 'main' of org/m moved to a new commit on the hub at {proxy} during "
+                                 f"the pull (the one it named, {before[:12]}, is gone there): pull again to fetch it")

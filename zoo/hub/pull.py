@@ -297,6 +297,12 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
     if isinstance(error, GatedRepoError):
         return f"{repo_id} is gated on {hub}: accept its terms there and set HF_TOKEN"
     if isinstance(error, RevisionNotFoundError):
+        gone = _commit_asked_for(error)
+        if gone is not None and not gone.startswith(revision):
+            # the revision named this commit when the pull began; the hub lost it since (a model
+            # stored again there): the revision is there, at another commit
+            return (f"revision {revision!r} of {repo_id} moved to a new commit on {hub} during the pull (the one it named, "
+                    f"{gone[:12]}, is gone there): pull again to fetch it")
         return f"{hub} has no revision {revision!r} of {repo_id}"
     if isinstance(error, RepositoryNotFoundError):
         return f"{hub} has no repository {repo_id}, or it is private (set HF_TOKEN)"
@@ -329,6 +335,16 @@ def _why(error: BaseException, repo_id: str, revision: str, endpoint: str | None
 # Timeout (the Hugging Face cache's lock) is no hub's silence.
 _TIMED_OUT = {"TimeoutException", "ReadTimeout", "ConnectTimeout"}
 _CONNECTION_LOST = {"TransportError", "ConnectionError", "ChunkedEncodingError", "ProtocolError"}
+
+
+def _commit_asked_for(error: BaseException) -> str | None:
+    """The commit in the URL of the request a hub refused (its tree or a file at that commit)."""
+    try:
+        url = str(error.response.request.url)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # no response, or httpx's without its request
+        return None
+    found = re.search(r"/(?:tree|resolve|revision)/([0-9a-f]{40})(?:[/?]|$)", url)
+    return found.group(1) if found else None
 
 
 def _status(error: BaseException) -> int | None:
