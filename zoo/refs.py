@@ -23,7 +23,7 @@ def looks_like_path(text: str) -> bool:
         return True
     if Path(text).suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".zoo", ".gguf", ".onnx"):
         return True
-    return _HUB_ID.fullmatch(text) is None or text.count("/") > 1
+    return _HUB_ID.fullmatch(text) is None  # one `/` before any `@`: a revision may hold more (refs/pr/1)
 
 
 # Folder (and file) names that say nothing about the model inside: such a folder is stored under

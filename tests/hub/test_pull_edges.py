@@ -192,3 +192,17 @@ def test_a_revision_that_moves_during_the_pull_is_said_so(hub, tiny_model, tmp_p
     assert stored_again and stored_again[0].commit != before
     assert str(raised.value) == (f"cannot pull org/m@main: revision 'main' of org/m moved to a new commit on the hub at {proxy} during "
                                  f"the pull (the one it named, {before[:12]}, is gone there): pull again to fetch it")
+
+
+def test_a_revision_with_a_slash_is_a_hub_id_for_compress(hub, tiny_model, tmp_path):
+    """`zoo compress ORG/NAME@REVISION` took a revision holding a `/` (refs/pr/1, feature/x) for a
+    local path: "no such file or folder", where `zoo pull` takes it."""
+    from zoo.refs import looks_like_path
+
+    assert not looks_like_path("org/m@refs/pr/1") and not looks_like_path("org/m1@feature/x")
+    assert looks_like_path("org/m/x") and looks_like_path("a/b/c@v1")
+    url, upstream = hub
+    compress_into(upstream, tiny_model, "org/m", "feature/x")
+    done = _zoo("compress", "org/m@feature/x", env={"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "zoo")})
+    assert done.returncode == 0, done.stderr
+    assert [e.revision for e in Store(tmp_path / "zoo").entries()] == ["feature/x"]
