@@ -206,3 +206,17 @@ def test_a_revision_with_a_slash_is_a_hub_id_for_compress(hub, tiny_model, tmp_p
     done = _zoo("compress", "org/m@feature/x", env={"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "ZOO_HOME": str(tmp_path / "zoo")})
     assert done.returncode == 0, done.stderr
     assert [e.revision for e in Store(tmp_path / "zoo").entries()] == ["feature/x"]
+
+
+def test_a_model_held_only_lossy_is_said_in_one_sentence(tiny_model, tmp_path):
+    """The 404 for a model whose main is held only as lossy variants said it twice ("... holds main
+    only as lossy variants; it holds only lossy variants there: ask for ..."), and one with no main
+    at all was said to hold main so."""
+    store = Store(tmp_path / "zoo")
+    at_main = compress_into(store, tiny_model, "lonly", pipeline="truncate:bits=4")
+    elsewhere = compress_into(store, tiny_model, "lv1", "v1", pipeline="truncate:bits=4")
+    with running_server(store) as url:
+        for repo, said in (("lonly", f"'lonly' holds main only as lossy variants: ask for revision 'main:{at_main.variant}'"),
+                           ("lv1", f"'lv1' holds only lossy variants: ask for revision 'v1:{elsewhere.variant}'")):
+            status, _, body = request(url, f"/api/models/{repo}")
+            assert status == 404 and said in body.decode() and body.decode().count("lossy") == 1, body

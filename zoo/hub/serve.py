@@ -491,8 +491,13 @@ class ZooApp:
         if not NAME_PATTERN.fullmatch(repo) or not self._matches(repo):
             raise HubError(404, f"repository {repo!r} is not in this zoo", "RepoNotFound")
         found = self._readable(repo)
-        if not found:  # main holds it only lossy (another revision's lossless one is not main)
-            raise HubError(404, f"{repo!r} holds main only as lossy variants{self._only_lossy(repo, 'main')}", "RevisionNotFound")
+        if not found:
+            # main holds it only lossy (another revision's lossless one is not main), or, the model
+            # having no main, every revision does
+            at_main = [e for e in self._matches(f"{repo}@{DEFAULT_REVISION}") if not bit_exact(e)]
+            lossy = at_main or [e for e in self._matches(repo) if not bit_exact(e)]
+            held = "main only as lossy variants" if at_main else "only lossy variants"
+            raise HubError(404, f"{repo!r} holds {held}: ask for revision '{lossy[0].revision}:{lossy[0].variant}'", "RevisionNotFound")
         return found[0]
 
     def _split_repo(self, segments: list[str], keywords: tuple[str, ...]) -> tuple[str, str, list[str]]:
