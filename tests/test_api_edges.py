@@ -766,8 +766,8 @@ def test_a_checkpoint_an_older_zoo_kept_as_bytes_is_named_when_its_tensors_are_l
     from zoo.errors import ZooWarning
 
     golden = Path(__file__).parent / "golden" / "v1" / "fprans-torch.zoo"
-    with pytest.warns(ZooWarning, match=r"^pytorch_model\.bin \(kept by an older zoo, or of a dtype zoo has no name for\): tensors kept in the "
-                                      r"file's bytes only, not as tensors, are left out; `zoo decompress` gives"):
+    with pytest.warns(ZooWarning, match=r"^pytorch_model\.bin \(kept by an older zoo, or of a dtype zoo has no name for\): kept in the file's "
+                                      r"bytes only, so left out of the state dict .*; `zoo decompress` gives"):
         assert zoo.load_state_dict(golden) == {}
     folder = tmp_path / "m"
     folder.mkdir()
@@ -827,8 +827,8 @@ def test_tensors_kept_as_bytes_only_are_named_when_the_state_dict_leaves_them_ou
         loaded = zoo.load_state_dict(tmp_path / "m.zoo")
     assert sorted(loaded) == ["w"]
     assert [str(w.message) for w in said] == [
-        "a.bin (c), run/checkpoint.pt (pickle needs globals): tensors kept in the file's bytes only, not as tensors, are left out; "
-        "`zoo decompress` gives each file back whole"]
+        "a.bin (c), run/checkpoint.pt (pickle needs globals): kept in the file's bytes only, so left out of the state dict (the "
+        "tensors named; of a file kept whole, whatever it holds); `zoo decompress` gives each file back whole"]
 
 
 def test_a_batch_on_a_full_disk_names_each_output_not_its_temporary(tmp_path):

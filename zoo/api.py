@@ -809,8 +809,10 @@ def load_state_dict(source: str | os.PathLike[str], device: str | None = None, t
 
         left_out = _kept_as_bytes(opened, files, [key for key in opened.keys() if is_storage(key)])
         if left_out:  # compress said so too, but to whoever compressed it
-            warnings.warn(f"{', '.join(left_out)}: tensors kept in the file's bytes only, not as tensors, are left out; "
-                          "`zoo decompress` gives each file back whole", ZooWarning, stacklevel=2)
+            # a file kept whole (training_args.bin) may hold no tensor at all: the warning claims none
+            warnings.warn(f"{', '.join(left_out)}: kept in the file's bytes only, so left out of the state dict (the tensors "
+                          "named; of a file kept whole, whatever it holds); `zoo decompress` gives each file back whole",
+                          ZooWarning, stacklevel=2)
         keys, named_as = _one_copy_of_the_weights(opened, [key for key in opened.keys() if not is_storage(key)], files)
         missing = [key for key in keys if not has_torch_dtype(opened.tensor_info(key)["dtype"])]
         if missing:
