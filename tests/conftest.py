@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import signal
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,22 @@ def _children_start_as_a_terminal_starts_them() -> None:
 
 
 _children_start_as_a_terminal_starts_them()
+
+
+def _the_users_caches_out_of_reach() -> None:
+    """The suite's commands ran against the user's own zoo (ZOO_HOME, else ~/.cache/zoo) and
+    filled its eval/ with references (590 MB in a day here), and what else lay in that folder
+    decided tests: a benchmark's model cached there made the default zoo "no zoo", and tests that
+    expect an empty one failed. Each run gets a cache folder of its own (XDG_CACHE_HOME, which
+    also holds Hugging Face's), removed when it ends; a test that wants another sets its own."""
+    folder = tempfile.mkdtemp(prefix="zoo-tests-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for name in ("ZOO_HOME", "ZOO_EVAL_CACHE", "HF_HOME", "HF_HUB_CACHE"):
+        os.environ.pop(name, None)
+    os.environ["XDG_CACHE_HOME"] = folder
+
+
+_the_users_caches_out_of_reach()
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None, pad_to: int = 8) -> Path:
