@@ -416,3 +416,37 @@ def test_an_output_folder_no_file_can_be_made_in_is_named_as_compress_names_it(t
     source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", np.ones((64, 64), np.float32))})
     with pytest.raises(InputError, match=r"^/proc/x.zoo: cannot write in /proc: "):
         compress_to_budget(source, "/proc/x.zoo", "bpw=8")
+
+
+def test_a_model_transformers_does_not_know_is_judged_on_its_weights(tmp_path):
+    """A config naming a model type of its own (code that comes with it, trust_remote_code) was
+    taken for a causal LM by its architecture's name: bpw=4 failed in calibration ("transformers
+    cannot load it") and cosine= was refused ("evaluated as a causal LM, which fits kl=, ..."),
+    though docs/budget.md says bpw= fits every model and cosine= reads the weights of a model zoo
+    cannot run. zoo eval refused it too, where -p l2 and --kind weights worked."""
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+    from zoo.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "foo"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"model.layers.0.mlp.up_proj.weight": ("F32", rng.normal(size=(128, 128)).astype(np.float32))})
+    (folder / "config.json").write_text(json.dumps({"architectures": ["FooForCausalLM"], "model_type": "foollama",
+                                                    "auto_map": {"AutoModelForCausalLM": "modeling_foo.FooForCausalLM"}}))
+    (folder / "tokenizer.json").write_text("{}")
+    said_once = (f"{folder}: transformers does not know its model type 'foollama': --budget judges it by its weights alone, "
+                 "and searches l2's rate without calibration")
+    for budget in ("bpw=4", "cosine=0.99"):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            result = compress_to_budget(folder, tmp_path / f"{budget}.zoo", budget)
+        assert [str(w.message) for w in said if "calibration" in str(w.message)] == [said_once]
+        record = zoo.open(tmp_path / f"{budget}.zoo").metadata()["budget"]
+        assert result.kept.meets and record["proof"]["kind"] == "weights" and (record["calibration"], record["held_out"]) == (None, None)
+    assert record["figure"] >= 0.99 and record["reads"] == "cosine of the weights, weighted by size"
+    judged = evaluate(tmp_path / "cosine=0.99.zoo", folder)
+    assert judged.kind == "weights" and judged.weights["cosine"] >= 0.99
+    assert f"{tmp_path / 'cosine=0.99.zoo'}: transformers does not know its model type 'foollama': weight-space figures only" in judged.notes

@@ -284,8 +284,15 @@ def compress_to_budget(
     if not float_weights(source):  # l2 codes float weights, and bits per weight counts them
         raise InputError(f"{source}: no float weights, so no rate to search (its tensors are integers, or it has none)")
     with Model(source) as model:
-        kind, _ = model.kind()
+        kind, why = model.kind()
+        configured = model.config() is not None
     budget.check_fits(kind, str(source))
+    if kind == "weights" and (configured or calibration is not None):
+        # a model zoo cannot run (its architecture, or transformers, does not allow it) is neither
+        # calibrated nor run: said once, where a config or --calib led the user to expect both
+        warnings.warn(ZooWarning(f"{str(why).removesuffix(': weight-space figures only')}: --budget judges it by its weights alone, "
+                                 "and searches l2's rate without calibration" + (f" ({calibration} is not read)" if calibration else "")),
+                      stacklevel=2)
     text_path = Path(calibration) if calibration is not None else Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
     if held_out is not None or kind != "weights":  # (a model judged on its weights alone reads no text)
         from zoo.evaluate.core import default_sentences, default_text

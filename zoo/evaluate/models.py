@@ -208,6 +208,9 @@ class Model:
             kind = "encoder"
         else:
             return "weights", f"{self.label}: no evaluation for architecture {', '.join(architectures) or '(none given)'}: weight-space figures only"
+        unknown = _unknown_model_type(config)
+        if unknown is not None:  # its code comes with it (trust_remote_code), which zoo does not run: loading it would fail
+            return "weights", f"{self.label}: transformers does not know its model type {unknown!r}: weight-space figures only"
         if not self.has_tokenizer():
             return "weights", f"{self.label} has no tokenizer: weight-space figures only"
         unrun = self.unrun_module() if kind == "encoder" else None
@@ -344,6 +347,20 @@ class Model:
     def load(self, kind: str, masked_lm: bool = False) -> Any:
         """The model in float32 on CPU, in eval mode. Refuses one whose weights do not all load."""
         return load_model(self.folder(), kind, masked_lm=masked_lm, label=self.label, require_all_weights=True)
+
+
+def _unknown_model_type(config: dict[str, Any]) -> str | None:
+    """The config's model_type where transformers does not know it (a model whose code comes with
+    it, which transformers loads only with trust_remote_code); None where it does, or where the
+    config names none (transformers may still know the model by its folder's name)."""
+    named = config.get("model_type")
+    if not isinstance(named, str):
+        return None
+    try:
+        from transformers import CONFIG_MAPPING
+    except ImportError:  # without transformers nothing runs, and the evaluation says so
+        return None
+    return None if named in CONFIG_MAPPING else named
 
 
 def _main_input(architectures: list[str]) -> str:
