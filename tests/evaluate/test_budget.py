@@ -450,3 +450,19 @@ def test_a_model_transformers_does_not_know_is_judged_on_its_weights(tmp_path):
     judged = evaluate(tmp_path / "cosine=0.99.zoo", folder)
     assert judged.kind == "weights" and judged.weights["cosine"] >= 0.99
     assert f"{tmp_path / 'cosine=0.99.zoo'}: transformers does not know its model type 'foollama': weight-space figures only" in judged.notes
+
+
+def test_a_bpw_budget_on_a_model_l2_selects_nothing_of_is_missed_in_its_own_words(tmp_path):
+    # vectors alone: l2 codes none of them, so every rate gives one size; the search halved the gap
+    # under its least rate and ended in "l2: target_ratio must be a number in (1, 320], got 640"
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {f"b{i}": ("F32", rng.normal(size=1024).astype(np.float32)) for i in range(4)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # l2 says it coded no tensor
+        with pytest.raises(BudgetError, match=r"^budget bpw=8: the smallest archive l2 made is [0-9.]+ bits per weight with its proof stored"):
+            compress_to_budget(source, tmp_path / "m.zoo", "bpw=8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

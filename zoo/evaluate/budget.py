@@ -547,7 +547,9 @@ class _Search:
             if not met < landing < missed:
                 if missed == math.inf or missed - met < 0.002 * missed:  # no rate missed: a met one above the landing is the best
                     break
-                landing = (met + missed) / 2
+                # never under the least rate: where that missed (l2 selected no tensor, so every rate
+                # gives one size) the halving asked l2 for target_ratio=640
+                landing = max(LOWEST_BITS / 10, self.floor, (met + missed) / 2)
             if any(round(c.bits, 4) == round(landing, 4) for c in self.trail):
                 break
             bits = landing
