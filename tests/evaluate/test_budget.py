@@ -337,15 +337,17 @@ def test_a_bpw_budget_missed_says_the_size_it_was_judged_by(tmp_path):
 
 def test_a_bpw_budget_every_rate_meets_keeps_the_best_it_met(tmp_path):
     """bpw=15 of a BF16 model: every candidate met it, so no rate missed (math.inf), and the
-    search halved the gap to infinity: "l2: target_ratio must be a number in (1, 320], got 0"."""
+    search halved the gap to infinity: "l2: target_ratio must be a number in (1, 320], got 0".
+    (The lossless archive, 10.6 bits per weight there, now meets that budget: float32 under bpw=20,
+    which its lossless archive misses and every l2 rate meets.)"""
     import numpy as np
 
     import zoo
     from tests.conftest import random_storage, write_safetensors
 
-    source = write_safetensors(tmp_path / "w.safetensors", {f"layer.{i}.weight": ("BF16", random_storage("BF16", (256, 256), i))
+    source = write_safetensors(tmp_path / "w.safetensors", {f"layer.{i}.weight": ("F32", random_storage("F32", (256, 256), i))
                                                             for i in range(3)})
-    done = zoo_cli("compress", source, "--budget", "bpw=15", "-o", tmp_path / "kept.zoo")
+    done = zoo_cli("compress", source, "--budget", "bpw=20", "-o", tmp_path / "kept.zoo")
     assert done.returncode == 0, done.stderr
     record = zoo.open(tmp_path / "kept.zoo").metadata()["budget"]
     assert record["pipeline"].startswith("l2:") and np.isfinite(record["proof"]["weights"]["cosine"])
@@ -466,3 +468,28 @@ def test_a_bpw_budget_on_a_model_l2_selects_nothing_of_is_missed_in_its_own_word
         with pytest.raises(BudgetError, match=r"^budget bpw=8: the smallest archive l2 made is [0-9.]+ bits per weight with its proof stored"):
             compress_to_budget(source, tmp_path / "m.zoo", "bpw=8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_a_bpw_budget_the_lossless_archive_meets_keeps_the_lossless_archive(tmp_path):
+    """bpw=32 of float32 matrices kept l2:target_ratio=2.0 at 14.2 bits per weight (relative error
+    7e-5), though the lossless archive, 26.6 bits per weight, fits: l2's rates stop at 16 bits a
+    weight, and the lossless archive was never a candidate. A budget the lossless archive misses
+    is searched on l2's rate as before, the lossless candidate first in its trail."""
+    import numpy as np
+
+    import zoo
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {f"l{i}.weight": ("F32", rng.standard_normal((128, 128)).astype(np.float32))
+                                                            for i in range(2)})
+    result = compress_to_budget(source, tmp_path / "exact.zoo", "bpw=32")
+    assert [c.pipeline for c in result.trail] == ["lossless"] and result.kept.meets
+    with zoo.open(tmp_path / "exact.zoo") as archive:
+        record = archive.metadata()["budget"]
+        assert all(entry["lossless"] for entry in archive.files())
+    assert record["pipeline"] == "lossless" and record["figure"] <= 32 and record["calibration"] is None
+    assert record["proof"]["weights"]["cosine"] == 1 and record["proof"]["weights"]["relative_error"] == 0
+    assert [step["pipeline"] for step in record["trail"]] == ["lossless"]
+    smaller = compress_to_budget(source, tmp_path / "small.zoo", "bpw=8")
+    assert smaller.trail[0].pipeline == "lossless" and not smaller.trail[0].meets and smaller.kept.pipeline.startswith("l2:")

@@ -3,7 +3,7 @@
 A budget is one figure and its limit: ``kl=0.005`` (mean KL per token, causal LM or classifier),
 ``ppl-ratio=1.01`` (causal LM), ``cosine=0.999`` (mean embedding cosine of an encoder; the
 weights' cosine for a model zoo cannot run) or ``bpw=3.5`` (the whole archive in at most 3.5 bits
-per weight, at the best quality l2 reaches there).
+per weight: the lossless archive where it fits, else the best quality l2 reaches there).
 
 The search runs on l2's whole-model rate (its ``target_ratio``): l2's survey already spends a rate
 across tensors by their measured sensitivity, so the search only has to find the rate. It walks
@@ -69,6 +69,9 @@ MAX_CANDIDATES = 8
 # bits assumed until two candidates measure it.
 DEFAULT_SLOPE = math.log(4.0)
 BPW_ROUNDS = 5  # a bpw= budget: landings of the archive's real size on the limit
+# A bpw= budget's first candidate, the lossless archive (the leaf alone), has this for its rate: it
+# keeps every bit, and a rate of no l2 candidate is ever compared with it.
+LOSSLESS = math.inf
 # What the proof and the trail add to the header once the archive is chosen: a bpw= budget is met
 # with this much room to spare, so the archive as stored still meets it.
 PROOF_BYTES = 3072
@@ -138,7 +141,7 @@ class Budget:
 class Candidate:
     """One point of the search: an l2 rate, the archive it gave, and the figure held-out text gave."""
 
-    bits: float  # nominal: 32 / target_ratio
+    bits: float  # nominal: 32 / target_ratio; LOSSLESS for the leaf alone
     pipeline: str
     bytes: int
     bits_per_weight: float  # the whole archive's, as zoo info shows it
@@ -310,11 +313,15 @@ def compress_to_budget(
         raise InputError(f"a budget session is of one model: {session.source}, not {source}")
     session.source = source.resolve()
     try:
-        # Calibrated once: the teacher runs the original on the calibration text, and the first
-        # candidate's survey measures the sensitivities every later one reuses.
-        if session.teacher is None and kind != "weights":
-            session.teacher = SurveyTeacher(collect(source, text_path, progress=progress), progress)
-        searcher = _Search(budget, lambda bits, path: _candidate(api, source, path, bits, leaf, session.teacher, threads, progress),
+        def teacher() -> Any:
+            # Calibrated once, for the first l2 candidate (a lossless archive that meets a bpw=
+            # budget needs none): the teacher runs the original on the calibration text, and that
+            # candidate's survey measures the sensitivities every later one reuses.
+            if session.teacher is None and kind != "weights":
+                session.teacher = SurveyTeacher(collect(source, text_path, progress=progress), progress)
+            return session.teacher
+
+        searcher = _Search(budget, lambda bits, path: _candidate(api, source, path, bits, leaf, teacher, threads, progress),
                            lambda c: _judge(c, budget, source, kind, held_out, max_tokens, threads, progress),
                            session, owned, progress, on_candidate)
         kept = searcher.run_size(highest_bits) if budget.name == "bpw" else searcher.run_quality(highest_bits)
@@ -330,7 +337,9 @@ def compress_to_budget(
             "reads": "cosine of the weights, weighted by size" if kind == "weights" and budget.name == "cosine" else BUDGETS[budget.name][0],
             "figure": kept.figure,
             "pipeline": kept.pipeline,
-            "calibration": None if kind == "weights" else "zoo/data/calibration.txt" if calibration is None else str(calibration),
+            # (none where no l2 candidate was coded: a lossless archive met a bpw= budget)
+            "calibration": None if kind == "weights" or session.teacher is None else "zoo/data/calibration.txt" if calibration is None
+                           else str(calibration),
             "held_out": None if kind == "weights" else f"{len(held_out)} characters given" if held_out is not None
                         else "zoo/data/eval_text.txt" if kind == "causal-lm" else "zoo/data/eval_sentences.txt",
             "proof": kept.result.record(),
@@ -373,9 +382,12 @@ def _read(path: Path) -> str:
         raise InputError(f"{path}: cannot read calibration text ({type(error).__name__})") from None
 
 
-def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, shared: Any, threads: int | None,
+def _candidate(api: Any, source: Path, path: Path, bits: float, leaf: str, teacher: Callable[[], Any], threads: int | None,
                progress: Progress | None) -> Candidate:
-    pipeline = l2_pipeline(bits, leaf, shared)
+    if bits == LOSSLESS:  # the leaf alone, named as the user gave it (-p lossless), not as it resolves (fprans)
+        report = api.compress(source, path, Pipeline.parse(leaf), threads=threads, force=True, stage_progress=progress)
+        return Candidate(bits, leaf.strip(), report.compressed_bytes, report.bits_per_weight, path=path)
+    pipeline = l2_pipeline(bits, leaf, teacher())
     with warnings.catch_warnings():  # a ratio the search picked, not the user: where it landed is in the trail
         warnings.filterwarnings("ignore", r"l2: target_ratio=\S+ is missed", ZooWarning)
         report = api.compress(source, path, pipeline, threads=threads, force=True, stage_progress=progress)
@@ -526,9 +538,14 @@ class _Search:
         return self.best
 
     def run_size(self, highest_bits: float) -> Candidate:
-        """bpw=: land the whole archive's bits per weight on the limit from below. The archive's
+        """bpw=: the lossless archive where it fits (no lossy archive is of better quality; l2's
+        rates go to 16 bits a weight, and bpw=32 kept target_ratio=2 of a model lossless stored in
+        27), else land the whole archive's bits per weight on the limit from below. The archive's
         figure includes what l2's rate does not (non-weight files), so the nominal rate is moved
         by the measured overhead until it lands."""
+        if self._try(LOSSLESS, judged=False).meets:
+            assert self.best is not None
+            return self.best
         limit = self.budget.limit
         bits = min(limit, highest_bits)
         for _ in range(BPW_ROUNDS):
@@ -554,7 +571,7 @@ class _Search:
                 break
             bits = landing
         if self.best is None:
-            smallest = min(self.trail, key=lambda c: c.bytes)
+            smallest = min((c for c in self.trail if c.bits != LOSSLESS), key=lambda c: c.bytes)
             raise BudgetError(f"budget {self.budget}: the smallest archive l2 made is {_stored_bits(smallest):.4g} bits per weight with "
                               f"its proof stored ({smallest.bits_per_weight:.4g} without; {_human(smallest.bytes)}, {smallest.pipeline}); "
                               "no archive was kept")
@@ -586,5 +603,5 @@ def _human(count: float) -> str:
     return f"{count:.2f} GiB"
 
 
-__all__ = ["BUDGETS", "Budget", "BudgetError", "BudgetResult", "CalibratedPipeline", "Candidate", "Session", "SurveyTeacher", "compress_to_budget",
+__all__ = ["BUDGETS", "LOSSLESS", "Budget", "BudgetError", "BudgetResult", "CalibratedPipeline", "Candidate", "Session", "SurveyTeacher", "compress_to_budget",
            "l2_pipeline"]
