@@ -208,6 +208,47 @@ def test_weight_totals_of_zero_biases_a_missing_tensor_and_changed_integers(tmp_
     assert ids.weights["sqnr_db"] is not None and ids.weights["cosine"] < 1
 
 
+def test_a_tensor_one_side_holds_as_a_tie_of_one_both_hold_is_that_tensor(tmp_path):
+    """GPT-2 saved as pytorch_model.bin holds lm_head.weight as a view of wte.weight, and as
+    safetensors not at all: the .bin compared as the reference counted lm_head.weight as the
+    candidate's zeros (cosine 0.81, --min-cosine 0.9 failed) and the other way round passed. The
+    same weights measure identical both ways now; a tensor that only looks the same (a copy, or a
+    part of another) is no tie."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    wte, h = torch.randn(64, 16, generator=generator), torch.randn(16, 16, generator=generator)
+    torch.save({"wte.weight": wte, "lm_head.weight": wte, "h.weight": h}, tmp_path / "tied.bin")
+    save_file({"wte.weight": wte, "h.weight": h}, tmp_path / "plain.safetensors")
+    tied, plain = tmp_path / "tied.bin", tmp_path / "plain.safetensors"
+    for candidate, reference in ((plain, tied), (tied, plain)):
+        result = evaluate(candidate, reference, gates=Gates(min_cosine=0.9))
+        assert result.passed and result.weights["cosine"] == 1 and result.weights["relative_error"] == 0, (candidate, result.weights)
+        assert sorted(t["name"] for t in result.tensors) == ["h.weight", "wte.weight"]
+        assert result.notes[1:] == [f"1 tensors in {tied} only, each tied there to one both hold (the same weights, compared once): "
+                                    "lm_head.weight"]  # after the note that the candidate has no config.json
+    # a changed model is measured the same against either file, and stored either way: the tie counts once
+    moved = {"wte.weight": wte + 0.3 * torch.randn(wte.shape, generator=generator),
+             "h.weight": h + 0.1 * torch.randn(h.shape, generator=generator)}
+    torch.save({**moved, "lm_head.weight": moved["wte.weight"]}, tmp_path / "moved.bin")
+    save_file(moved, tmp_path / "moved.safetensors")
+    cosines = {(candidate, reference): evaluate(tmp_path / candidate, reference).weights["cosine"]
+               for candidate in ("moved.bin", "moved.safetensors") for reference in (tied, plain)}
+    assert len({round(cosine, 12) for cosine in cosines.values()}) == 1 and cosines[("moved.bin", tied)] < 0.99, cosines
+    both = evaluate(tmp_path / "moved.bin", tied)
+    assert sorted(t["name"] for t in both.tensors) == ["h.weight", "wte.weight"]
+    assert both.notes[1:] == ["1 tensors in both, each tied on both sides to one both hold (the same weights, compared once): "
+                              "lm_head.weight"]
+    storage = torch.cat([wte, wte.flip(0)])  # one storage, two tensors of one shape: wte and the rows after it
+    for name, heads in (("copy", {"wte.weight": wte, "lm_head.weight": wte.clone()}),
+                        ("half", {"wte.weight": wte, "lm_head.weight": wte[:32]}),
+                        ("after", {"wte.weight": storage[:64], "lm_head.weight": storage[64:]})):
+        torch.save({**heads, "h.weight": h}, tmp_path / f"{name}.bin")
+        note = evaluate(plain, tmp_path / f"{name}.bin").notes[1]
+        assert note.startswith("1 tensors in") and "(counted as zeros: the candidate lacks them): lm_head.weight" in note, name
+
+
 # -- gates -------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,14 @@ class TensorIndex:
         keys = keys_of((relpath, "safetensors" if path.suffix.lower() == ".safetensors" else "torch", list(self._open(path).keys()))
                        for relpath, path in files.items())
         self._where: dict[str, tuple[Path, str]] = {key: (files[relpath], name) for (relpath, name), key in keys.items()}
+        # tensors one file holds as one (a PyTorch checkpoint's lm_head.weight that is its
+        # wte.weight, tied): each key's fellows
+        groups: dict[tuple[Path, int], list[str]] = {}
+        for key, (path, name) in self._where.items():
+            held = getattr(self._open(path), "same_as", {}).get(name)
+            if held is not None:
+                groups.setdefault((path, held), []).append(key)
+        self._ties = {key: [other for other in group if other != key] for group in groups.values() if len(group) > 1 for key in group}
 
     def _open(self, path: Path) -> Any:
         if path not in self._opened:
@@ -50,6 +58,10 @@ class TensorIndex:
     def get(self, key: str) -> Any:
         path, name = self._where[key]
         return self._open(path).get_tensor(name)
+
+    def ties(self, key: str) -> list[str]:
+        """The other keys whose tensor is this very one: the same view of the same storage."""
+        return self._ties.get(key, [])
 
 
 class _TorchFile:
@@ -73,6 +85,8 @@ class _TorchFile:
             raise unreadable(path, error) from None
         self._path = path
         self._tensors: dict[str, Any] = {}
+        self._views: dict[tuple[Any, ...], int] = {}
+        self.same_as: dict[str, int] = {}  # each tensor's view, numbered: two names of one number are one tensor
         self._flatten(state, "", torch)
 
     def _flatten(self, value: Any, prefix: str, torch: Any) -> None:
@@ -81,6 +95,9 @@ class _TorchFile:
                 kind = "quantized" if value.is_quantized else str(value.layout).removeprefix("torch.").removesuffix("_coo")
                 raise InputError(f"{self._path}: tensor {prefix!r} is {kind}; zoo compares dense tensors only")
             self._tensors[prefix] = value
+            if value.numel():  # (empty tensors share no data, whatever their pointers say)
+                view = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride(), value.dtype)
+                self.same_as[prefix] = self._views.setdefault(view, len(self._views))
         elif isinstance(value, dict) and not ("state" in value and "param_groups" in value):
             # an optimizer's state (its moments) is no model weight: left out of the figures
             for key, item in value.items():
@@ -111,7 +128,10 @@ def _arithmetic(tensor: Any) -> Any:
 def compare_weights(candidate: Model, reference: Model, progress: Progress | None) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Per-tensor figures, their size-weighted totals, and notes on tensors only one side has. A
     tensor the candidate lacks counts as zeros (relative error 1, cosine 0), and integer tensors
-    that differ count as their values do: neither is "identical"."""
+    that differ count as their values do: neither is "identical". A tensor one side holds as a tie
+    of one both hold (a checkpoint's lm_head.weight that is its wte.weight) is that tensor, which
+    is compared: it is left out, however the other side stores the tie (as none, in safetensors).
+    It counted as zeros, and a model compared with itself, saved both ways, had cosine 0.81."""
     import torch
 
     from zoo.evaluate import metrics
@@ -122,12 +142,26 @@ def compare_weights(candidate: Model, reference: Model, progress: Progress | Non
         shared = [key for key in theirs.keys() if key in ours_keys]
         if not shared:
             raise InputError(f"{candidate.label} and {reference.label} have no tensor name in common")
-        lacking = [key for key in theirs.keys() if key not in ours_keys]
+        theirs_keys = set(theirs.keys())
+        # A tie (lm_head.weight that is wte.weight) is the tensor it is tied to: it is compared once,
+        # as that tensor, whether one side holds it (a .bin) or neither (safetensors keeps one name)
+        # or both: one model's figures are the same against either file.
+        first = {key: number for number, key in enumerate(shared)}
+        tied = {key for key in shared if any(first[other] < first[key] for other in set(mine.ties(key)) & set(theirs.ties(key)))}
+        tied |= {key for index, held in ((theirs, ours_keys), (mine, theirs_keys)) for key in index.keys()
+                 if key not in held and any(other in held for other in index.ties(key))}
+        lacking = [key for key in theirs.keys() if key not in ours_keys and key not in tied]
         notes = []
         for side, keys, counted in ((f"{reference.label} only", lacking, " (counted as zeros: the candidate lacks them)"),
-                                    (f"{candidate.label} only", sorted(ours_keys - set(shared)), "")):
+                                    (f"{candidate.label} only", sorted(ours_keys - theirs_keys - tied), "")):
             if keys:
-                notes.append(f"{len(keys)} tensors in {side}{counted}: {', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''}")
+                notes.append(f"{len(keys)} tensors in {side}{counted}: {_some(keys)}")
+        for where, keys in ((f"in {reference.label} only, each tied there", tied - ours_keys),
+                            (f"in {candidate.label} only, each tied there", tied - theirs_keys),
+                            ("in both, each tied on both sides", tied & ours_keys & theirs_keys)):
+            if keys:
+                notes.append(f"{len(keys)} tensors {where} to one both hold (the same weights, compared once): {_some(sorted(keys))}")
+        shared = [key for key in shared if key not in tied]
         per_tensor = []
         differing_integers = []
         signal, elements = 0.0, 0
@@ -157,6 +191,10 @@ def compare_weights(candidate: Model, reference: Model, progress: Progress | Non
             notes.append(f"{len(differing_integers)} integer tensors differ (counted as their values): {', '.join(differing_integers[:3])}")
         reference_rms = math.sqrt(signal / elements) if elements and math.isfinite(signal) else None
         return per_tensor, metrics.weight_totals(per_tensor, reference_rms), notes
+
+
+def _some(keys: list[str]) -> str:
+    return f"{', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''}"
 
 
 def _sha256(path: Path, progress: Callable[[int], None]) -> str:
