@@ -493,3 +493,17 @@ def test_a_bpw_budget_the_lossless_archive_meets_keeps_the_lossless_archive(tmp_
     assert [step["pipeline"] for step in record["trail"]] == ["lossless"]
     smaller = compress_to_budget(source, tmp_path / "small.zoo", "bpw=8")
     assert smaller.trail[0].pipeline == "lossless" and not smaller.trail[0].meets and smaller.kept.pipeline.startswith("l2:")
+
+
+def test_a_budget_json_document_says_how_long_the_search_took(tmp_path):
+    # "seconds": null: the report was read back from the kept archive, which records no time
+    import numpy as np
+
+    from tests.conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "w.safetensors", {"layer.weight": ("F32", rng.normal(size=(64, 64)).astype(np.float32))})
+    done = zoo_cli("compress", source, "--budget", "cosine=0.9", "-o", tmp_path / "kept.zoo", "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert isinstance(document["seconds"], float) and 0 < document["seconds"] < 600, document["seconds"]

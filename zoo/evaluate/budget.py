@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -271,6 +272,7 @@ def compress_to_budget(
     from zoo.evaluate.models import Model
     from zoo.optimize.calibration import collect
 
+    started = time.perf_counter()
     budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
     if Pipeline.parse(leaf).array_stages:
         raise InputError(f"a budget search chooses the lossy stages itself: {leaf!r} is not a lossless ending (such as lossless or zstd)")
@@ -372,6 +374,7 @@ def compress_to_budget(
         if owned:
             session.close()
     report = api.report_of(destination)
+    report.seconds = time.perf_counter() - started  # the whole search, as compress's report times the compression
     return BudgetResult(budget, report, kept, searcher.trail)
 
 
