@@ -244,3 +244,23 @@ def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_th
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
+
+
+def test_a_plain_keyboard_interrupt_after_a_sigterm_is_said_as_the_sigterm():
+    """Ray runs Python's handlers from its compiled code while a batch waits for its tasks, catches
+    the Terminated zoo's raised and raises a plain KeyboardInterrupt in its place: a SIGTERM
+    stopped a --ray batch with "interrupted" and 130."""
+    from zoo.cli import stopping
+
+    saved = {number: signal.getsignal(number) for number in stopping.STOPPING}
+    try:
+        stopping.stop_on_signals()
+        with pytest.raises(stopping.Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        stopped = stopping.Stopped.by(KeyboardInterrupt())  # what Ray raised in its place
+        assert stopped.status == 143 and stopped.message.startswith("terminated (SIGTERM)")
+        stopping.stop_on_signals()  # the next command starts afresh
+        assert stopping.Stopped.by(KeyboardInterrupt()).status == 130
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)

@@ -50,7 +50,18 @@ class Stopped(BaseException):
 
     @classmethod
     def by(cls, interrupt: KeyboardInterrupt) -> Stopped:
-        return cls(getattr(interrupt, "number", signal.SIGINT))
+        """The signal behind `interrupt`: its own number, else the one the handler took (Ray runs
+        the handler from its compiled code, and raises a plain KeyboardInterrupt in place of what
+        it raised), else SIGINT."""
+        return cls(getattr(interrupt, "number", None) or received() or signal.SIGINT)
+
+
+def received() -> int | None:
+    """The stopping signal that stopped the command, once its handler has run; None before."""
+    return _RECEIVED[0] if _RECEIVED else None
+
+
+_RECEIVED: list[int] = []
 
 
 def _stop(number: int, frame: object) -> None:
@@ -59,6 +70,7 @@ def _stop(number: int, frame: object) -> None:
     at once)."""
     for stopping in STOPPING:
         signal.signal(stopping, _cleaning_up)
+    _RECEIVED.append(number)
     raise KeyboardInterrupt if number == signal.SIGINT else Terminated(number)
 
 
@@ -104,6 +116,7 @@ def stop_on_signals() -> None:
     if not _exit_registered:  # before the exit handlers of whatever loads later (Ray's), which run before it
         atexit.register(_ignore_from_now_on)
         _exit_registered = True
+    _RECEIVED.clear()  # a process may run more than one command: the tests do
     for stopping in STOPPING:
         if signal.getsignal(stopping) != signal.SIG_IGN:
             signal.signal(stopping, _stop)
