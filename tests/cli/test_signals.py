@@ -246,6 +246,47 @@ def test_the_handlers_are_in_place_before_anything_heavy_loads_and_quiet_once_th
             signal.signal(number, handler)
 
 
+# A SIGTERM sent from the first line that runs in a chosen function, once zoo's handlers are in place.
+SIGTERM_IN = """
+import os, signal, sys
+where = sys.argv[1]
+fired = []
+
+def sending(frame, event, arg):
+    if not fired and event == "line":
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return sending
+
+def chosen(frame, event, arg):
+    if fired or signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        return None
+    code = frame.f_code
+    if where == "__set_name__" and code.co_name == "__set_name__" and type(frame.f_locals.get("self")).__name__ == "Field":
+        return sending
+    if where == "make_parser" and code.co_name == "make_parser" and code.co_filename.endswith(os.path.join("zoo", "cli", "app.py")):
+        return sending
+    return None
+
+sys.settrace(chosen)
+sys.argv = ["zoo", "env"]
+from zoo.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["make_parser", "__set_name__"])
+def test_a_signal_while_the_command_line_is_read_or_a_module_loads_stops_the_command(where):
+    """Two short windows at the start: typer turned a KeyboardInterrupt while click parsed the
+    command line into a silent exit 130, whatever the signal; and Python 3.11 raises one that comes
+    while a dataclass is made (a module loaded on first use) as the cause of a RuntimeError, which
+    read as a bug of zoo's ("unexpected RuntimeError: Error calling __set_name__"), exit 1."""
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_DEBUG"}
+    done = subprocess.run([sys.executable, "-c", SIGTERM_IN, where], capture_output=True, text=True, timeout=120, env=environment,
+                          preexec_fn=as_a_terminal_starts_it)
+    assert (done.returncode, done.stderr) == (143, "terminated (SIGTERM)\n")
+
+
 def test_a_plain_keyboard_interrupt_after_a_sigterm_is_said_as_the_sigterm():
     """Ray runs Python's handlers from its compiled code while a batch waits for its tasks, catches
     the Terminated zoo's raised and raises a plain KeyboardInterrupt in its place: a SIGTERM

@@ -10,6 +10,10 @@ import os
 import re
 import sys
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.cli.stopping import Stopped
 
 
 def debugging() -> bool:
@@ -171,23 +175,43 @@ def main() -> None:
     try:
         _run()
     except (Stopped, KeyboardInterrupt) as stopping:  # a KeyboardInterrupt comes before a command runs
-        stopped = stopping if isinstance(stopping, Stopped) else Stopped.by(stopping)
-        _say(stopped.message)
-        # The cleanup has run. A worker thread the signal caught while its pool started it is
-        # known to no pool, waits for work forever, and would keep the interpreter's exit waiting
-        # for it: the exit handlers run (Ray's shutdown among them), then the process ends.
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError):
-                if stream is not None:  # None where the process started with it closed (`>&-`)
-                    stream.flush()
-        os._exit(stopped.status)
+        _end(stopping if isinstance(stopping, Stopped) else Stopped.by(stopping))
     except Exception as error:
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None:
+            _end(Stopped.by(interrupt))
         said = None if debugging() else error_line(error)
         if said is None:
             raise
         _say(f"error: {said}")
         sys.exit(1)
+
+
+def _end(stopped: Stopped) -> None:
+    """End the process a signal stopped, its cleanup run: its line,
+    then its status. A worker thread the signal caught while its pool started it is known to no
+    pool, waits for work forever, and would keep the interpreter's exit waiting for it: the exit
+    handlers run (Ray's shutdown among them), then the process ends."""
+    _say(stopped.message)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            if stream is not None:  # None where the process started with it closed (`>&-`)
+                stream.flush()
+    os._exit(stopped.status)
+
+
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The signal's KeyboardInterrupt that `error` was raised from, if any: Python 3.11 raises one
+    that comes while a class is made (a dataclass of a module loaded on first use) as the cause
+    of a RuntimeError, "Error calling __set_name__", which read as a bug of zoo's."""
+    cause, seen = error.__cause__, set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
 
 
 def error_line(error: Exception) -> str | None:
@@ -229,7 +253,7 @@ def _run() -> None:
     # Every command reads, codes and writes chunks of a few MiB: glibc's defaults gave many of
     # them fresh pages, faulted and zeroed by the kernel (about 0.1 CPU-s per GiB decoded).
     from zoo.allocator import keep_freed_buffers
-    from zoo.cli.stopping import quiet
+    from zoo.cli.stopping import Stopped, quiet, received
 
     keep_freed_buffers()
     from zoo.cli.app import app_for
@@ -242,5 +266,13 @@ def _run() -> None:
         warnings.filterwarnings("default", category=ZooWarning)
     try:
         app_for(sys.argv)(prog_name="zoo")
+    except SystemExit as exiting:
+        # typer ends on a KeyboardInterrupt that comes outside a command's run (while click parses
+        # the command line) with a silent status 130, whatever the signal: it is a stop as any other
+        if exiting.code == 130:
+            import signal
+
+            raise Stopped(received() or signal.SIGINT) from None
+        raise
     finally:
         quiet()  # the command has ended: a signal now would only cut its exit short, with no word
