@@ -515,9 +515,11 @@ def archive_name(source: str) -> str:
 
 
 def zoo_name(source: str) -> str:
-    """The name a source gets in the zoo: as `zoo compress SRC` chooses it (zoo.refs.model_name)."""
+    """The name a source gets in the zoo: as `zoo compress SRC` chooses it (zoo.refs.model_name; a
+    URL's last part, less a file's .safetensors, as a local file's own name is)."""
     if is_url(source):
-        return source.rstrip("/").rsplit("/", 1)[-1]
+        last = source.rstrip("/").rsplit("/", 1)[-1]
+        return last.removesuffix(".safetensors") or last
     from zoo.refs import model_name
 
     return model_name(source)[0]
@@ -564,8 +566,9 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
             _refuse_output_inside_a_source(storage.root, sources)
     if len(names) != len(sources):
         raise InputError(f"{len(sources)} sources but {len(names)} names")
-    if _duplicates(names):
-        raise InputError(f"two sources would be stored as {', '.join(_duplicates(names))}: give them names of their own")
+    if _duplicates(names):  # --name and -o FILE.zoo name one model only
+        how = "with --name NAME" if into_zoo else "with -o DIR/NAME.zoo"
+        raise InputError(f"two sources would be stored as {', '.join(_duplicates(names))}: compress them one at a time, each {how}")
     _refuse_existing(names, output, store, revision, pipeline, force)
 
     labels = [source if is_url(source) else str(Path(source).resolve()) for source in sources]  # a manifest's `source`

@@ -168,6 +168,26 @@ def test_ctrl_c_right_after_an_archive_replaced_the_old_says_it_was_written(tmp_
     assert (tmp_path / "out" / "B.zoo").read_text() == "the old archive"
 
 
+def test_a_source_given_as_a_url_is_named_as_its_path_is(tmp_path):
+    # file:///.../lmfile.safetensors went into the zoo as lmfile.safetensors, where the path gives lmfile
+    model = tmp_path / "lmfile.safetensors"
+    write_safetensors(model, {"w": ("BF16", random_storage("BF16", (64, 32), 3))})
+    [landed] = batch.compress_many([f"file://{model}"], store=Store(tmp_path / "zoo"), ray=None)
+    assert landed.output == "lmfile@main:lossless" and batch.zoo_name(str(model)) == "lmfile", landed.error
+
+
+def test_two_sources_of_one_name_are_refused_with_what_to_do(tmp_path):
+    """"give them names of their own" said no way to: --name is refused with several SOURCEs."""
+    first, second = _model(tmp_path / "a" / "llama", 0), _model(tmp_path / "b" / "llama", 1)
+    home = {"ZOO_HOME": str(tmp_path / "zoo")}
+    for where, how in (([], "--name NAME"), (["-o", f"{tmp_path / 'out'}/"], "-o DIR/NAME.zoo")):
+        done = _zoo("compress", first, second, *where, env=home)
+        assert (done.returncode, done.stderr) == (1, f"error: two sources would be stored as llama{'.zoo' if where else ''}: "
+                                                     f"compress them one at a time, each with {how}\n")
+    done = _zoo("compress", second, "--name", "llama-b", env=home)  # as it says
+    assert done.returncode == 0, done.stderr
+
+
 def test_several_models_here_get_the_threads_one_model_gets(tmp_path, monkeypatch, two_repositories):
     """Run here, one after another, each model of `zoo compress A B -o DIR/` or `zoo pull A B` was
     coded on 1 thread, where -t's default (up to 8, one per core) is what one model gets; on Ray,
