@@ -203,6 +203,55 @@ def _node() -> str | None:
         return None
 
 
+# A batch's scratch folders (SCRATCH<pid>-<random>, zoo.hub.temporaries): the driver's, and in it or
+# in a node's temporary folder its tasks', which hold the sources they fetch and an archive bound for a bucket.
+SCRATCH = "zoo-batch-"
+
+
+@contextmanager
+def _batch_scratch() -> Iterator[str]:
+    """The driver's scratch folder, in this machine's temporary folder: the tasks that run on this
+    machine keep theirs inside it (_task_scratch). A task that a signal stopped is killed
+    (run_tasks), its own cleanup never run; the driver waits for it to be gone, then removes its
+    folder with its own, so that a stopped batch leaves no copy of a source behind."""
+    parent = temporaries.sweep_scratch(Path(tempfile.gettempdir()), SCRATCH)
+    with temporaries.locked_temporary(parent, SCRATCH, is_dir=True) as folder:
+        try:
+            yield str(folder)
+        except BaseException:
+            _sweep_scratch_once_gone(folder)
+            raise
+
+
+def _sweep_scratch_once_gone(folder: Path) -> None:
+    """The tasks' folders in the driver's scratch `folder` removed, waiting up to CANCEL_SECONDS
+    for the cancelled tasks' workers to be gone (a folder's lock is its task's until its process
+    dies): one removed under a worker still writing could be made again by it."""
+    deadline = time.monotonic() + CANCEL_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if not any(temporaries.sweep_scratch(folder, SCRATCH).iterdir()):
+                return
+        except OSError:  # gone already (a cleaner of /tmp): nothing to wait for
+            return
+        time.sleep(0.05)
+
+
+@contextmanager
+def _task_scratch(driver_scratch: str | None) -> Iterator[Path]:
+    """A task's scratch folder: in the driver's (`driver_scratch`, _batch_scratch), which the driver
+    removes whatever happens to the task, where this machine sees it (the driver's own machine);
+    else in this machine's temporary folder, where the next task of a batch removes what one killed
+    there left. A node never shares the driver's temporary folder unless it is the driver's machine
+    (or mounts it), so it does not look for it elsewhere."""
+    if driver_scratch is not None and os.path.isdir(driver_scratch):
+        parent = Path(driver_scratch)
+    else:
+        parent = temporaries.sweep_scratch(Path(tempfile.gettempdir()), SCRATCH)
+    with temporaries.locked_temporary(parent, SCRATCH, is_dir=True) as scratch:
+        yield scratch
+
+
 def _local_source(source: str, scratch: Path, seconds: dict[str, float]) -> Path:
     if not is_url(source):
         return Path(source)
@@ -231,8 +280,10 @@ def _said(error: BaseException) -> str:
     return str(error)
 
 
-def compress_to_storage(source: str, output: str, name: str, pipeline: str, threads: int, force: bool) -> Landed:
-    """One model to the archive `name` at `output` (a folder or a URL): the task behind `-o`."""
+def compress_to_storage(source: str, output: str, name: str, pipeline: str, threads: int, force: bool,
+                        driver_scratch: str | None = None) -> Landed:
+    """One model to the archive `name` at `output` (a folder or a URL): the task behind `-o`. A
+    source given as a URL, and an archive bound for a URL, wait in a scratch folder (_task_scratch)."""
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     storage = open_storage(output)
@@ -244,7 +295,7 @@ def compress_to_storage(source: str, output: str, name: str, pipeline: str, thre
                                                                        is_dir=True))
             temporaries.kill_point("batch-scratch")
         else:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-batch-")))
+            scratch = stack.enter_context(_task_scratch(driver_scratch))
         local = _local_source(source, scratch, seconds)
         archive = scratch / name
         started, cpu = time.perf_counter(), time.process_time()
@@ -405,23 +456,24 @@ def code_part(source: str, home: str, work: str, pipeline: str, threads: int, fi
 
 
 def compress_to_work(source: str, home: str, work: str, name: str, revision: str, pipeline: str, threads: int, source_label: str,
-                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None, delta: bool = True) -> Landed:
+                     parts: list[str], coded: list[str], bases: list[str], replacing: str | None, delta: bool = True,
+                     driver_scratch: str | None = None) -> Landed:
     """One model's objects and shell coded by the call a local `zoo compress SRC --name NAME` makes
     (zoo.api.build_model) for the zoo at `home`: what the zoo holds is reused, and so is what the
     model's part tasks coded (`parts`, their objects folders, or `coded`, the names they put in a
     bucket). Its XOR base is looked for among `bases` (refs) only, unless not `delta`. Into a folder zoo, the result
     waits in the driver's work folder `work`; on a bucket, the task puts it there. The driver
-    then publishes the manifest."""
+    then publishes the manifest. A source given as a URL is fetched into a scratch folder (_task_scratch)."""
     from zoo.codecs.pipeline import Pipeline
     from zoo.kernels.parallel import resolve_threads
 
     _die_once("batch-task-once")
     seconds: dict[str, float] = {}
     store = Store(home)
-    with _task_folder(store, work, "model") as folder, tempfile.TemporaryDirectory(prefix="zoo-batch-") as scratch:
+    with _task_folder(store, work, "model") as folder, _task_scratch(driver_scratch) as scratch:
         sink = ModelSink(folder / "objects" / "sha256", _as_it_was(store, bases, work), resolve_threads(threads), [Path(part) for part in parts],
                          set(coded), lambda key: _download(store, key, folder / "parts"))
-        local = _local_source(source, Path(scratch), seconds)
+        local = _local_source(source, scratch, seconds)
         started, cpu = time.perf_counter(), time.process_time()
         with _naming(folder, f"the zoo at {store.location}"):
             shell = api.build_model(store, sink, local, name, revision, Pipeline.parse(pipeline), source_label=source_label,
@@ -582,11 +634,13 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         temporaries.kill_point("batch-landed")
         return landed
 
-    tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force)) for source, name in zip(sources, names)]
     made = _folders_to_make(storage.root) if isinstance(storage, LocalFolder) else []
     try:
-        results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
-                       lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
+        with _batch_scratch() as scratch:
+            tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force, scratch))
+                     for source, name in zip(sources, names)]
+            results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
+                           lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
         if isinstance(storage, LocalFolder):  # a task whose worker died every time left its last attempt's temporary
             _sweep_once_gone(storage.root, [result.name for result in results if not result.ok])
         return results
@@ -683,14 +737,14 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
             runs.append(split(Builder.object_sizes(scanned), task_bytes) if splittable else [(0, 0)])
         except ZooError:  # its task meets the same error and reports it; the other models go on
             runs.append([(0, 0)])
-    with store.workspace() as folder:
+    with store.workspace() as folder, _batch_scratch() as scratch:
         work = str(folder)
 
         def build(index: int, parts: list[Landed]) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
             folders = [part.objects_root for part in parts if part.objects_root is not None]
             coded = sorted({key for part in parts if part.objects_root is None for key in part.written})
             return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], folders, coded,
-                                      bases, f"{names[index]}@{revision}:{variant}" if force else None, delta)
+                                      bases, f"{names[index]}@{revision}:{variant}" if force else None, delta, scratch)
 
         results: dict[int, Landed] = {}
 
@@ -934,13 +988,14 @@ class SweepFailure:
     error: str
 
 
-def sweep_one(model: str, pipeline: str, options: dict[str, Any]) -> list[Any]:
-    """One pipeline of a sweep, compressed and evaluated by zoo.evaluate.sweep itself."""
+def sweep_one(model: str, pipeline: str, options: dict[str, Any], driver_scratch: str | None = None) -> list[Any]:
+    """One pipeline of a sweep, compressed and evaluated by zoo.evaluate.sweep itself, its model
+    (given as a URL) and its candidate in a scratch folder (_task_scratch)."""
     from zoo.evaluate import sweep as library
 
-    with tempfile.TemporaryDirectory(prefix="zoo-sweep-") as scratch:
-        local = _local_source(model, Path(scratch), {})
-        return library.sweep(local, [pipeline], **options)
+    with _task_scratch(driver_scratch) as scratch:
+        local = _local_source(model, scratch, {})
+        return library.sweep(local, [pipeline], **{"workdir": scratch, **options})
 
 
 def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | None = DEFAULT_ADDRESS, threads: int = 1,
@@ -975,8 +1030,10 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
             progress(f"[{landed[0]}/{len(pipelines)}] {pipelines[index]}: {what}")
         return result
 
-    results = _run(ray, [(sweep_one, (model, spec, options)) for spec in pipelines], [f"zoo sweep {spec}" for spec in pipelines],
-                   lambda index, error: SweepFailure(pipelines[index], error), land, threads, retries)
+    with _batch_scratch() as scratch:
+        results = _run(ray, [(sweep_one, (model, spec, options, scratch)) for spec in pipelines],
+                       [f"zoo sweep {spec}" for spec in pipelines], lambda index, error: SweepFailure(pipelines[index], error), land,
+                       threads, retries)
     points = [point for result in results if not isinstance(result, SweepFailure) for point in result]
     mark_pareto(points)
     return points, [result for result in results if isinstance(result, SweepFailure)]

@@ -168,6 +168,47 @@ def test_ctrl_c_right_after_an_archive_replaced_the_old_says_it_was_written(tmp_
     assert (tmp_path / "out" / "B.zoo").read_text() == "the old archive"
 
 
+# A task's process killed as ray.cancel(force=True) kills it, once it has copied a source into its
+# scratch folder: its own cleanup never runs.
+_KILLED_TASK = """
+import os, signal, sys
+from zoo import batch
+held = batch._task_scratch(sys.argv[1])
+scratch = held.__enter__()
+(scratch / "copy.safetensors").write_bytes(bytes(4096))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_stopped_batch_removes_what_its_killed_tasks_fetched(tmp_path, monkeypatch):
+    """A batch stopped by a signal kills its Ray tasks, whose cleanup never runs: their copies of
+    the sources given as URLs (or, -o a bucket, their archives) stayed in /tmp for good. A task on
+    the driver's machine keeps them in the driver's scratch folder, which the driver removes once
+    the task is gone; on a machine that cannot see it, in that machine's temporary folder, where
+    the next task of a batch there removes them."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def killed_task(driver_scratch: str) -> None:
+        done = subprocess.run([sys.executable, "-c", _KILLED_TASK, driver_scratch], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)})
+        assert done.returncode == -9, done.stderr
+
+    with pytest.raises(KeyboardInterrupt):
+        with batch._batch_scratch() as scratch:
+            killed_task(scratch)
+            assert [len(list(task.iterdir())) for task in Path(scratch).iterdir()] == [1]
+            raise KeyboardInterrupt  # the signal that stopped the batch
+    assert list(tmp_path.iterdir()) == []
+    elsewhere = str(tmp_path / "on-another-machine" / "zoo-batch-1-0123abcd")  # the driver's, which this machine does not see
+    killed_task(elsewhere)
+    [left] = tmp_path.iterdir()
+    with batch._task_scratch(elsewhere) as scratch:
+        assert list(tmp_path.iterdir()) == [scratch] != [left]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_source_given_as_a_url_is_named_as_its_path_is(tmp_path):
     # file:///.../lmfile.safetensors went into the zoo as lmfile.safetensors, where the path gives lmfile
     model = tmp_path / "lmfile.safetensors"

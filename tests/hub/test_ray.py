@@ -7,8 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +322,57 @@ def test_bare_ray_starts_a_local_one(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     zoo.compress(source, tmp_path / "local.zoo", threads=1)
     assert _sha256(tmp_path / "m.zoo") == _sha256(tmp_path / "local.zoo")
+
+
+def _large_models(folder: Path, count: int) -> list[Path]:
+    """Models of 64 MiB of F32 weights each: a task takes some tenths of a second to code one."""
+    folder.mkdir(parents=True)
+    made = []
+    for number in range(count):
+        model = folder / f"large-{number}.safetensors"
+        write_safetensors(model, {f"layer.{i}.weight": ("F32", random_storage("F32", (4096, 1024), 50 + 4 * number + i)) for i in range(4)})
+        made.append(model)
+    return made
+
+
+def _as_a_terminal_starts_it() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str) -> None:  # noqa: ANN001 - a callable
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert process.poll() is None, f"it ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} in 120 s"
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_a_batch_stopped_by_sigterm_says_so_and_leaves_no_copy_of_a_source(tmp_path: Path) -> None:
+    """SIGTERM while the tasks of a batch into the zoo code sources given as URLs: Ray raised a
+    plain KeyboardInterrupt for zoo's handler's Terminated ("interrupted", 130), and the tasks,
+    killed by the cancel, left the copies they had fetched in the temporary folder for good. A
+    Ray of zoo's own (bare --ray), so that its workers' temporary folder is this test's."""
+    sources = _large_models(tmp_path / "models", 2)
+    temporary = Path(tempfile.mkdtemp(prefix="zoo-t-", dir="/tmp"))  # short: Ray's sockets sit in it
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(temporary), "RAY_ADDRESS": "", "ZOO_HOME": str(tmp_path / "zoo")}
+    environment.pop("ZOO_DEBUG", None)
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "compress", *(f"file://{source}" for source in sources), "--ray"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+                               preexec_fn=_as_a_terminal_starts_it)
+    try:
+        _wait_for(lambda: any(path.is_file() and path.stat().st_size for path in temporary.glob("zoo-batch-*/**/*")), process,
+                  "copy of a source")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert (process.returncode, stderr) == (143, "terminated (SIGTERM)\n")
+        assert list(temporary.glob("zoo-batch-*")) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def test_a_sweep_on_ray_gives_the_points_of_a_local_sweep(ray_cluster: str, tmp_path: Path) -> None:
