@@ -635,6 +635,9 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         return landed
 
     made = _folders_to_make(storage.root) if isinstance(storage, LocalFolder) else []
+    # what each output is before the batch: one that a task put in place unheard of, before a signal
+    # stopped the batch, is recorded as written (zoo.signals), and the line the stop prints names it
+    before = {name: _identity(storage.path(name)) for name in names} if isinstance(storage, LocalFolder) else {}
     try:
         with _batch_scratch() as scratch:
             tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force, scratch))
@@ -645,9 +648,14 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
             _sweep_once_gone(storage.root, [result.name for result in results if not result.ok])
         return results
     except BaseException:
-        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them
+        # a Ctrl-C kills the tasks still running (run_tasks): what they were writing goes with them.
+        # A Ray task records what it put in place in its own process, and one killed in flight may
+        # have put its archive there before it died, unheard of: the archive is whole, and stays.
         if isinstance(storage, LocalFolder):
             _sweep_once_gone(storage.root, names)
+            for name in names:
+                if _identity(storage.path(name)) not in (None, before[name]):
+                    written(str(storage.path(name)))
         raise
     finally:
         # the folders the tasks made for -o, where no archive landed (every model failed, or a
@@ -655,6 +663,15 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
         for folder in made:
             with suppress(OSError):  # one that holds anything stays
                 folder.rmdir()
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """The file at `path` (its device, inode and time), or None where there is none."""
+    try:
+        found = path.lstat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_mtime_ns
 
 
 def _sweep_once_gone(root: Path, names: list[str]) -> None:

@@ -375,6 +375,36 @@ def test_a_batch_stopped_by_sigterm_says_so_and_leaves_no_copy_of_a_source(tmp_p
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def test_an_archive_put_in_place_as_a_signal_stopped_the_batch_is_named(ray_cluster: str, tmp_path: Path) -> None:
+    """A task records what it put in place in its own process: on Ray, an archive that landed
+    while the driver had not heard of it yet went unsaid when a signal stopped the batch ("terminated
+    (SIGTERM)" alone), though it was there, whole. The driver is frozen while its tasks land."""
+    sources = _large_models(tmp_path / "models", 2)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "compress", *sources, "--ray", ray_cluster, "-o", f"{out}/"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_starts_it,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "ZOO_HOME": str(tmp_path / "zoo")})
+    try:
+        _wait_for(lambda: out.is_dir() and any(".zoo-tmp-" in path.name for path in out.iterdir()), process, "temporary")
+        process.send_signal(signal.SIGSTOP)
+
+        def landed() -> bool:  # each task in flight has put its archive in place
+            names = [path.name for path in out.iterdir()]
+            return bool(names) and not any(".zoo-tmp-" in name for name in names)
+
+        _wait_for(landed, process, "archive")
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    archives = sorted(str(path) for path in out.iterdir())
+    said = f"{archives[0]} was written" if len(archives) == 1 else f"{len(archives)} outputs were written"
+    assert (process.returncode, stderr) == (143, f"terminated (SIGTERM) after {said}\n")
+
+
 def test_a_sweep_on_ray_gives_the_points_of_a_local_sweep(ray_cluster: str, tmp_path: Path) -> None:
     from zoo.evaluate.sweep import sweep
 
