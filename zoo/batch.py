@@ -252,6 +252,13 @@ def _task_scratch(driver_scratch: str | None) -> Iterator[Path]:
         yield scratch
 
 
+def _for_tasks(location: str) -> str:
+    """A local path as a task is given it: absolute, since a task runs in its worker's folder, which
+    on a cluster that --ray joins is not the driver's (a relative SOURCE was read there, and an -o
+    DIR written there); a URL as it is."""
+    return location if is_url(location) else os.path.abspath(location)
+
+
 def _local_source(source: str, scratch: Path, seconds: dict[str, float]) -> Path:
     if not is_url(source):
         return Path(source)
@@ -629,6 +636,9 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
                                   delta)
 
     def land(index: int, landed: Landed) -> Landed:
+        landed.source = sources[index]  # as the user gave them, where the task had them absolute
+        if landed.ok and isinstance(storage, LocalFolder):
+            landed.output = f"{storage.url.rstrip('/')}/{landed.name}"
         if on_landed is not None:
             on_landed(landed)
         temporaries.kill_point("batch-landed")
@@ -640,7 +650,8 @@ def compress_many(sources: list[str], output: str | os.PathLike[str] | None = No
     before = {name: _identity(storage.path(name)) for name in names} if isinstance(storage, LocalFolder) else {}
     try:
         with _batch_scratch() as scratch:
-            tasks = [(compress_to_storage, (source, str(output), name, pipeline, threads, force, scratch))
+            target = os.path.abspath(storage.root) if isinstance(storage, LocalFolder) else str(output)
+            tasks = [(compress_to_storage, (_for_tasks(source), target, name, pipeline, threads, force, scratch))
                      for source, name in zip(sources, names)]
             results = _run(ray, tasks, [f"zoo compress {name}" for name in names],
                            lambda index, error: Landed(sources[index], names[index], error=error), land, threads, retries)
@@ -760,12 +771,13 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
         def build(index: int, parts: list[Landed]) -> tuple[Callable[..., Landed], tuple[Any, ...]]:
             folders = [part.objects_root for part in parts if part.objects_root is not None]
             coded = sorted({key for part in parts if part.objects_root is None for key in part.written})
-            return compress_to_work, (sources[index], home, work, names[index], revision, pipeline, threads, labels[index], folders, coded,
-                                      bases, f"{names[index]}@{revision}:{variant}" if force else None, delta, scratch)
+            return compress_to_work, (_for_tasks(sources[index]), home, work, names[index], revision, pipeline, threads, labels[index],
+                                      folders, coded, bases, f"{names[index]}@{revision}:{variant}" if force else None, delta, scratch)
 
         results: dict[int, Landed] = {}
 
         def land(index: int, landed: Landed) -> Landed:
+            landed.source = sources[index]  # as the user gave it, where the task had it absolute
             if landed.ok:
                 publish(store, landed, names[index], revision, source=labels[index], force=force)
             landed.tasks = len(runs[index]) + (len(runs[index]) > 1)
@@ -790,7 +802,8 @@ def _compress_into_zoo(sources: list[str], store: Store, names: list[str], label
                 return landed
             return land(whole[number - len(pieces)], landed)
 
-        tasks = [(code_part, (sources[index], home, work, pipeline, threads, first, last, bases)) for index, first, last in pieces]
+        tasks = [(code_part, (_for_tasks(sources[index]), home, work, pipeline, threads, first, last, bases))
+                 for index, first, last in pieces]
         tasks += [build(index, []) for index in whole]
         labels_of_tasks = [f"zoo compress {names[index]} objects {first}-{last - 1}" for index, first, last in pieces]
         labels_of_tasks += [f"zoo compress {names[index]}" for index in whole]
@@ -1038,6 +1051,9 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
 
         check_text(model, options["text"])  # once here, not in every task
     options = {**options, "threads": threads}
+    for key in ("calibration", "base"):  # a path, where the tasks run (a base may be a zoo name)
+        if isinstance(options.get(key), (str, os.PathLike)) and not is_url(str(options[key])) and os.path.exists(options[key]):
+            options[key] = os.path.abspath(options[key])
     landed = [0]
 
     def land(index: int, result: Any) -> Any:
@@ -1048,7 +1064,7 @@ def sweep(model: str | os.PathLike[str], pipelines: list[str], *, ray: str | Non
         return result
 
     with _batch_scratch() as scratch:
-        results = _run(ray, [(sweep_one, (model, spec, options, scratch)) for spec in pipelines],
+        results = _run(ray, [(sweep_one, (_for_tasks(model), spec, options, scratch)) for spec in pipelines],
                        [f"zoo sweep {spec}" for spec in pipelines], lambda index, error: SweepFailure(pipelines[index], error), land,
                        threads, retries)
     points = [point for result in results if not isinstance(result, SweepFailure) for point in result]

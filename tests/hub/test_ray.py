@@ -284,9 +284,10 @@ def test_without_ray_the_same_job_runs_here(tmp_path: Path) -> None:
         batch.compress_many([str(sources[0]), str(sources[0])], tmp_path / "other", ray=None)
 
 
-def _zoo(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _zoo(*args: object, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=environment, timeout=300)
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=environment, timeout=300,
+                          cwd=cwd)
 
 
 def test_the_cli_on_a_cluster(ray_cluster: str, tmp_path: Path) -> None:
@@ -303,6 +304,26 @@ def test_the_cli_on_a_cluster(ray_cluster: str, tmp_path: Path) -> None:
     assert [m["output"] for m in json.loads(done.stdout)["models"]] == ["model-0@main:lossless", "model-1@main:lossless"]
     done = _zoo("compress", sources[0], "--ray", ray_cluster, "--calib", "-o", tmp_path / "x.zoo")
     assert done.returncode == 1 and "--calib is not available with --ray yet: compress such a model on its own" in done.stderr
+
+
+def test_relative_paths_are_the_drivers_on_a_cluster(ray_cluster: str, tmp_path: Path) -> None:
+    """A task runs in its worker's folder, which on a cluster that --ray joins is not the driver's:
+    a relative SOURCE was read there ("no such file", or another model at that path), and a
+    relative -o DIR written there, while the line said it had landed in the user's folder."""
+    _models(tmp_path / "models", 1)
+    into = f"out-{tmp_path.name}"  # its own name: an archive written in a worker's folder is removed below
+    try:
+        done = _zoo("compress", "models/model-0", "--ray", ray_cluster, "-o", f"{into}/", cwd=tmp_path)
+        assert done.returncode == 0 and done.stderr.startswith(f"landed {into}/model-0.zoo: "), done.stderr
+        assert [path.name for path in (tmp_path / into).iterdir()] == ["model-0.zoo"]
+        done = _zoo("compress", "models/model-0", "--ray", ray_cluster, "--json", cwd=tmp_path, env={"ZOO_HOME": str(tmp_path / "zoo")})
+        assert done.returncode == 0, done.stderr
+        [model] = json.loads(done.stdout)["models"]
+        assert (model["source"], model["output"]) == ("models/model-0", "model-0@main:lossless")
+        assert Store(tmp_path / "zoo").resolve("model-0").source == str(tmp_path / "models" / "model-0")
+    finally:
+        if Path.cwd() != tmp_path:  # the folder the cluster's nodes were started in, where the workers run
+            shutil.rmtree(Path.cwd() / into, ignore_errors=True)
 
 
 def test_a_worker_that_dies_leaves_stdout_to_the_command(ray_cluster: str, tmp_path: Path) -> None:
