@@ -34,11 +34,22 @@ or two, and the vectors of small, close ones mix. On low-rank-plus-noise weights
 or below, the errors agree with the float64 SVD's to six digits; on a spectrum falling as 1/k,
 energy=0.999 (rank 340 of 768) leaves 0.031560 where the SVD left 0.031546. Error bounds near 1e-3
 (energy=0.999999) are finer than float32 eigenvalues resolve: the rank there may differ by a few.
+
+The Gram matrix, the eigen-decomposition and the projection run on one BLAS thread (one_blas_thread):
+OpenBLAS shares a product out among its threads and sums their shares in an order that depends on
+how many there are, so the factors changed with OMP_NUM_THREADS, and a Ray worker (one thread)
+stored other bytes than a run here. On one machine the archive is now the same whatever the thread
+count; between CPUs whose BLAS kernels differ (AVX2, AVX-512) its last bits may still differ. The
+cost is the BLAS's parallel eigen-decomposition on a machine of many idle cores; on a busy 2-core
+machine one thread was the faster (a 4096 x 4096 encode took 8-11 s, on two threads 23-59 s).
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -57,6 +68,32 @@ except ImportError:  # pragma: no cover - a numpy without them (private names): 
 _BISECTION_STEPS = 40
 BLOCK_ELEMENTS = 1 << 22  # one block of the tensor read as float32: 16 MiB
 _SAFE_MAGNITUDE = 2.0**40  # a Gram matrix of entries up to this, over up to 2^47 rows, stays within float32
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit: Any = None  # the limit held while any thread computes: BLAS's thread count is the process's
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS and LAPACK on one thread until the last thread inside leaves (see the module docstring).
+    threadpoolctl's own context manager gives back the count it found when it leaves, so a thread
+    leaving while another still computed gave that one its threads back mid-way."""
+    global _blas_users, _blas_limit
+    from threadpoolctl import threadpool_limits  # imported here: 10 ms that only lowrank needs
+
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 
 
 class _Blocks:
@@ -99,20 +136,22 @@ class _Blocks:
         product to BLAS's syrk."""
         gram = np.zeros((self.short, self.short), dtype=np.float32)
         product = np.empty_like(gram)
-        for span in self.spans():
-            block = self.read(span)
-            gram += np.matmul(block.T, block, out=product)
+        with one_blas_thread():
+            for span in self.spans():
+                block = self.read(span)
+                gram += np.matmul(block.T, block, out=product)
         return gram
 
     def project(self, basis: np.ndarray) -> np.ndarray:
         """X @ basis for tall matrices (rows x k: U S when basis is V), else its transpose (k x cols: S V^T)."""
         k = basis.shape[1]
         projected = np.empty((self.long, k) if self.tall else (k, self.long), dtype=np.float32)
-        for span in self.spans():
-            if self.tall:
-                np.matmul(self.read(span), basis, out=projected[span])
-            else:
-                projected[:, span] = (self.read(span) @ basis).T
+        with one_blas_thread():
+            for span in self.spans():
+                if self.tall:
+                    np.matmul(self.read(span), basis, out=projected[span])
+                else:
+                    projected[:, span] = (self.read(span) @ basis).T
         return projected
 
 
@@ -120,7 +159,7 @@ def _eigenvalues(gram: np.ndarray, name: str, vectors: bool = False) -> tuple[np
     """Eigenvalues of a Gram matrix, largest first, none below zero; with the eigenvectors (columns,
     in the same order) when `vectors`."""
     try:
-        with np.errstate(invalid="ignore"):  # a LAPACK failure comes back as NaN (numpy.linalg's own functions raise): reported below
+        with one_blas_thread(), np.errstate(invalid="ignore"):  # a LAPACK failure comes back as NaN (numpy.linalg's own functions raise): reported below
             values, basis = _eigh(gram) if vectors else (_eigvalsh(gram), None)
     except np.linalg.LinAlgError:
         values = np.full(1, np.nan)
