@@ -49,6 +49,27 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def spec_value(value: Any) -> str:
+    """A parameter's value as spec text that parses back to it. Text goes bare, as a user writes it
+    (`*attn*;*mlp*`), unless bare it would read as something else: `null` or `1` (JSON, so None
+    and a number: `include="null"` was stored as no include at all), `"x"` (the quotes go), ` x`
+    (the parser strips it), `a,b` (a separator). That goes as a JSON string, with its separators
+    escaped (the parser splits at them before it reads a value)."""
+    if not isinstance(value, str):
+        return json.dumps(value)
+    bare = _parse_value(value.strip())
+    if isinstance(bare, str) and bare == value and not any(separator in value for separator in ",|"):
+        return value
+    return json.dumps(value).replace(",", "\\u002c").replace("|", "\\u007c")
+
+
+def stage_spec(config: dict[str, Any]) -> str:
+    """One stage's spec text, `id:key=value,...`: a parameter left at None (include, exclude) says
+    nothing, so the spec reads as the user would write it."""
+    arguments = ",".join(f"{key}={spec_value(value)}" for key, value in config.items() if key != "id" and value is not None)
+    return config["id"] + (":" + arguments if arguments else "")
+
+
 def _parse_stage(text: str) -> list[Codec]:
     codec_id, _, arguments = text.strip().partition(":")
     codec_id = codec_id.strip()
@@ -147,13 +168,8 @@ class Pipeline:
         return [stage.get_config() for stage in self.stages]
 
     def spec(self) -> str:
-        parts = []
-        for config in self.configs():
-            # a parameter left at None (include, exclude) says nothing: the spec reads as the user would write it
-            arguments = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in config.items()
-                                 if k != "id" and v is not None)
-            parts.append(config["id"] + (":" + arguments if arguments else ""))
-        return "|".join(parts)
+        """Spec text that parses back to this pipeline."""
+        return "|".join(stage_spec(config) for config in self.configs())
 
     # -- array stages: whole tensors ------------------------------------------------------
 

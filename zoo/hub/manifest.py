@@ -65,18 +65,14 @@ def size_ratio(stored: int, original: int) -> float:
 def variant_of(pipeline_spec: str) -> str:
     """A short label for a pipeline: 'lossless' for the default, else its stages without unset
     parameters and without the default leaf stages ('truncate:bits=6')."""
-    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline
+    from zoo.codecs.pipeline import DEFAULT_SPEC, Pipeline, stage_spec
 
     pipeline, default = Pipeline.parse(pipeline_spec), Pipeline.parse(DEFAULT_SPEC)
     if pipeline == default:
         return LOSSLESS
     leaf_stages = (pipeline.grouping, *pipeline.bytes_stages)
     stages = pipeline.array_stages + (() if leaf_stages == (default.grouping, *default.bytes_stages) else leaf_stages)
-    parts = []
-    for config in (stage.get_config() for stage in stages):
-        arguments = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in config.items() if k != "id" and v is not None)
-        parts.append(config["id"] + (f":{arguments}" if arguments else ""))
-    return "|".join(parts)
+    return "|".join(stage_spec(stage.get_config()) for stage in stages)  # values quoted as spec() quotes them: it parses back
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
