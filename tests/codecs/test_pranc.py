@@ -7,7 +7,7 @@ import zoo
 from zoo import kernels as _kernels
 from zoo.codecs.base import TypedArray
 from zoo.codecs.lossy.pranc import Pranc, basis, combine, project
-from zoo.errors import FormatError, PipelineError
+from zoo.errors import FormatError, InputError, PipelineError
 
 from tests.conftest import write_safetensors
 
@@ -75,3 +75,59 @@ def test_bad_parameters_and_archives():
         Pranc().decode({"coefficients": coefficients}, {"seed": "x", "stream": 0}, "F32", (2, 2))
     with pytest.raises(FormatError, match="coefficients"):
         Pranc().decode({"other": coefficients}, {"seed": 0, "stream": 0}, "F32", (2, 2))
+
+
+def _counting_conversions(monkeypatch):
+    """The sizes of the arrays pranc converts to float32, as it converts them."""
+    from zoo.codecs.lossy import pranc
+
+    converted, convert = [], pranc.to_float32
+    monkeypatch.setattr(pranc, "to_float32", lambda raw, dtype, *rest: converted.append(raw.size) or convert(raw, dtype, *rest))
+    return converted
+
+
+def test_a_model_too_large_is_refused_from_its_shapes_with_advice_that_helps(tmp_path, monkeypatch):
+    """pranc made a float32 copy of every tensor it takes before it refused a model too large for
+    it (1.3 GB for 400 MB of BF16: a 7B model was killed for memory instead), and advised a smaller
+    k where k was 1 already."""
+    from zoo.codecs.lossy import pranc
+
+    monkeypatch.setattr(pranc, "MAX_BASIS_ELEMENTS", 1000)  # the two 1024-weight tensors are too many even at k=1
+    converted = _counting_conversions(monkeypatch)
+    rng = np.random.default_rng(0)
+    source = write_safetensors(tmp_path / "m.safetensors", {f"{name}.weight": ("F32", rng.standard_normal((32, 32)).astype(np.float32))
+                                                            for name in ("a", "b")})
+    with pytest.raises(InputError, match=r"take fewer tensors with include=\.\.\. or exclude=\.\.\.") as refused:
+        zoo.compress(source, tmp_path / "m.zoo", "pranc:k=1")
+    assert "k=" not in str(refused.value) and converted == [] and not (tmp_path / "m.zoo").exists()
+    with pytest.raises(InputError, match="leave it out with exclude=") as refused:  # one tensor, no survey
+        Pranc(k=1).encode(TypedArray(rng.standard_normal((32, 32)).astype(np.float32), "F32"), "a.weight")
+    assert "k=1 or less" not in str(refused.value) and converted == []
+    # where a smaller k fits, the refusal names the largest, which then goes through
+    monkeypatch.setattr(pranc, "MAX_BASIS_ELEMENTS", 40000)
+    with pytest.raises(InputError, match=r"use k=\d+ or less") as refused:
+        zoo.compress(source, tmp_path / "m.zoo", "pranc:k=64,steps=0")
+    assert converted == []
+    fitting = int(str(refused.value).split("use k=")[1].split()[0])
+    zoo.compress(source, tmp_path / "m.zoo", f"pranc:k={fitting},steps=0")
+    with pytest.raises(InputError, match="basis values"):
+        zoo.compress(source, tmp_path / "m.zoo", f"pranc:k={fitting + 1},steps=0", force=True)
+
+
+@pytest.mark.parametrize("survey", [True, False])
+def test_coefficients_float32_cannot_hold_are_refused_rather_than_decoded_as_nan(tmp_path, survey):
+    """Finite weights near float32's largest have coefficients past it at k near n: they were
+    stored as infinities, and every weight here decoded as NaN (inf - inf), exit 0."""
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((16, 16))
+    weights = (weights / np.abs(weights).max() * 3e38).astype(np.float32)
+    source = write_safetensors(tmp_path / "w.safetensors", {"w.weight": ("F32", weights)})
+    with pytest.raises(InputError, match=r"coefficients fitted to tensor 'w.weight' reach .*past float32's largest.*exclude="):
+        if survey:
+            zoo.compress(source, tmp_path / "w.zoo", "pranc:k=256")
+        else:
+            Pranc(k=256).encode(TypedArray(weights, "F32"), "w.weight")
+    assert not (tmp_path / "w.zoo").exists()
+    zoo.compress(source, tmp_path / "w.zoo", "pranc:k=16")  # fewer coefficients are held, and decode finite
+    with zoo.open(tmp_path / "w.zoo") as archive:
+        assert np.isfinite(archive.get_tensor("w.weight")).all()

@@ -6,8 +6,9 @@ where basis vector ``b_j`` is ``philox_uniform(seed, stream, n, offset=j * n)``:
 counter-based generator (docs/FORMAT.md), so the same seed gives the same bits everywhere, and
 the basis is generated on the fly at load, never stored.
 
-Part ``coefficients`` (F32, k); meta ``seed``, ``stream``. ``k`` is the number of coefficients
-for the whole model, shared out in proportion to tensor size. The survey fits them: first a
+Part ``coefficients`` (F32, k: fitted in float64, a tensor whose coefficients float32 cannot hold
+is refused); meta ``seed``, ``stream``. ``k`` is the number of coefficients for the whole model,
+shared out in proportion to tensor size. The survey fits them: first a
 least-squares projection of each tensor onto its basis, then, when the model can be run on
 calibration text, distillation: Adam on all coefficients at once to minimise the output KL to
 the original. A trained network keeps little of itself in a few thousand numbers; PRANC is
@@ -49,11 +50,32 @@ def combine(coefficients: np.ndarray, seed: int, stream: int, n: int) -> np.ndar
 
 
 def project(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Least-squares coefficients: the projection of the tensor onto its basis rows."""
+    """Least-squares coefficients: the projection of the tensor onto its basis rows, float64 (see
+    stored)."""
     k = len(rows)
     rows = rows.astype(np.float64)
     gram = rows @ rows.T
-    return np.linalg.solve(gram + 1e-9 * np.trace(gram) / k * np.eye(k), rows @ values.reshape(-1).astype(np.float64)).astype(np.float32)
+    return np.linalg.solve(gram + 1e-9 * np.trace(gram) / k * np.eye(k), rows @ values.reshape(-1).astype(np.float64))
+
+
+def stored(coefficients: Any, name: str) -> np.ndarray:
+    """The coefficients as the archive holds them, float32, or an InputError where float32 cannot
+    hold one: weights near float32's largest have coefficients past it (a basis of k near n is
+    ill-conditioned), and an infinite coefficient decodes as inf - inf, NaN, for finite weights."""
+    wide = np.asarray(coefficients, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float32)
+    if not np.isfinite(narrow).all():
+        reason = (f"reach {float(np.max(np.abs(wide))):.3g}, past float32's largest, which the archive stores them in"
+                  if np.isfinite(wide).all() else "are not finite")
+        raise InputError(f"pranc: the coefficients fitted to tensor {name!r} {reason}; leave it out with exclude=...")
+    return narrow
+
+
+def _held(k: int, sizes: dict[str, int]) -> int:
+    """The basis values the fit holds at once for k coefficients over tensors of `sizes`."""
+    counts = share(k, sizes)
+    return sum(counts[name] * n for name, n in sizes.items())
 
 
 def share(k: int, sizes: dict[str, int]) -> dict[str, int]:
@@ -83,18 +105,37 @@ class Pranc(LossyCodec):
                progress: StageProgress | None = None, measure: Measure | None = None) -> dict[str, tuple[int, np.ndarray]]:
         from zoo.optimize import teacher as _teacher
 
+        # sizes from the shapes first: float32 copies of a model too large for PRANC (a 7B model's
+        # 28 GB) were made before it was refused
+        sizes = {name: math.prod(array.shape) for name, array in tensors() if self.selects(name, array)}
+        self._check_size(sizes)
+        counts = share(self.k, sizes)
         values = {name: self.check_finite(to_float32(array.data, array.dtype), name) for name, array in tensors() if self.selects(name, array)}
-        counts = share(self.k, {name: v.size for name, v in values.items()})
-        held = sum(counts[name] * v.size for name, v in values.items())
-        if held > MAX_BASIS_ELEMENTS:
-            raise InputError(f"pranc: fitting needs {held:,} basis values in memory (at most {MAX_BASIS_ELEMENTS:,}); "
-                             "use a smaller k or select fewer tensors (include=...), PRANC is for small models")
         bases = {name: basis(self.seed, stream, counts[name], v.size) for stream, (name, v) in enumerate(values.items())}
-        plan = {name: (stream, project(v, bases[name])) for stream, (name, v) in enumerate(values.items())}
+        plan = {name: (stream, stored(project(v, bases[name]), name)) for stream, (name, v) in enumerate(values.items())}
         teacher = _teacher.load_teacher(calibration, progress=progress)
         if teacher is not None and self.steps:
             plan = self._distill(teacher, values, bases, plan, progress)
         return plan
+
+    def _check_size(self, sizes: dict[str, int]) -> None:
+        """An InputError where the fit would hold more than MAX_BASIS_ELEMENTS basis values, saying
+        what would help: a smaller k where one fits, else fewer tensors (each takes at least one
+        coefficient, so k=1 holds as many basis values as the tensors have weights)."""
+        held = _held(self.k, sizes)
+        if held <= MAX_BASIS_ELEMENTS:
+            return
+        weights = sum(sizes.values())
+        if weights > MAX_BASIS_ELEMENTS:
+            raise InputError(f"pranc: the {len(sizes):,} tensors it takes hold {weights:,} weights, and fitting even one coefficient "
+                             f"to each needs that many basis values in memory (at most {MAX_BASIS_ELEMENTS:,}); take fewer tensors "
+                             "with include=... or exclude=...: PRANC is for small models")
+        low, high = 1, self.k  # held(low) fits, held(high) does not; held grows with k
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if _held(middle, sizes) <= MAX_BASIS_ELEMENTS else (low, middle)
+        raise InputError(f"pranc: fitting needs {held:,} basis values in memory (at most {MAX_BASIS_ELEMENTS:,}); "
+                         f"use k={low} or less, or take fewer tensors with include=... or exclude=...: PRANC is for small models")
 
     def _distill(self, teacher: Any, values: dict[str, np.ndarray], bases: dict[str, np.ndarray],
                  plan: dict[str, tuple[int, np.ndarray]], progress: StageProgress | None = None) -> dict[str, tuple[int, np.ndarray]]:
@@ -115,15 +156,19 @@ class Pranc(LossyCodec):
         return {**plan, **{name: (fitted[name][0], coefficients[name].detach().numpy().copy()) for name in fitted}}
 
     def encode(self, array: TypedArray, name: str = "", plan: Any = None) -> Transformed:
-        values = self.check_finite(to_float32(array.data, array.dtype), name)
         if plan and name in plan:
+            self.check_finite(to_float32(array.data, array.dtype), name)
             stream, coefficients = plan[name]
         else:
-            k = min(self.k, values.size)
-            if k * values.size > MAX_BASIS_ELEMENTS:
-                raise InputError(f"pranc: {name or 'a tensor'} of {values.size:,} weights with k={k} is too large to fit; PRANC is for small models")
-            stream, coefficients = 0, project(values, basis(self.seed, 0, k, values.size))
-        parts = {"coefficients": TypedArray(np.asarray(coefficients, dtype=np.float32), "F32")}
+            n = math.prod(array.shape)
+            k = min(self.k, n)
+            if k * n > MAX_BASIS_ELEMENTS:  # before its float32 copy is made
+                advice = f"use k={MAX_BASIS_ELEMENTS // n} or less, or leave it out" if n <= MAX_BASIS_ELEMENTS else "leave it out"
+                raise InputError(f"pranc: {name or 'a tensor'} of {n:,} weights with k={k} is too large to fit; "
+                                 f"{advice} with exclude=...: PRANC is for small models")
+            values = self.check_finite(to_float32(array.data, array.dtype), name)
+            stream, coefficients = 0, project(values, basis(self.seed, 0, k, n))
+        parts = {"coefficients": TypedArray(stored(coefficients, name), "F32")}
         return Transformed(parts, {"seed": self.seed, "stream": stream}, final=frozenset(parts))
 
     def decode(self, parts: dict[str, TypedArray], meta: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> TypedArray:
