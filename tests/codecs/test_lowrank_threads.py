@@ -40,26 +40,29 @@ def test_lowrank_archives_do_not_change_with_the_blas_thread_count(tmp_path):
         assert archives[0] == archives[1], spec
 
 
-def test_one_blas_thread_holds_until_the_last_thread_leaves():
+def test_one_blas_thread_holds_in_any_thread_one_block_at_a_time():
+    """In any thread, after any other (threadpoolctl lets only the thread that set OpenBLAS's count
+    set it again until its block ends), and one block at a time (a block that ended while another
+    thread's ran would give that one its threads back)."""
     from threadpoolctl import threadpool_info
 
     def blas_threads() -> set[int]:
         return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
     before = blas_threads()
-    inside, leave = threading.Event(), threading.Event()
+    with one_blas_thread():
+        assert blas_threads() <= {1}
+    assert blas_threads() == before
+    seen, entered = [], threading.Event()
 
     def other() -> None:
         with one_blas_thread():
-            inside.set()
-            leave.wait()
+            seen.append(blas_threads())
+            entered.set()
 
     thread = threading.Thread(target=other)
-    thread.start()
-    inside.wait()
     with one_blas_thread():
-        pass
-    assert blas_threads() <= {1}  # the other thread still computes on one
-    leave.set()
+        thread.start()
+        assert not entered.wait(0.2)  # the other thread waits: leaving first, it would give this one its threads back
     thread.join()
-    assert blas_threads() == before
+    assert seen == [{1} if before else set()] and blas_threads() == before

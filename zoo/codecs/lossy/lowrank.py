@@ -69,31 +69,19 @@ _BISECTION_STEPS = 40
 BLOCK_ELEMENTS = 1 << 22  # one block of the tensor read as float32: 16 MiB
 _SAFE_MAGNITUDE = 2.0**40  # a Gram matrix of entries up to this, over up to 2^47 rows, stays within float32
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limit: Any = None  # the limit held while any thread computes: BLAS's thread count is the process's
+_blas_lock = threading.RLock()
 
 
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """BLAS and LAPACK on one thread until the last thread inside leaves (see the module docstring).
-    threadpoolctl's own context manager gives back the count it found when it leaves, so a thread
-    leaving while another still computed gave that one its threads back mid-way."""
-    global _blas_users, _blas_limit
+    """BLAS and LAPACK on one thread while the block runs (see the module docstring), one thread's
+    block at a time: the count is the process's, so a thread that gave it back while another still
+    computed gave that one its threads back mid-way (and threadpoolctl lets only the thread that
+    set OpenBLAS's count set it again until it gives it back)."""
     from threadpoolctl import threadpool_limits  # imported here: 10 ms that only lowrank needs
 
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limit = threadpool_limits(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
+    with _blas_lock, threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
 
 
 class _Blocks:
